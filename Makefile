@@ -1,0 +1,38 @@
+# Airlock — the two commands that matter: `make run` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: run test bench lint format clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+## run: start the proxy on 127.0.0.1:8080 with the shipped mappings, policies and an SQLite store
+run: $(STAMP)
+	$(BIN)/airlock run $(ARGS)
+
+## test: lint, then the whole suite (unit, store on SQLite and PostgreSQL, end-to-end through mitmdump)
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+## bench: bare mitmdump against Airlock, same upstream and load, one run
+bench: $(STAMP)
+	$(BIN)/python -m tests.bench.bench_proxy $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

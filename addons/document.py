@@ -1,0 +1,116 @@
+"""Stage 1: turn an HTTP request into the plain document that mappings and policies read.
+
+The document is JSON-shaped (dicts, lists, strings, numbers) so JSONPath can address any part:
+    {method, scheme, host, port, path, query, headers, body, body_format, body_size, agent}
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+from urllib.parse import parse_qsl, unquote
+
+from mitmproxy import http
+
+Document = dict[str, Any]
+
+_BRACKETS = re.compile(r"\[([^\[\]]*)\]")
+_MAX_INDEX = 10_000  # a form key like items[99999999] must not allocate a huge list
+
+
+def build_document(request: http.Request, agent: str) -> Document:
+    path, _, raw_query = request.path.partition("?")
+    raw_body = request.get_content(strict=False) or b""
+    body, body_format, body_error = parse_body(request.headers.get("content-type", ""), raw_body)
+    document: Document = {
+        "method": request.method.upper(),
+        "scheme": request.scheme,
+        "host": request.pretty_host.lower(),
+        "port": request.port,
+        "path": unquote(path) or "/",
+        "query": parse_query(raw_query),
+        "headers": {name.lower(): value for name, value in request.headers.items(multi=False)},
+        "body": body,
+        "body_format": body_format,
+        "body_size": len(raw_body),
+        "agent": agent,
+    }
+    if body_error:
+        document["body_error"] = body_error
+    return document
+
+
+def parse_query(raw: str) -> dict[str, list[str]]:
+    """Query strings are multi-valued: ?a=1&a=2 gives {"a": ["1", "2"]}."""
+    query: dict[str, list[str]] = {}
+    for key, value in parse_qsl(raw, keep_blank_values=True):
+        query.setdefault(key, []).append(value)
+    return query
+
+
+def parse_body(content_type: str, raw: bytes) -> tuple[Any, str, str | None]:
+    """Parse by declared content type; a body that does not parse is kept as text, with why."""
+    if not raw:
+        return None, "empty", None
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    text = raw.decode("utf-8", errors="replace")
+    if media_type == "application/json" or media_type.endswith("+json"):
+        try:
+            return json.loads(text), "json", None
+        except ValueError as e:
+            return text, "text", f"body is not valid JSON: {e}"
+    if media_type == "application/x-www-form-urlencoded":
+        return parse_form(text), "form", None
+    return text, "text", None
+
+
+def parse_form(text: str) -> dict[str, Any]:
+    """Form bodies with the bracket notation SDKs send: a[b]=1&l[0]=x&l[]=y → {a:{b:1}, l:[x,y]}.
+
+    A plain key repeated (a=1&a=2) becomes a list, like the query string.
+    """
+    root: dict[str, Any] = {}
+    for key, value in parse_qsl(text, keep_blank_values=True):
+        head, _, rest = key.partition("[")
+        if not rest or not key.endswith("]"):
+            _add_plain(root, key, value)
+            continue
+        parts = [head, *_BRACKETS.findall("[" + rest)]
+        _set_nested(root, parts, value)
+    return {key: _lists_from_indexes(value) for key, value in root.items()}
+
+
+def _add_plain(root: dict[str, Any], key: str, value: str) -> None:
+    if key not in root:
+        root[key] = value
+    elif isinstance(root[key], list):
+        root[key].append(value)
+    else:
+        root[key] = [root[key], value]
+
+
+def _set_nested(root: dict[str, Any], parts: list[str], value: str) -> None:
+    node = root
+    for i in range(len(parts)):
+        part = parts[i]
+        if part == "":  # "a[]" appends: take the next free index so order is kept
+            part = str(sum(1 for k in node if k.isdigit()))
+        if i == len(parts) - 1:
+            node[part] = value
+            return
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+
+
+def _lists_from_indexes(node: Any) -> Any:
+    """Dicts whose keys are all small integers were arrays in the SDK: make them lists again."""
+    if not isinstance(node, dict):
+        return node
+    converted = {key: _lists_from_indexes(value) for key, value in node.items()}
+    if converted and all(k.isdigit() and int(k) < _MAX_INDEX for k in converted):
+        return [converted[k] for k in sorted(converted, key=int)]
+    return converted

@@ -1,0 +1,49 @@
+"""Stages 2 and 3 together, failing closed: whatever goes wrong becomes a BLOCK that says why.
+
+A pure function of (document, compiled config): the proxy, `airlock explain` and the tests all
+call the same code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from addons.document import Document
+from addons.mappings import Action, MappingIndex, fallback_action, load_mappings
+from addons.policies import BLOCK, PolicySet, Verdict, load_policies
+
+
+@dataclass(frozen=True)
+class Config:
+    mappings: MappingIndex
+    policies: PolicySet
+
+    @classmethod
+    def load(cls, mappings_dir: Path, policies_dir: Path) -> Config:
+        return cls(load_mappings(mappings_dir), load_policies(policies_dir))
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    action: Action
+    verdict: Verdict
+    error: str | None = None  # set when a stage failed and the request was blocked for it
+    failed_stage: str | None = None
+
+
+def evaluate(document: Document, config: Config) -> Evaluation:
+    try:
+        action = config.mappings.map(document)
+    except Exception as e:
+        return _failed("mapping", fallback_action(document), e)
+    try:
+        verdict = config.policies.decide(action, document["agent"])
+    except Exception as e:
+        return _failed("policy", action, e)
+    return Evaluation(action, verdict)
+
+
+def _failed(stage: str, action: Action, error: Exception) -> Evaluation:
+    message = f"{stage} failed: {error}"
+    return Evaluation(action, Verdict(BLOCK, f"blocked because {message}", ()), message, stage)

@@ -1,0 +1,95 @@
+"""Prometheus metrics for operators: an addon that owns the registry and the /metrics endpoint."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from mitmproxy import ctx, exceptions
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+log = logging.getLogger(__name__)
+
+_LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1, 5, 30)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.decisions = Counter(
+            "airlock_decisions_total",
+            "Decisions made, by decision, action and provider.",
+            ["decision", "action", "provider"],
+            registry=self.registry,
+        )
+        self.decision_seconds = Histogram(
+            "airlock_decision_seconds",
+            "Time from receiving a request to its decision being committed.",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.held_flows = Gauge(
+            "airlock_held_flows", "Requests held awaiting a reviewer.", registry=self.registry
+        )
+        self.commit_seconds = Histogram(
+            "airlock_store_commit_seconds",
+            "Time to commit one group of records to the store.",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.commit_group_size = Histogram(
+            "airlock_store_commit_group_size",
+            "Records written per commit (group commit).",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+            registry=self.registry,
+        )
+        self.fail_closed = Counter(
+            "airlock_fail_closed_total",
+            "Requests blocked because a stage failed (mapping, policy, store), by stage.",
+            ["stage"],
+            registry=self.registry,
+        )
+        self._server: Any = None
+
+    def load(self, loader: Any) -> None:
+        loader.add_option(
+            "airlock_metrics_port",
+            int,
+            9464,
+            "Port of the Prometheus /metrics endpoint; 0 turns it off.",
+        )
+        loader.add_option(
+            "airlock_metrics_host",
+            str,
+            "127.0.0.1",
+            "Address the /metrics endpoint listens on (loopback by default).",
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if not {"airlock_metrics_port", "airlock_metrics_host"} & updated:
+            return
+        self._stop_server()
+        port, host = ctx.options.airlock_metrics_port, ctx.options.airlock_metrics_host
+        if port:
+            try:
+                self._server, _ = start_http_server(port, host, registry=self.registry)
+            except OSError as e:
+                raise exceptions.OptionsError(
+                    f"cannot serve metrics on {host}:{port}: {e.strerror} "
+                    "(set airlock_metrics_port to a free port, or 0 to turn metrics off)"
+                ) from e
+            log.info("Prometheus metrics on http://%s:%d/metrics", host, port)
+
+    def done(self) -> None:
+        self._stop_server()
+
+    def _stop_server(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def on_commit(self, seconds: float, group_size: int) -> None:
+        """Called by the store writer's thread after each group commit."""
+        self.commit_seconds.observe(seconds)
+        self.commit_group_size.observe(group_size)

@@ -1,0 +1,94 @@
+"""No secret at rest: strip credentials from anything before it is stored, printed or sent.
+
+Whatever policy needs from a secret (Stripe live vs test mode, say) is derived before this runs.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+REDACTED = "[REDACTED]"
+
+# Headers whose whole value is a credential.
+_SECRET_HEADERS = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "set-cookie",
+        "x-api-key",
+        "api-key",
+        "x-amz-security-token",
+        "x-goog-api-key",
+        "stripe-account-token",
+    }
+)
+# Any field or header whose name says it holds a secret.
+_SECRET_NAME = re.compile(
+    r"(?i)(pass(word|wd)|secret|token|api[-_]?key|access[-_]?key|private[-_]?key|credential"
+    r"|signature|^auth(orization)?$|^cvc$|^cvv$|card[-_]?number)"
+)
+# Tokens recognisable by their shape wherever they appear (bodies, paths, query strings).
+_SECRET_VALUE = re.compile(
+    r"\b(?:"
+    r"[sr]k_(?:live|test)_[A-Za-z0-9]{6,}"  # Stripe secret and restricted keys
+    r"|whsec_[A-Za-z0-9]{6,}"  # Stripe webhook secrets
+    r"|xox[abposre]-[A-Za-z0-9-]{6,}"  # Slack tokens
+    r"|xapp-[A-Za-z0-9-]{6,}"
+    r"|gh[pousr]_[A-Za-z0-9]{20,}"  # GitHub tokens
+    r"|github_pat_[A-Za-z0-9_]{20,}"
+    r"|SG\.[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}"  # SendGrid
+    r"|sk-(?:ant-)?[A-Za-z0-9_-]{16,}"  # OpenAI / Anthropic
+    r"|(?:AKIA|ASIA)[A-Z0-9]{16}"  # AWS access key ids
+    r"|eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"  # JWTs
+    r")"
+)
+# AWS SigV4 fields and generic key=value credentials inside longer strings.
+_SECRET_ASSIGNMENT = re.compile(
+    r"(?i)((?:Signature|X-Amz-Signature|X-Amz-Credential|X-Amz-Security-Token|Credential"
+    r"|password|api_key|apikey|token|secret)=)[^&,\s]+"
+)
+
+
+def redact_text(text: str) -> str:
+    text = _SECRET_VALUE.sub(REDACTED, text)
+    return _SECRET_ASSIGNMENT.sub(lambda m: m.group(1) + REDACTED, text)
+
+
+def redact_headers(headers: dict[str, str]) -> dict[str, str]:
+    clean: dict[str, str] = {}
+    for name, value in headers.items():
+        if name in _SECRET_HEADERS or _SECRET_NAME.search(name):
+            scheme = (
+                value.split(" ", 1)[0] if " " in value and name.endswith("authorization") else ""
+            )
+            clean[name] = f"{scheme} {REDACTED}" if scheme else REDACTED
+        else:
+            clean[name] = redact_text(value)
+    return clean
+
+
+def redact_value(value: Any) -> Any:
+    """Redact a JSON-shaped value: secret-named fields entirely, secret-shaped strings anywhere."""
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, dict):
+        return {
+            key: REDACTED
+            if _SECRET_NAME.search(str(key)) and value[key] not in (None, "")
+            else redact_value(value[key])
+            for key in value
+        }
+    if isinstance(value, list):
+        return [redact_value(item) for item in value]
+    return value
+
+
+def redact_document(document: dict[str, Any]) -> dict[str, Any]:
+    clean = dict(document)
+    clean["headers"] = redact_headers(document["headers"])
+    clean["path"] = redact_text(document["path"])
+    clean["query"] = redact_value(document["query"])
+    clean["body"] = redact_value(document["body"])
+    return clean

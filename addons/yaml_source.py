@@ -1,0 +1,126 @@
+"""YAML loading that remembers where every value came from, so errors can say file:line:column."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass(frozen=True)
+class Where:
+    file: str
+    line: int
+    column: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}"
+
+
+class ConfigError(Exception):
+    """A problem in a YAML file that a person must fix; the message starts with file:line:column."""
+
+    def __init__(self, where: Where | str, message: str) -> None:
+        super().__init__(f"{where}: {message}")
+        self.where = where
+        self.message = message
+
+
+class Node(dict):
+    """A YAML mapping that knows its own position and the position of each of its values."""
+
+    where: Where
+    value_where: dict[str, Where]
+
+    def at(self, key: str) -> Where:
+        return self.value_where.get(key, self.where)
+
+
+class Seq(list):
+    """A YAML sequence that knows its own position and the position of each item."""
+
+    where: Where
+    item_where: list[Where]
+
+
+def _where(file: str, mark: yaml.Mark) -> Where:
+    return Where(file, mark.line + 1, mark.column + 1)
+
+
+def _loader_for(file: str) -> type[yaml.SafeLoader]:
+    class PositionLoader(yaml.SafeLoader):
+        pass
+
+    def construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> Node:
+        result = Node()
+        result.where = _where(file, node.start_mark)
+        result.value_where = {}
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            if not isinstance(key, str):
+                raise ConfigError(_where(file, key_node.start_mark), "keys must be strings")
+            if key in result:
+                raise ConfigError(_where(file, key_node.start_mark), f"duplicate key {key!r}")
+            result[key] = loader.construct_object(value_node, deep=True)
+            result.value_where[key] = _where(file, value_node.start_mark)
+        return result
+
+    def construct_sequence(loader: yaml.SafeLoader, node: yaml.SequenceNode) -> Seq:
+        result = Seq(loader.construct_object(item, deep=True) for item in node.value)
+        result.where = _where(file, node.start_mark)
+        result.item_where = [_where(file, item.start_mark) for item in node.value]
+        return result
+
+    PositionLoader.add_constructor(
+        yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping
+    )
+    PositionLoader.add_constructor(
+        yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, construct_sequence
+    )
+    return PositionLoader
+
+
+def load_yaml(path: Path) -> Any:
+    """Parse one YAML file; syntax errors become ConfigError with the file's line and column."""
+    file = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(file, f"cannot read: {e.strerror}") from e
+    try:
+        return yaml.load(text, Loader=_loader_for(file))
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = _where(file, mark) if mark else file
+        raise ConfigError(where, f"invalid YAML: {e.problem or e.context}") from e
+
+
+def yaml_files(directory: Path) -> list[Path]:
+    """The YAML files of a config folder in a stable order (the order rules are tried in)."""
+    if directory.is_file():
+        return [directory]
+    if not directory.is_dir():
+        raise ConfigError(str(directory), "no such directory")
+    return sorted(
+        p
+        for p in directory.iterdir()
+        if p.suffix in (".yaml", ".yml") and not p.name.endswith((".test.yaml", ".test.yml"))
+    )
+
+
+def expect_keys(node: Node, allowed: set[str], required: set[str], what: str) -> None:
+    """Reject unknown keys (typos must not silently disable a rule) and missing required ones."""
+    for key in node:
+        if key not in allowed:
+            expected = ", ".join(sorted(allowed))
+            raise ConfigError(node.at(key), f"unknown key {key!r} in {what} (expected {expected})")
+    for key in sorted(required - node.keys()):
+        raise ConfigError(node.where, f"{what} is missing required key {key!r}")
+
+
+def expect_type(node: Any, key: str, value: Any, kind: type | tuple[type, ...], desc: str) -> None:
+    if not isinstance(value, kind):
+        where = node.at(key) if isinstance(node, Node) else "?"
+        raise ConfigError(where, f"{key!r} must be {desc}, got {type(value).__name__}")

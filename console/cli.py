@@ -1,0 +1,299 @@
+"""`airlock`: run the proxy, decide held requests, verify the audit trail.
+
+The console never talks to the proxy: every command here reads and writes the store, which is
+what lets any number of proxies and reviewers share one database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from store.schema import DEFAULT_DB_URL, PROJECT_ROOT
+
+ADDON_SCRIPT = PROJECT_ROOT / "addons" / "gate.py"
+DEFAULT_CONFDIR = PROJECT_ROOT / "certs"
+CA_CERT_NAME = "mitmproxy-ca-cert.pem"
+
+
+def _db_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--db",
+        default=os.environ.get("AIRLOCK_DB", DEFAULT_DB_URL),
+        metavar="URL",
+        help="SQLAlchemy URL of the store, the same the proxy uses "
+        "(default: $AIRLOCK_DB, else the embedded SQLite file data/airlock.db)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="airlock",
+        description="A policy gate between AI agents and the APIs they write to.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run",
+        help="start the proxy",
+        description="Start the Airlock proxy (mitmdump with the gate addon). Agents point "
+        "HTTPS_PROXY at it and trust the CA it prints.",
+    )
+    run.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+    )
+    run.add_argument(
+        "--port", type=int, default=8080, help="port to listen on (default: %(default)s)"
+    )
+    _db_argument(run)
+    run.add_argument(
+        "--mappings",
+        default=str(PROJECT_ROOT / "mappings"),
+        metavar="DIR",
+        help="folder of YAML mappings (default: the shipped mappings/)",
+    )
+    run.add_argument(
+        "--policies",
+        default=str(PROJECT_ROOT / "policies"),
+        metavar="DIR",
+        help="folder of YAML policies (default: the shipped policies/)",
+    )
+    run.add_argument(
+        "--confdir",
+        default=str(DEFAULT_CONFDIR),
+        metavar="DIR",
+        help="where the proxy's CA lives; generated on first start (default: certs/)",
+    )
+    run.add_argument(
+        "--route",
+        action="append",
+        default=[],
+        metavar="HOST=ADDR:PORT",
+        help="connect to ADDR:PORT for HOST, keeping Host, SNI and connection reuse "
+        "(like curl --resolve; repeatable; for tests and demos)",
+    )
+    run.add_argument(
+        "--upstream-ca", metavar="FILE", help="also trust this CA (PEM) for upstream servers"
+    )
+    run.add_argument(
+        "--hold-timeout",
+        type=float,
+        default=25.0,
+        metavar="SECONDS",
+        help="how long a request awaiting approval is held (default: %(default)s)",
+    )
+    run.add_argument(
+        "--metrics-port",
+        type=int,
+        default=9464,
+        metavar="PORT",
+        help="Prometheus /metrics port on loopback; 0 turns it off (default: %(default)s)",
+    )
+    run.add_argument(
+        "--body-size-limit",
+        default="10m",
+        metavar="SIZE",
+        help="largest request body accepted, e.g. 10m (default: %(default)s)",
+    )
+    run.add_argument("--quiet", action="store_true", help="do not print the set-up banner")
+
+    pending = commands.add_parser(
+        "pending",
+        help="list requests waiting for approval",
+        description="List held requests waiting for a reviewer, oldest first.",
+    )
+    _db_argument(pending)
+    pending.add_argument("--json", action="store_true", help="print JSON (one array) for scripts")
+
+    approve = commands.add_parser(
+        "approve",
+        help="approve a held request",
+        description="Approve a held request: the proxy holding it forwards it to the upstream.",
+    )
+    approve.add_argument(
+        "id", help="approval id (or an unambiguous prefix of at least 4 characters)"
+    )
+    approve.add_argument(
+        "--reviewer", default=getpass.getuser(), help="your name (default: OS user)"
+    )
+    approve.add_argument("--reason", help="why (recorded in the audit trail)")
+    _db_argument(approve)
+
+    deny = commands.add_parser(
+        "deny",
+        help="deny a held request",
+        description="Deny a held request: the agent receives 403 with your reason.",
+    )
+    deny.add_argument("id", help="approval id (or an unambiguous prefix of at least 4 characters)")
+    deny.add_argument("--reason", required=True, help="why (shown to the agent, recorded)")
+    deny.add_argument("--reviewer", default=getpass.getuser(), help="your name (default: OS user)")
+    _db_argument(deny)
+
+    audit = commands.add_parser(
+        "audit", help="check the audit trail", description="Commands for auditors."
+    )
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
+    verify = audit_commands.add_parser(
+        "verify",
+        help="verify the hash chain and every record against it",
+        description="Check that no audit event was edited, deleted or reordered and that every "
+        "run and approval matches the event that recorded it. Exit 0 when intact, 1 otherwise.",
+    )
+    _db_argument(verify)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers = {
+        "run": cmd_run,
+        "pending": cmd_pending,
+        "approve": cmd_decide,
+        "deny": cmd_decide,
+        "audit": cmd_audit_verify,
+    }
+    return handlers[args.command](args)
+
+
+# --- run -------------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from mitmproxy.tools.main import mitmdump
+
+    confdir = Path(args.confdir).resolve()
+    ca_cert = ensure_ca(confdir)
+    if not args.quiet:
+        print_agent_setup(args.host, args.port, ca_cert)
+    mitmdump(mitmdump_arguments(args, confdir))
+    return 0
+
+
+def mitmdump_arguments(args: argparse.Namespace, confdir: Path) -> list[str]:
+    settings = {
+        "confdir": str(confdir),
+        "listen_host": args.host,
+        "listen_port": str(args.port),
+        "connection_strategy": "lazy",  # a blocked or held request never opens an upstream
+        "body_size_limit": args.body_size_limit,
+        "flow_detail": "0",  # the gate prints its own line per decision
+        "airlock_db": args.db,
+        "airlock_mappings": str(Path(args.mappings).resolve()),
+        "airlock_policies": str(Path(args.policies).resolve()),
+        "airlock_hold_timeout": str(args.hold_timeout),
+        "airlock_metrics_port": str(args.metrics_port),
+    }
+    if args.upstream_ca:
+        settings["ssl_verify_upstream_trusted_ca"] = str(Path(args.upstream_ca).resolve())
+    argv = ["-s", str(ADDON_SCRIPT)]
+    for name, value in settings.items():
+        argv += ["--set", f"{name}={value}"]
+    for route in args.route:
+        argv += ["--set", f"airlock_route={route}"]
+    return argv
+
+
+def ensure_ca(confdir: Path) -> Path:
+    """Generate the CA on first start (mitmproxy's own format), so its path can be printed now."""
+    from mitmproxy.certs import CertStore
+
+    confdir.mkdir(parents=True, exist_ok=True)
+    CertStore.from_store(confdir, "mitmproxy", 2048)
+    return confdir / CA_CERT_NAME
+
+
+def print_agent_setup(host: str, port: int, ca_cert: Path) -> None:
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    proxy = f"http://{shown}:{port}"
+    console = Console(highlight=False)
+    console.print(f"[bold]Airlock[/] on {proxy}. In an agent's shell:\n")
+    for line in (
+        f"export HTTPS_PROXY={proxy} HTTP_PROXY={proxy}",
+        f"export REQUESTS_CA_BUNDLE={ca_cert}   # requests",
+        f"export SSL_CERT_FILE={ca_cert}        # httpx, slack_sdk, urllib",
+        f"export AWS_CA_BUNDLE={ca_cert}        # boto3",
+        f"export NODE_EXTRA_CA_CERTS={ca_cert}  # Node (and NODE_USE_ENV_PROXY=1)",
+    ):
+        console.print(f"  {line}")
+    console.print(f'  stripe.ca_bundle_path = "{ca_cert}"  # stripe-python ignores the variables')
+    console.print("  Identify an agent with HTTPS_PROXY=http://AGENT-NAME:x@host:port\n")
+
+
+# --- reviewers -------------------------------------------------------------------------------
+
+
+def _engine(url: str):
+    from store.schema import create_schema, open_engine
+
+    engine = open_engine(url)
+    create_schema(engine)
+    return engine
+
+
+def cmd_pending(args: argparse.Namespace) -> int:
+    from store.approvals import pending_approvals
+
+    items = pending_approvals(_engine(args.db))
+    if args.json:
+        print(json.dumps([item.__dict__ for item in items], indent=2))
+        return 0
+    console = Console(highlight=False)
+    if not items:
+        console.print("No requests are waiting for approval.")
+        return 0
+    table = Table("approval", "agent", "action", "target", "params", "why held", "left")
+    now = time.time()
+    for item in items:
+        params = " ".join(f"{k}={v}" for k, v in item.params.items() if not isinstance(v, dict))
+        table.add_row(
+            item.id[:12],
+            item.agent,
+            item.action,
+            item.target,
+            params,
+            item.reason,
+            f"{max(0, item.expires_at - now):.0f}s",
+        )
+    console.print(table)
+    return 0
+
+
+def cmd_decide(args: argparse.Namespace) -> int:
+    from store.approvals import APPROVED, DENIED, ApprovalError, resolve_approval
+
+    state = APPROVED if args.command == "approve" else DENIED
+    try:
+        settled = resolve_approval(_engine(args.db), args.id, state, args.reviewer, args.reason)
+    except ApprovalError as e:
+        print(f"airlock {args.command}: {e}", file=sys.stderr)
+        return 1
+    print(f"{settled.state.lower()} {settled.approval_id} as {args.reviewer}")
+    return 0
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from store.audit import verify_audit
+
+    report = verify_audit(_engine(args.db))
+    if report.ok:
+        print(
+            f"audit trail intact: {report.events} events, {report.runs} runs and "
+            f"{report.approvals} approvals verified"
+        )
+        return 0
+    print(f"audit trail BROKEN: {report.problem}", file=sys.stderr)
+    print(f"(checked {report.events} events before the break)", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""The tamper-evident audit log: append events to a hash chain; verify the chain and the records.
+
+Each event's hash covers its sequence number, time, kind, run id, canonical JSON payload and the
+previous event's hash. Editing, deleting or reordering any event breaks the chain at that point;
+editing a run or approval row makes it disagree with the event that recorded it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, insert, select, update
+from sqlalchemy.engine import Engine
+
+from store.schema import GENESIS_HASH, Approval, AuditEvent, AuditHead, Run
+
+# The run columns a decision event vouches for, and those an outcome event vouches for.
+DECISION_FIELDS = (
+    "at",
+    "agent",
+    "method",
+    "host",
+    "path",
+    "provider",
+    "action",
+    "category",
+    "sensitivity",
+    "target",
+    "mapping_id",
+    "params",
+    "decision",
+    "reason",
+    "rules",
+    "error",
+)
+OUTCOME_FIELDS = ("outcome", "status", "upstream_ms")
+APPROVAL_FIELDS = ("state", "reviewer", "reason", "resolved_at")
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str  # decision | outcome | approval
+    run_id: str | None
+    at: float
+    payload: dict[str, Any]
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def chain_hash(prev: str, seq: int, at: float, kind: str, run_id: str | None, payload: str) -> str:
+    material = f"{prev}\n{seq}\n{at!r}\n{kind}\n{run_id or ''}\n{payload}"
+    return hashlib.sha256(material.encode()).hexdigest()
+
+
+def append_events(conn: Connection, events: list[Event]) -> None:
+    """Append in order; locks the chain head until the surrounding transaction commits."""
+    if not events:
+        return
+    head = conn.execute(select(AuditHead).where(AuditHead.id == 1).with_for_update()).one()
+    seq, prev = head.seq, head.hash
+    rows = []
+    for event in events:
+        seq += 1
+        payload = canonical_json(event.payload)
+        digest = chain_hash(prev, seq, event.at, event.kind, event.run_id, payload)
+        rows.append(
+            {
+                "seq": seq,
+                "at": event.at,
+                "kind": event.kind,
+                "run_id": event.run_id,
+                "payload": payload,
+                "prev_hash": prev,
+                "hash": digest,
+            }
+        )
+        prev = digest
+    conn.execute(insert(AuditEvent), rows)
+    conn.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=seq, hash=prev))
+
+
+# --- verification ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    events: int
+    runs: int
+    approvals: int
+    problem: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+
+class _Broken(Exception):
+    pass
+
+
+def verify_audit(engine: Engine) -> VerifyReport:
+    counts = {"events": 0, "runs": 0, "approvals": 0}
+    try:
+        with engine.connect() as conn:
+            vouched = _verify_chain(conn, counts)
+            _verify_records(conn, vouched, counts)
+    except _Broken as e:
+        return VerifyReport(**counts, problem=str(e))
+    return VerifyReport(**counts, problem=None)
+
+
+@dataclass
+class _Vouched:
+    """What the chain says each record should contain (the latest event for each)."""
+
+    decisions: dict[str, dict[str, Any]]
+    outcomes: dict[str, dict[str, Any]]
+    approvals: dict[str, dict[str, Any]]
+
+
+def _events(conn: Connection) -> Iterator[AuditEvent]:
+    yield from conn.execute(select(AuditEvent).order_by(AuditEvent.seq)).yield_per(2000)
+
+
+def _verify_chain(conn: Connection, counts: dict[str, int]) -> _Vouched:
+    vouched = _Vouched({}, {}, {})
+    expected, prev = 1, GENESIS_HASH
+    for event in _events(conn):
+        if event.seq != expected:
+            raise _Broken(
+                f"event #{expected} is missing: the chain jumps from #{expected - 1} to "
+                f"#{event.seq} (deleted events)"
+            )
+        if event.prev_hash != prev:
+            raise _Broken(
+                f"event #{event.seq} does not follow event #{event.seq - 1}: "
+                "the chain was reordered or an earlier event was replaced"
+            )
+        digest = chain_hash(prev, event.seq, event.at, event.kind, event.run_id, event.payload)
+        if digest != event.hash:
+            raise _Broken(
+                f"event #{event.seq} ({event.kind}) was edited: its content no longer "
+                "matches its hash"
+            )
+        _remember(vouched, event)
+        prev, expected = event.hash, expected + 1
+        counts["events"] += 1
+    head = conn.execute(select(AuditHead).where(AuditHead.id == 1)).one_or_none()
+    if head is None or head.seq != expected - 1 or head.hash != prev:
+        said = "missing" if head is None else f"#{head.seq}"
+        raise _Broken(
+            f"the chain ends at event #{expected - 1} but its head says {said}: "
+            "events were removed from the end, or the head was changed"
+        )
+    return vouched
+
+
+def _remember(vouched: _Vouched, event: AuditEvent) -> None:
+    payload = json.loads(event.payload)
+    if event.kind == "decision":
+        vouched.decisions[event.run_id or ""] = payload
+    elif event.kind == "outcome":
+        vouched.outcomes[event.run_id or ""] = payload
+    elif event.kind == "approval":
+        vouched.approvals[payload["approval_id"]] = payload
+
+
+def _verify_records(conn: Connection, vouched: _Vouched, counts: dict[str, int]) -> None:
+    seen: set[str] = set()
+    for run in conn.execute(select(Run).order_by(Run.at)).yield_per(2000):
+        recorded = vouched.decisions.get(run.id)
+        if recorded is None:
+            raise _Broken(f"run {run.id} has no decision event: it was added outside Airlock")
+        _same(f"run {run.id}", run, recorded, DECISION_FIELDS)
+        if run.outcome is not None or run.id in vouched.outcomes:
+            _same(f"run {run.id}", run, vouched.outcomes.get(run.id, {}), OUTCOME_FIELDS)
+        seen.add(run.id)
+        counts["runs"] += 1
+    missing = vouched.decisions.keys() - seen
+    if missing:
+        raise _Broken(f"run {sorted(missing)[0]} is recorded in the chain but its row was deleted")
+    for approval in conn.execute(select(Approval)).yield_per(2000):
+        recorded = vouched.approvals.get(approval.id)
+        if recorded is None:
+            raise _Broken(f"approval {approval.id} has no event: it was added outside Airlock")
+        _same(f"approval {approval.id}", approval, recorded, APPROVAL_FIELDS)
+        counts["approvals"] += 1
+
+
+def _same(what: str, row: Any, recorded: dict[str, Any], fields: tuple[str, ...]) -> None:
+    for name in fields:
+        stored = getattr(row, name)
+        if canonical_json(stored) != canonical_json(recorded.get(name)):
+            raise _Broken(
+                f"{what} was edited: {name} is {stored!r} but the audit chain recorded "
+                f"{recorded.get(name)!r}"
+            )

@@ -1,0 +1,153 @@
+"""The database schema and engine: the one module that knows tables exist.
+
+Times are stored as UNIX epoch seconds (float) so that they round-trip exactly on every backend;
+the audit chain hashes them, and the CLI formats them for people.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+    insert,
+    select,
+)
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# The embedded default: one file in the project's git-ignored data/ folder, whatever the cwd.
+DEFAULT_DB_URL = f"sqlite:///{PROJECT_ROOT / 'data' / 'airlock.db'}"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Run(Base):
+    """One request through the gate: what it meant, what was decided, and what happened."""
+
+    __tablename__ = "runs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    at: Mapped[float] = mapped_column(Float, index=True)
+    instance: Mapped[str] = mapped_column(String(64))
+    agent: Mapped[str] = mapped_column(String(200), index=True)
+    method: Mapped[str] = mapped_column(String(16))
+    host: Mapped[str] = mapped_column(String(255))
+    path: Mapped[str] = mapped_column(Text)
+    provider: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(128), index=True)
+    category: Mapped[str] = mapped_column(String(32))
+    sensitivity: Mapped[str] = mapped_column(String(16))
+    target: Mapped[str] = mapped_column(Text)
+    mapping_id: Mapped[str | None] = mapped_column(String(200))
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    request: Mapped[dict[str, Any]] = mapped_column(JSON)  # the redacted request document
+    decision: Mapped[str] = mapped_column(String(24), index=True)
+    reason: Mapped[str] = mapped_column(Text)
+    rules: Mapped[list[str]] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)  # why a stage failed (fail-closed blocks)
+    decision_ms: Mapped[float] = mapped_column(Float)
+    outcome: Mapped[str | None] = mapped_column(String(24))
+    status: Mapped[int | None] = mapped_column(Integer)
+    upstream_ms: Mapped[float | None] = mapped_column(Float)
+
+
+class Approval(Base):
+    """A held request waiting for a reviewer. PENDING → APPROVED | DENIED | EXPIRED | ABANDONED."""
+
+    __tablename__ = "approvals"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)
+    resolved_at: Mapped[float | None] = mapped_column(Float)
+    reviewer: Mapped[str | None] = mapped_column(String(200))
+    reason: Mapped[str | None] = mapped_column(Text)
+    request_hash: Mapped[str] = mapped_column(String(64), index=True)
+    instance: Mapped[str] = mapped_column(String(64))
+
+
+class AuditEvent(Base):
+    """Append-only and hash-chained: an event's hash covers its content and the previous hash."""
+
+    __tablename__ = "audit_events"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    at: Mapped[float] = mapped_column(Float)
+    kind: Mapped[str] = mapped_column(String(16))
+    run_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    payload: Mapped[str] = mapped_column(Text)  # canonical JSON, hashed as stored
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditHead(Base):
+    """The chain's tip, one row: writers lock it to append, and verify checks nothing follows it."""
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+GENESIS_HASH = "0" * 64
+
+
+def normalise_url(url: str) -> str:
+    """Plain postgresql:// URLs use psycopg 3, the driver Airlock installs."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)
+
+
+def open_engine(url: str = DEFAULT_DB_URL) -> Engine:
+    url = normalise_url(url)
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+    _make_sqlite_durable_and_serial(engine)
+    return engine
+
+
+def _make_sqlite_durable_and_serial(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves, below
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+        cursor.execute("PRAGMA synchronous=FULL")  # committed means on disk (fsync per group)
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def on_begin(connection: Any) -> None:
+        # Take the write lock up front: a deferred transaction that reads the audit head and
+        # then writes could fail to upgrade its lock when another process writes meanwhile.
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def create_schema(engine: Engine) -> None:
+    """Create missing tables and the chain's head row; safe to run at every start."""
+    Base.metadata.create_all(engine)
+    with engine.begin() as conn:
+        if conn.execute(select(AuditHead.id).where(AuditHead.id == 1)).first() is None:
+            conn.execute(insert(AuditHead).values(id=1, seq=0, hash=GENESIS_HASH))
