@@ -391,7 +391,9 @@ def _target(entry: Node) -> str | None:
 
 
 def _params(entry: Node) -> tuple[ParamSpec, ...]:
-    params = entry.get("params") or {}
+    params = entry.get("params")
+    if params is None:
+        return ()
     if not isinstance(params, Node):
         raise ConfigError(entry.at("params"), "'params' must map names to JSONPath expressions")
     return tuple(_param(params, name) for name in params)

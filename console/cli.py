@@ -86,8 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--hold-timeout",
-        type=float,
-        default=25.0,
+        type=int,
+        default=25,
         metavar="SECONDS",
         help="how long a request awaiting approval is held (default: %(default)s)",
     )

@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
 
 from store.audit import append_events
 from store.records import PENDING, Settlement, settle_approval
@@ -49,7 +50,7 @@ def pending_approvals(engine: Engine, now: float | None = None) -> list[PendingA
         .where(Approval.state == PENDING, Approval.expires_at > now)
         .order_by(Approval.created_at)
     )
-    with engine.connect() as conn:
+    with Session(engine) as session:
         return [
             PendingApproval(
                 id=approval.id,
@@ -67,7 +68,7 @@ def pending_approvals(engine: Engine, now: float | None = None) -> list[PendingA
                 host=run.host,
                 path=run.path,
             )
-            for approval, run in conn.execute(query).tuples()
+            for approval, run in session.execute(query).tuples()
         ]
 
 

@@ -1,0 +1,439 @@
+"""The gate: each request is documented, mapped, decided, recorded, then forwarded, refused or held.
+
+mitmproxy loads it through the script addons/gate.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mitmproxy import connection, ctx, exceptions, http
+
+from addons.decision_log import DecisionLog
+from addons.document import Document, build_document
+from addons.evaluation import Config, Evaluation, evaluate
+from addons.metrics import Metrics
+from addons.policies import BLOCK, REQUIRE_APPROVAL
+from addons.redaction import redact_document, redact_text, redact_value
+from addons.routing import Routing
+from addons.yaml_source import ConfigError
+from store.approvals import ABANDONED, APPROVED, DENIED, EXPIRED
+from store.records import DecisionRecord, HoldRequest, OutcomeRecord
+from store.schema import DEFAULT_DB_URL, create_schema, open_engine
+from store.writer import SettleRequest, StoreWriter
+
+log = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+ANONYMOUS = "anonymous"
+POLL_SECONDS = 0.25  # how often held flows look for a reviewer's decision
+MAX_STORED_BODY = 64 * 1024
+
+
+@dataclass
+class Hold:
+    approval_id: str
+    flow: http.HTTPFlow
+    settled: asyncio.Future[tuple[str, str | None, str | None]]  # (state, reviewer, reason)
+
+
+class Gate:
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        self.metrics = metrics or Metrics()
+        self.config: Config | None = None
+        self.writer: StoreWriter | None = None
+        self.engine: Any = None
+        self.instance = f"{socket.gethostname()}-{os.getpid()}"
+        self.log = DecisionLog()
+        self.holds: dict[str, Hold] = {}
+        self._connect_agents: weakref.WeakKeyDictionary[connection.Client, str] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._poller: asyncio.Task[None] | None = None
+
+    # --- options and lifecycle ---------------------------------------------------------------
+
+    def load(self, loader: Any) -> None:
+        loader.add_option(
+            "airlock_db", str, DEFAULT_DB_URL, "SQLAlchemy URL of the store (SQLite or PostgreSQL)."
+        )
+        loader.add_option(
+            "airlock_mappings",
+            str,
+            str(PROJECT_ROOT / "mappings"),
+            "Folder (or file) of YAML mappings: request → canonical action.",
+        )
+        loader.add_option(
+            "airlock_policies",
+            str,
+            str(PROJECT_ROOT / "policies"),
+            "Folder (or file) of YAML policies: action → ALLOW, BLOCK or REQUIRE_APPROVAL.",
+        )
+        loader.add_option(
+            "airlock_hold_timeout",
+            int,
+            25,
+            "Seconds a request waiting for approval is held before it is refused "
+            "(below the 30 s after which slack_sdk gives up).",
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if {"airlock_mappings", "airlock_policies"} & updated:
+            self.config = self._load_config()
+        if "airlock_db" in updated:
+            self._open_store(ctx.options.airlock_db)
+        if "airlock_hold_timeout" in updated and ctx.options.airlock_hold_timeout <= 0:
+            raise exceptions.OptionsError(
+                "airlock_hold_timeout must be a positive number of seconds"
+            )
+
+    def _load_config(self) -> Config:
+        started = time.perf_counter()
+        try:
+            config = Config.load(
+                Path(ctx.options.airlock_mappings), Path(ctx.options.airlock_policies)
+            )
+        except ConfigError as e:
+            raise exceptions.OptionsError(str(e)) from e
+        log.info(
+            "loaded %d mappings and %d policy rules in %.0f ms",
+            len(config.mappings),
+            len(config.policies),
+            (time.perf_counter() - started) * 1000,
+        )
+        return config
+
+    def _open_store(self, url: str) -> None:
+        self._close_store()
+        try:
+            engine = open_engine(url)
+            create_schema(engine)
+        except Exception as e:
+            raise exceptions.OptionsError(f"cannot open the store {url!r}: {e}") from e
+        self.engine = engine
+        self.writer = StoreWriter(engine, on_commit=self.metrics.on_commit)
+
+    def _close_store(self) -> None:
+        if self.writer is not None:
+            self.writer.stop()
+        if self.engine is not None:
+            self.engine.dispose()
+        self.writer = self.engine = None
+
+    def running(self) -> None:
+        if ctx.options.connection_strategy != "lazy":
+            # Eager would open an upstream connection before we decide: a blocked or held
+            # request must never touch the upstream.
+            ctx.options.connection_strategy = "lazy"
+        self._start_writer()
+
+    def _start_writer(self) -> None:
+        assert self.writer is not None
+        self.writer.ensure_started(asyncio.get_running_loop())
+
+    def done(self) -> None:
+        for hold in list(self.holds.values()):
+            self._answer_shutdown(hold.flow)
+        if self._poller:
+            self._poller.cancel()
+        self._close_store()
+
+    # --- identity ----------------------------------------------------------------------------
+
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        user = _basic_auth_user(flow.request.headers.get("proxy-authorization", ""))
+        if user:
+            self._connect_agents[flow.client_conn] = user
+
+    def _agent_of(self, flow: http.HTTPFlow) -> str:
+        if "proxyauth" in flow.metadata:
+            return str(flow.metadata["proxyauth"][0])
+        if flow.client_conn in self._connect_agents:
+            return self._connect_agents[flow.client_conn]
+        # A plain-HTTP proxied request carries its credentials itself: read, then never forward.
+        header = flow.request.headers.pop("proxy-authorization", "")
+        return _basic_auth_user(header) or ANONYMOUS
+
+    # --- the request path --------------------------------------------------------------------
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None or "airlock" in flow.metadata:
+            return  # answered by another addon, or a replay of a flow we already decided
+        started = time.perf_counter()
+        self._start_writer()
+        run_id = uuid.uuid4().hex
+        flow.metadata["airlock"] = run_id
+        document = build_document(flow.request, self._agent_of(flow))
+        evaluation = self._evaluate(document)
+        decision_ms = (time.perf_counter() - started) * 1000
+        run = _run_row(run_id, self.instance, document, evaluation, decision_ms)
+        hold = (
+            self._hold_request(document)
+            if evaluation.verdict.decision == REQUIRE_APPROVAL
+            else None
+        )
+        if evaluation.verdict.decision == BLOCK:
+            run.update(outcome="blocked", status=403)
+        try:
+            assert self.writer is not None
+            await self.writer.submit(DecisionRecord(run, hold))
+        except Exception as e:
+            self._refuse_unrecorded(flow, run, e)
+            return
+        self.metrics.decisions.labels(run["decision"], run["action"], run["provider"]).inc()
+        self.metrics.decision_seconds.observe(time.perf_counter() - started)
+        if evaluation.error:
+            self.metrics.fail_closed.labels(evaluation.failed_stage).inc()
+        self.log.decision(run["decision"], run, (time.perf_counter() - started) * 1000)
+        if run["decision"] == BLOCK:
+            self._refuse(flow, run, run["reason"])
+        elif hold is not None:
+            await self._hold(flow, run, hold)
+        else:
+            flow.metadata["airlock_released"] = time.time()
+
+    def _evaluate(self, document: Document) -> Evaluation:
+        assert self.config is not None
+        return evaluate(document, self.config)
+
+    def _hold_request(self, document: Document) -> HoldRequest:
+        return HoldRequest(
+            approval_id=uuid.uuid4().hex,
+            expires_at=time.time() + ctx.options.airlock_hold_timeout,
+            request_hash=request_hash(document),
+        )
+
+    async def _hold(self, flow: http.HTTPFlow, run: dict[str, Any], hold: HoldRequest) -> None:
+        settled: asyncio.Future[tuple[str, str | None, str | None]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self.holds[hold.approval_id] = Hold(hold.approval_id, flow, settled)
+        self.metrics.held_flows.inc()
+        self._ensure_poller()
+        try:
+            state, reviewer, reason = await asyncio.wait_for(
+                asyncio.shield(settled), timeout=max(0.0, hold.expires_at - time.time())
+            )
+        except TimeoutError:
+            state, reviewer, reason = await self._settle_here(hold.approval_id, EXPIRED)
+        finally:
+            self.holds.pop(hold.approval_id, None)
+            self.metrics.held_flows.dec()
+        self.log.decision(
+            state, run, (time.time() - run["at"]) * 1000, note=f"by {reviewer}" if reviewer else ""
+        )
+        if state == APPROVED:
+            flow.metadata["airlock_released"] = time.time()
+            return
+        outcome = {DENIED: "denied", EXPIRED: "expired", ABANDONED: "abandoned"}[state]
+        self._record_outcome(run["id"], outcome, 403)
+        if state == DENIED:
+            message = f"denied by {reviewer}: {reason}" if reason else f"denied by {reviewer}"
+        else:
+            message = "approval timed out" if state == EXPIRED else "client disconnected"
+        self._refuse(flow, run, message, approval={"id": hold.approval_id, "state": state})
+
+    async def _settle_here(
+        self, approval_id: str, state: str
+    ) -> tuple[str, str | None, str | None]:
+        """End an approval from the proxy's side; if a reviewer got there first, theirs stands."""
+        assert self.writer is not None
+        reason = "approval timed out" if state == EXPIRED else "client disconnected while held"
+        settlement = await self.writer.submit(
+            SettleRequest(approval_id, state, reason, time.time())
+        )
+        return settlement.state, settlement.reviewer, settlement.reason
+
+    # --- watching for reviewers' decisions ---------------------------------------------------
+
+    def _ensure_poller(self) -> None:
+        if self._poller is None or self._poller.done():
+            self._poller = asyncio.get_running_loop().create_task(self._poll_approvals())
+
+    async def _poll_approvals(self) -> None:
+        from store.approvals import approval_states
+
+        while self.holds:
+            await asyncio.sleep(POLL_SECONDS)
+            try:
+                states = await asyncio.to_thread(approval_states, self.engine, list(self.holds))
+            except Exception as e:  # the store is down: holds time out, which denies them
+                log.warning("cannot read approvals from the store: %s", e)
+                continue
+            for approval_id, settlement in states.items():
+                hold = self.holds.get(approval_id)
+                if hold and settlement.state != "PENDING" and not hold.settled.done():
+                    hold.settled.set_result(
+                        (settlement.state, settlement.reviewer, settlement.reason)
+                    )
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        for hold in list(self.holds.values()):
+            if hold.flow.client_conn is client and not hold.settled.done():
+                asyncio.get_running_loop().create_task(self._abandon(hold))
+
+    async def _abandon(self, hold: Hold) -> None:
+        try:
+            result = await self._settle_here(hold.approval_id, ABANDONED)
+        except Exception as e:
+            log.error("could not mark approval %s abandoned: %s", hold.approval_id, e)
+            result = (ABANDONED, None, None)
+        if not hold.settled.done():
+            hold.settled.set_result(result)
+
+    # --- answers and outcomes ----------------------------------------------------------------
+
+    def _refuse(
+        self,
+        flow: http.HTTPFlow,
+        run: dict[str, Any],
+        reason: str,
+        approval: dict[str, Any] | None = None,
+    ) -> None:
+        body: dict[str, Any] = {
+            "decision": run["decision"],
+            "action": run["action"],
+            "reason": reason,
+            "rules": run["rules"],
+            "request_id": run["id"],
+        }
+        if approval:
+            body["approval"] = approval
+        flow.metadata["airlock_answered"] = True
+        flow.response = http.Response.make(
+            403,
+            json.dumps(body, indent=2) + "\n",
+            {
+                "Content-Type": "application/json",
+                "X-Airlock-Decision": run["decision"],
+                "X-Airlock-Request-Id": run["id"],
+            },
+        )
+
+    def _refuse_unrecorded(
+        self, flow: http.HTTPFlow, run: dict[str, Any], error: Exception
+    ) -> None:
+        """The store failed: nothing may pass unrecorded, so refuse and say why."""
+        self.metrics.fail_closed.labels("store").inc()
+        log.error("store unavailable, request %s blocked: %s", run["id"], error)
+        run = {**run, "decision": BLOCK, "rules": []}
+        self.log.decision(BLOCK, run, 0.0, note="store unavailable")
+        self._refuse(flow, run, f"blocked because the decision could not be recorded: {error}")
+
+    def _answer_shutdown(self, flow: http.HTTPFlow) -> None:
+        flow.response = http.Response.make(
+            503,
+            json.dumps({"reason": "Airlock is shutting down; retry shortly"}) + "\n",
+            {"Content-Type": "application/json", "Retry-After": "5"},
+        )
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        run_id = flow.metadata.get("airlock")
+        if not run_id or not flow.response:
+            return
+        flow.response.headers.setdefault("X-Airlock-Request-Id", run_id)
+        if flow.metadata.get("airlock_answered"):
+            return
+        released = flow.metadata.get("airlock_released", flow.response.timestamp_start)
+        upstream_ms = ((flow.response.timestamp_end or time.time()) - released) * 1000
+        self._record_outcome(run_id, "forwarded", flow.response.status_code, upstream_ms)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        run_id = flow.metadata.get("airlock")
+        if run_id and "airlock_released" in flow.metadata and flow.response is None:
+            self._record_outcome(run_id, "upstream_error", None)
+
+    def _record_outcome(
+        self, run_id: str, outcome: str, status: int | None, upstream_ms: float | None = None
+    ) -> None:
+        if self.writer is not None:
+            self.writer.submit_nowait(
+                OutcomeRecord(run_id, time.time(), outcome, status, upstream_ms)
+            )
+
+
+# --- pure helpers ----------------------------------------------------------------------------
+
+
+def _basic_auth_user(header: str) -> str | None:
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic" or not encoded:
+        return None
+    try:
+        user = base64.b64decode(encoded.strip(), validate=True).decode("utf-8").partition(":")[0]
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return user or None
+
+
+def request_hash(document: Document) -> str:
+    """Binds an approval to the exact request: method, URL, normalised body, agent."""
+    body = document["body"]
+    normalised = body if isinstance(body, str) else json.dumps(body, sort_keys=True)
+    query = json.dumps(document["query"], sort_keys=True)
+    material = "\n".join(
+        [
+            document["method"],
+            document["scheme"],
+            document["host"],
+            str(document["port"]),
+            document["path"],
+            query,
+            normalised or "",
+            document["agent"],
+        ]
+    )
+    return hashlib.sha256(material.encode()).hexdigest()
+
+
+def _run_row(
+    run_id: str, instance: str, document: Document, evaluation: Evaluation, decision_ms: float
+) -> dict[str, Any]:
+    action, verdict = evaluation.action, evaluation.verdict
+    stored = redact_document(document)
+    if document["body_size"] > MAX_STORED_BODY:
+        stored["body"] = f"[body of {document['body_size']} bytes not stored]"
+    return {
+        "id": run_id,
+        "at": time.time(),
+        "instance": instance,
+        "agent": document["agent"],
+        "method": document["method"],
+        "host": document["host"],
+        "path": stored["path"],
+        "provider": action.provider,
+        "action": action.action,
+        "category": action.category,
+        "sensitivity": action.sensitivity,
+        "target": redact_text(action.target),
+        "mapping_id": action.mapping_id,
+        "params": redact_value(action.params),
+        "request": stored,
+        "decision": verdict.decision,
+        "reason": redact_text(verdict.reason),
+        "rules": list(verdict.rules),
+        "error": redact_text(evaluation.error) if evaluation.error else None,
+        "decision_ms": decision_ms,
+        "outcome": None,
+        "status": None,
+        "upstream_ms": None,
+    }
+
+
+def airlock_addons() -> list[Any]:
+    """Everything Airlock adds to a mitmproxy, in the order mitmproxy should call them."""
+    metrics = Metrics()
+    return [metrics, Routing(), Gate(metrics)]

@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Engine
+
+from store.schema import Base, create_schema, open_engine
+from tests.helpers.proxy import Proxy, prepared_confdir
+from tests.helpers.upstream import Upstream
+
+PG_ADMIN_URL = os.environ.get(
+    "AIRLOCK_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+REQUIRE_POSTGRES = os.environ.get("AIRLOCK_REQUIRE_POSTGRES") == "1"
+
+
+# --- databases -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """A throwaway PostgreSQL database for this test session (dropped at the end)."""
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"airlock_test_{uuid.uuid4().hex[:10]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as e:
+        admin.dispose()
+        message = f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {e}"
+        if REQUIRE_POSTGRES:
+            pytest.fail(message + " (AIRLOCK_REQUIRE_POSTGRES=1: PostgreSQL tests are mandatory)")
+        pytest.skip(message)
+    url = admin.url.set(database=name).render_as_string(hide_password=False)
+    yield url
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each store test runs on SQLite and on PostgreSQL, against empty tables."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'airlock.db'}"
+    url = request.getfixturevalue("pg_database")
+    engine = open_engine(url)
+    Base.metadata.drop_all(engine)
+    engine.dispose()
+    return url
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    engine = open_engine(db_url)
+    create_schema(engine)
+    yield engine
+    engine.dispose()
+
+
+# --- the proxy and its upstream --------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def session_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
+    upstream = Upstream(tmp_path_factory.mktemp("upstream-certs")).start()
+    yield upstream
+    upstream.stop()
+
+
+@pytest.fixture
+def upstream(session_upstream: Upstream) -> Upstream:
+    session_upstream.clear()
+    return session_upstream
+
+
+ProxyFactory = Callable[..., Proxy]
+
+
+@pytest.fixture(scope="session")
+def start_proxy(
+    tmp_path_factory: pytest.TempPathFactory, session_upstream: Upstream
+) -> Iterator[ProxyFactory]:
+    """Start `airlock run` with the upstream routed in; every proxy is stopped at the end."""
+    started: list[Proxy] = []
+    base = tmp_path_factory.mktemp("proxies")
+
+    def start(*extra_args: str, db_url: str | None = None) -> Proxy:
+        workdir = base / f"p{len(started)}"
+        proxy = Proxy(
+            workdir=workdir,
+            db_url=db_url or f"sqlite:///{workdir / 'airlock.db'}",
+            routes={
+                "api.stripe.com": session_upstream.port,
+                "api.example.com": session_upstream.port,
+            },
+            upstream_ca=session_upstream.ca_file,
+            confdir=prepared_confdir(base),
+            extra_args=extra_args,
+        )
+        started.append(proxy)
+        return proxy.start()
+
+    yield start
+    for proxy in started:
+        proxy.stop()

@@ -1,0 +1,323 @@
+"""End to end: a real `airlock run` (mitmdump + gate), real TLS, a local upstream that counts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from sqlalchemy import select, text, update
+
+from store.schema import Run, open_engine
+from tests.helpers.proxy import PROJECT_ROOT, Proxy, clean_env
+from tests.helpers.upstream import Upstream
+
+pytestmark = pytest.mark.e2e
+
+CHARGES = "https://api.stripe.com/v1/charges"
+
+
+def airlock(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the CLI in its own process, as a reviewer or auditor would."""
+    return subprocess.run(
+        [sys.executable, "-m", "console.cli", *args],
+        cwd=PROJECT_ROOT,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result or time.monotonic() > deadline:
+            return result
+        time.sleep(0.05)
+
+
+def pending(proxy: Proxy) -> list[dict[str, Any]]:
+    done = airlock("pending", "--json", "--db", proxy.db_url)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+class Background:
+    """A request sent from another thread, so the test can act while it is held."""
+
+    def __init__(self, send: Callable[[], requests.Response]) -> None:
+        self.response: requests.Response | None = None
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(send,), daemon=True)
+        self._thread.start()
+
+    def _run(self, send: Callable[[], requests.Response]) -> None:
+        try:
+            self.response = send()
+        except BaseException as e:
+            self.error = e
+
+    def result(self, timeout: float = 30) -> requests.Response:
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "request still held"
+        if self.error:
+            raise self.error
+        assert self.response is not None
+        return self.response
+
+    @property
+    def finished(self) -> bool:
+        return not self._thread.is_alive()
+
+
+def runs(proxy: Proxy) -> list[Run]:
+    engine = open_engine(proxy.db_url)
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(select(Run).order_by(Run.at)).all())
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def proxy(start_proxy: Callable[..., Proxy]) -> Proxy:
+    return start_proxy("--hold-timeout", "30")
+
+
+def test_allowed_request_reaches_upstream_and_is_recorded(proxy: Proxy, upstream: Upstream) -> None:
+    response = proxy.session(agent="billing-bot").post(
+        CHARGES, data={"amount": 500, "currency": "usd", "metadata[order_id]": "6735"}
+    )
+
+    assert response.status_code == 200
+    assert response.json()["object"] == "charge"
+    run_id = response.headers["X-Airlock-Request-Id"]
+    assert upstream.count("/v1/charges") == 1
+    assert upstream.received[0].body == b"amount=500&currency=usd&metadata%5Border_id%5D=6735"
+    record = eventually(
+        lambda: next((r for r in runs(proxy) if r.id == run_id and r.outcome), None)
+    )
+    assert record.decision == "ALLOW"
+    assert record.agent == "billing-bot"
+    assert record.action == "create_charge"
+    assert record.params["amount"] == 500
+    assert record.request["body"]["metadata"] == {"order_id": "6735"}
+    assert (record.outcome, record.status) == ("forwarded", 200)
+    assert record.upstream_ms is not None and record.upstream_ms >= 0
+
+
+def test_blocked_request_gets_403_json_and_never_reaches_upstream(
+    proxy: Proxy, upstream: Upstream
+) -> None:
+    response = proxy.session().post(CHARGES, data={"amount": 2_000_000, "currency": "usd"})
+
+    assert response.status_code == 403
+    assert response.headers["X-Airlock-Decision"] == "BLOCK"
+    body = response.json()
+    assert body["decision"] == "BLOCK"
+    assert body["action"] == "create_charge"
+    assert body["rules"] == ["stripe-charge-needs-approval", "stripe-charge-too-large"]
+    assert "10,000.00" in body["reason"]
+    assert body["request_id"] == response.headers["X-Airlock-Request-Id"]
+    time.sleep(0.3)
+    assert upstream.count() == 0
+
+
+def test_unmapped_read_is_allowed_as_http_read(proxy: Proxy, upstream: Upstream) -> None:
+    response = proxy.session().get("https://api.example.com/v2/things?page=2&page=3")
+
+    assert response.status_code == 200
+    record = eventually(
+        lambda: next(
+            (r for r in runs(proxy) if r.id == response.headers["X-Airlock-Request-Id"]), None
+        )
+    )
+    assert (record.action, record.target, record.decision) == (
+        "http.read",
+        "api.example.com",
+        "ALLOW",
+    )
+    assert record.request["query"] == {"page": ["2", "3"]}
+
+
+def test_held_request_waits_for_approval_from_another_process(
+    proxy: Proxy, upstream: Upstream
+) -> None:
+    held = Background(
+        lambda: proxy.session(agent="ops-bot").delete("https://api.stripe.com/v1/customers/cus_42")
+    )
+
+    waiting = eventually(lambda: [p for p in pending(proxy) if p["target"] == "customer/cus_42"])
+    assert waiting, "the deletion never showed up as pending"
+    assert waiting[0]["agent"] == "ops-bot"
+    assert waiting[0]["action"] == "delete_record"
+    assert upstream.count("/v1/customers") == 0
+    assert not held.finished
+
+    approved = airlock("approve", waiting[0]["id"][:8], "--reviewer", "alice", "--db", proxy.db_url)
+    assert approved.returncode == 0, approved.stderr
+
+    response = held.result()
+    assert response.status_code == 200
+    assert response.json()["deleted"] is True
+    assert upstream.count("/v1/customers/cus_42") == 1
+    assert pending(proxy) == []
+
+
+def test_denied_request_gets_403_with_the_reviewers_reason(
+    proxy: Proxy, upstream: Upstream
+) -> None:
+    held = Background(lambda: proxy.session().delete("https://api.stripe.com/v1/customers/cus_7"))
+    waiting = eventually(lambda: [p for p in pending(proxy) if p["target"] == "customer/cus_7"])
+
+    denied = airlock(
+        "deny", waiting[0]["id"], "--reason", "customer has open invoices", "--reviewer", "bob",
+        "--db", proxy.db_url,
+    )  # fmt: skip
+    assert denied.returncode == 0, denied.stderr
+
+    response = held.result()
+    assert response.status_code == 403
+    assert response.json()["reason"] == "denied by bob: customer has open invoices"
+    assert response.json()["approval"]["state"] == "DENIED"
+    assert upstream.count("/v1/customers") == 0
+    again = airlock("approve", waiting[0]["id"], "--db", proxy.db_url)
+    assert again.returncode == 1
+    assert "already DENIED" in again.stderr
+
+
+def test_a_held_flow_does_not_delay_flows_on_other_connections(
+    proxy: Proxy, upstream: Upstream
+) -> None:
+    held = Background(lambda: proxy.session().delete("https://api.stripe.com/v1/customers/cus_9"))
+    waiting = eventually(lambda: [p for p in pending(proxy) if p["target"] == "customer/cus_9"])
+    assert waiting
+
+    other = proxy.session()
+    statuses = [
+        other.post(CHARGES, data={"amount": 100 + i, "currency": "eur"}).status_code
+        for i in range(20)
+    ]
+
+    assert statuses == [200] * 20
+    assert upstream.count("/v1/charges") == 20
+    assert not held.finished, "the held request was released without a decision"
+    airlock("deny", waiting[0]["id"], "--reason", "cleanup", "--db", proxy.db_url)
+    assert held.result().status_code == 403
+
+
+def test_every_decision_is_recorded_with_its_outcome(proxy: Proxy, upstream: Upstream) -> None:
+    session = proxy.session()
+    session.post(CHARGES, data={"amount": 100, "currency": "usd"})
+    session.post(CHARGES, data={"amount": 5_000_000, "currency": "usd"})
+    session.get("https://api.example.com/health")
+
+    def all_have_outcomes() -> list[Run]:
+        records = runs(proxy)
+        return records if all(r.outcome for r in records) else []
+
+    records = eventually(all_have_outcomes)
+    assert records, "some decisions have no outcome"
+    outcomes = {(r.decision, r.outcome) for r in records}
+    assert ("ALLOW", "forwarded") in outcomes
+    assert ("BLOCK", "blocked") in outcomes
+    assert all(r.decision_ms >= 0 for r in records)
+
+
+def test_secrets_appear_nowhere_in_the_store_or_the_console(
+    proxy: Proxy, upstream: Upstream
+) -> None:
+    secret_key = "sk_live_51PlantedSecretKeyDoNotStore0000"
+    slack_token = "xoxb-1234567890-planted-slack-token"
+    session = proxy.session()
+    session.headers["Authorization"] = f"Bearer {secret_key}"
+    response = session.post(
+        CHARGES,
+        data={
+            "amount": 300,
+            "currency": "usd",
+            "description": f"note {slack_token}",
+            "api_key": "hunter2-planted",
+        },
+    )
+    assert response.status_code == 200
+    assert (
+        upstream.received[-1].headers["authorization"] == f"Bearer {secret_key}"
+    )  # forwarded intact
+    eventually(lambda: all(r.outcome for r in runs(proxy)))
+
+    db_file = Path(proxy.db_url.removeprefix("sqlite:///"))
+    stored = b"".join(p.read_bytes() for p in db_file.parent.glob(db_file.name + "*"))
+    for secret in (secret_key, slack_token, "hunter2-planted"):
+        assert secret.encode() not in stored
+        assert secret not in proxy.output()
+    record = [r for r in runs(proxy) if r.id == response.headers["X-Airlock-Request-Id"]][0]
+    assert record.request["headers"]["authorization"] == "Bearer [REDACTED]"
+
+
+def test_audit_verify_passes_then_fails_after_a_row_is_edited(
+    proxy: Proxy, upstream: Upstream
+) -> None:
+    proxy.session().post(CHARGES, data={"amount": 2_500_000, "currency": "usd"})
+    eventually(lambda: all(r.outcome for r in runs(proxy)))
+
+    intact = airlock("audit", "verify", "--db", proxy.db_url)
+    assert intact.returncode == 0, intact.stderr
+    assert "audit trail intact" in intact.stdout
+
+    engine = open_engine(proxy.db_url)
+    with engine.begin() as conn:
+        blocked = conn.execute(select(Run.id).where(Run.decision == "BLOCK")).scalars().first()
+        conn.execute(update(Run).where(Run.id == blocked).values(decision="ALLOW"))
+    engine.dispose()
+
+    broken = airlock("audit", "verify", "--db", proxy.db_url)
+    assert broken.returncode == 1
+    assert f"run {blocked} was edited: decision is 'ALLOW'" in broken.stderr
+
+
+def test_hold_timeout_refuses_the_request(
+    start_proxy: Callable[..., Proxy], upstream: Upstream
+) -> None:
+    proxy = start_proxy("--hold-timeout", "1")
+
+    response = proxy.session().delete("https://api.stripe.com/v1/customers/cus_slow")
+
+    assert response.status_code == 403
+    assert response.json()["reason"] == "approval timed out"
+    assert response.json()["approval"]["state"] == "EXPIRED"
+    assert upstream.count() == 0
+    record = eventually(lambda: [r for r in runs(proxy) if r.outcome == "expired"])
+    assert record
+    late = airlock("approve", response.json()["approval"]["id"], "--db", proxy.db_url)
+    assert late.returncode == 1 and "already EXPIRED" in late.stderr
+
+
+def test_postgres_store_holds_and_releases_across_processes(
+    start_proxy: Callable[..., Proxy], pg_database: str, upstream: Upstream
+) -> None:
+    proxy = start_proxy("--hold-timeout", "30", db_url=pg_database)
+    held = Background(lambda: proxy.session().delete("https://api.stripe.com/v1/customers/cus_pg"))
+    waiting = eventually(lambda: pending(proxy))
+    assert [p["target"] for p in waiting] == ["customer/cus_pg"]
+
+    assert airlock("approve", waiting[0]["id"], "--db", pg_database).returncode == 0
+
+    assert held.result().status_code == 200
+    assert upstream.count("/v1/customers/cus_pg") == 1
+    assert airlock("audit", "verify", "--db", pg_database).returncode == 0
+    engine = open_engine(pg_database)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE audit_events SET payload = replace(payload, 'cus_pg', 'cus_xx')"))
+    engine.dispose()
+    broken = airlock("audit", "verify", "--db", pg_database)
+    assert broken.returncode == 1 and "was edited" in broken.stderr

@@ -1,0 +1,140 @@
+"""Start the real thing: `airlock run` (mitmdump + the gate) as a subprocess on a free port."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(
+    port: int, process: subprocess.Popen[bytes], log: Path, timeout: float = 30
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"proxy exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"proxy did not listen on {port} within {timeout}s:\n{log.read_text()}")
+
+
+def clean_env() -> dict[str, str]:
+    """The machine exports CA bundles globally; a test sets its own, explicitly."""
+    env = dict(os.environ)
+    for name in (
+        "REQUESTS_CA_BUNDLE",
+        "AWS_CA_BUNDLE",
+        "SSL_CERT_FILE",
+        "CURL_CA_BUNDLE",
+        "HTTPS_PROXY",
+        "HTTP_PROXY",
+        "https_proxy",
+        "http_proxy",
+        "NO_PROXY",
+        "no_proxy",
+    ):
+        env.pop(name, None)
+    return env
+
+
+@dataclass
+class Proxy:
+    workdir: Path
+    db_url: str
+    routes: dict[str, int]  # hostname → upstream port on 127.0.0.1
+    upstream_ca: Path
+    confdir: Path
+    extra_args: Sequence[str] = ()
+    port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.confdir / "mitmproxy-ca-cert.pem"
+
+    @property
+    def log_file(self) -> Path:
+        return self.workdir / f"proxy-{self.port}.log"
+
+    def command(self) -> list[str]:
+        argv = [
+            sys.executable, "-m", "console.cli", "run",
+            "--port", str(self.port),
+            "--db", self.db_url,
+            "--confdir", str(self.confdir),
+            "--upstream-ca", str(self.upstream_ca),
+            "--metrics-port", str(self.metrics_port),
+        ]  # fmt: skip
+        for host, port in self.routes.items():
+            argv += ["--route", f"{host}=127.0.0.1:{port}"]
+        return argv + list(self.extra_args)
+
+    def start(self) -> Proxy:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        env = clean_env() | {"PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
+        with self.log_file.open("wb") as log:
+            self.process = subprocess.Popen(
+                self.command(), cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env
+            )
+        wait_for_port(self.port, self.process, self.log_file)
+        return self
+
+    def stop(self) -> int | None:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else None
+        self.process.send_signal(signal.SIGINT)
+        try:
+            return self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait(5)
+
+    def output(self) -> str:
+        return self.log_file.read_text(errors="replace")
+
+    def session(self, agent: str | None = None) -> requests.Session:
+        """A requests client configured as an agent would be: HTTPS_PROXY plus the proxy's CA."""
+        session = requests.Session()
+        session.trust_env = False
+        proxy = self.url if agent is None else f"http://{agent}:key@127.0.0.1:{self.port}"
+        session.proxies = {"https": proxy, "http": proxy}
+        session.verify = str(self.ca_cert)
+        return session
+
+
+def prepared_confdir(base: Path) -> Path:
+    """Generate mitmproxy's CA once per test session; each proxy gets a copy."""
+    from mitmproxy.certs import CertStore
+
+    source = base / "ca-template"
+    if not source.exists():
+        CertStore.from_store(source, "mitmproxy", 2048)
+    target = base / f"confdir-{free_port()}"
+    shutil.copytree(source, target)
+    return target
