@@ -312,6 +312,13 @@ class Gate:
         }
         if approval:
             body["approval"] = approval
+        # The shape most API SDKs (Stripe, OpenAI, Anthropic, ...) read an error message from,
+        # so the agent's exception says why it was refused.
+        body["error"] = {
+            "type": "airlock_refusal",
+            "code": "airlock_" + (approval["state"].lower() if approval else "blocked"),
+            "message": f"Airlock refused {run['action']}: {reason} (request {run['id']})",
+        }
         flow.metadata["airlock_answered"] = True
         flow.response = http.Response.make(
             403,

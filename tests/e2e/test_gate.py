@@ -260,7 +260,7 @@ def test_secrets_appear_nowhere_in_the_store_or_the_console(
     for secret in (secret_key, slack_token, "hunter2-planted"):
         assert secret.encode() not in stored
         assert secret not in proxy.output()
-    record = [r for r in runs(proxy) if r.id == response.headers["X-Airlock-Request-Id"]][0]
+    record = next(r for r in runs(proxy) if r.id == response.headers["X-Airlock-Request-Id"])
     assert record.request["headers"]["authorization"] == "Bearer [REDACTED]"
 
 

@@ -1,0 +1,87 @@
+"""The official stripe-python SDK, pointed at Airlock the way an agent builder would do it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+import stripe
+
+from tests.e2e.test_gate import Background, airlock, eventually, pending, runs
+from tests.helpers.proxy import Proxy
+from tests.helpers.upstream import Upstream
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def proxy(start_proxy: Callable[..., Proxy]) -> Proxy:
+    return start_proxy("--hold-timeout", "30")
+
+
+@pytest.fixture
+def stripe_via_airlock(proxy: Proxy, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for name in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "CURL_CA_BUNDLE", "HTTPS_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    # stripe-python ignores the CA variables: it needs ca_bundle_path and its own proxy setting.
+    monkeypatch.setattr(stripe, "api_key", "sk_test_4eC39HqLyjWDarjtT1zdp7dc")
+    monkeypatch.setattr(stripe, "proxy", f"http://stripe-agent:secret@127.0.0.1:{proxy.port}")
+    monkeypatch.setattr(stripe, "ca_bundle_path", str(proxy.ca_cert))
+    monkeypatch.setattr(stripe, "default_http_client", None)
+    monkeypatch.setattr(stripe, "max_network_retries", 0)
+    yield
+
+
+def test_small_charge_passes_with_brackets_parsed(
+    proxy: Proxy, upstream: Upstream, stripe_via_airlock: None
+) -> None:
+    charge = stripe.Charge.create(
+        amount=2000,
+        currency="usd",
+        customer="cus_sdk",
+        metadata={"order_id": "6735"},
+        expand=["customer"],
+    )
+
+    assert charge.object == "charge"
+    assert upstream.count("/v1/charges") == 1
+    record = eventually(lambda: [r for r in runs(proxy) if r.params.get("customer") == "cus_sdk"])[
+        0
+    ]
+    assert record.agent == "stripe-agent"
+    assert (record.action, record.decision, record.target) == (
+        "create_charge",
+        "ALLOW",
+        "customer/cus_sdk",
+    )
+    assert record.params["amount"] == 2000
+    assert record.request["body"]["metadata"] == {"order_id": "6735"}
+    assert record.request["body"]["expand"] == ["customer"]
+    assert record.request["headers"]["authorization"] == "Bearer [REDACTED]"
+
+
+def test_huge_charge_raises_permission_error_that_says_why(
+    proxy: Proxy, upstream: Upstream, stripe_via_airlock: None
+) -> None:
+    with pytest.raises(stripe.PermissionError) as refused:
+        stripe.Charge.create(amount=5_000_000, currency="usd")
+
+    assert refused.value.http_status == 403
+    assert "Charges of 10,000.00 or more are never made by an agent" in str(refused.value)
+    assert upstream.count() == 0
+
+
+def test_customer_deletion_is_held_until_approved(
+    proxy: Proxy, upstream: Upstream, stripe_via_airlock: None
+) -> None:
+    held = Background(lambda: stripe.Customer.delete("cus_sdk_del"))  # type: ignore[arg-type,return-value]
+    waiting = eventually(
+        lambda: [p for p in pending(proxy) if p["target"] == "customer/cus_sdk_del"]
+    )
+    assert waiting and upstream.count() == 0
+
+    assert airlock("approve", waiting[0]["id"], "--db", proxy.db_url).returncode == 0
+
+    deleted = held.result()
+    assert deleted.deleted is True  # type: ignore[attr-defined]
+    assert upstream.count("/v1/customers/cus_sdk_del") == 1
