@@ -51,6 +51,8 @@ _MISSING = object()
 
 
 def _compare(op: Callable[[Any, Any], bool], expected: Any) -> Test:
+    """Every operator but `exists` needs the param to be present: absent never matches."""
+
     def test(actual: Any) -> bool:
         return actual is not _MISSING and actual is not None and op(actual, expected)
 
@@ -58,10 +60,10 @@ def _compare(op: Callable[[Any, Any], bool], expected: Any) -> Test:
 
 
 _OPERATORS: dict[str, Callable[[Any], Test]] = {
-    "eq": lambda x: lambda a: a == x,
-    "ne": lambda x: lambda a: a != x,
-    "in": lambda xs: lambda a: a in xs,
-    "not_in": lambda xs: lambda a: a not in xs,
+    "eq": lambda x: _compare(lambda a, b: a == b, x),
+    "ne": lambda x: _compare(lambda a, b: a != b, x),
+    "in": lambda xs: _compare(lambda a, b: a in b, xs),
+    "not_in": lambda xs: _compare(lambda a, b: a not in b, xs),
     "gt": lambda x: _compare(lambda a, b: a > b, x),
     "gte": lambda x: _compare(lambda a, b: a >= b, x),
     "lt": lambda x: _compare(lambda a, b: a < b, x),
@@ -80,7 +82,7 @@ def _param_test(spec: Any, where: Where, name: str) -> Test:
     for op, operand in spec.items():
         if op not in _OPERATORS:
             raise ConfigError(
-                spec.at(op),
+                spec.key_at(op),
                 f"unknown operator {op!r} for param {name!r} (expected {', '.join(_OPERATORS)})",
             )
         if op in ("in", "not_in") and not isinstance(operand, list):
@@ -222,7 +224,9 @@ def _load_rule(entry: Any, where: Where, order: int) -> Rule:
         raise ConfigError(where, "each rule must be a YAML mapping (id, when, decision, reason)")
     expect_keys(entry, _RULE_KEYS, {"id", "decision"}, "rule")
     expect_type(entry, "id", entry["id"], str, "a string")
-    when = entry.get("when") or Node()
+    when = entry.get("when")
+    if when is None:
+        when = Node.empty(entry.where)
     if not isinstance(when, Node):
         raise ConfigError(entry.at("when"), "'when' must be a mapping of conditions")
     expect_keys(when, _WHEN_KEYS, set(), "condition ('when')")

@@ -33,9 +33,20 @@ class Node(dict):
 
     where: Where
     value_where: dict[str, Where]
+    key_where: dict[str, Where]
+
+    @classmethod
+    def empty(cls, where: Where) -> Node:
+        node = cls()
+        node.where, node.value_where, node.key_where = where, {}, {}
+        return node
 
     def at(self, key: str) -> Where:
+        """Where the value of `key` starts (or the mapping itself, when the key is absent)."""
         return self.value_where.get(key, self.where)
+
+    def key_at(self, key: str) -> Where:
+        return self.key_where.get(key, self.where)
 
 
 class Seq(list):
@@ -57,6 +68,7 @@ def _loader_for(file: str) -> type[yaml.SafeLoader]:
         result = Node()
         result.where = _where(file, node.start_mark)
         result.value_where = {}
+        result.key_where = {}
         for key_node, value_node in node.value:
             key = loader.construct_object(key_node, deep=True)
             if not isinstance(key, str):
@@ -65,6 +77,7 @@ def _loader_for(file: str) -> type[yaml.SafeLoader]:
                 raise ConfigError(_where(file, key_node.start_mark), f"duplicate key {key!r}")
             result[key] = loader.construct_object(value_node, deep=True)
             result.value_where[key] = _where(file, value_node.start_mark)
+            result.key_where[key] = _where(file, key_node.start_mark)
         return result
 
     def construct_sequence(loader: yaml.SafeLoader, node: yaml.SequenceNode) -> Seq:
@@ -115,7 +128,9 @@ def expect_keys(node: Node, allowed: set[str], required: set[str], what: str) ->
     for key in node:
         if key not in allowed:
             expected = ", ".join(sorted(allowed))
-            raise ConfigError(node.at(key), f"unknown key {key!r} in {what} (expected {expected})")
+            raise ConfigError(
+                node.key_at(key), f"unknown key {key!r} in {what} (expected {expected})"
+            )
     for key in sorted(required - node.keys()):
         raise ConfigError(node.where, f"{what} is missing required key {key!r}")
 

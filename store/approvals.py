@@ -68,7 +68,7 @@ def pending_approvals(engine: Engine, now: float | None = None) -> list[PendingA
                 host=run.host,
                 path=run.path,
             )
-            for approval, run in session.execute(query).tuples()
+            for approval, run in session.execute(query)
         ]
 
 

@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+from mitmproxy.test import tutils
+
+from addons.document import build_document, parse_form
+
+
+def request(content: bytes, content_type: str, path: str = "/v1/charges", method: str = "POST"):
+    return tutils.treq(
+        method=method.encode(),
+        host="API.Stripe.com",
+        port=443,
+        scheme=b"https",
+        authority=b"",
+        path=path.encode(),
+        headers=[(b"Content-Type", content_type.encode()), (b"X-Trace", b"1")],
+        content=content,
+    )
+
+
+def test_stripe_bracket_form_becomes_nested_objects_and_lists() -> None:
+    body = (
+        b"amount=2000&currency=usd&metadata[order_id]=6735&metadata[note]=a%20b"
+        b"&expand[0]=customer&expand[1]=invoice&items[0][price]=p_1&items[0][quantity]=2"
+        b"&items[1][price]=p_2"
+    )
+    document = build_document(request(body, "application/x-www-form-urlencoded"), "agent-7")
+
+    assert document["body_format"] == "form"
+    assert document["body"] == {
+        "amount": "2000",
+        "currency": "usd",
+        "metadata": {"order_id": "6735", "note": "a b"},
+        "expand": ["customer", "invoice"],
+        "items": [{"price": "p_1", "quantity": "2"}, {"price": "p_2"}],
+    }
+    assert document["agent"] == "agent-7"
+
+
+def test_form_appends_and_repeated_keys_keep_order() -> None:
+    assert parse_form("expand[]=a&expand[]=b&tag=x&tag=y&tag=z") == {
+        "expand": ["a", "b"],
+        "tag": ["x", "y", "z"],
+    }
+
+
+def test_form_with_only_numeric_top_level_keys_stays_an_object() -> None:
+    assert parse_form("0=a&1=b") == {"0": "a", "1": "b"}
+
+
+def test_huge_form_index_is_not_turned_into_a_list() -> None:
+    assert parse_form("items[99999999]=x") == {"items": {"99999999": "x"}}
+
+
+def test_json_body_is_parsed() -> None:
+    document = build_document(
+        request(b'{"channel": "C1", "text": "hi"}', "application/json; charset=utf-8"), "a"
+    )
+    assert document["body"] == {"channel": "C1", "text": "hi"}
+    assert document["body_format"] == "json"
+    assert document["body_size"] == 31
+
+
+def test_body_that_is_not_what_it_claims_is_kept_as_text_with_the_reason() -> None:
+    document = build_document(request(b"{not json", "application/json"), "a")
+    assert document["body"] == "{not json"
+    assert document["body_format"] == "text"
+    assert "not valid JSON" in document["body_error"]
+
+
+def test_other_content_is_text_and_empty_is_none() -> None:
+    assert build_document(request(b"<a/>", "application/xml"), "a")["body"] == "<a/>"
+    empty = build_document(request(b"", "", method="GET"), "a")
+    assert (empty["body"], empty["body_format"]) == (None, "empty")
+
+
+def test_request_fields_are_normalised() -> None:
+    document = build_document(
+        request(b"", "", path="/v1/customers/cus%201?expand=a&expand=b&limit=3", method="get"),
+        "a",
+    )
+    assert document["method"] == "GET"
+    assert document["host"] == "api.stripe.com"
+    assert document["port"] == 443
+    assert document["scheme"] == "https"
+    assert document["path"] == "/v1/customers/cus 1"
+    assert document["query"] == {"expand": ["a", "b"], "limit": ["3"]}
+    assert document["headers"]["x-trace"] == "1"
+    assert "X-Trace" not in document["headers"]

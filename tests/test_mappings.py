@@ -1,0 +1,197 @@
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from addons.evaluation import Config, evaluate
+from addons.mappings import MappingError, load_mappings
+from addons.yaml_source import ConfigError
+from tests.helpers.proxy import PROJECT_ROOT
+
+SHIPPED = PROJECT_ROOT / "mappings"
+
+
+def doc(method: str, host: str, path: str, body: Any = None, agent: str = "a") -> dict[str, Any]:
+    return {
+        "method": method,
+        "scheme": "https",
+        "host": host,
+        "port": 443,
+        "path": path,
+        "query": {},
+        "headers": {},
+        "body": body,
+        "body_format": "form" if body else "empty",
+        "body_size": 0,
+        "agent": agent,
+    }
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    folder = tmp_path / "mappings"
+    folder.mkdir(exist_ok=True)
+    (folder / name).write_text(textwrap.dedent(text))
+    return folder
+
+
+def test_shipped_stripe_charge_maps_with_typed_params() -> None:
+    index = load_mappings(SHIPPED)
+    action = index.map(
+        doc("POST", "api.stripe.com", "/v1/charges", {"amount": "150000", "currency": "usd"})
+    )
+    assert action.action == "create_charge"
+    assert action.provider == "stripe"
+    assert action.category == "payment"
+    assert action.params["amount"] == 150000
+    assert action.params["currency"] == "usd"
+    assert action.mapping_id == "stripe.create_charge"
+
+
+def test_path_captures_feed_params_and_target() -> None:
+    action = load_mappings(SHIPPED).map(doc("DELETE", "api.stripe.com", "/v1/customers/cus_9"))
+    assert (action.action, action.target) == ("delete_record", "customer/cus_9")
+    assert action.params == {"id": "cus_9", "resource": "customer"}
+
+
+def test_unmapped_requests_fall_back_to_http_read_and_write() -> None:
+    index = load_mappings(SHIPPED)
+    read = index.map(doc("GET", "api.unknown.io", "/x"))
+    write_ = index.map(doc("PUT", "api.unknown.io", "/x"))
+    assert (read.action, read.target, read.category) == ("http.read", "api.unknown.io", "read")
+    assert (write_.action, write_.category) == ("http.write", "write")
+    assert index.map(doc("GET", "api.stripe.com", "/v1/balance")).action == "http.read"
+
+
+def test_host_globs_match_one_label_per_star(tmp_path: Path) -> None:
+    folder = write(
+        tmp_path,
+        "m.yaml",
+        """
+        provider: test
+        mappings:
+          - {action: any_sub, hosts: "*.example.com"}
+          - {action: ec2, hosts: "ec2.*.amazonaws.com"}
+          - {action: deep, hosts: "**.deep.io"}
+        """,
+    )
+    index = load_mappings(folder)
+    assert index.map(doc("GET", "a.example.com", "/")).action == "any_sub"
+    assert index.map(doc("GET", "a.b.example.com", "/")).action == "http.read"
+    assert index.map(doc("GET", "example.com", "/")).action == "http.read"
+    assert index.map(doc("POST", "ec2.eu-west-1.amazonaws.com", "/")).action == "ec2"
+    assert index.map(doc("POST", "ec2.amazonaws.com", "/")).action == "http.write"
+    assert index.map(doc("GET", "x.y.deep.io", "/")).action == "deep"
+
+
+def test_first_match_in_file_order_wins_and_methods_filter(tmp_path: Path) -> None:
+    folder = write(
+        tmp_path,
+        "a.yaml",
+        """
+        provider: p
+        hosts: [h.io]
+        mappings:
+          - {action: specific, method: POST, path: /v1/items/special}
+          - {action: generic, method: [POST, PUT], path: "/v1/items/{id}"}
+          - {action: rest, path: "/files/{key+}"}
+        """,
+    )
+    index = load_mappings(folder)
+    assert index.map(doc("POST", "h.io", "/v1/items/special")).action == "specific"
+    assert index.map(doc("PUT", "h.io", "/v1/items/special")).action == "generic"
+    assert index.map(doc("DELETE", "h.io", "/v1/items/special")).action == "http.write"
+    files = index.map(doc("GET", "h.io", "/files/a/b/c.txt"))
+    assert (files.action, files.params["key"]) == ("rest", "a/b/c.txt")
+
+
+def test_param_that_does_not_convert_fails_closed() -> None:
+    config = Config.load(SHIPPED, PROJECT_ROOT / "policies")
+    document = doc("POST", "api.stripe.com", "/v1/charges", {"amount": "lots", "currency": "usd"})
+
+    with pytest.raises(MappingError, match="expected int, got 'lots'"):
+        config.mappings.map(document)
+    evaluation = evaluate(document, config)
+    assert evaluation.verdict.decision == "BLOCK"
+    assert evaluation.failed_stage == "mapping"
+    assert "stripe.create_charge" in evaluation.verdict.reason
+
+
+def test_params_with_default_all_and_literal(tmp_path: Path) -> None:
+    folder = write(
+        tmp_path,
+        "m.yaml",
+        """
+        provider: p
+        hosts: [h.io]
+        mappings:
+          - action: send
+            params:
+              to: {path: "$.body.to[*]", all: true}
+              priority: {path: $.body.priority, type: int, default: 3}
+              kind: {value: email}
+              flag: bulk
+        """,
+    )
+    action = load_mappings(folder).map(doc("POST", "h.io", "/", {"to": ["a", "b"]}))
+    assert action.params == {"to": ["a", "b"], "priority": 3, "kind": "email", "flag": "bulk"}
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "message"),
+    [
+        (
+            "provider: p\nhosts: [h]\nmappings:\n  - action: x\n    methd: GET\n",
+            ":5:5:",
+            "unknown key 'methd' in mapping",
+        ),
+        (
+            "provider: p\nhosts: [h]\nmappings:\n  - action: x\n    params:\n      a: $.body[\n",
+            ":6:10:",
+            "JSONPath '$.body[' does not compile",
+        ),
+        (
+            "provider: p\nhosts: [h]\nmappings:\n  - action: x\n    category: money\n",
+            ":5:15:",
+            "category 'money' is not one of",
+        ),
+        (
+            "provider: p\nhosts: [h]\nmappings:\n  - action: x\n    method: FETCH\n",
+            ":5:13:",
+            "unknown HTTP method 'FETCH'",
+        ),
+        ("provider: p\nmappings:\n  - action: x\n", ":3:5:", "mapping has no hosts"),
+        ("provider: p\nmappings: [\n", ":3:1:", "invalid YAML"),
+        (
+            "provider: p\nhosts: [h]\nmappings:\n  - method: GET\n",
+            ":4:5:",
+            "missing required key 'action'",
+        ),
+        (
+            "provider: p\nhosts: [h]\nmappings:\n  - {id: a, action: x}\n  - {id: a, action: y}\n",
+            ":5:5:",
+            "duplicate mapping id 'a'",
+        ),
+    ],
+)
+def test_config_errors_name_file_line_and_column(
+    tmp_path: Path, text: str, where: str, message: str
+) -> None:
+    folder = write(tmp_path, "bad.yaml", text)
+    with pytest.raises(ConfigError) as error:
+        load_mappings(folder)
+    assert str(error.value).startswith(str(folder / "bad.yaml") + where), str(error.value)
+    assert message in str(error.value)
+
+
+def test_a_thousand_mappings_are_indexed_by_host(tmp_path: Path) -> None:
+    lines = ["provider: bulk", "mappings:"]
+    for i in range(1000):
+        lines.append(f'  - {{action: act_{i}, hosts: [h{i % 50}.io], path: "/r{i}/{{id}}"}}')
+    folder = write(tmp_path, "bulk.yaml", "\n".join(lines) + "\n")
+    index = load_mappings(folder)
+    assert len(index) == 1000
+    assert len(index.candidates("h7.io", "GET")) == 20
+    assert index.map(doc("GET", "h7.io", "/r957/x")).action == "act_957"

@@ -1,0 +1,188 @@
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from addons.evaluation import Config, evaluate
+from addons.mappings import Action, load_mappings
+from addons.policies import PolicyError, load_policies
+from addons.yaml_source import ConfigError
+from tests.helpers.proxy import PROJECT_ROOT
+from tests.test_mappings import doc
+
+BASELINE = PROJECT_ROOT / "policies"
+
+
+def action(name: str = "create_charge", provider: str = "stripe", **params: Any) -> Action:
+    return Action(name, provider, "payment", "high", "customer/c1", params, "m")
+
+
+def policies(tmp_path: Path, text: str):  # noqa: ANN201
+    folder = tmp_path / "policies"
+    folder.mkdir(exist_ok=True)
+    (folder / "p.yaml").write_text(textwrap.dedent(text))
+    return load_policies(folder)
+
+
+@pytest.mark.parametrize(
+    ("amount", "decision", "rules"),
+    [
+        (99_999, "ALLOW", ()),
+        (100_000, "REQUIRE_APPROVAL", ("stripe-charge-needs-approval",)),
+        (999_999, "REQUIRE_APPROVAL", ("stripe-charge-needs-approval",)),
+        (1_000_000, "BLOCK", ("stripe-charge-needs-approval", "stripe-charge-too-large")),
+    ],
+)
+def test_baseline_charge_thresholds(amount: int, decision: str, rules: tuple[str, ...]) -> None:
+    verdict = load_policies(BASELINE).decide(action(amount=amount, currency="usd"), "agent")
+    assert (verdict.decision, verdict.rules) == (decision, rules)
+
+
+def test_baseline_reason_comes_from_the_strictest_rule() -> None:
+    verdict = load_policies(BASELINE).decide(action(amount=2_000_000), "agent")
+    assert verdict.reason == "Charges of 10,000.00 or more are never made by an agent."
+
+
+def test_baseline_customer_deletion_needs_approval_through_the_real_mapping() -> None:
+    config = Config(load_mappings(PROJECT_ROOT / "mappings"), load_policies(BASELINE))
+    evaluation = evaluate(doc("DELETE", "api.stripe.com", "/v1/customers/cus_1"), config)
+    assert evaluation.verdict.decision == "REQUIRE_APPROVAL"
+    assert evaluation.verdict.rules == ("stripe-customer-deletion-needs-approval",)
+
+
+def test_nothing_matched_gives_the_default_and_says_so() -> None:
+    verdict = load_policies(BASELINE).decide(action("http.read", "http"), "agent")
+    assert verdict.decision == "ALLOW"
+    assert verdict.reason == "no rule matched; default is ALLOW"
+    assert verdict.rules == ()
+
+
+def test_operators(tmp_path: Path) -> None:
+    policy = policies(
+        tmp_path,
+        """
+        rules:
+          - {id: eq, when: {params: {currency: usd}}, decision: REQUIRE_APPROVAL}
+          - {id: ne, when: {params: {currency: {ne: usd}}}, decision: REQUIRE_APPROVAL}
+          - {id: in, when: {params: {country: {in: [KP, IR]}}}, decision: BLOCK}
+          - {id: not_in, when: {params: {tier: {not_in: [gold]}}}, decision: REQUIRE_APPROVAL}
+          - {id: range, when: {params: {amount: {gt: 10, lte: 20}}}, decision: REQUIRE_APPROVAL}
+          - {id: lt, when: {params: {amount: {lt: 0}}}, decision: BLOCK}
+          - {id: gte, when: {params: {amount: {gte: 1000}}}, decision: BLOCK}
+          - {id: regex, when: {params: {email: {regex: "@evil\\\\.com$"}}}, decision: BLOCK}
+          - {id: exists, when: {params: {coupon: {exists: true}}}, decision: REQUIRE_APPROVAL}
+          - {id: absent, when: {params: {memo: {exists: false}}}, decision: ALLOW}
+        """,
+    )
+
+    def fired(**params: Any) -> tuple[str, ...]:
+        return policy.decide(action(**params), "a").rules
+
+    assert fired(currency="usd", memo="m") == ("eq",)
+    assert fired(currency="eur", memo="m") == ("ne",)
+    assert fired(country="KP", memo="m") == ("in",)
+    assert fired(tier="silver", memo="m") == ("not_in",)
+    assert fired(amount=15, memo="m") == ("range",)
+    assert fired(amount=10, memo="m") == ()
+    assert fired(amount=-1, memo="m") == ("lt",)
+    assert fired(amount=1000, memo="m") == ("gte",)
+    assert fired(email="x@evil.com", memo="m") == ("regex",)
+    assert fired(coupon="c", memo="m") == ("exists",)
+    assert fired() == ("absent",)
+
+
+def test_fields_agents_and_action_globs(tmp_path: Path) -> None:
+    policy = policies(
+        tmp_path,
+        """
+        default: REQUIRE_APPROVAL
+        rules:
+          - {id: reads, when: {action: "http.*"}, decision: ALLOW}
+          - {id: intern, when: {agent: "intern-*", provider: [stripe]}, decision: BLOCK}
+          - {id: target, when: {target: "customer/vip-*"}, decision: BLOCK}
+        """,
+    )
+    assert policy.decide(action("http.read", "http"), "a").decision == "ALLOW"
+    assert policy.decide(action(), "intern-3").rules == ("intern",)
+    assert policy.decide(action(), "senior").decision == "REQUIRE_APPROVAL"
+    vip = Action("x", "p", "data", "low", "customer/vip-1", {}, None)
+    assert policy.decide(vip, "a").rules == ("target",)
+
+
+def test_a_rule_that_cannot_be_evaluated_blocks_and_names_itself(tmp_path: Path) -> None:
+    policy = policies(
+        tmp_path,
+        """
+        rules:
+          - {id: big, when: {params: {amount: {gt: 100}}}, decision: REQUIRE_APPROVAL}
+        """,
+    )
+    with pytest.raises(PolicyError, match=r"rule big \(.*p.yaml:3:5\) failed to evaluate"):
+        policy.decide(action(amount="a string"), "a")
+
+
+def test_policy_errors_block_through_evaluate(tmp_path: Path) -> None:
+    policy = policies(
+        tmp_path,
+        """
+        rules:
+          - {id: by-path, when: {params: {path: {gt: 3}}}, decision: BLOCK}
+        """,
+    )
+    config = Config(load_mappings(PROJECT_ROOT / "mappings"), policy)
+    evaluation = evaluate(doc("POST", "api.x.io", "/write"), config)
+    assert evaluation.verdict.decision == "BLOCK"
+    assert evaluation.failed_stage == "policy"
+    assert "rule by-path" in evaluation.verdict.reason
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "message"),
+    [
+        (
+            "rules:\n  - id: r\n    when: {params: {a: {greater: 1}}}\n    decision: BLOCK\n",
+            ":3:25:",
+            "unknown operator 'greater'",
+        ),
+        ("rules:\n  - id: r\n    decision: DENY\n", ":3:15:", "decision must be one of"),
+        (
+            "rules:\n  - id: r\n    when: {acton: x}\n    decision: BLOCK\n",
+            ":3:12:",
+            "unknown key 'acton'",
+        ),
+        (
+            "rules:\n  - {id: r, decision: BLOCK}\n  - {id: r, decision: ALLOW}\n",
+            ":3:5:",
+            "duplicate rule id",
+        ),
+        (
+            "rules:\n  - {id: r, decision: BLOCK, when: {params: {a: {in: 3}}}}\n",
+            ":2:54:",
+            "'in' needs a list",
+        ),
+        ("default: MAYBE\n", ":1:10:", "default must be one of"),
+    ],
+)
+def test_policy_errors_name_file_line_and_column(
+    tmp_path: Path, text: str, where: str, message: str
+) -> None:
+    with pytest.raises(ConfigError) as error:
+        policies(tmp_path, text)
+    assert where in str(error.value), str(error.value)
+    assert message in str(error.value)
+
+
+def test_five_hundred_rules_are_indexed_by_action(tmp_path: Path) -> None:
+    lines = ["rules:"]
+    for i in range(500):
+        lines.append(
+            f"  - {{id: r{i}, when: {{action: act_{i % 100}, params: {{amount: {{gte: {i}}}}}}},"
+            " decision: REQUIRE_APPROVAL}"
+        )
+    policy = policies(tmp_path, "\n".join(lines) + "\n")
+    assert len(policy) == 500
+    assert len(policy.candidates("act_7")) == 5
+    assert policy.decide(action("act_7", amount=250), "a").rules == ("r7", "r107", "r207")

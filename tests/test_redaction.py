@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+from addons.redaction import REDACTED, redact_document, redact_headers, redact_text, redact_value
+
+
+def test_credential_headers_are_redacted_keeping_the_scheme() -> None:
+    headers = redact_headers(
+        {
+            "authorization": "Bearer sk_live_abcdef123456",
+            "proxy-authorization": "Basic YWdlbnQ6a2V5",
+            "cookie": "session=abc",
+            "x-api-key": "k-123",
+            "x-amz-security-token": "FQoGZXIvYXdzE",
+            "stripe-version": "2024-06-20",
+        }
+    )
+    assert headers == {
+        "authorization": f"Bearer {REDACTED}",
+        "proxy-authorization": f"Basic {REDACTED}",
+        "cookie": REDACTED,
+        "x-api-key": REDACTED,
+        "x-amz-security-token": REDACTED,
+        "stripe-version": "2024-06-20",
+    }
+
+
+def test_aws_sigv4_authorization_is_redacted() -> None:
+    value = (
+        "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20240101/us-east-1/s3/aws4_request, "
+        "SignedHeaders=host;x-amz-date, Signature=fe5f80f77d5fa3beca038a248ff027"
+    )
+    assert redact_headers({"authorization": value}) == {
+        "authorization": f"AWS4-HMAC-SHA256 {REDACTED}"
+    }
+
+
+def test_tokens_are_found_by_shape_anywhere_in_text() -> None:
+    text = (
+        "keys sk_test_51abcdefGHIJ rk_live_99zzzzzz xoxb-123-456-abcdef ghp_"
+        + "a" * 36
+        + " AKIAIOSFODNN7EXAMPLE done"
+    )
+    assert redact_text(text) == (
+        f"keys {REDACTED} {REDACTED} {REDACTED} {REDACTED} {REDACTED} done"
+    )
+    url = "/b/k?X-Amz-Credential=AKIA/x&X-Amz-Signature=abcd&part=1"
+    assert redact_text(url) == f"/b/k?X-Amz-Credential={REDACTED}&X-Amz-Signature={REDACTED}&part=1"
+
+
+def test_secret_named_fields_are_redacted_in_nested_bodies() -> None:
+    body = {
+        "amount": 100,
+        "api_key": "anything",
+        "card": {"number": "4242", "cvc": "123"},
+        "password": "p",
+        "client_secret": "pi_123_secret_456",
+        "items": [{"token": "t", "name": "ok"}],
+        "author": "kept",
+        "empty_token": "",
+    }
+    assert redact_value(body) == {
+        "amount": 100,
+        "api_key": REDACTED,
+        "card": {"number": "4242", "cvc": REDACTED},
+        "password": REDACTED,
+        "client_secret": REDACTED,
+        "items": [{"token": REDACTED, "name": "ok"}],
+        "author": "kept",
+        "empty_token": "",
+    }
+
+
+def test_redact_document_covers_headers_path_query_and_body() -> None:
+    document = {
+        "method": "POST",
+        "path": "/hooks/xoxb-123-456-abcdef",
+        "query": {"token": ["abc"], "page": ["2"]},
+        "headers": {"authorization": "Bearer x"},
+        "body": "text with sk_live_abcdef123456",
+    }
+    clean = redact_document(document)
+    assert clean["path"] == f"/hooks/{REDACTED}"
+    assert clean["query"] == {"token": REDACTED, "page": ["2"]}
+    assert clean["headers"] == {"authorization": f"Bearer {REDACTED}"}
+    assert clean["body"] == f"text with {REDACTED}"
+    assert document["headers"] == {"authorization": "Bearer x"}  # the original is untouched

@@ -1,0 +1,319 @@
+"""The store on SQLite and PostgreSQL: records, approvals' state machine, the audit chain."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from typing import Any
+
+import pytest
+from sqlalchemy import delete, select, update
+from sqlalchemy.engine import Engine
+
+from store.approvals import (
+    APPROVED,
+    DENIED,
+    EXPIRED,
+    ApprovalError,
+    approval_states,
+    pending_approvals,
+    resolve_approval,
+)
+from store.audit import verify_audit
+from store.records import DecisionRecord, HoldRequest, OutcomeRecord
+from store.schema import Approval, AuditEvent, AuditHead, Run
+from store.writer import SettleRequest, StoreWriter
+
+
+def run_row(decision: str = "ALLOW", **overrides: Any) -> dict[str, Any]:
+    row = {
+        "id": uuid.uuid4().hex,
+        "at": time.time(),
+        "instance": "test-1",
+        "agent": "agent-a",
+        "method": "POST",
+        "host": "api.stripe.com",
+        "path": "/v1/charges",
+        "provider": "stripe",
+        "action": "create_charge",
+        "category": "payment",
+        "sensitivity": "high",
+        "target": "customer/cus_1",
+        "mapping_id": "stripe.create_charge",
+        "params": {"amount": 150000, "currency": "usd"},
+        "request": {"method": "POST", "body": {"amount": "150000"}},
+        "decision": decision,
+        "reason": "because",
+        "rules": ["r1"] if decision != "ALLOW" else [],
+        "error": None,
+        "decision_ms": 0.2,
+        "outcome": None,
+        "status": None,
+        "upstream_ms": None,
+    }
+    row.update(overrides)
+    return row
+
+
+def held(expires_in: float = 60.0) -> tuple[dict[str, Any], HoldRequest]:
+    return run_row("REQUIRE_APPROVAL"), HoldRequest(
+        uuid.uuid4().hex, time.time() + expires_in, "h" * 64
+    )
+
+
+def write(engine: Engine, *jobs: Any) -> list[Any]:
+    """Submit jobs through the real group-commit writer and wait for their commits."""
+
+    async def scenario() -> list[Any]:
+        writer = StoreWriter(engine)
+        writer.ensure_started(asyncio.get_running_loop())
+        try:
+            return list(await asyncio.gather(*(writer.submit(job) for job in jobs)))
+        finally:
+            await asyncio.to_thread(writer.stop)
+
+    return asyncio.run(scenario())
+
+
+def test_decision_and_outcome_are_one_record(engine: Engine) -> None:
+    row = run_row()
+    write(engine, DecisionRecord(row))
+    write(engine, OutcomeRecord(row["id"], time.time(), "forwarded", 201, 12.5))
+
+    with engine.connect() as conn:
+        stored = conn.execute(select(Run)).one()
+    assert (stored.decision, stored.outcome, stored.status, stored.upstream_ms) == (
+        "ALLOW",
+        "forwarded",
+        201,
+        12.5,
+    )
+    assert stored.params == {"amount": 150000, "currency": "usd"}
+    report = verify_audit(engine)
+    assert report.ok, report.problem
+    assert (report.events, report.runs) == (2, 1)
+
+
+def test_group_commit_writes_many_flows_in_few_transactions(engine: Engine) -> None:
+    groups: list[int] = []
+
+    async def scenario() -> None:
+        writer = StoreWriter(engine, on_commit=lambda _s, size: groups.append(size))
+        writer.ensure_started(asyncio.get_running_loop())
+        await asyncio.gather(*(writer.submit(DecisionRecord(run_row())) for _ in range(300)))
+        await asyncio.to_thread(writer.stop)
+
+    asyncio.run(scenario())
+
+    assert sum(groups) == 300
+    assert len(groups) < 300, "every record took its own commit"
+    with engine.connect() as conn:
+        assert len(conn.execute(select(Run.id)).all()) == 300
+    assert verify_audit(engine).ok
+
+
+def test_one_bad_record_does_not_fail_the_rest_of_its_group(engine: Engine) -> None:
+    good, duplicate = run_row(), run_row()
+    write(engine, DecisionRecord(duplicate))
+
+    async def scenario() -> list[Any]:
+        writer = StoreWriter(engine)
+        writer.ensure_started(asyncio.get_running_loop())
+        results = await asyncio.gather(
+            writer.submit(DecisionRecord(good)),
+            writer.submit(DecisionRecord(duplicate)),
+            return_exceptions=True,
+        )
+        await asyncio.to_thread(writer.stop)
+        return list(results)
+
+    ok, failed = asyncio.run(scenario())
+    assert ok is None
+    assert isinstance(failed, Exception)
+    with engine.connect() as conn:
+        assert len(conn.execute(select(Run.id)).all()) == 2
+    assert verify_audit(engine).ok
+
+
+def test_hold_approve_and_terminal_states_are_final(engine: Engine) -> None:
+    row, hold = held()
+    write(engine, DecisionRecord(row, hold))
+
+    [waiting] = pending_approvals(engine)
+    assert (waiting.id, waiting.action, waiting.params["amount"]) == (
+        hold.approval_id,
+        "create_charge",
+        150000,
+    )
+
+    settled = resolve_approval(engine, hold.approval_id[:6], APPROVED, "alice", "ok")
+    assert (settled.state, settled.won, settled.reviewer) == (APPROVED, True, "alice")
+    assert approval_states(engine, [hold.approval_id])[hold.approval_id].state == APPROVED
+    assert pending_approvals(engine) == []
+
+    with pytest.raises(ApprovalError, match="already APPROVED \\(by alice\\)"):
+        resolve_approval(engine, hold.approval_id, DENIED, "bob", "no")
+    [late_expiry] = write(engine, SettleRequest(hold.approval_id, EXPIRED, "timeout", time.time()))
+    assert (late_expiry.won, late_expiry.state) == (False, APPROVED)
+    assert verify_audit(engine).ok
+
+
+def test_expired_approval_cannot_be_approved(engine: Engine) -> None:
+    row, hold = held(expires_in=-1)
+    write(engine, DecisionRecord(row, hold))
+
+    assert pending_approvals(engine) == []
+    with pytest.raises(ApprovalError, match="expired .* cannot be released"):
+        resolve_approval(engine, hold.approval_id, APPROVED, "alice", None)
+
+
+def test_ids_must_be_unambiguous(engine: Engine) -> None:
+    for _ in range(2):
+        write(engine, DecisionRecord(*held()))
+    with pytest.raises(ApprovalError, match="no approval"):
+        resolve_approval(engine, "ffffffffff", APPROVED, "a", None)
+    with pytest.raises(ApprovalError, match="at least 4"):
+        resolve_approval(engine, "ab", APPROVED, "a", None)
+
+
+def test_racing_reviewers_produce_exactly_one_outcome(engine: Engine) -> None:
+    row, hold = held()
+    write(engine, DecisionRecord(row, hold))
+    outcomes: list[str] = []
+    barrier = threading.Barrier(4)
+
+    def decide(state: str, reviewer: str) -> None:
+        barrier.wait()
+        try:
+            resolve_approval(engine, hold.approval_id, state, reviewer, "race")
+            outcomes.append(f"won:{reviewer}")
+        except ApprovalError:
+            outcomes.append("lost")
+
+    threads = [
+        threading.Thread(target=decide, args=(APPROVED if i % 2 else DENIED, f"r{i}"))
+        for i in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    assert sorted(o.startswith("won") for o in outcomes) == [False, False, False, True]
+    assert verify_audit(engine).ok
+
+
+def test_concurrent_writers_keep_one_unbroken_chain(engine: Engine) -> None:
+    """Proxies and reviewers append from several connections at once."""
+    holds = [held() for _ in range(8)]
+    write(engine, *(DecisionRecord(r, h) for r, h in holds))
+
+    def writer_process() -> None:
+        write(engine, *(DecisionRecord(run_row()) for _ in range(40)))
+
+    def reviewer(i: int) -> None:
+        resolve_approval(engine, holds[i][1].approval_id, APPROVED, f"r{i}", None)
+
+    threads = [threading.Thread(target=writer_process) for _ in range(3)]
+    threads += [threading.Thread(target=reviewer, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+
+    report = verify_audit(engine)
+    assert report.ok, report.problem
+    assert report.runs == 8 + 120
+    assert report.events == 8 * 2 + 120 + 8
+
+
+# --- tampering -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def audited(engine: Engine) -> Engine:
+    """Four decisions (one blocked), a held one approved, an outcome: 9 events."""
+    rows = [run_row() for _ in range(3)] + [run_row("BLOCK", outcome="blocked", status=403)]
+    write(engine, *(DecisionRecord(r) for r in rows))
+    row, hold = held()
+    write(engine, DecisionRecord(row, hold))
+    resolve_approval(engine, hold.approval_id, APPROVED, "alice", None)
+    write(engine, OutcomeRecord(rows[0]["id"], time.time(), "forwarded", 200, 3.0))
+    report = verify_audit(engine)
+    assert report.ok and report.events == 9, report
+    return engine
+
+
+def _tamper(engine: Engine, statement: Any) -> str:
+    with engine.begin() as conn:
+        conn.execute(statement)
+    report = verify_audit(engine)
+    assert not report.ok
+    return report.problem or ""
+
+
+def test_edited_event_is_named(audited: Engine) -> None:
+    problem = _tamper(
+        audited, update(AuditEvent).where(AuditEvent.seq == 3).values(payload='{"decision":"x"}')
+    )
+    assert problem.startswith("event #3 (decision) was edited")
+
+
+def test_deleted_event_is_named(audited: Engine) -> None:
+    problem = _tamper(audited, delete(AuditEvent).where(AuditEvent.seq == 4))
+    assert problem.startswith("event #4 is missing")
+
+
+def test_deleted_last_event_is_caught_by_the_head(audited: Engine) -> None:
+    problem = _tamper(audited, delete(AuditEvent).where(AuditEvent.seq == 9))
+    assert "the chain ends at event #8 but its head says #9" in problem
+
+
+def test_reordered_events_are_caught(audited: Engine) -> None:
+    with audited.begin() as conn:
+        two, three = (
+            conn.execute(select(AuditEvent).where(AuditEvent.seq == n)).one() for n in (2, 3)
+        )
+        conn.execute(delete(AuditEvent).where(AuditEvent.seq.in_([2, 3])))
+        for seq, event in ((2, three), (3, two)):
+            values = {c: getattr(event, c) for c in ("at", "kind", "run_id", "payload")}
+            values |= {"prev_hash": event.prev_hash, "hash": event.hash}
+            conn.execute(AuditEvent.__table__.insert().values(seq=seq, **values))
+    report = verify_audit(audited)
+    assert report.problem == (
+        "event #2 does not follow event #1: the chain was reordered or an earlier event "
+        "was replaced"
+    )
+
+
+def test_edited_run_is_named(audited: Engine) -> None:
+    problem = _tamper(audited, update(Run).where(Run.decision == "BLOCK").values(decision="ALLOW"))
+    assert "was edited: decision is 'ALLOW' but the audit chain recorded 'BLOCK'" in problem
+
+
+def test_edited_outcome_is_named(audited: Engine) -> None:
+    problem = _tamper(audited, update(Run).where(Run.outcome == "forwarded").values(status=500))
+    assert "was edited: status is 500 but the audit chain recorded 200" in problem
+
+
+def test_deleted_run_is_named(audited: Engine) -> None:
+    with audited.begin() as conn:
+        victim = (
+            conn.execute(select(Run.id).where(Run.decision == "ALLOW").order_by(Run.at))
+            .scalars()
+            .all()[-1]
+        )
+    problem = _tamper(audited, delete(Run).where(Run.id == victim))
+    assert problem == f"run {victim} is recorded in the chain but its row was deleted"
+
+
+def test_edited_approval_is_named(audited: Engine) -> None:
+    problem = _tamper(audited, update(Approval).values(reviewer="mallory"))
+    assert "reviewer is 'mallory' but the audit chain recorded 'alice'" in problem
+
+
+def test_rewritten_head_is_caught(audited: Engine) -> None:
+    problem = _tamper(audited, update(AuditHead).values(seq=4))
+    assert "its head says #4" in problem
