@@ -134,7 +134,7 @@ class Gate:
         self.writer = self.engine = None
 
     def running(self) -> None:
-        if ctx.options.connection_strategy != "lazy":
+        if "connection_strategy" in ctx.options and ctx.options.connection_strategy != "lazy":
             # Eager would open an upstream connection before we decide: a blocked or held
             # request must never touch the upstream.
             ctx.options.connection_strategy = "lazy"

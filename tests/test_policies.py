@@ -20,7 +20,7 @@ def action(name: str = "create_charge", provider: str = "stripe", **params: Any)
     return Action(name, provider, "payment", "high", "customer/c1", params, "m")
 
 
-def policies(tmp_path: Path, text: str):  # noqa: ANN201
+def policies(tmp_path: Path, text: str):
     folder = tmp_path / "policies"
     folder.mkdir(exist_ok=True)
     (folder / "p.yaml").write_text(textwrap.dedent(text))

@@ -165,7 +165,7 @@ def test_expired_approval_cannot_be_approved(engine: Engine) -> None:
     write(engine, DecisionRecord(row, hold))
 
     assert pending_approvals(engine) == []
-    with pytest.raises(ApprovalError, match="expired .* cannot be released"):
+    with pytest.raises(ApprovalError, match=r"expired .* cannot be released"):
         resolve_approval(engine, hold.approval_id, APPROVED, "alice", None)
 
 

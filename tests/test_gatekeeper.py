@@ -1,0 +1,252 @@
+"""The gate addon in-process, with mitmproxy's own test helpers (taddons, tflow)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import textwrap
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mitmproxy import exceptions
+from mitmproxy.test import taddons, tflow, tutils
+from sqlalchemy import select, text
+
+from addons.gatekeeper import Gate, request_hash
+from addons.metrics import Metrics
+from addons.routing import Routing, parse_routes
+from store.schema import Run, open_engine
+from tests.helpers.proxy import PROJECT_ROOT
+
+
+def stripe_flow(body: bytes, path: str = "/v1/charges", method: str = "POST") -> Any:
+    flow = tflow.tflow()
+    flow.request = tutils.treq(
+        method=method.encode(),
+        scheme=b"https",
+        host="api.stripe.com",
+        port=443,
+        authority=b"",
+        path=path.encode(),
+        headers=[(b"content-type", b"application/x-www-form-urlencoded")],
+        content=body,
+    )
+    return flow
+
+
+def with_gate(
+    tmp_path: Path, scenario: Callable[[Gate, Any], Awaitable[None]], **options: Any
+) -> Gate:
+    """Run a scenario against a configured, running gate on a fresh SQLite store."""
+    gate = Gate(Metrics())
+
+    async def run() -> None:
+        with taddons.context(gate) as tctx:
+            tctx.configure(
+                gate,
+                airlock_db=f"sqlite:///{tmp_path / 'a.db'}",
+                airlock_mappings=str(PROJECT_ROOT / "mappings"),
+                airlock_policies=str(PROJECT_ROOT / "policies"),
+                **options,
+            )
+            gate.running()
+            try:
+                await scenario(gate, tctx)
+            finally:
+                gate.done()
+
+    asyncio.run(run())
+    return gate
+
+
+def stored_runs(tmp_path: Path) -> list[Any]:
+    engine = open_engine(f"sqlite:///{tmp_path / 'a.db'}")
+    with engine.connect() as conn:
+        rows = conn.execute(select(Run).order_by(Run.at)).all()
+    engine.dispose()
+    return rows
+
+
+def test_allowed_flow_is_left_to_continue_after_its_record_is_committed(tmp_path: Path) -> None:
+    flow = stripe_flow(b"amount=500&currency=usd")
+
+    async def scenario(gate: Gate, _: Any) -> None:
+        await gate.request(flow)
+
+    with_gate(tmp_path, scenario)
+
+    assert flow.response is None
+    [run] = stored_runs(tmp_path)
+    assert run.id == flow.metadata["airlock"]
+    assert (run.decision, run.action, run.agent) == ("ALLOW", "create_charge", "anonymous")
+
+
+def test_blocked_flow_is_answered_403_with_explanation(tmp_path: Path) -> None:
+    flow = stripe_flow(b"amount=1000000&currency=usd")
+
+    async def scenario(gate: Gate, _: Any) -> None:
+        await gate.request(flow)
+
+    gate = with_gate(tmp_path, scenario)
+
+    assert flow.response.status_code == 403
+    assert flow.response.headers["X-Airlock-Decision"] == "BLOCK"
+    body = json.loads(flow.response.content)
+    assert body["request_id"] == flow.metadata["airlock"]
+    assert body["error"]["code"] == "airlock_blocked"
+    assert flow.error is None  # answered, never killed
+    [run] = stored_runs(tmp_path)
+    assert (run.outcome, run.status) == ("blocked", 403)
+    assert gate.metrics.decisions.labels("BLOCK", "create_charge", "stripe")._value.get() == 1
+
+
+def test_mapping_failure_blocks_records_the_error_and_counts_it(tmp_path: Path) -> None:
+    flow = stripe_flow(b"amount=not-a-number&currency=usd")
+
+    async def scenario(gate: Gate, _: Any) -> None:
+        await gate.request(flow)
+
+    gate = with_gate(tmp_path, scenario)
+
+    assert flow.response.status_code == 403
+    assert "mapping failed" in json.loads(flow.response.content)["reason"]
+    [run] = stored_runs(tmp_path)
+    assert run.decision == "BLOCK"
+    assert "expected int, got 'not-a-number'" in run.error
+    assert gate.metrics.fail_closed.labels("mapping")._value.get() == 1
+
+
+def test_store_failure_blocks_the_request_and_says_why(tmp_path: Path) -> None:
+    flow = stripe_flow(b"amount=5&currency=usd")
+
+    async def scenario(gate: Gate, _: Any) -> None:
+        with gate.engine.begin() as conn:
+            conn.execute(text("DROP TABLE approvals"))
+            conn.execute(text("DROP TABLE runs"))
+        await gate.request(flow)
+
+    gate = with_gate(tmp_path, scenario)
+
+    assert flow.response.status_code == 403
+    assert "could not be recorded" in json.loads(flow.response.content)["reason"]
+    assert gate.metrics.fail_closed.labels("store")._value.get() == 1
+
+
+def test_agent_identity_comes_from_the_connect_credentials(tmp_path: Path) -> None:
+    connect = tflow.tflow()
+    token = base64.b64encode(b"billing-bot:s3cret").decode()
+    connect.request.headers["Proxy-Authorization"] = f"Basic {token}"
+    flow = stripe_flow(b"amount=5&currency=usd")
+    flow.client_conn = connect.client_conn
+
+    async def scenario(gate: Gate, _: Any) -> None:
+        gate.http_connect(connect)
+        await gate.request(flow)
+
+    with_gate(tmp_path, scenario)
+    [run] = stored_runs(tmp_path)
+    assert run.agent == "billing-bot"
+    assert "s3cret" not in json.dumps(run.request)
+
+
+def test_plain_http_proxy_credentials_identify_and_are_not_forwarded(tmp_path: Path) -> None:
+    flow = stripe_flow(b"amount=5&currency=usd")
+    flow.request.headers["Proxy-Authorization"] = "Basic " + base64.b64encode(b"bot:k").decode()
+
+    async def scenario(gate: Gate, _: Any) -> None:
+        await gate.request(flow)
+
+    with_gate(tmp_path, scenario)
+    assert "Proxy-Authorization" not in flow.request.headers
+    assert stored_runs(tmp_path)[0].agent == "bot"
+
+
+def test_held_flow_is_released_when_the_store_says_approved(tmp_path: Path) -> None:
+    flow = stripe_flow(b"", path="/v1/customers/cus_1", method="DELETE")
+
+    async def scenario(gate: Gate, _: Any) -> None:
+        from store.approvals import APPROVED, resolve_approval
+
+        hold = asyncio.create_task(gate.request(flow))
+        while not gate.holds:
+            await asyncio.sleep(0.01)
+        [approval_id] = gate.holds
+        await asyncio.to_thread(resolve_approval, gate.engine, approval_id, APPROVED, "r", None)
+        await asyncio.wait_for(hold, 5)
+
+    with_gate(tmp_path, scenario)
+    assert flow.response is None  # forwarded
+    assert "airlock_released" in flow.metadata
+
+
+def test_client_disconnect_abandons_the_approval(tmp_path: Path) -> None:
+    flow = stripe_flow(b"", path="/v1/customers/cus_2", method="DELETE")
+
+    async def scenario(gate: Gate, _: Any) -> None:
+        hold = asyncio.create_task(gate.request(flow))
+        while not gate.holds:
+            await asyncio.sleep(0.01)
+        gate.client_disconnected(flow.client_conn)
+        await asyncio.wait_for(hold, 5)
+
+    with_gate(tmp_path, scenario)
+    assert json.loads(flow.response.content)["approval"]["state"] == "ABANDONED"
+    engine = open_engine(f"sqlite:///{tmp_path / 'a.db'}")
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT state FROM approvals")).scalar_one() == "ABANDONED"
+
+
+def test_bad_config_refuses_to_start_with_file_and_line(tmp_path: Path) -> None:
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "p.yaml").write_text(textwrap.dedent("rules:\n  - id: x\n    decison: BLOCK\n"))
+    gate = Gate(Metrics())
+    with taddons.context(gate) as tctx, pytest.raises(exceptions.OptionsError) as error:
+        tctx.configure(gate, airlock_policies=str(policies))
+    assert f"{policies / 'p.yaml'}:3:5: unknown key 'decison'" in str(error.value)
+
+
+def test_request_hash_binds_method_url_body_and_agent() -> None:
+    base = {
+        "method": "POST",
+        "scheme": "https",
+        "host": "h",
+        "port": 443,
+        "path": "/p",
+        "query": {},
+        "body": {"b": 1, "a": 2},
+        "agent": "x",
+    }
+    same = dict(base, body={"a": 2, "b": 1})
+    assert request_hash(base) == request_hash(same)
+    for change in ({"agent": "y"}, {"body": {"a": 3}}, {"path": "/q"}, {"method": "PUT"}):
+        assert request_hash(base) != request_hash(dict(base, **change))
+
+
+def test_routes_parse_and_reject_bad_specs() -> None:
+    assert parse_routes(["API.stripe.com=127.0.0.1:8443", "h=[::1]:9"]) == {
+        "api.stripe.com": ("127.0.0.1", 8443),
+        "h": ("::1", 9),
+    }
+    with pytest.raises(exceptions.OptionsError, match="expected HOST=ADDR:PORT"):
+        parse_routes(["api.stripe.com:443"])
+
+
+def test_routing_overrides_name_resolution_only_for_routed_hosts() -> None:
+    routing = Routing()
+
+    async def scenario() -> tuple[Any, Any]:
+        with taddons.context(routing) as tctx:
+            tctx.configure(routing, airlock_route=["api.stripe.com=127.0.0.1:8443"])
+            routing.running()
+            loop = asyncio.get_running_loop()
+            routed = await loop.getaddrinfo("api.stripe.com", 443)
+            other = await loop.getaddrinfo("localhost", 443)
+            return routed, other
+
+    routed, other = asyncio.run(scenario())
+    assert {info[4][:2] for info in routed} == {("127.0.0.1", 8443)}
+    assert all(info[4][1] == 443 for info in other)
