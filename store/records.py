@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy import Connection, select, update
 
 from store.audit import DECISION_FIELDS, OUTCOME_FIELDS, Event
-from store.schema import Approval, Run
+from store.prepared import statements
+from store.schema import Approval
 
 PENDING = "PENDING"
 
@@ -38,7 +39,8 @@ class OutcomeRecord:
 
 
 def record_decisions(conn: Connection, records: list[DecisionRecord]) -> list[Event]:
-    conn.execute(insert(Run), [r.run for r in records])
+    sql = statements(conn)
+    sql.insert_runs.execute_many(conn, [r.run for r in records])
     holds = [(r, r.hold) for r in records if r.hold]
     events = [
         Event("decision", r.run["id"], r.run["at"], {k: r.run.get(k) for k in DECISION_FIELDS})
@@ -47,7 +49,7 @@ def record_decisions(conn: Connection, records: list[DecisionRecord]) -> list[Ev
     # Outcomes known at decision time (a block) go in with the decision, in the same commit.
     events += [_outcome_event(r.run) for r in records if r.run.get("outcome")]
     if holds:
-        conn.execute(insert(Approval), [_approval_row(r, hold) for r, hold in holds])
+        sql.insert_approvals.execute_many(conn, [_approval_row(r, hold) for r, hold in holds])
         events += [_approval_event(_approval_row(r, hold), r.run["id"]) for r, hold in holds]
     return events
 
@@ -93,16 +95,7 @@ def record_outcomes(conn: Connection, records: list[OutcomeRecord]) -> list[Even
         }
         for r in records
     ]
-    statement = (
-        update(Run)
-        .where(Run.id == bindparam("rid"))
-        .values(
-            outcome=bindparam("outcome"),
-            status=bindparam("status"),
-            upstream_ms=bindparam("upstream_ms"),
-        )
-    )
-    conn.execute(statement.execution_options(synchronize_session=False), rows)
+    statements(conn).set_outcomes.execute_many(conn, rows)
     return [
         Event(
             "outcome",

@@ -30,6 +30,7 @@ from store.records import (
 log = logging.getLogger(__name__)
 
 MAX_GROUP = 512
+IDLE_WRITE_DELAY = 0.05  # seconds an outcome may wait to share a commit with a decision
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,9 @@ CommitObserver = Callable[[float, int], None]  # (seconds, group size)
 class _Pending:
     job: Job
     future: asyncio.Future[Any] | None
+
+
+_Settled = tuple[asyncio.Future[Any] | None, Any, Exception | None]
 
 
 class StoreWriter:
@@ -87,23 +91,31 @@ class StoreWriter:
     def _run(self) -> None:
         stopping = False
         while not stopping:
-            first = self._queue.get()
-            group: list[_Pending] = []
-            if first is None:
-                stopping = True
-            else:
-                group.append(first)
-            while len(group) < MAX_GROUP:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stopping = True
-                else:
-                    group.append(item)
+            group, stopping = self._collect_group()
             if group:
                 self._write_group(group)
+
+    def _collect_group(self) -> tuple[list[_Pending], bool]:
+        """Everything queued now; a group nobody awaits (outcomes) waits briefly for company."""
+        group: list[_Pending] = []
+        item = self._queue.get()
+        while item is not None:
+            group.append(item)
+            if len(group) >= MAX_GROUP:
+                return group, False
+            try:
+                item = self._queue.get_nowait()
+                continue
+            except queue.Empty:
+                pass
+            if any(p.future is not None for p in group):
+                return group, False
+            # Only outcomes so far: share the next decision's commit (one fsync, not two).
+            try:
+                item = self._queue.get(timeout=IDLE_WRITE_DELAY)
+            except queue.Empty:
+                return group, False
+        return group, True
 
     def _write_group(self, group: list[_Pending]) -> None:
         started = time.perf_counter()
@@ -111,17 +123,19 @@ class StoreWriter:
             results = self._commit(group)
         except Exception:
             # One bad job must not fail the others: write each alone to find it.
-            for pending in group:
-                try:
-                    self._resolve(pending, self._commit([pending])[0], None)
-                except Exception as e:
-                    log.error("store write failed: %s", e)
-                    self._resolve(pending, None, e)
-            return
-        if self.on_commit:
-            self.on_commit(time.perf_counter() - started, len(group))
-        for pending, result in zip(group, results, strict=True):
-            self._resolve(pending, result, None)
+            settled = [self._commit_alone(pending) for pending in group]
+        else:
+            if self.on_commit:
+                self.on_commit(time.perf_counter() - started, len(group))
+            settled = [(p.future, r, None) for p, r in zip(group, results, strict=True)]
+        self._resolve([s for s in settled if s[0] is not None])
+
+    def _commit_alone(self, pending: _Pending) -> _Settled:
+        try:
+            return pending.future, self._commit([pending])[0], None
+        except Exception as e:
+            log.error("store write failed: %s", e)
+            return pending.future, None, e
 
     def _commit(self, group: list[_Pending]) -> list[Any]:
         decisions = [p.job for p in group if isinstance(p.job, DecisionRecord)]
@@ -143,17 +157,18 @@ class StoreWriter:
             append_events(conn, events)
         return [results.get(i) for i in range(len(group))]
 
-    def _resolve(self, pending: _Pending, result: Any, error: Exception | None) -> None:
-        future, loop = pending.future, self._loop
-        if future is None or loop is None or loop.is_closed():
-            return
-        loop.call_soon_threadsafe(_settle_future, future, result, error)
+    def _resolve(self, settled: list[_Settled]) -> None:
+        """Wake the event loop once per group, not once per flow."""
+        loop = self._loop
+        if settled and loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(_settle_futures, settled)
 
 
-def _settle_future(future: asyncio.Future[Any], result: Any, error: Exception | None) -> None:
-    if future.done():  # the awaiting flow was cancelled meanwhile
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
+def _settle_futures(settled: list[_Settled]) -> None:
+    for future, result, error in settled:
+        if future is None or future.done():  # the awaiting flow was cancelled meanwhile
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)

@@ -170,3 +170,23 @@ def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
         )
     )
     return ca_file, cert_file, key_file
+
+
+def main() -> None:
+    """Serve as a separate process (the benchmark keeps it off the load generator's core)."""
+    import argparse
+    import time
+
+    parser = argparse.ArgumentParser(description="Local HTTPS upstream for tests and benchmarks.")
+    parser.add_argument("--cert-dir", type=Path, required=True)
+    args = parser.parse_args()
+    upstream = Upstream(args.cert_dir).start()
+    print(f"port={upstream.port} ca={upstream.ca_file}", flush=True)
+    while True:
+        with upstream._lock:
+            upstream.received.clear()  # a long benchmark must not grow memory
+        time.sleep(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,318 @@
+"""`make bench`: bare mitmdump and Airlock side by side, same upstream, same load, one run.
+
+Load: HTTPS keep-alive through CONNECT (as SDKs do), a small Stripe charge POST that the shipped
+policies ALLOW, so every Airlock request is mapped, decided and durably committed before it is
+forwarded. Airlock runs with 1,000 extra mapping rules loaded. Also measures, in-process, how long
+mapping and deciding one request take.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from tests.helpers.proxy import PROJECT_ROOT, clean_env, free_port, prepared_confdir, wait_for_port
+
+HOST = "api.stripe.com"
+METRICS_PORT = free_port()
+BODY = b"amount=500&currency=usd&customer=cus_bench&metadata[order_id]=6735"
+REQUEST = (
+    b"POST /v1/charges HTTP/1.1\r\nHost: api.stripe.com\r\n"
+    b"Authorization: Bearer sk_test_bench000000\r\n"
+    b"Content-Type: application/x-www-form-urlencoded\r\n"
+    b"Content-Length: " + str(len(BODY)).encode() + b"\r\n\r\n" + BODY
+)
+
+
+# --- load generator --------------------------------------------------------------------------
+
+
+async def _tunnel(proxy_port: int, ca: Path) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy_port)
+    writer.write(f"CONNECT {HOST}:443 HTTP/1.1\r\nHost: {HOST}:443\r\n\r\n".encode())
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    if b" 200" not in head.split(b"\r\n", 1)[0]:
+        raise RuntimeError(f"CONNECT refused: {head!r}")
+    context = ssl.create_default_context(cafile=str(ca))
+    await writer.start_tls(context, server_hostname=HOST)
+    return reader, writer
+
+
+async def _one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> float:
+    started = time.perf_counter()
+    writer.write(REQUEST)
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    await reader.readexactly(length)
+    if not head.startswith(b"HTTP/1.1 200"):
+        raise RuntimeError(f"unexpected response: {head[:80]!r}")
+    return time.perf_counter() - started
+
+
+async def _load(
+    proxy_port: int, ca: Path, concurrency: int, total: int
+) -> tuple[float, list[float]]:
+    connections = [await _tunnel(proxy_port, ca) for _ in range(concurrency)]
+    for reader, writer in connections:  # warm-up: TLS to the upstream, caches
+        for _ in range(20):
+            await _one(reader, writer)
+    latencies: list[float] = []
+    per_connection = total // concurrency
+
+    async def worker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for _ in range(per_connection):
+            latencies.append(await _one(reader, writer))
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(r, w) for r, w in connections))
+    elapsed = time.perf_counter() - started
+    for _, writer in connections:
+        writer.close()
+    return elapsed, latencies
+
+
+@dataclass
+class Result:
+    name: str
+    concurrency: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+
+
+def measure(name: str, port: int, ca: Path, concurrency: int, total: int) -> Result:
+    elapsed, latencies = asyncio.run(_load(port, ca, concurrency, total))
+    latencies.sort()
+    return Result(
+        name,
+        concurrency,
+        len(latencies) / elapsed,
+        statistics.median(latencies) * 1000,
+        latencies[int(len(latencies) * 0.99) - 1] * 1000,
+    )
+
+
+# --- processes -------------------------------------------------------------------------------
+
+
+def start(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(argv, cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                env=clean_env() | {"PYTHONUNBUFFERED": "1"})  # fmt: skip
+
+
+def start_upstream(work: Path) -> tuple[subprocess.Popen[bytes], int, Path]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.helpers.upstream", "--cert-dir", str(work / "upstream")],
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.PIPE,
+        env=clean_env(),
+    )
+    assert process.stdout is not None
+    fields = dict(part.split("=", 1) for part in process.stdout.readline().decode().split())
+    return process, int(fields["port"]), Path(fields["ca"])
+
+
+def write_bulk_mappings(folder: Path, count: int) -> None:
+    """The shipped mappings plus `count` more across 100 hosts (10 per host)."""
+    folder.mkdir(parents=True)
+    for shipped in (PROJECT_ROOT / "mappings").glob("*.yaml"):
+        shutil.copy(shipped, folder / f"00-{shipped.name}")
+    lines = ["provider: bulk", "mappings:"]
+    for i in range(count):
+        lines += [
+            f"  - id: bulk.{i}",
+            f"    action: bulk_action_{i % 40}",
+            f"    hosts: [api{i % 100}.bulk.example.com]",
+            f"    method: {('POST', 'DELETE', 'PUT', 'GET')[i % 4]}",
+            f'    path: "/v{i % 3}/things{i}/{{id}}"',
+            "    params:",
+            "      amount: {path: $.body.amount, type: int}",
+            f"      name: $.body.items[{i % 5}].name",
+        ]
+    (folder / "10-bulk.yaml").write_text("\n".join(lines) + "\n")
+
+
+def start_proxies(work: Path, upstream_port: int, upstream_ca: Path, mappings: Path):
+    route = f"{HOST}=127.0.0.1:{upstream_port}"
+    common = ["--set", "connection_strategy=lazy", "--set", "flow_detail=0",
+              "--set", f"ssl_verify_upstream_trusted_ca={upstream_ca}"]  # fmt: skip
+    bare_port, airlock_port = free_port(), free_port()
+    bare_conf, airlock_conf = prepared_confdir(work), prepared_confdir(work)
+    bare = start(
+        [str(Path(sys.executable).parent / "mitmdump"), "-q", "--listen-host", "127.0.0.1", "-p",
+         str(bare_port), "--set", f"confdir={bare_conf}", "-s",
+         str(PROJECT_ROOT / "tests" / "bench" / "route_only.py"), "--set", f"airlock_route={route}",
+         *common],
+        work / "bare.log",
+    )  # fmt: skip
+    airlock = start(
+        [sys.executable, "-m", "console.cli", "run", "--quiet", "--port", str(airlock_port),
+         "--confdir", str(airlock_conf), "--db", f"sqlite:///{work / 'airlock.db'}",
+         "--mappings", str(mappings), "--route", route, "--upstream-ca", str(upstream_ca),
+         "--metrics-port", str(METRICS_PORT)],
+        work / "airlock.log",
+    )  # fmt: skip
+    wait_for_port(bare_port, bare, work / "bare.log")
+    wait_for_port(airlock_port, airlock, work / "airlock.log")
+    return (bare, bare_port, bare_conf), (airlock, airlock_port, airlock_conf)
+
+
+# --- in-process stages -----------------------------------------------------------------------
+
+
+def stage_timings(mappings: Path) -> tuple[float, float, float]:
+    """Median µs to build the document, to map it (1,000+ mappings), and to decide it."""
+    from mitmproxy.test import tutils
+
+    from addons.document import build_document
+    from addons.evaluation import Config
+
+    config = Config.load(mappings, PROJECT_ROOT / "policies")
+    request = tutils.treq(
+        method=b"POST", scheme=b"https", host=HOST, port=443, authority=b"", path=b"/v1/charges",
+        headers=[(b"content-type", b"application/x-www-form-urlencoded")], content=BODY,
+    )  # fmt: skip
+    documents, maps, decides = [], [], []
+    for _ in range(5000):
+        t0 = time.perf_counter()
+        document = build_document(request, "agent")
+        t1 = time.perf_counter()
+        action = config.mappings.map(document)
+        t2 = time.perf_counter()
+        config.policies.decide(action, "agent")
+        t3 = time.perf_counter()
+        documents.append(t1 - t0)
+        maps.append(t2 - t1)
+        decides.append(t3 - t2)
+    return tuple(statistics.median(x) * 1e6 for x in (documents, maps, decides))  # type: ignore[return-value]
+
+
+# --- report ----------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=3000, help="requests per measurement")
+    parser.add_argument("--mappings", type=int, default=1000, help="extra mapping rules loaded")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds; best kept")
+    args = parser.parse_args()
+    console = Console()
+    work = Path(tempfile.mkdtemp(prefix="airlock-bench-"))
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        upstream, upstream_port, upstream_ca = start_upstream(work)
+        processes.append(upstream)
+        write_bulk_mappings(work / "mappings", args.mappings)
+        (bare, bare_port, bare_conf), (airlock, airlock_port, airlock_conf) = start_proxies(
+            work, upstream_port, upstream_ca, work / "mappings"
+        )
+        processes += [bare, airlock]
+        best: dict[tuple[str, int], Result] = {}
+        for _ in range(args.rounds):
+            for concurrency in (1, 16):
+                for name, port, conf in (
+                    ("bare mitmdump", bare_port, bare_conf),
+                    ("Airlock", airlock_port, airlock_conf),
+                ):
+                    result = measure(name, port, conf / "mitmproxy-ca-cert.pem", concurrency,
+                                     args.requests)  # fmt: skip
+                    key = (name, concurrency)
+                    if key not in best or result.rps > best[key].rps:
+                        best[key] = result
+        document_us, map_us, decide_us = stage_timings(work / "mappings")
+        report(console, best, args, document_us, map_us, decide_us, work)
+        return 0
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        if not os.environ.get("AIRLOCK_BENCH_KEEP"):
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def report(
+    console: Console,
+    best: dict[tuple[str, int], Result],
+    args: argparse.Namespace,
+    document_us: float,
+    map_us: float,
+    decide_us: float,
+    work: Path,
+) -> None:
+    table = Table(title=f"{args.requests} keep-alive HTTPS POSTs per cell, best of {args.rounds}")
+    for column in ("concurrency", "bare req/s", "Airlock req/s", "ratio", "bare p50 / p99 ms",
+                   "Airlock p50 / p99 ms", "added p50 ms"):  # fmt: skip
+        table.add_column(column, justify="right")
+    for concurrency in (1, 16):
+        bare, airlock = best[("bare mitmdump", concurrency)], best[("Airlock", concurrency)]
+        table.add_row(
+            str(concurrency),
+            f"{bare.rps:.0f}",
+            f"{airlock.rps:.0f}",
+            f"{airlock.rps / bare.rps:.2f}x",
+            f"{bare.p50_ms:.2f} / {bare.p99_ms:.2f}",
+            f"{airlock.p50_ms:.2f} / {airlock.p99_ms:.2f}",
+            f"{airlock.p50_ms - bare.p50_ms:+.2f}",
+        )
+    console.print(table)
+    console.print(
+        f"In-process, median per request with {args.mappings} extra mappings loaded: "
+        f"document {document_us:.1f} µs, map {map_us:.1f} µs, decide {decide_us:.1f} µs"
+    )
+    from sqlalchemy import func, select
+
+    from store.schema import Run, open_engine
+
+    engine = open_engine(f"sqlite:///{work / 'airlock.db'}")
+    with engine.connect() as conn:
+        recorded = conn.execute(select(func.count()).select_from(Run)).scalar_one()
+    console.print(f"Decisions durably committed by Airlock during the run: {recorded}")
+    console.print(internal_averages())
+
+
+def internal_averages() -> str:
+    """Airlock's own view, from its Prometheus endpoint: where the added time goes."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5) as r:
+        samples = {}
+        for line in r.read().decode().splitlines():
+            if line and not line.startswith("#") and "{" not in line:
+                name, value = line.rsplit(" ", 1)
+                samples[name] = float(value)
+
+    def mean(metric: str) -> float:
+        return samples[f"{metric}_sum"] / max(samples[f"{metric}_count"], 1)
+
+    return (
+        f"Airlock internals (means over the run): request → decision committed "
+        f"{mean('airlock_decision_seconds') * 1e3:.3f} ms, store commit "
+        f"{mean('airlock_store_commit_seconds') * 1e3:.3f} ms per group, "
+        f"{mean('airlock_store_commit_group_size'):.1f} records per group"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
