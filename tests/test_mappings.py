@@ -195,3 +195,30 @@ def test_a_thousand_mappings_are_indexed_by_host(tmp_path: Path) -> None:
     assert len(index) == 1000
     assert len(index.candidates("h7.io", "GET")) == 20
     assert index.map(doc("GET", "h7.io", "/r957/x")).action == "act_957"
+
+
+@pytest.mark.parametrize(
+    "expression",
+    ["$.body.amount", "$.body.items[1].name", "$.body.items[5].name", "$.body.amount.x",
+     "$.body.items.name", "$.query.page[0]", "$.body.missing", "$.body"],
+)  # fmt: skip
+def test_direct_field_paths_find_what_jsonpath_ng_finds(expression: str) -> None:
+    from jsonpath_ng.ext import parse
+
+    from addons.mappings import FieldPath, compile_jsonpath
+
+    document = {
+        "body": {"amount": 5, "items": [{"name": "a"}, {"name": "b"}]},
+        "query": {"page": ["2"]},
+    }
+    finder = compile_jsonpath(expression)
+    assert isinstance(finder, FieldPath)
+    assert finder.find_values(document) == [m.value for m in parse(expression).find(document)]
+
+
+def test_complex_paths_use_jsonpath_ng() -> None:
+    from addons.mappings import GeneralPath, compile_jsonpath
+
+    finder = compile_jsonpath("$.body.items[*].name")
+    assert isinstance(finder, GeneralPath)
+    assert finder.find_values({"body": {"items": [{"name": "a"}, {"name": "b"}]}}) == ["a", "b"]
