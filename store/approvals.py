@@ -12,7 +12,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from store.audit import append_events
-from store.records import PENDING, Settlement, settle_approval
+from store.prepared import PENDING, tx_of
+from store.records import Settlement, settle_approval
 from store.schema import Approval, Run
 
 APPROVED, DENIED, EXPIRED, ABANDONED = "APPROVED", "DENIED", "EXPIRED", "ABANDONED"
@@ -97,8 +98,9 @@ def resolve_approval(
                 f"approval {approval_id} expired {now - current.expires_at:.0f} s ago; "
                 "the request was not forwarded and cannot be released now"
             )
-        settlement, events = settle_approval(conn, approval_id, state, reviewer, reason, now)
-        append_events(conn, events)
+        tx = tx_of(conn)
+        settlement, events = settle_approval(tx, approval_id, state, reviewer, reason, now)
+        append_events(tx, events)
     if not settlement.won:
         raise ApprovalError(
             f"approval {approval_id} is already {settlement.state}"

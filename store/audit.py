@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Connection, select
 from sqlalchemy.engine import Engine
 
-from store.prepared import statements
+from store.prepared import Tx
 from store.schema import GENESIS_HASH, Approval, AuditEvent, AuditHead, Run
 
 # The run columns a decision event vouches for, and those an outcome event vouches for.
@@ -59,12 +59,13 @@ def chain_hash(prev: str, seq: int, at: float, kind: str, run_id: str | None, pa
     return hashlib.sha256(material.encode()).hexdigest()
 
 
-def append_events(conn: Connection, events: list[Event]) -> None:
+def append_events(tx: Tx, events: list[Event]) -> None:
     """Append in order; locks the chain head until the surrounding transaction commits."""
     if not events:
         return
-    sql = statements(conn)
-    seq, prev = sql.lock_head.fetch_one(conn)
+    _, head = tx.sql.lock_head.execute(tx.db, {})
+    assert head is not None, "audit_head row missing: run create_schema()"
+    seq, prev = head
     rows = []
     for event in events:
         seq += 1
@@ -82,8 +83,8 @@ def append_events(conn: Connection, events: list[Event]) -> None:
             }
         )
         prev = digest
-    sql.insert_events.execute_many(conn, rows)
-    sql.move_head.execute_many(conn, [{"seq": seq, "hash": prev}])
+    tx.sql.insert_events.execute_many(tx.db, rows)
+    tx.sql.move_head.execute(tx.db, {"seq": seq, "hash": prev})
 
 
 # --- verification ----------------------------------------------------------------------------

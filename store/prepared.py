@@ -1,23 +1,27 @@
 """The request path's few statements, compiled once per dialect and run on the DBAPI cursor.
 
-Building and compiling a SQLAlchemy statement costs ~50 µs per execution; a decision needs five.
-These are compiled from the same table definitions (schema.py stays the single source), then
-executed inside the caller's SQLAlchemy transaction with the driver's own executemany.
+Building and compiling a SQLAlchemy statement costs ~50 µs per execution, and a decision needs
+five. These are compiled from the same table definitions (schema.py stays the single source) and
+run with the driver's own cursor, inside a transaction opened either by SQLAlchemy (`tx_of`) or,
+for the proxy's writer thread, directly on a pooled DBAPI connection (`raw_transaction`).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
 from sqlalchemy import JSON, Connection, bindparam, insert, literal_column, select, update
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.sql import ClauseElement
 
 from store.schema import Approval, AuditEvent, AuditHead, Run
+
+PENDING = "PENDING"
 
 
 @dataclass(frozen=True)
@@ -33,18 +37,20 @@ class Prepared:
             return values
         return tuple(values[name] for name in self.positional_names)
 
-    def execute_many(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
-        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    def execute_many(self, db: Any, rows: Sequence[dict[str, Any]]) -> None:
+        cursor = db.cursor()
         try:
             cursor.executemany(self.sql, [self._parameters(row) for row in rows])
         finally:
             cursor.close()
 
-    def fetch_one(self, conn: Connection) -> tuple[Any, ...]:
-        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    def execute(self, db: Any, values: dict[str, Any]) -> tuple[int, tuple[Any, ...] | None]:
+        """Run once; returns (rows affected, first row returned if any)."""
+        cursor = db.cursor()
         try:
-            cursor.execute(self.sql, () if self.positional_names is not None else {})
-            return tuple(cursor.fetchone())
+            cursor.execute(self.sql, self._parameters(values))
+            row = cursor.fetchone() if cursor.description else None
+            return cursor.rowcount, tuple(row) if row is not None else None
         finally:
             cursor.close()
 
@@ -67,13 +73,15 @@ class Statements:
     lock_head: Prepared
     move_head: Prepared
     set_outcomes: Prepared
+    settle_pending: Prepared
+    approval: Prepared
 
 
 _HEAD = AuditHead.id == literal_column("1")
 
 
 @cache
-def _statements_for(dialect_name: str, dialect: Dialect) -> Statements:
+def statements_for(dialect: Dialect) -> Statements:
     return Statements(
         insert_runs=_prepare(insert(Run), dialect),
         insert_approvals=_prepare(insert(Approval), dialect),
@@ -95,8 +103,55 @@ def _statements_for(dialect_name: str, dialect: Dialect) -> Statements:
             ),
             dialect,
         ),
+        # Terminal states are final: only a PENDING approval can move, and only once.
+        settle_pending=_prepare(
+            update(Approval)
+            .where(
+                Approval.id == bindparam("aid"), Approval.state == literal_column(f"'{PENDING}'")
+            )
+            .values(
+                state=bindparam("state"),
+                reviewer=bindparam("reviewer"),
+                reason=bindparam("reason"),
+                resolved_at=bindparam("resolved_at"),
+            ),
+            dialect,
+        ),
+        approval=_prepare(
+            select(
+                Approval.state,
+                Approval.reviewer,
+                Approval.reason,
+                Approval.run_id,
+                Approval.created_at,
+            ).where(Approval.id == bindparam("aid")),
+            dialect,
+        ),
     )
 
 
-def statements(conn: Connection) -> Statements:
-    return _statements_for(conn.dialect.name, conn.dialect)
+@dataclass(frozen=True)
+class Tx:
+    """An open transaction on a DBAPI connection, with the statements compiled for its dialect."""
+
+    db: Any
+    sql: Statements
+
+
+def tx_of(conn: Connection) -> Tx:
+    """The DBAPI side of a transaction SQLAlchemy has begun (console commands, tests)."""
+    return Tx(conn.connection.dbapi_connection, statements_for(conn.dialect))
+
+
+@contextmanager
+def raw_transaction(engine: Engine, pooled: Any) -> Iterator[Tx]:
+    """A transaction straight on a pooled DBAPI connection: ~4 µs to open, not ~30 µs."""
+    db = pooled.dbapi_connection
+    if engine.dialect.name == "sqlite":
+        db.execute("BEGIN IMMEDIATE")  # see schema.py: take the write lock up front
+    try:
+        yield Tx(db, statements_for(engine.dialect))
+    except BaseException:
+        db.rollback()
+        raise
+    db.commit()

@@ -5,13 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, select, update
-
 from store.audit import DECISION_FIELDS, OUTCOME_FIELDS, Event
-from store.prepared import statements
-from store.schema import Approval
-
-PENDING = "PENDING"
+from store.prepared import PENDING, Tx
 
 
 @dataclass(frozen=True)
@@ -38,9 +33,8 @@ class OutcomeRecord:
     upstream_ms: float | None = None
 
 
-def record_decisions(conn: Connection, records: list[DecisionRecord]) -> list[Event]:
-    sql = statements(conn)
-    sql.insert_runs.execute_many(conn, [r.run for r in records])
+def record_decisions(tx: Tx, records: list[DecisionRecord]) -> list[Event]:
+    tx.sql.insert_runs.execute_many(tx.db, [r.run for r in records])
     holds = [(r, r.hold) for r in records if r.hold]
     events = [
         Event("decision", r.run["id"], r.run["at"], {k: r.run.get(k) for k in DECISION_FIELDS})
@@ -49,7 +43,8 @@ def record_decisions(conn: Connection, records: list[DecisionRecord]) -> list[Ev
     # Outcomes known at decision time (a block) go in with the decision, in the same commit.
     events += [_outcome_event(r.run) for r in records if r.run.get("outcome")]
     if holds:
-        sql.insert_approvals.execute_many(conn, [_approval_row(r, hold) for r, hold in holds])
+        rows = [_approval_row(r, hold) for r, hold in holds]
+        tx.sql.insert_approvals.execute_many(tx.db, rows)
         events += [_approval_event(_approval_row(r, hold), r.run["id"]) for r, hold in holds]
     return events
 
@@ -85,7 +80,7 @@ def _outcome_event(run: dict[str, Any]) -> Event:
     return Event("outcome", run["id"], run["at"], {k: run.get(k) for k in OUTCOME_FIELDS})
 
 
-def record_outcomes(conn: Connection, records: list[OutcomeRecord]) -> list[Event]:
+def record_outcomes(tx: Tx, records: list[OutcomeRecord]) -> list[Event]:
     rows = [
         {
             "rid": r.run_id,
@@ -95,7 +90,7 @@ def record_outcomes(conn: Connection, records: list[OutcomeRecord]) -> list[Even
         }
         for r in records
     ]
-    statements(conn).set_outcomes.execute_many(conn, rows)
+    tx.sql.set_outcomes.execute_many(tx.db, rows)
     return [
         Event(
             "outcome",
@@ -117,7 +112,7 @@ class Settlement:
 
 
 def settle_approval(
-    conn: Connection,
+    tx: Tx,
     approval_id: str,
     state: str,
     reviewer: str | None,
@@ -125,13 +120,16 @@ def settle_approval(
     at: float,
 ) -> tuple[Settlement, list[Event]]:
     """Move a PENDING approval to a terminal state; terminal states are final, first writer wins."""
-    changed = conn.execute(
-        update(Approval)
-        .where(Approval.id == approval_id, Approval.state == PENDING)
-        .values(state=state, reviewer=reviewer, reason=reason, resolved_at=at)
-    ).rowcount
-    row = conn.execute(select(Approval).where(Approval.id == approval_id)).one()
-    settlement = Settlement(approval_id, row.state, changed == 1, row.reviewer, row.reason)
+    changed, _ = tx.sql.settle_pending.execute(
+        tx.db,
+        {"aid": approval_id, "state": state, "reviewer": reviewer, "reason": reason,
+         "resolved_at": at},
+    )  # fmt: skip
+    _, row = tx.sql.approval.execute(tx.db, {"aid": approval_id})
+    if row is None:
+        raise LookupError(f"no approval {approval_id}")
+    now_state, now_reviewer, now_reason, run_id, created_at = row
+    settlement = Settlement(approval_id, now_state, changed == 1, now_reviewer, now_reason)
     if changed != 1:
         return settlement, []
     event_row = {
@@ -140,6 +138,6 @@ def settle_approval(
         "reviewer": reviewer,
         "reason": reason,
         "resolved_at": at,
-        "created_at": row.created_at,
+        "created_at": created_at,
     }
-    return settlement, [_approval_event(event_row, row.run_id)]
+    return settlement, [_approval_event(event_row, run_id)]

@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from store.audit import Event, append_events
+from store.prepared import raw_transaction
 from store.records import (
     DecisionRecord,
     OutcomeRecord,
@@ -63,6 +64,7 @@ class StoreWriter:
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="airlock-store-writer", daemon=True)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._connection: Any = None  # the writer thread's own pooled DBAPI connection
 
     def ensure_started(self, loop: asyncio.AbstractEventLoop) -> None:
         if not self._thread.is_alive():
@@ -74,6 +76,9 @@ class StoreWriter:
         if self._thread.is_alive():
             self._queue.put(None)
             self._thread.join(timeout)
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
 
     def submit(self, job: Job) -> asyncio.Future[Any]:
         """Queue a job; the future resolves once it is committed (or fails with the error)."""
@@ -141,20 +146,28 @@ class StoreWriter:
         decisions = [p.job for p in group if isinstance(p.job, DecisionRecord)]
         outcomes = [p.job for p in group if isinstance(p.job, OutcomeRecord)]
         results: dict[int, Any] = {}
-        with self.engine.begin() as conn:
-            events: list[Event] = []
-            if decisions:
-                events += record_decisions(conn, decisions)
-            if outcomes:
-                events += record_outcomes(conn, outcomes)
-            for i, pending in enumerate(group):
-                if isinstance(pending.job, SettleRequest):
-                    job = pending.job
-                    results[i], settled = settle_approval(
-                        conn, job.approval_id, job.state, None, job.reason, job.at
-                    )
-                    events += settled
-            append_events(conn, events)
+        if self._connection is None:
+            self._connection = self.engine.raw_connection()
+        try:
+            with raw_transaction(self.engine, self._connection) as tx:
+                events: list[Event] = []
+                if decisions:
+                    events += record_decisions(tx, decisions)
+                if outcomes:
+                    events += record_outcomes(tx, outcomes)
+                for i, pending in enumerate(group):
+                    if isinstance(pending.job, SettleRequest):
+                        job = pending.job
+                        results[i], settled = settle_approval(
+                            tx, job.approval_id, job.state, None, job.reason, job.at
+                        )
+                        events += settled
+                append_events(tx, events)
+        except Exception:
+            # The connection may be broken (database restarted): take a fresh one next time.
+            self._connection.invalidate()
+            self._connection = None
+            raise
         return [results.get(i) for i in range(len(group))]
 
     def _resolve(self, settled: list[_Settled]) -> None:
