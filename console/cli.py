@@ -170,6 +170,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from mitmproxy.tools.main import mitmdump
 
+    from addons.evaluation import Config
+    from addons.yaml_source import ConfigError
+
+    try:  # the proxy would refuse to start too; say why in one line, before any banner
+        Config.load(Path(args.mappings), Path(args.policies))
+    except ConfigError as e:
+        print(f"airlock run: {e}", file=sys.stderr)
+        return 2
     confdir = Path(args.confdir).resolve()
     ca_cert = ensure_ca(confdir)
     if not args.quiet:

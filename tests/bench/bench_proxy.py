@@ -214,7 +214,7 @@ def main() -> int:
     parser.add_argument("--mappings", type=int, default=1000, help="extra mapping rules loaded")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds; best kept")
     args = parser.parse_args()
-    console = Console()
+    console = Console(width=120)
     work = Path(tempfile.mkdtemp(prefix="airlock-bench-"))
     processes: list[subprocess.Popen[bytes]] = []
     try:

@@ -321,3 +321,10 @@ def test_postgres_store_holds_and_releases_across_processes(
     engine.dispose()
     broken = airlock("audit", "verify", "--db", pg_database)
     assert broken.returncode == 1 and "was edited" in broken.stderr
+
+
+def test_run_refuses_a_bad_policy_with_file_and_line(tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text("rules:\n  - id: r\n    decision: MAYBE\n")
+    done = airlock("run", "--policies", str(tmp_path), "--port", "1", "--metrics-port", "0")
+    assert done.returncode == 2
+    assert done.stderr.strip().startswith(f"airlock run: {tmp_path / 'p.yaml'}:3:15: decision")
