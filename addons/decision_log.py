@@ -59,7 +59,7 @@ class DecisionLog:
             self._paint("dim", _key_params(run["params"])),
             f"{milliseconds:.2f}ms",
             self._paint("rules", f"rules={','.join(run['rules'])}" if run["rules"] else ""),
-            f"req={run['id'][:12]}",
+            f"req={run['id']}",
             self._paint("note", note),
         ]
         self.file.write(" ".join(p for p in parts if p) + "\n")

@@ -32,7 +32,7 @@ from addons.routing import Routing
 from addons.yaml_source import ConfigError
 from store.approvals import ABANDONED, APPROVED, DENIED, EXPIRED
 from store.records import DecisionRecord, HoldRequest, OutcomeRecord
-from store.schema import DEFAULT_DB_URL, create_schema, open_engine
+from store.schema import DEFAULT_DB_URL, create_schema, new_id, open_engine
 from store.writer import SettleRequest, StoreWriter
 
 log = logging.getLogger(__name__)
@@ -172,9 +172,19 @@ class Gate:
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or "airlock" in flow.metadata:
             return  # answered by another addon, or a replay of a flow we already decided
+        try:
+            await self._gate(flow)
+        except Exception as e:  # fail closed: a fault in Airlock must never let a request by
+            log.exception("gate failed on %s %s", flow.request.method, flow.request.pretty_url)
+            self.metrics.fail_closed.labels("gate").inc()
+            run = {"decision": BLOCK, "action": "unknown", "rules": [],
+                   "id": flow.metadata.get("airlock", "")}  # fmt: skip
+            self._refuse(flow, run, f"blocked because Airlock failed: {e!r}")
+
+    async def _gate(self, flow: http.HTTPFlow) -> None:
         started = time.perf_counter()
         self._start_writer()
-        run_id = uuid.uuid4().hex
+        run_id = new_id()
         flow.metadata["airlock"] = run_id
         document = build_document(flow.request, self._agent_of(flow))
         evaluation = self._evaluate(document)
@@ -193,7 +203,7 @@ class Gate:
         except Exception as e:
             self._refuse_unrecorded(flow, run, e)
             return
-        self.metrics.decisions.labels(run["decision"], run["action"], run["provider"]).inc()
+        self.metrics.count_decision(run["decision"], run["action"], run["provider"])
         self.metrics.decision_seconds.observe(time.perf_counter() - started)
         if evaluation.error:
             self.metrics.fail_closed.labels(evaluation.failed_stage).inc()
@@ -211,7 +221,7 @@ class Gate:
 
     def _hold_request(self, document: Document) -> HoldRequest:
         return HoldRequest(
-            approval_id=uuid.uuid4().hex,
+            approval_id=uuid.uuid4().hex,  # random: reviewers type a short prefix
             expires_at=time.time() + ctx.options.airlock_hold_timeout,
             request_hash=request_hash(document),
         )

@@ -50,6 +50,7 @@ class Metrics:
             registry=self.registry,
         )
         self._server: Any = None
+        self._decision_children: dict[tuple[str, str, str], Any] = {}
 
     def load(self, loader: Any) -> None:
         loader.add_option(
@@ -88,6 +89,13 @@ class Metrics:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+    def count_decision(self, decision: str, action: str, provider: str) -> None:
+        key = (decision, action, provider)
+        child = self._decision_children.get(key)
+        if child is None:  # labels() validates and locks: look each child up once
+            child = self._decision_children[key] = self.decisions.labels(*key)
+        child.inc()
 
     def on_commit(self, seconds: float, group_size: int) -> None:
         """Called by the store writer's thread after each group commit."""

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import Connection, select
 from sqlalchemy.engine import Engine
 
+from store.jsontext import to_json
 from store.prepared import Tx
 from store.schema import GENESIS_HASH, Approval, AuditEvent, AuditHead, Run
 
@@ -51,7 +52,7 @@ class Event:
 
 
 def canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return to_json(value, sort_keys=True)
 
 
 def chain_hash(prev: str, seq: int, at: float, kind: str, run_id: str | None, payload: str) -> str:

@@ -8,7 +8,6 @@ for the proxy's writer thread, directly on a pooled DBAPI connection (`raw_trans
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from sqlalchemy import JSON, Connection, bindparam, insert, literal_column, sele
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.sql import ClauseElement
 
+from store.jsontext import to_json
 from store.schema import Approval, AuditEvent, AuditHead, Run
 
 PENDING = "PENDING"
@@ -32,7 +32,7 @@ class Prepared:
 
     def _parameters(self, values: dict[str, Any]) -> Sequence[Any] | dict[str, Any]:
         if self.json_columns:
-            values = {k: json.dumps(v) if k in self.json_columns else v for k, v in values.items()}
+            values = {k: to_json(v) if k in self.json_columns else v for k, v in values.items()}
         if self.positional_names is None:
             return values
         return tuple(values[name] for name in self.positional_names)

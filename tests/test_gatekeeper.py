@@ -250,3 +250,16 @@ def test_routing_overrides_name_resolution_only_for_routed_hosts() -> None:
     routed, other = asyncio.run(scenario())
     assert {info[4][:2] for info in routed} == {("127.0.0.1", 8443)}
     assert all(info[4][1] == 443 for info in other)
+
+
+def test_an_unexpected_fault_in_the_gate_blocks_instead_of_passing(tmp_path: Path) -> None:
+    flow = stripe_flow(b"amount=5&currency=usd")
+
+    async def scenario(gate: Gate, _: Any) -> None:
+        gate.config = None  # any bug on the path behaves like this one
+        await gate.request(flow)
+
+    gate = with_gate(tmp_path, scenario)
+    assert flow.response.status_code == 403
+    assert "Airlock failed" in json.loads(flow.response.content)["reason"]
+    assert gate.metrics.fail_closed.labels("gate")._value.get() == 1
