@@ -2,11 +2,13 @@
 
 Styles come from rich, rendered to terminal codes once at start-up: a line is then plain string
 formatting (~3 µs) instead of a rich render (~55 µs), which matters at hundreds of lines a second.
+Lines are written in batches at most FLUSH_SECONDS apart, one write for many lines.
 Only redacted values reach this module.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
 from typing import Any, TextIO
@@ -29,11 +31,13 @@ _STYLES = {
     "note": "yellow",
 }
 _MAX_PARAM_CHARS = 60
+FLUSH_SECONDS = 0.2
 
 
 class DecisionLog:
     def __init__(self, file: TextIO | None = None) -> None:
         self.file = file or sys.stdout
+        self._lines: list[str] = []
         console = Console(file=self.file)
         # (prefix, suffix) terminal codes per style; empty when the output is not a terminal.
         self._codes: dict[str, tuple[str, str]] = {}
@@ -62,7 +66,18 @@ class DecisionLog:
             f"req={run['id']}",
             self._paint("note", note),
         ]
-        self.file.write(" ".join(p for p in parts if p) + "\n")
+        self._lines.append(" ".join(p for p in parts if p) + "\n")
+        if len(self._lines) == 1:
+            try:
+                asyncio.get_running_loop().call_later(FLUSH_SECONDS, self.flush)
+            except RuntimeError:  # no event loop (scripts, tests): write now
+                self.flush()
+
+    def flush(self) -> None:
+        lines, self._lines = self._lines, []
+        if lines:
+            self.file.write("".join(lines))
+            self.file.flush()
 
 
 def _key_params(params: dict[str, Any]) -> str:

@@ -150,6 +150,7 @@ class Gate:
         if self._poller:
             self._poller.cancel()
         self._close_store()
+        self.log.flush()
 
     # --- identity ----------------------------------------------------------------------------
 

@@ -61,7 +61,9 @@ class StoreWriter:
     def __init__(self, engine: Engine, on_commit: CommitObserver | None = None) -> None:
         self.engine = engine
         self.on_commit = on_commit
-        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[_Pending] | None] = queue.SimpleQueue()
+        self._deferred: list[_Pending] = []  # outcomes waiting to ride with the next decision
+        self._flush_timer: asyncio.TimerHandle | None = None
         self._thread = threading.Thread(target=self._run, name="airlock-store-writer", daemon=True)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connection: Any = None  # the writer thread's own pooled DBAPI connection
@@ -74,6 +76,9 @@ class StoreWriter:
     def stop(self, timeout: float = 10.0) -> None:
         """Write everything already queued, then stop."""
         if self._thread.is_alive():
+            deferred, self._deferred = self._deferred, []
+            if deferred:
+                self._queue.put(deferred)
             self._queue.put(None)
             self._thread.join(timeout)
         if self._connection is not None:
@@ -84,12 +89,24 @@ class StoreWriter:
         """Queue a job; the future resolves once it is committed (or fails with the error)."""
         assert self._loop is not None, "StoreWriter.start() was not called"
         future: asyncio.Future[Any] = self._loop.create_future()
-        self._queue.put(_Pending(job, future))
+        batch, self._deferred = self._deferred, []
+        batch.append(_Pending(job, future))
+        self._queue.put(batch)
         return future
 
     def submit_nowait(self, job: Job) -> None:
-        """Queue a job nobody waits for (an outcome): still written, in the next group."""
-        self._queue.put(_Pending(job, None))
+        """A job nobody waits for (an outcome) rides with the next decision, sharing its commit
+        and its thread wake-up; with no decision coming, it is written within IDLE_WRITE_DELAY."""
+        assert self._loop is not None, "StoreWriter.start() was not called"
+        self._deferred.append(_Pending(job, None))
+        if self._flush_timer is None:
+            self._flush_timer = self._loop.call_later(IDLE_WRITE_DELAY, self._flush_deferred)
+
+    def _flush_deferred(self) -> None:
+        self._flush_timer = None
+        batch, self._deferred = self._deferred, []
+        if batch:
+            self._queue.put(batch)
 
     # --- the writer thread -------------------------------------------------------------------
 
@@ -101,26 +118,20 @@ class StoreWriter:
                 self._write_group(group)
 
     def _collect_group(self) -> tuple[list[_Pending], bool]:
-        """Everything queued now; a group nobody awaits (outcomes) waits briefly for company."""
-        group: list[_Pending] = []
-        item = self._queue.get()
-        while item is not None:
-            group.append(item)
-            if len(group) >= MAX_GROUP:
-                return group, False
+        """Wait for work, then take everything queued meanwhile: that is the group."""
+        first = self._queue.get()
+        if first is None:
+            return [], True
+        group = list(first)
+        while len(group) < MAX_GROUP:
             try:
-                item = self._queue.get_nowait()
-                continue
+                more = self._queue.get_nowait()
             except queue.Empty:
-                pass
-            if any(p.future is not None for p in group):
-                return group, False
-            # Only outcomes so far: share the next decision's commit (one fsync, not two).
-            try:
-                item = self._queue.get(timeout=IDLE_WRITE_DELAY)
-            except queue.Empty:
-                return group, False
-        return group, True
+                break
+            if more is None:
+                return group, True
+            group.extend(more)
+        return group, False
 
     def _write_group(self, group: list[_Pending]) -> None:
         started = time.perf_counter()
