@@ -38,6 +38,7 @@ class DecisionLog:
     def __init__(self, file: TextIO | None = None) -> None:
         self.file = file or sys.stdout
         self._lines: list[str] = []
+        self._stamp_second, self._stamp_text = -1, ""
         console = Console(file=self.file)
         # (prefix, suffix) terminal codes per style; empty when the output is not a terminal.
         self._codes: dict[str, tuple[str, str]] = {}
@@ -46,6 +47,15 @@ class DecisionLog:
             prefix, _, suffix = rendered.partition("\0")
             self._codes[name] = (prefix, suffix)
 
+    def _stamp(self, at: float) -> str:
+        second = int(at)
+        if second != self._stamp_second:
+            self._stamp_second, self._stamp_text = (
+                second,
+                time.strftime("%H:%M:%S", time.localtime(at)),
+            )
+        return self._stamp_text
+
     def _paint(self, style: str, text: str) -> str:
         prefix, suffix = self._codes.get(style, ("", ""))
         return f"{prefix}{text}{suffix}" if text else ""
@@ -53,7 +63,7 @@ class DecisionLog:
     def decision(
         self, decision: str, run: dict[str, Any], milliseconds: float, note: str = ""
     ) -> None:
-        stamp = time.strftime("%H:%M:%S", time.localtime(run["at"]))
+        stamp = self._stamp(run["at"])
         parts = [
             self._paint("dim", stamp),
             self._paint(decision, f"{decision:<16}"),

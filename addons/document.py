@@ -21,8 +21,9 @@ _MAX_INDEX = 10_000  # a form key like items[99999999] must not allocate a huge 
 
 def build_document(request: http.Request, agent: str) -> Document:
     path, _, raw_query = request.path.partition("?")
+    headers = _headers(request)
     raw_body = request.get_content(strict=False) or b""
-    body, body_format, body_error = parse_body(request.headers.get("content-type", ""), raw_body)
+    body, body_format, body_error = parse_body(headers.get("content-type", ""), raw_body)
     document: Document = {
         "method": request.method.upper(),
         "scheme": request.scheme,
@@ -30,7 +31,7 @@ def build_document(request: http.Request, agent: str) -> Document:
         "port": request.port,
         "path": unquote(path) or "/",
         "query": parse_query(raw_query),
-        "headers": {name.lower(): value for name, value in request.headers.items(multi=False)},
+        "headers": headers,
         "body": body,
         "body_format": body_format,
         "body_size": len(raw_body),
@@ -39,6 +40,16 @@ def build_document(request: http.Request, agent: str) -> Document:
     if body_error:
         document["body_error"] = body_error
     return document
+
+
+def _headers(request: http.Request) -> dict[str, str]:
+    """Lower-cased names; a repeated header's values joined with ", " (as HTTP allows)."""
+    headers: dict[str, str] = {}
+    for raw_name, raw_value in request.headers.fields:
+        name = raw_name.decode("latin-1").lower()
+        value = raw_value.decode("utf-8", "surrogateescape")
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    return headers
 
 
 def parse_query(raw: str) -> dict[str, list[str]]:

@@ -6,6 +6,7 @@ Whatever policy needs from a secret (Stripe live vs test mode, say) is derived b
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Any
 
 REDACTED = "[REDACTED]"
@@ -46,20 +47,36 @@ _SECRET_VALUE = re.compile(
 )
 # AWS SigV4 fields and generic key=value credentials inside longer strings.
 _SECRET_ASSIGNMENT = re.compile(
-    r"(?i)((?:Signature|X-Amz-Signature|X-Amz-Credential|X-Amz-Security-Token|Credential"
+    r"((?i:Signature|X-Amz-Signature|X-Amz-Credential|X-Amz-Security-Token|Credential"
     r"|password|api_key|apikey|token|secret)=)[^&,\s]+"
 )
 
 
+# Both kinds in one pass: group 1 is set for an assignment (keep its name), else a bare token.
+_SECRET_ANY = re.compile(f"{_SECRET_ASSIGNMENT.pattern}|{_SECRET_VALUE.pattern}")
+_SHORTEST_SECRET = 8  # no token or `name=value` credential above is shorter
+
+
+def _replace(match: re.Match[str]) -> str:
+    return match.group(1) + REDACTED if match.group(1) else REDACTED
+
+
 def redact_text(text: str) -> str:
-    text = _SECRET_VALUE.sub(REDACTED, text)
-    return _SECRET_ASSIGNMENT.sub(lambda m: m.group(1) + REDACTED, text)
+    if len(text) < _SHORTEST_SECRET:
+        return text
+    return _SECRET_ANY.sub(_replace, text)
+
+
+@lru_cache(maxsize=4096)
+def is_secret_name(name: str) -> bool:
+    """Header and field names repeat endlessly: decide each once."""
+    return name.lower() in _SECRET_HEADERS or _SECRET_NAME.search(name) is not None
 
 
 def redact_headers(headers: dict[str, str]) -> dict[str, str]:
     clean: dict[str, str] = {}
     for name, value in headers.items():
-        if name in _SECRET_HEADERS or _SECRET_NAME.search(name):
+        if is_secret_name(name):
             scheme = (
                 value.split(" ", 1)[0] if " " in value and name.endswith("authorization") else ""
             )
@@ -76,7 +93,7 @@ def redact_value(value: Any) -> Any:
     if isinstance(value, dict):
         return {
             key: REDACTED
-            if _SECRET_NAME.search(str(key)) and value[key] not in (None, "")
+            if is_secret_name(str(key)) and value[key] not in (None, "")
             else redact_value(value[key])
             for key in value
         }

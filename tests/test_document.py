@@ -87,3 +87,9 @@ def test_request_fields_are_normalised() -> None:
     assert document["query"] == {"expand": ["a", "b"], "limit": ["3"]}
     assert document["headers"]["x-trace"] == "1"
     assert "X-Trace" not in document["headers"]
+
+
+def test_repeated_headers_are_joined() -> None:
+    flow_request = request(b"", "text/plain")
+    flow_request.headers.add("X-Trace", "2")
+    assert build_document(flow_request, "a")["headers"]["x-trace"] == "1, 2"

@@ -84,3 +84,9 @@ def test_redact_document_covers_headers_path_query_and_body() -> None:
     assert clean["headers"] == {"authorization": f"Bearer {REDACTED}"}
     assert clean["body"] == f"text with {REDACTED}"
     assert document["headers"] == {"authorization": "Bearer x"}  # the original is untouched
+
+
+def test_shape_matching_is_case_sensitive_and_assignments_are_not() -> None:
+    assert redact_text("region asiapacificregion1234567") == "region asiapacificregion1234567"
+    assert redact_text("TOKEN=abc123&x=1") == f"TOKEN={REDACTED}&x=1"
+    assert redact_text("short") == "short"
