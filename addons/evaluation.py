@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from addons.document import Document
-from addons.mappings import Action, MappingIndex, fallback_action, load_mappings
+from addons.mappings import Action, MappingError, MappingIndex, fallback_action, load_mappings
 from addons.policies import BLOCK, PolicySet, Verdict, load_policies
 
 
@@ -35,6 +35,8 @@ class Evaluation:
 def evaluate(document: Document, config: Config) -> Evaluation:
     try:
         action = config.mappings.map(document)
+    except MappingError as e:
+        return _failed("mapping", e.action or fallback_action(document), e)
     except Exception as e:
         return _failed("mapping", fallback_action(document), e)
     try:

@@ -67,7 +67,15 @@ _TEMPLATE_FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(\+?)\}")
 
 
 class MappingError(Exception):
-    """A mapping could not be applied to a request: the request is blocked, never let through."""
+    """A mapping could not be applied to a request: the request is blocked, never let through.
+
+    `action` is what is known of the request despite the failure (the matched mapping's action,
+    with the params read so far), so the block is recorded and counted under the right name.
+    """
+
+    def __init__(self, message: str, action: Action | None = None) -> None:
+        super().__init__(message)
+        self.action = action
 
 
 @dataclass(frozen=True)
@@ -243,7 +251,11 @@ class Mapping:
             for spec in self.params:
                 params[spec.name] = spec.extract(document)
         except MappingError as e:
-            raise MappingError(f"mapping {self.id} ({self.where}): {e}") from e
+            known = Action(
+                self.action, self.provider, self.category, self.sensitivity,
+                document["host"], params, self.id,
+            )  # fmt: skip
+            raise MappingError(f"mapping {self.id} ({self.where}): {e}", known) from e
         return Action(
             action=self.action,
             provider=self.provider,

@@ -117,6 +117,7 @@ def test_param_that_does_not_convert_fails_closed() -> None:
     assert evaluation.verdict.decision == "BLOCK"
     assert evaluation.failed_stage == "mapping"
     assert "stripe.create_charge" in evaluation.verdict.reason
+    assert (evaluation.action.action, evaluation.action.provider) == ("create_charge", "stripe")
 
 
 def test_params_with_default_all_and_literal(tmp_path: Path) -> None:

@@ -328,3 +328,27 @@ def test_run_refuses_a_bad_policy_with_file_and_line(tmp_path: Path) -> None:
     done = airlock("run", "--policies", str(tmp_path), "--port", "1", "--metrics-port", "0")
     assert done.returncode == 2
     assert done.stderr.strip().startswith(f"airlock run: {tmp_path / 'p.yaml'}:3:15: decision")
+
+
+def test_prometheus_metrics_count_decisions_and_fail_closed_blocks(
+    proxy: Proxy, upstream: Upstream
+) -> None:
+    session = proxy.session()
+    session.post(CHARGES, data={"amount": 100, "currency": "usd"})
+    session.post(CHARGES, data={"amount": 9_000_000, "currency": "usd"})
+    session.post(CHARGES, data={"amount": "ten", "currency": "usd"})  # mapping cannot type it
+
+    metrics = requests.get(f"http://127.0.0.1:{proxy.metrics_port}/metrics", timeout=5).text
+    samples = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line and not line.startswith("#")
+    }
+    allowed = 'airlock_decisions_total{action="create_charge",decision="ALLOW",provider="stripe"}'
+    blocked = 'airlock_decisions_total{action="create_charge",decision="BLOCK",provider="stripe"}'
+    assert samples[allowed] >= 1
+    assert samples[blocked] >= 2
+    assert samples['airlock_fail_closed_total{stage="mapping"}'] >= 1
+    assert samples["airlock_decision_seconds_count"] >= 3
+    assert samples["airlock_store_commit_seconds_count"] >= 1
+    assert "airlock_held_flows" in samples
