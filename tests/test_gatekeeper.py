@@ -62,6 +62,15 @@ def with_gate(
     return gate
 
 
+def gate_decides(tmp_path: Path, flow: Any) -> Gate:
+    """Pass one flow through the gate's request hook."""
+
+    async def scenario(gate: Gate, _: Any) -> None:
+        await gate.request(flow)
+
+    return with_gate(tmp_path, scenario)
+
+
 def stored_runs(tmp_path: Path) -> list[Any]:
     engine = open_engine(f"sqlite:///{tmp_path / 'a.db'}")
     with engine.connect() as conn:
@@ -73,10 +82,7 @@ def stored_runs(tmp_path: Path) -> list[Any]:
 def test_allowed_flow_is_left_to_continue_after_its_record_is_committed(tmp_path: Path) -> None:
     flow = stripe_flow(b"amount=500&currency=usd")
 
-    async def scenario(gate: Gate, _: Any) -> None:
-        await gate.request(flow)
-
-    with_gate(tmp_path, scenario)
+    gate_decides(tmp_path, flow)
 
     assert flow.response is None
     [run] = stored_runs(tmp_path)
@@ -87,10 +93,7 @@ def test_allowed_flow_is_left_to_continue_after_its_record_is_committed(tmp_path
 def test_blocked_flow_is_answered_403_with_explanation(tmp_path: Path) -> None:
     flow = stripe_flow(b"amount=1000000&currency=usd")
 
-    async def scenario(gate: Gate, _: Any) -> None:
-        await gate.request(flow)
-
-    gate = with_gate(tmp_path, scenario)
+    gate = gate_decides(tmp_path, flow)
 
     assert flow.response.status_code == 403
     assert flow.response.headers["X-Airlock-Decision"] == "BLOCK"
@@ -106,10 +109,7 @@ def test_blocked_flow_is_answered_403_with_explanation(tmp_path: Path) -> None:
 def test_mapping_failure_blocks_records_the_error_and_counts_it(tmp_path: Path) -> None:
     flow = stripe_flow(b"amount=not-a-number&currency=usd")
 
-    async def scenario(gate: Gate, _: Any) -> None:
-        await gate.request(flow)
-
-    gate = with_gate(tmp_path, scenario)
+    gate = gate_decides(tmp_path, flow)
 
     assert flow.response.status_code == 403
     assert "mapping failed" in json.loads(flow.response.content)["reason"]
@@ -156,10 +156,7 @@ def test_plain_http_proxy_credentials_identify_and_are_not_forwarded(tmp_path: P
     flow = stripe_flow(b"amount=5&currency=usd")
     flow.request.headers["Proxy-Authorization"] = "Basic " + base64.b64encode(b"bot:k").decode()
 
-    async def scenario(gate: Gate, _: Any) -> None:
-        await gate.request(flow)
-
-    with_gate(tmp_path, scenario)
+    gate_decides(tmp_path, flow)
     assert "Proxy-Authorization" not in flow.request.headers
     assert stored_runs(tmp_path)[0].agent == "bot"
 
