@@ -7,6 +7,7 @@ The document is JSON-shaped (dicts, lists, strings, numbers) so JSONPath can add
 from __future__ import annotations
 
 import json
+import posixpath
 import re
 from typing import Any
 from urllib.parse import parse_qsl, unquote
@@ -17,19 +18,22 @@ Document = dict[str, Any]
 
 _BRACKETS = re.compile(r"\[([^\[\]]*)\]")
 _MAX_INDEX = 10_000  # a form key like items[99999999] must not allocate a huge list
+MAX_FORM_FIELDS = 10_000
 
 
 def build_document(request: http.Request, agent: str) -> Document:
     path, _, raw_query = request.path.partition("?")
     headers = _headers(request)
+    # Where mitmproxy really connects (the CONNECT target), not the Host header the agent wrote:
+    # evaluation refuses a request whose Host header disagrees.
     raw_body = request.get_content(strict=False) or b""
     body, body_format, body_error = parse_body(headers.get("content-type", ""), raw_body)
     document: Document = {
         "method": request.method.upper(),
         "scheme": request.scheme,
-        "host": request.pretty_host.lower(),
+        "host": normalise_host(request.host),
         "port": request.port,
-        "path": unquote(path) or "/",
+        "path": normalise_path(unquote(path)),
         "query": parse_query(raw_query),
         "headers": headers,
         "body": body,
@@ -42,12 +46,28 @@ def build_document(request: http.Request, agent: str) -> Document:
     return document
 
 
+def normalise_host(host: str) -> str:
+    return host.lower().rstrip(".")
+
+
+_SLASHES = re.compile(r"/{2,}")
+
+
+def normalise_path(path: str) -> str:
+    """`//v1/./charges` and `/v1/x/../charges` are `/v1/charges` to most servers: map them so."""
+    collapsed = _SLASHES.sub("/", path or "/")
+    if "/." not in collapsed:
+        return collapsed if collapsed.startswith("/") else "/" + collapsed
+    normal = posixpath.normpath("/" + collapsed.lstrip("/"))
+    return normal + "/" if collapsed.endswith("/") and normal != "/" else normal
+
+
 def _headers(request: http.Request) -> dict[str, str]:
     """Lower-cased names; a repeated header's values joined with ", " (as HTTP allows)."""
     headers: dict[str, str] = {}
     for raw_name, raw_value in request.headers.fields:
         name = raw_name.decode("latin-1").lower()
-        value = raw_value.decode("utf-8", "surrogateescape")
+        value = raw_value.decode("utf-8", "replace")
         headers[name] = f"{headers[name]}, {value}" if name in headers else value
     return headers
 
@@ -68,27 +88,37 @@ def parse_body(content_type: str, raw: bytes) -> tuple[Any, str, str | None]:
     text = raw.decode("utf-8", errors="replace")
     if media_type == "application/json" or media_type.endswith("+json"):
         try:
-            return json.loads(text), "json", None
+            return json.loads(text, parse_constant=_reject_constant), "json", None
         except ValueError as e:
             return text, "text", f"body is not valid JSON: {e}"
     if media_type == "application/x-www-form-urlencoded":
-        return parse_form(text), "form", None
+        try:
+            return parse_form(text), "form", None
+        except ValueError as e:  # too many fields
+            return text, "text", f"form body not parsed: {e}"
     return text, "text", None
+
+
+def _reject_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON, and NaN would make every threshold comparison false.
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def parse_form(text: str) -> dict[str, Any]:
     """Form bodies with the bracket notation SDKs send: a[b]=1&l[0]=x&l[]=y → {a:{b:1}, l:[x,y]}.
 
-    A plain key repeated (a=1&a=2) becomes a list, like the query string.
+    A plain key repeated (a=1&a=2) becomes a list, like the query string. Raises ValueError past
+    MAX_FORM_FIELDS fields.
     """
     root: dict[str, Any] = {}
-    for key, value in parse_qsl(text, keep_blank_values=True):
+    next_index: dict[int, int] = {}  # per node, for "a[]" appends: O(1), not a rescan
+    for key, value in parse_qsl(text, keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS):
         head, _, rest = key.partition("[")
         if not rest or not key.endswith("]"):
             _add_plain(root, key, value)
             continue
         parts = [head, *_BRACKETS.findall("[" + rest)]
-        _set_nested(root, parts, value)
+        _set_nested(root, parts, value, next_index)
     return {key: _lists_from_indexes(value) for key, value in root.items()}
 
 
@@ -101,12 +131,17 @@ def _add_plain(root: dict[str, Any], key: str, value: str) -> None:
         root[key] = [root[key], value]
 
 
-def _set_nested(root: dict[str, Any], parts: list[str], value: str) -> None:
+def _set_nested(
+    root: dict[str, Any], parts: list[str], value: str, next_index: dict[int, int]
+) -> None:
     node = root
-    for i in range(len(parts)):
-        part = parts[i]
+    for i, part in enumerate(parts):
         if part == "":  # "a[]" appends: take the next free index so order is kept
-            part = str(sum(1 for k in node if k.isdigit()))
+            index = next_index.get(id(node))
+            if index is None:  # first append here: after any explicit indexes
+                index = sum(1 for k in node if k.isdigit())
+            next_index[id(node)] = index + 1
+            part = str(index)
         if i == len(parts) - 1:
             node[part] = value
             return

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from addons.document import Document
+from addons.document import Document, normalise_host
 from addons.mappings import Action, MappingError, MappingIndex, fallback_action, load_mappings
 from addons.policies import BLOCK, PolicySet, Verdict, load_policies
 
@@ -33,6 +33,9 @@ class Evaluation:
 
 
 def evaluate(document: Document, config: Config) -> Evaluation:
+    problem = request_problem(document)
+    if problem:
+        return _failed("request", fallback_action(document), ValueError(problem))
     try:
         action = config.mappings.map(document)
     except MappingError as e:
@@ -44,6 +47,20 @@ def evaluate(document: Document, config: Config) -> Evaluation:
     except Exception as e:
         return _failed("policy", action, e)
     return Evaluation(action, verdict)
+
+
+def request_problem(document: Document) -> str | None:
+    """A request built to be mapped as something it is not is refused before mapping."""
+    sent = document["headers"].get("host")
+    if sent is None:
+        return None
+    name = sent.rsplit(":", 1)[0] if not sent.endswith("]") else sent
+    if normalise_host(name.strip("[]")) != document["host"].strip("[]"):
+        return (
+            f"the Host header {sent!r} does not match the host the request goes to "
+            f"({document['host']!r})"
+        )
+    return None
 
 
 def _failed(stage: str, action: Action, error: Exception) -> Evaluation:

@@ -93,3 +93,45 @@ def test_repeated_headers_are_joined() -> None:
     flow_request = request(b"", "text/plain")
     flow_request.headers.add("X-Trace", "2")
     assert build_document(flow_request, "a")["headers"]["x-trace"] == "1, 2"
+
+
+def test_paths_are_normalised_like_servers_do() -> None:
+    from addons.document import normalise_path
+
+    assert normalise_path("//v1//charges") == "/v1/charges"
+    assert normalise_path("/v1/./charges") == "/v1/charges"
+    assert normalise_path("/v1/customers/../charges/") == "/v1/charges/"
+    assert normalise_path("/../../etc") == "/etc"
+    assert normalise_path("") == "/"
+
+
+def test_host_is_where_the_request_goes_not_the_host_header() -> None:
+    flow_request = request(b"", "text/plain")
+    flow_request.headers["Host"] = "evil.example"
+    document = build_document(flow_request, "a")
+    assert document["host"] == "api.stripe.com"
+    assert document["headers"]["host"] == "evil.example"
+
+
+def test_many_appends_parse_in_order() -> None:
+    form = parse_form("&".join(f"a[]={i}" for i in range(9000)))
+    assert form["a"] == [str(i) for i in range(9000)]
+
+
+def test_too_many_form_fields_leave_the_body_unparsed() -> None:
+    body = "&".join(f"f{i}=1" for i in range(10_001)).encode()
+    document = build_document(request(body, "application/x-www-form-urlencoded"), "a")
+    assert document["body_format"] == "text"
+    assert "form body not parsed" in document["body_error"]
+
+
+def test_nan_is_not_a_number_a_policy_can_compare() -> None:
+    document = build_document(request(b'{"amount": NaN}', "application/json"), "a")
+    assert document["body_format"] == "text"
+    assert "NaN is not a JSON number" in document["body_error"]
+
+
+def test_undecodable_header_bytes_are_replaced() -> None:
+    flow_request = request(b"", "text/plain")
+    flow_request.headers.fields = (*flow_request.headers.fields, (b"x-odd", b"caf\xe9"))
+    assert build_document(flow_request, "a")["headers"]["x-odd"] == "caf\ufffd"

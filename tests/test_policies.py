@@ -186,3 +186,34 @@ def test_five_hundred_rules_are_indexed_by_action(tmp_path: Path) -> None:
     assert len(policy) == 500
     assert len(policy.candidates("act_7")) == 5
     assert policy.decide(action("act_7", amount=250), "a").rules == ("r7", "r107", "r207")
+
+
+@pytest.mark.parametrize(
+    ("host_header", "path"),
+    [
+        ("api.stripe.com.", "/v1/charges"),
+        ("API.Stripe.com:443", "//v1/charges"),
+        (None, "/v1/./charges"),
+        (None, "/v1/x/../charges/"),
+    ],
+)
+def test_disguised_requests_still_map_to_what_they_do(host_header: str | None, path: str) -> None:
+    from addons.document import normalise_path
+
+    config = Config(load_mappings(PROJECT_ROOT / "mappings"), load_policies(BASELINE))
+    document = doc("POST", "api.stripe.com", normalise_path(path), {"amount": "5000000"})
+    if host_header:
+        document["headers"]["host"] = host_header
+    evaluation = evaluate(document, config)
+    assert (evaluation.action.action, evaluation.verdict.decision) == ("create_charge", "BLOCK")
+    assert evaluation.verdict.rules  # blocked by the rule, not by a failure
+
+
+def test_a_host_header_that_disagrees_with_the_target_is_refused() -> None:
+    config = Config(load_mappings(PROJECT_ROOT / "mappings"), load_policies(BASELINE))
+    document = doc("POST", "api.stripe.com", "/v1/charges", {"amount": "5"})
+    document["headers"]["host"] = "evil.example"
+    evaluation = evaluate(document, config)
+    assert evaluation.verdict.decision == "BLOCK"
+    assert evaluation.failed_stage == "request"
+    assert "does not match the host" in evaluation.verdict.reason
