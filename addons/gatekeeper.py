@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
 import json
 import logging
@@ -16,11 +17,13 @@ import socket
 import time
 import uuid
 import weakref
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mitmproxy import connection, ctx, exceptions, http
+from mitmproxy import connection, ctx, exceptions, http, tcp, udp
+from sqlalchemy.engine import make_url
 
 from addons.decision_log import DecisionLog
 from addons.document import Document, build_document
@@ -40,6 +43,8 @@ log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ANONYMOUS = "anonymous"
 POLL_SECONDS = 0.25  # how often held flows look for a reviewer's decision
+STORE_TIMEOUT = 10.0  # seconds a flow waits for its commit before it is refused
+PARSE_OFF_LOOP_BYTES = 256 * 1024  # larger bodies are parsed in a thread, not on the loop
 MAX_STORED_BODY = 64 * 1024
 
 
@@ -63,6 +68,7 @@ class Gate:
             weakref.WeakKeyDictionary()
         )
         self._poller: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # --- options and lifecycle ---------------------------------------------------------------
 
@@ -122,7 +128,8 @@ class Gate:
             engine = open_engine(url)
             create_schema(engine)
         except Exception as e:
-            raise exceptions.OptionsError(f"cannot open the store {url!r}: {e}") from e
+            shown = make_url(url).render_as_string(hide_password=True)
+            raise exceptions.OptionsError(f"cannot open the store {shown}: {e}") from e
         self.engine = engine
         self.writer = StoreWriter(engine, on_commit=self.metrics.on_commit)
 
@@ -134,23 +141,60 @@ class Gate:
         self.writer = self.engine = None
 
     def running(self) -> None:
-        if "connection_strategy" in ctx.options and ctx.options.connection_strategy != "lazy":
-            # Eager would open an upstream connection before we decide: a blocked or held
-            # request must never touch the upstream.
-            ctx.options.connection_strategy = "lazy"
+        self._enforce_gating_options()
         self._start_writer()
+
+    def _enforce_gating_options(self) -> None:
+        """mitmproxy settings under which some traffic would pass the gate unseen."""
+        if "stream_large_bodies" in ctx.options and ctx.options.stream_large_bodies:
+            # Streamed bodies reach the upstream before the request hook runs.
+            raise exceptions.OptionsError(
+                "Airlock cannot gate streamed requests: unset stream_large_bodies "
+                "(cap bodies with body_size_limit instead)"
+            )
+        safe = {"connection_strategy": "lazy", "rawtcp": False}
+        # lazy: a blocked or held request never opens an upstream connection.
+        # rawtcp off: non-HTTP traffic inside a tunnel is refused, not relayed unseen.
+        changes = {
+            k: v for k, v in safe.items() if k in ctx.options and getattr(ctx.options, k) != v
+        }
+        if changes:
+            ctx.options.update(**changes)
 
     def _start_writer(self) -> None:
         assert self.writer is not None
         self.writer.ensure_started(asyncio.get_running_loop())
 
-    def done(self) -> None:
+    async def done(self) -> None:
+        """Held requests end EXPIRED (nobody can approve what will never be sent), then the
+        writer finishes what is queued."""
         for hold in list(self.holds.values()):
             self._answer_shutdown(hold.flow)
+            if not hold.settled.done():
+                with contextlib.suppress(Exception):
+                    result = await self._settle_here(hold.approval_id, EXPIRED, "proxy shut down")
+                    hold.settled.set_result(result)
         if self._poller:
             self._poller.cancel()
-        self._close_store()
+        await asyncio.to_thread(self._close_store)
         self.log.flush()
+
+    # --- traffic that is not HTTP requests -----------------------------------------------------
+
+    def tcp_start(self, flow: tcp.TCPFlow) -> None:
+        self._refuse_stream(flow, "raw TCP")
+
+    def udp_start(self, flow: udp.UDPFlow) -> None:
+        self._refuse_stream(flow, "UDP")
+
+    def websocket_start(self, flow: http.HTTPFlow) -> None:
+        self._refuse_stream(flow, "WebSocket messages")
+
+    def _refuse_stream(self, flow: Any, kind: str) -> None:
+        """Policies judge HTTP requests only: anything else is cut, not relayed unjudged."""
+        self.metrics.fail_closed.labels("protocol").inc()
+        log.warning("refused %s to %s: Airlock only passes HTTP requests", kind, _target(flow))
+        flow.kill()
 
     # --- identity ----------------------------------------------------------------------------
 
@@ -171,23 +215,29 @@ class Gate:
     # --- the request path --------------------------------------------------------------------
 
     async def request(self, flow: http.HTTPFlow) -> None:
-        if flow.response is not None or "airlock" in flow.metadata:
-            return  # answered by another addon, or a replay of a flow we already decided
+        if flow.response is not None:
+            return  # answered by another addon: nothing will be forwarded
+        for key in ("airlock", "airlock_released", "airlock_answered"):
+            flow.metadata.pop(key, None)  # a replayed flow is judged afresh
         try:
             await self._gate(flow)
         except Exception as e:  # fail closed: a fault in Airlock must never let a request by
-            log.exception("gate failed on %s %s", flow.request.method, flow.request.pretty_url)
+            log.error("gate failed on %s %s: %r", flow.request.method, _target(flow), e)
             self.metrics.fail_closed.labels("gate").inc()
             run = {"decision": BLOCK, "action": "unknown", "rules": [],
                    "id": flow.metadata.get("airlock", "")}  # fmt: skip
-            self._refuse(flow, run, f"blocked because Airlock failed: {e!r}")
+            self._refuse(flow, run, redact_text(f"blocked because Airlock failed: {e!r}"))
 
     async def _gate(self, flow: http.HTTPFlow) -> None:
         started = time.perf_counter()
         self._start_writer()
         run_id = new_id()
         flow.metadata["airlock"] = run_id
-        document = build_document(flow.request, self._agent_of(flow))
+        agent = self._agent_of(flow)
+        if len(flow.request.raw_content or b"") > PARSE_OFF_LOOP_BYTES:
+            document = await asyncio.to_thread(build_document, flow.request, agent)
+        else:
+            document = build_document(flow.request, agent)
         evaluation = self._evaluate(document)
         decision_ms = (time.perf_counter() - started) * 1000
         run = _run_row(run_id, self.instance, document, evaluation, decision_ms)
@@ -200,8 +250,11 @@ class Gate:
             run.update(outcome="blocked", status=403)
         try:
             assert self.writer is not None
-            await self.writer.submit(DecisionRecord(run, hold))
+            await asyncio.wait_for(self.writer.submit(DecisionRecord(run, hold)), STORE_TIMEOUT)
         except Exception as e:
+            if isinstance(e, TimeoutError):
+                e = TimeoutError(f"the store did not answer within {STORE_TIMEOUT:.0f} s")
+                self._record_outcome(run["id"], "store_timeout", 403)  # if it lands later
             self._refuse_unrecorded(flow, run, e)
             return
         self.metrics.count_decision(run["decision"], run["action"], run["provider"])
@@ -234,6 +287,9 @@ class Gate:
         self.holds[hold.approval_id] = Hold(hold.approval_id, flow, settled)
         self.metrics.held_flows.inc()
         self._ensure_poller()
+        if flow.client_conn.timestamp_end is not None or flow.error is not None:
+            # The client left while the decision was being committed.
+            self._spawn(self._abandon(self.holds[hold.approval_id]))
         try:
             state, reviewer, reason = await asyncio.wait_for(
                 asyncio.shield(settled), timeout=max(0.0, hold.expires_at - time.time())
@@ -258,15 +314,23 @@ class Gate:
         self._refuse(flow, run, message, approval={"id": hold.approval_id, "state": state})
 
     async def _settle_here(
-        self, approval_id: str, state: str
+        self, approval_id: str, state: str, reason: str | None = None
     ) -> tuple[str, str | None, str | None]:
         """End an approval from the proxy's side; if a reviewer got there first, theirs stands."""
         assert self.writer is not None
-        reason = "approval timed out" if state == EXPIRED else "client disconnected while held"
-        settlement = await self.writer.submit(
-            SettleRequest(approval_id, state, reason, time.time())
+        if reason is None:
+            reason = "approval timed out" if state == EXPIRED else "client disconnected while held"
+        settlement = await asyncio.wait_for(
+            self.writer.submit(SettleRequest(approval_id, state, reason, time.time())),
+            STORE_TIMEOUT,
         )
         return settlement.state, settlement.reviewer, settlement.reason
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        """Run in the background, keeping a reference so the task is not collected midway."""
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # --- watching for reviewers' decisions ---------------------------------------------------
 
@@ -294,7 +358,13 @@ class Gate:
     def client_disconnected(self, client: connection.Client) -> None:
         for hold in list(self.holds.values()):
             if hold.flow.client_conn is client and not hold.settled.done():
-                asyncio.get_running_loop().create_task(self._abandon(hold))
+                self._spawn(self._abandon(hold))
+
+    def _abandon_if_held(self, flow: http.HTTPFlow) -> None:
+        """An HTTP/2 stream reset ends one request, not the connection."""
+        for hold in list(self.holds.values()):
+            if hold.flow is flow and not hold.settled.done():
+                self._spawn(self._abandon(hold))
 
     async def _abandon(self, hold: Hold) -> None:
         try:
@@ -370,6 +440,7 @@ class Gate:
         self._record_outcome(run_id, "forwarded", flow.response.status_code, upstream_ms)
 
     def error(self, flow: http.HTTPFlow) -> None:
+        self._abandon_if_held(flow)
         run_id = flow.metadata.get("airlock")
         if run_id and "airlock_released" in flow.metadata and flow.response is None:
             self._record_outcome(run_id, "upstream_error", None)
@@ -384,6 +455,13 @@ class Gate:
 
 
 # --- pure helpers ----------------------------------------------------------------------------
+
+
+def _target(flow: Any) -> str:
+    """Where a flow goes, for logs: host and port only (a URL can carry secrets)."""
+    server = getattr(flow, "server_conn", None)
+    address = getattr(server, "address", None)
+    return f"{address[0]}:{address[1]}" if address else "an unknown host"
 
 
 def _basic_auth_user(header: str) -> str | None:

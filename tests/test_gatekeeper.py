@@ -24,6 +24,7 @@ from tests.helpers.proxy import PROJECT_ROOT
 
 def stripe_flow(body: bytes, path: str = "/v1/charges", method: str = "POST") -> Any:
     flow = tflow.tflow()
+    flow.client_conn.timestamp_end = None  # the client is still connected
     flow.request = tutils.treq(
         method=method.encode(),
         scheme=b"https",
@@ -56,10 +57,18 @@ def with_gate(
             try:
                 await scenario(gate, tctx)
             finally:
-                gate.done()
+                await gate.done()
 
     asyncio.run(run())
     return gate
+
+
+async def until_held(gate: Gate) -> None:
+    for _ in range(500):
+        if gate.holds:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the flow was never held")
 
 
 def gate_decides(tmp_path: Path, flow: Any) -> Gate:
@@ -168,8 +177,7 @@ def test_held_flow_is_released_when_the_store_says_approved(tmp_path: Path) -> N
         from store.approvals import APPROVED, resolve_approval
 
         hold = asyncio.create_task(gate.request(flow))
-        while not gate.holds:
-            await asyncio.sleep(0.01)
+        await until_held(gate)
         [approval_id] = gate.holds
         await asyncio.to_thread(resolve_approval, gate.engine, approval_id, APPROVED, "r", None)
         await asyncio.wait_for(hold, 5)
@@ -184,8 +192,7 @@ def test_client_disconnect_abandons_the_approval(tmp_path: Path) -> None:
 
     async def scenario(gate: Gate, _: Any) -> None:
         hold = asyncio.create_task(gate.request(flow))
-        while not gate.holds:
-            await asyncio.sleep(0.01)
+        await until_held(gate)
         gate.client_disconnected(flow.client_conn)
         await asyncio.wait_for(hold, 5)
 
@@ -260,3 +267,92 @@ def test_an_unexpected_fault_in_the_gate_blocks_instead_of_passing(tmp_path: Pat
     assert flow.response.status_code == 403
     assert "Airlock failed" in json.loads(flow.response.content)["reason"]
     assert gate.metrics.fail_closed.labels("gate")._value.get() == 1
+
+
+def approval_state(tmp_path: Path) -> str:
+    engine = open_engine(f"sqlite:///{tmp_path / 'a.db'}")
+    with engine.connect() as conn:
+        state = conn.execute(text("SELECT state FROM approvals")).scalar_one()
+    engine.dispose()
+    return state
+
+
+def test_a_client_gone_before_the_hold_begins_abandons_it(tmp_path: Path) -> None:
+    flow = stripe_flow(b"", path="/v1/customers/cus_3", method="DELETE")
+    flow.client_conn.timestamp_end = 1.0  # disconnected while the decision was committed
+
+    gate_decides(tmp_path, flow)
+
+    assert json.loads(flow.response.content)["approval"]["state"] == "ABANDONED"
+    assert approval_state(tmp_path) == "ABANDONED"
+
+
+def test_a_stream_reset_while_held_abandons_the_approval(tmp_path: Path) -> None:
+    flow = stripe_flow(b"", path="/v1/customers/cus_4", method="DELETE")
+
+    async def scenario(gate: Gate, _: Any) -> None:
+        hold = asyncio.create_task(gate.request(flow))
+        await until_held(gate)
+        gate.error(flow)
+        await asyncio.wait_for(hold, 5)
+
+    with_gate(tmp_path, scenario)
+    assert approval_state(tmp_path) == "ABANDONED"
+
+
+def test_shutdown_expires_held_approvals(tmp_path: Path) -> None:
+    flow = stripe_flow(b"", path="/v1/customers/cus_5", method="DELETE")
+
+    async def scenario(gate: Gate, _: Any) -> None:
+        held = asyncio.create_task(gate.request(flow))
+        await until_held(gate)
+        assert not held.done()
+
+    with_gate(tmp_path, scenario)  # with_gate ends with gate.done()
+    assert approval_state(tmp_path) == "EXPIRED"
+
+
+def test_a_replayed_flow_is_judged_again(tmp_path: Path) -> None:
+    flow = stripe_flow(b"amount=5000000&currency=usd")
+    flow.metadata["airlock"] = "an-earlier-run"
+    flow.metadata["airlock_released"] = 1.0
+
+    gate_decides(tmp_path, flow)
+
+    assert flow.response.status_code == 403
+    assert flow.metadata["airlock"] != "an-earlier-run"
+
+
+def test_a_store_that_does_not_answer_blocks_in_bounded_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import addons.gatekeeper as gatekeeper
+
+    monkeypatch.setattr(gatekeeper, "STORE_TIMEOUT", 0.2)
+    flow = stripe_flow(b"amount=5&currency=usd")
+
+    async def scenario(gate: Gate, _: Any) -> None:
+        gate.writer.submit = lambda job: asyncio.get_running_loop().create_future()  # hangs
+        await asyncio.wait_for(gate.request(flow), 5)
+
+    with_gate(tmp_path, scenario)
+    assert flow.response.status_code == 403
+    assert "did not answer within" in json.loads(flow.response.content)["reason"]
+
+
+def test_non_http_traffic_is_cut_and_unsafe_options_are_fixed(tmp_path: Path) -> None:
+    from mitmproxy.addons import proxyserver
+
+    gate = Gate(Metrics())
+    with taddons.context(gate, proxyserver.Proxyserver()) as tctx:
+        tctx.configure(gate, airlock_db=f"sqlite:///{tmp_path / 'a.db'}")
+        assert tctx.options.rawtcp is True and tctx.options.connection_strategy == "eager"
+        gate._enforce_gating_options()
+        assert tctx.options.rawtcp is False
+        assert tctx.options.connection_strategy == "lazy"
+        tcp_flow = tflow.ttcpflow()
+        gate.tcp_start(tcp_flow)
+        assert tcp_flow.killable is False  # killed
+        tctx.options.stream_large_bodies = "1m"
+        with pytest.raises(exceptions.OptionsError, match="cannot gate streamed requests"):
+            gate._enforce_gating_options()
