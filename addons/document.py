@@ -46,6 +46,24 @@ def build_document(request: http.Request, agent: str) -> Document:
     return document
 
 
+def minimal_document(request: http.Request, agent: str) -> Document:
+    """Only what cannot fail to read: for recording a request whose full document could not be
+    built."""
+    return {
+        "method": request.method.upper(),
+        "scheme": request.scheme,
+        "host": normalise_host(request.host),
+        "port": request.port,
+        "path": normalise_path(unquote(request.path.partition("?")[0])),
+        "query": {},
+        "headers": {},
+        "body": None,
+        "body_format": "empty",
+        "body_size": 0,
+        "agent": agent,
+    }
+
+
 def normalise_host(host: str) -> str:
     return host.lower().rstrip(".")
 

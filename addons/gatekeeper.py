@@ -26,10 +26,11 @@ from mitmproxy import connection, ctx, exceptions, http, tcp, udp
 from sqlalchemy.engine import make_url
 
 from addons.decision_log import DecisionLog
-from addons.document import Document, build_document
+from addons.document import Document, build_document, minimal_document
 from addons.evaluation import Config, Evaluation, evaluate
+from addons.mappings import fallback_action
 from addons.metrics import Metrics
-from addons.policies import BLOCK, REQUIRE_APPROVAL
+from addons.policies import BLOCK, REQUIRE_APPROVAL, Verdict
 from addons.redaction import redact_document, redact_text, redact_value
 from addons.routing import Routing
 from addons.yaml_source import ConfigError
@@ -217,16 +218,34 @@ class Gate:
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None:
             return  # answered by another addon: nothing will be forwarded
-        for key in ("airlock", "airlock_released", "airlock_answered"):
+        for key in ("airlock", "airlock_recorded", "airlock_released", "airlock_answered"):
             flow.metadata.pop(key, None)  # a replayed flow is judged afresh
         try:
             await self._gate(flow)
         except Exception as e:  # fail closed: a fault in Airlock must never let a request by
-            log.error("gate failed on %s %s: %r", flow.request.method, _target(flow), e)
-            self.metrics.fail_closed.labels("gate").inc()
-            run = {"decision": BLOCK, "action": "unknown", "rules": [],
-                   "id": flow.metadata.get("airlock", "")}  # fmt: skip
-            self._refuse(flow, run, redact_text(f"blocked because Airlock failed: {e!r}"))
+            await self._refuse_after_fault(flow, e)
+
+    async def _refuse_after_fault(self, flow: http.HTTPFlow, error: Exception) -> None:
+        """Refuse, and leave a record of it: an outcome if the decision was recorded, else a
+        minimal BLOCK run of its own."""
+        log.error("gate failed on %s %s: %r", flow.request.method, _target(flow), error)
+        self.metrics.fail_closed.labels("gate").inc()
+        reason = redact_text(f"blocked because Airlock failed: {error!r}")
+        run_id = flow.metadata.get("airlock") or new_id()
+        run = {"decision": BLOCK, "action": "unknown", "rules": [], "id": run_id}
+        self._refuse(flow, run, reason)
+        if flow.metadata.get("airlock_recorded"):
+            self._record_outcome(run_id, "error", 403)
+            return
+        with contextlib.suppress(Exception):  # the store may be what failed
+            document = minimal_document(flow.request, ANONYMOUS)
+            failure = Evaluation(
+                fallback_action(document), Verdict(BLOCK, reason, ()), repr(error), "gate"
+            )
+            row = _run_row(run_id, self.instance, document, failure, 0.0)
+            row.update(outcome="blocked", status=403)
+            assert self.writer is not None
+            await asyncio.wait_for(self.writer.submit(DecisionRecord(row)), STORE_TIMEOUT)
 
     async def _gate(self, flow: http.HTTPFlow) -> None:
         started = time.perf_counter()
@@ -257,6 +276,7 @@ class Gate:
                 self._record_outcome(run["id"], "store_timeout", 403)  # if it lands later
             self._refuse_unrecorded(flow, run, e)
             return
+        flow.metadata["airlock_recorded"] = True
         self.metrics.count_decision(run["decision"], run["action"], run["provider"])
         self.metrics.decision_seconds.observe(time.perf_counter() - started)
         if evaluation.error:
@@ -499,9 +519,9 @@ def _run_row(
     run_id: str, instance: str, document: Document, evaluation: Evaluation, decision_ms: float
 ) -> dict[str, Any]:
     action, verdict = evaluation.action, evaluation.verdict
+    if document["body_size"] > MAX_STORED_BODY:  # not stored, so not worth redacting
+        document = {**document, "body": f"[body of {document['body_size']} bytes not stored]"}
     stored = redact_document(document)
-    if document["body_size"] > MAX_STORED_BODY:
-        stored["body"] = f"[body of {document['body_size']} bytes not stored]"
     return {
         "id": run_id,
         "at": time.time(),

@@ -5,6 +5,7 @@ Whatever policy needs from a secret (Stripe live vs test mode, say) is derived b
 
 from __future__ import annotations
 
+import json
 import re
 from functools import lru_cache
 from typing import Any
@@ -28,11 +29,12 @@ _SECRET_HEADERS = frozenset(
 # Any field or header whose name says it holds a secret.
 _SECRET_NAME = re.compile(
     r"(?i)(pass(word|wd)|secret|token|api[-_]?key|access[-_]?key|private[-_]?key|credential"
-    r"|signature|^auth(orization)?$|^cvc$|^cvv$|card[-_]?number)"
+    r"|signature|^auth(orization)?$|^cvc$|^cvv$|card[-_]?number|^sig$|^key$)"
 )
 # Tokens recognisable by their shape wherever they appear (bodies, paths, query strings).
+# No leading word boundary: after "%3D" or "%20" a token starts right behind a letter.
 _SECRET_VALUE = re.compile(
-    r"\b(?:"
+    r"(?:"
     r"[sr]k_(?:live|test)_[A-Za-z0-9]{6,}"  # Stripe secret and restricted keys
     r"|whsec_[A-Za-z0-9]{6,}"  # Stripe webhook secrets
     r"|xox[abposre]-[A-Za-z0-9-]{6,}"  # Slack tokens
@@ -43,6 +45,7 @@ _SECRET_VALUE = re.compile(
     r"|sk-(?:ant-)?[A-Za-z0-9_-]{16,}"  # OpenAI / Anthropic
     r"|(?:AKIA|ASIA)[A-Z0-9]{16}"  # AWS access key ids
     r"|eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"  # JWTs
+    r"|\d{8,10}:[A-Za-z0-9_-]{35}"  # Telegram bot tokens
     r")"
 )
 # AWS SigV4 fields and generic key=value credentials inside longer strings.
@@ -107,5 +110,16 @@ def redact_document(document: dict[str, Any]) -> dict[str, Any]:
     clean["headers"] = redact_headers(document["headers"])
     clean["path"] = redact_text(document["path"])
     clean["query"] = redact_value(document["query"])
-    clean["body"] = redact_value(document["body"])
+    clean["body"] = redact_body(document["body"])
     return clean
+
+
+def redact_body(body: Any) -> Any:
+    """A text body may still be JSON sent with another content type: redact it as JSON then."""
+    if isinstance(body, str) and body[:1] in ("{", "["):
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            return redact_text(body)
+        return json.dumps(redact_value(parsed), ensure_ascii=False)
+    return redact_value(body)

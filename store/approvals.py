@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from store.audit import append_events
 from store.prepared import PENDING, tx_of
 from store.records import Settlement, settle_approval
-from store.schema import Approval, Run
+from store.schema import Approval, Run, write_transaction
 
 APPROVED, DENIED, EXPIRED, ABANDONED = "APPROVED", "DENIED", "EXPIRED", "ABANDONED"
 TERMINAL_STATES = frozenset({APPROVED, DENIED, EXPIRED, ABANDONED})
@@ -90,7 +90,7 @@ def resolve_approval(
     if state not in (APPROVED, DENIED):
         raise ApprovalError(f"a reviewer can only approve or deny, not {state}")
     now = time.time()
-    with engine.begin() as conn:
+    with write_transaction(engine) as conn:
         approval_id = _full_id(conn, reference)
         current = conn.execute(select(Approval).where(Approval.id == approval_id)).one()
         if current.state == PENDING and current.expires_at <= now:

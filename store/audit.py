@@ -38,9 +38,25 @@ DECISION_FIELDS = (
     "reason",
     "rules",
     "error",
+    "instance",
+    "decision_ms",
 )
+# The stored request document is vouched for by its digest, not repeated in the chain.
+REQUEST_DIGEST = "request_sha256"
 OUTCOME_FIELDS = ("outcome", "status", "upstream_ms")
 APPROVAL_FIELDS = ("state", "reviewer", "reason", "resolved_at")
+# Fixed when the approval opens: vouched for by its first (PENDING) event.
+APPROVAL_ORIGIN_FIELDS = ("run_id", "created_at", "expires_at", "request_hash", "instance")
+
+
+def request_digest(request: Any) -> str:
+    return hashlib.sha256(canonical_json(request).encode()).hexdigest()
+
+
+def decision_payload(run: dict[str, Any]) -> dict[str, Any]:
+    payload = {name: run.get(name) for name in DECISION_FIELDS}
+    payload[REQUEST_DIGEST] = request_digest(run["request"])
+    return payload
 
 
 @dataclass(frozen=True)
@@ -125,6 +141,7 @@ class _Vouched:
     decisions: dict[str, dict[str, Any]]
     outcomes: dict[str, dict[str, Any]]
     approvals: dict[str, dict[str, Any]]
+    approval_origins: dict[str, dict[str, Any]]
 
 
 def _events(conn: Connection) -> Iterator[AuditEvent]:
@@ -132,7 +149,7 @@ def _events(conn: Connection) -> Iterator[AuditEvent]:
 
 
 def _verify_chain(conn: Connection, counts: dict[str, int]) -> _Vouched:
-    vouched = _Vouched({}, {}, {})
+    vouched = _Vouched({}, {}, {}, {})
     expected, prev = 1, GENESIS_HASH
     for event in _events(conn):
         if event.seq != expected:
@@ -172,6 +189,7 @@ def _remember(vouched: _Vouched, event: AuditEvent) -> None:
         vouched.outcomes[event.run_id or ""] = payload
     elif event.kind == "approval":
         vouched.approvals[payload["approval_id"]] = payload
+        vouched.approval_origins.setdefault(payload["approval_id"], payload)
 
 
 def _verify_records(conn: Connection, vouched: _Vouched, counts: dict[str, int]) -> None:
@@ -181,6 +199,8 @@ def _verify_records(conn: Connection, vouched: _Vouched, counts: dict[str, int])
         if recorded is None:
             raise _Broken(f"run {run.id} has no decision event: it was added outside Airlock")
         _same(f"run {run.id}", run, recorded, DECISION_FIELDS)
+        if request_digest(run.request) != recorded.get(REQUEST_DIGEST):
+            raise _Broken(f"run {run.id} was edited: its stored request is not the one recorded")
         if run.outcome is not None or run.id in vouched.outcomes:
             _same(f"run {run.id}", run, vouched.outcomes.get(run.id, {}), OUTCOME_FIELDS)
         seen.add(run.id)
@@ -188,12 +208,21 @@ def _verify_records(conn: Connection, vouched: _Vouched, counts: dict[str, int])
     missing = vouched.decisions.keys() - seen
     if missing:
         raise _Broken(f"run {sorted(missing)[0]} is recorded in the chain but its row was deleted")
+    seen_approvals: set[str] = set()
     for approval in conn.execute(select(Approval)).yield_per(2000):
         recorded = vouched.approvals.get(approval.id)
         if recorded is None:
             raise _Broken(f"approval {approval.id} has no event: it was added outside Airlock")
         _same(f"approval {approval.id}", approval, recorded, APPROVAL_FIELDS)
+        origin = vouched.approval_origins[approval.id]
+        _same(f"approval {approval.id}", approval, origin, APPROVAL_ORIGIN_FIELDS)
+        seen_approvals.add(approval.id)
         counts["approvals"] += 1
+    missing = vouched.approvals.keys() - seen_approvals
+    if missing:
+        raise _Broken(
+            f"approval {sorted(missing)[0]} is recorded in the chain but its row was deleted"
+        )
 
 
 def _same(what: str, row: Any, recorded: dict[str, Any], fields: tuple[str, ...]) -> None:

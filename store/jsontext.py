@@ -16,4 +16,5 @@ def to_json(value: Any, sort_keys: bool = False) -> str:
     try:
         return orjson.dumps(value, option=orjson.OPT_SORT_KEYS if sort_keys else 0).decode()
     except (TypeError, orjson.JSONEncodeError):
-        return json.dumps(value, sort_keys=sort_keys, separators=(",", ":"), ensure_ascii=False)
+        # ASCII escapes: lone surrogates from undecodable bytes become \\udcxx, not a failed insert.
+        return json.dumps(value, sort_keys=sort_keys, separators=(",", ":"), ensure_ascii=True)

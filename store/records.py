@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from store.audit import DECISION_FIELDS, OUTCOME_FIELDS, Event
+from store.audit import APPROVAL_ORIGIN_FIELDS, OUTCOME_FIELDS, Event, decision_payload
 from store.prepared import PENDING, Tx
 
 
@@ -36,10 +36,7 @@ class OutcomeRecord:
 def record_decisions(tx: Tx, records: list[DecisionRecord]) -> list[Event]:
     tx.sql.insert_runs.execute_many(tx.db, [r.run for r in records])
     holds = [(r, r.hold) for r in records if r.hold]
-    events = [
-        Event("decision", r.run["id"], r.run["at"], {k: r.run.get(k) for k in DECISION_FIELDS})
-        for r in records
-    ]
+    events = [Event("decision", r.run["id"], r.run["at"], decision_payload(r.run)) for r in records]
     # Outcomes known at decision time (a block) go in with the decision, in the same commit.
     events += [_outcome_event(r.run) for r in records if r.run.get("outcome")]
     if holds:
@@ -73,6 +70,8 @@ def _approval_event(row: dict[str, Any], run_id: str) -> Event:
         "reason": row["reason"],
         "resolved_at": row["resolved_at"],
     }
+    if row["state"] == PENDING:  # the opening event also vouches for what never changes
+        payload.update({name: row[name] for name in APPROVAL_ORIGIN_FIELDS})
     return Event("approval", run_id, at, payload)
 
 

@@ -36,23 +36,27 @@ class Base(DeclarativeBase):
 
 
 class Run(Base):
-    """One request through the gate: what it meant, what was decided, and what happened."""
+    """One request through the gate: what it meant, what was decided, and what happened.
+
+    Values that come from outside (agent names, hosts, methods) are Text: a length limit that
+    only PostgreSQL enforces would turn a long name into a refused request.
+    """
 
     __tablename__ = "runs"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     at: Mapped[float] = mapped_column(Float, index=True)
-    instance: Mapped[str] = mapped_column(String(64))
-    agent: Mapped[str] = mapped_column(String(200), index=True)
-    method: Mapped[str] = mapped_column(String(16))
-    host: Mapped[str] = mapped_column(String(255))
+    instance: Mapped[str] = mapped_column(Text)
+    agent: Mapped[str] = mapped_column(Text, index=True)
+    method: Mapped[str] = mapped_column(Text)
+    host: Mapped[str] = mapped_column(Text)
     path: Mapped[str] = mapped_column(Text)
-    provider: Mapped[str] = mapped_column(String(64))
-    action: Mapped[str] = mapped_column(String(128))
+    provider: Mapped[str] = mapped_column(Text)
+    action: Mapped[str] = mapped_column(Text)
     category: Mapped[str] = mapped_column(String(32))
     sensitivity: Mapped[str] = mapped_column(String(16))
     target: Mapped[str] = mapped_column(Text)
-    mapping_id: Mapped[str | None] = mapped_column(String(200))
+    mapping_id: Mapped[str | None] = mapped_column(Text)
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
     request: Mapped[dict[str, Any]] = mapped_column(JSON)  # the redacted request document
     decision: Mapped[str] = mapped_column(String(24))
@@ -76,10 +80,10 @@ class Approval(Base):
     created_at: Mapped[float] = mapped_column(Float)
     expires_at: Mapped[float] = mapped_column(Float)
     resolved_at: Mapped[float | None] = mapped_column(Float)
-    reviewer: Mapped[str | None] = mapped_column(String(200))
+    reviewer: Mapped[str | None] = mapped_column(Text)
     reason: Mapped[str | None] = mapped_column(Text)
     request_hash: Mapped[str] = mapped_column(String(64), index=True)
-    instance: Mapped[str] = mapped_column(String(64))
+    instance: Mapped[str] = mapped_column(Text)
 
 
 class AuditEvent(Base):
@@ -129,8 +133,16 @@ def normalise_url(url: str) -> str:
 def open_engine(url: str = DEFAULT_DB_URL) -> Engine:
     url = normalise_url(url)
     parsed = make_url(url)
+    if parsed.get_backend_name() == "postgresql":
+        # A write that waits 5 s for a lock fails (and its request is refused) instead of hanging.
+        options = (
+            {"options": "-c lock_timeout=5000"} if parsed.drivername.endswith("psycopg") else {}
+        )
+        return create_engine(
+            url, pool_pre_ping=True, pool_size=5, max_overflow=5, connect_args=options
+        )
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+        return create_engine(url, pool_pre_ping=True)
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
@@ -151,14 +163,21 @@ def _make_sqlite_durable_and_serial(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def on_begin(connection: Any) -> None:
-        # Take the write lock up front: a deferred transaction that reads the audit head and
-        # then writes could fail to upgrade its lock when another process writes meanwhile.
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # Writers take the write lock up front: a deferred transaction that reads the audit head
+        # and then writes could fail to upgrade its lock when another process writes meanwhile.
+        # Readers stay deferred, so a long `audit verify` never holds up the proxy's writes.
+        writes = connection.get_execution_options().get("airlock_write", False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if writes else "BEGIN")
+
+
+def write_transaction(engine: Engine) -> Any:
+    """`with write_transaction(engine) as conn:` — a transaction that will write."""
+    return engine.execution_options(airlock_write=True).begin()
 
 
 def create_schema(engine: Engine) -> None:
     """Create missing tables and the chain's head row; safe to run at every start."""
-    Base.metadata.create_all(engine)
-    with engine.begin() as conn:
+    Base.metadata.create_all(engine.execution_options(airlock_write=True))
+    with write_transaction(engine) as conn:
         if conn.execute(select(AuditHead.id).where(AuditHead.id == 1)).first() is None:
             conn.execute(insert(AuditHead).values(id=1, seq=0, hash=GENESIS_HASH))

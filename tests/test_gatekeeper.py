@@ -267,6 +267,9 @@ def test_an_unexpected_fault_in_the_gate_blocks_instead_of_passing(tmp_path: Pat
     assert flow.response.status_code == 403
     assert "Airlock failed" in json.loads(flow.response.content)["reason"]
     assert gate.metrics.fail_closed.labels("gate")._value.get() == 1
+    [run] = stored_runs(tmp_path)  # the refusal is on record too
+    assert (run.decision, run.outcome, run.id) == ("BLOCK", "blocked", flow.metadata["airlock"])
+    assert "Airlock failed" in run.reason
 
 
 def approval_state(tmp_path: Path) -> str:

@@ -90,3 +90,22 @@ def test_shape_matching_is_case_sensitive_and_assignments_are_not() -> None:
     assert redact_text("region asiapacificregion1234567") == "region asiapacificregion1234567"
     assert redact_text("TOKEN=abc123&x=1") == f"TOKEN={REDACTED}&x=1"
     assert redact_text("short") == "short"
+
+
+def test_json_sent_as_text_is_redacted_as_json() -> None:
+    document = {
+        "path": "/",
+        "query": {"sig": ["abc"], "key": ["AIzaSyA-1234"], "page": ["1"]},
+        "headers": {},
+        "body": '{"user": "a", "password": "hunter2-planted"}',
+    }
+    clean = redact_document(document)
+    assert "hunter2-planted" not in clean["body"]
+    assert '"user": "a"' in clean["body"]
+    assert clean["query"] == {"sig": REDACTED, "key": REDACTED, "page": ["1"]}
+
+
+def test_tokens_after_percent_escapes_and_in_paths_are_redacted() -> None:
+    assert redact_text("q=token%3Dsk_live_abcdefgh1234") == f"q=token%3D{REDACTED}"
+    telegram = "/bot123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw0/sendMessage"
+    assert redact_text(telegram) == f"/bot{REDACTED}/sendMessage"

@@ -317,3 +317,41 @@ def test_edited_approval_is_named(audited: Engine) -> None:
 def test_rewritten_head_is_caught(audited: Engine) -> None:
     problem = _tamper(audited, update(AuditHead).values(seq=4))
     assert "its head says #4" in problem
+
+
+def test_edited_stored_request_is_named(audited: Engine) -> None:
+    with audited.begin() as conn:
+        victim = conn.execute(select(Run.id).order_by(Run.at)).scalars().first()
+    problem = _tamper(
+        audited, update(Run).where(Run.id == victim).values(request={"method": "GET"})
+    )
+    assert problem == f"run {victim} was edited: its stored request is not the one recorded"
+
+
+def test_edited_instance_is_named(audited: Engine) -> None:
+    problem = _tamper(audited, update(Run).values(instance="elsewhere"))
+    assert "instance is 'elsewhere' but the audit chain recorded 'test-1'" in problem
+
+
+def test_deleted_approval_is_named(audited: Engine) -> None:
+    with audited.begin() as conn:
+        victim = conn.execute(select(Approval.id)).scalar_one()
+    problem = _tamper(audited, delete(Approval))
+    assert problem == f"approval {victim} is recorded in the chain but its row was deleted"
+
+
+def test_extended_approval_expiry_is_named(audited: Engine) -> None:
+    problem = _tamper(audited, update(Approval).values(expires_at=4102444800.0))
+    assert "expires_at is 4102444800.0 but the audit chain recorded" in problem
+
+
+def test_reading_does_not_block_a_writer_on_sqlite(tmp_path: Any) -> None:
+    """A long `audit verify` or `pending` must not hold the proxy's writes up."""
+    from store.schema import create_schema, open_engine
+
+    engine = open_engine(f"sqlite:///{tmp_path / 'r.db'}")
+    create_schema(engine)
+    with engine.connect() as reader:
+        reader.execute(select(Run.id)).all()  # a read transaction stays open
+        write(engine, DecisionRecord(run_row()))  # the writer still commits
+    engine.dispose()
