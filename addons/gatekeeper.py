@@ -269,7 +269,8 @@ class Gate:
             run.update(outcome="blocked", status=403)
         try:
             assert self.writer is not None
-            await asyncio.wait_for(self.writer.submit(DecisionRecord(run, hold)), STORE_TIMEOUT)
+            async with asyncio.timeout(STORE_TIMEOUT):  # cheaper than wait_for: no extra task
+                await self.writer.submit(DecisionRecord(run, hold))
         except Exception as e:
             if isinstance(e, TimeoutError):
                 e = TimeoutError(f"the store did not answer within {STORE_TIMEOUT:.0f} s")

@@ -26,6 +26,24 @@ _SECRET_HEADERS = frozenset(
         "stripe-account-token",
     }
 )
+# Headers that only describe the message; their values are kept as they are, unscanned.
+_PLAIN_HEADERS = frozenset(
+    {
+        "host",
+        "content-type",
+        "content-length",
+        "accept",
+        "accept-encoding",
+        "connection",
+        "idempotency-key",
+        "stripe-version",
+        "x-amz-date",
+        "x-amz-content-sha256",
+        "x-amz-target",
+        "amz-sdk-invocation-id",
+        "amz-sdk-request",
+    }
+)
 # Any field or header whose name says it holds a secret.
 _SECRET_NAME = re.compile(
     r"(?i)(pass(word|wd)|secret|token|api[-_]?key|access[-_]?key|private[-_]?key|credential"
@@ -79,7 +97,9 @@ def is_secret_name(name: str) -> bool:
 def redact_headers(headers: dict[str, str]) -> dict[str, str]:
     clean: dict[str, str] = {}
     for name, value in headers.items():
-        if is_secret_name(name):
+        if name in _PLAIN_HEADERS:
+            clean[name] = value
+        elif is_secret_name(name):
             scheme = (
                 value.split(" ", 1)[0] if " " in value and name.endswith("authorization") else ""
             )
