@@ -2,6 +2,8 @@
 
 The document is JSON-shaped (dicts, lists, strings, numbers) so JSONPath can address any part:
     {method, scheme, host, port, path, query, headers, body, body_format, body_size, agent}
+body_format is json, form, xml, text (anything else, or a body that did not parse: then
+body_error says why) or empty.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import posixpath
 import re
 from typing import Any
 from urllib.parse import parse_qsl, unquote
+from xml.etree import ElementTree
 
 from mitmproxy import http
 
@@ -114,7 +117,45 @@ def parse_body(content_type: str, raw: bytes) -> tuple[Any, str, str | None]:
             return parse_form(text), "form", None
         except ValueError as e:  # too many fields
             return text, "text", f"form body not parsed: {e}"
+    if media_type in ("application/xml", "text/xml") or media_type.endswith("+xml"):
+        try:
+            return parse_xml(raw), "xml", None
+        except ValueError as e:
+            return text, "text", f"body is not XML Airlock parses: {e}"
     return text, "text", None
+
+
+def parse_xml(raw: bytes) -> dict[str, Any]:
+    """Elements become objects, repeated elements lists, leaves their text; namespaces and
+    attributes are dropped: <Delete><Object><Key>a</Key></Object>…</Delete> is
+    {"Delete": {"Object": [{"Key": "a"}, …]}}. Documents with a DTD are not parsed."""
+    if b"<!doctype" in raw[:4096].lower() or b"<!entity" in raw.lower():
+        raise ValueError("documents with a DTD or entities are refused")
+    try:
+        root = ElementTree.fromstring(raw)
+    except ElementTree.ParseError as e:
+        raise ValueError(str(e)) from e
+    return {_local_name(root.tag): _xml_value(root)}
+
+
+def _local_name(tag: str) -> str:
+    return tag.rpartition("}")[2]
+
+
+def _xml_value(element: ElementTree.Element) -> Any:
+    children = list(element)
+    if not children:
+        return (element.text or "").strip()
+    value: dict[str, Any] = {}
+    for child in children:
+        name, child_value = _local_name(child.tag), _xml_value(child)
+        if name not in value:
+            value[name] = child_value
+        elif isinstance(value[name], list):
+            value[name].append(child_value)
+        else:
+            value[name] = [value[name], child_value]
+    return value
 
 
 def _reject_constant(name: str) -> Any:
@@ -132,12 +173,24 @@ def parse_form(text: str) -> dict[str, Any]:
     next_index: dict[int, int] = {}  # per node, for "a[]" appends: O(1), not a rescan
     for key, value in parse_qsl(text, keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS):
         head, _, rest = key.partition("[")
-        if not rest or not key.endswith("]"):
+        if rest and key.endswith("]"):
+            _set_nested(root, [head, *_BRACKETS.findall("[" + rest)], value, next_index)
+        elif "." in key.strip("."):
+            _set_nested(root, _dotted_parts(key), value, next_index)
+        else:
             _add_plain(root, key, value)
-            continue
-        parts = [head, *_BRACKETS.findall("[" + rest)]
-        _set_nested(root, parts, value, next_index)
     return {key: _lists_from_indexes(value) for key, value in root.items()}
+
+
+def _dotted_parts(key: str) -> list[str]:
+    """AWS query protocol: `TagSpecification.1.Tag.1.Key` and `Tags.member.1.Key` are lists,
+    numbered from 1; other dotted names are nested objects (`LaunchTemplate.Version`)."""
+    parts = []
+    for part in key.split("."):
+        if part == "member":
+            continue
+        parts.append(str(int(part) - 1) if part.isdigit() and int(part) > 0 else part)
+    return parts
 
 
 def _add_plain(root: dict[str, Any], key: str, value: str) -> None:

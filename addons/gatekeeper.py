@@ -538,6 +538,8 @@ def _run_row(
         "target": redact_text(action.target),
         "mapping_id": action.mapping_id,
         "params": redact_value(action.params),
+        "context": redact_value(action.context),
+        "undo": action.undo,
         "request": stored,
         "decision": verdict.decision,
         "reason": redact_text(verdict.reason),

@@ -8,17 +8,20 @@ exact host, then method; glob hosts are resolved once per host name and cached.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 from typing import Any
 
-from jsonpath_ng import JSONPath
-from jsonpath_ng.exceptions import JsonPathLexerError, JsonPathParserError
-from jsonpath_ng.ext import parse as parse_jsonpath
-
+from addons.conditions import MISSING, Test, compile_condition
 from addons.document import Document
+from addons.extraction import (
+    ExtractionError,
+    Finder,
+    ValueSpec,
+    jsonpath_at,
+    load_value_specs,
+)
 from addons.yaml_source import (
     ConfigError,
     Node,
@@ -49,7 +52,7 @@ SENSITIVITIES = ("low", "medium", "high", "critical")
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 HTTP_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"})
 
-_FILE_KEYS = {"provider", "hosts", "mappings", "description"}
+_FILE_KEYS = {"provider", "hosts", "mappings", "description", "context"}
 _MAPPING_KEYS = {
     "id",
     "action",
@@ -61,8 +64,11 @@ _MAPPING_KEYS = {
     "target",
     "params",
     "description",
+    "match",
+    "context",
+    "undo",
 }
-_PARAM_KEYS = {"path", "type", "default", "all", "value"}
+_UNDO_KEYS = {"action", "description", "params"}
 _TEMPLATE_FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(\+?)\}")
 
 
@@ -89,66 +95,13 @@ class Action:
     target: str
     params: dict[str, Any]
     mapping_id: str | None  # None: no mapping matched (http.read / http.write fallback)
+    # Derived facts about the request, e.g. {"environment": "production", "region": ...}.
+    context: dict[str, Any] = field(default_factory=dict)
+    # How the provider lets this be undone, when it does: shown to reviewers, used by recovery.
+    undo: dict[str, Any] | None = None
 
 
 # --- compiled pieces -------------------------------------------------------------------------
-
-
-class FieldPath:
-    """A plain path like `$.body.items[0].name`, walked directly: ~0.5 µs instead of ~6 µs.
-
-    Finds exactly what jsonpath-ng would (at most one value); anything with wildcards, filters or
-    slices is left to jsonpath-ng.
-    """
-
-    _STEP = re.compile(r"\.([A-Za-z_][A-Za-z0-9_-]*)|\[(\d+)\]")
-
-    def __init__(self, steps: tuple[str | int, ...]) -> None:
-        self.steps = steps
-
-    @classmethod
-    def parse(cls, expression: str) -> FieldPath | None:
-        if not expression.startswith("$"):
-            return None
-        steps: list[str | int] = []
-        position = 1
-        while position < len(expression):
-            match = cls._STEP.match(expression, position)
-            if not match:
-                return None
-            name, index = match.groups()
-            steps.append(name if name is not None else int(index))
-            position = match.end()
-        return cls(tuple(steps))
-
-    def find_values(self, document: Any) -> list[Any]:
-        node = document
-        for step in self.steps:
-            if isinstance(step, str):
-                if not isinstance(node, dict) or step not in node:
-                    return []
-            elif not isinstance(node, list) or step >= len(node):
-                return []
-            node = node[step]
-        return [node]
-
-
-class GeneralPath:
-    def __init__(self, path: JSONPath) -> None:
-        self.path = path
-
-    def find_values(self, document: Any) -> list[Any]:
-        return [match.value for match in self.path.find(document)]
-
-
-Finder = FieldPath | GeneralPath
-
-
-@cache
-def compile_jsonpath(expression: str) -> Finder:
-    """Parsing costs ~0.4 ms, finding ~6 µs: parse each distinct expression once per process."""
-    parsed = parse_jsonpath(expression)  # always: it validates the expression
-    return FieldPath.parse(expression) or GeneralPath(parsed)
 
 
 def _host_regex(glob: str) -> re.Pattern[str]:
@@ -176,52 +129,17 @@ def _path_regex(template: str) -> re.Pattern[str]:
     return re.compile("".join(pattern) + r"/?\Z")
 
 
-_CONVERTERS: dict[str, Callable[[Any], Any]] = {
-    "str": str,
-    "int": lambda v: int(v) if not isinstance(v, bool) else _bad(v),
-    "float": lambda v: float(v) if not isinstance(v, bool) else _bad(v),
-    "bool": lambda v: v if isinstance(v, bool) else _parse_bool(v),
-}
-
-
-def _bad(value: Any) -> Any:
-    raise ValueError(f"unexpected {value!r}")
-
-
-def _parse_bool(value: Any) -> bool:
-    text = str(value).strip().lower()
-    if text in ("true", "1", "yes"):
-        return True
-    if text in ("false", "0", "no"):
-        return False
-    raise ValueError(f"not a boolean: {value!r}")
-
-
 @dataclass(frozen=True)
-class ParamSpec:
-    name: str
-    path: Finder | None
-    expression: str | None
-    literal: Any = None
-    kind: str | None = None
-    default: Any = None
-    all_matches: bool = False
+class Condition:
+    """`match:` entry: the first value at a JSONPath must satisfy a condition."""
 
-    def extract(self, document: Document) -> Any:
-        if self.path is None:
-            return self.literal
-        values = self.path.find_values(document)
-        if not values:
-            return self.default
-        if self.kind:
-            try:
-                values = [_CONVERTERS[self.kind](v) for v in values]
-            except (TypeError, ValueError) as e:
-                raise MappingError(
-                    f"param {self.name!r} ({self.expression}): expected {self.kind}, "
-                    f"got {values[0]!r}"
-                ) from e
-        return values if self.all_matches else values[0]
+    expression: str
+    finder: Finder
+    test: Test
+
+    def holds(self, document: Document) -> bool:
+        values = self.finder.find_values(document)
+        return self.test(values[0] if values else MISSING)
 
 
 @dataclass(frozen=True)
@@ -234,26 +152,41 @@ class Mapping:
     methods: frozenset[str]  # empty: any method
     host_globs: tuple[str, ...]
     path: re.Pattern[str] | None
+    match: tuple[Condition, ...]
     target: str | None
-    params: tuple[ParamSpec, ...]
+    params: tuple[ValueSpec, ...]
+    context: tuple[ValueSpec, ...]  # the file's context specs, then the mapping's own
+    undo: dict[str, Any] | None
     where: Where
     order: int = field(compare=False)
 
-    def match_path(self, path: str) -> dict[str, str] | None:
+    def captures(self, document: Document) -> dict[str, str] | None:
+        """Path captures when this mapping matches the request, else None."""
         if self.path is None:
-            return {}
-        match = self.path.match(path)
-        return match.groupdict() if match else None
+            captures: dict[str, str] = {}
+        else:
+            found = self.path.match(document["path"])
+            if found is None:
+                return None
+            captures = found.groupdict()
+        if all(condition.holds(document) for condition in self.match):
+            return captures
+        return None
 
     def apply(self, document: Document, captures: dict[str, str]) -> Action:
         params: dict[str, Any] = dict(captures)
+        context: dict[str, Any] = {}
         try:
+            for spec in self.context:
+                value = spec.extract(document)
+                if value is not None:
+                    context[spec.name] = value
             for spec in self.params:
                 params[spec.name] = spec.extract(document)
-        except MappingError as e:
+        except ExtractionError as e:
             known = Action(
                 self.action, self.provider, self.category, self.sensitivity,
-                document["host"], params, self.id,
+                document["host"], params, self.id, context,
             )  # fmt: skip
             raise MappingError(f"mapping {self.id} ({self.where}): {e}", known) from e
         return Action(
@@ -261,20 +194,38 @@ class Mapping:
             provider=self.provider,
             category=self.category,
             sensitivity=self.sensitivity,
-            target=self._render_target(document, params),
+            target=self._render_target(document, {**context, **params}),
             params=params,
             mapping_id=self.id,
+            context=context,
+            undo=self._render_undo(params),
         )
 
-    def _render_target(self, document: Document, params: dict[str, Any]) -> str:
+    def _render_target(self, document: Document, values: dict[str, Any]) -> str:
         if not self.target:
             return document["host"]
+        return render_template(self.target, values)
 
-        def value(match: re.Match[str]) -> str:
-            found = params.get(match.group(1))
-            return "" if found is None else str(found)
+    def _render_undo(self, params: dict[str, Any]) -> dict[str, Any] | None:
+        if self.undo is None:
+            return None
+        rendered = dict(self.undo)
+        if "params" in rendered:
+            rendered["params"] = {
+                k: render_template(v, params) if isinstance(v, str) else v
+                for k, v in rendered["params"].items()
+            }
+        return rendered
 
-        return _TEMPLATE_FIELD.sub(value, self.target)
+
+def render_template(template: str, values: dict[str, Any]) -> str:
+    """`customer/{id}`: each {name} from the values; a missing one renders empty."""
+
+    def value(match: re.Match[str]) -> str:
+        found = values.get(match.group(1))
+        return "" if found is None else str(found)
+
+    return _TEMPLATE_FIELD.sub(value, template)
 
 
 # --- the index -------------------------------------------------------------------------------
@@ -316,12 +267,20 @@ class MappingIndex:
             key=lambda m: m.order,
         )
 
-    def map(self, document: Document) -> Action:
+    def match(self, document: Document) -> tuple[Mapping, dict[str, str]] | None:
+        """The first mapping that matches, with its path captures."""
         for mapping in self.candidates(document["host"], document["method"]):
-            captures = mapping.match_path(document["path"])
+            captures = mapping.captures(document)
             if captures is not None:
-                return mapping.apply(document, captures)
-        return fallback_action(document)
+                return mapping, captures
+        return None
+
+    def map(self, document: Document) -> Action:
+        found = self.match(document)
+        if found is None:
+            return fallback_action(document)
+        mapping, captures = found
+        return mapping.apply(document, captures)
 
 
 def fallback_action(document: Document) -> Action:
@@ -365,11 +324,14 @@ def _load_file(path: Path, start: int) -> list[Mapping]:
     expect_keys(root, _FILE_KEYS, {"provider", "mappings"}, "mapping file")
     expect_type(root, "provider", root["provider"], str, "a string")
     default_hosts = _hosts(root, "hosts") if "hosts" in root else ()
+    file_context = load_value_specs(root, "context")
     entries = root["mappings"]
     if not isinstance(entries, Seq):
         raise ConfigError(root.at("mappings"), "'mappings' must be a list")
     return [
-        _load_mapping(entry, where, root["provider"], default_hosts, path.stem, start + i)
+        _load_mapping(
+            entry, where, root["provider"], default_hosts, file_context, path.stem, start + i
+        )
         for i, (entry, where) in enumerate(zip(entries, entries.item_where, strict=True))
     ]
 
@@ -383,7 +345,13 @@ def _hosts(node: Node, key: str) -> tuple[str, ...]:
 
 
 def _load_mapping(
-    entry: Any, where: Where, provider: str, default_hosts: tuple[str, ...], stem: str, order: int
+    entry: Any,
+    where: Where,
+    provider: str,
+    default_hosts: tuple[str, ...],
+    file_context: tuple[ValueSpec, ...],
+    stem: str,
+    order: int,
 ) -> Mapping:
     if not isinstance(entry, Node):
         raise ConfigError(where, "each mapping must be a YAML mapping (action, method, path, ...)")
@@ -402,8 +370,11 @@ def _load_mapping(
         methods=_methods(entry),
         host_globs=hosts,
         path=_path(entry),
+        match=_match(entry),
         target=_target(entry),
-        params=_params(entry),
+        params=load_value_specs(entry, "params"),
+        context=file_context + load_value_specs(entry, "context"),
+        undo=_undo(entry),
         where=where,
         order=order,
     )
@@ -453,44 +424,36 @@ def _target(entry: Node) -> str | None:
     return value
 
 
-def _params(entry: Node) -> tuple[ParamSpec, ...]:
-    params = entry.get("params")
-    if params is None:
+def _match(entry: Node) -> tuple[Condition, ...]:
+    conditions = entry.get("match")
+    if conditions is None:
         return ()
-    if not isinstance(params, Node):
-        raise ConfigError(entry.at("params"), "'params' must map names to JSONPath expressions")
-    return tuple(_param(params, name) for name in params)
+    if not isinstance(conditions, Node):
+        raise ConfigError(entry.at("match"), "'match' must map JSONPath expressions to conditions")
+    compiled = []
+    for expression in conditions:
+        if not expression.startswith("$"):
+            raise ConfigError(
+                conditions.key_at(expression),
+                f"match key {expression!r} must be a JSONPath starting with '$'",
+            )
+        compiled.append(
+            Condition(
+                expression,
+                jsonpath_at(expression, conditions.key_at(expression)),
+                compile_condition(
+                    conditions[expression], conditions.at(expression), f"match {expression!r}"
+                ),
+            )
+        )
+    return tuple(compiled)
 
 
-def _param(params: Node, name: str) -> ParamSpec:
-    spec, where = params[name], params.at(name)
-    if isinstance(spec, str) and spec.startswith("$"):
-        return ParamSpec(name, _jsonpath(spec, where), spec)
-    if not isinstance(spec, Node):
-        return ParamSpec(name, None, None, literal=spec)
-    expect_keys(spec, _PARAM_KEYS, set(), f"param {name!r}")
-    if "value" in spec:
-        return ParamSpec(name, None, None, literal=spec["value"])
-    expression = spec.get("path")
-    if not isinstance(expression, str) or not expression.startswith("$"):
-        raise ConfigError(where, f"param {name!r} needs 'path' (a JSONPath starting with '$')")
-    kind = spec.get("type")
-    if kind is not None and kind not in _CONVERTERS:
-        raise ConfigError(spec.at("type"), f"type must be one of: {', '.join(_CONVERTERS)}")
-    return ParamSpec(
-        name,
-        _jsonpath(expression, spec.at("path")),
-        expression,
-        kind=kind,
-        default=spec.get("default"),
-        all_matches=bool(spec.get("all", False)),
-    )
-
-
-def _jsonpath(expression: str, where: Where) -> Finder:
-    try:
-        return compile_jsonpath(expression)
-    except (JsonPathLexerError, JsonPathParserError) as e:
-        raise ConfigError(where, f"JSONPath {expression!r} does not compile: {e}") from e
-    except Exception as e:  # jsonpath-ng raises bare exceptions for some malformed input
-        raise ConfigError(where, f"JSONPath {expression!r} does not compile: {e}") from e
+def _undo(entry: Node) -> dict[str, Any] | None:
+    undo = entry.get("undo")
+    if undo is None:
+        return None
+    if not isinstance(undo, Node):
+        raise ConfigError(entry.at("undo"), "'undo' must say which action undoes this one")
+    expect_keys(undo, _UNDO_KEYS, {"action"}, "undo")
+    return {key: undo[key] for key in undo}

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from addons.conditions import MISSING, Test, compile_condition
 from addons.mappings import Action
 from addons.yaml_source import (
     ConfigError,
@@ -30,7 +31,16 @@ RESTRICTIVENESS = {ALLOW: 0, REQUIRE_APPROVAL: 1, BLOCK: 2}
 
 _FILE_KEYS = {"default", "rules", "description"}
 _RULE_KEYS = {"id", "description", "when", "decision", "reason"}
-_WHEN_KEYS = {"action", "provider", "category", "sensitivity", "agent", "target", "params"}
+_WHEN_KEYS = {
+    "action",
+    "provider",
+    "category",
+    "sensitivity",
+    "agent",
+    "target",
+    "environment",
+    "params",
+}
 
 
 class PolicyError(Exception):
@@ -44,54 +54,7 @@ class Verdict:
     rules: tuple[str, ...]
 
 
-# --- conditions ------------------------------------------------------------------------------
-
-Test = Callable[[Any], bool]
-_MISSING = object()
-
-
-def _compare(op: Callable[[Any, Any], bool], expected: Any) -> Test:
-    """Every operator but `exists` needs the param to be present: absent never matches."""
-
-    def test(actual: Any) -> bool:
-        return actual is not _MISSING and actual is not None and op(actual, expected)
-
-    return test
-
-
-_OPERATORS: dict[str, Callable[[Any], Test]] = {
-    "eq": lambda x: _compare(lambda a, b: a == b, x),
-    "ne": lambda x: _compare(lambda a, b: a != b, x),
-    "in": lambda xs: _compare(lambda a, b: a in b, xs),
-    "not_in": lambda xs: _compare(lambda a, b: a not in b, xs),
-    "gt": lambda x: _compare(lambda a, b: a > b, x),
-    "gte": lambda x: _compare(lambda a, b: a >= b, x),
-    "lt": lambda x: _compare(lambda a, b: a < b, x),
-    "lte": lambda x: _compare(lambda a, b: a <= b, x),
-    "exists": lambda flag: lambda a: (a is not _MISSING and a is not None) == bool(flag),
-    "regex": lambda pattern: (
-        lambda a, r=re.compile(pattern): isinstance(a, str) and r.search(a) is not None
-    ),
-}
-
-
-def _param_test(spec: Any, where: Where, name: str) -> Test:
-    if not isinstance(spec, Node):
-        return _OPERATORS["eq"](spec)
-    tests: list[Test] = []
-    for op, operand in spec.items():
-        if op not in _OPERATORS:
-            raise ConfigError(
-                spec.key_at(op),
-                f"unknown operator {op!r} for param {name!r} (expected {', '.join(_OPERATORS)})",
-            )
-        if op in ("in", "not_in") and not isinstance(operand, list):
-            raise ConfigError(spec.at(op), f"{op!r} needs a list")
-        try:
-            tests.append(_OPERATORS[op](operand))
-        except re.error as e:
-            raise ConfigError(spec.at(op), f"bad regex: {e}") from e
-    return lambda actual: all(test(actual) for test in tests)
+# --- conditions on the action's fields ----------------------------------------------------
 
 
 def _glob_test(node: Node, key: str) -> Test:
@@ -101,7 +64,9 @@ def _glob_test(node: Node, key: str) -> Test:
         raise ConfigError(node.at(key), f"{key!r} must be a name, a glob or a list of them")
     exact = frozenset(p for p in patterns if not _is_glob(p))
     globs = [re.compile(fnmatch.translate(p)) for p in patterns if _is_glob(p)]
-    return lambda actual: actual in exact or any(g.match(actual) for g in globs)
+    return lambda actual: (
+        isinstance(actual, str) and (actual in exact or any(g.match(actual) for g in globs))
+    )
 
 
 def _is_glob(pattern: str) -> bool:
@@ -130,11 +95,12 @@ class Rule:
             "sensitivity": action.sensitivity,
             "agent": agent,
             "target": action.target,
+            "environment": action.context.get("environment"),
         }
         try:
             if not all(test(facts[name]) for name, test in self.field_tests):
                 return False
-            return all(test(action.params.get(name, _MISSING)) for name, test in self.param_tests)
+            return all(test(action.params.get(name, MISSING)) for name, test in self.param_tests)
         except Exception as e:  # e.g. comparing a string param with a number
             raise PolicyError(f"rule {self.id} ({self.where}) failed to evaluate: {e}") from e
 
@@ -259,4 +225,7 @@ def _param_tests(when: Node) -> tuple[tuple[str, Test], ...]:
         return ()
     if not isinstance(params, Node):
         raise ConfigError(when.at("params"), "'params' must map param names to conditions")
-    return tuple((name, _param_test(params[name], params.at(name), name)) for name in params)
+    return tuple(
+        (name, compile_condition(params[name], params.at(name), f"param {name!r}"))
+        for name in params
+    )

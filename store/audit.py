@@ -40,6 +40,8 @@ DECISION_FIELDS = (
     "error",
     "instance",
     "decision_ms",
+    "context",
+    "undo",
 )
 # The stored request document is vouched for by its digest, not repeated in the chain.
 REQUEST_DIGEST = "request_sha256"

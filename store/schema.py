@@ -21,6 +21,7 @@ from sqlalchemy import (
     create_engine,
     event,
     insert,
+    inspect,
     select,
 )
 from sqlalchemy.engine import Engine, make_url
@@ -58,6 +59,8 @@ class Run(Base):
     target: Mapped[str] = mapped_column(Text)
     mapping_id: Mapped[str | None] = mapped_column(Text)
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    context: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # derived: environment, region
+    undo: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # how the provider undoes it
     request: Mapped[dict[str, Any]] = mapped_column(JSON)  # the redacted request document
     decision: Mapped[str] = mapped_column(String(24))
     reason: Mapped[str] = mapped_column(Text)
@@ -175,9 +178,25 @@ def write_transaction(engine: Engine) -> Any:
     return engine.execution_options(airlock_write=True).begin()
 
 
+def _add_missing_columns(engine: Engine) -> None:
+    """Columns added since a store was created are added to it (all such columns are nullable),
+    so a newer Airlock opens an older store instead of refusing every write."""
+    existing = inspect(engine)
+    with write_transaction(engine) as conn:
+        for table in Base.metadata.sorted_tables:
+            present = {column["name"] for column in existing.get_columns(table.name)}
+            for column in table.columns:
+                if column.name not in present:
+                    kind = column.type.compile(dialect=engine.dialect)
+                    conn.exec_driver_sql(
+                        f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}'
+                    )
+
+
 def create_schema(engine: Engine) -> None:
     """Create missing tables and the chain's head row; safe to run at every start."""
     Base.metadata.create_all(engine.execution_options(airlock_write=True))
+    _add_missing_columns(engine)
     with write_transaction(engine) as conn:
         if conn.execute(select(AuditHead.id).where(AuditHead.id == 1)).first() is None:
             conn.execute(insert(AuditHead).values(id=1, seq=0, hash=GENESIS_HASH))

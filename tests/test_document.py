@@ -69,7 +69,7 @@ def test_body_that_is_not_what_it_claims_is_kept_as_text_with_the_reason() -> No
 
 
 def test_other_content_is_text_and_empty_is_none() -> None:
-    assert build_document(request(b"<a/>", "application/xml"), "a")["body"] == "<a/>"
+    assert build_document(request(b"<a/>", "application/octet-stream"), "a")["body"] == "<a/>"
     empty = build_document(request(b"", "", method="GET"), "a")
     assert (empty["body"], empty["body_format"]) == (None, "empty")
 
@@ -135,3 +135,40 @@ def test_undecodable_header_bytes_are_replaced() -> None:
     flow_request = request(b"", "text/plain")
     flow_request.headers.fields = (*flow_request.headers.fields, (b"x-odd", b"caf\xe9"))
     assert build_document(flow_request, "a")["headers"]["x-odd"] == "caf\ufffd"
+
+
+def test_aws_query_protocol_lists_and_members_become_lists() -> None:
+    form = parse_form(
+        "Action=RunInstances&MaxCount=3&InstanceId.1=i-a&InstanceId.2=i-b"
+        "&TagSpecification.1.ResourceType=instance&TagSpecification.1.Tag.1.Key=team"
+        "&TagSpecification.1.Tag.1.Value=ml&Tags.member.1.Key=k&LaunchTemplate.Version=2"
+    )
+    assert form == {
+        "Action": "RunInstances",
+        "MaxCount": "3",
+        "InstanceId": ["i-a", "i-b"],
+        "TagSpecification": [{"ResourceType": "instance", "Tag": [{"Key": "team", "Value": "ml"}]}],
+        "Tags": [{"Key": "k"}],
+        "LaunchTemplate": {"Version": "2"},
+    }
+
+
+def test_xml_bodies_become_objects_with_lists_for_repeats() -> None:
+    body = (
+        b'<?xml version="1.0" encoding="UTF-8"?>'
+        b'<Delete xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+        b"<Object><Key>a.txt</Key></Object><Object><Key>b.txt</Key></Object>"
+        b"<Quiet>true</Quiet></Delete>"
+    )
+    document = build_document(request(body, "application/xml"), "a")
+    assert document["body_format"] == "xml"
+    assert document["body"] == {
+        "Delete": {"Object": [{"Key": "a.txt"}, {"Key": "b.txt"}], "Quiet": "true"}
+    }
+
+
+def test_xml_with_entities_is_not_parsed() -> None:
+    bomb = b'<?xml version="1.0"?><!DOCTYPE l [<!ENTITY a "aaaa">]><l>&a;&a;</l>'
+    document = build_document(request(bomb, "text/xml"), "a")
+    assert document["body_format"] == "text"
+    assert "DTD" in document["body_error"]

@@ -206,7 +206,7 @@ def test_a_thousand_mappings_are_indexed_by_host(tmp_path: Path) -> None:
 def test_direct_field_paths_find_what_jsonpath_ng_finds(expression: str) -> None:
     from jsonpath_ng.ext import parse
 
-    from addons.mappings import FieldPath, compile_jsonpath
+    from addons.extraction import FieldPath, compile_jsonpath
 
     document = {
         "body": {"amount": 5, "items": [{"name": "a"}, {"name": "b"}]},
@@ -218,8 +218,144 @@ def test_direct_field_paths_find_what_jsonpath_ng_finds(expression: str) -> None
 
 
 def test_complex_paths_use_jsonpath_ng() -> None:
-    from addons.mappings import GeneralPath, compile_jsonpath
+    from addons.extraction import GeneralPath, compile_jsonpath
 
     finder = compile_jsonpath("$.body.items[*].name")
     assert isinstance(finder, GeneralPath)
     assert finder.find_values({"body": {"items": [{"name": "a"}, {"name": "b"}]}}) == ["a", "b"]
+
+
+def test_match_conditions_pick_the_mapping_by_body_and_header_values(tmp_path: Path) -> None:
+    folder = write(
+        tmp_path,
+        "aws.yaml",
+        """
+        provider: aws
+        hosts: ["ec2.*.amazonaws.com", "dynamodb.*.amazonaws.com"]
+        mappings:
+          - action: run_instances
+            method: POST
+            match: {$.body.Action: RunInstances}
+          - action: terminate_instances
+            method: POST
+            match: {$.body.Action: {in: [TerminateInstances, StopInstances]}}
+          - action: delete_table
+            method: POST
+            match: {"$.headers['x-amz-target']": DynamoDB_20120810.DeleteTable}
+        """,
+    )
+    index = load_mappings(folder)
+    ec2 = "ec2.eu-west-1.amazonaws.com"
+    assert index.map(doc("POST", ec2, "/", {"Action": "RunInstances"})).action == "run_instances"
+    assert index.map(doc("POST", ec2, "/", {"Action": "StopInstances"})).action == (
+        "terminate_instances"
+    )
+    assert index.map(doc("POST", ec2, "/", {"Action": "DescribeVpcs"})).action == "http.write"
+    dynamo = doc("POST", "dynamodb.us-east-1.amazonaws.com", "/", {"TableName": "t"})
+    dynamo["headers"]["x-amz-target"] = "DynamoDB_20120810.DeleteTable"
+    assert index.map(dynamo).action == "delete_table"
+
+
+def test_context_is_derived_before_redaction_and_feeds_target_and_policy(tmp_path: Path) -> None:
+    folder = write(
+        tmp_path,
+        "stripe.yaml",
+        """
+        provider: stripe
+        hosts: [api.stripe.com]
+        context:
+          environment:
+            path: $.headers.authorization
+            regex: "Bearer [sr]k_(live|test)_"
+            lookup: {live: production, test: test}
+        mappings:
+          - action: create_charge
+            method: POST
+            path: /v1/charges
+            target: "{environment}/charges"
+        """,
+    )
+    document = doc("POST", "api.stripe.com", "/v1/charges", {"amount": "1"})
+    document["headers"]["authorization"] = "Bearer sk_live_abcdefghijkl"
+    action = load_mappings(folder).map(document)
+    assert action.context == {"environment": "production"}
+    assert action.target == "production/charges"
+    assert "sk_live" not in str(action.context)
+
+
+def test_transforms_count_sum_regex_lookup_and_decimal(tmp_path: Path) -> None:
+    folder = write(
+        tmp_path,
+        "m.yaml",
+        """
+        provider: p
+        hosts: [h.io]
+        mappings:
+          - action: send
+            params:
+              recipients: {path: "$.body.personalizations[*].to[*]", count: true}
+              objects: {path: $.body.Delete.Object, count: true}
+              total: {path: "$.body.items[*].amount", type: int, sum: true}
+              domain: {path: $.body.from, regex: "@(.+)$"}
+              tier: {path: $.body.plan, lookup: {p1: gold, p2: silver}, default: unknown}
+              price: {path: $.body.price, type: decimal}
+              nothing: {path: "$.body.none[*]", count: true}
+        """,
+    )
+    body = {
+        "personalizations": [{"to": ["a", "b"]}, {"to": ["c"]}],
+        "Delete": {"Object": {"Key": "only-one"}},
+        "items": [{"amount": "5"}, {"amount": "7"}],
+        "from": "bot@example.com",
+        "plan": "p9",
+        "price": "12.50",
+    }
+    params = load_mappings(folder).map(doc("POST", "h.io", "/", body)).params
+    assert params == {
+        "recipients": 3,
+        "objects": 1,
+        "total": 12,
+        "domain": "example.com",
+        "tier": "unknown",
+        "price": 12.5,
+        "nothing": 0,
+    }
+
+
+def test_undo_is_rendered_from_the_params(tmp_path: Path) -> None:
+    folder = write(
+        tmp_path,
+        "m.yaml",
+        """
+        provider: stripe
+        hosts: [api.stripe.com]
+        mappings:
+          - action: create_charge
+            path: /v1/charges/{id}/capture
+            undo: {action: create_refund, description: refund the charge, params: {charge: "{id}"}}
+        """,
+    )
+    action = load_mappings(folder).map(doc("POST", "api.stripe.com", "/v1/charges/ch_1/capture"))
+    assert action.undo == {
+        "action": "create_refund",
+        "description": "refund the charge",
+        "params": {"charge": "ch_1"},
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("  - {action: x, match: {body.Action: X}}\n", "must be a JSONPath starting with '$'"),
+        ("  - {action: x, match: {$.body.a: {above: 1}}}\n", "unknown operator 'above'"),
+        ("  - {action: x, undo: {params: {}}}\n", "missing required key 'action'"),
+        ("  - {action: x, params: {a: {path: $.a, count: true, sum: true}}}\n", "choose one of"),
+        ("  - {action: x, params: {a: {path: $.a, regex: '('}}}\n", "bad regex"),
+    ],
+)
+def test_extended_language_errors(tmp_path: Path, text: str, message: str) -> None:
+    folder = write(tmp_path, "bad.yaml", "provider: p\nhosts: [h]\nmappings:\n" + text)
+    with pytest.raises(ConfigError) as error:
+        load_mappings(folder)
+    assert message in str(error.value)
+    assert str(error.value).startswith(f"{folder / 'bad.yaml'}:4:")

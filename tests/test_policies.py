@@ -217,3 +217,24 @@ def test_a_host_header_that_disagrees_with_the_target_is_refused() -> None:
     assert evaluation.verdict.decision == "BLOCK"
     assert evaluation.failed_stage == "request"
     assert "does not match the host" in evaluation.verdict.reason
+
+
+def test_environment_condition_reads_the_derived_context(tmp_path: Path) -> None:
+    policy = policies(
+        tmp_path,
+        """
+        rules:
+          - {id: live-payouts, when: {action: create_payout, environment: production},
+             decision: REQUIRE_APPROVAL}
+        """,
+    )
+    live = Action(
+        "create_payout", "stripe", "payment", "high", "t", {}, "m", {"environment": "production"}
+    )
+    test = Action(
+        "create_payout", "stripe", "payment", "high", "t", {}, "m", {"environment": "test"}
+    )
+    unknown = Action("create_payout", "stripe", "payment", "high", "t", {}, "m")
+    assert policy.decide(live, "a").rules == ("live-payouts",)
+    assert policy.decide(test, "a").rules == ()
+    assert policy.decide(unknown, "a").rules == ()

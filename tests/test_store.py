@@ -43,6 +43,8 @@ def run_row(decision: str = "ALLOW", **overrides: Any) -> dict[str, Any]:
         "target": "customer/cus_1",
         "mapping_id": "stripe.create_charge",
         "params": {"amount": 150000, "currency": "usd"},
+        "context": {"environment": "test"},
+        "undo": None,
         "request": {"method": "POST", "body": {"amount": "150000"}},
         "decision": decision,
         "reason": "because",
@@ -354,4 +356,22 @@ def test_reading_does_not_block_a_writer_on_sqlite(tmp_path: Any) -> None:
     with engine.connect() as reader:
         reader.execute(select(Run.id)).all()  # a read transaction stays open
         write(engine, DecisionRecord(run_row()))  # the writer still commits
+    engine.dispose()
+
+
+def test_an_older_store_gains_new_columns_when_opened(tmp_path: Any) -> None:
+    from sqlalchemy import inspect, text
+
+    from store.schema import create_schema, open_engine
+
+    engine = open_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    create_schema(engine)
+    with engine.begin() as conn:
+        conn.execute(text("ALTER TABLE runs DROP COLUMN undo"))
+    assert "undo" not in {c["name"] for c in inspect(engine).get_columns("runs")}
+
+    create_schema(engine)  # what the proxy and the CLI do at start
+
+    assert "undo" in {c["name"] for c in inspect(engine).get_columns("runs")}
+    write(engine, DecisionRecord(run_row(undo={"action": "create_refund"})))
     engine.dispose()

@@ -1,0 +1,276 @@
+"""Reading values out of a request document: JSONPath plus a few named transforms.
+
+A value spec in YAML is one of:
+    $.body.amount                         a JSONPath (the first match)
+    customer                              a literal
+    {value: customer}                     a literal, spelled out
+    {path: $.body.amount, type: int, default: 0}
+    {path: "$.body.to[*]", all: true}     every match, as a list
+    {path: "$.body.personalizations[*].to[*]", count: true}
+    {path: "$.body.items[*].amount", type: int, sum: true}
+    {path: $.headers.authorization, regex: "sk_(live|test)_", lookup: {live: production}}
+
+Transforms run in this order: regex (keep a capture group), lookup (map values through a
+table; values not in it are dropped), type (int, float, decimal, str, bool), then one of count,
+sum or all; otherwise the first value. `default` stands in when nothing is left.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from jsonpath_ng import JSONPath
+from jsonpath_ng.ext import parse as parse_jsonpath
+
+from addons.yaml_source import ConfigError, Node, Where, expect_keys
+
+SPEC_KEYS = {"path", "type", "default", "all", "value", "count", "sum", "regex", "group", "lookup"}
+
+
+class ExtractionError(ValueError):
+    """A value was found but could not be turned into what the spec asks for."""
+
+
+# --- finding ---------------------------------------------------------------------------------
+
+
+class FieldPath:
+    """A plain path like `$.body.items[0].name` or `$.headers['x-amz-target']`, walked directly:
+    ~0.5 µs instead of ~6 µs. Finds exactly what jsonpath-ng would (at most one value);
+    wildcards, filters and slices are left to jsonpath-ng."""
+
+    _STEP = re.compile(r"\.([A-Za-z_][A-Za-z0-9_-]*)|\[(\d+)\]|\['([^'\]]+)'\]")
+
+    def __init__(self, steps: tuple[str | int, ...]) -> None:
+        self.steps = steps
+
+    @classmethod
+    def parse(cls, expression: str) -> FieldPath | None:
+        if not expression.startswith("$"):
+            return None
+        steps: list[str | int] = []
+        position = 1
+        while position < len(expression):
+            match = cls._STEP.match(expression, position)
+            if not match:
+                return None
+            name, index, quoted = match.groups()
+            steps.append(int(index) if index is not None else (name or quoted))
+            position = match.end()
+        return cls(tuple(steps))
+
+    def find_values(self, document: Any) -> list[Any]:
+        node = document
+        for step in self.steps:
+            if isinstance(step, str):
+                if not isinstance(node, dict) or step not in node:
+                    return []
+            elif not isinstance(node, list) or step >= len(node):
+                return []
+            node = node[step]
+        return [node]
+
+
+class GeneralPath:
+    def __init__(self, path: JSONPath) -> None:
+        self.path = path
+
+    def find_values(self, document: Any) -> list[Any]:
+        return [match.value for match in self.path.find(document)]
+
+
+Finder = FieldPath | GeneralPath
+
+
+@cache
+def compile_jsonpath(expression: str) -> Finder:
+    """Parsing costs ~0.4 ms, finding ~6 µs: parse each distinct expression once per process."""
+    parsed = parse_jsonpath(expression)  # always: it validates the expression
+    return FieldPath.parse(expression) or GeneralPath(parsed)
+
+
+def jsonpath_at(expression: str, where: Where) -> Finder:
+    try:
+        return compile_jsonpath(expression)
+    except Exception as e:  # jsonpath-ng raises several exception types for malformed input
+        raise ConfigError(where, f"JSONPath {expression!r} does not compile: {e}") from e
+
+
+# --- transforms ------------------------------------------------------------------------------
+
+
+def _not_bool(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def checked(value: Any) -> Any:
+        if isinstance(value, (bool, dict, list)):
+            raise ValueError(f"unexpected {type(value).__name__}")
+        return convert(value)
+
+    return checked
+
+
+def _parse_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
+
+def _parse_float(value: Any) -> float:
+    number = float(value)
+    if number != number or number in (float("inf"), float("-inf")):
+        raise ValueError("not a finite number")
+    return number
+
+
+CONVERTERS: dict[str, Callable[[Any], Any]] = {
+    "str": _not_bool(str),
+    "int": _not_bool(int),
+    "float": _not_bool(_parse_float),
+    "decimal": _not_bool(_parse_float),  # "12.50" → 12.5; stored as JSON numbers
+    "bool": _parse_bool,
+}
+
+
+def _flatten(values: list[Any]) -> list[Any]:
+    """A matched list counts (and sums) its elements: `Object` may be one item or many."""
+    flat: list[Any] = []
+    for value in values:
+        flat.extend(value if isinstance(value, list) else [value])
+    return flat
+
+
+@dataclass(frozen=True)
+class ValueSpec:
+    name: str
+    finder: Finder | None  # None: a literal
+    expression: str | None = None
+    literal: Any = None
+    kind: str | None = None
+    default: Any = None
+    aggregate: str = "first"  # first | all | count | sum
+    regex: re.Pattern[str] | None = None
+    group: int = 1
+    lookup: dict[str, Any] | None = None
+
+    def extract(self, document: Any) -> Any:
+        if self.finder is None:
+            return self.literal
+        values = self.finder.find_values(document)
+        if self.regex is not None:
+            values = self._captures(values)
+        if self.lookup is not None:
+            values = [self.lookup[str(v)] for v in values if str(v) in self.lookup]
+        if self.aggregate in ("count", "sum"):
+            values = _flatten(values)
+        if self.kind:
+            values = self._converted(values)
+        if self.aggregate == "count":
+            return len(values)
+        if not values:
+            return self.default
+        if self.aggregate == "sum":
+            return self._sum(values)
+        return values if self.aggregate == "all" else values[0]
+
+    def _captures(self, values: list[Any]) -> list[Any]:
+        assert self.regex is not None
+        captured = []
+        for value in values:
+            match = self.regex.search(str(value))
+            if match:
+                captured.append(match.group(self.group) if self.regex.groups else match.group(0))
+        return captured
+
+    def _converted(self, values: list[Any]) -> list[Any]:
+        assert self.kind is not None
+        try:
+            return [CONVERTERS[self.kind](v) for v in values]
+        except (TypeError, ValueError) as e:
+            shown = str(values[0])[:40]
+            raise ExtractionError(
+                f"{self.name!r} ({self.expression}): expected {self.kind}, got {shown!r}"
+            ) from e
+
+    def _sum(self, values: list[Any]) -> Any:
+        try:
+            return sum(values)
+        except TypeError as e:
+            raise ExtractionError(
+                f"{self.name!r} ({self.expression}): cannot sum non-numbers (set type: int)"
+            ) from e
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+def load_value_spec(specs: Node, name: str) -> ValueSpec:
+    spec, where = specs[name], specs.at(name)
+    if isinstance(spec, str) and spec.startswith("$"):
+        return ValueSpec(name, jsonpath_at(spec, where), spec)
+    if not isinstance(spec, Node):
+        return ValueSpec(name, None, literal=spec)
+    expect_keys(spec, SPEC_KEYS, set(), f"{name!r}")
+    if "value" in spec:
+        return ValueSpec(name, None, literal=spec["value"])
+    expression = spec.get("path")
+    if not isinstance(expression, str) or not expression.startswith("$"):
+        raise ConfigError(where, f"{name!r} needs 'path' (a JSONPath starting with '$')")
+    kind = spec.get("type")
+    if kind is not None and kind not in CONVERTERS:
+        raise ConfigError(spec.at("type"), f"type must be one of: {', '.join(CONVERTERS)}")
+    aggregates = [key for key in ("all", "count", "sum") if spec.get(key)]
+    if len(aggregates) > 1:
+        raise ConfigError(where, f"{name!r}: choose one of all, count and sum")
+    return ValueSpec(
+        name,
+        jsonpath_at(expression, spec.at("path")),
+        expression,
+        kind=kind,
+        default=spec.get("default"),
+        aggregate=aggregates[0] if aggregates else "first",
+        regex=_regex(spec),
+        group=_group(spec),
+        lookup=_lookup(spec),
+    )
+
+
+def _regex(spec: Node) -> re.Pattern[str] | None:
+    if "regex" not in spec:
+        return None
+    try:
+        return re.compile(str(spec["regex"]))
+    except re.error as e:
+        raise ConfigError(spec.at("regex"), f"bad regex: {e}") from e
+
+
+def _group(spec: Node) -> int:
+    group = spec.get("group", 1)
+    if not isinstance(group, int) or isinstance(group, bool) or group < 0:
+        raise ConfigError(spec.at("group"), "'group' must be a capture group number")
+    return group
+
+
+def _lookup(spec: Node) -> dict[str, Any] | None:
+    table = spec.get("lookup")
+    if table is None:
+        return None
+    if not isinstance(table, Node):
+        raise ConfigError(spec.at("lookup"), "'lookup' must map found values to results")
+    return {str(key): value for key, value in table.items()}
+
+
+def load_value_specs(owner: Node, key: str) -> tuple[ValueSpec, ...]:
+    specs = owner.get(key)
+    if specs is None:
+        return ()
+    if not isinstance(specs, Node):
+        raise ConfigError(owner.at(key), f"{key!r} must map names to JSONPath expressions")
+    return tuple(load_value_spec(specs, name) for name in specs)
