@@ -105,9 +105,9 @@ def parse_body(content_type: str, raw: bytes) -> tuple[Any, str, str | None]:
     """Parse by declared content type; a body that does not parse is kept as text, with why."""
     if not raw:
         return None, "empty", None
-    media_type = content_type.split(";", 1)[0].strip().lower()
+    media_type = content_type.split(";", 1)[0].strip().lower() or _sniff(raw)
     text = raw.decode("utf-8", errors="replace")
-    if media_type == "application/json" or media_type.endswith("+json"):
+    if "json" in media_type:  # application/json, *+json, application/x-amz-json-1.0, …
         try:
             return json.loads(text, parse_constant=_reject_constant), "json", None
         except ValueError as e:
@@ -123,6 +123,16 @@ def parse_body(content_type: str, raw: bytes) -> tuple[Any, str, str | None]:
         except ValueError as e:
             return text, "text", f"body is not XML Airlock parses: {e}"
     return text, "text", None
+
+
+def _sniff(raw: bytes) -> str:
+    """No content type claimed (boto3's DeleteObjects, Lambda Invoke): go by the first byte."""
+    start = raw.lstrip()[:1]
+    if start == b"<":
+        return "application/xml"
+    if start in (b"{", b"["):
+        return "application/json"
+    return ""
 
 
 def parse_xml(raw: bytes) -> dict[str, Any]:

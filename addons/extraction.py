@@ -9,6 +9,8 @@ A value spec in YAML is one of:
     {path: "$.body.personalizations[*].to[*]", count: true}
     {path: "$.body.items[*].amount", type: int, sum: true}
     {path: $.headers.authorization, regex: "sk_(live|test)_", lookup: {live: production}}
+    {path: ["$.headers['x-amz-decoded-content-length']", "$.headers['content-length']"]}
+                                          the first expression that finds anything
 
 Transforms run in this order: regex (keep a capture group), lookup (map values through a
 table; values not in it are dropped), type (int, float, decimal, str, bool), then one of count,
@@ -83,7 +85,21 @@ class GeneralPath:
         return [match.value for match in self.path.find(document)]
 
 
-Finder = FieldPath | GeneralPath
+class FirstOf:
+    """`path: [a, b]`: the values of the first expression that finds any."""
+
+    def __init__(self, finders: tuple[FieldPath | GeneralPath, ...]) -> None:
+        self.finders = finders
+
+    def find_values(self, document: Any) -> list[Any]:
+        for finder in self.finders:
+            values = finder.find_values(document)
+            if values:
+                return values
+        return []
+
+
+Finder = FieldPath | GeneralPath | FirstOf
 
 
 @cache
@@ -221,18 +237,22 @@ def load_value_spec(specs: Node, name: str) -> ValueSpec:
     if "value" in spec:
         return ValueSpec(name, None, literal=spec["value"])
     expression = spec.get("path")
-    if not isinstance(expression, str) or not expression.startswith("$"):
-        raise ConfigError(where, f"{name!r} needs 'path' (a JSONPath starting with '$')")
+    expressions = expression if isinstance(expression, list) else [expression]
+    if not expressions or not all(isinstance(e, str) and e.startswith("$") for e in expressions):
+        raise ConfigError(
+            where, f"{name!r} needs 'path': a JSONPath starting with '$', or a list of them"
+        )
     kind = spec.get("type")
     if kind is not None and kind not in CONVERTERS:
         raise ConfigError(spec.at("type"), f"type must be one of: {', '.join(CONVERTERS)}")
     aggregates = [key for key in ("all", "count", "sum") if spec.get(key)]
     if len(aggregates) > 1:
         raise ConfigError(where, f"{name!r}: choose one of all, count and sum")
+    finders = tuple(jsonpath_at(e, spec.at("path")) for e in expressions)
     return ValueSpec(
         name,
-        jsonpath_at(expression, spec.at("path")),
-        expression,
+        finders[0] if len(finders) == 1 else FirstOf(finders),  # type: ignore[arg-type]
+        " or ".join(expressions),
         kind=kind,
         default=spec.get("default"),
         aggregate=aggregates[0] if aggregates else "first",

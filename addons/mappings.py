@@ -22,6 +22,7 @@ from addons.extraction import (
     jsonpath_at,
     load_value_specs,
 )
+from addons.hosts import host_glob_regex
 from addons.yaml_source import (
     ConfigError,
     Node,
@@ -102,19 +103,6 @@ class Action:
 
 
 # --- compiled pieces -------------------------------------------------------------------------
-
-
-def _host_regex(glob: str) -> re.Pattern[str]:
-    """`*` is one DNS label (`*.example.com`, `ec2.*.amazonaws.com`); `**` is one or more."""
-    parts = []
-    for label in glob.lower().split("."):
-        if label == "**":
-            parts.append(r"[^.]+(?:\.[^.]+)*")
-        elif label == "*":
-            parts.append(r"[^.]+")
-        else:
-            parts.append("[^.]*".join(re.escape(piece) for piece in label.split("*")))
-    return re.compile(r"\.".join(parts) + r"\Z")
 
 
 def _path_regex(template: str) -> re.Pattern[str]:
@@ -241,7 +229,7 @@ class MappingIndex:
         for mapping in self.mappings:
             for glob in mapping.host_globs:
                 if "*" in glob:
-                    self._globs.append((_host_regex(glob), mapping))
+                    self._globs.append((host_glob_regex(glob), mapping))
                 else:
                     self._exact.setdefault(glob.lower(), []).append(mapping)
         self._by_host_method: dict[tuple[str, str], list[Mapping]] = {}

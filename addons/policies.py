@@ -166,7 +166,9 @@ def _load_file(path: Path, start: int) -> tuple[list[Rule], str | None]:
         raise ConfigError(f"{path}:1:1", "a policy file must be a YAML mapping with 'rules:'")
     expect_keys(root, _FILE_KEYS, set(), "policy file")
     default = _decision(root, "default") if "default" in root else None
-    entries = root.get("rules") or Seq()
+    entries = root.get("rules")
+    if entries is None:
+        return [], default
     if not isinstance(entries, Seq):
         raise ConfigError(root.at("rules"), "'rules' must be a list")
     rules = [

@@ -47,7 +47,7 @@ _PLAIN_HEADERS = frozenset(
 # Any field or header whose name says it holds a secret.
 _SECRET_NAME = re.compile(
     r"(?i)(pass(word|wd)|secret|token|api[-_]?key|access[-_]?key|private[-_]?key|credential"
-    r"|signature|^auth(orization)?$|^cvc$|^cvv$|card[-_]?number|^sig$|^key$)"
+    r"|signature|^auth(orization)?$|^cvc$|^cvv$|card[-_]?number|^sig$)"
 )
 # Tokens recognisable by their shape wherever they appear (bodies, paths, query strings).
 # No leading word boundary: after "%3D" or "%20" a token starts right behind a letter.
@@ -64,6 +64,7 @@ _SECRET_VALUE = re.compile(
     r"|(?:AKIA|ASIA)[A-Z0-9]{16}"  # AWS access key ids
     r"|eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"  # JWTs
     r"|\d{8,10}:[A-Za-z0-9_-]{35}"  # Telegram bot tokens
+    r"|AIza[0-9A-Za-z_-]{35}"  # Google API keys
     r")"
 )
 # AWS SigV4 fields and generic key=value credentials inside longer strings.

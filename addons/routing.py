@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Sequence
 from typing import Any
 
 from mitmproxy import ctx, exceptions
+
+from addons.hosts import host_glob_regex
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +36,7 @@ def parse_routes(specs: Sequence[str]) -> dict[str, tuple[str, int]]:
 class Routing:
     def __init__(self) -> None:
         self.routes: dict[str, tuple[str, int]] = {}
+        self._globs: list[tuple[re.Pattern[str], tuple[str, int]]] = []
         self._patched_loop: asyncio.AbstractEventLoop | None = None
 
     def load(self, loader: Any) -> None:
@@ -47,6 +51,19 @@ class Routing:
     def configure(self, updated: set[str]) -> None:
         if "airlock_route" in updated:
             self.routes = parse_routes(ctx.options.airlock_route)
+            self._globs = [
+                (host_glob_regex(host), address)
+                for host, address in self.routes.items()
+                if "*" in host
+            ]
+
+    def route_for(self, host: str) -> tuple[str, int] | None:
+        """Exact hosts first, then globs (`*.s3.amazonaws.com`: one label per star)."""
+        host = host.lower()
+        route = self.routes.get(host)
+        if route is None:
+            route = next((address for regex, address in self._globs if regex.match(host)), None)
+        return route
 
     def running(self) -> None:
         loop = asyncio.get_running_loop()
@@ -55,7 +72,7 @@ class Routing:
         resolve = loop.getaddrinfo
 
         async def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
-            route = self.routes.get(host.lower()) if isinstance(host, str) else None
+            route = self.route_for(host) if isinstance(host, str) else None
             if route is not None:
                 host, port = route
             return await resolve(host, port, *args, **kwargs)

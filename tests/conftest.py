@@ -79,6 +79,33 @@ def upstream(session_upstream: Upstream) -> Upstream:
     return session_upstream
 
 
+@pytest.fixture(scope="session")
+def moto_port(
+    session_upstream: Upstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[int]:
+    """moto's server as the AWS upstream, serving TLS with the test upstream's certificate."""
+    import subprocess
+    import sys
+
+    from tests.helpers.proxy import clean_env, free_port, wait_for_port
+
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    certs = session_upstream.cert_dir
+    moto_server = Path(sys.executable).parent / "moto_server"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [str(moto_server), "-H", "127.0.0.1", "-p", str(port),
+             "-c", str(certs / "server.pem"), "-k", str(certs / "server.key")],
+            stdout=out, stderr=subprocess.STDOUT,
+            env=clean_env() | {"MOTO_IAM_LOAD_MANAGED_POLICIES": "true"},
+        )  # fmt: skip
+    wait_for_port(port, process, log)
+    yield port
+    process.terminate()
+    process.wait(10)
+
+
 ProxyFactory = Callable[..., Proxy]
 
 
@@ -90,7 +117,9 @@ def start_proxy(
     started: list[Proxy] = []
     base = tmp_path_factory.mktemp("proxies")
 
-    def start(*extra_args: str, db_url: str | None = None) -> Proxy:
+    def start(
+        *extra_args: str, db_url: str | None = None, routes: dict[str, int] | None = None
+    ) -> Proxy:
         workdir = base / f"p{len(started)}"
         proxy = Proxy(
             workdir=workdir,
@@ -98,6 +127,7 @@ def start_proxy(
             routes={
                 "api.stripe.com": session_upstream.port,
                 "api.example.com": session_upstream.port,
+                **(routes or {}),
             },
             upstream_ca=session_upstream.ca_file,
             confdir=prepared_confdir(base),

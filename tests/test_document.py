@@ -172,3 +172,11 @@ def test_xml_with_entities_is_not_parsed() -> None:
     document = build_document(request(bomb, "text/xml"), "a")
     assert document["body_format"] == "text"
     assert "DTD" in document["body_error"]
+
+
+def test_bodies_without_a_content_type_are_sniffed() -> None:
+    xml = build_document(request(b"<Delete><Object><Key>k</Key></Object></Delete>", ""), "a")
+    assert (xml["body_format"], xml["body"]) == ("xml", {"Delete": {"Object": {"Key": "k"}}})
+    payload = build_document(request(b'{"dry": true}', ""), "a")
+    assert (payload["body_format"], payload["body"]) == ("json", {"dry": True})
+    assert build_document(request(b"plain", ""), "a")["body_format"] == "text"

@@ -244,15 +244,20 @@ def test_routing_overrides_name_resolution_only_for_routed_hosts() -> None:
 
     async def scenario() -> tuple[Any, Any]:
         with taddons.context(routing) as tctx:
-            tctx.configure(routing, airlock_route=["api.stripe.com=127.0.0.1:8443"])
+            tctx.configure(
+                routing,
+                airlock_route=["api.stripe.com=127.0.0.1:8443", "*.s3.amazonaws.com=127.0.0.1:9"],
+            )
             routing.running()
             loop = asyncio.get_running_loop()
             routed = await loop.getaddrinfo("api.stripe.com", 443)
+            bucket = await loop.getaddrinfo("my-bucket.s3.amazonaws.com", 443)
             other = await loop.getaddrinfo("localhost", 443)
-            return routed, other
+            return routed, bucket, other
 
-    routed, other = asyncio.run(scenario())
+    routed, bucket, other = asyncio.run(scenario())
     assert {info[4][:2] for info in routed} == {("127.0.0.1", 8443)}
+    assert {info[4][:2] for info in bucket} == {("127.0.0.1", 9)}
     assert all(info[4][1] == 443 for info in other)
 
 

@@ -238,3 +238,8 @@ def test_environment_condition_reads_the_derived_context(tmp_path: Path) -> None
     assert policy.decide(live, "a").rules == ("live-payouts",)
     assert policy.decide(test, "a").rules == ()
     assert policy.decide(unknown, "a").rules == ()
+
+
+def test_a_policy_file_may_set_only_the_default(tmp_path: Path) -> None:
+    policy = policies(tmp_path, "default: REQUIRE_APPROVAL\n")
+    assert (len(policy), policy.default) == (0, "REQUIRE_APPROVAL")

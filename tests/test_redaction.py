@@ -95,14 +95,18 @@ def test_shape_matching_is_case_sensitive_and_assignments_are_not() -> None:
 def test_json_sent_as_text_is_redacted_as_json() -> None:
     document = {
         "path": "/",
-        "query": {"sig": ["abc"], "key": ["AIzaSyA-1234"], "page": ["1"]},
+        "query": {
+            "sig": ["abc"],
+            "key": ["AIzaSyA-1234567890abcdefghijklmnopqrstu"],
+            "page": ["1"],
+        },
         "headers": {},
         "body": '{"user": "a", "password": "hunter2-planted"}',
     }
     clean = redact_document(document)
     assert "hunter2-planted" not in clean["body"]
     assert '"user": "a"' in clean["body"]
-    assert clean["query"] == {"sig": REDACTED, "key": REDACTED, "page": ["1"]}
+    assert clean["query"] == {"sig": REDACTED, "key": [REDACTED], "page": ["1"]}
 
 
 def test_tokens_after_percent_escapes_and_in_paths_are_redacted() -> None:

@@ -26,6 +26,18 @@ HOSTNAMES = (
     "*.example.com",
     "example.com",
     "localhost",
+    # AWS: global endpoints, us-east-1 regional ones, S3 virtual-hosted buckets.
+    "*.amazonaws.com",
+    "*.us-east-1.amazonaws.com",
+    "*.s3.amazonaws.com",
+    "*.s3.us-east-1.amazonaws.com",
+    "slack.com",
+    "*.slack.com",
+    "api.github.com",
+    "api.sendgrid.com",
+    "api.twilio.com",
+    "api.openai.com",
+    "api.anthropic.com",
 )
 
 
