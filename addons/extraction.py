@@ -12,7 +12,8 @@ A value spec in YAML is one of:
     {path: ["$.headers['x-amz-decoded-content-length']", "$.headers['content-length']"]}
                                           the first expression that finds anything
 
-Transforms run in this order: regex (keep a capture group), lookup (map values through a
+Transforms run in this order: split (cut text on a separator: "U1,U2" → two values),
+regex (keep a capture group), lookup (map values through a
 table; values not in it are dropped), type (int, float, decimal, str, bool), then one of count,
 sum or all; otherwise the first value. `default` stands in when nothing is left.
 """
@@ -30,7 +31,19 @@ from jsonpath_ng.ext import parse as parse_jsonpath
 
 from addons.yaml_source import ConfigError, Node, Where, expect_keys
 
-SPEC_KEYS = {"path", "type", "default", "all", "value", "count", "sum", "regex", "group", "lookup"}
+SPEC_KEYS = {
+    "path",
+    "type",
+    "default",
+    "all",
+    "value",
+    "count",
+    "sum",
+    "split",
+    "regex",
+    "group",
+    "lookup",
+}
 
 
 class ExtractionError(ValueError):
@@ -172,6 +185,7 @@ class ValueSpec:
     kind: str | None = None
     default: Any = None
     aggregate: str = "first"  # first | all | count | sum
+    split: str | None = None
     regex: re.Pattern[str] | None = None
     group: int = 1
     lookup: dict[str, Any] | None = None
@@ -180,6 +194,8 @@ class ValueSpec:
         if self.finder is None:
             return self.literal
         values = self.finder.find_values(document)
+        if self.split is not None:
+            values = [part for v in values for part in str(v).split(self.split) if part.strip()]
         if self.regex is not None:
             values = self._captures(values)
         if self.lookup is not None:
@@ -256,10 +272,18 @@ def load_value_spec(specs: Node, name: str) -> ValueSpec:
         kind=kind,
         default=spec.get("default"),
         aggregate=aggregates[0] if aggregates else "first",
+        split=_split(spec),
         regex=_regex(spec),
         group=_group(spec),
         lookup=_lookup(spec),
     )
+
+
+def _split(spec: Node) -> str | None:
+    separator = spec.get("split")
+    if separator is not None and (not isinstance(separator, str) or not separator):
+        raise ConfigError(spec.at("split"), "'split' must be a separator such as ','")
+    return separator
 
 
 def _regex(spec: Node) -> re.Pattern[str] | None:

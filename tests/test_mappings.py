@@ -300,6 +300,8 @@ def test_transforms_count_sum_regex_lookup_and_decimal(tmp_path: Path) -> None:
               tier: {path: $.body.plan, lookup: {p1: gold, p2: silver}, default: unknown}
               price: {path: $.body.price, type: decimal}
               nothing: {path: "$.body.none[*]", count: true}
+              users: {path: $.body.users, split: ",", count: true}
+              size: {path: [$.body.decoded_size, $.body.size], type: int}
         """,
     )
     body = {
@@ -309,6 +311,8 @@ def test_transforms_count_sum_regex_lookup_and_decimal(tmp_path: Path) -> None:
         "from": "bot@example.com",
         "plan": "p9",
         "price": "12.50",
+        "users": "U1,U2,,U3",
+        "size": "42",
     }
     params = load_mappings(folder).map(doc("POST", "h.io", "/", body)).params
     assert params == {
@@ -319,6 +323,8 @@ def test_transforms_count_sum_regex_lookup_and_decimal(tmp_path: Path) -> None:
         "tier": "unknown",
         "price": 12.5,
         "nothing": 0,
+        "users": 3,
+        "size": 42,
     }
 
 

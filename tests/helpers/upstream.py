@@ -54,7 +54,19 @@ Responder = Callable[[Received], tuple[int, dict[str, str], bytes]]
 
 
 def default_responder(request: Received) -> tuple[int, dict[str, str], bytes]:
-    """A Stripe-shaped JSON object, so SDKs parse it like the real thing."""
+    """What each provider's SDK expects back, so SDK calls complete like the real thing."""
+    host = request.host.split(":")[0]
+    if host == "slack.com":
+        return _json({"ok": True, "channel": "C0AGENT", "ts": "1700000000.000100"})
+    return _stripe_object(request)
+
+
+def _json(payload: object, status: int = 200) -> tuple[int, dict[str, str], bytes]:
+    return status, {"Content-Type": "application/json"}, json.dumps(payload).encode()
+
+
+def _stripe_object(request: Received) -> tuple[int, dict[str, str], bytes]:
+    """A Stripe-shaped JSON object."""
     object_id = f"obj_{next(_ids)}"
     kind = request.path.strip("/").split("/")[1].rstrip("s") if "/" in request.path else "object"
     payload: dict[str, object] = {"id": object_id, "object": kind, "livemode": False}
