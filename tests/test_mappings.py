@@ -365,3 +365,13 @@ def test_extended_language_errors(tmp_path: Path, text: str, message: str) -> No
         load_mappings(folder)
     assert message in str(error.value)
     assert str(error.value).startswith(f"{folder / 'bad.yaml'}:4:")
+
+
+def test_every_shipped_action_is_in_the_readme_vocabulary_with_one_category() -> None:
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    categories: dict[str, set[str]] = {}
+    for mapping in load_mappings(SHIPPED).mappings:
+        categories.setdefault(mapping.action, set()).add(mapping.category)
+        assert f"`{mapping.action}` | {mapping.category} |" in readme, mapping.action
+        assert mapping.id in readme, mapping.id
+    assert {action: c for action, c in categories.items() if len(c) > 1} == {}
