@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+# openai and anthropic need an HTTP stack (h11 >= 0.16) that mitmproxy 11 cannot share: the
+# tests run those SDKs from their own virtualenv, as an agent's own process would.
+SDK_VENV  := .venv-sdk
+SDK_STAMP := $(SDK_VENV)/.installed-stamp
 
 .PHONY: run test bench lint format clean
 
@@ -12,15 +16,21 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+$(SDK_STAMP):
+	$(PYTHON) -m venv $(SDK_VENV)
+	$(SDK_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(SDK_VENV)/bin/python -m pip install --quiet openai anthropic
+	touch $(SDK_STAMP)
+
 ## run: start the proxy on 127.0.0.1:8080 with the shipped mappings, policies and an SQLite store
 run: $(STAMP)
 	$(BIN)/airlock run $(ARGS)
 
 ## test: lint, then the whole suite (unit, store on SQLite and PostgreSQL, end-to-end through mitmdump)
-test: $(STAMP)
+test: $(STAMP) $(SDK_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest $(PYTEST_ARGS)
+	AIRLOCK_REQUIRE_SDKS=1 $(BIN)/pytest $(PYTEST_ARGS)
 
 ## bench: bare mitmdump against Airlock, same upstream and load, one run
 bench: $(STAMP)
@@ -35,4 +45,4 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(SDK_VENV) .pytest_cache .ruff_cache *.egg-info

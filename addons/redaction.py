@@ -46,7 +46,8 @@ _PLAIN_HEADERS = frozenset(
 )
 # Any field or header whose name says it holds a secret.
 _SECRET_NAME = re.compile(
-    r"(?i)(pass(word|wd)|secret|token|api[-_]?key|access[-_]?key|private[-_]?key|credential"
+    # "token" only at the end: access_token, x-auth-token, but not max_tokens or token_count.
+    r"(?i)(pass(word|wd)|secret|token$|api[-_]?key|access[-_]?key|private[-_]?key|credential"
     r"|signature|^auth(orization)?$|^cvc$|^cvv$|card[-_]?number|^sig$)"
 )
 # Tokens recognisable by their shape wherever they appear (bodies, paths, query strings).

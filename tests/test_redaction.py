@@ -113,3 +113,13 @@ def test_tokens_after_percent_escapes_and_in_paths_are_redacted() -> None:
     assert redact_text("q=token%3Dsk_live_abcdefgh1234") == f"q=token%3D{REDACTED}"
     telegram = "/bot123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw0/sendMessage"
     assert redact_text(telegram) == f"/bot{REDACTED}/sendMessage"
+
+
+def test_token_counts_are_not_secrets_but_tokens_are() -> None:
+    body = {"max_tokens": 300, "usage": {"input_tokens": 5}, "access_token": "abc", "token": "t"}
+    assert redact_value(body) == {
+        "max_tokens": 300,
+        "usage": {"input_tokens": 5},
+        "access_token": REDACTED,
+        "token": REDACTED,
+    }

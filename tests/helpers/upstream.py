@@ -58,7 +58,37 @@ def default_responder(request: Received) -> tuple[int, dict[str, str], bytes]:
     host = request.host.split(":")[0]
     if host == "slack.com":
         return _json({"ok": True, "channel": "C0AGENT", "ts": "1700000000.000100"})
+    if host == "api.openai.com":
+        return _json(_OPENAI_COMPLETION)
+    if host == "api.anthropic.com":
+        return _json(_ANTHROPIC_MESSAGE)
     return _stripe_object(request)
+
+
+_OPENAI_COMPLETION = {
+    "id": "chatcmpl-1",
+    "object": "chat.completion",
+    "created": 1700000000,
+    "model": "gpt-test",
+    "choices": [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "ok"},
+            "finish_reason": "stop",
+        }
+    ],
+    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+}
+_ANTHROPIC_MESSAGE = {
+    "id": "msg_1",
+    "type": "message",
+    "role": "assistant",
+    "model": "claude-test",
+    "content": [{"type": "text", "text": "ok"}],
+    "stop_reason": "end_turn",
+    "stop_sequence": None,
+    "usage": {"input_tokens": 1, "output_tokens": 1},
+}
 
 
 def _json(payload: object, status: int = 200) -> tuple[int, dict[str, str], bytes]:
