@@ -140,6 +140,7 @@ class Mapping:
     methods: frozenset[str]  # empty: any method
     host_globs: tuple[str, ...]
     path: re.Pattern[str] | None
+    path_template: str | None
     match: tuple[Condition, ...]
     target: str | None
     params: tuple[ValueSpec, ...]
@@ -291,7 +292,7 @@ def fallback_action(document: Document) -> Action:
 def load_mappings(directory: Path) -> MappingIndex:
     mappings: list[Mapping] = []
     for path in yaml_files(directory):
-        mappings.extend(_load_file(path, start=len(mappings)))
+        mappings.extend(load_mapping_file(path, start=len(mappings)))
     seen: dict[str, Mapping] = {}
     for mapping in mappings:
         if mapping.id in seen:
@@ -303,7 +304,10 @@ def load_mappings(directory: Path) -> MappingIndex:
     return MappingIndex(mappings)
 
 
-def _load_file(path: Path, start: int) -> list[Mapping]:
+def load_mapping_file(
+    path: Path, start: int = 0, errors: list[ConfigError] | None = None
+) -> list[Mapping]:
+    """With `errors`, a broken mapping is reported there and the rest still load (`check`)."""
     root = load_yaml(path)
     if root is None:
         return []
@@ -316,12 +320,25 @@ def _load_file(path: Path, start: int) -> list[Mapping]:
     entries = root["mappings"]
     if not isinstance(entries, Seq):
         raise ConfigError(root.at("mappings"), "'mappings' must be a list")
-    return [
-        _load_mapping(
-            entry, where, root["provider"], default_hosts, file_context, path.stem, start + i
-        )
-        for i, (entry, where) in enumerate(zip(entries, entries.item_where, strict=True))
-    ]
+    mappings = []
+    for i, (entry, where) in enumerate(zip(entries, entries.item_where, strict=True)):
+        try:
+            mappings.append(
+                _load_mapping(
+                    entry,
+                    where,
+                    root["provider"],
+                    default_hosts,
+                    file_context,
+                    path.stem,
+                    start + i,
+                )
+            )
+        except ConfigError as e:
+            if errors is None:
+                raise
+            errors.append(e)
+    return mappings
 
 
 def _hosts(node: Node, key: str) -> tuple[str, ...]:
@@ -358,6 +375,7 @@ def _load_mapping(
         methods=_methods(entry),
         host_globs=hosts,
         path=_path(entry),
+        path_template=entry.get("path"),
         match=_match(entry),
         target=_target(entry),
         params=load_value_specs(entry, "params"),
@@ -445,3 +463,37 @@ def _undo(entry: Node) -> dict[str, Any] | None:
         raise ConfigError(entry.at("undo"), "'undo' must say which action undoes this one")
     expect_keys(undo, _UNDO_KEYS, {"action"}, "undo")
     return {key: undo[key] for key in undo}
+
+
+# --- analysis --------------------------------------------------------------------------------
+
+
+def shadowed_mappings(mappings: Iterable[Mapping]) -> list[tuple[Mapping, Mapping]]:
+    """(never reached, because of) pairs: an earlier mapping without `match` conditions that
+    covers the same hosts and methods and whose path matches every path the later one can."""
+    ordered = sorted(mappings, key=lambda m: m.order)
+    found = []
+    for i, later in enumerate(ordered):
+        sample = _sample_path(later)
+        for earlier in ordered[:i]:
+            if _covers(earlier, later, sample):
+                found.append((later, earlier))
+                break
+    return found
+
+
+def _covers(earlier: Mapping, later: Mapping, sample: str | None) -> bool:
+    if earlier.match or not set(later.host_globs) <= set(earlier.host_globs):
+        return False
+    if earlier.methods and not (later.methods and later.methods <= earlier.methods):
+        return False
+    if earlier.path is None:
+        return True
+    return sample is not None and earlier.path.match(sample) is not None
+
+
+def _sample_path(mapping: Mapping) -> str | None:
+    """A path only this template produces: each capture filled with an unlikely value."""
+    if mapping.path_template is None:
+        return None
+    return _TEMPLATE_FIELD.sub(lambda m: "zq9/zq9" if m.group(2) else "zq9", mapping.path_template)

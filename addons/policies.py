@@ -142,7 +142,7 @@ def load_policies(directory: Path) -> PolicySet:
     rules: list[Rule] = []
     defaults: list[str] = []
     for path in yaml_files(directory):
-        file_rules, default = _load_file(path, start=len(rules))
+        file_rules, default = load_policy_file(path, start=len(rules))
         rules.extend(file_rules)
         if default:
             defaults.append(default)
@@ -158,7 +158,10 @@ def load_policies(directory: Path) -> PolicySet:
     return PolicySet(rules, default)
 
 
-def _load_file(path: Path, start: int) -> tuple[list[Rule], str | None]:
+def load_policy_file(
+    path: Path, start: int = 0, errors: list[ConfigError] | None = None
+) -> tuple[list[Rule], str | None]:
+    """With `errors`, a broken rule is reported there and the rest still load (`check`)."""
     root = load_yaml(path)
     if root is None:
         return [], None
@@ -171,10 +174,14 @@ def _load_file(path: Path, start: int) -> tuple[list[Rule], str | None]:
         return [], default
     if not isinstance(entries, Seq):
         raise ConfigError(root.at("rules"), "'rules' must be a list")
-    rules = [
-        _load_rule(entry, where, start + i)
-        for i, (entry, where) in enumerate(zip(entries, entries.item_where, strict=True))
-    ]
+    rules = []
+    for i, (entry, where) in enumerate(zip(entries, entries.item_where, strict=True)):
+        try:
+            rules.append(_load_rule(entry, where, start + i))
+        except ConfigError as e:
+            if errors is None:
+                raise
+            errors.append(e)
     return rules, default
 
 

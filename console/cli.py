@@ -138,6 +138,21 @@ def build_parser() -> argparse.ArgumentParser:
     deny.add_argument("--reviewer", default=getpass.getuser(), help="your name (default: OS user)")
     _db_argument(deny)
 
+    check = commands.add_parser(
+        "check",
+        help="validate mapping and policy files",
+        description="Validate mapping and policy YAML: schema, unknown keys, JSONPath and regexes "
+        "that do not compile, duplicate ids, mappings that can never be reached. Prints each "
+        "problem as file:line:column: message; exits 1 when there is any.",
+    )
+    check.add_argument(
+        "paths",
+        nargs="*",
+        type=Path,
+        metavar="PATH",
+        help="files or folders (default: the shipped mappings/ and policies/)",
+    )
+
     audit = commands.add_parser(
         "audit", help="check the audit trail", description="Commands for auditors."
     )
@@ -160,6 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "approve": cmd_decide,
         "deny": cmd_decide,
         "audit": cmd_audit_verify,
+        "check": cmd_check,
     }
     return handlers[args.command](args)
 
@@ -285,6 +301,24 @@ def cmd_decide(args: argparse.Namespace) -> int:
         print(f"airlock {args.command}: {e}", file=sys.stderr)
         return 1
     print(f"{settled.state.lower()} {settled.approval_id} as {args.reviewer}")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from console.check import check
+
+    paths = args.paths or [PROJECT_ROOT / "mappings", PROJECT_ROOT / "policies"]
+    missing = [p for p in paths if not p.exists()]
+    if missing:
+        print(f"airlock check: no such file or folder: {missing[0]}", file=sys.stderr)
+        return 2
+    report = check(paths)
+    for problem in report.problems:
+        print(problem)
+    if report.problems:
+        print(f"{len(report.problems)} problem(s) in {report.files} file(s)", file=sys.stderr)
+        return 1
+    print(f"{report.files} file(s) checked: no problems")
     return 0
 
 

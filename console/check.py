@@ -1,0 +1,176 @@
+"""`airlock check`: validate mapping and policy files and print every problem as file:line:col.
+
+Three passes: the JSON Schema that editors also use (console/schemas/), then the loader that
+the proxy runs (compiles JSONPath, regexes, templates; finds duplicate ids), then analysis
+across files (mappings that can never be reached).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError, best_match
+
+from addons.mappings import Mapping, load_mapping_file, shadowed_mappings
+from addons.policies import Rule, load_policy_file
+from addons.yaml_source import ConfigError, Node, Seq, Where, load_yaml
+
+SCHEMAS = Path(__file__).resolve().parent / "schemas"
+
+
+@dataclass(frozen=True)
+class Problem:
+    where: Where | str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}"
+
+
+@dataclass
+class Report:
+    files: int
+    problems: list[Problem]
+
+
+@cache
+def validator(kind: str) -> Draft202012Validator:
+    schema = json.loads((SCHEMAS / f"{kind}.schema.json").read_text())
+    return Draft202012Validator(schema)
+
+
+def yaml_paths(paths: Iterable[Path]) -> list[Path]:
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml"))
+        else:
+            found.append(path)
+    return found
+
+
+def kind_of(document: Any, path: Path) -> str:
+    """A mapping file has `mappings:`; a policy file has `rules:` or `default:`."""
+    if isinstance(document, dict) and "mappings" in document:
+        return "mapping"
+    if isinstance(document, dict) and ({"rules", "default"} & document.keys()):
+        return "policy"
+    return "mapping" if "mapping" in str(path) else "policy"
+
+
+def check(paths: Iterable[Path]) -> Report:
+    files = yaml_paths(paths)
+    problems: list[Problem] = []
+    mappings: list[Mapping] = []
+    rules: list[Rule] = []
+    for path in files:
+        if path.name.endswith((".test.yaml", ".test.yml")):
+            continue  # policy tests are checked by `airlock test`
+        problems += _check_file(path, mappings, rules)
+    problems += _duplicates(mappings, rules)
+    problems += [
+        Problem(
+            later.where,
+            f"mapping {later.id!r} is never reached: mapping {earlier.id!r} ({earlier.where}) "
+            "matches every request it would",
+        )
+        for later, earlier in shadowed_mappings(mappings)
+    ]
+    return Report(len(files), sorted(problems, key=_position))
+
+
+def _position(problem: Problem) -> tuple[str, int, int]:
+    where = problem.where
+    if isinstance(where, Where):
+        return (where.file, where.line, where.column)
+    return (str(where), 0, 0)
+
+
+def _check_file(path: Path, mappings: list[Mapping], rules: list[Rule]) -> list[Problem]:
+    try:
+        document = load_yaml(path)
+    except ConfigError as e:
+        return [Problem(e.where, e.message)]
+    if document is None:
+        return []
+    kind = kind_of(document, path)
+    problems = list(_schema_problems(document, kind, path))
+    errors: list[ConfigError] = []
+    try:
+        if kind == "mapping":
+            mappings += load_mapping_file(path, len(mappings), errors)
+        else:
+            rules += load_policy_file(path, len(rules), errors)[0]
+    except ConfigError as e:  # a problem with the file as a whole
+        errors.append(e)
+    reported = {str(p.where) for p in problems}
+    return problems + [Problem(e.where, e.message) for e in errors if str(e.where) not in reported]
+
+
+def _schema_problems(document: Any, kind: str, path: Path) -> Iterator[Problem]:
+    for error in validator(kind).iter_errors(document):
+        specific = _most_specific(error)
+        yield Problem(_where(document, specific, path), _message(specific))
+
+
+def _most_specific(error: ValidationError) -> ValidationError:
+    """Of a oneOf's failures, the one from the branch of the right type says what is wrong."""
+    if not error.context:
+        return error
+    shaped = [e for e in error.context if e.validator != "type"]
+    return _most_specific(best_match(shaped or error.context))
+
+
+def _message(error: ValidationError) -> str:
+    location = "".join(
+        f"[{step}]" if isinstance(step, int) else f".{step}" for step in error.absolute_path
+    ).lstrip(".")
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        return (
+            f"unknown key {extra[0]!r}"
+            + (f" in {location}" if location else "")
+            + f" (expected {', '.join(allowed)})"
+        )
+    return f"{location}: {error.message}" if location else error.message
+
+
+def _where(document: Any, error: ValidationError, path: Path) -> Where | str:
+    node, where = document, getattr(document, "where", f"{path}:1:1")
+    for step in error.absolute_path:
+        if isinstance(node, Node) and step in node:
+            where, node = node.at(step), node[step]
+        elif isinstance(node, Seq) and isinstance(step, int) and step < len(node):
+            where, node = node.item_where[step], node[step]
+        else:
+            break
+    if error.validator == "additionalProperties" and isinstance(node, Node):
+        allowed = set(error.schema.get("properties", {}))
+        extra = sorted(set(node) - allowed)
+        if extra:
+            where = node.key_at(extra[0])
+    return where
+
+
+def _duplicates(mappings: list[Mapping], rules: list[Rule]) -> list[Problem]:
+    problems = []
+    for kind, items in (("mapping", mappings), ("rule", rules)):
+        first: dict[str, Any] = {}
+        for item in items:
+            if item.id in first:
+                problems.append(
+                    Problem(
+                        item.where,
+                        f"duplicate {kind} id {item.id!r} (first at {first[item.id].where})",
+                    )
+                )
+            else:
+                first[item.id] = item
+    return problems

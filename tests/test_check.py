@@ -1,0 +1,118 @@
+"""`airlock check`: every problem, each as file:line:column: message."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from console.check import check
+from tests.helpers.proxy import PROJECT_ROOT, clean_env
+
+
+def write(folder: Path, name: str, text: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(textwrap.dedent(text).lstrip())
+    return path
+
+
+def lines(paths: list[Path]) -> list[str]:
+    return [str(problem) for problem in check(paths).problems]
+
+
+def test_the_shipped_files_are_clean() -> None:
+    report = check([PROJECT_ROOT / "mappings", PROJECT_ROOT / "policies"])
+    assert report.problems == []
+    assert report.files >= 2
+
+
+def test_schema_loader_and_analysis_problems_are_all_reported(tmp_path: Path) -> None:
+    mapping = write(
+        tmp_path,
+        "m.yaml",
+        """
+        provider: shop
+        hosts: [api.shop.io]
+        mappings:
+          - action: create_order
+            methd: POST
+          - action: update_item
+            method: PUT
+            path: /items/{id}
+            category: money
+          - action: bad_path
+            params:
+              amount: $.body[
+          - action: any_item
+            method: POST
+            path: /items/{id}
+          - action: special_item
+            method: POST
+            path: /items/special
+        """,
+    )
+    policy = write(
+        tmp_path,
+        "p.yaml",
+        """
+        rules:
+          - id: r1
+            decision: DENY
+          - id: r2
+            decision: BLOCK
+            when: {params: {amount: {above: 5}}}
+        """,
+    )
+
+    problems = lines([mapping, policy])
+
+    assert f"{mapping}:5:5: unknown key 'methd' in mappings[0]" in "\n".join(problems)
+    assert any(
+        p.startswith(f"{mapping}:9:15: mappings[1].category: 'money' is not one of")
+        for p in problems
+    )
+    assert any(
+        p.startswith(f"{mapping}:12:15: JSONPath '$.body[' does not compile") for p in problems
+    )
+    assert (
+        f"{mapping}:16:5: mapping 'm.special_item.4' is never reached: mapping 'm.any_item.3'"
+        in ("\n".join(problems))
+    )
+    assert any(
+        p.startswith(f"{policy}:3:15: rules[0].decision: 'DENY' is not one of") for p in problems
+    )
+    assert any(p.startswith(f"{policy}:6:30: unknown key 'above'") for p in problems)
+    assert len(problems) == 6
+    assert problems == sorted(problems, key=lambda p: (p.split(":")[0], int(p.split(":")[1])))
+
+
+def test_duplicate_ids_across_files(tmp_path: Path) -> None:
+    a = write(tmp_path, "a.yaml", "provider: p\nhosts: [h]\nmappings:\n  - {id: same, action: x}\n")
+    b = write(
+        tmp_path, "b.yaml", "provider: p\nhosts: [h2]\nmappings:\n  - {id: same, action: y}\n"
+    )
+    assert lines([a, b]) == [f"{b}:4:5: duplicate mapping id 'same' (first at {a}:4:5)"]
+
+
+def test_yaml_syntax_errors_have_positions(tmp_path: Path) -> None:
+    broken = write(tmp_path, "x.yaml", "rules: [\n")
+    [problem] = lines([broken])
+    assert problem.startswith(f"{broken}:2:1: invalid YAML")
+
+
+def test_cli_exit_codes(tmp_path: Path) -> None:
+    def airlock_check(*paths: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "console.cli", "check", *map(str, paths)],
+            cwd=PROJECT_ROOT, env=clean_env(), capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    clean = airlock_check()
+    assert clean.returncode == 0 and "no problems" in clean.stdout
+    bad = write(tmp_path, "bad.yaml", "default: MAYBE\n")
+    dirty = airlock_check(bad)
+    assert dirty.returncode == 1
+    assert dirty.stdout.startswith(f"{bad}:1:10: default: 'MAYBE' is not one of")
+    assert airlock_check(tmp_path / "missing.yaml").returncode == 2
