@@ -149,6 +149,19 @@ class Mapping:
     where: Where
     order: int = field(compare=False)
 
+    def mismatch(self, document: Document) -> str | None:
+        """Why this mapping does not match the request (None when it does): for `explain`."""
+        if self.methods and document["method"] not in self.methods:
+            return f"method {document['method']} is not {', '.join(sorted(self.methods))}"
+        if self.path is not None and self.path.match(document["path"]) is None:
+            return f"path {document['path']} does not fit {self.path_template}"
+        for condition in self.match:
+            values = condition.finder.find_values(document)
+            if not condition.test(values[0] if values else MISSING):
+                found = repr(values[0]) if values else "nothing"
+                return f"match {condition.expression} failed (found {found})"
+        return None
+
     def captures(self, document: Document) -> dict[str, str] | None:
         """Path captures when this mapping matches the request, else None."""
         if self.path is None:
@@ -248,13 +261,14 @@ class MappingIndex:
             self._by_host_method[key] = found
         return found
 
+    def on_host(self, host: str) -> list[Mapping]:
+        """Every mapping for this host, whatever the method, in the order they are tried."""
+        found = list(self._exact.get(host, ()))
+        found += [mapping for regex, mapping in self._globs if regex.match(host)]
+        return sorted({m.order: m for m in found}.values(), key=lambda m: m.order)
+
     def _collect(self, host: str, method: str) -> list[Mapping]:
-        on_host = list(self._exact.get(host, ()))
-        on_host += [mapping for regex, mapping in self._globs if regex.match(host)]
-        return sorted(
-            {m.order: m for m in on_host if not m.methods or method in m.methods}.values(),
-            key=lambda m: m.order,
-        )
+        return [m for m in self.on_host(host) if not m.methods or method in m.methods]
 
     def match(self, document: Document) -> tuple[Mapping, dict[str, str]] | None:
         """The first mapping that matches, with its path captures."""

@@ -153,6 +153,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="files or folders (default: the shipped mappings/ and policies/)",
     )
 
+    explain = commands.add_parser(
+        "explain",
+        help="show what Airlock would decide for a request",
+        description="Run one request through mapping and policy without the proxy: prints the "
+        "request document (redacted), the mapping that matched and why the others for that host "
+        "did not, the action, params and the decision with the rules that fired.",
+    )
+    explain.add_argument(
+        "request",
+        help="a curl command line (quoted), a file holding a raw HTTP request or a HAR, "
+        "or - to read one of those from standard input",
+    )
+    explain.add_argument("--har-entry", type=int, default=0, metavar="N",
+                         help="which entry of a HAR file (default: the first)")  # fmt: skip
+    explain.add_argument("--agent", default="anonymous", help="the agent sending it")
+    explain.add_argument("--mappings", default=str(PROJECT_ROOT / "mappings"), metavar="DIR")
+    explain.add_argument("--policies", default=str(PROJECT_ROOT / "policies"), metavar="DIR")
+    explain.add_argument("--json", action="store_true", help="print JSON for scripts")
+
     audit = commands.add_parser(
         "audit", help="check the audit trail", description="Commands for auditors."
     )
@@ -176,6 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "deny": cmd_decide,
         "audit": cmd_audit_verify,
         "check": cmd_check,
+        "explain": cmd_explain,
     }
     return handlers[args.command](args)
 
@@ -320,6 +340,57 @@ def cmd_check(args: argparse.Namespace) -> int:
         return 1
     print(f"{report.files} file(s) checked: no problems")
     return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from addons.evaluation import Config
+    from addons.yaml_source import ConfigError
+    from console.explain import RequestFormatError, explain, parse_request
+
+    source = args.request
+    if source == "-":
+        text = sys.stdin.read()
+    elif not source.lstrip().startswith("curl") and Path(source).is_file():
+        text = Path(source).read_text()
+    else:
+        text = source
+    try:
+        config = Config.load(Path(args.mappings), Path(args.policies))
+        result = explain(parse_request(text, args.har_entry), config, args.agent)
+    except (ConfigError, RequestFormatError) as e:
+        print(f"airlock explain: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result.as_json(), indent=2))
+    else:
+        print_explanation(result.as_json())
+    return 0
+
+
+def print_explanation(report: dict) -> None:  # type: ignore[type-arg]
+    console = Console(highlight=False)
+    request = report["request"]
+    console.print(f"[bold]Request[/] {request['method']} {request['scheme']}://{request['host']}"
+                  f"{request['path']}  (agent {request['agent']})")  # fmt: skip
+    console.print_json(json.dumps(request))
+    if report["not_matched"]:
+        console.print("[bold]Mappings tried first[/]")
+        for item in report["not_matched"]:
+            console.print(f"  {item['mapping']}: {item['why']}")
+    matched = report["mapping"] or "none (fallback)"
+    console.print(f"[bold]Mapping[/] {matched}")
+    console.print(
+        f"[bold]Action[/] {report['action']} ({report['provider']}, {report['category']}, "
+        f"{report['sensitivity']}) → {report['target']}"
+    )
+    console.print(f"[bold]Params[/] {json.dumps(report['params'])}")
+    if report["context"]:
+        console.print(f"[bold]Context[/] {json.dumps(report['context'])}")
+    if report["undo"]:
+        console.print(f"[bold]Undo[/] {json.dumps(report['undo'])}")
+    style = {"ALLOW": "green", "BLOCK": "red", "REQUIRE_APPROVAL": "yellow"}[report["decision"]]
+    console.print(f"[bold]Decision[/] [{style}]{report['decision']}[/] — {report['reason']}")
+    console.print(f"[bold]Rules fired[/] {', '.join(report['rules']) or 'none'}")
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
