@@ -208,6 +208,8 @@ def test_dynamodb_lambda_and_rds(proxy: Proxy) -> None:
     with pytest.raises(lambda_.exceptions.ResourceNotFoundException):
         lambda_.invoke(FunctionName="report-builder", Payload=b'{"week": 12}')
     with pytest.raises(lambda_.exceptions.ResourceNotFoundException):
+        lambda_.update_function_code(FunctionName="report-builder", ZipFile=b"PK\x03\x04")
+    with pytest.raises(lambda_.exceptions.ResourceNotFoundException):
         lambda_.delete_function(FunctionName="report-builder")
     rds = client(proxy, "rds")
     rds.create_db_instance(
@@ -219,6 +221,8 @@ def test_dynamodb_lambda_and_rds(proxy: Proxy) -> None:
         AllocatedStorage=20,
     )
     rds.delete_db_instance(DBInstanceIdentifier="prod-db", SkipFinalSnapshot=True)
+    rds.describe_db_instances()
+    client(proxy, "sts").get_caller_identity()
 
     batch = recorded(proxy, "write_records")
     assert (batch.params["item_count"], batch.params["delete_count"]) == (3, 1)
@@ -230,6 +234,9 @@ def test_dynamodb_lambda_and_rds(proxy: Proxy) -> None:
     invoke = recorded(proxy, "invoke_function")
     assert (invoke.target, invoke.status) == ("lambda/report-builder", 404)
     assert recorded(proxy, "delete_function").target == "lambda/report-builder"
+    assert recorded(proxy, "update_function_code").category == "code"
+    assert recorded(proxy, "read", operation="DescribeDBInstances").target.startswith("rds")
+    assert recorded(proxy, "read", operation="GetCallerIdentity").provider == "aws"
     database = recorded(proxy, "delete_database")
     assert database.params["skip_final_snapshot"] is True
     assert database.target == "rds/prod-db"

@@ -21,7 +21,10 @@ TOKEN = "xoxb-1234567890-0987654321-PlantedSlackBotToken"
 @pytest.fixture(scope="module")
 def proxy(start_proxy: Callable[..., Proxy], session_upstream: Upstream) -> Proxy:
     policies = PROJECT_ROOT / "tests" / "e2e" / "policies-allow-all"
-    return start_proxy("--policies", str(policies), routes={"slack.com": session_upstream.port})
+    hosts = ("slack.com", "files.slack.com")
+    return start_proxy(
+        "--policies", str(policies), routes={host: session_upstream.port for host in hosts}
+    )
 
 
 @pytest.fixture
@@ -56,6 +59,7 @@ def test_channels_members_files_admin_and_reads(proxy: Proxy, slack: WebClient) 
     slack.conversations_kick(channel="C0INCIDENT", user="U2")
     slack.conversations_archive(channel="C0INCIDENT")
     slack.api_call("admin.users.remove", json={"team_id": "T1", "user_id": "U9"})
+    slack.files_upload_v2(channel="C0INCIDENT", content="timeline", filename="timeline.txt")
     slack.conversations_list()
     slack.auth_test()
 
@@ -67,6 +71,9 @@ def test_channels_members_files_admin_and_reads(proxy: Proxy, slack: WebClient) 
     assert archived.undo == {"action": "unarchive_channel", "params": {"channel": "C0INCIDENT"}}
     admin = recorded(proxy, "admin_change")
     assert (admin.target, admin.sensitivity) == ("slack/admin.users.remove", "critical")
+    assert recorded(proxy, "upload_file", filename="timeline.txt").target == "slack/files"
+    assert recorded(proxy, "upload_file", channel="C0INCIDENT").category == "messaging"
+    assert recorded(proxy, "upload_file", size=8).request["host"] == "files.slack.com"
     assert recorded(proxy, "read").category == "read"
     everything = str([(r.request, r.params, r.reason) for r in runs(proxy)])
     assert "PlantedSlackBotToken" not in everything

@@ -56,7 +56,12 @@ Responder = Callable[[Received], tuple[int, dict[str, str], bytes]]
 def default_responder(request: Received) -> tuple[int, dict[str, str], bytes]:
     """What each provider's SDK expects back, so SDK calls complete like the real thing."""
     host = request.host.split(":")[0]
-    if host == "slack.com":
+    if host == "slack.com" and request.path.startswith("/api/files.getUploadURLExternal"):
+        upload = "https://files.slack.com/upload/v1/ABC123"
+        return _json({"ok": True, "upload_url": upload, "file_id": "F0FILE"})
+    if host == "slack.com" and request.path.startswith("/api/files.completeUploadExternal"):
+        return _json({"ok": True, "files": [{"id": "F0FILE", "title": "report"}]})
+    if host in ("slack.com", "files.slack.com"):
         return _json({"ok": True, "channel": "C0AGENT", "ts": "1700000000.000100"})
     if host == "api.openai.com":
         return _json(_OPENAI_COMPLETION)
