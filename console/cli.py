@@ -172,6 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--policies", default=str(PROJECT_ROOT / "policies"), metavar="DIR")
     explain.add_argument("--json", action="store_true", help="print JSON for scripts")
 
+    vocabulary = commands.add_parser(
+        "vocabulary",
+        help="print the canonical action vocabulary as a Markdown table",
+        description="List every canonical action the mappings produce, with its category, "
+        "sensitivity and the mappings that produce it (the table in README.md).",
+    )
+    vocabulary.add_argument("--mappings", default=str(PROJECT_ROOT / "mappings"), metavar="DIR")
+
     audit = commands.add_parser(
         "audit", help="check the audit trail", description="Commands for auditors."
     )
@@ -196,6 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "audit": cmd_audit_verify,
         "check": cmd_check,
         "explain": cmd_explain,
+        "vocabulary": cmd_vocabulary,
     }
     return handlers[args.command](args)
 
@@ -391,6 +400,24 @@ def print_explanation(report: dict) -> None:  # type: ignore[type-arg]
     style = {"ALLOW": "green", "BLOCK": "red", "REQUIRE_APPROVAL": "yellow"}[report["decision"]]
     console.print(f"[bold]Decision[/] [{style}]{report['decision']}[/] — {report['reason']}")
     console.print(f"[bold]Rules fired[/] {', '.join(report['rules']) or 'none'}")
+
+
+def cmd_vocabulary(args: argparse.Namespace) -> int:
+    from addons.mappings import SENSITIVITIES, load_mappings
+
+    by_action: dict[str, list] = {}  # type: ignore[type-arg]
+    for mapping in load_mappings(Path(args.mappings)).mappings:
+        by_action.setdefault(mapping.action, []).append(mapping)
+    print("| action | category | sensitivity | what maps to it |")
+    print("| --- | --- | --- | --- |")
+    for action in sorted(by_action, key=lambda a: (by_action[a][0].category, a)):
+        mappings = by_action[action]
+        levels = sorted({m.sensitivity for m in mappings}, key=SENSITIVITIES.index)
+        sources = ", ".join(sorted({m.id for m in mappings}))
+        print(f"| `{action}` | {mappings[0].category} | {', '.join(levels)} | {sources} |")
+    print("| `http.read` | read | low | any GET, HEAD or OPTIONS no mapping knows |")
+    print("| `http.write` | write | medium | any other request no mapping knows |")
+    return 0
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
