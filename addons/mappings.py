@@ -185,6 +185,8 @@ class Mapping:
                     context[spec.name] = value
             for spec in self.params:
                 params[spec.name] = spec.extract(document)
+            if "body_error" in document:  # policies can refuse what Airlock could not read
+                params["body_error"] = document["body_error"]
         except ExtractionError as e:
             known = Action(
                 self.action, self.provider, self.category, self.sensitivity,
@@ -295,7 +297,11 @@ def fallback_action(document: Document) -> Action:
         category="read" if is_read else "write",
         sensitivity="low" if is_read else "medium",
         target=document["host"],
-        params={"method": document["method"], "path": document["path"]},
+        params={
+            "method": document["method"],
+            "path": document["path"],
+            **({"body_error": document["body_error"]} if "body_error" in document else {}),
+        },
         mapping_id=None,
     )
 

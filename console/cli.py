@@ -303,7 +303,7 @@ def cmd_pending(args: argparse.Namespace) -> int:
     if not items:
         console.print("No requests are waiting for approval.")
         return 0
-    table = Table("approval", "agent", "action", "target", "params", "why held", "left")
+    table = Table("approval", "agent", "action", "target", "params", "why held", "undo", "left")
     now = time.time()
     for item in items:
         params = " ".join(f"{k}={v}" for k, v in item.params.items() if not isinstance(v, dict))
@@ -314,6 +314,7 @@ def cmd_pending(args: argparse.Namespace) -> int:
             item.target,
             params,
             item.reason,
+            item.undo["action"] if item.undo else "none known",
             f"{max(0, item.expires_at - now):.0f}s",
         )
     console.print(table)

@@ -40,6 +40,8 @@ class PendingApproval:
     method: str
     host: str
     path: str
+    context: dict[str, Any] | None
+    undo: dict[str, Any] | None  # how to undo it, when the provider offers a way
 
 
 def pending_approvals(engine: Engine, now: float | None = None) -> list[PendingApproval]:
@@ -68,6 +70,8 @@ def pending_approvals(engine: Engine, now: float | None = None) -> list[PendingA
                 method=run.method,
                 host=run.host,
                 path=run.path,
+                context=run.context,
+                undo=run.undo,
             )
             for approval, run in session.execute(query)
         ]

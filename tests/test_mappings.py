@@ -375,3 +375,15 @@ def test_every_shipped_action_is_in_the_readme_vocabulary_with_one_category() ->
         assert f"`{mapping.action}` | {mapping.category} |" in readme, mapping.action
         assert mapping.id in readme, mapping.id
     assert {action: c for action, c in categories.items() if len(c) > 1} == {}
+
+
+def test_a_body_that_did_not_parse_is_visible_to_policies() -> None:
+    document = doc("POST", "api.stripe.com", "/v1/charges")
+    document["body"], document["body_format"] = "{amount: 5", "text"
+    document["body_error"] = "body is not valid JSON: Expecting property name"
+    action = load_mappings(SHIPPED).map(document)
+    assert action.action == "create_charge"
+    assert action.params["body_error"].startswith("body is not valid JSON")
+    assert action.params["amount"] is None
+    unknown = load_mappings(SHIPPED).map({**document, "host": "api.unknown.io"})
+    assert "body_error" in unknown.params

@@ -160,6 +160,7 @@ def test_held_request_waits_for_approval_from_another_process(
     assert waiting, "the deletion never showed up as pending"
     assert waiting[0]["agent"] == "ops-bot"
     assert waiting[0]["action"] == "delete_record"
+    assert waiting[0]["undo"] is None  # a deleted customer cannot be brought back
     assert upstream.count("/v1/customers") == 0
     assert not held.finished
 
