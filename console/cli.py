@@ -172,6 +172,18 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--policies", default=str(PROJECT_ROOT / "policies"), metavar="DIR")
     explain.add_argument("--json", action="store_true", help="print JSON for scripts")
 
+    test = commands.add_parser(
+        "test",
+        help="run the policy tests",
+        description="Run the policy test files (*.test.yaml) offline against the mappings and "
+        "policies, pytest-like; exits 1 when a case fails.",
+    )
+    test.add_argument("paths", nargs="*", type=Path, metavar="PATH",
+                      help="test files or folders (default: the policies folder)")  # fmt: skip
+    test.add_argument("--mappings", default=str(PROJECT_ROOT / "mappings"), metavar="DIR")
+    test.add_argument("--policies", default=str(PROJECT_ROOT / "policies"), metavar="DIR")
+    test.add_argument("-q", "--quiet", action="store_true", help="print failures only")
+
     vocabulary = commands.add_parser(
         "vocabulary",
         help="print the canonical action vocabulary as a Markdown table",
@@ -205,6 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "check": cmd_check,
         "explain": cmd_explain,
         "vocabulary": cmd_vocabulary,
+        "test": cmd_test,
     }
     return handlers[args.command](args)
 
@@ -401,6 +414,33 @@ def print_explanation(report: dict) -> None:  # type: ignore[type-arg]
     style = {"ALLOW": "green", "BLOCK": "red", "REQUIRE_APPROVAL": "yellow"}[report["decision"]]
     console.print(f"[bold]Decision[/] [{style}]{report['decision']}[/] — {report['reason']}")
     console.print(f"[bold]Rules fired[/] {', '.join(report['rules']) or 'none'}")
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    from addons.evaluation import Config
+    from addons.yaml_source import ConfigError
+    from console.policy_tests import find_test_files, run_files
+
+    try:
+        config = Config.load(Path(args.mappings), Path(args.policies))
+    except ConfigError as e:
+        print(f"airlock test: {e}", file=sys.stderr)
+        return 2
+    missing = [p for p in args.paths if not p.exists()]
+    if missing:
+        print(f"airlock test: no such file or folder: {missing[0]}", file=sys.stderr)
+        return 2
+    files = find_test_files(args.paths or [Path(args.policies)])
+    if not files:
+        print("airlock test: no *.test.yaml files found", file=sys.stderr)
+        return 2
+    results = run_files(files, config)
+    for result in results:
+        if not (args.quiet and result.passed):
+            print(result.line())
+    failed = sum(not r.passed for r in results)
+    print(f"{len(results) - failed} passed, {failed} failed")
+    return 1 if failed else 0
 
 
 def cmd_vocabulary(args: argparse.Namespace) -> int:
