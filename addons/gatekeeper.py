@@ -18,7 +18,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,16 @@ from addons.document import Document, build_document, minimal_document
 from addons.evaluation import Config, Evaluation, evaluate
 from addons.mappings import fallback_action
 from addons.metrics import Metrics
-from addons.policies import BLOCK, REQUIRE_APPROVAL, Verdict
+from addons.policies import (
+    ALLOW,
+    BLOCK,
+    ENFORCE,
+    MODES,
+    OFF,
+    REQUIRE_APPROVAL,
+    Shadow,
+    Verdict,
+)
 from addons.redaction import redact_document, redact_text, redact_value
 from addons.routing import Routing
 from addons.yaml_source import ConfigError
@@ -88,6 +97,15 @@ class Gate:
             str,
             str(PROJECT_ROOT / "policies"),
             "Folder (or file) of YAML policies: action → ALLOW, BLOCK or REQUIRE_APPROVAL.",
+        )
+        loader.add_option(
+            "airlock_mode",
+            str,
+            ENFORCE,
+            "enforce: decisions are enforced; shadow: decided and recorded (what would have "
+            "happened), everything forwarded; off: nothing decided, everything recorded and "
+            "forwarded. Rules can also be put in shadow mode one by one.",
+            choices=list(MODES),
         )
         loader.add_option(
             "airlock_hold_timeout",
@@ -261,7 +279,7 @@ class Gate:
         decision_ms = (time.perf_counter() - started) * 1000
         run = _run_row(run_id, self.instance, document, evaluation, decision_ms)
         hold = (
-            self._hold_request(document)
+            self._hold_request(document, evaluation.verdict.hold_timeout)
             if evaluation.verdict.decision == REQUIRE_APPROVAL
             else None
         )
@@ -282,7 +300,11 @@ class Gate:
         self.metrics.decision_seconds.observe(time.perf_counter() - started)
         if evaluation.error:
             self.metrics.fail_closed.labels(evaluation.failed_stage).inc()
-        self.log.decision(run["decision"], run, (time.perf_counter() - started) * 1000)
+        note = ""
+        if run["shadow_decision"]:
+            self.metrics.count_shadow(run["shadow_decision"], run["action"], run["provider"])
+            note = f"shadow: would {run['shadow_decision']} ({','.join(run['shadow_rules'])})"
+        self.log.decision(run["decision"], run, (time.perf_counter() - started) * 1000, note)
         if run["decision"] == BLOCK:
             self._refuse(flow, run, run["reason"])
         elif hold is not None:
@@ -292,12 +314,23 @@ class Gate:
 
     def _evaluate(self, document: Document) -> Evaluation:
         assert self.config is not None
-        return evaluate(document, self.config)
+        evaluation = evaluate(document, self.config)
+        mode = ctx.options.airlock_mode
+        if mode == ENFORCE or evaluation.error:
+            return evaluation  # a failed stage blocks even in shadow mode: nothing unjudged
+        verdict = evaluation.verdict
+        if mode == OFF:
+            allowed = Verdict(ALLOW, "policies are off (airlock_mode=off)", ())
+        else:  # shadow: decide and record, enforce nothing
+            would = Shadow(verdict.decision, verdict.reason, verdict.rules)
+            allowed = Verdict(ALLOW, "shadow mode (airlock_mode=shadow)", (), shadow=would)
+        return replace(evaluation, verdict=allowed)
 
-    def _hold_request(self, document: Document) -> HoldRequest:
+    def _hold_request(self, document: Document, rule_timeout: float | None) -> HoldRequest:
+        timeout = rule_timeout or ctx.options.airlock_hold_timeout
         return HoldRequest(
             approval_id=uuid.uuid4().hex,  # random: reviewers type a short prefix
-            expires_at=time.time() + ctx.options.airlock_hold_timeout,
+            expires_at=time.time() + timeout,
             request_hash=request_hash(document),
         )
 
@@ -544,6 +577,8 @@ def _run_row(
         "decision": verdict.decision,
         "reason": redact_text(verdict.reason),
         "rules": list(verdict.rules),
+        "shadow_decision": verdict.shadow.decision if verdict.shadow else None,
+        "shadow_rules": list(verdict.shadow.rules) if verdict.shadow else None,
         "error": redact_text(evaluation.error) if evaluation.error else None,
         "decision_ms": decision_ms,
         "outcome": None,

@@ -28,6 +28,12 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.shadow_decisions = Counter(
+            "airlock_shadow_decisions_total",
+            "What shadow-mode rules (or airlock_mode=shadow) would have decided.",
+            ["decision", "action", "provider"],
+            registry=self.registry,
+        )
         self.held_flows = Gauge(
             "airlock_held_flows", "Requests held awaiting a reviewer.", registry=self.registry
         )
@@ -96,6 +102,9 @@ class Metrics:
         if child is None:  # labels() validates and locks: look each child up once
             child = self._decision_children[key] = self.decisions.labels(*key)
         child.inc()
+
+    def count_shadow(self, decision: str, action: str, provider: str) -> None:
+        self.shadow_decisions.labels(decision, action, provider).inc()
 
     def on_commit(self, seconds: float, group_size: int) -> None:
         """Called by the store writer's thread after each group commit."""

@@ -1,7 +1,9 @@
 """Stage 3: decide ALLOW, BLOCK or REQUIRE_APPROVAL for an action, through policies/*.yaml.
 
 Every rule whose conditions hold fires; the most restrictive decision among them wins, and every
-fired rule is reported. Rules are compiled at load and indexed by action name.
+fired rule is reported. A rule in `mode: shadow` fires without deciding anything: the verdict
+says what it would have decided, so a team can trial a rule on live traffic. Rules are compiled
+at load and indexed by action name.
 """
 
 from __future__ import annotations
@@ -9,12 +11,12 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from addons.conditions import MISSING, Test, compile_condition
-from addons.mappings import Action
+from addons.mappings import CATEGORIES, SENSITIVITIES, Action
 from addons.yaml_source import (
     ConfigError,
     Node,
@@ -29,8 +31,12 @@ from addons.yaml_source import (
 ALLOW, REQUIRE_APPROVAL, BLOCK = "ALLOW", "REQUIRE_APPROVAL", "BLOCK"
 RESTRICTIVENESS = {ALLOW: 0, REQUIRE_APPROVAL: 1, BLOCK: 2}
 
+ENFORCE, SHADOW, OFF = "enforce", "shadow", "off"
+MODES = (ENFORCE, SHADOW, OFF)
+
 _FILE_KEYS = {"default", "rules", "description"}
-_RULE_KEYS = {"id", "description", "when", "decision", "reason"}
+_RULE_KEYS = {"id", "description", "when", "decision", "reason", "mode", "hold_timeout"}
+_DEFAULT_KEYS = {"decision", "by_category", "by_sensitivity"}
 _WHEN_KEYS = {
     "action",
     "provider",
@@ -48,10 +54,53 @@ class PolicyError(Exception):
 
 
 @dataclass(frozen=True)
+class Shadow:
+    """What shadow-mode rules would have decided, had they been enforced."""
+
+    decision: str
+    reason: str
+    rules: tuple[str, ...]  # the shadow rules that fired
+
+
+@dataclass(frozen=True)
 class Verdict:
     decision: str
     reason: str
     rules: tuple[str, ...]
+    shadow: Shadow | None = None
+    hold_timeout: float | None = None  # set by a REQUIRE_APPROVAL rule's own `hold_timeout`
+
+
+@dataclass(frozen=True)
+class DefaultPosture:
+    """The decision when no rule fires, optionally stricter for some categories/sensitivities."""
+
+    decision: str = ALLOW
+    by_category: dict[str, str] = field(default_factory=dict)
+    by_sensitivity: dict[str, str] = field(default_factory=dict)
+
+    def for_action(self, action: Action) -> str:
+        candidates = [
+            self.decision,
+            self.by_category.get(action.category, ALLOW),
+            self.by_sensitivity.get(action.sensitivity, ALLOW),
+        ]
+        return max(candidates, key=RESTRICTIVENESS.__getitem__)
+
+    def merged(self, other: DefaultPosture) -> DefaultPosture:
+        """Several files may set defaults: like rules, the most restrictive wins."""
+
+        def strictest(a: str, b: str) -> str:
+            return max(a, b, key=RESTRICTIVENESS.__getitem__)
+
+        def merge(a: dict[str, str], b: dict[str, str]) -> dict[str, str]:
+            return {k: strictest(a.get(k, ALLOW), b.get(k, ALLOW)) for k in a.keys() | b.keys()}
+
+        return DefaultPosture(
+            strictest(self.decision, other.decision),
+            merge(self.by_category, other.by_category),
+            merge(self.by_sensitivity, other.by_sensitivity),
+        )
 
 
 # --- conditions on the action's fields ----------------------------------------------------
@@ -86,6 +135,8 @@ class Rule:
     param_tests: tuple[tuple[str, Test], ...]
     where: Where
     order: int
+    mode: str = ENFORCE
+    hold_timeout: float | None = None
 
     def fires(self, action: Action, agent: str) -> bool:
         facts = {
@@ -106,9 +157,10 @@ class Rule:
 
 
 class PolicySet:
-    def __init__(self, rules: Iterable[Rule], default: str) -> None:
-        self.rules = sorted(rules, key=lambda r: r.order)
-        self.default = default
+    def __init__(self, rules: Iterable[Rule], default: str | DefaultPosture) -> None:
+        self.rules = sorted((r for r in rules if r.mode != OFF), key=lambda r: r.order)
+        self.posture = default if isinstance(default, DefaultPosture) else DefaultPosture(default)
+        self.default = self.posture.decision
         self._by_action: dict[str, list[Rule]] = {}
         self._any_action = [r for r in self.rules if r.actions is None]
         for rule in self.rules:
@@ -129,10 +181,31 @@ class PolicySet:
 
     def decide(self, action: Action, agent: str) -> Verdict:
         fired = [r for r in self.candidates(action.action) if r.fires(action, agent)]
+        enforced = [r for r in fired if r.mode == ENFORCE]
+        verdict = self._verdict(enforced, action)
+        shadowed = [r for r in fired if r.mode == SHADOW]
+        if not shadowed:
+            return verdict
+        would = self._verdict(enforced + shadowed, action)
+        return replace(
+            verdict, shadow=Shadow(would.decision, would.reason, tuple(r.id for r in shadowed))
+        )
+
+    def _verdict(self, fired: list[Rule], action: Action) -> Verdict:
         if not fired:
-            return Verdict(self.default, f"no rule matched; default is {self.default}", ())
+            default = self.posture.for_action(action)
+            reason = f"no rule matched; the default for this action is {default}"
+            return Verdict(default, reason, ())
         strictest = max(fired, key=lambda r: RESTRICTIVENESS[r.decision])
-        return Verdict(strictest.decision, strictest.reason, tuple(r.id for r in fired))
+        timeouts = [
+            r.hold_timeout for r in fired if r.decision == REQUIRE_APPROVAL and r.hold_timeout
+        ]
+        return Verdict(
+            strictest.decision,
+            strictest.reason,
+            tuple(r.id for r in fired),
+            hold_timeout=min(timeouts) if timeouts else None,
+        )
 
 
 # --- loading ---------------------------------------------------------------------------------
@@ -140,12 +213,12 @@ class PolicySet:
 
 def load_policies(directory: Path) -> PolicySet:
     rules: list[Rule] = []
-    defaults: list[str] = []
+    posture = DefaultPosture()
     for path in yaml_files(directory):
         file_rules, default = load_policy_file(path, start=len(rules))
         rules.extend(file_rules)
         if default:
-            defaults.append(default)
+            posture = posture.merged(default)
     seen: dict[str, Rule] = {}
     for rule in rules:
         if rule.id in seen:
@@ -153,14 +226,12 @@ def load_policies(directory: Path) -> PolicySet:
                 rule.where, f"duplicate rule id {rule.id!r} (first at {seen[rule.id].where})"
             )
         seen[rule.id] = rule
-    # Several files may set a default; like rules, the most restrictive one wins.
-    default = max(defaults, key=RESTRICTIVENESS.__getitem__, default=ALLOW)
-    return PolicySet(rules, default)
+    return PolicySet(rules, posture)
 
 
 def load_policy_file(
     path: Path, start: int = 0, errors: list[ConfigError] | None = None
-) -> tuple[list[Rule], str | None]:
+) -> tuple[list[Rule], DefaultPosture | None]:
     """With `errors`, a broken rule is reported there and the rest still load (`check`)."""
     root = load_yaml(path)
     if root is None:
@@ -168,7 +239,7 @@ def load_policy_file(
     if not isinstance(root, Node):
         raise ConfigError(f"{path}:1:1", "a policy file must be a YAML mapping with 'rules:'")
     expect_keys(root, _FILE_KEYS, set(), "policy file")
-    default = _decision(root, "default") if "default" in root else None
+    default = _default_posture(root) if "default" in root else None
     entries = root.get("rules")
     if entries is None:
         return [], default
@@ -183,6 +254,32 @@ def load_policy_file(
                 raise
             errors.append(e)
     return rules, default
+
+
+def _default_posture(root: Node) -> DefaultPosture:
+    spec = root["default"]
+    if not isinstance(spec, Node):
+        return DefaultPosture(_decision(root, "default"))
+    expect_keys(spec, _DEFAULT_KEYS, set(), "default")
+    return DefaultPosture(
+        _decision(spec, "decision") if "decision" in spec else ALLOW,
+        _decisions_by(spec, "by_category", CATEGORIES),
+        _decisions_by(spec, "by_sensitivity", SENSITIVITIES),
+    )
+
+
+def _decisions_by(spec: Node, key: str, known: Iterable[str]) -> dict[str, str]:
+    table = spec.get(key)
+    if table is None:
+        return {}
+    if not isinstance(table, Node):
+        raise ConfigError(spec.at(key), f"{key!r} must map names to decisions")
+    for name in table:
+        if name not in known:
+            raise ConfigError(
+                table.key_at(name), f"{name!r} is not one of: {', '.join(sorted(known))}"
+            )
+    return {name: _decision(table, name) for name in table}
 
 
 def _decision(node: Node, key: str) -> str:
@@ -206,6 +303,22 @@ def _load_rule(entry: Any, where: Where, order: int) -> Rule:
         raise ConfigError(entry.at("when"), "'when' must be a mapping of conditions")
     expect_keys(when, _WHEN_KEYS, set(), "condition ('when')")
     decision = _decision(entry, "decision")
+    mode = entry.get("mode", ENFORCE)
+    if mode is False:  # YAML 1.1 reads a bare `off` as false
+        mode = OFF
+    if mode not in MODES:
+        raise ConfigError(entry.at("mode"), f"mode must be one of {', '.join(MODES)}")
+    hold_timeout = entry.get("hold_timeout")
+    if hold_timeout is not None and (
+        decision != REQUIRE_APPROVAL
+        or not isinstance(hold_timeout, int | float)
+        or isinstance(hold_timeout, bool)
+        or hold_timeout <= 0
+    ):
+        raise ConfigError(
+            entry.at("hold_timeout"),
+            "hold_timeout is a positive number of seconds, on REQUIRE_APPROVAL rules only",
+        )
     return Rule(
         id=entry["id"],
         decision=decision,
@@ -217,6 +330,8 @@ def _load_rule(entry: Any, where: Where, order: int) -> Rule:
         param_tests=_param_tests(when),
         where=where,
         order=order,
+        mode=mode,
+        hold_timeout=float(hold_timeout) if hold_timeout is not None else None,
     )
 
 

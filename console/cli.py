@@ -104,6 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SIZE",
         help="largest request body accepted, e.g. 10m (default: %(default)s)",
     )
+    run.add_argument(
+        "--mode",
+        choices=["enforce", "shadow", "off"],
+        default="enforce",
+        help="enforce decisions (default); shadow: decide and record but forward everything; "
+        "off: record only",
+    )
     run.add_argument("--quiet", action="store_true", help="do not print the set-up banner")
 
     pending = commands.add_parser(
@@ -256,6 +263,7 @@ def mitmdump_arguments(args: argparse.Namespace, confdir: Path) -> list[str]:
         "airlock_mappings": str(Path(args.mappings).resolve()),
         "airlock_policies": str(Path(args.policies).resolve()),
         "airlock_hold_timeout": str(args.hold_timeout),
+        "airlock_mode": args.mode,
         "airlock_metrics_port": str(args.metrics_port),
     }
     if args.upstream_ca:

@@ -42,6 +42,8 @@ DECISION_FIELDS = (
     "decision_ms",
     "context",
     "undo",
+    "shadow_decision",
+    "shadow_rules",
 )
 # The stored request document is vouched for by its digest, not repeated in the chain.
 REQUEST_DIGEST = "request_sha256"

@@ -65,6 +65,9 @@ class Run(Base):
     decision: Mapped[str] = mapped_column(String(24))
     reason: Mapped[str] = mapped_column(Text)
     rules: Mapped[list[str]] = mapped_column(JSON)
+    # What shadow-mode rules would have decided, when any fired (nothing was enforced by them).
+    shadow_decision: Mapped[str | None] = mapped_column(String(24))
+    shadow_rules: Mapped[list[str] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)  # why a stage failed (fail-closed blocks)
     decision_ms: Mapped[float] = mapped_column(Float)
     outcome: Mapped[str | None] = mapped_column(String(24))

@@ -46,13 +46,12 @@ def with_gate(
 
     async def run() -> None:
         with taddons.context(gate) as tctx:
-            tctx.configure(
-                gate,
-                airlock_db=f"sqlite:///{tmp_path / 'a.db'}",
-                airlock_mappings=str(PROJECT_ROOT / "mappings"),
-                airlock_policies=str(PROJECT_ROOT / "policies"),
-                **options,
-            )
+            settings = {
+                "airlock_db": f"sqlite:///{tmp_path / 'a.db'}",
+                "airlock_mappings": str(PROJECT_ROOT / "mappings"),
+                "airlock_policies": str(PROJECT_ROOT / "policies"),
+            }
+            tctx.configure(gate, **(settings | options))
             gate.running()
             try:
                 await scenario(gate, tctx)
@@ -364,3 +363,57 @@ def test_non_http_traffic_is_cut_and_unsafe_options_are_fixed(tmp_path: Path) ->
         tctx.options.stream_large_bodies = "1m"
         with pytest.raises(exceptions.OptionsError, match="cannot gate streamed requests"):
             gate._enforce_gating_options()
+
+
+@pytest.mark.parametrize(
+    ("mode", "reason", "shadow"),
+    [
+        ("shadow", "shadow mode (airlock_mode=shadow)", "BLOCK"),
+        ("off", "policies are off (airlock_mode=off)", None),
+    ],
+)
+def test_shadow_and_off_modes_forward_and_record(
+    tmp_path: Path, mode: str, reason: str, shadow: str | None
+) -> None:
+    flow = stripe_flow(b"amount=5000000&currency=usd")
+
+    async def scenario(gate: Gate, _: Any) -> None:
+        await gate.request(flow)
+
+    gate = with_gate(tmp_path, scenario, airlock_mode=mode)
+
+    assert flow.response is None  # forwarded
+    [run] = stored_runs(tmp_path)
+    assert (run.decision, run.reason, run.shadow_decision) == ("ALLOW", reason, shadow)
+    if shadow:
+        assert run.shadow_rules == ["stripe-charge-needs-approval", "stripe-charge-too-large"]
+        assert (
+            gate.metrics.shadow_decisions.labels("BLOCK", "create_charge", "stripe")._value.get()
+            == 1
+        )
+
+
+def test_a_mapping_failure_still_blocks_in_shadow_mode(tmp_path: Path) -> None:
+    flow = stripe_flow(b"amount=lots&currency=usd")
+
+    async def scenario(gate: Gate, _: Any) -> None:
+        await gate.request(flow)
+
+    with_gate(tmp_path, scenario, airlock_mode="shadow")
+    assert flow.response.status_code == 403
+
+
+def test_a_rules_hold_timeout_wins_over_the_default(tmp_path: Path) -> None:
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "p.yaml").write_text(
+        "rules:\n  - {id: quick, when: {action: delete_record}, decision: REQUIRE_APPROVAL,"
+        " hold_timeout: 0.3}\n"
+    )
+    flow = stripe_flow(b"", path="/v1/customers/cus_6", method="DELETE")
+
+    async def scenario(gate: Gate, _: Any) -> None:
+        await asyncio.wait_for(gate.request(flow), 5)  # the option says 25 s
+
+    with_gate(tmp_path, scenario, airlock_policies=str(policies))
+    assert json.loads(flow.response.content)["approval"]["state"] == "EXPIRED"

@@ -56,7 +56,7 @@ def test_baseline_customer_deletion_needs_approval_through_the_real_mapping() ->
 def test_nothing_matched_gives_the_default_and_says_so() -> None:
     verdict = load_policies(BASELINE).decide(action("http.read", "http"), "agent")
     assert verdict.decision == "ALLOW"
-    assert verdict.reason == "no rule matched; default is ALLOW"
+    assert verdict.reason == "no rule matched; the default for this action is ALLOW"
     assert verdict.rules == ()
 
 
@@ -243,3 +243,69 @@ def test_environment_condition_reads_the_derived_context(tmp_path: Path) -> None
 def test_a_policy_file_may_set_only_the_default(tmp_path: Path) -> None:
     policy = policies(tmp_path, "default: REQUIRE_APPROVAL\n")
     assert (len(policy), policy.default) == (0, "REQUIRE_APPROVAL")
+
+
+def test_shadow_rules_say_what_they_would_decide_without_deciding(tmp_path: Path) -> None:
+    policy = policies(
+        tmp_path,
+        """
+        rules:
+          - {id: big, when: {params: {amount: {gte: 100}}}, decision: REQUIRE_APPROVAL}
+          - {id: trial, when: {params: {amount: {gte: 50}}}, decision: BLOCK, mode: shadow}
+          - {id: retired, when: {params: {amount: {gte: 1}}}, decision: BLOCK, mode: off}
+        """,
+    )
+    verdict = policy.decide(action(amount=60), "a")
+    assert (verdict.decision, verdict.rules) == ("ALLOW", ())
+    assert verdict.shadow is not None
+    assert (verdict.shadow.decision, verdict.shadow.rules) == ("BLOCK", ("trial",))
+    both = policy.decide(action(amount=500), "a")
+    assert (both.decision, both.rules, both.shadow.decision) == (
+        "REQUIRE_APPROVAL",
+        ("big",),
+        "BLOCK",
+    )
+    assert policy.decide(action(amount=10), "a").shadow is None
+    assert len(policy) == 2  # the rule that is off is not even loaded
+
+
+def test_default_posture_by_category_and_sensitivity(tmp_path: Path) -> None:
+    policy = policies(
+        tmp_path,
+        """
+        default:
+          decision: ALLOW
+          by_category: {identity: REQUIRE_APPROVAL}
+          by_sensitivity: {critical: BLOCK}
+        """,
+    )
+    identity = Action("create_user", "aws", "identity", "high", "t", {}, "m")
+    critical = Action("drop", "x", "data", "critical", "t", {}, "m")
+    plain = Action("write_file", "github", "code", "medium", "t", {}, "m")
+    assert policy.decide(identity, "a").decision == "REQUIRE_APPROVAL"
+    assert policy.decide(critical, "a").decision == "BLOCK"
+    assert policy.decide(plain, "a").decision == "ALLOW"
+
+
+def test_a_rule_can_set_its_own_hold_timeout(tmp_path: Path) -> None:
+    policy = policies(
+        tmp_path,
+        """
+        rules:
+          - {id: slow, when: {action: create_charge}, decision: REQUIRE_APPROVAL,
+             hold_timeout: 20}
+          - {id: fast, when: {params: {amount: {gte: 5}}}, decision: REQUIRE_APPROVAL,
+             hold_timeout: 5}
+        """,
+    )
+    assert policy.decide(action(amount=1), "a").hold_timeout == 20
+    assert policy.decide(action(amount=9), "a").hold_timeout == 5
+
+
+def test_mode_and_hold_timeout_are_validated(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="mode must be one of enforce, shadow, off"):
+        policies(tmp_path, "rules:\n  - {id: r, decision: BLOCK, mode: dry-run}\n")
+    with pytest.raises(ConfigError, match="REQUIRE_APPROVAL rules only"):
+        policies(tmp_path, "rules:\n  - {id: r, decision: BLOCK, hold_timeout: 5}\n")
+    with pytest.raises(ConfigError, match="'money' is not one of"):
+        policies(tmp_path, "default: {by_category: {money: BLOCK}}\n")

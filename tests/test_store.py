@@ -44,6 +44,8 @@ def run_row(decision: str = "ALLOW", **overrides: Any) -> dict[str, Any]:
         "mapping_id": "stripe.create_charge",
         "params": {"amount": 150000, "currency": "usd"},
         "context": {"environment": "test"},
+        "shadow_decision": None,
+        "shadow_rules": None,
         "undo": None,
         "request": {"method": "POST", "body": {"amount": "150000"}},
         "decision": decision,
