@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -190,6 +191,17 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--mappings", default=str(PROJECT_ROOT / "mappings"), metavar="DIR")
     test.add_argument("--policies", default=str(PROJECT_ROOT / "policies"), metavar="DIR")
     test.add_argument("-q", "--quiet", action="store_true", help="print failures only")
+    test.add_argument(
+        "--replay",
+        action="store_true",
+        help="instead of the test files: decide the decisions recorded in the store (--db) "
+        "again with --policies, and print every one that would change",
+    )
+    test.add_argument("--since", type=float, metavar="HOURS",
+                      help="with --replay: only decisions of the last HOURS hours")  # fmt: skip
+    test.add_argument("--limit", type=int, metavar="N",
+                      help="with --replay: only the newest N decisions")  # fmt: skip
+    _db_argument(test)
 
     vocabulary = commands.add_parser(
         "vocabulary",
@@ -434,6 +446,8 @@ def cmd_test(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"airlock test: {e}", file=sys.stderr)
         return 2
+    if args.replay:
+        return replay_recorded(args, config)
     missing = [p for p in args.paths if not p.exists()]
     if missing:
         print(f"airlock test: no such file or folder: {missing[0]}", file=sys.stderr)
@@ -449,6 +463,25 @@ def cmd_test(args: argparse.Namespace) -> int:
     failed = sum(not r.passed for r in results)
     print(f"{len(results) - failed} passed, {failed} failed")
     return 1 if failed else 0
+
+
+def replay_recorded(args: argparse.Namespace, config: Any) -> int:
+    from console.replay import replay
+    from store.history import recorded_decisions
+
+    since = time.time() - args.since * 3600 if args.since else None
+    runs = recorded_decisions(_engine(args.db), since=since, limit=args.limit)
+    report = replay(runs, config.policies)
+    assert report.changes is not None and report.transitions is not None
+    for change in report.changes:
+        print(change.line())
+    print(
+        f"replayed {report.replayed} decisions with {args.policies}: {len(report.changes)} would "
+        f"change; {report.skipped} skipped (blocked by a failed stage, not by policy)"
+    )
+    for (before, after), count in sorted(report.transitions.items()):
+        print(f"  {before} → {after}: {count}")
+    return 0
 
 
 def cmd_vocabulary(args: argparse.Namespace) -> int:

@@ -1,0 +1,60 @@
+"""Reading recorded decisions back: for replaying policies against real traffic."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+
+from store.schema import Run
+
+
+@dataclass(frozen=True)
+class RecordedDecision:
+    id: str
+    at: float
+    agent: str
+    action: str
+    provider: str
+    category: str
+    sensitivity: str
+    target: str
+    mapping_id: str | None
+    params: dict[str, Any]  # as stored: redacted
+    context: dict[str, Any]
+    decision: str
+    rules: list[str]
+    error: str | None  # set when a stage failed (the request was blocked for it)
+
+
+def recorded_decisions(
+    engine: Engine, since: float | None = None, limit: int | None = None
+) -> Iterator[RecordedDecision]:
+    """Oldest first; `limit` keeps the newest N."""
+    query = select(Run).order_by(Run.at.desc() if limit else Run.at)
+    if since is not None:
+        query = query.where(Run.at >= since)
+    if limit:
+        query = query.limit(limit)
+    with engine.connect() as conn:
+        rows = list(conn.execute(query))
+    for row in reversed(rows) if limit else rows:
+        yield RecordedDecision(
+            id=row.id,
+            at=row.at,
+            agent=row.agent,
+            action=row.action,
+            provider=row.provider,
+            category=row.category,
+            sensitivity=row.sensitivity,
+            target=row.target,
+            mapping_id=row.mapping_id,
+            params=row.params or {},
+            context=row.context or {},
+            decision=row.decision,
+            rules=row.rules or [],
+            error=row.error,
+        )

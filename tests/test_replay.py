@@ -1,0 +1,69 @@
+"""`airlock test --replay`: candidate policies against decisions already recorded."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from sqlalchemy.engine import Engine
+
+from addons.policies import load_policies
+from console.replay import replay
+from store.history import recorded_decisions
+from store.records import DecisionRecord
+from tests.helpers.proxy import PROJECT_ROOT, clean_env
+from tests.test_store import run_row, write
+
+STRICTER = """
+rules:
+  - {id: charges-over-1000, when: {action: create_charge, params: {amount: {gte: 100000}}},
+     decision: BLOCK, reason: no big charges}
+"""
+
+
+def record_history(engine: Engine) -> None:
+    write(
+        engine,
+        DecisionRecord(run_row("ALLOW", params={"amount": 500})),
+        DecisionRecord(run_row("REQUIRE_APPROVAL", params={"amount": 150000})),
+        DecisionRecord(run_row("ALLOW", agent="bot-2", params={"amount": 200000})),
+        DecisionRecord(run_row("BLOCK", params={"amount": "x"}, error="mapping failed: ...")),
+    )
+
+
+def test_replay_reports_what_would_change(engine: Engine, tmp_path: Path) -> None:
+    record_history(engine)
+    candidate = tmp_path / "candidate"
+    candidate.mkdir()
+    (candidate / "p.yaml").write_text(STRICTER)
+
+    report = replay(recorded_decisions(engine), load_policies(candidate))
+
+    assert (report.replayed, report.skipped) == (3, 1)
+    assert [(c.run.params["amount"], c.run.decision, c.decision) for c in report.changes] == [
+        (150000, "REQUIRE_APPROVAL", "BLOCK"),
+        (200000, "ALLOW", "BLOCK"),
+    ]
+    assert report.changes[1].rules == ("charges-over-1000",)
+    assert report.transitions == {("REQUIRE_APPROVAL", "BLOCK"): 1, ("ALLOW", "BLOCK"): 1}
+    newest = list(recorded_decisions(engine, limit=2))
+    assert [r.params["amount"] for r in newest] == [200000, "x"]
+
+
+def test_replay_from_the_command_line(engine: Engine, db_url: str, tmp_path: Path) -> None:
+    record_history(engine)
+    candidate = tmp_path / "candidate"
+    candidate.mkdir()
+    (candidate / "p.yaml").write_text(STRICTER)
+
+    done = subprocess.run(
+        [sys.executable, "-m", "console.cli", "test", "--replay", "--policies", str(candidate),
+         "--db", db_url],
+        cwd=PROJECT_ROOT, env=clean_env(), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stderr
+    assert "replayed 3 decisions" in done.stdout and "2 would change; 1 skipped" in done.stdout
+    assert "REQUIRE_APPROVAL → BLOCK (rules: charges-over-1000)" in done.stdout
+    assert "  ALLOW → BLOCK: 1" in done.stdout
