@@ -6,9 +6,10 @@ call the same code.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from addons.agents import AgentRegistry, load_agents
 from addons.document import Document, normalise_host
 from addons.mappings import Action, MappingError, MappingIndex, fallback_action, load_mappings
 from addons.policies import BLOCK, PolicySet, Verdict, load_policies
@@ -18,10 +19,13 @@ from addons.policies import BLOCK, PolicySet, Verdict, load_policies
 class Config:
     mappings: MappingIndex
     policies: PolicySet
+    agents: AgentRegistry = field(default_factory=AgentRegistry)
 
     @classmethod
     def load(cls, mappings_dir: Path, policies_dir: Path) -> Config:
-        return cls(load_mappings(mappings_dir), load_policies(policies_dir))
+        return cls(
+            load_mappings(mappings_dir), load_policies(policies_dir), load_agents(policies_dir)
+        )
 
 
 @dataclass(frozen=True)
@@ -42,8 +46,12 @@ def evaluate(document: Document, config: Config) -> Evaluation:
         return _failed("mapping", e.action or fallback_action(document), e)
     except Exception as e:
         return _failed("mapping", fallback_action(document), e)
+    agent = document["agent"]
+    refusal = config.agents.egress_refusal(agent, document["host"])
+    if refusal:
+        return Evaluation(action, Verdict(BLOCK, refusal, ("egress-profile",)))
     try:
-        verdict = config.policies.decide(action, document["agent"])
+        verdict = config.policies.decide(action, agent, config.agents.roles_of(agent))
     except Exception as e:
         return _failed("policy", action, e)
     return Evaluation(action, verdict)

@@ -28,7 +28,7 @@ from sqlalchemy.engine import make_url
 from addons.decision_log import DecisionLog
 from addons.document import Document, build_document, minimal_document
 from addons.evaluation import Config, Evaluation, evaluate
-from addons.mappings import fallback_action
+from addons.mappings import Action, fallback_action
 from addons.metrics import Metrics
 from addons.policies import (
     ALLOW,
@@ -217,19 +217,58 @@ class Gate:
 
     # --- identity ----------------------------------------------------------------------------
 
-    def http_connect(self, flow: http.HTTPFlow) -> None:
-        user = _basic_auth_user(flow.request.headers.get("proxy-authorization", ""))
-        if user:
-            self._connect_agents[flow.client_conn] = user
+    async def http_connect(self, flow: http.HTTPFlow) -> None:
+        agent = self._identify(flow.request.headers.get("proxy-authorization", ""))
+        if agent is None:
+            await self._refuse_identity(flow)
+        else:
+            self._connect_agents[flow.client_conn] = agent
 
-    def _agent_of(self, flow: http.HTTPFlow) -> str:
-        if "proxyauth" in flow.metadata:
+    def _identify(self, header: str) -> str | None:
+        """The agent these proxy credentials name; None when agents are configured and the
+        credentials are missing or wrong. Without an agents file the name is taken as given."""
+        name, key = _basic_auth(header)
+        assert self.config is not None
+        registry = self.config.agents
+        if not registry.required:
+            return name or ANONYMOUS
+        agent = registry.authenticate(name, key) if name else None
+        return agent.id if agent else None
+
+    def _agent_of(self, flow: http.HTTPFlow) -> str | None:
+        if "proxyauth" in flow.metadata:  # mitmproxy's own proxyauth option checked them
             return str(flow.metadata["proxyauth"][0])
         if flow.client_conn in self._connect_agents:
             return self._connect_agents[flow.client_conn]
         # A plain-HTTP proxied request carries its credentials itself: read, then never forward.
-        header = flow.request.headers.pop("proxy-authorization", "")
-        return _basic_auth_user(header) or ANONYMOUS
+        return self._identify(flow.request.headers.pop("proxy-authorization", ""))
+
+    async def _refuse_identity(self, flow: http.HTTPFlow) -> None:
+        """407, so clients can retry with credentials; the attempt is recorded."""
+        claimed, _ = _basic_auth(flow.request.headers.get("proxy-authorization", ""))
+        reason = "proxy credentials are missing or wrong (HTTPS_PROXY=http://AGENT:KEY@host:port)"
+        flow.metadata["airlock_answered"] = True
+        flow.response = http.Response.make(
+            407,
+            json.dumps({"decision": BLOCK, "reason": reason}) + "\n",
+            {"Content-Type": "application/json", "Proxy-Authenticate": 'Basic realm="airlock"'},
+        )
+        self.metrics.fail_closed.labels("identity").inc()
+        document = minimal_document(flow.request, claimed or ANONYMOUS)
+        refused = Evaluation(
+            Action("proxy.authenticate", "airlock", "identity", "high", document["host"], {}, None),
+            Verdict(BLOCK, reason, ("agent-identity",)),
+        )
+        row = _run_row(new_id(), self.instance, document, refused, 0.0)
+        row.update(outcome="blocked", status=407)
+        self.log.decision(BLOCK, row, 0.0, note="407 proxy authentication required")
+        try:
+            assert self.writer is not None
+            self._start_writer()
+            async with asyncio.timeout(STORE_TIMEOUT):
+                await self.writer.submit(DecisionRecord(row))
+        except Exception as e:
+            log.error("could not record a refused proxy authentication: %s", e)
 
     # --- the request path --------------------------------------------------------------------
 
@@ -271,6 +310,9 @@ class Gate:
         run_id = new_id()
         flow.metadata["airlock"] = run_id
         agent = self._agent_of(flow)
+        if agent is None:
+            await self._refuse_identity(flow)
+            return
         if len(flow.request.raw_content or b"") > PARSE_OFF_LOOP_BYTES:
             document = await asyncio.to_thread(build_document, flow.request, agent)
         else:
@@ -518,15 +560,17 @@ def _target(flow: Any) -> str:
     return f"{address[0]}:{address[1]}" if address else "an unknown host"
 
 
-def _basic_auth_user(header: str) -> str | None:
+def _basic_auth(header: str) -> tuple[str | None, str]:
+    """(user, password) from a Basic Proxy-Authorization header; (None, "") when absent."""
     scheme, _, encoded = header.partition(" ")
     if scheme.lower() != "basic" or not encoded:
-        return None
+        return None, ""
     try:
-        user = base64.b64decode(encoded.strip(), validate=True).decode("utf-8").partition(":")[0]
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError):
-        return None
-    return user or None
+        return None, ""
+    user, _, password = decoded.partition(":")
+    return (user or None), password
 
 
 def request_hash(document: Document) -> str:

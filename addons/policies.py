@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from addons.agents import AGENTS_FILE
 from addons.conditions import MISSING, Test, compile_condition
 from addons.mappings import CATEGORIES, SENSITIVITIES, Action
 from addons.yaml_source import (
@@ -45,6 +46,7 @@ _WHEN_KEYS = {
     "agent",
     "target",
     "environment",
+    "role",
     "params",
 }
 
@@ -138,7 +140,7 @@ class Rule:
     mode: str = ENFORCE
     hold_timeout: float | None = None
 
-    def fires(self, action: Action, agent: str) -> bool:
+    def fires(self, action: Action, agent: str, roles: tuple[str, ...] = ()) -> bool:
         facts = {
             "action": action.action,
             "provider": action.provider,
@@ -149,8 +151,12 @@ class Rule:
             "environment": action.context.get("environment"),
         }
         try:
-            if not all(test(facts[name]) for name, test in self.field_tests):
-                return False
+            for name, test in self.field_tests:
+                if name == "role":
+                    if not any(test(role) for role in roles):
+                        return False
+                elif not test(facts[name]):
+                    return False
             return all(test(action.params.get(name, MISSING)) for name, test in self.param_tests)
         except Exception as e:  # e.g. comparing a string param with a number
             raise PolicyError(f"rule {self.id} ({self.where}) failed to evaluate: {e}") from e
@@ -179,8 +185,8 @@ class PolicySet:
             self._candidates[action] = found
         return found
 
-    def decide(self, action: Action, agent: str) -> Verdict:
-        fired = [r for r in self.candidates(action.action) if r.fires(action, agent)]
+    def decide(self, action: Action, agent: str, roles: tuple[str, ...] = ()) -> Verdict:
+        fired = [r for r in self.candidates(action.action) if r.fires(action, agent, roles)]
         enforced = [r for r in fired if r.mode == ENFORCE]
         verdict = self._verdict(enforced, action)
         shadowed = [r for r in fired if r.mode == SHADOW]
@@ -215,6 +221,8 @@ def load_policies(directory: Path) -> PolicySet:
     rules: list[Rule] = []
     posture = DefaultPosture()
     for path in yaml_files(directory):
+        if path.name == AGENTS_FILE:
+            continue  # identities, not rules: addons/agents.py reads it
         file_rules, default = load_policy_file(path, start=len(rules))
         rules.extend(file_rules)
         if default:

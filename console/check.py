@@ -17,6 +17,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
+from addons.agents import AGENTS_FILE, load_agents
 from addons.mappings import Mapping, load_mapping_file, shadowed_mappings
 from addons.policies import Rule, load_policy_file
 from addons.yaml_source import ConfigError, Node, Seq, Where, load_yaml
@@ -59,6 +60,8 @@ def kind_of(document: Any, path: Path) -> str:
     """A mapping file has `mappings:`; a policy file has `rules:` or `default:`."""
     if isinstance(document, dict) and "mappings" in document:
         return "mapping"
+    if path.name == AGENTS_FILE or (isinstance(document, dict) and "agents" in document):
+        return "agents"
     if isinstance(document, dict) and ({"rules", "default"} & document.keys()):
         return "policy"
     return "mapping" if "mapping" in str(path) else "policy"
@@ -100,6 +103,12 @@ def _check_file(path: Path, mappings: list[Mapping], rules: list[Rule]) -> list[
     if document is None:
         return []
     kind = kind_of(document, path)
+    if kind == "agents":
+        try:
+            load_agents(path.parent)
+        except ConfigError as e:
+            return [Problem(e.where, e.message)]
+        return []
     problems = list(_schema_problems(document, kind, path))
     errors: list[ConfigError] = []
     try:

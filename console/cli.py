@@ -203,6 +203,20 @@ def build_parser() -> argparse.ArgumentParser:
                       help="with --replay: only the newest N decisions")  # fmt: skip
     _db_argument(test)
 
+    agents = commands.add_parser(
+        "agents", help="manage agent identities",
+        description="Agent identities live in policies/agents.yaml (see README).",
+    )  # fmt: skip
+    agents_commands = agents.add_subparsers(dest="agents_command", required=True, metavar="COMMAND")
+    key = agents_commands.add_parser(
+        "key",
+        help="make a new key for an agent",
+        description="Print a new random key for AGENT (give it to the agent, once) and the line "
+        "to put in policies/agents.yaml, which holds only its salted hash.",
+    )
+    key.add_argument("agent", help="the agent's id, e.g. billing-bot")
+    key.add_argument("--role", action="append", default=[], help="a role (repeatable)")
+
     vocabulary = commands.add_parser(
         "vocabulary",
         help="print the canonical action vocabulary as a Markdown table",
@@ -237,6 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "explain": cmd_explain,
         "vocabulary": cmd_vocabulary,
         "test": cmd_test,
+        "agents": cmd_agents_key,
     }
     return handlers[args.command](args)
 
@@ -481,6 +496,18 @@ def replay_recorded(args: argparse.Namespace, config: Any) -> int:
     )
     for (before, after), count in sorted(report.transitions.items()):
         print(f"  {before} → {after}: {count}")
+    return 0
+
+
+def cmd_agents_key(args: argparse.Namespace) -> int:
+    from addons.agents import hash_key, new_key
+
+    key = new_key()
+    roles = ", ".join(args.role)
+    print(f"key for {args.agent} (shown once; Airlock keeps only its hash):\n  {key}\n")
+    print(f"the agent's proxy: HTTPS_PROXY=http://{args.agent}:{key}@127.0.0.1:8080\n")
+    print("add to policies/agents.yaml under agents:")
+    print(f'  - {{id: {args.agent}, roles: [{roles}], key_hash: "{hash_key(key)}"}}')
     return 0
 
 

@@ -151,7 +151,7 @@ def test_agent_identity_comes_from_the_connect_credentials(tmp_path: Path) -> No
     flow.client_conn = connect.client_conn
 
     async def scenario(gate: Gate, _: Any) -> None:
-        gate.http_connect(connect)
+        await gate.http_connect(connect)
         await gate.request(flow)
 
     with_gate(tmp_path, scenario)

@@ -118,11 +118,11 @@ class Proxy:
     def output(self) -> str:
         return self.log_file.read_text(errors="replace")
 
-    def session(self, agent: str | None = None) -> requests.Session:
+    def session(self, agent: str | None = None, key: str = "key") -> requests.Session:
         """A requests client configured as an agent would be: HTTPS_PROXY plus the proxy's CA."""
         session = requests.Session()
         session.trust_env = False
-        proxy = self.url if agent is None else f"http://{agent}:key@127.0.0.1:{self.port}"
+        proxy = self.url if agent is None else f"http://{agent}:{key}@127.0.0.1:{self.port}"
         session.proxies = {"https": proxy, "http": proxy}
         session.verify = str(self.ca_cert)
         return session

@@ -1,0 +1,159 @@
+"""Agent identities: who may use the proxy, with which key, in which roles, reaching which hosts.
+
+`policies/agents.yaml`:
+
+    agents:
+      - id: billing-bot
+        roles: [payments]
+        key_hash: sha256$<salt>$<hex>     # `airlock agents key` makes a key and this line
+        enabled: true
+    roles:
+      payments:
+        egress: [api.stripe.com, "*.stripe.com"]   # hosts the role may reach; absent: any
+
+With agents configured, every request must carry proxy credentials (HTTPS_PROXY=
+http://billing-bot:KEY@host:port); anything else gets 407. Keys are stored only as salted
+SHA-256 of a 256-bit random key, which is as strong as the key itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from addons.hosts import host_glob_regex
+from addons.yaml_source import ConfigError, Node, Seq, expect_keys, load_yaml
+
+AGENTS_FILE = "agents.yaml"
+_AGENT_KEYS = {"id", "roles", "key_hash", "enabled", "description"}
+_ROLE_KEYS = {"egress", "description"}
+
+
+@dataclass(frozen=True)
+class Agent:
+    id: str
+    roles: tuple[str, ...]
+    key_hash: str
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class Role:
+    name: str
+    egress: tuple[str, ...] | None  # host globs; None: any host
+
+    def allows(self, host: str) -> bool:
+        return self.egress is None or any(host_glob_regex(g).match(host) for g in self.egress)
+
+
+@dataclass(frozen=True)
+class AgentRegistry:
+    agents: dict[str, Agent] = field(default_factory=dict)
+    roles: dict[str, Role] = field(default_factory=dict)
+
+    @property
+    def required(self) -> bool:
+        """With no agents file, identities are optional (the proxy-auth name, else anonymous)."""
+        return bool(self.agents)
+
+    def authenticate(self, name: str, key: str) -> Agent | None:
+        agent = self.agents.get(name)
+        if agent is None or not agent.enabled or not verify_key(key, agent.key_hash):
+            return None
+        return agent
+
+    def roles_of(self, name: str) -> tuple[str, ...]:
+        agent = self.agents.get(name)
+        return agent.roles if agent else ()
+
+    def egress_refusal(self, name: str, host: str) -> str | None:
+        """Why this agent may not reach this host, or None. A role without `egress` allows any
+        host; an agent reaches a host when any of its roles allows it."""
+        roles = [self.roles.get(r, Role(r, None)) for r in self.roles_of(name)]
+        if not roles or any(role.allows(host) for role in roles):
+            return None
+        names = ", ".join(role.name for role in roles)
+        return f"{host} is outside the egress profile of {name}'s roles ({names})"
+
+
+def hash_key(key: str, salt: str | None = None) -> str:
+    salt = salt or secrets.token_hex(8)
+    return f"sha256${salt}${hashlib.sha256((salt + key).encode()).hexdigest()}"
+
+
+def verify_key(key: str, key_hash: str) -> bool:
+    scheme, _, rest = key_hash.partition("$")
+    salt, _, digest = rest.partition("$")
+    if scheme != "sha256" or not salt or not digest:
+        return False
+    return hmac.compare_digest(hash_key(key, salt), key_hash)
+
+
+def new_key() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def load_agents(policies_dir: Path) -> AgentRegistry:
+    path = policies_dir / AGENTS_FILE if policies_dir.is_dir() else None
+    if path is None or not path.exists():
+        return AgentRegistry()
+    root = load_yaml(path)
+    if root is None:
+        return AgentRegistry()
+    if not isinstance(root, Node):
+        raise ConfigError(f"{path}:1:1", "the agents file must be a YAML mapping with 'agents:'")
+    expect_keys(root, {"agents", "roles", "description"}, {"agents"}, "agents file")
+    roles = _roles(root)
+    agents: dict[str, Agent] = {}
+    entries = root["agents"]
+    if not isinstance(entries, Seq):
+        raise ConfigError(root.at("agents"), "'agents' must be a list")
+    for entry, where in zip(entries, entries.item_where, strict=True):
+        agent = _agent(entry, where)
+        if agent.id in agents:
+            raise ConfigError(where, f"duplicate agent id {agent.id!r}")
+        agents[agent.id] = agent
+    return AgentRegistry(agents, roles)
+
+
+def _agent(entry: Any, where: Any) -> Agent:
+    if not isinstance(entry, Node):
+        raise ConfigError(where, "each agent must be a mapping (id, roles, key_hash)")
+    expect_keys(entry, _AGENT_KEYS, {"id", "key_hash"}, "agent")
+    key_hash = entry["key_hash"]
+    if (
+        not isinstance(key_hash, str)
+        or key_hash.count("$") != 2
+        or not key_hash.startswith("sha256$")
+    ):
+        raise ConfigError(
+            entry.at("key_hash"),
+            "key_hash must be 'sha256$SALT$HEX' (make one: airlock agents key)",
+        )
+    roles = entry.get("roles") or []
+    if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+        raise ConfigError(entry.at("roles"), "'roles' must be a list of role names")
+    return Agent(str(entry["id"]), tuple(roles), key_hash, bool(entry.get("enabled", True)))
+
+
+def _roles(root: Node) -> dict[str, Role]:
+    table = root.get("roles") or Node.empty(root.where)
+    if not isinstance(table, Node):
+        raise ConfigError(root.at("roles"), "'roles' must map role names to their settings")
+    roles = {}
+    for name in table:
+        spec = table[name] or Node.empty(table.at(name))
+        if not isinstance(spec, Node):
+            raise ConfigError(table.at(name), f"role {name!r} must be a mapping (egress: [...])")
+        expect_keys(spec, _ROLE_KEYS, set(), f"role {name!r}")
+        egress = spec.get("egress")
+        if egress is not None and (
+            not isinstance(egress, list) or not all(isinstance(h, str) for h in egress)
+        ):
+            raise ConfigError(spec.at("egress"), "'egress' must be a list of host names or globs")
+        roles[name] = Role(name, tuple(h.lower() for h in egress) if egress is not None else None)
+    return roles

@@ -1,0 +1,152 @@
+"""Agent identities: keys, roles, egress profiles, and 407 for anyone else."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mitmproxy.test import tflow
+
+from addons.agents import hash_key, load_agents, new_key, verify_key
+from addons.evaluation import Config, evaluate
+from addons.gatekeeper import Gate
+from addons.yaml_source import ConfigError
+from tests.helpers.proxy import PROJECT_ROOT
+from tests.test_gatekeeper import stored_runs, stripe_flow, with_gate
+from tests.test_mappings import doc
+
+KEY = "k3y-for-tests-0123456789abcdefghijklmnopqrstuv"
+
+
+def agents_dir(tmp_path: Path, extra_rules: str = "") -> Path:
+    folder = tmp_path / "policies"
+    folder.mkdir(exist_ok=True)
+    for shipped in (PROJECT_ROOT / "policies").glob("*.yaml"):
+        (folder / shipped.name).write_text(shipped.read_text())
+    (folder / "agents.yaml").write_text(
+        textwrap.dedent(
+            f"""
+            agents:
+              - {{id: billing-bot, roles: [payments], key_hash: "{hash_key(KEY)}"}}
+              - {{id: retired-bot, roles: [payments], key_hash: "{hash_key(KEY)}", enabled: false}}
+              - {{id: ops-bot, roles: [ops, support], key_hash: "{hash_key(KEY)}"}}
+            roles:
+              payments: {{egress: [api.stripe.com]}}
+              ops: {{egress: ["*.amazonaws.com"]}}
+              support: {{}}
+            """
+        )
+    )
+    if extra_rules:
+        (folder / "roles.yaml").write_text(textwrap.dedent(extra_rules))
+    return folder
+
+
+def test_keys_are_salted_hashes_that_verify() -> None:
+    key = new_key()
+    stored = hash_key(key)
+    assert key not in stored and stored.startswith("sha256$")
+    assert verify_key(key, stored)
+    assert not verify_key(key + "x", stored)
+    assert hash_key(key) != stored  # a new salt each time
+
+
+def test_registry_authenticates_and_knows_roles(tmp_path: Path) -> None:
+    registry = load_agents(agents_dir(tmp_path))
+    assert registry.required
+    assert registry.authenticate("billing-bot", KEY).roles == ("payments",)
+    assert registry.authenticate("billing-bot", "wrong") is None
+    assert registry.authenticate("retired-bot", KEY) is None
+    assert registry.authenticate("nobody", KEY) is None
+
+
+def test_egress_profiles_and_role_rules(tmp_path: Path) -> None:
+    config = Config.load(
+        PROJECT_ROOT / "mappings",
+        agents_dir(
+            tmp_path,
+            """
+            rules:
+              - {id: ops-no-payments, when: {role: ops, category: payment}, decision: BLOCK}
+            """,
+        ),
+    )
+    slack = evaluate(
+        {**doc("POST", "slack.com", "/api/chat.postMessage"), "agent": "billing-bot"}, config
+    )
+    assert (slack.verdict.decision, slack.verdict.rules) == ("BLOCK", ("egress-profile",))
+    assert "outside the egress profile of billing-bot's roles (payments)" in slack.verdict.reason
+    charge = {**doc("POST", "api.stripe.com", "/v1/charges", {"amount": "5"}), "agent": "ops-bot"}
+    # ops-bot's support role has no egress list, so it may reach Stripe; the role rule blocks.
+    assert evaluate(charge, config).verdict.rules == ("ops-no-payments",)
+
+
+def test_bad_agents_files_name_the_place(tmp_path: Path) -> None:
+    folder = tmp_path / "p"
+    folder.mkdir()
+    (folder / "agents.yaml").write_text("agents:\n  - {id: a, key_hash: plaintext}\n")
+    with pytest.raises(ConfigError, match=r"agents.yaml:2:\d+: key_hash must be"):
+        load_agents(folder)
+
+
+def credentials(name: str, key: str) -> str:
+    return "Basic " + base64.b64encode(f"{name}:{key}".encode()).decode()
+
+
+@pytest.mark.parametrize(
+    ("header", "claimed"),
+    [(None, "anonymous"), (credentials("billing-bot", "wrong"), "billing-bot")],
+)
+def test_connect_without_valid_credentials_gets_407_and_is_recorded(
+    tmp_path: Path, header: str | None, claimed: str
+) -> None:
+    connect = tflow.tflow()
+    if header:
+        connect.request.headers["Proxy-Authorization"] = header
+
+    async def scenario(gate: Gate, _: Any) -> None:
+        await gate.http_connect(connect)
+
+    with_gate(tmp_path, scenario, airlock_policies=str(agents_dir(tmp_path)))
+    assert connect.response.status_code == 407
+    assert connect.response.headers["Proxy-Authenticate"] == 'Basic realm="airlock"'
+    [run] = stored_runs(tmp_path)
+    assert (run.action, run.decision, run.status, run.agent) == (
+        "proxy.authenticate",
+        "BLOCK",
+        407,
+        claimed,
+    )
+    assert "wrong" not in json.dumps(run.request)
+
+
+def test_an_authenticated_agent_is_identified_and_its_key_never_stored(tmp_path: Path) -> None:
+    connect = tflow.tflow()
+    connect.request.headers["Proxy-Authorization"] = credentials("billing-bot", KEY)
+    flow = stripe_flow(b"amount=5&currency=usd")
+    flow.client_conn = connect.client_conn
+
+    async def scenario(gate: Gate, _: Any) -> None:
+        await gate.http_connect(connect)
+        await asyncio.wait_for(gate.request(flow), 5)
+
+    with_gate(tmp_path, scenario, airlock_policies=str(agents_dir(tmp_path)))
+    assert connect.response is None and flow.response is None
+    [run] = stored_runs(tmp_path)
+    assert (run.agent, run.decision) == ("billing-bot", "ALLOW")
+    assert KEY not in json.dumps(run.request)
+
+
+def test_plain_http_requests_need_credentials_too(tmp_path: Path) -> None:
+    flow = stripe_flow(b"amount=5&currency=usd")
+
+    async def scenario(gate: Gate, _: Any) -> None:
+        await gate.request(flow)
+
+    with_gate(tmp_path, scenario, airlock_policies=str(agents_dir(tmp_path)))
+    assert flow.response.status_code == 407
