@@ -71,6 +71,7 @@ class DecisionLog:
             self._paint("action", run["action"]),
             f"{run['provider']} → {run['target']}",
             self._paint("dim", _key_params(run["params"])),
+            f"risk={run['risk']}" if run.get("risk") is not None else "",
             f"{milliseconds:.2f}ms",
             self._paint("rules", f"rules={','.join(run['rules'])}" if run["rules"] else ""),
             f"req={run['id']}",

@@ -11,8 +11,10 @@ from pathlib import Path
 
 from addons.agents import AgentRegistry, load_agents
 from addons.document import Document, normalise_host
+from addons.history import History
 from addons.mappings import Action, MappingError, MappingIndex, fallback_action, load_mappings
 from addons.policies import BLOCK, PolicySet, Verdict, load_policies
+from addons.risk import Risk, score
 
 
 @dataclass(frozen=True)
@@ -34,9 +36,12 @@ class Evaluation:
     verdict: Verdict
     error: str | None = None  # set when a stage failed and the request was blocked for it
     failed_stage: str | None = None
+    risk: Risk | None = None
 
 
-def evaluate(document: Document, config: Config) -> Evaluation:
+def evaluate(document: Document, config: Config, history: History | None = None) -> Evaluation:
+    """`history` is the proxy's view of the recent past (budgets, rates, risk); offline callers
+    (explain, test) pass none and see an empty past."""
     problem = request_problem(document)
     if problem:
         return _failed("request", fallback_action(document), ValueError(problem))
@@ -51,10 +56,12 @@ def evaluate(document: Document, config: Config) -> Evaluation:
     if refusal:
         return Evaluation(action, Verdict(BLOCK, refusal, ("egress-profile",)))
     try:
-        verdict = config.policies.decide(action, agent, config.agents.roles_of(agent))
+        risk = score(action, agent, history)
+        roles = config.agents.roles_of(agent)
+        verdict = config.policies.decide(action, agent, roles, risk.score, history)
     except Exception as e:
         return _failed("policy", action, e)
-    return Evaluation(action, verdict)
+    return Evaluation(action, verdict, risk=risk)
 
 
 def request_problem(document: Document) -> str | None:

@@ -28,6 +28,7 @@ from sqlalchemy.engine import make_url
 from addons.decision_log import DecisionLog
 from addons.document import Document, build_document, minimal_document
 from addons.evaluation import Config, Evaluation, evaluate
+from addons.history import HORIZON, History
 from addons.mappings import Action, fallback_action
 from addons.metrics import Metrics
 from addons.policies import (
@@ -44,6 +45,7 @@ from addons.redaction import redact_document, redact_text, redact_value
 from addons.routing import Routing
 from addons.yaml_source import ConfigError
 from store.approvals import ABANDONED, APPROVED, DENIED, EXPIRED
+from store.history import agent_actions, recorded_decisions
 from store.records import DecisionRecord, HoldRequest, OutcomeRecord
 from store.schema import DEFAULT_DB_URL, create_schema, new_id, open_engine
 from store.writer import SettleRequest, StoreWriter
@@ -53,6 +55,8 @@ log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ANONYMOUS = "anonymous"
 POLL_SECONDS = 0.25  # how often held flows look for a reviewer's decision
+HISTORY_SYNC_SECONDS = 2.0  # how often other instances' decisions are pulled into the history
+HISTORY_SYNC_OVERLAP = 5.0  # re-read a little: commits land out of order across instances
 STORE_TIMEOUT = 10.0  # seconds a flow waits for its commit before it is refused
 PARSE_OFF_LOOP_BYTES = 256 * 1024  # larger bodies are parsed in a thread, not on the loop
 MAX_STORED_BODY = 64 * 1024
@@ -79,6 +83,9 @@ class Gate:
         )
         self._poller: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self.history = History()
+        self._history_synced_at = 0.0
+        self._history_task: asyncio.Task[None] | None = None
 
     # --- options and lifecycle ---------------------------------------------------------------
 
@@ -162,6 +169,50 @@ class Gate:
     def running(self) -> None:
         self._enforce_gating_options()
         self._start_writer()
+        self._load_history()
+        self._history_task = asyncio.get_running_loop().create_task(self._sync_history())
+
+    # --- the recent past, for budgets, rates and risk ----------------------------------------
+
+    def _load_history(self) -> None:
+        """At start (before any traffic): the recorded past within the longest window."""
+        started = time.perf_counter()
+        now = time.time()
+        for run_id, agent, action, at, params, passed in self._recorded_since(now - HORIZON):
+            self.history.record(run_id, agent, action, at, params, passed)
+        for agent, action in agent_actions(self.engine):
+            self.history.knows(agent, action)
+        self._history_synced_at = now
+        log.info("history loaded in %.0f ms", (time.perf_counter() - started) * 1000)
+
+    def _recorded_since(self, since: float, others_only: bool = False) -> list[tuple[Any, ...]]:
+        """Decisions committed since then (by other instances only, when asked)."""
+        other_than = self.instance if others_only else None
+        return [
+            (r.id, r.agent, r.action, r.at, r.params, _let_through(r.decision, r.outcome))
+            for r in recorded_decisions(self.engine, since=since, other_than_instance=other_than)
+            if r.decision != REQUIRE_APPROVAL or r.outcome is not None
+        ]
+
+    async def _sync_history(self) -> None:
+        """Other proxy instances on the same database: their decisions count here too."""
+        while True:
+            await asyncio.sleep(HISTORY_SYNC_SECONDS)
+            since = self._history_synced_at - HISTORY_SYNC_OVERLAP
+            self._history_synced_at = time.time()
+            try:
+                found = await asyncio.to_thread(self._recorded_since, since, True)
+            except Exception as e:
+                log.warning("cannot read other instances' decisions: %s", e)
+                continue
+            for run_id, agent, action, at, params, passed in found:
+                self.history.record(run_id, agent, action, at, params, passed)
+            self.history.prune()
+
+    def _remember(self, run: dict[str, Any], passed: bool, roles: tuple[str, ...] = ()) -> None:
+        self.history.record(
+            run["id"], run["agent"], run["action"], run["at"], run["params"], passed, roles
+        )
 
     def _enforce_gating_options(self) -> None:
         """mitmproxy settings under which some traffic would pass the gate unseen."""
@@ -193,8 +244,9 @@ class Gate:
                 with contextlib.suppress(Exception):
                     result = await self._settle_here(hold.approval_id, EXPIRED, "proxy shut down")
                     hold.settled.set_result(result)
-        if self._poller:
-            self._poller.cancel()
+        for task in (self._poller, self._history_task):
+            if task:
+                task.cancel()
         await asyncio.to_thread(self._close_store)
         self.log.flush()
 
@@ -338,6 +390,8 @@ class Gate:
             self._refuse_unrecorded(flow, run, e)
             return
         flow.metadata["airlock_recorded"] = True
+        if run["decision"] != REQUIRE_APPROVAL:  # a held request counts once it is settled
+            self._remember(run, passed=run["decision"] == ALLOW)
         self.metrics.count_decision(run["decision"], run["action"], run["provider"])
         self.metrics.decision_seconds.observe(time.perf_counter() - started)
         if evaluation.error:
@@ -356,7 +410,7 @@ class Gate:
 
     def _evaluate(self, document: Document) -> Evaluation:
         assert self.config is not None
-        evaluation = evaluate(document, self.config)
+        evaluation = evaluate(document, self.config, self.history)
         mode = ctx.options.airlock_mode
         if mode == ENFORCE or evaluation.error:
             return evaluation  # a failed stage blocks even in shadow mode: nothing unjudged
@@ -395,6 +449,7 @@ class Gate:
         finally:
             self.holds.pop(hold.approval_id, None)
             self.metrics.held_flows.dec()
+        self._remember(run, passed=state == APPROVED)
         self.log.decision(
             state, run, (time.time() - run["at"]) * 1000, note=f"by {reviewer}" if reviewer else ""
         )
@@ -553,6 +608,11 @@ class Gate:
 # --- pure helpers ----------------------------------------------------------------------------
 
 
+def _let_through(decision: str, outcome: str | None) -> bool:
+    """A recorded decision counts against budgets when its request went (or is going) out."""
+    return outcome == "forwarded" or (decision == ALLOW and outcome is None)
+
+
 def _target(flow: Any) -> str:
     """Where a flow goes, for logs: host and port only (a URL can carry secrets)."""
     server = getattr(flow, "server_conn", None)
@@ -621,6 +681,8 @@ def _run_row(
         "decision": verdict.decision,
         "reason": redact_text(verdict.reason),
         "rules": list(verdict.rules),
+        "risk": evaluation.risk.score if evaluation.risk else None,
+        "risk_factors": evaluation.risk.as_json() if evaluation.risk else None,
         "shadow_decision": verdict.shadow.decision if verdict.shadow else None,
         "shadow_rules": list(verdict.shadow.rules) if verdict.shadow else None,
         "error": redact_text(evaluation.error) if evaluation.error else None,

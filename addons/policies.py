@@ -17,6 +17,7 @@ from typing import Any
 
 from addons.agents import AGENTS_FILE
 from addons.conditions import MISSING, Test, compile_condition
+from addons.history import HORIZON, History
 from addons.mappings import CATEGORIES, SENSITIVITIES, Action
 from addons.yaml_source import (
     ConfigError,
@@ -36,7 +37,20 @@ ENFORCE, SHADOW, OFF = "enforce", "shadow", "off"
 MODES = (ENFORCE, SHADOW, OFF)
 
 _FILE_KEYS = {"default", "rules", "description"}
-_RULE_KEYS = {"id", "description", "when", "decision", "reason", "mode", "hold_timeout"}
+_RULE_KEYS = {
+    "id",
+    "description",
+    "when",
+    "decision",
+    "reason",
+    "mode",
+    "hold_timeout",
+    "budget",
+    "rate",
+}
+_BUDGET_KEYS = {"param", "limit", "window", "per", "currency"}
+_RATE_KEYS = {"limit", "window", "per"}
+_PER = ("agent", "role", "all")
 _DEFAULT_KEYS = {"decision", "by_category", "by_sensitivity"}
 _WHEN_KEYS = {
     "action",
@@ -47,6 +61,7 @@ _WHEN_KEYS = {
     "target",
     "environment",
     "role",
+    "risk",
     "params",
 }
 
@@ -139,8 +154,18 @@ class Rule:
     order: int
     mode: str = ENFORCE
     hold_timeout: float | None = None
+    risk_test: Test | None = None
+    budget: Budget | None = None
+    rate: Rate | None = None
 
-    def fires(self, action: Action, agent: str, roles: tuple[str, ...] = ()) -> bool:
+    def fires(
+        self,
+        action: Action,
+        agent: str,
+        roles: tuple[str, ...] = (),
+        risk: int | None = None,
+        history: History | None = None,
+    ) -> bool:
         facts = {
             "action": action.action,
             "provider": action.provider,
@@ -157,9 +182,54 @@ class Rule:
                         return False
                 elif not test(facts[name]):
                     return False
-            return all(test(action.params.get(name, MISSING)) for name, test in self.param_tests)
+            if not all(test(action.params.get(name, MISSING)) for name, test in self.param_tests):
+                return False
+            if self.risk_test is not None and not self.risk_test(MISSING if risk is None else risk):
+                return False
+            history = history or History()
+            if self.budget is not None and not self.budget.exceeded(action, agent, roles, history):
+                return False
+            return self.rate is None or self.rate.exceeded(action, agent, roles, history)
         except Exception as e:  # e.g. comparing a string param with a number
             raise PolicyError(f"rule {self.id} ({self.where}) failed to evaluate: {e}") from e
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Fires when what was let through in the window, plus this request, goes over the limit."""
+
+    param: str
+    limit: float
+    window: float
+    per: str
+    currency: str | None
+
+    def exceeded(
+        self, action: Action, agent: str, roles: tuple[str, ...], history: History
+    ) -> bool:
+        this = action.params.get(self.param)
+        if not isinstance(this, int | float) or isinstance(this, bool):
+            return False  # nothing to count against the budget
+        if self.currency and str(action.params.get("currency", "")).lower() != self.currency:
+            return False
+        spent = history.total(
+            self.per, agent, roles, action.action, self.window, self.param, self.currency
+        )
+        return spent + this > self.limit
+
+
+@dataclass(frozen=True)
+class Rate:
+    """Fires when this request would be more than `limit` in the window."""
+
+    limit: int
+    window: float
+    per: str
+
+    def exceeded(
+        self, action: Action, agent: str, roles: tuple[str, ...], history: History
+    ) -> bool:
+        return history.count(self.per, agent, roles, action.action, self.window) + 1 > self.limit
 
 
 class PolicySet:
@@ -185,8 +255,19 @@ class PolicySet:
             self._candidates[action] = found
         return found
 
-    def decide(self, action: Action, agent: str, roles: tuple[str, ...] = ()) -> Verdict:
-        fired = [r for r in self.candidates(action.action) if r.fires(action, agent, roles)]
+    def decide(
+        self,
+        action: Action,
+        agent: str,
+        roles: tuple[str, ...] = (),
+        risk: int | None = None,
+        history: History | None = None,
+    ) -> Verdict:
+        fired = [
+            r
+            for r in self.candidates(action.action)
+            if r.fires(action, agent, roles, risk, history)
+        ]
         enforced = [r for r in fired if r.mode == ENFORCE]
         verdict = self._verdict(enforced, action)
         shadowed = [r for r in fired if r.mode == SHADOW]
@@ -333,14 +414,81 @@ def _load_rule(entry: Any, where: Where, order: int) -> Rule:
         reason=str(entry.get("reason") or f"rule {entry['id']}: {decision}"),
         actions=_indexable_actions(when),
         field_tests=tuple(
-            (key, _glob_test(when, key)) for key in sorted(_WHEN_KEYS - {"params"}) if key in when
+            (key, _glob_test(when, key))
+            for key in sorted(_WHEN_KEYS - {"params", "risk"})
+            if key in when
         ),
+        risk_test=_risk_test(when, entry, decision),
+        budget=_budget(entry),
+        rate=_rate(entry),
         param_tests=_param_tests(when),
         where=where,
         order=order,
         mode=mode,
         hold_timeout=float(hold_timeout) if hold_timeout is not None else None,
     )
+
+
+def _risk_test(when: Node, entry: Node, decision: str) -> Test | None:
+    if "risk" not in when:
+        return None
+    if decision == ALLOW:
+        raise ConfigError(
+            when.key_at("risk"), "a rule on the risk score cannot ALLOW: risk never grants access"
+        )
+    return compile_condition(when["risk"], when.at("risk"), "risk")
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _window(spec: Node) -> float:
+    value = spec.get("window")
+    text = str(value).strip()
+    try:
+        seconds = float(text[:-1]) * _UNITS[text[-1]] if text[-1:] in _UNITS else float(text)
+    except (ValueError, KeyError):
+        seconds = -1
+    if seconds <= 0 or seconds > HORIZON:
+        raise ConfigError(
+            spec.at("window"), "window must be like 90s, 15m, 24h or 7d (at most 7 days)"
+        )
+    return seconds
+
+
+def _limit_and_per(spec: Node, kind: str) -> tuple[float, str]:
+    limit = spec.get("limit")
+    if not isinstance(limit, int | float) or isinstance(limit, bool) or limit < 0:
+        raise ConfigError(spec.at("limit"), f"{kind} limit must be a number ≥ 0")
+    per = spec.get("per", "agent")
+    if per not in _PER:
+        raise ConfigError(spec.at("per"), f"per must be one of {', '.join(_PER)}")
+    return float(limit), per
+
+
+def _budget(entry: Node) -> Budget | None:
+    spec = entry.get("budget")
+    if spec is None:
+        return None
+    if not isinstance(spec, Node):
+        raise ConfigError(entry.at("budget"), "'budget' must be a mapping (param, limit, window)")
+    expect_keys(spec, _BUDGET_KEYS, {"param", "limit", "window"}, "budget")
+    limit, per = _limit_and_per(spec, "budget")
+    currency = spec.get("currency")
+    return Budget(
+        str(spec["param"]), limit, _window(spec), per, str(currency).lower() if currency else None
+    )
+
+
+def _rate(entry: Node) -> Rate | None:
+    spec = entry.get("rate")
+    if spec is None:
+        return None
+    if not isinstance(spec, Node):
+        raise ConfigError(entry.at("rate"), "'rate' must be a mapping (limit, window)")
+    expect_keys(spec, _RATE_KEYS, {"limit", "window"}, "rate")
+    limit, per = _limit_and_per(spec, "rate")
+    return Rate(int(limit), _window(spec), per)
 
 
 def _indexable_actions(when: Node) -> frozenset[str] | None:

@@ -44,6 +44,8 @@ DECISION_FIELDS = (
     "undo",
     "shadow_decision",
     "shadow_rules",
+    "risk",
+    "risk_factors",
 )
 # The stored request document is vouched for by its digest, not repeated in the chain.
 REQUEST_DIGEST = "request_sha256"

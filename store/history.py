@@ -28,15 +28,22 @@ class RecordedDecision:
     decision: str
     rules: list[str]
     error: str | None  # set when a stage failed (the request was blocked for it)
+    outcome: str | None
+    instance: str
 
 
 def recorded_decisions(
-    engine: Engine, since: float | None = None, limit: int | None = None
+    engine: Engine,
+    since: float | None = None,
+    limit: int | None = None,
+    other_than_instance: str | None = None,
 ) -> Iterator[RecordedDecision]:
     """Oldest first; `limit` keeps the newest N."""
     query = select(Run).order_by(Run.at.desc() if limit else Run.at)
     if since is not None:
         query = query.where(Run.at >= since)
+    if other_than_instance is not None:
+        query = query.where(Run.instance != other_than_instance)
     if limit:
         query = query.limit(limit)
     with engine.connect() as conn:
@@ -57,4 +64,13 @@ def recorded_decisions(
             decision=row.decision,
             rules=row.rules or [],
             error=row.error,
+            outcome=row.outcome,
+            instance=row.instance,
         )
+
+
+def agent_actions(engine: Engine) -> set[tuple[str, str]]:
+    """Every (agent, action) ever let through: for 'the first time' in the risk score."""
+    query = select(Run.agent, Run.action).where(Run.decision != "BLOCK").distinct()
+    with engine.connect() as conn:
+        return {(agent, action) for agent, action in conn.execute(query)}

@@ -65,6 +65,8 @@ class Run(Base):
     decision: Mapped[str] = mapped_column(String(24))
     reason: Mapped[str] = mapped_column(Text)
     rules: Mapped[list[str]] = mapped_column(JSON)
+    risk: Mapped[int | None] = mapped_column(Integer)  # 0-100
+    risk_factors: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     # What shadow-mode rules would have decided, when any fired (nothing was enforced by them).
     shadow_decision: Mapped[str | None] = mapped_column(String(24))
     shadow_rules: Mapped[list[str] | None] = mapped_column(JSON)

@@ -46,6 +46,8 @@ def run_row(decision: str = "ALLOW", **overrides: Any) -> dict[str, Any]:
         "context": {"environment": "test"},
         "shadow_decision": None,
         "shadow_rules": None,
+        "risk": 40,
+        "risk_factors": [{"factor": "sensitivity", "points": 30, "detail": "high"}],
         "undo": None,
         "request": {"method": "POST", "body": {"amount": "150000"}},
         "decision": decision,

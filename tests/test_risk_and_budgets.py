@@ -1,0 +1,178 @@
+"""Risk scores with their factors; budgets and rates from the in-memory history."""
+
+from __future__ import annotations
+
+import asyncio
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from addons.gatekeeper import Gate
+from addons.history import History
+from addons.mappings import Action
+from addons.policies import load_policies
+from addons.risk import score
+from addons.yaml_source import ConfigError
+from tests.test_gatekeeper import stored_runs, stripe_flow, with_gate
+
+
+class Clock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def refund(amount: int, currency: str = "usd") -> Action:
+    return Action(
+        "create_refund", "stripe", "payment", "high", "charge/ch_1",
+        {"amount": amount, "currency": currency}, "m", {"environment": "production"},
+    )  # fmt: skip
+
+
+def test_risk_factors_add_up_and_are_explained() -> None:
+    risk = score(refund(2_000_000), "billing-bot")
+    assert [(f.name, f.points) for f in risk.factors] == [
+        ("sensitivity", 30),
+        ("category", 10),
+        ("amount", 20),
+        ("environment", 10),
+    ]
+    assert risk.score == 70
+    test_mode = Action(
+        "create_refund", "stripe", "payment", "high", "t", {}, "m", {"environment": "test"}
+    )
+    assert score(test_mode, "a").score == 25  # 30 + 10 - 15
+
+
+def test_history_factors_first_time_bursts_and_denials() -> None:
+    clock = Clock()
+    history = History(clock)
+    fresh = score(refund(10), "bot", history)
+    assert ("first_time", 10) in [(f.name, f.points) for f in fresh.factors]
+    for i in range(12):
+        history.record(f"r{i}", "bot", "create_refund", clock.now - 5 - i, {"amount": 10}, True)
+    history.record("d1", "bot", "delete_bucket", clock.now - 60, {}, False)
+    names = {f.name: f.points for f in score(refund(10), "bot", history).factors}
+    assert "first_time" not in names
+    assert names["burst"] == 10
+    assert names["recent_denials"] == 10
+    assert score(Action("x", "p", "critical_stuff", "critical", "t", {}, None), "a").score <= 100
+
+
+def policies_from(tmp_path: Path, text: str) -> Any:
+    folder = tmp_path / "p"
+    folder.mkdir(exist_ok=True)
+    (folder / "p.yaml").write_text(textwrap.dedent(text))
+    return load_policies(folder)
+
+
+def test_budget_counts_what_was_let_through_in_the_window(tmp_path: Path) -> None:
+    policy = policies_from(
+        tmp_path,
+        """
+        rules:
+          - id: refunds-daily
+            when: {action: create_refund}
+            budget: {param: amount, limit: 200000, window: 24h, per: agent, currency: usd}
+            decision: REQUIRE_APPROVAL
+        """,
+    )
+    clock = Clock()
+    history = History(clock)
+    history.record(
+        "a", "bot", "create_refund", clock.now - 3600, {"amount": 150000, "currency": "usd"}, True
+    )
+    history.record(
+        "b", "bot", "create_refund", clock.now - 90000, {"amount": 150000, "currency": "usd"}, True
+    )
+    history.record(
+        "c", "bot", "create_refund", clock.now - 60, {"amount": 90000, "currency": "eur"}, True
+    )
+    history.record(
+        "d", "other", "create_refund", clock.now - 60, {"amount": 190000, "currency": "usd"}, True
+    )
+    history.record(
+        "e", "bot", "create_refund", clock.now - 60, {"amount": 100000, "currency": "usd"}, False
+    )
+
+    assert policy.decide(refund(50000), "bot", history=history).decision == "ALLOW"  # 200000
+    assert policy.decide(refund(50001), "bot", history=history).rules == ("refunds-daily",)
+    assert policy.decide(refund(150000, "eur"), "bot", history=history).decision == "ALLOW"
+    assert policy.decide(refund(200000), "fresh-bot", history=history).decision == "ALLOW"
+
+
+def test_rate_limits_per_agent_and_per_role(tmp_path: Path) -> None:
+    policy = policies_from(
+        tmp_path,
+        """
+        rules:
+          - {id: agent-rate, when: {action: create_refund}, rate: {limit: 3, window: 1m},
+             decision: REQUIRE_APPROVAL}
+          - {id: role-rate, when: {action: create_refund}, rate: {limit: 5, window: 1m, per: role},
+             decision: BLOCK}
+        """,
+    )
+    clock = Clock()
+    history = History(clock)
+    for i in range(3):
+        history.record(f"a{i}", "bot", "create_refund", clock.now - i, {}, True, ("payments",))
+    history.record("old", "bot", "create_refund", clock.now - 120, {}, True, ("payments",))
+    assert policy.decide(refund(1), "bot", ("payments",), history=history).rules == ("agent-rate",)
+    for i in range(2):
+        history.record(f"b{i}", "bot-2", "create_refund", clock.now - i, {}, True, ("payments",))
+    verdict = policy.decide(refund(1), "bot-3", ("payments",), history=history)
+    assert (verdict.decision, verdict.rules) == ("BLOCK", ("role-rate",))
+
+
+def test_risk_rules_escalate_but_never_allow(tmp_path: Path) -> None:
+    policy = policies_from(
+        tmp_path,
+        "rules:\n  - {id: risky, when: {risk: {gte: 70}}, decision: REQUIRE_APPROVAL}\n",
+    )
+    assert policy.decide(refund(1), "a", risk=70).rules == ("risky",)
+    assert policy.decide(refund(1), "a", risk=69).rules == ()
+    assert policy.decide(refund(1), "a").rules == ()  # no score: the condition does not hold
+    with pytest.raises(ConfigError, match="cannot ALLOW: risk never grants access"):
+        policies_from(tmp_path, "rules:\n  - {id: r, when: {risk: {lt: 10}}, decision: ALLOW}\n")
+    with pytest.raises(ConfigError, match="window must be like"):
+        policies_from(
+            tmp_path,
+            "rules:\n  - {id: r, rate: {limit: 1, window: forever}, decision: BLOCK}\n",
+        )
+
+
+def test_the_proxy_keeps_budgets_across_requests_and_restarts(tmp_path: Path) -> None:
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "p.yaml").write_text(
+        textwrap.dedent(
+            """
+            rules:
+              - id: charges-budget
+                when: {action: create_charge}
+                budget: {param: amount, limit: 1000, window: 1h}
+                decision: BLOCK
+            """
+        )
+    )
+    flows = [stripe_flow(b"amount=400&currency=usd") for _ in range(4)]
+
+    async def first_run(gate: Gate, _: Any) -> None:
+        for flow in flows[:3]:
+            await asyncio.wait_for(gate.request(flow), 5)
+
+    with_gate(tmp_path, first_run, airlock_policies=str(policies))
+    assert [f.response is None for f in flows[:3]] == [True, True, False]  # 400, 800, then 1200
+
+    async def after_restart(gate: Gate, _: Any) -> None:
+        await asyncio.wait_for(gate.request(flows[3]), 5)
+
+    with_gate(tmp_path, after_restart, airlock_policies=str(policies))
+    assert flows[3].response.status_code == 403  # 800 spent before the restart still counts
+    runs = stored_runs(tmp_path)
+    assert [r.rules for r in runs] == [[], [], ["charges-budget"], ["charges-budget"]]
+    assert all(r.risk is not None and r.risk_factors for r in runs)
