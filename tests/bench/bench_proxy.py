@@ -178,14 +178,36 @@ def start_proxies(work: Path, upstream_port: int, upstream_ca: Path, mappings: P
 # --- in-process stages -----------------------------------------------------------------------
 
 
-def stage_timings(mappings: Path) -> tuple[float, float, float]:
-    """Median µs to build the document, to map it (1,000+ mappings), and to decide it."""
+def write_bulk_policies(folder: Path, count: int) -> None:
+    """The shipped policies plus `count` more rules spread over 100 actions."""
+    folder.mkdir(parents=True)
+    for shipped in (PROJECT_ROOT / "policies").glob("*.yaml"):
+        shutil.copy(shipped, folder / shipped.name)
+    lines = ["rules:"]
+    for i in range(count):
+        lines.append(
+            f"  - {{id: bulk-{i}, when: {{action: bulk_action_{i % 100}, params: "
+            f"{{amount: {{gte: {i * 10}}}}}}}, decision: REQUIRE_APPROVAL}}"
+        )
+    lines.append(
+        "  - {id: bulk-charges, when: {action: create_charge,"
+        " params: {currency: {in: [xyz]}}}, decision: BLOCK}"
+    )
+    (folder / "bulk.yaml").write_text("\n".join(lines) + "\n")
+
+
+def stage_timings(mappings: Path, policies: Path) -> tuple[float, float, float]:
+    """Median µs to build the document, to map it (1,000+ mappings), and to decide it (500+
+    rules, risk score and history included)."""
     from mitmproxy.test import tutils
 
     from addons.document import build_document
     from addons.evaluation import Config
+    from addons.history import History
+    from addons.risk import score
 
-    config = Config.load(mappings, PROJECT_ROOT / "policies")
+    config = Config.load(mappings, policies)
+    history = History()
     request = tutils.treq(
         method=b"POST", scheme=b"https", host=HOST, port=443, authority=b"", path=b"/v1/charges",
         headers=[(b"content-type", b"application/x-www-form-urlencoded")], content=BODY,
@@ -197,7 +219,8 @@ def stage_timings(mappings: Path) -> tuple[float, float, float]:
         t1 = time.perf_counter()
         action = config.mappings.map(document)
         t2 = time.perf_counter()
-        config.policies.decide(action, "agent")
+        risk = score(action, "agent", history)
+        config.policies.decide(action, "agent", (), risk.score, history)
         t3 = time.perf_counter()
         documents.append(t1 - t0)
         maps.append(t2 - t1)
@@ -213,6 +236,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=3000, help="requests per measurement")
     parser.add_argument("--mappings", type=int, default=1000, help="extra mapping rules loaded")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds; best kept")
+    parser.add_argument("--rules", type=int, default=500, help="extra policy rules, in-process")
     args = parser.parse_args()
     console = Console(width=120)
     work = Path(tempfile.mkdtemp(prefix="airlock-bench-"))
@@ -237,7 +261,8 @@ def main() -> int:
                     key = (name, concurrency)
                     if key not in best or result.rps > best[key].rps:
                         best[key] = result
-        document_us, map_us, decide_us = stage_timings(work / "mappings")
+        write_bulk_policies(work / "policies", args.rules)
+        document_us, map_us, decide_us = stage_timings(work / "mappings", work / "policies")
         report(console, best, args, document_us, map_us, decide_us, work)
         return 0
     finally:
@@ -278,8 +303,9 @@ def report(
         )
     console.print(table)
     console.print(
-        f"In-process, median per request with {args.mappings} extra mappings loaded: "
-        f"document {document_us:.1f} µs, map {map_us:.1f} µs, decide {decide_us:.1f} µs"
+        f"In-process, median per request with {args.mappings} extra mappings and {args.rules} "
+        f"extra rules loaded: document {document_us:.1f} µs, map {map_us:.1f} µs, "
+        f"decide (risk score included) {decide_us:.1f} µs"
     )
     from sqlalchemy import func, select
 
