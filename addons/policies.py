@@ -12,8 +12,10 @@ import fnmatch
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from addons.agents import AGENTS_FILE
 from addons.conditions import MISSING, Test, compile_condition
@@ -62,8 +64,11 @@ _WHEN_KEYS = {
     "environment",
     "role",
     "risk",
+    "time",
     "params",
 }
+_TIME_KEYS = {"days", "hours", "timezone"}
+_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
 class PolicyError(Exception):
@@ -157,6 +162,7 @@ class Rule:
     risk_test: Test | None = None
     budget: Budget | None = None
     rate: Rate | None = None
+    time_window: TimeWindow | None = None
 
     def fires(
         self,
@@ -187,11 +193,35 @@ class Rule:
             if self.risk_test is not None and not self.risk_test(MISSING if risk is None else risk):
                 return False
             history = history or History()
+            if self.time_window is not None and not self.time_window.holds(history.clock()):
+                return False
             if self.budget is not None and not self.budget.exceeded(action, agent, roles, history):
                 return False
             return self.rate is None or self.rate.exceeded(action, agent, roles, history)
         except Exception as e:  # e.g. comparing a string param with a number
             raise PolicyError(f"rule {self.id} ({self.where}) failed to evaluate: {e}") from e
+
+
+@dataclass(frozen=True)
+class TimeWindow:
+    """`time: {days: [mon, fri], hours: "09:00-18:00", timezone: Europe/Paris}`: the rule
+    holds only then (an overnight range like 22:00-06:00 wraps)."""
+
+    days: frozenset[int]  # 0 = Monday
+    start_minute: int
+    end_minute: int
+    zone: ZoneInfo
+
+    def holds(self, now: float) -> bool:
+        local = datetime.fromtimestamp(now, self.zone)
+        minute = local.hour * 60 + local.minute
+        if self.start_minute <= self.end_minute:
+            in_hours = self.start_minute <= minute < self.end_minute
+            day = local.weekday()
+        else:  # wraps midnight: the early hours belong to the previous day's window
+            in_hours = minute >= self.start_minute or minute < self.end_minute
+            day = local.weekday() if minute >= self.start_minute else (local.weekday() - 1) % 7
+        return in_hours and day in self.days
 
 
 @dataclass(frozen=True)
@@ -415,10 +445,11 @@ def _load_rule(entry: Any, where: Where, order: int) -> Rule:
         actions=_indexable_actions(when),
         field_tests=tuple(
             (key, _glob_test(when, key))
-            for key in sorted(_WHEN_KEYS - {"params", "risk"})
+            for key in sorted(_WHEN_KEYS - {"params", "risk", "time"})
             if key in when
         ),
         risk_test=_risk_test(when, entry, decision),
+        time_window=_time_window(when),
         budget=_budget(entry),
         rate=_rate(entry),
         param_tests=_param_tests(when),
@@ -437,6 +468,33 @@ def _risk_test(when: Node, entry: Node, decision: str) -> Test | None:
             when.key_at("risk"), "a rule on the risk score cannot ALLOW: risk never grants access"
         )
     return compile_condition(when["risk"], when.at("risk"), "risk")
+
+
+def _time_window(when: Node) -> TimeWindow | None:
+    spec = when.get("time")
+    if spec is None:
+        return None
+    if not isinstance(spec, Node):
+        raise ConfigError(when.at("time"), "'time' must be a mapping (days, hours, timezone)")
+    expect_keys(spec, _TIME_KEYS, set(), "time")
+    days = spec.get("days", list(_DAYS))
+    if not isinstance(days, list) or any(str(d).lower()[:3] not in _DAYS for d in days):
+        raise ConfigError(spec.at("days"), f"days must be a list of {', '.join(_DAYS)}")
+    hours = str(spec.get("hours", "00:00-24:00"))
+    match = re.fullmatch(r"(\d{1,2}):(\d{2})-(\d{1,2}):(\d{2})", hours)
+    minutes = [int(g) for g in match.groups()] if match else []
+    if not match or minutes[0] * 60 + minutes[1] > 1440 or minutes[2] * 60 + minutes[3] > 1440:
+        raise ConfigError(spec.at("hours"), "hours must be like 09:00-18:00")
+    try:
+        zone = ZoneInfo(str(spec.get("timezone", "UTC")))
+    except (ZoneInfoNotFoundError, ValueError) as e:
+        raise ConfigError(spec.at("timezone"), f"unknown timezone: {e}") from e
+    return TimeWindow(
+        frozenset(_DAYS.index(str(d).lower()[:3]) for d in days),
+        minutes[0] * 60 + minutes[1],
+        minutes[2] * 60 + minutes[3],
+        zone,
+    )
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

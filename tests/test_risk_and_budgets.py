@@ -176,3 +176,38 @@ def test_the_proxy_keeps_budgets_across_requests_and_restarts(tmp_path: Path) ->
     runs = stored_runs(tmp_path)
     assert [r.rules for r in runs] == [[], [], ["charges-budget"], ["charges-budget"]]
     assert all(r.risk is not None and r.risk_factors for r in runs)
+
+
+def test_time_of_day_and_week_conditions(tmp_path: Path) -> None:
+    policy = policies_from(
+        tmp_path,
+        """
+        rules:
+          - id: after-hours
+            when:
+              action: create_refund
+              time: {days: [mon, tue, wed, thu, fri], hours: "18:00-09:00", timezone: Europe/Paris}
+            decision: REQUIRE_APPROVAL
+          - id: weekend
+            when: {action: create_refund, time: {days: [sat, sun]}}
+            decision: BLOCK
+        """,
+    )
+    # 2026-11-23 is a Monday; Paris is UTC+1 in November.
+    monday_noon_paris = 1795431600.0  # 2026-11-23 11:00 UTC
+    monday_night_paris = monday_noon_paris + 11 * 3600  # 22:00 UTC, 23:00 Paris
+    tuesday_early_paris = monday_noon_paris + 18 * 3600  # Tuesday 06:00 Paris: Monday's window
+    saturday = monday_noon_paris + 5 * 86400
+
+    def fired(at: float) -> tuple[str, ...]:
+        return policy.decide(refund(1), "a", history=History(Clock(at))).rules
+
+    assert fired(monday_noon_paris) == ()
+    assert fired(monday_night_paris) == ("after-hours",)
+    assert fired(tuesday_early_paris) == ("after-hours",)
+    assert fired(saturday) == ("weekend",)
+    with pytest.raises(ConfigError, match="unknown timezone"):
+        policies_from(
+            tmp_path,
+            "rules:\n  - {id: r, when: {time: {timezone: Mars/Olympus}}, decision: BLOCK}\n",
+        )
