@@ -33,6 +33,7 @@ OPERATORS: dict[str, Callable[[Any], Test]] = {
     "gte": lambda x: _present(lambda a, b: a >= b, x),
     "lt": lambda x: _present(lambda a, b: a < b, x),
     "lte": lambda x: _present(lambda a, b: a <= b, x),
+    "between": lambda bounds: _present(lambda a, b: b[0] <= a <= b[1], bounds),
     "exists": lambda flag: lambda a: (a is not MISSING and a is not None) == bool(flag),
     "regex": lambda pattern: (
         lambda a, r=re.compile(pattern): isinstance(a, str) and r.search(a) is not None
@@ -53,6 +54,8 @@ def compile_condition(spec: Any, where: Where, subject: str) -> Test:
             )
         if op in ("in", "not_in") and not isinstance(operand, list):
             raise ConfigError(spec.at(op), f"{op!r} needs a list")
+        if op == "between" and not (isinstance(operand, list) and len(operand) == 2):
+            raise ConfigError(spec.at(op), "'between' needs [low, high] (both included)")
         try:
             tests.append(OPERATORS[op](operand))
         except re.error as e:

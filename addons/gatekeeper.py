@@ -178,8 +178,10 @@ class Gate:
         """At start (before any traffic): the recorded past within the longest window."""
         started = time.perf_counter()
         now = time.time()
-        for run_id, agent, action, at, params, passed in self._recorded_since(now - HORIZON):
-            self.history.record(run_id, agent, action, at, params, passed)
+        for run_id, agent, action, at, params, passed, target in self._recorded_since(
+            now - HORIZON
+        ):
+            self.history.record(run_id, agent, action, at, params, passed, target=target)
         for agent, action in agent_actions(self.engine):
             self.history.knows(agent, action)
         self._history_synced_at = now
@@ -189,7 +191,7 @@ class Gate:
         """Decisions committed since then (by other instances only, when asked)."""
         other_than = self.instance if others_only else None
         return [
-            (r.id, r.agent, r.action, r.at, r.params, _let_through(r.decision, r.outcome))
+            (r.id, r.agent, r.action, r.at, r.params, _let_through(r.decision, r.outcome), r.target)
             for r in recorded_decisions(self.engine, since=since, other_than_instance=other_than)
             if r.decision != REQUIRE_APPROVAL or r.outcome is not None
         ]
@@ -205,14 +207,15 @@ class Gate:
             except Exception as e:
                 log.warning("cannot read other instances' decisions: %s", e)
                 continue
-            for run_id, agent, action, at, params, passed in found:
-                self.history.record(run_id, agent, action, at, params, passed)
+            for run_id, agent, action, at, params, passed, target in found:
+                self.history.record(run_id, agent, action, at, params, passed, target=target)
             self.history.prune()
 
     def _remember(self, run: dict[str, Any], passed: bool, roles: tuple[str, ...] = ()) -> None:
         self.history.record(
-            run["id"], run["agent"], run["action"], run["at"], run["params"], passed, roles
-        )
+            run["id"], run["agent"], run["action"], run["at"], run["params"], passed, roles,
+            run["target"],
+        )  # fmt: skip
 
     def _enforce_gating_options(self) -> None:
         """mitmproxy settings under which some traffic would pass the gate unseen."""
@@ -373,7 +376,7 @@ class Gate:
         decision_ms = (time.perf_counter() - started) * 1000
         run = _run_row(run_id, self.instance, document, evaluation, decision_ms)
         hold = (
-            self._hold_request(document, evaluation.verdict.hold_timeout)
+            self._hold_request(document, evaluation.verdict)
             if evaluation.verdict.decision == REQUIRE_APPROVAL
             else None
         )
@@ -422,12 +425,13 @@ class Gate:
             allowed = Verdict(ALLOW, "shadow mode (airlock_mode=shadow)", (), shadow=would)
         return replace(evaluation, verdict=allowed)
 
-    def _hold_request(self, document: Document, rule_timeout: float | None) -> HoldRequest:
-        timeout = rule_timeout or ctx.options.airlock_hold_timeout
+    def _hold_request(self, document: Document, verdict: Verdict) -> HoldRequest:
+        timeout = verdict.hold_timeout or ctx.options.airlock_hold_timeout
         return HoldRequest(
             approval_id=uuid.uuid4().hex,  # random: reviewers type a short prefix
             expires_at=time.time() + timeout,
             request_hash=request_hash(document),
+            required=verdict.approvals,
         )
 
     async def _hold(self, flow: http.HTTPFlow, run: dict[str, Any], hold: HoldRequest) -> None:

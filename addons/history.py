@@ -46,6 +46,7 @@ class History:
         self._passed: dict[tuple[str, str], _Series] = defaultdict(_Series)
         self._denials: dict[str, list[float]] = defaultdict(list)
         self._done: set[tuple[str, str]] = set()
+        self._targets: set[tuple[str, str]] = set()
         self._roles: dict[str, tuple[str, ...]] = {}
         self._seen_ids: set[str] = set()
 
@@ -60,6 +61,7 @@ class History:
         params: dict[str, Any],
         passed: bool,
         roles: tuple[str, ...] = (),
+        target: str | None = None,
     ) -> None:
         """One decision: `passed` when the request was (or will be) let through."""
         if run_id in self._seen_ids:
@@ -69,6 +71,8 @@ class History:
         if passed:
             self._passed[(agent, action)].add(at, _numbers(params))
             self._done.add((agent, action))
+            if target:
+                self._targets.add((agent, target))
         else:
             bisect.insort(self._denials[agent], at)
 
@@ -90,6 +94,9 @@ class History:
 
     def has_done(self, agent: str, action: str) -> bool:
         return (agent, action) in self._done
+
+    def has_touched(self, agent: str, target: str) -> bool:
+        return (agent, target) in self._targets
 
     def recent_count(self, agent: str, action: str, seconds: float) -> int:
         series = self._passed.get((agent, action))

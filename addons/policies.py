@@ -47,6 +47,7 @@ _RULE_KEYS = {
     "reason",
     "mode",
     "hold_timeout",
+    "approvals",
     "budget",
     "rate",
 }
@@ -91,6 +92,7 @@ class Verdict:
     rules: tuple[str, ...]
     shadow: Shadow | None = None
     hold_timeout: float | None = None  # set by a REQUIRE_APPROVAL rule's own `hold_timeout`
+    approvals: int = 1  # distinct reviewers who must approve (the largest any fired rule asks)
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,7 @@ class Rule:
     order: int
     mode: str = ENFORCE
     hold_timeout: float | None = None
+    approvals: int = 1
     risk_test: Test | None = None
     budget: Budget | None = None
     rate: Rate | None = None
@@ -317,11 +320,13 @@ class PolicySet:
         timeouts = [
             r.hold_timeout for r in fired if r.decision == REQUIRE_APPROVAL and r.hold_timeout
         ]
+        approvals = [r.approvals for r in fired if r.decision == REQUIRE_APPROVAL]
         return Verdict(
             strictest.decision,
             strictest.reason,
             tuple(r.id for r in fired),
             hold_timeout=min(timeouts) if timeouts else None,
+            approvals=max(approvals, default=1),
         )
 
 
@@ -457,7 +462,24 @@ def _load_rule(entry: Any, where: Where, order: int) -> Rule:
         order=order,
         mode=mode,
         hold_timeout=float(hold_timeout) if hold_timeout is not None else None,
+        approvals=_approvals(entry, decision),
     )
+
+
+def _approvals(entry: Node, decision: str) -> int:
+    count = entry.get("approvals", 1)
+    if (
+        not isinstance(count, int)
+        or isinstance(count, bool)
+        or count < 1
+        or (count > 1 and decision != REQUIRE_APPROVAL)
+    ):
+        raise ConfigError(
+            entry.at("approvals"),
+            "approvals is how many distinct reviewers must approve: 1 or more, on "
+            "REQUIRE_APPROVAL rules",
+        )
+    return count
 
 
 def _risk_test(when: Node, entry: Node, decision: str) -> Test | None:

@@ -48,6 +48,8 @@ class AgentHistory(Protocol):
 
     def has_done(self, agent: str, action: str) -> bool: ...
 
+    def has_touched(self, agent: str, target: str) -> bool: ...
+
     def recent_count(self, agent: str, action: str, seconds: float) -> int: ...
 
     def recent_denials(self, agent: str, seconds: float) -> int: ...
@@ -113,6 +115,8 @@ def _history(action: Action, agent: str, history: AgentHistory) -> list[RiskFact
     factors = []
     if action.category != "read" and not history.has_done(agent, action.action):
         factors.append(RiskFactor("first_time", 10, f"first {action.action} by {agent}"))
+    elif action.category != "read" and not history.has_touched(agent, action.target):
+        factors.append(RiskFactor("new_target", 5, f"first time {agent} touches {action.target}"))
     last_minute = history.recent_count(agent, action.action, 60)
     last_hour = history.recent_count(agent, action.action, 3600)
     baseline = last_hour / 60  # per minute over the hour

@@ -378,7 +378,13 @@ def cmd_decide(args: argparse.Namespace) -> int:
     except ApprovalError as e:
         print(f"airlock {args.command}: {e}", file=sys.stderr)
         return 1
-    print(f"{settled.state.lower()} {settled.approval_id} as {args.reviewer}")
+    if settled.state == "PENDING":
+        print(
+            f"approved {settled.approval_id} as {args.reviewer}: {settled.votes} of "
+            f"{settled.required} distinct reviewers so far; still held"
+        )
+    else:
+        print(f"{settled.state.lower()} {settled.approval_id} as {args.reviewer}")
     return 0
 
 

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from store.audit import append_events
+from store.audit import Event, append_events
 from store.prepared import PENDING, tx_of
 from store.records import Settlement, settle_approval
-from store.schema import Approval, Run, write_transaction
+from store.schema import Approval, ApprovalVote, Run, write_transaction
 
 APPROVED, DENIED, EXPIRED, ABANDONED = "APPROVED", "DENIED", "EXPIRED", "ABANDONED"
 TERMINAL_STATES = frozenset({APPROVED, DENIED, EXPIRED, ABANDONED})
@@ -90,28 +90,83 @@ def approval_states(engine: Engine, ids: Iterable[str]) -> dict[str, Settlement]
 def resolve_approval(
     engine: Engine, reference: str, state: str, reviewer: str, reason: str | None
 ) -> Settlement:
-    """A reviewer approves or denies; `reference` is an approval id or an unambiguous prefix."""
+    """A reviewer approves or denies; `reference` is an approval id or an unambiguous prefix.
+
+    With a quorum, each approval is a vote and the request is released when enough distinct
+    reviewers have approved; one denial ends it. The agent that sent the request never counts.
+    """
     if state not in (APPROVED, DENIED):
         raise ApprovalError(f"a reviewer can only approve or deny, not {state}")
     now = time.time()
     with write_transaction(engine) as conn:
         approval_id = _full_id(conn, reference)
-        current = conn.execute(select(Approval).where(Approval.id == approval_id)).one()
-        if current.state == PENDING and current.expires_at <= now:
-            raise ApprovalError(
-                f"approval {approval_id} expired {now - current.expires_at:.0f} s ago; "
-                "the request was not forwarded and cannot be released now"
-            )
+        # Locked until commit: reviewers voting at once are counted one after the other.
+        current = conn.execute(
+            select(Approval).where(Approval.id == approval_id).with_for_update()
+        ).one()
+        agent = conn.execute(select(Run.agent).where(Run.id == current.run_id)).scalar_one()
+        _check_can_decide(current, agent, reviewer, now)
         tx = tx_of(conn)
-        settlement, events = settle_approval(tx, approval_id, state, reviewer, reason, now)
+        if state == DENIED:
+            settlement, events = settle_approval(tx, approval_id, DENIED, reviewer, reason, now)
+        else:
+            settlement, events = _vote(conn, current, reviewer, reason, now)
         append_events(tx, events)
-    if not settlement.won:
-        raise ApprovalError(
-            f"approval {approval_id} is already {settlement.state}"
-            + (f" (by {settlement.reviewer})" if settlement.reviewer else "")
-            + "; terminal states are final"
-        )
     return settlement
+
+
+def _check_can_decide(approval: Any, agent: str, reviewer: str, now: float) -> None:
+    if approval.state != PENDING:
+        by = f" (by {approval.reviewer})" if approval.reviewer else ""
+        raise ApprovalError(
+            f"approval {approval.id} is already {approval.state}{by}; terminal states are final"
+        )
+    if approval.expires_at <= now:
+        raise ApprovalError(
+            f"approval {approval.id} expired {now - approval.expires_at:.0f} s ago; "
+            "the request was not forwarded and cannot be released now"
+        )
+    if reviewer.strip().lower() == agent.strip().lower():
+        raise ApprovalError(
+            f"{reviewer} is the agent that sent this request: nobody approves their own request"
+        )
+
+
+def _vote(
+    conn: Any, approval: Any, reviewer: str, reason: str | None, now: float
+) -> tuple[Settlement, list[Event]]:
+    required = approval.required or 1
+    voters = list(
+        conn.execute(
+            select(ApprovalVote.reviewer)
+            .where(ApprovalVote.approval_id == approval.id)
+            .order_by(ApprovalVote.at)
+        ).scalars()
+    )
+    if reviewer in voters:
+        raise ApprovalError(
+            f"{reviewer} already approved {approval.id}: {len(voters)} of {required} distinct "
+            "reviewers so far"
+        )
+    conn.execute(
+        insert(ApprovalVote).values(
+            approval_id=approval.id, reviewer=reviewer, at=now, reason=reason
+        )
+    )
+    voters.append(reviewer)
+    vote = Event(
+        "vote",
+        approval.run_id,
+        now,
+        {"approval_id": approval.id, "reviewer": reviewer, "reason": reason, "at": now},
+    )
+    if len(voters) < required:
+        waiting = Settlement(approval.id, PENDING, True, reviewer, reason, len(voters), required)
+        return waiting, [vote]
+    settlement, events = settle_approval(
+        tx_of(conn), approval.id, APPROVED, ", ".join(voters), reason, now
+    )
+    return replace(settlement, votes=len(voters), required=required), [vote, *events]
 
 
 def _full_id(conn: Any, reference: str) -> str:

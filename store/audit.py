@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 
 from store.jsontext import to_json
 from store.prepared import Tx
-from store.schema import GENESIS_HASH, Approval, AuditEvent, AuditHead, Run
+from store.schema import GENESIS_HASH, Approval, ApprovalVote, AuditEvent, AuditHead, Run
 
 # The run columns a decision event vouches for, and those an outcome event vouches for.
 DECISION_FIELDS = (
@@ -52,7 +52,14 @@ REQUEST_DIGEST = "request_sha256"
 OUTCOME_FIELDS = ("outcome", "status", "upstream_ms")
 APPROVAL_FIELDS = ("state", "reviewer", "reason", "resolved_at")
 # Fixed when the approval opens: vouched for by its first (PENDING) event.
-APPROVAL_ORIGIN_FIELDS = ("run_id", "created_at", "expires_at", "request_hash", "instance")
+APPROVAL_ORIGIN_FIELDS = (
+    "run_id",
+    "created_at",
+    "expires_at",
+    "request_hash",
+    "instance",
+    "required",
+)
 
 
 def request_digest(request: Any) -> str:
@@ -148,6 +155,7 @@ class _Vouched:
     outcomes: dict[str, dict[str, Any]]
     approvals: dict[str, dict[str, Any]]
     approval_origins: dict[str, dict[str, Any]]
+    votes: dict[tuple[str, str], dict[str, Any]]
 
 
 def _events(conn: Connection) -> Iterator[AuditEvent]:
@@ -155,7 +163,7 @@ def _events(conn: Connection) -> Iterator[AuditEvent]:
 
 
 def _verify_chain(conn: Connection, counts: dict[str, int]) -> _Vouched:
-    vouched = _Vouched({}, {}, {}, {})
+    vouched = _Vouched({}, {}, {}, {}, {})
     expected, prev = 1, GENESIS_HASH
     for event in _events(conn):
         if event.seq != expected:
@@ -196,6 +204,8 @@ def _remember(vouched: _Vouched, event: AuditEvent) -> None:
     elif event.kind == "approval":
         vouched.approvals[payload["approval_id"]] = payload
         vouched.approval_origins.setdefault(payload["approval_id"], payload)
+    elif event.kind == "vote":
+        vouched.votes[(payload["approval_id"], payload["reviewer"])] = payload
 
 
 def _verify_records(conn: Connection, vouched: _Vouched, counts: dict[str, int]) -> None:
@@ -229,6 +239,24 @@ def _verify_records(conn: Connection, vouched: _Vouched, counts: dict[str, int])
         raise _Broken(
             f"approval {sorted(missing)[0]} is recorded in the chain but its row was deleted"
         )
+    _verify_votes(conn, vouched)
+
+
+def _verify_votes(conn: Connection, vouched: _Vouched) -> None:
+    seen: set[tuple[str, str]] = set()
+    for vote in conn.execute(select(ApprovalVote)).yield_per(2000):
+        key = (vote.approval_id, vote.reviewer)
+        recorded = vouched.votes.get(key)
+        if recorded is None:
+            raise _Broken(f"a vote by {vote.reviewer} on approval {vote.approval_id} has no event")
+        _same(
+            f"the vote by {vote.reviewer} on {vote.approval_id}", vote, recorded, ("at", "reason")
+        )
+        seen.add(key)
+    missing = vouched.votes.keys() - seen
+    if missing:
+        approval_id, reviewer = sorted(missing)[0]
+        raise _Broken(f"the vote by {reviewer} on approval {approval_id} was deleted")
 
 
 def _same(what: str, row: Any, recorded: dict[str, Any], fields: tuple[str, ...]) -> None:

@@ -16,6 +16,7 @@ class HoldRequest:
     approval_id: str
     expires_at: float
     request_hash: str
+    required: int = 1  # distinct reviewers who must approve
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ def _approval_row(record: DecisionRecord, hold: HoldRequest) -> dict[str, Any]:
         "reason": None,
         "request_hash": hold.request_hash,
         "instance": record.run["instance"],
+        "required": hold.required,
     }
 
 
@@ -108,6 +110,8 @@ class Settlement:
     won: bool
     reviewer: str | None
     reason: str | None
+    votes: int = 0  # approvals gathered so far, when a quorum is required
+    required: int = 1
 
 
 def settle_approval(

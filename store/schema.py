@@ -18,6 +18,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    UniqueConstraint,
     create_engine,
     event,
     insert,
@@ -92,6 +93,21 @@ class Approval(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     request_hash: Mapped[str] = mapped_column(String(64), index=True)
     instance: Mapped[str] = mapped_column(Text)
+    # How many distinct reviewers must approve (quorum); one denial ends it. None: one.
+    required: Mapped[int | None] = mapped_column(Integer)
+
+
+class ApprovalVote(Base):
+    """One reviewer's approval of a held request, while a quorum is being gathered."""
+
+    __tablename__ = "approval_votes"
+    __table_args__ = (UniqueConstraint("approval_id", "reviewer"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    approval_id: Mapped[str] = mapped_column(ForeignKey("approvals.id"), index=True)
+    reviewer: Mapped[str] = mapped_column(Text)
+    at: Mapped[float] = mapped_column(Float)
+    reason: Mapped[str | None] = mapped_column(Text)
 
 
 class AuditEvent(Base):

@@ -75,6 +75,7 @@ def test_operators(tmp_path: Path) -> None:
           - {id: regex, when: {params: {email: {regex: "@evil\\\\.com$"}}}, decision: BLOCK}
           - {id: exists, when: {params: {coupon: {exists: true}}}, decision: REQUIRE_APPROVAL}
           - {id: absent, when: {params: {memo: {exists: false}}}, decision: ALLOW}
+          - {id: band, when: {params: {score: {between: [3, 5]}}}, decision: REQUIRE_APPROVAL}
         """,
     )
 
@@ -92,6 +93,9 @@ def test_operators(tmp_path: Path) -> None:
     assert fired(email="x@evil.com", memo="m") == ("regex",)
     assert fired(coupon="c", memo="m") == ("exists",)
     assert fired() == ("absent",)
+    assert fired(score=3, memo="m") == ("band",)
+    assert fired(score=5, memo="m") == ("band",)
+    assert fired(score=6, memo="m") == ()
 
 
 def test_fields_agents_and_action_globs(tmp_path: Path) -> None:

@@ -54,13 +54,20 @@ def test_history_factors_first_time_bursts_and_denials() -> None:
     fresh = score(refund(10), "bot", history)
     assert ("first_time", 10) in [(f.name, f.points) for f in fresh.factors]
     for i in range(12):
-        history.record(f"r{i}", "bot", "create_refund", clock.now - 5 - i, {"amount": 10}, True)
+        history.record(
+            f"r{i}", "bot", "create_refund", clock.now - 5 - i, {"amount": 10}, True,
+            target="charge/ch_1",
+        )  # fmt: skip
     history.record("d1", "bot", "delete_bucket", clock.now - 60, {}, False)
     names = {f.name: f.points for f in score(refund(10), "bot", history).factors}
     assert "first_time" not in names
     assert names["burst"] == 10
     assert names["recent_denials"] == 10
     assert score(Action("x", "p", "critical_stuff", "critical", "t", {}, None), "a").score <= 100
+    elsewhere = Action("create_refund", "stripe", "payment", "high", "charge/ch_2", {}, "m")
+    assert ("new_target", 5) in [
+        (f.name, f.points) for f in score(elsewhere, "bot", history).factors
+    ]
 
 
 def policies_from(tmp_path: Path, text: str) -> Any:

@@ -23,7 +23,7 @@ from store.approvals import (
 )
 from store.audit import verify_audit
 from store.records import DecisionRecord, HoldRequest, OutcomeRecord
-from store.schema import Approval, AuditEvent, AuditHead, Run
+from store.schema import Approval, ApprovalVote, AuditEvent, AuditHead, Run
 from store.writer import SettleRequest, StoreWriter
 
 
@@ -232,7 +232,7 @@ def test_concurrent_writers_keep_one_unbroken_chain(engine: Engine) -> None:
     report = verify_audit(engine)
     assert report.ok, report.problem
     assert report.runs == 8 + 120
-    assert report.events == 8 * 2 + 120 + 8
+    assert report.events == 8 * 2 + 120 + 8 * 2  # each approval: a vote, then the decision
 
 
 # --- tampering -------------------------------------------------------------------------------
@@ -240,7 +240,8 @@ def test_concurrent_writers_keep_one_unbroken_chain(engine: Engine) -> None:
 
 @pytest.fixture
 def audited(engine: Engine) -> Engine:
-    """Four decisions (one blocked), a held one approved, an outcome: 9 events."""
+    """Four decisions (one blocked), a held one approved (a vote, then APPROVED), an outcome:
+    10 events."""
     rows = [run_row() for _ in range(3)] + [run_row("BLOCK", outcome="blocked", status=403)]
     write(engine, *(DecisionRecord(r) for r in rows))
     row, hold = held()
@@ -248,7 +249,7 @@ def audited(engine: Engine) -> Engine:
     resolve_approval(engine, hold.approval_id, APPROVED, "alice", None)
     write(engine, OutcomeRecord(rows[0]["id"], time.time(), "forwarded", 200, 3.0))
     report = verify_audit(engine)
-    assert report.ok and report.events == 9, report
+    assert report.ok and report.events == 10, report
     return engine
 
 
@@ -273,8 +274,8 @@ def test_deleted_event_is_named(audited: Engine) -> None:
 
 
 def test_deleted_last_event_is_caught_by_the_head(audited: Engine) -> None:
-    problem = _tamper(audited, delete(AuditEvent).where(AuditEvent.seq == 9))
-    assert "the chain ends at event #8 but its head says #9" in problem
+    problem = _tamper(audited, delete(AuditEvent).where(AuditEvent.seq == 10))
+    assert "the chain ends at event #9 but its head says #10" in problem
 
 
 def test_reordered_events_are_caught(audited: Engine) -> None:
@@ -342,8 +343,48 @@ def test_edited_instance_is_named(audited: Engine) -> None:
 def test_deleted_approval_is_named(audited: Engine) -> None:
     with audited.begin() as conn:
         victim = conn.execute(select(Approval.id)).scalar_one()
+    with audited.begin() as conn:
+        conn.execute(delete(ApprovalVote))
     problem = _tamper(audited, delete(Approval))
     assert problem == f"approval {victim} is recorded in the chain but its row was deleted"
+
+
+def test_deleted_or_edited_votes_are_named(audited: Engine) -> None:
+    problem = _tamper(audited, update(ApprovalVote).values(reason="rubber stamp"))
+    assert "the vote by alice" in problem and "reason is 'rubber stamp'" in problem
+    with audited.begin() as conn:
+        conn.execute(update(ApprovalVote).values(reason=None))
+    problem = _tamper(audited, delete(ApprovalVote))
+    assert problem.startswith("the vote by alice on approval") and problem.endswith("was deleted")
+
+
+def test_a_quorum_needs_distinct_reviewers_and_one_denial_ends_it(engine: Engine) -> None:
+    row, hold = held()
+    hold = HoldRequest(hold.approval_id, hold.expires_at, hold.request_hash, required=2)
+    write(engine, DecisionRecord(row, hold))
+
+    first = resolve_approval(engine, hold.approval_id, APPROVED, "alice", "fine")
+    assert (first.state, first.votes, first.required) == ("PENDING", 1, 2)
+    with pytest.raises(ApprovalError, match=r"alice already approved .*1 of 2"):
+        resolve_approval(engine, hold.approval_id, APPROVED, "alice", None)
+    second = resolve_approval(engine, hold.approval_id, APPROVED, "bob", "agreed")
+    assert (second.state, second.reviewer, second.votes) == ("APPROVED", "alice, bob", 2)
+    assert verify_audit(engine).ok
+
+    row, hold = held()
+    hold = HoldRequest(hold.approval_id, hold.expires_at, hold.request_hash, required=3)
+    write(engine, DecisionRecord(row, hold))
+    resolve_approval(engine, hold.approval_id, APPROVED, "alice", None)
+    denied = resolve_approval(engine, hold.approval_id, DENIED, "carol", "not today")
+    assert (denied.state, denied.reviewer) == ("DENIED", "carol")
+    assert verify_audit(engine).ok
+
+
+def test_an_agent_never_approves_its_own_request(engine: Engine) -> None:
+    row, hold = held()
+    write(engine, DecisionRecord(row, hold))
+    with pytest.raises(ApprovalError, match="Agent-A is the agent that sent this request"):
+        resolve_approval(engine, hold.approval_id, APPROVED, "Agent-A", None)
 
 
 def test_extended_approval_expiry_is_named(audited: Engine) -> None:
