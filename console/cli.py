@@ -203,6 +203,17 @@ def build_parser() -> argparse.ArgumentParser:
                       help="with --replay: only the newest N decisions")  # fmt: skip
     _db_argument(test)
 
+    review = commands.add_parser(
+        "review",
+        help="the reviewer console (full-screen)",
+        description="Held requests, live: a = approve, d = deny (reason required), / = filter, "
+        "h = history, q = quit. Talks to the store only, like the proxy.",
+    )
+    review.add_argument(
+        "--reviewer", default=getpass.getuser(), help="your name (default: OS user)"
+    )
+    _db_argument(review)
+
     agents = commands.add_parser(
         "agents", help="manage agent identities",
         description="Agent identities live in policies/agents.yaml (see README).",
@@ -252,6 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "vocabulary": cmd_vocabulary,
         "test": cmd_test,
         "agents": cmd_agents_key,
+        "review": cmd_review,
     }
     return handlers[args.command](args)
 
@@ -502,6 +514,13 @@ def replay_recorded(args: argparse.Namespace, config: Any) -> int:
     )
     for (before, after), count in sorted(report.transitions.items()):
         print(f"  {before} → {after}: {count}")
+    return 0
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    from console.review import ReviewApp
+
+    ReviewApp(_engine(args.db), args.reviewer).run()
     return 0
 
 

@@ -42,6 +42,13 @@ class PendingApproval:
     path: str
     context: dict[str, Any] | None
     undo: dict[str, Any] | None  # how to undo it, when the provider offers a way
+    category: str = "write"
+    sensitivity: str = "medium"
+    risk: int | None = None
+    risk_factors: list[dict[str, Any]] | None = None
+    request: dict[str, Any] | None = None  # the redacted request document
+    required: int = 1
+    voters: tuple[str, ...] = ()
 
 
 def pending_approvals(engine: Engine, now: float | None = None) -> list[PendingApproval]:
@@ -54,6 +61,14 @@ def pending_approvals(engine: Engine, now: float | None = None) -> list[PendingA
         .order_by(Approval.created_at)
     )
     with Session(engine) as session:
+        votes: dict[str, list[str]] = {}
+        for approval_id, reviewer in session.execute(
+            select(ApprovalVote.approval_id, ApprovalVote.reviewer)
+            .join(Approval, Approval.id == ApprovalVote.approval_id)
+            .where(Approval.state == PENDING)
+            .order_by(ApprovalVote.at)
+        ):
+            votes.setdefault(approval_id, []).append(reviewer)
         return [
             PendingApproval(
                 id=approval.id,
@@ -72,6 +87,13 @@ def pending_approvals(engine: Engine, now: float | None = None) -> list[PendingA
                 path=run.path,
                 context=run.context,
                 undo=run.undo,
+                category=run.category,
+                sensitivity=run.sensitivity,
+                risk=run.risk,
+                risk_factors=run.risk_factors,
+                request=run.request,
+                required=approval.required or 1,
+                voters=tuple(votes.get(approval.id, ())),
             )
             for approval, run in session.execute(query)
         ]

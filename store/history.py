@@ -30,6 +30,9 @@ class RecordedDecision:
     error: str | None  # set when a stage failed (the request was blocked for it)
     outcome: str | None
     instance: str
+    reason: str = ""
+    status: int | None = None
+    risk: int | None = None
 
 
 def recorded_decisions(
@@ -37,9 +40,12 @@ def recorded_decisions(
     since: float | None = None,
     limit: int | None = None,
     other_than_instance: str | None = None,
+    agent: str | None = None,
 ) -> Iterator[RecordedDecision]:
     """Oldest first; `limit` keeps the newest N."""
     query = select(Run).order_by(Run.at.desc() if limit else Run.at)
+    if agent is not None:
+        query = query.where(Run.agent == agent)
     if since is not None:
         query = query.where(Run.at >= since)
     if other_than_instance is not None:
@@ -66,6 +72,9 @@ def recorded_decisions(
             error=row.error,
             outcome=row.outcome,
             instance=row.instance,
+            reason=row.reason,
+            status=row.status,
+            risk=row.risk,
         )
 
 

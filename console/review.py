@@ -1,0 +1,312 @@
+"""`airlock review`: the reviewer console, a full-screen terminal app on the store.
+
+It talks to the store only (never to a proxy), so it works with any number of proxy instances
+on SQLite or PostgreSQL. The queue refreshes twice a second; the detail pane previews the write
+before it happens: action and params, risk with each factor, the rules that fired, the
+environment, the redacted request, this agent's recent history, and how to undo it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from rich.text import Text
+from sqlalchemy.engine import Engine
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical, VerticalScroll
+from textual.screen import ModalScreen, Screen
+from textual.widgets import DataTable, Footer, Header, Input, Label, Static
+
+from store.approvals import (
+    APPROVED,
+    DENIED,
+    ApprovalError,
+    PendingApproval,
+    pending_approvals,
+    resolve_approval,
+)
+from store.history import RecordedDecision, recorded_decisions
+
+HIGH_RISK = 70  # approving at or above this score needs a reason too
+_DECISION_STYLE = {"ALLOW": "green", "BLOCK": "red", "REQUIRE_APPROVAL": "yellow"}
+
+
+class ReasonScreen(ModalScreen[str | None]):
+    """Asks why. Enter confirms (the text, maybe empty; refused while empty when a reason is
+    required); Escape cancels (None)."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, title: str, required: bool) -> None:
+        super().__init__()
+        self.title_text = title
+        self.required = required
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="reason-box"):
+            yield Label(self.title_text, id="reason-title")
+            yield Input(placeholder="reason (Enter to confirm, Esc to cancel)", id="reason")
+            yield Label("", id="reason-error")
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        reason = event.value.strip()
+        if self.required and not reason:
+            self.query_one("#reason-error", Label).update("A reason is required here.")
+            return
+        self.dismiss(reason)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class HistoryScreen(Screen[None]):
+    """Recent decisions of every agent, newest first."""
+
+    BINDINGS = [Binding("escape,h", "app.pop_screen", "Back")]
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__()
+        self.engine = engine
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield DataTable(id="history", cursor_type="row", zebra_stripes=True)
+        yield Footer()
+
+    async def on_mount(self) -> None:
+        table = self.query_one("#history", DataTable)
+        table.add_columns("when", "agent", "action", "target", "decision", "risk", "outcome")
+        runs = await asyncio.to_thread(lambda: list(recorded_decisions(self.engine, limit=200)))
+        for run in reversed(runs):
+            table.add_row(
+                time.strftime("%H:%M:%S", time.localtime(run.at)),
+                run.agent,
+                run.action,
+                run.target,
+                Text(run.decision, style=_DECISION_STYLE.get(run.decision, "")),
+                "" if run.risk is None else str(run.risk),
+                run.outcome or "",
+            )
+
+
+class ReviewApp(App[None]):
+    """Held requests, one keypress from a decision."""
+
+    TITLE = "Airlock review"
+    CSS_PATH = "review.tcss"
+    BINDINGS = [
+        Binding("a", "approve", "Approve"),
+        Binding("d", "deny", "Deny"),
+        Binding("slash", "filter", "Filter"),
+        Binding("h", "history", "History"),
+        Binding("r", "refresh", "Refresh"),
+        Binding("q", "quit", "Quit"),
+    ]
+
+    def __init__(self, engine: Engine, reviewer: str, refresh_seconds: float = 0.5) -> None:
+        super().__init__()
+        self.engine = engine
+        self.reviewer = reviewer
+        self.refresh_seconds = refresh_seconds
+        self.items: dict[str, PendingApproval] = {}
+        self.filter_text = ""
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield DataTable(id="queue", cursor_type="row", zebra_stripes=True)
+        with VerticalScroll(id="detail-pane"):
+            yield Static("No request is waiting.", id="detail")
+        yield Input(placeholder="filter: agent, action or target (Enter to apply)", id="filter")
+        yield Footer()
+
+    async def on_mount(self) -> None:
+        self.sub_title = f"reviewing as {self.reviewer}"
+        table = self.query_one("#queue", DataTable)
+        table.add_column("id", key="id", width=8)
+        table.add_column("agent", key="agent")
+        table.add_column("action", key="action")
+        table.add_column("target", key="target")
+        table.add_column("risk", key="risk", width=4)
+        table.add_column("left", key="left", width=5)
+        self.query_one("#filter", Input).display = False
+        await self.refresh_queue()
+        self.set_interval(self.refresh_seconds, self.refresh_queue)
+
+    # --- the queue ----------------------------------------------------------------------------
+
+    async def refresh_queue(self) -> None:
+        items = await asyncio.to_thread(pending_approvals, self.engine)
+        self.items = {item.id: item for item in items if self._shown(item)}
+        table = self.query_one("#queue", DataTable)
+        selected = self.selected_id()
+        table.clear()
+        now = time.time()
+        for item in self.items.values():
+            risk = "" if item.risk is None else str(item.risk)
+            style = "bold red" if (item.risk or 0) >= HIGH_RISK else ""
+            table.add_row(
+                item.id[:8],
+                item.agent,
+                item.action,
+                item.target,
+                Text(risk, style=style),
+                f"{max(0, item.expires_at - now):.0f}s",
+                key=item.id,
+            )
+        if selected in self.items:
+            table.move_cursor(row=table.get_row_index(selected))
+        await self.show_detail()
+
+    def _shown(self, item: PendingApproval) -> bool:
+        needle = self.filter_text.lower()
+        return not needle or any(
+            needle in field.lower() for field in (item.agent, item.action, item.target, item.id)
+        )
+
+    def selected_id(self) -> str | None:
+        table = self.query_one("#queue", DataTable)
+        if not self.items or table.row_count == 0:
+            return None
+        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key
+        return str(key.value) if key.value in self.items else None
+
+    async def on_data_table_row_highlighted(self, _event: DataTable.RowHighlighted) -> None:
+        await self.show_detail()
+
+    async def show_detail(self) -> None:
+        detail = self.query_one("#detail", Static)
+        approval_id = self.selected_id()
+        if approval_id is None:
+            detail.update("No request is waiting." if not self.filter_text else "Nothing matches.")
+            return
+        item = self.items[approval_id]
+        history = await asyncio.to_thread(
+            lambda: list(recorded_decisions(self.engine, limit=6, agent=item.agent))
+        )
+        detail.update(render_detail(item, history))
+
+    # --- deciding -----------------------------------------------------------------------------
+
+    def action_approve(self) -> None:
+        approval_id = self.selected_id()
+        if approval_id is None:
+            return
+        item = self.items[approval_id]
+        high_risk = (item.risk or 0) >= HIGH_RISK
+        title = f"Approve {item.action} → {item.target}" + (
+            f" (risk {item.risk}: a reason is required)" if high_risk else "?"
+        )
+        self.push_screen(
+            ReasonScreen(title, required=high_risk),
+            lambda reason: None if reason is None else self._decide(approval_id, APPROVED, reason),
+        )
+
+    def action_deny(self) -> None:
+        approval_id = self.selected_id()
+        if approval_id is None:
+            return
+        item = self.items[approval_id]
+        self.push_screen(
+            ReasonScreen(f"Deny {item.action} → {item.target}: why?", required=True),
+            lambda reason: self._decide(approval_id, DENIED, reason) if reason else None,
+        )
+
+    def _decide(self, approval_id: str, state: str, reason: str) -> None:
+        self.run_worker(self._resolve(approval_id, state, reason or None), exclusive=False)
+
+    async def _resolve(self, approval_id: str, state: str, reason: str | None) -> None:
+        try:
+            settled = await asyncio.to_thread(
+                resolve_approval, self.engine, approval_id, state, self.reviewer, reason
+            )
+        except ApprovalError as e:
+            self.notify(str(e), severity="error", timeout=6)
+        else:
+            if settled.state == "PENDING":
+                self.notify(
+                    f"approved: {settled.votes} of {settled.required} reviewers; still held"
+                )
+            else:
+                self.notify(f"{settled.state.lower()} {approval_id[:8]}")
+        await self.refresh_queue()
+
+    # --- filter, history, refresh -------------------------------------------------------------
+
+    def action_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.display = True
+        box.focus()
+
+    async def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id != "filter":
+            return
+        self.filter_text = event.value.strip()
+        event.input.display = bool(self.filter_text)
+        self.query_one("#queue", DataTable).focus()
+        await self.refresh_queue()
+
+    def action_history(self) -> None:
+        self.push_screen(HistoryScreen(self.engine))
+
+    async def action_refresh(self) -> None:
+        await self.refresh_queue()
+
+
+def render_detail(item: PendingApproval, history: list[RecordedDecision]) -> Text:
+    """The preview of the write a reviewer is about to allow or refuse."""
+    text = Text()
+    left = max(0, item.expires_at - time.time())
+
+    def section(title: str) -> None:
+        text.append(f"\n{title}\n", style="bold underline")
+
+    text.append(f"{item.action}", style="bold")
+    text.append(f"  {item.provider} → {item.target}\n")
+    text.append(f"agent {item.agent} · {item.category}, {item.sensitivity} · ")
+    text.append(f"held {time.time() - item.created_at:.0f}s, {left:.0f}s left\n")
+    if item.required > 1:
+        voters = ", ".join(item.voters) or "nobody yet"
+        text.append(f"needs {item.required} reviewers; approved by {voters}\n", style="yellow")
+    section("Why it is held")
+    text.append(f"{item.reason}\nrules: {', '.join(item.rules) or 'none'}\n")
+    section("Params")
+    for name, value in item.params.items():
+        text.append(f"  {name} = {json.dumps(value)}\n")
+    if item.context:
+        text.append(f"environment/context: {json.dumps(item.context)}\n")
+    section(f"Risk {item.risk if item.risk is not None else '—'}")
+    for factor in item.risk_factors or []:
+        text.append(f"  {factor['points']:+d}  {factor['factor']}: {factor['detail']}\n")
+    section("Undo")
+    if item.undo:
+        text.append(f"  {item.undo.get('action')}: {item.undo.get('description', '')}\n")
+        if item.undo.get("params"):
+            text.append(f"  {json.dumps(item.undo['params'])}\n")
+    else:
+        text.append("  no known way to undo this\n", style="red")
+    section("Request (redacted)")
+    request = item.request or {}
+    text.append(f"{request.get('method', item.method)} {item.host}{item.path}\n")
+    for name, value in (request.get("headers") or {}).items():
+        text.append(f"  {name}: {value}\n", style="dim")
+    body = request.get("body")
+    if body not in (None, ""):
+        rendered = json.dumps(body, indent=2) if not isinstance(body, str) else body
+        text.append(rendered[:4000] + "\n")
+    section(f"Recent history of {item.agent}")
+    if not history:
+        text.append("  nothing recorded before\n")
+    for run in reversed(history):
+        stamp = time.strftime("%H:%M:%S", time.localtime(run.at))
+        text.append(f"  {stamp} ")
+        text.append(f"{run.decision:<16}", style=_DECISION_STYLE.get(run.decision, ""))
+        text.append(f" {run.action} → {run.target}\n")
+    return text
+
+
+def review(engine: Engine, reviewer: str) -> Any:
+    return ReviewApp(engine, reviewer).run()

@@ -1,0 +1,96 @@
+"""The reviewer console against a running proxy: in the pilot, and in a real terminal (tmux)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import pytest
+from textual.widgets import DataTable
+
+from console.review import ReviewApp
+from store.schema import open_engine
+from tests.e2e.test_gate import Background, eventually, pending
+from tests.helpers.proxy import PROJECT_ROOT, Proxy
+from tests.helpers.upstream import Upstream
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def proxy(start_proxy: Callable[..., Proxy]) -> Proxy:
+    return start_proxy("--hold-timeout", "60")
+
+
+def test_a_held_request_approved_in_the_console_reaches_the_upstream(
+    proxy: Proxy, upstream: Upstream
+) -> None:
+    held = Background(
+        lambda: proxy.session(agent="ops-bot").delete("https://api.stripe.com/v1/customers/cus_tui")
+    )
+    assert eventually(lambda: pending(proxy))
+    engine = open_engine(proxy.db_url)
+
+    async def scenario() -> None:
+        app = ReviewApp(engine, "alice", refresh_seconds=0.1)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause(0.3)
+            assert app.query_one("#queue", DataTable).row_count == 1
+            await pilot.press("a", "enter")
+            for _ in range(100):
+                await pilot.pause(0.05)
+                if held.finished:
+                    break
+
+    asyncio.run(scenario())
+    engine.dispose()
+    assert held.result().status_code == 200
+    assert upstream.count("/v1/customers/cus_tui") == 1
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+def test_the_console_renders_and_responds_in_a_real_terminal(
+    proxy: Proxy, upstream: Upstream
+) -> None:
+    held = Background(
+        lambda: proxy.session(agent="ops-bot").delete(
+            "https://api.stripe.com/v1/customers/cus_tmux"
+        )
+    )
+    assert eventually(lambda: [p for p in pending(proxy) if p["target"] == "customer/cus_tmux"])
+    session = f"airlock-review-{proxy.port}"
+    command = f"{sys.executable} -m console.cli review --reviewer bob --db {proxy.db_url}"
+
+    def tmux(*args: str) -> str:
+        return subprocess.run(
+            ["tmux", *args], capture_output=True, text=True, check=True, cwd=PROJECT_ROOT
+        ).stdout
+
+    tmux(
+        "new-session",
+        "-d",
+        "-s",
+        session,
+        "-x",
+        "100",
+        "-y",
+        "30",
+        f"cd {PROJECT_ROOT} && {command}",
+    )
+    try:
+        screen = eventually(lambda: "customer/cus_tmux" in tmux("capture-pane", "-p", "-t", session)
+                            and tmux("capture-pane", "-p", "-t", session), timeout=20)  # fmt: skip
+        assert "Airlock review" in screen and "delete_record" in screen
+        tmux("send-keys", "-t", session, "d")
+        time.sleep(0.5)
+        tmux("send-keys", "-t", session, "-l", "checked in tmux")
+        tmux("send-keys", "-t", session, "Enter")
+        response = held.result(timeout=20)
+        assert response.status_code == 403
+        assert response.json()["reason"] == "denied by bob: checked in tmux"
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)

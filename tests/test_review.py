@@ -1,0 +1,158 @@
+"""The reviewer console, driven with Textual's pilot against a real store."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+from textual.widgets import DataTable, Static
+
+from console.review import HistoryScreen, ReasonScreen, ReviewApp
+from store.records import DecisionRecord, HoldRequest
+from store.schema import Approval, create_schema, open_engine
+from tests.test_store import run_row, write
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Engine:
+    engine = open_engine(f"sqlite:///{tmp_path / 'review.db'}")
+    create_schema(engine)
+    return engine
+
+
+def hold(
+    engine: Engine,
+    risk: int = 40,
+    agent: str = "billing-bot",
+    action: str = "create_charge",
+    **params: Any,
+) -> str:
+    row = run_row(
+        "REQUIRE_APPROVAL",
+        agent=agent,
+        action=action,
+        risk=risk,
+        params=params or {"amount": 150000, "currency": "usd"},
+        undo={"action": "create_refund", "description": "refund the charge"},
+        request={"method": "POST", "headers": {"authorization": "Bearer [REDACTED]"},
+                 "body": {"amount": "150000"}},
+    )  # fmt: skip
+    approval_id = uuid.uuid4().hex
+    write(engine, DecisionRecord(row, HoldRequest(approval_id, time.time() + 120, "h" * 64)))
+    return approval_id
+
+
+def state_of(engine: Engine, approval_id: str) -> tuple[str, str | None, str | None]:
+    with engine.connect() as conn:
+        row = conn.execute(select(Approval).where(Approval.id == approval_id)).one()
+    return row.state, row.reviewer, row.reason
+
+
+async def settle(pilot: Any, engine: Engine, approval_id: str, state: str) -> None:
+    for _ in range(100):
+        await pilot.pause(0.05)
+        if state_of(engine, approval_id)[0] == state:
+            return
+    raise AssertionError(f"{approval_id} never became {state}")
+
+
+def test_queue_detail_and_approve_at_80_by_24(store: Engine) -> None:
+    approval_id = hold(store, risk=40)
+
+    async def scenario() -> None:
+        app = ReviewApp(store, "alice", refresh_seconds=0.1)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause(0.2)
+            table = app.query_one("#queue", DataTable)
+            assert table.row_count == 1
+            detail = str(app.query_one("#detail", Static).render())
+            for expected in ("create_charge", "amount = 150000", "Risk 40", "create_refund",
+                             "Bearer [REDACTED]", "Why it is held"):  # fmt: skip
+                assert expected in detail, expected
+            await pilot.press("a")
+            assert isinstance(app.screen, ReasonScreen)
+            await pilot.press("enter")  # low risk: no reason needed
+            await settle(pilot, store, approval_id, "APPROVED")
+            await pilot.pause(0.2)
+            assert app.query_one("#queue", DataTable).row_count == 0
+
+    asyncio.run(scenario())
+    assert state_of(store, approval_id) == ("APPROVED", "alice", None)
+
+
+def test_deny_and_high_risk_approvals_need_a_reason(store: Engine) -> None:
+    risky = hold(store, risk=85)
+    other = hold(store, risk=10, agent="ops-bot")
+
+    async def scenario() -> None:
+        app = ReviewApp(store, "bob", refresh_seconds=0.1)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await pilot.pause(0.2)
+            await pilot.press("a")  # the first row is the risky one (oldest first)
+            await pilot.press("enter")
+            assert isinstance(app.screen, ReasonScreen)  # refused: a reason is required
+            assert "required" in str(app.screen.query_one("#reason-error").render())
+            await pilot.press("escape")
+            assert state_of(store, risky)[0] == "PENDING"
+            await pilot.press("down", "d")
+            await pilot.press("enter")  # deny without a reason: refused too
+            assert isinstance(app.screen, ReasonScreen)
+            for key in "not today":
+                await pilot.press("space" if key == " " else key)
+            await pilot.press("enter")
+            await settle(pilot, store, other, "DENIED")
+            await pilot.press("up", "a")
+            for key in "checked":
+                await pilot.press(key)
+            await pilot.press("enter")
+            await settle(pilot, store, risky, "APPROVED")
+
+    asyncio.run(scenario())
+    assert state_of(store, other) == ("DENIED", "bob", "not today")
+    assert state_of(store, risky) == ("APPROVED", "bob", "checked")
+
+
+def test_filter_history_and_live_updates(store: Engine) -> None:
+    hold(store, agent="billing-bot")
+
+    async def scenario() -> None:
+        app = ReviewApp(store, "carol", refresh_seconds=0.1)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause(0.2)
+            await asyncio.to_thread(hold, store, 40, "ops-bot", "delete_table")  # while open
+            await pilot.pause(0.4)
+            assert app.query_one("#queue", DataTable).row_count == 2
+            await pilot.press("slash")
+            for key in "ops":
+                await pilot.press(key)
+            await pilot.press("enter")
+            await pilot.pause(0.2)
+            assert app.query_one("#queue", DataTable).row_count == 1
+            await pilot.press("h")
+            assert isinstance(app.screen, HistoryScreen)
+            await pilot.pause(0.2)
+            assert app.screen.query_one("#history", DataTable).row_count == 2
+            await pilot.press("escape")
+            assert not isinstance(app.screen, HistoryScreen)
+
+    asyncio.run(scenario())
+
+
+def test_a_screenshot_can_be_saved(store: Engine, tmp_path: Path) -> None:
+    hold(store, risk=72)
+
+    async def scenario() -> str:
+        app = ReviewApp(store, "alice", refresh_seconds=0.1)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await pilot.pause(0.3)
+            return app.save_screenshot(filename="review.svg", path=str(tmp_path))
+
+    saved = Path(asyncio.run(scenario()))
+    svg = saved.read_text()
+    assert svg.startswith("<svg") and "Airlock" in svg and "billing-bot" in svg
