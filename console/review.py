@@ -125,14 +125,18 @@ class ReviewApp(App[None]):
 
     async def on_mount(self) -> None:
         self.sub_title = f"reviewing as {self.reviewer}"
-        table = self.query_one("#queue", DataTable)
+        # Kept, not queried later: while a dialog or the history is open, the app's queries
+        # look at that screen, and the queue goes on refreshing underneath.
+        self.queue = table = self.query_one("#queue", DataTable)
+        self.detail = self.query_one("#detail", Static)
+        self.filter_box = self.query_one("#filter", Input)
         table.add_column("id", key="id", width=8)
         table.add_column("agent", key="agent")
         table.add_column("action", key="action")
         table.add_column("target", key="target")
         table.add_column("risk", key="risk", width=4)
         table.add_column("left", key="left", width=5)
-        self.query_one("#filter", Input).display = False
+        self.filter_box.display = False
         await self.refresh_queue()
         self.set_interval(self.refresh_seconds, self.refresh_queue)
 
@@ -141,7 +145,7 @@ class ReviewApp(App[None]):
     async def refresh_queue(self) -> None:
         items = await asyncio.to_thread(pending_approvals, self.engine)
         self.items = {item.id: item for item in items if self._shown(item)}
-        table = self.query_one("#queue", DataTable)
+        table = self.queue
         selected = self.selected_id()
         table.clear()
         now = time.time()
@@ -168,7 +172,7 @@ class ReviewApp(App[None]):
         )
 
     def selected_id(self) -> str | None:
-        table = self.query_one("#queue", DataTable)
+        table = self.queue
         if not self.items or table.row_count == 0:
             return None
         key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key
@@ -178,7 +182,7 @@ class ReviewApp(App[None]):
         await self.show_detail()
 
     async def show_detail(self) -> None:
-        detail = self.query_one("#detail", Static)
+        detail = self.detail
         approval_id = self.selected_id()
         if approval_id is None:
             detail.update("No request is waiting." if not self.filter_text else "Nothing matches.")
@@ -237,16 +241,15 @@ class ReviewApp(App[None]):
     # --- filter, history, refresh -------------------------------------------------------------
 
     def action_filter(self) -> None:
-        box = self.query_one("#filter", Input)
-        box.display = True
-        box.focus()
+        self.filter_box.display = True
+        self.filter_box.focus()
 
     async def on_input_submitted(self, event: Input.Submitted) -> None:
         if event.input.id != "filter":
             return
         self.filter_text = event.value.strip()
         event.input.display = bool(self.filter_text)
-        self.query_one("#queue", DataTable).focus()
+        self.queue.focus()
         await self.refresh_queue()
 
     def action_history(self) -> None:

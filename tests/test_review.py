@@ -95,6 +95,7 @@ def test_deny_and_high_risk_approvals_need_a_reason(store: Engine) -> None:
         async with app.run_test(size=(100, 30)) as pilot:
             await pilot.pause(0.2)
             await pilot.press("a")  # the first row is the risky one (oldest first)
+            await pilot.pause(0.35)  # the queue keeps refreshing under the dialog
             await pilot.press("enter")
             assert isinstance(app.screen, ReasonScreen)  # refused: a reason is required
             assert "required" in str(app.screen.query_one("#reason-error").render())

@@ -82,9 +82,13 @@ def test_the_console_renders_and_responds_in_a_real_terminal(
         f"cd {PROJECT_ROOT} && {command}",
     )
     try:
-        screen = eventually(lambda: "customer/cus_tmux" in tmux("capture-pane", "-p", "-t", session)
-                            and tmux("capture-pane", "-p", "-t", session), timeout=20)  # fmt: skip
-        assert "Airlock review" in screen and "delete_record" in screen
+
+        def drawn() -> str | None:
+            screen = tmux("capture-pane", "-p", "-t", session)
+            wanted = ("Airlock review", "customer/cus_tmux", "delete_record", "Approve")
+            return screen if all(text in screen for text in wanted) else None
+
+        assert eventually(drawn, timeout=20), tmux("capture-pane", "-p", "-t", session)
         tmux("send-keys", "-t", session, "d")
         time.sleep(0.5)
         tmux("send-keys", "-t", session, "-l", "checked in tmux")
