@@ -44,7 +44,13 @@ from addons.policies import (
 from addons.redaction import redact_document, redact_text, redact_value
 from addons.routing import Routing
 from addons.yaml_source import ConfigError
-from store.approvals import ABANDONED, APPROVED, DENIED, EXPIRED
+from store.approvals import (
+    ABANDONED,
+    APPROVED,
+    DENIED,
+    EXPIRED,
+    expire_orphaned_approvals,
+)
 from store.history import agent_actions, recorded_decisions
 from store.records import DecisionRecord, HoldRequest, OutcomeRecord
 from store.schema import DEFAULT_DB_URL, create_schema, new_id, open_engine
@@ -58,6 +64,7 @@ POLL_SECONDS = 0.25  # how often held flows look for a reviewer's decision
 HISTORY_SYNC_SECONDS = 2.0  # how often other instances' decisions are pulled into the history
 HISTORY_SYNC_OVERLAP = 5.0  # re-read a little: commits land out of order across instances
 STORE_TIMEOUT = 10.0  # seconds a flow waits for its commit before it is refused
+_LOCAL_NAMES = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0", "[::1]"})
 PARSE_OFF_LOOP_BYTES = 256 * 1024  # larger bodies are parsed in a thread, not on the loop
 MAX_STORED_BODY = 64 * 1024
 
@@ -169,8 +176,16 @@ class Gate:
     def running(self) -> None:
         self._enforce_gating_options()
         self._start_writer()
+        self._expire_orphaned_approvals()
         self._load_history()
         self._history_task = asyncio.get_running_loop().create_task(self._sync_history())
+
+    def _expire_orphaned_approvals(self) -> None:
+        """Approvals held by an earlier process of this host that stopped can never be
+        released: a reviewer must not be able to approve them."""
+        expired = expire_orphaned_approvals(self.engine, socket.gethostname(), _process_alive)
+        if expired:
+            log.warning("expired %d approvals left by stopped proxy processes", len(expired))
 
     # --- the recent past, for budgets, rates and risk ----------------------------------------
 
@@ -372,7 +387,12 @@ class Gate:
             document = await asyncio.to_thread(build_document, flow.request, agent)
         else:
             document = build_document(flow.request, agent)
-        evaluation = self._evaluate(document)
+        surface = self._control_surface(document["host"], document["port"])
+        if surface:
+            refusal = Verdict(BLOCK, surface, ("control-surface",))
+            evaluation = Evaluation(fallback_action(document), refusal)
+        else:
+            evaluation = self._evaluate(document)
         decision_ms = (time.perf_counter() - started) * 1000
         run = _run_row(run_id, self.instance, document, evaluation, decision_ms)
         hold = (
@@ -424,6 +444,18 @@ class Gate:
             would = Shadow(verdict.decision, verdict.reason, verdict.rules)
             allowed = Verdict(ALLOW, "shadow mode (airlock_mode=shadow)", (), shadow=would)
         return replace(evaluation, verdict=allowed)
+
+    def _control_surface(self, host: str, port: int) -> str | None:
+        """An agent must never reach Airlock itself through Airlock: its proxy port, its
+        metrics, or its database (where approvals are decided)."""
+        local = host in _LOCAL_NAMES or host in (_option("listen_host"), socket.gethostname())
+        own_ports = {_option("listen_port"), _option("airlock_metrics_port")} - {0, None}
+        if local and port in own_ports:
+            return "requests to Airlock's own proxy or metrics ports are refused"
+        database = make_url(ctx.options.airlock_db)
+        if database.host and host == database.host.lower() and port == (database.port or 5432):
+            return "requests to Airlock's database are refused"
+        return None
 
     def _hold_request(self, document: Document, verdict: Verdict) -> HoldRequest:
         timeout = verdict.hold_timeout or ctx.options.airlock_hold_timeout
@@ -610,6 +642,21 @@ class Gate:
 
 
 # --- pure helpers ----------------------------------------------------------------------------
+
+
+def _option(name: str) -> Any:
+    """An option another addon declares (proxyserver, metrics), or None when it is not loaded."""
+    return getattr(ctx.options, name) if name in ctx.options else None
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    return True
 
 
 def _let_through(decision: str, outcome: str | None) -> bool:

@@ -207,3 +207,41 @@ def _full_id(conn: Any, reference: str) -> str:
     if len(matches) > 1:
         raise ApprovalError(f"approval id {reference!r} is ambiguous: give more characters")
     return matches[0]
+
+
+def expire_orphaned_approvals(engine: Engine, host: str, alive: Any) -> list[str]:
+    """At a proxy's start: PENDING approvals nobody will ever release become EXPIRED.
+
+    Those are the ones held by a process on this host that is gone (`alive(pid)` is false),
+    and any past its expiry whatever held it. Instances on other hosts that are still running
+    keep theirs. Returns the ids expired.
+    """
+    now = time.time()
+    with write_transaction(engine) as conn:
+        candidates = conn.execute(
+            select(Approval.id, Approval.instance, Approval.expires_at).where(
+                Approval.state == PENDING
+            )
+        ).all()
+        orphaned = [
+            (approval_id, "the proxy holding it stopped")
+            for approval_id, instance, expires_at in candidates
+            if _held_by_dead_process(instance, host, alive)
+        ] + [
+            (approval_id, "approval timed out")
+            for approval_id, instance, expires_at in candidates
+            if expires_at <= now and not _held_by_dead_process(instance, host, alive)
+        ]
+        tx = tx_of(conn)
+        expired = []
+        for approval_id, reason in orphaned:
+            settlement, events = settle_approval(tx, approval_id, EXPIRED, None, reason, now)
+            if settlement.won:
+                append_events(tx, events)
+                expired.append(approval_id)
+    return expired
+
+
+def _held_by_dead_process(instance: str, host: str, alive: Any) -> bool:
+    name, _, pid = instance.rpartition("-")
+    return name == host and pid.isdigit() and not alive(int(pid))

@@ -420,3 +420,28 @@ def test_an_older_store_gains_new_columns_when_opened(tmp_path: Any) -> None:
     assert "undo" in {c["name"] for c in inspect(engine).get_columns("runs")}
     write(engine, DecisionRecord(run_row(undo={"action": "create_refund"})))
     engine.dispose()
+
+
+def test_orphaned_approvals_are_expired_at_start(engine: Engine) -> None:
+    from store.approvals import expire_orphaned_approvals
+
+    dead, alive_here, elsewhere, overdue = (held() for _ in range(4))
+    for (row, hold), instance in zip(
+        (dead, alive_here, elsewhere), ("box-111", "box-222", "other-333"), strict=True
+    ):
+        write(engine, DecisionRecord({**row, "instance": instance}, hold))
+    row, hold = overdue
+    write(engine, DecisionRecord({**row, "instance": "other-444"}, HoldRequest(
+        hold.approval_id, time.time() - 1, hold.request_hash)))  # fmt: skip
+
+    expired = expire_orphaned_approvals(engine, "box", alive=lambda pid: pid == 222)
+
+    assert sorted(expired) == sorted([dead[1].approval_id, overdue[1].approval_id])
+    states = approval_states(engine, [h.approval_id for _, h in (dead, alive_here, elsewhere)])
+    assert [states[h.approval_id].state for _, h in (dead, alive_here, elsewhere)] == [
+        "EXPIRED",
+        "PENDING",
+        "PENDING",
+    ]
+    assert states[dead[1].approval_id].reason == "the proxy holding it stopped"
+    assert verify_audit(engine).ok

@@ -353,3 +353,37 @@ def test_prometheus_metrics_count_decisions_and_fail_closed_blocks(
     assert samples["airlock_decision_seconds_count"] >= 3
     assert samples["airlock_store_commit_seconds_count"] >= 1
     assert "airlock_held_flows" in samples
+
+
+def test_a_restarted_proxy_expires_what_the_stopped_one_held(
+    start_proxy: Callable[..., Proxy], upstream: Upstream
+) -> None:
+    import signal
+
+    first = start_proxy("--hold-timeout", "60")
+    held = Background(
+        lambda: first.session().delete("https://api.stripe.com/v1/customers/cus_crash")
+    )
+    [waiting] = eventually(lambda: pending(first))
+    assert first.process is not None
+    first.process.send_signal(signal.SIGKILL)  # a crash: no graceful shutdown
+    first.process.wait(10)
+    with pytest.raises(requests.exceptions.RequestException):
+        held.result()
+
+    start_proxy("--hold-timeout", "60", db_url=first.db_url)
+
+    late = airlock("approve", waiting["id"], "--db", first.db_url)
+    assert late.returncode == 1 and "already EXPIRED" in late.stderr
+    assert upstream.count() == 0
+    assert airlock("audit", "verify", "--db", first.db_url).returncode == 0
+
+
+def test_agents_cannot_reach_airlock_itself_through_the_proxy(
+    proxy: Proxy, upstream: Upstream
+) -> None:
+    session = proxy.session()
+    for url in (f"http://127.0.0.1:{proxy.metrics_port}/metrics", f"http://localhost:{proxy.port}/"):
+        response = session.get(url)
+        assert response.status_code == 403, url
+        assert response.json()["rules"] == ["control-surface"]
