@@ -17,7 +17,7 @@ import socket
 import time
 import uuid
 import weakref
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from addons.evaluation import Config, Evaluation, evaluate
 from addons.history import HORIZON, History
 from addons.mappings import Action, fallback_action
 from addons.metrics import Metrics
+from addons.notify import Notifier
 from addons.policies import (
     ALLOW,
     BLOCK,
@@ -91,6 +92,7 @@ class Gate:
         self._poller: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.history = History()
+        self.notifier = Notifier([], lambda url: None)
         self._history_synced_at = 0.0
         self._history_task: asyncio.Task[None] | None = None
 
@@ -111,6 +113,13 @@ class Gate:
             str,
             str(PROJECT_ROOT / "policies"),
             "Folder (or file) of YAML policies: action → ALLOW, BLOCK or REQUIRE_APPROVAL.",
+        )
+        loader.add_option(
+            "airlock_webhook",
+            Sequence[str],
+            [],
+            "POST to this URL when a request is held and when it is settled (repeatable); "
+            "slack:URL sends a Slack incoming-webhook message, a plain URL generic JSON.",
         )
         loader.add_option(
             "airlock_mode",
@@ -134,6 +143,11 @@ class Gate:
             self.config = self._load_config()
         if "airlock_db" in updated:
             self._open_store(ctx.options.airlock_db)
+        if "airlock_webhook" in updated:
+            failures = self.metrics.webhook_failures
+            self.notifier = Notifier(
+                ctx.options.airlock_webhook, lambda url: failures.labels(url).inc()
+            )
         if "airlock_hold_timeout" in updated and ctx.options.airlock_hold_timeout <= 0:
             raise exceptions.OptionsError(
                 "airlock_hold_timeout must be a positive number of seconds"
@@ -265,6 +279,7 @@ class Gate:
         for task in (self._poller, self._history_task):
             if task:
                 task.cancel()
+        await self.notifier.drain()
         await asyncio.to_thread(self._close_store)
         self.log.flush()
 
@@ -473,6 +488,7 @@ class Gate:
         self.holds[hold.approval_id] = Hold(hold.approval_id, flow, settled)
         self.metrics.held_flows.inc()
         self._ensure_poller()
+        self.notifier.held(run, hold.approval_id, hold.expires_at)
         if flow.client_conn.timestamp_end is not None or flow.error is not None:
             # The client left while the decision was being committed.
             self._spawn(self._abandon(self.holds[hold.approval_id]))
@@ -486,6 +502,7 @@ class Gate:
             self.holds.pop(hold.approval_id, None)
             self.metrics.held_flows.dec()
         self._remember(run, passed=state == APPROVED)
+        self.notifier.settled(run, hold.approval_id, state, reviewer, reason)
         self.log.decision(
             state, run, (time.time() - run["at"]) * 1000, note=f"by {reviewer}" if reviewer else ""
         )

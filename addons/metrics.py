@@ -55,6 +55,12 @@ class Metrics:
             ["stage"],
             registry=self.registry,
         )
+        self.webhook_failures = Counter(
+            "airlock_webhook_failures_total",
+            "Webhook messages given up on after all retries, by target URL.",
+            ["target"],
+            registry=self.registry,
+        )
         self._server: Any = None
         self._decision_children: dict[tuple[str, str, str], Any] = {}
 

@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="enforce decisions (default); shadow: decide and record but forward everything; "
         "off: record only",
     )
+    run.add_argument("--webhook", action="append", default=[], metavar="URL",
+                     help="notify reviewers at URL when a request is held and settled; "
+                     "slack:URL for a Slack incoming webhook (repeatable)")  # fmt: skip
     run.add_argument("--quiet", action="store_true", help="do not print the set-up banner")
 
     pending = commands.add_parser(
@@ -312,6 +315,8 @@ def mitmdump_arguments(args: argparse.Namespace, confdir: Path) -> list[str]:
         argv += ["--set", f"{name}={value}"]
     for route in args.route:
         argv += ["--set", f"airlock_route={route}"]
+    for webhook in args.webhook:
+        argv += ["--set", f"airlock_webhook={webhook}"]
     return argv
 
 

@@ -383,7 +383,10 @@ def test_agents_cannot_reach_airlock_itself_through_the_proxy(
     proxy: Proxy, upstream: Upstream
 ) -> None:
     session = proxy.session()
-    for url in (f"http://127.0.0.1:{proxy.metrics_port}/metrics", f"http://localhost:{proxy.port}/"):
+    for url in (
+        f"http://127.0.0.1:{proxy.metrics_port}/metrics",
+        f"http://localhost:{proxy.port}/",
+    ):
         response = session.get(url)
         assert response.status_code == 403, url
         assert response.json()["rules"] == ["control-surface"]

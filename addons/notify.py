@@ -1,0 +1,119 @@
+"""Webhooks for reviewers: a POST when a request is held and when its approval is settled.
+
+Targets are `URL` (generic JSON) or `slack:URL` (a Slack incoming webhook). Messages go straight
+to the target, never through any proxy (the proxy's own environment is ignored), in the
+background: a flow never waits for a webhook. Each message is tried up to 4 times with backoff
+(1, 2, 4 s); failures are logged and counted. Only redacted values are sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+ATTEMPTS = 4
+FIRST_BACKOFF = 1.0
+TIMEOUT = 5.0
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
+
+
+@dataclass(frozen=True)
+class Target:
+    url: str
+    slack: bool
+
+    @classmethod
+    def parse(cls, spec: str) -> Target:
+        if spec.startswith("slack:"):
+            return cls(spec.removeprefix("slack:"), True)
+        return cls(spec, False)
+
+
+class Notifier:
+    def __init__(self, specs: Sequence[str], on_failure: Callable[[str], None]) -> None:
+        self.targets = [Target.parse(spec) for spec in specs]
+        self.on_failure = on_failure
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def held(self, run: dict[str, Any], approval_id: str, expires_at: float) -> None:
+        self._send("held", run, {"approval_id": approval_id, "expires_at": expires_at})
+
+    def settled(self, run: dict[str, Any], approval_id: str, state: str, reviewer: str | None,
+                reason: str | None) -> None:  # fmt: skip
+        details = {"approval_id": approval_id, "state": state, "reviewer": reviewer,
+                   "reason": reason}  # fmt: skip
+        self._send("settled", run, details)
+
+    def _send(self, event: str, run: dict[str, Any], details: dict[str, Any]) -> None:
+        if not self.targets:
+            return
+        message = {
+            "event": event,
+            "request_id": run["id"],
+            "agent": run["agent"],
+            "action": run["action"],
+            "provider": run["provider"],
+            "target": run["target"],
+            "params": run["params"],
+            "risk": run.get("risk"),
+            "decision_reason": run["reason"],
+            "rules": run["rules"],
+            **details,
+        }
+        for target in self.targets:
+            task = asyncio.get_running_loop().create_task(self._deliver(target, message))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _deliver(self, target: Target, message: dict[str, Any]) -> None:
+        body = json.dumps(slack_text(message) if target.slack else message).encode()
+        delay = FIRST_BACKOFF
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                await asyncio.to_thread(_post, target.url, body)
+                return
+            except Exception as e:
+                if attempt == ATTEMPTS:
+                    log.warning("webhook %s failed %d times: %s", target.url, attempt, e)
+                    self.on_failure(target.url)
+                    return
+                await asyncio.sleep(delay)
+                delay *= 2
+
+    async def drain(self, timeout: float = 5.0) -> None:
+        """Give messages under way a moment at shutdown."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
+
+
+def _post(url: str, body: bytes) -> None:
+    request = urllib.request.Request(
+        url, data=body, method="POST", headers={"Content-Type": "application/json"}
+    )
+    with _DIRECT.open(request, timeout=TIMEOUT) as response:
+        if response.status >= 300:
+            raise OSError(f"HTTP {response.status}")
+
+
+def slack_text(message: dict[str, Any]) -> dict[str, str]:
+    """Slack incoming-webhook JSON: one line a reviewer can act on."""
+    what = f"*{message['action']}* by `{message['agent']}` → {message['target']}"
+    if message["event"] == "held":
+        text = (
+            f":raised_hand: Held for approval: {what} (risk {message.get('risk')}). "
+            f"{message['decision_reason']} — `airlock approve {message['approval_id'][:8]}` "
+            f"or `airlock deny {message['approval_id'][:8]} --reason ...`"
+        )
+    else:
+        by = f" by {message['reviewer']}" if message.get("reviewer") else ""
+        text = f":white_check_mark: {message['state']}{by}: {what}"
+        if message.get("reason"):
+            text += f" — {message['reason']}"
+    return {"text": text}
