@@ -50,12 +50,14 @@ from store.approvals import (
     APPROVED,
     DENIED,
     EXPIRED,
+    JoinableApproval,
     expire_orphaned_approvals,
+    find_approval_for_retry,
 )
 from store.history import agent_actions, recorded_decisions
 from store.records import DecisionRecord, HoldRequest, OutcomeRecord
 from store.schema import DEFAULT_DB_URL, create_schema, new_id, open_engine
-from store.writer import SettleRequest, StoreWriter
+from store.writer import ReleaseRequest, SettleRequest, StoreWriter
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,7 @@ HISTORY_SYNC_OVERLAP = 5.0  # re-read a little: commits land out of order across
 STORE_TIMEOUT = 10.0  # seconds a flow waits for its commit before it is refused
 _LOCAL_NAMES = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0", "[::1]"})
 PARSE_OFF_LOOP_BYTES = 256 * 1024  # larger bodies are parsed in a thread, not on the loop
+PENDING_RETRY_AFTER = 2  # seconds an SDK is told to wait before retrying a pending approval
 MAX_STORED_BODY = 64 * 1024
 
 
@@ -134,8 +137,16 @@ class Gate:
             "airlock_hold_timeout",
             int,
             25,
-            "Seconds a request waiting for approval is held before it is refused "
-            "(below the 30 s after which slack_sdk gives up).",
+            "Seconds one attempt of a request is held waiting for approval (below the 30 s after "
+            "which slack_sdk gives up); then it is answered 503 'approval pending' and the SDK's "
+            "retry joins the same approval.",
+        )
+        loader.add_option(
+            "airlock_approval_timeout",
+            int,
+            600,
+            "Seconds an approval stays open for reviewers (across the SDK's retries); then it "
+            "expires and the request is refused.",
         )
 
     def configure(self, updated: set[str]) -> None:
@@ -410,11 +421,14 @@ class Gate:
             evaluation = self._evaluate(document)
         decision_ms = (time.perf_counter() - started) * 1000
         run = _run_row(run_id, self.instance, document, evaluation, decision_ms)
-        hold = (
-            self._hold_request(document, evaluation.verdict)
-            if evaluation.verdict.decision == REQUIRE_APPROVAL
-            else None
-        )
+        hold, joined = None, None
+        if evaluation.verdict.decision == REQUIRE_APPROVAL:
+            retry_key = retry_key_of(document)
+            joined = await self._joinable(retry_key)
+            if joined is None:
+                hold = self._hold_request(document, evaluation.verdict, retry_key)
+            else:
+                run["reason"] = f"{run['reason']} (a retry: joins approval {joined.id})"
         if evaluation.verdict.decision == BLOCK:
             run.update(outcome="blocked", status=403)
         try:
@@ -441,8 +455,11 @@ class Gate:
         self.log.decision(run["decision"], run, (time.perf_counter() - started) * 1000, note)
         if run["decision"] == BLOCK:
             self._refuse(flow, run, run["reason"])
+        elif joined is not None:
+            await self._rejoin(flow, run, joined)
         elif hold is not None:
-            await self._hold(flow, run, hold)
+            self.notifier.held(run, hold.approval_id, hold.expires_at)
+            await self._hold(flow, run, hold.approval_id, hold.expires_at)
         else:
             flow.metadata["airlock_released"] = time.time()
 
@@ -472,42 +489,75 @@ class Gate:
             return "requests to Airlock's database are refused"
         return None
 
-    def _hold_request(self, document: Document, verdict: Verdict) -> HoldRequest:
-        timeout = verdict.hold_timeout or ctx.options.airlock_hold_timeout
+    def _hold_request(self, document: Document, verdict: Verdict, retry_key: str) -> HoldRequest:
+        open_for = verdict.hold_timeout or ctx.options.airlock_approval_timeout
         return HoldRequest(
             approval_id=uuid.uuid4().hex,  # random: reviewers type a short prefix
-            expires_at=time.time() + timeout,
+            expires_at=time.time() + open_for,
             request_hash=request_hash(document),
             required=verdict.approvals,
+            retry_key=retry_key,
         )
 
-    async def _hold(self, flow: http.HTTPFlow, run: dict[str, Any], hold: HoldRequest) -> None:
+    async def _joinable(self, retry_key: str) -> JoinableApproval | None:
+        """An approval this request is a retry of, when it can still be joined or released."""
+        found = await asyncio.to_thread(find_approval_for_retry, self.engine, retry_key)
+        if found is None or found.state in (EXPIRED, ABANDONED):
+            return None
+        if found.state == "PENDING" and found.expires_at <= time.time():
+            return None
+        return found
+
+    async def _rejoin(
+        self, flow: http.HTTPFlow, run: dict[str, Any], joined: JoinableApproval
+    ) -> None:
+        """A retry of a request waiting for (or granted) approval: never a second approval."""
+        approval = {"id": joined.id, "state": joined.state}
+        if joined.state == DENIED:
+            self._record_outcome(run["id"], "denied", 403)
+            reason = f": {joined.reason}" if joined.reason else ""
+            self._refuse(flow, run, f"denied by {joined.reviewer}{reason}", approval=approval)
+        elif joined.state == APPROVED:
+            await self._release(flow, run, joined.id)
+        elif joined.id in self.holds:  # the first attempt is still held: one flow per approval
+            self._answer_pending(flow, run, joined.id, joined.expires_at)
+        else:
+            await self._hold(flow, run, joined.id, joined.expires_at)
+
+    async def _hold(
+        self, flow: http.HTTPFlow, run: dict[str, Any], approval_id: str, expires_at: float
+    ) -> None:
+        """Hold for at most the hold window (shorter than SDK timeouts); then, if the approval
+        is still open, answer "pending" so the SDK retries and the retry joins it."""
         settled: asyncio.Future[tuple[str, str | None, str | None]] = (
             asyncio.get_running_loop().create_future()
         )
-        self.holds[hold.approval_id] = Hold(hold.approval_id, flow, settled)
+        self.holds[approval_id] = Hold(approval_id, flow, settled)
         self.metrics.held_flows.inc()
         self._ensure_poller()
-        self.notifier.held(run, hold.approval_id, hold.expires_at)
         if flow.client_conn.timestamp_end is not None or flow.error is not None:
             # The client left while the decision was being committed.
-            self._spawn(self._abandon(self.holds[hold.approval_id]))
+            self._spawn(self._abandon(self.holds[approval_id]))
+        window_end = min(expires_at, time.time() + ctx.options.airlock_hold_timeout)
         try:
             state, reviewer, reason = await asyncio.wait_for(
-                asyncio.shield(settled), timeout=max(0.0, hold.expires_at - time.time())
+                asyncio.shield(settled), timeout=max(0.0, window_end - time.time())
             )
         except TimeoutError:
-            state, reviewer, reason = await self._settle_here(hold.approval_id, EXPIRED)
+            if window_end < expires_at:
+                self._answer_pending(flow, run, approval_id, expires_at)
+                return
+            state, reviewer, reason = await self._settle_here(approval_id, EXPIRED)
         finally:
-            self.holds.pop(hold.approval_id, None)
+            self.holds.pop(approval_id, None)
             self.metrics.held_flows.dec()
         self._remember(run, passed=state == APPROVED)
-        self.notifier.settled(run, hold.approval_id, state, reviewer, reason)
+        self.notifier.settled(run, approval_id, state, reviewer, reason)
         self.log.decision(
             state, run, (time.time() - run["at"]) * 1000, note=f"by {reviewer}" if reviewer else ""
         )
         if state == APPROVED:
-            flow.metadata["airlock_released"] = time.time()
+            await self._release(flow, run, approval_id)
             return
         outcome = {DENIED: "denied", EXPIRED: "expired", ABANDONED: "abandoned"}[state]
         self._record_outcome(run["id"], outcome, 403)
@@ -515,7 +565,37 @@ class Gate:
             message = f"denied by {reviewer}: {reason}" if reason else f"denied by {reviewer}"
         else:
             message = "approval timed out" if state == EXPIRED else "client disconnected"
-        self._refuse(flow, run, message, approval={"id": hold.approval_id, "state": state})
+        self._refuse(flow, run, message, approval={"id": approval_id, "state": state})
+
+    async def _release(self, flow: http.HTTPFlow, run: dict[str, Any], approval_id: str) -> None:
+        """Forward an approved request exactly once, whichever attempt gets here first."""
+        assert self.writer is not None
+        async with asyncio.timeout(STORE_TIMEOUT):
+            won = await self.writer.submit(ReleaseRequest(approval_id, time.time()))
+        if won:
+            flow.metadata["airlock_released"] = time.time()
+            return
+        self._record_outcome(run["id"], "duplicate", 409)
+        self._refuse(
+            flow, run, "this request was approved and has already been forwarded once",
+            approval={"id": approval_id, "state": APPROVED}, status=409,
+        )  # fmt: skip
+
+    def _answer_pending(
+        self, flow: http.HTTPFlow, run: dict[str, Any], approval_id: str, expires_at: float
+    ) -> None:
+        """503 + Retry-After (and Stripe-Should-Retry): the SDK retries by itself, and the
+        retry joins this approval; when it gives up, its error says what is going on."""
+        self._record_outcome(run["id"], "pending", 503)
+        left = max(0, int(expires_at - time.time()))
+        self._refuse(
+            flow, run,
+            f"approval pending: a reviewer must approve {approval_id} (airlock approve "
+            f"{approval_id[:8]}); retry the same request to continue ({left} s left)",
+            approval={"id": approval_id, "state": "PENDING", "expires_at": expires_at},
+            status=503,
+            headers={"Retry-After": str(PENDING_RETRY_AFTER), "Stripe-Should-Retry": "true"},
+        )  # fmt: skip
 
     async def _settle_here(
         self, approval_id: str, state: str, reason: str | None = None
@@ -587,6 +667,8 @@ class Gate:
         run: dict[str, Any],
         reason: str,
         approval: dict[str, Any] | None = None,
+        status: int = 403,
+        headers: dict[str, str] | None = None,
     ) -> None:
         body: dict[str, Any] = {
             "decision": run["decision"],
@@ -604,14 +686,17 @@ class Gate:
             "code": "airlock_" + (approval["state"].lower() if approval else "blocked"),
             "message": f"Airlock refused {run['action']}: {reason} (request {run['id']})",
         }
+        body["ok"] = False  # what Slack's SDK reads
         flow.metadata["airlock_answered"] = True
         flow.response = http.Response.make(
-            403,
+            status,
             json.dumps(body, indent=2) + "\n",
             {
                 "Content-Type": "application/json",
                 "X-Airlock-Decision": run["decision"],
                 "X-Airlock-Request-Id": run["id"],
+                **({"X-Airlock-Approval-Id": approval["id"]} if approval else {}),
+                **(headers or {}),
             },
         )
 
@@ -699,6 +784,21 @@ def _basic_auth(header: str) -> tuple[str | None, str]:
         return None, ""
     user, _, password = decoded.partition(":")
     return (user or None), password
+
+
+def retry_key_of(document: Document) -> str:
+    """What stays the same across an SDK's retries of one call, scoped to the agent: Stripe's
+    Idempotency-Key, boto3's invocation id, EC2's ClientToken; else the request hash."""
+    headers = document["headers"]
+    body = document["body"] if isinstance(document["body"], dict) else {}
+    for key in (
+        headers.get("idempotency-key"),
+        headers.get("amz-sdk-invocation-id"),
+        body.get("ClientToken"),
+    ):
+        if key:
+            return f"{document['agent']}:{document['host']}:{key}"[:300]
+    return f"{document['agent']}:{request_hash(document)}"[:300]
 
 
 def request_hash(document: Document) -> str:

@@ -90,7 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=25,
         metavar="SECONDS",
-        help="how long a request awaiting approval is held (default: %(default)s)",
+        help="how long one attempt awaiting approval is held before it is answered 503 "
+        "'approval pending' (below SDK timeouts; default: %(default)s)",
+    )
+    run.add_argument(
+        "--approval-timeout",
+        type=int,
+        default=600,
+        metavar="SECONDS",
+        help="how long an approval stays open across the SDK's retries (default: %(default)s)",
     )
     run.add_argument(
         "--metrics-port",
@@ -305,6 +313,7 @@ def mitmdump_arguments(args: argparse.Namespace, confdir: Path) -> list[str]:
         "airlock_mappings": str(Path(args.mappings).resolve()),
         "airlock_policies": str(Path(args.policies).resolve()),
         "airlock_hold_timeout": str(args.hold_timeout),
+        "airlock_approval_timeout": str(args.approval_timeout),
         "airlock_mode": args.mode,
         "airlock_metrics_port": str(args.metrics_port),
     }

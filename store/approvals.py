@@ -245,3 +245,30 @@ def expire_orphaned_approvals(engine: Engine, host: str, alive: Any) -> list[str
 def _held_by_dead_process(instance: str, host: str, alive: Any) -> bool:
     name, _, pid = instance.rpartition("-")
     return name == host and pid.isdigit() and not alive(int(pid))
+
+
+@dataclass(frozen=True)
+class JoinableApproval:
+    id: str
+    state: str
+    reviewer: str | None
+    reason: str | None
+    expires_at: float
+    released_at: float | None
+
+
+def find_approval_for_retry(engine: Engine, retry_key: str) -> JoinableApproval | None:
+    """The newest approval opened for this retry key (an SDK retrying the same call)."""
+    query = (
+        select(Approval)
+        .where(Approval.retry_key == retry_key)
+        .order_by(Approval.created_at.desc())
+        .limit(1)
+    )
+    with engine.connect() as conn:
+        row = conn.execute(query).first()
+    if row is None:
+        return None
+    return JoinableApproval(
+        row.id, row.state, row.reviewer, row.reason, row.expires_at, row.released_at
+    )

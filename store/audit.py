@@ -50,7 +50,7 @@ DECISION_FIELDS = (
 # The stored request document is vouched for by its digest, not repeated in the chain.
 REQUEST_DIGEST = "request_sha256"
 OUTCOME_FIELDS = ("outcome", "status", "upstream_ms")
-APPROVAL_FIELDS = ("state", "reviewer", "reason", "resolved_at")
+APPROVAL_FIELDS = ("state", "reviewer", "reason", "resolved_at", "released_at")
 # Fixed when the approval opens: vouched for by its first (PENDING) event.
 APPROVAL_ORIGIN_FIELDS = (
     "run_id",
@@ -59,6 +59,7 @@ APPROVAL_ORIGIN_FIELDS = (
     "request_hash",
     "instance",
     "required",
+    "retry_key",
 )
 
 

@@ -75,6 +75,8 @@ class Statements:
     set_outcomes: Prepared
     settle_pending: Prepared
     approval: Prepared
+    release_once: Prepared
+    resolved_at: Prepared
 
 
 _HEAD = AuditHead.id == literal_column("1")
@@ -116,6 +118,19 @@ def statements_for(dialect: Dialect) -> Statements:
                 resolved_at=bindparam("resolved_at"),
             ),
             dialect,
+        ),
+        release_once=_prepare(
+            update(Approval)
+            .where(
+                Approval.id == bindparam("aid"),
+                Approval.state == literal_column("'APPROVED'"),
+                Approval.released_at.is_(None),
+            )
+            .values(released_at=bindparam("released_at")),
+            dialect,
+        ),
+        resolved_at=_prepare(
+            select(Approval.resolved_at).where(Approval.id == bindparam("aid")), dialect
         ),
         approval=_prepare(
             select(

@@ -17,6 +17,7 @@ class HoldRequest:
     expires_at: float
     request_hash: str
     required: int = 1  # distinct reviewers who must approve
+    retry_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,8 @@ def _approval_row(record: DecisionRecord, hold: HoldRequest) -> dict[str, Any]:
         "request_hash": hold.request_hash,
         "instance": record.run["instance"],
         "required": hold.required,
+        "retry_key": hold.retry_key,
+        "released_at": None,
     }
 
 
@@ -71,6 +74,7 @@ def _approval_event(row: dict[str, Any], run_id: str) -> Event:
         "reviewer": row["reviewer"],
         "reason": row["reason"],
         "resolved_at": row["resolved_at"],
+        "released_at": row.get("released_at"),
     }
     if row["state"] == PENDING:  # the opening event also vouches for what never changes
         payload.update({name: row[name] for name in APPROVAL_ORIGIN_FIELDS})
@@ -144,3 +148,24 @@ def settle_approval(
         "created_at": created_at,
     }
     return settlement, [_approval_event(event_row, run_id)]
+
+
+def release_approval(tx: Tx, approval_id: str, at: float) -> tuple[bool, list[Event]]:
+    """Mark an APPROVED request forwarded; only the first caller wins (released exactly once)."""
+    changed, _ = tx.sql.release_once.execute(tx.db, {"aid": approval_id, "released_at": at})
+    if changed != 1:
+        return False, []
+    _, row = tx.sql.approval.execute(tx.db, {"aid": approval_id})
+    assert row is not None
+    state, reviewer, reason, run_id, created_at = row
+    _, resolved = tx.sql.resolved_at.execute(tx.db, {"aid": approval_id})
+    event_row = {
+        "id": approval_id,
+        "state": state,
+        "reviewer": reviewer,
+        "reason": reason,
+        "resolved_at": resolved[0] if resolved else None,
+        "released_at": at,
+        "created_at": created_at,
+    }
+    return True, [_approval_event(event_row, run_id)]

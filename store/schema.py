@@ -95,6 +95,10 @@ class Approval(Base):
     instance: Mapped[str] = mapped_column(Text)
     # How many distinct reviewers must approve (quorum); one denial ends it. None: one.
     required: Mapped[int | None] = mapped_column(Integer)
+    # What makes an SDK's retries of one call the same request (its idempotency key, else the
+    # request hash), scoped to the agent: a retry joins the approval instead of opening another.
+    retry_key: Mapped[str | None] = mapped_column(String(300), index=True)
+    released_at: Mapped[float | None] = mapped_column(Float)  # forwarded, once, at this time
 
 
 class ApprovalVote(Base):

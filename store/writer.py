@@ -25,6 +25,7 @@ from store.records import (
     OutcomeRecord,
     record_decisions,
     record_outcomes,
+    release_approval,
     settle_approval,
 )
 
@@ -44,7 +45,15 @@ class SettleRequest:
     at: float
 
 
-Job = DecisionRecord | OutcomeRecord | SettleRequest
+@dataclass(frozen=True)
+class ReleaseRequest:
+    """Forward an approved request: only once, whichever held flow or retry asks first."""
+
+    approval_id: str
+    at: float
+
+
+Job = DecisionRecord | OutcomeRecord | SettleRequest | ReleaseRequest
 CommitObserver = Callable[[float, int], None]  # (seconds, group size)
 
 
@@ -173,6 +182,11 @@ class StoreWriter:
                             tx, job.approval_id, job.state, None, job.reason, job.at
                         )
                         events += settled
+                    elif isinstance(pending.job, ReleaseRequest):
+                        results[i], released = release_approval(
+                            tx, pending.job.approval_id, pending.job.at
+                        )
+                        events += released
                 append_events(tx, events)
         except Exception:
             # The connection may be broken (database restarted): take a fresh one next time.

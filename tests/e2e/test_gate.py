@@ -289,7 +289,7 @@ def test_audit_verify_passes_then_fails_after_a_row_is_edited(
 def test_hold_timeout_refuses_the_request(
     start_proxy: Callable[..., Proxy], upstream: Upstream
 ) -> None:
-    proxy = start_proxy("--hold-timeout", "1")
+    proxy = start_proxy("--hold-timeout", "1", "--approval-timeout", "1")
 
     response = proxy.session().delete("https://api.stripe.com/v1/customers/cus_slow")
 

@@ -1,0 +1,148 @@
+"""Approvals that outlive one attempt: the hold window is shorter than SDK timeouts, the SDK is
+told "approval pending", and its retry joins the same approval and is forwarded exactly once."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable, Iterator
+
+import pytest
+import stripe
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+
+from tests.e2e.test_gate import Background, airlock, eventually, pending, runs
+from tests.helpers.proxy import Proxy
+from tests.helpers.upstream import Upstream
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def proxy(start_proxy: Callable[..., Proxy], session_upstream: Upstream) -> Proxy:
+    return start_proxy(
+        "--hold-timeout", "1", "--approval-timeout", "120",
+        routes={"slack.com": session_upstream.port},
+    )  # fmt: skip
+
+
+def approve_when_pending(proxy: Proxy, target: str) -> None:
+    """Wait until the first attempt was answered 'pending', then approve from another process."""
+    [waiting] = eventually(lambda: [p for p in pending(proxy) if p["target"] == target])
+    assert eventually(
+        lambda: any(r.outcome == "pending" for r in runs(proxy) if r.target == target)
+    )
+    assert (
+        airlock("approve", waiting["id"], "--reviewer", "alice", "--db", proxy.db_url).returncode
+        == 0
+    )
+
+
+def test_a_retry_joins_the_approval_and_is_forwarded_exactly_once(
+    proxy: Proxy, upstream: Upstream
+) -> None:
+    session = proxy.session(agent="ops-bot")
+    session.headers["Idempotency-Key"] = "retry-me-1"
+    url = "https://api.stripe.com/v1/customers/cus_retry"
+
+    first = session.delete(url)
+    assert first.status_code == 503
+    assert first.headers["Retry-After"] == "2" and first.headers["Stripe-Should-Retry"] == "true"
+    approval_id = first.headers["X-Airlock-Approval-Id"]
+    assert first.json()["approval"]["state"] == "PENDING"
+    assert "approval pending" in first.json()["reason"]
+    assert [p["id"] for p in pending(proxy) if p["target"] == "customer/cus_retry"] == [approval_id]
+
+    second = session.delete(url)  # still pending: held again, then pending again
+    assert second.status_code == 503 and second.headers["X-Airlock-Approval-Id"] == approval_id
+    assert airlock("approve", approval_id, "--db", proxy.db_url).returncode == 0
+
+    third = session.delete(url)
+    assert third.status_code == 200
+    fourth = session.delete(url)
+    assert fourth.status_code == 409
+    assert "already been forwarded once" in fourth.json()["reason"]
+    assert upstream.count("/v1/customers/cus_retry") == 1
+    assert len([p for p in pending(proxy) if p["target"] == "customer/cus_retry"]) == 0
+    assert airlock("audit", "verify", "--db", proxy.db_url).returncode == 0
+
+
+@pytest.fixture
+def stripe_defaults(proxy: Proxy, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """stripe-python at its default retry settings, pointed at the proxy."""
+    monkeypatch.setattr(stripe, "api_key", "sk_test_defaults00000000000000")
+    monkeypatch.setattr(stripe, "proxy", proxy.url)
+    monkeypatch.setattr(stripe, "ca_bundle_path", str(proxy.ca_cert))
+    monkeypatch.setattr(stripe, "default_http_client", None)
+    yield
+
+
+def test_stripe_retries_by_itself_and_its_retry_is_released(
+    proxy: Proxy, upstream: Upstream, stripe_defaults: None
+) -> None:
+    assert stripe.max_network_retries >= 1, "stripe-python's default retries changed"
+    call = Background(lambda: stripe.Customer.delete("cus_sdk_pending"))  # type: ignore[arg-type,return-value]
+    approve_when_pending(proxy, "customer/cus_sdk_pending")
+
+    deleted = call.result(timeout=30)
+    assert deleted.deleted is True  # type: ignore[attr-defined]
+    assert upstream.count("/v1/customers/cus_sdk_pending") == 1
+    attempts = [r for r in runs(proxy) if r.target == "customer/cus_sdk_pending"]
+    assert len({r.reason for r in attempts if "joins approval" in r.reason}) >= 1
+
+
+def test_slack_sdk_raises_an_error_that_says_what_is_going_on(
+    proxy: Proxy, upstream: Upstream
+) -> None:
+    slack = WebClient(
+        token="xoxb-1-2-pending", proxy=proxy.url,
+        ssl=ssl.create_default_context(cafile=str(proxy.ca_cert)),
+    )  # fmt: skip
+    with pytest.raises(SlackApiError) as pending_error:
+        slack.chat_delete(channel="C0PENDING", ts="1.1")
+    assert "approval pending" in str(pending_error.value)
+    assert pending_error.value.response.status_code == 503
+    approval_id = pending_error.value.response.data["approval"]["id"]
+    assert airlock("approve", approval_id, "--db", proxy.db_url).returncode == 0
+
+    retried = slack.chat_delete(channel="C0PENDING", ts="1.1")  # the same call, later
+    assert retried["ok"] is True
+    assert upstream.count("/api/chat.delete") == 1
+
+
+def test_boto3_retries_by_itself_and_its_retry_is_released(
+    start_proxy: Callable[..., Proxy], moto_port: int, session_upstream: Upstream
+) -> None:
+    import boto3
+
+    from tests.e2e.test_catalog_aws import AWS_HOSTS
+
+    aws_proxy = start_proxy(
+        "--hold-timeout", "1", "--approval-timeout", "120",
+        routes={host: moto_port for host in AWS_HOSTS},
+    )  # fmt: skip
+    dynamodb = boto3.client(
+        "dynamodb", region_name="us-east-1", aws_access_key_id="AKIAIOSFODNN7EXAMPLE",
+        aws_secret_access_key="secret", verify=str(aws_proxy.ca_cert),
+        config=boto3.session.Config(proxies={"https": aws_proxy.url}),  # default retries
+    )  # fmt: skip
+    direct = boto3.client(  # straight to moto: creating the table is not what is tested
+        "dynamodb", region_name="us-east-1", aws_access_key_id="AKIAIOSFODNN7EXAMPLE",
+        aws_secret_access_key="secret", endpoint_url=f"https://localhost:{moto_port}",
+        verify=str(session_upstream.ca_file),
+    )  # fmt: skip
+    direct.create_table(
+        TableName="pending-orders",
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    call = Background(lambda: dynamodb.delete_table(TableName="pending-orders"))
+    approve_when_pending(aws_proxy, "dynamodb/pending-orders")
+
+    deleted = call.result(timeout=60)
+    assert deleted["TableDescription"]["TableName"] == "pending-orders"
+    released = [
+        r for r in runs(aws_proxy) if r.action == "delete_table" and r.outcome == "forwarded"
+    ]
+    assert len(released) == 1
