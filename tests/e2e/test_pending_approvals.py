@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import stripe
@@ -142,7 +143,10 @@ def test_boto3_retries_by_itself_and_its_retry_is_released(
 
     deleted = call.result(timeout=60)
     assert deleted["TableDescription"]["TableName"] == "pending-orders"
-    released = [
-        r for r in runs(aws_proxy) if r.action == "delete_table" and r.outcome == "forwarded"
-    ]
-    assert len(released) == 1
+
+    def forwarded() -> list[Any]:
+        return [
+            r for r in runs(aws_proxy) if r.action == "delete_table" and r.outcome == "forwarded"
+        ]
+
+    assert len(eventually(forwarded)) == 1
