@@ -69,6 +69,7 @@ HISTORY_SYNC_OVERLAP = 5.0  # re-read a little: commits land out of order across
 STORE_TIMEOUT = 10.0  # seconds a flow waits for its commit before it is refused
 _LOCAL_NAMES = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0", "[::1]"})
 PARSE_OFF_LOOP_BYTES = 256 * 1024  # larger bodies are parsed in a thread, not on the loop
+SHUTTING_DOWN = "SHUTTING_DOWN"  # settles a held flow at shutdown; the approval is EXPIRED
 PENDING_RETRY_AFTER = 2  # seconds an SDK is told to wait before retrying a pending approval
 MAX_STORED_BODY = 64 * 1024
 
@@ -279,14 +280,13 @@ class Gate:
         self.writer.ensure_started(asyncio.get_running_loop())
 
     async def done(self) -> None:
-        """Held requests end EXPIRED (nobody can approve what will never be sent), then the
-        writer finishes what is queued."""
+        """Held requests are answered 503 + Retry-After (not reset) and their approvals end
+        EXPIRED (nobody can approve what will never be sent); then the writer finishes."""
         for hold in list(self.holds.values()):
-            self._answer_shutdown(hold.flow)
             if not hold.settled.done():
                 with contextlib.suppress(Exception):
-                    result = await self._settle_here(hold.approval_id, EXPIRED, "proxy shut down")
-                    hold.settled.set_result(result)
+                    await self._settle_here(hold.approval_id, EXPIRED, "proxy shut down")
+                hold.settled.set_result((SHUTTING_DOWN, None, None))
         for task in (self._poller, self._history_task):
             if task:
                 task.cancel()
@@ -551,6 +551,10 @@ class Gate:
         finally:
             self.holds.pop(approval_id, None)
             self.metrics.held_flows.dec()
+        if state == SHUTTING_DOWN:
+            self._record_outcome(run["id"], "expired", 503)
+            self._answer_shutdown(flow, run)
+            return
         self._remember(run, passed=state == APPROVED)
         self.notifier.settled(run, approval_id, state, reviewer, reason)
         self.log.decision(
@@ -710,12 +714,11 @@ class Gate:
         self.log.decision(BLOCK, run, 0.0, note="store unavailable")
         self._refuse(flow, run, f"blocked because the decision could not be recorded: {error}")
 
-    def _answer_shutdown(self, flow: http.HTTPFlow) -> None:
-        flow.response = http.Response.make(
-            503,
-            json.dumps({"reason": "Airlock is shutting down; retry shortly"}) + "\n",
-            {"Content-Type": "application/json", "Retry-After": "5"},
-        )
+    def _answer_shutdown(self, flow: http.HTTPFlow, run: dict[str, Any]) -> None:
+        self._refuse(
+            flow, run, "Airlock is shutting down; retry shortly (a new approval will be asked)",
+            status=503, headers={"Retry-After": "5"},
+        )  # fmt: skip
 
     def response(self, flow: http.HTTPFlow) -> None:
         run_id = flow.metadata.get("airlock")

@@ -317,6 +317,7 @@ def test_shutdown_expires_held_approvals(tmp_path: Path) -> None:
 
     with_gate(tmp_path, scenario)  # with_gate ends with gate.done()
     assert approval_state(tmp_path) == "EXPIRED"
+    assert (flow.response.status_code, flow.response.headers["Retry-After"]) == (503, "5")
 
 
 def test_a_replayed_flow_is_judged_again(tmp_path: Path) -> None:

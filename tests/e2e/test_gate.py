@@ -390,3 +390,23 @@ def test_agents_cannot_reach_airlock_itself_through_the_proxy(
         response = session.get(url)
         assert response.status_code == 403, url
         assert response.json()["rules"] == ["control-surface"]
+
+
+def test_graceful_shutdown_answers_held_requests_503_with_retry_after(
+    start_proxy: Callable[..., Proxy], upstream: Upstream
+) -> None:
+    import signal
+
+    proxy = start_proxy("--hold-timeout", "30")
+    held = Background(lambda: proxy.session().delete("https://api.stripe.com/v1/customers/cus_bye"))
+    [waiting] = eventually(lambda: pending(proxy))
+    assert proxy.process is not None
+    proxy.process.send_signal(signal.SIGINT)
+
+    response = held.result(timeout=20)
+    assert (response.status_code, response.headers["Retry-After"]) == (503, "5")
+    assert "shutting down" in response.json()["reason"]
+    assert proxy.process.wait(15) == 0
+    late = airlock("approve", waiting["id"], "--db", proxy.db_url)
+    assert late.returncode == 1 and "already EXPIRED" in late.stderr
+    assert upstream.count() == 0
