@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,3 +158,60 @@ def _roles(root: Node) -> dict[str, Role]:
             raise ConfigError(spec.at("egress"), "'egress' must be a list of host names or globs")
         roles[name] = Role(name, tuple(h.lower() for h in egress) if egress is not None else None)
     return roles
+
+
+# --- reviewers ---------------------------------------------------------------------------------
+
+REVIEWERS_FILE = "reviewers.yaml"
+
+
+@dataclass(frozen=True)
+class ReviewerRegistry:
+    """`policies/reviewers.yaml`: who may decide approvals, in which roles.
+
+        reviewers:
+          - {id: alice, roles: [payments-lead]}
+          - {id: bob, roles: [sre]}
+
+    With the file, only listed reviewers may approve or deny; a rule's `reviewers: [roles]`
+    narrows its approvals to those roles. Without it, anyone with access to the store may.
+    """
+
+    roles: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.roles)
+
+    def refusal(self, reviewer: str, allowed_roles: Iterable[str]) -> str | None:
+        if not self.configured:
+            return None
+        if reviewer not in self.roles:
+            return f"{reviewer} is not a reviewer (policies/{REVIEWERS_FILE})"
+        allowed = set(allowed_roles)
+        if allowed and not allowed & set(self.roles[reviewer]):
+            return f"{reviewer} may not decide this approval: it needs one of {sorted(allowed)}"
+        return None
+
+
+def load_reviewers(policies_dir: Path) -> ReviewerRegistry:
+    path = policies_dir / REVIEWERS_FILE if policies_dir.is_dir() else None
+    if path is None or not path.exists():
+        return ReviewerRegistry()
+    root = load_yaml(path)
+    if root is None:
+        return ReviewerRegistry()
+    if not isinstance(root, Node) or not isinstance(root.get("reviewers"), Seq):
+        raise ConfigError(f"{path}:1:1", "the reviewers file needs 'reviewers:', a list")
+    expect_keys(root, {"reviewers", "description"}, {"reviewers"}, "reviewers file")
+    roles: dict[str, tuple[str, ...]] = {}
+    entries = root["reviewers"]
+    for entry, where in zip(entries, entries.item_where, strict=True):
+        if not isinstance(entry, Node):
+            raise ConfigError(where, "each reviewer must be a mapping (id, roles)")
+        expect_keys(entry, {"id", "roles", "description"}, {"id"}, "reviewer")
+        listed = entry.get("roles") or []
+        if not isinstance(listed, list) or not all(isinstance(r, str) for r in listed):
+            raise ConfigError(entry.at("roles"), "'roles' must be a list of role names")
+        roles[str(entry["id"])] = tuple(listed)
+    return ReviewerRegistry(roles)

@@ -497,6 +497,7 @@ class Gate:
             request_hash=request_hash(document),
             required=verdict.approvals,
             retry_key=retry_key,
+            reviewer_roles=verdict.reviewer_roles,
         )
 
     async def _joinable(self, retry_key: str) -> JoinableApproval | None:

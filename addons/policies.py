@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from addons.agents import AGENTS_FILE
+from addons.agents import AGENTS_FILE, REVIEWERS_FILE
 from addons.conditions import MISSING, Test, compile_condition
 from addons.history import HORIZON, History
 from addons.mappings import CATEGORIES, SENSITIVITIES, Action
@@ -48,6 +48,7 @@ _RULE_KEYS = {
     "mode",
     "hold_timeout",
     "approvals",
+    "reviewers",
     "budget",
     "rate",
 }
@@ -93,6 +94,7 @@ class Verdict:
     shadow: Shadow | None = None
     hold_timeout: float | None = None  # set by a REQUIRE_APPROVAL rule's own `hold_timeout`
     approvals: int = 1  # distinct reviewers who must approve (the largest any fired rule asks)
+    reviewer_roles: tuple[str, ...] = ()  # roles that may decide; empty: any reviewer
 
 
 @dataclass(frozen=True)
@@ -162,6 +164,7 @@ class Rule:
     mode: str = ENFORCE
     hold_timeout: float | None = None
     approvals: int = 1
+    reviewer_roles: tuple[str, ...] = ()
     risk_test: Test | None = None
     budget: Budget | None = None
     rate: Rate | None = None
@@ -321,12 +324,16 @@ class PolicySet:
             r.hold_timeout for r in fired if r.decision == REQUIRE_APPROVAL and r.hold_timeout
         ]
         approvals = [r.approvals for r in fired if r.decision == REQUIRE_APPROVAL]
+        roles = sorted(
+            {role for r in fired if r.decision == REQUIRE_APPROVAL for role in r.reviewer_roles}
+        )
         return Verdict(
             strictest.decision,
             strictest.reason,
             tuple(r.id for r in fired),
             hold_timeout=min(timeouts) if timeouts else None,
             approvals=max(approvals, default=1),
+            reviewer_roles=tuple(roles),
         )
 
 
@@ -337,8 +344,8 @@ def load_policies(directory: Path) -> PolicySet:
     rules: list[Rule] = []
     posture = DefaultPosture()
     for path in yaml_files(directory):
-        if path.name == AGENTS_FILE:
-            continue  # identities, not rules: addons/agents.py reads it
+        if path.name in (AGENTS_FILE, REVIEWERS_FILE):
+            continue  # identities, not rules: addons/agents.py reads them
         file_rules, default = load_policy_file(path, start=len(rules))
         rules.extend(file_rules)
         if default:
@@ -463,7 +470,15 @@ def _load_rule(entry: Any, where: Where, order: int) -> Rule:
         mode=mode,
         hold_timeout=float(hold_timeout) if hold_timeout is not None else None,
         approvals=_approvals(entry, decision),
+        reviewer_roles=_reviewer_roles(entry),
     )
+
+
+def _reviewer_roles(entry: Node) -> tuple[str, ...]:
+    roles = entry.get("reviewers", [])
+    if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+        raise ConfigError(entry.at("reviewers"), "'reviewers' must be a list of reviewer roles")
+    return tuple(roles)
 
 
 def _approvals(entry: Node, decision: str) -> int:

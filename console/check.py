@@ -17,7 +17,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
-from addons.agents import AGENTS_FILE, load_agents
+from addons.agents import AGENTS_FILE, REVIEWERS_FILE, load_agents, load_reviewers
 from addons.mappings import Mapping, load_mapping_file, shadowed_mappings
 from addons.policies import Rule, load_policy_file
 from addons.yaml_source import ConfigError, Node, Seq, Where, load_yaml
@@ -62,6 +62,8 @@ def kind_of(document: Any, path: Path) -> str:
         return "mapping"
     if path.name == AGENTS_FILE or (isinstance(document, dict) and "agents" in document):
         return "agents"
+    if path.name == REVIEWERS_FILE or (isinstance(document, dict) and "reviewers" in document):
+        return "reviewers"
     if isinstance(document, dict) and ({"rules", "default"} & document.keys()):
         return "policy"
     return "mapping" if "mapping" in str(path) else "policy"
@@ -103,9 +105,9 @@ def _check_file(path: Path, mappings: list[Mapping], rules: list[Rule]) -> list[
     if document is None:
         return []
     kind = kind_of(document, path)
-    if kind == "agents":
+    if kind in ("agents", "reviewers"):
         try:
-            load_agents(path.parent)
+            (load_agents if kind == "agents" else load_reviewers)(path.parent)
         except ConfigError as e:
             return [Problem(e.where, e.message)]
         return []

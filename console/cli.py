@@ -36,6 +36,21 @@ def _db_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _reviewers_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--policies",
+        default=str(PROJECT_ROOT / "policies"),
+        metavar="DIR",
+        help="where reviewers.yaml is, when reviewers are restricted (default: policies/)",
+    )
+
+
+def _reviewers(args: argparse.Namespace) -> Any:
+    from addons.agents import load_reviewers
+
+    return load_reviewers(Path(args.policies))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="airlock",
@@ -146,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     approve.add_argument("--reason", help="why (recorded in the audit trail)")
     _db_argument(approve)
+    _reviewers_argument(approve)
 
     deny = commands.add_parser(
         "deny",
@@ -156,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     deny.add_argument("--reason", required=True, help="why (shown to the agent, recorded)")
     deny.add_argument("--reviewer", default=getpass.getuser(), help="your name (default: OS user)")
     _db_argument(deny)
+    _reviewers_argument(deny)
 
     check = commands.add_parser(
         "check",
@@ -224,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--reviewer", default=getpass.getuser(), help="your name (default: OS user)"
     )
     _db_argument(review)
+    _reviewers_argument(review)
 
     agents = commands.add_parser(
         "agents", help="manage agent identities",
@@ -400,7 +418,9 @@ def cmd_decide(args: argparse.Namespace) -> int:
 
     state = APPROVED if args.command == "approve" else DENIED
     try:
-        settled = resolve_approval(_engine(args.db), args.id, state, args.reviewer, args.reason)
+        settled = resolve_approval(
+            _engine(args.db), args.id, state, args.reviewer, args.reason, _reviewers(args)
+        )
     except ApprovalError as e:
         print(f"airlock {args.command}: {e}", file=sys.stderr)
         return 1
@@ -534,7 +554,7 @@ def replay_recorded(args: argparse.Namespace, config: Any) -> int:
 def cmd_review(args: argparse.Namespace) -> int:
     from console.review import ReviewApp
 
-    ReviewApp(_engine(args.db), args.reviewer).run()
+    ReviewApp(_engine(args.db), args.reviewer, reviewers=_reviewers(args)).run()
     return 0
 
 

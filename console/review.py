@@ -107,10 +107,13 @@ class ReviewApp(App[None]):
         Binding("q", "quit", "Quit"),
     ]
 
-    def __init__(self, engine: Engine, reviewer: str, refresh_seconds: float = 0.5) -> None:
+    def __init__(
+        self, engine: Engine, reviewer: str, refresh_seconds: float = 0.5, reviewers: Any = None
+    ) -> None:
         super().__init__()
         self.engine = engine
         self.reviewer = reviewer
+        self.reviewers = reviewers
         self.refresh_seconds = refresh_seconds
         self.items: dict[str, PendingApproval] = {}
         self.filter_text = ""
@@ -225,8 +228,9 @@ class ReviewApp(App[None]):
     async def _resolve(self, approval_id: str, state: str, reason: str | None) -> None:
         try:
             settled = await asyncio.to_thread(
-                resolve_approval, self.engine, approval_id, state, self.reviewer, reason
-            )
+                resolve_approval, self.engine, approval_id, state, self.reviewer, reason,
+                self.reviewers,
+            )  # fmt: skip
         except ApprovalError as e:
             self.notify(str(e), severity="error", timeout=6)
         else:

@@ -110,7 +110,12 @@ def approval_states(engine: Engine, ids: Iterable[str]) -> dict[str, Settlement]
 
 
 def resolve_approval(
-    engine: Engine, reference: str, state: str, reviewer: str, reason: str | None
+    engine: Engine,
+    reference: str,
+    state: str,
+    reviewer: str,
+    reason: str | None,
+    reviewers: Any = None,
 ) -> Settlement:
     """A reviewer approves or denies; `reference` is an approval id or an unambiguous prefix.
 
@@ -128,6 +133,9 @@ def resolve_approval(
         ).one()
         agent = conn.execute(select(Run.agent).where(Run.id == current.run_id)).scalar_one()
         _check_can_decide(current, agent, reviewer, now)
+        refusal = reviewers.refusal(reviewer, current.reviewer_roles or ()) if reviewers else None
+        if refusal:
+            raise ApprovalError(refusal)
         tx = tx_of(conn)
         if state == DENIED:
             settlement, events = settle_approval(tx, approval_id, DENIED, reviewer, reason, now)

@@ -60,6 +60,7 @@ APPROVAL_ORIGIN_FIELDS = (
     "instance",
     "required",
     "retry_key",
+    "reviewer_roles",
 )
 
 

@@ -18,6 +18,7 @@ class HoldRequest:
     request_hash: str
     required: int = 1  # distinct reviewers who must approve
     retry_key: str | None = None
+    reviewer_roles: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ def _approval_row(record: DecisionRecord, hold: HoldRequest) -> dict[str, Any]:
         "instance": record.run["instance"],
         "required": hold.required,
         "retry_key": hold.retry_key,
+        "reviewer_roles": list(hold.reviewer_roles) or None,
         "released_at": None,
     }
 

@@ -99,6 +99,7 @@ class Approval(Base):
     # request hash), scoped to the agent: a retry joins the approval instead of opening another.
     retry_key: Mapped[str | None] = mapped_column(String(300), index=True)
     released_at: Mapped[float | None] = mapped_column(Float)  # forwarded, once, at this time
+    reviewer_roles: Mapped[list[str] | None] = mapped_column(JSON)  # who may decide; None: anyone
 
 
 class ApprovalVote(Base):

@@ -313,3 +313,19 @@ def test_mode_and_hold_timeout_are_validated(tmp_path: Path) -> None:
         policies(tmp_path, "rules:\n  - {id: r, decision: BLOCK, hold_timeout: 5}\n")
     with pytest.raises(ConfigError, match="'money' is not one of"):
         policies(tmp_path, "default: {by_category: {money: BLOCK}}\n")
+
+
+def test_rules_name_the_reviewer_roles_that_decide(tmp_path: Path) -> None:
+    policy = policies(
+        tmp_path,
+        """
+        rules:
+          - {id: money, when: {action: create_charge}, decision: REQUIRE_APPROVAL,
+             reviewers: [payments-lead]}
+          - {id: big, when: {params: {amount: {gte: 10}}}, decision: REQUIRE_APPROVAL,
+             reviewers: [cfo], approvals: 2}
+        """,
+    )
+    verdict = policy.decide(action(amount=50), "a")
+    assert (verdict.reviewer_roles, verdict.approvals) == (("cfo", "payments-lead"), 2)
+    assert policy.decide(action(amount=1), "a").reviewer_roles == ("payments-lead",)

@@ -445,3 +445,25 @@ def test_orphaned_approvals_are_expired_at_start(engine: Engine) -> None:
     ]
     assert states[dead[1].approval_id].reason == "the proxy holding it stopped"
     assert verify_audit(engine).ok
+
+
+def test_only_listed_reviewers_with_an_allowed_role_decide(engine: Engine, tmp_path: Any) -> None:
+    from addons.agents import load_reviewers
+
+    (tmp_path / "reviewers.yaml").write_text(
+        "reviewers:\n  - {id: alice, roles: [payments-lead]}\n  - {id: bob, roles: [sre]}\n"
+    )
+    reviewers = load_reviewers(tmp_path)
+    row, hold = held()
+    hold = HoldRequest(
+        hold.approval_id, hold.expires_at, hold.request_hash, reviewer_roles=("payments-lead",)
+    )
+    write(engine, DecisionRecord(row, hold))
+
+    with pytest.raises(ApprovalError, match="mallory is not a reviewer"):
+        resolve_approval(engine, hold.approval_id, APPROVED, "mallory", None, reviewers)
+    with pytest.raises(ApprovalError, match=r"bob may not decide this approval: .*payments-lead"):
+        resolve_approval(engine, hold.approval_id, DENIED, "bob", "no", reviewers)
+    settled = resolve_approval(engine, hold.approval_id, APPROVED, "alice", None, reviewers)
+    assert settled.state == "APPROVED"
+    assert verify_audit(engine).ok
