@@ -170,14 +170,52 @@ class Rule:
     rate: Rate | None = None
     time_window: TimeWindow | None = None
 
-    def fires(
-        self,
+    def fires(self, situation: Situation) -> bool:
+        try:
+            return self._holds(situation)
+        except Exception as e:  # e.g. comparing a string param with a number
+            raise PolicyError(f"rule {self.id} ({self.where}) failed to evaluate: {e}") from e
+
+    def _holds(self, situation: Situation) -> bool:
+        for name, test in self.field_tests:
+            if name == "role":
+                if not any(test(role) for role in situation.roles):
+                    return False
+            elif not test(situation.facts[name]):
+                return False
+        params = situation.action.params
+        if not all(test(params.get(name, MISSING)) for name, test in self.param_tests):
+            return False
+        risk = situation.risk
+        if self.risk_test is not None and not self.risk_test(MISSING if risk is None else risk):
+            return False
+        if self.time_window is not None and not self.time_window.holds(situation.history.clock()):
+            return False
+        if self.budget is not None and not self.budget.exceeded(situation):
+            return False
+        return self.rate is None or self.rate.exceeded(situation)
+
+
+@dataclass(frozen=True)
+class Situation:
+    """Everything a rule may look at, gathered once per decision (not once per rule)."""
+
+    action: Action
+    agent: str
+    roles: tuple[str, ...]
+    risk: int | None
+    history: History
+    facts: dict[str, Any]
+
+    @classmethod
+    def of(
+        cls,
         action: Action,
         agent: str,
-        roles: tuple[str, ...] = (),
-        risk: int | None = None,
-        history: History | None = None,
-    ) -> bool:
+        roles: tuple[str, ...],
+        risk: int | None,
+        history: History | None,
+    ) -> Situation:
         facts = {
             "action": action.action,
             "provider": action.provider,
@@ -187,25 +225,7 @@ class Rule:
             "target": action.target,
             "environment": action.context.get("environment"),
         }
-        try:
-            for name, test in self.field_tests:
-                if name == "role":
-                    if not any(test(role) for role in roles):
-                        return False
-                elif not test(facts[name]):
-                    return False
-            if not all(test(action.params.get(name, MISSING)) for name, test in self.param_tests):
-                return False
-            if self.risk_test is not None and not self.risk_test(MISSING if risk is None else risk):
-                return False
-            history = history or History()
-            if self.time_window is not None and not self.time_window.holds(history.clock()):
-                return False
-            if self.budget is not None and not self.budget.exceeded(action, agent, roles, history):
-                return False
-            return self.rate is None or self.rate.exceeded(action, agent, roles, history)
-        except Exception as e:  # e.g. comparing a string param with a number
-            raise PolicyError(f"rule {self.id} ({self.where}) failed to evaluate: {e}") from e
+        return cls(action, agent, roles, risk, history or History(), facts)
 
 
 @dataclass(frozen=True)
@@ -240,17 +260,17 @@ class Budget:
     per: str
     currency: str | None
 
-    def exceeded(
-        self, action: Action, agent: str, roles: tuple[str, ...], history: History
-    ) -> bool:
+    def exceeded(self, situation: Situation) -> bool:
+        action = situation.action
         this = action.params.get(self.param)
         if not isinstance(this, int | float) or isinstance(this, bool):
             return False  # nothing to count against the budget
         if self.currency and str(action.params.get("currency", "")).lower() != self.currency:
             return False
-        spent = history.total(
-            self.per, agent, roles, action.action, self.window, self.param, self.currency
-        )
+        spent = situation.history.total(
+            self.per, situation.agent, situation.roles, action.action, self.window, self.param,
+            self.currency,
+        )  # fmt: skip
         return spent + this > self.limit
 
 
@@ -262,10 +282,11 @@ class Rate:
     window: float
     per: str
 
-    def exceeded(
-        self, action: Action, agent: str, roles: tuple[str, ...], history: History
-    ) -> bool:
-        return history.count(self.per, agent, roles, action.action, self.window) + 1 > self.limit
+    def exceeded(self, situation: Situation) -> bool:
+        done = situation.history.count(
+            self.per, situation.agent, situation.roles, situation.action.action, self.window
+        )
+        return done + 1 > self.limit
 
 
 class PolicySet:
@@ -299,11 +320,8 @@ class PolicySet:
         risk: int | None = None,
         history: History | None = None,
     ) -> Verdict:
-        fired = [
-            r
-            for r in self.candidates(action.action)
-            if r.fires(action, agent, roles, risk, history)
-        ]
+        situation = Situation.of(action, agent, roles, risk, history)
+        fired = [r for r in self.candidates(action.action) if r.fires(situation)]
         enforced = [r for r in fired if r.mode == ENFORCE]
         verdict = self._verdict(enforced, action)
         shadowed = [r for r in fired if r.mode == SHADOW]
