@@ -28,7 +28,7 @@ from sqlalchemy.engine import make_url
 from addons.decision_log import DecisionLog
 from addons.document import Document, build_document, minimal_document
 from addons.evaluation import Config, Evaluation, evaluate
-from addons.history import HORIZON, History
+from addons.history import RISK_WINDOW, History
 from addons.mappings import Action, fallback_action
 from addons.metrics import Metrics
 from addons.notify import Notifier
@@ -153,6 +153,7 @@ class Gate:
     def configure(self, updated: set[str]) -> None:
         if {"airlock_mappings", "airlock_policies"} & updated:
             self.config = self._load_config()
+            self.history.horizon = max(RISK_WINDOW, self.config.policies.longest_window)
         if "airlock_db" in updated:
             self._open_store(ctx.options.airlock_db)
         if "airlock_webhook" in updated:
@@ -220,7 +221,7 @@ class Gate:
         started = time.perf_counter()
         now = time.time()
         for run_id, agent, action, at, params, passed, target in self._recorded_since(
-            now - HORIZON
+            now - self.history.horizon
         ):
             self.history.record(run_id, agent, action, at, params, passed, target=target)
         for agent, action in agent_actions(self.engine):

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 HORIZON = 7 * 24 * 3600.0  # the longest window a budget or rate may use
+RISK_WINDOW = 3600.0  # what the risk score looks back on (bursts, denials)
 
 
 @dataclass
@@ -41,8 +42,11 @@ class _Series:
 
 
 class History:
-    def __init__(self, clock: Any = time.time) -> None:
+    def __init__(self, clock: Any = time.time, horizon: float = RISK_WINDOW) -> None:
         self.clock = clock
+        # Kept only as far back as some rule looks (or the risk score's hour): memory grows
+        # with traffic times this horizon.
+        self.horizon = horizon
         self._passed: dict[tuple[str, str], _Series] = defaultdict(_Series)
         self._denials: dict[str, list[float]] = defaultdict(list)
         self._done: set[tuple[str, str]] = set()
@@ -81,7 +85,7 @@ class History:
         self._done.add((agent, action))
 
     def prune(self) -> None:
-        start = self.clock() - HORIZON
+        start = self.clock() - self.horizon
         for series in self._passed.values():
             series.prune(start)
         for times in self._denials.values():

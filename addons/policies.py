@@ -304,6 +304,13 @@ class PolicySet:
     def __len__(self) -> int:
         return len(self.rules)
 
+    @property
+    def longest_window(self) -> float:
+        """How far back any budget or rate looks: what the history must keep."""
+        windows = [r.budget.window for r in self.rules if r.budget]
+        windows += [r.rate.window for r in self.rules if r.rate]
+        return max(windows, default=0.0)
+
     def candidates(self, action: str) -> list[Rule]:
         found = self._candidates.get(action)
         if found is None:

@@ -218,3 +218,24 @@ def test_time_of_day_and_week_conditions(tmp_path: Path) -> None:
             tmp_path,
             "rules:\n  - {id: r, when: {time: {timezone: Mars/Olympus}}, decision: BLOCK}\n",
         )
+
+
+def test_history_keeps_only_as_far_back_as_the_rules_look(tmp_path: Path) -> None:
+    policy = policies_from(
+        tmp_path,
+        """
+        rules:
+          - {id: day, when: {action: create_refund}, decision: BLOCK,
+             budget: {param: amount, limit: 10, window: 24h}}
+          - {id: minute, when: {action: send_message}, decision: BLOCK,
+             rate: {limit: 10, window: 1m}}
+        """,
+    )
+    assert policy.longest_window == 86400
+    clock = Clock()
+    history = History(clock, horizon=policy.longest_window)
+    history.record("old", "bot", "create_refund", clock.now - 90000, {"amount": 5}, True)
+    history.record("new", "bot", "create_refund", clock.now - 100, {"amount": 5}, True)
+    history.prune()
+    assert history.count("agent", "bot", (), "create_refund", 7 * 86400) == 1
+    assert history.has_done("bot", "create_refund")  # "done before" outlives the horizon
