@@ -506,8 +506,8 @@ class Gate:
         found = await asyncio.to_thread(find_approval_for_retry, self.engine, retry_key)
         if found is None or found.state in (EXPIRED, ABANDONED):
             return None
-        if found.state == "PENDING" and found.expires_at <= time.time():
-            return None
+        if found.expires_at <= time.time():
+            return None  # past its window, the same request again is a new request
         return found
 
     async def _rejoin(

@@ -150,3 +150,26 @@ def test_boto3_retries_by_itself_and_its_retry_is_released(
         ]
 
     assert len(eventually(forwarded)) == 1
+
+
+def test_the_same_request_after_the_approval_window_is_a_new_request(
+    start_proxy: Callable[..., Proxy], upstream: Upstream
+) -> None:
+    import time
+
+    short = start_proxy("--hold-timeout", "1", "--approval-timeout", "2")
+    session = short.session(agent="ops-bot")
+    session.headers["Idempotency-Key"] = "daily-cleanup"
+    url = "https://api.stripe.com/v1/customers/cus_daily"
+    first = session.delete(url)
+    assert first.status_code == 503
+    assert (
+        airlock("approve", first.headers["X-Airlock-Approval-Id"], "--db", short.db_url).returncode
+        == 0
+    )
+    assert session.delete(url).status_code == 200
+    assert session.delete(url).status_code == 409  # within the window: released once
+    time.sleep(2.2)
+    later = session.delete(url)  # past the window: a new approval, not a refusal
+    assert later.status_code in (403, 503)
+    assert later.headers["X-Airlock-Approval-Id"] != first.headers["X-Airlock-Approval-Id"]
