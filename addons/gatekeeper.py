@@ -223,7 +223,9 @@ class Gate:
         for run_id, agent, action, at, params, passed, target in self._recorded_since(
             now - self.history.horizon
         ):
-            self.history.record(run_id, agent, action, at, params, passed, target=target)
+            self.history.record(
+                run_id, agent, action, at, params, passed, self._roles_of(agent), target
+            )
         for agent, action in agent_actions(self.engine):
             self.history.knows(agent, action)
         self._history_synced_at = now
@@ -232,11 +234,12 @@ class Gate:
     def _recorded_since(self, since: float, others_only: bool = False) -> list[tuple[Any, ...]]:
         """Decisions committed since then (by other instances only, when asked)."""
         other_than = self.instance if others_only else None
-        return [
-            (r.id, r.agent, r.action, r.at, r.params, _let_through(r.decision, r.outcome), r.target)
-            for r in recorded_decisions(self.engine, since=since, other_than_instance=other_than)
-            if r.decision != REQUIRE_APPROVAL or r.outcome is not None
-        ]
+        found = []
+        for r in recorded_decisions(self.engine, since=since, other_than_instance=other_than):
+            passed = _let_through(r.decision, r.outcome)
+            if passed is not None:
+                found.append((r.id, r.agent, r.action, r.at, r.params, passed, r.target))
+        return found
 
     async def _sync_history(self) -> None:
         """Other proxy instances on the same database: their decisions count here too."""
@@ -250,14 +253,19 @@ class Gate:
                 log.warning("cannot read other instances' decisions: %s", e)
                 continue
             for run_id, agent, action, at, params, passed, target in found:
-                self.history.record(run_id, agent, action, at, params, passed, target=target)
+                self.history.record(
+                    run_id, agent, action, at, params, passed, self._roles_of(agent), target
+                )
             self.history.prune()
 
-    def _remember(self, run: dict[str, Any], passed: bool, roles: tuple[str, ...] = ()) -> None:
+    def _remember(self, run: dict[str, Any], passed: bool) -> None:
         self.history.record(
-            run["id"], run["agent"], run["action"], run["at"], run["params"], passed, roles,
-            run["target"],
+            run["id"], run["agent"], run["action"], run["at"], run["params"], passed,
+            self._roles_of(run["agent"]), run["target"],
         )  # fmt: skip
+
+    def _roles_of(self, agent: str) -> tuple[str, ...]:
+        return self.config.agents.roles_of(agent) if self.config else ()
 
     def _enforce_gating_options(self) -> None:
         """mitmproxy settings under which some traffic would pass the gate unseen."""
@@ -283,14 +291,18 @@ class Gate:
     async def done(self) -> None:
         """Held requests are answered 503 + Retry-After (not reset) and their approvals end
         EXPIRED (nobody can approve what will never be sent); then the writer finishes."""
-        for hold in list(self.holds.values()):
-            if not hold.settled.done():
-                with contextlib.suppress(Exception):
-                    await self._settle_here(hold.approval_id, EXPIRED, "proxy shut down")
-                hold.settled.set_result((SHUTTING_DOWN, None, None))
         for task in (self._poller, self._history_task):
             if task:
-                task.cancel()
+                task.cancel()  # first: the poller must not settle holds under us
+        holds = [hold for hold in self.holds.values() if not hold.settled.done()]
+        with contextlib.suppress(Exception):
+            await asyncio.gather(
+                *(self._settle_here(h.approval_id, EXPIRED, "proxy shut down") for h in holds),
+                return_exceptions=True,
+            )
+        for hold in holds:
+            if not hold.settled.done():
+                hold.settled.set_result((SHUTTING_DOWN, None, None))
         await self.notifier.drain()
         await asyncio.to_thread(self._close_store)
         self.log.flush()
@@ -457,7 +469,7 @@ class Gate:
         if run["decision"] == BLOCK:
             self._refuse(flow, run, run["reason"])
         elif joined is not None:
-            await self._rejoin(flow, run, joined)
+            await self._rejoin(flow, run, joined, request_hash(document))
         elif hold is not None:
             self.notifier.held(run, hold.approval_id, hold.expires_at)
             await self._hold(flow, run, hold.approval_id, hold.expires_at)
@@ -511,11 +523,22 @@ class Gate:
         return found
 
     async def _rejoin(
-        self, flow: http.HTTPFlow, run: dict[str, Any], joined: JoinableApproval
+        self,
+        flow: http.HTTPFlow,
+        run: dict[str, Any],
+        joined: JoinableApproval,
+        run_request_hash: str,
     ) -> None:
         """A retry of a request waiting for (or granted) approval: never a second approval."""
         approval = {"id": joined.id, "state": joined.state}
-        if joined.state == DENIED:
+        if joined.request_hash != run_request_hash:
+            # Same idempotency key, different request: an approval is bound to the exact one.
+            self._record_outcome(run["id"], "key_reused", 409)
+            self._refuse(
+                flow, run, "this idempotency key was used for a different request that is "
+                "waiting for (or got) approval; use a new key", approval=approval, status=409,
+            )  # fmt: skip
+        elif joined.state == DENIED:
             self._record_outcome(run["id"], "denied", 403)
             reason = f": {joined.reason}" if joined.reason else ""
             self._refuse(flow, run, f"denied by {joined.reviewer}{reason}", approval=approval)
@@ -557,14 +580,16 @@ class Gate:
             self._record_outcome(run["id"], "expired", 503)
             self._answer_shutdown(flow, run)
             return
-        self._remember(run, passed=state == APPROVED)
         self.notifier.settled(run, approval_id, state, reviewer, reason)
         self.log.decision(
             state, run, (time.time() - run["at"]) * 1000, note=f"by {reviewer}" if reviewer else ""
         )
         if state == APPROVED:
+            if flow.client_conn.timestamp_end is not None or flow.error is not None:
+                return  # the client left: keep the approval for its retry, release nothing
             await self._release(flow, run, approval_id)
             return
+        self._remember(run, passed=False)
         outcome = {DENIED: "denied", EXPIRED: "expired", ABANDONED: "abandoned"}[state]
         self._record_outcome(run["id"], outcome, 403)
         if state == DENIED:
@@ -580,6 +605,7 @@ class Gate:
             won = await self.writer.submit(ReleaseRequest(approval_id, time.time()))
         if won:
             flow.metadata["airlock_released"] = time.time()
+            self._remember(run, passed=True)
             return
         self._record_outcome(run["id"], "duplicate", 409)
         self._refuse(
@@ -766,9 +792,15 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def _let_through(decision: str, outcome: str | None) -> bool:
-    """A recorded decision counts against budgets when its request went (or is going) out."""
-    return outcome == "forwarded" or (decision == ALLOW and outcome is None)
+def _let_through(decision: str, outcome: str | None) -> bool | None:
+    """True: its request went (or is going) out, and counts against budgets. False: refused
+    (a denial, for the risk score). None: neither yet, or not a decision on the request
+    (an attempt answered 'pending', a duplicate retry, a store failure)."""
+    if outcome == "forwarded" or (decision == ALLOW and outcome is None):
+        return True
+    if decision == BLOCK or outcome in ("blocked", "denied", "expired", "abandoned"):
+        return False
+    return None
 
 
 def _target(flow: Any) -> str:

@@ -263,6 +263,7 @@ class JoinableApproval:
     reason: str | None
     expires_at: float
     released_at: float | None
+    request_hash: str
 
 
 def find_approval_for_retry(engine: Engine, retry_key: str) -> JoinableApproval | None:
@@ -278,5 +279,6 @@ def find_approval_for_retry(engine: Engine, retry_key: str) -> JoinableApproval 
     if row is None:
         return None
     return JoinableApproval(
-        row.id, row.state, row.reviewer, row.reason, row.expires_at, row.released_at
-    )
+        row.id, row.state, row.reviewer, row.reason, row.expires_at, row.released_at,
+        row.request_hash,
+    )  # fmt: skip

@@ -173,3 +173,21 @@ def test_the_same_request_after_the_approval_window_is_a_new_request(
     later = session.delete(url)  # past the window: a new approval, not a refusal
     assert later.status_code in (403, 503)
     assert later.headers["X-Airlock-Approval-Id"] != first.headers["X-Airlock-Approval-Id"]
+
+
+def test_an_idempotency_key_cannot_carry_an_approval_to_another_request(
+    proxy: Proxy, upstream: Upstream
+) -> None:
+    session = proxy.session(agent="ops-bot")
+    session.headers["Idempotency-Key"] = "reused-key"
+    first = session.delete("https://api.stripe.com/v1/customers/cus_small")
+    assert (
+        airlock("approve", first.headers["X-Airlock-Approval-Id"], "--db", proxy.db_url).returncode
+        == 0
+    )
+
+    other = session.delete("https://api.stripe.com/v1/customers/cus_OTHER")
+
+    assert other.status_code == 409
+    assert "used for a different request" in other.json()["reason"]
+    assert upstream.count("/v1/customers/cus_OTHER") == 0
