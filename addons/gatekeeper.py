@@ -54,7 +54,7 @@ from store.approvals import (
     expire_orphaned_approvals,
     find_approval_for_retry,
 )
-from store.history import agent_actions, recorded_decisions
+from store.history import agent_actions, past_decisions
 from store.records import DecisionRecord, HoldRequest, OutcomeRecord
 from store.schema import DEFAULT_DB_URL, create_schema, new_id, open_engine
 from store.writer import ReleaseRequest, SettleRequest, StoreWriter
@@ -235,7 +235,7 @@ class Gate:
         """Decisions committed since then (by other instances only, when asked)."""
         other_than = self.instance if others_only else None
         found = []
-        for r in recorded_decisions(self.engine, since=since, other_than_instance=other_than):
+        for r in past_decisions(self.engine, since, other_than):
             passed = _let_through(r.decision, r.outcome)
             if passed is not None:
                 found.append((r.id, r.agent, r.action, r.at, r.params, passed, r.target))

@@ -83,3 +83,29 @@ def agent_actions(engine: Engine) -> set[tuple[str, str]]:
     query = select(Run.agent, Run.action).where(Run.decision != "BLOCK").distinct()
     with engine.connect() as conn:
         return {(agent, action) for agent, action in conn.execute(query)}
+
+
+@dataclass(frozen=True)
+class PastDecision:
+    """The few columns the in-memory history needs (not the stored request)."""
+
+    id: str
+    agent: str
+    action: str
+    at: float
+    params: dict[str, Any]
+    decision: str
+    outcome: str | None
+    target: str
+
+
+def past_decisions(
+    engine: Engine, since: float, other_than_instance: str | None = None
+) -> list[PastDecision]:
+    query = select(
+        Run.id, Run.agent, Run.action, Run.at, Run.params, Run.decision, Run.outcome, Run.target
+    ).where(Run.at >= since)
+    if other_than_instance is not None:
+        query = query.where(Run.instance != other_than_instance)
+    with engine.connect() as conn:
+        return [PastDecision(*row) for row in conn.execute(query.order_by(Run.at))]
