@@ -29,7 +29,7 @@ from typing import Any
 from jsonpath_ng import JSONPath
 from jsonpath_ng.ext import parse as parse_jsonpath
 
-from addons.yaml_source import ConfigError, Node, Where, expect_keys
+from addons.yaml_source import ConfigError, Node, Where, expect_keys, optional_node
 
 SPEC_KEYS = {
     "path",
@@ -312,9 +312,7 @@ def _lookup(spec: Node) -> dict[str, Any] | None:
 
 
 def load_value_specs(owner: Node, key: str) -> tuple[ValueSpec, ...]:
-    specs = owner.get(key)
+    specs = optional_node(owner, key, "a mapping of names to JSONPath expressions")
     if specs is None:
         return ()
-    if not isinstance(specs, Node):
-        raise ConfigError(owner.at(key), f"{key!r} must map names to JSONPath expressions")
     return tuple(load_value_spec(specs, name) for name in specs)

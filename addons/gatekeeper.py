@@ -436,10 +436,11 @@ class Gate:
         run = _run_row(run_id, self.instance, document, evaluation, decision_ms)
         hold, joined = None, None
         if evaluation.verdict.decision == REQUIRE_APPROVAL:
-            retry_key = retry_key_of(document)
+            exact = request_hash(document)
+            retry_key = retry_key_of(document, exact)
             joined = await self._joinable(retry_key)
             if joined is None:
-                hold = self._hold_request(document, evaluation.verdict, retry_key)
+                hold = self._hold_request(exact, evaluation.verdict, retry_key)
             else:
                 run["reason"] = f"{run['reason']} (a retry: joins approval {joined.id})"
         if evaluation.verdict.decision == BLOCK:
@@ -469,7 +470,7 @@ class Gate:
         if run["decision"] == BLOCK:
             self._refuse(flow, run, run["reason"])
         elif joined is not None:
-            await self._rejoin(flow, run, joined, request_hash(document))
+            await self._rejoin(flow, run, joined, exact)
         elif hold is not None:
             self.notifier.held(run, hold.approval_id, hold.expires_at)
             await self._hold(flow, run, hold.approval_id, hold.expires_at)
@@ -502,12 +503,12 @@ class Gate:
             return "requests to Airlock's database are refused"
         return None
 
-    def _hold_request(self, document: Document, verdict: Verdict, retry_key: str) -> HoldRequest:
+    def _hold_request(self, exact_hash: str, verdict: Verdict, retry_key: str) -> HoldRequest:
         open_for = verdict.hold_timeout or ctx.options.airlock_approval_timeout
         return HoldRequest(
             approval_id=uuid.uuid4().hex,  # random: reviewers type a short prefix
             expires_at=time.time() + open_for,
-            request_hash=request_hash(document),
+            request_hash=exact_hash,
             required=verdict.approvals,
             retry_key=retry_key,
             reviewer_roles=verdict.reviewer_roles,
@@ -823,7 +824,7 @@ def _basic_auth(header: str) -> tuple[str | None, str]:
     return (user or None), password
 
 
-def retry_key_of(document: Document) -> str:
+def retry_key_of(document: Document, exact_hash: str) -> str:
     """What stays the same across an SDK's retries of one call, scoped to the agent: Stripe's
     Idempotency-Key, boto3's invocation id, EC2's ClientToken; else the request hash."""
     headers = document["headers"]
@@ -835,7 +836,7 @@ def retry_key_of(document: Document) -> str:
     ):
         if key:
             return f"{document['agent']}:{document['host']}:{key}"[:300]
-    return f"{document['agent']}:{request_hash(document)}"[:300]
+    return f"{document['agent']}:{exact_hash}"[:300]
 
 
 def request_hash(document: Document) -> str:

@@ -31,6 +31,7 @@ from addons.yaml_source import (
     expect_keys,
     expect_type,
     load_yaml,
+    optional_node,
     yaml_files,
 )
 
@@ -451,11 +452,9 @@ def _target(entry: Node) -> str | None:
 
 
 def _match(entry: Node) -> tuple[Condition, ...]:
-    conditions = entry.get("match")
+    conditions = optional_node(entry, "match", "a mapping of JSONPath expressions to conditions")
     if conditions is None:
         return ()
-    if not isinstance(conditions, Node):
-        raise ConfigError(entry.at("match"), "'match' must map JSONPath expressions to conditions")
     compiled = []
     for expression in conditions:
         if not expression.startswith("$"):
@@ -476,11 +475,9 @@ def _match(entry: Node) -> tuple[Condition, ...]:
 
 
 def _undo(entry: Node) -> dict[str, Any] | None:
-    undo = entry.get("undo")
+    undo = optional_node(entry, "undo", "a mapping naming the action that undoes this one")
     if undo is None:
         return None
-    if not isinstance(undo, Node):
-        raise ConfigError(entry.at("undo"), "'undo' must say which action undoes this one")
     expect_keys(undo, _UNDO_KEYS, {"action"}, "undo")
     return {key: undo[key] for key in undo}
 

@@ -62,7 +62,7 @@ class Metrics:
             registry=self.registry,
         )
         self._server: Any = None
-        self._decision_children: dict[tuple[str, str, str], Any] = {}
+        self._children: dict[tuple[str, ...], Any] = {}
 
     def load(self, loader: Any) -> None:
         loader.add_option(
@@ -103,14 +103,18 @@ class Metrics:
             self._server = None
 
     def count_decision(self, decision: str, action: str, provider: str) -> None:
-        key = (decision, action, provider)
-        child = self._decision_children.get(key)
-        if child is None:  # labels() validates and locks: look each child up once
-            child = self._decision_children[key] = self.decisions.labels(*key)
-        child.inc()
+        self._child(self.decisions, decision, action, provider).inc()
 
     def count_shadow(self, decision: str, action: str, provider: str) -> None:
-        self.shadow_decisions.labels(decision, action, provider).inc()
+        self._child(self.shadow_decisions, decision, action, provider).inc()
+
+    def _child(self, counter: Counter, *labels: str) -> Any:
+        """labels() validates and locks: look each labelled child up once."""
+        key = (counter._name, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = counter.labels(*labels)
+        return child
 
     def on_commit(self, seconds: float, group_size: int) -> None:
         """Called by the store writer's thread after each group commit."""

@@ -29,6 +29,7 @@ from addons.yaml_source import (
     expect_keys,
     expect_type,
     load_yaml,
+    optional_node,
     yaml_files,
 )
 
@@ -533,11 +534,9 @@ def _risk_test(when: Node, entry: Node, decision: str) -> Test | None:
 
 
 def _time_window(when: Node) -> TimeWindow | None:
-    spec = when.get("time")
+    spec = optional_node(when, "time", "a mapping (days, hours, timezone)")
     if spec is None:
         return None
-    if not isinstance(spec, Node):
-        raise ConfigError(when.at("time"), "'time' must be a mapping (days, hours, timezone)")
     expect_keys(spec, _TIME_KEYS, set(), "time")
     days = spec.get("days", list(_DAYS))
     if not isinstance(days, list) or any(str(d).lower()[:3] not in _DAYS for d in days):
@@ -587,11 +586,9 @@ def _limit_and_per(spec: Node, kind: str) -> tuple[float, str]:
 
 
 def _budget(entry: Node) -> Budget | None:
-    spec = entry.get("budget")
+    spec = optional_node(entry, "budget", "a mapping (param, limit, window)")
     if spec is None:
         return None
-    if not isinstance(spec, Node):
-        raise ConfigError(entry.at("budget"), "'budget' must be a mapping (param, limit, window)")
     expect_keys(spec, _BUDGET_KEYS, {"param", "limit", "window"}, "budget")
     limit, per = _limit_and_per(spec, "budget")
     currency = spec.get("currency")
@@ -601,11 +598,9 @@ def _budget(entry: Node) -> Budget | None:
 
 
 def _rate(entry: Node) -> Rate | None:
-    spec = entry.get("rate")
+    spec = optional_node(entry, "rate", "a mapping (limit, window)")
     if spec is None:
         return None
-    if not isinstance(spec, Node):
-        raise ConfigError(entry.at("rate"), "'rate' must be a mapping (limit, window)")
     expect_keys(spec, _RATE_KEYS, {"limit", "window"}, "rate")
     limit, per = _limit_and_per(spec, "rate")
     return Rate(int(limit), _window(spec), per)

@@ -139,3 +139,13 @@ def expect_type(node: Any, key: str, value: Any, kind: type | tuple[type, ...], 
     if not isinstance(value, kind):
         where = node.at(key) if isinstance(node, Node) else "?"
         raise ConfigError(where, f"{key!r} must be {desc}, got {type(value).__name__}")
+
+
+def optional_node(owner: Node, key: str, expected: str) -> Node | None:
+    """The mapping under `key`, or None when absent; anything else is an error naming the key."""
+    value = owner.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, Node):
+        raise ConfigError(owner.at(key), f"{key!r} must be {expected}")
+    return value

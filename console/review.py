@@ -313,7 +313,3 @@ def render_detail(item: PendingApproval, history: list[RecordedDecision]) -> Tex
         text.append(f"{run.decision:<16}", style=_DECISION_STYLE.get(run.decision, ""))
         text.append(f" {run.action} → {run.target}\n")
     return text
-
-
-def review(engine: Engine, reviewer: str) -> Any:
-    return ReviewApp(engine, reviewer).run()
