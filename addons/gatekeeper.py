@@ -9,6 +9,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import gc
 import hashlib
 import json
 import logging
@@ -74,6 +75,34 @@ PENDING_RETRY_AFTER = 2  # seconds an SDK is told to wait before retrying a pend
 MAX_STORED_BODY = 64 * 1024
 
 
+@dataclass(frozen=True)
+class ControlSurface:
+    """Where Airlock itself listens: an agent must not reach it through the proxy. Read from
+    the options once per change; ctx.options deep-copies a value on every read."""
+
+    local_names: frozenset[str]
+    own_ports: frozenset[int]
+    database: tuple[str, int] | None
+
+    @classmethod
+    def from_options(cls) -> ControlSurface:
+        names = _LOCAL_NAMES | {_option("listen_host") or "", socket.gethostname()}
+        ports = {_option("listen_port"), _option("airlock_metrics_port")} - {0, None}
+        url = make_url(ctx.options.airlock_db)
+        database = (url.host.lower(), url.port or 5432) if url.host else None
+        return cls(frozenset(names - {""}), frozenset(ports), database)
+
+    def refuses(self, host: str, port: int) -> str | None:
+        if port in self.own_ports and host in self.local_names:
+            return "requests to Airlock's own proxy or metrics ports are refused"
+        if (host, port) == self.database:
+            return "requests to Airlock's database are refused"
+        return None
+
+
+_SURFACE_OPTIONS = frozenset({"listen_host", "listen_port", "airlock_metrics_port", "airlock_db"})
+
+
 @dataclass
 class Hold:
     approval_id: str
@@ -99,6 +128,8 @@ class Gate:
         self.notifier = Notifier([], lambda url: None)
         self._history_synced_at = 0.0
         self._history_task: asyncio.Task[None] | None = None
+        self.mode = ENFORCE
+        self.surface = ControlSurface(_LOCAL_NAMES, frozenset(), None)
 
     # --- options and lifecycle ---------------------------------------------------------------
 
@@ -152,10 +183,16 @@ class Gate:
 
     def configure(self, updated: set[str]) -> None:
         if {"airlock_mappings", "airlock_policies"} & updated:
+            gc.unfreeze()  # the configuration being replaced may be collected
             self.config = self._load_config()
             self.history.horizon = max(RISK_WINDOW, self.config.policies.longest_window)
+            _settle_heap()
         if "airlock_db" in updated:
             self._open_store(ctx.options.airlock_db)
+        if "airlock_mode" in updated:
+            self.mode = ctx.options.airlock_mode
+        if _SURFACE_OPTIONS & updated:
+            self.surface = ControlSurface.from_options()
         if "airlock_webhook" in updated:
             failures = self.metrics.webhook_failures
             self.notifier = Notifier(
@@ -205,6 +242,7 @@ class Gate:
         self._start_writer()
         self._expire_orphaned_approvals()
         self._load_history()
+        _settle_heap()
         self._history_task = asyncio.get_running_loop().create_task(self._sync_history())
 
     def _expire_orphaned_approvals(self) -> None:
@@ -426,7 +464,7 @@ class Gate:
             document = await asyncio.to_thread(build_document, flow.request, agent)
         else:
             document = build_document(flow.request, agent)
-        surface = self._control_surface(document["host"], document["port"])
+        surface = self.surface.refuses(document["host"], document["port"])
         if surface:
             refusal = Verdict(BLOCK, surface, ("control-surface",))
             evaluation = Evaluation(fallback_action(document), refusal)
@@ -480,7 +518,7 @@ class Gate:
     def _evaluate(self, document: Document) -> Evaluation:
         assert self.config is not None
         evaluation = evaluate(document, self.config, self.history)
-        mode = ctx.options.airlock_mode
+        mode = self.mode
         if mode == ENFORCE or evaluation.error:
             return evaluation  # a failed stage blocks even in shadow mode: nothing unjudged
         verdict = evaluation.verdict
@@ -490,18 +528,6 @@ class Gate:
             would = Shadow(verdict.decision, verdict.reason, verdict.rules)
             allowed = Verdict(ALLOW, "shadow mode (airlock_mode=shadow)", (), shadow=would)
         return replace(evaluation, verdict=allowed)
-
-    def _control_surface(self, host: str, port: int) -> str | None:
-        """An agent must never reach Airlock itself through Airlock: its proxy port, its
-        metrics, or its database (where approvals are decided)."""
-        local = host in _LOCAL_NAMES or host in (_option("listen_host"), socket.gethostname())
-        own_ports = {_option("listen_port"), _option("airlock_metrics_port")} - {0, None}
-        if local and port in own_ports:
-            return "requests to Airlock's own proxy or metrics ports are refused"
-        database = make_url(ctx.options.airlock_db)
-        if database.host and host == database.host.lower() and port == (database.port or 5432):
-            return "requests to Airlock's database are refused"
-        return None
 
     def _hold_request(self, exact_hash: str, verdict: Verdict, retry_key: str) -> HoldRequest:
         open_for = verdict.hold_timeout or ctx.options.airlock_approval_timeout
@@ -781,6 +807,14 @@ class Gate:
 def _option(name: str) -> Any:
     """An option another addon declares (proxyserver, metrics), or None when it is not loaded."""
     return getattr(ctx.options, name) if name in ctx.options else None
+
+
+def _settle_heap() -> None:
+    """Exempt what lives as long as the proxy (the compiled mappings and policies: over 100,000
+    objects with a large catalog) from garbage collection, which would otherwise scan it again
+    and again under load (measured: ~75 µs per request at concurrency 16, ~20 µs after)."""
+    gc.collect()
+    gc.freeze()
 
 
 def _process_alive(pid: int) -> bool:

@@ -1,0 +1,76 @@
+"""How the proxy and its writer process talk: length-prefixed JSON frames over a socket pair.
+
+Each job travels as one frame `[seq, kind, fields]`; seq 0 means nobody awaits the result. The
+writer answers `[seq, ok, value]` per awaited job, and `["commit", seconds, size]` per group.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import asdict
+from typing import Any
+
+import orjson
+
+from store.records import DecisionRecord, HoldRequest, OutcomeRecord, Settlement
+
+_LENGTH = struct.Struct("!I")
+
+
+class StoreError(RuntimeError):
+    """A write the store refused or could not make; the message says why."""
+
+
+def frame(message: Any) -> bytes:
+    try:
+        body = orjson.dumps(message)
+    except (TypeError, orjson.JSONEncodeError):  # integers beyond 64 bits, lone surrogates
+        body = json.dumps(message, separators=(",", ":"), ensure_ascii=True).encode()
+    return _LENGTH.pack(len(body)) + body
+
+
+def unframe(buffer: bytearray) -> list[Any]:
+    """Every complete frame at the start of buffer, removed from it; a partial one stays."""
+    messages, start = [], 0
+    while len(buffer) - start >= _LENGTH.size:
+        (length,) = _LENGTH.unpack_from(buffer, start)
+        end = start + _LENGTH.size + length
+        if end > len(buffer):
+            break
+        body = bytes(buffer[start + _LENGTH.size : end])
+        try:
+            messages.append(orjson.loads(body))
+        except orjson.JSONDecodeError:
+            messages.append(json.loads(body))
+        start = end
+    del buffer[:start]
+    return messages
+
+
+# --- jobs ------------------------------------------------------------------------------------
+
+
+def job_fields(job: Any) -> tuple[str, dict[str, Any]]:
+    if isinstance(job, DecisionRecord):
+        return "decision", {"run": job.run, "hold": asdict(job.hold) if job.hold else None}
+    return type(job).__name__, asdict(job)
+
+
+def job_from(kind: str, fields: dict[str, Any], kinds: dict[str, type]) -> Any:
+    if kind == "decision":
+        hold = fields["hold"]
+        if hold is not None:
+            hold = HoldRequest(**{**hold, "reviewer_roles": tuple(hold["reviewer_roles"])})
+        return DecisionRecord(fields["run"], hold)
+    if kind == "OutcomeRecord":
+        return OutcomeRecord(**fields)
+    return kinds[kind](**fields)
+
+
+def result_value(result: Any) -> Any:
+    return asdict(result) if isinstance(result, Settlement) else result
+
+
+def result_from(kind: str, value: Any) -> Any:
+    return Settlement(**value) if kind == "SettleRequest" and value is not None else value
