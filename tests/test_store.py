@@ -23,7 +23,8 @@ from store.approvals import (
 )
 from store.audit import verify_audit
 from store.records import DecisionRecord, HoldRequest, OutcomeRecord
-from store.schema import Approval, ApprovalVote, AuditEvent, AuditHead, Run
+from store.schema import Approval, ApprovalVote, AuditEvent, AuditHead, Run, open_engine
+from store.wire import StoreError
 from store.writer import SettleRequest, StoreWriter
 
 
@@ -118,6 +119,56 @@ def test_group_commit_writes_many_flows_in_few_transactions(engine: Engine) -> N
     with engine.connect() as conn:
         assert len(conn.execute(select(Run.id)).all()) == 300
     assert verify_audit(engine).ok
+
+
+def test_a_dead_writer_process_fails_its_waiting_writes_and_the_next_write_restarts_it(
+    engine: Engine,
+) -> None:
+    """Fail closed: a write that was never committed must not look committed."""
+    first, second = run_row(), run_row()
+
+    async def scenario() -> tuple[Any, Any]:
+        writer = StoreWriter(engine)
+        writer.ensure_started(asyncio.get_running_loop())
+        await writer.submit(DecisionRecord(run_row()))  # the process is up and writing
+        assert writer._process is not None
+        writer._process.kill()
+        await asyncio.to_thread(writer._process.wait)
+        lost = await asyncio.gather(writer.submit(DecisionRecord(first)), return_exceptions=True)
+        await asyncio.sleep(0.1)  # the proxy notices the closed socket on its event loop
+        writer.ensure_started(asyncio.get_running_loop())
+        try:
+            return lost[0], await writer.submit(DecisionRecord(second))
+        finally:
+            await asyncio.to_thread(writer.stop)
+
+    lost, written = asyncio.run(scenario())
+    assert isinstance(lost, StoreError)
+    assert written is None
+    with engine.connect() as conn:
+        ids = set(conn.execute(select(Run.id)).scalars())
+    assert second["id"] in ids and first["id"] not in ids
+    assert verify_audit(engine).ok
+
+
+def test_stopping_writes_the_outcomes_still_waiting_for_a_decision(engine: Engine) -> None:
+    row = run_row()
+
+    async def scenario() -> None:
+        writer = StoreWriter(engine)
+        writer.ensure_started(asyncio.get_running_loop())
+        await writer.submit(DecisionRecord(row))
+        writer.submit_nowait(OutcomeRecord(row["id"], time.time(), "forwarded", 200, 3.0))
+        await asyncio.to_thread(writer.stop)  # before the idle delay would have sent it
+
+    asyncio.run(scenario())
+    with engine.connect() as conn:
+        assert conn.execute(select(Run.outcome)).scalar_one() == "forwarded"
+
+
+def test_the_writer_needs_a_database_other_processes_can_open() -> None:
+    with pytest.raises(ValueError, match="memory"):
+        StoreWriter(open_engine("sqlite://"))
 
 
 def test_one_bad_record_does_not_fail_the_rest_of_its_group(engine: Engine) -> None:

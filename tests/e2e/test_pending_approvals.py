@@ -157,7 +157,7 @@ def test_the_same_request_after_the_approval_window_is_a_new_request(
 ) -> None:
     import time
 
-    short = start_proxy("--hold-timeout", "1", "--approval-timeout", "2")
+    short = start_proxy("--hold-timeout", "1", "--approval-timeout", "4")  # room for a slow CLI
     session = short.session(agent="ops-bot")
     session.headers["Idempotency-Key"] = "daily-cleanup"
     url = "https://api.stripe.com/v1/customers/cus_daily"
@@ -169,7 +169,7 @@ def test_the_same_request_after_the_approval_window_is_a_new_request(
     )
     assert session.delete(url).status_code == 200
     assert session.delete(url).status_code == 409  # within the window: released once
-    time.sleep(2.2)
+    time.sleep(4.2)
     later = session.delete(url)  # past the window: a new approval, not a refusal
     assert later.status_code in (403, 503)
     assert later.headers["X-Airlock-Approval-Id"] != first.headers["X-Airlock-Approval-Id"]
