@@ -56,9 +56,15 @@ from store.approvals import (
     find_approval_for_retry,
 )
 from store.history import agent_actions, past_decisions
-from store.records import DecisionRecord, HoldRequest, OutcomeRecord
+from store.records import (
+    DecisionRecord,
+    HoldRequest,
+    OutcomeRecord,
+    ReleaseRequest,
+    SettleRequest,
+)
 from store.schema import DEFAULT_DB_URL, create_schema, new_id, open_engine
-from store.writer import ReleaseRequest, SettleRequest, StoreWriter
+from store.writer import StoreWriter
 
 log = logging.getLogger(__name__)
 

@@ -36,6 +36,24 @@ class OutcomeRecord:
     upstream_ms: float | None = None
 
 
+@dataclass(frozen=True)
+class SettleRequest:
+    """The proxy ends an approval itself: EXPIRED on timeout, ABANDONED on client disconnect."""
+
+    approval_id: str
+    state: str
+    reason: str
+    at: float
+
+
+@dataclass(frozen=True)
+class ReleaseRequest:
+    """Forward an approved request: only once, whichever held flow or retry asks first."""
+
+    approval_id: str
+    at: float
+
+
 def record_decisions(tx: Tx, records: list[DecisionRecord]) -> list[Event]:
     tx.sql.insert_runs.execute_many(tx.db, [r.run for r in records])
     holds = [(r, r.hold) for r in records if r.hold]

@@ -13,7 +13,14 @@ from typing import Any
 
 import orjson
 
-from store.records import DecisionRecord, HoldRequest, OutcomeRecord, Settlement
+from store.records import (
+    DecisionRecord,
+    HoldRequest,
+    OutcomeRecord,
+    ReleaseRequest,
+    Settlement,
+    SettleRequest,
+)
 
 _LENGTH = struct.Struct("!I")
 
@@ -57,15 +64,18 @@ def job_fields(job: Any) -> tuple[str, dict[str, Any]]:
     return type(job).__name__, asdict(job)
 
 
-def job_from(kind: str, fields: dict[str, Any], kinds: dict[str, type]) -> Any:
+def job_from(kind: str, fields: dict[str, Any]) -> Any:
     if kind == "decision":
         hold = fields["hold"]
         if hold is not None:
             hold = HoldRequest(**{**hold, "reviewer_roles": tuple(hold["reviewer_roles"])})
         return DecisionRecord(fields["run"], hold)
-    if kind == "OutcomeRecord":
-        return OutcomeRecord(**fields)
-    return kinds[kind](**fields)
+    return _PLAIN_JOBS[kind](**fields)
+
+
+_PLAIN_JOBS: dict[str, type] = {
+    cls.__name__: cls for cls in (OutcomeRecord, SettleRequest, ReleaseRequest)
+}
 
 
 def result_value(result: Any) -> Any:

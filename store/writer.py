@@ -32,6 +32,8 @@ from store.prepared import raw_transaction
 from store.records import (
     DecisionRecord,
     OutcomeRecord,
+    ReleaseRequest,
+    SettleRequest,
     record_decisions,
     record_outcomes,
     release_approval,
@@ -45,27 +47,8 @@ IDLE_WRITE_DELAY = 0.05  # seconds an outcome may wait to share a commit with a 
 READ_SIZE = 1 << 20
 
 
-@dataclass(frozen=True)
-class SettleRequest:
-    """The proxy ends an approval itself: EXPIRED on timeout, ABANDONED on client disconnect."""
-
-    approval_id: str
-    state: str
-    reason: str
-    at: float
-
-
-@dataclass(frozen=True)
-class ReleaseRequest:
-    """Forward an approved request: only once, whichever held flow or retry asks first."""
-
-    approval_id: str
-    at: float
-
-
 Job = DecisionRecord | OutcomeRecord | SettleRequest | ReleaseRequest
 CommitObserver = Callable[[float, int], None]  # (seconds, group size)
-JOB_KINDS: dict[str, type] = {"SettleRequest": SettleRequest, "ReleaseRequest": ReleaseRequest}
 
 
 class StoreWriter:

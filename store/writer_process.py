@@ -15,7 +15,7 @@ import time
 
 from store.schema import open_engine
 from store.wire import frame, job_from, result_value, unframe
-from store.writer import JOB_KINDS, READ_SIZE, GroupWriter, Pending
+from store.writer import READ_SIZE, GroupWriter, Pending
 
 log = logging.getLogger("airlock.store.writer")
 
@@ -45,7 +45,7 @@ def serve(sock: socket.socket) -> None:
 
 
 def _write(sock: socket.socket, writer: GroupWriter, messages: list) -> None:
-    group = [Pending(seq, job_from(kind, fields, JOB_KINDS)) for seq, kind, fields in messages]
+    group = [Pending(seq, job_from(kind, fields)) for seq, kind, fields in messages]
     started = time.perf_counter()
     answers = writer.write_group(group)
     replies = [frame(["commit", time.perf_counter() - started, len(group)])]
