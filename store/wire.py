@@ -38,21 +38,31 @@ def frame(message: Any) -> bytes:
 
 
 def unframe(buffer: bytearray) -> list[Any]:
-    """Every complete frame at the start of buffer, removed from it; a partial one stays."""
-    messages, start = [], 0
+    """Every complete frame at the start of buffer, decoded and removed from it."""
+    return [decode(f) for f in split_frames(buffer)]
+
+
+def split_frames(buffer: bytearray) -> list[bytes]:
+    """Every complete frame (length prefix included) at the start of buffer, removed from it;
+    a partial one stays."""
+    frames, start = [], 0
     while len(buffer) - start >= _LENGTH.size:
         (length,) = _LENGTH.unpack_from(buffer, start)
         end = start + _LENGTH.size + length
         if end > len(buffer):
             break
-        body = bytes(buffer[start + _LENGTH.size : end])
-        try:
-            messages.append(orjson.loads(body))
-        except orjson.JSONDecodeError:
-            messages.append(json.loads(body))
+        frames.append(bytes(buffer[start:end]))
         start = end
     del buffer[:start]
-    return messages
+    return frames
+
+
+def decode(whole_frame: bytes) -> Any:
+    body = whole_frame[_LENGTH.size :]
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return json.loads(body)
 
 
 # --- jobs ------------------------------------------------------------------------------------

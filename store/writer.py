@@ -2,12 +2,12 @@
 never waits for the interpreter lock while the database is written.
 
 The proxy sends each job over a socket pair (one non-blocking send) and awaits its own future.
-The writer process (store/writer_process.py) reads everything sent meanwhile, writes it in one
-transaction (one fsync for the group) and answers each awaited job. Under load groups grow by
-themselves, so durability costs a commit per group, not per request. A separate process rather
-than a thread: the writer's Python work then runs on another core instead of taking turns with
-the proxy for the interpreter lock (measured: store commits 3.4 ms per group under load in a
-thread, see README's Performance).
+The writer process (store/writer_process.py) reads everything sent meanwhile, makes it durable
+with one fsync for the group (SQLite: in its commit log first) and answers each awaited job.
+Under load groups grow by themselves, so durability costs a commit per group, not per request.
+A separate process rather than a thread: the writer's Python work then runs on another core
+instead of taking turns with the proxy for the interpreter lock (measured: store commits 3.4 ms
+per group under load in a thread, see README's Performance).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import itertools
 import logging
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -279,11 +280,15 @@ class Pending:
 
 
 class GroupWriter:
-    """Writes groups of jobs, each group in one transaction, on one pooled DBAPI connection."""
+    """Writes groups of jobs, each group in one transaction, on one pooled DBAPI connection.
+
+    On SQLite with a commit log (store/commit_log.py), logged groups are committed at
+    `synchronous=NORMAL` with the log's mark, and `make_durable` syncs them all at once."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._connection: Any = None
+        self._synchronous = "FULL"  # what open_engine sets on every SQLite connection
 
     def close(self) -> None:
         if self._connection is not None:
@@ -291,9 +296,9 @@ class GroupWriter:
             self._connection = None
 
     def write_group(self, group: list[Pending]) -> list[tuple[int, bool, Any]]:
-        """(sequence, ok, result or error text) for each job."""
+        """Commit durably; (sequence, ok, result or error text) for each job."""
         try:
-            results = self._commit(group)
+            results = self._commit(group, durable=True)
         except Exception:
             # One bad job must not fail the others: write each alone to find it.
             return [self._commit_alone(pending) for pending in group]
@@ -301,40 +306,116 @@ class GroupWriter:
 
     def _commit_alone(self, pending: Pending) -> tuple[int, bool, Any]:
         try:
-            return pending.sequence, True, self._commit([pending])[0]
+            return pending.sequence, True, self._commit([pending], durable=True)[0]
         except Exception as e:
             log.error("store write failed: %s", e)
             return pending.sequence, False, f"the store refused the write: {e}"
 
-    def _commit(self, group: list[Pending]) -> list[Any]:
+    def apply_logged(self, group: list[Pending], mark: Mark) -> list[tuple[Job, str]]:
+        """Commit a group already durable in the commit log, with its mark, not yet synced.
+        Returns the jobs the database refuses (and why); an outage raises instead."""
+        try:
+            self._commit(group, durable=False, mark=mark)
+            return []
+        except sqlite3.OperationalError:
+            raise  # locked, full, I/O: the group stays in the log, and is tried again
+        except Exception:
+            return self._commit_each(group, mark)
+
+    def make_durable(self, mark: Mark) -> None:
+        """One synced commit: every group applied before it is now on disk."""
+        self._commit([], durable=True, mark=mark)
+
+    def mark_of(self, log_name: str) -> int:
+        """The last record of this commit log already in the database (0: none)."""
+        row = (
+            self._open()
+            .dbapi_connection.execute("SELECT seq FROM commit_log_marks WHERE log = ?", (log_name,))
+            .fetchone()
+        )
+        return row[0] if row else 0
+
+    def forget_mark(self, log_name: str) -> None:
+        with raw_transaction(self.engine, self._open()) as tx:
+            tx.db.execute("DELETE FROM commit_log_marks WHERE log = ?", (log_name,))
+
+    def _commit_each(self, group: list[Pending], mark: Mark) -> list[tuple[Job, str]]:
+        """The group again in one transaction, each job in a savepoint: the refused ones are
+        left out, and the mark still moves with the rest."""
+        refused: list[tuple[Job, str]] = []
+        db = self._open()
+        with raw_transaction(self.engine, db) as tx:
+            events: list[Event] = []
+            for pending in group:
+                tx.db.execute("SAVEPOINT job")
+                try:
+                    events += _apply(tx, pending.job)[1]
+                except sqlite3.OperationalError:
+                    raise
+                except Exception as e:
+                    tx.db.execute("ROLLBACK TO job")
+                    refused.append((pending.job, str(e)))
+                tx.db.execute("RELEASE job")
+            append_events(tx, events)
+            _set_mark(tx, mark)
+        return refused
+
+    def _open(self) -> Any:
+        if self._connection is None:
+            self._connection = self.engine.raw_connection()
+        return self._connection
+
+    def _commit(self, group: list[Pending], durable: bool, mark: Mark | None = None) -> list[Any]:
         decisions = [p.job for p in group if isinstance(p.job, DecisionRecord)]
         outcomes = [p.job for p in group if isinstance(p.job, OutcomeRecord)]
         results: dict[int, Any] = {}
-        if self._connection is None:
-            self._connection = self.engine.raw_connection()
+        db = self._open()
         try:
-            with raw_transaction(self.engine, self._connection) as tx:
+            self._set_synchronous(db, "FULL" if durable else "NORMAL")
+            with raw_transaction(self.engine, db) as tx:
                 events: list[Event] = []
                 if decisions:
                     events += record_decisions(tx, decisions)
                 if outcomes:
                     events += record_outcomes(tx, outcomes)
                 for i, pending in enumerate(group):
-                    if isinstance(pending.job, SettleRequest):
-                        job = pending.job
-                        results[i], settled = settle_approval(
-                            tx, job.approval_id, job.state, None, job.reason, job.at
-                        )
+                    if isinstance(pending.job, SettleRequest | ReleaseRequest):
+                        results[i], settled = _apply(tx, pending.job)
                         events += settled
-                    elif isinstance(pending.job, ReleaseRequest):
-                        results[i], released = release_approval(
-                            tx, pending.job.approval_id, pending.job.at
-                        )
-                        events += released
                 append_events(tx, events)
+                if mark is not None:
+                    _set_mark(tx, mark)
         except Exception:
             # The connection may be broken (database restarted): take a fresh one next time.
             self._connection.invalidate()
             self._connection = None
+            self._synchronous = "FULL"
             raise
         return [results.get(i) for i in range(len(group))]
+
+    def _set_synchronous(self, db: Any, level: str) -> None:
+        if self.engine.dialect.name == "sqlite" and level != self._synchronous:
+            db.dbapi_connection.execute(f"PRAGMA synchronous={level}")
+            self._synchronous = level
+
+
+Mark = tuple[str, int]  # (commit log's name, sequence of its last record in this commit)
+
+
+def _apply(tx: Any, job: Job) -> tuple[Any, list[Event]]:
+    """One job's statements: (its result, its audit events)."""
+    if isinstance(job, DecisionRecord):
+        return None, record_decisions(tx, [job])
+    if isinstance(job, OutcomeRecord):
+        return None, record_outcomes(tx, [job])
+    if isinstance(job, SettleRequest):
+        return settle_approval(tx, job.approval_id, job.state, None, job.reason, job.at)
+    return release_approval(tx, job.approval_id, job.at)
+
+
+def _set_mark(tx: Any, mark: Mark) -> None:
+    tx.db.execute(
+        "INSERT INTO commit_log_marks (log, seq) VALUES (?, ?)"
+        " ON CONFLICT (log) DO UPDATE SET seq = excluded.seq",
+        mark,
+    )

@@ -1,57 +1,235 @@
 """The store's writer process: `python -m store.writer_process FD`, started by StoreWriter.
 
 FD is its end of a socket pair. The first frame is the database URL; then each read takes every
-job sent meanwhile, writes them as one group (one transaction, one fsync) and answers. End of
-input (the proxy stopped, or died) means: write what was received, then exit.
+job sent meanwhile and writes them as one group. End of input (the proxy stopped, or died)
+means: write what was received, then exit.
+
+On PostgreSQL (and SQLite without a file) a group is one durable transaction, answered after
+its commit. On a SQLite file, a group of decisions and outcomes is first made durable in the
+commit log (store/commit_log.py: one small fdatasync), answered, and then applied to SQLite
+unsynced; a synced commit every second lets the log start over. Holds, settlements and releases
+are always answered after a durable commit: their answers depend on the database.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
+import orjson
+
+from store.commit_log import SUFFIX, CommitLog, orphaned_logs, read_records
+from store.records import DecisionRecord, OutcomeRecord
 from store.schema import open_engine
-from store.wire import frame, job_from, result_value, unframe
-from store.writer import READ_SIZE, GroupWriter, Pending
+from store.wire import decode, frame, job_fields, job_from, result_value, split_frames, unframe
+from store.writer import READ_SIZE, GroupWriter, Job, Pending
 
 log = logging.getLogger("airlock.store.writer")
+
+SYNC_INTERVAL = 1.0  # seconds logged groups may wait for SQLite's own fsync
+LOG_LIMIT = 1 << 20  # bytes of log after which SQLite is synced at once
+
+
+class Server:
+    def __init__(
+        self, sock: socket.socket, writer: GroupWriter, commit_log: CommitLog | None
+    ) -> None:
+        self.sock = sock
+        self.writer = writer
+        self.log = commit_log
+        self.stalled: tuple[list[Pending], int] | None = None  # logged, not yet in the database
+        self.synced_at = time.monotonic()
+
+    def run(self, received: bytearray) -> None:
+        while True:
+            frames = split_frames(received)
+            if frames:
+                self._write([decode(f) for f in frames], frames)
+            self.sock.settimeout(SYNC_INTERVAL if self._owes_sync() else None)
+            try:
+                chunk = self.sock.recv(READ_SIZE)
+            except TimeoutError:
+                self._catch_up()
+                continue
+            if not chunk:
+                break
+            received += chunk
+        self._catch_up()
+        self._retire_log()
+
+    def _write(self, messages: list[Any], frames: list[bytes]) -> None:
+        group = pending_jobs(messages)
+        if self.stalled is not None and not self._retry_stalled():
+            reason = "the store cannot write (records are waiting in its commit log)"
+            self._answer([(p.sequence, False, reason) for p in group], None)
+        elif not (self.log and all(_loggable(p.job) for p in group) and self._log(group, frames)):
+            self._write_durably(group)
+
+    def _log(self, group: list[Pending], frames: list[bytes]) -> bool:
+        assert self.log is not None
+        started = time.perf_counter()
+        try:
+            sequence = self.log.append(b"".join(frames))
+        except OSError as e:
+            log.error("the commit log could not be written (%s): writing to SQLite directly", e)
+            return False
+        self._answer([(p.sequence, True, None) for p in group], (started, len(group)))
+        self._apply(group, sequence)
+        if self._owes_sync() and (
+            self.log.offset > LOG_LIMIT or time.monotonic() - self.synced_at > SYNC_INTERVAL
+        ):
+            self._sync()
+        return True
+
+    def _apply(self, group: list[Pending], sequence: int) -> bool:
+        assert self.log is not None
+        try:
+            refused = self.writer.apply_logged(group, (self.log.path.name, sequence))
+        except Exception as e:
+            log.error("the database refused a logged group (kept, tried again): %s", e)
+            self.stalled = (group, sequence)
+            return False
+        for job, error in refused:
+            keep_refused(self.log.path, job, error)
+        self.stalled = None
+        return True
+
+    def _retry_stalled(self) -> bool:
+        assert self.stalled is not None
+        return self._apply(*self.stalled)
+
+    def _write_durably(self, group: list[Pending]) -> None:
+        started = time.perf_counter()
+        answers = self.writer.write_group(group)
+        self._answer(answers, (started, len(group)))
+        if self.log and self.stalled is None and any(ok for _, ok, _ in answers):
+            self._log_synced()  # that commit synced every logged group before it
+
+    def _owes_sync(self) -> bool:
+        return self.stalled is not None or (self.log is not None and self.log.holds_records)
+
+    def _catch_up(self) -> None:
+        """Idle (or stopping): apply what is stalled, then sync SQLite so the log starts over."""
+        if self.stalled is not None and not self._retry_stalled():
+            return
+        if self.log is not None and self.log.holds_records:
+            self._sync()
+
+    def _sync(self) -> None:
+        assert self.log is not None
+        try:
+            self.writer.make_durable((self.log.path.name, self.log.next_sequence - 1))
+        except Exception as e:
+            log.error("the store could not sync (the commit log keeps the records): %s", e)
+            return
+        self._log_synced()
+
+    def _log_synced(self) -> None:
+        assert self.log is not None
+        self.log.start_over()
+        self.synced_at = time.monotonic()
+
+    def _retire_log(self) -> None:
+        """Stopping with everything synced: the log goes, then its mark (in that order: a mark
+        without its log is harmless, a log without its mark would be replayed twice)."""
+        if self.log is None or self.stalled is not None or self.log.holds_records:
+            return  # kept: the next writer replays it
+        self.log.close_and_remove()
+        self.writer.forget_mark(self.log.path.name)
+
+    def _answer(
+        self, answers: list[tuple[int, bool, Any]], commit: tuple[float, int] | None
+    ) -> None:
+        replies = []
+        if commit is not None:
+            started, size = commit
+            replies.append(frame(["commit", time.perf_counter() - started, size]))
+        replies += [frame([seq, ok, result_value(value) if ok else value])
+                    for seq, ok, value in answers if seq]  # fmt: skip
+        if replies:
+            self.sock.sendall(b"".join(replies))
+
+
+def pending_jobs(messages: list[Any]) -> list[Pending]:
+    return [Pending(seq, job_from(kind, fields)) for seq, kind, fields in messages]
+
+
+def _loggable(job: Job) -> bool:
+    """Jobs whose answer does not depend on the database: committed once logged."""
+    return isinstance(job, OutcomeRecord) or (isinstance(job, DecisionRecord) and not job.hold)
+
+
+def keep_refused(log_path: Path, job: Job, error: str) -> None:
+    """A logged record the database refuses is not lost: it goes to a file beside the store."""
+    path = log_path.with_name(log_path.name.split(SUFFIX)[0] + "-refused.jsonl")
+    log.error("the database refused a logged record (kept in %s): %s", path, error)
+    kind, fields = job_fields(job)
+    line = orjson.dumps({"at": time.time(), "error": error, "kind": kind, "fields": fields})
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.write(fd, line + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replay_orphaned_logs(writer: GroupWriter, database: Path) -> None:
+    """Apply what writers that died left in their logs, before taking new jobs."""
+    for path, fd in orphaned_logs(database):
+        try:
+            _replay(writer, path, fd)
+            path.unlink()  # before the lock goes: see orphaned_logs
+        finally:
+            os.close(fd)
+        writer.forget_mark(path.name)
+
+
+def _replay(writer: GroupWriter, path: Path, fd: int) -> None:
+    mark, last, count = writer.mark_of(path.name), 0, 0
+    for sequence, payload in read_records(fd):
+        if sequence <= mark:
+            continue
+        group = pending_jobs(unframe(bytearray(payload)))
+        for job, error in writer.apply_logged(group, (path.name, sequence)):
+            keep_refused(path, job, error)
+        last, count = sequence, count + len(group)
+    if count:
+        writer.make_durable((path.name, last))
+        log.warning("replayed %d records a stopped writer left in %s", count, path.name)
+
+
+def commit_log_for(writer: GroupWriter) -> CommitLog | None:
+    url = writer.engine.url
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    database = Path(url.database).resolve()
+    replay_orphaned_logs(writer, database)
+    return CommitLog.create_beside(database)
 
 
 def serve(sock: socket.socket) -> None:
     received = bytearray()
-    messages: list = []
-    while not messages:  # the URL comes first
+    frames: list[bytes] = []
+    while not frames:  # the URL comes first
         chunk = sock.recv(READ_SIZE)
         if not chunk:
             return
         received += chunk
-        messages = unframe(received)
-    writer = GroupWriter(open_engine(messages.pop(0)))
+        frames = split_frames(received)
+    received[0:0] = b"".join(frames[1:])  # jobs already sent behind it
+    writer = GroupWriter(open_engine(decode(frames[0])))
     try:
-        while True:
-            if messages:
-                _write(sock, writer, messages)
-            chunk = sock.recv(READ_SIZE)
-            if not chunk:
-                break
-            received += chunk
-            messages = unframe(received)
+        server = Server(sock, writer, commit_log_for(writer))
+        server.run(received)
     finally:
         writer.close()
         writer.engine.dispose()
-
-
-def _write(sock: socket.socket, writer: GroupWriter, messages: list) -> None:
-    group = [Pending(seq, job_from(kind, fields)) for seq, kind, fields in messages]
-    started = time.perf_counter()
-    answers = writer.write_group(group)
-    replies = [frame(["commit", time.perf_counter() - started, len(group)])]
-    replies += [frame([seq, ok, result_value(value) if ok else value])
-                for seq, ok, value in answers if seq]  # fmt: skip
-    sock.sendall(b"".join(replies))
 
 
 def main(argv: list[str]) -> int:
