@@ -39,7 +39,7 @@ class Metrics:
         )
         self.commit_seconds = Histogram(
             "airlock_store_commit_seconds",
-            "Time to commit one group of records to the store.",
+            "Time to make one group of records durable (SQLite: its commit log write).",
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
