@@ -42,7 +42,7 @@ class CommitLog:
         os.pwrite(self.fd, bytes(PREALLOCATED), 0)
         os.fsync(self.fd)
         os.rename(unnamed, path)
-        _sync_directory(path.parent)
+        sync_directory(path.parent)
         self.offset = 0
         self.next_sequence = first_sequence
 
@@ -59,7 +59,9 @@ class CommitLog:
     def append(self, payload: bytes) -> int:
         """Write one group's record and wait until it is on disk; returns its sequence."""
         sequence = self.next_sequence
-        os.pwrite(self.fd, _record(sequence, payload), self.offset)
+        record = _record(sequence, payload)
+        if os.pwrite(self.fd, record, self.offset) != len(record):
+            raise OSError("short write to the commit log")
         os.fdatasync(self.fd)
         self.offset += _HEADER.size + len(payload)
         self.next_sequence += 1
@@ -70,7 +72,7 @@ class CommitLog:
         self.offset = 0
 
     def close_and_remove(self) -> None:
-        self.path.unlink(missing_ok=True)  # while locked: see orphaned_logs
+        remove_locked(self.path)
         os.close(self.fd)
 
 
@@ -116,7 +118,14 @@ def orphaned_logs(database: Path) -> Iterator[tuple[Path, int]]:
         yield path, fd
 
 
-def _sync_directory(folder: Path) -> None:
+def remove_locked(path: Path) -> None:
+    """Remove a log while its lock is held (see orphaned_logs), durably: its mark is deleted
+    next, and a log that came back without its mark would be replayed again."""
+    path.unlink(missing_ok=True)
+    sync_directory(path.parent)
+
+
+def sync_directory(folder: Path) -> None:
     """A new file's name is durable only once its directory is synced."""
     fd = os.open(folder, os.O_RDONLY)
     try:

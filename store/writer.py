@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from store.audit import Event, append_events
 from store.prepared import raw_transaction
@@ -311,16 +312,15 @@ class GroupWriter:
             log.error("store write failed: %s", e)
             return pending.sequence, False, f"the store refused the write: {e}"
 
-    def apply_logged(self, group: list[Pending], mark: Mark) -> list[tuple[Job, str]]:
-        """Commit a group already durable in the commit log, with its mark, not yet synced.
-        Returns the jobs the database refuses (and why); an outage raises instead."""
+    def apply_logged(self, group: list[Pending], mark: Mark, keep: Keep) -> None:
+        """Commit a group already durable in the commit log, with its mark, not yet synced. Jobs
+        the database refuses go to `keep` before the mark moves; an outage raises instead."""
         try:
             self._commit(group, durable=False, mark=mark)
-            return []
-        except sqlite3.OperationalError:
-            raise  # locked, full, I/O: the group stays in the log, and is tried again
-        except Exception:
-            return self._commit_each(group, mark)
+        except Exception as e:
+            if is_outage(e):
+                raise  # locked, full, I/O: the group stays in the log, and is tried again
+            self._commit_each(group, mark, keep)
 
     def make_durable(self, mark: Mark) -> None:
         """One synced commit: every group applied before it is now on disk."""
@@ -339,26 +339,23 @@ class GroupWriter:
         with raw_transaction(self.engine, self._open()) as tx:
             tx.db.execute("DELETE FROM commit_log_marks WHERE log = ?", (log_name,))
 
-    def _commit_each(self, group: list[Pending], mark: Mark) -> list[tuple[Job, str]]:
+    def _commit_each(self, group: list[Pending], mark: Mark, keep: Keep) -> None:
         """The group again in one transaction, each job in a savepoint: the refused ones are
-        left out, and the mark still moves with the rest."""
-        refused: list[tuple[Job, str]] = []
-        db = self._open()
-        with raw_transaction(self.engine, db) as tx:
+        kept aside and left out, and the mark still moves with the rest."""
+        with raw_transaction(self.engine, self._open()) as tx:
             events: list[Event] = []
             for pending in group:
                 tx.db.execute("SAVEPOINT job")
                 try:
                     events += _apply(tx, pending.job)[1]
-                except sqlite3.OperationalError:
-                    raise
                 except Exception as e:
+                    if is_outage(e):
+                        raise
                     tx.db.execute("ROLLBACK TO job")
-                    refused.append((pending.job, str(e)))
+                    keep(pending.job, str(e))
                 tx.db.execute("RELEASE job")
             append_events(tx, events)
             _set_mark(tx, mark)
-        return refused
 
     def _open(self) -> Any:
         if self._connection is None:
@@ -400,6 +397,16 @@ class GroupWriter:
 
 
 Mark = tuple[str, int]  # (commit log's name, sequence of its last record in this commit)
+Keep = Callable[[Job, str], None]  # where a record the database refuses goes, with the reason
+
+
+def is_outage(error: Exception) -> bool:
+    """The database cannot write now (locked, full, I/O, connection): try again later. Other
+    errors belong to one record, which the database will never take."""
+    if isinstance(error, SQLAlchemyError):
+        return True
+    refusals = (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.ProgrammingError)
+    return isinstance(error, sqlite3.DatabaseError) and not isinstance(error, refusals)
 
 
 def _apply(tx: Any, job: Job) -> tuple[Any, list[Event]]:

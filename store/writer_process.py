@@ -24,7 +24,14 @@ from typing import Any
 
 import orjson
 
-from store.commit_log import SUFFIX, CommitLog, orphaned_logs, read_records
+from store.commit_log import (
+    SUFFIX,
+    CommitLog,
+    orphaned_logs,
+    read_records,
+    remove_locked,
+    sync_directory,
+)
 from store.records import DecisionRecord, OutcomeRecord
 from store.schema import open_engine
 from store.wire import decode, frame, job_fields, job_from, result_value, split_frames, unframe
@@ -43,6 +50,7 @@ class Server:
         self.sock = sock
         self.writer = writer
         self.log = commit_log
+        self.applied = 0  # sequence of the log's last record in the database
         self.stalled: tuple[list[Pending], int] | None = None  # logged, not yet in the database
         self.synced_at = time.monotonic()
 
@@ -78,10 +86,11 @@ class Server:
             sequence = self.log.append(b"".join(frames))
         except OSError as e:
             log.error("the commit log could not be written (%s): writing to SQLite directly", e)
+            self._abandon_log()
             return False
         self._answer([(p.sequence, True, None) for p in group], (started, len(group)))
         self._apply(group, sequence)
-        if self._owes_sync() and (
+        if self.stalled is None and (
             self.log.offset > LOG_LIMIT or time.monotonic() - self.synced_at > SYNC_INTERVAL
         ):
             self._sync()
@@ -90,15 +99,17 @@ class Server:
     def _apply(self, group: list[Pending], sequence: int) -> bool:
         assert self.log is not None
         try:
-            refused = self.writer.apply_logged(group, (self.log.path.name, sequence))
+            self.writer.apply_logged(group, (self.log.path.name, sequence), self._keep)
         except Exception as e:
             log.error("the database refused a logged group (kept, tried again): %s", e)
             self.stalled = (group, sequence)
             return False
-        for job, error in refused:
-            keep_refused(self.log.path, job, error)
-        self.stalled = None
+        self.applied, self.stalled = sequence, None
         return True
+
+    def _keep(self, job: Job, error: str) -> None:
+        assert self.log is not None
+        keep_refused(self.log.path, job, error)
 
     def _retry_stalled(self) -> bool:
         assert self.stalled is not None
@@ -108,8 +119,6 @@ class Server:
         started = time.perf_counter()
         answers = self.writer.write_group(group)
         self._answer(answers, (started, len(group)))
-        if self.log and self.stalled is None and any(ok for _, ok, _ in answers):
-            self._log_synced()  # that commit synced every logged group before it
 
     def _owes_sync(self) -> bool:
         return self.stalled is not None or (self.log is not None and self.log.holds_records)
@@ -121,19 +130,26 @@ class Server:
         if self.log is not None and self.log.holds_records:
             self._sync()
 
-    def _sync(self) -> None:
-        assert self.log is not None
+    def _sync(self) -> bool:
+        """One synced commit with the mark of the last record applied: the log starts over."""
+        assert self.log is not None and self.stalled is None
         try:
-            self.writer.make_durable((self.log.path.name, self.log.next_sequence - 1))
+            self.writer.make_durable((self.log.path.name, self.applied))
         except Exception as e:
             log.error("the store could not sync (the commit log keeps the records): %s", e)
-            return
-        self._log_synced()
-
-    def _log_synced(self) -> None:
-        assert self.log is not None
+            return False
         self.log.start_over()
         self.synced_at = time.monotonic()
+        return True
+
+    def _abandon_log(self) -> None:
+        """The log failed a write (which may be half on disk): sync what it vouches for and go
+        on without it. If even that fails, this process ends; the log is replayed at restart."""
+        assert self.log is not None
+        if self.stalled is not None or not self._sync():
+            raise RuntimeError("the commit log failed and the database cannot be synced")
+        self._retire_log()
+        self.log = None
 
     def _retire_log(self) -> None:
         """Stopping with everything synced: the log goes, then its mark (in that order: a mark
@@ -166,17 +182,21 @@ def _loggable(job: Job) -> bool:
 
 
 def keep_refused(log_path: Path, job: Job, error: str) -> None:
-    """A logged record the database refuses is not lost: it goes to a file beside the store."""
+    """A logged record the database refuses is not lost: it goes to a file beside the store,
+    durably, before the commit that leaves it out."""
     path = log_path.with_name(log_path.name.split(SUFFIX)[0] + "-refused.jsonl")
     log.error("the database refused a logged record (kept in %s): %s", path, error)
     kind, fields = job_fields(job)
     line = orjson.dumps({"at": time.time(), "error": error, "kind": kind, "fields": fields})
+    created = not path.exists()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         os.write(fd, line + b"\n")
         os.fsync(fd)
     finally:
         os.close(fd)
+    if created:
+        sync_directory(path.parent)
 
 
 def replay_orphaned_logs(writer: GroupWriter, database: Path) -> None:
@@ -184,24 +204,28 @@ def replay_orphaned_logs(writer: GroupWriter, database: Path) -> None:
     for path, fd in orphaned_logs(database):
         try:
             _replay(writer, path, fd)
-            path.unlink()  # before the lock goes: see orphaned_logs
+            remove_locked(path)  # before the lock goes: see orphaned_logs
         finally:
             os.close(fd)
         writer.forget_mark(path.name)
 
 
 def _replay(writer: GroupWriter, path: Path, fd: int) -> None:
-    mark, last, count = writer.mark_of(path.name), 0, 0
+    mark = writer.mark_of(path.name)
+    last, count = mark, 0
+
+    def keep(job: Job, error: str) -> None:
+        keep_refused(path, job, error)
+
     for sequence, payload in read_records(fd):
         if sequence <= mark:
             continue
-        group = pending_jobs(unframe(bytearray(payload)))
-        for job, error in writer.apply_logged(group, (path.name, sequence)):
-            keep_refused(path, job, error)
-        last, count = sequence, count + len(group)
+        writer.apply_logged(pending_jobs(unframe(bytearray(payload))), (path.name, sequence), keep)
+        last, count = sequence, count + 1
+    # Synced even with nothing to replay: the dead writer's own last commits may not be yet.
+    writer.make_durable((path.name, last))
     if count:
-        writer.make_durable((path.name, last))
-        log.warning("replayed %d records a stopped writer left in %s", count, path.name)
+        log.warning("replayed %d groups a stopped writer left in %s", count, path.name)
 
 
 def commit_log_for(writer: GroupWriter) -> CommitLog | None:

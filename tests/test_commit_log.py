@@ -86,8 +86,8 @@ def test_replay_skips_what_the_database_already_has(sqlite_engine: Engine) -> No
         sqlite_engine, logged_group(DecisionRecord(first)), logged_group(DecisionRecord(second))
     )
     writer = GroupWriter(sqlite_engine)
-    assert writer.apply_logged(pending_jobs([[0, *job_fields(DecisionRecord(first))]]),
-                               (path.name, 1)) == []  # fmt: skip
+    first_group = pending_jobs([[0, *job_fields(DecisionRecord(first))]])
+    writer.apply_logged(first_group, (path.name, 1), keep=lambda job, error: pytest.fail(error))
     writer.close()
 
     write(sqlite_engine, DecisionRecord(run_row()))
@@ -171,7 +171,9 @@ def test_a_database_that_cannot_be_written_stops_new_requests_until_it_can(
     async def scenario() -> Any:
         writer = StoreWriter(sqlite_engine)
         writer.ensure_started(asyncio.get_running_loop())
-        await writer.submit(DecisionRecord(run_row()))
+        await writer.submit(DecisionRecord(applied := run_row()))
+        while applied["id"] not in stored_ids(sqlite_engine):  # acknowledged, then applied
+            await asyncio.sleep(0.01)
         await asyncio.to_thread(rename, "runs", "runs_away")  # "no such table" from now on
         await writer.submit(DecisionRecord(logged))  # durable in the log before SQLite fails
         outcome = await asyncio.gather(
