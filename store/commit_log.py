@@ -32,7 +32,7 @@ SUFFIX = "-commitlog-"
 class CommitLog:
     """This writer's own log: created empty, locked for the writer's lifetime."""
 
-    def __init__(self, path: Path, first_sequence: int = 1) -> None:
+    def __init__(self, path: Path) -> None:
         self.path = path
         # Locked before it has the name other writers look for: they must never take a live
         # log for a dead writer's.
@@ -44,7 +44,7 @@ class CommitLog:
         os.rename(unnamed, path)
         sync_directory(path.parent)
         self.offset = 0
-        self.next_sequence = first_sequence
+        self.next_sequence = 1
 
     @classmethod
     def create_beside(cls, database: Path) -> CommitLog:
