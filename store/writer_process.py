@@ -19,6 +19,7 @@ import signal
 import socket
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -99,17 +100,14 @@ class Server:
     def _apply(self, group: list[Pending], sequence: int) -> bool:
         assert self.log is not None
         try:
-            self.writer.apply_logged(group, (self.log.path.name, sequence), self._keep)
+            keep = partial(keep_refused, self.log.path)
+            self.writer.apply_logged(group, (self.log.path.name, sequence), keep)
         except Exception as e:
             log.error("the database refused a logged group (kept, tried again): %s", e)
             self.stalled = (group, sequence)
             return False
         self.applied, self.stalled = sequence, None
         return True
-
-    def _keep(self, job: Job, error: str) -> None:
-        assert self.log is not None
-        keep_refused(self.log.path, job, error)
 
     def _retry_stalled(self) -> bool:
         assert self.stalled is not None
@@ -213,10 +211,7 @@ def replay_orphaned_logs(writer: GroupWriter, database: Path) -> None:
 def _replay(writer: GroupWriter, path: Path, fd: int) -> None:
     mark = writer.mark_of(path.name)
     last, count = mark, 0
-
-    def keep(job: Job, error: str) -> None:
-        keep_refused(path, job, error)
-
+    keep = partial(keep_refused, path)
     for sequence, payload in read_records(fd):
         if sequence <= mark:
             continue
