@@ -1,7 +1,10 @@
-"""How the proxy and its writer process talk: length-prefixed JSON frames over a socket pair.
+"""How the proxy and its writer process talk: length-prefixed frames over a socket pair.
 
-Each job travels as one frame `[seq, kind, fields]`; seq 0 means nobody awaits the result. The
-writer answers `[seq, ok, value]` per awaited job, and `["commit", seconds, size]` per group.
+A job travels as one frame: a binary head (its sequence number, 0 when nobody awaits the result,
+and whether it may be acknowledged once in the commit log) and JSON `[kind, fields]`. The head
+lets the writer log and acknowledge a group before decoding it. The writer answers in JSON:
+`["logged", seconds, size, [seq, ...]]` for a logged group, else `["commit", seconds, size]`
+per group and `[seq, ok, value]` per awaited job.
 """
 
 from __future__ import annotations
@@ -23,6 +26,10 @@ from store.records import (
 )
 
 _LENGTH = struct.Struct("!I")
+_JOB_HEAD = struct.Struct("!QB")  # sequence number, loggable (after the length)
+_BODY = _LENGTH.size + _JOB_HEAD.size
+_OLD_FORMAT = ord("[")  # a job frame before the head: JSON [seq, kind, fields] (a head starts
+# with a sequence number's high byte, 0 below 2**56)
 
 
 class StoreError(RuntimeError):
@@ -30,11 +37,15 @@ class StoreError(RuntimeError):
 
 
 def frame(message: Any) -> bytes:
-    try:
-        body = orjson.dumps(message)
-    except (TypeError, orjson.JSONEncodeError):  # integers beyond 64 bits, lone surrogates
-        body = json.dumps(message, separators=(",", ":"), ensure_ascii=True).encode()
+    body = _json(message)
     return _LENGTH.pack(len(body)) + body
+
+
+def _json(message: Any) -> bytes:
+    try:
+        return orjson.dumps(message)
+    except (TypeError, orjson.JSONEncodeError):  # integers beyond 64 bits, lone surrogates
+        return json.dumps(message, separators=(",", ":"), ensure_ascii=True).encode()
 
 
 def unframe(buffer: bytearray) -> list[Any]:
@@ -58,7 +69,10 @@ def split_frames(buffer: bytearray) -> list[bytes]:
 
 
 def decode(whole_frame: bytes) -> Any:
-    body = whole_frame[_LENGTH.size :]
+    return _loads(whole_frame[_LENGTH.size :])
+
+
+def _loads(body: bytes) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -68,10 +82,37 @@ def decode(whole_frame: bytes) -> Any:
 # --- jobs ------------------------------------------------------------------------------------
 
 
+def job_frame(sequence: int, job: Any) -> bytes:
+    body = _json(job_fields(job))
+    return _LENGTH.pack(_JOB_HEAD.size + len(body)) + _JOB_HEAD.pack(sequence, loggable(job)) + body
+
+
+def job_head(whole_frame: bytes) -> tuple[int, bool]:
+    """(sequence, loggable) of a job frame, without decoding its JSON."""
+    sequence, logged = _JOB_HEAD.unpack_from(whole_frame, _LENGTH.size)
+    return sequence, bool(logged)
+
+
+def decode_job(whole_frame: bytes) -> tuple[int, Any]:
+    """(sequence, job) of a job frame."""
+    if whole_frame[_LENGTH.size] == _OLD_FORMAT:  # a commit log left by an earlier version
+        sequence, kind, fields = decode(whole_frame)
+        return sequence, job_from(kind, fields)
+    sequence, _ = _JOB_HEAD.unpack_from(whole_frame, _LENGTH.size)
+    kind, fields = _loads(whole_frame[_BODY:])
+    return sequence, job_from(kind, fields)
+
+
+def loggable(job: Any) -> bool:
+    """Jobs whose answer does not depend on the database: committed once in the commit log."""
+    return isinstance(job, OutcomeRecord) or (isinstance(job, DecisionRecord) and not job.hold)
+
+
 def job_fields(job: Any) -> tuple[str, dict[str, Any]]:
+    # vars, not asdict: the records are flat, and asdict deep-copies (~7 µs a job).
     if isinstance(job, DecisionRecord):
-        return "decision", {"run": job.run, "hold": asdict(job.hold) if job.hold else None}
-    return type(job).__name__, asdict(job)
+        return "decision", {"run": job.run, "hold": vars(job.hold) if job.hold else None}
+    return type(job).__name__, vars(job)
 
 
 def job_from(kind: str, fields: dict[str, Any]) -> Any:

@@ -41,7 +41,7 @@ from store.records import (
     release_approval,
     settle_approval,
 )
-from store.wire import StoreError, frame, job_fields, result_from, unframe
+from store.wire import StoreError, frame, job_frame, result_from, unframe
 
 log = logging.getLogger(__name__)
 
@@ -154,18 +154,16 @@ class StoreWriter:
             future.set_exception(StoreError("the store writer is not running"))
             return future
         sequence = next(self._sequence)
-        kind, fields = job_fields(job)
-        self._waiting[sequence] = (kind, future)
+        self._waiting[sequence] = (type(job).__name__, future)
         deferred, self._deferred = self._deferred, []
-        self._send(b"".join(deferred) + frame([sequence, kind, fields]))
+        self._send(b"".join(deferred) + job_frame(sequence, job))
         return future
 
     def submit_nowait(self, job: Job) -> None:
         """A job nobody waits for (an outcome) rides with the next decision, sharing its commit;
         with no decision coming, it is written within IDLE_WRITE_DELAY."""
         assert self._loop is not None, "StoreWriter.ensure_started() was not called"
-        kind, fields = job_fields(job)
-        self._deferred.append(frame([0, kind, fields]))
+        self._deferred.append(job_frame(0, job))
         if self._flush_timer is None:
             self._flush_timer = self._loop.call_later(IDLE_WRITE_DELAY, self._flush_deferred)
 
@@ -224,7 +222,9 @@ class StoreWriter:
 
     def _answer(self, messages: list[Any]) -> None:
         for message in messages:
-            if message[0] == "commit":
+            if message[0] == "logged":  # a group in the commit log: its awaited jobs are done
+                self._logged(message[3])
+            if message[0] in ("logged", "commit"):
                 if self.on_commit:
                     self.on_commit(message[1], message[2])
                 continue
@@ -236,6 +236,12 @@ class StoreWriter:
                 future.set_result(result_from(kind, value))
             else:
                 future.set_exception(StoreError(value))
+
+    def _logged(self, sequences: list[int]) -> None:
+        for sequence in sequences:
+            _, future = self._waiting.pop(sequence, (None, None))
+            if future is not None and not future.done():
+                future.set_result(None)
 
     def _writer_died(self, reason: str) -> None:
         """Every waiting job fails (its request is refused); the next job starts a new process."""

@@ -33,9 +33,8 @@ from store.commit_log import (
     remove_locked,
     sync_directory,
 )
-from store.records import DecisionRecord, OutcomeRecord
 from store.schema import open_engine
-from store.wire import decode, frame, job_fields, job_from, result_value, split_frames, unframe
+from store.wire import decode, decode_job, frame, job_fields, job_head, result_value, split_frames
 from store.writer import READ_SIZE, GroupWriter, Job, Pending
 
 log = logging.getLogger("airlock.store.writer")
@@ -59,7 +58,7 @@ class Server:
         while True:
             frames = split_frames(received)
             if frames:
-                self._write([decode(f) for f in frames], frames)
+                self._write(frames)
             self.sock.settimeout(SYNC_INTERVAL if self._owes_sync() else None)
             try:
                 chunk = self.sock.recv(READ_SIZE)
@@ -72,15 +71,17 @@ class Server:
         self._catch_up()
         self._retire_log()
 
-    def _write(self, messages: list[Any], frames: list[bytes]) -> None:
-        group = pending_jobs(messages)
+    def _write(self, frames: list[bytes]) -> None:
+        heads = [job_head(f) for f in frames]
         if self.stalled is not None and not self._retry_stalled():
             reason = "the store cannot write (records are waiting in its commit log)"
-            self._answer([(p.sequence, False, reason) for p in group], None)
-        elif not (self.log and all(_loggable(p.job) for p in group) and self._log(group, frames)):
-            self._write_durably(group)
+            self._answer([(seq, False, reason) for seq, _ in heads], None)
+        elif not (self.log and all(logged for _, logged in heads) and self._log(frames, heads)):
+            self._write_durably(pending_jobs(frames))
 
-    def _log(self, group: list[Pending], frames: list[bytes]) -> bool:
+    def _log(self, frames: list[bytes], heads: list[tuple[int, bool]]) -> bool:
+        """Durable in the log, acknowledged, then decoded and applied: decoding is not on the
+        path of the requests waiting for the acknowledgement."""
         assert self.log is not None
         started = time.perf_counter()
         try:
@@ -89,8 +90,9 @@ class Server:
             log.error("the commit log could not be written (%s): writing to SQLite directly", e)
             self._abandon_log()
             return False
-        self._answer([(p.sequence, True, None) for p in group], (started, len(group)))
-        self._apply(group, sequence)
+        awaited = [seq for seq, _ in heads if seq]
+        self.sock.sendall(frame(["logged", time.perf_counter() - started, len(frames), awaited]))
+        self._apply(pending_jobs(frames), sequence)
         if self.stalled is None and (
             self.log.offset > LOG_LIMIT or time.monotonic() - self.synced_at > SYNC_INTERVAL
         ):
@@ -170,13 +172,8 @@ class Server:
             self.sock.sendall(b"".join(replies))
 
 
-def pending_jobs(messages: list[Any]) -> list[Pending]:
-    return [Pending(seq, job_from(kind, fields)) for seq, kind, fields in messages]
-
-
-def _loggable(job: Job) -> bool:
-    """Jobs whose answer does not depend on the database: committed once logged."""
-    return isinstance(job, OutcomeRecord) or (isinstance(job, DecisionRecord) and not job.hold)
+def pending_jobs(frames: list[bytes]) -> list[Pending]:
+    return [Pending(*decode_job(f)) for f in frames]
 
 
 def keep_refused(log_path: Path, job: Job, error: str) -> None:
@@ -215,7 +212,8 @@ def _replay(writer: GroupWriter, path: Path, fd: int) -> None:
     for sequence, payload in read_records(fd):
         if sequence <= mark:
             continue
-        writer.apply_logged(pending_jobs(unframe(bytearray(payload))), (path.name, sequence), keep)
+        group = pending_jobs(split_frames(bytearray(payload)))
+        writer.apply_logged(group, (path.name, sequence), keep)
         last, count = sequence, count + 1
     # Synced even with nothing to replay: the dead writer's own last commits may not be yet.
     writer.make_durable((path.name, last))

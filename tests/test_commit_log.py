@@ -18,7 +18,7 @@ from store.audit import verify_audit
 from store.commit_log import CommitLog, read_records
 from store.records import DecisionRecord, OutcomeRecord
 from store.schema import CommitLogMark, Run, create_schema, open_engine
-from store.wire import StoreError, frame, job_fields
+from store.wire import StoreError, frame, job_fields, job_frame
 from store.writer import GroupWriter, StoreWriter
 from store.writer_process import pending_jobs
 from tests.test_store import run_row, write
@@ -37,7 +37,7 @@ def database_of(engine: Engine) -> Path:
 
 
 def logged_group(*jobs: Any) -> bytes:
-    return b"".join(frame([0, *job_fields(job)]) for job in jobs)
+    return b"".join(job_frame(0, job) for job in jobs)
 
 
 def left_by_a_dead_writer(engine: Engine, *groups: bytes) -> Path:
@@ -79,6 +79,21 @@ def test_records_a_dead_writer_acknowledged_are_replayed_by_the_next_one(
     assert report.events == 4
 
 
+def test_a_log_left_by_the_previous_version_is_replayed(sqlite_engine: Engine) -> None:
+    """Upgrading after a crash: frames without the binary head ([seq, kind, fields]) still
+    decode, so nothing the old writer acknowledged is lost."""
+    first = run_row()
+    outcome = OutcomeRecord(first["id"], time.time(), "forwarded", 200, 4.0)
+    old_frames = b"".join(frame([0, *job_fields(job)]) for job in (DecisionRecord(first), outcome))
+    left_by_a_dead_writer(sqlite_engine, old_frames)
+
+    write(sqlite_engine, DecisionRecord(second := run_row()))
+
+    assert stored_ids(sqlite_engine) == {first["id"], second["id"]}
+    with sqlite_engine.connect() as conn:
+        assert conn.execute(select(Run.status).where(Run.id == first["id"])).scalar() == 200
+
+
 def test_replay_skips_what_the_database_already_has(sqlite_engine: Engine) -> None:
     """A crash after SQLite took a group but before the log started over: applied once."""
     first, second = run_row(), run_row()
@@ -86,7 +101,7 @@ def test_replay_skips_what_the_database_already_has(sqlite_engine: Engine) -> No
         sqlite_engine, logged_group(DecisionRecord(first)), logged_group(DecisionRecord(second))
     )
     writer = GroupWriter(sqlite_engine)
-    first_group = pending_jobs([[0, *job_fields(DecisionRecord(first))]])
+    first_group = pending_jobs([job_frame(0, DecisionRecord(first))])
     writer.apply_logged(first_group, (path.name, 1), keep=lambda job, error: pytest.fail(error))
     writer.close()
 
