@@ -502,15 +502,11 @@ class Gate:
         flow.metadata["airlock_recorded"] = True
         if run["decision"] != REQUIRE_APPROVAL:  # a held request counts once it is settled
             self._remember(run, passed=run["decision"] == ALLOW)
-        self.metrics.count_decision(run["decision"], run["action"], run["provider"])
-        self.metrics.decision_seconds.observe(time.perf_counter() - started)
-        if evaluation.error:
-            self.metrics.fail_closed.labels(evaluation.failed_stage).inc()
-        note = ""
-        if run["shadow_decision"]:
-            self.metrics.count_shadow(run["shadow_decision"], run["action"], run["provider"])
-            note = f"shadow: would {run['shadow_decision']} ({','.join(run['shadow_rules'])})"
-        self.log.decision(run["decision"], run, (time.perf_counter() - started) * 1000, note)
+        # Counted and printed right after the request is on its way, not before.
+        asyncio.get_running_loop().call_soon(
+            self._report, run, evaluation.failed_stage if evaluation.error else None,
+            time.perf_counter() - started,
+        )  # fmt: skip
         if run["decision"] == BLOCK:
             self._refuse(flow, run, run["reason"])
         elif joined is not None:
@@ -520,6 +516,18 @@ class Gate:
             await self._hold(flow, run, hold.approval_id, hold.expires_at)
         else:
             flow.metadata["airlock_released"] = time.time()
+
+    def _report(self, run: dict[str, Any], failed_stage: str | None, seconds: float) -> None:
+        """Metrics and the console line of a recorded decision."""
+        self.metrics.count_decision(run["decision"], run["action"], run["provider"])
+        self.metrics.decision_seconds.observe(seconds)
+        if failed_stage:
+            self.metrics.fail_closed.labels(failed_stage).inc()
+        note = ""
+        if run["shadow_decision"]:
+            self.metrics.count_shadow(run["shadow_decision"], run["action"], run["provider"])
+            note = f"shadow: would {run['shadow_decision']} ({','.join(run['shadow_rules'])})"
+        self.log.decision(run["decision"], run, seconds * 1000, note)
 
     def _evaluate(self, document: Document) -> Evaluation:
         assert self.config is not None
