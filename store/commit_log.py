@@ -19,6 +19,7 @@ import fcntl
 import os
 import secrets
 import struct
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +28,7 @@ MAGIC = b"ALCL"
 _HEADER = struct.Struct("!4sIQI")  # magic, crc32, sequence, payload length
 PREALLOCATED = 2 << 20  # bytes written once at creation: later writes overwrite, never extend
 SUFFIX = "-commitlog-"
+UNFINISHED_AFTER = 60.0  # seconds after which an unnamed log's writer has died creating it
 
 
 class CommitLog:
@@ -116,6 +118,28 @@ def orphaned_logs(database: Path) -> Iterator[tuple[Path, int]]:
             os.close(fd)  # replayed and removed by another writer while we waited for it
             continue
         yield path, fd
+
+
+def remove_unfinished_logs(database: Path) -> int:
+    """Remove logs whose writer died while creating them (before the rename that names them):
+    nothing was ever written to those. Returns how many."""
+    removed = 0
+    for path in database.parent.glob(f".{database.name}{SUFFIX}*.new"):
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            continue
+        try:
+            # Recent ones may be between creation and lock: their writer is starting now.
+            if time.time() - os.fstat(fd).st_mtime > UNFINISHED_AFTER:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                path.unlink(missing_ok=True)
+                removed += 1
+        except BlockingIOError:
+            pass  # a writer is creating it right now
+        finally:
+            os.close(fd)
+    return removed
 
 
 def remove_locked(path: Path) -> None:

@@ -31,6 +31,7 @@ from store.commit_log import (
     orphaned_logs,
     read_records,
     remove_locked,
+    remove_unfinished_logs,
     sync_directory,
 )
 from store.schema import open_engine
@@ -226,6 +227,8 @@ def commit_log_for(writer: GroupWriter) -> CommitLog | None:
     if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
         return None
     database = Path(url.database).resolve()
+    if remove_unfinished_logs(database):
+        log.warning("removed unfinished commit logs (their writers died creating them)")
     replay_orphaned_logs(writer, database)
     return CommitLog.create_beside(database)
 

@@ -4,6 +4,7 @@ writer died before SQLite had it, exactly once, and the log leaves nothing behin
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import signal
 import time
@@ -148,6 +149,29 @@ def test_a_live_writers_log_is_left_alone(sqlite_engine: Engine) -> None:
     assert report.ok, report.problem
     assert report.events == 150
     assert list(database_of(sqlite_engine).parent.glob("*commitlog*")) == []
+
+
+def test_a_log_whose_writer_died_creating_it_is_removed(sqlite_engine: Engine) -> None:
+    """Killed between creating its log and naming it: a 2 MB file with nothing in it, left
+    behind. The next writer removes it, but not one that a live writer is creating."""
+    folder = database_of(sqlite_engine).parent
+    dead = folder / ".airlock.db-commitlog-1-dead.new"
+    creating = folder / ".airlock.db-commitlog-2-live.new"
+    just_now = folder / ".airlock.db-commitlog-3-starting.new"
+    for path in (dead, creating, just_now):
+        path.write_bytes(bytes(4096))
+    an_hour_ago = time.time() - 3600
+    for path in (dead, creating):
+        os.utime(path, (an_hour_ago, an_hour_ago))
+    held = os.open(creating, os.O_RDWR)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    try:
+        write(sqlite_engine, DecisionRecord(run_row()))
+
+        assert not dead.exists()
+        assert creating.exists() and just_now.exists()
+    finally:
+        os.close(held)
 
 
 def test_a_killed_writer_loses_nothing_it_acknowledged(sqlite_engine: Engine) -> None:
