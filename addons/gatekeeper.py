@@ -18,7 +18,7 @@ import socket
 import time
 import uuid
 import weakref
-from collections.abc import Coroutine, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -125,6 +125,7 @@ class Gate:
         self.instance = f"{socket.gethostname()}-{os.getpid()}"
         self.log = DecisionLog()
         self.holds: dict[str, Hold] = {}
+        self._openers: dict[str, asyncio.Future[None]] = {}  # retry key → attempt opening it
         self._connect_agents: weakref.WeakKeyDictionary[connection.Client, str] = (
             weakref.WeakKeyDictionary()
         )
@@ -482,22 +483,18 @@ class Gate:
         if evaluation.verdict.decision == REQUIRE_APPROVAL:
             exact = request_hash(document)
             retry_key = retry_key_of(document, exact)
-            joined = await self._joinable(retry_key)
-            if joined is None:
-                hold = self._hold_request(exact, evaluation.verdict, retry_key)
-            else:
-                run["reason"] = f"{run['reason']} (a retry: joins approval {joined.id})"
-        if evaluation.verdict.decision == BLOCK:
-            run.update(outcome="blocked", status=403)
-        try:
-            assert self.writer is not None
-            async with asyncio.timeout(STORE_TIMEOUT):  # cheaper than wait_for: no extra task
-                await self.writer.submit(DecisionRecord(run, hold))
-        except Exception as e:
-            if isinstance(e, TimeoutError):
-                e = TimeoutError(f"the store did not answer within {STORE_TIMEOUT:.0f} s")
-                self._record_outcome(run["id"], "store_timeout", 403)  # if it lands later
-            self._refuse_unrecorded(flow, run, e)
+            async with self._opening_approval(retry_key):
+                joined = await self._joinable(retry_key)
+                if joined is None:
+                    hold = self._hold_request(exact, evaluation.verdict, retry_key)
+                else:
+                    run["reason"] = f"{run['reason']} (a retry: joins approval {joined.id})"
+                recorded = await self._record(flow, run, hold)
+        else:
+            if evaluation.verdict.decision == BLOCK:
+                run.update(outcome="blocked", status=403)
+            recorded = await self._record(flow, run, None)
+        if not recorded:
             return
         flow.metadata["airlock_recorded"] = True
         if run["decision"] != REQUIRE_APPROVAL:  # a held request counts once it is settled
@@ -516,6 +513,37 @@ class Gate:
             await self._hold(flow, run, hold.approval_id, hold.expires_at)
         else:
             flow.metadata["airlock_released"] = time.time()
+
+    async def _record(
+        self, flow: http.HTTPFlow, run: dict[str, Any], hold: HoldRequest | None
+    ) -> bool:
+        """Commit the decision (and open its approval); refuse the request if that fails."""
+        try:
+            assert self.writer is not None
+            async with asyncio.timeout(STORE_TIMEOUT):  # cheaper than wait_for: no extra task
+                await self.writer.submit(DecisionRecord(run, hold))
+        except Exception as e:
+            if isinstance(e, TimeoutError):
+                e = TimeoutError(f"the store did not answer within {STORE_TIMEOUT:.0f} s")
+                self._record_outcome(run["id"], "store_timeout", 403)  # if it lands later
+            self._refuse_unrecorded(flow, run, e)
+            return False
+        return True
+
+    @contextlib.asynccontextmanager
+    async def _opening_approval(self, retry_key: str) -> AsyncIterator[None]:
+        """One approval per call: attempts of it that arrive together (an agent sending it twice
+        at once) wait while the first looks for an approval and records its own, then join it.
+        Within this process; see README for several proxies on one database."""
+        while (first := self._openers.get(retry_key)) is not None:
+            await asyncio.shield(first)
+        mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._openers[retry_key] = mine
+        try:
+            yield
+        finally:
+            del self._openers[retry_key]
+            mine.set_result(None)
 
     def _report(self, run: dict[str, Any], failed_stage: str | None, seconds: float) -> None:
         """Metrics and the console line of a recorded decision."""

@@ -4,7 +4,9 @@ told "approval pending", and its retry joins the same approval and is forwarded 
 from __future__ import annotations
 
 import ssl
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -66,6 +68,33 @@ def test_a_retry_joins_the_approval_and_is_forwarded_exactly_once(
     assert upstream.count("/v1/customers/cus_retry") == 1
     assert len([p for p in pending(proxy) if p["target"] == "customer/cus_retry"]) == 0
     assert airlock("audit", "verify", "--db", proxy.db_url).returncode == 0
+
+
+def test_attempts_sent_at_once_share_one_approval(proxy: Proxy, upstream: Upstream) -> None:
+    """An agent that sends one call several times at once (one idempotency key, separate
+    connections): one approval for a reviewer, and the call goes out once."""
+    url = "https://api.stripe.com/v1/customers/cus_at_once"
+    at_once = threading.Barrier(4)
+
+    def attempt(_: int) -> Any:
+        session = proxy.session(agent="ops-bot")
+        session.headers["Idempotency-Key"] = "at-once-1"
+        at_once.wait()
+        return session.delete(url)
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(attempt, range(4)))
+
+    assert [a.status_code for a in answers] == [503] * 4, [a.json()["reason"] for a in answers]
+    [approval_id] = {a.headers["X-Airlock-Approval-Id"] for a in answers}
+    assert [p["id"] for p in pending(proxy) if p["target"] == "customer/cus_at_once"] == [
+        approval_id
+    ]
+    assert airlock("approve", approval_id, "--db", proxy.db_url).returncode == 0
+    session = proxy.session(agent="ops-bot")
+    session.headers["Idempotency-Key"] = "at-once-1"
+    assert session.delete(url).status_code == 200
+    assert upstream.count("/v1/customers/cus_at_once") == 1
 
 
 @pytest.fixture
