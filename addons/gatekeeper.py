@@ -55,7 +55,13 @@ from store.approvals import (
     expire_orphaned_approvals,
     find_approval_for_retry,
 )
-from store.history import agent_actions, past_decisions
+from store.history import (
+    PastDecision,
+    agent_actions,
+    audit_position,
+    committed_since,
+    past_decisions,
+)
 from store.records import (
     DecisionRecord,
     HoldRequest,
@@ -72,7 +78,6 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ANONYMOUS = "anonymous"
 POLL_SECONDS = 0.25  # how often held flows look for a reviewer's decision
 HISTORY_SYNC_SECONDS = 2.0  # how often other instances' decisions are pulled into the history
-HISTORY_SYNC_OVERLAP = 5.0  # re-read a little: commits land out of order across instances
 STORE_TIMEOUT = 10.0  # seconds a flow waits for its commit before it is refused
 _LOCAL_NAMES = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0", "[::1]"})
 PARSE_OFF_LOOP_BYTES = 256 * 1024  # larger bodies are parsed in a thread, not on the loop
@@ -133,7 +138,7 @@ class Gate:
         self._tasks: set[asyncio.Task[None]] = set()
         self.history = History()
         self.notifier = Notifier([], lambda url: None)
-        self._history_synced_at = 0.0
+        self._history_cursor = 0  # the audit event up to which other instances' were read
         self._history_task: asyncio.Task[None] | None = None
         self.mode = ENFORCE
         self.surface = ControlSurface(_LOCAL_NAMES, frozenset(), None)
@@ -264,43 +269,36 @@ class Gate:
     def _load_history(self) -> None:
         """At start (before any traffic): the recorded past within the longest window."""
         started = time.perf_counter()
-        now = time.time()
-        for run_id, agent, action, at, params, passed, target in self._recorded_since(
-            now - self.history.horizon
-        ):
-            self.history.record(
-                run_id, agent, action, at, params, passed, self._roles_of(agent), target
-            )
+        self._history_cursor = audit_position(self.engine)  # first: later commits are synced
+        since = time.time() - self.history.horizon
+        self._add_to_history(past_decisions(self.engine, since))
         for agent, action in agent_actions(self.engine):
             self.history.knows(agent, action)
-        self._history_synced_at = now
         log.info("history loaded in %.0f ms", (time.perf_counter() - started) * 1000)
 
-    def _recorded_since(self, since: float, others_only: bool = False) -> list[tuple[Any, ...]]:
-        """Decisions committed since then (by other instances only, when asked)."""
-        other_than = self.instance if others_only else None
-        found = []
-        for r in past_decisions(self.engine, since, other_than):
+    def _add_to_history(self, decisions: list[PastDecision]) -> None:
+        for r in decisions:
             passed = _let_through(r.decision, r.outcome)
             if passed is not None:
-                found.append((r.id, r.agent, r.action, r.at, r.params, passed, r.target))
-        return found
+                self.history.record(
+                    r.id, r.agent, r.action, r.at, r.params, passed, self._roles_of(r.agent),
+                    r.target,
+                )  # fmt: skip
 
     async def _sync_history(self) -> None:
-        """Other proxy instances on the same database: their decisions count here too."""
+        """Other proxy instances on the same database: their decisions count here too. Read
+        in commit order from a cursor, so nothing committed late is missed."""
         while True:
             await asyncio.sleep(HISTORY_SYNC_SECONDS)
-            since = self._history_synced_at - HISTORY_SYNC_OVERLAP
-            self._history_synced_at = time.time()
             try:
-                found = await asyncio.to_thread(self._recorded_since, since, True)
+                found, cursor = await asyncio.to_thread(
+                    committed_since, self.engine, self._history_cursor, self.instance
+                )
             except Exception as e:
                 log.warning("cannot read other instances' decisions: %s", e)
                 continue
-            for run_id, agent, action, at, params, passed, target in found:
-                self.history.record(
-                    run_id, agent, action, at, params, passed, self._roles_of(agent), target
-                )
+            self._history_cursor = cursor
+            self._add_to_history(found)
             self.history.prune()
 
     def _remember(self, run: dict[str, Any], passed: bool) -> None:

@@ -6,10 +6,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
-from store.schema import Run
+from store.schema import AuditEvent, Run
 
 
 @dataclass(frozen=True)
@@ -99,13 +99,50 @@ class PastDecision:
     target: str
 
 
+_PAST_COLUMNS = (
+    Run.id,
+    Run.agent,
+    Run.action,
+    Run.at,
+    Run.params,
+    Run.decision,
+    Run.outcome,
+    Run.target,
+)
+
+
 def past_decisions(
     engine: Engine, since: float, other_than_instance: str | None = None
 ) -> list[PastDecision]:
-    query = select(
-        Run.id, Run.agent, Run.action, Run.at, Run.params, Run.decision, Run.outcome, Run.target
-    ).where(Run.at >= since)
+    query = select(*_PAST_COLUMNS).where(Run.at >= since)
     if other_than_instance is not None:
         query = query.where(Run.instance != other_than_instance)
     with engine.connect() as conn:
         return [PastDecision(*row) for row in conn.execute(query.order_by(Run.at))]
+
+
+def audit_position(engine: Engine) -> int:
+    """The sequence number of the newest audit event: a cursor for committed_since."""
+    with engine.connect() as conn:
+        return conn.execute(select(func.coalesce(func.max(AuditEvent.seq), 0))).scalar_one()
+
+
+def committed_since(
+    engine: Engine, cursor: int, other_than_instance: str | None = None
+) -> tuple[list[PastDecision], int]:
+    """Decisions committed, or given an outcome, after the audit event `cursor`, in commit
+    order; and the cursor to ask from next time. Commit order, not decision time: a record
+    applied late (replayed after a crash, kept through a store outage) is still found."""
+    newest = audit_position(engine)  # first: whatever commits meanwhile is read next time
+    query = (
+        select(*_PAST_COLUMNS)
+        .join(AuditEvent, AuditEvent.run_id == Run.id)
+        .where(AuditEvent.seq > cursor, AuditEvent.seq <= newest)
+        .where(AuditEvent.kind.in_(("decision", "outcome")))
+        .order_by(AuditEvent.seq)
+    )
+    if other_than_instance is not None:
+        query = query.where(Run.instance != other_than_instance)
+    with engine.connect() as conn:
+        found = {row.id: PastDecision(*row) for row in conn.execute(query)}  # latest state
+    return list(found.values()), newest

@@ -7,6 +7,7 @@ import base64
 import json
 import os
 import textwrap
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -431,3 +432,28 @@ def test_a_rules_hold_timeout_wins_over_the_default(tmp_path: Path) -> None:
 
     with_gate(tmp_path, scenario, airlock_policies=str(policies))
     assert json.loads(flow.response.content)["approval"]["state"] == "EXPIRED"
+
+
+def test_decisions_another_proxy_commits_late_still_count_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two proxies on one database share budgets: what the other one commits is read in commit
+    order, so a decision that reaches the database long after it was made (replayed after a
+    crash) is not missed."""
+    import addons.gatekeeper as gatekeeper
+    from store.records import DecisionRecord
+    from tests.test_store import run_row, write
+
+    monkeypatch.setattr(gatekeeper, "HISTORY_SYNC_SECONDS", 0.05)
+
+    async def scenario(gate: Gate, _: Any) -> None:
+        assert gate.history.recent_count("agent-a", "create_charge", 3600) == 0
+        late = run_row(instance="elsewhere-2", at=time.time() - 600)
+        await asyncio.to_thread(write, gate.engine, DecisionRecord(late))
+        for _ in range(200):
+            if gate.history.recent_count("agent-a", "create_charge", 3600) == 1:
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError("the other proxy's decision never reached this one's history")
+
+    with_gate(tmp_path, scenario)

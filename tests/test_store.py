@@ -526,3 +526,25 @@ def test_only_listed_reviewers_with_an_allowed_role_decide(engine: Engine, tmp_p
     settled = resolve_approval(engine, hold.approval_id, APPROVED, "alice", None, reviewers)
     assert settled.state == "APPROVED"
     assert verify_audit(engine).ok
+
+
+def test_other_instances_decisions_are_read_in_commit_order_from_a_cursor(engine: Engine) -> None:
+    """What another proxy instance's budgets see: a decision committed late (its time is
+    long past, say replayed after a crash) is still read, once, with its latest outcome."""
+    from store.history import audit_position, committed_since
+
+    cursor = audit_position(engine)
+    mine = run_row(instance="here-1")
+    late = run_row(instance="there-2", at=time.time() - 3600)
+    held_row, hold = held()
+    held_row["instance"] = "there-2"
+    write(engine, DecisionRecord(mine), DecisionRecord(late), DecisionRecord(held_row, hold))
+
+    found, cursor = committed_since(engine, cursor, other_than_instance="here-1")
+    assert {(d.id, d.outcome) for d in found} == {(late["id"], None), (held_row["id"], None)}
+
+    write(engine, OutcomeRecord(held_row["id"], time.time(), "forwarded", 200, 3.0))
+    found, cursor = committed_since(engine, cursor, other_than_instance="here-1")
+    assert [(d.id, d.outcome) for d in found] == [(held_row["id"], "forwarded")]
+
+    assert committed_since(engine, cursor, other_than_instance="here-1") == ([], cursor)
