@@ -20,32 +20,129 @@ HORIZON = 7 * 24 * 3600.0  # the longest window a budget or rate may use
 RISK_WINDOW = 3600.0  # what the risk score looks back on (bursts, denials)
 
 
+EXACT_SECONDS = 300.0  # the recent past is kept entry by entry: short windows stay exact
+BUCKET_SECONDS = 60  # older entries are summed by the minute: memory and time stay bounded
+_COUNT = ("", None)  # the bucket key under which entries are counted
+
+
+@dataclass
+class _Bucket:
+    """One minute of let-through requests: how many, and their params summed (per currency)."""
+
+    sums: dict[tuple[str, str | None], float] = field(default_factory=dict)
+
+    def add(self, params: dict[str, Any]) -> None:
+        sums = self.sums
+        sums[_COUNT] = sums.get(_COUNT, 0) + 1
+        currency = params.get("currency")
+        currency = currency.lower() if isinstance(currency, str) else None
+        for name, value in params.items():
+            if name == "currency":
+                continue
+            sums[(name, None)] = sums.get((name, None), 0) + value
+            if currency:
+                sums[(name, currency)] = sums.get((name, currency), 0) + value
+
+
 @dataclass
 class _Series:
-    """Times (sorted) and params of one agent's passed requests for one action."""
+    """One agent's passed requests for one action: the last EXACT_SECONDS one by one (times
+    sorted, with their params), everything older summed by the minute."""
 
     times: list[float] = field(default_factory=list)
     params: list[dict[str, Any]] = field(default_factory=list)
+    minutes: list[int] = field(default_factory=list)  # bucket keys (time // 60), sorted
+    buckets: dict[int, _Bucket] = field(default_factory=dict)
+    folded_until: float = float("-inf")  # buckets hold what is older, the entries the rest
+    # (first minute, param, currency) → the buckets' total from that minute on
+    _totals: dict[tuple[int, str, str | None], float] = field(default_factory=dict)
+    # (param, currency) → running sums over the entries (item i: the sum before entry i),
+    # extended as entries come: a budget over the recent past is two lookups, not a walk
+    _running: dict[tuple[str, str | None], list[float]] = field(default_factory=dict)
 
     def add(self, at: float, params: dict[str, Any]) -> None:
+        if at < self.folded_until:  # late (another instance's, replayed): straight to its minute
+            self._bucket(at).add(params)
+            self._totals.clear()
+            return
         index = bisect.bisect_right(self.times, at)
         self.times.insert(index, at)
         self.params.insert(index, params)
+        if index < len(self.times) - 1:  # not the newest: running sums from here are stale
+            for sums in self._running.values():
+                del sums[index + 1 :]
 
-    def since(self, start: float) -> range:
+    def entries_since(self, start: float) -> range:
+        """The entries kept one by one that are at or after start."""
         return range(bisect.bisect_left(self.times, start), len(self.times))
+
+    def bucket_total(self, start: float, param: str, currency: str | None = None) -> float:
+        """What the minute buckets add from start on: the minute start falls in counts whole
+        (a window is never undercounted; at most one minute more of it is counted)."""
+        if start >= self.folded_until or not self.minutes:
+            return 0
+        first = int(start // BUCKET_SECONDS)
+        key = (first, param, currency)
+        if key not in self._totals:
+            at = bisect.bisect_left(self.minutes, first)
+            self._totals[key] = sum(
+                self.buckets[m].sums.get((param, currency), 0) for m in self.minutes[at:]
+            )
+        return self._totals[key]
+
+    def entries_total(self, start: float, param: str, currency: str | None = None) -> float:
+        """The sum of param over the entries kept one by one from start on."""
+        sums = self._running.setdefault((param, currency), [0])
+        for params in self.params[len(sums) - 1 :]:
+            value = params.get(param, 0)
+            if currency and str(params.get("currency", "")).lower() != currency:
+                value = 0
+            sums.append(sums[-1] + value if isinstance(value, int | float) else sums[-1])
+        return sums[-1] - sums[bisect.bisect_left(self.times, start)]
+
+    def count_since(self, start: float) -> int:
+        return len(self.entries_since(start)) + int(self.bucket_total(start, *_COUNT))
+
+    def fold(self, before: float) -> None:
+        """Sum the entries older than `before` (rounded down to a minute) into their minutes."""
+        before = (before // BUCKET_SECONDS) * BUCKET_SECONDS
+        if before <= self.folded_until:
+            return
+        cut = bisect.bisect_left(self.times, before)
+        for at, params in zip(self.times[:cut], self.params[:cut], strict=True):
+            self._bucket(at).add(params)
+        del self.times[:cut], self.params[:cut]
+        self.folded_until = before
+        self._totals.clear()
+        self._running.clear()
 
     def prune(self, start: float) -> None:
         cut = bisect.bisect_left(self.times, start)
         if cut:
             del self.times[:cut], self.params[:cut]
+            self._running.clear()
+        gone = bisect.bisect_left(self.minutes, int(start // BUCKET_SECONDS))
+        if gone:
+            for minute in self.minutes[:gone]:
+                del self.buckets[minute]
+            del self.minutes[:gone]
+            self._totals.clear()
+
+    def _bucket(self, at: float) -> _Bucket:
+        minute = int(at // BUCKET_SECONDS)
+        bucket = self.buckets.get(minute)
+        if bucket is None:
+            bucket = self.buckets[minute] = _Bucket()
+            bisect.insort(self.minutes, minute)
+        return bucket
 
 
 class History:
     def __init__(self, clock: Any = time.time, horizon: float = RISK_WINDOW) -> None:
         self.clock = clock
-        # Kept only as far back as some rule looks (or the risk score's hour): memory grows
-        # with traffic times this horizon.
+        # Kept only as far back as some rule looks (or the risk score's hour); one by one for
+        # EXACT_SECONDS, then by the minute: memory grows with traffic times EXACT_SECONDS plus
+        # the horizon's minutes, not with traffic times the horizon.
         self.horizon = horizon
         self._passed: dict[tuple[str, str], _Series] = defaultdict(_Series)
         self._denials: dict[str, list[float]] = defaultdict(list)
@@ -85,9 +182,12 @@ class History:
         self._done.add((agent, action))
 
     def prune(self) -> None:
-        start = self.clock() - self.horizon
+        """Drop what is past the horizon; sum what is past EXACT_SECONDS by the minute."""
+        now = self.clock()
+        start = now - self.horizon
         for series in self._passed.values():
             series.prune(start)
+            series.fold(now - EXACT_SECONDS)
         for times in self._denials.values():
             cut = bisect.bisect_left(times, start)
             del times[:cut]
@@ -104,7 +204,7 @@ class History:
 
     def recent_count(self, agent: str, action: str, seconds: float) -> int:
         series = self._passed.get((agent, action))
-        return len(series.since(self.clock() - seconds)) if series else 0
+        return series.count_since(self.clock() - seconds) if series else 0
 
     def recent_denials(self, agent: str, seconds: float) -> int:
         times = self._denials.get(agent, [])
@@ -130,7 +230,7 @@ class History:
         self, per: str, agent: str, roles: tuple[str, ...], action: str, seconds: float
     ) -> int:
         start = self.clock() - seconds
-        return sum(len(s.since(start)) for s in self._series_for(per, agent, roles, action))
+        return sum(s.count_since(start) for s in self._series_for(per, agent, roles, action))
 
     def total(
         self,
@@ -145,13 +245,8 @@ class History:
         start = self.clock() - seconds
         total = 0.0
         for series in self._series_for(per, agent, roles, action):
-            for i in series.since(start):
-                params = series.params[i]
-                if currency and str(params.get("currency", "")).lower() != currency:
-                    continue
-                value = params.get(param)
-                if isinstance(value, int | float) and not isinstance(value, bool):
-                    total += value
+            total += series.bucket_total(start, param, currency)
+            total += series.entries_total(start, param, currency)
         return total
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from addons.gatekeeper import Gate
-from addons.history import History
+from addons.history import BUCKET_SECONDS, EXACT_SECONDS, History
 from addons.mappings import Action
 from addons.policies import load_policies
 from addons.risk import score
@@ -239,3 +239,43 @@ def test_history_keeps_only_as_far_back_as_the_rules_look(tmp_path: Path) -> Non
     history.prune()
     assert history.count("agent", "bot", (), "create_refund", 7 * 86400) == 1
     assert history.has_done("bot", "create_refund")  # "done before" outlives the horizon
+
+
+def test_a_long_window_is_kept_by_the_minute_and_counted_without_undercounting() -> None:
+    """A day of traffic: the last five minutes are kept one by one, older ones summed by the
+    minute. Budgets and rates over long windows never count less than what happened in them,
+    at most one minute more; short windows stay exact."""
+    clock = Clock()
+    history = History(clock, horizon=86400)
+    start = clock.now
+    for i in range(20_000):  # one every 3.6 s for 20 h, alternating currencies
+        currency = "usd" if i % 2 else "EUR"
+        at = start + i * 3.6
+        history.record(
+            f"r{i}", "bot", "create_refund", at, {"amount": 10, "currency": currency}, True
+        )
+    clock.now = start + 20_000 * 3.6
+    history.prune()
+
+    series = history._passed[("bot", "create_refund")]
+    kept = (EXACT_SECONDS + BUCKET_SECONDS) / 3.6  # folded up to a whole minute
+    assert len(series.times) <= kept + 1, "older entries are not kept one by one"
+    assert len(series.buckets) <= 20 * 60 + 1
+
+    def happened(seconds: float) -> int:
+        return sum(1 for i in range(20_000) if start + i * 3.6 >= clock.now - seconds)
+
+    for seconds in (3600, 6 * 3600, 86400):
+        counted = history.count("agent", "bot", (), "create_refund", seconds)
+        assert happened(seconds) <= counted <= happened(seconds + 60)
+        usd = history.total("agent", "bot", (), "create_refund", seconds, "amount", "usd")
+        assert 10 * (happened(seconds) // 2) <= usd <= 10 * (happened(seconds + 60) // 2 + 1)
+    for seconds in (10, 60, 299):
+        assert history.count("agent", "bot", (), "create_refund", seconds) == happened(seconds)
+    eur = history.total("agent", "bot", (), "create_refund", 120, "amount", "eur")
+    assert eur == 10 * sum(1 for i in range(0, 20_000, 2) if start + i * 3.6 >= clock.now - 120)
+
+    # A decision another instance made an hour ago, synced only now: it goes to its minute.
+    before = history.count("agent", "bot", (), "create_refund", 7200)
+    history.record("late", "bot", "create_refund", clock.now - 3600, {"amount": 10}, True)
+    assert history.count("agent", "bot", (), "create_refund", 7200) == before + 1
