@@ -11,8 +11,9 @@ budgets sum. Denials are kept too, for the risk score.
 from __future__ import annotations
 
 import bisect
+import math
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,7 @@ RISK_WINDOW = 3600.0  # what the risk score looks back on (bursts, denials)
 EXACT_SECONDS = 300.0  # the recent past is kept entry by entry: short windows stay exact
 BUCKET_SECONDS = 60  # older entries are summed by the minute: memory and time stay bounded
 _COUNT = ("", None)  # the bucket key under which entries are counted
+SEEN_SECONDS = 3600.0  # a run read again later than this (its outcome) could count twice
 
 
 @dataclass
@@ -149,7 +151,10 @@ class History:
         self._done: set[tuple[str, str]] = set()
         self._targets: set[tuple[str, str]] = set()
         self._roles: dict[str, tuple[str, ...]] = {}
+        # Runs already counted (an instance's own, synced back; another's, read again with its
+        # outcome), forgotten after SEEN_SECONDS in the order they came.
         self._seen_ids: set[str] = set()
+        self._seen_order: deque[tuple[float, str]] = deque()
 
     # --- keeping it in step ----------------------------------------------------------------------
 
@@ -168,6 +173,7 @@ class History:
         if run_id in self._seen_ids:
             return  # synced back from the store after we recorded it ourselves
         self._seen_ids.add(run_id)
+        self._seen_order.append((self.clock(), run_id))
         self._roles[agent] = roles or self._roles.get(agent, ())
         if passed:
             self._passed[(agent, action)].add(at, _numbers(params))
@@ -191,8 +197,9 @@ class History:
         for times in self._denials.values():
             cut = bisect.bisect_left(times, start)
             del times[:cut]
-        if len(self._seen_ids) > 1_000_000:
-            self._seen_ids.clear()
+        forget = now - SEEN_SECONDS
+        while self._seen_order and self._seen_order[0][0] < forget:
+            self._seen_ids.discard(self._seen_order.popleft()[1])
 
     # --- what the score asks ------------------------------------------------------------------
 
@@ -251,9 +258,13 @@ class History:
 
 
 def _numbers(params: dict[str, Any]) -> dict[str, Any]:
-    """Keep what budgets sum and filter on: numbers and the currency, nothing else."""
+    """Keep what budgets sum and filter on: numbers and the currency, nothing else. Negative
+    and non-finite numbers are left out: a request with amount -1e20 must not refill a budget
+    (nor leave a running sum that rounds every later amount away)."""
     kept = {
-        k: v for k, v in params.items() if isinstance(v, int | float) and not isinstance(v, bool)
+        k: v
+        for k, v in params.items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v < math.inf
     }
     if isinstance(params.get("currency"), str):
         kept["currency"] = params["currency"]

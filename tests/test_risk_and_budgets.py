@@ -279,3 +279,14 @@ def test_a_long_window_is_kept_by_the_minute_and_counted_without_undercounting()
     before = history.count("agent", "bot", (), "create_refund", 7200)
     history.record("late", "bot", "create_refund", clock.now - 3600, {"amount": 10}, True)
     assert history.count("agent", "bot", (), "create_refund", 7200) == before + 1
+
+
+def test_a_negative_amount_does_not_refill_a_budget() -> None:
+    clock = Clock()
+    history = History(clock, horizon=86400)
+    history.record("neg", "bot", "create_refund", clock.now - 30, {"amount": -1e20}, True)
+    for i in range(10):
+        history.record(f"r{i}", "bot", "create_refund", clock.now - 20 + i, {"amount": 99.0}, True)
+    history.record("r0", "bot", "create_refund", clock.now, {"amount": 99.0}, True)  # read again
+    assert history.total("agent", "bot", (), "create_refund", 60, "amount", None) == 990.0
+    assert history.count("agent", "bot", (), "create_refund", 60) == 11
