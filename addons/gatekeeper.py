@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import socket
 import time
 import uuid
@@ -127,7 +128,9 @@ class Gate:
         self.config: Config | None = None
         self.writer: StoreWriter | None = None
         self.engine: Any = None
-        self.instance = f"{socket.gethostname()}-{os.getpid()}"
+        # Unique per start, even for a restarted container's pid 1: other instances' records
+        # (an earlier process's, replayed from its commit log) are told apart from this one's.
+        self.instance = f"{socket.gethostname()}-{os.getpid()}.{secrets.token_hex(3)}"
         self.log = DecisionLog()
         self.holds: dict[str, Hold] = {}
         self._openers: dict[str, asyncio.Future[None]] = {}  # retry key → attempt opening it
@@ -260,7 +263,9 @@ class Gate:
     def _expire_orphaned_approvals(self) -> None:
         """Approvals held by an earlier process of this host that stopped can never be
         released: a reviewer must not be able to approve them."""
-        expired = expire_orphaned_approvals(self.engine, socket.gethostname(), _process_alive)
+        expired = expire_orphaned_approvals(
+            self.engine, socket.gethostname(), _process_alive, self.instance
+        )
         if expired:
             log.warning("expired %d approvals left by stopped proxy processes", len(expired))
 

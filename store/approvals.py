@@ -217,10 +217,13 @@ def _full_id(conn: Any, reference: str) -> str:
     return matches[0]
 
 
-def expire_orphaned_approvals(engine: Engine, host: str, alive: Any) -> list[str]:
+def expire_orphaned_approvals(
+    engine: Engine, host: str, alive: Any, current: str | None = None
+) -> list[str]:
     """At a proxy's start: PENDING approvals nobody will ever release become EXPIRED.
 
-    Those are the ones held by a process on this host that is gone (`alive(pid)` is false),
+    Those are the ones held by a process on this host that is gone (`alive(pid)` is false, or
+    it had the starting instance's pid under another name: a restarted container's pid 1),
     and any past its expiry whatever held it. Instances on other hosts that are still running
     keep theirs. Returns the ids expired.
     """
@@ -234,11 +237,11 @@ def expire_orphaned_approvals(engine: Engine, host: str, alive: Any) -> list[str
         orphaned = [
             (approval_id, "the proxy holding it stopped")
             for approval_id, instance, expires_at in candidates
-            if _held_by_dead_process(instance, host, alive)
+            if _held_by_dead_process(instance, host, alive, current)
         ] + [
             (approval_id, "approval timed out")
             for approval_id, instance, expires_at in candidates
-            if expires_at <= now and not _held_by_dead_process(instance, host, alive)
+            if expires_at <= now and not _held_by_dead_process(instance, host, alive, current)
         ]
         tx = tx_of(conn)
         expired = []
@@ -250,9 +253,19 @@ def expire_orphaned_approvals(engine: Engine, host: str, alive: Any) -> list[str
     return expired
 
 
-def _held_by_dead_process(instance: str, host: str, alive: Any) -> bool:
-    name, _, pid = instance.rpartition("-")
-    return name == host and pid.isdigit() and not alive(int(pid))
+def _held_by_dead_process(instance: str, host: str, alive: Any, current: str | None) -> bool:
+    """Instances are named HOST-PID.START (HOST-PID before START was added)."""
+    name, _, process = instance.rpartition("-")
+    pid = process.partition(".")[0]
+    if name != host or not pid.isdigit():
+        return False
+    if current is not None and instance != current and pid == _pid_of(current):
+        return True  # an earlier process that had this process's pid
+    return not alive(int(pid))
+
+
+def _pid_of(instance: str) -> str:
+    return instance.rpartition("-")[2].partition(".")[0]
 
 
 @dataclass(frozen=True)

@@ -484,18 +484,23 @@ def test_an_older_store_gains_new_columns_when_opened(tmp_path: Any) -> None:
 def test_orphaned_approvals_are_expired_at_start(engine: Engine) -> None:
     from store.approvals import expire_orphaned_approvals
 
-    dead, alive_here, elsewhere, overdue = (held() for _ in range(4))
+    dead, alive_here, elsewhere, overdue, same_pid = (held() for _ in range(5))
     for (row, hold), instance in zip(
-        (dead, alive_here, elsewhere), ("box-111", "box-222", "other-333"), strict=True
+        (dead, alive_here, elsewhere, same_pid),
+        ("box-111", "box-222.b2", "other-333", "box-1.a1"),
+        strict=True,
     ):
         write(engine, DecisionRecord({**row, "instance": instance}, hold))
     row, hold = overdue
     write(engine, DecisionRecord({**row, "instance": "other-444"}, HoldRequest(
         hold.approval_id, time.time() - 1, hold.request_hash)))  # fmt: skip
 
-    expired = expire_orphaned_approvals(engine, "box", alive=lambda pid: pid == 222)
+    # Starting as box-1.c3 (a restarted container: pid 1 again), with 1 and 222 alive.
+    expired = expire_orphaned_approvals(engine, "box", lambda pid: pid in (1, 222), "box-1.c3")
 
-    assert sorted(expired) == sorted([dead[1].approval_id, overdue[1].approval_id])
+    assert sorted(expired) == sorted(
+        [dead[1].approval_id, overdue[1].approval_id, same_pid[1].approval_id]
+    )
     states = approval_states(engine, [h.approval_id for _, h in (dead, alive_here, elsewhere)])
     assert [states[h.approval_id].state for _, h in (dead, alive_here, elsewhere)] == [
         "EXPIRED",
