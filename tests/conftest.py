@@ -48,11 +48,17 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """Each store test runs on SQLite and on PostgreSQL, against empty tables."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'airlock.db'}"
-    url = request.getfixturevalue("pg_database")
-    engine = open_engine(url)
+    return request.getfixturevalue("empty_pg_database")
+
+
+@pytest.fixture
+def empty_pg_database(pg_database: str) -> str:
+    """The session's PostgreSQL database with its tables dropped: what earlier tests left (an
+    open approval, say) is not there."""
+    engine = open_engine(pg_database)
     Base.metadata.drop_all(engine)
     engine.dispose()
-    return url
+    return pg_database
 
 
 @pytest.fixture

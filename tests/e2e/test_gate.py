@@ -304,8 +304,9 @@ def test_hold_timeout_refuses_the_request(
 
 
 def test_postgres_store_holds_and_releases_across_processes(
-    start_proxy: Callable[..., Proxy], pg_database: str, upstream: Upstream
+    start_proxy: Callable[..., Proxy], empty_pg_database: str, upstream: Upstream
 ) -> None:
+    pg_database = empty_pg_database
     proxy = start_proxy("--hold-timeout", "30", db_url=pg_database)
     held = Background(lambda: proxy.session().delete("https://api.stripe.com/v1/customers/cus_pg"))
     waiting = eventually(lambda: pending(proxy))
