@@ -28,7 +28,9 @@ MAGIC = b"ALCL"
 _HEADER = struct.Struct("!4sIQI")  # magic, crc32, sequence, payload length
 PREALLOCATED = 2 << 20  # bytes written once at creation: later writes overwrite, never extend
 SUFFIX = "-commitlog-"
-UNFINISHED_AFTER = 60.0  # seconds after which an unnamed log's writer has died creating it
+# An unnamed log this old was left by a writer that died creating it. An hour, not less: the
+# clocks of a network filesystem may disagree, and a writer may pause between create and lock.
+UNFINISHED_AFTER = 3600.0
 
 
 class CommitLog:

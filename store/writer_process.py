@@ -13,6 +13,7 @@ are always answered after a durable commit: their answers depend on the database
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import signal
@@ -93,7 +94,7 @@ class Server:
             return False
         awaited = [seq for seq, _ in heads if seq]
         self.sock.sendall(frame(["logged", time.perf_counter() - started, len(frames), awaited]))
-        self._apply(pending_jobs(frames), sequence)
+        self._apply(logged_jobs(frames, self.log.path), sequence)
         if self.stalled is None and (
             self.log.offset > LOG_LIMIT or time.monotonic() - self.synced_at > SYNC_INTERVAL
         ):
@@ -177,13 +178,32 @@ def pending_jobs(frames: list[bytes]) -> list[Pending]:
     return [Pending(*decode_job(f)) for f in frames]
 
 
+def logged_jobs(frames: list[bytes], log_path: Path) -> list[Pending]:
+    """The jobs of a logged (so acknowledged) group. One that cannot be decoded (say, written
+    by a newer version) is kept in the refused file: it must neither be lost nor stop the
+    writer, which would then fail at every start replaying it."""
+    jobs = []
+    for whole_frame in frames:
+        try:
+            jobs.append(Pending(*decode_job(whole_frame)))
+        except Exception as e:
+            frame_text = base64.b64encode(whole_frame).decode()
+            _keep(log_path, {"error": f"cannot decode: {e!r}", "frame": frame_text})
+    return jobs
+
+
 def keep_refused(log_path: Path, job: Job, error: str) -> None:
     """A logged record the database refuses is not lost: it goes to a file beside the store,
     durably, before the commit that leaves it out."""
-    path = log_path.with_name(log_path.name.split(SUFFIX)[0] + "-refused.jsonl")
-    log.error("the database refused a logged record (kept in %s): %s", path, error)
     kind, fields = job_fields(job)
-    line = orjson.dumps({"at": time.time(), "error": error, "kind": kind, "fields": fields})
+    _keep(log_path, {"error": error, "kind": kind, "fields": fields})
+
+
+def _keep(log_path: Path, entry: dict[str, Any]) -> None:
+    path = log_path.with_name(log_path.name.split(SUFFIX)[0] + "-refused.jsonl")
+    log.error("a logged record was not written to the database (kept in %s): %s", path,
+              entry["error"])  # fmt: skip
+    line = orjson.dumps({"at": time.time(), **entry})
     created = not path.exists()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
@@ -213,7 +233,7 @@ def _replay(writer: GroupWriter, path: Path, fd: int) -> None:
     for sequence, payload in read_records(fd):
         if sequence <= mark:
             continue
-        group = pending_jobs(split_frames(bytearray(payload)))
+        group = logged_jobs(split_frames(bytearray(payload)), path)
         writer.apply_logged(group, (path.name, sequence), keep)
         last, count = sequence, count + 1
     # Synced even with nothing to replay: the dead writer's own last commits may not be yet.

@@ -4,7 +4,9 @@ writer died before SQLite had it, exactly once, and the log leaves nothing behin
 from __future__ import annotations
 
 import asyncio
+import base64
 import fcntl
+import json
 import os
 import signal
 import time
@@ -95,6 +97,23 @@ def test_a_log_left_by_the_previous_version_is_replayed(sqlite_engine: Engine) -
         assert conn.execute(select(Run.status).where(Run.id == first["id"])).scalar() == 200
 
 
+def test_a_logged_record_that_cannot_be_decoded_is_kept_not_fatal(sqlite_engine: Engine) -> None:
+    """A log written by a newer version (a kind this one does not know), replayed after a
+    downgrade: the rest is applied, the unknown record kept beside the store, and the writer
+    goes on (it would otherwise fail at every start)."""
+    known = run_row()
+    unknown = job_frame(0, DecisionRecord(run_row())).replace(b'"decision"', b'"decided2"')
+    left_by_a_dead_writer(sqlite_engine, logged_group(DecisionRecord(known)) + unknown)
+
+    write(sqlite_engine, DecisionRecord(after := run_row()))
+
+    assert stored_ids(sqlite_engine) == {known["id"], after["id"]}
+    refused = database_of(sqlite_engine).with_name("airlock.db-refused.jsonl")
+    [kept] = [json.loads(line) for line in refused.read_text().splitlines()]
+    assert "cannot decode" in kept["error"]
+    assert base64.b64decode(kept["frame"]) == unknown
+
+
 def test_replay_skips_what_the_database_already_has(sqlite_engine: Engine) -> None:
     """A crash after SQLite took a group but before the log started over: applied once."""
     first, second = run_row(), run_row()
@@ -160,9 +179,9 @@ def test_a_log_whose_writer_died_creating_it_is_removed(sqlite_engine: Engine) -
     just_now = folder / ".airlock.db-commitlog-3-starting.new"
     for path in (dead, creating, just_now):
         path.write_bytes(bytes(4096))
-    an_hour_ago = time.time() - 3600
+    hours_ago = time.time() - 3 * 3600
     for path in (dead, creating):
-        os.utime(path, (an_hour_ago, an_hour_ago))
+        os.utime(path, (hours_ago, hours_ago))
     held = os.open(creating, os.O_RDWR)
     fcntl.flock(held, fcntl.LOCK_EX)
     try:
