@@ -84,10 +84,23 @@ def _replace(match: re.Match[str]) -> str:
     return match.group(1) + REDACTED if match.group(1) else REDACTED
 
 
+# Strings found to hold no secret, so that the ones every request repeats (a user agent, a
+# path, a reason) are scanned once, not each time (~2 µs a scan). Never a string that held
+# one: nothing secret is kept here.
+_CLEAN: dict[str, None] = {}
+_CLEAN_LIMIT = 16_384
+_CLEAN_LONGEST = 512
+
+
 def redact_text(text: str) -> str:
-    if len(text) < _SHORTEST_SECRET:
+    if len(text) < _SHORTEST_SECRET or text in _CLEAN:
         return text
-    return _SECRET_ANY.sub(_replace, text)
+    redacted = _SECRET_ANY.sub(_replace, text)
+    if redacted == text and len(text) <= _CLEAN_LONGEST:
+        if len(_CLEAN) >= _CLEAN_LIMIT:
+            _CLEAN.clear()
+        _CLEAN[text] = None
+    return redacted
 
 
 @lru_cache(maxsize=4096)

@@ -123,3 +123,14 @@ def test_token_counts_are_not_secrets_but_tokens_are() -> None:
         "access_token": REDACTED,
         "token": REDACTED,
     }
+
+
+def test_clean_strings_are_remembered_and_secrets_never_are() -> None:
+    from addons import redaction
+
+    clean, secret = "Stripe/v1 PythonBindings/10.0", "key=sk_live_abcdefghijklmnop"
+    for _ in range(2):
+        assert redact_text(clean) == clean
+        assert redact_text(secret) == "key=[REDACTED]"
+    assert clean in redaction._CLEAN
+    assert not any("sk_live" in kept for kept in redaction._CLEAN)
