@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-stamp
 SDK_VENV  := .venv-sdk
 SDK_STAMP := $(SDK_VENV)/.installed-stamp
 
-.PHONY: run test bench lint format clean
+.PHONY: run test bench bench-ab lint format clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ test: $(STAMP) $(SDK_STAMP)
 ## bench: bare mitmdump against Airlock, same upstream and load, one run
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench.bench_proxy $(ARGS)
+
+## bench-ab: this checkout against BASE (a git revision), interleaved rounds, medians
+bench-ab: $(STAMP)
+	$(BIN)/python -m tests.bench.bench_ab $(BASE) $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -150,29 +150,57 @@ def write_bulk_mappings(folder: Path, count: int) -> None:
     (folder / "10-bulk.yaml").write_text("\n".join(lines) + "\n")
 
 
-def start_proxies(work: Path, upstream_port: int, upstream_ca: Path, mappings: Path):
-    route = f"{HOST}=127.0.0.1:{upstream_port}"
-    common = ["--set", "connection_strategy=lazy", "--set", "flow_detail=0",
-              "--set", f"ssl_verify_upstream_trusted_ca={upstream_ca}"]  # fmt: skip
-    bare_port, airlock_port = free_port(), free_port()
-    bare_conf, airlock_conf = prepared_confdir(work), prepared_confdir(work)
+Started = tuple[subprocess.Popen[bytes], int, Path]  # process, port, confdir (its CA inside)
+
+
+def start_proxies(
+    work: Path, upstream_port: int, upstream_ca: Path, mappings: Path
+) -> tuple[Started, Started]:
+    bare = start_bare(work, upstream_port, upstream_ca)
+    airlock = start_airlock(
+        PROJECT_ROOT, work, "airlock", upstream_port, upstream_ca, mappings, METRICS_PORT
+    )
+    return bare, airlock
+
+
+def start_bare(work: Path, upstream_port: int, upstream_ca: Path) -> Started:
+    port, confdir = free_port(), prepared_confdir(work)
     bare = start(
         [str(Path(sys.executable).parent / "mitmdump"), "-q", "--listen-host", "127.0.0.1", "-p",
-         str(bare_port), "--set", f"confdir={bare_conf}", "-s",
-         str(PROJECT_ROOT / "tests" / "bench" / "route_only.py"), "--set", f"airlock_route={route}",
-         *common],
+         str(port), "--set", f"confdir={confdir}", "-s",
+         str(PROJECT_ROOT / "tests" / "bench" / "route_only.py"),
+         "--set", f"airlock_route={HOST}=127.0.0.1:{upstream_port}",
+         "--set", "connection_strategy=lazy", "--set", "flow_detail=0",
+         "--set", f"ssl_verify_upstream_trusted_ca={upstream_ca}"],
         work / "bare.log",
     )  # fmt: skip
-    airlock = start(
-        [sys.executable, "-m", "console.cli", "run", "--quiet", "--port", str(airlock_port),
-         "--confdir", str(airlock_conf), "--db", f"sqlite:///{work / 'airlock.db'}",
-         "--mappings", str(mappings), "--route", route, "--upstream-ca", str(upstream_ca),
-         "--metrics-port", str(METRICS_PORT)],
-        work / "airlock.log",
-    )  # fmt: skip
-    wait_for_port(bare_port, bare, work / "bare.log")
-    wait_for_port(airlock_port, airlock, work / "airlock.log")
-    return (bare, bare_port, bare_conf), (airlock, airlock_port, airlock_conf)
+    wait_for_port(port, bare, work / "bare.log")
+    return bare, port, confdir
+
+
+def start_airlock(
+    checkout: Path,
+    work: Path,
+    name: str,
+    upstream_port: int,
+    upstream_ca: Path,
+    mappings: Path,
+    metrics_port: int,
+) -> Started:
+    """Airlock running `checkout`'s own code (another revision's, for bench_ab)."""
+    port, confdir = free_port(), prepared_confdir(work)
+    log = work / f"{name}.log"
+    with log.open("wb") as out:
+        airlock = subprocess.Popen(
+            [sys.executable, "-m", "console.cli", "run", "--quiet", "--port", str(port),
+             "--confdir", str(confdir), "--db", f"sqlite:///{work / name}.db",
+             "--mappings", str(mappings), "--route", f"{HOST}=127.0.0.1:{upstream_port}",
+             "--upstream-ca", str(upstream_ca), "--metrics-port", str(metrics_port)],
+            cwd=checkout, stdout=out, stderr=subprocess.STDOUT,
+            env=clean_env() | {"PYTHONUNBUFFERED": "1", "PYTHONPATH": str(checkout)},
+        )  # fmt: skip
+    wait_for_port(port, airlock, log)
+    return airlock, port, confdir
 
 
 # --- in-process stages -----------------------------------------------------------------------

@@ -1,0 +1,83 @@
+"""`make bench-ab BASE=<git revision>`: this checkout against another revision, interleaved.
+
+On a noisy machine one `make bench` swings by more than most changes make. This starts bare
+mitmdump, Airlock at BASE (a temporary git worktree) and Airlock from this checkout side by side,
+against one upstream, and measures the three in turn, round after round. It prints each round and
+the medians of the per-round ratio and added p50: compare those, not single runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from tests.bench.bench_proxy import (
+    Result,
+    measure,
+    start_airlock,
+    start_bare,
+    start_upstream,
+    write_bulk_mappings,
+)
+from tests.helpers.proxy import PROJECT_ROOT, free_port
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("base", help="git revision to compare this checkout with, e.g. HEAD~3")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--requests", type=int, default=3000, help="requests per measurement")
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--mappings", type=int, default=1000, help="extra mapping rules loaded")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="airlock-bench-ab-"))
+    base = work / "base"
+    subprocess.run(["git", "worktree", "add", "--detach", "--quiet", str(base), args.base],
+                   cwd=PROJECT_ROOT, check=True)  # fmt: skip
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        upstream, upstream_port, upstream_ca = start_upstream(work)
+        processes.append(upstream)
+        write_bulk_mappings(work / "mappings", args.mappings)
+        bare, bare_port, bare_conf = start_bare(work, upstream_port, upstream_ca)
+        processes.append(bare)
+        targets = {"bare": (bare_port, bare_conf)}
+        for name, checkout in (("base", base), ("this", PROJECT_ROOT)):
+            process, port, conf = start_airlock(
+                checkout, work, name, upstream_port, upstream_ca, work / "mappings", free_port()
+            )
+            processes.append(process)
+            targets[name] = (port, conf)
+        results: dict[str, list[Result]] = {name: [] for name in targets}
+        for round_number in range(1, args.rounds + 1):
+            for name, (port, conf) in targets.items():
+                ca = conf / "mitmproxy-ca-cert.pem"
+                results[name].append(measure(name, port, ca, args.concurrency, args.requests))
+            shown = "  ".join(
+                f"{n} {r[-1].rps:.0f} req/s p50 {r[-1].p50_ms:.2f} ms" for n, r in results.items()
+            )
+            print(f"round {round_number}: {shown}", flush=True)
+        print(f"concurrency {args.concurrency}, {args.rounds} rounds, medians per round:")
+        for name in ("base", "this"):
+            pairs = list(zip(results[name], results["bare"], strict=True))
+            ratio = statistics.median(a.rps / b.rps for a, b in pairs)
+            added = statistics.median(a.p50_ms - b.p50_ms for a, b in pairs)
+            label = args.base if name == "base" else "this checkout"
+            print(f"  {label}: {ratio:.3f}x bare throughput, {added:+.3f} ms added p50")
+        return 0
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(10)
+        subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=PROJECT_ROOT)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
