@@ -98,13 +98,20 @@ def new_key() -> str:
     return secrets.token_urlsafe(32)
 
 
-def load_agents(policies_dir: Path) -> AgentRegistry:
-    path = policies_dir / AGENTS_FILE if policies_dir.is_dir() else None
-    if path is None or not path.exists():
-        return AgentRegistry()
+def _optional_file(policies_dir: Path, name: str) -> tuple[Path, Any] | None:
+    """(path, parsed root) of an optional file beside the policies; None when absent or empty."""
+    path = policies_dir / name
+    if not policies_dir.is_dir() or not path.exists():
+        return None
     root = load_yaml(path)
-    if root is None:
+    return None if root is None else (path, root)
+
+
+def load_agents(policies_dir: Path) -> AgentRegistry:
+    found = _optional_file(policies_dir, AGENTS_FILE)
+    if found is None:
         return AgentRegistry()
+    path, root = found
     if not isinstance(root, Node):
         raise ConfigError(f"{path}:1:1", "the agents file must be a YAML mapping with 'agents:'")
     expect_keys(root, {"agents", "roles", "description"}, {"agents"}, "agents file")
@@ -195,12 +202,10 @@ class ReviewerRegistry:
 
 
 def load_reviewers(policies_dir: Path) -> ReviewerRegistry:
-    path = policies_dir / REVIEWERS_FILE if policies_dir.is_dir() else None
-    if path is None or not path.exists():
+    found = _optional_file(policies_dir, REVIEWERS_FILE)
+    if found is None:
         return ReviewerRegistry()
-    root = load_yaml(path)
-    if root is None:
-        return ReviewerRegistry()
+    path, root = found
     if not isinstance(root, Node) or not isinstance(root.get("reviewers"), Seq):
         raise ConfigError(f"{path}:1:1", "the reviewers file needs 'reviewers:', a list")
     expect_keys(root, {"reviewers", "description"}, {"reviewers"}, "reviewers file")

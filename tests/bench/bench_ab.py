@@ -22,6 +22,7 @@ from tests.bench.bench_proxy import (
     start_airlock,
     start_bare,
     start_upstream,
+    stop_all,
     write_bulk_mappings,
 )
 from tests.helpers.proxy import PROJECT_ROOT, free_port
@@ -71,10 +72,7 @@ def main() -> int:
             print(f"  {label}: {ratio:.3f}x bare throughput, {added:+.3f} ms added p50")
         return 0
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait(10)
+        stop_all(processes)
         subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=PROJECT_ROOT)
         shutil.rmtree(work, ignore_errors=True)
 

@@ -118,6 +118,16 @@ def start(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
                                 env=clean_env() | {"PYTHONUNBUFFERED": "1"})  # fmt: skip
 
 
+def stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
 def start_upstream(work: Path) -> tuple[subprocess.Popen[bytes], int, Path]:
     process = subprocess.Popen(
         [sys.executable, "-m", "tests.helpers.upstream", "--cert-dir", str(work / "upstream")],
@@ -294,13 +304,7 @@ def main() -> int:
         report(console, best, args, document_us, map_us, decide_us, work)
         return 0
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_all(processes)
         if not os.environ.get("AIRLOCK_BENCH_KEEP"):
             shutil.rmtree(work, ignore_errors=True)
 
