@@ -10,7 +10,6 @@ import base64
 import binascii
 import contextlib
 import gc
-import hashlib
 import json
 import logging
 import os
@@ -20,31 +19,22 @@ import time
 import uuid
 import weakref
 from collections.abc import AsyncIterator, Coroutine, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mitmproxy import connection, ctx, exceptions, http, tcp, udp
 from sqlalchemy.engine import make_url
 
+from addons.decider import failed_evaluation, request_fields, run_row
 from addons.decision_log import DecisionLog
-from addons.document import Document, build_document, minimal_document
-from addons.evaluation import Config, Evaluation, evaluate
-from addons.history import RISK_WINDOW, History
-from addons.mappings import Action, fallback_action
+from addons.document import minimal_document, normalise_host
+from addons.evaluation import Config, Evaluation
+from addons.mappings import Action
 from addons.metrics import Metrics
 from addons.notify import Notifier
-from addons.policies import (
-    ALLOW,
-    BLOCK,
-    ENFORCE,
-    MODES,
-    OFF,
-    REQUIRE_APPROVAL,
-    Shadow,
-    Verdict,
-)
-from addons.redaction import redact_document, redact_text, redact_value
+from addons.policies import BLOCK, ENFORCE, MODES, REQUIRE_APPROVAL, Verdict
+from addons.redaction import redact_text
 from addons.routing import Routing
 from addons.yaml_source import ConfigError
 from store.approvals import (
@@ -56,13 +46,6 @@ from store.approvals import (
     expire_orphaned_approvals,
     find_approval_for_retry,
 )
-from store.history import (
-    PastDecision,
-    agent_actions,
-    audit_position,
-    committed_since,
-    past_decisions,
-)
 from store.records import (
     DecisionRecord,
     HoldRequest,
@@ -71,6 +54,7 @@ from store.records import (
     SettleRequest,
 )
 from store.schema import DEFAULT_DB_URL, create_schema, new_id, open_engine
+from store.wire import hosted_frame
 from store.writer import StoreWriter
 
 log = logging.getLogger(__name__)
@@ -81,10 +65,9 @@ POLL_SECONDS = 0.25  # how often held flows look for a reviewer's decision
 HISTORY_SYNC_SECONDS = 2.0  # how often other instances' decisions are pulled into the history
 STORE_TIMEOUT = 10.0  # seconds a flow waits for its commit before it is refused
 _LOCAL_NAMES = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0", "[::1]"})
-PARSE_OFF_LOOP_BYTES = 256 * 1024  # larger bodies are parsed in a thread, not on the loop
 SHUTTING_DOWN = "SHUTTING_DOWN"  # settles a held flow at shutdown; the approval is EXPIRED
 PENDING_RETRY_AFTER = 2  # seconds an SDK is told to wait before retrying a pending approval
-MAX_STORED_BODY = 64 * 1024
+_CONFIG_OPTIONS = frozenset({"airlock_mappings", "airlock_policies", "airlock_mode"})
 
 
 @dataclass(frozen=True)
@@ -139,10 +122,7 @@ class Gate:
         )
         self._poller: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self.history = History()
         self.notifier = Notifier([], lambda url: None)
-        self._history_cursor = 0  # the audit event up to which other instances' were read
-        self._history_task: asyncio.Task[None] | None = None
         self.mode = ENFORCE
         self.surface = ControlSurface(_LOCAL_NAMES, frozenset(), None)
 
@@ -198,14 +178,16 @@ class Gate:
 
     def configure(self, updated: set[str]) -> None:
         if {"airlock_mappings", "airlock_policies"} & updated:
+            # Loaded here too: errors stop the proxy with file:line, and agents are named here.
             gc.unfreeze()  # the configuration being replaced may be collected
             self.config = self._load_config()
-            self.history.horizon = max(RISK_WINDOW, self.config.policies.longest_window)
             _settle_heap()
         if "airlock_db" in updated:
             self._open_store(ctx.options.airlock_db)
         if "airlock_mode" in updated:
             self.mode = ctx.options.airlock_mode
+        if _CONFIG_OPTIONS & updated and self.writer is not None:
+            self.writer.tell(["configure", self._decider_config()])
         if _SURFACE_OPTIONS & updated:
             self.surface = ControlSurface.from_options()
         if "airlock_webhook" in updated:
@@ -243,7 +225,21 @@ class Gate:
             shown = make_url(url).render_as_string(hide_password=True)
             raise exceptions.OptionsError(f"cannot open the store {shown}: {e}") from e
         self.engine = engine
-        self.writer = StoreWriter(engine, on_commit=self.metrics.on_commit)
+        self.writer = StoreWriter(
+            engine, self.metrics.on_commit, program="addons.decider", greeting=self._greeting
+        )
+
+    def _greeting(self) -> list[bytes]:
+        """What a (re)started decider process needs first (addons/decider.py)."""
+        setup = {"instance": self.instance, "sync_every": HISTORY_SYNC_SECONDS}
+        return [hosted_frame(0, ["setup", setup | self._decider_config()])]
+
+    def _decider_config(self) -> dict[str, Any]:
+        return {
+            "mappings": str(Path(ctx.options.airlock_mappings).resolve()),
+            "policies": str(Path(ctx.options.airlock_policies).resolve()),
+            "mode": self.mode,
+        }
 
     def _close_store(self) -> None:
         if self.writer is not None:
@@ -256,9 +252,7 @@ class Gate:
         self._enforce_gating_options()
         self._start_writer()
         self._expire_orphaned_approvals()
-        self._load_history()
         _settle_heap()
-        self._history_task = asyncio.get_running_loop().create_task(self._sync_history())
 
     def _expire_orphaned_approvals(self) -> None:
         """Approvals held by an earlier process of this host that stopped can never be
@@ -269,51 +263,11 @@ class Gate:
         if expired:
             log.warning("expired %d approvals left by stopped proxy processes", len(expired))
 
-    # --- the recent past, for budgets, rates and risk ----------------------------------------
-
-    def _load_history(self) -> None:
-        """At start (before any traffic): the recorded past within the longest window."""
-        started = time.perf_counter()
-        self._history_cursor = audit_position(self.engine)  # first: later commits are synced
-        since = time.time() - self.history.horizon
-        self._add_to_history(past_decisions(self.engine, since))
-        for agent, action in agent_actions(self.engine):
-            self.history.knows(agent, action)
-        log.info("history loaded in %.0f ms", (time.perf_counter() - started) * 1000)
-
-    def _add_to_history(self, decisions: list[PastDecision]) -> None:
-        for r in decisions:
-            passed = _let_through(r.decision, r.outcome)
-            if passed is not None:
-                self.history.record(
-                    r.id, r.agent, r.action, r.at, r.params, passed, self._roles_of(r.agent),
-                    r.target,
-                )  # fmt: skip
-
-    async def _sync_history(self) -> None:
-        """Other proxy instances on the same database: their decisions count here too. Read
-        in commit order from a cursor, so nothing committed late is missed."""
-        while True:
-            await asyncio.sleep(HISTORY_SYNC_SECONDS)
-            try:
-                found, cursor = await asyncio.to_thread(
-                    committed_since, self.engine, self._history_cursor, self.instance
-                )
-            except Exception as e:
-                log.warning("cannot read other instances' decisions: %s", e)
-                continue
-            self._history_cursor = cursor
-            self._add_to_history(found)
-            self.history.prune()
-
     def _remember(self, run: dict[str, Any], passed: bool) -> None:
-        self.history.record(
-            run["id"], run["agent"], run["action"], run["at"], run["params"], passed,
-            self._roles_of(run["agent"]), run["target"],
-        )  # fmt: skip
-
-    def _roles_of(self, agent: str) -> tuple[str, ...]:
-        return self.config.agents.roles_of(agent) if self.config else ()
+        """A held request, once settled, counts in the decider's budgets."""
+        assert self.writer is not None
+        fields = {key: run[key] for key in ("id", "agent", "action", "at", "params", "target")}
+        self.writer.tell(["remember", {"run": fields, "passed": passed}])
 
     def _enforce_gating_options(self) -> None:
         """mitmproxy settings under which some traffic would pass the gate unseen."""
@@ -339,9 +293,8 @@ class Gate:
     async def done(self) -> None:
         """Held requests are answered 503 + Retry-After (not reset) and their approvals end
         EXPIRED (nobody can approve what will never be sent); then the writer finishes."""
-        for task in (self._poller, self._history_task):
-            if task:
-                task.cancel()  # first: the poller must not settle holds under us
+        if self._poller:
+            self._poller.cancel()  # first: the poller must not settle holds under us
         holds = [hold for hold in self.holds.values() if not hold.settled.done()]
         with contextlib.suppress(Exception):
             await asyncio.gather(
@@ -416,7 +369,7 @@ class Gate:
             Action("proxy.authenticate", "airlock", "identity", "high", document["host"], {}, None),
             Verdict(BLOCK, reason, ("agent-identity",)),
         )
-        row = _run_row(new_id(), self.instance, document, refused, 0.0)
+        row = run_row(new_id(), self.instance, document, refused, 0.0)
         row.update(outcome="blocked", status=407)
         self.log.decision(BLOCK, row, 0.0, note="407 proxy authentication required")
         try:
@@ -453,10 +406,7 @@ class Gate:
             return
         with contextlib.suppress(Exception):  # the store may be what failed
             document = minimal_document(flow.request, ANONYMOUS)
-            failure = Evaluation(
-                fallback_action(document), Verdict(BLOCK, reason, ()), repr(error), "gate"
-            )
-            row = _run_row(run_id, self.instance, document, failure, 0.0)
+            row = run_row(run_id, self.instance, document, failed_evaluation(document, error), 0.0)
             row.update(outcome="blocked", status=403)
             assert self.writer is not None
             await asyncio.wait_for(self.writer.submit(DecisionRecord(row)), STORE_TIMEOUT)
@@ -470,43 +420,26 @@ class Gate:
         if agent is None:
             await self._refuse_identity(flow)
             return
-        if len(flow.request.raw_content or b"") > PARSE_OFF_LOOP_BYTES:
-            document = await asyncio.to_thread(build_document, flow.request, agent)
-        else:
-            document = build_document(flow.request, agent)
-        surface = self.surface.refuses(document["host"], document["port"])
-        if surface:
-            refusal = Verdict(BLOCK, surface, ("control-surface",))
-            evaluation = Evaluation(fallback_action(document), refusal)
-        else:
-            evaluation = self._evaluate(document)
-        decision_ms = (time.perf_counter() - started) * 1000
-        run = _run_row(run_id, self.instance, document, evaluation, decision_ms)
+        decided = await self._decide(flow, run_id, agent)
+        if decided is None:
+            return
+        run = decided["run"]
         hold, joined = None, None
-        if evaluation.verdict.decision == REQUIRE_APPROVAL:
-            exact = request_hash(document)
-            retry_key = retry_key_of(document, exact)
+        if run["decision"] == REQUIRE_APPROVAL:
+            exact, retry_key = decided["request_hash"], decided["retry_key"]
             async with self._opening_approval(retry_key):
                 joined = await self._joinable(retry_key)
                 if joined is None:
-                    hold = self._hold_request(exact, evaluation.verdict, retry_key)
+                    hold = self._hold_request(exact, decided["hold"], retry_key)
                 else:
                     run["reason"] = f"{run['reason']} (a retry: joins approval {joined.id})"
-                recorded = await self._record(flow, run, hold)
-        else:
-            if evaluation.verdict.decision == BLOCK:
-                run.update(outcome="blocked", status=403)
-            recorded = await self._record(flow, run, None)
-        if not recorded:
-            return
+                if not await self._record(flow, run, hold):
+                    return
         flow.metadata["airlock_recorded"] = True
-        if run["decision"] != REQUIRE_APPROVAL:  # a held request counts once it is settled
-            self._remember(run, passed=run["decision"] == ALLOW)
         # Counted and printed right after the request is on its way, not before.
         asyncio.get_running_loop().call_soon(
-            self._report, run, evaluation.failed_stage if evaluation.error else None,
-            time.perf_counter() - started,
-        )  # fmt: skip
+            self._report, run, decided["failed_stage"], time.perf_counter() - started
+        )
         if run["decision"] == BLOCK:
             self._refuse(flow, run, run["reason"])
         elif joined is not None:
@@ -516,6 +449,29 @@ class Gate:
             await self._hold(flow, run, hold.approval_id, hold.expires_at)
         else:
             flow.metadata["airlock_released"] = time.time()
+
+    async def _decide(self, flow: http.HTTPFlow, run_id: str, agent: str) -> Any:
+        """The decider process decides and records (addons/decider.py); None when that failed
+        and the request was refused. A request for approval comes back decided, not recorded."""
+        request = flow.request
+        fields = request_fields(request)
+        fields.update(
+            id=run_id,
+            agent=agent,
+            refusal=self.surface.refuses(normalise_host(request.host), request.port),
+        )
+        try:
+            assert self.writer is not None
+            async with asyncio.timeout(STORE_TIMEOUT):  # cheaper than wait_for: no extra task
+                return await self.writer.ask(["decide", fields], request.raw_content or b"")
+        except Exception as e:
+            if isinstance(e, TimeoutError):
+                e = TimeoutError(f"the store did not answer within {STORE_TIMEOUT:.0f} s")
+                self._record_outcome(run_id, "store_timeout", 403)  # if it lands later
+            document = minimal_document(request, agent)
+            run = run_row(run_id, self.instance, document, failed_evaluation(document, e), 0.0)
+            self._refuse_unrecorded(flow, run, e)
+            return None
 
     async def _record(
         self, flow: http.HTTPFlow, run: dict[str, Any], hold: HoldRequest | None
@@ -560,29 +516,16 @@ class Gate:
             note = f"shadow: would {run['shadow_decision']} ({','.join(run['shadow_rules'])})"
         self.log.decision(run["decision"], run, seconds * 1000, note)
 
-    def _evaluate(self, document: Document) -> Evaluation:
-        assert self.config is not None
-        evaluation = evaluate(document, self.config, self.history)
-        mode = self.mode
-        if mode == ENFORCE or evaluation.error:
-            return evaluation  # a failed stage blocks even in shadow mode: nothing unjudged
-        verdict = evaluation.verdict
-        if mode == OFF:
-            allowed = Verdict(ALLOW, "policies are off (airlock_mode=off)", ())
-        else:  # shadow: decide and record, enforce nothing
-            would = Shadow(verdict.decision, verdict.reason, verdict.rules)
-            allowed = Verdict(ALLOW, "shadow mode (airlock_mode=shadow)", (), shadow=would)
-        return replace(evaluation, verdict=allowed)
-
-    def _hold_request(self, exact_hash: str, verdict: Verdict, retry_key: str) -> HoldRequest:
-        open_for = verdict.hold_timeout or ctx.options.airlock_approval_timeout
+    def _hold_request(self, exact_hash: str, asked: dict[str, Any], retry_key: str) -> HoldRequest:
+        """asked: what the rules that fired ask of the approval (addons/decider.py)."""
+        open_for = asked["timeout"] or ctx.options.airlock_approval_timeout
         return HoldRequest(
             approval_id=uuid.uuid4().hex,  # random: reviewers type a short prefix
             expires_at=time.time() + open_for,
             request_hash=exact_hash,
-            required=verdict.approvals,
+            required=asked["approvals"],
             retry_key=retry_key,
-            reviewer_roles=verdict.reviewer_roles,
+            reviewer_roles=tuple(asked["reviewer_roles"]),
         )
 
     async def _joinable(self, retry_key: str) -> JoinableApproval | None:
@@ -872,17 +815,6 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def _let_through(decision: str, outcome: str | None) -> bool | None:
-    """True: its request went (or is going) out, and counts against budgets. False: refused
-    (a denial, for the risk score). None: neither yet, or not a decision on the request
-    (an attempt answered 'pending', a duplicate retry, a store failure)."""
-    if outcome == "forwarded" or (decision == ALLOW and outcome is None):
-        return True
-    if decision == BLOCK or outcome in ("blocked", "denied", "expired", "abandoned"):
-        return False
-    return None
-
-
 def _target(flow: Any) -> str:
     """Where a flow goes, for logs: host and port only (a URL can carry secrets)."""
     server = getattr(flow, "server_conn", None)
@@ -901,81 +833,6 @@ def _basic_auth(header: str) -> tuple[str | None, str]:
         return None, ""
     user, _, password = decoded.partition(":")
     return (user or None), password
-
-
-def retry_key_of(document: Document, exact_hash: str) -> str:
-    """What stays the same across an SDK's retries of one call, scoped to the agent: Stripe's
-    Idempotency-Key, boto3's invocation id, EC2's ClientToken; else the request hash."""
-    headers = document["headers"]
-    body = document["body"] if isinstance(document["body"], dict) else {}
-    for key in (
-        headers.get("idempotency-key"),
-        headers.get("amz-sdk-invocation-id"),
-        body.get("ClientToken"),
-    ):
-        if key:
-            return f"{document['agent']}:{document['host']}:{key}"[:300]
-    return f"{document['agent']}:{exact_hash}"[:300]
-
-
-def request_hash(document: Document) -> str:
-    """Binds an approval to the exact request: method, URL, normalised body, agent."""
-    body = document["body"]
-    normalised = body if isinstance(body, str) else json.dumps(body, sort_keys=True)
-    query = json.dumps(document["query"], sort_keys=True)
-    material = "\n".join(
-        [
-            document["method"],
-            document["scheme"],
-            document["host"],
-            str(document["port"]),
-            document["path"],
-            query,
-            normalised or "",
-            document["agent"],
-        ]
-    )
-    return hashlib.sha256(material.encode()).hexdigest()
-
-
-def _run_row(
-    run_id: str, instance: str, document: Document, evaluation: Evaluation, decision_ms: float
-) -> dict[str, Any]:
-    action, verdict = evaluation.action, evaluation.verdict
-    if document["body_size"] > MAX_STORED_BODY:  # not stored, so not worth redacting
-        document = {**document, "body": f"[body of {document['body_size']} bytes not stored]"}
-    stored = redact_document(document)
-    return {
-        "id": run_id,
-        "at": time.time(),
-        "instance": instance,
-        "agent": document["agent"],
-        "method": document["method"],
-        "host": document["host"],
-        "path": stored["path"],
-        "provider": action.provider,
-        "action": action.action,
-        "category": action.category,
-        "sensitivity": action.sensitivity,
-        "target": redact_text(action.target),
-        "mapping_id": action.mapping_id,
-        "params": redact_value(action.params),
-        "context": redact_value(action.context),
-        "undo": action.undo,
-        "request": stored,
-        "decision": verdict.decision,
-        "reason": redact_text(verdict.reason),
-        "rules": list(verdict.rules),
-        "risk": evaluation.risk.score if evaluation.risk else None,
-        "risk_factors": evaluation.risk.as_json() if evaluation.risk else None,
-        "shadow_decision": verdict.shadow.decision if verdict.shadow else None,
-        "shadow_rules": list(verdict.shadow.rules) if verdict.shadow else None,
-        "error": redact_text(evaluation.error) if evaluation.error else None,
-        "decision_ms": decision_ms,
-        "outcome": None,
-        "status": None,
-        "upstream_ms": None,
-    }
 
 
 def airlock_addons() -> list[Any]:

@@ -1,10 +1,12 @@
 """How the proxy and its writer process talk: length-prefixed frames over a socket pair.
 
 A job travels as one frame: a binary head (its sequence number, 0 when nobody awaits the result,
-and whether it may be acknowledged once in the commit log) and JSON `[kind, fields]`. The head
-lets the writer log and acknowledge a group before decoding it. The writer answers in JSON:
+and its flag) and JSON `[kind, fields]`. The flag says whether the job may be acknowledged once
+in the commit log (the head lets the writer log and acknowledge a group before decoding it), or
+that the frame is for the process that hosts the writer (the gate's decider, addons/decider.py),
+which turns it into jobs before the store sees it. The writer answers in JSON:
 `["logged", seconds, size, [seq, ...]]` for a logged group, else `["commit", seconds, size]`
-per group and `[seq, ok, value]` per awaited job.
+per group, and `[seq, ok, value]` per awaited job that has a value or failed.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from store.records import (
 )
 
 _LENGTH = struct.Struct("!I")
-_JOB_HEAD = struct.Struct("!QB")  # sequence number, loggable (after the length)
+_JOB_HEAD = struct.Struct("!QB")  # sequence number, flag (after the length)
+STORED, LOGGABLE, HOSTED = 0, 1, 2  # flags: a store job, one the log may acknowledge, not a job
 _BODY = _LENGTH.size + _JOB_HEAD.size
 _OLD_FORMAT = ord("[")  # a job frame before the head: JSON [seq, kind, fields] (a head starts
 # with a sequence number's high byte, 0 below 2**56)
@@ -84,13 +87,29 @@ def _loads(body: bytes) -> Any:
 
 def job_frame(sequence: int, job: Any) -> bytes:
     body = _json(job_fields(job))
-    return _LENGTH.pack(_JOB_HEAD.size + len(body)) + _JOB_HEAD.pack(sequence, loggable(job)) + body
+    flag = LOGGABLE if loggable(job) else STORED
+    return _LENGTH.pack(_JOB_HEAD.size + len(body)) + _JOB_HEAD.pack(sequence, flag) + body
 
 
-def job_head(whole_frame: bytes) -> tuple[int, bool]:
-    """(sequence, loggable) of a job frame, without decoding its JSON."""
-    sequence, logged = _JOB_HEAD.unpack_from(whole_frame, _LENGTH.size)
-    return sequence, bool(logged)
+def job_head(whole_frame: bytes) -> tuple[int, int]:
+    """(sequence, flag) of a job frame, without decoding its JSON."""
+    sequence, flag = _JOB_HEAD.unpack_from(whole_frame, _LENGTH.size)
+    return sequence, flag
+
+
+def hosted_frame(sequence: int, message: Any, tail: bytes = b"") -> bytes:
+    """A frame for the writer's host process: JSON, then raw bytes (a request body) as they are."""
+    body = _json(message)
+    size = _JOB_HEAD.size + _LENGTH.size + len(body) + len(tail)
+    head = _JOB_HEAD.pack(sequence, HOSTED) + _LENGTH.pack(len(body))
+    return _LENGTH.pack(size) + head + body + tail
+
+
+def hosted_message(whole_frame: bytes) -> tuple[Any, bytes]:
+    """(JSON message, raw tail) of a hosted frame."""
+    (length,) = _LENGTH.unpack_from(whole_frame, _BODY)
+    start = _BODY + _LENGTH.size
+    return _loads(whole_frame[start : start + length]), whole_frame[start + length :]
 
 
 def decode_job(whole_frame: bytes) -> tuple[int, Any]:

@@ -41,7 +41,7 @@ from store.records import (
     release_approval,
     settle_approval,
 )
-from store.wire import StoreError, frame, job_frame, result_from, unframe
+from store.wire import StoreError, frame, hosted_frame, job_frame, result_from, unframe
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,15 @@ CommitObserver = Callable[[float, int], None]  # (seconds, group size)
 class StoreWriter:
     """The proxy's side: sends jobs, resolves futures from the writer process's answers."""
 
-    def __init__(self, engine: Engine, on_commit: CommitObserver | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        on_commit: CommitObserver | None = None,
+        program: str = "store.writer_process",
+        greeting: Callable[[], list[bytes]] | None = None,
+    ) -> None:
+        """program: the module the writer process runs (the gate's decider hosts the writer);
+        greeting: frames sent after the database URL each time the process starts."""
         if engine.url.get_backend_name() == "sqlite" and engine.url.database in (
             None,
             "",
@@ -65,6 +73,8 @@ class StoreWriter:
             raise ValueError("the store writer needs a database file or server, not :memory:")
         self.engine = engine
         self.on_commit = on_commit
+        self.program = program
+        self.greeting = greeting
         self._loop: asyncio.AbstractEventLoop | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._socket: socket.socket | None = None
@@ -84,7 +94,7 @@ class StoreWriter:
         self._loop = loop
         ours, theirs = socket.socketpair()
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "store.writer_process", str(theirs.fileno())],
+            [sys.executable, "-m", self.program, str(theirs.fileno())],
             pass_fds=[theirs.fileno()],
             env=_child_environment(),
         )
@@ -93,6 +103,8 @@ class StoreWriter:
         self._socket = ours
         url = self.engine.url.render_as_string(hide_password=False)
         self._send(frame(url))  # over the socket, not argv: a password must not show in ps
+        for greeting in self.greeting() if self.greeting else ():
+            self._send(greeting)
         loop.add_reader(ours, self._on_readable)
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -148,16 +160,29 @@ class StoreWriter:
 
     def submit(self, job: Job) -> asyncio.Future[Any]:
         """Send a job; the future resolves once it is committed (or fails with the error)."""
+        return self._expect(type(job).__name__, lambda sequence: job_frame(sequence, job))
+
+    def ask(self, message: Any, tail: bytes = b"") -> asyncio.Future[Any]:
+        """Send a message to the writer's host process; the future resolves with its answer."""
+        return self._expect("hosted", lambda sequence: hosted_frame(sequence, message, tail))
+
+    def _expect(self, kind: str, make_frame: Callable[[int], bytes]) -> asyncio.Future[Any]:
         assert self._loop is not None, "StoreWriter.ensure_started() was not called"
         future: asyncio.Future[Any] = self._loop.create_future()
         if self._socket is None:
             future.set_exception(StoreError("the store writer is not running"))
             return future
         sequence = next(self._sequence)
-        self._waiting[sequence] = (type(job).__name__, future)
+        self._waiting[sequence] = (kind, future)
         deferred, self._deferred = self._deferred, []
-        self._send(b"".join(deferred) + job_frame(sequence, job))
+        self._send(b"".join(deferred) + make_frame(sequence))
         return future
+
+    def tell(self, message: Any) -> None:
+        """A message to the host process nobody waits for (dropped while it is not running:
+        the greeting brings a new process up to date)."""
+        if self._socket is not None:
+            self._send(hosted_frame(0, message))
 
     def submit_nowait(self, job: Job) -> None:
         """A job nobody waits for (an outcome) rides with the next decision, sharing its commit;

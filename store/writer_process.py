@@ -9,6 +9,9 @@ its commit. On a SQLite file, a group of decisions and outcomes is first made du
 commit log (store/commit_log.py: one small fdatasync), answered, and then applied to SQLite
 unsynced; a synced commit every second lets the log start over. Holds, settlements and releases
 are always answered after a durable commit: their answers depend on the database.
+
+A process may host the writer (`serve(sock, host)`): frames flagged for it (store/wire.py) go
+to its `Host`, which turns them into store jobs and answers; the gate's decider does so.
 """
 
 from __future__ import annotations
@@ -20,9 +23,11 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -36,7 +41,17 @@ from store.commit_log import (
     sync_directory,
 )
 from store.schema import open_engine
-from store.wire import decode, decode_job, frame, job_fields, job_head, result_value, split_frames
+from store.wire import (
+    HOSTED,
+    LOGGABLE,
+    decode,
+    decode_job,
+    frame,
+    job_fields,
+    job_head,
+    result_value,
+    split_frames,
+)
 from store.writer import READ_SIZE, GroupWriter, Job, Pending
 
 log = logging.getLogger("airlock.store.writer")
@@ -45,13 +60,55 @@ SYNC_INTERVAL = 1.0  # seconds logged groups may wait for SQLite's own fsync
 LOG_LIMIT = 1 << 20  # bytes of log after which SQLite is synced at once
 
 
+Results = dict[int, Any]  # answers by sequence number
+
+
+@dataclass
+class Taken:
+    """What a host made of a batch of frames."""
+
+    frames: list[bytes]  # store jobs to write: the hosted frames replaced by what they became
+    results: Results = field(default_factory=dict)  # sent once the jobs are written
+    answers: list[tuple[int, bool, Any]] = field(default_factory=list)  # nothing to write
+
+
+class Host(Protocol):
+    def take(self, frames: list[bytes]) -> Taken: ...
+
+    def tick(self) -> float | None:
+        """Periodic work; returns the seconds until it is due again (None: never)."""
+        ...
+
+
+class StoreOnly:
+    """No host: a frame meant for one is refused."""
+
+    def take(self, frames: list[bytes]) -> Taken:
+        taken = Taken([])
+        for whole_frame in frames:
+            sequence, flag = job_head(whole_frame)
+            if flag == HOSTED:
+                taken.answers.append((sequence, False, "this store writer hosts nothing"))
+            else:
+                taken.frames.append(whole_frame)
+        return taken
+
+    def tick(self) -> float | None:
+        return None
+
+
 class Server:
     def __init__(
-        self, sock: socket.socket, writer: GroupWriter, commit_log: CommitLog | None
+        self,
+        sock: socket.socket,
+        writer: GroupWriter,
+        commit_log: CommitLog | None,
+        host: Host | None = None,
     ) -> None:
         self.sock = sock
         self.writer = writer
         self.log = commit_log
+        self.host = host or StoreOnly()
         self.applied = 0  # sequence of the log's last record in the database
         self.stalled: tuple[list[Pending], int] | None = None  # logged, not yet in the database
         self.synced_at = time.monotonic()
@@ -61,7 +118,10 @@ class Server:
             frames = split_frames(received)
             if frames:
                 self._write(frames)
-            self.sock.settimeout(SYNC_INTERVAL if self._owes_sync() else None)
+            wait = self.host.tick()
+            if self._owes_sync():
+                wait = min(wait or SYNC_INTERVAL, SYNC_INTERVAL)
+            self.sock.settimeout(wait)
             try:
                 chunk = self.sock.recv(READ_SIZE)
             except TimeoutError:
@@ -73,15 +133,24 @@ class Server:
         self._catch_up()
         self._retire_log()
 
-    def _write(self, frames: list[bytes]) -> None:
+    def _write(self, received: list[bytes]) -> None:
+        taken = self.host.take(received)
+        self._answer(taken.answers, None)
+        frames, results = taken.frames, taken.results
+        if not frames:
+            return
         heads = [job_head(f) for f in frames]
         if self.stalled is not None and not self._retry_stalled():
             reason = "the store cannot write (records are waiting in its commit log)"
             self._answer([(seq, False, reason) for seq, _ in heads], None)
-        elif not (self.log and all(logged for _, logged in heads) and self._log(frames, heads)):
-            self._write_durably(pending_jobs(frames))
+        elif not (
+            self.log
+            and all(flag == LOGGABLE for _, flag in heads)
+            and self._log(frames, heads, results)
+        ):
+            self._write_durably(pending_jobs(frames), results)
 
-    def _log(self, frames: list[bytes], heads: list[tuple[int, bool]]) -> bool:
+    def _log(self, frames: list[bytes], heads: list[tuple[int, int]], results: Results) -> bool:
         """Durable in the log, acknowledged, then decoded and applied: decoding is not on the
         path of the requests waiting for the acknowledgement."""
         assert self.log is not None
@@ -92,8 +161,10 @@ class Server:
             log.error("the commit log could not be written (%s): writing to SQLite directly", e)
             self._abandon_log()
             return False
-        awaited = [seq for seq, _ in heads if seq]
-        self.sock.sendall(frame(["logged", time.perf_counter() - started, len(frames), awaited]))
+        awaited = [seq for seq, _ in heads if seq and seq not in results]
+        logged = ["logged", time.perf_counter() - started, len(frames), awaited]
+        answers = [frame([seq, True, value]) for seq, value in results.items()]
+        self.sock.sendall(b"".join([frame(logged), *answers]))
         self._apply(logged_jobs(frames, self.log.path), sequence)
         if self.stalled is None and (
             self.log.offset > LOG_LIMIT or time.monotonic() - self.synced_at > SYNC_INTERVAL
@@ -117,9 +188,12 @@ class Server:
         assert self.stalled is not None
         return self._apply(*self.stalled)
 
-    def _write_durably(self, group: list[Pending]) -> None:
+    def _write_durably(self, group: list[Pending], results: Results) -> None:
         started = time.perf_counter()
-        answers = self.writer.write_group(group)
+        answers = [
+            (seq, ok, results[seq] if ok and seq in results else value)
+            for seq, ok, value in self.writer.write_group(group)
+        ]
         self._answer(answers, (started, len(group)))
 
     def _owes_sync(self) -> bool:
@@ -253,7 +327,10 @@ def commit_log_for(writer: GroupWriter) -> CommitLog | None:
     return CommitLog.create_beside(database)
 
 
-def serve(sock: socket.socket) -> None:
+HostFactory = Callable[[GroupWriter], Host]
+
+
+def serve(sock: socket.socket, make_host: HostFactory | None = None) -> None:
     received = bytearray()
     frames: list[bytes] = []
     while not frames:  # the URL comes first
@@ -265,14 +342,15 @@ def serve(sock: socket.socket) -> None:
     received[0:0] = b"".join(frames[1:])  # jobs already sent behind it
     writer = GroupWriter(open_engine(decode(frames[0])))
     try:
-        server = Server(sock, writer, commit_log_for(writer))
+        commit_log = commit_log_for(writer)  # replayed before the host reads the database
+        server = Server(sock, writer, commit_log, make_host(writer) if make_host else None)
         server.run(received)
     finally:
         writer.close()
         writer.engine.dispose()
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], make_host: HostFactory | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="airlock store writer: %(message)s")
     # Ctrl-C reaches the whole process group: the proxy decides when this process ends (by
     # closing the socket), so that what it already sent is still written.
@@ -280,7 +358,7 @@ def main(argv: list[str]) -> int:
     sock = socket.socket(fileno=int(argv[1]))
     sock.setblocking(True)
     try:
-        serve(sock)
+        serve(sock, make_host)
     except BrokenPipeError:
         return 0  # the proxy is gone; everything received was written
     return 0

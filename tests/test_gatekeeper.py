@@ -17,7 +17,8 @@ from mitmproxy import exceptions
 from mitmproxy.test import taddons, tflow, tutils
 from sqlalchemy import select, text
 
-from addons.gatekeeper import Gate, request_hash
+from addons.decider import request_hash
+from addons.gatekeeper import Gate
 from addons.metrics import Metrics
 from addons.routing import Routing, parse_routes
 from store.commit_log import read_records
@@ -445,15 +446,25 @@ def test_decisions_another_proxy_commits_late_still_count_here(
     from tests.test_store import run_row, write
 
     monkeypatch.setattr(gatekeeper, "HISTORY_SYNC_SECONDS", 0.05)
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "p.yaml").write_text(
+        "rules:\n  - {id: charge-budget, when: {action: create_charge}, decision: BLOCK,\n"
+        "     budget: {param: amount, limit: 200000, window: 1h, per: agent}}\n"
+    )
+    credentials = base64.b64encode(b"agent-a:key").decode()
+    first, second = (stripe_flow(b"amount=60000&currency=usd") for _ in range(2))
+    for flow in (first, second):
+        flow.request.headers["proxy-authorization"] = f"Basic {credentials}"
 
     async def scenario(gate: Gate, _: Any) -> None:
-        assert gate.history.recent_count("agent-a", "create_charge", 3600) == 0
-        late = run_row(instance="elsewhere-2", at=time.time() - 600)
+        await gate.request(first)  # 60,000 of 200,000 spent
+        late = run_row(instance="elsewhere-2", at=time.time() - 600)  # 150,000 by agent-a
         await asyncio.to_thread(write, gate.engine, DecisionRecord(late))
-        for _ in range(200):
-            if gate.history.recent_count("agent-a", "create_charge", 3600) == 1:
-                return
-            await asyncio.sleep(0.02)
-        raise AssertionError("the other proxy's decision never reached this one's history")
+        await asyncio.sleep(0.5)  # ten syncs
+        await gate.request(second)  # 60,000 more: over only if the late one counts
 
-    with_gate(tmp_path, scenario)
+    with_gate(tmp_path, scenario, airlock_policies=str(policies))
+    assert first.response is None
+    assert second.response.status_code == 403
+    assert json.loads(second.response.content)["rules"] == ["charge-budget"]

@@ -122,6 +122,24 @@ def test_group_commit_writes_many_flows_in_few_transactions(engine: Engine) -> N
     assert verify_audit(engine).ok
 
 
+def test_a_message_for_a_host_the_writer_does_not_have_is_refused(engine: Engine) -> None:
+    """Fail closed: the plain writer cannot decide, so a request sent to it is not answered ok."""
+
+    async def scenario() -> Any:
+        writer = StoreWriter(engine)
+        writer.ensure_started(asyncio.get_running_loop())
+        try:
+            asked = writer.ask(["decide", {}])
+            written = writer.submit(DecisionRecord(run_row()))
+            return await asyncio.gather(asked, written, return_exceptions=True)
+        finally:
+            await asyncio.to_thread(writer.stop)
+
+    refused, written = asyncio.run(scenario())
+    assert isinstance(refused, StoreError) and "hosts nothing" in str(refused)
+    assert written is None  # the job beside it is written as usual
+
+
 def test_a_dead_writer_process_fails_its_waiting_writes_and_the_next_write_restarts_it(
     engine: Engine,
 ) -> None:

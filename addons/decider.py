@@ -1,0 +1,362 @@
+"""The decider: stages 1-3 of every request and its record, in the store writer's process.
+
+Under load the proxy's event loop is the bottleneck: one core, with mitmproxy's own work on it.
+So the gate (addons/gatekeeper.py) only names the agent and sends the raw request here; this
+process, on another core, builds the document, maps, decides with its own compiled config and
+budgets' history, redacts, and hands the record to the store writer it hosts. The answer comes
+once the record is durable, as it did before (measured in README's Performance).
+
+Started by the gate as `python -m addons.decider FD` (store/writer.py). Messages, [kind, fields]
+in store/wire.py's hosted frames:
+  setup      config paths, mode, the proxy's instance name, how often to read other instances'
+             decisions; first after the database URL, at every start
+  configure  config paths and mode, after the proxy reloaded them
+  decide     one request (the body is the frame's tail). Answered {"run": summary} once its
+             record is durable; REQUIRE_APPROVAL is answered at once, unrecorded, with the whole
+             row and what the proxy needs to open or join the approval and record it
+  remember   a held request once settled, for budgets: {"run": ..., "passed": bool}
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import logging
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from mitmproxy import http
+
+from addons.document import Document, build_document, minimal_document
+from addons.evaluation import Config, Evaluation, evaluate
+from addons.history import RISK_WINDOW, History
+from addons.mappings import fallback_action
+from addons.policies import ALLOW, BLOCK, ENFORCE, OFF, REQUIRE_APPROVAL, Shadow, Verdict
+from addons.redaction import redact_document, redact_text, redact_value
+from store.history import (
+    PastDecision,
+    agent_actions,
+    audit_position,
+    committed_since,
+    past_decisions,
+)
+from store.records import DecisionRecord
+from store.wire import HOSTED, hosted_message, job_frame, job_head
+from store.writer import GroupWriter
+from store.writer_process import Taken, main
+
+log = logging.getLogger("airlock.decider")
+
+MAX_STORED_BODY = 64 * 1024
+# What the proxy needs of a recorded decision: its answer, console line, metrics and outcome.
+SUMMARY_KEYS = (
+    "id", "at", "agent", "provider", "action", "target", "params", "decision", "reason",
+    "rules", "risk", "shadow_decision", "shadow_rules", "error",
+)  # fmt: skip
+
+
+class Decider:
+    """The writer's host (store/writer_process.py Host): decide messages become records."""
+
+    def __init__(self, writer: GroupWriter) -> None:
+        self.engine = writer.engine
+        self.config: Config | None = None
+        self.missing = "the decider has no configuration"  # why config is None
+        self.mode = ENFORCE
+        self.instance = ""
+        self.history = History()
+        self.sync_every = 2.0
+        self.cursor = 0  # the audit event up to which other instances' decisions were read
+        self.next_sync: float | None = None
+
+    def take(self, frames: list[bytes]) -> Taken:
+        taken = Taken([])
+        for whole_frame in frames:
+            sequence, flag = job_head(whole_frame)
+            if flag != HOSTED:
+                taken.frames.append(whole_frame)
+                continue
+            kind = "unreadable"
+            try:
+                (kind, fields), tail = hosted_message(whole_frame)
+                self._handle(taken, sequence, kind, fields, tail)
+            except Exception as e:  # fail closed: the proxy refuses what was not answered
+                log.exception("the decider failed on a %s message", kind)
+                if sequence:
+                    taken.answers.append((sequence, False, f"the decider failed: {e!r}"))
+        return taken
+
+    def _handle(
+        self, taken: Taken, sequence: int, kind: str, fields: dict[str, Any], tail: bytes
+    ) -> None:
+        if kind == "decide":
+            self._decide(taken, sequence, fields, tail)
+        elif kind == "remember":
+            self._remember(fields["run"], fields["passed"])
+        elif kind == "configure":
+            self._configure(fields)
+        elif kind == "setup":
+            self.instance, self.sync_every = fields["instance"], fields["sync_every"]
+            self._configure(fields)
+            self._load_history()
+        else:
+            raise ValueError(f"unknown message {kind!r}")
+
+    # --- configuration ---------------------------------------------------------------------
+
+    def _configure(self, fields: dict[str, Any]) -> None:
+        self.mode = fields["mode"]
+        gc.unfreeze()  # the configuration being replaced may be collected
+        try:
+            config = Config.load(Path(fields["mappings"]), Path(fields["policies"]))
+        except Exception as e:  # the proxy loaded it a moment ago: changed since?
+            log.error("cannot load the configuration (the previous one stays): %s", e)
+            self.missing = f"the decider cannot load its configuration: {e}"
+            return
+        self.config = config
+        self.history.horizon = max(RISK_WINDOW, config.policies.longest_window)
+        # What lives as long as the process is exempt from collection (see gatekeeper).
+        gc.collect()
+        gc.freeze()
+
+    # --- deciding ----------------------------------------------------------------------------
+
+    def _decide(self, taken: Taken, sequence: int, fields: dict[str, Any], body: bytes) -> None:
+        started = time.perf_counter()
+        request = _request(fields, body)
+        try:
+            document = build_document(request, fields["agent"])
+            evaluation = self._evaluate(document, fields["refusal"])
+        except Exception as e:  # fail closed, and on record
+            document = minimal_document(request, fields["agent"])
+            evaluation = failed_evaluation(document, e)
+        decision_ms = (time.perf_counter() - started) * 1000
+        row = run_row(fields["id"], self.instance, document, evaluation, decision_ms)
+        stage = evaluation.failed_stage if evaluation.error else None
+        if row["decision"] == REQUIRE_APPROVAL:
+            answer = _approval_answer(row, stage, document, evaluation.verdict)
+            taken.answers.append((sequence, True, answer))
+            return
+        if row["decision"] == BLOCK:
+            row.update(outcome="blocked", status=403)
+        taken.frames.append(job_frame(sequence, DecisionRecord(row)))
+        summary = {key: row[key] for key in SUMMARY_KEYS}
+        taken.results[sequence] = {"run": summary, "failed_stage": stage}
+        # Counted now, before the next request is decided: concurrent requests cannot all
+        # slip under a budget. (Refused later by the store, it still counts: the safe side.)
+        self._remember(row, passed=row["decision"] == ALLOW)
+
+    def _evaluate(self, document: Document, refusal: str | None) -> Evaluation:
+        if refusal:
+            return Evaluation(
+                fallback_action(document), Verdict(BLOCK, refusal, ("control-surface",))
+            )
+        if self.config is None:
+            raise RuntimeError(self.missing)
+        return with_mode(evaluate(document, self.config, self.history), self.mode)
+
+    # --- the recent past, for budgets, rates and risk ----------------------------------------
+
+    def _remember(self, run: dict[str, Any], passed: bool) -> None:
+        self.history.record(
+            run["id"], run["agent"], run["action"], run["at"], run["params"], passed,
+            self._roles_of(run["agent"]), run["target"],
+        )  # fmt: skip
+
+    def _roles_of(self, agent: str) -> tuple[str, ...]:
+        return self.config.agents.roles_of(agent) if self.config else ()
+
+    def _load_history(self) -> None:
+        """At start: the recorded past within the longest window."""
+        started = time.perf_counter()
+        self.cursor = audit_position(self.engine)  # first: later commits are synced
+        self._add_to_history(past_decisions(self.engine, time.time() - self.history.horizon))
+        for agent, action in agent_actions(self.engine):
+            self.history.knows(agent, action)
+        self.next_sync = time.monotonic() + self.sync_every
+        log.info("history loaded in %.0f ms", (time.perf_counter() - started) * 1000)
+
+    def _add_to_history(self, decisions: list[PastDecision]) -> None:
+        for r in decisions:
+            passed = let_through(r.decision, r.outcome)
+            if passed is not None:
+                self.history.record(
+                    r.id, r.agent, r.action, r.at, r.params, passed, self._roles_of(r.agent),
+                    r.target,
+                )  # fmt: skip
+
+    def tick(self) -> float | None:
+        """Other proxy instances on the same database: their decisions count here too, read in
+        commit order from a cursor, so nothing committed late is missed."""
+        if self.next_sync is None:
+            return None
+        now = time.monotonic()
+        if now < self.next_sync:
+            return self.next_sync - now
+        self.next_sync = now + self.sync_every
+        try:
+            found, self.cursor = committed_since(self.engine, self.cursor, self.instance)
+        except Exception as e:
+            log.warning("cannot read other instances' decisions: %s", e)
+        else:
+            self._add_to_history(found)
+        self.history.prune()
+        return self.sync_every
+
+
+def _request(fields: dict[str, Any], body: bytes) -> http.Request:
+    """The request as mitmproxy held it: names and values travel as latin-1, byte for byte."""
+    headers = http.Headers(
+        [(n.encode("latin-1"), v.encode("latin-1")) for n, v in fields["headers"]]
+    )
+    return http.Request(
+        fields["host"], fields["port"], fields["method"].encode("latin-1"),
+        fields["scheme"].encode("latin-1"), b"", fields["path"].encode("latin-1"), b"HTTP/1.1",
+        headers, body, None, 0.0, 0.0,
+    )  # fmt: skip
+
+
+def request_fields(request: http.Request) -> dict[str, Any]:
+    """What the decider needs of a request besides its body (the proxy's side of `_request`)."""
+    data = request.data
+    return {
+        "host": request.host,
+        "port": request.port,
+        "method": data.method.decode("latin-1"),
+        "scheme": data.scheme.decode("latin-1"),
+        "path": data.path.decode("latin-1"),
+        "headers": [(n.decode("latin-1"), v.decode("latin-1")) for n, v in data.headers.fields],
+    }
+
+
+def _approval_answer(
+    row: dict[str, Any], stage: str | None, document: Document, verdict: Verdict
+) -> dict[str, Any]:
+    exact = request_hash(document)
+    return {
+        "run": row,
+        "failed_stage": stage,
+        "request_hash": exact,
+        "retry_key": retry_key_of(document, exact),
+        "hold": {
+            "timeout": verdict.hold_timeout,
+            "approvals": verdict.approvals,
+            "reviewer_roles": list(verdict.reviewer_roles),
+        },
+    }
+
+
+# --- pure helpers, shared with the gate --------------------------------------------------------
+
+
+def with_mode(evaluation: Evaluation, mode: str) -> Evaluation:
+    """Shadow mode decides and records, enforcing nothing; off decides nothing."""
+    if mode == ENFORCE or evaluation.error:
+        return evaluation  # a failed stage blocks even in shadow mode: nothing unjudged
+    verdict = evaluation.verdict
+    if mode == OFF:
+        allowed = Verdict(ALLOW, "policies are off (airlock_mode=off)", ())
+    else:
+        would = Shadow(verdict.decision, verdict.reason, verdict.rules)
+        allowed = Verdict(ALLOW, "shadow mode (airlock_mode=shadow)", (), shadow=would)
+    return replace(evaluation, verdict=allowed)
+
+
+def failed_evaluation(document: Document, error: Exception) -> Evaluation:
+    reason = redact_text(f"blocked because Airlock failed: {error!r}")
+    return Evaluation(fallback_action(document), Verdict(BLOCK, reason, ()), repr(error), "gate")
+
+
+def let_through(decision: str, outcome: str | None) -> bool | None:
+    """True: its request went (or is going) out, and counts against budgets. False: refused
+    (a denial, for the risk score). None: neither yet, or not a decision on the request
+    (an attempt answered 'pending', a duplicate retry, a store failure)."""
+    if outcome == "forwarded" or (decision == ALLOW and outcome is None):
+        return True
+    if decision == BLOCK or outcome in ("blocked", "denied", "expired", "abandoned"):
+        return False
+    return None
+
+
+def retry_key_of(document: Document, exact_hash: str) -> str:
+    """What stays the same across an SDK's retries of one call, scoped to the agent: Stripe's
+    Idempotency-Key, boto3's invocation id, EC2's ClientToken; else the request hash."""
+    headers = document["headers"]
+    body = document["body"] if isinstance(document["body"], dict) else {}
+    for key in (
+        headers.get("idempotency-key"),
+        headers.get("amz-sdk-invocation-id"),
+        body.get("ClientToken"),
+    ):
+        if key:
+            return f"{document['agent']}:{document['host']}:{key}"[:300]
+    return f"{document['agent']}:{exact_hash}"[:300]
+
+
+def request_hash(document: Document) -> str:
+    """Binds an approval to the exact request: method, URL, normalised body, agent."""
+    body = document["body"]
+    normalised = body if isinstance(body, str) else json.dumps(body, sort_keys=True)
+    query = json.dumps(document["query"], sort_keys=True)
+    material = "\n".join(
+        [
+            document["method"],
+            document["scheme"],
+            document["host"],
+            str(document["port"]),
+            document["path"],
+            query,
+            normalised or "",
+            document["agent"],
+        ]
+    )
+    return hashlib.sha256(material.encode()).hexdigest()
+
+
+def run_row(
+    run_id: str, instance: str, document: Document, evaluation: Evaluation, decision_ms: float
+) -> dict[str, Any]:
+    """The runs table's row of a decision, redacted."""
+    action, verdict = evaluation.action, evaluation.verdict
+    if document["body_size"] > MAX_STORED_BODY:  # not stored, so not worth redacting
+        document = {**document, "body": f"[body of {document['body_size']} bytes not stored]"}
+    stored = redact_document(document)
+    return {
+        "id": run_id,
+        "at": time.time(),
+        "instance": instance,
+        "agent": document["agent"],
+        "method": document["method"],
+        "host": document["host"],
+        "path": stored["path"],
+        "provider": action.provider,
+        "action": action.action,
+        "category": action.category,
+        "sensitivity": action.sensitivity,
+        "target": redact_text(action.target),
+        "mapping_id": action.mapping_id,
+        "params": redact_value(action.params),
+        "context": redact_value(action.context),
+        "undo": action.undo,
+        "request": stored,
+        "decision": verdict.decision,
+        "reason": redact_text(verdict.reason),
+        "rules": list(verdict.rules),
+        "risk": evaluation.risk.score if evaluation.risk else None,
+        "risk_factors": evaluation.risk.as_json() if evaluation.risk else None,
+        "shadow_decision": verdict.shadow.decision if verdict.shadow else None,
+        "shadow_rules": list(verdict.shadow.rules) if verdict.shadow else None,
+        "error": redact_text(evaluation.error) if evaluation.error else None,
+        "decision_ms": decision_ms,
+        "outcome": None,
+        "status": None,
+        "upstream_ms": None,
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv, Decider))

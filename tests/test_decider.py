@@ -1,0 +1,100 @@
+"""The decider in-process (addons/decider.py): what it makes of the gate's messages."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mitmproxy.test import tutils
+
+from addons.decider import Decider, _request, request_fields
+from store.schema import create_schema, open_engine
+from store.wire import decode_job, hosted_frame
+from store.writer import GroupWriter
+from tests.helpers.proxy import PROJECT_ROOT
+
+
+@pytest.fixture
+def decider(tmp_path: Path) -> Iterator[Decider]:
+    engine = open_engine(f"sqlite:///{tmp_path / 'a.db'}")
+    create_schema(engine)
+    writer = GroupWriter(engine)
+    yield Decider(writer)
+    writer.close()
+    engine.dispose()
+
+
+def charge(amount: int) -> tuple[dict[str, Any], bytes]:
+    request = tutils.treq(
+        method=b"POST", scheme=b"https", host="api.stripe.com", port=443, authority=b"",
+        path=b"/v1/charges", headers=[(b"content-type", b"application/x-www-form-urlencoded")],
+        content=f"amount={amount}&currency=usd".encode(),
+    )  # fmt: skip
+    fields = request_fields(request) | {"id": f"run-{amount}", "agent": "a", "refusal": None}
+    return fields, request.raw_content or b""
+
+
+def setup_message() -> bytes:
+    setup = {
+        "instance": "test-1",
+        "sync_every": 60.0,
+        "mappings": str(PROJECT_ROOT / "mappings"),
+        "policies": str(PROJECT_ROOT / "policies"),
+        "mode": "enforce",
+    }
+    return hosted_frame(0, ["setup", setup])
+
+
+def test_decisions_become_records_answered_once_written(decider: Decider) -> None:
+    small, large = charge(500), charge(5_000_000)
+    taken = decider.take(
+        [setup_message(), hosted_frame(1, ["decide", small[0]], small[1]),
+         hosted_frame(2, ["decide", large[0]], large[1])]
+    )  # fmt: skip
+    assert taken.answers == []
+    records = [decode_job(f) for f in taken.frames]
+    assert [(seq, job.run["decision"]) for seq, job in records] == [(1, "ALLOW"), (2, "BLOCK")]
+    assert records[1][1].run["outcome"] == "blocked"
+    assert "stripe-charge-too-large" in taken.results[2]["run"]["rules"]
+    assert "request" not in taken.results[1]["run"]  # the proxy gets a summary, not the document
+
+
+def test_a_request_for_approval_is_answered_unrecorded_with_its_binding(decider: Decider) -> None:
+    fields, body = charge(150_000)
+    taken = decider.take([setup_message(), hosted_frame(7, ["decide", fields], body)])
+    assert taken.frames == []  # the proxy records it with its approval
+    [(sequence, ok, answer)] = taken.answers
+    assert (sequence, ok, answer["run"]["decision"]) == (7, True, "REQUIRE_APPROVAL")
+    assert len(answer["request_hash"]) == 64
+    assert answer["run"]["request"]["body"] == {"amount": "150000", "currency": "usd"}
+
+
+def test_without_configuration_a_request_is_blocked_and_recorded(decider: Decider) -> None:
+    fields, body = charge(500)
+    taken = decider.take([hosted_frame(1, ["decide", fields], body)])  # no setup came
+    [(_, record)] = [decode_job(f) for f in taken.frames]
+    assert record.run["decision"] == "BLOCK"
+    assert "no configuration" in record.run["reason"]
+    assert taken.results[1]["failed_stage"] == "gate"
+
+
+def test_a_message_the_decider_cannot_read_is_refused_not_dropped(decider: Decider) -> None:
+    taken = decider.take([hosted_frame(5, ["decide", {"id": "x"}]), hosted_frame(6, ["?", {}])])
+    assert [(seq, ok) for seq, ok, _ in taken.answers] == [(5, False), (6, False)]
+    assert taken.frames == []
+
+
+def test_the_request_crosses_to_the_decider_byte_for_byte() -> None:
+    request = tutils.treq(
+        method=b"PATCH", path=b"/a%20b/\xc3\xa9?q=\xff", authority=b"",
+        headers=[(b"X-Raw", b"\xfe\x00v"), (b"x-raw", b"second")], content=b"\x00\x01",
+    )  # fmt: skip
+    crossed = _request(request_fields(request), request.raw_content or b"")
+    assert crossed.data.path == request.data.path
+    assert crossed.data.method == request.data.method
+    assert crossed.headers.fields == request.headers.fields
+    assert (crossed.host, crossed.port, crossed.raw_content) == (
+        request.host, request.port, b"\x00\x01",
+    )  # fmt: skip
