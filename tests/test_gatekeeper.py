@@ -468,3 +468,45 @@ def test_decisions_another_proxy_commits_late_still_count_here(
     assert first.response is None
     assert second.response.status_code == 403
     assert json.loads(second.response.content)["rules"] == ["charge-budget"]
+
+
+def test_policies_and_mode_reloaded_at_run_time_decide_the_next_request(tmp_path: Path) -> None:
+    """The decider process holds its own copy of the configuration: a reload must reach it."""
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "p.yaml").write_text(
+        "rules:\n  - {id: no-charges, when: {action: create_charge}, decision: BLOCK}\n"
+    )
+    before, after, shadowed = (stripe_flow(b"amount=5&currency=usd") for _ in range(3))
+
+    async def scenario(gate: Gate, tctx: Any) -> None:
+        await gate.request(before)
+        tctx.configure(gate, airlock_policies=str(policies))
+        await gate.request(after)
+        tctx.configure(gate, airlock_mode="shadow")
+        await gate.request(shadowed)
+
+    with_gate(tmp_path, scenario)
+    assert before.response is None
+    assert json.loads(after.response.content)["rules"] == ["no-charges"]
+    assert shadowed.response is None
+    assert [r.shadow_decision for r in stored_runs(tmp_path)] == [None, None, "BLOCK"]
+
+
+def test_a_restarted_decider_decides_with_the_same_configuration(tmp_path: Path) -> None:
+    """The decider process died: the next request starts a new one, which has the proxy's
+    configuration and mode, not none."""
+    flow = stripe_flow(b"amount=5000000&currency=usd")
+
+    async def scenario(gate: Gate, _: Any) -> None:
+        assert gate.writer is not None and gate.writer._process is not None
+        first = gate.writer._process
+        first.kill()
+        await asyncio.to_thread(first.wait)
+        await gate.request(flow)
+        assert gate.writer._process is not first
+
+    with_gate(tmp_path, scenario, airlock_mode="shadow")
+    assert flow.response is None  # shadow mode, as configured
+    [run] = stored_runs(tmp_path)
+    assert (run.decision, run.shadow_decision) == ("ALLOW", "BLOCK")
