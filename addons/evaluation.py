@@ -40,7 +40,7 @@ class Evaluation:
 
 
 def evaluate(document: Document, config: Config, history: History | None = None) -> Evaluation:
-    """`history` is the proxy's view of the recent past (budgets, rates, risk); offline callers
+    """`history` is the decider's view of the recent past (budgets, rates, risk); offline callers
     (explain, test) pass none and see an empty past."""
     problem = request_problem(document)
     if problem:

@@ -1,6 +1,8 @@
 """The gate: each request is documented, mapped, decided, recorded, then forwarded, refused or held.
 
-mitmproxy loads it through the script addons/gate.py.
+mitmproxy loads it through the script addons/gate.py. The hooks here name the agent, enforce,
+hold and watch approvals; documenting, mapping, deciding and recording happen in the decider
+process beside mitmproxy (addons/decider.py), off the event loop that every flow shares.
 """
 
 from __future__ import annotations
