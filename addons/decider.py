@@ -51,6 +51,8 @@ from store.writer_process import Taken, main
 
 log = logging.getLogger("airlock.decider")
 
+FAULT = "the decider failed"  # starts the error answered for a message it could not handle
+
 MAX_STORED_BODY = 64 * 1024
 # What the proxy needs of a recorded decision: its answer, console line, metrics and outcome.
 SUMMARY_KEYS = (
@@ -71,7 +73,7 @@ class Decider:
         self.history = History()
         self.sync_every = 2.0
         self.cursor = 0  # the audit event up to which other instances' decisions were read
-        self.next_sync: float | None = None
+        self.next_sync: float | None = None  # set once the history is loaded
 
     def take(self, frames: list[bytes]) -> Taken:
         taken = Taken([])
@@ -87,7 +89,7 @@ class Decider:
             except Exception as e:  # fail closed: the proxy refuses what was not answered
                 log.exception("the decider failed on a %s message", kind)
                 if sequence:
-                    taken.answers.append((sequence, False, f"the decider failed: {e!r}"))
+                    taken.answers.append((sequence, False, f"{FAULT}: {e!r}"))
         return taken
 
     def _handle(
@@ -97,26 +99,26 @@ class Decider:
             self._decide(taken, sequence, fields, tail)
         elif kind == "remember":
             self._remember(fields["run"], fields["passed"])
-        elif kind == "configure":
+        elif kind == "configure":  # the proxy is told when this fails
             self._configure(fields)
+            taken.answers.append((sequence, True, None))
         elif kind == "setup":
             self.instance, self.sync_every = fields["instance"], fields["sync_every"]
-            self._configure(fields)
-            self._load_history()
+            try:
+                self._configure(fields)
+            except Exception as e:  # every request is refused until a configure succeeds
+                self.missing = f"the decider cannot load its configuration: {e}"
+                log.error("%s", self.missing)
+            self._load_history_or_say_why()
         else:
             raise ValueError(f"unknown message {kind!r}")
 
     # --- configuration ---------------------------------------------------------------------
 
     def _configure(self, fields: dict[str, Any]) -> None:
+        config = Config.load(Path(fields["mappings"]), Path(fields["policies"]))
         self.mode = fields["mode"]
         gc.unfreeze()  # the configuration being replaced may be collected
-        try:
-            config = Config.load(Path(fields["mappings"]), Path(fields["policies"]))
-        except Exception as e:  # the proxy loaded it a moment ago: changed since?
-            log.error("cannot load the configuration (the previous one stays): %s", e)
-            self.missing = f"the decider cannot load its configuration: {e}"
-            return
         self.config = config
         self.history.horizon = max(RISK_WINDOW, config.policies.longest_window)
         # What lives as long as the process is exempt from collection (see gatekeeper).
@@ -143,12 +145,12 @@ class Decider:
             return
         if row["decision"] == BLOCK:
             row.update(outcome="blocked", status=403)
-        taken.frames.append(job_frame(sequence, DecisionRecord(row)))
-        summary = {key: row[key] for key in SUMMARY_KEYS}
-        taken.results[sequence] = {"run": summary, "failed_stage": stage}
         # Counted now, before the next request is decided: concurrent requests cannot all
         # slip under a budget. (Refused later by the store, it still counts: the safe side.)
         self._remember(row, passed=row["decision"] == ALLOW)
+        taken.frames.append(job_frame(sequence, DecisionRecord(row)))
+        summary = {key: row[key] for key in SUMMARY_KEYS}
+        taken.results[sequence] = {"run": summary, "failed_stage": stage, "recorded": True}
 
     def _evaluate(self, document: Document, refusal: str | None) -> Evaluation:
         if refusal:
@@ -157,6 +159,8 @@ class Decider:
             )
         if self.config is None:
             raise RuntimeError(self.missing)
+        if self.next_sync is None:  # budgets without their past would let too much through
+            self._load_history()
         return with_mode(evaluate(document, self.config, self.history), self.mode)
 
     # --- the recent past, for budgets, rates and risk ----------------------------------------
@@ -169,6 +173,12 @@ class Decider:
 
     def _roles_of(self, agent: str) -> tuple[str, ...]:
         return self.config.agents.roles_of(agent) if self.config else ()
+
+    def _load_history_or_say_why(self) -> None:
+        try:
+            self._load_history()
+        except Exception as e:  # tried again before the next decision
+            log.error("cannot load the recent past from the store: %s", e)
 
     def _load_history(self) -> None:
         """At start: the recorded past within the longest window."""
@@ -193,7 +203,7 @@ class Decider:
         """Other proxy instances on the same database: their decisions count here too, read in
         commit order from a cursor, so nothing committed late is missed."""
         if self.next_sync is None:
-            return None
+            return None  # not loaded: the next decision tries again, and fails closed
         now = time.monotonic()
         if now < self.next_sync:
             return self.next_sync - now
@@ -240,6 +250,7 @@ def _approval_answer(
     return {
         "run": row,
         "failed_stage": stage,
+        "recorded": False,
         "request_hash": exact,
         "retry_key": retry_key_of(document, exact),
         "hold": {

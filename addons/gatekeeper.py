@@ -28,6 +28,7 @@ from typing import Any
 from mitmproxy import connection, ctx, exceptions, http, tcp, udp
 from sqlalchemy.engine import make_url
 
+from addons.decider import FAULT as DECIDER_FAULT
 from addons.decider import failed_evaluation, request_fields, run_row
 from addons.decision_log import DecisionLog
 from addons.document import minimal_document, normalise_host
@@ -188,8 +189,6 @@ class Gate:
             self._open_store(ctx.options.airlock_db)
         if "airlock_mode" in updated:
             self.mode = ctx.options.airlock_mode
-        if _CONFIG_OPTIONS & updated and self.writer is not None:
-            self.writer.tell(["configure", self._decider_config()])
         if _SURFACE_OPTIONS & updated:
             self.surface = ControlSurface.from_options()
         if "airlock_webhook" in updated:
@@ -201,6 +200,16 @@ class Gate:
             raise exceptions.OptionsError(
                 "airlock_hold_timeout must be a positive number of seconds"
             )
+        if _CONFIG_OPTIONS & updated and self.writer is not None and self.writer.running:
+            # Sent now, ahead of any later request; a (re)started decider gets it in its setup.
+            self._spawn(self._reconfigured(self.writer.ask(["configure", self._decider_config()])))
+
+    async def _reconfigured(self, answer: asyncio.Future[Any]) -> None:
+        try:
+            await asyncio.wait_for(answer, STORE_TIMEOUT)
+        except Exception as e:
+            log.error("the decider did not take the new configuration and decides with the "
+                      "previous one until it restarts: %s", e)  # fmt: skip
 
     def _load_config(self) -> Config:
         started = time.perf_counter()
@@ -426,6 +435,8 @@ class Gate:
         if decided is None:
             return
         run = decided["run"]
+        if run["decision"] != REQUIRE_APPROVAL and not decided["recorded"]:
+            raise RuntimeError("the decider answered with a decision it did not record")
         hold, joined = None, None
         if run["decision"] == REQUIRE_APPROVAL:
             exact, retry_key = decided["request_hash"], decided["retry_key"]
@@ -467,6 +478,8 @@ class Gate:
             async with asyncio.timeout(STORE_TIMEOUT):  # cheaper than wait_for: no extra task
                 return await self.writer.ask(["decide", fields], request.raw_content or b"")
         except Exception as e:
+            if str(e).startswith(DECIDER_FAULT):
+                raise  # not the store: refused as a fault of the gate, and recorded if it can be
             if isinstance(e, TimeoutError):
                 e = TimeoutError(f"the store did not answer within {STORE_TIMEOUT:.0f} s")
                 self._record_outcome(run_id, "store_timeout", 403)  # if it lands later

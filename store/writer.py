@@ -156,6 +156,10 @@ class StoreWriter:
             self._flush_timer = None
         self._socket = None
 
+    @property
+    def running(self) -> bool:
+        return self._socket is not None
+
     # --- jobs --------------------------------------------------------------------------------
 
     def submit(self, job: Job) -> asyncio.Future[Any]:

@@ -98,3 +98,25 @@ def test_the_request_crosses_to_the_decider_byte_for_byte() -> None:
     assert (crossed.host, crossed.port, crossed.raw_content) == (
         request.host, request.port, b"\x00\x01",
     )  # fmt: skip
+
+
+def test_budgets_never_decide_without_their_past(tmp_path: Path) -> None:
+    """The recent past could not be read (here: no tables yet): decisions fail closed, and the
+    decider tries again before each one instead of deciding on an empty history."""
+    engine = open_engine(f"sqlite:///{tmp_path / 'a.db'}")
+    writer = GroupWriter(engine)
+    decider = Decider(writer)
+    fields, body = charge(500)
+    try:
+        decider.take([setup_message()])
+        assert decider.next_sync is None
+        blocked = decider.take([hosted_frame(1, ["decide", fields], body)])
+        create_schema(engine)
+        allowed = decider.take([hosted_frame(2, ["decide", fields], body)])
+    finally:
+        writer.close()
+        engine.dispose()
+    [(_, record)] = [decode_job(f) for f in blocked.frames]
+    assert record.run["decision"] == "BLOCK"
+    assert "Airlock failed" in record.run["reason"]
+    assert allowed.results[2]["run"]["decision"] == "ALLOW"

@@ -137,6 +137,7 @@ def test_store_failure_blocks_the_request_and_says_why(tmp_path: Path) -> None:
     first, second = stripe_flow(b"amount=5&currency=usd"), stripe_flow(b"amount=6&currency=usd")
 
     async def scenario(gate: Gate, _: Any) -> None:
+        await gate.request(stripe_flow(b"amount=4&currency=usd"))  # the decider has its past
         with gate.engine.begin() as conn:
             conn.execute(text("DROP TABLE approvals"))
             conn.execute(text("DROP TABLE runs"))
@@ -152,7 +153,7 @@ def test_store_failure_blocks_the_request_and_says_why(tmp_path: Path) -> None:
     [log] = tmp_path.glob("*-commitlog-*")
     fd = os.open(log, os.O_RDONLY)
     try:
-        [(_, kept)] = list(read_records(fd))  # kept for the next writer to replay
+        *_, (_, kept) = list(read_records(fd))  # kept for the next writer to replay
     finally:
         os.close(fd)
     assert first.metadata["airlock"].encode() in kept
@@ -361,6 +362,29 @@ def test_a_store_that_does_not_answer_blocks_in_bounded_time(
     with_gate(tmp_path, scenario)
     assert flow.response.status_code == 403
     assert "did not answer within" in json.loads(flow.response.content)["reason"]
+
+
+def test_a_fault_in_the_decider_blocks_and_is_recorded_as_the_gates(tmp_path: Path) -> None:
+    from addons.decider import FAULT
+    from store.wire import StoreError
+
+    flow = stripe_flow(b"amount=5&currency=usd")
+
+    async def scenario(gate: Gate, _: Any) -> None:
+        def fails(*_: Any) -> asyncio.Future[Any]:
+            failed = asyncio.get_running_loop().create_future()
+            failed.set_exception(StoreError(f"{FAULT}: KeyError('x')"))
+            return failed
+
+        gate.writer.ask = fails
+        await gate.request(flow)
+
+    gate = with_gate(tmp_path, scenario)
+    assert flow.response.status_code == 403
+    assert gate.metrics.fail_closed.labels("gate")._value.get() == 1
+    assert gate.metrics.fail_closed.labels("store")._value.get() == 0
+    [run] = stored_runs(tmp_path)
+    assert (run.decision, run.id) == ("BLOCK", flow.metadata["airlock"])
 
 
 def test_non_http_traffic_is_cut_and_unsafe_options_are_fixed(tmp_path: Path) -> None:
