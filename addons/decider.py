@@ -166,13 +166,15 @@ class Decider:
     # --- the recent past, for budgets, rates and risk ----------------------------------------
 
     def _remember(self, run: dict[str, Any], passed: bool) -> None:
-        self.history.record(
-            run["id"], run["agent"], run["action"], run["at"], run["params"], passed,
-            self._roles_of(run["agent"]), run["target"],
-        )  # fmt: skip
+        self._count(run["id"], run["agent"], run["action"], run["at"], run["params"], passed,
+                    run["target"])  # fmt: skip
 
-    def _roles_of(self, agent: str) -> tuple[str, ...]:
-        return self.config.agents.roles_of(agent) if self.config else ()
+    def _count(
+        self, run_id: str, agent: str, action: str, at: float, params: dict[str, Any],
+        passed: bool, target: str | None,
+    ) -> None:  # fmt: skip
+        roles = self.config.agents.roles_of(agent) if self.config else ()
+        self.history.record(run_id, agent, action, at, params, passed, roles, target)
 
     def _load_history_or_say_why(self) -> None:
         try:
@@ -194,10 +196,7 @@ class Decider:
         for r in decisions:
             passed = let_through(r.decision, r.outcome)
             if passed is not None:
-                self.history.record(
-                    r.id, r.agent, r.action, r.at, r.params, passed, self._roles_of(r.agent),
-                    r.target,
-                )  # fmt: skip
+                self._count(r.id, r.agent, r.action, r.at, r.params, passed, r.target)
 
     def tick(self) -> float | None:
         """Other proxy instances on the same database: their decisions count here too, read in

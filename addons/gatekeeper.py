@@ -416,8 +416,7 @@ class Gate:
             self._record_outcome(run_id, "error", 403)
             return
         with contextlib.suppress(Exception):  # the store may be what failed
-            document = minimal_document(flow.request, ANONYMOUS)
-            row = run_row(run_id, self.instance, document, failed_evaluation(document, error), 0.0)
+            row = self._failed_run(flow.request, run_id, ANONYMOUS, error)
             row.update(outcome="blocked", status=403)
             assert self.writer is not None
             await asyncio.wait_for(self.writer.submit(DecisionRecord(row)), STORE_TIMEOUT)
@@ -483,10 +482,15 @@ class Gate:
             if isinstance(e, TimeoutError):
                 e = TimeoutError(f"the store did not answer within {STORE_TIMEOUT:.0f} s")
                 self._record_outcome(run_id, "store_timeout", 403)  # if it lands later
-            document = minimal_document(request, agent)
-            run = run_row(run_id, self.instance, document, failed_evaluation(document, e), 0.0)
-            self._refuse_unrecorded(flow, run, e)
+            self._refuse_unrecorded(flow, self._failed_run(request, run_id, agent, e), e)
             return None
+
+    def _failed_run(
+        self, request: http.Request, run_id: str, agent: str, error: Exception
+    ) -> dict[str, Any]:
+        """The row of a request refused because Airlock failed: only what cannot fail to read."""
+        document = minimal_document(request, agent)
+        return run_row(run_id, self.instance, document, failed_evaluation(document, error), 0.0)
 
     async def _record(
         self, flow: http.HTTPFlow, run: dict[str, Any], hold: HoldRequest | None

@@ -120,7 +120,7 @@ class Server:
                 self._write(frames)
             wait = self.host.tick()
             if self._owes_sync():
-                wait = min(wait or SYNC_INTERVAL, SYNC_INTERVAL)
+                wait = SYNC_INTERVAL if wait is None else min(wait, SYNC_INTERVAL)
             self.sock.settimeout(wait)
             try:
                 chunk = self.sock.recv(READ_SIZE)
