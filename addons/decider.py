@@ -31,7 +31,7 @@ from typing import Any
 
 from mitmproxy import http
 
-from addons.document import Document, build_document, minimal_document
+from addons.document import Document, WireRequest, build_document, minimal_document
 from addons.evaluation import Config, Evaluation, evaluate
 from addons.history import RISK_WINDOW, History
 from addons.mappings import fallback_action
@@ -217,20 +217,22 @@ class Decider:
         return self.sync_every
 
 
-def _request(fields: dict[str, Any], body: bytes) -> http.Request:
-    """The request as mitmproxy held it: names and values travel as latin-1, byte for byte."""
-    headers = http.Headers(
-        [(n.encode("latin-1"), v.encode("latin-1")) for n, v in fields["headers"]]
-    )
-    return http.Request(
-        fields["host"], fields["port"], fields["method"].encode("latin-1"),
-        fields["scheme"].encode("latin-1"), b"", fields["path"].encode("latin-1"), b"HTTP/1.1",
-        headers, body, None, 0.0, 0.0,
+def _request(fields: dict[str, Any], body: bytes) -> WireRequest:
+    """The request as mitmproxy held it: it travels as latin-1 text, byte for byte."""
+    return WireRequest(
+        _as_mitmproxy_reads(fields["method"]), _as_mitmproxy_reads(fields["scheme"]),
+        fields["host"], fields["port"], _as_mitmproxy_reads(fields["path"]), fields["headers"],
+        body,
     )  # fmt: skip
 
 
+def _as_mitmproxy_reads(latin1: str) -> str:
+    return latin1.encode("latin-1").decode("utf-8", "surrogateescape")
+
+
 def request_fields(request: http.Request) -> dict[str, Any]:
-    """What the decider needs of a request besides its body (the proxy's side of `_request`)."""
+    """What the decider needs of a request besides its body (the proxy's side of `_request`).
+    Latin-1, not mitmproxy's UTF-8 with escapes: JSON cannot carry those escapes."""
     data = request.data
     return {
         "host": request.host,

@@ -10,8 +10,9 @@ import pytest
 from mitmproxy.test import tutils
 
 from addons.decider import Decider, _request, request_fields
+from addons.document import build_document
 from store.schema import create_schema, open_engine
-from store.wire import decode_job, hosted_frame
+from store.wire import decode_job, hosted_frame, hosted_message
 from store.writer import GroupWriter
 from tests.helpers.proxy import PROJECT_ROOT
 
@@ -91,13 +92,17 @@ def test_the_request_crosses_to_the_decider_byte_for_byte() -> None:
         method=b"PATCH", path=b"/a%20b/\xc3\xa9?q=\xff", authority=b"",
         headers=[(b"X-Raw", b"\xfe\x00v"), (b"x-raw", b"second")], content=b"\x00\x01",
     )  # fmt: skip
-    crossed = _request(request_fields(request), request.raw_content or b"")
-    assert crossed.data.path == request.data.path
-    assert crossed.data.method == request.data.method
-    assert crossed.headers.fields == request.headers.fields
+    sent = hosted_frame(1, ["decide", request_fields(request)], request.raw_content or b"")
+    (_, fields), tail = hosted_message(sent)
+    crossed = _request(fields, tail)
+
+    assert (crossed.method, crossed.path) == (request.method, request.path)
+    as_sent = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in crossed.headers]
+    assert as_sent == list(request.headers.fields)
     assert (crossed.host, crossed.port, crossed.raw_content) == (
         request.host, request.port, b"\x00\x01",
     )  # fmt: skip
+    assert build_document(crossed, "a") == build_document(request, "a")
 
 
 def test_budgets_never_decide_without_their_past(tmp_path: Path) -> None:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import gzip
+
 from mitmproxy.test import tutils
 
 from addons.document import build_document, parse_form
@@ -180,3 +182,13 @@ def test_bodies_without_a_content_type_are_sniffed() -> None:
     payload = build_document(request(b'{"dry": true}', ""), "a")
     assert (payload["body_format"], payload["body"]) == ("json", {"dry": True})
     assert build_document(request(b"plain", ""), "a")["body_format"] == "text"
+
+
+def test_a_compressed_body_is_read_as_the_api_reads_it() -> None:
+    compressed = request(gzip.compress(b'{"amount": 900}'), "application/json")
+    compressed.headers["Content-Encoding"] = "gzip"
+    assert build_document(compressed, "a")["body"] == {"amount": 900}
+
+    mislabelled = request(b'{"amount": 900}', "application/json")
+    mislabelled.headers["Content-Encoding"] = "gzip"  # not gzip: kept as sent
+    assert build_document(mislabelled, "a")["body"] == {"amount": 900}
