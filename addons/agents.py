@@ -27,7 +27,14 @@ from pathlib import Path
 from typing import Any
 
 from addons.hosts import host_glob_regex
-from addons.yaml_source import ConfigError, Node, Seq, expect_keys, load_yaml
+from addons.yaml_source import (
+    ConfigError,
+    Node,
+    Seq,
+    expect_keys,
+    load_yaml,
+    optional_file_exists,
+)
 
 AGENTS_FILE = "agents.yaml"
 _AGENT_KEYS = {"id", "roles", "key_hash", "enabled", "description"}
@@ -101,7 +108,7 @@ def new_key() -> str:
 def _optional_file(policies_dir: Path, name: str) -> tuple[Path, Any] | None:
     """(path, parsed root) of an optional file beside the policies; None when absent or empty."""
     path = policies_dir / name
-    if not policies_dir.is_dir() or not path.exists():
+    if not optional_file_exists(path):
         return None
     root = load_yaml(path)
     return None if root is None else (path, root)

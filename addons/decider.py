@@ -8,9 +8,10 @@ once the record is durable, as it did before (measured in README's Performance).
 
 Started by the gate as `python -m addons.decider FD` (store/writer.py). Messages, [kind, fields]
 in store/wire.py's hosted frames:
-  setup      config paths, mode, the proxy's instance name, how often to read other instances'
-             decisions; first after the database URL, at every start
-  configure  config paths and mode, after the proxy reloaded them
+  setup      the configuration (the texts of the files the proxy loaded, addons/yaml_source.py),
+             mode, the proxy's instance name, how often to read other instances' decisions;
+             first after the database URL, at every start
+  configure  the configuration and mode, after the proxy reloaded them
   decide     one request (the body is the frame's tail). Answered {"run": summary} once its
              record is durable; REQUIRE_APPROVAL is answered at once, unrecorded, with the whole
              row and what the proxy needs to open or join the approval and record it
@@ -37,6 +38,7 @@ from addons.history import RISK_WINDOW, History
 from addons.mappings import fallback_action
 from addons.policies import ALLOW, BLOCK, ENFORCE, OFF, REQUIRE_APPROVAL, Shadow, Verdict
 from addons.redaction import redact_document, redact_text, redact_value
+from addons.yaml_source import replaying_sources
 from store.history import (
     PastDecision,
     agent_actions,
@@ -116,7 +118,8 @@ class Decider:
     # --- configuration ---------------------------------------------------------------------
 
     def _configure(self, fields: dict[str, Any]) -> None:
-        config = Config.load(Path(fields["mappings"]), Path(fields["policies"]))
+        with replaying_sources(fields["sources"]):  # what the proxy validated, not the disk
+            config = Config.load(Path(fields["mappings"]), Path(fields["policies"]))
         self.mode = fields["mode"]
         gc.unfreeze()  # the configuration being replaced may be collected
         self.config = config

@@ -39,7 +39,7 @@ from addons.notify import Notifier
 from addons.policies import BLOCK, ENFORCE, MODES, REQUIRE_APPROVAL, Verdict
 from addons.redaction import redact_text
 from addons.routing import Routing
-from addons.yaml_source import ConfigError
+from addons.yaml_source import ConfigError, Sources, recording_sources
 from store.approvals import (
     ABANDONED,
     APPROVED,
@@ -112,6 +112,7 @@ class Gate:
     def __init__(self, metrics: Metrics | None = None) -> None:
         self.metrics = metrics or Metrics()
         self.config: Config | None = None
+        self.sources: Sources = {"files": {}, "folders": {}}  # what self.config was compiled from
         self.writer: StoreWriter | None = None
         self.engine: Any = None
         # Unique per start, even for a restarted container's pid 1: other instances' records
@@ -214,11 +215,13 @@ class Gate:
     def _load_config(self) -> Config:
         started = time.perf_counter()
         try:
-            config = Config.load(
-                Path(ctx.options.airlock_mappings), Path(ctx.options.airlock_policies)
-            )
+            with recording_sources() as sources:
+                config = Config.load(
+                    Path(ctx.options.airlock_mappings), Path(ctx.options.airlock_policies)
+                )
         except ConfigError as e:
             raise exceptions.OptionsError(str(e)) from e
+        self.sources = sources
         log.info(
             "loaded %d mappings and %d policy rules in %.0f ms",
             len(config.mappings),
@@ -246,9 +249,12 @@ class Gate:
         return [hosted_frame(0, ["setup", setup | self._decider_config()])]
 
     def _decider_config(self) -> dict[str, Any]:
+        """The files the proxy loaded and validated, as it read them: a decider (re)started
+        later must not pick up edits on disk that were never loaded (or are broken)."""
         return {
-            "mappings": str(Path(ctx.options.airlock_mappings).resolve()),
-            "policies": str(Path(ctx.options.airlock_policies).resolve()),
+            "mappings": ctx.options.airlock_mappings,
+            "policies": ctx.options.airlock_policies,
+            "sources": self.sources,
             "mode": self.mode,
         }
 

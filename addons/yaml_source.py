@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+# What a configuration was compiled from: {"files": {path: text}, "folders": {path: [path]}}.
+# The proxy records it while it loads and validates; the decider process compiles the same
+# snapshot instead of reading the disk again, where files may have been edited since.
+Sources = dict[str, dict[str, Any]]
+_recording: ContextVar[Sources | None] = ContextVar("airlock_recording", default=None)
+_replaying: ContextVar[Sources | None] = ContextVar("airlock_replaying", default=None)
 
 
 @dataclass(frozen=True)
@@ -95,13 +105,55 @@ def _loader_for(file: str) -> type[yaml.SafeLoader]:
     return PositionLoader
 
 
-def load_yaml(path: Path) -> Any:
-    """Parse one YAML file; syntax errors become ConfigError with the file's line and column."""
+@contextmanager
+def recording_sources() -> Iterator[Sources]:
+    """Keep every file and folder listing the configuration is loaded from, inside."""
+    sources: Sources = {"files": {}, "folders": {}}
+    token = _recording.set(sources)
+    try:
+        yield sources
+    finally:
+        _recording.reset(token)
+
+
+@contextmanager
+def replaying_sources(sources: Sources) -> Iterator[None]:
+    """Inside, configuration files are read from a recording, never from the disk."""
+    token = _replaying.set(sources)
+    try:
+        yield
+    finally:
+        _replaying.reset(token)
+
+
+def _read_text(path: Path) -> str:
     file = str(path)
+    replayed = _replaying.get()
+    if replayed is not None:
+        if file not in replayed["files"]:
+            raise ConfigError(file, "not among the files the proxy loaded")
+        return str(replayed["files"][file])
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(file, f"cannot read: {e.strerror}") from e
+    recording = _recording.get()
+    if recording is not None:
+        recording["files"][file] = text
+    return text
+
+
+def optional_file_exists(path: Path) -> bool:
+    replayed = _replaying.get()
+    if replayed is not None:
+        return str(path) in replayed["files"]
+    return path.parent.is_dir() and path.exists()
+
+
+def load_yaml(path: Path) -> Any:
+    """Parse one YAML file; syntax errors become ConfigError with the file's line and column."""
+    file = str(path)
+    text = _read_text(path)
     try:
         return yaml.load(text, Loader=_loader_for(file))
     except yaml.MarkedYAMLError as e:
@@ -112,15 +164,25 @@ def load_yaml(path: Path) -> Any:
 
 def yaml_files(directory: Path) -> list[Path]:
     """The YAML files of a config folder in a stable order (the order rules are tried in)."""
+    replayed = _replaying.get()
+    if replayed is not None:
+        if str(directory) not in replayed["folders"]:
+            raise ConfigError(str(directory), "not among the folders the proxy loaded")
+        return [Path(p) for p in replayed["folders"][str(directory)]]
     if directory.is_file():
-        return [directory]
-    if not directory.is_dir():
+        files = [directory]
+    elif not directory.is_dir():
         raise ConfigError(str(directory), "no such directory")
-    return sorted(
-        p
-        for p in directory.iterdir()
-        if p.suffix in (".yaml", ".yml") and not p.name.endswith((".test.yaml", ".test.yml"))
-    )
+    else:
+        files = sorted(
+            p
+            for p in directory.iterdir()
+            if p.suffix in (".yaml", ".yml") and not p.name.endswith((".test.yaml", ".test.yml"))
+        )
+    recording = _recording.get()
+    if recording is not None:
+        recording["folders"][str(directory)] = [str(p) for p in files]
+    return files
 
 
 def expect_keys(node: Node, allowed: set[str], required: set[str], what: str) -> None:

@@ -15,7 +15,7 @@ from mitmproxy.test import tflow
 from addons.agents import hash_key, load_agents, new_key, verify_key
 from addons.evaluation import Config, evaluate
 from addons.gatekeeper import Gate
-from addons.yaml_source import ConfigError
+from addons.yaml_source import ConfigError, recording_sources, replaying_sources
 from tests.helpers.proxy import PROJECT_ROOT
 from tests.test_gatekeeper import stored_runs, stripe_flow, with_gate
 from tests.test_mappings import doc
@@ -150,3 +150,25 @@ def test_plain_http_requests_need_credentials_too(tmp_path: Path) -> None:
 
     with_gate(tmp_path, scenario, airlock_policies=str(agents_dir(tmp_path)))
     assert flow.response.status_code == 407
+
+
+def test_a_recorded_configuration_compiles_the_same_after_its_files_change(
+    tmp_path: Path,
+) -> None:
+    """What the decider process compiles (addons/decider.py): the files as the proxy read them,
+    agents included, whatever happened on disk since."""
+    policies = agents_dir(tmp_path)
+    with recording_sources() as sources:
+        loaded = Config.load(PROJECT_ROOT / "mappings", policies)
+    (policies / "agents.yaml").unlink()
+    (policies / "late.yaml").write_text("rules: [{id: late, decision: BLOCK}]\n")
+    with replaying_sources(json.loads(json.dumps(sources))):  # as it crosses the socket
+        replayed = Config.load(PROJECT_ROOT / "mappings", policies)
+
+    assert replayed.agents.authenticate("billing-bot", KEY) is not None
+    assert [r.id for r in replayed.policies.rules] == [r.id for r in loaded.policies.rules]
+    assert len(replayed.mappings.mappings) == len(loaded.mappings.mappings)
+    assert "late" not in {r.id for r in replayed.policies.rules}
+    missing = pytest.raises(ConfigError, match="not among the folders the proxy loaded")
+    with missing, replaying_sources(sources):
+        Config.load(tmp_path / "elsewhere", policies)

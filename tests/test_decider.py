@@ -11,6 +11,8 @@ from mitmproxy.test import tutils
 
 from addons.decider import Decider, _request, request_fields
 from addons.document import build_document
+from addons.evaluation import Config
+from addons.yaml_source import recording_sources
 from store.schema import create_schema, open_engine
 from store.wire import decode_job, hosted_frame, hosted_message
 from store.writer import GroupWriter
@@ -38,11 +40,15 @@ def charge(amount: int) -> tuple[dict[str, Any], bytes]:
 
 
 def setup_message() -> bytes:
+    mappings, policies = PROJECT_ROOT / "mappings", PROJECT_ROOT / "policies"
+    with recording_sources() as sources:
+        Config.load(mappings, policies)
     setup = {
         "instance": "test-1",
         "sync_every": 60.0,
-        "mappings": str(PROJECT_ROOT / "mappings"),
-        "policies": str(PROJECT_ROOT / "policies"),
+        "mappings": str(mappings),
+        "policies": str(policies),
+        "sources": sources,
         "mode": "enforce",
     }
     return hosted_frame(0, ["setup", setup])

@@ -534,3 +534,26 @@ def test_a_restarted_decider_decides_with_the_same_configuration(tmp_path: Path)
     assert flow.response is None  # shadow mode, as configured
     [run] = stored_runs(tmp_path)
     assert (run.decision, run.shadow_decision) == ("ALLOW", "BLOCK")
+
+
+def test_a_restarted_decider_ignores_edits_on_disk_the_proxy_never_loaded(tmp_path: Path) -> None:
+    """Policies edited on disk take effect when the proxy reloads them (and validates them
+    first), never because the decider process happened to restart."""
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "p.yaml").write_text(
+        "rules:\n  - {id: no-charges, when: {action: create_charge}, decision: BLOCK}\n"
+    )
+    flow = stripe_flow(b"amount=5&currency=usd")
+
+    async def scenario(gate: Gate, _: Any) -> None:
+        (policies / "p.yaml").write_text("rules: []\n")  # edited, not reloaded
+        (policies / "q.yaml").write_text("rules: [{id: broken\n")
+        assert gate.writer is not None and gate.writer._process is not None
+        first = gate.writer._process
+        first.kill()
+        await asyncio.to_thread(first.wait)
+        await gate.request(flow)
+
+    with_gate(tmp_path, scenario, airlock_policies=str(policies))
+    assert json.loads(flow.response.content)["rules"] == ["no-charges"]
