@@ -32,7 +32,13 @@ from typing import Any
 
 from mitmproxy import http
 
-from addons.document import Document, WireRequest, build_document, minimal_document
+from addons.document import (
+    Document,
+    WireRequest,
+    build_document,
+    latin1_headers,
+    minimal_document,
+)
 from addons.evaluation import Config, Evaluation, evaluate
 from addons.history import RISK_WINDOW, History
 from addons.mappings import fallback_action
@@ -243,7 +249,7 @@ def request_fields(request: http.Request) -> dict[str, Any]:
         "method": data.method.decode("latin-1"),
         "scheme": data.scheme.decode("latin-1"),
         "path": data.path.decode("latin-1"),
-        "headers": [(n.decode("latin-1"), v.decode("latin-1")) for n, v in data.headers.fields],
+        "headers": latin1_headers(request),
     }
 
 

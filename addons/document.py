@@ -43,16 +43,20 @@ class WireRequest:
 
     @classmethod
     def of(cls, request: http.Request) -> WireRequest:
-        fields = request.data.headers.fields
         return cls(
             request.method,
             request.scheme,
             request.host,
             request.port,
             request.path,
-            [(n.decode("latin-1"), v.decode("latin-1")) for n, v in fields],
+            latin1_headers(request),
             request.raw_content or b"",
         )
+
+
+def latin1_headers(request: http.Request) -> list[tuple[str, str]]:
+    """Header names and values as text that JSON can carry and that encodes back to the bytes."""
+    return [(n.decode("latin-1"), v.decode("latin-1")) for n, v in request.data.headers.fields]
 
 
 class RequestLine(Protocol):
