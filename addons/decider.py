@@ -75,6 +75,7 @@ class Decider:
     def __init__(self, writer: GroupWriter) -> None:
         self.engine = writer.engine
         self.config: Config | None = None
+        self.compiled_from: tuple[str, str, Any] | None = None  # what self.config came from
         self.missing = "the decider has no configuration"  # why config is None
         self.mode = ENFORCE
         self.instance = ""
@@ -124,9 +125,13 @@ class Decider:
     # --- configuration ---------------------------------------------------------------------
 
     def _configure(self, fields: dict[str, Any]) -> None:
+        compiled_from = (fields["mappings"], fields["policies"], fields["sources"])
+        if self.config is not None and compiled_from == self.compiled_from:
+            self.mode = fields["mode"]  # only the mode changed: a large catalog takes seconds
+            return
         with replaying_sources(fields["sources"]):  # what the proxy validated, not the disk
             config = Config.load(Path(fields["mappings"]), Path(fields["policies"]))
-        self.mode = fields["mode"]
+        self.mode, self.compiled_from = fields["mode"], compiled_from
         gc.unfreeze()  # the configuration being replaced may be collected
         self.config = config
         self.history.horizon = max(RISK_WINDOW, config.policies.longest_window)
