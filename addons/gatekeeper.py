@@ -116,7 +116,7 @@ class Gate:
         self.writer: StoreWriter | None = None
         self.engine: Any = None
         # Unique per start, even for a restarted container's pid 1: other instances' records
-        # (an earlier process's, replayed from its commit log) are told apart from this one's.
+        # (an earlier process's, committed late) are told apart from this one's.
         self.instance = f"{socket.gethostname()}-{os.getpid()}.{secrets.token_hex(3)}"
         self.log = DecisionLog()
         self.holds: dict[str, Hold] = {}

@@ -39,7 +39,7 @@ class Metrics:
         )
         self.commit_seconds = Histogram(
             "airlock_store_commit_seconds",
-            "Time to make one group of records durable (SQLite: its commit log write).",
+            "Time to make one group of records durable (the database's own commit).",
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )

@@ -139,16 +139,6 @@ class AuditHead(Base):
     hash: Mapped[str] = mapped_column(String(64))
 
 
-class CommitLogMark(Base):
-    """The last commit-log record each writer process applied (SQLite only; store/commit_log.py):
-    committed in the same transaction as the records, so a replay never applies one twice."""
-
-    __tablename__ = "commit_log_marks"
-
-    log: Mapped[str] = mapped_column(String(200), primary_key=True)
-    seq: Mapped[int] = mapped_column(Integer)
-
-
 GENESIS_HASH = "0" * 64
 
 

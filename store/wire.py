@@ -1,12 +1,10 @@
 """How the proxy and its writer process talk: length-prefixed frames over a socket pair.
 
 A job travels as one frame: a binary head (its sequence number, 0 when nobody awaits the result,
-and its flag) and JSON `[kind, fields]`. The flag says whether the job may be acknowledged once
-in the commit log (the head lets the writer log and acknowledge a group before decoding it), or
-that the frame is for the process that hosts the writer (the gate's decider, addons/decider.py),
-which turns it into jobs before the store sees it. The writer answers in JSON:
-`["logged", seconds, size, [seq, ...]]` for a logged group, else `["commit", seconds, size]`
-per group, and `[seq, ok, value]` per awaited job that has a value or failed.
+and its flag) and JSON `[kind, fields]`. The flag says whether the frame is a store job or is for
+the process that hosts the writer (the gate's decider, addons/decider.py), which turns it into
+jobs before the store sees it. The writer answers in JSON: `["commit", seconds, size]` per
+group, and `[seq, ok, value]` per awaited job that has a value or failed.
 """
 
 from __future__ import annotations
@@ -29,10 +27,8 @@ from store.records import (
 
 _LENGTH = struct.Struct("!I")
 _JOB_HEAD = struct.Struct("!QB")  # sequence number, flag (after the length)
-STORED, LOGGABLE, HOSTED = 0, 1, 2  # flags: a store job, one the log may acknowledge, not a job
+STORED, HOSTED = 0, 2  # flags: a store job, a message for the writer's host
 _BODY = _LENGTH.size + _JOB_HEAD.size
-_OLD_FORMAT = ord("[")  # a job frame before the head: JSON [seq, kind, fields] (a head starts
-# with a sequence number's high byte, 0 below 2**56)
 
 
 class StoreError(RuntimeError):
@@ -87,8 +83,7 @@ def _loads(body: bytes) -> Any:
 
 def job_frame(sequence: int, job: Any) -> bytes:
     body = _json(job_fields(job))
-    flag = LOGGABLE if loggable(job) else STORED
-    return _LENGTH.pack(_JOB_HEAD.size + len(body)) + _JOB_HEAD.pack(sequence, flag) + body
+    return _LENGTH.pack(_JOB_HEAD.size + len(body)) + _JOB_HEAD.pack(sequence, STORED) + body
 
 
 def job_head(whole_frame: bytes) -> tuple[int, int]:
@@ -114,17 +109,9 @@ def hosted_message(whole_frame: bytes) -> tuple[Any, bytes]:
 
 def decode_job(whole_frame: bytes) -> tuple[int, Any]:
     """(sequence, job) of a job frame."""
-    if whole_frame[_LENGTH.size] == _OLD_FORMAT:  # a commit log left by an earlier version
-        sequence, kind, fields = decode(whole_frame)
-        return sequence, job_from(kind, fields)
     sequence, _ = _JOB_HEAD.unpack_from(whole_frame, _LENGTH.size)
     kind, fields = _loads(whole_frame[_BODY:])
     return sequence, job_from(kind, fields)
-
-
-def loggable(job: Any) -> bool:
-    """Jobs whose answer does not depend on the database: committed once in the commit log."""
-    return isinstance(job, OutcomeRecord) or (isinstance(job, DecisionRecord) and not job.hold)
 
 
 def job_fields(job: Any) -> tuple[str, dict[str, Any]]:

@@ -3,7 +3,7 @@ never waits for the interpreter lock while the database is written.
 
 The proxy sends each job over a socket pair (one non-blocking send) and awaits its own future.
 The writer process (store/writer_process.py) reads everything sent meanwhile, makes it durable
-with one fsync for the group (SQLite: in its commit log first) and answers each awaited job.
+with one commit for the group (the database's own durability) and answers each awaited job.
 Under load groups grow by themselves, so durability costs a commit per group, not per request.
 A separate process rather than a thread: the writer's Python work then runs on another core
 instead of taking turns with the proxy for the interpreter lock (measured: store commits 3.4 ms
@@ -17,7 +17,6 @@ import itertools
 import logging
 import os
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -27,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
 
 from store.audit import Event, append_events
 from store.prepared import raw_transaction
@@ -251,9 +249,7 @@ class StoreWriter:
 
     def _answer(self, messages: list[Any]) -> None:
         for message in messages:
-            if message[0] == "logged":  # a group in the commit log: its awaited jobs are done
-                self._logged(message[3])
-            if message[0] in ("logged", "commit"):
+            if message[0] == "commit":
                 if self.on_commit:
                     self.on_commit(message[1], message[2])
                 continue
@@ -265,12 +261,6 @@ class StoreWriter:
                 future.set_result(result_from(kind, value))
             else:
                 future.set_exception(StoreError(value))
-
-    def _logged(self, sequences: list[int]) -> None:
-        for sequence in sequences:
-            _, future = self._waiting.pop(sequence, (None, None))
-            if future is not None and not future.done():
-                future.set_result(None)
 
     def _writer_died(self, reason: str) -> None:
         """Every waiting job fails (its request is refused); the next job starts a new process."""
@@ -316,15 +306,12 @@ class Pending:
 
 
 class GroupWriter:
-    """Writes groups of jobs, each group in one transaction, on one pooled DBAPI connection.
-
-    On SQLite with a commit log (store/commit_log.py), logged groups are committed at
-    `synchronous=NORMAL` with the log's mark, and `make_durable` syncs them all at once."""
+    """Writes groups of jobs, each group in one durable transaction, on one pooled DBAPI
+    connection (SQLite: synchronous=FULL, set by open_engine on every connection)."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._connection: Any = None
-        self._synchronous = "FULL"  # what open_engine sets on every SQLite connection
 
     def close(self) -> None:
         if self._connection is not None:
@@ -334,7 +321,7 @@ class GroupWriter:
     def write_group(self, group: list[Pending]) -> list[tuple[int, bool, Any]]:
         """Commit durably; (sequence, ok, result or error text) for each job."""
         try:
-            results = self._commit(group, durable=True)
+            results = self._commit(group)
         except Exception:
             # One bad job must not fail the others: write each alone to find it.
             return [self._commit_alone(pending) for pending in group]
@@ -342,68 +329,22 @@ class GroupWriter:
 
     def _commit_alone(self, pending: Pending) -> tuple[int, bool, Any]:
         try:
-            return pending.sequence, True, self._commit([pending], durable=True)[0]
+            return pending.sequence, True, self._commit([pending])[0]
         except Exception as e:
             log.error("store write failed: %s", e)
             return pending.sequence, False, f"the store refused the write: {e}"
-
-    def apply_logged(self, group: list[Pending], mark: Mark, keep: Keep) -> None:
-        """Commit a group already durable in the commit log, with its mark, not yet synced. Jobs
-        the database refuses go to `keep` before the mark moves; an outage raises instead."""
-        try:
-            self._commit(group, durable=False, mark=mark)
-        except Exception as e:
-            if is_outage(e):
-                raise  # locked, full, I/O: the group stays in the log, and is tried again
-            self._commit_each(group, mark, keep)
-
-    def make_durable(self, mark: Mark) -> None:
-        """One synced commit: every group applied before it is now on disk."""
-        self._commit([], durable=True, mark=mark)
-
-    def mark_of(self, log_name: str) -> int:
-        """The last record of this commit log already in the database (0: none)."""
-        row = (
-            self._open()
-            .dbapi_connection.execute("SELECT seq FROM commit_log_marks WHERE log = ?", (log_name,))
-            .fetchone()
-        )
-        return row[0] if row else 0
-
-    def forget_mark(self, log_name: str) -> None:
-        with raw_transaction(self.engine, self._open()) as tx:
-            tx.db.execute("DELETE FROM commit_log_marks WHERE log = ?", (log_name,))
-
-    def _commit_each(self, group: list[Pending], mark: Mark, keep: Keep) -> None:
-        """The group again in one transaction, each job in a savepoint: the refused ones are
-        kept aside and left out, and the mark still moves with the rest."""
-        with raw_transaction(self.engine, self._open()) as tx:
-            events: list[Event] = []
-            for pending in group:
-                tx.db.execute("SAVEPOINT job")
-                try:
-                    events += _apply(tx, pending.job)[1]
-                except Exception as e:
-                    if is_outage(e):
-                        raise
-                    tx.db.execute("ROLLBACK TO job")
-                    keep(pending.job, str(e))
-                tx.db.execute("RELEASE job")
-            append_events(tx, events)
-            _set_mark(tx, mark)
 
     def _open(self) -> Any:
         if self._connection is None:
             self._connection = self.engine.raw_connection()
         return self._connection
 
-    def _commit(self, group: list[Pending], durable: bool, mark: Mark | None = None) -> list[Any]:
+    def _commit(self, group: list[Pending]) -> list[Any]:
         decisions = [p.job for p in group if isinstance(p.job, DecisionRecord)]
         outcomes = [p.job for p in group if isinstance(p.job, OutcomeRecord)]
         results: dict[int, Any] = {}
         db = self._open()
         try:
-            self._set_synchronous(db, "FULL" if durable else "NORMAL")
             with raw_transaction(self.engine, db) as tx:
                 events: list[Event] = []
                 if decisions:
@@ -415,33 +356,12 @@ class GroupWriter:
                         results[i], settled = _apply(tx, pending.job)
                         events += settled
                 append_events(tx, events)
-                if mark is not None:
-                    _set_mark(tx, mark)
         except Exception:
             # The connection may be broken (database restarted): take a fresh one next time.
             self._connection.invalidate()
             self._connection = None
-            self._synchronous = "FULL"
             raise
         return [results.get(i) for i in range(len(group))]
-
-    def _set_synchronous(self, db: Any, level: str) -> None:
-        if self.engine.dialect.name == "sqlite" and level != self._synchronous:
-            db.dbapi_connection.execute(f"PRAGMA synchronous={level}")
-            self._synchronous = level
-
-
-Mark = tuple[str, int]  # (commit log's name, sequence of its last record in this commit)
-Keep = Callable[[Job, str], None]  # where a record the database refuses goes, with the reason
-
-
-def is_outage(error: Exception) -> bool:
-    """The database cannot write now (locked, full, I/O, connection): try again later. Other
-    errors belong to one record, which the database will never take."""
-    if isinstance(error, SQLAlchemyError):
-        return True
-    refusals = (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.ProgrammingError)
-    return isinstance(error, sqlite3.DatabaseError) and not isinstance(error, refusals)
 
 
 def _apply(tx: Any, job: Job) -> tuple[Any, list[Event]]:
@@ -453,11 +373,3 @@ def _apply(tx: Any, job: Job) -> tuple[Any, list[Event]]:
     if isinstance(job, SettleRequest):
         return settle_approval(tx, job.approval_id, job.state, None, job.reason, job.at)
     return release_approval(tx, job.approval_id, job.at)
-
-
-def _set_mark(tx: Any, mark: Mark) -> None:
-    tx.db.execute(
-        "INSERT INTO commit_log_marks (log, seq) VALUES (?, ?)"
-        " ON CONFLICT (log) DO UPDATE SET seq = excluded.seq",
-        mark,
-    )
