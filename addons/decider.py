@@ -236,7 +236,7 @@ def _request(fields: dict[str, Any], body: bytes) -> WireRequest:
     return WireRequest(
         _as_mitmproxy_reads(fields["method"]), _as_mitmproxy_reads(fields["scheme"]),
         fields["host"], fields["port"], _as_mitmproxy_reads(fields["path"]), fields["headers"],
-        body,
+        body, _as_mitmproxy_reads(fields.get("authority", "")),
     )  # fmt: skip
 
 
@@ -254,6 +254,7 @@ def request_fields(request: http.Request) -> dict[str, Any]:
         "method": data.method.decode("latin-1"),
         "scheme": data.scheme.decode("latin-1"),
         "path": data.path.decode("latin-1"),
+        "authority": data.authority.decode("latin-1"),
         "headers": latin1_headers(request),
     }
 

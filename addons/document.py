@@ -3,27 +3,46 @@
 The document is JSON-shaped (dicts, lists, strings, numbers) so JSONPath can address any part:
     {method, scheme, host, port, path, query, headers, body, body_format, body_size, agent}
 body_format is json, form, xml, text (anything else, or a body that did not parse: then
-body_error says why) or empty.
+body_error says why) or empty. `authority` is what the request itself names as its host (HTTP/2
+`:authority`, an absolute-form URL's host; empty otherwise). `request_error`, when present, says
+why the request cannot be judged exactly as sent (bytes that are not UTF-8 in its request line):
+evaluation refuses it before mapping.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import posixpath
 import re
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from io import BytesIO
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, unquote
 from xml.etree import ElementTree
 
+import brotli
+import zstandard
 from mitmproxy import http
-from mitmproxy.net import encoding
 
 Document = dict[str, Any]
 
 _BRACKETS = re.compile(r"\[([^\[\]]*)\]")
 _MAX_INDEX = 10_000  # a form key like items[99999999] must not allocate a huge list
 MAX_FORM_FIELDS = 10_000
+# Bounded work per request: the decider is one loop, and every agent's decision waits behind
+# the one being made. Decoding stops past MAX_DECODED_BODY (a 50 KB gzip bomb inflates to 50 MB);
+# bodies over MAX_PARSED_BODY are not parsed; structures nest at most MAX_DEPTH levels.
+MAX_DECODED_BODY = 16 << 20
+MAX_PARSED_BODY = 1 << 20
+MAX_DEPTH = 64
+_STRUCTURED = ("json", "form", "xml")
+
+
+class Unreadable(ValueError):
+    """A body Airlock will not read, whose request is refused rather than judged blind."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +59,7 @@ class WireRequest:
     path: str
     headers: list[tuple[str, str]]
     raw_content: bytes
+    authority: str = ""
 
     @classmethod
     def of(cls, request: http.Request) -> WireRequest:
@@ -51,6 +71,7 @@ class WireRequest:
             request.path,
             latin1_headers(request),
             request.raw_content or b"",
+            request.authority,
         )
 
 
@@ -77,17 +98,30 @@ class RequestLine(Protocol):
 def build_document(request: http.Request | WireRequest, agent: str) -> Document:
     if isinstance(request, http.Request):
         request = WireRequest.of(request)
-    path, _, raw_query = request.path.partition("?")
+    target = escape_undecodable(request.path)
+    path, _, raw_query = target.partition("?")
     headers = _headers(request.headers)
     # Where mitmproxy really connects (the CONNECT target), not the Host header the agent wrote:
     # evaluation refuses a request whose Host header disagrees.
-    raw_body = _decoded(request.raw_content, headers.get("content-encoding"))
-    body, body_format, body_error = parse_body(headers.get("content-type", ""), raw_body)
+    content_type = headers.get("content-type", "")
+    request_error, truncated = None, False
+    try:
+        raw_body = _decoded(request.raw_content, headers.get("content-encoding"))
+        if len(raw_body) > MAX_PARSED_BODY:
+            body, body_format, body_error = _uninspected(raw_body), "text", None
+            truncated = _media_type(content_type, raw_body) in _STRUCTURED
+        else:
+            body, body_format, body_error = parse_body(content_type, raw_body)
+    except Unreadable as e:
+        raw_body, request_error = request.raw_content, str(e)
+        body, body_format, body_error = _uninspected(raw_body), "text", None
+    method = escape_undecodable(request.method)
     document: Document = {
-        "method": request.method.upper(),
+        "method": method.upper(),
         "scheme": request.scheme,
         "host": normalise_host(request.host),
         "port": request.port,
+        "authority": escape_undecodable(request.authority),
         "path": normalise_path(unquote(path)),
         "query": parse_query(raw_query),
         "headers": headers,
@@ -98,29 +132,103 @@ def build_document(request: http.Request | WireRequest, agent: str) -> Document:
     }
     if body_error:
         document["body_error"] = body_error
+    if truncated:  # params the mappings read from the body are missing: policies can see why
+        document["body_truncated"] = True
+    if target != request.path or method != request.method:
+        request_error = (
+            f"the request line holds bytes that are not UTF-8 ({method} {target}); "
+            "URLs must percent-encode them"
+        )
+    if request_error:
+        document["request_error"] = request_error
     return document
 
 
+def _uninspected(raw: bytes) -> str:
+    """What stands for a body that was not parsed: its size and hash (approvals bind to it)."""
+    return f"[{len(raw)} bytes not inspected, sha256 {hashlib.sha256(raw).hexdigest()}]"
+
+
 def _decoded(raw: bytes, content_encoding: str | None) -> bytes:
-    """The body as the API reads it (gzip and the like undone); as sent if it does not decode."""
-    if not content_encoding:
+    """The body as the API reads it (gzip and the like undone, as mitmproxy would); as sent if
+    it does not decode or names no encoding Airlock knows. Raises Unreadable past
+    MAX_DECODED_BODY, checked while decoding: the bomb is never inflated whole."""
+    name = (content_encoding or "").strip().lower()
+    decode = _DECODERS.get(name)
+    if decode is None or not raw:
         return raw
     try:
-        decoded = encoding.decode(raw, content_encoding)
-    except ValueError:
+        decoded = decode(raw, MAX_DECODED_BODY + 1)
+    except (zlib.error, brotli.error, zstandard.ZstdError, EOFError):
         return raw
-    return decoded if isinstance(decoded, bytes) else raw  # "utf8" is not a content encoding
+    if len(decoded) > MAX_DECODED_BODY:
+        raise Unreadable(
+            f"the body decodes to more than {MAX_DECODED_BODY} bytes (Content-Encoding: {name}); "
+            "Airlock refuses what it cannot inspect"
+        )
+    return decoded
+
+
+def _inflate(raw: bytes, limit: int, wbits: int = zlib.MAX_WBITS | 32) -> bytes:
+    """gzip (every member, as gzip readers do) or zlib, stopping at `limit` bytes."""
+    out = bytearray()
+    while raw and len(out) < limit:
+        inflater = zlib.decompressobj(wbits)
+        out += inflater.decompress(raw, limit - len(out))
+        if not inflater.eof:
+            if inflater.unconsumed_tail:  # stopped at the limit
+                out += b"\0"
+                break
+            raise zlib.error("truncated compressed body")
+        raw = inflater.unused_data
+    return bytes(out)
+
+
+def _deflate(raw: bytes, limit: int) -> bytes:
+    """zlib-wrapped, or raw DEFLATE as some clients send it (mitmproxy accepts both)."""
+    try:
+        return _inflate(raw, limit, zlib.MAX_WBITS)
+    except zlib.error:
+        return _inflate(raw, limit, -zlib.MAX_WBITS)
+
+
+def _unbrotli(raw: bytes, limit: int) -> bytes:
+    """Brotli's decoder takes no output limit (1.1): fed 1 KB at a time, it stops soon after."""
+    decoder, out = brotli.Decompressor(), bytearray()
+    for start in range(0, len(raw), 1024):
+        out += decoder.process(raw[start : start + 1024])
+        if len(out) >= limit:
+            break
+    else:
+        if not decoder.is_finished():
+            raise brotli.error("truncated compressed body")
+    return bytes(out)
+
+
+def _unzstd(raw: bytes, limit: int) -> bytes:
+    reader = zstandard.ZstdDecompressor().stream_reader(BytesIO(raw), read_across_frames=True)
+    return reader.read(limit)
+
+
+_DECODERS: dict[str, Callable[[bytes, int], bytes]] = {
+    "gzip": _inflate,
+    "x-gzip": _inflate,
+    "deflate": _deflate,
+    "br": _unbrotli,
+    "zstd": _unzstd,
+}
 
 
 def minimal_document(request: RequestLine, agent: str) -> Document:
     """Only what cannot fail to read: for recording a request whose full document could not be
     built."""
     return {
-        "method": request.method.upper(),
+        "method": escape_undecodable(request.method).upper(),
         "scheme": request.scheme,
         "host": normalise_host(request.host),
         "port": request.port,
-        "path": normalise_path(unquote(request.path.partition("?")[0])),
+        "authority": "",
+        "path": normalise_path(unquote(escape_undecodable(request.path).partition("?")[0])),
         "query": {},
         "headers": {},
         "body": None,
@@ -128,6 +236,17 @@ def minimal_document(request: RequestLine, agent: str) -> Document:
         "body_size": 0,
         "agent": agent,
     }
+
+
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
+
+
+def escape_undecodable(text: str) -> str:
+    """Bytes that were not UTF-8 (held as surrogate escapes, as mitmproxy reads them) as %XX:
+    text any database stores, and that still shows the bytes sent."""
+    if text.isascii():
+        return text
+    return _UNDECODABLE.sub(lambda m: f"%{ord(m.group()) - 0xDC00:02X}", text)
 
 
 def normalise_host(host: str) -> str:
@@ -168,24 +287,71 @@ def parse_body(content_type: str, raw: bytes) -> tuple[Any, str, str | None]:
     """Parse by declared content type; a body that does not parse is kept as text, with why."""
     if not raw:
         return None, "empty", None
-    media_type = content_type.split(";", 1)[0].strip().lower() or _sniff(raw)
+    kind = _media_type(content_type, raw)
     text = raw.decode("utf-8", errors="replace")
-    if "json" in media_type:  # application/json, *+json, application/x-amz-json-1.0, …
+    if kind == "json":
         try:
-            return json.loads(text, parse_constant=_reject_constant), "json", None
+            return _within_depth(_parse_json(text)), "json", None
+        except Unreadable:
+            raise
         except ValueError as e:
             return text, "text", f"body is not valid JSON: {e}"
-    if media_type == "application/x-www-form-urlencoded":
+    if kind == "form":
         try:
             return parse_form(text), "form", None
+        except Unreadable:
+            raise
         except ValueError as e:  # too many fields
             return text, "text", f"form body not parsed: {e}"
-    if media_type in ("application/xml", "text/xml") or media_type.endswith("+xml"):
+    if kind == "xml":
         try:
             return parse_xml(raw), "xml", None
+        except Unreadable:
+            raise
         except ValueError as e:
             return text, "text", f"body is not XML Airlock parses: {e}"
     return text, "text", None
+
+
+def _media_type(content_type: str, raw: bytes) -> str:
+    """json, form, xml, or "" for a body Airlock does not parse."""
+    media_type = content_type.split(";", 1)[0].strip().lower() or _sniff(raw)
+    if "json" in media_type:  # application/json, *+json, application/x-amz-json-1.0, …
+        return "json"
+    if media_type == "application/x-www-form-urlencoded":
+        return "form"
+    if media_type in ("application/xml", "text/xml") or media_type.endswith("+xml"):
+        return "xml"
+    return ""
+
+
+def _too_deep(kind: str) -> Unreadable:
+    return Unreadable(f"the {kind} body is nested deeper than {MAX_DEPTH} levels")
+
+
+def _parse_json(text: str) -> Any:
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise _too_deep("JSON") from None
+
+
+def _within_depth(value: Any) -> Any:
+    """Refuse structures every later stage (mapping, redaction, the record) would recurse into
+    past a sane depth; checked without recursion."""
+    level: list[Any] = [value]
+    for _ in range(MAX_DEPTH):
+        level = [
+            child
+            for node in level
+            if isinstance(node, dict | list)
+            for child in (node.values() if isinstance(node, dict) else node)
+        ]
+        if not level:
+            return value
+    if any(isinstance(node, dict | list) and node for node in level):
+        raise _too_deep("JSON")
+    return value
 
 
 def _sniff(raw: bytes) -> str:
@@ -208,7 +374,12 @@ def parse_xml(raw: bytes) -> dict[str, Any]:
         root = ElementTree.fromstring(raw)
     except ElementTree.ParseError as e:
         raise ValueError(str(e)) from e
-    return {_local_name(root.tag): _xml_value(root)}
+    level = [root]
+    for _ in range(MAX_DEPTH):
+        level = [child for element in level for child in element]
+        if not level:
+            return {_local_name(root.tag): _xml_value(root)}
+    raise _too_deep("XML")
 
 
 def _local_name(tag: str) -> str:
@@ -247,11 +418,15 @@ def parse_form(text: str) -> dict[str, Any]:
     for key, value in parse_qsl(text, keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS):
         head, _, rest = key.partition("[")
         if rest and key.endswith("]"):
-            _set_nested(root, [head, *_BRACKETS.findall("[" + rest)], value, next_index)
+            parts = [head, *_BRACKETS.findall("[" + rest)]
         elif "." in key.strip("."):
-            _set_nested(root, _dotted_parts(key), value, next_index)
+            parts = _dotted_parts(key)
         else:
             _add_plain(root, key, value)
+            continue
+        if len(parts) > MAX_DEPTH:
+            raise _too_deep("form")
+        _set_nested(root, parts, value, next_index)
     return {key: _lists_from_indexes(value) for key, value in root.items()}
 
 

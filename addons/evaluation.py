@@ -65,17 +65,34 @@ def evaluate(document: Document, config: Config, history: History | None = None)
 
 
 def request_problem(document: Document) -> str | None:
-    """A request built to be mapped as something it is not is refused before mapping."""
-    sent = document["headers"].get("host")
-    if sent is None:
-        return None
-    name = sent.rsplit(":", 1)[0] if not sent.endswith("]") else sent
-    if normalise_host(name.strip("[]")) != document["host"].strip("[]"):
+    """A request that cannot be judged as what it really is is refused before mapping: one that
+    names another host than the one it goes to (Host header, HTTP/2 :authority, absolute URL),
+    one that asks to leave HTTP (WebSocket, h2c: what follows would not be judged), one that
+    Airlock could not read exactly."""
+    if "request_error" in document:
+        return str(document["request_error"])
+    upgrade = document["headers"].get("upgrade")
+    if upgrade is not None:
         return (
-            f"the Host header {sent!r} does not match the host the request goes to "
-            f"({document['host']!r})"
+            f"protocol upgrades are refused (Upgrade: {upgrade[:40]!r}): Airlock judges each "
+            "HTTP request, and the messages of a WebSocket or other protocol would pass unjudged"
         )
+    for name, named in (("Host header", document["headers"].get("host")),
+                         (":authority", document.get("authority"))):  # fmt: skip
+        if named and _host_of(named) != document["host"].strip("[]"):
+            return (
+                f"the {name} {named!r} does not match the host the request goes to "
+                f"({document['host']!r})"
+            )
     return None
+
+
+def _host_of(authority: str) -> str:
+    """`Host.Example:443` → `host.example`; `[::1]:8080` → `::1`."""
+    authority = authority.strip().rpartition("@")[2]
+    if authority.startswith("["):
+        return authority[1:].partition("]")[0].lower()
+    return normalise_host(authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority)
 
 
 def _failed(stage: str, action: Action, error: Exception) -> Evaluation:

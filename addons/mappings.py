@@ -186,8 +186,7 @@ class Mapping:
                     context[spec.name] = value
             for spec in self.params:
                 params[spec.name] = spec.extract(document)
-            if "body_error" in document:  # policies can refuse what Airlock could not read
-                params["body_error"] = document["body_error"]
+            params.update(body_notes(document))  # policies can refuse what was not read
         except ExtractionError as e:
             known = Action(
                 self.action, self.provider, self.category, self.sensitivity,
@@ -301,10 +300,16 @@ def fallback_action(document: Document) -> Action:
         params={
             "method": document["method"],
             "path": document["path"],
-            **({"body_error": document["body_error"]} if "body_error" in document else {}),
+            **body_notes(document),
         },
         mapping_id=None,
     )
+
+
+def body_notes(document: Document) -> dict[str, Any]:
+    """What Airlock could not read of the body: a body that did not parse (body_error), one too
+    large to parse whose params are missing (body_truncated)."""
+    return {key: document[key] for key in ("body_error", "body_truncated") if key in document}
 
 
 # --- loading ---------------------------------------------------------------------------------
