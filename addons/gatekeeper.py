@@ -28,6 +28,7 @@ from typing import Any
 from mitmproxy import connection, ctx, exceptions, http, tcp, udp
 from sqlalchemy.engine import make_url
 
+from addons.control_surface import ControlSurface
 from addons.decider import FAULT as DECIDER_FAULT
 from addons.decider import failed_evaluation, request_fields, run_row
 from addons.decision_log import DecisionLog
@@ -37,7 +38,6 @@ from addons.mappings import Action
 from addons.metrics import Metrics
 from addons.notify import Notifier
 from addons.policies import BLOCK, ENFORCE, MODES, REQUIRE_APPROVAL, Verdict
-from addons.redaction import redact_text
 from addons.routing import Routing
 from addons.yaml_source import ConfigError, Sources, recording_sources
 from store.approvals import (
@@ -67,35 +67,9 @@ ANONYMOUS = "anonymous"
 POLL_SECONDS = 0.25  # how often held flows look for a reviewer's decision
 HISTORY_SYNC_SECONDS = 2.0  # how often other instances' decisions are pulled into the history
 STORE_TIMEOUT = 10.0  # seconds a flow waits for its commit before it is refused
-_LOCAL_NAMES = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0", "[::1]"})
 SHUTTING_DOWN = "SHUTTING_DOWN"  # settles a held flow at shutdown; the approval is EXPIRED
 PENDING_RETRY_AFTER = 2  # seconds an SDK is told to wait before retrying a pending approval
 _CONFIG_OPTIONS = frozenset({"airlock_mappings", "airlock_policies", "airlock_mode"})
-
-
-@dataclass(frozen=True)
-class ControlSurface:
-    """Where Airlock itself listens: an agent must not reach it through the proxy. Read from
-    the options once per change; ctx.options deep-copies a value on every read."""
-
-    local_names: frozenset[str]
-    own_ports: frozenset[int]
-    database: tuple[str, int] | None
-
-    @classmethod
-    def from_options(cls) -> ControlSurface:
-        names = _LOCAL_NAMES | {_option("listen_host") or "", socket.gethostname()}
-        ports = {_option("listen_port"), _option("airlock_metrics_port")} - {0, None}
-        url = make_url(ctx.options.airlock_db)
-        database = (url.host.lower(), url.port or 5432) if url.host else None
-        return cls(frozenset(names - {""}), frozenset(ports), database)
-
-    def refuses(self, host: str, port: int) -> str | None:
-        if port in self.own_ports and host in self.local_names:
-            return "requests to Airlock's own proxy or metrics ports are refused"
-        if (host, port) == self.database:
-            return "requests to Airlock's database are refused"
-        return None
 
 
 _SURFACE_OPTIONS = frozenset({"listen_host", "listen_port", "airlock_metrics_port", "airlock_db"})
@@ -128,7 +102,7 @@ class Gate:
         self._tasks: set[asyncio.Task[None]] = set()
         self.notifier = Notifier([], lambda url: None)
         self.mode = ENFORCE
-        self.surface = ControlSurface(_LOCAL_NAMES, frozenset(), None)
+        self.surface = ControlSurface(frozenset(), frozenset(), None)
 
     # --- options and lifecycle ---------------------------------------------------------------
 
@@ -191,7 +165,7 @@ class Gate:
         if "airlock_mode" in updated:
             self.mode = ctx.options.airlock_mode
         if _SURFACE_OPTIONS & updated:
-            self.surface = ControlSurface.from_options()
+            self.surface = _surface_from_options()
         if "airlock_webhook" in updated:
             failures = self.metrics.webhook_failures
             self.notifier = Notifier(
@@ -362,17 +336,20 @@ class Gate:
         agent = registry.authenticate(name, key) if name else None
         return agent.id if agent else None
 
-    def _agent_of(self, flow: http.HTTPFlow) -> str | None:
+    def _agent_of(self, flow: http.HTTPFlow, credentials: str) -> str | None:
+        """credentials: the request's own Proxy-Authorization (plain-HTTP proxying); inside a
+        tunnel the CONNECT named the agent."""
         if "proxyauth" in flow.metadata:  # mitmproxy's own proxyauth option checked them
             return str(flow.metadata["proxyauth"][0])
         if flow.client_conn in self._connect_agents:
             return self._connect_agents[flow.client_conn]
-        # A plain-HTTP proxied request carries its credentials itself: read, then never forward.
-        return self._identify(flow.request.headers.pop("proxy-authorization", ""))
+        return self._identify(credentials)
 
-    async def _refuse_identity(self, flow: http.HTTPFlow) -> None:
+    async def _refuse_identity(self, flow: http.HTTPFlow, credentials: str | None = None) -> None:
         """407, so clients can retry with credentials; the attempt is recorded."""
-        claimed, _ = _basic_auth(flow.request.headers.get("proxy-authorization", ""))
+        if credentials is None:
+            credentials = flow.request.headers.get("proxy-authorization", "")
+        claimed, _ = _basic_auth(credentials)
         reason = "proxy credentials are missing or wrong (HTTPS_PROXY=http://AGENT:KEY@host:port)"
         flow.metadata["airlock_answered"] = True
         flow.response = http.Response.make(
@@ -414,7 +391,8 @@ class Gate:
         minimal BLOCK run of its own."""
         log.error("gate failed on %s %s: %r", flow.request.method, _target(flow), error)
         self.metrics.fail_closed.labels("gate").inc()
-        reason = redact_text(f"blocked because Airlock failed: {error!r}")
+        # The cause stays in the log and the record: it can name internal hosts and ports.
+        reason = f"blocked because Airlock failed ({type(error).__name__}; see Airlock's log)"
         run_id = flow.metadata.get("airlock") or new_id()
         run = {"decision": BLOCK, "action": "unknown", "rules": [], "id": run_id}
         self._refuse(flow, run, reason)
@@ -432,9 +410,12 @@ class Gate:
         self._start_writer()
         run_id = new_id()
         flow.metadata["airlock"] = run_id
-        agent = self._agent_of(flow)
+        # Proxy credentials are for Airlock: never forwarded, whether sent before the tunnel or
+        # inside it.
+        credentials = flow.request.headers.pop("proxy-authorization", "")
+        agent = self._agent_of(flow, credentials)
         if agent is None:
-            await self._refuse_identity(flow)
+            await self._refuse_identity(flow, credentials)
             return
         decided = await self._decide(flow, run_id, agent)
         if decided is None:
@@ -476,7 +457,7 @@ class Gate:
         fields.update(
             id=run_id,
             agent=agent,
-            refusal=self.surface.refuses(normalise_host(request.host), request.port),
+            refusal=await self.surface.refuses(normalise_host(request.host), request.port),
         )
         try:
             assert self.writer is not None
@@ -780,7 +761,9 @@ class Gate:
         log.error("store unavailable, request %s blocked: %s", run["id"], error)
         run = {**run, "decision": BLOCK, "rules": []}
         self.log.decision(BLOCK, run, 0.0, note="store unavailable")
-        self._refuse(flow, run, f"blocked because the decision could not be recorded: {error}")
+        # Only Airlock's own timeout is shown to the agent: a driver's error names the database.
+        shown = error if isinstance(error, TimeoutError) else "the store failed (see Airlock's log)"
+        self._refuse(flow, run, f"blocked because the decision could not be recorded: {shown}")
 
     def _answer_shutdown(self, flow: http.HTTPFlow, run: dict[str, Any]) -> None:
         self._refuse(
@@ -820,6 +803,15 @@ class Gate:
 def _option(name: str) -> Any:
     """An option another addon declares (proxyserver, metrics), or None when it is not loaded."""
     return getattr(ctx.options, name) if name in ctx.options else None
+
+
+def _surface_from_options() -> ControlSurface:
+    """Airlock's listeners and database, from the options (read once per change: ctx.options
+    deep-copies a value on every read)."""
+    ports = {_option("listen_port"), _option("airlock_metrics_port")} - {0, None}
+    url = make_url(ctx.options.airlock_db)
+    database = (url.host, url.port or 5432) if url.host else None
+    return ControlSurface.build(ports, _option("listen_host") or "", database)
 
 
 def _settle_heap() -> None:

@@ -15,6 +15,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +82,9 @@ class Notifier:
                 return
             except Exception as e:
                 if attempt == ATTEMPTS:
-                    log.warning("webhook %s failed %d times: %s", target.url, attempt, e)
-                    self.on_failure(target.url)
+                    shown = shown_url(target.url)
+                    log.warning("webhook %s failed %d times: %s", shown, attempt, e)
+                    self.on_failure(shown)
                     return
                 await asyncio.sleep(delay)
                 delay *= 2
@@ -91,6 +93,13 @@ class Notifier:
         """Give messages under way a moment at shutdown."""
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=timeout)
+
+
+def shown_url(url: str) -> str:
+    """A webhook URL as logs and metric labels show it: scheme and host. Its path is often the
+    secret (a Slack incoming webhook's is)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
 
 
 def _post(url: str, body: bytes) -> None:

@@ -146,7 +146,9 @@ def test_store_failure_blocks_the_request_and_says_why(tmp_path: Path) -> None:
 
     for refused in (first, second):
         assert refused.response.status_code == 403
-        assert "could not be recorded" in json.loads(refused.response.content)["reason"]
+        reason = json.loads(refused.response.content)["reason"]
+        assert "could not be recorded" in reason
+        assert "table" not in reason  # the driver's error stays in the log: it names internals
     assert gate.metrics.fail_closed.labels("store")._value.get() == 2
 
 
@@ -156,6 +158,8 @@ def test_agent_identity_comes_from_the_connect_credentials(tmp_path: Path) -> No
     connect.request.headers["Proxy-Authorization"] = f"Basic {token}"
     flow = stripe_flow(b"amount=5&currency=usd")
     flow.client_conn = connect.client_conn
+    # Sent again inside the tunnel: the CONNECT named the agent, and the upstream never sees it.
+    flow.request.headers["Proxy-Authorization"] = f"Basic {token}"
 
     async def scenario(gate: Gate, _: Any) -> None:
         await gate.http_connect(connect)
@@ -165,6 +169,8 @@ def test_agent_identity_comes_from_the_connect_credentials(tmp_path: Path) -> No
     [run] = stored_runs(tmp_path)
     assert run.agent == "billing-bot"
     assert "s3cret" not in json.dumps(run.request)
+    assert flow.response is None  # forwarded…
+    assert "Proxy-Authorization" not in flow.request.headers  # …without the credentials
 
 
 def test_plain_http_proxy_credentials_identify_and_are_not_forwarded(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -383,14 +384,30 @@ def test_a_restarted_proxy_expires_what_the_stopped_one_held(
 def test_agents_cannot_reach_airlock_itself_through_the_proxy(
     proxy: Proxy, upstream: Upstream
 ) -> None:
+    """By address, not by spelling: every way of writing loopback, and this machine's name."""
     session = proxy.session()
-    for url in (
-        f"http://127.0.0.1:{proxy.metrics_port}/metrics",
-        f"http://localhost:{proxy.port}/",
-    ):
-        response = session.get(url)
-        assert response.status_code == 403, url
-        assert response.json()["rules"] == ["control-surface"]
+    spellings = ("127.0.0.1", "localhost", "127.1", "127.0.1", "2130706433", "0x7f000001",
+                 "0177.0.0.1", "0", "[::ffff:127.0.0.1]", "[::1]",
+                 socket.gethostname())  # fmt: skip
+    for host in spellings:
+        for url in (f"http://{host}:{proxy.metrics_port}/metrics", f"http://{host}:{proxy.port}/"):
+            response = session.get(url)
+            assert response.status_code == 403, url
+            assert response.json()["rules"] == ["control-surface"], url
+    assert upstream.count() == 0
+
+
+def test_agents_cannot_reach_the_postgresql_store_through_the_proxy(
+    start_proxy: Callable[..., Proxy], empty_pg_database: str
+) -> None:
+    proxy = start_proxy(db_url=empty_pg_database)
+    session = proxy.session()
+    for host in ("127.0.0.1", "127.1", "2130706433", "0", "[::ffff:127.0.0.1]", "localhost"):
+        response = session.get(f"http://{host}:5432/")
+        assert response.status_code == 403, host
+        body = response.json()
+        assert body["rules"] == ["control-surface"], host
+        assert "database" in body["reason"] and "5432" not in body["reason"]
 
 
 def test_graceful_shutdown_answers_held_requests_503_with_retry_after(

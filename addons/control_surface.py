@@ -1,0 +1,111 @@
+"""Airlock's own listeners and database, refused by address rather than by spelling.
+
+An agent must not reach the proxy's port, the metrics page or the store through the proxy. Host
+names are not enough: `127.1`, `2130706433`, `0x7f000001`, `0177.0.0.1`, `0`, `[::ffff:7f00:1]`
+and any name that resolves to this machine all reach the same sockets. So a request's host is
+turned into addresses (every IPv4 spelling that the C library accepts, IPv4-mapped IPv6, and a
+name through the resolver) and compared with the addresses Airlock listens on.
+
+Only requests to a guarded port (the proxy's, the metrics', the database's) are resolved, so
+vendor traffic on 443 costs one set lookup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from dataclasses import dataclass
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+RESOLVE_TIMEOUT = 2.0  # seconds; a name that cannot be resolved in time is refused
+
+
+def literal_address(host: str) -> Address | None:
+    """The address a host spells without the resolver: every form inet_aton takes (as the C
+    library, and so the connection, reads it), IPv6, and IPv4-mapped IPv6 as its IPv4."""
+    host = host.strip().strip("[]").partition("%")[0]
+    try:
+        address: Address = ipaddress.ip_address(host)
+    except ValueError:
+        try:
+            return ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def is_this_machine(address: Address, own: frozenset[Address]) -> bool:
+    return address.is_loopback or address.is_unspecified or address in own
+
+
+@dataclass(frozen=True)
+class ControlSurface:
+    """Where Airlock listens. `own_addresses`: this machine's addresses besides loopback;
+    `database`: the store server's addresses and port (None for SQLite)."""
+
+    own_ports: frozenset[int]
+    own_addresses: frozenset[Address]
+    database: tuple[frozenset[Address], int] | None
+
+    @classmethod
+    def build(
+        cls, ports: set[int], listen_host: str, database: tuple[str, int] | None
+    ) -> ControlSurface:
+        """Resolves the machine's own names once, at configuration time."""
+        own = _resolved(socket.gethostname()) | _resolved(listen_host)
+        db = (_resolved(database[0]), database[1]) if database else None
+        return cls(frozenset(ports), frozenset(own), db)
+
+    @property
+    def guarded_ports(self) -> frozenset[int]:
+        return self.own_ports | ({self.database[1]} if self.database else set())
+
+    async def refuses(self, host: str, port: int) -> str | None:
+        """Why a request to host:port would reach Airlock itself; None if it would not."""
+        if port not in self.guarded_ports:
+            return None
+        literal = literal_address(host)
+        if literal is not None:
+            return self.refuses_addresses({literal}, port)
+        try:
+            addresses = await asyncio.wait_for(_resolve(host, port), RESOLVE_TIMEOUT)
+        except (OSError, TimeoutError):
+            return f"{host} could not be resolved to check it is not Airlock's own address"
+        return self.refuses_addresses(addresses, port)
+
+    def refuses_addresses(self, addresses: set[Address], port: int) -> str | None:
+        own = self.own_addresses
+        if port in self.own_ports and any(is_this_machine(a, own) for a in addresses):
+            return "requests to Airlock's own proxy or metrics ports are refused"
+        if self.database is not None and port == self.database[1]:
+            db_addresses, _ = self.database
+            local_db = any(is_this_machine(a, self.own_addresses) for a in db_addresses)
+            for address in addresses:
+                if address in db_addresses or (
+                    local_db and is_this_machine(address, self.own_addresses)
+                ):
+                    return "requests to Airlock's database are refused"
+        return None
+
+
+async def _resolve(host: str, port: int) -> set[Address]:
+    """Off the event loop: asyncio runs getaddrinfo in a thread."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return {a for info in infos if (a := literal_address(str(info[4][0]))) is not None}
+
+
+def _resolved(host: str) -> set[Address]:
+    """Addresses of a name at start-up (blocking is fine there); none if it does not resolve."""
+    if not host:
+        return set()
+    literal = literal_address(host)
+    if literal is not None:
+        return {literal}
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError:
+        return set()
+    return {a for info in infos if (a := literal_address(str(info[4][0]))) is not None}
