@@ -35,6 +35,7 @@ from addons.yaml_source import (
     load_yaml,
     optional_file_exists,
 )
+from store.names import name_key
 
 AGENTS_FILE = "agents.yaml"
 _AGENT_KEYS = {"id", "roles", "key_hash", "enabled", "description"}
@@ -127,12 +128,28 @@ def load_agents(policies_dir: Path) -> AgentRegistry:
     entries = root["agents"]
     if not isinstance(entries, Seq):
         raise ConfigError(root.at("agents"), "'agents' must be a list")
+    seen: dict[str, str] = {}  # name_key → id
     for entry, where in zip(entries, entries.item_where, strict=True):
         agent = _agent(entry, where)
-        if agent.id in agents:
-            raise ConfigError(where, f"duplicate agent id {agent.id!r}")
+        _refuse_look_alike(agent.id, seen, "agent", where)
         agents[agent.id] = agent
     return AgentRegistry(agents, roles)
+
+
+def _refuse_look_alike(name: str, seen: dict[str, str], kind: str, where: Any) -> None:
+    """Two identities a person cannot tell apart (`alice`, and `alice` spelt with a Cyrillic
+    a) are a load error: a reviewer could pass as an agent, or one agent as another. `seen`:
+    name_key → the name listed first."""
+    key = name_key(name)
+    earlier = seen.get(key)
+    if earlier is None:
+        seen[key] = name
+        return
+    if earlier == name:
+        raise ConfigError(where, f"duplicate {kind} id {name!r}")
+    raise ConfigError(
+        where, f"{kind} id {name!r} reads the same as {earlier!r} (look-alike characters)"
+    )
 
 
 def _agent(entry: Any, where: Any) -> Agent:
@@ -217,6 +234,8 @@ def load_reviewers(policies_dir: Path) -> ReviewerRegistry:
         raise ConfigError(f"{path}:1:1", "the reviewers file needs 'reviewers:', a list")
     expect_keys(root, {"reviewers", "description"}, {"reviewers"}, "reviewers file")
     roles: dict[str, tuple[str, ...]] = {}
+    agents = {name_key(agent): agent for agent in load_agents(policies_dir).agents}
+    seen: dict[str, str] = {}
     entries = root["reviewers"]
     for entry, where in zip(entries, entries.item_where, strict=True):
         if not isinstance(entry, Node):
@@ -225,5 +244,13 @@ def load_reviewers(policies_dir: Path) -> ReviewerRegistry:
         listed = entry.get("roles") or []
         if not isinstance(listed, list) or not all(isinstance(r, str) for r in listed):
             raise ConfigError(entry.at("roles"), "'roles' must be a list of role names")
-        roles[str(entry["id"])] = tuple(listed)
+        reviewer = str(entry["id"])
+        _refuse_look_alike(reviewer, seen, "reviewer", where)
+        agent = agents.get(name_key(reviewer))
+        if agent is not None:
+            raise ConfigError(
+                where, f"reviewer id {reviewer!r} reads as agent {agent!r}: an agent never "
+                "reviews (nobody approves their own request)",
+            )  # fmt: skip
+        roles[reviewer] = tuple(listed)
     return ReviewerRegistry(roles)

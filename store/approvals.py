@@ -12,6 +12,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from store.audit import Event, append_events
+from store.names import name_key
 from store.prepared import PENDING, tx_of
 from store.records import Settlement, settle_approval
 from store.schema import Approval, ApprovalVote, Run, write_transaction
@@ -156,9 +157,10 @@ def _check_can_decide(approval: Any, agent: str, reviewer: str, now: float) -> N
             f"approval {approval.id} expired {now - approval.expires_at:.0f} s ago; "
             "the request was not forwarded and cannot be released now"
         )
-    if reviewer.strip().lower() == agent.strip().lower():
+    if name_key(reviewer) == name_key(agent):  # as a person reads them: look-alikes too
         raise ApprovalError(
-            f"{reviewer} is the agent that sent this request: nobody approves their own request"
+            f"{reviewer!r} reads as {agent!r}, the agent that sent this request: nobody "
+            "approves their own request"
         )
 
 

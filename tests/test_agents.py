@@ -172,3 +172,34 @@ def test_a_recorded_configuration_compiles_the_same_after_its_files_change(
     missing = pytest.raises(ConfigError, match="not among the folders the proxy loaded")
     with missing, replaying_sources(sources):
         Config.load(tmp_path / "elsewhere", policies)
+
+
+@pytest.mark.parametrize(
+    ("agents", "reviewers", "expected"),
+    [
+        (["ops-bot", "ops\u2010bot"], [], "reads the same as 'ops-bot'"),
+        (["ops-bot", "ops-bot"], [], "duplicate agent id 'ops-bot'"),
+        (["ops-bot"], ["alice", "\u0430lice"], "reads the same as 'alice'"),
+        (["ops-bot"], ["\uff4fps-bot"], "reads as agent 'ops-bot'"),
+    ],
+    ids=["agents", "duplicate", "reviewers", "reviewer-as-agent"],
+)
+def test_identities_a_person_cannot_tell_apart_are_a_load_error(
+    tmp_path: Path, agents: list[str], reviewers: list[str], expected: str
+) -> None:
+    from addons.agents import load_reviewers
+
+    key_hash = hash_key(new_key())
+    listed = "".join(
+        f"  - {{id: {json.dumps(a)}, roles: [ops], key_hash: {json.dumps(key_hash)}}}\n"
+        for a in agents
+    )
+    (tmp_path / "agents.yaml").write_text(
+        f"roles:\n  ops: {{egress: [api.stripe.com]}}\nagents:\n{listed}"
+    )
+    if reviewers:
+        listed = "".join(f"  - {{id: {json.dumps(r)}}}\n" for r in reviewers)
+        (tmp_path / "reviewers.yaml").write_text(f"reviewers:\n{listed}")
+    with pytest.raises(ConfigError, match=expected) as raised:
+        load_reviewers(tmp_path) if reviewers else load_agents(tmp_path)
+    assert ".yaml:" in str(raised.value)  # file:line for the person to fix

@@ -212,6 +212,33 @@ def test_one_bad_record_does_not_fail_the_rest_of_its_group(engine: Engine, db_u
     assert verify_audit(engine).ok
 
 
+@pytest.mark.parametrize(
+    "reviewer",
+    [
+        "agent-a",
+        "AGENT-A",
+        " agent-a ",
+        "agent\u2010a",
+        "agent-\u200ba",
+        "\uff41gent-a",
+        "\u0430gent-a",
+    ],
+    ids=["exact", "case", "padding", "unicode-hyphen", "zero-width", "fullwidth", "cyrillic"],
+)
+def test_nobody_approves_their_own_request_under_a_look_alike_name(
+    engine: Engine, reviewer: str
+) -> None:
+    row, hold = held()  # sent by agent-a
+    write(engine, DecisionRecord(row, hold))
+
+    with pytest.raises(ApprovalError, match="nobody approves their own request"):
+        resolve_approval(engine, hold.approval_id, APPROVED, reviewer, None)
+    [still] = pending_approvals(engine)
+    assert still.id == hold.approval_id
+    settled = resolve_approval(engine, hold.approval_id, APPROVED, "agent-b", None)
+    assert settled.state == APPROVED  # a different name is not refused
+
+
 def test_hold_approve_and_terminal_states_are_final(engine: Engine) -> None:
     row, hold = held()
     write(engine, DecisionRecord(row, hold))
