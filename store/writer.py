@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,8 @@ log = logging.getLogger(__name__)
 
 IDLE_WRITE_DELAY = 0.05  # seconds an outcome may wait to share a commit with a decision
 READ_SIZE = 1 << 20
+STABLE_SECONDS = 5.0  # a writer process that lived this long is restarted at once
+FIRST_RESTART_PAUSE, MAX_RESTART_PAUSE = 0.1, 5.0  # doubling pauses for one that keeps dying
 
 
 Job = DecisionRecord | OutcomeRecord | SettleRequest | ReleaseRequest
@@ -82,13 +85,19 @@ class StoreWriter:
         self._received = bytearray()
         self._deferred: list[bytes] = []  # outcomes waiting to ride with the next decision
         self._flush_timer: asyncio.TimerHandle | None = None
+        self._started_at = 0.0
+        self._restart_at = 0.0  # monotonic time before which a dead process is not restarted
+        self._quick_deaths = 0  # in a row, each within STABLE_SECONDS of its start
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     def ensure_started(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Start the writer process (again, if it died: its waiting jobs have failed)."""
-        if self._socket is not None:
+        """Start the writer process (again, if it died: its waiting jobs have failed). One that
+        keeps dying at start (an unwritable store) is restarted with a growing pause, meanwhile
+        its jobs fail at once (their requests are refused)."""
+        if self._socket is not None or time.monotonic() < self._restart_at:
             return
+        self._started_at = time.monotonic()
         self._loop = loop
         ours, theirs = socket.socketpair()
         self._process = subprocess.Popen(
@@ -265,6 +274,12 @@ class StoreWriter:
     def _writer_died(self, reason: str) -> None:
         """Every waiting job fails (its request is refused); the next job starts a new process."""
         log.error("%s; %d waiting writes failed", reason, len(self._waiting))
+        # Once is an accident (restarted at once); again and again is a store it cannot open.
+        quick = time.monotonic() - self._started_at < STABLE_SECONDS
+        self._quick_deaths = self._quick_deaths + 1 if quick else 0
+        if self._quick_deaths > 1:
+            pause = FIRST_RESTART_PAUSE * 2 ** (self._quick_deaths - 2)
+            self._restart_at = time.monotonic() + min(MAX_RESTART_PAUSE, pause)
         if self._socket is not None:
             sock = self._socket
             self._detach(sock)

@@ -6,6 +6,7 @@ import asyncio
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -166,6 +167,35 @@ def test_a_dead_writer_process_fails_its_waiting_writes_and_the_next_write_resta
         ids = set(conn.execute(select(Run.id)).scalars())
     assert second["id"] in ids and first["id"] not in ids
     assert verify_audit(engine).ok
+
+
+def test_a_writer_that_keeps_dying_at_start_is_restarted_with_growing_pauses(
+    tmp_path: Path,
+) -> None:
+    """An unusable store (here: a writer program that cannot start) must not be restarted in a
+    tight loop; meanwhile every write fails at once (its request is refused)."""
+    engine = open_engine(f"sqlite:///{tmp_path / 'airlock.db'}")
+    writer = StoreWriter(engine, program="store.no_such_module")
+
+    async def scenario() -> tuple[int, int]:
+        loop, starts, failed = asyncio.get_running_loop(), 0, 0
+        deadline = loop.time() + 2.0
+        while loop.time() < deadline:
+            before = writer._process
+            writer.ensure_started(loop)
+            starts += writer._process is not before
+            try:
+                await asyncio.wait_for(writer.submit(DecisionRecord(run_row())), 1)
+            except StoreError:
+                failed += 1
+            await asyncio.sleep(0.01)
+        return starts, failed
+
+    starts, failed = asyncio.run(scenario())
+    engine.dispose()
+    # Pauses of 0, 0, 0.1, 0.2, 0.4, 0.8 s: about 6 starts in 2 s (no pause: over 20 here).
+    assert 3 <= starts <= 8, starts
+    assert failed > starts  # writes during a pause fail at once, without a process
 
 
 def test_stopping_writes_the_outcomes_still_waiting_for_a_decision(engine: Engine) -> None:
