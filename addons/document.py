@@ -41,8 +41,9 @@ MAX_DEPTH = 64
 _STRUCTURED = ("json", "form", "xml")
 
 
-class Unreadable(ValueError):
-    """A body Airlock will not read, whose request is refused rather than judged blind."""
+class Unreadable(Exception):
+    """A body Airlock will not read, whose request is refused rather than judged blind (not a
+    ValueError: parsers turn those into body_error and go on)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,24 +99,12 @@ class RequestLine(Protocol):
 def build_document(request: http.Request | WireRequest, agent: str) -> Document:
     if isinstance(request, http.Request):
         request = WireRequest.of(request)
-    target = escape_undecodable(request.path)
+    target, method = escape_undecodable(request.path), escape_undecodable(request.method)
     path, _, raw_query = target.partition("?")
     headers = _headers(request.headers)
+    body = _read_body(request.raw_content, headers)
     # Where mitmproxy really connects (the CONNECT target), not the Host header the agent wrote:
-    # evaluation refuses a request whose Host header disagrees.
-    content_type = headers.get("content-type", "")
-    request_error, truncated = None, False
-    try:
-        raw_body = _decoded(request.raw_content, headers.get("content-encoding"))
-        if len(raw_body) > MAX_PARSED_BODY:
-            body, body_format, body_error = _uninspected(raw_body), "text", None
-            truncated = _media_type(content_type, raw_body) in _STRUCTURED
-        else:
-            body, body_format, body_error = parse_body(content_type, raw_body)
-    except Unreadable as e:
-        raw_body, request_error = request.raw_content, str(e)
-        body, body_format, body_error = _uninspected(raw_body), "text", None
-    method = escape_undecodable(request.method)
+    # evaluation refuses a request whose Host header or :authority disagrees.
     document: Document = {
         "method": method.upper(),
         "scheme": request.scheme,
@@ -125,23 +114,46 @@ def build_document(request: http.Request | WireRequest, agent: str) -> Document:
         "path": normalise_path(unquote(path)),
         "query": parse_query(raw_query),
         "headers": headers,
-        "body": body,
-        "body_format": body_format,
-        "body_size": len(raw_body),
+        "body": body.value,
+        "body_format": body.format,
+        "body_size": body.size,
         "agent": agent,
+        **body.notes,
     }
-    if body_error:
-        document["body_error"] = body_error
-    if truncated:  # params the mappings read from the body are missing: policies can see why
-        document["body_truncated"] = True
     if target != request.path or method != request.method:
-        request_error = (
+        document["request_error"] = (
             f"the request line holds bytes that are not UTF-8 ({method} {target}); "
             "URLs must percent-encode them"
         )
-    if request_error:
-        document["request_error"] = request_error
     return document
+
+
+@dataclass(frozen=True, slots=True)
+class Body:
+    value: Any
+    format: str
+    size: int
+    notes: dict[str, Any]  # body_error, body_truncated or request_error, when they apply
+
+
+def _read_body(raw: bytes, headers: dict[str, str]) -> Body:
+    """Decoded and parsed within the limits: a body over MAX_PARSED_BODY stands as its size and
+    hash (body_truncated when mappings would have read it); one that cannot be read safely
+    gives a request_error, which refuses the request."""
+    content_type = headers.get("content-type", "")
+    try:
+        decoded = _decoded(raw, headers.get("content-encoding"))
+    except Unreadable as e:
+        return Body(_uninspected(raw), "text", len(raw), {"request_error": str(e)})
+    if len(decoded) > MAX_PARSED_BODY:
+        structured = _media_type(content_type, decoded) in _STRUCTURED
+        notes = {"body_truncated": True} if structured else {}
+        return Body(_uninspected(decoded), "text", len(decoded), notes)
+    try:
+        value, body_format, body_error = parse_body(content_type, decoded)
+    except Unreadable as e:
+        return Body(_uninspected(decoded), "text", len(decoded), {"request_error": str(e)})
+    return Body(value, body_format, len(decoded), {"body_error": body_error} if body_error else {})
 
 
 def _uninspected(raw: bytes) -> str:
@@ -292,22 +304,16 @@ def parse_body(content_type: str, raw: bytes) -> tuple[Any, str, str | None]:
     if kind == "json":
         try:
             return _within_depth(_parse_json(text)), "json", None
-        except Unreadable:
-            raise
         except ValueError as e:
             return text, "text", f"body is not valid JSON: {e}"
     if kind == "form":
         try:
             return parse_form(text), "form", None
-        except Unreadable:
-            raise
         except ValueError as e:  # too many fields
             return text, "text", f"form body not parsed: {e}"
     if kind == "xml":
         try:
             return parse_xml(raw), "xml", None
-        except Unreadable:
-            raise
         except ValueError as e:
             return text, "text", f"body is not XML Airlock parses: {e}"
     return text, "text", None
