@@ -111,7 +111,7 @@ def build_document(request: http.Request | WireRequest, agent: str) -> Document:
         "host": normalise_host(request.host),
         "port": request.port,
         "authority": escape_undecodable(request.authority),
-        "path": normalise_path(unquote(path)),
+        "path": document_path(path),
         "query": parse_query(raw_query),
         "headers": headers,
         "body": body.value,
@@ -240,7 +240,7 @@ def minimal_document(request: RequestLine, agent: str) -> Document:
         "host": normalise_host(request.host),
         "port": request.port,
         "authority": "",
-        "path": normalise_path(unquote(escape_undecodable(request.path).partition("?")[0])),
+        "path": document_path(escape_undecodable(request.path).partition("?")[0]),
         "query": {},
         "headers": {},
         "body": None,
@@ -259,6 +259,12 @@ def escape_undecodable(text: str) -> str:
     if text.isascii():
         return text
     return _UNDECODABLE.sub(lambda m: f"%{ord(m.group()) - 0xDC00:02X}", text)
+
+
+def document_path(path: str) -> str:
+    """Percent-escapes undone and the path normalised; escaped bytes that are not UTF-8 stay
+    `%XX`, as sent (not U+FFFD, which would make `%FE` and `%FF` the same path)."""
+    return normalise_path(escape_undecodable(unquote(path, errors="surrogateescape")))
 
 
 def normalise_host(host: str) -> str:
