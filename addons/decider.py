@@ -62,6 +62,8 @@ log = logging.getLogger("airlock.decider")
 FAULT = "the decider failed"  # starts the error answered for a message it could not handle
 
 MAX_STORED_BODY = 64 * 1024
+MAX_STORED_TEXT = 4096  # characters of one param value kept in the record
+MAX_STORED_ITEMS = 1000  # items of one list param kept in the record
 # What the proxy needs of a recorded decision: its answer, console line, metrics and outcome.
 SUMMARY_KEYS = (
     "id", "at", "agent", "provider", "action", "target", "params", "decision", "reason",
@@ -344,6 +346,25 @@ def request_hash(document: Document) -> str:
     return hashlib.sha256(material.encode()).hexdigest()
 
 
+def capped(value: Any) -> Any:
+    """What a record keeps of a param: policies decided on the whole value; the store keeps a
+    string over MAX_STORED_TEXT as its start, length and hash, and a list over MAX_STORED_ITEMS
+    as its first items and a count (a 50 MB param once grew the store by 299 MB)."""
+    if isinstance(value, str):
+        if len(value) <= MAX_STORED_TEXT:
+            return value
+        digest = hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()
+        return f"{value[:256]}… [{len(value)} characters, sha256 {digest}]"
+    if isinstance(value, dict):
+        return {key: capped(item) for key, item in value.items()}
+    if isinstance(value, list):
+        kept = [capped(item) for item in value[:MAX_STORED_ITEMS]]
+        if len(value) > MAX_STORED_ITEMS:
+            kept.append(f"… [{len(value) - MAX_STORED_ITEMS} more items, {len(value)} in all]")
+        return kept
+    return value
+
+
 def run_row(
     run_id: str, instance: str, document: Document, evaluation: Evaluation, decision_ms: float
 ) -> dict[str, Any]:
@@ -366,8 +387,8 @@ def run_row(
         "sensitivity": action.sensitivity,
         "target": redact_text(action.target),
         "mapping_id": action.mapping_id,
-        "params": redact_value(action.params),
-        "context": redact_value(action.context),
+        "params": capped(redact_value(action.params)),
+        "context": capped(redact_value(action.context)),
         "undo": action.undo,
         "request": stored,
         "decision": verdict.decision,

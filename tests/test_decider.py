@@ -131,3 +131,30 @@ def test_budgets_never_decide_without_their_past(tmp_path: Path) -> None:
     assert record.run["decision"] == "BLOCK"
     assert "Airlock failed" in record.run["reason"]
     assert allowed.results[2]["run"]["decision"] == "ALLOW"
+
+
+def test_a_record_keeps_large_params_as_their_start_length_and_hash(decider: Decider) -> None:
+    """Policies see the whole value; the store keeps a bounded record of it."""
+    import hashlib
+    import json
+
+    from store.records import DecisionRecord
+
+    description = "d" * 500_000
+    request = tutils.treq(
+        method=b"POST", scheme=b"https", host="api.stripe.com", port=443, authority=b"",
+        path=b"/v1/charges", headers=[(b"content-type", b"application/x-www-form-urlencoded")],
+        content=f"amount=5&currency=usd&description={description}".encode(),
+    )  # fmt: skip
+    fields = request_fields(request) | {"id": "run-big", "agent": "a", "refusal": None}
+    taken = decider.take(
+        [setup_message(), hosted_frame(1, ["decide", fields], request.raw_content or b"")]
+    )
+    [(_, job)] = [decode_job(frame) for frame in taken.frames]
+    assert isinstance(job, DecisionRecord)
+    stored = json.dumps(job.run)
+    assert len(stored) < 100_000, len(stored)
+    assert job.run["decision"] == "ALLOW"
+    text = job.run["params"]["description"]
+    digest = hashlib.sha256(description.encode()).hexdigest()
+    assert text.startswith("d" * 256) and f"[500000 characters, sha256 {digest}]" in text
