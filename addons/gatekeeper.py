@@ -395,15 +395,25 @@ class Gate:
         reason = f"blocked because Airlock failed ({type(error).__name__}; see Airlock's log)"
         run_id = flow.metadata.get("airlock") or new_id()
         run = {"decision": BLOCK, "action": "unknown", "rules": [], "id": run_id}
-        self._refuse(flow, run, reason)
-        if flow.metadata.get("airlock_recorded"):
+        recorded = bool(flow.metadata.get("airlock_recorded"))
+        if recorded:
             self._record_outcome(run_id, "error", 403)
-            return
-        with contextlib.suppress(Exception):  # the store may be what failed
+        else:
+            recorded = await self._record_failed_run(flow, run_id, error)
+        self._refuse(flow, run, reason, recorded=recorded)
+
+    async def _record_failed_run(self, flow: http.HTTPFlow, run_id: str, error: Exception) -> bool:
+        """A minimal BLOCK run for a request refused after a fault; False if the store failed
+        too (then the refusal carries no request id: it would name nothing on record)."""
+        try:
             row = self._failed_run(flow.request, run_id, ANONYMOUS, error)
             row.update(outcome="blocked", status=403)
             assert self.writer is not None
             await asyncio.wait_for(self.writer.submit(DecisionRecord(row)), STORE_TIMEOUT)
+        except Exception as e:
+            log.error("could not record the refusal of request %s: %s", run_id, e)
+            return False
+        return True
 
     async def _gate(self, flow: http.HTTPFlow) -> None:
         started = time.perf_counter()
@@ -722,13 +732,16 @@ class Gate:
         approval: dict[str, Any] | None = None,
         status: int = 403,
         headers: dict[str, str] | None = None,
+        recorded: bool = True,
     ) -> None:
+        """recorded=False: the store failed, so no request id is given (it names no record)."""
+        request_id = run["id"] if recorded else None
         body: dict[str, Any] = {
             "decision": run["decision"],
             "action": run["action"],
             "reason": reason,
             "rules": run["rules"],
-            "request_id": run["id"],
+            "request_id": request_id,
         }
         if approval:
             body["approval"] = approval
@@ -737,17 +750,20 @@ class Gate:
         body["error"] = {
             "type": "airlock_refusal",
             "code": "airlock_" + (approval["state"].lower() if approval else "blocked"),
-            "message": f"Airlock refused {run['action']}: {reason} (request {run['id']})",
+            "message": f"Airlock refused {run['action']}: {reason}"
+            + (f" (request {request_id})" if request_id else " (not recorded)"),
         }
         body["ok"] = False  # what Slack's SDK reads
         flow.metadata["airlock_answered"] = True
+        if not recorded:
+            flow.metadata.pop("airlock", None)  # no id on the answer: see response()
         flow.response = http.Response.make(
             status,
             json.dumps(body, indent=2) + "\n",
             {
                 "Content-Type": "application/json",
                 "X-Airlock-Decision": run["decision"],
-                "X-Airlock-Request-Id": run["id"],
+                **({"X-Airlock-Request-Id": request_id} if request_id else {}),
                 **({"X-Airlock-Approval-Id": approval["id"]} if approval else {}),
                 **(headers or {}),
             },
@@ -763,7 +779,8 @@ class Gate:
         self.log.decision(BLOCK, run, 0.0, note="store unavailable")
         # Only Airlock's own timeout is shown to the agent: a driver's error names the database.
         shown = error if isinstance(error, TimeoutError) else "the store failed (see Airlock's log)"
-        self._refuse(flow, run, f"blocked because the decision could not be recorded: {shown}")
+        reason = f"blocked because the decision could not be recorded: {shown}"
+        self._refuse(flow, run, reason, recorded=False)
 
     def _answer_shutdown(self, flow: http.HTTPFlow, run: dict[str, Any]) -> None:
         self._refuse(

@@ -149,6 +149,9 @@ def test_store_failure_blocks_the_request_and_says_why(tmp_path: Path) -> None:
         reason = json.loads(refused.response.content)["reason"]
         assert "could not be recorded" in reason
         assert "table" not in reason  # the driver's error stays in the log: it names internals
+        # Nothing was recorded, so the answer names no request id (it would name no record).
+        assert json.loads(refused.response.content)["request_id"] is None
+        assert "X-Airlock-Request-Id" not in refused.response.headers
     assert gate.metrics.fail_closed.labels("store")._value.get() == 2
 
 
