@@ -304,8 +304,8 @@ def let_through(decision: str, outcome: str | None) -> bool | None:
     """True: its request went (or is going) out, and counts against budgets. False: refused
     (a denial, for the risk score). None: neither yet, or not a decision on the request
     (an attempt answered 'pending', a duplicate retry, a store failure)."""
-    if outcome == "forwarded" or (decision == ALLOW and outcome is None):
-        return True
+    if outcome in ("forwarded", "unknown") or (decision == ALLOW and outcome is None):
+        return True  # "unknown": released when its proxy stopped, so it may have gone out
     if decision == BLOCK or outcome in ("blocked", "denied", "expired", "abandoned"):
         return False
     return None

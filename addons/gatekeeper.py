@@ -45,9 +45,12 @@ from store.approvals import (
     APPROVED,
     DENIED,
     EXPIRED,
+    NOT_SENT,
+    UNKNOWN,
     JoinableApproval,
     expire_orphaned_approvals,
     find_approval_for_retry,
+    settle_orphaned_runs,
 )
 from store.records import (
     DecisionRecord,
@@ -253,6 +256,13 @@ class Gate:
         )
         if expired:
             log.warning("expired %d approvals left by stopped proxy processes", len(expired))
+        left = settle_orphaned_runs(
+            self.engine, socket.gethostname(), _process_alive, self.instance
+        )
+        if any(left.values()):
+            log.warning("runs left without an outcome by stopped proxy processes: %d released "
+                        "(outcome unknown: may have been sent), %d held (not sent)",
+                        left[UNKNOWN], left[NOT_SENT])  # fmt: skip
 
     def _remember(self, run: dict[str, Any], passed: bool) -> None:
         """A held request, once settled, counts in the decider's budgets."""

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from store.audit import Event, append_events
 from store.names import name_key
 from store.prepared import PENDING, tx_of
-from store.records import Settlement, settle_approval
+from store.records import OutcomeRecord, Settlement, record_outcomes, settle_approval
 from store.schema import Approval, ApprovalVote, Run, write_transaction
 
 APPROVED, DENIED, EXPIRED, ABANDONED = "APPROVED", "DENIED", "EXPIRED", "ABANDONED"
@@ -253,6 +253,38 @@ def expire_orphaned_approvals(
                 append_events(tx, events)
                 expired.append(approval_id)
     return expired
+
+
+UNKNOWN = "unknown"  # released for forwarding when its proxy stopped: it may have been sent
+NOT_SENT = "not_sent"  # held when its proxy stopped, never released: it was not sent
+
+
+def settle_orphaned_runs(
+    engine: Engine, host: str, alive: Any, current: str | None = None
+) -> dict[str, int]:
+    """At a proxy's start, after expire_orphaned_approvals: runs a stopped process on this host
+    left without an outcome say what is known of them. A decision is committed before its
+    request is released, so an ALLOW (or an approval released) with no outcome is UNKNOWN: it
+    may have reached the upstream; a request still held is NOT_SENT. Returns counts by outcome.
+    """
+    now, counts = time.time(), {UNKNOWN: 0, NOT_SENT: 0}
+    with write_transaction(engine) as conn:
+        orphans = conn.execute(
+            select(Run.id, Run.instance, Run.decision, Approval.released_at)
+            .outerjoin(Approval, Approval.run_id == Run.id)
+            .where(Run.outcome.is_(None))
+        ).all()
+        records = []
+        for run_id, instance, decision, released_at in orphans:
+            if not _held_by_dead_process(instance, host, alive, current):
+                continue
+            held = decision == "REQUIRE_APPROVAL" and released_at is None
+            outcome = NOT_SENT if held else UNKNOWN
+            counts[outcome] += 1
+            records.append(OutcomeRecord(run_id, now, outcome, None, None))
+        if records:
+            append_events(tx_of(conn), record_outcomes(tx_of(conn), records))
+    return counts
 
 
 def _held_by_dead_process(instance: str, host: str, alive: Any, current: str | None) -> bool:

@@ -18,7 +18,7 @@ from sqlalchemy import select, text, update
 
 from store.schema import Run, open_engine
 from tests.helpers.proxy import PROJECT_ROOT, Proxy, clean_env
-from tests.helpers.upstream import Upstream
+from tests.helpers.upstream import Upstream, default_responder
 
 pytestmark = pytest.mark.e2e
 
@@ -360,6 +360,9 @@ def test_prometheus_metrics_count_decisions_and_fail_closed_blocks(
 def test_a_restarted_proxy_expires_what_the_stopped_one_held(
     start_proxy: Callable[..., Proxy], upstream: Upstream
 ) -> None:
+    """After a crash the record tells what was sent from what was not: a held request is
+    marked not sent (its approval expired), a released one whose answer never came is marked
+    outcome unknown (it reached the upstream)."""
     import signal
 
     first = start_proxy("--hold-timeout", "60")
@@ -367,17 +370,32 @@ def test_a_restarted_proxy_expires_what_the_stopped_one_held(
         lambda: first.session().delete("https://api.stripe.com/v1/customers/cus_crash")
     )
     [waiting] = eventually(lambda: pending(first))
-    assert first.process is not None
-    first.process.send_signal(signal.SIGKILL)  # a crash: no graceful shutdown
-    first.process.wait(10)
-    with pytest.raises(requests.exceptions.RequestException):
-        held.result()
+    answer = threading.Event()
+    upstream.responder = lambda request: (answer.wait(20), default_responder(request))[1]
+    try:
+        in_flight = Background(
+            lambda: first.session().post(CHARGES, data={"amount": 700, "currency": "usd"})
+        )
+        assert eventually(lambda: upstream.count("/v1/charges") == 1)
+        assert first.process is not None
+        first.process.send_signal(signal.SIGKILL)  # a crash: no graceful shutdown
+        first.process.wait(10)
+    finally:
+        answer.set()
+        upstream.responder = default_responder
+    for lost in (held, in_flight):
+        with pytest.raises(requests.exceptions.RequestException):
+            lost.result()
 
     start_proxy("--hold-timeout", "60", db_url=first.db_url)
 
     late = airlock("approve", waiting["id"], "--db", first.db_url)
     assert late.returncode == 1 and "already EXPIRED" in late.stderr
-    assert upstream.count() == 0
+    outcomes = eventually(
+        lambda: {r.path: r.outcome for r in runs(first) if r.outcome is not None} or None
+    )
+    assert outcomes == {"/v1/customers/cus_crash": "not_sent", "/v1/charges": "unknown"}
+    assert upstream.count() == 1  # the charge, once; the held deletion never
     assert airlock("audit", "verify", "--db", first.db_url).returncode == 0
 
 
