@@ -20,6 +20,7 @@ import h2.config
 import h2.connection
 import h2.events
 import pytest
+import requests
 from sqlalchemy import select
 
 from store.schema import Run, open_engine
@@ -271,55 +272,75 @@ def test_http1_host_header_naming_another_host_is_refused(proxy: Proxy, upstream
 # --- 4. a gzip bomb, and everyone else meanwhile -----------------------------------------------
 
 
-def test_gzip_bomb_is_refused_without_stalling_other_agents(
-    proxy: Proxy, upstream: Upstream
-) -> None:
-    bomb = gzip.compress(b"{" + b" " * 60_000_000 + b"}", compresslevel=6)
-    bomb_done = threading.Event()
+def judged_beside_a_probe(
+    proxy: Proxy, send: Callable[[requests.Session], requests.Response]
+) -> tuple[requests.Response, list[float], float]:
+    """Send one request from one agent while another agent's small charges run in a loop:
+    (its answer, the probe's latencies, seconds it took)."""
+    done = threading.Event()
     answers: dict[str, Any] = {}
 
-    def send_bomb() -> None:
+    def send_it() -> None:
         started = time.perf_counter()
         try:
-            answers["bomb"] = proxy.session(agent="bomber").post(
-                CHARGES,
-                data=bomb,
-                headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
-                timeout=30,
-            )
+            answers["answer"] = send(proxy.session(agent="heavy-bot"))
         except BaseException as e:  # reported by the assertion below
             answers["error"] = e
         finally:
             answers["seconds"] = time.perf_counter() - started
-            bomb_done.set()
+            done.set()
 
     probe = proxy.session(agent="probe-bot")
     assert probe.post(CHARGES, data=SMALL_CHARGE).status_code == 200  # connection warmed
     latencies: list[float] = []
-    sender = threading.Thread(target=send_bomb, daemon=True)
+    sender = threading.Thread(target=send_it, daemon=True)
     sender.start()
-    while not bomb_done.is_set() or len(latencies) < 10:
+    while not done.is_set() or len(latencies) < 10:
         started = time.perf_counter()
         status = probe.post(CHARGES, data={"amount": 100 + len(latencies), "currency": "usd"})
         latencies.append(time.perf_counter() - started)
         assert status.status_code == 200
-        assert len(latencies) < 2000, "the bomb was never answered"
+        assert len(latencies) < 2000, "the heavy request was never answered"
     sender.join(5)
-
-    print(
-        f"\nprobe latencies while the bomb was judged: n={len(latencies)} "
-        f"max={max(latencies) * 1000:.1f} ms "
-        f"median={sorted(latencies)[len(latencies) // 2] * 1000:.1f} ms "
-        f"(bomb: {len(bomb)} bytes compressed, answered in {answers['seconds'] * 1000:.0f} ms)"
-    )
     assert "error" not in answers, answers.get("error")
-    response = answers["bomb"]
+    return answers["answer"], latencies, answers["seconds"]
+
+
+def test_gzip_bomb_is_refused_without_stalling_other_agents(
+    proxy: Proxy, upstream: Upstream
+) -> None:
+    bomb = gzip.compress(b"{" + b" " * 60_000_000 + b"}", compresslevel=6)
+    headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+
+    response, latencies, seconds = judged_beside_a_probe(
+        proxy, lambda session: session.post(CHARGES, data=bomb, headers=headers, timeout=30)
+    )
+
+    print(f"\ngzip bomb ({len(bomb)} bytes → 60 MB) answered in {seconds * 1000:.0f} ms; "
+          f"probe max {max(latencies) * 1000:.1f} ms over {len(latencies)}")  # fmt: skip
     assert response.status_code == 403
     assert "decodes to more than" in response.json()["reason"]
     blocked_record(proxy, response.headers)
     assert max(latencies) < 2.0, latencies
     assert upstream.count() == len(latencies) + 1  # only the probe's charges
-    assert all(r.headers.get("content-encoding") is None for r in upstream.received)
+
+
+def test_a_large_plain_body_does_not_stall_other_agents(proxy: Proxy, upstream: Upstream) -> None:
+    """9.5 MB of JSON (under the 10 MB body limit): not parsed, held for a reviewer by the
+    baseline, and other agents' decisions go on."""
+    payload = json.dumps({"amount": 5, "currency": "usd", "pad": "x" * 9_500_000})
+    headers = {"Content-Type": "application/json"}
+
+    response, latencies, seconds = judged_beside_a_probe(
+        proxy, lambda session: session.post(CHARGES, data=payload, headers=headers, timeout=30)
+    )
+
+    print(f"\n9.5 MB body answered in {seconds * 1000:.0f} ms (2 s hold); probe max "
+          f"{max(latencies) * 1000:.1f} ms over {len(latencies)}")  # fmt: skip
+    assert response.status_code == 503  # held, then "approval pending"
+    assert response.json()["rules"] == ["uninspected-body-needs-approval"]
+    assert max(latencies) < 2.0, latencies
+    assert upstream.count() == len(latencies) + 1  # only the probe's charges
 
 
 # --- 5. deep nesting ---------------------------------------------------------------------------
