@@ -39,6 +39,8 @@ log = logging.getLogger("airlock.store.writer")
 
 
 Results = dict[int, Any]  # answers by sequence number
+RETRY_SECONDS = 1.0  # how often outcomes the store refused are tried again
+MAX_UNWRITTEN = 10_000  # outcomes kept for another try; the oldest go past it (logged)
 
 
 @dataclass
@@ -80,13 +82,18 @@ class Server:
         self.sock = sock
         self.writer = writer
         self.host = host or StoreOnly()
+        # Jobs nobody awaits (outcomes) that the store could not take: tried again on their own
+        # every RETRY_SECONDS, so one that keeps failing never fails the groups behind it.
+        self.unwritten: list[Pending] = []
+        self.retry_at = 0.0
 
     def run(self, received: bytearray) -> None:
         while True:
             frames = split_frames(received)
             if frames:
                 self._write(frames)
-            self.sock.settimeout(self.host.tick())
+            self._retry_unwritten()
+            self.sock.settimeout(self._wait())
             try:
                 chunk = self.sock.recv(READ_SIZE)
             except TimeoutError:
@@ -94,6 +101,14 @@ class Server:
             if not chunk:
                 break
             received += chunk
+        self._retry_unwritten(now=True)
+
+    def _wait(self) -> float | None:
+        wait = self.host.tick()
+        if self.unwritten:
+            due = max(0.0, self.retry_at - time.monotonic())
+            wait = due if wait is None else min(wait, due)
+        return wait
 
     def _write(self, received: list[bytes]) -> None:
         taken = self.host.take(received)
@@ -106,11 +121,33 @@ class Server:
         synchronous=FULL, PostgreSQL's commit), then answered. A job the database refuses fails
         alone (GroupWriter.write_group): its request is refused, the others go on."""
         started = time.perf_counter()
+        written = self.writer.write_group(group)
+        self._keep_unwritten(group, written)
         answers = [
             (seq, ok, results[seq] if ok and seq in results else value)
-            for seq, ok, value in self.writer.write_group(group)
+            for seq, ok, value in written
         ]
         self._answer(answers, (started, len(group)))
+
+    def _keep_unwritten(self, group: list[Pending], written: list[tuple[int, bool, Any]]) -> None:
+        failed = [p for p, (_, ok, _) in zip(group, written, strict=True) if not ok]
+        unawaited = [p for p in failed if p.sequence == 0]
+        if not unawaited:
+            return
+        if not self.unwritten:
+            self.retry_at = time.monotonic() + RETRY_SECONDS
+        self.unwritten += unawaited
+        if len(self.unwritten) > MAX_UNWRITTEN:
+            dropped = len(self.unwritten) - MAX_UNWRITTEN
+            log.error("%d outcomes dropped: the store has refused writes for too long", dropped)
+            del self.unwritten[:dropped]
+
+    def _retry_unwritten(self, now: bool = False) -> None:
+        if not self.unwritten or (not now and time.monotonic() < self.retry_at):
+            return
+        group, self.unwritten = self.unwritten, []
+        self._write_durably(group, {})
+        self.retry_at = time.monotonic() + RETRY_SECONDS
 
     def _answer(
         self, answers: list[tuple[int, bool, Any]], commit: tuple[float, int] | None
