@@ -372,7 +372,7 @@ def run_row(
     action, verdict = evaluation.action, evaluation.verdict
     if document["body_size"] > MAX_STORED_BODY:  # not stored, so not worth redacting
         document = {**document, "body": f"[body of {document['body_size']} bytes not stored]"}
-    stored = redact_document(document)
+    stored = capped(redact_document(document))  # overlong headers or paths too
     return {
         "id": run_id,
         "at": time.time(),

@@ -133,7 +133,7 @@ def test_budgets_never_decide_without_their_past(tmp_path: Path) -> None:
     assert allowed.results[2]["run"]["decision"] == "ALLOW"
 
 
-def test_a_record_keeps_large_params_as_their_start_length_and_hash(decider: Decider) -> None:
+def test_a_record_keeps_large_values_as_their_start_length_and_hash(decider: Decider) -> None:
     """Policies see the whole value; the store keeps a bounded record of it."""
     import hashlib
     import json
@@ -143,7 +143,8 @@ def test_a_record_keeps_large_params_as_their_start_length_and_hash(decider: Dec
     description = "d" * 500_000
     request = tutils.treq(
         method=b"POST", scheme=b"https", host="api.stripe.com", port=443, authority=b"",
-        path=b"/v1/charges", headers=[(b"content-type", b"application/x-www-form-urlencoded")],
+        path=b"/v1/charges", headers=[(b"content-type", b"application/x-www-form-urlencoded"),
+                                      (b"x-trace", b"t" * 100_000)],
         content=f"amount=5&currency=usd&description={description}".encode(),
     )  # fmt: skip
     fields = request_fields(request) | {"id": "run-big", "agent": "a", "refusal": None}
@@ -158,3 +159,4 @@ def test_a_record_keeps_large_params_as_their_start_length_and_hash(decider: Dec
     text = job.run["params"]["description"]
     digest = hashlib.sha256(description.encode()).hexdigest()
     assert text.startswith("d" * 256) and f"[500000 characters, sha256 {digest}]" in text
+    assert "[100000 characters, sha256 " in job.run["request"]["headers"]["x-trace"]
