@@ -6,6 +6,7 @@ call the same code.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,22 +78,34 @@ def request_problem(document: Document) -> str | None:
             f"protocol upgrades are refused (Upgrade: {upgrade[:40]!r}): Airlock judges each "
             "HTTP request, and the messages of a WebSocket or other protocol would pass unjudged"
         )
+    folded = next((n for n, v in document["headers"].items() if "\n" in v or "\r" in v), None)
+    if folded:
+        return (
+            f"the {folded!r} header is folded over several lines (obsolete line folding, "
+            "RFC 9112 section 5.2): the upstream could read a header Airlock did not judge"
+        )
     for name, named in (("Host header", document["headers"].get("host")),
                          (":authority", document.get("authority"))):  # fmt: skip
-        if named and _host_of(named) != document["host"].strip("[]"):
+        if named is None or (name == ":authority" and not named):
+            continue  # no Host header (HTTP/2), no authority (HTTP/1 origin-form)
+        if _host_of(named) != document["host"].strip("[]"):
             return (
-                f"the {name} {named!r} does not match the host the request goes to "
+                f"the {name} {named!r} does not name the host the request goes to "
                 f"({document['host']!r})"
             )
     return None
 
 
-def _host_of(authority: str) -> str:
-    """`Host.Example:443` → `host.example`; `[::1]:8080` → `::1`."""
-    authority = authority.strip().rpartition("@")[2]
-    if authority.startswith("["):
-        return authority[1:].partition("]")[0].lower()
-    return normalise_host(authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority)
+_AUTHORITY = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(?::[0-9]{1,5})?\Z")
+
+
+def _host_of(authority: str) -> str | None:
+    """`Host.Example:443` → `host.example`; `[::1]:8080` → `::1`; None for anything that is not
+    host[:port] (user info, a bad port, an empty value: upstreams read those differently)."""
+    match = _AUTHORITY.match(authority.strip())
+    if match is None:
+        return None
+    return normalise_host(match.group(1).strip("[]"))
 
 
 def _failed(stage: str, action: Action, error: Exception) -> Evaluation:

@@ -38,6 +38,7 @@ from addons.mappings import Action
 from addons.metrics import Metrics
 from addons.notify import Notifier
 from addons.policies import BLOCK, ENFORCE, MODES, REQUIRE_APPROVAL, Verdict
+from addons.redaction import redact_mitmproxy_logs
 from addons.routing import Routing
 from addons.yaml_source import ConfigError, Sources, recording_sources
 from store.approvals import (
@@ -110,6 +111,7 @@ class Gate:
     # --- options and lifecycle ---------------------------------------------------------------
 
     def load(self, loader: Any) -> None:
+        redact_mitmproxy_logs()
         loader.add_option(
             "airlock_db", str, DEFAULT_DB_URL, "SQLAlchemy URL of the store (SQLite or PostgreSQL)."
         )

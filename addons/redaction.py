@@ -6,6 +6,7 @@ Whatever policy needs from a secret (Stripe live vs test mode, say) is derived b
 from __future__ import annotations
 
 import json
+import logging
 import re
 from functools import lru_cache
 from typing import Any
@@ -130,7 +131,8 @@ def redact_value(value: Any) -> Any:
         return redact_text(value)
     if isinstance(value, dict):
         return {
-            key: REDACTED
+            # A key can be the secret itself (`?sk_live_…`, a JSON object keyed by tokens).
+            redact_text(key) if isinstance(key, str) else key: REDACTED
             if is_secret_name(str(key)) and value[key] not in (None, "")
             else redact_value(value[key])
             for key in value
@@ -146,6 +148,9 @@ def redact_document(document: dict[str, Any]) -> dict[str, Any]:
     clean["path"] = redact_text(document["path"])
     clean["query"] = redact_value(document["query"])
     clean["body"] = redact_body(document["body"])
+    for note in ("request_error", "body_error", "authority"):  # they quote what was sent
+        if note in document:
+            clean[note] = redact_text(str(document[note]))
     return clean
 
 
@@ -153,8 +158,26 @@ def redact_body(body: Any) -> Any:
     """A text body may still be JSON sent with another content type: redact it as JSON then."""
     if isinstance(body, str) and body[:1] in ("{", "["):
         try:
-            parsed = json.loads(body)
-        except ValueError:
+            return json.dumps(redact_value(json.loads(body)), ensure_ascii=False)
+        except (ValueError, RecursionError):  # not JSON, or nested too deep to walk: as text
             return redact_text(body)
-        return json.dumps(redact_value(parsed), ensure_ascii=False)
     return redact_value(body)
+
+
+class RedactingFilter(logging.Filter):
+    """mitmproxy logs the raw request line of a request it cannot parse (`Bad HTTP request
+    line: b'GET /?api_key=sk_live_…'`): redact what it prints, as everything Airlock prints."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact_text(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
+def redact_mitmproxy_logs() -> None:
+    """Once per process: the logger of mitmproxy's connection handlers."""
+    logger = logging.getLogger("mitmproxy.proxy.server")
+    if not any(isinstance(f, RedactingFilter) for f in logger.filters):
+        logger.addFilter(RedactingFilter())

@@ -220,7 +220,7 @@ def test_a_host_header_that_disagrees_with_the_target_is_refused() -> None:
     evaluation = evaluate(document, config)
     assert evaluation.verdict.decision == "BLOCK"
     assert evaluation.failed_stage == "request"
-    assert "does not match the host" in evaluation.verdict.reason
+    assert "does not name the host" in evaluation.verdict.reason
 
 
 def test_environment_condition_reads_the_derived_context(tmp_path: Path) -> None:

@@ -134,3 +134,29 @@ def test_clean_strings_are_remembered_and_secrets_never_are() -> None:
         assert redact_text(secret) == "key=[REDACTED]"
     assert clean in redaction._CLEAN
     assert not any("sk_live" in kept for kept in redaction._CLEAN)
+
+
+def test_secrets_in_keys_notes_and_unwalkable_bodies_are_redacted() -> None:
+    """A query or JSON key can be the secret, a refusal's note quotes the request target, and a
+    JSON-looking text body too deep to walk is still scanned as text."""
+    import json
+    import logging
+
+    from addons.document import WireRequest, build_document
+    from addons.redaction import RedactingFilter
+
+    secret = "sk_live_" + "4eC39HqLyjWDarjtT1zdp7dc"
+    document = build_document(
+        WireRequest("GET", "https", "api.stripe.com", 443, f"/v1/\udcff?{secret}", [], b""), "a"
+    )
+    stored = json.dumps(redact_document(document))
+    assert "request_error" in stored and secret not in stored
+    deep = "[" * 2000 + f'"{secret}"' + "]" * 2000
+    assert secret not in redact_document({**document, "body": deep})["body"]
+
+    line = f"GET /?k={secret} X"
+    record = logging.LogRecord(
+        "mitmproxy.proxy.server", logging.INFO, "", 0, "Bad HTTP request line: %r", (line,), None
+    )
+    RedactingFilter().filter(record)
+    assert secret not in record.getMessage() and "Bad HTTP request line" in record.getMessage()
