@@ -58,7 +58,9 @@ def with_gate(
             try:
                 await scenario(gate, tctx)
             finally:
-                await gate.done()
+                # As mitmproxy stops: the gate's done(), then its log handlers go (a handler
+                # left bound to this closed loop would fail the next test's warnings).
+                await tctx.master.done()
 
     asyncio.run(run())
     return gate
