@@ -15,6 +15,7 @@ from sqlalchemy import (
     JSON,
     Float,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -24,6 +25,7 @@ from sqlalchemy import (
     insert,
     inspect,
     select,
+    text,
 )
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -45,6 +47,16 @@ class Run(Base):
     """
 
     __tablename__ = "runs"
+    # What a restarted proxy looks for (runs a dead process left without an outcome) without
+    # reading the whole table: a partial index, tiny since almost every run has an outcome.
+    __table_args__ = (
+        Index(
+            "ix_runs_without_outcome",
+            "instance",
+            sqlite_where=text("outcome IS NULL"),
+            postgresql_where=text("outcome IS NULL"),
+        ),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     at: Mapped[float] = mapped_column(Float, index=True)
@@ -221,8 +233,12 @@ def _add_missing_columns(engine: Engine) -> None:
 
 def create_schema(engine: Engine) -> None:
     """Create missing tables and the chain's head row; safe to run at every start."""
-    Base.metadata.create_all(engine.execution_options(airlock_write=True))
+    writable = engine.execution_options(airlock_write=True)
+    Base.metadata.create_all(writable)
     _add_missing_columns(engine)
+    with writable.begin() as conn:  # indexes added since a store was created
+        for index in Run.__table__.indexes:
+            index.create(conn, checkfirst=True)
     with write_transaction(engine) as conn:
         if conn.execute(select(AuditHead.id).where(AuditHead.id == 1)).first() is None:
             conn.execute(insert(AuditHead).values(id=1, seq=0, hash=GENESIS_HASH))
