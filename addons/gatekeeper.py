@@ -488,9 +488,6 @@ class Gate:
         except Exception as e:
             if str(e).startswith(DECIDER_FAULT):
                 raise  # not the store: refused as a fault of the gate, and recorded if it can be
-            if isinstance(e, TimeoutError):
-                e = TimeoutError(f"the store did not answer within {STORE_TIMEOUT:.0f} s")
-                self._record_outcome(run_id, "store_timeout", 403)  # if it lands later
             self._refuse_unrecorded(flow, self._failed_run(request, run_id, agent, e), e)
             return None
 
@@ -510,9 +507,6 @@ class Gate:
             async with asyncio.timeout(STORE_TIMEOUT):  # cheaper than wait_for: no extra task
                 await self.writer.submit(DecisionRecord(run, hold))
         except Exception as e:
-            if isinstance(e, TimeoutError):
-                e = TimeoutError(f"the store did not answer within {STORE_TIMEOUT:.0f} s")
-                self._record_outcome(run["id"], "store_timeout", 403)  # if it lands later
             self._refuse_unrecorded(flow, run, e)
             return False
         return True
@@ -784,7 +778,13 @@ class Gate:
     def _refuse_unrecorded(
         self, flow: http.HTTPFlow, run: dict[str, Any], error: Exception
     ) -> None:
-        """The store failed: nothing may pass unrecorded, so refuse and say why."""
+        """The store failed: nothing may pass unrecorded, so refuse and say why. The decision
+        may still have been committed (a late commit, a writer that died before answering):
+        its outcome says the request was refused, if it is there to take one."""
+        timed_out = isinstance(error, TimeoutError)
+        if timed_out:
+            error = TimeoutError(f"the store did not answer within {STORE_TIMEOUT:.0f} s")
+        self._record_outcome(run["id"], "store_timeout" if timed_out else "store_failed", 403)
         self.metrics.fail_closed.labels("store").inc()
         log.error("store unavailable, request %s blocked: %s", run["id"], error)
         run = {**run, "decision": BLOCK, "rules": []}

@@ -48,6 +48,7 @@ IDLE_WRITE_DELAY = 0.05  # seconds an outcome may wait to share a commit with a 
 READ_SIZE = 1 << 20
 STABLE_SECONDS = 5.0  # a writer process that lived this long is restarted at once
 FIRST_RESTART_PAUSE, MAX_RESTART_PAUSE = 0.1, 5.0  # doubling pauses for one that keeps dying
+MAX_UNCONFIRMED = 10_000  # outcomes kept until committed; the oldest go past it (logged)
 
 
 Job = DecisionRecord | OutcomeRecord | SettleRequest | ReleaseRequest
@@ -84,6 +85,9 @@ class StoreWriter:
         self._unsent = bytearray()  # what the socket would not take yet
         self._received = bytearray()
         self._deferred: list[bytes] = []  # outcomes waiting to ride with the next decision
+        # Outcomes sent but not yet confirmed committed, by sequence: sent again to a restarted
+        # writer (writing one twice is harmless: the same values, the last event wins).
+        self._unconfirmed: dict[int, bytes] = {}
         self._flush_timer: asyncio.TimerHandle | None = None
         self._started_at = 0.0
         self._restart_at = 0.0  # monotonic time before which a dead process is not restarted
@@ -112,6 +116,8 @@ class StoreWriter:
         self._send(frame(url))  # over the socket, not argv: a password must not show in ps
         for greeting in self.greeting() if self.greeting else ():
             self._send(greeting)
+        if self._unconfirmed:  # what the previous process may not have written
+            self._send(b"".join(self._unconfirmed.values()))
         loop.add_reader(ours, self._on_readable)
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -197,9 +203,15 @@ class StoreWriter:
 
     def submit_nowait(self, job: Job) -> None:
         """A job nobody waits for (an outcome) rides with the next decision, sharing its commit;
-        with no decision coming, it is written within IDLE_WRITE_DELAY."""
+        with no decision coming, it is written within IDLE_WRITE_DELAY. It is kept until the
+        writer confirms it, so a writer that dies or cannot write yet does not lose it."""
         assert self._loop is not None, "StoreWriter.ensure_started() was not called"
-        self._deferred.append(job_frame(0, job))
+        sequence = next(self._sequence)
+        self._unconfirmed[sequence] = job_frame(sequence, job)
+        if len(self._unconfirmed) > MAX_UNCONFIRMED:
+            del self._unconfirmed[next(iter(self._unconfirmed))]
+            log.error("an outcome was dropped: the store has not confirmed one for too long")
+        self._deferred.append(self._unconfirmed[sequence])
         if self._flush_timer is None:
             self._flush_timer = self._loop.call_later(IDLE_WRITE_DELAY, self._flush_deferred)
 
@@ -263,6 +275,10 @@ class StoreWriter:
                     self.on_commit(message[1], message[2])
                 continue
             sequence, ok, value = message
+            if sequence in self._unconfirmed:
+                if ok:  # a refused one stays: the writer tries it again, and so would the next
+                    del self._unconfirmed[sequence]
+                continue
             kind, future = self._waiting.pop(sequence, (None, None))
             if future is None or future.done():  # the awaiting flow was cancelled meanwhile
                 continue

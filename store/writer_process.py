@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from store.records import OutcomeRecord
 from store.schema import open_engine
 from store.wire import (
     HOSTED,
@@ -82,8 +83,8 @@ class Server:
         self.sock = sock
         self.writer = writer
         self.host = host or StoreOnly()
-        # Jobs nobody awaits (outcomes) that the store could not take: tried again on their own
-        # every RETRY_SECONDS, so one that keeps failing never fails the groups behind it.
+        # Outcomes (nobody awaits them) the store could not take: tried again on their own every
+        # RETRY_SECONDS, so one that keeps failing never fails the groups behind it.
         self.unwritten: list[Pending] = []
         self.retry_at = 0.0
 
@@ -131,7 +132,7 @@ class Server:
 
     def _keep_unwritten(self, group: list[Pending], written: list[tuple[int, bool, Any]]) -> None:
         failed = [p for p, (_, ok, _) in zip(group, written, strict=True) if not ok]
-        unawaited = [p for p in failed if p.sequence == 0]
+        unawaited = [p for p in failed if isinstance(p.job, OutcomeRecord)]
         if not unawaited:
             return
         if not self.unwritten:
