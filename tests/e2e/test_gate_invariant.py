@@ -372,8 +372,9 @@ def test_deeply_nested_bodies_are_refused(proxy: Proxy, upstream: Upstream) -> N
 
 @pytest.mark.xfail(
     strict=True,
-    reason="mitmproxy 11.0.2's HTTP/1 reader raises NotImplementedError on request trailers "
-    "before any hook runs: nothing is forwarded or recorded, but the client gets no answer",
+    reason="mitmproxy's HTTP/1 reader (11.0.2, and 12.x likewise; mitmproxy issue #2474) raises "
+    "NotImplementedError on request trailers before any hook runs: nothing is forwarded or "
+    "recorded, but the client gets no answer until mitmproxy's idle timeout (600 s)",
 )
 def test_chunked_body_with_trailer_gets_a_decided_answer(
     start_proxy: Callable[..., Proxy], upstream: Upstream
