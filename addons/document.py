@@ -144,7 +144,7 @@ def _read_body(raw: bytes, headers: dict[str, str]) -> Body:
     try:
         decoded = _decoded(raw, headers.get("content-encoding"))
     except Unreadable as e:
-        return Body(_uninspected(raw), "text", len(raw), {"request_error": str(e)})
+        return _refused_body(raw, e)
     if len(decoded) > MAX_PARSED_BODY:
         structured = _media_type(content_type, decoded) in _STRUCTURED
         notes = {"body_truncated": True} if structured else {}
@@ -152,8 +152,12 @@ def _read_body(raw: bytes, headers: dict[str, str]) -> Body:
     try:
         value, body_format, body_error = parse_body(content_type, decoded)
     except Unreadable as e:
-        return Body(_uninspected(decoded), "text", len(decoded), {"request_error": str(e)})
+        return _refused_body(decoded, e)
     return Body(value, body_format, len(decoded), {"body_error": body_error} if body_error else {})
+
+
+def _refused_body(raw: bytes, error: Unreadable) -> Body:
+    return Body(_uninspected(raw), "text", len(raw), {"request_error": str(error)})
 
 
 def _uninspected(raw: bytes) -> str:

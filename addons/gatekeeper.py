@@ -247,12 +247,13 @@ class Gate:
     def running(self) -> None:
         self._enforce_gating_options()
         self._start_writer()
-        self._expire_orphaned_approvals()
+        self._settle_what_stopped_processes_left()
         _settle_heap()
 
-    def _expire_orphaned_approvals(self) -> None:
+    def _settle_what_stopped_processes_left(self) -> None:
         """Approvals held by an earlier process of this host that stopped can never be
-        released: a reviewer must not be able to approve them."""
+        released: a reviewer must not be able to approve them. Its runs left without an outcome
+        say what is known of them (store/approvals.py settle_orphaned_runs)."""
         expired = expire_orphaned_approvals(
             self.engine, socket.gethostname(), _process_alive, self.instance
         )

@@ -283,7 +283,8 @@ def settle_orphaned_runs(
             counts[outcome] += 1
             records.append(OutcomeRecord(run_id, now, outcome, None, None))
         if records:
-            append_events(tx_of(conn), record_outcomes(tx_of(conn), records))
+            tx = tx_of(conn)
+            append_events(tx, record_outcomes(tx, records))
     return counts
 
 

@@ -395,12 +395,9 @@ class GroupWriter:
         return [results.get(i) for i in range(len(group))]
 
 
-def _apply(tx: Any, job: Job) -> tuple[Any, list[Event]]:
-    """One job's statements: (its result, its audit events)."""
-    if isinstance(job, DecisionRecord):
-        return None, record_decisions(tx, [job])
-    if isinstance(job, OutcomeRecord):
-        return None, record_outcomes(tx, [job])
+def _apply(tx: Any, job: SettleRequest | ReleaseRequest) -> tuple[Any, list[Event]]:
+    """A settlement's or release's statements: (its result, its audit events). Decisions and
+    outcomes are written for the whole group at once, in _commit."""
     if isinstance(job, SettleRequest):
         return settle_approval(tx, job.approval_id, job.state, None, job.reason, job.at)
     return release_approval(tx, job.approval_id, job.at)
