@@ -31,7 +31,8 @@ CLIENTS = 4
 LOAD_SECONDS = 0.5  # of traffic before each kill
 AFTER_KILL_SECONDS = 0.2  # clients keep sending this long after the kill
 KINDS = ("proxy", "both", "decider")
-ROUNDS_PER_KIND = 3
+# 3 per kind in the suite; AIRLOCK_CRASH_ROUNDS=10 gives the 30-round campaign.
+ROUNDS_PER_KIND = int(os.environ.get("AIRLOCK_CRASH_ROUNDS", "3"))
 TAG = "metadata[tag]"
 
 
