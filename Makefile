@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-stamp
 SDK_VENV  := .venv-sdk
 SDK_STAMP := $(SDK_VENV)/.installed-stamp
 
-.PHONY: run test bench bench-ab lint format clean
+.PHONY: run test bench bench-ab catalog coverage lint format clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,14 @@ bench: $(STAMP)
 ## bench-ab: this checkout against BASE (a git revision), interleaved rounds, medians
 bench-ab: $(STAMP)
 	$(BIN)/python -m tests.bench.bench_ab $(BASE) $(ARGS)
+
+## catalog: regenerate catalog/aws/*.json from the botocore pinned in catalog/sources.json
+catalog: $(STAMP)
+	$(BIN)/python -m console.catalog_build
+
+## coverage: per service, write operations identified / total, and every miss
+coverage: $(STAMP)
+	$(BIN)/python -m console.catalog_coverage
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -387,6 +387,7 @@ def run_row(
         "sensitivity": action.sensitivity,
         "target": redact_text(action.target),
         "mapping_id": action.mapping_id,
+        "operation": action.operation,
         "params": capped(redact_value(action.params)),
         "context": capped(redact_value(action.context)),
         "undo": action.undo,

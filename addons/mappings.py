@@ -23,6 +23,7 @@ from addons.extraction import (
     load_value_specs,
 )
 from addons.hosts import host_glob_regex
+from addons.operations import DEFAULT_CATALOG, Operation, OperationIndex, load_catalog
 from addons.yaml_source import (
     ConfigError,
     Node,
@@ -69,6 +70,7 @@ _MAPPING_KEYS = {
     "match",
     "context",
     "undo",
+    "operation",
 }
 _UNDO_KEYS = {"action", "description", "params"}
 _TEMPLATE_FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(\+?)\}")
@@ -101,6 +103,9 @@ class Action:
     context: dict[str, Any] = field(default_factory=dict)
     # How the provider lets this be undone, when it does: shown to reviewers, used by recovery.
     undo: dict[str, Any] | None = None
+    # The vendor's own name for the operation (`aws.s3.PutBucketLifecycleConfiguration`), when
+    # the catalog identified it.
+    operation: str | None = None
 
 
 # --- compiled pieces -------------------------------------------------------------------------
@@ -149,6 +154,7 @@ class Mapping:
     undo: dict[str, Any] | None
     where: Where
     order: int = field(compare=False)
+    operations: tuple[str, ...] = ()  # `operation:` names: matched by identity, not by URL
 
     def mismatch(self, document: Document) -> str | None:
         """Why this mapping does not match the request (None when it does): for `explain`."""
@@ -176,9 +182,13 @@ class Mapping:
             return captures
         return None
 
-    def apply(self, document: Document, captures: dict[str, str]) -> Action:
+    def apply(
+        self, document: Document, captures: dict[str, str], operation: Operation | None = None
+    ) -> Action:
         params: dict[str, Any] = dict(captures)
         context: dict[str, Any] = {}
+        if operation is not None:  # `$.fields.Bucket`: the operation's request fields
+            document = {**document, "fields": operation.fields}
         try:
             for spec in self.context:
                 value = spec.extract(document)
@@ -191,6 +201,7 @@ class Mapping:
             known = Action(
                 self.action, self.provider, self.category, self.sensitivity,
                 document["host"], params, self.id, context,
+                operation=operation.name if operation else None,
             )  # fmt: skip
             raise MappingError(f"mapping {self.id} ({self.where}): {e}", known) from e
         return Action(
@@ -203,12 +214,13 @@ class Mapping:
             mapping_id=self.id,
             context=context,
             undo=self._render_undo(params),
+            operation=operation.name if operation else None,
         )
 
     def _render_target(self, document: Document, values: dict[str, Any]) -> str:
         if not self.target:
             return document["host"]
-        return render_template(self.target, values)
+        return render_template(self.target, {**document.get("fields", {}), **values})
 
     def _render_undo(self, params: dict[str, Any]) -> dict[str, Any] | None:
         if self.undo is None:
@@ -236,14 +248,25 @@ def render_template(template: str, values: dict[str, Any]) -> str:
 
 
 class MappingIndex:
-    """Mappings indexed by host then method; first match in file order wins."""
+    """Mappings indexed by host then method; first match in file order wins.
 
-    def __init__(self, mappings: Iterable[Mapping]) -> None:
+    With a catalog, a request is first identified as the vendor's operation: mappings that name
+    that operation (`operation:`) come first, then URL mappings, then the meaning the catalog
+    derives for the operation; only a request nothing knows falls back to http.read/http.write.
+    """
+
+    def __init__(
+        self, mappings: Iterable[Mapping], operations: OperationIndex | None = None
+    ) -> None:
         self.mappings: list[Mapping] = sorted(mappings, key=lambda m: m.order)
+        self.operations = operations
         self._exact: dict[str, list[Mapping]] = {}
         self._globs: list[tuple[re.Pattern[str], Mapping]] = []
+        self._by_operation: dict[str, list[Mapping]] = {}
         for mapping in self.mappings:
-            for glob in mapping.host_globs:
+            for name in mapping.operations:
+                self._by_operation.setdefault(name, []).append(mapping)
+            for glob in () if mapping.operations else mapping.host_globs:
                 if "*" in glob:
                     self._globs.append((host_glob_regex(glob), mapping))
                 else:
@@ -264,16 +287,29 @@ class MappingIndex:
         return found
 
     def on_host(self, host: str) -> list[Mapping]:
-        """Every mapping for this host, whatever the method, in the order they are tried."""
+        """Every URL mapping for this host, whatever the method, in the order they are tried."""
         found = list(self._exact.get(host, ()))
         found += [mapping for regex, mapping in self._globs if regex.match(host)]
         return sorted({m.order: m for m in found}.values(), key=lambda m: m.order)
 
+    def for_operation(self, name: str) -> list[Mapping]:
+        """The mappings that name this operation, in the order they are tried."""
+        return self._by_operation.get(name, [])
+
     def _collect(self, host: str, method: str) -> list[Mapping]:
         return [m for m in self.on_host(host) if not m.methods or method in m.methods]
 
-    def match(self, document: Document) -> tuple[Mapping, dict[str, str]] | None:
+    def identify(self, document: Document) -> Operation | None:
+        return self.operations.identify(document) if self.operations is not None else None
+
+    def match(
+        self, document: Document, operation: Operation | None = None
+    ) -> tuple[Mapping, dict[str, str]] | None:
         """The first mapping that matches, with its path captures."""
+        if operation is not None:
+            for mapping in self.for_operation(operation.name):
+                if all(condition.holds(document) for condition in mapping.match):
+                    return mapping, {}
         for mapping in self.candidates(document["host"], document["method"]):
             captures = mapping.captures(document)
             if captures is not None:
@@ -281,11 +317,40 @@ class MappingIndex:
         return None
 
     def map(self, document: Document) -> Action:
-        found = self.match(document)
-        if found is None:
-            return fallback_action(document)
-        mapping, captures = found
-        return mapping.apply(document, captures)
+        operation = self.identify(document)
+        found = self.match(document, operation)
+        if found is not None:
+            mapping, captures = found
+            return mapping.apply(document, captures, operation)
+        if operation is not None:
+            return derived_action(document, operation)
+        return fallback_action(document)
+
+
+_WORD = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+
+
+def derived_action(document: Document, operation: Operation) -> Action:
+    """An operation no mapping curates: its action is the operation's name in snake case
+    (`PutBucketLifecycleConfiguration` → `put_bucket_lifecycle_configuration`), its params the
+    request fields the catalog names (path labels, required members), as the vendor spells them.
+    """
+    fields = operation.fields
+    first = next(iter(fields.values()), None)
+    return Action(
+        action=snake_case(operation.short_name),
+        provider=operation.provider,
+        category=operation.category,
+        sensitivity=operation.sensitivity,
+        target=f"{operation.service}/{first}" if first is not None else document["host"],
+        params={**fields, **body_notes(document)},
+        mapping_id=None,
+        operation=operation.name,
+    )
+
+
+def snake_case(name: str) -> str:
+    return _WORD.sub("_", name).lower()
 
 
 def fallback_action(document: Document) -> Action:
@@ -315,10 +380,12 @@ def body_notes(document: Document) -> dict[str, Any]:
 # --- loading ---------------------------------------------------------------------------------
 
 
-def load_mappings(directory: Path) -> MappingIndex:
+def load_mappings(directory: Path, catalog: Path | None = DEFAULT_CATALOG) -> MappingIndex:
+    """The mapping files in `directory`, over the generated operation catalog (None: without)."""
+    operations = load_catalog(catalog) if catalog is not None else None
     mappings: list[Mapping] = []
     for path in yaml_files(directory):
-        mappings.extend(load_mapping_file(path, start=len(mappings)))
+        mappings.extend(load_mapping_file(path, start=len(mappings), operations=operations))
     seen: dict[str, Mapping] = {}
     for mapping in mappings:
         if mapping.id in seen:
@@ -327,11 +394,14 @@ def load_mappings(directory: Path) -> MappingIndex:
                 f"duplicate mapping id {mapping.id!r} (first at {seen[mapping.id].where})",
             )
         seen[mapping.id] = mapping
-    return MappingIndex(mappings)
+    return MappingIndex(mappings, operations)
 
 
 def load_mapping_file(
-    path: Path, start: int = 0, errors: list[ConfigError] | None = None
+    path: Path,
+    start: int = 0,
+    errors: list[ConfigError] | None = None,
+    operations: OperationIndex | None = None,
 ) -> list[Mapping]:
     """With `errors`, a broken mapping is reported there and the rest still load (`check`)."""
     root = load_yaml(path)
@@ -358,6 +428,7 @@ def load_mapping_file(
                     file_context,
                     path.stem,
                     start + i,
+                    operations,
                 )
             )
         except ConfigError as e:
@@ -383,12 +454,14 @@ def _load_mapping(
     file_context: tuple[ValueSpec, ...],
     stem: str,
     order: int,
+    operations: OperationIndex | None = None,
 ) -> Mapping:
     if not isinstance(entry, Node):
         raise ConfigError(where, "each mapping must be a YAML mapping (action, method, path, ...)")
     expect_keys(entry, _MAPPING_KEYS, {"action"}, "mapping")
+    named = _operations(entry, operations)
     hosts = _hosts(entry, "hosts") if "hosts" in entry else default_hosts
-    if not hosts:
+    if not hosts and not named:
         raise ConfigError(where, "mapping has no hosts: set 'hosts' on the file or the mapping")
     action = entry["action"]
     expect_type(entry, "action", action, str, "a string")
@@ -409,7 +482,34 @@ def _load_mapping(
         undo=_undo(entry),
         where=where,
         order=order,
+        operations=named,
     )
+
+
+def _operations(entry: Node, operations: OperationIndex | None) -> tuple[str, ...]:
+    """`operation:` names, each one the catalog knows: a typo is a load error, not a mapping
+    that silently never matches."""
+    if "operation" not in entry:
+        return ()
+    value = entry["operation"]
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise ConfigError(entry.at("operation"), "'operation' must be an operation name or a list")
+    for key in ("method", "path", "hosts"):
+        if key in entry:
+            raise ConfigError(
+                entry.at(key),
+                f"'{key}' cannot be combined with 'operation': the catalog knows how the "
+                "operation looks on the wire",
+            )
+    for name in names:
+        if operations is None or not operations.knows(name):
+            hint = operations.suggest(name) if operations is not None else None
+            raise ConfigError(
+                entry.at("operation"),
+                f"unknown operation {name!r}" + (f" (did you mean {hint!r}?)" if hint else ""),
+            )
+    return tuple(names)
 
 
 def _choice(entry: Node, key: str, allowed: Iterable[str], default: str) -> str:
@@ -505,6 +605,12 @@ def shadowed_mappings(mappings: Iterable[Mapping]) -> list[tuple[Mapping, Mappin
 
 
 def _covers(earlier: Mapping, later: Mapping, sample: str | None) -> bool:
+    if earlier.operations or later.operations:  # by identity: the same operations, or none
+        return (
+            not earlier.match
+            and bool(later.operations)
+            and (set(later.operations) <= set(earlier.operations))
+        )
     if earlier.match or not set(later.host_globs) <= set(earlier.host_globs):
         return False
     if earlier.methods and not (later.methods and later.methods <= earlier.methods):

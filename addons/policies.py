@@ -59,6 +59,8 @@ _PER = ("agent", "role", "all")
 _DEFAULT_KEYS = {"decision", "by_category", "by_sensitivity"}
 _WHEN_KEYS = {
     "action",
+    "operation",
+    "curated",
     "provider",
     "category",
     "sensitivity",
@@ -219,6 +221,10 @@ class Situation:
     ) -> Situation:
         facts = {
             "action": action.action,
+            "operation": action.operation,
+            # A mapping in mappings/ gave the action (False: derived from the catalog's
+            # operation, or the http.read/http.write fallback).
+            "curated": action.mapping_id is not None,
             "provider": action.provider,
             "category": action.category,
             "sensitivity": action.sensitivity,
@@ -483,9 +489,10 @@ def _load_rule(entry: Any, where: Where, order: int) -> Rule:
         actions=_indexable_actions(when),
         field_tests=tuple(
             (key, _glob_test(when, key))
-            for key in sorted(_WHEN_KEYS - {"params", "risk", "time"})
+            for key in sorted(_WHEN_KEYS - {"params", "risk", "time", "curated"})
             if key in when
-        ),
+        )
+        + _curated_test(when),
         risk_test=_risk_test(when, entry, decision),
         time_window=_time_window(when),
         budget=_budget(entry),
@@ -498,6 +505,15 @@ def _load_rule(entry: Any, where: Where, order: int) -> Rule:
         approvals=_approvals(entry, decision),
         reviewer_roles=_reviewer_roles(entry),
     )
+
+
+def _curated_test(when: Node) -> tuple[tuple[str, Test], ...]:
+    if "curated" not in when:
+        return ()
+    expected = when["curated"]
+    if not isinstance(expected, bool):
+        raise ConfigError(when.at("curated"), "'curated' must be true or false")
+    return (("curated", lambda actual: actual is expected),)
 
 
 def _reviewer_roles(entry: Node) -> tuple[str, ...]:

@@ -19,6 +19,7 @@ from jsonschema.exceptions import ValidationError, best_match
 
 from addons.agents import AGENTS_FILE, REVIEWERS_FILE, load_agents, load_reviewers
 from addons.mappings import Mapping, load_mapping_file, shadowed_mappings
+from addons.operations import OperationIndex, load_catalog
 from addons.policies import Rule, load_policy_file
 from addons.yaml_source import ConfigError, Node, Seq, Where, load_yaml
 
@@ -74,10 +75,11 @@ def check(paths: Iterable[Path]) -> Report:
     problems: list[Problem] = []
     mappings: list[Mapping] = []
     rules: list[Rule] = []
+    operations = load_catalog()
     for path in files:
         if path.name.endswith((".test.yaml", ".test.yml")):
             continue  # policy tests are checked by `airlock test`
-        problems += _check_file(path, mappings, rules)
+        problems += _check_file(path, mappings, rules, operations)
     problems += _duplicates(mappings, rules)
     problems += [
         Problem(
@@ -97,7 +99,9 @@ def _position(problem: Problem) -> tuple[str, int, int]:
     return (str(where), 0, 0)
 
 
-def _check_file(path: Path, mappings: list[Mapping], rules: list[Rule]) -> list[Problem]:
+def _check_file(
+    path: Path, mappings: list[Mapping], rules: list[Rule], operations: OperationIndex
+) -> list[Problem]:
     try:
         document = load_yaml(path)
     except ConfigError as e:
@@ -115,7 +119,7 @@ def _check_file(path: Path, mappings: list[Mapping], rules: list[Rule]) -> list[
     errors: list[ConfigError] = []
     try:
         if kind == "mapping":
-            mappings += load_mapping_file(path, len(mappings), errors)
+            mappings += load_mapping_file(path, len(mappings), errors, operations)
         else:
             rules += load_policy_file(path, len(rules), errors)[0]
     except ConfigError as e:  # a problem with the file as a whole

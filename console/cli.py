@@ -487,8 +487,9 @@ def print_explanation(report: dict) -> None:  # type: ignore[type-arg]
         console.print("[bold]Mappings tried first[/]")
         for item in report["not_matched"]:
             console.print(f"  {item['mapping']}: {item['why']}")
-    matched = report["mapping"] or "none (fallback)"
-    console.print(f"[bold]Mapping[/] {matched}")
+    console.print(f"[bold]Operation[/] {report['operation'] or 'not identified'}")
+    fallback = "none (derived from the operation)" if report["operation"] else "none (fallback)"
+    console.print(f"[bold]Mapping[/] {report['mapping'] or fallback}")
     console.print(
         f"[bold]Action[/] {report['action']} ({report['provider']}, {report['category']}, "
         f"{report['sensitivity']}) → {report['target']}"

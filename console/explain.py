@@ -160,6 +160,7 @@ class Explanation:
         action, verdict = self.evaluation.action, self.evaluation.verdict
         return {
             "request": self.document,
+            "operation": action.operation,
             "mapping": self.matched,
             "not_matched": [{"mapping": m, "why": why} for m, why in self.others],
             "action": action.action,
@@ -183,7 +184,9 @@ def explain(request: http.Request, config: Config, agent: str = "anonymous") -> 
         document["headers"]["host"] = document["host"]
     evaluation = evaluate(document, config)
     others: list[tuple[str, str]] = []
-    matched = None
+    matched = evaluation.action.mapping_id if evaluation.action.operation else None
+    if matched is not None:  # matched by the operation's identity, before any URL mapping
+        return Explanation(redact_document(document), evaluation, matched, others)
     for mapping in config.mappings.on_host(document["host"]):
         why = mapping.mismatch(document)
         if why is None:

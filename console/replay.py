@@ -47,7 +47,7 @@ def replay(runs: Iterable[RecordedDecision], policies: PolicySet) -> ReplayRepor
             continue
         action = Action(
             run.action, run.provider, run.category, run.sensitivity, run.target,
-            run.params, run.mapping_id, run.context,
+            run.params, run.mapping_id, run.context, operation=run.operation,
         )  # fmt: skip
         verdict = policies.decide(action, run.agent)
         report.replayed += 1

@@ -33,6 +33,7 @@ DECISION_FIELDS = (
     "sensitivity",
     "target",
     "mapping_id",
+    "operation",
     "params",
     "decision",
     "reason",

@@ -33,6 +33,7 @@ class RecordedDecision:
     reason: str = ""
     status: int | None = None
     risk: int | None = None
+    operation: str | None = None
 
 
 def recorded_decisions(
@@ -65,6 +66,7 @@ def recorded_decisions(
             sensitivity=row.sensitivity,
             target=row.target,
             mapping_id=row.mapping_id,
+            operation=row.operation,
             params=row.params or {},
             context=row.context or {},
             decision=row.decision,

@@ -71,6 +71,8 @@ class Run(Base):
     sensitivity: Mapped[str] = mapped_column(String(16))
     target: Mapped[str] = mapped_column(Text)
     mapping_id: Mapped[str | None] = mapped_column(Text)
+    # The vendor's own operation (aws.s3.PutBucketPolicy), when the catalog identified it.
+    operation: Mapped[str | None] = mapped_column(Text)
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
     context: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # derived: environment, region
     undo: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # how the provider undoes it

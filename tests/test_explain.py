@@ -52,13 +52,26 @@ def test_match_conditions_are_explained_too() -> None:
     raw = (
         "POST / HTTP/1.1\r\nHost: ec2.us-east-1.amazonaws.com\r\n"
         "Content-Type: application/x-www-form-urlencoded\r\n\r\n"
-        "Action=TerminateInstances&InstanceId.1=i-1&InstanceId.2=i-2"
+        "Action=CreateVpc&CidrBlock=10.0.0.0/16"
     )
     report = explain(parse_request(raw), CONFIG).as_json()
     assert report["not_matched"][0] == {
-        "mapping": "aws.ec2.run_instances",
-        "why": "match $.body.Action failed (found 'TerminateInstances')",
+        "mapping": "aws.ec2.reads",
+        "why": "match $.body.Action failed (found 'CreateVpc')",
     }
+    assert report["mapping"] is None  # derived: the catalog's own meaning of the operation
+
+
+def test_operations_are_identified_before_any_url_mapping() -> None:
+    raw = (
+        "POST / HTTP/1.1\r\nHost: ec2.us-east-1.amazonaws.com\r\n"
+        "Content-Type: application/x-www-form-urlencoded\r\n\r\n"
+        "Action=TerminateInstances&InstanceId.1=i-1&InstanceId.2=i-2"
+    )
+    report = explain(parse_request(raw), CONFIG).as_json()
+    assert report["operation"] == "aws.ec2.TerminateInstances"
+    assert report["mapping"] == "aws.ec2.terminate_instances"
+    assert report["not_matched"] == []
     assert (report["action"], report["params"]["instance_count"]) == ("terminate_instances", 2)
 
 

@@ -44,6 +44,7 @@ def run_row(decision: str = "ALLOW", **overrides: Any) -> dict[str, Any]:
         "sensitivity": "high",
         "target": "customer/cus_1",
         "mapping_id": "stripe.create_charge",
+        "operation": "stripe.PostCharges",
         "params": {"amount": 150000, "currency": "usd"},
         "context": {"environment": "test"},
         "shadow_decision": None,

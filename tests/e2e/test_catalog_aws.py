@@ -19,6 +19,7 @@ AWS_HOSTS = (
     "*.amazonaws.com",  # iam, sts, s3 global endpoints
     "*.s3.amazonaws.com",  # virtual-hosted buckets
     "*.s3.us-east-1.amazonaws.com",
+    "*.s3-fips.us-east-1.amazonaws.com",  # FIPS virtual-hosted buckets
 )
 
 
@@ -241,3 +242,98 @@ def test_dynamodb_lambda_and_rds(proxy: Proxy) -> None:
     assert database.params["skip_final_snapshot"] is True
     assert database.target == "rds/prod-db"
     assert "planted-db-password-1" not in str([(r.request, r.params) for r in runs(proxy)])
+
+
+def test_s3_configuration_writes_are_their_own_operations(proxy: Proxy) -> None:
+    """Sub-resource writes were once read as the bucket itself (a lifecycle PUT as
+    create_bucket, a policy DELETE as delete_bucket): each is now its own operation."""
+    s3 = client(proxy, "s3")
+    s3.create_bucket(Bucket="config-demo")
+    s3.put_bucket_versioning(Bucket="config-demo", VersioningConfiguration={"Status": "Enabled"})
+    s3.put_bucket_lifecycle_configuration(
+        Bucket="config-demo",
+        LifecycleConfiguration={
+            "Rules": [{"ID": "all", "Status": "Enabled", "Filter": {}, "Expiration": {"Days": 1}}]
+        },
+    )
+    s3.put_public_access_block(
+        Bucket="config-demo",
+        PublicAccessBlockConfiguration={
+            "BlockPublicAcls": False,
+            "IgnorePublicAcls": False,
+            "BlockPublicPolicy": False,
+            "RestrictPublicBuckets": True,
+        },
+    )
+    s3.put_object(Bucket="config-demo", Key="open.txt", Body=b"x", ACL="public-read")
+    s3.put_object_acl(Bucket="config-demo", Key="open.txt", ACL="public-read")
+    s3.put_bucket_policy(
+        Bucket="config-demo",
+        Policy='{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": "*",'
+        ' "Action": "s3:GetObject", "Resource": "arn:aws:s3:::config-demo/*"}]}',
+    )
+    s3.delete_bucket_policy(Bucket="config-demo")
+    s3.put_bucket_tagging(Bucket="config-demo", Tagging={"TagSet": [{"Key": "t", "Value": "v"}]})
+    role = "arn:aws:iam::123456789012:role/replication"
+    s3.put_bucket_replication(
+        Bucket="config-demo",
+        ReplicationConfiguration={
+            "Role": role,
+            "Rules": [
+                {
+                    "ID": "r",
+                    "Status": "Enabled",
+                    "Priority": 1,
+                    "Filter": {},
+                    "DeleteMarkerReplication": {"Status": "Disabled"},
+                    "Destination": {"Bucket": "arn:aws:s3:::backup"},
+                }
+            ],
+        },
+    )
+    s3.delete_bucket_replication(Bucket="config-demo")
+    s3.put_bucket_versioning(Bucket="config-demo", VersioningConfiguration={"Status": "Suspended"})
+    fips = client(proxy, "s3", use_fips_endpoint=True)
+    fips.put_object(Bucket="config-demo", Key="fips.txt", Body=b"y")
+
+    versioning = recorded(proxy, "change_bucket_versioning", status="Suspended")
+    assert versioning.operation == "aws.s3.PutBucketVersioning"
+    assert versioning.params == {"bucket": "config-demo", "status": "Suspended", "mfa_delete": None}
+    lifecycle = recorded(proxy, "change_bucket_lifecycle")
+    assert lifecycle.operation == "aws.s3.PutBucketLifecycleConfiguration"
+    assert (lifecycle.params["expiration_days"], lifecycle.params["expiring_rules"]) == (1, 1)
+    assert recorded(proxy, "change_public_access_block").params["disabled_protections"] == 3
+    public_put = recorded(proxy, "write_object", key="open.txt")
+    assert public_put.params["canned_acl"] == "public-read"
+    assert recorded(proxy, "change_object_acl").params["canned_acl"] == "public-read"
+    assert (
+        recorded(proxy, "change_bucket_policy", bucket="config-demo").params["public_statements"]
+        == 1
+    )
+    deleted_policy = recorded(proxy, "delete_bucket_policy")
+    assert (deleted_policy.operation, deleted_policy.mapping_id) == (
+        "aws.s3.DeleteBucketPolicy",
+        None,
+    )
+    assert deleted_policy.params["Bucket"] == "config-demo"
+    assert recorded(proxy, "put_bucket_tagging").sensitivity == "medium"
+    replication = recorded(proxy, "change_bucket_replication")
+    assert replication.params["destinations"] == ["arn:aws:s3:::backup"]
+    assert recorded(proxy, "remove_bucket_replication").operation == (
+        "aws.s3.DeleteBucketReplication"
+    )
+    assert recorded(proxy, "write_object", key="fips.txt").host.startswith("config-demo.s3-fips")
+    bucket_runs = [r for r in runs(proxy) if r.params.get("bucket") == "config-demo"]
+    assert [r.operation for r in bucket_runs if r.action == "create_bucket"] == [
+        "aws.s3.CreateBucket"
+    ]
+
+
+def test_object_lock_writes_are_recorded_with_their_bypass(proxy: Proxy) -> None:
+    s3 = client(proxy, "s3")
+    s3.create_bucket(Bucket="locked-demo", ObjectLockEnabledForBucket=True)
+    s3.put_object(Bucket="locked-demo", Key="k", Body=b"x")
+    s3.put_object_legal_hold(Bucket="locked-demo", Key="k", LegalHold={"Status": "ON"})
+    lock = recorded(proxy, "change_object_lock")
+    assert (lock.operation, lock.params["key"]) == ("aws.s3.PutObjectLegalHold", "k")
+    assert lock.params["bypass_governance"] is False

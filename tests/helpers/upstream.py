@@ -31,6 +31,7 @@ HOSTNAMES = (
     "*.us-east-1.amazonaws.com",
     "*.s3.amazonaws.com",
     "*.s3.us-east-1.amazonaws.com",
+    "*.s3-fips.us-east-1.amazonaws.com",
     "slack.com",
     "*.slack.com",
     "api.github.com",

@@ -1,0 +1,363 @@
+"""Stage 2a: identify a request as the vendor's own operation, from the generated catalog.
+
+The catalog (catalog/aws/<service>.json, generated from botocore's service models by
+`make catalog`) lists every operation with how it shows on the wire. Identification follows
+each AWS protocol as botocore writes it:
+- query and ec2: `Action=RunInstances` in the form body (or the query string);
+- JSON 1.0/1.1: `X-Amz-Target: DynamoDB_20120810.DeleteTable`;
+- rest-json and rest-xml: method + URI template + the literal query keys (`?lifecycle`) and the
+  required query keys and headers (`uploadId`, `x-amz-copy-source`) that tell apart operations
+  sharing a path; the most specific template wins.
+The service comes from the host in every AWS form (regional, global, FIPS, dualstack,
+virtual-hosted S3 buckets, DynamoDB account endpoints), or, for a host that names no service
+(VPC endpoints, local stand-ins), from the SigV4 credential scope.
+
+Everything is compiled once at load; a host's service is cached.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from addons.document import Document
+
+DEFAULT_CATALOG = Path(__file__).resolve().parent.parent / "catalog"
+
+AWS_SUFFIXES = (".amazonaws.com", ".amazonaws.com.cn", ".api.aws")
+_REGION = re.compile(r"^[a-z]{2}(?:-[a-z]+)+-\d+$")
+_S3_LEGACY = re.compile(r"^s3-(?:external-1|fips|[a-z]{2}(?:-[a-z]+)+-\d+)$")
+_ENDPOINT_WORDS = frozenset({"dualstack", "fips"})
+# {account}.ddb.{region}.amazonaws.com; {route}.s3-object-lambda.{region} (WriteGetObjectResponse)
+_LABEL_ALIASES = {"ddb": "dynamodb", "s3-object-lambda": "s3"}
+_SCOPE = re.compile(r"Credential=[^/,\s]+/\d{8}/([^/]+)/([^/]+)/aws4_request")
+_TEMPLATE_LABEL = re.compile(r"\{([A-Za-z0-9_]+)(\+?)\}")
+_REST = frozenset({"rest-json", "rest-xml"})
+_MAX_CACHED_HOSTS = 65_536
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """A request identified as a vendor operation: `aws.s3.PutBucketLifecycleConfiguration`."""
+
+    name: str
+    provider: str
+    service: str
+    write: bool
+    category: str
+    sensitivity: str
+    # Request fields by the vendor's member names: path labels, required scalar members.
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def short_name(self) -> str:
+        return self.name.rsplit(".", 1)[1]
+
+
+@dataclass(frozen=True, slots=True)
+class OperationSpec:
+    """One catalog entry, compiled."""
+
+    name: str
+    service: str
+    write: bool
+    deprecated: bool
+    category: str
+    sensitivity: str
+    fields: tuple[tuple[str, str, str], ...]  # (member, location, wire name)
+    method: str = ""
+    path: re.Pattern[str] | None = None
+    labels: tuple[str, ...] = ()
+    query: tuple[tuple[str, str | None], ...] = ()  # literal query keys, with a value or None
+    required_query: tuple[str, ...] = ()
+    required_headers: tuple[str, ...] = ()
+    specificity: tuple[int, int, int] = (0, 0, 0)
+
+    def matches_rest(self, document: Document, path: str) -> dict[str, str] | None:
+        """Path labels when this operation's method, path, query keys and headers fit."""
+        query, headers = document["query"], document["headers"]
+        for key, value in self.query:
+            if key not in query or (value is not None and value not in query[key]):
+                return None
+        if any(key not in query for key in self.required_query):
+            return None
+        if any(name not in headers for name in self.required_headers):
+            return None
+        assert self.path is not None
+        found = self.path.match(path)
+        if found is None:
+            return None
+        return dict(zip(self.labels, found.groups(), strict=True))
+
+
+@dataclass
+class Service:
+    name: str
+    protocol: str
+    endpoint_prefix: str
+    signing_name: str
+    target_prefix: str | None
+    category: str
+    source: str
+    operations: dict[str, OperationSpec]
+    rest_by_method: dict[str, list[OperationSpec]]
+
+    def identify(self, document: Document, resource: str | None) -> Operation | None:
+        spec, labels = self._find(document, resource)
+        if spec is None:
+            return None
+        return Operation(
+            name=f"aws.{self.name}.{spec.name}",
+            provider="aws",
+            service=self.name,
+            write=spec.write,
+            category=spec.category,
+            sensitivity=spec.sensitivity,
+            fields=_read_fields(spec, document, labels),
+        )
+
+    def _find(
+        self, document: Document, resource: str | None
+    ) -> tuple[OperationSpec | None, dict[str, str]]:
+        # By the signal present, not only the model's protocol: SQS moved from query to JSON
+        # and older SDKs still send Action=.
+        target = document["headers"].get("x-amz-target")
+        if target is not None:
+            prefix, _, name = target.rpartition(".")
+            spec = self.operations.get(name)
+            if spec is not None and (self.target_prefix is None or prefix == self.target_prefix):
+                return spec, {}
+            return None, {}
+        action = _query_action(document)
+        if action is not None and self.protocol not in _REST:
+            return self.operations.get(action), {}
+        if self.protocol in _REST:
+            return self._find_rest(document, resource)
+        return None, {}
+
+    def _find_rest(
+        self, document: Document, resource: str | None
+    ) -> tuple[OperationSpec | None, dict[str, str]]:
+        path = document["path"]
+        if resource is not None:  # virtual-hosted S3: the bucket is in the host
+            path = "/" + resource + ("" if path == "/" else path)
+        for spec in self.rest_by_method.get(document["method"], ()):
+            labels = spec.matches_rest(document, path)
+            if labels is not None:
+                return spec, labels
+        return None, {}
+
+
+def _query_action(document: Document) -> str | None:
+    body = document["body"]
+    if isinstance(body, dict) and isinstance(body.get("Action"), str):
+        return body["Action"]
+    values = document["query"].get("Action")
+    return values[0] if values else None
+
+
+def _read_fields(spec: OperationSpec, document: Document, labels: dict[str, str]) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    body = document["body"] if isinstance(document["body"], dict) else {}
+    for member, location, wire in spec.fields:
+        if location == "uri":
+            value: Any = labels.get(wire)
+        elif location == "query":
+            values = document["query"].get(wire)
+            value = values[0] if values else None
+        elif location == "header":
+            value = document["headers"].get(wire)
+        else:
+            value = body.get(wire)
+        if value is not None:
+            fields[member] = value
+    return fields
+
+
+class OperationIndex:
+    """Every catalog service, reachable by host and by SigV4 credential scope."""
+
+    def __init__(self, services: Iterable[Service]) -> None:
+        self.services = {s.name: s for s in services}
+        self._by_label = {s.endpoint_prefix: s for s in self.services.values()}
+        for alias, name in _LABEL_ALIASES.items():
+            if name in self.services:
+                self._by_label[alias] = self.services[name]
+        self._by_signing = {s.signing_name: s for s in self.services.values()}
+        self._hosts: dict[str, tuple[Service, str | None] | None] = {}
+
+    def __len__(self) -> int:
+        return sum(len(s.operations) for s in self.services.values())
+
+    def names(self) -> Iterator[str]:
+        for service in self.services.values():
+            for name in service.operations:
+                yield f"aws.{service.name}.{name}"
+
+    def knows(self, name: str) -> bool:
+        provider, _, rest = name.partition(".")
+        service_name, _, operation = rest.partition(".")
+        service = self.services.get(service_name)
+        return provider == "aws" and service is not None and operation in service.operations
+
+    def suggest(self, name: str) -> str | None:
+        """The closest known operation name, for a load error."""
+        close = difflib.get_close_matches(name, list(self.names()), n=1, cutoff=0.8)
+        return close[0] if close else None
+
+    def identify(self, document: Document) -> Operation | None:
+        found = self.service_of(document)
+        if found is None:
+            return None
+        service, resource = found
+        return service.identify(document, resource)
+
+    def service_of(self, document: Document) -> tuple[Service, str | None] | None:
+        """The service a request is for, and the resource its host names (an S3 bucket)."""
+        host = document["host"]
+        if host not in self._hosts:
+            if len(self._hosts) > _MAX_CACHED_HOSTS:
+                self._hosts.clear()
+            self._hosts[host] = self._service_of_host(host)
+        found = self._hosts[host]
+        if found is not None:
+            return found
+        scope = _credential_scope(document)
+        service = self._by_signing.get(scope) if scope else None
+        return (service, None) if service is not None else None
+
+    def _service_of_host(self, host: str) -> tuple[Service, str | None] | None:
+        parsed = parse_aws_host(host)
+        if parsed is None:
+            return None
+        label, resource = parsed
+        service = self._by_label.get(label)
+        if service is None:  # e.g. vpce-1.ec2.….vpce.amazonaws.com: left to the credential scope
+            return None
+        # Left of the service label: an S3 bucket, else an account id or a host prefix.
+        return service, (resource or None) if label == "s3" else None
+
+
+def parse_aws_host(host: str) -> tuple[str, str] | None:
+    """(service label, what stands left of it) for an AWS host, read from the right so that a
+    bucket named like a service (`ec2.s3.amazonaws.com`) is still a bucket."""
+    suffix = next((s for s in AWS_SUFFIXES if host.endswith(s)), None)
+    if suffix is None:
+        return None
+    labels = host[: -len(suffix)].split(".")
+    while labels and (_REGION.match(labels[-1]) or labels[-1] in _ENDPOINT_WORDS):
+        labels.pop()
+    if not labels:
+        return None
+    label = labels.pop()
+    if label.endswith("-fips"):
+        label = label[: -len("-fips")]
+    if _S3_LEGACY.match(label):
+        label = "s3"
+    return label, ".".join(labels)
+
+
+def _credential_scope(document: Document) -> str | None:
+    """The service a SigV4 signature is scoped to (Authorization header or presigned URL)."""
+    authorization = document["headers"].get("authorization", "")
+    found = _SCOPE.search(authorization)
+    if found is not None:
+        return found.group(2)
+    credential = document["query"].get("X-Amz-Credential")
+    if credential:
+        parts = credential[0].split("/")
+        if len(parts) == 5:
+            return parts[3]
+    return None
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+class CatalogError(Exception):
+    pass
+
+
+def load_catalog(directory: Path = DEFAULT_CATALOG) -> OperationIndex:
+    services = []
+    for path in sorted((directory / "aws").glob("*.json")):
+        try:
+            services.append(_load_service(json.loads(path.read_text())))
+        except (ValueError, KeyError, TypeError, re.error) as e:
+            raise CatalogError(f"{path}: not a catalog file this Airlock can read ({e})") from e
+    return OperationIndex(services)
+
+
+def _load_service(entry: dict[str, Any]) -> Service:
+    operations = {
+        op["name"]: _compile(op, entry["service"], entry["category"], entry["protocol"])
+        for op in entry["operations"]
+    }
+    rest_by_method: dict[str, list[OperationSpec]] = {}
+    for spec in operations.values():
+        if spec.path is not None:
+            rest_by_method.setdefault(spec.method, []).append(spec)
+    for candidates in rest_by_method.values():
+        candidates.sort(key=lambda s: s.specificity, reverse=True)
+    return Service(
+        name=entry["service"],
+        protocol=entry["protocol"],
+        endpoint_prefix=entry["endpoint_prefix"],
+        signing_name=entry["signing_name"],
+        target_prefix=entry["target_prefix"],
+        category=entry["category"],
+        source=entry["source"],
+        operations=operations,
+        rest_by_method=rest_by_method,
+    )
+
+
+def _compile(op: dict[str, Any], service: str, category: str, protocol: str) -> OperationSpec:
+    fields = tuple((member, *where.split(":", 1)) for member, where in op.get("fields", {}).items())
+    spec = OperationSpec(
+        name=op["name"],
+        service=service,
+        write=op["write"],
+        deprecated=op.get("deprecated", False),
+        category=category if op["write"] else "read",
+        sensitivity=op["sensitivity"],
+        fields=fields,  # type: ignore[arg-type]
+    )
+    if protocol not in _REST:
+        return spec
+    path, labels = _path_regex(op["path"])
+    query = tuple(op.get("query", {}).items())
+    required_query = tuple(op.get("required_query", ()))
+    required_headers = tuple(op.get("required_headers", ()))
+    literal = len(_TEMPLATE_LABEL.sub("", op["path"]))
+    distinguishing = len(query) + len(required_query) + len(required_headers)
+    return replace(
+        spec,
+        method=op["method"],
+        path=path,
+        labels=labels,
+        query=query,
+        required_query=required_query,
+        required_headers=required_headers,
+        # Most distinguishing keys first, then the longest literal path, then the current
+        # operation before a deprecated one that looks the same on the wire.
+        specificity=(distinguishing, literal, 0 if spec.deprecated else 1),
+    )
+
+
+def _path_regex(template: str) -> tuple[re.Pattern[str], tuple[str, ...]]:
+    """`/{Bucket}/{Key+}`: a label is one segment, a greedy label the rest of the path."""
+    pattern, labels, last = [], [], 0
+    for match in _TEMPLATE_LABEL.finditer(template):
+        pattern.append(re.escape(template[last : match.start()]))
+        pattern.append("(.+)" if match.group(2) else "([^/]+)")
+        labels.append(match.group(1))
+        last = match.end()
+    tail = template[last:].rstrip("/")
+    pattern.append(re.escape(tail))
+    return re.compile("".join(pattern) + r"/?\Z"), tuple(labels)

@@ -1,0 +1,238 @@
+"""`airlock catalog build`: generate catalog/aws/<service>.json from botocore's service models.
+
+The catalog is data a person can read and diff: one file per service, one operation per line,
+each naming the source it came from. Only what identification needs is kept: how the operation
+shows on the wire (protocol, method, URI template, the query keys and headers that tell it
+apart from its neighbours), the request fields a policy reads most (path labels and required
+scalar members), and what the operation means by derivation rules (write or read, sensitivity).
+Curated meaning (canonical action names, params of the dangerous families) lives in mappings/.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from store.schema import PROJECT_ROOT
+
+CATALOG_DIR = PROJECT_ROOT / "catalog"
+SOURCES = CATALOG_DIR / "sources.json"
+
+# Operation names whose verb only reads. Everything else is a write, the safe side to err on.
+READ_VERBS = (
+    "Describe", "Get", "List", "Head", "Search", "Query", "Scan", "BatchGet", "Select", "Lookup",
+    "Filter", "Simulate", "Estimate", "Preview", "Validate", "Check", "Detect", "View", "Poll",
+    "Download", "Test", "Verify",
+)  # fmt: skip
+# Reads by verb that hand out a secret or a credential: judged as writes, not waved through.
+SECRET_READS = frozenset(
+    {
+        "GetSessionToken",
+        "GetFederationToken",
+        "GetSecretValue",
+        "BatchGetSecretValue",
+        "GetPasswordData",
+        "GetParameter",
+        "GetParameters",
+        "GetParametersByPath",
+        "GetAuthorizationToken",
+        "GetAccessKeyInfo",
+        "GetCallerIdentity",
+    }
+)
+# Verbs that take something away or open something up: high unless curated otherwise.
+REMOVING_VERBS = (
+    "Delete", "Terminate", "Remove", "Revoke", "Disable", "Deregister", "Detach", "Purge",
+    "Reset", "Stop", "Deactivate", "Leave", "Close", "Authorize",
+)  # fmt: skip
+# Words in an operation name that touch who can do what, who can see it, or schedule a loss
+# (ScheduleKeyDeletion): high sensitivity.
+RISKY_WORDS = re.compile(
+    r"Policy|Policies|Permission|Acl|PublicAccess|AccessKey|LoginProfile|Password|Grant|"
+    r"CreateRole|Credential|Trust|Sharing|Share|SnapshotAttribute|ImageAttribute|Deletion"
+)
+SERVICE_CATEGORY = {
+    "cloudformation": "compute",
+    "cloudtrail": "data",
+    "dynamodb": "data",
+    "ec2": "compute",
+    "ecs": "compute",
+    "eks": "compute",
+    "iam": "identity",
+    "kms": "identity",
+    "lambda": "compute",
+    "logs": "data",
+    "organizations": "identity",
+    "rds": "data",
+    "route53": "network",
+    "s3": "storage",
+    "secretsmanager": "identity",
+    "sns": "messaging",
+    "sqs": "messaging",
+    "ssm": "compute",
+    "sts": "identity",
+}
+_SCALARS = frozenset({"string", "integer", "long", "boolean", "float", "double", "timestamp"})
+
+
+def build_aws(sources: dict[str, Any] | None = None, out: Path | None = None) -> list[Path]:
+    """Write one catalog file per configured AWS service; returns the files written."""
+    import botocore
+    import botocore.session
+
+    spec = (sources or json.loads(SOURCES.read_text()))["aws"]
+    if botocore.__version__ != spec["version"]:
+        raise SystemExit(
+            f"catalog/sources.json pins botocore {spec['version']}, this environment has "
+            f"{botocore.__version__}: install the pinned version (or update the pin) first"
+        )
+    session = botocore.session.get_session()
+    directory = (out or CATALOG_DIR) / "aws"
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for service in spec["services"]:
+        model = session.get_service_model(service)
+        path = directory / f"{service}.json"
+        path.write_text(render(service_entry(service, model, botocore.__version__)))
+        written.append(path)
+    return written
+
+
+def service_entry(service: str, model: Any, version: str) -> dict[str, Any]:
+    metadata = model.metadata
+    return {
+        "source": f"botocore {version}: botocore/data/{service}/{model.api_version}/service-2.json",
+        "service": service,
+        "protocol": model.protocol,
+        "endpoint_prefix": model.endpoint_prefix,
+        "signing_name": model.signing_name,
+        "target_prefix": metadata.get("targetPrefix"),
+        "global_endpoint": metadata.get("globalEndpoint"),
+        "category": SERVICE_CATEGORY.get(service, "write"),
+        "operations": [
+            operation_entry(model, model.operation_model(name)) for name in model.operation_names
+        ],
+    }
+
+
+def operation_entry(model: Any, operation: Any) -> dict[str, Any]:
+    name = operation.name
+    rest = model.protocol in ("rest-json", "rest-xml")
+    write = is_write(name, operation.http.get("method", "POST") if rest else None)
+    entry: dict[str, Any] = {"name": name, "write": write}
+    if operation.deprecated:
+        entry["deprecated"] = True
+    if rest:
+        entry.update(_wire_shape(operation))
+    entry["fields"] = _fields(model.protocol, operation)
+    entry["sensitivity"] = sensitivity(name, write)
+    return entry
+
+
+def is_write(name: str, method: str | None) -> bool:
+    if name in SECRET_READS:
+        return True
+    if method is not None:
+        return method not in ("GET", "HEAD")
+    return not name.startswith(READ_VERBS)
+
+
+def sensitivity(name: str, write: bool) -> str:
+    if not write:
+        return "low"
+    if name.startswith(REMOVING_VERBS) or RISKY_WORDS.search(name):
+        return "high"
+    return "medium"
+
+
+def _wire_shape(operation: Any) -> dict[str, Any]:
+    """Method, URI path template, literal query (`?lifecycle`, `?list-type=2`) and the required
+    query keys and headers that distinguish operations sharing a path (UploadPart, CopyObject)."""
+    path, _, literal = operation.http["requestUri"].partition("?")
+    query = {}
+    for part in filter(None, literal.split("&")):
+        key, sep, value = part.partition("=")
+        query[key] = value if sep else None
+    required_query, required_headers = [], []
+    shape = operation.input_shape
+    for member in _required(shape):
+        where = shape.members[member].serialization
+        if where.get("location") == "querystring":
+            required_query.append(where.get("name", member))
+        elif where.get("location") == "header":
+            required_headers.append(where.get("name", member).lower())
+    shape_out: dict[str, Any] = {"method": operation.http["method"], "path": path}
+    if query:
+        shape_out["query"] = query
+    if required_query:
+        shape_out["required_query"] = sorted(required_query)
+    if required_headers:
+        shape_out["required_headers"] = sorted(required_headers)
+    return shape_out
+
+
+def _required(shape: Any) -> list[str]:
+    return list(shape.required_members) if shape is not None else []
+
+
+def _fields(protocol: str, operation: Any) -> dict[str, str]:
+    """Request fields read into params, by where the SDK puts them: path labels always, and
+    the required scalar members (`uri:Bucket`, `header:x-amz-copy-source`, `body:TableName`)."""
+    shape = operation.input_shape
+    if shape is None:
+        return {}
+    fields = {}
+    for member, member_shape in shape.members.items():
+        where = member_shape.serialization
+        location = where.get("location")
+        if location == "uri":
+            fields[member] = f"uri:{where.get('name', member)}"
+        elif member in shape.required_members and member_shape.type_name in _SCALARS:
+            fields[member] = _scalar_field(protocol, member, where)
+    return {k: v for k, v in fields.items() if v}
+
+
+def _scalar_field(protocol: str, member: str, where: dict[str, Any]) -> str:
+    location = where.get("location")
+    if location == "querystring":
+        return f"query:{where.get('name', member)}"
+    if location == "header":
+        return f"header:{where.get('name', member).lower()}"
+    if location:
+        return ""  # headers maps, status codes: nothing a policy reads by name
+    if protocol == "ec2":
+        name = where.get("queryName") or _capitalised(where.get("name", member))
+        return f"body:{name}"
+    if protocol == "rest-xml":
+        return ""  # XML payload members: curated mappings read those with JSONPath
+    return f"body:{where.get('name', member)}"
+
+
+def _capitalised(name: str) -> str:
+    return name[:1].upper() + name[1:]
+
+
+def render(entry: dict[str, Any]) -> str:
+    """Header fields first, then one operation per line: small diffs when a model changes."""
+    head = {k: v for k, v in entry.items() if k != "operations"}
+    lines = ["{"]
+    for key, value in head.items():
+        lines.append(f"  {json.dumps(key)}: {json.dumps(value)},")
+    lines.append('  "operations": [')
+    operations = [json.dumps(op, separators=(", ", ": ")) for op in entry["operations"]]
+    lines.append(",\n".join(f"    {op}" for op in operations))
+    lines.append("  ]")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    for path in build_aws():
+        print(f"wrote {path.relative_to(PROJECT_ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

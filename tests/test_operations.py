@@ -1,0 +1,317 @@
+"""Operation identity from the generated catalog, judged against the whole of each AWS service:
+every operation's request built by botocore exactly as boto3 sends it, captured before it leaves.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from addons.document import build_document
+from addons.evaluation import Config, evaluate
+from addons.mappings import load_mappings
+from addons.operations import load_catalog, parse_aws_host
+from addons.policies import load_policies
+from addons.yaml_source import ConfigError
+from console.catalog_coverage import aws_coverage, aws_request, report
+from tests.helpers.proxy import PROJECT_ROOT
+
+CATALOG = load_catalog()
+SHIPPED = load_mappings(PROJECT_ROOT / "mappings")
+BASELINE = Config(SHIPPED, load_policies(PROJECT_ROOT / "policies"))
+
+
+def identify(service: str, operation: str, params: dict[str, Any], **config: Any) -> Any:
+    return CATALOG.identify(build_document(aws_request(service, operation, params, **config), "a"))
+
+
+def evaluated(service: str, operation: str, params: dict[str, Any], **config: Any) -> Any:
+    request = aws_request(service, operation, params, **config)
+    return evaluate(build_document(request, "agent"), BASELINE)
+
+
+# --- the whole of each service ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        {},
+        {"use_fips_endpoint": True},
+        {"use_dualstack_endpoint": True},
+        {"s3": {"addressing_style": "path"}},
+    ],
+    ids=["regional", "fips", "dualstack", "s3-path-style"],
+)
+def test_every_write_operation_is_identified_as_itself(endpoint: dict[str, Any]) -> None:
+    results = aws_coverage(CATALOG, endpoint)
+    text = report(results)
+    print(text)
+    assert [r.service for r in results] == sorted(json.loads(sources())["aws"]["services"])
+    for result in results:
+        assert result.wrong == [], text  # identified as another operation: never
+        assert result.share >= 0.99, text
+        # What botocore itself cannot build here (S3 Object Lambda has no dualstack form).
+        assert len(result.missed) == 0, text
+
+
+def sources() -> str:
+    return (PROJECT_ROOT / "catalog" / "sources.json").read_text()
+
+
+def test_the_catalog_names_its_source_and_every_file_is_generated_from_the_pin() -> None:
+    import botocore
+
+    pinned = json.loads(sources())["aws"]["version"]
+    assert botocore.__version__ == pinned, "the tests build requests with the pinned botocore"
+    for path in (PROJECT_ROOT / "catalog" / "aws").glob("*.json"):
+        assert json.loads(path.read_text())["source"].startswith(f"botocore {pinned}: ")
+
+
+# --- hosts -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        ("ec2.us-east-1.amazonaws.com", ("ec2", "")),
+        ("ec2-fips.us-east-1.amazonaws.com", ("ec2", "")),
+        ("ec2.us-east-1.api.aws", ("ec2", "")),
+        ("iam.amazonaws.com", ("iam", "")),
+        ("iam-fips.amazonaws.com", ("iam", "")),
+        ("rds-fips.us-gov-west-1.amazonaws.com", ("rds", "")),
+        ("s3.dualstack.eu-west-1.amazonaws.com", ("s3", "")),
+        ("my-bucket.s3.dualstack.eu-west-1.amazonaws.com", ("s3", "my-bucket")),
+        ("my-bucket.s3-us-west-2.amazonaws.com", ("s3", "my-bucket")),
+        ("my-bucket.s3-fips.us-east-1.amazonaws.com", ("s3", "my-bucket")),
+        ("dotted.bucket.s3.amazonaws.com", ("s3", "dotted.bucket")),
+        ("ec2.s3.amazonaws.com", ("s3", "ec2")),  # a bucket named like a service
+        ("123456789012.ddb.us-east-1.amazonaws.com", ("ddb", "123456789012")),
+        ("bejing.s3.cn-north-1.amazonaws.com.cn", ("s3", "bejing")),
+        ("example.com", None),
+    ],
+)
+def test_aws_hosts_name_their_service_read_from_the_right(host: str, expected: Any) -> None:
+    assert parse_aws_host(host) == expected
+
+
+def test_a_host_that_names_no_service_is_identified_by_the_signature_scope() -> None:
+    request = aws_request(
+        "ec2",
+        "TerminateInstances",
+        {"InstanceIds": ["i-1"]},
+    )
+    document = build_document(request, "a")
+    document["host"] = "vpce-0a1b2c3d-4e5f.ec2.us-east-1.vpce.amazonaws.com"
+    assert CATALOG.identify(document).name == "aws.ec2.TerminateInstances"
+    document["host"] = "localhost"
+    assert CATALOG.identify(document).name == "aws.ec2.TerminateInstances"
+    del document["headers"]["authorization"]
+    assert CATALOG.identify(document) is None
+
+
+def test_dynamodb_account_endpoints_and_sqs_in_both_protocols() -> None:
+    found = identify("dynamodb", "DeleteTable", {"TableName": "orders"})
+    assert found.name == "aws.dynamodb.DeleteTable"
+    request = aws_request("dynamodb", "DeleteTable", {"TableName": "orders"})
+    document = build_document(request, "a")
+    document["host"] = "123456789012.ddb.us-east-1.amazonaws.com"
+    assert evaluate(document, BASELINE).action.action == "delete_table"
+    # SQS moved to JSON; older SDKs still send the query protocol.
+    assert identify("sqs", "PurgeQueue", {"QueueUrl": "q"}).name == "aws.sqs.PurgeQueue"
+    legacy = {
+        "method": "POST", "scheme": "https", "host": "sqs.us-east-1.amazonaws.com", "port": 443,
+        "path": "/", "query": {}, "headers": {}, "body": {"Action": "PurgeQueue"},
+        "body_format": "form", "body_size": 18, "agent": "a",
+    }  # fmt: skip
+    assert CATALOG.identify(legacy).name == "aws.sqs.PurgeQueue"
+
+
+# --- the misreadings the URL mappings made ---------------------------------------------------
+
+BUCKET = {"Bucket": "agent-data"}
+
+
+def test_s3_bucket_configuration_writes_are_not_bucket_creation() -> None:
+    lifecycle = {
+        "Rules": [{"ID": "all", "Status": "Enabled", "Filter": {}, "Expiration": {"Days": 1}}]
+    }
+    result = evaluated(
+        "s3",
+        "PutBucketLifecycleConfiguration",
+        {**BUCKET, "LifecycleConfiguration": lifecycle},
+    )
+    assert result.action.operation == "aws.s3.PutBucketLifecycleConfiguration"
+    assert result.action.action == "change_bucket_lifecycle"
+    assert result.action.params["expiration_days"] == 1
+    assert result.verdict.decision == "REQUIRE_APPROVAL"
+    # Every bucket-level PUT other than CreateBucket: none is read as create_bucket.
+    s3 = CATALOG.services["s3"]
+    puts = [s for s in s3.operations.values() if s.method == "PUT" and s.path.pattern.startswith(
+        r"/([^/]+)/?")]  # fmt: skip
+    assert len(puts) >= 24
+    for spec in puts:
+        if spec.name == "CreateBucket":
+            continue
+        document = build_document(
+            aws_request("s3", spec.name, _example(s3, spec.name)), "agent"
+        )  # fmt: skip
+        action = evaluate(document, BASELINE).action
+        if not spec.deprecated:  # a deprecated twin reads as its successor
+            assert action.operation == f"aws.s3.{spec.name}", spec.name
+        assert action.action != "create_bucket", spec.name
+
+
+def test_s3_bucket_sub_resource_deletions_are_not_bucket_deletion() -> None:
+    s3 = CATALOG.services["s3"]
+    deletes = [s.name for s in s3.rest_by_method["DELETE"] if s.query and "Key" not in str(s.path)]
+    assert len(deletes) >= 14
+    for name in deletes:
+        result = evaluated("s3", name, _example(s3, name))
+        assert result.action.operation == f"aws.s3.{name}"
+        assert result.action.action != "delete_bucket", name
+    assert evaluated("s3", "DeleteBucket", BUCKET).verdict.decision == "BLOCK"
+
+
+def test_s3_acls_on_objects_are_visible_to_policy() -> None:
+    acl = evaluated("s3", "PutObjectAcl", {**BUCKET, "Key": "k", "ACL": "public-read"})
+    assert (acl.action.action, acl.action.params["canned_acl"]) == (
+        "change_object_acl",
+        "public-read",
+    )
+    put = evaluated("s3", "PutObject", {**BUCKET, "Key": "k", "Body": b"x", "ACL": "public-read"})
+    assert (put.action.action, put.action.params["canned_acl"]) == ("write_object", "public-read")
+    off = {
+        "BlockPublicAcls": False,
+        "IgnorePublicAcls": False,
+        "BlockPublicPolicy": False,
+        "RestrictPublicBuckets": False,
+    }
+    block = evaluated(
+        "s3", "PutPublicAccessBlock", {**BUCKET, "PublicAccessBlockConfiguration": off}
+    )
+    assert block.action.params["disabled_protections"] == 4
+    versioning = evaluated(
+        "s3", "PutBucketVersioning", {**BUCKET, "VersioningConfiguration": {"Status": "Suspended"}}
+    )
+    assert versioning.action.params["status"] == "Suspended"
+
+
+def test_ec2_ingress_in_its_top_level_form_counts_world_open_ranges() -> None:
+    top_level = {"GroupId": "sg-1", "IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
+                 "CidrIp": "0.0.0.0/0"}  # fmt: skip
+    result = evaluated("ec2", "AuthorizeSecurityGroupIngress", top_level)
+    assert result.action.params["world_open_ranges"] == 1
+    assert result.action.params["from_port"] == 22
+    assert result.verdict.decision == "REQUIRE_APPROVAL"
+
+
+@pytest.mark.parametrize(
+    "endpoint", [{"use_fips_endpoint": True}, {"use_dualstack_endpoint": True}]
+)
+def test_endpoint_variants_keep_their_block_rules(endpoint: dict[str, Any]) -> None:
+    admin = {"UserName": "u", "PolicyArn": "arn:aws:iam::aws:policy/AdministratorAccess"}
+    if "use_dualstack_endpoint" not in endpoint:  # IAM has no dualstack endpoint
+        assert evaluated("iam", "AttachUserPolicy", admin, **endpoint).verdict.decision == "BLOCK"
+    database = {"DBInstanceIdentifier": "prod", "SkipFinalSnapshot": True}
+    assert evaluated("rds", "DeleteDBInstance", database, **endpoint).verdict.decision == "BLOCK"
+    assert evaluated("s3", "DeleteBucket", BUCKET, **endpoint).verdict.decision == "BLOCK"
+
+
+def _example(service: Any, name: str) -> dict[str, Any]:
+    """Required members with example values, the Bucket named."""
+    import botocore.session
+
+    from console.catalog_coverage import example_value
+
+    model = botocore.session.get_session().get_service_model(service.name)
+    shape = model.operation_model(name).input_shape
+    return {**example_value(shape, "", 0), **BUCKET}
+
+
+# --- mappings and policies that name operations ----------------------------------------------
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    folder = tmp_path / "mappings"
+    folder.mkdir(exist_ok=True)
+    (folder / name).write_text(textwrap.dedent(text))
+    return folder
+
+
+def test_a_mapping_naming_an_unknown_operation_is_a_load_error(tmp_path: Path) -> None:
+    folder = write(
+        tmp_path,
+        "m.yaml",
+        """\
+        provider: aws
+        mappings:
+          - action: drop
+            operation: aws.s3.DeleteBuckt
+        """,
+    )
+    with pytest.raises(ConfigError) as error:
+        load_mappings(folder)
+    assert "m.yaml:4:" in str(error.value)
+    assert "unknown operation 'aws.s3.DeleteBuckt'" in str(error.value)
+    assert "did you mean 'aws.s3.DeleteBucket'" in str(error.value)
+
+
+def test_an_operation_mapping_cannot_also_name_a_url(tmp_path: Path) -> None:
+    folder = write(
+        tmp_path,
+        "m.yaml",
+        """\
+        provider: aws
+        mappings:
+          - action: drop
+            operation: aws.s3.DeleteBucket
+            path: /x
+        """,
+    )
+    with pytest.raises(ConfigError, match="cannot be combined with 'operation'"):
+        load_mappings(folder)
+
+
+def test_policies_can_name_operations_and_globs_of_them(tmp_path: Path) -> None:
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "p.yaml").write_text(
+        textwrap.dedent(
+            """\
+            default: ALLOW
+            rules:
+              - id: no-lifecycle
+                when: {operation: aws.s3.PutBucketLifecycleConfiguration}
+                decision: BLOCK
+              - id: iam-held
+                when: {operation: "aws.iam.*"}
+                decision: REQUIRE_APPROVAL
+              - id: deletes-held
+                when: {operation: "aws.*.Delete*"}
+                decision: REQUIRE_APPROVAL
+            """
+        )
+    )
+    config = Config(SHIPPED, load_policies(policies))
+
+    def decision(service: str, operation: str, params: dict[str, Any]) -> tuple[str, ...]:
+        request = aws_request(service, operation, params)
+        verdict = evaluate(build_document(request, "a"), config).verdict
+        return (verdict.decision, *verdict.rules)
+
+    lifecycle = {**BUCKET, "LifecycleConfiguration": {"Rules": []}}
+    assert decision("s3", "PutBucketLifecycleConfiguration", lifecycle) == ("BLOCK", "no-lifecycle")
+    assert decision("iam", "TagUser", {"UserName": "u", "Tags": []}) == (
+        "REQUIRE_APPROVAL",
+        "iam-held",
+    )
+    assert decision("logs", "DeleteLogGroup", {"logGroupName": "g"})[:2] == (
+        "REQUIRE_APPROVAL",
+        "deletes-held",
+    )
+    assert decision("s3", "PutObject", {**BUCKET, "Key": "k", "Body": b""}) == ("ALLOW",)
