@@ -66,8 +66,8 @@ MAX_STORED_TEXT = 4096  # characters of one param value kept in the record
 MAX_STORED_ITEMS = 1000  # items of one list param kept in the record
 # What the proxy needs of a recorded decision: its answer, console line, metrics and outcome.
 SUMMARY_KEYS = (
-    "id", "at", "agent", "provider", "action", "target", "params", "decision", "reason",
-    "rules", "risk", "shadow_decision", "shadow_rules", "error",
+    "id", "at", "agent", "provider", "action", "operation", "target", "params", "decision",
+    "reason", "rules", "risk", "shadow_decision", "shadow_rules", "error",
 )  # fmt: skip
 
 

@@ -28,6 +28,7 @@ from typing import Any
 from mitmproxy import connection, ctx, exceptions, http, tcp, udp
 from sqlalchemy.engine import make_url
 
+from addons.answers import load_answers, situation_of
 from addons.control_surface import ControlSurface
 from addons.decider import FAULT as DECIDER_FAULT
 from addons.decider import failed_evaluation, request_fields, run_row
@@ -107,6 +108,7 @@ class Gate:
         self.notifier = Notifier([], lambda url: None)
         self.mode = ENFORCE
         self.surface = ControlSurface(frozenset(), frozenset(), None)
+        self.answers = load_answers()  # vendors' error formats, by operation
 
     # --- options and lifecycle ---------------------------------------------------------------
 
@@ -761,14 +763,25 @@ class Gate:
             + (f" (request {request_id})" if request_id else " (not recorded)"),
         }
         body["ok"] = False  # what Slack's SDK reads
+        body["message"] = body["error"]["message"]  # what GitHub's and Twilio's read
         flow.metadata["airlock_answered"] = True
         if not recorded:
             flow.metadata.pop("airlock", None)  # no id on the answer: see response()
+        content = (json.dumps(body, indent=2) + "\n").encode()
+        vendor_headers = {"Content-Type": "application/json"}
+        vendor = self.answers.format_for(run.get("operation"))
+        if vendor is not None:  # the SDK's own error type, with the reason in its message
+            vendor_headers, content = vendor.render(
+                situation_of(status, approval, recorded),
+                body["error"]["message"],
+                request_id,
+                approval["id"] if approval else None,
+            )
         flow.response = http.Response.make(
             status,
-            json.dumps(body, indent=2) + "\n",
+            content,
             {
-                "Content-Type": "application/json",
+                **vendor_headers,
                 "X-Airlock-Decision": run["decision"],
                 **({"X-Airlock-Request-Id": request_id} if request_id else {}),
                 **({"X-Airlock-Approval-Id": approval["id"]} if approval else {}),
