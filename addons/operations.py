@@ -77,10 +77,14 @@ class OperationSpec:
     required_query: tuple[str, ...] = ()
     required_headers: tuple[str, ...] = ()
     specificity: tuple[int, int, int] = (0, 0, 0)
+    query_keys: frozenset[str] = frozenset()  # every query key this operation requires
+    first_segment: str = ""  # the template's first path segment when literal, else ""
 
     def matches_rest(self, document: Document, path: str) -> dict[str, str] | None:
         """Path labels when this operation's method, path, query keys and headers fit."""
         query, headers = document["query"], document["headers"]
+        if not self.query_keys <= query.keys():
+            return None
         for key, value in self.query:
             if key not in query or (value is not None and value not in query[key]):
                 return None
@@ -106,6 +110,23 @@ class Service:
     source: str
     operations: dict[str, OperationSpec]
     rest_by_method: dict[str, list[OperationSpec]]
+    # (method, first path segment) → candidates, most specific first: a request is tried only
+    # against templates that can fit its first segment.
+    _rest_candidates: dict[tuple[str, str], list[OperationSpec]] = field(default_factory=dict)
+
+    def rest_candidates(self, method: str, path: str) -> list[OperationSpec]:
+        segment = path.split("/", 2)[1] if path.count("/") else ""
+        key = (method, segment)
+        found = self._rest_candidates.get(key)
+        if found is None:
+            found = [
+                spec
+                for spec in self.rest_by_method.get(method, ())
+                if spec.first_segment in ("", segment)
+            ]
+            if len(self._rest_candidates) < _MAX_CACHED_HOSTS:  # segments are mostly few
+                self._rest_candidates[key] = found
+        return found
 
     def identify(self, document: Document, resource: str | None) -> Operation | None:
         spec, labels = self._find(document, resource)
@@ -146,7 +167,7 @@ class Service:
         path = document["path"]
         if resource is not None:  # virtual-hosted S3: the bucket is in the host
             path = "/" + resource + ("" if path == "/" else path)
-        for spec in self.rest_by_method.get(document["method"], ()):
+        for spec in self.rest_candidates(document["method"], path):
             labels = spec.matches_rest(document, path)
             if labels is not None:
                 return spec, labels
@@ -335,6 +356,7 @@ def _compile(op: dict[str, Any], service: str, category: str, protocol: str) -> 
     required_query = tuple(op.get("required_query", ()))
     required_headers = tuple(op.get("required_headers", ()))
     literal = len(_TEMPLATE_LABEL.sub("", op["path"]))
+    first = op["path"].split("/", 2)[1] if op["path"].count("/") else ""
     distinguishing = len(query) + len(required_query) + len(required_headers)
     return replace(
         spec,
@@ -344,6 +366,8 @@ def _compile(op: dict[str, Any], service: str, category: str, protocol: str) -> 
         query=query,
         required_query=required_query,
         required_headers=required_headers,
+        query_keys=frozenset(key for key, _ in query) | frozenset(required_query),
+        first_segment="" if "{" in first else first,
         # Most distinguishing keys first, then the longest literal path, then the current
         # operation before a deprecated one that looks the same on the wire.
         specificity=(distinguishing, literal, 0 if spec.deprecated else 1),
