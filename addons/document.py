@@ -120,6 +120,8 @@ def build_document(request: http.Request | WireRequest, agent: str) -> Document:
         "agent": agent,
         **body.notes,
     }
+    if "%2f" in path.lower():  # an encoded slash: one segment, not two (GitHub branch names)
+        document["raw_path"] = normalise_path(path)
     if target != request.path or method != request.method:
         document["request_error"] = (
             f"the request line holds bytes that are not UTF-8 ({method} {target}); "

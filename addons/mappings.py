@@ -350,7 +350,9 @@ def derived_action(document: Document, operation: Operation) -> Action:
 
 
 def snake_case(name: str) -> str:
-    return _WORD.sub("_", name).lower()
+    """`PutBucketTagging` → `put_bucket_tagging`; `repos/delete-branch-protection` →
+    `repos_delete_branch_protection`."""
+    return re.sub(r"[^A-Za-z0-9]+", "_", _WORD.sub("_", name)).lower()
 
 
 def fallback_action(document: Document) -> Action:

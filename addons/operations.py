@@ -24,6 +24,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from addons.document import Document
 
@@ -38,6 +39,7 @@ _LABEL_ALIASES = {"ddb": "dynamodb", "s3-object-lambda": "s3"}
 _SCOPE = re.compile(r"Credential=[^/,\s]+/\d{8}/([^/]+)/([^/]+)/aws4_request")
 _TEMPLATE_LABEL = re.compile(r"\{([A-Za-z0-9_]+)(\+?)\}")
 _REST = frozenset({"rest-json", "rest-xml"})
+OPENAPI = "openapi"
 _MAX_CACHED_HOSTS = 65_536
 
 
@@ -71,6 +73,7 @@ class OperationSpec:
     sensitivity: str
     fields: tuple[tuple[str, str, str], ...]  # (member, location, wire name)
     method: str = ""
+    template: str = ""  # the URI template, as the catalog has it
     path: re.Pattern[str] | None = None
     labels: tuple[str, ...] = ()
     query: tuple[tuple[str, str | None], ...] = ()  # literal query keys, with a value or None
@@ -92,8 +95,7 @@ class OperationSpec:
             return None
         if any(name not in headers for name in self.required_headers):
             return None
-        assert self.path is not None
-        found = self.path.match(path)
+        found = self.path.match(path) if self.path is not None else None
         if found is None:
             return None
         return dict(zip(self.labels, found.groups(), strict=True))
@@ -101,7 +103,7 @@ class OperationSpec:
 
 @dataclass
 class Service:
-    name: str
+    name: str  # aws: the botocore service (s3); OpenAPI: the provider (github)
     protocol: str
     endpoint_prefix: str
     signing_name: str
@@ -110,6 +112,8 @@ class Service:
     source: str
     operations: dict[str, OperationSpec]
     rest_by_method: dict[str, list[OperationSpec]]
+    provider: str = "aws"
+    hosts: tuple[str, ...] = ()  # OpenAPI providers: the hosts that serve the API
     # (method, first path segment) → candidates, most specific first: a request is tried only
     # against templates that can fit its first segment.
     _rest_candidates: dict[tuple[str, str], list[OperationSpec]] = field(default_factory=dict)
@@ -133,8 +137,8 @@ class Service:
         if spec is None:
             return None
         return Operation(
-            name=f"aws.{self.name}.{spec.name}",
-            provider="aws",
+            name=f"{self.prefix}.{spec.name}",
+            provider=self.provider,
             service=self.name,
             write=spec.write,
             category=spec.category,
@@ -142,9 +146,16 @@ class Service:
             fields=_read_fields(spec, document, labels),
         )
 
+    @property
+    def prefix(self) -> str:
+        """What operation names start with: `aws.s3`, `github`."""
+        return f"aws.{self.name}" if self.provider == "aws" else self.provider
+
     def _find(
         self, document: Document, resource: str | None
     ) -> tuple[OperationSpec | None, dict[str, str]]:
+        if self.protocol == OPENAPI:
+            return self._find_openapi(document)
         # By the signal present, not only the model's protocol: SQS moved from query to JSON
         # and older SDKs still send Action=.
         target = document["headers"].get("x-amz-target")
@@ -170,6 +181,19 @@ class Service:
         for spec in self.rest_candidates(document["method"], path):
             labels = spec.matches_rest(document, path)
             if labels is not None:
+                return spec, labels
+        return None, {}
+
+    def _find_openapi(self, document: Document) -> tuple[OperationSpec | None, dict[str, str]]:
+        """By method and path template; on the path as sent when it held an encoded slash
+        (a GitHub branch `release%2Fv1` is one segment), label values decoded."""
+        raw = document.get("raw_path")
+        path = raw or document["path"]
+        for spec in self.rest_candidates(document["method"], path):
+            labels = spec.matches_rest(document, path)
+            if labels is not None:
+                if raw:
+                    labels = {k: unquote(v) for k, v in labels.items()}
                 return spec, labels
         return None, {}
 
@@ -209,7 +233,8 @@ class OperationIndex:
         for alias, name in _LABEL_ALIASES.items():
             if name in self.services:
                 self._by_label[alias] = self.services[name]
-        self._by_signing = {s.signing_name: s for s in self.services.values()}
+        self._by_signing = {s.signing_name: s for s in self.services.values() if s.signing_name}
+        self._by_host = {host: s for s in self.services.values() for host in s.hosts}
         self._hosts: dict[str, tuple[Service, str | None] | None] = {}
 
     def __len__(self) -> int:
@@ -218,13 +243,20 @@ class OperationIndex:
     def names(self) -> Iterator[str]:
         for service in self.services.values():
             for name in service.operations:
-                yield f"aws.{service.name}.{name}"
+                yield f"{service.prefix}.{name}"
 
     def knows(self, name: str) -> bool:
         provider, _, rest = name.partition(".")
-        service_name, _, operation = rest.partition(".")
-        service = self.services.get(service_name)
-        return provider == "aws" and service is not None and operation in service.operations
+        if provider == "aws":
+            service_name, _, operation = rest.partition(".")
+            service = self.services.get(service_name)
+        else:
+            service, operation = self.services.get(provider), rest
+        return (
+            service is not None
+            and service.provider == provider
+            and (operation in service.operations)
+        )
 
     def suggest(self, name: str) -> str | None:
         """The closest known operation name, for a load error."""
@@ -253,6 +285,8 @@ class OperationIndex:
         return (service, None) if service is not None else None
 
     def _service_of_host(self, host: str) -> tuple[Service, str | None] | None:
+        if host in self._by_host:
+            return self._by_host[host], None
         parsed = parse_aws_host(host)
         if parsed is None:
             return None
@@ -306,12 +340,35 @@ class CatalogError(Exception):
 
 def load_catalog(directory: Path = DEFAULT_CATALOG) -> OperationIndex:
     services = []
-    for path in sorted((directory / "aws").glob("*.json")):
+    paths = sorted((directory / "aws").glob("*.json")) + sorted(
+        (directory / "openapi").glob("*.json")
+    )
+    for path in paths:
         try:
-            services.append(_load_service(json.loads(path.read_text())))
+            entry = json.loads(path.read_text())
+            loaded = _load_openapi(entry) if entry["protocol"] == OPENAPI else _load_service(entry)
+            services.append(loaded)
         except (ValueError, KeyError, TypeError, re.error) as e:
             raise CatalogError(f"{path}: not a catalog file this Airlock can read ({e})") from e
     return OperationIndex(services)
+
+
+def _load_openapi(entry: dict[str, Any]) -> Service:
+    """An OpenAPI provider's operations: one service named for the provider."""
+    provider = entry["provider"]
+    return replace(
+        _load_service(
+            {
+                **entry,
+                "service": provider,
+                "endpoint_prefix": "",
+                "signing_name": "",
+                "target_prefix": None,
+            }
+        ),
+        provider=provider,
+        hosts=tuple(entry["hosts"]),
+    )
 
 
 def _load_service(entry: dict[str, Any]) -> Service:
@@ -349,7 +406,7 @@ def _compile(op: dict[str, Any], service: str, category: str, protocol: str) -> 
         sensitivity=op["sensitivity"],
         fields=fields,  # type: ignore[arg-type]
     )
-    if protocol not in _REST:
+    if protocol not in _REST and protocol != OPENAPI:
         return spec
     path, labels = _path_regex(op["path"])
     query = tuple(op.get("query", {}).items())
@@ -361,6 +418,7 @@ def _compile(op: dict[str, Any], service: str, category: str, protocol: str) -> 
     return replace(
         spec,
         method=op["method"],
+        template=op["path"],
         path=path,
         labels=labels,
         query=query,

@@ -228,8 +228,104 @@ def render(entry: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# --- OpenAPI descriptions --------------------------------------------------------------------
+
+HTTP_VERBS = ("get", "put", "post", "delete", "patch", "head", "options")
+# Words in an operationId that touch who can do what, or secrets: high sensitivity.
+OPENAPI_RISKY = re.compile(
+    r"collaborator|permission|protection|secret|key|token|member|admin|transfer|ruleset|hook|"
+    r"role|security|visibility|invitation|runner|oidc|credential|password|policy"
+)
+
+
+def build_openapi(sources: dict[str, Any] | None = None, out: Path | None = None) -> list[Path]:
+    """One catalog file per OpenAPI description in sources.json (npm packages are fetched with
+    `npm pack` at the pinned version)."""
+    import subprocess
+    import tarfile
+    import tempfile
+
+    written = []
+    directory = (out or CATALOG_DIR) / "openapi"
+    directory.mkdir(parents=True, exist_ok=True)
+    for spec in (sources or json.loads(SOURCES.read_text())).get("openapi", []):
+        kind, _, package = spec["package"].partition(":")
+        if kind != "npm":
+            raise SystemExit(f"catalog/sources.json: cannot fetch {spec['package']!r} (npm only)")
+        with tempfile.TemporaryDirectory() as temporary:
+            subprocess.run(
+                ["npm", "pack", f"{package}@{spec['version']}", "--pack-destination", temporary],
+                check=True, capture_output=True,
+            )  # fmt: skip
+            [archive] = Path(temporary).glob("*.tgz")
+            with tarfile.open(archive) as tar:
+                member = tar.extractfile(f"package/{spec['file']}")
+                assert member is not None
+                description = json.load(member)
+        path = directory / f"{spec['provider']}.json"
+        source = f"{spec['package']} {spec['version']}: {spec['file']}"
+        path.write_text(render(openapi_entry(spec, description, source)))
+        written.append(path)
+    return written
+
+
+def openapi_entry(spec: dict[str, Any], description: dict[str, Any], source: str) -> dict[str, Any]:
+    operations = []
+    for template, item in description["paths"].items():
+        for method in HTTP_VERBS:
+            operation = item.get(method)
+            if operation is None or "operationId" not in operation:
+                continue
+            write = method not in ("get", "head", "options")
+            name = operation["operationId"]
+            labels = re.findall(r"\{([^}]+)\}", template)
+            entry: dict[str, Any] = {
+                "name": name,
+                "write": write,
+                "method": method.upper(),
+                "path": _multi_segment(template, description, item, operation),
+                "fields": {label: f"uri:{label}" for label in labels},
+                "sensitivity": openapi_sensitivity(name, method, write),
+            }
+            if operation.get("deprecated"):
+                entry["deprecated"] = True
+            operations.append(entry)
+    return {
+        "source": source,
+        "provider": spec["provider"],
+        "protocol": "openapi",
+        "hosts": spec["hosts"],
+        "category": spec["category"],
+        "operations": sorted(operations, key=lambda op: (op["path"], op["method"])),
+    }
+
+
+def _multi_segment(
+    template: str, description: dict[str, Any], item: dict[str, Any], operation: dict[str, Any]
+) -> str:
+    """`{branch}` becomes `{branch+}` where the description says the parameter may hold
+    slashes (GitHub's `x-multi-segment: true`: branch names, file paths, refs)."""
+    shared = description.get("components", {}).get("parameters", {})
+    for parameter in [*item.get("parameters", []), *operation.get("parameters", [])]:
+        if "$ref" in parameter:
+            parameter = shared.get(parameter["$ref"].rsplit("/", 1)[1], {})
+        if parameter.get("in") == "path" and parameter.get("x-multi-segment"):
+            template = template.replace(
+                "{" + parameter["name"] + "}", "{" + parameter["name"] + "+}"
+            )
+    return template
+
+
+def openapi_sensitivity(name: str, method: str, write: bool) -> str:
+    if not write:
+        return "low"
+    if method == "delete" or OPENAPI_RISKY.search(name.lower()):
+        return "high"
+    return "medium"
+
+
 def main() -> int:
-    for path in build_aws():
+    for path in build_aws() + build_openapi():
         print(f"wrote {path.relative_to(PROJECT_ROOT)}")
     return 0
 

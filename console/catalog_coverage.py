@@ -14,10 +14,10 @@ import datetime
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from addons.document import WireRequest, build_document
-from addons.operations import OperationIndex, load_catalog
+from addons.operations import OPENAPI, OperationIndex, load_catalog
 
 REGION = "us-east-1"
 EXAMPLE_STRINGS = {
@@ -37,6 +37,7 @@ class _Captured(Exception):
 @dataclass
 class ServiceCoverage:
     service: str
+    prefix: str  # what operation names start with: aws.s3, github
     writes: int = 0
     identified: int = 0
     wrong: list[tuple[str, str]] = field(default_factory=list)  # (operation, identified as)
@@ -55,18 +56,54 @@ def aws_coverage(
     index: OperationIndex | None = None, client_config: dict[str, Any] | None = None
 ) -> list[ServiceCoverage]:
     index = index or load_catalog()
-    results = []
-    for service in sorted(index.services):
-        results.append(_service_coverage(index, service, client_config or {}))
-    return results
+    return [
+        _service_coverage(index, service, aws_requests(service, client_config or {}))
+        for service in sorted(index.services)
+        if index.services[service].provider == "aws"
+    ]
+
+
+def openapi_coverage(
+    index: OperationIndex | None = None, encode_slashes: bool = True
+) -> list[ServiceCoverage]:
+    """OpenAPI providers: each operation's request as its SDK writes the URL (Octokit encodes
+    a `/` inside a path parameter as %2F; encode_slashes=False is how curl users write it)."""
+    index = index or load_catalog()
+    return [
+        _service_coverage(index, name, openapi_requests(service, encode_slashes))
+        for name, service in sorted(index.services.items())
+        if service.protocol == OPENAPI
+    ]
+
+
+# Values for path parameters; those that may hold a slash hold one.
+OPENAPI_EXAMPLES = {"branch": "release/v1", "ref": "heads/release/v1", "path": "docs/guide.md",
+                    "name": "team/config", "file_path": "src/app.py"}  # fmt: skip
+
+
+def openapi_requests(service: Any, encode_slashes: bool) -> Iterator[tuple[str, WireRequest]]:
+    for name, spec in service.operations.items():
+        path = spec.template
+        for label in spec.labels:
+            value = quote(
+                OPENAPI_EXAMPLES.get(label, f"x-{label}"), safe="" if encode_slashes else "/"
+            )
+            path = path.replace("{" + label + "}", value).replace("{" + label + "+}", value)
+        body = b"{}" if spec.write else b""
+        yield name, WireRequest(
+            method=spec.method, scheme="https", host=service.hosts[0], port=443, path=path,
+            headers=[("Host", service.hosts[0]), ("Accept", "application/vnd.github+json"),
+                     ("Content-Type", "application/json")],
+            raw_content=body,
+        )  # fmt: skip
 
 
 def _service_coverage(
-    index: OperationIndex, service: str, client_config: dict[str, Any]
+    index: OperationIndex, service: str, requests: Iterator[tuple[str, Any]]
 ) -> ServiceCoverage:
-    coverage = ServiceCoverage(service)
     catalog = index.services[service]
-    for name, request in aws_requests(service, client_config):
+    coverage = ServiceCoverage(service, catalog.prefix)
+    for name, request in requests:
         spec = catalog.operations.get(name)
         if spec is None or not spec.write:
             continue
@@ -75,7 +112,7 @@ def _service_coverage(
             coverage.unbuildable.append((name, f"{type(request).__name__}: {request}"))
             continue
         found = index.identify(build_document(request, "coverage"))
-        expected = f"aws.{service}.{name}"
+        expected = f"{catalog.prefix}.{name}"
         if found is None:
             coverage.missed.append(name)
         elif found.name == expected:
@@ -217,16 +254,16 @@ def report(results: list[ServiceCoverage]) -> str:
             f"  {len(r.wrong):>5}  {len(r.missed):>6}"
         )
     share = identified / total if total else 1.0
-    lines.append(f"{'aws (all)':<16}{identified:>12}{total:>8}{share:>9.1%}")
+    lines.append(f"{'all':<16}{identified:>12}{total:>8}{share:>9.1%}")
     for r in results:
         for name, other in r.wrong:
-            lines.append(f"  WRONG   aws.{r.service}.{name} identified as {other}")
+            lines.append(f"  WRONG   {r.prefix}.{name} identified as {other}")
         for name in r.missed:
-            lines.append(f"  MISSED  aws.{r.service}.{name}")
+            lines.append(f"  MISSED  {r.prefix}.{name}")
         for name, why in r.unbuildable:
-            lines.append(f"  NO REQUEST  aws.{r.service}.{name}: {why[:120]}")
+            lines.append(f"  NO REQUEST  {r.prefix}.{name}: {why[:120]}")
         for name, other in r.aliases:
-            lines.append(f"  ALIAS   aws.{r.service}.{name} (deprecated) is {other} on the wire")
+            lines.append(f"  ALIAS   {r.prefix}.{name} (deprecated) is {other} on the wire")
     return "\n".join(lines)
 
 
@@ -245,6 +282,10 @@ def main() -> int:
         print(f"\n== AWS write operations, {label} endpoints ==")
         print(report(results))
         failed |= any(r.wrong or r.share < 0.99 for r in results)
+    results = openapi_coverage(index)
+    print("\n== OpenAPI write operations, path parameters encoded as the SDKs send them ==")
+    print(report(results))
+    failed |= any(r.wrong or r.share < 0.99 for r in results)
     return 1 if failed else 0
 
 

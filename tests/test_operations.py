@@ -315,3 +315,48 @@ def test_policies_can_name_operations_and_globs_of_them(tmp_path: Path) -> None:
         "deletes-held",
     )
     assert decision("s3", "PutObject", {**BUCKET, "Key": "k", "Body": b""}) == ("ALLOW",)
+
+
+# --- OpenAPI providers -----------------------------------------------------------------------
+
+
+def test_every_github_write_is_identified_as_itself() -> None:
+    from console.catalog_coverage import openapi_coverage
+
+    [github] = openapi_coverage(CATALOG)
+    text = report([github])
+    assert (github.service, github.writes) == ("github", 584), text
+    assert github.wrong == [] and github.missed == [], text
+    # Unencoded slashes (curl users): a label may then fit another template, never wrongly.
+    [raw] = openapi_coverage(CATALOG, encode_slashes=False)
+    assert raw.wrong == [], report([raw])
+
+
+def github(method: str, path: str) -> Any:
+    request = (
+        f"curl -X {method} https://api.github.com{path} "
+        "-H 'Content-Type: application/json' -d '{}'"
+    )
+    from console.explain import explain, parse_request
+
+    return explain(parse_request(request), BASELINE).as_json()
+
+
+def test_branch_names_with_slashes_keep_their_meaning() -> None:
+    encoded = github("DELETE", "/repos/octo/app/branches/release%2Fv1/protection")
+    assert encoded["operation"] == "github.repos/delete-branch-protection"
+    assert encoded["action"] == "remove_branch_protection"
+    assert encoded["params"]["branch"] == "release/v1"
+    plain = github("DELETE", "/repos/octo/app/branches/release/v1/protection")
+    assert plain["operation"] == "github.repos/delete-branch-protection"
+    assert plain["action"] == "remove_branch_protection"
+    assert github("DELETE", "/repos/octo/app")["operation"] == "github.repos/delete"
+
+
+def test_uncurated_github_writes_get_derived_actions() -> None:
+    report_ = github("PUT", "/repos/octo/app/actions/permissions")
+    assert report_["operation"] == "github.actions/set-github-actions-permissions-repository"
+    assert report_["action"] == "actions_set_github_actions_permissions_repository"
+    assert (report_["sensitivity"], report_["decision"]) == ("high", "REQUIRE_APPROVAL")
+    label = github("POST", "/repos/octo/app/labels")
+    assert (label["action"], label["decision"]) == ("issues_create_label", "ALLOW")
