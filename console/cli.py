@@ -265,6 +265,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     vocabulary.add_argument("--mappings", default=str(PROJECT_ROOT / "mappings"), metavar="DIR")
 
+    mappings = commands.add_parser(
+        "mappings", help="draft mappings", description="Commands that write mapping files."
+    )
+    mappings_commands = mappings.add_subparsers(
+        dest="mappings_command", required=True, metavar="COMMAND"
+    )
+    draft = mappings_commands.add_parser(
+        "import",
+        help="draft a mapping file from an OpenAPI 3 description",
+        description="Turn every write operation (POST, PUT, PATCH, DELETE) of an OpenAPI 3 "
+        "description into a URL mapping: action from the operationId in snake case, "
+        "sensitivity from the verb and words touching access or secrets, path parameters as "
+        "captures, top-level JSON body properties as params. Review the draft, then put it in "
+        "mappings/ and run `airlock check`.",
+    )
+    draft.add_argument(
+        "--openapi", required=True, metavar="FILE", help="the description (.json or .yaml)"
+    )
+    draft.add_argument(
+        "--provider", required=True, help="provider name for the mappings, e.g. billing"
+    )
+    draft.add_argument(
+        "--host", required=True, action="append", help="host that serves the API (repeatable)"
+    )
+    draft.add_argument(
+        "--category", default="write", help="category of its writes (default: %(default)s)"
+    )
+    draft.add_argument("--out", metavar="FILE", help="write here instead of to standard output")
+
     audit = commands.add_parser(
         "audit", help="check the audit trail", description="Commands for auditors."
     )
@@ -293,6 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "test": cmd_test,
         "agents": cmd_agents_key,
         "review": cmd_review,
+        "mappings": cmd_mappings_import,
     }
     return handlers[args.command](args)
 
@@ -569,6 +599,12 @@ def cmd_agents_key(args: argparse.Namespace) -> int:
     print("add to policies/agents.yaml under agents:")
     print(f'  - {{id: {args.agent}, roles: [{roles}], key_hash: "{hash_key(key)}"}}')
     return 0
+
+
+def cmd_mappings_import(args: argparse.Namespace) -> int:
+    from console.openapi_import import main_import
+
+    return main_import(args)
 
 
 def cmd_vocabulary(args: argparse.Namespace) -> int:
