@@ -337,3 +337,60 @@ def test_object_lock_writes_are_recorded_with_their_bypass(proxy: Proxy) -> None
     lock = recorded(proxy, "change_object_lock")
     assert (lock.operation, lock.params["key"]) == ("aws.s3.PutObjectLegalHold", "k")
     assert lock.params["bypass_governance"] is False
+
+
+def test_audit_trails_keys_secrets_and_sharing(proxy: Proxy) -> None:
+    """The families that take away the means to see, recover or reach data."""
+    from contextlib import suppress
+
+    from botocore.exceptions import ClientError
+
+    trust = '{"Version": "2012-10-17", "Statement": []}'
+    anyone = (
+        '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", '
+        '"Principal": {"AWS": "*"}, "Action": "sts:AssumeRole"}]}'
+    )
+    iam = client(proxy, "iam")
+    iam.create_role(RoleName="opened", AssumeRolePolicyDocument=trust)
+    iam.update_assume_role_policy(RoleName="opened", PolicyDocument=anyone)
+    iam.create_user(UserName="console-user")
+    iam.create_login_profile(UserName="console-user", Password="planted-Passw0rd!")
+    iam.delete_login_profile(UserName="console-user")
+    iam.delete_user(UserName="console-user")
+    kms = client(proxy, "kms")
+    key = kms.create_key()["KeyMetadata"]["KeyId"]
+    kms.schedule_key_deletion(KeyId=key, PendingWindowInDays=7)
+    secrets = client(proxy, "secretsmanager")
+    secrets.create_secret(Name="db-password", SecretString="planted-secret-value")
+    secrets.delete_secret(SecretId="db-password", ForceDeleteWithoutRecovery=True)
+    logs = client(proxy, "logs")
+    logs.create_log_group(logGroupName="app")
+    logs.delete_log_group(logGroupName="app")
+    trail = client(proxy, "cloudtrail")
+    with suppress(ClientError):  # moto wants the trail's bucket: what was sent is what counts
+        trail.stop_logging(Name="main")
+    ec2 = client(proxy, "ec2")
+    volume = ec2.create_volume(AvailabilityZone="us-east-1a", Size=1)["VolumeId"]
+    snapshot = ec2.create_snapshot(VolumeId=volume)["SnapshotId"]
+    ec2.modify_snapshot_attribute(
+        SnapshotId=snapshot,
+        Attribute="createVolumePermission",
+        OperationType="add",
+        GroupNames=["all"],
+    )
+
+    opened = recorded(proxy, "change_trust_policy")
+    assert (opened.operation, opened.params["open_to_anyone"]) == (
+        "aws.iam.UpdateAssumeRolePolicy",
+        1,
+    )
+    assert recorded(proxy, "create_login_profile").params["user_name"] == "console-user"
+    assert "planted-Passw0rd!" not in str([r.request for r in runs(proxy)])
+    assert recorded(proxy, "delete_user").target == "iam/user/console-user"
+    deletion = recorded(proxy, "disable_key", key=key)
+    assert (deletion.params["pending_days"], deletion.sensitivity) == (7, "critical")
+    assert recorded(proxy, "delete_secret", resource="db-password").params["force_delete"] is True
+    assert recorded(proxy, "delete_logs").params["log_group"] == "app"
+    assert recorded(proxy, "stop_audit_logging").operation == "aws.cloudtrail.StopLogging"
+    shared = recorded(proxy, "share_snapshot", resource=snapshot)
+    assert shared.params["public_shares"] == 1
