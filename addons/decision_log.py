@@ -69,6 +69,7 @@ class DecisionLog:
             self._paint(decision, f"{decision:<16}"),
             self._paint("agent", run["agent"]),
             self._paint("action", run["action"]),
+            self._paint("dim", f"({run['operation']})") if run.get("operation") else "",
             f"{run['provider']} → {run['target']}",
             self._paint("dim", _key_params(run["params"])),
             f"risk={run['risk']}" if run.get("risk") is not None else "",

@@ -273,6 +273,8 @@ def render_detail(item: PendingApproval, history: list[RecordedDecision]) -> Tex
 
     text.append(f"{item.action}", style="bold")
     text.append(f"  {item.provider} → {item.target}\n")
+    if item.operation:
+        text.append(f"operation {item.operation}\n")
     text.append(f"agent {item.agent} · {item.category}, {item.sensitivity} · ")
     text.append(f"held {time.time() - item.created_at:.0f}s, {left:.0f}s left\n")
     if item.required > 1:

@@ -50,6 +50,7 @@ class PendingApproval:
     request: dict[str, Any] | None = None  # the redacted request document
     required: int = 1
     voters: tuple[str, ...] = ()
+    operation: str | None = None  # the vendor's operation (aws.s3.PutBucketPolicy)
 
 
 def pending_approvals(engine: Engine, now: float | None = None) -> list[PendingApproval]:
@@ -95,6 +96,7 @@ def pending_approvals(engine: Engine, now: float | None = None) -> list[PendingA
                 request=run.request,
                 required=approval.required or 1,
                 voters=tuple(votes.get(approval.id, ())),
+                operation=run.operation,
             )
             for approval, run in session.execute(query)
         ]

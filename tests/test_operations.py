@@ -360,3 +360,20 @@ def test_uncurated_github_writes_get_derived_actions() -> None:
     assert (report_["sensitivity"], report_["decision"]) == ("high", "REQUIRE_APPROVAL")
     label = github("POST", "/repos/octo/app/labels")
     assert (label["action"], label["decision"]) == ("issues_create_label", "ALLOW")
+
+
+def test_the_console_line_names_the_operation() -> None:
+    import io
+
+    from addons.decision_log import DecisionLog
+
+    out = io.StringIO()
+    run = {
+        "at": 0.0, "agent": "bot", "action": "change_bucket_lifecycle", "provider": "aws",
+        "operation": "aws.s3.PutBucketLifecycleConfiguration", "target": "s3://b",
+        "params": {}, "rules": [], "id": "r1",
+    }  # fmt: skip
+    DecisionLog(out).decision("REQUIRE_APPROVAL", run, 1.0)
+    assert "change_bucket_lifecycle (aws.s3.PutBucketLifecycleConfiguration) aws → s3://b" in (
+        out.getvalue()
+    )

@@ -73,7 +73,8 @@ def test_queue_detail_and_approve_at_80_by_24(store: Engine) -> None:
             assert table.row_count == 1
             detail = str(app.query_one("#detail", Static).render())
             for expected in ("create_charge", "amount = 150000", "Risk 40", "create_refund",
-                             "Bearer [REDACTED]", "Why it is held"):  # fmt: skip
+                             "Bearer [REDACTED]", "Why it is held",
+                             "operation stripe.PostCharges"):  # fmt: skip
                 assert expected in detail, expected
             await pilot.press("a")
             assert isinstance(app.screen, ReasonScreen)
