@@ -151,6 +151,9 @@ def redact_document(document: dict[str, Any]) -> dict[str, Any]:
     for note in ("request_error", "body_error", "authority"):  # they quote what was sent
         if note in document:
             clean[note] = redact_text(str(document[note]))
+    # The path as sent (kept when it held %2F, for identification) is not stored: a secret in
+    # it may be percent-encoded past the redactor, and `path` already records it, redacted.
+    clean.pop("raw_path", None)
     return clean
 
 

@@ -160,3 +160,18 @@ def test_secrets_in_keys_notes_and_unwalkable_bodies_are_redacted() -> None:
     )
     RedactingFilter().filter(record)
     assert secret not in record.getMessage() and "Bad HTTP request line" in record.getMessage()
+
+
+def test_the_path_as_sent_is_not_kept_where_it_could_hide_a_secret() -> None:
+    from addons.document import build_document
+    from addons.redaction import redact_document
+    from console.explain import parse_request
+
+    request = parse_request(
+        "curl -X DELETE 'https://api.github.com/repos/o/r/git/refs/sk%5Ftest%5FPlanted0000000000000000%2Fx'"
+    )
+    document = build_document(request, "a")
+    assert "raw_path" in document  # identification reads it
+    stored = redact_document(document)
+    assert "raw_path" not in stored
+    assert "Planted" not in str(stored)
