@@ -42,11 +42,11 @@ bench-ab: $(STAMP)
 
 ## catalog: regenerate catalog/aws/*.json from the botocore pinned in catalog/sources.json
 catalog: $(STAMP)
-	$(BIN)/python -m console.catalog_build
+	$(BIN)/python -m airlock.console.catalog_build
 
 ## coverage: per service, write operations identified / total, and every miss
 coverage: $(STAMP)
-	$(BIN)/python -m console.catalog_coverage
+	$(BIN)/python -m airlock.console.catalog_coverage
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

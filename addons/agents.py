@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from addons.hosts import host_glob_regex
-from addons.yaml_source import (
+from airlock.addons.hosts import host_glob_regex
+from airlock.addons.yaml_source import (
     ConfigError,
     Node,
     Seq,
@@ -35,7 +35,7 @@ from addons.yaml_source import (
     load_yaml,
     optional_file_exists,
 )
-from store.names import name_key
+from airlock.store.names import name_key
 
 AGENTS_FILE = "agents.yaml"
 _AGENT_KEYS = {"id", "roles", "key_hash", "enabled", "description"}

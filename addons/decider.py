@@ -32,30 +32,30 @@ from typing import Any
 
 from mitmproxy import http
 
-from addons.document import (
+from airlock.addons.document import (
     Document,
     WireRequest,
     build_document,
     latin1_headers,
     minimal_document,
 )
-from addons.evaluation import Config, Evaluation, evaluate
-from addons.history import RISK_WINDOW, History
-from addons.mappings import fallback_action
-from addons.policies import ALLOW, BLOCK, ENFORCE, OFF, REQUIRE_APPROVAL, Shadow, Verdict
-from addons.redaction import redact_document, redact_text, redact_value
-from addons.yaml_source import replaying_sources
-from store.history import (
+from airlock.addons.evaluation import Config, Evaluation, evaluate
+from airlock.addons.history import RISK_WINDOW, History
+from airlock.addons.mappings import fallback_action
+from airlock.addons.policies import ALLOW, BLOCK, ENFORCE, OFF, REQUIRE_APPROVAL, Shadow, Verdict
+from airlock.addons.redaction import redact_document, redact_text, redact_value
+from airlock.addons.yaml_source import replaying_sources
+from airlock.store.history import (
     PastDecision,
     agent_actions,
     audit_position,
     committed_since,
     past_decisions,
 )
-from store.records import DecisionRecord
-from store.wire import HOSTED, hosted_message, job_frame, job_head
-from store.writer import GroupWriter
-from store.writer_process import Taken, main
+from airlock.store.records import DecisionRecord
+from airlock.store.wire import HOSTED, hosted_message, job_frame, job_head
+from airlock.store.writer import GroupWriter
+from airlock.store.writer_process import Taken, main
 
 log = logging.getLogger("airlock.decider")
 

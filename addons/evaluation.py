@@ -10,12 +10,18 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from addons.agents import AgentRegistry, load_agents
-from addons.document import Document, normalise_host
-from addons.history import History
-from addons.mappings import Action, MappingError, MappingIndex, fallback_action, load_mappings
-from addons.policies import BLOCK, PolicySet, Verdict, load_policies
-from addons.risk import Risk, score
+from airlock.addons.agents import AgentRegistry, load_agents
+from airlock.addons.document import Document, normalise_host
+from airlock.addons.history import History
+from airlock.addons.mappings import (
+    Action,
+    MappingError,
+    MappingIndex,
+    fallback_action,
+    load_mappings,
+)
+from airlock.addons.policies import BLOCK, PolicySet, Verdict, load_policies
+from airlock.addons.risk import Risk, score
 
 
 @dataclass(frozen=True)

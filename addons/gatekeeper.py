@@ -28,21 +28,21 @@ from typing import Any
 from mitmproxy import connection, ctx, exceptions, http, tcp, udp
 from sqlalchemy.engine import make_url
 
-from addons.answers import load_answers, situation_of
-from addons.control_surface import ControlSurface
-from addons.decider import FAULT as DECIDER_FAULT
-from addons.decider import failed_evaluation, request_fields, run_row
-from addons.decision_log import DecisionLog
-from addons.document import minimal_document, normalise_host
-from addons.evaluation import Config, Evaluation
-from addons.mappings import Action
-from addons.metrics import Metrics
-from addons.notify import Notifier
-from addons.policies import BLOCK, ENFORCE, MODES, REQUIRE_APPROVAL, Verdict
-from addons.redaction import redact_mitmproxy_logs
-from addons.routing import Routing
-from addons.yaml_source import ConfigError, Sources, recording_sources
-from store.approvals import (
+from airlock.addons.answers import load_answers, situation_of
+from airlock.addons.control_surface import ControlSurface
+from airlock.addons.decider import FAULT as DECIDER_FAULT
+from airlock.addons.decider import failed_evaluation, request_fields, run_row
+from airlock.addons.decision_log import DecisionLog
+from airlock.addons.document import minimal_document, normalise_host
+from airlock.addons.evaluation import Config, Evaluation
+from airlock.addons.mappings import Action
+from airlock.addons.metrics import Metrics
+from airlock.addons.notify import Notifier
+from airlock.addons.policies import BLOCK, ENFORCE, MODES, REQUIRE_APPROVAL, Verdict
+from airlock.addons.redaction import redact_mitmproxy_logs
+from airlock.addons.routing import Routing
+from airlock.addons.yaml_source import ConfigError, Sources, recording_sources
+from airlock.store.approvals import (
     ABANDONED,
     APPROVED,
     DENIED,
@@ -54,20 +54,20 @@ from store.approvals import (
     find_approval_for_retry,
     settle_orphaned_runs,
 )
-from store.records import (
+from airlock.store.locations import shipped
+from airlock.store.records import (
     DecisionRecord,
     HoldRequest,
     OutcomeRecord,
     ReleaseRequest,
     SettleRequest,
 )
-from store.schema import DEFAULT_DB_URL, create_schema, new_id, open_engine
-from store.wire import hosted_frame
-from store.writer import StoreWriter
+from airlock.store.schema import DEFAULT_DB_URL, create_schema, new_id, open_engine
+from airlock.store.wire import hosted_frame
+from airlock.store.writer import StoreWriter
 
 log = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ANONYMOUS = "anonymous"
 POLL_SECONDS = 0.25  # how often held flows look for a reviewer's decision
 HISTORY_SYNC_SECONDS = 2.0  # how often other instances' decisions are pulled into the history
@@ -120,13 +120,13 @@ class Gate:
         loader.add_option(
             "airlock_mappings",
             str,
-            str(PROJECT_ROOT / "mappings"),
+            str(shipped("mappings")),
             "Folder (or file) of YAML mappings: request → canonical action.",
         )
         loader.add_option(
             "airlock_policies",
             str,
-            str(PROJECT_ROOT / "policies"),
+            str(shipped("policies")),
             "Folder (or file) of YAML policies: action → ALLOW, BLOCK or REQUIRE_APPROVAL.",
         )
         loader.add_option(
@@ -221,7 +221,10 @@ class Gate:
             raise exceptions.OptionsError(f"cannot open the store {shown}: {e}") from e
         self.engine = engine
         self.writer = StoreWriter(
-            engine, self.metrics.on_commit, program="addons.decider", greeting=self._greeting
+            engine,
+            self.metrics.on_commit,
+            program="airlock.addons.decider",
+            greeting=self._greeting,
         )
 
     def _greeting(self) -> list[bytes]:
@@ -695,7 +698,7 @@ class Gate:
             self._poller = asyncio.get_running_loop().create_task(self._poll_approvals())
 
     async def _poll_approvals(self) -> None:
-        from store.approvals import approval_states
+        from airlock.store.approvals import approval_states
 
         while self.holds:
             await asyncio.sleep(POLL_SECONDS)

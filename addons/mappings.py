@@ -13,18 +13,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from addons.conditions import MISSING, Test, compile_condition
-from addons.document import Document
-from addons.extraction import (
+from airlock.addons.conditions import MISSING, Test, compile_condition
+from airlock.addons.document import Document
+from airlock.addons.extraction import (
     ExtractionError,
     Finder,
     ValueSpec,
     jsonpath_at,
     load_value_specs,
 )
-from addons.hosts import host_glob_regex
-from addons.operations import DEFAULT_CATALOG, Operation, OperationIndex, load_catalog
-from addons.yaml_source import (
+from airlock.addons.hosts import host_glob_regex
+from airlock.addons.operations import DEFAULT_CATALOG, Operation, OperationIndex, load_catalog
+from airlock.addons.yaml_source import (
     ConfigError,
     Node,
     Seq,

@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from addons.document import Document
+from airlock.addons.document import Document
+from airlock.store.locations import shipped
 
-DEFAULT_CATALOG = Path(__file__).resolve().parent.parent / "catalog"
+DEFAULT_CATALOG = shipped("catalog")
 
 AWS_SUFFIXES = (".amazonaws.com", ".amazonaws.com.cn", ".api.aws")
 _REGION = re.compile(r"^[a-z]{2}(?:-[a-z]+)+-\d+$")

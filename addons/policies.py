@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from addons.agents import AGENTS_FILE, REVIEWERS_FILE
-from addons.conditions import MISSING, Test, compile_condition
-from addons.history import HORIZON, History
-from addons.mappings import CATEGORIES, SENSITIVITIES, Action
-from addons.yaml_source import (
+from airlock.addons.agents import AGENTS_FILE, REVIEWERS_FILE
+from airlock.addons.conditions import MISSING, Test, compile_condition
+from airlock.addons.history import HORIZON, History
+from airlock.addons.mappings import CATEGORIES, SENSITIVITIES, Action
+from airlock.addons.yaml_source import (
     ConfigError,
     Node,
     Seq,

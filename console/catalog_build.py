@@ -15,9 +15,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from store.schema import PROJECT_ROOT
+from airlock.store.locations import PACKAGE_ROOT
 
-CATALOG_DIR = PROJECT_ROOT / "catalog"
+CATALOG_DIR = PACKAGE_ROOT / "catalog"
 SOURCES = CATALOG_DIR / "sources.json"
 
 # Operation names whose verb only reads. Everything else is a write, the safe side to err on.
@@ -326,7 +326,7 @@ def openapi_sensitivity(name: str, method: str, write: bool) -> str:
 
 def main() -> int:
     for path in build_aws() + build_openapi():
-        print(f"wrote {path.relative_to(PROJECT_ROOT)}")
+        print(f"wrote {path.relative_to(PACKAGE_ROOT)}")
     return 0
 
 

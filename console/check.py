@@ -17,11 +17,11 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
-from addons.agents import AGENTS_FILE, REVIEWERS_FILE, load_agents, load_reviewers
-from addons.mappings import Mapping, load_mapping_file, shadowed_mappings
-from addons.operations import OperationIndex, load_catalog
-from addons.policies import Rule, load_policy_file
-from addons.yaml_source import ConfigError, Node, Seq, Where, load_yaml
+from airlock.addons.agents import AGENTS_FILE, REVIEWERS_FILE, load_agents, load_reviewers
+from airlock.addons.mappings import Mapping, load_mapping_file, shadowed_mappings
+from airlock.addons.operations import OperationIndex, load_catalog
+from airlock.addons.policies import Rule, load_policy_file
+from airlock.addons.yaml_source import ConfigError, Node, Seq, Where, load_yaml
 
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
 

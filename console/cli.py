@@ -19,34 +19,63 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from store.schema import DEFAULT_DB_URL, PROJECT_ROOT
+from airlock.store.locations import (
+    PACKAGE_ROOT,
+    ca_dir,
+    database_url,
+    default_data_dir,
+    shipped,
+)
 
-ADDON_SCRIPT = PROJECT_ROOT / "addons" / "gate.py"
-DEFAULT_CONFDIR = PROJECT_ROOT / "certs"
+ADDON_SCRIPT = PACKAGE_ROOT / "addons" / "gate.py"
 CA_CERT_NAME = "mitmproxy-ca-cert.pem"
+SHIPPED_MAPPINGS, SHIPPED_POLICIES = shipped("mappings"), shipped("policies")
 
 
 def _db_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--db",
-        default=os.environ.get("AIRLOCK_DB", DEFAULT_DB_URL),
+        default=None,
         metavar="URL",
         help="SQLAlchemy URL of the store, the same the proxy uses "
-        "(default: $AIRLOCK_DB, else the embedded SQLite file data/airlock.db)",
+        "(default: $AIRLOCK_DB, else the embedded SQLite file airlock.db in the data directory)",
     )
+    _data_dir_argument(parser)
+
+
+def _data_dir_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        metavar="DIR",
+        help="where the embedded store and the CA live (default: $AIRLOCK_DATA_DIR, else this "
+        "checkout when run from one, else ./airlock-data)",
+    )
+
+
+def _resolve_locations(args: argparse.Namespace) -> None:
+    """--db and --confdir default to places inside the data directory (store/locations.py)."""
+    if "data_dir" not in args:
+        return
+    data_dir = Path(args.data_dir).resolve() if args.data_dir else default_data_dir()
+    args.data_dir = data_dir
+    if "db" in args and args.db is None:
+        args.db = os.environ.get("AIRLOCK_DB") or database_url(data_dir)
+    if "confdir" in args and args.confdir is None:
+        args.confdir = str(ca_dir(data_dir))
 
 
 def _reviewers_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--policies",
-        default=str(PROJECT_ROOT / "policies"),
+        default=str(SHIPPED_POLICIES),
         metavar="DIR",
         help="where reviewers.yaml is, when reviewers are restricted (default: policies/)",
     )
 
 
 def _reviewers(args: argparse.Namespace) -> Any:
-    from addons.agents import load_reviewers
+    from airlock.addons.agents import load_reviewers
 
     return load_reviewers(Path(args.policies))
 
@@ -73,21 +102,22 @@ def build_parser() -> argparse.ArgumentParser:
     _db_argument(run)
     run.add_argument(
         "--mappings",
-        default=str(PROJECT_ROOT / "mappings"),
+        default=str(SHIPPED_MAPPINGS),
         metavar="DIR",
         help="folder of YAML mappings (default: the shipped mappings/)",
     )
     run.add_argument(
         "--policies",
-        default=str(PROJECT_ROOT / "policies"),
+        default=str(SHIPPED_POLICIES),
         metavar="DIR",
         help="folder of YAML policies (default: the shipped policies/)",
     )
     run.add_argument(
         "--confdir",
-        default=str(DEFAULT_CONFDIR),
+        default=None,
         metavar="DIR",
-        help="where the proxy's CA lives; generated on first start (default: certs/)",
+        help="where the proxy's CA lives; generated on first start (default: certs/ in the "
+        "data directory)",
     )
     run.add_argument(
         "--route",
@@ -204,8 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--har-entry", type=int, default=0, metavar="N",
                          help="which entry of a HAR file (default: the first)")  # fmt: skip
     explain.add_argument("--agent", default="anonymous", help="the agent sending it")
-    explain.add_argument("--mappings", default=str(PROJECT_ROOT / "mappings"), metavar="DIR")
-    explain.add_argument("--policies", default=str(PROJECT_ROOT / "policies"), metavar="DIR")
+    explain.add_argument("--mappings", default=str(SHIPPED_MAPPINGS), metavar="DIR")
+    explain.add_argument("--policies", default=str(SHIPPED_POLICIES), metavar="DIR")
     explain.add_argument("--json", action="store_true", help="print JSON for scripts")
 
     test = commands.add_parser(
@@ -216,8 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     test.add_argument("paths", nargs="*", type=Path, metavar="PATH",
                       help="test files or folders (default: the policies folder)")  # fmt: skip
-    test.add_argument("--mappings", default=str(PROJECT_ROOT / "mappings"), metavar="DIR")
-    test.add_argument("--policies", default=str(PROJECT_ROOT / "policies"), metavar="DIR")
+    test.add_argument("--mappings", default=str(SHIPPED_MAPPINGS), metavar="DIR")
+    test.add_argument("--policies", default=str(SHIPPED_POLICIES), metavar="DIR")
     test.add_argument("-q", "--quiet", action="store_true", help="print failures only")
     test.add_argument(
         "--replay",
@@ -263,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="List every canonical action the mappings produce, with its category, "
         "sensitivity and the mappings that produce it (the table in README.md).",
     )
-    vocabulary.add_argument("--mappings", default=str(PROJECT_ROOT / "mappings"), metavar="DIR")
+    vocabulary.add_argument("--mappings", default=str(SHIPPED_MAPPINGS), metavar="DIR")
 
     mappings = commands.add_parser(
         "mappings", help="draft mappings", description="Commands that write mapping files."
@@ -310,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _resolve_locations(args)
     handlers = {
         "run": cmd_run,
         "pending": cmd_pending,
@@ -333,8 +364,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from mitmproxy.tools.main import mitmdump
 
-    from addons.evaluation import Config
-    from addons.yaml_source import ConfigError
+    from airlock.addons.evaluation import Config
+    from airlock.addons.yaml_source import ConfigError
 
     try:  # the proxy would refuse to start too; say why in one line, before any banner
         Config.load(Path(args.mappings), Path(args.policies))
@@ -407,7 +438,7 @@ def print_agent_setup(host: str, port: int, ca_cert: Path) -> None:
 
 
 def _engine(url: str):
-    from store.schema import create_schema, open_engine
+    from airlock.store.schema import create_schema, open_engine
 
     engine = open_engine(url)
     create_schema(engine)
@@ -415,7 +446,7 @@ def _engine(url: str):
 
 
 def cmd_pending(args: argparse.Namespace) -> int:
-    from store.approvals import pending_approvals
+    from airlock.store.approvals import pending_approvals
 
     items = pending_approvals(_engine(args.db))
     if args.json:
@@ -444,7 +475,7 @@ def cmd_pending(args: argparse.Namespace) -> int:
 
 
 def cmd_decide(args: argparse.Namespace) -> int:
-    from store.approvals import APPROVED, DENIED, ApprovalError, resolve_approval
+    from airlock.store.approvals import APPROVED, DENIED, ApprovalError, resolve_approval
 
     state = APPROVED if args.command == "approve" else DENIED
     try:
@@ -465,9 +496,9 @@ def cmd_decide(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from console.check import check
+    from airlock.console.check import check
 
-    paths = args.paths or [PROJECT_ROOT / "mappings", PROJECT_ROOT / "policies"]
+    paths = args.paths or [SHIPPED_MAPPINGS, SHIPPED_POLICIES]
     missing = [p for p in paths if not p.exists()]
     if missing:
         print(f"airlock check: no such file or folder: {missing[0]}", file=sys.stderr)
@@ -483,9 +514,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from addons.evaluation import Config
-    from addons.yaml_source import ConfigError
-    from console.explain import RequestFormatError, explain, parse_request
+    from airlock.addons.evaluation import Config
+    from airlock.addons.yaml_source import ConfigError
+    from airlock.console.explain import RequestFormatError, explain, parse_request
 
     source = args.request
     if source == "-":
@@ -535,9 +566,9 @@ def print_explanation(report: dict) -> None:  # type: ignore[type-arg]
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    from addons.evaluation import Config
-    from addons.yaml_source import ConfigError
-    from console.policy_tests import find_test_files, run_files
+    from airlock.addons.evaluation import Config
+    from airlock.addons.yaml_source import ConfigError
+    from airlock.console.policy_tests import find_test_files, run_files
 
     try:
         config = Config.load(Path(args.mappings), Path(args.policies))
@@ -564,8 +595,8 @@ def cmd_test(args: argparse.Namespace) -> int:
 
 
 def replay_recorded(args: argparse.Namespace, config: Any) -> int:
-    from console.replay import replay
-    from store.history import recorded_decisions
+    from airlock.console.replay import replay
+    from airlock.store.history import recorded_decisions
 
     since = time.time() - args.since * 3600 if args.since else None
     runs = recorded_decisions(_engine(args.db), since=since, limit=args.limit)
@@ -583,14 +614,14 @@ def replay_recorded(args: argparse.Namespace, config: Any) -> int:
 
 
 def cmd_review(args: argparse.Namespace) -> int:
-    from console.review import ReviewApp
+    from airlock.console.review import ReviewApp
 
     ReviewApp(_engine(args.db), args.reviewer, reviewers=_reviewers(args)).run()
     return 0
 
 
 def cmd_agents_key(args: argparse.Namespace) -> int:
-    from addons.agents import hash_key, new_key
+    from airlock.addons.agents import hash_key, new_key
 
     key = new_key()
     roles = ", ".join(args.role)
@@ -602,13 +633,13 @@ def cmd_agents_key(args: argparse.Namespace) -> int:
 
 
 def cmd_mappings_import(args: argparse.Namespace) -> int:
-    from console.openapi_import import main_import
+    from airlock.console.openapi_import import main_import
 
     return main_import(args)
 
 
 def cmd_vocabulary(args: argparse.Namespace) -> int:
-    from addons.mappings import SENSITIVITIES, load_mappings
+    from airlock.addons.mappings import SENSITIVITIES, load_mappings
 
     by_action: dict[str, list] = {}  # type: ignore[type-arg]
     for mapping in load_mappings(Path(args.mappings)).mappings:
@@ -626,7 +657,7 @@ def cmd_vocabulary(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    from store.audit import verify_audit
+    from airlock.store.audit import verify_audit
 
     report = verify_audit(_engine(args.db))
     if report.ok:

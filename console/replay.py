@@ -11,9 +11,9 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from addons.mappings import Action
-from addons.policies import PolicySet
-from store.history import RecordedDecision
+from airlock.addons.mappings import Action
+from airlock.addons.policies import PolicySet
+from airlock.store.history import RecordedDecision
 
 
 @dataclass(frozen=True)

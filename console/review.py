@@ -21,7 +21,7 @@ from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
 from textual.widgets import DataTable, Footer, Header, Input, Label, Static
 
-from store.approvals import (
+from airlock.store.approvals import (
     APPROVED,
     DENIED,
     ApprovalError,
@@ -29,7 +29,7 @@ from store.approvals import (
     pending_approvals,
     resolve_approval,
 )
-from store.history import RecordedDecision, recorded_decisions
+from airlock.store.history import RecordedDecision, recorded_decisions
 
 HIGH_RISK = 70  # approving at or above this score needs a reason too
 _DECISION_STYLE = {"ALLOW": "green", "BLOCK": "red", "REQUIRE_APPROVAL": "yellow"}

@@ -11,11 +11,11 @@ from sqlalchemy import insert, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from store.audit import Event, append_events
-from store.names import name_key
-from store.prepared import PENDING, tx_of
-from store.records import OutcomeRecord, Settlement, record_outcomes, settle_approval
-from store.schema import Approval, ApprovalVote, Run, write_transaction
+from airlock.store.audit import Event, append_events
+from airlock.store.names import name_key
+from airlock.store.prepared import PENDING, tx_of
+from airlock.store.records import OutcomeRecord, Settlement, record_outcomes, settle_approval
+from airlock.store.schema import Approval, ApprovalVote, Run, write_transaction
 
 APPROVED, DENIED, EXPIRED, ABANDONED = "APPROVED", "DENIED", "EXPIRED", "ABANDONED"
 TERMINAL_STATES = frozenset({APPROVED, DENIED, EXPIRED, ABANDONED})

@@ -16,9 +16,9 @@ from typing import Any
 from sqlalchemy import Connection, select
 from sqlalchemy.engine import Engine
 
-from store.jsontext import to_json
-from store.prepared import Tx
-from store.schema import GENESIS_HASH, Approval, ApprovalVote, AuditEvent, AuditHead, Run
+from airlock.store.jsontext import to_json
+from airlock.store.prepared import Tx
+from airlock.store.schema import GENESIS_HASH, Approval, ApprovalVote, AuditEvent, AuditHead, Run
 
 # The run columns a decision event vouches for, and those an outcome event vouches for.
 DECISION_FIELDS = (

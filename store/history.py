@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
-from store.schema import AuditEvent, Run
+from airlock.store.schema import AuditEvent, Run
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ from sqlalchemy import JSON, Connection, bindparam, insert, literal_column, sele
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.sql import ClauseElement
 
-from store.jsontext import to_json
-from store.schema import Approval, AuditEvent, AuditHead, Run
+from airlock.store.jsontext import to_json
+from airlock.store.schema import Approval, AuditEvent, AuditHead, Run
 
 PENDING = "PENDING"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from store.audit import APPROVAL_ORIGIN_FIELDS, OUTCOME_FIELDS, Event, decision_payload
-from store.prepared import PENDING, Tx
+from airlock.store.audit import APPROVAL_ORIGIN_FIELDS, OUTCOME_FIELDS, Event, decision_payload
+from airlock.store.prepared import PENDING, Tx
 
 
 @dataclass(frozen=True)

@@ -30,9 +30,10 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-# The embedded default: one file in the project's git-ignored data/ folder, whatever the cwd.
-DEFAULT_DB_URL = f"sqlite:///{PROJECT_ROOT / 'data' / 'airlock.db'}"
+from airlock.store.locations import database_url, default_data_dir
+
+# The embedded default: one SQLite file in the data directory (store/locations.py).
+DEFAULT_DB_URL = database_url(default_data_dir())
 
 
 class Base(DeclarativeBase):

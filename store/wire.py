@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from store.records import (
+from airlock.store.records import (
     DecisionRecord,
     HoldRequest,
     OutcomeRecord,

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import os
 import socket
 import subprocess
 import sys
@@ -23,14 +22,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from store.audit import Event, append_events
-from store.prepared import raw_transaction
-from store.records import (
+from airlock.store.audit import Event, append_events
+from airlock.store.prepared import raw_transaction
+from airlock.store.records import (
     DecisionRecord,
     OutcomeRecord,
     ReleaseRequest,
@@ -40,7 +38,7 @@ from store.records import (
     release_approval,
     settle_approval,
 )
-from store.wire import StoreError, frame, hosted_frame, job_frame, result_from, unframe
+from airlock.store.wire import StoreError, frame, hosted_frame, job_frame, result_from, unframe
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +60,7 @@ class StoreWriter:
         self,
         engine: Engine,
         on_commit: CommitObserver | None = None,
-        program: str = "store.writer_process",
+        program: str = "airlock.store.writer_process",
         greeting: Callable[[], list[bytes]] | None = None,
     ) -> None:
         """program: the module the writer process runs (the gate's decider hosts the writer);
@@ -107,7 +105,6 @@ class StoreWriter:
         self._process = subprocess.Popen(
             [sys.executable, "-m", self.program, str(theirs.fileno())],
             pass_fds=[theirs.fileno()],
-            env=_child_environment(),
         )
         theirs.close()
         ours.setblocking(False)
@@ -311,13 +308,6 @@ class StoreWriter:
         for _, future in waiting.values():
             if not future.done():
                 future.set_exception(StoreError(reason))
-
-
-def _child_environment() -> dict[str, str]:
-    """This checkout first on the path: mitmdump -s addons/gate.py works without installing."""
-    root = str(Path(__file__).resolve().parent.parent)
-    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
-    return {**os.environ, "PYTHONPATH": path}
 
 
 def _in_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:

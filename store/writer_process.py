@@ -23,9 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from store.records import OutcomeRecord
-from store.schema import open_engine
-from store.wire import (
+from airlock.store.records import OutcomeRecord
+from airlock.store.schema import open_engine
+from airlock.store.wire import (
     HOSTED,
     decode,
     decode_job,
@@ -34,7 +34,7 @@ from store.wire import (
     result_value,
     split_frames,
 )
-from store.writer import READ_SIZE, GroupWriter, Pending
+from airlock.store.writer import READ_SIZE, GroupWriter, Pending
 
 log = logging.getLogger("airlock.store.writer")
 

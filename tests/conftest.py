@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
-from store.schema import Base, create_schema, open_engine
+from airlock.store.schema import Base, create_schema, open_engine
 from tests.helpers.proxy import Proxy, prepared_confdir
 from tests.helpers.upstream import Upstream
 

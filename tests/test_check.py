@@ -7,7 +7,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from console.check import check
+from airlock.console.check import check
 from tests.helpers.proxy import PROJECT_ROOT, clean_env
 
 
@@ -105,7 +105,7 @@ def test_yaml_syntax_errors_have_positions(tmp_path: Path) -> None:
 def test_cli_exit_codes(tmp_path: Path) -> None:
     def airlock_check(*paths: Path) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "console.cli", "check", *map(str, paths)],
+            [sys.executable, "-m", "airlock.console.cli", "check", *map(str, paths)],
             cwd=PROJECT_ROOT, env=clean_env(), capture_output=True, text=True, timeout=60,
         )  # fmt: skip
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from console.cli import build_parser
+from airlock.console.cli import build_parser
 
 
 @pytest.mark.parametrize(

@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 from mitmproxy.test import tutils
 
-from addons.decider import Decider, _request, request_fields
-from addons.document import build_document
-from addons.evaluation import Config
-from addons.yaml_source import recording_sources
-from store.schema import create_schema, open_engine
-from store.wire import decode_job, hosted_frame, hosted_message
-from store.writer import GroupWriter
+from airlock.addons.decider import Decider, _request, request_fields
+from airlock.addons.document import build_document
+from airlock.addons.evaluation import Config
+from airlock.addons.yaml_source import recording_sources
+from airlock.store.schema import create_schema, open_engine
+from airlock.store.wire import decode_job, hosted_frame, hosted_message
+from airlock.store.writer import GroupWriter
 from tests.helpers.proxy import PROJECT_ROOT
 
 
@@ -138,7 +138,7 @@ def test_a_record_keeps_large_values_as_their_start_length_and_hash(decider: Dec
     import hashlib
     import json
 
-    from store.records import DecisionRecord
+    from airlock.store.records import DecisionRecord
 
     description = "d" * 500_000
     request = tutils.treq(

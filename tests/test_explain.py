@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from addons.evaluation import Config
-from console.explain import RequestFormatError, explain, parse_request
+from airlock.addons.evaluation import Config
+from airlock.console.explain import RequestFormatError, explain, parse_request
 from tests.helpers.proxy import PROJECT_ROOT, clean_env
 
 CONFIG = Config.load(PROJECT_ROOT / "mappings", PROJECT_ROOT / "policies")
@@ -115,7 +115,7 @@ def test_cli_reads_a_file_and_prints_json(tmp_path: Path) -> None:
     raw = tmp_path / "delete.http"
     raw.write_text("DELETE /v1/customers/cus_1 HTTP/1.1\nHost: api.stripe.com\n\n")
     done = subprocess.run(
-        [sys.executable, "-m", "console.cli", "explain", str(raw), "--json"],
+        [sys.executable, "-m", "airlock.console.cli", "explain", str(raw), "--json"],
         cwd=PROJECT_ROOT, env=clean_env(), capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr

@@ -17,13 +17,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from addons.decider import run_row
-from addons.document import MAX_DEPTH, WireRequest, build_document, parse_body
-from addons.evaluation import Config, evaluate
-from addons.redaction import redact_document
-from store.jsontext import to_json
-from store.records import DecisionRecord
-from store.wire import decode_job, job_frame
+from airlock.addons.decider import run_row
+from airlock.addons.document import MAX_DEPTH, WireRequest, build_document, parse_body
+from airlock.addons.evaluation import Config, evaluate
+from airlock.addons.redaction import redact_document
+from airlock.store.jsontext import to_json
+from airlock.store.records import DecisionRecord
+from airlock.store.wire import decode_job, job_frame
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONFIG = Config.load(PROJECT_ROOT / "mappings", PROJECT_ROOT / "policies")

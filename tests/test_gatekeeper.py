@@ -16,11 +16,11 @@ from mitmproxy import exceptions
 from mitmproxy.test import taddons, tflow, tutils
 from sqlalchemy import select, text
 
-from addons.decider import request_hash
-from addons.gatekeeper import Gate
-from addons.metrics import Metrics
-from addons.routing import Routing, parse_routes
-from store.schema import Run, open_engine
+from airlock.addons.decider import request_hash
+from airlock.addons.gatekeeper import Gate
+from airlock.addons.metrics import Metrics
+from airlock.addons.routing import Routing, parse_routes
+from airlock.store.schema import Run, open_engine
 from tests.helpers.proxy import PROJECT_ROOT
 
 
@@ -191,7 +191,7 @@ def test_held_flow_is_released_when_the_store_says_approved(tmp_path: Path) -> N
     flow = stripe_flow(b"", path="/v1/customers/cus_1", method="DELETE")
 
     async def scenario(gate: Gate, _: Any) -> None:
-        from store.approvals import APPROVED, resolve_approval
+        from airlock.store.approvals import APPROVED, resolve_approval
 
         hold = asyncio.create_task(gate.request(flow))
         await until_held(gate)
@@ -352,7 +352,7 @@ def test_a_replayed_flow_is_judged_again(tmp_path: Path) -> None:
 def test_a_store_that_does_not_answer_blocks_in_bounded_time(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import addons.gatekeeper as gatekeeper
+    import airlock.addons.gatekeeper as gatekeeper
 
     monkeypatch.setattr(gatekeeper, "STORE_TIMEOUT", 0.2)
     flow = stripe_flow(b"amount=5&currency=usd")
@@ -367,8 +367,8 @@ def test_a_store_that_does_not_answer_blocks_in_bounded_time(
 
 
 def test_a_fault_in_the_decider_blocks_and_is_recorded_as_the_gates(tmp_path: Path) -> None:
-    from addons.decider import FAULT
-    from store.wire import StoreError
+    from airlock.addons.decider import FAULT
+    from airlock.store.wire import StoreError
 
     flow = stripe_flow(b"amount=5&currency=usd")
 
@@ -467,8 +467,8 @@ def test_decisions_another_proxy_commits_late_still_count_here(
     """Two proxies on one database share budgets: what the other one commits is read in commit
     order, so a decision that reaches the database long after it was made (replayed after a
     crash) is not missed."""
-    import addons.gatekeeper as gatekeeper
-    from store.records import DecisionRecord
+    import airlock.addons.gatekeeper as gatekeeper
+    from airlock.store.records import DecisionRecord
     from tests.test_store import run_row, write
 
     monkeypatch.setattr(gatekeeper, "HISTORY_SYNC_SECONDS", 0.05)

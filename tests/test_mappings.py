@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from addons.evaluation import Config, evaluate
-from addons.mappings import MappingError, load_mappings
-from addons.yaml_source import ConfigError
+from airlock.addons.evaluation import Config, evaluate
+from airlock.addons.mappings import MappingError, load_mappings
+from airlock.addons.yaml_source import ConfigError
 from tests.helpers.proxy import PROJECT_ROOT
 
 SHIPPED = PROJECT_ROOT / "mappings"
@@ -206,7 +206,7 @@ def test_a_thousand_mappings_are_indexed_by_host(tmp_path: Path) -> None:
 def test_direct_field_paths_find_what_jsonpath_ng_finds(expression: str) -> None:
     from jsonpath_ng.ext import parse
 
-    from addons.extraction import FieldPath, compile_jsonpath
+    from airlock.addons.extraction import FieldPath, compile_jsonpath
 
     document = {
         "body": {"amount": 5, "items": [{"name": "a"}, {"name": "b"}]},
@@ -218,7 +218,7 @@ def test_direct_field_paths_find_what_jsonpath_ng_finds(expression: str) -> None
 
 
 def test_complex_paths_use_jsonpath_ng() -> None:
-    from addons.extraction import GeneralPath, compile_jsonpath
+    from airlock.addons.extraction import GeneralPath, compile_jsonpath
 
     finder = compile_jsonpath("$.body.items[*].name")
     assert isinstance(finder, GeneralPath)

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from prometheus_client import generate_latest
 
-import addons.notify as notify
-from addons.gatekeeper import Gate
-from store.approvals import APPROVED, resolve_approval
+import airlock.addons.notify as notify
+from airlock.addons.gatekeeper import Gate
+from airlock.store.approvals import APPROVED, resolve_approval
 from tests.test_gatekeeper import stripe_flow, until_held, with_gate
 
 

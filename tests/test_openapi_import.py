@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from addons.mappings import load_mappings
-from console.check import check
+from airlock.addons.mappings import load_mappings
+from airlock.console.check import check
 from tests.helpers.proxy import PROJECT_ROOT, clean_env
 
 DESCRIPTION = {
@@ -41,8 +41,9 @@ def draft(tmp_path: Path, description: object = DESCRIPTION) -> subprocess.Compl
     source.write_text(json.dumps(description))
     (tmp_path / "mappings").mkdir(exist_ok=True)
     return subprocess.run(
-        [sys.executable, "-m", "console.cli", "mappings", "import", "--openapi", str(source),
-         "--provider", "billing", "--host", "billing.internal", "--category", "payment",
+        [sys.executable, "-m", "airlock.console.cli", "mappings", "import",
+         "--openapi", str(source), "--provider", "billing", "--host", "billing.internal",
+         "--category", "payment",
          "--out", str(tmp_path / "mappings" / "billing.yaml")],
         cwd=PROJECT_ROOT, env=clean_env(), capture_output=True, text=True,
     )  # fmt: skip

@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 
-from addons.document import build_document
-from addons.evaluation import Config, evaluate
-from addons.mappings import load_mappings
-from addons.operations import load_catalog, parse_aws_host
-from addons.policies import load_policies
-from addons.yaml_source import ConfigError
-from console.catalog_coverage import aws_coverage, aws_request, report
+from airlock.addons.document import build_document
+from airlock.addons.evaluation import Config, evaluate
+from airlock.addons.mappings import load_mappings
+from airlock.addons.operations import load_catalog, parse_aws_host
+from airlock.addons.policies import load_policies
+from airlock.addons.yaml_source import ConfigError
+from airlock.console.catalog_coverage import aws_coverage, aws_request, report
 from tests.helpers.proxy import PROJECT_ROOT
 
 CATALOG = load_catalog()
@@ -226,7 +226,7 @@ def _example(service: Any, name: str) -> dict[str, Any]:
     """Required members with example values, the Bucket named."""
     import botocore.session
 
-    from console.catalog_coverage import example_value
+    from airlock.console.catalog_coverage import example_value
 
     model = botocore.session.get_session().get_service_model(service.name)
     shape = model.operation_model(name).input_shape
@@ -321,7 +321,7 @@ def test_policies_can_name_operations_and_globs_of_them(tmp_path: Path) -> None:
 
 
 def test_every_github_write_is_identified_as_itself() -> None:
-    from console.catalog_coverage import openapi_coverage
+    from airlock.console.catalog_coverage import openapi_coverage
 
     [github] = openapi_coverage(CATALOG)
     text = report([github])
@@ -337,7 +337,7 @@ def github(method: str, path: str) -> Any:
         f"curl -X {method} https://api.github.com{path} "
         "-H 'Content-Type: application/json' -d '{}'"
     )
-    from console.explain import explain, parse_request
+    from airlock.console.explain import explain, parse_request
 
     return explain(parse_request(request), BASELINE).as_json()
 
@@ -365,7 +365,7 @@ def test_uncurated_github_writes_get_derived_actions() -> None:
 def test_the_console_line_names_the_operation() -> None:
     import io
 
-    from addons.decision_log import DecisionLog
+    from airlock.addons.decision_log import DecisionLog
 
     out = io.StringIO()
     run = {

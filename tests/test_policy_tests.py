@@ -7,8 +7,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-from addons.evaluation import Config
-from console.policy_tests import find_test_files, run_files
+from airlock.addons.evaluation import Config
+from airlock.console.policy_tests import find_test_files, run_files
 from tests.helpers.proxy import PROJECT_ROOT, clean_env
 
 CONFIG = Config.load(PROJECT_ROOT / "mappings", PROJECT_ROOT / "policies")
@@ -59,7 +59,7 @@ def test_failures_name_the_case_its_line_and_what_happened(tmp_path: Path) -> No
 def test_cli_exit_codes_and_summary(tmp_path: Path) -> None:
     def airlock_test(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "console.cli", "test", *args],
+            [sys.executable, "-m", "airlock.console.cli", "test", *args],
             cwd=PROJECT_ROOT, env=clean_env(), capture_output=True, text=True, timeout=60,
         )  # fmt: skip
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 from sqlalchemy.engine import Engine
 
-from addons.policies import load_policies
-from console.replay import replay
-from store.history import recorded_decisions
-from store.records import DecisionRecord
+from airlock.addons.policies import load_policies
+from airlock.console.replay import replay
+from airlock.store.history import recorded_decisions
+from airlock.store.records import DecisionRecord
 from tests.helpers.proxy import PROJECT_ROOT, clean_env
 from tests.test_store import run_row, write
 
@@ -58,8 +58,8 @@ def test_replay_from_the_command_line(engine: Engine, db_url: str, tmp_path: Pat
     (candidate / "p.yaml").write_text(STRICTER)
 
     done = subprocess.run(
-        [sys.executable, "-m", "console.cli", "test", "--replay", "--policies", str(candidate),
-         "--db", db_url],
+        [sys.executable, "-m", "airlock.console.cli", "test", "--replay",
+         "--policies", str(candidate), "--db", db_url],
         cwd=PROJECT_ROOT, env=clean_env(), capture_output=True, text=True, timeout=60,
     )  # fmt: skip
 

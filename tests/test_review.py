@@ -13,9 +13,9 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from textual.widgets import DataTable, Static
 
-from console.review import HistoryScreen, ReasonScreen, ReviewApp
-from store.records import DecisionRecord, HoldRequest
-from store.schema import Approval, create_schema, open_engine
+from airlock.console.review import HistoryScreen, ReasonScreen, ReviewApp
+from airlock.store.records import DecisionRecord, HoldRequest
+from airlock.store.schema import Approval, create_schema, open_engine
 from tests.test_store import run_row, write
 
 

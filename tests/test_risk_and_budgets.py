@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from addons.gatekeeper import Gate
-from addons.history import BUCKET_SECONDS, EXACT_SECONDS, History
-from addons.mappings import Action
-from addons.policies import load_policies
-from addons.risk import score
-from addons.yaml_source import ConfigError
+from airlock.addons.gatekeeper import Gate
+from airlock.addons.history import BUCKET_SECONDS, EXACT_SECONDS, History
+from airlock.addons.mappings import Action
+from airlock.addons.policies import load_policies
+from airlock.addons.risk import score
+from airlock.addons.yaml_source import ConfigError
 from tests.test_gatekeeper import stored_runs, stripe_flow, with_gate
 
 

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import delete, select, update
 from sqlalchemy.engine import Engine
 
-from store.approvals import (
+from airlock.store.approvals import (
     APPROVED,
     DENIED,
     EXPIRED,
@@ -22,11 +22,11 @@ from store.approvals import (
     pending_approvals,
     resolve_approval,
 )
-from store.audit import verify_audit
-from store.records import DecisionRecord, HoldRequest, OutcomeRecord, SettleRequest
-from store.schema import Approval, ApprovalVote, AuditEvent, AuditHead, Run, open_engine
-from store.wire import StoreError
-from store.writer import StoreWriter
+from airlock.store.audit import verify_audit
+from airlock.store.records import DecisionRecord, HoldRequest, OutcomeRecord, SettleRequest
+from airlock.store.schema import Approval, ApprovalVote, AuditEvent, AuditHead, Run, open_engine
+from airlock.store.wire import StoreError
+from airlock.store.writer import StoreWriter
 
 
 def run_row(decision: str = "ALLOW", **overrides: Any) -> dict[str, Any]:
@@ -176,7 +176,7 @@ def test_a_writer_that_keeps_dying_at_start_is_restarted_with_growing_pauses(
     """An unusable store (here: a writer program that cannot start) must not be restarted in a
     tight loop; meanwhile every write fails at once (its request is refused)."""
     engine = open_engine(f"sqlite:///{tmp_path / 'airlock.db'}")
-    writer = StoreWriter(engine, program="store.no_such_module")
+    writer = StoreWriter(engine, program="airlock.store.no_such_module")
 
     async def scenario() -> tuple[int, int]:
         loop, starts, failed = asyncio.get_running_loop(), 0, 0
@@ -514,7 +514,7 @@ def test_extended_approval_expiry_is_named(audited: Engine) -> None:
 
 def test_reading_does_not_block_a_writer_on_sqlite(tmp_path: Any) -> None:
     """A long `audit verify` or `pending` must not hold the proxy's writes up."""
-    from store.schema import create_schema, open_engine
+    from airlock.store.schema import create_schema, open_engine
 
     engine = open_engine(f"sqlite:///{tmp_path / 'r.db'}")
     create_schema(engine)
@@ -527,7 +527,7 @@ def test_reading_does_not_block_a_writer_on_sqlite(tmp_path: Any) -> None:
 def test_an_older_store_gains_new_columns_when_opened(tmp_path: Any) -> None:
     from sqlalchemy import inspect, text
 
-    from store.schema import create_schema, open_engine
+    from airlock.store.schema import create_schema, open_engine
 
     engine = open_engine(f"sqlite:///{tmp_path / 'old.db'}")
     create_schema(engine)
@@ -543,7 +543,7 @@ def test_an_older_store_gains_new_columns_when_opened(tmp_path: Any) -> None:
 
 
 def test_orphaned_approvals_are_expired_at_start(engine: Engine) -> None:
-    from store.approvals import expire_orphaned_approvals
+    from airlock.store.approvals import expire_orphaned_approvals
 
     dead, alive_here, elsewhere, overdue, same_pid = (held() for _ in range(5))
     for (row, hold), instance in zip(
@@ -573,7 +573,7 @@ def test_orphaned_approvals_are_expired_at_start(engine: Engine) -> None:
 
 
 def test_only_listed_reviewers_with_an_allowed_role_decide(engine: Engine, tmp_path: Any) -> None:
-    from addons.agents import load_reviewers
+    from airlock.addons.agents import load_reviewers
 
     (tmp_path / "reviewers.yaml").write_text(
         "reviewers:\n  - {id: alice, roles: [payments-lead]}\n  - {id: bob, roles: [sre]}\n"
@@ -597,7 +597,7 @@ def test_only_listed_reviewers_with_an_allowed_role_decide(engine: Engine, tmp_p
 def test_other_instances_decisions_are_read_in_commit_order_from_a_cursor(engine: Engine) -> None:
     """What another proxy instance's budgets see: a decision committed late (its time is
     long past, say replayed after a crash) is still read, once, with its latest outcome."""
-    from store.history import audit_position, committed_since
+    from airlock.store.history import audit_position, committed_since
 
     cursor = audit_position(engine)
     mine = run_row(instance="here-1")

@@ -202,7 +202,7 @@ def start_airlock(
     log = work / f"{name}.log"
     with log.open("wb") as out:
         airlock = subprocess.Popen(
-            [sys.executable, "-m", "console.cli", "run", "--quiet", "--port", str(port),
+            [sys.executable, "-m", "airlock.console.cli", "run", "--quiet", "--port", str(port),
              "--confdir", str(confdir), "--db", f"sqlite:///{work / name}.db",
              "--mappings", str(mappings), "--route", f"{HOST}=127.0.0.1:{upstream_port}",
              "--upstream-ca", str(upstream_ca), "--metrics-port", str(metrics_port)],
@@ -239,10 +239,10 @@ def stage_timings(mappings: Path, policies: Path) -> tuple[float, float, float]:
     rules, risk score and history included)."""
     from mitmproxy.test import tutils
 
-    from addons.document import build_document
-    from addons.evaluation import Config
-    from addons.history import History
-    from addons.risk import score
+    from airlock.addons.document import build_document
+    from airlock.addons.evaluation import Config
+    from airlock.addons.history import History
+    from airlock.addons.risk import score
 
     config = Config.load(mappings, policies)
     history = History()
@@ -270,7 +270,7 @@ _STARTUP = """
 import resource, sys, time
 started = time.perf_counter()
 from pathlib import Path
-from addons.evaluation import Config
+from airlock.addons.evaluation import Config
 config = Config.load(Path("mappings"), Path("policies"))
 print(time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
       len(config.mappings.operations))
@@ -281,9 +281,9 @@ def catalog_timings() -> tuple[float, float, int, float, float, int]:
     """Start-up with the whole catalog (a fresh process: import, load, compile) and its peak
     resident MB; then the median and p99 µs to identify one request, over one request per AWS
     write operation in the catalog, built by botocore as boto3 sends it."""
-    from addons.document import build_document
-    from addons.operations import load_catalog
-    from console.catalog_coverage import aws_requests
+    from airlock.addons.document import build_document
+    from airlock.addons.operations import load_catalog
+    from airlock.console.catalog_coverage import aws_requests
 
     done = subprocess.run(
         [sys.executable, "-c", _STARTUP], cwd=PROJECT_ROOT, capture_output=True, text=True,
@@ -393,7 +393,7 @@ def report(
     )
     from sqlalchemy import func, select
 
-    from store.schema import Run, open_engine
+    from airlock.store.schema import Run, open_engine
 
     engine = open_engine(f"sqlite:///{work / 'airlock.db'}")
     with engine.connect() as conn:

@@ -9,6 +9,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from addons.routing import Routing
+from airlock.addons.routing import Routing
 
 addons = [Routing()]

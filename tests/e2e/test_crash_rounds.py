@@ -20,7 +20,7 @@ from urllib.parse import parse_qs
 import pytest
 import requests
 
-from store.schema import Run
+from airlock.store.schema import Run
 from tests.e2e.test_gate import CHARGES, airlock, eventually, runs
 from tests.helpers.proxy import Proxy
 from tests.helpers.upstream import Upstream
@@ -124,7 +124,7 @@ def decider_of(proxy: Proxy) -> int | None:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"addons.decider" in argv and alive(pid):
+        if b"airlock.addons.decider" in argv and alive(pid):
             return pid
     return None
 

@@ -20,7 +20,7 @@ from urllib.parse import parse_qs
 import pytest
 import requests
 
-from store.schema import Run
+from airlock.store.schema import Run
 from tests.e2e.test_gate import CHARGES, airlock, eventually, runs
 from tests.helpers.proxy import Proxy
 from tests.helpers.upstream import Upstream

@@ -46,9 +46,9 @@ import pytest
 import zstandard
 from sqlalchemy import select
 
-from addons.document import document_path, escape_undecodable
-from addons.redaction import redact_text
-from store.schema import Run, open_engine
+from airlock.addons.document import document_path, escape_undecodable
+from airlock.addons.redaction import redact_text
+from airlock.store.schema import Run, open_engine
 from tests.e2e.test_gate_invariant import Answer, tunnel
 from tests.helpers.proxy import Proxy
 from tests.helpers.upstream import Received, Upstream

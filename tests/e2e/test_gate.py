@@ -16,7 +16,7 @@ import pytest
 import requests
 from sqlalchemy import select, text, update
 
-from store.schema import Run, open_engine
+from airlock.store.schema import Run, open_engine
 from tests.helpers.proxy import PROJECT_ROOT, Proxy, clean_env
 from tests.helpers.upstream import Upstream, default_responder
 
@@ -28,7 +28,7 @@ CHARGES = "https://api.stripe.com/v1/charges"
 def airlock(*args: str) -> subprocess.CompletedProcess[str]:
     """Run the CLI in its own process, as a reviewer or auditor would."""
     return subprocess.run(
-        [sys.executable, "-m", "console.cli", *args],
+        [sys.executable, "-m", "airlock.console.cli", *args],
         cwd=PROJECT_ROOT,
         env=clean_env(),
         capture_output=True,

@@ -23,7 +23,7 @@ import pytest
 import requests
 from sqlalchemy import select
 
-from store.schema import Run, open_engine
+from airlock.store.schema import Run, open_engine
 from tests.e2e.test_gate import airlock, eventually
 from tests.helpers.proxy import Proxy
 from tests.helpers.upstream import Upstream

@@ -12,8 +12,8 @@ from collections.abc import Callable
 import pytest
 from textual.widgets import DataTable
 
-from console.review import ReviewApp
-from store.schema import open_engine
+from airlock.console.review import ReviewApp
+from airlock.store.schema import open_engine
 from tests.e2e.test_gate import Background, eventually, pending
 from tests.helpers.proxy import PROJECT_ROOT, Proxy
 from tests.helpers.upstream import Upstream

@@ -84,7 +84,7 @@ class Proxy:
 
     def command(self) -> list[str]:
         argv = [
-            sys.executable, "-m", "console.cli", "run",
+            sys.executable, "-m", "airlock.console.cli", "run",
             "--port", str(self.port),
             "--db", self.db_url,
             "--confdir", str(self.confdir),
