@@ -13,9 +13,12 @@ in store/wire.py's hosted frames:
              first after the database URL, at every start
   configure  the configuration and mode, after the proxy reloaded them
   decide     one request (the body is the frame's tail). Answered {"run": summary} once its
-             record is durable; REQUIRE_APPROVAL is answered at once, unrecorded, with the whole
-             row and what the proxy needs to open or join the approval and record it
+             record is durable; REQUIRE_APPROVAL also with its approval: the one it opened, or
+             the one open for the same call (a retry, or the call sent to another instance)
   remember   a held request once settled, for budgets: {"run": ..., "passed": bool}
+  watch      approvals the proxy holds flows for: {"ids": [...]}; each settlement is pushed to
+             the proxy as ["settled", {"id", "state", "reviewer", "reason"}] (store/settlements.py)
+  unwatch    a hold that ended: {"id": ...}
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import json
 import logging
 import sys
 import time
+import uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -44,7 +48,12 @@ from airlock.addons.history import RISK_WINDOW, History
 from airlock.addons.mappings import fallback_action
 from airlock.addons.policies import ALLOW, BLOCK, ENFORCE, OFF, REQUIRE_APPROVAL, Shadow, Verdict
 from airlock.addons.redaction import redact_document, redact_text, redact_value
-from airlock.addons.yaml_source import replaying_sources
+from airlock.addons.yaml_source import replaying_sources, sources_hash
+from airlock.store.approvals import (
+    ABANDONED,
+    EXPIRED,
+    find_approval_for_retry,
+)
 from airlock.store.history import (
     PastDecision,
     agent_actions,
@@ -52,7 +61,9 @@ from airlock.store.history import (
     committed_since,
     past_decisions,
 )
-from airlock.store.records import DecisionRecord
+from airlock.store.prepared import PENDING
+from airlock.store.records import DecisionRecord, HoldRequest, Joined
+from airlock.store.settlements import SettlementWatch
 from airlock.store.wire import HOSTED, hosted_message, job_frame, job_head
 from airlock.store.writer import GroupWriter
 from airlock.store.writer_process import Taken, main
@@ -78,6 +89,7 @@ class Decider:
         self.engine = writer.engine
         self.config: Config | None = None
         self.compiled_from: tuple[str, str, Any] | None = None  # what self.config came from
+        self.config_hash: str | None = None  # recorded on each run (yaml_source.sources_hash)
         self.missing = "the decider has no configuration"  # why config is None
         self.mode = ENFORCE
         self.instance = ""
@@ -85,9 +97,15 @@ class Decider:
         self.sync_every = 2.0
         self.cursor = 0  # the audit event up to which other instances' decisions were read
         self.next_sync: float | None = None  # set once the history is loaded
+        self.approval_timeout = 600.0  # seconds an approval stays open, unless a rule says
+        # Approvals opened in the batch being taken: its writes are committed before the next
+        # batch is taken, so later batches find them in the store.
+        self.opening: dict[str, dict[str, Any]] = {}
+        self.watch = SettlementWatch(self.engine)
 
     def take(self, frames: list[bytes]) -> Taken:
         taken = Taken([])
+        self.opening.clear()
         for whole_frame in frames:
             sequence, flag = job_head(whole_frame)
             if flag != HOSTED:
@@ -110,6 +128,10 @@ class Decider:
             self._decide(taken, sequence, fields, tail)
         elif kind == "remember":
             self._remember(fields["run"], fields["passed"])
+        elif kind == "watch":
+            self.watch.watch(fields["ids"])
+        elif kind == "unwatch":
+            self.watch.unwatch(fields["id"])
         elif kind == "configure":  # the proxy is told when this fails
             self._configure(fields)
             taken.answers.append((sequence, True, None))
@@ -127,6 +149,7 @@ class Decider:
     # --- configuration ---------------------------------------------------------------------
 
     def _configure(self, fields: dict[str, Any]) -> None:
+        self.approval_timeout = fields.get("approval_timeout", self.approval_timeout)
         compiled_from = (fields["mappings"], fields["policies"], fields["sources"])
         if self.config is not None and compiled_from == self.compiled_from:
             self.mode = fields["mode"]  # only the mode changed: a large catalog takes seconds
@@ -134,6 +157,7 @@ class Decider:
         with replaying_sources(fields["sources"]):  # what the proxy validated, not the disk
             config = Config.load(Path(fields["mappings"]), Path(fields["policies"]))
         self.mode, self.compiled_from = fields["mode"], compiled_from
+        self.config_hash = sources_hash(fields["sources"])
         gc.unfreeze()  # the configuration being replaced may be collected
         self.config = config
         self.history.horizon = max(RISK_WINDOW, config.policies.longest_window)
@@ -153,11 +177,12 @@ class Decider:
             document = minimal_document(request, fields["agent"])
             evaluation = failed_evaluation(document, e)
         decision_ms = (time.perf_counter() - started) * 1000
-        row = run_row(fields["id"], self.instance, document, evaluation, decision_ms)
+        row = run_row(
+            fields["id"], self.instance, document, evaluation, decision_ms, self.config_hash
+        )
         stage = evaluation.failed_stage if evaluation.error else None
         if row["decision"] == REQUIRE_APPROVAL:
-            answer = _approval_answer(row, stage, document, evaluation.verdict)
-            taken.answers.append((sequence, True, answer))
+            self._hold_or_join(taken, sequence, row, stage, document, evaluation.verdict)
             return
         if row["decision"] == BLOCK:
             row.update(outcome="blocked", status=403)
@@ -167,6 +192,64 @@ class Decider:
         taken.frames.append(job_frame(sequence, DecisionRecord(row)))
         summary = {key: row[key] for key in SUMMARY_KEYS}
         taken.results[sequence] = {"run": summary, "failed_stage": stage, "recorded": True}
+
+    # --- approvals ----------------------------------------------------------------------------
+
+    def _hold_or_join(
+        self, taken: Taken, sequence: int, row: dict[str, Any], stage: str | None,
+        document: Document, verdict: Verdict,
+    ) -> None:  # fmt: skip
+        """Record a decision that needs approval with its approval: a new one, or the one
+        already open for the same call, which the request joins (never a second approval)."""
+        exact = request_hash(document)
+        key = retry_key_of(document, exact)
+        approval = self._joinable(key)
+        hold = None
+        if approval is None:
+            hold = self._new_hold(row, exact, key, verdict)
+            approval = self.opening[key] = _approval_of(hold, joined=False)
+        else:
+            row["reason"] = f"{row['reason']} (a retry: joins approval {approval['id']})"
+        joins = None if hold is not None else approval["id"]
+        taken.frames.append(job_frame(sequence, DecisionRecord(row, hold, joins)))
+        answer = {"run": {key: row[key] for key in SUMMARY_KEYS}, "failed_stage": stage,
+                  "recorded": True, "request_hash": exact, "approval": approval}  # fmt: skip
+
+        def with_what_the_store_found(written: Any) -> dict[str, Any]:
+            if isinstance(written, Joined):  # another instance opened this call's approval
+                return answer | {"approval": _joined(written)}
+            return answer
+
+        taken.results[sequence] = with_what_the_store_found
+
+    def _joinable(self, key: str) -> dict[str, Any] | None:
+        """The approval a request with this retry key joins: open, or settled and not past
+        its window (approved: released once; denied: refused); None opens a new one."""
+        if key in self.opening:
+            return {**self.opening[key], "joined": True}
+        found = find_approval_for_retry(self.engine, key)
+        if found is None or found.state in (EXPIRED, ABANDONED):
+            return None
+        if found.expires_at <= time.time():
+            return None  # past its window, the same request again is a new request
+        return {
+            "id": found.id, "state": found.state, "reviewer": found.reviewer,
+            "reason": found.reason, "expires_at": found.expires_at,
+            "request_hash": found.request_hash, "joined": True,
+        }  # fmt: skip
+
+    def _new_hold(self, row: dict[str, Any], exact: str, key: str, verdict: Verdict) -> HoldRequest:
+        return HoldRequest(
+            approval_id=uuid.uuid4().hex,  # random: reviewers type a short prefix
+            expires_at=row["at"] + (verdict.hold_timeout or self.approval_timeout),
+            request_hash=exact,
+            required=verdict.approvals,
+            retry_key=key,
+            reviewer_roles=tuple(verdict.reviewer_roles),
+        )
+
+    def pushed(self) -> list[Any]:
+        return [["settled", settlement] for settlement in self.watch.settled()]
 
     def _evaluate(self, document: Document, refusal: str | None) -> Evaluation:
         if refusal:
@@ -215,6 +298,14 @@ class Decider:
                 self._count(r.id, r.agent, r.action, r.at, r.params, passed, r.target)
 
     def tick(self) -> float | None:
+        """Due work: watching held approvals (pushed()), and other instances' decisions."""
+        history = self._sync_history()
+        watching = self.watch.due()
+        if watching is None or history is None:
+            return history if watching is None else watching
+        return min(history, watching)
+
+    def _sync_history(self) -> float | None:
         """Other proxy instances on the same database: their decisions count here too, read in
         commit order from a cursor, so nothing committed late is missed."""
         if self.next_sync is None:
@@ -261,22 +352,18 @@ def request_fields(request: http.Request) -> dict[str, Any]:
     }
 
 
-def _approval_answer(
-    row: dict[str, Any], stage: str | None, document: Document, verdict: Verdict
-) -> dict[str, Any]:
-    exact = request_hash(document)
+def _approval_of(hold: HoldRequest, joined: bool) -> dict[str, Any]:
     return {
-        "run": row,
-        "failed_stage": stage,
-        "recorded": False,
-        "request_hash": exact,
-        "retry_key": retry_key_of(document, exact),
-        "hold": {
-            "timeout": verdict.hold_timeout,
-            "approvals": verdict.approvals,
-            "reviewer_roles": list(verdict.reviewer_roles),
-        },
-    }
+        "id": hold.approval_id, "state": PENDING, "reviewer": None, "reason": None,
+        "expires_at": hold.expires_at, "request_hash": hold.request_hash, "joined": joined,
+    }  # fmt: skip
+
+
+def _joined(found: Joined) -> dict[str, Any]:
+    return {
+        "id": found.approval_id, "state": PENDING, "reviewer": None, "reason": None,
+        "expires_at": found.expires_at, "request_hash": found.request_hash, "joined": True,
+    }  # fmt: skip
 
 
 # --- pure helpers, shared with the gate --------------------------------------------------------
@@ -366,8 +453,9 @@ def capped(value: Any) -> Any:
 
 
 def run_row(
-    run_id: str, instance: str, document: Document, evaluation: Evaluation, decision_ms: float
-) -> dict[str, Any]:
+    run_id: str, instance: str, document: Document, evaluation: Evaluation, decision_ms: float,
+    config_hash: str | None = None,
+) -> dict[str, Any]:  # fmt: skip
     """The runs table's row of a decision, redacted."""
     action, verdict = evaluation.action, evaluation.verdict
     if document["body_size"] > MAX_STORED_BODY:  # not stored, so not worth redacting
@@ -401,6 +489,7 @@ def run_row(
         "shadow_rules": list(verdict.shadow.rules) if verdict.shadow else None,
         "error": redact_text(evaluation.error) if evaluation.error else None,
         "decision_ms": decision_ms,
+        "config_hash": config_hash,
         "outcome": None,
         "status": None,
         "upstream_ms": None,

@@ -16,17 +16,17 @@ import json
 import logging
 import os
 import secrets
+import signal
 import socket
 import time
-import uuid
 import weakref
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mitmproxy import connection, ctx, exceptions, http, tcp, udp
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Engine, make_url
 
 from airlock.addons.answers import load_answers, situation_of
 from airlock.addons.control_surface import ControlSurface
@@ -41,7 +41,7 @@ from airlock.addons.notify import Notifier
 from airlock.addons.policies import BLOCK, ENFORCE, MODES, REQUIRE_APPROVAL, Verdict
 from airlock.addons.redaction import redact_mitmproxy_logs
 from airlock.addons.routing import Routing
-from airlock.addons.yaml_source import ConfigError, Sources, recording_sources
+from airlock.addons.yaml_source import ConfigError, Sources, recording_sources, sources_hash
 from airlock.store.approvals import (
     ABANDONED,
     APPROVED,
@@ -49,32 +49,39 @@ from airlock.store.approvals import (
     EXPIRED,
     NOT_SENT,
     UNKNOWN,
-    JoinableApproval,
     expire_orphaned_approvals,
-    find_approval_for_retry,
+    process_alive,
     settle_orphaned_runs,
 )
 from airlock.store.locations import shipped
 from airlock.store.records import (
     DecisionRecord,
-    HoldRequest,
     OutcomeRecord,
     ReleaseRequest,
     SettleRequest,
 )
-from airlock.store.schema import DEFAULT_DB_URL, create_schema, new_id, open_engine
+from airlock.store.schema import (
+    DEFAULT_DB_URL,
+    DURABILITY_MODES,
+    FULL,
+    create_schema,
+    new_id,
+    open_engine,
+)
 from airlock.store.wire import hosted_frame
 from airlock.store.writer import StoreWriter
 
 log = logging.getLogger(__name__)
 
 ANONYMOUS = "anonymous"
-POLL_SECONDS = 0.25  # how often held flows look for a reviewer's decision
 HISTORY_SYNC_SECONDS = 2.0  # how often other instances' decisions are pulled into the history
 STORE_TIMEOUT = 10.0  # seconds a flow waits for its commit before it is refused
 SHUTTING_DOWN = "SHUTTING_DOWN"  # settles a held flow at shutdown; the approval is EXPIRED
+SHUTDOWN_ANSWER = 5.0  # seconds done() waits for held flows' 503s to be on their way
 PENDING_RETRY_AFTER = 2  # seconds an SDK is told to wait before retrying a pending approval
-_CONFIG_OPTIONS = frozenset({"airlock_mappings", "airlock_policies", "airlock_mode"})
+_CONFIG_OPTIONS = frozenset(
+    {"airlock_mappings", "airlock_policies", "airlock_mode", "airlock_approval_timeout"}
+)
 
 
 _SURFACE_OPTIONS = frozenset({"listen_host", "listen_port", "airlock_metrics_port", "airlock_db"})
@@ -93,18 +100,17 @@ class Gate:
         self.config: Config | None = None
         self.sources: Sources = {"files": {}, "folders": {}}  # what self.config was compiled from
         self.writer: StoreWriter | None = None
-        self.engine: Any = None
         # Unique per start, even for a restarted container's pid 1: other instances' records
         # (an earlier process's, committed late) are told apart from this one's.
         self.instance = f"{socket.gethostname()}-{os.getpid()}.{secrets.token_hex(3)}"
         self.log = DecisionLog()
         self.holds: dict[str, Hold] = {}
-        self._openers: dict[str, asyncio.Future[None]] = {}  # retry key → attempt opening it
         self._connect_agents: weakref.WeakKeyDictionary[connection.Client, str] = (
             weakref.WeakKeyDictionary()
         )
-        self._poller: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = False
+        self._answering: dict[int, asyncio.Event] = {}  # held flows being answered at shutdown
         self.notifier = Notifier([], lambda url: None)
         self.mode = ENFORCE
         self.surface = ControlSurface(frozenset(), frozenset(), None)
@@ -116,6 +122,16 @@ class Gate:
         redact_mitmproxy_logs()
         loader.add_option(
             "airlock_db", str, DEFAULT_DB_URL, "SQLAlchemy URL of the store (SQLite or PostgreSQL)."
+        )
+        loader.add_option(
+            "airlock_durability",
+            str,
+            FULL,
+            "What a committed decision survives before its request is released. full: a power "
+            "loss (SQLite synchronous=FULL, PostgreSQL's commit); process: a crash of the proxy "
+            "or the database process, not a power loss (SQLite synchronous=NORMAL, PostgreSQL "
+            "synchronous_commit=off), for less latency.",
+            choices=list(DURABILITY_MODES),
         )
         loader.add_option(
             "airlock_mappings",
@@ -167,7 +183,7 @@ class Gate:
             gc.unfreeze()  # the configuration being replaced may be collected
             self.config = self._load_config()
             _settle_heap()
-        if "airlock_db" in updated:
+        if {"airlock_db", "airlock_durability"} & updated:
             self._open_store(ctx.options.airlock_db)
         if "airlock_mode" in updated:
             self.mode = ctx.options.airlock_mode
@@ -194,83 +210,126 @@ class Gate:
                       "previous one until it restarts: %s", e)  # fmt: skip
 
     def _load_config(self) -> Config:
-        started = time.perf_counter()
         try:
-            with recording_sources() as sources:
-                config = Config.load(
-                    Path(ctx.options.airlock_mappings), Path(ctx.options.airlock_policies)
-                )
+            config, self.sources = _compile(
+                Path(ctx.options.airlock_mappings), Path(ctx.options.airlock_policies)
+            )
         except ConfigError as e:
             raise exceptions.OptionsError(str(e)) from e
-        self.sources = sources
-        log.info(
-            "loaded %d mappings and %d policy rules in %.0f ms",
-            len(config.mappings),
-            len(config.policies),
-            (time.perf_counter() - started) * 1000,
-        )
         return config
 
+    def _listen_for_reload(self, loop: asyncio.AbstractEventLoop) -> None:
+        """SIGHUP reloads. A plain handler, not loop.add_signal_handler: measured, a second
+        loop-managed signal made mitmproxy's own SIGINT shutdown cancel held flows before
+        done() could answer them."""
+
+        def reload_soon(*_: Any) -> None:
+            loop.call_soon_threadsafe(self._reload_from_disk)
+
+        with contextlib.suppress(ValueError):  # not the main thread (mitmproxy in a test)
+            signal.signal(signal.SIGHUP, reload_soon)
+
+    def _reload_from_disk(self) -> None:
+        """SIGHUP (`airlock reload`): read mappings, policies, agents and reviewers again."""
+        self._spawn(self._reload())
+
+    async def _reload(self) -> None:
+        """A broken edit is refused with file:line and the last good configuration stays in
+        force; a good one is taken by the decider first, then here: the two switch together."""
+        paths = Path(ctx.options.airlock_mappings), Path(ctx.options.airlock_policies)
+        try:
+            config, sources = await asyncio.to_thread(_compile, *paths)  # reads files: off the loop
+        except ConfigError as e:
+            self.metrics.reloads.labels("refused").inc()
+            log.error("reload refused, still deciding with configuration %s: %s",
+                      sources_hash(self.sources)[:12], e)  # fmt: skip
+            return
+        try:
+            assert self.writer is not None
+            await asyncio.wait_for(
+                self.writer.ask(["configure", self._decider_config(sources)]), STORE_TIMEOUT
+            )
+        except Exception as e:
+            self.metrics.reloads.labels("refused").inc()
+            log.error("reload refused: the decider did not take it (%s); still deciding with "
+                      "configuration %s", e, sources_hash(self.sources)[:12])  # fmt: skip
+            return
+        gc.unfreeze()
+        self.config, self.sources = config, sources
+        _settle_heap()
+        self.metrics.reloads.labels("applied").inc()
+        log.info("reloaded: deciding with configuration %s", sources_hash(sources)[:12])
+
     def _open_store(self, url: str) -> None:
+        """The proxy opens the store once, at start, before it accepts traffic: a wrong URL
+        stops it with a clear error, the tables are created, and what stopped processes left is
+        settled. From then on only its decider process opens the store."""
         self._close_store()
+        engine = None
         try:
             engine = open_engine(url)
             create_schema(engine)
+            self._settle_what_stopped_processes_left(engine)
         except Exception as e:
             shown = make_url(url).render_as_string(hide_password=True)
             raise exceptions.OptionsError(f"cannot open the store {shown}: {e}") from e
-        self.engine = engine
+        finally:
+            if engine is not None:
+                engine.dispose()
         self.writer = StoreWriter(
             engine,
             self.metrics.on_commit,
             program="airlock.addons.decider",
             greeting=self._greeting,
+            on_push=self._pushed,
+            durability=ctx.options.airlock_durability,
         )
 
-    def _greeting(self) -> list[bytes]:
-        """What a (re)started decider process needs first (addons/decider.py)."""
-        setup = {"instance": self.instance, "sync_every": HISTORY_SYNC_SECONDS}
-        return [hosted_frame(0, ["setup", setup | self._decider_config()])]
+    def _settle_what_stopped_processes_left(self, engine: Engine) -> None:
+        """Approvals whose every holder was a process of this host that stopped can never be
+        released: a reviewer must not be able to approve them. Runs such processes left without
+        an outcome say what is known of them (store/approvals.py settle_orphaned_runs)."""
+        host = socket.gethostname()
+        expired = expire_orphaned_approvals(engine, host, process_alive, self.instance)
+        if expired:
+            log.warning("expired %d approvals left by stopped proxy processes", len(expired))
+        left = settle_orphaned_runs(engine, host, process_alive, self.instance)
+        if any(left.values()):
+            log.warning("runs left without an outcome by stopped proxy processes: %d released "
+                        "(outcome unknown: may have been sent), %d held (not sent)",
+                        left[UNKNOWN], left[NOT_SENT])  # fmt: skip
 
-    def _decider_config(self) -> dict[str, Any]:
+    def _greeting(self) -> list[bytes]:
+        """What a (re)started decider process needs first (addons/decider.py), and the
+        approvals this proxy holds flows for, which it watches."""
+        setup = {"instance": self.instance, "sync_every": HISTORY_SYNC_SECONDS}
+        frames = [hosted_frame(0, ["setup", setup | self._decider_config()])]
+        if self.holds:
+            frames.append(hosted_frame(0, ["watch", {"ids": list(self.holds)}]))
+        return frames
+
+    def _decider_config(self, sources: Sources | None = None) -> dict[str, Any]:
         """The files the proxy loaded and validated, as it read them: a decider (re)started
         later must not pick up edits on disk that were never loaded (or are broken)."""
         return {
             "mappings": ctx.options.airlock_mappings,
             "policies": ctx.options.airlock_policies,
-            "sources": self.sources,
+            "sources": self.sources if sources is None else sources,
             "mode": self.mode,
+            "approval_timeout": ctx.options.airlock_approval_timeout,
         }
 
     def _close_store(self) -> None:
         if self.writer is not None:
             self.writer.stop()
-        if self.engine is not None:
-            self.engine.dispose()
-        self.writer = self.engine = None
+        self.writer = None
 
     def running(self) -> None:
         self._enforce_gating_options()
         self._start_writer()
-        self._settle_what_stopped_processes_left()
+        self._listen_for_reload(asyncio.get_running_loop())
+        log.info("deciding with configuration %s", sources_hash(self.sources)[:12])
         _settle_heap()
-
-    def _settle_what_stopped_processes_left(self) -> None:
-        """Approvals held by an earlier process of this host that stopped can never be
-        released: a reviewer must not be able to approve them. Its runs left without an outcome
-        say what is known of them (store/approvals.py settle_orphaned_runs)."""
-        expired = expire_orphaned_approvals(
-            self.engine, socket.gethostname(), _process_alive, self.instance
-        )
-        if expired:
-            log.warning("expired %d approvals left by stopped proxy processes", len(expired))
-        left = settle_orphaned_runs(
-            self.engine, socket.gethostname(), _process_alive, self.instance
-        )
-        if any(left.values()):
-            log.warning("runs left without an outcome by stopped proxy processes: %d released "
-                        "(outcome unknown: may have been sent), %d held (not sent)",
-                        left[UNKNOWN], left[NOT_SENT])  # fmt: skip
 
     def _remember(self, run: dict[str, Any], passed: bool) -> None:
         """A held request, once settled, counts in the decider's budgets."""
@@ -302,17 +361,23 @@ class Gate:
     async def done(self) -> None:
         """Held requests are answered 503 + Retry-After (not reset) and their approvals end
         EXPIRED (nobody can approve what will never be sent); then the writer finishes."""
-        if self._poller:
-            self._poller.cancel()  # first: the poller must not settle holds under us
+        self._stopping = True  # the expiries below come back pushed: held flows get 503s
         holds = [hold for hold in self.holds.values() if not hold.settled.done()]
         with contextlib.suppress(Exception):
             await asyncio.gather(
                 *(self._settle_here(h.approval_id, EXPIRED, "proxy shut down") for h in holds),
                 return_exceptions=True,
             )
+        self._answering = {id(hold.flow): asyncio.Event() for hold in holds}
         for hold in holds:
             if not hold.settled.done():
                 hold.settled.set_result((SHUTTING_DOWN, None, None))
+        # mitmproxy cancels what is left once every addon's done() returned: wait until each
+        # held flow's 503 went through the response hook (on its way to the client).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                asyncio.gather(*(e.wait() for e in self._answering.values())), SHUTDOWN_ANSWER
+            )
         await self.notifier.drain()
         await asyncio.to_thread(self._close_store)
         self.log.flush()
@@ -449,19 +514,8 @@ class Gate:
         if decided is None:
             return
         run = decided["run"]
-        if run["decision"] != REQUIRE_APPROVAL and not decided["recorded"]:
+        if not decided["recorded"]:
             raise RuntimeError("the decider answered with a decision it did not record")
-        hold, joined = None, None
-        if run["decision"] == REQUIRE_APPROVAL:
-            exact, retry_key = decided["request_hash"], decided["retry_key"]
-            async with self._opening_approval(retry_key):
-                joined = await self._joinable(retry_key)
-                if joined is None:
-                    hold = self._hold_request(exact, decided["hold"], retry_key)
-                else:
-                    run["reason"] = f"{run['reason']} (a retry: joins approval {joined.id})"
-                if not await self._record(flow, run, hold):
-                    return
         flow.metadata["airlock_recorded"] = True
         # Counted and printed right after the request is on its way, not before.
         asyncio.get_running_loop().call_soon(
@@ -469,17 +523,17 @@ class Gate:
         )
         if run["decision"] == BLOCK:
             self._refuse(flow, run, run["reason"])
-        elif joined is not None:
-            await self._rejoin(flow, run, joined, exact)
-        elif hold is not None:
-            self.notifier.held(run, hold.approval_id, hold.expires_at)
-            await self._hold(flow, run, hold.approval_id, hold.expires_at)
-        else:
+        elif run["decision"] != REQUIRE_APPROVAL:
             flow.metadata["airlock_released"] = time.time()
+        elif (approval := decided["approval"])["joined"]:
+            await self._rejoin(flow, run, approval, decided["request_hash"])
+        else:
+            self.notifier.held(run, approval["id"], approval["expires_at"])
+            await self._hold(flow, run, approval["id"], approval["expires_at"])
 
     async def _decide(self, flow: http.HTTPFlow, run_id: str, agent: str) -> Any:
         """The decider process decides and records (addons/decider.py); None when that failed
-        and the request was refused. A request for approval comes back decided, not recorded."""
+        and the request was refused. A request for approval comes back with its approval."""
         request = flow.request
         fields = request_fields(request)
         fields.update(
@@ -504,34 +558,6 @@ class Gate:
         document = minimal_document(request, agent)
         return run_row(run_id, self.instance, document, failed_evaluation(document, error), 0.0)
 
-    async def _record(
-        self, flow: http.HTTPFlow, run: dict[str, Any], hold: HoldRequest | None
-    ) -> bool:
-        """Commit the decision (and open its approval); refuse the request if that fails."""
-        try:
-            assert self.writer is not None
-            async with asyncio.timeout(STORE_TIMEOUT):  # cheaper than wait_for: no extra task
-                await self.writer.submit(DecisionRecord(run, hold))
-        except Exception as e:
-            self._refuse_unrecorded(flow, run, e)
-            return False
-        return True
-
-    @contextlib.asynccontextmanager
-    async def _opening_approval(self, retry_key: str) -> AsyncIterator[None]:
-        """One approval per call: attempts of it that arrive together (an agent sending it twice
-        at once) wait while the first looks for an approval and records its own, then join it.
-        Within this process; see README for several proxies on one database."""
-        while (first := self._openers.get(retry_key)) is not None:
-            await asyncio.shield(first)
-        mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._openers[retry_key] = mine
-        try:
-            yield
-        finally:
-            del self._openers[retry_key]
-            mine.set_result(None)
-
     def _report(self, run: dict[str, Any], failed_stage: str | None, seconds: float) -> None:
         """Metrics and the console line of a recorded decision."""
         self.metrics.count_decision(run["decision"], run["action"], run["provider"])
@@ -544,53 +570,32 @@ class Gate:
             note = f"shadow: would {run['shadow_decision']} ({','.join(run['shadow_rules'])})"
         self.log.decision(run["decision"], run, seconds * 1000, note)
 
-    def _hold_request(self, exact_hash: str, asked: dict[str, Any], retry_key: str) -> HoldRequest:
-        """asked: what the rules that fired ask of the approval (addons/decider.py)."""
-        open_for = asked["timeout"] or ctx.options.airlock_approval_timeout
-        return HoldRequest(
-            approval_id=uuid.uuid4().hex,  # random: reviewers type a short prefix
-            expires_at=time.time() + open_for,
-            request_hash=exact_hash,
-            required=asked["approvals"],
-            retry_key=retry_key,
-            reviewer_roles=tuple(asked["reviewer_roles"]),
-        )
-
-    async def _joinable(self, retry_key: str) -> JoinableApproval | None:
-        """An approval this request is a retry of, when it can still be joined or released."""
-        found = await asyncio.to_thread(find_approval_for_retry, self.engine, retry_key)
-        if found is None or found.state in (EXPIRED, ABANDONED):
-            return None
-        if found.expires_at <= time.time():
-            return None  # past its window, the same request again is a new request
-        return found
-
     async def _rejoin(
         self,
         flow: http.HTTPFlow,
         run: dict[str, Any],
-        joined: JoinableApproval,
+        joined: dict[str, Any],
         run_request_hash: str,
     ) -> None:
         """A retry of a request waiting for (or granted) approval: never a second approval."""
-        approval = {"id": joined.id, "state": joined.state}
-        if joined.request_hash != run_request_hash:
+        approval = {"id": joined["id"], "state": joined["state"]}
+        if joined["request_hash"] != run_request_hash:
             # Same idempotency key, different request: an approval is bound to the exact one.
             self._record_outcome(run["id"], "key_reused", 409)
             self._refuse(
                 flow, run, "this idempotency key was used for a different request that is "
                 "waiting for (or got) approval; use a new key", approval=approval, status=409,
             )  # fmt: skip
-        elif joined.state == DENIED:
+        elif joined["state"] == DENIED:
             self._record_outcome(run["id"], "denied", 403)
-            reason = f": {joined.reason}" if joined.reason else ""
-            self._refuse(flow, run, f"denied by {joined.reviewer}{reason}", approval=approval)
-        elif joined.state == APPROVED:
-            await self._release(flow, run, joined.id)
-        elif joined.id in self.holds:  # the first attempt is still held: one flow per approval
-            self._answer_pending(flow, run, joined.id, joined.expires_at)
+            reason = f": {joined['reason']}" if joined["reason"] else ""
+            self._refuse(flow, run, f"denied by {joined['reviewer']}{reason}", approval=approval)
+        elif joined["state"] == APPROVED:
+            await self._release(flow, run, joined["id"])
+        elif joined["id"] in self.holds:  # the first attempt is still held: one per approval
+            self._answer_pending(flow, run, joined["id"], joined["expires_at"])
         else:
-            await self._hold(flow, run, joined.id, joined.expires_at)
+            await self._hold(flow, run, joined["id"], joined["expires_at"])
 
     async def _hold(
         self, flow: http.HTTPFlow, run: dict[str, Any], approval_id: str, expires_at: float
@@ -602,7 +607,7 @@ class Gate:
         )
         self.holds[approval_id] = Hold(approval_id, flow, settled)
         self.metrics.held_flows.inc()
-        self._ensure_poller()
+        self._tell(["watch", {"ids": [approval_id]}])  # its settlement is pushed: _pushed
         if flow.client_conn.timestamp_end is not None or flow.error is not None:
             # The client left while the decision was being committed.
             self._spawn(self._abandon(self.holds[approval_id]))
@@ -619,6 +624,7 @@ class Gate:
         finally:
             self.holds.pop(approval_id, None)
             self.metrics.held_flows.dec()
+            self._tell(["unwatch", {"id": approval_id}])
         if state == SHUTTING_DOWN:
             self._record_outcome(run["id"], "expired", 503)
             self._answer_shutdown(flow, run)
@@ -691,28 +697,20 @@ class Gate:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    # --- watching for reviewers' decisions ---------------------------------------------------
+    # --- reviewers' decisions, pushed by the decider ------------------------------------------
 
-    def _ensure_poller(self) -> None:
-        if self._poller is None or self._poller.done():
-            self._poller = asyncio.get_running_loop().create_task(self._poll_approvals())
+    def _pushed(self, message: list[Any]) -> None:
+        """The decider saw a watched approval settled (store/settlements.py)."""
+        kind, fields = message
+        if self._stopping:
+            return
+        hold = self.holds.get(fields["id"]) if kind == "settled" else None
+        if hold is not None and not hold.settled.done():
+            hold.settled.set_result((fields["state"], fields["reviewer"], fields["reason"]))
 
-    async def _poll_approvals(self) -> None:
-        from airlock.store.approvals import approval_states
-
-        while self.holds:
-            await asyncio.sleep(POLL_SECONDS)
-            try:
-                states = await asyncio.to_thread(approval_states, self.engine, list(self.holds))
-            except Exception as e:  # the store is down: holds time out, which denies them
-                log.warning("cannot read approvals from the store: %s", e)
-                continue
-            for approval_id, settlement in states.items():
-                hold = self.holds.get(approval_id)
-                if hold and settlement.state != "PENDING" and not hold.settled.done():
-                    hold.settled.set_result(
-                        (settlement.state, settlement.reviewer, settlement.reason)
-                    )
+    def _tell(self, message: list[Any]) -> None:
+        if self.writer is not None:
+            self.writer.tell(message)
 
     def client_disconnected(self, client: connection.Client) -> None:
         for hold in list(self.holds.values()):
@@ -818,6 +816,7 @@ class Gate:
         )  # fmt: skip
 
     def response(self, flow: http.HTTPFlow) -> None:
+        self._answered_at_shutdown(flow)
         run_id = flow.metadata.get("airlock")
         if not run_id or not flow.response:
             return
@@ -828,7 +827,12 @@ class Gate:
         upstream_ms = ((flow.response.timestamp_end or time.time()) - released) * 1000
         self._record_outcome(run_id, "forwarded", flow.response.status_code, upstream_ms)
 
+    def _answered_at_shutdown(self, flow: http.HTTPFlow) -> None:
+        if (answered := self._answering.get(id(flow))) is not None:
+            answered.set()
+
     def error(self, flow: http.HTTPFlow) -> None:
+        self._answered_at_shutdown(flow)
         self._abandon_if_held(flow)
         run_id = flow.metadata.get("airlock")
         if run_id and "airlock_released" in flow.metadata and flow.response is None:
@@ -868,14 +872,18 @@ def _settle_heap() -> None:
     gc.freeze()
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process: alive
-    return True
+def _compile(mappings: Path, policies: Path) -> tuple[Config, Sources]:
+    """Load and validate the configuration, keeping the texts it was compiled from."""
+    started = time.perf_counter()
+    with recording_sources() as sources:
+        config = Config.load(mappings, policies)
+    log.info(
+        "loaded %d mappings and %d policy rules in %.0f ms",
+        len(config.mappings),
+        len(config.policies),
+        (time.perf_counter() - started) * 1000,
+    )
+    return config, sources
 
 
 def _target(flow: Any) -> str:

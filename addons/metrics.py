@@ -61,6 +61,12 @@ class Metrics:
             ["target"],
             registry=self.registry,
         )
+        self.reloads = Counter(
+            "airlock_reloads_total",
+            "Configuration reloads (SIGHUP, airlock reload), applied or refused.",
+            ["result"],
+            registry=self.registry,
+        )
         self._server: Any = None
         self._children: dict[tuple[str, ...], Any] = {}
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -114,6 +116,13 @@ def recording_sources() -> Iterator[Sources]:
         yield sources
     finally:
         _recording.reset(token)
+
+
+def sources_hash(sources: Sources) -> str:
+    """Names the configuration a decision was made with: sha256 over every file's path and
+    text, in a fixed order. Recorded on each run; printed at each (re)load."""
+    material = json.dumps(sources["files"], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(material.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 @contextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -15,7 +16,7 @@ from airlock.store.audit import Event, append_events
 from airlock.store.names import name_key
 from airlock.store.prepared import PENDING, tx_of
 from airlock.store.records import OutcomeRecord, Settlement, record_outcomes, settle_approval
-from airlock.store.schema import Approval, ApprovalVote, Run, write_transaction
+from airlock.store.schema import Approval, ApprovalHolder, ApprovalVote, Run, write_transaction
 
 APPROVED, DENIED, EXPIRED, ABANDONED = "APPROVED", "DENIED", "EXPIRED", "ABANDONED"
 TERMINAL_STATES = frozenset({APPROVED, DENIED, EXPIRED, ABANDONED})
@@ -110,6 +111,18 @@ def approval_states(engine: Engine, ids: Iterable[str]) -> dict[str, Settlement]
     with engine.connect() as conn:
         rows = conn.execute(select(Approval).where(Approval.id.in_(ids))).all()
     return {row.id: Settlement(row.id, row.state, False, row.reviewer, row.reason) for row in rows}
+
+
+def settled_since(engine: Engine, since: float) -> list[Settlement]:
+    """Approvals settled at or after `since` (the settler's clock): a decider watching many held
+    approvals reads these few instead of every watched row."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(Approval.id, Approval.state, Approval.reviewer, Approval.reason).where(
+                Approval.resolved_at >= since
+            )
+        ).all()
+    return [Settlement(row.id, row.state, False, row.reviewer, row.reason) for row in rows]
 
 
 def resolve_approval(
@@ -226,10 +239,11 @@ def expire_orphaned_approvals(
 ) -> list[str]:
     """At a proxy's start: PENDING approvals nobody will ever release become EXPIRED.
 
-    Those are the ones held by a process on this host that is gone (`alive(pid)` is false, or
+    Those are the ones whose every holder (the instance that opened it, and each one a retry of
+    the call joined it from) is a process on this host that is gone (`alive(pid)` is false, or
     it had the starting instance's pid under another name: a restarted container's pid 1),
-    and any past its expiry whatever held it. Instances on other hosts that are still running
-    keep theirs. Returns the ids expired.
+    and any past its expiry whatever held it. An approval another live instance holds a retry
+    for stays; instances on other hosts are taken as alive. Returns the ids expired.
     """
     now = time.time()
     with write_transaction(engine) as conn:
@@ -238,14 +252,22 @@ def expire_orphaned_approvals(
                 Approval.state == PENDING
             )
         ).all()
+        holders = _holders(conn, [approval_id for approval_id, _, _ in candidates])
+
+        def gone(approval_id: str, opener: str) -> bool:
+            return all(
+                _held_by_dead_process(instance, host, alive, current)
+                for instance in holders.get(approval_id, [opener])
+            )
+
         orphaned = [
-            (approval_id, "the proxy holding it stopped")
-            for approval_id, instance, expires_at in candidates
-            if _held_by_dead_process(instance, host, alive, current)
+            (approval_id, "the proxies holding it stopped")
+            for approval_id, opener, _ in candidates
+            if gone(approval_id, opener)
         ] + [
             (approval_id, "approval timed out")
-            for approval_id, instance, expires_at in candidates
-            if expires_at <= now and not _held_by_dead_process(instance, host, alive, current)
+            for approval_id, opener, expires_at in candidates
+            if expires_at <= now and not gone(approval_id, opener)
         ]
         tx = tx_of(conn)
         expired = []
@@ -255,6 +277,19 @@ def expire_orphaned_approvals(
                 append_events(tx, events)
                 expired.append(approval_id)
     return expired
+
+
+def _holders(conn: Any, approval_ids: list[str]) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    if approval_ids:
+        rows = conn.execute(
+            select(ApprovalHolder.approval_id, ApprovalHolder.instance).where(
+                ApprovalHolder.approval_id.in_(approval_ids)
+            )
+        )
+        for approval_id, instance in rows:
+            found.setdefault(approval_id, []).append(instance)
+    return found
 
 
 UNKNOWN = "unknown"  # released for forwarding when its proxy stopped: it may have been sent
@@ -299,6 +334,16 @@ def _held_by_dead_process(instance: str, host: str, alive: Any, current: str | N
     if current is not None and instance != current and pid == _pid_of(current):
         return True  # an earlier process that had this process's pid
     return not alive(int(pid))
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    return True
 
 
 def _pid_of(instance: str) -> str:

@@ -47,6 +47,7 @@ DECISION_FIELDS = (
     "shadow_rules",
     "risk",
     "risk_factors",
+    "config_hash",
 )
 # The stored request document is vouched for by its digest, not repeated in the chain.
 REQUEST_DIGEST = "request_sha256"

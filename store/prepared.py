@@ -14,14 +14,16 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from sqlalchemy import JSON, Connection, bindparam, insert, literal_column, select, update
+from sqlalchemy import JSON, Connection, bindparam, func, insert, literal_column, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.sql import ClauseElement
 
 from airlock.store.jsontext import to_json
-from airlock.store.schema import Approval, AuditEvent, AuditHead, Run
+from airlock.store.schema import Approval, ApprovalHolder, AuditEvent, AuditHead, Run
 
 PENDING = "PENDING"
+SETTLED_CHANNEL = "airlock_settled"  # PostgreSQL NOTIFY channel: an approval was settled
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,11 @@ def _prepare(statement: ClauseElement, dialect: Dialect) -> Prepared:
 class Statements:
     insert_runs: Prepared
     insert_approvals: Prepared
+    # An approval unless one is already open for the call (one_pending_approval_per_call)
+    insert_approval_once: Prepared
+    open_for_call: Prepared  # the open approval of a retry key, with what a retry needs
+    notify_settled: Prepared | None  # PostgreSQL: tells watching deciders at commit
+    add_holder: Prepared  # an instance holds a flow for an approval (once per pair)
     insert_events: Prepared
     lock_head: Prepared
     move_head: Prepared
@@ -80,6 +87,7 @@ class Statements:
 
 
 _HEAD = AuditHead.id == literal_column("1")
+_CHANNEL = literal_column(f"'{SETTLED_CHANNEL}'")  # a name in the SQL, not a parameter
 
 
 @cache
@@ -87,6 +95,20 @@ def statements_for(dialect: Dialect) -> Statements:
     return Statements(
         insert_runs=_prepare(insert(Run), dialect),
         insert_approvals=_prepare(insert(Approval), dialect),
+        insert_approval_once=_prepare(_insert_unless_conflict(dialect, Approval), dialect),
+        add_holder=_prepare(_insert_unless_conflict(dialect, ApprovalHolder), dialect),
+        open_for_call=_prepare(
+            select(Approval.id, Approval.expires_at, Approval.request_hash).where(
+                Approval.retry_key == bindparam("key"),
+                Approval.state == literal_column(f"'{PENDING}'"),
+            ),
+            dialect,
+        ),
+        notify_settled=(
+            _prepare(select(func.pg_notify(_CHANNEL, bindparam("aid"))), dialect)
+            if dialect.name == "postgresql"
+            else None
+        ),
         insert_events=_prepare(insert(AuditEvent), dialect),
         lock_head=_prepare(
             select(AuditHead.seq, AuditHead.hash).where(_HEAD).with_for_update(), dialect
@@ -143,6 +165,13 @@ def statements_for(dialect: Dialect) -> Statements:
             dialect,
         ),
     )
+
+
+def _insert_unless_conflict(dialect: Dialect, table: Any) -> Any:
+    """INSERT … ON CONFLICT DO NOTHING: both dialects say it the same way, each in its own
+    SQLAlchemy construct. Rows affected tell whether the row was added."""
+    module = postgresql if dialect.name == "postgresql" else sqlite
+    return module.insert(table).on_conflict_do_nothing()
 
 
 @dataclass(frozen=True)

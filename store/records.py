@@ -8,6 +8,9 @@ from typing import Any
 from airlock.store.audit import APPROVAL_ORIGIN_FIELDS, OUTCOME_FIELDS, Event, decision_payload
 from airlock.store.prepared import PENDING, Tx
 
+# Columns a run may leave out (added after the record's shape was fixed).
+RUN_DEFAULTS: dict[str, Any] = {"config_hash": None}
+
 
 @dataclass(frozen=True)
 class HoldRequest:
@@ -25,6 +28,7 @@ class HoldRequest:
 class DecisionRecord:
     run: dict[str, Any]  # column → value for the runs table (already redacted)
     hold: HoldRequest | None = None
+    joins: str | None = None  # the approval this request joins (a retry of its call)
 
 
 @dataclass(frozen=True)
@@ -54,17 +58,64 @@ class ReleaseRequest:
     at: float
 
 
-def record_decisions(tx: Tx, records: list[DecisionRecord]) -> list[Event]:
-    tx.sql.insert_runs.execute_many(tx.db, [r.run for r in records])
-    holds = [(r, r.hold) for r in records if r.hold]
+@dataclass(frozen=True)
+class Joined:
+    """A hold that found its call's approval already open (another instance opened it, or the
+    same call arrived at two instances at once): the request joins that one."""
+
+    approval_id: str
+    expires_at: float
+    request_hash: str
+
+
+def record_decisions(
+    tx: Tx, records: list[DecisionRecord]
+) -> tuple[list[Event], dict[str, Joined]]:
+    """The runs, their events and the approvals they open; returns the events and, by run id,
+    the holds that joined an approval already open for their call instead of opening one."""
+    tx.sql.insert_runs.execute_many(tx.db, [RUN_DEFAULTS | r.run for r in records])
     events = [Event("decision", r.run["id"], r.run["at"], decision_payload(r.run)) for r in records]
     # Outcomes known at decision time (a block) go in with the decision, in the same commit.
     events += [_outcome_event(r.run) for r in records if r.run.get("outcome")]
-    if holds:
-        rows = [_approval_row(r, hold) for r, hold in holds]
-        tx.sql.insert_approvals.execute_many(tx.db, rows)
-        events += [_approval_event(_approval_row(r, hold), r.run["id"]) for r, hold in holds]
-    return events
+    joined: dict[str, Joined] = {}
+    holders = []
+    for record in records:
+        held_for = record.joins
+        if record.hold is not None:
+            found, opened = _open_or_join(tx, record, record.hold)
+            events += opened
+            held_for = record.hold.approval_id if found is None else found.approval_id
+            if found is not None:
+                joined[record.run["id"]] = found
+        if held_for is not None:
+            holders.append({"approval_id": held_for, "instance": record.run["instance"],
+                            "at": record.run["at"]})  # fmt: skip
+    for holder in holders:
+        tx.sql.add_holder.execute(tx.db, holder)
+    return events, joined
+
+
+def _open_or_join(
+    tx: Tx, record: DecisionRecord, hold: HoldRequest
+) -> tuple[Joined | None, list[Event]]:
+    """Open the hold's approval, or join the one open for the same call: one approval per call
+    across instances (the unique index one_pending_approval_per_call decides, in this
+    transaction). An open approval past its expiry is expired first: the call starts anew."""
+    events: list[Event] = []
+    if hold.retry_key is not None:
+        _, stale = tx.sql.open_for_call.execute(tx.db, {"key": hold.retry_key})
+        if stale is not None and stale[1] <= record.run["at"]:
+            _, events = settle_approval(
+                tx, stale[0], "EXPIRED", None, "approval timed out", record.run["at"]
+            )
+    row = _approval_row(record, hold)
+    inserted, _ = tx.sql.insert_approval_once.execute(tx.db, row)
+    if inserted == 1:
+        return None, [*events, _approval_event(row, record.run["id"])]
+    _, open_one = tx.sql.open_for_call.execute(tx.db, {"key": hold.retry_key})
+    if open_one is None:  # the conflict was not on the call's key: a real fault
+        raise RuntimeError(f"approval {hold.approval_id} could not be opened")
+    return Joined(*open_one), events
 
 
 def _approval_row(record: DecisionRecord, hold: HoldRequest) -> dict[str, Any]:
@@ -159,6 +210,8 @@ def settle_approval(
     settlement = Settlement(approval_id, now_state, changed == 1, now_reviewer, now_reason)
     if changed != 1:
         return settlement, []
+    if tx.sql.notify_settled is not None:  # delivered at commit to deciders watching it
+        tx.sql.notify_settled.execute(tx.db, {"aid": approval_id})
     event_row = {
         "id": approval_id,
         "state": state,

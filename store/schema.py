@@ -74,6 +74,8 @@ class Run(Base):
     mapping_id: Mapped[str | None] = mapped_column(Text)
     # The vendor's own operation (aws.s3.PutBucketPolicy), when the catalog identified it.
     operation: Mapped[str | None] = mapped_column(Text)
+    # sha256 of the configuration's texts that decided it (addons/yaml_source.py sources_hash)
+    config_hash: Mapped[str | None] = mapped_column(String(64))
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
     context: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # derived: environment, region
     undo: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # how the provider undoes it
@@ -103,7 +105,8 @@ class Approval(Base):
     state: Mapped[str] = mapped_column(String(16), index=True)
     created_at: Mapped[float] = mapped_column(Float)
     expires_at: Mapped[float] = mapped_column(Float)
-    resolved_at: Mapped[float | None] = mapped_column(Float)
+    # indexed: a decider watching its held approvals reads only the recently settled ones
+    resolved_at: Mapped[float | None] = mapped_column(Float, index=True)
     reviewer: Mapped[str | None] = mapped_column(Text)
     reason: Mapped[str | None] = mapped_column(Text)
     request_hash: Mapped[str] = mapped_column(String(64), index=True)
@@ -115,6 +118,30 @@ class Approval(Base):
     retry_key: Mapped[str | None] = mapped_column(String(300), index=True)
     released_at: Mapped[float | None] = mapped_column(Float)  # forwarded, once, at this time
     reviewer_roles: Mapped[list[str] | None] = mapped_column(JSON)  # who may decide; None: anyone
+
+    # One open approval per call, whichever proxy instance sees it first: a second instance's
+    # insert finds this one and joins it (store/records.py), in the same transaction.
+    __table_args__ = (
+        Index(
+            "one_pending_approval_per_call",
+            "retry_key",
+            unique=True,
+            sqlite_where=text("state = 'PENDING'"),
+            postgresql_where=text("state = 'PENDING'"),
+        ),
+    )
+
+
+class ApprovalHolder(Base):
+    """The proxy instances that held a flow for an approval: its opener, then every instance a
+    retry of the call joined it from. An approval belongs to the call: it is expired when its
+    holders are gone, not when the first one is. Not audited: it never decides an outcome."""
+
+    __tablename__ = "approval_holders"
+
+    approval_id: Mapped[str] = mapped_column(ForeignKey("approvals.id"), primary_key=True)
+    instance: Mapped[str] = mapped_column(String(200), primary_key=True)
+    at: Mapped[float] = mapped_column(Float)
 
 
 class ApprovalVote(Base):
@@ -174,14 +201,25 @@ def normalise_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def open_engine(url: str = DEFAULT_DB_URL) -> Engine:
+FULL, PROCESS = "full", "process"
+DURABILITY_MODES = (FULL, PROCESS)
+
+
+def open_engine(url: str = DEFAULT_DB_URL, durability: str = FULL) -> Engine:
+    """durability: what a commit survives. full: a power loss (SQLite synchronous=FULL, an
+    fsync per commit; PostgreSQL's commit). process: the proxy's or the database's process
+    crashing, not the machine's power loss (SQLite synchronous=NORMAL in WAL; PostgreSQL
+    synchronous_commit=off, whose last ~0.6 s of commits a power loss can take)."""
+    if durability not in DURABILITY_MODES:
+        raise ValueError(f"durability is one of {', '.join(DURABILITY_MODES)}, not {durability!r}")
     url = normalise_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() == "postgresql":
         # A write that waits 5 s for a lock fails (and its request is refused) instead of hanging.
-        options = (
-            {"options": "-c lock_timeout=5000"} if parsed.drivername.endswith("psycopg") else {}
-        )
+        settings = "-c lock_timeout=5000"
+        if durability == PROCESS:
+            settings += " -c synchronous_commit=off"
+        options = {"options": settings} if parsed.drivername.endswith("psycopg") else {}
         return create_engine(
             url, pool_pre_ping=True, pool_size=5, max_overflow=5, connect_args=options
         )
@@ -190,17 +228,19 @@ def open_engine(url: str = DEFAULT_DB_URL) -> Engine:
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
-    _make_sqlite_durable_and_serial(engine)
+    _make_sqlite_durable_and_serial(engine, "FULL" if durability == FULL else "NORMAL")
     return engine
 
 
-def _make_sqlite_durable_and_serial(engine: Engine) -> None:
+def _make_sqlite_durable_and_serial(engine: Engine, synchronous: str) -> None:
     @event.listens_for(engine, "connect")
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # we issue BEGIN ourselves, below
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
-        cursor.execute("PRAGMA synchronous=FULL")  # committed means on disk (fsync per group)
+        # FULL: committed means on disk (an fsync per group); NORMAL: in the WAL, which survives
+        # a process crash but not a power loss (--durability process)
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.close()
@@ -240,7 +280,7 @@ def create_schema(engine: Engine) -> None:
     Base.metadata.create_all(writable)
     _add_missing_columns(engine)
     with writable.begin() as conn:  # indexes added since a store was created
-        for index in Run.__table__.indexes:
+        for index in (*Run.__table__.indexes, *Approval.__table__.indexes):
             index.create(conn, checkfirst=True)
     with write_transaction(engine) as conn:
         if conn.execute(select(AuditHead.id).where(AuditHead.id == 1)).first() is None:

@@ -19,6 +19,7 @@ import orjson
 from airlock.store.records import (
     DecisionRecord,
     HoldRequest,
+    Joined,
     OutcomeRecord,
     ReleaseRequest,
     Settlement,
@@ -117,7 +118,8 @@ def decode_job(whole_frame: bytes) -> tuple[int, Any]:
 def job_fields(job: Any) -> tuple[str, dict[str, Any]]:
     # vars, not asdict: the records are flat, and asdict deep-copies (~7 µs a job).
     if isinstance(job, DecisionRecord):
-        return "decision", {"run": job.run, "hold": vars(job.hold) if job.hold else None}
+        hold = vars(job.hold) if job.hold else None
+        return "decision", {"run": job.run, "hold": hold, "joins": job.joins}
     return type(job).__name__, vars(job)
 
 
@@ -126,7 +128,7 @@ def job_from(kind: str, fields: dict[str, Any]) -> Any:
         hold = fields["hold"]
         if hold is not None:
             hold = HoldRequest(**{**hold, "reviewer_roles": tuple(hold["reviewer_roles"])})
-        return DecisionRecord(fields["run"], hold)
+        return DecisionRecord(fields["run"], hold, fields.get("joins"))
     return _PLAIN_JOBS[kind](**fields)
 
 
@@ -136,7 +138,7 @@ _PLAIN_JOBS: dict[str, type] = {
 
 
 def result_value(result: Any) -> Any:
-    return asdict(result) if isinstance(result, Settlement) else result
+    return asdict(result) if isinstance(result, Settlement | Joined) else result
 
 
 def result_from(kind: str, value: Any) -> Any:

@@ -38,6 +38,7 @@ from airlock.store.records import (
     release_approval,
     settle_approval,
 )
+from airlock.store.schema import FULL
 from airlock.store.wire import StoreError, frame, hosted_frame, job_frame, result_from, unframe
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,8 @@ class StoreWriter:
         on_commit: CommitObserver | None = None,
         program: str = "airlock.store.writer_process",
         greeting: Callable[[], list[bytes]] | None = None,
+        on_push: Callable[[list[Any]], None] | None = None,
+        durability: str = FULL,
     ) -> None:
         """program: the module the writer process runs (the gate's decider hosts the writer);
         greeting: frames sent after the database URL each time the process starts."""
@@ -75,6 +78,8 @@ class StoreWriter:
         self.on_commit = on_commit
         self.program = program
         self.greeting = greeting
+        self.on_push = on_push  # messages the host sends unasked (a settlement it watched)
+        self.durability = durability  # what a commit survives (store/schema.py open_engine)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._socket: socket.socket | None = None
@@ -110,7 +115,8 @@ class StoreWriter:
         ours.setblocking(False)
         self._socket = ours
         url = self.engine.url.render_as_string(hide_password=False)
-        self._send(frame(url))  # over the socket, not argv: a password must not show in ps
+        # Over the socket, not argv: a password must not show in ps.
+        self._send(frame({"url": url, "durability": self.durability}))
         for greeting in self.greeting() if self.greeting else ():
             self._send(greeting)
         if self._unconfirmed:  # what the previous process may not have written
@@ -271,6 +277,10 @@ class StoreWriter:
                 if self.on_commit:
                     self.on_commit(message[1], message[2])
                 continue
+            if isinstance(message[0], str):
+                if self.on_push:
+                    self.on_push(message)
+                continue
             sequence, ok, value = message
             if sequence in self._unconfirmed:
                 if ok:  # a refused one stays: the writer tries it again, and so would the next
@@ -369,7 +379,12 @@ class GroupWriter:
             with raw_transaction(self.engine, db) as tx:
                 events: list[Event] = []
                 if decisions:
-                    events += record_decisions(tx, decisions)
+                    recorded, joined = record_decisions(tx, decisions)
+                    events += recorded
+                    for i, pending in enumerate(group):
+                        job = pending.job
+                        if isinstance(job, DecisionRecord) and job.run["id"] in joined:
+                            results[i] = joined[job.run["id"]]
                 if outcomes:
                     events += record_outcomes(tx, outcomes)
                 for i, pending in enumerate(group):

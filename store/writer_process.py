@@ -1,11 +1,13 @@
-"""The store's writer process: `python -m store.writer_process FD`, started by StoreWriter.
+"""The store's writer process: `python -m airlock.store.writer_process FD`, started by
+StoreWriter.
 
-FD is its end of a socket pair. The first frame is the database URL; then each read takes every
-job sent meanwhile and writes them as one group. End of input (the proxy stopped, or died)
-means: write what was received, then exit.
+FD is its end of a socket pair. The first frame names the store ({"url", "durability"}); then
+each read takes every job sent meanwhile and writes them as one group. End of input (the proxy
+stopped, or died) means: write what was received, then exit.
 
 A group is one transaction, answered once the database's own commit made it durable (SQLite in
-WAL with synchronous=FULL, PostgreSQL's commit): what is acknowledged is what readers and
+WAL with synchronous=FULL, PostgreSQL's commit; with --durability process, SQLite NORMAL and
+PostgreSQL synchronous_commit=off): what is acknowledged is what readers and
 `airlock audit verify` see. A record the database refuses fails its own request and no other.
 
 A process may host the writer (`serve(sock, host)`): frames flagged for it (store/wire.py) go
@@ -49,7 +51,8 @@ class Taken:
     """What a host made of a batch of frames."""
 
     frames: list[bytes]  # store jobs to write: the hosted frames replaced by what they became
-    results: Results = field(default_factory=dict)  # sent once the jobs are written
+    # sent once the jobs are written; a callable is given what the write returned first
+    results: Results = field(default_factory=dict)
     answers: list[tuple[int, bool, Any]] = field(default_factory=list)  # nothing to write
 
 
@@ -58,6 +61,10 @@ class Host(Protocol):
 
     def tick(self) -> float | None:
         """Periodic work; returns the seconds until it is due again (None: never)."""
+        ...
+
+    def pushed(self) -> list[Any]:
+        """Messages for the proxy nobody asked for (a reviewer settled a held approval)."""
         ...
 
 
@@ -77,6 +84,9 @@ class StoreOnly:
     def tick(self) -> float | None:
         return None
 
+    def pushed(self) -> list[Any]:
+        return []
+
 
 class Server:
     def __init__(self, sock: socket.socket, writer: GroupWriter, host: Host | None = None) -> None:
@@ -94,7 +104,9 @@ class Server:
             if frames:
                 self._write(frames)
             self._retry_unwritten()
-            self.sock.settimeout(self._wait())
+            wait = self._wait()
+            self._push()
+            self.sock.settimeout(wait)
             try:
                 chunk = self.sock.recv(READ_SIZE)
             except TimeoutError:
@@ -111,6 +123,11 @@ class Server:
             wait = due if wait is None else min(wait, due)
         return wait
 
+    def _push(self) -> None:
+        messages = self.host.pushed()
+        if messages:
+            self.sock.sendall(b"".join(frame(message) for message in messages))
+
     def _write(self, received: list[bytes]) -> None:
         taken = self.host.take(received)
         self._answer(taken.answers, None)
@@ -125,7 +142,7 @@ class Server:
         written = self.writer.write_group(group)
         self._keep_unwritten(group, written)
         answers = [
-            (seq, ok, results[seq] if ok and seq in results else value)
+            _result(seq, results[seq], value) if ok and seq in results else (seq, ok, value)
             for seq, ok, value in written
         ]
         self._answer(answers, (started, len(group)))
@@ -163,6 +180,17 @@ class Server:
             self.sock.sendall(b"".join(replies))
 
 
+def _result(sequence: int, host_result: Any, written: Any) -> tuple[int, bool, Any]:
+    """The answer to a written job: the host's, given what the write returned when it asks."""
+    if not callable(host_result):
+        return sequence, True, host_result
+    try:
+        return sequence, True, host_result(written)
+    except Exception as e:  # its request is refused; the writer and the others go on
+        log.exception("answering job %d failed", sequence)
+        return sequence, False, f"the answer could not be made: {e!r}"
+
+
 def pending_jobs(frames: list[bytes]) -> list[Pending]:
     return [Pending(*decode_job(f)) for f in frames]
 
@@ -180,7 +208,8 @@ def serve(sock: socket.socket, make_host: HostFactory | None = None) -> None:
         received += chunk
         frames = split_frames(received)
     received[0:0] = b"".join(frames[1:])  # jobs already sent behind it
-    writer = GroupWriter(open_engine(decode(frames[0])))
+    store = decode(frames[0])
+    writer = GroupWriter(open_engine(store["url"], store["durability"]))
     try:
         Server(sock, writer, make_host(writer) if make_host else None).run(received)
     finally:

@@ -15,7 +15,7 @@ from airlock.addons.evaluation import Config
 from airlock.addons.yaml_source import recording_sources
 from airlock.store.schema import create_schema, open_engine
 from airlock.store.wire import decode_job, hosted_frame, hosted_message
-from airlock.store.writer import GroupWriter
+from airlock.store.writer import GroupWriter, Pending
 from tests.helpers.proxy import PROJECT_ROOT
 
 
@@ -68,14 +68,36 @@ def test_decisions_become_records_answered_once_written(decider: Decider) -> Non
     assert "request" not in taken.results[1]["run"]  # the proxy gets a summary, not the document
 
 
-def test_a_request_for_approval_is_answered_unrecorded_with_its_binding(decider: Decider) -> None:
+def test_a_request_for_approval_is_recorded_with_the_approval_it_opens(decider: Decider) -> None:
     fields, body = charge(150_000)
     taken = decider.take([setup_message(), hosted_frame(7, ["decide", fields], body)])
-    assert taken.frames == []  # the proxy records it with its approval
-    [(sequence, ok, answer)] = taken.answers
-    assert (sequence, ok, answer["run"]["decision"]) == (7, True, "REQUIRE_APPROVAL")
-    assert len(answer["request_hash"]) == 64
-    assert answer["run"]["request"]["body"] == {"amount": "150000", "currency": "usd"}
+    [(sequence, record)] = [decode_job(f) for f in taken.frames]
+    assert (sequence, record.run["decision"]) == (7, "REQUIRE_APPROVAL")
+    assert record.run["request"]["body"] == {"amount": "150000", "currency": "usd"}
+    answer = taken.results[7](None)  # what the proxy gets once the write found no other
+    assert record.hold is not None and answer["approval"]["id"] == record.hold.approval_id
+    assert (answer["approval"]["state"], answer["approval"]["joined"]) == ("PENDING", False)
+    assert answer["request_hash"] == record.hold.request_hash and len(answer["request_hash"]) == 64
+
+
+def test_the_same_call_twice_opens_one_approval(decider: Decider) -> None:
+    """In one batch (sent at once), and in the next (the first is committed by then)."""
+    first, body = charge(150_000)
+    again = first | {"id": "run-again"}
+    taken = decider.take([setup_message(), hosted_frame(1, ["decide", first], body),
+                          hosted_frame(2, ["decide", again], body)])  # fmt: skip
+    opened, joined = (decode_job(f)[1] for f in taken.frames)
+    assert opened.hold is not None and joined.hold is None
+    assert taken.results[2](None)["approval"]["id"] == opened.hold.approval_id
+    assert f"joins approval {opened.hold.approval_id}" in joined.run["reason"]
+    GroupWriter(decider.engine).write_group([Pending(*decode_job(f)) for f in taken.frames])
+
+    later = decider.take([hosted_frame(3, ["decide", first | {"id": "run-3"}], body)])
+    [(_, third)] = [decode_job(f) for f in later.frames]
+    assert third.hold is None
+    assert later.results[3](None)["approval"] == taken.results[1](None)["approval"] | {
+        "joined": True
+    }
 
 
 def test_without_configuration_a_request_is_blocked_and_recorded(decider: Decider) -> None:

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mitmproxy import exceptions
+from mitmproxy import ctx, exceptions
 from mitmproxy.test import taddons, tflow, tutils
 from sqlalchemy import select, text
+from sqlalchemy.engine import Engine
 
 from airlock.addons.decider import request_hash
 from airlock.addons.gatekeeper import Gate
@@ -38,6 +39,12 @@ def stripe_flow(body: bytes, path: str = "/v1/charges", method: str = "POST") ->
         content=body,
     )
     return flow
+
+
+def store_of(_gate: Gate) -> Engine:
+    """The gate's store, opened as a reviewer's command opens it: the proxy keeps no connection
+    (only its decider process does)."""
+    return open_engine(ctx.options.airlock_db)
 
 
 def with_gate(
@@ -138,7 +145,7 @@ def test_store_failure_blocks_the_request_and_says_why(tmp_path: Path) -> None:
 
     async def scenario(gate: Gate, _: Any) -> None:
         await gate.request(stripe_flow(b"amount=4&currency=usd"))  # the decider has its past
-        with gate.engine.begin() as conn:
+        with store_of(gate).begin() as conn:
             conn.execute(text("DROP TABLE approvals"))
             conn.execute(text("DROP TABLE runs"))
         await gate.request(first)
@@ -196,7 +203,7 @@ def test_held_flow_is_released_when_the_store_says_approved(tmp_path: Path) -> N
         hold = asyncio.create_task(gate.request(flow))
         await until_held(gate)
         [approval_id] = gate.holds
-        await asyncio.to_thread(resolve_approval, gate.engine, approval_id, APPROVED, "r", None)
+        await asyncio.to_thread(resolve_approval, store_of(gate), approval_id, APPROVED, "r", None)
         await asyncio.wait_for(hold, 5)
 
     with_gate(tmp_path, scenario)
@@ -486,7 +493,7 @@ def test_decisions_another_proxy_commits_late_still_count_here(
     async def scenario(gate: Gate, _: Any) -> None:
         await gate.request(first)  # 60,000 of 200,000 spent
         late = run_row(instance="elsewhere-2", at=time.time() - 600)  # 150,000 by agent-a
-        await asyncio.to_thread(write, gate.engine, DecisionRecord(late))
+        await asyncio.to_thread(write, store_of(gate), DecisionRecord(late))
         await asyncio.sleep(0.5)  # ten syncs
         await gate.request(second)  # 60,000 more: over only if the late one counts
 

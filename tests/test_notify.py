@@ -16,7 +16,7 @@ from prometheus_client import generate_latest
 import airlock.addons.notify as notify
 from airlock.addons.gatekeeper import Gate
 from airlock.store.approvals import APPROVED, resolve_approval
-from tests.test_gatekeeper import stripe_flow, until_held, with_gate
+from tests.test_gatekeeper import store_of, stripe_flow, until_held, with_gate
 
 
 class Receiver:
@@ -66,7 +66,9 @@ def test_held_and_settled_messages_reach_both_kinds_of_webhook(
         held = asyncio.create_task(gate.request(flow))
         await until_held(gate)
         [approval_id] = gate.holds
-        await asyncio.to_thread(resolve_approval, gate.engine, approval_id, APPROVED, "alice", "ok")
+        await asyncio.to_thread(
+            resolve_approval, store_of(gate), approval_id, APPROVED, "alice", "ok"
+        )
         await asyncio.wait_for(held, 5)
         for _ in range(100):
             if len(generic.messages) == 2 and len(slack.messages) == 2:
@@ -101,7 +103,9 @@ def test_an_unreachable_webhook_is_counted_and_never_delays_the_flow(
         held = asyncio.create_task(gate.request(flow))
         await until_held(gate)
         [approval_id] = gate.holds
-        await asyncio.to_thread(resolve_approval, gate.engine, approval_id, APPROVED, "bob", None)
+        await asyncio.to_thread(
+            resolve_approval, store_of(gate), approval_id, APPROVED, "bob", None
+        )
         await asyncio.wait_for(held, 5)  # released at once, webhooks or not
         await gate.notifier.drain()
         # Labelled by scheme and host: a webhook's path is its secret, and metrics are public.

@@ -24,7 +24,15 @@ from airlock.store.approvals import (
 )
 from airlock.store.audit import verify_audit
 from airlock.store.records import DecisionRecord, HoldRequest, OutcomeRecord, SettleRequest
-from airlock.store.schema import Approval, ApprovalVote, AuditEvent, AuditHead, Run, open_engine
+from airlock.store.schema import (
+    Approval,
+    ApprovalHolder,
+    ApprovalVote,
+    AuditEvent,
+    AuditHead,
+    Run,
+    open_engine,
+)
 from airlock.store.wire import StoreError
 from airlock.store.writer import StoreWriter
 
@@ -470,8 +478,9 @@ def test_edited_instance_is_named(audited: Engine) -> None:
 def test_deleted_approval_is_named(audited: Engine) -> None:
     with audited.begin() as conn:
         victim = conn.execute(select(Approval.id)).scalar_one()
-    with audited.begin() as conn:
+    with audited.begin() as conn:  # what refers to it goes first, as a tamperer would do
         conn.execute(delete(ApprovalVote))
+        conn.execute(delete(ApprovalHolder))
     problem = _tamper(audited, delete(Approval))
     assert problem == f"approval {victim} is recorded in the chain but its row was deleted"
 
@@ -568,8 +577,28 @@ def test_orphaned_approvals_are_expired_at_start(engine: Engine) -> None:
         "PENDING",
         "PENDING",
     ]
-    assert states[dead[1].approval_id].reason == "the proxy holding it stopped"
+    assert states[dead[1].approval_id].reason == "the proxies holding it stopped"
     assert verify_audit(engine).ok
+
+
+def test_an_approval_a_live_instance_holds_a_retry_for_outlives_its_opener(
+    engine: Engine,
+) -> None:
+    """Opened by box-111 (since gone); the call's retry joined it from box-222, alive: the
+    approval belongs to the call, so box-111's restart does not expire it."""
+    from airlock.store.approvals import expire_orphaned_approvals
+
+    row, hold = held()
+    write(engine, DecisionRecord({**row, "instance": "box-111"}, hold))
+    retry = run_row("REQUIRE_APPROVAL", instance="box-222")
+    write(engine, DecisionRecord(retry, joins=hold.approval_id))
+
+    assert expire_orphaned_approvals(engine, "box", lambda pid: pid == 222, "box-333.x") == []
+    assert approval_states(engine, [hold.approval_id])[hold.approval_id].state == "PENDING"
+    # Once the joining instance is gone too, nobody can release it.
+    assert expire_orphaned_approvals(engine, "box", lambda pid: False, "box-444.y") == [
+        hold.approval_id
+    ]
 
 
 def test_only_listed_reviewers_with_an_allowed_role_decide(engine: Engine, tmp_path: Any) -> None:
@@ -614,3 +643,93 @@ def test_other_instances_decisions_are_read_in_commit_order_from_a_cursor(engine
     assert [(d.id, d.outcome) for d in found] == [(held_row["id"], "forwarded")]
 
     assert committed_since(engine, cursor, other_than_instance="here-1") == ([], cursor)
+
+
+# --- one approval per call, across proxy instances ---------------------------------------------
+
+
+def call_held(key: str, expires_in: float = 60.0) -> DecisionRecord:
+    row = run_row("REQUIRE_APPROVAL")
+    hold = HoldRequest(uuid.uuid4().hex, time.time() + expires_in, "h" * 64, retry_key=key)
+    return DecisionRecord(row, hold)
+
+
+def test_the_same_call_from_two_instances_at_once_opens_one_approval(engine: Engine) -> None:
+    """Two writer processes (two proxies' deciders) record the same call's hold at the same
+    time: the database lets one open the approval; the other's record joins it."""
+    first, second = call_held("agent-a:key-1"), call_held("agent-a:key-1")
+
+    async def both_at_once() -> list[Any]:
+        writers = [StoreWriter(engine), StoreWriter(engine)]
+        loop = asyncio.get_running_loop()
+        for writer in writers:
+            writer.ensure_started(loop)
+        try:
+            return list(await asyncio.gather(writers[0].submit(first), writers[1].submit(second)))
+        finally:
+            for writer in writers:
+                await asyncio.to_thread(writer.stop)
+
+    results = asyncio.run(both_at_once())
+    [opened] = pending_approvals(engine)
+    assert opened.id in (first.hold.approval_id, second.hold.approval_id)  # type: ignore[union-attr]
+    [joined] = [r for r in results if r is not None]
+    assert joined["approval_id"] == opened.id
+    with engine.connect() as conn:  # both decisions are on record, each with its run
+        assert conn.execute(select(Run.id).where(Run.decision == "REQUIRE_APPROVAL")).all()
+        assert len(conn.execute(select(Approval.id)).all()) == 1
+    assert verify_audit(engine).ok
+
+
+def test_a_call_whose_open_approval_expired_opens_a_new_one(engine: Engine) -> None:
+    stale, fresh = call_held("agent-a:key-2", expires_in=-1), call_held("agent-a:key-2")
+    write(engine, stale)
+    [joined] = write(engine, fresh)
+    assert joined is None  # opened, not joined: the stale one is past its window
+    states = approval_states(engine, [stale.hold.approval_id, fresh.hold.approval_id])  # type: ignore[union-attr]
+    assert states[stale.hold.approval_id].state == EXPIRED  # type: ignore[union-attr]
+    assert states[fresh.hold.approval_id].state == "PENDING"  # type: ignore[union-attr]
+    assert verify_audit(engine).ok
+
+
+def test_a_settlement_is_seen_by_a_watch_without_reading_unchanged_tables(engine: Engine) -> None:
+    """What the decider pushes to its proxy: the settlement once, then nothing."""
+    from airlock.store.settlements import SettlementWatch
+
+    record = call_held("agent-a:key-3")
+    write(engine, record)
+    approval_id = record.hold.approval_id  # type: ignore[union-attr]
+    watch = SettlementWatch(engine)
+    watch.watch([approval_id])
+    assert watch.settled() == []  # read once at watch: still pending
+    resolve_approval(engine, approval_id, APPROVED, "alice", "fine")
+    deadline, seen = time.monotonic() + 5, []
+    while not seen and time.monotonic() < deadline:
+        seen = watch.settled()
+        time.sleep(0.005)
+    watch.close()
+    assert seen == [{"id": approval_id, "state": APPROVED, "reviewer": "alice", "reason": "fine"}]
+    assert watch.watched == set()
+
+
+@pytest.mark.parametrize(("durability", "sqlite_level", "postgres_commit"),
+                         [("full", 2, "on"), ("process", 1, "off")])  # fmt: skip
+def test_durability_sets_what_a_commit_survives(
+    db_url: str, durability: str, sqlite_level: int, postgres_commit: str
+) -> None:
+    """full: an fsync per commit (survives a power loss); process: survives a crash of the
+    proxy or the database process only (SQLite NORMAL = 1 in WAL, synchronous_commit off)."""
+    engine = open_engine(db_url, durability)
+    try:
+        with engine.connect() as conn:
+            if engine.dialect.name == "sqlite":
+                assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == sqlite_level
+            else:
+                assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == postgres_commit
+    finally:
+        engine.dispose()
+
+
+def test_an_unknown_durability_is_refused() -> None:
+    with pytest.raises(ValueError, match="durability is one of full, process"):
+        open_engine("sqlite:///x.db", "sometimes")

@@ -20,6 +20,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -27,6 +28,7 @@ from rich.table import Table
 from tests.helpers.proxy import PROJECT_ROOT, clean_env, free_port, prepared_confdir, wait_for_port
 
 HOST = "api.stripe.com"
+PROCESS_DURABILITY = "Airlock --durability process"
 METRICS_PORT = free_port()
 BODY = b"amount=500&currency=usd&customer=cus_bench&metadata[order_id]=6735"
 REQUEST = (
@@ -165,12 +167,16 @@ Started = tuple[subprocess.Popen[bytes], int, Path]  # process, port, confdir (i
 
 def start_proxies(
     work: Path, upstream_port: int, upstream_ca: Path, mappings: Path
-) -> tuple[Started, Started]:
+) -> tuple[Started, Started, Started]:
     bare = start_bare(work, upstream_port, upstream_ca)
     airlock = start_airlock(
         PROJECT_ROOT, work, "airlock", upstream_port, upstream_ca, mappings, METRICS_PORT
     )
-    return bare, airlock
+    process = start_airlock(
+        PROJECT_ROOT, work, "airlock-process", upstream_port, upstream_ca, mappings, 0,
+        ["--durability", "process"],
+    )  # fmt: skip
+    return bare, airlock, process
 
 
 def start_bare(work: Path, upstream_port: int, upstream_ca: Path) -> Started:
@@ -196,6 +202,7 @@ def start_airlock(
     upstream_ca: Path,
     mappings: Path,
     metrics_port: int,
+    extra: list[str] | None = None,
 ) -> Started:
     """Airlock running `checkout`'s own code (another revision's, for bench_ab)."""
     port, confdir = free_port(), prepared_confdir(work)
@@ -205,7 +212,8 @@ def start_airlock(
             [sys.executable, "-m", "airlock.console.cli", "run", "--quiet", "--port", str(port),
              "--confdir", str(confdir), "--db", f"sqlite:///{work / name}.db",
              "--mappings", str(mappings), "--route", f"{HOST}=127.0.0.1:{upstream_port}",
-             "--upstream-ca", str(upstream_ca), "--metrics-port", str(metrics_port)],
+             "--upstream-ca", str(upstream_ca), "--metrics-port", str(metrics_port),
+             *(extra or [])],
             cwd=checkout, stdout=out, stderr=subprocess.STDOUT,
             env=clean_env() | {"PYTHONUNBUFFERED": "1", "PYTHONPATH": str(checkout)},
         )  # fmt: skip
@@ -320,6 +328,7 @@ def main() -> int:
     parser.add_argument("--mappings", type=int, default=1000, help="extra mapping rules loaded")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds; best kept")
     parser.add_argument("--rules", type=int, default=500, help="extra policy rules, in-process")
+    parser.add_argument("--held", type=int, default=1000, help="requests held at once")
     args = parser.parse_args()
     console = Console(width=120)
     work = Path(tempfile.mkdtemp(prefix="airlock-bench-"))
@@ -328,25 +337,38 @@ def main() -> int:
         upstream, upstream_port, upstream_ca = start_upstream(work)
         processes.append(upstream)
         write_bulk_mappings(work / "mappings", args.mappings)
-        (bare, bare_port, bare_conf), (airlock, airlock_port, airlock_conf) = start_proxies(
-            work, upstream_port, upstream_ca, work / "mappings"
-        )
-        processes += [bare, airlock]
+        started = start_proxies(work, upstream_port, upstream_ca, work / "mappings")
+        (bare, bare_port, bare_conf), (airlock, airlock_port, airlock_conf) = started[:2]
+        (quick, quick_port, quick_conf) = started[2]
+        processes += [bare, airlock, quick]
         best: dict[tuple[str, int], Result] = {}
         for _ in range(args.rounds):
             for concurrency in (1, 16):
                 for name, port, conf in (
                     ("bare mitmdump", bare_port, bare_conf),
                     ("Airlock", airlock_port, airlock_conf),
+                    (PROCESS_DURABILITY, quick_port, quick_conf),
                 ):
                     result = measure(name, port, conf / "mitmproxy-ca-cert.pem", concurrency,
                                      args.requests)  # fmt: skip
                     key = (name, concurrency)
                     if key not in best or result.rps > best[key].rps:
                         best[key] = result
+        floor_us = fdatasync_floor(work)
         write_bulk_policies(work / "policies", args.rules)
         document_us, map_us, decide_us = stage_timings(work / "mappings", work / "policies")
-        report(console, best, args, document_us, map_us, decide_us, work)
+        report(console, best, args, document_us, map_us, decide_us, work, floor_us)
+        held_report = while_held(airlock, airlock_port, airlock_conf, args.held, args.requests)
+        console.print(held_report)
+        settle = settlement_latencies(airlock_port, airlock_conf, work / "airlock.db")
+        console.print(
+            f"Settlement → release ({len(settle)} held requests, each approved in the store as "
+            f"`airlock approve` does, timed to the agent's answer): p50 "
+            f"{statistics.median(settle):.1f} ms, p99 {settle[int(len(settle) * 0.99) - 1]:.1f} "
+            "ms, max {:.1f} ms (goal ≤ 100 ms p99; pushed by the decider, no proxy polling)".format(
+                max(settle)
+            )
+        )
         startup_s, resident_mb, operations, identify_us, identify_p99, writes = catalog_timings()
         console.print(
             f"Catalog: {operations} operations; start-up with it {startup_s:.2f} s, "
@@ -369,23 +391,31 @@ def report(
     map_us: float,
     decide_us: float,
     work: Path,
+    floor_us: float,
 ) -> None:
     table = Table(title=f"{args.requests} keep-alive HTTPS POSTs per cell, best of {args.rounds}")
-    for column in ("concurrency", "bare req/s", "Airlock req/s", "ratio", "bare p50 / p99 ms",
-                   "Airlock p50 / p99 ms", "added p50 ms"):  # fmt: skip
+    for column in ("durability", "concurrency", "bare req/s", "Airlock req/s", "ratio",
+                   "bare p50 / p99 ms", "Airlock p50 / p99 ms", "added p50 ms"):  # fmt: skip
         table.add_column(column, justify="right")
-    for concurrency in (1, 16):
-        bare, airlock = best[("bare mitmdump", concurrency)], best[("Airlock", concurrency)]
-        table.add_row(
-            str(concurrency),
-            f"{bare.rps:.0f}",
-            f"{airlock.rps:.0f}",
-            f"{airlock.rps / bare.rps:.2f}x",
-            f"{bare.p50_ms:.2f} / {bare.p99_ms:.2f}",
-            f"{airlock.p50_ms:.2f} / {airlock.p99_ms:.2f}",
-            f"{airlock.p50_ms - bare.p50_ms:+.2f}",
-        )
+    for name, durability in (("Airlock", "full"), (PROCESS_DURABILITY, "process")):
+        for concurrency in (1, 16):
+            bare, airlock = best[("bare mitmdump", concurrency)], best[(name, concurrency)]
+            table.add_row(
+                durability,
+                str(concurrency),
+                f"{bare.rps:.0f}",
+                f"{airlock.rps:.0f}",
+                f"{airlock.rps / bare.rps:.2f}x",
+                f"{bare.p50_ms:.2f} / {bare.p99_ms:.2f}",
+                f"{airlock.p50_ms:.2f} / {airlock.p99_ms:.2f}",
+                f"{airlock.p50_ms - bare.p50_ms:+.2f}",
+            )
     console.print(table)
+    console.print(
+        f"This disk's floor, in the same run: fdatasync of a small write {floor_us:.0f} µs p50 "
+        "(goals: added p50 at concurrency 1 ≤ this + 0.4 ms with durability full, ≤ 0.4 ms "
+        "with process; ≥ 0.92x at concurrency 16)"
+    )
     console.print(
         f"In-process, median per request with {args.mappings} extra mappings and {args.rules} "
         f"extra rules loaded: document {document_us:.1f} µs, map {map_us:.1f} µs, "
@@ -400,6 +430,107 @@ def report(
         recorded = conn.execute(select(func.count()).select_from(Run)).scalar_one()
     console.print(f"Decisions durably committed by Airlock during the run: {recorded}")
     console.print(internal_averages())
+
+
+def fdatasync_floor(work: Path, count: int = 200) -> float:
+    """Median µs of appending 200 bytes and fdatasync-ing them, with a 2 ms pause between (as a
+    commit at concurrency 1 sees the disk)."""
+    path = work / "fdatasync.probe"
+    timings = []
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        for _ in range(count):
+            time.sleep(0.002)
+            started = time.perf_counter()
+            os.write(fd, b"x" * 200)
+            os.fdatasync(fd)
+            timings.append((time.perf_counter() - started) * 1e6)
+    finally:
+        os.close(fd)
+    return statistics.median(timings)
+
+
+def while_held(
+    process: subprocess.Popen[bytes], port: int, confdir: Path, count: int, total: int
+) -> str:
+    """Allowed requests' latency with none held, then with `count` requests held at once (each
+    on its own connection, as separate agents' calls would be), and the memory they take."""
+    ca = confdir / "mitmproxy-ca-cert.pem"
+    before = measure("none held", port, ca, 16, total)
+    rss_before = _resident_kb(process.pid)
+
+    async def scenario() -> tuple[Result, int]:
+        held = [await _tunnel(port, ca) for _ in range(count)]
+        for i, (_, writer) in enumerate(held):
+            writer.write(f"DELETE /v1/customers/cus_held_{i} HTTP/1.1\r\nHost: {HOST}\r\n"
+                         "Content-Length: 0\r\n\r\n".encode())  # fmt: skip
+        await asyncio.gather(*(w.drain() for _, w in held))
+        await asyncio.sleep(3)  # all decided and held
+        rss = _resident_kb(process.pid)
+        elapsed, latencies = await _load(port, ca, 16, total)
+        for _, writer in held:
+            writer.close()
+        latencies.sort()
+        result = Result("held", 16, len(latencies) / elapsed,
+                        statistics.median(latencies) * 1000,
+                        latencies[int(len(latencies) * 0.99) - 1] * 1000)  # fmt: skip
+        return result, rss
+
+    during, rss_during = asyncio.run(scenario())
+    per_held = (rss_during - rss_before) / count
+    return (
+        f"{count} requests held at once: allowed requests at concurrency 16 p50 "
+        f"{during.p50_ms:.2f} ms against {before.p50_ms:.2f} ms with none held "
+        f"({during.p50_ms / before.p50_ms:.2f}x; goal ≤ 1.1x), {during.rps:.0f} against "
+        f"{before.rps:.0f} req/s; the proxy's memory grew {per_held:.1f} KB per held request "
+        f"(connection, TLS and flow included)"
+    )
+
+
+def _resident_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def settlement_latencies(port: int, confdir: Path, db: Path, count: int = 40) -> list[float]:
+    """ms from a reviewer's approval committing to the held request's answer reaching the
+    agent, for `count` requests held one after another (sorted)."""
+    import requests
+
+    from airlock.store.schema import open_engine
+
+    engine = open_engine(f"sqlite:///{db}")
+    session = requests.Session()
+    session.trust_env = False
+    session.proxies = {"https": f"http://127.0.0.1:{port}"}
+    session.verify = str(confdir / "mitmproxy-ca-cert.pem")
+    try:
+        return sorted(_one_settlement(session, engine, f"cus_settle_{i}") for i in range(count))
+    finally:
+        engine.dispose()
+
+
+def _one_settlement(session: Any, engine: Any, customer: str) -> float:
+    import threading
+
+    from airlock.store.approvals import APPROVED, pending_approvals, resolve_approval
+
+    answered: list[float] = []
+
+    def send() -> None:
+        session.delete(f"https://{HOST}/v1/customers/{customer}", timeout=60)
+        answered.append(time.perf_counter())
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    while not (waiting := pending_approvals(engine)):
+        time.sleep(0.01)
+    resolve_approval(engine, waiting[0].id, APPROVED, "bench", None)
+    committed = time.perf_counter()
+    sender.join(60)
+    return (answered[0] - committed) * 1000
 
 
 def internal_averages() -> str:

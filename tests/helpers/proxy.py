@@ -88,6 +88,7 @@ class Proxy:
             "--port", str(self.port),
             "--db", self.db_url,
             "--confdir", str(self.confdir),
+            "--data-dir", str(self.workdir),  # what else it writes (run/) stays out of the checkout
             "--upstream-ca", str(self.upstream_ca),
             "--metrics-port", str(self.metrics_port),
         ]  # fmt: skip

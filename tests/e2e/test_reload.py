@@ -1,0 +1,65 @@
+"""`airlock reload` (SIGHUP): the configuration changes without a restart; a broken edit is
+refused with file:line and the last good configuration stays in force; each decision records
+the configuration that made it."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.test_gate import CHARGES, airlock, eventually, runs
+from tests.helpers.proxy import PROJECT_ROOT, Proxy
+from tests.helpers.upstream import Upstream
+
+pytestmark = pytest.mark.e2e
+
+NO_CHARGES = """rules:
+  - {id: no-charges-today, when: {action: create_charge}, decision: BLOCK, reason: frozen}
+"""
+BROKEN = """rules:
+  - {id: no-charges-today, when: {action: create_charge}, decision: BLOK}
+"""
+
+
+def test_reload_applies_a_good_edit_and_refuses_a_broken_one(
+    start_proxy: Callable[..., Proxy], upstream: Upstream, tmp_path: Path
+) -> None:
+    policies = tmp_path / "policies"
+    shutil.copytree(PROJECT_ROOT / "policies", policies)
+    proxy = start_proxy("--policies", str(policies))
+    session = proxy.session()
+
+    def charge() -> int:
+        return session.post(CHARGES, data={"amount": 500, "currency": "usd"}).status_code
+
+    assert charge() == 200
+    (policies / "freeze.yaml").write_text(BROKEN)
+    refused = airlock("reload", "--data-dir", str(proxy.workdir))
+    assert refused.returncode == 2
+    assert f"{policies / 'freeze.yaml'}:2" in refused.stderr and "BLOK" in refused.stderr
+    assert "nothing was reloaded" in refused.stderr
+    assert charge() == 200  # the last good configuration decides
+
+    (policies / "freeze.yaml").write_text(NO_CHARGES)
+    told = airlock("reload", "--data-dir", str(proxy.workdir))
+    assert told.returncode == 0, told.stderr
+    assert f"port {proxy.port}" in told.stdout
+    assert eventually(lambda: "reloaded: deciding with configuration" in proxy.output())
+    blocked = session.post(CHARGES, data={"amount": 500, "currency": "usd"})
+    assert blocked.status_code == 403
+    assert "no-charges-today" in blocked.json()["rules"]
+
+    recorded = [run.config_hash for run in runs(proxy)]
+    assert all(recorded) and len(recorded) == 3
+    assert recorded[0] == recorded[1] != recorded[2]
+    assert told.stdout.split("configuration ")[1][:12] == recorded[2][:12]
+    assert upstream.count("/v1/charges") == 2
+
+
+def test_reload_with_no_proxy_running_says_so(tmp_path: Path) -> None:
+    done = airlock("reload", "--data-dir", str(tmp_path))
+    assert done.returncode == 1
+    assert "no Airlock proxy is running" in done.stderr
