@@ -9,7 +9,12 @@
         enabled: true
     roles:
       payments:
-        egress: [api.stripe.com, "*.stripe.com"]   # hosts the role may reach; absent: any
+        egress: [api.stripe.com, "*.stripe.com"]   # hosts the role may reach
+      research:
+        egress: any                                 # any host, said explicitly
+
+Fail closed: a role an agent names must be defined here (a load error otherwise, file:line); a
+role without `egress` reaches no host, and neither does an agent without roles.
 
 With agents configured, every request must carry proxy credentials (HTTPS_PROXY=
 http://billing-bot:KEY@host:port); anything else gets 407. Keys are stored only as salted
@@ -53,7 +58,7 @@ class Agent:
 @dataclass(frozen=True)
 class Role:
     name: str
-    egress: tuple[str, ...] | None  # host globs; None: any host
+    egress: tuple[str, ...] | None  # host globs; None: any host (`egress: any`); (): none
 
     def allows(self, host: str) -> bool:
         return self.egress is None or any(host_glob_regex(g).match(host) for g in self.egress)
@@ -80,11 +85,16 @@ class AgentRegistry:
         return agent.roles if agent else ()
 
     def egress_refusal(self, name: str, host: str) -> str | None:
-        """Why this agent may not reach this host, or None. A role without `egress` allows any
-        host; an agent reaches a host when any of its roles allows it."""
-        roles = [self.roles.get(r, Role(r, None)) for r in self.roles_of(name)]
-        if not roles or any(role.allows(host) for role in roles):
+        """Why this agent may not reach this host, or None. An agent reaches a host when any of
+        its roles allows it: a role without `egress`, or an agent without roles, reaches none.
+        Without an agents file there are no identities to limit."""
+        if not self.required:
             return None
+        roles = [self.roles[r] for r in self.roles_of(name) if r in self.roles]
+        if any(role.allows(host) for role in roles):
+            return None
+        if not roles:
+            return f"{name} has no roles, so it reaches no host (give it a role with egress)"
         names = ", ".join(role.name for role in roles)
         return f"{host} is outside the egress profile of {name}'s roles ({names})"
 
@@ -131,6 +141,7 @@ def load_agents(policies_dir: Path) -> AgentRegistry:
     seen: dict[str, str] = {}  # name_key → id
     for entry, where in zip(entries, entries.item_where, strict=True):
         agent = _agent(entry, where)
+        _refuse_undefined_roles(agent, roles, entry)
         _refuse_look_alike(agent.id, seen, "agent", where)
         agents[agent.id] = agent
     return AgentRegistry(agents, roles)
@@ -150,6 +161,18 @@ def _refuse_look_alike(name: str, seen: dict[str, str], kind: str, where: Any) -
     raise ConfigError(
         where, f"{kind} id {name!r} reads the same as {earlier!r} (look-alike characters)"
     )
+
+
+def _refuse_undefined_roles(agent: Agent, roles: dict[str, Role], entry: Node) -> None:
+    """A role nobody defined (a typo: `opps`) must not mean 'no limit': a load error."""
+    for role in agent.roles:
+        if role not in roles:
+            defined = ", ".join(sorted(roles)) or "none"
+            raise ConfigError(
+                entry.at("roles"),
+                f"agent {agent.id!r} has role {role!r}, which 'roles:' does not define "
+                f"(defined: {defined})",
+            )
 
 
 def _agent(entry: Any, where: Any) -> Agent:
@@ -182,13 +205,22 @@ def _roles(root: Node) -> dict[str, Role]:
         if not isinstance(spec, Node):
             raise ConfigError(table.at(name), f"role {name!r} must be a mapping (egress: [...])")
         expect_keys(spec, _ROLE_KEYS, set(), f"role {name!r}")
-        egress = spec.get("egress")
-        if egress is not None and (
-            not isinstance(egress, list) or not all(isinstance(h, str) for h in egress)
-        ):
-            raise ConfigError(spec.at("egress"), "'egress' must be a list of host names or globs")
-        roles[name] = Role(name, tuple(h.lower() for h in egress) if egress is not None else None)
+        roles[name] = Role(name, _egress(spec))
     return roles
+
+
+def _egress(spec: Node) -> tuple[str, ...] | None:
+    """`egress: [hosts]`, or `egress: any` for no limit; absent: no host (fail closed)."""
+    egress = spec.get("egress")
+    if egress == "any":
+        return None
+    if egress is None:
+        return ()
+    if not isinstance(egress, list) or not all(isinstance(h, str) for h in egress):
+        raise ConfigError(
+            spec.at("egress"), "'egress' must be a list of host names or globs, or 'any'"
+        )
+    return tuple(h.lower() for h in egress)
 
 
 # --- reviewers ---------------------------------------------------------------------------------

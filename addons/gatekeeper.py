@@ -630,6 +630,8 @@ class Gate:
             self._answer_shutdown(flow, run)
             return
         self.notifier.settled(run, approval_id, state, reviewer, reason)
+        self.metrics.approvals_settled.labels(state).inc()
+        self.metrics.time_to_decision.observe(max(0.0, time.time() - run["at"]))
         self.log.decision(
             state, run, (time.time() - run["at"]) * 1000, note=f"by {reviewer}" if reviewer else ""
         )

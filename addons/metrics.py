@@ -37,6 +37,19 @@ class Metrics:
         self.held_flows = Gauge(
             "airlock_held_flows", "Requests held awaiting a reviewer.", registry=self.registry
         )
+        self.approvals_settled = Counter(
+            "airlock_approvals_settled_total",
+            "Approvals this proxy held a flow for, by how they ended (APPROVED, DENIED, EXPIRED: "
+            "unattended until the window closed, ABANDONED: the agent left).",
+            ["state"],
+            registry=self.registry,
+        )
+        self.time_to_decision = Histogram(
+            "airlock_approval_decision_seconds",
+            "From a request being held to its approval being settled.",
+            buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600),
+            registry=self.registry,
+        )
         self.commit_seconds = Histogram(
             "airlock_store_commit_seconds",
             "Time to make one group of records durable (the database's own commit).",

@@ -114,7 +114,7 @@ def _check_file(
             (load_agents if kind == "agents" else load_reviewers)(path.parent)
         except ConfigError as e:
             return [Problem(e.where, e.message)]
-        return []
+        return list(_reaches_nothing(document)) if kind == "agents" else []
     problems = list(_schema_problems(document, kind, path))
     errors: list[ConfigError] = []
     try:
@@ -126,6 +126,23 @@ def _check_file(
         errors.append(e)
     reported = {str(p.where) for p in problems}
     return problems + [Problem(e.where, e.message) for e in errors if str(e.where) not in reported]
+
+
+def _reaches_nothing(document: Node) -> Iterator[Problem]:
+    """Valid, but most likely a mistake: configuration fails closed, so an agent without roles,
+    or a role without `egress`, reaches no host at all."""
+    agents = document.get("agents")
+    for entry, where in zip(agents or [], getattr(agents, "item_where", []), strict=False):
+        if isinstance(entry, Node) and not entry.get("roles"):
+            yield Problem(where, f"agent {entry.get('id')!r} has no roles, so it reaches no "
+                          "host: give it a role with egress (or `enabled: false`)")  # fmt: skip
+    roles = document.get("roles")
+    if isinstance(roles, Node):
+        for name in roles:
+            spec = roles[name]
+            if not isinstance(spec, Node) or spec.get("egress") is None:
+                yield Problem(roles.key_at(name), f"role {name!r} has no egress, so it reaches no "
+                              "host: list its hosts, or say `egress: any`")  # fmt: skip
 
 
 def _schema_problems(document: Any, kind: str, path: Path) -> Iterator[Problem]:

@@ -375,7 +375,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "mappings": cmd_mappings_import,
         "reload": cmd_reload,
     }
-    return handlers[args.command](args)
+    try:
+        return handlers[args.command](args)
+    except NoStore as e:
+        print(f"airlock {args.command}: {e}", file=sys.stderr)
+        return 2
 
 
 # --- run -------------------------------------------------------------------------------------
@@ -488,10 +492,27 @@ def print_agent_setup(host: str, port: int, ca_cert: Path) -> None:
 # --- reviewers -------------------------------------------------------------------------------
 
 
-def _engine(url: str):
-    from airlock.store.schema import create_schema, open_engine
+class NoStore(Exception):
+    """A command that reads the store was pointed at one that does not exist."""
 
+
+def _engine(url: str) -> Any:
+    """An existing store, brought up to this version's columns. Commands that read or decide
+    never create one: a typo in --db would otherwise look like an empty, intact store."""
+    from sqlalchemy import inspect
+    from sqlalchemy.engine import make_url
+
+    from airlock.store.schema import create_schema, normalise_url, open_engine
+
+    parsed = make_url(normalise_url(url))
+    shown = parsed.render_as_string(hide_password=True)
+    if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
+        raise NoStore(f"no store at {parsed.database} (start the proxy there first, or "
+                      "give --db or --data-dir)")  # fmt: skip
     engine = open_engine(url)
+    if not inspect(engine).has_table("runs"):
+        engine.dispose()
+        raise NoStore(f"{shown} holds no Airlock store (no runs table)")
     create_schema(engine)
     return engine
 

@@ -24,6 +24,7 @@ from textual.widgets import DataTable, Footer, Header, Input, Label, Static
 from airlock.store.approvals import (
     APPROVED,
     DENIED,
+    REASON_FROM_RISK,
     ApprovalError,
     PendingApproval,
     pending_approvals,
@@ -31,7 +32,7 @@ from airlock.store.approvals import (
 )
 from airlock.store.history import RecordedDecision, recorded_decisions
 
-HIGH_RISK = 70  # approving at or above this score needs a reason too
+HIGH_RISK = REASON_FROM_RISK  # asked for up front; the store refuses an approval without it
 _DECISION_STYLE = {"ALLOW": "green", "BLOCK": "red", "REQUIRE_APPROVAL": "yellow"}
 
 

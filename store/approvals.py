@@ -19,6 +19,9 @@ from airlock.store.records import OutcomeRecord, Settlement, record_outcomes, se
 from airlock.store.schema import Approval, ApprovalHolder, ApprovalVote, Run, write_transaction
 
 APPROVED, DENIED, EXPIRED, ABANDONED = "APPROVED", "DENIED", "EXPIRED", "ABANDONED"
+# Approving a request whose risk score is at least this needs a reason. Enforced here, the one
+# path every surface (CLI, reviewer console) decides through.
+REASON_FROM_RISK = 70
 TERMINAL_STATES = frozenset({APPROVED, DENIED, EXPIRED, ABANDONED})
 
 
@@ -147,8 +150,11 @@ def resolve_approval(
         current = conn.execute(
             select(Approval).where(Approval.id == approval_id).with_for_update()
         ).one()
-        agent = conn.execute(select(Run.agent).where(Run.id == current.run_id)).scalar_one()
+        agent, risk = conn.execute(
+            select(Run.agent, Run.risk).where(Run.id == current.run_id)
+        ).one()
         _check_can_decide(current, agent, reviewer, now)
+        _check_reason(state, reason, risk)
         refusal = reviewers.refusal(reviewer, current.reviewer_roles or ()) if reviewers else None
         if refusal:
             raise ApprovalError(refusal)
@@ -159,6 +165,18 @@ def resolve_approval(
             settlement, events = _vote(conn, current, reviewer, reason, now)
         append_events(tx, events)
     return settlement
+
+
+def _check_reason(state: str, reason: str | None, risk: int | None) -> None:
+    if reason and reason.strip():
+        return
+    if state == DENIED:
+        raise ApprovalError("a denial needs a reason: the agent is told it (--reason)")
+    if (risk or 0) >= REASON_FROM_RISK:
+        raise ApprovalError(
+            f"approving a request of risk {risk} (≥ {REASON_FROM_RISK}) needs a reason, "
+            "recorded in the audit trail (--reason)"
+        )
 
 
 def _check_can_decide(approval: Any, agent: str, reviewer: str, now: float) -> None:

@@ -38,7 +38,7 @@ def agents_dir(tmp_path: Path, extra_rules: str = "") -> Path:
             roles:
               payments: {{egress: [api.stripe.com]}}
               ops: {{egress: ["*.amazonaws.com"]}}
-              support: {{}}
+              support: {{egress: any}}
             """
         )
     )
@@ -82,7 +82,7 @@ def test_egress_profiles_and_role_rules(tmp_path: Path) -> None:
     assert (slack.verdict.decision, slack.verdict.rules) == ("BLOCK", ("egress-profile",))
     assert "outside the egress profile of billing-bot's roles (payments)" in slack.verdict.reason
     charge = {**doc("POST", "api.stripe.com", "/v1/charges", {"amount": "5"}), "agent": "ops-bot"}
-    # ops-bot's support role has no egress list, so it may reach Stripe; the role rule blocks.
+    # ops-bot's support role says `egress: any`, so it may reach Stripe; the role rule blocks.
     assert evaluate(charge, config).verdict.rules == ("ops-no-payments",)
 
 
@@ -92,6 +92,46 @@ def test_bad_agents_files_name_the_place(tmp_path: Path) -> None:
     (folder / "agents.yaml").write_text("agents:\n  - {id: a, key_hash: plaintext}\n")
     with pytest.raises(ConfigError, match=r"agents.yaml:2:\d+: key_hash must be"):
         load_agents(folder)
+
+
+AGENTS = """agents:
+  - {id: ops-bot, roles: [opps], key_hash: "sha256$00$00"}
+roles:
+  ops: {egress: [api.stripe.com]}
+"""
+
+
+def test_a_role_nobody_defined_is_a_load_error_not_an_open_door(tmp_path: Path) -> None:
+    folder = tmp_path / "p"
+    folder.mkdir()
+    (folder / "agents.yaml").write_text(AGENTS)
+    with pytest.raises(ConfigError) as raised:
+        load_agents(folder)
+    assert str(raised.value).startswith(f"{folder / 'agents.yaml'}:2:")
+    assert "role 'opps', which 'roles:' does not define (defined: ops)" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("agents", "stripe", "slack"),
+    [
+        ('{id: a, key_hash: "sha256$00$00"}', False, False),  # no roles: no host
+        ('{id: a, roles: [quiet], key_hash: "sha256$00$00"}', False, False),  # no egress
+        ('{id: a, roles: [open], key_hash: "sha256$00$00"}', True, True),  # egress: any
+        ('{id: a, roles: [quiet, pay], key_hash: "sha256$00$00"}', True, False),
+    ],
+)
+def test_only_an_explicit_egress_reaches_a_host(
+    tmp_path: Path, agents: str, stripe: bool, slack: bool
+) -> None:
+    folder = tmp_path / "p"
+    folder.mkdir()
+    (folder / "agents.yaml").write_text(
+        f"agents:\n  - {agents}\nroles:\n  quiet: {{}}\n  open: {{egress: any}}\n"
+        "  pay: {egress: [api.stripe.com]}\n"
+    )
+    registry = load_agents(folder)
+    assert (registry.egress_refusal("a", "api.stripe.com") is None) is stripe
+    assert (registry.egress_refusal("a", "slack.com") is None) is slack
 
 
 def credentials(name: str, key: str) -> str:

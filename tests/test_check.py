@@ -116,3 +116,26 @@ def test_cli_exit_codes(tmp_path: Path) -> None:
     assert dirty.returncode == 1
     assert dirty.stdout.startswith(f"{bad}:1:10: default: 'MAYBE' is not one of")
     assert airlock_check(tmp_path / "missing.yaml").returncode == 2
+
+
+def test_agents_that_reach_nothing_and_undefined_roles_are_reported(tmp_path: Path) -> None:
+    (tmp_path / "agents.yaml").write_text(
+        "agents:\n"
+        '  - {id: idle-bot, key_hash: "sha256$00$00"}\n'
+        '  - {id: quiet-bot, roles: [quiet], key_hash: "sha256$00$00"}\n'
+        "roles:\n"
+        "  quiet: {description: forgot the hosts}\n"
+    )
+    problems = [str(p) for p in check([tmp_path]).problems]
+    assert problems == [
+        f"{tmp_path / 'agents.yaml'}:2:5: agent 'idle-bot' has no roles, so it reaches no host: "
+        "give it a role with egress (or `enabled: false`)",
+        f"{tmp_path / 'agents.yaml'}:5:3: role 'quiet' has no egress, so it reaches no host: "
+        "list its hosts, or say `egress: any`",
+    ]
+    (tmp_path / "agents.yaml").write_text(
+        'agents:\n  - {id: ops-bot, roles: [opps], key_hash: "sha256$00$00"}\n'
+        "roles:\n  ops: {egress: any}\n"
+    )
+    [problem] = check([tmp_path]).problems
+    assert "role 'opps', which 'roles:' does not define (defined: ops)" in str(problem)

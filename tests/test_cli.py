@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import time
+import uuid
+from pathlib import Path
+
 import pytest
 
-from airlock.console.cli import build_parser
+from airlock.console.cli import build_parser, main
+from airlock.store.records import DecisionRecord, HoldRequest
+from tests.test_store import run_row, write
 
 
 @pytest.mark.parametrize(
     "command",
     [["run"], ["pending"], ["approve"], ["deny"], ["review"], ["check"], ["explain"], ["test"],
-     ["vocabulary"], ["agents", "key"], ["audit", "verify"]],
+     ["vocabulary"], ["agents", "key"], ["audit", "verify"], ["reload"]],
 )  # fmt: skip
 def test_every_command_has_help(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as done:
@@ -23,3 +29,35 @@ def test_every_command_has_help(command: list[str], capsys: pytest.CaptureFixtur
 def test_deciding_commands_read_the_reviewers_file(command: str) -> None:
     extra = {"approve": ["x"], "deny": ["x", "--reason", "r"], "review": []}[command]
     assert build_parser().parse_args([command, *extra]).policies.endswith("policies")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["pending"], ["review"], ["audit", "verify"], ["test", "--replay"], ["approve", "abcd1234"],
+     ["deny", "abcd1234", "--reason", "no"]],
+)  # fmt: skip
+def test_commands_never_create_a_store_that_is_not_there(
+    command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    typo = tmp_path / "airlok.db"
+    assert main([*command, "--db", f"sqlite:///{typo}"]) == 2
+    assert f"no store at {typo}" in capsys.readouterr().err
+    assert not typo.exists()
+
+
+def test_approve_from_the_cli_needs_a_reason_for_a_risky_request(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from airlock.store.schema import create_schema, open_engine
+
+    url = f"sqlite:///{tmp_path / 'airlock.db'}"
+    engine = open_engine(url)
+    create_schema(engine)
+    hold = HoldRequest(uuid.uuid4().hex, time.time() + 60, "h" * 64)
+    write(engine, DecisionRecord(run_row("REQUIRE_APPROVAL", risk=90), hold))
+    engine.dispose()
+
+    assert main(["approve", hold.approval_id, "--db", url, "--reviewer", "alice"]) == 1
+    assert "risk 90 (≥ 70) needs a reason" in capsys.readouterr().err
+    approved = ["approve", hold.approval_id, "--db", url, "--reviewer", "alice", "--reason", "ok"]
+    assert main(approved) == 0

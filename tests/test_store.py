@@ -733,3 +733,16 @@ def test_durability_sets_what_a_commit_survives(
 def test_an_unknown_durability_is_refused() -> None:
     with pytest.raises(ValueError, match="durability is one of full, process"):
         open_engine("sqlite:///x.db", "sometimes")
+
+
+def test_every_surface_needs_a_reason_for_a_risky_approval_and_any_denial(engine: Engine) -> None:
+    """The rule lives in the store's one decision path: the CLI and the console both meet it."""
+    risky, hold = run_row("REQUIRE_APPROVAL", risk=85), None
+    hold = HoldRequest(uuid.uuid4().hex, time.time() + 60, "h" * 64)
+    write(engine, DecisionRecord(risky, hold))
+    with pytest.raises(ApprovalError, match=r"risk 85 \(≥ 70\) needs a reason"):
+        resolve_approval(engine, hold.approval_id, APPROVED, "alice", None)
+    with pytest.raises(ApprovalError, match="a denial needs a reason"):
+        resolve_approval(engine, hold.approval_id, DENIED, "alice", "  ")
+    settled = resolve_approval(engine, hold.approval_id, APPROVED, "alice", "checked the invoice")
+    assert settled.state == APPROVED

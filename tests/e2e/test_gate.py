@@ -173,6 +173,9 @@ def test_held_request_waits_for_approval_from_another_process(
     assert response.json()["deleted"] is True
     assert upstream.count("/v1/customers/cus_42") == 1
     assert pending(proxy) == []
+    metrics = requests.get(f"http://127.0.0.1:{proxy.metrics_port}/metrics", timeout=5).text
+    assert 'airlock_approvals_settled_total{state="APPROVED"}' in metrics
+    assert "airlock_approval_decision_seconds_count" in metrics
 
 
 def test_denied_request_gets_403_with_the_reviewers_reason(
