@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from airlock.addons.agents import AgentRegistry, load_agents
+from airlock.addons.consistency import configuration_problems
 from airlock.addons.document import Document, normalise_host
 from airlock.addons.history import History
 from airlock.addons.mappings import (
@@ -32,9 +33,15 @@ class Config:
 
     @classmethod
     def load(cls, mappings_dir: Path, policies_dir: Path) -> Config:
-        return cls(
+        """Load and check together: what the files must agree on (addons/consistency.py) is
+        a load error, the first one found; `airlock check` lists them all."""
+        config = cls(
             load_mappings(mappings_dir), load_policies(policies_dir), load_agents(policies_dir)
         )
+        problems = configuration_problems(config.mappings, config.policies)
+        if problems:
+            raise problems[0]
+        return config
 
 
 @dataclass(frozen=True)

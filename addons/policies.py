@@ -172,6 +172,8 @@ class Rule:
     budget: Budget | None = None
     rate: Rate | None = None
     time_window: TimeWindow | None = None
+    # the `params:` conditions as written, for checks across mappings (addons/consistency.py)
+    param_specs: tuple[tuple[str, Any, Where], ...] = ()
 
     def fires(self, situation: Situation) -> bool:
         try:
@@ -498,6 +500,7 @@ def _load_rule(entry: Any, where: Where, order: int) -> Rule:
         budget=_budget(entry),
         rate=_rate(entry),
         param_tests=_param_tests(when),
+        param_specs=_param_specs(when),
         where=where,
         order=order,
         mode=mode,
@@ -628,6 +631,13 @@ def _indexable_actions(when: Node) -> frozenset[str] | None:
     if not isinstance(names, list) or any(_is_glob(n) for n in names):
         return None
     return frozenset(names)
+
+
+def _param_specs(when: Node) -> tuple[tuple[str, Any, Where], ...]:
+    params = when.get("params")
+    if not isinstance(params, Node):
+        return ()
+    return tuple((name, params[name], params.at(name)) for name in params)
 
 
 def _param_tests(when: Node) -> tuple[tuple[str, Test], ...]:

@@ -2,7 +2,8 @@
 
 Three passes: the JSON Schema that editors also use (console/schemas/), then the loader that
 the proxy runs (compiles JSONPath, regexes, templates; finds duplicate ids), then analysis
-across files (mappings that can never be reached).
+across files (mappings that can never be reached; rules naming actions nothing produces, or
+comparing with numbers a param its mapping extracts as text: addons/consistency.py).
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
 from airlock.addons.agents import AGENTS_FILE, REVIEWERS_FILE, load_agents, load_reviewers
-from airlock.addons.mappings import Mapping, load_mapping_file, shadowed_mappings
+from airlock.addons.consistency import configuration_problems
+from airlock.addons.mappings import Mapping, MappingIndex, load_mapping_file, shadowed_mappings
 from airlock.addons.operations import OperationIndex, load_catalog
-from airlock.addons.policies import Rule, load_policy_file
+from airlock.addons.policies import PolicySet, Rule, load_policy_file
 from airlock.addons.yaml_source import ConfigError, Node, Seq, Where, load_yaml
 
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
@@ -81,6 +83,11 @@ def check(paths: Iterable[Path]) -> Report:
             continue  # policy tests are checked by `airlock test`
         problems += _check_file(path, mappings, rules, operations)
     problems += _duplicates(mappings, rules)
+    if mappings and rules:  # what they must agree on, when both are being checked
+        together = configuration_problems(
+            MappingIndex(mappings, operations), PolicySet(rules, "ALLOW")
+        )
+        problems += [Problem(e.where, e.message) for e in together]
     problems += [
         Problem(
             later.where,

@@ -139,3 +139,42 @@ def test_agents_that_reach_nothing_and_undefined_roles_are_reported(tmp_path: Pa
     )
     [problem] = check([tmp_path]).problems
     assert "role 'opps', which 'roles:' does not define (defined: ops)" in str(problem)
+
+
+def test_rules_that_break_or_never_fire_at_runtime_are_all_reported(tmp_path: Path) -> None:
+    """The shipped SendGrid mapping extracts `sender` as text: comparing it with a number
+    would refuse every mail at runtime; `delete_repo` is nobody's action (a typo)."""
+    policies = write(tmp_path / "policies", "p.yaml", """
+        rules:
+          - {id: many-senders, when: {action: send_message, params: {sender: {gt: 10}}},
+             decision: BLOCK}
+          - {id: no-repo-deletes, when: {action: delete_repo}, decision: BLOCK}
+          - {id: big-charges, when: {action: create_charge, params: {amount: {gte: 5}}},
+             decision: BLOCK}
+        """)  # fmt: skip
+    found = lines([PROJECT_ROOT / "mappings", policies])
+    assert len(found) == 3, found  # every problem in one run; the charge rule is fine
+    senders = ("sendgrid.mail_send", "twilio.messages.create")
+    for line, mapping in zip(found, senders, strict=False):
+        assert line.startswith(f"{policies}:2:")
+        assert f"compares param 'sender' with a number (gt), but mapping {mapping!r}" in line
+    assert found[2].startswith(f"{policies}:4:")
+    assert "names action 'delete_repo', which no mapping or catalog operation produces" in found[2]
+    assert "did you mean 'delete_record'?" in found[2]
+
+
+def test_the_proxy_refuses_to_load_what_would_break_at_runtime(tmp_path: Path) -> None:
+    from airlock.addons.evaluation import Config
+    from airlock.addons.yaml_source import ConfigError
+
+    policies = write(tmp_path / "policies", "p.yaml", """
+        rules:
+          - {id: many-senders, when: {action: send_message, params: {sender: {gt: 10}}},
+             decision: BLOCK}
+        """)  # fmt: skip
+    try:
+        Config.load(PROJECT_ROOT / "mappings", policies.parent)
+    except ConfigError as e:
+        assert str(e).startswith(f"{policies}:2:")
+    else:
+        raise AssertionError("loaded a rule that refuses every SendGrid mail")

@@ -225,14 +225,14 @@ def start_airlock(
 
 
 def write_bulk_policies(folder: Path, count: int) -> None:
-    """The shipped policies plus `count` more rules spread over 100 actions."""
+    """The shipped policies plus `count` more rules spread over the 40 bulk mappings' actions."""
     folder.mkdir(parents=True)
     for shipped in (PROJECT_ROOT / "policies").glob("*.yaml"):
         shutil.copy(shipped, folder / shipped.name)
     lines = ["rules:"]
     for i in range(count):
         lines.append(
-            f"  - {{id: bulk-{i}, when: {{action: bulk_action_{i % 100}, params: "
+            f"  - {{id: bulk-{i}, when: {{action: bulk_action_{i % 40}, params: "
             f"{{amount: {{gte: {i * 10}}}}}}}, decision: REQUIRE_APPROVAL}}"
         )
     lines.append(
