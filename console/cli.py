@@ -396,6 +396,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"airlock run: {e}", file=sys.stderr)
         return 2
+    problem = _ports_taken(args) or _store_unreachable(args.db)
+    if problem:
+        print(f"airlock run: {problem}", file=sys.stderr)
+        return 2
     confdir = Path(args.confdir).resolve()
     ca_cert = ensure_ca(confdir)
     if not args.quiet:
@@ -404,6 +408,43 @@ def cmd_run(args: argparse.Namespace) -> int:
     announce(args.data_dir, Running(os.getpid(), args.port, mappings, policies))
     mitmdump(mitmdump_arguments(args, confdir))
     return 0
+
+
+def _ports_taken(args: argparse.Namespace) -> str | None:
+    """Said with the flag that fixes it, before mitmproxy prints a traceback about its option."""
+    import socket
+
+    wanted = [(args.port, "--port")]
+    if args.metrics_port:
+        wanted.append((args.metrics_port, "--metrics-port"))
+    for port, flag in wanted:
+        with socket.socket() as probe:
+            # as servers bind: a port left in TIME_WAIT by a stopped proxy is free
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((args.host if flag == "--port" else "127.0.0.1", port))
+            except OSError as e:
+                extra = ", or 0 to turn metrics off" if flag == "--metrics-port" else ""
+                return (f"port {port} is taken ({e.strerror}): another Airlock or program "
+                        f"listens there; choose another with {flag} PORT{extra}")  # fmt: skip
+    return None
+
+
+def _store_unreachable(url: str) -> str | None:
+    from sqlalchemy.engine import make_url
+
+    from airlock.store.schema import open_engine
+
+    try:
+        engine = open_engine(url)
+        with engine.connect():
+            pass
+        engine.dispose()
+    except Exception as e:
+        shown = make_url(url).render_as_string(hide_password=True)
+        cause = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+        return f"cannot open the store {shown}: {cause} (--db URL, or $AIRLOCK_DB)"
+    return None
 
 
 def cmd_reload(args: argparse.Namespace) -> int:

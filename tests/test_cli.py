@@ -61,3 +61,26 @@ def test_approve_from_the_cli_needs_a_reason_for_a_risky_request(
     assert "risk 90 (≥ 70) needs a reason" in capsys.readouterr().err
     approved = ["approve", hold.approval_id, "--db", url, "--reviewer", "alice", "--reason", "ok"]
     assert main(approved) == 0
+
+
+def test_run_says_which_flag_fixes_a_taken_port_or_an_unreachable_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        base = ["run", "--data-dir", str(tmp_path), "--quiet"]
+        assert main([*base, "--port", str(port), "--metrics-port", "0"]) == 2
+        assert f"port {port} is taken" in capsys.readouterr().err
+        assert main([*base, "--port", "0", "--metrics-port", str(port)]) == 2
+        err = capsys.readouterr().err
+        assert "choose another with --metrics-port PORT, or 0 to turn metrics off" in err
+        assert "Traceback" not in err
+    unreachable = "postgresql://nobody@127.0.0.1:9/none"
+    assert main([*base, "--port", "0", "--metrics-port", "0", "--db", unreachable]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("airlock run: cannot open the store postgresql://nobody@127.0.0.1:9/none")
+    assert len(err.strip().splitlines()) == 1
