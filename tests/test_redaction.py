@@ -181,3 +181,62 @@ def test_the_path_as_sent_is_not_kept_where_it_could_hide_a_secret() -> None:
     stored = redact_document(document)
     assert "raw_path" not in stored
     assert "Planted" not in str(stored)
+
+
+def corpus_requests() -> list[tuple[str, str, list[tuple[str, str]], bytes, str]]:
+    """The corpus as requests an SDK would send: (method, path, headers, body, content type)
+    for a JSON body, a form body and an XML body, secrets in headers and the query string."""
+    import json
+    from urllib.parse import quote, urlencode
+
+    from tests.secret_corpus import CORPUS
+
+    headers = [(w.split(":", 1)[1], v) for _, w, v in CORPUS if w.startswith("header:")]
+    query = urlencode([(w.split(":", 1)[1], v) for _, w, v in CORPUS if w.startswith("query:")])
+    note = " and ".join(v for _, w, v in CORPUS if w == "text")
+    url = next(v for _, w, v in CORPUS if w == "url")
+    fields = {w.split(":", 1)[1]: v for _, w, v in CORPUS if w.startswith("json:")}
+    body = json.dumps({**fields, "note": note, "callback": f"https://{url}@hooks.example.com/x"})
+    form = "&".join(
+        f"{quote(w.split(':', 1)[1], safe='[]')}={quote(v)}"
+        for _, w, v in CORPUS
+        if w.startswith("form:")
+    )
+    xml = next(v for _, w, v in CORPUS if w == "xml")
+    xml_body = f"<Login><User>ops</User><Password>{xml}</Password></Login>"
+    return [
+        ("POST", f"/v1/things?{query}", headers, body.encode(), "application/json"),
+        ("POST", "/v1/forms", headers, form.encode(), "application/x-www-form-urlencoded"),
+        ("PUT", "/v1/config", headers, xml_body.encode(), "application/xml"),
+    ]
+
+
+def test_a_corpus_of_real_secret_formats_is_redacted_kind_by_kind() -> None:
+    import json
+
+    from airlock.addons.document import WireRequest, build_document
+    from tests.secret_corpus import CORPUS
+
+    stored = ""
+    for method, path, headers, body, kind in corpus_requests():
+        request = WireRequest(
+            method, "https", "api.example.com", 443, path,
+            [*headers, ("content-type", kind)], body,
+        )  # fmt: skip
+        stored += json.dumps(redact_document(build_document(request, "agent")), ensure_ascii=False)
+    found = [kind for kind, _, value in CORPUS if value in stored]
+    assert found == [], f"stored in clear: {found}"
+    assert len({kind for kind, _, _ in CORPUS}) >= 30
+    assert "[CARD …4242]" in stored  # masked to the last four digits
+
+
+def test_ordinary_values_are_left_alone() -> None:
+    """What reviewers need stays readable: amounts, ids, timestamps, Twilio account SIDs,
+    token counts, words of prose."""
+    kept = [
+        "150000", "1733212800123", "cus_9s6XKzkNRiz8i3", "ch_3PlAbC2eZvKYlo2C1",
+        "AC0123456789abcdef0123456789abcdef", "max_tokens=4096",
+        "Please archive the #general channel before Friday",
+        "arn:aws:s3:::reports-2026/q4/summary.csv", "+14155550123",
+    ]  # fmt: skip
+    assert [redact_text(v) for v in kept] == kept
