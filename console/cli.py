@@ -333,6 +333,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     draft.add_argument("--out", metavar="FILE", help="write here instead of to standard output")
 
+    doctor = commands.add_parser(
+        "doctor",
+        help="check that this shell's clients will go through Airlock",
+        description="Check, line by line, what an agent's machine needs: the proxy variables "
+        "(upper and lower case) and the proxy answering, each client family's CA variable "
+        "holding Airlock's CA (requests, httpx/urllib, boto3, Node, curl), Node's proxy switch, "
+        "stripe-python's settings, and the store. Prints what to run to fix each; exit 1 if "
+        "anything needs fixing.",
+    )
+    _db_argument(doctor)
+
     reload = commands.add_parser(
         "reload",
         help="make running proxies re-read their configuration",
@@ -374,6 +385,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "review": cmd_review,
         "mappings": cmd_mappings_import,
         "reload": cmd_reload,
+        "doctor": cmd_doctor,
     }
     try:
         return handlers[args.command](args)
@@ -447,6 +459,27 @@ def _store_unreachable(url: str) -> str | None:
     return None
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from airlock.console.doctor import diagnose
+
+    def store_problem() -> str | None:
+        try:
+            _engine(args.db).dispose()
+        except NoStore as e:
+            return str(e)
+        except Exception:
+            return _store_unreachable(args.db) or "the store cannot be read"
+        return None
+
+    ca_cert = ca_dir(args.data_dir) / CA_CERT_NAME
+    findings = diagnose(os.environ, ca_cert, store_problem)
+    for finding in findings:
+        print(finding)
+    needed = sum(not f.ok for f in findings)
+    print(f"\n{needed} to fix" if needed else "\nall set: agents in this shell go through Airlock")
+    return 1 if needed else 0
+
+
 def cmd_reload(args: argparse.Namespace) -> int:
     import signal
 
@@ -516,18 +549,38 @@ def ensure_ca(confdir: Path) -> Path:
 def print_agent_setup(host: str, port: int, ca_cert: Path) -> None:
     shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     proxy = f"http://{shown}:{port}"
-    console = Console(highlight=False)
+    console = Console(highlight=False, soft_wrap=True)  # lines to copy are never broken
     console.print(f"[bold]Airlock[/] on {proxy}. In an agent's shell:\n")
     for line in (
-        f"export HTTPS_PROXY={proxy} HTTP_PROXY={proxy}",
+        f"export HTTPS_PROXY={proxy} HTTP_PROXY={proxy} https_proxy={proxy} http_proxy={proxy}",
         f"export REQUESTS_CA_BUNDLE={ca_cert}   # requests",
         f"export SSL_CERT_FILE={ca_cert}        # httpx, slack_sdk, urllib",
         f"export AWS_CA_BUNDLE={ca_cert}        # boto3",
         f"export NODE_EXTRA_CA_CERTS={ca_cert}  # Node (and NODE_USE_ENV_PROXY=1)",
+        f"export CURL_CA_BUNDLE={ca_cert}       # curl",
     ):
         console.print(f"  {line}")
     console.print(f'  stripe.ca_bundle_path = "{ca_cert}"  # stripe-python ignores the variables')
-    console.print("  Identify an agent with HTTPS_PROXY=http://AGENT-NAME:x@host:port\n")
+    console.print("  Identify an agent with HTTPS_PROXY=http://AGENT-NAME:x@host:port")
+    console.print("  Then `airlock doctor` in that shell checks every setting.\n")
+    command = _command_hint()
+    console.print(f"Reviewers: [bold]{command} review[/] (the console), {command} pending, "
+                  f"{command} approve ID.")  # fmt: skip
+    if command != "airlock":
+        console.print(f"  ({command} is not on PATH: export PATH=\"{Path(command).parent}:$PATH\" "
+                      "to type airlock)")  # fmt: skip
+    console.print()
+
+
+def _command_hint() -> str:
+    """How to run `airlock` from another shell: its name when it is on PATH, else its path."""
+    import shutil
+
+    installed = Path(sys.executable).parent / "airlock"
+    on_path = shutil.which("airlock")
+    if on_path and Path(on_path).resolve() == installed.resolve():
+        return "airlock"
+    return str(installed)
 
 
 # --- reviewers -------------------------------------------------------------------------------
