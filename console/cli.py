@@ -622,22 +622,43 @@ def cmd_pending(args: argparse.Namespace) -> int:
     if not items:
         console.print("No requests are waiting for approval.")
         return 0
+    if console.width < WIDE_TABLE:
+        _print_pending_cards(console, items)
+        return 0
     table = Table("approval", "agent", "action", "target", "params", "why held", "undo", "left")
     now = time.time()
     for item in items:
-        params = " ".join(f"{k}={v}" for k, v in item.params.items() if not isinstance(v, dict))
         table.add_row(
             item.id[:12],
             item.agent,
             item.action,
             item.target,
-            params,
+            _flat_params(item.params),
             item.reason,
             item.undo["action"] if item.undo else "none known",
             f"{max(0, item.expires_at - now):.0f}s",
         )
     console.print(table)
     return 0
+
+
+WIDE_TABLE = 120  # columns below which approvals print as blocks: a table would cut every cell
+
+
+def _flat_params(params: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in params.items() if not isinstance(v, dict))
+
+
+def _print_pending_cards(console: Console, items: list[Any]) -> None:
+    """One block per approval, nothing cut: its id first (what `airlock approve` takes)."""
+    now = time.time()
+    for item in items:
+        left = f"{max(0, item.expires_at - now):.0f}s left"
+        console.print(f"[bold]{item.id[:12]}[/]  {item.agent}  {item.action} → {item.target}"
+                      f"  ({left}, risk {item.risk})")  # fmt: skip
+        console.print(f"  params: {_flat_params(item.params) or 'none'}", markup=False)
+        console.print(f"  why held: {item.reason}", markup=False)
+        console.print(f"  undo: {item.undo['action'] if item.undo else 'none known'}\n")
 
 
 def cmd_decide(args: argparse.Namespace) -> int:
@@ -766,13 +787,15 @@ def replay_recorded(args: argparse.Namespace, config: Any) -> int:
 
     since = time.time() - args.since * 3600 if args.since else None
     runs = recorded_decisions(_engine(args.db), since=since, limit=args.limit)
-    report = replay(runs, config.policies)
+    report = replay(runs, config.policies, config.agents)
     assert report.changes is not None and report.transitions is not None
     for change in report.changes:
         print(change.line())
     print(
         f"replayed {report.replayed} decisions with {args.policies}: {len(report.changes)} would "
-        f"change; {report.skipped} skipped (blocked by a failed stage, not by policy)"
+        f"change; {report.skipped} skipped (blocked by a failed stage, not by policy), "
+        f"{report.not_policy} not replayed (refused before any policy: proxy credentials, "
+        "Airlock's own ports)"
     )
     for (before, after), count in sorted(report.transitions.items()):
         print(f"  {before} → {after}: {count}")

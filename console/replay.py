@@ -11,8 +11,9 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from airlock.addons.agents import AgentRegistry
 from airlock.addons.mappings import Action
-from airlock.addons.policies import PolicySet
+from airlock.addons.policies import BLOCK, PolicySet
 from airlock.store.history import RecordedDecision
 
 
@@ -34,24 +35,50 @@ class Change:
 class ReplayReport:
     replayed: int = 0
     skipped: int = 0  # blocked by a failed stage, not by policy: nothing to compare
+    # refused before any policy (proxy credentials, Airlock's own ports): nothing to replay
+    not_policy: int = 0
     changes: list[Change] | None = None
     transitions: Counter[tuple[str, str]] | None = None
 
 
-def replay(runs: Iterable[RecordedDecision], policies: PolicySet) -> ReplayReport:
+# Refusals that no policy made: credentials are not stored, and Airlock's own ports stay shut.
+NOT_POLICY_RULES = frozenset({"agent-identity", "control-surface"})
+EGRESS_RULE = "egress-profile"
+
+
+def replay(
+    runs: Iterable[RecordedDecision], policies: PolicySet, agents: AgentRegistry | None = None
+) -> ReplayReport:
+    """`agents`: the candidate agents file; an egress refusal is judged again with it (and
+    stays a refusal while it still refuses), never reported as a policy change."""
     report = ReplayReport(changes=[], transitions=Counter())
     assert report.changes is not None and report.transitions is not None
     for run in runs:
         if run.error:
             report.skipped += 1
             continue
-        action = Action(
-            run.action, run.provider, run.category, run.sensitivity, run.target,
-            run.params, run.mapping_id, run.context, operation=run.operation,
-        )  # fmt: skip
-        verdict = policies.decide(action, run.agent)
+        if NOT_POLICY_RULES & set(run.rules):
+            report.not_policy += 1
+            continue
+        decision, rules = _decide_again(run, policies, agents)
         report.replayed += 1
-        if verdict.decision != run.decision:
-            report.changes.append(Change(run, verdict.decision, verdict.rules))
-            report.transitions[(run.decision, verdict.decision)] += 1
+        if decision != run.decision:
+            report.changes.append(Change(run, decision, rules))
+            report.transitions[(run.decision, decision)] += 1
     return report
+
+
+def _decide_again(
+    run: RecordedDecision, policies: PolicySet, agents: AgentRegistry | None
+) -> tuple[str, tuple[str, ...]]:
+    if agents is not None and (EGRESS_RULE in run.rules or agents.required):
+        if agents.egress_refusal(run.agent, run.host):
+            return BLOCK, (EGRESS_RULE,)
+    elif EGRESS_RULE in run.rules:
+        return run.decision, tuple(run.rules)  # no agents file to judge it with: as recorded
+    action = Action(
+        run.action, run.provider, run.category, run.sensitivity, run.target,
+        run.params, run.mapping_id, run.context, operation=run.operation,
+    )  # fmt: skip
+    verdict = policies.decide(action, run.agent)
+    return verdict.decision, verdict.rules

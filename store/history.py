@@ -34,6 +34,7 @@ class RecordedDecision:
     status: int | None = None
     risk: int | None = None
     operation: str | None = None
+    host: str = ""
 
 
 def recorded_decisions(
@@ -67,6 +68,7 @@ def recorded_decisions(
             target=row.target,
             mapping_id=row.mapping_id,
             operation=row.operation,
+            host=row.host,
             params=row.params or {},
             context=row.context or {},
             decision=row.decision,

@@ -84,3 +84,26 @@ def test_run_says_which_flag_fixes_a_taken_port_or_an_unreachable_store(
     err = capsys.readouterr().err
     assert err.startswith("airlock run: cannot open the store postgresql://nobody@127.0.0.1:9/none")
     assert len(err.strip().splitlines()) == 1
+
+
+def test_pending_at_80_columns_cuts_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airlock.store.schema import create_schema, open_engine
+
+    url = f"sqlite:///{tmp_path / 'airlock.db'}"
+    engine = open_engine(url)
+    create_schema(engine)
+    hold = HoldRequest(uuid.uuid4().hex, time.time() + 60, "h" * 64)
+    row = run_row("REQUIRE_APPROVAL", params={"amount": 150000, "currency": "usd",
+                                               "customer": "cus_LongCustomerId0123"})  # fmt: skip
+    write(engine, DecisionRecord(row, hold))
+    engine.dispose()
+    monkeypatch.setenv("COLUMNS", "80")
+
+    assert main(["pending", "--db", url]) == 0
+    out = capsys.readouterr().out
+    assert all(len(line) <= 80 for line in out.splitlines())
+    assert hold.approval_id[:12] in out
+    assert "amount=150000 currency=usd customer=cus_LongCustomerId0123" in out
+    assert "…" not in out

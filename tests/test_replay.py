@@ -67,3 +67,40 @@ def test_replay_from_the_command_line(engine: Engine, db_url: str, tmp_path: Pat
     assert "replayed 3 decisions" in done.stdout and "2 would change; 1 skipped" in done.stdout
     assert "REQUIRE_APPROVAL → BLOCK (rules: charges-over-1000)" in done.stdout
     assert "  ALLOW → BLOCK: 1" in done.stdout
+
+
+def test_refusals_no_policy_made_are_not_reported_as_changes(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """A 407 (no credentials) and an egress refusal, replayed with the same agents file:
+    nothing would change."""
+    from airlock.addons.agents import load_agents
+    from tests.test_agents import agents_dir
+
+    folder = agents_dir(tmp_path)
+    write(
+        engine,
+        DecisionRecord(run_row("BLOCK", action="proxy.authenticate", rules=["agent-identity"])),
+        DecisionRecord(
+            run_row(
+                "BLOCK",
+                agent="billing-bot",
+                host="slack.com",
+                action="send_message",
+                rules=["egress-profile"],
+            )
+        ),
+        DecisionRecord(run_row("ALLOW", agent="billing-bot", params={"amount": 500})),
+    )
+    report = replay(recorded_decisions(engine), load_policies(folder), load_agents(folder))
+    assert report.changes == []
+    assert (report.replayed, report.not_policy) == (2, 1)
+
+    # Once the agents file lets billing-bot reach Slack, the refusal would change.
+    (folder / "agents.yaml").write_text(
+        (folder / "agents.yaml")
+        .read_text()
+        .replace("[api.stripe.com]", "[api.stripe.com, slack.com]")
+    )
+    changed = replay(recorded_decisions(engine), load_policies(folder), load_agents(folder))
+    assert [(c.run.decision, c.decision) for c in changed.changes or []] == [("BLOCK", "ALLOW")]
