@@ -16,7 +16,8 @@ from tests.test_store import run_row, write
 @pytest.mark.parametrize(
     "command",
     [["run"], ["pending"], ["approve"], ["deny"], ["review"], ["check"], ["explain"], ["test"],
-     ["vocabulary"], ["agents", "key"], ["audit", "verify"], ["reload"], ["doctor"]],
+     ["vocabulary"], ["agents", "key"], ["audit", "verify"], ["audit", "export"], ["reload"],
+     ["doctor"]],
 )  # fmt: skip
 def test_every_command_has_help(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as done:

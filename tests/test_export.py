@@ -1,0 +1,92 @@
+"""`airlock audit export`: the chain out of the database, and checked again without it."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.engine import Engine
+
+from airlock.console.cli import main
+from airlock.store.approvals import APPROVED, resolve_approval
+from airlock.store.records import DecisionRecord, HoldRequest, OutcomeRecord
+from airlock.store.schema import AuditEvent
+from tests.test_store import run_row, write
+
+
+def record_a_day(engine: Engine) -> int:
+    """Decisions, a hold approved by a reviewer, outcomes: returns the events on the chain."""
+    allowed, held = run_row("ALLOW"), run_row("REQUIRE_APPROVAL")
+    hold = HoldRequest(uuid.uuid4().hex, time.time() + 60, "h" * 64)
+    write(
+        engine,
+        DecisionRecord(allowed),
+        DecisionRecord(held, hold),
+        DecisionRecord(run_row("BLOCK")),
+    )
+    resolve_approval(engine, hold.approval_id, APPROVED, "alice", "checked")
+    write(engine, OutcomeRecord(allowed["id"], time.time(), "forwarded", 200, 12.0))
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(AuditEvent)).scalar_one()
+
+
+def test_a_jsonl_export_holds_every_event_and_verifies_offline(
+    engine: Engine, db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    total = record_a_day(engine)
+    out = tmp_path / "trail.jsonl"
+    assert main(["audit", "export", "--db", db_url, "--out", str(out)]) == 0
+    lines = out.read_text().splitlines()
+    assert len(lines) == total
+    first = json.loads(lines[0])
+    assert (first["seq"], first["kind"]) == (1, "decision") and len(first["hash"]) == 64
+    assert {json.loads(line)["kind"] for line in lines} >= {"decision", "approval", "outcome"}
+
+    assert main(["audit", "verify", "--export", str(out)]) == 0
+    assert (
+        f"export intact: {total} events (chain positions 1 to {total})" in capsys.readouterr().out
+    )
+
+
+def test_an_edited_or_shortened_export_is_caught_offline(
+    engine: Engine, db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    record_a_day(engine)
+    out = tmp_path / "trail.jsonl"
+    assert main(["audit", "export", "--db", db_url, "--out", str(out)]) == 0
+    lines = out.read_text().splitlines()
+
+    edited = [json.loads(line) for line in lines]
+    blocked = next(e for e in edited if e["payload"].get("decision") == "BLOCK")
+    blocked["payload"]["decision"] = "ALLOW"
+    (tmp_path / "edited.jsonl").write_text("\n".join(json.dumps(e) for e in edited) + "\n")
+    assert main(["audit", "verify", "--export", str(tmp_path / "edited.jsonl")]) == 1
+    assert f"event {blocked['seq']}" in capsys.readouterr().err
+
+    (tmp_path / "cut.jsonl").write_text("\n".join(lines[:1] + lines[2:]) + "\n")
+    assert main(["audit", "verify", "--export", str(tmp_path / "cut.jsonl")]) == 1
+    assert "does not follow event 1" in capsys.readouterr().err
+
+
+def test_csv_and_time_slices(engine: Engine, db_url: str, tmp_path: Path) -> None:
+    total = record_a_day(engine)
+    out = tmp_path / "trail.csv"
+    assert main(["audit", "export", "--db", db_url, "--format", "csv", "--out", str(out)]) == 0
+    with out.open(newline="") as rows:
+        table = list(csv.DictReader(rows))
+    assert len(table) == total
+    assert table[0]["decision"] == "ALLOW" and table[0]["agent"] == "agent-a"
+    assert json.loads(table[0]["payload"])["decision"] == "ALLOW"
+
+    future = tmp_path / "none.jsonl"
+    assert (
+        main(["audit", "export", "--db", db_url, "--since", "2999-01-01", "--out", str(future)])
+        == 0
+    )
+    assert future.read_text() == ""
+    assert main(["audit", "export", "--db", db_url, "--since", "yesterday"]) == 2
