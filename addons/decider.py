@@ -49,6 +49,7 @@ from airlock.addons.mappings import fallback_action
 from airlock.addons.policies import ALLOW, BLOCK, ENFORCE, OFF, REQUIRE_APPROVAL, Shadow, Verdict
 from airlock.addons.redaction import redact_document, redact_text, redact_value
 from airlock.addons.yaml_source import replaying_sources, sources_hash
+from airlock.store.anchor import Anchoring
 from airlock.store.approvals import (
     ABANDONED,
     EXPIRED,
@@ -102,6 +103,7 @@ class Decider:
         # batch is taken, so later batches find them in the store.
         self.opening: dict[str, dict[str, Any]] = {}
         self.watch = SettlementWatch(self.engine)
+        self.anchor: Anchoring | None = None  # signed checkpoints outside the database
 
     def take(self, frames: list[bytes]) -> Taken:
         taken = Taken([])
@@ -143,6 +145,7 @@ class Decider:
                 self.missing = f"the decider cannot load its configuration: {e}"
                 log.error("%s", self.missing)
             self._load_history_or_say_why()
+            self._start_anchoring(fields.get("anchor_dir"))
         else:
             raise ValueError(f"unknown message {kind!r}")
 
@@ -248,6 +251,22 @@ class Decider:
             reviewer_roles=tuple(verdict.reviewer_roles),
         )
 
+    def _start_anchoring(self, data_dir: str | None) -> None:
+        if not data_dir or self.anchor is not None:
+            return
+        try:
+            self.anchor = Anchoring(self.engine, Path(data_dir))
+        except Exception as e:  # the chain still verifies on its own; say it is not anchored
+            log.error("cannot sign audit checkpoints in %s: %s", data_dir, e)
+
+    def done(self) -> None:
+        """The writer is stopping: a last checkpoint covers everything it wrote."""
+        if self.anchor is not None:
+            try:
+                self.anchor.checkpoint()
+            except Exception as e:
+                log.error("cannot write the last audit checkpoint: %s", e)
+
     def pushed(self) -> list[Any]:
         return [["settled", settlement] for settlement in self.watch.settled()]
 
@@ -299,11 +318,18 @@ class Decider:
 
     def tick(self) -> float | None:
         """Due work: watching held approvals (pushed()), and other instances' decisions."""
-        history = self._sync_history()
-        watching = self.watch.due()
-        if watching is None or history is None:
-            return history if watching is None else watching
-        return min(history, watching)
+        waits = [self._sync_history(), self.watch.due(), self._anchor_tick()]
+        due = [wait for wait in waits if wait is not None]
+        return min(due) if due else None
+
+    def _anchor_tick(self) -> float | None:
+        if self.anchor is None:
+            return None
+        try:
+            return self.anchor.tick()
+        except Exception as e:
+            log.error("cannot write an audit checkpoint: %s", e)
+            return None
 
     def _sync_history(self) -> float | None:
         """Other proxy instances on the same database: their decisions count here too, read in

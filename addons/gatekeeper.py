@@ -134,6 +134,13 @@ class Gate:
             choices=list(DURABILITY_MODES),
         )
         loader.add_option(
+            "airlock_anchor_dir",
+            str,
+            "",
+            "Data directory whose keys/audit-ed25519.pem signs audit checkpoints written to its "
+            "checkpoints/ folder (made on first use); empty: no checkpoints.",
+        )
+        loader.add_option(
             "airlock_mappings",
             str,
             str(shipped("mappings")),
@@ -302,7 +309,11 @@ class Gate:
     def _greeting(self) -> list[bytes]:
         """What a (re)started decider process needs first (addons/decider.py), and the
         approvals this proxy holds flows for, which it watches."""
-        setup = {"instance": self.instance, "sync_every": HISTORY_SYNC_SECONDS}
+        setup = {
+            "instance": self.instance,
+            "sync_every": HISTORY_SYNC_SECONDS,
+            "anchor_dir": ctx.options.airlock_anchor_dir,
+        }
         frames = [hosted_frame(0, ["setup", setup | self._decider_config()])]
         if self.holds:
             frames.append(hosted_frame(0, ["watch", {"ids": list(self.holds)}]))

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from airlock.console.running import Running, announce, running_proxies
+from airlock.store.anchor import PUBLIC_FILE
 from airlock.store.locations import (
     PACKAGE_ROOT,
     ca_dir,
@@ -369,6 +370,16 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument(
         "--export", metavar="FILE", help="a JSON-lines export to check, without the database"
     )
+    verify.add_argument(
+        "--checkpoint", metavar="FILE",
+        help="a signed checkpoint to check the chain against (default: the data directory's "
+        "checkpoints/latest, when there is one)",
+    )  # fmt: skip
+    verify.add_argument(
+        "--public-key", metavar="KEY|FILE",
+        help="the audit key (airlock-audit+BASE64, or a file holding it; default: the data "
+        "directory's keys/audit-ed25519.pub)",
+    )  # fmt: skip
     export = audit_commands.add_parser(
         "export",
         help="write the audit trail out, for auditors and SIEMs",
@@ -433,8 +444,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     confdir = Path(args.confdir).resolve()
     ca_cert = ensure_ca(confdir)
+    audit_key = _audit_public_key(args.data_dir)
     if not args.quiet:
         print_agent_setup(args.host, args.port, ca_cert)
+        print(
+            f"Audit checkpoints are signed with {audit_key}\n  (give it to auditors: "
+            f"airlock audit verify --public-key; it is in {args.data_dir / PUBLIC_FILE})\n"
+        )
     mappings, policies = str(Path(args.mappings).resolve()), str(Path(args.policies).resolve())
     announce(args.data_dir, Running(os.getpid(), args.port, mappings, policies))
     mitmdump(mitmdump_arguments(args, confdir))
@@ -499,6 +515,13 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 1 if needed else 0
 
 
+def _audit_public_key(data_dir: Path) -> str:
+    """Made on first start beside the CA: the decider signs checkpoints with it."""
+    from airlock.store.anchor import load_or_create_key, public_key_text
+
+    return public_key_text(load_or_create_key(data_dir).public_key())
+
+
 def cmd_reload(args: argparse.Namespace) -> int:
     import signal
 
@@ -537,6 +560,7 @@ def mitmdump_arguments(args: argparse.Namespace, confdir: Path) -> list[str]:
         "flow_detail": "0",  # the gate prints its own line per decision
         "airlock_db": args.db,
         "airlock_durability": args.durability,
+        "airlock_anchor_dir": str(args.data_dir),
         "airlock_mappings": str(Path(args.mappings).resolve()),
         "airlock_policies": str(Path(args.policies).resolve()),
         "airlock_hold_timeout": str(args.hold_timeout),
@@ -871,16 +895,48 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         return cmd_audit_export(args)
     if args.export:
         return _verify_export(Path(args.export))
-    report = verify_audit(_engine(args.db))
+    engine = _engine(args.db)
+    report = verify_audit(engine)
     if report.ok:
+        anchored = _check_anchor(engine, args)
+        if anchored is not None and anchored.startswith("BROKEN"):
+            print(f"audit trail {anchored}", file=sys.stderr)
+            return 1
         print(
             f"audit trail intact: {report.events} events, {report.runs} runs and "
             f"{report.approvals} approvals verified"
         )
+        print(anchored or "not anchored: no signed checkpoint to check the chain against")
         return 0
     print(f"audit trail BROKEN: {report.problem}", file=sys.stderr)
     print(f"(checked {report.events} events before the break)", file=sys.stderr)
     return 1
+
+
+def _check_anchor(engine: Any, args: argparse.Namespace) -> str | None:
+    """The chain against the latest signed checkpoint: "BROKEN: why", a line saying it holds,
+    or None when there is no checkpoint to check against."""
+    from airlock.store.anchor import (
+        CHECKPOINTS,
+        chain_against,
+        open_checkpoint,
+        read_public_key,
+    )
+
+    note = Path(args.checkpoint) if args.checkpoint else args.data_dir / CHECKPOINTS / "latest"
+    if not note.is_file():
+        return f"BROKEN: no checkpoint at {note}" if args.checkpoint else None
+    key_text = args.public_key or str(args.data_dir / PUBLIC_FILE)
+    if Path(key_text).is_file():
+        key_text = Path(key_text).read_text()
+    try:
+        checkpoint = open_checkpoint(note.read_text(), read_public_key(key_text))
+    except ValueError as e:
+        return f"BROKEN: checkpoint {note}: {e}"
+    problem = chain_against(engine, checkpoint)
+    if problem:
+        return f"BROKEN: {problem}"
+    return f"anchored: the signed checkpoint at event {checkpoint.size} ({note}) matches the chain"
 
 
 def cmd_audit_export(args: argparse.Namespace) -> int:

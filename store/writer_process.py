@@ -67,6 +67,10 @@ class Host(Protocol):
         """Messages for the proxy nobody asked for (a reviewer settled a held approval)."""
         ...
 
+    def done(self) -> None:
+        """The proxy is gone or stopping: everything received was written."""
+        ...
+
 
 class StoreOnly:
     """No host: a frame meant for one is refused."""
@@ -86,6 +90,9 @@ class StoreOnly:
 
     def pushed(self) -> list[Any]:
         return []
+
+    def done(self) -> None:
+        return None
 
 
 class Server:
@@ -210,9 +217,12 @@ def serve(sock: socket.socket, make_host: HostFactory | None = None) -> None:
     received[0:0] = b"".join(frames[1:])  # jobs already sent behind it
     store = decode(frames[0])
     writer = GroupWriter(open_engine(store["url"], store["durability"]))
+    host = make_host(writer) if make_host else None
     try:
-        Server(sock, writer, make_host(writer) if make_host else None).run(received)
+        Server(sock, writer, host).run(received)
     finally:
+        if host is not None:
+            host.done()
         writer.close()
         writer.engine.dispose()
 

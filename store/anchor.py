@@ -1,0 +1,170 @@
+"""An anchor for the audit chain outside the database: signed checkpoints.
+
+Whoever can write the database can rewrite the whole chain consistently, or cut its tail; the
+chain alone cannot tell. So the decider signs, every CHECKPOINT_SECONDS while the chain grows
+and when it stops, a checkpoint of the chain's head with an Ed25519 key the database never
+holds, and writes it to the data directory: `checkpoints/latest` (and one file per position).
+`airlock audit verify` then checks the chain against the latest checkpoint and the public key:
+a chain shorter than the checkpoint (cut), or whose event at that position has another hash
+(rewritten), is caught. Events after the latest checkpoint are vouched for by the chain alone
+until the next one.
+
+The checkpoint is a C2SP signed note in the tlog-checkpoint format: origin line, size (the
+head's position), root (the head's hash, base64), a blank line, then `— <key name> <base64 of
+the 4-byte key id and the signature>`; the key id is the first 4 bytes of SHA-256 over the key
+name, a newline, the Ed25519 algorithm byte (0x01) and the public key.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+
+from airlock.store.schema import AuditEvent, AuditHead
+
+KEY_FILE, PUBLIC_FILE = "keys/audit-ed25519.pem", "keys/audit-ed25519.pub"
+CHECKPOINTS = "checkpoints"
+CHECKPOINT_SECONDS = 10.0
+KEY_NAME = "airlock-audit"
+ORIGIN = "airlock.audit/v1"
+_ED25519 = b"\x01"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    origin: str
+    size: int  # the position of the chain's head when it was signed
+    root: str  # the head's hash, hex
+
+
+def load_or_create_key(data_dir: Path) -> Ed25519PrivateKey:
+    """The signing key, made on first use beside the CA (mode 0600), never in the database."""
+    path = Path(data_dir) / KEY_FILE
+    if path.is_file():
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ValueError(f"{path} does not hold an Ed25519 key")
+        return key
+    key = Ed25519PrivateKey.generate()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())  # fmt: skip
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "wb") as out:
+        out.write(pem)
+    (Path(data_dir) / PUBLIC_FILE).write_text(public_key_text(key.public_key()) + "\n")
+    return key
+
+
+def public_key_text(public: Ed25519PublicKey) -> str:
+    """What auditors are given: the key's name and its raw public key, base64."""
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return f"{KEY_NAME}+{base64.b64encode(raw).decode()}"
+
+
+def read_public_key(text: str) -> Ed25519PublicKey:
+    name, _, encoded = text.strip().partition("+")  # base64 may hold "+" too
+    if name != KEY_NAME:
+        raise ValueError(f"not an Airlock audit public key (expected {KEY_NAME}+BASE64)")
+    return Ed25519PublicKey.from_public_bytes(base64.b64decode(encoded))
+
+
+def _key_id(public: Ed25519PublicKey) -> bytes:
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(KEY_NAME.encode() + b"\n" + _ED25519 + raw).digest()[:4]
+
+
+def sign_checkpoint(key: Ed25519PrivateKey, size: int, root_hex: str) -> str:
+    body = f"{ORIGIN}\n{size}\n{base64.b64encode(bytes.fromhex(root_hex)).decode()}\n"
+    signature = key.sign(body.encode())
+    stamp = base64.b64encode(_key_id(key.public_key()) + signature).decode()
+    return f"{body}\n\u2014 {KEY_NAME} {stamp}\n"
+
+
+def open_checkpoint(text: str, public: Ed25519PublicKey) -> Checkpoint:
+    """The checkpoint a note vouches for, once its signature checks out with this key."""
+    body, separator, signatures = text.partition("\n\n")
+    if not separator:
+        raise ValueError("not a signed note: no blank line before the signatures")
+    body += "\n"
+    for line in signatures.splitlines():
+        prefix = f"\u2014 {KEY_NAME} "
+        if not line.startswith(prefix):
+            continue
+        stamp = base64.b64decode(line[len(prefix) :])
+        if stamp[:4] != _key_id(public):
+            continue
+        try:
+            public.verify(stamp[4:], body.encode())
+        except InvalidSignature:
+            raise ValueError("the checkpoint's signature does not match its content") from None
+        origin, size, root = body.splitlines()[:3]
+        return Checkpoint(origin, int(size), base64.b64decode(root).hex())
+    raise ValueError("the checkpoint carries no signature by this public key")
+
+
+def write_checkpoint(data_dir: Path, note: str, size: int) -> Path:
+    """Atomically: `latest` is never half written."""
+    folder = Path(data_dir) / CHECKPOINTS
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{size:012d}.checkpoint").write_text(note)
+    partial = folder / f"latest.{os.getpid()}.tmp"
+    partial.write_text(note)
+    os.replace(partial, folder / "latest")
+    return folder / "latest"
+
+
+def chain_against(engine: Engine, checkpoint: Checkpoint) -> str | None:
+    """Why the database's chain is not the one the checkpoint signed, or None."""
+    with engine.connect() as conn:
+        head = conn.execute(select(AuditHead.seq)).scalar()
+        at_size = conn.execute(
+            select(AuditEvent.hash).where(AuditEvent.seq == checkpoint.size)
+        ).scalar()
+    if head is None or head < checkpoint.size:
+        return (f"the chain was cut: a signed checkpoint vouches for {checkpoint.size} events, "
+                f"the database holds {head or 0}")  # fmt: skip
+    if at_size != checkpoint.root:
+        return (f"the chain was rewritten: event {checkpoint.size} is not the one the signed "
+                "checkpoint vouches for")  # fmt: skip
+    return None
+
+
+def head_of(engine: Engine) -> tuple[int, str]:
+    with engine.connect() as conn:
+        row = conn.execute(select(AuditHead.seq, AuditHead.hash)).first()
+    return (row[0], row[1]) if row else (0, "")
+
+
+class Anchoring:
+    """What the decider runs: a checkpoint every CHECKPOINT_SECONDS while the chain grows, and
+    one when it stops (`checkpoint()`)."""
+
+    def __init__(self, engine: Engine, data_dir: Path) -> None:
+        self.engine, self.data_dir = engine, Path(data_dir)
+        self.key = load_or_create_key(self.data_dir)
+        self.signed = 0  # the chain position of the last checkpoint written
+        self.due = time.monotonic() + CHECKPOINT_SECONDS
+
+    def tick(self) -> float:
+        now = time.monotonic()
+        if now >= self.due:
+            self.checkpoint()
+            self.due = now + CHECKPOINT_SECONDS
+        return self.due - now
+
+    def checkpoint(self) -> None:
+        size, root = head_of(self.engine)
+        if size > self.signed:
+            write_checkpoint(self.data_dir, sign_checkpoint(self.key, size, root), size)
+            self.signed = size
