@@ -200,16 +200,46 @@ def _verify_chain(conn: Connection, counts: dict[str, int]) -> _Vouched:
 
 
 def _remember(vouched: _Vouched, event: AuditEvent) -> None:
+    """What the event vouches for, once it is one the state machines allow: one decision per
+    run; an approval opens PENDING, ends in one terminal state, and is released once, after
+    APPROVED. A well-chained event appended to flip a past decision is caught here."""
     payload = json.loads(event.payload)
     if event.kind == "decision":
+        if (event.run_id or "") in vouched.decisions:
+            raise _Broken(f"event #{event.seq} records a second decision for run {event.run_id}: "
+                          "a request is decided once")  # fmt: skip
         vouched.decisions[event.run_id or ""] = payload
     elif event.kind == "outcome":
         vouched.outcomes[event.run_id or ""] = payload
     elif event.kind == "approval":
+        _approval_moves(vouched.approvals.get(payload["approval_id"]), payload, event.seq)
         vouched.approvals[payload["approval_id"]] = payload
         vouched.approval_origins.setdefault(payload["approval_id"], payload)
     elif event.kind == "vote":
         vouched.votes[(payload["approval_id"], payload["reviewer"])] = payload
+
+
+_TERMINAL = frozenset({"APPROVED", "DENIED", "EXPIRED", "ABANDONED"})
+
+
+def _approval_moves(before: dict[str, Any] | None, after: dict[str, Any], seq: int) -> None:
+    state, approval = after.get("state"), after["approval_id"]
+    if before is None:
+        allowed = state == "PENDING"
+    elif before["state"] == "PENDING":
+        allowed = state in _TERMINAL
+    else:  # terminal: only the release of an approved request, once
+        allowed = (
+            before["state"] == state == "APPROVED"
+            and before.get("released_at") is None
+            and after.get("released_at") is not None
+        )
+    if not allowed:
+        was = before["state"] if before else "nothing"
+        raise _Broken(
+            f"event #{seq} moves approval {approval} from {was} to {state}: an approval opens "
+            "PENDING, ends once, and is released once after APPROVED"
+        )
 
 
 def _verify_records(conn: Connection, vouched: _Vouched, counts: dict[str, int]) -> None:

@@ -746,3 +746,47 @@ def test_every_surface_needs_a_reason_for_a_risky_approval_and_any_denial(engine
         resolve_approval(engine, hold.approval_id, DENIED, "alice", "  ")
     settled = resolve_approval(engine, hold.approval_id, APPROVED, "alice", "checked the invoice")
     assert settled.state == APPROVED
+
+
+def _append_well_chained(engine: Engine, *events: Any) -> str:
+    """What someone who can write the database does: append with the library, rows to match."""
+    from airlock.store.audit import append_events
+    from airlock.store.prepared import tx_of
+    from airlock.store.schema import write_transaction
+
+    with write_transaction(engine) as conn:
+        append_events(tx_of(conn), list(events))
+    report = verify_audit(engine)
+    assert not report.ok
+    return report.problem or ""
+
+
+def test_a_second_decision_appended_for_an_old_run_is_caught(audited: Engine) -> None:
+    from airlock.store.audit import Event, decision_payload
+
+    with audited.connect() as conn:
+        blocked = conn.execute(select(Run).where(Run.decision == "BLOCK")).one()
+    row = {c.name: getattr(blocked, c.name) for c in Run.__table__.columns}
+    row["decision"] = "ALLOW"
+    with audited.begin() as conn:
+        conn.execute(update(Run).where(Run.id == blocked.id).values(decision="ALLOW"))
+    problem = _append_well_chained(
+        audited, Event("decision", blocked.id, blocked.at, decision_payload(row))
+    )
+    assert problem == (
+        f"event #11 records a second decision for run {blocked.id}: a request is decided once"
+    )
+
+
+def test_an_approval_event_moving_a_denial_to_approved_is_caught(engine: Engine) -> None:
+    from airlock.store.audit import Event
+
+    row, hold = held()
+    write(engine, DecisionRecord(row, hold))
+    resolve_approval(engine, hold.approval_id, DENIED, "alice", "no")
+    with engine.begin() as conn:
+        conn.execute(update(Approval).values(state=APPROVED, reviewer="mallory", reason="yes"))
+    flipped = {"approval_id": hold.approval_id, "state": APPROVED, "reviewer": "mallory",
+               "reason": "yes", "resolved_at": time.time(), "released_at": None}  # fmt: skip
+    problem = _append_well_chained(engine, Event("approval", row["id"], time.time(), flipped))
+    assert f"moves approval {hold.approval_id} from DENIED to APPROVED" in problem
