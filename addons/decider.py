@@ -145,7 +145,7 @@ class Decider:
                 self.missing = f"the decider cannot load its configuration: {e}"
                 log.error("%s", self.missing)
             self._load_history_or_say_why()
-            self._start_anchoring(fields.get("anchor_dir"))
+            self._start_anchoring(fields.get("anchor_dir"), fields.get("retention_days", 0))
         else:
             raise ValueError(f"unknown message {kind!r}")
 
@@ -251,11 +251,13 @@ class Decider:
             reviewer_roles=tuple(verdict.reviewer_roles),
         )
 
-    def _start_anchoring(self, data_dir: str | None) -> None:
+    def _start_anchoring(self, data_dir: str | None, retention_days: float) -> None:
         if not data_dir or self.anchor is not None:
+            if retention_days and not data_dir:
+                log.error("retention needs airlock_anchor_dir (to sign its cut): nothing pruned")
             return
         try:
-            self.anchor = Anchoring(self.engine, Path(data_dir))
+            self.anchor = Anchoring(self.engine, Path(data_dir), retention_days)
         except Exception as e:  # the chain still verifies on its own; say it is not anchored
             log.error("cannot sign audit checkpoints in %s: %s", data_dir, e)
 

@@ -141,6 +141,14 @@ class Gate:
             "checkpoints/ folder (made on first use); empty: no checkpoints.",
         )
         loader.add_option(
+            "airlock_retention_days",
+            int,
+            0,
+            "Days records are kept: older runs, approvals and audit events are pruned in the "
+            "background (hourly), the cut signed as a checkpoint (needs airlock_anchor_dir). "
+            "0 keeps everything.",
+        )
+        loader.add_option(
             "airlock_mappings",
             str,
             str(shipped("mappings")),
@@ -313,6 +321,7 @@ class Gate:
             "instance": self.instance,
             "sync_every": HISTORY_SYNC_SECONDS,
             "anchor_dir": ctx.options.airlock_anchor_dir,
+            "retention_days": ctx.options.airlock_retention_days,
         }
         frames = [hosted_frame(0, ["setup", setup | self._decider_config()])]
         if self.holds:

@@ -123,6 +123,15 @@ def build_parser() -> argparse.ArgumentParser:
         "process but not a power loss, for less latency (default: %(default)s)",
     )
     run.add_argument(
+        "--retention",
+        type=int,
+        default=0,
+        metavar="DAYS",
+        help="prune runs, approvals and audit events older than this, hourly, leaving a signed "
+        "checkpoint at the cut (default: 0, keep everything; the EU AI Act asks deployers to "
+        "keep logs at least 180 days)",
+    )
+    run.add_argument(
         "--confdir",
         default=None,
         metavar="DIR",
@@ -561,6 +570,7 @@ def mitmdump_arguments(args: argparse.Namespace, confdir: Path) -> list[str]:
         "airlock_db": args.db,
         "airlock_durability": args.durability,
         "airlock_anchor_dir": str(args.data_dir),
+        "airlock_retention_days": str(args.retention),
         "airlock_mappings": str(Path(args.mappings).resolve()),
         "airlock_policies": str(Path(args.policies).resolve()),
         "airlock_hold_timeout": str(args.hold_timeout),
@@ -918,7 +928,9 @@ def _check_anchor(engine: Any, args: argparse.Namespace) -> str | None:
     or None when there is no checkpoint to check against."""
     from airlock.store.anchor import (
         CHECKPOINTS,
+        CUT,
         chain_against,
+        cut_against,
         open_checkpoint,
         read_public_key,
     )
@@ -933,10 +945,24 @@ def _check_anchor(engine: Any, args: argparse.Namespace) -> str | None:
         checkpoint = open_checkpoint(note.read_text(), read_public_key(key_text))
     except ValueError as e:
         return f"BROKEN: checkpoint {note}: {e}"
-    problem = chain_against(engine, checkpoint)
+    problem = chain_against(engine, checkpoint) or cut_against(
+        engine, _signed_cut(args.data_dir / CHECKPOINTS / CUT, read_public_key(key_text))
+    )
     if problem:
         return f"BROKEN: {problem}"
     return f"anchored: the signed checkpoint at event {checkpoint.size} ({note}) matches the chain"
+
+
+def _signed_cut(path: Path, key: Any) -> Any:
+    """The retention cut a signed note vouches for, or None (absent, or not signed by key)."""
+    from airlock.store.anchor import open_checkpoint
+
+    if not path.is_file():
+        return None
+    try:
+        return open_checkpoint(path.read_text(), key)
+    except ValueError:
+        return None
 
 
 def cmd_audit_export(args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -30,11 +31,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
-from airlock.store.schema import AuditEvent, AuditHead
+from airlock.store.retention import DAY, prune
+from airlock.store.schema import AuditCut, AuditEvent, AuditHead
 
 KEY_FILE, PUBLIC_FILE = "keys/audit-ed25519.pem", "keys/audit-ed25519.pub"
 CHECKPOINTS = "checkpoints"
+CUT = "cut"  # the signed retention cut, in CHECKPOINTS
 CHECKPOINT_SECONDS = 10.0
+PRUNE_SECONDS = 3600.0  # how often retention looks for records past the window
+log = logging.getLogger(__name__)
 KEY_NAME = "airlock-audit"
 ORIGIN = "airlock.audit/v1"
 _ED25519 = b"\x01"
@@ -113,6 +118,28 @@ def open_checkpoint(text: str, public: Ed25519PublicKey) -> Checkpoint:
     raise ValueError("the checkpoint carries no signature by this public key")
 
 
+def write_cut(data_dir: Path, note: str) -> Path:
+    """The signed cut retention made (store/retention.py): `checkpoints/cut`."""
+    folder = Path(data_dir) / CHECKPOINTS
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = folder / f"cut.{os.getpid()}.tmp"
+    partial.write_text(note)
+    os.replace(partial, folder / CUT)
+    return folder / CUT
+
+
+def cut_against(engine: Engine, signed: Checkpoint | None) -> str | None:
+    """Why the chain's start is not one a signed retention cut vouches for, or None."""
+    with engine.connect() as conn:
+        cut = conn.execute(select(AuditCut.seq, AuditCut.hash)).first()
+    if cut is None:
+        return None
+    if signed is None or (signed.size, signed.root) != (cut[0], cut[1]):
+        return (f"the chain starts after event {cut[0]}, but no signed retention cut vouches "
+                "for that: events were deleted from its start")  # fmt: skip
+    return None
+
+
 def write_checkpoint(data_dir: Path, note: str, size: int) -> Path:
     """Atomically: `latest` is never half written."""
     folder = Path(data_dir) / CHECKPOINTS
@@ -148,20 +175,33 @@ def head_of(engine: Engine) -> tuple[int, str]:
 
 class Anchoring:
     """What the decider runs: a checkpoint every CHECKPOINT_SECONDS while the chain grows, and
-    one when it stops (`checkpoint()`)."""
+    one when it stops (`checkpoint()`); with a retention window, a prune at start and hourly,
+    whose cut it signs."""
 
-    def __init__(self, engine: Engine, data_dir: Path) -> None:
+    def __init__(self, engine: Engine, data_dir: Path, retention_days: float = 0) -> None:
         self.engine, self.data_dir = engine, Path(data_dir)
         self.key = load_or_create_key(self.data_dir)
         self.signed = 0  # the chain position of the last checkpoint written
         self.due = time.monotonic() + CHECKPOINT_SECONDS
+        self.retention = retention_days * DAY
+        self.prune_due = time.monotonic()  # at the first tick
 
     def tick(self) -> float:
         now = time.monotonic()
+        if self.retention and now >= self.prune_due:
+            self.prune_due = now + PRUNE_SECONDS
+            self.prune()
         if now >= self.due:
             self.checkpoint()
             self.due = now + CHECKPOINT_SECONDS
         return self.due - now
+
+    def prune(self) -> None:
+        pruned = prune(self.engine, time.time() - self.retention)
+        if pruned is not None:
+            write_cut(self.data_dir, sign_checkpoint(self.key, pruned.cut, pruned.hash))
+            log.info("retention pruned %d runs and %d events (chain now starts after event %d)",
+                     pruned.runs, pruned.events, pruned.cut)  # fmt: skip
 
     def checkpoint(self) -> None:
         size, root = head_of(self.engine)

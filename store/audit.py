@@ -18,7 +18,15 @@ from sqlalchemy.engine import Engine
 
 from airlock.store.jsontext import to_json
 from airlock.store.prepared import Tx
-from airlock.store.schema import GENESIS_HASH, Approval, ApprovalVote, AuditEvent, AuditHead, Run
+from airlock.store.schema import (
+    GENESIS_HASH,
+    Approval,
+    ApprovalVote,
+    AuditCut,
+    AuditEvent,
+    AuditHead,
+    Run,
+)
 
 # The run columns a decision event vouches for, and those an outcome event vouches for.
 DECISION_FIELDS = (
@@ -168,7 +176,8 @@ def _events(conn: Connection) -> Iterator[AuditEvent]:
 
 def _verify_chain(conn: Connection, counts: dict[str, int]) -> _Vouched:
     vouched = _Vouched({}, {}, {}, {}, {})
-    expected, prev = 1, GENESIS_HASH
+    cut = conn.execute(select(AuditCut.seq, AuditCut.hash)).first()  # retention's cut, if any
+    expected, prev = (cut[0] + 1, cut[1]) if cut else (1, GENESIS_HASH)
     for event in _events(conn):
         if event.seq != expected:
             raise _Broken(

@@ -181,6 +181,18 @@ class AuditHead(Base):
     hash: Mapped[str] = mapped_column(String(64))
 
 
+class AuditCut(Base):
+    """Where retention cut the chain, one row: the last pruned event's position and hash, which
+    the first kept event follows. A signed checkpoint outside the database vouches for it."""
+
+    __tablename__ = "audit_cut"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    hash: Mapped[str] = mapped_column(String(64))
+    at: Mapped[float] = mapped_column(Float)  # when the cut was made
+
+
 GENESIS_HASH = "0" * 64
 
 

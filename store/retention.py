@@ -1,0 +1,73 @@
+"""Retention: records older than the window are pruned, and the chain still proves the rest.
+
+Runs are pruned whole, with their approvals, votes, holders and every event that names them:
+the cut moves back until no kept run has an event before it. The cut (the last pruned event's
+position and hash, which the first kept event follows) is stored in `audit_cut`, and the decider
+signs it as a checkpoint outside the database (store/anchor.py), so `airlock audit verify` can
+tell a retention cut from events deleted by hand.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.engine import Engine
+
+from airlock.store.schema import (
+    Approval,
+    ApprovalHolder,
+    ApprovalVote,
+    AuditCut,
+    AuditEvent,
+    Run,
+    write_transaction,
+)
+
+DAY = 86_400.0
+
+
+@dataclass(frozen=True)
+class Pruned:
+    cut: int  # the last pruned event's position
+    hash: str  # its hash: the first kept event names it as the one before
+    runs: int
+    events: int
+
+
+def prune(engine: Engine, older_than: float) -> Pruned | None:
+    """Prune what is older than `older_than` (a time); None when nothing is."""
+    with write_transaction(engine) as conn:
+        cut = conn.execute(select(func.max(AuditEvent.seq)).where(AuditEvent.at < older_than))
+        cut_seq = cut.scalar()
+        if not cut_seq:
+            return None
+        # A run with events on both sides of the cut is kept whole: cut before its first one.
+        straddling = select(AuditEvent.run_id).where(
+            AuditEvent.seq > cut_seq, AuditEvent.run_id.is_not(None)
+        )
+        first_kept = conn.execute(
+            select(func.min(AuditEvent.seq)).where(
+                AuditEvent.seq <= cut_seq, AuditEvent.run_id.in_(straddling)
+            )
+        ).scalar()
+        if first_kept is not None:
+            cut_seq = first_kept - 1
+        done = conn.execute(select(AuditCut.seq)).scalar() or 0
+        if cut_seq <= done:
+            return None
+        cut_hash = conn.execute(select(AuditEvent.hash).where(AuditEvent.seq == cut_seq)).scalar()
+        runs = select(AuditEvent.run_id).where(
+            AuditEvent.seq <= cut_seq, AuditEvent.run_id.is_not(None)
+        )
+        approvals = select(Approval.id).where(Approval.run_id.in_(runs))
+        conn.execute(delete(ApprovalVote).where(ApprovalVote.approval_id.in_(approvals)))
+        conn.execute(delete(ApprovalHolder).where(ApprovalHolder.approval_id.in_(approvals)))
+        conn.execute(delete(Approval).where(Approval.run_id.in_(runs)))
+        pruned_runs = conn.execute(delete(Run).where(Run.id.in_(runs))).rowcount
+        pruned_events = conn.execute(delete(AuditEvent).where(AuditEvent.seq <= cut_seq)).rowcount
+        conn.execute(delete(AuditCut))
+        conn.execute(AuditCut.__table__.insert().values(id=1, seq=cut_seq, hash=cut_hash,
+                                                        at=time.time()))  # fmt: skip
+    return Pruned(cut_seq, cut_hash, pruned_runs, pruned_events)

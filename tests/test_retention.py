@@ -1,0 +1,89 @@
+"""Retention: what is older than the window goes, whole runs at a time, and the chain still
+proves the rest, from a cut signed outside the database."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.engine import Engine
+
+from airlock.console.cli import main
+from airlock.store.anchor import Anchoring
+from airlock.store.approvals import APPROVED, resolve_approval
+from airlock.store.audit import verify_audit
+from airlock.store.records import DecisionRecord, HoldRequest
+from airlock.store.retention import DAY, prune
+from airlock.store.schema import (
+    Approval,
+    ApprovalHolder,
+    ApprovalVote,
+    AuditCut,
+    AuditEvent,
+    Run,
+)
+from tests.test_store import run_row, write
+
+OLD = time.time() - 200 * DAY
+
+
+def a_long_history(engine: Engine) -> tuple[list[str], str]:
+    """Three old runs, one old request approved today (its events straddle the window), two
+    new runs. Returns the old runs' ids and the straddling run's id."""
+    old = [run_row("ALLOW", at=OLD + i) for i in range(3)]
+    straddling = run_row("REQUIRE_APPROVAL", at=OLD + 10)
+    hold = HoldRequest(uuid.uuid4().hex, time.time() + 60, "h" * 64)
+    write(engine, *(DecisionRecord(r) for r in old), DecisionRecord(straddling, hold))
+    resolve_approval(engine, hold.approval_id, APPROVED, "alice", "late but fine")
+    write(engine, DecisionRecord(run_row("ALLOW")), DecisionRecord(run_row("BLOCK")))
+    return [r["id"] for r in old], straddling["id"]
+
+
+def count(engine: Engine, table: type) -> int:
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(table)).scalar_one()
+
+
+def test_prune_takes_whole_runs_and_the_rest_still_verifies(engine: Engine) -> None:
+    old, straddling = a_long_history(engine)
+    pruned = prune(engine, time.time() - 180 * DAY)
+    assert pruned is not None and (pruned.runs, pruned.events) == (3, 3)
+    with engine.connect() as conn:
+        kept = set(conn.execute(select(Run.id)).scalars())
+    assert straddling in kept and not kept & set(old)
+    assert count(engine, Approval) == 1  # the straddling run's approval stays with it
+    report = verify_audit(engine)
+    assert report.ok and report.runs == 3, report
+    assert prune(engine, time.time() - 180 * DAY) is None  # nothing more is old enough
+
+
+def test_the_cut_is_signed_and_a_deeper_cut_by_hand_is_caught(
+    engine: Engine, db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a_long_history(engine)
+    anchoring = Anchoring(engine, tmp_path, retention_days=180)
+    anchoring.prune()
+    anchoring.checkpoint()
+    verify = ["audit", "verify", "--db", db_url, "--data-dir", str(tmp_path)]
+    assert main(verify) == 0
+    assert "anchored" in capsys.readouterr().out
+
+    # Someone who can write the database deletes the next run too and moves the cut to match.
+    with engine.begin() as conn:
+        first = conn.execute(select(AuditEvent).order_by(AuditEvent.seq)).first()
+        assert first is not None and first.kind == "decision"
+        approvals = select(Approval.id).where(Approval.run_id == first.run_id)
+        conn.execute(delete(ApprovalVote).where(ApprovalVote.approval_id.in_(approvals)))
+        conn.execute(delete(ApprovalHolder).where(ApprovalHolder.approval_id.in_(approvals)))
+        conn.execute(delete(Approval).where(Approval.run_id == first.run_id))
+        conn.execute(delete(AuditEvent).where(AuditEvent.run_id == first.run_id))
+        conn.execute(delete(Run).where(Run.id == first.run_id))
+        new_first = conn.execute(select(AuditEvent).order_by(AuditEvent.seq)).first()
+        assert new_first is not None
+        conn.execute(update(AuditCut).values(seq=new_first.seq - 1, hash=new_first.prev_hash))
+    assert verify_audit(engine).ok  # consistent inside the database...
+    assert main(verify) == 1  # ...but not with the signed cut
+    assert "no signed retention cut vouches for that" in capsys.readouterr().err
