@@ -234,34 +234,24 @@ HTTP_VERBS = ("get", "put", "post", "delete", "patch", "head", "options")
 # Words in an operationId that touch who can do what, or secrets: high sensitivity.
 OPENAPI_RISKY = re.compile(
     r"collaborator|permission|protection|secret|key|token|member|admin|transfer|ruleset|hook|"
-    r"role|security|visibility|invitation|runner|oidc|credential|password|policy"
+    r"role|security|visibility|invitation|runner|oidc|credential|password|policy|voice"
 )
 
 
 def build_openapi(sources: dict[str, Any] | None = None, out: Path | None = None) -> list[Path]:
-    """One catalog file per OpenAPI description in sources.json (npm packages are fetched with
-    `npm pack` at the pinned version)."""
-    import subprocess
-    import tarfile
-    import tempfile
-
+    """One catalog file per OpenAPI description in sources.json: npm packages fetched with
+    `npm pack` at the pinned version, GitHub repositories at the pinned commit."""
     written = []
     directory = (out or CATALOG_DIR) / "openapi"
     directory.mkdir(parents=True, exist_ok=True)
     for spec in (sources or json.loads(SOURCES.read_text())).get("openapi", []):
         kind, _, package = spec["package"].partition(":")
-        if kind != "npm":
-            raise SystemExit(f"catalog/sources.json: cannot fetch {spec['package']!r} (npm only)")
-        with tempfile.TemporaryDirectory() as temporary:
-            subprocess.run(
-                ["npm", "pack", f"{package}@{spec['version']}", "--pack-destination", temporary],
-                check=True, capture_output=True,
-            )  # fmt: skip
-            [archive] = Path(temporary).glob("*.tgz")
-            with tarfile.open(archive) as tar:
-                member = tar.extractfile(f"package/{spec['file']}")
-                assert member is not None
-                description = json.load(member)
+        if kind == "npm":
+            description = _from_npm(package, spec["version"], spec["file"])
+        elif kind == "github":
+            description = _from_github(package, spec["version"], spec["file"])
+        else:
+            raise SystemExit(f"catalog/sources.json: cannot fetch {spec['package']!r}")
         path = directory / f"{spec['provider']}.json"
         source = f"{spec['package']} {spec['version']}: {spec['file']}"
         path.write_text(render(openapi_entry(spec, description, source)))
@@ -269,8 +259,47 @@ def build_openapi(sources: dict[str, Any] | None = None, out: Path | None = None
     return written
 
 
+def _from_npm(package: str, version: str, file: str) -> dict[str, Any]:
+    import subprocess
+    import tarfile
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as temporary:
+        subprocess.run(
+            ["npm", "pack", f"{package}@{version}", "--pack-destination", temporary],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        [archive] = Path(temporary).glob("*.tgz")
+        with tarfile.open(archive) as tar:
+            member = tar.extractfile(f"package/{file}")
+            assert member is not None
+            return json.load(member)
+
+
+def _from_github(repository: str, commit: str, file: str) -> dict[str, Any]:
+    """The file at the pinned commit: from a local mirror of the repository when
+    $AIRLOCK_SPEC_MIRROR names one (<dir>/<owner>+<name>/repo, a bare clone), else downloaded."""
+    import os
+    import subprocess
+    import urllib.request
+
+    mirror = os.environ.get("AIRLOCK_SPEC_MIRROR")
+    if mirror:
+        clone = Path(mirror) / repository.replace("/", "+") / "repo"
+        shown = subprocess.run(["git", "-C", str(clone), "show", f"{commit}:{file}"],
+                               check=True, capture_output=True)  # fmt: skip
+        return json.loads(shown.stdout)
+    url = f"https://raw.githubusercontent.com/{repository}/{commit}/{file}"
+    with urllib.request.urlopen(url, timeout=60) as response:
+        return json.load(response)
+
+
 def openapi_entry(spec: dict[str, Any], description: dict[str, Any], source: str) -> dict[str, Any]:
+    from urllib.parse import parse_qsl, urlsplit
+
     operations = []
+    # Paths are relative to the server's URL: OpenAI's are under /v1.
+    base = urlsplit((description.get("servers") or [{}])[0].get("url", "")).path.rstrip("/")
     for template, item in description["paths"].items():
         for method in HTTP_VERBS:
             operation = item.get(method)
@@ -279,14 +308,18 @@ def openapi_entry(spec: dict[str, Any], description: dict[str, Any], source: str
             write = method not in ("get", "head", "options")
             name = operation["operationId"]
             labels = re.findall(r"\{([^}]+)\}", template)
+            # A query in the path key tells an operation apart (OpenAI's `?beta=true`).
+            route, _, literal_query = template.partition("?")
             entry: dict[str, Any] = {
                 "name": name,
                 "write": write,
                 "method": method.upper(),
-                "path": _multi_segment(template, description, item, operation),
+                "path": base + _multi_segment(route, description, item, operation),
                 "fields": {label: f"uri:{label}" for label in labels},
                 "sensitivity": openapi_sensitivity(name, method, write),
             }
+            if literal_query:
+                entry["query"] = dict(parse_qsl(literal_query, keep_blank_values=True))
             if operation.get("deprecated"):
                 entry["deprecated"] = True
             operations.append(entry)

@@ -89,6 +89,8 @@ def openapi_requests(service: Any, encode_slashes: bool) -> Iterator[tuple[str, 
                 OPENAPI_EXAMPLES.get(label, f"x-{label}"), safe="" if encode_slashes else "/"
             )
             path = path.replace("{" + label + "}", value).replace("{" + label + "+}", value)
+        if spec.query:  # what tells it apart on the wire (OpenAI's beta=true)
+            path += "?" + "&".join(f"{k}={v or ''}" for k, v in spec.query)
         body = b"{}" if spec.write else b""
         yield name, WireRequest(
             method=spec.method, scheme="https", host=service.hosts[0], port=443, path=path,

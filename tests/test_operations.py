@@ -320,16 +320,29 @@ def test_policies_can_name_operations_and_globs_of_them(tmp_path: Path) -> None:
 # --- OpenAPI providers -----------------------------------------------------------------------
 
 
-def test_every_github_write_is_identified_as_itself() -> None:
+def test_every_openapi_write_is_identified_as_itself() -> None:
+    """GitHub (Octokit's description) and OpenAI (openai-openapi at the pinned commit)."""
     from airlock.console.catalog_coverage import openapi_coverage
 
-    [github] = openapi_coverage(CATALOG)
-    text = report([github])
-    assert (github.service, github.writes) == ("github", 584), text
-    assert github.wrong == [] and github.missed == [], text
+    covered = openapi_coverage(CATALOG)
+    text = report(covered)
+    assert {c.service: c.writes for c in covered} == {"github": 584, "openai": 166}, text
+    assert all(c.wrong == [] and c.missed == [] for c in covered), text
     # Unencoded slashes (curl users): a label may then fit another template, never wrongly.
-    [raw] = openapi_coverage(CATALOG, encode_slashes=False)
-    assert raw.wrong == [], report([raw])
+    assert all(c.wrong == [] for c in openapi_coverage(CATALOG, encode_slashes=False))
+
+
+def test_openai_beta_operations_are_told_apart_by_their_query() -> None:
+    from airlock.addons.document import WireRequest, build_document
+
+    def operation(path: str) -> str | None:
+        request = WireRequest("POST", "https", "api.openai.com", 443, path,
+                              [("content-type", "application/json")], b"{}")  # fmt: skip
+        found = CATALOG.identify(build_document(request, "agent"))
+        return found.name if found else None
+
+    assert operation("/v1/responses") == "openai.createResponse"
+    assert operation("/v1/responses?beta=true") == "openai.beta_createResponse"
 
 
 def github(method: str, path: str) -> Any:
@@ -377,3 +390,18 @@ def test_the_console_line_names_the_operation() -> None:
     assert "change_bucket_lifecycle (aws.s3.PutBucketLifecycleConfiguration) aws → s3://b" in (
         out.getvalue()
     )
+
+
+def test_creating_a_custom_voice_is_not_read_as_inference() -> None:
+    """POST /v1/audio/voices clones a voice from a recording: held, not allowed as a model call."""
+    from airlock.addons.document import WireRequest, build_document
+    from airlock.addons.evaluation import evaluate
+
+    def judged(path: str) -> tuple[str | None, str, str]:
+        headers = [("content-type", "application/json")]
+        request = WireRequest("POST", "https", "api.openai.com", 443, path, headers, b"{}")
+        evaluation = evaluate(build_document(request, "agent"), BASELINE)
+        return evaluation.action.operation, evaluation.action.action, evaluation.verdict.decision
+
+    assert judged("/v1/audio/voices") == ("openai.createVoice", "create_voice", "REQUIRE_APPROVAL")
+    assert judged("/v1/audio/speech") == ("openai.createSpeech", "inference", "ALLOW")
