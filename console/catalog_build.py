@@ -298,15 +298,19 @@ def openapi_entry(spec: dict[str, Any], description: dict[str, Any], source: str
     from urllib.parse import parse_qsl, urlsplit
 
     operations = []
-    # Paths are relative to the server's URL: OpenAI's are under /v1.
-    base = urlsplit((description.get("servers") or [{}])[0].get("url", "")).path.rstrip("/")
+    # Paths are relative to the server's URL (OpenAPI 3: OpenAI's are under /v1) or the
+    # basePath (Swagger 2: Slack's under /api).
+    server = (description.get("servers") or [{}])[0].get("url", "")
+    base = (urlsplit(server).path or description.get("basePath", "")).rstrip("/")
     for template, item in description["paths"].items():
         for method in HTTP_VERBS:
             operation = item.get(method)
             if operation is None or "operationId" not in operation:
                 continue
             write = method not in ("get", "head", "options")
-            name = operation["operationId"]
+            # Slack names its operations by the path (`chat.postMessage`), its description by
+            # an id (`chat_postMessage`): `"names": "path"` keeps the vendor's own name.
+            name = template.strip("/") if spec.get("names") == "path" else operation["operationId"]
             labels = re.findall(r"\{([^}]+)\}", template)
             # A query in the path key tells an operation apart (OpenAI's `?beta=true`).
             route, _, literal_query = template.partition("?")

@@ -321,12 +321,17 @@ def test_policies_can_name_operations_and_globs_of_them(tmp_path: Path) -> None:
 
 
 def test_every_openapi_write_is_identified_as_itself() -> None:
-    """GitHub (Octokit's description) and OpenAI (openai-openapi at the pinned commit)."""
+    """GitHub (Octokit's description), OpenAI, Slack and Twilio (their repositories, pinned)."""
     from airlock.console.catalog_coverage import openapi_coverage
 
     covered = openapi_coverage(CATALOG)
     text = report(covered)
-    assert {c.service: c.writes for c in covered} == {"github": 584, "openai": 166}, text
+    assert {c.service: c.writes for c in covered} == {
+        "github": 584,
+        "openai": 166,
+        "slack": 94,
+        "twilio": 94,
+    }, text
     assert all(c.wrong == [] and c.missed == [] for c in covered), text
     # Unencoded slashes (curl users): a label may then fit another template, never wrongly.
     assert all(c.wrong == [] for c in openapi_coverage(CATALOG, encode_slashes=False))
