@@ -321,7 +321,7 @@ def test_policies_can_name_operations_and_globs_of_them(tmp_path: Path) -> None:
 
 
 def test_every_openapi_write_is_identified_as_itself() -> None:
-    """GitHub (Octokit's description), OpenAI, Slack and Twilio (their repositories, pinned)."""
+    """GitHub (Octokit's description), OpenAI, SendGrid, Slack, Twilio (repositories, pinned)."""
     from airlock.console.catalog_coverage import openapi_coverage
 
     covered = openapi_coverage(CATALOG)
@@ -329,6 +329,7 @@ def test_every_openapi_write_is_identified_as_itself() -> None:
     assert {c.service: c.writes for c in covered} == {
         "github": 584,
         "openai": 166,
+        "sendgrid": 179,
         "slack": 94,
         "twilio": 94,
     }, text
