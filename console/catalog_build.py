@@ -234,7 +234,8 @@ HTTP_VERBS = ("get", "put", "post", "delete", "patch", "head", "options")
 # Words in an operationId that touch who can do what, or secrets: high sensitivity.
 OPENAPI_RISKY = re.compile(
     r"collaborator|permission|protection|secret|key|token|member|admin|transfer|ruleset|hook|"
-    r"role|security|visibility|invitation|runner|oidc|credential|password|policy|voice"
+    r"role|security|visibility|invitation|runner|oidc|credential|password|policy|voice|"
+    r"payout|refund|reversal|externalaccount|bankaccount"  # money out, and where it goes
 )
 
 
@@ -250,6 +251,8 @@ def build_openapi(sources: dict[str, Any] | None = None, out: Path | None = None
             description = _from_npm(package, spec["version"], spec["file"])
         elif kind == "github":
             description = _from_github(package, spec["version"], spec["file"])
+        elif kind == "pypi" and package == "stripe":
+            description = _from_stripe_python(spec["version"])
         else:
             raise SystemExit(f"catalog/sources.json: cannot fetch {spec['package']!r}")
         path = directory / f"{spec['provider']}.json"
@@ -292,6 +295,38 @@ def _from_github(repository: str, commit: str, file: str) -> dict[str, Any]:
     url = f"https://raw.githubusercontent.com/{repository}/{commit}/{file}"
     with urllib.request.urlopen(url, timeout=60) as response:
         return json.load(response)
+
+
+# stripe-python's services call `self._request("post", "/v1/charges/{charge}/capture".format(`.
+_STRIPE_CALL = re.compile(r'self\._request\(\s*"(get|post|delete)",\s*"(/v[12]/[^"]*)"')
+
+
+def _from_stripe_python(version: str) -> dict[str, Any]:
+    """Stripe publishes its OpenAPI description in a repository whose large files this
+    project's machines cannot fetch; stripe-python, generated from it, carries every operation
+    as a (method, path) call in its services. The operationIds are Stripe's own, derived as
+    Stripe derives them: the method, then each path segment in PascalCase, `/v1` left out
+    (`POST /v1/payouts/{payout}/reverse` → `PostPayoutsPayoutReverse`)."""
+    import importlib.metadata
+
+    import stripe
+
+    installed = importlib.metadata.version("stripe")
+    if installed != version:
+        raise SystemExit(f"catalog/sources.json pins stripe {version}; {installed} is installed")
+    paths: dict[str, dict[str, Any]] = {}
+    for module in sorted(Path(stripe.__file__).parent.rglob("*_service.py")):
+        for method, path in _STRIPE_CALL.findall(module.read_text()):
+            paths.setdefault(path, {})[method] = {"operationId": _stripe_operation_id(method, path)}
+    return {"servers": [{"url": "https://api.stripe.com"}], "paths": paths}
+
+
+def _stripe_operation_id(method: str, path: str) -> str:
+    segments = [s.strip("{}") for s in path.split("/")[1:] if s]
+    if segments[0] == "v1":
+        segments = segments[1:]
+    words = [part for segment in segments for part in re.split(r"[_.]", segment) if part]
+    return method.capitalize() + "".join(word[:1].upper() + word[1:] for word in words)
 
 
 def openapi_entry(spec: dict[str, Any], description: dict[str, Any], source: str) -> dict[str, Any]:

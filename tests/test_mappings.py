@@ -62,7 +62,12 @@ def test_unmapped_requests_fall_back_to_http_read_and_write() -> None:
     write_ = index.map(doc("PUT", "api.unknown.io", "/x"))
     assert (read.action, read.target, read.category) == ("http.read", "api.unknown.io", "read")
     assert (write_.action, write_.category) == ("http.write", "write")
-    assert index.map(doc("GET", "api.stripe.com", "/v1/balance")).action == "http.read"
+    assert index.map(doc("GET", "api.stripe.com", "/v1/no_such_thing")).action == "http.read"
+    # What the catalog knows is named for what it is, even when no mapping curates it.
+    balance = index.map(doc("GET", "api.stripe.com", "/v1/balance"))
+    assert (balance.operation, balance.action, balance.category) == (
+        "stripe.GetBalance", "get_balance", "read",
+    )  # fmt: skip
 
 
 def test_host_globs_match_one_label_per_star(tmp_path: Path) -> None:
