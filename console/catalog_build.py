@@ -253,6 +253,8 @@ def build_openapi(sources: dict[str, Any] | None = None, out: Path | None = None
             description = _from_github(package, spec["version"], spec["file"])
         elif kind == "pypi" and package == "stripe":
             description = _from_stripe_python(spec["version"])
+        elif kind == "pypi" and package == "anthropic":
+            description = _from_anthropic_python(spec["version"])
         else:
             raise SystemExit(f"catalog/sources.json: cannot fetch {spec['package']!r}")
         path = directory / f"{spec['provider']}.json"
@@ -319,6 +321,59 @@ def _from_stripe_python(version: str) -> dict[str, Any]:
         for method, path in _STRIPE_CALL.findall(module.read_text()):
             paths.setdefault(path, {})[method] = {"operationId": _stripe_operation_id(method, path)}
     return {"servers": [{"url": "https://api.stripe.com"}], "paths": paths}
+
+
+def _wheel(package: str, version: str) -> Path:
+    """The package's wheel at the pinned version, unpacked in a temporary folder (no install:
+    an SDK need not be importable beside mitmproxy)."""
+    import subprocess
+    import sys
+    import tempfile
+    import zipfile
+
+    folder = Path(tempfile.mkdtemp(prefix=f"airlock-{package}-"))
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+         f"{package}=={version}", "-d", str(folder)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    [wheel] = folder.glob("*.whl")
+    zipfile.ZipFile(wheel).extractall(folder / "unpacked")
+    return folder / "unpacked"  # left for the system's temporary-file cleanup
+
+
+# anthropic's resources: `def create(` … `return self._post("/v1/messages/batches", …`, or
+# `path_template("/v1/messages/batches/{message_batch_id}/cancel", …)` for one with parameters.
+_ANTHROPIC_CALL = re.compile(
+    r"^    (?:async )?def (\w+)\("
+    r'|self\._(post|delete|patch|put|get|get_api_list)\(\s*(?:path_template\(\s*)?f?"(/v1/[^"]*)"',
+    re.M,
+)
+
+
+def _from_anthropic_python(version: str) -> dict[str, Any]:
+    """Anthropic publishes no OpenAPI description; its SDK, generated from its API reference,
+    calls each operation as a method and path. Each is named as the reference names it: the
+    resource path and the method (`messages.batches.create`, `beta.files.upload`)."""
+    resources = _wheel("anthropic", version) / "anthropic" / "resources"
+    paths: dict[str, dict[str, Any]] = {}
+    # The released API first: its names win over the beta's for the same path.
+    modules = sorted(
+        resources.rglob("*.py"), key=lambda m: ("beta" in m.relative_to(resources).parts, m)
+    )
+    for module in modules:
+        parts = list(module.relative_to(resources).with_suffix("").parts)
+        if parts[-1] == "__init__" or (len(parts) > 1 and parts[-1] == parts[-2]):
+            parts = parts[:-1]  # messages/messages.py is the messages resource itself
+        function = ""
+        for found in _ANTHROPIC_CALL.finditer(module.read_text()):
+            if found.group(1):
+                function = found.group(1)
+                continue
+            method = "get" if found.group(2) == "get_api_list" else found.group(2)
+            name = ".".join([*parts, function])
+            paths.setdefault(found.group(3), {}).setdefault(method, {"operationId": name})
+    return {"servers": [{"url": "https://api.anthropic.com"}], "paths": paths}
 
 
 def _stripe_operation_id(method: str, path: str) -> str:

@@ -322,12 +322,13 @@ def test_policies_can_name_operations_and_globs_of_them(tmp_path: Path) -> None:
 
 def test_every_openapi_write_is_identified_as_itself() -> None:
     """GitHub (Octokit's description), OpenAI, SendGrid, Slack, Twilio (repositories, pinned),
-    Stripe (stripe-python's services)."""
+    Stripe and Anthropic (their Python SDKs' calls)."""
     from airlock.console.catalog_coverage import openapi_coverage
 
     covered = openapi_coverage(CATALOG)
     text = report(covered)
     assert {c.service: c.writes for c in covered} == {
+        "anthropic": 148,
         "github": 584,
         "openai": 166,
         "sendgrid": 179,
