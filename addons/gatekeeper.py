@@ -787,6 +787,8 @@ class Gate:
         }
         body["ok"] = False  # what Slack's SDK reads
         body["message"] = body["error"]["message"]  # what GitHub's and Twilio's read
+        body["code"] = status  # what Twilio's exception shows as its code
+        body["errors"] = [{"message": body["message"], "field": None, "help": None}]  # SendGrid
         flow.metadata["airlock_answered"] = True
         if not recorded:
             flow.metadata.pop("airlock", None)  # no id on the answer: see response()

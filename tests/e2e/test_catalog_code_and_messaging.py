@@ -125,3 +125,48 @@ def test_twilio_sms_and_calls(proxy: Proxy, agent_environment: None) -> None:
     )
     assert recorded(proxy, "place_call").target == "call/+15551230002"
     assert "planted-twilio-auth" not in str([r.request for r in runs(proxy)])
+
+
+@pytest.fixture(scope="module")
+def refusing(
+    start_proxy: Callable[..., Proxy],
+    session_upstream: Upstream,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Proxy:
+    policies = tmp_path_factory.mktemp("refusing")
+    (policies / "p.yaml").write_text(
+        "rules:\n"
+        "  - {id: no-mail, when: {action: send_message}, decision: BLOCK, reason: no mail today}\n"
+    )
+    return start_proxy(
+        "--policies", str(policies), routes={host: session_upstream.port for host in HOSTS}
+    )
+
+
+def test_sendgrid_and_twilio_raise_their_own_errors_with_the_reason(
+    refusing: Proxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from python_http_client.exceptions import HTTPError
+    from sendgrid import SendGridAPIClient
+    from sendgrid.helpers.mail import Mail
+    from twilio.base.exceptions import TwilioRestException
+    from twilio.http.http_client import TwilioHttpClient
+    from twilio.rest import Client
+
+    monkeypatch.setenv("HTTPS_PROXY", refusing.url)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(refusing.ca_cert))
+    monkeypatch.setenv("SSL_CERT_FILE", str(refusing.ca_cert))
+    mail = Mail(from_email="a@acme.example", to_emails="b@example.com", subject="s",
+                plain_text_content="t")  # fmt: skip
+    with pytest.raises(HTTPError) as refused:
+        SendGridAPIClient("SG.PlantedSendGridKey00.PlantedSendGridKey0000").send(mail)
+    [error] = json.loads(refused.value.body)["errors"]
+    assert refused.value.status_code == 403 and "no mail today" in error["message"]
+
+    http = TwilioHttpClient(proxy={"https": refusing.url})
+    twilio = Client("AC0000000000000000000000000000000a", "planted-twilio-auth", http_client=http)
+    with pytest.raises(TwilioRestException) as blocked:
+        twilio.messages.create(to="+15551230001", from_="+15559870000", body="code 1234")
+    assert blocked.value.status == 403 and "no mail today" in blocked.value.msg
