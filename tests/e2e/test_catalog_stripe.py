@@ -95,3 +95,30 @@ def test_customers_subscriptions_invoices_and_catalog(proxy: Proxy, client: Call
     price = recorded(proxy, "create_price")
     assert (price.params["unit_amount"], price.target) == (4900, "product/prod_1")
     assert price.context == {"environment": "test"}
+
+
+def test_where_money_goes_and_who_reaches_the_account(proxy: Proxy, client: Callable) -> None:
+    """Identified by the catalog's operation, curated by mappings that name it."""
+    live = client("sk_live_51PlantedLiveKeyForTests00000000")
+    live.v1.accounts.external_accounts.create(
+        "acct_9", params={"external_account": "btok_9", "default_for_currency": True}
+    )
+    live.v1.accounts.delete("acct_8")
+    live.v1.transfers.reversals.create("tr_7", params={"amount": 1500})
+    live.v1.webhook_endpoints.create(
+        params={"url": "https://collector.example/hook", "enabled_events": ["charge.succeeded"]}
+    )
+    live.v1.accounts.login_links.create("acct_6")
+
+    destination = recorded(proxy, "change_payout_destination")
+    assert destination.operation == "stripe.PostAccountsAccountExternalAccounts"
+    assert (destination.target, destination.params["default_for_currency"]) == (
+        "account/acct_9", True,
+    )  # fmt: skip
+    assert recorded(proxy, "delete_account").operation == "stripe.DeleteAccountsAccount"
+    reversal = recorded(proxy, "reverse_transfer")
+    assert (reversal.target, reversal.params["amount"]) == ("transfer/tr_7", 1500)
+    hook = recorded(proxy, "create_webhook")
+    assert hook.params["url"] == "https://collector.example/hook"
+    assert hook.params["enabled_events"] == ["charge.succeeded"]
+    assert recorded(proxy, "create_login_link").target == "account/acct_6"
