@@ -184,9 +184,11 @@ def explain(request: http.Request, config: Config, agent: str = "anonymous") -> 
         document["headers"]["host"] = document["host"]
     evaluation = evaluate(document, config)
     others: list[tuple[str, str]] = []
-    matched = evaluation.action.mapping_id if evaluation.action.operation else None
-    if matched is not None:  # matched by the operation's identity, before any URL mapping
+    matched = evaluation.action.mapping_id
+    by_operation = {m.id for m in config.mappings.mappings if m.operations}
+    if matched in by_operation:  # matched by the operation's identity, before any URL mapping
         return Explanation(redact_document(document), evaluation, matched, others)
+    matched = None
     for mapping in config.mappings.on_host(document["host"]):
         why = mapping.mismatch(document)
         if why is None:
