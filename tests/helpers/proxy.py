@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -136,6 +137,7 @@ def prepared_confdir(base: Path) -> Path:
     source = base / "ca-template"
     if not source.exists():
         CertStore.from_store(source, "mitmproxy", 2048)
-    target = base / f"confdir-{free_port()}"
-    shutil.copytree(source, target)
+    # A fresh name each time: a free port number, used for this before, came back once.
+    target = Path(tempfile.mkdtemp(prefix="confdir-", dir=base))
+    shutil.copytree(source, target, dirs_exist_ok=True)
     return target
