@@ -398,8 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _db_argument(export)
     export.add_argument(
-        "--format", choices=["jsonl", "csv"], default="jsonl",
-        help="jsonl (verifiable offline) or csv (default: %(default)s)",
+        "--format", choices=["jsonl", "csv", "ocsf"], default="jsonl",
+        help="jsonl (verifiable offline), csv, or ocsf (an OCSF API Activity event per "
+        "decision, as JSON lines) (default: %(default)s)",
     )  # fmt: skip
     export.add_argument("--since", metavar="TIME", help="from this time on (ISO 8601, UTC)")
     export.add_argument("--until", metavar="TIME", help="before this time (ISO 8601, UTC)")

@@ -21,7 +21,7 @@ from sqlalchemy.engine import Engine
 from airlock.store.audit import canonical_json, chain_hash
 from airlock.store.schema import AuditEvent
 
-FORMATS = ("jsonl", "csv")
+FORMATS = ("jsonl", "csv", "ocsf")
 CSV_COLUMNS = (
     "seq", "time", "kind", "run_id", "agent", "action", "operation", "decision", "reason",
     "outcome", "state", "reviewer", "prev_hash", "hash", "payload",
@@ -57,8 +57,12 @@ def write_export(records: Iterable[dict[str, Any]], out: TextIO, fmt: str) -> in
     if fmt not in FORMATS:
         raise ValueError(f"format is one of {', '.join(FORMATS)}, not {fmt!r}")
     written = 0
-    if fmt == "jsonl":
+    if fmt in ("jsonl", "ocsf"):
         for record in records:
+            if fmt == "ocsf":
+                if record["kind"] != "decision":
+                    continue  # an OCSF event per decision; approvals and outcomes stay in jsonl
+                record = ocsf_api_activity(record)
             out.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n")
             written += 1
         return written
@@ -68,6 +72,54 @@ def write_export(records: Iterable[dict[str, Any]], out: TextIO, fmt: str) -> in
         rows.writerow(_flat(record))
         written += 1
     return written
+
+
+# OCSF 1.3: API Activity (class 6003, category Application Activity), one per decision.
+_ACTIVITY = {"POST": 1, "PUT": 3, "PATCH": 3, "DELETE": 4, "GET": 2, "HEAD": 2}  # create, …
+_DISPOSITION = {"ALLOW": (1, "Allowed"), "BLOCK": (2, "Blocked"),
+                "REQUIRE_APPROVAL": (14, "Delayed")}  # fmt: skip
+
+
+def ocsf_api_activity(record: dict[str, Any]) -> dict[str, Any]:
+    """A decision event as an OCSF API Activity event: the decision as its disposition, the
+    chain position and hashes and Airlock's own fields under `unmapped`."""
+    payload = record["payload"]
+    activity = _ACTIVITY.get(str(payload.get("method")), 99)
+    disposition_id, disposition = _DISPOSITION.get(payload.get("decision"), (99, "Other"))
+    return {
+        "class_uid": 6003,
+        "class_name": "API Activity",
+        "category_uid": 6,
+        "category_name": "Application Activity",
+        "activity_id": activity,
+        "type_uid": 6003 * 100 + activity,
+        "time": int(record["at"] * 1000),
+        "severity_id": 1,
+        "status_id": 2 if payload.get("decision") == "BLOCK" else 1,
+        "disposition_id": disposition_id,
+        "disposition": disposition,
+        "message": payload.get("reason"),
+        "actor": {"user": {"name": payload.get("agent"), "type": "Service"}},
+        "api": {
+            "operation": payload.get("operation") or payload.get("action"),
+            "service": {"name": payload.get("provider")},
+        },
+        "http_request": {
+            "http_method": payload.get("method"),
+            "url": {"hostname": payload.get("host"), "path": payload.get("path")},
+        },
+        "metadata": {
+            "version": "1.3.0",
+            "product": {"name": "Airlock", "vendor_name": "Airlock"},
+            "uid": record["run_id"],
+        },
+        "unmapped": {
+            "seq": record["seq"], "hash": record["hash"], "prev_hash": record["prev_hash"],
+            "action": payload.get("action"), "rules": payload.get("rules"),
+            "risk": payload.get("risk"), "params": payload.get("params"),
+            "target": payload.get("target"),
+        },
+    }  # fmt: skip
 
 
 def _flat(record: dict[str, Any]) -> dict[str, Any]:

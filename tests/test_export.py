@@ -90,3 +90,24 @@ def test_csv_and_time_slices(engine: Engine, db_url: str, tmp_path: Path) -> Non
     )
     assert future.read_text() == ""
     assert main(["audit", "export", "--db", db_url, "--since", "yesterday"]) == 2
+
+
+def test_ocsf_gives_one_api_activity_event_per_decision(
+    engine: Engine, db_url: str, tmp_path: Path
+) -> None:
+    record_a_day(engine)
+    out = tmp_path / "trail.ocsf.jsonl"
+    assert main(["audit", "export", "--db", db_url, "--format", "ocsf", "--out", str(out)]) == 0
+    events = [json.loads(line) for line in out.read_text().splitlines()]
+    with engine.connect() as conn:
+        decisions = conn.execute(
+            select(func.count()).select_from(AuditEvent).where(AuditEvent.kind == "decision")
+        ).scalar_one()
+    assert len(events) == decisions == 3
+    assert {e["class_uid"] for e in events} == {6003}
+    dispositions = sorted(e["disposition"] for e in events)
+    assert dispositions == ["Allowed", "Blocked", "Delayed"]
+    first = events[0]
+    assert first["type_uid"] == 6003 * 100 + first["activity_id"]
+    assert first["actor"]["user"]["name"] == "agent-a"
+    assert len(first["unmapped"]["hash"]) == 64 and first["unmapped"]["seq"] >= 1
