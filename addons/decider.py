@@ -8,7 +8,7 @@ once the record is durable, as it did before (measured in README's Performance).
 
 Started by the gate as `python -m addons.decider FD` (store/writer.py). Messages, [kind, fields]
 in store/wire.py's hosted frames:
-  setup      the configuration (the texts of the files the proxy loaded, addons/yaml_source.py),
+  setup      the configuration (the texts of the files the proxy loaded, pipeline/yaml_source.py),
              mode, the proxy's instance name, how often to read other instances' decisions;
              first after the database URL, at every start
   configure  the configuration and mode, after the proxy reloaded them
@@ -36,19 +36,19 @@ from typing import Any
 
 from mitmproxy import http
 
-from airlock.addons.document import (
+from airlock.pipeline.document import (
     Document,
     WireRequest,
     build_document,
     latin1_headers,
     minimal_document,
 )
-from airlock.addons.evaluation import Config, Evaluation, evaluate
-from airlock.addons.history import RISK_WINDOW, History
-from airlock.addons.mappings import fallback_action
-from airlock.addons.policies import ALLOW, BLOCK, ENFORCE, OFF, REQUIRE_APPROVAL, Shadow, Verdict
-from airlock.addons.redaction import redact_document, redact_text, redact_value
-from airlock.addons.yaml_source import replaying_sources, sources_hash
+from airlock.pipeline.evaluation import Config, Evaluation, evaluate
+from airlock.pipeline.history import RISK_WINDOW, History
+from airlock.pipeline.mappings import fallback_action
+from airlock.pipeline.policies import ALLOW, BLOCK, ENFORCE, OFF, REQUIRE_APPROVAL, Shadow, Verdict
+from airlock.pipeline.redaction import redact_document, redact_text, redact_value
+from airlock.pipeline.yaml_source import replaying_sources, sources_hash
 from airlock.store.anchor import Anchoring
 from airlock.store.approvals import (
     ABANDONED,

@@ -28,20 +28,20 @@ from typing import Any
 from mitmproxy import connection, ctx, exceptions, http, tcp, udp
 from sqlalchemy.engine import Engine, make_url
 
-from airlock.addons.answers import load_answers, situation_of
 from airlock.addons.control_surface import ControlSurface
 from airlock.addons.decider import FAULT as DECIDER_FAULT
 from airlock.addons.decider import failed_evaluation, request_fields, run_row
 from airlock.addons.decision_log import DecisionLog
-from airlock.addons.document import minimal_document, normalise_host
-from airlock.addons.evaluation import Config, Evaluation
-from airlock.addons.mappings import Action
 from airlock.addons.metrics import Metrics
 from airlock.addons.notify import Notifier
-from airlock.addons.policies import BLOCK, ENFORCE, MODES, REQUIRE_APPROVAL, Verdict
-from airlock.addons.redaction import redact_mitmproxy_logs
 from airlock.addons.routing import Routing
-from airlock.addons.yaml_source import ConfigError, Sources, recording_sources, sources_hash
+from airlock.pipeline.answers import load_answers, situation_of
+from airlock.pipeline.document import minimal_document, normalise_host
+from airlock.pipeline.evaluation import Config, Evaluation
+from airlock.pipeline.mappings import Action
+from airlock.pipeline.policies import BLOCK, ENFORCE, MODES, REQUIRE_APPROVAL, Verdict
+from airlock.pipeline.redaction import redact_mitmproxy_logs
+from airlock.pipeline.yaml_source import ConfigError, Sources, recording_sources, sources_hash
 from airlock.store.approvals import (
     ABANDONED,
     APPROVED,

@@ -15,7 +15,7 @@ from typing import Any
 
 from mitmproxy import ctx, exceptions
 
-from airlock.addons.hosts import host_glob_regex
+from airlock.pipeline.hosts import host_glob_regex
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from airlock.addons.document import WireRequest, build_document
-from airlock.addons.operations import OPENAPI, OperationIndex, load_catalog
+from airlock.pipeline.document import WireRequest, build_document
+from airlock.pipeline.operations import OPENAPI, OperationIndex, load_catalog
 
 REGION = "us-east-1"
 EXAMPLE_STRINGS = {

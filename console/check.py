@@ -3,7 +3,7 @@
 Three passes: the JSON Schema that editors also use (console/schemas/), then the loader that
 the proxy runs (compiles JSONPath, regexes, templates; finds duplicate ids), then analysis
 across files (mappings that can never be reached; rules naming actions nothing produces, or
-comparing with numbers a param its mapping extracts as text: addons/consistency.py).
+comparing with numbers a param its mapping extracts as text: pipeline/consistency.py).
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
-from airlock.addons.agents import AGENTS_FILE, REVIEWERS_FILE, load_agents, load_reviewers
-from airlock.addons.consistency import configuration_problems
-from airlock.addons.mappings import Mapping, MappingIndex, load_mapping_file, shadowed_mappings
-from airlock.addons.operations import OperationIndex, load_catalog
-from airlock.addons.policies import PolicySet, Rule, load_policy_file
-from airlock.addons.yaml_source import ConfigError, Node, Seq, Where, load_yaml
+from airlock.pipeline.agents import AGENTS_FILE, REVIEWERS_FILE, load_agents, load_reviewers
+from airlock.pipeline.consistency import configuration_problems
+from airlock.pipeline.mappings import Mapping, MappingIndex, load_mapping_file, shadowed_mappings
+from airlock.pipeline.operations import OperationIndex, load_catalog
+from airlock.pipeline.policies import PolicySet, Rule, load_policy_file
+from airlock.pipeline.yaml_source import ConfigError, Node, Seq, Where, load_yaml
 
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
 

@@ -77,7 +77,7 @@ def _reviewers_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def _reviewers(args: argparse.Namespace) -> Any:
-    from airlock.addons.agents import load_reviewers
+    from airlock.pipeline.agents import load_reviewers
 
     return load_reviewers(Path(args.policies))
 
@@ -440,8 +440,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from mitmproxy.tools.main import mitmdump
 
-    from airlock.addons.evaluation import Config
-    from airlock.addons.yaml_source import ConfigError
+    from airlock.pipeline.evaluation import Config
+    from airlock.pipeline.yaml_source import ConfigError
 
     try:  # the proxy would refuse to start too; say why in one line, before any banner
         Config.load(Path(args.mappings), Path(args.policies))
@@ -535,8 +535,8 @@ def _audit_public_key(data_dir: Path) -> str:
 def cmd_reload(args: argparse.Namespace) -> int:
     import signal
 
-    from airlock.addons.evaluation import Config
-    from airlock.addons.yaml_source import ConfigError, recording_sources, sources_hash
+    from airlock.pipeline.evaluation import Config
+    from airlock.pipeline.yaml_source import ConfigError, recording_sources, sources_hash
 
     proxies = running_proxies(args.data_dir)
     if not proxies:
@@ -755,9 +755,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from airlock.addons.evaluation import Config
-    from airlock.addons.yaml_source import ConfigError
     from airlock.console.explain import RequestFormatError, explain, parse_request
+    from airlock.pipeline.evaluation import Config
+    from airlock.pipeline.yaml_source import ConfigError
 
     source = args.request
     if source == "-":
@@ -807,9 +807,9 @@ def print_explanation(report: dict) -> None:  # type: ignore[type-arg]
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    from airlock.addons.evaluation import Config
-    from airlock.addons.yaml_source import ConfigError
     from airlock.console.policy_tests import find_test_files, run_files
+    from airlock.pipeline.evaluation import Config
+    from airlock.pipeline.yaml_source import ConfigError
 
     try:
         config = Config.load(Path(args.mappings), Path(args.policies))
@@ -864,7 +864,7 @@ def cmd_review(args: argparse.Namespace) -> int:
 
 
 def cmd_agents_key(args: argparse.Namespace) -> int:
-    from airlock.addons.agents import hash_key, new_key
+    from airlock.pipeline.agents import hash_key, new_key
 
     key = new_key()
     roles = ", ".join(args.role)
@@ -882,7 +882,7 @@ def cmd_mappings_import(args: argparse.Namespace) -> int:
 
 
 def cmd_vocabulary(args: argparse.Namespace) -> int:
-    from airlock.addons.mappings import SENSITIVITIES, load_mappings
+    from airlock.pipeline.mappings import SENSITIVITIES, load_mappings
 
     by_action: dict[str, list] = {}  # type: ignore[type-arg]
     for mapping in load_mappings(Path(args.mappings)).mappings:

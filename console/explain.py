@@ -16,9 +16,9 @@ from urllib.parse import urlencode, urlsplit
 
 from mitmproxy import http
 
-from airlock.addons.document import Document, build_document
-from airlock.addons.evaluation import Config, Evaluation, evaluate
-from airlock.addons.redaction import redact_document, redact_value
+from airlock.pipeline.document import Document, build_document
+from airlock.pipeline.evaluation import Config, Evaluation, evaluate
+from airlock.pipeline.redaction import redact_document, redact_value
 
 
 class RequestFormatError(ValueError):

@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from airlock.addons.mappings import CATEGORIES, snake_case
 from airlock.console.catalog_build import HTTP_VERBS, openapi_sensitivity
+from airlock.pipeline.mappings import CATEGORIES, snake_case
 
 _WRITE_VERBS = ("post", "put", "patch", "delete")
 _SCALAR_TYPES = {"string": None, "integer": "int", "number": "float", "boolean": "bool"}

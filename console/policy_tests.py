@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from airlock.addons.evaluation import Config, evaluate
-from airlock.addons.mappings import Action
-from airlock.addons.policies import RESTRICTIVENESS
-from airlock.addons.yaml_source import ConfigError, Node, Seq, Where, expect_keys, load_yaml
 from airlock.console.explain import RequestFormatError, parse_request
+from airlock.pipeline.evaluation import Config, evaluate
+from airlock.pipeline.mappings import Action
+from airlock.pipeline.policies import RESTRICTIVENESS
+from airlock.pipeline.yaml_source import ConfigError, Node, Seq, Where, expect_keys, load_yaml
 
 _CASE_KEYS = {
     "name",
@@ -132,7 +132,7 @@ def _decide(case: Node, config: Config) -> tuple[str, tuple[str, ...]]:
             request = parse_request(str(case["request"]))
         except RequestFormatError as e:
             raise ConfigError(case.at("request"), str(e)) from e
-        from airlock.addons.document import build_document
+        from airlock.pipeline.document import build_document
 
         evaluation = evaluate(build_document(request, agent), config)
         if evaluation.error:

@@ -11,9 +11,9 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from airlock.addons.agents import AgentRegistry
-from airlock.addons.mappings import Action
-from airlock.addons.policies import BLOCK, PolicySet
+from airlock.pipeline.agents import AgentRegistry
+from airlock.pipeline.mappings import Action
+from airlock.pipeline.policies import BLOCK, PolicySet
 from airlock.store.history import RecordedDecision
 
 

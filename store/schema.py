@@ -74,7 +74,7 @@ class Run(Base):
     mapping_id: Mapped[str | None] = mapped_column(Text)
     # The vendor's own operation (aws.s3.PutBucketPolicy), when the catalog identified it.
     operation: Mapped[str | None] = mapped_column(Text)
-    # sha256 of the configuration's texts that decided it (addons/yaml_source.py sources_hash)
+    # sha256 of the configuration's texts that decided it (pipeline/yaml_source.py sources_hash)
     config_hash: Mapped[str | None] = mapped_column(String(64))
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
     context: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # derived: environment, region

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from mitmproxy.test import tflow
 
-from airlock.addons.agents import hash_key, load_agents, new_key, verify_key
-from airlock.addons.evaluation import Config, evaluate
 from airlock.addons.gatekeeper import Gate
-from airlock.addons.yaml_source import ConfigError, recording_sources, replaying_sources
+from airlock.pipeline.agents import hash_key, load_agents, new_key, verify_key
+from airlock.pipeline.evaluation import Config, evaluate
+from airlock.pipeline.yaml_source import ConfigError, recording_sources, replaying_sources
 from tests.helpers.proxy import PROJECT_ROOT
 from tests.test_gatekeeper import stored_runs, stripe_flow, with_gate
 from tests.test_mappings import doc
@@ -227,7 +227,7 @@ def test_a_recorded_configuration_compiles_the_same_after_its_files_change(
 def test_identities_a_person_cannot_tell_apart_are_a_load_error(
     tmp_path: Path, agents: list[str], reviewers: list[str], expected: str
 ) -> None:
-    from airlock.addons.agents import load_reviewers
+    from airlock.pipeline.agents import load_reviewers
 
     key_hash = hash_key(new_key())
     listed = "".join(

@@ -7,8 +7,8 @@ import botocore.session
 import pytest
 from botocore.parsers import create_parser
 
-from airlock.addons.answers import BLOCKED, FAILED, PENDING, load_answers, situation_of
-from airlock.addons.operations import load_catalog
+from airlock.pipeline.answers import BLOCKED, FAILED, PENDING, load_answers, situation_of
+from airlock.pipeline.operations import load_catalog
 
 ANSWERS = load_answers()
 CATALOG = load_catalog()

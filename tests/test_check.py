@@ -164,8 +164,8 @@ def test_rules_that_break_or_never_fire_at_runtime_are_all_reported(tmp_path: Pa
 
 
 def test_the_proxy_refuses_to_load_what_would_break_at_runtime(tmp_path: Path) -> None:
-    from airlock.addons.evaluation import Config
-    from airlock.addons.yaml_source import ConfigError
+    from airlock.pipeline.evaluation import Config
+    from airlock.pipeline.yaml_source import ConfigError
 
     policies = write(tmp_path / "policies", "p.yaml", """
         rules:

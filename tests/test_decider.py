@@ -10,9 +10,9 @@ import pytest
 from mitmproxy.test import tutils
 
 from airlock.addons.decider import Decider, _request, request_fields
-from airlock.addons.document import build_document
-from airlock.addons.evaluation import Config
-from airlock.addons.yaml_source import recording_sources
+from airlock.pipeline.document import build_document
+from airlock.pipeline.evaluation import Config
+from airlock.pipeline.yaml_source import recording_sources
 from airlock.store.schema import create_schema, open_engine
 from airlock.store.wire import decode_job, hosted_frame, hosted_message
 from airlock.store.writer import GroupWriter, Pending

@@ -4,7 +4,7 @@ import gzip
 
 from mitmproxy.test import tutils
 
-from airlock.addons.document import build_document, parse_form
+from airlock.pipeline.document import build_document, parse_form
 
 
 def request(content: bytes, content_type: str, path: str = "/v1/charges", method: str = "POST"):
@@ -98,7 +98,7 @@ def test_repeated_headers_are_joined() -> None:
 
 
 def test_paths_are_normalised_like_servers_do() -> None:
-    from airlock.addons.document import normalise_path
+    from airlock.pipeline.document import normalise_path
 
     assert normalise_path("//v1//charges") == "/v1/charges"
     assert normalise_path("/v1/./charges") == "/v1/charges"

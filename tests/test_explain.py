@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from airlock.addons.evaluation import Config
 from airlock.console.explain import RequestFormatError, explain, parse_request
+from airlock.pipeline.evaluation import Config
 from tests.helpers.proxy import PROJECT_ROOT, clean_env
 
 CONFIG = Config.load(PROJECT_ROOT / "mappings", PROJECT_ROOT / "policies")

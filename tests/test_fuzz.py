@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from airlock.addons.decider import run_row
-from airlock.addons.document import MAX_DEPTH, WireRequest, build_document, parse_body
-from airlock.addons.evaluation import Config, evaluate
-from airlock.addons.redaction import redact_document
+from airlock.pipeline.document import MAX_DEPTH, WireRequest, build_document, parse_body
+from airlock.pipeline.evaluation import Config, evaluate
+from airlock.pipeline.redaction import redact_document
 from airlock.store.jsontext import to_json
 from airlock.store.records import DecisionRecord
 from airlock.store.wire import decode_job, job_frame

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from airlock.addons.evaluation import Config, evaluate
-from airlock.addons.mappings import MappingError, load_mappings
-from airlock.addons.yaml_source import ConfigError
+from airlock.pipeline.evaluation import Config, evaluate
+from airlock.pipeline.mappings import MappingError, load_mappings
+from airlock.pipeline.yaml_source import ConfigError
 from tests.helpers.proxy import PROJECT_ROOT
 
 SHIPPED = PROJECT_ROOT / "mappings"
@@ -211,7 +211,7 @@ def test_a_thousand_mappings_are_indexed_by_host(tmp_path: Path) -> None:
 def test_direct_field_paths_find_what_jsonpath_ng_finds(expression: str) -> None:
     from jsonpath_ng.ext import parse
 
-    from airlock.addons.extraction import FieldPath, compile_jsonpath
+    from airlock.pipeline.extraction import FieldPath, compile_jsonpath
 
     document = {
         "body": {"amount": 5, "items": [{"name": "a"}, {"name": "b"}]},
@@ -223,7 +223,7 @@ def test_direct_field_paths_find_what_jsonpath_ng_finds(expression: str) -> None
 
 
 def test_complex_paths_use_jsonpath_ng() -> None:
-    from airlock.addons.extraction import GeneralPath, compile_jsonpath
+    from airlock.pipeline.extraction import GeneralPath, compile_jsonpath
 
     finder = compile_jsonpath("$.body.items[*].name")
     assert isinstance(finder, GeneralPath)

@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from airlock.addons.mappings import load_mappings
 from airlock.console.check import check
+from airlock.pipeline.mappings import load_mappings
 from tests.helpers.proxy import PROJECT_ROOT, clean_env
 
 DESCRIPTION = {

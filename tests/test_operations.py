@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 
-from airlock.addons.document import build_document
-from airlock.addons.evaluation import Config, evaluate
-from airlock.addons.mappings import load_mappings
-from airlock.addons.operations import load_catalog, parse_aws_host
-from airlock.addons.policies import load_policies
-from airlock.addons.yaml_source import ConfigError
 from airlock.console.catalog_coverage import aws_coverage, aws_request, report
+from airlock.pipeline.document import build_document
+from airlock.pipeline.evaluation import Config, evaluate
+from airlock.pipeline.mappings import load_mappings
+from airlock.pipeline.operations import load_catalog, parse_aws_host
+from airlock.pipeline.policies import load_policies
+from airlock.pipeline.yaml_source import ConfigError
 from tests.helpers.proxy import PROJECT_ROOT
 
 CATALOG = load_catalog()
@@ -342,7 +342,7 @@ def test_every_openapi_write_is_identified_as_itself() -> None:
 
 
 def test_openai_beta_operations_are_told_apart_by_their_query() -> None:
-    from airlock.addons.document import WireRequest, build_document
+    from airlock.pipeline.document import WireRequest, build_document
 
     def operation(path: str) -> str | None:
         request = WireRequest("POST", "https", "api.openai.com", 443, path,
@@ -403,8 +403,8 @@ def test_the_console_line_names_the_operation() -> None:
 
 def test_creating_a_custom_voice_is_not_read_as_inference() -> None:
     """POST /v1/audio/voices clones a voice from a recording: held, not allowed as a model call."""
-    from airlock.addons.document import WireRequest, build_document
-    from airlock.addons.evaluation import evaluate
+    from airlock.pipeline.document import WireRequest, build_document
+    from airlock.pipeline.evaluation import evaluate
 
     def judged(path: str) -> tuple[str | None, str, str]:
         headers = [("content-type", "application/json")]

@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from airlock.addons.evaluation import Config, evaluate
-from airlock.addons.mappings import Action, load_mappings
-from airlock.addons.policies import PolicyError, load_policies
-from airlock.addons.yaml_source import ConfigError
+from airlock.pipeline.evaluation import Config, evaluate
+from airlock.pipeline.mappings import Action, load_mappings
+from airlock.pipeline.policies import PolicyError, load_policies
+from airlock.pipeline.yaml_source import ConfigError
 from tests.helpers.proxy import PROJECT_ROOT
 from tests.test_mappings import doc
 
@@ -202,7 +202,7 @@ def test_five_hundred_rules_are_indexed_by_action(tmp_path: Path) -> None:
     ],
 )
 def test_disguised_requests_still_map_to_what_they_do(host_header: str | None, path: str) -> None:
-    from airlock.addons.document import normalise_path
+    from airlock.pipeline.document import normalise_path
 
     config = Config(load_mappings(PROJECT_ROOT / "mappings"), load_policies(BASELINE))
     document = doc("POST", "api.stripe.com", normalise_path(path), {"amount": "5000000"})

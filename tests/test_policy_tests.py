@@ -7,8 +7,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-from airlock.addons.evaluation import Config
 from airlock.console.policy_tests import find_test_files, run_files
+from airlock.pipeline.evaluation import Config
 from tests.helpers.proxy import PROJECT_ROOT, clean_env
 
 CONFIG = Config.load(PROJECT_ROOT / "mappings", PROJECT_ROOT / "policies")

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from airlock.addons.redaction import (
+from airlock.pipeline.redaction import (
     REDACTED,
     redact_document,
     redact_headers,
@@ -132,7 +132,7 @@ def test_token_counts_are_not_secrets_but_tokens_are() -> None:
 
 
 def test_clean_strings_are_remembered_and_secrets_never_are() -> None:
-    from airlock.addons import redaction
+    from airlock.pipeline import redaction
 
     clean, secret = "Stripe/v1 PythonBindings/10.0", "key=sk_live_abcdefghijklmnop"
     for _ in range(2):
@@ -148,8 +148,8 @@ def test_secrets_in_keys_notes_and_unwalkable_bodies_are_redacted() -> None:
     import json
     import logging
 
-    from airlock.addons.document import WireRequest, build_document
-    from airlock.addons.redaction import RedactingFilter
+    from airlock.pipeline.document import WireRequest, build_document
+    from airlock.pipeline.redaction import RedactingFilter
 
     secret = "sk_live_" + "4eC39HqLyjWDarjtT1zdp7dc"
     document = build_document(
@@ -169,9 +169,9 @@ def test_secrets_in_keys_notes_and_unwalkable_bodies_are_redacted() -> None:
 
 
 def test_the_path_as_sent_is_not_kept_where_it_could_hide_a_secret() -> None:
-    from airlock.addons.document import build_document
-    from airlock.addons.redaction import redact_document
     from airlock.console.explain import parse_request
+    from airlock.pipeline.document import build_document
+    from airlock.pipeline.redaction import redact_document
 
     request = parse_request(
         "curl -X DELETE 'https://api.github.com/repos/o/r/git/refs/sk%5Ftest%5FPlanted0000000000000000%2Fx'"
@@ -214,7 +214,7 @@ def corpus_requests() -> list[tuple[str, str, list[tuple[str, str]], bytes, str]
 def test_a_corpus_of_real_secret_formats_is_redacted_kind_by_kind() -> None:
     import json
 
-    from airlock.addons.document import WireRequest, build_document
+    from airlock.pipeline.document import WireRequest, build_document
     from tests.secret_corpus import CORPUS
 
     stored = ""

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from sqlalchemy.engine import Engine
 
-from airlock.addons.policies import load_policies
 from airlock.console.replay import replay
+from airlock.pipeline.policies import load_policies
 from airlock.store.history import recorded_decisions
 from airlock.store.records import DecisionRecord
 from tests.helpers.proxy import PROJECT_ROOT, clean_env
@@ -74,7 +74,7 @@ def test_refusals_no_policy_made_are_not_reported_as_changes(
 ) -> None:
     """A 407 (no credentials) and an egress refusal, replayed with the same agents file:
     nothing would change."""
-    from airlock.addons.agents import load_agents
+    from airlock.pipeline.agents import load_agents
     from tests.test_agents import agents_dir
 
     folder = agents_dir(tmp_path)

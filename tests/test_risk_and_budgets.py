@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 
 from airlock.addons.gatekeeper import Gate
-from airlock.addons.history import BUCKET_SECONDS, EXACT_SECONDS, History
-from airlock.addons.mappings import Action
-from airlock.addons.policies import load_policies
-from airlock.addons.risk import score
-from airlock.addons.yaml_source import ConfigError
+from airlock.pipeline.history import BUCKET_SECONDS, EXACT_SECONDS, History
+from airlock.pipeline.mappings import Action
+from airlock.pipeline.policies import load_policies
+from airlock.pipeline.risk import score
+from airlock.pipeline.yaml_source import ConfigError
 from tests.test_gatekeeper import stored_runs, stripe_flow, with_gate
 
 

@@ -602,7 +602,7 @@ def test_an_approval_a_live_instance_holds_a_retry_for_outlives_its_opener(
 
 
 def test_only_listed_reviewers_with_an_allowed_role_decide(engine: Engine, tmp_path: Any) -> None:
-    from airlock.addons.agents import load_reviewers
+    from airlock.pipeline.agents import load_reviewers
 
     (tmp_path / "reviewers.yaml").write_text(
         "reviewers:\n  - {id: alice, roles: [payments-lead]}\n  - {id: bob, roles: [sre]}\n"

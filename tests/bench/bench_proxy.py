@@ -247,10 +247,10 @@ def stage_timings(mappings: Path, policies: Path) -> tuple[float, float, float]:
     rules, risk score and history included)."""
     from mitmproxy.test import tutils
 
-    from airlock.addons.document import build_document
-    from airlock.addons.evaluation import Config
-    from airlock.addons.history import History
-    from airlock.addons.risk import score
+    from airlock.pipeline.document import build_document
+    from airlock.pipeline.evaluation import Config
+    from airlock.pipeline.history import History
+    from airlock.pipeline.risk import score
 
     config = Config.load(mappings, policies)
     history = History()
@@ -277,8 +277,8 @@ def stage_timings(mappings: Path, policies: Path) -> tuple[float, float, float]:
 def redaction_timing(count: int = 5000) -> float:
     """Median µs to redact the document of a typical stripe-python charge (its headers, a form
     body that changes every time, so no string is remembered as clean)."""
-    from airlock.addons.document import WireRequest, build_document
-    from airlock.addons.redaction import redact_document
+    from airlock.pipeline.document import WireRequest, build_document
+    from airlock.pipeline.redaction import redact_document
 
     timings = []
     for i in range(count):
@@ -304,7 +304,7 @@ _STARTUP = """
 import sys, time
 started = time.perf_counter()
 from pathlib import Path
-from airlock.addons.evaluation import Config
+from airlock.pipeline.evaluation import Config
 config = Config.load(Path("mappings"), Path("policies"))
 # VmHWM, not ru_maxrss: the latter keeps the forking parent's size from before exec.
 peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
@@ -316,9 +316,9 @@ def catalog_timings() -> tuple[float, float, int, float, float, int]:
     """Start-up with the whole catalog (a fresh process: import, load, compile) and its peak
     resident MB; then the median and p99 µs to identify one request, over one request per AWS
     write operation in the catalog, built by botocore as boto3 sends it."""
-    from airlock.addons.document import build_document
-    from airlock.addons.operations import load_catalog
     from airlock.console.catalog_coverage import aws_requests
+    from airlock.pipeline.document import build_document
+    from airlock.pipeline.operations import load_catalog
 
     done = subprocess.run(
         [sys.executable, "-c", _STARTUP], cwd=PROJECT_ROOT, capture_output=True, text=True,

@@ -46,8 +46,8 @@ import pytest
 import zstandard
 from sqlalchemy import select
 
-from airlock.addons.document import document_path, escape_undecodable
-from airlock.addons.redaction import redact_text
+from airlock.pipeline.document import document_path, escape_undecodable
+from airlock.pipeline.redaction import redact_text
 from airlock.store.schema import Run, open_engine
 from tests.e2e.test_gate_invariant import Answer, tunnel
 from tests.helpers.proxy import Proxy

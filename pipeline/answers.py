@@ -18,7 +18,7 @@ from xml.sax.saxutils import escape
 
 import yaml
 
-from airlock.addons.operations import DEFAULT_CATALOG
+from airlock.pipeline.operations import DEFAULT_CATALOG
 
 BLOCKED, PENDING, FAILED = "blocked", "pending", "failed"
 _SITUATIONS = (BLOCKED, PENDING, FAILED)

@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from airlock.addons.agents import AGENTS_FILE, REVIEWERS_FILE
-from airlock.addons.conditions import MISSING, Test, compile_condition
-from airlock.addons.history import HORIZON, History
-from airlock.addons.mappings import CATEGORIES, SENSITIVITIES, Action
-from airlock.addons.yaml_source import (
+from airlock.pipeline.agents import AGENTS_FILE, REVIEWERS_FILE
+from airlock.pipeline.conditions import MISSING, Test, compile_condition
+from airlock.pipeline.history import HORIZON, History
+from airlock.pipeline.mappings import CATEGORIES, SENSITIVITIES, Action
+from airlock.pipeline.yaml_source import (
     ConfigError,
     Node,
     Seq,
@@ -172,7 +172,7 @@ class Rule:
     budget: Budget | None = None
     rate: Rate | None = None
     time_window: TimeWindow | None = None
-    # the `params:` conditions as written, for checks across mappings (addons/consistency.py)
+    # the `params:` conditions as written, for checks across mappings (pipeline/consistency.py)
     param_specs: tuple[tuple[str, Any, Where], ...] = ()
 
     def fires(self, situation: Situation) -> bool:
@@ -379,7 +379,7 @@ def load_policies(directory: Path) -> PolicySet:
     posture = DefaultPosture()
     for path in yaml_files(directory):
         if path.name in (AGENTS_FILE, REVIEWERS_FILE):
-            continue  # identities, not rules: addons/agents.py reads them
+            continue  # identities, not rules: pipeline/agents.py reads them
         file_rules, default = load_policy_file(path, start=len(rules))
         rules.extend(file_rules)
         if default:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from airlock.addons.mappings import Action
+from airlock.pipeline.mappings import Action
 
 _SENSITIVITY_POINTS = {"low": 5, "medium": 15, "high": 30, "critical": 45}
 _CATEGORY_POINTS = {"payment": 10, "identity": 10, "messaging": 5, "network": 5}

@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from airlock.addons.yaml_source import ConfigError, Node, Where
+from airlock.pipeline.yaml_source import ConfigError, Node, Where
 
 Test = Callable[[Any], bool]
 MISSING = object()  # the value is not there at all (distinct from an explicit null)

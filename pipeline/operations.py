@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from airlock.addons.document import Document
+from airlock.pipeline.document import Document
 from airlock.store.locations import shipped
 
 DEFAULT_CATALOG = shipped("catalog")

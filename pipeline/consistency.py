@@ -12,10 +12,10 @@ import difflib
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from airlock.addons.extraction import ValueSpec
-from airlock.addons.mappings import Mapping, MappingIndex, snake_case
-from airlock.addons.policies import PolicySet, Rule
-from airlock.addons.yaml_source import ConfigError, Node
+from airlock.pipeline.extraction import ValueSpec
+from airlock.pipeline.mappings import Mapping, MappingIndex, snake_case
+from airlock.pipeline.policies import PolicySet, Rule
+from airlock.pipeline.yaml_source import ConfigError, Node
 
 # Actions that no mapping names but Airlock itself gives.
 BUILT_IN_ACTIONS = frozenset({"http.read", "http.write", "proxy.authenticate", "unknown"})

@@ -10,19 +10,19 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from airlock.addons.agents import AgentRegistry, load_agents
-from airlock.addons.consistency import configuration_problems
-from airlock.addons.document import Document, normalise_host
-from airlock.addons.history import History
-from airlock.addons.mappings import (
+from airlock.pipeline.agents import AgentRegistry, load_agents
+from airlock.pipeline.consistency import configuration_problems
+from airlock.pipeline.document import Document, normalise_host
+from airlock.pipeline.history import History
+from airlock.pipeline.mappings import (
     Action,
     MappingError,
     MappingIndex,
     fallback_action,
     load_mappings,
 )
-from airlock.addons.policies import BLOCK, PolicySet, Verdict, load_policies
-from airlock.addons.risk import Risk, score
+from airlock.pipeline.policies import BLOCK, PolicySet, Verdict, load_policies
+from airlock.pipeline.risk import Risk, score
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class Config:
 
     @classmethod
     def load(cls, mappings_dir: Path, policies_dir: Path) -> Config:
-        """Load and check together: what the files must agree on (addons/consistency.py) is
+        """Load and check together: what the files must agree on (pipeline/consistency.py) is
         a load error, the first one found; `airlock check` lists them all."""
         config = cls(
             load_mappings(mappings_dir), load_policies(policies_dir), load_agents(policies_dir)

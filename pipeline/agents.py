@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from airlock.addons.hosts import host_glob_regex
-from airlock.addons.yaml_source import (
+from airlock.pipeline.hosts import host_glob_regex
+from airlock.pipeline.yaml_source import (
     ConfigError,
     Node,
     Seq,

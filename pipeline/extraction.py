@@ -29,7 +29,7 @@ from typing import Any
 from jsonpath_ng import JSONPath
 from jsonpath_ng.ext import parse as parse_jsonpath
 
-from airlock.addons.yaml_source import ConfigError, Node, Where, expect_keys, optional_node
+from airlock.pipeline.yaml_source import ConfigError, Node, Where, expect_keys, optional_node
 
 SPEC_KEYS = {
     "path",

@@ -13,18 +13,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from airlock.addons.conditions import MISSING, Test, compile_condition
-from airlock.addons.document import Document
-from airlock.addons.extraction import (
+from airlock.pipeline.conditions import MISSING, Test, compile_condition
+from airlock.pipeline.document import Document
+from airlock.pipeline.extraction import (
     ExtractionError,
     Finder,
     ValueSpec,
     jsonpath_at,
     load_value_specs,
 )
-from airlock.addons.hosts import host_glob_regex
-from airlock.addons.operations import DEFAULT_CATALOG, Operation, OperationIndex, load_catalog
-from airlock.addons.yaml_source import (
+from airlock.pipeline.hosts import host_glob_regex
+from airlock.pipeline.operations import DEFAULT_CATALOG, Operation, OperationIndex, load_catalog
+from airlock.pipeline.yaml_source import (
     ConfigError,
     Node,
     Seq,
