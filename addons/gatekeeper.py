@@ -2,7 +2,8 @@
 
 mitmproxy loads it through the script addons/gate.py. The hooks here name the agent, enforce,
 hold and watch approvals; documenting, mapping, deciding and recording happen in the decider
-process beside mitmproxy (addons/decider.py), off the event loop that every flow shares.
+(airlock.decider: a worker process beside mitmproxy by default), off the event loop that every
+flow shares.
 """
 
 from __future__ import annotations
@@ -29,18 +30,34 @@ from mitmproxy import connection, ctx, exceptions, http, tcp, udp
 from sqlalchemy.engine import Engine, make_url
 
 from airlock.addons.control_surface import ControlSurface
-from airlock.addons.decider import FAULT as DECIDER_FAULT
-from airlock.addons.decider import failed_evaluation, request_fields, run_row
 from airlock.addons.decision_log import DecisionLog
 from airlock.addons.metrics import Metrics
 from airlock.addons.notify import Notifier
 from airlock.addons.routing import Routing
+from airlock.decider.client import (
+    DECIDER_KINDS,
+    WORKER,
+    Decider,
+    DeciderFault,
+    decider_for,
+)
+from airlock.decider.messages import (
+    ApprovalState,
+    Configuration,
+    Decide,
+    Decided,
+    RawRequest,
+    Settled,
+    Setup,
+    StoreAddress,
+)
 from airlock.pipeline.answers import load_answers, situation_of
 from airlock.pipeline.document import minimal_document, normalise_host
 from airlock.pipeline.evaluation import Config, Evaluation
 from airlock.pipeline.mappings import Action
 from airlock.pipeline.policies import BLOCK, ENFORCE, MODES, REQUIRE_APPROVAL, Verdict
 from airlock.pipeline.redaction import redact_mitmproxy_logs
+from airlock.pipeline.run_record import failed_evaluation, run_row
 from airlock.pipeline.yaml_source import ConfigError, Sources, recording_sources, sources_hash
 from airlock.store.approvals import (
     ABANDONED,
@@ -54,12 +71,7 @@ from airlock.store.approvals import (
     settle_orphaned_runs,
 )
 from airlock.store.locations import shipped
-from airlock.store.records import (
-    DecisionRecord,
-    OutcomeRecord,
-    ReleaseRequest,
-    SettleRequest,
-)
+from airlock.store.records import DecisionRecord, OutcomeRecord
 from airlock.store.schema import (
     DEFAULT_DB_URL,
     DURABILITY_MODES,
@@ -68,8 +80,6 @@ from airlock.store.schema import (
     new_id,
     open_engine,
 )
-from airlock.store.wire import hosted_frame
-from airlock.store.writer import StoreWriter
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +109,7 @@ class Gate:
         self.metrics = metrics or Metrics()
         self.config: Config | None = None
         self.sources: Sources = {"files": {}, "folders": {}}  # what self.config was compiled from
-        self.writer: StoreWriter | None = None
+        self.decider: Decider | None = None
         # Unique per start, even for a restarted container's pid 1: other instances' records
         # (an earlier process's, committed late) are told apart from this one's.
         self.instance = f"{socket.gethostname()}-{os.getpid()}.{secrets.token_hex(3)}"
@@ -120,6 +130,15 @@ class Gate:
 
     def load(self, loader: Any) -> None:
         redact_mitmproxy_logs()
+        loader.add_option(
+            "airlock_decider",
+            str,
+            WORKER,
+            "Where requests are decided and recorded. worker: a process beside mitmproxy, on "
+            "another core (throughput); in-process: a thread of mitmproxy's own process (one "
+            "process, small setups). The same decisions either way.",
+            choices=list(DECIDER_KINDS),
+        )
         loader.add_option(
             "airlock_db", str, DEFAULT_DB_URL, "SQLAlchemy URL of the store (SQLite or PostgreSQL)."
         )
@@ -198,7 +217,7 @@ class Gate:
             gc.unfreeze()  # the configuration being replaced may be collected
             self.config = self._load_config()
             _settle_heap()
-        if {"airlock_db", "airlock_durability"} & updated:
+        if {"airlock_db", "airlock_durability", "airlock_decider"} & updated:
             self._open_store(ctx.options.airlock_db)
         if "airlock_mode" in updated:
             self.mode = ctx.options.airlock_mode
@@ -213,11 +232,11 @@ class Gate:
             raise exceptions.OptionsError(
                 "airlock_hold_timeout must be a positive number of seconds"
             )
-        if _CONFIG_OPTIONS & updated and self.writer is not None and self.writer.running:
+        if _CONFIG_OPTIONS & updated and self.decider is not None and self.decider.running:
             # Sent now, ahead of any later request; a (re)started decider gets it in its setup.
-            self._spawn(self._reconfigured(self.writer.ask(["configure", self._decider_config()])))
+            self._spawn(self._reconfigured(self.decider.configure(self._configuration())))
 
-    async def _reconfigured(self, answer: asyncio.Future[Any]) -> None:
+    async def _reconfigured(self, answer: asyncio.Future[None]) -> None:
         try:
             await asyncio.wait_for(answer, STORE_TIMEOUT)
         except Exception as e:
@@ -260,9 +279,9 @@ class Gate:
                       sources_hash(self.sources)[:12], e)  # fmt: skip
             return
         try:
-            assert self.writer is not None
+            assert self.decider is not None
             await asyncio.wait_for(
-                self.writer.ask(["configure", self._decider_config(sources)]), STORE_TIMEOUT
+                self.decider.configure(self._configuration(sources)), STORE_TIMEOUT
             )
         except Exception as e:
             self.metrics.reloads.labels("refused").inc()
@@ -291,13 +310,11 @@ class Gate:
         finally:
             if engine is not None:
                 engine.dispose()
-        self.writer = StoreWriter(
-            engine,
-            self.metrics.on_commit,
-            program="airlock.addons.decider",
-            greeting=self._greeting,
-            on_push=self._pushed,
-            durability=ctx.options.airlock_durability,
+        store = StoreAddress(
+            engine.url.render_as_string(hide_password=False), ctx.options.airlock_durability
+        )
+        self.decider = decider_for(ctx.options.airlock_decider)(
+            store, self._setup, self._settled, self.metrics.on_commit
         )
 
     def _settle_what_stopped_processes_left(self, engine: Engine) -> None:
@@ -314,48 +331,46 @@ class Gate:
                         "(outcome unknown: may have been sent), %d held (not sent)",
                         left[UNKNOWN], left[NOT_SENT])  # fmt: skip
 
-    def _greeting(self) -> list[bytes]:
-        """What a (re)started decider process needs first (addons/decider.py), and the
-        approvals this proxy holds flows for, which it watches."""
-        setup = {
-            "instance": self.instance,
-            "sync_every": HISTORY_SYNC_SECONDS,
-            "anchor_dir": ctx.options.airlock_anchor_dir,
-            "retention_days": ctx.options.airlock_retention_days,
-        }
-        frames = [hosted_frame(0, ["setup", setup | self._decider_config()])]
-        if self.holds:
-            frames.append(hosted_frame(0, ["watch", {"ids": list(self.holds)}]))
-        return frames
+    def _setup(self) -> Setup:
+        """What a (re)started decider needs first: who this proxy is, what it decides with, and
+        the approvals it holds flows for, which the decider watches."""
+        return Setup(
+            self.instance,
+            HISTORY_SYNC_SECONDS,
+            ctx.options.airlock_anchor_dir,
+            ctx.options.airlock_retention_days,
+            self._configuration(),
+            list(self.holds),
+        )
 
-    def _decider_config(self, sources: Sources | None = None) -> dict[str, Any]:
-        """The files the proxy loaded and validated, as it read them: a decider (re)started
-        later must not pick up edits on disk that were never loaded (or are broken)."""
-        return {
-            "mappings": ctx.options.airlock_mappings,
-            "policies": ctx.options.airlock_policies,
-            "sources": self.sources if sources is None else sources,
-            "mode": self.mode,
-            "approval_timeout": ctx.options.airlock_approval_timeout,
-        }
+    def _configuration(self, sources: Sources | None = None) -> Configuration:
+        """The files the proxy loaded and validated, as it read them."""
+        return Configuration(
+            ctx.options.airlock_mappings,
+            ctx.options.airlock_policies,
+            self.sources if sources is None else sources,
+            self.mode,
+            ctx.options.airlock_approval_timeout,
+        )
 
     def _close_store(self) -> None:
-        if self.writer is not None:
-            self.writer.stop()
-        self.writer = None
+        """Options changed while running: the decider for the old store finishes its writes."""
+        decider, self.decider = self.decider, None
+        if decider is not None and decider.running:
+            self._spawn(decider.stop())
 
-    def running(self) -> None:
+    async def running(self) -> None:
         self._enforce_gating_options()
-        self._start_writer()
+        await self._start_decider()
         self._listen_for_reload(asyncio.get_running_loop())
         log.info("deciding with configuration %s", sources_hash(self.sources)[:12])
         _settle_heap()
 
     def _remember(self, run: dict[str, Any], passed: bool) -> None:
         """A held request, once settled, counts in the decider's budgets."""
-        assert self.writer is not None
+        assert self.decider is not None
         fields = {key: run[key] for key in ("id", "agent", "action", "at", "params", "target")}
-        self.writer.tell(["remember", {"run": fields, "passed": passed}])
+        self.decider.remember(fields, passed)
 
     def _enforce_gating_options(self) -> None:
         """mitmproxy settings under which some traffic would pass the gate unseen."""
@@ -374,9 +389,9 @@ class Gate:
         if changes:
             ctx.options.update(**changes)
 
-    def _start_writer(self) -> None:
-        assert self.writer is not None
-        self.writer.ensure_started(asyncio.get_running_loop())
+    async def _start_decider(self) -> None:
+        assert self.decider is not None
+        await self.decider.start()
 
     async def done(self) -> None:
         """Held requests are answered 503 + Retry-After (not reset) and their approvals end
@@ -399,7 +414,9 @@ class Gate:
                 asyncio.gather(*(e.wait() for e in self._answering.values())), SHUTDOWN_ANSWER
             )
         await self.notifier.drain()
-        await asyncio.to_thread(self._close_store)
+        decider, self.decider = self.decider, None
+        if decider is not None:
+            await decider.stop()
         self.log.flush()
 
     # --- traffic that is not HTTP requests -----------------------------------------------------
@@ -470,10 +487,10 @@ class Gate:
         row.update(outcome="blocked", status=407)
         self.log.decision(BLOCK, row, 0.0, note="407 proxy authentication required")
         try:
-            assert self.writer is not None
-            self._start_writer()
+            await self._start_decider()
+            assert self.decider is not None
             async with asyncio.timeout(STORE_TIMEOUT):
-                await self.writer.submit(DecisionRecord(row))
+                await self.decider.record(DecisionRecord(row))
         except Exception as e:
             log.error("could not record a refused proxy authentication: %s", e)
 
@@ -511,8 +528,8 @@ class Gate:
         try:
             row = self._failed_run(flow.request, run_id, ANONYMOUS, error)
             row.update(outcome="blocked", status=403)
-            assert self.writer is not None
-            await asyncio.wait_for(self.writer.submit(DecisionRecord(row)), STORE_TIMEOUT)
+            assert self.decider is not None
+            await asyncio.wait_for(self.decider.record(DecisionRecord(row)), STORE_TIMEOUT)
         except Exception as e:
             log.error("could not record the refusal of request %s: %s", run_id, e)
             return False
@@ -520,7 +537,7 @@ class Gate:
 
     async def _gate(self, flow: http.HTTPFlow) -> None:
         started = time.perf_counter()
-        self._start_writer()
+        await self._start_decider()
         run_id = new_id()
         flow.metadata["airlock"] = run_id
         # Proxy credentials are for Airlock: never forwarded, whether sent before the tunnel or
@@ -533,41 +550,39 @@ class Gate:
         decided = await self._decide(flow, run_id, agent)
         if decided is None:
             return
-        run = decided["run"]
-        if not decided["recorded"]:
-            raise RuntimeError("the decider answered with a decision it did not record")
+        run = decided.run
         flow.metadata["airlock_recorded"] = True
         # Counted and printed right after the request is on its way, not before.
         asyncio.get_running_loop().call_soon(
-            self._report, run, decided["failed_stage"], time.perf_counter() - started
+            self._report, run, decided.failed_stage, time.perf_counter() - started
         )
+        approval = decided.approval
         if run["decision"] == BLOCK:
             self._refuse(flow, run, run["reason"])
         elif run["decision"] != REQUIRE_APPROVAL:
             flow.metadata["airlock_released"] = time.time()
-        elif (approval := decided["approval"])["joined"]:
-            await self._rejoin(flow, run, approval, decided["request_hash"])
+        elif approval is None:
+            raise RuntimeError("the decider answered REQUIRE_APPROVAL without an approval")
+        elif approval.joined:
+            await self._rejoin(flow, run, approval, decided.request_hash)
         else:
-            self.notifier.held(run, approval["id"], approval["expires_at"])
-            await self._hold(flow, run, approval["id"], approval["expires_at"])
+            self.notifier.held(run, approval.id, approval.expires_at)
+            await self._hold(flow, run, approval.id, approval.expires_at)
 
-    async def _decide(self, flow: http.HTTPFlow, run_id: str, agent: str) -> Any:
-        """The decider process decides and records (addons/decider.py); None when that failed
-        and the request was refused. A request for approval comes back with its approval."""
+    async def _decide(self, flow: http.HTTPFlow, run_id: str, agent: str) -> Decided | None:
+        """The decider decides and records (airlock.decider); None when that failed and the
+        request was refused. A request for approval comes back with its approval."""
         request = flow.request
-        fields = request_fields(request)
-        fields.update(
-            id=run_id,
-            agent=agent,
-            refusal=await self.surface.refuses(normalise_host(request.host), request.port),
-        )
+        refusal = await self.surface.refuses(normalise_host(request.host), request.port)
         try:
-            assert self.writer is not None
+            assert self.decider is not None
             async with asyncio.timeout(STORE_TIMEOUT):  # cheaper than wait_for: no extra task
-                return await self.writer.ask(["decide", fields], request.raw_content or b"")
+                return await self.decider.decide(
+                    Decide(run_id, agent, refusal, raw_request(request))
+                )
+        except DeciderFault:
+            raise  # not the store: refused as a fault of the gate, and recorded if it can be
         except Exception as e:
-            if str(e).startswith(DECIDER_FAULT):
-                raise  # not the store: refused as a fault of the gate, and recorded if it can be
             self._refuse_unrecorded(flow, self._failed_run(request, run_id, agent, e), e)
             return None
 
@@ -594,28 +609,28 @@ class Gate:
         self,
         flow: http.HTTPFlow,
         run: dict[str, Any],
-        joined: dict[str, Any],
-        run_request_hash: str,
+        joined: ApprovalState,
+        run_request_hash: str | None,
     ) -> None:
         """A retry of a request waiting for (or granted) approval: never a second approval."""
-        approval = {"id": joined["id"], "state": joined["state"]}
-        if joined["request_hash"] != run_request_hash:
+        approval = {"id": joined.id, "state": joined.state}
+        if joined.request_hash != run_request_hash:
             # Same idempotency key, different request: an approval is bound to the exact one.
             self._record_outcome(run["id"], "key_reused", 409)
             self._refuse(
                 flow, run, "this idempotency key was used for a different request that is "
                 "waiting for (or got) approval; use a new key", approval=approval, status=409,
             )  # fmt: skip
-        elif joined["state"] == DENIED:
+        elif joined.state == DENIED:
             self._record_outcome(run["id"], "denied", 403)
-            reason = f": {joined['reason']}" if joined["reason"] else ""
-            self._refuse(flow, run, f"denied by {joined['reviewer']}{reason}", approval=approval)
-        elif joined["state"] == APPROVED:
-            await self._release(flow, run, joined["id"])
-        elif joined["id"] in self.holds:  # the first attempt is still held: one per approval
-            self._answer_pending(flow, run, joined["id"], joined["expires_at"])
+            reason = f": {joined.reason}" if joined.reason else ""
+            self._refuse(flow, run, f"denied by {joined.reviewer}{reason}", approval=approval)
+        elif joined.state == APPROVED:
+            await self._release(flow, run, joined.id)
+        elif joined.id in self.holds:  # the first attempt is still held: one per approval
+            self._answer_pending(flow, run, joined.id, joined.expires_at)
         else:
-            await self._hold(flow, run, joined["id"], joined["expires_at"])
+            await self._hold(flow, run, joined.id, joined.expires_at)
 
     async def _hold(
         self, flow: http.HTTPFlow, run: dict[str, Any], approval_id: str, expires_at: float
@@ -627,7 +642,7 @@ class Gate:
         )
         self.holds[approval_id] = Hold(approval_id, flow, settled)
         self.metrics.held_flows.inc()
-        self._tell(["watch", {"ids": [approval_id]}])  # its settlement is pushed: _pushed
+        self._decider().watch([approval_id])  # its settlement is pushed: _settled
         if flow.client_conn.timestamp_end is not None or flow.error is not None:
             # The client left while the decision was being committed.
             self._spawn(self._abandon(self.holds[approval_id]))
@@ -644,7 +659,8 @@ class Gate:
         finally:
             self.holds.pop(approval_id, None)
             self.metrics.held_flows.dec()
-            self._tell(["unwatch", {"id": approval_id}])
+            if self.decider is not None:
+                self.decider.unwatch(approval_id)
         if state == SHUTTING_DOWN:
             self._record_outcome(run["id"], "expired", 503)
             self._answer_shutdown(flow, run)
@@ -671,9 +687,9 @@ class Gate:
 
     async def _release(self, flow: http.HTTPFlow, run: dict[str, Any], approval_id: str) -> None:
         """Forward an approved request exactly once, whichever attempt gets here first."""
-        assert self.writer is not None
+        assert self.decider is not None
         async with asyncio.timeout(STORE_TIMEOUT):
-            won = await self.writer.submit(ReleaseRequest(approval_id, time.time()))
+            won = await self.decider.release(approval_id, time.time())
         if won:
             flow.metadata["airlock_released"] = time.time()
             self._remember(run, passed=True)
@@ -704,12 +720,11 @@ class Gate:
         self, approval_id: str, state: str, reason: str | None = None
     ) -> tuple[str, str | None, str | None]:
         """End an approval from the proxy's side; if a reviewer got there first, theirs stands."""
-        assert self.writer is not None
+        assert self.decider is not None
         if reason is None:
             reason = "approval timed out" if state == EXPIRED else "client disconnected while held"
         settlement = await asyncio.wait_for(
-            self.writer.submit(SettleRequest(approval_id, state, reason, time.time())),
-            STORE_TIMEOUT,
+            self.decider.settle(approval_id, state, reason, time.time()), STORE_TIMEOUT
         )
         return settlement.state, settlement.reviewer, settlement.reason
 
@@ -721,18 +736,17 @@ class Gate:
 
     # --- reviewers' decisions, pushed by the decider ------------------------------------------
 
-    def _pushed(self, message: list[Any]) -> None:
+    def _settled(self, settled: Settled) -> None:
         """The decider saw a watched approval settled (store/settlements.py)."""
-        kind, fields = message
         if self._stopping:
             return
-        hold = self.holds.get(fields["id"]) if kind == "settled" else None
+        hold = self.holds.get(settled.id)
         if hold is not None and not hold.settled.done():
-            hold.settled.set_result((fields["state"], fields["reviewer"], fields["reason"]))
+            hold.settled.set_result((settled.state, settled.reviewer, settled.reason))
 
-    def _tell(self, message: list[Any]) -> None:
-        if self.writer is not None:
-            self.writer.tell(message)
+    def _decider(self) -> Decider:
+        assert self.decider is not None
+        return self.decider
 
     def client_disconnected(self, client: connection.Client) -> None:
         for hold in list(self.holds.values()):
@@ -865,13 +879,22 @@ class Gate:
     def _record_outcome(
         self, run_id: str, outcome: str, status: int | None, upstream_ms: float | None = None
     ) -> None:
-        if self.writer is not None:
-            self.writer.submit_nowait(
+        if self.decider is not None:
+            self.decider.record_outcome(
                 OutcomeRecord(run_id, time.time(), outcome, status, upstream_ms)
             )
 
 
 # --- pure helpers ----------------------------------------------------------------------------
+
+
+def raw_request(request: http.Request) -> RawRequest:
+    """What the decider needs of a request: its bytes as mitmproxy holds them."""
+    data = request.data
+    return RawRequest(
+        data.method, data.scheme, request.host, request.port, data.path, data.authority,
+        list(data.headers.fields), request.raw_content or b"",
+    )  # fmt: skip
 
 
 def _option(name: str) -> Any:

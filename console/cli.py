@@ -123,6 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
         "process but not a power loss, for less latency (default: %(default)s)",
     )
     run.add_argument(
+        "--decider",
+        choices=["worker", "in-process"],
+        default="worker",
+        help="where requests are decided and recorded: worker, a process beside the proxy on "
+        "another core (throughput); in-process, a thread of the proxy's own process (one "
+        "process, small setups); the same decisions either way (default: %(default)s)",
+    )
+    run.add_argument(
         "--retention",
         type=int,
         default=0,
@@ -570,6 +578,7 @@ def mitmdump_arguments(args: argparse.Namespace, confdir: Path) -> list[str]:
         "flow_detail": "0",  # the gate prints its own line per decision
         "airlock_db": args.db,
         "airlock_durability": args.durability,
+        "airlock_decider": args.decider,
         "airlock_anchor_dir": str(args.data_dir),
         "airlock_retention_days": str(args.retention),
         "airlock_mappings": str(Path(args.mappings).resolve()),

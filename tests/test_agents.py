@@ -195,7 +195,7 @@ def test_plain_http_requests_need_credentials_too(tmp_path: Path) -> None:
 def test_a_recorded_configuration_compiles_the_same_after_its_files_change(
     tmp_path: Path,
 ) -> None:
-    """What the decider process compiles (addons/decider.py): the files as the proxy read them,
+    """What the decider process compiles (decider/core.py): the files as the proxy read them,
     agents included, whatever happened on disk since."""
     policies = agents_dir(tmp_path)
     with recording_sources() as sources:

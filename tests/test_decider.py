@@ -1,118 +1,140 @@
-"""The decider in-process (addons/decider.py): what it makes of the gate's messages."""
+"""The decider's core (decider/core.py), called directly: what it makes of the proxy's messages,
+and that both deciders (worker process, in-process thread) answer the same."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from mitmproxy.test import tutils
+from sqlalchemy import select
 
-from airlock.addons.decider import Decider, _request, request_fields
+from airlock.addons.gatekeeper import raw_request
+from airlock.decider.client import InProcessDecider, WorkerDecider
+from airlock.decider.core import DeciderCore, wire_request
+from airlock.decider.messages import (
+    Committed,
+    Configuration,
+    Decide,
+    Decided,
+    Envelope,
+    Failure,
+    RawRequest,
+    Reply,
+    Setup,
+    StoreAddress,
+    Watch,
+)
+from airlock.decider.wire import Reader, pack
 from airlock.pipeline.document import build_document
 from airlock.pipeline.evaluation import Config
 from airlock.pipeline.yaml_source import recording_sources
-from airlock.store.schema import create_schema, open_engine
-from airlock.store.wire import decode_job, hosted_frame, hosted_message
-from airlock.store.writer import GroupWriter, Pending
+from airlock.store.schema import Approval, Run, create_schema, open_engine
 from tests.helpers.proxy import PROJECT_ROOT
 
 
 @pytest.fixture
-def decider(tmp_path: Path) -> Iterator[Decider]:
-    engine = open_engine(f"sqlite:///{tmp_path / 'a.db'}")
+def store(tmp_path: Path) -> StoreAddress:
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    engine = open_engine(url)
     create_schema(engine)
-    writer = GroupWriter(engine)
-    yield Decider(writer)
-    writer.close()
     engine.dispose()
+    return StoreAddress(url, "full")
 
 
-def charge(amount: int) -> tuple[dict[str, Any], bytes]:
+@pytest.fixture
+def core(store: StoreAddress) -> Iterator[DeciderCore]:
+    core = DeciderCore(store)
+    yield core
+    core.finish()
+
+
+def charge(amount: int, run_id: str | None = None, **headers: str) -> Decide:
     request = tutils.treq(
         method=b"POST", scheme=b"https", host="api.stripe.com", port=443, authority=b"",
-        path=b"/v1/charges", headers=[(b"content-type", b"application/x-www-form-urlencoded")],
+        path=b"/v1/charges",
+        headers=[(b"content-type", b"application/x-www-form-urlencoded"),
+                 *((k.replace("_", "-").encode(), v.encode()) for k, v in headers.items())],
         content=f"amount={amount}&currency=usd".encode(),
     )  # fmt: skip
-    fields = request_fields(request) | {"id": f"run-{amount}", "agent": "a", "refusal": None}
-    return fields, request.raw_content or b""
+    return Decide(run_id or f"run-{amount}", "a", None, raw_request(request))
 
 
-def setup_message() -> bytes:
+def setup() -> Setup:
     mappings, policies = PROJECT_ROOT / "mappings", PROJECT_ROOT / "policies"
     with recording_sources() as sources:
         Config.load(mappings, policies)
-    setup = {
-        "instance": "test-1",
-        "sync_every": 60.0,
-        "mappings": str(mappings),
-        "policies": str(policies),
-        "sources": sources,
-        "mode": "enforce",
-    }
-    return hosted_frame(0, ["setup", setup])
+    configuration = Configuration(str(mappings), str(policies), sources, "enforce", 600.0)
+    return Setup("test-1", 60.0, "", 0, configuration, [])
 
 
-def test_decisions_become_records_answered_once_written(decider: Decider) -> None:
-    small, large = charge(500), charge(5_000_000)
-    taken = decider.take(
-        [setup_message(), hosted_frame(1, ["decide", small[0]], small[1]),
-         hosted_frame(2, ["decide", large[0]], large[1])]
-    )  # fmt: skip
-    assert taken.answers == []
-    records = [decode_job(f) for f in taken.frames]
-    assert [(seq, job.run["decision"]) for seq, job in records] == [(1, "ALLOW"), (2, "BLOCK")]
-    assert records[1][1].run["outcome"] == "blocked"
-    assert "stripe-charge-too-large" in taken.results[2]["run"]["rules"]
-    assert "request" not in taken.results[1]["run"]  # the proxy gets a summary, not the document
+def replies(answers: list[Any]) -> dict[int, Any]:
+    return {a.sequence: a.value for a in answers if isinstance(a, Reply)}
 
 
-def test_a_request_for_approval_is_recorded_with_the_approval_it_opens(decider: Decider) -> None:
-    fields, body = charge(150_000)
-    taken = decider.take([setup_message(), hosted_frame(7, ["decide", fields], body)])
-    [(sequence, record)] = [decode_job(f) for f in taken.frames]
-    assert (sequence, record.run["decision"]) == (7, "REQUIRE_APPROVAL")
-    assert record.run["request"]["body"] == {"amount": "150000", "currency": "usd"}
-    answer = taken.results[7](None)  # what the proxy gets once the write found no other
-    assert record.hold is not None and answer["approval"]["id"] == record.hold.approval_id
-    assert (answer["approval"]["state"], answer["approval"]["joined"]) == ("PENDING", False)
-    assert answer["request_hash"] == record.hold.request_hash and len(answer["request_hash"]) == 64
+def stored(core: DeciderCore, run_id: str) -> Any:
+    with core.engine.connect() as conn:
+        return conn.execute(select(Run).where(Run.id == run_id)).one()
 
 
-def test_the_same_call_twice_opens_one_approval(decider: Decider) -> None:
+def test_decisions_are_answered_once_written_in_one_commit(core: DeciderCore) -> None:
+    answers = core.handle(
+        [Envelope(0, setup()), Envelope(1, charge(500)), Envelope(2, charge(5_000_000))]
+    )
+    assert [a.size for a in answers if isinstance(a, Committed)] == [2]  # one group commit
+    small, large = replies(answers)[1], replies(answers)[2]
+    assert (small.run["decision"], large.run["decision"]) == ("ALLOW", "BLOCK")
+    assert "stripe-charge-too-large" in large.run["rules"]
+    assert "request" not in small.run  # the proxy gets a summary, not the document
+    assert stored(core, "run-5000000").outcome == "blocked"
+    assert stored(core, "run-500").decision == "ALLOW"
+
+
+def test_a_request_for_approval_is_recorded_with_the_approval_it_opens(core: DeciderCore) -> None:
+    decided = replies(core.handle([Envelope(0, setup()), Envelope(7, charge(150_000))]))[7]
+    assert decided.run["decision"] == "REQUIRE_APPROVAL"
+    assert stored(core, "run-150000").request["body"] == {"amount": "150000", "currency": "usd"}
+    approval = decided.approval
+    assert (approval.state, approval.joined) == ("PENDING", False)
+    with core.engine.connect() as conn:
+        row = conn.execute(select(Approval).where(Approval.id == approval.id)).one()
+    assert row.request_hash == decided.request_hash and len(decided.request_hash) == 64
+
+
+def test_the_same_call_twice_opens_one_approval(core: DeciderCore) -> None:
     """In one batch (sent at once), and in the next (the first is committed by then)."""
-    first, body = charge(150_000)
-    again = first | {"id": "run-again"}
-    taken = decider.take([setup_message(), hosted_frame(1, ["decide", first], body),
-                          hosted_frame(2, ["decide", again], body)])  # fmt: skip
-    opened, joined = (decode_job(f)[1] for f in taken.frames)
-    assert opened.hold is not None and joined.hold is None
-    assert taken.results[2](None)["approval"]["id"] == opened.hold.approval_id
-    assert f"joins approval {opened.hold.approval_id}" in joined.run["reason"]
-    GroupWriter(decider.engine).write_group([Pending(*decode_job(f)) for f in taken.frames])
+    first, again = charge(150_000), charge(150_000, "run-again")
+    answered = replies(core.handle([Envelope(0, setup()), Envelope(1, first),
+                                    Envelope(2, again)]))  # fmt: skip
+    opened, joined = answered[1].approval, answered[2].approval
+    assert (opened.joined, joined.joined, joined.id) == (False, True, opened.id)
+    assert f"joins approval {opened.id}" in answered[2].run["reason"]
 
-    later = decider.take([hosted_frame(3, ["decide", first | {"id": "run-3"}], body)])
-    [(_, third)] = [decode_job(f) for f in later.frames]
-    assert third.hold is None
-    assert later.results[3](None)["approval"] == taken.results[1](None)["approval"] | {
-        "joined": True
-    }
+    later = replies(core.handle([Envelope(3, charge(150_000, "run-3"))]))[3]
+    assert later.approval.id == opened.id and later.approval.joined
+    with core.engine.connect() as conn:
+        assert len(conn.execute(select(Approval.id)).all()) == 1
 
 
-def test_without_configuration_a_request_is_blocked_and_recorded(decider: Decider) -> None:
-    fields, body = charge(500)
-    taken = decider.take([hosted_frame(1, ["decide", fields], body)])  # no setup came
-    [(_, record)] = [decode_job(f) for f in taken.frames]
-    assert record.run["decision"] == "BLOCK"
-    assert "no configuration" in record.run["reason"]
-    assert taken.results[1]["failed_stage"] == "gate"
+def test_without_configuration_a_request_is_blocked_and_recorded(core: DeciderCore) -> None:
+    decided = replies(core.handle([Envelope(1, charge(500))]))[1]  # no setup came
+    assert decided.run["decision"] == "BLOCK"
+    assert "no configuration" in decided.run["reason"]
+    assert decided.failed_stage == "gate"
+    assert stored(core, "run-500").decision == "BLOCK"
 
 
-def test_a_message_the_decider_cannot_read_is_refused_not_dropped(decider: Decider) -> None:
-    taken = decider.take([hosted_frame(5, ["decide", {"id": "x"}]), hosted_frame(6, ["?", {}])])
-    assert [(seq, ok) for seq, ok, _ in taken.answers] == [(5, False), (6, False)]
-    assert taken.frames == []
+def test_a_message_the_decider_cannot_take_is_refused_not_dropped(core: DeciderCore) -> None:
+    answers = core.handle([Envelope(5, "not a message"), Envelope(6, Watch(["x"]))])  # type: ignore[arg-type]
+    refused = replies(answers)[5]
+    assert isinstance(refused, Failure) and refused.by == "decider"
+    assert 6 not in replies(answers)  # a watch is not answered
+    assert core.watch.watched == {"x"}
 
 
 def test_the_request_crosses_to_the_decider_byte_for_byte() -> None:
@@ -120,48 +142,46 @@ def test_the_request_crosses_to_the_decider_byte_for_byte() -> None:
         method=b"PATCH", path=b"/a%20b/\xc3\xa9?q=\xff", authority=b"",
         headers=[(b"X-Raw", b"\xfe\x00v"), (b"x-raw", b"second")], content=b"\x00\x01",
     )  # fmt: skip
-    sent = hosted_frame(1, ["decide", request_fields(request)], request.raw_content or b"")
-    (_, fields), tail = hosted_message(sent)
-    crossed = _request(fields, tail)
+    [decide] = Reader().feed(pack(Decide("r", "a", None, raw_request(request))))
+    assert isinstance(decide.request, RawRequest)
+    assert [tuple(h) for h in decide.request.headers] == list(request.headers.fields)
+    crossed = wire_request(decide.request)
 
     assert (crossed.method, crossed.path) == (request.method, request.path)
-    as_sent = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in crossed.headers]
-    assert as_sent == list(request.headers.fields)
     assert (crossed.host, crossed.port, crossed.raw_content) == (
         request.host, request.port, b"\x00\x01",
     )  # fmt: skip
     assert build_document(crossed, "a") == build_document(request, "a")
 
 
+def test_values_json_cannot_carry_cross_as_they_are() -> None:
+    """An integer beyond 64 bits in a body, a lone surrogate (an undecodable byte as mitmproxy
+    holds it), bytes: the decider's answers carry params of any request."""
+    value = Decided({"params": {"n": 10**30, "s": "caf\udce9", "b": b"\xff"}}, None)
+    [back] = Reader().feed(pack(value))
+    assert back == value
+
+
 def test_budgets_never_decide_without_their_past(tmp_path: Path) -> None:
     """The recent past could not be read (here: no tables yet): decisions fail closed, and the
     decider tries again before each one instead of deciding on an empty history."""
-    engine = open_engine(f"sqlite:///{tmp_path / 'a.db'}")
-    writer = GroupWriter(engine)
-    decider = Decider(writer)
-    fields, body = charge(500)
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    core = DeciderCore(StoreAddress(url, "full"))
     try:
-        decider.take([setup_message()])
-        assert decider.next_sync is None
-        blocked = decider.take([hosted_frame(1, ["decide", fields], body)])
-        create_schema(engine)
-        allowed = decider.take([hosted_frame(2, ["decide", fields], body)])
+        core.handle([Envelope(0, setup())])
+        assert core.next_sync is None
+        blocked = replies(core.handle([Envelope(1, charge(500))]))[1]
+        create_schema(core.engine)
+        allowed = replies(core.handle([Envelope(2, charge(500, "run-2"))]))[2]
     finally:
-        writer.close()
-        engine.dispose()
-    [(_, record)] = [decode_job(f) for f in blocked.frames]
-    assert record.run["decision"] == "BLOCK"
-    assert "Airlock failed" in record.run["reason"]
-    assert allowed.results[2]["run"]["decision"] == "ALLOW"
+        core.finish()
+    # The first could not be written either (no tables): refused as the store's failure.
+    assert isinstance(blocked, Failure) and blocked.by == "store"
+    assert allowed.run["decision"] == "ALLOW"
 
 
-def test_a_record_keeps_large_values_as_their_start_length_and_hash(decider: Decider) -> None:
+def test_a_record_keeps_large_values_as_their_start_length_and_hash(core: DeciderCore) -> None:
     """Policies see the whole value; the store keeps a bounded record of it."""
-    import hashlib
-    import json
-
-    from airlock.store.records import DecisionRecord
-
     description = "d" * 500_000
     request = tutils.treq(
         method=b"POST", scheme=b"https", host="api.stripe.com", port=443, authority=b"",
@@ -169,16 +189,40 @@ def test_a_record_keeps_large_values_as_their_start_length_and_hash(decider: Dec
                                       (b"x-trace", b"t" * 100_000)],
         content=f"amount=5&currency=usd&description={description}".encode(),
     )  # fmt: skip
-    fields = request_fields(request) | {"id": "run-big", "agent": "a", "refusal": None}
-    taken = decider.take(
-        [setup_message(), hosted_frame(1, ["decide", fields], request.raw_content or b"")]
-    )
-    [(_, job)] = [decode_job(frame) for frame in taken.frames]
-    assert isinstance(job, DecisionRecord)
-    stored = json.dumps(job.run)
-    assert len(stored) < 100_000, len(stored)
-    assert job.run["decision"] == "ALLOW"
-    text = job.run["params"]["description"]
+    decide = Decide("run-big", "a", None, raw_request(request))
+    decided = replies(core.handle([Envelope(0, setup()), Envelope(1, decide)]))[1]
+    assert decided.run["decision"] == "ALLOW"
+    run = stored(core, "run-big")
+    assert len(json.dumps(run.params) + json.dumps(run.request)) < 100_000
+    text = run.params["description"]
     digest = hashlib.sha256(description.encode()).hexdigest()
     assert text.startswith("d" * 256) and f"[500000 characters, sha256 {digest}]" in text
-    assert "[100000 characters, sha256 " in job.run["request"]["headers"]["x-trace"]
+    assert "[100000 characters, sha256 " in run.request["headers"]["x-trace"]
+
+
+@pytest.mark.parametrize("kind", [WorkerDecider, InProcessDecider])
+def test_both_deciders_answer_the_same(store: StoreAddress, kind: type) -> None:
+    """The worker process and the in-process thread run the same core over the same messages:
+    the same decisions, rules and approvals, each durable when answered."""
+    calls = [charge(500), charge(5_000_000), charge(150_000), charge(150_000, "run-retry")]
+
+    async def scenario() -> list[Decided]:
+        decider = kind(store, setup)
+        await decider.start()
+        try:
+            return [await decider.decide(call) for call in calls]
+        finally:
+            await decider.stop()
+
+    decided = asyncio.run(scenario())
+    assert [(d.run["decision"], d.run["rules"]) for d in decided] == [
+        ("ALLOW", []),
+        ("BLOCK", ["stripe-charge-needs-approval", "stripe-charge-too-large"]),
+        ("REQUIRE_APPROVAL", ["stripe-charge-needs-approval"]),
+        ("REQUIRE_APPROVAL", ["stripe-charge-needs-approval"]),
+    ]
+    assert decided[3].approval.joined and decided[3].approval.id == decided[2].approval.id
+    engine = open_engine(store.url)
+    with engine.connect() as conn:
+        assert len(conn.execute(select(Run.id)).all()) == 4
+    engine.dispose()

@@ -17,13 +17,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from airlock.addons.decider import run_row
+from airlock.decider.messages import Envelope
+from airlock.decider.wire import Reader, pack
 from airlock.pipeline.document import MAX_DEPTH, WireRequest, build_document, parse_body
 from airlock.pipeline.evaluation import Config, evaluate
 from airlock.pipeline.redaction import redact_document
+from airlock.pipeline.run_record import run_row
 from airlock.store.jsontext import to_json
 from airlock.store.records import DecisionRecord
-from airlock.store.wire import decode_job, job_frame
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONFIG = Config.load(PROJECT_ROOT / "mappings", PROJECT_ROOT / "policies")
@@ -114,8 +115,8 @@ def test_any_decision_becomes_a_record_the_store_can_take(request: WireRequest) 
     storable(row)
     storable(redact_document(document))
     json.loads(to_json(row))
-    sequence, job = decode_job(job_frame(7, DecisionRecord(row)))
-    assert sequence == 7 and job.run["id"] == row["id"]
+    [crossed] = Reader().feed(pack(Envelope(7, DecisionRecord(row))))  # to the worker process
+    assert crossed.sequence == 7 and crossed.message.run == row
 
 
 NESTABLE = ["application/json", "application/xml", "application/x-www-form-urlencoded"]

@@ -17,10 +17,10 @@ from mitmproxy.test import taddons, tflow, tutils
 from sqlalchemy import select, text
 from sqlalchemy.engine import Engine
 
-from airlock.addons.decider import request_hash
 from airlock.addons.gatekeeper import Gate
 from airlock.addons.metrics import Metrics
 from airlock.addons.routing import Routing, parse_routes
+from airlock.pipeline.run_record import request_hash
 from airlock.store.schema import Run, open_engine
 from tests.helpers.proxy import PROJECT_ROOT
 
@@ -56,12 +56,14 @@ def with_gate(
     async def run() -> None:
         with taddons.context(gate) as tctx:
             settings = {
+                # The worker process where a test says so; the same core either way.
+                "airlock_decider": "in-process",
                 "airlock_db": f"sqlite:///{tmp_path / 'a.db'}",
                 "airlock_mappings": str(PROJECT_ROOT / "mappings"),
                 "airlock_policies": str(PROJECT_ROOT / "policies"),
             }
             tctx.configure(gate, **(settings | options))
-            gate.running()
+            await gate.running()
             try:
                 await scenario(gate, tctx)
             finally:
@@ -365,7 +367,7 @@ def test_a_store_that_does_not_answer_blocks_in_bounded_time(
     flow = stripe_flow(b"amount=5&currency=usd")
 
     async def scenario(gate: Gate, _: Any) -> None:
-        gate.writer.submit = lambda job: asyncio.get_running_loop().create_future()  # hangs
+        gate.decider.decide = lambda _: asyncio.get_running_loop().create_future()  # hangs
         await asyncio.wait_for(gate.request(flow), 5)
 
     with_gate(tmp_path, scenario)
@@ -374,18 +376,15 @@ def test_a_store_that_does_not_answer_blocks_in_bounded_time(
 
 
 def test_a_fault_in_the_decider_blocks_and_is_recorded_as_the_gates(tmp_path: Path) -> None:
-    from airlock.addons.decider import FAULT
-    from airlock.store.wire import StoreError
+    from airlock.decider.client import DeciderFault
 
     flow = stripe_flow(b"amount=5&currency=usd")
 
     async def scenario(gate: Gate, _: Any) -> None:
-        def fails(*_: Any) -> asyncio.Future[Any]:
-            failed = asyncio.get_running_loop().create_future()
-            failed.set_exception(StoreError(f"{FAULT}: KeyError('x')"))
-            return failed
+        async def fails(_: Any) -> Any:
+            raise DeciderFault("the decider failed: KeyError('x')")
 
-        gate.writer.ask = fails
+        gate.decider.decide = fails
         await gate.request(flow)
 
     gate = with_gate(tmp_path, scenario)
@@ -532,14 +531,13 @@ def test_a_restarted_decider_decides_with_the_same_configuration(tmp_path: Path)
     flow = stripe_flow(b"amount=5000000&currency=usd")
 
     async def scenario(gate: Gate, _: Any) -> None:
-        assert gate.writer is not None and gate.writer._process is not None
-        first = gate.writer._process
+        first = gate.decider._link.process
         first.kill()
         await asyncio.to_thread(first.wait)
         await gate.request(flow)
-        assert gate.writer._process is not first
+        assert gate.decider._link.process is not first
 
-    with_gate(tmp_path, scenario, airlock_mode="shadow")
+    with_gate(tmp_path, scenario, airlock_mode="shadow", airlock_decider="worker")
     assert flow.response is None  # shadow mode, as configured
     [run] = stored_runs(tmp_path)
     assert (run.decision, run.shadow_decision) == ("ALLOW", "BLOCK")
@@ -558,11 +556,10 @@ def test_a_restarted_decider_ignores_edits_on_disk_the_proxy_never_loaded(tmp_pa
     async def scenario(gate: Gate, _: Any) -> None:
         (policies / "p.yaml").write_text("rules: []\n")  # edited, not reloaded
         (policies / "q.yaml").write_text("rules: [{id: broken\n")
-        assert gate.writer is not None and gate.writer._process is not None
-        first = gate.writer._process
+        first = gate.decider._link.process
         first.kill()
         await asyncio.to_thread(first.wait)
         await gate.request(flow)
 
-    with_gate(tmp_path, scenario, airlock_policies=str(policies))
+    with_gate(tmp_path, scenario, airlock_policies=str(policies), airlock_decider="worker")
     assert json.loads(flow.response.content)["rules"] == ["no-charges"]

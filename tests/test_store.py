@@ -13,6 +13,8 @@ import pytest
 from sqlalchemy import delete, select, update
 from sqlalchemy.engine import Engine
 
+from airlock.decider.client import InProcessDecider, StoreError, WorkerDecider
+from airlock.decider.messages import Decide, RawRequest, StoreAddress
 from airlock.store.approvals import (
     APPROVED,
     DENIED,
@@ -23,7 +25,13 @@ from airlock.store.approvals import (
     resolve_approval,
 )
 from airlock.store.audit import verify_audit
-from airlock.store.records import DecisionRecord, HoldRequest, OutcomeRecord, SettleRequest
+from airlock.store.records import (
+    DecisionRecord,
+    HoldRequest,
+    OutcomeRecord,
+    ReleaseRequest,
+    SettleRequest,
+)
 from airlock.store.schema import (
     Approval,
     ApprovalHolder,
@@ -33,8 +41,6 @@ from airlock.store.schema import (
     Run,
     open_engine,
 )
-from airlock.store.wire import StoreError
-from airlock.store.writer import StoreWriter
 
 
 def run_row(decision: str = "ALLOW", **overrides: Any) -> dict[str, Any]:
@@ -80,16 +86,33 @@ def held(expires_in: float = 60.0) -> tuple[dict[str, Any], HoldRequest]:
     )
 
 
+def address(engine: Engine) -> StoreAddress:
+    return StoreAddress(engine.url.render_as_string(hide_password=False), "full")
+
+
+async def submit(decider: Any, job: Any) -> Any:
+    """A store job through the decider, as the proxy sends it; what the write returned."""
+    if isinstance(job, DecisionRecord):
+        return await decider.record(job)
+    if isinstance(job, SettleRequest):
+        return await decider.settle(job.approval_id, job.state, job.reason, job.at)
+    if isinstance(job, ReleaseRequest):
+        return await decider.release(job.approval_id, job.at)
+    decider.record_outcome(job)  # nobody waits for an outcome: written by stop() at the latest
+    return None
+
+
 def write(engine: Engine, *jobs: Any) -> list[Any]:
-    """Submit jobs through the real group-commit writer and wait for their commits."""
+    """Write jobs through a real decider (its group-commit writer, in a thread of this process:
+    the same core as the worker process) and wait for their commits."""
 
     async def scenario() -> list[Any]:
-        writer = StoreWriter(engine)
-        writer.ensure_started(asyncio.get_running_loop())
+        decider = InProcessDecider(address(engine))
+        await decider.start()
         try:
-            return list(await asyncio.gather(*(writer.submit(job) for job in jobs)))
+            return list(await asyncio.gather(*(submit(decider, job) for job in jobs)))
         finally:
-            await asyncio.to_thread(writer.stop)
+            await decider.stop()
 
     return asyncio.run(scenario())
 
@@ -117,10 +140,10 @@ def test_group_commit_writes_many_flows_in_few_transactions(engine: Engine) -> N
     groups: list[int] = []
 
     async def scenario() -> None:
-        writer = StoreWriter(engine, on_commit=lambda _s, size: groups.append(size))
-        writer.ensure_started(asyncio.get_running_loop())
-        await asyncio.gather(*(writer.submit(DecisionRecord(run_row())) for _ in range(300)))
-        await asyncio.to_thread(writer.stop)
+        decider = WorkerDecider(address(engine), on_commit=lambda _s, size: groups.append(size))
+        await decider.start()
+        await asyncio.gather(*(decider.record(DecisionRecord(run_row())) for _ in range(300)))
+        await decider.stop()
 
     asyncio.run(scenario())
 
@@ -131,43 +154,51 @@ def test_group_commit_writes_many_flows_in_few_transactions(engine: Engine) -> N
     assert verify_audit(engine).ok
 
 
-def test_a_message_for_a_host_the_writer_does_not_have_is_refused(engine: Engine) -> None:
-    """Fail closed: the plain writer cannot decide, so a request sent to it is not answered ok."""
+def test_a_decider_without_configuration_blocks_on_record(engine: Engine) -> None:
+    """Fail closed: a decider that was given nothing to decide with refuses, and says why in the
+    record; the job beside it is written as usual."""
+    form = [(b"content-type", b"application/x-www-form-urlencoded")]
+    raw = RawRequest(b"POST", b"https", "api.stripe.com", 443, b"/v1/charges", b"", form, b"a=5")
+    other = run_row()
 
     async def scenario() -> Any:
-        writer = StoreWriter(engine)
-        writer.ensure_started(asyncio.get_running_loop())
+        decider = WorkerDecider(address(engine))
+        await decider.start()
         try:
-            asked = writer.ask(["decide", {}])
-            written = writer.submit(DecisionRecord(run_row()))
-            return await asyncio.gather(asked, written, return_exceptions=True)
+            return await asyncio.gather(
+                decider.decide(Decide("run-1", "agent-a", None, raw)),
+                decider.record(DecisionRecord(other)),
+            )
         finally:
-            await asyncio.to_thread(writer.stop)
+            await decider.stop()
 
-    refused, written = asyncio.run(scenario())
-    assert isinstance(refused, StoreError) and "hosts nothing" in str(refused)
-    assert written is None  # the job beside it is written as usual
+    decided, written = asyncio.run(scenario())
+    assert decided.run["decision"] == "BLOCK"
+    assert "no configuration" in decided.run["reason"]
+    assert written is None
+    with engine.connect() as conn:
+        assert set(conn.execute(select(Run.id)).scalars()) == {"run-1", other["id"]}
 
 
-def test_a_dead_writer_process_fails_its_waiting_writes_and_the_next_write_restarts_it(
+def test_a_dead_decider_process_fails_its_waiting_writes_and_the_next_write_restarts_it(
     engine: Engine,
 ) -> None:
     """Fail closed: a write that was never committed must not look committed."""
     first, second = run_row(), run_row()
 
     async def scenario() -> tuple[Any, Any]:
-        writer = StoreWriter(engine)
-        writer.ensure_started(asyncio.get_running_loop())
-        await writer.submit(DecisionRecord(run_row()))  # the process is up and writing
-        assert writer._process is not None
-        writer._process.kill()
-        await asyncio.to_thread(writer._process.wait)
-        lost = await asyncio.gather(writer.submit(DecisionRecord(first)), return_exceptions=True)
-        writer.ensure_started(asyncio.get_running_loop())
+        decider = WorkerDecider(address(engine))
+        await decider.start()
+        await decider.record(DecisionRecord(run_row()))  # the process is up and writing
+        process = decider._link.process  # type: ignore[union-attr]
+        process.kill()
+        await asyncio.to_thread(process.wait)
+        lost = await asyncio.gather(decider.record(DecisionRecord(first)), return_exceptions=True)
+        await decider.start()
         try:
-            return lost[0], await writer.submit(DecisionRecord(second))
+            return lost[0], await decider.record(DecisionRecord(second))
         finally:
-            await asyncio.to_thread(writer.stop)
+            await decider.stop()
 
     lost, written = asyncio.run(scenario())
     assert isinstance(lost, StoreError)
@@ -184,17 +215,25 @@ def test_a_writer_that_keeps_dying_at_start_is_restarted_with_growing_pauses(
     """An unusable store (here: a writer program that cannot start) must not be restarted in a
     tight loop; meanwhile every write fails at once (its request is refused)."""
     engine = open_engine(f"sqlite:///{tmp_path / 'airlock.db'}")
-    writer = StoreWriter(engine, program="airlock.store.no_such_module")
+    starts = 0
+
+    class Unstartable(WorkerDecider):
+        program = "airlock.store.no_such_module"
+
+        async def _open(self) -> Any:
+            nonlocal starts
+            starts += 1
+            return await super()._open()
+
+    decider = Unstartable(address(engine))
 
     async def scenario() -> tuple[int, int]:
-        loop, starts, failed = asyncio.get_running_loop(), 0, 0
+        loop, failed = asyncio.get_running_loop(), 0
         deadline = loop.time() + 2.0
         while loop.time() < deadline:
-            before = writer._process
-            writer.ensure_started(loop)
-            starts += writer._process is not before
+            await decider.start()
             try:
-                await asyncio.wait_for(writer.submit(DecisionRecord(run_row())), 1)
+                await asyncio.wait_for(decider.record(DecisionRecord(run_row())), 1)
             except StoreError:
                 failed += 1
             await asyncio.sleep(0.01)
@@ -211,11 +250,11 @@ def test_stopping_writes_the_outcomes_still_waiting_for_a_decision(engine: Engin
     row = run_row()
 
     async def scenario() -> None:
-        writer = StoreWriter(engine)
-        writer.ensure_started(asyncio.get_running_loop())
-        await writer.submit(DecisionRecord(row))
-        writer.submit_nowait(OutcomeRecord(row["id"], time.time(), "forwarded", 200, 3.0))
-        await asyncio.to_thread(writer.stop)  # before the idle delay would have sent it
+        decider = WorkerDecider(address(engine))
+        await decider.start()
+        await decider.record(DecisionRecord(row))
+        decider.record_outcome(OutcomeRecord(row["id"], time.time(), "forwarded", 200, 3.0))
+        await decider.stop()  # before the idle delay would have sent it
 
     asyncio.run(scenario())
     with engine.connect() as conn:
@@ -224,7 +263,7 @@ def test_stopping_writes_the_outcomes_still_waiting_for_a_decision(engine: Engin
 
 def test_the_writer_needs_a_database_other_processes_can_open() -> None:
     with pytest.raises(ValueError, match="memory"):
-        StoreWriter(open_engine("sqlite://"))
+        WorkerDecider(StoreAddress("sqlite://", "full"))
 
 
 def test_one_bad_record_does_not_fail_the_rest_of_its_group(engine: Engine, db_url: str) -> None:
@@ -232,14 +271,14 @@ def test_one_bad_record_does_not_fail_the_rest_of_its_group(engine: Engine, db_u
     write(engine, DecisionRecord(duplicate))
 
     async def scenario() -> list[Any]:
-        writer = StoreWriter(engine)
-        writer.ensure_started(asyncio.get_running_loop())
+        decider = WorkerDecider(address(engine))
+        await decider.start()
         results = await asyncio.gather(
-            writer.submit(DecisionRecord(good)),
-            writer.submit(DecisionRecord(duplicate)),
+            decider.record(DecisionRecord(good)),
+            decider.record(DecisionRecord(duplicate)),
             return_exceptions=True,
         )
-        await asyncio.to_thread(writer.stop)
+        await decider.stop()
         return list(results)
 
     ok, failed = asyncio.run(scenario())
@@ -660,21 +699,20 @@ def test_the_same_call_from_two_instances_at_once_opens_one_approval(engine: Eng
     first, second = call_held("agent-a:key-1"), call_held("agent-a:key-1")
 
     async def both_at_once() -> list[Any]:
-        writers = [StoreWriter(engine), StoreWriter(engine)]
-        loop = asyncio.get_running_loop()
-        for writer in writers:
-            writer.ensure_started(loop)
+        deciders = [WorkerDecider(address(engine)), WorkerDecider(address(engine))]
+        for decider in deciders:
+            await decider.start()
         try:
-            return list(await asyncio.gather(writers[0].submit(first), writers[1].submit(second)))
+            return list(await asyncio.gather(deciders[0].record(first), deciders[1].record(second)))
         finally:
-            for writer in writers:
-                await asyncio.to_thread(writer.stop)
+            for decider in deciders:
+                await decider.stop()
 
     results = asyncio.run(both_at_once())
     [opened] = pending_approvals(engine)
     assert opened.id in (first.hold.approval_id, second.hold.approval_id)  # type: ignore[union-attr]
     [joined] = [r for r in results if r is not None]
-    assert joined["approval_id"] == opened.id
+    assert joined.approval_id == opened.id
     with engine.connect() as conn:  # both decisions are on record, each with its run
         assert conn.execute(select(Run.id).where(Run.decision == "REQUIRE_APPROVAL")).all()
         assert len(conn.execute(select(Approval.id)).all()) == 1

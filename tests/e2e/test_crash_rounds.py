@@ -114,7 +114,7 @@ def alive(pid: int) -> bool:
 
 
 def decider_of(proxy: Proxy) -> int | None:
-    """The pid of the proxy's decider child (`python -m addons.decider FD`), if running."""
+    """The pid of the proxy's decider child (`python -m airlock.decider.worker FD`), if running."""
     assert proxy.process is not None
     found = subprocess.run(
         ["pgrep", "-P", str(proxy.process.pid)], capture_output=True, text=True, check=False
@@ -124,7 +124,7 @@ def decider_of(proxy: Proxy) -> int | None:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"airlock.addons.decider" in argv and alive(pid):
+        if b"airlock.decider.worker" in argv and alive(pid):
             return pid
     return None
 

@@ -1,0 +1,443 @@
+"""The proxy's side of the decider: typed calls on the event loop, never blocking it.
+
+Two implementations with the same semantics, because both send the same messages to the same
+DeciderCore (decider/core.py) and read the same answers:
+- WorkerDecider (the default): the core in a worker process, over a socket pair, msgpack
+  (decider/wire.py) through an asyncio protocol. Its Python work runs on another core instead of
+  taking turns with mitmproxy for the interpreter lock (measured in README's Performance).
+- InProcessDecider: the core in a thread of the proxy, over queues; for `mitmdump -s` users who
+  want one process, small setups and tests.
+
+A call's future resolves once its answer is durable; a decider that died fails every waiting
+call (their requests are refused) and the next call starts a new one, greeted with the proxy's
+setup and what it holds. Outcomes nobody waits for ride with the next call and are kept until
+the decider confirms them, so a decider that dies first does not lose them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import queue
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from sqlalchemy.engine import make_url
+
+from airlock.decider.core import DeciderCore
+from airlock.decider.messages import (
+    DECIDER,
+    Answer,
+    Committed,
+    Configuration,
+    Configure,
+    Decide,
+    Decided,
+    Envelope,
+    Failure,
+    Message,
+    Remember,
+    Reply,
+    Settled,
+    Setup,
+    StoreAddress,
+    Unwatch,
+    Watch,
+)
+from airlock.decider.serve import serve
+from airlock.decider.wire import Reader, pack, pack_all
+from airlock.store.records import (
+    DecisionRecord,
+    Joined,
+    OutcomeRecord,
+    ReleaseRequest,
+    Settlement,
+    SettleRequest,
+)
+
+log = logging.getLogger(__name__)
+
+IDLE_WRITE_DELAY = 0.05  # seconds an outcome may wait to share a commit with a decision
+STABLE_SECONDS = 5.0  # a decider that lived this long is restarted at once
+FIRST_RESTART_PAUSE, MAX_RESTART_PAUSE = 0.1, 5.0  # doubling pauses for one that keeps dying
+MAX_UNCONFIRMED = 10_000  # outcomes kept until committed; the oldest go past it (logged)
+
+
+class StoreError(RuntimeError):
+    """A write the store refused or could not make, or a decider that is not running."""
+
+
+class DeciderFault(RuntimeError):
+    """The decider failed on a message: a fault in Airlock, not in the store."""
+
+
+class Decider(Protocol):
+    """What the proxy asks of its decider. Every write goes through it: the proxy never opens
+    the database."""
+
+    @property
+    def running(self) -> bool: ...
+    async def start(self) -> None: ...
+    async def stop(self, timeout: float = 10.0) -> None: ...
+    async def decide(self, request: Decide) -> Decided: ...
+    def configure(self, configuration: Configuration) -> asyncio.Future[None]: ...
+    async def record(self, record: DecisionRecord) -> Joined | None: ...
+    async def release(self, approval_id: str, at: float) -> bool: ...
+    async def settle(self, approval_id: str, state: str, reason: str, at: float) -> Settlement: ...
+    def record_outcome(self, outcome: OutcomeRecord) -> None: ...
+    def remember(self, run: dict[str, Any], passed: bool) -> None: ...
+    def watch(self, ids: list[str]) -> None: ...
+    def unwatch(self, approval_id: str) -> None: ...
+
+
+class _Link(Protocol):
+    """The proxy's end of one decider's life."""
+
+    def post(self, envelopes: list[Envelope]) -> None: ...
+    async def close(self, timeout: float) -> None: ...
+    def kill(self) -> None: ...
+
+
+SettledObserver = Callable[[Settled], None]
+CommitObserver = Callable[[float, int], None]  # (seconds, group size)
+
+
+class DeciderClient:
+    def __init__(
+        self,
+        store: StoreAddress,
+        setup: Callable[[], Setup] | None = None,
+        on_settled: SettledObserver | None = None,
+        on_commit: CommitObserver | None = None,
+    ) -> None:
+        """setup: what a (re)started decider is told first (without one it writes what it is
+        sent, and refuses to decide: it has no configuration)."""
+        url = make_url(store.url)
+        if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+            raise ValueError("the decider needs a database file or server, not :memory:")
+        self.store = store
+        self.setup = setup
+        self.on_settled = on_settled
+        self.on_commit = on_commit
+        self._link: _Link | None = None
+        self._starting = asyncio.Lock()
+        self._sequence = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future[Any]] = {}
+        self._deferred: list[Envelope] = []  # outcomes waiting to ride with the next call
+        # Outcomes sent but not yet confirmed committed, by sequence: sent again to a restarted
+        # decider (writing one twice is harmless: the same values, the last event wins).
+        self._unconfirmed: dict[int, Envelope] = {}
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self._started_at = 0.0
+        self._restart_at = 0.0  # monotonic time before which a dead decider is not restarted
+        self._quick_deaths = 0  # in a row, each within STABLE_SECONDS of its start
+
+    async def _open(self) -> _Link:
+        raise NotImplementedError
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._link is not None
+
+    async def start(self) -> None:
+        """Start the decider (again, if it died: its waiting calls have failed). One that keeps
+        dying at start (an unwritable store) is restarted with a growing pause; meanwhile calls
+        fail at once (their requests are refused)."""
+        if self._link is not None or time.monotonic() < self._restart_at:
+            return
+        async with self._starting:
+            if self._link is not None:
+                return
+            self._started_at = time.monotonic()
+            link = await self._open()
+            self._link = link
+            setup = [Envelope(0, self.setup())] if self.setup else []
+            link.post([*setup, *self._unconfirmed.values()])
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Write everything already sent or deferred, then stop the decider."""
+        link = self._link
+        if link is None:
+            return
+        self._detach()
+        link.post(self._deferred)
+        self._deferred = []
+        await link.close(timeout)
+        self._fail_waiting("the decider stopped")
+
+    def _detach(self) -> None:
+        self._link = None
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+
+    # --- calls -------------------------------------------------------------------------------
+
+    async def decide(self, request: Decide) -> Decided:
+        decided: Decided = await self._ask(request)
+        return decided
+
+    def configure(self, configuration: Configuration) -> asyncio.Future[None]:
+        """Sent at once, ahead of every later call; resolves once the decider decides with it
+        (fails with why it cannot)."""
+        return self._ask(Configure(configuration))
+
+    async def record(self, record: DecisionRecord) -> Joined | None:
+        """A decision the proxy made itself; with a hold, the approval it joined, if any."""
+        joined: Joined | None = await self._ask(record)
+        return joined
+
+    async def release(self, approval_id: str, at: float) -> bool:
+        return bool(await self._ask(ReleaseRequest(approval_id, at)))
+
+    async def settle(self, approval_id: str, state: str, reason: str, at: float) -> Settlement:
+        settlement: Settlement = await self._ask(SettleRequest(approval_id, state, reason, at))
+        return settlement
+
+    def remember(self, run: dict[str, Any], passed: bool) -> None:
+        self._tell(Remember(run, passed))
+
+    def watch(self, ids: list[str]) -> None:
+        self._tell(Watch(ids))
+
+    def unwatch(self, approval_id: str) -> None:
+        self._tell(Unwatch(approval_id))
+
+    def record_outcome(self, outcome: OutcomeRecord) -> None:
+        """Nobody waits for an outcome: it rides with the next call, sharing its commit; with
+        none coming, it is sent within IDLE_WRITE_DELAY. It is kept until the decider confirms
+        it, so a decider that dies or cannot write yet does not lose it."""
+        sequence = next(self._sequence)
+        envelope = self._unconfirmed[sequence] = Envelope(sequence, outcome)
+        if len(self._unconfirmed) > MAX_UNCONFIRMED:
+            del self._unconfirmed[next(iter(self._unconfirmed))]
+            log.error("an outcome was dropped: the store has not confirmed one for too long")
+        self._deferred.append(envelope)
+        if self._flush_timer is None:
+            loop = asyncio.get_running_loop()
+            self._flush_timer = loop.call_later(IDLE_WRITE_DELAY, self._flush_deferred)
+
+    def _ask(self, message: Message) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self._link is None:
+            future.set_exception(StoreError("the decider is not running"))
+            return future
+        sequence = next(self._sequence)
+        self._waiting[sequence] = future
+        deferred, self._deferred = self._deferred, []
+        self._link.post([*deferred, Envelope(sequence, message)])
+        return future
+
+    def _tell(self, message: Message) -> None:
+        """Nobody waits: dropped while no decider runs (the setup brings a new one up to date)."""
+        if self._link is not None:
+            self._link.post([Envelope(0, message)])
+
+    def _flush_deferred(self) -> None:
+        self._flush_timer = None
+        deferred, self._deferred = self._deferred, []
+        if deferred and self._link is not None:
+            self._link.post(deferred)
+
+    # --- answers -----------------------------------------------------------------------------
+
+    def _on_answers(self, answers: list[Answer]) -> None:
+        for answer in answers:
+            if isinstance(answer, Reply):
+                self._on_reply(answer)
+            elif isinstance(answer, Committed):
+                if self.on_commit:
+                    self.on_commit(answer.seconds, answer.size)
+            elif isinstance(answer, Settled) and self.on_settled:
+                self.on_settled(answer)
+
+    def _on_reply(self, reply: Reply) -> None:
+        failed = isinstance(reply.value, Failure)
+        if reply.sequence in self._unconfirmed:
+            if not failed:  # a refused one stays: the decider tries it again, as would the next
+                del self._unconfirmed[reply.sequence]
+            return
+        future = self._waiting.pop(reply.sequence, None)
+        if future is None or future.done():  # the awaiting flow was cancelled meanwhile
+            return
+        if failed:
+            error = DeciderFault if reply.value.by == DECIDER else StoreError
+            future.set_exception(error(reply.value.message))
+        else:
+            future.set_result(reply.value)
+
+    def _on_lost(self, link: _Link, reason: str) -> None:
+        """Every waiting call fails (its request is refused); the next call starts a new one."""
+        if link is not self._link:
+            return  # stopped on purpose, or already replaced
+        log.error("%s; %d waiting calls failed", reason, len(self._waiting))
+        # Once is an accident (restarted at once); again and again is a store it cannot open.
+        quick = time.monotonic() - self._started_at < STABLE_SECONDS
+        self._quick_deaths = self._quick_deaths + 1 if quick else 0
+        if self._quick_deaths > 1:
+            pause = FIRST_RESTART_PAUSE * 2 ** (self._quick_deaths - 2)
+            self._restart_at = time.monotonic() + min(MAX_RESTART_PAUSE, pause)
+        self._detach()
+        self._deferred.clear()  # still unconfirmed: sent again to the next one
+        self._fail_waiting(reason)
+        link.kill()
+
+    def _fail_waiting(self, reason: str) -> None:
+        waiting, self._waiting = self._waiting, {}
+        for future in waiting.values():
+            if not future.done():
+                future.set_exception(StoreError(reason))
+
+
+# --- in a worker process -------------------------------------------------------------------------
+
+
+class WorkerDecider(DeciderClient):
+    program = "airlock.decider.worker"  # the module the worker process runs
+
+    async def _open(self) -> _Link:
+        return await _ProcessLink.open(self, self.program)
+
+
+class _ProcessLink(asyncio.Protocol):
+    def __init__(self, client: DeciderClient, process: subprocess.Popen[bytes]) -> None:
+        self.client = client
+        self.process = process
+        self.reader = Reader()
+        self.transport: asyncio.Transport | None = None
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    @classmethod
+    async def open(cls, client: DeciderClient, program: str) -> _ProcessLink:
+        ours, theirs = socket.socketpair()
+        process = subprocess.Popen(
+            [sys.executable, "-m", program, str(theirs.fileno())], pass_fds=[theirs.fileno()]
+        )
+        theirs.close()
+        loop = asyncio.get_running_loop()
+        _, link = await loop.create_connection(lambda: cls(client, process), sock=ours)
+        # Over the socket, not argv: a password must not show in ps.
+        link.transport.write(pack(client.store))  # type: ignore[union-attr]
+        return link
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.client._on_answers(self.reader.feed(data))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+        reason = f"the decider process is unreachable: {exc}" if exc else "the decider exited"
+        self.client._on_lost(self, reason)
+
+    def post(self, envelopes: list[Envelope]) -> None:
+        if envelopes and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(pack_all(envelopes))
+
+    async def close(self, timeout: float) -> None:
+        """End of input: the worker writes what it received, answers, and exits."""
+        assert self.transport is not None
+        if not self.transport.is_closing():
+            self.transport.write_eof()
+        try:
+            await asyncio.wait_for(asyncio.shield(self.closed), timeout)
+            await asyncio.wait_for(asyncio.to_thread(self.process.wait), timeout)
+        except TimeoutError:
+            log.error("the decider did not finish within %.0f s and was stopped", timeout)
+            self.kill()
+
+    def kill(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+        if self.process.poll() is None:
+            self.process.kill()
+
+
+# --- in the proxy's process ---------------------------------------------------------------------
+
+_END = None  # end of input
+
+
+class InProcessDecider(DeciderClient):
+    async def _open(self) -> _Link:
+        return _ThreadLink(self)
+
+
+class _ThreadLink:
+    """The core in a thread: the same messages and answers, carried by a queue one way and the
+    event loop's call_soon_threadsafe the other."""
+
+    def __init__(self, client: DeciderClient) -> None:
+        self.client = client
+        self.loop = asyncio.get_running_loop()
+        self.inbox: queue.SimpleQueue[list[Envelope] | None] = queue.SimpleQueue()
+        self.ended = False
+        self.thread = threading.Thread(target=self._run, name="airlock-decider", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        reason = "the decider thread stopped"
+        try:
+            serve(DeciderCore(self.client.store), self)
+        except Exception as e:
+            log.exception("the decider thread failed")
+            reason = f"the decider thread failed: {e!r}"
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+            self.loop.call_soon_threadsafe(self.client._on_lost, self, reason)
+
+    # the core's side (decider/serve.py Link)
+
+    def receive(self, timeout: float | None) -> list[Envelope] | None:
+        if self.ended:
+            return None
+        try:
+            items = [self.inbox.get(timeout=timeout)]
+        except queue.Empty:
+            return []
+        while not self.inbox.empty():
+            items.append(self.inbox.get_nowait())
+        batch: list[Envelope] = []
+        for item in items:
+            if item is _END:
+                self.ended = True
+                break
+            batch += item
+        return batch if batch or not self.ended else None
+
+    def send(self, answers: list[Answer]) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+            self.loop.call_soon_threadsafe(self.client._on_answers, answers)
+
+    # the proxy's side
+
+    def post(self, envelopes: list[Envelope]) -> None:
+        if envelopes:
+            self.inbox.put(envelopes)
+
+    async def close(self, timeout: float) -> None:
+        self.inbox.put(_END)
+        await asyncio.to_thread(self.thread.join, timeout)
+        if self.thread.is_alive():
+            log.error("the decider thread did not finish within %.0f s", timeout)
+
+    def kill(self) -> None:
+        self.inbox.put(_END)  # a thread cannot be killed: it ends after what it was sent
+
+
+WORKER, IN_PROCESS = "worker", "in-process"
+DECIDER_KINDS = (WORKER, IN_PROCESS)  # airlock_decider's choices
+
+
+def decider_for(kind: str) -> type[DeciderClient]:
+    return {WORKER: WorkerDecider, IN_PROCESS: InProcessDecider}[kind]

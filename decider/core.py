@@ -1,0 +1,465 @@
+"""The decider: stages 1-3 of every request and every write to the store, in one place.
+
+Under load the proxy's event loop is the bottleneck: one core, with mitmproxy's own work on it.
+So the proxy only names the agent and sends the raw request (decider/client.py); the decider
+builds the document, maps, decides with its own compiled configuration and budgets' history,
+redacts, opens or joins approvals, and writes: decisions, holds, joins, settlements, releases,
+outcomes. Each batch of messages received meanwhile is one group commit (the database's own
+durability, store/writer.py); a decision is answered once its record is durable.
+
+The same DeciderCore runs in a worker process (the default: decider/worker.py, on another core)
+or in a thread of the proxy (decider/client.py InProcessDecider); decider/serve.py is the loop.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from airlock.decider.messages import (
+    DECIDER,
+    STORE,
+    Answer,
+    ApprovalState,
+    Committed,
+    Configuration,
+    Configure,
+    Decide,
+    Decided,
+    Envelope,
+    Failure,
+    RawRequest,
+    Remember,
+    Reply,
+    Settled,
+    Setup,
+    StoreAddress,
+    Unwatch,
+    Watch,
+)
+from airlock.pipeline.document import Document, WireRequest, build_document, minimal_document
+from airlock.pipeline.evaluation import Config, Evaluation, evaluate
+from airlock.pipeline.history import RISK_WINDOW, History
+from airlock.pipeline.mappings import fallback_action
+from airlock.pipeline.policies import ALLOW, BLOCK, ENFORCE, REQUIRE_APPROVAL, Verdict
+from airlock.pipeline.run_record import (
+    failed_evaluation,
+    let_through,
+    request_hash,
+    retry_key_of,
+    run_row,
+    summary,
+    with_mode,
+)
+from airlock.pipeline.yaml_source import replaying_sources, sources_hash
+from airlock.store.anchor import Anchoring
+from airlock.store.approvals import ABANDONED, EXPIRED, find_approval_for_retry
+from airlock.store.history import (
+    PastDecision,
+    agent_actions,
+    audit_position,
+    committed_since,
+    past_decisions,
+)
+from airlock.store.prepared import PENDING
+from airlock.store.records import (
+    DecisionRecord,
+    HoldRequest,
+    Joined,
+    OutcomeRecord,
+    ReleaseRequest,
+    SettleRequest,
+)
+from airlock.store.schema import open_engine
+from airlock.store.settlements import SettlementWatch
+from airlock.store.writer import GroupWriter, Pending
+
+log = logging.getLogger("airlock.decider")
+
+FAULT = "the decider failed"  # starts the error answered for a message it could not handle
+RETRY_SECONDS = 1.0  # how often outcomes the store refused are tried again
+MAX_UNWRITTEN = 10_000  # outcomes kept for another try; the oldest go past it (logged)
+_STORE_JOBS = (DecisionRecord, OutcomeRecord, SettleRequest, ReleaseRequest)
+
+
+@dataclass
+class _Batch:
+    """What a batch of messages became: store jobs for one commit, and answers."""
+
+    jobs: list[Pending] = field(default_factory=list)
+    # Answers sent once the jobs are written; a callable is given what the write returned.
+    results: dict[int, Any] = field(default_factory=dict)
+    replies: list[Answer] = field(default_factory=list)  # answers that write nothing
+
+
+class DeciderCore:
+    def __init__(self, store: StoreAddress) -> None:
+        self.writer = GroupWriter(open_engine(store.url, store.durability))
+        self.engine = self.writer.engine
+        self.config: Config | None = None
+        self.compiled_from: tuple[str, str, Any] | None = None  # what self.config came from
+        self.config_hash: str | None = None  # recorded on each run (yaml_source.sources_hash)
+        self.missing = "the decider has no configuration"  # why config is None
+        self.mode = ENFORCE
+        self.instance = ""
+        self.history = History()
+        self.sync_every = 2.0
+        self.cursor = 0  # the audit event up to which other instances' decisions were read
+        self.next_sync: float | None = None  # set once the history is loaded
+        self.approval_timeout = 600.0  # seconds an approval stays open, unless a rule says
+        # Approvals opened in the batch being taken: its writes are committed before the next
+        # batch is taken, so later batches find them in the store.
+        self.opening: dict[str, ApprovalState] = {}
+        self.watch = SettlementWatch(self.engine)
+        self.anchor: Anchoring | None = None  # signed checkpoints outside the database
+        # Outcomes (nobody awaits them) the store could not take: tried again on their own every
+        # RETRY_SECONDS, so one that keeps failing never fails the groups behind it.
+        self.unwritten: list[Pending] = []
+        self.retry_at = 0.0
+
+    # --- a batch: messages in, answers out ---------------------------------------------------
+
+    def handle(self, batch: list[Envelope]) -> list[Answer]:
+        taken = _Batch()
+        self.opening.clear()
+        for envelope in batch:
+            try:
+                self._take(taken, envelope.sequence, envelope.message)
+            except Exception as e:  # fail closed: the proxy refuses what was not answered
+                log.exception("the decider failed on a %s", type(envelope.message).__name__)
+                if envelope.sequence:
+                    failure = Failure(DECIDER, f"{FAULT}: {e!r}")
+                    taken.replies.append(Reply(envelope.sequence, failure))
+        answers = taken.replies
+        if taken.jobs:
+            answers += self._write_durably(taken.jobs, taken.results)
+        return answers + self._retry_unwritten()
+
+    def _take(self, taken: _Batch, sequence: int, message: Any) -> None:
+        if isinstance(message, Decide):
+            self._decide(taken, sequence, message)
+        elif isinstance(message, _STORE_JOBS):
+            taken.jobs.append(Pending(sequence, message))
+        elif isinstance(message, Remember):
+            self._remember(message.run, message.passed)
+        elif isinstance(message, Watch):
+            self.watch.watch(message.ids)
+        elif isinstance(message, Unwatch):
+            self.watch.unwatch(message.id)
+        elif isinstance(message, Configure):  # the proxy is told when this fails
+            self._configure(message.configuration)
+            taken.replies.append(Reply(sequence, None))
+        elif isinstance(message, Setup):
+            self._setup(message)
+        else:
+            raise ValueError(f"unknown message {type(message).__name__}")
+
+    def _setup(self, setup: Setup) -> None:
+        self.instance, self.sync_every = setup.instance, setup.sync_every
+        try:
+            self._configure(setup.configuration)
+        except Exception as e:  # every request is refused until a configure succeeds
+            self.missing = f"the decider cannot load its configuration: {e}"
+            log.error("%s", self.missing)
+        self._load_history_or_say_why()
+        self._start_anchoring(setup.anchor_dir, setup.retention_days)
+        self.watch.watch(setup.watched)
+
+    # --- writing -----------------------------------------------------------------------------
+
+    def _write_durably(self, group: list[Pending], results: dict[int, Any]) -> list[Answer]:
+        """One transaction, committed by the database's own durability (SQLite WAL with
+        synchronous=FULL, PostgreSQL's commit), then answered. A job the database refuses fails
+        alone (GroupWriter.write_group): its request is refused, the others go on."""
+        started = time.perf_counter()
+        written = self.writer.write_group(group)
+        self._keep_unwritten(group, written)
+        answers: list[Answer] = [Committed(time.perf_counter() - started, len(group))]
+        for sequence, ok, value in written:
+            if not sequence:
+                continue
+            if not ok:
+                answers.append(Reply(sequence, Failure(STORE, value)))
+            elif sequence in results:
+                answers.append(_answer(sequence, results[sequence], value))
+            else:
+                answers.append(Reply(sequence, value))
+        return answers
+
+    def _keep_unwritten(self, group: list[Pending], written: list[tuple[int, bool, Any]]) -> None:
+        failed = [p for p, (_, ok, _) in zip(group, written, strict=True) if not ok]
+        unawaited = [p for p in failed if isinstance(p.job, OutcomeRecord)]
+        if not unawaited:
+            return
+        if not self.unwritten:
+            self.retry_at = time.monotonic() + RETRY_SECONDS
+        self.unwritten += unawaited
+        if len(self.unwritten) > MAX_UNWRITTEN:
+            dropped = len(self.unwritten) - MAX_UNWRITTEN
+            log.error("%d outcomes dropped: the store has refused writes for too long", dropped)
+            del self.unwritten[:dropped]
+
+    def _retry_unwritten(self, now: bool = False) -> list[Answer]:
+        if not self.unwritten or (not now and time.monotonic() < self.retry_at):
+            return []
+        group, self.unwritten = self.unwritten, []
+        answers = self._write_durably(group, {})
+        self.retry_at = time.monotonic() + RETRY_SECONDS
+        return answers
+
+    # --- configuration ---------------------------------------------------------------------
+
+    def _configure(self, configuration: Configuration) -> None:
+        self.approval_timeout = configuration.approval_timeout
+        compiled_from = (configuration.mappings, configuration.policies, configuration.sources)
+        if self.config is not None and compiled_from == self.compiled_from:
+            self.mode = configuration.mode  # only the mode changed: a large catalog takes seconds
+            return
+        with replaying_sources(configuration.sources):  # what the proxy validated, not the disk
+            config = Config.load(Path(configuration.mappings), Path(configuration.policies))
+        self.mode, self.compiled_from = configuration.mode, compiled_from
+        self.config_hash = sources_hash(configuration.sources)
+        gc.unfreeze()  # the configuration being replaced may be collected
+        self.config = config
+        self.history.horizon = max(RISK_WINDOW, config.policies.longest_window)
+        # What lives as long as the process is exempt from collection (see gatekeeper).
+        gc.collect()
+        gc.freeze()
+
+    # --- deciding ----------------------------------------------------------------------------
+
+    def _decide(self, taken: _Batch, sequence: int, decide: Decide) -> None:
+        started = time.perf_counter()
+        request = wire_request(decide.request)
+        try:
+            document = build_document(request, decide.agent)
+            evaluation = self._evaluate(document, decide.refusal)
+        except Exception as e:  # fail closed, and on record
+            document = minimal_document(request, decide.agent)
+            evaluation = failed_evaluation(document, e)
+        decision_ms = (time.perf_counter() - started) * 1000
+        row = run_row(decide.id, self.instance, document, evaluation, decision_ms, self.config_hash)
+        stage = evaluation.failed_stage if evaluation.error else None
+        if row["decision"] == REQUIRE_APPROVAL:
+            self._hold_or_join(taken, sequence, row, stage, document, evaluation.verdict)
+            return
+        if row["decision"] == BLOCK:
+            row.update(outcome="blocked", status=403)
+        # Counted now, before the next request is decided: concurrent requests cannot all
+        # slip under a budget. (Refused later by the store, it still counts: the safe side.)
+        self._remember(row, passed=row["decision"] == ALLOW)
+        taken.jobs.append(Pending(sequence, DecisionRecord(row)))
+        taken.results[sequence] = Decided(summary(row), stage)
+
+    def _evaluate(self, document: Document, refusal: str | None) -> Evaluation:
+        if refusal:
+            return Evaluation(
+                fallback_action(document), Verdict(BLOCK, refusal, ("control-surface",))
+            )
+        if self.config is None:
+            raise RuntimeError(self.missing)
+        if self.next_sync is None:  # budgets without their past would let too much through
+            self._load_history()
+        return with_mode(evaluate(document, self.config, self.history), self.mode)
+
+    # --- approvals ----------------------------------------------------------------------------
+
+    def _hold_or_join(
+        self, taken: _Batch, sequence: int, row: dict[str, Any], stage: str | None,
+        document: Document, verdict: Verdict,
+    ) -> None:  # fmt: skip
+        """Record a decision that needs approval with its approval: a new one, or the one
+        already open for the same call, which the request joins (never a second approval)."""
+        exact = request_hash(document)
+        key = retry_key_of(document, exact)
+        approval = self._joinable(key)
+        hold = None
+        if approval is None:
+            hold = self._new_hold(row, exact, key, verdict)
+            approval = self.opening[key] = _approval_of(hold)
+        else:
+            row["reason"] = f"{row['reason']} (a retry: joins approval {approval.id})"
+        joins = None if hold is not None else approval.id
+        taken.jobs.append(Pending(sequence, DecisionRecord(row, hold, joins)))
+        decided = Decided(summary(row), stage, exact, approval)
+
+        def with_what_the_store_found(written: Any) -> Decided:
+            if isinstance(written, Joined):  # another instance opened this call's approval
+                return Decided(decided.run, stage, exact, _joined(written))
+            return decided
+
+        taken.results[sequence] = with_what_the_store_found
+
+    def _joinable(self, key: str) -> ApprovalState | None:
+        """The approval a request with this retry key joins: open, or settled and not past
+        its window (approved: released once; denied: refused); None opens a new one."""
+        if key in self.opening:
+            opened = self.opening[key]
+            return ApprovalState(**{**_fields(opened), "joined": True})
+        found = find_approval_for_retry(self.engine, key)
+        if found is None or found.state in (EXPIRED, ABANDONED):
+            return None
+        if found.expires_at <= time.time():
+            return None  # past its window, the same request again is a new request
+        return ApprovalState(
+            found.id, found.state, found.reviewer, found.reason, found.expires_at,
+            found.request_hash, joined=True,
+        )  # fmt: skip
+
+    def _new_hold(self, row: dict[str, Any], exact: str, key: str, verdict: Verdict) -> HoldRequest:
+        return HoldRequest(
+            approval_id=uuid.uuid4().hex,  # random: reviewers type a short prefix
+            expires_at=row["at"] + (verdict.hold_timeout or self.approval_timeout),
+            request_hash=exact,
+            required=verdict.approvals,
+            retry_key=key,
+            reviewer_roles=tuple(verdict.reviewer_roles),
+        )
+
+    def pushed(self) -> list[Answer]:
+        """Settlements of approvals the proxy holds flows for (store/settlements.py)."""
+        return [Settled(**found) for found in self.watch.settled()]
+
+    # --- the audit anchor --------------------------------------------------------------------
+
+    def _start_anchoring(self, data_dir: str, retention_days: float) -> None:
+        if not data_dir or self.anchor is not None:
+            if retention_days and not data_dir:
+                log.error("retention needs airlock_anchor_dir (to sign its cut): nothing pruned")
+            return
+        try:
+            self.anchor = Anchoring(self.engine, Path(data_dir), retention_days)
+        except Exception as e:  # the chain still verifies on its own; say it is not anchored
+            log.error("cannot sign audit checkpoints in %s: %s", data_dir, e)
+
+    def _anchor_tick(self) -> float | None:
+        if self.anchor is None:
+            return None
+        try:
+            return self.anchor.tick()
+        except Exception as e:
+            log.error("cannot write an audit checkpoint: %s", e)
+            return None
+
+    def finish(self) -> list[Answer]:
+        """The proxy is gone or stopping, everything it sent was taken: a last try for what the
+        store refused, a last checkpoint covering everything written, and the store closed."""
+        answers = self._retry_unwritten(now=True)
+        if self.anchor is not None:
+            try:
+                self.anchor.checkpoint()
+            except Exception as e:
+                log.error("cannot write the last audit checkpoint: %s", e)
+        self.watch.close()
+        self.writer.close()
+        self.engine.dispose()
+        return answers
+
+    # --- the recent past, for budgets, rates and risk ----------------------------------------
+
+    def _remember(self, run: dict[str, Any], passed: bool) -> None:
+        self._count(run["id"], run["agent"], run["action"], run["at"], run["params"], passed,
+                    run["target"])  # fmt: skip
+
+    def _count(
+        self, run_id: str, agent: str, action: str, at: float, params: dict[str, Any],
+        passed: bool, target: str | None,
+    ) -> None:  # fmt: skip
+        roles = self.config.agents.roles_of(agent) if self.config else ()
+        self.history.record(run_id, agent, action, at, params, passed, roles, target)
+
+    def _load_history_or_say_why(self) -> None:
+        try:
+            self._load_history()
+        except Exception as e:  # tried again before the next decision
+            log.error("cannot load the recent past from the store: %s", e)
+
+    def _load_history(self) -> None:
+        """At start: the recorded past within the longest window."""
+        started = time.perf_counter()
+        self.cursor = audit_position(self.engine)  # first: later commits are synced
+        self._add_to_history(past_decisions(self.engine, time.time() - self.history.horizon))
+        for agent, action in agent_actions(self.engine):
+            self.history.knows(agent, action)
+        self.next_sync = time.monotonic() + self.sync_every
+        log.info("history loaded in %.0f ms", (time.perf_counter() - started) * 1000)
+
+    def _add_to_history(self, decisions: list[PastDecision]) -> None:
+        for r in decisions:
+            passed = let_through(r.decision, r.outcome)
+            if passed is not None:
+                self._count(r.id, r.agent, r.action, r.at, r.params, passed, r.target)
+
+    def wait(self) -> float | None:
+        """Seconds until periodic work is due (None: none): watching held approvals (pushed()),
+        other instances' decisions, checkpoints, outcomes to write again."""
+        waits = [self._sync_history(), self.watch.due(), self._anchor_tick()]
+        if self.unwritten:
+            waits.append(max(0.0, self.retry_at - time.monotonic()))
+        due = [wait for wait in waits if wait is not None]
+        return min(due) if due else None
+
+    def _sync_history(self) -> float | None:
+        """Other proxy instances on the same database: their decisions count here too, read in
+        commit order from a cursor, so nothing committed late is missed."""
+        if self.next_sync is None:
+            return None  # not loaded: the next decision tries again, and fails closed
+        now = time.monotonic()
+        if now < self.next_sync:
+            return self.next_sync - now
+        self.next_sync = now + self.sync_every
+        try:
+            found, self.cursor = committed_since(self.engine, self.cursor, self.instance)
+        except Exception as e:
+            log.warning("cannot read other instances' decisions: %s", e)
+        else:
+            self._add_to_history(found)
+        self.history.prune()
+        return self.sync_every
+
+
+def wire_request(raw: RawRequest) -> WireRequest:
+    """What a document is built from: method, scheme and path read as mitmproxy reads them
+    (UTF-8, undecodable bytes as surrogate escapes), headers as latin-1 text (byte for byte)."""
+    return WireRequest(
+        _as_mitmproxy_reads(raw.method), _as_mitmproxy_reads(raw.scheme), raw.host, raw.port,
+        _as_mitmproxy_reads(raw.path),
+        [(name.decode("latin-1"), value.decode("latin-1")) for name, value in raw.headers],
+        raw.body, _as_mitmproxy_reads(raw.authority),
+    )  # fmt: skip
+
+
+def _as_mitmproxy_reads(data: bytes) -> str:
+    return data.decode("utf-8", "surrogateescape")
+
+
+def _answer(sequence: int, result: Any, written: Any) -> Reply:
+    """The answer to a written job: the decider's, given what the write returned when it asks."""
+    if not callable(result):
+        return Reply(sequence, result)
+    try:
+        return Reply(sequence, result(written))
+    except Exception as e:  # its request is refused; the writer and the others go on
+        log.exception("answering job %d failed", sequence)
+        return Reply(sequence, Failure(DECIDER, f"{FAULT}: the answer could not be made: {e!r}"))
+
+
+def _fields(approval: ApprovalState) -> dict[str, Any]:
+    return {name: getattr(approval, name) for name in ApprovalState.__dataclass_fields__}
+
+
+def _approval_of(hold: HoldRequest) -> ApprovalState:
+    return ApprovalState(
+        hold.approval_id, PENDING, None, None, hold.expires_at, hold.request_hash, joined=False
+    )
+
+
+def _joined(found: Joined) -> ApprovalState:
+    return ApprovalState(
+        found.approval_id, PENDING, None, None, found.expires_at, found.request_hash, joined=True
+    )

@@ -1,0 +1,176 @@
+"""What the proxy and its decider say to each other: typed messages, bytes as bytes.
+
+The proxy sends Envelopes (a message and the sequence number its answer comes back with; 0 when
+nobody awaits one). The decider answers with Replies, and also sends what nobody asked for: a
+Committed per group commit (for metrics) and a Settled per watched approval a reviewer settled.
+Store jobs the proxy makes itself (a decision it refused on its own, an outcome, a settlement
+or a release from its side) are store.records' dataclasses, sent as they are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from airlock.store.records import (
+    DecisionRecord,
+    OutcomeRecord,
+    ReleaseRequest,
+    SettleRequest,
+)
+
+Sources = dict[str, dict[str, Any]]  # the texts a configuration was compiled from
+
+
+@dataclass(frozen=True, slots=True)
+class StoreAddress:
+    """Which store the decider writes, and what a commit survives (store/schema.py)."""
+
+    url: str
+    durability: str
+
+
+@dataclass(frozen=True, slots=True)
+class Configuration:
+    """The files the proxy loaded and validated, as it read them: a decider (re)started later
+    must not pick up edits on disk that were never loaded (or are broken)."""
+
+    mappings: str
+    policies: str
+    sources: Sources
+    mode: str
+    approval_timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class Setup:
+    """First after every start: who the proxy is, what to decide with, what it holds."""
+
+    instance: str
+    sync_every: float  # seconds between reads of other instances' decisions
+    anchor_dir: str  # data directory whose key signs audit checkpoints ("" for none)
+    retention_days: float
+    configuration: Configuration
+    watched: list[str]  # approvals the proxy holds flows for
+
+
+@dataclass(frozen=True, slots=True)
+class Configure:
+    """A reload: answered once the decider decides with it (or with why it cannot)."""
+
+    configuration: Configuration
+
+
+@dataclass(frozen=True, slots=True)
+class RawRequest:
+    """A request as mitmproxy holds it: the bytes on the wire, not a mitmproxy object."""
+
+    method: bytes
+    scheme: bytes
+    host: str
+    port: int
+    path: bytes
+    authority: bytes
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Decide:
+    """Document, map, decide and record one request."""
+
+    id: str
+    agent: str
+    refusal: str | None  # set when the proxy already refuses it (a request to Airlock itself)
+    request: RawRequest
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalState:
+    """The approval a request that needs one is held for: opened by it, or joined."""
+
+    id: str
+    state: str
+    reviewer: str | None
+    reason: str | None
+    expires_at: float
+    request_hash: str
+    joined: bool  # opened earlier (a retry, or the same call sent to another instance)
+
+
+@dataclass(frozen=True, slots=True)
+class Decided:
+    """A decision, durable in the store (what the proxy needs of its run: decider.SUMMARY)."""
+
+    run: dict[str, Any]
+    failed_stage: str | None = None  # the stage whose failure blocked it (metrics)
+    request_hash: str | None = None  # with an approval: the exact request it is bound to
+    approval: ApprovalState | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Remember:
+    """A held request once settled counts in budgets: passed, or refused (for risk)."""
+
+    run: dict[str, Any]
+    passed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Watch:
+    ids: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Unwatch:
+    id: str
+
+
+Message = (
+    Setup | Configure | Decide | Remember | Watch | Unwatch
+    | DecisionRecord | OutcomeRecord | SettleRequest | ReleaseRequest
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    sequence: int  # 0: nobody awaits an answer
+    message: Message
+
+
+# --- from the decider --------------------------------------------------------------------------
+
+STORE, DECIDER = "store", "decider"  # who failed an answer
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    by: str  # STORE: the write was refused or not made; DECIDER: a fault in deciding
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    sequence: int
+    value: Any  # the answer, or a Failure
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """One group commit: how long it took and how many jobs it held."""
+
+    seconds: float
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """A watched approval was settled (by a reviewer, another instance, or its expiry)."""
+
+    id: str
+    state: str
+    reviewer: str | None
+    reason: str | None
+
+
+Answer = Reply | Committed | Settled

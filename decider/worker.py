@@ -1,0 +1,76 @@
+"""The decider's worker process: `python -m airlock.decider.worker FD`, started by the proxy
+(decider/client.py WorkerDecider).
+
+FD is its end of a socket pair. The first message names the store (a StoreAddress); then each
+read takes every message sent meanwhile as one batch (decider/serve.py). End of input (the
+proxy stopped, or died) means: write what was received, then exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import sys
+
+from airlock.decider.core import DeciderCore
+from airlock.decider.messages import Answer, Envelope, StoreAddress
+from airlock.decider.serve import serve
+from airlock.decider.wire import Reader, pack_all
+
+READ_SIZE = 1 << 20
+
+
+class SocketLink:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.reader = Reader()
+        self.received: list[object] = []
+
+    def first(self) -> StoreAddress | None:
+        while not self.received:
+            chunk = self.sock.recv(READ_SIZE)
+            if not chunk:
+                return None
+            self.received += self.reader.feed(chunk)
+        address = self.received.pop(0)
+        if not isinstance(address, StoreAddress):
+            raise ValueError(f"expected the store's address first, got {type(address).__name__}")
+        return address
+
+    def receive(self, timeout: float | None) -> list[Envelope] | None:
+        if self.received:  # sent behind the store's address
+            batch, self.received = self.received, []
+            return batch  # type: ignore[return-value]
+        self.sock.settimeout(timeout)
+        try:
+            chunk = self.sock.recv(READ_SIZE)
+        except TimeoutError:
+            return []
+        if not chunk:
+            return None
+        return self.reader.feed(chunk)
+
+    def send(self, answers: list[Answer]) -> None:
+        self.sock.sendall(pack_all(answers))
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.INFO, format="airlock decider: %(message)s")
+    # Ctrl-C reaches the whole process group: the proxy decides when this process ends (by
+    # closing the socket), so that what it already sent is still written.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sock = socket.socket(fileno=int(argv[1]))
+    sock.setblocking(True)
+    link = SocketLink(sock)
+    try:
+        address = link.first()
+        if address is not None:
+            serve(DeciderCore(address), link)
+    except (BrokenPipeError, ConnectionResetError):
+        return 0  # the proxy is gone (stopped or killed); everything received was written
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

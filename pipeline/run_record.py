@@ -1,0 +1,156 @@
+"""A decision as the store keeps it: the runs table's row, redacted and capped, and the keys
+that bind an approval to its request. Pure: the decider and the gate's own refusals use it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import replace
+from typing import Any
+
+from airlock.pipeline.document import Document
+from airlock.pipeline.evaluation import Evaluation
+from airlock.pipeline.mappings import fallback_action
+from airlock.pipeline.policies import ALLOW, BLOCK, ENFORCE, OFF, Shadow, Verdict
+from airlock.pipeline.redaction import redact_document, redact_text, redact_value
+
+MAX_STORED_BODY = 64 * 1024
+MAX_STORED_TEXT = 4096  # characters of one param value kept in the record
+MAX_STORED_ITEMS = 1000  # items of one list param kept in the record
+# What the proxy needs of a recorded decision: its answer, console line, metrics and outcome.
+SUMMARY_KEYS = (
+    "id", "at", "agent", "provider", "action", "operation", "target", "params", "decision",
+    "reason", "rules", "risk", "shadow_decision", "shadow_rules", "error",
+)  # fmt: skip
+
+
+def summary(row: dict[str, Any]) -> dict[str, Any]:
+    return {key: row[key] for key in SUMMARY_KEYS}
+
+
+def with_mode(evaluation: Evaluation, mode: str) -> Evaluation:
+    """Shadow mode decides and records, enforcing nothing; off decides nothing."""
+    if mode == ENFORCE or evaluation.error:
+        return evaluation  # a failed stage blocks even in shadow mode: nothing unjudged
+    verdict = evaluation.verdict
+    if mode == OFF:
+        allowed = Verdict(ALLOW, "policies are off (airlock_mode=off)", ())
+    else:
+        would = Shadow(verdict.decision, verdict.reason, verdict.rules)
+        allowed = Verdict(ALLOW, "shadow mode (airlock_mode=shadow)", (), shadow=would)
+    return replace(evaluation, verdict=allowed)
+
+
+def failed_evaluation(document: Document, error: Exception) -> Evaluation:
+    reason = redact_text(f"blocked because Airlock failed: {error!r}")
+    return Evaluation(fallback_action(document), Verdict(BLOCK, reason, ()), repr(error), "gate")
+
+
+def let_through(decision: str, outcome: str | None) -> bool | None:
+    """True: its request went (or is going) out, and counts against budgets. False: refused
+    (a denial, for the risk score). None: neither yet, or not a decision on the request
+    (an attempt answered 'pending', a duplicate retry, a store failure)."""
+    if outcome in ("forwarded", "unknown") or (decision == ALLOW and outcome is None):
+        return True  # "unknown": released when its proxy stopped, so it may have gone out
+    if decision == BLOCK or outcome in ("blocked", "denied", "expired", "abandoned"):
+        return False
+    return None
+
+
+def retry_key_of(document: Document, exact_hash: str) -> str:
+    """What stays the same across an SDK's retries of one call, scoped to the agent: Stripe's
+    Idempotency-Key, boto3's invocation id, EC2's ClientToken; else the request hash."""
+    headers = document["headers"]
+    body = document["body"] if isinstance(document["body"], dict) else {}
+    for key in (
+        headers.get("idempotency-key"),
+        headers.get("amz-sdk-invocation-id"),
+        body.get("ClientToken"),
+    ):
+        if key:
+            return f"{document['agent']}:{document['host']}:{key}"[:300]
+    return f"{document['agent']}:{exact_hash}"[:300]
+
+
+def request_hash(document: Document) -> str:
+    """Binds an approval to the exact request: method, URL, normalised body, agent."""
+    body = document["body"]
+    normalised = body if isinstance(body, str) else json.dumps(body, sort_keys=True)
+    query = json.dumps(document["query"], sort_keys=True)
+    material = "\n".join(
+        [
+            document["method"],
+            document["scheme"],
+            document["host"],
+            str(document["port"]),
+            document["path"],
+            query,
+            normalised or "",
+            document["agent"],
+        ]
+    )
+    return hashlib.sha256(material.encode()).hexdigest()
+
+
+def capped(value: Any) -> Any:
+    """What a record keeps of a param: policies decided on the whole value; the store keeps a
+    string over MAX_STORED_TEXT as its start, length and hash, and a list over MAX_STORED_ITEMS
+    as its first items and a count (a 50 MB param once grew the store by 299 MB)."""
+    if isinstance(value, str):
+        if len(value) <= MAX_STORED_TEXT:
+            return value
+        digest = hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()
+        return f"{value[:256]}… [{len(value)} characters, sha256 {digest}]"
+    if isinstance(value, dict):
+        return {key: capped(item) for key, item in value.items()}
+    if isinstance(value, list):
+        kept = [capped(item) for item in value[:MAX_STORED_ITEMS]]
+        if len(value) > MAX_STORED_ITEMS:
+            kept.append(f"… [{len(value) - MAX_STORED_ITEMS} more items, {len(value)} in all]")
+        return kept
+    return value
+
+
+def run_row(
+    run_id: str, instance: str, document: Document, evaluation: Evaluation, decision_ms: float,
+    config_hash: str | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """The runs table's row of a decision, redacted."""
+    action, verdict = evaluation.action, evaluation.verdict
+    if document["body_size"] > MAX_STORED_BODY:  # not stored, so not worth redacting
+        document = {**document, "body": f"[body of {document['body_size']} bytes not stored]"}
+    stored = capped(redact_document(document))  # overlong headers or paths too
+    return {
+        "id": run_id,
+        "at": time.time(),
+        "instance": instance,
+        "agent": document["agent"],
+        "method": document["method"],
+        "host": document["host"],
+        "path": stored["path"],
+        "provider": action.provider,
+        "action": action.action,
+        "category": action.category,
+        "sensitivity": action.sensitivity,
+        "target": redact_text(action.target),
+        "mapping_id": action.mapping_id,
+        "operation": action.operation,
+        "params": capped(redact_value(action.params)),
+        "context": capped(redact_value(action.context)),
+        "undo": action.undo,
+        "request": stored,
+        "decision": verdict.decision,
+        "reason": redact_text(verdict.reason),
+        "rules": list(verdict.rules),
+        "risk": evaluation.risk.score if evaluation.risk else None,
+        "risk_factors": evaluation.risk.as_json() if evaluation.risk else None,
+        "shadow_decision": verdict.shadow.decision if verdict.shadow else None,
+        "shadow_rules": list(verdict.shadow.rules) if verdict.shadow else None,
+        "error": redact_text(evaluation.error) if evaluation.error else None,
+        "decision_ms": decision_ms,
+        "config_hash": config_hash,
+        "outcome": None,
+        "status": None,
+        "upstream_ms": None,
+    }
