@@ -17,8 +17,43 @@ import ipaddress
 import socket
 from dataclasses import dataclass
 
+from mitmproxy import ctx
+from sqlalchemy.engine import make_url
+
+from airlock.pipeline.document import normalise_host
+
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 RESOLVE_TIMEOUT = 2.0  # seconds; a name that cannot be resolved in time is refused
+_SURFACE_OPTIONS = frozenset({"listen_host", "listen_port", "airlock_metrics_port", "airlock_db"})
+
+
+class OwnSurface:
+    """The addon: keeps the control surface in step with the options that name it."""
+
+    def __init__(self) -> None:
+        self.surface = ControlSurface(frozenset(), frozenset(), None)
+
+    def configure(self, updated: set[str]) -> None:
+        if _SURFACE_OPTIONS & updated:
+            self.surface = _surface_from_options()
+
+    async def refusal(self, host: str, port: int) -> str | None:
+        """Why a request to host:port is refused as a request to Airlock itself, or None."""
+        return await self.surface.refuses(normalise_host(host), port)
+
+
+def _option(name: str) -> object:
+    """An option another addon declares (proxyserver, metrics), or None when it is not loaded."""
+    return getattr(ctx.options, name) if name in ctx.options else None
+
+
+def _surface_from_options() -> ControlSurface:
+    """Airlock's listeners and database, from the options (read once per change: ctx.options
+    deep-copies a value on every read)."""
+    ports = {_option("listen_port"), _option("airlock_metrics_port")} - {0, None}
+    url = make_url(ctx.options.airlock_db)
+    database = (url.host, url.port or 5432) if url.host else None
+    return ControlSurface.build(ports, str(_option("listen_host") or ""), database)  # type: ignore[arg-type]
 
 
 def literal_address(host: str) -> Address | None:

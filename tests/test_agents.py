@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from mitmproxy.test import tflow
 
-from airlock.addons.gatekeeper import Gate
+from airlock.addons.gatekeeper import Airlock
 from airlock.pipeline.agents import hash_key, load_agents, new_key, verify_key
 from airlock.pipeline.evaluation import Config, evaluate
 from airlock.pipeline.yaml_source import ConfigError, recording_sources, replaying_sources
@@ -149,8 +149,8 @@ def test_connect_without_valid_credentials_gets_407_and_is_recorded(
     if header:
         connect.request.headers["Proxy-Authorization"] = header
 
-    async def scenario(gate: Gate, _: Any) -> None:
-        await gate.http_connect(connect)
+    async def scenario(gate: Airlock, _: Any) -> None:
+        await gate.identity.http_connect(connect)
 
     with_gate(tmp_path, scenario, airlock_policies=str(agents_dir(tmp_path)))
     assert connect.response.status_code == 407
@@ -171,9 +171,9 @@ def test_an_authenticated_agent_is_identified_and_its_key_never_stored(tmp_path:
     flow = stripe_flow(b"amount=5&currency=usd")
     flow.client_conn = connect.client_conn
 
-    async def scenario(gate: Gate, _: Any) -> None:
-        await gate.http_connect(connect)
-        await asyncio.wait_for(gate.request(flow), 5)
+    async def scenario(gate: Airlock, _: Any) -> None:
+        await gate.identity.http_connect(connect)
+        await asyncio.wait_for(gate.gate.request(flow), 5)
 
     with_gate(tmp_path, scenario, airlock_policies=str(agents_dir(tmp_path)))
     assert connect.response is None and flow.response is None
@@ -185,8 +185,8 @@ def test_an_authenticated_agent_is_identified_and_its_key_never_stored(tmp_path:
 def test_plain_http_requests_need_credentials_too(tmp_path: Path) -> None:
     flow = stripe_flow(b"amount=5&currency=usd")
 
-    async def scenario(gate: Gate, _: Any) -> None:
-        await gate.request(flow)
+    async def scenario(gate: Airlock, _: Any) -> None:
+        await gate.gate.request(flow)
 
     with_gate(tmp_path, scenario, airlock_policies=str(agents_dir(tmp_path)))
     assert flow.response.status_code == 407

@@ -17,7 +17,7 @@ from mitmproxy.test import taddons, tflow, tutils
 from sqlalchemy import select, text
 from sqlalchemy.engine import Engine
 
-from airlock.addons.gatekeeper import Gate
+from airlock.addons.gatekeeper import Airlock
 from airlock.addons.metrics import Metrics
 from airlock.addons.routing import Routing, parse_routes
 from airlock.pipeline.run_record import request_hash
@@ -41,17 +41,17 @@ def stripe_flow(body: bytes, path: str = "/v1/charges", method: str = "POST") ->
     return flow
 
 
-def store_of(_gate: Gate) -> Engine:
+def store_of(_gate: Airlock) -> Engine:
     """The gate's store, opened as a reviewer's command opens it: the proxy keeps no connection
     (only its decider process does)."""
     return open_engine(ctx.options.airlock_db)
 
 
 def with_gate(
-    tmp_path: Path, scenario: Callable[[Gate, Any], Awaitable[None]], **options: Any
-) -> Gate:
+    tmp_path: Path, scenario: Callable[[Airlock, Any], Awaitable[None]], **options: Any
+) -> Airlock:
     """Run a scenario against a configured, running gate on a fresh SQLite store."""
-    gate = Gate(Metrics())
+    gate = Airlock(Metrics())
 
     async def run() -> None:
         with taddons.context(gate) as tctx:
@@ -63,7 +63,7 @@ def with_gate(
                 "airlock_policies": str(PROJECT_ROOT / "policies"),
             }
             tctx.configure(gate, **(settings | options))
-            await gate.running()
+            await gate.runtime.running()
             try:
                 await scenario(gate, tctx)
             finally:
@@ -75,19 +75,19 @@ def with_gate(
     return gate
 
 
-async def until_held(gate: Gate) -> None:
+async def until_held(gate: Airlock) -> None:
     for _ in range(500):
-        if gate.holds:
+        if gate.holds.held:
             return
         await asyncio.sleep(0.01)
     raise AssertionError("the flow was never held")
 
 
-def gate_decides(tmp_path: Path, flow: Any) -> Gate:
+def gate_decides(tmp_path: Path, flow: Any) -> Airlock:
     """Pass one flow through the gate's request hook."""
 
-    async def scenario(gate: Gate, _: Any) -> None:
-        await gate.request(flow)
+    async def scenario(gate: Airlock, _: Any) -> None:
+        await gate.gate.request(flow)
 
     return with_gate(tmp_path, scenario)
 
@@ -145,13 +145,13 @@ def test_store_failure_blocks_the_request_and_says_why(tmp_path: Path) -> None:
     refused, said why, and counted."""
     first, second = stripe_flow(b"amount=5&currency=usd"), stripe_flow(b"amount=6&currency=usd")
 
-    async def scenario(gate: Gate, _: Any) -> None:
-        await gate.request(stripe_flow(b"amount=4&currency=usd"))  # the decider has its past
+    async def scenario(gate: Airlock, _: Any) -> None:
+        await gate.gate.request(stripe_flow(b"amount=4&currency=usd"))  # the decider has its past
         with store_of(gate).begin() as conn:
             conn.execute(text("DROP TABLE approvals"))
             conn.execute(text("DROP TABLE runs"))
-        await gate.request(first)
-        await gate.request(second)
+        await gate.gate.request(first)
+        await gate.gate.request(second)
 
     gate = with_gate(tmp_path, scenario)
 
@@ -175,9 +175,9 @@ def test_agent_identity_comes_from_the_connect_credentials(tmp_path: Path) -> No
     # Sent again inside the tunnel: the CONNECT named the agent, and the upstream never sees it.
     flow.request.headers["Proxy-Authorization"] = f"Basic {token}"
 
-    async def scenario(gate: Gate, _: Any) -> None:
-        await gate.http_connect(connect)
-        await gate.request(flow)
+    async def scenario(gate: Airlock, _: Any) -> None:
+        await gate.identity.http_connect(connect)
+        await gate.gate.request(flow)
 
     with_gate(tmp_path, scenario)
     [run] = stored_runs(tmp_path)
@@ -199,12 +199,12 @@ def test_plain_http_proxy_credentials_identify_and_are_not_forwarded(tmp_path: P
 def test_held_flow_is_released_when_the_store_says_approved(tmp_path: Path) -> None:
     flow = stripe_flow(b"", path="/v1/customers/cus_1", method="DELETE")
 
-    async def scenario(gate: Gate, _: Any) -> None:
+    async def scenario(gate: Airlock, _: Any) -> None:
         from airlock.store.approvals import APPROVED, resolve_approval
 
-        hold = asyncio.create_task(gate.request(flow))
+        hold = asyncio.create_task(gate.gate.request(flow))
         await until_held(gate)
-        [approval_id] = gate.holds
+        [approval_id] = gate.holds.held
         await asyncio.to_thread(resolve_approval, store_of(gate), approval_id, APPROVED, "r", None)
         await asyncio.wait_for(hold, 5)
 
@@ -216,10 +216,10 @@ def test_held_flow_is_released_when_the_store_says_approved(tmp_path: Path) -> N
 def test_client_disconnect_abandons_the_approval(tmp_path: Path) -> None:
     flow = stripe_flow(b"", path="/v1/customers/cus_2", method="DELETE")
 
-    async def scenario(gate: Gate, _: Any) -> None:
-        hold = asyncio.create_task(gate.request(flow))
+    async def scenario(gate: Airlock, _: Any) -> None:
+        hold = asyncio.create_task(gate.gate.request(flow))
         await until_held(gate)
-        gate.client_disconnected(flow.client_conn)
+        gate.holds.client_disconnected(flow.client_conn)
         await asyncio.wait_for(hold, 5)
 
     with_gate(tmp_path, scenario)
@@ -233,7 +233,7 @@ def test_bad_config_refuses_to_start_with_file_and_line(tmp_path: Path) -> None:
     policies = tmp_path / "policies"
     policies.mkdir()
     (policies / "p.yaml").write_text(textwrap.dedent("rules:\n  - id: x\n    decison: BLOCK\n"))
-    gate = Gate(Metrics())
+    gate = Airlock(Metrics())
     with taddons.context(gate) as tctx, pytest.raises(exceptions.OptionsError) as error:
         tctx.configure(gate, airlock_policies=str(policies))
     assert f"{policies / 'p.yaml'}:3:5: unknown key 'decison'" in str(error.value)
@@ -290,9 +290,9 @@ def test_routing_overrides_name_resolution_only_for_routed_hosts() -> None:
 def test_an_unexpected_fault_in_the_gate_blocks_instead_of_passing(tmp_path: Path) -> None:
     flow = stripe_flow(b"amount=5&currency=usd")
 
-    async def scenario(gate: Gate, _: Any) -> None:
-        gate.config = None  # any bug on the path behaves like this one
-        await gate.request(flow)
+    async def scenario(gate: Airlock, _: Any) -> None:
+        gate.runtime.config = None  # any bug on the path behaves like this one
+        await gate.gate.request(flow)
 
     gate = with_gate(tmp_path, scenario)
     assert flow.response.status_code == 403
@@ -324,10 +324,10 @@ def test_a_client_gone_before_the_hold_begins_abandons_it(tmp_path: Path) -> Non
 def test_a_stream_reset_while_held_abandons_the_approval(tmp_path: Path) -> None:
     flow = stripe_flow(b"", path="/v1/customers/cus_4", method="DELETE")
 
-    async def scenario(gate: Gate, _: Any) -> None:
-        hold = asyncio.create_task(gate.request(flow))
+    async def scenario(gate: Airlock, _: Any) -> None:
+        hold = asyncio.create_task(gate.gate.request(flow))
         await until_held(gate)
-        gate.error(flow)
+        gate.holds.error(flow)
         await asyncio.wait_for(hold, 5)
 
     with_gate(tmp_path, scenario)
@@ -337,8 +337,8 @@ def test_a_stream_reset_while_held_abandons_the_approval(tmp_path: Path) -> None
 def test_shutdown_expires_held_approvals(tmp_path: Path) -> None:
     flow = stripe_flow(b"", path="/v1/customers/cus_5", method="DELETE")
 
-    async def scenario(gate: Gate, _: Any) -> None:
-        held = asyncio.create_task(gate.request(flow))
+    async def scenario(gate: Airlock, _: Any) -> None:
+        held = asyncio.create_task(gate.gate.request(flow))
         await until_held(gate)
         assert not held.done()
 
@@ -366,9 +366,9 @@ def test_a_store_that_does_not_answer_blocks_in_bounded_time(
     monkeypatch.setattr(gatekeeper, "STORE_TIMEOUT", 0.2)
     flow = stripe_flow(b"amount=5&currency=usd")
 
-    async def scenario(gate: Gate, _: Any) -> None:
-        gate.decider.decide = lambda _: asyncio.get_running_loop().create_future()  # hangs
-        await asyncio.wait_for(gate.request(flow), 5)
+    async def scenario(gate: Airlock, _: Any) -> None:
+        gate.runtime.decider.decide = lambda _: asyncio.get_running_loop().create_future()  # hangs
+        await asyncio.wait_for(gate.gate.request(flow), 5)
 
     with_gate(tmp_path, scenario)
     assert flow.response.status_code == 403
@@ -380,12 +380,12 @@ def test_a_fault_in_the_decider_blocks_and_is_recorded_as_the_gates(tmp_path: Pa
 
     flow = stripe_flow(b"amount=5&currency=usd")
 
-    async def scenario(gate: Gate, _: Any) -> None:
+    async def scenario(gate: Airlock, _: Any) -> None:
         async def fails(_: Any) -> Any:
             raise DeciderFault("the decider failed: KeyError('x')")
 
-        gate.decider.decide = fails
-        await gate.request(flow)
+        gate.runtime.decider.decide = fails
+        await gate.gate.request(flow)
 
     gate = with_gate(tmp_path, scenario)
     assert flow.response.status_code == 403
@@ -398,19 +398,19 @@ def test_a_fault_in_the_decider_blocks_and_is_recorded_as_the_gates(tmp_path: Pa
 def test_non_http_traffic_is_cut_and_unsafe_options_are_fixed(tmp_path: Path) -> None:
     from mitmproxy.addons import proxyserver
 
-    gate = Gate(Metrics())
+    gate = Airlock(Metrics())
     with taddons.context(gate, proxyserver.Proxyserver()) as tctx:
         tctx.configure(gate, airlock_db=f"sqlite:///{tmp_path / 'a.db'}")
         assert tctx.options.rawtcp is True and tctx.options.connection_strategy == "eager"
-        gate._enforce_gating_options()
+        gate.runtime._enforce_gating_options()
         assert tctx.options.rawtcp is False
         assert tctx.options.connection_strategy == "lazy"
         tcp_flow = tflow.ttcpflow()
-        gate.tcp_start(tcp_flow)
+        gate.streams.tcp_start(tcp_flow)
         assert tcp_flow.killable is False  # killed
         tctx.options.stream_large_bodies = "1m"
         with pytest.raises(exceptions.OptionsError, match="cannot gate streamed requests"):
-            gate._enforce_gating_options()
+            gate.runtime._enforce_gating_options()
 
 
 @pytest.mark.parametrize(
@@ -425,8 +425,8 @@ def test_shadow_and_off_modes_forward_and_record(
 ) -> None:
     flow = stripe_flow(b"amount=5000000&currency=usd")
 
-    async def scenario(gate: Gate, _: Any) -> None:
-        await gate.request(flow)
+    async def scenario(gate: Airlock, _: Any) -> None:
+        await gate.gate.request(flow)
 
     gate = with_gate(tmp_path, scenario, airlock_mode=mode)
 
@@ -444,8 +444,8 @@ def test_shadow_and_off_modes_forward_and_record(
 def test_a_mapping_failure_still_blocks_in_shadow_mode(tmp_path: Path) -> None:
     flow = stripe_flow(b"amount=lots&currency=usd")
 
-    async def scenario(gate: Gate, _: Any) -> None:
-        await gate.request(flow)
+    async def scenario(gate: Airlock, _: Any) -> None:
+        await gate.gate.request(flow)
 
     with_gate(tmp_path, scenario, airlock_mode="shadow")
     assert flow.response.status_code == 403
@@ -460,8 +460,8 @@ def test_a_rules_hold_timeout_wins_over_the_default(tmp_path: Path) -> None:
     )
     flow = stripe_flow(b"", path="/v1/customers/cus_6", method="DELETE")
 
-    async def scenario(gate: Gate, _: Any) -> None:
-        await asyncio.wait_for(gate.request(flow), 5)  # the option says 25 s
+    async def scenario(gate: Airlock, _: Any) -> None:
+        await asyncio.wait_for(gate.gate.request(flow), 5)  # the option says 25 s
 
     with_gate(tmp_path, scenario, airlock_policies=str(policies))
     assert json.loads(flow.response.content)["approval"]["state"] == "EXPIRED"
@@ -473,11 +473,11 @@ def test_decisions_another_proxy_commits_late_still_count_here(
     """Two proxies on one database share budgets: what the other one commits is read in commit
     order, so a decision that reaches the database long after it was made (replayed after a
     crash) is not missed."""
-    import airlock.addons.gatekeeper as gatekeeper
+    import airlock.addons.runtime as runtime
     from airlock.store.records import DecisionRecord
     from tests.test_store import run_row, write
 
-    monkeypatch.setattr(gatekeeper, "HISTORY_SYNC_SECONDS", 0.05)
+    monkeypatch.setattr(runtime, "HISTORY_SYNC_SECONDS", 0.05)
     policies = tmp_path / "policies"
     policies.mkdir()
     (policies / "p.yaml").write_text(
@@ -489,12 +489,12 @@ def test_decisions_another_proxy_commits_late_still_count_here(
     for flow in (first, second):
         flow.request.headers["proxy-authorization"] = f"Basic {credentials}"
 
-    async def scenario(gate: Gate, _: Any) -> None:
-        await gate.request(first)  # 60,000 of 200,000 spent
+    async def scenario(gate: Airlock, _: Any) -> None:
+        await gate.gate.request(first)  # 60,000 of 200,000 spent
         late = run_row(instance="elsewhere-2", at=time.time() - 600)  # 150,000 by agent-a
         await asyncio.to_thread(write, store_of(gate), DecisionRecord(late))
         await asyncio.sleep(0.5)  # ten syncs
-        await gate.request(second)  # 60,000 more: over only if the late one counts
+        await gate.gate.request(second)  # 60,000 more: over only if the late one counts
 
     with_gate(tmp_path, scenario, airlock_policies=str(policies))
     assert first.response is None
@@ -511,12 +511,12 @@ def test_policies_and_mode_reloaded_at_run_time_decide_the_next_request(tmp_path
     )
     before, after, shadowed = (stripe_flow(b"amount=5&currency=usd") for _ in range(3))
 
-    async def scenario(gate: Gate, tctx: Any) -> None:
-        await gate.request(before)
+    async def scenario(gate: Airlock, tctx: Any) -> None:
+        await gate.gate.request(before)
         tctx.configure(gate, airlock_policies=str(policies))
-        await gate.request(after)
+        await gate.gate.request(after)
         tctx.configure(gate, airlock_mode="shadow")
-        await gate.request(shadowed)
+        await gate.gate.request(shadowed)
 
     with_gate(tmp_path, scenario)
     assert before.response is None
@@ -530,12 +530,12 @@ def test_a_restarted_decider_decides_with_the_same_configuration(tmp_path: Path)
     configuration and mode, not none."""
     flow = stripe_flow(b"amount=5000000&currency=usd")
 
-    async def scenario(gate: Gate, _: Any) -> None:
-        first = gate.decider._link.process
+    async def scenario(gate: Airlock, _: Any) -> None:
+        first = gate.runtime.decider._link.process
         first.kill()
         await asyncio.to_thread(first.wait)
-        await gate.request(flow)
-        assert gate.decider._link.process is not first
+        await gate.gate.request(flow)
+        assert gate.runtime.decider._link.process is not first
 
     with_gate(tmp_path, scenario, airlock_mode="shadow", airlock_decider="worker")
     assert flow.response is None  # shadow mode, as configured
@@ -553,13 +553,13 @@ def test_a_restarted_decider_ignores_edits_on_disk_the_proxy_never_loaded(tmp_pa
     )
     flow = stripe_flow(b"amount=5&currency=usd")
 
-    async def scenario(gate: Gate, _: Any) -> None:
+    async def scenario(gate: Airlock, _: Any) -> None:
         (policies / "p.yaml").write_text("rules: []\n")  # edited, not reloaded
         (policies / "q.yaml").write_text("rules: [{id: broken\n")
-        first = gate.decider._link.process
+        first = gate.runtime.decider._link.process
         first.kill()
         await asyncio.to_thread(first.wait)
-        await gate.request(flow)
+        await gate.gate.request(flow)
 
     with_gate(tmp_path, scenario, airlock_policies=str(policies), airlock_decider="worker")
     assert json.loads(flow.response.content)["rules"] == ["no-charges"]

@@ -14,7 +14,7 @@ import pytest
 from prometheus_client import generate_latest
 
 import airlock.addons.notify as notify
-from airlock.addons.gatekeeper import Gate
+from airlock.addons.gatekeeper import Airlock
 from airlock.store.approvals import APPROVED, resolve_approval
 from tests.test_gatekeeper import store_of, stripe_flow, until_held, with_gate
 
@@ -62,10 +62,10 @@ def test_held_and_settled_messages_reach_both_kinds_of_webhook(
     flow = stripe_flow(b"", path="/v1/customers/cus_hook", method="DELETE")
     flow.request.headers["Authorization"] = "Bearer sk_live_PlantedWebhookSecret00"
 
-    async def scenario(gate: Gate, _: Any) -> None:
-        held = asyncio.create_task(gate.request(flow))
+    async def scenario(gate: Airlock, _: Any) -> None:
+        held = asyncio.create_task(gate.gate.request(flow))
         await until_held(gate)
-        [approval_id] = gate.holds
+        [approval_id] = gate.holds.held
         await asyncio.to_thread(
             resolve_approval, store_of(gate), approval_id, APPROVED, "alice", "ok"
         )
@@ -99,15 +99,15 @@ def test_an_unreachable_webhook_is_counted_and_never_delays_the_flow(
     flow = stripe_flow(b"", path="/v1/customers/cus_dead", method="DELETE")
     dead = "http://127.0.0.1:9/services/T000/B000/PlantedWebhookSecret"
 
-    async def scenario(gate: Gate, _: Any) -> None:
-        held = asyncio.create_task(gate.request(flow))
+    async def scenario(gate: Airlock, _: Any) -> None:
+        held = asyncio.create_task(gate.gate.request(flow))
         await until_held(gate)
-        [approval_id] = gate.holds
+        [approval_id] = gate.holds.held
         await asyncio.to_thread(
             resolve_approval, store_of(gate), approval_id, APPROVED, "bob", None
         )
         await asyncio.wait_for(held, 5)  # released at once, webhooks or not
-        await gate.notifier.drain()
+        await gate.runtime.notifier.drain()
         # Labelled by scheme and host: a webhook's path is its secret, and metrics are public.
         exposition = generate_latest(gate.metrics.registry).decode()
         assert 'airlock_webhook_failures_total{target="http://127.0.0.1:9"} 2.0' in exposition

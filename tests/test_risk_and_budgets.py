@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from airlock.addons.gatekeeper import Gate
+from airlock.addons.gatekeeper import Airlock
 from airlock.pipeline.history import BUCKET_SECONDS, EXACT_SECONDS, History
 from airlock.pipeline.mappings import Action
 from airlock.pipeline.policies import load_policies
@@ -168,15 +168,15 @@ def test_the_proxy_keeps_budgets_across_requests_and_restarts(tmp_path: Path) ->
     )
     flows = [stripe_flow(b"amount=400&currency=usd") for _ in range(4)]
 
-    async def first_run(gate: Gate, _: Any) -> None:
+    async def first_run(gate: Airlock, _: Any) -> None:
         for flow in flows[:3]:
-            await asyncio.wait_for(gate.request(flow), 5)
+            await asyncio.wait_for(gate.gate.request(flow), 5)
 
     with_gate(tmp_path, first_run, airlock_policies=str(policies))
     assert [f.response is None for f in flows[:3]] == [True, True, False]  # 400, 800, then 1200
 
-    async def after_restart(gate: Gate, _: Any) -> None:
-        await asyncio.wait_for(gate.request(flows[3]), 5)
+    async def after_restart(gate: Airlock, _: Any) -> None:
+        await asyncio.wait_for(gate.gate.request(flows[3]), 5)
 
     with_gate(tmp_path, after_restart, airlock_policies=str(policies))
     assert flows[3].response.status_code == 403  # 800 spent before the restart still counts

@@ -1,0 +1,240 @@
+"""Requests held for a reviewer: the live flow waits until its approval is settled (pushed by
+the decider, store/settlements.py), then is released once, refused, or answered "pending" so
+the SDK's retry joins the same approval. A client that leaves abandons its hold; at shutdown
+held flows are answered 503 + Retry-After and their approvals expire."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from mitmproxy import connection, ctx, http
+
+from airlock.addons.refusals import Refusals
+from airlock.addons.runtime import STORE_TIMEOUT, Runtime
+from airlock.decider.messages import ApprovalState, Settled
+from airlock.store.approvals import ABANDONED, APPROVED, DENIED, EXPIRED
+
+log = logging.getLogger("airlock.addons.gatekeeper")
+
+SHUTTING_DOWN = "SHUTTING_DOWN"  # settles a held flow at shutdown; the approval is EXPIRED
+SHUTDOWN_ANSWER = 5.0  # seconds done() waits for held flows' 503s to be on their way
+PENDING_RETRY_AFTER = 2  # seconds an SDK is told to wait before retrying a pending approval
+Settlement = tuple[str, str | None, str | None]  # (state, reviewer, reason)
+
+
+@dataclass
+class Hold:
+    approval_id: str
+    flow: http.HTTPFlow
+    settled: asyncio.Future[Settlement]
+
+
+class Holds:
+    def __init__(self, runtime: Runtime, refusals: Refusals) -> None:
+        self.runtime = runtime
+        self.refusals = refusals
+        self.held: dict[str, Hold] = {}
+        self._stopping = False
+        self._answering: dict[int, asyncio.Event] = {}  # held flows being answered at shutdown
+        runtime.watched = lambda: list(self.held)
+        runtime.on_settled = self._settled
+
+    # --- holding -----------------------------------------------------------------------------
+
+    async def rejoin(
+        self,
+        flow: http.HTTPFlow,
+        run: dict[str, Any],
+        joined: ApprovalState,
+        run_request_hash: str | None,
+    ) -> None:
+        """A retry of a request waiting for (or granted) approval: never a second approval."""
+        approval = {"id": joined.id, "state": joined.state}
+        if joined.request_hash != run_request_hash:
+            # Same idempotency key, different request: an approval is bound to the exact one.
+            self.runtime.record_outcome(run["id"], "key_reused", 409)
+            self.refusals.refuse(
+                flow, run, "this idempotency key was used for a different request that is "
+                "waiting for (or got) approval; use a new key", approval=approval, status=409,
+            )  # fmt: skip
+        elif joined.state == DENIED:
+            self.runtime.record_outcome(run["id"], "denied", 403)
+            reason = f": {joined.reason}" if joined.reason else ""
+            self.refusals.refuse(
+                flow, run, f"denied by {joined.reviewer}{reason}", approval=approval
+            )
+        elif joined.state == APPROVED:
+            await self._release(flow, run, joined.id)
+        elif joined.id in self.held:  # the first attempt is still held: one per approval
+            self._answer_pending(flow, run, joined.id, joined.expires_at)
+        else:
+            await self.hold(flow, run, joined.id, joined.expires_at)
+
+    async def hold(
+        self, flow: http.HTTPFlow, run: dict[str, Any], approval_id: str, expires_at: float
+    ) -> None:
+        """Hold for at most the hold window (shorter than SDK timeouts); then, if the approval
+        is still open, answer "pending" so the SDK retries and the retry joins it."""
+        runtime = self.runtime
+        settled: asyncio.Future[Settlement] = asyncio.get_running_loop().create_future()
+        self.held[approval_id] = Hold(approval_id, flow, settled)
+        runtime.metrics.held_flows.inc()
+        runtime.ask().watch([approval_id])  # its settlement is pushed: _settled
+        if flow.client_conn.timestamp_end is not None or flow.error is not None:
+            # The client left while the decision was being committed.
+            runtime.spawn(self._abandon(self.held[approval_id]))
+        window_end = min(expires_at, time.time() + ctx.options.airlock_hold_timeout)
+        try:
+            state, reviewer, reason = await asyncio.wait_for(
+                asyncio.shield(settled), timeout=max(0.0, window_end - time.time())
+            )
+        except TimeoutError:
+            if window_end < expires_at:
+                self._answer_pending(flow, run, approval_id, expires_at)
+                return
+            state, reviewer, reason = await self._settle_here(approval_id, EXPIRED)
+        finally:
+            self.held.pop(approval_id, None)
+            runtime.metrics.held_flows.dec()
+            if runtime.decider is not None:
+                runtime.decider.unwatch(approval_id)
+        await self._settled_hold(flow, run, approval_id, (state, reviewer, reason))
+
+    async def _settled_hold(
+        self, flow: http.HTTPFlow, run: dict[str, Any], approval_id: str, settled: Settlement
+    ) -> None:
+        state, reviewer, reason = settled
+        runtime = self.runtime
+        if state == SHUTTING_DOWN:
+            runtime.record_outcome(run["id"], "expired", 503)
+            self.refusals.refuse(
+                flow, run, "Airlock is shutting down; retry shortly (a new approval will be "
+                "asked)", status=503, headers={"Retry-After": "5"},
+            )  # fmt: skip
+            return
+        runtime.notifier.settled(run, approval_id, state, reviewer, reason)
+        runtime.metrics.approvals_settled.labels(state).inc()
+        runtime.metrics.time_to_decision.observe(max(0.0, time.time() - run["at"]))
+        runtime.log.decision(
+            state, run, (time.time() - run["at"]) * 1000, note=f"by {reviewer}" if reviewer else ""
+        )
+        if state == APPROVED:
+            if flow.client_conn.timestamp_end is not None or flow.error is not None:
+                return  # the client left: keep the approval for its retry, release nothing
+            await self._release(flow, run, approval_id)
+            return
+        runtime.remember(run, passed=False)
+        outcome = {DENIED: "denied", EXPIRED: "expired", ABANDONED: "abandoned"}[state]
+        runtime.record_outcome(run["id"], outcome, 403)
+        if state == DENIED:
+            message = f"denied by {reviewer}: {reason}" if reason else f"denied by {reviewer}"
+        else:
+            message = "approval timed out" if state == EXPIRED else "client disconnected"
+        self.refusals.refuse(flow, run, message, approval={"id": approval_id, "state": state})
+
+    async def _release(self, flow: http.HTTPFlow, run: dict[str, Any], approval_id: str) -> None:
+        """Forward an approved request exactly once, whichever attempt gets here first."""
+        async with asyncio.timeout(STORE_TIMEOUT):
+            won = await self.runtime.ask().release(approval_id, time.time())
+        if won:
+            flow.metadata["airlock_released"] = time.time()
+            self.runtime.remember(run, passed=True)
+            return
+        self.runtime.record_outcome(run["id"], "duplicate", 409)
+        self.refusals.refuse(
+            flow, run, "this request was approved and has already been forwarded once",
+            approval={"id": approval_id, "state": APPROVED}, status=409,
+        )  # fmt: skip
+
+    def _answer_pending(
+        self, flow: http.HTTPFlow, run: dict[str, Any], approval_id: str, expires_at: float
+    ) -> None:
+        """503 + Retry-After (and Stripe-Should-Retry): the SDK retries by itself, and the
+        retry joins this approval; when it gives up, its error says what is going on."""
+        self.runtime.record_outcome(run["id"], "pending", 503)
+        left = max(0, int(expires_at - time.time()))
+        self.refusals.refuse(
+            flow, run,
+            f"approval pending: a reviewer must approve {approval_id} (airlock approve "
+            f"{approval_id[:8]}); retry the same request to continue ({left} s left)",
+            approval={"id": approval_id, "state": "PENDING", "expires_at": expires_at},
+            status=503,
+            headers={"Retry-After": str(PENDING_RETRY_AFTER), "Stripe-Should-Retry": "true"},
+        )  # fmt: skip
+
+    async def _settle_here(
+        self, approval_id: str, state: str, reason: str | None = None
+    ) -> Settlement:
+        """End an approval from the proxy's side; if a reviewer got there first, theirs stands."""
+        if reason is None:
+            reason = "approval timed out" if state == EXPIRED else "client disconnected while held"
+        settlement = await asyncio.wait_for(
+            self.runtime.ask().settle(approval_id, state, reason, time.time()), STORE_TIMEOUT
+        )
+        return settlement.state, settlement.reviewer, settlement.reason
+
+    # --- settlements, pushed by the decider; clients that leave --------------------------------
+
+    def _settled(self, settled: Settled) -> None:
+        """The decider saw a watched approval settled (store/settlements.py)."""
+        if self._stopping:
+            return
+        hold = self.held.get(settled.id)
+        if hold is not None and not hold.settled.done():
+            hold.settled.set_result((settled.state, settled.reviewer, settled.reason))
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        for hold in list(self.held.values()):
+            if hold.flow.client_conn is client and not hold.settled.done():
+                self.runtime.spawn(self._abandon(hold))
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        """An HTTP/2 stream reset ends one request, not the connection."""
+        self._answered_at_shutdown(flow)
+        for hold in list(self.held.values()):
+            if hold.flow is flow and not hold.settled.done():
+                self.runtime.spawn(self._abandon(hold))
+
+    async def _abandon(self, hold: Hold) -> None:
+        try:
+            result = await self._settle_here(hold.approval_id, ABANDONED)
+        except Exception as e:
+            log.error("could not mark approval %s abandoned: %s", hold.approval_id, e)
+            result = (ABANDONED, None, None)
+        if not hold.settled.done():
+            hold.settled.set_result(result)
+
+    # --- shutdown ----------------------------------------------------------------------------
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._answered_at_shutdown(flow)
+
+    def _answered_at_shutdown(self, flow: http.HTTPFlow) -> None:
+        if (answered := self._answering.get(id(flow))) is not None:
+            answered.set()
+
+    async def done(self) -> None:
+        """Held requests are answered 503 + Retry-After (not reset) and their approvals end
+        EXPIRED (nobody can approve what will never be sent), before the decider stops."""
+        self._stopping = True  # the expiries below come back pushed: held flows get 503s
+        holds = [hold for hold in self.held.values() if not hold.settled.done()]
+        with contextlib.suppress(Exception):
+            await asyncio.gather(
+                *(self._settle_here(h.approval_id, EXPIRED, "proxy shut down") for h in holds),
+                return_exceptions=True,
+            )
+        self._answering = {id(hold.flow): asyncio.Event() for hold in holds}
+        for hold in holds:
+            if not hold.settled.done():
+                hold.settled.set_result((SHUTTING_DOWN, None, None))
+        # mitmproxy cancels what is left once every addon's done() returned: wait until each
+        # held flow's 503 went through the response hook (on its way to the client).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                asyncio.gather(*(e.wait() for e in self._answering.values())), SHUTDOWN_ANSWER
+            )

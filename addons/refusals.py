@@ -1,0 +1,87 @@
+"""Refusals as the agent's SDK reads them: a 403 (or 503, 409) whose body carries the reason in
+the shapes SDKs take an error message from, or in the vendor's own error format when the
+operation is known (pipeline/answers.py), so the SDK raises its own error with Airlock's reason.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from mitmproxy import http
+
+from airlock.pipeline.answers import load_answers, situation_of
+
+
+class Refusals:
+    def __init__(self) -> None:
+        self.answers = load_answers()  # vendors' error formats, by operation
+
+    def refuse(
+        self,
+        flow: http.HTTPFlow,
+        run: dict[str, Any],
+        reason: str,
+        approval: dict[str, Any] | None = None,
+        status: int = 403,
+        headers: dict[str, str] | None = None,
+        recorded: bool = True,
+    ) -> None:
+        """recorded=False: the store failed, so no request id is given (it names no record)."""
+        request_id = run["id"] if recorded else None
+        message = f"Airlock refused {run['action']}: {reason}" + (
+            f" (request {request_id})" if request_id else " (not recorded)"
+        )
+        flow.metadata["airlock_answered"] = True
+        if not recorded:
+            flow.metadata.pop("airlock", None)  # no id on the answer (outcomes.py)
+        vendor_headers = {"Content-Type": "application/json"}
+        body = airlock_body(run, reason, request_id, approval, status, message)
+        content = (json.dumps(body, indent=2) + "\n").encode()
+        vendor = self.answers.format_for(run.get("operation"))
+        if vendor is not None:  # the SDK's own error type, with the reason in its message
+            vendor_headers, content = vendor.render(
+                situation_of(status, approval, recorded),
+                message,
+                request_id,
+                approval["id"] if approval else None,
+            )
+        flow.response = http.Response.make(
+            status,
+            content,
+            {
+                **vendor_headers,
+                "X-Airlock-Decision": run["decision"],
+                **({"X-Airlock-Request-Id": request_id} if request_id else {}),
+                **({"X-Airlock-Approval-Id": approval["id"]} if approval else {}),
+                **(headers or {}),
+            },
+        )
+
+
+def airlock_body(
+    run: dict[str, Any], reason: str, request_id: str | None, approval: dict[str, Any] | None,
+    status: int, message: str,
+) -> dict[str, Any]:  # fmt: skip
+    """Airlock's own refusal, for an operation without a vendor format."""
+    body: dict[str, Any] = {
+        "decision": run["decision"],
+        "action": run["action"],
+        "reason": reason,
+        "rules": run["rules"],
+        "request_id": request_id,
+    }
+    if approval:
+        body["approval"] = approval
+    # The shape most API SDKs (Stripe, OpenAI, Anthropic, ...) read an error message from,
+    # so the agent's exception says why it was refused.
+    body["error"] = {
+        "type": "airlock_refusal",
+        "code": "airlock_" + (approval["state"].lower() if approval else "blocked"),
+        "message": message,
+    }
+    body["ok"] = False  # what Slack's SDK reads
+    body["message"] = message  # what GitHub's and Twilio's read
+    body["code"] = status  # what Twilio's exception shows as its code
+    body["errors"] = [{"message": message, "field": None, "help": None}]  # SendGrid's
+    return body
