@@ -16,6 +16,8 @@ from typing import Any, TextIO
 from rich.console import Console
 from rich.style import Style
 
+from airlock.pipeline.run_record import RunSummary
+
 _STYLES = {
     "ALLOW": "bold green",
     "BLOCK": "bold red",
@@ -60,22 +62,20 @@ class DecisionLog:
         prefix, suffix = self._codes.get(style, ("", ""))
         return f"{prefix}{text}{suffix}" if text else ""
 
-    def decision(
-        self, decision: str, run: dict[str, Any], milliseconds: float, note: str = ""
-    ) -> None:
-        stamp = self._stamp(run["at"])
+    def decision(self, decision: str, run: RunSummary, milliseconds: float, note: str = "") -> None:
+        stamp = self._stamp(run.at)
         parts = [
             self._paint("dim", stamp),
             self._paint(decision, f"{decision:<16}"),
-            self._paint("agent", run["agent"]),
-            self._paint("action", run["action"]),
-            self._paint("dim", f"({run['operation']})") if run.get("operation") else "",
-            f"{run['provider']} → {run['target']}",
-            self._paint("dim", _key_params(run["params"])),
-            f"risk={run['risk']}" if run.get("risk") is not None else "",
+            self._paint("agent", run.agent),
+            self._paint("action", run.action),
+            self._paint("dim", f"({run.operation})") if run.operation else "",
+            f"{run.provider} → {run.target}",
+            self._paint("dim", _key_params(run.params)),
+            f"risk={run.risk}" if run.risk is not None else "",
             f"{milliseconds:.2f}ms",
-            self._paint("rules", f"rules={','.join(run['rules'])}" if run["rules"] else ""),
-            f"req={run['id']}",
+            self._paint("rules", f"rules={','.join(run.rules)}" if run.rules else ""),
+            f"req={run.id}",
             self._paint("note", note),
         ]
         self._lines.append(" ".join(p for p in parts if p) + "\n")

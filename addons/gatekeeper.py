@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import replace
 from typing import Any
 
 from mitmproxy import http
@@ -31,7 +32,12 @@ from airlock.decider.client import DeciderFault
 from airlock.decider.messages import Decide, Decided, RawRequest
 from airlock.pipeline.document import minimal_document
 from airlock.pipeline.policies import BLOCK, REQUIRE_APPROVAL
-from airlock.pipeline.run_record import failed_evaluation, run_row
+from airlock.pipeline.run_record import (
+    RunRecord,
+    RunSummary,
+    failed_evaluation,
+    run_row,
+)
 from airlock.store.records import DecisionRecord
 from airlock.store.schema import new_id
 
@@ -87,9 +93,9 @@ class Gate:
 
     async def _enforce(self, flow: http.HTTPFlow, decided: Decided) -> None:
         run, approval = decided.run, decided.approval
-        if run["decision"] == BLOCK:
-            self.refusals.refuse(flow, run, run["reason"])
-        elif run["decision"] != REQUIRE_APPROVAL:
+        if run.decision == BLOCK:
+            self.refusals.refuse(flow, run, run.reason)
+        elif run.decision != REQUIRE_APPROVAL:
             flow.metadata["airlock_released"] = time.time()
         elif approval is None:
             raise RuntimeError("the decider answered REQUIRE_APPROVAL without an approval")
@@ -115,18 +121,18 @@ class Gate:
             self._refuse_unrecorded(flow, self._failed_run(request, run_id, agent, e), e)
             return None
 
-    def _report(self, run: dict[str, Any], failed_stage: str | None, seconds: float) -> None:
+    def _report(self, run: RunSummary, failed_stage: str | None, seconds: float) -> None:
         """Metrics and the console line of a recorded decision."""
         metrics = self.runtime.metrics
-        metrics.count_decision(run["decision"], run["action"], run["provider"])
+        metrics.count_decision(run.decision, run.action, run.provider)
         metrics.decision_seconds.observe(seconds)
         if failed_stage:
             metrics.fail_closed.labels(failed_stage).inc()
         note = ""
-        if run["shadow_decision"]:
-            metrics.count_shadow(run["shadow_decision"], run["action"], run["provider"])
-            note = f"shadow: would {run['shadow_decision']} ({','.join(run['shadow_rules'])})"
-        self.runtime.log.decision(run["decision"], run, seconds * 1000, note)
+        if run.shadow_decision:
+            metrics.count_shadow(run.shadow_decision, run.action, run.provider)
+            note = f"shadow: would {run.shadow_decision} ({','.join(run.shadow_rules)})"
+        self.runtime.log.decision(run.decision, run, seconds * 1000, note)
 
     # --- when Airlock itself fails ------------------------------------------------------------
 
@@ -138,7 +144,7 @@ class Gate:
         # The cause stays in the log and the record: it can name internal hosts and ports.
         reason = f"blocked because Airlock failed ({type(error).__name__}; see Airlock's log)"
         run_id = flow.metadata.get("airlock") or new_id()
-        run = {"decision": BLOCK, "action": "unknown", "rules": [], "id": run_id}
+        run = RunSummary(run_id, BLOCK, "unknown", [])
         recorded = bool(flow.metadata.get("airlock_recorded"))
         if recorded:
             self.runtime.record_outcome(run_id, "error", 403)
@@ -151,7 +157,7 @@ class Gate:
         too (then the refusal carries no request id: it would name nothing on record)."""
         try:
             row = self._failed_run(flow.request, run_id, ANONYMOUS, error)
-            row.update(outcome="blocked", status=403)
+            row.outcome, row.status = "blocked", 403
             await asyncio.wait_for(self.runtime.ask().record(DecisionRecord(row)), STORE_TIMEOUT)
         except Exception as e:
             log.error("could not record the refusal of request %s: %s", run_id, e)
@@ -160,15 +166,14 @@ class Gate:
 
     def _failed_run(
         self, request: http.Request, run_id: str, agent: str, error: Exception
-    ) -> dict[str, Any]:
-        """The row of a request refused because Airlock failed: only what cannot fail to read."""
+    ) -> RunRecord:
+        """The record of a request refused because Airlock failed: only what cannot fail to
+        read."""
         document = minimal_document(request, agent)
         evaluation = failed_evaluation(document, error)
         return run_row(run_id, self.runtime.instance, document, evaluation, 0.0)
 
-    def _refuse_unrecorded(
-        self, flow: http.HTTPFlow, run: dict[str, Any], error: Exception
-    ) -> None:
+    def _refuse_unrecorded(self, flow: http.HTTPFlow, record: RunRecord, error: Exception) -> None:
         """The store failed: nothing may pass unrecorded, so refuse and say why. The decision
         may still have been committed (a late commit, a decider that died before answering):
         its outcome says the request was refused, if it is there to take one."""
@@ -176,10 +181,10 @@ class Gate:
         if timed_out:
             error = TimeoutError(f"the store did not answer within {STORE_TIMEOUT:.0f} s")
         outcome = "store_timeout" if timed_out else "store_failed"
-        self.runtime.record_outcome(run["id"], outcome, 403)
+        self.runtime.record_outcome(record.id, outcome, 403)
         self.runtime.metrics.fail_closed.labels("store").inc()
-        log.error("store unavailable, request %s blocked: %s", run["id"], error)
-        run = {**run, "decision": BLOCK, "rules": []}
+        log.error("store unavailable, request %s blocked: %s", record.id, error)
+        run = replace(record.summary(), decision=BLOCK, rules=[])
         self.runtime.log.decision(BLOCK, run, 0.0, note="store unavailable")
         # Only Airlock's own timeout is shown to the agent: a driver's error names the database.
         shown = error if isinstance(error, TimeoutError) else "the store failed (see Airlock's log)"

@@ -10,13 +10,13 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from mitmproxy import connection, ctx, http
 
 from airlock.addons.refusals import Refusals
 from airlock.addons.runtime import STORE_TIMEOUT, Runtime
 from airlock.decider.messages import ApprovalState, Settled
+from airlock.pipeline.run_record import RunSummary
 from airlock.store.approvals import ABANDONED, APPROVED, DENIED, EXPIRED
 
 log = logging.getLogger("airlock.addons.gatekeeper")
@@ -49,7 +49,7 @@ class Holds:
     async def rejoin(
         self,
         flow: http.HTTPFlow,
-        run: dict[str, Any],
+        run: RunSummary,
         joined: ApprovalState,
         run_request_hash: str | None,
     ) -> None:
@@ -57,13 +57,13 @@ class Holds:
         approval = {"id": joined.id, "state": joined.state}
         if joined.request_hash != run_request_hash:
             # Same idempotency key, different request: an approval is bound to the exact one.
-            self.runtime.record_outcome(run["id"], "key_reused", 409)
+            self.runtime.record_outcome(run.id, "key_reused", 409)
             self.refusals.refuse(
                 flow, run, "this idempotency key was used for a different request that is "
                 "waiting for (or got) approval; use a new key", approval=approval, status=409,
             )  # fmt: skip
         elif joined.state == DENIED:
-            self.runtime.record_outcome(run["id"], "denied", 403)
+            self.runtime.record_outcome(run.id, "denied", 403)
             reason = f": {joined.reason}" if joined.reason else ""
             self.refusals.refuse(
                 flow, run, f"denied by {joined.reviewer}{reason}", approval=approval
@@ -76,7 +76,7 @@ class Holds:
             await self.hold(flow, run, joined.id, joined.expires_at)
 
     async def hold(
-        self, flow: http.HTTPFlow, run: dict[str, Any], approval_id: str, expires_at: float
+        self, flow: http.HTTPFlow, run: RunSummary, approval_id: str, expires_at: float
     ) -> None:
         """Hold for at most the hold window (shorter than SDK timeouts); then, if the approval
         is still open, answer "pending" so the SDK retries and the retry joins it."""
@@ -106,12 +106,12 @@ class Holds:
         await self._settled_hold(flow, run, approval_id, (state, reviewer, reason))
 
     async def _settled_hold(
-        self, flow: http.HTTPFlow, run: dict[str, Any], approval_id: str, settled: Settlement
+        self, flow: http.HTTPFlow, run: RunSummary, approval_id: str, settled: Settlement
     ) -> None:
         state, reviewer, reason = settled
         runtime = self.runtime
         if state == SHUTTING_DOWN:
-            runtime.record_outcome(run["id"], "expired", 503)
+            runtime.record_outcome(run.id, "expired", 503)
             self.refusals.refuse(
                 flow, run, "Airlock is shutting down; retry shortly (a new approval will be "
                 "asked)", status=503, headers={"Retry-After": "5"},
@@ -119,9 +119,9 @@ class Holds:
             return
         runtime.notifier.settled(run, approval_id, state, reviewer, reason)
         runtime.metrics.approvals_settled.labels(state).inc()
-        runtime.metrics.time_to_decision.observe(max(0.0, time.time() - run["at"]))
+        runtime.metrics.time_to_decision.observe(max(0.0, time.time() - run.at))
         runtime.log.decision(
-            state, run, (time.time() - run["at"]) * 1000, note=f"by {reviewer}" if reviewer else ""
+            state, run, (time.time() - run.at) * 1000, note=f"by {reviewer}" if reviewer else ""
         )
         if state == APPROVED:
             if flow.client_conn.timestamp_end is not None or flow.error is not None:
@@ -130,14 +130,14 @@ class Holds:
             return
         runtime.remember(run, passed=False)
         outcome = {DENIED: "denied", EXPIRED: "expired", ABANDONED: "abandoned"}[state]
-        runtime.record_outcome(run["id"], outcome, 403)
+        runtime.record_outcome(run.id, outcome, 403)
         if state == DENIED:
             message = f"denied by {reviewer}: {reason}" if reason else f"denied by {reviewer}"
         else:
             message = "approval timed out" if state == EXPIRED else "client disconnected"
         self.refusals.refuse(flow, run, message, approval={"id": approval_id, "state": state})
 
-    async def _release(self, flow: http.HTTPFlow, run: dict[str, Any], approval_id: str) -> None:
+    async def _release(self, flow: http.HTTPFlow, run: RunSummary, approval_id: str) -> None:
         """Forward an approved request exactly once, whichever attempt gets here first."""
         async with asyncio.timeout(STORE_TIMEOUT):
             won = await self.runtime.ask().release(approval_id, time.time())
@@ -145,18 +145,18 @@ class Holds:
             flow.metadata["airlock_released"] = time.time()
             self.runtime.remember(run, passed=True)
             return
-        self.runtime.record_outcome(run["id"], "duplicate", 409)
+        self.runtime.record_outcome(run.id, "duplicate", 409)
         self.refusals.refuse(
             flow, run, "this request was approved and has already been forwarded once",
             approval={"id": approval_id, "state": APPROVED}, status=409,
         )  # fmt: skip
 
     def _answer_pending(
-        self, flow: http.HTTPFlow, run: dict[str, Any], approval_id: str, expires_at: float
+        self, flow: http.HTTPFlow, run: RunSummary, approval_id: str, expires_at: float
     ) -> None:
         """503 + Retry-After (and Stripe-Should-Retry): the SDK retries by itself, and the
         retry joins this approval; when it gives up, its error says what is going on."""
-        self.runtime.record_outcome(run["id"], "pending", 503)
+        self.runtime.record_outcome(run.id, "pending", 503)
         left = max(0, int(expires_at - time.time()))
         self.refusals.refuse(
             flow, run,

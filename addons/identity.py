@@ -88,8 +88,8 @@ class Identity:
             Verdict(BLOCK, WRONG_CREDENTIALS, ("agent-identity",)),
         )
         row = run_row(new_id(), runtime.instance, document, refused, 0.0)
-        row.update(outcome="blocked", status=407)
-        runtime.log.decision(BLOCK, row, 0.0, note="407 proxy authentication required")
+        row.outcome, row.status = "blocked", 407
+        runtime.log.decision(BLOCK, row.summary(), 0.0, note="407 proxy authentication required")
         try:
             await runtime.start_decider()
             async with asyncio.timeout(STORE_TIMEOUT):

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from airlock.pipeline.run_record import RunSummary
+
 log = logging.getLogger(__name__)
 
 ATTEMPTS = 4
@@ -43,29 +45,29 @@ class Notifier:
         self.on_failure = on_failure
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def held(self, run: dict[str, Any], approval_id: str, expires_at: float) -> None:
+    def held(self, run: RunSummary, approval_id: str, expires_at: float) -> None:
         self._send("held", run, {"approval_id": approval_id, "expires_at": expires_at})
 
-    def settled(self, run: dict[str, Any], approval_id: str, state: str, reviewer: str | None,
+    def settled(self, run: RunSummary, approval_id: str, state: str, reviewer: str | None,
                 reason: str | None) -> None:  # fmt: skip
         details = {"approval_id": approval_id, "state": state, "reviewer": reviewer,
                    "reason": reason}  # fmt: skip
         self._send("settled", run, details)
 
-    def _send(self, event: str, run: dict[str, Any], details: dict[str, Any]) -> None:
+    def _send(self, event: str, run: RunSummary, details: dict[str, Any]) -> None:
         if not self.targets:
             return
         message = {
             "event": event,
-            "request_id": run["id"],
-            "agent": run["agent"],
-            "action": run["action"],
-            "provider": run["provider"],
-            "target": run["target"],
-            "params": run["params"],
-            "risk": run.get("risk"),
-            "decision_reason": run["reason"],
-            "rules": run["rules"],
+            "request_id": run.id,
+            "agent": run.agent,
+            "action": run.action,
+            "provider": run.provider,
+            "target": run.target,
+            "params": run.params,
+            "risk": run.risk,
+            "decision_reason": run.reason,
+            "rules": run.rules,
             **details,
         }
         for target in self.targets:

@@ -11,6 +11,7 @@ from typing import Any
 from mitmproxy import http
 
 from airlock.pipeline.answers import load_answers, situation_of
+from airlock.pipeline.run_record import RunSummary
 
 
 class Refusals:
@@ -20,7 +21,7 @@ class Refusals:
     def refuse(
         self,
         flow: http.HTTPFlow,
-        run: dict[str, Any],
+        run: RunSummary,
         reason: str,
         approval: dict[str, Any] | None = None,
         status: int = 403,
@@ -28,8 +29,8 @@ class Refusals:
         recorded: bool = True,
     ) -> None:
         """recorded=False: the store failed, so no request id is given (it names no record)."""
-        request_id = run["id"] if recorded else None
-        message = f"Airlock refused {run['action']}: {reason}" + (
+        request_id = run.id if recorded else None
+        message = f"Airlock refused {run.action}: {reason}" + (
             f" (request {request_id})" if request_id else " (not recorded)"
         )
         flow.metadata["airlock_answered"] = True
@@ -38,7 +39,7 @@ class Refusals:
         vendor_headers = {"Content-Type": "application/json"}
         body = airlock_body(run, reason, request_id, approval, status, message)
         content = (json.dumps(body, indent=2) + "\n").encode()
-        vendor = self.answers.format_for(run.get("operation"))
+        vendor = self.answers.format_for(run.operation)
         if vendor is not None:  # the SDK's own error type, with the reason in its message
             vendor_headers, content = vendor.render(
                 situation_of(status, approval, recorded),
@@ -51,7 +52,7 @@ class Refusals:
             content,
             {
                 **vendor_headers,
-                "X-Airlock-Decision": run["decision"],
+                "X-Airlock-Decision": run.decision,
                 **({"X-Airlock-Request-Id": request_id} if request_id else {}),
                 **({"X-Airlock-Approval-Id": approval["id"]} if approval else {}),
                 **(headers or {}),
@@ -60,15 +61,15 @@ class Refusals:
 
 
 def airlock_body(
-    run: dict[str, Any], reason: str, request_id: str | None, approval: dict[str, Any] | None,
+    run: RunSummary, reason: str, request_id: str | None, approval: dict[str, Any] | None,
     status: int, message: str,
 ) -> dict[str, Any]:  # fmt: skip
     """Airlock's own refusal, for an operation without a vendor format."""
     body: dict[str, Any] = {
-        "decision": run["decision"],
-        "action": run["action"],
+        "decision": run.decision,
+        "action": run.action,
         "reason": reason,
-        "rules": run["rules"],
+        "rules": run.rules,
         "request_id": request_id,
     }
     if approval:

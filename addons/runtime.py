@@ -32,6 +32,7 @@ from airlock.decider.messages import Configuration, Settled, Setup, StoreAddress
 from airlock.pipeline.evaluation import Config
 from airlock.pipeline.policies import ENFORCE, MODES
 from airlock.pipeline.redaction import redact_mitmproxy_logs
+from airlock.pipeline.run_record import RunSummary
 from airlock.pipeline.yaml_source import ConfigError, Sources, recording_sources, sources_hash
 from airlock.store.approvals import (
     NOT_SENT,
@@ -330,10 +331,9 @@ class Runtime:
                 OutcomeRecord(run_id, time.time(), outcome, status, upstream_ms)
             )
 
-    def remember(self, run: dict[str, Any], passed: bool) -> None:
+    def remember(self, run: RunSummary, passed: bool) -> None:
         """A held request, once settled, counts in the decider's budgets."""
-        fields = {key: run[key] for key in ("id", "agent", "action", "at", "params", "target")}
-        self.ask().remember(fields, passed)
+        self.ask().remember(run, passed)
 
     def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         """Run in the background, keeping a reference so the task is not collected midway."""

@@ -53,6 +53,7 @@ from airlock.decider.messages import (
 )
 from airlock.decider.serve import serve
 from airlock.decider.wire import Reader, pack, pack_all
+from airlock.pipeline.run_record import RunSummary
 from airlock.store.records import (
     DecisionRecord,
     Joined,
@@ -92,7 +93,7 @@ class Decider(Protocol):
     async def release(self, approval_id: str, at: float) -> bool: ...
     async def settle(self, approval_id: str, state: str, reason: str, at: float) -> Settlement: ...
     def record_outcome(self, outcome: OutcomeRecord) -> None: ...
-    def remember(self, run: dict[str, Any], passed: bool) -> None: ...
+    def remember(self, run: RunSummary, passed: bool) -> None: ...
     def watch(self, ids: list[str]) -> None: ...
     def unwatch(self, approval_id: str) -> None: ...
 
@@ -101,6 +102,7 @@ class _Link(Protocol):
     """The proxy's end of one decider's life."""
 
     def post(self, envelopes: list[Envelope]) -> None: ...
+    def alive(self) -> bool: ...
     async def close(self, timeout: float) -> None: ...
     def kill(self) -> None: ...
 
@@ -152,6 +154,10 @@ class DeciderClient:
         """Start the decider (again, if it died: its waiting calls have failed). One that keeps
         dying at start (an unwritable store) is restarted with a growing pause; meanwhile calls
         fail at once (their requests are refused)."""
+        if self._link is not None and not self._link.alive():
+            # Died, and the loop has not read its end of the socket yet: a call sent now
+            # would be lost with it.
+            self._on_lost(self._link, "the decider exited")
         if self._link is not None or time.monotonic() < self._restart_at:
             return
         async with self._starting:
@@ -203,7 +209,7 @@ class DeciderClient:
         settlement: Settlement = await self._ask(SettleRequest(approval_id, state, reason, at))
         return settlement
 
-    def remember(self, run: dict[str, Any], passed: bool) -> None:
+    def remember(self, run: RunSummary, passed: bool) -> None:
         self._tell(Remember(run, passed))
 
     def watch(self, ids: list[str]) -> None:
@@ -345,6 +351,9 @@ class _ProcessLink(asyncio.Protocol):
         if envelopes and self.transport is not None and not self.transport.is_closing():
             self.transport.write(pack_all(envelopes))
 
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
     async def close(self, timeout: float) -> None:
         """End of input: the worker writes what it received, answers, and exits."""
         assert self.transport is not None
@@ -424,6 +433,9 @@ class _ThreadLink:
     def post(self, envelopes: list[Envelope]) -> None:
         if envelopes:
             self.inbox.put(envelopes)
+
+    def alive(self) -> bool:
+        return self.thread.is_alive()
 
     async def close(self, timeout: float) -> None:
         self.inbox.put(_END)

@@ -48,12 +48,13 @@ from airlock.pipeline.history import RISK_WINDOW, History
 from airlock.pipeline.mappings import fallback_action
 from airlock.pipeline.policies import ALLOW, BLOCK, ENFORCE, REQUIRE_APPROVAL, Verdict
 from airlock.pipeline.run_record import (
+    RunRecord,
+    RunSummary,
     failed_evaluation,
     let_through,
     request_hash,
     retry_key_of,
     run_row,
-    summary,
     with_mode,
 )
 from airlock.pipeline.yaml_source import replaying_sources, sources_hash
@@ -245,16 +246,16 @@ class DeciderCore:
         decision_ms = (time.perf_counter() - started) * 1000
         row = run_row(decide.id, self.instance, document, evaluation, decision_ms, self.config_hash)
         stage = evaluation.failed_stage if evaluation.error else None
-        if row["decision"] == REQUIRE_APPROVAL:
+        if row.decision == REQUIRE_APPROVAL:
             self._hold_or_join(taken, sequence, row, stage, document, evaluation.verdict)
             return
-        if row["decision"] == BLOCK:
-            row.update(outcome="blocked", status=403)
+        if row.decision == BLOCK:
+            row.outcome, row.status = "blocked", 403
         # Counted now, before the next request is decided: concurrent requests cannot all
         # slip under a budget. (Refused later by the store, it still counts: the safe side.)
-        self._remember(row, passed=row["decision"] == ALLOW)
+        self._remember(row, passed=row.decision == ALLOW)
         taken.jobs.append(Pending(sequence, DecisionRecord(row)))
-        taken.results[sequence] = Decided(summary(row), stage)
+        taken.results[sequence] = Decided(row.summary(), stage)
 
     def _evaluate(self, document: Document, refusal: str | None) -> Evaluation:
         if refusal:
@@ -270,7 +271,7 @@ class DeciderCore:
     # --- approvals ----------------------------------------------------------------------------
 
     def _hold_or_join(
-        self, taken: _Batch, sequence: int, row: dict[str, Any], stage: str | None,
+        self, taken: _Batch, sequence: int, row: RunRecord, stage: str | None,
         document: Document, verdict: Verdict,
     ) -> None:  # fmt: skip
         """Record a decision that needs approval with its approval: a new one, or the one
@@ -283,10 +284,10 @@ class DeciderCore:
             hold = self._new_hold(row, exact, key, verdict)
             approval = self.opening[key] = _approval_of(hold)
         else:
-            row["reason"] = f"{row['reason']} (a retry: joins approval {approval.id})"
+            row.reason = f"{row.reason} (a retry: joins approval {approval.id})"
         joins = None if hold is not None else approval.id
         taken.jobs.append(Pending(sequence, DecisionRecord(row, hold, joins)))
-        decided = Decided(summary(row), stage, exact, approval)
+        decided = Decided(row.summary(), stage, exact, approval)
 
         def with_what_the_store_found(written: Any) -> Decided:
             if isinstance(written, Joined):  # another instance opened this call's approval
@@ -311,10 +312,10 @@ class DeciderCore:
             found.request_hash, joined=True,
         )  # fmt: skip
 
-    def _new_hold(self, row: dict[str, Any], exact: str, key: str, verdict: Verdict) -> HoldRequest:
+    def _new_hold(self, row: RunRecord, exact: str, key: str, verdict: Verdict) -> HoldRequest:
         return HoldRequest(
             approval_id=uuid.uuid4().hex,  # random: reviewers type a short prefix
-            expires_at=row["at"] + (verdict.hold_timeout or self.approval_timeout),
+            expires_at=row.at + (verdict.hold_timeout or self.approval_timeout),
             request_hash=exact,
             required=verdict.approvals,
             retry_key=key,
@@ -362,9 +363,8 @@ class DeciderCore:
 
     # --- the recent past, for budgets, rates and risk ----------------------------------------
 
-    def _remember(self, run: dict[str, Any], passed: bool) -> None:
-        self._count(run["id"], run["agent"], run["action"], run["at"], run["params"], passed,
-                    run["target"])  # fmt: skip
+    def _remember(self, run: RunRecord | RunSummary, passed: bool) -> None:
+        self._count(run.id, run.agent, run.action, run.at, run.params, passed, run.target)
 
     def _count(
         self, run_id: str, agent: str, action: str, at: float, params: dict[str, Any],

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from airlock.pipeline.run_record import RunSummary
 from airlock.store.records import (
     DecisionRecord,
     OutcomeRecord,
@@ -100,9 +101,9 @@ class ApprovalState:
 
 @dataclass(frozen=True, slots=True)
 class Decided:
-    """A decision, durable in the store (what the proxy needs of its run: decider.SUMMARY)."""
+    """A decision, durable in the store."""
 
-    run: dict[str, Any]
+    run: RunSummary
     failed_stage: str | None = None  # the stage whose failure blocked it (metrics)
     request_hash: str | None = None  # with an approval: the exact request it is bound to
     approval: ApprovalState | None = None
@@ -112,7 +113,7 @@ class Decided:
 class Remember:
     """A held request once settled counts in budgets: passed, or refused (for risk)."""
 
-    run: dict[str, Any]
+    run: RunSummary
     passed: bool
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import msgpack
 
 from airlock.decider import messages
+from airlock.pipeline.run_record import RunRecord, RunSummary
 from airlock.store.records import (
     DecisionRecord,
     HoldRequest,
@@ -30,7 +31,7 @@ _TYPES: dict[str, type] = {
         messages.Remember, messages.Watch, messages.Unwatch, messages.Envelope,
         messages.Failure, messages.Reply, messages.Committed, messages.Settled,
         DecisionRecord, HoldRequest, OutcomeRecord, SettleRequest, ReleaseRequest, Settlement,
-        Joined,
+        Joined, RunRecord, RunSummary,
     )
 }  # fmt: skip
 _FIELDS: dict[type, tuple[str, ...]] = {

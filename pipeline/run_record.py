@@ -1,12 +1,13 @@
-"""A decision as the store keeps it: the runs table's row, redacted and capped, and the keys
-that bind an approval to its request. Pure: the decider and the gate's own refusals use it."""
+"""A decision as the store keeps it: the run record (the runs table's row, redacted and capped),
+the summary the proxy gets of it, and the keys that bind an approval to its request. Pure: the
+decider and the gate's own refusals use it."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from airlock.pipeline.document import Document
@@ -18,15 +19,79 @@ from airlock.pipeline.redaction import redact_document, redact_text, redact_valu
 MAX_STORED_BODY = 64 * 1024
 MAX_STORED_TEXT = 4096  # characters of one param value kept in the record
 MAX_STORED_ITEMS = 1000  # items of one list param kept in the record
-# What the proxy needs of a recorded decision: its answer, console line, metrics and outcome.
-SUMMARY_KEYS = (
-    "id", "at", "agent", "provider", "action", "operation", "target", "params", "decision",
-    "reason", "rules", "risk", "shadow_decision", "shadow_rules", "error",
-)  # fmt: skip
 
 
-def summary(row: dict[str, Any]) -> dict[str, Any]:
-    return {key: row[key] for key in SUMMARY_KEYS}
+@dataclass(slots=True)
+class RunSummary:
+    """What the proxy needs of a recorded decision: its answer, console line, metrics, outcome
+    and the budgets it counts in once settled."""
+
+    id: str
+    decision: str
+    action: str
+    rules: list[str]
+    reason: str = ""
+    at: float = 0.0
+    agent: str = ""
+    provider: str = ""
+    operation: str | None = None
+    target: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    risk: int | None = None
+    shadow_decision: str | None = None
+    shadow_rules: list[str] | None = None
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class RunRecord:
+    """One row of the runs table, already redacted and capped."""
+
+    id: str
+    at: float
+    instance: str
+    agent: str
+    method: str
+    host: str
+    path: str
+    provider: str
+    action: str
+    category: str
+    sensitivity: str
+    target: str | None
+    mapping_id: str | None
+    operation: str | None
+    params: dict[str, Any]
+    context: dict[str, Any]
+    undo: Any
+    request: Any  # the redacted request document
+    decision: str
+    reason: str
+    rules: list[str]
+    risk: int | None
+    risk_factors: Any
+    shadow_decision: str | None
+    shadow_rules: list[str] | None
+    error: str | None
+    decision_ms: float
+    config_hash: str | None = None
+    outcome: str | None = None  # known at decision time for a block
+    status: int | None = None
+    upstream_ms: float | None = None
+
+    def summary(self) -> RunSummary:
+        return RunSummary(
+            self.id, self.decision, self.action, self.rules, self.reason, self.at, self.agent,
+            self.provider, self.operation, self.target, self.params, self.risk,
+            self.shadow_decision, self.shadow_rules, self.error,
+        )  # fmt: skip
+
+    def as_row(self) -> dict[str, Any]:
+        """Column → value, for the store."""
+        return {name: getattr(self, name) for name in _RUN_COLUMNS}
+
+
+_RUN_COLUMNS = tuple(f.name for f in fields(RunRecord))
 
 
 def with_mode(evaluation: Evaluation, mode: str) -> Evaluation:
@@ -115,42 +180,39 @@ def capped(value: Any) -> Any:
 def run_row(
     run_id: str, instance: str, document: Document, evaluation: Evaluation, decision_ms: float,
     config_hash: str | None = None,
-) -> dict[str, Any]:  # fmt: skip
-    """The runs table's row of a decision, redacted."""
+) -> RunRecord:  # fmt: skip
+    """The run record of a decision, redacted."""
     action, verdict = evaluation.action, evaluation.verdict
     if document["body_size"] > MAX_STORED_BODY:  # not stored, so not worth redacting
         document = {**document, "body": f"[body of {document['body_size']} bytes not stored]"}
     stored = capped(redact_document(document))  # overlong headers or paths too
-    return {
-        "id": run_id,
-        "at": time.time(),
-        "instance": instance,
-        "agent": document["agent"],
-        "method": document["method"],
-        "host": document["host"],
-        "path": stored["path"],
-        "provider": action.provider,
-        "action": action.action,
-        "category": action.category,
-        "sensitivity": action.sensitivity,
-        "target": redact_text(action.target),
-        "mapping_id": action.mapping_id,
-        "operation": action.operation,
-        "params": capped(redact_value(action.params)),
-        "context": capped(redact_value(action.context)),
-        "undo": action.undo,
-        "request": stored,
-        "decision": verdict.decision,
-        "reason": redact_text(verdict.reason),
-        "rules": list(verdict.rules),
-        "risk": evaluation.risk.score if evaluation.risk else None,
-        "risk_factors": evaluation.risk.as_json() if evaluation.risk else None,
-        "shadow_decision": verdict.shadow.decision if verdict.shadow else None,
-        "shadow_rules": list(verdict.shadow.rules) if verdict.shadow else None,
-        "error": redact_text(evaluation.error) if evaluation.error else None,
-        "decision_ms": decision_ms,
-        "config_hash": config_hash,
-        "outcome": None,
-        "status": None,
-        "upstream_ms": None,
-    }
+    return RunRecord(
+        id=run_id,
+        at=time.time(),
+        instance=instance,
+        agent=document["agent"],
+        method=document["method"],
+        host=document["host"],
+        path=stored["path"],
+        provider=action.provider,
+        action=action.action,
+        category=action.category,
+        sensitivity=action.sensitivity,
+        target=redact_text(action.target),
+        mapping_id=action.mapping_id,
+        operation=action.operation,
+        params=capped(redact_value(action.params)),
+        context=capped(redact_value(action.context)),
+        undo=action.undo,
+        request=stored,
+        decision=verdict.decision,
+        reason=redact_text(verdict.reason),
+        rules=list(verdict.rules),
+        risk=evaluation.risk.score if evaluation.risk else None,
+        risk_factors=evaluation.risk.as_json() if evaluation.risk else None,
+        shadow_decision=verdict.shadow.decision if verdict.shadow else None,
+        shadow_rules=list(verdict.shadow.rules) if verdict.shadow else None,
+        error=redact_text(evaluation.error) if evaluation.error else None,
+        decision_ms=decision_ms,
+        config_hash=config_hash,
+    )

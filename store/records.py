@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airlock.store.audit import APPROVAL_ORIGIN_FIELDS, OUTCOME_FIELDS, Event, decision_payload
 from airlock.store.prepared import PENDING, Tx
+
+if TYPE_CHECKING:  # the store takes the record as it is made; it does not depend on its maker
+    from airlock.pipeline.run_record import RunRecord
 
 # Columns a run may leave out (added after the record's shape was fixed).
 RUN_DEFAULTS: dict[str, Any] = {"config_hash": None}
@@ -26,7 +29,7 @@ class HoldRequest:
 
 @dataclass(frozen=True)
 class DecisionRecord:
-    run: dict[str, Any]  # column → value for the runs table (already redacted)
+    run: RunRecord  # already redacted
     hold: HoldRequest | None = None
     joins: str | None = None  # the approval this request joins (a retry of its call)
 
@@ -73,10 +76,11 @@ def record_decisions(
 ) -> tuple[list[Event], dict[str, Joined]]:
     """The runs, their events and the approvals they open; returns the events and, by run id,
     the holds that joined an approval already open for their call instead of opening one."""
-    tx.sql.insert_runs.execute_many(tx.db, [RUN_DEFAULTS | r.run for r in records])
-    events = [Event("decision", r.run["id"], r.run["at"], decision_payload(r.run)) for r in records]
+    rows = [RUN_DEFAULTS | r.run.as_row() for r in records]
+    tx.sql.insert_runs.execute_many(tx.db, rows)
+    events = [Event("decision", row["id"], row["at"], decision_payload(row)) for row in rows]
     # Outcomes known at decision time (a block) go in with the decision, in the same commit.
-    events += [_outcome_event(r.run) for r in records if r.run.get("outcome")]
+    events += [_outcome_event(row) for row in rows if row.get("outcome")]
     joined: dict[str, Joined] = {}
     holders = []
     for record in records:
@@ -86,10 +90,10 @@ def record_decisions(
             events += opened
             held_for = record.hold.approval_id if found is None else found.approval_id
             if found is not None:
-                joined[record.run["id"]] = found
+                joined[record.run.id] = found
         if held_for is not None:
-            holders.append({"approval_id": held_for, "instance": record.run["instance"],
-                            "at": record.run["at"]})  # fmt: skip
+            holders.append({"approval_id": held_for, "instance": record.run.instance,
+                            "at": record.run.at})  # fmt: skip
     for holder in holders:
         tx.sql.add_holder.execute(tx.db, holder)
     return events, joined
@@ -104,14 +108,14 @@ def _open_or_join(
     events: list[Event] = []
     if hold.retry_key is not None:
         _, stale = tx.sql.open_for_call.execute(tx.db, {"key": hold.retry_key})
-        if stale is not None and stale[1] <= record.run["at"]:
+        if stale is not None and stale[1] <= record.run.at:
             _, events = settle_approval(
-                tx, stale[0], "EXPIRED", None, "approval timed out", record.run["at"]
+                tx, stale[0], "EXPIRED", None, "approval timed out", record.run.at
             )
     row = _approval_row(record, hold)
     inserted, _ = tx.sql.insert_approval_once.execute(tx.db, row)
     if inserted == 1:
-        return None, [*events, _approval_event(row, record.run["id"])]
+        return None, [*events, _approval_event(row, record.run.id)]
     _, open_one = tx.sql.open_for_call.execute(tx.db, {"key": hold.retry_key})
     if open_one is None:  # the conflict was not on the call's key: a real fault
         raise RuntimeError(f"approval {hold.approval_id} could not be opened")
@@ -121,15 +125,15 @@ def _open_or_join(
 def _approval_row(record: DecisionRecord, hold: HoldRequest) -> dict[str, Any]:
     return {
         "id": hold.approval_id,
-        "run_id": record.run["id"],
+        "run_id": record.run.id,
         "state": PENDING,
-        "created_at": record.run["at"],
+        "created_at": record.run.at,
         "expires_at": hold.expires_at,
         "resolved_at": None,
         "reviewer": None,
         "reason": None,
         "request_hash": hold.request_hash,
-        "instance": record.run["instance"],
+        "instance": record.run.instance,
         "required": hold.required,
         "retry_key": hold.retry_key,
         "reviewer_roles": list(hold.reviewer_roles) or None,

@@ -84,8 +84,8 @@ class GroupWriter:
                     events += recorded
                     for i, pending in enumerate(group):
                         job = pending.job
-                        if isinstance(job, DecisionRecord) and job.run["id"] in joined:
-                            results[i] = joined[job.run["id"]]
+                        if isinstance(job, DecisionRecord) and job.run.id in joined:
+                            results[i] = joined[job.run.id]
                 if outcomes:
                     events += record_outcomes(tx, outcomes)
                 for i, pending in enumerate(group):

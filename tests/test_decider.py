@@ -33,6 +33,7 @@ from airlock.decider.messages import (
 from airlock.decider.wire import Reader, pack
 from airlock.pipeline.document import build_document
 from airlock.pipeline.evaluation import Config
+from airlock.pipeline.run_record import RunSummary
 from airlock.pipeline.yaml_source import recording_sources
 from airlock.store.schema import Approval, Run, create_schema, open_engine
 from tests.helpers.proxy import PROJECT_ROOT
@@ -88,16 +89,16 @@ def test_decisions_are_answered_once_written_in_one_commit(core: DeciderCore) ->
     )
     assert [a.size for a in answers if isinstance(a, Committed)] == [2]  # one group commit
     small, large = replies(answers)[1], replies(answers)[2]
-    assert (small.run["decision"], large.run["decision"]) == ("ALLOW", "BLOCK")
-    assert "stripe-charge-too-large" in large.run["rules"]
-    assert "request" not in small.run  # the proxy gets a summary, not the document
+    assert (small.run.decision, large.run.decision) == ("ALLOW", "BLOCK")
+    assert "stripe-charge-too-large" in large.run.rules
+    assert not hasattr(small.run, "request")  # the proxy gets a summary, not the document
     assert stored(core, "run-5000000").outcome == "blocked"
     assert stored(core, "run-500").decision == "ALLOW"
 
 
 def test_a_request_for_approval_is_recorded_with_the_approval_it_opens(core: DeciderCore) -> None:
     decided = replies(core.handle([Envelope(0, setup()), Envelope(7, charge(150_000))]))[7]
-    assert decided.run["decision"] == "REQUIRE_APPROVAL"
+    assert decided.run.decision == "REQUIRE_APPROVAL"
     assert stored(core, "run-150000").request["body"] == {"amount": "150000", "currency": "usd"}
     approval = decided.approval
     assert (approval.state, approval.joined) == ("PENDING", False)
@@ -113,7 +114,7 @@ def test_the_same_call_twice_opens_one_approval(core: DeciderCore) -> None:
                                     Envelope(2, again)]))  # fmt: skip
     opened, joined = answered[1].approval, answered[2].approval
     assert (opened.joined, joined.joined, joined.id) == (False, True, opened.id)
-    assert f"joins approval {opened.id}" in answered[2].run["reason"]
+    assert f"joins approval {opened.id}" in answered[2].run.reason
 
     later = replies(core.handle([Envelope(3, charge(150_000, "run-3"))]))[3]
     assert later.approval.id == opened.id and later.approval.joined
@@ -123,8 +124,8 @@ def test_the_same_call_twice_opens_one_approval(core: DeciderCore) -> None:
 
 def test_without_configuration_a_request_is_blocked_and_recorded(core: DeciderCore) -> None:
     decided = replies(core.handle([Envelope(1, charge(500))]))[1]  # no setup came
-    assert decided.run["decision"] == "BLOCK"
-    assert "no configuration" in decided.run["reason"]
+    assert decided.run.decision == "BLOCK"
+    assert "no configuration" in decided.run.reason
     assert decided.failed_stage == "gate"
     assert stored(core, "run-500").decision == "BLOCK"
 
@@ -157,7 +158,8 @@ def test_the_request_crosses_to_the_decider_byte_for_byte() -> None:
 def test_values_json_cannot_carry_cross_as_they_are() -> None:
     """An integer beyond 64 bits in a body, a lone surrogate (an undecodable byte as mitmproxy
     holds it), bytes: the decider's answers carry params of any request."""
-    value = Decided({"params": {"n": 10**30, "s": "caf\udce9", "b": b"\xff"}}, None)
+    params = {"n": 10**30, "s": "caf\udce9", "b": b"\xff"}
+    value = Decided(RunSummary("r", "ALLOW", "create_charge", [], params=params), None)
     [back] = Reader().feed(pack(value))
     assert back == value
 
@@ -177,7 +179,7 @@ def test_budgets_never_decide_without_their_past(tmp_path: Path) -> None:
         core.finish()
     # The first could not be written either (no tables): refused as the store's failure.
     assert isinstance(blocked, Failure) and blocked.by == "store"
-    assert allowed.run["decision"] == "ALLOW"
+    assert allowed.run.decision == "ALLOW"
 
 
 def test_a_record_keeps_large_values_as_their_start_length_and_hash(core: DeciderCore) -> None:
@@ -191,7 +193,7 @@ def test_a_record_keeps_large_values_as_their_start_length_and_hash(core: Decide
     )  # fmt: skip
     decide = Decide("run-big", "a", None, raw_request(request))
     decided = replies(core.handle([Envelope(0, setup()), Envelope(1, decide)]))[1]
-    assert decided.run["decision"] == "ALLOW"
+    assert decided.run.decision == "ALLOW"
     run = stored(core, "run-big")
     assert len(json.dumps(run.params) + json.dumps(run.request)) < 100_000
     text = run.params["description"]
@@ -215,7 +217,7 @@ def test_both_deciders_answer_the_same(store: StoreAddress, kind: type) -> None:
             await decider.stop()
 
     decided = asyncio.run(scenario())
-    assert [(d.run["decision"], d.run["rules"]) for d in decided] == [
+    assert [(d.run.decision, d.run.rules) for d in decided] == [
         ("ALLOW", []),
         ("BLOCK", ["stripe-charge-needs-approval", "stripe-charge-too-large"]),
         ("REQUIRE_APPROVAL", ["stripe-charge-needs-approval"]),

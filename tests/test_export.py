@@ -30,7 +30,7 @@ def record_a_day(engine: Engine) -> int:
         DecisionRecord(run_row("BLOCK")),
     )
     resolve_approval(engine, hold.approval_id, APPROVED, "alice", "checked")
-    write(engine, OutcomeRecord(allowed["id"], time.time(), "forwarded", 200, 12.0))
+    write(engine, OutcomeRecord(allowed.id, time.time(), "forwarded", 200, 12.0))
     with engine.connect() as conn:
         return conn.execute(select(func.count()).select_from(AuditEvent)).scalar_one()
 

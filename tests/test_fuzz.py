@@ -112,9 +112,9 @@ def test_any_request_becomes_a_storable_document_and_a_decision(request: WireReq
 def test_any_decision_becomes_a_record_the_store_can_take(request: WireRequest) -> None:
     document = build_document(request, "fuzz-agent")
     row = run_row("0" * 32, "fuzz", document, evaluate(document, CONFIG), 0.1)
-    storable(row)
+    storable(row.as_row())
     storable(redact_document(document))
-    json.loads(to_json(row))
+    json.loads(to_json(row.as_row()))
     [crossed] = Reader().feed(pack(Envelope(7, DecisionRecord(row))))  # to the worker process
     assert crossed.sequence == 7 and crossed.message.run == row
 

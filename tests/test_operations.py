@@ -388,13 +388,19 @@ def test_the_console_line_names_the_operation() -> None:
     import io
 
     from airlock.addons.decision_log import DecisionLog
+    from airlock.pipeline.run_record import RunSummary
 
     out = io.StringIO()
-    run = {
-        "at": 0.0, "agent": "bot", "action": "change_bucket_lifecycle", "provider": "aws",
-        "operation": "aws.s3.PutBucketLifecycleConfiguration", "target": "s3://b",
-        "params": {}, "rules": [], "id": "r1",
-    }  # fmt: skip
+    run = RunSummary(
+        "r1",
+        "REQUIRE_APPROVAL",
+        "change_bucket_lifecycle",
+        [],
+        agent="bot",
+        provider="aws",
+        operation="aws.s3.PutBucketLifecycleConfiguration",
+        target="s3://b",
+    )
     DecisionLog(out).decision("REQUIRE_APPROVAL", run, 1.0)
     assert "change_bucket_lifecycle (aws.s3.PutBucketLifecycleConfiguration) aws → s3://b" in (
         out.getvalue()

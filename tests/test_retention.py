@@ -39,7 +39,7 @@ def a_long_history(engine: Engine) -> tuple[list[str], str]:
     write(engine, *(DecisionRecord(r) for r in old), DecisionRecord(straddling, hold))
     resolve_approval(engine, hold.approval_id, APPROVED, "alice", "late but fine")
     write(engine, DecisionRecord(run_row("ALLOW")), DecisionRecord(run_row("BLOCK")))
-    return [r["id"] for r in old], straddling["id"]
+    return [r.id for r in old], straddling.id
 
 
 def count(engine: Engine, table: type) -> int:

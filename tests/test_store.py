@@ -6,6 +6,7 @@ import asyncio
 import threading
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from sqlalchemy.engine import Engine
 
 from airlock.decider.client import InProcessDecider, StoreError, WorkerDecider
 from airlock.decider.messages import Decide, RawRequest, StoreAddress
+from airlock.pipeline.run_record import RunRecord
 from airlock.store.approvals import (
     APPROVED,
     DENIED,
@@ -43,7 +45,7 @@ from airlock.store.schema import (
 )
 
 
-def run_row(decision: str = "ALLOW", **overrides: Any) -> dict[str, Any]:
+def run_row(decision: str = "ALLOW", **overrides: Any) -> RunRecord:
     row = {
         "id": uuid.uuid4().hex,
         "at": time.time(),
@@ -77,7 +79,7 @@ def run_row(decision: str = "ALLOW", **overrides: Any) -> dict[str, Any]:
         "upstream_ms": None,
     }
     row.update(overrides)
-    return row
+    return RunRecord(**row)
 
 
 def held(expires_in: float = 60.0) -> tuple[dict[str, Any], HoldRequest]:
@@ -120,7 +122,7 @@ def write(engine: Engine, *jobs: Any) -> list[Any]:
 def test_decision_and_outcome_are_one_record(engine: Engine) -> None:
     row = run_row()
     write(engine, DecisionRecord(row))
-    write(engine, OutcomeRecord(row["id"], time.time(), "forwarded", 201, 12.5))
+    write(engine, OutcomeRecord(row.id, time.time(), "forwarded", 201, 12.5))
 
     with engine.connect() as conn:
         stored = conn.execute(select(Run)).one()
@@ -173,11 +175,11 @@ def test_a_decider_without_configuration_blocks_on_record(engine: Engine) -> Non
             await decider.stop()
 
     decided, written = asyncio.run(scenario())
-    assert decided.run["decision"] == "BLOCK"
-    assert "no configuration" in decided.run["reason"]
+    assert decided.run.decision == "BLOCK"
+    assert "no configuration" in decided.run.reason
     assert written is None
     with engine.connect() as conn:
-        assert set(conn.execute(select(Run.id)).scalars()) == {"run-1", other["id"]}
+        assert set(conn.execute(select(Run.id)).scalars()) == {"run-1", other.id}
 
 
 def test_a_dead_decider_process_fails_its_waiting_writes_and_the_next_write_restarts_it(
@@ -205,7 +207,7 @@ def test_a_dead_decider_process_fails_its_waiting_writes_and_the_next_write_rest
     assert written is None
     with engine.connect() as conn:
         ids = set(conn.execute(select(Run.id)).scalars())
-    assert second["id"] in ids and first["id"] not in ids
+    assert second.id in ids and first.id not in ids
     assert verify_audit(engine).ok
 
 
@@ -253,7 +255,7 @@ def test_stopping_writes_the_outcomes_still_waiting_for_a_decision(engine: Engin
         decider = WorkerDecider(address(engine))
         await decider.start()
         await decider.record(DecisionRecord(row))
-        decider.record_outcome(OutcomeRecord(row["id"], time.time(), "forwarded", 200, 3.0))
+        decider.record_outcome(OutcomeRecord(row.id, time.time(), "forwarded", 200, 3.0))
         await decider.stop()  # before the idle delay would have sent it
 
     asyncio.run(scenario())
@@ -421,7 +423,7 @@ def audited(engine: Engine) -> Engine:
     row, hold = held()
     write(engine, DecisionRecord(row, hold))
     resolve_approval(engine, hold.approval_id, APPROVED, "alice", None)
-    write(engine, OutcomeRecord(rows[0]["id"], time.time(), "forwarded", 200, 3.0))
+    write(engine, OutcomeRecord(rows[0].id, time.time(), "forwarded", 200, 3.0))
     report = verify_audit(engine)
     assert report.ok and report.events == 10, report
     return engine
@@ -599,9 +601,9 @@ def test_orphaned_approvals_are_expired_at_start(engine: Engine) -> None:
         ("box-111", "box-222.b2", "other-333", "box-1.a1"),
         strict=True,
     ):
-        write(engine, DecisionRecord({**row, "instance": instance}, hold))
+        write(engine, DecisionRecord(replace(row, instance=instance), hold))
     row, hold = overdue
-    write(engine, DecisionRecord({**row, "instance": "other-444"}, HoldRequest(
+    write(engine, DecisionRecord(replace(row, instance="other-444"), HoldRequest(
         hold.approval_id, time.time() - 1, hold.request_hash)))  # fmt: skip
 
     # Starting as box-1.c3 (a restarted container: pid 1 again), with 1 and 222 alive.
@@ -628,7 +630,7 @@ def test_an_approval_a_live_instance_holds_a_retry_for_outlives_its_opener(
     from airlock.store.approvals import expire_orphaned_approvals
 
     row, hold = held()
-    write(engine, DecisionRecord({**row, "instance": "box-111"}, hold))
+    write(engine, DecisionRecord(replace(row, instance="box-111"), hold))
     retry = run_row("REQUIRE_APPROVAL", instance="box-222")
     write(engine, DecisionRecord(retry, joins=hold.approval_id))
 
@@ -671,15 +673,15 @@ def test_other_instances_decisions_are_read_in_commit_order_from_a_cursor(engine
     mine = run_row(instance="here-1")
     late = run_row(instance="there-2", at=time.time() - 3600)
     held_row, hold = held()
-    held_row["instance"] = "there-2"
+    held_row.instance = "there-2"
     write(engine, DecisionRecord(mine), DecisionRecord(late), DecisionRecord(held_row, hold))
 
     found, cursor = committed_since(engine, cursor, other_than_instance="here-1")
-    assert {(d.id, d.outcome) for d in found} == {(late["id"], None), (held_row["id"], None)}
+    assert {(d.id, d.outcome) for d in found} == {(late.id, None), (held_row.id, None)}
 
-    write(engine, OutcomeRecord(held_row["id"], time.time(), "forwarded", 200, 3.0))
+    write(engine, OutcomeRecord(held_row.id, time.time(), "forwarded", 200, 3.0))
     found, cursor = committed_since(engine, cursor, other_than_instance="here-1")
-    assert [(d.id, d.outcome) for d in found] == [(held_row["id"], "forwarded")]
+    assert [(d.id, d.outcome) for d in found] == [(held_row.id, "forwarded")]
 
     assert committed_since(engine, cursor, other_than_instance="here-1") == ([], cursor)
 
@@ -826,5 +828,5 @@ def test_an_approval_event_moving_a_denial_to_approved_is_caught(engine: Engine)
         conn.execute(update(Approval).values(state=APPROVED, reviewer="mallory", reason="yes"))
     flipped = {"approval_id": hold.approval_id, "state": APPROVED, "reviewer": "mallory",
                "reason": "yes", "resolved_at": time.time(), "released_at": None}  # fmt: skip
-    problem = _append_well_chained(engine, Event("approval", row["id"], time.time(), flipped))
+    problem = _append_well_chained(engine, Event("approval", row.id, time.time(), flipped))
     assert f"moves approval {hold.approval_id} from DENIED to APPROVED" in problem
