@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-stamp
 SDK_VENV  := .venv-sdk
 SDK_STAMP := $(SDK_VENV)/.installed-stamp
 
-.PHONY: run test bench bench-ab catalog coverage lint format clean
+.PHONY: run test demo bench bench-ab catalog coverage lint format clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ $(SDK_STAMP):
 ## run: start the proxy on 127.0.0.1:8080 with the shipped mappings, policies and an SQLite store
 run: $(STAMP)
 	$(BIN)/airlock run $(ARGS)
+
+## demo: Airlock at work in two minutes: local stand-ins, a scripted agent, the reviewer console
+demo: $(STAMP)
+	$(BIN)/airlock demo $(ARGS)
 
 ## test: lint, then the whole suite (unit, store on SQLite and PostgreSQL, end-to-end through mitmdump)
 test: $(STAMP) $(SDK_STAMP)

@@ -362,6 +362,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _db_argument(doctor)
 
+    demo = commands.add_parser(
+        "demo",
+        help="see Airlock work in two minutes: local stand-ins, a scripted agent, the console",
+        description="Start Airlock on a throwaway store with local stand-ins for Stripe, Slack, "
+        "GitHub and AWS (TLS on loopback, routed as the real hostnames), run a scripted agent "
+        "that uses the official SDKs through it, open the reviewer console for the three calls "
+        "it holds, then verify the audit trail and summarise what was decided. Needs the SDKs "
+        "the tests use (make demo installs them).",
+    )
+    demo.add_argument(
+        "--auto", action="store_true",
+        help="decide the held calls without the console: approve the customer deletion, deny "
+        "the rest",
+    )  # fmt: skip
+    demo.add_argument("--keep", action="store_true", help="keep the demo's folder afterwards")
+
     reload = commands.add_parser(
         "reload",
         help="make running proxies re-read their configuration",
@@ -434,6 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "mappings": cmd_mappings_import,
         "reload": cmd_reload,
         "doctor": cmd_doctor,
+        "demo": cmd_demo,
     }
     try:
         return handlers[args.command](args)
@@ -863,6 +880,12 @@ def replay_recorded(args: argparse.Namespace, config: Any) -> int:
     for (before, after), count in sorted(report.transitions.items()):
         print(f"  {before} → {after}: {count}")
     return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from airlock.console.demo import run_demo
+
+    return run_demo(args.auto, args.keep, Console())
 
 
 def cmd_review(args: argparse.Namespace) -> int:

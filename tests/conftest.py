@@ -9,9 +9,9 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
+from airlock.console.standins import Upstream
 from airlock.store.schema import Base, create_schema, open_engine
 from tests.helpers.proxy import Proxy, prepared_confdir
-from tests.helpers.upstream import Upstream
 
 PG_ADMIN_URL = os.environ.get(
     "AIRLOCK_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"

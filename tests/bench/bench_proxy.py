@@ -29,6 +29,8 @@ from tests.helpers.proxy import PROJECT_ROOT, clean_env, free_port, prepared_con
 
 HOST = "api.stripe.com"
 PROCESS_DURABILITY = "Airlock --durability process"
+IN_PROCESS = "Airlock --decider in-process"
+VARIANTS = (("Airlock", "full"), (PROCESS_DURABILITY, "process"), (IN_PROCESS, "full, in-process"))
 METRICS_PORT = free_port()
 BODY = b"amount=500&currency=usd&customer=cus_bench&metadata[order_id]=6735"
 REQUEST = (
@@ -132,7 +134,7 @@ def stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
 
 def start_upstream(work: Path) -> tuple[subprocess.Popen[bytes], int, Path]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.helpers.upstream", "--cert-dir", str(work / "upstream")],
+        [sys.executable, "-m", "airlock.console.standins", "--cert-dir", str(work / "upstream")],
         cwd=PROJECT_ROOT,
         stdout=subprocess.PIPE,
         env=clean_env(),
@@ -167,7 +169,7 @@ Started = tuple[subprocess.Popen[bytes], int, Path]  # process, port, confdir (i
 
 def start_proxies(
     work: Path, upstream_port: int, upstream_ca: Path, mappings: Path
-) -> tuple[Started, Started, Started]:
+) -> tuple[Started, Started, Started, Started]:
     bare = start_bare(work, upstream_port, upstream_ca)
     airlock = start_airlock(
         PROJECT_ROOT, work, "airlock", upstream_port, upstream_ca, mappings, METRICS_PORT
@@ -176,7 +178,11 @@ def start_proxies(
         PROJECT_ROOT, work, "airlock-process", upstream_port, upstream_ca, mappings, 0,
         ["--durability", "process"],
     )  # fmt: skip
-    return bare, airlock, process
+    in_process = start_airlock(
+        PROJECT_ROOT, work, "airlock-in-process", upstream_port, upstream_ca, mappings, 0,
+        ["--decider", "in-process"],
+    )  # fmt: skip
+    return bare, airlock, process, in_process
 
 
 def start_bare(work: Path, upstream_port: int, upstream_ca: Path) -> Started:
@@ -367,7 +373,8 @@ def main() -> int:
         started = start_proxies(work, upstream_port, upstream_ca, work / "mappings")
         (bare, bare_port, bare_conf), (airlock, airlock_port, airlock_conf) = started[:2]
         (quick, quick_port, quick_conf) = started[2]
-        processes += [bare, airlock, quick]
+        (inproc, inproc_port, inproc_conf) = started[3]
+        processes += [bare, airlock, quick, inproc]
         best: dict[tuple[str, int], Result] = {}
         for _ in range(args.rounds):
             for concurrency in (1, 16):
@@ -375,6 +382,7 @@ def main() -> int:
                     ("bare mitmdump", bare_port, bare_conf),
                     ("Airlock", airlock_port, airlock_conf),
                     (PROCESS_DURABILITY, quick_port, quick_conf),
+                    (IN_PROCESS, inproc_port, inproc_conf),
                 ):
                     result = measure(name, port, conf / "mitmproxy-ca-cert.pem", concurrency,
                                      args.requests)  # fmt: skip
@@ -428,7 +436,7 @@ def report(
     for column in ("durability", "concurrency", "bare req/s", "Airlock req/s", "ratio",
                    "bare p50 / p99 ms", "Airlock p50 / p99 ms", "added p50 ms"):  # fmt: skip
         table.add_column(column, justify="right")
-    for name, durability in (("Airlock", "full"), (PROCESS_DURABILITY, "process")):
+    for name, durability in VARIANTS:
         for concurrency in (1, 16):
             bare, airlock = best[("bare mitmdump", concurrency)], best[(name, concurrency)]
             table.add_row(

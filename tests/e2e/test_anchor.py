@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import delete, update
 
+from airlock.console.standins import Upstream
 from airlock.store.anchor import CHECKPOINTS, PUBLIC_FILE
 from airlock.store.audit import chain_hash
 from airlock.store.schema import AuditEvent, AuditHead, Run, open_engine
 from tests.e2e.test_gate import CHARGES, airlock, eventually, runs
 from tests.helpers.proxy import Proxy
-from tests.helpers.upstream import Upstream
 
 pytestmark = pytest.mark.e2e
 

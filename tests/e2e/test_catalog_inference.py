@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from airlock.console.standins import Upstream
 from tests.e2e.test_catalog_aws import recorded
 from tests.e2e.test_gate import runs
 from tests.helpers.proxy import PROJECT_ROOT, Proxy, clean_env
-from tests.helpers.upstream import Upstream
 
 pytestmark = pytest.mark.e2e
 

@@ -8,10 +8,10 @@ from collections.abc import Callable
 import pytest
 from slack_sdk import WebClient
 
+from airlock.console.standins import Upstream
 from tests.e2e.test_catalog_aws import recorded
 from tests.e2e.test_gate import runs
 from tests.helpers.proxy import PROJECT_ROOT, Proxy
-from tests.helpers.upstream import Upstream
 
 pytestmark = pytest.mark.e2e
 

@@ -20,10 +20,10 @@ from urllib.parse import parse_qs
 import pytest
 import requests
 
+from airlock.console.standins import Upstream
 from airlock.store.schema import Run
 from tests.e2e.test_gate import CHARGES, airlock, eventually, runs
 from tests.helpers.proxy import Proxy
-from tests.helpers.upstream import Upstream
 
 pytestmark = pytest.mark.e2e
 

@@ -46,12 +46,12 @@ import pytest
 import zstandard
 from sqlalchemy import select
 
+from airlock.console.standins import Received, Upstream
 from airlock.pipeline.document import document_path, escape_undecodable
 from airlock.pipeline.redaction import redact_text
 from airlock.store.schema import Run, open_engine
 from tests.e2e.test_gate_invariant import Answer, tunnel
 from tests.helpers.proxy import Proxy
-from tests.helpers.upstream import Received, Upstream
 
 pytestmark = pytest.mark.e2e
 

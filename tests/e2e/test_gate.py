@@ -16,9 +16,9 @@ import pytest
 import requests
 from sqlalchemy import select, text, update
 
+from airlock.console.standins import Upstream, default_responder
 from airlock.store.schema import Run, open_engine
 from tests.helpers.proxy import PROJECT_ROOT, Proxy, clean_env
-from tests.helpers.upstream import Upstream, default_responder
 
 pytestmark = pytest.mark.e2e
 

@@ -23,10 +23,10 @@ import pytest
 import requests
 from sqlalchemy import select
 
+from airlock.console.standins import Upstream
 from airlock.store.schema import Run, open_engine
 from tests.e2e.test_gate import airlock, eventually
 from tests.helpers.proxy import Proxy
-from tests.helpers.upstream import Upstream
 
 pytestmark = pytest.mark.e2e
 

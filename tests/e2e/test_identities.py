@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import requests
 
+from airlock.console.standins import Upstream
 from tests.e2e.test_gate import CHARGES, eventually, runs
 from tests.helpers.proxy import Proxy
-from tests.helpers.upstream import Upstream
 from tests.test_agents import KEY, agents_dir
 
 pytestmark = pytest.mark.e2e

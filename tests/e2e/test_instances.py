@@ -11,9 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
+from airlock.console.standins import Upstream
 from tests.e2e.test_gate import Background, airlock, eventually, pending, runs
 from tests.helpers.proxy import Proxy
-from tests.helpers.upstream import Upstream
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 

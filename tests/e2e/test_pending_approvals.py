@@ -14,9 +14,9 @@ import stripe
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
+from airlock.console.standins import Upstream
 from tests.e2e.test_gate import Background, airlock, eventually, pending, runs
 from tests.helpers.proxy import Proxy
-from tests.helpers.upstream import Upstream
 
 pytestmark = pytest.mark.e2e
 

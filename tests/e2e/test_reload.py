@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from airlock.console.standins import Upstream
 from tests.e2e.test_gate import CHARGES, airlock, eventually, runs
 from tests.helpers.proxy import PROJECT_ROOT, Proxy
-from tests.helpers.upstream import Upstream
 
 pytestmark = pytest.mark.e2e
 

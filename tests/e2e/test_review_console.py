@@ -13,10 +13,10 @@ import pytest
 from textual.widgets import DataTable
 
 from airlock.console.review import ReviewApp
+from airlock.console.standins import Upstream
 from airlock.store.schema import open_engine
 from tests.e2e.test_gate import Background, eventually, pending
 from tests.helpers.proxy import PROJECT_ROOT, Proxy
-from tests.helpers.upstream import Upstream
 
 pytestmark = pytest.mark.e2e
 

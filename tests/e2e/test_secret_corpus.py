@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import requests
 
+from airlock.console.standins import Upstream
 from tests.e2e.test_gate import airlock, eventually, pending
 from tests.helpers.proxy import Proxy
-from tests.helpers.upstream import Upstream
 from tests.secret_corpus import CORPUS
 from tests.test_notify import Receiver
 from tests.test_redaction import corpus_requests

@@ -7,9 +7,9 @@ from collections.abc import Callable, Iterator
 import pytest
 import stripe
 
+from airlock.console.standins import Upstream
 from tests.e2e.test_gate import Background, airlock, eventually, pending, runs
 from tests.helpers.proxy import Proxy
-from tests.helpers.upstream import Upstream
 
 pytestmark = pytest.mark.e2e
 

@@ -18,9 +18,9 @@ import pytest
 import requests
 from sqlalchemy import select
 
+from airlock.console.standins import Upstream
 from airlock.store.schema import Run, open_engine
 from tests.helpers.proxy import PROJECT_ROOT, clean_env, free_port, wait_for_port
-from tests.helpers.upstream import Upstream
 
 pytestmark = pytest.mark.e2e
 

@@ -1,4 +1,6 @@
-"""A local HTTPS upstream that stands in for the real APIs: it counts and keeps what it receives.
+"""Local HTTPS stand-ins for the real APIs (Stripe, Slack, GitHub, AWS, ...): they answer what each
+vendor's SDK expects, and count and keep what they receive. `airlock demo` routes the real
+hostnames to them; the tests and `make bench` use them as upstreams.
 
 Fast enough to benchmark against (asyncio, HTTP/1.1 keep-alive), with its own CA so the proxy
 must be told to trust it (`--upstream-ca`), as it would be for any private upstream.
