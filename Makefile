@@ -10,10 +10,10 @@ SDK_STAMP := $(SDK_VENV)/.installed-stamp
 
 .PHONY: run test demo bench bench-ab catalog coverage lint format clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml sdk/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test]' -e ./sdk
 	touch $(STAMP)
 
 $(SDK_STAMP):

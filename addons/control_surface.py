@@ -24,7 +24,9 @@ from airlock.pipeline.document import normalise_host
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 RESOLVE_TIMEOUT = 2.0  # seconds; a name that cannot be resolved in time is refused
-_SURFACE_OPTIONS = frozenset({"listen_host", "listen_port", "airlock_metrics_port", "airlock_db"})
+_SURFACE_OPTIONS = frozenset(
+    {"listen_host", "listen_port", "airlock_metrics_port", "airlock_guard_port", "airlock_db"}
+)
 
 
 class OwnSurface:
@@ -50,7 +52,11 @@ def _option(name: str) -> object:
 def _surface_from_options() -> ControlSurface:
     """Airlock's listeners and database, from the options (read once per change: ctx.options
     deep-copies a value on every read)."""
-    ports = {_option("listen_port"), _option("airlock_metrics_port")} - {0, None}
+    ports = {
+        _option("listen_port"),
+        _option("airlock_metrics_port"),
+        _option("airlock_guard_port"),
+    } - {0, None}
     url = make_url(ctx.options.airlock_db)
     database = (url.host, url.port or 5432) if url.host else None
     return ControlSurface.build(ports, str(_option("listen_host") or ""), database)  # type: ignore[arg-type]
@@ -114,7 +120,7 @@ class ControlSurface:
     def refuses_addresses(self, addresses: set[Address], port: int) -> str | None:
         own = self.own_addresses
         if port in self.own_ports and any(is_this_machine(a, own) for a in addresses):
-            return "requests to Airlock's own proxy or metrics ports are refused"
+            return "requests to Airlock's own proxy, metrics or guard ports are refused"
         if self.database is not None and port == self.database[1]:
             db_addresses, _ = self.database
             local_db = any(is_this_machine(a, self.own_addresses) for a in db_addresses)

@@ -3,10 +3,10 @@
 mitmproxy loads it through the script addons/gate.py, as small addons like its own, each one
 concern: the runtime (options, configuration, the decider, reload: runtime.py), streams that
 are not HTTP requests (streams.py), the agent's identity (identity.py), Airlock's own addresses
-(control_surface.py), the request path (Gate, here), held requests (holds.py) and outcomes
-(outcomes.py). Documenting, mapping, deciding and recording happen in the decider
-(airlock.decider: a worker process beside mitmproxy by default), off the event loop that every
-flow shares.
+(control_surface.py), the request path (Gate, here), held requests (holds.py), outcomes
+(outcomes.py) and the Guard API for tool calls that are not HTTP requests (guard.py).
+Documenting, mapping, deciding and recording happen in the decider (airlock.decider: a worker
+process beside mitmproxy by default), off the event loop that every flow shares.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 from mitmproxy import http
 
 from airlock.addons.control_surface import OwnSurface
+from airlock.addons.guard import GuardApi
 from airlock.addons.holds import Holds
 from airlock.addons.identity import ANONYMOUS, Identity
 from airlock.addons.metrics import Metrics
@@ -216,9 +217,10 @@ class Airlock:
         self.holds = Holds(self.runtime, self.refusals)
         self.gate = Gate(self.runtime, self.identity, self.surface, self.holds, self.refusals)
         self.outcomes = Outcomes(self.runtime)
+        self.guard = GuardApi(self.runtime, self.identity)
         self.addons = [
             self.streams, self.identity, self.surface, self.gate, self.holds, self.outcomes,
-            self.runtime,
+            self.guard, self.runtime,
         ]  # fmt: skip
 
 

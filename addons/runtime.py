@@ -75,6 +75,7 @@ class Runtime:
         # Set by the holds addon: the approvals it holds flows for, and where settlements go.
         self.watched: Callable[[], list[str]] = list
         self.on_settled: Callable[[Settled], None] = lambda settled: None
+        self._waiting: dict[str, list[asyncio.Future[Settled]]] = {}  # wait_settled's callers
         self._tasks: set[asyncio.Task[None]] = set()
 
     # --- options -----------------------------------------------------------------------------
@@ -306,6 +307,28 @@ class Runtime:
 
     def _settled(self, settled: Settled) -> None:
         self.on_settled(settled)
+        for waiter in self._waiting.pop(settled.id, []):
+            if not waiter.done():
+                waiter.set_result(settled)
+
+    async def wait_settled(self, approval_id: str, timeout: float) -> Settled | None:
+        """The approval's settlement once pushed (store/settlements.py), or None after timeout
+        seconds (or at once if it is already settled: the watch reads it on its first look)."""
+        waiter: asyncio.Future[Settled] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(approval_id, []).append(waiter)
+        self.ask().watch([approval_id])
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiter), timeout)
+        except TimeoutError:
+            return None
+        finally:
+            waiters = self._waiting.get(approval_id, [])
+            if waiter in waiters:
+                waiters.remove(waiter)
+            if not waiters:
+                self._waiting.pop(approval_id, None)
+                if self.decider is not None and approval_id not in self.watched():
+                    self.decider.unwatch(approval_id)
 
     def _close_store(self) -> None:
         """Options changed while running: the decider for the old store finishes its writes."""

@@ -123,6 +123,20 @@ def build_parser() -> argparse.ArgumentParser:
         "process but not a power loss, for less latency (default: %(default)s)",
     )
     run.add_argument(
+        "--guard-port",
+        type=int,
+        default=0,
+        metavar="PORT",
+        help="also serve the Guard API here (JSON over HTTP: tool calls that are not HTTP "
+        "requests, judged by the same policies and queue; README: Guard API); 0: off",
+    )
+    run.add_argument(
+        "--guard-host",
+        default="127.0.0.1",
+        metavar="ADDR",
+        help="address the Guard API listens on (default: %(default)s)",
+    )
+    run.add_argument(
         "--decider",
         choices=["worker", "in-process"],
         default="worker",
@@ -596,6 +610,8 @@ def mitmdump_arguments(args: argparse.Namespace, confdir: Path) -> list[str]:
         "airlock_db": args.db,
         "airlock_durability": args.durability,
         "airlock_decider": args.decider,
+        "airlock_guard_port": str(args.guard_port),
+        "airlock_guard_host": args.guard_host,
         "airlock_anchor_dir": str(args.data_dir),
         "airlock_retention_days": str(args.retention),
         "airlock_mappings": str(Path(args.mappings).resolve()),

@@ -26,6 +26,7 @@ from airlock.console.explain import RequestFormatError, parse_request
 from airlock.pipeline.evaluation import Config, evaluate
 from airlock.pipeline.mappings import Action
 from airlock.pipeline.policies import RESTRICTIVENESS
+from airlock.pipeline.tool_calls import GUARD, ToolCall, tool_action
 from airlock.pipeline.yaml_source import ConfigError, Node, Seq, Where, expect_keys, load_yaml
 
 _CASE_KEYS = {
@@ -38,6 +39,7 @@ _CASE_KEYS = {
     "sensitivity",
     "target",
     "environment",
+    "source",
     "params",
     "expect",
     "rules",
@@ -145,6 +147,10 @@ def _decide(case: Node, config: Config) -> tuple[str, tuple[str, ...]]:
 def _action(case: Node, config: Config) -> Action:
     """Category, sensitivity and provider default to what the mappings say of this action."""
     name = str(case["action"])
+    if case.get("source") == GUARD:  # a Guard API tool call, judged as the decider judges it
+        call = ToolCall(name, str(case.get("target", "")), dict(case.get("params") or {}),
+                        str(case["provider"]) if "provider" in case else None)  # fmt: skip
+        return tool_action(call, config.mappings)
     known = next((m for m in config.mappings.mappings if m.action == name), None)
     context = {"environment": case["environment"]} if "environment" in case else {}
     return Action(

@@ -39,6 +39,7 @@ from airlock.decider.messages import (
     Configuration,
     Configure,
     Decide,
+    DecideCall,
     Decided,
     Envelope,
     Failure,
@@ -88,6 +89,7 @@ class Decider(Protocol):
     async def start(self) -> None: ...
     async def stop(self, timeout: float = 10.0) -> None: ...
     async def decide(self, request: Decide) -> Decided: ...
+    async def decide_call(self, call: DecideCall) -> Decided: ...
     def configure(self, configuration: Configuration) -> asyncio.Future[None]: ...
     async def record(self, record: DecisionRecord) -> Joined | None: ...
     async def release(self, approval_id: str, at: float) -> bool: ...
@@ -190,6 +192,10 @@ class DeciderClient:
 
     async def decide(self, request: Decide) -> Decided:
         decided: Decided = await self._ask(request)
+        return decided
+
+    async def decide_call(self, call: DecideCall) -> Decided:
+        decided: Decided = await self._ask(call)
         return decided
 
     def configure(self, configuration: Configuration) -> asyncio.Future[None]:

@@ -30,6 +30,7 @@ from airlock.decider.messages import (
     Configuration,
     Configure,
     Decide,
+    DecideCall,
     Decided,
     Envelope,
     Failure,
@@ -43,7 +44,7 @@ from airlock.decider.messages import (
     Watch,
 )
 from airlock.pipeline.document import Document, WireRequest, build_document, minimal_document
-from airlock.pipeline.evaluation import Config, Evaluation, evaluate
+from airlock.pipeline.evaluation import Config, Evaluation, evaluate, evaluate_call
 from airlock.pipeline.history import RISK_WINDOW, History
 from airlock.pipeline.mappings import fallback_action
 from airlock.pipeline.policies import ALLOW, BLOCK, ENFORCE, REQUIRE_APPROVAL, Verdict
@@ -57,6 +58,7 @@ from airlock.pipeline.run_record import (
     run_row,
     with_mode,
 )
+from airlock.pipeline.tool_calls import ToolCall, tool_action, tool_document
 from airlock.pipeline.yaml_source import replaying_sources, sources_hash
 from airlock.store.anchor import Anchoring
 from airlock.store.approvals import ABANDONED, EXPIRED, find_approval_for_retry
@@ -144,6 +146,8 @@ class DeciderCore:
     def _take(self, taken: _Batch, sequence: int, message: Any) -> None:
         if isinstance(message, Decide):
             self._decide(taken, sequence, message)
+        elif isinstance(message, DecideCall):
+            self._decide_call(taken, sequence, message)
         elif isinstance(message, _STORE_JOBS):
             taken.jobs.append(Pending(sequence, message))
         elif isinstance(message, Remember):
@@ -243,8 +247,24 @@ class DeciderCore:
         except Exception as e:  # fail closed, and on record
             document = minimal_document(request, decide.agent)
             evaluation = failed_evaluation(document, e)
+        self._record(taken, sequence, decide.id, document, evaluation, started)
+
+    def _decide_call(self, taken: _Batch, sequence: int, decide: DecideCall) -> None:
+        """A tool call from the Guard API: the same record, queue and chain as a request."""
+        started = time.perf_counter()
+        document = tool_document(decide.call, decide.agent)
+        try:
+            evaluation = self._evaluate_call(document, decide.call)
+        except Exception as e:  # fail closed, and on record
+            evaluation = failed_evaluation(document, e)
+        self._record(taken, sequence, decide.id, document, evaluation, started)
+
+    def _record(
+        self, taken: _Batch, sequence: int, run_id: str, document: Document,
+        evaluation: Evaluation, started: float,
+    ) -> None:  # fmt: skip
         decision_ms = (time.perf_counter() - started) * 1000
-        row = run_row(decide.id, self.instance, document, evaluation, decision_ms, self.config_hash)
+        row = run_row(run_id, self.instance, document, evaluation, decision_ms, self.config_hash)
         stage = evaluation.failed_stage if evaluation.error else None
         if row.decision == REQUIRE_APPROVAL:
             self._hold_or_join(taken, sequence, row, stage, document, evaluation.verdict)
@@ -267,6 +287,15 @@ class DeciderCore:
         if self.next_sync is None:  # budgets without their past would let too much through
             self._load_history()
         return with_mode(evaluate(document, self.config, self.history), self.mode)
+
+    def _evaluate_call(self, document: Document, call: ToolCall) -> Evaluation:
+        if self.config is None:
+            raise RuntimeError(self.missing)
+        if self.next_sync is None:
+            self._load_history()
+        action = tool_action(call, self.config.mappings)
+        evaluation = evaluate_call(action, document["agent"], self.config, self.history)
+        return with_mode(evaluation, self.mode)
 
     # --- approvals ----------------------------------------------------------------------------
 

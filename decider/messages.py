@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from airlock.pipeline.run_record import RunSummary
+from airlock.pipeline.tool_calls import ToolCall
 from airlock.store.records import (
     DecisionRecord,
     OutcomeRecord,
@@ -87,6 +88,15 @@ class Decide:
 
 
 @dataclass(frozen=True, slots=True)
+class DecideCall:
+    """Decide and record one tool call from the Guard API (pipeline/tool_calls.py)."""
+
+    id: str
+    agent: str
+    call: ToolCall
+
+
+@dataclass(frozen=True, slots=True)
 class ApprovalState:
     """The approval a request that needs one is held for: opened by it, or joined."""
 
@@ -128,7 +138,7 @@ class Unwatch:
 
 
 Message = (
-    Setup | Configure | Decide | Remember | Watch | Unwatch
+    Setup | Configure | Decide | DecideCall | Remember | Watch | Unwatch
     | DecisionRecord | OutcomeRecord | SettleRequest | ReleaseRequest
 )  # fmt: skip
 

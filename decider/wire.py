@@ -12,6 +12,7 @@ import msgpack
 
 from airlock.decider import messages
 from airlock.pipeline.run_record import RunRecord, RunSummary
+from airlock.pipeline.tool_calls import ToolCall
 from airlock.store.records import (
     DecisionRecord,
     HoldRequest,
@@ -31,7 +32,7 @@ _TYPES: dict[str, type] = {
         messages.Remember, messages.Watch, messages.Unwatch, messages.Envelope,
         messages.Failure, messages.Reply, messages.Committed, messages.Settled,
         DecisionRecord, HoldRequest, OutcomeRecord, SettleRequest, ReleaseRequest, Settlement,
-        Joined, RunRecord, RunSummary,
+        Joined, RunRecord, RunSummary, messages.DecideCall, ToolCall,
     )
 }  # fmt: skip
 _FIELDS: dict[type, tuple[str, ...]] = {

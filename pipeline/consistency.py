@@ -44,6 +44,8 @@ def known_actions(mappings: MappingIndex) -> frozenset[str]:
 
 
 def _unknown_actions(rule: Rule, known: frozenset[str]) -> Iterator[ConfigError]:
+    if rule.source == "guard":
+        return  # tool calls name their own actions (pipeline/tool_calls.py)
     for action in sorted(rule.actions or ()):
         if action not in known:
             near = difflib.get_close_matches(action, known, n=1)

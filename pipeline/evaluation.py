@@ -124,3 +124,17 @@ def _host_of(authority: str) -> str | None:
 def _failed(stage: str, action: Action, error: Exception) -> Evaluation:
     message = f"{stage} failed: {error}"
     return Evaluation(action, Verdict(BLOCK, f"blocked because {message}", ()), message, stage)
+
+
+def evaluate_call(
+    action: Action, agent: str, config: Config, history: History | None
+) -> Evaluation:
+    """A tool call the agent names itself (the Guard API): nothing to map, and no host to
+    limit, but the same policies, risk, budgets and rates as a request through the proxy."""
+    try:
+        risk = score(action, agent, history)
+        roles = config.agents.roles_of(agent)
+        verdict = config.policies.decide(action, agent, roles, risk.score, history)
+    except Exception as e:
+        return _failed("policy", action, e)
+    return Evaluation(action, verdict, risk=risk)

@@ -49,6 +49,7 @@ CATEGORIES = frozenset(
         "network",
         "read",
         "write",
+        "tool",  # a tool call through the Guard API that no mapping describes
     }
 )
 SENSITIVITIES = ("low", "medium", "high", "critical")

@@ -67,6 +67,7 @@ _WHEN_KEYS = {
     "agent",
     "target",
     "environment",
+    "source",
     "role",
     "risk",
     "time",
@@ -174,6 +175,7 @@ class Rule:
     time_window: TimeWindow | None = None
     # the `params:` conditions as written, for checks across mappings (pipeline/consistency.py)
     param_specs: tuple[tuple[str, Any, Where], ...] = ()
+    source: str | None = None  # `source:` as written: guard rules name the caller's actions
 
     def fires(self, situation: Situation) -> bool:
         try:
@@ -233,6 +235,8 @@ class Situation:
             "agent": agent,
             "target": action.target,
             "environment": action.context.get("environment"),
+            # guard: a tool call through the Guard API (pipeline/tool_calls.py)
+            "source": action.context.get("source", "proxy"),
         }
         return cls(action, agent, roles, risk, history or History(), facts)
 
@@ -507,6 +511,7 @@ def _load_rule(entry: Any, where: Where, order: int) -> Rule:
         hold_timeout=float(hold_timeout) if hold_timeout is not None else None,
         approvals=_approvals(entry, decision),
         reviewer_roles=_reviewer_roles(entry),
+        source=when.get("source") if isinstance(when.get("source"), str) else None,
     )
 
 

@@ -41,6 +41,7 @@ class RunSummary:
     shadow_decision: str | None = None
     shadow_rules: list[str] | None = None
     error: str | None = None
+    risk_factors: Any = None
 
 
 @dataclass(slots=True)
@@ -83,7 +84,7 @@ class RunRecord:
         return RunSummary(
             self.id, self.decision, self.action, self.rules, self.reason, self.at, self.agent,
             self.provider, self.operation, self.target, self.params, self.risk,
-            self.shadow_decision, self.shadow_rules, self.error,
+            self.shadow_decision, self.shadow_rules, self.error, self.risk_factors,
         )  # fmt: skip
 
     def as_row(self) -> dict[str, Any]:

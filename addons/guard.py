@@ -1,0 +1,264 @@
+"""The Guard API: tool calls that never cross the proxy (a shell command, a query, an internal
+function), judged by the same engine as proxied requests: the same policies, risk, budgets,
+approval queue, reviewer console and audit chain.
+
+A listener of its own (`airlock run --guard-port PORT`, loopback by default), JSON over HTTP,
+served by tornado (a mitmproxy dependency) on mitmproxy's event loop:
+  POST /v1/guard                     {"action", "target", "params"?, "provider"?,
+                                      "idempotency_key"?, "context"?} → the decision
+  GET  /v1/approvals/{id}?wait=S     long-polls until the approval is settled
+  POST /v1/runs/{request_id}/outcome {"status": "succeeded"|"failed", "detail"?}
+There is no approve or deny endpoint: an agent has no path to approve itself. An approved call
+is released by asking again with the same idempotency key (the retry joins its approval, as an
+SDK's retry does on the proxy): the first ask after approval is ALLOW, exactly once.
+Agents authenticate as on the proxy: Basic AGENT:KEY, or Bearer AGENT:KEY.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import time
+from typing import Any
+
+from mitmproxy import ctx
+from tornado.httpserver import HTTPServer
+from tornado.web import Application, HTTPError, RequestHandler
+
+from airlock.addons.identity import Identity
+from airlock.addons.runtime import STORE_TIMEOUT, Runtime
+from airlock.decider.messages import ApprovalState, DecideCall, Decided
+from airlock.pipeline.policies import ALLOW, BLOCK, REQUIRE_APPROVAL
+from airlock.pipeline.run_record import RunSummary
+from airlock.pipeline.tool_calls import ACTION_NAME, ToolCall
+from airlock.store.approvals import APPROVED, DENIED
+from airlock.store.schema import new_id
+
+log = logging.getLogger("airlock.addons.gatekeeper")
+
+MAX_WAIT = 60.0  # seconds one long-poll may wait
+MAX_BODY = 1 << 20
+OUTCOMES = ("succeeded", "failed")
+_FIELDS: dict[str, tuple[type | tuple[type, ...], bool]] = {  # name: (types, required)
+    "action": (str, True),
+    "target": (str, True),
+    "params": (dict, False),
+    "provider": ((str, type(None)), False),
+    "idempotency_key": ((str, type(None)), False),
+    "context": (dict, False),
+}
+
+
+class BadRequest(Exception):
+    """400: what is wrong with the request, naming the field."""
+
+
+class GuardApi:
+    def __init__(self, runtime: Runtime, identity: Identity) -> None:
+        self.runtime = runtime
+        self.identity = identity
+        self.server: HTTPServer | None = None
+
+    def load(self, loader: Any) -> None:
+        loader.add_option(
+            "airlock_guard_port",
+            int,
+            0,
+            "Port of the Guard API (JSON over HTTP: tool calls judged like proxied requests); "
+            "0: off.",
+        )
+        loader.add_option(
+            "airlock_guard_host", str, "127.0.0.1", "Address the Guard API listens on."
+        )
+
+    async def running(self) -> None:
+        port = ctx.options.airlock_guard_port
+        if not port or self.server is not None:
+            return
+        routes = [
+            (r"/v1/guard", _Guard, {"api": self}),
+            (r"/v1/approvals/([0-9a-f]{8,64})", _Approval, {"api": self}),
+            (r"/v1/runs/([0-9a-f]{8,64})/outcome", _Outcome, {"api": self}),
+        ]
+        self.server = HTTPServer(Application(routes), max_body_size=MAX_BODY)
+        self.server.listen(port, address=ctx.options.airlock_guard_host)
+        log.info("Guard API on %s:%d", ctx.options.airlock_guard_host, port)
+
+    async def done(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            await self.server.close_all_connections()
+            self.server = None
+
+    # --- deciding ----------------------------------------------------------------------------
+
+    async def guard(self, agent: str, call: ToolCall) -> tuple[int, dict[str, Any]]:
+        runtime = self.runtime
+        started = time.perf_counter()
+        await runtime.start_decider()
+        async with asyncio.timeout(STORE_TIMEOUT):
+            decided = await runtime.ask().decide_call(DecideCall(new_id(), agent, call))
+        run = decided.run
+        runtime.metrics.count_decision(run.decision, run.action, run.provider)
+        runtime.log.decision(run.decision, run, (time.perf_counter() - started) * 1000, "guard")
+        if run.decision != REQUIRE_APPROVAL or decided.approval is None:
+            return 200, _answer(run, run.decision, run.reason)
+        approval = decided.approval
+        if not approval.joined:
+            runtime.notifier.held(run, approval.id, approval.expires_at)
+            return 200, _answer(run, REQUIRE_APPROVAL, run.reason, approval)
+        return await self._rejoined(run, approval, decided)
+
+    async def _rejoined(
+        self, run: RunSummary, approval: ApprovalState, decided: Decided
+    ) -> tuple[int, dict[str, Any]]:
+        """The same call again (its idempotency key): released once approved, refused once
+        denied, still pending otherwise."""
+        runtime = self.runtime
+        if approval.request_hash != decided.request_hash:
+            runtime.record_outcome(run.id, "key_reused", 409)
+            reason = "this idempotency key was used for a different call; use a new key"
+            return 409, _answer(run, BLOCK, reason, approval)
+        if approval.state == DENIED:
+            runtime.record_outcome(run.id, "denied", 403)
+            why = f": {approval.reason}" if approval.reason else ""
+            return 200, _answer(run, BLOCK, f"denied by {approval.reviewer}{why}", approval)
+        if approval.state != APPROVED:
+            return 200, _answer(run, REQUIRE_APPROVAL, run.reason, approval)
+        async with asyncio.timeout(STORE_TIMEOUT):
+            won = await runtime.ask().release(approval.id, time.time())
+        if not won:
+            runtime.record_outcome(run.id, "duplicate", 409)
+            reason = "this call was approved and has already been released once"
+            return 409, _answer(run, BLOCK, reason, approval)
+        runtime.remember(run, passed=True)
+        return 200, _answer(run, ALLOW, f"approved by {approval.reviewer}", approval)
+
+    async def approval(self, approval_id: str, wait: float) -> dict[str, Any]:
+        settled = await self.runtime.wait_settled(approval_id, min(wait, MAX_WAIT))
+        if settled is None:
+            return {"id": approval_id, "state": "PENDING"}
+        return {"id": approval_id, "state": settled.state, "reviewer": settled.reviewer,
+                "reason": settled.reason}  # fmt: skip
+
+    def agent_of(self, header: str) -> str | None:
+        """Basic AGENT:KEY as on the proxy, or Bearer AGENT:KEY; None when they are wrong."""
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() == "bearer" and token:
+            header = "Basic " + base64.b64encode(token.strip().encode()).decode()
+        return self.identity.identify(header)
+
+
+def _answer(
+    run: RunSummary, decision: str, reason: str, approval: ApprovalState | None = None
+) -> dict[str, Any]:
+    answer: dict[str, Any] = {
+        "decision": decision, "reason": reason, "rules": run.rules, "risk": run.risk,
+        "risk_factors": run.risk_factors, "request_id": run.id, "action": run.action,
+    }  # fmt: skip
+    if approval is not None:
+        answer["approval_id"] = approval.id
+        answer["expires_at"] = approval.expires_at
+    return answer
+
+
+def tool_call(body: bytes) -> ToolCall:
+    """The request's JSON, checked field by field (BadRequest names the field)."""
+    try:
+        fields = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BadRequest(f"the body is not JSON: {e}") from None
+    if not isinstance(fields, dict):
+        raise BadRequest("the body must be a JSON object")
+    for name, value in fields.items():
+        if name not in _FIELDS:
+            raise BadRequest(f"unknown field {name!r} (expected: {', '.join(_FIELDS)})")
+        types, _ = _FIELDS[name]
+        if not isinstance(value, types):
+            raise BadRequest(f"field {name!r} has the wrong type ({type(value).__name__})")
+    for name, (_, required) in _FIELDS.items():
+        if required and name not in fields:
+            raise BadRequest(f"field {name!r} is required")
+    if not ACTION_NAME.match(fields["action"]):
+        raise BadRequest(
+            f"field 'action' must be a canonical action name like run_shell or "
+            f"mcp.github.create_issue, not {fields['action'][:60]!r}"
+        )
+    key = fields.get("idempotency_key")
+    if key is not None and not 0 < len(key) <= 200:
+        raise BadRequest("field 'idempotency_key' must be 1 to 200 characters")
+    return ToolCall(
+        fields["action"], fields["target"], fields.get("params", {}), fields.get("provider"),
+        key, fields.get("context", {}),
+    )  # fmt: skip
+
+
+# --- tornado's handlers ------------------------------------------------------------------------
+
+
+class _Handler(RequestHandler):
+    api: GuardApi
+    agent: str
+
+    def initialize(self, api: GuardApi) -> None:
+        self.api = api
+
+    def prepare(self) -> None:
+        agent = self.api.agent_of(self.request.headers.get("Authorization", ""))
+        if agent is None:
+            self.set_header("WWW-Authenticate", 'Basic realm="airlock"')
+            self._error(401, "credentials are missing or wrong (Basic or Bearer AGENT:KEY)")
+            return
+        self.agent = agent
+
+    def _error(self, status: int, message: str) -> None:
+        self.set_status(status)
+        self.finish({"error": message})
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        self.finish({"error": self._reason})
+
+
+class _Guard(_Handler):
+    async def post(self) -> None:
+        try:
+            call = tool_call(self.request.body)
+        except BadRequest as e:
+            self._error(400, str(e))
+            return
+        try:
+            status, answer = await self.api.guard(self.agent, call)
+        except Exception as e:  # fail closed: nothing ran, and the caller is told
+            log.error("the Guard API could not decide %s: %r", call.action, e)
+            self.api.runtime.metrics.fail_closed.labels("guard").inc()
+            self._error(503, "Airlock could not decide or record this call; it must not run")
+            return
+        self.set_status(status)
+        self.finish(answer)
+
+
+class _Approval(_Handler):
+    async def get(self, approval_id: str) -> None:
+        try:
+            wait = float(self.get_query_argument("wait", "0"))
+        except ValueError:
+            raise HTTPError(400, reason="wait must be a number of seconds") from None
+        self.finish(await self.api.approval(approval_id, max(0.0, wait)))
+
+
+class _Outcome(_Handler):
+    async def post(self, run_id: str) -> None:
+        try:
+            fields = json.loads(self.request.body)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            self._error(400, "the body is not JSON")
+            return
+        status = fields.get("status") if isinstance(fields, dict) else None
+        if status not in OUTCOMES or set(fields) - {"status", "detail"}:
+            self._error(400, 'expected {"status": "succeeded"|"failed", "detail"?}')
+            return
+        self.api.runtime.record_outcome(run_id, status, None)
+        self.set_status(202)
+        self.finish({"recorded": True})

@@ -1,0 +1,255 @@
+"""Ask Airlock before a tool runs: the Guard API's client, standard library only.
+
+    @guard("run_shell", target="prod-db", params=lambda cmd: {"command": cmd})
+    def run(cmd): ...
+
+    with guard("delete_record", target="customer/cus_1", params={"resource": "customer"}):
+        delete_customer("cus_1")
+
+ALLOW runs the code; BLOCK raises Blocked (its reason and rules); REQUIRE_APPROVAL waits for a
+reviewer, up to `wait` seconds, then runs the code once (approved), raises Denied, or raises
+ApprovalPending with the approval's id. What the code did (returned, or raised) is recorded on
+Airlock's record of the call. Fails closed: if Airlock cannot be reached or cannot decide, the
+code does not run (Unavailable).
+
+Settings: AIRLOCK_GUARD_URL (default http://127.0.0.1:8181), AIRLOCK_AGENT and AIRLOCK_AGENT_KEY
+(the agent's name and key from Airlock's agents file; without one, the name alone).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import functools
+import inspect
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+__all__ = [
+    "AirlockError", "ApprovalPending", "Blocked", "Client", "Denied", "Unavailable", "guard",
+]  # fmt: skip
+
+ALLOW, BLOCK, REQUIRE_APPROVAL = "ALLOW", "BLOCK", "REQUIRE_APPROVAL"
+LONG_POLL = 30.0  # seconds one wait for a reviewer asks Airlock to hold the answer
+
+
+class AirlockError(Exception):
+    """The call was not allowed to run."""
+
+
+class Unavailable(AirlockError):
+    """Airlock could not be reached or could not decide: the call did not run."""
+
+
+class Blocked(AirlockError):
+    def __init__(self, answer: dict[str, Any]) -> None:
+        self.answer = answer
+        self.reason: str = answer.get("reason", "")
+        self.rules: list[str] = answer.get("rules", [])
+        self.request_id: str | None = answer.get("request_id")
+        self.approval_id: str | None = answer.get("approval_id")
+        super().__init__(f"Airlock refused {answer.get('action')}: {self.reason}")
+
+
+class Denied(Blocked):
+    """A reviewer denied the call (or its approval expired)."""
+
+
+class ApprovalPending(AirlockError):
+    def __init__(self, approval_id: str, waited: float) -> None:
+        self.approval_id = approval_id
+        super().__init__(
+            f"approval {approval_id} still pending after {waited:.0f} s: a reviewer must "
+            f"approve it (airlock approve {approval_id[:8]}); call again to keep waiting"
+        )
+
+
+@dataclass
+class Client:
+    url: str = field(default_factory=lambda: os.environ.get(
+        "AIRLOCK_GUARD_URL", "http://127.0.0.1:8181"))  # fmt: skip
+    agent: str | None = field(default_factory=lambda: os.environ.get("AIRLOCK_AGENT"))
+    key: str | None = field(default_factory=lambda: os.environ.get("AIRLOCK_AGENT_KEY"))
+    timeout: float = 10.0  # seconds for Airlock to answer (a long-poll adds its wait)
+
+    def decide(self, call: dict[str, Any]) -> dict[str, Any]:
+        return self._send("POST", "/v1/guard", call)
+
+    def approval(self, approval_id: str, wait: float) -> dict[str, Any]:
+        return self._send("GET", f"/v1/approvals/{approval_id}?wait={wait:.0f}", None, wait)
+
+    def outcome(self, request_id: str, status: str, detail: str | None = None) -> None:
+        body = {"status": status} | ({"detail": detail[:500]} if detail else {})
+        self._send("POST", f"/v1/runs/{request_id}/outcome", body)
+
+    def _send(
+        self, method: str, path: str, body: dict[str, Any] | None, wait: float = 0.0
+    ) -> dict[str, Any]:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.url.rstrip("/") + path, data, method=method)
+        request.add_header("Content-Type", "application/json")
+        if self.agent:
+            token = base64.b64encode(f"{self.agent}:{self.key or ''}".encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
+        try:
+            with _opener.open(request, timeout=self.timeout + wait) as answer:
+                return dict(json.loads(answer.read()))
+        except urllib.error.HTTPError as e:
+            return _refusal_or_raise(e)
+        except (OSError, ValueError) as e:
+            raise Unavailable(f"Airlock at {self.url} could not be asked: {e}") from e
+
+
+# Straight to Airlock: never through HTTPS_PROXY or HTTP_PROXY, which may point at Airlock's
+# proxy port (and the proxy refuses requests to Airlock itself).
+_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def _refusal_or_raise(error: urllib.error.HTTPError) -> dict[str, Any]:
+    try:
+        answer = json.loads(error.read())
+    except ValueError:
+        answer = {}
+    if error.code == 409 and "decision" in answer:
+        return dict(answer)  # a refusal: an idempotency key reused, a call released already
+    message = answer.get("error") or error.reason
+    raise Unavailable(f"Airlock answered {error.code}: {message}") from None
+
+
+class guard:
+    """One guarded call: a decorator (sync or async functions) or a context manager (sync or
+    async). `target` and `params` may be callables given the decorated function's arguments."""
+
+    def __init__(
+        self,
+        action: str,
+        target: str | Callable[..., str] = "",
+        params: dict[str, Any] | Callable[..., dict[str, Any]] | None = None,
+        *,
+        provider: str | None = None,
+        context: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        wait: float = 60.0,
+        client: Client | None = None,
+    ) -> None:
+        self.action, self.target, self.params = action, target, params
+        self.provider, self.context = provider, context
+        self.idempotency_key = idempotency_key
+        self.wait = wait
+        self.client = client or Client()
+        self.answer: dict[str, Any] | None = None  # the decision that let the call run
+
+    # --- deciding ----------------------------------------------------------------------------
+
+    def admit(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Ask, and wait for a reviewer when one is needed; the ALLOW answer, or raises."""
+        call = self._call(args, kwargs)
+        answer = self.client.decide(call)
+        started = time.monotonic()
+        while answer.get("decision") == REQUIRE_APPROVAL:
+            approval_id = answer["approval_id"]
+            left = self.wait - (time.monotonic() - started)
+            if left <= 0:
+                raise ApprovalPending(approval_id, self.wait)
+            state = self.client.approval(approval_id, min(left, LONG_POLL)).get("state")
+            if state in ("EXPIRED", "ABANDONED"):
+                raise Denied({**answer, "reason": f"the approval {state.lower()}"})
+            if state != "PENDING":
+                answer = self.client.decide(call)  # the same key: joins, released once
+        if answer.get("decision") != ALLOW:
+            raise (Denied if answer.get("approval_id") else Blocked)(answer)
+        self.answer = answer
+        return answer
+
+    def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        target = self.target(*args, **kwargs) if callable(self.target) else self.target
+        params = self.params(*args, **kwargs) if callable(self.params) else self.params
+        call: dict[str, Any] = {
+            "action": self.action, "target": target, "params": params or {},
+            # One key per call: its retries (after a reviewer's answer) join its approval.
+            "idempotency_key": self.idempotency_key or uuid.uuid4().hex,
+        }  # fmt: skip
+        if self.provider:
+            call["provider"] = self.provider
+        if self.context:
+            call["context"] = self.context
+        return call
+
+    def record(self, error: BaseException | None) -> None:
+        """What the call did, on Airlock's record (best effort: the call has already run)."""
+        if self.answer is None:
+            return
+        status = "succeeded" if error is None else "failed"
+        detail = None if error is None else f"{type(error).__name__}: {error}"
+        with contextlib.suppress(AirlockError):
+            self.client.outcome(self.answer["request_id"], status, detail)
+
+    # --- context manager ---------------------------------------------------------------------
+
+    def __enter__(self) -> guard:
+        self.admit()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, _: TracebackType | None
+    ) -> None:
+        self.record(error)
+
+    async def __aenter__(self) -> guard:
+        await asyncio.to_thread(self.admit)
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, _: TracebackType | None
+    ) -> None:
+        await asyncio.to_thread(self.record, error)
+
+    # --- decorator ---------------------------------------------------------------------------
+
+    def __call__(self, function: Callable[..., Any]) -> Callable[..., Any]:
+        if inspect.iscoroutinefunction(function):
+
+            @functools.wraps(function)
+            async def guarded_async(*args: Any, **kwargs: Any) -> Any:
+                once = self._fresh()
+                await asyncio.to_thread(once.admit, *args, **kwargs)
+                try:
+                    result = await function(*args, **kwargs)
+                except BaseException as e:
+                    await asyncio.to_thread(once.record, e)
+                    raise
+                await asyncio.to_thread(once.record, None)
+                return result
+
+            return guarded_async
+
+        @functools.wraps(function)
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            once = self._fresh()
+            once.admit(*args, **kwargs)
+            try:
+                result = function(*args, **kwargs)
+            except BaseException as e:
+                once.record(e)
+                raise
+            once.record(None)
+            return result
+
+        return guarded
+
+    def _fresh(self) -> guard:
+        """Each call of a decorated function is its own guarded call (its own key)."""
+        return guard(
+            self.action, self.target, self.params, provider=self.provider,
+            context=self.context, idempotency_key=self.idempotency_key, wait=self.wait,
+            client=self.client,
+        )  # fmt: skip

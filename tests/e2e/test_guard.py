@@ -1,0 +1,218 @@
+"""The Guard API and its SDK against a running `airlock run --guard-port`: tool calls judged by
+the same policies, approval queue and store as proxied requests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from sqlalchemy import select
+
+from airlock.store.approvals import pending_approvals
+from airlock.store.audit import verify_audit
+from airlock.store.schema import Run, open_engine
+from airlock_guard import ApprovalPending, Blocked, Client, Denied, Unavailable, guard
+from tests.helpers.proxy import PROJECT_ROOT, Proxy, clean_env, free_port
+from tests.test_agents import KEY, agents_dir
+
+pytestmark = pytest.mark.e2e
+
+RULES = """
+rules:
+  - id: no-prod-drops
+    when: {source: guard, action: run_sql, params: {statement: {regex: "(?i)drop "}}}
+    decision: BLOCK
+    reason: Agents never drop tables.
+  - id: reads-are-fine
+    when: {source: guard, action: run_sql, params: {statement: {regex: "(?i)^select "}}}
+    decision: ALLOW
+    reason: Reads are fine.
+"""
+
+
+@pytest.fixture(scope="module")
+def airlock(tmp_path_factory: pytest.TempPathFactory, session_upstream: Any) -> Iterator[Proxy]:
+    work = tmp_path_factory.mktemp("guard")
+    policies = agents_dir(work)
+    (policies / "tools.yaml").write_text(RULES)
+    proxy = Proxy(
+        work, f"sqlite:///{work / 'airlock.db'}", {}, session_upstream.ca_file, work / "certs",
+        ["--policies", str(policies), "--guard-port", str(free_port())],
+    )  # fmt: skip
+    proxy.start()
+    yield proxy
+    proxy.stop()
+
+
+def guard_port(proxy: Proxy) -> int:
+    return int(proxy.extra_args[-1])
+
+
+def client(proxy: Proxy, agent: str = "ops-bot", key: str = KEY) -> Client:
+    return Client(f"http://127.0.0.1:{guard_port(proxy)}", agent, key)
+
+
+def runs(proxy: Proxy, **where: str) -> list[Any]:
+    engine = open_engine(proxy.db_url)
+    with engine.connect() as conn:
+        query = select(Run).where(*(getattr(Run, k) == v for k, v in where.items()))
+        found = conn.execute(query.order_by(Run.at)).all()
+    engine.dispose()
+    return found
+
+
+def approve_from_another_process(proxy: Proxy, action: str, state: str = "approve") -> None:
+    """A reviewer, with the CLI, as soon as the call is held."""
+    engine = open_engine(proxy.db_url)
+    deadline = time.monotonic() + 20
+    held = []
+    while not held and time.monotonic() < deadline:
+        held = [a for a in pending_approvals(engine) if a.action == action]
+        time.sleep(0.05)
+    engine.dispose()
+    assert held, f"no {action} was held"
+    subprocess.run(
+        [sys.executable, "-m", "airlock.console.cli", state, held[0].id[:12], "--db",
+         proxy.db_url, "--reviewer", "alice", "--reason", "checked", "--policies",
+         str(proxy.extra_args[1])],
+        check=True, cwd=PROJECT_ROOT, env=clean_env(), capture_output=True,
+    )  # fmt: skip
+
+
+def test_allowed_runs_and_its_outcome_is_recorded(airlock: Proxy) -> None:
+    ran = []
+
+    @guard("run_sql", target="db/prod", params=lambda sql: {"statement": sql},
+           client=client(airlock))  # fmt: skip
+    def query(sql: str) -> str:
+        ran.append(sql)
+        return "3 rows"
+
+    assert query("SELECT * FROM users") == "3 rows"
+    assert ran == ["SELECT * FROM users"]
+    [run] = runs(airlock, action="run_sql", decision="ALLOW")
+    assert (run.agent, run.method, run.context["source"]) == ("ops-bot", "GUARD", "guard")
+    deadline = time.monotonic() + 5
+    while runs(airlock, action="run_sql", decision="ALLOW")[0].outcome is None:
+        assert time.monotonic() < deadline, "the outcome was never recorded"
+        time.sleep(0.05)
+    assert runs(airlock, action="run_sql", decision="ALLOW")[0].outcome == "succeeded"
+
+
+def test_blocked_never_runs_and_says_why(airlock: Proxy) -> None:
+    ran = []
+    dropping = guard(
+        "run_sql", "db/prod", {"statement": "DROP TABLE users"}, client=client(airlock)
+    )
+    with pytest.raises(Blocked) as refused, dropping:
+        ran.append(1)
+    assert ran == []
+    assert refused.value.rules == ["no-prod-drops"]
+    assert "never drop tables" in str(refused.value)
+
+
+def test_approval_from_another_process_releases_exactly_one_execution(airlock: Proxy) -> None:
+    ran = []
+    call = guard("run_shell", "web-1", {"command": "systemctl restart app"}, wait=30,
+                 idempotency_key="restart-web-1", client=client(airlock))  # fmt: skip
+    reviewer = threading.Thread(target=approve_from_another_process, args=(airlock, "run_shell"))
+    reviewer.start()
+    with call:
+        ran.append(1)
+    reviewer.join()
+    assert ran == [1] and call.answer is not None
+    assert call.answer["reason"] == "approved by alice"
+    again = guard("run_shell", "web-1", {"command": "systemctl restart app"},
+                  idempotency_key="restart-web-1", client=client(airlock))  # fmt: skip
+    with pytest.raises(Blocked, match="already been released once"), again:
+        ran.append(2)
+    assert ran == [1]
+
+
+def test_denied_raises_and_the_async_decorator_never_runs(airlock: Proxy) -> None:
+    ran = []
+
+    @guard("rotate_keys", target="kms/prod", wait=30, client=client(airlock))
+    async def rotate() -> None:
+        ran.append(1)
+
+    reviewer = threading.Thread(
+        target=approve_from_another_process, args=(airlock, "rotate_keys", "deny")
+    )
+    reviewer.start()
+    with pytest.raises(Denied, match="denied by alice: checked"):
+        asyncio.run(rotate())
+    reviewer.join()
+    assert ran == []
+
+
+def test_an_unanswered_approval_times_out_with_its_id(airlock: Proxy) -> None:
+    unanswered = guard("wipe_cache", "cdn", wait=1, client=client(airlock))
+    with pytest.raises(ApprovalPending) as pending, unanswered:
+        raise AssertionError("ran without approval")
+    assert len(pending.value.approval_id) == 32
+
+
+def test_bad_input_is_a_400_naming_the_field_and_nothing_is_recorded(airlock: Proxy) -> None:
+    url = f"http://127.0.0.1:{guard_port(airlock)}/v1/guard"
+    auth = ("ops-bot", KEY)
+    before = len(runs(airlock))
+    cases = [
+        (b"{not json", "not JSON"),
+        (json.dumps({"action": "run_sql"}).encode(), "'target' is required"),
+        (json.dumps({"action": "run_sql", "target": 5}).encode(), "'target' has the wrong type"),
+        (json.dumps({"action": "x", "target": "t", "approve": True}).encode(), "unknown field"),
+        (json.dumps({"action": "Drop Table", "target": "t"}).encode(), "canonical action"),
+    ]
+    for body, says in cases:
+        answer = requests.post(url, data=body, auth=auth, timeout=10)
+        assert answer.status_code == 400, body
+        assert says in answer.json()["error"]
+    assert len(runs(airlock)) == before
+
+
+def test_wrong_credentials_are_a_401_and_the_sdk_fails_closed(airlock: Proxy) -> None:
+    url = f"http://127.0.0.1:{guard_port(airlock)}/v1/guard"
+    call = {"action": "run_sql", "target": "db", "params": {"statement": "SELECT 1"}}
+    assert requests.post(url, json=call, auth=("ops-bot", "wrong"), timeout=10).status_code == 401
+    bearer = {"Authorization": f"Bearer ops-bot:{KEY}"}
+    assert requests.post(url, json=call, headers=bearer, timeout=10).json()["decision"] == "ALLOW"
+    wrong = guard("run_sql", "db", {"statement": "SELECT 1"}, client=client(airlock, key="x"))
+    with pytest.raises(Unavailable), wrong:
+        raise AssertionError("ran unauthenticated")
+    unreachable = guard("run_sql", "db", client=Client(f"http://127.0.0.1:{free_port()}", "a"))
+    with pytest.raises(Unavailable), unreachable:
+        raise AssertionError("ran without Airlock")
+
+
+def test_the_agent_has_no_way_to_approve_itself(airlock: Proxy) -> None:
+    """No approve endpoint on the guard port; the guard port through the proxy is refused."""
+    base = f"http://127.0.0.1:{guard_port(airlock)}"
+    for path in ("/v1/approvals/0123456789abcdef/approve", "/v1/approve"):
+        answer = requests.post(base + path, json={}, auth=("ops-bot", KEY), timeout=10)
+        assert answer.status_code in (404, 405)
+    through = airlock.session("ops-bot", KEY).post(base + "/v1/guard", json={}, timeout=10)
+    assert through.status_code == 403
+    assert "guard ports are refused" in through.json()["reason"]
+    assert verify_audit(open_engine(airlock.db_url)).ok
+
+
+def test_the_sdk_installs_and_imports_without_mitmproxy(tmp_path: Path) -> None:
+    """A bare interpreter (no site-packages): the SDK needs the standard library only."""
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", "-c",
+         "import sys; sys.path.insert(0, sys.argv[1]); import airlock_guard; "
+         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('mitmproxy', 'airlock')))",
+         str(PROJECT_ROOT / "sdk")],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert done.stdout.strip() == "[]"
