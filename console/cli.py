@@ -392,6 +392,18 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     demo.add_argument("--keep", action="store_true", help="keep the demo's folder afterwards")
 
+    hook = commands.add_parser(
+        "hook",
+        help="agent hooks that guard tool calls through the Guard API",
+        description="claude-code: a Claude Code PreToolUse hook (reads the event on stdin, "
+        "answers in the hook's JSON). Guards shell commands (run_shell), file edits (edit_file) "
+        "and MCP tools (mcp.<server>.<tool>) with the Guard API at AIRLOCK_GUARD_URL, as "
+        "AIRLOCK_AGENT with AIRLOCK_AGENT_KEY. Needs the SDK (pip install ./sdk).",
+    )
+    hook.add_argument("kind", choices=["claude-code"])
+    hook.add_argument("--wait", type=float, default=50.0,
+                      help="seconds to wait for a reviewer (below the hook's timeout)")  # fmt: skip
+
     reload = commands.add_parser(
         "reload",
         help="make running proxies re-read their configuration",
@@ -465,6 +477,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "reload": cmd_reload,
         "doctor": cmd_doctor,
         "demo": cmd_demo,
+        "hook": cmd_hook,
     }
     try:
         return handlers[args.command](args)
@@ -896,6 +909,16 @@ def replay_recorded(args: argparse.Namespace, config: Any) -> int:
     for (before, after), count in sorted(report.transitions.items()):
         print(f"  {before} → {after}: {count}")
     return 0
+
+
+def cmd_hook(args: argparse.Namespace) -> int:
+    try:
+        from airlock_guard.claude_code import main as claude_code_hook
+    except ImportError:
+        print("airlock hook: the Guard SDK is not installed here: pip install ./sdk (from "
+              "Airlock's checkout)", file=sys.stderr)  # fmt: skip
+        return 2  # Claude Code blocks the call: fail closed
+    return claude_code_hook(["--wait", str(args.wait)])
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

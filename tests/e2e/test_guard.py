@@ -36,6 +36,14 @@ rules:
     when: {source: guard, action: run_sql, params: {statement: {regex: "(?i)^select "}}}
     decision: ALLOW
     reason: Reads are fine.
+  - id: listing-is-fine
+    when: {source: guard, action: run_shell, params: {command: {regex: "^ls( |$)"}}}
+    decision: ALLOW
+    reason: Listing files is fine.
+  - id: no-recursive-deletes
+    when: {source: guard, action: run_shell, params: {command: {regex: "rm -[a-z]*r"}}}
+    decision: BLOCK
+    reason: Agents never delete recursively.
 """
 
 
@@ -216,3 +224,66 @@ def test_the_sdk_installs_and_imports_without_mitmproxy(tmp_path: Path) -> None:
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert done.stdout.strip() == "[]"
+
+
+# --- the Claude Code hook --------------------------------------------------------------------
+
+
+def hook(proxy: Proxy, event: dict[str, Any], wait: float = 20) -> dict[str, Any] | None:
+    """`airlock hook claude-code` as Claude Code runs it: the event on stdin, JSON on stdout."""
+    env = clean_env() | {
+        "AIRLOCK_GUARD_URL": f"http://127.0.0.1:{guard_port(proxy)}",
+        "AIRLOCK_AGENT": "ops-bot", "AIRLOCK_AGENT_KEY": KEY,
+    }  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "airlock.console.cli", "hook", "claude-code", "--wait", str(wait)],
+        input=json.dumps(event), capture_output=True, text=True, env=env, check=True, timeout=60,
+    )  # fmt: skip
+    return json.loads(done.stdout) if done.stdout.strip() else None
+
+
+def bash(command: str) -> dict[str, Any]:
+    """A PreToolUse event as Claude Code sends it."""
+    return {
+        "session_id": "s-1", "transcript_path": "/tmp/t.jsonl", "cwd": "/srv/app",
+        "hook_event_name": "PreToolUse", "tool_name": "Bash", "tool_use_id": "toolu_1",
+        "tool_input": {"command": command, "description": "a command"},
+    }  # fmt: skip
+
+
+def decision(answer: dict[str, Any] | None) -> tuple[str, str] | None:
+    if answer is None:
+        return None
+    out = answer["hookSpecificOutput"]
+    assert out["hookEventName"] == "PreToolUse"
+    return out["permissionDecision"], out["permissionDecisionReason"]
+
+
+def test_the_claude_code_hook_denies_what_airlock_blocks(airlock: Proxy) -> None:
+    verdict = decision(hook(airlock, bash("rm -rf /srv/data")))
+    assert verdict is not None and verdict[0] == "deny"
+    assert "Agents never delete recursively" in verdict[1]
+
+
+def test_the_claude_code_hook_leaves_allowed_calls_and_reads_to_claude_code(
+    airlock: Proxy,
+) -> None:
+    assert hook(airlock, bash("ls -la")) is None  # ALLOW: Claude Code's own permissions apply
+    read = bash("") | {"tool_name": "Read", "tool_input": {"file_path": "/srv/app/x.py"}}
+    assert hook(airlock, read) is None  # not guarded at all
+    [run] = runs(airlock, action="run_shell", decision="ALLOW")
+    assert run.params["command"] == "ls -la" and run.target == "/srv/app"
+
+
+def test_the_claude_code_hook_waits_for_a_reviewer_then_allows(airlock: Proxy) -> None:
+    mcp = bash("") | {
+        "tool_name": "mcp__github__create_issue",
+        "tool_input": {"repo": "acme/app", "title": "Flaky test"},
+    }
+    reviewer = threading.Thread(
+        target=approve_from_another_process, args=(airlock, "mcp.github.create_issue")
+    )
+    reviewer.start()
+    verdict = decision(hook(airlock, mcp))
+    reviewer.join()
+    assert verdict == ("allow", "Airlock: approved by alice")

@@ -1,0 +1,107 @@
+"""A Claude Code PreToolUse hook: each tool call that changes something is guarded by Airlock.
+
+Claude Code runs `airlock hook claude-code` (or `python -m airlock_guard.claude_code`) before a
+tool and passes the event on stdin. Calls are named as Airlock actions:
+  Bash                               run_shell      target: the working directory
+  Edit, MultiEdit, Write, NotebookEdit edit_file    target: the file
+  mcp__<server>__<tool>              mcp.<server>.<tool>, its input as params
+Other tools (reads, searches, the to-do list) are left to Claude Code's own permissions.
+BLOCK is answered "deny" with Airlock's reason (Claude sees it); REQUIRE_APPROVAL waits for a
+reviewer up to --wait seconds (below the hook's own timeout), then "allow" once approved, or
+"deny" with why; ALLOW leaves the call to Claude Code's own permission rules. If Airlock cannot
+be reached, the call is denied (fail closed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import sys
+from typing import Any
+
+from airlock_guard import AirlockError, ApprovalPending, Blocked, Client, guard
+
+EDITS = frozenset({"Edit", "MultiEdit", "Write", "NotebookEdit"})
+_MCP = re.compile(r"mcp__(?P<server>[^_]+(?:_[^_]+)*)__(?P<tool>.+)\Z")
+
+
+def action_of(event: dict[str, Any]) -> tuple[str, str, dict[str, Any]] | None:
+    """(action, target, params) of a tool call Airlock guards; None for the others."""
+    tool, given = event.get("tool_name", ""), event.get("tool_input") or {}
+    if tool == "Bash":
+        params = {"command": given.get("command", ""), "description": given.get("description")}
+        return "run_shell", str(event.get("cwd", "")), params
+    if tool in EDITS:
+        path = str(given.get("file_path") or given.get("notebook_path") or "")
+        return "edit_file", path, {"file_path": path, "tool": tool}
+    found = _MCP.match(tool)
+    if found:
+        name = f"mcp.{_canonical(found['server'])}.{_canonical(found['tool'])}"
+        return name, found["server"], dict(given)
+    return None
+
+
+def _canonical(part: str) -> str:
+    return re.sub(r"[^a-z0-9_]", "_", part.lower()).strip("_") or "tool"
+
+
+def decide(event: dict[str, Any], client: Client, wait: float) -> dict[str, Any] | None:
+    """The hook's answer (None: no opinion, Claude Code's own permissions apply)."""
+    named = action_of(event)
+    if named is None:
+        return None
+    action, target, params = named
+    # The same call in the same session joins its approval, whichever tool_use_id it has.
+    key_material = json.dumps([event.get("session_id"), action, target, params], sort_keys=True)
+    key = "claude-code:" + hashlib.sha256(key_material.encode()).hexdigest()[:40]
+    call = guard(action, target, params, provider="claude-code", idempotency_key=key,
+                 wait=wait, client=client)  # fmt: skip
+    try:
+        answer = call.admit()
+    except Blocked as e:
+        return _answer("deny", f"Airlock: {e.reason} (request {e.request_id})")
+    except ApprovalPending as e:
+        return _answer("deny", f"Airlock: {e}. Try the same call again once it is approved.")
+    except AirlockError as e:
+        return _answer("deny", f"Airlock could not decide, so the call must not run: {e}")
+    if answer.get("approval_id"):  # a reviewer approved this very call
+        return _answer("allow", f"Airlock: {answer.get('reason')}")
+    return None
+
+
+def _answer(decision: str, reason: str) -> dict[str, Any]:
+    return {
+        "hookSpecificOutput": {
+            "hookEventName": "PreToolUse",
+            "permissionDecision": decision,
+            "permissionDecisionReason": reason,
+        }
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="airlock hook claude-code",
+        description="Claude Code PreToolUse hook: guard shell commands, file edits and MCP "
+        "tools with Airlock's Guard API (AIRLOCK_GUARD_URL, AIRLOCK_AGENT, AIRLOCK_AGENT_KEY).",
+    )
+    parser.add_argument(
+        "--wait", type=float, default=50.0,
+        help="seconds to wait for a reviewer (keep below the hook's timeout)",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+    try:
+        event = json.load(sys.stdin)
+    except ValueError as e:
+        print(f"airlock hook: the event on stdin is not JSON: {e}", file=sys.stderr)
+        return 2  # Claude Code blocks the call and shows this
+    answer = decide(event, Client(), args.wait)
+    if answer is not None:
+        json.dump(answer, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
