@@ -367,6 +367,7 @@ class Runtime:
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def running(self) -> None:
+        quiet_cancelled_connections(asyncio.get_running_loop())
         self._enforce_gating_options()
         await self.start_decider()
         self._listen_for_reload(asyncio.get_running_loop())
@@ -398,6 +399,26 @@ class Runtime:
         if decider is not None:
             await decider.stop()
         self.log.flush()
+
+
+def quiet_cancelled_connections(loop: asyncio.AbstractEventLoop) -> None:
+    """At shutdown mitmproxy cancels the connections still open (an HTTP/2 client keeps its
+    connection after its held request was answered 503). Python 3.11's asyncio streams then log
+    a CancelledError traceback per connection from StreamReaderProtocol's callback, which calls
+    task.exception() on the cancelled task (3.13 checks task.cancelled() first). Only that case
+    is silenced; anything else still reaches the previous handler."""
+    previous = loop.get_exception_handler()
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        cancelled = isinstance(context.get("exception"), asyncio.CancelledError)
+        if cancelled and "StreamReaderProtocol" in repr(context.get("handle")):
+            return
+        if previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
 
 
 def settle_heap() -> None:

@@ -500,7 +500,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"airlock run: {e}", file=sys.stderr)
         return 2
-    problem = _ports_taken(args) or _store_unreachable(args.db)
+    problem = (
+        _ports_taken(args)
+        or _unusable_upstream_ca(args.upstream_ca)
+        or _unwritable(args.data_dir, "--data-dir")
+        or _unwritable(Path(args.confdir), "--confdir")
+        or _store_unreachable(args.db)
+    )
     if problem:
         print(f"airlock run: {problem}", file=sys.stderr)
         return 2
@@ -526,16 +532,44 @@ def _ports_taken(args: argparse.Namespace) -> str | None:
     wanted = [(args.port, "--port")]
     if args.metrics_port:
         wanted.append((args.metrics_port, "--metrics-port"))
+    if args.guard_port:
+        wanted.append((args.guard_port, "--guard-port"))
     for port, flag in wanted:
         with socket.socket() as probe:
             # as servers bind: a port left in TIME_WAIT by a stopped proxy is free
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
-                probe.bind((args.host if flag == "--port" else "127.0.0.1", port))
+                host = {"--port": args.host, "--guard-port": args.guard_host}.get(flag, "127.0.0.1")
+                probe.bind((host, port))
             except OSError as e:
                 extra = ", or 0 to turn metrics off" if flag == "--metrics-port" else ""
                 return (f"port {port} is taken ({e.strerror}): another Airlock or program "
                         f"listens there; choose another with {flag} PORT{extra}")  # fmt: skip
+    return None
+
+
+def _unusable_upstream_ca(path: str | None) -> str | None:
+    if not path:
+        return None
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError as e:
+        return f"--upstream-ca {path}: cannot be read ({e.strerror})"
+    if "-----BEGIN CERTIFICATE-----" not in text:
+        return f"--upstream-ca {path}: not a PEM certificate (no BEGIN CERTIFICATE line)"
+    return None
+
+
+def _unwritable(folder: Path, flag: str) -> str | None:
+    """The store, the CA and the audit keys are written here: say so before mitmproxy fails."""
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        return f"{flag} {folder}: cannot write there ({e.strerror}); choose a folder you can write"
     return None
 
 

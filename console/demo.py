@@ -127,18 +127,23 @@ def _wait_for_held(work: Path, count: int, agent: Any, timeout: float = 60.0) ->
 
 
 def _decide_for_the_reviewer(work: Path, console: Console) -> None:
-    """--auto: what a reviewer would do in the console, through the same store function."""
-    from airlock.store.approvals import APPROVED, DENIED, pending_approvals, resolve_approval
+    """--auto: what a reviewer would do, with the CLI (`airlock approve` / `airlock deny`)."""
+    from airlock.store.approvals import pending_approvals
 
     engine = _engine(work)
     try:
-        for held in pending_approvals(engine):
-            state = APPROVED if held.action == "delete_record" else DENIED
-            reason = "demo: looks right" if state == APPROVED else "demo: not today"
-            resolve_approval(engine, held.id, state, REVIEWER, reason)
-            console.print(f"{REVIEWER} {state.lower()} {held.action} ({held.id[:8]})")
+        held = pending_approvals(engine)
     finally:
         engine.dispose()
+    for approval in held:
+        verb = "approve" if approval.action == "delete_record" else "deny"
+        reason = "demo: looks right" if verb == "approve" else "demo: not today"
+        subprocess.run(
+            [sys.executable, "-m", "airlock.console.cli", verb, approval.id, "--data-dir",
+             str(work), "--reviewer", REVIEWER, "--reason", reason],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        console.print(f"$ airlock {verb} {approval.id[:8]}   # {approval.action}")
 
 
 def _review(work: Path, console: Console) -> None:

@@ -80,17 +80,18 @@ class HistoryScreen(Screen[None]):
 
     async def on_mount(self) -> None:
         table = self.query_one("#history", DataTable)
-        table.add_columns("when", "agent", "action", "target", "decision", "risk", "outcome")
+        # What was decided and what came of it first: at 80 columns the target is what goes.
+        table.add_columns("when", "decision", "outcome", "risk", "agent", "action", "target")
         runs = await asyncio.to_thread(lambda: list(recorded_decisions(self.engine, limit=200)))
         for run in reversed(runs):
             table.add_row(
                 time.strftime("%H:%M:%S", time.localtime(run.at)),
+                Text(run.decision, style=_DECISION_STYLE.get(run.decision, "")),
+                run.outcome or "",
+                "" if run.risk is None else str(run.risk),
                 run.agent,
                 run.action,
                 run.target,
-                Text(run.decision, style=_DECISION_STYLE.get(run.decision, "")),
-                "" if run.risk is None else str(run.risk),
-                run.outcome or "",
             )
 
 

@@ -87,6 +87,32 @@ def test_run_says_which_flag_fixes_a_taken_port_or_an_unreachable_store(
     assert len(err.strip().splitlines()) == 1
 
 
+def test_run_says_which_flag_fixes_a_bad_ca_an_unwritable_folder_or_a_taken_guard_port(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+
+    base = ["run", "--data-dir", str(tmp_path), "--quiet", "--port", "0", "--metrics-port", "0"]
+    assert main([*base, "--upstream-ca", str(tmp_path / "missing.pem")]) == 2
+    assert "--upstream-ca" in capsys.readouterr().err
+    (tmp_path / "not-a-cert.pem").write_text("hello")
+    assert main([*base, "--upstream-ca", str(tmp_path / "not-a-cert.pem")]) == 2
+    assert "not a PEM certificate" in capsys.readouterr().err
+    a_file = tmp_path / "a-file"  # a folder cannot be made inside a file, even by root
+    a_file.write_text("")
+    data = ["run", "--data-dir", str(a_file / "data"), "--quiet", "--port", "0"]
+    assert main([*data, "--metrics-port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--data-dir" in err and "cannot write there" in err and "Traceback" not in err
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main([*base, "--guard-port", str(port)]) == 2
+        err = capsys.readouterr().err
+        assert "choose another with --guard-port PORT" in err and "Traceback" not in err
+
+
 def test_pending_at_80_columns_cuts_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

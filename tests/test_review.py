@@ -139,7 +139,13 @@ def test_filter_history_and_live_updates(store: Engine) -> None:
             await pilot.press("h")
             assert isinstance(app.screen, HistoryScreen)
             await pilot.pause(0.2)
-            assert app.screen.query_one("#history", DataTable).row_count == 2
+            history = app.screen.query_one("#history", DataTable)
+            assert history.row_count == 2
+            # At 80 columns the outcome is on screen, however long the targets are.
+            columns = list(history.columns.values())
+            labels = [str(c.label) for c in columns]
+            before = labels.index("outcome") + 1
+            assert sum(c.get_render_width(history) for c in columns[:before]) <= 80
             await pilot.press("escape")
             assert not isinstance(app.screen, HistoryScreen)
 

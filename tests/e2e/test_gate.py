@@ -434,18 +434,39 @@ def test_agents_cannot_reach_the_postgresql_store_through_the_proxy(
 def test_graceful_shutdown_answers_held_requests_503_with_retry_after(
     start_proxy: Callable[..., Proxy], upstream: Upstream
 ) -> None:
+    import shutil
     import signal
+    import subprocess
 
     proxy = start_proxy("--hold-timeout", "30")
     held = Background(lambda: proxy.session().delete("https://api.stripe.com/v1/customers/cus_bye"))
-    [waiting] = eventually(lambda: pending(proxy))
+    curl = shutil.which("curl")
+    over_http2 = None
+    if curl:  # the same over HTTP/2, as curl speaks it
+        over_http2 = subprocess.Popen(
+            [curl, "-s", "--http2", "-x", proxy.url, "--cacert", str(proxy.ca_cert), "-X",
+             "DELETE", "-D", "-", "https://api.stripe.com/v1/customers/cus_h2"],
+            stdout=subprocess.PIPE, text=True, env=clean_env(),
+        )  # fmt: skip
+    need = 2 if over_http2 is not None else 1
+
+    def all_held() -> list[Any] | None:
+        found = pending(proxy)
+        return found if len(found) >= need else None
+
+    [waiting, *_] = eventually(all_held)
     assert proxy.process is not None
     proxy.process.send_signal(signal.SIGINT)
 
     response = held.result(timeout=20)
     assert (response.status_code, response.headers["Retry-After"]) == (503, "5")
     assert "shutting down" in response.json()["reason"]
+    if over_http2 is not None:
+        answer, _ = over_http2.communicate(timeout=20)
+        assert "HTTP/2 503" in answer and "retry-after: 5" in answer.lower(), answer
     assert proxy.process.wait(15) == 0
+    output = proxy.output()
+    assert "Traceback" not in output and "CancelledError" not in output, output[-3000:]
     late = airlock("approve", waiting["id"], "--db", proxy.db_url)
     assert late.returncode == 1 and "already EXPIRED" in late.stderr
     assert upstream.count() == 0
