@@ -367,7 +367,7 @@ class Runtime:
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def running(self) -> None:
-        quiet_cancelled_connections(asyncio.get_running_loop())
+        quiet_cancelled_connections()
         self._enforce_gating_options()
         await self.start_decider()
         self._listen_for_reload(asyncio.get_running_loop())
@@ -401,24 +401,24 @@ class Runtime:
         self.log.flush()
 
 
-def quiet_cancelled_connections(loop: asyncio.AbstractEventLoop) -> None:
-    """At shutdown mitmproxy cancels the connections still open (an HTTP/2 client keeps its
-    connection after its held request was answered 503). Python 3.11's asyncio streams then log
-    a CancelledError traceback per connection from StreamReaderProtocol's callback, which calls
-    task.exception() on the cancelled task (3.13 checks task.cancelled() first). Only that case
-    is silenced; anything else still reaches the previous handler."""
-    previous = loop.get_exception_handler()
+class _CancelledConnections(logging.Filter):
+    """At shutdown the connections still open (an HTTP/2 client keeps its connection after its
+    held request was answered 503) are cancelled when mitmproxy's event loop ends. Python 3.11's
+    asyncio streams then log a CancelledError traceback per connection from StreamReaderProtocol's
+    callback, which calls task.exception() on the cancelled task (3.13 checks task.cancelled()
+    first). The loop's own handler is mitmproxy's until then, so asyncio's logger is filtered:
+    only that record is dropped."""
 
-    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        cancelled = isinstance(context.get("exception"), asyncio.CancelledError)
-        if cancelled and "StreamReaderProtocol" in repr(context.get("handle")):
-            return
-        if previous is not None:
-            previous(loop, context)
-        else:
-            loop.default_exception_handler(context)
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        from_streams = "StreamReaderProtocol.connection_made" in str(record.msg)
+        return not (isinstance(error, asyncio.CancelledError) and from_streams)
 
-    loop.set_exception_handler(handler)
+
+def quiet_cancelled_connections() -> None:
+    logger = logging.getLogger("asyncio")
+    if not any(isinstance(f, _CancelledConnections) for f in logger.filters):
+        logger.addFilter(_CancelledConnections())
 
 
 def settle_heap() -> None:
