@@ -151,7 +151,7 @@ def _action(case: Node, config: Config) -> Action:
         call = ToolCall(name, str(case.get("target", "")), dict(case.get("params") or {}),
                         str(case["provider"]) if "provider" in case else None)  # fmt: skip
         return tool_action(call, config.mappings)
-    known = next((m for m in config.mappings.mappings if m.action == name), None)
+    known = config.mappings.describing(name)
     context = {"environment": case["environment"]} if "environment" in case else {}
     return Action(
         action=name,

@@ -273,6 +273,13 @@ class MappingIndex:
                 else:
                     self._exact.setdefault(glob.lower(), []).append(mapping)
         self._by_host_method: dict[tuple[str, str], list[Mapping]] = {}
+        self._first_of_action: dict[str, Mapping] = {}
+        for mapping in self.mappings:
+            self._first_of_action.setdefault(mapping.action, mapping)
+
+    def describing(self, action: str) -> Mapping | None:
+        """The first mapping that produces this action (its category, sensitivity, provider)."""
+        return self._first_of_action.get(action)
 
     def __len__(self) -> int:
         return len(self.mappings)

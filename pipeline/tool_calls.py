@@ -55,7 +55,7 @@ def tool_document(call: ToolCall, agent: str) -> Document:
 def tool_action(call: ToolCall, mappings: MappingIndex) -> Action:
     """The call as policies see it; its category and sensitivity are those the mappings give
     the same action (so a rule on delete_record governs both), else a high-sensitivity tool."""
-    described = next((m for m in mappings.mappings if m.action == call.action), None)
+    described = mappings.describing(call.action)
     category = described.category if described else DEFAULT_CATEGORY
     sensitivity = described.sensitivity if described else DEFAULT_SENSITIVITY
     context = {**call.context, "source": GUARD}

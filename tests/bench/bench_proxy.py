@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import json
 import os
 import shutil
 import ssl
@@ -32,6 +34,7 @@ PROCESS_DURABILITY = "Airlock --durability process"
 IN_PROCESS = "Airlock --decider in-process"
 VARIANTS = (("Airlock", "full"), (PROCESS_DURABILITY, "process"), (IN_PROCESS, "full, in-process"))
 METRICS_PORT = free_port()
+GUARD_PORT = free_port()
 BODY = b"amount=500&currency=usd&customer=cus_bench&metadata[order_id]=6735"
 REQUEST = (
     b"POST /v1/charges HTTP/1.1\r\nHost: api.stripe.com\r\n"
@@ -90,6 +93,60 @@ async def _load(
     for _, writer in connections:
         writer.close()
     return elapsed, latencies
+
+
+# --- the Guard API ---------------------------------------------------------------------------
+
+GUARD_CALL = json.dumps(
+    {"action": "create_charge", "provider": "stripe", "target": "customer/cus_1",
+     "params": {"amount": 500, "currency": "usd"}}
+).encode()  # fmt: skip
+GUARD_REQUEST = (
+    b"POST /v1/guard HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Basic "
+    + base64.b64encode(b"bench-agent:x")
+    + b"\r\nContent-Type: application/json\r\n"
+    b"Content-Length: " + str(len(GUARD_CALL)).encode() + b"\r\n\r\n" + GUARD_CALL
+)
+
+
+async def _guard_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> float:
+    started = time.perf_counter()
+    writer.write(GUARD_REQUEST)
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:"))  # fmt: skip
+    body = await reader.readexactly(length)
+    if b'"ALLOW"' not in body:
+        raise RuntimeError(f"unexpected guard answer: {head[:40]!r} {body[:200]!r}")
+    return time.perf_counter() - started
+
+
+async def _guard_load(port: int, concurrency: int, total: int) -> tuple[float, list[float]]:
+    connections = [await asyncio.open_connection("127.0.0.1", port) for _ in range(concurrency)]
+    for reader, writer in connections:
+        for _ in range(20):
+            await _guard_one(reader, writer)
+    latencies: list[float] = []
+
+    async def worker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for _ in range(total // concurrency):
+            latencies.append(await _guard_one(reader, writer))
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(r, w) for r, w in connections))
+    elapsed = time.perf_counter() - started
+    for _, writer in connections:
+        writer.close()
+    return elapsed, latencies
+
+
+def measure_guard(port: int, concurrency: int, total: int) -> Result:
+    elapsed, latencies = asyncio.run(_guard_load(port, concurrency, total))
+    latencies.sort()
+    return Result(
+        "Guard API", concurrency, len(latencies) / elapsed, statistics.median(latencies) * 1000,
+        latencies[int(len(latencies) * 0.99) - 1] * 1000,
+    )  # fmt: skip
 
 
 @dataclass
@@ -172,8 +229,9 @@ def start_proxies(
 ) -> tuple[Started, Started, Started, Started]:
     bare = start_bare(work, upstream_port, upstream_ca)
     airlock = start_airlock(
-        PROJECT_ROOT, work, "airlock", upstream_port, upstream_ca, mappings, METRICS_PORT
-    )
+        PROJECT_ROOT, work, "airlock", upstream_port, upstream_ca, mappings, METRICS_PORT,
+        ["--guard-port", str(GUARD_PORT)],
+    )  # fmt: skip
     process = start_airlock(
         PROJECT_ROOT, work, "airlock-process", upstream_port, upstream_ca, mappings, 0,
         ["--durability", "process"],
@@ -390,9 +448,16 @@ def main() -> int:
                     if key not in best or result.rps > best[key].rps:
                         best[key] = result
         floor_us = fdatasync_floor(work)
+        guard = [measure_guard(GUARD_PORT, c, args.requests) for c in (1, 16)]
         write_bulk_policies(work / "policies", args.rules)
         document_us, map_us, decide_us = stage_timings(work / "mappings", work / "policies")
         report(console, best, args, document_us, map_us, decide_us, work, floor_us)
+        console.print(
+            "Guard API (POST /v1/guard, an allowed create_charge, durability full, keep-alive): "
+            + "; ".join(f"concurrency {g.concurrency}: {g.rps:.0f} decisions/s, p50 "
+                        f"{g.p50_ms:.2f} ms, p99 {g.p99_ms:.2f} ms" for g in guard)
+            + f" (goals: p50 ≤ 1 ms + fdatasync {floor_us / 1000:.2f} ms; ≥ 1,000/s at 16)"
+        )  # fmt: skip
         held_report = while_held(airlock, airlock_port, airlock_conf, args.held, args.requests)
         console.print(held_report)
         settle = settlement_latencies(airlock_port, airlock_conf, work / "airlock.db")
