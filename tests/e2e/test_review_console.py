@@ -63,7 +63,7 @@ def test_the_console_renders_and_responds_in_a_real_terminal(
     )
     assert eventually(lambda: [p for p in pending(proxy) if p["target"] == "customer/cus_tmux"])
     session = f"airlock-review-{proxy.port}"
-    command = f"{sys.executable} -m console.cli review --reviewer bob --db {proxy.db_url}"
+    command = f"{sys.executable} -m airlock.console.cli review --reviewer bob --db {proxy.db_url}"
 
     def tmux(*args: str) -> str:
         return subprocess.run(
@@ -76,9 +76,9 @@ def test_the_console_renders_and_responds_in_a_real_terminal(
         "-s",
         session,
         "-x",
-        "100",
+        "80",
         "-y",
-        "30",
+        "24",
         f"cd {PROJECT_ROOT} && {command}",
     )
     try:
@@ -96,5 +96,12 @@ def test_the_console_renders_and_responds_in_a_real_terminal(
         response = held.result(timeout=20)
         assert response.status_code == 403
         assert response.json()["reason"] == "denied by bob: checked in tmux"
+        tmux("send-keys", "-t", session, "h")  # the history, at 80 columns: the outcome shows
+
+        def history() -> str | None:
+            screen = tmux("capture-pane", "-p", "-t", session)
+            return screen if "outcome" in screen and "denied" in screen else None
+
+        assert eventually(history, timeout=20), tmux("capture-pane", "-p", "-t", session)
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
