@@ -21,6 +21,7 @@ import base64
 import json
 import logging
 import time
+from collections import OrderedDict
 from typing import Any
 
 from mitmproxy import ctx
@@ -39,6 +40,11 @@ from airlock.store.schema import new_id
 log = logging.getLogger("airlock.addons.gatekeeper")
 
 MAX_WAIT = 60.0  # seconds one long-poll may wait
+MAX_REMEMBERED = 100_000  # allowed calls whose outcome may still be reported
+NOT_YOURS = (
+    "no call of yours with this request id was allowed here (an outcome is reported once, by "
+    "the agent the call was allowed to)"
+)
 MAX_BODY = 1 << 20
 OUTCOMES = ("succeeded", "failed")
 _FIELDS: dict[str, tuple[type | tuple[type, ...], bool]] = {  # name: (types, required)
@@ -60,6 +66,9 @@ class GuardApi:
         self.runtime = runtime
         self.identity = identity
         self.server: HTTPServer | None = None
+        # Calls answered ALLOW here, by request id, with their agent: only the agent a call was
+        # allowed to may report what it did (evidence nobody else can write over).
+        self.allowed: OrderedDict[str, str] = OrderedDict()
 
     def load(self, loader: Any) -> None:
         loader.add_option(
@@ -104,12 +113,30 @@ class GuardApi:
         runtime.metrics.count_decision(run.decision, run.action, run.provider)
         runtime.log.decision(run.decision, run, (time.perf_counter() - started) * 1000, "guard")
         if run.decision != REQUIRE_APPROVAL or decided.approval is None:
+            if run.decision == ALLOW:
+                self._allowed(run.id, agent)
             return 200, _answer(run, run.decision, run.reason)
         approval = decided.approval
         if not approval.joined:
             runtime.notifier.held(run, approval.id, approval.expires_at)
             return 200, _answer(run, REQUIRE_APPROVAL, run.reason, approval)
-        return await self._rejoined(run, approval, decided)
+        status, answer = await self._rejoined(run, approval, decided)
+        if answer["decision"] == ALLOW:
+            self._allowed(run.id, agent)
+        return status, answer
+
+    def _allowed(self, request_id: str, agent: str) -> None:
+        self.allowed[request_id] = agent
+        if len(self.allowed) > MAX_REMEMBERED:
+            self.allowed.popitem(last=False)
+
+    def outcome(self, agent: str, request_id: str, status: str) -> bool:
+        """Record what an allowed call did; False when it was not allowed to this agent here."""
+        if self.allowed.get(request_id) != agent:
+            return False
+        del self.allowed[request_id]  # reported once
+        self.runtime.record_outcome(request_id, status, None)
+        return True
 
     async def _rejoined(
         self, run: RunSummary, approval: ApprovalState, decided: Decided
@@ -259,6 +286,8 @@ class _Outcome(_Handler):
         if status not in OUTCOMES or set(fields) - {"status", "detail"}:
             self._error(400, 'expected {"status": "succeeded"|"failed", "detail"?}')
             return
-        self.api.runtime.record_outcome(run_id, status, None)
+        if not self.api.outcome(self.agent, run_id, status):
+            self._error(404, NOT_YOURS)
+            return
         self.set_status(202)
         self.finish({"recorded": True})

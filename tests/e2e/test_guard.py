@@ -114,6 +114,12 @@ def test_allowed_runs_and_its_outcome_is_recorded(airlock: Proxy) -> None:
         assert time.monotonic() < deadline, "the outcome was never recorded"
         time.sleep(0.05)
     assert runs(airlock, action="run_sql", decision="ALLOW")[0].outcome == "succeeded"
+    # Evidence only its own agent may write, once: another agent, or a second report, is 404.
+    url = f"http://127.0.0.1:{guard_port(airlock)}/v1/runs/{run.id}/outcome"
+    for agent in ("billing-bot", "ops-bot"):
+        again = requests.post(url, json={"status": "failed"}, auth=(agent, KEY), timeout=10)
+        assert again.status_code == 404
+    assert runs(airlock, action="run_sql", decision="ALLOW")[0].outcome == "succeeded"
 
 
 def test_blocked_never_runs_and_says_why(airlock: Proxy) -> None:
