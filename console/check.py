@@ -19,7 +19,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
 from airlock.pipeline.agents import AGENTS_FILE, REVIEWERS_FILE, load_agents, load_reviewers
-from airlock.pipeline.consistency import configuration_problems
+from airlock.pipeline.consistency import configuration_problems, reviewer_role_problems
 from airlock.pipeline.mappings import Mapping, MappingIndex, load_mapping_file, shadowed_mappings
 from airlock.pipeline.operations import OperationIndex, load_catalog
 from airlock.pipeline.policies import PolicySet, Rule, load_policy_file
@@ -88,6 +88,7 @@ def check(paths: Iterable[Path]) -> Report:
             MappingIndex(mappings, operations), PolicySet(rules, "ALLOW")
         )
         problems += [Problem(e.where, e.message) for e in together]
+    problems += _reviewer_roles(files, rules)
     problems += [
         Problem(
             later.where,
@@ -97,6 +98,20 @@ def check(paths: Iterable[Path]) -> Report:
         for later, earlier in shadowed_mappings(mappings)
     ]
     return Report(len(files), sorted(problems, key=_position))
+
+
+def _reviewer_roles(files: list[Path], rules: list[Rule]) -> list[Problem]:
+    """Rules that narrow who decides, against the reviewers file beside the policies."""
+    folders = {path.parent for path in files}
+    found = []
+    for folder in sorted(folders):
+        try:
+            reviewers = load_reviewers(folder)
+        except ConfigError:
+            continue  # reported with its own file
+        beside = [r for r in rules if str(r.where).startswith(str(folder))]
+        found += [Problem(e.where, e.message) for e in reviewer_role_problems(beside, reviewers)]
+    return found
 
 
 def _position(problem: Problem) -> tuple[str, int, int]:

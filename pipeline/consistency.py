@@ -12,6 +12,7 @@ import difflib
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from airlock.pipeline.agents import REVIEWERS_FILE, ReviewerRegistry
 from airlock.pipeline.extraction import ValueSpec
 from airlock.pipeline.mappings import Mapping, MappingIndex, snake_case
 from airlock.pipeline.policies import PolicySet, Rule
@@ -100,3 +101,27 @@ def _numeric(spec: ValueSpec) -> bool:
     if spec.lookup is not None:
         return all(_is_number(v) for v in spec.lookup.values())
     return False
+
+
+def reviewer_role_problems(rules: Iterable[Rule], reviewers: ReviewerRegistry) -> list[ConfigError]:
+    """A rule that narrows who decides its approvals must name roles reviewers.yaml gives
+    someone: without the file anyone may decide (the restriction would not hold), and a role
+    nobody has leaves its approvals undecidable."""
+    problems = []
+    held = {role for roles in reviewers.roles.values() for role in roles}
+    for rule in rules:
+        if not rule.reviewer_roles:
+            continue
+        if not reviewers.configured:
+            problems.append(ConfigError(rule.where, (
+                f"rule {rule.id!r} lets only reviewers in {list(rule.reviewer_roles)} decide, "
+                f"but there is no {REVIEWERS_FILE} listing reviewers and their roles: without "
+                "it anyone may decide, so the restriction would not hold"
+            )))  # fmt: skip
+            continue
+        for role in sorted(set(rule.reviewer_roles) - held):
+            problems.append(ConfigError(rule.where, (
+                f"rule {rule.id!r} names reviewer role {role!r}, which no reviewer in "
+                f"{REVIEWERS_FILE} has: its approvals could never be decided"
+            )))  # fmt: skip
+    return problems

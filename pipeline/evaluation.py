@@ -10,8 +10,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from airlock.pipeline.agents import AgentRegistry, load_agents
-from airlock.pipeline.consistency import configuration_problems
+from airlock.pipeline.agents import AgentRegistry, load_agents, load_reviewers
+from airlock.pipeline.consistency import configuration_problems, reviewer_role_problems
 from airlock.pipeline.document import Document, normalise_host
 from airlock.pipeline.history import History
 from airlock.pipeline.mappings import (
@@ -39,6 +39,7 @@ class Config:
             load_mappings(mappings_dir), load_policies(policies_dir), load_agents(policies_dir)
         )
         problems = configuration_problems(config.mappings, config.policies)
+        problems += reviewer_role_problems(config.policies.rules, load_reviewers(policies_dir))
         if problems:
             raise problems[0]
         return config

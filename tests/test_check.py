@@ -178,3 +178,34 @@ def test_the_proxy_refuses_to_load_what_would_break_at_runtime(tmp_path: Path) -
         assert str(e).startswith(f"{policies}:2:")
     else:
         raise AssertionError("loaded a rule that refuses every SendGrid mail")
+
+
+def test_rules_that_narrow_reviewers_need_roles_someone_has(tmp_path: Path) -> None:
+    """Without reviewers.yaml anyone may decide: `reviewers: [sre]` would not hold. With it, a
+    role nobody has would leave the approvals undecidable. Both refuse to load; check lists both."""
+    from airlock.pipeline.evaluation import Config
+    from airlock.pipeline.yaml_source import ConfigError
+
+    folder = tmp_path / "policies"
+    rules = write(folder, "p.yaml", """
+        rules:
+          - {id: prod-deletes, when: {action: delete_record}, decision: REQUIRE_APPROVAL,
+             reviewers: [sre]}
+        """)  # fmt: skip
+    try:
+        Config.load(PROJECT_ROOT / "mappings", folder)
+    except ConfigError as e:
+        assert str(e).startswith(f"{rules}:2:") and "no reviewers.yaml" in str(e)
+    else:
+        raise AssertionError("a reviewer restriction that would not hold was loaded")
+    [found] = lines([PROJECT_ROOT / "mappings", folder])
+    assert "anyone may decide, so the restriction would not hold" in found
+
+    write(folder, "reviewers.yaml", "reviewers:\n  - {id: alice, roles: [payments-lead]}\n")
+    [found] = lines([PROJECT_ROOT / "mappings", folder])
+    assert found.startswith(f"{rules}:2:")
+    assert "reviewer role 'sre', which no reviewer in reviewers.yaml has" in found
+
+    write(folder, "reviewers.yaml", "reviewers:\n  - {id: bob, roles: [sre]}\n")
+    assert lines([PROJECT_ROOT / "mappings", folder]) == []
+    assert Config.load(PROJECT_ROOT / "mappings", folder).policies.rules
