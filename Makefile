@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml sdk/pyproject.toml
 $(SDK_STAMP):
 	$(PYTHON) -m venv $(SDK_VENV)
 	$(SDK_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(SDK_VENV)/bin/python -m pip install --quiet openai anthropic
+	$(SDK_VENV)/bin/python -m pip install --quiet openai anthropic mcp
 	touch $(SDK_STAMP)
 
 ## run: start the proxy on 127.0.0.1:8080 with the shipped mappings, policies and an SQLite store

@@ -86,6 +86,8 @@ class Gate:
             return
         run = decided.run
         flow.metadata["airlock_recorded"] = True
+        if run.protocol:
+            flow.metadata["airlock_protocol"] = run.protocol  # its outcome is read as such
         # Counted and printed right after the request is on its way, not before.
         asyncio.get_running_loop().call_soon(
             self._report, run, decided.failed_stage, time.perf_counter() - started

@@ -41,6 +41,7 @@ log = logging.getLogger("airlock.addons.gatekeeper")
 
 MAX_WAIT = 60.0  # seconds one long-poll may wait
 MAX_REMEMBERED = 100_000  # allowed calls whose outcome may still be reported
+MAX_DETAIL = 2_000  # characters of an outcome's detail kept on the record
 NOT_YOURS = (
     "no call of yours with this request id was allowed here (an outcome is reported once, by "
     "the agent the call was allowed to)"
@@ -130,12 +131,13 @@ class GuardApi:
         if len(self.allowed) > MAX_REMEMBERED:
             self.allowed.popitem(last=False)
 
-    def outcome(self, agent: str, request_id: str, status: str) -> bool:
+    def outcome(self, agent: str, request_id: str, status: str, detail: str | None) -> bool:
         """Record what an allowed call did; False when it was not allowed to this agent here."""
         if self.allowed.get(request_id) != agent:
             return False
         del self.allowed[request_id]  # reported once
-        self.runtime.record_outcome(request_id, status, None)
+        kept = {"detail": detail[:MAX_DETAIL]} if detail else None
+        self.runtime.record_outcome(request_id, status, None, detail=kept)
         return True
 
     async def _rejoined(
@@ -286,7 +288,11 @@ class _Outcome(_Handler):
         if status not in OUTCOMES or set(fields) - {"status", "detail"}:
             self._error(400, 'expected {"status": "succeeded"|"failed", "detail"?}')
             return
-        if not self.api.outcome(self.agent, run_id, status):
+        detail = fields.get("detail")
+        if detail is not None and not isinstance(detail, str):
+            self._error(400, "'detail' must be a string")
+            return
+        if not self.api.outcome(self.agent, run_id, status, detail):
             self._error(404, NOT_YOURS)
             return
         self.set_status(202)

@@ -3,11 +3,27 @@ error, recorded on the request's run (refusals are recorded where they are made)
 
 from __future__ import annotations
 
+import json
 import time
+from typing import Any
 
 from mitmproxy import http
 
 from airlock.addons.runtime import Runtime
+from airlock.pipeline.mcp import tool_outcome
+
+
+def mcp_outcome(flow: http.HTTPFlow) -> dict[str, Any] | None:
+    """An MCP tool call's result (or error), read from the server's JSON or event stream."""
+    response = flow.response
+    if response is None or response.raw_content is None:  # streamed: not kept to read
+        return None
+    try:
+        request = json.loads(flow.request.get_content(strict=False) or b"")
+        content = response.get_content(strict=False) or b""
+    except ValueError:
+        return None
+    return tool_outcome(request, content, response.headers.get("content-type", ""))
 
 
 class Outcomes:
@@ -23,7 +39,10 @@ class Outcomes:
             return
         released = flow.metadata.get("airlock_released", flow.response.timestamp_start)
         upstream_ms = ((flow.response.timestamp_end or time.time()) - released) * 1000
-        self.runtime.record_outcome(run_id, "forwarded", flow.response.status_code, upstream_ms)
+        detail = mcp_outcome(flow) if flow.metadata.get("airlock_protocol") == "mcp" else None
+        self.runtime.record_outcome(
+            run_id, "forwarded", flow.response.status_code, upstream_ms, detail
+        )
 
     def error(self, flow: http.HTTPFlow) -> None:
         run_id = flow.metadata.get("airlock")

@@ -11,6 +11,7 @@ from typing import Any
 from mitmproxy import http
 
 from airlock.pipeline.answers import load_answers, situation_of
+from airlock.pipeline.mcp import refusal_answers
 from airlock.pipeline.run_record import RunSummary
 
 
@@ -40,7 +41,10 @@ class Refusals:
         body = airlock_body(run, reason, request_id, approval, status, message)
         content = (json.dumps(body, indent=2) + "\n").encode()
         vendor = self.answers.format_for(run.operation)
-        if vendor is not None:  # the SDK's own error type, with the reason in its message
+        answers = mcp_answers(flow, run, message, request_id, approval)
+        if answers is not None:  # an MCP client: a result the model reads, not an HTTP error
+            status, content = 200, (json.dumps(answers) + "\n").encode()
+        elif vendor is not None:  # the SDK's own error type, with the reason in its message
             vendor_headers, content = vendor.render(
                 situation_of(status, approval, recorded),
                 message,
@@ -58,6 +62,23 @@ class Refusals:
                 **(headers or {}),
             },
         )
+
+
+def mcp_answers(
+    flow: http.HTTPFlow, run: RunSummary, message: str, request_id: str | None,
+    approval: dict[str, Any] | None,
+) -> Any:  # fmt: skip
+    """JSON-RPC answers for a refused MCP request (pipeline/mcp.py), None for anything else."""
+    if run.protocol != "mcp":
+        return None
+    try:
+        body = json.loads(flow.request.get_content(strict=False) or b"")
+    except ValueError:
+        return None
+    meta = {"decision": run.decision, "request_id": request_id}
+    if approval:
+        meta |= {"approval_id": approval["id"], "approval_state": approval["state"]}
+    return refusal_answers(body, message, {"airlock": meta})
 
 
 def airlock_body(

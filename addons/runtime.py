@@ -31,7 +31,7 @@ from airlock.decider.client import DECIDER_KINDS, WORKER, Decider, decider_for
 from airlock.decider.messages import Configuration, Settled, Setup, StoreAddress
 from airlock.pipeline.evaluation import Config
 from airlock.pipeline.policies import ENFORCE, MODES
-from airlock.pipeline.redaction import redact_mitmproxy_logs
+from airlock.pipeline.redaction import redact_mitmproxy_logs, redact_value
 from airlock.pipeline.run_record import RunSummary
 from airlock.pipeline.yaml_source import ConfigError, Sources, recording_sources, sources_hash
 from airlock.store.approvals import (
@@ -347,11 +347,18 @@ class Runtime:
         await self.ask().start()
 
     def record_outcome(
-        self, run_id: str, outcome: str, status: int | None, upstream_ms: float | None = None
+        self,
+        run_id: str,
+        outcome: str,
+        status: int | None,
+        upstream_ms: float | None = None,
+        detail: dict[str, Any] | None = None,
     ) -> None:
+        """`detail`: what the call did (an MCP tool's result), redacted before it is sent."""
         if self.decider is not None:
+            detail = redact_value(detail) if detail is not None else None
             self.decider.record_outcome(
-                OutcomeRecord(run_id, time.time(), outcome, status, upstream_ms)
+                OutcomeRecord(run_id, time.time(), outcome, status, upstream_ms, detail)
             )
 
     def remember(self, run: RunSummary, passed: bool) -> None:

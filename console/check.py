@@ -20,7 +20,13 @@ from jsonschema.exceptions import ValidationError, best_match
 
 from airlock.pipeline.agents import AGENTS_FILE, REVIEWERS_FILE, load_agents, load_reviewers
 from airlock.pipeline.consistency import configuration_problems, reviewer_role_problems
-from airlock.pipeline.mappings import Mapping, MappingIndex, load_mapping_file, shadowed_mappings
+from airlock.pipeline.mappings import (
+    Mapping,
+    MappingIndex,
+    load_mapping_file,
+    shadowed_mappings,
+    unknown_servers,
+)
 from airlock.pipeline.operations import OperationIndex, load_catalog
 from airlock.pipeline.policies import PolicySet, Rule, load_policy_file
 from airlock.pipeline.yaml_source import ConfigError, Node, Seq, Where, load_yaml
@@ -78,14 +84,16 @@ def check(paths: Iterable[Path]) -> Report:
     mappings: list[Mapping] = []
     rules: list[Rule] = []
     operations = load_catalog()
+    servers: dict[str, tuple[str, ...]] = {}  # MCP server names, from every mapping file
     for path in files:
         if path.name.endswith((".test.yaml", ".test.yml")):
             continue  # policy tests are checked by `airlock test`
-        problems += _check_file(path, mappings, rules, operations)
+        problems += _check_file(path, mappings, rules, operations, servers)
     problems += _duplicates(mappings, rules)
+    problems += [Problem(e.where, e.message) for e in unknown_servers(mappings, servers)]
     if mappings and rules:  # what they must agree on, when both are being checked
         together = configuration_problems(
-            MappingIndex(mappings, operations), PolicySet(rules, "ALLOW")
+            MappingIndex(mappings, operations, servers), PolicySet(rules, "ALLOW")
         )
         problems += [Problem(e.where, e.message) for e in together]
     problems += _reviewer_roles(files, rules)
@@ -122,7 +130,11 @@ def _position(problem: Problem) -> tuple[str, int, int]:
 
 
 def _check_file(
-    path: Path, mappings: list[Mapping], rules: list[Rule], operations: OperationIndex
+    path: Path,
+    mappings: list[Mapping],
+    rules: list[Rule],
+    operations: OperationIndex,
+    servers: dict[str, tuple[str, ...]],
 ) -> list[Problem]:
     try:
         document = load_yaml(path)
@@ -141,7 +153,7 @@ def _check_file(
     errors: list[ConfigError] = []
     try:
         if kind == "mapping":
-            mappings += load_mapping_file(path, len(mappings), errors, operations)
+            mappings += load_mapping_file(path, len(mappings), errors, operations, servers)
         else:
             rules += load_policy_file(path, len(rules), errors)[0]
     except ConfigError as e:  # a problem with the file as a whole

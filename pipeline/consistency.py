@@ -19,7 +19,10 @@ from airlock.pipeline.policies import PolicySet, Rule
 from airlock.pipeline.yaml_source import ConfigError, Node
 
 # Actions that no mapping names but Airlock itself gives.
-BUILT_IN_ACTIONS = frozenset({"http.read", "http.write", "proxy.authenticate", "unknown"})
+BUILT_IN_ACTIONS = frozenset(
+    {"http.read", "http.write", "proxy.authenticate", "unknown", "mcp.read", "mcp.unknown_method"}
+)
+MCP_ACTIONS = "mcp."  # mcp.<server>.<tool>: named by the MCP servers agents call
 ORDERING = frozenset({"gt", "gte", "lt", "lte", "between"})
 NUMERIC_KINDS = frozenset({"int", "float", "decimal"})
 
@@ -41,14 +44,15 @@ def known_actions(mappings: MappingIndex) -> frozenset[str]:
     derived: set[str] = set()
     if mappings.operations is not None:
         derived = {snake_case(name.rsplit(".", 1)[-1]) for name in mappings.operations.names()}
-    return frozenset({m.action for m in mappings.mappings} | derived | BUILT_IN_ACTIONS)
+    curated = {m.action for m in mappings.mappings if "{" not in m.action}
+    return frozenset(curated | derived | BUILT_IN_ACTIONS)
 
 
 def _unknown_actions(rule: Rule, known: frozenset[str]) -> Iterator[ConfigError]:
     if rule.source == "guard":
         return  # tool calls name their own actions (pipeline/tool_calls.py)
     for action in sorted(rule.actions or ()):
-        if action not in known:
+        if action not in known and not action.startswith(MCP_ACTIONS):
             near = difflib.get_close_matches(action, known, n=1)
             hint = f"; did you mean {near[0]!r}?" if near else ""
             yield ConfigError(

@@ -7,8 +7,9 @@ call the same code.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from airlock.pipeline.agents import AgentRegistry, load_agents, load_reviewers
 from airlock.pipeline.consistency import configuration_problems, reviewer_role_problems
@@ -21,7 +22,14 @@ from airlock.pipeline.mappings import (
     fallback_action,
     load_mappings,
 )
-from airlock.pipeline.policies import BLOCK, PolicySet, Verdict, load_policies
+from airlock.pipeline.mcp import header_problem, is_batch, jsonrpc_messages
+from airlock.pipeline.policies import (
+    BLOCK,
+    RESTRICTIVENESS,
+    PolicySet,
+    Verdict,
+    load_policies,
+)
 from airlock.pipeline.risk import Risk, score
 
 
@@ -60,6 +68,39 @@ def evaluate(document: Document, config: Config, history: History | None = None)
     problem = request_problem(document)
     if problem:
         return _failed("request", fallback_action(document), ValueError(problem))
+    messages = jsonrpc_messages(document)
+    if messages is None:
+        return _evaluate_one(document, config, history)
+    mismatch = header_problem(document["headers"], messages)
+    if is_batch(document):
+        evaluation = _evaluate_batch(document, messages, config, history)
+    else:
+        evaluation = _evaluate_one(document, config, history)
+    if mismatch:
+        verdict = Verdict(BLOCK, f"{mismatch}: what is judged must be what runs", ("mcp-headers",))
+        return replace(evaluation, verdict=verdict)
+    return evaluation
+
+
+def _evaluate_batch(
+    document: Document, messages: list[dict[str, Any]], config: Config, history: History | None
+) -> Evaluation:
+    """A JSON-RPC batch, element by element: the most restrictive decision is the batch's (one
+    BLOCK blocks it all), and its reason names the element that decided."""
+    evaluations = [_evaluate_one({**document, "body": m}, config, history) for m in messages]
+    decisive = max(evaluations, key=lambda e: RESTRICTIVENESS[e.verdict.decision])
+    where = f"call {evaluations.index(decisive) + 1} of {len(messages)} in a JSON-RPC batch"
+    action = decisive.action
+    context = {**action.context, "batch": [e.action.action for e in evaluations]}
+    verdict = decisive.verdict
+    return replace(
+        decisive,
+        action=replace(action, context=context),
+        verdict=replace(verdict, reason=f"{where} ({action.action}): {verdict.reason}"),
+    )
+
+
+def _evaluate_one(document: Document, config: Config, history: History | None) -> Evaluation:
     try:
         action = config.mappings.map(document)
     except MappingError as e:

@@ -7,9 +7,10 @@ exact host, then method; glob hosts are resolved once per host name and cached.
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,15 @@ from airlock.pipeline.extraction import (
     load_value_specs,
 )
 from airlock.pipeline.hosts import host_glob_regex
+from airlock.pipeline.mcp import (
+    TOOLS_CALL,
+    McpError,
+    is_batch,
+    is_read,
+    is_session_request,
+    jsonrpc_messages,
+    tool_call,
+)
 from airlock.pipeline.operations import DEFAULT_CATALOG, Operation, OperationIndex, load_catalog
 from airlock.pipeline.yaml_source import (
     ConfigError,
@@ -56,7 +66,7 @@ SENSITIVITIES = ("low", "medium", "high", "critical")
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 HTTP_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"})
 
-_FILE_KEYS = {"provider", "hosts", "mappings", "description", "context"}
+_FILE_KEYS = {"provider", "hosts", "mappings", "description", "context", "servers"}
 _MAPPING_KEYS = {
     "id",
     "action",
@@ -72,8 +82,11 @@ _MAPPING_KEYS = {
     "context",
     "undo",
     "operation",
+    "server",
+    "tool",
 }
 _UNDO_KEYS = {"action", "description", "params"}
+MCP_CONTEXT = {"protocol": "mcp"}  # answers and outcomes are JSON-RPC (addons/refusals.py)
 _TEMPLATE_FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(\+?)\}")
 
 
@@ -156,6 +169,19 @@ class Mapping:
     where: Where
     order: int = field(compare=False)
     operations: tuple[str, ...] = ()  # `operation:` names: matched by identity, not by URL
+    # MCP `tools/call` mappings (`server:` alias or "*", `tool:` name or glob): matched by the
+    # call's server and tool, whatever the URL.
+    server: str | None = None
+    tool: re.Pattern[str] | None = None
+    tool_glob: str | None = None
+
+    def calls(self, server: str, tool: str) -> bool:
+        """This MCP mapping covers the tool of that server."""
+        return (
+            self.tool is not None
+            and self.server in ("*", server)
+            and self.tool.match(tool) is not None
+        )
 
     def mismatch(self, document: Document) -> str | None:
         """Why this mapping does not match the request (None when it does): for `explain`."""
@@ -184,9 +210,18 @@ class Mapping:
         return None
 
     def apply(
-        self, document: Document, captures: dict[str, str], operation: Operation | None = None
+        self,
+        document: Document,
+        captures: dict[str, str],
+        operation: Operation | None = None,
+        names: dict[str, str] | None = None,
+        arguments: dict[str, Any] | None = None,
     ) -> Action:
+        """`names`: what an MCP call's action and target templates may use ({server}, {tool});
+        `arguments`: its params when the mapping names none."""
         params: dict[str, Any] = dict(captures)
+        if arguments is not None and not self.params:
+            params.update(arguments)
         context: dict[str, Any] = {}
         if operation is not None:  # `$.fields.Bucket`: the operation's request fields
             document = {**document, "fields": operation.fields}
@@ -206,11 +241,11 @@ class Mapping:
             )  # fmt: skip
             raise MappingError(f"mapping {self.id} ({self.where}): {e}", known) from e
         return Action(
-            action=self.action,
+            action=render_template(self.action, names) if names else self.action,
             provider=self.provider,
             category=self.category,
             sensitivity=self.sensitivity,
-            target=self._render_target(document, {**context, **params}),
+            target=self._render_target(document, {**context, **params, **(names or {})}),
             params=params,
             mapping_id=self.id,
             context=context,
@@ -257,17 +292,22 @@ class MappingIndex:
     """
 
     def __init__(
-        self, mappings: Iterable[Mapping], operations: OperationIndex | None = None
+        self,
+        mappings: Iterable[Mapping],
+        operations: OperationIndex | None = None,
+        servers: dict[str, str] | None = None,
     ) -> None:
         self.mappings: list[Mapping] = sorted(mappings, key=lambda m: m.order)
         self.operations = operations
+        self.servers = McpServers(servers or {})
+        self._tool_mappings = [m for m in self.mappings if m.tool is not None]
         self._exact: dict[str, list[Mapping]] = {}
         self._globs: list[tuple[re.Pattern[str], Mapping]] = []
         self._by_operation: dict[str, list[Mapping]] = {}
         for mapping in self.mappings:
             for name in mapping.operations:
                 self._by_operation.setdefault(name, []).append(mapping)
-            for glob in () if mapping.operations else mapping.host_globs:
+            for glob in () if mapping.operations or mapping.tool else mapping.host_globs:
                 if "*" in glob:
                     self._globs.append((host_glob_regex(glob), mapping))
                 else:
@@ -325,6 +365,12 @@ class MappingIndex:
         return None
 
     def map(self, document: Document) -> Action:
+        messages = jsonrpc_messages(document)
+        if messages is not None and not is_batch(document):  # a batch: element by element
+            return self.map_mcp(document, messages[0])
+        if is_session_request(document):
+            server = self.servers.name_of(document["host"])
+            return mcp_method_action(server, f"({document['method']} session)", True)
         operation = self.identify(document)
         found = self.match(document, operation)
         if found is not None:
@@ -333,6 +379,71 @@ class MappingIndex:
         if operation is not None:
             return derived_action(document, operation)
         return fallback_action(document)
+
+    def map_mcp(self, document: Document, message: dict[str, Any]) -> Action:
+        """One MCP message: a tool call by the first `tool:` mapping that covers it, else as
+        `mcp.<server>.<tool>`; the protocol's own methods as reads."""
+        server = self.servers.name_of(document["host"])
+        method = message.get("method")
+        if method != TOOLS_CALL:
+            return mcp_method_action(server, method, is_read(message))
+        try:
+            tool, arguments = tool_call(message)
+        except McpError as e:
+            known = mcp_method_action(server, method, False)
+            raise MappingError(str(e), known) from e
+        names = {"server": server, "tool": tool}
+        for mapping in self._tool_mappings:
+            if mapping.calls(server, tool) and all(c.holds(document) for c in mapping.match):
+                action = mapping.apply(document, {}, names=names, arguments=arguments)
+                return replace(action, context={**action.context, **MCP_CONTEXT})
+        return Action(
+            action=f"mcp.{server}.{tool}",
+            provider="mcp",
+            category="tool",
+            sensitivity="medium",
+            target=f"mcp/{server}/{tool}",
+            params={**arguments, **body_notes(document)},
+            mapping_id=None,
+            context=dict(MCP_CONTEXT),
+        )
+
+
+class McpServers:
+    """The names MCP servers take in actions (`servers:` in a mapping file: name → hosts);
+    a server without one is named by its host."""
+
+    def __init__(self, hosts_by_name: dict[str, tuple[str, ...]]) -> None:
+        self.names = frozenset(hosts_by_name)
+        self._exact: dict[str, str] = {}
+        self._globs: list[tuple[re.Pattern[str], str]] = []
+        for name, hosts in hosts_by_name.items():
+            for host in hosts:
+                if "*" in host:
+                    self._globs.append((host_glob_regex(host), name))
+                else:
+                    self._exact[host] = name
+
+    def name_of(self, host: str) -> str:
+        found = self._exact.get(host)
+        if found is None:
+            found = next((name for regex, name in self._globs if regex.match(host)), host)
+        return found
+
+
+def mcp_method_action(server: str, method: Any, read: bool) -> Action:
+    """An MCP message that is not a tool call: the protocol's own methods read; one MCP does not
+    define is a tool call whose meaning nobody described."""
+    return Action(
+        action="mcp.read" if read else "mcp.unknown_method",
+        provider="mcp",
+        category="read" if read else "tool",
+        sensitivity="low" if read else "medium",
+        target=f"mcp/{server}",
+        params={"method": method if isinstance(method, str) else None},
+        mapping_id=None,
+        context=dict(MCP_CONTEXT),
+    )
 
 
 _WORD = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
@@ -394,8 +505,13 @@ def load_mappings(directory: Path, catalog: Path | None = DEFAULT_CATALOG) -> Ma
     """The mapping files in `directory`, over the generated operation catalog (None: without)."""
     operations = load_catalog(catalog) if catalog is not None else None
     mappings: list[Mapping] = []
+    servers: dict[str, tuple[str, ...]] = {}
     for path in yaml_files(directory):
-        mappings.extend(load_mapping_file(path, start=len(mappings), operations=operations))
+        mappings.extend(
+            load_mapping_file(path, len(mappings), operations=operations, servers=servers)
+        )
+    for problem in unknown_servers(mappings, servers):
+        raise problem
     seen: dict[str, Mapping] = {}
     for mapping in mappings:
         if mapping.id in seen:
@@ -404,7 +520,22 @@ def load_mappings(directory: Path, catalog: Path | None = DEFAULT_CATALOG) -> Ma
                 f"duplicate mapping id {mapping.id!r} (first at {seen[mapping.id].where})",
             )
         seen[mapping.id] = mapping
-    return MappingIndex(mappings, operations)
+    return MappingIndex(mappings, operations, servers)
+
+
+def unknown_servers(
+    mappings: Iterable[Mapping], servers: dict[str, tuple[str, ...]]
+) -> list[ConfigError]:
+    """MCP mappings naming a server no `servers:` entry names: they would never match."""
+    return [
+        ConfigError(
+            m.where,
+            f"mapping {m.id!r} names MCP server {m.server!r}, which no 'servers:' entry "
+            f"defines (defined: {', '.join(sorted(servers)) or 'none'}); use '*' for any server",
+        )
+        for m in mappings
+        if m.tool is not None and m.server != "*" and m.server not in servers
+    ]
 
 
 def load_mapping_file(
@@ -412,8 +543,10 @@ def load_mapping_file(
     start: int = 0,
     errors: list[ConfigError] | None = None,
     operations: OperationIndex | None = None,
+    servers: dict[str, tuple[str, ...]] | None = None,
 ) -> list[Mapping]:
-    """With `errors`, a broken mapping is reported there and the rest still load (`check`)."""
+    """With `errors`, a broken mapping is reported there and the rest still load (`check`).
+    `servers` collects the file's MCP server names (`servers:`)."""
     root = load_yaml(path)
     if root is None:
         return []
@@ -423,6 +556,7 @@ def load_mapping_file(
     expect_type(root, "provider", root["provider"], str, "a string")
     default_hosts = _hosts(root, "hosts") if "hosts" in root else ()
     file_context = load_value_specs(root, "context")
+    _load_servers(root, servers if servers is not None else {})
     entries = root["mappings"]
     if not isinstance(entries, Seq):
         raise ConfigError(root.at("mappings"), "'mappings' must be a list")
@@ -448,6 +582,25 @@ def load_mapping_file(
     return mappings
 
 
+_SERVER_NAME = re.compile(r"[a-z][a-z0-9_-]*\Z")
+
+
+def _load_servers(root: Node, servers: dict[str, tuple[str, ...]]) -> None:
+    """`servers: {github: [api.githubcopilot.com]}`: the name each MCP server takes in actions."""
+    found = optional_node(root, "servers", "a mapping of MCP server names to their hosts")
+    if found is None:
+        return
+    for name in found:
+        if not isinstance(name, str) or not _SERVER_NAME.match(name):
+            raise ConfigError(
+                found.key_at(name),
+                f"MCP server name {name!r} must be lower-case letters, digits, '_' or '-'",
+            )
+        if name in servers:
+            raise ConfigError(found.key_at(name), f"MCP server {name!r} is defined twice")
+        servers[name] = _hosts(found, name)
+
+
 def _hosts(node: Node, key: str) -> tuple[str, ...]:
     value = node[key]
     hosts = [value] if isinstance(value, str) else value
@@ -470,11 +623,16 @@ def _load_mapping(
         raise ConfigError(where, "each mapping must be a YAML mapping (action, method, path, ...)")
     expect_keys(entry, _MAPPING_KEYS, {"action"}, "mapping")
     named = _operations(entry, operations)
+    server, tool = _tool(entry)
     hosts = _hosts(entry, "hosts") if "hosts" in entry else default_hosts
-    if not hosts and not named:
+    if not hosts and not named and tool is None:
         raise ConfigError(where, "mapping has no hosts: set 'hosts' on the file or the mapping")
     action = entry["action"]
     expect_type(entry, "action", action, str, "a string")
+    if "{" in action and tool is None:
+        raise ConfigError(
+            entry.at("action"), "only an MCP mapping ('tool:') can template its action name"
+        )
     return Mapping(
         id=str(entry.get("id") or f"{stem}.{action}.{order}"),
         provider=provider,
@@ -493,7 +651,29 @@ def _load_mapping(
         where=where,
         order=order,
         operations=named,
+        server=server,
+        tool=re.compile(fnmatch.translate(tool)) if tool is not None else None,
+        tool_glob=tool,
     )
+
+
+def _tool(entry: Node) -> tuple[str | None, str | None]:
+    """`server:` and `tool:` of an MCP mapping: matched by the call, not by URL."""
+    if "tool" not in entry:
+        if "server" in entry:
+            raise ConfigError(entry.at("server"), "'server' needs 'tool' (the MCP tool's name)")
+        return None, None
+    for key in ("method", "path", "hosts", "operation"):
+        if key in entry:
+            raise ConfigError(
+                entry.at(key),
+                f"'{key}' cannot be combined with 'tool': an MCP tool call is matched by its "
+                "server and tool name, whatever the URL",
+            )
+    tool, server = entry["tool"], entry.get("server", "*")
+    expect_type(entry, "tool", tool, str, "a tool name or glob")
+    expect_type(entry, "server", server, str, "a server name (see 'servers:') or '*'")
+    return server, tool
 
 
 def _operations(entry: Node, operations: OperationIndex | None) -> tuple[str, ...]:
@@ -615,6 +795,14 @@ def shadowed_mappings(mappings: Iterable[Mapping]) -> list[tuple[Mapping, Mappin
 
 
 def _covers(earlier: Mapping, later: Mapping, sample: str | None) -> bool:
+    if earlier.tool is not None or later.tool is not None:  # MCP: by server and tool
+        return (
+            not earlier.match
+            and earlier.tool is not None
+            and later.tool_glob is not None
+            and earlier.server in ("*", later.server)
+            and earlier.tool.match(later.tool_glob) is not None
+        )
     if earlier.operations or later.operations:  # by identity: the same operations, or none
         return (
             not earlier.match

@@ -13,6 +13,7 @@ from typing import Any
 from airlock.pipeline.document import Document
 from airlock.pipeline.evaluation import Evaluation
 from airlock.pipeline.mappings import fallback_action
+from airlock.pipeline.mcp import jsonrpc_messages, without_ids
 from airlock.pipeline.policies import ALLOW, BLOCK, ENFORCE, OFF, Shadow, Verdict
 from airlock.pipeline.redaction import redact_document, redact_text, redact_value
 
@@ -42,6 +43,7 @@ class RunSummary:
     shadow_rules: list[str] | None = None
     error: str | None = None
     risk_factors: Any = None
+    protocol: str | None = None  # "mcp": answers and outcomes are JSON-RPC (pipeline/mcp.py)
 
 
 @dataclass(slots=True)
@@ -79,12 +81,14 @@ class RunRecord:
     outcome: str | None = None  # known at decision time for a block
     status: int | None = None
     upstream_ms: float | None = None
+    outcome_detail: dict[str, Any] | None = None  # what the call did (an MCP tool's result)
 
     def summary(self) -> RunSummary:
         return RunSummary(
             self.id, self.decision, self.action, self.rules, self.reason, self.at, self.agent,
             self.provider, self.operation, self.target, self.params, self.risk,
             self.shadow_decision, self.shadow_rules, self.error, self.risk_factors,
+            (self.context or {}).get("protocol"),
         )  # fmt: skip
 
     def as_row(self) -> dict[str, Any]:
@@ -140,8 +144,11 @@ def retry_key_of(document: Document, exact_hash: str) -> str:
 
 
 def request_hash(document: Document) -> str:
-    """Binds an approval to the exact request: method, URL, normalised body, agent."""
+    """Binds an approval to the exact request: method, URL, normalised body, agent. An MCP
+    call's JSON-RPC id is left out: calling the same tool again is a retry of the same call."""
     body = document["body"]
+    if jsonrpc_messages(document) is not None:
+        body = without_ids(body)
     normalised = body if isinstance(body, str) else json.dumps(body, sort_keys=True)
     query = json.dumps(document["query"], sort_keys=True)
     material = "\n".join(

@@ -59,7 +59,7 @@ DECISION_FIELDS = (
 )
 # The stored request document is vouched for by its digest, not repeated in the chain.
 REQUEST_DIGEST = "request_sha256"
-OUTCOME_FIELDS = ("outcome", "status", "upstream_ms")
+OUTCOME_FIELDS = ("outcome", "status", "upstream_ms", "outcome_detail")
 APPROVAL_FIELDS = ("state", "reviewer", "reason", "resolved_at", "released_at")
 # Fixed when the approval opens: vouched for by its first (PENDING) event.
 APPROVAL_ORIGIN_FIELDS = (

@@ -124,6 +124,7 @@ def statements_for(dialect: Dialect) -> Statements:
                 outcome=bindparam("outcome"),
                 status=bindparam("status"),
                 upstream_ms=bindparam("upstream_ms"),
+                outcome_detail=bindparam("outcome_detail"),
             ),
             dialect,
         ),

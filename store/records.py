@@ -41,6 +41,7 @@ class OutcomeRecord:
     outcome: str  # forwarded | blocked | denied | expired | abandoned | upstream_error
     status: int | None
     upstream_ms: float | None = None
+    detail: dict[str, Any] | None = None  # redacted by whoever reports it
 
 
 @dataclass(frozen=True)
@@ -157,7 +158,10 @@ def _approval_event(row: dict[str, Any], run_id: str) -> Event:
 
 
 def _outcome_event(run: dict[str, Any]) -> Event:
-    return Event("outcome", run["id"], run["at"], {k: run.get(k) for k in OUTCOME_FIELDS})
+    payload = {k: run.get(k) for k in OUTCOME_FIELDS}
+    if payload.get("outcome_detail") is None:
+        payload.pop("outcome_detail", None)  # as _outcome_payload: absent when there is none
+    return Event("outcome", run["id"], run["at"], payload)
 
 
 def record_outcomes(tx: Tx, records: list[OutcomeRecord]) -> list[Event]:
@@ -167,19 +171,23 @@ def record_outcomes(tx: Tx, records: list[OutcomeRecord]) -> list[Event]:
             "outcome": r.outcome,
             "status": r.status,
             "upstream_ms": r.upstream_ms,
+            "outcome_detail": r.detail,
         }
         for r in records
     ]
     tx.sql.set_outcomes.execute_many(tx.db, rows)
-    return [
-        Event(
-            "outcome",
-            r.run_id,
-            r.at,
-            {"outcome": r.outcome, "status": r.status, "upstream_ms": r.upstream_ms},
-        )
-        for r in records
-    ]
+    return [Event("outcome", r.run_id, r.at, _outcome_payload(r)) for r in records]
+
+
+def _outcome_payload(record: OutcomeRecord) -> dict[str, Any]:
+    payload = {
+        "outcome": record.outcome,
+        "status": record.status,
+        "upstream_ms": record.upstream_ms,
+    }
+    if record.detail is not None:  # absent, not null: older stores' events stay as they were
+        payload["outcome_detail"] = record.detail
+    return payload
 
 
 @dataclass(frozen=True)

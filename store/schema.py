@@ -93,6 +93,8 @@ class Run(Base):
     outcome: Mapped[str | None] = mapped_column(String(24))
     status: Mapped[int | None] = mapped_column(Integer)
     upstream_ms: Mapped[float | None] = mapped_column(Float)
+    # What the call did, as its answer or its agent says (redacted): an MCP tool's result.
+    outcome_detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class Approval(Base):

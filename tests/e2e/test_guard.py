@@ -122,6 +122,27 @@ def test_allowed_runs_and_its_outcome_is_recorded(airlock: Proxy) -> None:
     assert runs(airlock, action="run_sql", decision="ALLOW")[0].outcome == "succeeded"
 
 
+def test_a_tool_that_fails_leaves_its_error_as_the_runs_evidence(airlock: Proxy) -> None:
+    failing = guard(
+        "run_sql", "db/prod", {"statement": "SELECT count(*) FROM big"}, client=client(airlock)
+    )
+    with pytest.raises(RuntimeError), failing:
+        raise RuntimeError("statement timeout after 30 s")
+
+    def reported() -> Any:
+        found = [
+            r for r in runs(airlock, action="run_sql") if r.params["statement"].endswith("big")
+        ]
+        return found[0] if found and found[0].outcome else None
+
+    deadline = time.monotonic() + 5
+    while (run := reported()) is None:
+        assert time.monotonic() < deadline, "the outcome was never recorded"
+        time.sleep(0.05)
+    assert run.outcome == "failed"
+    assert run.outcome_detail == {"detail": "RuntimeError: statement timeout after 30 s"}
+
+
 def test_blocked_never_runs_and_says_why(airlock: Proxy) -> None:
     ran = []
     dropping = guard(

@@ -1,0 +1,251 @@
+"""MCP over streamable HTTP: JSON-RPC 2.0 messages POSTed to an MCP server, recognised by their
+shape whatever the host (MCP servers live on any host and path).
+
+`tools/call` is what acts on a system of record: it maps to an action (pipeline/mappings.py:
+`mcp.<server>.<tool>` by default, with the tool's arguments as params; a mapping with `tool:`
+can name it canonically). The protocol's own methods (`initialize`, `tools/list`, reads of
+resources and prompts, notifications, a client's answers to the server) pass as reads. A
+method MCP does not define is a tool call of unknown meaning.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from airlock.pipeline.document import Document
+
+JSONRPC = "2.0"
+TOOLS_CALL = "tools/call"
+# The client-to-server methods of MCP up to its 2026-07-28 revision (as mcp-types 2.3.0 lists
+# them), tools/call aside: the protocol's own, which change nothing on a system of record.
+READ_METHODS = frozenset(
+    {
+        "initialize",
+        "server/discover",
+        "subscriptions/listen",
+        "ping",
+        "tools/list",
+        "resources/list",
+        "resources/templates/list",
+        "resources/read",
+        "resources/subscribe",
+        "resources/unsubscribe",
+        "prompts/list",
+        "prompts/get",
+        "completion/complete",
+        "logging/setLevel",
+        "tasks/get",
+        "tasks/list",
+        "tasks/result",
+        "tasks/cancel",
+    }
+)
+_MCP_PREFIXES = (
+    "notifications/", "tools/", "resources/", "prompts/", "completion/", "tasks/", "server/",
+    "subscriptions/",
+)  # fmt: skip
+# The name that the `Mcp-Name` header repeats, by method (MCP 2026-07-28 revision).
+_NAMED_BY = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+
+
+class McpError(ValueError):
+    """A message that claims to be MCP but cannot be read as the protocol defines it."""
+
+
+def jsonrpc_messages(document: Document) -> list[dict[str, Any]] | None:
+    """The messages of an MCP request (a JSON-RPC batch has several), else None."""
+    if document["method"] != "POST" or document.get("body_format") != "json":
+        return None
+    body = document["body"]
+    messages = body if isinstance(body, list) else [body]
+    if not messages or not all(
+        isinstance(m, dict) and m.get("jsonrpc") == JSONRPC for m in messages
+    ):
+        return None
+    return messages if any(_speaks_mcp(m) for m in messages) else None
+
+
+def is_session_request(document: Document) -> bool:
+    """A client opening the server's event stream (GET) or ending its session (DELETE)."""
+    return document["method"] in ("GET", "DELETE") and "mcp-session-id" in document["headers"]
+
+
+def is_batch(document: Document) -> bool:
+    return isinstance(document["body"], list)
+
+
+def _speaks_mcp(message: dict[str, Any]) -> bool:
+    method = message.get("method")
+    if isinstance(method, str):
+        return method in READ_METHODS or method.startswith(_MCP_PREFIXES)
+    # A client's answer to a server's request (sampling, elicitation, roots).
+    return "id" in message and ("result" in message or "error" in message)
+
+
+def is_read(message: dict[str, Any]) -> bool:
+    method = message.get("method")
+    if method is None:
+        return True  # an answer to the server
+    if not isinstance(method, str):
+        return False
+    return method in READ_METHODS or method.startswith("notifications/")
+
+
+def tool_call(message: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(tool name, arguments) of a `tools/call`."""
+    params = message.get("params")
+    if not isinstance(params, dict):
+        raise McpError("tools/call without params")
+    name = params.get("name")
+    if not isinstance(name, str) or not name:
+        raise McpError("tools/call without a tool name (params.name)")
+    arguments = params.get("arguments", {})
+    if arguments is None:
+        arguments = {}
+    if not isinstance(arguments, dict):
+        raise McpError(f"tools/call {name!r}: arguments must be an object")
+    return name, arguments
+
+
+def header_problem(headers: dict[str, str], messages: list[dict[str, Any]]) -> str | None:
+    """`Mcp-Method` / `Mcp-Name` say what the body does, for gateways that do not read bodies;
+    an upstream may route by them. Headers that disagree with the body are refused: what is
+    judged must be what runs."""
+    said_method, said_name = headers.get("mcp-method"), headers.get("mcp-name")
+    if said_method is None and said_name is None:
+        return None
+    for message in messages:
+        method = message.get("method")
+        if said_method is not None and said_method != method:
+            return f"the Mcp-Method header {said_method!r} does not match the body's {method!r}"
+        if said_name is not None:
+            key = _NAMED_BY.get(method) if isinstance(method, str) else None
+            params = message.get("params")
+            name = params.get(key) if key and isinstance(params, dict) else None
+            if said_name != name:
+                return f"the Mcp-Name header {said_name!r} does not match the body's {name!r}"
+    return None
+
+
+def without_ids(body: Any) -> Any:
+    """The body without what changes when a client calls the same tool again (the JSON-RPC id,
+    a progress token): an approval binds to the call, and the call's retry joins it."""
+    if isinstance(body, list):
+        return [without_ids(message) for message in body]
+    if not isinstance(body, dict):
+        return body
+    kept = {key: value for key, value in body.items() if key != "id"}
+    params = kept.get("params")
+    if isinstance(params, dict) and "_meta" in params:
+        kept["params"] = {key: value for key, value in params.items() if key != "_meta"}
+    return kept
+
+
+# --- answers the model reads -----------------------------------------------------------------
+
+REFUSED = -32001  # JSON-RPC's range for implementation-defined errors: Airlock refused it
+MAX_OUTCOME_TEXT = 1_000  # characters of a tool's answer kept as the run's evidence
+
+
+def refusal_answers(body: Any, text: str, meta: dict[str, Any]) -> Any:
+    """What an MCP client hands the model for a refused request: a tool call's result with
+    `isError: true` and Airlock's reason as its text (the model reads it and can adapt), a JSON-RPC
+    error for any other request; notifications and client answers get none. None when nothing
+    in the body expects an answer."""
+    messages = body if isinstance(body, list) else [body]
+    answers = [
+        _refusal(message, text, meta)
+        for message in messages
+        if isinstance(message, dict) and "method" in message and "id" in message
+    ]
+    if not answers:
+        return None
+    return answers if isinstance(body, list) else answers[0]
+
+
+def _refusal(message: dict[str, Any], text: str, meta: dict[str, Any]) -> dict[str, Any]:
+    if message["method"] == TOOLS_CALL:
+        # resultType: required from the 2026-07-28 revision; earlier ones allow extra fields.
+        result = {
+            "content": [{"type": "text", "text": text}],
+            "isError": True,
+            "resultType": "complete",
+        }
+        return {"jsonrpc": JSONRPC, "id": message["id"], "result": {**result, "_meta": meta}}
+    error = {"code": REFUSED, "message": text, "data": meta}
+    return {"jsonrpc": JSONRPC, "id": message["id"], "error": error}
+
+
+def tool_outcome(
+    request_body: Any, response_body: bytes, content_type: str
+) -> dict[str, Any] | None:
+    """What the server answered to a request's tool calls, read from its JSON or its event
+    stream: succeeded or failed (a result with `isError`, a JSON-RPC error) and the start of
+    its text, as the run's evidence. None for a request without tool calls."""
+    calls = request_body if isinstance(request_body, list) else [request_body]
+    ids = [m.get("id") for m in calls if isinstance(m, dict) and m.get("method") == TOOLS_CALL]
+    if not ids:
+        return None
+    answers = {
+        json.dumps(a.get("id")): a for a in _answers(response_body, content_type)
+    }  # by id: JSON-RPC ids are strings or numbers
+    found = [_outcome_of(answers.get(json.dumps(call_id))) for call_id in ids]
+    if len(found) == 1:
+        return found[0]
+    return {"result": _overall(found), "calls": found}
+
+
+def _answers(body: bytes, content_type: str) -> list[dict[str, Any]]:
+    if "text/event-stream" in content_type:
+        values = [_json(event) for event in _sse_data(body.decode("utf-8", "replace"))]
+    else:
+        values = [_json(body.decode("utf-8", "replace"))]
+    answers: list[dict[str, Any]] = []
+    for value in values:
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, dict) and ("result" in item or "error" in item):
+                answers.append(item)
+    return answers
+
+
+def _sse_data(text: str) -> list[str]:
+    """The data of each server-sent event (its `data:` lines joined, as EventSource does)."""
+    events, data = [], []
+    for line in text.splitlines():
+        if not line:
+            if data:
+                events.append("\n".join(data))
+            data = []
+        elif line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))
+    if data:
+        events.append("\n".join(data))
+    return events
+
+
+def _json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def _outcome_of(answer: dict[str, Any] | None) -> dict[str, Any]:
+    if answer is None:
+        return {"result": "unknown"}  # no answer to this call in the response
+    if "error" in answer:
+        error = answer["error"] if isinstance(answer["error"], dict) else {}
+        message = str(error.get("message", ""))[:MAX_OUTCOME_TEXT]
+        return {"result": "failed", "error": {"code": error.get("code"), "message": message}}
+    result = answer["result"] if isinstance(answer["result"], dict) else {}
+    content = result.get("content") if isinstance(result.get("content"), list) else []
+    texts = [c.get("text") for c in content if isinstance(c, dict) and c.get("type") == "text"]
+    text = "\n".join(t for t in texts if isinstance(t, str))[:MAX_OUTCOME_TEXT]
+    outcome = {"result": "failed" if result.get("isError") is True else "succeeded"}
+    return {**outcome, "text": text} if text else outcome
+
+
+def _overall(found: list[dict[str, Any]]) -> str:
+    results = {f["result"] for f in found}
+    return results.pop() if len(results) == 1 else "mixed"

@@ -1,0 +1,306 @@
+"""MCP over streamable HTTP in the pipeline: recognised by shape, tool calls mapped by the
+shipped mappings/mcp.yaml, batches decided call by call, headers held to the body, answers and
+outcomes read as JSON-RPC."""
+
+from __future__ import annotations
+
+import json
+import re
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mitmproxy.test import tutils
+
+from airlock.console.check import check
+from airlock.pipeline.document import build_document
+from airlock.pipeline.evaluation import Config, evaluate
+from airlock.pipeline.mappings import load_mappings
+from airlock.pipeline.mcp import refusal_answers, tool_outcome
+from airlock.pipeline.policies import load_policies
+from airlock.pipeline.run_record import request_hash
+from airlock.pipeline.yaml_source import ConfigError
+from tests.helpers.proxy import PROJECT_ROOT
+
+SHIPPED = load_mappings(PROJECT_ROOT / "mappings")
+BASELINE = Config(SHIPPED, load_policies(PROJECT_ROOT / "policies"))
+
+
+def call(call_id: Any, tool: str, arguments: dict[str, Any] | None = None) -> dict[str, Any]:
+    params = {"name": tool, "arguments": arguments or {}}
+    return {"jsonrpc": "2.0", "id": call_id, "method": "tools/call", "params": params}
+
+
+def request(
+    body: Any, host: str = "mcp.internal.example.com", method: str = "POST",
+    headers: dict[str, str] | None = None, path: str = "/mcp",
+) -> dict[str, Any]:  # fmt: skip
+    fields = [(b"Content-Type", b"application/json")]
+    fields += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    flow_request = tutils.treq(
+        method=method.encode(), host=host, port=443, scheme=b"https", authority=b"",
+        path=path.encode(), headers=fields,
+        content=json.dumps(body).encode() if body is not None else b"",
+    )  # fmt: skip
+    return build_document(flow_request, "support-agent")
+
+
+def test_a_tool_call_on_any_host_is_mcp_server_tool_with_its_arguments() -> None:
+    evaluation = evaluate(request(call(7, "lookup_customer", {"email": "a@b.c"})), BASELINE)
+    action = evaluation.action
+    assert action.action == "mcp.mcp.internal.example.com.lookup_customer"
+    assert (action.category, action.params) == ("tool", {"email": "a@b.c"})
+    assert action.target == "mcp/mcp.internal.example.com/lookup_customer"
+    assert action.context["protocol"] == "mcp"
+    # A tool nobody described waits for a reviewer under the baseline (category tool).
+    assert evaluation.verdict.decision == "REQUIRE_APPROVAL"
+
+
+def test_the_protocols_own_methods_and_session_requests_are_reads() -> None:
+    for body in (
+        {"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {}},
+        {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}},
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+        {"jsonrpc": "2.0", "id": 5, "result": {}},  # the client's answer to the server
+    ):
+        evaluation = evaluate(request(body), BASELINE)
+        assert (evaluation.action.action, evaluation.verdict.decision) == ("mcp.read", "ALLOW")
+    ended = request(None, method="DELETE", headers={"Mcp-Session-Id": "s1"})
+    assert evaluate(ended, BASELINE).action.action == "mcp.read"
+
+
+def test_a_method_mcp_does_not_define_is_a_tool_call_nobody_described() -> None:
+    odd = {"jsonrpc": "2.0", "id": 3, "method": "tools/delete_all", "params": {}}
+    evaluation = evaluate(request(odd), BASELINE)
+    assert (evaluation.action.action, evaluation.action.category) == (
+        "mcp.unknown_method",
+        "tool",
+    )
+    assert evaluation.verdict.decision == "REQUIRE_APPROVAL"
+
+
+def test_other_json_rpc_and_json_bodies_are_not_mcp() -> None:
+    eth = {"jsonrpc": "2.0", "id": 1, "method": "eth_sendTransaction", "params": []}
+    assert evaluate(request(eth), BASELINE).action.action == "http.write"
+    assert evaluate(request({"method": "tools/call"}), BASELINE).action.action == "http.write"
+
+
+def test_one_rule_governs_githubs_mcp_tool_and_its_rest_call(tmp_path: Path) -> None:
+    (tmp_path / "rules.yaml").write_text(
+        textwrap.dedent("""\
+            rules:
+              - id: no-issues-in-payments
+                when: {action: create_issue, params: {repo: payments}}
+                decision: BLOCK
+                reason: The payments repository takes no agent-written issues.
+            """)
+    )
+    config = Config(SHIPPED, load_policies(tmp_path))
+    arguments = {"owner": "acme", "repo": "payments", "title": "Refunds fail"}
+    via_mcp = request(call(1, "create_issue", arguments), host="api.githubcopilot.com")
+    via_rest = request(
+        {"title": "Refunds fail"}, host="api.github.com", path="/repos/acme/payments/issues"
+    )
+    for document in (via_mcp, via_rest):
+        evaluation = evaluate(document, config)
+        assert evaluation.action.action == "create_issue"
+        assert evaluation.action.params["repo"] == "payments"
+        assert evaluation.verdict.rules == ("no-issues-in-payments",)
+    merge = evaluate(
+        request(call(2, "merge_pull_request", {"owner": "acme", "repo": "api", "pullNumber": 12}),
+                host="api.githubcopilot.com"),
+        BASELINE,
+    )  # fmt: skip
+    assert (merge.action.action, merge.action.params["number"]) == ("merge_pull_request", 12)
+    assert merge.verdict.rules == ("github-merge-needs-approval",)
+
+
+def test_a_batch_is_decided_call_by_call_and_one_block_blocks_it(tmp_path: Path) -> None:
+    (tmp_path / "rules.yaml").write_text(
+        textwrap.dedent("""\
+            rules:
+              - id: no-drops
+                when: {action: "mcp.*.drop_table"}
+                decision: BLOCK
+                reason: Agents never drop tables.
+            """)
+    )
+    config = Config(SHIPPED, load_policies(tmp_path))
+    batch = [call(1, "lookup", {"id": 1}), call(2, "drop_table", {"table": "users"})]
+    evaluation = evaluate(request(batch), config)
+    assert evaluation.verdict.decision == "BLOCK"
+    assert evaluation.verdict.reason.startswith("call 2 of 2 in a JSON-RPC batch")
+    assert evaluation.action.context["batch"] == [
+        "mcp.mcp.internal.example.com.lookup",
+        "mcp.mcp.internal.example.com.drop_table",
+    ]
+    reads = [
+        {"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+        {"jsonrpc": "2.0", "id": 2, "method": "ping"},
+    ]
+    assert evaluate(request(reads), config).verdict.decision == "ALLOW"
+
+
+@pytest.mark.parametrize(
+    ("headers", "refused"),
+    [
+        ({"Mcp-Method": "tools/call", "Mcp-Name": "lookup"}, None),
+        ({"Mcp-Method": "tools/list"}, "the Mcp-Method header 'tools/list'"),
+        ({"Mcp-Method": "tools/call", "Mcp-Name": "delete"}, "the Mcp-Name header 'delete'"),
+    ],
+)
+def test_headers_that_disagree_with_the_body_are_refused(
+    headers: dict[str, str], refused: str | None
+) -> None:
+    evaluation = evaluate(request(call(1, "lookup"), headers=headers), BASELINE)
+    if refused is None:
+        assert "mcp-headers" not in evaluation.verdict.rules
+    else:
+        assert evaluation.verdict.decision == "BLOCK"
+        assert evaluation.verdict.rules == ("mcp-headers",)
+        assert evaluation.verdict.reason.startswith(refused)
+
+
+def test_calling_the_same_tool_again_is_a_retry_of_the_same_call() -> None:
+    first = call(1, "refund", {"charge": "ch_1", "amount": 500})
+    again = call("b7", "refund", {"charge": "ch_1", "amount": 500})
+    again["params"]["_meta"] = {"progressToken": 4}
+    other = call(1, "refund", {"charge": "ch_1", "amount": 501})
+    assert request_hash(request(first)) == request_hash(request(again))
+    assert request_hash(request(first)) != request_hash(request(other))
+
+
+def test_refusals_are_answers_the_model_reads() -> None:
+    meta = {"airlock": {"decision": "BLOCK"}}
+    answer = refusal_answers(call(4, "drop"), "Airlock refused: no", meta)
+    assert answer == {
+        "jsonrpc": "2.0",
+        "id": 4,
+        "result": {
+            "content": [{"type": "text", "text": "Airlock refused: no"}],
+            "isError": True,
+            "resultType": "complete",
+            "_meta": meta,
+        },
+    }
+    listed = refusal_answers({"jsonrpc": "2.0", "id": "x", "method": "tools/list"}, "no", meta)
+    assert listed["error"]["message"] == "no" and listed["id"] == "x"
+    batch = [call(1, "a"), {"jsonrpc": "2.0", "method": "notifications/initialized"}]
+    assert [a["id"] for a in refusal_answers(batch, "no", meta)] == [1]
+    assert refusal_answers({"jsonrpc": "2.0", "method": "notifications/x"}, "no", meta) is None
+
+
+def _sse(*messages: dict[str, Any]) -> bytes:
+    return b"".join(b"event: message\ndata: " + json.dumps(m).encode() + b"\n\n" for m in messages)
+
+
+def test_the_tools_result_is_read_from_json_and_event_streams() -> None:
+    done = {"jsonrpc": "2.0", "id": 3, "result": {"content": [{"type": "text", "text": "5"}]}}
+    progress = {"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progress": 1}}
+    failed = {"jsonrpc": "2.0", "id": 3, "result": {"content": [], "isError": True}}
+    error = {"jsonrpc": "2.0", "id": 3, "error": {"code": -32602, "message": "bad arguments"}}
+    json_type, sse_type = "application/json", "text/event-stream"
+    assert tool_outcome(call(3, "add"), json.dumps(done).encode(), json_type) == {
+        "result": "succeeded",
+        "text": "5",
+    }
+    assert tool_outcome(call(3, "add"), _sse(progress, done), sse_type)["text"] == "5"
+    assert tool_outcome(call(3, "add"), _sse(failed), sse_type) == {"result": "failed"}
+    assert tool_outcome(call(3, "add"), json.dumps(error).encode(), json_type) == {
+        "result": "failed",
+        "error": {"code": -32602, "message": "bad arguments"},
+    }
+    assert tool_outcome(call(3, "add"), b"", sse_type) == {"result": "unknown"}
+    both = [call(3, "add"), call(4, "sub")]
+    mixed = tool_outcome(both, json.dumps([done]).encode(), json_type)
+    assert mixed == {
+        "result": "mixed",
+        "calls": [{"result": "succeeded", "text": "5"}, {"result": "unknown"}],
+    }
+    assert tool_outcome({"jsonrpc": "2.0", "id": 1, "method": "ping"}, b"{}", json_type) is None
+
+
+def _mappings(tmp_path: Path, text: str) -> Path:
+    folder = tmp_path / "mappings"
+    folder.mkdir(exist_ok=True)
+    (folder / "tools.yaml").write_text(textwrap.dedent(text))
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            """\
+            provider: crm
+            mappings:
+              - {id: crm.lookup, server: crm, tool: lookup, action: crm_lookup}
+            """,
+            "names MCP server 'crm', which no 'servers:' entry defines",
+        ),
+        (
+            """\
+            provider: crm
+            servers: {crm: mcp.crm.internal}
+            mappings:
+              - {id: crm.lookup, server: crm, tool: lookup, path: /mcp, action: crm_lookup}
+            """,
+            "'path' cannot be combined with 'tool'",
+        ),
+        (
+            """\
+            provider: crm
+            hosts: [crm.internal]
+            mappings:
+              - {id: crm.any, path: /x, action: "crm.{tool}"}
+            """,
+            "only an MCP mapping ('tool:') can template its action name",
+        ),
+        (
+            """\
+            provider: crm
+            servers: {CRM: mcp.crm.internal}
+            mappings: []
+            """,
+            "MCP server name 'CRM' must be lower-case",
+        ),
+    ],
+)
+def test_mcp_mapping_mistakes_are_load_errors_with_their_place(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    folder = _mappings(tmp_path, text)
+    with pytest.raises(ConfigError, match=re.escape(message)) as raised:
+        load_mappings(folder)
+    assert str(raised.value).startswith(str(folder / "tools.yaml") + ":")
+    assert any(message in str(problem) for problem in check([folder]).problems)
+
+
+def test_a_server_alias_names_the_server_in_actions(tmp_path: Path) -> None:
+    folder = _mappings(
+        tmp_path,
+        """\
+        provider: crm
+        servers: {crm: ["mcp.crm.internal", "*.crm.example.com"]}
+        mappings:
+          - id: crm.lookups
+            server: crm
+            tool: "get_*"
+            action: crm_lookup
+            category: read
+            sensitivity: low
+            params:
+              email: $.body.params.arguments.email
+          - {id: crm.any, server: "*", tool: "*", action: "mcp.{server}.{tool}", category: tool}
+        """,
+    )
+    config = Config(load_mappings(folder), load_policies(PROJECT_ROOT / "policies"))
+    looked_up = evaluate(
+        request(call(1, "get_customer", {"email": "a@b.c", "x": 1}), host="eu.crm.example.com"),
+        config,
+    ).action
+    assert (looked_up.action, looked_up.params) == ("crm_lookup", {"email": "a@b.c"})
+    other = evaluate(request(call(1, "close_account"), host="mcp.crm.internal"), config).action
+    assert (other.action, other.target) == ("mcp.crm.close_account", "mcp.crm.internal")
