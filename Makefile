@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml sdk/pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]' -e ./sdk
 	touch $(STAMP)
 
-$(SDK_STAMP):
+$(SDK_STAMP): Makefile
 	$(PYTHON) -m venv $(SDK_VENV)
 	$(SDK_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(SDK_VENV)/bin/python -m pip install --quiet openai anthropic mcp
