@@ -81,6 +81,10 @@ class Gate:
         if agent is None:
             await self.identity.refuse(flow, credentials)
             return
+        resumed = self.holds.resumable(flow, agent)
+        if resumed is not None:  # an MCP client resuming the stream of its held call
+            await self.holds.resume(flow, *resumed)
+            return
         decided = await self._decide(flow, run_id, agent)
         if decided is None:
             return

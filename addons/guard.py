@@ -49,8 +49,10 @@ NOT_YOURS = (
 MAX_BODY = 1 << 20
 OUTCOMES = ("succeeded", "failed")
 _FIELDS: dict[str, tuple[type | tuple[type, ...], bool]] = {  # name: (types, required)
-    "action": (str, True),
-    "target": (str, True),
+    "action": (str, False),  # action, or tool and server
+    "tool": (str, False),
+    "server": (str, False),
+    "target": (str, False),
     "params": (dict, False),
     "provider": ((str, type(None)), False),
     "idempotency_key": ((str, type(None)), False),
@@ -207,10 +209,8 @@ def tool_call(body: bytes) -> ToolCall:
         types, _ = _FIELDS[name]
         if not isinstance(value, types):
             raise BadRequest(f"field {name!r} has the wrong type ({type(value).__name__})")
-    for name, (_, required) in _FIELDS.items():
-        if required and name not in fields:
-            raise BadRequest(f"field {name!r} is required")
-    if not ACTION_NAME.match(fields["action"]):
+    _named(fields)
+    if "action" in fields and not ACTION_NAME.match(fields["action"]):
         raise BadRequest(
             f"field 'action' must be a canonical action name like run_shell or "
             f"mcp.github.create_issue, not {fields['action'][:60]!r}"
@@ -219,9 +219,26 @@ def tool_call(body: bytes) -> ToolCall:
     if key is not None and not 0 < len(key) <= 200:
         raise BadRequest("field 'idempotency_key' must be 1 to 200 characters")
     return ToolCall(
-        fields["action"], fields["target"], fields.get("params", {}), fields.get("provider"),
-        key, fields.get("context", {}),
+        fields.get("action") or fields["tool"], fields.get("target", ""),
+        fields.get("params", {}), fields.get("provider"), key, fields.get("context", {}),
+        fields.get("server"),
     )  # fmt: skip
+
+
+def _named(fields: dict[str, Any]) -> None:
+    """A call names its action (and target), or a server's tool that the mappings name."""
+    if "action" in fields:
+        for name in ("tool", "server"):
+            if name in fields:
+                raise BadRequest(f"field {name!r} cannot be combined with 'action'")
+        if "target" not in fields:
+            raise BadRequest("field 'target' is required")
+        return
+    if "tool" not in fields or "server" not in fields:
+        raise BadRequest("field 'action' is required (or 'tool' and 'server')")
+    for name in ("tool", "server"):
+        if not 0 < len(fields[name]) <= 200:
+            raise BadRequest(f"field {name!r} must be 1 to 200 characters")
 
 
 # --- tornado's handlers ------------------------------------------------------------------------

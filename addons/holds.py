@@ -7,15 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
+import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from mitmproxy import connection, ctx, http
 
 from airlock.addons.refusals import Refusals
 from airlock.addons.runtime import STORE_TIMEOUT, Runtime
 from airlock.decider.messages import ApprovalState, Settled
+from airlock.pipeline.mcp import keepalive_stream, resumable_call, sse_event
 from airlock.pipeline.run_record import RunSummary
 from airlock.store.approvals import ABANDONED, APPROVED, DENIED, EXPIRED
 
@@ -27,11 +31,28 @@ PENDING_RETRY_AFTER = 2  # seconds an SDK is told to wait before retrying a pend
 Settlement = tuple[str, str | None, str | None]  # (state, reviewer, reason)
 
 
+LEG_GRACE = 15.0  # seconds a kept-alive MCP call's client has to resume its stream
+
+
+@dataclass
+class Stream:
+    """A held MCP tool call kept alive on an event stream its client resumes (pipeline/mcp.py):
+    what is needed to take the call up again on the client's next leg."""
+
+    agent: str
+    request: http.Request  # the call as judged: what a resumed leg forwards once approved
+    token: Any  # the client's progress token, or True
+    window_end: float
+    expires_at: float
+    legs: int = 0
+
+
 @dataclass
 class Hold:
     approval_id: str
-    flow: http.HTTPFlow
+    flow: http.HTTPFlow | None  # None between the legs of a kept-alive stream
     settled: asyncio.Future[Settlement]
+    stream: Stream | None = None
 
 
 class Holds:
@@ -39,6 +60,7 @@ class Holds:
         self.runtime = runtime
         self.refusals = refusals
         self.held: dict[str, Hold] = {}
+        self.streams: dict[str, tuple[Hold, RunSummary]] = {}  # by the event id legs end with
         self._stopping = False
         self._answering: dict[int, asyncio.Event] = {}  # held flows being answered at shutdown
         runtime.watched = lambda: list(self.held)
@@ -82,28 +104,131 @@ class Holds:
         is still open, answer "pending" so the SDK retries and the retry joins it."""
         runtime = self.runtime
         settled: asyncio.Future[Settlement] = asyncio.get_running_loop().create_future()
-        self.held[approval_id] = Hold(approval_id, flow, settled)
+        hold = self.held[approval_id] = Hold(approval_id, flow, settled)
         runtime.metrics.held_flows.inc()
         runtime.ask().watch([approval_id])  # its settlement is pushed: _settled
         if flow.client_conn.timestamp_end is not None or flow.error is not None:
             # The client left while the decision was being committed.
-            runtime.spawn(self._abandon(self.held[approval_id]))
+            runtime.spawn(self._abandon(hold))
         window_end = min(expires_at, time.time() + ctx.options.airlock_hold_timeout)
+        hold.stream = self._stream_of(flow, run, window_end, expires_at)
+        await self._wait(hold, flow, run, window_end, expires_at)
+
+    async def _wait(
+        self, hold: Hold, flow: http.HTTPFlow, run: RunSummary, window_end: float,
+        expires_at: float,
+    ) -> None:  # fmt: skip
+        """One attempt (or one leg of a kept-alive stream) waits for the settlement."""
+        leg_end = window_end
+        if hold.stream is not None:
+            leg_end = min(window_end, time.time() + ctx.options.airlock_mcp_keepalive)
         try:
-            state, reviewer, reason = await asyncio.wait_for(
-                asyncio.shield(settled), timeout=max(0.0, window_end - time.time())
+            settlement = await asyncio.wait_for(
+                asyncio.shield(hold.settled), timeout=max(0.0, leg_end - time.time())
             )
         except TimeoutError:
-            if window_end < expires_at:
-                self._answer_pending(flow, run, approval_id, expires_at)
+            if leg_end < window_end:
+                self._keep_alive(hold, flow, run)
                 return
-            state, reviewer, reason = await self._settle_here(approval_id, EXPIRED)
-        finally:
-            self.held.pop(approval_id, None)
-            runtime.metrics.held_flows.dec()
-            if runtime.decider is not None:
-                runtime.decider.unwatch(approval_id)
-        await self._settled_hold(flow, run, approval_id, (state, reviewer, reason))
+            self._end(hold.approval_id)
+            if window_end < expires_at:
+                self._answer_pending(flow, run, hold.approval_id, expires_at)
+                return
+            settlement = await self._settle_here(hold.approval_id, EXPIRED)
+        except BaseException:
+            self._end(hold.approval_id)
+            raise
+        self._end(hold.approval_id)
+        await self._settled_hold(flow, run, hold.approval_id, settlement)
+
+    def _end(self, approval_id: str) -> None:
+        """The hold is over: no flow waits for this approval here any more."""
+        hold = self.held.pop(approval_id, None)
+        if hold is None:
+            return
+        self.runtime.metrics.held_flows.dec()
+        if self.runtime.decider is not None:
+            self.runtime.decider.unwatch(approval_id)
+
+    # --- MCP calls kept alive on a stream the client resumes ---------------------------------
+
+    def _stream_of(
+        self, flow: http.HTTPFlow, run: RunSummary, window_end: float, expires_at: float
+    ) -> Stream | None:
+        if run.protocol != "mcp":
+            return None
+        try:
+            body = json.loads(flow.request.get_content(strict=False) or b"")
+        except ValueError:
+            return None
+        token = resumable_call(dict(flow.request.headers), body)
+        if token is None:
+            return None
+        return Stream(run.agent, flow.request.copy(), token, window_end, expires_at)
+
+    def _keep_alive(self, hold: Hold, flow: http.HTTPFlow, run: RunSummary) -> None:
+        """End this leg: a progress notification and a priming event; the client resumes the
+        stream (GET, Last-Event-ID) and the call waits on its next leg (resume)."""
+        stream = hold.stream
+        assert stream is not None
+        stream.legs += 1
+        event_id = f"airlock-{uuid.uuid4().hex}"
+        self.streams[event_id] = (hold, run)
+        hold.flow = None
+        short = hold.approval_id[:8]
+        message = f"waiting for a reviewer: approval {short} (airlock approve {short})"
+        flow.metadata["airlock_answered"] = True
+        flow.response = http.Response.make(
+            200,
+            keepalive_stream(event_id, stream.token, stream.legs, message),
+            {"Content-Type": "text/event-stream", "Cache-Control": "no-store",
+             "X-Airlock-Decision": run.decision, "X-Airlock-Approval-Id": hold.approval_id},
+        )  # fmt: skip
+        self.runtime.spawn(self._unless_resumed(hold, stream.legs, event_id))
+
+    async def _unless_resumed(self, hold: Hold, leg: int, event_id: str) -> None:
+        """A client that does not come back for its stream has left: its hold is abandoned."""
+        await asyncio.sleep(LEG_GRACE)
+        if hold.flow is None and hold.stream is not None and hold.stream.legs == leg:
+            self.streams.pop(event_id, None)
+            await self._abandon(hold)
+            self._end(hold.approval_id)
+
+    def resumable(self, flow: http.HTTPFlow, agent: str) -> tuple[Hold, RunSummary] | None:
+        """The held call a client resumes (GET with the Last-Event-ID a leg ended with)."""
+        event_id = flow.request.headers.get("last-event-id", "")
+        if flow.request.method != "GET" or not event_id.startswith("airlock-"):
+            return None
+        found = self.streams.get(event_id)
+        if found is None or found[0].stream is None or found[0].stream.agent != agent:
+            return None
+        del self.streams[event_id]
+        return found
+
+    async def resume(self, flow: http.HTTPFlow, hold: Hold, run: RunSummary) -> None:
+        """The next leg: the resumed stream stands for the held call (what is forwarded once
+        approved is the call as judged), and its answer is an event on the stream."""
+        stream = hold.stream
+        assert stream is not None
+        flow.request = stream.request.copy()
+        flow.metadata.update(
+            airlock=run.id, airlock_recorded=True, airlock_protocol="mcp", airlock_sse=True
+        )
+        if hold.settled.done() and hold.approval_id not in self.held:
+            return  # settled and answered meanwhile (abandoned): nothing to resume
+        hold.flow = flow
+        log.info("approval %s: the MCP client resumed its stream (leg %d)",
+                 hold.approval_id[:8], stream.legs + 1)  # fmt: skip
+        await self._wait(hold, flow, run, stream.window_end, stream.expires_at)
+
+    def _as_event(self, flow: http.HTTPFlow) -> None:
+        """A resumed stream's answer (Airlock's or the server's JSON) as an event on it."""
+        response = flow.response
+        if response is None or not flow.metadata.get("airlock_sse"):
+            return
+        if "json" in response.headers.get("content-type", ""):
+            response.content = sse_event(response.get_text(strict=False) or "")
+            response.headers["Content-Type"] = "text/event-stream"
 
     async def _settled_hold(
         self, flow: http.HTTPFlow, run: RunSummary, approval_id: str, settled: Settlement
@@ -190,7 +315,9 @@ class Holds:
 
     def client_disconnected(self, client: connection.Client) -> None:
         for hold in list(self.held.values()):
-            if hold.flow.client_conn is client and not hold.settled.done():
+            if hold.settled.done() or hold.flow is None:  # between legs: the client comes back
+                continue
+            if hold.flow.client_conn is client:
                 self.runtime.spawn(self._abandon(hold))
 
     def error(self, flow: http.HTTPFlow) -> None:
@@ -212,6 +339,7 @@ class Holds:
     # --- shutdown ----------------------------------------------------------------------------
 
     def response(self, flow: http.HTTPFlow) -> None:
+        self._as_event(flow)
         self._answered_at_shutdown(flow)
 
     def _answered_at_shutdown(self, flow: http.HTTPFlow) -> None:
@@ -228,7 +356,7 @@ class Holds:
                 *(self._settle_here(h.approval_id, EXPIRED, "proxy shut down") for h in holds),
                 return_exceptions=True,
             )
-        self._answering = {id(hold.flow): asyncio.Event() for hold in holds}
+        self._answering = {id(hold.flow): asyncio.Event() for hold in holds if hold.flow}
         for hold in holds:
             if not hold.settled.done():
                 hold.settled.set_result((SHUTTING_DOWN, None, None))

@@ -156,6 +156,14 @@ class Runtime:
             "retry joins the same approval.",
         )
         loader.add_option(
+            "airlock_mcp_keepalive",
+            int,
+            10,
+            "Seconds each leg of a held MCP tool call's event stream lasts: the stream closes "
+            "with a progress notification and the client resumes it (MCP 2025-11-25 and "
+            "later), so no client timeout runs out while a reviewer decides.",
+        )
+        loader.add_option(
             "airlock_approval_timeout",
             int,
             600,
@@ -177,10 +185,9 @@ class Runtime:
             self.notifier = Notifier(
                 ctx.options.airlock_webhook, lambda url: failures.labels(url).inc()
             )
-        if "airlock_hold_timeout" in updated and ctx.options.airlock_hold_timeout <= 0:
-            raise exceptions.OptionsError(
-                "airlock_hold_timeout must be a positive number of seconds"
-            )
+        for name in ("airlock_hold_timeout", "airlock_mcp_keepalive"):
+            if name in updated and getattr(ctx.options, name) <= 0:
+                raise exceptions.OptionsError(f"{name} must be a positive number of seconds")
         if _CONFIG_OPTIONS & updated and self.decider is not None and self.decider.running:
             # Sent now, ahead of any later request; a (re)started decider gets it in its setup.
             self.spawn(self._reconfigured(self.decider.configure(self._configuration())))

@@ -180,6 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
         "'approval pending' (below SDK timeouts; default: %(default)s)",
     )
     run.add_argument(
+        "--mcp-keepalive",
+        type=int,
+        default=10,
+        metavar="SECONDS",
+        help="a held MCP tool call's event stream is renewed this often, with a progress "
+        "notification, so the client keeps waiting (default: %(default)s)",
+    )
+    run.add_argument(
         "--approval-timeout",
         type=int,
         default=600,
@@ -665,6 +673,7 @@ def mitmdump_arguments(args: argparse.Namespace, confdir: Path) -> list[str]:
         "airlock_policies": str(Path(args.policies).resolve()),
         "airlock_hold_timeout": str(args.hold_timeout),
         "airlock_approval_timeout": str(args.approval_timeout),
+        "airlock_mcp_keepalive": str(args.mcp_keepalive),
         "airlock_mode": args.mode,
         "airlock_metrics_port": str(args.metrics_port),
     }

@@ -293,7 +293,7 @@ class DeciderCore:
             raise RuntimeError(self.missing)
         if self.next_sync is None:
             self._load_history()
-        action = tool_action(call, self.config.mappings)
+        action = tool_action(call, self.config.mappings, document)
         evaluation = evaluate_call(action, document["agent"], self.config, self.history)
         return with_mode(evaluation, self.mode)
 

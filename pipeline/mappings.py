@@ -173,7 +173,7 @@ class Mapping:
     # call's server and tool, whatever the URL.
     server: str | None = None
     tool: re.Pattern[str] | None = None
-    tool_glob: str | None = None
+    tool_globs: tuple[str, ...] = ()
 
     def calls(self, server: str, tool: str) -> bool:
         """This MCP mapping covers the tool of that server."""
@@ -392,6 +392,13 @@ class MappingIndex:
         except McpError as e:
             known = mcp_method_action(server, method, False)
             raise MappingError(str(e), known) from e
+        return self.map_tool(document, server, tool, arguments)
+
+    def map_tool(
+        self, document: Document, server: str, tool: str, arguments: dict[str, Any]
+    ) -> Action:
+        """A server's tool by the first `tool:` mapping that covers it, else
+        `mcp.<server>.<tool>` with its arguments as params."""
         names = {"server": server, "tool": tool}
         for mapping in self._tool_mappings:
             if mapping.calls(server, tool) and all(c.holds(document) for c in mapping.match):
@@ -598,7 +605,8 @@ def _load_servers(root: Node, servers: dict[str, tuple[str, ...]]) -> None:
             )
         if name in servers:
             raise ConfigError(found.key_at(name), f"MCP server {name!r} is defined twice")
-        servers[name] = _hosts(found, name)
+        # `[]`: a server its callers name (Guard API tool calls), reached by no host.
+        servers[name] = () if found[name] == [] else _hosts(found, name)
 
 
 def _hosts(node: Node, key: str) -> tuple[str, ...]:
@@ -652,12 +660,12 @@ def _load_mapping(
         order=order,
         operations=named,
         server=server,
-        tool=re.compile(fnmatch.translate(tool)) if tool is not None else None,
-        tool_glob=tool,
+        tool=re.compile("|".join(fnmatch.translate(t) for t in tool)) if tool else None,
+        tool_globs=tool or (),
     )
 
 
-def _tool(entry: Node) -> tuple[str | None, str | None]:
+def _tool(entry: Node) -> tuple[str | None, tuple[str, ...] | None]:
     """`server:` and `tool:` of an MCP mapping: matched by the call, not by URL."""
     if "tool" not in entry:
         if "server" in entry:
@@ -671,9 +679,11 @@ def _tool(entry: Node) -> tuple[str | None, str | None]:
                 "server and tool name, whatever the URL",
             )
     tool, server = entry["tool"], entry.get("server", "*")
-    expect_type(entry, "tool", tool, str, "a tool name or glob")
+    tools = [tool] if isinstance(tool, str) else tool
+    if not isinstance(tools, list) or not tools or not all(isinstance(t, str) for t in tools):
+        raise ConfigError(entry.at("tool"), "'tool' must be a tool name or glob, or a list")
     expect_type(entry, "server", server, str, "a server name (see 'servers:') or '*'")
-    return server, tool
+    return server, tuple(tools)
 
 
 def _operations(entry: Node, operations: OperationIndex | None) -> tuple[str, ...]:
@@ -799,9 +809,9 @@ def _covers(earlier: Mapping, later: Mapping, sample: str | None) -> bool:
         return (
             not earlier.match
             and earlier.tool is not None
-            and later.tool_glob is not None
+            and later.tool is not None
             and earlier.server in ("*", later.server)
-            and earlier.tool.match(later.tool_glob) is not None
+            and all(earlier.tool.match(glob) for glob in later.tool_globs)
         )
     if earlier.operations or later.operations:  # by identity: the same operations, or none
         return (

@@ -249,3 +249,45 @@ def _outcome_of(answer: dict[str, Any] | None) -> dict[str, Any]:
 def _overall(found: list[dict[str, Any]]) -> str:
     results = {f["result"] for f in found}
     return results.pop() if len(results) == 1 else "mixed"
+
+
+# --- held calls kept alive (SSE polling, MCP 2025-11-25 and later) ----------------------------
+
+RESUMABLE_SINCE = "2025-11-25"  # the revision where clients resume a closed stream (GET)
+_VERSION_META = "io.modelcontextprotocol/protocolVersion"
+
+
+def resumable_call(headers: dict[str, str], body: Any) -> Any:
+    """The progress token (or True) of a single tool call whose client can be kept waiting on
+    an event stream it resumes (it accepts text/event-stream and speaks a revision with SSE
+    polling); None when the call must be answered in one piece."""
+    if "text/event-stream" not in headers.get("accept", ""):
+        return None
+    if not isinstance(body, dict) or body.get("method") != TOOLS_CALL or "id" not in body:
+        return None
+    params = body.get("params") if isinstance(body.get("params"), dict) else {}
+    meta = params.get("_meta") if isinstance(params.get("_meta"), dict) else {}
+    version = headers.get("mcp-protocol-version") or meta.get(_VERSION_META)
+    if not isinstance(version, str) or version < RESUMABLE_SINCE:
+        return None
+    token = meta.get("progressToken")
+    return token if isinstance(token, str | int) and not isinstance(token, bool) else True
+
+
+def keepalive_stream(event_id: str, token: Any, progress: int, message: str) -> bytes:
+    """One leg of a held call's stream: a progress notification when the client gave a token,
+    then a priming event (an id and no data) before the stream closes: the client reconnects
+    with Last-Event-ID and waits on the next leg."""
+    events = []
+    if token is not True:
+        params = {"progressToken": token, "progress": progress, "message": message}
+        notification = {"jsonrpc": JSONRPC, "method": "notifications/progress", "params": params}
+        events.append(sse_event(json.dumps(notification)))
+    events.append(f"id: {event_id}\nretry: 100\ndata: \n\n".encode())
+    return b"".join(events)
+
+
+def sse_event(data: str) -> bytes:
+    """A message event (one `data:` line per line of the data)."""
+    lines = "".join(f"data: {line}\n" for line in data.splitlines() or [""])
+    return f"event: message\n{lines}\n".encode()

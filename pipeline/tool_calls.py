@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from airlock.pipeline.document import Document
 from airlock.pipeline.mappings import Action, MappingIndex
+from airlock.pipeline.mcp import TOOLS_CALL
 
 GUARD = "guard"
 ACTION_NAME = re.compile(r"[a-z][a-z0-9_]*(\.[a-z0-9_]+)*\Z")  # run_shell, mcp.github.create_issue
@@ -25,36 +26,52 @@ DEFAULT_CATEGORY, DEFAULT_SENSITIVITY = "tool", "high"  # an action no mapping d
 
 @dataclass(frozen=True, slots=True)
 class ToolCall:
-    action: str
+    action: str  # with `server`: the name of one of that server's tools, mapped to an action
     target: str
     params: dict[str, Any] = field(default_factory=dict)
     provider: str | None = None
     idempotency_key: str | None = None
     context: dict[str, Any] = field(default_factory=dict)
+    server: str | None = None
 
 
 def tool_document(call: ToolCall, agent: str) -> Document:
-    body = json.dumps(call.params, sort_keys=True)
+    """A named tool of a server reads as an MCP `tools/call` (its arguments at
+    `$.body.params.arguments`), so the `tool:` mappings that govern MCP over HTTP apply."""
+    body: Any = call.params
+    if call.server is not None:
+        arguments = {"name": call.action, "arguments": call.params}
+        body = {"jsonrpc": "2.0", "method": TOOLS_CALL, "params": arguments}
     headers = {"idempotency-key": call.idempotency_key} if call.idempotency_key else {}
     return {
         "method": "GUARD",
         "scheme": GUARD,
-        "host": call.provider or GUARD,
+        "host": call.provider or call.server or GUARD,
         "port": 0,
         "authority": "",
-        "path": f"/{call.action}",
+        "path": f"/{call.server}/{call.action}" if call.server else f"/{call.action}",
         "query": {},
         "headers": headers,
-        "body": call.params,
+        "body": body,
         "body_format": "json",
-        "body_size": len(body),
+        "body_size": len(json.dumps(body, sort_keys=True)),
         "agent": agent,
     }
 
 
-def tool_action(call: ToolCall, mappings: MappingIndex) -> Action:
-    """The call as policies see it; its category and sensitivity are those the mappings give
-    the same action (so a rule on delete_record governs both), else a high-sensitivity tool."""
+def tool_action(call: ToolCall, mappings: MappingIndex, document: Document | None = None) -> Action:
+    """The call as policies see it. A server's tool is mapped by the `tool:` mappings (as over
+    MCP); a named action takes the category and sensitivity the mappings give the same action
+    (so a rule on delete_record governs both), else it is a high-sensitivity tool."""
+    if call.server is not None:
+        document = document or tool_document(call, "")
+        mapped = mappings.map_tool(document, call.server, call.action, call.params)
+        return replace(
+            mapped,
+            target=call.target or mapped.target,  # the caller's, else the mapping's
+            provider=call.provider or mapped.provider,
+            context={**mapped.context, **call.context, "source": GUARD},
+        )
     described = mappings.describing(call.action)
     category = described.category if described else DEFAULT_CATEGORY
     sensitivity = described.sensitivity if described else DEFAULT_SENSITIVITY

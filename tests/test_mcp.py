@@ -17,7 +17,7 @@ from airlock.console.check import check
 from airlock.pipeline.document import build_document
 from airlock.pipeline.evaluation import Config, evaluate
 from airlock.pipeline.mappings import load_mappings
-from airlock.pipeline.mcp import refusal_answers, tool_outcome
+from airlock.pipeline.mcp import keepalive_stream, refusal_answers, resumable_call, tool_outcome
 from airlock.pipeline.policies import load_policies
 from airlock.pipeline.run_record import request_hash
 from airlock.pipeline.yaml_source import ConfigError
@@ -304,3 +304,31 @@ def test_a_server_alias_names_the_server_in_actions(tmp_path: Path) -> None:
     assert (looked_up.action, looked_up.params) == ("crm_lookup", {"email": "a@b.c"})
     other = evaluate(request(call(1, "close_account"), host="mcp.crm.internal"), config).action
     assert (other.action, other.target) == ("mcp.crm.close_account", "mcp.crm.internal")
+
+
+def test_only_a_single_call_from_a_client_that_resumes_streams_is_kept_alive() -> None:
+    modern = {"accept": "application/json, text/event-stream", "mcp-protocol-version": "2025-11-25"}
+    tokened = call(1, "refund")
+    tokened["params"]["_meta"] = {"progressToken": "p1"}
+    assert resumable_call(modern, tokened) == "p1"
+    assert resumable_call(modern, call(1, "refund")) is True  # no token: no progress events
+    in_meta = call(1, "refund")
+    in_meta["params"]["_meta"] = {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}
+    assert resumable_call({"accept": "text/event-stream"}, in_meta) is True
+    older = {**modern, "mcp-protocol-version": "2025-06-18"}  # would not resume: one piece
+    assert resumable_call(older, tokened) is None
+    assert resumable_call({**modern, "accept": "application/json"}, tokened) is None
+    assert resumable_call(modern, [call(1, "a")]) is None
+
+
+def test_a_leg_ends_with_progress_and_a_priming_event() -> None:
+    leg = keepalive_stream("airlock-e1", "p1", 2, "waiting for a reviewer").decode()
+    progress, priming = leg.split("\n\n")[:2]
+    assert progress.startswith("event: message\ndata: ")
+    assert json.loads(progress.split("data: ", 1)[1])["params"] == {
+        "progressToken": "p1",
+        "progress": 2,
+        "message": "waiting for a reviewer",
+    }
+    assert priming == "id: airlock-e1\nretry: 100\ndata: "
+    assert keepalive_stream("airlock-e2", True, 1, "w").decode().startswith("id: airlock-e2\n")

@@ -127,7 +127,9 @@ def _refusal_or_raise(error: urllib.error.HTTPError) -> dict[str, Any]:
 
 class guard:
     """One guarded call: a decorator (sync or async functions) or a context manager (sync or
-    async). `target` and `params` may be callables given the decorated function's arguments."""
+    async). `target` and `params` may be callables given the decorated function's arguments.
+    With `server`, `action` is the name of one of that server's tools (an MCP tool, a Claude
+    Code tool) and Airlock's mappings name the action, as they do for MCP over HTTP."""
 
     def __init__(
         self,
@@ -140,8 +142,10 @@ class guard:
         idempotency_key: str | None = None,
         wait: float = 60.0,
         client: Client | None = None,
+        server: str | None = None,
     ) -> None:
         self.action, self.target, self.params = action, target, params
+        self.server = server
         self.provider, self.context = provider, context
         self.idempotency_key = idempotency_key
         self.wait = wait
@@ -178,6 +182,8 @@ class guard:
             # One key per call: its retries (after a reviewer's answer) join its approval.
             "idempotency_key": self.idempotency_key or uuid.uuid4().hex,
         }  # fmt: skip
+        if self.server:
+            call["tool"], call["server"] = call.pop("action"), self.server
         if self.provider:
             call["provider"] = self.provider
         if self.context:
@@ -251,5 +257,5 @@ class guard:
         return guard(
             self.action, self.target, self.params, provider=self.provider,
             context=self.context, idempotency_key=self.idempotency_key, wait=self.wait,
-            client=self.client,
+            client=self.client, server=self.server,
         )  # fmt: skip

@@ -1,10 +1,11 @@
 """A Claude Code PreToolUse hook: each tool call that changes something is guarded by Airlock.
 
 Claude Code runs `airlock hook claude-code` (or `python -m airlock_guard.claude_code`) before a
-tool and passes the event on stdin. Calls are named as Airlock actions:
-  Bash                               run_shell      target: the working directory
-  Edit, MultiEdit, Write, NotebookEdit edit_file    target: the file
-  mcp__<server>__<tool>              mcp.<server>.<tool>, its input as params
+tool and passes the event on stdin. Each call goes to the Guard API as a server's tool, and
+Airlock's mappings name its action (mappings/claude-code.yaml, mappings/mcp.yaml):
+  Bash                                  tool Bash of server claude-code   target: the working dir
+  Edit, MultiEdit, Write, NotebookEdit  that tool of server claude-code   target: the file
+  mcp__<server>__<tool>                 tool <tool> of server <server>, as the MCP server's tool
 Other tools (reads, searches, the to-do list) are left to Claude Code's own permissions.
 BLOCK is answered "deny" with Airlock's reason (Claude sees it); REQUIRE_APPROVAL waits for a
 reviewer up to --wait seconds (below the hook's own timeout), then "allow" once approved, or
@@ -27,37 +28,36 @@ EDITS = frozenset({"Edit", "MultiEdit", "Write", "NotebookEdit"})
 _MCP = re.compile(r"mcp__(?P<server>[^_]+(?:_[^_]+)*)__(?P<tool>.+)\Z")
 
 
-def action_of(event: dict[str, Any]) -> tuple[str, str, dict[str, Any]] | None:
-    """(action, target, params) of a tool call Airlock guards; None for the others."""
+CLAUDE_CODE = "claude-code"  # the server Claude Code's own tools belong to
+
+
+def tool_of(event: dict[str, Any]) -> tuple[str, str, str, dict[str, Any]] | None:
+    """(server, tool, target, arguments) of a tool call Airlock guards; None for the others."""
     tool, given = event.get("tool_name", ""), event.get("tool_input") or {}
     if tool == "Bash":
-        params = {"command": given.get("command", ""), "description": given.get("description")}
-        return "run_shell", str(event.get("cwd", "")), params
+        return CLAUDE_CODE, tool, str(event.get("cwd", "")), dict(given)
     if tool in EDITS:
         path = str(given.get("file_path") or given.get("notebook_path") or "")
-        return "edit_file", path, {"file_path": path, "tool": tool}
+        return CLAUDE_CODE, tool, path, dict(given)
     found = _MCP.match(tool)
     if found:
-        name = f"mcp.{_canonical(found['server'])}.{_canonical(found['tool'])}"
-        return name, found["server"], dict(given)
+        return found["server"], found["tool"], "", dict(given)
     return None
-
-
-def _canonical(part: str) -> str:
-    return re.sub(r"[^a-z0-9_]", "_", part.lower()).strip("_") or "tool"
 
 
 def decide(event: dict[str, Any], client: Client, wait: float) -> dict[str, Any] | None:
     """The hook's answer (None: no opinion, Claude Code's own permissions apply)."""
-    named = action_of(event)
+    named = tool_of(event)
     if named is None:
         return None
-    action, target, params = named
+    server, tool, target, arguments = named
     # The same call in the same session joins its approval, whichever tool_use_id it has.
-    key_material = json.dumps([event.get("session_id"), action, target, params], sort_keys=True)
+    key_material = json.dumps(
+        [event.get("session_id"), server, tool, target, arguments], sort_keys=True
+    )
     key = "claude-code:" + hashlib.sha256(key_material.encode()).hexdigest()[:40]
-    call = guard(action, target, params, provider="claude-code", idempotency_key=key,
-                 wait=wait, client=client)  # fmt: skip
+    call = guard(tool, target, arguments, provider=CLAUDE_CODE, idempotency_key=key,
+                 wait=wait, client=client, server=server)  # fmt: skip
     try:
         answer = call.admit()
     except Blocked as e:

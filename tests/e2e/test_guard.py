@@ -207,6 +207,9 @@ def test_bad_input_is_a_400_naming_the_field_and_nothing_is_recorded(airlock: Pr
         (json.dumps({"action": "run_sql", "target": 5}).encode(), "'target' has the wrong type"),
         (json.dumps({"action": "x", "target": "t", "approve": True}).encode(), "unknown field"),
         (json.dumps({"action": "Drop Table", "target": "t"}).encode(), "canonical action"),
+        (json.dumps({"target": "t"}).encode(), "'action' is required (or 'tool' and 'server')"),
+        (json.dumps({"tool": "Bash", "server": ""}).encode(), "'server' must be 1 to 200"),
+        (json.dumps({"action": "x", "target": "t", "tool": "y"}).encode(), "'tool' cannot be"),
     ]
     for body, says in cases:
         answer = requests.post(url, data=body, auth=auth, timeout=10)
@@ -300,15 +303,34 @@ def test_the_claude_code_hook_leaves_allowed_calls_and_reads_to_claude_code(
     assert hook(airlock, read) is None  # not guarded at all
     [run] = runs(airlock, action="run_shell", decision="ALLOW")
     assert run.params["command"] == "ls -la" and run.target == "/srv/app"
+    assert run.mapping_id == "claude_code.bash"  # named by mappings/claude-code.yaml
+
+
+def test_the_hook_maps_an_mcp_tool_as_the_proxy_does(airlock: Proxy) -> None:
+    """GitHub's MCP create_issue, through Claude Code, is the create_issue of GitHub's REST API
+    and of its MCP server over HTTP: mappings/mcp.yaml names it for all three."""
+    mcp = bash("") | {
+        "tool_name": "mcp__github__create_issue",
+        "tool_input": {"owner": "acme", "repo": "app", "title": "Flaky test"},
+    }
+    hook(airlock, mcp)
+    [run] = runs(airlock, action="create_issue")
+    assert (run.mapping_id, run.target, run.category) == (
+        "mcp.github.create_issue",
+        "github/acme/app",
+        "code",
+    )
+    assert run.params == {"owner": "acme", "repo": "app", "title": "Flaky test"}
+    assert run.context["source"] == "guard"
 
 
 def test_the_claude_code_hook_waits_for_a_reviewer_then_allows(airlock: Proxy) -> None:
     mcp = bash("") | {
-        "tool_name": "mcp__github__create_issue",
-        "tool_input": {"repo": "acme/app", "title": "Flaky test"},
+        "tool_name": "mcp__linear__save_issue",
+        "tool_input": {"team": "app", "title": "Flaky test"},
     }
     reviewer = threading.Thread(
-        target=approve_from_another_process, args=(airlock, "mcp.github.create_issue")
+        target=approve_from_another_process, args=(airlock, "mcp.linear.save_issue")
     )
     reviewer.start()
     verdict = decision(hook(airlock, mcp))

@@ -199,6 +199,45 @@ def tools_call(call_id: int, tool: str, arguments: dict[str, Any]) -> dict[str, 
     return {"jsonrpc": "2.0", "id": call_id, "method": "tools/call", "params": params}
 
 
+def test_a_call_held_longer_than_a_stream_leg_is_kept_alive_until_approved(
+    start_proxy: Callable[..., Proxy], mcp_server: McpServer, policies: Path
+) -> None:
+    """Each keep-alive leg ends the stream with a progress notification; the client resumes it
+    (GET, Last-Event-ID) and, once approved, the call as judged runs once on the resumed stream."""
+    proxy = start_proxy(
+        "--policies", str(policies), "--hold-timeout", "30", "--mcp-keepalive", "1",
+        routes={"mcp.example.com": mcp_server.port},
+    )  # fmt: skip
+    answers: list[list[dict[str, Any]]] = []
+    refund = ("refund", {"charge": "ch_3", "amount": 900})
+    agent = _Thread(lambda: answers.append(call_tools(proxy, refund)))
+    held = eventually(lambda: pending(proxy), timeout=30)
+    eventually(lambda: resumed_legs(proxy) >= 2, timeout=30)  # two legs ended and came back
+    assert not agent.finished
+    done = airlock("approve", held[0]["id"][:12], "--db", proxy.db_url, "--reviewer", "alice")
+    assert done.returncode == 0, done.stderr
+    agent.join()
+    [[answer]] = answers
+    assert (answer["is_error"], answer["text"]) == (False, "refunded 900 of ch_3")
+    assert answer["progress"][0] == f"waiting for a reviewer: approval {held[0]['id'][:8]} " + (
+        f"(airlock approve {held[0]['id'][:8]})"
+    )
+    assert len([c for c in mcp_server.calls("refund") if c["arguments"]["charge"] == "ch_3"]) == 1
+    [run] = [r for r in runs(proxy) if r.action == "mcp.mcp.example.com.refund"]
+    assert eventually(lambda: outcome_of(proxy, run.id)) == {
+        "result": "succeeded",
+        "text": "refunded 900 of ch_3",
+    }
+
+
+def resumed_legs(proxy: Proxy) -> int:
+    return proxy.output().count("the MCP client resumed its stream")
+
+
+def outcome_of(proxy: Proxy, run_id: str) -> Any:
+    return next(r.outcome_detail for r in runs(proxy) if r.id == run_id)
+
+
 def post_jsonrpc(proxy: Proxy, body: Any, headers: dict[str, str] | None = None) -> Any:
     response = proxy.session(agent="support-agent").post(
         SERVER,

@@ -6,28 +6,34 @@ Prints one JSON line per call: what the model would be handed.
 import asyncio
 import json
 import sys
+from typing import Any
 
 from mcp import Client
+
+
+def recorder(messages: list[str | None]) -> Any:
+    """A progress callback that keeps each notification's message."""
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        messages.append(message)
+
+    return on_progress
 
 
 async def main(url: str, calls: list[tuple[str, dict]]) -> None:
     async with Client(url, read_timeout_seconds=120) as client:
         for tool, arguments in calls:
-            result = await client.call_tool(tool, arguments)
+            progress: list[str | None] = []
+            result = await client.call_tool(tool, arguments, progress_callback=recorder(progress))
             texts = [c.text for c in result.content if getattr(c, "type", None) == "text"]
-            meta = result.meta if hasattr(result, "meta") else None
-            print(
-                json.dumps(
-                    {
-                        "tool": tool,
-                        "is_error": result.is_error,
-                        "text": "\n".join(texts),
-                        "meta": meta,
-                    },
-                    default=str,
-                ),
-                flush=True,
-            )
+            answer = {
+                "tool": tool,
+                "is_error": result.is_error,
+                "text": "\n".join(texts),
+                "meta": result.meta,
+                "progress": progress,
+            }
+            print(json.dumps(answer, default=str), flush=True)
 
 
 args = sys.argv[2:]
