@@ -46,6 +46,10 @@ NOT_YOURS = (
     "no call of yours with this request id was allowed here (an outcome is reported once, by "
     "the agent the call was allowed to)"
 )
+NO_SUCH_APPROVAL = (
+    "no call of yours was answered with this approval id here (an approval is waited on by the "
+    "agent whose call it holds, through the Airlock that answered it)"
+)
 MAX_BODY = 1 << 20
 OUTCOMES = ("succeeded", "failed")
 _FIELDS: dict[str, tuple[type | tuple[type, ...], bool]] = {  # name: (types, required)
@@ -72,6 +76,9 @@ class GuardApi:
         # Calls answered ALLOW here, by request id, with their agent: only the agent a call was
         # allowed to may report what it did (evidence nobody else can write over).
         self.allowed: OrderedDict[str, str] = OrderedDict()
+        # Approvals answered here, with the agent whose call each holds: only that agent may
+        # wait on one (an approval id says nothing to anyone else).
+        self.approvals: OrderedDict[str, str] = OrderedDict()
 
     def load(self, loader: Any) -> None:
         loader.add_option(
@@ -120,6 +127,7 @@ class GuardApi:
                 self._allowed(run.id, agent)
             return 200, _answer(run, run.decision, run.reason)
         approval = decided.approval
+        self._remember(self.approvals, approval.id, agent)
         if not approval.joined:
             runtime.notifier.held(run, approval.id, approval.expires_at)
             return 200, _answer(run, REQUIRE_APPROVAL, run.reason, approval)
@@ -129,9 +137,14 @@ class GuardApi:
         return status, answer
 
     def _allowed(self, request_id: str, agent: str) -> None:
-        self.allowed[request_id] = agent
-        if len(self.allowed) > MAX_REMEMBERED:
-            self.allowed.popitem(last=False)
+        self._remember(self.allowed, request_id, agent)
+
+    @staticmethod
+    def _remember(found: OrderedDict[str, str], key: str, agent: str) -> None:
+        found[key] = agent
+        found.move_to_end(key)
+        if len(found) > MAX_REMEMBERED:
+            found.popitem(last=False)
 
     def outcome(self, agent: str, request_id: str, status: str, detail: str | None) -> bool:
         """Record what an allowed call did; False when it was not allowed to this agent here."""
@@ -167,7 +180,11 @@ class GuardApi:
         runtime.remember(run, passed=True)
         return 200, _answer(run, ALLOW, f"approved by {approval.reviewer}", approval)
 
-    async def approval(self, approval_id: str, wait: float) -> dict[str, Any]:
+    async def approval(self, agent: str, approval_id: str, wait: float) -> dict[str, Any] | None:
+        """The approval's state once settled or after `wait` seconds; None when no call of this
+        agent's was answered with it here."""
+        if self.approvals.get(approval_id) != agent:
+            return None
         settled = await self.runtime.wait_settled(approval_id, min(wait, MAX_WAIT))
         if settled is None:
             return {"id": approval_id, "state": "PENDING"}
@@ -291,7 +308,11 @@ class _Approval(_Handler):
             wait = float(self.get_query_argument("wait", "0"))
         except ValueError:
             raise HTTPError(400, reason="wait must be a number of seconds") from None
-        self.finish(await self.api.approval(approval_id, max(0.0, wait)))
+        found = await self.api.approval(self.agent, approval_id, max(0.0, wait))
+        if found is None:
+            self._error(404, NO_SUCH_APPROVAL)
+            return
+        self.finish(found)
 
 
 class _Outcome(_Handler):

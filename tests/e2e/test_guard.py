@@ -195,6 +195,17 @@ def test_an_unanswered_approval_times_out_with_its_id(airlock: Proxy) -> None:
     with pytest.raises(ApprovalPending) as pending, unanswered:
         raise AssertionError("ran without approval")
     assert len(pending.value.approval_id) == 32
+    # Only the agent whose call it holds may wait on it; an unknown id is no long wait either
+    # (a request that long-polled would outlast the client's 10 s timeout).
+    base = f"http://127.0.0.1:{guard_port(airlock)}/v1/approvals"
+    for agent, approval_id in (("billing-bot", pending.value.approval_id), ("ops-bot", "0" * 32)):
+        answer = requests.get(f"{base}/{approval_id}?wait=30", auth=(agent, KEY), timeout=10)
+        assert answer.status_code == 404
+        assert "no call of yours was answered with this approval id" in answer.json()["error"]
+    mine = requests.get(
+        f"{base}/{pending.value.approval_id}?wait=0", auth=("ops-bot", KEY), timeout=10
+    )
+    assert mine.json()["state"] == "PENDING"
 
 
 def test_bad_input_is_a_400_naming_the_field_and_nothing_is_recorded(airlock: Proxy) -> None:
