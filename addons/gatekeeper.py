@@ -32,6 +32,7 @@ from airlock.addons.streams import Streams, target
 from airlock.decider.client import DeciderFault
 from airlock.decider.messages import Decide, Decided, RawRequest
 from airlock.pipeline.document import minimal_document
+from airlock.pipeline.evaluation import UNDO_OF
 from airlock.pipeline.policies import BLOCK, REQUIRE_APPROVAL
 from airlock.pipeline.run_record import (
     RunRecord,
@@ -86,12 +87,15 @@ class Gate:
             await self.holds.resume(flow, *resumed)
             return
         decided = await self._decide(flow, run_id, agent)
+        flow.request.headers.pop(UNDO_OF, None)  # Airlock's own link, judged and recorded
         if decided is None:
             return
         run = decided.run
         flow.metadata["airlock_recorded"] = True
         if run.protocol:
             flow.metadata["airlock_protocol"] = run.protocol  # its outcome is read as such
+        if run.mapping_id:
+            flow.metadata["airlock_mapping"] = run.mapping_id  # its `outcome:` reads the answer
         # Counted and printed right after the request is on its way, not before.
         asyncio.get_running_loop().call_soon(
             self._report, run, decided.failed_stage, time.perf_counter() - started

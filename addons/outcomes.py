@@ -11,6 +11,7 @@ from mitmproxy import http
 
 from airlock.addons.runtime import Runtime
 from airlock.pipeline.mcp import tool_outcome
+from airlock.pipeline.outcome import outcome_ids
 
 
 def mcp_outcome(flow: http.HTTPFlow) -> dict[str, Any] | None:
@@ -40,11 +41,34 @@ class Outcomes:
         released = flow.metadata.get("airlock_released", flow.response.timestamp_start)
         upstream_ms = ((flow.response.timestamp_end or time.time()) - released) * 1000
         detail = mcp_outcome(flow) if flow.metadata.get("airlock_protocol") == "mcp" else None
+        ids = self._ids(flow)
+        if ids:
+            detail = {**(detail or {}), "ids": ids}
         self.runtime.record_outcome(
             run_id, "forwarded", flow.response.status_code, upstream_ms, detail
         )
 
+    def _ids(self, flow: http.HTTPFlow) -> dict[str, Any] | None:
+        """The identifiers the answer returned, by the run's mapping (`outcome:`)."""
+        config, response = self.runtime.config, flow.response
+        mapping_id = flow.metadata.get("airlock_mapping")
+        if config is None or response is None or mapping_id is None:
+            return None
+        mapping = config.mappings.by_id.get(mapping_id)
+        if mapping is None or not mapping.outcome or response.raw_content is None:
+            return None
+        try:
+            raw = response.get_content(strict=False) or b""
+        except ValueError:
+            return None
+        return outcome_ids(mapping, response.status_code, dict(response.headers), raw)
+
     def error(self, flow: http.HTTPFlow) -> None:
+        """No answer. Once connected, the request was on its way: the upstream may have acted
+        on it (AMBIGUOUS: check before trying again); before that, it was never sent."""
         run_id = flow.metadata.get("airlock")
         if run_id and "airlock_released" in flow.metadata and flow.response is None:
-            self.runtime.record_outcome(run_id, "upstream_error", None)
+            server = flow.server_conn
+            connected = server is not None and server.timestamp_tcp_setup is not None
+            outcome = "ambiguous" if connected else "upstream_error"
+            self.runtime.record_outcome(run_id, outcome, None)

@@ -253,6 +253,49 @@ def build_parser() -> argparse.ArgumentParser:
     _db_argument(deny)
     _reviewers_argument(deny)
 
+    runs = commands.add_parser(
+        "runs", help="read the record of one run", description="Read the record of one run."
+    )
+    runs_commands = runs.add_subparsers(dest="runs_command", required=True)
+    show = runs_commands.add_parser(
+        "show",
+        help="one run as an auditor reads it",
+        description="One run: its request (redacted, as recorded), decision and why, approvals "
+        "and votes, what the upstream answered and the identifiers it returned, and how to "
+        "undo it.",
+    )
+    show.add_argument("id", help="run (request) id, or an unambiguous prefix of 6+ characters")
+    show.add_argument("--json", action="store_true", help="print JSON for scripts")
+    show.add_argument("--mappings", default=str(SHIPPED_MAPPINGS), metavar="DIR")
+    _db_argument(show)
+
+    undo = commands.add_parser(
+        "undo",
+        help="print (or send) the request that undoes a run",
+        description="Print the compensating request for a run (a refund of a charge, the "
+        "termination of the instances it launched, the deletion of the message it posted), "
+        "from the run's params and the identifiers its upstream returned. With --execute it "
+        "is sent through Airlock, decided by policy (it may need approval) and recorded as the "
+        "undo of the run, with credentials from your environment (never stored).",
+    )
+    undo.add_argument("id", help="run (request) id, or an unambiguous prefix of 6+ characters")
+    undo.add_argument("--execute", action="store_true", help="send it through Airlock")
+    undo.add_argument(
+        "--proxy",
+        default=os.environ.get("AIRLOCK_PROXY", "http://127.0.0.1:8080"),
+        help="Airlock's proxy (default: $AIRLOCK_PROXY, else %(default)s)",
+    )
+    undo.add_argument(
+        "--agent", default=os.environ.get("AIRLOCK_AGENT"),
+        help="the identity to send it as, when agents authenticate (default: $AIRLOCK_AGENT; "
+        "the key from $AIRLOCK_AGENT_KEY)",
+    )  # fmt: skip
+    undo.add_argument("--mappings", default=str(SHIPPED_MAPPINGS), metavar="DIR")
+    undo.add_argument(
+        "--confdir", default=None, metavar="DIR", help="where Airlock's CA is (as for run)"
+    )
+    _db_argument(undo)
+
     check = commands.add_parser(
         "check",
         help="validate mapping and policy files",
@@ -486,6 +529,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "doctor": cmd_doctor,
         "demo": cmd_demo,
         "hook": cmd_hook,
+        "runs": cmd_runs_show,
+        "undo": cmd_undo,
     }
     try:
         return handlers[args.command](args)
@@ -831,6 +876,59 @@ def cmd_decide(args: argparse.Namespace) -> int:
         )
     else:
         print(f"{settled.state.lower()} {settled.approval_id} as {args.reviewer}")
+    return 0
+
+
+def _run_view(args: argparse.Namespace) -> Any:
+    from airlock.store.runs import RunNotFound, find_run
+
+    try:
+        return find_run(_engine(args.db), args.id)
+    except RunNotFound as e:
+        raise NoStore(str(e)) from None
+
+
+def cmd_runs_show(args: argparse.Namespace) -> int:
+    from airlock.console.runs import show_run, undo_plan
+    from airlock.pipeline.mappings import load_mappings
+    from airlock.pipeline.undo import CannotUndo
+
+    view, mappings = _run_view(args), load_mappings(Path(args.mappings))
+    if args.json:
+        try:
+            plan: Any = undo_plan(view, mappings).__dict__
+        except CannotUndo as e:
+            plan = {"cannot": str(e)}
+        print(json.dumps({**view.__dict__, "undo": plan}, indent=2, default=str))
+        return 0
+    show_run(Console(highlight=False), view, mappings)
+    return 0
+
+
+def cmd_undo(args: argparse.Namespace) -> int:
+    from airlock.console.runs import UndoFailed, execute, print_plan, proxy_url, undo_plan
+    from airlock.pipeline.mappings import load_mappings
+    from airlock.pipeline.undo import CannotUndo
+
+    view = _run_view(args)
+    run_id = view.run["id"]
+    try:
+        plan = undo_plan(view, load_mappings(Path(args.mappings)))
+    except CannotUndo as e:
+        print(f"airlock undo: run {run_id} cannot be undone: {e}", file=sys.stderr)
+        return 1
+    console = Console(highlight=False)
+    console.print(f"Undo run {run_id} ({view.run['action']} → {view.run['target']}):")
+    print_plan(console, plan, run_id)
+    if not args.execute:
+        return 0
+    proxy = proxy_url(args.proxy, args.agent, os.environ.get("AIRLOCK_AGENT_KEY"))
+    try:
+        said = execute(plan, run_id, proxy, Path(args.confdir) / CA_CERT_NAME)
+    except UndoFailed as e:
+        print(f"airlock undo: {e}", file=sys.stderr)
+        return 1
+    console.print(f"sent: {said}", markup=False)
     return 0
 
 

@@ -297,6 +297,11 @@ def render_detail(item: PendingApproval, history: list[RecordedDecision]) -> Tex
         text.append(f"  {item.undo.get('action')}: {item.undo.get('description', '')}\n")
         if item.undo.get("params"):
             text.append(f"  {json.dumps(item.undo['params'])}\n")
+        if item.undo.get("sends"):
+            text.append(f"  can be undone once it has run: airlock undo {item.run_id[:12]} "
+                        f"sends {item.undo['sends']}\n", style="green")  # fmt: skip
+        else:
+            text.append("  no compensating request is known: undo by hand\n", style="yellow")
     else:
         text.append("  no known way to undo this\n", style="red")
     section("Request (redacted)")

@@ -68,6 +68,12 @@ def evaluate(document: Document, config: Config, history: History | None = None)
     problem = request_problem(document)
     if problem:
         return _failed("request", fallback_action(document), ValueError(problem))
+    undo_of = document["headers"].get(UNDO_OF)
+    if undo_of:  # `airlock undo` sent it: the run it undoes, on record with this one
+        evaluation = evaluate({**document, "headers": _without(document["headers"], UNDO_OF)},
+                              config, history)  # fmt: skip
+        context = {**evaluation.action.context, "undo_of": undo_of[:64]}
+        return replace(evaluation, action=replace(evaluation.action, context=context))
     messages = jsonrpc_messages(document)
     if messages is None:
         return _evaluate_one(document, config, history)
@@ -80,6 +86,13 @@ def evaluate(document: Document, config: Config, history: History | None = None)
         verdict = Verdict(BLOCK, f"{mismatch}: what is judged must be what runs", ("mcp-headers",))
         return replace(evaluation, verdict=verdict)
     return evaluation
+
+
+UNDO_OF = "x-airlock-undo-of"  # set by `airlock undo`; never forwarded (addons/gatekeeper.py)
+
+
+def _without(headers: dict[str, str], name: str) -> dict[str, str]:
+    return {key: value for key, value in headers.items() if key != name}
 
 
 def _evaluate_batch(

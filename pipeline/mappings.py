@@ -34,6 +34,7 @@ from airlock.pipeline.mcp import (
     tool_call,
 )
 from airlock.pipeline.operations import DEFAULT_CATALOG, Operation, OperationIndex, load_catalog
+from airlock.pipeline.undo import UndoSpec, load_undo_spec
 from airlock.pipeline.yaml_source import (
     ConfigError,
     Node,
@@ -84,8 +85,10 @@ _MAPPING_KEYS = {
     "operation",
     "server",
     "tool",
+    "outcome",
 }
-_UNDO_KEYS = {"action", "description", "params"}
+_UNDO_KEYS = {"action", "description", "params", "request", "aws"}
+_TEMPLATE_FIELD_NAMES = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\+?\}")
 MCP_CONTEXT = {"protocol": "mcp"}  # answers and outcomes are JSON-RPC (addons/refusals.py)
 _TEMPLATE_FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(\+?)\}")
 
@@ -174,6 +177,22 @@ class Mapping:
     server: str | None = None
     tool: re.Pattern[str] | None = None
     tool_globs: tuple[str, ...] = ()
+    # What the upstream's answer says was done (`$.response.body.id`): the run's evidence.
+    outcome: tuple[ValueSpec, ...] = ()
+    undo_spec: UndoSpec | None = None  # the compensating request `airlock undo` sends
+
+    def outcome_of(self, response: Document) -> dict[str, Any]:
+        """The identifiers a response returned, by the `outcome:` specs (absent ones left out;
+        one that does not read as its type is left out too: the response is what it is)."""
+        found = {}
+        for spec in self.outcome:
+            try:
+                value = spec.extract(response)
+            except ExtractionError:
+                continue
+            if value is not None and value != []:
+                found[spec.name] = value
+        return found
 
     def calls(self, server: str, tool: str) -> bool:
         """This MCP mapping covers the tool of that server."""
@@ -316,6 +335,7 @@ class MappingIndex:
         self._first_of_action: dict[str, Mapping] = {}
         for mapping in self.mappings:
             self._first_of_action.setdefault(mapping.action, mapping)
+        self.by_id = {mapping.id: mapping for mapping in self.mappings}
 
     def describing(self, action: str) -> Mapping | None:
         """The first mapping that produces this action (its category, sensitivity, provider)."""
@@ -637,6 +657,9 @@ def _load_mapping(
         raise ConfigError(where, "mapping has no hosts: set 'hosts' on the file or the mapping")
     action = entry["action"]
     expect_type(entry, "action", action, str, "a string")
+    params = load_value_specs(entry, "params")
+    context = file_context + load_value_specs(entry, "context")
+    outcome = load_value_specs(entry, "outcome")
     if "{" in action and tool is None:
         raise ConfigError(
             entry.at("action"), "only an MCP mapping ('tool:') can template its action name"
@@ -653,8 +676,8 @@ def _load_mapping(
         path_template=entry.get("path"),
         match=_match(entry),
         target=_target(entry),
-        params=load_value_specs(entry, "params"),
-        context=file_context + load_value_specs(entry, "context"),
+        params=params,
+        context=context,
         undo=_undo(entry),
         where=where,
         order=order,
@@ -662,6 +685,8 @@ def _load_mapping(
         server=server,
         tool=re.compile("|".join(fnmatch.translate(t) for t in tool)) if tool else None,
         tool_globs=tool or (),
+        outcome=outcome,
+        undo_spec=_undo_spec(entry, params + context + outcome),
     )
 
 
@@ -780,11 +805,26 @@ def _match(entry: Node) -> tuple[Condition, ...]:
 
 
 def _undo(entry: Node) -> dict[str, Any] | None:
+    """What reviewers are shown of how to undo it (the request itself: _undo_spec)."""
     undo = optional_node(entry, "undo", "a mapping naming the action that undoes this one")
     if undo is None:
         return None
     expect_keys(undo, _UNDO_KEYS, {"action"}, "undo")
-    return {key: undo[key] for key in undo}
+    shown = {key: undo[key] for key in undo if key not in ("request", "aws")}
+    request, aws = undo.get("request"), undo.get("aws")
+    if isinstance(request, Node):  # what `airlock undo` will send, for reviewers
+        shown["sends"] = f"{str(request.get('method', '')).upper()} {request.get('url', '')}"
+    elif isinstance(aws, Node):
+        shown["sends"] = f"AWS {aws.get('service', '')} {aws.get('operation', '')}"
+    return shown
+
+
+def _undo_spec(entry: Node, specs: tuple[ValueSpec, ...]) -> UndoSpec | None:
+    undo = entry.get("undo")
+    if not isinstance(undo, Node):
+        return None
+    captures = set(_TEMPLATE_FIELD_NAMES.findall(str(entry.get("path", ""))))
+    return load_undo_spec(undo, {spec.name for spec in specs} | captures)
 
 
 # --- analysis --------------------------------------------------------------------------------

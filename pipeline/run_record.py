@@ -44,6 +44,7 @@ class RunSummary:
     error: str | None = None
     risk_factors: Any = None
     protocol: str | None = None  # "mcp": answers and outcomes are JSON-RPC (pipeline/mcp.py)
+    mapping_id: str | None = None  # its mapping's `outcome:` reads what the response returned
 
 
 @dataclass(slots=True)
@@ -88,7 +89,7 @@ class RunRecord:
             self.id, self.decision, self.action, self.rules, self.reason, self.at, self.agent,
             self.provider, self.operation, self.target, self.params, self.risk,
             self.shadow_decision, self.shadow_rules, self.error, self.risk_factors,
-            (self.context or {}).get("protocol"),
+            (self.context or {}).get("protocol"), self.mapping_id,
         )  # fmt: skip
 
     def as_row(self) -> dict[str, Any]:
@@ -121,8 +122,10 @@ def let_through(decision: str, outcome: str | None) -> bool | None:
     """True: its request went (or is going) out, and counts against budgets. False: refused
     (a denial, for the risk score). None: neither yet, or not a decision on the request
     (an attempt answered 'pending', a duplicate retry, a store failure)."""
-    if outcome in ("forwarded", "unknown") or (decision == ALLOW and outcome is None):
-        return True  # "unknown": released when its proxy stopped, so it may have gone out
+    if outcome in ("forwarded", "unknown", "ambiguous") or (decision == ALLOW and outcome is None):
+        # "unknown": released when its proxy stopped; "ambiguous": its connection failed after
+        # it was sent. Either may have gone out.
+        return True
     if decision == BLOCK or outcome in ("blocked", "denied", "expired", "abandoned"):
         return False
     return None

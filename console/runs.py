@@ -1,0 +1,221 @@
+"""`airlock runs show ID` and `airlock undo ID`: one run as an auditor wants it (the request as
+recorded, redacted; the decision and why; approvals and votes; what the upstream answered and
+the identifiers it returned; how to undo it), and the compensating request, printed or sent
+through the proxy with the operator's own credentials (read from the environment, never
+stored), decided by policy and recorded as the undo of the run."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import ssl
+import urllib.error
+import urllib.parse
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+
+from airlock.pipeline.mappings import MappingIndex
+from airlock.pipeline.undo import CannotUndo, UndoPlan, plan_undo
+from airlock.store.runs import RunView
+
+UNDO_OF = "X-Airlock-Undo-Of"  # read by the proxy: the new run records the run it undoes
+CARRIED_OUT = ("forwarded", "ambiguous", "unknown")
+
+
+def undo_plan(view: RunView, mappings: MappingIndex) -> UndoPlan:
+    """The compensating request for a run, or CannotUndo saying why there is none."""
+    run = view.run
+    if run["outcome"] not in CARRIED_OUT or (run["status"] or 200) >= 300:
+        raise CannotUndo(f"it was not carried out (outcome {run['outcome'] or 'none yet'}, "
+                         f"status {run['status']})")  # fmt: skip
+    mapping = mappings.by_id.get(run["mapping_id"] or "")
+    if mapping is None:
+        raise CannotUndo("no mapping in use describes it (its action was derived or generic)")
+    detail = run.get("outcome_detail") or {}
+    values = {**(run["context"] or {}), **(run["params"] or {}), **(detail.get("ids") or {})}
+    return plan_undo(mapping.undo_spec, values)
+
+
+# --- showing ---------------------------------------------------------------------------------
+
+
+def show_run(console: Console, view: RunView, mappings: MappingIndex) -> None:
+    run = view.run
+    request = run["request"] or {}
+    console.print(f"[bold]Run {run['id']}[/]  {_when(run['at'])}  agent {escape(run['agent'])}")
+    console.print(f"  {run['action']} → {escape(str(run['target']))}  ({run['provider']}, "
+                  f"{run['category']}, {run['sensitivity']})")  # fmt: skip
+    if run["operation"]:
+        console.print(f"  operation {run['operation']}  mapping {run['mapping_id'] or '—'}")
+    _section(console, "Request (as recorded, redacted)")
+    console.print(f"  {request.get('method')} {request.get('scheme')}://{request.get('host')}"
+                  f"{request.get('path')}", markup=False)  # fmt: skip
+    for name, value in (request.get("headers") or {}).items():
+        console.print(f"  {name}: {value}", markup=False)
+    if request.get("body") is not None:
+        console.print("  " + json.dumps(request["body"], default=str)[:2000], markup=False)
+    _section(console, "Decision")
+    console.print(f"  {run['decision']}: {escape(run['reason'])}")
+    console.print(f"  rules: {', '.join(run['rules']) or 'none'}   risk {run['risk']}")
+    for factor in run["risk_factors"] or []:
+        console.print(f"    {factor.get('name')} +{factor.get('points')}: "
+                      f"{escape(str(factor.get('why', '')))}")  # fmt: skip
+    for approval in view.approvals:
+        _section(console, f"Approval {approval['id'][:12]}")
+        by = f" by {approval['reviewer']}" if approval["reviewer"] else ""
+        console.print(f"  {approval['state']}{by}: {escape(approval['reason'] or '')}")
+        for vote in approval["votes"]:
+            console.print(f"    vote: {escape(vote['reviewer'])} at {_when(vote['at'])}: "
+                          f"{escape(vote['reason'] or '')}")  # fmt: skip
+    _section(console, "Outcome")
+    took = f", upstream {run['upstream_ms']:.0f} ms" if run["upstream_ms"] is not None else ""
+    console.print(f"  {run['outcome'] or 'none yet'} (status {run['status']}{took})")
+    if run.get("outcome_detail"):
+        console.print("  " + json.dumps(run["outcome_detail"], default=str), markup=False)
+    _section(console, "Undo")
+    try:
+        print_plan(console, undo_plan(view, mappings), run["id"])
+    except CannotUndo as e:
+        console.print(f"  cannot be undone: {escape(str(e))}")
+    for other in view.undone_by:
+        console.print(f"  undone by run {other['id']} ({other['action']}: {other['decision']}, "
+                      f"outcome {other['outcome'] or 'none yet'})")  # fmt: skip
+
+
+def _section(console: Console, title: str) -> None:
+    console.print(f"[bold]{title}[/]")
+
+
+def _when(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def print_plan(console: Console, plan: UndoPlan, run_id: str) -> None:
+    console.print(f"  {plan.action}: {escape(plan.description)}")
+    if plan.aws is not None:
+        region = f" (region {plan.aws['region']})" if plan.aws.get("region") else ""
+        console.print(f"  AWS {plan.aws['service']} {plan.aws['operation']}{region} "
+                      f"{json.dumps(plan.aws.get('params') or {})}", markup=False)  # fmt: skip
+        console.print("  signed with your AWS credentials (botocore's: environment, profile)")
+    else:
+        console.print(f"  {plan.method} {plan.url}", markup=False)
+        if plan.auth:
+            header = plan.auth.get("header", "Authorization")
+            console.print(f"  {header}: {plan.auth.get('scheme', 'Bearer')} ${plan.auth['env']}",
+                          markup=False)  # fmt: skip
+        if plan.form:
+            console.print(f"  {urllib.parse.urlencode(plan.form)}", markup=False)
+        if plan.json:
+            console.print(f"  {json.dumps(plan.json)}", markup=False)
+    console.print(f"  airlock undo {run_id} --execute: sent through Airlock, decided and "
+                  "recorded as its undo")  # fmt: skip
+
+
+# --- sending ---------------------------------------------------------------------------------
+
+
+class UndoFailed(Exception):
+    """The compensating request could not be sent, or was refused (said as is)."""
+
+
+def proxy_url(proxy: str, agent: str | None, key: str | None) -> str:
+    if not agent:
+        return proxy
+    parts = urllib.parse.urlsplit(proxy)
+    credentials = f"{urllib.parse.quote(agent, safe='')}:{urllib.parse.quote(key or '', safe='')}"
+    return parts._replace(netloc=f"{credentials}@{parts.netloc}").geturl()
+
+
+def execute(plan: UndoPlan, run_id: str, proxy: str, ca: Path) -> str:
+    """Send the compensating request through Airlock; what Airlock and the upstream said."""
+    if plan.aws is not None:
+        return _execute_aws(plan.aws, run_id, proxy, ca)
+    return _execute_http(plan, run_id, proxy, ca)
+
+
+def _execute_http(plan: UndoPlan, run_id: str, proxy: str, ca: Path) -> str:
+    headers = {UNDO_OF: run_id}
+    data = None
+    if plan.form is not None:
+        data = urllib.parse.urlencode(plan.form).encode()
+        headers["Content-Type"] = "application/x-www-form-urlencoded"
+    elif plan.json is not None:
+        data = json.dumps(plan.json).encode()
+        headers["Content-Type"] = "application/json; charset=utf-8"
+    if plan.auth:
+        secret = os.environ.get(plan.auth["env"])
+        if not secret:
+            raise UndoFailed(f"set {plan.auth['env']} to your own credentials for this vendor "
+                             "(read from the environment, never stored)")  # fmt: skip
+        headers[plan.auth.get("header", "Authorization")] = (
+            f"{plan.auth.get('scheme', 'Bearer')} {secret}"
+        )
+    parts = urllib.parse.urlsplit(proxy)
+    if parts.username:  # urllib sends proxy credentials only with a non-empty password
+        user = urllib.parse.unquote(parts.username)
+        secret = urllib.parse.unquote(parts.password or "")
+        token = base64.b64encode(f"{user}:{secret}".encode()).decode()
+        headers["Proxy-Authorization"] = f"Basic {token}"  # urllib moves it to the CONNECT
+        proxy = _shown(proxy)
+    request = urllib.request.Request(str(plan.url), data, headers, method=plan.method)
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({"https": proxy, "http": proxy}),
+        urllib.request.HTTPSHandler(context=ssl.create_default_context(cafile=str(ca))),
+    )
+    try:
+        with opener.open(request, timeout=90) as answer:
+            return _said(answer.status, answer.headers, answer.read())
+    except urllib.error.HTTPError as e:
+        raise UndoFailed(_said(e.code, e.headers, e.read())) from None
+    except (urllib.error.URLError, OSError) as e:
+        raise UndoFailed(f"could not reach Airlock at {_shown(proxy)}: {e}") from None
+
+
+def _said(status: int, headers: Any, body: bytes) -> str:
+    decision = headers.get("X-Airlock-Decision", "")
+    recorded = headers.get("X-Airlock-Request-Id", "")
+    text = body.decode("utf-8", "replace")[:500]
+    return f"{status} {decision or 'ALLOW'} (recorded as run {recorded or '—'}): {text}"
+
+
+def _shown(proxy: str) -> str:
+    parts = urllib.parse.urlsplit(proxy)
+    return parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")).geturl()
+
+
+def _execute_aws(aws: dict[str, Any], run_id: str, proxy: str, ca: Path) -> str:
+    try:
+        import botocore.session
+        from botocore import xform_name
+        from botocore.config import Config
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:
+        raise UndoFailed("undoing an AWS operation needs botocore: pip install botocore") from None
+    session = botocore.session.get_session()
+    client = session.create_client(
+        aws["service"],
+        region_name=aws.get("region") or None,
+        config=Config(proxies={"https": proxy, "http": proxy}, retries={"max_attempts": 1}),
+        verify=str(ca),
+    )
+
+    def link(request: Any, **_: Any) -> None:  # after signing: the proxy removes it
+        request.headers[UNDO_OF] = run_id
+
+    client.meta.events.register("before-send", link)
+    try:
+        answer = getattr(client, xform_name(aws["operation"]))(**(aws.get("params") or {}))
+    except ClientError as e:
+        error = e.response.get("Error", {})
+        raise UndoFailed(f"{error.get('Code')}: {error.get('Message')}") from None
+    except BotoCoreError as e:
+        raise UndoFailed(str(e)) from None
+    meta = answer.get("ResponseMetadata", {})
+    recorded = (meta.get("HTTPHeaders") or {}).get("x-airlock-request-id", "—")
+    return f"{meta.get('HTTPStatusCode')} ALLOW (recorded as run {recorded})"

@@ -1,0 +1,32 @@
+"""What an upstream's answer says was done: the response as a document that a mapping's
+`outcome:` specs read (`$.response.status`, `$.response.headers`, `$.response.body`, parsed as
+request bodies are: JSON, forms, XML), for the identifiers a run's evidence and its undo need
+(the charge id, the created instance ids, the message ts)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airlock.pipeline.document import MAX_PARSED_BODY, Document, parse_body
+from airlock.pipeline.mappings import Mapping
+
+SUCCESS = range(200, 300)
+
+
+def response_document(status: int, headers: dict[str, str], raw: bytes) -> Document:
+    body = None
+    if len(raw) <= MAX_PARSED_BODY:  # larger answers are not read for identifiers
+        body = parse_body(headers.get("content-type", ""), raw)[0]
+    lowered = {name.lower(): value for name, value in headers.items()}
+    return {"response": {"status": status, "headers": lowered, "body": body}}
+
+
+def outcome_ids(
+    mapping: Mapping | None, status: int, headers: dict[str, str], raw: bytes
+) -> dict[str, Any] | None:
+    """The identifiers a successful answer returned, by the run's mapping; None when there is
+    nothing to read (no `outcome:`, an error status)."""
+    if mapping is None or not mapping.outcome or status not in SUCCESS:
+        return None
+    found = mapping.outcome_of(response_document(status, headers, raw))
+    return found or None

@@ -1,0 +1,145 @@
+"""How to undo what a run did, when the vendor offers a way: a mapping's `undo:` names the
+compensating request, with values from the original request (its params) and from what the
+upstream answered (its `outcome:` identifiers):
+
+    undo:
+      action: create_refund
+      description: refund the charge
+      request:                          # an HTTP request, sent with the operator's credentials
+        method: POST
+        url: https://api.stripe.com/v1/refunds
+        form: {charge: "{charge_id}"}   # or json: {...}; query: {...}
+        auth: {env: STRIPE_API_KEY}     # Authorization: Bearer $STRIPE_API_KEY
+      aws:                              # or an AWS operation, signed by botocore
+        service: ec2
+        operation: TerminateInstances
+        params: {InstanceIds: "{instance_ids}"}
+
+A value that is exactly one `{name}` keeps its type (a list of instance ids stays a list).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from airlock.pipeline.yaml_source import ConfigError, Node, expect_keys
+
+_FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_WHOLE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}\Z")
+_REQUEST_KEYS = {"method", "url", "form", "json", "query", "auth"}
+_AWS_KEYS = {"service", "operation", "params", "region"}
+_AUTH_KEYS = {"env", "scheme", "header"}
+
+
+@dataclass(frozen=True)
+class UndoSpec:
+    """A compiled `undo:` with a request: what `airlock undo` sends."""
+
+    action: str
+    description: str
+    http: dict[str, Any] | None = None  # method, url, form | json, query, auth
+    aws: dict[str, Any] | None = None  # service, operation, params, region
+    names: frozenset[str] = field(default_factory=frozenset)  # every {name} it uses
+
+
+@dataclass(frozen=True)
+class UndoPlan:
+    """The compensating request for one run, rendered."""
+
+    action: str
+    description: str
+    method: str | None = None
+    url: str | None = None
+    form: dict[str, Any] | None = None
+    json: dict[str, Any] | None = None
+    auth: dict[str, str] | None = None
+    aws: dict[str, Any] | None = None
+
+
+class CannotUndo(Exception):
+    """Why a run cannot be undone (said as is to the operator)."""
+
+
+def load_undo_spec(undo: Node, known: set[str]) -> UndoSpec | None:
+    """The request part of a mapping's `undo:`; every `{name}` must be a param, a context value
+    or an outcome identifier of the mapping, or it is a load error (never a broken undo)."""
+    if "request" not in undo and "aws" not in undo:
+        return None
+    if "request" in undo and "aws" in undo:
+        raise ConfigError(undo.at("aws"), "undo has either 'request' or 'aws', not both")
+    http = aws = None
+    if "request" in undo:
+        http = _checked(undo, "request", _REQUEST_KEYS, {"method", "url"})
+        if "auth" in http:
+            _checked(undo["request"], "auth", _AUTH_KEYS, {"env"})
+    else:
+        aws = _checked(undo, "aws", _AWS_KEYS, {"service", "operation"})
+    spec = http or aws or {}
+    names = frozenset(_names(spec))
+    unknown = sorted(names - known)
+    if unknown:
+        raise ConfigError(
+            undo.at("request" if http else "aws"),
+            f"undo uses {{{unknown[0]}}}, which is not a param, context value or outcome "
+            f"identifier of this mapping (known: {', '.join(sorted(known))})",
+        )
+    return UndoSpec(str(undo["action"]), str(undo.get("description", "")), http, aws, names)
+
+
+def _checked(owner: Node, key: str, allowed: set[str], required: set[str]) -> dict[str, Any]:
+    value = owner[key]
+    if not isinstance(value, Node):
+        raise ConfigError(owner.at(key), f"'{key}' must be a mapping")
+    expect_keys(value, allowed, required, key)
+    return _plain(value)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Node):
+        return {k: _plain(value[k]) for k in value}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _names(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return _FIELD.findall(value)
+    if isinstance(value, dict):
+        return [n for v in value.values() for n in _names(v)]
+    if isinstance(value, list):
+        return [n for v in value for n in _names(v)]
+    return []
+
+
+def plan_undo(spec: UndoSpec | None, values: dict[str, Any]) -> UndoPlan:
+    """The compensating request from the run's params, context and outcome identifiers."""
+    if spec is None:
+        raise CannotUndo("its mapping names no compensating request")
+    missing = sorted(n for n in spec.names if values.get(n) in (None, "", []))
+    if missing:
+        raise CannotUndo(
+            f"{{{missing[0]}}} is not on record (the run's params and outcome do not have it)"
+        )
+    if spec.aws is not None:
+        return UndoPlan(spec.action, spec.description, aws=_render(spec.aws, values))
+    http = _render(spec.http or {}, values)
+    return UndoPlan(
+        spec.action, spec.description, str(http["method"]).upper(), http["url"],
+        http.get("form"), http.get("json"), http.get("auth"),
+    )  # fmt: skip
+
+
+def _render(value: Any, values: dict[str, Any]) -> Any:
+    if isinstance(value, str):
+        whole = _WHOLE.match(value)
+        if whole:
+            return values.get(whole.group(1))
+        return _FIELD.sub(lambda m: str(values.get(m.group(1), "")), value)
+    if isinstance(value, dict):
+        return {k: _render(v, values) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_render(v, values) for v in value]
+    return value

@@ -1,0 +1,172 @@
+"""Evidence and undo through a running Airlock: the identifiers each write's answer returned are
+on its run, and `airlock undo` sends the compensating request (a refund of the charge, the
+termination of the instances, the deletion of the message) through the proxy, decided by the
+baseline's policies (a termination and a deletion need a reviewer), recorded as the undo of
+the run, with the operator's credentials from the environment."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import stripe
+from slack_sdk import WebClient
+
+from airlock.console.standins import Upstream
+from airlock.store.approvals import pending_approvals
+from airlock.store.schema import open_engine
+from tests.e2e.test_catalog_aws import AWS_HOSTS, client
+from tests.e2e.test_gate import eventually, runs
+from tests.helpers.proxy import PROJECT_ROOT, Proxy, clean_env
+
+pytestmark = pytest.mark.e2e
+
+STRIPE_KEY = "sk_test_UndoOperatorKey000000000000"
+SLACK_TOKEN = "xoxb-0000000000-undo-operator-token"
+
+
+@pytest.fixture(scope="module")
+def proxy(start_proxy: Callable[..., Proxy], moto_port: int, session_upstream: Upstream) -> Proxy:
+    routes = {host: moto_port for host in AWS_HOSTS} | {"slack.com": session_upstream.port}
+    return start_proxy("--hold-timeout", "30", routes=routes)
+
+
+def airlock(proxy: Proxy, *args: str, env: dict[str, str] | None = None) -> Any:
+    return subprocess.run(
+        [sys.executable, "-m", "airlock.console.cli", *args, "--db", proxy.db_url],
+        cwd=PROJECT_ROOT, env=clean_env() | (env or {}), capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+
+
+def undo(proxy: Proxy, run_id: str, env: dict[str, str]) -> Any:
+    return airlock(
+        proxy, "undo", run_id, "--execute", "--proxy", proxy.url, "--agent", "operator",
+        "--confdir", str(proxy.confdir), env=env,
+    )  # fmt: skip
+
+
+def evidence(proxy: Proxy, action: str) -> Any:
+    """The newest run of this action, once its outcome's identifiers are recorded."""
+
+    def found() -> Any:
+        done = [r for r in runs(proxy) if r.action == action and r.outcome_detail]
+        return done[-1] if done else None
+
+    run = eventually(found)
+    assert run is not None, f"no {action} run with its outcome's identifiers"
+    return run
+
+
+def approve_when_held(proxy: Proxy, action: str) -> threading.Thread:
+    """A reviewer approves the undo once the proxy holds it (the baseline asks for one)."""
+
+    def review() -> None:
+        engine = open_engine(proxy.db_url)
+        deadline, held = time.monotonic() + 60, []
+        while not held and time.monotonic() < deadline:
+            held = [a for a in pending_approvals(engine) if a.action == action]
+            time.sleep(0.05)
+        engine.dispose()
+        assert held, f"the undo ({action}) was never held"
+        approved = airlock(proxy, "approve", held[0].id[:12], "--reviewer", "alice",
+                           "--reason", "undoing the agent's mistake")  # fmt: skip
+        assert approved.returncode == 0, approved.stderr
+
+    thread = threading.Thread(target=review, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_charge_is_undone_by_refunding_it(
+    proxy: Proxy, upstream: Upstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(stripe, "api_key", "sk_test_AgentKey0000000000000000")
+    monkeypatch.setattr(stripe, "proxy", f"http://billing-agent:x@127.0.0.1:{proxy.port}")
+    monkeypatch.setattr(stripe, "ca_bundle_path", str(proxy.ca_cert))
+    charge = stripe.Charge.create(amount=2500, currency="usd", customer="cus_undo")
+    run = evidence(proxy, "create_charge")
+    assert run.outcome_detail == {"ids": {"charge_id": charge.id}}
+
+    printed = airlock(proxy, "undo", run.id)
+    assert printed.returncode == 0, printed.stderr
+    assert "POST https://api.stripe.com/v1/refunds" in printed.stdout
+    assert f"charge={charge.id}" in printed.stdout
+    assert "Authorization: Bearer $STRIPE_API_KEY" in printed.stdout
+
+    missing = undo(proxy, run.id, {})
+    assert missing.returncode == 1 and "set STRIPE_API_KEY" in missing.stderr
+    upstream.clear()
+    sent = undo(proxy, run.id, {"STRIPE_API_KEY": STRIPE_KEY})
+    assert sent.returncode == 0, sent.stderr
+    [refund] = [r for r in upstream.received if r.path == "/v1/refunds"]
+    assert refund.body.decode() == f"charge={charge.id}"
+    assert "x-airlock-undo-of" not in {name.lower() for name in refund.headers}
+    [undone] = [r for r in runs(proxy) if r.action == "create_refund"]
+    assert undone.context["undo_of"] == run.id and undone.agent == "operator"
+    assert STRIPE_KEY not in json.dumps([r.request for r in runs(proxy)])
+
+    shown = airlock(proxy, "runs", "show", run.id[:10])
+    assert shown.returncode == 0, shown.stderr
+    assert f"undone by run {undone.id}" in shown.stdout
+    assert f'"charge_id": "{charge.id}"' in shown.stdout
+
+
+def test_an_instance_launch_is_undone_by_terminating_what_it_started(proxy: Proxy) -> None:
+    ec2 = client(proxy, "ec2")
+    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    started = ec2.run_instances(ImageId=image, MinCount=2, MaxCount=2, InstanceType="t3.micro")
+    ids = sorted(i["InstanceId"] for i in started["Instances"])
+    run = evidence(proxy, "create_instances")
+    assert sorted(run.outcome_detail["ids"]["instance_ids"]) == ids
+
+    reviewer = approve_when_held(proxy, "terminate_instances")
+    credentials = {
+        "AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE",
+        "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+    }
+    sent = undo(proxy, run.id, credentials)
+    reviewer.join(60)
+    assert sent.returncode == 0, sent.stderr
+    states = ec2.describe_instances(InstanceIds=ids)["Reservations"][0]["Instances"]
+    assert {i["State"]["Name"] for i in states} <= {"shutting-down", "terminated"}
+    [undone] = [r for r in runs(proxy) if r.action == "terminate_instances"]
+    assert undone.context["undo_of"] == run.id
+    assert sorted(undone.params["instance_ids"]) == ids
+
+
+def test_a_slack_message_is_undone_by_deleting_it(proxy: Proxy, upstream: Upstream) -> None:
+    slack = WebClient(
+        token="xoxb-agent-token", proxy=proxy.url.replace("//", "//ops-bot:x@"),
+        ssl=ssl.create_default_context(cafile=str(proxy.ca_cert)),
+    )  # fmt: skip
+    posted = slack.chat_postMessage(channel="#ops", text="deploying to production now")
+    run = evidence(proxy, "send_message")
+    assert run.outcome_detail["ids"] == {"posted_channel": posted["channel"], "ts": posted["ts"]}
+
+    upstream.clear()
+    reviewer = approve_when_held(proxy, "delete_message")
+    sent = undo(proxy, run.id, {"SLACK_BOT_TOKEN": SLACK_TOKEN})
+    reviewer.join(60)
+    assert sent.returncode == 0, sent.stderr
+    [deleted] = [r for r in upstream.received if r.path == "/api/chat.delete"]
+    assert json.loads(deleted.body) == {"channel": posted["channel"], "ts": posted["ts"]}
+    assert deleted.headers.get("authorization") == f"Bearer {SLACK_TOKEN}"
+
+
+def test_what_cannot_be_undone_says_why(proxy: Proxy) -> None:
+    session = proxy.session(agent="ops-bot")
+    session.get("https://api.stripe.com/v1/customers/cus_read", timeout=10)
+    [read] = [r for r in runs(proxy) if r.target and "cus_read" in str(r.request)]
+    refused = airlock(proxy, "undo", read.id)
+    assert refused.returncode == 1
+    assert f"run {read.id} cannot be undone" in refused.stderr
+    unknown = airlock(proxy, "undo", "ffffffffffff")
+    assert unknown.returncode == 2 and "no run with id" in unknown.stderr
