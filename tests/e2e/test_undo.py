@@ -7,6 +7,7 @@ the run, with the operator's credentials from the environment."""
 from __future__ import annotations
 
 import json
+import socket
 import ssl
 import subprocess
 import sys
@@ -170,3 +171,46 @@ def test_what_cannot_be_undone_says_why(proxy: Proxy) -> None:
     assert f"run {read.id} cannot be undone" in refused.stderr
     unknown = airlock(proxy, "undo", "ffffffffffff")
     assert unknown.returncode == 2 and "no run with id" in unknown.stderr
+
+
+def test_a_write_whose_connection_fails_after_it_was_sent_is_ambiguous(
+    start_proxy: Callable[..., Proxy], session_upstream: Upstream
+) -> None:
+    """The upstream read the request and hung up: it may have acted on it. A connection that
+    was never made is an upstream error: nothing was sent."""
+    hangs_up = socket.create_server(("127.0.0.1", 0))
+    hangs_up_port = hangs_up.getsockname()[1]
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    certs = session_upstream.cert_dir
+    context.load_cert_chain(certs / "server.pem", certs / "server.key")
+
+    def serve() -> None:
+        with context.wrap_socket(hangs_up, server_side=True) as server:
+            connection, _ = server.accept()
+            with connection:
+                received = b""
+                while b"\r\n\r\n" not in received:
+                    received += connection.recv(65536)
+
+    threading.Thread(target=serve, daemon=True).start()
+    closed = socket.create_server(("127.0.0.1", 0))
+    closed_port = closed.getsockname()[1]
+    closed.close()
+    policies = PROJECT_ROOT / "tests" / "e2e" / "policies-allow-all"
+    proxy = start_proxy(
+        "--policies", str(policies),
+        routes={"pay.example.com": hangs_up_port, "gone.example.com": closed_port},
+    )  # fmt: skip
+    session = proxy.session(agent="ops-bot")
+    for host in ("pay.example.com", "gone.example.com"):
+        answer = session.post(f"https://{host}/v1/transfers", json={"amount": 5}, timeout=30)
+        assert answer.status_code == 502
+
+    def outcomes() -> dict[str, str] | None:
+        found = {r.host: r.outcome for r in runs(proxy) if r.outcome}
+        return found if len(found) == 2 else None
+
+    assert eventually(outcomes) == {
+        "pay.example.com": "ambiguous",
+        "gone.example.com": "upstream_error",
+    }
