@@ -28,6 +28,7 @@ from airlock.addons.outcomes import Outcomes
 from airlock.addons.refusals import Refusals
 from airlock.addons.routing import Routing
 from airlock.addons.runtime import STORE_TIMEOUT, Runtime
+from airlock.addons.simulations import Simulations
 from airlock.addons.streams import Streams, target
 from airlock.decider.client import DeciderFault
 from airlock.decider.messages import Decide, Decided, RawRequest
@@ -40,6 +41,7 @@ from airlock.pipeline.run_record import (
     failed_evaluation,
     run_row,
 )
+from airlock.pipeline.simulation import SIMULATED
 from airlock.store.records import DecisionRecord
 from airlock.store.schema import new_id
 
@@ -59,6 +61,7 @@ class Gate:
         self.surface = surface
         self.holds = holds
         self.refusals = refusals
+        self.simulations = Simulations(runtime, refusals)
 
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None:
@@ -106,6 +109,8 @@ class Gate:
         run, approval = decided.run, decided.approval
         if run.decision == BLOCK:
             self.refusals.refuse(flow, run, run.reason)
+        elif run.decision == SIMULATED:
+            self.simulations.answer(flow, run)
         elif run.decision != REQUIRE_APPROVAL:
             flow.metadata["airlock_released"] = time.time()
         elif approval is None:

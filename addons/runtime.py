@@ -32,7 +32,7 @@ from airlock.decider.messages import Configuration, Settled, Setup, StoreAddress
 from airlock.pipeline.evaluation import Config
 from airlock.pipeline.policies import ENFORCE, MODES
 from airlock.pipeline.redaction import redact_mitmproxy_logs, redact_value
-from airlock.pipeline.run_record import RunSummary
+from airlock.pipeline.run_record import SIMULATE_MODE, RunSummary
 from airlock.pipeline.yaml_source import ConfigError, Sources, recording_sources, sources_hash
 from airlock.store.approvals import (
     NOT_SENT,
@@ -144,8 +144,9 @@ class Runtime:
             ENFORCE,
             "enforce: decisions are enforced; shadow: decided and recorded (what would have "
             "happened), everything forwarded; off: nothing decided, everything recorded and "
+            "forwarded; simulate: writes decided, recorded and answered by Airlock, never "
             "forwarded. Rules can also be put in shadow mode one by one.",
-            choices=list(MODES),
+            choices=[*MODES, SIMULATE_MODE],
         )
         loader.add_option(
             "airlock_hold_timeout",

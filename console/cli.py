@@ -209,10 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--mode",
-        choices=["enforce", "shadow", "off"],
+        choices=["enforce", "shadow", "off", "simulate"],
         default="enforce",
         help="enforce decisions (default); shadow: decide and record but forward everything; "
-        "off: record only",
+        "off: record only; simulate: writes are decided, recorded and answered by Airlock in "
+        "the vendor's format, never forwarded (reads go upstream)",
     )
     run.add_argument("--webhook", action="append", default=[], metavar="URL",
                      help="notify reviewers at URL when a request is held and settled; "
@@ -295,6 +296,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--confdir", default=None, metavar="DIR", help="where Airlock's CA is (as for run)"
     )
     _db_argument(undo)
+
+    report = commands.add_parser(
+        "report",
+        help="what a simulated trial of an agent would have done",
+        description="Summarise an agent's simulated writes (airlock run --mode simulate, "
+        "simulate: true in the agents file, or a SIMULATE rule): writes per action and "
+        "operation, money per currency, recipients, instances, deletions, what would have been "
+        "blocked or held, and the riskiest writes.",
+    )
+    report.add_argument("--agent", required=True, help="the agent whose trial to summarise")
+    report.add_argument("--since", metavar="TIME", help="from this time on (ISO 8601, UTC)")
+    report.add_argument("--json", action="store_true", help="print JSON for scripts")
+    _db_argument(report)
 
     check = commands.add_parser(
         "check",
@@ -531,6 +545,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "hook": cmd_hook,
         "runs": cmd_runs_show,
         "undo": cmd_undo,
+        "report": cmd_report,
     }
     try:
         return handlers[args.command](args)
@@ -929,6 +944,25 @@ def cmd_undo(args: argparse.Namespace) -> int:
         print(f"airlock undo: {e}", file=sys.stderr)
         return 1
     console.print(f"sent: {said}", markup=False)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from airlock.console.report import print_report, trial_report
+    from airlock.store.runs import simulated_runs
+
+    since = 0.0
+    if args.since:
+        try:
+            since = _instant(args.since)
+        except ValueError as e:
+            print(f"airlock report: --since: {e}", file=sys.stderr)
+            return 2
+    report = trial_report(simulated_runs(_engine(args.db), args.agent, since))
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_report(Console(highlight=False), args.agent, report)
     return 0
 
 

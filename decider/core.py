@@ -58,6 +58,7 @@ from airlock.pipeline.run_record import (
     run_row,
     with_mode,
 )
+from airlock.pipeline.simulation import SIMULATE_MODE, SIMULATED, simulated
 from airlock.pipeline.tool_calls import ToolCall, tool_action, tool_document
 from airlock.pipeline.yaml_source import replaying_sources, sources_hash
 from airlock.store.anchor import Anchoring
@@ -269,11 +270,14 @@ class DeciderCore:
         if row.decision == REQUIRE_APPROVAL:
             self._hold_or_join(taken, sequence, row, stage, document, evaluation.verdict)
             return
-        if row.decision == BLOCK:
+        would_block = row.decision == SIMULATED and row.shadow_decision == BLOCK
+        if row.decision == BLOCK or would_block:
             row.outcome, row.status = "blocked", 403
         # Counted now, before the next request is decided: concurrent requests cannot all
         # slip under a budget. (Refused later by the store, it still counts: the safe side.)
-        self._remember(row, passed=row.decision == ALLOW)
+        # A simulated write counts too, as it would in the trial it stands for.
+        passed = row.decision == ALLOW or (row.decision == SIMULATED and not would_block)
+        self._remember(row, passed=passed)
         taken.jobs.append(Pending(sequence, DecisionRecord(row)))
         taken.results[sequence] = Decided(row.summary(), stage)
 
@@ -286,7 +290,11 @@ class DeciderCore:
             raise RuntimeError(self.missing)
         if self.next_sync is None:  # budgets without their past would let too much through
             self._load_history()
-        return with_mode(evaluate(document, self.config, self.history), self.mode)
+        evaluation = with_mode(evaluate(document, self.config, self.history), self.mode)
+        in_simulation = self.mode == SIMULATE_MODE or self.config.agents.simulates(
+            document["agent"]
+        )
+        return simulated(evaluation, in_simulation)
 
     def _evaluate_call(self, document: Document, call: ToolCall) -> Evaluation:
         if self.config is None:

@@ -43,8 +43,8 @@ from airlock.pipeline.yaml_source import (
 from airlock.store.names import name_key
 
 AGENTS_FILE = "agents.yaml"
-_AGENT_KEYS = {"id", "roles", "key_hash", "enabled", "description"}
-_ROLE_KEYS = {"egress", "description"}
+_AGENT_KEYS = {"id", "roles", "key_hash", "enabled", "description", "simulate"}
+_ROLE_KEYS = {"egress", "description", "simulate"}
 
 
 @dataclass(frozen=True)
@@ -53,12 +53,14 @@ class Agent:
     roles: tuple[str, ...]
     key_hash: str
     enabled: bool = True
+    simulate: bool = False  # its writes are simulated, never forwarded (pipeline/simulation.py)
 
 
 @dataclass(frozen=True)
 class Role:
     name: str
     egress: tuple[str, ...] | None  # host globs; None: any host (`egress: any`); (): none
+    simulate: bool = False
 
     def allows(self, host: str) -> bool:
         return self.egress is None or any(host_glob_regex(g).match(host) for g in self.egress)
@@ -79,6 +81,13 @@ class AgentRegistry:
         if agent is None or not agent.enabled or not verify_key(key, agent.key_hash):
             return None
         return agent
+
+    def simulates(self, name: str) -> bool:
+        """The agent, or one of its roles, is in simulation (`simulate: true`)."""
+        agent = self.agents.get(name)
+        if agent is None:
+            return False
+        return agent.simulate or any(self.roles[r].simulate for r in agent.roles if r in self.roles)
 
     def roles_of(self, name: str) -> tuple[str, ...]:
         agent = self.agents.get(name)
@@ -192,7 +201,17 @@ def _agent(entry: Any, where: Any) -> Agent:
     roles = entry.get("roles") or []
     if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
         raise ConfigError(entry.at("roles"), "'roles' must be a list of role names")
-    return Agent(str(entry["id"]), tuple(roles), key_hash, bool(entry.get("enabled", True)))
+    return Agent(
+        str(entry["id"]), tuple(roles), key_hash, bool(entry.get("enabled", True)),
+        _flag(entry, "simulate"),
+    )  # fmt: skip
+
+
+def _flag(entry: Node, key: str) -> bool:
+    value = entry.get(key, False)
+    if not isinstance(value, bool):
+        raise ConfigError(entry.at(key), f"'{key}' must be true or false")
+    return value
 
 
 def _roles(root: Node) -> dict[str, Role]:
@@ -205,7 +224,7 @@ def _roles(root: Node) -> dict[str, Role]:
         if not isinstance(spec, Node):
             raise ConfigError(table.at(name), f"role {name!r} must be a mapping (egress: [...])")
         expect_keys(spec, _ROLE_KEYS, set(), f"role {name!r}")
-        roles[name] = Role(name, _egress(spec))
+        roles[name] = Role(name, _egress(spec), _flag(spec, "simulate"))
     return roles
 
 

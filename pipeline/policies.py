@@ -36,6 +36,7 @@ from airlock.pipeline.yaml_source import (
 ALLOW, REQUIRE_APPROVAL, BLOCK = "ALLOW", "REQUIRE_APPROVAL", "BLOCK"
 RESTRICTIVENESS = {ALLOW: 0, REQUIRE_APPROVAL: 1, BLOCK: 2}
 
+SIMULATE = "SIMULATE"  # a rule's decision: simulate the writes it matches, never forward them
 ENFORCE, SHADOW, OFF = "enforce", "shadow", "off"
 MODES = (ENFORCE, SHADOW, OFF)
 
@@ -99,6 +100,7 @@ class Verdict:
     hold_timeout: float | None = None  # set by a REQUIRE_APPROVAL rule's own `hold_timeout`
     approvals: int = 1  # distinct reviewers who must approve (the largest any fired rule asks)
     reviewer_roles: tuple[str, ...] = ()  # roles that may decide; empty: any reviewer
+    simulate: tuple[str, ...] = ()  # SIMULATE rules that fired (pipeline/simulation.py)
 
 
 @dataclass(frozen=True)
@@ -342,8 +344,12 @@ class PolicySet:
     ) -> Verdict:
         situation = Situation.of(action, agent, roles, risk, history)
         fired = [r for r in self.candidates(action.action) if r.fires(situation)]
+        simulating = tuple(r.id for r in fired if r.decision == SIMULATE and r.mode == ENFORCE)
+        fired = [r for r in fired if r.decision != SIMULATE]
         enforced = [r for r in fired if r.mode == ENFORCE]
         verdict = self._verdict(enforced, action)
+        if simulating:
+            verdict = replace(verdict, simulate=simulating)
         shadowed = [r for r in fired if r.mode == SHADOW]
         if not shadowed:
             return verdict
@@ -451,12 +457,13 @@ def _decisions_by(spec: Node, key: str, known: Iterable[str]) -> dict[str, str]:
     return {name: _decision(table, name) for name in table}
 
 
-def _decision(node: Node, key: str) -> str:
+def _decision(node: Node, key: str, rule: bool = False) -> str:
     value = node[key]
+    if rule and value == SIMULATE:
+        return value  # a rule may put what it matches in simulation (pipeline/simulation.py)
     if value not in RESTRICTIVENESS:
-        raise ConfigError(
-            node.at(key), f"{key} must be one of ALLOW, REQUIRE_APPROVAL, BLOCK, got {value!r}"
-        )
+        allowed = "ALLOW, REQUIRE_APPROVAL, BLOCK" + (", SIMULATE" if rule else "")
+        raise ConfigError(node.at(key), f"{key} must be one of {allowed}, got {value!r}")
     return value
 
 
@@ -471,7 +478,7 @@ def _load_rule(entry: Any, where: Where, order: int) -> Rule:
     if not isinstance(when, Node):
         raise ConfigError(entry.at("when"), "'when' must be a mapping of conditions")
     expect_keys(when, _WHEN_KEYS, set(), "condition ('when')")
-    decision = _decision(entry, "decision")
+    decision = _decision(entry, "decision", rule=True)
     mode = entry.get("mode", ENFORCE)
     if mode is False:  # YAML 1.1 reads a bare `off` as false
         mode = OFF

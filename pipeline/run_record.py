@@ -100,9 +100,14 @@ class RunRecord:
 _RUN_COLUMNS = tuple(f.name for f in fields(RunRecord))
 
 
+SIMULATED = "SIMULATED"  # the decision of a simulated write (pipeline/simulation.py)
+SIMULATE_MODE = "simulate"  # `airlock run --mode simulate`: every agent's writes simulated
+
+
 def with_mode(evaluation: Evaluation, mode: str) -> Evaluation:
-    """Shadow mode decides and records, enforcing nothing; off decides nothing."""
-    if mode == ENFORCE or evaluation.error:
+    """Shadow mode decides and records, enforcing nothing; off decides nothing. (Simulation
+    decides and enforces: pipeline/simulation.py answers its writes.)"""
+    if mode in (ENFORCE, SIMULATE_MODE) or evaluation.error:
         return evaluation  # a failed stage blocks even in shadow mode: nothing unjudged
     verdict = evaluation.verdict
     if mode == OFF:
@@ -122,6 +127,8 @@ def let_through(decision: str, outcome: str | None) -> bool | None:
     """True: its request went (or is going) out, and counts against budgets. False: refused
     (a denial, for the risk score). None: neither yet, or not a decision on the request
     (an attempt answered 'pending', a duplicate retry, a store failure)."""
+    if decision == SIMULATED:  # nothing went out; it counts as the agent's trial would
+        return outcome != "blocked"
     if outcome in ("forwarded", "unknown", "ambiguous") or (decision == ALLOW and outcome is None):
         # "unknown": released when its proxy stopped; "ambiguous": its connection failed after
         # it was sent. Either may have gone out.

@@ -54,3 +54,14 @@ def find_run(engine: Engine, reference: str) -> RunView:
             if (other.context or {}).get("undo_of") == run["id"]
         ]
     return RunView(run, approvals, undone_by)
+
+
+def simulated_runs(engine: Engine, agent: str, since: float = 0.0) -> list[dict[str, Any]]:
+    """An agent's simulated writes since a time, oldest first (`airlock report`)."""
+    with engine.connect() as conn:
+        found = conn.execute(
+            select(Run)
+            .where(Run.agent == agent, Run.decision == "SIMULATED", Run.at >= since)
+            .order_by(Run.at)
+        )
+        return [dict(row._mapping) for row in found]
