@@ -27,11 +27,11 @@ from airlock.addons.metrics import Metrics
 from airlock.addons.outcomes import Outcomes
 from airlock.addons.refusals import Refusals
 from airlock.addons.routing import Routing
-from airlock.addons.runtime import STORE_TIMEOUT, Runtime
+from airlock.addons.runtime import STORE_TIMEOUT, Runtime, raw_request
 from airlock.addons.simulations import Simulations
 from airlock.addons.streams import Streams, target
 from airlock.decider.client import DeciderFault
-from airlock.decider.messages import Decide, Decided, RawRequest
+from airlock.decider.messages import Decide, Decided
 from airlock.pipeline.document import minimal_document
 from airlock.pipeline.evaluation import UNDO_OF
 from airlock.pipeline.policies import BLOCK, REQUIRE_APPROVAL
@@ -206,15 +206,6 @@ class Gate:
         shown = error if isinstance(error, TimeoutError) else "the store failed (see Airlock's log)"
         reason = f"blocked because the decision could not be recorded: {shown}"
         self.refusals.refuse(flow, run, reason, recorded=False)
-
-
-def raw_request(request: http.Request) -> RawRequest:
-    """What the decider needs of a request: its bytes as mitmproxy holds them."""
-    data = request.data
-    return RawRequest(
-        data.method, data.scheme, request.host, request.port, data.path, data.authority,
-        list(data.headers.fields), request.raw_content or b"",
-    )  # fmt: skip
 
 
 class Airlock:

@@ -172,8 +172,8 @@ class GuardApi:
         if approval.state != APPROVED:
             return 200, _answer(run, REQUIRE_APPROVAL, run.reason, approval)
         async with asyncio.timeout(STORE_TIMEOUT):
-            won = await runtime.ask().release(approval.id, time.time())
-        if not won:
+            released = await runtime.ask().release(approval.id, time.time())
+        if not released.won:
             runtime.record_outcome(run.id, "duplicate", 409)
             reason = "this call was approved and has already been released once"
             return 409, _answer(run, BLOCK, reason, approval)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
@@ -16,12 +15,16 @@ from typing import Any
 
 from mitmproxy import connection, ctx, http
 
-from airlock.addons.refusals import Refusals
-from airlock.addons.runtime import STORE_TIMEOUT, Runtime
-from airlock.decider.messages import ApprovalState, Settled
+from airlock.addons.refusals import Refusals, mcp_body
+from airlock.addons.runtime import STORE_TIMEOUT, Runtime, raw_request
+from airlock.decider.messages import ApprovalState, Decide, Settled
+from airlock.pipeline.edits import edited_body, query_edits
 from airlock.pipeline.mcp import keepalive_stream, resumable_call, sse_event
+from airlock.pipeline.policies import ALLOW
 from airlock.pipeline.run_record import RunSummary
 from airlock.store.approvals import ABANDONED, APPROVED, DENIED, EXPIRED
+from airlock.store.records import Released
+from airlock.store.schema import new_id
 
 log = logging.getLogger("airlock.addons.gatekeeper")
 
@@ -155,11 +158,8 @@ class Holds:
     def _stream_of(
         self, flow: http.HTTPFlow, run: RunSummary, window_end: float, expires_at: float
     ) -> Stream | None:
-        if run.protocol != "mcp":
-            return None
-        try:
-            body = json.loads(flow.request.get_content(strict=False) or b"")
-        except ValueError:
+        body = mcp_body(flow, run)
+        if body is None:
             return None
         token = resumable_call(dict(flow.request.headers), body)
         if token is None:
@@ -265,8 +265,11 @@ class Holds:
     async def _release(self, flow: http.HTTPFlow, run: RunSummary, approval_id: str) -> None:
         """Forward an approved request exactly once, whichever attempt gets here first."""
         async with asyncio.timeout(STORE_TIMEOUT):
-            won = await self.runtime.ask().release(approval_id, time.time())
-        if won:
+            released = await self.runtime.ask().release(approval_id, time.time())
+        if released.won and released.edit:
+            await self._release_edited(flow, run, approval_id, released)
+            return
+        if released.won:
             flow.metadata["airlock_released"] = time.time()
             self.runtime.remember(run, passed=True)
             return
@@ -275,6 +278,35 @@ class Holds:
             flow, run, "this request was approved and has already been forwarded once",
             approval={"id": approval_id, "state": APPROVED}, status=409,
         )  # fmt: skip
+
+    async def _release_edited(
+        self, flow: http.HTTPFlow, run: RunSummary, approval_id: str, released: Released
+    ) -> None:
+        """A reviewer approved it with an edit: rewrite the request as its SDK encoded it,
+        decide the edited request again (recorded as its own run, linked to this one), and
+        forward that once, unless it is now blocked."""
+        edit = released.edit or {}
+        request = flow.request
+        request.content = edited_body(
+            request.headers.get("content-type", ""), request.get_content(strict=False) or b"", edit
+        )  # Content-Length follows
+        for name, value in query_edits(edit).items():
+            request.query[name] = value
+        edited_id = new_id()
+        context = {**edit, "approval_id": approval_id, "run_id": run.id,
+                   "proposed_hash": released.request_hash}  # fmt: skip
+        async with asyncio.timeout(STORE_TIMEOUT):
+            decided = await self.runtime.ask().decide(
+                Decide(edited_id, run.agent, None, raw_request(request), edit=context)
+            )
+        flow.metadata["airlock"] = edited_id  # what happens next is the edited run's outcome
+        if decided.run.decision != ALLOW:
+            self.runtime.record_outcome(run.id, "edit_refused", 403)
+            self.refusals.refuse(flow, decided.run, f"the edited request: {decided.run.reason}")
+            return
+        self.runtime.record_outcome(run.id, "edited", None, detail={"released_as": edited_id})
+        flow.metadata["airlock_released"] = time.time()
+        self.runtime.remember(decided.run, passed=True)
 
     def _answer_pending(
         self, flow: http.HTTPFlow, run: RunSummary, approval_id: str, expires_at: float

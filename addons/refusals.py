@@ -64,16 +64,24 @@ class Refusals:
         )
 
 
+def mcp_body(flow: http.HTTPFlow, run: RunSummary) -> Any:
+    """The JSON-RPC body of an MCP request, None for anything else (read only when needed:
+    a refusal, a hold, an outcome)."""
+    if run.protocol != "mcp":
+        return None
+    try:
+        return json.loads(flow.request.get_content(strict=False) or b"")
+    except ValueError:
+        return None
+
+
 def mcp_answers(
     flow: http.HTTPFlow, run: RunSummary, message: str, request_id: str | None,
     approval: dict[str, Any] | None,
 ) -> Any:  # fmt: skip
     """JSON-RPC answers for a refused MCP request (pipeline/mcp.py), None for anything else."""
-    if run.protocol != "mcp":
-        return None
-    try:
-        body = json.loads(flow.request.get_content(strict=False) or b"")
-    except ValueError:
+    body = mcp_body(flow, run)
+    if body is None:
         return None
     meta = {"decision": run.decision, "request_id": request_id}
     if approval:

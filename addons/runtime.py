@@ -21,14 +21,14 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from mitmproxy import ctx, exceptions
+from mitmproxy import ctx, exceptions, http
 from sqlalchemy.engine import Engine, make_url
 
 from airlock.addons.decision_log import DecisionLog
 from airlock.addons.metrics import Metrics
 from airlock.addons.notify import Notifier
 from airlock.decider.client import DECIDER_KINDS, WORKER, Decider, decider_for
-from airlock.decider.messages import Configuration, Settled, Setup, StoreAddress
+from airlock.decider.messages import Configuration, RawRequest, Settled, Setup, StoreAddress
 from airlock.pipeline.evaluation import Config
 from airlock.pipeline.policies import ENFORCE, MODES
 from airlock.pipeline.redaction import redact_mitmproxy_logs, redact_value
@@ -456,3 +456,12 @@ def compile_config(mappings: Path, policies: Path) -> tuple[Config, Sources]:
         (time.perf_counter() - started) * 1000,
     )
     return config, sources
+
+
+def raw_request(request: http.Request) -> RawRequest:
+    """What the decider needs of a request: its bytes as mitmproxy holds them."""
+    data = request.data
+    return RawRequest(
+        data.method, data.scheme, request.host, request.port, data.path, data.authority,
+        list(data.headers.fields), request.raw_content or b"",
+    )  # fmt: skip

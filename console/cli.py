@@ -240,6 +240,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--reviewer", default=getpass.getuser(), help="your name (default: OS user)"
     )
     approve.add_argument("--reason", help="why (recorded in the audit trail)")
+    approve.add_argument(
+        "--set", action="append", default=[], metavar="PARAM=VALUE",
+        help="approve it with this param changed (repeatable): the edited request is decided "
+        "again and released instead; only params read from one body or query location can be "
+        "edited",
+    )  # fmt: skip
+    approve.add_argument("--mappings", default=str(SHIPPED_MAPPINGS), metavar="DIR")
     _db_argument(approve)
     _reviewers_argument(approve)
 
@@ -877,11 +884,13 @@ def cmd_decide(args: argparse.Namespace) -> int:
     from airlock.store.approvals import APPROVED, DENIED, ApprovalError, resolve_approval
 
     state = APPROVED if args.command == "approve" else DENIED
+    engine = _engine(args.db)
     try:
+        edit = _edit_of(engine, args) if getattr(args, "set", None) else None
         settled = resolve_approval(
-            _engine(args.db), args.id, state, args.reviewer, args.reason, _reviewers(args)
+            engine, args.id, state, args.reviewer, args.reason, _reviewers(args), edit
         )
-    except ApprovalError as e:
+    except (ApprovalError, ValueError) as e:
         print(f"airlock {args.command}: {e}", file=sys.stderr)
         return 1
     if settled.state == "PENDING":
@@ -964,6 +973,24 @@ def cmd_report(args: argparse.Namespace) -> int:
     else:
         print_report(Console(highlight=False), args.agent, report)
     return 0
+
+
+def _edit_of(engine: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """`--set amount=50000`: where each value is written in the held request (EditError, a
+    ValueError, says why a param cannot be edited)."""
+    from airlock.pipeline.edits import EditError, plan_edit
+    from airlock.pipeline.mappings import load_mappings
+    from airlock.store.approvals import run_of_approval
+
+    assignments = {}
+    for item in args.set:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise EditError(f"--set {item!r}: expected PARAM=VALUE, e.g. amount=50000")
+        assignments[name.strip()] = value
+    run = run_of_approval(engine, args.id)
+    mapping = load_mappings(Path(args.mappings)).by_id.get(run["mapping_id"] or "")
+    return plan_edit(mapping, run["request"] or {}, assignments)
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shlex
 import time
+from pathlib import Path
 from typing import Any
 
 from rich.text import Text
@@ -21,6 +23,8 @@ from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
 from textual.widgets import DataTable, Footer, Header, Input, Label, Static
 
+from airlock.pipeline.edits import EditError, plan_edit
+from airlock.pipeline.mappings import load_mappings
 from airlock.store.approvals import (
     APPROVED,
     DENIED,
@@ -29,8 +33,10 @@ from airlock.store.approvals import (
     PendingApproval,
     pending_approvals,
     resolve_approval,
+    run_of_approval,
 )
 from airlock.store.history import RecordedDecision, recorded_decisions
+from airlock.store.locations import shipped
 
 HIGH_RISK = REASON_FROM_RISK  # asked for up front; the store refuses an approval without it
 _DECISION_STYLE = {"ALLOW": "green", "BLOCK": "red", "REQUIRE_APPROVAL": "yellow"}
@@ -102,6 +108,7 @@ class ReviewApp(App[None]):
     CSS_PATH = "review.tcss"
     BINDINGS = [
         Binding("a", "approve", "Approve"),
+        Binding("e", "edit", "Edit+approve"),
         Binding("d", "deny", "Deny"),
         Binding("slash", "filter", "Filter"),
         Binding("h", "history", "History"),
@@ -110,9 +117,11 @@ class ReviewApp(App[None]):
     ]
 
     def __init__(
-        self, engine: Engine, reviewer: str, refresh_seconds: float = 0.5, reviewers: Any = None
-    ) -> None:
+        self, engine: Engine, reviewer: str, refresh_seconds: float = 0.5, reviewers: Any = None,
+        mappings: Path | None = None,
+    ) -> None:  # fmt: skip
         super().__init__()
+        self.mappings_dir = mappings
         self.engine = engine
         self.reviewer = reviewer
         self.reviewers = reviewers
@@ -224,16 +233,37 @@ class ReviewApp(App[None]):
             lambda reason: self._decide(approval_id, DENIED, reason) if reason else None,
         )
 
+    def action_edit(self) -> None:
+        """Change params, then approve: the edited request is what is released."""
+        approval_id = self.selected_id()
+        if approval_id is None:
+            return
+        item = self.items[approval_id]
+        title = f"Edit {item.action} → {item.target}: PARAM=VALUE … (e.g. amount=50000)"
+        self.push_screen(
+            ReasonScreen(title, required=True),
+            lambda text: None if not text else self._edit_then_approve(approval_id, text),
+        )
+
+    def _edit_then_approve(self, approval_id: str, text: str) -> None:
+        item = self.items[approval_id]
+        high_risk = (item.risk or 0) >= HIGH_RISK
+        self.push_screen(
+            ReasonScreen(f"Approve {item.action} with {text}?", required=high_risk),
+            lambda reason: None if reason is None else self.run_worker(
+                self._resolve(approval_id, APPROVED, reason or None, text), exclusive=False
+            ),
+        )  # fmt: skip
+
     def _decide(self, approval_id: str, state: str, reason: str) -> None:
         self.run_worker(self._resolve(approval_id, state, reason or None), exclusive=False)
 
-    async def _resolve(self, approval_id: str, state: str, reason: str | None) -> None:
+    async def _resolve(
+        self, approval_id: str, state: str, reason: str | None, edit: str | None = None
+    ) -> None:
         try:
-            settled = await asyncio.to_thread(
-                resolve_approval, self.engine, approval_id, state, self.reviewer, reason,
-                self.reviewers,
-            )  # fmt: skip
-        except ApprovalError as e:
+            settled = await asyncio.to_thread(self._settle, approval_id, state, reason, edit)
+        except (ApprovalError, ValueError) as e:  # an edit's EditError is a ValueError
             self.notify(str(e), severity="error", timeout=6)
         else:
             if settled.state == "PENDING":
@@ -243,6 +273,18 @@ class ReviewApp(App[None]):
             else:
                 self.notify(f"{settled.state.lower()} {approval_id[:8]}")
         await self.refresh_queue()
+
+    def _settle(self, approval_id: str, state: str, reason: str | None, edit: str | None) -> Any:
+        """One code path with `airlock approve` (the same store function and checks)."""
+        planned = None
+        if edit is not None:
+            run = run_of_approval(self.engine, approval_id)
+            mappings = load_mappings(self.mappings_dir or shipped("mappings"))
+            mapping = mappings.by_id.get(run["mapping_id"] or "")
+            planned = plan_edit(mapping, run["request"] or {}, assignments(edit))
+        return resolve_approval(
+            self.engine, approval_id, state, self.reviewer, reason, self.reviewers, planned
+        )
 
     # --- filter, history, refresh -------------------------------------------------------------
 
@@ -263,6 +305,17 @@ class ReviewApp(App[None]):
 
     async def action_refresh(self) -> None:
         await self.refresh_queue()
+
+
+def assignments(text: str) -> dict[str, str]:
+    """`amount=50000 description="a b"` → {"amount": "50000", "description": "a b"}."""
+    found = {}
+    for item in shlex.split(text):
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise EditError(f"{item!r}: expected PARAM=VALUE")
+        found[name] = value
+    return found
 
 
 def render_detail(item: PendingApproval, history: list[RecordedDecision]) -> Text:

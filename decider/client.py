@@ -59,6 +59,7 @@ from airlock.store.records import (
     DecisionRecord,
     Joined,
     OutcomeRecord,
+    Released,
     ReleaseRequest,
     Settlement,
     SettleRequest,
@@ -92,7 +93,7 @@ class Decider(Protocol):
     async def decide_call(self, call: DecideCall) -> Decided: ...
     def configure(self, configuration: Configuration) -> asyncio.Future[None]: ...
     async def record(self, record: DecisionRecord) -> Joined | None: ...
-    async def release(self, approval_id: str, at: float) -> bool: ...
+    async def release(self, approval_id: str, at: float) -> Released: ...
     async def settle(self, approval_id: str, state: str, reason: str, at: float) -> Settlement: ...
     def record_outcome(self, outcome: OutcomeRecord) -> None: ...
     def remember(self, run: RunSummary, passed: bool) -> None: ...
@@ -208,8 +209,9 @@ class DeciderClient:
         joined: Joined | None = await self._ask(record)
         return joined
 
-    async def release(self, approval_id: str, at: float) -> bool:
-        return bool(await self._ask(ReleaseRequest(approval_id, at)))
+    async def release(self, approval_id: str, at: float) -> Released:
+        released: Released = await self._ask(ReleaseRequest(approval_id, at))
+        return released
 
     async def settle(self, approval_id: str, state: str, reason: str, at: float) -> Settlement:
         settlement: Settlement = await self._ask(SettleRequest(approval_id, state, reason, at))

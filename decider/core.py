@@ -44,6 +44,7 @@ from airlock.decider.messages import (
     Watch,
 )
 from airlock.pipeline.document import Document, WireRequest, build_document, minimal_document
+from airlock.pipeline.edits import as_approved_edit
 from airlock.pipeline.evaluation import Config, Evaluation, evaluate, evaluate_call
 from airlock.pipeline.history import RISK_WINDOW, History
 from airlock.pipeline.mappings import fallback_action
@@ -245,6 +246,8 @@ class DeciderCore:
         try:
             document = build_document(request, decide.agent)
             evaluation = self._evaluate(document, decide.refusal)
+            if decide.edit is not None:
+                evaluation = as_approved_edit(evaluation, decide.edit, request_hash(document))
         except Exception as e:  # fail closed, and on record
             document = minimal_document(request, decide.agent)
             evaluation = failed_evaluation(document, e)

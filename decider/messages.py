@@ -85,6 +85,9 @@ class Decide:
     agent: str
     refusal: str | None  # set when the proxy already refuses it (a request to Airlock itself)
     request: RawRequest
+    # A held request a reviewer approved with an edit, rewritten: decided again as that
+    # approval (pipeline/edits.py), with the edit, who made it and the proposed request's hash.
+    edit: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -135,11 +135,15 @@ def resolve_approval(
     reviewer: str,
     reason: str | None,
     reviewers: Any = None,
+    edit: dict[str, Any] | None = None,
 ) -> Settlement:
     """A reviewer approves or denies; `reference` is an approval id or an unambiguous prefix.
 
     With a quorum, each approval is a vote and the request is released when enough distinct
     reviewers have approved; one denial ends it. The agent that sent the request never counts.
+    An approval may carry an edit (pipeline/edits.py: params and where they are written): the
+    edited request is what is released, and every vote must approve the same edit, so an edit
+    after a vote restarts the count.
     """
     if state not in (APPROVED, DENIED):
         raise ApprovalError(f"a reviewer can only approve or deny, not {state}")
@@ -160,9 +164,16 @@ def resolve_approval(
             raise ApprovalError(refusal)
         tx = tx_of(conn)
         if state == DENIED:
+            if edit is not None:
+                raise ApprovalError("an edit goes with an approval, not a denial")
             settlement, events = settle_approval(tx, approval_id, DENIED, reviewer, reason, now)
         else:
-            settlement, events = _vote(conn, current, reviewer, reason, now)
+            edited = _edit(conn, current, edit, reviewer, now) if edit is not None else []
+            version = (edit is not None and edited[0].payload["version"]) or (
+                (current.edit or {}).get("version")
+            )
+            settlement, events = _vote(conn, current, reviewer, reason, now, version)
+            events = [*edited, *events]
         append_events(tx, events)
     return settlement
 
@@ -197,34 +208,48 @@ def _check_can_decide(approval: Any, agent: str, reviewer: str, now: float) -> N
         )
 
 
+def _edit(conn: Any, approval: Any, edit: dict[str, Any], reviewer: str, now: float) -> list[Event]:
+    """Record a new version of the edit on the approval (and in the chain)."""
+    version = ((approval.edit or {}).get("version") or 0) + 1
+    record = {**edit, "by": reviewer, "at": now, "version": version}
+    conn.execute(update(Approval).where(Approval.id == approval.id).values(edit=record))
+    return [Event("edit", approval.run_id, now, {"approval_id": approval.id, **record})]
+
+
 def _vote(
-    conn: Any, approval: Any, reviewer: str, reason: str | None, now: float
-) -> tuple[Settlement, list[Event]]:
+    conn: Any, approval: Any, reviewer: str, reason: str | None, now: float,
+    version: int | None = None,
+) -> tuple[Settlement, list[Event]]:  # fmt: skip
+    """A reviewer's approval of the current version of the request (edited or not); votes
+    for an earlier version no longer count."""
     required = approval.required or 1
-    voters = list(
-        conn.execute(
-            select(ApprovalVote.reviewer)
-            .where(ApprovalVote.approval_id == approval.id)
-            .order_by(ApprovalVote.at)
-        ).scalars()
-    )
+    votes = conn.execute(
+        select(ApprovalVote.reviewer, ApprovalVote.edit_version)
+        .where(ApprovalVote.approval_id == approval.id)
+        .order_by(ApprovalVote.at)
+    ).all()
+    voters = [who for who, voted in votes if voted == version]
     if reviewer in voters:
         raise ApprovalError(
             f"{reviewer} already approved {approval.id}: {len(voters)} of {required} distinct "
             "reviewers so far"
         )
-    conn.execute(
-        insert(ApprovalVote).values(
-            approval_id=approval.id, reviewer=reviewer, at=now, reason=reason
+    values = {"at": now, "reason": reason, "edit_version": version}
+    if any(who == reviewer for who, _ in votes):  # their vote was for an earlier version
+        conn.execute(
+            update(ApprovalVote)
+            .where(ApprovalVote.approval_id == approval.id, ApprovalVote.reviewer == reviewer)
+            .values(**values)
         )
-    )
+    else:
+        conn.execute(
+            insert(ApprovalVote).values(approval_id=approval.id, reviewer=reviewer, **values)
+        )
     voters.append(reviewer)
-    vote = Event(
-        "vote",
-        approval.run_id,
-        now,
-        {"approval_id": approval.id, "reviewer": reviewer, "reason": reason, "at": now},
-    )
+    payload = {"approval_id": approval.id, "reviewer": reviewer, "reason": reason, "at": now}
+    if version is not None:
+        payload["edit_version"] = version
+    vote = Event("vote", approval.run_id, now, payload)
     if len(voters) < required:
         waiting = Settlement(approval.id, PENDING, True, reviewer, reason, len(voters), required)
         return waiting, [vote]
@@ -395,3 +420,13 @@ def find_approval_for_retry(engine: Engine, retry_key: str) -> JoinableApproval 
         row.id, row.state, row.reviewer, row.reason, row.expires_at, row.released_at,
         row.request_hash,
     )  # fmt: skip
+
+
+def run_of_approval(engine: Engine, reference: str) -> dict[str, Any]:
+    """The run an approval holds (for an edit: its mapping and its recorded request)."""
+    with engine.connect() as conn:
+        approval_id = _full_id(conn, reference)
+        row = conn.execute(
+            select(Run).join(Approval, Approval.run_id == Run.id).where(Approval.id == approval_id)
+        ).one()
+    return dict(row._mapping)

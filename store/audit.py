@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, select
@@ -168,6 +168,7 @@ class _Vouched:
     approvals: dict[str, dict[str, Any]]
     approval_origins: dict[str, dict[str, Any]]
     votes: dict[tuple[str, str], dict[str, Any]]
+    edits: dict[str, dict[str, Any]] = field(default_factory=dict)  # the latest, by approval
 
 
 def _events(conn: Connection) -> Iterator[AuditEvent]:
@@ -226,6 +227,9 @@ def _remember(vouched: _Vouched, event: AuditEvent) -> None:
         vouched.approval_origins.setdefault(payload["approval_id"], payload)
     elif event.kind == "vote":
         vouched.votes[(payload["approval_id"], payload["reviewer"])] = payload
+    elif event.kind == "edit":
+        vouched.edits[payload["approval_id"]] = {k: v for k, v in payload.items()
+                                                 if k != "approval_id"}  # fmt: skip
 
 
 _TERMINAL = frozenset({"APPROVED", "DENIED", "EXPIRED", "ABANDONED"})
@@ -275,6 +279,8 @@ def _verify_records(conn: Connection, vouched: _Vouched, counts: dict[str, int])
         _same(f"approval {approval.id}", approval, recorded, APPROVAL_FIELDS)
         origin = vouched.approval_origins[approval.id]
         _same(f"approval {approval.id}", approval, origin, APPROVAL_ORIGIN_FIELDS)
+        if canonical_json(approval.edit) != canonical_json(vouched.edits.get(approval.id)):
+            raise _Broken(f"approval {approval.id} was edited: its edit is not the one recorded")
         seen_approvals.add(approval.id)
         counts["approvals"] += 1
     missing = vouched.approvals.keys() - seen_approvals

@@ -82,6 +82,7 @@ class Statements:
     set_outcomes: Prepared
     settle_pending: Prepared
     approval: Prepared
+    approval_edit: Prepared
     release_once: Prepared
     resolved_at: Prepared
 
@@ -154,6 +155,12 @@ def statements_for(dialect: Dialect) -> Statements:
         ),
         resolved_at=_prepare(
             select(Approval.resolved_at).where(Approval.id == bindparam("aid")), dialect
+        ),
+        approval_edit=_prepare(
+            select(Approval.edit, Approval.request_hash, Approval.run_id).where(
+                Approval.id == bindparam("aid")
+            ),
+            dialect,
         ),
         approval=_prepare(
             select(

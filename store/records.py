@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +61,17 @@ class ReleaseRequest:
 
     approval_id: str
     at: float
+
+
+@dataclass(frozen=True)
+class Released:
+    """What a release request found: whether this caller forwards the request (only the first
+    does), and the reviewer's edit to apply to it first, if any."""
+
+    won: bool
+    edit: dict[str, Any] | None = None
+    request_hash: str | None = None  # of the request as proposed (held)
+    run_id: str | None = None  # of the held request
 
 
 @dataclass(frozen=True)
@@ -139,6 +151,7 @@ def _approval_row(record: DecisionRecord, hold: HoldRequest) -> dict[str, Any]:
         "retry_key": hold.retry_key,
         "reviewer_roles": list(hold.reviewer_roles) or None,
         "released_at": None,
+        "edit": None,
     }
 
 
@@ -235,11 +248,15 @@ def settle_approval(
     return settlement, [_approval_event(event_row, run_id)]
 
 
-def release_approval(tx: Tx, approval_id: str, at: float) -> tuple[bool, list[Event]]:
+def release_approval(tx: Tx, approval_id: str, at: float) -> tuple[Released, list[Event]]:
     """Mark an APPROVED request forwarded; only the first caller wins (released exactly once)."""
     changed, _ = tx.sql.release_once.execute(tx.db, {"aid": approval_id, "released_at": at})
     if changed != 1:
-        return False, []
+        return Released(False), []
+    _, found = tx.sql.approval_edit.execute(tx.db, {"aid": approval_id})
+    edit, proposed, held_run = found if found is not None else (None, None, None)
+    if isinstance(edit, str):  # SQLite hands JSON back as text
+        edit = json.loads(edit)
     _, row = tx.sql.approval.execute(tx.db, {"aid": approval_id})
     assert row is not None
     state, reviewer, reason, run_id, created_at = row
@@ -253,4 +270,4 @@ def release_approval(tx: Tx, approval_id: str, at: float) -> tuple[bool, list[Ev
         "released_at": at,
         "created_at": created_at,
     }
-    return True, [_approval_event(event_row, run_id)]
+    return Released(True, edit, proposed, held_run), [_approval_event(event_row, run_id)]

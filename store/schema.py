@@ -120,6 +120,9 @@ class Approval(Base):
     retry_key: Mapped[str | None] = mapped_column(String(300), index=True)
     released_at: Mapped[float | None] = mapped_column(Float)  # forwarded, once, at this time
     reviewer_roles: Mapped[list[str] | None] = mapped_column(JSON)  # who may decide; None: anyone
+    # A reviewer's change to the held request, released instead of it (pipeline/edits.py):
+    # {"params": {name: value}, "locations": {name: [where, ...]}, "by": reviewer, "at": time}
+    edit: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     # One open approval per call, whichever proxy instance sees it first: a second instance's
     # insert finds this one and joins it (store/records.py), in the same transaction.
@@ -157,6 +160,9 @@ class ApprovalVote(Base):
     reviewer: Mapped[str] = mapped_column(Text)
     at: Mapped[float] = mapped_column(Float)
     reason: Mapped[str | None] = mapped_column(Text)
+    # The version of the edit it approves (the approval's edit["version"]; None: no edit): an
+    # edit after a vote restarts the count.
+    edit_version: Mapped[int | None] = mapped_column(Integer)
 
 
 class AuditEvent(Base):

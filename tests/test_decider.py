@@ -14,7 +14,7 @@ import pytest
 from mitmproxy.test import tutils
 from sqlalchemy import select
 
-from airlock.addons.gatekeeper import raw_request
+from airlock.addons.runtime import raw_request
 from airlock.decider.client import InProcessDecider, WorkerDecider
 from airlock.decider.core import DeciderCore, wire_request
 from airlock.decider.messages import (

@@ -557,6 +557,24 @@ def test_a_quorum_needs_distinct_reviewers_and_one_denial_ends_it(engine: Engine
     assert verify_audit(engine).ok
 
 
+def test_an_edit_after_a_vote_restarts_the_count_and_is_in_the_chain(engine: Engine) -> None:
+    row, hold = held()
+    hold = HoldRequest(hold.approval_id, hold.expires_at, hold.request_hash, required=2)
+    write(engine, DecisionRecord(row, hold))
+    lowered = {"params": {"amount": 50000}, "locations": {"amount": ["body", "amount"]}}
+    resolve_approval(engine, hold.approval_id, APPROVED, "alice", "fine as it is")
+    edited = resolve_approval(engine, hold.approval_id, APPROVED, "bob", "lower", edit=lowered)
+    assert (edited.state, edited.votes) == ("PENDING", 1)  # alice approved another version
+    again = resolve_approval(engine, hold.approval_id, APPROVED, "alice", "ok, lower")
+    assert (again.state, again.reviewer, again.votes) == ("APPROVED", "bob, alice", 2)
+    with engine.connect() as conn:
+        stored = conn.execute(select(Approval.edit).where(Approval.id == hold.approval_id))
+        assert stored.scalar_one() | {"at": 0} == {**lowered, "by": "bob", "version": 1, "at": 0}
+    assert verify_audit(engine).ok
+    problem = _tamper(engine, update(Approval).values(edit={**lowered, "by": "mallory"}))
+    assert problem.endswith("was edited: its edit is not the one recorded")
+
+
 def test_extended_approval_expiry_is_named(audited: Engine) -> None:
     problem = _tamper(audited, update(Approval).values(expires_at=4102444800.0))
     assert "expires_at is 4102444800.0 but the audit chain recorded" in problem

@@ -4,7 +4,6 @@ Airlock's CA. Each tool call is judged on its arguments; what the model is hande
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
@@ -14,13 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from textual.widgets import DataTable
 
-from airlock.console.review import ReviewApp
 from airlock.console.standins import Upstream
-from airlock.store.schema import open_engine
 from tests.e2e.test_catalog_inference import SDK_PYTHON
 from tests.e2e.test_gate import airlock, eventually, pending, runs
+from tests.helpers.console import review_in_console
 from tests.helpers.proxy import Proxy, clean_env, free_port, wait_for_port
 
 pytestmark = pytest.mark.e2e
@@ -150,21 +147,7 @@ def test_a_held_tool_runs_exactly_once_after_approval_in_the_reviewer_console(
         lambda: answers.append(call_tools(proxy, ("refund", {"charge": "ch_1", "amount": 500})))
     )
     assert eventually(lambda: pending(proxy), timeout=30)
-    engine = open_engine(proxy.db_url)
-
-    async def review() -> None:
-        app = ReviewApp(engine, "alice", refresh_seconds=0.1)
-        async with app.run_test(size=(100, 30)) as pilot:
-            await pilot.pause(0.3)
-            assert app.query_one("#queue", DataTable).row_count == 1
-            await pilot.press("a", "enter")
-            for _ in range(200):
-                await pilot.pause(0.05)
-                if agent.finished:
-                    break
-
-    asyncio.run(review())
-    engine.dispose()
+    review_in_console(proxy.db_url, ["a", "enter"], lambda: agent.finished)
     agent.join()
     [[answer]] = answers
     assert (answer["is_error"], answer["text"]) == (False, "refunded 500 of ch_1")

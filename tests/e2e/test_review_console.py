@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import subprocess
 import sys
@@ -10,12 +9,10 @@ import time
 from collections.abc import Callable
 
 import pytest
-from textual.widgets import DataTable
 
-from airlock.console.review import ReviewApp
 from airlock.console.standins import Upstream
-from airlock.store.schema import open_engine
 from tests.e2e.test_gate import Background, eventually, pending
+from tests.helpers.console import review_in_console
 from tests.helpers.proxy import PROJECT_ROOT, Proxy
 
 pytestmark = pytest.mark.e2e
@@ -33,21 +30,7 @@ def test_a_held_request_approved_in_the_console_reaches_the_upstream(
         lambda: proxy.session(agent="ops-bot").delete("https://api.stripe.com/v1/customers/cus_tui")
     )
     assert eventually(lambda: pending(proxy))
-    engine = open_engine(proxy.db_url)
-
-    async def scenario() -> None:
-        app = ReviewApp(engine, "alice", refresh_seconds=0.1)
-        async with app.run_test(size=(80, 24)) as pilot:
-            await pilot.pause(0.3)
-            assert app.query_one("#queue", DataTable).row_count == 1
-            await pilot.press("a", "enter")
-            for _ in range(100):
-                await pilot.pause(0.05)
-                if held.finished:
-                    break
-
-    asyncio.run(scenario())
-    engine.dispose()
+    review_in_console(proxy.db_url, ["a", "enter"], lambda: held.finished)
     assert held.result().status_code == 200
     assert upstream.count("/v1/customers/cus_tui") == 1
 

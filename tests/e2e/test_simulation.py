@@ -27,6 +27,7 @@ from tests.e2e.test_catalog_aws import AWS_HOSTS
 from tests.e2e.test_catalog_inference import SDK_PYTHON
 from tests.e2e.test_gate import eventually, runs
 from tests.helpers.proxy import PROJECT_ROOT, Proxy, clean_env
+from tests.helpers.sdks import stripe_through
 
 pytestmark = pytest.mark.e2e
 
@@ -84,9 +85,7 @@ def test_stripe_charges_and_refunds_are_answered_and_never_sent(
     proxy: Proxy, upstream_writes: Callable[[], list[str]], session_upstream: Upstream,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
-    monkeypatch.setattr(stripe, "api_key", "sk_test_TrialKey000000000000000000")
-    monkeypatch.setattr(stripe, "proxy", f"http://{AGENT}:x@127.0.0.1:{proxy.port}")
-    monkeypatch.setattr(stripe, "ca_bundle_path", str(proxy.ca_cert))
+    stripe_through(proxy, monkeypatch, AGENT)
     charge = stripe.Charge.create(amount=2500, currency="usd", customer="cus_trial")
     assert (charge.object, charge.amount, charge.currency, charge.status) == (
         "charge", 2500, "usd", "succeeded",

@@ -10,6 +10,7 @@ import stripe
 from airlock.console.standins import Upstream
 from tests.e2e.test_gate import Background, airlock, eventually, pending, runs
 from tests.helpers.proxy import Proxy
+from tests.helpers.sdks import stripe_through
 
 pytestmark = pytest.mark.e2e
 
@@ -21,14 +22,7 @@ def proxy(start_proxy: Callable[..., Proxy]) -> Proxy:
 
 @pytest.fixture
 def stripe_via_airlock(proxy: Proxy, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "CURL_CA_BUNDLE", "HTTPS_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-    # stripe-python ignores the CA variables: it needs ca_bundle_path and its own proxy setting.
-    monkeypatch.setattr(stripe, "api_key", "sk_test_4eC39HqLyjWDarjtT1zdp7dc")
-    monkeypatch.setattr(stripe, "proxy", f"http://stripe-agent:secret@127.0.0.1:{proxy.port}")
-    monkeypatch.setattr(stripe, "ca_bundle_path", str(proxy.ca_cert))
-    monkeypatch.setattr(stripe, "default_http_client", None)
-    monkeypatch.setattr(stripe, "max_network_retries", 0)
+    stripe_through(proxy, monkeypatch, "stripe-agent", "sk_test_4eC39HqLyjWDarjtT1zdp7dc")
     yield
 
 

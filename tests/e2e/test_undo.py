@@ -26,6 +26,7 @@ from airlock.store.schema import open_engine
 from tests.e2e.test_catalog_aws import AWS_HOSTS, client
 from tests.e2e.test_gate import eventually, runs
 from tests.helpers.proxy import PROJECT_ROOT, Proxy, clean_env
+from tests.helpers.sdks import stripe_through
 
 pytestmark = pytest.mark.e2e
 
@@ -89,9 +90,7 @@ def approve_when_held(proxy: Proxy, action: str) -> threading.Thread:
 def test_a_charge_is_undone_by_refunding_it(
     proxy: Proxy, upstream: Upstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(stripe, "api_key", "sk_test_AgentKey0000000000000000")
-    monkeypatch.setattr(stripe, "proxy", f"http://billing-agent:x@127.0.0.1:{proxy.port}")
-    monkeypatch.setattr(stripe, "ca_bundle_path", str(proxy.ca_cert))
+    stripe_through(proxy, monkeypatch, "billing-agent")
     charge = stripe.Charge.create(amount=2500, currency="usd", customer="cus_undo")
     run = evidence(proxy, "create_charge")
     assert run.outcome_detail == {"ids": {"charge_id": charge.id}}
