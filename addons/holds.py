@@ -10,17 +10,18 @@ import contextlib
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from mitmproxy import connection, ctx, http
 
 from airlock.addons.refusals import Refusals, mcp_body
 from airlock.addons.runtime import STORE_TIMEOUT, Runtime, raw_request
+from airlock.addons.simulations import Simulations
 from airlock.decider.messages import ApprovalState, Decide, Settled
 from airlock.pipeline.edits import edited_body, query_edits
 from airlock.pipeline.mcp import keepalive_stream, resumable_call, sse_event
-from airlock.pipeline.policies import ALLOW
+from airlock.pipeline.policies import ALLOW, REQUIRE_APPROVAL
 from airlock.pipeline.run_record import RunSummary
 from airlock.store.approvals import ABANDONED, APPROVED, DENIED, EXPIRED
 from airlock.store.records import Released
@@ -62,6 +63,7 @@ class Holds:
     def __init__(self, runtime: Runtime, refusals: Refusals) -> None:
         self.runtime = runtime
         self.refusals = refusals
+        self.simulations = Simulations(runtime, refusals)
         self.held: dict[str, Hold] = {}
         self.streams: dict[str, tuple[Hold, RunSummary]] = {}  # by the event id legs end with
         self._stopping = False
@@ -266,6 +268,9 @@ class Holds:
         """Forward an approved request exactly once, whichever attempt gets here first."""
         async with asyncio.timeout(STORE_TIMEOUT):
             released = await self.runtime.ask().release(approval_id, time.time())
+        if released.won and run.simulated:  # a trial: approved, and answered by Airlock
+            self.simulations.answer(flow, replace(run, shadow_decision=REQUIRE_APPROVAL))
+            return
         if released.won and released.edit:
             await self._release_edited(flow, run, approval_id, released)
             return

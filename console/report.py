@@ -21,7 +21,7 @@ def trial_report(runs: list[dict[str, Any]]) -> dict[str, Any]:
     for run in runs:
         params = run["params"] or {}
         amount, currency = params.get("amount"), params.get("currency") or UNSTATED
-        blocked = run["shadow_decision"] == "BLOCK"  # refused in the trial: nothing would move
+        blocked = _would(run) == "BLOCK"  # refused in the trial: nothing would move
         if run["category"] == "payment" and isinstance(amount, int) and not blocked:
             money[str(currency).lower()] += amount
         if run["category"] == "messaging" and run["action"] == "send_message":
@@ -39,10 +39,16 @@ def trial_report(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "recipients": recipients,
         "instances": instances,
         "deletions": sum(1 for r in runs if _deletes(r)),
-        "would_block": [_brief(r) for r in runs if r["shadow_decision"] == "BLOCK"],
-        "would_hold": [_brief(r) for r in runs if r["shadow_decision"] == "REQUIRE_APPROVAL"],
+        "would_block": [_brief(r) for r in runs if _would(r) == "BLOCK"],
+        "would_hold": [_brief(r) for r in runs if _would(r) == "REQUIRE_APPROVAL"],
         "top_risks": [_brief(r) | {"risk": r["risk"]} for r in ranked if r["risk"]],
     }
+
+
+def _would(run: dict[str, Any]) -> str | None:
+    """What it would have been: a SIMULATED run's shadow decision; a run its rule held for a
+    reviewer in the trial (`in_simulation: hold`) was REQUIRE_APPROVAL."""
+    return run["shadow_decision"] if run["decision"] == "SIMULATED" else run["decision"]
 
 
 def _deletes(run: dict[str, Any]) -> bool:

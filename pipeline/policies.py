@@ -53,6 +53,7 @@ _RULE_KEYS = {
     "reviewers",
     "budget",
     "rate",
+    "in_simulation",
 }
 _BUDGET_KEYS = {"param", "limit", "window", "per", "currency"}
 _RATE_KEYS = {"limit", "window", "per"}
@@ -101,6 +102,7 @@ class Verdict:
     approvals: int = 1  # distinct reviewers who must approve (the largest any fired rule asks)
     reviewer_roles: tuple[str, ...] = ()  # roles that may decide; empty: any reviewer
     simulate: tuple[str, ...] = ()  # SIMULATE rules that fired (pipeline/simulation.py)
+    hold_in_simulation: bool = False  # a fired rule says `in_simulation: hold`
 
 
 @dataclass(frozen=True)
@@ -171,6 +173,7 @@ class Rule:
     hold_timeout: float | None = None
     approvals: int = 1
     reviewer_roles: tuple[str, ...] = ()
+    holds_in_simulation: bool = False  # `in_simulation: hold`: a reviewer decides, even in a trial
     risk_test: Test | None = None
     budget: Budget | None = None
     rate: Rate | None = None
@@ -378,6 +381,7 @@ class PolicySet:
             hold_timeout=min(timeouts) if timeouts else None,
             approvals=max(approvals, default=1),
             reviewer_roles=tuple(roles),
+            hold_in_simulation=any(r.holds_in_simulation for r in fired),
         )
 
 
@@ -519,7 +523,20 @@ def _load_rule(entry: Any, where: Where, order: int) -> Rule:
         approvals=_approvals(entry, decision),
         reviewer_roles=_reviewer_roles(entry),
         source=when.get("source") if isinstance(when.get("source"), str) else None,
+        holds_in_simulation=_in_simulation(entry, decision),
     )
+
+
+def _in_simulation(entry: Node, decision: str) -> bool:
+    """`in_simulation: hold` on a REQUIRE_APPROVAL rule: in a simulated trial, its writes wait
+    for a reviewer too (then are answered by Airlock); by default they are answered at once."""
+    value = entry.get("in_simulation", "answer")
+    if value not in ("answer", "hold") or (value == "hold" and decision != REQUIRE_APPROVAL):
+        raise ConfigError(
+            entry.at("in_simulation"),
+            "in_simulation is 'answer' (the default) or 'hold', on REQUIRE_APPROVAL rules only",
+        )
+    return value == "hold"
 
 
 def _curated_test(when: Node) -> tuple[tuple[str, Test], ...]:

@@ -45,6 +45,7 @@ class RunSummary:
     risk_factors: Any = None
     protocol: str | None = None  # "mcp": answers and outcomes are JSON-RPC (pipeline/mcp.py)
     mapping_id: str | None = None  # its mapping's `outcome:` reads what the response returned
+    simulated: bool = False  # held in a simulated trial: once approved, answered by Airlock
 
 
 @dataclass(slots=True)
@@ -90,6 +91,7 @@ class RunRecord:
             self.provider, self.operation, self.target, self.params, self.risk,
             self.shadow_decision, self.shadow_rules, self.error, self.risk_factors,
             (self.context or {}).get("protocol"), self.mapping_id,
+            bool((self.context or {}).get("simulated")),
         )  # fmt: skip
 
     def as_row(self) -> dict[str, Any]:

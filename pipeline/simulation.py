@@ -26,7 +26,7 @@ from xml.sax.saxutils import escape
 from airlock.pipeline.evaluation import Evaluation
 from airlock.pipeline.mcp import JSONRPC, TOOLS_CALL
 from airlock.pipeline.operations import DEFAULT_CATALOG
-from airlock.pipeline.policies import BLOCK, SIMULATE, Shadow, Verdict
+from airlock.pipeline.policies import BLOCK, REQUIRE_APPROVAL, SIMULATE, Shadow, Verdict
 from airlock.pipeline.run_record import SIMULATE_MODE, SIMULATED
 
 __all__ = ["SIMULATE", "SIMULATED", "SIMULATE_MODE", "simulated", "synthetic_response"]
@@ -43,6 +43,11 @@ def simulated(evaluation: Evaluation, simulating: bool) -> Evaluation:
     if evaluation.action.category in NOT_WRITES and not by_rule:
         return evaluation
     would = verdict.decision
+    if would == REQUIRE_APPROVAL and verdict.hold_in_simulation:  # the rule says: ask anyway
+        action = evaluation.action
+        held = replace(verdict, reason=f"simulated, held as its rule asks: {verdict.reason}")
+        context = {**action.context, "simulated": True}
+        return replace(evaluation, verdict=held, action=replace(action, context=context))
     said = "would be blocked" if would == BLOCK else f"would be {would}"
     return replace(
         evaluation,

@@ -10,6 +10,8 @@ from sqlalchemy import Engine, Text, cast, select
 
 from airlock.store.schema import Approval, ApprovalVote, Run
 
+SIMULATED = "SIMULATED"  # the decision of a simulated write (pipeline/simulation.py)
+
 
 class RunNotFound(LookupError):
     """No run, or more than one, has this id or prefix."""
@@ -57,11 +59,11 @@ def find_run(engine: Engine, reference: str) -> RunView:
 
 
 def simulated_runs(engine: Engine, agent: str, since: float = 0.0) -> list[dict[str, Any]]:
-    """An agent's simulated writes since a time, oldest first (`airlock report`)."""
+    """An agent's simulated writes since a time, oldest first (`airlock report`): SIMULATED,
+    and those a rule held for a reviewer in the trial (`simulated` in their context)."""
     with engine.connect() as conn:
         found = conn.execute(
-            select(Run)
-            .where(Run.agent == agent, Run.decision == "SIMULATED", Run.at >= since)
-            .order_by(Run.at)
+            select(Run).where(Run.agent == agent, Run.at >= since).order_by(Run.at)
         )
-        return [dict(row._mapping) for row in found]
+        rows = [dict(row._mapping) for row in found]
+    return [r for r in rows if r["decision"] == SIMULATED or (r["context"] or {}).get("simulated")]

@@ -111,3 +111,24 @@ def test_synthetic_answers_echo_the_request_in_the_vendors_shape() -> None:
            "body": {"Action": "RunInstances", "MaxCount": "4", "ImageId": "ami-1"}}  # fmt: skip
     launched = synthetic_response(ec2, "aws.ec2.RunInstances").body.decode()
     assert launched.count("<instanceId>i-") == 4 and "<imageId>ami-1</imageId>" in launched
+
+
+def test_a_rule_may_hold_a_simulated_write_for_a_reviewer(tmp_path: Path) -> None:
+    (tmp_path / "rules.yaml").write_text(
+        textwrap.dedent("""\
+            rules:
+              - id: charges-held-in-trials
+                when: {action: create_charge}
+                decision: REQUIRE_APPROVAL
+                in_simulation: hold
+            """)
+    )
+    config = Config(MAPPINGS, load_policies(tmp_path))
+    held = simulated(evaluate(stripe("/v1/charges", "amount=5"), config), True)
+    assert held.verdict.decision == "REQUIRE_APPROVAL"
+    assert held.action.context["simulated"] is True
+    (tmp_path / "rules.yaml").write_text(
+        "rules:\n  - {id: r, when: {action: create_charge}, decision: BLOCK, in_simulation: hold}\n"
+    )
+    with pytest.raises(ConfigError, match="on REQUIRE_APPROVAL rules only"):
+        load_policies(tmp_path)

@@ -11,6 +11,7 @@ import shutil
 import ssl
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from slack_sdk import WebClient
 from airlock.console.standins import Upstream
 from tests.e2e.test_catalog_aws import AWS_HOSTS
 from tests.e2e.test_catalog_inference import SDK_PYTHON
-from tests.e2e.test_gate import eventually, runs
+from tests.e2e.test_gate import eventually, pending, runs
 from tests.helpers.proxy import PROJECT_ROOT, Proxy, clean_env
 from tests.helpers.sdks import stripe_through
 
@@ -43,6 +44,11 @@ rules:
     when: {action: inference}
     decision: SIMULATE
     reason: The trial answers model calls itself.
+  - id: trial-payouts-held
+    when: {action: create_payout}
+    decision: REQUIRE_APPROVAL
+    in_simulation: hold
+    reason: Payouts wait for a reviewer, even in a trial.
 """
 
 
@@ -204,3 +210,29 @@ def test_the_report_totals_what_the_trial_would_have_done(proxy: Proxy) -> None:
     assert all(r.outcome in ("simulated", "blocked") for r in simulated)
     charge = next(r for r in simulated if r.action == "create_charge" and r.outcome == "simulated")
     assert charge.outcome_detail["synthetic"]["amount"] == charge.params["amount"]
+
+
+def test_a_rule_can_hold_a_simulated_write_for_a_reviewer(
+    proxy: Proxy, upstream_writes: Callable[[], list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`in_simulation: hold`: the reviewer decides, and the approved write is still answered
+    by Airlock, never sent."""
+    stripe_through(proxy, monkeypatch, AGENT)
+    payouts: list[Any] = []
+    agent = threading.Thread(
+        target=lambda: payouts.append(stripe.Payout.create(amount=5000, currency="usd")),
+        daemon=True,
+    )
+    agent.start()
+    [held] = eventually(lambda: pending(proxy), timeout=30)
+    assert held["action"] == "create_payout"
+    approved = subprocess.run(
+        [sys.executable, "-m", "airlock.console.cli", "approve", held["id"][:12], "--reviewer",
+         "alice", "--reason", "trial", "--db", proxy.db_url],
+        cwd=PROJECT_ROOT, env=clean_env(), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert approved.returncode == 0, approved.stderr
+    agent.join(30)
+    [payout] = payouts
+    assert payout.id.startswith("po_") and payout.amount == 5000
+    assert not [w for w in upstream_writes() if "payouts" in w]
