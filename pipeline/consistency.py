@@ -9,6 +9,7 @@ errors, found at load with file:line, never at runtime.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -28,7 +29,8 @@ NUMERIC_KINDS = frozenset({"int", "float", "decimal"})
 
 
 def configuration_problems(mappings: MappingIndex, policies: PolicySet) -> list[ConfigError]:
-    known = known_actions(mappings)
+    derived = derived_params(mappings)
+    known = known_actions(mappings, derived)
     producers: dict[str, list[Mapping]] = {}
     for mapping in mappings.mappings:
         producers.setdefault(mapping.action, []).append(mapping)
@@ -36,16 +38,27 @@ def configuration_problems(mappings: MappingIndex, policies: PolicySet) -> list[
     for rule in policies.rules:
         problems += _unknown_actions(rule, known)
         problems += _text_compared_with_numbers(rule, producers)
+        problems += _params_never_produced(rule, producers, derived)
     return problems
 
 
-def known_actions(mappings: MappingIndex) -> frozenset[str]:
-    """What a rule can name: curated actions, those the catalog derives, Airlock's own."""
-    derived: set[str] = set()
+def derived_params(mappings: MappingIndex) -> dict[str, set[str]]:
+    """Each action the catalog derives (pipeline/mappings.py derived_action), with the params
+    it can have: the request fields of the operations it stands for."""
+    derived: dict[str, set[str]] = {}
     if mappings.operations is not None:
-        derived = {snake_case(name.rsplit(".", 1)[-1]) for name in mappings.operations.names()}
+        for name, fields in mappings.operations.fields_by_operation():
+            derived.setdefault(snake_case(name.rsplit(".", 1)[-1]), set()).update(fields)
+    return derived
+
+
+def known_actions(
+    mappings: MappingIndex, derived: dict[str, set[str]] | None = None
+) -> frozenset[str]:
+    """What a rule can name: curated actions, those the catalog derives, Airlock's own."""
+    derived = derived_params(mappings) if derived is None else derived
     curated = {m.action for m in mappings.mappings if "{" not in m.action}
-    return frozenset(curated | derived | BUILT_IN_ACTIONS)
+    return frozenset(curated | derived.keys() | BUILT_IN_ACTIONS)
 
 
 def _unknown_actions(rule: Rule, known: frozenset[str]) -> Iterator[ConfigError]:
@@ -79,6 +92,54 @@ def _text_compared_with_numbers(
                         f"but mapping {mapping.id!r} ({mapping.where}) extracts it as text: "
                         "declare `type: int` (or float) there, or compare with text",
                     )
+
+
+ALWAYS_POSSIBLE = frozenset({"body_error", "body_truncated"})  # any request may carry these
+
+
+def _params_never_produced(
+    rule: Rule, producers: dict[str, list[Mapping]], derived: dict[str, set[str]]
+) -> Iterator[ConfigError]:
+    """A condition on a param that none of the rule's actions ever has can never hold (a typo
+    such as recipients_count for recipient_count): the rule silently never fires."""
+    if rule.source == "guard" or not rule.actions or not rule.param_specs:
+        return
+    produced: set[str] = set(ALWAYS_POSSIBLE)
+    for action in rule.actions:
+        names = _params_of(action, producers.get(action, []), derived)
+        if names is None:
+            return  # params nobody declares (an MCP tool's arguments, Airlock's own actions)
+        produced |= names
+    for name, spec, where in rule.param_specs:
+        if name in produced or (isinstance(spec, Node) and spec.get("exists") is False):
+            continue
+        near = difflib.get_close_matches(name, produced, n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        actions = ", ".join(sorted(rule.actions))
+        yield ConfigError(
+            where,
+            f"rule {rule.id!r} has a condition on param {name!r}, which {actions} never "
+            f"produces, so it can never fire{hint}",
+        )
+
+
+def _params_of(
+    action: str, mappings_of: list[Mapping], derived: dict[str, set[str]]
+) -> set[str] | None:
+    """The params an action can have: its mappings' (and path captures), or the request
+    fields of the catalog operations it is derived from; None when they are not declared."""
+    if action in BUILT_IN_ACTIONS or action.startswith(MCP_ACTIONS):
+        return None
+    names: set[str] = set()
+    for mapping in mappings_of:
+        if mapping.tool is not None and not mapping.params:
+            return None  # an MCP tool's arguments, whatever the server takes
+        names |= {spec.name for spec in mapping.params}
+        names |= set(_CAPTURE.findall(mapping.path_template or ""))
+    return names | derived.get(action, set())
+
+
+_CAPTURE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\+?\}")
 
 
 def _numeric_ordering(spec: Any) -> list[str]:

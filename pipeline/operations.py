@@ -252,6 +252,12 @@ class OperationIndex:
             for name in service.operations:
                 yield f"{service.prefix}.{name}"
 
+    def fields_by_operation(self) -> Iterator[tuple[str, list[str]]]:
+        """Each operation's name with the request fields it names (a derived action's params)."""
+        for service in self.services.values():
+            for name, spec in service.operations.items():
+                yield f"{service.prefix}.{name}", [member for member, _, _ in spec.fields]
+
     def knows(self, name: str) -> bool:
         provider, _, rest = name.partition(".")
         if provider == "aws":

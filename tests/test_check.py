@@ -209,3 +209,37 @@ def test_rules_that_narrow_reviewers_need_roles_someone_has(tmp_path: Path) -> N
     write(folder, "reviewers.yaml", "reviewers:\n  - {id: bob, roles: [sre]}\n")
     assert lines([PROJECT_ROOT / "mappings", folder]) == []
     assert Config.load(PROJECT_ROOT / "mappings", folder).policies.rules
+
+
+def test_conditions_on_params_an_action_never_produces_are_reported(tmp_path: Path) -> None:
+    """A typo in a param name makes a rule that can never fire; each is named with its place
+    and the closest param the actions do produce (curated or derived from the catalog)."""
+    policy = write(
+        tmp_path,
+        "p.yaml",
+        """
+        rules:
+          - id: mass-mail
+            when: {action: send_message, params: {recipients_count: {gt: 10}}}
+            decision: REQUIRE_APPROVAL
+          - id: mass-mail-right
+            when: {action: send_message, params: {recipient_count: {gt: 10}, x: {exists: false}}}
+            decision: REQUIRE_APPROVAL
+          - id: tagging
+            when: {action: put_bucket_tagging, params: {bucket: logs}}
+            decision: BLOCK
+          - id: tagging-right
+            when: {action: put_bucket_tagging, params: {Bucket: logs}}
+            decision: BLOCK
+          - id: any-mcp-tool
+            when: {action: mcp.crm.lookup, params: {email: {exists: true}}}
+            decision: ALLOW
+        """,
+    )
+    found = lines([PROJECT_ROOT / "mappings", policy])
+    assert found == [
+        f"{policy}:3:61: rule 'mass-mail' has a condition on param 'recipients_count', which "
+        "send_message never produces, so it can never fire; did you mean 'recipient_count'?",
+        f"{policy}:9:57: rule 'tagging' has a condition on param 'bucket', which "
+        "put_bucket_tagging never produces, so it can never fire; did you mean 'Bucket'?",
+    ]
