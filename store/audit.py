@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import rfc8785
 from sqlalchemy import Connection, select
 from sqlalchemy.engine import Engine
 
@@ -74,8 +76,40 @@ APPROVAL_ORIGIN_FIELDS = (
 )
 
 
-def request_digest(request: Any) -> str:
-    return hashlib.sha256(canonical_json(request).encode()).hexdigest()
+CHAIN_FORMAT = 2  # what new events are written in; verify reads each event by its own
+_SAFE_INTEGER = 2**53 - 1  # RFC 8785 numbers are IEEE 754 doubles
+
+
+def jcs(value: Any) -> str:
+    """RFC 8785 canonical JSON (rfc8785, Trail of Bits), one form for every value: what it
+    cannot hold is first made text the same way every time (integers beyond 2^53, NaN and
+    infinities, lone surrogates from undecodable bytes)."""
+    return rfc8785.dumps(_representable(value)).decode()
+
+
+def _representable(value: Any) -> Any:
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return value if -_SAFE_INTEGER <= value <= _SAFE_INTEGER else str(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "surrogatepass").decode("utf-8", "backslashreplace")
+        return value
+    if isinstance(value, dict):
+        return {str(k): _representable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_representable(v) for v in value]
+    return str(value)
+
+
+def request_digest(request: Any, chain_format: int | None = CHAIN_FORMAT) -> str:
+    text = jcs(request) if chain_format == CHAIN_FORMAT else canonical_json(request)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def decision_payload(run: dict[str, Any]) -> dict[str, Any]:
@@ -96,8 +130,17 @@ def canonical_json(value: Any) -> str:
     return to_json(value, sort_keys=True)
 
 
-def chain_hash(prev: str, seq: int, at: float, kind: str, run_id: str | None, payload: str) -> str:
-    material = f"{prev}\n{seq}\n{at!r}\n{kind}\n{run_id or ''}\n{payload}"
+def chain_hash(
+    prev: str, seq: int, at: float, kind: str, run_id: str | None, payload: str,
+    chain_format: int | None = CHAIN_FORMAT,
+) -> str:  # fmt: skip
+    """An event's hash. Format 2: SHA-256 of the RFC 8785 array [2, prev, seq, at, kind,
+    run_id, payload] (payload: the stored RFC 8785 text); format 1 (None): the text lines
+    Airlock wrote before, with Python's repr of the time."""
+    if chain_format == CHAIN_FORMAT:
+        material = jcs([CHAIN_FORMAT, prev, seq, at, kind, run_id or "", payload])
+    else:
+        material = f"{prev}\n{seq}\n{at!r}\n{kind}\n{run_id or ''}\n{payload}"
     return hashlib.sha256(material.encode()).hexdigest()
 
 
@@ -111,7 +154,7 @@ def append_events(tx: Tx, events: list[Event]) -> None:
     rows = []
     for event in events:
         seq += 1
-        payload = canonical_json(event.payload)
+        payload = jcs(event.payload)
         digest = chain_hash(prev, seq, event.at, event.kind, event.run_id, payload)
         rows.append(
             {
@@ -122,6 +165,7 @@ def append_events(tx: Tx, events: list[Event]) -> None:
                 "payload": payload,
                 "prev_hash": prev,
                 "hash": digest,
+                "format": CHAIN_FORMAT,
             }
         )
         prev = digest
@@ -169,6 +213,7 @@ class _Vouched:
     approval_origins: dict[str, dict[str, Any]]
     votes: dict[tuple[str, str], dict[str, Any]]
     edits: dict[str, dict[str, Any]] = field(default_factory=dict)  # the latest, by approval
+    formats: dict[str, int | None] = field(default_factory=dict)  # each decision event's format
 
 
 def _events(conn: Connection) -> Iterator[AuditEvent]:
@@ -190,7 +235,9 @@ def _verify_chain(conn: Connection, counts: dict[str, int]) -> _Vouched:
                 f"event #{event.seq} does not follow event #{event.seq - 1}: "
                 "the chain was reordered or an earlier event was replaced"
             )
-        digest = chain_hash(prev, event.seq, event.at, event.kind, event.run_id, event.payload)
+        digest = chain_hash(
+            prev, event.seq, event.at, event.kind, event.run_id, event.payload, event.format
+        )
         if digest != event.hash:
             raise _Broken(
                 f"event #{event.seq} ({event.kind}) was edited: its content no longer "
@@ -219,6 +266,7 @@ def _remember(vouched: _Vouched, event: AuditEvent) -> None:
             raise _Broken(f"event #{event.seq} records a second decision for run {event.run_id}: "
                           "a request is decided once")  # fmt: skip
         vouched.decisions[event.run_id or ""] = payload
+        vouched.formats[event.run_id or ""] = event.format
     elif event.kind == "outcome":
         vouched.outcomes[event.run_id or ""] = payload
     elif event.kind == "approval":
@@ -262,7 +310,7 @@ def _verify_records(conn: Connection, vouched: _Vouched, counts: dict[str, int])
         if recorded is None:
             raise _Broken(f"run {run.id} has no decision event: it was added outside Airlock")
         _same(f"run {run.id}", run, recorded, DECISION_FIELDS)
-        if request_digest(run.request) != recorded.get(REQUEST_DIGEST):
+        if request_digest(run.request, vouched.formats.get(run.id)) != recorded.get(REQUEST_DIGEST):
             raise _Broken(f"run {run.id} was edited: its stored request is not the one recorded")
         if run.outcome is not None or run.id in vouched.outcomes:
             _same(f"run {run.id}", run, vouched.outcomes.get(run.id, {}), OUTCOME_FIELDS)
@@ -279,7 +327,7 @@ def _verify_records(conn: Connection, vouched: _Vouched, counts: dict[str, int])
         _same(f"approval {approval.id}", approval, recorded, APPROVAL_FIELDS)
         origin = vouched.approval_origins[approval.id]
         _same(f"approval {approval.id}", approval, origin, APPROVAL_ORIGIN_FIELDS)
-        if canonical_json(approval.edit) != canonical_json(vouched.edits.get(approval.id)):
+        if jcs(approval.edit) != jcs(vouched.edits.get(approval.id)):
             raise _Broken(f"approval {approval.id} was edited: its edit is not the one recorded")
         seen_approvals.add(approval.id)
         counts["approvals"] += 1
@@ -311,7 +359,7 @@ def _verify_votes(conn: Connection, vouched: _Vouched) -> None:
 def _same(what: str, row: Any, recorded: dict[str, Any], fields: tuple[str, ...]) -> None:
     for name in fields:
         stored = getattr(row, name)
-        if canonical_json(stored) != canonical_json(recorded.get(name)):
+        if jcs(stored) != jcs(recorded.get(name)):  # one form: 3.0 and 3 are one number
             raise _Broken(
                 f"{what} was edited: {name} is {stored!r} but the audit chain recorded "
                 f"{recorded.get(name)!r}"

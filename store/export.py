@@ -18,7 +18,7 @@ from typing import Any, TextIO
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
-from airlock.store.audit import canonical_json, chain_hash
+from airlock.store.audit import CHAIN_FORMAT, canonical_json, chain_hash, jcs
 from airlock.store.schema import AuditEvent
 
 FORMATS = ("jsonl", "csv", "ocsf")
@@ -50,6 +50,7 @@ def events(
                 "payload": json.loads(event.payload),
                 "prev_hash": event.prev_hash,
                 "hash": event.hash,
+                "format": event.format,  # how its hash is made (store/audit.py)
             }
 
 
@@ -154,9 +155,10 @@ def verify_export(lines: Iterable[str]) -> ExportCheck:
             continue
         try:
             event = json.loads(line)
-            payload = canonical_json(event["payload"])
+            chain_format = event.get("format")
+            payload = (jcs if chain_format == CHAIN_FORMAT else canonical_json)(event["payload"])
             digest = chain_hash(event["prev_hash"], event["seq"], event["at"], event["kind"],
-                                event["run_id"], payload)  # fmt: skip
+                                event["run_id"], payload, chain_format)  # fmt: skip
         except (ValueError, KeyError, TypeError) as e:
             return ExportCheck(
                 count, first, prev_seq, f"line {number} is not an exported event: {e}"

@@ -175,6 +175,9 @@ class AuditEvent(Base):
     kind: Mapped[str] = mapped_column(String(16))
     run_id: Mapped[str | None] = mapped_column(String(32), index=True)
     payload: Mapped[str] = mapped_column(Text)  # canonical JSON, hashed as stored
+    # How its hash and payload are made (store/audit.py): None for events of chain format 1,
+    # written before RFC 8785; 2 for RFC 8785 canonical JSON throughout.
+    format: Mapped[int | None] = mapped_column(Integer)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
 

@@ -848,3 +848,36 @@ def test_an_approval_event_moving_a_denial_to_approved_is_caught(engine: Engine)
                "reason": "yes", "resolved_at": time.time(), "released_at": None}  # fmt: skip
     problem = _append_well_chained(engine, Event("approval", row.id, time.time(), flipped))
     assert f"moves approval {hold.approval_id} from DENIED to APPROVED" in problem
+
+
+def test_a_chain_begun_before_rfc_8785_still_verifies_and_goes_on_in_it(engine: Engine) -> None:
+    """Events of chain format 1 (orjson text, repr of the time) verify as they were written;
+    events appended after them are format 2 (RFC 8785 throughout)."""
+    from airlock.store.audit import canonical_json, chain_hash, decision_payload, request_digest
+    from airlock.store.schema import GENESIS_HASH, AuditEvent, AuditHead
+
+    first = run_row(params={"amount": 2500, "ratio": 0.1})
+    write(engine, DecisionRecord(first))
+    with engine.begin() as conn:  # rewrite it as Airlock wrote it before format 2
+        event = conn.execute(select(AuditEvent)).one()
+        row = dict(conn.execute(select(Run).where(Run.id == first.id)).one()._mapping)
+        payload = decision_payload(row) | {"request_sha256": request_digest(row["request"], None)}
+        text = canonical_json(payload)
+        digest = chain_hash(GENESIS_HASH, 1, event.at, "decision", first.id, text, None)
+        conn.execute(update(AuditEvent).values(payload=text, hash=digest, format=None))
+        conn.execute(update(AuditHead).values(hash=digest))
+    write(engine, DecisionRecord(run_row()))
+    assert verify_audit(engine).ok
+    with engine.connect() as conn:
+        formats = conn.execute(select(AuditEvent.format).order_by(AuditEvent.seq)).scalars().all()
+    assert formats == [None, 2]
+
+
+def test_canonical_json_has_one_form_for_every_value() -> None:
+    from airlock.store.audit import jcs
+
+    assert jcs({"b": 1.0, "a": [1e21, 0.1, 3]}) == '{"a":[1e+21,0.1,3],"b":1}'
+    assert jcs(2**64) == '"18446744073709551616"'  # beyond a double: as its digits
+    assert jcs(float("nan")) == '"nan"'
+    assert jcs("caf\udce9") == '"caf\\\\xed\\\\xb3\\\\xa9"'  # an undecodable byte, spelled out
+    assert jcs({"é": "ü"}) == '{"é":"ü"}'
