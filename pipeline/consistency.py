@@ -39,6 +39,7 @@ def configuration_problems(mappings: MappingIndex, policies: PolicySet) -> list[
         problems += _unknown_actions(rule, known)
         problems += _text_compared_with_numbers(rule, producers)
         problems += _params_never_produced(rule, producers, derived)
+        problems += _contradictory_conditions(rule)
     return problems
 
 
@@ -92,6 +93,63 @@ def _text_compared_with_numbers(
                         f"but mapping {mapping.id!r} ({mapping.where}) extracts it as text: "
                         "declare `type: int` (or float) there, or compare with text",
                     )
+
+
+def _contradictory_conditions(rule: Rule) -> Iterator[ConfigError]:
+    """A param condition no value satisfies (`{gt: 100, lt: 50}`, `{exists: false, gte: 1}`,
+    an `eq` or every `in` value outside the bounds): the rule can never fire."""
+    for name, spec, where in rule.param_specs:
+        why = _unsatisfiable(spec) if isinstance(spec, Node) else None
+        if why:
+            yield ConfigError(
+                where,
+                f"rule {rule.id!r}: no value of param {name!r} satisfies {why}, so the rule "
+                "can never fire",
+            )
+
+
+def _unsatisfiable(spec: Node) -> str | None:
+    ops = {op: spec[op] for op in spec}
+    if ops.get("exists") is False and set(ops) - {"exists", "ne", "not_in"}:
+        return "exists: false together with a test that needs a value"
+    low, high = _bounds(ops)
+    if low is not None and high is not None:
+        (lo, lo_inclusive), (hi, hi_inclusive) = low, high
+        if lo > hi or (lo == hi and not (lo_inclusive and hi_inclusive)):
+            return f"a lower bound of {lo} and an upper bound of {hi}"
+    candidates = [ops["eq"]] if "eq" in ops else ops.get("in")
+    if (
+        isinstance(candidates, list)
+        and candidates
+        and all(_is_number(c) and not _within(c, low, high) for c in candidates)
+    ):
+        return "its bounds and the values it must equal"
+    return None
+
+
+Bound = tuple[float, bool] | None  # (value, inclusive)
+
+
+def _bounds(ops: dict[str, Any]) -> tuple[Bound, Bound]:
+    lows: list[tuple[float, bool]] = []
+    highs: list[tuple[float, bool]] = []
+    for op, inclusive, into in (("gt", False, lows), ("gte", True, lows),
+                                ("lt", False, highs), ("lte", True, highs)):  # fmt: skip
+        if op in ops and _is_number(ops[op]):
+            into.append((ops[op], inclusive))
+    between = ops.get("between")
+    if isinstance(between, list) and len(between) == 2 and _is_number(between):
+        lows.append((between[0], True))
+        highs.append((between[1], True))
+    low = max(lows, key=lambda b: (b[0], not b[1])) if lows else None
+    high = min(highs, key=lambda b: (b[0], b[1])) if highs else None
+    return low, high
+
+
+def _within(value: float, low: Bound, high: Bound) -> bool:
+    if low is not None and (value < low[0] or (value == low[0] and not low[1])):
+        return False
+    return not (high is not None and (value > high[0] or (value == high[0] and not high[1])))
 
 
 ALWAYS_POSSIBLE = frozenset({"body_error", "body_truncated"})  # any request may carry these

@@ -243,3 +243,36 @@ def test_conditions_on_params_an_action_never_produces_are_reported(tmp_path: Pa
         f"{policy}:9:57: rule 'tagging' has a condition on param 'bucket', which "
         "put_bucket_tagging never produces, so it can never fire; did you mean 'Bucket'?",
     ]
+
+
+def test_conditions_no_value_satisfies_are_reported(tmp_path: Path) -> None:
+    policy = write(
+        tmp_path,
+        "p.yaml",
+        """
+        rules:
+          - id: impossible
+            when: {action: create_charge, params: {amount: {gt: 100, lt: 50}}}
+            decision: BLOCK
+          - id: edge
+            when: {action: create_charge, params: {amount: {gte: 10, lt: 10}}}
+            decision: BLOCK
+          - id: absent-and-big
+            when: {action: create_charge, params: {amount: {exists: false, gte: 10}}}
+            decision: BLOCK
+          - id: equal-outside
+            when: {action: create_charge, params: {amount: {in: [1, 2], gte: 10}}}
+            decision: BLOCK
+          - id: satisfiable
+            when: {action: create_charge, params: {amount: {between: [10, 20], in: [15, 99]}}}
+            decision: BLOCK
+        """,
+    )
+    found = lines([PROJECT_ROOT / "mappings", policy])
+    assert [line.split(": rule ")[1].split(":")[0] for line in found] == [
+        "'impossible'",
+        "'edge'",
+        "'absent-and-big'",
+        "'equal-outside'",
+    ]
+    assert all(line.endswith("so the rule can never fire") for line in found)
