@@ -128,7 +128,65 @@ def operation_entry(model: Any, operation: Any) -> dict[str, Any]:
         entry.update(_wire_shape(operation))
     entry["fields"] = _fields(model.protocol, operation)
     entry["sensitivity"] = sensitivity(name, write)
+    if write and operation.output_shape is not None:
+        answer = _answer_node(operation.output_shape, 0)
+        if answer is not None:
+            entry["answer"] = answer  # what a simulated write answers (pipeline/simulation.py)
+        wrapper = operation.output_shape.serialization.get("resultWrapper")
+        if wrapper:
+            entry["result"] = wrapper
     return entry
+
+
+# Members a simulated answer carries besides the required ones: what an agent reads next.
+_IDENTIFYING = re.compile(r"(Id|Ids|Arn|Name|Url|Status|State|Location|ETag|VersionId|Key)$")
+_KINDS = {"string": "s", "integer": "i", "long": "i", "float": "f", "double": "f",
+          "boolean": "b", "timestamp": "t"}  # fmt: skip
+ANSWER_DEPTH = 4
+
+
+def _answer_node(shape: Any, depth: int) -> dict[str, Any] | None:
+    """The output shape, cut to its required and identifying members: each node has its kind
+    (k: o structure, l list, s i f b t), its wire name (w) when it differs, a header (h)."""
+    node: dict[str, Any] = {}
+    kind = shape.type_name
+    if kind == "structure":
+        if depth > ANSWER_DEPTH:
+            return None
+        members = {}
+        for name, member in shape.members.items():
+            wanted = name in shape.required_members or _IDENTIFYING.search(name)
+            if not wanted and member.type_name not in ("structure", "list"):
+                continue
+            child = _answer_node(member, depth + 1)
+            if child is None:
+                continue
+            serialization = member.serialization
+            if serialization.get("location") == "header":
+                child["h"] = serialization.get("name", name)
+            elif serialization.get("location"):
+                continue  # a status code, a header map: nothing to echo
+            elif serialization.get("name", name) != name:
+                child["w"] = serialization["name"]
+            members[name] = child
+        if not members:
+            return None
+        node = {"k": "o", "m": members}
+    elif kind == "list":
+        item = _answer_node(shape.member, depth + 1)
+        if item is None:
+            return None
+        node = {"k": "l", "i": item}
+        if shape.serialization.get("flattened"):
+            node["flat"] = True
+        item_name = shape.member.serialization.get("name")
+        if item_name and item_name != "member":
+            node["iw"] = item_name
+    elif kind in _KINDS:
+        node = {"k": _KINDS[kind]}
+    else:
+        return None  # maps and blobs: left out
+    return node
 
 
 def is_write(name: str, method: str | None) -> bool:

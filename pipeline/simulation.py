@@ -251,30 +251,155 @@ def _mcp(message: dict[str, Any]) -> Synthetic:
 # --- AWS, by the protocol its service speaks ---------------------------------------------------
 
 
+@dataclass(frozen=True)
+class AwsService:
+    protocol: str
+    answers: dict[str, tuple[dict[str, Any] | None, str | None]]  # op → (skeleton, wrapper)
+
+
 @cache
-def aws_protocols(catalog: Path = DEFAULT_CATALOG) -> dict[str, str]:
+def aws_services(catalog: Path = DEFAULT_CATALOG) -> dict[str, AwsService]:
+    """Each catalog service's protocol and its writes' answer skeletons (console/catalog_build.py
+    cuts them from botocore's output shapes: required and identifying members)."""
     found = {}
     for path in sorted((catalog / "aws").glob("*.json")):
         service = json.loads(path.read_text())
-        found[service["service"]] = service["protocol"]
+        answers = {
+            op["name"]: (op.get("answer"), op.get("result"))
+            for op in service["operations"]
+            if op.get("write")
+        }
+        found[service["service"]] = AwsService(service["protocol"], answers)
     return found
 
 
 def _aws(service: str, operation: str, document: dict[str, Any]) -> Synthetic:
-    protocol = aws_protocols().get(service, "json")
-    if protocol == "ec2":
+    known = aws_services().get(service)
+    protocol = known.protocol if known else "json"
+    if protocol == "ec2" and operation in _EC2_INSTANCES:
         return _ec2(operation, document)
-    if protocol == "query":
-        return _query(service, operation, document)
-    if protocol == "rest-xml":
+    if protocol == "rest-xml" and operation in ("DeleteObject", "DeleteBucket", "DeleteObjects"):
         return _s3(operation, document)
     if service == "lambda" and operation == "Invoke":
         return _json({"simulated": True, "note": NOTE})
-    return _json({})  # json and rest-json: every output member is optional to the parsers
+    skeleton, wrapper = known.answers.get(operation, (None, None)) if known else (None, None)
+    return shaped_answer(service, protocol, operation, skeleton, wrapper, _fields(document))
+
+
+# --- an answer from the operation's output shape (its skeleton in the catalog) -----------------
+
+_XML_PROTOCOLS = ("query", "ec2", "rest-xml")
+
+
+def shaped_answer(
+    service: str, protocol: str, operation: str, skeleton: dict[str, Any] | None,
+    wrapper: str | None, echo: dict[str, Any],
+) -> Synthetic:  # fmt: skip
+    """The output's required and identifying members, each echoing the request's value of the
+    same name where it has one (UserName, FunctionName, TableName), else a made-up id, ARN or
+    time; in the service's protocol."""
+    members = (skeleton or {}).get("m", {})
+    headers = {
+        child["h"]: str(_scalar(name, child["k"], echo, service, protocol))
+        for name, child in members.items()
+        if "h" in child and child["k"] != "o"
+    }
+    body_members = {name: child for name, child in members.items() if "h" not in child}
+    if protocol not in _XML_PROTOCOLS:
+        payload = {name: _json_value(name, child, echo, service, protocol)
+                   for name, child in body_members.items()}  # fmt: skip
+        return _json(payload, headers=headers)
+    inner = "".join(
+        _xml_element(name, child, echo, service, protocol) for name, child in body_members.items()
+    )
+    request_id = f"<requestId>{_request_id()}</requestId>" if protocol == "ec2" else ""
+    if protocol == "query":
+        inner = f"<{wrapper or operation + 'Result'}>{inner}</{wrapper or operation + 'Result'}>"
+        meta = f"<ResponseMetadata><RequestId>{_request_id()}</RequestId></ResponseMetadata>"
+        return _xml(f"<{operation}Response>{inner}{meta}</{operation}Response>")
+    if protocol == "rest-xml" and not inner:
+        return _empty(200, headers | {"x-amz-request-id": _hex(16).upper()})
+    return _xml(f"<{operation}Response>{request_id}{inner}</{operation}Response>", headers=headers)
+
+
+def _json_value(
+    name: str, node: dict[str, Any], echo: Any, service: str, protocol: str, parent: str = ""
+) -> Any:
+    own = echo.get(name) if isinstance(echo, dict) else None
+    if node["k"] == "o":
+        nested = own if isinstance(own, dict) else echo
+        return {m: _json_value(m, child, nested, service, protocol, name)
+                for m, child in node["m"].items() if "h" not in child}  # fmt: skip
+    if node["k"] == "l":
+        return [_json_value(name, node["i"], echo, service, protocol, parent)]
+    return _scalar(name, node["k"], echo, service, protocol, parent)
+
+
+def _xml_element(
+    name: str, node: dict[str, Any], echo: Any, service: str, protocol: str, parent: str = ""
+) -> str:
+    tag = node.get("w", name)
+    own = echo.get(name) if isinstance(echo, dict) else None
+    if node["k"] == "o":
+        nested = own if isinstance(own, dict) else echo
+        children = [(m, child) for m, child in node["m"].items() if "h" not in child]
+        inner = "".join(_xml_element(m, c, nested, service, protocol, name) for m, c in children)
+        return f"<{tag}>{inner}</{tag}>"
+    if node["k"] == "l":
+        item = _xml_element(node.get("iw", "member"), node["i"], echo, service, protocol, parent)
+        return (
+            item.replace(f"<{node.get('iw', 'member')}>", f"<{tag}>", 1)
+            if node.get("flat")
+            else f"<{tag}>{item}</{tag}>"
+        )
+    value = _scalar(name, node["k"], echo, service, protocol, parent)
+    text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+    return f"<{tag}>{escape(text)}</{tag}>"
+
+
+def _scalar(name: str, kind: str, echo: Any, service: str, protocol: str, parent: str = "") -> Any:
+    own = echo.get(name) if isinstance(echo, dict) else None
+    if kind == "t":
+        now = time.time()
+        return now if protocol == "json" else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
+    if kind == "b":
+        return str(own).lower() == "true" if own is not None else True
+    if kind in ("i", "f"):
+        try:
+            return (int if kind == "i" else float)(own) if own is not None else 0
+        except (TypeError, ValueError):
+            return 0
+    if isinstance(own, str | int | float) and not isinstance(own, bool):
+        return str(own)
+    if name == "ETag":
+        return '"' + hashlib.md5(uuid.uuid4().bytes, usedforsecurity=False).hexdigest() + '"'
+    label = _label(echo, parent)
+    if name.endswith("Arn"):
+        resource = f"{parent.lower()}/" if parent else ""
+        return f"arn:aws:{service}:us-east-1:000000000000:{resource}{label}"
+    if name.endswith("Url"):
+        return f"https://{service}.us-east-1.amazonaws.com/000000000000/{label}"
+    if name.endswith(("Id", "Key")):
+        return f"sim-{_hex(17)}"
+    return label
 
 
 def _request_id() -> str:
     return str(uuid.uuid4())
+
+
+def _label(echo: Any, parent: str) -> str:
+    """What an ARN or URL ends with: the request's name for the thing (RoleName, Name)."""
+    if not isinstance(echo, dict):
+        return "simulated"
+    for key in (f"{parent}Name", "Name"):
+        if isinstance(echo.get(key), str):
+            return echo[key]
+    named = [v for k, v in echo.items() if k.endswith("Name") and isinstance(v, str)]
+    return named[0] if named else "simulated"
+
+
+_EC2_INSTANCES = ("RunInstances", "TerminateInstances", "StopInstances", "StartInstances")
 
 
 def _ec2(operation: str, document: dict[str, Any]) -> Synthetic:
@@ -309,22 +434,6 @@ def _ec2(operation: str, document: dict[str, Any]) -> Synthetic:
         )
         return _xml(f"{head}<instancesSet>{items}</instancesSet></{operation}Response>")
     return _xml(f"{head}<return>true</return></{operation}Response>")
-
-
-def _query(service: str, operation: str, document: dict[str, Any]) -> Synthetic:
-    fields = _fields(document)
-    result = ""
-    if service == "iam" and operation == "CreateUser":
-        name = escape(str(fields.get("UserName", "simulated")))
-        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        result = (f"<User><Path>/</Path><UserName>{name}</UserName><UserId>AIDA{_hex(17).upper()}"
-                  f"</UserId><Arn>arn:aws:iam::000000000000:user/{name}</Arn>"
-                  f"<CreateDate>{created}</CreateDate></User>")  # fmt: skip
-    return _xml(
-        f'<{operation}Response xmlns="https://{service}.amazonaws.com/doc/">'
-        f"<{operation}Result>{result}</{operation}Result><ResponseMetadata><RequestId>"
-        f"{_request_id()}</RequestId></ResponseMetadata></{operation}Response>"
-    )
 
 
 def _s3(operation: str, document: dict[str, Any]) -> Synthetic:

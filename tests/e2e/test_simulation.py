@@ -135,6 +135,33 @@ def test_aws_writes_are_answered_in_each_protocol_and_never_sent(proxy: Proxy) -
     assert invoked["StatusCode"] == 200 and json.loads(invoked["Payload"].read())["simulated"]
 
 
+def test_any_aws_write_is_answered_from_its_output_shape(proxy: Proxy) -> None:
+    """Writes with no answer of their own get one cut from the operation's output shape (the
+    catalog's skeleton): the members an agent reads next, echoing the request, in each
+    protocol (query, ec2, json, rest-json, rest-xml)."""
+    topic = aws(proxy, "sns").create_topic(Name="trial-alerts")
+    assert topic["TopicArn"].startswith("arn:aws:sns:")
+    role = aws(proxy, "iam").create_role(RoleName="trial-role", AssumeRolePolicyDocument="{}")
+    assert role["Role"]["RoleName"] == "trial-role" and role["Role"]["Arn"].startswith("arn:")
+    vpc = aws(proxy, "ec2").create_vpc(CidrBlock="10.9.0.0/16")["Vpc"]
+    assert vpc["VpcId"].startswith("sim-") and vpc["State"]
+    table = aws(proxy, "dynamodb").create_table(
+        TableName="trial-orders", BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+    )["TableDescription"]  # fmt: skip
+    assert table["TableName"] == "trial-orders"
+    key = aws(proxy, "kms").create_key(Description="trial")["KeyMetadata"]
+    assert key["KeyId"].startswith("sim-")
+    function = aws(proxy, "lambda").create_function(
+        FunctionName="trial-fn", Role="arn:aws:iam::000000000000:role/r", Runtime="python3.12",
+        Handler="h.h", Code={"ZipFile": b"PK"},
+    )  # fmt: skip
+    assert function["FunctionName"] == "trial-fn"
+    upload = aws(proxy, "s3").create_multipart_upload(Bucket="trial-bucket", Key="big.bin")
+    assert upload["UploadId"].startswith("sim-")  # rest-xml: parsed from the XML body
+
+
 def test_messages_and_code_writes_are_answered_and_never_sent(
     proxy: Proxy, upstream_writes: Callable[[], list[str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
