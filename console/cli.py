@@ -1178,7 +1178,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     if args.audit_command == "export":
         return cmd_audit_export(args)
     if args.export:
-        return _verify_export(Path(args.export))
+        return _verify_export(Path(args.export), args.public_key)
     engine = _engine(args.db)
     report = verify_audit(engine)
     if report.ok:
@@ -1248,9 +1248,14 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
         print(f"airlock audit export: {e}", file=sys.stderr)
         return 2
     engine = _engine(args.db)
+    from airlock.store.anchor import CHECKPOINTS
+
+    latest = args.data_dir / CHECKPOINTS / "latest"
+    # The latest signed checkpoint travels with a whole export (a slice ends before it may).
+    checkpoint = latest.read_text() if latest.is_file() and until is None else None
     out = open(args.out, "w", newline="", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
     try:
-        written = write_export(events(engine, since, until), out, args.format)
+        written = write_export(events(engine, since, until), out, args.format, checkpoint)
     finally:
         if args.out:
             out.close()
@@ -1274,17 +1279,27 @@ def _instant(text: str | None) -> float | None:
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
-def _verify_export(path: Path) -> int:
+def _verify_export(path: Path, public_key: str | None) -> int:
+    from airlock.store.anchor import read_public_key
     from airlock.store.export import verify_export
 
     if not path.is_file():
         print(f"airlock audit verify: no export at {path}", file=sys.stderr)
         return 2
+    key = None
+    if public_key:
+        text = Path(public_key).read_text() if Path(public_key).is_file() else public_key
+        try:
+            key = read_public_key(text)
+        except ValueError as e:
+            print(f"airlock audit verify: --public-key: {e}", file=sys.stderr)
+            return 2
     with path.open(encoding="utf-8") as lines:
-        check = verify_export(lines)
+        check = verify_export(lines, key)
     if check.ok:
+        anchored = f"; {check.anchored}" if check.anchored else ""
         print(f"export intact: {check.events} events (chain positions {check.first} to "
-              f"{check.last}) verified offline")  # fmt: skip
+              f"{check.last}) verified offline{anchored}")  # fmt: skip
         return 0
     print(f"export BROKEN: {check.problem}", file=sys.stderr)
     return 1

@@ -11,13 +11,14 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
+from airlock.store.anchor import Checkpoint, open_checkpoint
 from airlock.store.audit import CHAIN_FORMAT, canonical_json, chain_hash, jcs
 from airlock.store.schema import AuditEvent
 
@@ -54,10 +55,16 @@ def events(
             }
 
 
-def write_export(records: Iterable[dict[str, Any]], out: TextIO, fmt: str) -> int:
+def write_export(
+    records: Iterable[dict[str, Any]], out: TextIO, fmt: str, checkpoint: str | None = None
+) -> int:
+    """`checkpoint`: the latest signed checkpoint (store/anchor.py), written first in a JSON-lines
+    export so that `verify --export --public-key` anchors it offline."""
     if fmt not in FORMATS:
         raise ValueError(f"format is one of {', '.join(FORMATS)}, not {fmt!r}")
     written = 0
+    if fmt == "jsonl" and checkpoint:
+        out.write(json.dumps({"checkpoint": checkpoint}, ensure_ascii=False) + "\n")
     if fmt in ("jsonl", "ocsf"):
         for record in records:
             if fmt == "ocsf":
@@ -140,25 +147,36 @@ class ExportCheck:
     first: int | None  # chain position of the first exported event
     last: int | None
     problem: str | None
+    anchored: str | None = None  # what the export's signed checkpoint says, once checked
 
     @property
     def ok(self) -> bool:
         return self.problem is None
 
 
-def verify_export(lines: Iterable[str]) -> ExportCheck:
+def verify_export(lines: Iterable[str], public_key: Any = None) -> ExportCheck:
     """A JSON-lines export, checked offline: each event's hash is recomputed from its content
-    and each names the one before it. An export of a slice starts where the slice starts."""
+    and each names the one before it. An export of a slice starts where the slice starts.
+    With the audit public key, the signed checkpoint the export carries must match the event
+    it vouches for, and the export must reach it (an export cut short is refused)."""
     count, first, prev_hash, prev_seq = 0, None, None, None
+    signed: Checkpoint | None = None
+    carries = False
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             event = json.loads(line)
+            if "checkpoint" in event:
+                carries = True
+                signed = _opened(event["checkpoint"], public_key)
+                continue
             chain_format = event.get("format")
             payload = (jcs if chain_format == CHAIN_FORMAT else canonical_json)(event["payload"])
             digest = chain_hash(event["prev_hash"], event["seq"], event["at"], event["kind"],
                                 event["run_id"], payload, chain_format)  # fmt: skip
+        except _BadCheckpoint as e:
+            return ExportCheck(count, first, prev_seq, f"the export's checkpoint: {e}")
         except (ValueError, KeyError, TypeError) as e:
             return ExportCheck(
                 count, first, prev_seq, f"line {number} is not an exported event: {e}"
@@ -174,7 +192,41 @@ def verify_export(lines: Iterable[str]) -> ExportCheck:
             return ExportCheck(count, first, prev_seq,
                                f"event {event['seq']} (line {number}) does not follow event "
                                f"{prev_seq}: events were removed, added or reordered")  # fmt: skip
+        if signed is not None and event["seq"] == signed.size and event["hash"] != signed.root:
+            return ExportCheck(count, first, prev_seq,
+                               f"event {signed.size} is not the one the signed checkpoint vouches "
+                               "for: the chain was rewritten")  # fmt: skip
         first = event["seq"] if first is None else first
         prev_hash, prev_seq = event["hash"], event["seq"]
         count += 1
-    return ExportCheck(count, first, prev_seq, None)
+    return _anchored(ExportCheck(count, first, prev_seq, None), signed, carries, public_key)
+
+
+class _BadCheckpoint(Exception):
+    pass
+
+
+def _opened(note: Any, public_key: Any) -> Checkpoint | None:
+    if public_key is None:
+        return None
+    try:
+        return open_checkpoint(str(note), public_key)
+    except ValueError as e:
+        raise _BadCheckpoint(str(e)) from None
+
+
+def _anchored(
+    check: ExportCheck, signed: Checkpoint | None, carries: bool, public_key: Any
+) -> ExportCheck:
+    if public_key is None:
+        said = "it carries a signed checkpoint: give --public-key to check it" if carries else None
+        return replace(check, anchored=said)
+    if signed is None:
+        return replace(check, problem="the export carries no signed checkpoint to check")
+    if check.last is None or check.last < signed.size:
+        return replace(check, problem=(
+            f"the export ends at event {check.last or 0}, but its signed checkpoint vouches for "
+            f"{signed.size}: events were removed from its end"))  # fmt: skip
+    if check.first is not None and check.first > signed.size:
+        return replace(check, anchored=f"its checkpoint (event {signed.size}) is before this slice")
+    return replace(check, anchored=f"the signed checkpoint at event {signed.size} matches")

@@ -40,7 +40,10 @@ def test_a_jsonl_export_holds_every_event_and_verifies_offline(
 ) -> None:
     total = record_a_day(engine)
     out = tmp_path / "trail.jsonl"
-    assert main(["audit", "export", "--db", db_url, "--out", str(out)]) == 0
+    assert (
+        main(["audit", "export", "--db", db_url, "--data-dir", str(tmp_path), "--out", str(out)])
+        == 0
+    )
     lines = out.read_text().splitlines()
     assert len(lines) == total
     first = json.loads(lines[0])
@@ -58,7 +61,10 @@ def test_an_edited_or_shortened_export_is_caught_offline(
 ) -> None:
     record_a_day(engine)
     out = tmp_path / "trail.jsonl"
-    assert main(["audit", "export", "--db", db_url, "--out", str(out)]) == 0
+    assert (
+        main(["audit", "export", "--db", db_url, "--data-dir", str(tmp_path), "--out", str(out)])
+        == 0
+    )
     lines = out.read_text().splitlines()
 
     edited = [json.loads(line) for line in lines]
@@ -111,3 +117,41 @@ def test_ocsf_gives_one_api_activity_event_per_decision(
     assert first["type_uid"] == 6003 * 100 + first["activity_id"]
     assert first["actor"]["user"]["name"] == "agent-a"
     assert len(first["unmapped"]["hash"]) == 64 and first["unmapped"]["seq"] >= 1
+
+
+def test_an_export_carries_the_signed_checkpoint_and_is_anchored_offline(
+    engine: Engine, db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The latest checkpoint travels first in a whole export: with the audit public key the
+    export must reach the event it vouches for, and that event must be the one signed."""
+    from airlock.store.anchor import (
+        head_of,
+        load_or_create_key,
+        public_key_text,
+        sign_checkpoint,
+        write_checkpoint,
+    )
+
+    total = record_a_day(engine)
+    key = load_or_create_key(tmp_path)
+    size, root = head_of(engine)
+    write_checkpoint(tmp_path, sign_checkpoint(key, size, root), size)
+    public = public_key_text(key.public_key())
+    out = tmp_path / "trail.jsonl"
+    assert main(["audit", "export", "--db", db_url, "--data-dir", str(tmp_path),
+                 "--out", str(out)]) == 0  # fmt: skip
+    lines = out.read_text().splitlines()
+    assert "checkpoint" in json.loads(lines[0]) and len(lines) == total + 1
+
+    assert main(["audit", "verify", "--export", str(out), "--public-key", public]) == 0
+    assert f"the signed checkpoint at event {size} matches" in capsys.readouterr().out
+    assert main(["audit", "verify", "--export", str(out)]) == 0
+    assert "give --public-key to check it" in capsys.readouterr().out
+
+    (tmp_path / "cut.jsonl").write_text("\n".join(lines[:-1]) + "\n")  # the last event dropped
+    assert main(["audit", "verify", "--export", str(tmp_path / "cut.jsonl"),
+                 "--public-key", public]) == 1  # fmt: skip
+    assert "events were removed from its end" in capsys.readouterr().err
+    other = public_key_text(load_or_create_key(tmp_path / "elsewhere").public_key())
+    assert main(["audit", "verify", "--export", str(out), "--public-key", other]) == 1
+    assert "no signature by this public key" in capsys.readouterr().err
