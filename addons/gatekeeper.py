@@ -3,8 +3,9 @@
 mitmproxy loads it through the script addons/gate.py, as small addons like its own, each one
 concern: the runtime (options, configuration, the decider, reload: runtime.py), streams that
 are not HTTP requests (streams.py), the agent's identity (identity.py), Airlock's own addresses
-(control_surface.py), the request path (Gate, here), held requests (holds.py), outcomes
-(outcomes.py) and the Guard API for tool calls that are not HTTP requests (guard.py).
+(control_surface.py), the request path (Gate, here), held requests (holds.py), what a write
+replaces (priors.py), outcomes (outcomes.py) and the Guard API for tool calls that are not HTTP
+requests (guard.py).
 Documenting, mapping, deciding and recording happen in the decider (airlock.decider: a worker
 process beside mitmproxy by default), off the event loop that every flow shares.
 """
@@ -25,6 +26,7 @@ from airlock.addons.holds import Holds
 from airlock.addons.identity import ANONYMOUS, Identity
 from airlock.addons.metrics import Metrics
 from airlock.addons.outcomes import Outcomes
+from airlock.addons.priors import Priors
 from airlock.addons.refusals import Refusals
 from airlock.addons.routing import Routing
 from airlock.addons.runtime import STORE_TIMEOUT, Runtime, raw_request
@@ -222,11 +224,12 @@ class Airlock:
         self.surface = OwnSurface()
         self.holds = Holds(self.runtime, self.refusals)
         self.gate = Gate(self.runtime, self.identity, self.surface, self.holds, self.refusals)
+        self.priors = Priors(self.runtime)  # after the gate: reads for writes it released
         self.outcomes = Outcomes(self.runtime)
         self.guard = GuardApi(self.runtime, self.identity)
         self.addons = [
-            self.streams, self.identity, self.surface, self.gate, self.holds, self.outcomes,
-            self.guard, self.runtime,
+            self.streams, self.identity, self.surface, self.gate, self.priors, self.holds,
+            self.outcomes, self.guard, self.runtime,
         ]  # fmt: skip
 
 

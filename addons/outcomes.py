@@ -44,6 +44,8 @@ class Outcomes:
         ids = self._ids(flow)
         if ids:
             detail = {**(detail or {}), "ids": ids}
+        if "airlock_prior" in flow.metadata:  # what the write replaced (priors.py)
+            detail = {**(detail or {}), **flow.metadata["airlock_prior"]}
         self.runtime.record_outcome(
             run_id, "forwarded", flow.response.status_code, upstream_ms, detail
         )
@@ -71,4 +73,6 @@ class Outcomes:
             server = flow.server_conn
             connected = server is not None and server.timestamp_tcp_setup is not None
             outcome = "ambiguous" if connected else "upstream_error"
-            self.runtime.record_outcome(run_id, outcome, None)
+            self.runtime.record_outcome(
+                run_id, outcome, None, None, flow.metadata.get("airlock_prior")
+            )

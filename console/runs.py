@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from airlock.pipeline.mappings import MappingIndex
-from airlock.pipeline.undo import CannotUndo, UndoPlan, plan_undo
+from airlock.pipeline.undo import CannotUndo, UndoPlan, form_fields, plan_undo
 from airlock.store.runs import RunView
 
 UNDO_OF = "X-Airlock-Undo-Of"  # read by the proxy: the new run records the run it undoes
@@ -39,6 +39,9 @@ def undo_plan(view: RunView, mappings: MappingIndex) -> UndoPlan:
         raise CannotUndo("no mapping in use describes it (its action was derived or generic)")
     detail = run.get("outcome_detail") or {}
     values = {**(run["context"] or {}), **(run["params"] or {}), **(detail.get("ids") or {})}
+    for key in ("prior", "prior_unread", "prior_error"):  # what the write replaced
+        if key in detail:
+            values[key] = detail[key]
     return plan_undo(mapping.undo_spec, values)
 
 
@@ -110,7 +113,7 @@ def print_plan(console: Console, plan: UndoPlan, run_id: str) -> None:
             console.print(f"  {header}: {plan.auth.get('scheme', 'Bearer')} ${plan.auth['env']}",
                           markup=False)  # fmt: skip
         if plan.form:
-            console.print(f"  {urllib.parse.urlencode(plan.form)}", markup=False)
+            console.print(f"  {urllib.parse.urlencode(form_fields(plan.form))}", markup=False)
         if plan.json:
             console.print(f"  {json.dumps(plan.json)}", markup=False)
     console.print(f"  airlock undo {run_id} --execute: sent through Airlock, decided and "
@@ -143,7 +146,7 @@ def _execute_http(plan: UndoPlan, run_id: str, proxy: str, ca: Path) -> str:
     headers = {UNDO_OF: run_id}
     data = None
     if plan.form is not None:
-        data = urllib.parse.urlencode(plan.form).encode()
+        data = urllib.parse.urlencode(form_fields(plan.form)).encode()
         headers["Content-Type"] = "application/x-www-form-urlencoded"
     elif plan.json is not None:
         data = json.dumps(plan.json).encode()

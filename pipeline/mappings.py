@@ -34,6 +34,7 @@ from airlock.pipeline.mcp import (
     tool_call,
 )
 from airlock.pipeline.operations import DEFAULT_CATALOG, Operation, OperationIndex, load_catalog
+from airlock.pipeline.prior import PriorSpec, load_prior_spec
 from airlock.pipeline.undo import UndoSpec, load_undo_spec
 from airlock.pipeline.yaml_source import (
     ConfigError,
@@ -82,6 +83,7 @@ _MAPPING_KEYS = {
     "match",
     "context",
     "undo",
+    "prior",
     "operation",
     "server",
     "tool",
@@ -180,6 +182,7 @@ class Mapping:
     # What the upstream's answer says was done (`$.response.body.id`): the run's evidence.
     outcome: tuple[ValueSpec, ...] = ()
     undo_spec: UndoSpec | None = None  # the compensating request `airlock undo` sends
+    prior: PriorSpec | None = None  # the read that shows what the write replaces
 
     def outcome_of(self, response: Document) -> dict[str, Any]:
         """The identifiers a response returned, by the `outcome:` specs (absent ones left out;
@@ -687,6 +690,7 @@ def _load_mapping(
         tool_globs=tool or (),
         outcome=outcome,
         undo_spec=_undo_spec(entry, params + context + outcome),
+        prior=_prior_spec(entry, params + context),
     )
 
 
@@ -823,8 +827,19 @@ def _undo_spec(entry: Node, specs: tuple[ValueSpec, ...]) -> UndoSpec | None:
     undo = entry.get("undo")
     if not isinstance(undo, Node):
         return None
+    prior = {"prior"} if "prior" in entry else set()  # the values the write replaced
+    return load_undo_spec(undo, _known_names(entry, specs) | prior)
+
+
+def _prior_spec(entry: Node, specs: tuple[ValueSpec, ...]) -> PriorSpec | None:
+    prior = optional_node(entry, "prior", "a mapping with the 'url' that reads the object")
+    return None if prior is None else load_prior_spec(prior, _known_names(entry, specs))
+
+
+def _known_names(entry: Node, specs: tuple[ValueSpec, ...]) -> set[str]:
+    """Params, context values, outcome identifiers and path captures of a mapping."""
     captures = set(_TEMPLATE_FIELD_NAMES.findall(str(entry.get("path", ""))))
-    return load_undo_spec(undo, {spec.name for spec in specs} | captures)
+    return {spec.name for spec in specs} | captures
 
 
 # --- analysis --------------------------------------------------------------------------------

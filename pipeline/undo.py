@@ -15,15 +15,19 @@ upstream answered (its `outcome:` identifiers):
         operation: TerminateInstances
         params: {InstanceIds: "{instance_ids}"}
 
-A value that is exactly one `{name}` keeps its type (a list of instance ids stays a list).
+A value that is exactly one `{name}` keeps its type (a list of instance ids stays a list), so
+`form: "{prior}"` sends back every value a write replaced (a mapping's `prior:`,
+pipeline/prior.py), nested in bracket notation as the vendor's SDK would.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from airlock.pipeline.redaction import REDACTED
 from airlock.pipeline.yaml_source import ConfigError, Node, expect_keys
 
 _FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -76,6 +80,11 @@ def load_undo_spec(undo: Node, known: set[str]) -> UndoSpec | None:
             _checked(undo["request"], "auth", _AUTH_KEYS, {"env"})
     else:
         aws = _checked(undo, "aws", _AWS_KEYS, {"service", "operation"})
+    for key in ("form", "json"):
+        body = (http or {}).get(key)
+        if body is not None and not isinstance(body, dict) and not _whole_name(body):
+            raise ConfigError(undo["request"].at(key), f"undo '{key}' must be a mapping of "
+                              "fields or one {name} whose value is them")  # fmt: skip
     spec = http or aws or {}
     names = frozenset(_names(spec))
     unknown = sorted(names - known)
@@ -86,6 +95,10 @@ def load_undo_spec(undo: Node, known: set[str]) -> UndoSpec | None:
             f"identifier of this mapping (known: {', '.join(sorted(known))})",
         )
     return UndoSpec(str(undo["action"]), str(undo.get("description", "")), http, aws, names)
+
+
+def _whole_name(value: Any) -> bool:
+    return isinstance(value, str) and _WHOLE.match(value) is not None
 
 
 def _checked(owner: Node, key: str, allowed: set[str], required: set[str]) -> dict[str, Any]:
@@ -118,6 +131,8 @@ def plan_undo(spec: UndoSpec | None, values: dict[str, Any]) -> UndoPlan:
     """The compensating request from the run's params, context and outcome identifiers."""
     if spec is None:
         raise CannotUndo("its mapping names no compensating request")
+    if "prior" in spec.names:
+        _check_prior(values)
     missing = sorted(n for n in spec.names if values.get(n) in (None, "", []))
     if missing:
         raise CannotUndo(
@@ -130,6 +145,39 @@ def plan_undo(spec: UndoSpec | None, values: dict[str, Any]) -> UndoPlan:
         spec.action, spec.description, str(http["method"]).upper(), http["url"],
         http.get("form"), http.get("json"), http.get("auth"),
     )  # fmt: skip
+
+
+def _check_prior(values: dict[str, Any]) -> None:
+    """Setting back needs every value the write replaced, read before it and kept whole."""
+    if values.get("prior_error"):
+        raise CannotUndo(f"what it replaced was not read: {values['prior_error']}")
+    if values.get("prior_unread"):
+        raise CannotUndo(
+            f"the object read before it has no field {values['prior_unread'][0]!r}, which the "
+            "write set: there is no value to set back"
+        )
+    if REDACTED in json.dumps(values.get("prior")):
+        raise CannotUndo("a value it replaced was a secret, redacted when it was recorded")
+
+
+def form_fields(value: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """Form fields in bracket notation (metadata[tier]=gold, locales[0]=en), as Stripe's SDKs
+    encode them; None and an empty list are sent empty, which unsets the field."""
+    if isinstance(value, dict):
+        return [
+            pair
+            for key, item in value.items()
+            for pair in form_fields(item, f"{prefix}[{key}]" if prefix else str(key))
+        ]
+    if isinstance(value, list) and value:
+        return [
+            pair for i, item in enumerate(value) for pair in form_fields(item, f"{prefix}[{i}]")
+        ]
+    if value is None or value == []:
+        return [(prefix, "")]
+    if isinstance(value, bool):
+        return [(prefix, "true" if value else "false")]
+    return [(prefix, str(value))]
 
 
 def _render(value: Any, values: dict[str, Any]) -> Any:

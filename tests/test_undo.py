@@ -11,7 +11,9 @@ import pytest
 
 from airlock.pipeline.mappings import load_mappings
 from airlock.pipeline.outcome import outcome_ids
-from airlock.pipeline.undo import CannotUndo, plan_undo
+from airlock.pipeline.prior import prior_url, replaced_values
+from airlock.pipeline.redaction import REDACTED
+from airlock.pipeline.undo import CannotUndo, form_fields, plan_undo
 from airlock.pipeline.yaml_source import ConfigError
 from tests.helpers.proxy import PROJECT_ROOT
 
@@ -127,3 +129,105 @@ def test_an_undo_naming_something_undefined_is_a_load_error(
         load_mappings(tmp_path, catalog=None)
     assert message in str(raised.value)
     assert str(raised.value).startswith(f"{tmp_path / 'pay.yaml'}:")
+
+
+# --- setting back what an update replaced (`prior:`) -------------------------------------------
+
+UPDATE = SHIPPED.by_id["stripe.update_customer"]
+
+
+def test_only_the_fields_an_update_sets_are_kept_of_the_object_read_before_it() -> None:
+    assert UPDATE.prior is not None
+    changes = {"email": "new@x", "metadata": {"tier": "gold", "note": "vip"}, "expand": ["x"],
+               "address": {"city": "Oslo"}}  # fmt: skip
+    before = {"id": "cus_1", "email": "old@x", "name": "Ada", "metadata": {"tier": "silver"},
+              "address": None}  # fmt: skip
+    prior = replaced_values(UPDATE.prior, changes, before)
+    assert prior.values == {
+        "email": "old@x",
+        "metadata": {"tier": "silver", "note": None},  # absent before: unset by the undo
+        "address": {"city": None},
+    }
+    assert prior.unread == ()
+    assert replaced_values(UPDATE.prior, {"coupon": "SPRING"}, before).unread == ("coupon",)
+    assert prior_url(UPDATE.prior, {"id": "cus_1"}) == "https://api.stripe.com/v1/customers/cus_1"
+    assert prior_url(UPDATE.prior, {}) is None
+
+
+def test_the_undo_of_an_update_sends_back_what_it_replaced_in_bracket_notation() -> None:
+    values = {"id": "cus_1", "prior": {"email": "old@x", "metadata": {"tier": "silver",
+              "note": None}, "preferred_locales": ["en", "fr"], "tax_exempt": False}}  # fmt: skip
+    plan = plan_undo(UPDATE.undo_spec, values)
+    assert (plan.method, plan.url) == ("POST", "https://api.stripe.com/v1/customers/cus_1")
+    assert form_fields(plan.form) == [
+        ("email", "old@x"),
+        ("metadata[tier]", "silver"),
+        ("metadata[note]", ""),
+        ("preferred_locales[0]", "en"),
+        ("preferred_locales[1]", "fr"),
+        ("tax_exempt", "false"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("recorded", "said"),
+    [
+        ({"prior_error": "the read of u answered 404"}, "was not read: the read of u answered 404"),
+        ({"prior": {"coupon": None}, "prior_unread": ["coupon"]}, "has no field 'coupon'"),
+        ({"prior": {"description": REDACTED}}, "was a secret, redacted"),
+        ({}, "{prior} is not on record"),
+    ],
+)
+def test_an_update_whose_prior_values_are_not_whole_cannot_be_undone(
+    recorded: dict[str, object], said: str
+) -> None:
+    with pytest.raises(CannotUndo) as refused:
+        plan_undo(UPDATE.undo_spec, {"id": "cus_1", **recorded})
+    assert said in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("prior", "message"),
+    [
+        ("{url: 'https://api.pay.example/customers/{customer}'}", "prior url uses {customer}"),
+        ("{url: '/customers/{id}'}", "must be an http(s) URL template"),
+        ("{url: 'https://x/{id}', headers: authorization}", "must be a list of names"),
+        ("{url: 'https://x/{id}', method: GET}", "unknown key 'method' in prior"),
+    ],
+)
+def test_a_prior_read_naming_something_undefined_is_a_load_error(
+    tmp_path: Path, prior: str, message: str
+) -> None:
+    (tmp_path / "pay.yaml").write_text(
+        textwrap.dedent(f"""\
+            provider: pay
+            hosts: [api.pay.example]
+            mappings:
+              - id: pay.update_customer
+                action: update_record
+                method: POST
+                path: /customers/{{id}}
+                prior: {prior}
+            """)
+    )
+    with pytest.raises(ConfigError) as raised:
+        load_mappings(tmp_path, catalog=None)
+    assert message in str(raised.value)
+    assert str(raised.value).startswith(f"{tmp_path / 'pay.yaml'}:")
+
+
+def test_an_undo_body_that_is_text_but_not_one_name_is_a_load_error(tmp_path: Path) -> None:
+    (tmp_path / "pay.yaml").write_text(
+        textwrap.dedent("""\
+            provider: pay
+            hosts: [api.pay.example]
+            mappings:
+              - id: pay.update_customer
+                action: update_record
+                method: POST
+                path: /customers/{id}
+                undo: {action: a, request: {method: POST, url: 'https://x/{id}', form: 'id={id}'}}
+            """)
+    )
+    with pytest.raises(ConfigError, match="undo 'form' must be a mapping of fields or one"):
+        load_mappings(tmp_path, catalog=None)

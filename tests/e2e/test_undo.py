@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
@@ -20,7 +21,7 @@ import pytest
 import stripe
 from slack_sdk import WebClient
 
-from airlock.console.standins import Upstream
+from airlock.console.standins import Received, Upstream, default_responder
 from airlock.store.approvals import pending_approvals
 from airlock.store.schema import open_engine
 from tests.e2e.test_catalog_aws import AWS_HOSTS, client
@@ -117,6 +118,82 @@ def test_a_charge_is_undone_by_refunding_it(
     assert shown.returncode == 0, shown.stderr
     assert f"undone by run {undone.id}" in shown.stdout
     assert f'"charge_id": "{charge.id}"' in shown.stdout
+
+
+class CustomerStandIn:
+    """Stripe's customer endpoint with state: GET shows the customer, POST changes it (as
+    Stripe does: bracket fields, an empty value unsets a metadata key)."""
+
+    def __init__(self, customer_id: str) -> None:
+        self.path = f"/v1/customers/{customer_id}"
+        self.customer: dict[str, Any] = {
+            "id": customer_id, "object": "customer", "email": "old@example.com",
+            "name": "Ada Old", "phone": None, "metadata": {"tier": "silver"},
+        }  # fmt: skip
+
+    def __call__(self, request: Received) -> tuple[int, dict[str, str], bytes]:
+        if request.path.split("?")[0] != self.path:
+            return default_responder(request)
+        if request.method == "POST":
+            for name, value in urllib.parse.parse_qsl(request.body.decode(), True):
+                if name.startswith("metadata["):
+                    key = name[len("metadata[") : -1]
+                    if value:
+                        self.customer["metadata"][key] = value
+                    else:
+                        self.customer["metadata"].pop(key, None)
+                elif name != "expand[0]":
+                    self.customer[name] = value or None
+        body = json.dumps(self.customer).encode()
+        return 200, {"Content-Type": "application/json"}, body
+
+
+def test_a_customer_update_is_undone_by_setting_back_what_it_replaced(
+    proxy: Proxy, upstream: Upstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The customer is read (with the agent's own key, never kept) just before the update is
+    forwarded; the undo sets back exactly the fields the update changed."""
+    stand_in = CustomerStandIn("cus_undo_update")
+    monkeypatch.setattr(upstream, "responder", stand_in)
+    agent_key = "sk_test_AgentKeyForPreImage0000"
+    stripe_through(proxy, monkeypatch, "billing-agent", key=agent_key)
+    before = dict(stand_in.customer, metadata=dict(stand_in.customer["metadata"]))
+    stripe.Customer.modify(
+        "cus_undo_update", email="new@example.com", metadata={"tier": "gold", "note": "vip"},
+        expand=["default_source"],
+    )  # fmt: skip
+    assert stand_in.customer["email"] == "new@example.com"
+    run = eventually(lambda: next((r for r in runs(proxy) if r.action == "update_record"
+                                   and r.outcome_detail), None))  # fmt: skip
+    assert run is not None and run.outcome == "forwarded"
+    assert run.outcome_detail == {
+        "prior": {"email": "old@example.com", "metadata": {"tier": "silver", "note": None}}
+    }
+    [read, write] = [r for r in upstream.received if r.path.startswith(stand_in.path)]
+    assert (read.method, write.method) == ("GET", "POST")  # read first, then forwarded
+    assert read.headers["authorization"] == f"Bearer {agent_key}"
+    assert agent_key not in json.dumps([r.request for r in runs(proxy)])
+
+    printed = airlock(proxy, "undo", run.id)
+    assert printed.returncode == 0, printed.stderr
+    assert "POST https://api.stripe.com/v1/customers/cus_undo_update" in printed.stdout
+    assert "email=old%40example.com&metadata%5Btier%5D=silver&metadata%5Bnote%5D=" in (
+        printed.stdout
+    )
+    sent = undo(proxy, run.id, {"STRIPE_API_KEY": STRIPE_KEY})
+    assert sent.returncode == 0, sent.stderr
+    assert stand_in.customer == before
+    undone = [r for r in runs(proxy) if (r.context or {}).get("undo_of") == run.id]
+    assert [r.action for r in undone] == ["update_record"]
+
+    # A field the customer does not have (a coupon is applied, not stored): nothing to set back.
+    stripe.Customer.modify("cus_undo_update", coupon="SPRING")
+    latest = eventually(lambda: next((r for r in reversed(runs(proxy)) if r.action ==
+                                      "update_record" and r.outcome_detail and r.id != run.id
+                                      and not (r.context or {}).get("undo_of")), None))  # fmt: skip
+    assert latest is not None and latest.outcome_detail["prior_unread"] == ["coupon"]
+    refused = airlock(proxy, "undo", latest.id)
+    assert refused.returncode == 1 and "no field 'coupon'" in refused.stderr
 
 
 def test_an_instance_launch_is_undone_by_terminating_what_it_started(proxy: Proxy) -> None:
