@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-stamp
 SDK_VENV  := .venv-sdk
 SDK_STAMP := $(SDK_VENV)/.installed-stamp
 
-.PHONY: run test demo bench bench-ab catalog coverage lint format clean
+.PHONY: run test demo bench bench-audit bench-ab catalog coverage lint format clean
 
 $(STAMP): pyproject.toml sdk/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ test: $(STAMP) $(SDK_STAMP)
 ## bench: bare mitmdump against Airlock, same upstream and load, one run
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench.bench_proxy $(ARGS)
+
+## bench-audit: the audit trail at 1,000,000 events: seal cost, write, verify, export, offline verify
+bench-audit: $(STAMP)
+	$(BIN)/python -m tests.bench.bench_audit $(ARGS)
 
 ## bench-ab: this checkout against BASE (a git revision), interleaved rounds, medians
 bench-ab: $(STAMP)

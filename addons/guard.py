@@ -11,6 +11,8 @@ served by tornado (a mitmproxy dependency) on mitmproxy's event loop:
 There is no approve or deny endpoint: an agent has no path to approve itself. An approved call
 is released by asking again with the same idempotency key (the retry joins its approval, as an
 SDK's retry does on the proxy): the first ask after approval is ALLOW, exactly once.
+A call on trial (an agent or role with `simulate: true`, `--mode simulate`, a SIMULATE rule) is
+answered SIMULATED, with what it `would` have been: the SDK does not run it.
 Agents authenticate as on the proxy: Basic AGENT:KEY, or Bearer AGENT:KEY.
 """
 
@@ -32,7 +34,8 @@ from airlock.addons.identity import Identity
 from airlock.addons.runtime import STORE_TIMEOUT, Runtime
 from airlock.decider.messages import ApprovalState, DecideCall, Decided
 from airlock.pipeline.policies import ALLOW, BLOCK, REQUIRE_APPROVAL
-from airlock.pipeline.run_record import RunSummary
+from airlock.pipeline.run_record import SIMULATED, RunSummary
+from airlock.pipeline.simulation import NOTE
 from airlock.pipeline.tool_calls import ACTION_NAME, ToolCall
 from airlock.store.approvals import APPROVED, DENIED
 from airlock.store.schema import new_id
@@ -122,6 +125,8 @@ class GuardApi:
         run = decided.run
         runtime.metrics.count_decision(run.decision, run.action, run.provider)
         runtime.log.decision(run.decision, run, (time.perf_counter() - started) * 1000, "guard")
+        if run.decision == SIMULATED:
+            return 200, self._simulated(run, run.reason)
         if run.decision != REQUIRE_APPROVAL or decided.approval is None:
             if run.decision == ALLOW:
                 self._allowed(run.id, agent)
@@ -178,7 +183,22 @@ class GuardApi:
             reason = "this call was approved and has already been released once"
             return 409, _answer(run, BLOCK, reason, approval)
         runtime.remember(run, passed=True)
-        return 200, _answer(run, ALLOW, f"approved by {approval.reviewer}", approval)
+        approved = f"approved by {approval.reviewer}"
+        if run.simulated:  # a trial that asked a reviewer anyway: approved, and still not run
+            return 200, self._simulated(run, f"simulated ({approved})", approval)
+        return 200, _answer(run, ALLOW, approved, approval)
+
+    def _simulated(
+        self, run: RunSummary, reason: str, approval: ApprovalState | None = None
+    ) -> dict[str, Any]:
+        """A call on trial is never run: SIMULATED (the SDK skips it), or BLOCK when it would
+        have been blocked, as a simulated HTTP write is refused."""
+        if run.shadow_decision == BLOCK:
+            return _answer(run, BLOCK, reason, approval)
+        self.runtime.record_outcome(run.id, "simulated", None, detail={"note": NOTE})
+        answer = _answer(run, SIMULATED, reason, approval)
+        answer["would"] = run.shadow_decision or REQUIRE_APPROVAL
+        return answer
 
     async def approval(self, agent: str, approval_id: str, wait: float) -> dict[str, Any] | None:
         """The approval's state once settled or after `wait` seconds; None when no call of this

@@ -37,6 +37,12 @@ class Metrics:
         self.held_flows = Gauge(
             "airlock_held_flows", "Requests held awaiting a reviewer.", registry=self.registry
         )
+        self.approvals_pending = Gauge(
+            "airlock_approvals_pending",
+            "Approvals waiting for a reviewer in the store, from every instance sharing it (read "
+            "every 2 s by the decider); airlock_held_flows counts this proxy's own.",
+            registry=self.registry,
+        )
         self.approvals_settled = Counter(
             "airlock_approvals_settled_total",
             "Approvals this proxy held a flow for, by how they ended (APPROVED, DENIED, EXPIRED: "

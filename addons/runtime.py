@@ -34,6 +34,7 @@ from airlock.pipeline.policies import ENFORCE, MODES
 from airlock.pipeline.redaction import redact_mitmproxy_logs, redact_value
 from airlock.pipeline.run_record import SIMULATE_MODE, RunSummary
 from airlock.pipeline.yaml_source import ConfigError, Sources, recording_sources, sources_hash
+from airlock.store.anchor import load_or_create_key
 from airlock.store.approvals import (
     NOT_SENT,
     UNKNOWN,
@@ -50,6 +51,7 @@ from airlock.store.schema import (
     create_schema,
     open_engine,
 )
+from airlock.store.seals import Sealer, seal_with
 
 log = logging.getLogger("airlock.addons.gatekeeper")
 
@@ -110,6 +112,13 @@ class Runtime:
             "",
             "Data directory whose keys/audit-ed25519.pem signs audit checkpoints written to its "
             "checkpoints/ folder (made on first use); empty: no checkpoints.",
+        )
+        loader.add_option(
+            "airlock_witness_url",
+            str,
+            "",
+            "Also POST each signed audit checkpoint (text/plain) to this URL, a witness outside "
+            "this machine; best effort, off the request path. Empty: none.",
         )
         loader.add_option(
             "airlock_retention_days",
@@ -263,6 +272,9 @@ class Runtime:
         try:
             engine = open_engine(url)
             create_schema(engine)
+            if ctx.options.airlock_anchor_dir:  # what it settles is sealed, as the decider's is
+                key = load_or_create_key(Path(ctx.options.airlock_anchor_dir))
+                seal_with(engine, Sealer(key))
             self._settle_what_stopped_processes_left(engine)
         except Exception as e:
             shown = make_url(url).render_as_string(hide_password=True)
@@ -274,7 +286,11 @@ class Runtime:
             engine.url.render_as_string(hide_password=False), ctx.options.airlock_durability
         )
         self.decider = decider_for(ctx.options.airlock_decider)(
-            store, self._setup, self._settled, self.metrics.on_commit
+            store,
+            self._setup,
+            self._settled,
+            self.metrics.on_commit,
+            self.metrics.approvals_pending.set,
         )
 
     def _settle_what_stopped_processes_left(self, engine: Engine) -> None:
@@ -301,6 +317,7 @@ class Runtime:
             ctx.options.airlock_retention_days,
             self._configuration(),
             self.watched(),
+            ctx.options.airlock_witness_url,
         )
 
     def _configuration(self, sources: Sources | None = None) -> Configuration:

@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import time
+import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -152,6 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="prune runs, approvals and audit events older than this, hourly, leaving a signed "
         "checkpoint at the cut (default: 0, keep everything; the EU AI Act asks deployers to "
         "keep logs at least 180 days)",
+    )
+    run.add_argument(
+        "--witness-url",
+        metavar="URL",
+        help="also POST every signed audit checkpoint (text/plain) to this URL: a copy outside "
+        "this machine that whoever controls it cannot rewrite",
     )
     run.add_argument(
         "--confdir",
@@ -507,9 +514,10 @@ def build_parser() -> argparse.ArgumentParser:
         "checkpoints/latest, when there is one)",
     )  # fmt: skip
     verify.add_argument(
-        "--public-key", metavar="KEY|FILE",
+        "--public-key", metavar="KEY|FILE", action="append",
         help="the audit key (airlock-audit+BASE64, or a file holding it; default: the data "
-        "directory's keys/audit-ed25519.pub)",
+        "directory's keys/audit-ed25519.pub); repeat it for instances with keys of their own. "
+        "With a key, every group of events must carry its writer's seal",
     )  # fmt: skip
     export = audit_commands.add_parser(
         "export",
@@ -578,6 +586,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     problem = (
         _ports_taken(args)
         or _unusable_upstream_ca(args.upstream_ca)
+        or _unusable_witness(args.witness_url)
         or _unwritable(args.data_dir, "--data-dir")
         or _unwritable(Path(args.confdir), "--confdir")
         or _store_unreachable(args.db)
@@ -620,6 +629,13 @@ def _ports_taken(args: argparse.Namespace) -> str | None:
                 extra = ", or 0 to turn metrics off" if flag == "--metrics-port" else ""
                 return (f"port {port} is taken ({e.strerror}): another Airlock or program "
                         f"listens there; choose another with {flag} PORT{extra}")  # fmt: skip
+    return None
+
+
+def _unusable_witness(url: str | None) -> str | None:
+    parts = urllib.parse.urlsplit(url or "")
+    if url and (parts.scheme not in ("http", "https") or not parts.hostname):
+        return f"--witness-url {url}: not an http(s) URL"
     return None
 
 
@@ -736,6 +752,7 @@ def mitmdump_arguments(args: argparse.Namespace, confdir: Path) -> list[str]:
         "airlock_guard_host": args.guard_host,
         "airlock_anchor_dir": str(args.data_dir),
         "airlock_retention_days": str(args.retention),
+        "airlock_witness_url": args.witness_url or "",
         "airlock_mappings": str(Path(args.mappings).resolve()),
         "airlock_policies": str(Path(args.policies).resolve()),
         "airlock_hold_timeout": str(args.hold_timeout),
@@ -830,6 +847,23 @@ def _engine(url: str) -> Any:
     return engine
 
 
+def _reviewing_engine(args: argparse.Namespace) -> Any:
+    """The store a reviewer's decisions are written to. Their audit events are sealed with the
+    audit key when the data directory holds it (the proxy's own); without it they are not, and
+    `airlock audit verify` with the public key names them as unsealed."""
+    from airlock.store.anchor import KEY_FILE, load_or_create_key
+    from airlock.store.seals import Sealer, seal_with
+
+    engine = _engine(args.db)
+    if (args.data_dir / KEY_FILE).is_file():
+        try:
+            seal_with(engine, Sealer(load_or_create_key(args.data_dir)))
+        except (OSError, ValueError) as e:
+            print(f"airlock: cannot read the audit key, decisions go unsealed: {e}",
+                  file=sys.stderr)  # fmt: skip
+    return engine
+
+
 def cmd_pending(args: argparse.Namespace) -> int:
     from airlock.store.approvals import pending_approvals
 
@@ -884,7 +918,7 @@ def cmd_decide(args: argparse.Namespace) -> int:
     from airlock.store.approvals import APPROVED, DENIED, ApprovalError, resolve_approval
 
     state = APPROVED if args.command == "approve" else DENIED
-    engine = _engine(args.db)
+    engine = _reviewing_engine(args)
     try:
         edit = _edit_of(engine, args) if getattr(args, "set", None) else None
         settled = resolve_approval(
@@ -1132,7 +1166,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_review(args: argparse.Namespace) -> int:
     from airlock.console.review import ReviewApp
 
-    ReviewApp(_engine(args.db), args.reviewer, reviewers=_reviewers(args)).run()
+    ReviewApp(_reviewing_engine(args), args.reviewer, reviewers=_reviewers(args)).run()
     return 0
 
 
@@ -1177,12 +1211,17 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
     if args.audit_command == "export":
         return cmd_audit_export(args)
+    try:
+        keys = _public_keys(args)
+    except (OSError, ValueError) as e:
+        print(f"airlock audit verify: --public-key: {e}", file=sys.stderr)
+        return 2
     if args.export:
-        return _verify_export(Path(args.export), args.public_key)
+        return _verify_export(Path(args.export), keys[0] if keys else None)
     engine = _engine(args.db)
-    report = verify_audit(engine)
+    report = verify_audit(engine, keys)
     if report.ok:
-        anchored = _check_anchor(engine, args)
+        anchored = _check_anchor(engine, args, keys)
         if anchored is not None and anchored.startswith("BROKEN"):
             print(f"audit trail {anchored}", file=sys.stderr)
             return 1
@@ -1191,50 +1230,68 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
             f"{report.approvals} approvals verified"
         )
         print(anchored or "not anchored: no signed checkpoint to check the chain against")
+        if keys:
+            print("sealed: every group of events since sealing began carries its writer's seal")
         return 0
     print(f"audit trail BROKEN: {report.problem}", file=sys.stderr)
     print(f"(checked {report.events} events before the break)", file=sys.stderr)
     return 1
 
 
-def _check_anchor(engine: Any, args: argparse.Namespace) -> str | None:
+def _public_keys(args: argparse.Namespace) -> list[Any]:
+    """The audit keys given (--public-key, each a key or a file), else the data directory's."""
+    from airlock.store.anchor import read_public_key
+
+    given = list(args.public_key or [])
+    if not given and (args.data_dir / PUBLIC_FILE).is_file():
+        given = [str(args.data_dir / PUBLIC_FILE)]
+    return [read_public_key(Path(k).read_text() if Path(k).is_file() else k) for k in given]
+
+
+def _check_anchor(engine: Any, args: argparse.Namespace, keys: list[Any]) -> str | None:
     """The chain against the latest signed checkpoint: "BROKEN: why", a line saying it holds,
     or None when there is no checkpoint to check against."""
-    from airlock.store.anchor import (
-        CHECKPOINTS,
-        CUT,
-        chain_against,
-        cut_against,
-        open_checkpoint,
-        read_public_key,
-    )
+    from airlock.store.anchor import CHECKPOINTS, CUT, chain_against, cut_against
+    from airlock.store.seals import seals_removed
 
     note = Path(args.checkpoint) if args.checkpoint else args.data_dir / CHECKPOINTS / "latest"
     if not note.is_file():
         return f"BROKEN: no checkpoint at {note}" if args.checkpoint else None
-    key_text = args.public_key or str(args.data_dir / PUBLIC_FILE)
-    if Path(key_text).is_file():
-        key_text = Path(key_text).read_text()
+    if not keys:
+        return f"BROKEN: checkpoint {note}: no public key to check it with (--public-key)"
     try:
-        checkpoint = open_checkpoint(note.read_text(), read_public_key(key_text))
+        checkpoint = _opened(note, keys)
     except ValueError as e:
         return f"BROKEN: checkpoint {note}: {e}"
-    problem = chain_against(engine, checkpoint) or cut_against(
-        engine, _signed_cut(args.data_dir / CHECKPOINTS / CUT, read_public_key(key_text))
+    problem = (
+        chain_against(engine, checkpoint)
+        or cut_against(engine, _signed_cut(args.data_dir / CHECKPOINTS / CUT, keys))
+        or (seals_removed(engine, checkpoint.seals_from) if checkpoint.seals_from else None)
     )
     if problem:
         return f"BROKEN: {problem}"
     return f"anchored: the signed checkpoint at event {checkpoint.size} ({note}) matches the chain"
 
 
-def _signed_cut(path: Path, key: Any) -> Any:
-    """The retention cut a signed note vouches for, or None (absent, or not signed by key)."""
+def _opened(note: Path, keys: list[Any]) -> Any:
+    """The checkpoint a note vouches for, signed by one of the keys (ValueError if none)."""
     from airlock.store.anchor import open_checkpoint
 
+    problems = []
+    for key in keys:
+        try:
+            return open_checkpoint(note.read_text(), key)
+        except ValueError as e:
+            problems.append(str(e))
+    raise ValueError("; ".join(dict.fromkeys(problems)))
+
+
+def _signed_cut(path: Path, keys: list[Any]) -> Any:
+    """The retention cut a signed note vouches for, or None (absent, or not signed by a key)."""
     if not path.is_file():
         return None
     try:
-        return open_checkpoint(path.read_text(), key)
+        return _opened(path, keys)
     except ValueError:
         return None
 
@@ -1279,21 +1336,12 @@ def _instant(text: str | None) -> float | None:
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
-def _verify_export(path: Path, public_key: str | None) -> int:
-    from airlock.store.anchor import read_public_key
+def _verify_export(path: Path, key: Any) -> int:
     from airlock.store.export import verify_export
 
     if not path.is_file():
         print(f"airlock audit verify: no export at {path}", file=sys.stderr)
         return 2
-    key = None
-    if public_key:
-        text = Path(public_key).read_text() if Path(public_key).is_file() else public_key
-        try:
-            key = read_public_key(text)
-        except ValueError as e:
-            print(f"airlock audit verify: --public-key: {e}", file=sys.stderr)
-            return 2
     with path.open(encoding="utf-8") as lines:
         check = verify_export(lines, key)
     if check.ok:

@@ -44,6 +44,7 @@ from airlock.decider.messages import (
     Envelope,
     Failure,
     Message,
+    Queue,
     Remember,
     Reply,
     Settled,
@@ -121,6 +122,7 @@ class DeciderClient:
         setup: Callable[[], Setup] | None = None,
         on_settled: SettledObserver | None = None,
         on_commit: CommitObserver | None = None,
+        on_queue: Callable[[int], None] | None = None,
     ) -> None:
         """setup: what a (re)started decider is told first (without one it writes what it is
         sent, and refuses to decide: it has no configuration)."""
@@ -131,6 +133,7 @@ class DeciderClient:
         self.setup = setup
         self.on_settled = on_settled
         self.on_commit = on_commit
+        self.on_queue = on_queue  # approvals pending in the store, from every instance
         self._link: _Link | None = None
         self._starting = asyncio.Lock()
         self._sequence = itertools.count(1)
@@ -273,6 +276,8 @@ class DeciderClient:
                     self.on_commit(answer.seconds, answer.size)
             elif isinstance(answer, Settled) and self.on_settled:
                 self.on_settled(answer)
+            elif isinstance(answer, Queue) and self.on_queue:
+                self.on_queue(answer.pending)
 
     def _on_reply(self, reply: Reply) -> None:
         failed = isinstance(reply.value, Failure)

@@ -34,6 +34,7 @@ from airlock.decider.messages import (
     Decided,
     Envelope,
     Failure,
+    Queue,
     RawRequest,
     Remember,
     Reply,
@@ -43,6 +44,7 @@ from airlock.decider.messages import (
     Unwatch,
     Watch,
 )
+from airlock.decider.witness import Witness
 from airlock.pipeline.document import Document, WireRequest, build_document, minimal_document
 from airlock.pipeline.edits import as_approved_edit
 from airlock.pipeline.evaluation import Config, Evaluation, evaluate, evaluate_call
@@ -63,7 +65,12 @@ from airlock.pipeline.simulation import SIMULATE_MODE, SIMULATED, simulated
 from airlock.pipeline.tool_calls import ToolCall, tool_action, tool_document
 from airlock.pipeline.yaml_source import replaying_sources, sources_hash
 from airlock.store.anchor import Anchoring
-from airlock.store.approvals import ABANDONED, EXPIRED, find_approval_for_retry
+from airlock.store.approvals import (
+    ABANDONED,
+    EXPIRED,
+    find_approval_for_retry,
+    pending_count,
+)
 from airlock.store.history import (
     PastDecision,
     agent_actions,
@@ -81,6 +88,7 @@ from airlock.store.records import (
     SettleRequest,
 )
 from airlock.store.schema import open_engine
+from airlock.store.seals import Sealer, seal_with
 from airlock.store.settlements import SettlementWatch
 from airlock.store.writer import GroupWriter, Pending
 
@@ -122,6 +130,9 @@ class DeciderCore:
         self.opening: dict[str, ApprovalState] = {}
         self.watch = SettlementWatch(self.engine)
         self.anchor: Anchoring | None = None  # signed checkpoints outside the database
+        self.witness: Witness | None = None  # where they are also sent
+        self.queue: int | None = None  # approvals pending in the store, every instance's
+        self.queue_pushed: int | None = None
         # Outcomes (nobody awaits them) the store could not take: tried again on their own every
         # RETRY_SECONDS, so one that keeps failing never fails the groups behind it.
         self.unwritten: list[Pending] = []
@@ -174,7 +185,7 @@ class DeciderCore:
             self.missing = f"the decider cannot load its configuration: {e}"
             log.error("%s", self.missing)
         self._load_history_or_say_why()
-        self._start_anchoring(setup.anchor_dir, setup.retention_days)
+        self._start_anchoring(setup.anchor_dir, setup.retention_days, setup.witness_url)
         self.watch.watch(setup.watched)
 
     # --- writing -----------------------------------------------------------------------------
@@ -294,10 +305,12 @@ class DeciderCore:
         if self.next_sync is None:  # budgets without their past would let too much through
             self._load_history()
         evaluation = with_mode(evaluate(document, self.config, self.history), self.mode)
-        in_simulation = self.mode == SIMULATE_MODE or self.config.agents.simulates(
-            document["agent"]
-        )
-        return simulated(evaluation, in_simulation)
+        return simulated(evaluation, self._simulating(document["agent"]))
+
+    def _simulating(self, agent: str) -> bool:
+        """The whole proxy (--mode simulate), or this agent or one of its roles, is on trial."""
+        config = self.config
+        return self.mode == SIMULATE_MODE or (config is not None and config.agents.simulates(agent))
 
     def _evaluate_call(self, document: Document, call: ToolCall) -> Evaluation:
         if self.config is None:
@@ -306,7 +319,7 @@ class DeciderCore:
             self._load_history()
         action = tool_action(call, self.config.mappings, document)
         evaluation = evaluate_call(action, document["agent"], self.config, self.history)
-        return with_mode(evaluation, self.mode)
+        return simulated(with_mode(evaluation, self.mode), self._simulating(document["agent"]))
 
     # --- approvals ----------------------------------------------------------------------------
 
@@ -363,18 +376,26 @@ class DeciderCore:
         )
 
     def pushed(self) -> list[Answer]:
-        """Settlements of approvals the proxy holds flows for (store/settlements.py)."""
-        return [Settled(**found) for found in self.watch.settled()]
+        """Settlements of approvals the proxy holds flows for (store/settlements.py), and the
+        approvals queue's length when it changed."""
+        answers: list[Answer] = [Settled(**found) for found in self.watch.settled()]
+        if self.queue is not None and self.queue != self.queue_pushed:
+            answers.append(Queue(self.queue))
+            self.queue_pushed = self.queue
+        return answers
 
     # --- the audit anchor --------------------------------------------------------------------
 
-    def _start_anchoring(self, data_dir: str, retention_days: float) -> None:
+    def _start_anchoring(self, data_dir: str, retention_days: float, witness: str) -> None:
         if not data_dir or self.anchor is not None:
             if retention_days and not data_dir:
                 log.error("retention needs airlock_anchor_dir (to sign its cut): nothing pruned")
             return
         try:
-            self.anchor = Anchoring(self.engine, Path(data_dir), retention_days)
+            self.witness = Witness(witness) if witness else None
+            publish = self.witness.publish if self.witness else None
+            self.anchor = Anchoring(self.engine, Path(data_dir), retention_days, publish)
+            seal_with(self.engine, Sealer(self.anchor.key))  # every group it writes, signed
         except Exception as e:  # the chain still verifies on its own; say it is not anchored
             log.error("cannot sign audit checkpoints in %s: %s", data_dir, e)
 
@@ -396,6 +417,8 @@ class DeciderCore:
                 self.anchor.checkpoint()
             except Exception as e:
                 log.error("cannot write the last audit checkpoint: %s", e)
+        if self.witness is not None:
+            self.witness.flush()  # the last checkpoint reaches the witness before we exit
         self.watch.close()
         self.writer.close()
         self.engine.dispose()
@@ -460,6 +483,10 @@ class DeciderCore:
         else:
             self._add_to_history(found)
         self.history.prune()
+        try:
+            self.queue = pending_count(self.engine)
+        except Exception as e:
+            log.warning("cannot count the approvals waiting: %s", e)
         return self.sync_every
 
 

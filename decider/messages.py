@@ -54,6 +54,7 @@ class Setup:
     retention_days: float
     configuration: Configuration
     watched: list[str]  # approvals the proxy holds flows for
+    witness_url: str = ""  # where each signed checkpoint is also POSTed ("" for nowhere)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +176,14 @@ class Committed:
 
     seconds: float
     size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Queue:
+    """The approvals waiting for a reviewer in the store, from every instance (pushed when the
+    count changes, read with the other instances' decisions)."""
+
+    pending: int
 
 
 @dataclass(frozen=True, slots=True)

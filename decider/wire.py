@@ -40,7 +40,7 @@ _CLASSES: tuple[type, ...] = (
     messages.Remember, messages.Watch, messages.Unwatch, messages.Envelope,
     messages.Failure, messages.Reply, messages.Committed, messages.Settled,
     DecisionRecord, HoldRequest, OutcomeRecord, SettleRequest, ReleaseRequest, Settlement,
-    Joined, RunRecord, RunSummary, messages.DecideCall, ToolCall, Released,
+    Joined, RunRecord, RunSummary, messages.DecideCall, ToolCall, Released, messages.Queue,
 )  # fmt: skip
 _FIELDS: dict[type, tuple[str, ...]] = {
     cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in _CLASSES

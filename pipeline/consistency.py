@@ -16,7 +16,7 @@ from typing import Any
 from airlock.pipeline.agents import REVIEWERS_FILE, ReviewerRegistry
 from airlock.pipeline.extraction import ValueSpec
 from airlock.pipeline.mappings import Mapping, MappingIndex, snake_case
-from airlock.pipeline.policies import PolicySet, Rule
+from airlock.pipeline.policies import ENFORCE, RESTRICTIVENESS, PolicySet, Rule
 from airlock.pipeline.yaml_source import ConfigError, Node
 
 # Actions that no mapping names but Airlock itself gives.
@@ -40,7 +40,28 @@ def configuration_problems(mappings: MappingIndex, policies: PolicySet) -> list[
         problems += _text_compared_with_numbers(rule, producers)
         problems += _params_never_produced(rule, producers, derived)
         problems += _contradictory_conditions(rule)
+    problems += _shadowed_rules(policies.rules)
     return problems
+
+
+def _shadowed_rules(rules: Iterable[Rule]) -> Iterator[ConfigError]:
+    """A rule whose every condition another rule also has, while that one is stricter and fires
+    on its conditions alone (no budget, rate, time window or risk): whenever it fires, the other
+    fires too and wins, so it never decides anything."""
+    enforced = [r for r in rules if r.mode == ENFORCE and r.decision in RESTRICTIVENESS]
+    unconditional = [r for r in enforced if not (r.budget or r.rate or r.time_window
+                                                 or r.risk_test)]  # fmt: skip
+    for rule in enforced:
+        wider = next((other for other in unconditional
+                      if other is not rule and other.written <= rule.written
+                      and RESTRICTIVENESS[other.decision] > RESTRICTIVENESS[rule.decision]),
+                     None)  # fmt: skip
+        if wider is not None:
+            yield ConfigError(
+                rule.where,
+                f"rule {rule.id!r} can never decide: whenever it fires, rule {wider.id!r} "
+                f"({wider.where}) fires too, and its {wider.decision} wins",
+            )
 
 
 def derived_params(mappings: MappingIndex) -> dict[str, set[str]]:

@@ -9,6 +9,7 @@ at load and indexed by action name.
 from __future__ import annotations
 
 import fnmatch
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -181,6 +182,9 @@ class Rule:
     # the `params:` conditions as written, for checks across mappings (pipeline/consistency.py)
     param_specs: tuple[tuple[str, Any, Where], ...] = ()
     source: str | None = None  # `source:` as written: guard rules name the caller's actions
+    # Each `when` condition as written (params one by one), as canonical text: a rule whose
+    # conditions include another's is fired whenever that one is (pipeline/consistency.py).
+    written: frozenset[tuple[str, str]] = frozenset()
 
     def fires(self, situation: Situation) -> bool:
         try:
@@ -524,7 +528,17 @@ def _load_rule(entry: Any, where: Where, order: int) -> Rule:
         reviewer_roles=_reviewer_roles(entry),
         source=when.get("source") if isinstance(when.get("source"), str) else None,
         holds_in_simulation=_in_simulation(entry, decision),
+        written=_written(when),
     )
+
+
+def _written(when: Node) -> frozenset[tuple[str, str]]:
+    conditions = {(key, json.dumps(when[key], sort_keys=True)) for key in when if key != "params"}
+    params = when.get("params")
+    if isinstance(params, dict):
+        conditions |= {(f"params.{name}", json.dumps(spec, sort_keys=True))
+                       for name, spec in params.items()}  # fmt: skip
+    return frozenset(conditions)
 
 
 def _in_simulation(entry: Node, decision: str) -> bool:

@@ -22,17 +22,18 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
 from airlock.store.retention import DAY, prune
-from airlock.store.schema import AuditCut, AuditEvent, AuditHead
+from airlock.store.schema import AuditCut, AuditEvent, AuditHead, AuditSeal
 
 KEY_FILE, PUBLIC_FILE = "keys/audit-ed25519.pem", "keys/audit-ed25519.pub"
 CHECKPOINTS = "checkpoints"
@@ -42,6 +43,7 @@ PRUNE_SECONDS = 3600.0  # how often retention looks for records past the window
 log = logging.getLogger(__name__)
 KEY_NAME = "airlock-audit"
 ORIGIN = "airlock.audit/v1"
+SEALS_FROM = "seals-from "
 _ED25519 = b"\x01"
 
 
@@ -50,6 +52,7 @@ class Checkpoint:
     origin: str
     size: int  # the position of the chain's head when it was signed
     root: str  # the head's hash, hex
+    seals_from: int | None = None  # where the writers' seals begin (store/seals.py)
 
 
 def load_or_create_key(data_dir: Path) -> Ed25519PrivateKey:
@@ -84,15 +87,21 @@ def read_public_key(text: str) -> Ed25519PublicKey:
     return Ed25519PublicKey.from_public_bytes(base64.b64decode(encoded))
 
 
-def _key_id(public: Ed25519PublicKey) -> bytes:
+def note_key_id(public: Ed25519PublicKey) -> bytes:
     raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return hashlib.sha256(KEY_NAME.encode() + b"\n" + _ED25519 + raw).digest()[:4]
 
 
-def sign_checkpoint(key: Ed25519PrivateKey, size: int, root_hex: str) -> str:
+def sign_checkpoint(
+    key: Ed25519PrivateKey, size: int, root_hex: str, seals_from: int | None = None
+) -> str:
+    """`seals_from` goes in an extension line (C2SP allows lines after the root): removing
+    the seals from the database is then caught too."""
     body = f"{ORIGIN}\n{size}\n{base64.b64encode(bytes.fromhex(root_hex)).decode()}\n"
+    if seals_from is not None:
+        body += f"{SEALS_FROM}{seals_from}\n"
     signature = key.sign(body.encode())
-    stamp = base64.b64encode(_key_id(key.public_key()) + signature).decode()
+    stamp = base64.b64encode(note_key_id(key.public_key()) + signature).decode()
     return f"{body}\n\u2014 {KEY_NAME} {stamp}\n"
 
 
@@ -107,14 +116,17 @@ def open_checkpoint(text: str, public: Ed25519PublicKey) -> Checkpoint:
         if not line.startswith(prefix):
             continue
         stamp = base64.b64decode(line[len(prefix) :])
-        if stamp[:4] != _key_id(public):
+        if stamp[:4] != note_key_id(public):
             continue
         try:
             public.verify(stamp[4:], body.encode())
         except InvalidSignature:
             raise ValueError("the checkpoint's signature does not match its content") from None
-        origin, size, root = body.splitlines()[:3]
-        return Checkpoint(origin, int(size), base64.b64decode(root).hex())
+        origin, size, root, *extensions = body.splitlines()
+        sealed = [
+            int(line[len(SEALS_FROM) :]) for line in extensions if line.startswith(SEALS_FROM)
+        ]
+        return Checkpoint(origin, int(size), base64.b64decode(root).hex(), next(iter(sealed), None))
     raise ValueError("the checkpoint carries no signature by this public key")
 
 
@@ -178,10 +190,16 @@ class Anchoring:
     one when it stops (`checkpoint()`); with a retention window, a prune at start and hourly,
     whose cut it signs."""
 
-    def __init__(self, engine: Engine, data_dir: Path, retention_days: float = 0) -> None:
+    def __init__(
+        self, engine: Engine, data_dir: Path, retention_days: float = 0,
+        publish: Callable[[str], None] | None = None,
+    ) -> None:  # fmt: skip
+        """`publish`: also hands each checkpoint to a witness (decider/witness.py)."""
         self.engine, self.data_dir = engine, Path(data_dir)
+        self.publish = publish
         self.key = load_or_create_key(self.data_dir)
         self.signed = 0  # the chain position of the last checkpoint written
+        self.seals_from: int | None = None  # the first sealed event, once there is one
         self.due = time.monotonic() + CHECKPOINT_SECONDS
         self.retention = retention_days * DAY
         self.prune_due = time.monotonic()  # at the first tick
@@ -206,5 +224,14 @@ class Anchoring:
     def checkpoint(self) -> None:
         size, root = head_of(self.engine)
         if size > self.signed:
-            write_checkpoint(self.data_dir, sign_checkpoint(self.key, size, root), size)
+            note = sign_checkpoint(self.key, size, root, self._seals_from())
+            write_checkpoint(self.data_dir, note, size)
             self.signed = size
+            if self.publish is not None:
+                self.publish(note)
+
+    def _seals_from(self) -> int | None:
+        if self.seals_from is None:
+            with self.engine.connect() as conn:
+                self.seals_from = conn.execute(select(func.min(AuditSeal.from_seq))).scalar()
+        return self.seals_from

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -55,6 +55,13 @@ class PendingApproval:
     required: int = 1
     voters: tuple[str, ...] = ()
     operation: str | None = None  # the vendor's operation (aws.s3.PutBucketPolicy)
+
+
+def pending_count(engine: Engine) -> int:
+    """How many approvals wait for a reviewer, from every instance (the expired left out)."""
+    query = select(func.count()).where(Approval.state == PENDING, Approval.expires_at > time.time())
+    with engine.connect() as conn:
+        return int(conn.execute(query.select_from(Approval)).scalar() or 0)
 
 
 def pending_approvals(engine: Engine, now: float | None = None) -> list[PendingApproval]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import rfc8785
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import Connection, select
 from sqlalchemy.engine import Engine
 
@@ -29,6 +30,7 @@ from airlock.store.schema import (
     AuditHead,
     Run,
 )
+from airlock.store.seals import Seals
 
 # The run columns a decision event vouches for, and those an outcome event vouches for.
 DECISION_FIELDS = (
@@ -87,6 +89,19 @@ def jcs(value: Any) -> str:
     return rfc8785.dumps(_representable(value)).decode()
 
 
+def jcs_string(text: str) -> str:
+    """RFC 8785's serialisation of one string, by the stdlib's C encoder: the same text as
+    rfc8785's (only `"`, `\\` and controls escaped, controls as \\b \\f \\n \\r \\t or
+    \\u00xx; tests/test_store.py checks the two agree on arbitrary text), about 20 times faster
+    on a 1 kB payload, which every event's hash covers: verify's throughput doubles."""
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:  # lone surrogates: made text as _representable does
+            return jcs(text)
+    return json.dumps(text, ensure_ascii=False)
+
+
 def _representable(value: Any) -> Any:
     if isinstance(value, bool) or value is None:
         return value
@@ -138,7 +153,9 @@ def chain_hash(
     run_id, payload] (payload: the stored RFC 8785 text); format 1 (None): the text lines
     Airlock wrote before, with Python's repr of the time."""
     if chain_format == CHAIN_FORMAT:
-        material = jcs([CHAIN_FORMAT, prev, seq, at, kind, run_id or "", payload])
+        texts = (jcs_string(prev), jcs(seq), jcs(at), jcs_string(kind),
+                 jcs_string(run_id or ""), jcs_string(payload))  # fmt: skip
+        material = f"[{CHAIN_FORMAT},{','.join(texts)}]"  # = jcs([2, prev, seq, ...])
     else:
         material = f"{prev}\n{seq}\n{at!r}\n{kind}\n{run_id or ''}\n{payload}"
     return hashlib.sha256(material.encode()).hexdigest()
@@ -171,6 +188,8 @@ def append_events(tx: Tx, events: list[Event]) -> None:
         prev = digest
     tx.sql.insert_events.execute_many(tx.db, rows)
     tx.sql.move_head.execute(tx.db, {"seq": seq, "hash": prev})
+    if tx.sealer is not None:  # the writer signs what it wrote, in the same transaction
+        tx.sql.insert_seal.execute(tx.db, tx.sealer.seal(rows[0]["seq"], seq, prev))
 
 
 # --- verification ----------------------------------------------------------------------------
@@ -192,11 +211,14 @@ class _Broken(Exception):
     pass
 
 
-def verify_audit(engine: Engine) -> VerifyReport:
+def verify_audit(engine: Engine, keys: list[Ed25519PublicKey] | None = None) -> VerifyReport:
+    """`keys`: the audit public keys; with them, every group of events since sealing began must
+    carry its writer's seal (store/seals.py)."""
     counts = {"events": 0, "runs": 0, "approvals": 0}
     try:
         with engine.connect() as conn:
-            vouched = _verify_chain(conn, counts)
+            seals = Seals(conn, keys) if keys else None
+            vouched = _verify_chain(conn, counts, seals)
             _verify_records(conn, vouched, counts)
     except _Broken as e:
         return VerifyReport(**counts, problem=str(e))
@@ -220,7 +242,7 @@ def _events(conn: Connection) -> Iterator[AuditEvent]:
     yield from conn.execute(select(AuditEvent).order_by(AuditEvent.seq)).yield_per(2000)
 
 
-def _verify_chain(conn: Connection, counts: dict[str, int]) -> _Vouched:
+def _verify_chain(conn: Connection, counts: dict[str, int], seals: Seals | None) -> _Vouched:
     vouched = _Vouched({}, {}, {}, {}, {})
     cut = conn.execute(select(AuditCut.seq, AuditCut.hash)).first()  # retention's cut, if any
     expected, prev = (cut[0] + 1, cut[1]) if cut else (1, GENESIS_HASH)
@@ -243,6 +265,9 @@ def _verify_chain(conn: Connection, counts: dict[str, int]) -> _Vouched:
                 f"event #{event.seq} ({event.kind}) was edited: its content no longer "
                 "matches its hash"
             )
+        unsealed = seals.check(event.seq, event.kind, event.hash) if seals else None
+        if unsealed:
+            raise _Broken(unsealed)
         _remember(vouched, event)
         prev, expected = event.hash, expected + 1
         counts["events"] += 1
@@ -253,6 +278,9 @@ def _verify_chain(conn: Connection, counts: dict[str, int]) -> _Vouched:
             f"the chain ends at event #{expected - 1} but its head says {said}: "
             "events were removed from the end, or the head was changed"
         )
+    unsealed = seals.at_head(expected - 1) if seals else None
+    if unsealed:
+        raise _Broken(unsealed)
     return vouched
 
 
@@ -358,8 +386,10 @@ def _verify_votes(conn: Connection, vouched: _Vouched) -> None:
 
 def _same(what: str, row: Any, recorded: dict[str, Any], fields: tuple[str, ...]) -> None:
     for name in fields:
-        stored = getattr(row, name)
-        if jcs(stored) != jcs(recorded.get(name)):  # one form: 3.0 and 3 are one number
+        stored, vouched = getattr(row, name), recorded.get(name)
+        if to_json(stored, sort_keys=True) == to_json(vouched, sort_keys=True):
+            continue  # the same text (orjson: ~1 µs): the same value, without JCS (~15 µs)
+        if jcs(stored) != jcs(vouched):  # one form: 3.0 and 3 are one number
             raise _Broken(
                 f"{what} was edited: {name} is {stored!r} but the audit chain recorded "
                 f"{recorded.get(name)!r}"

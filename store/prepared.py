@@ -20,7 +20,8 @@ from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.sql import ClauseElement
 
 from airlock.store.jsontext import to_json
-from airlock.store.schema import Approval, ApprovalHolder, AuditEvent, AuditHead, Run
+from airlock.store.schema import Approval, ApprovalHolder, AuditEvent, AuditHead, AuditSeal, Run
+from airlock.store.seals import Sealer, sealer_for
 
 PENDING = "PENDING"
 SETTLED_CHANNEL = "airlock_settled"  # PostgreSQL NOTIFY channel: an approval was settled
@@ -77,6 +78,7 @@ class Statements:
     notify_settled: Prepared | None  # PostgreSQL: tells watching deciders at commit
     add_holder: Prepared  # an instance holds a flow for an approval (once per pair)
     insert_events: Prepared
+    insert_seal: Prepared
     lock_head: Prepared
     move_head: Prepared
     set_outcomes: Prepared
@@ -111,6 +113,7 @@ def statements_for(dialect: Dialect) -> Statements:
             else None
         ),
         insert_events=_prepare(insert(AuditEvent), dialect),
+        insert_seal=_prepare(insert(AuditSeal), dialect),
         lock_head=_prepare(
             select(AuditHead.seq, AuditHead.hash).where(_HEAD).with_for_update(), dialect
         ),
@@ -188,11 +191,13 @@ class Tx:
 
     db: Any
     sql: Statements
+    sealer: Sealer | None = None  # signs each group of audit events it appends (seals.py)
 
 
 def tx_of(conn: Connection) -> Tx:
     """The DBAPI side of a transaction SQLAlchemy has begun (console commands, tests)."""
-    return Tx(conn.connection.dbapi_connection, statements_for(conn.dialect))
+    return Tx(conn.connection.dbapi_connection, statements_for(conn.dialect),
+              sealer_for(conn.engine))  # fmt: skip
 
 
 @contextmanager
@@ -202,7 +207,7 @@ def raw_transaction(engine: Engine, pooled: Any) -> Iterator[Tx]:
     if engine.dialect.name == "sqlite":
         db.execute("BEGIN IMMEDIATE")  # see schema.py: take the write lock up front
     try:
-        yield Tx(db, statements_for(engine.dialect))
+        yield Tx(db, statements_for(engine.dialect), sealer_for(engine))
     except BaseException:
         db.rollback()
         raise

@@ -21,6 +21,7 @@ from airlock.store.schema import (
     ApprovalVote,
     AuditCut,
     AuditEvent,
+    AuditSeal,
     Run,
     write_transaction,
 )
@@ -67,6 +68,7 @@ def prune(engine: Engine, older_than: float) -> Pruned | None:
         conn.execute(delete(Approval).where(Approval.run_id.in_(runs)))
         pruned_runs = conn.execute(delete(Run).where(Run.id.in_(runs))).rowcount
         pruned_events = conn.execute(delete(AuditEvent).where(AuditEvent.seq <= cut_seq)).rowcount
+        conn.execute(delete(AuditSeal).where(AuditSeal.to_seq <= cut_seq))  # theirs are gone
         conn.execute(delete(AuditCut))
         conn.execute(AuditCut.__table__.insert().values(id=1, seq=cut_seq, hash=cut_hash,
                                                         at=time.time()))  # fmt: skip

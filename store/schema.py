@@ -204,6 +204,18 @@ class AuditCut(Base):
     at: Mapped[float] = mapped_column(Float)  # when the cut was made
 
 
+class AuditSeal(Base):
+    """A writer's signature over one group of events it committed (store/seals.py): the span
+    from_seq..to_seq and the last event's hash, signed with a key the database does not hold."""
+
+    __tablename__ = "audit_seals"
+
+    to_seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    from_seq: Mapped[int] = mapped_column(Integer)
+    key_id: Mapped[str] = mapped_column(String(8))
+    signature: Mapped[str] = mapped_column(String(88))
+
+
 GENESIS_HASH = "0" * 64
 
 

@@ -276,3 +276,39 @@ def test_conditions_no_value_satisfies_are_reported(tmp_path: Path) -> None:
         "'equal-outside'",
     ]
     assert all(line.endswith("so the rule can never fire") for line in found)
+
+
+def test_rules_another_stricter_rule_always_overrules_are_reported(tmp_path: Path) -> None:
+    """All rules that hold fire and the strictest wins: a rule whose conditions include a
+    stricter rule's, which fires on its conditions alone, never decides anything."""
+    policy = write(
+        tmp_path,
+        "p.yaml",
+        """
+        rules:
+          - id: no-live-charges
+            when: {action: create_charge, environment: production}
+            decision: BLOCK
+          - id: big-live-charges-held
+            when: {action: create_charge, environment: production,
+                   params: {amount: {gt: 100000}}}
+            decision: REQUIRE_APPROVAL
+          - id: big-charges-held
+            when: {action: create_charge, params: {amount: {gt: 100000}}}
+            decision: REQUIRE_APPROVAL
+          - id: live-charges-over-budget
+            when: {action: create_charge, environment: production}
+            decision: REQUIRE_APPROVAL
+            budget: {param: amount, limit: 500000, window: 24h, per: agent}
+          - id: tried-in-shadow
+            when: {action: create_charge, environment: production}
+            decision: BLOCK
+            mode: shadow
+        """,
+    )
+    found = lines([PROJECT_ROOT / "mappings", policy])
+    assert len(found) == 2, found
+    assert found[0].startswith(f"{policy}:")
+    assert "rule 'big-live-charges-held' can never decide: whenever it fires, rule " in found[0]
+    assert "'no-live-charges'" in found[0] and found[0].endswith("and its BLOCK wins")
+    assert "rule 'live-charges-over-budget' can never decide" in found[1]

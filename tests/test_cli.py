@@ -95,6 +95,8 @@ def test_run_says_which_flag_fixes_a_bad_ca_an_unwritable_folder_or_a_taken_guar
     base = ["run", "--data-dir", str(tmp_path), "--quiet", "--port", "0", "--metrics-port", "0"]
     assert main([*base, "--upstream-ca", str(tmp_path / "missing.pem")]) == 2
     assert "--upstream-ca" in capsys.readouterr().err
+    assert main([*base, "--witness-url", "ftp://witness.example/"]) == 2
+    assert "--witness-url ftp://witness.example/: not an http(s) URL" in capsys.readouterr().err
     (tmp_path / "not-a-cert.pem").write_text("hello")
     assert main([*base, "--upstream-ca", str(tmp_path / "not-a-cert.pem")]) == 2
     assert "not a PEM certificate" in capsys.readouterr().err

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import delete, select, update
 from sqlalchemy.engine import Engine
 
@@ -881,3 +883,23 @@ def test_canonical_json_has_one_form_for_every_value() -> None:
     assert jcs(float("nan")) == '"nan"'
     assert jcs("caf\udce9") == '"caf\\\\xed\\\\xb3\\\\xa9"'  # an undecodable byte, spelled out
     assert jcs({"é": "ü"}) == '{"é":"ü"}'
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(), st.text(max_size=5), st.floats(allow_nan=False, allow_infinity=False))
+@example("undecodable \udcff byte", "vote", 1.5)
+@example('"quoted"\\ \x00\x1f\x7f \u2028 é 日本 😀', "decision", 1e21)
+def test_the_fast_string_form_is_rfc8785s_and_so_is_the_chain_hash(
+    text: str, kind: str, at: float
+) -> None:
+    """The chain hash serialises its strings with the stdlib's C encoder: the same text as
+    rfc8785, on any string (controls, quotes, non-ASCII, lone surrogates)."""
+    import hashlib
+
+    from airlock.store.audit import CHAIN_FORMAT, chain_hash, jcs, jcs_string
+
+    assert jcs_string(text) == jcs(text)
+    material = jcs([CHAIN_FORMAT, "p" * 64, 7, at, kind, "run", text])
+    assert chain_hash("p" * 64, 7, at, kind, "run", text) == (
+        hashlib.sha256(material.encode()).hexdigest()
+    )

@@ -8,9 +8,11 @@
 
 ALLOW runs the code; BLOCK raises Blocked (its reason and rules); REQUIRE_APPROVAL waits for a
 reviewer, up to `wait` seconds, then runs the code once (approved), raises Denied, or raises
-ApprovalPending with the approval's id. What the code did (returned, or raised) is recorded on
-Airlock's record of the call. Fails closed: if Airlock cannot be reached or cannot decide, the
-code does not run (Unavailable).
+ApprovalPending with the approval's id. SIMULATED (the agent is on trial) never runs the code: a
+decorated function returns `simulated` instead (a value, or a callable given the function's
+arguments; default None), and a `with` block raises Simulated before its body. What the code did
+(returned, or raised) is recorded on Airlock's record of the call. Fails closed: if Airlock
+cannot be reached or cannot decide, the code does not run (Unavailable).
 
 Settings: AIRLOCK_GUARD_URL (default http://127.0.0.1:8181), AIRLOCK_AGENT and AIRLOCK_AGENT_KEY
 (the agent's name and key from Airlock's agents file; without one, the name alone).
@@ -35,10 +37,12 @@ from types import TracebackType
 from typing import Any
 
 __all__ = [
-    "AirlockError", "ApprovalPending", "Blocked", "Client", "Denied", "Unavailable", "guard",
+    "AirlockError", "ApprovalPending", "Blocked", "Client", "Denied", "Simulated", "Unavailable",
+    "guard",
 ]  # fmt: skip
 
 ALLOW, BLOCK, REQUIRE_APPROVAL = "ALLOW", "BLOCK", "REQUIRE_APPROVAL"
+SIMULATED = "SIMULATED"
 LONG_POLL = 30.0  # seconds one wait for a reviewer asks Airlock to hold the answer
 
 
@@ -62,6 +66,17 @@ class Blocked(AirlockError):
 
 class Denied(Blocked):
     """A reviewer denied the call (or its approval expired)."""
+
+
+class Simulated(AirlockError):
+    """The agent is on trial: Airlock recorded the call and what it would have decided; the code
+    must not run."""
+
+    def __init__(self, answer: dict[str, Any]) -> None:
+        self.answer = answer
+        self.would: str | None = answer.get("would")
+        self.request_id: str | None = answer.get("request_id")
+        super().__init__(f"{answer.get('action')} was not run: {answer.get('reason', '')}")
 
 
 class ApprovalPending(AirlockError):
@@ -143,8 +158,10 @@ class guard:
         wait: float = 60.0,
         client: Client | None = None,
         server: str | None = None,
+        simulated: Any = None,
     ) -> None:
         self.action, self.target, self.params = action, target, params
+        self.simulated = simulated  # what a decorated function returns on trial
         self.server = server
         self.provider, self.context = provider, context
         self.idempotency_key = idempotency_key
@@ -169,6 +186,8 @@ class guard:
                 raise Denied({**answer, "reason": f"the approval {state.lower()}"})
             if state != "PENDING":
                 answer = self.client.decide(call)  # the same key: joins, released once
+        if answer.get("decision") == SIMULATED:
+            raise Simulated(answer)
         if answer.get("decision") != ALLOW:
             raise (Denied if answer.get("approval_id") else Blocked)(answer)
         self.answer = answer
@@ -227,7 +246,10 @@ class guard:
             @functools.wraps(function)
             async def guarded_async(*args: Any, **kwargs: Any) -> Any:
                 once = self._fresh()
-                await asyncio.to_thread(once.admit, *args, **kwargs)
+                try:
+                    await asyncio.to_thread(once.admit, *args, **kwargs)
+                except Simulated:
+                    return once.stand_in(args, kwargs)
                 try:
                     result = await function(*args, **kwargs)
                 except BaseException as e:
@@ -241,7 +263,10 @@ class guard:
         @functools.wraps(function)
         def guarded(*args: Any, **kwargs: Any) -> Any:
             once = self._fresh()
-            once.admit(*args, **kwargs)
+            try:
+                once.admit(*args, **kwargs)
+            except Simulated:
+                return once.stand_in(args, kwargs)
             try:
                 result = function(*args, **kwargs)
             except BaseException as e:
@@ -252,10 +277,14 @@ class guard:
 
         return guarded
 
+    def stand_in(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """What a decorated function returns when it is on trial and not run."""
+        return self.simulated(*args, **kwargs) if callable(self.simulated) else self.simulated
+
     def _fresh(self) -> guard:
         """Each call of a decorated function is its own guarded call (its own key)."""
         return guard(
             self.action, self.target, self.params, provider=self.provider,
             context=self.context, idempotency_key=self.idempotency_key, wait=self.wait,
-            client=self.client, server=self.server,
+            client=self.client, server=self.server, simulated=self.simulated,
         )  # fmt: skip

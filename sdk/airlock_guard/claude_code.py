@@ -9,7 +9,8 @@ Airlock's mappings name its action (mappings/claude-code.yaml, mappings/mcp.yaml
 Other tools (reads, searches, the to-do list) are left to Claude Code's own permissions.
 BLOCK is answered "deny" with Airlock's reason (Claude sees it); REQUIRE_APPROVAL waits for a
 reviewer up to --wait seconds (below the hook's own timeout), then "allow" once approved, or
-"deny" with why; ALLOW leaves the call to Claude Code's own permission rules. If Airlock cannot
+"deny" with why; ALLOW leaves the call to Claude Code's own permission rules; SIMULATED (the
+agent is on trial) is "deny", saying that the call was recorded and not run. If Airlock cannot
 be reached, the call is denied (fail closed).
 """
 
@@ -22,7 +23,7 @@ import re
 import sys
 from typing import Any
 
-from airlock_guard import AirlockError, ApprovalPending, Blocked, Client, guard
+from airlock_guard import AirlockError, ApprovalPending, Blocked, Client, Simulated, guard
 
 EDITS = frozenset({"Edit", "MultiEdit", "Write", "NotebookEdit"})
 _MCP = re.compile(r"mcp__(?P<server>[^_]+(?:_[^_]+)*)__(?P<tool>.+)\Z")
@@ -62,6 +63,8 @@ def decide(event: dict[str, Any], client: Client, wait: float) -> dict[str, Any]
         answer = call.admit()
     except Blocked as e:
         return _answer("deny", f"Airlock: {e.reason} (request {e.request_id})")
+    except Simulated as e:  # on trial: recorded, not run; Claude is told so
+        return _answer("deny", f"Airlock: simulated, not run ({e}; request {e.request_id})")
     except ApprovalPending as e:
         return _answer("deny", f"Airlock: {e}. Try the same call again once it is approved.")
     except AirlockError as e:

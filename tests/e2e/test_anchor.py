@@ -4,7 +4,9 @@ by someone who can write the database but does not hold the key, is caught."""
 
 from __future__ import annotations
 
+import http.server
 import shutil
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import pytest
 from sqlalchemy import delete, update
 
 from airlock.console.standins import Upstream
-from airlock.store.anchor import CHECKPOINTS, PUBLIC_FILE
+from airlock.store.anchor import CHECKPOINTS, PUBLIC_FILE, open_checkpoint, read_public_key
 from airlock.store.audit import chain_hash
 from airlock.store.schema import AuditEvent, AuditHead, Run, open_engine
 from tests.e2e.test_gate import CHARGES, airlock, eventually, runs
@@ -46,6 +48,8 @@ def test_checkpoints_anchor_the_chain_and_catch_what_the_database_alone_cannot(
     code, said = verify(proxy)
     assert code == 0, said
     assert "anchored: the signed checkpoint at event" in said
+    assert "sealed: every group of events since sealing began carries its writer's seal" in said
+    assert "\nseals-from 1\n" in note  # where the writers' seals begin, signed
 
     db = Path(proxy.db_url.removeprefix("sqlite:///"))
     intact = tmp_path / "intact.db"
@@ -93,5 +97,44 @@ def test_checkpoints_anchor_the_chain_and_catch_what_the_database_alone_cannot(
     latest.write_text(note)
     other_key = "airlock-audit+" + "A" * 43 + "="
     code, said = verify(proxy, "--public-key", other_key)
-    assert code == 1 and "no signature by this public key" in said
+    assert code == 1 and "which was not given: pass its --public-key" in said  # its seals
     assert (proxy.workdir / PUBLIC_FILE).read_text().startswith("airlock-audit+")
+
+
+class WitnessServer:
+    """A witness elsewhere: keeps every note POSTed to it."""
+
+    def __init__(self) -> None:
+        received = self.received = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                received.append((self.headers["Content-Type"], body.decode()))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/checkpoints"
+
+
+def test_checkpoints_also_reach_a_witness(start_proxy: Callable[..., Proxy]) -> None:
+    witness = WitnessServer()
+    proxy = start_proxy("--witness-url", witness.url)
+    assert proxy.session().post(CHARGES, data={"amount": 100, "currency": "usd"}).ok
+    eventually(lambda: all(r.outcome for r in runs(proxy)))
+    assert proxy.stop() is not None  # the last checkpoint, sent before the decider exits
+    witness.server.shutdown()
+    assert witness.received, "the witness received no checkpoint"
+    kind, note = witness.received[-1]
+    assert kind.startswith("text/plain")
+    assert note == (proxy.workdir / CHECKPOINTS / "latest").read_text()
+    public = read_public_key((proxy.workdir / PUBLIC_FILE).read_text())
+    assert open_checkpoint(note, public).size == len(runs(proxy)) * 2  # a decision, an outcome

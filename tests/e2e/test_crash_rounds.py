@@ -21,6 +21,7 @@ import pytest
 import requests
 
 from airlock.console.standins import Upstream
+from airlock.store.anchor import PUBLIC_FILE
 from airlock.store.schema import Run
 from tests.e2e.test_gate import CHARGES, airlock, eventually, runs
 from tests.helpers.proxy import Proxy
@@ -166,6 +167,12 @@ class Campaign:
     def db_url(self) -> str:
         return self.proxy.db_url
 
+    def public_keys(self) -> list[str]:
+        """Each proxy started has its own data directory, so its own audit key: every group
+        written, before or after a kill -9, must carry the seal of one of them."""
+        keys = [str(p.workdir / PUBLIC_FILE) for p in self.proxies]
+        return [arg for key in keys for arg in ("--public-key", key)]
+
     def round(self, number: int, kind: str) -> None:
         proxy, tally = self.proxy, self.tally
         prefix = f"{self.backend}-r{number}"
@@ -211,7 +218,7 @@ class Campaign:
             now = decider_of(proxy)
             if now in (None, decider):
                 self.problems.append(f"round {number}: no new decider (had {decider}, now {now})")
-        verified = airlock("audit", "verify", "--db", self.db_url)
+        verified = airlock("audit", "verify", "--db", self.db_url, *self.public_keys())
         if verified.returncode != 0:
             self.problems.append(
                 f"round {number} ({kind}): audit verify exited {verified.returncode}: "
@@ -293,7 +300,7 @@ def test_kill_9_rounds_keep_every_forward_recorded_once(
     unsent = set(received) - set(tally.sent)
     if unsent:
         problems.append(f"the upstream received tags nobody sent: {sorted(unsent)[:5]}")
-    final = airlock("audit", "verify", "--db", campaign.db_url)
+    final = airlock("audit", "verify", "--db", campaign.db_url, *campaign.public_keys())
     if final.returncode != 0:
         problems.append(f"final audit verify exited {final.returncode}: {final.stderr.strip()}")
 

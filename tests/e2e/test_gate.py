@@ -164,6 +164,8 @@ def test_held_request_waits_for_approval_from_another_process(
     assert waiting[0]["undo"] is None  # a deleted customer cannot be brought back
     assert upstream.count("/v1/customers") == 0
     assert not held.finished
+    queued = len(pending(proxy))  # the store's queue, whichever instance holds what
+    assert eventually(lambda: metric(proxy, "airlock_approvals_pending") == queued)
 
     approved = airlock("approve", waiting[0]["id"][:8], "--reviewer", "alice", "--db", proxy.db_url)
     assert approved.returncode == 0, approved.stderr
@@ -176,6 +178,16 @@ def test_held_request_waits_for_approval_from_another_process(
     metrics = requests.get(f"http://127.0.0.1:{proxy.metrics_port}/metrics", timeout=5).text
     assert 'airlock_approvals_settled_total{state="APPROVED"}' in metrics
     assert "airlock_approval_decision_seconds_count" in metrics
+    assert eventually(lambda: metric(proxy, "airlock_approvals_pending") == 0)
+
+
+def metric(proxy: Proxy, name: str) -> float | None:
+    """One sample of the proxy's Prometheus endpoint (None while it has none)."""
+    text = requests.get(f"http://127.0.0.1:{proxy.metrics_port}/metrics", timeout=5).text
+    for line in text.splitlines():
+        if line.startswith(f"{name} "):
+            return float(line.split()[1])
+    return None
 
 
 def test_denied_request_gets_403_with_the_reviewers_reason(

@@ -24,10 +24,11 @@ from botocore.exceptions import ClientError
 from slack_sdk import WebClient
 
 from airlock.console.standins import Upstream
+from airlock_guard import Blocked, Client, Simulated, guard
 from tests.e2e.test_catalog_aws import AWS_HOSTS
 from tests.e2e.test_catalog_inference import SDK_PYTHON
 from tests.e2e.test_gate import eventually, pending, runs
-from tests.helpers.proxy import PROJECT_ROOT, Proxy, clean_env
+from tests.helpers.proxy import PROJECT_ROOT, Proxy, clean_env, free_port
 from tests.helpers.sdks import stripe_through
 
 pytestmark = pytest.mark.e2e
@@ -49,7 +50,16 @@ rules:
     decision: REQUIRE_APPROVAL
     in_simulation: hold
     reason: Payouts wait for a reviewer, even in a trial.
+  - id: trial-listing-is-fine
+    when: {source: guard, action: run_shell, params: {command: {regex: "^ls( |$)"}}}
+    decision: ALLOW
+    reason: Listing files is fine.
+  - id: trial-no-drops
+    when: {source: guard, action: run_sql, params: {query: {regex: "(?i)drop table"}}}
+    decision: BLOCK
+    reason: Agents never drop tables.
 """
+GUARD_PORT = free_port()
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +72,10 @@ def proxy(
     (policies / "trial.yaml").write_text(SIMULATE_INFERENCE)
     routes = {host: moto_port for host in AWS_HOSTS}
     routes |= {host: session_upstream.port for host in STANDIN_HOSTS}
-    return start_proxy("--mode", "simulate", "--policies", str(policies), routes=routes)
+    return start_proxy(
+        "--mode", "simulate", "--policies", str(policies), "--guard-port", str(GUARD_PORT),
+        routes=routes,
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -263,3 +276,34 @@ def test_a_rule_can_hold_a_simulated_write_for_a_reviewer(
     [payout] = payouts
     assert payout.id.startswith("po_") and payout.amount == 5000
     assert not [w for w in upstream_writes() if "payouts" in w]
+
+
+def test_guarded_tool_calls_on_trial_are_recorded_and_never_run(proxy: Proxy) -> None:
+    """The Guard API simulates as the proxy does: the SDK does not run the code (a decorated
+    function returns its stand-in), and a call that would be blocked is refused."""
+    tools = Client(f"http://127.0.0.1:{GUARD_PORT}", "trial-tools", "key")
+    ran: list[str] = []
+
+    @guard("run_shell", target="host-1", params=lambda cmd: {"command": cmd}, client=tools,
+           simulated=lambda cmd: f"(not run: {cmd})")  # fmt: skip
+    def shell(cmd: str) -> str:
+        ran.append(cmd)
+        return "listing"
+
+    assert shell("ls /srv") == "(not run: ls /srv)"
+    rotate = guard("rotate_keys", target="vault", client=tools)  # no rule: a reviewer, it would
+    with pytest.raises(Simulated) as on_trial, rotate:
+        ran.append("rotate")
+    assert on_trial.value.would == "REQUIRE_APPROVAL"
+    drop = guard("run_sql", target="prod", params={"query": "DROP TABLE users"}, client=tools)
+    with pytest.raises(Blocked) as blocked, drop:
+        ran.append("drop")
+    assert "would be blocked" in blocked.value.reason
+    assert ran == []
+    recorded = {r.action: r for r in runs(proxy) if r.agent == "trial-tools"}
+    assert {a: (r.decision, r.shadow_decision, r.outcome) for a, r in recorded.items()} == {
+        "run_shell": ("SIMULATED", "ALLOW", "simulated"),
+        "rotate_keys": ("SIMULATED", "REQUIRE_APPROVAL", "simulated"),
+        "run_sql": ("SIMULATED", "BLOCK", "blocked"),
+    }
+    assert not pending(proxy)

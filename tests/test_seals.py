@@ -1,0 +1,155 @@
+"""Seals on the audit chain, on SQLite and PostgreSQL: each group a writer commits is signed
+with the audit key, so that someone who can write the database but does not hold the key
+cannot append, rewrite, cut or unseal the chain without `verify_audit` (given the public key)
+naming it."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.engine import Engine
+
+from airlock.store.anchor import load_or_create_key
+from airlock.store.approvals import APPROVED, resolve_approval
+from airlock.store.audit import Event, append_events, chain_hash, verify_audit
+from airlock.store.prepared import tx_of
+from airlock.store.records import DecisionRecord, OutcomeRecord
+from airlock.store.retention import prune
+from airlock.store.schema import (
+    AuditEvent,
+    AuditHead,
+    AuditSeal,
+    Run,
+    open_engine,
+    write_transaction,
+)
+from airlock.store.seals import Sealer, seal_with, seals_removed
+from airlock.store.writer import GroupWriter, Pending
+from tests.test_store import held, run_row
+
+
+@pytest.fixture
+def sealed(engine: Engine, tmp_path: Path) -> tuple[Engine, Ed25519PublicKey]:
+    """Decisions, a hold, a reviewer's approval and an outcome, each group sealed by its writer
+    (the decider's group writer, a reviewer's CLI holding the key): 9 events in 4 groups."""
+    key = load_or_create_key(tmp_path)
+    seal_with(engine, Sealer(key))
+    writer = GroupWriter(engine)
+    rows = [run_row() for _ in range(3)]
+    writer.write_group([Pending(i, DecisionRecord(row)) for i, row in enumerate(rows)])
+    row, hold = held()
+    writer.write_group([Pending(0, DecisionRecord(row, hold))])
+    resolve_approval(engine, hold.approval_id, APPROVED, "alice", None)
+    outcome = OutcomeRecord(rows[2].id, time.time(), "forwarded", 200, 3.0)
+    writer.write_group([Pending(0, outcome)])
+    writer.close()
+    return engine, key.public_key()
+
+
+def _problem(engine: Engine, public: Ed25519PublicKey) -> str:
+    report = verify_audit(engine, [public])
+    assert not report.ok
+    return report.problem or ""
+
+
+def _forger(engine: Engine) -> Engine:
+    """Someone who can write the database, with Airlock's own library, but not the key."""
+    return open_engine(engine.url.render_as_string(hide_password=False))
+
+
+def test_every_group_is_sealed_and_an_intact_chain_verifies(sealed: Any) -> None:
+    engine, public = sealed
+    report = verify_audit(engine, [public])
+    assert report.ok, report.problem
+    with engine.connect() as conn:
+        spans = conn.execute(select(AuditSeal.from_seq, AuditSeal.to_seq)).all()
+        head = conn.execute(select(AuditHead.seq)).scalar()
+    spans = sorted(spans)
+    assert len(spans) >= 4 and spans[0][0] == 1 and spans[-1][1] == head
+    assert all(b[0] == a[1] + 1 for a, b in itertools.pairwise(spans))
+
+
+def test_an_event_appended_without_the_key_is_caught(sealed: Any) -> None:
+    """A forwarded write made to look refused: a later outcome event, well chained, and the
+    run's row edited to match. Only the seals can tell."""
+    engine, public = sealed
+    forger = _forger(engine)
+    with forger.connect() as conn:
+        last = conn.execute(select(AuditEvent).where(AuditEvent.kind == "outcome")).one()
+    payload = {**json.loads(last.payload), "outcome": "blocked"}
+    with write_transaction(forger) as conn:
+        append_events(tx_of(conn), [Event("outcome", last.run_id, time.time(), payload)])
+        conn.execute(update(Run).where(Run.id == last.run_id).values(outcome="blocked"))
+    forger.dispose()
+    assert verify_audit(engine).ok  # the chain and the records alone cannot tell
+    assert "lie in no seal: appended by someone who does not hold the audit key" in _problem(
+        engine, public
+    )
+
+
+def test_a_chain_rewritten_consistently_without_the_key_is_caught(sealed: Any) -> None:
+    engine, public = sealed
+    with engine.begin() as conn:
+        events = conn.execute(select(AuditEvent).order_by(AuditEvent.seq)).all()
+        prev = events[0].prev_hash
+        for event in events:  # every hash recomputed: the chain itself holds
+            payload = event.payload.replace('"ALLOW"', '"BLOCK"') if event.seq == 2 else None
+            payload = payload or event.payload
+            digest = chain_hash(prev, event.seq, event.at, event.kind, event.run_id, payload)
+            conn.execute(update(AuditEvent).where(AuditEvent.seq == event.seq)
+                         .values(payload=payload, prev_hash=prev, hash=digest))  # fmt: skip
+            prev = digest
+        conn.execute(update(AuditHead).values(hash=prev))
+    problem = _problem(engine, public)
+    assert "does not match them: they were rewritten, or the seal forged" in problem
+
+
+def test_seals_made_with_another_key_are_not_vouched_for(sealed: Any) -> None:
+    engine, public = sealed
+    forger = _forger(engine)
+    seal_with(forger, Sealer(Ed25519PrivateKey.generate()))
+    with write_transaction(forger) as conn:
+        append_events(tx_of(conn), [Event("vote", None, time.time(), {"approval_id": "y"})])
+    forger.dispose()
+    assert "which was not given: pass its --public-key" in _problem(engine, public)
+
+
+def test_a_cut_tail_leaves_its_seal_behind(sealed: Any) -> None:
+    engine, public = sealed
+    with engine.begin() as conn:
+        head = conn.execute(select(AuditHead.seq)).scalar()
+        previous = conn.execute(select(AuditEvent).where(AuditEvent.seq == head - 1)).one()
+        conn.execute(delete(AuditEvent).where(AuditEvent.seq == head))
+        conn.execute(update(AuditHead).values(seq=previous.seq, hash=previous.hash))
+    assert f"a seal vouches for events up to #{head}" in _problem(engine, public)
+
+
+def test_seals_wiped_are_caught_by_the_checkpoint_that_says_where_they_begin(
+    sealed: Any,
+) -> None:
+    engine, _ = sealed
+    assert seals_removed(engine, 1) is None
+    with engine.begin() as conn:
+        conn.execute(delete(AuditSeal))
+    assert "the seals from there were removed" in (seals_removed(engine, 1) or "")
+
+
+def test_retention_keeps_the_seals_of_what_remains(sealed: Any) -> None:
+    engine, public = sealed
+    with engine.connect() as conn:
+        second = conn.execute(select(AuditEvent.at).where(AuditEvent.seq == 2)).scalar()
+    pruned = prune(engine, second + 1e-6)  # inside the first group: its seal stays
+    assert pruned is not None and pruned.cut >= 1
+    with engine.connect() as conn:
+        first = conn.execute(select(func.min(AuditSeal.from_seq))).scalar()
+    assert first is not None and first <= pruned.cut + 1
+    report = verify_audit(engine, [public])
+    assert report.ok, report.problem
+    assert seals_removed(engine, 1) is None
