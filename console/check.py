@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,11 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
 from airlock.pipeline.agents import AGENTS_FILE, REVIEWERS_FILE, load_agents, load_reviewers
-from airlock.pipeline.consistency import configuration_problems, reviewer_role_problems
+from airlock.pipeline.consistency import (
+    configuration_problems,
+    reviewer_role_problems,
+    shadowed_rules,
+)
 from airlock.pipeline.mappings import (
     Mapping,
     MappingIndex,
@@ -47,6 +51,7 @@ class Problem:
 class Report:
     files: int
     problems: list[Problem]
+    warnings: list[Problem] = field(default_factory=list)  # what loads, but is likely a mistake
 
 
 @cache
@@ -96,6 +101,7 @@ def check(paths: Iterable[Path]) -> Report:
             MappingIndex(mappings, operations, servers), PolicySet(rules, "ALLOW")
         )
         problems += [Problem(e.where, e.message) for e in together]
+    warnings = [Problem(e.where, f"warning: {e.message}") for e in shadowed_rules(rules)]
     problems += _reviewer_roles(files, rules)
     problems += [
         Problem(
@@ -105,7 +111,7 @@ def check(paths: Iterable[Path]) -> Report:
         )
         for later, earlier in shadowed_mappings(mappings)
     ]
-    return Report(len(files), sorted(problems, key=_position))
+    return Report(len(files), sorted(problems, key=_position), sorted(warnings, key=_position))
 
 
 def _reviewer_roles(files: list[Path], rules: list[Rule]) -> list[Problem]:

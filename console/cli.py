@@ -1036,12 +1036,14 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"airlock check: no such file or folder: {missing[0]}", file=sys.stderr)
         return 2
     report = check(paths)
-    for problem in report.problems:
+    for problem in report.problems + report.warnings:
         print(problem)
+    warned = f", {len(report.warnings)} warning(s)" if report.warnings else ""
     if report.problems:
-        print(f"{len(report.problems)} problem(s) in {report.files} file(s)", file=sys.stderr)
+        print(f"{len(report.problems)} problem(s){warned} in {report.files} file(s)",
+              file=sys.stderr)  # fmt: skip
         return 1
-    print(f"{report.files} file(s) checked: no problems")
+    print(f"{report.files} file(s) checked: no problems{warned}")
     return 0
 
 

@@ -40,14 +40,14 @@ def configuration_problems(mappings: MappingIndex, policies: PolicySet) -> list[
         problems += _text_compared_with_numbers(rule, producers)
         problems += _params_never_produced(rule, producers, derived)
         problems += _contradictory_conditions(rule)
-    problems += _shadowed_rules(policies.rules)
     return problems
 
 
-def _shadowed_rules(rules: Iterable[Rule]) -> Iterator[ConfigError]:
+def shadowed_rules(rules: Iterable[Rule]) -> Iterator[ConfigError]:
     """A rule whose every condition another rule also has, while that one is stricter and fires
     on its conditions alone (no budget, rate, time window or risk): whenever it fires, the other
-    fires too and wins, so it never decides anything."""
+    fires too and wins, so it never decides anything. A warning, not a load error: a blanket
+    freeze (`BLOCK` every charge today) overrules narrower rules on purpose, and must load."""
     enforced = [r for r in rules if r.mode == ENFORCE and r.decision in RESTRICTIVENESS]
     unconditional = [r for r in enforced if not (r.budget or r.rate or r.time_window
                                                  or r.risk_test)]  # fmt: skip

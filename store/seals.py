@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import weakref
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,6 +76,7 @@ class Seals:
         self.by_last = {row.to_seq: row for row in rows}
         self.starts = [row.from_seq for row in rows]
         self.next_from: int | None = None  # where the next seal must begin
+        self.since: list[tuple[int, str]] = []  # (seq, kind) since the last seal, the first
 
     def check(self, seq: int, kind: str, digest: str) -> str | None:
         """Why the event at seq is not as the seals say, or None."""
@@ -82,12 +84,13 @@ class Seals:
             return None  # written before sealing began (vouched by checkpoints)
         if self.next_from is None:
             self.next_from = self.starts[0]
+        if len(self.since) < 100_000:  # enough to say what they were
+            self.since.append((seq, kind))
         seal = self.by_last.get(seq)
         if seal is None:
             return None
         if seal.from_seq != self.next_from:
-            return (f"events #{self.next_from}..#{seal.from_seq - 1} lie in no seal: appended "
-                    "by someone who does not hold the audit key")  # fmt: skip
+            return self._unsealed(seal.from_seq - 1)
         key = self.keys.get(seal.key_id)
         if key is None:
             return (f"event #{seq} is sealed with key {seal.key_id}, which was not given: pass "
@@ -98,7 +101,14 @@ class Seals:
             return (f"the seal of events #{seal.from_seq}..#{seq} (ending with {kind}) does not "
                     "match them: they were rewritten, or the seal forged")  # fmt: skip
         self.next_from = seq + 1
+        self.since.clear()
         return None
+
+    def _unsealed(self, last: int) -> str:
+        kinds = Counter(kind for seq, kind in self.since if seq <= last)
+        said = ", ".join(f"{n} {kind}" for kind, n in kinds.most_common())
+        return (f"events #{self.next_from}..#{last} ({said}) lie in no seal: appended by "
+                "someone who does not hold the audit key")  # fmt: skip
 
     def at_head(self, head: int) -> str | None:
         """Why the chain's last events are in no seal, or None."""
@@ -107,8 +117,7 @@ class Seals:
             return (f"the chain was cut: a seal vouches for events up to #{beyond}, the chain "
                     f"ends at #{head}")  # fmt: skip
         if self.next_from is not None and self.next_from <= head:
-            return (f"events #{self.next_from}..#{head} lie in no seal: appended by someone "
-                    "who does not hold the audit key")  # fmt: skip
+            return self._unsealed(head)
         return None
 
 

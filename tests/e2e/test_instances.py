@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import requests
 
 from airlock.console.standins import Upstream
-from tests.e2e.test_gate import Background, airlock, eventually, pending, runs
+from tests.e2e.test_gate import CHARGES, Background, airlock, eventually, pending, runs
 from tests.helpers.proxy import Proxy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
@@ -87,3 +89,44 @@ def test_an_instance_killed_while_holding_leaves_the_approval_to_the_retry_on_an
 
 def _reasons(proxy: Proxy) -> list[str]:
     return [run.reason for run in runs(proxy) if run.target == "customer/cus_orphan"]
+
+
+BUDGET = """
+rules:
+  - id: charge-budget
+    when: {action: create_charge}
+    budget: {param: amount, limit: 1000, window: 1h, per: agent, currency: usd}
+    decision: BLOCK
+    reason: At most 10.00 USD of charges per agent per hour, across every instance.
+"""
+
+
+def test_a_budget_counts_what_another_instance_let_through(
+    start_proxy: Callable[..., Proxy], empty_pg_database: str, upstream: Upstream,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """Each decider reads the others' committed decisions every 2 s (HISTORY_SYNC_SECONDS):
+    a charge let through by one instance counts in the budget at the other within that bound,
+    and the other's own small charges never reach the limit by themselves."""
+    (tmp_path / "budget.yaml").write_text(BUDGET)
+    first, second = (
+        start_proxy("--policies", str(tmp_path), db_url=empty_pg_database) for _ in range(2)
+    )
+    charge = {"currency": "usd", "customer": "cus_budget"}
+    at_second = second.session(agent="biller")  # its decider is up and has read the past
+    assert at_second.post(CHARGES, data={**charge, "amount": 1}).ok
+    assert first.session(agent="biller").post(CHARGES, data={**charge, "amount": 998}).ok
+    spent_at = time.monotonic()
+    answers = []
+    while time.monotonic() - spent_at < 10 and (not answers or answers[-1] == 200):
+        answers.append(at_second.post(CHARGES, data={**charge, "amount": 1}).status_code)
+        time.sleep(0.05)
+    seen_after = time.monotonic() - spent_at
+    assert answers[-1] == 403, f"the second instance never counted the first's charge: {answers}"
+    blocked = [r for r in runs(second) if r.decision == "BLOCK"]
+    assert blocked and blocked[-1].rules == ["charge-budget"]
+    # The bound is the refresh interval (2 s) plus a commit: said, not timed, here.
+    print(
+        f"budget saw the other instance's charge after {seen_after:.2f} s, "
+        f"{len(answers) - 1} small charges let through meanwhile"
+    )
