@@ -21,6 +21,18 @@ SHIPPED = load_mappings(PROJECT_ROOT / "mappings")
 JSON = {"Content-Type": "application/json"}
 
 
+def load_error(folder: Path, mapping: str) -> str:
+    """The load error of one mapping (YAML, indented as a list item) in a pay.yaml, checked to
+    name the file and line."""
+    (folder / "pay.yaml").write_text(
+        "provider: pay\nhosts: [api.pay.example]\nmappings:\n" + textwrap.dedent(mapping)
+    )
+    with pytest.raises(ConfigError) as raised:
+        load_mappings(folder, catalog=None)
+    assert str(raised.value).startswith(f"{folder / 'pay.yaml'}:")
+    return str(raised.value)
+
+
 def _run_instances(*ids: str) -> bytes:
     items = "".join(f"<item><instanceId>{i}</instanceId></item>" for i in ids)
     return (
@@ -111,24 +123,19 @@ def test_reviewers_are_shown_what_the_undo_sends() -> None:
 def test_an_undo_naming_something_undefined_is_a_load_error(
     tmp_path: Path, undo: str, message: str
 ) -> None:
-    (tmp_path / "pay.yaml").write_text(
-        textwrap.dedent(f"""\
-            provider: pay
-            hosts: [api.pay.example]
-            mappings:
-              - id: pay.charge
-                action: create_charge
-                method: POST
-                path: /charges
-                outcome:
-                  charge_id: $.response.body.id
-                undo: {undo}
-            """)
+    said = load_error(
+        tmp_path,
+        f"""\
+        - id: pay.charge
+          action: create_charge
+          method: POST
+          path: /charges
+          outcome:
+            charge_id: $.response.body.id
+          undo: {undo}
+        """,
     )
-    with pytest.raises(ConfigError) as raised:
-        load_mappings(tmp_path, catalog=None)
-    assert message in str(raised.value)
-    assert str(raised.value).startswith(f"{tmp_path / 'pay.yaml'}:")
+    assert message in said
 
 
 # --- setting back what an update replaced (`prior:`) -------------------------------------------
@@ -198,36 +205,28 @@ def test_an_update_whose_prior_values_are_not_whole_cannot_be_undone(
 def test_a_prior_read_naming_something_undefined_is_a_load_error(
     tmp_path: Path, prior: str, message: str
 ) -> None:
-    (tmp_path / "pay.yaml").write_text(
-        textwrap.dedent(f"""\
-            provider: pay
-            hosts: [api.pay.example]
-            mappings:
-              - id: pay.update_customer
-                action: update_record
-                method: POST
-                path: /customers/{{id}}
-                prior: {prior}
-            """)
+    said = load_error(
+        tmp_path,
+        f"""\
+        - id: pay.update_customer
+          action: update_record
+          method: POST
+          path: /customers/{{id}}
+          prior: {prior}
+        """,
     )
-    with pytest.raises(ConfigError) as raised:
-        load_mappings(tmp_path, catalog=None)
-    assert message in str(raised.value)
-    assert str(raised.value).startswith(f"{tmp_path / 'pay.yaml'}:")
+    assert message in said
 
 
 def test_an_undo_body_that_is_text_but_not_one_name_is_a_load_error(tmp_path: Path) -> None:
-    (tmp_path / "pay.yaml").write_text(
-        textwrap.dedent("""\
-            provider: pay
-            hosts: [api.pay.example]
-            mappings:
-              - id: pay.update_customer
-                action: update_record
-                method: POST
-                path: /customers/{id}
-                undo: {action: a, request: {method: POST, url: 'https://x/{id}', form: 'id={id}'}}
-            """)
+    said = load_error(
+        tmp_path,
+        """\
+        - id: pay.update_customer
+          action: update_record
+          method: POST
+          path: /customers/{id}
+          undo: {action: a, request: {method: POST, url: 'https://x/{id}', form: 'id={id}'}}
+        """,
     )
-    with pytest.raises(ConfigError, match="undo 'form' must be a mapping of fields or one"):
-        load_mappings(tmp_path, catalog=None)
+    assert "undo 'form' must be a mapping of fields or one {name} whose value is them" in said

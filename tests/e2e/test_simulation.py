@@ -28,6 +28,7 @@ from airlock_guard import Blocked, Client, Simulated, guard
 from tests.e2e.test_catalog_aws import AWS_HOSTS
 from tests.e2e.test_catalog_inference import SDK_PYTHON
 from tests.e2e.test_gate import eventually, pending, runs
+from tests.e2e.test_guard import RULES as GUARD_RULES
 from tests.helpers.proxy import PROJECT_ROOT, Proxy, clean_env, free_port
 from tests.helpers.sdks import stripe_through
 
@@ -50,14 +51,6 @@ rules:
     decision: REQUIRE_APPROVAL
     in_simulation: hold
     reason: Payouts wait for a reviewer, even in a trial.
-  - id: trial-listing-is-fine
-    when: {source: guard, action: run_shell, params: {command: {regex: "^ls( |$)"}}}
-    decision: ALLOW
-    reason: Listing files is fine.
-  - id: trial-no-drops
-    when: {source: guard, action: run_sql, params: {query: {regex: "(?i)drop table"}}}
-    decision: BLOCK
-    reason: Agents never drop tables.
 """
 GUARD_PORT = free_port()
 
@@ -70,6 +63,7 @@ def proxy(
     policies = tmp_path_factory.mktemp("trial-policies")
     shutil.copy(PROJECT_ROOT / "policies" / "baseline.yaml", policies)
     (policies / "trial.yaml").write_text(SIMULATE_INFERENCE)
+    (policies / "tools.yaml").write_text(GUARD_RULES)  # the Guard API's tests' own rules
     routes = {host: moto_port for host in AWS_HOSTS}
     routes |= {host: session_upstream.port for host in STANDIN_HOSTS}
     return start_proxy(
@@ -295,7 +289,7 @@ def test_guarded_tool_calls_on_trial_are_recorded_and_never_run(proxy: Proxy) ->
     with pytest.raises(Simulated) as on_trial, rotate:
         ran.append("rotate")
     assert on_trial.value.would == "REQUIRE_APPROVAL"
-    drop = guard("run_sql", target="prod", params={"query": "DROP TABLE users"}, client=tools)
+    drop = guard("run_sql", target="prod", params={"statement": "DROP TABLE users"}, client=tools)
     with pytest.raises(Blocked) as blocked, drop:
         ran.append("drop")
     assert "would be blocked" in blocked.value.reason
