@@ -9,7 +9,7 @@ from where sealing began to its head, each one signed and matching its last even
 appended by someone who can write the database but does not hold the key lies in no seal.
 
 Signing costs one Ed25519 signature per group (not per event), inside the group's transaction
-(measured: tests/bench, about 40 µs on this machine's CPU, beside a commit's fdatasync).
+(`make bench-audit`: 48 µs on the 2-core development machine, beside a commit's fdatasync).
 """
 
 from __future__ import annotations
