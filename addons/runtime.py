@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from mitmproxy import ctx, exceptions, http
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError
 
 from airlock.addons.decision_log import DecisionLog
 from airlock.addons.metrics import Metrics
@@ -34,24 +34,9 @@ from airlock.pipeline.policies import ENFORCE, MODES
 from airlock.pipeline.redaction import redact_mitmproxy_logs, redact_value
 from airlock.pipeline.run_record import SIMULATE_MODE, RunSummary
 from airlock.pipeline.yaml_source import ConfigError, Sources, recording_sources, sources_hash
-from airlock.store.anchor import load_or_create_key
-from airlock.store.approvals import (
-    NOT_SENT,
-    UNKNOWN,
-    expire_orphaned_approvals,
-    process_alive,
-    settle_orphaned_runs,
-)
 from airlock.store.locations import shipped
 from airlock.store.records import OutcomeRecord
-from airlock.store.schema import (
-    DEFAULT_DB_URL,
-    DURABILITY_MODES,
-    FULL,
-    create_schema,
-    open_engine,
-)
-from airlock.store.seals import Sealer, seal_with
+from airlock.store.schema import DEFAULT_DB_URL, DURABILITY_MODES, FULL, normalise_url
 
 log = logging.getLogger("airlock.addons.gatekeeper")
 
@@ -264,48 +249,27 @@ class Runtime:
     # --- the store and the decider -----------------------------------------------------------
 
     def _open_store(self, url: str) -> None:
-        """The proxy opens the store once, at start, before it accepts traffic: a wrong URL
-        stops it with a clear error, the tables are created, and what stopped processes left is
-        settled. From then on only its decider opens the store."""
+        """The proxy names the store; its decider opens it (creating the tables, settling what
+        stopped processes left) before it decides anything. The proxy never opens it: a store
+        that cannot be opened refuses every request, saying why (`airlock run` checks it before
+        starting, for a clear error at once)."""
         self._close_store()
-        engine = None
         try:
-            engine = open_engine(url)
-            create_schema(engine)
-            if ctx.options.airlock_anchor_dir:  # what it settles is sealed, as the decider's is
-                key = load_or_create_key(Path(ctx.options.airlock_anchor_dir))
-                seal_with(engine, Sealer(key))
-            self._settle_what_stopped_processes_left(engine)
-        except Exception as e:
-            shown = make_url(url).render_as_string(hide_password=True)
-            raise exceptions.OptionsError(f"cannot open the store {shown}: {e}") from e
-        finally:
-            if engine is not None:
-                engine.dispose()
-        store = StoreAddress(
-            engine.url.render_as_string(hide_password=False), ctx.options.airlock_durability
-        )
-        self.decider = decider_for(ctx.options.airlock_decider)(
-            store,
-            self._setup,
-            self._settled,
-            self.metrics.on_commit,
-            self.metrics.approvals_pending.set,
-        )
-
-    def _settle_what_stopped_processes_left(self, engine: Engine) -> None:
-        """Approvals whose every holder was a process of this host that stopped can never be
-        released: a reviewer must not be able to approve them. Runs such processes left without
-        an outcome say what is known of them (store/approvals.py settle_orphaned_runs)."""
-        host = socket.gethostname()
-        expired = expire_orphaned_approvals(engine, host, process_alive, self.instance)
-        if expired:
-            log.warning("expired %d approvals left by stopped proxy processes", len(expired))
-        left = settle_orphaned_runs(engine, host, process_alive, self.instance)
-        if any(left.values()):
-            log.warning("runs left without an outcome by stopped proxy processes: %d released "
-                        "(outcome unknown: may have been sent), %d held (not sent)",
-                        left[UNKNOWN], left[NOT_SENT])  # fmt: skip
+            store = StoreAddress(normalise_url(url), ctx.options.airlock_durability)
+        except ArgumentError:  # its text would show the URL, password and all
+            raise exceptions.OptionsError(
+                "airlock_db is not a database URL (sqlite:///PATH or postgresql://USER@HOST/DB)"
+            ) from None
+        try:
+            self.decider = decider_for(ctx.options.airlock_decider)(
+                store,
+                self._setup,
+                self._settled,
+                self.metrics.on_commit,
+                self.metrics.approvals_pending.set,
+            )
+        except ValueError as e:  # an in-memory SQLite, which a worker cannot share
+            raise exceptions.OptionsError(f"airlock_db cannot name a store: {e}") from e
 
     def _setup(self) -> Setup:
         """What a (re)started decider needs first: who this proxy is, what it decides with, and

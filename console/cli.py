@@ -589,7 +589,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         or _unusable_witness(args.witness_url)
         or _unwritable(args.data_dir, "--data-dir")
         or _unwritable(Path(args.confdir), "--confdir")
-        or _store_unreachable(args.db)
+        or _store_unprepared(args.db, args.data_dir)
     )
     if problem:
         print(f"airlock run: {problem}", file=sys.stderr)
@@ -665,8 +665,7 @@ def _unwritable(folder: Path, flag: str) -> str | None:
 
 
 def _store_unreachable(url: str) -> str | None:
-    from sqlalchemy.engine import make_url
-
+    """Why the store cannot be opened, or None (nothing is written)."""
     from airlock.store.schema import open_engine
 
     try:
@@ -675,10 +674,41 @@ def _store_unreachable(url: str) -> str | None:
             pass
         engine.dispose()
     except Exception as e:
-        shown = make_url(url).render_as_string(hide_password=True)
-        cause = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
-        return f"cannot open the store {shown}: {cause} (--db URL, or $AIRLOCK_DB)"
+        return _cannot_open(url, e)
     return None
+
+
+def _store_unprepared(url: str, data_dir: Path) -> str | None:
+    """Why the store cannot be used, or None. Before the proxy starts, its tables are made and
+    what stopped proxy processes of this host left is settled (sealed with the audit key), as
+    the decider does again when it starts (for `mitmdump -s` users): `airlock pending` and the
+    console work from the proxy's first second, and no reviewer can approve an approval whose
+    holders are gone."""
+    import socket
+
+    from airlock.store.anchor import load_or_create_key
+    from airlock.store.approvals import settle_what_stopped_processes_left
+    from airlock.store.schema import create_schema, open_engine
+    from airlock.store.seals import Sealer, seal_with
+
+    try:
+        engine = open_engine(url)
+        create_schema(engine)
+        seal_with(engine, Sealer(load_or_create_key(data_dir)))
+        # Not yet the proxy's own instance name: any earlier instance with this pid is gone.
+        settle_what_stopped_processes_left(engine, f"{socket.gethostname()}-{os.getpid()}.start")
+        engine.dispose()
+    except Exception as e:
+        return _cannot_open(url, e)
+    return None
+
+
+def _cannot_open(url: str, error: Exception) -> str:
+    from sqlalchemy.engine import make_url
+
+    shown = make_url(url).render_as_string(hide_password=True)
+    cause = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+    return f"cannot open the store {shown}: {cause} (--db URL, or $AIRLOCK_DB)"
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

@@ -68,8 +68,11 @@ from airlock.store.anchor import Anchoring
 from airlock.store.approvals import (
     ABANDONED,
     EXPIRED,
+    NOT_SENT,
+    UNKNOWN,
     find_approval_for_retry,
     pending_count,
+    settle_what_stopped_processes_left,
 )
 from airlock.store.history import (
     PastDecision,
@@ -87,7 +90,7 @@ from airlock.store.records import (
     ReleaseRequest,
     SettleRequest,
 )
-from airlock.store.schema import open_engine
+from airlock.store.schema import create_schema, open_engine
 from airlock.store.seals import Sealer, seal_with
 from airlock.store.settlements import SettlementWatch
 from airlock.store.writer import GroupWriter, Pending
@@ -131,6 +134,7 @@ class DeciderCore:
         self.watch = SettlementWatch(self.engine)
         self.anchor: Anchoring | None = None  # signed checkpoints outside the database
         self.witness: Witness | None = None  # where they are also sent
+        self.prepared = False  # tables made, what stopped processes left settled
         self.queue: int | None = None  # approvals pending in the store, every instance's
         self.queue_pushed: int | None = None
         # Outcomes (nobody awaits them) the store could not take: tried again on their own every
@@ -184,9 +188,32 @@ class DeciderCore:
         except Exception as e:  # every request is refused until a configure succeeds
             self.missing = f"the decider cannot load its configuration: {e}"
             log.error("%s", self.missing)
-        self._load_history_or_say_why()
+        # Anchoring first: what preparing the store settles is sealed like any other write.
         self._start_anchoring(setup.anchor_dir, setup.retention_days, setup.witness_url)
+        self._prepare_store_or_say_why()
+        self._load_history_or_say_why()
         self.watch.watch(setup.watched)
+
+    # --- the store: only the decider opens it -------------------------------------------------
+
+    def _prepare_store_or_say_why(self) -> None:
+        try:
+            self._prepare_store()
+        except Exception as e:  # tried again before the next decision; until then, refused
+            log.error("cannot prepare the store: %s", e)
+
+    def _prepare_store(self) -> None:
+        """Its tables (a newer Airlock adds its columns), and what stopped proxy processes of
+        this host left settled, before anything is decided."""
+        create_schema(self.engine)
+        expired, left = settle_what_stopped_processes_left(self.engine, self.instance)
+        if expired:
+            log.warning("expired %d approvals left by stopped proxy processes", expired)
+        if any(left.values()):
+            log.warning("runs left without an outcome by stopped proxy processes: %d released "
+                        "(outcome unknown: may have been sent), %d held (not sent)",
+                        left[UNKNOWN], left[NOT_SENT])  # fmt: skip
+        self.prepared = True
 
     # --- writing -----------------------------------------------------------------------------
 
@@ -302,6 +329,8 @@ class DeciderCore:
             )
         if self.config is None:
             raise RuntimeError(self.missing)
+        if not self.prepared:
+            self._prepare_store()
         if self.next_sync is None:  # budgets without their past would let too much through
             self._load_history()
         evaluation = with_mode(evaluate(document, self.config, self.history), self.mode)
@@ -315,6 +344,8 @@ class DeciderCore:
     def _evaluate_call(self, document: Document, call: ToolCall) -> Evaluation:
         if self.config is None:
             raise RuntimeError(self.missing)
+        if not self.prepared:
+            self._prepare_store()
         if self.next_sync is None:
             self._load_history()
         action = tool_action(call, self.config.mappings, document)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -384,6 +385,16 @@ def _held_by_dead_process(instance: str, host: str, alive: Any, current: str | N
     if current is not None and instance != current and pid == _pid_of(current):
         return True  # an earlier process that had this process's pid
     return not alive(int(pid))
+
+
+def settle_what_stopped_processes_left(engine: Engine, current: str) -> tuple[int, dict[str, int]]:
+    """Approvals whose every holder was a process of this host that stopped (never to be
+    released: no reviewer may approve them) expire; runs such processes left without an outcome
+    say what is known of them. `current`: the instance starting (its own are not orphans).
+    Returns (approvals expired, runs settled by outcome)."""
+    host = socket.gethostname()
+    expired = expire_orphaned_approvals(engine, host, process_alive, current)
+    return len(expired), settle_orphaned_runs(engine, host, process_alive, current)
 
 
 def process_alive(pid: int) -> bool:

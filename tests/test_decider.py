@@ -165,21 +165,27 @@ def test_values_json_cannot_carry_cross_as_they_are() -> None:
 
 
 def test_budgets_never_decide_without_their_past(tmp_path: Path) -> None:
-    """The recent past could not be read (here: no tables yet): decisions fail closed, and the
-    decider tries again before each one instead of deciding on an empty history."""
+    """The store could not be prepared nor the recent past read (here: a view stands where the
+    runs table should be): decisions fail closed, and the decider tries again before each one
+    instead of deciding on an empty history."""
     url = f"sqlite:///{tmp_path / 'a.db'}"
+    broken = open_engine(url)
+    with broken.begin() as conn:
+        conn.exec_driver_sql("CREATE VIEW runs AS SELECT 1 AS id")
     core = DeciderCore(StoreAddress(url, "full"))
     try:
         core.handle([Envelope(0, setup())])
-        assert core.next_sync is None
+        assert core.next_sync is None and not core.prepared
         blocked = replies(core.handle([Envelope(1, charge(500))]))[1]
-        create_schema(core.engine)
+        with broken.begin() as conn:
+            conn.exec_driver_sql("DROP VIEW runs")
         allowed = replies(core.handle([Envelope(2, charge(500, "run-2"))]))[2]
     finally:
         core.finish()
-    # The first could not be written either (no tables): refused as the store's failure.
+        broken.dispose()
+    # The first could not be written either (no runs table): refused as the store's failure.
     assert isinstance(blocked, Failure) and blocked.by == "store"
-    assert allowed.run.decision == "ALLOW"
+    assert allowed.run.decision == "ALLOW" and core.prepared
 
 
 def test_a_record_keeps_large_values_as_their_start_length_and_hash(core: DeciderCore) -> None:
