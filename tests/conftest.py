@@ -143,5 +143,7 @@ def start_proxy(
         return proxy.start()
 
     yield start
+    for proxy in started:  # all at once: each graceful shutdown takes its time
+        proxy.interrupt()
     for proxy in started:
         proxy.stop()

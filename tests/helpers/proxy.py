@@ -70,6 +70,7 @@ class Proxy:
     port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    interrupted: bool = False
 
     @property
     def url(self) -> str:
@@ -99,6 +100,7 @@ class Proxy:
 
     def start(self) -> Proxy:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.interrupted = False
         env = clean_env() | {"PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
         with self.log_file.open("wb") as log:
             self.process = subprocess.Popen(
@@ -107,10 +109,16 @@ class Proxy:
         wait_for_port(self.port, self.process, self.log_file)
         return self
 
+    def interrupt(self) -> None:
+        """Ask it to stop (SIGINT: a graceful shutdown), without waiting."""
+        if self.process is not None and self.process.poll() is None and not self.interrupted:
+            self.process.send_signal(signal.SIGINT)
+            self.interrupted = True
+
     def stop(self) -> int | None:
         if self.process is None or self.process.poll() is not None:
             return self.process.returncode if self.process else None
-        self.process.send_signal(signal.SIGINT)
+        self.interrupt()  # once: a second SIGINT would cut the graceful shutdown short
         try:
             return self.process.wait(15)
         except subprocess.TimeoutExpired:
