@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -225,17 +225,33 @@ def verify_audit(engine: Engine, keys: list[Ed25519PublicKey] | None = None) -> 
     return VerifyReport(**counts, problem=None)
 
 
+@dataclass(frozen=True, slots=True)
+class _Vouch:
+    """What one event vouches for about a run, kept small (`make bench-audit`: a million runs
+    verified in 0.36 GB, against 5.6 GB keeping each event whole): a fingerprint of the fields,
+    and the event's position, to read it again when the row differs and name the field."""
+
+    seq: int
+    fingerprint: bytes
+    request: bytes = b""  # a decision's request digest
+    format: int | None = None  # a decision event's chain format
+
+
 @dataclass
 class _Vouched:
     """What the chain says each record should contain (the latest event for each)."""
 
-    decisions: dict[str, dict[str, Any]]
-    outcomes: dict[str, dict[str, Any]]
+    decisions: dict[str, _Vouch]
+    outcomes: dict[str, _Vouch]
     approvals: dict[str, dict[str, Any]]
     approval_origins: dict[str, dict[str, Any]]
     votes: dict[tuple[str, str], dict[str, Any]]
     edits: dict[str, dict[str, Any]] = field(default_factory=dict)  # the latest, by approval
-    formats: dict[str, int | None] = field(default_factory=dict)  # each decision event's format
+
+
+def _fingerprint(value_of: Callable[[str], Any], fields: tuple[str, ...]) -> bytes:
+    text = to_json([value_of(name) for name in fields], sort_keys=True)
+    return hashlib.blake2b(text.encode(), digest_size=16).digest()
 
 
 def _events(conn: Connection) -> Iterator[AuditEvent]:
@@ -293,10 +309,15 @@ def _remember(vouched: _Vouched, event: AuditEvent) -> None:
         if (event.run_id or "") in vouched.decisions:
             raise _Broken(f"event #{event.seq} records a second decision for run {event.run_id}: "
                           "a request is decided once")  # fmt: skip
-        vouched.decisions[event.run_id or ""] = payload
-        vouched.formats[event.run_id or ""] = event.format
+        digest = payload.get(REQUEST_DIGEST)
+        vouched.decisions[event.run_id or ""] = _Vouch(
+            event.seq, _fingerprint(payload.get, DECISION_FIELDS),
+            bytes.fromhex(digest) if isinstance(digest, str) else b"", event.format,
+        )  # fmt: skip
     elif event.kind == "outcome":
-        vouched.outcomes[event.run_id or ""] = payload
+        vouched.outcomes[event.run_id or ""] = _Vouch(
+            event.seq, _fingerprint(payload.get, OUTCOME_FIELDS)
+        )
     elif event.kind == "approval":
         _approval_moves(vouched.approvals.get(payload["approval_id"]), payload, event.seq)
         vouched.approvals[payload["approval_id"]] = payload
@@ -332,21 +353,24 @@ def _approval_moves(before: dict[str, Any] | None, after: dict[str, Any], seq: i
 
 
 def _verify_records(conn: Connection, vouched: _Vouched, counts: dict[str, int]) -> None:
-    seen: set[str] = set()
     for run in conn.execute(select(Run).order_by(Run.at)).yield_per(2000):
         recorded = vouched.decisions.get(run.id)
         if recorded is None:
             raise _Broken(f"run {run.id} has no decision event: it was added outside Airlock")
-        _same(f"run {run.id}", run, recorded, DECISION_FIELDS)
-        if request_digest(run.request, vouched.formats.get(run.id)) != recorded.get(REQUEST_DIGEST):
+        _same_as_vouched(conn, run, recorded, DECISION_FIELDS)
+        said = recorded.request.hex() if recorded.request else None
+        if request_digest(run.request, recorded.format) != said:
             raise _Broken(f"run {run.id} was edited: its stored request is not the one recorded")
-        if run.outcome is not None or run.id in vouched.outcomes:
-            _same(f"run {run.id}", run, vouched.outcomes.get(run.id, {}), OUTCOME_FIELDS)
-        seen.add(run.id)
+        outcome = vouched.outcomes.get(run.id)
+        if outcome is not None:
+            _same_as_vouched(conn, run, outcome, OUTCOME_FIELDS)
+        elif run.outcome is not None:
+            _same(f"run {run.id}", run, {}, OUTCOME_FIELDS)
         counts["runs"] += 1
-    missing = vouched.decisions.keys() - seen
-    if missing:
-        raise _Broken(f"run {sorted(missing)[0]} is recorded in the chain but its row was deleted")
+    if counts["runs"] != len(vouched.decisions):  # a row deleted: say which
+        kept = set(conn.execute(select(Run.id)).scalars())
+        missing = sorted(vouched.decisions.keys() - kept)
+        raise _Broken(f"run {missing[0]} is recorded in the chain but its row was deleted")
     seen_approvals: set[str] = set()
     for approval in conn.execute(select(Approval)).yield_per(2000):
         recorded = vouched.approvals.get(approval.id)
@@ -382,6 +406,15 @@ def _verify_votes(conn: Connection, vouched: _Vouched) -> None:
     if missing:
         approval_id, reviewer = sorted(missing)[0]
         raise _Broken(f"the vote by {reviewer} on approval {approval_id} was deleted")
+
+
+def _same_as_vouched(conn: Connection, run: Any, vouch: _Vouch, fields: tuple[str, ...]) -> None:
+    """The row against its event: by fingerprint; when they differ, field by field against the
+    event read again (which names the field, and lets 3.0 equal 3 as JCS does)."""
+    if _fingerprint(lambda name: getattr(run, name), fields) == vouch.fingerprint:
+        return
+    payload = conn.execute(select(AuditEvent.payload).where(AuditEvent.seq == vouch.seq)).scalar()
+    _same(f"run {run.id}", run, json.loads(payload or "{}"), fields)
 
 
 def _same(what: str, row: Any, recorded: dict[str, Any], fields: tuple[str, ...]) -> None:

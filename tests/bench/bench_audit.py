@@ -7,6 +7,7 @@ own group writer, sealed, then verified, exported and the export verified offlin
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import sys
 import tempfile
@@ -80,14 +81,16 @@ def main(argv: list[str] | None = None) -> int:
     wrote = time.perf_counter() - started
     print(f"Wrote {args.events:,} decisions in groups of {GROUP}: {args.events / wrote:,.0f}/s")
 
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.perf_counter()
     report = verify_audit(engine, [key.public_key()])
     took = time.perf_counter() - started
+    grew = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
     if not report.ok:
         print(f"verify failed: {report.problem}", file=sys.stderr)
         return 1
     print(f"audit verify (chain, seals, records): {report.events:,} events in {took:.1f} s, "
-          f"{report.events / took:,.0f} events/s")  # fmt: skip
+          f"{report.events / took:,.0f} events/s, peak memory +{grew:,.0f} MB")  # fmt: skip
 
     out = work / "trail.jsonl"
     started = time.perf_counter()
