@@ -10,6 +10,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
 from airlock.console.standins import Upstream
+from airlock.store.locations import DATA_DIR_VARIABLE
 from airlock.store.schema import Base, create_schema, open_engine
 from tests.helpers.proxy import Proxy, prepared_confdir
 
@@ -17,6 +18,24 @@ PG_ADMIN_URL = os.environ.get(
     "AIRLOCK_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 REQUIRE_POSTGRES = os.environ.get("AIRLOCK_REQUIRE_POSTGRES") == "1"
+
+
+# --- the data directory ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session", autouse=True)
+def own_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Run from a checkout, Airlock's default data directory is the checkout itself: without
+    this, a developer's `make run` (its audit key, its checkpoints) would change what tests that
+    leave out --data-dir see. Subprocesses inherit it."""
+    folder = tmp_path_factory.mktemp("data-dir")
+    before = os.environ.get(DATA_DIR_VARIABLE)
+    os.environ[DATA_DIR_VARIABLE] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop(DATA_DIR_VARIABLE, None)
+    else:
+        os.environ[DATA_DIR_VARIABLE] = before
 
 
 # --- databases -------------------------------------------------------------------------------

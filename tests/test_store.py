@@ -885,6 +885,29 @@ def test_canonical_json_has_one_form_for_every_value() -> None:
     assert jcs({"é": "ü"}) == '{"é":"ü"}'
 
 
+_JSON_LIKE = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(_JSON_LIKE)
+@example({"é": 1, "z": 2, "\ue000": 3, "😀": 4})  # RFC 8785 sorts keys by UTF-16 units
+@example([5.0, -0.0, 1e15 + 0.5, 1e-7, 2.0**60, 2**60, "\x7f\u2028\udcff"])
+@example([1e-6, 9.99999e-6, 1e-5, 1.5e-5, 999999999999999.9])  # where orjson turns to 1e-6
+def test_the_fast_canonical_form_is_rfc8785s(value: Any) -> None:
+    """jcs writes most values with orjson: the same text rfc8785 writes, on any value."""
+    import rfc8785
+
+    from airlock.store.audit import _representable, jcs
+
+    assert jcs(value) == rfc8785.dumps(_representable(value)).decode()
+
+
 @settings(max_examples=400, deadline=None)
 @given(st.text(), st.text(max_size=5), st.floats(allow_nan=False, allow_infinity=False))
 @example("undecodable \udcff byte", "vote", 1.5)

@@ -76,7 +76,15 @@ async def _one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> fl
 async def _load(
     proxy_port: int, ca: Path, concurrency: int, total: int
 ) -> tuple[float, list[float]]:
-    connections = [await _tunnel(proxy_port, ca) for _ in range(concurrency)]
+    return await _load_spread([(proxy_port, ca)], concurrency, total)
+
+
+async def _load_spread(
+    proxies: list[tuple[int, Path]], concurrency: int, total: int
+) -> tuple[float, list[float]]:
+    """`concurrency` connections dealt round-robin over `proxies` (port, CA), as agents behind a
+    load balancer would be."""
+    connections = [await _tunnel(*proxies[i % len(proxies)]) for i in range(concurrency)]
     for reader, writer in connections:  # warm-up: TLS to the upstream, caches
         for _ in range(20):
             await _one(reader, writer)
@@ -159,7 +167,13 @@ class Result:
 
 
 def measure(name: str, port: int, ca: Path, concurrency: int, total: int) -> Result:
-    elapsed, latencies = asyncio.run(_load(port, ca, concurrency, total))
+    return measure_spread(name, [(port, ca)], concurrency, total)
+
+
+def measure_spread(
+    name: str, proxies: list[tuple[int, Path]], concurrency: int, total: int
+) -> Result:
+    elapsed, latencies = asyncio.run(_load_spread(proxies, concurrency, total))
     latencies.sort()
     return Result(
         name,
@@ -267,19 +281,23 @@ def start_airlock(
     mappings: Path,
     metrics_port: int,
     extra: list[str] | None = None,
+    db: str | None = None,
 ) -> Started:
-    """Airlock running `checkout`'s own code (another revision's, for bench_ab)."""
+    """Airlock running `checkout`'s own code (another revision's, for bench_ab); its own
+    SQLite file unless `db` names a store."""
     port, confdir = free_port(), prepared_confdir(work)
     log = work / f"{name}.log"
     with log.open("wb") as out:
         airlock = subprocess.Popen(
             [sys.executable, "-m", "airlock.console.cli", "run", "--quiet", "--port", str(port),
-             "--confdir", str(confdir), "--db", f"sqlite:///{work / name}.db",
+             "--confdir", str(confdir), "--db", db or f"sqlite:///{work / name}.db",
              "--mappings", str(mappings), "--route", f"{HOST}=127.0.0.1:{upstream_port}",
              "--upstream-ca", str(upstream_ca), "--metrics-port", str(metrics_port),
              *(extra or [])],
             cwd=checkout, stdout=out, stderr=subprocess.STDOUT,
-            env=clean_env() | {"PYTHONUNBUFFERED": "1", "PYTHONPATH": str(checkout)},
+            # Its own data directory (audit key, checkpoints), not the checkout's.
+            env=clean_env() | {"PYTHONUNBUFFERED": "1", "PYTHONPATH": str(checkout),
+                               "AIRLOCK_DATA_DIR": str(work / f"{name}-data")},
         )  # fmt: skip
     wait_for_port(port, airlock, log)
     return airlock, port, confdir
@@ -420,6 +438,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds; best kept")
     parser.add_argument("--rules", type=int, default=500, help="extra policy rules, in-process")
     parser.add_argument("--held", type=int, default=1000, help="requests held at once")
+    parser.add_argument(
+        "--no-postgres", action="store_true", help="skip PostgreSQL as the store (1-3 instances)"
+    )
     args = parser.parse_args()
     console = Console(width=120)
     work = Path(tempfile.mkdtemp(prefix="airlock-bench-"))
@@ -473,6 +494,16 @@ def main() -> int:
             f"Redaction (names, known token shapes, detect-secrets' detectors, cards): "
             f"{redaction_timing():.1f} µs median per typical stripe-python charge (goal ≤ 30 µs)"
         )
+        if not args.no_postgres:
+            from tests.bench.instances import postgres_report
+
+            console.print(postgres_report(
+                work, (upstream_port, upstream_ca), work / "mappings",
+                (airlock_port, airlock_conf), args.requests, args.rounds,
+            ))  # fmt: skip
+        from tests.bench.spine import spine_report
+
+        console.print(spine_report())
         startup_s, resident_mb, operations, identify_us, identify_p99, writes = catalog_timings()
         console.print(
             f"Catalog: {operations} operations; start-up with it {startup_s:.2f} s, "
