@@ -1,10 +1,12 @@
 """Which agent sent a request: its proxy credentials (Basic `AGENT:KEY`, as HTTPS_PROXY carries
 them) checked against the agents file; without one, the name is taken as given.
 
-Inside a tunnel the CONNECT named the agent for the whole connection; plain-HTTP proxying
-carries the credentials on each request. When mitmproxy's own `proxyauth` option checked them,
-its answer is taken. Wrong or missing credentials are answered 407 (so clients can retry with
-credentials) and the attempt is recorded.
+Built as mitmproxy's proxyauth is: the agents file is a proxyauth `Validator` (AgentKeys), a
+CONNECT names the agent for the whole connection (remembered per client connection), and
+plain-HTTP proxying carries the credentials on each request. When mitmproxy's own `proxyauth`
+option is set (htpasswd, LDAP), its answer is taken. What differs: the header is read by
+basic_auth below, and wrong or missing credentials are answered with a 407 whose JSON says why
+(clients can retry with credentials), and the attempt is recorded.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ import logging
 import weakref
 
 from mitmproxy import connection, http
+from mitmproxy.addons.proxyauth import Validator
 
 from airlock.addons.runtime import STORE_TIMEOUT, Runtime
+from airlock.pipeline.agents import AgentRegistry
 from airlock.pipeline.document import minimal_document
 from airlock.pipeline.evaluation import Evaluation
 from airlock.pipeline.mappings import Action
@@ -35,12 +39,23 @@ WRONG_CREDENTIALS = (
 )
 
 
+class AgentKeys(Validator):
+    """The agents file as a mitmproxy proxyauth validator: an enabled agent and its key."""
+
+    def __init__(self, registry: AgentRegistry) -> None:
+        self.registry = registry
+
+    def __call__(self, username: str, password: str) -> bool:
+        return self.registry.authenticate(username, password) is not None
+
+
 class Identity:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self._connect_agents: weakref.WeakKeyDictionary[connection.Client, str] = (
             weakref.WeakKeyDictionary()
         )
+        self._keys: AgentKeys | None = None  # rebuilt when a reload brings another registry
 
     async def http_connect(self, flow: http.HTTPFlow) -> None:
         agent = self.identify(flow.request.headers.get("proxy-authorization", ""))
@@ -57,8 +72,9 @@ class Identity:
         registry = self.runtime.config.agents
         if not registry.required:
             return name or ANONYMOUS
-        agent = registry.authenticate(name, key) if name else None
-        return agent.id if agent else None
+        if self._keys is None or self._keys.registry is not registry:
+            self._keys = AgentKeys(registry)
+        return name if name and self._keys(name, key) else None
 
     def agent_of(self, flow: http.HTTPFlow, credentials: str) -> str | None:
         """credentials: the request's own Proxy-Authorization (plain-HTTP proxying); inside a

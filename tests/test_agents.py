@@ -65,6 +65,30 @@ def test_registry_authenticates_and_knows_roles(tmp_path: Path) -> None:
     assert registry.authenticate("nobody", KEY) is None
 
 
+def test_the_agents_file_is_a_validator_mitmproxys_own_proxyauth_can_use(tmp_path: Path) -> None:
+    """AgentKeys is a mitmproxy proxyauth Validator: given to mitmproxy's ProxyAuth, a CONNECT
+    with an agent's key passes (and names the agent for the connection); a retired agent's or
+    a wrong key is answered 407."""
+    from mitmproxy.addons.proxyauth import ProxyAuth, mkauth
+
+    from airlock.addons.identity import AgentKeys
+
+    auth = ProxyAuth()
+    auth.validator = AgentKeys(load_agents(agents_dir(tmp_path)))
+    answers = {}
+    for name, key in (("billing-bot", KEY), ("retired-bot", KEY), ("billing-bot", "wrong")):
+        flow = tflow.tflow()
+        flow.request.headers["Proxy-Authorization"] = mkauth(name, key)
+        auth.http_connect(flow)
+        answers[name, key] = (flow.response.status_code if flow.response else None,
+                              flow.metadata.get("proxyauth", (None,))[0])  # fmt: skip
+    assert answers == {
+        ("billing-bot", KEY): (None, "billing-bot"),
+        ("retired-bot", KEY): (407, None),
+        ("billing-bot", "wrong"): (407, None),
+    }
+
+
 def test_egress_profiles_and_role_rules(tmp_path: Path) -> None:
     config = Config.load(
         PROJECT_ROOT / "mappings",
