@@ -9,6 +9,7 @@ proxy stopped, or died) means: write what was received, then exit.
 from __future__ import annotations
 
 import logging
+import select
 import signal
 import socket
 import sys
@@ -22,10 +23,16 @@ READ_SIZE = 1 << 20
 
 
 class SocketLink:
+    """The socket stays blocking: only the wait for input has a limit (poll). A timeout on the
+    socket itself would also bound sendall, and a proxy too busy to read for that long (a
+    thousand requests arriving to be held) would fail the send and end the decider."""
+
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.reader = Reader()
         self.received: list[object] = []
+        self._input = select.poll()
+        self._input.register(sock, select.POLLIN)
 
     def first(self) -> StoreAddress | None:
         while not self.received:
@@ -42,11 +49,9 @@ class SocketLink:
         if self.received:  # sent behind the store's address
             batch, self.received = self.received, []
             return batch  # type: ignore[return-value]
-        self.sock.settimeout(timeout)
-        try:
-            chunk = self.sock.recv(READ_SIZE)
-        except TimeoutError:
+        if not self._input.poll(None if timeout is None else timeout * 1000):
             return []
+        chunk = self.sock.recv(READ_SIZE)
         if not chunk:
             return None
         return self.reader.feed(chunk)

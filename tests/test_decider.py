@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import socket
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,7 @@ from airlock.decider.messages import (
     Watch,
 )
 from airlock.decider.wire import Reader, pack
+from airlock.decider.worker import SocketLink
 from airlock.pipeline.document import build_document
 from airlock.pipeline.evaluation import Config
 from airlock.pipeline.run_record import RunSummary
@@ -234,3 +238,32 @@ def test_both_deciders_answer_the_same(store: StoreAddress, kind: type) -> None:
     with engine.connect() as conn:
         assert len(conn.execute(select(Run.id)).all()) == 4
     engine.dispose()
+
+
+def test_the_worker_waits_for_a_busy_proxy_to_read_its_answers() -> None:
+    """The worker's wait for input has a limit (it has periodic work: watching held approvals
+    every 20 ms); its answers do not. A proxy busy for longer than that wait (a thousand
+    requests arriving to be held) once made the worker's send time out and end the decider,
+    failing every call in flight."""
+    ours, proxy = socket.socketpair()
+    link = SocketLink(ours)
+    assert link.receive(0.02) == []  # a wait with a limit, nothing sent
+    answers = [Committed(float(i), i) for i in range(100_000)]  # far beyond a socket's buffer
+    received: list[object] = []
+
+    def busy_then_read() -> None:
+        time.sleep(0.3)  # the proxy's loop busy elsewhere, longer than the worker's wait
+        reader, data = Reader(), b""
+        while len(received) < len(answers):
+            data = proxy.recv(1 << 20)
+            received.extend(reader.feed(data))
+
+    reading = threading.Thread(target=busy_then_read, daemon=True)
+    reading.start()
+    try:
+        link.send(answers)
+        reading.join(30)
+    finally:
+        ours.close()
+        proxy.close()
+    assert received == answers
