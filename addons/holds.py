@@ -16,7 +16,7 @@ from typing import Any
 from mitmproxy import connection, ctx, http
 
 from airlock.addons.refusals import Refusals, mcp_body
-from airlock.addons.runtime import STORE_TIMEOUT, Runtime, raw_request
+from airlock.addons.runtime import STORE_TIMEOUT, Runtime, header_dict, raw_request
 from airlock.addons.simulations import Simulations
 from airlock.decider.messages import ApprovalState, Decide, Settled
 from airlock.pipeline.edits import edited_body, query_edits
@@ -163,7 +163,7 @@ class Holds:
         body = mcp_body(flow, run)
         if body is None:
             return None
-        token = resumable_call(dict(flow.request.headers), body)
+        token = resumable_call(header_dict(flow.request.headers), body)
         if token is None:
             return None
         return Stream(run.agent, flow.request.copy(), token, window_end, expires_at)

@@ -9,7 +9,7 @@ from typing import Any
 
 from mitmproxy import http
 
-from airlock.addons.runtime import Runtime
+from airlock.addons.runtime import Runtime, header_dict
 from airlock.pipeline.mcp import tool_outcome
 from airlock.pipeline.outcome import outcome_ids
 
@@ -63,7 +63,7 @@ class Outcomes:
             raw = response.get_content(strict=False) or b""
         except ValueError:
             return None
-        return outcome_ids(mapping, response.status_code, dict(response.headers), raw)
+        return outcome_ids(mapping, response.status_code, header_dict(response.headers), raw)
 
     def error(self, flow: http.HTTPFlow) -> None:
         """No answer. Once connected, the request was on its way: the upstream may have acted

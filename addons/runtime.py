@@ -439,6 +439,21 @@ def compile_config(mappings: Path, policies: Path) -> tuple[Config, Sources]:
     return config, sources
 
 
+def header_dict(headers: http.Headers) -> dict[str, str]:
+    """`dict(headers)` in one pass: each name as first sent, a repeated one's values joined with
+    ", ", as mitmproxy's Headers reads them. Its own mapping view looks every name up again
+    across all fields: 56 µs for a dozen response headers, on the event loop, per request."""
+    folded: dict[bytes, tuple[str, list[str]]] = {}
+    for name, value in headers.fields:
+        text = value.decode("utf-8", "surrogateescape")
+        entry = folded.get(name.lower())
+        if entry is None:
+            folded[name.lower()] = (name.decode("utf-8", "surrogateescape"), [text])
+        else:
+            entry[1].append(text)
+    return {name: ", ".join(values) for name, values in folded.values()}
+
+
 def raw_request(request: http.Request) -> RawRequest:
     """What the decider needs of a request: its bytes as mitmproxy holds them."""
     data = request.data

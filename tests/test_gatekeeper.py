@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mitmproxy import ctx, exceptions
 from mitmproxy.test import taddons, tflow, tutils
 from sqlalchemy import select, text
@@ -568,3 +570,21 @@ def test_a_restarted_decider_ignores_edits_on_disk_the_proxy_never_loaded(tmp_pa
 
     with_gate(tmp_path, scenario, airlock_policies=str(policies), airlock_decider="worker")
     assert json.loads(flow.response.content)["rules"] == ["no-charges"]
+
+
+_NAMES = st.sampled_from([b"Content-Type", b"content-type", b"X-A", b"x-a", b"Set-Cookie"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_NAMES | st.binary(min_size=1, max_size=6), st.binary(max_size=8))))
+def test_headers_read_in_one_pass_as_mitmproxy_reads_them(
+    fields: list[tuple[bytes, bytes]],
+) -> None:
+    """The one-pass dict of a message's headers (what outcomes and MCP calls read) is the
+    dict mitmproxy's Headers gives: names as first sent, repeated values joined, any bytes."""
+    from mitmproxy.http import Headers
+
+    from airlock.addons.runtime import header_dict
+
+    headers = Headers(fields)
+    assert header_dict(headers) == dict(headers)
