@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
@@ -17,7 +18,15 @@ from airlock.store.audit import Event, append_events
 from airlock.store.names import name_key
 from airlock.store.prepared import PENDING, tx_of
 from airlock.store.records import OutcomeRecord, Settlement, record_outcomes, settle_approval
-from airlock.store.schema import Approval, ApprovalHolder, ApprovalVote, Run, write_transaction
+from airlock.store.schema import (
+    Approval,
+    ApprovalHolder,
+    ApprovalVote,
+    AuditEvent,
+    AuditHead,
+    Run,
+    write_transaction,
+)
 
 APPROVED, DENIED, EXPIRED, ABANDONED = "APPROVED", "DENIED", "EXPIRED", "ABANDONED"
 # Approving a request whose risk score is at least this needs a reason. Enforced here, the one
@@ -124,16 +133,26 @@ def approval_states(engine: Engine, ids: Iterable[str]) -> dict[str, Settlement]
     return {row.id: Settlement(row.id, row.state, False, row.reviewer, row.reason) for row in rows}
 
 
-def settled_since(engine: Engine, since: float) -> list[Settlement]:
-    """Approvals settled at or after `since` (the settler's clock): a decider watching many held
-    approvals reads these few instead of every watched row."""
+def settled_after(engine: Engine, seq: int | None) -> tuple[int, set[str]]:
+    """The audit chain's last position, and the approvals its events after `seq` settled: a
+    decider watching many held approvals reads only what was appended since it last looked
+    (every settlement appends an approval event; positions commit in order, the chain's head
+    being locked until each commit). With `seq` None, only the position."""
     with engine.connect() as conn:
-        rows = conn.execute(
-            select(Approval.id, Approval.state, Approval.reviewer, Approval.reason).where(
-                Approval.resolved_at >= since
+        head = conn.execute(select(AuditHead.seq)).scalar_one()
+        if seq is None or head <= seq:
+            return head, set()
+        payloads = conn.execute(
+            select(AuditEvent.payload).where(
+                AuditEvent.seq > seq, AuditEvent.seq <= head, AuditEvent.kind == "approval"
             )
-        ).all()
-    return [Settlement(row.id, row.state, False, row.reviewer, row.reason) for row in rows]
+        ).scalars()
+        settled = set()
+        for text in payloads:
+            payload = json.loads(text)
+            if payload.get("state") != PENDING:
+                settled.add(payload["approval_id"])
+    return head, settled
 
 
 def resolve_approval(

@@ -4,8 +4,9 @@ The decider watches the approvals its proxy holds flows for and pushes each sett
 proxy as it lands. It reads approval rows only when the database says something changed:
 PostgreSQL notifies on SETTLED_CHANNEL in the settling transaction (delivered at its commit,
 store/records.py settle_approval); SQLite's `PRAGMA data_version` changes whenever another
-connection commits, a check that costs microseconds and no table read. A full read of what is
-watched also runs every SAFETY_SECONDS, for a notification lost with a broken connection.
+connection commits, a check that costs microseconds and no table read, and then only the audit
+chain's approval events appended since the last look are read. A full read of what is watched
+also runs every SAFETY_SECONDS, for a notification lost with a broken connection.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from airlock.store.approvals import approval_states, settled_since
+from airlock.store.approvals import approval_states, settled_after
 from airlock.store.prepared import PENDING, SETTLED_CHANNEL
 from airlock.store.records import Settlement
 
@@ -25,9 +26,6 @@ log = logging.getLogger(__name__)
 
 CHECK_SECONDS = 0.02  # how often the change marker is looked at while anything is watched
 SAFETY_SECONDS = 1.0
-# When the marker moved, what was settled this long before the last look is read again: the
-# settler's clock may run behind ours (another host), and a commit lands after its timestamp.
-CLOCK_MARGIN = 60.0
 
 
 class SettlementWatch:
@@ -39,7 +37,7 @@ class SettlementWatch:
         self._marker: Any = None  # SQLite's data_version last seen
         self._read_all_at = 0.0  # monotonic: when everything watched is read again
         self._named: set[str] = set()  # notified since the last read
-        self._looked_at = time.time()  # when settlements were last read (SQLite)
+        self._seq: int | None = None  # the audit chain's position at the last look (SQLite)
 
     def watch(self, ids: list[str]) -> None:
         """Newly watched approvals are read at the next check: one may be settled already."""
@@ -72,18 +70,22 @@ class SettlementWatch:
 
     def _read(self, changed: bool) -> list[Settlement]:
         """Every watched approval once a second (and when newly watched); otherwise, when the
-        database says something changed, only what was named (PostgreSQL) or settled lately."""
+        database says something changed, only what was named (PostgreSQL) or settled by events
+        appended since the last look (SQLite)."""
         if time.monotonic() >= self._read_all_at:
             self._read_all_at = time.monotonic() + SAFETY_SECONDS
             self._named.clear()
+            if not self.postgres:  # what settles after this read is in later events
+                self._seq, _ = settled_after(self.engine, None)
             return list(approval_states(self.engine, self.watched).values())
         if self.postgres:
             named, self._named = self._named & self.watched, set()
-            return list(approval_states(self.engine, named).values()) if named else []
-        if not changed:
+        elif changed:
+            self._seq, named = settled_after(self.engine, self._seq)
+            named &= self.watched
+        else:
             return []
-        since, self._looked_at = self._looked_at - CLOCK_MARGIN, time.time()
-        return settled_since(self.engine, since)
+        return list(approval_states(self.engine, named).values()) if named else []
 
     def _changed(self) -> bool:
         try:

@@ -752,16 +752,24 @@ def test_a_call_whose_open_approval_expired_opens_a_new_one(engine: Engine) -> N
     assert verify_audit(engine).ok
 
 
-def test_a_settlement_is_seen_by_a_watch_without_reading_unchanged_tables(engine: Engine) -> None:
-    """What the decider pushes to its proxy: the settlement once, then nothing."""
+def test_a_settlement_is_seen_by_a_watch_without_reading_unchanged_tables(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the decider pushes to its proxy: the settlement once, then nothing. Found by what
+    changed (SQLite: the chain's events since the last look; PostgreSQL: its notification), not
+    by the once-a-second read of everything watched (turned off here); another approval settled
+    meanwhile, not watched, is not reported."""
+    from airlock.store import settlements
     from airlock.store.settlements import SettlementWatch
 
-    record = call_held("agent-a:key-3")
-    write(engine, record)
+    monkeypatch.setattr(settlements, "SAFETY_SECONDS", 3600.0)
+    record, other = call_held("agent-a:key-3"), call_held("agent-b:key-3")
+    write(engine, record, other)
     approval_id = record.hold.approval_id  # type: ignore[union-attr]
     watch = SettlementWatch(engine)
     watch.watch([approval_id])
     assert watch.settled() == []  # read once at watch: still pending
+    resolve_approval(engine, other.hold.approval_id, DENIED, "bob", "no")  # type: ignore[union-attr]
     resolve_approval(engine, approval_id, APPROVED, "alice", "fine")
     deadline, seen = time.monotonic() + 5, []
     while not seen and time.monotonic() < deadline:
