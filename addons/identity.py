@@ -58,6 +58,9 @@ class Identity:
         self._keys: AgentKeys | None = None  # rebuilt when a reload brings another registry
 
     async def http_connect(self, flow: http.HTTPFlow) -> None:
+        if "proxyauth" in flow.metadata:  # mitmproxy's proxyauth accepted it, taking the header
+            self._connect_agents[flow.client_conn] = str(flow.metadata["proxyauth"][0])
+            return
         agent = self.identify(flow.request.headers.get("proxy-authorization", ""))
         if agent is None:
             await self.refuse(flow)

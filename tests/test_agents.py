@@ -206,6 +206,31 @@ def test_an_authenticated_agent_is_identified_and_its_key_never_stored(tmp_path:
     assert KEY not in json.dumps(run.request)
 
 
+def test_mitmproxys_own_proxyauth_names_the_agent_when_it_is_set(tmp_path: Path) -> None:
+    """An operator who runs mitmproxy's proxyauth (htpasswd, LDAP; here one user) instead of
+    Airlock's keys: the name it accepted at CONNECT is the agent of the tunnel's requests, with
+    that agent's roles from the agents file."""
+    from mitmproxy.addons.proxyauth import ProxyAuth, SingleUser
+
+    auth = ProxyAuth()
+    auth.validator = SingleUser("billing-bot:an-ldap-password")
+    connect = tflow.tflow()
+    connect.request.headers["Proxy-Authorization"] = credentials("billing-bot", "an-ldap-password")
+    flow = stripe_flow(b"amount=5&currency=usd")
+    flow.client_conn = connect.client_conn
+
+    async def scenario(gate: Airlock, _: Any) -> None:
+        auth.http_connect(connect)  # mitmproxy's addons run before Airlock's
+        await gate.identity.http_connect(connect)
+        auth.requestheaders(flow)
+        await asyncio.wait_for(gate.gate.request(flow), 5)
+
+    with_gate(tmp_path, scenario, airlock_policies=str(agents_dir(tmp_path)))
+    assert connect.response is None and flow.response is None
+    [run] = stored_runs(tmp_path)
+    assert (run.agent, run.decision) == ("billing-bot", "ALLOW")
+
+
 def test_plain_http_requests_need_credentials_too(tmp_path: Path) -> None:
     flow = stripe_flow(b"amount=5&currency=usd")
 
