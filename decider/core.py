@@ -407,13 +407,14 @@ class DeciderCore:
         )
 
     def pushed(self) -> list[Answer]:
-        """Settlements of approvals the proxy holds flows for (store/settlements.py), and the
-        approvals queue's length when it changed."""
+        """Settlements of approvals the proxy holds flows for (store/settlements.py), the
+        approvals queue's length when it changed, and outcomes the store refused before, once
+        they are due to be written again: with no request coming, nothing else would."""
         answers: list[Answer] = [Settled(**found) for found in self.watch.settled()]
         if self.queue is not None and self.queue != self.queue_pushed:
             answers.append(Queue(self.queue))
             self.queue_pushed = self.queue
-        return answers
+        return answers + self._retry_unwritten()
 
     # --- the audit anchor --------------------------------------------------------------------
 

@@ -23,19 +23,15 @@ REQUIRE_POSTGRES = os.environ.get("AIRLOCK_REQUIRE_POSTGRES") == "1"
 # --- the data directory ----------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session", autouse=True)
-def own_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Run from a checkout, Airlock's default data directory is the checkout itself: without
-    this, a developer's `make run` (its audit key, its checkpoints) would change what tests that
-    leave out --data-dir see. Subprocesses inherit it."""
+@pytest.fixture(autouse=True)
+def own_data_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test gets its own default data directory. Run from a checkout, Airlock's default is
+    the checkout itself: a developer's `make run` there (its audit key, its checkpoints), or
+    another test's command, would change what a test that leaves out --data-dir sees.
+    Subprocesses inherit it."""
     folder = tmp_path_factory.mktemp("data-dir")
-    before = os.environ.get(DATA_DIR_VARIABLE)
-    os.environ[DATA_DIR_VARIABLE] = str(folder)
-    yield folder
-    if before is None:
-        os.environ.pop(DATA_DIR_VARIABLE, None)
-    else:
-        os.environ[DATA_DIR_VARIABLE] = before
+    monkeypatch.setenv(DATA_DIR_VARIABLE, str(folder))
+    return folder
 
 
 # --- databases -------------------------------------------------------------------------------

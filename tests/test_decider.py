@@ -267,3 +267,33 @@ def test_the_worker_waits_for_a_busy_proxy_to_read_its_answers() -> None:
         ours.close()
         proxy.close()
     assert received == answers
+
+
+def test_an_outcome_the_store_refused_is_written_again_without_another_request(
+    core: DeciderCore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once it is due, the decider writes a refused outcome again on its own (pushed() runs
+    whenever its wait ends): with no request coming after the store recovers, it once stayed
+    unwritten until the next one."""
+    from sqlalchemy import text
+
+    from airlock.decider import core as core_module
+    from airlock.store.records import OutcomeRecord
+
+    monkeypatch.setattr(core_module, "RETRY_SECONDS", 0.05)
+    core.handle([Envelope(0, setup()), Envelope(1, charge(500))])
+    refuse = "SELECT RAISE(ABORT, 'database or disk is full')"
+    with core.engine.begin() as conn:  # the store refuses outcomes, as a full disk would
+        conn.execute(text(f"CREATE TRIGGER refuse BEFORE UPDATE ON runs BEGIN {refuse}; END"))
+    outcome = OutcomeRecord("run-500", time.time(), "forwarded", 200, 12.0)
+    refused = replies(core.handle([Envelope(2, outcome)]))[2]
+    assert isinstance(refused, Failure) and "disk is full" in refused.message
+    with core.engine.begin() as conn:  # room again
+        conn.execute(text("DROP TRIGGER refuse"))
+    assert stored(core, "run-500").outcome is None
+    deadline, written = time.monotonic() + 5, {}
+    while not written and time.monotonic() < deadline:
+        time.sleep(core.wait() or 0.01)  # as serve() waits for input that never comes
+        written = replies(core.pushed())
+    assert written == {2: None}
+    assert (stored(core, "run-500").outcome, stored(core, "run-500").status) == ("forwarded", 200)

@@ -19,6 +19,7 @@ import requests
 from sqlalchemy import select
 
 from airlock.console.standins import Upstream
+from airlock.store.locations import DATA_DIR_VARIABLE
 from airlock.store.schema import Run, open_engine
 from tests.helpers.proxy import PROJECT_ROOT, clean_env, free_port, wait_for_port
 
@@ -95,9 +96,11 @@ def test_the_wheel_runs_the_proxy_and_writes_only_to_its_data_dir(
     ]  # fmt: skip
     site_packages = next((wheel_env.parent / "lib").glob("python3*/site-packages"))
     installed = _files(site_packages)
+    env = clean_env() | {"PYTHONUNBUFFERED": "1"}
+    env.pop(DATA_DIR_VARIABLE)  # the default data directory is what is under test
     with log.open("wb") as out:
         process = subprocess.Popen(argv, cwd=workdir, stdout=out, stderr=subprocess.STDOUT,
-                                   env=clean_env() | {"PYTHONUNBUFFERED": "1"})  # fmt: skip
+                                   env=env)  # fmt: skip
     try:
         wait_for_port(port, process, log)
         data_dir = workdir / "airlock-data"
