@@ -14,6 +14,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import tomllib
 from pathlib import Path
 
 from tests.bench.bench_proxy import (
@@ -48,12 +49,17 @@ def main() -> int:
         bare, bare_port, bare_conf = start_bare(work, upstream_port, upstream_ca)
         processes.append(bare)
         targets = {"bare": (bare_port, bare_conf)}
+        imports = {"base": base_imports(base, work / "base-imports"), "this": PROJECT_ROOT}
         for name, checkout in (("base", base), ("this", PROJECT_ROOT)):
             process, port, conf = start_airlock(
-                checkout, work, name, upstream_port, upstream_ca, work / "mappings", free_port()
-            )
+                checkout, work, name, upstream_port, upstream_ca, work / "mappings", free_port(),
+                pythonpath=imports[name],
+            )  # fmt: skip
             processes.append(process)
             targets[name] = (port, conf)
+            loaded = [line for line in (work / f"{name}.log").read_text().splitlines()
+                      if "Loading script" in line]  # fmt: skip
+            print(f"{name}: {loaded[0].split('] ', 1)[-1] if loaded else '(no script line)'}")
         results: dict[str, list[Result]] = {name: [] for name in targets}
         for round_number in range(1, args.rounds + 1):
             for name, (port, conf) in targets.items():
@@ -75,6 +81,23 @@ def main() -> int:
         stop_all(processes)
         subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=PROJECT_ROOT)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def base_imports(checkout: Path, folder: Path) -> Path:
+    """A folder whose `airlock/` maps each airlock.* package to `checkout`'s own folder, as its
+    pyproject.toml's package-dir does, for PYTHONPATH. The virtualenv's editable install maps
+    airlock.* to this checkout: without this, "BASE" ran this checkout's code too (until
+    2026-12-04, every bench-ab since the airlock.* package compared this checkout with itself)."""
+    with (checkout / "pyproject.toml").open("rb") as file:
+        mapping = tomllib.load(file)["tool"]["setuptools"].get("package-dir", {})
+    packages = {name.split(".", 1)[1]: path for name, path in mapping.items()
+                if name.startswith("airlock.")}  # fmt: skip
+    if not packages:
+        raise SystemExit("BASE has no airlock.* package (it predates it): pick a later revision")
+    (folder / "airlock").mkdir(parents=True)
+    for name, path in packages.items():
+        (folder / "airlock" / name).symlink_to(checkout / path, target_is_directory=True)
+    return folder
 
 
 if __name__ == "__main__":

@@ -282,9 +282,10 @@ def start_airlock(
     metrics_port: int,
     extra: list[str] | None = None,
     db: str | None = None,
+    pythonpath: Path | None = None,
 ) -> Started:
-    """Airlock running `checkout`'s own code (another revision's, for bench_ab); its own
-    SQLite file unless `db` names a store."""
+    """Airlock running `checkout`'s own code (another revision's, for bench_ab, importing
+    airlock.* from `pythonpath`); its own SQLite file unless `db` names a store."""
     port, confdir = free_port(), prepared_confdir(work)
     log = work / f"{name}.log"
     with log.open("wb") as out:
@@ -296,7 +297,7 @@ def start_airlock(
              *(extra or [])],
             cwd=checkout, stdout=out, stderr=subprocess.STDOUT,
             # Its own data directory (audit key, checkpoints), not the checkout's.
-            env=clean_env() | {"PYTHONUNBUFFERED": "1", "PYTHONPATH": str(checkout),
+            env=clean_env() | {"PYTHONUNBUFFERED": "1", "PYTHONPATH": str(pythonpath or checkout),
                                "AIRLOCK_DATA_DIR": str(work / f"{name}-data")},
         )  # fmt: skip
     wait_for_port(port, airlock, log)
