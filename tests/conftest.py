@@ -1,17 +1,17 @@
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
 from airlock.console.standins import Upstream
 from airlock.store.locations import DATA_DIR_VARIABLE
 from airlock.store.schema import Base, create_schema, open_engine
+from tests.helpers.postgres import throwaway_database
 from tests.helpers.proxy import Proxy, prepared_confdir
 
 PG_ADMIN_URL = os.environ.get(
@@ -40,22 +40,16 @@ def own_data_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.M
 @pytest.fixture(scope="session")
 def pg_database() -> Iterator[str]:
     """A throwaway PostgreSQL database for this test session (dropped at the end)."""
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"airlock_test_{uuid.uuid4().hex[:10]}"
+    database = ExitStack()
     try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        url = database.enter_context(throwaway_database(PG_ADMIN_URL, "airlock_test"))
     except Exception as e:
-        admin.dispose()
         message = f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {e}"
         if REQUIRE_POSTGRES:
             pytest.fail(message + " (AIRLOCK_REQUIRE_POSTGRES=1: PostgreSQL tests are mandatory)")
         pytest.skip(message)
-    url = admin.url.set(database=name).render_as_string(hide_password=False)
-    yield url
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with database:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

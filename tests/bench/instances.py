@@ -5,12 +5,9 @@ several proxies behind a load balancer)."""
 from __future__ import annotations
 
 import os
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import create_engine, func, select
 
 from tests.bench.bench_proxy import (
     PROJECT_ROOT,
@@ -20,26 +17,12 @@ from tests.bench.bench_proxy import (
     start_airlock,
     stop_all,
 )
+from tests.helpers.postgres import throwaway_database
 
 ADMIN_URL = os.environ.get(
     "AIRLOCK_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 CONCURRENCY = 16
-
-
-@contextmanager
-def bench_database() -> Iterator[str]:
-    """A fresh PostgreSQL database for this run, dropped at the end."""
-    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"airlock_bench_{uuid.uuid4().hex[:10]}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        yield admin.url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def postgres_report(
@@ -53,7 +36,7 @@ def postgres_report(
     """Throughput at concurrency 16: the SQLite instance, one PostgreSQL instance, and the load
     dealt over two and three PostgreSQL instances; best of `rounds` interleaved rounds."""
     try:
-        with bench_database() as url:
+        with throwaway_database(ADMIN_URL, "airlock_bench") as url:
             return _measured(work, upstream, mappings, sqlite, url, requests, rounds)
     except Exception as e:  # an unreachable server is reported, not a failed bench
         return f"PostgreSQL as the store: not measured ({ADMIN_URL} unusable: {e})"
