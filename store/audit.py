@@ -206,7 +206,7 @@ def append_events(tx: Tx, events: list[Event]) -> None:
     """Append in order; locks the chain head until the surrounding transaction commits."""
     if not events:
         return
-    _, head = tx.sql.lock_head.execute(tx.db, {})
+    _, head = tx.read(tx.sql.lock_head, {})
     assert head is not None, "audit_head row missing: run create_schema()"
     seq, prev = head
     rows = []
@@ -227,10 +227,10 @@ def append_events(tx: Tx, events: list[Event]) -> None:
             }
         )
         prev = digest
-    tx.sql.insert_events.execute_many(tx.db, rows)
-    tx.sql.move_head.execute(tx.db, {"seq": seq, "hash": prev})
+    tx.send_many(tx.sql.insert_events, rows)
+    tx.send(tx.sql.move_head, {"seq": seq, "hash": prev})
     if tx.sealer is not None:  # the writer signs what it wrote, in the same transaction
-        tx.sql.insert_seal.execute(tx.db, tx.sealer.seal(rows[0]["seq"], seq, prev))
+        tx.send(tx.sql.insert_seal, tx.sealer.seal(rows[0]["seq"], seq, prev))
 
 
 # --- verification ----------------------------------------------------------------------------

@@ -9,7 +9,7 @@ for the proxy's writer thread, directly on a pooled DBAPI connection (`raw_trans
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -24,6 +24,7 @@ from airlock.store.schema import Approval, ApprovalHolder, AuditEvent, AuditHead
 from airlock.store.seals import Sealer, sealer_for
 
 PENDING = "PENDING"
+Row = tuple[Any, ...] | None
 SETTLED_CHANNEL = "airlock_settled"  # PostgreSQL NOTIFY channel: an approval was settled
 
 
@@ -47,13 +48,24 @@ class Prepared:
         finally:
             cursor.close()
 
-    def execute(self, db: Any, values: dict[str, Any]) -> tuple[int, tuple[Any, ...] | None]:
-        """Run once; returns (rows affected, first row returned if any)."""
+    def execute(self, db: Any, values: dict[str, Any], pipeline: Any = None) -> tuple[int, Row]:
+        """Run once; returns (rows affected, first row returned if any). In a pipeline, what
+        was sent before it runs too (one round trip), so that its result is known."""
         cursor = db.cursor()
         try:
             cursor.execute(self.sql, self._parameters(values))
+            if pipeline is not None:
+                pipeline.sync()
             row = cursor.fetchone() if cursor.description else None
             return cursor.rowcount, tuple(row) if row is not None else None
+        finally:
+            cursor.close()
+
+    def send(self, db: Any, values: dict[str, Any]) -> None:
+        """Run once, its result unread: in a pipeline, sent without waiting for it."""
+        cursor = db.cursor()
+        try:
+            cursor.execute(self.sql, self._parameters(values))
         finally:
             cursor.close()
 
@@ -192,6 +204,19 @@ class Tx:
     db: Any
     sql: Statements
     sealer: Sealer | None = None  # signs each group of audit events it appends (seals.py)
+    # PostgreSQL (psycopg's pipeline mode): statements whose result is unread are sent without
+    # waiting; a read or the commit waits for everything sent before it.
+    pipeline: Any = None
+
+    def read(self, statement: Prepared, values: dict[str, Any]) -> tuple[int, Row]:
+        """(rows affected, first row returned if any)."""
+        return statement.execute(self.db, values, self.pipeline)
+
+    def send(self, statement: Prepared, values: dict[str, Any]) -> None:
+        statement.send(self.db, values)
+
+    def send_many(self, statement: Prepared, rows: Sequence[dict[str, Any]]) -> None:
+        statement.execute_many(self.db, rows)
 
 
 def tx_of(conn: Connection) -> Tx:
@@ -202,13 +227,27 @@ def tx_of(conn: Connection) -> Tx:
 
 @contextmanager
 def raw_transaction(engine: Engine, pooled: Any) -> Iterator[Tx]:
-    """A transaction straight on a pooled DBAPI connection: ~4 µs to open, not ~30 µs."""
+    """A transaction straight on a pooled DBAPI connection: ~4 µs to open, not ~30 µs. On
+    PostgreSQL in pipeline mode: a group of decisions and outcomes costs two round trips (the
+    audit head's read, the commit) instead of one per statement; measured with GroupWriter
+    alone, 8 decisions + 8 outcomes 1.71 → 1.35 ms, one decision 0.91 → 0.71 ms."""
     db = pooled.dbapi_connection
     if engine.dialect.name == "sqlite":
         db.execute("BEGIN IMMEDIATE")  # see schema.py: take the write lock up front
-    try:
-        yield Tx(db, statements_for(engine.dialect), sealer_for(engine))
-    except BaseException:
-        db.rollback()
-        raise
-    db.commit()
+    pipelined = db.pipeline() if _has_pipeline(db) else nullcontext()
+    with pipelined as pipeline:
+        try:
+            yield Tx(db, statements_for(engine.dialect), sealer_for(engine), pipeline)
+        except BaseException:
+            db.rollback()
+            raise
+        db.commit()
+
+
+def _has_pipeline(db: Any) -> bool:
+    """psycopg 3 with a libpq that has pipeline mode (14 and later)."""
+    if not hasattr(db, "pipeline"):
+        return False
+    import psycopg  # only reached with psycopg's own connection
+
+    return bool(psycopg.Pipeline.is_supported())

@@ -90,7 +90,7 @@ def record_decisions(
     """The runs, their events and the approvals they open; returns the events and, by run id,
     the holds that joined an approval already open for their call instead of opening one."""
     rows = [RUN_DEFAULTS | r.run.as_row() for r in records]
-    tx.sql.insert_runs.execute_many(tx.db, rows)
+    tx.send_many(tx.sql.insert_runs, rows)
     events = [Event("decision", row["id"], row["at"], decision_payload(row)) for row in rows]
     # Outcomes known at decision time (a block) go in with the decision, in the same commit.
     events += [_outcome_event(row) for row in rows if row.get("outcome")]
@@ -108,7 +108,7 @@ def record_decisions(
             holders.append({"approval_id": held_for, "instance": record.run.instance,
                             "at": record.run.at})  # fmt: skip
     for holder in holders:
-        tx.sql.add_holder.execute(tx.db, holder)
+        tx.send(tx.sql.add_holder, holder)
     return events, joined
 
 
@@ -120,16 +120,16 @@ def _open_or_join(
     transaction). An open approval past its expiry is expired first: the call starts anew."""
     events: list[Event] = []
     if hold.retry_key is not None:
-        _, stale = tx.sql.open_for_call.execute(tx.db, {"key": hold.retry_key})
+        _, stale = tx.read(tx.sql.open_for_call, {"key": hold.retry_key})
         if stale is not None and stale[1] <= record.run.at:
             _, events = settle_approval(
                 tx, stale[0], "EXPIRED", None, "approval timed out", record.run.at
             )
     row = _approval_row(record, hold)
-    inserted, _ = tx.sql.insert_approval_once.execute(tx.db, row)
+    inserted, _ = tx.read(tx.sql.insert_approval_once, row)
     if inserted == 1:
         return None, [*events, _approval_event(row, record.run.id)]
-    _, open_one = tx.sql.open_for_call.execute(tx.db, {"key": hold.retry_key})
+    _, open_one = tx.read(tx.sql.open_for_call, {"key": hold.retry_key})
     if open_one is None:  # the conflict was not on the call's key: a real fault
         raise RuntimeError(f"approval {hold.approval_id} could not be opened")
     return Joined(*open_one), events
@@ -188,7 +188,7 @@ def record_outcomes(tx: Tx, records: list[OutcomeRecord]) -> list[Event]:
         }
         for r in records
     ]
-    tx.sql.set_outcomes.execute_many(tx.db, rows)
+    tx.send_many(tx.sql.set_outcomes, rows)
     return [Event("outcome", r.run_id, r.at, _outcome_payload(r)) for r in records]
 
 
@@ -223,12 +223,12 @@ def settle_approval(
     at: float,
 ) -> tuple[Settlement, list[Event]]:
     """Move a PENDING approval to a terminal state; terminal states are final, first writer wins."""
-    changed, _ = tx.sql.settle_pending.execute(
-        tx.db,
+    changed, _ = tx.read(
+        tx.sql.settle_pending,
         {"aid": approval_id, "state": state, "reviewer": reviewer, "reason": reason,
          "resolved_at": at},
     )  # fmt: skip
-    _, row = tx.sql.approval.execute(tx.db, {"aid": approval_id})
+    _, row = tx.read(tx.sql.approval, {"aid": approval_id})
     if row is None:
         raise LookupError(f"no approval {approval_id}")
     now_state, now_reviewer, now_reason, run_id, created_at = row
@@ -236,7 +236,7 @@ def settle_approval(
     if changed != 1:
         return settlement, []
     if tx.sql.notify_settled is not None:  # delivered at commit to deciders watching it
-        tx.sql.notify_settled.execute(tx.db, {"aid": approval_id})
+        tx.send(tx.sql.notify_settled, {"aid": approval_id})
     event_row = {
         "id": approval_id,
         "state": state,
@@ -250,17 +250,17 @@ def settle_approval(
 
 def release_approval(tx: Tx, approval_id: str, at: float) -> tuple[Released, list[Event]]:
     """Mark an APPROVED request forwarded; only the first caller wins (released exactly once)."""
-    changed, _ = tx.sql.release_once.execute(tx.db, {"aid": approval_id, "released_at": at})
+    changed, _ = tx.read(tx.sql.release_once, {"aid": approval_id, "released_at": at})
     if changed != 1:
         return Released(False), []
-    _, found = tx.sql.approval_edit.execute(tx.db, {"aid": approval_id})
+    _, found = tx.read(tx.sql.approval_edit, {"aid": approval_id})
     edit, proposed, held_run = found if found is not None else (None, None, None)
     if isinstance(edit, str):  # SQLite hands JSON back as text
         edit = json.loads(edit)
-    _, row = tx.sql.approval.execute(tx.db, {"aid": approval_id})
+    _, row = tx.read(tx.sql.approval, {"aid": approval_id})
     assert row is not None
     state, reviewer, reason, run_id, created_at = row
-    _, resolved = tx.sql.resolved_at.execute(tx.db, {"aid": approval_id})
+    _, resolved = tx.read(tx.sql.resolved_at, {"aid": approval_id})
     event_row = {
         "id": approval_id,
         "state": state,

@@ -29,6 +29,7 @@ from airlock.store.approvals import (
     resolve_approval,
 )
 from airlock.store.audit import verify_audit
+from airlock.store.prepared import raw_transaction
 from airlock.store.records import (
     DecisionRecord,
     HoldRequest,
@@ -45,6 +46,7 @@ from airlock.store.schema import (
     Run,
     open_engine,
 )
+from airlock.store.writer import GroupWriter, Pending
 
 
 def run_row(decision: str = "ALLOW", **overrides: Any) -> RunRecord:
@@ -119,6 +121,41 @@ def write(engine: Engine, *jobs: Any) -> list[Any]:
             await decider.stop()
 
     return asyncio.run(scenario())
+
+
+def test_a_refused_job_fails_alone_and_the_group_behind_it_commits(engine: Engine) -> None:
+    """One group: a decision, an outcome, and a decision the store refuses (its id taken).
+    The refused one fails alone (on PostgreSQL its error surfaces only when the pipeline syncs,
+    after the rest was sent); the others commit, the chain verifies, the writer goes on."""
+    first, second = run_row(), run_row()
+    writer = GroupWriter(engine)
+    try:
+        assert writer.write_group([Pending(1, DecisionRecord(first))]) == [(1, True, None)]
+        outcome = OutcomeRecord(first.id, time.time(), "forwarded", 200, 1.0)
+        group = [Pending(2, DecisionRecord(second)), Pending(0, outcome),
+                 Pending(3, DecisionRecord(first))]  # fmt: skip
+        written = writer.write_group(group)
+        assert [(sequence, ok) for sequence, ok, _ in written] == [(2, True), (0, True), (3, False)]
+        assert "the store refused the write" in written[2][2]
+        assert writer.write_group([Pending(4, DecisionRecord(run_row()))]) == [(4, True, None)]
+    finally:
+        writer.close()
+    with engine.connect() as conn:
+        assert conn.execute(select(Run.outcome).where(Run.id == first.id)).scalar() == "forwarded"
+        assert len(conn.execute(select(Run.id)).all()) == 3
+    report = verify_audit(engine)
+    assert report.ok, report.problem
+    assert report.events == 4
+
+
+def test_postgresql_group_writes_are_pipelined(engine: Engine) -> None:
+    """psycopg's pipeline mode: statements whose result is unread go without a round trip each."""
+    pooled = engine.raw_connection()
+    try:
+        with raw_transaction(engine, pooled) as tx:
+            assert (tx.pipeline is not None) == (engine.dialect.name == "postgresql")
+    finally:
+        pooled.close()
 
 
 def test_decision_and_outcome_are_one_record(engine: Engine) -> None:
