@@ -32,7 +32,6 @@ APPROVED, DENIED, EXPIRED, ABANDONED = "APPROVED", "DENIED", "EXPIRED", "ABANDON
 # Approving a request whose risk score is at least this needs a reason. Enforced here, the one
 # path every surface (CLI, reviewer console) decides through.
 REASON_FROM_RISK = 70
-TERMINAL_STATES = frozenset({APPROVED, DENIED, EXPIRED, ABANDONED})
 
 
 class ApprovalError(Exception):

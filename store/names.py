@@ -31,11 +31,6 @@ def name_key(name: str) -> str:
     return "".join(prototypes.get(c, c) for c in visible)
 
 
-def look_alike(a: str, b: str) -> bool:
-    """Different names that read the same."""
-    return a != b and name_key(a) == name_key(b)
-
-
 @cache
 def _prototypes() -> dict[str, str]:
     """Each confusable character → the prototype of its group: ASCII first, then the lowest

@@ -83,7 +83,6 @@ def _prepare(statement: ClauseElement, dialect: Dialect) -> Prepared:
 @dataclass(frozen=True)
 class Statements:
     insert_runs: Prepared
-    insert_approvals: Prepared
     # An approval unless one is already open for the call (one_pending_approval_per_call)
     insert_approval_once: Prepared
     open_for_call: Prepared  # the open approval of a retry key, with what a retry needs
@@ -109,7 +108,6 @@ _CHANNEL = literal_column(f"'{SETTLED_CHANNEL}'")  # a name in the SQL, not a pa
 def statements_for(dialect: Dialect) -> Statements:
     return Statements(
         insert_runs=_prepare(insert(Run), dialect),
-        insert_approvals=_prepare(insert(Approval), dialect),
         insert_approval_once=_prepare(_insert_unless_conflict(dialect, Approval), dialect),
         add_holder=_prepare(_insert_unless_conflict(dialect, ApprovalHolder), dialect),
         open_for_call=_prepare(
