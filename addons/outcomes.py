@@ -9,9 +9,10 @@ from typing import Any
 
 from mitmproxy import http
 
-from airlock.addons.runtime import Runtime, header_dict
+from airlock.addons.runtime import Runtime
+from airlock.pipeline.document import MAX_PARSED_BODY
 from airlock.pipeline.mcp import tool_outcome
-from airlock.pipeline.outcome import outcome_ids
+from airlock.pipeline.outcome import SUCCESS
 
 
 def mcp_outcome(flow: http.HTTPFlow) -> dict[str, Any] | None:
@@ -41,29 +42,27 @@ class Outcomes:
         released = flow.metadata.get("airlock_released", flow.response.timestamp_start)
         upstream_ms = ((flow.response.timestamp_end or time.time()) - released) * 1000
         detail = mcp_outcome(flow) if flow.metadata.get("airlock_protocol") == "mcp" else None
-        ids = self._ids(flow)
-        if ids:
-            detail = {**(detail or {}), "ids": ids}
         if "airlock_prior" in flow.metadata:  # what the write replaced (priors.py)
             detail = {**(detail or {}), **flow.metadata["airlock_prior"]}
         self.runtime.record_outcome(
-            run_id, "forwarded", flow.response.status_code, upstream_ms, detail
-        )
+            run_id, "forwarded", flow.response.status_code, upstream_ms, detail,
+            self._answer_to_read(flow),
+        )  # fmt: skip
 
-    def _ids(self, flow: http.HTTPFlow) -> dict[str, Any] | None:
-        """The identifiers the answer returned, by the run's mapping (`outcome:`)."""
+    def _answer_to_read(self, flow: http.HTTPFlow) -> tuple[str, http.Response] | None:
+        """The answer with the run's mapping id, when that mapping reads identifiers from it
+        (`outcome:`): the decider reads them (pipeline/outcome.py), off this event loop."""
         config, response = self.runtime.config, flow.response
         mapping_id = flow.metadata.get("airlock_mapping")
         if config is None or response is None or mapping_id is None:
             return None
         mapping = config.mappings.by_id.get(mapping_id)
-        if mapping is None or not mapping.outcome or response.raw_content is None:
+        if mapping is None or not mapping.outcome or response.status_code not in SUCCESS:
             return None
-        try:
-            raw = response.get_content(strict=False) or b""
-        except ValueError:
+        raw = response.raw_content
+        if raw is None or len(raw) > MAX_PARSED_BODY:  # larger answers are not read for ids
             return None
-        return outcome_ids(mapping, response.status_code, header_dict(response.headers), raw)
+        return mapping_id, response
 
     def error(self, flow: http.HTTPFlow) -> None:
         """No answer. Once connected, the request was on its way: the upstream may have acted

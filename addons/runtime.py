@@ -28,7 +28,15 @@ from airlock.addons.decision_log import DecisionLog
 from airlock.addons.metrics import Metrics
 from airlock.addons.notify import Notifier
 from airlock.decider.client import DECIDER_KINDS, WORKER, Decider, decider_for
-from airlock.decider.messages import Configuration, RawRequest, Settled, Setup, StoreAddress
+from airlock.decider.messages import (
+    AnsweredOutcome,
+    Configuration,
+    RawRequest,
+    Settled,
+    Setup,
+    StoreAddress,
+)
+from airlock.pipeline.document import fold_headers
 from airlock.pipeline.evaluation import Config
 from airlock.pipeline.policies import ENFORCE, MODES
 from airlock.pipeline.redaction import redact_mitmproxy_logs, redact_value
@@ -342,13 +350,22 @@ class Runtime:
         status: int | None,
         upstream_ms: float | None = None,
         detail: dict[str, Any] | None = None,
+        answer: tuple[str, http.Response] | None = None,
     ) -> None:
-        """`detail`: what the call did (an MCP tool's result), redacted before it is sent."""
-        if self.decider is not None:
-            detail = redact_value(detail) if detail is not None else None
-            self.decider.record_outcome(
-                OutcomeRecord(run_id, time.time(), outcome, status, upstream_ms, detail)
-            )
+        """`detail`: what the call did (an MCP tool's result), redacted before it is sent.
+        `answer`: the run's mapping id and the upstream's response, for the decider to read the
+        identifiers it returned (the mapping's `outcome:`)."""
+        if self.decider is None:
+            return
+        detail = redact_value(detail) if detail is not None else None
+        record = OutcomeRecord(run_id, time.time(), outcome, status, upstream_ms, detail)
+        if answer is None:
+            self.decider.record_outcome(record)
+            return
+        mapping_id, response = answer
+        self.decider.record_outcome(AnsweredOutcome(
+            record, mapping_id, list(response.headers.fields), response.raw_content or b""
+        ))  # fmt: skip
 
     def remember(self, run: RunSummary, passed: bool) -> None:
         """A held request, once settled, counts in the decider's budgets."""
@@ -440,18 +457,8 @@ def compile_config(mappings: Path, policies: Path) -> tuple[Config, Sources]:
 
 
 def header_dict(headers: http.Headers) -> dict[str, str]:
-    """`dict(headers)` in one pass: each name as first sent, a repeated one's values joined with
-    ", ", as mitmproxy's Headers reads them. Its own mapping view looks every name up again
-    across all fields: 56 µs for a dozen response headers, on the event loop, per request."""
-    folded: dict[bytes, tuple[str, list[str]]] = {}
-    for name, value in headers.fields:
-        text = value.decode("utf-8", "surrogateescape")
-        entry = folded.get(name.lower())
-        if entry is None:
-            folded[name.lower()] = (name.decode("utf-8", "surrogateescape"), [text])
-        else:
-            entry[1].append(text)
-    return {name: ", ".join(values) for name, values in folded.values()}
+    """`dict(headers)` in one pass (pipeline/document.py fold_headers)."""
+    return fold_headers(headers.fields)
 
 
 def raw_request(request: http.Request) -> RawRequest:

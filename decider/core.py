@@ -17,7 +17,7 @@ import gc
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from airlock.decider.messages import (
     DECIDER,
     STORE,
     Answer,
+    AnsweredOutcome,
     ApprovalState,
     Committed,
     Configuration,
@@ -50,7 +51,9 @@ from airlock.pipeline.edits import as_approved_edit
 from airlock.pipeline.evaluation import Config, Evaluation, evaluate, evaluate_call
 from airlock.pipeline.history import RISK_WINDOW, History
 from airlock.pipeline.mappings import fallback_action
+from airlock.pipeline.outcome import answer_ids
 from airlock.pipeline.policies import ALLOW, BLOCK, ENFORCE, REQUIRE_APPROVAL, Verdict
+from airlock.pipeline.redaction import redact_value
 from airlock.pipeline.run_record import (
     RunRecord,
     RunSummary,
@@ -167,6 +170,8 @@ class DeciderCore:
             self._decide_call(taken, sequence, message)
         elif isinstance(message, _STORE_JOBS):
             taken.jobs.append(Pending(sequence, message))
+        elif isinstance(message, AnsweredOutcome):
+            taken.jobs.append(Pending(sequence, self._with_ids(message)))
         elif isinstance(message, Remember):
             self._remember(message.run, message.passed)
         elif isinstance(message, Watch):
@@ -405,6 +410,20 @@ class DeciderCore:
             retry_key=key,
             reviewer_roles=tuple(verdict.reviewer_roles),
         )
+
+    def _with_ids(self, answered: AnsweredOutcome) -> OutcomeRecord:
+        """The outcome with the identifiers its answer returned, by the run's mapping
+        (`outcome:`), redacted. Reading them can fail; the outcome is written all the same."""
+        outcome = answered.outcome
+        mapping = self.config.mappings.by_id.get(answered.mapping_id) if self.config else None
+        try:
+            ids = answer_ids(mapping, outcome.status or 0, answered.headers, answered.body)
+        except Exception:
+            log.exception("reading the identifiers of run %s's answer failed", outcome.run_id)
+            return outcome
+        if not ids:
+            return outcome
+        return replace(outcome, detail={**(outcome.detail or {}), "ids": redact_value(ids)})
 
     def pushed(self) -> list[Answer]:
         """Settlements of approvals the proxy holds flows for (store/settlements.py), the

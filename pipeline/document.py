@@ -16,7 +16,7 @@ import json
 import posixpath
 import re
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Any, Protocol
@@ -144,7 +144,7 @@ def _read_body(raw: bytes, headers: dict[str, str]) -> Body:
     gives a request_error, which refuses the request."""
     content_type = headers.get("content-type", "")
     try:
-        decoded = _decoded(raw, headers.get("content-encoding"))
+        decoded = decoded_body(raw, headers.get("content-encoding"))
     except Unreadable as e:
         return _refused_body(raw, e)
     if len(decoded) > MAX_PARSED_BODY:
@@ -167,7 +167,7 @@ def _uninspected(raw: bytes) -> str:
     return f"[{len(raw)} bytes not inspected, sha256 {hashlib.sha256(raw).hexdigest()}]"
 
 
-def _decoded(raw: bytes, content_encoding: str | None) -> bytes:
+def decoded_body(raw: bytes, content_encoding: str | None) -> bytes:
     """The body as the API reads it (gzip and the like undone, as mitmproxy would); as sent if
     it does not decode or names no encoding Airlock knows. Raises Unreadable past
     MAX_DECODED_BODY, checked while decoding: the bomb is never inflated whole."""
@@ -287,6 +287,22 @@ def normalise_path(path: str) -> str:
         return collapsed if collapsed.startswith("/") else "/" + collapsed
     normal = posixpath.normpath("/" + collapsed.lstrip("/"))
     return normal + "/" if collapsed.endswith("/") and normal != "/" else normal
+
+
+def fold_headers(fields: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    """Header fields as mitmproxy's Headers reads them as a dict, in one pass: each name as first
+    sent, a repeated one's values joined with ", ", bytes read as UTF-8 with surrogate escapes.
+    (mitmproxy's own mapping view looks every name up again across all fields: 56 µs for a
+    dozen response headers.)"""
+    folded: dict[bytes, tuple[str, list[str]]] = {}
+    for name, value in fields:
+        text = value.decode("utf-8", "surrogateescape")
+        entry = folded.get(name.lower())
+        if entry is None:
+            folded[name.lower()] = (name.decode("utf-8", "surrogateescape"), [text])
+        else:
+            entry[1].append(text)
+    return {name: ", ".join(values) for name, values in folded.values()}
 
 
 def _headers(fields: list[tuple[str, str]]) -> dict[str, str]:

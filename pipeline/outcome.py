@@ -7,7 +7,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from airlock.pipeline.document import MAX_PARSED_BODY, Document, parse_body
+from airlock.pipeline.document import (
+    MAX_PARSED_BODY,
+    Document,
+    Unreadable,
+    decoded_body,
+    fold_headers,
+    parse_body,
+)
 from airlock.pipeline.mappings import Mapping
 
 SUCCESS = range(200, 300)
@@ -30,3 +37,19 @@ def outcome_ids(
         return None
     found = mapping.outcome_of(response_document(status, headers, raw))
     return found or None
+
+
+def answer_ids(
+    mapping: Mapping | None, status: int, fields: list[tuple[bytes, bytes]], raw: bytes
+) -> dict[str, Any] | None:
+    """outcome_ids of an answer as received: header fields as bytes, the body with its
+    Content-Encoding still on (undone here, within the same limits as a request's body)."""
+    if mapping is None or not mapping.outcome or status not in SUCCESS:
+        return None
+    headers = fold_headers(fields)
+    encoding = next((v for k, v in headers.items() if k.lower() == "content-encoding"), None)
+    try:
+        body = decoded_body(raw, encoding)
+    except Unreadable:
+        return None  # a body that inflates past the limit is not read for identifiers
+    return outcome_ids(mapping, status, headers, body)

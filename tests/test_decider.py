@@ -4,12 +4,14 @@ and that both deciders (worker process, in-process thread) answer the same."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
 import json
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from airlock.addons.runtime import raw_request
 from airlock.decider.client import InProcessDecider, WorkerDecider
 from airlock.decider.core import DeciderCore, wire_request
 from airlock.decider.messages import (
+    AnsweredOutcome,
     Committed,
     Configuration,
     Decide,
@@ -35,10 +38,11 @@ from airlock.decider.messages import (
 )
 from airlock.decider.wire import Reader, pack
 from airlock.decider.worker import SocketLink
-from airlock.pipeline.document import build_document
+from airlock.pipeline.document import MAX_DECODED_BODY, build_document
 from airlock.pipeline.evaluation import Config
 from airlock.pipeline.run_record import RunSummary
 from airlock.pipeline.yaml_source import recording_sources
+from airlock.store.records import OutcomeRecord
 from airlock.store.schema import Approval, Run, create_schema, open_engine
 from tests.helpers.proxy import PROJECT_ROOT
 
@@ -297,3 +301,42 @@ def test_an_outcome_the_store_refused_is_written_again_without_another_request(
         written = replies(core.pushed())
     assert written == {2: None}
     assert (stored(core, "run-500").outcome, stored(core, "run-500").status) == ("forwarded", 200)
+
+
+def _answered(run_id: str, body: bytes, *headers: tuple[bytes, bytes]) -> AnsweredOutcome:
+    outcome = OutcomeRecord(run_id, time.time(), "forwarded", 200, 9.0, {"prior": {"x": 1}})
+    return AnsweredOutcome(outcome, "stripe.create_charge", list(headers), body)
+
+
+def test_the_decider_reads_the_identifiers_an_answer_returned(core: DeciderCore) -> None:
+    """The proxy sends the answer as received (gzip on, headers as bytes) and the decider reads
+    the ids its mapping's `outcome:` names, beside what the proxy already put in the detail;
+    the message crosses the worker's wire unchanged."""
+    core.handle([Envelope(0, setup()), Envelope(1, charge(500))])
+    body = gzip.compress(json.dumps({"id": "ch_42", "object": "charge"}).encode())
+    answered = _answered("run-500", body, (b"Content-Type", b"application/json"),
+                         (b"Content-Encoding", b"gzip"))  # fmt: skip
+    [crossed] = Reader().feed(pack(answered))  # pairs arrive as msgpack arrays (lists)
+    assert replace(crossed, headers=[tuple(pair) for pair in crossed.headers]) == answered
+    answered = crossed
+    assert replies(core.handle([Envelope(2, answered)])) == {2: None}
+    detail = stored(core, "run-500").outcome_detail
+    assert detail == {"prior": {"x": 1}, "ids": {"charge_id": "ch_42"}}
+
+
+def test_an_answer_that_cannot_be_read_still_records_its_outcome(core: DeciderCore) -> None:
+    """A body inflating past the decoding limit, or one that is not what the mapping reads,
+    leaves the ids out; the outcome itself is written."""
+    core.handle([Envelope(0, setup()), Envelope(1, charge(500)), Envelope(2, charge(501))])
+    bomb = gzip.compress(b"{" + b" " * (MAX_DECODED_BODY + 10) + b"}")
+    answered = _answered("run-500", bomb, (b"content-encoding", b"gzip"),
+                         (b"content-type", b"application/json"))  # fmt: skip
+    garbled = _answered("run-501", b"not json", (b"content-type", b"application/json"))
+    assert replies(core.handle([Envelope(3, answered), Envelope(4, garbled)])) == {3: None, 4: None}
+    for run_id in ("run-500", "run-501"):
+        run = stored(core, run_id)
+        assert (run.outcome, run.status, run.outcome_detail) == (
+            "forwarded",
+            200,
+            {"prior": {"x": 1}},
+        )
