@@ -282,9 +282,16 @@ class DeciderClient:
 
     def _on_reply(self, reply: Reply) -> None:
         failed = isinstance(reply.value, Failure)
-        if reply.sequence in self._unconfirmed:
-            if not failed:  # a refused one stays: the decider tries it again, as would the next
+        unconfirmed = self._unconfirmed.get(reply.sequence)
+        if unconfirmed is not None:
+            if not failed:
                 del self._unconfirmed[reply.sequence]
+            elif isinstance(unconfirmed.message, AnsweredOutcome):
+                # Refused: the decider keeps it, ids read, and tries again; kept here too, for
+                # a decider that dies meanwhile, but without the answer's body (up to 1 MB
+                # each, while a store refuses writes for long), its ids then lost.
+                plain = Envelope(reply.sequence, unconfirmed.message.outcome)
+                self._unconfirmed[reply.sequence] = plain
             return
         future = self._waiting.pop(reply.sequence, None)
         if future is None or future.done():  # the awaiting flow was cancelled meanwhile

@@ -340,3 +340,18 @@ def test_an_answer_that_cannot_be_read_still_records_its_outcome(core: DeciderCo
             200,
             {"prior": {"x": 1}},
         )
+
+
+def test_a_refused_answered_outcome_is_kept_without_its_body(store: StoreAddress) -> None:
+    """While a store refuses writes, the proxy keeps each outcome for a decider that might die
+    (up to 10,000): what it keeps of an answered one is the outcome, not the answer's body
+    (up to 1 MB each). Confirmed, it goes."""
+    from airlock.decider.messages import STORE
+
+    client = WorkerDecider(store)
+    answered = _answered("run-1", b"x" * 100_000, (b"content-type", b"application/json"))
+    client._unconfirmed[7] = Envelope(7, answered)
+    client._on_reply(Reply(7, Failure(STORE, "the store refused the write: disk full")))
+    assert client._unconfirmed[7] == Envelope(7, answered.outcome)
+    client._on_reply(Reply(7, None))
+    assert 7 not in client._unconfirmed
