@@ -29,7 +29,7 @@ from airlock.addons.outcomes import Outcomes
 from airlock.addons.priors import Priors
 from airlock.addons.refusals import Refusals
 from airlock.addons.routing import Routing
-from airlock.addons.runtime import STORE_TIMEOUT, Runtime, raw_request
+from airlock.addons.runtime import STORE_TIMEOUT, Runtime, pop_header, raw_request
 from airlock.addons.simulations import Simulations
 from airlock.addons.streams import Streams, target
 from airlock.decider.client import DeciderFault
@@ -82,7 +82,7 @@ class Gate:
         flow.metadata["airlock"] = run_id
         # Proxy credentials are for Airlock: never forwarded, whether sent before the tunnel or
         # inside it.
-        credentials = flow.request.headers.pop("proxy-authorization", "")
+        credentials = pop_header(flow.request.headers, "proxy-authorization")
         agent = self.identity.agent_of(flow, credentials)
         if agent is None:
             await self.identity.refuse(flow, credentials)
@@ -92,7 +92,7 @@ class Gate:
             await self.holds.resume(flow, *resumed)
             return
         decided = await self._decide(flow, run_id, agent)
-        flow.request.headers.pop(UNDO_OF, None)  # Airlock's own link, judged and recorded
+        pop_header(flow.request.headers, UNDO_OF)  # Airlock's own link, judged and recorded
         if decided is None:
             return
         run = decided.run

@@ -9,7 +9,7 @@ from typing import Any
 
 from mitmproxy import http
 
-from airlock.addons.runtime import Runtime
+from airlock.addons.runtime import Runtime, add_header_unless_present
 from airlock.pipeline.document import MAX_PARSED_BODY
 from airlock.pipeline.mcp import tool_outcome
 from airlock.pipeline.outcome import SUCCESS
@@ -36,7 +36,7 @@ class Outcomes:
         run_id = flow.metadata.get("airlock")
         if not run_id or not flow.response:
             return
-        flow.response.headers.setdefault("X-Airlock-Request-Id", run_id)
+        add_header_unless_present(flow.response.headers, "X-Airlock-Request-Id", run_id)
         if flow.metadata.get("airlock_answered"):
             return
         released = flow.metadata.get("airlock_released", flow.response.timestamp_start)

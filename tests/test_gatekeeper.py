@@ -588,3 +588,27 @@ def test_headers_read_in_one_pass_as_mitmproxy_reads_them(
 
     headers = Headers(fields)
     assert header_dict(headers) == dict(headers)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(_NAMES | st.binary(min_size=1, max_size=6), st.binary(max_size=8))),
+    st.sampled_from(["X-A", "x-a", "Proxy-Authorization"]),
+)
+def test_a_header_is_taken_or_added_as_mitmproxy_s_own_mapping_would(
+    fields: list[tuple[bytes, bytes]], name: str
+) -> None:
+    """The request path's header edits (the proxy's credentials and Airlock's undo link taken
+    out, the request id added to the answer) leave the fields exactly as Headers.pop and
+    Headers.setdefault do, repeated and differently cased names included."""
+    from mitmproxy.http import Headers
+
+    from airlock.addons.runtime import add_header_unless_present, pop_header
+
+    ours, theirs = Headers(fields), Headers(fields)
+    assert pop_header(ours, name) == theirs.pop(name, "")
+    assert ours.fields == theirs.fields
+    ours, theirs = Headers(fields), Headers(fields)
+    add_header_unless_present(ours, name, "id-1")
+    theirs.setdefault(name, "id-1")
+    assert ours.fields == theirs.fields
