@@ -129,10 +129,9 @@ class Gate:
         request = flow.request
         refusal = await self.surface.refusal(request.host, request.port)
         try:
-            async with asyncio.timeout(STORE_TIMEOUT):  # cheaper than wait_for: no extra task
-                return await self.runtime.ask().decide(
-                    Decide(run_id, agent, refusal, raw_request(request))
-                )
+            return await self.runtime.ask().decide(
+                Decide(run_id, agent, refusal, raw_request(request)), STORE_TIMEOUT
+            )
         except DeciderFault:
             raise  # not the store: refused as a fault of the gate, and recorded if it can be
         except Exception as e:

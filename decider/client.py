@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import itertools
 import logging
 import queue
@@ -91,7 +92,7 @@ class Decider(Protocol):
     def running(self) -> bool: ...
     async def start(self) -> None: ...
     async def stop(self, timeout: float = 10.0) -> None: ...
-    async def decide(self, request: Decide) -> Decided: ...
+    async def decide(self, request: Decide, timeout: float | None = None) -> Decided: ...
     async def decide_call(self, call: DecideCall) -> Decided: ...
     def configure(self, configuration: Configuration) -> asyncio.Future[None]: ...
     async def record(self, record: DecisionRecord) -> Joined | None: ...
@@ -144,6 +145,10 @@ class DeciderClient:
         # decider (writing one twice is harmless: the same values, the last event wins).
         self._unconfirmed: dict[int, Envelope] = {}
         self._flush_timer: asyncio.TimerHandle | None = None
+        # Calls that fail with TimeoutError when unanswered by then: (monotonic deadline,
+        # sequence, seconds), watched by one timer rather than one per call.
+        self._deadlines: list[tuple[float, int, float]] = []
+        self._deadline_timer: asyncio.TimerHandle | None = None
         self._started_at = 0.0
         self._restart_at = 0.0  # monotonic time before which a dead decider is not restarted
         self._quick_deaths = 0  # in a row, each within STABLE_SECONDS of its start
@@ -192,11 +197,16 @@ class DeciderClient:
         if self._flush_timer is not None:
             self._flush_timer.cancel()
             self._flush_timer = None
+        if self._deadline_timer is not None:  # every waiting call fails with the link
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
+        self._deadlines.clear()
 
     # --- calls -------------------------------------------------------------------------------
 
-    async def decide(self, request: Decide) -> Decided:
-        decided: Decided = await self._ask(request)
+    async def decide(self, request: Decide, timeout: float | None = None) -> Decided:
+        """timeout: as _ask's (the proxy refuses a request whose decision did not come)."""
+        decided: Decided = await self._ask(request, timeout)
         return decided
 
     async def decide_call(self, call: DecideCall) -> Decided:
@@ -244,16 +254,45 @@ class DeciderClient:
             loop = asyncio.get_running_loop()
             self._flush_timer = loop.call_later(IDLE_WRITE_DELAY, self._flush_deferred)
 
-    def _ask(self, message: Message) -> asyncio.Future[Any]:
+    def _ask(self, message: Message, timeout: float | None = None) -> asyncio.Future[Any]:
+        """timeout: seconds after which the call fails with TimeoutError if unanswered (a late
+        answer is then dropped)."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if self._link is None:
             future.set_exception(StoreError("the decider is not running"))
             return future
         sequence = next(self._sequence)
         self._waiting[sequence] = future
+        if timeout is not None:
+            self._expire_after(sequence, timeout)
         deferred, self._deferred = self._deferred, []
         self._link.post([*deferred, Envelope(sequence, message)])
         return future
+
+    def _expire_after(self, sequence: int, seconds: float) -> None:
+        """One timer for every timed call: asyncio.timeout costs ~4 µs a call back to back,
+        on the event loop that is the proxy's bottleneck under load."""
+        deadline = time.monotonic() + seconds
+        heapq.heappush(self._deadlines, (deadline, sequence, seconds))
+        if self._deadlines[0][1] == sequence:  # the earliest now: the timer is for it
+            self._arm(deadline)
+
+    def _arm(self, deadline: float) -> None:
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+        wait = max(0.0, deadline - time.monotonic())
+        self._deadline_timer = asyncio.get_running_loop().call_later(wait, self._expire)
+
+    def _expire(self) -> None:
+        self._deadline_timer = None
+        now = time.monotonic()
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, sequence, seconds = heapq.heappop(self._deadlines)
+            future = self._waiting.pop(sequence, None)
+            if future is not None and not future.done():
+                future.set_exception(TimeoutError(f"no answer within {seconds:g} s"))
+        if self._deadlines:
+            self._arm(self._deadlines[0][0])
 
     def _tell(self, message: Message) -> None:
         """Nobody waits: dropped while no decider runs (the setup brings a new one up to date)."""

@@ -355,3 +355,46 @@ def test_a_refused_answered_outcome_is_kept_without_its_body(store: StoreAddress
     assert client._unconfirmed[7] == Envelope(7, answered.outcome)
     client._on_reply(Reply(7, None))
     assert 7 not in client._unconfirmed
+
+
+def test_timed_calls_fail_at_their_own_deadline_and_answered_ones_do_not(
+    store: StoreAddress,
+) -> None:
+    """One timer watches every timed call (the proxy's request path): a call answered in time
+    gets its answer, unanswered ones fail with TimeoutError at their own deadline, in any order
+    of timeouts, and a late answer is dropped."""
+
+    class Silent:  # a decider that hears everything and answers nothing by itself
+        def __init__(self) -> None:
+            self.posted: list[Envelope] = []
+
+        def post(self, envelopes: list[Envelope]) -> None:
+            self.posted += envelopes
+
+    async def scenario() -> dict[str, Any]:
+        client = WorkerDecider(store)
+        link = client._link = Silent()  # type: ignore[assignment]
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        slow = asyncio.ensure_future(client.decide(charge(1), 0.4))
+        quick = asyncio.ensure_future(client.decide(charge(2), 0.1))
+        answered = asyncio.ensure_future(client.decide(charge(3), 0.1))
+        await asyncio.sleep(0)
+        by_run = {e.message.id: e.sequence for e in link.posted}
+        client._on_answers([Reply(by_run["run-3"], "decided")])
+        ended: dict[str, Any] = {}
+        for name, call in (("quick", quick), ("slow", slow), ("answered", answered)):
+            try:
+                ended[name] = await call
+            except TimeoutError as e:
+                ended[name] = (str(e), round(loop.time() - started, 1))
+        client._on_answers([Reply(by_run["run-1"], "too late")])  # dropped, no error
+        ended["left"] = len(client._deadlines)
+        return ended
+
+    assert asyncio.run(scenario()) == {
+        "answered": "decided",
+        "quick": ("no answer within 0.1 s", 0.1),
+        "slow": ("no answer within 0.4 s", 0.4),
+        "left": 0,
+    }
