@@ -198,8 +198,10 @@ class Holds:
 
     def resumable(self, flow: http.HTTPFlow, agent: str) -> tuple[Hold, RunSummary] | None:
         """The held call a client resumes (GET with the Last-Event-ID a leg ended with)."""
+        if flow.request.method != "GET":  # before the header: a lookup that fails costs more
+            return None
         event_id = flow.request.headers.get("last-event-id", "")
-        if flow.request.method != "GET" or not event_id.startswith("airlock-"):
+        if not event_id.startswith("airlock-"):
             return None
         found = self.streams.get(event_id)
         if found is None or found[0].stream is None or found[0].stream.agent != agent:
