@@ -332,14 +332,20 @@ class DeciderCore:
             return Evaluation(
                 fallback_action(document), Verdict(BLOCK, refusal, ("control-surface",))
             )
+        config = self._ready()
+        evaluation = with_mode(evaluate(document, config, self.history), self.mode)
+        return simulated(evaluation, self._simulating(document["agent"]))
+
+    def _ready(self) -> Config:
+        """The configuration to decide with, once the store is prepared and the recent past is
+        loaded (budgets without their past would let too much through); else why not."""
         if self.config is None:
             raise RuntimeError(self.missing)
         if not self.prepared:
             self._prepare_store()
-        if self.next_sync is None:  # budgets without their past would let too much through
+        if self.next_sync is None:
             self._load_history()
-        evaluation = with_mode(evaluate(document, self.config, self.history), self.mode)
-        return simulated(evaluation, self._simulating(document["agent"]))
+        return self.config
 
     def _simulating(self, agent: str) -> bool:
         """The whole proxy (--mode simulate), or this agent or one of its roles, is on trial."""
@@ -347,14 +353,9 @@ class DeciderCore:
         return self.mode == SIMULATE_MODE or (config is not None and config.agents.simulates(agent))
 
     def _evaluate_call(self, document: Document, call: ToolCall) -> Evaluation:
-        if self.config is None:
-            raise RuntimeError(self.missing)
-        if not self.prepared:
-            self._prepare_store()
-        if self.next_sync is None:
-            self._load_history()
-        action = tool_action(call, self.config.mappings, document)
-        evaluation = evaluate_call(action, document["agent"], self.config, self.history)
+        config = self._ready()
+        action = tool_action(call, config.mappings, document)
+        evaluation = evaluate_call(action, document["agent"], config, self.history)
         return simulated(with_mode(evaluation, self.mode), self._simulating(document["agent"]))
 
     # --- approvals ----------------------------------------------------------------------------
@@ -371,7 +372,7 @@ class DeciderCore:
         hold = None
         if approval is None:
             hold = self._new_hold(row, exact, key, verdict)
-            approval = self.opening[key] = _approval_of(hold)
+            approval = self.opening[key] = _pending(hold.approval_id, hold.expires_at, exact, False)
         else:
             row.reason = f"{row.reason} (a retry: joins approval {approval.id})"
         joins = None if hold is not None else approval.id
@@ -380,7 +381,8 @@ class DeciderCore:
 
         def with_what_the_store_found(written: Any) -> Decided:
             if isinstance(written, Joined):  # another instance opened this call's approval
-                return Decided(decided.run, stage, exact, _joined(written))
+                found = written.approval_id, written.expires_at, written.request_hash
+                return Decided(decided.run, stage, exact, _pending(*found, joined=True))
             return decided
 
         taken.results[sequence] = with_what_the_store_found
@@ -389,8 +391,7 @@ class DeciderCore:
         """The approval a request with this retry key joins: open, or settled and not past
         its window (approved: released once; denied: refused); None opens a new one."""
         if key in self.opening:
-            opened = self.opening[key]
-            return ApprovalState(**{**_fields(opened), "joined": True})
+            return replace(self.opening[key], joined=True)
         found = find_approval_for_retry(self.engine, key)
         if found is None or found.state in (EXPIRED, ABANDONED):
             return None
@@ -567,17 +568,6 @@ def _answer(sequence: int, result: Any, written: Any) -> Reply:
         return Reply(sequence, Failure(DECIDER, f"{FAULT}: the answer could not be made: {e!r}"))
 
 
-def _fields(approval: ApprovalState) -> dict[str, Any]:
-    return {name: getattr(approval, name) for name in ApprovalState.__dataclass_fields__}
-
-
-def _approval_of(hold: HoldRequest) -> ApprovalState:
-    return ApprovalState(
-        hold.approval_id, PENDING, None, None, hold.expires_at, hold.request_hash, joined=False
-    )
-
-
-def _joined(found: Joined) -> ApprovalState:
-    return ApprovalState(
-        found.approval_id, PENDING, None, None, found.expires_at, found.request_hash, joined=True
-    )
+def _pending(approval_id: str, expires_at: float, request_hash: str, joined: bool) -> ApprovalState:
+    """An open approval as the request held for it sees it: opened by it, or joined."""
+    return ApprovalState(approval_id, PENDING, None, None, expires_at, request_hash, joined)
