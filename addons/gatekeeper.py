@@ -72,6 +72,8 @@ class Gate:
             flow.metadata.pop(key, None)  # a replayed flow is judged afresh
         try:
             await self._gate(flow)
+            if flow.response is None and "airlock_released" not in flow.metadata:
+                _unless_client_left(flow)
         except Exception as e:  # fail closed: a fault in Airlock must never let a request by
             await self._refuse_after_fault(flow, e)
 
@@ -130,7 +132,8 @@ class Gate:
         refusal = await self.surface.refusal(request.host, request.port)
         try:
             return await self.runtime.ask().decide(
-                Decide(run_id, agent, refusal, raw_request(request)), STORE_TIMEOUT
+                Decide(run_id, agent, refusal, raw_request(request, flow.client_conn.sni)),
+                STORE_TIMEOUT,
             )
         except DeciderFault:
             raise  # not the store: refused as a fault of the gate, and recorded if it can be
@@ -207,6 +210,14 @@ class Gate:
         shown = error if isinstance(error, TimeoutError) else "the store failed (see Airlock's log)"
         reason = f"blocked because the decision could not be recorded: {shown}"
         self.refusals.refuse(flow, run, reason, recorded=False)
+
+
+def _unless_client_left(flow: http.HTTPFlow) -> None:
+    """A request the gate neither answered nor released goes on to the upstream: that is a
+    fault, unless its client left (mitmproxy then sends nothing: an approved hold whose client
+    is gone is kept for the retry)."""
+    if flow.client_conn.timestamp_end is None and flow.error is None:
+        raise RuntimeError("the gate ended without answering or releasing the request")
 
 
 class Airlock:

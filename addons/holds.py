@@ -219,7 +219,10 @@ class Holds:
             airlock=run.id, airlock_recorded=True, airlock_protocol="mcp", airlock_sse=True
         )
         if hold.settled.done() and hold.approval_id not in self.held:
-            return  # settled and answered meanwhile (abandoned): nothing to resume
+            # Settled and answered meanwhile (abandoned): nothing to resume, nothing to send.
+            self.refusals.refuse(flow, run, "this call's wait for a reviewer has ended; send it "
+                                 "again", approval={"id": hold.approval_id})  # fmt: skip
+            return
         hold.flow = flow
         log.info("approval %s: the MCP client resumed its stream (leg %d)",
                  hold.approval_id[:8], stream.legs + 1)  # fmt: skip
@@ -304,7 +307,13 @@ class Holds:
                    "proposed_hash": released.request_hash}  # fmt: skip
         async with asyncio.timeout(STORE_TIMEOUT):
             decided = await self.runtime.ask().decide(
-                Decide(edited_id, run.agent, None, raw_request(request), edit=context)
+                Decide(
+                    edited_id,
+                    run.agent,
+                    None,
+                    raw_request(request, flow.client_conn.sni),
+                    edit=context,
+                )
             )
         flow.metadata["airlock"] = edited_id  # what happens next is the edited run's outcome
         if decided.run.decision != ALLOW:

@@ -50,6 +50,8 @@ log = logging.getLogger("airlock.addons.gatekeeper")
 
 HISTORY_SYNC_SECONDS = 2.0  # how often other instances' decisions are pulled into the history
 STORE_TIMEOUT = 10.0  # seconds a flow waits for its commit before it is refused
+# mitmproxy options under which connections bypass the HTTP layer (relayed as raw streams).
+_UNSEEN_HOSTS = ("ignore_hosts", "allow_hosts", "tcp_hosts", "udp_hosts")
 _CONFIG_OPTIONS = frozenset(
     {"airlock_mappings", "airlock_policies", "airlock_mode", "airlock_approval_timeout"}
 )
@@ -395,6 +397,12 @@ class Runtime:
                 "Airlock cannot gate streamed requests: unset stream_large_bodies "
                 "(cap bodies with body_size_limit instead)"
             )
+        unseen = [n for n in _UNSEEN_HOSTS if n in ctx.options and getattr(ctx.options, n)]
+        if unseen:
+            raise exceptions.OptionsError(
+                "Airlock cannot gate connections that mitmproxy relays as raw streams, below any "
+                f"HTTP hook: unset {', '.join(unseen)}"
+            )
         safe = {"connection_strategy": "lazy", "rawtcp": False}
         # lazy: a blocked or held request never opens an upstream connection.
         # rawtcp off: non-HTTP traffic inside a tunnel is refused, not relayed unseen.
@@ -479,10 +487,13 @@ def add_header_unless_present(headers: http.Headers, name: str, value: str) -> N
         headers.fields = (*headers.fields, (name.encode(), value.encode()))
 
 
-def raw_request(request: http.Request) -> RawRequest:
-    """What the decider needs of a request: its bytes as mitmproxy holds them."""
+def raw_request(request: http.Request, sni: str | None) -> RawRequest:
+    """What the decider needs of a request: its bytes as mitmproxy holds them, the TLS server
+    name its client asked for (`sni`), and the names of any trailer fields (HTTP/2): both go
+    upstream as sent, so the decider refuses a request whose SNI or trailers it cannot judge."""
     data = request.data
+    trailers = [name for name, _ in data.trailers.fields] if data.trailers else []
     return RawRequest(
         data.method, data.scheme, request.host, request.port, data.path, data.authority,
-        list(data.headers.fields), request.raw_content or b"",
+        list(data.headers.fields), request.raw_content or b"", sni or "", trailers,
     )  # fmt: skip

@@ -1,12 +1,13 @@
 """Traffic that is not HTTP requests is cut: policies judge HTTP requests only, so anything else
-(raw TCP, UDP, WebSocket messages) would pass unjudged if it were relayed."""
+(raw TCP, UDP, DNS, WebSocket messages) would pass unjudged if it were relayed."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-from mitmproxy import http, tcp, udp
+from mitmproxy import dns, http, tcp, udp
+from mitmproxy.net.dns import response_codes
 
 from airlock.addons.metrics import Metrics
 
@@ -25,6 +26,21 @@ class Streams:
 
     def websocket_start(self, flow: http.HTTPFlow) -> None:
         self._refuse(flow, "WebSocket messages")
+
+    def tcp_message(self, flow: tcp.TCPFlow) -> None:
+        """mitmproxy 11 relays a raw TCP stream after tcp_start whatever that hook did (its TCP
+        layer does not look at kill()): every message is emptied before it is relayed."""
+        flow.messages[-1].content = b""
+
+    def udp_message(self, flow: udp.UDPFlow) -> None:
+        flow.messages[-1].content = b""
+
+    def dns_request(self, flow: dns.DNSFlow) -> None:
+        """A tunnel to port 53 or 5353 is DNS to mitmproxy, relayed without an HTTP request: a
+        query can carry anything in its names. Answered REFUSED, never sent on."""
+        self.metrics.fail_closed.labels("protocol").inc()
+        log.warning("refused DNS to %s: Airlock only passes HTTP requests", target(flow))
+        flow.response = flow.request.fail(response_codes.REFUSED)
 
     def _refuse(self, flow: Any, kind: str) -> None:
         self.metrics.fail_closed.labels("protocol").inc()

@@ -549,7 +549,8 @@ def wire_request(raw: RawRequest) -> WireRequest:
         _as_mitmproxy_reads(raw.method), _as_mitmproxy_reads(raw.scheme), raw.host, raw.port,
         _as_mitmproxy_reads(raw.path),
         [(name.decode("latin-1"), value.decode("latin-1")) for name, value in raw.headers],
-        raw.body, _as_mitmproxy_reads(raw.authority),
+        raw.body, _as_mitmproxy_reads(raw.authority), raw.sni,
+        tuple(name.decode("latin-1") for name in raw.trailers),
     )  # fmt: skip
 
 

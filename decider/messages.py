@@ -9,7 +9,7 @@ or a release from its side) are store.records' dataclasses, sent as they are.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from airlock.pipeline.run_record import RunSummary
@@ -76,6 +76,8 @@ class RawRequest:
     authority: bytes
     headers: list[tuple[bytes, bytes]]
     body: bytes
+    sni: str = ""  # the TLS server name the client asked for (the upstream is sent the same)
+    trailers: list[bytes] = field(default_factory=list)  # names of HTTP/2 trailer fields
 
 
 @dataclass(frozen=True, slots=True)

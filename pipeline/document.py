@@ -61,6 +61,8 @@ class WireRequest:
     headers: list[tuple[str, str]]
     raw_content: bytes
     authority: str = ""
+    sni: str = ""  # the TLS server name the client asked for; empty without TLS or SNI
+    trailers: tuple[str, ...] = ()  # names of trailer fields (HTTP/2), sent after the body
 
     @classmethod
     def of(cls, request: http.Request) -> WireRequest:
@@ -73,6 +75,9 @@ class WireRequest:
             latin1_headers(request),
             request.raw_content or b"",
             request.authority,
+            trailers=tuple(n.decode("latin-1") for n, _ in request.trailers.fields)
+            if request.trailers
+            else (),
         )
 
 
@@ -127,7 +132,27 @@ def build_document(request: http.Request | WireRequest, agent: str) -> Document:
             f"the request line holds bytes that are not UTF-8 ({method} {target}); "
             "URLs must percent-encode them"
         )
+    elif problem := _unjudged_parts(request, document["host"]):
+        document["request_error"] = problem
     return document
+
+
+def _unjudged_parts(request: WireRequest, host: str) -> str | None:
+    """What reaches the upstream besides the request line, headers and body: the TLS server
+    name (mitmproxy sends the client's SNI upstream: an edge that routes by SNI would serve
+    another host than the one judged) and trailer fields (sent after the body)."""
+    if request.sni and normalise_host(request.sni) != host:
+        return (
+            f"the TLS server name (SNI) {escape_undecodable(request.sni)[:100]!r} does not name "
+            f"the host the request goes to ({host!r})"
+        )
+    if request.trailers:
+        names = ", ".join(sorted({n.lower() for n in request.trailers}))[:200]
+        return (
+            f"the request carries trailer fields ({names}): sent after the body, they would "
+            "reach the upstream unjudged"
+        )
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +169,12 @@ def _read_body(raw: bytes, headers: dict[str, str]) -> Body:
     gives a request_error, which refuses the request."""
     content_type = headers.get("content-type", "")
     try:
-        decoded = decoded_body(raw, headers.get("content-encoding"))
+        _one_media_type(content_type)
+        # Strict when parameters will be read from it; an upload (S3's aws-chunked, an object
+        # stored gzipped) is recorded by size and hash whatever its encoding.
+        declared = content_type.split(";", 1)[0].strip()
+        strict = bool(declared) and _media_type(declared, b"") in _STRUCTURED
+        decoded = decoded_body(raw, headers.get("content-encoding"), strict)
     except Unreadable as e:
         return _refused_body(raw, e)
     if len(decoded) > MAX_PARSED_BODY:
@@ -167,17 +197,33 @@ def _uninspected(raw: bytes) -> str:
     return f"[{len(raw)} bytes not inspected, sha256 {hashlib.sha256(raw).hexdigest()}]"
 
 
-def decoded_body(raw: bytes, content_encoding: str | None) -> bytes:
-    """The body as the API reads it (gzip and the like undone, as mitmproxy would); as sent if
-    it does not decode or names no encoding Airlock knows. Raises Unreadable past
-    MAX_DECODED_BODY, checked while decoding: the bomb is never inflated whole."""
+def decoded_body(raw: bytes, content_encoding: str | None, strict: bool = True) -> bytes:
+    """The body as the API reads it (gzip and the like undone, as mitmproxy would). Raises
+    Unreadable past MAX_DECODED_BODY, checked while decoding: the bomb is never inflated whole.
+
+    strict (a JSON, form or XML request body): an encoding Airlock does not know (or several,
+    or a body that does not decode as its encoding) raises Unreadable too: judged as sent, it
+    would be judged without its parameters while the upstream may still read them. Not strict
+    (an upload, an answer read for identifiers): as sent."""
     name = (content_encoding or "").strip().lower()
+    if name in ("", "identity") or not raw:
+        return raw
     decode = _DECODERS.get(name)
-    if decode is None or not raw:
+    if decode is None:
+        if strict:
+            raise Unreadable(
+                f"the body's Content-Encoding {name[:60]!r} is not one Airlock decodes (one of "
+                f"{', '.join(_DECODERS)}); Airlock refuses what it cannot inspect"
+            )
         return raw
     try:
         decoded = decode(raw, MAX_DECODED_BODY + 1)
-    except (zlib.error, brotli.error, zstandard.ZstdError, EOFError):
+    except (zlib.error, brotli.error, zstandard.ZstdError, EOFError) as e:
+        if strict:
+            raise Unreadable(
+                f"the body does not decode as its Content-Encoding ({name}: {e}); Airlock "
+                "refuses what it cannot inspect"
+            ) from None
         return raw
     if len(decoded) > MAX_DECODED_BODY:
         raise Unreadable(
@@ -347,6 +393,16 @@ def parse_body(content_type: str, raw: bytes) -> tuple[Any, str, str | None]:
     return text, "text", None
 
 
+def _one_media_type(content_type: str) -> None:
+    """Content-Type names one media type: two (a list, or two headers folded into one) leave
+    the upstream to pick the one it reads the body as."""
+    if "," in content_type.split(";", 1)[0]:
+        raise Unreadable(
+            f"the Content-Type {content_type[:80]!r} names several media types: the upstream "
+            "could read the body as another one than Airlock"
+        )
+
+
 def _media_type(content_type: str, raw: bytes) -> str:
     """json, form, xml, or "" for a body Airlock does not parse."""
     media_type = content_type.split(";", 1)[0].strip().lower() or _sniff(raw)
@@ -365,7 +421,7 @@ def _too_deep(kind: str) -> Unreadable:
 
 def _parse_json(text: str) -> Any:
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_object)
     except RecursionError:
         raise _too_deep("JSON") from None
 
@@ -395,7 +451,14 @@ def _sniff(raw: bytes) -> str:
         return "application/xml"
     if start in (b"{", b"["):
         return "application/json"
+    # name=value&…: read as a form, as form APIs' servers may (not past the parsing limit: a
+    # large upload of base64 text would look like one)
+    if len(raw) <= MAX_PARSED_BODY and _FORM_LIKE.match(raw):
+        return "application/x-www-form-urlencoded"
     return ""
+
+
+_FORM_LIKE = re.compile(rb"[^\s=&]+=\S*\Z")
 
 
 def parse_xml(raw: bytes) -> dict[str, Any]:
@@ -433,6 +496,23 @@ def _xml_value(element: ElementTree.Element) -> Any:
             value[name].append(child_value)
         else:
             value[name] = [value[name], child_value]
+    return value
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object; one that repeats a key is refused: parsers differ on which value counts
+    (Python's the last, others the first), so the upstream could act on another one."""
+    value = dict(pairs)
+    if len(value) == len(pairs):
+        return value
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise Unreadable(
+                f"the JSON body repeats the key {key[:60]!r}: upstreams differ on which value "
+                "counts"
+            )
+        seen.add(key)
     return value
 
 

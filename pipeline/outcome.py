@@ -49,7 +49,7 @@ def answer_ids(
     headers = fold_headers(fields)
     encoding = next((v for k, v in headers.items() if k.lower() == "content-encoding"), None)
     try:
-        body = decoded_body(raw, encoding)
+        body = decoded_body(raw, encoding, strict=False)
     except Unreadable:
         return None  # a body that inflates past the limit is not read for identifiers
     return outcome_ids(mapping, status, headers, body)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -155,9 +156,23 @@ def retry_key_of(document: Document, exact_hash: str) -> str:
     return f"{document['agent']}:{exact_hash}"[:300]
 
 
+# Headers that change who acts, on whose account, or how the body is read: an approval binds
+# them, so a retry that joins it with other credentials or another account is not released.
+# Named rather than "all but the volatile ones": SDKs vary other headers on every attempt
+# (dates, signatures, retry counts, telemetry), and a retry must still join its approval.
+BOUND_HEADERS = (
+    "authorization", "x-api-key", "api-key", "x-goog-api-key", "cookie",
+    "x-amz-security-token", "stripe-account", "stripe-context", "openai-organization",
+    "openai-project", "content-type", "content-encoding", "x-http-method-override",
+    "x-http-method", "x-method-override",
+)  # fmt: skip
+_SIGV4_CREDENTIAL = re.compile(r"AWS4-HMAC-SHA256\s+Credential=([^,\s]+)")
+
+
 def request_hash(document: Document) -> str:
-    """Binds an approval to the exact request: method, URL, normalised body, agent. An MCP
-    call's JSON-RPC id is left out: calling the same tool again is a retry of the same call."""
+    """Binds an approval to the exact request: method, URL, normalised body, agent, and the
+    headers that say whose request it is and how its body reads (BOUND_HEADERS). An MCP call's
+    JSON-RPC id is left out: calling the same tool again is a retry of the same call."""
     body = document["body"]
     if jsonrpc_messages(document) is not None:
         body = without_ids(body)
@@ -173,9 +188,23 @@ def request_hash(document: Document) -> str:
             query,
             normalised or "",
             document["agent"],
+            json.dumps(_bound_headers(document.get("headers", {}))),
         ]
     )
     return hashlib.sha256(material.encode()).hexdigest()
+
+
+def _bound_headers(headers: dict[str, str]) -> list[tuple[str, str]]:
+    """BOUND_HEADERS as sent, but of an AWS signature only its credential (access key, date,
+    region, service): the signature itself changes with every attempt's timestamp."""
+    bound = []
+    for name in BOUND_HEADERS:
+        value = headers.get(name)
+        if value is None:
+            continue
+        signed = _SIGV4_CREDENTIAL.match(value) if name == "authorization" else None
+        bound.append((name, f"AWS4 {signed.group(1)}" if signed else value))
+    return bound
 
 
 def capped(value: Any) -> Any:

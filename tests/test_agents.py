@@ -194,6 +194,7 @@ def test_an_authenticated_agent_is_identified_and_its_key_never_stored(tmp_path:
     connect.request.headers["Proxy-Authorization"] = credentials("billing-bot", KEY)
     flow = stripe_flow(b"amount=5&currency=usd")
     flow.client_conn = connect.client_conn
+    flow.client_conn.sni = "api.stripe.com"  # the tunnel's, as its TLS client asked
 
     async def scenario(gate: Airlock, _: Any) -> None:
         await gate.identity.http_connect(connect)
@@ -218,6 +219,7 @@ def test_mitmproxys_own_proxyauth_names_the_agent_when_it_is_set(tmp_path: Path)
     connect.request.headers["Proxy-Authorization"] = credentials("billing-bot", "an-ldap-password")
     flow = stripe_flow(b"amount=5&currency=usd")
     flow.client_conn = connect.client_conn
+    flow.client_conn.sni = "api.stripe.com"  # the tunnel's, as its TLS client asked
 
     async def scenario(gate: Airlock, _: Any) -> None:
         auth.http_connect(connect)  # mitmproxy's addons run before Airlock's

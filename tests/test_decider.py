@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mitmproxy.http import Headers
 from mitmproxy.test import tutils
 from sqlalchemy import select
 
@@ -71,7 +72,7 @@ def charge(amount: int, run_id: str | None = None, **headers: str) -> Decide:
                  *((k.replace("_", "-").encode(), v.encode()) for k, v in headers.items())],
         content=f"amount={amount}&currency=usd".encode(),
     )  # fmt: skip
-    return Decide(run_id or f"run-{amount}", "a", None, raw_request(request))
+    return Decide(run_id or f"run-{amount}", "a", None, raw_request(request, None))
 
 
 def setup() -> Setup:
@@ -151,7 +152,7 @@ def test_the_request_crosses_to_the_decider_byte_for_byte() -> None:
         method=b"PATCH", path=b"/a%20b/\xc3\xa9?q=\xff", authority=b"",
         headers=[(b"X-Raw", b"\xfe\x00v"), (b"x-raw", b"second")], content=b"\x00\x01",
     )  # fmt: skip
-    [decide] = Reader().feed(pack(Decide("r", "a", None, raw_request(request))))
+    [decide] = Reader().feed(pack(Decide("r", "a", None, raw_request(request, None))))
     assert isinstance(decide.request, RawRequest)
     assert [tuple(h) for h in decide.request.headers] == list(request.headers.fields)
     crossed = wire_request(decide.request)
@@ -161,6 +162,22 @@ def test_the_request_crosses_to_the_decider_byte_for_byte() -> None:
         request.host, request.port, b"\x00\x01",
     )  # fmt: skip
     assert build_document(crossed, "a") == build_document(request, "a")
+
+
+def test_what_else_reaches_the_upstream_crosses_and_is_judged() -> None:
+    """The client's TLS server name and HTTP/2 trailer fields go upstream as sent: a request
+    whose SNI names another host, or that carries trailers, is refused."""
+    request = tutils.treq(host="api.stripe.com", authority=b"", headers=[], content=b"")
+
+    def crossed(sni: str | None) -> dict[str, Any]:
+        [decide] = Reader().feed(pack(Decide("r", "a", None, raw_request(request, sni))))
+        return build_document(wire_request(decide.request), "a")
+
+    assert "request_error" not in crossed("API.Stripe.com.")
+    assert "request_error" not in crossed(None)
+    assert "does not name the host" in crossed("evil.example")["request_error"]
+    request.trailers = Headers([(b"Stripe-Account", b"acct_other")])
+    assert "trailer fields (stripe-account)" in crossed("api.stripe.com")["request_error"]
 
 
 def test_values_json_cannot_carry_cross_as_they_are() -> None:
@@ -205,7 +222,7 @@ def test_a_record_keeps_large_values_as_their_start_length_and_hash(core: Decide
                                       (b"x-trace", b"t" * 100_000)],
         content=f"amount=5&currency=usd&description={description}".encode(),
     )  # fmt: skip
-    decide = Decide("run-big", "a", None, raw_request(request))
+    decide = Decide("run-big", "a", None, raw_request(request, None))
     decided = replies(core.handle([Envelope(0, setup()), Envelope(1, decide)]))[1]
     assert decided.run.decision == "ALLOW"
     run = stored(core, "run-big")

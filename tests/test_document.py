@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import gzip
+from typing import Any
 
+import pytest
 from mitmproxy.test import tutils
 
 from airlock.pipeline.document import build_document, parse_form
@@ -189,6 +191,45 @@ def test_a_compressed_body_is_read_as_the_api_reads_it() -> None:
     compressed.headers["Content-Encoding"] = "gzip"
     assert build_document(compressed, "a")["body"] == {"amount": 900}
 
-    mislabelled = request(b'{"amount": 900}', "application/json")
-    mislabelled.headers["Content-Encoding"] = "gzip"  # not gzip: kept as sent
-    assert build_document(mislabelled, "a")["body"] == {"amount": 900}
+
+def variant(body: bytes, content_type: str | None, **headers: str) -> Any:
+    built = request(body, content_type or "")
+    if content_type is None:
+        del built.headers["Content-Type"]
+    for name, value in headers.items():
+        built.headers[name.replace("_", "-")] = value
+    return build_document(built, "a")
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "headers", "why"),
+    [
+        # Judged as sent, each would be judged without its parameters while an upstream that
+        # reads it otherwise acts on them.
+        (b'{"amount": 900}', "application/json", {"Content_Encoding": "gzip"}, "does not decode"),
+        (gzip.compress(b"amount=900") + b"\x00x", "application/x-www-form-urlencoded",
+         {"Content_Encoding": "gzip"}, "does not decode"),
+        (gzip.compress(gzip.compress(b"amount=900")), "application/x-www-form-urlencoded",
+         {"Content_Encoding": "gzip, gzip"}, "not one Airlock decodes"),
+        (b"amount=900", "application/x-www-form-urlencoded", {"Content_Encoding": "compress"},
+         "not one Airlock decodes"),
+        (b"amount=900", "application/x-www-form-urlencoded,json", {}, "several media types"),
+        (b'{"amount": 1, "amount": 900}', "application/json", {}, "repeats the key 'amount'"),
+        (b'{"a": {"amount": 1, "amount": 900}}', None, {}, "repeats the key 'amount'"),
+    ],
+)  # fmt: skip
+def test_a_body_read_otherwise_than_it_claims_is_refused(
+    body: bytes, content_type: str | None, headers: dict[str, str], why: str
+) -> None:
+    document = variant(body, content_type, **headers)
+    assert why in document["request_error"]
+    assert "amount" not in str(document["body"])  # recorded by size and hash, not judged
+
+
+def test_a_body_without_content_type_is_read_as_the_form_it_looks_like() -> None:
+    assert variant(b"amount=900&currency=usd", None)["body"] == {
+        "amount": "900",
+        "currency": "usd",
+    }
+    assert variant(b"plain text, not a form", None)["body"] == "plain text, not a form"
+    assert variant(b"x", "application/json", Content_Encoding="identity")["body_error"]

@@ -30,6 +30,7 @@ from tests.helpers.proxy import PROJECT_ROOT
 def stripe_flow(body: bytes, path: str = "/v1/charges", method: str = "POST") -> Any:
     flow = tflow.tflow()
     flow.client_conn.timestamp_end = None  # the client is still connected
+    flow.client_conn.sni = "api.stripe.com"  # as its TLS client asked (tflow says "address")
     flow.request = tutils.treq(
         method=method.encode(),
         scheme=b"https",
@@ -142,6 +143,28 @@ def test_mapping_failure_blocks_records_the_error_and_counts_it(tmp_path: Path) 
     assert gate.metrics.fail_closed.labels("mapping")._value.get() == 1
 
 
+def test_a_request_the_gate_neither_answered_nor_released_is_refused(tmp_path: Path) -> None:
+    """The last line of fail-closed: whatever path forgot to answer or release a request (here
+    enforcement does nothing), it is refused, on record, not sent on."""
+    flow, gone = stripe_flow(b"amount=5&currency=usd"), stripe_flow(b"amount=6&currency=usd")
+    gone.client_conn.timestamp_end = time.time()  # its client left: nothing would be sent
+
+    async def scenario(gate: Airlock, _: Any) -> None:
+        async def forgets(*_: Any) -> None:
+            return None
+
+        gate.gate._enforce = forgets  # type: ignore[method-assign]
+        await gate.gate.request(flow)
+        await gate.gate.request(gone)
+
+    gate = with_gate(tmp_path, scenario)
+    assert flow.response is not None and flow.response.status_code == 403
+    assert "Airlock failed (RuntimeError" in json.loads(flow.response.content)["reason"]
+    assert gone.response is None and gate.metrics.fail_closed.labels("gate")._value.get() == 1
+    outcomes = {run.id: run.outcome for run in stored_runs(tmp_path)}
+    assert outcomes[flow.metadata["airlock"]] == "error"
+
+
 def test_store_failure_blocks_the_request_and_says_why(tmp_path: Path) -> None:
     """Acknowledged only once the database committed it: with the tables gone, both requests are
     refused, said why, and counted."""
@@ -174,6 +197,7 @@ def test_agent_identity_comes_from_the_connect_credentials(tmp_path: Path) -> No
     connect.request.headers["Proxy-Authorization"] = f"Basic {token}"
     flow = stripe_flow(b"amount=5&currency=usd")
     flow.client_conn = connect.client_conn
+    flow.client_conn.sni = "api.stripe.com"
     # Sent again inside the tunnel: the CONNECT named the agent, and the upstream never sees it.
     flow.request.headers["Proxy-Authorization"] = f"Basic {token}"
 
@@ -256,6 +280,41 @@ def test_request_hash_binds_method_url_body_and_agent() -> None:
     assert request_hash(base) == request_hash(same)
     for change in ({"agent": "y"}, {"body": {"a": 3}}, {"path": "/q"}, {"method": "PUT"}):
         assert request_hash(base) != request_hash(dict(base, **change))
+
+
+def test_request_hash_binds_whose_request_it_is_not_what_each_attempt_changes() -> None:
+    """A retry joins its call's approval: a retry with another key or account must not be the
+    request the reviewer approved, while an SDK's own retry (new date, signature, attempt
+    count) still is."""
+
+    def hashed(**headers: str) -> str:
+        sent = {"content-type": "application/x-www-form-urlencoded", "user-agent": "Stripe/v1"}
+        sent |= {name.replace("_", "-"): value for name, value in headers.items()}
+        document = {"method": "POST", "scheme": "https", "host": "api.stripe.com", "port": 443,
+                    "path": "/v1/charges", "query": {}, "body": {"amount": "150000"},
+                    "agent": "x", "headers": sent}  # fmt: skip
+        return request_hash(document)
+
+    ours = hashed(authorization="Bearer sk_test_OURS", stripe_account="acct_OURS")
+    assert ours == hashed(authorization="Bearer sk_test_OURS", stripe_account="acct_OURS",
+                          x_stripe_client_telemetry='{"last_request_metrics": 1}')  # fmt: skip
+    for other in (
+        {"authorization": "Bearer sk_live_OTHER", "stripe_account": "acct_OURS"},
+        {"authorization": "Bearer sk_test_OURS", "stripe_account": "acct_VICTIM"},
+        {"authorization": "Bearer sk_test_OURS"},
+        {"authorization": "Bearer sk_test_OURS", "stripe_account": "acct_OURS",
+         "x_http_method_override": "DELETE"},
+    ):  # fmt: skip
+        assert hashed(**other) != ours, other
+
+    def signed(key: str, date: str, signature: str) -> str:
+        return hashed(authorization=f"AWS4-HMAC-SHA256 Credential={key}/20261204/us-east-1/s3/"
+                      f"aws4_request, SignedHeaders=host;x-amz-date, Signature={signature}",
+                      x_amz_date=date)  # fmt: skip
+
+    first = signed("AKIAOURS", "20261204T230000Z", "a1")
+    assert signed("AKIAOURS", "20261204T230002Z", "b2") == first  # boto3's next attempt
+    assert signed("AKIAOTHER", "20261204T230002Z", "b2") != first
 
 
 def test_routes_parse_and_reject_bad_specs() -> None:
@@ -416,6 +475,14 @@ def test_non_http_traffic_is_cut_and_unsafe_options_are_fixed(tmp_path: Path) ->
         tcp_flow = tflow.ttcpflow()
         gate.streams.tcp_start(tcp_flow)
         assert tcp_flow.killable is False  # killed
+        # mitmproxy 11's TCP layer relays whatever tcp_start did: each message is emptied too.
+        gate.streams.tcp_message(tcp_flow)
+        assert tcp_flow.messages[-1].content == b""
+        for name in ("ignore_hosts", "allow_hosts", "tcp_hosts", "udp_hosts"):
+            tctx.options.update(**{name: ["api.stripe.com"]})
+            with pytest.raises(exceptions.OptionsError, match=f"relays as raw streams.*{name}"):
+                gate.runtime._enforce_gating_options()
+            tctx.options.update(**{name: []})
         tctx.options.stream_large_bodies = "1m"
         with pytest.raises(exceptions.OptionsError, match="cannot gate streamed requests"):
             gate.runtime._enforce_gating_options()

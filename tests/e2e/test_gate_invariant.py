@@ -47,12 +47,10 @@ class Answer:
         return json.loads(self.body)
 
 
-def tunnel(
-    proxy: Proxy, host: str, alpn: list[str] | None = None, timeout: float = 15
-) -> ssl.SSLSocket:
-    """CONNECT host:443 through the proxy, then TLS to it trusting the proxy's CA."""
+def connect(proxy: Proxy, host: str, port: int = 443, timeout: float = 15) -> socket.socket:
+    """A tunnel to host:port through the proxy (CONNECT answered 200)."""
     raw = socket.create_connection(("127.0.0.1", proxy.port), timeout=timeout)
-    raw.sendall(f"CONNECT {host}:443 HTTP/1.1\r\nHost: {host}:443\r\n\r\n".encode())
+    raw.sendall(f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
     head = b""
     while b"\r\n\r\n" not in head:
         chunk = raw.recv(4096)
@@ -60,10 +58,21 @@ def tunnel(
             raise ConnectionError(f"proxy closed the CONNECT: {head!r}")
         head += chunk
     assert head.startswith(b"HTTP/1.1 200"), head
+    return raw
+
+
+def tunnel(
+    proxy: Proxy, host: str, alpn: list[str] | None = None, timeout: float = 15,
+    sni: str | None = None,
+) -> ssl.SSLSocket:  # fmt: skip
+    """CONNECT host:443 through the proxy, then TLS to it trusting the proxy's CA (asking for
+    `sni` as the server name, the CONNECT host unless given)."""
+    raw = connect(proxy, host, timeout=timeout)
     context = ssl.create_default_context(cafile=str(proxy.ca_cert))
+    context.check_hostname = sni is None
     if alpn:
         context.set_alpn_protocols(alpn)
-    return context.wrap_socket(raw, server_hostname=host)
+    return context.wrap_socket(raw, server_hostname=sni or host)
 
 
 def exchange(
@@ -78,14 +87,21 @@ def exchange(
         return Answer(response.status, headers, response.read())
 
 
-def h2_exchange(proxy: Proxy, host: str, headers: list[tuple[str, str]]) -> Answer:
-    """One HTTP/2 request (no body) inside a tunnel to `host`."""
+def h2_exchange(
+    proxy: Proxy, host: str, headers: list[tuple[str, str]], body: bytes = b"",
+    trailers: list[tuple[str, str]] | None = None,
+) -> Answer:  # fmt: skip
+    """One HTTP/2 request inside a tunnel to `host`, with a body and trailer fields if given."""
     with tunnel(proxy, host, alpn=["h2"]) as tls:
         assert tls.selected_alpn_protocol() == "h2"
         conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
         conn.initiate_connection()
         stream_id = conn.get_next_available_stream_id()
-        conn.send_headers(stream_id, headers, end_stream=True)
+        conn.send_headers(stream_id, headers, end_stream=not body and not trailers)
+        if body:
+            conn.send_data(stream_id, body, end_stream=not trailers)
+        if trailers:
+            conn.send_headers(stream_id, trailers, end_stream=True)
         tls.sendall(conn.data_to_send())
         status, answer_headers, body = 0, {}, b""
         while True:
@@ -267,6 +283,68 @@ def test_http1_host_header_naming_another_host_is_refused(proxy: Proxy, upstream
     assert "Host header" in answer.json()["reason"]
     assert upstream.count() == 0
     assert "Host header" in blocked_record(proxy, answer.headers).reason
+
+
+def test_a_tls_server_name_naming_another_host_is_refused(proxy: Proxy, upstream: Upstream) -> None:
+    """mitmproxy asks the upstream for the client's SNI: an edge that routes by it would serve
+    another host than the one judged (the CONNECT target), HTTP/1.0 without a Host header."""
+    with tunnel(proxy, "api.example.com", sni="api.stripe.com") as tls:
+        tls.sendall(b"GET /v1/balance HTTP/1.0\r\n\r\n")
+        response = http.client.HTTPResponse(tls)  # type: ignore[arg-type]
+        response.begin()
+        headers = {name.lower(): value for name, value in response.getheaders()}
+        answer = Answer(response.status, headers, response.read())
+
+    assert answer.status == 403, answer
+    assert "server name (SNI) 'api.stripe.com'" in answer.json()["reason"]
+    assert upstream.count() == 0
+    assert "SNI" in blocked_record(proxy, answer.headers).reason
+
+
+def test_http2_trailer_fields_are_refused_not_forwarded_unjudged(
+    proxy: Proxy, upstream: Upstream
+) -> None:
+    answer = h2_exchange(
+        proxy,
+        "api.stripe.com",
+        [(":method", "POST"), (":authority", "api.stripe.com"), (":scheme", "https"),
+         (":path", "/v1/charges"), ("content-type", "application/x-www-form-urlencoded")],
+        body=b"amount=500&currency=usd",
+        trailers=[("stripe-account", "acct_other")],
+    )  # fmt: skip
+
+    assert answer.status == 403, answer
+    assert "trailer fields (stripe-account)" in answer.json()["reason"]
+    assert upstream.count() == 0
+    assert "trailer" in blocked_record(proxy, answer.headers).reason
+
+
+def test_dns_through_a_tunnel_is_answered_refused_never_relayed(
+    start_proxy: Callable[..., Proxy],
+) -> None:
+    """mitmproxy speaks DNS to a tunnel's port 53 itself, without an HTTP request: a query's
+    names could carry anything out."""
+    received: list[bytes] = []
+    resolver = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        with resolver:
+            connection, _ = resolver.accept()
+            with connection:
+                received.append(connection.recv(65535))
+
+    threading.Thread(target=serve, daemon=True).start()
+    proxy = start_proxy(routes={"resolver.example": resolver.getsockname()[1]})
+    name = b"".join(bytes([len(label)]) + label for label in (b"sk-secret", b"example")) + b"\0"
+    query = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + name + b"\x00\x10\x00\x01"
+    with connect(proxy, "resolver.example", 53) as raw:
+        raw.sendall(len(query).to_bytes(2, "big") + query)
+        answer = raw.recv(4096)
+
+    assert answer[2:4] == b"\x12\x34"  # the query's id
+    assert answer[5] & 0x0F == 5  # RCODE 5: REFUSED
+    assert received == []
+    assert "refused DNS" in proxy.output()
 
 
 # --- 4. a gzip bomb, and everyone else meanwhile -----------------------------------------------
