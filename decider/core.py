@@ -368,7 +368,7 @@ class DeciderCore:
         already open for the same call, which the request joins (never a second approval)."""
         exact = request_hash(document)
         key = retry_key_of(document, exact)
-        approval = self._joinable(key)
+        approval = self._joinable(key, row.at)
         hold = None
         if approval is None:
             hold = self._new_hold(row, exact, key, verdict)
@@ -380,22 +380,25 @@ class DeciderCore:
         decided = Decided(row.summary(), stage, exact, approval)
 
         def with_what_the_store_found(written: Any) -> Decided:
-            if isinstance(written, Joined):  # another instance opened this call's approval
+            # Another instance opened this call's approval: this hold joined it, or this join
+            # was of the approval a hold of the same batch meant to open (records.py).
+            if isinstance(written, Joined):
                 found = written.approval_id, written.expires_at, written.request_hash
                 return Decided(decided.run, stage, exact, _pending(*found, joined=True))
             return decided
 
         taken.results[sequence] = with_what_the_store_found
 
-    def _joinable(self, key: str) -> ApprovalState | None:
-        """The approval a request with this retry key joins: open, or settled and not past
-        its window (approved: released once; denied: refused); None opens a new one."""
+    def _joinable(self, key: str, at: float) -> ApprovalState | None:
+        """The approval a request with this retry key, decided at `at`, joins: open, or settled
+        and not past its window (approved: released once; denied: refused); None opens a new
+        one. `at` as the store's own check (records.py _open_or_join) takes it, not the clock."""
         if key in self.opening:
             return replace(self.opening[key], joined=True)
         found = find_approval_for_retry(self.engine, key)
         if found is None or found.state in (EXPIRED, ABANDONED):
             return None
-        if found.expires_at <= time.time():
+        if found.expires_at <= at:
             return None  # past its window, the same request again is a new request
         return ApprovalState(
             found.id, found.state, found.reviewer, found.reason, found.expires_at,

@@ -88,22 +88,27 @@ def record_decisions(
     tx: Tx, records: list[DecisionRecord]
 ) -> tuple[list[Event], dict[str, Joined]]:
     """The runs, their events and the approvals they open; returns the events and, by run id,
-    the holds that joined an approval already open for their call instead of opening one."""
+    the holds that joined an approval already open for their call instead of opening one, and
+    the joins redirected to it (they were told to join the approval such a hold meant to open)."""
     rows = [RUN_DEFAULTS | r.run.as_row() for r in records]
     tx.send_many(tx.sql.insert_runs, rows)
     events = [Event("decision", row["id"], row["at"], decision_payload(row)) for row in rows]
     # Outcomes known at decision time (a block) go in with the decision, in the same commit.
     events += [_outcome_event(row) for row in rows if row.get("outcome")]
     joined: dict[str, Joined] = {}
+    lost: dict[str, Joined] = {}  # approvals this group meant to open, by what it joined instead
     holders = []
     for record in records:
         held_for = record.joins
+        if record.joins in lost:  # the decider took the lost approval for opened (one batch)
+            joined[record.run.id] = lost[record.joins]
+            held_for = lost[record.joins].approval_id
         if record.hold is not None:
             found, opened = _open_or_join(tx, record, record.hold)
             events += opened
             held_for = record.hold.approval_id if found is None else found.approval_id
             if found is not None:
-                joined[record.run.id] = found
+                joined[record.run.id] = lost[record.hold.approval_id] = found
         if held_for is not None:
             holders.append({"approval_id": held_for, "instance": record.run.instance,
                             "at": record.run.at})  # fmt: skip

@@ -778,6 +778,33 @@ def test_the_same_call_from_two_instances_at_once_opens_one_approval(engine: Eng
     assert verify_audit(engine).ok
 
 
+def test_a_join_of_an_approval_its_group_lost_to_another_instance_joins_the_winner(
+    engine: Engine,
+) -> None:
+    """One group holds a call twice: the first copy opens an approval, the second is told to
+    join it. Another instance opened the call's approval meanwhile, so the first copy's insert
+    becomes a join; the second copy joins that approval too, instead of the one never opened
+    (its holder row would break the foreign key and its request be refused)."""
+    key = "agent-a:key-lost"
+    winner, first = call_held(key), call_held(key)
+    write(engine, winner)
+    lost = first.hold.approval_id  # type: ignore[union-attr]
+    second = DecisionRecord(run_row("REQUIRE_APPROVAL"), joins=lost)
+    writer = GroupWriter(engine)
+    try:
+        written = writer.write_group([Pending(1, first), Pending(2, second)])
+    finally:
+        writer.close()
+    assert [(sequence, ok) for sequence, ok, _ in written] == [(1, True), (2, True)]
+    opened = winner.hold.approval_id  # type: ignore[union-attr]
+    assert [joined.approval_id for _, _, joined in written] == [opened, opened]
+    with engine.connect() as conn:
+        assert conn.execute(select(Approval.id)).scalars().all() == [opened]
+        holders = conn.execute(select(ApprovalHolder.approval_id)).scalars().all()
+    assert set(holders) == {opened}
+    assert verify_audit(engine).ok
+
+
 def test_a_call_whose_open_approval_expired_opens_a_new_one(engine: Engine) -> None:
     stale, fresh = call_held("agent-a:key-2", expires_in=-1), call_held("agent-a:key-2")
     write(engine, stale)
