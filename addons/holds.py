@@ -268,8 +268,7 @@ class Holds:
 
     async def _release(self, flow: http.HTTPFlow, run: RunSummary, approval_id: str) -> None:
         """Forward an approved request exactly once, whichever attempt gets here first."""
-        async with asyncio.timeout(STORE_TIMEOUT):
-            released = await self.runtime.ask().release(approval_id, time.time())
+        released = await self.runtime.release(approval_id)
         if released.won and run.simulated:  # a trial: approved, and answered by Airlock
             self.simulations.answer(flow, replace(run, shadow_decision=REQUIRE_APPROVAL))
             return

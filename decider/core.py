@@ -92,6 +92,7 @@ from airlock.store.records import (
     OutcomeRecord,
     ReleaseRequest,
     SettleRequest,
+    WithdrawRelease,
 )
 from airlock.store.schema import create_schema, open_engine
 from airlock.store.seals import Sealer, seal_with
@@ -103,7 +104,8 @@ log = logging.getLogger("airlock.decider")
 FAULT = "the decider failed"  # starts the error answered for a message it could not handle
 RETRY_SECONDS = 1.0  # how often outcomes the store refused are tried again
 MAX_UNWRITTEN = 10_000  # outcomes kept for another try; the oldest go past it (logged)
-_STORE_JOBS = (DecisionRecord, OutcomeRecord, SettleRequest, ReleaseRequest)
+_STORE_JOBS = (DecisionRecord, OutcomeRecord, SettleRequest, ReleaseRequest, WithdrawRelease)
+_UNAWAITED = (OutcomeRecord, WithdrawRelease)  # the proxy goes on without them: kept, retried
 
 
 @dataclass
@@ -140,8 +142,8 @@ class DeciderCore:
         self.prepared = False  # tables made, what stopped processes left settled
         self.queue: int | None = None  # approvals pending in the store, every instance's
         self.queue_pushed: int | None = None
-        # Outcomes (nobody awaits them) the store could not take: tried again on their own every
-        # RETRY_SECONDS, so one that keeps failing never fails the groups behind it.
+        # Outcomes and withdrawals (nobody awaits them) the store could not take: tried again on
+        # their own every RETRY_SECONDS, so one that keeps failing never fails the groups behind.
         self.unwritten: list[Pending] = []
         self.retry_at = 0.0
 
@@ -243,7 +245,7 @@ class DeciderCore:
 
     def _keep_unwritten(self, group: list[Pending], written: list[tuple[int, bool, Any]]) -> None:
         failed = [p for p, (_, ok, _) in zip(group, written, strict=True) if not ok]
-        unawaited = [p for p in failed if isinstance(p.job, OutcomeRecord)]
+        unawaited = [p for p in failed if isinstance(p.job, _UNAWAITED)]
         if not unawaited:
             return
         if not self.unwritten:
@@ -251,7 +253,10 @@ class DeciderCore:
         self.unwritten += unawaited
         if len(self.unwritten) > MAX_UNWRITTEN:
             dropped = len(self.unwritten) - MAX_UNWRITTEN
-            log.error("%d outcomes dropped: the store has refused writes for too long", dropped)
+            log.error(
+                "%d outcomes or withdrawals dropped: the store has refused writes for too long",
+                dropped,
+            )
             del self.unwritten[:dropped]
 
     def _retry_unwritten(self, now: bool = False) -> list[Answer]:

@@ -14,7 +14,17 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from sqlalchemy import JSON, Connection, bindparam, func, insert, literal_column, select, update
+from sqlalchemy import (
+    JSON,
+    Connection,
+    bindparam,
+    func,
+    insert,
+    literal_column,
+    null,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.sql import ClauseElement
@@ -97,6 +107,7 @@ class Statements:
     approval: Prepared
     approval_edit: Prepared
     release_once: Prepared
+    withdraw_release: Prepared  # the release made at `at`, if it is still the approval's
     resolved_at: Prepared
 
 
@@ -164,6 +175,15 @@ def statements_for(dialect: Dialect) -> Statements:
                 Approval.released_at.is_(None),
             )
             .values(released_at=bindparam("released_at")),
+            dialect,
+        ),
+        withdraw_release=_prepare(
+            update(Approval)
+            .where(
+                Approval.id == bindparam("aid"),
+                Approval.released_at == bindparam("at"),
+            )
+            .values(released_at=null()),
             dialect,
         ),
         resolved_at=_prepare(

@@ -64,6 +64,16 @@ class ReleaseRequest:
 
 
 @dataclass(frozen=True)
+class WithdrawRelease:
+    """A release the proxy gave up waiting for (or failed to act on) did not forward anything:
+    undone if it was committed, so that the approval's retry can still be released. `at` is the
+    release's own: one that another attempt won since is left as it is."""
+
+    approval_id: str
+    at: float
+
+
+@dataclass(frozen=True)
 class Released:
     """What a release request found: whether this caller forwards the request (only the first
     does), and the reviewer's edit to apply to it first, if any."""
@@ -262,6 +272,22 @@ def release_approval(tx: Tx, approval_id: str, at: float) -> tuple[Released, lis
     edit, proposed, held_run = found if found is not None else (None, None, None)
     if isinstance(edit, str):  # SQLite hands JSON back as text
         edit = json.loads(edit)
+    return Released(True, edit, proposed, held_run), [_released_event(tx, approval_id, at)]
+
+
+def withdraw_release(tx: Tx, approval_id: str, at: float) -> tuple[None, list[Event]]:
+    """Undo the release made at `at`, if it is still the approval's: "released" must mean
+    forwarded. The chain records it (`withdrawn`: the release undone), so verify accepts it."""
+    changed, _ = tx.read(tx.sql.withdraw_release, {"aid": approval_id, "at": at})
+    if changed != 1:
+        return None, []
+    event = _released_event(tx, approval_id, None)
+    event.payload["withdrawn"] = at
+    return None, [event]
+
+
+def _released_event(tx: Tx, approval_id: str, released_at: float | None) -> Event:
+    """The approval's event once its release changed: its state, as it now is."""
     _, row = tx.read(tx.sql.approval, {"aid": approval_id})
     assert row is not None
     state, reviewer, reason, run_id, created_at = row
@@ -272,7 +298,7 @@ def release_approval(tx: Tx, approval_id: str, at: float) -> tuple[Released, lis
         "reviewer": reviewer,
         "reason": reason,
         "resolved_at": resolved[0] if resolved else None,
-        "released_at": at,
+        "released_at": released_at,
         "created_at": created_at,
     }
-    return Released(True, edit, proposed, held_run), [_approval_event(event_row, run_id)]
+    return _approval_event(event_row, run_id)

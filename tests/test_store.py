@@ -381,6 +381,61 @@ def test_hold_approve_and_terminal_states_are_final(engine: Engine) -> None:
     assert verify_audit(engine).ok
 
 
+def test_a_withdrawal_undoes_only_its_own_release_and_the_chain_names_it(engine: Engine) -> None:
+    """A release the proxy gave up on is withdrawn: the approval can be released again, once.
+    A withdrawal of a release another attempt made since (another `at`) changes nothing."""
+    from airlock.store.records import WithdrawRelease
+
+    row, hold = held()
+    write(engine, DecisionRecord(row, hold))
+    resolve_approval(engine, hold.approval_id, APPROVED, "alice", "ok")
+    given_up, retried = time.time(), time.time() + 1
+    [released] = write(engine, ReleaseRequest(hold.approval_id, given_up))
+    write(engine, WithdrawRelease(hold.approval_id, given_up))
+    [again, twice] = write(
+        engine, ReleaseRequest(hold.approval_id, retried), ReleaseRequest(hold.approval_id, retried)
+    )
+    write(engine, WithdrawRelease(hold.approval_id, given_up))  # sent again: not its release
+    assert (released.won, sorted([again.won, twice.won])) == (True, [False, True])
+    with engine.connect() as conn:
+        assert conn.execute(select(Approval.released_at)).scalar_one() == retried
+    assert verify_audit(engine).ok
+
+    from airlock.store.audit import Event
+
+    forged = {"approval_id": hold.approval_id, "state": APPROVED, "reviewer": "alice",
+              "reason": "ok", "resolved_at": None, "released_at": None}  # fmt: skip
+    with engine.begin() as conn:
+        conn.execute(update(Approval).values(released_at=None))
+    problem = _append_well_chained(engine, Event("approval", row.id, time.time(), forged))
+    assert f"moves approval {hold.approval_id} from APPROVED to APPROVED" in problem
+
+
+def test_a_withdrawal_the_decider_did_not_confirm_is_sent_to_the_next_one(engine: Engine) -> None:
+    """Kept like an outcome: a decider that dies before committing it does not lose it."""
+    row, hold = held()
+    write(engine, DecisionRecord(row, hold))
+    resolve_approval(engine, hold.approval_id, APPROVED, "alice", "ok")
+    at = time.time()
+    write(engine, ReleaseRequest(hold.approval_id, at))
+
+    async def scenario() -> None:
+        decider = WorkerDecider(address(engine))
+        await decider.start()
+        process = decider._link.process  # type: ignore[union-attr]
+        process.kill()
+        await asyncio.to_thread(process.wait)
+        decider.withdraw_release(hold.approval_id, at)  # the dead decider never gets it
+        await asyncio.sleep(0.1)
+        await decider.start()
+        await decider.stop()
+
+    asyncio.run(scenario())
+    with engine.connect() as conn:
+        assert conn.execute(select(Approval.released_at)).scalar_one() is None
+    assert verify_audit(engine).ok
+
+
 def test_expired_approval_cannot_be_approved(engine: Engine) -> None:
     row, hold = held(expires_in=-1)
     write(engine, DecisionRecord(row, hold))
