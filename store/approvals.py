@@ -16,8 +16,14 @@ from sqlalchemy.orm import Session
 
 from airlock.store.audit import Event, append_events
 from airlock.store.names import name_key
-from airlock.store.prepared import PENDING, tx_of
-from airlock.store.records import OutcomeRecord, Settlement, record_outcomes, settle_approval
+from airlock.store.prepared import PENDING, Tx, tx_of
+from airlock.store.records import (
+    OutcomeRecord,
+    Settlement,
+    SettleRequest,
+    record_outcomes,
+    settle_approval,
+)
 from airlock.store.schema import (
     Approval,
     ApprovalHolder,
@@ -346,6 +352,39 @@ def expire_orphaned_approvals(
                 append_events(tx, events)
                 expired.append(approval_id)
     return expired
+
+
+def leave_approval(
+    tx: Tx, job: SettleRequest, host: str | None = None, alive: Any = None
+) -> tuple[Settlement, list[Event]]:
+    """An instance's hold ends (its client left, or it shuts down): its holder row goes, and the
+    approval is settled as asked unless another holder remains that is not known to be dead (as
+    expire_orphaned_approvals rules: instances on other hosts are taken as alive). Then it stays
+    PENDING for the others' flows and its reviewers; only this attempt ends (answered with the
+    approval's state, not won).
+
+    On PostgreSQL the approval row is locked first: a join's holder insert (its foreign key takes
+    a KEY SHARE lock) waits for this commit, or this for the join's, so a join committed first is
+    seen here. Left open: a retry whose decider found the approval PENDING (decider/core.py
+    _joinable) just before this commit settles it still joins it after; that attempt is then
+    refused with this settlement, as a flow held when it was made would be."""
+    assert job.leaving is not None
+    host = socket.gethostname() if host is None else host
+    alive = process_alive if alive is None else alive
+    tx.read(tx.sql.lock_approval, {"aid": job.approval_id})
+    tx.send(tx.sql.remove_holder, {"aid": job.approval_id, "instance": job.leaving})
+    others = [
+        instance
+        for (instance,) in tx.read_all(tx.sql.holders, {"aid": job.approval_id})
+        if not _held_by_dead_process(instance, host, alive, job.leaving)
+    ]
+    if not others:
+        return settle_approval(tx, job.approval_id, job.state, None, job.reason, job.at)
+    _, row = tx.read(tx.sql.approval, {"aid": job.approval_id})
+    if row is None:
+        raise LookupError(f"no approval {job.approval_id}")
+    state, reviewer, reason, _, _ = row
+    return Settlement(job.approval_id, state, False, reviewer, reason), []
 
 
 def _holders(conn: Any, approval_ids: list[str]) -> dict[str, list[str]]:

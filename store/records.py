@@ -47,12 +47,17 @@ class OutcomeRecord:
 
 @dataclass(frozen=True)
 class SettleRequest:
-    """The proxy ends an approval itself: EXPIRED on timeout, ABANDONED on client disconnect."""
+    """The proxy ends an approval itself: EXPIRED on timeout, ABANDONED on client disconnect.
+
+    With `leaving` (the instance whose hold ends: its client left, or it shuts down), only if no
+    other live instance holds a flow for it (store/approvals.py leave_approval): an approval
+    belongs to the call, not to the instance that first held it."""
 
     approval_id: str
     state: str
     reason: str
     at: float
+    leaving: str | None = None
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from airlock.store.approvals import leave_approval
 from airlock.store.audit import Event, append_events
 from airlock.store.prepared import raw_transaction
 from airlock.store.records import (
@@ -108,6 +109,8 @@ def _apply(tx: Any, job: Change) -> tuple[Any, list[Event]]:
     """A settlement's, release's or withdrawal's statements: (its result, its audit events).
     Decisions and outcomes are written for the whole group at once, in _commit; these in the
     order they came (a withdrawal after the release it undoes)."""
+    if isinstance(job, SettleRequest) and job.leaving is not None:
+        return leave_approval(tx, job)
     if isinstance(job, SettleRequest):
         return settle_approval(tx, job.approval_id, job.state, None, job.reason, job.at)
     if isinstance(job, WithdrawRelease):

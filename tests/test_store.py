@@ -101,7 +101,7 @@ async def submit(decider: Any, job: Any) -> Any:
     if isinstance(job, DecisionRecord):
         return await decider.record(job)
     if isinstance(job, SettleRequest):
-        return await decider.settle(job.approval_id, job.state, job.reason, job.at)
+        return await decider.settle(job.approval_id, job.state, job.reason, job.at, job.leaving)
     if isinstance(job, ReleaseRequest):
         return await decider.release(job.approval_id, job.at)
     decider.record_outcome(job)  # nobody waits for an outcome: written by stop() at the latest
@@ -752,6 +752,46 @@ def test_an_approval_a_live_instance_holds_a_retry_for_outlives_its_opener(
     assert expire_orphaned_approvals(engine, "box", lambda pid: False, "box-444.y") == [
         hold.approval_id
     ]
+
+
+def test_an_instance_leaving_an_approval_another_live_one_holds_leaves_it_open(
+    engine: Engine,
+) -> None:
+    """An approval belongs to the call: an instance whose client left (or that shuts down)
+    ends its own hold, and the approval stays PENDING while another live instance holds a flow
+    for it; the last one to leave settles it. Holders known dead (a gone process of this host,
+    or an earlier process that had the leaving one's pid) keep nothing open."""
+    import os
+    import socket
+
+    from airlock.store.approvals import ABANDONED
+
+    host = socket.gethostname()
+    here, elsewhere = f"{host}-{os.getpid()}.now", "box-111"  # another host: taken as alive
+    row, hold = held()
+    write(engine, DecisionRecord(replace(row, instance=elsewhere), hold))
+    write(
+        engine, DecisionRecord(run_row("REQUIRE_APPROVAL", instance=here), joins=hold.approval_id)
+    )
+
+    [left] = write(engine, SettleRequest(hold.approval_id, ABANDONED, "client disconnected",
+                                         time.time(), leaving=here))  # fmt: skip
+    assert (left.state, left.won) == ("PENDING", False)
+    with engine.connect() as conn:
+        assert conn.execute(select(ApprovalHolder.instance)).scalars().all() == [elsewhere]
+    [ended] = write(engine, SettleRequest(hold.approval_id, EXPIRED, "proxy shut down",
+                                          time.time(), leaving=elsewhere))  # fmt: skip
+    assert (ended.state, ended.won) == (EXPIRED, True)
+
+    row, hold = held()
+    write(engine, DecisionRecord(replace(row, instance=here), hold))
+    for gone in (f"{host}-99999999.old", f"{host}-{os.getpid()}.old"):
+        retry = run_row("REQUIRE_APPROVAL", instance=gone)
+        write(engine, DecisionRecord(retry, joins=hold.approval_id))
+    [abandoned] = write(engine, SettleRequest(hold.approval_id, ABANDONED, "client disconnected",
+                                              time.time(), leaving=here))  # fmt: skip
+    assert (abandoned.state, abandoned.won) == (ABANDONED, True)
+    assert verify_audit(engine).ok
 
 
 def test_only_listed_reviewers_with_an_allowed_role_decide(engine: Engine, tmp_path: Any) -> None:
