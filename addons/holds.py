@@ -287,7 +287,7 @@ class Holds:
 
     async def _release(self, flow: http.HTTPFlow, run: RunSummary, approval_id: str) -> None:
         """Forward an approved request exactly once, whichever attempt gets here first."""
-        released = await self.runtime.release(approval_id)
+        released = await self.runtime.release(approval_id, run.id)
         if released.won and run.simulated:  # a trial: approved, and answered by Airlock
             self.simulations.answer(flow, replace(run, shadow_decision=REQUIRE_APPROVAL))
             return

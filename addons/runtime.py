@@ -367,15 +367,15 @@ class Runtime:
             record, mapping_id, list(response.headers.fields), response.raw_content or b""
         ))  # fmt: skip
 
-    async def release(self, approval_id: str) -> Released:
-        """Ask to be the one attempt that forwards an approved request. A release whose answer
+    async def release(self, approval_id: str, run_id: str) -> Released:
+        """Ask to be the one attempt (run) that forwards an approved request. A release whose answer
         does not come (in time, or at all) forwards nothing, yet may still commit: it is
         withdrawn, after it, so that "released" never stands for a request that was not
         forwarded, and a retry can be."""
         decider, at = self.ask(), time.time()
         try:
             async with asyncio.timeout(STORE_TIMEOUT):
-                return await decider.release(approval_id, at)
+                return await decider.release(approval_id, at, run_id)
         except BaseException:  # a timeout, a failed write, or the flow cancelled
             decider.withdraw_release(approval_id, at)
             raise

@@ -98,7 +98,7 @@ class Decider(Protocol):
     async def decide_call(self, call: DecideCall) -> Decided: ...
     def configure(self, configuration: Configuration) -> asyncio.Future[None]: ...
     async def record(self, record: DecisionRecord) -> Joined | None: ...
-    async def release(self, approval_id: str, at: float) -> Released: ...
+    async def release(self, approval_id: str, at: float, run_id: str | None = None) -> Released: ...
     async def settle(
         self, approval_id: str, state: str, reason: str, at: float, leaving: str | None = None
     ) -> Settlement: ...
@@ -229,8 +229,9 @@ class DeciderClient:
         joined: Joined | None = await self._ask(record)
         return joined
 
-    async def release(self, approval_id: str, at: float) -> Released:
-        released: Released = await self._ask(ReleaseRequest(approval_id, at))
+    async def release(self, approval_id: str, at: float, run_id: str | None = None) -> Released:
+        """run_id: the attempt that asks, recorded as the one forwarded if it wins."""
+        released: Released = await self._ask(ReleaseRequest(approval_id, at, run_id))
         return released
 
     async def settle(

@@ -10,9 +10,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import and_, func, insert, select, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from airlock.store.audit import Event, append_events
 from airlock.store.names import name_key
@@ -409,21 +409,33 @@ def settle_orphaned_runs(
 ) -> dict[str, int]:
     """At a proxy's start, after expire_orphaned_approvals: runs a stopped process on this host
     left without an outcome say what is known of them. A decision is committed before its
-    request is released, so an ALLOW (or an approval released) with no outcome is UNKNOWN: it
-    may have reached the upstream; a request still held is NOT_SENT. Returns counts by outcome.
+    request is released, so an ALLOW, or the attempt that won an approval's release, with no
+    outcome is UNKNOWN: it may have reached the upstream; an attempt held and never released
+    (the opener of an approval a retry released, too) is NOT_SENT. Returns counts by outcome.
     """
     now, counts = time.time(), {UNKNOWN: 0, NOT_SENT: 0}
+    won, legacy = aliased(Approval), aliased(Approval)
     with write_transaction(engine) as conn:
         orphans = conn.execute(
-            select(Run.id, Run.instance, Run.decision, Approval.released_at)
-            .outerjoin(Approval, Approval.run_id == Run.id)
+            select(Run.id, Run.instance, Run.decision, won.id, legacy.id)
+            .outerjoin(won, won.released_run == Run.id)
+            # Released before the winning run was recorded: taken as the opener's, as it was.
+            .outerjoin(
+                legacy,
+                and_(
+                    legacy.run_id == Run.id,
+                    legacy.released_run.is_(None),
+                    legacy.released_at.is_not(None),
+                ),
+            )
             .where(Run.outcome.is_(None))
         ).all()
         records = []
-        for run_id, instance, decision, released_at in orphans:
+        for run_id, instance, decision, released, released_before in orphans:
             if not _held_by_dead_process(instance, host, alive, current):
                 continue
-            held = decision == "REQUIRE_APPROVAL" and released_at is None
+            forwarded = released is not None or released_before is not None
+            held = decision == "REQUIRE_APPROVAL" and not forwarded
             outcome = NOT_SENT if held else UNKNOWN
             counts[outcome] += 1
             records.append(OutcomeRecord(run_id, now, outcome, None, None))

@@ -65,7 +65,8 @@ DECISION_FIELDS = (
 # The stored request document is vouched for by its digest, not repeated in the chain.
 REQUEST_DIGEST = "request_sha256"
 OUTCOME_FIELDS = ("outcome", "status", "upstream_ms", "outcome_detail")
-APPROVAL_FIELDS = ("state", "reviewer", "reason", "resolved_at", "released_at")
+# released_run: absent from events written before it was recorded (None, as the row's then).
+APPROVAL_FIELDS = ("state", "reviewer", "reason", "resolved_at", "released_at", "released_run")
 # Fixed when the approval opens: vouched for by its first (PENDING) event.
 APPROVAL_ORIGIN_FIELDS = (
     "run_id",

@@ -206,7 +206,7 @@ def statements_for(dialect: Dialect) -> Statements:
                 Approval.state == literal_column("'APPROVED'"),
                 Approval.released_at.is_(None),
             )
-            .values(released_at=bindparam("released_at")),
+            .values(released_at=bindparam("released_at"), released_run=bindparam("released_run")),
             dialect,
         ),
         withdraw_release=_prepare(
@@ -215,7 +215,7 @@ def statements_for(dialect: Dialect) -> Statements:
                 Approval.id == bindparam("aid"),
                 Approval.released_at == bindparam("at"),
             )
-            .values(released_at=null()),
+            .values(released_at=null(), released_run=null()),
             dialect,
         ),
         resolved_at=_prepare(

@@ -66,6 +66,7 @@ class ReleaseRequest:
 
     approval_id: str
     at: float
+    run_id: str | None = None  # the attempt that asks: recorded as the one forwarded if it wins
 
 
 @dataclass(frozen=True)
@@ -171,6 +172,7 @@ def _approval_row(record: DecisionRecord, hold: HoldRequest) -> dict[str, Any]:
         "retry_key": hold.retry_key,
         "reviewer_roles": list(hold.reviewer_roles) or None,
         "released_at": None,
+        "released_run": None,
         "edit": None,
     }
 
@@ -185,6 +187,8 @@ def _approval_event(row: dict[str, Any], run_id: str) -> Event:
         "resolved_at": row["resolved_at"],
         "released_at": row.get("released_at"),
     }
+    if row.get("released_run") is not None:  # absent otherwise: older events stay as they were
+        payload["released_run"] = row["released_run"]
     if row["state"] == PENDING:  # the opening event also vouches for what never changes
         payload.update({name: row[name] for name in APPROVAL_ORIGIN_FIELDS})
     return Event("approval", run_id, at, payload)
@@ -268,16 +272,22 @@ def settle_approval(
     return settlement, [_approval_event(event_row, run_id)]
 
 
-def release_approval(tx: Tx, approval_id: str, at: float) -> tuple[Released, list[Event]]:
-    """Mark an APPROVED request forwarded; only the first caller wins (released exactly once)."""
-    changed, _ = tx.read(tx.sql.release_once, {"aid": approval_id, "released_at": at})
+def release_approval(
+    tx: Tx, approval_id: str, at: float, run_id: str | None = None
+) -> tuple[Released, list[Event]]:
+    """Mark an APPROVED request forwarded, by the run `run_id`; only the first caller wins
+    (released exactly once)."""
+    changed, _ = tx.read(
+        tx.sql.release_once, {"aid": approval_id, "released_at": at, "released_run": run_id}
+    )
     if changed != 1:
         return Released(False), []
     _, found = tx.read(tx.sql.approval_edit, {"aid": approval_id})
     edit, proposed, held_run = found if found is not None else (None, None, None)
     if isinstance(edit, str):  # SQLite hands JSON back as text
         edit = json.loads(edit)
-    return Released(True, edit, proposed, held_run), [_released_event(tx, approval_id, at)]
+    event = _released_event(tx, approval_id, at, run_id)
+    return Released(True, edit, proposed, held_run), [event]
 
 
 def withdraw_release(tx: Tx, approval_id: str, at: float) -> tuple[None, list[Event]]:
@@ -291,7 +301,9 @@ def withdraw_release(tx: Tx, approval_id: str, at: float) -> tuple[None, list[Ev
     return None, [event]
 
 
-def _released_event(tx: Tx, approval_id: str, released_at: float | None) -> Event:
+def _released_event(
+    tx: Tx, approval_id: str, released_at: float | None, released_run: str | None = None
+) -> Event:
     """The approval's event once its release changed: its state, as it now is."""
     _, row = tx.read(tx.sql.approval, {"aid": approval_id})
     assert row is not None
@@ -304,6 +316,7 @@ def _released_event(tx: Tx, approval_id: str, released_at: float | None) -> Even
         "reason": reason,
         "resolved_at": resolved[0] if resolved else None,
         "released_at": released_at,
+        "released_run": released_run,
         "created_at": created_at,
     }
     return _approval_event(event_row, run_id)

@@ -115,4 +115,4 @@ def _apply(tx: Any, job: Change) -> tuple[Any, list[Event]]:
         return settle_approval(tx, job.approval_id, job.state, None, job.reason, job.at)
     if isinstance(job, WithdrawRelease):
         return withdraw_release(tx, job.approval_id, job.at)
-    return release_approval(tx, job.approval_id, job.at)
+    return release_approval(tx, job.approval_id, job.at, job.run_id)

@@ -103,7 +103,7 @@ async def submit(decider: Any, job: Any) -> Any:
     if isinstance(job, SettleRequest):
         return await decider.settle(job.approval_id, job.state, job.reason, job.at, job.leaving)
     if isinstance(job, ReleaseRequest):
-        return await decider.release(job.approval_id, job.at)
+        return await decider.release(job.approval_id, job.at, job.run_id)
     decider.record_outcome(job)  # nobody waits for an outcome: written by stop() at the latest
     return None
 
@@ -695,11 +695,17 @@ def test_an_older_store_gains_new_columns_when_opened(tmp_path: Any) -> None:
     create_schema(engine)
     with engine.begin() as conn:
         conn.execute(text("ALTER TABLE runs DROP COLUMN undo"))
+        conn.execute(text("DROP INDEX ix_approvals_released_run"))
+        conn.execute(text("ALTER TABLE approvals DROP COLUMN released_run"))
     assert "undo" not in {c["name"] for c in inspect(engine).get_columns("runs")}
 
     create_schema(engine)  # what the proxy and the CLI do at start
 
     assert "undo" in {c["name"] for c in inspect(engine).get_columns("runs")}
+    assert "released_run" in {c["name"] for c in inspect(engine).get_columns("approvals")}
+    assert "ix_approvals_released_run" in {
+        i["name"] for i in inspect(engine).get_indexes("approvals")
+    }
     write(engine, DecisionRecord(run_row(undo={"action": "create_refund"})))
     engine.dispose()
 
@@ -792,6 +798,41 @@ def test_an_instance_leaving_an_approval_another_live_one_holds_leaves_it_open(
                                               time.time(), leaving=here))  # fmt: skip
     assert (abandoned.state, abandoned.won) == (ABANDONED, True)
     assert verify_audit(engine).ok
+
+
+def test_after_a_crash_the_run_that_won_the_release_is_unknown_and_the_others_not_sent(
+    engine: Engine,
+) -> None:
+    """Released by a retry (another run than the one that opened the approval): that retry may
+    have reached the upstream (unknown), the opener was never forwarded (not sent). An approval
+    released before Airlock recorded which run won it is taken as the opener's, as it was."""
+    from airlock.store.approvals import NOT_SENT, UNKNOWN, settle_orphaned_runs
+
+    opener, hold = held()
+    opener = replace(opener, instance="box-111")
+    retry = run_row("REQUIRE_APPROVAL", instance="box-111")
+    write(engine, DecisionRecord(opener, hold), DecisionRecord(retry, joins=hold.approval_id))
+    resolve_approval(engine, hold.approval_id, APPROVED, "alice", "ok")
+    write(engine, ReleaseRequest(hold.approval_id, time.time(), retry.id))
+    older, old_hold = held()
+    older = replace(older, instance="box-111")
+    write(engine, DecisionRecord(older, old_hold))
+    resolve_approval(engine, old_hold.approval_id, APPROVED, "alice", "ok")
+    write(engine, ReleaseRequest(old_hold.approval_id, time.time()))  # no run: as before
+
+    counts = settle_orphaned_runs(engine, "box", lambda pid: False, "box-222.x")
+
+    with engine.connect() as conn:
+        outcomes = dict(conn.execute(select(Run.id, Run.outcome)).all())
+    assert (outcomes[retry.id], outcomes[opener.id], outcomes[older.id]) == (
+        UNKNOWN, NOT_SENT, UNKNOWN
+    )  # fmt: skip
+    assert counts == {UNKNOWN: 2, NOT_SENT: 1}
+    assert verify_audit(engine).ok
+    with engine.begin() as conn:  # the chain vouches for which run was forwarded
+        conn.execute(update(Approval).values(released_run=opener.id).where(
+            Approval.id == hold.approval_id))  # fmt: skip
+    assert "released_run is" in (verify_audit(engine).problem or "")
 
 
 def test_only_listed_reviewers_with_an_allowed_role_decide(engine: Engine, tmp_path: Any) -> None:
