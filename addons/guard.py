@@ -176,8 +176,7 @@ class GuardApi:
             return 200, _answer(run, BLOCK, f"denied by {approval.reviewer}{why}", approval)
         if approval.state != APPROVED:
             return 200, _answer(run, REQUIRE_APPROVAL, run.reason, approval)
-        async with asyncio.timeout(STORE_TIMEOUT):
-            released = await runtime.ask().release(approval.id, time.time())
+        released = await runtime.release(approval.id, run.id)
         if not released.won:
             runtime.record_outcome(run.id, "duplicate", 409)
             reason = "this call was approved and has already been released once"

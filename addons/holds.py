@@ -1,7 +1,9 @@
 """Requests held for a reviewer: the live flow waits until its approval is settled (pushed by
 the decider, store/settlements.py), then is released once, refused, or answered "pending" so
 the SDK's retry joins the same approval. A client that leaves abandons its hold; at shutdown
-held flows are answered 503 + Retry-After and their approvals expire."""
+held flows are answered 503 + Retry-After and their approvals expire. Either way, an approval
+another live instance holds a flow for stays open for it: it belongs to the call, not to the
+instance that first held it."""
 
 from __future__ import annotations
 
@@ -24,12 +26,14 @@ from airlock.pipeline.mcp import keepalive_stream, resumable_call, sse_event
 from airlock.pipeline.policies import ALLOW, REQUIRE_APPROVAL
 from airlock.pipeline.run_record import RunSummary
 from airlock.store.approvals import ABANDONED, APPROVED, DENIED, EXPIRED
+from airlock.store.prepared import PENDING
 from airlock.store.records import Released
 from airlock.store.schema import new_id
 
 log = logging.getLogger("airlock.addons.gatekeeper")
 
 SHUTTING_DOWN = "SHUTTING_DOWN"  # settles a held flow at shutdown; the approval is EXPIRED
+LEFT = "LEFT"  # settles an abandoned hold whose approval stays open for other instances' holds
 SHUTDOWN_ANSWER = 5.0  # seconds done() waits for held flows' 503s to be on their way
 PENDING_RETRY_AFTER = 2  # seconds an SDK is told to wait before retrying a pending approval
 Settlement = tuple[str, str | None, str | None]  # (state, reviewer, reason)
@@ -249,6 +253,9 @@ class Holds:
                 "asked)", status=503, headers={"Retry-After": "5"},
             )  # fmt: skip
             return
+        if state == LEFT:
+            self._left(flow, run, approval_id)
+            return
         runtime.notifier.settled(run, approval_id, state, reviewer, reason)
         runtime.metrics.approvals_settled.labels(state).inc()
         runtime.metrics.time_to_decision.observe(max(0.0, time.time() - run.at))
@@ -269,10 +276,21 @@ class Holds:
             message = "approval timed out" if state == EXPIRED else "client disconnected"
         self.refusals.refuse(flow, run, message, approval={"id": approval_id, "state": state})
 
+    def _left(self, flow: http.HTTPFlow, run: RunSummary, approval_id: str) -> None:
+        """The client left; the approval stays open for another instance's held flow (settled
+        there, not here): this attempt is abandoned as when it ends the approval."""
+        runtime = self.runtime
+        note = "the approval stays open for another instance holding it"
+        runtime.log.decision(ABANDONED, run, (time.time() - run.at) * 1000, note=note)
+        runtime.remember(run, passed=False)
+        runtime.record_outcome(run.id, "abandoned", 403)
+        self.refusals.refuse(
+            flow, run, "client disconnected", approval={"id": approval_id, "state": PENDING}
+        )
+
     async def _release(self, flow: http.HTTPFlow, run: RunSummary, approval_id: str) -> None:
         """Forward an approved request exactly once, whichever attempt gets here first."""
-        async with asyncio.timeout(STORE_TIMEOUT):
-            released = await self.runtime.ask().release(approval_id, time.time())
+        released = await self.runtime.release(approval_id, run.id)
         if released.won and run.simulated:  # a trial: approved, and answered by Airlock
             self.simulations.answer(flow, replace(run, shadow_decision=REQUIRE_APPROVAL))
             return
@@ -341,13 +359,17 @@ class Holds:
         )  # fmt: skip
 
     async def _settle_here(
-        self, approval_id: str, state: str, reason: str | None = None
+        self, approval_id: str, state: str, reason: str | None = None, leaving: bool = False
     ) -> Settlement:
-        """End an approval from the proxy's side; if a reviewer got there first, theirs stands."""
+        """End an approval from the proxy's side; if a reviewer got there first, theirs stands.
+        leaving: only this instance's hold ends (its client left, it shuts down); while another
+        live instance holds the approval, it stays PENDING (store/approvals.py leave_approval)."""
         if reason is None:
             reason = "approval timed out" if state == EXPIRED else "client disconnected while held"
+        runtime = self.runtime
+        instance = runtime.instance if leaving else None
         settlement = await asyncio.wait_for(
-            self.runtime.ask().settle(approval_id, state, reason, time.time()), STORE_TIMEOUT
+            runtime.ask().settle(approval_id, state, reason, time.time(), instance), STORE_TIMEOUT
         )
         return settlement.state, settlement.reviewer, settlement.reason
 
@@ -377,10 +399,12 @@ class Holds:
 
     async def _abandon(self, hold: Hold) -> None:
         try:
-            result = await self._settle_here(hold.approval_id, ABANDONED)
+            result = await self._settle_here(hold.approval_id, ABANDONED, leaving=True)
         except Exception as e:
             log.error("could not mark approval %s abandoned: %s", hold.approval_id, e)
             result = (ABANDONED, None, None)
+        if result[0] == PENDING:  # left to another instance's held flow
+            result = (LEFT, None, None)
         if not hold.settled.done():
             hold.settled.set_result(result)
 
@@ -396,14 +420,16 @@ class Holds:
 
     async def done(self) -> None:
         """Held requests are answered 503 + Retry-After (not reset) and their approvals end
-        EXPIRED (nobody can approve what will never be sent), before the decider stops."""
+        EXPIRED (nobody can approve what will never be sent), before the decider stops; one
+        that another live instance holds a flow for stays open for it."""
         self._stopping = True  # the expiries below come back pushed: held flows get 503s
         holds = [hold for hold in self.held.values() if not hold.settled.done()]
         with contextlib.suppress(Exception):
             await asyncio.gather(
-                *(self._settle_here(h.approval_id, EXPIRED, "proxy shut down") for h in holds),
+                *(self._settle_here(h.approval_id, EXPIRED, "proxy shut down", leaving=True)
+                  for h in holds),
                 return_exceptions=True,
-            )
+            )  # fmt: skip
         self._answering = {id(hold.flow): asyncio.Event() for hold in holds if hold.flow}
         for hold in holds:
             if not hold.settled.done():

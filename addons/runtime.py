@@ -43,7 +43,7 @@ from airlock.pipeline.redaction import redact_mitmproxy_logs, redact_value
 from airlock.pipeline.run_record import SIMULATE_MODE, RunSummary
 from airlock.pipeline.yaml_source import ConfigError, Sources, recording_sources, sources_hash
 from airlock.store.locations import shipped
-from airlock.store.records import OutcomeRecord
+from airlock.store.records import OutcomeRecord, Released
 from airlock.store.schema import DEFAULT_DB_URL, DURABILITY_MODES, FULL, normalise_url
 
 log = logging.getLogger("airlock.addons.gatekeeper")
@@ -368,6 +368,19 @@ class Runtime:
         self.decider.record_outcome(AnsweredOutcome(
             record, mapping_id, list(response.headers.fields), response.raw_content or b""
         ))  # fmt: skip
+
+    async def release(self, approval_id: str, run_id: str) -> Released:
+        """Ask to be the one attempt (run) that forwards an approved request. A release whose answer
+        does not come (in time, or at all) forwards nothing, yet may still commit: it is
+        withdrawn, after it, so that "released" never stands for a request that was not
+        forwarded, and a retry can be."""
+        decider, at = self.ask(), time.time()
+        try:
+            async with asyncio.timeout(STORE_TIMEOUT):
+                return await decider.release(approval_id, at, run_id)
+        except BaseException:  # a timeout, a failed write, or the flow cancelled
+            decider.withdraw_release(approval_id, at)
+            raise
 
     def remember(self, run: RunSummary, passed: bool) -> None:
         """A held request, once settled, counts in the decider's budgets."""

@@ -10,8 +10,9 @@ DeciderCore (decider/core.py) and read the same answers:
 
 A call's future resolves once its answer is durable; a decider that died fails every waiting
 call (their requests are refused) and the next call starts a new one, greeted with the proxy's
-setup and what it holds. Outcomes nobody waits for ride with the next call and are kept until
-the decider confirms them, so a decider that dies first does not lose them.
+setup and what it holds. Outcomes (and withdrawals of releases) nobody waits for ride with the
+next call and are kept until the decider confirms them, so a decider that dies first does not
+lose them.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ from airlock.store.records import (
     ReleaseRequest,
     Settlement,
     SettleRequest,
+    WithdrawRelease,
 )
 
 log = logging.getLogger(__name__)
@@ -73,7 +75,7 @@ log = logging.getLogger(__name__)
 IDLE_WRITE_DELAY = 0.05  # seconds an outcome may wait to share a commit with a decision
 STABLE_SECONDS = 5.0  # a decider that lived this long is restarted at once
 FIRST_RESTART_PAUSE, MAX_RESTART_PAUSE = 0.1, 5.0  # doubling pauses for one that keeps dying
-MAX_UNCONFIRMED = 10_000  # outcomes kept until committed; the oldest go past it (logged)
+MAX_UNCONFIRMED = 10_000  # unawaited writes kept until committed; the oldest go past it (logged)
 
 
 class StoreError(RuntimeError):
@@ -96,8 +98,11 @@ class Decider(Protocol):
     async def decide_call(self, call: DecideCall) -> Decided: ...
     def configure(self, configuration: Configuration) -> asyncio.Future[None]: ...
     async def record(self, record: DecisionRecord) -> Joined | None: ...
-    async def release(self, approval_id: str, at: float) -> Released: ...
-    async def settle(self, approval_id: str, state: str, reason: str, at: float) -> Settlement: ...
+    async def release(self, approval_id: str, at: float, run_id: str | None = None) -> Released: ...
+    async def settle(
+        self, approval_id: str, state: str, reason: str, at: float, leaving: str | None = None
+    ) -> Settlement: ...
+    def withdraw_release(self, approval_id: str, at: float) -> None: ...
     def record_outcome(self, outcome: OutcomeRecord | AnsweredOutcome) -> None: ...
     def remember(self, run: RunSummary, passed: bool) -> None: ...
     def watch(self, ids: list[str]) -> None: ...
@@ -141,8 +146,9 @@ class DeciderClient:
         self._sequence = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[Any]] = {}
         self._deferred: list[Envelope] = []  # outcomes waiting to ride with the next call
-        # Outcomes sent but not yet confirmed committed, by sequence: sent again to a restarted
-        # decider (writing one twice is harmless: the same values, the last event wins).
+        # Outcomes and withdrawals sent but not yet confirmed committed, by sequence: sent again
+        # to a restarted decider (writing one twice is harmless: the same values, the last event
+        # wins; a withdrawal undoes only its own release).
         self._unconfirmed: dict[int, Envelope] = {}
         self._flush_timer: asyncio.TimerHandle | None = None
         # Calls that fail with TimeoutError when unanswered by then: (monotonic deadline,
@@ -223,12 +229,17 @@ class DeciderClient:
         joined: Joined | None = await self._ask(record)
         return joined
 
-    async def release(self, approval_id: str, at: float) -> Released:
-        released: Released = await self._ask(ReleaseRequest(approval_id, at))
+    async def release(self, approval_id: str, at: float, run_id: str | None = None) -> Released:
+        """run_id: the attempt that asks, recorded as the one forwarded if it wins."""
+        released: Released = await self._ask(ReleaseRequest(approval_id, at, run_id))
         return released
 
-    async def settle(self, approval_id: str, state: str, reason: str, at: float) -> Settlement:
-        settlement: Settlement = await self._ask(SettleRequest(approval_id, state, reason, at))
+    async def settle(
+        self, approval_id: str, state: str, reason: str, at: float, leaving: str | None = None
+    ) -> Settlement:
+        """leaving: this proxy's instance, when its own hold ends (SettleRequest)."""
+        request = SettleRequest(approval_id, state, reason, at, leaving)
+        settlement: Settlement = await self._ask(request)
         return settlement
 
     def remember(self, run: RunSummary, passed: bool) -> None:
@@ -240,15 +251,25 @@ class DeciderClient:
     def unwatch(self, approval_id: str) -> None:
         self._tell(Unwatch(approval_id))
 
+    def withdraw_release(self, approval_id: str, at: float) -> None:
+        """The release asked for at `at` forwarded nothing (its answer did not come in time, or
+        the flow was cancelled): undone if it commits, so that a retry can be released. Sent
+        after the release (the decider takes messages in order) and kept as outcomes are."""
+        self._keep(WithdrawRelease(approval_id, at))
+
     def record_outcome(self, outcome: OutcomeRecord | AnsweredOutcome) -> None:
         """Nobody waits for an outcome: it rides with the next call, sharing its commit; with
         none coming, it is sent within IDLE_WRITE_DELAY. It is kept until the decider confirms
         it, so a decider that dies or cannot write yet does not lose it."""
+        self._keep(outcome)
+
+    def _keep(self, message: OutcomeRecord | AnsweredOutcome | WithdrawRelease) -> None:
         sequence = next(self._sequence)
-        envelope = self._unconfirmed[sequence] = Envelope(sequence, outcome)
+        envelope = self._unconfirmed[sequence] = Envelope(sequence, message)
         if len(self._unconfirmed) > MAX_UNCONFIRMED:
             del self._unconfirmed[next(iter(self._unconfirmed))]
-            log.error("an outcome was dropped: the store has not confirmed one for too long")
+            log.error("an outcome or withdrawal was dropped: the store has not confirmed one "
+                      "for too long")  # fmt: skip
         self._deferred.append(envelope)
         if self._flush_timer is None:
             loop = asyncio.get_running_loop()

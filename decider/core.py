@@ -92,6 +92,7 @@ from airlock.store.records import (
     OutcomeRecord,
     ReleaseRequest,
     SettleRequest,
+    WithdrawRelease,
 )
 from airlock.store.schema import create_schema, open_engine
 from airlock.store.seals import Sealer, seal_with
@@ -103,7 +104,8 @@ log = logging.getLogger("airlock.decider")
 FAULT = "the decider failed"  # starts the error answered for a message it could not handle
 RETRY_SECONDS = 1.0  # how often outcomes the store refused are tried again
 MAX_UNWRITTEN = 10_000  # outcomes kept for another try; the oldest go past it (logged)
-_STORE_JOBS = (DecisionRecord, OutcomeRecord, SettleRequest, ReleaseRequest)
+_STORE_JOBS = (DecisionRecord, OutcomeRecord, SettleRequest, ReleaseRequest, WithdrawRelease)
+_UNAWAITED = (OutcomeRecord, WithdrawRelease)  # the proxy goes on without them: kept, retried
 
 
 @dataclass
@@ -140,8 +142,8 @@ class DeciderCore:
         self.prepared = False  # tables made, what stopped processes left settled
         self.queue: int | None = None  # approvals pending in the store, every instance's
         self.queue_pushed: int | None = None
-        # Outcomes (nobody awaits them) the store could not take: tried again on their own every
-        # RETRY_SECONDS, so one that keeps failing never fails the groups behind it.
+        # Outcomes and withdrawals (nobody awaits them) the store could not take: tried again on
+        # their own every RETRY_SECONDS, so one that keeps failing never fails the groups behind.
         self.unwritten: list[Pending] = []
         self.retry_at = 0.0
 
@@ -243,7 +245,7 @@ class DeciderCore:
 
     def _keep_unwritten(self, group: list[Pending], written: list[tuple[int, bool, Any]]) -> None:
         failed = [p for p, (_, ok, _) in zip(group, written, strict=True) if not ok]
-        unawaited = [p for p in failed if isinstance(p.job, OutcomeRecord)]
+        unawaited = [p for p in failed if isinstance(p.job, _UNAWAITED)]
         if not unawaited:
             return
         if not self.unwritten:
@@ -251,7 +253,10 @@ class DeciderCore:
         self.unwritten += unawaited
         if len(self.unwritten) > MAX_UNWRITTEN:
             dropped = len(self.unwritten) - MAX_UNWRITTEN
-            log.error("%d outcomes dropped: the store has refused writes for too long", dropped)
+            log.error(
+                "%d outcomes or withdrawals dropped: the store has refused writes for too long",
+                dropped,
+            )
             del self.unwritten[:dropped]
 
     def _retry_unwritten(self, now: bool = False) -> list[Answer]:
@@ -368,7 +373,7 @@ class DeciderCore:
         already open for the same call, which the request joins (never a second approval)."""
         exact = request_hash(document)
         key = retry_key_of(document, exact)
-        approval = self._joinable(key)
+        approval = self._joinable(key, row.at)
         hold = None
         if approval is None:
             hold = self._new_hold(row, exact, key, verdict)
@@ -380,22 +385,25 @@ class DeciderCore:
         decided = Decided(row.summary(), stage, exact, approval)
 
         def with_what_the_store_found(written: Any) -> Decided:
-            if isinstance(written, Joined):  # another instance opened this call's approval
+            # Another instance opened this call's approval: this hold joined it, or this join
+            # was of the approval a hold of the same batch meant to open (records.py).
+            if isinstance(written, Joined):
                 found = written.approval_id, written.expires_at, written.request_hash
                 return Decided(decided.run, stage, exact, _pending(*found, joined=True))
             return decided
 
         taken.results[sequence] = with_what_the_store_found
 
-    def _joinable(self, key: str) -> ApprovalState | None:
-        """The approval a request with this retry key joins: open, or settled and not past
-        its window (approved: released once; denied: refused); None opens a new one."""
+    def _joinable(self, key: str, at: float) -> ApprovalState | None:
+        """The approval a request with this retry key, decided at `at`, joins: open, or settled
+        and not past its window (approved: released once; denied: refused); None opens a new
+        one. `at` as the store's own check (records.py _open_or_join) takes it, not the clock."""
         if key in self.opening:
             return replace(self.opening[key], joined=True)
         found = find_approval_for_retry(self.engine, key)
         if found is None or found.state in (EXPIRED, ABANDONED):
             return None
-        if found.expires_at <= time.time():
+        if found.expires_at <= at:
             return None  # past its window, the same request again is a new request
         return ApprovalState(
             found.id, found.state, found.reviewer, found.reason, found.expires_at,

@@ -3,8 +3,8 @@
 The proxy sends Envelopes (a message and the sequence number its answer comes back with; 0 when
 nobody awaits one). The decider answers with Replies, and also sends what nobody asked for: a
 Committed per group commit (for metrics) and a Settled per watched approval a reviewer settled.
-Store jobs the proxy makes itself (a decision it refused on its own, an outcome, a settlement
-or a release from its side) are store.records' dataclasses, sent as they are.
+Store jobs the proxy makes itself (a decision it refused on its own, an outcome, a settlement,
+a release from its side or its withdrawal) are store.records' dataclasses, sent as they are.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from airlock.store.records import (
     OutcomeRecord,
     ReleaseRequest,
     SettleRequest,
+    WithdrawRelease,
 )
 
 Sources = dict[str, dict[str, Any]]  # the texts a configuration was compiled from
@@ -158,6 +159,7 @@ class Unwatch:
 Message = (
     Setup | Configure | Decide | DecideCall | Remember | Watch | Unwatch
     | DecisionRecord | OutcomeRecord | AnsweredOutcome | SettleRequest | ReleaseRequest
+    | WithdrawRelease
 )  # fmt: skip
 
 

@@ -29,6 +29,7 @@ from airlock.store.records import (
     ReleaseRequest,
     Settlement,
     SettleRequest,
+    WithdrawRelease,
 )
 
 _DATACLASS, _BIG_INT = 1, 2
@@ -41,7 +42,7 @@ _CLASSES: tuple[type, ...] = (
     messages.Failure, messages.Reply, messages.Committed, messages.Settled,
     DecisionRecord, HoldRequest, OutcomeRecord, SettleRequest, ReleaseRequest, Settlement,
     Joined, RunRecord, RunSummary, messages.DecideCall, ToolCall, Released, messages.Queue,
-    messages.AnsweredOutcome,
+    messages.AnsweredOutcome, WithdrawRelease,
 )  # fmt: skip
 _FIELDS: dict[type, tuple[str, ...]] = {
     cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in _CLASSES

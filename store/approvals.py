@@ -10,14 +10,20 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import and_, func, insert, select, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from airlock.store.audit import Event, append_events
 from airlock.store.names import name_key
-from airlock.store.prepared import PENDING, tx_of
-from airlock.store.records import OutcomeRecord, Settlement, record_outcomes, settle_approval
+from airlock.store.prepared import PENDING, Tx, tx_of
+from airlock.store.records import (
+    OutcomeRecord,
+    Settlement,
+    SettleRequest,
+    record_outcomes,
+    settle_approval,
+)
 from airlock.store.schema import (
     Approval,
     ApprovalHolder,
@@ -348,6 +354,39 @@ def expire_orphaned_approvals(
     return expired
 
 
+def leave_approval(
+    tx: Tx, job: SettleRequest, host: str | None = None, alive: Any = None
+) -> tuple[Settlement, list[Event]]:
+    """An instance's hold ends (its client left, or it shuts down): its holder row goes, and the
+    approval is settled as asked unless another holder remains that is not known to be dead (as
+    expire_orphaned_approvals rules: instances on other hosts are taken as alive). Then it stays
+    PENDING for the others' flows and its reviewers; only this attempt ends (answered with the
+    approval's state, not won).
+
+    On PostgreSQL the approval row is locked first: a join's holder insert (its foreign key takes
+    a KEY SHARE lock) waits for this commit, or this for the join's, so a join committed first is
+    seen here. Left open: a retry whose decider found the approval PENDING (decider/core.py
+    _joinable) just before this commit settles it still joins it after; that attempt is then
+    refused with this settlement, as a flow held when it was made would be."""
+    assert job.leaving is not None
+    host = socket.gethostname() if host is None else host
+    alive = process_alive if alive is None else alive
+    tx.read(tx.sql.lock_approval, {"aid": job.approval_id})
+    tx.send(tx.sql.remove_holder, {"aid": job.approval_id, "instance": job.leaving})
+    others = [
+        instance
+        for (instance,) in tx.read_all(tx.sql.holders, {"aid": job.approval_id})
+        if not _held_by_dead_process(instance, host, alive, job.leaving)
+    ]
+    if not others:
+        return settle_approval(tx, job.approval_id, job.state, None, job.reason, job.at)
+    _, row = tx.read(tx.sql.approval, {"aid": job.approval_id})
+    if row is None:
+        raise LookupError(f"no approval {job.approval_id}")
+    state, reviewer, reason, _, _ = row
+    return Settlement(job.approval_id, state, False, reviewer, reason), []
+
+
 def _holders(conn: Any, approval_ids: list[str]) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     if approval_ids:
@@ -370,21 +409,33 @@ def settle_orphaned_runs(
 ) -> dict[str, int]:
     """At a proxy's start, after expire_orphaned_approvals: runs a stopped process on this host
     left without an outcome say what is known of them. A decision is committed before its
-    request is released, so an ALLOW (or an approval released) with no outcome is UNKNOWN: it
-    may have reached the upstream; a request still held is NOT_SENT. Returns counts by outcome.
+    request is released, so an ALLOW, or the attempt that won an approval's release, with no
+    outcome is UNKNOWN: it may have reached the upstream; an attempt held and never released
+    (the opener of an approval a retry released, too) is NOT_SENT. Returns counts by outcome.
     """
     now, counts = time.time(), {UNKNOWN: 0, NOT_SENT: 0}
+    won, legacy = aliased(Approval), aliased(Approval)
     with write_transaction(engine) as conn:
         orphans = conn.execute(
-            select(Run.id, Run.instance, Run.decision, Approval.released_at)
-            .outerjoin(Approval, Approval.run_id == Run.id)
+            select(Run.id, Run.instance, Run.decision, won.id, legacy.id)
+            .outerjoin(won, won.released_run == Run.id)
+            # Released before the winning run was recorded: taken as the opener's, as it was.
+            .outerjoin(
+                legacy,
+                and_(
+                    legacy.run_id == Run.id,
+                    legacy.released_run.is_(None),
+                    legacy.released_at.is_not(None),
+                ),
+            )
             .where(Run.outcome.is_(None))
         ).all()
         records = []
-        for run_id, instance, decision, released_at in orphans:
+        for run_id, instance, decision, released, released_before in orphans:
             if not _held_by_dead_process(instance, host, alive, current):
                 continue
-            held = decision == "REQUIRE_APPROVAL" and released_at is None
+            forwarded = released is not None or released_before is not None
+            held = decision == "REQUIRE_APPROVAL" and not forwarded
             outcome = NOT_SENT if held else UNKNOWN
             counts[outcome] += 1
             records.append(OutcomeRecord(run_id, now, outcome, None, None))

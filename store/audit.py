@@ -65,7 +65,8 @@ DECISION_FIELDS = (
 # The stored request document is vouched for by its digest, not repeated in the chain.
 REQUEST_DIGEST = "request_sha256"
 OUTCOME_FIELDS = ("outcome", "status", "upstream_ms", "outcome_detail")
-APPROVAL_FIELDS = ("state", "reviewer", "reason", "resolved_at", "released_at")
+# released_run: absent from events written before it was recorded (None, as the row's then).
+APPROVAL_FIELDS = ("state", "reviewer", "reason", "resolved_at", "released_at", "released_run")
 # Fixed when the approval opens: vouched for by its first (PENDING) event.
 APPROVAL_ORIGIN_FIELDS = (
     "run_id",
@@ -379,18 +380,24 @@ def _approval_moves(before: dict[str, Any] | None, after: dict[str, Any], seq: i
         allowed = state == "PENDING"
     elif before["state"] == "PENDING":
         allowed = state in _TERMINAL
-    else:  # terminal: only the release of an approved request, once
-        allowed = (
-            before["state"] == state == "APPROVED"
-            and before.get("released_at") is None
-            and after.get("released_at") is not None
-        )
+    else:  # terminal: only the release of an approved request, once, or its withdrawal
+        allowed = before["state"] == state == "APPROVED" and _released_or_withdrawn(before, after)
     if not allowed:
         was = before["state"] if before else "nothing"
         raise _Broken(
             f"event #{seq} moves approval {approval} from {was} to {state}: an approval opens "
-            "PENDING, ends once, and is released once after APPROVED"
+            "PENDING, ends once, and is released once after APPROVED (a release that forwarded "
+            "nothing withdrawn, naming it)"
         )
+
+
+def _released_or_withdrawn(before: dict[str, Any], after: dict[str, Any]) -> bool:
+    """Released when it was not; or the release before withdrawn (records.py withdraw_release:
+    the proxy gave up on it, nothing was forwarded), the event naming the one it undoes."""
+    released = before.get("released_at")
+    if released is None:
+        return after.get("released_at") is not None
+    return after.get("released_at") is None and after.get("withdrawn") == released
 
 
 def _verify_records(conn: Connection, vouched: _Vouched, counts: dict[str, int]) -> None:

@@ -14,7 +14,18 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from sqlalchemy import JSON, Connection, bindparam, func, insert, literal_column, select, update
+from sqlalchemy import (
+    JSON,
+    Connection,
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal_column,
+    null,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.sql import ClauseElement
@@ -61,6 +72,17 @@ class Prepared:
         finally:
             cursor.close()
 
+    def rows(self, db: Any, values: dict[str, Any], pipeline: Any = None) -> list[tuple[Any, ...]]:
+        """Run once; every row returned (in a pipeline, after what was sent before it)."""
+        cursor = db.cursor()
+        try:
+            cursor.execute(self.sql, self._parameters(values))
+            if pipeline is not None:
+                pipeline.sync()
+            return [tuple(row) for row in cursor.fetchall()]
+        finally:
+            cursor.close()
+
     def send(self, db: Any, values: dict[str, Any]) -> None:
         """Run once, its result unread: in a pipeline, sent without waiting for it."""
         cursor = db.cursor()
@@ -88,6 +110,9 @@ class Statements:
     open_for_call: Prepared  # the open approval of a retry key, with what a retry needs
     notify_settled: Prepared | None  # PostgreSQL: tells watching deciders at commit
     add_holder: Prepared  # an instance holds a flow for an approval (once per pair)
+    remove_holder: Prepared  # an instance's hold of an approval ended
+    holders: Prepared  # the instances holding an approval
+    lock_approval: Prepared  # PostgreSQL: until commit (a join's holder insert waits for it)
     insert_events: Prepared
     insert_seal: Prepared
     lock_head: Prepared
@@ -97,6 +122,7 @@ class Statements:
     approval: Prepared
     approval_edit: Prepared
     release_once: Prepared
+    withdraw_release: Prepared  # the release made at `at`, if it is still the approval's
     resolved_at: Prepared
 
 
@@ -110,6 +136,23 @@ def statements_for(dialect: Dialect) -> Statements:
         insert_runs=_prepare(insert(Run), dialect),
         insert_approval_once=_prepare(_insert_unless_conflict(dialect, Approval), dialect),
         add_holder=_prepare(_insert_unless_conflict(dialect, ApprovalHolder), dialect),
+        remove_holder=_prepare(
+            delete(ApprovalHolder).where(
+                ApprovalHolder.approval_id == bindparam("aid"),
+                ApprovalHolder.instance == bindparam("instance"),
+            ),
+            dialect,
+        ),
+        holders=_prepare(
+            select(ApprovalHolder.instance).where(ApprovalHolder.approval_id == bindparam("aid")),
+            dialect,
+        ),
+        # FOR UPDATE conflicts with the KEY SHARE lock a holder's foreign key takes; SQLite
+        # leaves it out (its writers are serial: BEGIN IMMEDIATE).
+        lock_approval=_prepare(
+            select(Approval.state).where(Approval.id == bindparam("aid")).with_for_update(),
+            dialect,
+        ),
         open_for_call=_prepare(
             select(Approval.id, Approval.expires_at, Approval.request_hash).where(
                 Approval.retry_key == bindparam("key"),
@@ -163,7 +206,16 @@ def statements_for(dialect: Dialect) -> Statements:
                 Approval.state == literal_column("'APPROVED'"),
                 Approval.released_at.is_(None),
             )
-            .values(released_at=bindparam("released_at")),
+            .values(released_at=bindparam("released_at"), released_run=bindparam("released_run")),
+            dialect,
+        ),
+        withdraw_release=_prepare(
+            update(Approval)
+            .where(
+                Approval.id == bindparam("aid"),
+                Approval.released_at == bindparam("at"),
+            )
+            .values(released_at=null(), released_run=null()),
             dialect,
         ),
         resolved_at=_prepare(
@@ -209,6 +261,9 @@ class Tx:
     def read(self, statement: Prepared, values: dict[str, Any]) -> tuple[int, Row]:
         """(rows affected, first row returned if any)."""
         return statement.execute(self.db, values, self.pipeline)
+
+    def read_all(self, statement: Prepared, values: dict[str, Any]) -> list[tuple[Any, ...]]:
+        return statement.rows(self.db, values, self.pipeline)
 
     def send(self, statement: Prepared, values: dict[str, Any]) -> None:
         statement.send(self.db, values)

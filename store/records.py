@@ -47,17 +47,33 @@ class OutcomeRecord:
 
 @dataclass(frozen=True)
 class SettleRequest:
-    """The proxy ends an approval itself: EXPIRED on timeout, ABANDONED on client disconnect."""
+    """The proxy ends an approval itself: EXPIRED on timeout, ABANDONED on client disconnect.
+
+    With `leaving` (the instance whose hold ends: its client left, or it shuts down), only if no
+    other live instance holds a flow for it (store/approvals.py leave_approval): an approval
+    belongs to the call, not to the instance that first held it."""
 
     approval_id: str
     state: str
     reason: str
     at: float
+    leaving: str | None = None
 
 
 @dataclass(frozen=True)
 class ReleaseRequest:
     """Forward an approved request: only once, whichever held flow or retry asks first."""
+
+    approval_id: str
+    at: float
+    run_id: str | None = None  # the attempt that asks: recorded as the one forwarded if it wins
+
+
+@dataclass(frozen=True)
+class WithdrawRelease:
+    """A release the proxy gave up waiting for (or failed to act on) did not forward anything:
+    undone if it was committed, so that the approval's retry can still be released. `at` is the
+    release's own: one that another attempt won since is left as it is."""
 
     approval_id: str
     at: float
@@ -88,22 +104,27 @@ def record_decisions(
     tx: Tx, records: list[DecisionRecord]
 ) -> tuple[list[Event], dict[str, Joined]]:
     """The runs, their events and the approvals they open; returns the events and, by run id,
-    the holds that joined an approval already open for their call instead of opening one."""
+    the holds that joined an approval already open for their call instead of opening one, and
+    the joins redirected to it (they were told to join the approval such a hold meant to open)."""
     rows = [RUN_DEFAULTS | r.run.as_row() for r in records]
     tx.send_many(tx.sql.insert_runs, rows)
     events = [Event("decision", row["id"], row["at"], decision_payload(row)) for row in rows]
     # Outcomes known at decision time (a block) go in with the decision, in the same commit.
     events += [_outcome_event(row) for row in rows if row.get("outcome")]
     joined: dict[str, Joined] = {}
+    lost: dict[str, Joined] = {}  # approvals this group meant to open, by what it joined instead
     holders = []
     for record in records:
         held_for = record.joins
+        if record.joins in lost:  # the decider took the lost approval for opened (one batch)
+            joined[record.run.id] = lost[record.joins]
+            held_for = lost[record.joins].approval_id
         if record.hold is not None:
             found, opened = _open_or_join(tx, record, record.hold)
             events += opened
             held_for = record.hold.approval_id if found is None else found.approval_id
             if found is not None:
-                joined[record.run.id] = found
+                joined[record.run.id] = lost[record.hold.approval_id] = found
         if held_for is not None:
             holders.append({"approval_id": held_for, "instance": record.run.instance,
                             "at": record.run.at})  # fmt: skip
@@ -151,6 +172,7 @@ def _approval_row(record: DecisionRecord, hold: HoldRequest) -> dict[str, Any]:
         "retry_key": hold.retry_key,
         "reviewer_roles": list(hold.reviewer_roles) or None,
         "released_at": None,
+        "released_run": None,
         "edit": None,
     }
 
@@ -165,6 +187,8 @@ def _approval_event(row: dict[str, Any], run_id: str) -> Event:
         "resolved_at": row["resolved_at"],
         "released_at": row.get("released_at"),
     }
+    if row.get("released_run") is not None:  # absent otherwise: older events stay as they were
+        payload["released_run"] = row["released_run"]
     if row["state"] == PENDING:  # the opening event also vouches for what never changes
         payload.update({name: row[name] for name in APPROVAL_ORIGIN_FIELDS})
     return Event("approval", run_id, at, payload)
@@ -248,15 +272,39 @@ def settle_approval(
     return settlement, [_approval_event(event_row, run_id)]
 
 
-def release_approval(tx: Tx, approval_id: str, at: float) -> tuple[Released, list[Event]]:
-    """Mark an APPROVED request forwarded; only the first caller wins (released exactly once)."""
-    changed, _ = tx.read(tx.sql.release_once, {"aid": approval_id, "released_at": at})
+def release_approval(
+    tx: Tx, approval_id: str, at: float, run_id: str | None = None
+) -> tuple[Released, list[Event]]:
+    """Mark an APPROVED request forwarded, by the run `run_id`; only the first caller wins
+    (released exactly once)."""
+    changed, _ = tx.read(
+        tx.sql.release_once, {"aid": approval_id, "released_at": at, "released_run": run_id}
+    )
     if changed != 1:
         return Released(False), []
     _, found = tx.read(tx.sql.approval_edit, {"aid": approval_id})
     edit, proposed, held_run = found if found is not None else (None, None, None)
     if isinstance(edit, str):  # SQLite hands JSON back as text
         edit = json.loads(edit)
+    event = _released_event(tx, approval_id, at, run_id)
+    return Released(True, edit, proposed, held_run), [event]
+
+
+def withdraw_release(tx: Tx, approval_id: str, at: float) -> tuple[None, list[Event]]:
+    """Undo the release made at `at`, if it is still the approval's: "released" must mean
+    forwarded. The chain records it (`withdrawn`: the release undone), so verify accepts it."""
+    changed, _ = tx.read(tx.sql.withdraw_release, {"aid": approval_id, "at": at})
+    if changed != 1:
+        return None, []
+    event = _released_event(tx, approval_id, None)
+    event.payload["withdrawn"] = at
+    return None, [event]
+
+
+def _released_event(
+    tx: Tx, approval_id: str, released_at: float | None, released_run: str | None = None
+) -> Event:
+    """The approval's event once its release changed: its state, as it now is."""
     _, row = tx.read(tx.sql.approval, {"aid": approval_id})
     assert row is not None
     state, reviewer, reason, run_id, created_at = row
@@ -267,7 +315,8 @@ def release_approval(tx: Tx, approval_id: str, at: float) -> tuple[Released, lis
         "reviewer": reviewer,
         "reason": reason,
         "resolved_at": resolved[0] if resolved else None,
-        "released_at": at,
+        "released_at": released_at,
+        "released_run": released_run,
         "created_at": created_at,
     }
-    return Released(True, edit, proposed, held_run), [_approval_event(event_row, run_id)]
+    return _approval_event(event_row, run_id)

@@ -119,6 +119,9 @@ class Approval(Base):
     # request hash), scoped to the agent: a retry joins the approval instead of opening another.
     retry_key: Mapped[str | None] = mapped_column(String(300), index=True)
     released_at: Mapped[float | None] = mapped_column(Float)  # forwarded, once, at this time
+    # The run (attempt) that was forwarded: a retry's, not always the opener's (run_id). None
+    # before it was recorded (then taken as run_id's) and while not released.
+    released_run: Mapped[str | None] = mapped_column(String(32), index=True)
     reviewer_roles: Mapped[list[str] | None] = mapped_column(JSON)  # who may decide; None: anyone
     # A reviewer's change to the held request, released instead of it (pipeline/edits.py):
     # {"params": {name: value}, "locations": {name: [where, ...]}, "by": reviewer, "at": time}

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from airlock.store.approvals import leave_approval
 from airlock.store.audit import Event, append_events
 from airlock.store.prepared import raw_transaction
 from airlock.store.records import (
@@ -20,15 +21,18 @@ from airlock.store.records import (
     OutcomeRecord,
     ReleaseRequest,
     SettleRequest,
+    WithdrawRelease,
     record_decisions,
     record_outcomes,
     release_approval,
     settle_approval,
+    withdraw_release,
 )
 
 log = logging.getLogger(__name__)
 
-Job = DecisionRecord | OutcomeRecord | SettleRequest | ReleaseRequest
+Job = DecisionRecord | OutcomeRecord | SettleRequest | ReleaseRequest | WithdrawRelease
+Change = SettleRequest | ReleaseRequest | WithdrawRelease  # applied one by one, in group order
 
 
 @dataclass
@@ -89,7 +93,7 @@ class GroupWriter:
                 if outcomes:
                     events += record_outcomes(tx, outcomes)
                 for i, pending in enumerate(group):
-                    if isinstance(pending.job, SettleRequest | ReleaseRequest):
+                    if isinstance(pending.job, Change):
                         results[i], settled = _apply(tx, pending.job)
                         events += settled
                 append_events(tx, events)
@@ -101,9 +105,14 @@ class GroupWriter:
         return [results.get(i) for i in range(len(group))]
 
 
-def _apply(tx: Any, job: SettleRequest | ReleaseRequest) -> tuple[Any, list[Event]]:
-    """A settlement's or release's statements: (its result, its audit events). Decisions and
-    outcomes are written for the whole group at once, in _commit."""
+def _apply(tx: Any, job: Change) -> tuple[Any, list[Event]]:
+    """A settlement's, release's or withdrawal's statements: (its result, its audit events).
+    Decisions and outcomes are written for the whole group at once, in _commit; these in the
+    order they came (a withdrawal after the release it undoes)."""
+    if isinstance(job, SettleRequest) and job.leaving is not None:
+        return leave_approval(tx, job)
     if isinstance(job, SettleRequest):
         return settle_approval(tx, job.approval_id, job.state, None, job.reason, job.at)
-    return release_approval(tx, job.approval_id, job.at)
+    if isinstance(job, WithdrawRelease):
+        return withdraw_release(tx, job.approval_id, job.at)
+    return release_approval(tx, job.approval_id, job.at, job.run_id)

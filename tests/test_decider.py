@@ -20,6 +20,7 @@ from mitmproxy.http import Headers
 from mitmproxy.test import tutils
 from sqlalchemy import select
 
+import airlock.decider.core as core_module
 from airlock.addons.runtime import raw_request
 from airlock.decider.client import InProcessDecider, WorkerDecider
 from airlock.decider.core import DeciderCore, wire_request
@@ -129,6 +130,48 @@ def test_the_same_call_twice_opens_one_approval(core: DeciderCore) -> None:
     assert later.approval.id == opened.id and later.approval.joined
     with core.engine.connect() as conn:
         assert len(conn.execute(select(Approval.id)).all()) == 1
+
+
+def test_copies_of_a_call_in_one_batch_join_the_approval_another_instance_opened_meanwhile(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another instance commits the call's approval between this batch's look for one and its
+    commit: the copy that meant to open one joins it, and so does the copy told to join that
+    copy's approval (never opened), instead of being refused."""
+    engine = open_engine(db_url)
+    create_schema(engine)
+    engine.dispose()
+    other, this = (DeciderCore(StoreAddress(db_url, "full")) for _ in range(2))
+    other.handle([Envelope(0, setup())])
+    this.handle([Envelope(0, setup())])
+    look_up, opened = core_module.find_approval_for_retry, {}
+
+    def another_instance_commits_after_the_look(engine: Any, key: str) -> Any:
+        found = look_up(engine, key)
+        if not opened:  # once, and not when the other instance looks (patched for it too)
+            opened[9] = None
+            opened.update(replies(other.handle([Envelope(9, charge(150_000, "run-9"))])))
+        return found
+
+    monkeypatch.setattr(
+        core_module, "find_approval_for_retry", another_instance_commits_after_the_look
+    )
+    try:
+        answered = replies(this.handle([Envelope(1, charge(150_000, "run-1")),
+                                        Envelope(2, charge(150_000, "run-2"))]))  # fmt: skip
+        with this.engine.connect() as conn:
+            approvals = conn.execute(select(Approval.id)).scalars().all()
+    finally:
+        other.finish()
+        this.finish()
+    winner = opened[9].approval.id
+    for sequence in (1, 2):
+        assert not isinstance(answered[sequence], Failure), answered[sequence]
+        assert (answered[sequence].approval.id, answered[sequence].approval.joined) == (
+            winner,
+            True,
+        )
+    assert approvals == [winner]
 
 
 def test_without_configuration_a_request_is_blocked_and_recorded(core: DeciderCore) -> None:

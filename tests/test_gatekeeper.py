@@ -413,6 +413,65 @@ def test_shutdown_expires_held_approvals(tmp_path: Path, monkeypatch: pytest.Mon
     assert (flow.response.status_code, flow.response.headers["Retry-After"]) == (503, "5")
 
 
+def test_a_release_the_proxy_gave_up_on_is_withdrawn_and_the_retry_goes_out_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another writer holds SQLite's write lock (a reviewer's command, retention) longer than
+    the proxy waits for a release: the attempt is refused, and the release, committed later,
+    is withdrawn (ordered after it), so the SDK's next retry is forwarded, once."""
+    import sqlite3
+    import threading
+
+    import airlock.addons.runtime as runtime
+    from airlock.store.approvals import APPROVED, resolve_approval
+    from airlock.store.audit import verify_audit
+
+    monkeypatch.setattr(runtime, "STORE_TIMEOUT", 0.5)
+    first, retry, again, last = (
+        stripe_flow(b"", path="/v1/customers/cus_6", method="DELETE") for _ in range(4)
+    )
+    writers: list[threading.Thread] = []
+
+    def another_writer(locked: threading.Event) -> None:
+        db = sqlite3.connect(tmp_path / "a.db", isolation_level=None)
+        db.execute("BEGIN IMMEDIATE")
+        locked.set()
+        time.sleep(1.5)
+        db.execute("COMMIT")
+        db.close()
+
+    async def scenario(gate: Airlock, _: Any) -> None:
+        decider = gate.runtime.ask()
+        release = decider.release
+
+        async def once_the_lock_is_taken(*args: Any) -> Any:
+            decider.release = release  # type: ignore[method-assign]
+            locked = threading.Event()
+            writers.append(threading.Thread(target=another_writer, args=(locked,)))
+            writers[0].start()
+            await asyncio.to_thread(locked.wait)
+            return await release(*args)
+
+        await gate.gate.request(first)  # held for 1 s, then answered "pending"
+        approval_id = first.response.headers["X-Airlock-Approval-Id"]
+        await asyncio.to_thread(resolve_approval, store_of(gate), approval_id, APPROVED, "r", "ok")
+        decider.release = once_the_lock_is_taken  # type: ignore[method-assign]
+        await gate.gate.request(retry)  # its release is not answered in time
+        await asyncio.to_thread(writers[0].join)
+        await asyncio.sleep(0.5)  # the release and its withdrawal are committed
+        await gate.gate.request(again)
+        await gate.gate.request(last)
+
+    with_gate(tmp_path, scenario, airlock_hold_timeout=1)
+    assert retry.response.status_code == 403 and "airlock_released" not in retry.metadata
+    assert again.response is None and "airlock_released" in again.metadata  # forwarded
+    assert last.response.status_code == 409  # once
+    engine = open_engine(f"sqlite:///{tmp_path / 'a.db'}")
+    report = verify_audit(engine)
+    engine.dispose()
+    assert report.ok, report.problem
+
+
 def test_a_replayed_flow_is_judged_again(tmp_path: Path) -> None:
     flow = stripe_flow(b"amount=5000000&currency=usd")
     flow.metadata["airlock"] = "an-earlier-run"

@@ -101,9 +101,9 @@ async def submit(decider: Any, job: Any) -> Any:
     if isinstance(job, DecisionRecord):
         return await decider.record(job)
     if isinstance(job, SettleRequest):
-        return await decider.settle(job.approval_id, job.state, job.reason, job.at)
+        return await decider.settle(job.approval_id, job.state, job.reason, job.at, job.leaving)
     if isinstance(job, ReleaseRequest):
-        return await decider.release(job.approval_id, job.at)
+        return await decider.release(job.approval_id, job.at, job.run_id)
     decider.record_outcome(job)  # nobody waits for an outcome: written by stop() at the latest
     return None
 
@@ -381,6 +381,61 @@ def test_hold_approve_and_terminal_states_are_final(engine: Engine) -> None:
     assert verify_audit(engine).ok
 
 
+def test_a_withdrawal_undoes_only_its_own_release_and_the_chain_names_it(engine: Engine) -> None:
+    """A release the proxy gave up on is withdrawn: the approval can be released again, once.
+    A withdrawal of a release another attempt made since (another `at`) changes nothing."""
+    from airlock.store.records import WithdrawRelease
+
+    row, hold = held()
+    write(engine, DecisionRecord(row, hold))
+    resolve_approval(engine, hold.approval_id, APPROVED, "alice", "ok")
+    given_up, retried = time.time(), time.time() + 1
+    [released] = write(engine, ReleaseRequest(hold.approval_id, given_up))
+    write(engine, WithdrawRelease(hold.approval_id, given_up))
+    [again, twice] = write(
+        engine, ReleaseRequest(hold.approval_id, retried), ReleaseRequest(hold.approval_id, retried)
+    )
+    write(engine, WithdrawRelease(hold.approval_id, given_up))  # sent again: not its release
+    assert (released.won, sorted([again.won, twice.won])) == (True, [False, True])
+    with engine.connect() as conn:
+        assert conn.execute(select(Approval.released_at)).scalar_one() == retried
+    assert verify_audit(engine).ok
+
+    from airlock.store.audit import Event
+
+    forged = {"approval_id": hold.approval_id, "state": APPROVED, "reviewer": "alice",
+              "reason": "ok", "resolved_at": None, "released_at": None}  # fmt: skip
+    with engine.begin() as conn:
+        conn.execute(update(Approval).values(released_at=None))
+    problem = _append_well_chained(engine, Event("approval", row.id, time.time(), forged))
+    assert f"moves approval {hold.approval_id} from APPROVED to APPROVED" in problem
+
+
+def test_a_withdrawal_the_decider_did_not_confirm_is_sent_to_the_next_one(engine: Engine) -> None:
+    """Kept like an outcome: a decider that dies before committing it does not lose it."""
+    row, hold = held()
+    write(engine, DecisionRecord(row, hold))
+    resolve_approval(engine, hold.approval_id, APPROVED, "alice", "ok")
+    at = time.time()
+    write(engine, ReleaseRequest(hold.approval_id, at))
+
+    async def scenario() -> None:
+        decider = WorkerDecider(address(engine))
+        await decider.start()
+        process = decider._link.process  # type: ignore[union-attr]
+        process.kill()
+        await asyncio.to_thread(process.wait)
+        decider.withdraw_release(hold.approval_id, at)  # the dead decider never gets it
+        await asyncio.sleep(0.1)
+        await decider.start()
+        await decider.stop()
+
+    asyncio.run(scenario())
+    with engine.connect() as conn:
+        assert conn.execute(select(Approval.released_at)).scalar_one() is None
+    assert verify_audit(engine).ok
+
+
 def test_expired_approval_cannot_be_approved(engine: Engine) -> None:
     row, hold = held(expires_in=-1)
     write(engine, DecisionRecord(row, hold))
@@ -640,11 +695,17 @@ def test_an_older_store_gains_new_columns_when_opened(tmp_path: Any) -> None:
     create_schema(engine)
     with engine.begin() as conn:
         conn.execute(text("ALTER TABLE runs DROP COLUMN undo"))
+        conn.execute(text("DROP INDEX ix_approvals_released_run"))
+        conn.execute(text("ALTER TABLE approvals DROP COLUMN released_run"))
     assert "undo" not in {c["name"] for c in inspect(engine).get_columns("runs")}
 
     create_schema(engine)  # what the proxy and the CLI do at start
 
     assert "undo" in {c["name"] for c in inspect(engine).get_columns("runs")}
+    assert "released_run" in {c["name"] for c in inspect(engine).get_columns("approvals")}
+    assert "ix_approvals_released_run" in {
+        i["name"] for i in inspect(engine).get_indexes("approvals")
+    }
     write(engine, DecisionRecord(run_row(undo={"action": "create_refund"})))
     engine.dispose()
 
@@ -697,6 +758,81 @@ def test_an_approval_a_live_instance_holds_a_retry_for_outlives_its_opener(
     assert expire_orphaned_approvals(engine, "box", lambda pid: False, "box-444.y") == [
         hold.approval_id
     ]
+
+
+def test_an_instance_leaving_an_approval_another_live_one_holds_leaves_it_open(
+    engine: Engine,
+) -> None:
+    """An approval belongs to the call: an instance whose client left (or that shuts down)
+    ends its own hold, and the approval stays PENDING while another live instance holds a flow
+    for it; the last one to leave settles it. Holders known dead (a gone process of this host,
+    or an earlier process that had the leaving one's pid) keep nothing open."""
+    import os
+    import socket
+
+    from airlock.store.approvals import ABANDONED
+
+    host = socket.gethostname()
+    here, elsewhere = f"{host}-{os.getpid()}.now", "box-111"  # another host: taken as alive
+    row, hold = held()
+    write(engine, DecisionRecord(replace(row, instance=elsewhere), hold))
+    write(
+        engine, DecisionRecord(run_row("REQUIRE_APPROVAL", instance=here), joins=hold.approval_id)
+    )
+
+    [left] = write(engine, SettleRequest(hold.approval_id, ABANDONED, "client disconnected",
+                                         time.time(), leaving=here))  # fmt: skip
+    assert (left.state, left.won) == ("PENDING", False)
+    with engine.connect() as conn:
+        assert conn.execute(select(ApprovalHolder.instance)).scalars().all() == [elsewhere]
+    [ended] = write(engine, SettleRequest(hold.approval_id, EXPIRED, "proxy shut down",
+                                          time.time(), leaving=elsewhere))  # fmt: skip
+    assert (ended.state, ended.won) == (EXPIRED, True)
+
+    row, hold = held()
+    write(engine, DecisionRecord(replace(row, instance=here), hold))
+    for gone in (f"{host}-99999999.old", f"{host}-{os.getpid()}.old"):
+        retry = run_row("REQUIRE_APPROVAL", instance=gone)
+        write(engine, DecisionRecord(retry, joins=hold.approval_id))
+    [abandoned] = write(engine, SettleRequest(hold.approval_id, ABANDONED, "client disconnected",
+                                              time.time(), leaving=here))  # fmt: skip
+    assert (abandoned.state, abandoned.won) == (ABANDONED, True)
+    assert verify_audit(engine).ok
+
+
+def test_after_a_crash_the_run_that_won_the_release_is_unknown_and_the_others_not_sent(
+    engine: Engine,
+) -> None:
+    """Released by a retry (another run than the one that opened the approval): that retry may
+    have reached the upstream (unknown), the opener was never forwarded (not sent). An approval
+    released before Airlock recorded which run won it is taken as the opener's, as it was."""
+    from airlock.store.approvals import NOT_SENT, UNKNOWN, settle_orphaned_runs
+
+    opener, hold = held()
+    opener = replace(opener, instance="box-111")
+    retry = run_row("REQUIRE_APPROVAL", instance="box-111")
+    write(engine, DecisionRecord(opener, hold), DecisionRecord(retry, joins=hold.approval_id))
+    resolve_approval(engine, hold.approval_id, APPROVED, "alice", "ok")
+    write(engine, ReleaseRequest(hold.approval_id, time.time(), retry.id))
+    older, old_hold = held()
+    older = replace(older, instance="box-111")
+    write(engine, DecisionRecord(older, old_hold))
+    resolve_approval(engine, old_hold.approval_id, APPROVED, "alice", "ok")
+    write(engine, ReleaseRequest(old_hold.approval_id, time.time()))  # no run: as before
+
+    counts = settle_orphaned_runs(engine, "box", lambda pid: False, "box-222.x")
+
+    with engine.connect() as conn:
+        outcomes = dict(conn.execute(select(Run.id, Run.outcome)).all())
+    assert (outcomes[retry.id], outcomes[opener.id], outcomes[older.id]) == (
+        UNKNOWN, NOT_SENT, UNKNOWN
+    )  # fmt: skip
+    assert counts == {UNKNOWN: 2, NOT_SENT: 1}
+    assert verify_audit(engine).ok
+    with engine.begin() as conn:  # the chain vouches for which run was forwarded
+        conn.execute(update(Approval).values(released_run=opener.id).where(
+            Approval.id == hold.approval_id))  # fmt: skip
+    assert "released_run is" in (verify_audit(engine).problem or "")
 
 
 def test_only_listed_reviewers_with_an_allowed_role_decide(engine: Engine, tmp_path: Any) -> None:
@@ -775,6 +911,33 @@ def test_the_same_call_from_two_instances_at_once_opens_one_approval(engine: Eng
     with engine.connect() as conn:  # both decisions are on record, each with its run
         assert conn.execute(select(Run.id).where(Run.decision == "REQUIRE_APPROVAL")).all()
         assert len(conn.execute(select(Approval.id)).all()) == 1
+    assert verify_audit(engine).ok
+
+
+def test_a_join_of_an_approval_its_group_lost_to_another_instance_joins_the_winner(
+    engine: Engine,
+) -> None:
+    """One group holds a call twice: the first copy opens an approval, the second is told to
+    join it. Another instance opened the call's approval meanwhile, so the first copy's insert
+    becomes a join; the second copy joins that approval too, instead of the one never opened
+    (its holder row would break the foreign key and its request be refused)."""
+    key = "agent-a:key-lost"
+    winner, first = call_held(key), call_held(key)
+    write(engine, winner)
+    lost = first.hold.approval_id  # type: ignore[union-attr]
+    second = DecisionRecord(run_row("REQUIRE_APPROVAL"), joins=lost)
+    writer = GroupWriter(engine)
+    try:
+        written = writer.write_group([Pending(1, first), Pending(2, second)])
+    finally:
+        writer.close()
+    assert [(sequence, ok) for sequence, ok, _ in written] == [(1, True), (2, True)]
+    opened = winner.hold.approval_id  # type: ignore[union-attr]
+    assert [joined.approval_id for _, _, joined in written] == [opened, opened]
+    with engine.connect() as conn:
+        assert conn.execute(select(Approval.id)).scalars().all() == [opened]
+        holders = conn.execute(select(ApprovalHolder.approval_id)).scalars().all()
+    assert set(holders) == {opened}
     assert verify_audit(engine).ok
 
 

@@ -28,10 +28,13 @@ def three(start_proxy: Callable[..., Proxy], empty_pg_database: str) -> list[Pro
     ]
 
 
+CUSTOMERS = "https://api.stripe.com/v1/customers/"
+
+
 def delete_customer(proxy: Proxy, customer: str, key: str) -> requests.Response:
     session = proxy.session(agent="ops-bot")
     session.headers["Idempotency-Key"] = key
-    return session.delete(f"https://api.stripe.com/v1/customers/{customer}", timeout=90)
+    return session.delete(CUSTOMERS + customer, timeout=90)
 
 
 def test_the_same_call_at_two_instances_opens_one_approval_and_goes_out_once(
@@ -85,6 +88,62 @@ def test_an_instance_killed_while_holding_leaves_the_approval_to_the_retry_on_an
     assert retry.result(timeout=60).status_code == 200
     assert upstream.count("/v1/customers/cus_orphan") == 1
     assert airlock("audit", "verify", "--db", second.db_url).returncode == 0
+
+
+def held_at_both(first: Proxy, second: Proxy, customer: str, key: str) -> Background:
+    """The call held at `first` (which opened its approval), then its retry joined at `second`;
+    returns the retry."""
+    target = f"customer/{customer}"
+    assert eventually(lambda: [p for p in pending(first) if p["target"] == target])
+    retry = Background(lambda: delete_customer(second, customer, key))
+    assert eventually(
+        lambda: any("joins approval" in r.reason for r in runs(second) if r.target == target)
+    )
+    time.sleep(0.5)  # its decision is answered: the retry is held at `second` now
+    return retry
+
+
+def approve_and_forward_once(
+    held: Background, proxy: Proxy, upstream: Upstream, customer: str
+) -> None:
+    """The approval was left open for the held retry: approving it forwards the retry, once."""
+    [waiting] = [p for p in pending(proxy) if p["target"] == f"customer/{customer}"]
+    assert airlock("approve", waiting["id"], "--db", proxy.db_url).returncode == 0
+    assert held.result(timeout=30).status_code == 200
+    assert upstream.count(f"/v1/customers/{customer}") == 1
+    assert airlock("audit", "verify", "--db", proxy.db_url).returncode == 0
+
+
+def test_an_instance_that_stops_leaves_the_approval_to_another_holding_it(
+    three: list[Proxy], upstream: Upstream
+) -> None:
+    first, second, _ = three
+    held = Background(lambda: delete_customer(first, "cus_stops", "stops-1"))
+    retry = held_at_both(first, second, "cus_stops", "stops-1")
+
+    first.stop()  # graceful: its own held flow is answered 503, its hold ends
+    assert held.result(timeout=10).status_code == 503
+    time.sleep(1.0)
+    assert not retry.finished, "the other instance's held flow was refused"
+    approve_and_forward_once(retry, second, upstream, "cus_stops")
+
+
+def test_a_client_that_leaves_one_instance_leaves_the_approval_to_its_retry_on_another(
+    three: list[Proxy], upstream: Upstream
+) -> None:
+    first, second, _ = three
+    session = first.session(agent="ops-bot")
+    session.headers["Idempotency-Key"] = "leaves-1"
+    gone = Background(lambda: session.delete(CUSTOMERS + "cus_leaves", timeout=4))
+    retry = held_at_both(first, second, "cus_leaves", "leaves-1")
+
+    with pytest.raises(requests.exceptions.Timeout):  # the first attempt's SDK gives up
+        gone.result(timeout=10)
+    assert eventually(lambda: any(
+        r.outcome == "abandoned" for r in runs(first) if r.target == "customer/cus_leaves"
+    ))  # fmt: skip
+    assert not retry.finished, "the retry held at the other instance was refused"
+    approve_and_forward_once(retry, second, upstream, "cus_leaves")
 
 
 def _reasons(proxy: Proxy) -> list[str]:
