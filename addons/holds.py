@@ -249,8 +249,9 @@ class Holds:
         if state == SHUTTING_DOWN:
             runtime.record_outcome(run.id, "expired", 503)
             self.refusals.refuse(
-                flow, run, "Airlock is shutting down; retry shortly (a new approval will be "
-                "asked)", status=503, headers={"Retry-After": "5"},
+                flow, run, "Airlock is shutting down; retry shortly (the retry joins this call's "
+                "approval if another Airlock still holds it, else asks a new one)", status=503,
+                headers={"Retry-After": "5"},
             )  # fmt: skip
             return
         if state == LEFT:
