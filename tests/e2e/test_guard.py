@@ -21,7 +21,7 @@ from airlock.store.approvals import pending_approvals
 from airlock.store.audit import verify_audit
 from airlock.store.schema import Run, open_engine
 from airlock_guard import ApprovalPending, Blocked, Client, Denied, Unavailable, guard
-from tests.helpers.proxy import PROJECT_ROOT, Proxy, clean_env, free_port
+from tests.helpers.proxy import PROJECT_ROOT, Proxy, clean_env, free_port, wait_for_port
 from tests.test_agents import KEY, agents_dir
 
 pytestmark = pytest.mark.e2e
@@ -57,6 +57,9 @@ def airlock(tmp_path_factory: pytest.TempPathFactory, session_upstream: Any) -> 
         ["--policies", str(policies), "--guard-port", str(free_port())],
     )  # fmt: skip
     proxy.start()
+    # The Guard API listens once Airlock's addons run, after mitmproxy's own port is open.
+    assert proxy.process is not None
+    wait_for_port(guard_port(proxy), proxy.process, proxy.log_file)
     yield proxy
     proxy.stop()
 

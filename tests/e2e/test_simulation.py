@@ -29,7 +29,7 @@ from tests.e2e.test_catalog_aws import AWS_HOSTS
 from tests.e2e.test_catalog_inference import SDK_PYTHON
 from tests.e2e.test_gate import eventually, pending, runs
 from tests.e2e.test_guard import RULES as GUARD_RULES
-from tests.helpers.proxy import PROJECT_ROOT, Proxy, clean_env, free_port
+from tests.helpers.proxy import PROJECT_ROOT, Proxy, clean_env, free_port, wait_for_port
 from tests.helpers.sdks import stripe_through
 
 pytestmark = pytest.mark.e2e
@@ -66,10 +66,13 @@ def proxy(
     (policies / "tools.yaml").write_text(GUARD_RULES)  # the Guard API's tests' own rules
     routes = {host: moto_port for host in AWS_HOSTS}
     routes |= {host: session_upstream.port for host in STANDIN_HOSTS}
-    return start_proxy(
+    proxy = start_proxy(
         "--mode", "simulate", "--policies", str(policies), "--guard-port", str(GUARD_PORT),
         routes=routes,
     )  # fmt: skip
+    assert proxy.process is not None  # the Guard API listens after mitmproxy's own port
+    wait_for_port(GUARD_PORT, proxy.process, proxy.log_file)
+    return proxy
 
 
 @pytest.fixture(scope="module")
