@@ -324,24 +324,30 @@ class Holds:
         edited_id = new_id()
         context = {**edit, "approval_id": approval_id, "run_id": run.id,
                    "proposed_hash": released.request_hash}  # fmt: skip
-        async with asyncio.timeout(STORE_TIMEOUT):
-            decided = await self.runtime.ask().decide(
-                Decide(
-                    edited_id,
-                    run.agent,
-                    None,
-                    raw_request(request, flow.client_conn.sni),
-                    edit=context,
-                )
-            )
+        decide = Decide(edited_id, run.agent, None, raw_request(request, flow.client_conn.sni),
+                        edit=context)  # fmt: skip
+        try:
+            async with asyncio.timeout(STORE_TIMEOUT):
+                decided = await self.runtime.ask().decide(decide)
+        except BaseException:
+            self._withdraw(approval_id, released)
+            raise
         flow.metadata["airlock"] = edited_id  # what happens next is the edited run's outcome
         if decided.run.decision != ALLOW:
+            self._withdraw(approval_id, released)
             self.runtime.record_outcome(run.id, "edit_refused", 403)
             self.refusals.refuse(flow, decided.run, f"the edited request: {decided.run.reason}")
             return
         self.runtime.record_outcome(run.id, "edited", None, detail={"released_as": edited_id})
         flow.metadata["airlock_released"] = time.time()
         self.runtime.remember(decided.run, passed=True)
+
+    def _withdraw(self, approval_id: str, released: Released) -> None:
+        """Nothing was forwarded after all (the edited request was refused, or its decision did
+        not come): the release is undone, so a retry is decided again rather than told it went
+        out once."""
+        if released.at is not None:
+            self.runtime.ask().withdraw_release(approval_id, released.at)
 
     def _answer_pending(
         self, flow: http.HTTPFlow, run: RunSummary, approval_id: str, expires_at: float

@@ -88,6 +88,7 @@ class Released:
     edit: dict[str, Any] | None = None
     request_hash: str | None = None  # of the request as proposed (held)
     run_id: str | None = None  # of the held request
+    at: float | None = None  # when it was released: what a withdrawal of it names
 
 
 @dataclass(frozen=True)
@@ -287,7 +288,7 @@ def release_approval(
     if isinstance(edit, str):  # SQLite hands JSON back as text
         edit = json.loads(edit)
     event = _released_event(tx, approval_id, at, run_id)
-    return Released(True, edit, proposed, held_run), [event]
+    return Released(True, edit, proposed, held_run, at), [event]
 
 
 def withdraw_release(tx: Tx, approval_id: str, at: float) -> tuple[None, list[Event]]:

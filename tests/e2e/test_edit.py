@@ -13,8 +13,10 @@ from typing import Any
 
 import pytest
 import stripe
+from sqlalchemy import select
 
 from airlock.console.standins import Upstream
+from airlock.store.schema import Approval, open_engine
 from tests.e2e.test_gate import eventually, pending, runs
 from tests.helpers.console import review_in_console
 from tests.helpers.proxy import PROJECT_ROOT, Proxy, clean_env
@@ -105,6 +107,15 @@ def test_a_reviewer_lowers_a_charge_and_the_upstream_receives_the_edit_once(
     assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
+def approval_of(proxy: Proxy, approval_id: str) -> Any:
+    engine = open_engine(proxy.db_url)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(select(Approval).where(Approval.id == approval_id)).one()
+    finally:
+        engine.dispose()
+
+
 def test_an_edit_that_makes_the_request_blocked_is_refused(
     proxy: Proxy, upstream: Upstream, stripe_agent: None
 ) -> None:
@@ -119,6 +130,10 @@ def test_an_edit_that_makes_the_request_blocked_is_refused(
     assert charges_sent(upstream) == []
     original = next(r for r in runs(proxy) if r.id == held["run_id"])
     assert original.outcome == "edit_refused"
+    # Nothing went out: the release is withdrawn, not left to say it was forwarded once.
+    assert eventually(lambda: approval_of(proxy, held["id"]).released_at is None)
+    verified = airlock(proxy, "audit", "verify")  # the withdrawal is on the chain, named
+    assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
 def test_params_that_cannot_be_edited_are_refused_with_why(
