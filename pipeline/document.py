@@ -17,7 +17,7 @@ import posixpath
 import re
 import zlib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from io import BytesIO
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, unquote
@@ -107,7 +107,7 @@ def build_document(request: http.Request | WireRequest, agent: str) -> Document:
     target, method = escape_undecodable(request.path), escape_undecodable(request.method)
     path, _, raw_query = target.partition("?")
     headers = _headers(request.headers)
-    body = _read_body(request.raw_content, headers)
+    body = _with_query_fields(_read_body(request.raw_content, headers), headers, raw_query)
     # Where mitmproxy really connects (the CONNECT target), not the Host header the agent wrote:
     # evaluation refuses a request whose Host header or :authority disagrees.
     document: Document = {
@@ -186,6 +186,22 @@ def _read_body(raw: bytes, headers: dict[str, str]) -> Body:
     except Unreadable as e:
         return _refused_body(decoded, e)
     return Body(value, body_format, len(decoded), {"body_error": body_error} if body_error else {})
+
+
+def _with_query_fields(body: Body, headers: dict[str, str], raw_query: str) -> Body:
+    """A form request's query fields count as its form's where the form lacks them: form servers
+    (Rack, PHP's $_REQUEST, …) merge the two, so `POST /v1/charges?amount=…` with an empty
+    form must be judged with its amount. The form's own fields win, as they do there."""
+    if not raw_query or body.format not in ("form", "empty") or "request_error" in body.notes:
+        return body
+    if _media_type(headers.get("content-type", ""), b"") != "form" and body.format != "form":
+        return body
+    try:
+        fields = parse_form(raw_query)
+    except ValueError as e:
+        return replace(body, notes={**body.notes, "request_error": f"the query: {e}"})
+    merged = {**fields, **(body.value or {})}
+    return replace(body, value=merged, format="form")
 
 
 def _refused_body(raw: bytes, error: Unreadable) -> Body:

@@ -233,3 +233,14 @@ def test_a_body_without_content_type_is_read_as_the_form_it_looks_like() -> None
     }
     assert variant(b"plain text, not a form", None)["body"] == "plain text, not a form"
     assert variant(b"x", "application/json", Content_Encoding="identity")["body_error"]
+
+
+def test_a_form_requests_query_fields_count_as_its_forms() -> None:
+    """Form servers merge the query into the form: the amount in the URL is judged."""
+    form = "application/x-www-form-urlencoded"
+    empty = build_document(request(b"", form, path="/v1/charges?amount=5000000&currency=usd"), "a")
+    assert empty["body"] == {"amount": "5000000", "currency": "usd"}
+    both = build_document(request(b"amount=5", form, path="/v1/charges?amount=9&expand[0]=x"), "a")
+    assert both["body"] == {"amount": "5", "expand": ["x"]}  # the form's own field wins
+    json_body = build_document(request(b'{"a": 1}', "application/json", path="/p?amount=9"), "a")
+    assert json_body["body"] == {"a": 1}
