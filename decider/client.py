@@ -256,6 +256,9 @@ class DeciderClient:
         the flow was cancelled): undone if it commits, so that a retry can be released. Sent
         after the release (the decider takes messages in order) and kept as outcomes are."""
         self._keep(WithdrawRelease(approval_id, at))
+        if self._flush_timer is not None:  # at once: until it commits, a retry is told "sent"
+            self._flush_timer.cancel()
+        self._flush_deferred()
 
     def record_outcome(self, outcome: OutcomeRecord | AnsweredOutcome) -> None:
         """Nobody waits for an outcome: it rides with the next call, sharing its commit; with

@@ -58,6 +58,7 @@ from airlock.pipeline.run_record import (
     RunRecord,
     RunSummary,
     failed_evaluation,
+    legacy_request_hash,
     let_through,
     request_hash,
     retry_key_of,
@@ -374,6 +375,8 @@ class DeciderCore:
         exact = request_hash(document)
         key = retry_key_of(document, exact)
         approval = self._joinable(key, row.at)
+        if approval is None or approval.request_hash != exact:
+            approval, exact = self._joinable_as_before(document, key, row.at, approval, exact)
         hold = None
         if approval is None:
             hold = self._new_hold(row, exact, key, verdict)
@@ -393,6 +396,21 @@ class DeciderCore:
             return decided
 
         taken.results[sequence] = with_what_the_store_found
+
+    def _joinable_as_before(
+        self, document: Document, key: str, at: float, approval: ApprovalState | None,
+        exact: str,
+    ) -> tuple[ApprovalState | None, str]:  # fmt: skip
+        """An approval opened before approvals bound the request's identity headers (a store
+        upgraded, or an older instance beside this one) holds the request's hash without them:
+        the same request joins it, found and compared as that approval was made."""
+        before = legacy_request_hash(document)
+        if approval is None:
+            legacy_key = retry_key_of(document, before)
+            approval = self._joinable(legacy_key, at) if legacy_key != key else None
+        if approval is not None and approval.request_hash == before:
+            return approval, before
+        return approval, exact
 
     def _joinable(self, key: str, at: float) -> ApprovalState | None:
         """The approval a request with this retry key, decided at `at`, joins: open, or settled

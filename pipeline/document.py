@@ -220,8 +220,14 @@ def decoded_body(raw: bytes, content_encoding: str | None, strict: bool = True) 
     strict (a JSON, form or XML request body): an encoding Airlock does not know (or several,
     or a body that does not decode as its encoding) raises Unreadable too: judged as sent, it
     would be judged without its parameters while the upstream may still read them. Not strict
-    (an upload, an answer read for identifiers): as sent."""
+    (an upload, an answer read for identifiers): as sent.
+
+    S3's `aws-chunked` (boto3's uploads, last in the list) is framing: undone first; what
+    precedes it is the object's own encoding, stored as is, so the rest is read leniently."""
     name = (content_encoding or "").strip().lower()
+    if name.endswith("aws-chunked") and raw:
+        raw = _unframe_aws_chunks(raw)
+        name, strict = name.removesuffix("aws-chunked").rstrip(", "), False
     if name in ("", "identity") or not raw:
         return raw
     decode = _DECODERS.get(name)
@@ -247,6 +253,27 @@ def decoded_body(raw: bytes, content_encoding: str | None, strict: bool = True) 
             "Airlock refuses what it cannot inspect"
         )
     return decoded
+
+
+def _unframe_aws_chunks(raw: bytes) -> bytes:
+    """`aws-chunked` (S3 streaming uploads): `size-in-hex[;chunk-signature=…]` CRLF, the data,
+    CRLF, until a chunk of size 0 and the trailing checksum. Never larger than what was sent (no
+    bomb to guard against). Raises Unreadable if it is not framed so: S3 would then read the
+    upload otherwise than Airlock."""
+    out, position = bytearray(), 0
+    while True:
+        end = raw.find(b"\r\n", position)
+        try:
+            size = int(raw[position:end].split(b";", 1)[0], 16) if end >= 0 else -1
+        except ValueError:
+            size = -1
+        if size == 0:
+            return bytes(out)
+        chunk_end = end + 2 + size
+        if size < 0 or raw[chunk_end : chunk_end + 2] != b"\r\n":
+            raise Unreadable("the body is not framed as its Content-Encoding aws-chunked says")
+        out += raw[end + 2 : chunk_end]
+        position = chunk_end + 2
 
 
 def _inflate(raw: bytes, limit: int, wbits: int = zlib.MAX_WBITS | 32) -> bytes:
@@ -385,15 +412,18 @@ def parse_query(raw: str) -> dict[str, list[str]]:
     return query
 
 
-def parse_body(content_type: str, raw: bytes) -> tuple[Any, str, str | None]:
-    """Parse by declared content type; a body that does not parse is kept as text, with why."""
+def parse_body(
+    content_type: str, raw: bytes, strict: bool = True
+) -> tuple[Any, str, str | None]:
+    """Parse by declared content type; a body that does not parse is kept as text, with why.
+    strict (a request): JSON that repeats a key raises Unreadable (_object)."""
     if not raw:
         return None, "empty", None
     kind = _media_type(content_type, raw)
     text = raw.decode("utf-8", errors="replace")
     if kind == "json":
         try:
-            return _within_depth(_parse_json(text)), "json", None
+            return _within_depth(_parse_json(text, strict)), "json", None
         except ValueError as e:
             return text, "text", f"body is not valid JSON: {e}"
     if kind == "form":
@@ -435,9 +465,10 @@ def _too_deep(kind: str) -> Unreadable:
     return Unreadable(f"the {kind} body is nested deeper than {MAX_DEPTH} levels")
 
 
-def _parse_json(text: str) -> Any:
+def _parse_json(text: str, strict: bool = True) -> Any:
     try:
-        return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_object)
+        hook = _object if strict else None
+        return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=hook)
     except RecursionError:
         raise _too_deep("JSON") from None
 

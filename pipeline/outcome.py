@@ -23,7 +23,8 @@ SUCCESS = range(200, 300)
 def response_document(status: int, headers: dict[str, str], raw: bytes) -> Document:
     body = None
     if len(raw) <= MAX_PARSED_BODY:  # larger answers are not read for identifiers
-        body = parse_body(headers.get("content-type", ""), raw)[0]
+        # An answer's repeated key is the upstream's own: read, not refused.
+        body = parse_body(headers.get("content-type", ""), raw, strict=False)[0]
     lowered = {name.lower(): value for name, value in headers.items()}
     return {"response": {"status": status, "headers": lowered, "body": body}}
 

@@ -159,20 +159,32 @@ def retry_key_of(document: Document, exact_hash: str) -> str:
 # Headers that change who acts, on whose account, or how the body is read: an approval binds
 # them, so a retry that joins it with other credentials or another account is not released.
 # Named rather than "all but the volatile ones": SDKs vary other headers on every attempt
-# (dates, signatures, retry counts, telemetry), and a retry must still join its approval.
+# (dates, signatures, retry counts, telemetry, cookies a load balancer rotates), and a retry
+# must still join its approval.
 BOUND_HEADERS = (
-    "authorization", "x-api-key", "api-key", "x-goog-api-key", "cookie",
-    "x-amz-security-token", "stripe-account", "stripe-context", "openai-organization",
-    "openai-project", "content-type", "content-encoding", "x-http-method-override",
-    "x-http-method", "x-method-override",
+    "authorization", "x-api-key", "api-key", "x-goog-api-key", "stripe-account",
+    "stripe-context", "openai-organization", "openai-project", "content-type",
+    "content-encoding", "x-http-method-override", "x-http-method", "x-method-override",
 )  # fmt: skip
-_SIGV4_CREDENTIAL = re.compile(r"AWS4-HMAC-SHA256\s+Credential=([^,\s]+)")
+# Schemes whose credentials are the same on every attempt: bound whole.
+_STABLE_SCHEMES = frozenset({"bearer", "basic", "token", "bot"})
+_KEY_FIELDS = re.compile(r'(?:Credential|oauth_consumer_key|oauth_token)="?([^",\s]+)')
 
 
 def request_hash(document: Document) -> str:
     """Binds an approval to the exact request: method, URL, normalised body, agent, and the
     headers that say whose request it is and how its body reads (BOUND_HEADERS). An MCP call's
     JSON-RPC id is left out: calling the same tool again is a retry of the same call."""
+    return _hash(document, json.dumps(_bound_headers(document.get("headers", {}))))
+
+
+def legacy_request_hash(document: Document) -> str:
+    """request_hash as Airlock made it before 2026-12-05, without the headers: what approvals
+    opened before hold (the decider joins them: decider/core.py _joinable_as_before)."""
+    return _hash(document, None)
+
+
+def _hash(document: Document, headers: str | None) -> str:
     body = document["body"]
     if jsonrpc_messages(document) is not None:
         body = without_ids(body)
@@ -188,23 +200,35 @@ def request_hash(document: Document) -> str:
             query,
             normalised or "",
             document["agent"],
-            json.dumps(_bound_headers(document.get("headers", {}))),
+            *([] if headers is None else [headers]),
         ]
     )
     return hashlib.sha256(material.encode()).hexdigest()
 
 
 def _bound_headers(headers: dict[str, str]) -> list[tuple[str, str]]:
-    """BOUND_HEADERS as sent, but of an AWS signature only its credential (access key, date,
-    region, service): the signature itself changes with every attempt's timestamp."""
     bound = []
     for name in BOUND_HEADERS:
         value = headers.get(name)
-        if value is None:
-            continue
-        signed = _SIGV4_CREDENTIAL.match(value) if name == "authorization" else None
-        bound.append((name, f"AWS4 {signed.group(1)}" if signed else value))
+        if value is not None:
+            bound.append((name, _credential_of(value) if name == "authorization" else value))
     return bound
+
+
+def _credential_of(authorization: str) -> str:
+    """Whose credential an Authorization header carries, without what each attempt signs anew:
+    Bearer, Basic and the like whole; of a signature scheme its key (AWS SigV4/SigV4a: the
+    access key, region and service, not the date; OAuth 1.0a: consumer key and token; Azure
+    SharedKey: the account); of a scheme Airlock does not know, only its name."""
+    scheme, _, rest = authorization.strip().partition(" ")
+    if scheme.lower() in _STABLE_SCHEMES or not rest:
+        return authorization
+    if scheme.lower().startswith("sharedkey"):
+        return f"{scheme} {rest.partition(':')[0]}"
+    keys = _KEY_FIELDS.findall(rest)
+    if scheme.startswith("AWS4-"):  # Credential=KEY/DATE/REGION/SERVICE/aws4_request
+        keys = [re.sub(r"/\d{8}/", "/", key) for key in keys]
+    return " ".join([scheme, *keys])
 
 
 def capped(value: Any) -> Any:

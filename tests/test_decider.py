@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from mitmproxy.http import Headers
 from mitmproxy.test import tutils
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 import airlock.decider.core as core_module
 from airlock.addons.runtime import raw_request
@@ -42,7 +42,7 @@ from airlock.decider.wire import Reader, pack
 from airlock.decider.worker import SocketLink
 from airlock.pipeline.document import MAX_DECODED_BODY, build_document
 from airlock.pipeline.evaluation import Config
-from airlock.pipeline.run_record import RunSummary
+from airlock.pipeline.run_record import RunSummary, legacy_request_hash
 from airlock.pipeline.yaml_source import recording_sources
 from airlock.store.records import OutcomeRecord
 from airlock.store.schema import Approval, Run, create_schema, open_engine
@@ -130,6 +130,31 @@ def test_the_same_call_twice_opens_one_approval(core: DeciderCore) -> None:
     assert later.approval.id == opened.id and later.approval.joined
     with core.engine.connect() as conn:
         assert len(conn.execute(select(Approval.id)).all()) == 1
+
+
+@pytest.mark.parametrize("key", [None, "idem-1"])
+def test_a_call_joins_the_approval_an_older_airlock_opened_for_it(
+    core: DeciderCore, key: str | None
+) -> None:
+    """Approvals opened before they bound the request's identity headers (a store upgraded
+    while one was open, an older instance beside this one) hold the hash without them: the same
+    call still joins, found by the key and compared with the hash that approval was made with;
+    another request with the same key still does not."""
+    headers = {"idempotency_key": key} if key else {}
+    first = replies(core.handle([Envelope(0, setup()), Envelope(1, charge(150_000, **headers))]))
+    opened = first[1].approval
+    document = build_document(wire_request(charge(150_000, **headers).request), "a")
+    before = legacy_request_hash(document)
+    retry_key = f"a:api.stripe.com:{key}" if key else f"a:{before}"
+    with core.engine.begin() as conn:  # as an older Airlock wrote it
+        opened_row = update(Approval).where(Approval.id == opened.id)
+        conn.execute(opened_row.values(request_hash=before, retry_key=retry_key))
+
+    again = replies(core.handle([Envelope(2, charge(150_000, "run-2", **headers))]))[2]
+    assert (again.approval.id, again.request_hash) == (opened.id, before)
+    if key:
+        other = replies(core.handle([Envelope(3, charge(150_001, "run-3", **headers))]))[3]
+        assert other.approval.id == opened.id and other.request_hash != before  # 409 at the proxy
 
 
 def test_copies_of_a_call_in_one_batch_join_the_approval_another_instance_opened_meanwhile(

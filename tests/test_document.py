@@ -244,3 +244,13 @@ def test_a_form_requests_query_fields_count_as_its_forms() -> None:
     assert both["body"] == {"amount": "5", "expand": ["x"]}  # the form's own field wins
     json_body = build_document(request(b'{"a": 1}', "application/json", path="/p?amount=9"), "a")
     assert json_body["body"] == {"a": 1}
+
+
+def test_an_answer_that_repeats_a_key_is_still_read_for_its_identifiers() -> None:
+    from airlock.pipeline.document import Unreadable, parse_body
+    from airlock.pipeline.outcome import response_document
+
+    answer = response_document(200, {"content-type": "application/json"}, b'{"id": 1, "id": 2}')
+    assert answer["response"]["body"] == {"id": 2}
+    with pytest.raises(Unreadable, match="repeats the key 'id'"):  # a request's is refused
+        parse_body("application/json", b'{"id": 1, "id": 2}')

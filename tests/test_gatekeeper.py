@@ -315,6 +315,22 @@ def test_request_hash_binds_whose_request_it_is_not_what_each_attempt_changes() 
     first = signed("AKIAOURS", "20261204T230000Z", "a1")
     assert signed("AKIAOURS", "20261204T230002Z", "b2") == first  # boto3's next attempt
     assert signed("AKIAOTHER", "20261204T230002Z", "b2") != first
+    midnight = hashed(authorization="AWS4-HMAC-SHA256 Credential=AKIAOURS/20261205/us-east-1/s3/"
+                      "aws4_request, SignedHeaders=host, Signature=c3")  # fmt: skip
+    assert midnight == first  # a retry after midnight UTC: the scope's date moved
+
+    def oauth(consumer: str, nonce: str) -> str:
+        return hashed(authorization=f'OAuth oauth_consumer_key="{consumer}", oauth_nonce='
+                      f'"{nonce}", oauth_signature="{nonce}sig", oauth_token="t-1"')  # fmt: skip
+
+    assert oauth("ours", "n1") == oauth("ours", "n2") != oauth("theirs", "n2")
+    azure = hashed(authorization="SharedKey account1:c2lnbmF0dXJl")
+    assert azure == hashed(authorization="SharedKey account1:b3RoZXI=")
+    assert azure != hashed(authorization="SharedKey account2:b3RoZXI=")
+    # What rotates between attempts is not bound: a load balancer's cookie, a session token.
+    assert hashed(authorization="Bearer k", cookie="AWSALB=1") == hashed(
+        authorization="Bearer k", cookie="AWSALB=2", x_amz_security_token="t"
+    )
 
 
 def test_routes_parse_and_reject_bad_specs() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -420,3 +421,23 @@ def test_creating_a_custom_voice_is_not_read_as_inference() -> None:
 
     assert judged("/v1/audio/voices") == ("openai.createVoice", "create_voice", "REQUIRE_APPROVAL")
     assert judged("/v1/audio/speech") == ("openai.createSpeech", "inference", "ALLOW")
+
+
+def test_s3_uploads_framed_aws_chunked_are_read_as_the_object_they_carry() -> None:
+    """boto3 frames uploads as `aws-chunked` (its flexible checksums): undone, the object is
+    what is judged, whatever its own type or encoding; a body not framed so is refused."""
+    import gzip
+
+    def uploaded(body: bytes, **extra: str) -> dict[str, Any]:
+        request = aws_request("s3", "PutObject", {**BUCKET, "Key": "k", "Body": body, **extra})
+        return build_document(request, "a")
+
+    assert uploaded(b'{"a": 1}', ContentType="application/json")["body"] == {"a": 1}
+    zipped = uploaded(gzip.compress(b'{"a": 2}'), ContentType="application/json",
+                      ContentEncoding="gzip")  # fmt: skip
+    assert zipped["body"] == {"a": 2}
+    stored = uploaded(b"not gzip", ContentType="application/json", ContentEncoding="gzip")
+    assert "request_error" not in stored  # the object's own encoding: S3 stores it as sent
+    request = aws_request("s3", "PutObject", {**BUCKET, "Key": "k", "Body": b"{}"})
+    request = replace(request, raw_content=b"zz\r\n{}\r\n0\r\n\r\n")
+    assert "not framed" in build_document(request, "a")["request_error"]
