@@ -412,9 +412,7 @@ def parse_query(raw: str) -> dict[str, list[str]]:
     return query
 
 
-def parse_body(
-    content_type: str, raw: bytes, strict: bool = True
-) -> tuple[Any, str, str | None]:
+def parse_body(content_type: str, raw: bytes, strict: bool = True) -> tuple[Any, str, str | None]:
     """Parse by declared content type; a body that does not parse is kept as text, with why.
     strict (a request): JSON that repeats a key raises Unreadable (_object)."""
     if not raw:

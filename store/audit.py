@@ -289,6 +289,10 @@ class _Vouched:
     approval_origins: dict[str, dict[str, Any]]
     votes: dict[tuple[str, str], dict[str, Any]]
     edits: dict[str, dict[str, Any]] = field(default_factory=dict)  # the latest, by approval
+    # Runs that won a release, and those of them whose outcome says they (may have) gone out:
+    # a withdrawal of such a release would hide a second forward.
+    released_runs: set[str] = field(default_factory=set)
+    went_out: set[str] = field(default_factory=set)
 
 
 def _fingerprint(value_of: Callable[[str], Any], fields: tuple[str, ...]) -> bytes:
@@ -360,8 +364,14 @@ def _remember(vouched: _Vouched, event: AuditEvent) -> None:
         vouched.outcomes[event.run_id or ""] = _Vouch(
             event.seq, _fingerprint(payload.get, OUTCOME_FIELDS)
         )
+        if event.run_id in vouched.released_runs and payload.get("outcome") in _WENT_OUT:
+            vouched.went_out.add(event.run_id)
     elif event.kind == "approval":
-        _approval_moves(vouched.approvals.get(payload["approval_id"]), payload, event.seq)
+        before = vouched.approvals.get(payload["approval_id"])
+        _approval_moves(before, payload, event.seq)
+        _withdrawn_unsent(before, payload, vouched.went_out, event.seq)
+        if payload.get("released_run"):
+            vouched.released_runs.add(payload["released_run"])
         vouched.approvals[payload["approval_id"]] = payload
         vouched.approval_origins.setdefault(payload["approval_id"], payload)
     elif event.kind == "vote":
@@ -388,6 +398,24 @@ def _approval_moves(before: dict[str, Any] | None, after: dict[str, Any], seq: i
             f"event #{seq} moves approval {approval} from {was} to {state}: an approval opens "
             "PENDING, ends once, and is released once after APPROVED (a release that forwarded "
             "nothing withdrawn, naming it)"
+        )
+
+
+_WENT_OUT = frozenset({"forwarded", "ambiguous", "unknown", "edited"})
+
+
+def _withdrawn_unsent(
+    before: dict[str, Any] | None, after: dict[str, Any], went_out: set[str], seq: int
+) -> None:
+    """A release is withdrawn only when nothing was forwarded: one whose run's outcome says it
+    went out cannot be, or the approval could be released, and a request forwarded, twice."""
+    if before is None or after.get("withdrawn") is None:
+        return
+    run = before.get("released_run")
+    if run in went_out:
+        raise _Broken(
+            f"event #{seq} withdraws the release of approval {after['approval_id']} by run "
+            f"{run}, whose outcome says it was forwarded: a release that went out stands"
         )
 
 

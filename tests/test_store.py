@@ -411,6 +411,26 @@ def test_a_withdrawal_undoes_only_its_own_release_and_the_chain_names_it(engine:
     assert f"moves approval {hold.approval_id} from APPROVED to APPROVED" in problem
 
 
+def test_verify_names_a_withdrawal_of_a_release_that_was_forwarded(engine: Engine) -> None:
+    """Airlock withdraws a release only when nothing went out: a chain where the withdrawn run
+    was forwarded, and the approval then released to another, shows a request sent twice."""
+    from airlock.store.records import WithdrawRelease
+
+    row, hold = held()
+    write(engine, DecisionRecord(row, hold))
+    resolve_approval(engine, hold.approval_id, APPROVED, "alice", "ok")
+    first = time.time()
+    write(engine, ReleaseRequest(hold.approval_id, first, row.id))
+    write(engine, OutcomeRecord(row.id, time.time(), "forwarded", 200, 12.0))
+    write(engine, WithdrawRelease(hold.approval_id, first))
+    retry = run_row("REQUIRE_APPROVAL")
+    write(engine, DecisionRecord(retry, None, hold.approval_id))
+    write(engine, ReleaseRequest(hold.approval_id, time.time(), retry.id))
+
+    problem = verify_audit(engine).problem
+    assert problem and f"by run {row.id}, whose outcome says it was forwarded" in problem
+
+
 def test_a_withdrawal_the_decider_did_not_confirm_is_sent_to_the_next_one(engine: Engine) -> None:
     """Kept like an outcome: a decider that dies before committing it does not lose it."""
     row, hold = held()
