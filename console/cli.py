@@ -687,7 +687,8 @@ def _store_unprepared(url: str, data_dir: Path) -> str | None:
     import socket
 
     from airlock.store.anchor import load_or_create_key
-    from airlock.store.approvals import settle_what_stopped_processes_left
+    from airlock.store.approvals import settle_what_gone_instances_left
+    from airlock.store.instances import Here
     from airlock.store.schema import create_schema, open_engine
     from airlock.store.seals import Sealer, seal_with
 
@@ -696,7 +697,8 @@ def _store_unprepared(url: str, data_dir: Path) -> str | None:
         create_schema(engine)
         seal_with(engine, Sealer(load_or_create_key(data_dir)))
         # Not yet the proxy's own instance name: any earlier instance with this pid is gone.
-        settle_what_stopped_processes_left(engine, f"{socket.gethostname()}-{os.getpid()}.start")
+        here = Here(f"{socket.gethostname()}-{os.getpid()}.start")
+        settle_what_gone_instances_left(engine, here)
         engine.dispose()
     except Exception as e:
         return _cannot_open(url, e)

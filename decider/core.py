@@ -76,7 +76,7 @@ from airlock.store.approvals import (
     UNKNOWN,
     find_approval_for_retry,
     pending_count,
-    settle_what_stopped_processes_left,
+    settle_what_gone_instances_left,
 )
 from airlock.store.history import (
     PastDecision,
@@ -84,6 +84,13 @@ from airlock.store.history import (
     audit_position,
     committed_since,
     past_decisions,
+)
+from airlock.store.instances import (
+    RETRY_GRACE_SECONDS,
+    Here,
+    end_lease,
+    gone_uncleared,
+    renew_lease,
 )
 from airlock.store.prepared import PENDING
 from airlock.store.records import (
@@ -211,17 +218,39 @@ class DeciderCore:
             log.error("cannot prepare the store: %s", e)
 
     def _prepare_store(self) -> None:
-        """Its tables (a newer Airlock adds its columns), and what stopped proxy processes of
-        this host left settled, before anything is decided."""
+        """Its tables (a newer Airlock adds its columns), this instance's lease, and what gone
+        instances left settled, before anything is decided."""
         create_schema(self.engine)
-        expired, left = settle_what_stopped_processes_left(self.engine, self.instance)
+        if self.instance:  # a decider told no instance (a store-only test) holds nothing
+            renew_lease(self.engine, self.instance, Here(self.instance))
+        self._settle_what_gone_instances_left()
+        self.prepared = True
+
+    def _settle_what_gone_instances_left(self, grace: float = 0.0) -> None:
+        here = Here(self.instance, grace=grace)
+        expired, left = settle_what_gone_instances_left(self.engine, here)
         if expired:
-            log.warning("expired %d approvals left by stopped proxy processes", expired)
+            log.warning("expired %d approvals left by stopped proxy instances", expired)
         if any(left.values()):
-            log.warning("runs left without an outcome by stopped proxy processes: %d released "
+            log.warning("runs left without an outcome by stopped proxy instances: %d released "
                         "(outcome unknown: may have been sent), %d held (not sent)",
                         left[UNKNOWN], left[NOT_SENT])  # fmt: skip
-        self.prepared = True
+
+    def _keep_lease(self) -> None:
+        """On every sync: this instance's lease renewed, and what another instance left, once
+        its lease lapsed or ended, settled (store/instances.py), once a retry of its held
+        calls had time to join them here or elsewhere."""
+        if not self.instance:
+            return
+        here = Here(self.instance, grace=RETRY_GRACE_SECONDS)
+        try:
+            if not renew_lease(self.engine, self.instance, here):
+                log.error("this instance was taken for stopped (its lease lapsed): approvals "
+                          "only it held were expired and its runs in flight settled")  # fmt: skip
+            if gone_uncleared(self.engine, here):
+                self._settle_what_gone_instances_left(RETRY_GRACE_SECONDS)
+        except Exception as e:
+            log.warning("cannot renew this instance's lease or settle what others left: %s", e)
 
     # --- writing -----------------------------------------------------------------------------
 
@@ -497,6 +526,11 @@ class DeciderCore:
                 log.error("cannot write the last audit checkpoint: %s", e)
         if self.witness is not None:
             self.witness.flush()  # the last checkpoint reaches the witness before we exit
+        if self.prepared and self.instance:
+            try:
+                end_lease(self.engine, self.instance)
+            except Exception as e:  # the others wait for its lease to lapse instead
+                log.error("cannot end this instance's lease: %s", e)
         self.watch.close()
         self.writer.close()
         self.engine.dispose()
@@ -561,6 +595,7 @@ class DeciderCore:
         else:
             self._add_to_history(found)
         self.history.prune()
+        self._keep_lease()
         try:
             self.queue = pending_count(self.engine)
         except Exception as e:

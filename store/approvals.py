@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -15,6 +13,14 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, aliased
 
 from airlock.store.audit import Event, append_events
+from airlock.store.instances import (
+    Here,
+    Liveness,
+    lease_of,
+    liveness,
+    lock_uncleared_gone,
+    mark_cleared,
+)
 from airlock.store.names import name_key
 from airlock.store.prepared import PENDING, Tx, tx_of
 from airlock.store.records import (
@@ -309,59 +315,55 @@ def _full_id(conn: Any, reference: str) -> str:
     return matches[0]
 
 
-def expire_orphaned_approvals(
-    engine: Engine, host: str, alive: Any, current: str | None = None
-) -> list[str]:
-    """At a proxy's start: PENDING approvals nobody will ever release become EXPIRED.
-
-    Those are the ones whose every holder (the instance that opened it, and each one a retry of
-    the call joined it from) is a process on this host that is gone (`alive(pid)` is false, or
-    it had the starting instance's pid under another name: a restarted container's pid 1),
-    and any past its expiry whatever held it. An approval another live instance holds a retry
-    for stays; instances on other hosts are taken as alive. Returns the ids expired.
-    """
-    now = time.time()
+def expire_orphaned_approvals(engine: Engine, here: Here) -> list[str]:
+    """PENDING approvals nobody will ever release become EXPIRED: those whose every holder (the
+    instance that opened it, and each one a retry of the call joined it from) is gone
+    (store/instances.py), and any past its expiry whatever held it. An approval another live
+    instance holds a retry for stays. Returns the ids expired."""
     with write_transaction(engine) as conn:
-        candidates = conn.execute(
-            select(Approval.id, Approval.instance, Approval.expires_at).where(
-                Approval.state == PENDING
-            )
-        ).all()
-        holders = _holders(conn, [approval_id for approval_id, _, _ in candidates])
+        return _expire_orphaned_approvals(conn, here)
 
-        def gone(approval_id: str, opener: str) -> bool:
-            return all(
-                _held_by_dead_process(instance, host, alive, current)
-                for instance in holders.get(approval_id, [opener])
-            )
 
-        orphaned = [
-            (approval_id, "the proxies holding it stopped")
-            for approval_id, opener, _ in candidates
-            if gone(approval_id, opener)
-        ] + [
-            (approval_id, "approval timed out")
-            for approval_id, opener, expires_at in candidates
-            if expires_at <= now and not gone(approval_id, opener)
-        ]
-        tx = tx_of(conn)
-        expired = []
-        for approval_id, reason in orphaned:
-            settlement, events = settle_approval(tx, approval_id, EXPIRED, None, reason, now)
-            if settlement.won:
-                append_events(tx, events)
-                expired.append(approval_id)
+def _expire_orphaned_approvals(conn: Any, here: Here) -> list[str]:
+    now = time.time()
+    candidates = conn.execute(
+        select(Approval.id, Approval.instance, Approval.expires_at).where(Approval.state == PENDING)
+    ).all()
+    holders = _holders(conn, [approval_id for approval_id, _, _ in candidates])
+    named = {opener for _, opener, _ in candidates} | {
+        instance for found in holders.values() for instance in found
+    }
+    judged = liveness(conn, here, named)
+
+    def gone(approval_id: str, opener: str) -> bool:
+        return all(judged.gone(instance) for instance in holders.get(approval_id, [opener]))
+
+    orphaned = [
+        (approval_id, "the proxies holding it stopped")
+        for approval_id, opener, _ in candidates
+        if gone(approval_id, opener)
+    ] + [
+        (approval_id, "approval timed out")
+        for approval_id, opener, expires_at in candidates
+        if expires_at <= now and not gone(approval_id, opener)
+    ]
+    tx = tx_of(conn)
+    expired = []
+    for approval_id, reason in orphaned:
+        settlement, events = settle_approval(tx, approval_id, EXPIRED, None, reason, now)
+        if settlement.won:
+            append_events(tx, events)
+            expired.append(approval_id)
     return expired
 
 
 def leave_approval(
-    tx: Tx, job: SettleRequest, host: str | None = None, alive: Any = None
+    tx: Tx, job: SettleRequest, here: Here | None = None
 ) -> tuple[Settlement, list[Event]]:
     """An instance's hold ends (its client left, or it shuts down): its holder row goes, and the
-    approval is settled as asked unless another holder remains that is not known to be dead (as
-    expire_orphaned_approvals rules: instances on other hosts are taken as alive). Then it stays
-    PENDING for the others' flows and its reviewers; only this attempt ends (answered with the
-    approval's state, not won).
+    approval is settled as asked unless another holder remains that is not gone (as
+    expire_orphaned_approvals rules). Then it stays PENDING for the others' flows and its
+    reviewers; only this attempt ends (answered with the approval's state, not won).
 
     On PostgreSQL the approval row is locked first: a join's holder insert (its foreign key takes
     a KEY SHARE lock) waits for this commit, or this for the join's, so a join committed first is
@@ -369,16 +371,13 @@ def leave_approval(
     _joinable) just before this commit settles it still joins it after; that attempt is then
     refused with this settlement, as a flow held when it was made would be."""
     assert job.leaving is not None
-    host = socket.gethostname() if host is None else host
-    alive = process_alive if alive is None else alive
+    here = Here(job.leaving) if here is None else here
     tx.read(tx.sql.lock_approval, {"aid": job.approval_id})
     tx.send(tx.sql.remove_holder, {"aid": job.approval_id, "instance": job.leaving})
-    others = [
-        instance
-        for (instance,) in tx.read_all(tx.sql.holders, {"aid": job.approval_id})
-        if not _held_by_dead_process(instance, host, alive, job.leaving)
-    ]
-    if not others:
+    rows = tx.read_all(tx.sql.holders, {"aid": job.approval_id})
+    leases = {row[0]: lease_of(row[1:]) for row in rows}
+    judged = Liveness(here, {k: v for k, v in leases.items() if v is not None}, time.time())
+    if all(judged.gone(instance) for instance in leases):
         return settle_approval(tx, job.approval_id, job.state, None, job.reason, job.at)
     _, row = tx.read(tx.sql.approval, {"aid": job.approval_id})
     if row is None:
@@ -404,80 +403,63 @@ UNKNOWN = "unknown"  # released for forwarding when its proxy stopped: it may ha
 NOT_SENT = "not_sent"  # held when its proxy stopped, never released: it was not sent
 
 
-def settle_orphaned_runs(
-    engine: Engine, host: str, alive: Any, current: str | None = None
-) -> dict[str, int]:
-    """At a proxy's start, after expire_orphaned_approvals: runs a stopped process on this host
-    left without an outcome say what is known of them. A decision is committed before its
-    request is released, so an ALLOW, or the attempt that won an approval's release, with no
-    outcome is UNKNOWN: it may have reached the upstream; an attempt held and never released
-    (the opener of an approval a retry released, too) is NOT_SENT. Returns counts by outcome.
+def settle_orphaned_runs(engine: Engine, here: Here) -> dict[str, int]:
+    """After expire_orphaned_approvals: runs a gone instance left without an outcome say what is
+    known of them. A decision is committed before its request is released, so an ALLOW, or the
+    attempt that won an approval's release, with no outcome is UNKNOWN: it may have reached the
+    upstream; an attempt held and never released (the opener of an approval a retry released,
+    too) is NOT_SENT. Returns counts by outcome.
     """
+    with write_transaction(engine) as conn:
+        return _settle_orphaned_runs(conn, here)
+
+
+def _settle_orphaned_runs(conn: Any, here: Here) -> dict[str, int]:
     now, counts = time.time(), {UNKNOWN: 0, NOT_SENT: 0}
     won, legacy = aliased(Approval), aliased(Approval)
-    with write_transaction(engine) as conn:
-        orphans = conn.execute(
-            select(Run.id, Run.instance, Run.decision, won.id, legacy.id)
-            .outerjoin(won, won.released_run == Run.id)
-            # Released before the winning run was recorded: taken as the opener's, as it was.
-            .outerjoin(
-                legacy,
-                and_(
-                    legacy.run_id == Run.id,
-                    legacy.released_run.is_(None),
-                    legacy.released_at.is_not(None),
-                ),
-            )
-            .where(Run.outcome.is_(None))
-        ).all()
-        records = []
-        for run_id, instance, decision, released, released_before in orphans:
-            if not _held_by_dead_process(instance, host, alive, current):
-                continue
-            forwarded = released is not None or released_before is not None
-            held = decision == "REQUIRE_APPROVAL" and not forwarded
-            outcome = NOT_SENT if held else UNKNOWN
-            counts[outcome] += 1
-            records.append(OutcomeRecord(run_id, now, outcome, None, None))
-        if records:
-            tx = tx_of(conn)
-            append_events(tx, record_outcomes(tx, records))
+    orphans = conn.execute(
+        select(Run.id, Run.instance, Run.decision, won.id, legacy.id)
+        .outerjoin(won, won.released_run == Run.id)
+        # Released before the winning run was recorded: taken as the opener's, as it was.
+        .outerjoin(
+            legacy,
+            and_(
+                legacy.run_id == Run.id,
+                legacy.released_run.is_(None),
+                legacy.released_at.is_not(None),
+            ),
+        )
+        .where(Run.outcome.is_(None))  # the index runs_without_outcome
+    ).all()
+    judged = liveness(conn, here, {instance for _, instance, _, _, _ in orphans})
+    records = []
+    for run_id, instance, decision, released, released_before in orphans:
+        if not judged.gone(instance):
+            continue
+        forwarded = released is not None or released_before is not None
+        held = decision == "REQUIRE_APPROVAL" and not forwarded
+        outcome = NOT_SENT if held else UNKNOWN
+        counts[outcome] += 1
+        records.append(OutcomeRecord(run_id, now, outcome, None, None))
+    if records:
+        tx = tx_of(conn)
+        append_events(tx, record_outcomes(tx, records))
     return counts
 
 
-def _held_by_dead_process(instance: str, host: str, alive: Any, current: str | None) -> bool:
-    """Instances are named HOST-PID.START (HOST-PID before START was added)."""
-    name, _, process = instance.rpartition("-")
-    pid = process.partition(".")[0]
-    if name != host or not pid.isdigit():
-        return False
-    if current is not None and instance != current and pid == _pid_of(current):
-        return True  # an earlier process that had this process's pid
-    return not alive(int(pid))
-
-
-def settle_what_stopped_processes_left(engine: Engine, current: str) -> tuple[int, dict[str, int]]:
-    """Approvals whose every holder was a process of this host that stopped (never to be
-    released: no reviewer may approve them) expire; runs such processes left without an outcome
-    say what is known of them. `current`: the instance starting (its own are not orphans).
+def settle_what_gone_instances_left(engine: Engine, here: Here) -> tuple[int, dict[str, int]]:
+    """Approvals whose every holder is gone (never to be released: no reviewer may approve
+    them) expire; runs gone instances left without an outcome say what is known of them; their
+    leases are marked cleared. Run at an instance's start, and by every running instance once
+    another's lease lapses or ends: in one transaction that first locks the leases not yet
+    cleared (PostgreSQL), so two instances doing it at once settle each run once.
     Returns (approvals expired, runs settled by outcome)."""
-    host = socket.gethostname()
-    expired = expire_orphaned_approvals(engine, host, process_alive, current)
-    return len(expired), settle_orphaned_runs(engine, host, process_alive, current)
-
-
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process: alive
-    return True
-
-
-def _pid_of(instance: str) -> str:
-    return instance.rpartition("-")[2].partition(".")[0]
+    with write_transaction(engine) as conn:
+        leased = lock_uncleared_gone(conn, here)
+        expired = _expire_orphaned_approvals(conn, here)
+        counts = _settle_orphaned_runs(conn, here)
+        mark_cleared(conn, leased, time.time())
+    return len(expired), counts
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,15 @@ from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.sql import ClauseElement
 
 from airlock.store.jsontext import to_json
-from airlock.store.schema import Approval, ApprovalHolder, AuditEvent, AuditHead, AuditSeal, Run
+from airlock.store.schema import (
+    Approval,
+    ApprovalHolder,
+    AuditEvent,
+    AuditHead,
+    AuditSeal,
+    InstanceLease,
+    Run,
+)
 from airlock.store.seals import Sealer, sealer_for
 
 PENDING = "PENDING"
@@ -111,7 +119,7 @@ class Statements:
     notify_settled: Prepared | None  # PostgreSQL: tells watching deciders at commit
     add_holder: Prepared  # an instance holds a flow for an approval (once per pair)
     remove_holder: Prepared  # an instance's hold of an approval ended
-    holders: Prepared  # the instances holding an approval
+    holders: Prepared  # the instances holding an approval, with their leases
     lock_approval: Prepared  # PostgreSQL: until commit (a join's holder insert waits for it)
     insert_events: Prepared
     insert_seal: Prepared
@@ -127,6 +135,9 @@ class Statements:
 
 
 _HEAD = AuditHead.id == literal_column("1")
+_LEASE = (
+    InstanceLease.namespace, InstanceLease.pid, InstanceLease.seen_at, InstanceLease.stopped_at,
+)  # fmt: skip
 _CHANNEL = literal_column(f"'{SETTLED_CHANNEL}'")  # a name in the SQL, not a parameter
 
 
@@ -144,7 +155,9 @@ def statements_for(dialect: Dialect) -> Statements:
             dialect,
         ),
         holders=_prepare(
-            select(ApprovalHolder.instance).where(ApprovalHolder.approval_id == bindparam("aid")),
+            select(ApprovalHolder.instance, *_LEASE)
+            .outerjoin(InstanceLease, InstanceLease.id == ApprovalHolder.instance)
+            .where(ApprovalHolder.approval_id == bindparam("aid")),
             dialect,
         ),
         # FOR UPDATE conflicts with the KEY SHARE lock a holder's foreign key takes; SQLite

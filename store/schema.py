@@ -96,6 +96,16 @@ class Run(Base):
     # What the call did, as its answer or its agent says (redacted): an MCP tool's result.
     outcome_detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
+    # The runs in flight, by instance: what a stopped instance left is found without a scan.
+    __table_args__ = (
+        Index(
+            "runs_without_outcome",
+            "instance",
+            sqlite_where=text("outcome IS NULL"),
+            postgresql_where=text("outcome IS NULL"),
+        ),
+    )
+
 
 class Approval(Base):
     """A held request waiting for a reviewer. PENDING → APPROVED | DENIED | EXPIRED | ABANDONED."""
@@ -150,6 +160,25 @@ class ApprovalHolder(Base):
     approval_id: Mapped[str] = mapped_column(ForeignKey("approvals.id"), primary_key=True)
     instance: Mapped[str] = mapped_column(String(200), primary_key=True)
     at: Mapped[float] = mapped_column(Float)
+
+
+class InstanceLease(Base):
+    """A proxy instance's lease (store/instances.py): renewed by its decider while it runs, ended
+    when it stops. Tells the other instances, on any host, whether what it holds is still held.
+    Not audited: it never decides an outcome."""
+
+    __tablename__ = "instances"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)  # HOST-PID.START
+    host: Mapped[str] = mapped_column(Text)
+    # Where its pid means something: the machine's boot and the pid namespace (a container).
+    namespace: Mapped[str] = mapped_column(Text)
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[float] = mapped_column(Float)
+    seen_at: Mapped[float] = mapped_column(Float)  # renewed every sync (2 s)
+    stopped_at: Mapped[float | None] = mapped_column(Float)
+    # When what it left (approvals only it held, runs without an outcome) was settled.
+    cleared_at: Mapped[float | None] = mapped_column(Float)
 
 
 class ApprovalVote(Base):

@@ -44,8 +44,9 @@ from airlock.pipeline.document import MAX_DECODED_BODY, build_document
 from airlock.pipeline.evaluation import Config
 from airlock.pipeline.run_record import RunSummary, legacy_request_hash
 from airlock.pipeline.yaml_source import recording_sources
+from airlock.store.instances import RETRY_GRACE_SECONDS
 from airlock.store.records import OutcomeRecord
-from airlock.store.schema import Approval, Run, create_schema, open_engine
+from airlock.store.schema import Approval, InstanceLease, Run, create_schema, open_engine
 from tests.helpers.proxy import PROJECT_ROOT
 
 
@@ -155,6 +156,39 @@ def test_a_call_joins_the_approval_an_older_airlock_opened_for_it(
     if key:
         other = replies(core.handle([Envelope(3, charge(150_001, "run-3", **headers))]))[3]
         assert other.approval.id == opened.id and other.request_hash != before  # 409 at the proxy
+
+
+def test_a_running_decider_settles_what_a_stopped_instance_left_on_its_next_sync(
+    db_url: str,
+) -> None:
+    """Another proxy instance on the same store holds a call, then stops (its decider ends its
+    lease): this decider, running, leaves the approval open while a retry of the call could
+    still join it, then expires it on a sync, without waiting for a restart, and says the run
+    that was held was not sent."""
+    other, this = (DeciderCore(StoreAddress(db_url, "full")) for _ in range(2))
+    other.handle([Envelope(0, replace(setup(), instance="elsewhere-5.x"))])
+    held = replies(other.handle([Envelope(1, charge(150_000, "run-held"))]))[1]
+    this.handle([Envelope(0, setup())])
+    other.finish()
+
+    def synced() -> tuple[str, str | None, str | None]:
+        this.next_sync = time.monotonic()  # its sync is due
+        this.wait()
+        with this.engine.connect() as conn:
+            state, reason = conn.execute(
+                select(Approval.state, Approval.reason).where(Approval.id == held.approval.id)
+            ).one()
+            outcome = conn.execute(select(Run.outcome).where(Run.id == "run-held")).scalar_one()
+        return state, reason, outcome
+
+    try:
+        assert synced() == ("PENDING", None, None)
+        with this.engine.begin() as conn:  # the grace for a retry has passed since it stopped
+            stopped = time.time() - RETRY_GRACE_SECONDS - 1
+            conn.execute(update(InstanceLease).values(stopped_at=stopped))
+        assert synced() == ("EXPIRED", "the proxies holding it stopped", "not_sent")
+    finally:
+        this.finish()
 
 
 def test_copies_of_a_call_in_one_batch_join_the_approval_another_instance_opened_meanwhile(

@@ -6,6 +6,7 @@ import asyncio
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,14 @@ from airlock.store.approvals import (
     resolve_approval,
 )
 from airlock.store.audit import verify_audit
+from airlock.store.instances import (
+    LEASE_SECONDS,
+    Here,
+    end_lease,
+    gone_uncleared,
+    liveness,
+    renew_lease,
+)
 from airlock.store.prepared import raw_transaction
 from airlock.store.records import (
     DecisionRecord,
@@ -43,6 +52,7 @@ from airlock.store.schema import (
     ApprovalVote,
     AuditEvent,
     AuditHead,
+    InstanceLease,
     Run,
     open_engine,
 )
@@ -745,7 +755,9 @@ def test_orphaned_approvals_are_expired_at_start(engine: Engine) -> None:
         hold.approval_id, time.time() - 1, hold.request_hash)))  # fmt: skip
 
     # Starting as box-1.c3 (a restarted container: pid 1 again), with 1 and 222 alive.
-    expired = expire_orphaned_approvals(engine, "box", lambda pid: pid in (1, 222), "box-1.c3")
+    expired = expire_orphaned_approvals(
+        engine, Here("box-1.c3", host="box", alive=lambda pid: pid in (1, 222))
+    )
 
     assert sorted(expired) == sorted(
         [dead[1].approval_id, overdue[1].approval_id, same_pid[1].approval_id]
@@ -772,10 +784,10 @@ def test_an_approval_a_live_instance_holds_a_retry_for_outlives_its_opener(
     retry = run_row("REQUIRE_APPROVAL", instance="box-222")
     write(engine, DecisionRecord(retry, joins=hold.approval_id))
 
-    assert expire_orphaned_approvals(engine, "box", lambda pid: pid == 222, "box-333.x") == []
+    assert expire_orphaned_approvals(engine, box("box-333.x", lambda pid: pid == 222)) == []
     assert approval_states(engine, [hold.approval_id])[hold.approval_id].state == "PENDING"
     # Once the joining instance is gone too, nobody can release it.
-    assert expire_orphaned_approvals(engine, "box", lambda pid: False, "box-444.y") == [
+    assert expire_orphaned_approvals(engine, box("box-444.y", lambda pid: False)) == [
         hold.approval_id
     ]
 
@@ -820,6 +832,70 @@ def test_an_instance_leaving_an_approval_another_live_one_holds_leaves_it_open(
     assert verify_audit(engine).ok
 
 
+def box(current: str, alive: Callable[[int], bool], namespace: str = "box-ns") -> Here:
+    """An instance on host "box" judging the others."""
+    return Here(current, host="box", namespace=namespace, alive=alive)
+
+
+def outcome_of(engine: Engine, run_id: str) -> str | None:
+    with engine.connect() as conn:
+        return conn.execute(select(Run.outcome).where(Run.id == run_id)).scalar_one()
+
+
+def test_containers_sharing_a_hostname_and_pid_1_do_not_take_each_other_for_stopped(
+    engine: Engine,
+) -> None:
+    """Two containers named alike on one database, each box-1.<start> in its own pid namespace:
+    the second's start settles nothing the first holds while the first renews its lease. Once
+    that lease lapses, what the first left is settled, once; if it was only stalled, it is told
+    when it renews."""
+    from airlock.store.approvals import NOT_SENT, UNKNOWN, settle_what_gone_instances_left
+
+    first, second = "box-1.aaa", "box-1.bbb"
+    renew_lease(engine, first, box(first, lambda pid: True, "ns-a"))
+    row, hold = held()
+    in_flight = run_row("ALLOW", instance=first)
+    write(engine, DecisionRecord(replace(row, instance=first), hold), DecisionRecord(in_flight))
+    judge = box(second, lambda pid: True, "ns-b")  # its own pid 1 is alive
+    renew_lease(engine, second, judge)
+
+    assert settle_what_gone_instances_left(engine, judge) == (0, {UNKNOWN: 0, NOT_SENT: 0})
+    assert approval_states(engine, [hold.approval_id])[hold.approval_id].state == "PENDING"
+    assert outcome_of(engine, in_flight.id) is None
+
+    with engine.begin() as conn:  # the first container stops without a word
+        lapsed = time.time() - LEASE_SECONDS - 1
+        conn.execute(update(InstanceLease).where(InstanceLease.id == first).values(seen_at=lapsed))
+    assert gone_uncleared(engine, judge) == [first]
+    assert settle_what_gone_instances_left(engine, judge) == (1, {UNKNOWN: 1, NOT_SENT: 1})
+    assert approval_states(engine, [hold.approval_id])[hold.approval_id].state == EXPIRED
+    assert (outcome_of(engine, in_flight.id), outcome_of(engine, row.id)) == (UNKNOWN, NOT_SENT)
+    assert gone_uncleared(engine, judge) == []
+    assert settle_what_gone_instances_left(engine, judge) == (0, {UNKNOWN: 0, NOT_SENT: 0})
+    assert verify_audit(engine).ok
+    # It had only stalled: its next renewal says it was taken for stopped, the one after not.
+    assert renew_lease(engine, first, box(first, lambda pid: True, "ns-a")) is False
+    assert renew_lease(engine, first, box(first, lambda pid: True, "ns-a")) is True
+
+
+def test_an_ended_lease_or_a_stopped_process_of_this_namespace_needs_no_lapse(
+    engine: Engine,
+) -> None:
+    """A pid is asked about only in the namespace it belongs to: a fresh lease from elsewhere
+    stands whatever that pid is here; an older process that had the judge's own pid is gone."""
+    ended, crashed, elsewhere, reused = "box-7.a", "box-8.b", "other-9.c", "box-1.old"
+    for name, namespace in ((ended, "ns"), (crashed, "ns"), (elsewhere, "ns-2"), (reused, "ns")):
+        renew_lease(engine, name, box(name, lambda pid: True, namespace))
+    end_lease(engine, ended)
+    judge = box("box-1.new", lambda pid: pid not in (8, 9), "ns")
+    with engine.connect() as conn:
+        judged = liveness(conn, judge)
+    assert [judged.gone(name) for name in (ended, crashed, elsewhere, reused)] == [
+        True, True, False, True
+    ]  # fmt: skip
+    assert sorted(gone_uncleared(engine, judge)) == sorted([ended, crashed, reused])
+
+
 def test_after_a_crash_the_run_that_won_the_release_is_unknown_and_the_others_not_sent(
     engine: Engine,
 ) -> None:
@@ -840,7 +916,7 @@ def test_after_a_crash_the_run_that_won_the_release_is_unknown_and_the_others_no
     resolve_approval(engine, old_hold.approval_id, APPROVED, "alice", "ok")
     write(engine, ReleaseRequest(old_hold.approval_id, time.time()))  # no run: as before
 
-    counts = settle_orphaned_runs(engine, "box", lambda pid: False, "box-222.x")
+    counts = settle_orphaned_runs(engine, box("box-222.x", lambda pid: False))
 
     with engine.connect() as conn:
         outcomes = dict(conn.execute(select(Run.id, Run.outcome)).all())
