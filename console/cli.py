@@ -93,8 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run",
         help="start the proxy",
-        description="Start the Airlock proxy (mitmdump with the gate addon). Agents point "
-        "HTTPS_PROXY at it and trust the CA it prints.",
+        description="Start the Airlock proxy (mitmproxy with the gate addon, and only the "
+        "mitmproxy addons it uses). Agents point HTTPS_PROXY at it and trust the CA it prints.",
     )
     run.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
@@ -573,8 +573,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from mitmproxy.tools.main import mitmdump
-
+    from airlock.console.proxy_master import run_proxy
     from airlock.pipeline.evaluation import Config
     from airlock.pipeline.yaml_source import ConfigError
 
@@ -605,7 +604,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     mappings, policies = str(Path(args.mappings).resolve()), str(Path(args.policies).resolve())
     announce(args.data_dir, Running(os.getpid(), args.port, mappings, policies))
-    mitmdump(mitmdump_arguments(args, confdir))
+    run_proxy(proxy_arguments(args, confdir))
     return 0
 
 
@@ -769,14 +768,13 @@ def cmd_reload(args: argparse.Namespace) -> int:
     return 0
 
 
-def mitmdump_arguments(args: argparse.Namespace, confdir: Path) -> list[str]:
+def proxy_arguments(args: argparse.Namespace, confdir: Path) -> list[str]:
     settings = {
         "confdir": str(confdir),
         "listen_host": args.host,
         "listen_port": str(args.port),
         "connection_strategy": "lazy",  # a blocked or held request never opens an upstream
         "body_size_limit": args.body_size_limit,
-        "flow_detail": "0",  # the gate prints its own line per decision
         "airlock_db": args.db,
         "airlock_durability": args.durability,
         "airlock_decider": args.decider,

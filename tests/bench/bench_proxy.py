@@ -32,6 +32,7 @@ from tests.helpers.proxy import PROJECT_ROOT, clean_env, free_port, prepared_con
 HOST = "api.stripe.com"
 PROCESS_DURABILITY = "Airlock --durability process"
 IN_PROCESS = "Airlock --decider in-process"
+LEAN_BARE = "bare, Airlock's mitmproxy addons"  # the proxy airlock run starts, without the gate
 VARIANTS = (("Airlock", "full"), (PROCESS_DURABILITY, "process"), (IN_PROCESS, "full, in-process"))
 METRICS_PORT = free_port()
 GUARD_PORT = free_port()
@@ -271,8 +272,9 @@ Started = tuple[subprocess.Popen[bytes], int, Path]  # process, port, confdir (i
 
 def start_proxies(
     work: Path, upstream_port: int, upstream_ca: Path, mappings: Path
-) -> tuple[Started, Started, Started, Started]:
+) -> tuple[Started, Started, Started, Started, Started]:
     bare = start_bare(work, upstream_port, upstream_ca)
+    lean = start_bare(work, upstream_port, upstream_ca, lean=True)
     airlock = start_airlock(
         PROJECT_ROOT, work, "airlock", upstream_port, upstream_ca, mappings, METRICS_PORT,
         ["--guard-port", str(GUARD_PORT)],
@@ -285,22 +287,33 @@ def start_proxies(
         PROJECT_ROOT, work, "airlock-in-process", upstream_port, upstream_ca, mappings, 0,
         ["--decider", "in-process"],
     )  # fmt: skip
-    return bare, airlock, process, in_process
+    return bare, airlock, process, in_process, lean
 
 
-def start_bare(work: Path, upstream_port: int, upstream_ca: Path) -> Started:
+def start_bare(work: Path, upstream_port: int, upstream_ca: Path, lean: bool = False) -> Started:
+    """Stock mitmdump, or (lean) the mitmproxy `airlock run` starts (console/proxy_master.py,
+    mitmproxy's addons that Airlock uses) without the gate: what the gate itself costs."""
     port, confdir = free_port(), prepared_confdir(work)
+    program = [sys.executable, "-c", LEAN_PROXY] if lean else [
+        str(Path(sys.executable).parent / "mitmdump"), "--set", "flow_detail=0"
+    ]  # fmt: skip
+    log = work / ("bare-lean.log" if lean else "bare.log")
     bare = start(
-        [str(Path(sys.executable).parent / "mitmdump"), "-q", "--listen-host", "127.0.0.1", "-p",
-         str(port), "--set", f"confdir={confdir}", "-s",
+        [*program, "-q", "--set", "listen_host=127.0.0.1", "--set", f"listen_port={port}",
+         "--set", f"confdir={confdir}", "-s",
          str(PROJECT_ROOT / "tests" / "bench" / "route_only.py"),
          "--set", f"airlock_route={HOST}=127.0.0.1:{upstream_port}",
-         "--set", "connection_strategy=lazy", "--set", "flow_detail=0",
+         "--set", "connection_strategy=lazy",
          "--set", f"ssl_verify_upstream_trusted_ca={upstream_ca}"],
-        work / "bare.log",
+        log,
     )  # fmt: skip
-    wait_for_port(port, bare, work / "bare.log")
+    wait_for_port(port, bare, log)
     return bare, port, confdir
+
+
+LEAN_PROXY = (
+    "import sys; from airlock.console.proxy_master import run_proxy; run_proxy(sys.argv[1:])"
+)
 
 
 def start_airlock(
@@ -489,6 +502,7 @@ def main() -> int:
             for concurrency in (1, 16):
                 for name, proxy in (
                     ("bare mitmdump", started[0]),
+                    (LEAN_BARE, started[4]),
                     ("Airlock", started[1]),
                     (PROCESS_DURABILITY, started[2]),
                     (IN_PROCESS, started[3]),
@@ -559,11 +573,13 @@ def report(
 ) -> None:
     table = Table(title=f"{args.requests} keep-alive HTTPS POSTs per cell, best of {args.rounds}")
     for column in ("durability", "concurrency", "bare req/s", "Airlock req/s", "ratio",
-                   "bare p50 / p99 ms", "Airlock p50 / p99 ms", "added p50 ms"):  # fmt: skip
+                   "bare p50 / p99 ms", "Airlock p50 / p99 ms", "added p50 ms",
+                   "ratio, same addons", "added p50, same addons"):  # fmt: skip
         table.add_column(column, justify="right")
     for name, durability in VARIANTS:
         for concurrency in (1, 16):
             bare, airlock = best[("bare mitmdump", concurrency)], best[(name, concurrency)]
+            lean = best[(LEAN_BARE, concurrency)]
             table.add_row(
                 durability,
                 str(concurrency),
@@ -573,8 +589,17 @@ def report(
                 f"{bare.p50_ms:.2f} / {bare.p99_ms:.2f}",
                 f"{airlock.p50_ms:.2f} / {airlock.p99_ms:.2f}",
                 f"{airlock.p50_ms - bare.p50_ms:+.2f}",
+                f"{airlock.rps / lean.rps:.2f}x",
+                f"{airlock.p50_ms - lean.p50_ms:+.2f}",
             )
     console.print(table)
+    lean = best[(LEAN_BARE, 16)], best[(LEAN_BARE, 1)]
+    console.print(
+        "Bare and Airlock: stock mitmdump (its 35 addons), and Airlock as `airlock run` starts "
+        "it (console/proxy_master.py: the 9 mitmproxy addons it uses, then the gate). Same "
+        f"addons: against that mitmproxy without the gate ({lean[1].rps:.0f} req/s at "
+        f"concurrency 1, {lean[0].rps:.0f} at 16), what the gate alone costs."
+    )
     console.print(
         f"This disk's floor, in the same run: fdatasync of a small write {floor_us:.0f} µs p50 "
         "(goals: added p50 at concurrency 1 ≤ this + 0.4 ms with durability full, ≤ 0.4 ms "
@@ -603,7 +628,10 @@ def cpu_report(best: dict[tuple[str, int], Result]) -> str:
     bare = best[("bare mitmdump", 16)].cpu_us.get("proxy")
     if bare is None:
         return "CPU per request: not measured (needs Linux's /proc)"
-    parts = [f"bare mitmdump {bare:.0f} µs"]
+    parts = [
+        f"bare mitmdump {bare:.0f} µs",
+        f"bare with Airlock's mitmproxy addons {best[(LEAN_BARE, 16)].cpu_us['proxy']:.0f} µs",
+    ]
     for name, durability in VARIANTS:
         cpu = best[(name, 16)].cpu_us
         worker = f" + decider {cpu['decider']:.0f} µs" if "decider" in cpu else ""

@@ -18,7 +18,7 @@ from sqlalchemy import select, text, update
 
 from airlock.console.standins import Upstream, default_responder
 from airlock.store.schema import Run, open_engine
-from tests.helpers.proxy import PROJECT_ROOT, Proxy, clean_env
+from tests.helpers.proxy import PROJECT_ROOT, Proxy, clean_env, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -346,6 +346,23 @@ def test_run_refuses_a_bad_policy_with_file_and_line(tmp_path: Path) -> None:
     done = airlock("run", "--policies", str(tmp_path), "--port", "1", "--metrics-port", "0")
     assert done.returncode == 2
     assert done.stderr.strip().startswith(f"airlock run: {tmp_path / 'p.yaml'}:3:15: decision")
+
+
+def test_run_refuses_a_mitmproxy_option_its_proxy_lacks_rather_than_ignore_it(
+    tmp_path: Path,
+) -> None:
+    """`airlock run` loads only the mitmproxy addons Airlock uses (console/proxy_master.py): a
+    confdir config.yaml asking for another one's feature (headers added behind the gate's
+    back) stops the start with the option's name, instead of being silently dropped."""
+    confdir = tmp_path / "certs"
+    confdir.mkdir()
+    (confdir / "config.yaml").write_text('modify_headers:\n  - "/~q/X-Added/1"\n')
+    done = airlock(
+        "run", "--port", str(free_port()), "--metrics-port", "0", "--guard-port", "0",
+        "--confdir", str(confdir), "--data-dir", str(tmp_path / "data"),
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "unknown mitmproxy options modify_headers" in done.stdout + done.stderr
 
 
 def test_prometheus_metrics_count_decisions_and_fail_closed_blocks(
