@@ -212,12 +212,10 @@ class DeciderClient:
 
     async def decide(self, request: Decide, timeout: float | None = None) -> Decided:
         """timeout: as _ask's (the proxy refuses a request whose decision did not come)."""
-        decided: Decided = await self._ask(request, timeout)
-        return decided
+        return await self._ask(request, timeout)
 
     async def decide_call(self, call: DecideCall) -> Decided:
-        decided: Decided = await self._ask(call)
-        return decided
+        return await self._ask(call)
 
     def configure(self, configuration: Configuration) -> asyncio.Future[None]:
         """Sent at once, ahead of every later call; resolves once the decider decides with it
@@ -226,21 +224,18 @@ class DeciderClient:
 
     async def record(self, record: DecisionRecord) -> Joined | None:
         """A decision the proxy made itself; with a hold, the approval it joined, if any."""
-        joined: Joined | None = await self._ask(record)
-        return joined
+        return await self._ask(record)
 
     async def release(self, approval_id: str, at: float, run_id: str | None = None) -> Released:
         """run_id: the attempt that asks, recorded as the one forwarded if it wins."""
-        released: Released = await self._ask(ReleaseRequest(approval_id, at, run_id))
-        return released
+        return await self._ask(ReleaseRequest(approval_id, at, run_id))
 
     async def settle(
         self, approval_id: str, state: str, reason: str, at: float, leaving: str | None = None
     ) -> Settlement:
         """leaving: this proxy's instance, when its own hold ends (SettleRequest)."""
         request = SettleRequest(approval_id, state, reason, at, leaving)
-        settlement: Settlement = await self._ask(request)
-        return settlement
+        return await self._ask(request)
 
     def remember(self, run: RunSummary, passed: bool) -> None:
         self._tell(Remember(run, passed))
@@ -335,9 +330,8 @@ class DeciderClient:
         for answer in answers:
             if isinstance(answer, Reply):
                 self._on_reply(answer)
-            elif isinstance(answer, Committed):
-                if self.on_commit:
-                    self.on_commit(answer.seconds, answer.size)
+            elif isinstance(answer, Committed) and self.on_commit:
+                self.on_commit(answer.seconds, answer.size)
             elif isinstance(answer, Settled) and self.on_settled:
                 self.on_settled(answer)
             elif isinstance(answer, Queue) and self.on_queue:

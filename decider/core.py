@@ -205,17 +205,14 @@ class DeciderCore:
             log.error("%s", self.missing)
         # Anchoring first: what preparing the store settles is sealed like any other write.
         self._start_anchoring(setup.anchor_dir, setup.retention_days, setup.witness_url)
-        self._prepare_store_or_say_why()
-        self._load_history_or_say_why()
+        try:
+            self._prepare_store()
+            self._load_history()
+        except Exception as e:  # tried again before the next decision; until then, refused
+            log.error("cannot prepare the store or load the recent past from it: %s", e)
         self.watch.watch(setup.watched)
 
     # --- the store: only the decider opens it -------------------------------------------------
-
-    def _prepare_store_or_say_why(self) -> None:
-        try:
-            self._prepare_store()
-        except Exception as e:  # tried again before the next decision; until then, refused
-            log.error("cannot prepare the store: %s", e)
 
     def _prepare_store(self) -> None:
         """Its tables (a newer Airlock adds its columns), this instance's lease, and what gone
@@ -538,21 +535,10 @@ class DeciderCore:
 
     # --- the recent past, for budgets, rates and risk ----------------------------------------
 
-    def _remember(self, run: RunRecord | RunSummary, passed: bool) -> None:
-        self._count(run.id, run.agent, run.action, run.at, run.params, passed, run.target)
-
-    def _count(
-        self, run_id: str, agent: str, action: str, at: float, params: dict[str, Any],
-        passed: bool, target: str | None,
-    ) -> None:  # fmt: skip
-        roles = self.config.agents.roles_of(agent) if self.config else ()
-        self.history.record(run_id, agent, action, at, params, passed, roles, target)
-
-    def _load_history_or_say_why(self) -> None:
-        try:
-            self._load_history()
-        except Exception as e:  # tried again before the next decision
-            log.error("cannot load the recent past from the store: %s", e)
+    def _remember(self, run: RunRecord | RunSummary | PastDecision, passed: bool) -> None:
+        roles = self.config.agents.roles_of(run.agent) if self.config else ()
+        self.history.record(run.id, run.agent, run.action, run.at, run.params, passed, roles,
+                            run.target)  # fmt: skip
 
     def _load_history(self) -> None:
         """At start: the recorded past within the longest window."""
@@ -568,7 +554,7 @@ class DeciderCore:
         for r in decisions:
             passed = let_through(r.decision, r.outcome)
             if passed is not None:
-                self._count(r.id, r.agent, r.action, r.at, r.params, passed, r.target)
+                self._remember(r, passed)
 
     def wait(self) -> float | None:
         """Seconds until periodic work is due (None: none): watching held approvals (pushed()),

@@ -53,18 +53,6 @@ _MARKS: dict[type, msgpack.ExtType] = {
 _ERRORS = "surrogatepass"  # a lone surrogate is mitmproxy's escape for an undecodable byte
 
 
-class _Mark:
-    """Decoded: the class an array stands for."""
-
-    __slots__ = ("cls",)
-
-    def __init__(self, cls: type) -> None:
-        self.cls = cls
-
-
-_DECODED_MARKS = [_Mark(cls) for cls in _CLASSES]
-
-
 def _default(value: Any) -> Any:
     names = _FIELDS.get(type(value))
     if names is not None:
@@ -80,21 +68,18 @@ def _ext(code: int, data: bytes) -> Any:
     if code == _BIG_INT:
         return int(data)
     if code == _DATACLASS:
-        return _DECODED_MARKS[data[0]]
+        return _CLASSES[data[0]]  # decoded, a class: nothing else msgpack yields is one
     raise ValueError(f"unknown msgpack extension {code}")
 
 
 def _array(items: list[Any]) -> Any:
-    if items and type(items[0]) is _Mark:
-        return items[0].cls(*items[1:])
+    if items and type(items[0]) is type:
+        return items[0](*items[1:])
     return items
 
 
-def _packer() -> msgpack.Packer:
-    return msgpack.Packer(default=_default, unicode_errors=_ERRORS)
-
-
-_PACKER = _packer()  # msgpack's Packer is reusable between calls, not reentrant
+# msgpack's Packer is reusable between calls, not reentrant
+_PACKER = msgpack.Packer(default=_default, unicode_errors=_ERRORS)
 
 
 def pack(value: Any) -> bytes:

@@ -9,7 +9,7 @@ for the proxy's writer thread, directly on a pooled DBAPI connection (`raw_trans
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import closing, contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -61,43 +61,31 @@ class Prepared:
         return tuple(values[name] for name in self.positional_names)
 
     def execute_many(self, db: Any, rows: Sequence[dict[str, Any]]) -> None:
-        cursor = db.cursor()
-        try:
+        with closing(db.cursor()) as cursor:
             cursor.executemany(self.sql, [self._parameters(row) for row in rows])
-        finally:
-            cursor.close()
 
     def execute(self, db: Any, values: dict[str, Any], pipeline: Any = None) -> tuple[int, Row]:
         """Run once; returns (rows affected, first row returned if any). In a pipeline, what
         was sent before it runs too (one round trip), so that its result is known."""
-        cursor = db.cursor()
-        try:
+        with closing(db.cursor()) as cursor:
             cursor.execute(self.sql, self._parameters(values))
             if pipeline is not None:
                 pipeline.sync()
             row = cursor.fetchone() if cursor.description else None
             return cursor.rowcount, tuple(row) if row is not None else None
-        finally:
-            cursor.close()
 
     def rows(self, db: Any, values: dict[str, Any], pipeline: Any = None) -> list[tuple[Any, ...]]:
         """Run once; every row returned (in a pipeline, after what was sent before it)."""
-        cursor = db.cursor()
-        try:
+        with closing(db.cursor()) as cursor:
             cursor.execute(self.sql, self._parameters(values))
             if pipeline is not None:
                 pipeline.sync()
             return [tuple(row) for row in cursor.fetchall()]
-        finally:
-            cursor.close()
 
     def send(self, db: Any, values: dict[str, Any]) -> None:
         """Run once, its result unread: in a pipeline, sent without waiting for it."""
-        cursor = db.cursor()
-        try:
+        with closing(db.cursor()) as cursor:
             cursor.execute(self.sql, self._parameters(values))
-        finally:
-            cursor.close()
 
 
 def _prepare(statement: ClauseElement, dialect: Dialect) -> Prepared:
