@@ -14,6 +14,7 @@ import base64
 import json
 import os
 import shutil
+import socket
 import ssl
 import statistics
 import subprocess
@@ -512,10 +513,11 @@ def main() -> int:
                     if key not in best or result.rps > best[key].rps:
                         best[key] = result
         floor_us = fdatasync_floor(work)
+        hop_us = process_hop_floor()
         guard = [measure_guard(GUARD_PORT, c, args.requests) for c in (1, 16)]
         write_bulk_policies(work / "policies", args.rules)
         document_us, map_us, decide_us = stage_timings(work / "mappings", work / "policies")
-        report(console, best, args, document_us, map_us, decide_us, work, floor_us)
+        report(console, best, args, document_us, map_us, decide_us, work, (floor_us, hop_us))
         console.print(
             "Guard API (POST /v1/guard, an allowed create_charge, durability full, keep-alive): "
             + "; ".join(f"concurrency {g.concurrency}: {g.rps:.0f} decisions/s, p50 "
@@ -569,7 +571,7 @@ def report(
     map_us: float,
     decide_us: float,
     work: Path,
-    floor_us: float,
+    floors: tuple[float, float],
 ) -> None:
     table = Table(title=f"{args.requests} keep-alive HTTPS POSTs per cell, best of {args.rounds}")
     for column in ("durability", "concurrency", "bare req/s", "Airlock req/s", "ratio",
@@ -600,10 +602,13 @@ def report(
         f"addons: against that mitmproxy without the gate ({lean[1].rps:.0f} req/s at "
         f"concurrency 1, {lean[0].rps:.0f} at 16), what the gate alone costs."
     )
+    floor_us, hop_us = floors
     console.print(
         f"This disk's floor, in the same run: fdatasync of a small write {floor_us:.0f} µs p50 "
         "(goals: added p50 at concurrency 1 ≤ this + 0.4 ms with durability full, ≤ 0.4 ms "
-        "with process; ≥ 0.92x at concurrency 16)"
+        "with process; ≥ 0.92x at concurrency 16). A process hop (1.5 KB from the proxy's kind "
+        f"of event loop to a worker process and back, idle between): {hop_us:.0f} µs p50, "
+        "before anything is decided or written"
     )
     console.print(
         f"In-process, median per request with {args.mappings} extra mappings and {args.rules} "
@@ -657,6 +662,60 @@ def fdatasync_floor(work: Path, count: int = 200) -> float:
     finally:
         os.close(fd)
     return statistics.median(timings)
+
+
+# The worker's side of a process hop: a blocking socket woken by poll, as decider/worker.py.
+_ECHO = """
+import select, socket, sys
+link = socket.socket(fileno=int(sys.argv[1]))
+link.setblocking(True)
+ready = select.poll()
+ready.register(link, select.POLLIN)
+while ready.poll(None):
+    data = link.recv(1 << 20)
+    if not data:
+        break
+    link.sendall(data)
+"""
+
+
+def process_hop_floor(count: int = 500, size: int = 1500) -> float:
+    """Median µs for `size` bytes to go from an asyncio event loop (the proxy's side) to a
+    worker process and back, 1.5 ms apart (as at concurrency 1: both sides idle between): what
+    the worker decider's round trip costs before any deciding or writing."""
+
+    class Echoed(asyncio.Protocol):
+        def __init__(self) -> None:
+            self.waiting: asyncio.Future[None] | None = None
+            self.received = 0
+
+        def data_received(self, data: bytes) -> None:
+            self.received += len(data)
+            if self.waiting is not None and self.received >= size:
+                self.waiting.set_result(None)
+
+    async def rounds() -> list[float]:
+        ours, theirs = socket.socketpair()
+        worker = subprocess.Popen([sys.executable, "-c", _ECHO, str(theirs.fileno())],
+                                  pass_fds=[theirs.fileno()])  # fmt: skip
+        theirs.close()
+        loop = asyncio.get_running_loop()
+        transport, echoed = await loop.create_connection(Echoed, sock=ours)
+        timings = []
+        try:
+            for _ in range(count):
+                await asyncio.sleep(0.0015)
+                echoed.waiting, echoed.received = loop.create_future(), 0
+                started = time.perf_counter()
+                transport.write(b"x" * size)
+                await echoed.waiting
+                timings.append((time.perf_counter() - started) * 1e6)
+        finally:
+            transport.close()  # the worker reads the end of input, and exits
+            await asyncio.to_thread(worker.wait, 10)
+        return timings
+
+    return statistics.median(asyncio.run(rounds()))
 
 
 def while_held(
