@@ -1,6 +1,7 @@
 """Retention: records older than the window are pruned, and the chain still proves the rest.
 
-Runs are pruned whole, with their approvals, votes, holders and every event that names them:
+Runs are pruned whole, with their approvals, votes, holders and every event that names them
+(and proxy instances' leases settled before the window go too):
 the cut moves back until no kept run has an event before it. The cut (the last pruned event's
 position and hash, which the first kept event follows) is stored in `audit_cut`, and the decider
 signs it as a checkpoint outside the database (store/anchor.py), so `airlock audit verify` can
@@ -22,6 +23,7 @@ from airlock.store.schema import (
     AuditCut,
     AuditEvent,
     AuditSeal,
+    InstanceLease,
     Run,
     write_transaction,
 )
@@ -40,6 +42,8 @@ class Pruned:
 def prune(engine: Engine, older_than: float) -> Pruned | None:
     """Prune what is older than `older_than` (a time); None when nothing is."""
     with write_transaction(engine) as conn:
+        # Leases of instances stopped, and their leftovers settled, before the window.
+        conn.execute(delete(InstanceLease).where(InstanceLease.cleared_at < older_than))
         cut = conn.execute(select(func.max(AuditEvent.seq)).where(AuditEvent.at < older_than))
         cut_seq = cut.scalar()
         if not cut_seq:

@@ -60,6 +60,24 @@ def test_prune_takes_whole_runs_and_the_rest_still_verifies(engine: Engine) -> N
     assert prune(engine, time.time() - 180 * DAY) is None  # nothing more is old enough
 
 
+def test_prune_forgets_instances_stopped_and_settled_before_the_window(engine: Engine) -> None:
+    """One lease row per proxy start: those cleared before the window go, a running one and
+    one cleared lately stay."""
+    from airlock.store.instances import Here, renew_lease
+    from airlock.store.schema import InstanceLease
+
+    for name in ("box-1.old", "box-2.lately", "box-3.running"):
+        renew_lease(engine, name, Here(name, host="box"))
+    with engine.begin() as conn:
+        for name, cleared in (("box-1.old", 200 * DAY), ("box-2.lately", DAY)):
+            conn.execute(update(InstanceLease).where(InstanceLease.id == name)
+                         .values(cleared_at=time.time() - cleared))  # fmt: skip
+    prune(engine, time.time() - 180 * DAY)
+    with engine.connect() as conn:
+        kept = sorted(conn.execute(select(InstanceLease.id)).scalars())
+    assert kept == ["box-2.lately", "box-3.running"]
+
+
 def test_the_cut_is_signed_and_a_deeper_cut_by_hand_is_caught(
     engine: Engine, db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
