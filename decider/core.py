@@ -74,6 +74,7 @@ from airlock.store.approvals import (
     EXPIRED,
     NOT_SENT,
     UNKNOWN,
+    expire_overdue_approvals,
     find_approval_for_retry,
     pending_count,
     settle_what_gone_instances_left,
@@ -234,9 +235,9 @@ class DeciderCore:
                         left[UNKNOWN], left[NOT_SENT])  # fmt: skip
 
     def _keep_lease(self) -> None:
-        """On every sync: this instance's lease renewed, and what another instance left, once
-        its lease lapsed or ended, settled (store/instances.py), once a retry of its held
-        calls had time to join them here or elsewhere."""
+        """On every sync: this instance's lease renewed; what another instance left, once its
+        lease lapsed or ended, settled (store/instances.py), once a retry of its held calls had
+        time to join them here or elsewhere; approvals past their expiry expired."""
         if not self.instance:
             return
         here = Here(self.instance, grace=RETRY_GRACE_SECONDS)
@@ -246,6 +247,7 @@ class DeciderCore:
                           "only it held were expired and its runs in flight settled")  # fmt: skip
             if gone_uncleared(self.engine, here):
                 self._settle_what_gone_instances_left(RETRY_GRACE_SECONDS)
+            expire_overdue_approvals(self.engine)
         except Exception as e:
             log.warning("cannot renew this instance's lease or settle what others left: %s", e)
 

@@ -357,6 +357,31 @@ def _expire_orphaned_approvals(conn: Any, here: Here) -> list[str]:
     return expired
 
 
+def expire_overdue_approvals(engine: Engine, limit: int = 500) -> list[str]:
+    """PENDING approvals past their expiry become EXPIRED. A flow held until its approval
+    expires settles it itself; one answered "pending" first (its hold window is shorter) leaves
+    it for a retry that may never come, and without this the record would say PENDING until
+    some instance restarted. Every running instance calls it on its sync; one wins each. A
+    read first: usually there are none."""
+    now = time.time()
+    overdue = select(Approval.id).where(Approval.state == PENDING, Approval.expires_at <= now)
+    with engine.connect() as conn:
+        ids = conn.execute(overdue.limit(limit)).scalars().all()
+    if not ids:
+        return []
+    expired = []
+    with write_transaction(engine) as conn:
+        tx = tx_of(conn)
+        for approval_id in ids:
+            settlement, events = settle_approval(
+                tx, approval_id, EXPIRED, None, "approval timed out", now
+            )
+            if settlement.won:
+                append_events(tx, events)
+                expired.append(approval_id)
+    return expired
+
+
 def leave_approval(
     tx: Tx, job: SettleRequest, here: Here | None = None
 ) -> tuple[Settlement, list[Event]]:

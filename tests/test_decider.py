@@ -191,6 +191,37 @@ def test_a_running_decider_settles_what_a_stopped_instance_left_on_its_next_sync
         this.finish()
 
 
+def test_a_running_decider_expires_an_approval_nobody_waits_for_once_it_is_overdue(
+    db_url: str,
+) -> None:
+    """A hold answered "pending" leaves its approval open for a retry. If none comes before the
+    approval's expiry, a sync expires it: the record does not say PENDING until a restart."""
+    from airlock.store.audit import verify_audit
+
+    core = DeciderCore(StoreAddress(db_url, "full"))
+    short = replace(setup().configuration, approval_timeout=1.0)
+    core.handle([Envelope(0, replace(setup(), configuration=short))])
+    held = replies(core.handle([Envelope(1, charge(150_000, "run-open"))]))[1]
+
+    def synced() -> tuple[str, str | None]:
+        core.next_sync = time.monotonic()  # its sync is due
+        core.wait()
+        with core.engine.connect() as conn:
+            return tuple(conn.execute(  # type: ignore[return-value]
+                select(Approval.state, Approval.reason).where(Approval.id == held.approval.id)
+            ).one())  # fmt: skip
+
+    try:
+        assert synced() == ("PENDING", None)
+        deadline = time.monotonic() + 10
+        while (found := synced()) == ("PENDING", None) and time.monotonic() < deadline:
+            time.sleep(0.05)  # the approval's own second passes; each sync looks again
+        assert found == ("EXPIRED", "approval timed out")
+        assert verify_audit(core.engine).ok
+    finally:
+        core.finish()
+
+
 def test_copies_of_a_call_in_one_batch_join_the_approval_another_instance_opened_meanwhile(
     db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
