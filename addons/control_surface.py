@@ -7,7 +7,8 @@ turned into addresses (every IPv4 spelling that the C library accepts, IPv4-mapp
 name through the resolver) and compared with the addresses Airlock listens on.
 
 Only requests to a guarded port (the proxy's, the metrics', the database's) are resolved, so
-vendor traffic on 443 costs one set lookup.
+vendor traffic on 443 costs one set lookup. To such a port the name is resolved again just
+before mitmproxy connects, and the connection pinned to the address checked (DNS rebinding).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import socket
 from dataclasses import dataclass
 
 from mitmproxy import ctx
+from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 from sqlalchemy.engine import make_url
 
 from airlock.pipeline.document import normalise_host
@@ -42,6 +44,30 @@ class OwnSurface:
     async def refusal(self, host: str, port: int) -> str | None:
         """Why a request to host:port is refused as a request to Airlock itself, or None."""
         return await self.surface.refuses(normalise_host(host), port)
+
+    async def server_connect(self, data: ServerConnectionHookData) -> None:
+        """Just before mitmproxy connects to a guarded port: the name is resolved again, checked,
+        and the connection pinned to the address checked. A name whose answer changed since the
+        gate looked (DNS rebinding: a public address for the check, loopback for the connect)
+        cannot reach Airlock itself: the connection is killed before it is made."""
+        server = data.server
+        if server.address is None or server.via is not None:  # an upstream proxy connects
+            return
+        host, port = server.address
+        if port not in self.surface.guarded_ports or literal_address(host) is not None:
+            return  # a literal address was checked as such by the gate
+        try:
+            resolved = await asyncio.wait_for(_resolve(host, port), RESOLVE_TIMEOUT)
+        except (OSError, TimeoutError):
+            resolved = []
+        refusal = self.surface.refuses_addresses({a for a, _ in resolved}, port) if resolved else (
+            f"{host} could not be resolved to check it is not Airlock's own address"
+        )  # fmt: skip
+        if refusal is not None:
+            server.error = refusal
+            return
+        address, resolved_port = resolved[0]
+        server.address = (str(address), resolved_port)
 
 
 def _option(name: str) -> object:
@@ -112,10 +138,10 @@ class ControlSurface:
         if literal is not None:
             return self.refuses_addresses({literal}, port)
         try:
-            addresses = await asyncio.wait_for(_resolve(host, port), RESOLVE_TIMEOUT)
+            resolved = await asyncio.wait_for(_resolve(host, port), RESOLVE_TIMEOUT)
         except (OSError, TimeoutError):
             return f"{host} could not be resolved to check it is not Airlock's own address"
-        return self.refuses_addresses(addresses, port)
+        return self.refuses_addresses({address for address, _ in resolved}, port)
 
     def refuses_addresses(self, addresses: set[Address], port: int) -> str | None:
         own = self.own_addresses
@@ -132,10 +158,15 @@ class ControlSurface:
         return None
 
 
-async def _resolve(host: str, port: int) -> set[Address]:
-    """Off the event loop: asyncio runs getaddrinfo in a thread."""
+async def _resolve(host: str, port: int) -> list[tuple[Address, int]]:
+    """(address, port) in the resolver's order, off the event loop (asyncio runs getaddrinfo in
+    a thread; `airlock_route` answers through it too)."""
     infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return {a for info in infos if (a := literal_address(str(info[4][0]))) is not None}
+    return [
+        (address, info[4][1])
+        for info in infos
+        if (address := literal_address(str(info[4][0]))) is not None
+    ]
 
 
 def _resolved(host: str) -> set[Address]:

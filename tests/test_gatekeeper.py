@@ -755,3 +755,43 @@ def test_a_header_is_taken_or_added_as_mitmproxy_s_own_mapping_would(
     add_header_unless_present(ours, name, "id-1")
     theirs.setdefault(name, "id-1")
     assert ours.fields == theirs.fields
+
+
+def test_a_name_that_rebinds_to_airlock_after_the_gate_looked_is_not_connected(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """DNS rebinding: a name answers a public address when the gate checks it and loopback when
+    mitmproxy connects. To a guarded port the name is resolved again just before the connection
+    and the connection pinned to the address checked: the rebound one is killed, the steady one
+    goes to exactly the address that was checked. Vendor ports are not looked at."""
+    import ipaddress
+
+    from mitmproxy.proxy.server_hooks import ServerConnectionHookData
+
+    from airlock.addons import control_surface
+
+    answers = {"rebind.test": ["203.0.113.7", "127.0.0.1"], "steady.test": ["203.0.113.9"] * 2}
+
+    async def resolve(host: str, port: int) -> list[tuple[Any, int]]:
+        return [(ipaddress.ip_address(answers[host].pop(0)), port)]
+
+    monkeypatch.setattr(control_surface, "_resolve", resolve)
+    own = control_surface.OwnSurface()
+    own.surface = control_surface.ControlSurface.build({8080, 9464}, "127.0.0.1", None)
+
+    async def connect(host: str, port: int) -> tuple[str | None, str | None, Any]:
+        checked = await own.refusal(host, port) if port != 443 else None
+        server = tflow.tserver_conn()
+        server.address = (host, port)
+        await own.server_connect(ServerConnectionHookData(server, tflow.tclient_conn()))
+        return checked, server.error, server.address
+
+    async def three() -> list[tuple[str | None, str | None, Any]]:
+        return [await connect("rebind.test", 8080), await connect("steady.test", 9464),
+                await connect("rebind.test", 443)]  # fmt: skip
+
+    rebound, steady, vendor = asyncio.run(three())
+    assert rebound[0] is None  # the gate saw a public address
+    assert rebound[1] == "requests to Airlock's own proxy, metrics or guard ports are refused"
+    assert steady == (None, None, ("203.0.113.9", 9464))
+    assert vendor == (None, None, ("rebind.test", 443))
