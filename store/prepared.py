@@ -116,7 +116,7 @@ class Statements:
     set_outcomes: Prepared
     settle_pending: Prepared
     approval: Prepared
-    approval_edit: Prepared
+    approval_edit: Prepared  # what a release applies, and the release already made
     release_once: Prepared
     withdraw_release: Prepared  # the release made at `at`, if it is still the approval's
     resolved_at: Prepared
@@ -223,9 +223,13 @@ def statements_for(dialect: Dialect) -> Statements:
             select(Approval.resolved_at).where(Approval.id == bindparam("aid")), dialect
         ),
         approval_edit=_prepare(
-            select(Approval.edit, Approval.request_hash, Approval.run_id).where(
-                Approval.id == bindparam("aid")
-            ),
+            select(
+                Approval.edit,
+                Approval.request_hash,
+                Approval.run_id,
+                Approval.released_at,
+                Approval.released_run,
+            ).where(Approval.id == bindparam("aid")),
             dialect,
         ),
         approval=_prepare(

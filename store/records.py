@@ -277,16 +277,21 @@ def release_approval(
     tx: Tx, approval_id: str, at: float, run_id: str | None = None
 ) -> tuple[Released, list[Event]]:
     """Mark an APPROVED request forwarded, by the run `run_id`; only the first caller wins
-    (released exactly once)."""
+    (released exactly once). The same request again (its release committed, the answer lost:
+    a group written again after its commit's acknowledgement failed) finds its own release and
+    wins again, without a second event: otherwise "released" would stand for a request its
+    proxy refused."""
     changed, _ = tx.read(
         tx.sql.release_once, {"aid": approval_id, "released_at": at, "released_run": run_id}
     )
-    if changed != 1:
-        return Released(False), []
     _, found = tx.read(tx.sql.approval_edit, {"aid": approval_id})
-    edit, proposed, held_run = found if found is not None else (None, None, None)
+    edit, proposed, held_run, released_at, released_run = found or (None,) * 5
     if isinstance(edit, str):  # SQLite hands JSON back as text
         edit = json.loads(edit)
+    if changed != 1:
+        if released_at == at and released_run == run_id and run_id is not None:
+            return Released(True, edit, proposed, held_run, at), []
+        return Released(False), []
     event = _released_event(tx, approval_id, at, run_id)
     return Released(True, edit, proposed, held_run, at), [event]
 

@@ -421,6 +421,29 @@ def test_a_withdrawal_undoes_only_its_own_release_and_the_chain_names_it(engine:
     assert f"moves approval {hold.approval_id} from APPROVED to APPROVED" in problem
 
 
+def test_a_release_written_again_after_a_lost_acknowledgement_is_still_its_own(
+    engine: Engine,
+) -> None:
+    """A group whose commit succeeded but whose acknowledgement was lost is written again, job
+    by job (GroupWriter): the same release request (same attempt, same time) finds its own
+    release and is told it won, so its proxy forwards what the record says was released; the
+    chain has one release. Another attempt still loses."""
+    row, hold = held()
+    retry = run_row("REQUIRE_APPROVAL")
+    write(engine, DecisionRecord(row, hold), DecisionRecord(retry, joins=hold.approval_id))
+    resolve_approval(engine, hold.approval_id, APPROVED, "alice", "ok")
+    at = time.time()
+    [first] = write(engine, ReleaseRequest(hold.approval_id, at, retry.id))
+    [again] = write(engine, ReleaseRequest(hold.approval_id, at, retry.id))
+    [other] = write(engine, ReleaseRequest(hold.approval_id, at, row.id))
+    assert (first.won, again.won, other.won) == (True, True, False)
+    assert (again.at, again.run_id) == (at, row.id)  # as the first answer said
+    with engine.connect() as conn:
+        kinds = conn.execute(select(AuditEvent.kind).order_by(AuditEvent.seq)).scalars().all()
+    assert kinds.count("approval") == 3  # opened, approved, released: once
+    assert verify_audit(engine).ok
+
+
 def test_verify_names_a_withdrawal_of_a_release_that_was_forwarded(engine: Engine) -> None:
     """Airlock withdraws a release only when nothing went out: a chain where the withdrawn run
     was forwarded, and the approval then released to another, shows a request sent twice."""
