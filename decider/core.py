@@ -102,6 +102,7 @@ from airlock.store.records import (
     ReleaseRequest,
     SettleRequest,
     WithdrawRelease,
+    joins_reason,
 )
 from airlock.store.schema import create_schema, open_engine
 from airlock.store.seals import Sealer, seal_with
@@ -410,7 +411,7 @@ class DeciderCore:
             hold = self._new_hold(row, exact, key, verdict)
             approval = self.opening[key] = _pending(hold.approval_id, hold.expires_at, exact, False)
         else:
-            row.reason = f"{row.reason} (a retry: joins approval {approval.id})"
+            row.reason = joins_reason(row.reason, approval.id)
         joins = None if hold is not None else approval.id
         taken.jobs.append(Pending(sequence, DecisionRecord(row, hold, joins)))
         decided = Decided(row.summary(), stage, exact, approval)
@@ -420,7 +421,8 @@ class DeciderCore:
             # was of the approval a hold of the same batch meant to open (records.py).
             if isinstance(written, Joined):
                 found = written.approval_id, written.expires_at, written.request_hash
-                return Decided(decided.run, stage, exact, _pending(*found, joined=True))
+                run = replace(decided.run, reason=joins_reason(row.reason, written.approval_id))
+                return Decided(run, stage, exact, _pending(*found, joined=True))
             return decided
 
         taken.results[sequence] = with_what_the_store_found

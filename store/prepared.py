@@ -114,6 +114,7 @@ class Statements:
     lock_head: Prepared
     move_head: Prepared
     set_outcomes: Prepared
+    set_reason: Prepared  # a run that joined another approval than its decider said
     settle_pending: Prepared
     approval: Prepared
     approval_edit: Prepared  # what a release applies, and the release already made
@@ -173,6 +174,10 @@ def statements_for(dialect: Dialect) -> Statements:
         ),
         move_head=_prepare(
             update(AuditHead).where(_HEAD).values(seq=bindparam("seq"), hash=bindparam("hash")),
+            dialect,
+        ),
+        set_reason=_prepare(
+            update(Run).where(Run.id == bindparam("rid")).values(reason=bindparam("reason")),
             dialect,
         ),
         set_outcomes=_prepare(

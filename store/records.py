@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -109,9 +110,7 @@ def record_decisions(
     the joins redirected to it (they were told to join the approval such a hold meant to open)."""
     rows = [RUN_DEFAULTS | r.run.as_row() for r in records]
     tx.send_many(tx.sql.insert_runs, rows)
-    events = [Event("decision", row["id"], row["at"], decision_payload(row)) for row in rows]
-    # Outcomes known at decision time (a block) go in with the decision, in the same commit.
-    events += [_outcome_event(row) for row in rows if row.get("outcome")]
+    approval_events: list[Event] = []
     joined: dict[str, Joined] = {}
     lost: dict[str, Joined] = {}  # approvals this group meant to open, by what it joined instead
     holders = []
@@ -122,7 +121,7 @@ def record_decisions(
             held_for = lost[record.joins].approval_id
         if record.hold is not None:
             found, opened = _open_or_join(tx, record, record.hold)
-            events += opened
+            approval_events += opened
             held_for = record.hold.approval_id if found is None else found.approval_id
             if found is not None:
                 joined[record.run.id] = lost[record.hold.approval_id] = found
@@ -131,7 +130,31 @@ def record_decisions(
                             "at": record.run.at})  # fmt: skip
     for holder in holders:
         tx.send(tx.sql.add_holder, holder)
-    return events, joined
+    _say_which_approval_was_joined(tx, rows, joined)
+    events = [Event("decision", row["id"], row["at"], decision_payload(row)) for row in rows]
+    # Outcomes known at decision time (a block) go in with the decision, in the same commit.
+    events += [_outcome_event(row) for row in rows if row.get("outcome")]
+    return events + approval_events, joined
+
+
+_JOINS = re.compile(r" \(a retry: joins approval [0-9a-f]+\)$")
+
+
+def joins_reason(reason: str, approval_id: str) -> str:
+    """A decision's reason once its request joined an approval already open for its call."""
+    return f"{_JOINS.sub('', reason)} (a retry: joins approval {approval_id})"
+
+
+def _say_which_approval_was_joined(
+    tx: Tx, rows: list[dict[str, Any]], joined: dict[str, Joined]
+) -> None:
+    """Runs that joined another approval than the decider said (another instance opened the
+    call's first): their reason names the one joined, in the row and in its decision event."""
+    for row in rows:
+        found = joined.get(row["id"])
+        if found is not None:
+            row["reason"] = joins_reason(row["reason"], found.approval_id)
+            tx.send(tx.sql.set_reason, {"rid": row["id"], "reason": row["reason"]})
 
 
 def _open_or_join(

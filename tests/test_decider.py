@@ -44,6 +44,7 @@ from airlock.pipeline.document import MAX_DECODED_BODY, build_document
 from airlock.pipeline.evaluation import Config
 from airlock.pipeline.run_record import RunSummary, legacy_request_hash
 from airlock.pipeline.yaml_source import recording_sources
+from airlock.store.audit import verify_audit
 from airlock.store.instances import RETRY_GRACE_SECONDS
 from airlock.store.records import OutcomeRecord
 from airlock.store.schema import Approval, InstanceLease, Run, create_schema, open_engine
@@ -251,6 +252,8 @@ def test_copies_of_a_call_in_one_batch_join_the_approval_another_instance_opened
                                         Envelope(2, charge(150_000, "run-2"))]))  # fmt: skip
         with this.engine.connect() as conn:
             approvals = conn.execute(select(Approval.id)).scalars().all()
+        reasons = [stored(this, run_id).reason for run_id in ("run-1", "run-2")]
+        verified = verify_audit(this.engine)
     finally:
         other.finish()
         this.finish()
@@ -262,6 +265,12 @@ def test_copies_of_a_call_in_one_batch_join_the_approval_another_instance_opened
             True,
         )
     assert approvals == [winner]
+    # The record and the answers name the approval joined, not the one that was never opened.
+    for sequence, reason in zip((1, 2), reasons, strict=True):
+        assert reason.endswith(f"(a retry: joins approval {winner})"), reason
+        assert reason.count("joins approval") == 1
+        assert answered[sequence].run.reason == reason
+    assert verified.ok, verified.problem
 
 
 def test_without_configuration_a_request_is_blocked_and_recorded(core: DeciderCore) -> None:
