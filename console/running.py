@@ -9,9 +9,10 @@ from __future__ import annotations
 import atexit
 import contextlib
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from airlock.store.instances import process_alive
 
 RUN_FOLDER = "run"
 
@@ -47,18 +48,8 @@ def running_proxies(data_dir: Path) -> list[Running]:
             proxy = Running(**json.loads(path.read_text()))
         except (OSError, ValueError, TypeError):
             continue
-        if _alive(proxy.pid):
+        if process_alive(proxy.pid):
             found.append(proxy)
         else:
             path.unlink(missing_ok=True)
     return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
