@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 import requests
+from sqlalchemy import select
 
 from airlock.console.standins import Upstream
+from airlock.store.schema import Approval, open_engine
 from tests.e2e.test_gate import CHARGES, Background, airlock, eventually, pending, runs
 from tests.helpers.proxy import Proxy
 
@@ -22,10 +24,15 @@ pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
 @pytest.fixture
 def three(start_proxy: Callable[..., Proxy], empty_pg_database: str) -> list[Proxy]:
-    return [
+    """Three instances, each with its decider up (its lease taken): a decider still starting
+    would settle at once what an instance killed meanwhile left, as a restart does."""
+    proxies = [
         start_proxy("--hold-timeout", "60", "--approval-timeout", "120", db_url=empty_pg_database)
         for _ in range(3)
     ]
+    # The decider logs this once its store is prepared and its lease taken.
+    assert eventually(lambda: all("history loaded" in p.output() for p in proxies))
+    return proxies
 
 
 CUSTOMERS = "https://api.stripe.com/v1/customers/"
@@ -87,6 +94,41 @@ def test_an_instance_killed_while_holding_leaves_the_approval_to_the_retry_on_an
     assert airlock("approve", waiting["id"], "--db", second.db_url).returncode == 0
     assert retry.result(timeout=60).status_code == 200
     assert upstream.count("/v1/customers/cus_orphan") == 1
+    assert airlock("audit", "verify", "--db", second.db_url).returncode == 0
+
+
+def test_an_instance_killed_while_alone_holding_is_settled_by_the_others_without_a_restart(
+    three: list[Proxy],
+) -> None:
+    """kill -9 of the only instance holding a call, never restarted: its decider ends its lease
+    as its input ends, and a running instance, once the grace for a retry to join has passed
+    (RETRY_GRACE_SECONDS), expires the approval nobody can release and marks the held run not
+    sent."""
+    first, second, _ = three
+    held = Background(lambda: delete_customer(first, "cus_alone", "alone-1"))
+    [waiting] = eventually(
+        lambda: [p for p in pending(first) if p["target"] == "customer/cus_alone"]
+    )
+    assert first.process is not None
+    first.process.send_signal(signal.SIGKILL)
+    first.process.wait(10)
+    with pytest.raises(requests.exceptions.RequestException):
+        held.result()
+    engine = open_engine(second.db_url)
+
+    def settled() -> tuple[str, str | None] | None:
+        with engine.connect() as conn:
+            state, reason = conn.execute(
+                select(Approval.state, Approval.reason).where(Approval.id == waiting["id"])
+            ).one()
+        return (state, reason) if state != "PENDING" else None
+
+    try:
+        assert eventually(settled, timeout=40) == ("EXPIRED", "the proxies holding it stopped")
+    finally:
+        engine.dispose()
+    [run] = [r for r in runs(second) if r.target == "customer/cus_alone"]
+    assert run.outcome == "not_sent"
     assert airlock("audit", "verify", "--db", second.db_url).returncode == 0
 
 
