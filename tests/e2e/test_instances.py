@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -69,19 +70,26 @@ def test_the_same_call_at_two_instances_opens_one_approval_and_goes_out_once(
     assert airlock("audit", "verify", "--db", first.db_url).returncode == 0
 
 
+def killed_while_holding(proxy: Proxy, customer: str, key: str) -> dict[str, Any]:
+    """The call held at `proxy`, then `proxy` killed (kill -9): its client's attempt fails.
+    Returns the approval it held, as `airlock pending` listed it."""
+    held = Background(lambda: delete_customer(proxy, customer, key))
+    [waiting] = eventually(
+        lambda: [p for p in pending(proxy) if p["target"] == f"customer/{customer}"]
+    )
+    assert proxy.process is not None
+    proxy.process.send_signal(signal.SIGKILL)
+    proxy.process.wait(10)
+    with pytest.raises(requests.exceptions.RequestException):
+        held.result()
+    return waiting
+
+
 def test_an_instance_killed_while_holding_leaves_the_approval_to_the_retry_on_another(
     three: list[Proxy], upstream: Upstream, start_proxy: Callable[..., Proxy]
 ) -> None:
     first, second, _ = three
-    held = Background(lambda: delete_customer(first, "cus_orphan", "orphan-1"))
-    [waiting] = eventually(
-        lambda: [p for p in pending(first) if p["target"] == "customer/cus_orphan"]
-    )
-    assert first.process is not None
-    first.process.send_signal(signal.SIGKILL)
-    first.process.wait(10)
-    with pytest.raises(requests.exceptions.RequestException):
-        held.result()
+    waiting = killed_while_holding(first, "cus_orphan", "orphan-1")
 
     retry = Background(lambda: delete_customer(second, "cus_orphan", "orphan-1"))
     # The retry joined the approval on the second instance (no second approval opened) ...
@@ -105,15 +113,7 @@ def test_an_instance_killed_while_alone_holding_is_settled_by_the_others_without
     (RETRY_GRACE_SECONDS), expires the approval nobody can release and marks the held run not
     sent."""
     first, second, _ = three
-    held = Background(lambda: delete_customer(first, "cus_alone", "alone-1"))
-    [waiting] = eventually(
-        lambda: [p for p in pending(first) if p["target"] == "customer/cus_alone"]
-    )
-    assert first.process is not None
-    first.process.send_signal(signal.SIGKILL)
-    first.process.wait(10)
-    with pytest.raises(requests.exceptions.RequestException):
-        held.result()
+    waiting = killed_while_holding(first, "cus_alone", "alone-1")
     engine = open_engine(second.db_url)
 
     def settled() -> tuple[str, str | None] | None:
