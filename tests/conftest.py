@@ -63,7 +63,10 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture
 def empty_pg_database(pg_database: str) -> str:
     """The session's PostgreSQL database with its tables dropped: what earlier tests left (an
-    open approval, say) is not there."""
+    open approval, say) is not there, nor the proxies they started on it (start_proxy keeps
+    them for the session): a running decider renews its lease, settles what stopped instances
+    left and expires overdue approvals, in whatever the next test writes there."""
+    _stop_proxies_on(pg_database)
     engine = open_engine(pg_database)
     Base.metadata.drop_all(engine)
     engine.dispose()
@@ -122,6 +125,15 @@ def moto_port(
 
 
 ProxyFactory = Callable[..., Proxy]
+_STARTED: list[Proxy] = []  # every proxy start_proxy started this session
+
+
+def _stop_proxies_on(db_url: str) -> None:
+    running = [proxy for proxy in _STARTED if proxy.db_url == db_url]
+    for proxy in running:  # all at once: each graceful shutdown takes its time
+        proxy.interrupt()
+    for proxy in running:
+        proxy.stop()
 
 
 @pytest.fixture(scope="session")
@@ -149,6 +161,7 @@ def start_proxy(
             extra_args=extra_args,
         )
         started.append(proxy)
+        _STARTED.append(proxy)
         return proxy.start()
 
     yield start
