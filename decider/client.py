@@ -249,19 +249,22 @@ class DeciderClient:
     def withdraw_release(self, approval_id: str, at: float) -> None:
         """The release asked for at `at` forwarded nothing (its answer did not come in time, or
         the flow was cancelled): undone if it commits, so that a retry can be released. Sent
-        after the release (the decider takes messages in order) and kept as outcomes are."""
-        self._keep(WithdrawRelease(approval_id, at))
-        if self._flush_timer is not None:  # at once: until it commits, a retry is told "sent"
-            self._flush_timer.cancel()
-        self._flush_deferred()
+        after the release (the decider takes messages in order) and kept as outcomes are; sent
+        at once, since until it commits a retry is told "sent"."""
+        self._keep(WithdrawRelease(approval_id, at), at_once=True)
 
     def record_outcome(self, outcome: OutcomeRecord | AnsweredOutcome) -> None:
-        """Nobody waits for an outcome: it rides with the next call, sharing its commit; with
-        none coming, it is sent within IDLE_WRITE_DELAY. It is kept until the decider confirms
+        """Nobody waits for an outcome. While calls are in flight it rides with the next one,
+        sharing its commit (under load: a commit per group, not per request); with none in
+        flight it is sent at once, so the decider writes it while idle rather than in the
+        next decision's commit (at concurrency 1 that commit is on the next request's path);
+        either way it is sent within IDLE_WRITE_DELAY. It is kept until the decider confirms
         it, so a decider that dies or cannot write yet does not lose it."""
-        self._keep(outcome)
+        self._keep(outcome, at_once=not self._waiting)
 
-    def _keep(self, message: OutcomeRecord | AnsweredOutcome | WithdrawRelease) -> None:
+    def _keep(
+        self, message: OutcomeRecord | AnsweredOutcome | WithdrawRelease, at_once: bool
+    ) -> None:
         sequence = next(self._sequence)
         envelope = self._unconfirmed[sequence] = Envelope(sequence, message)
         if len(self._unconfirmed) > MAX_UNCONFIRMED:
@@ -269,7 +272,11 @@ class DeciderClient:
             log.error("an outcome or withdrawal was dropped: the store has not confirmed one "
                       "for too long")  # fmt: skip
         self._deferred.append(envelope)
-        if self._flush_timer is None:
+        if at_once:
+            if self._flush_timer is not None:
+                self._flush_timer.cancel()
+            self._flush_deferred()
+        elif self._flush_timer is None:
             loop = asyncio.get_running_loop()
             self._flush_timer = loop.call_later(IDLE_WRITE_DELAY, self._flush_deferred)
 

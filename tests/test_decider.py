@@ -516,19 +516,49 @@ def test_a_refused_answered_outcome_is_kept_without_its_body(store: StoreAddress
     assert 7 not in client._unconfirmed
 
 
+class Silent:
+    """A decider that hears everything and answers nothing by itself."""
+
+    def __init__(self) -> None:
+        self.posts: list[list[Envelope]] = []
+
+    @property
+    def posted(self) -> list[Envelope]:
+        return [envelope for post in self.posts for envelope in post]
+
+    def post(self, envelopes: list[Envelope]) -> None:
+        self.posts.append(envelopes)
+
+
+def test_an_outcome_rides_with_the_next_call_only_while_calls_are_in_flight(
+    store: StoreAddress,
+) -> None:
+    """Under load an outcome shares the next decision's commit; with nothing in flight it goes
+    at once, to be written while the decider is idle, not in the next request's commit."""
+
+    async def scenario() -> list[list[str]]:
+        client = WorkerDecider(store)
+        link = client._link = Silent()  # type: ignore[assignment]
+        client.record_outcome(OutcomeRecord("run-0", 1.0, "sent", 200))  # idle: at once
+        first = asyncio.ensure_future(client.decide(charge(1)))
+        await asyncio.sleep(0)
+        client.record_outcome(OutcomeRecord("run-x", 2.0, "sent", 200))  # run-1 in flight
+        second = asyncio.ensure_future(client.decide(charge(2)))
+        await asyncio.sleep(0)
+        for future in (first, second):
+            future.cancel()
+        return [[getattr(e.message, "id", None) or e.message.run_id for e in post]
+                for post in link.posts]  # fmt: skip
+
+    assert asyncio.run(scenario()) == [["run-0"], ["run-1"], ["run-x", "run-2"]]
+
+
 def test_timed_calls_fail_at_their_own_deadline_and_answered_ones_do_not(
     store: StoreAddress,
 ) -> None:
     """One timer watches every timed call (the proxy's request path): a call answered in time
     gets its answer, unanswered ones fail with TimeoutError at their own deadline, in any order
     of timeouts, and a late answer is dropped."""
-
-    class Silent:  # a decider that hears everything and answers nothing by itself
-        def __init__(self) -> None:
-            self.posted: list[Envelope] = []
-
-        def post(self, envelopes: list[Envelope]) -> None:
-            self.posted += envelopes
 
     async def scenario() -> dict[str, Any]:
         client = WorkerDecider(store)
