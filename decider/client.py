@@ -150,7 +150,7 @@ class DeciderClient:
         # to a restarted decider (writing one twice is harmless: the same values, the last event
         # wins; a withdrawal undoes only its own release).
         self._unconfirmed: dict[int, Envelope] = {}
-        self._flush_timer: asyncio.TimerHandle | None = None
+        self._flush_timer: asyncio.Handle | None = None
         # Calls that fail with TimeoutError when unanswered by then: (monotonic deadline,
         # sequence, seconds), watched by one timer rather than one per call.
         self._deadlines: list[tuple[float, int, float]] = []
@@ -272,12 +272,13 @@ class DeciderClient:
             log.error("an outcome or withdrawal was dropped: the store has not confirmed one "
                       "for too long")  # fmt: skip
         self._deferred.append(envelope)
+        loop = asyncio.get_running_loop()
         if at_once:
+            # On the loop's next turn: the response this outcome is of goes to its client first.
             if self._flush_timer is not None:
                 self._flush_timer.cancel()
-            self._flush_deferred()
+            self._flush_timer = loop.call_soon(self._flush_deferred)
         elif self._flush_timer is None:
-            loop = asyncio.get_running_loop()
             self._flush_timer = loop.call_later(IDLE_WRITE_DELAY, self._flush_deferred)
 
     def _ask(self, message: Message, timeout: float | None = None) -> asyncio.Future[Any]:

@@ -48,16 +48,6 @@ class Run(Base):
     """
 
     __tablename__ = "runs"
-    # What a restarted proxy looks for (runs a dead process left without an outcome) without
-    # reading the whole table: a partial index, tiny since almost every run has an outcome.
-    __table_args__ = (
-        Index(
-            "ix_runs_without_outcome",
-            "instance",
-            sqlite_where=text("outcome IS NULL"),
-            postgresql_where=text("outcome IS NULL"),
-        ),
-    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     at: Mapped[float] = mapped_column(Float, index=True)
@@ -96,7 +86,8 @@ class Run(Base):
     # What the call did, as its answer or its agent says (redacted): an MCP tool's result.
     outcome_detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
-    # The runs in flight, by instance: what a stopped instance left is found without a scan.
+    # The runs in flight, by instance: what a stopped instance left is found without a scan
+    # (a partial index, tiny since almost every run has an outcome).
     __table_args__ = (
         Index(
             "runs_without_outcome",
@@ -349,6 +340,9 @@ def create_schema(engine: Engine) -> None:
     with writable.begin() as conn:  # indexes added since a store was created
         for index in (*Run.__table__.indexes, *Approval.__table__.indexes):
             index.create(conn, checkfirst=True)
+        # The same index under its first name (stores made 2026-12-02 to 05): one page less
+        # to write per decision on the stores that have it.
+        conn.exec_driver_sql("DROP INDEX IF EXISTS ix_runs_without_outcome")
     with write_transaction(engine) as conn:
         if conn.execute(select(AuditHead.id).where(AuditHead.id == 1)).first() is None:
             conn.execute(insert(AuditHead).values(id=1, seq=0, hash=GENESIS_HASH))

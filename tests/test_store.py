@@ -750,6 +750,9 @@ def test_an_older_store_gains_new_columns_when_opened(tmp_path: Any) -> None:
         conn.execute(text("ALTER TABLE runs DROP COLUMN undo"))
         conn.execute(text("DROP INDEX ix_approvals_released_run"))
         conn.execute(text("ALTER TABLE approvals DROP COLUMN released_run"))
+        # The index of runs in flight under the name it had first (2026-12-02 to 05).
+        conn.execute(text("CREATE INDEX ix_runs_without_outcome ON runs (instance) "
+                          "WHERE outcome IS NULL"))  # fmt: skip
     assert "undo" not in {c["name"] for c in inspect(engine).get_columns("runs")}
 
     create_schema(engine)  # what the proxy and the CLI do at start
@@ -759,6 +762,9 @@ def test_an_older_store_gains_new_columns_when_opened(tmp_path: Any) -> None:
     assert "ix_approvals_released_run" in {
         i["name"] for i in inspect(engine).get_indexes("approvals")
     }
+    run_indexes = {i["name"] for i in inspect(engine).get_indexes("runs")}
+    assert "runs_without_outcome" in run_indexes  # one copy: a page less per write
+    assert "ix_runs_without_outcome" not in run_indexes
     write(engine, DecisionRecord(run_row(undo={"action": "create_refund"})))
     engine.dispose()
 
