@@ -524,6 +524,14 @@ def main() -> int:
                         f"{g.p50_ms:.2f} ms, p99 {g.p99_ms:.2f} ms" for g in guard)
             + f" (goals: p50 ≤ 1 ms + fdatasync {floor_us / 1000:.2f} ms; ≥ 1,000/s at 16)"
         )  # fmt: skip
+        # Before the held rounds leave thousands of approvals open in the SQLite store.
+        if not args.no_postgres:
+            from tests.bench.instances import postgres_report
+
+            console.print(postgres_report(
+                work, (upstream_port, upstream_ca), work / "mappings",
+                (airlock_port, airlock_conf), args.requests, args.rounds,
+            ))  # fmt: skip
         held_report = while_held(
             airlock, airlock_port, airlock_conf, args.held, args.requests, max(args.rounds, 3)
         )
@@ -541,13 +549,6 @@ def main() -> int:
             f"Redaction (names, known token shapes, detect-secrets' detectors, cards): "
             f"{redaction_timing():.1f} µs median per typical stripe-python charge (goal ≤ 30 µs)"
         )
-        if not args.no_postgres:
-            from tests.bench.instances import postgres_report
-
-            console.print(postgres_report(
-                work, (upstream_port, upstream_ca), work / "mappings",
-                (airlock_port, airlock_conf), args.requests, args.rounds,
-            ))  # fmt: skip
         from tests.bench.spine import spine_report
 
         console.print(spine_report())
