@@ -97,8 +97,9 @@ class Runtime:
             FULL,
             "What a committed decision survives before its request is released. full: a power "
             "loss (SQLite synchronous=FULL, PostgreSQL's commit); process: a crash of the proxy "
-            "or the database process, not a power loss (SQLite synchronous=NORMAL, PostgreSQL "
-            "synchronous_commit=off), for less latency.",
+            "or its decider, not a power loss (SQLite synchronous=NORMAL), nor on PostgreSQL "
+            "a crash of the server, which can lose its last ~0.6 s of commits "
+            "(synchronous_commit=off); for less latency.",
             choices=list(DURABILITY_MODES),
         )
         loader.add_option(

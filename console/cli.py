@@ -120,8 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["full", "process"],
         default="full",
         help="what a decision's commit survives before its request is released: full, a power "
-        "loss (an fsync per commit group); process, a crash of the proxy or the database "
-        "process but not a power loss, for less latency (default: %(default)s)",
+        "loss (an fsync per commit group); process, a crash of the proxy or its decider but "
+        "not a power loss, nor on PostgreSQL a crash of the server (its last ~0.6 s of "
+        "commits), for less latency (default: %(default)s)",
     )
     run.add_argument(
         "--guard-port",

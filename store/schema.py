@@ -265,9 +265,10 @@ DURABILITY_MODES = (FULL, PROCESS)
 
 def open_engine(url: str = DEFAULT_DB_URL, durability: str = FULL) -> Engine:
     """durability: what a commit survives. full: a power loss (SQLite synchronous=FULL, an
-    fsync per commit; PostgreSQL's commit). process: the proxy's or the database's process
-    crashing, not the machine's power loss (SQLite synchronous=NORMAL in WAL; PostgreSQL
-    synchronous_commit=off, whose last ~0.6 s of commits a power loss can take)."""
+    fsync per commit; PostgreSQL's commit). process: the proxy or its decider crashing, not the
+    machine's power loss (SQLite synchronous=NORMAL in WAL); on PostgreSQL
+    synchronous_commit=off, whose last ~0.6 s of commits a crash of the server or a power loss
+    can take."""
     if durability not in DURABILITY_MODES:
         raise ValueError(f"durability is one of {', '.join(DURABILITY_MODES)}, not {durability!r}")
     url = normalise_url(url)

@@ -1111,7 +1111,8 @@ def test_durability_sets_what_a_commit_survives(
     db_url: str, durability: str, sqlite_level: int, postgres_commit: str
 ) -> None:
     """full: an fsync per commit (survives a power loss); process: survives a crash of the
-    proxy or the database process only (SQLite NORMAL = 1 in WAL, synchronous_commit off)."""
+    proxy or its decider only (SQLite NORMAL = 1 in WAL; PostgreSQL synchronous_commit off, whose
+    last commits a crash of the server can also take)."""
     engine = open_engine(db_url, durability)
     try:
         with engine.connect() as conn:
