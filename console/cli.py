@@ -689,6 +689,7 @@ def _store_unprepared(url: str, data_dir: Path) -> str | None:
     from airlock.store.anchor import load_or_create_key
     from airlock.store.approvals import settle_what_gone_instances_left
     from airlock.store.instances import Here
+    from airlock.store.keys import RequestKeyError, bind_to_store, load_or_create_request_key
     from airlock.store.schema import create_schema, open_engine
     from airlock.store.seals import Sealer, seal_with
 
@@ -696,10 +697,13 @@ def _store_unprepared(url: str, data_dir: Path) -> str | None:
         engine = open_engine(url)
         create_schema(engine)
         seal_with(engine, Sealer(load_or_create_key(data_dir)))
+        bind_to_store(engine, load_or_create_request_key(data_dir), data_dir)
         # Not yet the proxy's own instance name: any earlier instance with this pid is gone.
         here = Here(f"{socket.gethostname()}-{os.getpid()}.start")
         settle_what_gone_instances_left(engine, here)
         engine.dispose()
+    except RequestKeyError as e:
+        return str(e)
     except Exception as e:
         return _cannot_open(url, e)
     return None

@@ -58,7 +58,7 @@ from airlock.pipeline.run_record import (
     RunRecord,
     RunSummary,
     failed_evaluation,
-    legacy_request_hash,
+    former_request_hashes,
     let_through,
     request_hash,
     retry_key_of,
@@ -93,6 +93,8 @@ from airlock.store.instances import (
     gone_uncleared,
     renew_lease,
 )
+from airlock.store.keys import bind_to_store, load_or_create_request_key
+from airlock.store.locations import default_data_dir
 from airlock.store.prepared import PENDING
 from airlock.store.records import (
     DecisionRecord,
@@ -150,6 +152,8 @@ class DeciderCore:
         self.anchor: Anchoring | None = None  # signed checkpoints outside the database
         self.witness: Witness | None = None  # where they are also sent
         self.prepared = False  # tables made, what stopped processes left settled
+        self.data_dir: Path | None = None  # None: the default (a store-only test)
+        self.request_key: bytes | None = None  # set with the store (store/keys.py)
         self.queue: int | None = None  # approvals pending in the store, every instance's
         self.queue_pushed: int | None = None
         # Outcomes and withdrawals (nobody awaits them) the store could not take: tried again on
@@ -200,6 +204,7 @@ class DeciderCore:
 
     def _setup(self, setup: Setup) -> None:
         self.instance, self.sync_every = setup.instance, setup.sync_every
+        self.data_dir = Path(setup.anchor_dir) if setup.anchor_dir else None
         try:
             self._configure(setup.configuration)
         except Exception as e:  # every request is refused until a configure succeeds
@@ -217,9 +222,14 @@ class DeciderCore:
     # --- the store: only the decider opens it -------------------------------------------------
 
     def _prepare_store(self) -> None:
-        """Its tables (a newer Airlock adds its columns), this instance's lease, and what gone
-        instances left settled, before anything is decided."""
+        """Its tables (a newer Airlock adds its columns), the request key it shares with the
+        other instances, this instance's lease, and what gone instances left settled, before
+        anything is decided."""
         create_schema(self.engine)
+        data_dir = self.data_dir or default_data_dir()
+        key = load_or_create_request_key(data_dir)
+        bind_to_store(self.engine, key, data_dir)
+        self.request_key = key
         if self.instance:  # a decider told no instance (a store-only test) holds nothing
             renew_lease(self.engine, self.instance, Here(self.instance))
         self._settle_what_gone_instances_left()
@@ -325,7 +335,7 @@ class DeciderCore:
             document = build_document(request, decide.agent)
             evaluation = self._evaluate(document, decide.refusal)
             if decide.edit is not None:
-                evaluation = as_approved_edit(evaluation, decide.edit, request_hash(document))
+                evaluation = as_approved_edit(evaluation, decide.edit, self._hash(document))
         except Exception as e:  # fail closed, and on record
             document = minimal_document(request, decide.agent)
             evaluation = failed_evaluation(document, e)
@@ -401,7 +411,7 @@ class DeciderCore:
     ) -> None:  # fmt: skip
         """Record a decision that needs approval with its approval: a new one, or the one
         already open for the same call, which the request joins (never a second approval)."""
-        exact = request_hash(document)
+        exact = self._hash(document)
         key = retry_key_of(document, exact)
         approval = self._joinable(key, row.at)
         if approval is None or approval.request_hash != exact:
@@ -431,16 +441,23 @@ class DeciderCore:
         self, document: Document, key: str, at: float, approval: ApprovalState | None,
         exact: str,
     ) -> tuple[ApprovalState | None, str]:  # fmt: skip
-        """An approval opened before approvals bound the request's identity headers (a store
-        upgraded, or an older instance beside this one) holds the request's hash without them:
-        the same request joins it, found and compared as that approval was made."""
-        before = legacy_request_hash(document)
-        if approval is None:
-            legacy_key = retry_key_of(document, before)
-            approval = self._joinable(legacy_key, at) if legacy_key != key else None
-        if approval is not None and approval.request_hash == before:
-            return approval, before
+        """An approval opened by an earlier Airlock (a store upgraded, or an older instance
+        beside this one) holds the request's hash as that Airlock made it (unkeyed; earlier
+        still, without the bound headers): the same request joins it, found and compared as
+        that approval was made."""
+        for before in former_request_hashes(document):
+            found = approval
+            if found is None:
+                former_key = retry_key_of(document, before)
+                found = self._joinable(former_key, at) if former_key != key else None
+            if found is not None and found.request_hash == before:
+                return found, before
         return approval, exact
+
+    def _hash(self, document: Document) -> str:
+        if self.request_key is None:  # set when the store is prepared, before any decision
+            raise RuntimeError("the decider has no request key yet: the store is not prepared")
+        return request_hash(document, self.request_key)
 
     def _joinable(self, key: str, at: float) -> ApprovalState | None:
         """The approval a request with this retry key, decided at `at`, joins: open, or settled

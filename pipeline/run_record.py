@@ -5,6 +5,7 @@ decider and the gate's own refusals use it."""
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import re
 import time
@@ -171,20 +172,27 @@ _STABLE_SCHEMES = frozenset({"bearer", "basic", "token", "bot"})
 _KEY_FIELDS = re.compile(r'(?:Credential|oauth_consumer_key|oauth_token)="?([^",\s]+)')
 
 
-def request_hash(document: Document) -> str:
+def request_hash(document: Document, key: bytes) -> str:
     """Binds an approval to the exact request: method, URL, normalised body, agent, and the
     headers that say whose request it is and how its body reads (BOUND_HEADERS). An MCP call's
-    JSON-RPC id is left out: calling the same tool again is a retry of the same call."""
-    return _hash(document, json.dumps(_bound_headers(document.get("headers", {}))))
+    JSON-RPC id is left out: calling the same tool again is a retry of the same call. Keyed
+    (HMAC-SHA256, store/keys.py): without the key, the stored hash tells nothing about the
+    credentials or body fields it covers, and guesses of them cannot be tested against it."""
+    return _hash(document, _headers_text(document), key)
 
 
-def legacy_request_hash(document: Document) -> str:
-    """request_hash as Airlock made it before 2026-12-05, without the headers: what approvals
-    opened before hold (the decider joins them: decider/core.py _joinable_as_before)."""
-    return _hash(document, None)
+def former_request_hashes(document: Document) -> tuple[str, str]:
+    """request_hash as Airlock made it before, unkeyed: with the bound headers (2026-12-05 to
+    2026-12-06), then without them (earlier). Approvals opened with them are still joined
+    (decider/core.py _joinable_as_before); never stored for new ones."""
+    return _hash(document, _headers_text(document), None), _hash(document, None, None)
 
 
-def _hash(document: Document, headers: str | None) -> str:
+def _headers_text(document: Document) -> str:
+    return json.dumps(_bound_headers(document.get("headers", {})))
+
+
+def _hash(document: Document, headers: str | None, key: bytes | None) -> str:
     body = document["body"]
     if jsonrpc_messages(document) is not None:
         body = without_ids(body)
@@ -202,8 +210,10 @@ def _hash(document: Document, headers: str | None) -> str:
             document["agent"],
             *([] if headers is None else [headers]),
         ]
-    )
-    return hashlib.sha256(material.encode()).hexdigest()
+    ).encode()
+    if key is None:
+        return hashlib.sha256(material).hexdigest()
+    return hmac.new(key, material, hashlib.sha256).hexdigest()
 
 
 def _bound_headers(headers: dict[str, str]) -> list[tuple[str, str]]:

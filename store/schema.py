@@ -239,6 +239,17 @@ class AuditSeal(Base):
     signature: Mapped[str] = mapped_column(String(88))
 
 
+class StoreKey(Base):
+    """The fingerprint of a key every instance writing this store must hold (store/keys.py):
+    one row per purpose. Never the key itself."""
+
+    __tablename__ = "store_keys"
+
+    purpose: Mapped[str] = mapped_column(String(32), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    since: Mapped[float] = mapped_column(Float)  # when the first instance holding it wrote here
+
+
 GENESIS_HASH = "0" * 64
 
 

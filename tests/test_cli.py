@@ -87,6 +87,26 @@ def test_run_says_which_flag_fixes_a_taken_port_or_an_unreachable_store(
     assert len(err.strip().splitlines()) == 1
 
 
+def test_run_refuses_a_store_whose_approvals_another_request_key_binds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A second instance on one store with its own request key would not join the approvals
+    the first opened: it does not start, and says which file to copy."""
+    from airlock.store.keys import KEY_FILE, bind_to_store, load_or_create_request_key
+    from airlock.store.schema import create_schema, open_engine
+
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    engine = open_engine(url)
+    create_schema(engine)
+    bind_to_store(engine, load_or_create_request_key(tmp_path / "first"), tmp_path / "first")
+    engine.dispose()
+    second = ["run", "--data-dir", str(tmp_path / "second"), "--db", url, "--quiet"]
+    assert main([*second, "--port", "0", "--metrics-port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("airlock run: this store's approvals are bound with another request key")
+    assert f"copy {KEY_FILE} from the data directory" in err and "Traceback" not in err
+
+
 def test_run_says_which_flag_fixes_a_bad_ca_an_unwritable_folder_or_a_taken_guard_port(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

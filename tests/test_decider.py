@@ -42,7 +42,7 @@ from airlock.decider.wire import Reader, pack
 from airlock.decider.worker import SocketLink
 from airlock.pipeline.document import MAX_DECODED_BODY, build_document
 from airlock.pipeline.evaluation import Config
-from airlock.pipeline.run_record import RunSummary, legacy_request_hash
+from airlock.pipeline.run_record import RunSummary, former_request_hashes
 from airlock.pipeline.yaml_source import recording_sources
 from airlock.store.audit import verify_audit
 from airlock.store.instances import RETRY_GRACE_SECONDS
@@ -119,6 +119,22 @@ def test_a_request_for_approval_is_recorded_with_the_approval_it_opens(core: Dec
     assert row.request_hash == decided.request_hash and len(decided.request_hash) == 64
 
 
+def test_a_decider_holding_another_request_key_than_its_store_refuses_and_says_why(
+    store: StoreAddress, tmp_path: Path
+) -> None:
+    """`mitmdump -s` users start no `airlock run` to check it first: the decider finds the
+    store bound to another instance's request key, and refuses every request, saying so."""
+    first = DeciderCore(store)
+    first.handle([Envelope(0, setup())])  # binds the default data directory's key
+    first.finish()
+    other = DeciderCore(store)
+    elsewhere = replace(setup(), anchor_dir=str(tmp_path / "elsewhere"))
+    decided = replies(other.handle([Envelope(0, elsewhere), Envelope(1, charge(500))]))[1]
+    other.finish()
+    assert decided.run.decision == "BLOCK"
+    assert "bound with another request key" in decided.run.reason
+
+
 def test_the_same_call_twice_opens_one_approval(core: DeciderCore) -> None:
     """In one batch (sent at once), and in the next (the first is committed by then)."""
     first, again = charge(150_000), charge(150_000, "run-again")
@@ -134,19 +150,21 @@ def test_the_same_call_twice_opens_one_approval(core: DeciderCore) -> None:
         assert len(conn.execute(select(Approval.id)).all()) == 1
 
 
+@pytest.mark.parametrize("former", [0, 1], ids=["unkeyed", "without-headers"])
 @pytest.mark.parametrize("key", [None, "idem-1"])
 def test_a_call_joins_the_approval_an_older_airlock_opened_for_it(
-    core: DeciderCore, key: str | None
+    core: DeciderCore, key: str | None, former: int
 ) -> None:
-    """Approvals opened before they bound the request's identity headers (a store upgraded
-    while one was open, an older instance beside this one) hold the hash without them: the same
-    call still joins, found by the key and compared with the hash that approval was made with;
-    another request with the same key still does not."""
+    """Approvals opened by an older Airlock (a store upgraded while one was open, an older
+    instance beside this one) hold the hash as it made them: unkeyed, and earlier without the
+    request's identity headers. The same call still joins, found by the key and compared with
+    the hash that approval was made with; another request with the same key still does not."""
     headers = {"idempotency_key": key} if key else {}
     first = replies(core.handle([Envelope(0, setup()), Envelope(1, charge(150_000, **headers))]))
     opened = first[1].approval
     document = build_document(wire_request(charge(150_000, **headers).request), "a")
-    before = legacy_request_hash(document)
+    before = former_request_hashes(document)[former]
+    assert opened.request_hash not in former_request_hashes(document)  # keyed now
     retry_key = f"a:api.stripe.com:{key}" if key else f"a:{before}"
     with core.engine.begin() as conn:  # as an older Airlock wrote it
         opened_row = update(Approval).where(Approval.id == opened.id)

@@ -22,9 +22,11 @@ from sqlalchemy.engine import Engine
 from airlock.addons.gatekeeper import Airlock
 from airlock.addons.metrics import Metrics
 from airlock.addons.routing import Routing, parse_routes
-from airlock.pipeline.run_record import request_hash
+from airlock.pipeline.run_record import former_request_hashes, request_hash
 from airlock.store.schema import Run, open_engine
 from tests.helpers.proxy import PROJECT_ROOT
+
+KEY = bytes(range(32))  # a request key (store/keys.py)
 
 
 def stripe_flow(body: bytes, path: str = "/v1/charges", method: str = "POST") -> Any:
@@ -277,9 +279,23 @@ def test_request_hash_binds_method_url_body_and_agent() -> None:
         "agent": "x",
     }
     same = dict(base, body={"a": 2, "b": 1})
-    assert request_hash(base) == request_hash(same)
+    assert request_hash(base, KEY) == request_hash(same, KEY)
     for change in ({"agent": "y"}, {"body": {"a": 3}}, {"path": "/q"}, {"method": "PUT"}):
-        assert request_hash(base) != request_hash(dict(base, **change))
+        assert request_hash(base, KEY) != request_hash(dict(base, **change), KEY)
+
+
+def test_a_stored_request_hash_does_not_let_a_reader_of_the_store_test_password_guesses() -> None:
+    """An approval's request_hash is in the database and in audit exports; the request it
+    covers is there too, its secrets redacted. Without the request key (in the data directory,
+    never in the store) a guess of a Basic password or a body field cannot be checked against
+    it; the same request under the same key hashes the same, under another key not."""
+    document = {"method": "POST", "scheme": "https", "host": "internal.example", "port": 443,
+                "path": "/users", "query": {}, "body": {"name": "ann", "password": "summer24"},
+                "agent": "x", "headers": {"authorization": "Basic YW5uOnN1bW1lcjI0"}}  # fmt: skip
+    stored = request_hash(document, KEY)
+    assert request_hash(dict(document), KEY) == stored
+    assert request_hash(document, bytes(32)) != stored
+    assert stored not in former_request_hashes(document)  # what a reader could compute
 
 
 def test_request_hash_binds_whose_request_it_is_not_what_each_attempt_changes() -> None:
@@ -293,7 +309,7 @@ def test_request_hash_binds_whose_request_it_is_not_what_each_attempt_changes() 
         document = {"method": "POST", "scheme": "https", "host": "api.stripe.com", "port": 443,
                     "path": "/v1/charges", "query": {}, "body": {"amount": "150000"},
                     "agent": "x", "headers": sent}  # fmt: skip
-        return request_hash(document)
+        return request_hash(document, KEY)
 
     ours = hashed(authorization="Bearer sk_test_OURS", stripe_account="acct_OURS")
     assert ours == hashed(authorization="Bearer sk_test_OURS", stripe_account="acct_OURS",

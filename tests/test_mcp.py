@@ -23,6 +23,9 @@ from airlock.pipeline.run_record import request_hash
 from airlock.pipeline.yaml_source import ConfigError
 from tests.helpers.proxy import PROJECT_ROOT
 
+KEY = bytes(range(32))  # a request key (store/keys.py)
+
+
 SHIPPED = load_mappings(PROJECT_ROOT / "mappings")
 BASELINE = Config(SHIPPED, load_policies(PROJECT_ROOT / "policies"))
 
@@ -168,8 +171,8 @@ def test_calling_the_same_tool_again_is_a_retry_of_the_same_call() -> None:
     again = call("b7", "refund", {"charge": "ch_1", "amount": 500})
     again["params"]["_meta"] = {"progressToken": 4}
     other = call(1, "refund", {"charge": "ch_1", "amount": 501})
-    assert request_hash(request(first)) == request_hash(request(again))
-    assert request_hash(request(first)) != request_hash(request(other))
+    assert request_hash(request(first), KEY) == request_hash(request(again), KEY)
+    assert request_hash(request(first), KEY) != request_hash(request(other), KEY)
 
 
 def test_refusals_are_answers_the_model_reads() -> None:

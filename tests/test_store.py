@@ -38,6 +38,13 @@ from airlock.store.instances import (
     liveness,
     renew_lease,
 )
+from airlock.store.keys import (
+    KEY_FILE,
+    RequestKeyError,
+    bind_to_store,
+    fingerprint,
+    load_or_create_request_key,
+)
 from airlock.store.prepared import raw_transaction
 from airlock.store.records import (
     DecisionRecord,
@@ -54,6 +61,7 @@ from airlock.store.schema import (
     AuditHead,
     InstanceLease,
     Run,
+    StoreKey,
     open_engine,
 )
 from airlock.store.writer import GroupWriter, Pending
@@ -1260,3 +1268,41 @@ def test_the_fast_string_form_is_rfc8785s_and_so_is_the_chain_hash(
     assert chain_hash("p" * 64, 7, at, kind, "run", text) == (
         hashlib.sha256(material.encode()).hexdigest()
     )
+
+
+def test_instances_on_one_store_must_hold_the_same_request_key(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """Approvals are bound to requests by an HMAC with the data directory's request key: an
+    instance with another key would not find the approvals the others opened. The first key
+    is the store's; another is refused, saying which file to copy; a copy of it is accepted."""
+    first, other, copied = (tmp_path / name for name in ("first", "other", "copied"))
+    key = load_or_create_request_key(first)
+    bind_to_store(engine, key, first)
+    bind_to_store(engine, load_or_create_request_key(first), first)  # restarted: the same key
+
+    with pytest.raises(RequestKeyError) as refused:
+        bind_to_store(engine, load_or_create_request_key(other), other)
+    said = str(refused.value)
+    assert f"fingerprint {fingerprint(key)}" in said and str(other / KEY_FILE) in said
+    assert f"copy {KEY_FILE} from the data directory of an instance" in said
+
+    (copied / "keys").mkdir(parents=True)
+    (copied / KEY_FILE).write_bytes((first / KEY_FILE).read_bytes())
+    bind_to_store(engine, load_or_create_request_key(copied), copied)
+    with engine.connect() as conn:
+        stored = conn.execute(select(StoreKey.fingerprint)).scalars().all()
+    assert stored == [fingerprint(key)] and key.hex() not in stored[0]
+
+
+def test_the_request_key_is_made_once_private_and_a_damaged_one_is_refused(
+    tmp_path: Path,
+) -> None:
+    key = load_or_create_request_key(tmp_path)
+    path = tmp_path / KEY_FILE
+    assert len(key) == 32 and path.stat().st_mode & 0o777 == 0o600
+    assert load_or_create_request_key(tmp_path) == key
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no draft left behind
+    path.write_text("not hex\n")
+    with pytest.raises(RequestKeyError, match=f"{path}: not an Airlock request key"):
+        load_or_create_request_key(tmp_path)

@@ -28,7 +28,14 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from tests.helpers.proxy import PROJECT_ROOT, clean_env, free_port, prepared_confdir, wait_for_port
+from tests.helpers.proxy import (
+    PROJECT_ROOT,
+    clean_env,
+    free_port,
+    prepared_confdir,
+    share_request_key,
+    wait_for_port,
+)
 
 HOST = "api.stripe.com"
 PROCESS_DURABILITY = "Airlock --durability process"
@@ -332,6 +339,7 @@ def start_airlock(
     """Airlock running `checkout`'s own code (another revision's, for bench_ab, importing
     airlock.* from `pythonpath`); its own SQLite file unless `db` names a store."""
     port, confdir = free_port(), prepared_confdir(work)
+    share_request_key(work / f"{name}-data")  # instances on one PostgreSQL store share it
     log = work / f"{name}.log"
     with log.open("wb") as out:
         airlock = subprocess.Popen(

@@ -100,6 +100,7 @@ class Proxy:
 
     def start(self) -> Proxy:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        share_request_key(self.workdir)
         self.interrupted = False
         env = clean_env() | {"PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
         with self.log_file.open("wb") as log:
@@ -136,6 +137,21 @@ class Proxy:
         session.proxies = {"https": proxy, "http": proxy}
         session.verify = str(self.ca_cert)
         return session
+
+
+# The request key every test proxy holds, as every instance on one store must (store/keys.py):
+# proxies a test starts on one PostgreSQL store join each other's approvals.
+SHARED_REQUEST_KEY = "5eed" * 16
+
+
+def share_request_key(data_dir: Path) -> None:
+    from airlock.store.keys import KEY_FILE
+
+    path = data_dir / KEY_FILE
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(SHARED_REQUEST_KEY + "\n")
+        path.chmod(0o600)
 
 
 def prepared_confdir(base: Path) -> Path:

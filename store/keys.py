@@ -1,0 +1,101 @@
+"""The request key: approvals are bound to their requests without a guessable hash in the store.
+
+An approval records a hash of the request it is bound to: method, URL, body, agent and the
+credentials it carries (pipeline/run_record.py request_hash). A plain SHA-256 of that would let
+anyone who can read the database (a backup, a replica, an audit export) test guesses of a weak
+password in a Basic header or a body field offline. The hash is an HMAC with this key instead,
+kept in the data directory beside the audit key (mode 0600), never in the database.
+
+Every instance writing one store must hold the same key: a retry that reaches another instance
+joins its approval by that hash. The store keeps the key's fingerprint (never the key), and an
+instance holding another key refuses to start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import tempfile
+import time
+from pathlib import Path
+
+from sqlalchemy import insert, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+
+from airlock.store.schema import StoreKey, write_transaction
+
+KEY_FILE = "keys/request-hash.key"
+PURPOSE = "request-hash"
+_KEY_BYTES = 32
+
+
+class RequestKeyError(Exception):
+    """The data directory's request key cannot be read, or it is not the store's."""
+
+
+def load_or_create_request_key(data_dir: Path) -> bytes:
+    """The data directory's request key, made on first use (64 hex digits, mode 0600)."""
+    path = Path(data_dir) / KEY_FILE
+    try:
+        if not path.exists():
+            _create(path)
+        key = bytes.fromhex(path.read_text().strip())
+    except OSError as e:
+        raise RequestKeyError(f"{path}: cannot read or make the request key ({e})") from e
+    except ValueError:
+        key = b""
+    if len(key) < _KEY_BYTES:
+        raise RequestKeyError(f"{path}: not an Airlock request key ({_KEY_BYTES * 2} hex digits)")
+    return key
+
+
+def _create(path: Path) -> None:
+    """Written whole under another name, then linked into place: an instance starting at the
+    same moment reads either no key (and makes its own, which loses the race) or all of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, draft = tempfile.mkstemp(dir=path.parent, prefix=".request-key-")  # mode 0600
+    try:
+        with os.fdopen(descriptor, "w") as out:
+            out.write(secrets.token_bytes(_KEY_BYTES).hex() + "\n")
+        os.link(draft, path)
+    except FileExistsError:
+        pass  # another process's key is in place: that one is used
+    finally:
+        os.unlink(draft)
+
+
+def fingerprint(key: bytes) -> str:
+    """What the store keeps to recognise the key: it does not reveal the key."""
+    return hashlib.sha256(b"airlock.request-key/v1\n" + key).hexdigest()[:16]
+
+
+def bind_to_store(engine: Engine, key: bytes, data_dir: Path) -> None:
+    """The first instance's key becomes the store's; later instances must hold the same one.
+    Raises RequestKeyError, saying how to fix it."""
+    mine = fingerprint(key)
+    found = _stored_fingerprint(engine)
+    if found is None:
+        try:
+            with write_transaction(engine) as conn:
+                conn.execute(
+                    insert(StoreKey).values(purpose=PURPOSE, fingerprint=mine, since=time.time())
+                )
+        except IntegrityError:
+            pass  # another instance bound its key first: compared below
+        found = _stored_fingerprint(engine)
+    if found != mine:
+        raise RequestKeyError(
+            f"this store's approvals are bound with another request key (fingerprint {found}; "
+            f"{Path(data_dir) / KEY_FILE} has {mine}). Every instance on one store needs the "
+            f"same key: copy {KEY_FILE} from the data directory of an instance that already "
+            "uses this store"
+        )
+
+
+def _stored_fingerprint(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return conn.execute(
+            select(StoreKey.fingerprint).where(StoreKey.purpose == PURPOSE)
+        ).scalar()
