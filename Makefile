@@ -7,6 +7,8 @@ STAMP  := $(VENV)/.installed-stamp
 # tests run those SDKs from their own virtualenv, as an agent's own process would.
 SDK_VENV  := .venv-sdk
 SDK_STAMP := $(SDK_VENV)/.installed-stamp
+# make test's pytest-xdist workers; a test file's tests stay on one worker (its fixtures)
+TEST_WORKERS ?= 2
 
 .PHONY: run test demo bench bench-audit bench-ab catalog coverage lint format clean
 
@@ -34,7 +36,7 @@ demo: $(STAMP)
 test: $(STAMP) $(SDK_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	AIRLOCK_REQUIRE_SDKS=1 $(BIN)/pytest $(PYTEST_ARGS)
+	AIRLOCK_REQUIRE_SDKS=1 $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 ## bench: bare mitmdump against Airlock, same upstream and load, one run
 bench: $(STAMP)

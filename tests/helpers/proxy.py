@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -19,10 +20,32 @@ import requests
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
+# A port is picked here and bound by a process started a second later. Picked from the
+# kernel's ephemeral range (bind to port 0), it could meanwhile go to another test worker's
+# pick (make test runs two, pytest-xdist) or to an outgoing connection. So each worker picks
+# from its own block below that range (32768 and up on Linux), and never hands out a port twice.
+_PORTS = range(10_000, 32_000)
+_handed_out: set[int] = set()
+_picker = random.Random()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    size = len(_PORTS) // workers
+    block = range(_PORTS.start + size * worker, _PORTS.start + size * (worker + 1))
+    for _ in range(len(block)):
+        port = _picker.choice(block)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # something else listens there
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port left in {block.start}-{block.stop - 1}")
 
 
 def wait_for_port(
