@@ -107,7 +107,10 @@ class Runtime:
             str,
             "",
             "Data directory whose keys/audit-ed25519.pem signs audit checkpoints written to its "
-            "checkpoints/ folder (made on first use); empty: no checkpoints.",
+            "checkpoints/ folder (made on first use); empty: no checkpoints. Its "
+            "keys/request-hash.key binds approvals to their requests (empty: the default data "
+            "directory's, $AIRLOCK_DATA_DIR or ./airlock-data): set it once, as the store "
+            "refuses a key other than the first it saw (airlock rekey).",
         )
         loader.add_option(
             "airlock_witness_url",

@@ -494,6 +494,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _data_dir_argument(reload)
 
+    rekey = commands.add_parser(
+        "rekey",
+        help="make this data directory's request key the store's (its old one lost)",
+        description="Approvals are bound to their requests with the request key "
+        "(keys/request-hash.key in the data directory), and every instance on one store must "
+        "hold the same one. When no copy of the store's key is left, this makes the data "
+        "directory's key the store's (made if missing): approvals still open were bound with "
+        "the lost key and no retry can join them, so they are expired, on record. Refused "
+        "while an instance runs on the store. Then give every instance a copy of the key.",
+    )
+    _db_argument(rekey)
+
     audit = commands.add_parser(
         "audit", help="check the audit trail", description="Commands for auditors."
     )
@@ -556,6 +568,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "review": cmd_review,
         "mappings": cmd_mappings_import,
         "reload": cmd_reload,
+        "rekey": cmd_rekey,
         "doctor": cmd_doctor,
         "demo": cmd_demo,
         "hook": cmd_hook,
@@ -715,6 +728,32 @@ def _cannot_open(url: str, error: Exception) -> str:
     shown = make_url(url).render_as_string(hide_password=True)
     cause = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
     return f"cannot open the store {shown}: {cause} (--db URL, or $AIRLOCK_DB)"
+
+
+def cmd_rekey(args: argparse.Namespace) -> int:
+    from airlock.store.keys import (
+        KEY_FILE,
+        RequestKeyError,
+        fingerprint,
+        load_or_create_request_key,
+        replace_store_key,
+    )
+
+    engine = _reviewing_engine(args)  # expiring approvals writes audit events: sealed
+    try:
+        key = load_or_create_request_key(args.data_dir)
+        expired = replace_store_key(engine, key)
+    except RequestKeyError as e:
+        print(f"airlock rekey: {e}", file=sys.stderr)
+        return 1
+    finally:
+        engine.dispose()
+    path = args.data_dir / KEY_FILE
+    print(f"the store's request key is now {path} (fingerprint {fingerprint(key)})")
+    print(f"expired {len(expired)} open approvals bound with the lost key"
+          + "".join(f"\n  {approval_id}" for approval_id in expired))  # fmt: skip
+    print(f"give every instance on this store a copy of {path} before it starts")
+    return 0
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

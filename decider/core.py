@@ -432,7 +432,10 @@ class DeciderCore:
             if isinstance(written, Joined):
                 found = written.approval_id, written.expires_at, written.request_hash
                 run = replace(decided.run, reason=joins_reason(row.reason, written.approval_id))
-                return Decided(run, stage, exact, _pending(*found, joined=True))
+                # An older instance beside this one hashes as Airlock did before (unkeyed)
+                former = written.request_hash in former_request_hashes(document)
+                bound = written.request_hash if former else exact
+                return Decided(run, stage, bound, _pending(*found, joined=True))
             return decided
 
         taken.results[sequence] = with_what_the_store_found

@@ -20,11 +20,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from sqlalchemy import insert, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
-from airlock.store.schema import StoreKey, write_transaction
+from airlock.store.approvals import EXPIRED
+from airlock.store.audit import append_events
+from airlock.store.instances import Here, liveness
+from airlock.store.prepared import PENDING, tx_of
+from airlock.store.records import settle_approval
+from airlock.store.schema import Approval, StoreKey, write_transaction
 
 KEY_FILE = "keys/request-hash.key"
 PURPOSE = "request-hash"
@@ -59,11 +64,18 @@ def _create(path: Path) -> None:
     try:
         with os.fdopen(descriptor, "w") as out:
             out.write(secrets.token_bytes(_KEY_BYTES).hex() + "\n")
+            out.flush()
+            os.fsync(out.fileno())  # on disk before the store is bound to it (fsynced too)
         os.link(draft, path)
     except FileExistsError:
         pass  # another process's key is in place: that one is used
     finally:
         os.unlink(draft)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)  # the name, too
+    finally:
+        os.close(folder)
 
 
 def fingerprint(key: bytes) -> str:
@@ -90,8 +102,39 @@ def bind_to_store(engine: Engine, key: bytes, data_dir: Path) -> None:
             f"this store's approvals are bound with another request key (fingerprint {found}; "
             f"{Path(data_dir) / KEY_FILE} has {mine}). Every instance on one store needs the "
             f"same key: copy {KEY_FILE} from the data directory of an instance that already "
-            "uses this store"
+            "uses this store (if none holds it any more: airlock rekey)"
         )
+
+
+REKEYED = "the store's request key was replaced (airlock rekey): no retry can join it"
+
+
+def replace_store_key(engine: Engine, key: bytes) -> list[str]:
+    """`airlock rekey`, for a store whose request key is lost: `key` becomes the store's. The
+    approvals still open were bound with the lost key and no retry can join them any more:
+    they are expired, on record. Refused while an instance runs on the store (it decides
+    with the old key). Returns the approvals expired."""
+    now = time.time()
+    with write_transaction(engine) as conn:
+        leases = liveness(conn, Here(None))
+        running = sorted(i for i in leases.leases if not leases.gone(i))
+        if running:
+            raise RequestKeyError(
+                f"{len(running)} instance(s) still run on this store ({', '.join(running)}) "
+                "and decide with its key: stop them first"
+            )
+        tx, expired = tx_of(conn), []
+        pending = select(Approval.id).where(Approval.state == PENDING).order_by(Approval.id)
+        for approval_id in conn.execute(pending).scalars().all():
+            settlement, events = settle_approval(tx, approval_id, EXPIRED, None, REKEYED, now)
+            if settlement.won:
+                append_events(tx, events)
+                expired.append(approval_id)
+        conn.execute(delete(StoreKey).where(StoreKey.purpose == PURPOSE))
+        conn.execute(
+            insert(StoreKey).values(purpose=PURPOSE, fingerprint=fingerprint(key), since=now)
+        )
+    return expired
 
 
 def _stored_fingerprint(engine: Engine) -> str | None:

@@ -17,7 +17,7 @@ from tests.test_store import run_row, write
     "command",
     [["run"], ["pending"], ["approve"], ["deny"], ["review"], ["check"], ["explain"], ["test"],
      ["vocabulary"], ["agents", "key"], ["audit", "verify"], ["audit", "export"], ["reload"],
-     ["doctor"]],
+     ["doctor"], ["rekey"]],
 )  # fmt: skip
 def test_every_command_has_help(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as done:
@@ -87,7 +87,7 @@ def test_run_says_which_flag_fixes_a_taken_port_or_an_unreachable_store(
     assert len(err.strip().splitlines()) == 1
 
 
-def test_run_refuses_a_store_whose_approvals_another_request_key_binds(
+def test_run_refuses_a_store_another_request_key_binds_until_it_is_rekeyed(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A second instance on one store with its own request key would not join the approvals
@@ -105,6 +105,15 @@ def test_run_refuses_a_store_whose_approvals_another_request_key_binds(
     err = capsys.readouterr().err
     assert err.startswith("airlock run: this store's approvals are bound with another request key")
     assert f"copy {KEY_FILE} from the data directory" in err and "Traceback" not in err
+    assert "if none holds it any more: airlock rekey" in err
+
+    assert main(["rekey", "--data-dir", str(tmp_path / "second"), "--db", url]) == 0
+    said = capsys.readouterr().out
+    assert f"the store's request key is now {tmp_path / 'second' / KEY_FILE}" in said
+    assert "expired 0 open approvals" in said
+    engine = open_engine(url)
+    bind_to_store(engine, load_or_create_request_key(tmp_path / "second"), tmp_path / "second")
+    engine.dispose()
 
 
 def test_run_says_which_flag_fixes_a_bad_ca_an_unwritable_folder_or_a_taken_guard_port(

@@ -177,6 +177,26 @@ def test_a_call_joins_the_approval_an_older_airlock_opened_for_it(
         assert other.approval.id == opened.id and other.request_hash != before  # 409 at the proxy
 
 
+def test_a_call_racing_an_older_instance_joins_its_approval_as_that_instance_bound_it(
+    core: DeciderCore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An older Airlock beside this one (unkeyed hashes) opens the approval for a call while
+    this decider takes the same call: its read found nothing, and its insert finds the other's
+    approval (records.py). It joins, bound with the hash that approval was made with, so the
+    proxy does not answer 409 for the very call that approval holds."""
+    headers = {"idempotency_key": "idem-race"}
+    first = replies(core.handle([Envelope(0, setup()), Envelope(1, charge(150_000, **headers))]))
+    document = build_document(wire_request(charge(150_000, **headers).request), "a")
+    unkeyed = former_request_hashes(document)[0]
+    with core.engine.begin() as conn:  # as the older instance wrote it
+        conn.execute(update(Approval).values(request_hash=unkeyed))
+    monkeypatch.setattr(core_module, "find_approval_for_retry", lambda engine, key: None)
+
+    raced = replies(core.handle([Envelope(2, charge(150_000, "run-2", **headers))]))[2]
+    assert (raced.approval.id, raced.approval.joined) == (first[1].approval.id, True)
+    assert raced.request_hash == raced.approval.request_hash == unkeyed
+
+
 def test_a_running_decider_settles_what_a_stopped_instance_left_on_its_next_sync(
     db_url: str,
 ) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import threading
 import time
 import uuid
@@ -40,10 +42,12 @@ from airlock.store.instances import (
 )
 from airlock.store.keys import (
     KEY_FILE,
+    REKEYED,
     RequestKeyError,
     bind_to_store,
     fingerprint,
     load_or_create_request_key,
+    replace_store_key,
 )
 from airlock.store.prepared import raw_transaction
 from airlock.store.records import (
@@ -1306,3 +1310,31 @@ def test_the_request_key_is_made_once_private_and_a_damaged_one_is_refused(
     path.write_text("not hex\n")
     with pytest.raises(RequestKeyError, match=f"{path}: not an Airlock request key"):
         load_or_create_request_key(tmp_path)
+
+
+def test_rekey_replaces_a_lost_request_key_and_expires_what_only_it_could_join(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """No copy of the store's request key is left: `airlock rekey` makes another the store's.
+    Not while an instance runs on the store (it decides with the old key); then the approvals
+    still open, which no retry can join any more, are expired on record, and the chain still
+    verifies."""
+    lost, new = tmp_path / "lost", tmp_path / "new"
+    bind_to_store(engine, load_or_create_request_key(lost), lost)
+    row, hold = held()
+    write(engine, DecisionRecord(row, hold))
+    running = f"{socket.gethostname()}-{os.getpid()}.rekey"
+    renew_lease(engine, running, Here(running))
+    key = load_or_create_request_key(new)
+    with pytest.raises(RequestKeyError, match=f"still run on this store \\({running}\\)"):
+        replace_store_key(engine, key)
+
+    end_lease(engine, running)
+    assert replace_store_key(engine, key) == [hold.approval_id]
+    bind_to_store(engine, key, new)
+    with pytest.raises(RequestKeyError):
+        bind_to_store(engine, load_or_create_request_key(lost), lost)
+    with engine.connect() as conn:
+        state, reason = conn.execute(select(Approval.state, Approval.reason)).one()
+    assert (state, reason) == ("EXPIRED", REKEYED)
+    assert verify_audit(engine).ok
