@@ -115,6 +115,7 @@ log = logging.getLogger("airlock.decider")
 
 FAULT = "the decider failed"  # starts the error answered for a message it could not handle
 RETRY_SECONDS = 1.0  # how often outcomes the store refused are tried again
+PREPARE_SECONDS = 1.0  # how often an unprepared store is tried again (refused meanwhile)
 MAX_UNWRITTEN = 10_000  # outcomes kept for another try; the oldest go past it (logged)
 _STORE_JOBS = (DecisionRecord, OutcomeRecord, SettleRequest, ReleaseRequest, WithdrawRelease)
 _UNAWAITED = (OutcomeRecord, WithdrawRelease)  # the proxy goes on without them: kept, retried
@@ -152,6 +153,7 @@ class DeciderCore:
         self.anchor: Anchoring | None = None  # signed checkpoints outside the database
         self.witness: Witness | None = None  # where they are also sent
         self.prepared = False  # tables made, what stopped processes left settled
+        self.unprepared: tuple[float, Exception] | None = None  # the last try's time, its error
         self.data_dir: Path | None = None  # None: the default (a store-only test)
         self.request_key: bytes | None = None  # set with the store (store/keys.py)
         self.queue: int | None = None  # approvals pending in the store, every instance's
@@ -213,9 +215,9 @@ class DeciderCore:
         # Anchoring first: what preparing the store settles is sealed like any other write.
         self._start_anchoring(setup.anchor_dir, setup.retention_days, setup.witness_url)
         try:
-            self._prepare_store()
+            self._try_preparing()
             self._load_history()
-        except Exception as e:  # tried again before the next decision; until then, refused
+        except Exception as e:  # tried again before a decision; until then, refused
             log.error("cannot prepare the store or load the recent past from it: %s", e)
         self.watch.watch(setup.watched)
 
@@ -234,6 +236,20 @@ class DeciderCore:
             renew_lease(self.engine, self.instance, Here(self.instance))
         self._settle_what_gone_instances_left()
         self.prepared = True
+
+    def _try_preparing(self) -> None:
+        """At most once every PREPARE_SECONDS: meanwhile every request is refused with the
+        last try's reason, and does not read again the schema of a store other instances share
+        (an instance holding the wrong request key, a store down)."""
+        now = time.monotonic()
+        if self.unprepared is not None and now - self.unprepared[0] < PREPARE_SECONDS:
+            raise self.unprepared[1]
+        try:
+            self._prepare_store()
+        except Exception as e:
+            self.unprepared = (now, e)
+            raise
+        self.unprepared = None
 
     def _settle_what_gone_instances_left(self, grace: float = 0.0) -> None:
         here = Here(self.instance, grace=grace)
@@ -387,7 +403,7 @@ class DeciderCore:
         if self.config is None:
             raise RuntimeError(self.missing)
         if not self.prepared:
-            self._prepare_store()
+            self._try_preparing()
         if self.next_sync is None:
             self._load_history()
         return self.config

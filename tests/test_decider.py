@@ -120,19 +120,25 @@ def test_a_request_for_approval_is_recorded_with_the_approval_it_opens(core: Dec
 
 
 def test_a_decider_holding_another_request_key_than_its_store_refuses_and_says_why(
-    store: StoreAddress, tmp_path: Path
+    store: StoreAddress, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`mitmdump -s` users start no `airlock run` to check it first: the decider finds the
-    store bound to another instance's request key, and refuses every request, saying so."""
+    store bound to another instance's request key, and refuses every request, saying so,
+    without reading the store's schema again for each (at most once a second)."""
     first = DeciderCore(store)
     first.handle([Envelope(0, setup())])  # binds the default data directory's key
     first.finish()
     other = DeciderCore(store)
+    tries = []
+    prepare = core_module.create_schema
+    monkeypatch.setattr(core_module, "create_schema", lambda e: tries.append(1) or prepare(e))
     elsewhere = replace(setup(), anchor_dir=str(tmp_path / "elsewhere"))
-    decided = replies(other.handle([Envelope(0, elsewhere), Envelope(1, charge(500))]))[1]
+    batch = [Envelope(0, elsewhere), *(Envelope(n, charge(n, f"run-{n}")) for n in range(1, 6))]
+    decided = replies(other.handle(batch))
     other.finish()
-    assert decided.run.decision == "BLOCK"
-    assert "bound with another request key" in decided.run.reason
+    assert {d.run.decision for d in decided.values()} == {"BLOCK"}
+    assert all("bound with another request key" in d.run.reason for d in decided.values())
+    assert len(tries) == 1
 
 
 def test_the_same_call_twice_opens_one_approval(core: DeciderCore) -> None:
@@ -369,10 +375,14 @@ def test_values_json_cannot_carry_cross_as_they_are() -> None:
     assert back == value
 
 
-def test_budgets_never_decide_without_their_past(tmp_path: Path) -> None:
+def test_budgets_never_decide_without_their_past(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The store could not be prepared nor the recent past read (here: a view stands where the
-    runs table should be): decisions fail closed, and the decider tries again before each one
-    instead of deciding on an empty history."""
+    runs table should be): decisions fail closed, and the decider tries again before a later
+    one (at most once every PREPARE_SECONDS; here at once) instead of deciding on an empty
+    history."""
+    monkeypatch.setattr(core_module, "PREPARE_SECONDS", 0.0)
     url = f"sqlite:///{tmp_path / 'a.db'}"
     broken = open_engine(url)
     with broken.begin() as conn:
