@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -344,8 +346,31 @@ def _add_missing_columns(engine: Engine) -> None:
                     )
 
 
+# Any fixed number: the PostgreSQL advisory lock under which instances make missing tables.
+_SCHEMA_LOCK = 0x41_49_52_4C  # "AIRL"
+
+
 def create_schema(engine: Engine) -> None:
     """Create missing tables and the chain's head row; safe to run at every start."""
+    with _one_at_a_time(engine):
+        _create_schema(engine)
+
+
+@contextmanager
+def _one_at_a_time(engine: Engine) -> Iterator[None]:
+    """PostgreSQL: instances started together (an upgrade rolled out to all at once) make
+    what is missing one after the other; create_all checks, then creates, and two at once
+    collide on the same table. The lock is the holding transaction's, released at its end.
+    SQLite's writers are serial already (BEGIN IMMEDIATE)."""
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    with engine.connect() as holding:
+        holding.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
+        yield
+
+
+def _create_schema(engine: Engine) -> None:
     writable = engine.execution_options(airlock_write=True)
     Base.metadata.create_all(writable)
     _add_missing_columns(engine)

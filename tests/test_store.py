@@ -66,6 +66,7 @@ from airlock.store.schema import (
     InstanceLease,
     Run,
     StoreKey,
+    create_schema,
     open_engine,
 )
 from airlock.store.writer import GroupWriter, Pending
@@ -1338,3 +1339,30 @@ def test_rekey_replaces_a_lost_request_key_and_expires_what_only_it_could_join(
         state, reason = conn.execute(select(Approval.state, Approval.reason)).one()
     assert (state, reason) == ("EXPIRED", REKEYED)
     assert verify_audit(engine).ok
+
+
+def test_instances_starting_together_on_a_new_store_make_its_tables_once(db_url: str) -> None:
+    """An upgrade rolled out to every instance at once: each makes the tables it finds missing
+    (create_all checks, then creates) and the chain's head row. Together they must not collide
+    (PostgreSQL: a duplicate table or type); every one of them starts."""
+    engines = [open_engine(db_url) for _ in range(4)]
+    start = threading.Barrier(len(engines))
+    failures: list[BaseException] = []
+
+    def start_instance(engine: Engine) -> None:
+        start.wait()
+        try:
+            create_schema(engine)
+        except BaseException as e:
+            failures.append(e)
+
+    threads = [threading.Thread(target=start_instance, args=(e,)) for e in engines]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    with engines[0].connect() as conn:
+        heads = conn.execute(select(AuditHead.seq)).all()
+    for engine in engines:
+        engine.dispose()
+    assert failures == [] and heads == [(0,)]
