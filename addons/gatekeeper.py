@@ -68,7 +68,8 @@ class Gate:
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None:
             return  # answered by another addon: nothing will be forwarded
-        for key in ("airlock", "airlock_recorded", "airlock_released", "airlock_answered"):
+        for key in ("airlock", "airlock_recorded", "airlock_released", "airlock_release",
+                    "airlock_answered"):  # fmt: skip
             flow.metadata.pop(key, None)  # a replayed flow is judged afresh
         try:
             await self._gate(flow)

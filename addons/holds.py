@@ -299,7 +299,7 @@ class Holds:
             await self._release_edited(flow, run, approval_id, released)
             return
         if released.won:
-            flow.metadata["airlock_released"] = time.time()
+            self._forwarding(flow, approval_id, released)
             self.runtime.remember(run, passed=True)
             return
         self.runtime.record_outcome(run.id, "duplicate", 409)
@@ -339,8 +339,16 @@ class Holds:
             self.refusals.refuse(flow, decided.run, f"the edited request: {decided.run.reason}")
             return
         self.runtime.record_outcome(run.id, "edited", None, detail={"released_as": edited_id})
-        flow.metadata["airlock_released"] = time.time()
+        self._forwarding(flow, approval_id, released)
         self.runtime.remember(decided.run, passed=True)
+
+    @staticmethod
+    def _forwarding(flow: http.HTTPFlow, approval_id: str, released: Released) -> None:
+        """This attempt goes out; if it does not reach the upstream after all (error below),
+        its release is withdrawn."""
+        flow.metadata["airlock_released"] = time.time()
+        if released.at is not None:  # plain values: mitmproxy can save the flow
+            flow.metadata["airlock_release"] = [approval_id, released.at]
 
     def _withdraw(self, approval_id: str, released: Released) -> None:
         """Nothing was forwarded after all (the edited request was refused, or its decision did
@@ -400,9 +408,25 @@ class Holds:
     def error(self, flow: http.HTTPFlow) -> None:
         """An HTTP/2 stream reset ends one request, not the connection."""
         self._answered_at_shutdown(flow)
+        self._unless_sent(flow)
         for hold in list(self.held.values()):
             if hold.flow is flow and not hold.settled.done():
                 self.runtime.spawn(self._abandon(hold))
+
+    def _unless_sent(self, flow: http.HTTPFlow) -> None:
+        """A released attempt that never reached the upstream: its client left while it was
+        released (mitmproxy drops the request once the hook returns; an HTTP/2 reset is
+        delivered only then), or the upstream could not be reached. Nothing went out: the
+        release is withdrawn, so the SDK's retry is released rather than told 409. Once
+        connected it may have gone out, and the release stands."""
+        release = flow.metadata.pop("airlock_release", None)
+        server = flow.server_conn
+        if release is None or flow.response is not None:
+            return
+        if server is not None and server.timestamp_tcp_setup is not None:
+            return
+        approval_id, at = release
+        self.runtime.ask().withdraw_release(approval_id, at)
 
     async def _abandon(self, hold: Hold) -> None:
         try:

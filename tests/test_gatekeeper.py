@@ -504,6 +504,56 @@ def test_a_release_the_proxy_gave_up_on_is_withdrawn_and_the_retry_goes_out_once
     assert report.ok, report.problem
 
 
+@pytest.mark.parametrize("edited", [False, True])
+def test_a_released_request_that_never_reached_the_upstream_is_released_to_the_retry(
+    tmp_path: Path, edited: bool
+) -> None:
+    """The approved attempt's client left while it was being released (mitmproxy drops the
+    request once the hook returns; an HTTP/2 stream reset is delivered only then), or the
+    upstream could not be reached: nothing went out, so its release is withdrawn and the SDK's
+    retry is forwarded, once. One that connected may have gone out: its release stands."""
+    from mitmproxy import flow as mitmproxy_flow
+
+    from airlock.store.approvals import APPROVED, resolve_approval
+    from airlock.store.schema import Approval
+
+    first, lost, again, last = (stripe_flow(b"amount=150000&currency=usd") for _ in range(4))
+    edit = {"params": {"amount": 140000}, "locations": {"amount": ["body", "amount"]}}
+
+    def released_at(gate: Airlock, approval_id: str) -> float | None:
+        with store_of(gate).connect() as conn:
+            query = select(Approval.released_at).where(Approval.id == approval_id)
+            return conn.execute(query).scalar_one()
+
+    async def scenario(gate: Airlock, _: Any) -> None:
+        await gate.gate.request(first)  # held for 1 s, then answered "pending"
+        approval_id = first.response.headers["X-Airlock-Approval-Id"]
+        await asyncio.to_thread(
+            resolve_approval,
+            store_of(gate),
+            approval_id,
+            APPROVED,
+            "r",
+            "ok",
+            edit=edit if edited else None,
+        )
+        await gate.gate.request(lost)
+        assert lost.response is None and "airlock_released" in lost.metadata
+        lost.server_conn.timestamp_tcp_setup = None  # never connected
+        lost.error = mitmproxy_flow.Error("client disconnected")
+        gate.holds.error(lost)
+        gate.outcomes.error(lost)
+        deadline = time.monotonic() + 5
+        while released_at(gate, approval_id) is not None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)  # the withdrawal is written while the proxy idles
+        await gate.gate.request(again)
+        assert again.response is None and "airlock_released" in again.metadata  # forwarded
+        await gate.gate.request(last)  # connected: it may have gone out, the release stands
+
+    with_gate(tmp_path, scenario, airlock_hold_timeout=1)
+    assert last.response is not None and last.response.status_code == 409  # once
+
+
 def test_a_replayed_flow_is_judged_again(tmp_path: Path) -> None:
     flow = stripe_flow(b"amount=5000000&currency=usd")
     flow.metadata["airlock"] = "an-earlier-run"
