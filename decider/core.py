@@ -74,6 +74,7 @@ from airlock.store.approvals import (
     EXPIRED,
     NOT_SENT,
     UNKNOWN,
+    approval_terms,
     expire_overdue_approvals,
     find_approval_for_retry,
     pending_count,
@@ -351,7 +352,10 @@ class DeciderCore:
             document = build_document(request, decide.agent)
             evaluation = self._evaluate(document, decide.refusal)
             if decide.edit is not None:
-                evaluation = as_approved_edit(evaluation, decide.edit, self._hash(document))
+                approved = approval_terms(self.engine, str(decide.edit.get("approval_id")))
+                evaluation = as_approved_edit(
+                    evaluation, decide.edit, self._hash(document), approved
+                )
         except Exception as e:  # fail closed, and on record
             document = minimal_document(request, decide.agent)
             evaluation = failed_evaluation(document, e)

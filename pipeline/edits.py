@@ -21,7 +21,7 @@ from airlock.pipeline.document import Document
 from airlock.pipeline.evaluation import Evaluation
 from airlock.pipeline.extraction import ValueSpec
 from airlock.pipeline.mappings import Mapping
-from airlock.pipeline.policies import ALLOW, REQUIRE_APPROVAL, Verdict
+from airlock.pipeline.policies import ALLOW, BLOCK, REQUIRE_APPROVAL, Verdict
 
 _SIMPLE = re.compile(r"\$\.(body|query)((?:\.[A-Za-z_][A-Za-z0-9_]*|\[\d+\])+)\Z")
 _STEP = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]")
@@ -141,16 +141,31 @@ def _set(container: Any, steps: list[Any], value: Any) -> None:
 
 
 def as_approved_edit(
-    evaluation: Evaluation, edit: dict[str, Any], released_hash: str
+    evaluation: Evaluation,
+    edit: dict[str, Any],
+    released_hash: str,
+    approved: tuple[int, tuple[str, ...]] | None,
 ) -> Evaluation:
     """The edited request as decided again: a REQUIRE_APPROVAL is the approval just given (the
-    edit was made in it); BLOCK stays BLOCK. Its record keeps the edit, who made it, and the
-    proposed and released request hashes."""
+    edit was made in it), unless it asks more than that approval had (`approved`: its reviewers
+    required and roles; None: not found); BLOCK stays BLOCK. A request that does not read as the
+    edit (the reviewer's mappings located a param where the proxy's do not read it) is refused.
+    Its record keeps the edit, who made it, and the proposed and released request hashes."""
     verdict = evaluation.verdict
-    if verdict.decision == REQUIRE_APPROVAL:
+    differs = _not_as_edited(evaluation.action.params, edit.get("params") or {})
+    if differs:
+        reason = (f"the edited request does not read as the approved edit: {differs} (were the "
+                  "reviewer's mappings the proxy's?)")  # fmt: skip
+        verdict = Verdict(BLOCK, reason, (*verdict.rules, EDIT_RULE))
+    elif verdict.decision == REQUIRE_APPROVAL:
+        more = _asks_more(verdict, approved)
         by, approval = edit.get("by", "a reviewer"), str(edit.get("approval_id", ""))[:8]
-        reason = f"approved with an edit by {by} (approval {approval}): {verdict.reason}"
-        verdict = Verdict(ALLOW, reason, verdict.rules)
+        if more:
+            reason = f"the edited request needs an approval of its own: {more}"
+            verdict = Verdict(BLOCK, reason, (*verdict.rules, EDIT_RULE))
+        else:
+            reason = f"approved with an edit by {by} (approval {approval}): {verdict.reason}"
+            verdict = Verdict(ALLOW, reason, verdict.rules)
     context = {
         **evaluation.action.context,
         "edit_of": edit.get("run_id"),
@@ -161,3 +176,39 @@ def as_approved_edit(
         "released_hash": released_hash,
     }
     return replace(evaluation, verdict=verdict, action=replace(evaluation.action, context=context))
+
+
+EDIT_RULE = "approved-edit"  # the rule named when an edited request is refused for its edit
+
+
+def _not_as_edited(params: dict[str, Any], edited: dict[str, Any]) -> str:
+    """The first edited param the request does not carry as edited, said; "" when all do."""
+    for name, value in edited.items():
+        found = params.get(name)
+        if not _same(found, value):
+            return f"{name} reads {found!r}, the edit set {value!r}"
+    return ""
+
+
+def _same(found: Any, value: Any) -> bool:
+    """A form body carries every value as text: 140000 and "140000" are the same."""
+    if found == value or str(found) == str(value):
+        return True
+    try:
+        return float(str(found)) == float(str(value))
+    except ValueError:
+        return False
+
+
+def _asks_more(verdict: Verdict, approved: tuple[int, tuple[str, ...]] | None) -> str:
+    """What the edited request's approval asks beyond the one given, said; "" when nothing."""
+    if approved is None:
+        return "the approval it was edited in is not in the store"
+    required, roles = approved
+    if verdict.approvals > required:
+        return f"{verdict.approvals} reviewers, where it had {required}"
+    wanted = set(verdict.reviewer_roles)
+    if wanted and (not roles or not set(roles) <= wanted):
+        had = ", ".join(roles) or "any reviewer"
+        return f"a reviewer in {', '.join(sorted(wanted))}, where it had {had}"
+    return ""

@@ -498,6 +498,15 @@ class JoinableApproval:
     request_hash: str
 
 
+def approval_terms(engine: Engine, approval_id: str) -> tuple[int, tuple[str, ...]] | None:
+    """What an approval asked: the reviewers it required and the roles that could decide
+    (empty: any); None when there is no such approval."""
+    query = select(Approval.required, Approval.reviewer_roles).where(Approval.id == approval_id)
+    with engine.connect() as conn:
+        row = conn.execute(query).first()
+    return None if row is None else (row.required or 1, tuple(row.reviewer_roles or ()))
+
+
 def find_approval_for_retry(engine: Engine, retry_key: str) -> JoinableApproval | None:
     """The newest approval opened for this retry key (an SDK retrying the same call)."""
     query = (

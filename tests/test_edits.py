@@ -1,0 +1,67 @@
+"""An edited request, decided again before it is released (pipeline/edits.py as_approved_edit)."""
+
+from __future__ import annotations
+
+import pytest
+
+from airlock.pipeline.edits import EDIT_RULE, as_approved_edit
+from airlock.pipeline.evaluation import Evaluation
+from airlock.pipeline.mappings import Action
+from airlock.pipeline.policies import REQUIRE_APPROVAL, Verdict
+
+EDIT = {"params": {"amount": 140000}, "locations": {"amount": ["body", "amount"]},
+        "by": "rita", "approval_id": "a1b2c3d4e5", "run_id": "run-1"}  # fmt: skip
+ONE_REVIEWER = (1, ())
+
+
+def decided_again(amount: object, approvals: int = 1, roles: tuple[str, ...] = ()) -> Evaluation:
+    """The edited request as the proxy's own mappings and policies read it."""
+    action = Action("create_charge", "stripe", "payment", "high", "customer/", {"amount": amount},
+                    "stripe-charge")  # fmt: skip
+    verdict = Verdict(REQUIRE_APPROVAL, "large charge", ("stripe-charge-needs-approval",),
+                      approvals=approvals, reviewer_roles=roles)  # fmt: skip
+    return Evaluation(action, verdict)
+
+
+@pytest.mark.parametrize("as_read", [140000, "140000", 140000.0])
+def test_the_edit_as_approved_is_released(as_read: object) -> None:
+    """A form body carries the edited amount as text: it is the same value."""
+    released = as_approved_edit(decided_again(as_read), EDIT, "h", ONE_REVIEWER)
+    assert released.verdict.decision == "ALLOW"
+    assert released.verdict.reason.startswith("approved with an edit by rita (approval a1b2c3d4)")
+    assert released.action.context["edit"] == {"amount": 140000}
+
+
+def test_a_request_that_does_not_read_as_the_edit_is_refused() -> None:
+    """The reviewer's mappings put the value where the proxy's do not read it: what would go
+    out is not what was approved."""
+    refused = as_approved_edit(decided_again("150000"), EDIT, "h", ONE_REVIEWER)
+    assert refused.verdict.decision == "BLOCK" and EDIT_RULE in refused.verdict.rules
+    assert "amount reads '150000', the edit set 140000" in refused.verdict.reason
+
+
+@pytest.mark.parametrize(
+    ("approvals", "roles", "given", "said"),
+    [
+        (2, (), (1, ()), "2 reviewers, where it had 1"),
+        (1, ("finance",), (1, ()), "a reviewer in finance, where it had any reviewer"),
+        (1, ("finance",), (1, ("finance", "ops")), "a reviewer in finance, where it had finance"),
+    ],
+)
+def test_an_edit_into_a_stricter_approval_needs_its_own(
+    approvals: int, roles: tuple[str, ...], given: tuple[int, tuple[str, ...]], said: str
+) -> None:
+    """A reviewer's edit cannot carry a request past what its approval asked: more reviewers,
+    or reviewers of a role the one given did not need."""
+    refused = as_approved_edit(decided_again(140000, approvals, roles), EDIT, "h", given)
+    assert refused.verdict.decision == "BLOCK"
+    assert refused.verdict.reason.startswith(
+        f"the edited request needs an approval of its own: {said}"
+    )
+
+
+def test_an_edit_within_what_its_approval_asked_is_released() -> None:
+    as_asked = decided_again(140000, 2, ("finance",))
+    released = as_approved_edit(as_asked, EDIT, "h", (2, ("finance",)))
+    assert released.verdict.decision == "ALLOW"
+    assert as_approved_edit(as_asked, EDIT, "h", None).verdict.decision == "BLOCK"
