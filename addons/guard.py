@@ -33,6 +33,7 @@ from tornado.web import Application, HTTPError, RequestHandler
 from airlock.addons.identity import Identity
 from airlock.addons.runtime import STORE_TIMEOUT, Runtime
 from airlock.decider.messages import ApprovalState, DecideCall, Decided
+from airlock.pipeline.document import MAX_DEPTH, Unreadable, within_depth
 from airlock.pipeline.policies import ALLOW, BLOCK, REQUIRE_APPROVAL
 from airlock.pipeline.run_record import SIMULATED, RunSummary
 from airlock.pipeline.simulation import NOTE
@@ -234,9 +235,11 @@ def _answer(
 def tool_call(body: bytes) -> ToolCall:
     """The request's JSON, checked field by field (BadRequest names the field)."""
     try:
-        fields = json.loads(body)
+        fields = within_depth(json.loads(body))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BadRequest(f"the body is not JSON: {e}") from None
+    except (RecursionError, Unreadable):  # as a proxied body: every later stage recurses
+        raise BadRequest(f"the body nests deeper than {MAX_DEPTH} levels") from None
     if not isinstance(fields, dict):
         raise BadRequest("the body must be a JSON object")
     for name, value in fields.items():

@@ -386,6 +386,16 @@ class DeciderClient:
         self._fail_waiting(reason)
         link.kill()
 
+    def _unsendable(self, envelope: Envelope, error: Exception) -> None:
+        """A message the link cannot carry fails alone, not the batch it was sent with: a call
+        fails (its request is refused); an outcome is dropped, said in the log."""
+        log.error("a %s could not be sent to the decider: %r",
+                  type(envelope.message).__name__, error)  # fmt: skip
+        self._unconfirmed.pop(envelope.sequence, None)
+        future = self._waiting.pop(envelope.sequence, None)
+        if future is not None and not future.done():
+            future.set_exception(StoreError(f"cannot be sent to the decider: {error!r}"))
+
     def _fail_waiting(self, reason: str) -> None:
         waiting, self._waiting = self._waiting, {}
         for future in waiting.values():
@@ -438,7 +448,20 @@ class _ProcessLink(asyncio.Protocol):
 
     def post(self, envelopes: list[Envelope]) -> None:
         if envelopes and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(pack_all(envelopes))
+            self.transport.write(self._packed(envelopes))
+
+    def _packed(self, envelopes: list[Envelope]) -> bytes:
+        try:
+            return pack_all(envelopes)
+        except Exception:  # one msgpack cannot carry (nested too deep): it alone fails
+            return b"".join(self._packed_or_failed(envelope) for envelope in envelopes)
+
+    def _packed_or_failed(self, envelope: Envelope) -> bytes:
+        try:
+            return pack(envelope)
+        except Exception as e:
+            self.client._unsendable(envelope, e)
+            return b""
 
     def alive(self) -> bool:
         return self.process.poll() is None

@@ -421,7 +421,7 @@ def parse_body(content_type: str, raw: bytes, strict: bool = True) -> tuple[Any,
     text = raw.decode("utf-8", errors="replace")
     if kind == "json":
         try:
-            return _within_depth(_parse_json(text, strict)), "json", None
+            return within_depth(_parse_json(text, strict)), "json", None
         except ValueError as e:
             return text, "text", f"body is not valid JSON: {e}"
     if kind == "form":
@@ -471,7 +471,7 @@ def _parse_json(text: str, strict: bool = True) -> Any:
         raise _too_deep("JSON") from None
 
 
-def _within_depth(value: Any) -> Any:
+def within_depth(value: Any) -> Any:
     """Refuse structures every later stage (mapping, redaction, the record) would recurse into
     past a sane depth; checked without recursion."""
     level: list[Any] = [value]

@@ -22,13 +22,14 @@ from sqlalchemy import select, update
 
 import airlock.decider.core as core_module
 from airlock.addons.runtime import raw_request
-from airlock.decider.client import InProcessDecider, WorkerDecider
+from airlock.decider.client import InProcessDecider, StoreError, WorkerDecider
 from airlock.decider.core import DeciderCore, wire_request
 from airlock.decider.messages import (
     AnsweredOutcome,
     Committed,
     Configuration,
     Decide,
+    DecideCall,
     Decided,
     Envelope,
     Failure,
@@ -43,6 +44,7 @@ from airlock.decider.worker import SocketLink
 from airlock.pipeline.document import MAX_DECODED_BODY, build_document
 from airlock.pipeline.evaluation import Config
 from airlock.pipeline.run_record import RunSummary, former_request_hashes
+from airlock.pipeline.tool_calls import ToolCall
 from airlock.pipeline.yaml_source import recording_sources
 from airlock.store.audit import verify_audit
 from airlock.store.instances import RETRY_GRACE_SECONDS
@@ -562,6 +564,32 @@ def test_a_refused_answered_outcome_is_kept_without_its_body(store: StoreAddress
     assert client._unconfirmed[7] == Envelope(7, answered.outcome)
     client._on_reply(Reply(7, None))
     assert 7 not in client._unconfirmed
+
+
+def test_a_message_the_link_cannot_carry_fails_alone(store: StoreAddress) -> None:
+    """A call msgpack cannot encode (nested past its limit) fails, and its request is refused;
+    the outcomes sent in the same write still reach the store, and nothing waits forever."""
+    deep: dict[str, Any] = {}
+    for _ in range(600):
+        deep = {"a": deep}
+
+    async def scenario() -> None:
+        client = WorkerDecider(store, setup=setup)
+        await client.start()
+        decided = await client.decide(charge(500))
+        client.record_outcome(OutcomeRecord(decided.run.id, time.time(), "forwarded", 200))
+        call = DecideCall("run-deep", "a", ToolCall("run_sql", "db", deep))
+        with pytest.raises(StoreError, match="cannot be sent to the decider"):
+            await client.decide_call(call)  # sent with the outcome, in one write
+        assert client._waiting == {}
+        await client.stop()
+
+    asyncio.run(scenario())
+    engine = open_engine(store.url)
+    with engine.connect() as conn:
+        outcome = conn.execute(select(Run.outcome).where(Run.id == "run-500")).scalar_one()
+    engine.dispose()
+    assert outcome == "forwarded"
 
 
 class Silent:

@@ -224,6 +224,14 @@ def test_bad_input_is_a_400_naming_the_field_and_nothing_is_recorded(airlock: Pr
         (json.dumps({"target": "t"}).encode(), "'action' is required (or 'tool' and 'server')"),
         (json.dumps({"tool": "Bash", "server": ""}).encode(), "'server' must be 1 to 200"),
         (json.dumps({"action": "x", "target": "t", "tool": "y"}).encode(), "'tool' cannot be"),
+        (
+            b'{"action": "x", "target": "t", "params": ' + b'{"a": ' * 600 + b"1" + b"}" * 601,
+            "nests deeper than 64 levels",
+        ),
+        (
+            b'{"action": "x", "target": "t", "params": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+            "nests deeper than 64 levels",
+        ),
     ]
     for body, says in cases:
         answer = requests.post(url, data=body, auth=auth, timeout=10)
