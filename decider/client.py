@@ -186,9 +186,18 @@ class DeciderClient:
             self._link = link
             setup = [Envelope(0, self.setup())] if self.setup else []
             link.post([*setup, *self._unconfirmed.values()])
+            self._deferred = []  # each is unconfirmed: sent just now
 
     async def stop(self, timeout: float = 10.0) -> None:
-        """Write everything already sent or deferred, then stop the decider."""
+        """Write everything already sent or deferred, then stop the decider. One that died
+        with outcomes or withdrawals still unconfirmed is started once more to write them."""
+        if self._link is None and self._unconfirmed:
+            self._restart_at = 0.0  # not the pause between restarts: this is the last one
+            try:
+                await self.start()
+            except Exception as e:
+                log.error("%d outcomes or withdrawals could not be written: the decider did "
+                          "not start again (%s)", len(self._unconfirmed), e)  # fmt: skip
         link = self._link
         if link is None:
             return

@@ -62,9 +62,11 @@ class SocketLink:
 
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="airlock decider: %(message)s")
-    # Ctrl-C reaches the whole process group: the proxy decides when this process ends (by
-    # closing the socket), so that what it already sent is still written.
+    # Ctrl-C reaches the whole process group, and so does a service manager's SIGTERM
+    # (systemd's default): the proxy decides when this process ends (by closing the socket),
+    # so that what it already sent, and what it sends while it stops, is still written.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     sock = socket.socket(fileno=int(argv[1]))
     sock.setblocking(True)
     link = SocketLink(sock)

@@ -592,6 +592,31 @@ def test_a_message_the_link_cannot_carry_fails_alone(store: StoreAddress) -> Non
     assert outcome == "forwarded"
 
 
+def test_stopping_after_the_worker_died_still_writes_what_was_kept(store: StoreAddress) -> None:
+    """The worker died (killed: out of memory, a signal to the whole process group) and the
+    proxy stops before any request would restart it: the outcomes recorded meanwhile are kept,
+    and stopping starts the decider once more to write them."""
+
+    async def scenario() -> None:
+        client = WorkerDecider(store, setup=setup)
+        await client.start()
+        decided = await client.decide(charge(500))
+        client._link.process.kill()  # type: ignore[union-attr]
+        deadline = time.monotonic() + 10
+        while client.running and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)  # until the proxy side sees the socket close
+        assert not client.running
+        client.record_outcome(OutcomeRecord(decided.run.id, time.time(), "forwarded", 200))
+        await client.stop()
+
+    asyncio.run(scenario())
+    engine = open_engine(store.url)
+    with engine.connect() as conn:
+        outcome = conn.execute(select(Run.outcome).where(Run.id == "run-500")).scalar_one()
+    engine.dispose()
+    assert outcome == "forwarded"
+
+
 class Silent:
     """A decider that hears everything and answers nothing by itself."""
 
