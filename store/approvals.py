@@ -206,6 +206,7 @@ def resolve_approval(
                 raise ApprovalError("an edit goes with an approval, not a denial")
             settlement, events = settle_approval(tx, approval_id, DENIED, reviewer, reason, now)
         else:
+            edit = _as_vote_on(current, approval_id, edit)
             edited = _edit(conn, current, edit, reviewer, now) if edit is not None else []
             version = (edit is not None and edited[0].payload["version"]) or (
                 (current.edit or {}).get("version")
@@ -244,6 +245,26 @@ def _check_can_decide(approval: Any, agent: str, reviewer: str, now: float) -> N
             f"{reviewer!r} reads as {agent!r}, the agent that sent this request: nobody "
             "approves their own request"
         )
+
+
+def _as_vote_on(
+    approval: Any, approval_id: str, edit: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """An approval that carries an edit is approved as edited, and only by a reviewer who says
+    so: one who approves without the edit has not seen it (`airlock pending` shows the request
+    as held), so the vote is refused, saying the edit and how to agree with it; the same edit
+    again is a vote for it (None: no new version, the count goes on)."""
+    held = approval.edit or {}
+    if not held:
+        return edit
+    if edit is None:
+        agree = " ".join(f"--set {name}={value}" for name, value in held["params"].items())
+        raise ApprovalError(
+            f"{approval_id[:8]} was edited by {held.get('by')} (version {held.get('version')}): "
+            f"approving it approves that edit; to agree, approve with the same edit ({agree}), "
+            "or deny"
+        )
+    return None if edit.get("params") == held.get("params") else edit
 
 
 def _edit(conn: Any, approval: Any, edit: dict[str, Any], reviewer: str, now: float) -> list[Event]:

@@ -725,7 +725,9 @@ def test_an_edit_after_a_vote_restarts_the_count_and_is_in_the_chain(engine: Eng
     resolve_approval(engine, hold.approval_id, APPROVED, "alice", "fine as it is")
     edited = resolve_approval(engine, hold.approval_id, APPROVED, "bob", "lower", edit=lowered)
     assert (edited.state, edited.votes) == ("PENDING", 1)  # alice approved another version
-    again = resolve_approval(engine, hold.approval_id, APPROVED, "alice", "ok, lower")
+    with pytest.raises(ApprovalError, match="was edited by bob"):  # as held: not what goes out
+        resolve_approval(engine, hold.approval_id, APPROVED, "alice", "ok, lower")
+    again = resolve_approval(engine, hold.approval_id, APPROVED, "alice", "ok", edit=lowered)
     assert (again.state, again.reviewer, again.votes) == ("APPROVED", "bob, alice", 2)
     with engine.connect() as conn:
         stored = conn.execute(select(Approval.edit).where(Approval.id == hold.approval_id))
@@ -1366,3 +1368,23 @@ def test_instances_starting_together_on_a_new_store_make_its_tables_once(db_url:
     for engine in engines:
         engine.dispose()
     assert failures == [] and heads == [(0,)]
+
+
+def test_with_a_quorum_an_edit_is_approved_only_by_reviewers_who_say_so(engine: Engine) -> None:
+    """Two reviewers must approve; the first approves with an edit. The second, approving the
+    request as `airlock pending` showed it (as held), has not seen the edit: refused, told the
+    edit and how to agree. Approving with the same edit is a vote for it, and releases it."""
+    row, hold = held()
+    write(engine, DecisionRecord(row, replace(hold, required=2)))
+    edit = {"params": {"amount": 900000}, "locations": {"amount": ["body", "amount"]}}
+    first = resolve_approval(engine, hold.approval_id, APPROVED, "alice", "more", edit=edit)
+    assert (first.state, first.votes) == ("PENDING", 1)
+
+    with pytest.raises(ApprovalError, match=r"edited by alice .* \(--set amount=900000\)"):
+        resolve_approval(engine, hold.approval_id, APPROVED, "bob", "ok")
+    second = resolve_approval(engine, hold.approval_id, APPROVED, "bob", "ok", edit=dict(edit))
+    assert (second.state, second.votes) == (APPROVED, 2)
+    with engine.connect() as conn:
+        stored = conn.execute(select(Approval.edit)).scalar_one()
+    assert (stored["version"], stored["by"], stored["params"]) == (1, "alice", edit["params"])
+    assert verify_audit(engine).ok
