@@ -75,6 +75,10 @@ log = logging.getLogger(__name__)
 IDLE_WRITE_DELAY = 0.05  # seconds an outcome may wait to share a commit with a decision
 STABLE_SECONDS = 5.0  # a decider that lived this long is restarted at once
 FIRST_RESTART_PAUSE, MAX_RESTART_PAUSE = 0.1, 5.0  # doubling pauses for one that keeps dying
+# A call with no timeout of its own is forgotten this long after it was sent, answered or not:
+# its caller gave up long before (each bounds its wait), and a stuck decider must not
+# leave one entry per call behind.
+UNANSWERED_SECONDS = 60.0
 MAX_UNCONFIRMED = 10_000  # unawaited writes kept until committed; the oldest go past it (logged)
 
 
@@ -299,8 +303,7 @@ class DeciderClient:
             return future
         sequence = next(self._sequence)
         self._waiting[sequence] = future
-        if timeout is not None:
-            self._expire_after(sequence, timeout)
+        self._expire_after(sequence, UNANSWERED_SECONDS if timeout is None else timeout)
         deferred, self._deferred = self._deferred, []
         self._link.post([*deferred, Envelope(sequence, message)])
         return future

@@ -617,6 +617,29 @@ def test_stopping_after_the_worker_died_still_writes_what_was_kept(store: StoreA
     assert outcome == "forwarded"
 
 
+def test_a_call_its_caller_gave_up_on_is_forgotten_while_the_decider_is_stuck(
+    store: StoreAddress, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The decider is alive but stuck (a store that hangs): callers time out on their own, and
+    their calls do not pile up, one entry each, until it answers."""
+    from airlock.decider import client as client_module
+
+    monkeypatch.setattr(client_module, "UNANSWERED_SECONDS", 0.05)
+
+    async def scenario() -> dict[int, Any]:
+        client = WorkerDecider(store)
+        client._link = Silent()  # type: ignore[assignment]
+        for n in range(20):
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(client.release(f"approval-{n}", 1.0), 0.001)
+        deadline = time.monotonic() + 5
+        while client._waiting and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return client._waiting
+
+    assert asyncio.run(scenario()) == {}
+
+
 class Silent:
     """A decider that hears everything and answers nothing by itself."""
 
