@@ -443,7 +443,8 @@ class DeciderCore:
         else:
             row.reason = joins_reason(row.reason, approval.id)
         joins = None if hold is not None else approval.id
-        taken.jobs.append(Pending(sequence, DecisionRecord(row, hold, joins)))
+        holds = hold is not None or approval.request_hash == exact  # else refused 409
+        taken.jobs.append(Pending(sequence, DecisionRecord(row, hold, joins, holds)))
         decided = Decided(row.summary(), stage, exact, approval)
 
         def with_what_the_store_found(written: Any) -> Decided:

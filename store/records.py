@@ -34,6 +34,9 @@ class DecisionRecord:
     run: RunRecord  # already redacted
     hold: HoldRequest | None = None
     joins: str | None = None  # the approval this request joins (a retry of its call)
+    # False: it joins only to be refused (its idempotency key was used for another request):
+    # its instance holds nothing for the approval
+    holds: bool = True
 
 
 @dataclass(frozen=True)
@@ -125,7 +128,9 @@ def record_decisions(
             held_for = record.hold.approval_id if found is None else found.approval_id
             if found is not None:
                 joined[record.run.id] = lost[record.hold.approval_id] = found
-        if held_for is not None:
+                if found.request_hash != record.hold.request_hash:
+                    held_for = None  # another request under its key: refused, holds nothing
+        if held_for is not None and record.holds:
             holders.append({"approval_id": held_for, "instance": record.run.instance,
                             "at": record.run.at})  # fmt: skip
     for holder in holders:

@@ -49,7 +49,14 @@ from airlock.pipeline.yaml_source import recording_sources
 from airlock.store.audit import verify_audit
 from airlock.store.instances import RETRY_GRACE_SECONDS
 from airlock.store.records import OutcomeRecord
-from airlock.store.schema import Approval, InstanceLease, Run, create_schema, open_engine
+from airlock.store.schema import (
+    Approval,
+    ApprovalHolder,
+    InstanceLease,
+    Run,
+    create_schema,
+    open_engine,
+)
 from tests.helpers.proxy import PROJECT_ROOT
 
 
@@ -203,6 +210,29 @@ def test_a_call_racing_an_older_instance_joins_its_approval_as_that_instance_bou
     raced = replies(core.handle([Envelope(2, charge(150_000, "run-2", **headers))]))[2]
     assert (raced.approval.id, raced.approval.joined) == (first[1].approval.id, True)
     assert raced.request_hash == raced.approval.request_hash == unkeyed
+
+
+def test_a_request_refused_for_reusing_a_key_holds_nothing_for_the_approval(
+    store: StoreAddress,
+) -> None:
+    """Another instance gets a different request under the same idempotency key: it is
+    answered 409 and holds no flow for the approval, so it is not recorded as a holder (which
+    would keep the approval open after its real holder is gone)."""
+    here, there = DeciderCore(store), DeciderCore(store)
+    headers = {"idempotency_key": "idem-reused"}
+    try:
+        first = [Envelope(0, setup()), Envelope(1, charge(150_000, **headers))]
+        opened = replies(here.handle(first))
+        there.handle([Envelope(0, replace(setup(), instance="there-2.x"))])
+        reused = replies(there.handle([Envelope(1, charge(150_001, "run-2", **headers))]))[1]
+        with here.engine.connect() as conn:
+            holders = conn.execute(select(ApprovalHolder.instance)).scalars().all()
+    finally:
+        here.finish()
+        there.finish()
+    assert reused.approval.id == opened[1].approval.id
+    assert reused.request_hash != reused.approval.request_hash  # the proxy answers 409
+    assert holders == ["test-1"]
 
 
 def test_a_running_decider_settles_what_a_stopped_instance_left_on_its_next_sync(
