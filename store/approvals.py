@@ -347,9 +347,12 @@ def expire_orphaned_approvals(engine: Engine, here: Here) -> list[str]:
 
 def _expire_orphaned_approvals(conn: Any, here: Here) -> list[str]:
     now = time.time()
-    candidates = conn.execute(
-        select(Approval.id, Approval.instance, Approval.expires_at).where(Approval.state == PENDING)
-    ).all()
+    # Locked before their holders are read, as leave_approval does (PostgreSQL: a join that
+    # wrote its holder row first is waited for and seen; SQLite's writers are serial).
+    pending = select(Approval.id, Approval.instance, Approval.expires_at).where(
+        Approval.state == PENDING
+    )
+    candidates = conn.execute(pending.order_by(Approval.id).with_for_update()).all()
     holders = _holders(conn, [approval_id for approval_id, _, _ in candidates])
     named = {opener for _, opener, _ in candidates} | {
         instance for found in holders.values() for instance in found

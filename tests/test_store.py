@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.engine import Engine
 
 from airlock.decider.client import InProcessDecider, StoreError, WorkerDecider
@@ -834,6 +834,44 @@ def test_an_approval_a_live_instance_holds_a_retry_for_outlives_its_opener(
     assert expire_orphaned_approvals(engine, box("box-444.y", lambda pid: False)) == [
         hold.approval_id
     ]
+
+
+def test_a_join_committing_while_gone_instances_are_cleared_keeps_the_approval(
+    empty_pg_database: str,
+) -> None:
+    """PostgreSQL: box-111 (gone) opened the approval; box-222 (alive) is joining it, its
+    holder row written and not yet committed, when box-333 settles what gone instances left.
+    The approval is locked before its holders are read: the join is waited for and seen, and
+    the approval stays open for box-222's flow."""
+    from airlock.store.approvals import expire_orphaned_approvals
+
+    engine = open_engine(empty_pg_database)
+    create_schema(engine)
+    row, hold = held()
+    write(engine, DecisionRecord(replace(row, instance="box-111"), hold))
+    expired: list[str] = []
+
+    def judge() -> None:
+        expired.extend(expire_orphaned_approvals(engine, box("box-333.x", lambda p: p == 222)))
+
+    waiting = text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                   "AND datname = current_database()")  # fmt: skip
+    with engine.connect() as joining, engine.connect() as watching:
+        holder = {"approval_id": hold.approval_id, "instance": "box-222", "at": time.time()}
+        joining.execute(insert(ApprovalHolder).values(**holder))
+        judging = threading.Thread(target=judge)
+        judging.start()
+        deadline = time.monotonic() + 10
+        while judging.is_alive() and time.monotonic() < deadline:
+            if watching.execute(waiting).scalar():
+                break  # the judge waits for the join
+            watching.rollback()  # a fresh snapshot of the activity next time
+            time.sleep(0.01)
+        joining.commit()
+    judging.join()
+    state = approval_states(engine, [hold.approval_id])[hold.approval_id].state
+    engine.dispose()
+    assert (expired, state) == ([], "PENDING")
 
 
 def test_an_instance_leaving_an_approval_another_live_one_holds_leaves_it_open(
