@@ -35,6 +35,7 @@ from airlock.addons.runtime import STORE_TIMEOUT, Runtime
 from airlock.decider.messages import ApprovalState, DecideCall, Decided
 from airlock.pipeline.document import MAX_DEPTH, Unreadable, within_depth
 from airlock.pipeline.policies import ALLOW, BLOCK, REQUIRE_APPROVAL
+from airlock.pipeline.redaction import redacted_prefix
 from airlock.pipeline.run_record import SIMULATED, RunSummary
 from airlock.pipeline.simulation import NOTE
 from airlock.pipeline.tool_calls import ACTION_NAME, ToolCall
@@ -157,7 +158,7 @@ class GuardApi:
         if self.allowed.get(request_id) != agent:
             return False
         del self.allowed[request_id]  # reported once
-        kept = {"detail": detail[:MAX_DETAIL]} if detail else None
+        kept = {"detail": redacted_prefix(detail, MAX_DETAIL)} if detail else None
         self.runtime.record_outcome(request_id, status, None, detail=kept)
         return True
 

@@ -26,6 +26,7 @@ from airlock.addons.runtime import Runtime
 from airlock.pipeline.document import MAX_PARSED_BODY, build_document
 from airlock.pipeline.mappings import Mapping, MappingError
 from airlock.pipeline.prior import PriorSpec, prior_url, replaced_values
+from airlock.pipeline.redaction import redact_text
 
 log = logging.getLogger(__name__)
 READ_TIMEOUT = 5.0  # seconds: the write waits for this read at most
@@ -45,7 +46,7 @@ class Priors:
         try:
             flow.metadata["airlock_prior"] = await self._prior(flow, mapping, mapping.prior)
         except Exception as e:  # the write goes on; its undo will say why it cannot
-            log.warning("could not read what %s replaces: %r", mapping.id, e)
+            log.warning("could not read what %s replaces: %s", mapping.id, redact_text(repr(e)))
             flow.metadata["airlock_prior"] = {"prior_error": _said(e)}
 
     def _mapping(self, flow: http.HTTPFlow) -> Mapping | None:

@@ -35,6 +35,7 @@ from airlock.pipeline.mcp import (
 )
 from airlock.pipeline.operations import DEFAULT_CATALOG, Operation, OperationIndex, load_catalog
 from airlock.pipeline.prior import PriorSpec, load_prior_spec
+from airlock.pipeline.redaction import is_secret_name
 from airlock.pipeline.undo import UndoSpec, load_undo_spec
 from airlock.pipeline.yaml_source import (
     ConfigError,
@@ -485,7 +486,8 @@ def derived_action(document: Document, operation: Operation) -> Action:
     request fields the catalog names (path labels, required members), as the vendor spells them.
     """
     fields = operation.fields
-    first = next(iter(fields.values()), None)
+    # Never a field that holds a secret (IAM ChangePassword's first is OldPassword)
+    first = next((v for k, v in fields.items() if not is_secret_name(k)), None)
     return Action(
         action=snake_case(operation.short_name),
         provider=operation.provider,

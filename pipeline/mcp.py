@@ -14,6 +14,7 @@ import json
 from typing import Any
 
 from airlock.pipeline.document import Document
+from airlock.pipeline.redaction import redacted_prefix
 
 JSONRPC = "2.0"
 TOOLS_CALL = "tools/call"
@@ -236,12 +237,12 @@ def _outcome_of(answer: dict[str, Any] | None) -> dict[str, Any]:
         return {"result": "unknown"}  # no answer to this call in the response
     if "error" in answer:
         error = answer["error"] if isinstance(answer["error"], dict) else {}
-        message = str(error.get("message", ""))[:MAX_OUTCOME_TEXT]
+        message = redacted_prefix(str(error.get("message", "")), MAX_OUTCOME_TEXT)
         return {"result": "failed", "error": {"code": error.get("code"), "message": message}}
     result = answer["result"] if isinstance(answer["result"], dict) else {}
     content = result.get("content") if isinstance(result.get("content"), list) else []
     texts = [c.get("text") for c in content if isinstance(c, dict) and c.get("type") == "text"]
-    text = "\n".join(t for t in texts if isinstance(t, str))[:MAX_OUTCOME_TEXT]
+    text = redacted_prefix("\n".join(t for t in texts if isinstance(t, str)), MAX_OUTCOME_TEXT)
     outcome = {"result": "failed" if result.get("isError") is True else "succeeded"}
     return {**outcome, "text": text} if text else outcome
 

@@ -58,15 +58,19 @@ _SECRET_NAME = re.compile(
     r"(?i)(pass(word|wd|phrase)|(^|[-_])pass($|[-_])|^pwd$|[-_]pwd$|secret|token$|api[-_]?key"
     r"|access[-_]?key|private[-_]?key|credential|signature|^auth(orization)?$|^cvc$|^cvv2?$"
     r"|card[-_]?number|^sig$|session[-_]?id$|^sid$|^otp$|otp[-_]?code|^totp$|mfa[-_]?code"
-    r"|^pin$|security[-_]?code)"
+    r"|^pin$|security[-_]?code"
+    # keys named for whose they are: Azure's Ocp-Apim-Subscription-Key and storage account
+    # key, Datadog's DD-Application-Key, x-functions-key, Cloudflare's X-Auth-Key, license keys
+    r"|(subscription|application|functions?|auth|license|master|admin|client|account)[-_]?key$"
+    r"|^x-honeycomb-team$)"
 )
 # Tokens recognisable by their shape wherever they appear (bodies, paths, query strings).
 # No leading word boundary: after "%3D" or "%20" a token starts right behind a letter.
 _SECRET_VALUE = re.compile(
     r"(?:"
     # PEM private keys, the whole block (detect-secrets names only their first line)
-    r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----[\s\S]*?-----END[A-Z0-9 ]*PRIVATE KEY"
-    r"(?: BLOCK)?-----"
+    r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----(?:[\s\S]*?-----END[A-Z0-9 ]*PRIVATE KEY"
+    r"(?: BLOCK)?-----|[\s\S]*)"  # without its END line (cut short): to the end
     r"|(?<=://)[^/\s@:]+:[^/\s@]+(?=@)"  # URL userinfo: https://user:pass@host
     r"|hf_[A-Za-z0-9]{30,}"  # Hugging Face
     r"|npm_[A-Za-z0-9]{36}"  # npm
@@ -233,13 +237,47 @@ def redact_document(document: dict[str, Any]) -> dict[str, Any]:
 
 
 def redact_body(body: Any) -> Any:
-    """A text body may still be JSON sent with another content type: redact it as JSON then."""
-    if isinstance(body, str) and body[:1] in ("{", "["):
+    """A text body may still be JSON sent with another content type: redact it as JSON then.
+    Any other text (multipart, YAML, JSON that does not parse, lines of JSON) also loses the
+    values of fields whose name says they hold a secret, as parsed bodies do."""
+    if isinstance(body, str) and body.lstrip()[:1] in ("{", "["):
         try:
             return json.dumps(redact_value(json.loads(body)), ensure_ascii=False)
         except (ValueError, RecursionError):  # not JSON, or nested too deep to walk: as text
-            return redact_text(body)
+            return redact_text(_redact_named_fields(body))
+    if isinstance(body, str):
+        return redact_text(_redact_named_fields(body))
     return redact_value(body)
+
+
+# In a text body: a field name (quoted or not) and `:` or `=`, then its value (quoted, or up
+# to a separator); or a multipart part named so, then its value after the part's headers.
+_NAMED_FIELD = re.compile(
+    r"""(?P<keep>(?P<q>["']?)(?P<name>[\w.-]{1,80})(?P=q)[ \t]*[:=][ \t]*)"""
+    r"""(?:"(?P<dq>[^"\r\n]*)"|'(?P<sq>[^'\r\n]*)'|(?P<bare>[^\s,;&}\]"']+))"""
+)
+_MULTIPART_FIELD = re.compile(
+    r"""(?P<keep>name="(?P<name>[^"\r\n]{1,80})"[^\r\n]*\r?\n(?:[^\r\n]+\r?\n)*\r?\n)"""
+    r"""(?P<bare>[^\r\n]+)"""
+)
+
+
+def _redact_named_fields(text: str) -> str:
+    def named(match: re.Match[str]) -> str:
+        if not is_secret_name(match.group("name")):
+            return match.group(0)
+        value = match.group(0)[len(match.group("keep")) :]
+        quote = value[:1] if value[:1] in ("'", '"') else ""
+        return f"{match.group('keep')}{quote}{REDACTED}{quote}"
+
+    return _MULTIPART_FIELD.sub(named, _NAMED_FIELD.sub(named, text))
+
+
+def redacted_prefix(text: str, limit: int) -> str:
+    """At most `limit` characters of `text`, redacted before the cut: a secret cut in half has
+    lost the shape it is recognised by. What follows the cut is read as far as a PEM block
+    reaches (a 4096-bit key is about 3.3 KB)."""
+    return redact_text(text[: limit + 8192])[:limit]
 
 
 class RedactingFilter(logging.Filter):

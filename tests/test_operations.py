@@ -441,3 +441,17 @@ def test_s3_uploads_framed_aws_chunked_are_read_as_the_object_they_carry() -> No
     request = aws_request("s3", "PutObject", {**BUCKET, "Key": "k", "Body": b"{}"})
     request = replace(request, raw_content=b"zz\r\n{}\r\n0\r\n\r\n")
     assert "not framed" in build_document(request, "a")["request_error"]
+
+
+def test_a_derived_target_is_never_a_field_that_holds_a_secret() -> None:
+    """An operation no mapping curates is targeted by its first field: IAM ChangePassword's is
+    OldPassword, which would then stand in the record, the console line and webhooks."""
+    from airlock.pipeline.run_record import run_row
+
+    old, new = "Tr0ub4dor&3-old", "c0rrect-h0rse-new"
+    request = aws_request("iam", "ChangePassword", {"OldPassword": old, "NewPassword": new})
+    document = build_document(request, "agent")
+    evaluation = evaluate(document, BASELINE)
+    row = run_row("r1", "i", document, evaluation, 1.0, None).as_row()
+    assert evaluation.action.operation == "aws.iam.ChangePassword"
+    assert old not in json.dumps(row) and new not in json.dumps(row)

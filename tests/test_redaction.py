@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import pytest
+
 from airlock.pipeline.redaction import (
     REDACTED,
+    redact_body,
     redact_document,
     redact_headers,
     redact_text,
     redact_value,
+    redacted_prefix,
 )
 
 
@@ -240,3 +244,44 @@ def test_ordinary_values_are_left_alone() -> None:
         "arn:aws:s3:::reports-2026/q4/summary.csv", "+14155550123",
     ]  # fmt: skip
     assert [redact_text(v) for v in kept] == kept
+
+
+SECRET = "S3cret-Pa55word!"  # no token shape: only its field's name gives it away
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        f'--b\r\nContent-Disposition: form-data; name="client_secret"\r\n\r\n{SECRET}\r\n--b--',
+        f'{{"password": "{SECRET}",}}',  # JSON that does not parse (a trailing comma)
+        f'{{"a": 1}}\n{{"db_password": "{SECRET}"}}',  # lines of JSON
+        f"db_password: {SECRET}\nuser: ann",  # YAML as text/plain
+        f'  {{"password": "{SECRET}"}}',  # JSON after whitespace
+        f"user=ann&api_key={SECRET}",
+    ],
+    ids=["multipart", "bad-json", "ndjson", "yaml", "indented-json", "form-text"],
+)
+def test_a_text_body_loses_the_values_of_fields_named_as_secrets(body: str) -> None:
+    """Bodies Airlock does not parse into fields are redacted by field name too, not only by
+    token shape, while the other fields stay for reviewers."""
+    clean = redact_body(body)
+    assert SECRET not in clean and REDACTED in clean
+    assert ("ann" in clean) == ("ann" in body)
+
+
+def test_keys_named_for_whose_they_are_are_redacted_and_identifiers_are_not() -> None:
+    headers = {name: SECRET for name in (
+        "Ocp-Apim-Subscription-Key", "DD-APPLICATION-KEY", "X-Functions-Key", "X-Auth-Key",
+        "X-Honeycomb-Team", "license_key", "account-key")}  # fmt: skip
+    assert set(redact_headers(headers).values()) == {REDACTED}
+    kept = {"partition_key": "p1", "sort_key": "s1", "key": "photos/a.jpg"}
+    assert redact_value(kept) == kept  # S3's object Key, DynamoDB's keys: what reviewers read
+
+
+def test_a_private_key_cut_short_is_redacted_to_the_end() -> None:
+    """Tool output kept to its first 1,000 characters can end inside a PEM block: without its
+    END line it is still a key, and its base64 lines go."""
+    pem = "-----BEGIN RSA PRIVATE KEY-----\n" + "MIIEow" * 300 + "\n-----END RSA PRIVATE KEY-----"
+    output = f"$ cat id_rsa\n{pem}\n$ "
+    for kept in (redact_text(output[:1000]), redacted_prefix(output, 1000)):
+        assert "MIIEow" not in kept and kept.startswith("$ cat id_rsa\n")
