@@ -420,9 +420,11 @@ class Runtime:
                 "Airlock cannot gate connections that mitmproxy relays as raw streams, below any "
                 f"HTTP hook: unset {', '.join(unseen)}"
             )
-        safe = {"connection_strategy": "lazy", "rawtcp": False}
+        safe = {"connection_strategy": "lazy", "rawtcp": False, "websocket": False}
         # lazy: a blocked or held request never opens an upstream connection.
         # rawtcp off: non-HTTP traffic inside a tunnel is refused, not relayed unseen.
+        # websocket off: a 101 answer never turns the connection into a relay of messages no
+        # policy judges (mitmproxy 11 relays them after websocket_start whatever it did).
         changes = {
             k: v for k, v in safe.items() if k in ctx.options and getattr(ctx.options, k) != v
         }

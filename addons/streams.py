@@ -27,6 +27,12 @@ class Streams:
     def websocket_start(self, flow: http.HTTPFlow) -> None:
         self._refuse(flow, "WebSocket messages")
 
+    def websocket_message(self, flow: http.HTTPFlow) -> None:
+        """Never reached while Airlock forces mitmproxy's `websocket` option off (runtime.py);
+        should a WebSocket start anyway, none of its messages is relayed."""
+        assert flow.websocket is not None
+        flow.websocket.messages[-1].drop()
+
     def tcp_message(self, flow: tcp.TCPFlow) -> None:
         """mitmproxy 11 relays a raw TCP stream after tcp_start whatever that hook did (its TCP
         layer does not look at kill()): every message is emptied before it is relayed."""

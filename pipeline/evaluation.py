@@ -141,10 +141,12 @@ def request_problem(document: Document) -> str | None:
     if "request_error" in document:
         return str(document["request_error"])
     upgrade = document["headers"].get("upgrade")
-    if upgrade is not None:
+    handshake = next((n for n in document["headers"] if n.startswith("sec-websocket-")), None)
+    if upgrade is not None or handshake is not None:
+        asked = f"Upgrade: {upgrade[:40]!r}" if upgrade is not None else handshake
         return (
-            f"protocol upgrades are refused (Upgrade: {upgrade[:40]!r}): Airlock judges each "
-            "HTTP request, and the messages of a WebSocket or other protocol would pass unjudged"
+            f"protocol upgrades are refused ({asked}): Airlock judges each HTTP request, and "
+            "the messages of a WebSocket or other protocol would pass unjudged"
         )
     folded = next((n for n, v in document["headers"].items() if "\n" in v or "\r" in v), None)
     if folded:

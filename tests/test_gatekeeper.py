@@ -610,9 +610,13 @@ def test_non_http_traffic_is_cut_and_unsafe_options_are_fixed(tmp_path: Path) ->
     with taddons.context(gate, proxyserver.Proxyserver()) as tctx:
         tctx.configure(gate, airlock_db=f"sqlite:///{tmp_path / 'a.db'}")
         assert tctx.options.rawtcp is True and tctx.options.connection_strategy == "eager"
+        assert tctx.options.websocket is True
         gate.runtime._enforce_gating_options()
-        assert tctx.options.rawtcp is False
+        assert tctx.options.rawtcp is False and tctx.options.websocket is False
         assert tctx.options.connection_strategy == "lazy"
+        ws_flow = tflow.twebsocketflow()
+        gate.streams.websocket_message(ws_flow)  # should one start anyway: nothing relayed
+        assert ws_flow.websocket is not None and ws_flow.websocket.messages[-1].dropped
         tcp_flow = tflow.ttcpflow()
         gate.streams.tcp_start(tcp_flow)
         assert tcp_flow.killable is False  # killed

@@ -233,14 +233,20 @@ def test_recorded_path_shows_the_byte_that_is_not_utf8(proxy: Proxy, upstream: U
 # --- 2. protocol upgrades ----------------------------------------------------------------------
 
 
-def test_websocket_upgrade_is_refused_not_switched(proxy: Proxy, upstream: Upstream) -> None:
+@pytest.mark.parametrize(
+    "upgrade",
+    [b"Upgrade: websocket\r\nConnection: Upgrade\r\n", b""],
+    ids=["upgrade", "handshake-only"],
+)
+def test_websocket_upgrade_is_refused_not_switched(
+    proxy: Proxy, upstream: Upstream, upgrade: bytes
+) -> None:
+    """mitmproxy switches to WebSocket on a 101 answer to a request with
+    Sec-WebSocket-Version: 13, Upgrade header or not: either is refused before it is sent."""
     answer = exchange(
         proxy,
         b"GET /socket HTTP/1.1\r\n"
-        b"Host: api.example.com\r\n"
-        b"Upgrade: websocket\r\n"
-        b"Connection: Upgrade\r\n"
-        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Host: api.example.com\r\n" + upgrade + b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
         b"Sec-WebSocket-Version: 13\r\n\r\n",
         host="api.example.com",
     )
