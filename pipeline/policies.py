@@ -321,7 +321,10 @@ class PolicySet:
         for rule in self.rules:
             for name in rule.actions or ():
                 self._by_action.setdefault(name, []).append(rule)
+        # Only actions some rule names are cached: an MCP action's name comes from the request
+        # (mcp.<host>.<tool>), and one entry per name sent would grow without bound.
         self._candidates: dict[str, list[Rule]] = {}
+        self._for_other_actions = sorted(self._any_action, key=lambda r: r.order)
 
     def __len__(self) -> int:
         return len(self.rules)
@@ -334,6 +337,8 @@ class PolicySet:
         return max(windows, default=0.0)
 
     def candidates(self, action: str) -> list[Rule]:
+        if action not in self._by_action:
+            return self._for_other_actions
         found = self._candidates.get(action)
         if found is None:
             merged = {r.order: r for r in self._by_action.get(action, []) + self._any_action}

@@ -329,3 +329,14 @@ def test_rules_name_the_reviewer_roles_that_decide(tmp_path: Path) -> None:
     verdict = policy.decide(action(amount=50), "a")
     assert (verdict.reviewer_roles, verdict.approvals) == (("cfo", "payments-lead"), 2)
     assert policy.decide(action(amount=1), "a").reviewer_roles == ("payments-lead",)
+
+
+def test_action_names_a_request_makes_up_do_not_grow_the_rule_index() -> None:
+    """An MCP call's action is mcp.<host>.<tool>, both from the request: ten thousand made-up
+    tool names are decided by the rules for any action, and cache nothing each."""
+    baseline = load_policies(BASELINE)
+    for n in range(10_000):
+        verdict = baseline.decide(action(f"mcp.evil.example.tool_{n}", "mcp"), "a")
+        assert verdict.decision in ("ALLOW", "BLOCK", "REQUIRE_APPROVAL")
+    named = {name for rule in baseline.rules for name in rule.actions or ()}
+    assert set(baseline._candidates) <= named
