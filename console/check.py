@@ -98,8 +98,9 @@ def check(paths: Iterable[Path]) -> Report:
     problems += [Problem(e.where, e.message) for e in unknown_servers(mappings, servers)]
     if mappings and rules:  # what they must agree on, when both are being checked
         together = configuration_problems(
-            MappingIndex(mappings, operations, servers), PolicySet(rules, "ALLOW")
-        )
+            MappingIndex(mappings, operations, servers), PolicySet(rules, "ALLOW"),
+            _agents_beside(rules),
+        )  # fmt: skip
         problems += [Problem(e.where, e.message) for e in together]
     warnings = [Problem(e.where, f"warning: {e.message}") for e in shadowed_rules(rules)]
     problems += _reviewer_roles(files, rules)
@@ -112,6 +113,18 @@ def check(paths: Iterable[Path]) -> Report:
         for later, earlier in shadowed_mappings(mappings)
     ]
     return Report(len(files), sorted(problems, key=_position), sorted(warnings, key=_position))
+
+
+def _agents_beside(rules: list[Rule]) -> Any:
+    """The agents file beside the policies, for the roles rules name, when they come from one
+    folder (as `airlock run --policies` reads them); None: roles are not checked."""
+    folders = {Path(rule.where.file).parent for rule in rules}
+    if len(folders) != 1:
+        return None
+    try:
+        return load_agents(folders.pop())
+    except ConfigError:
+        return None  # reported with its own file
 
 
 def _reviewer_roles(files: list[Path], rules: list[Rule]) -> list[Problem]:

@@ -9,13 +9,14 @@ errors, found at load with file:line, never at runtime.
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from airlock.pipeline.agents import REVIEWERS_FILE, ReviewerRegistry
+from airlock.pipeline.agents import REVIEWERS_FILE, AgentRegistry, ReviewerRegistry
 from airlock.pipeline.extraction import ValueSpec
-from airlock.pipeline.mappings import Mapping, MappingIndex, snake_case
+from airlock.pipeline.mappings import CATEGORIES, SENSITIVITIES, Mapping, MappingIndex, snake_case
 from airlock.pipeline.policies import ENFORCE, RESTRICTIVENESS, PolicySet, Rule
 from airlock.pipeline.yaml_source import ConfigError, Node
 
@@ -28,17 +29,31 @@ ORDERING = frozenset({"gt", "gte", "lt", "lte", "between"})
 NUMERIC_KINDS = frozenset({"int", "float", "decimal"})
 
 
-def configuration_problems(mappings: MappingIndex, policies: PolicySet) -> list[ConfigError]:
+def configuration_problems(
+    mappings: MappingIndex, policies: PolicySet, agents: AgentRegistry | None = None
+) -> list[ConfigError]:
+    """agents: the agents file beside the policies, for the roles rules name (None: not
+    checked, as `airlock check` on mappings alone)."""
     derived = derived_params(mappings)
     known = known_actions(mappings, derived)
     producers: dict[str, list[Mapping]] = {}
     for mapping in mappings.mappings:
         producers.setdefault(mapping.action, []).append(mapping)
+    existing = {
+        "action": known,
+        "sensitivity": frozenset(SENSITIVITIES),
+        "category": frozenset(CATEGORIES),
+    }
+    if agents is not None:
+        existing["role"] = frozenset(agents.roles) | {
+            role for agent in agents.agents.values() for role in agent.roles
+        }
     problems: list[ConfigError] = []
     for rule in policies.rules:
-        problems += _unknown_actions(rule, known)
+        problems += _names_nothing(rule, existing)
         problems += _text_compared_with_numbers(rule, producers)
         problems += _params_never_produced(rule, producers, derived)
+        problems += _budget_param_never_produced(rule, producers, derived)
         problems += _contradictory_conditions(rule)
     return problems
 
@@ -83,18 +98,61 @@ def known_actions(
     return frozenset(curated | derived.keys() | BUILT_IN_ACTIONS)
 
 
-def _unknown_actions(rule: Rule, known: frozenset[str]) -> Iterator[ConfigError]:
-    if rule.source == "guard":
-        return  # tool calls name their own actions (pipeline/tool_calls.py)
-    for action in sorted(rule.actions or ()):
-        if action not in known and not action.startswith(MCP_ACTIONS):
-            near = difflib.get_close_matches(action, known, n=1)
+def _names_nothing(rule: Rule, existing: dict[str, frozenset[str]]) -> Iterator[ConfigError]:
+    """Each name a rule matches (exact, or a glob) must name something that exists: an action
+    a mapping or the catalog produces, a role the agents file gives, a known sensitivity or
+    category (`source:` is checked as its rule loads). A typo would make a BLOCK that protects
+    nothing."""
+    for key, values in rule.named:
+        names = existing.get(key)
+        if names is None:
+            continue
+        for value in values:
+            if key == "action" and (rule.source == "guard" or value.startswith(MCP_ACTIONS)):
+                continue  # tool calls and MCP servers name their own actions
+            if _names_some(value, names):
+                continue
+            near = difflib.get_close_matches(value, names, n=1)
             hint = f"; did you mean {near[0]!r}?" if near else ""
-            yield ConfigError(
-                rule.where,
-                f"rule {rule.id!r} names action {action!r}, which no mapping or catalog "
-                f"operation produces, so it can never fire{hint}",
-            )
+            yield ConfigError(rule.where, f"rule {rule.id!r} names {key} {value!r}, "
+                              f"{_NOTHING[key]}, so it can never fire{hint}")  # fmt: skip
+
+
+_NOTHING = {
+    "action": "which no mapping or catalog operation produces",
+    "role": "which no agent or role in agents.yaml has",
+    "sensitivity": f"which is not one of {', '.join(SENSITIVITIES)}",
+    "category": "which no mapping can give",
+}
+
+
+def _names_some(pattern: str, names: frozenset[str]) -> bool:
+    if not any(c in pattern for c in "*?["):
+        return pattern in names
+    matches = re.compile(fnmatch.translate(pattern)).match
+    return any(matches(name) for name in names)
+
+
+def _budget_param_never_produced(
+    rule: Rule, producers: dict[str, list[Mapping]], derived: dict[str, set[str]]
+) -> Iterator[ConfigError]:
+    """A budget sums a param; one its actions never have sums nothing, so it never fires."""
+    if rule.budget is None or rule.source == "guard" or not rule.actions:
+        return
+    produced: set[str] = set()
+    for action in rule.actions:
+        names = _params_of(action, producers.get(action, []), derived)
+        if names is None:
+            return
+        produced |= names
+    if rule.budget.param not in produced:
+        near = difflib.get_close_matches(rule.budget.param, produced, n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        yield ConfigError(
+            rule.where,
+            f"rule {rule.id!r} budgets param {rule.budget.param!r}, which "
+            f"{', '.join(sorted(rule.actions))} never produces, so it can never fire{hint}",
+        )
 
 
 def _text_compared_with_numbers(

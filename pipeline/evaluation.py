@@ -46,7 +46,7 @@ class Config:
         config = cls(
             load_mappings(mappings_dir), load_policies(policies_dir), load_agents(policies_dir)
         )
-        problems = configuration_problems(config.mappings, config.policies)
+        problems = configuration_problems(config.mappings, config.policies, config.agents)
         problems += reviewer_role_problems(config.policies.rules, load_reviewers(policies_dir))
         if problems:
             raise problems[0]

@@ -185,6 +185,9 @@ class Rule:
     # Each `when` condition as written (params one by one), as canonical text: a rule whose
     # conditions include another's is fired whenever that one is (pipeline/consistency.py).
     written: frozenset[tuple[str, str]] = frozenset()
+    # The names it matches, as written (exact names and globs): action, role, sensitivity,
+    # category, source; each must name something that exists (pipeline/consistency.py).
+    named: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def fires(self, situation: Situation) -> bool:
         try:
@@ -508,6 +511,11 @@ def _load_rule(entry: Any, where: Where, order: int) -> Rule:
             entry.at("hold_timeout"),
             "hold_timeout is a positive number of seconds, on REQUIRE_APPROVAL rules only",
         )
+    source = when.get("source")
+    if source is not None and source not in SOURCES:
+        raise ConfigError(
+            when.at("source"), f"source is one of {', '.join(SOURCES)}, not {source!r}"
+        )
     return Rule(
         id=entry["id"],
         decision=decision,
@@ -532,6 +540,7 @@ def _load_rule(entry: Any, where: Where, order: int) -> Rule:
         approvals=_approvals(entry, decision),
         reviewer_roles=_reviewer_roles(entry),
         source=when.get("source") if isinstance(when.get("source"), str) else None,
+        named=_named(when),
         holds_in_simulation=_in_simulation(entry, decision),
         written=_written(when),
     )
@@ -671,6 +680,20 @@ def _rate(entry: Node) -> Rate | None:
     expect_keys(spec, _RATE_KEYS, {"limit", "window"}, "rate")
     limit, per = _limit_and_per(spec, "rate")
     return Rate(int(limit), _window(spec), per)
+
+
+NAMED_KEYS = ("action", "role", "sensitivity", "category", "source")
+SOURCES = ("proxy", "guard")  # what `source:` can be: a proxied request, a Guard API call
+
+
+def _named(when: Node) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    named = []
+    for key in NAMED_KEYS:
+        value = when.get(key)
+        values = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+        if values:
+            named.append((key, tuple(str(v) for v in values)))
+    return tuple(named)
 
 
 def _indexable_actions(when: Node) -> frozenset[str] | None:

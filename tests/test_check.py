@@ -314,3 +314,53 @@ def test_rules_another_stricter_rule_always_overrules_are_reported(tmp_path: Pat
     assert "rule 'big-live-charges-held' can never decide: whenever it fires, rule " in found[0]
     assert "'no-live-charges'" in found[0] and found[0].endswith("and its BLOCK wins")
     assert "rule 'live-charges-over-budget' can never decide" in found[1]
+
+
+def test_rules_naming_what_does_not_exist_are_load_errors(tmp_path: Path) -> None:
+    """Each names something misspelt: a role no agent has, a sensitivity, a category, a source,
+    an action inside a list that also holds a glob, a glob that matches no action, a budget's
+    param. Each would be a BLOCK that protects nothing; `airlock check` and the proxy's load
+    both refuse them, with file:line."""
+    from airlock.pipeline.agents import hash_key
+    from airlock.pipeline.evaluation import Config
+    from airlock.pipeline.yaml_source import ConfigError
+
+    write(tmp_path / "policies", "agents.yaml", f"""
+        agents:
+          - {{id: billing-bot, roles: [payments], key_hash: "{hash_key("k")}"}}
+        roles:
+          payments: {{egress: any}}
+        """)  # fmt: skip
+    typos = [
+        ("{role: paymnets, action: create_charge}", "role 'paymnets', which no agent or role"),
+        ("{sensitivity: hihg}", "sensitivity 'hihg', which is not one of low, medium"),
+        ("{category: paymnet}", "category 'paymnet', which no mapping can give"),
+        ("{source: Guard}", "'Guard' is not one of ['proxy', 'guard']"),
+        ('{action: [create_chrage, "delete_*"]}', "action 'create_chrage', which no mapping"),
+        ('{action: "creat_charge*"}', "action 'creat_charge*', which no mapping"),
+    ]
+    for when, says in typos:
+        policies = write(tmp_path / "policies", "p.yaml", f"""
+            rules:
+              - {{id: r, when: {when}, decision: BLOCK}}
+            """)  # fmt: skip
+        found = lines([PROJECT_ROOT / "mappings", policies])
+        assert len(found) == 1 and says in found[0], (when, found)
+        assert found[0].startswith(f"{policies}:2:")
+        try:
+            Config.load(PROJECT_ROOT / "mappings", policies.parent)
+        except ConfigError as e:
+            loaded = "source is one of proxy, guard, not 'Guard'" if "Guard" in when else says
+            assert loaded in str(e), (when, str(e))
+        else:
+            raise AssertionError(f"{when} loaded")
+    budget = write(tmp_path / "policies", "p.yaml", """
+        rules:
+          - id: r
+            when: {action: create_refund}
+            budget: {param: amout, limit: 10, window: 1h}
+            decision: BLOCK
+        """)  # fmt: skip
+    [found] = lines([PROJECT_ROOT / "mappings", budget])
+    assert "budgets param 'amout', which create_refund never produces" in found
+    assert "did you mean 'amount'?" in found
