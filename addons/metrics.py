@@ -13,6 +13,10 @@ log = logging.getLogger(__name__)
 _LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1, 5, 30)
 
 
+MAX_SERIES = 2_000  # labelled decision counters kept apart; the rest count as "other"
+OTHER = "other"
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -134,11 +138,19 @@ class Metrics:
         self._child(self.shadow_decisions, decision, action, provider).inc()
 
     def _child(self, counter: Counter, *labels: str) -> Any:
-        """labels() validates and locks: look each labelled child up once."""
+        """labels() validates and locks: look each labelled child up once. An action or a
+        provider can come from the request (an MCP tool's name, a Guard call's provider): past
+        MAX_SERIES label sets, new ones are counted as "other", so a client making up names
+        cannot grow the proxy's memory (prometheus_client keeps every series it was given)."""
         key = (counter._name, *labels)
         child = self._children.get(key)
         if child is None:
-            child = self._children[key] = counter.labels(*labels)
+            if len(self._children) >= MAX_SERIES:
+                labels = (labels[0], *(OTHER for _ in labels[1:]))
+                key = (counter._name, *labels)
+                child = self._children.get(key)
+            if child is None:
+                child = self._children[key] = counter.labels(*labels)
         return child
 
     def on_commit(self, seconds: float, group_size: int) -> None:

@@ -865,3 +865,19 @@ def test_a_name_that_rebinds_to_airlock_after_the_gate_looked_is_not_connected(
     assert rebound[1] == "requests to Airlock's own proxy, metrics or guard ports are refused"
     assert steady == (None, None, ("203.0.113.9", 9464))
     assert vendor == (None, None, ("rebind.test", 443))
+
+
+def test_made_up_action_names_do_not_grow_the_metrics_without_bound() -> None:
+    """An MCP tool's name, a Guard call's provider: labels from the request. Past a bound new
+    ones are counted as "other", every decision still counted."""
+    from airlock.addons import metrics as metrics_module
+
+    metrics = Metrics()
+    total = metrics_module.MAX_SERIES + 3_000
+    for n in range(total):
+        metrics.count_decision("ALLOW", f"mcp.evil.example.tool_{n}", "mcp")
+    series = [s for family in metrics.decisions.collect() for s in family.samples
+              if s.name.endswith("_total")]  # fmt: skip
+    assert len(series) <= metrics_module.MAX_SERIES + 1
+    assert sum(s.value for s in series) == total
+    assert any(s.labels["action"] == "other" for s in series)
