@@ -39,6 +39,9 @@ WRONG_CREDENTIALS = (
 )
 
 
+UNKNOWN_AGENT = "(a name the agents file does not know)"
+
+
 class AgentKeys(Validator):
     """The agents file as a mitmproxy proxyauth validator: an enabled agent and its key."""
 
@@ -93,6 +96,11 @@ class Identity:
         if credentials is None:
             credentials = flow.request.headers.get("proxy-authorization", "")
         claimed, _ = basic_auth(credentials)
+        # Only a name the agents file knows is recorded: a client that put its key where the
+        # name goes (no colon) would otherwise have it stored and printed as the agent.
+        config = self.runtime.config
+        if claimed and (config is None or claimed not in config.agents.agents):
+            claimed = UNKNOWN_AGENT
         flow.metadata["airlock_answered"] = True
         flow.response = http.Response.make(
             407,

@@ -164,7 +164,16 @@ def credentials(name: str, key: str) -> str:
 
 @pytest.mark.parametrize(
     ("header", "claimed"),
-    [(None, "anonymous"), (credentials("billing-bot", "wrong"), "billing-bot")],
+    [
+        (None, "anonymous"),
+        (credentials("billing-bot", "wrong"), "billing-bot"),
+        # A key pasted where the name goes (no colon): not stored or printed as the agent.
+        (
+            "Basic " + base64.b64encode(b"S3cretAgentKey-no-colon").decode(),
+            "(a name the agents file does not know)",
+        ),
+    ],
+    ids=["none", "wrong-key", "key-as-name"],
 )
 def test_connect_without_valid_credentials_gets_407_and_is_recorded(
     tmp_path: Path, header: str | None, claimed: str
@@ -187,6 +196,7 @@ def test_connect_without_valid_credentials_gets_407_and_is_recorded(
         claimed,
     )
     assert "wrong" not in json.dumps(run.request)
+    assert "S3cretAgentKey" not in json.dumps(run.request) + run.agent
 
 
 def test_an_authenticated_agent_is_identified_and_its_key_never_stored(tmp_path: Path) -> None:
