@@ -22,6 +22,7 @@ from airlock.pipeline.evaluation import Evaluation
 from airlock.pipeline.extraction import ValueSpec
 from airlock.pipeline.mappings import Mapping
 from airlock.pipeline.policies import ALLOW, BLOCK, REQUIRE_APPROVAL, Verdict
+from airlock.pipeline.redaction import is_secret_name
 
 _SIMPLE = re.compile(r"\$\.(body|query)((?:\.[A-Za-z_][A-Za-z0-9_]*|\[\d+\])+)\Z")
 _STEP = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]")
@@ -186,6 +187,8 @@ def _not_as_edited(params: dict[str, Any], edited: dict[str, Any]) -> str:
     for name, value in edited.items():
         found = params.get(name)
         if not _same(found, value):
+            if is_secret_name(name):  # the reason is stored and shown: no values of secrets
+                return f"{name} does not read as the edit set it"
             return f"{name} reads {found!r}, the edit set {value!r}"
     return ""
 

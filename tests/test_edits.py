@@ -65,3 +65,18 @@ def test_an_edit_within_what_its_approval_asked_is_released() -> None:
     released = as_approved_edit(as_asked, EDIT, "h", (2, ("finance",)))
     assert released.verdict.decision == "ALLOW"
     assert as_approved_edit(as_asked, EDIT, "h", None).verdict.decision == "BLOCK"
+
+
+def test_a_secret_param_that_does_not_read_as_edited_is_not_quoted() -> None:
+    """The reason is stored and shown to reviewers: no value of a secret goes into it."""
+    edit = {"params": {"api_key": "new-S3cret-value"}, "locations": {"api_key": ["body", "k"]}}
+    evaluation = decided_again(140000)
+    evaluation = Evaluation(
+        Action("rotate", "x", "identity", "high", "t", {"api_key": "old-S3cret-value"}, "m"),
+        evaluation.verdict,
+    )
+    refused = as_approved_edit(evaluation, edit, "h", ONE_REVIEWER)
+    assert refused.verdict.decision == "BLOCK"
+    assert (
+        "S3cret" not in refused.verdict.reason and "api_key does not read" in refused.verdict.reason
+    )
