@@ -286,7 +286,7 @@ def run_row(
         operation=action.operation,
         params=capped(redact_value(action.params)),
         context=capped(redact_value(action.context)),
-        undo=action.undo,
+        undo=redact_value(action.undo) if action.undo else None,  # stored: no secret either
         request=stored,
         decision=verdict.decision,
         reason=redact_text(verdict.reason),

@@ -230,3 +230,21 @@ def test_an_undo_body_that_is_text_but_not_one_name_is_a_load_error(tmp_path: Pa
         """,
     )
     assert "undo 'form' must be a mapping of fields or one {name} whose value is them" in said
+
+
+def test_how_a_run_is_undone_is_stored_without_its_secrets() -> None:
+    """An undo's params come from the request's own: a secret among them is redacted in the
+    record like the params themselves (that undo then cannot be replayed with it)."""
+    from airlock.pipeline.evaluation import Evaluation
+    from airlock.pipeline.mappings import Action
+    from airlock.pipeline.policies import Verdict
+    from airlock.pipeline.run_record import run_row
+
+    undo = {"method": "DELETE", "path": "/v1/keys/k1", "params": {"api_key": "S3cret-Pa55word!"}}
+    action = Action("create_key", "x", "identity", "high", "key/k1", {}, "m", undo=undo)
+    document = {"method": "POST", "scheme": "https", "host": "api.x.example", "port": 443,
+                "path": "/v1/keys", "query": {}, "headers": {}, "body": {}, "agent": "a",
+                "body_size": 0}  # fmt: skip
+    row = run_row("r1", "i", document, Evaluation(action, Verdict("ALLOW", "ok", ())), 1.0)
+    assert row.undo is not None and row.undo["params"]["api_key"] == REDACTED
+    assert "S3cret" not in json.dumps(row.as_row(), default=str)
