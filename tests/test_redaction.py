@@ -285,3 +285,18 @@ def test_a_private_key_cut_short_is_redacted_to_the_end() -> None:
     output = f"$ cat id_rsa\n{pem}\n$ "
     for kept in (redact_text(output[:1000]), redacted_prefix(output, 1000)):
         assert "MIIEow" not in kept and kept.startswith("$ cat id_rsa\n")
+
+
+def test_names_a_caller_gives_are_redacted_in_the_record() -> None:
+    """A Guard API call names its own provider and tool (free text from the caller)."""
+    from airlock.pipeline.evaluation import Evaluation
+    from airlock.pipeline.mappings import Action
+    from airlock.pipeline.policies import Verdict
+    from airlock.pipeline.run_record import run_row
+
+    token = "sk_live_" + "a1B2c3D4e5F6g7H8"
+    action = Action(f"run_{token}", f"acme {token}", "write", "high", "t", {}, None)
+    document = {"method": "GUARD", "scheme": "guard", "host": "guard", "port": 0, "path": "/",
+                "query": {}, "headers": {}, "body": {}, "agent": "a", "body_size": 0}  # fmt: skip
+    row = run_row("r1", "i", document, Evaluation(action, Verdict("ALLOW", "ok", ())), 1.0)
+    assert token not in row.provider + row.action + row.host
