@@ -960,7 +960,7 @@ def cmd_pending(args: argparse.Namespace) -> int:
             item.agent,
             item.action,
             item.target,
-            _flat_params(item.params),
+            _flat_params(item.params) + _edited(item),
             item.reason,
             item.undo["action"] if item.undo else "none known",
             f"{max(0, item.expires_at - now):.0f}s",
@@ -976,6 +976,14 @@ def _flat_params(params: dict[str, Any]) -> str:
     return " ".join(f"{k}={v}" for k, v in params.items() if not isinstance(v, dict))
 
 
+def _edited(item: Any) -> str:
+    """A reviewer's edit, said with how to agree to it: approving means approving the edit."""
+    if not item.edit:
+        return ""
+    agree = " ".join(f"--set {name}={value}" for name, value in item.edit["params"].items())
+    return f"\n  edited by {item.edit.get('by')} (version {item.edit.get('version')}): {agree}"
+
+
 def _print_pending_cards(console: Console, items: list[Any]) -> None:
     """One block per approval, nothing cut: its id first (what `airlock approve` takes)."""
     now = time.time()
@@ -983,7 +991,8 @@ def _print_pending_cards(console: Console, items: list[Any]) -> None:
         left = f"{max(0, item.expires_at - now):.0f}s left"
         console.print(f"[bold]{item.id[:12]}[/]  {item.agent}  {item.action} → {item.target}"
                       f"  ({left}, risk {item.risk})")  # fmt: skip
-        console.print(f"  params: {_flat_params(item.params) or 'none'}", markup=False)
+        console.print(f"  params: {_flat_params(item.params) or 'none'}{_edited(item)}",
+                      markup=False)  # fmt: skip
         console.print(f"  why held: {item.reason}", markup=False)
         console.print(f"  undo: {item.undo['action'] if item.undo else 'none known'}\n")
 

@@ -340,6 +340,11 @@ def render_detail(item: PendingApproval, history: list[RecordedDecision]) -> Tex
     section("Params")
     for name, value in item.params.items():
         text.append(f"  {name} = {json.dumps(value)}\n")
+    if item.edit:  # what goes out if approved; a reviewer agrees by making the same edit
+        by, version = item.edit.get("by"), item.edit.get("version")
+        text.append(f"edited by {by} (version {version}), released instead:\n", style="yellow")
+        for name, value in item.edit["params"].items():
+            text.append(f"  {name} = {json.dumps(value)}\n", style="yellow")
     if item.context:
         text.append(f"environment/context: {json.dumps(item.context)}\n")
     section(f"Risk {item.risk if item.risk is not None else '—'}")

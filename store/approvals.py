@@ -76,6 +76,9 @@ class PendingApproval:
     required: int = 1
     voters: tuple[str, ...] = ()
     operation: str | None = None  # the vendor's operation (aws.s3.PutBucketPolicy)
+    # A reviewer's edit, when one was made ({"params", "by", "version", …}): what goes out if
+    # approved, instead of `params` as held
+    edit: dict[str, Any] | None = None
 
 
 def pending_count(engine: Engine) -> int:
@@ -129,6 +132,7 @@ def pending_approvals(engine: Engine, now: float | None = None) -> list[PendingA
                 required=approval.required or 1,
                 voters=tuple(votes.get(approval.id, ())),
                 operation=run.operation,
+                edit=approval.edit,
             )
             for approval, run in session.execute(query)
         ]

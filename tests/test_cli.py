@@ -64,6 +64,26 @@ def test_approve_from_the_cli_needs_a_reason_for_a_risky_request(
     assert main(approved) == 0
 
 
+def test_pending_shows_an_edit_and_how_to_agree_with_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With a quorum, what goes out is the edit: reviewers see it, and the --set that agrees."""
+    from airlock.store.approvals import APPROVED, resolve_approval
+    from airlock.store.schema import create_schema, open_engine
+
+    url = f"sqlite:///{tmp_path / 'airlock.db'}"
+    engine = open_engine(url)
+    create_schema(engine)
+    hold = HoldRequest(uuid.uuid4().hex, time.time() + 60, "h" * 64, required=2)
+    write(engine, DecisionRecord(run_row("REQUIRE_APPROVAL"), hold))
+    edit = {"params": {"amount": 900000}, "locations": {"amount": ["body", "amount"]}}
+    resolve_approval(engine, hold.approval_id, APPROVED, "alice", "more", edit=edit)
+    engine.dispose()
+    assert main(["pending", "--db", url]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert "edited by alice (version 1): --set amount=900000" in said
+
+
 def test_run_says_which_flag_fixes_a_taken_port_or_an_unreachable_store(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -1417,6 +1417,8 @@ def test_with_a_quorum_an_edit_is_approved_only_by_reviewers_who_say_so(engine: 
     edit = {"params": {"amount": 900000}, "locations": {"amount": ["body", "amount"]}}
     first = resolve_approval(engine, hold.approval_id, APPROVED, "alice", "more", edit=edit)
     assert (first.state, first.votes) == ("PENDING", 1)
+    [waiting] = pending_approvals(engine)  # what `airlock pending` and the console show
+    assert (waiting.edit or {}).get("params") == edit["params"] and waiting.edit["by"] == "alice"
 
     with pytest.raises(ApprovalError, match=r"edited by alice .* \(--set amount=900000\)"):
         resolve_approval(engine, hold.approval_id, APPROVED, "bob", "ok")
