@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,17 +47,23 @@ def test_commands_never_create_a_store_that_is_not_there(
     assert not typo.exists()
 
 
-def test_approve_from_the_cli_needs_a_reason_for_a_risky_request(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def held_in_a_store(tmp_path: Path, run: Any, required: int = 1) -> tuple[str, HoldRequest]:
+    """A store holding one request for approval: its URL and the hold."""
     from airlock.store.schema import create_schema, open_engine
 
     url = f"sqlite:///{tmp_path / 'airlock.db'}"
     engine = open_engine(url)
     create_schema(engine)
-    hold = HoldRequest(uuid.uuid4().hex, time.time() + 60, "h" * 64)
-    write(engine, DecisionRecord(run_row("REQUIRE_APPROVAL", risk=90), hold))
+    hold = HoldRequest(uuid.uuid4().hex, time.time() + 60, "h" * 64, required=required)
+    write(engine, DecisionRecord(run, hold))
     engine.dispose()
+    return url, hold
+
+
+def test_approve_from_the_cli_needs_a_reason_for_a_risky_request(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, hold = held_in_a_store(tmp_path, run_row("REQUIRE_APPROVAL", risk=90))
 
     assert main(["approve", hold.approval_id, "--db", url, "--reviewer", "alice"]) == 1
     assert "risk 90 (≥ 70) needs a reason" in capsys.readouterr().err
@@ -69,14 +76,11 @@ def test_pending_shows_an_edit_and_how_to_agree_with_it(
 ) -> None:
     """With a quorum, what goes out is the edit: reviewers see it, and the --set that agrees."""
     from airlock.store.approvals import APPROVED, resolve_approval
-    from airlock.store.schema import create_schema, open_engine
+    from airlock.store.schema import open_engine
 
-    url = f"sqlite:///{tmp_path / 'airlock.db'}"
-    engine = open_engine(url)
-    create_schema(engine)
-    hold = HoldRequest(uuid.uuid4().hex, time.time() + 60, "h" * 64, required=2)
-    write(engine, DecisionRecord(run_row("REQUIRE_APPROVAL"), hold))
+    url, hold = held_in_a_store(tmp_path, run_row("REQUIRE_APPROVAL"), required=2)
     edit = {"params": {"amount": 900000}, "locations": {"amount": ["body", "amount"]}}
+    engine = open_engine(url)
     resolve_approval(engine, hold.approval_id, APPROVED, "alice", "more", edit=edit)
     engine.dispose()
     assert main(["pending", "--db", url]) == 0

@@ -596,6 +596,14 @@ def test_a_refused_answered_outcome_is_kept_without_its_body(store: StoreAddress
     assert 7 not in client._unconfirmed
 
 
+def outcome_of(store: StoreAddress, run_id: str) -> str | None:
+    engine = open_engine(store.url)
+    with engine.connect() as conn:
+        outcome = conn.execute(select(Run.outcome).where(Run.id == run_id)).scalar_one()
+    engine.dispose()
+    return outcome
+
+
 def test_a_message_the_link_cannot_carry_fails_alone(store: StoreAddress) -> None:
     """A call msgpack cannot encode (nested past its limit) fails, and its request is refused;
     the outcomes sent in the same write still reach the store, and nothing waits forever."""
@@ -615,11 +623,7 @@ def test_a_message_the_link_cannot_carry_fails_alone(store: StoreAddress) -> Non
         await client.stop()
 
     asyncio.run(scenario())
-    engine = open_engine(store.url)
-    with engine.connect() as conn:
-        outcome = conn.execute(select(Run.outcome).where(Run.id == "run-500")).scalar_one()
-    engine.dispose()
-    assert outcome == "forwarded"
+    assert outcome_of(store, "run-500") == "forwarded"
 
 
 def test_stopping_after_the_worker_died_still_writes_what_was_kept(store: StoreAddress) -> None:
@@ -640,11 +644,7 @@ def test_stopping_after_the_worker_died_still_writes_what_was_kept(store: StoreA
         await client.stop()
 
     asyncio.run(scenario())
-    engine = open_engine(store.url)
-    with engine.connect() as conn:
-        outcome = conn.execute(select(Run.outcome).where(Run.id == "run-500")).scalar_one()
-    engine.dispose()
-    assert outcome == "forwarded"
+    assert outcome_of(store, "run-500") == "forwarded"
 
 
 def test_a_call_its_caller_gave_up_on_is_forgotten_while_the_decider_is_stuck(
