@@ -48,6 +48,8 @@ def configuration_problems(
         existing["role"] = frozenset(agents.roles) | {
             role for agent in agents.agents.values() for role in agent.roles
         }
+    if agents is not None and agents.required:  # without an agents file any name is taken
+        existing["agent"] = frozenset(agents.agents)
     problems: list[ConfigError] = []
     for rule in policies.rules:
         problems += _names_nothing(rule, existing)
@@ -120,6 +122,7 @@ def _names_nothing(rule: Rule, existing: dict[str, frozenset[str]]) -> Iterator[
 
 _NOTHING = {
     "action": "which no mapping or catalog operation produces",
+    "agent": "which agents.yaml does not define (only its agents get through)",
     "role": "which no agent or role in agents.yaml has",
     "sensitivity": f"which is not one of {', '.join(SENSITIVITIES)}",
     "category": "which no mapping can give",

@@ -317,10 +317,10 @@ def test_rules_another_stricter_rule_always_overrules_are_reported(tmp_path: Pat
 
 
 def test_rules_naming_what_does_not_exist_are_load_errors(tmp_path: Path) -> None:
-    """Each names something misspelt: a role no agent has, a sensitivity, a category, a source,
-    an action inside a list that also holds a glob, a glob that matches no action, a budget's
-    param. Each would be a BLOCK that protects nothing; `airlock check` and the proxy's load
-    both refuse them, with file:line."""
+    """Each names something misspelt: a role no agent has, an agent agents.yaml does not define,
+    a sensitivity, a category, a source, an action inside a list that also holds a glob, a glob
+    that matches no action, a budget's param. Each would be a BLOCK that protects nothing;
+    `airlock check` and the proxy's load both refuse them, with file:line."""
     from airlock.pipeline.agents import hash_key
     from airlock.pipeline.evaluation import Config
     from airlock.pipeline.yaml_source import ConfigError
@@ -333,6 +333,7 @@ def test_rules_naming_what_does_not_exist_are_load_errors(tmp_path: Path) -> Non
         """)  # fmt: skip
     typos = [
         ("{role: paymnets, action: create_charge}", "role 'paymnets', which no agent or role"),
+        ("{agent: biling-bot}", "agent 'biling-bot', which agents.yaml does not define"),
         ("{sensitivity: hihg}", "sensitivity 'hihg', which is not one of low, medium"),
         ("{category: paymnet}", "category 'paymnet', which no mapping can give"),
         ("{source: Guard}", "'Guard' is not one of ['proxy', 'guard']"),
