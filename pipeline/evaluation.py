@@ -30,6 +30,7 @@ from airlock.pipeline.policies import (
     Verdict,
     load_policies,
 )
+from airlock.pipeline.redaction import redact_authority
 from airlock.pipeline.risk import Risk, score
 
 
@@ -160,8 +161,8 @@ def request_problem(document: Document) -> str | None:
             continue  # no Host header (HTTP/2), no authority (HTTP/1 origin-form)
         if _host_of(named) != document["host"].strip("[]"):
             return (
-                f"the {name} {named!r} does not name the host the request goes to "
-                f"({document['host']!r})"
+                f"the {name} {redact_authority(named)!r} does not name the host the request "
+                f"goes to ({document['host']!r})"
             )
     return None
 

@@ -191,10 +191,19 @@ def is_secret_name(name: str) -> bool:
     return name.lower() in _SECRET_HEADERS or _SECRET_NAME.search(name) is not None
 
 
+def redact_authority(value: str) -> str:
+    """A Host header or :authority with user info (`admin:pw@host`), which the text patterns
+    match only after `://`: what stands before the last `@` goes."""
+    userinfo, at, host = value.rpartition("@")
+    return f"{REDACTED}@{host}" if at and userinfo else value
+
+
 def redact_headers(headers: dict[str, str]) -> dict[str, str]:
     clean: dict[str, str] = {}
     for name, value in headers.items():
-        if name in _PLAIN_HEADERS:
+        if name == "host":
+            clean[name] = redact_text(redact_authority(value))
+        elif name in _PLAIN_HEADERS:
             clean[name] = value
         elif is_secret_name(name):
             scheme = value.split(" ", 1)[0] if " " in value and _SCHEME.match(value) else ""
@@ -227,9 +236,11 @@ def redact_document(document: dict[str, Any]) -> dict[str, Any]:
     clean["path"] = redact_text(document["path"])
     clean["query"] = redact_value(document["query"])
     clean["body"] = redact_body(document["body"])
-    for note in ("request_error", "body_error", "authority"):  # they quote what was sent
+    for note in ("request_error", "body_error"):  # they quote what was sent
         if note in document:
             clean[note] = redact_text(str(document[note]))
+    if "authority" in document:
+        clean["authority"] = redact_text(redact_authority(str(document["authority"])))
     # The path as sent (kept when it held %2F, for identification) is not stored: a secret in
     # it may be percent-encoded past the redactor, and `path` already records it, redacted.
     clean.pop("raw_path", None)

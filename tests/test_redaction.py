@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from airlock.pipeline.redaction import (
@@ -300,3 +302,19 @@ def test_names_a_caller_gives_are_redacted_in_the_record() -> None:
                 "query": {}, "headers": {}, "body": {}, "agent": "a", "body_size": 0}  # fmt: skip
     row = run_row("r1", "i", document, Evaluation(action, Verdict("ALLOW", "ok", ())), 1.0)
     assert token not in row.provider + row.action + row.host
+
+
+def test_user_info_in_a_host_header_is_redacted_where_it_is_stored_and_quoted() -> None:
+    """`Host: admin:pw@api.example.com` (no `://` for the URL pattern to follow): refused, as
+    it names another host, and neither the record's headers nor the reason keep the password."""
+    from airlock.pipeline.evaluation import request_problem
+
+    document = {"method": "GET", "scheme": "https", "host": "api.example.com", "port": 443,
+                "path": "/", "query": {}, "body": None, "agent": "a",
+                "headers": {"host": "admin:Hunter2-pw@api.example.com"},
+                "authority": "admin:Hunter2-pw@api.example.com"}  # fmt: skip
+    clean = redact_document(document)
+    why = request_problem(document) or ""
+    assert "does not name the host" in why
+    assert "Hunter2" not in json.dumps(clean) + why
+    assert clean["headers"]["host"] == f"{REDACTED}@api.example.com"
