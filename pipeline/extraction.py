@@ -29,6 +29,7 @@ from typing import Any
 from jsonpath_ng import JSONPath
 from jsonpath_ng.ext import parse as parse_jsonpath
 
+from airlock.pipeline.redaction import is_secret_name
 from airlock.pipeline.yaml_source import ConfigError, Node, Where, expect_keys, optional_node
 
 SPEC_KEYS = {
@@ -226,9 +227,11 @@ class ValueSpec:
         try:
             return [CONVERTERS[self.kind](v) for v in values]
         except (TypeError, ValueError) as e:
-            shown = str(values[0])[:40]
+            text = str(values[0])
+            # The error is stored and shown: a value of a secret-named param is not quoted
+            shown = f"{len(text)} characters" if is_secret_name(self.name) else repr(text[:40])
             raise ExtractionError(
-                f"{self.name!r} ({self.expression}): expected {self.kind}, got {shown!r}"
+                f"{self.name!r} ({self.expression}): expected {self.kind}, got {shown}"
             ) from e
 
     def _sum(self, values: list[Any]) -> Any:

@@ -125,6 +125,27 @@ def test_param_that_does_not_convert_fails_closed() -> None:
     assert (evaluation.action.action, evaluation.action.provider) == ("create_charge", "stripe")
 
 
+def test_a_secret_param_that_does_not_convert_is_not_quoted(tmp_path: Path) -> None:
+    """The conversion error is stored and shown (the run's error, the refusal): the value of a
+    param named like a secret is said by its length only."""
+    folder = write(
+        tmp_path,
+        "m.yaml",
+        """
+        provider: p
+        hosts: [h.io]
+        mappings:
+          - action: unlock
+            params:
+              pin: {path: $.body.pin, type: int}
+        """,
+    )
+    with pytest.raises(MappingError) as failed:
+        load_mappings(folder).map(doc("POST", "h.io", "/", {"pin": "S3cret-not-a-number"}))
+    assert "expected int, got 19 characters" in str(failed.value)
+    assert "S3cret" not in str(failed.value)
+
+
 def test_params_with_default_all_and_literal(tmp_path: Path) -> None:
     folder = write(
         tmp_path,
