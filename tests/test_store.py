@@ -1381,11 +1381,14 @@ def test_rekey_replaces_a_lost_request_key_and_expires_what_only_it_could_join(
     assert verify_audit(engine).ok
 
 
-def test_instances_starting_together_on_a_new_store_make_its_tables_once(db_url: str) -> None:
-    """An upgrade rolled out to every instance at once: each makes the tables it finds missing
-    (create_all checks, then creates) and the chain's head row. Together they must not collide
-    (PostgreSQL: a duplicate table or type); every one of them starts."""
-    engines = [open_engine(db_url) for _ in range(4)]
+def test_instances_starting_together_on_a_new_store_make_its_tables_once(
+    empty_pg_database: str,
+) -> None:
+    """PostgreSQL, an upgrade rolled out to every instance at once: each makes the tables it
+    finds missing (create_all checks, then creates) and the chain's head row. Together they
+    must not collide on a duplicate table or type; every one of them starts. (Several
+    instances share PostgreSQL, not an SQLite file.)"""
+    engines = [open_engine(empty_pg_database) for _ in range(4)]
     start = threading.Barrier(len(engines))
     failures: list[BaseException] = []
 
