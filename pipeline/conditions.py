@@ -7,10 +7,10 @@ Every operator but `exists` needs the value to be present: an absent value never
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any
 
+from airlock.pipeline.patterns import PatternError, linear
 from airlock.pipeline.yaml_source import ConfigError, Node, Where
 
 Test = Callable[[Any], bool]
@@ -35,10 +35,16 @@ OPERATORS: dict[str, Callable[[Any], Test]] = {
     "lte": lambda x: _present(lambda a, b: a <= b, x),
     "between": lambda bounds: _present(lambda a, b: b[0] <= a <= b[1], bounds),
     "exists": lambda flag: lambda a: (a is not MISSING and a is not None) == bool(flag),
-    "regex": lambda pattern: (
-        lambda a, r=re.compile(pattern): isinstance(a, str) and r.search(a) is not None
-    ),
+    "regex": lambda pattern: _regex_test(pattern),
 }
+
+
+def _regex_test(pattern: Any) -> Test:
+    """RE2 (pipeline/patterns.py): time linear in the value's length, whatever an agent sends."""
+    if not isinstance(pattern, str):
+        raise PatternError(f"a regex is text, not {type(pattern).__name__}")
+    compiled = linear(pattern)
+    return lambda actual: isinstance(actual, str) and compiled.found_in(actual)
 
 
 def compile_condition(spec: Any, where: Where, subject: str) -> Test:
@@ -58,6 +64,6 @@ def compile_condition(spec: Any, where: Where, subject: str) -> Test:
             raise ConfigError(spec.at(op), "'between' needs [low, high] (both included)")
         try:
             tests.append(OPERATORS[op](operand))
-        except re.error as e:
+        except PatternError as e:
             raise ConfigError(spec.at(op), f"bad regex: {e}") from e
     return lambda actual: all(test(actual) for test in tests)

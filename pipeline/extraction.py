@@ -29,6 +29,7 @@ from typing import Any
 from jsonpath_ng import JSONPath
 from jsonpath_ng.ext import parse as parse_jsonpath
 
+from airlock.pipeline.patterns import LinearPattern, PatternError, linear
 from airlock.pipeline.redaction import is_secret_name
 from airlock.pipeline.yaml_source import ConfigError, Node, Where, expect_keys, optional_node
 
@@ -187,7 +188,7 @@ class ValueSpec:
     default: Any = None
     aggregate: str = "first"  # first | all | count | sum
     split: str | None = None
-    regex: re.Pattern[str] | None = None
+    regex: LinearPattern | None = None
     group: int = 1
     lookup: dict[str, Any] | None = None
 
@@ -218,8 +219,8 @@ class ValueSpec:
         captured = []
         for value in values:
             match = self.regex.search(str(value))
-            if match:
-                captured.append(match.group(self.group) if self.regex.groups else match.group(0))
+            if match is not None:
+                captured.append(match.group(self.group if self.regex.groups else 0))
         return captured
 
     def _converted(self, values: list[Any]) -> list[Any]:
@@ -289,13 +290,20 @@ def _split(spec: Node) -> str | None:
     return separator
 
 
-def _regex(spec: Node) -> re.Pattern[str] | None:
+def _regex(spec: Node) -> LinearPattern | None:
+    """RE2 (pipeline/patterns.py): time linear in the value's length, whatever an agent sends."""
     if "regex" not in spec:
         return None
     try:
-        return re.compile(str(spec["regex"]))
-    except re.error as e:
+        pattern = linear(str(spec["regex"]))
+    except PatternError as e:
         raise ConfigError(spec.at("regex"), f"bad regex: {e}") from e
+    group = spec.get("group", 1)
+    if pattern.groups and isinstance(group, int) and group > pattern.groups:
+        raise ConfigError(
+            spec.at("group"), f"'group' {group}: the regex has {pattern.groups} capture groups"
+        )
+    return pattern
 
 
 def _group(spec: Node) -> int:

@@ -16,6 +16,8 @@ import re
 from functools import lru_cache
 from typing import Any
 
+from airlock.pipeline.patterns import Found, PatternError, linear
+
 REDACTED = "[REDACTED]"
 _SCHEME = re.compile(r"(?i)(Basic|Bearer|Digest|AWS4-HMAC-SHA256|token|Negotiate) ")
 
@@ -66,12 +68,16 @@ _SECRET_NAME = re.compile(
 )
 # Tokens recognisable by their shape wherever they appear (bodies, paths, query strings).
 # No leading word boundary: after "%3D" or "%20" a token starts right behind a letter.
-_SECRET_VALUE = re.compile(
+# Matched by RE2 (pipeline/patterns.py): in Python's re a run such as `passwordpassword…` or
+# `eyJeyJ…` is scanned again from each occurrence, time growing with the square of its length
+# (40 ms for 16 KB, measured); RE2's is linear. RE2's \s is ASCII: a credential is taken up to
+# the next ASCII space, never less than before.
+_SECRET_VALUE = (
     r"(?:"
     # PEM private keys, the whole block (detect-secrets names only their first line)
     r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----(?:[\s\S]*?-----END[A-Z0-9 ]*PRIVATE KEY"
     r"(?: BLOCK)?-----|[\s\S]*)"  # without its END line (cut short): to the end
-    r"|(?<=://)[^/\s@:]+:[^/\s@]+(?=@)"  # URL userinfo: https://user:pass@host
+    r"|(?P<scheme>://)[^/\s@:]+:[^/\s@]+(?P<at>@)"  # URL userinfo: https://user:pass@host
     r"|hf_[A-Za-z0-9]{30,}"  # Hugging Face
     r"|npm_[A-Za-z0-9]{36}"  # npm
     r"|[sr]k_(?:live|test)_[A-Za-z0-9]{6,}"  # Stripe secret and restricted keys
@@ -93,27 +99,29 @@ _SECRET_VALUE = re.compile(
 # Keyword first, then what may follow it: a pattern that starts with a literal is ruled out at
 # a position in one step (measured: `[\w-]*password=` cost 6 µs a string, this 0.4 µs); the
 # name's start (`aws_`, `X-Amz-`) stays, its value goes.
-_SECRET_ASSIGNMENT = re.compile(
+_SECRET_ASSIGNMENT = (
     r"(?P<keep>(?i:(?:password|passwd|secret|api_?key|access_?key)[\w-]*|signature|credential"
     r"|token)=|(?:Basic|Bearer|Digest) )[^&,\s]+"
 )
-_SECRET_ANY = re.compile(f"{_SECRET_ASSIGNMENT.pattern}|{_SECRET_VALUE.pattern}")
+_SECRET_ANY = linear(f"{_SECRET_ASSIGNMENT}|{_SECRET_VALUE}")
 _SHORTEST_SECRET = 8  # no token or `name=value` credential above is shorter
 
 
-def _replace(match: re.Match[str]) -> str:
-    keep = match.group("keep")
-    return keep + REDACTED if keep else REDACTED
+def _replace(found: Found) -> str:
+    """The secret goes; its name or scheme (`password=`, `Bearer `, `://`…`@`) stays."""
+    keep = found.group(1) or found.group(2) or ""
+    return f"{keep}{REDACTED}{found.group(3) or ''}"
 
 
-def _maintained_patterns() -> str:
-    """detect-secrets' own detector patterns, as one alternation. Left out: its public-IP
-    detector (an address is not a credential) and Twilio's `AC…` account SID (an identifier in
-    every Twilio URL, which reviewers need to see); its API key `SK…` pattern stays."""
+def _maintained_patterns() -> tuple[list[str], list[str]]:
+    """detect-secrets' own detector patterns: (those RE2 takes, those only Python's re takes:
+    lookarounds, or a verbose pattern that needs its flag). Left out: its public-IP detector (an
+    address is not a credential) and Twilio's `AC…` account SID (an identifier in every Twilio
+    URL, which reviewers need to see); its API key `SK…` pattern stays."""
     from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
 
     left_out = {"IPPublicDetector"}
-    patterns = []
+    linear_ones, others = [], []
     for plugin in get_mapping_from_secret_type_to_class().values():
         if plugin.__name__ in left_out:
             continue
@@ -121,16 +129,28 @@ def _maintained_patterns() -> str:
             if pattern.pattern == "AC[a-z0-9]{32}":
                 continue
             flags = "i" if pattern.flags & re.IGNORECASE else ""
-            flags += "x" if pattern.flags & re.VERBOSE else ""
-            patterns.append(f"(?{flags}:{pattern.pattern})" if flags else f"(?:{pattern.pattern})")
-    return "|".join(patterns)
+            if pattern.flags & re.VERBOSE and re.search(r"[\s#]", pattern.pattern):
+                others.append(f"(?{flags}x:{pattern.pattern})")
+                continue
+            text = f"(?{flags}:{pattern.pattern})" if flags else f"(?:{pattern.pattern})"
+            try:
+                linear(text)
+            except PatternError:
+                others.append(text)
+            else:
+                linear_ones.append(text)
+    return linear_ones, others
 
 
-# Measured: the maintained set as one alternation costs ~140 µs per 280 characters of plain
-# text, so it runs only on strings with something token-shaped in them (a 20-character run of
-# token characters, a URL, a PEM or PuTTY header, a JWT or Artifactory prefix): ~1.5 µs to rule
-# out an ordinary value.
-_MAINTAINED = re.compile(_maintained_patterns())
+# Measured: the maintained set as one alternation through Python's re cost ~140 µs per 280
+# characters of plain text, so it runs only on strings with something token-shaped in them (a
+# 20-character run of token characters, a URL, a PEM or PuTTY header, a JWT or Artifactory
+# prefix): ~1.5 µs to rule out an ordinary value. Those RE2 takes run through it: three of them
+# (npm's, OpenAI's, JWTs') take time that grows with the square of a run of `://`, `sk-` or
+# `eyJ` in Python's re (0.5 s for 16 KB), linearly in RE2. The rest (lookarounds) are bounded.
+_LINEAR_ONES, _OTHERS = _maintained_patterns()
+_MAINTAINED = linear("|".join(_LINEAR_ONES))
+_MAINTAINED_OTHERS = re.compile("|".join(_OTHERS)) if _OTHERS else None
 _MAINTAINED_HINT = re.compile(r"[\w+/=.-]{20}|://|BEGIN|PuTTY|AKC|eyJ", re.ASCII)
 # Card numbers of the major networks' ranges (13-19 digits, spaces or dashes allowed), masked
 # when Luhn-valid: a millisecond timestamp or an id does not start like a card and pass both.
@@ -158,9 +178,11 @@ def _mask_card(match: re.Match[str]) -> str:
 
 
 def _redact_all(text: str) -> str:
-    redacted = _SECRET_ANY.sub(_replace, text)
+    redacted = _SECRET_ANY.replace_all(text, _replace)
     if _MAINTAINED_HINT.search(redacted):
-        redacted = _MAINTAINED.sub(REDACTED, redacted)
+        redacted = _MAINTAINED.replace_all(redacted, REDACTED)
+        if _MAINTAINED_OTHERS is not None:
+            redacted = _MAINTAINED_OTHERS.sub(REDACTED, redacted)
     if _DIGIT(redacted):
         redacted = _CARD.sub(_mask_card, redacted)
     return redacted
@@ -267,10 +289,8 @@ _NAMED_FIELD = re.compile(
     r"""(?P<keep>(?P<q>["']?)(?P<name>[\w.-]{1,80})(?P=q)[ \t]*[:=][ \t]*)"""
     r"""(?:"(?P<dq>[^"\r\n]*)"|'(?P<sq>[^'\r\n]*)'|(?P<bare>[^\s,;&}\]"']+))"""
 )
-_MULTIPART_FIELD = re.compile(
-    r"""(?P<keep>name="(?P<name>[^"\r\n]{1,80})"[^\r\n]*\r?\n(?:[^\r\n]+\r?\n)*\r?\n)"""
-    r"""(?P<bare>[^\r\n]+)"""
-)
+_PART_NAME = re.compile(r'name="([^"\r\n]{1,80})"')
+_PART_HEADERS = 8  # lines a multipart part's headers may take before the blank line
 
 
 def _redact_named_fields(text: str) -> str:
@@ -281,7 +301,35 @@ def _redact_named_fields(text: str) -> str:
         quote = value[:1] if value[:1] in ("'", '"') else ""
         return f"{match.group('keep')}{quote}{REDACTED}{quote}"
 
-    return _MULTIPART_FIELD.sub(named, _NAMED_FIELD.sub(named, text))
+    return _redact_multipart_fields(_NAMED_FIELD.sub(named, text))
+
+
+def _redact_multipart_fields(text: str) -> str:
+    """A multipart part named like a secret loses its value: the line after the blank line
+    that ends its headers. Line by line rather than one regex: a regex that looks ahead over
+    the following lines from every `name="` takes time that grows with the square of a body
+    made of them (2 s for 40 KB, measured)."""
+    if 'name="' not in text:
+        return text
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
+        found = _PART_NAME.search(line) if 'name="' in line else None
+        if found is None or not is_secret_name(found.group(1)):
+            continue
+        for j in range(i + 1, min(i + 2 + _PART_HEADERS, len(lines) - 1)):
+            if lines[j] in ("", "\r"):  # the blank line after the part's headers
+                _redact_line(lines, j + 1)
+                break
+    return "\n".join(lines)
+
+
+def _redact_line(lines: list[str], index: int) -> None:
+    value = lines[index]
+    end = "\r" if value.endswith("\r") else ""
+    value = value.removesuffix(end)
+    if value:
+        quote = value[:1] if value[:1] in ("'", '"') else ""
+        lines[index] = f"{quote}{REDACTED}{quote}{end}"
 
 
 def redacted_prefix(text: str, limit: int) -> str:
