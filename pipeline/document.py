@@ -174,6 +174,8 @@ def _read_body(raw: bytes, headers: dict[str, str]) -> Body:
         # stored gzipped) is recorded by size and hash whatever its encoding.
         declared = content_type.split(";", 1)[0].strip()
         strict = bool(declared) and _media_type(declared, b"") in _STRUCTURED
+        if strict:
+            _read_as_utf8(content_type)
         decoded = decoded_body(raw, headers.get("content-encoding"), strict)
     except Unreadable as e:
         return _refused_body(raw, e)
@@ -445,6 +447,23 @@ def _one_media_type(content_type: str) -> None:
             f"the Content-Type {content_type[:80]!r} names several media types: the upstream "
             "could read the body as another one than Airlock"
         )
+
+
+_UTF8 = frozenset({"utf-8", "utf8", "us-ascii", "ascii"})
+
+
+def _read_as_utf8(content_type: str) -> None:
+    """Airlock reads a JSON, form or XML body as UTF-8. One that declares another charset could
+    say something else to an upstream that honours it: in UTF-7 a run inside a JSON string can
+    decode to `","method":"tools/call",…` (the MCP TypeScript SDK decodes by the charset)."""
+    for parameter in content_type.split(";")[1:]:
+        name, _, value = parameter.partition("=")
+        charset = value.strip().strip('"').lower()
+        if name.strip().lower() == "charset" and charset not in _UTF8:
+            raise Unreadable(
+                f"the body declares the charset {charset[:40]!r}: Airlock reads JSON, form and "
+                "XML bodies as UTF-8, and the upstream could read another request"
+            )
 
 
 def _media_type(content_type: str, raw: bytes) -> str:

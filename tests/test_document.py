@@ -216,6 +216,12 @@ def variant(body: bytes, content_type: str | None, **headers: str) -> Any:
         (b"amount=900", "application/x-www-form-urlencoded,json", {}, "several media types"),
         (b'{"amount": 1, "amount": 900}', "application/json", {}, "repeats the key 'amount'"),
         (b'{"a": {"amount": 1, "amount": 900}}', None, {}, "repeats the key 'amount'"),
+        # UTF-7 (as an MCP server built on the TypeScript SDK decodes it): a method in a string
+        (b'{"method":"tools/list","params":{"cursor":"+ACIALAAi-method+ACIAOgAi-tools/call"}}',
+         "application/json; charset=utf-7", {}, "charset 'utf-7'"),
+        (b'\xff\xfe{\x00}\x00', 'application/json; charset="UTF-16"', {}, "charset 'utf-16'"),
+        (b"amount=900", "application/x-www-form-urlencoded; charset=ISO-8859-1", {},
+         "charset 'iso-8859-1'"),
     ],
 )  # fmt: skip
 def test_a_body_read_otherwise_than_it_claims_is_refused(
