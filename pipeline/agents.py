@@ -202,13 +202,15 @@ def _agent(entry: Any, where: Any) -> Agent:
     if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
         raise ConfigError(entry.at("roles"), "'roles' must be a list of role names")
     return Agent(
-        str(entry["id"]), tuple(roles), key_hash, bool(entry.get("enabled", True)),
+        str(entry["id"]), tuple(roles), key_hash, _flag(entry, "enabled", default=True),
         _flag(entry, "simulate"),
     )  # fmt: skip
 
 
-def _flag(entry: Node, key: str) -> bool:
-    value = entry.get(key, False)
+def _flag(entry: Node, key: str, default: bool = False) -> bool:
+    """Only true or false: a quoted "false" would read as true (an agent meant to be disabled
+    authenticating)."""
+    value = entry.get(key, default)
     if not isinstance(value, bool):
         raise ConfigError(entry.at(key), f"'{key}' must be true or false")
     return value

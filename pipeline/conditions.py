@@ -60,6 +60,8 @@ def compile_condition(spec: Any, where: Where, subject: str) -> Test:
             )
         if op in ("in", "not_in") and not isinstance(operand, list):
             raise ConfigError(spec.at(op), f"{op!r} needs a list")
+        if op == "exists" and not isinstance(operand, bool):  # "false" would read as true
+            raise ConfigError(spec.at(op), "'exists' needs true or false")
         if op == "between" and not (isinstance(operand, list) and len(operand) == 2):
             raise ConfigError(spec.at(op), "'between' needs [low, high] (both included)")
         try:

@@ -489,6 +489,11 @@ def _load_rule(entry: Any, where: Where, order: int) -> Rule:
     expect_keys(entry, _RULE_KEYS, {"id", "decision"}, "rule")
     expect_type(entry, "id", entry["id"], str, "a string")
     when = entry.get("when")
+    if when is None and "when" in entry:  # every condition commented out: not "every request"
+        raise ConfigError(
+            entry.at("when"),
+            "'when' is empty: a rule for every request says `when: {}` (or leaves `when` out)",
+        )
     if when is None:
         when = Node.empty(entry.where)
     if not isinstance(when, Node):

@@ -116,6 +116,13 @@ def test_bad_agents_files_name_the_place(tmp_path: Path) -> None:
     (folder / "agents.yaml").write_text("agents:\n  - {id: a, key_hash: plaintext}\n")
     with pytest.raises(ConfigError, match=r"agents.yaml:2:\d+: key_hash must be"):
         load_agents(folder)
+    # A quoted "false" is text, which Python reads as true: the agent would still authenticate.
+    key_hash = hash_key("k")
+    (folder / "agents.yaml").write_text(
+        f'agents:\n  - {{id: a, key_hash: "{key_hash}", enabled: "false"}}\n'
+    )
+    with pytest.raises(ConfigError, match=r"agents.yaml:2:\d+: 'enabled' must be true or false"):
+        load_agents(folder)
 
 
 AGENTS = """agents:

@@ -168,6 +168,18 @@ def test_policy_errors_block_through_evaluate(tmp_path: Path) -> None:
             "'in' needs a list",
         ),
         ("default: MAYBE\n", ":1:10:", "default must be one of"),
+        # Every condition commented out: the rule would fire for every request.
+        (
+            "rules:\n  - id: r\n    when:\n      # action: run_shell\n    decision: ALLOW\n",
+            ":3:",
+            "'when' is empty",
+        ),
+        # A quoted "false" is text, which reads as true: the rule would test the opposite.
+        (
+            "rules:\n  - {id: r, decision: BLOCK, when: {params: {a: {exists: 'false'}}}}\n",
+            ":2:",
+            "'exists' needs true or false",
+        ),
     ],
 )
 def test_policy_errors_name_file_line_and_column(
