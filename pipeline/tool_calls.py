@@ -4,8 +4,10 @@ document and an action that the same policies, risk and budgets judge.
 
 The document stands in for an HTTP request so that one record, one approval queue and one
 audit chain hold both: method GUARD, host the provider (`guard` when none is given), path the
-action, the params as its JSON body, the idempotency key as its header. Its context carries
-`source: guard`, which rules can match.
+action, the target, context and server as its query, the params as its JSON body, the
+idempotency key as its header. The request hash covers all of them, so an approval binds the
+call's target and context as it binds its params. Its action's context carries `source: guard`,
+which rules can match.
 """
 
 from __future__ import annotations
@@ -37,12 +39,17 @@ class ToolCall:
 
 def tool_document(call: ToolCall, agent: str) -> Document:
     """A named tool of a server reads as an MCP `tools/call` (its arguments at
-    `$.body.params.arguments`), so the `tool:` mappings that govern MCP over HTTP apply."""
+    `$.body.params.arguments`), so the `tool:` mappings that govern MCP over HTTP apply. What
+    else the call names is its query: the request hash covers it (run_record.request_hash), so
+    an approval for one target or context never releases the call on another."""
     body: Any = call.params
     if call.server is not None:
         arguments = {"name": call.action, "arguments": call.params}
         body = {"jsonrpc": "2.0", "method": TOOLS_CALL, "params": arguments}
     headers = {"idempotency-key": call.idempotency_key} if call.idempotency_key else {}
+    query: dict[str, Any] = {"target": call.target, "context": call.context}
+    if call.server is not None:
+        query["server"] = call.server
     return {
         "method": "GUARD",
         "scheme": GUARD,
@@ -50,7 +57,7 @@ def tool_document(call: ToolCall, agent: str) -> Document:
         "port": 0,
         "authority": "",
         "path": f"/{call.server}/{call.action}" if call.server else f"/{call.action}",
-        "query": {},
+        "query": query,
         "headers": headers,
         "body": body,
         "body_format": "json",

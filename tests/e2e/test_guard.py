@@ -176,6 +176,42 @@ def test_approval_from_another_process_releases_exactly_one_execution(airlock: P
     assert ran == [1]
 
 
+def test_an_approval_is_for_its_target_and_context_only(airlock: Proxy) -> None:
+    """Approved for web-staging, the same command is not released on web-prod, nor with another
+    context: with the same idempotency key it is a different call (409), without one it is a
+    call of its own, held for a reviewer; the approved call is still released once."""
+    url = f"http://127.0.0.1:{guard_port(airlock)}/v1/guard"
+
+    def ask(action: str, target: str, environment: str, key: str | None) -> requests.Response:
+        call = {"action": action, "target": target, "params": {"command": "systemctl restart app"},
+                "context": {"environment": environment}}  # fmt: skip
+        if key:
+            call["idempotency_key"] = key
+        return requests.post(url, json=call, auth=("ops-bot", KEY), timeout=10)
+
+    for action, key in (("restart_service", "restart-staging"), ("reload_service", None)):
+        held = ask(action, "web-staging", "staging", key).json()
+        assert held["decision"] == "REQUIRE_APPROVAL"
+        approve_from_another_process(airlock, action)
+        for target, environment in (("web-prod", "staging"), ("web-staging", "production")):
+            other = ask(action, target, environment, key)
+            if key:
+                assert other.status_code == 409
+                assert other.json()["decision"] == "BLOCK"
+                assert "used for a different call" in other.json()["reason"]
+            else:
+                assert other.json()["decision"] == "REQUIRE_APPROVAL"
+                assert other.json()["approval_id"] != held["approval_id"]
+        released = ask(action, "web-staging", "staging", key).json()
+        assert (released["decision"], released["reason"]) == ("ALLOW", "approved by alice")
+    deadline = time.monotonic() + 5  # outcomes are written after the answer
+    while [r.outcome for r in runs(airlock, action="restart_service", target="web-prod")] != [
+        "key_reused"
+    ]:
+        assert time.monotonic() < deadline, "the call on web-prod is not on record as refused"
+        time.sleep(0.05)
+
+
 def test_denied_raises_and_the_async_decorator_never_runs(airlock: Proxy) -> None:
     ran = []
 
