@@ -33,7 +33,7 @@ from airlock.pipeline.mappings import (
 )
 from airlock.pipeline.operations import OperationIndex, load_catalog
 from airlock.pipeline.policies import PolicySet, Rule, load_policy_file
-from airlock.pipeline.yaml_source import ConfigError, Node, Seq, Where, load_yaml
+from airlock.pipeline.yaml_source import ConfigError, Node, Seq, Where, load_yaml, refuse_nested
 
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
 
@@ -84,8 +84,9 @@ def kind_of(document: Any, path: Path) -> str:
 
 
 def check(paths: Iterable[Path]) -> Report:
+    paths = list(paths)
     files = yaml_paths(paths)
-    problems: list[Problem] = []
+    problems = _unread_subfolders(paths)
     mappings: list[Mapping] = []
     rules: list[Rule] = []
     operations = load_catalog()
@@ -113,6 +114,18 @@ def check(paths: Iterable[Path]) -> Report:
         for later, earlier in shadowed_mappings(mappings)
     ]
     return Report(len(files), sorted(problems, key=_position), sorted(warnings, key=_position))
+
+
+def _unread_subfolders(paths: list[Path]) -> list[Problem]:
+    """YAML in a subfolder, which `check` reads and the proxy refuses (yaml_source.py)."""
+    problems = []
+    for path in paths:
+        try:
+            if path.is_dir():
+                refuse_nested(path)
+        except ConfigError as e:
+            problems.append(Problem(e.where, e.message))
+    return problems
 
 
 def _agents_beside(rules: list[Rule]) -> Any:

@@ -188,10 +188,23 @@ def yaml_files(directory: Path) -> list[Path]:
             for p in directory.iterdir()
             if p.suffix in (".yaml", ".yml") and not p.name.endswith((".test.yaml", ".test.yml"))
         )
+        refuse_nested(directory)
     recording = _recording.get()
     if recording is not None:
         recording["folders"][str(directory)] = [str(p) for p in files]
     return files
+
+
+def refuse_nested(directory: Path) -> None:
+    """A folder's YAML is read from its top level only: a rule filed in a subfolder would be
+    shown by an editor, and never enforced (hidden folders, such as .github, are not looked in)."""
+    for sub in sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        nested = next((p for p in sorted(sub.rglob("*")) if p.suffix in (".yaml", ".yml")), None)
+        if nested is not None:
+            raise ConfigError(
+                str(nested), f"is in a subfolder of {directory}, which Airlock does not read: "
+                "move it up to the folder itself, or out of it",
+            )  # fmt: skip
 
 
 def expect_keys(node: Node, allowed: set[str], required: set[str], what: str) -> None:

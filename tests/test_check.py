@@ -7,6 +7,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from airlock.console.check import check
 from tests.helpers.proxy import PROJECT_ROOT, clean_env
 
@@ -365,3 +367,24 @@ def test_rules_naming_what_does_not_exist_are_load_errors(tmp_path: Path) -> Non
     [found] = lines([PROJECT_ROOT / "mappings", budget])
     assert "budgets param 'amout', which create_refund never produces" in found
     assert "did you mean 'amount'?" in found
+
+
+def test_a_policy_filed_in_a_subfolder_is_a_load_error_not_ignored(tmp_path: Path) -> None:
+    """The proxy reads a folder's top level; `check` walks subfolders: a freeze rule filed in
+    policies/team/ was reported by check and never enforced."""
+    from airlock.pipeline.evaluation import Config
+    from airlock.pipeline.yaml_source import ConfigError
+
+    policies = tmp_path / "policies"
+    write(policies, "base.yaml", "default: ALLOW\n")
+    nested = write(policies / "team", "freeze.yaml", """
+        rules:
+          - {id: freeze-charges, when: {action: create_charge}, decision: BLOCK}
+    """)  # fmt: skip
+    (policies / ".github").mkdir()
+    write(policies / ".github", "ci.yml", "on: push\n")  # hidden folders are not looked in
+    with pytest.raises(ConfigError) as error:
+        Config.load(PROJECT_ROOT / "mappings", policies)
+    assert str(nested) in str(error.value) and "subfolder" in str(error.value)
+    assert any(str(nested) in problem and "subfolder" in problem
+               for problem in lines([PROJECT_ROOT / "mappings", policies]))  # fmt: skip
