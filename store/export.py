@@ -157,17 +157,22 @@ class ExportCheck:
 def verify_export(lines: Iterable[str], public_key: Any = None) -> ExportCheck:
     """A JSON-lines export, checked offline: each event's hash is recomputed from its content
     and each names the one before it. An export of a slice starts where the slice starts.
-    With the audit public key, the signed checkpoint the export carries must match the event
-    it vouches for, and the export must reach it (an export cut short is refused)."""
+    With the audit public key, the signed checkpoint the export carries (on its first line, once)
+    must match the event it vouches for, and the export must reach it (an export cut short is
+    refused)."""
     count, first, prev_hash, prev_seq = 0, None, None, None
     signed: Checkpoint | None = None
-    carries = False
+    carries = matched = False
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             event = json.loads(line)
             if "checkpoint" in event:
+                if carries or count:  # read first, it vouches for every event that follows
+                    return ExportCheck(count, first, prev_seq,
+                                       f"line {number} is a checkpoint: an export carries one, on "
+                                       "its first line (this one was moved or added)")  # fmt: skip
                 carries = True
                 signed = _opened(event["checkpoint"], public_key)
                 continue
@@ -192,14 +197,17 @@ def verify_export(lines: Iterable[str], public_key: Any = None) -> ExportCheck:
             return ExportCheck(count, first, prev_seq,
                                f"event {event['seq']} (line {number}) does not follow event "
                                f"{prev_seq}: events were removed, added or reordered")  # fmt: skip
-        if signed is not None and event["seq"] == signed.size and event["hash"] != signed.root:
-            return ExportCheck(count, first, prev_seq,
-                               f"event {signed.size} is not the one the signed checkpoint vouches "
-                               "for: the chain was rewritten")  # fmt: skip
+        if signed is not None and event["seq"] == signed.size:
+            if event["hash"] != signed.root:
+                return ExportCheck(count, first, prev_seq,
+                                   f"event {signed.size} is not the one the signed checkpoint "
+                                   "vouches for: the chain was rewritten")  # fmt: skip
+            matched = True
         first = event["seq"] if first is None else first
         prev_hash, prev_seq = event["hash"], event["seq"]
         count += 1
-    return _anchored(ExportCheck(count, first, prev_seq, None), signed, carries, public_key)
+    check = ExportCheck(count, first, prev_seq, None)
+    return _anchored(check, signed, carries, matched, public_key)
 
 
 class _BadCheckpoint(Exception):
@@ -216,8 +224,9 @@ def _opened(note: Any, public_key: Any) -> Checkpoint | None:
 
 
 def _anchored(
-    check: ExportCheck, signed: Checkpoint | None, carries: bool, public_key: Any
+    check: ExportCheck, signed: Checkpoint | None, carries: bool, matched: bool, public_key: Any
 ) -> ExportCheck:
+    """`matched`: the event at the checkpoint's position was read and is the one signed."""
     if public_key is None:
         said = "it carries a signed checkpoint: give --public-key to check it" if carries else None
         return replace(check, anchored=said)
@@ -229,4 +238,7 @@ def _anchored(
             f"{signed.size}: events were removed from its end"))  # fmt: skip
     if check.first is not None and check.first > signed.size:
         return replace(check, anchored=f"its checkpoint (event {signed.size}) is before this slice")
+    if not matched:
+        return replace(check, problem=f"event {signed.size}, which the signed checkpoint vouches "
+                       "for, was not checked against it")  # fmt: skip
     return replace(check, anchored=f"the signed checkpoint at event {signed.size} matches")

@@ -155,3 +155,43 @@ def test_an_export_carries_the_signed_checkpoint_and_is_anchored_offline(
     other = public_key_text(load_or_create_key(tmp_path / "elsewhere").public_key())
     assert main(["audit", "verify", "--export", str(out), "--public-key", other]) == 1
     assert "no signature by this public key" in capsys.readouterr().err
+
+
+def test_a_rewritten_export_is_refused_wherever_its_checkpoint_line_is_put(
+    engine: Engine, db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Someone rewrites every event of an export consistently (each BLOCK made ALLOW, every hash
+    recomputed) and keeps the genuine signed checkpoint: first, it does not match its event;
+    moved to the end, or given twice, it is refused for where it is."""
+    from airlock.store.anchor import Anchoring, load_or_create_key, public_key_text
+    from airlock.store.audit import chain_hash, jcs
+
+    record_a_day(engine)
+    Anchoring(engine, tmp_path).checkpoint()
+    public = public_key_text(load_or_create_key(tmp_path).public_key())
+    out = tmp_path / "trail.jsonl"
+    assert main(["audit", "export", "--db", db_url, "--data-dir", str(tmp_path),
+                 "--out", str(out)]) == 0  # fmt: skip
+    checkpoint, *lines = out.read_text().splitlines(keepends=True)
+    rewritten, prev = [], "0" * 64
+    for event in map(json.loads, lines):
+        if event["payload"].get("decision") == "BLOCK":
+            event["payload"]["decision"] = "ALLOW"
+        event["prev_hash"] = prev
+        payload = jcs(event["payload"])
+        fields = (event["seq"], event["at"], event["kind"], event["run_id"], payload)
+        event["hash"] = prev = chain_hash(prev, *fields, event["format"])
+        rewritten.append(json.dumps(event) + "\n")
+    forged = tmp_path / "forged.jsonl"
+    for arrangement, said in (
+        ([checkpoint, *rewritten], "is not the one the signed checkpoint vouches for"),
+        ([*rewritten, checkpoint], f"line {len(rewritten) + 1} is a checkpoint"),
+        ([*rewritten[:2], checkpoint, *rewritten[2:]], "line 3 is a checkpoint"),
+        ([checkpoint, checkpoint, *lines], "line 2 is a checkpoint"),
+    ):
+        forged.write_text("".join(arrangement))
+        assert main(["audit", "verify", "--export", str(forged), "--public-key", public]) == 1
+        assert said in capsys.readouterr().err
+    forged.write_text("".join([*lines, checkpoint]))  # genuine events, but the line moved
+    assert main(["audit", "verify", "--export", str(forged), "--public-key", public]) == 1
+    assert main(["audit", "verify", "--export", str(out), "--public-key", public]) == 0
