@@ -24,6 +24,7 @@ import asyncio
 import base64
 import contextlib
 import functools
+import http.client
 import inspect
 import json
 import os
@@ -117,11 +118,20 @@ class Client:
             request.add_header("Authorization", f"Basic {token}")
         try:
             with _opener.open(request, timeout=self.timeout + wait) as answer:
-                return dict(json.loads(answer.read()))
+                found = json.loads(answer.read())
         except urllib.error.HTTPError as e:
             return _refusal_or_raise(e)
-        except (OSError, ValueError) as e:
-            raise Unavailable(f"Airlock at {self.url} could not be asked: {e}") from e
+        # Whatever stands between the agent and an answer (no listener, a port that does not
+        # speak HTTP, a URL that does not parse) leaves Airlock unavailable: the call must not run.
+        except (OSError, ValueError, http.client.HTTPException) as e:
+            raise Unavailable(
+                f"Airlock at {self.url} could not be asked: {type(e).__name__}: {e}"
+            ) from e
+        if not isinstance(found, dict):
+            raise Unavailable(
+                f"Airlock at {self.url} answered {type(found).__name__}, not an object"
+            )
+        return found
 
 
 # Straight to Airlock: never through HTTPS_PROXY or HTTP_PROXY, which may point at Airlock's
@@ -132,7 +142,9 @@ _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 def _refusal_or_raise(error: urllib.error.HTTPError) -> dict[str, Any]:
     try:
         answer = json.loads(error.read())
-    except ValueError:
+    except (OSError, ValueError, http.client.HTTPException):  # the body unreadable or not JSON
+        answer = {}
+    if not isinstance(answer, dict):
         answer = {}
     if error.code == 409 and "decision" in answer:
         return dict(answer)  # a refusal: an idempotency key reused, a call released already

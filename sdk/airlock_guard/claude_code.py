@@ -11,7 +11,8 @@ BLOCK is answered "deny" with Airlock's reason (Claude sees it); REQUIRE_APPROVA
 reviewer up to --wait seconds (below the hook's own timeout), then "allow" once approved, or
 "deny" with why; ALLOW leaves the call to Claude Code's own permission rules; SIMULATED (the
 agent is on trial) is "deny", saying that the call was recorded and not run. If Airlock cannot
-be reached, the call is denied (fail closed).
+be reached, or anything else goes wrong, the call is denied (fail closed): Claude Code takes any
+exit but 0 and 2 as a non-blocking error and would run the tool.
 """
 
 from __future__ import annotations
@@ -100,7 +101,13 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"airlock hook: the event on stdin is not JSON: {e}", file=sys.stderr)
         return 2  # Claude Code blocks the call and shows this
-    answer = decide(event, Client(), args.wait)
+    try:
+        answer = decide(event, Client(), args.wait)
+    except Exception as e:  # an exit 1 would let the tool run: deny instead
+        print(f"airlock hook: {type(e).__name__}: {e}", file=sys.stderr)
+        answer = _answer(
+            "deny", f"Airlock could not decide, so the call must not run: {type(e).__name__}: {e}"
+        )
     if answer is not None:
         json.dump(answer, sys.stdout)
     return 0

@@ -4,7 +4,9 @@ the same policies, approval queue and store as proxied requests."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -319,15 +321,18 @@ def test_the_sdk_installs_and_imports_without_mitmproxy(tmp_path: Path) -> None:
 
 def hook(proxy: Proxy, event: dict[str, Any], wait: float = 20) -> dict[str, Any] | None:
     """`airlock hook claude-code` as Claude Code runs it: the event on stdin, JSON on stdout."""
-    env = clean_env() | {
-        "AIRLOCK_GUARD_URL": f"http://127.0.0.1:{guard_port(proxy)}",
-        "AIRLOCK_AGENT": "ops-bot", "AIRLOCK_AGENT_KEY": KEY,
-    }  # fmt: skip
-    done = subprocess.run(
-        [sys.executable, "-m", "airlock.console.cli", "hook", "claude-code", "--wait", str(wait)],
-        input=json.dumps(event), capture_output=True, text=True, env=env, check=True, timeout=60,
-    )  # fmt: skip
+    done = hook_at(f"http://127.0.0.1:{guard_port(proxy)}", event, wait)
+    assert done.returncode == 0, done.stderr
     return json.loads(done.stdout) if done.stdout.strip() else None
+
+
+def hook_at(url: str, event: Any, wait: float = 20) -> subprocess.CompletedProcess[str]:
+    env = clean_env() | {"AIRLOCK_GUARD_URL": url, "AIRLOCK_AGENT": "ops-bot",
+                         "AIRLOCK_AGENT_KEY": KEY}  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "airlock.console.cli", "hook", "claude-code", "--wait", str(wait)],
+        input=json.dumps(event), capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
 
 
 def bash(command: str) -> dict[str, Any]:
@@ -394,3 +399,39 @@ def test_the_claude_code_hook_waits_for_a_reviewer_then_allows(airlock: Proxy) -
     verdict = decision(hook(airlock, mcp))
     reviewer.join()
     assert verdict == ("allow", "Airlock: approved by alice")
+
+
+def test_the_hook_denies_whatever_keeps_airlock_from_answering() -> None:
+    """Claude Code runs the tool when a hook exits 1: a Guard URL on a port that does not speak
+    HTTP, a URL with a typo, an event the hook cannot read are each denied (exit 0, "deny"), and
+    the SDK raises Unavailable for them rather than an error of http.client."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    not_http = f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+    def banner() -> None:  # an SSH daemon, say: a banner line, then close
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = listener.accept()
+                with conn:
+                    conn.recv(65536)
+                    conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+
+    threading.Thread(target=banner, daemon=True).start()
+    garbled = bash("rm -rf /srv/data") | {"tool_input": ["rm", "-rf", "/srv/data"]}
+    try:
+        for url, event in (
+            (not_http, bash("rm -rf /srv/data")),
+            ("http://127.0.0.1:8181x", bash("rm -rf /srv/data")),
+            (not_http, garbled),
+        ):
+            done = hook_at(url, event)
+            assert done.returncode == 0, done.stderr
+            verdict = decision(json.loads(done.stdout))
+            assert verdict is not None and verdict[0] == "deny", (url, event)
+            assert "Airlock could not decide, so the call must not run" in verdict[1]
+        for url in (not_http, "http://127.0.0.1:8181x"):
+            call = guard("run_shell", "web-1", {"command": "ls"}, client=Client(url, "ops-bot"))
+            with pytest.raises(Unavailable), call:
+                raise AssertionError("ran without Airlock")
+    finally:
+        listener.close()
