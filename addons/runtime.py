@@ -74,6 +74,10 @@ class Runtime:
         self.on_settled: Callable[[Settled], None] = lambda settled: None
         self._waiting: dict[str, list[asyncio.Future[Settled]]] = {}  # wait_settled's callers
         self._tasks: set[asyncio.Task[None]] = set()
+        # One reload at a time, each reading the disk when its turn comes: two in quick
+        # succession must not finish in the wrong order (a slow compile of the older files
+        # applied after the newer ones).
+        self._reloading = asyncio.Lock()
 
     # --- options -----------------------------------------------------------------------------
 
@@ -237,10 +241,14 @@ class Runtime:
     async def _reload(self) -> None:
         """A broken edit is refused with file:line and the last good configuration stays in
         force; a good one is taken by the decider first, then here: the two switch together."""
+        async with self._reloading:
+            await self._reload_now()
+
+    async def _reload_now(self) -> None:
         paths = Path(ctx.options.airlock_mappings), Path(ctx.options.airlock_policies)
         try:
             config, sources = await asyncio.to_thread(compile_config, *paths)  # off the loop
-        except ConfigError as e:
+        except Exception as e:  # a ConfigError, or a fault in loading: said, not a traceback
             self.metrics.reloads.labels("refused").inc()
             log.error("reload refused, still deciding with configuration %s: %s",
                       sources_hash(self.sources)[:12], e)  # fmt: skip

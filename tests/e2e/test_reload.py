@@ -4,7 +4,9 @@ the configuration that made it."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -63,3 +65,34 @@ def test_reload_with_no_proxy_running_says_so(tmp_path: Path) -> None:
     done = airlock("reload", "--data-dir", str(tmp_path))
     assert done.returncode == 1
     assert "no Airlock proxy is running" in done.stderr
+
+
+def test_two_reloads_in_quick_succession_leave_the_newer_configuration(
+    start_proxy: Callable[..., Proxy], upstream: Upstream, tmp_path: Path
+) -> None:
+    """A reload still reading the older files when a second one comes: each compiled on its own
+    and the slower finished last, its older files deciding. The first reload's files include a
+    named pipe, so that it is still reading (blocked on the pipe) while the second runs."""
+    policies = tmp_path / "policies"
+    shutil.copytree(PROJECT_ROOT / "policies", policies)
+    proxy = start_proxy("--policies", str(policies))
+    assert proxy.process is not None
+    session = proxy.session()
+    pipe = policies / "later.yaml"
+    os.mkfifo(pipe)
+    proxy.process.send_signal(signal.SIGHUP)  # the first reload opens the pipe and waits
+    with open(pipe, "w") as writer:  # returns once the first reload is reading it
+        pipe.unlink()
+        (policies / "freeze.yaml").write_text(NO_CHARGES)
+        proxy.process.send_signal(signal.SIGHUP)  # the second reads the newer files
+        # Without one reload at a time, the second is applied now, before the first ends.
+        eventually(lambda: "reloaded: deciding" in proxy.output(), timeout=3)
+        writer.write("rules: []\n")
+
+    def reloads_ended() -> int:
+        return sum(proxy.output().count(said) for said in ("reloaded: deciding", "reload refused"))
+
+    assert eventually(lambda: reloads_ended() == 2, timeout=30)
+    blocked = session.post(CHARGES, data={"amount": 500, "currency": "usd"})
+    assert blocked.status_code == 403
+    assert "no-charges-today" in blocked.json()["rules"]
