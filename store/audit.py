@@ -67,6 +67,9 @@ REQUEST_DIGEST = "request_sha256"
 OUTCOME_FIELDS = ("outcome", "status", "upstream_ms", "outcome_detail")
 # released_run: absent from events written before it was recorded (None, as the row's then).
 APPROVAL_FIELDS = ("state", "reviewer", "reason", "resolved_at", "released_at", "released_run")
+# A reviewer's vote row. edit_version: absent from events written before edits (None, as the
+# row's then: the column was added with them, empty).
+VOTE_FIELDS = ("at", "reason", "edit_version")
 # Fixed when the approval opens: vouched for by its first (PENDING) event.
 APPROVAL_ORIGIN_FIELDS = (
     "run_id",
@@ -289,6 +292,8 @@ class _Vouched:
     approval_origins: dict[str, dict[str, Any]]
     votes: dict[tuple[str, str], dict[str, Any]]
     edits: dict[str, dict[str, Any]] = field(default_factory=dict)  # the latest, by approval
+    # Each approval's votes so far: reviewer -> the edit version they approved (None: unedited).
+    ballots: dict[str, dict[str, int | None]] = field(default_factory=dict)
     # Runs that won a release, and those of them whose outcome says they (may have) gone out:
     # a withdrawal of such a release would hide a second forward.
     released_runs: set[str] = field(default_factory=set)
@@ -369,6 +374,12 @@ def _remember(vouched: _Vouched, event: AuditEvent) -> None:
     elif event.kind == "approval":
         before = vouched.approvals.get(payload["approval_id"])
         _approval_moves(before, payload, event.seq)
+        if (
+            before is not None
+            and before["state"] == "PENDING"
+            and payload.get("state") == "APPROVED"
+        ):
+            _quorum_reached(vouched, payload["approval_id"], event.seq)
         _withdrawn_unsent(before, payload, vouched.went_out, event.seq)
         if payload.get("released_run"):
             vouched.released_runs.add(payload["released_run"])
@@ -376,6 +387,8 @@ def _remember(vouched: _Vouched, event: AuditEvent) -> None:
         vouched.approval_origins.setdefault(payload["approval_id"], payload)
     elif event.kind == "vote":
         vouched.votes[(payload["approval_id"], payload["reviewer"])] = payload
+        ballots = vouched.ballots.setdefault(payload["approval_id"], {})
+        ballots[payload["reviewer"]] = payload.get("edit_version")
     elif event.kind == "edit":
         vouched.edits[payload["approval_id"]] = {k: v for k, v in payload.items()
                                                  if k != "approval_id"}  # fmt: skip
@@ -398,6 +411,24 @@ def _approval_moves(before: dict[str, Any] | None, after: dict[str, Any], seq: i
             f"event #{seq} moves approval {approval} from {was} to {state}: an approval opens "
             "PENDING, ends once, and is released once after APPROVED (a release that forwarded "
             "nothing withdrawn, naming it)"
+        )
+
+
+def _quorum_reached(vouched: _Vouched, approval: str, seq: int) -> None:
+    """An approval is APPROVED once `required` distinct reviewers approved the request as it
+    then stood: votes for an earlier version of its edit no longer count."""
+    origin = vouched.approval_origins[approval]
+    if "required" not in origin:
+        return  # opened before quorums (and votes) were recorded
+    required = origin["required"] or 1
+    version = (vouched.edits.get(approval) or {}).get("version")
+    ballots = vouched.ballots.get(approval, {})
+    votes = sum(1 for voted in ballots.values() if voted == version)
+    if votes < required:
+        what = "the unedited request" if version is None else f"version {version} of its edit"
+        raise _Broken(
+            f"event #{seq} approves approval {approval} with {votes} of the {required} distinct "
+            f"reviewers' votes it needs for {what}"
         )
 
 
@@ -474,9 +505,7 @@ def _verify_votes(conn: Connection, vouched: _Vouched) -> None:
         recorded = vouched.votes.get(key)
         if recorded is None:
             raise _Broken(f"a vote by {vote.reviewer} on approval {vote.approval_id} has no event")
-        _same(
-            f"the vote by {vote.reviewer} on {vote.approval_id}", vote, recorded, ("at", "reason")
-        )
+        _same(f"the vote by {vote.reviewer} on {vote.approval_id}", vote, recorded, VOTE_FIELDS)
         seen.add(key)
     missing = vouched.votes.keys() - seen
     if missing:

@@ -153,3 +153,41 @@ def test_retention_keeps_the_seals_of_what_remains(sealed: Any) -> None:
     report = verify_audit(engine, [public])
     assert report.ok, report.problem
     assert seals_removed(engine, 1) is None
+
+
+def test_a_vote_moved_to_another_edit_version_is_caught(sealed: Any) -> None:
+    """A vote counts for the version of the edit it approved. Someone who can write the database
+    moves alice's vote on the unedited request to edit version 1: verify names the vote; and
+    when bob's edit then reaches the quorum with her stale vote and the row is put back, the
+    approval is named for lacking the votes it needs."""
+    import uuid
+
+    from airlock.store.records import HoldRequest
+    from airlock.store.schema import ApprovalVote
+
+    engine, public = sealed
+    row = run_row("REQUIRE_APPROVAL")
+    hold = HoldRequest(uuid.uuid4().hex, time.time() + 60, "h" * 64, required=2)
+    writer = GroupWriter(engine)
+    writer.write_group([Pending(0, DecisionRecord(row, hold))])
+    writer.close()
+    resolve_approval(engine, hold.approval_id, APPROVED, "alice", "fine as it is")
+    assert verify_audit(engine, [public]).ok
+
+    forger = _forger(engine)
+    with forger.begin() as conn:
+        mine = ApprovalVote.approval_id == hold.approval_id
+        conn.execute(update(ApprovalVote).where(mine).values(edit_version=1))
+    said = f"the vote by alice on {hold.approval_id} was edited: edit_version is 1"
+    assert said in _problem(engine, public)
+
+    edit = {"params": {"amount": 999999}, "locations": {"amount": ["body", "amount"]}}
+    settled = resolve_approval(engine, hold.approval_id, APPROVED, "bob", "raised", edit=edit)
+    assert settled.state == APPROVED  # alice's stale vote was counted
+    with forger.begin() as conn:
+        alices = (mine, ApprovalVote.reviewer == "alice")
+        conn.execute(update(ApprovalVote).where(*alices).values(edit_version=None))
+    forger.dispose()
+    problem = _problem(engine, public)
+    assert f"approves approval {hold.approval_id} with 1 of the 2 distinct" in problem
+    assert "version 1 of its edit" in problem
