@@ -333,10 +333,11 @@ def _redact_line(lines: list[str], index: int) -> None:
 
 
 def redacted_prefix(text: str, limit: int) -> str:
-    """At most `limit` characters of `text`, redacted before the cut: a secret cut in half has
-    lost the shape it is recognised by. What follows the cut is read as far as a PEM block
-    reaches (a 4096-bit key is about 3.3 KB)."""
-    return redact_text(text[: limit + 8192])[:limit]
+    """At most `limit` characters of `text` (a tool's output, an outcome's detail), redacted as
+    a text body is (JSON as JSON, else the values of fields named like secrets too, then the
+    shapes) before the cut: a secret cut in half has lost the shape it is recognised by. What
+    follows the cut is read as far as a PEM block reaches (a 4096-bit key is about 3.3 KB)."""
+    return str(redact_body(text[: limit + 8192]))[:limit]
 
 
 class RedactingFilter(logging.Filter):

@@ -289,6 +289,23 @@ def test_a_private_key_cut_short_is_redacted_to_the_end() -> None:
         assert "MIIEow" not in kept and kept.startswith("$ cat id_rsa\n")
 
 
+def test_text_kept_in_part_loses_the_values_of_fields_named_like_secrets() -> None:
+    """A tool's output (an MCP result) and an outcome's detail are redacted as a text body is,
+    named fields too, not only the shapes secrets have."""
+    from airlock.pipeline.mcp import tool_outcome
+
+    config = json.dumps({"host": "db.internal", "user": "admin", "password": "hunter2Secret"})
+    request = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+               "params": {"name": "get_db_config", "arguments": {}}}  # fmt: skip
+    result = {"jsonrpc": "2.0", "id": 1, "result": {"content": [{"type": "text", "text": config}]}}
+    kept = tool_outcome(request, json.dumps(result).encode(), "application/json")
+    assert kept is not None and "hunter2Secret" not in json.dumps(kept)
+    assert '"host": "db.internal"' in kept["text"]
+    for text in (config, "db_password: hunter2Secret", "connect failed: password=hunter2Secret"):
+        assert "hunter2Secret" not in redacted_prefix(text, 2000)
+    assert redacted_prefix("db_password: hunter2Secret", 16) == "db_password: [RE"
+
+
 def test_names_a_caller_gives_are_redacted_in_the_record() -> None:
     """A Guard API call names its own provider and tool (free text from the caller)."""
     from airlock.pipeline.evaluation import Evaluation

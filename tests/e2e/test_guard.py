@@ -148,6 +148,34 @@ def test_a_tool_that_fails_leaves_its_error_as_the_runs_evidence(airlock: Proxy)
     assert run.outcome_detail == {"detail": "RuntimeError: statement timeout after 30 s"}
 
 
+def test_an_outcome_keeps_no_secret_the_tool_printed(airlock: Proxy) -> None:
+    """The error a tool raised is its run's evidence, redacted as a body is: the values of
+    fields named like secrets go (as JSON, or as `name: value`), the rest stays readable."""
+    failing = guard(
+        "run_sql", "db/prod", {"statement": "SELECT * FROM creds"}, client=client(airlock)
+    )
+    with pytest.raises(RuntimeError), failing:
+        raise RuntimeError(
+            'login refused for {"user": "admin", "password": "hunter2Secret"}\n'
+            "db_password: hunter2Secret"
+        )
+
+    def reported() -> Any:
+        found = [
+            r for r in runs(airlock, action="run_sql") if r.params["statement"].endswith("creds")
+        ]
+        return found[0] if found and found[0].outcome else None
+
+    deadline = time.monotonic() + 5
+    while (run := reported()) is None:
+        assert time.monotonic() < deadline, "the outcome was never recorded"
+        time.sleep(0.05)
+    detail = run.outcome_detail["detail"]
+    assert "hunter2Secret" not in detail
+    assert "login refused" in detail and '"user": "admin"' in detail
+    assert detail.count("[REDACTED]") == 2
+
+
 def test_blocked_never_runs_and_says_why(airlock: Proxy) -> None:
     ran = []
     dropping = guard(
