@@ -80,6 +80,8 @@ def _reviewers_argument(parser: argparse.ArgumentParser) -> None:
 def _reviewers(args: argparse.Namespace) -> Any:
     from airlock.pipeline.agents import load_reviewers
 
+    if not Path(args.policies).is_dir():  # a typo would read as "no reviewers file"
+        raise SystemExit(f"airlock: --policies {args.policies}: no such folder")
     return load_reviewers(Path(args.policies))
 
 

@@ -268,11 +268,16 @@ class ReviewerRegistry:
         return bool(self.roles)
 
     def refusal(self, reviewer: str, allowed_roles: Iterable[str]) -> str | None:
+        allowed = set(allowed_roles)
+        if not self.configured and allowed:  # a default path or a typo must not lift the rule
+            return (
+                f"this approval needs a reviewer in one of {sorted(allowed)}, and no "
+                f"{REVIEWERS_FILE} says who is: pass --policies with the folder that has it"
+            )
         if not self.configured:
             return None
         if reviewer not in self.roles:
             return f"{reviewer} is not a reviewer (policies/{REVIEWERS_FILE})"
-        allowed = set(allowed_roles)
         if allowed and not allowed & set(self.roles[reviewer]):
             return f"{reviewer} may not decide this approval: it needs one of {sorted(allowed)}"
         return None

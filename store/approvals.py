@@ -234,6 +234,8 @@ def _check_reason(state: str, reason: str | None, risk: int | None) -> None:
 
 
 def _check_can_decide(approval: Any, agent: str, reviewer: str, now: float) -> None:
+    if not name_key(reviewer):
+        raise ApprovalError("a decision needs the reviewer's name (--reviewer): it is blank")
     if approval.state != PENDING:
         by = f" (by {approval.reviewer})" if approval.reviewer else ""
         raise ApprovalError(
@@ -292,13 +294,17 @@ def _vote(
         .order_by(ApprovalVote.at)
     ).all()
     voters = [who for who, voted in votes if voted == version]
-    if reviewer in voters:
+    # One person, however their name is spelt (" ALICE" is alice): as the self-approval check
+    # reads names.
+    same = next((who for who, _ in votes if name_key(who) == name_key(reviewer)), None)
+    if same is not None and same in voters:
         raise ApprovalError(
             f"{reviewer} already approved {approval.id}: {len(voters)} of {required} distinct "
             "reviewers so far"
         )
     values = {"at": now, "reason": reason, "edit_version": version}
-    if any(who == reviewer for who, _ in votes):  # their vote was for an earlier version
+    if same is not None:  # their vote was for an earlier version
+        reviewer = same
         conn.execute(
             update(ApprovalVote)
             .where(ApprovalVote.approval_id == approval.id, ApprovalVote.reviewer == reviewer)

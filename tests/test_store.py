@@ -704,6 +704,11 @@ def test_a_quorum_needs_distinct_reviewers_and_one_denial_ends_it(engine: Engine
     assert (first.state, first.votes, first.required) == ("PENDING", 1, 2)
     with pytest.raises(ApprovalError, match=r"alice already approved .*1 of 2"):
         resolve_approval(engine, hold.approval_id, APPROVED, "alice", None)
+    # One person however spelt (as the self-approval check reads names), and never nobody.
+    with pytest.raises(ApprovalError, match=r"already approved .*1 of 2"):
+        resolve_approval(engine, hold.approval_id, APPROVED, " ALICE", None)
+    with pytest.raises(ApprovalError, match="it is blank"):
+        resolve_approval(engine, hold.approval_id, APPROVED, " ", None)
     second = resolve_approval(engine, hold.approval_id, APPROVED, "bob", "agreed")
     assert (second.state, second.reviewer, second.votes) == ("APPROVED", "alice, bob", 2)
     assert verify_audit(engine).ok
@@ -1028,6 +1033,11 @@ def test_only_listed_reviewers_with_an_allowed_role_decide(engine: Engine, tmp_p
 
     with pytest.raises(ApprovalError, match="mallory is not a reviewer"):
         resolve_approval(engine, hold.approval_id, APPROVED, "mallory", None, reviewers)
+    # Without the reviewers file (a default path, a typo), an approval that names roles is not
+    # open to anyone.
+    nowhere = load_reviewers(tmp_path / "elsewhere")
+    with pytest.raises(ApprovalError, match=r"needs a reviewer in one of \['payments-lead'\]"):
+        resolve_approval(engine, hold.approval_id, APPROVED, "mallory", None, nowhere)
     with pytest.raises(ApprovalError, match=r"bob may not decide this approval: .*payments-lead"):
         resolve_approval(engine, hold.approval_id, DENIED, "bob", "no", reviewers)
     settled = resolve_approval(engine, hold.approval_id, APPROVED, "alice", None, reviewers)
