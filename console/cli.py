@@ -1294,7 +1294,7 @@ def cmd_vocabulary(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    from airlock.store.audit import verify_audit
+    from airlock.store.audit import audit_snapshot, verify_audit
 
     if args.audit_command == "export":
         return cmd_audit_export(args)
@@ -1306,9 +1306,11 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     if args.export:
         return _verify_export(Path(args.export), keys[0] if keys else None)
     engine = _engine(args.db)
-    report = verify_audit(engine, keys)
+    # The chain and the checks against signed checkpoints read the store as of one moment.
+    with audit_snapshot(engine) as snapshot:
+        report = verify_audit(snapshot, keys)
+        anchored = _check_anchor(snapshot, args, keys) if report.ok else None
     if report.ok:
-        anchored = _check_anchor(engine, args, keys)
         if anchored is not None and anchored.startswith("BROKEN"):
             print(f"audit trail {anchored}", file=sys.stderr)
             return 1

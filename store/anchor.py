@@ -22,7 +22,8 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from sqlalchemy import func, select
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from airlock.store.retention import DAY, prune
 from airlock.store.schema import AuditCut, AuditEvent, AuditHead, AuditSeal
@@ -130,6 +131,17 @@ def open_checkpoint(text: str, public: Ed25519PublicKey) -> Checkpoint:
     raise ValueError("the checkpoint carries no signature by this public key")
 
 
+@contextmanager
+def reading(store: Engine | Connection) -> Iterator[Connection]:
+    """A connection to read the store with: a Connection given is used as it is (its
+    transaction, so its snapshot: store/audit.py audit_snapshot), an Engine's is opened."""
+    if isinstance(store, Connection):
+        yield store
+        return
+    with store.connect() as conn:
+        yield conn
+
+
 def write_cut(data_dir: Path, note: str) -> Path:
     """The signed cut retention made (store/retention.py): `checkpoints/cut`."""
     folder = Path(data_dir) / CHECKPOINTS
@@ -140,9 +152,9 @@ def write_cut(data_dir: Path, note: str) -> Path:
     return folder / CUT
 
 
-def cut_against(engine: Engine, signed: Checkpoint | None) -> str | None:
+def cut_against(store: Engine | Connection, signed: Checkpoint | None) -> str | None:
     """Why the chain's start is not one a signed retention cut vouches for, or None."""
-    with engine.connect() as conn:
+    with reading(store) as conn:
         cut = conn.execute(select(AuditCut.seq, AuditCut.hash)).first()
     if cut is None:
         return None
@@ -163,9 +175,9 @@ def write_checkpoint(data_dir: Path, note: str, size: int) -> Path:
     return folder / "latest"
 
 
-def chain_against(engine: Engine, checkpoint: Checkpoint) -> str | None:
+def chain_against(store: Engine | Connection, checkpoint: Checkpoint) -> str | None:
     """Why the database's chain is not the one the checkpoint signed, or None."""
-    with engine.connect() as conn:
+    with reading(store) as conn:
         head = conn.execute(select(AuditHead.seq)).scalar()
         at_size = conn.execute(
             select(AuditEvent.hash).where(AuditEvent.seq == checkpoint.size)

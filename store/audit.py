@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import Connection, select
 from sqlalchemy.engine import Engine
 
+from airlock.store.anchor import reading
 from airlock.store.jsontext import to_json
 from airlock.store.prepared import Tx
 from airlock.store.schema import (
@@ -256,12 +258,28 @@ class _Broken(Exception):
     pass
 
 
-def verify_audit(engine: Engine, keys: list[Ed25519PublicKey] | None = None) -> VerifyReport:
+@contextmanager
+def audit_snapshot(engine: Engine) -> Iterator[Connection]:
+    """A read-only transaction that sees the store as of one moment, for verify_audit and the
+    checks against signed checkpoints: its queries (seals, events, head, rows) must agree while
+    a proxy writes. PostgreSQL's default, READ COMMITTED, gives each statement a snapshot of its
+    own, so REPEATABLE READ; SQLite's transaction reads one snapshot already (WAL)."""
+    with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+        with conn.begin():
+            yield conn
+
+
+def verify_audit(
+    store: Engine | Connection, keys: list[Ed25519PublicKey] | None = None
+) -> VerifyReport:
     """`keys`: the audit public keys; with them, every group of events since sealing began must
-    carry its writer's seal (store/seals.py)."""
+    carry its writer's seal (store/seals.py). An Engine is read in an audit_snapshot of its own;
+    a Connection as it is (one audit_snapshot for this and the checkpoint checks after)."""
     counts = {"events": 0, "runs": 0, "approvals": 0}
     try:
-        with engine.connect() as conn:
+        with audit_snapshot(store) if isinstance(store, Engine) else reading(store) as conn:
             seals = Seals(conn, keys) if keys else None
             vouched = _verify_chain(conn, counts, seals)
             _verify_records(conn, vouched, counts)

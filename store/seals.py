@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection, Engine
 
-from airlock.store.anchor import note_key_id
+from airlock.store.anchor import note_key_id, reading
 from airlock.store.schema import AuditCut, AuditHead, AuditSeal
 
 SEAL_ORIGIN = "airlock.audit/seal/v1"
@@ -125,10 +125,10 @@ class Seals:
         return None
 
 
-def seals_removed(engine: Engine, seals_from: int) -> str | None:
+def seals_removed(store: Engine | Connection, seals_from: int) -> str | None:
     """A signed checkpoint says sealing began at `seals_from`: the seals from there must be in
     the database (retention deletes only seals whose events it pruned)."""
-    with engine.connect() as conn:
+    with reading(store) as conn:
         first = conn.execute(select(func.min(AuditSeal.from_seq))).scalar()
         cut = conn.execute(select(AuditCut.seq)).scalar() or 0
         head = conn.execute(select(AuditHead.seq)).scalar() or 0

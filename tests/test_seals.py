@@ -191,3 +191,32 @@ def test_a_vote_moved_to_another_edit_version_is_caught(sealed: Any) -> None:
     problem = _problem(engine, public)
     assert f"approves approval {hold.approval_id} with 1 of the 2 distinct" in problem
     assert "version 1 of its edit" in problem
+
+
+def test_verify_reads_the_store_as_of_one_moment_while_a_proxy_writes(
+    sealed: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A proxy commits a group while verify walks the chain. On PostgreSQL, READ COMMITTED gave
+    each of verify's queries a snapshot of its own: the head (or the runs) read after the walk
+    saw the new group, and an untouched store was reported BROKEN. verify vouches for the store
+    as it was when it began; the group is verified the next time."""
+    import airlock.store.audit as audit
+
+    engine, public = sealed
+    before = verify_audit(engine, [public]).events
+    walk = audit._events
+
+    def walk_while_a_proxy_writes(conn: Any) -> Any:
+        for number, event in enumerate(walk(conn)):
+            if number == 1:
+                writer = GroupWriter(engine)
+                writer.write_group([Pending(0, DecisionRecord(run_row()))])
+                writer.close()
+            yield event
+
+    monkeypatch.setattr(audit, "_events", walk_while_a_proxy_writes)
+    report = verify_audit(engine, [public])
+    assert report.ok and report.events == before, report.problem
+    monkeypatch.undo()
+    report = verify_audit(engine, [public])
+    assert report.ok and report.events == before + 1, report.problem
