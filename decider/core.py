@@ -389,6 +389,8 @@ class DeciderCore:
         # A simulated write counts too, as it would in the trial it stands for.
         passed = row.decision == ALLOW or (row.decision == SIMULATED and not would_block)
         self._remember(row, passed=passed)
+        if passed:
+            self._remember_elements(row, evaluation)
         taken.jobs.append(Pending(sequence, DecisionRecord(row)))
         taken.results[sequence] = Decided(row.summary(), stage)
 
@@ -584,6 +586,14 @@ class DeciderCore:
         roles = self.config.agents.roles_of(run.agent) if self.config else ()
         self.history.record(run.id, run.agent, run.action, run.at, run.params, passed, roles,
                             run.target)  # fmt: skip
+
+    def _remember_elements(self, row: RunRecord, evaluation: Evaluation) -> None:
+        """A JSON-RPC batch let through: each of its calls counts, not only the one that
+        decided (recorded as the run)."""
+        roles = self.config.agents.roles_of(row.agent) if self.config else ()
+        for index, other in enumerate(evaluation.others):
+            self.history.record(f"{row.id}.{index}", row.agent, other.action, row.at,
+                                other.params, True, roles, other.target)  # fmt: skip
 
     def _load_history(self) -> None:
         """At start: the recorded past within the longest window."""

@@ -14,7 +14,7 @@ from typing import Any
 from airlock.pipeline.agents import AgentRegistry, load_agents, load_reviewers
 from airlock.pipeline.consistency import configuration_problems, reviewer_role_problems
 from airlock.pipeline.document import Document, normalise_host
-from airlock.pipeline.history import History
+from airlock.pipeline.history import History, WithEarlier
 from airlock.pipeline.mappings import (
     Action,
     MappingError,
@@ -61,6 +61,9 @@ class Evaluation:
     error: str | None = None  # set when a stage failed and the request was blocked for it
     failed_stage: str | None = None
     risk: Risk | None = None
+    # A JSON-RPC batch's other calls (the action above is the one that decided): each counts
+    # in budgets and rates when the batch is let through.
+    others: tuple[Action, ...] = ()
 
 
 def evaluate(document: Document, config: Config, history: History | None = None) -> Evaluation:
@@ -101,7 +104,15 @@ def _evaluate_batch(
 ) -> Evaluation:
     """A JSON-RPC batch, element by element: the most restrictive decision is the batch's (one
     BLOCK blocks it all), and its reason names the element that decided."""
-    evaluations = [_evaluate_one({**document, "body": m}, config, history) for m in messages]
+    roles = config.agents.roles_of(document["agent"])
+    past = WithEarlier(history, roles) if history is not None else None
+    evaluations = []
+    for message in messages:
+        evaluation = _evaluate_one({**document, "body": message}, config, past or history)
+        evaluations.append(evaluation)
+        if past is not None:  # the next element's budgets and rates count this one
+            action = evaluation.action
+            past.add(action.action, action.params, action.target)
     decisive = max(evaluations, key=lambda e: RESTRICTIVENESS[e.verdict.decision])
     where = f"call {evaluations.index(decisive) + 1} of {len(messages)} in a JSON-RPC batch"
     action = decisive.action
@@ -111,10 +122,13 @@ def _evaluate_batch(
         decisive,
         action=replace(action, context=context),
         verdict=replace(verdict, reason=f"{where} ({action.action}): {verdict.reason}"),
+        others=tuple(e.action for e in evaluations if e is not decisive),
     )
 
 
-def _evaluate_one(document: Document, config: Config, history: History | None) -> Evaluation:
+def _evaluate_one(
+    document: Document, config: Config, history: History | WithEarlier | None
+) -> Evaluation:
     try:
         action = config.mappings.map(document)
     except MappingError as e:

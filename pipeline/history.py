@@ -257,6 +257,60 @@ class History:
         return total
 
 
+class WithEarlier:
+    """The past as the next element of a JSON-RPC batch sees it: the elements before it in the
+    same request count as let through (they go out with it, or nothing does), so that five
+    refunds in one batch meet the budget five do. The batch's agent asks every question."""
+
+    def __init__(self, history: History, roles: tuple[str, ...]) -> None:
+        self.history = history
+        self.clock = history.clock
+        self.roles = roles
+        self.earlier: list[tuple[str, dict[str, Any], str]] = []  # (action, numbers, target)
+
+    def add(self, action: str, params: dict[str, Any], target: str) -> None:
+        self.earlier.append((action, _numbers(params), target))
+
+    def _same(self, per: str, roles: tuple[str, ...], action: str) -> list[dict[str, Any]]:
+        if per == "role" and not set(self.roles) & set(roles):
+            return []
+        return [params for name, params, _ in self.earlier if name == action]
+
+    def count(
+        self, per: str, agent: str, roles: tuple[str, ...], action: str, seconds: float
+    ) -> int:
+        return self.history.count(per, agent, roles, action, seconds) + len(
+            self._same(per, roles, action)
+        )
+
+    def total(
+        self, per: str, agent: str, roles: tuple[str, ...], action: str, seconds: float,
+        param: str, currency: str | None,
+    ) -> float:  # fmt: skip
+        total = self.history.total(per, agent, roles, action, seconds, param, currency)
+        for params in self._same(per, roles, action):
+            if not currency or str(params.get("currency", "")).lower() == currency:
+                total += params.get(param, 0)
+        return total
+
+    def has_done(self, agent: str, action: str) -> bool:
+        return self.history.has_done(agent, action) or any(
+            name == action for name, _, _ in self.earlier
+        )
+
+    def has_touched(self, agent: str, target: str) -> bool:
+        return self.history.has_touched(agent, target) or any(
+            earlier == target for _, _, earlier in self.earlier
+        )
+
+    def recent_count(self, agent: str, action: str, seconds: float) -> int:
+        earlier = sum(1 for name, _, _ in self.earlier if name == action)
+        return self.history.recent_count(agent, action, seconds) + earlier
+
+    def recent_denials(self, agent: str, seconds: float) -> int:
+        return self.history.recent_denials(agent, seconds)
+
+
 def _numbers(params: dict[str, Any]) -> dict[str, Any]:
     """Keep what budgets sum and filter on: numbers and the currency, nothing else. Negative
     and non-finite numbers are left out: a request with amount -1e20 must not refill a budget

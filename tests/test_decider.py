@@ -7,6 +7,7 @@ import asyncio
 import gzip
 import hashlib
 import json
+import shutil
 import socket
 import threading
 import time
@@ -433,6 +434,40 @@ def test_budgets_never_decide_without_their_past(
     # The first could not be written either (no runs table): refused as the store's failure.
     assert isinstance(blocked, Failure) and blocked.by == "store"
     assert allowed.run.decision == "ALLOW" and core.prepared
+
+
+def test_every_call_of_a_batch_let_through_counts_in_rates(
+    core: DeciderCore, tmp_path: Path
+) -> None:
+    """A JSON-RPC batch of two refunds let through counts two, not only the call that decided
+    it: the next refund meets a rate of two an hour."""
+    mappings, policies = PROJECT_ROOT / "mappings", tmp_path / "policies"
+    shutil.copytree(PROJECT_ROOT / "policies", policies)
+    (policies / "refunds.yaml").write_text(
+        "rules:\n  - {id: refunds, when: {action: 'mcp.*.issue_refund'}, decision: ALLOW}\n"
+        "  - {id: two-refunds-an-hour, when: {action: 'mcp.*.issue_refund'},\n"
+        "     rate: {limit: 2, window: 1h}, decision: BLOCK}\n"
+    )
+    with recording_sources() as sources:
+        Config.load(mappings, policies)
+    configuration = Configuration(str(mappings), str(policies), sources, "enforce", 600.0)
+
+    def refunds(run_id: str, count: int) -> Decide:
+        calls = [{"jsonrpc": "2.0", "id": i, "method": "tools/call",
+                  "params": {"name": "issue_refund", "arguments": {"amount": 1500}}}
+                 for i in range(count)]  # fmt: skip
+        request = tutils.treq(
+            method=b"POST", scheme=b"https", host="mcp.internal.example.com", port=443,
+            authority=b"", path=b"/mcp", headers=[(b"content-type", b"application/json")],
+            content=json.dumps(calls).encode(),
+        )  # fmt: skip
+        return Decide(run_id, "a", None, raw_request(request, None))
+
+    setup = Setup("test-1", 60.0, "", 0, configuration, [])
+    batch = replies(core.handle([Envelope(0, setup), Envelope(1, refunds("run-two", 2))]))[1]
+    assert batch.run.decision == "ALLOW"
+    after = replies(core.handle([Envelope(2, refunds("run-one", 1))]))[2]
+    assert after.run.decision == "BLOCK" and "two-refunds-an-hour" in after.run.rules
 
 
 def test_a_record_keeps_large_values_as_their_start_length_and_hash(core: DeciderCore) -> None:

@@ -120,6 +120,29 @@ def test_one_rule_governs_githubs_mcp_tool_and_its_rest_call(tmp_path: Path) -> 
     assert merge.verdict.rules == ("github-merge-needs-approval",)
 
 
+def test_a_batchs_calls_count_toward_its_later_calls(tmp_path: Path) -> None:
+    """Five calls in one JSON-RPC batch meet the rate five requests would: each call is judged
+    with the ones before it in the batch counted (before, each against the past alone: five
+    refunds passed a rate of two). That all of them count once it is let through:
+    tests/test_decider.py."""
+    from airlock.pipeline.history import History
+
+    (tmp_path / "rules.yaml").write_text(
+        textwrap.dedent("""\
+            rules:
+              - id: two-refunds-an-hour
+                when: {action: "mcp.*.issue_refund"}
+                rate: {limit: 2, window: 1h}
+                decision: BLOCK
+            """)
+    )
+    config = Config(SHIPPED, load_policies(tmp_path))
+    refunds = [call(i, "issue_refund", {"amount": 1500}) for i in range(5)]
+    blocked = evaluate(request(refunds), config, History())
+    assert blocked.verdict.decision == "BLOCK"
+    assert blocked.verdict.reason.startswith("call 3 of 5 in a JSON-RPC batch")
+
+
 def test_a_batch_is_decided_call_by_call_and_one_block_blocks_it(tmp_path: Path) -> None:
     (tmp_path / "rules.yaml").write_text(
         textwrap.dedent("""\
