@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 
 from sqlalchemy import delete, func, select
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from airlock.store.schema import (
     Approval,
@@ -48,16 +48,9 @@ def prune(engine: Engine, older_than: float) -> Pruned | None:
         cut_seq = cut.scalar()
         if not cut_seq:
             return None
-        # A run with events on both sides of the cut is kept whole: cut before its first one.
-        straddling = select(AuditEvent.run_id).where(
-            AuditEvent.seq > cut_seq, AuditEvent.run_id.is_not(None)
-        )
-        first_kept = conn.execute(
-            select(func.min(AuditEvent.seq)).where(
-                AuditEvent.seq <= cut_seq, AuditEvent.run_id.in_(straddling)
-            )
-        ).scalar()
-        if first_kept is not None:
+        # A run with events on both sides of the cut is kept whole: cut before its first one,
+        # and again for the runs the events kept so put across it, until none straddles.
+        while (first_kept := _first_event_of_a_run_across(conn, cut_seq)) is not None:
             cut_seq = first_kept - 1
         done = conn.execute(select(AuditCut.seq)).scalar() or 0
         if cut_seq <= done:
@@ -77,3 +70,15 @@ def prune(engine: Engine, older_than: float) -> Pruned | None:
         conn.execute(AuditCut.__table__.insert().values(id=1, seq=cut_seq, hash=cut_hash,
                                                         at=time.time()))  # fmt: skip
     return Pruned(cut_seq, cut_hash, pruned_runs, pruned_events)
+
+
+def _first_event_of_a_run_across(conn: Connection, cut_seq: int) -> int | None:
+    """The position of the first event, up to the cut, of a run with events after it."""
+    after = select(AuditEvent.run_id).where(
+        AuditEvent.seq > cut_seq, AuditEvent.run_id.is_not(None)
+    )
+    return conn.execute(
+        select(func.min(AuditEvent.seq)).where(
+            AuditEvent.seq <= cut_seq, AuditEvent.run_id.in_(after)
+        )
+    ).scalar()

@@ -105,3 +105,33 @@ def test_the_cut_is_signed_and_a_deeper_cut_by_hand_is_caught(
     assert verify_audit(engine).ok  # consistent inside the database...
     assert main(verify) == 1  # ...but not with the signed cut
     assert "no signed retention cut vouches for that" in capsys.readouterr().err
+
+
+def test_the_cut_moves_back_until_no_kept_event_belongs_to_a_pruned_run(engine: Engine) -> None:
+    """Moving the cut back before a straddling run can put another run across it: a request
+    held long ago (its approval denied a little later), then a long call decided between the
+    two and answered today. Both are kept whole, the run wholly before them is pruned, and the
+    store still verifies."""
+    from airlock.store.records import OutcomeRecord, SettleRequest
+    from airlock.store.writer import GroupWriter, Pending
+
+    long_ago, held, long_call = (run_row("ALLOW", at=OLD - 10), run_row("REQUIRE_APPROVAL", at=OLD),
+                                 run_row("ALLOW", at=OLD + 60))  # fmt: skip
+    hold = HoldRequest(uuid.uuid4().hex, OLD + 600, "h" * 64)
+    writer = GroupWriter(engine)
+    for job in (
+        DecisionRecord(long_ago),  # 1
+        DecisionRecord(held, hold),  # 2, and 3: its approval opens
+        DecisionRecord(long_call),  # 4
+        SettleRequest(hold.approval_id, "DENIED", "no", OLD + 120),  # 5
+        OutcomeRecord(long_call.id, time.time(), "forwarded", 200, 5.0),  # 6: today
+    ):
+        assert all(ok for _, ok, _ in writer.write_group([Pending(0, job)]))
+    writer.close()
+
+    pruned = prune(engine, time.time() - 180 * DAY)
+    report = verify_audit(engine)
+    assert report.ok and (report.runs, report.approvals) == (2, 1), report.problem
+    assert pruned is not None and (pruned.cut, pruned.runs, pruned.events) == (1, 1, 1)
+    with engine.connect() as conn:
+        assert set(conn.execute(select(Run.id)).scalars()) == {held.id, long_call.id}
