@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import time
 import uuid
 from dataclasses import dataclass, field, replace
@@ -88,6 +89,7 @@ from airlock.store.history import (
     past_decisions,
 )
 from airlock.store.instances import (
+    LEASE_SECONDS,
     RETRY_GRACE_SECONDS,
     Here,
     end_lease,
@@ -163,6 +165,7 @@ class DeciderCore:
         # their own every RETRY_SECONDS, so one that keeps failing never fails the groups behind.
         self.unwritten: list[Pending] = []
         self.retry_at = 0.0
+        self.renewing_since: float | None = None  # monotonic: this lease renewed unbroken since
 
     # --- a batch: messages in, answers out ---------------------------------------------------
 
@@ -252,8 +255,19 @@ class DeciderCore:
             raise
         self.unprepared = None
 
+    def _lapse_after(self) -> float:
+        """How old a lease may be before its instance is taken for gone. After a gap in this
+        instance's own renewals (the store unreachable, or a start) every lease may look
+        lapsed, others' as this one's: only once this one has renewed unbroken for as long as
+        a lease lasts have the others had the time to renew theirs. Until then, instances are
+        judged gone only on evidence (stopped, or a dead process here)."""
+        held = self.renewing_since
+        if held is None or time.monotonic() - held < LEASE_SECONDS:
+            return math.inf
+        return LEASE_SECONDS
+
     def _settle_what_gone_instances_left(self, grace: float = 0.0) -> None:
-        here = Here(self.instance, grace=grace)
+        here = Here(self.instance, grace=grace, lease_seconds=self._lapse_after())
         expired, left = settle_what_gone_instances_left(self.engine, here)
         if expired:
             log.warning("expired %d approvals left by stopped proxy instances", expired)
@@ -268,15 +282,19 @@ class DeciderCore:
         time to join them here or elsewhere; approvals past their expiry expired."""
         if not self.instance:
             return
-        here = Here(self.instance, grace=RETRY_GRACE_SECONDS)
+        here = Here(self.instance, grace=RETRY_GRACE_SECONDS, lease_seconds=self._lapse_after())
         try:
-            if not renew_lease(self.engine, self.instance, here):
+            renewed = renew_lease(self.engine, self.instance, here)
+            if self.renewing_since is None:
+                self.renewing_since = time.monotonic()
+            if not renewed:
                 log.error("this instance was taken for stopped (its lease lapsed): approvals "
                           "only it held were expired and its runs in flight settled")  # fmt: skip
             if gone_uncleared(self.engine, here):
                 self._settle_what_gone_instances_left(RETRY_GRACE_SECONDS)
             expire_overdue_approvals(self.engine)
         except Exception as e:
+            self.renewing_since = None  # a gap: others' leases may lapse meanwhile, as ours
             log.warning("cannot renew this instance's lease or settle what others left: %s", e)
 
     # --- writing -----------------------------------------------------------------------------

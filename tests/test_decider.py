@@ -48,7 +48,7 @@ from airlock.pipeline.run_record import RunSummary, former_request_hashes
 from airlock.pipeline.tool_calls import ToolCall
 from airlock.pipeline.yaml_source import recording_sources
 from airlock.store.audit import verify_audit
-from airlock.store.instances import RETRY_GRACE_SECONDS
+from airlock.store.instances import LEASE_SECONDS, RETRY_GRACE_SECONDS
 from airlock.store.records import OutcomeRecord
 from airlock.store.schema import (
     Approval,
@@ -266,6 +266,48 @@ def test_a_running_decider_settles_what_a_stopped_instance_left_on_its_next_sync
             conn.execute(update(InstanceLease).values(stopped_at=stopped))
         assert synced() == ("EXPIRED", "the proxies holding it stopped", "not_sent")
     finally:
+        this.finish()
+
+
+def test_after_a_store_outage_a_decider_does_not_take_the_others_for_gone(db_url: str) -> None:
+    """The store was unreachable for longer than a lease lasts: every instance's lease looks
+    lapsed, and the first one back expired what the others held. Now an instance judges others
+    by their lease only once it has itself renewed unbroken for as long as a lease lasts."""
+    other, this = (DeciderCore(StoreAddress(db_url, "full")) for _ in range(2))
+    other.handle([Envelope(0, replace(setup(), instance="elsewhere-5.x"))])
+    held = replies(other.handle([Envelope(1, charge(150_000, "run-held"))]))[1]
+    this.handle([Envelope(0, setup())])
+
+    def after_sync() -> str:
+        this.next_sync = time.monotonic()  # its sync is due
+        this.wait()
+        with this.engine.connect() as conn:
+            query = select(Approval.state).where(Approval.id == held.approval.id)
+            return conn.execute(query).scalar_one()
+
+    try:
+        with this.engine.begin() as conn:  # an outage: nobody renewed for over a lease
+            conn.execute(update(InstanceLease).values(seen_at=time.time() - LEASE_SECONDS - 5))
+            conn.execute(  # the other runs on another machine: its pid says nothing here
+                update(InstanceLease)
+                .where(InstanceLease.id == "elsewhere-5.x")
+                .values(namespace="another-machine")
+            )
+        this.renewing_since = None  # this one's renewals failed meanwhile too
+        assert after_sync() == "PENDING"
+        assert this.renewing_since is not None  # renewed again: from now on, unbroken
+        # The other never came back: once this one has renewed for a lease's length, its
+        # lapsed lease says it is gone.
+        this.renewing_since = time.monotonic() - LEASE_SECONDS
+        with this.engine.begin() as conn:
+            conn.execute(
+                update(InstanceLease)
+                .where(InstanceLease.id == "elsewhere-5.x")
+                .values(seen_at=time.time() - LEASE_SECONDS - RETRY_GRACE_SECONDS - 5)
+            )
+        assert after_sync() == "EXPIRED"
+    finally:
+        other.finish()
         this.finish()
 
 
