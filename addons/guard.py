@@ -10,7 +10,9 @@ served by tornado (a mitmproxy dependency) on mitmproxy's event loop:
   POST /v1/runs/{request_id}/outcome {"status": "succeeded"|"failed", "detail"?}
 There is no approve or deny endpoint: an agent has no path to approve itself. An approved call
 is released by asking again with the same idempotency key (the retry joins its approval, as an
-SDK's retry does on the proxy): the first ask after approval is ALLOW, exactly once.
+SDK's retry does on the proxy): the first ask after approval is ALLOW, exactly once. An ALLOW
+that never reaches the agent (its connection closed first) released nothing: the release is
+withdrawn, and the next ask is released instead.
 A call on trial (an agent or role with `simulate: true`, `--mode simulate`, a SIMULATE rule) is
 answered SIMULATED, with what it `would` have been: the SDK does not run it.
 Agents authenticate as on the proxy: Basic AGENT:KEY, or Bearer AGENT:KEY.
@@ -24,10 +26,12 @@ import json
 import logging
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 from mitmproxy import ctx
 from tornado.httpserver import HTTPServer
+from tornado.iostream import StreamClosedError
 from tornado.web import Application, HTTPError, RequestHandler
 
 from airlock.addons.identity import Identity
@@ -71,6 +75,18 @@ _FIELDS: dict[str, tuple[type | tuple[type, ...], bool]] = {  # name: (types, re
 
 class BadRequest(Exception):
     """400: what is wrong with the request, naming the field."""
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """An approved call released by an answer: what withdrawing it names."""
+
+    approval_id: str
+    at: float
+    run_id: str
+
+
+Answer = tuple[int, dict[str, Any], Release | None]  # status, body, the release it carries
 
 
 class GuardApi:
@@ -118,7 +134,7 @@ class GuardApi:
 
     # --- deciding ----------------------------------------------------------------------------
 
-    async def guard(self, agent: str, call: ToolCall) -> tuple[int, dict[str, Any]]:
+    async def guard(self, agent: str, call: ToolCall) -> Answer:
         runtime = self.runtime
         started = time.perf_counter()
         await runtime.start_decider()
@@ -128,20 +144,29 @@ class GuardApi:
         runtime.metrics.count_decision(run.decision, run.action, run.provider)
         runtime.log.decision(run.decision, run, (time.perf_counter() - started) * 1000, "guard")
         if run.decision == SIMULATED:
-            return 200, self._simulated(run, run.reason)
+            return 200, self._simulated(run, run.reason), None
         if run.decision != REQUIRE_APPROVAL or decided.approval is None:
             if run.decision == ALLOW:
                 self._allowed(run.id, agent)
-            return 200, _answer(run, run.decision, run.reason)
+            return 200, _answer(run, run.decision, run.reason), None
         approval = decided.approval
         self._remember(self.approvals, approval.id, agent)
         if not approval.joined:
             runtime.notifier.held(run, approval.id, approval.expires_at)
-            return 200, _answer(run, REQUIRE_APPROVAL, run.reason, approval)
-        status, answer = await self._rejoined(run, approval, decided)
+            return 200, _answer(run, REQUIRE_APPROVAL, run.reason, approval), None
+        status, answer, release = await self._rejoined(run, approval, decided)
         if answer["decision"] == ALLOW:
             self._allowed(run.id, agent)
-        return status, answer
+        return status, answer, release
+
+    def undelivered(self, release: Release) -> None:
+        """The answer that released an approved call never reached its agent (the connection
+        closed first): the call did not run. As for a proxied request that never went out
+        (holds.py), the release is withdrawn, so the agent's next ask is released rather than
+        told it already was; and no outcome can be reported for this run."""
+        self.allowed.pop(release.run_id, None)
+        self.runtime.ask().withdraw_release(release.approval_id, release.at)
+        self.runtime.record_outcome(release.run_id, "undelivered", None)
 
     def _allowed(self, request_id: str, agent: str) -> None:
         self._remember(self.allowed, request_id, agent)
@@ -162,32 +187,31 @@ class GuardApi:
         self.runtime.record_outcome(request_id, status, None, detail=kept)
         return True
 
-    async def _rejoined(
-        self, run: RunSummary, approval: ApprovalState, decided: Decided
-    ) -> tuple[int, dict[str, Any]]:
+    async def _rejoined(self, run: RunSummary, approval: ApprovalState, decided: Decided) -> Answer:
         """The same call again (its idempotency key): released once approved, refused once
         denied, still pending otherwise."""
         runtime = self.runtime
         if approval.request_hash != decided.request_hash:
             runtime.record_outcome(run.id, "key_reused", 409)
             reason = "this idempotency key was used for a different call; use a new key"
-            return 409, _answer(run, BLOCK, reason, approval)
+            return 409, _answer(run, BLOCK, reason, approval), None
         if approval.state == DENIED:
             runtime.record_outcome(run.id, "denied", 403)
             why = f": {approval.reason}" if approval.reason else ""
-            return 200, _answer(run, BLOCK, f"denied by {approval.reviewer}{why}", approval)
+            return 200, _answer(run, BLOCK, f"denied by {approval.reviewer}{why}", approval), None
         if approval.state != APPROVED:
-            return 200, _answer(run, REQUIRE_APPROVAL, run.reason, approval)
+            return 200, _answer(run, REQUIRE_APPROVAL, run.reason, approval), None
         released = await runtime.release(approval.id, run.id)
         if not released.won:
             runtime.record_outcome(run.id, "duplicate", 409)
             reason = "this call was approved and has already been released once"
-            return 409, _answer(run, BLOCK, reason, approval)
+            return 409, _answer(run, BLOCK, reason, approval), None
         runtime.remember(run, passed=True)
         approved = f"approved by {approval.reviewer}"
         if run.simulated:  # a trial that asked a reviewer anyway: approved, and still not run
-            return 200, self._simulated(run, f"simulated ({approved})", approval)
-        return 200, _answer(run, ALLOW, approved, approval)
+            return 200, self._simulated(run, f"simulated ({approved})", approval), None
+        release = Release(approval.id, released.at, run.id) if released.at is not None else None
+        return 200, _answer(run, ALLOW, approved, approval), release
 
     def _simulated(
         self, run: RunSummary, reason: str, approval: ApprovalState | None = None
@@ -287,9 +311,14 @@ def _named(fields: dict[str, Any]) -> None:
 class _Handler(RequestHandler):
     api: GuardApi
     agent: str
+    gone = False  # the client closed the connection before its answer
 
     def initialize(self, api: GuardApi) -> None:
         self.api = api
+
+    def on_connection_close(self) -> None:
+        self.gone = True
+        super().on_connection_close()
 
     def prepare(self) -> None:
         agent = self.api.agent_of(self.request.headers.get("Authorization", ""))
@@ -315,14 +344,26 @@ class _Guard(_Handler):
             self._error(400, str(e))
             return
         try:
-            status, answer = await self.api.guard(self.agent, call)
+            status, answer, release = await self.api.guard(self.agent, call)
         except Exception as e:  # fail closed: nothing ran, and the caller is told
             log.error("the Guard API could not decide %s: %r", call.action, e)
             self.api.runtime.metrics.fail_closed.labels("guard").inc()
             self._error(503, "Airlock could not decide or record this call; it must not run")
             return
         self.set_status(status)
-        self.finish(answer)
+        if not await self._delivered(answer) and release is not None:
+            self.api.undelivered(release)
+
+    async def _delivered(self, answer: dict[str, Any]) -> bool:
+        """False when the client left before its answer could be written. Once written, it
+        may have been read (and the call run): it counts as delivered."""
+        if self.gone:
+            return False  # tornado's own finish, after this, writes nowhere
+        try:
+            await self.finish(answer)
+        except StreamClosedError:
+            return False
+        return True
 
 
 class _Approval(_Handler):

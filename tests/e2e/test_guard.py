@@ -4,6 +4,7 @@ the same policies, approval queue and store as proxied requests."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import socket
@@ -240,6 +241,40 @@ def test_an_approval_is_for_its_target_and_context_only(airlock: Proxy) -> None:
     ]:
         assert time.monotonic() < deadline, "the call on web-prod is not on record as refused"
         time.sleep(0.05)
+
+
+def test_a_release_whose_answer_never_arrived_is_not_spent(airlock: Proxy) -> None:
+    """The retry that wins an approved call's release loses its connection before the answer:
+    the call never ran, so the agent's next ask is released (once), not told it already was."""
+    url = f"http://127.0.0.1:{guard_port(airlock)}/v1/guard"
+    call = {"action": "restart_queue", "target": "queue-1", "params": {"queue": "mail"},
+            "idempotency_key": "restart-queue-1"}  # fmt: skip
+    held = requests.post(url, json=call, auth=("ops-bot", KEY), timeout=10).json()
+    assert held["decision"] == "REQUIRE_APPROVAL"
+    approve_from_another_process(airlock, "restart_queue")
+    body = json.dumps(call).encode()
+    token = base64.b64encode(f"ops-bot:{KEY}".encode())
+    with socket.create_connection(("127.0.0.1", guard_port(airlock))) as dropped:
+        dropped.sendall(
+            b"POST /v1/guard HTTP/1.1\r\nHost: airlock\r\nAuthorization: Basic " + token
+            + b"\r\nContent-Type: application/json\r\nContent-Length: "
+            + str(len(body)).encode() + b"\r\n\r\n" + body
+        )  # fmt: skip
+    # closed before the answer; wait until the retry was decided and answered into the void
+    deadline = time.monotonic() + 5
+    while len(runs(airlock, action="restart_queue")) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    again = requests.post(url, json=call, auth=("ops-bot", KEY), timeout=10)
+    assert (again.json()["decision"], again.json()["reason"]) == ("ALLOW", "approved by alice")
+    once_more = requests.post(url, json=call, auth=("ops-bot", KEY), timeout=10)
+    assert once_more.status_code == 409
+    assert "already been released once" in once_more.json()["reason"]
+    deadline = time.monotonic() + 5  # on record: the dropped answer, then the one that ran
+    while [r.outcome for r in runs(airlock, action="restart_queue")][1:3] != ["undelivered", None]:
+        assert time.monotonic() < deadline, "the undelivered answer is not on record"
+        time.sleep(0.05)
+    assert verify_audit(open_engine(airlock.db_url)).ok
 
 
 def test_denied_raises_and_the_async_decorator_never_runs(airlock: Proxy) -> None:
