@@ -300,7 +300,9 @@ class Holds:
             return
         if released.won:
             self._forwarding(flow, approval_id, released)
-            self.runtime.remember(run, passed=True)
+            # Counted from its release: a rate over the last minute must see what went out in
+            # it, however long ago the request was held.
+            self.runtime.remember(replace(run, at=released.at or time.time()), passed=True)
             return
         self.runtime.record_outcome(run.id, "duplicate", 409)
         self.refusals.refuse(

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import func, select
@@ -149,4 +150,31 @@ def committed_since(
         query = query.where(Run.instance != other_than_instance)
     with engine.connect() as conn:
         found = {row.id: PastDecision(*row) for row in conn.execute(query)}  # latest state
-    return list(found.values()), newest
+        released = _released_since(conn, cursor, newest, other_than_instance)
+    # A request released after approval counts from its release, not from its outcome (which
+    # comes once the upstream answered, if ever) nor at the time it was held.
+    return [*released, *(d for d in found.values() if d.id not in {r.id for r in released})], newest
+
+
+def _released_since(
+    conn: Any, cursor: int, newest: int, other_than_instance: str | None
+) -> list[PastDecision]:
+    """The runs approvals were released to between the two positions, at their release."""
+    events = select(AuditEvent.payload).where(
+        AuditEvent.seq > cursor, AuditEvent.seq <= newest, AuditEvent.kind == "approval"
+    )
+    releases: dict[str, float] = {}
+    for (payload,) in conn.execute(events):
+        event = json.loads(payload)
+        run_id, at = event.get("released_run"), event.get("released_at")
+        if isinstance(run_id, str) and isinstance(at, int | float) and "withdrawn" not in event:
+            releases[run_id] = float(at)
+    if not releases:
+        return []
+    query = select(*_PAST_COLUMNS).where(Run.id.in_(releases))
+    if other_than_instance is not None:
+        query = query.where(Run.instance != other_than_instance)
+    return [
+        replace(PastDecision(*row), at=releases[row.id], outcome="forwarded")
+        for row in conn.execute(query)
+    ]

@@ -21,7 +21,7 @@ from sqlalchemy.engine import Engine
 
 from airlock.decider.client import InProcessDecider, StoreError, WorkerDecider
 from airlock.decider.messages import Decide, RawRequest, StoreAddress
-from airlock.pipeline.run_record import RunRecord
+from airlock.pipeline.run_record import RunRecord, let_through
 from airlock.store.approvals import (
     APPROVED,
     DENIED,
@@ -1065,6 +1065,26 @@ def test_other_instances_decisions_are_read_in_commit_order_from_a_cursor(engine
     assert [(d.id, d.outcome) for d in found] == [(held_row.id, "forwarded")]
 
     assert committed_since(engine, cursor, other_than_instance="here-1") == ([], cursor)
+
+
+def test_another_instances_release_counts_from_its_release(engine: Engine) -> None:
+    """A request held an hour ago, approved and released now by another instance: budgets and
+    rates here count it from now, as soon as the release is read, not once the upstream
+    answered (never, for a Guard call whose agent reports nothing) nor at the hour it was
+    held (which a one-minute rate no longer looks at)."""
+    from airlock.store.history import audit_position, committed_since
+
+    row, hold = held()
+    row.instance, row.at = "there-2", time.time() - 3600
+    write(engine, DecisionRecord(row, hold))
+    cursor = audit_position(engine)
+    resolve_approval(engine, hold.approval_id, APPROVED, "alice", None)
+    released_at = time.time()
+    write(engine, ReleaseRequest(hold.approval_id, released_at, row.id))
+    found, cursor = committed_since(engine, cursor, other_than_instance="here-1")
+    assert [(d.id, d.at, let_through(d.decision, d.outcome)) for d in found] == [
+        (row.id, released_at, True)
+    ]
 
 
 # --- one approval per call, across proxy instances ---------------------------------------------
