@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
 from airlock.store.anchor import Checkpoint, open_checkpoint
@@ -33,12 +33,17 @@ BATCH = 2000  # events fetched at a time
 def events(
     engine: Engine, since: float | None = None, until: float | None = None
 ) -> Iterator[dict[str, Any]]:
-    """Events in chain order, `since <= at < until`, one batch in memory at a time."""
+    """Events in chain order, one batch in memory at a time: from the first at or after `since`
+    to the last before `until`, every position between. Events are not in time order along the
+    chain (a decision carries its request's arrival, an outcome its answer's), and a slice with
+    gaps would not verify."""
     query = select(AuditEvent).order_by(AuditEvent.seq)
     if since is not None:
-        query = query.where(AuditEvent.at >= since)
+        first = select(func.min(AuditEvent.seq)).where(AuditEvent.at >= since)
+        query = query.where(AuditEvent.seq >= first.scalar_subquery())
     if until is not None:
-        query = query.where(AuditEvent.at < until)
+        last = select(func.max(AuditEvent.seq)).where(AuditEvent.at < until)
+        query = query.where(AuditEvent.seq <= last.scalar_subquery())
     with engine.connect() as conn:
         rows = conn.execution_options(stream_results=True, yield_per=BATCH).execute(query)
         for event in rows:

@@ -195,3 +195,28 @@ def test_a_rewritten_export_is_refused_wherever_its_checkpoint_line_is_put(
     forged.write_text("".join([*lines, checkpoint]))  # genuine events, but the line moved
     assert main(["audit", "verify", "--export", str(forged), "--public-key", public]) == 1
     assert main(["audit", "verify", "--export", str(out), "--public-key", public]) == 0
+
+
+def test_a_time_slice_is_every_position_between_its_ends_and_verifies(
+    engine: Engine, db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Events are not in time order along the chain: a decision carries its request's arrival,
+    an outcome its answer's. A slice runs from the first event at or after --since to the last
+    before --until, every position between, so it verifies offline."""
+    from datetime import UTC, datetime
+
+    start = time.time() - 100
+    first = run_row(at=start)
+    write(engine, DecisionRecord(first))  # 1: at start
+    write(engine, OutcomeRecord(first.id, start + 2, "forwarded", 200, 3.0))  # 2: start + 2
+    write(engine, DecisionRecord(run_row(at=start + 1)))  # 3: arrived at start + 1
+    write(engine, DecisionRecord(run_row(at=start + 3)))  # 4: start + 3
+    middle = datetime.fromtimestamp(start + 1.5, UTC).isoformat()
+    out = tmp_path / "slice.jsonl"
+    export = ["audit", "export", "--db", db_url, "--data-dir", str(tmp_path), "--out", str(out)]
+    for bound, positions in (("--since", [2, 3, 4]), ("--until", [1, 2, 3])):
+        assert main([*export, bound, middle]) == 0
+        assert [json.loads(line)["seq"] for line in out.read_text().splitlines()] == positions
+        assert main(["audit", "verify", "--export", str(out)]) == 0
+        said = f"chain positions {positions[0]} to {positions[-1]}) verified offline"
+        assert said in capsys.readouterr().out
