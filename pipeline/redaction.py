@@ -101,7 +101,7 @@ _SECRET_VALUE = (
 # name's start (`aws_`, `X-Amz-`) stays, its value goes.
 _SECRET_ASSIGNMENT = (
     r"(?P<keep>(?i:(?:password|passwd|secret|api_?key|access_?key)[\w-]*|signature|credential"
-    r"|token)=|(?:Basic|Bearer|Digest) )[^&,\s]+"
+    r"|token)(?:=|[ \t]*:[ \t]*)|(?:Basic|Bearer|Digest) )[^&,\s]+"
 )
 _SECRET_ANY = linear(f"{_SECRET_ASSIGNMENT}|{_SECRET_VALUE}")
 _SHORTEST_SECRET = 8  # no token or `name=value` credential above is shorter

@@ -335,3 +335,19 @@ def test_user_info_in_a_host_header_is_redacted_where_it_is_stored_and_quoted() 
     assert "does not name the host" in why
     assert "Hunter2" not in json.dumps(clean) + why
     assert clean["headers"]["host"] == f"{REDACTED}@api.example.com"
+
+
+@pytest.mark.parametrize(
+    ("text", "kept"),
+    [
+        # A secret's name after another field's name: the first field's value, read as text,
+        # swallowed the second's name, and its value was kept.
+        ("bad config: password: hunter2Secret", "bad config: password: "),
+        ("RuntimeError: db_password: hunter2Secret", "RuntimeError: db_password: "),
+        ("api_key : hunter2Secret (from env)", "api_key : "),
+    ],
+)
+def test_a_secret_named_in_text_loses_its_value_after_a_colon(text: str, kept: str) -> None:
+    redacted = redact_text(text)
+    assert "hunter2Secret" not in redacted and redacted.startswith(kept + REDACTED)
+    assert "hunter2Secret" not in redacted_prefix(text, 1000)
