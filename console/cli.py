@@ -1304,7 +1304,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         print(f"airlock audit verify: --public-key: {e}", file=sys.stderr)
         return 2
     if args.export:
-        return _verify_export(Path(args.export), keys[0] if keys else None)
+        return _verify_export(Path(args.export), keys)
     engine = _engine(args.db)
     # The chain and the checks against signed checkpoints read the store as of one moment.
     with audit_snapshot(engine) as snapshot:
@@ -1425,14 +1425,14 @@ def _instant(text: str | None) -> float | None:
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
-def _verify_export(path: Path, key: Any) -> int:
+def _verify_export(path: Path, keys: list[Any]) -> int:
     from airlock.store.export import verify_export
 
     if not path.is_file():
         print(f"airlock audit verify: no export at {path}", file=sys.stderr)
         return 2
     with path.open(encoding="utf-8") as lines:
-        check = verify_export(lines, key)
+        check = verify_export(lines, keys)
     if check.ok:
         anchored = f"; {check.anchored}" if check.anchored else ""
         print(f"export intact: {check.events} events (chain positions {check.first} to "

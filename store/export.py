@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
@@ -159,12 +160,12 @@ class ExportCheck:
         return self.problem is None
 
 
-def verify_export(lines: Iterable[str], public_key: Any = None) -> ExportCheck:
+def verify_export(lines: Iterable[str], keys: Sequence[Ed25519PublicKey] = ()) -> ExportCheck:
     """A JSON-lines export, checked offline: each event's hash is recomputed from its content
     and each names the one before it. An export of a slice starts where the slice starts.
-    With the audit public key, the signed checkpoint the export carries (on its first line, once)
-    must match the event it vouches for, and the export must reach it (an export cut short is
-    refused)."""
+    With the audit public keys (one per instance), the signed checkpoint the export carries (on
+    its first line, once), signed by one of them, must match the event it vouches for, and the
+    export must reach it (an export cut short is refused)."""
     count, first, prev_hash, prev_seq = 0, None, None, None
     signed: Checkpoint | None = None
     carries = matched = False
@@ -179,7 +180,7 @@ def verify_export(lines: Iterable[str], public_key: Any = None) -> ExportCheck:
                                        f"line {number} is a checkpoint: an export carries one, on "
                                        "its first line (this one was moved or added)")  # fmt: skip
                 carries = True
-                signed = _opened(event["checkpoint"], public_key)
+                signed = _opened(event["checkpoint"], keys)
                 continue
             chain_format = event.get("format")
             payload = (jcs if chain_format == CHAIN_FORMAT else canonical_json)(event["payload"])
@@ -212,31 +213,35 @@ def verify_export(lines: Iterable[str], public_key: Any = None) -> ExportCheck:
         prev_hash, prev_seq = event["hash"], event["seq"]
         count += 1
     check = ExportCheck(count, first, prev_seq, None)
-    return _anchored(check, signed, carries, matched, public_key)
+    return _anchored(check, signed, carries, matched, bool(keys))
 
 
 class _BadCheckpoint(Exception):
     pass
 
 
-def _opened(note: Any, public_key: Any) -> Checkpoint | None:
-    if public_key is None:
-        return None
-    try:
-        return open_checkpoint(str(note), public_key)
-    except ValueError as e:
-        raise _BadCheckpoint(str(e)) from None
+def _opened(note: Any, keys: Sequence[Ed25519PublicKey]) -> Checkpoint | None:
+    """The checkpoint, signed by one of the keys (None without keys)."""
+    problems = []
+    for key in keys:
+        try:
+            return open_checkpoint(str(note), key)
+        except ValueError as e:
+            problems.append(str(e))
+    if problems:
+        raise _BadCheckpoint("; ".join(dict.fromkeys(problems)))
+    return None
 
 
 def _anchored(
-    check: ExportCheck, signed: Checkpoint | None, carries: bool, matched: bool, public_key: Any
+    check: ExportCheck, signed: Checkpoint | None, carries: bool, matched: bool, keyed: bool
 ) -> ExportCheck:
     """`matched`: the event at the checkpoint's position was read and is the one signed."""
-    if public_key is None:
+    if not keyed:
         said = "it carries a signed checkpoint: give --public-key to check it" if carries else None
         return replace(check, anchored=said)
-    if signed is None:
-        return replace(check, problem="the export carries no signed checkpoint to check")
+    if signed is None:  # an export with --until, or made before the first checkpoint
+        return replace(check, anchored="not anchored: it carries no signed checkpoint")
     if check.last is None or check.last < signed.size:
         return replace(check, problem=(
             f"the export ends at event {check.last or 0}, but its signed checkpoint vouches for "

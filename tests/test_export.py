@@ -220,3 +220,29 @@ def test_a_time_slice_is_every_position_between_its_ends_and_verifies(
         assert main(["audit", "verify", "--export", str(out)]) == 0
         said = f"chain positions {positions[0]} to {positions[-1]}) verified offline"
         assert said in capsys.readouterr().out
+
+
+def test_verify_export_tries_every_key_and_says_when_there_is_no_checkpoint(
+    engine: Engine, db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Instances with keys of their own: the export's checkpoint is checked with whichever of
+    the keys given signed it. An export with --until carries none: not anchored, not broken."""
+    from airlock.store.anchor import Anchoring, load_or_create_key, public_key_text
+
+    record_a_day(engine)
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    Anchoring(engine, here).checkpoint()  # signed by this instance's key
+    keys = [public_key_text(load_or_create_key(d).public_key()) for d in (elsewhere, here)]
+    out = tmp_path / "trail.jsonl"
+    export = ["audit", "export", "--db", db_url, "--data-dir", str(here), "--out", str(out)]
+    verify = ["audit", "verify", "--export", str(out), "--public-key", keys[0],
+              "--public-key", keys[1]]  # fmt: skip
+    assert main(export) == 0
+    assert main(verify) == 0
+    assert "the signed checkpoint at event" in capsys.readouterr().out
+
+    assert main([*export, "--until", "2999-01-01"]) == 0
+    assert main(verify) == 0
+    assert "verified offline; not anchored: it carries no signed checkpoint" in (
+        capsys.readouterr().out
+    )
