@@ -18,7 +18,7 @@ import json
 import logging
 import weakref
 
-from mitmproxy import connection, http
+from mitmproxy import connection, ctx, http
 from mitmproxy.addons.proxyauth import Validator
 
 from airlock.addons.runtime import STORE_TIMEOUT, Runtime
@@ -77,6 +77,9 @@ class Identity:
         assert self.runtime.config is not None
         registry = self.runtime.config.agents
         if not registry.required:
+            theirs = _mitmproxys_own_validator()
+            if theirs is not None:  # the Guard API, beside `mitmdump --set proxyauth=…`
+                return name if name and theirs(name, key) else None
             return name or ANONYMOUS
         if self._keys is None or self._keys.registry is not registry:
             self._keys = AgentKeys(registry)
@@ -123,6 +126,16 @@ class Identity:
                 await runtime.ask().record(DecisionRecord(row))
         except Exception as e:
             log.error("could not record a refused proxy authentication: %s", e)
+
+
+def _mitmproxys_own_validator() -> Validator | None:
+    """mitmproxy's proxyauth, when its option is set (`mitmdump -s addons/gate.py --set
+    proxyauth=…`; `airlock run` does not load it). It checks the proxy's requests before this
+    addon sees them; what reaches Airlock otherwise (the Guard API) is checked with it too, so
+    that no name is taken as given where the proxy asks for credentials."""
+    master = getattr(ctx, "master", None)
+    addon = master.addons.get("proxyauth") if master is not None else None
+    return getattr(addon, "validator", None)
 
 
 def basic_auth(header: str) -> tuple[str | None, str]:

@@ -498,3 +498,48 @@ def test_the_hook_denies_whatever_keeps_airlock_from_answering() -> None:
                 raise AssertionError("ran without Airlock")
     finally:
         listener.close()
+
+
+class _Mitmdump(Proxy):
+    """The gate in someone's own mitmproxy: `mitmdump -s addons/gate.py`, with mitmproxy's own
+    proxyauth instead of an agents file, and the Guard API beside it."""
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-c", "from mitmproxy.tools.main import mitmdump; mitmdump()",
+            "--listen-host", "127.0.0.1", "--listen-port", str(self.port),
+            "--set", f"confdir={self.confdir}", "-s", str(PROJECT_ROOT / "addons" / "gate.py"),
+            "--set", f"airlock_db={self.db_url}", "--set", f"airlock_anchor_dir={self.workdir}",
+            "--set", "proxyauth=ops-bot:only-ops-knows", *self.extra_args,
+        ]  # fmt: skip
+
+
+def test_beside_mitmproxys_own_proxyauth_the_guard_api_asks_for_the_same_credentials(
+    tmp_path: Path, session_upstream: Any
+) -> None:
+    """With mitmproxy's proxyauth and no agents file, the proxy refused wrong credentials while
+    the Guard API took any name as given: any caller could act as ops-bot there."""
+    port = free_port()
+    proxy = _Mitmdump(
+        tmp_path, f"sqlite:///{tmp_path / 'airlock.db'}", {}, session_upstream.ca_file,
+        tmp_path / "certs", ["--set", f"airlock_guard_port={port}"],
+    )  # fmt: skip
+    proxy.start()
+    try:
+        assert proxy.process is not None
+        wait_for_port(port, proxy.process, proxy.log_file)
+        url = f"http://127.0.0.1:{port}/v1/guard"
+        call = {"action": "run_shell", "params": {"command": "ls"}, "target": "web-1"}
+
+        def ask(auth: tuple[str, str] | None) -> requests.Response:
+            return requests.post(url, json=call, auth=auth, timeout=10)
+
+        assert ask(("ops-bot", "guess")).status_code == 401
+        assert ask(None).status_code == 401
+        answered = ask(("ops-bot", "only-ops-knows"))
+        assert answered.status_code == 200, answered.text
+        assert answered.json()["decision"] in ("ALLOW", "REQUIRE_APPROVAL")
+        [run] = runs(proxy)
+        assert run.agent == "ops-bot"
+    finally:
+        proxy.stop()
