@@ -24,6 +24,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    func,
     insert,
     inspect,
     select,
@@ -370,10 +371,42 @@ def _one_at_a_time(engine: Engine) -> Iterator[None]:
         yield
 
 
+def _expire_duplicate_pending_approvals(engine: Engine) -> None:
+    """Before one approval per call was a unique index, two instances could open two for one
+    call: a store holding such a pair cannot take the index, and every start failed. All but
+    the newest of each pair are expired, on record, before the index is made."""
+    if "one_pending_approval_per_call" in {i["name"] for i in inspect(engine).get_indexes(
+        "approvals"
+    )}:  # fmt: skip
+        return
+    from airlock.store.audit import append_events  # here: they import this module
+    from airlock.store.prepared import tx_of
+    from airlock.store.records import settle_approval
+
+    newest = (
+        select(Approval.retry_key, func.max(Approval.created_at).label("created_at"))
+        .where(Approval.state == "PENDING", Approval.retry_key.is_not(None))
+        .group_by(Approval.retry_key)
+        .having(func.count() > 1)
+        .subquery()
+    )
+    older = select(Approval.id).join(newest, Approval.retry_key == newest.c.retry_key).where(
+        Approval.state == "PENDING", Approval.created_at < newest.c.created_at
+    )  # fmt: skip
+    reason = "expired at upgrade: another approval for the same call was open"
+    with write_transaction(engine) as conn:
+        tx = tx_of(conn)
+        events = []
+        for approval_id in conn.execute(older).scalars().all():
+            events += settle_approval(tx, approval_id, "EXPIRED", None, reason, time.time())[1]
+        append_events(tx, events)
+
+
 def _create_schema(engine: Engine) -> None:
     writable = engine.execution_options(airlock_write=True)
     Base.metadata.create_all(writable)
     _add_missing_columns(engine)
+    _expire_duplicate_pending_approvals(engine)
     with writable.begin() as conn:  # indexes added since a store was created
         for index in (*Run.__table__.indexes, *Approval.__table__.indexes):
             index.create(conn, checkfirst=True)
