@@ -26,7 +26,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from mitmproxy import ctx
@@ -206,7 +206,7 @@ class GuardApi:
             runtime.record_outcome(run.id, "duplicate", 409)
             reason = "this call was approved and has already been released once"
             return 409, _answer(run, BLOCK, reason, approval), None
-        runtime.remember(run, passed=True)
+        runtime.remember(replace(run, at=released.at or time.time()), passed=True)  # from now
         approved = f"approved by {approval.reviewer}"
         if run.simulated:  # a trial that asked a reviewer anyway: approved, and still not run
             return 200, self._simulated(run, f"simulated ({approved})", approval), None
