@@ -1340,7 +1340,7 @@ def _public_keys(args: argparse.Namespace) -> list[Any]:
 def _check_anchor(engine: Any, args: argparse.Namespace, keys: list[Any]) -> str | None:
     """The chain against the latest signed checkpoint: "BROKEN: why", a line saying it holds,
     or None when there is no checkpoint to check against."""
-    from airlock.store.anchor import CHECKPOINTS, CUT, chain_against, cut_against
+    from airlock.store.anchor import CHECKPOINTS, CUT, chain_against, cut_against, retention_cut
     from airlock.store.seals import seals_removed
 
     note = Path(args.checkpoint) if args.checkpoint else args.data_dir / CHECKPOINTS / "latest"
@@ -1359,6 +1359,13 @@ def _check_anchor(engine: Any, args: argparse.Namespace, keys: list[Any]) -> str
     )
     if problem:
         return f"BROKEN: {problem}"
+    cut = retention_cut(engine)
+    if cut is not None and checkpoint.size <= cut[0]:
+        where = "is" if checkpoint.size == cut[0] else "predates"
+        return (
+            f"anchored: the signed checkpoint at event {checkpoint.size} ({note}) {where} "
+            f"the retention cut at event {cut[0]}: the events it vouches for were pruned"
+        )
     return f"anchored: the signed checkpoint at event {checkpoint.size} ({note}) matches the chain"
 
 

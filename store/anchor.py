@@ -164,6 +164,13 @@ def cut_against(store: Engine | Connection, signed: Checkpoint | None) -> str | 
     return None
 
 
+def retention_cut(store: Engine | Connection) -> tuple[int, str] | None:
+    """Where retention cut the chain (the last pruned event's position and hash), or None."""
+    with reading(store) as conn:
+        cut = conn.execute(select(AuditCut.seq, AuditCut.hash)).first()
+    return (cut[0], cut[1]) if cut else None
+
+
 def write_checkpoint(data_dir: Path, note: str, size: int) -> Path:
     """Atomically: `latest` is never half written."""
     folder = Path(data_dir) / CHECKPOINTS
@@ -176,12 +183,20 @@ def write_checkpoint(data_dir: Path, note: str, size: int) -> Path:
 
 
 def chain_against(store: Engine | Connection, checkpoint: Checkpoint) -> str | None:
-    """Why the database's chain is not the one the checkpoint signed, or None."""
+    """Why the database's chain is not the one the checkpoint signed, or None. A checkpoint at
+    or before retention's cut names pruned events (a store idle longer than the window loses
+    them all): it holds if it is the cut, or predates it."""
     with reading(store) as conn:
         head = conn.execute(select(AuditHead.seq)).scalar()
         at_size = conn.execute(
             select(AuditEvent.hash).where(AuditEvent.seq == checkpoint.size)
         ).scalar()
+    cut = retention_cut(store)
+    if cut is not None and checkpoint.size <= cut[0]:  # its events were pruned
+        if checkpoint.size == cut[0] and checkpoint.root != cut[1]:
+            return (f"the chain was rewritten: event {checkpoint.size}, where retention cut it, "
+                    "is not the one the signed checkpoint vouches for")  # fmt: skip
+        return None  # it predates the cut, which cut_against checks against its signed note
     if head is None or head < checkpoint.size:
         return (f"the chain was cut: a signed checkpoint vouches for {checkpoint.size} events, "
                 f"the database holds {head or 0}")  # fmt: skip

@@ -132,7 +132,8 @@ def seals_removed(store: Engine | Connection, seals_from: int) -> str | None:
         first = conn.execute(select(func.min(AuditSeal.from_seq))).scalar()
         cut = conn.execute(select(AuditCut.seq)).scalar() or 0
         head = conn.execute(select(AuditHead.seq)).scalar() or 0
-    if head >= seals_from and (first is None or first > max(seals_from, cut + 1)):
+    start = max(seals_from, cut + 1)  # the first event kept that a seal must cover
+    if head >= start and (first is None or first > start):
         return (f"sealing began at event #{seals_from} (a signed checkpoint says so), but the "
                 "seals from there were removed")  # fmt: skip
     return None

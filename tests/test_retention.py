@@ -135,3 +135,25 @@ def test_the_cut_moves_back_until_no_kept_event_belongs_to_a_pruned_run(engine: 
     assert pruned is not None and (pruned.cut, pruned.runs, pruned.events) == (1, 1, 1)
     with engine.connect() as conn:
         assert set(conn.execute(select(Run.id)).scalars()) == {held.id, long_call.id}
+
+
+def test_a_store_idle_longer_than_the_window_is_pruned_whole_and_still_verifies(
+    engine: Engine, db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every event is older than the window: the cut is the head, and the checkpoints signed
+    before (and again after) name an event retention deleted. They are at or before the cut,
+    which is signed: the store is intact, and verify says the checkpoint predates the cut."""
+    from airlock.store.seals import Sealer, seal_with
+
+    anchoring = Anchoring(engine, tmp_path, retention_days=180)
+    seal_with(engine, Sealer(anchoring.key))
+    write(engine, *(DecisionRecord(run_row("ALLOW", at=OLD + i)) for i in range(3)))
+    anchoring.checkpoint()  # when the proxy stopped, long ago
+    anchoring.prune()
+    verify = ["audit", "verify", "--db", db_url, "--data-dir", str(tmp_path)]
+    assert main(verify) == 0, capsys.readouterr().err
+    assert "checkpoint at event 3" in capsys.readouterr().out
+    Anchoring(engine, tmp_path).checkpoint()  # restarted: the head, unchanged, signed again
+    assert main(verify) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "is the retention cut at event 3: the events it vouches for were pruned" in out
