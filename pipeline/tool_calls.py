@@ -73,11 +73,13 @@ def tool_action(call: ToolCall, mappings: MappingIndex, document: Document | Non
     if call.server is not None:
         document = document or tool_document(call, "")
         mapped = mappings.map_tool(document, call.server, call.action, call.params)
+        # What the mapping reads from the tool's arguments is what the call does: it wins over
+        # what the caller says (a call on acme/prod named "sandbox" stays acme/prod).
         return replace(
             mapped,
-            target=call.target or mapped.target,  # the caller's, else the mapping's
-            provider=call.provider or mapped.provider,
-            context={**mapped.context, **call.context, "source": GUARD},
+            target=mapped.target or call.target,
+            provider=mapped.provider or call.provider or GUARD,
+            context={**call.context, **mapped.context, "source": GUARD},
         )
     described = mappings.describing(call.action)
     category = described.category if described else DEFAULT_CATEGORY

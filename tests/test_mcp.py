@@ -358,3 +358,21 @@ def test_a_leg_ends_with_progress_and_a_priming_event() -> None:
     }
     assert priming == "id: airlock-e1\nretry: 100\ndata: "
     assert keepalive_stream("airlock-e2", True, 1, "w").decode().startswith("id: airlock-e2\n")
+
+
+def test_a_guard_call_to_a_servers_tool_is_judged_by_what_its_arguments_say() -> None:
+    """A Guard API call naming GitHub's merge tool on acme/prod, claiming another target: the
+    mapping's reading of the arguments wins, as over MCP (before, the caller's target replaced
+    it). The caller's context adds what the mapping does not derive."""
+    from airlock.pipeline.tool_calls import ToolCall, tool_action
+
+    config = Config.load(PROJECT_ROOT / "mappings", PROJECT_ROOT / "policies")
+    arguments = {"owner": "acme", "repo": "prod", "pullNumber": 1}
+    honest = tool_action(ToolCall("merge_pull_request", "", arguments, server="github"),
+                         config.mappings)  # fmt: skip
+    claimed = tool_action(
+        ToolCall("merge_pull_request", "github/acme/sandbox", arguments,
+                 context={"environment": "test"}, server="github"),
+        config.mappings,
+    )  # fmt: skip
+    assert claimed.target == honest.target and "prod" in honest.target
