@@ -41,6 +41,7 @@ from airlock.pipeline.yaml_source import (
     optional_file_exists,
 )
 from airlock.store.names import name_key
+from airlock.store.records import role_sets
 
 AGENTS_FILE = "agents.yaml"
 _AGENT_KEYS = {"id", "roles", "key_hash", "enabled", "description", "simulate"}
@@ -267,20 +268,29 @@ class ReviewerRegistry:
     def configured(self) -> bool:
         return bool(self.roles)
 
-    def refusal(self, reviewer: str, allowed_roles: Iterable[str]) -> str | None:
-        allowed = set(allowed_roles)
-        if not self.configured and allowed:  # a default path or a typo must not lift the rule
+    def refusal(self, reviewer: str, stored_roles: Iterable[Any]) -> str | None:
+        """Why `reviewer` may not take part in an approval that asks for `stored_roles` (see
+        role_sets), or None: a reviewer must hold a role in at least one of its sets."""
+        sets = role_sets(stored_roles)
+        wanted = sorted({role for roles in sets for role in roles})
+        if not self.configured and sets:  # a default path or a typo must not lift the rule
             return (
-                f"this approval needs a reviewer in one of {sorted(allowed)}, and no "
+                f"this approval needs a reviewer in one of {wanted}, and no "
                 f"{REVIEWERS_FILE} says who is: pass --policies with the folder that has it"
             )
         if not self.configured:
             return None
         if reviewer not in self.roles:
             return f"{reviewer} is not a reviewer (policies/{REVIEWERS_FILE})"
-        if allowed and not allowed & set(self.roles[reviewer]):
-            return f"{reviewer} may not decide this approval: it needs one of {sorted(allowed)}"
+        if sets and not any(roles & set(self.roles[reviewer]) for roles in sets):
+            return f"{reviewer} may not decide this approval: it needs one of {wanted}"
         return None
+
+    def uncovered(self, reviewers: Iterable[str], stored_roles: Iterable[Any]) -> list[list[str]]:
+        """The role sets of an approval that none of `reviewers` holds a role of: each fired
+        rule's `reviewers:` must be met by someone approving."""
+        held = {role for reviewer in reviewers for role in self.roles.get(reviewer, ())}
+        return [sorted(roles) for roles in role_sets(stored_roles) if not roles & held]
 
 
 def load_reviewers(policies_dir: Path) -> ReviewerRegistry:

@@ -101,7 +101,9 @@ class Verdict:
     shadow: Shadow | None = None
     hold_timeout: float | None = None  # set by a REQUIRE_APPROVAL rule's own `hold_timeout`
     approvals: int = 1  # distinct reviewers who must approve (the largest any fired rule asks)
-    reviewer_roles: tuple[str, ...] = ()  # roles that may decide; empty: any reviewer
+    reviewer_roles: tuple[str, ...] = ()  # every role named by a fired rule (shown, edits)
+    # one per fired rule that names reviewers: each set must be met by an approving reviewer
+    reviewer_role_sets: tuple[tuple[str, ...], ...] = ()
     simulate: tuple[str, ...] = ()  # SIMULATE rules that fired (pipeline/simulation.py)
     hold_in_simulation: bool = False  # a fired rule says `in_simulation: hold`
 
@@ -383,9 +385,14 @@ class PolicySet:
             r.hold_timeout for r in fired if r.decision == REQUIRE_APPROVAL and r.hold_timeout
         ]
         approvals = [r.approvals for r in fired if r.decision == REQUIRE_APPROVAL]
-        roles = sorted(
-            {role for r in fired if r.decision == REQUIRE_APPROVAL for role in r.reviewer_roles}
+        role_sets = sorted(
+            {
+                tuple(sorted(set(r.reviewer_roles)))
+                for r in fired
+                if r.decision == REQUIRE_APPROVAL and r.reviewer_roles
+            }
         )
+        roles = sorted({role for roles in role_sets for role in roles})
         return Verdict(
             strictest.decision,
             strictest.reason,
@@ -393,6 +400,7 @@ class PolicySet:
             hold_timeout=min(timeouts) if timeouts else None,
             approvals=max(approvals, default=1),
             reviewer_roles=tuple(roles),
+            reviewer_role_sets=tuple(role_sets),
             hold_in_simulation=any(r.holds_in_simulation for r in fired),
         )
 

@@ -28,6 +28,7 @@ from airlock.store.records import (
     Settlement,
     SettleRequest,
     record_outcomes,
+    role_sets,
     settle_approval,
 )
 from airlock.store.schema import (
@@ -215,7 +216,7 @@ def resolve_approval(
             version = (edit is not None and edited[0].payload["version"]) or (
                 (current.edit or {}).get("version")
             )
-            settlement, events = _vote(conn, current, reviewer, reason, now, version)
+            settlement, events = _vote(conn, current, reviewer, reason, now, version, reviewers)
             events = [*edited, *events]
         append_events(tx, events)
     return settlement
@@ -283,10 +284,12 @@ def _edit(conn: Any, approval: Any, edit: dict[str, Any], reviewer: str, now: fl
 
 def _vote(
     conn: Any, approval: Any, reviewer: str, reason: str | None, now: float,
-    version: int | None = None,
+    version: int | None = None, reviewers: Any = None,
 ) -> tuple[Settlement, list[Event]]:  # fmt: skip
     """A reviewer's approval of the current version of the request (edited or not); votes
-    for an earlier version no longer count."""
+    for an earlier version no longer count. The vote that completes the count must leave
+    every fired rule's reviewer roles met by someone who voted (the one reviewer, without a
+    quorum)."""
     required = approval.required or 1
     votes = conn.execute(
         select(ApprovalVote.reviewer, ApprovalVote.edit_version)
@@ -302,6 +305,10 @@ def _vote(
             f"{reviewer} already approved {approval.id}: {len(voters)} of {required} distinct "
             "reviewers so far"
         )
+    if reviewers is not None and len(voters) + 1 >= required:
+        missing = reviewers.uncovered([*voters, reviewer], approval.reviewer_roles)
+        if missing:
+            _refuse_uncovered(approval.id, reviewer, voters, required, missing)
     values = {"at": now, "reason": reason, "edit_version": version}
     if same is not None:  # their vote was for an earlier version
         reviewer = same
@@ -532,13 +539,28 @@ class JoinableApproval:
     request_hash: str
 
 
+def _refuse_uncovered(
+    approval_id: str, reviewer: str, voters: list[str], required: int, missing: list[list[str]]
+) -> None:
+    needs = " and ".join(f"one of {roles}" for roles in missing)
+    by = f"{reviewer} and {', '.join(voters)}" if voters else reviewer
+    what = "approval" if required == 1 else f"{required} approvals"
+    raise ApprovalError(
+        f"{approval_id} needs a reviewer in {needs} as well (each rule that holds it names "
+        f"its own reviewers): {by} cannot make its {what} alone"
+    )
+
+
 def approval_terms(engine: Engine, approval_id: str) -> tuple[int, tuple[str, ...]] | None:
     """What an approval asked: the reviewers it required and the roles that could decide
     (empty: any); None when there is no such approval."""
     query = select(Approval.required, Approval.reviewer_roles).where(Approval.id == approval_id)
     with engine.connect() as conn:
         row = conn.execute(query).first()
-    return None if row is None else (row.required or 1, tuple(row.reviewer_roles or ()))
+    if row is None:
+        return None
+    roles = sorted({role for roles in role_sets(row.reviewer_roles or ()) for role in roles})
+    return row.required or 1, tuple(roles)
 
 
 def find_approval_for_retry(engine: Engine, retry_key: str) -> JoinableApproval | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +27,10 @@ class HoldRequest:
     request_hash: str
     required: int = 1  # distinct reviewers who must approve
     retry_key: str | None = None
-    reviewer_roles: tuple[str, ...] = ()
+    reviewer_roles: tuple[str, ...] = ()  # any one of them may decide (without role sets)
+    # One per fired rule that names reviewers, each to be met by an approving reviewer (stored
+    # in place of reviewer_roles: a list of lists).
+    reviewer_role_sets: tuple[tuple[str, ...], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -199,11 +203,29 @@ def _approval_row(record: DecisionRecord, hold: HoldRequest) -> dict[str, Any]:
         "instance": record.run.instance,
         "required": hold.required,
         "retry_key": hold.retry_key,
-        "reviewer_roles": list(hold.reviewer_roles) or None,
+        "reviewer_roles": _stored_roles(hold),
         "released_at": None,
         "released_run": None,
         "edit": None,
     }
+
+
+def _stored_roles(hold: HoldRequest) -> list[Any] | None:
+    if hold.reviewer_role_sets:
+        return [list(roles) for roles in hold.reviewer_role_sets]
+    return list(hold.reviewer_roles) or None
+
+
+def role_sets(stored_roles: Iterable[Any]) -> list[frozenset[str]]:
+    """An approval's reviewer roles as the sets it must cover: a list of lists holds one set per
+    fired rule (each to be met by an approving reviewer); a flat list of names, as approvals
+    opened before the sets were kept, is one set (any of them)."""
+    stored = list(stored_roles or ())
+    if not stored:
+        return []
+    if all(isinstance(role, str) for role in stored):
+        return [frozenset(stored)]
+    return [frozenset([roles] if isinstance(roles, str) else roles) for roles in stored if roles]
 
 
 def _approval_event(row: dict[str, Any], run_id: str) -> Event:

@@ -343,6 +343,26 @@ def test_rules_name_the_reviewer_roles_that_decide(tmp_path: Path) -> None:
     assert policy.decide(action(amount=1), "a").reviewer_roles == ("payments-lead",)
 
 
+def test_each_fired_rule_keeps_its_own_reviewer_roles(tmp_path: Path) -> None:
+    """Two rules that hold one request for different roles: both must be met, so the verdict
+    keeps one role set per rule (a merged list would let either role approve alone)."""
+    policy = policies(
+        tmp_path,
+        """
+        rules:
+          - {id: finance, when: {action: create_charge}, decision: REQUIRE_APPROVAL,
+             reviewers: [payments-lead, cfo]}
+          - {id: security, when: {params: {amount: {gte: 10}}}, decision: REQUIRE_APPROVAL,
+             reviewers: [security]}
+          - {id: anyone, when: {action: create_charge}, decision: REQUIRE_APPROVAL}
+        """,
+    )
+    verdict = policy.decide(action(amount=50), "a")
+    assert verdict.reviewer_role_sets == (("cfo", "payments-lead"), ("security",))
+    assert verdict.reviewer_roles == ("cfo", "payments-lead", "security")
+    assert policy.decide(action(amount=1), "a").reviewer_role_sets == (("cfo", "payments-lead"),)
+
+
 def test_action_names_a_request_makes_up_do_not_grow_the_rule_index() -> None:
     """An MCP call's action is mcp.<host>.<tool>, both from the request: ten thousand made-up
     tool names are decided by the rules for any action, and cache nothing each."""

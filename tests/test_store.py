@@ -1045,6 +1045,43 @@ def test_only_listed_reviewers_with_an_allowed_role_decide(engine: Engine, tmp_p
     assert verify_audit(engine).ok
 
 
+def test_each_fired_rules_reviewer_roles_must_be_met(engine: Engine, tmp_path: Any) -> None:
+    """Two rules held the request, one for payments-lead and one for security: a payments lead
+    alone cannot approve what security must also see; with a quorum the votes must cover both."""
+    from airlock.pipeline.agents import load_reviewers
+
+    (tmp_path / "reviewers.yaml").write_text(
+        "reviewers:\n  - {id: alice, roles: [payments-lead]}\n  - {id: sam, roles: [security]}\n"
+        "  - {id: carol, roles: [payments-lead, security]}\n  - {id: dave, roles: [payments-lead]}\n"
+    )
+    reviewers = load_reviewers(tmp_path)
+    sets = (("payments-lead",), ("security",))
+
+    def hold_for(required: int) -> str:
+        row, hold = held()
+        hold = replace(hold, required=required, reviewer_role_sets=sets)
+        write(engine, DecisionRecord(row, hold))
+        return hold.approval_id
+
+    one = hold_for(1)
+    with pytest.raises(ApprovalError, match=r"needs a reviewer in one of \['security'\] as well"):
+        resolve_approval(engine, one, APPROVED, "alice", None, reviewers)
+    with pytest.raises(ApprovalError, match=r"one of \['payments-lead'\] as well"):
+        resolve_approval(engine, one, APPROVED, "sam", None, reviewers)
+    assert approval_states(engine, [one])[one].state == "PENDING"
+    assert resolve_approval(engine, one, APPROVED, "carol", None, reviewers).state == APPROVED
+
+    quorum = hold_for(2)
+    assert resolve_approval(engine, quorum, APPROVED, "alice", None, reviewers).state == "PENDING"
+    with pytest.raises(ApprovalError, match=r"one of \['security'\] as well"):
+        resolve_approval(engine, quorum, APPROVED, "dave", None, reviewers)
+    assert resolve_approval(engine, quorum, APPROVED, "sam", None, reviewers).state == APPROVED
+    # Either role may refuse: one denial ends it.
+    denied = hold_for(1)
+    assert resolve_approval(engine, denied, DENIED, "sam", "no", reviewers).state == DENIED
+    assert verify_audit(engine).ok
+
+
 def test_other_instances_decisions_are_read_in_commit_order_from_a_cursor(engine: Engine) -> None:
     """What another proxy instance's budgets see: a decision committed late (its time is
     long past, say replayed after a crash) is still read, once, with its latest outcome."""
