@@ -13,6 +13,7 @@ import os
 import sys
 import time
 import urllib.parse
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -749,6 +750,7 @@ def cmd_rekey(args: argparse.Namespace) -> int:
         print(f"airlock rekey: {e}", file=sys.stderr)
         return 1
     finally:
+        _checkpoint_reviewed(engine)
         engine.dispose()
     path = args.data_dir / KEY_FILE
     print(f"the store's request key is now {path} (fingerprint {fingerprint(key)})")
@@ -925,19 +927,45 @@ def _engine(url: str) -> Any:
 
 def _reviewing_engine(args: argparse.Namespace) -> Any:
     """The store a reviewer's decisions are written to. Their audit events are sealed with the
-    audit key when the data directory holds it (the proxy's own); without it they are not, and
-    `airlock audit verify` with the public key names them as unsealed."""
-    from airlock.store.anchor import KEY_FILE, load_or_create_key
+    audit key when the data directory holds it (the proxy's own), and signed in a checkpoint
+    after each write (_checkpoint_reviewed: the decider signs only while the proxy runs), sent
+    to $AIRLOCK_WITNESS_URL when set. Without the key they are not, and `airlock audit verify`
+    with the public key names them as unsealed."""
+    from airlock.decider.witness import Witness
+    from airlock.store.anchor import KEY_FILE, Anchoring, head_of
     from airlock.store.seals import Sealer, seal_with
 
     engine = _engine(args.db)
     if (args.data_dir / KEY_FILE).is_file():
         try:
-            seal_with(engine, Sealer(load_or_create_key(args.data_dir)))
+            url = os.environ.get("AIRLOCK_WITNESS_URL")
+            witness = Witness(url) if url else None
+            publish = witness.publish if witness else None
+            anchoring = Anchoring(engine, args.data_dir, publish=publish)
+            anchoring.signed = head_of(engine)[0]  # what this command writes is signed
+            seal_with(engine, Sealer(anchoring.key))
+            _REVIEW_ANCHORS[engine] = (anchoring, witness)
         except (OSError, ValueError) as e:
             print(f"airlock: cannot read the audit key, decisions go unsealed: {e}",
                   file=sys.stderr)  # fmt: skip
     return engine
+
+
+_REVIEW_ANCHORS: Any = weakref.WeakKeyDictionary()  # engine -> (Anchoring, Witness | None)
+
+
+def _checkpoint_reviewed(engine: Any) -> None:
+    """A signed checkpoint of what a reviewer's command wrote (when it holds the key): without
+    one, its events could be cut from the end, seals and all, until the proxy next signs."""
+    anchoring, witness = _REVIEW_ANCHORS.get(engine, (None, None))
+    if anchoring is None:
+        return
+    try:
+        anchoring.checkpoint()
+    except Exception as e:  # the decision stands; say it is not anchored yet
+        print(f"airlock: cannot write an audit checkpoint: {e}", file=sys.stderr)
+    if witness is not None:
+        witness.flush()
 
 
 def cmd_pending(args: argparse.Namespace) -> int:
@@ -1012,6 +1040,8 @@ def cmd_decide(args: argparse.Namespace) -> int:
     except (ApprovalError, ValueError) as e:
         print(f"airlock {args.command}: {e}", file=sys.stderr)
         return 1
+    finally:
+        _checkpoint_reviewed(engine)
     if settled.state == "PENDING":
         print(
             f"approved {settled.approval_id} as {args.reviewer}: {settled.votes} of "
@@ -1251,9 +1281,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_review(args: argparse.Namespace) -> int:
+    import threading
+
     from airlock.console.review import ReviewApp
 
-    ReviewApp(_reviewing_engine(args), args.reviewer, reviewers=_reviewers(args)).run()
+    engine = _reviewing_engine(args)
+    done = threading.Event()
+
+    def checkpoints() -> None:  # each decision signed within a second of its commit
+        while not done.wait(1.0):
+            _checkpoint_reviewed(engine)
+
+    signer = threading.Thread(target=checkpoints, name="airlock-review-checkpoints", daemon=True)
+    signer.start()
+    try:
+        ReviewApp(engine, args.reviewer, reviewers=_reviewers(args)).run()
+    finally:
+        done.set()
+        signer.join()
+        _checkpoint_reviewed(engine)
     return 0
 
 

@@ -172,14 +172,25 @@ def retention_cut(store: Engine | Connection) -> tuple[int, str] | None:
 
 
 def write_checkpoint(data_dir: Path, note: str, size: int) -> Path:
-    """Atomically: `latest` is never half written."""
+    """Atomically: `latest` is never half written. A `latest` further along is kept: a
+    reviewer's command and the decider may both sign checkpoints in one data directory."""
     folder = Path(data_dir) / CHECKPOINTS
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{size:012d}.checkpoint").write_text(note)
+    if _size_of(folder / "latest") > size:
+        return folder / "latest"
     partial = folder / f"latest.{os.getpid()}.tmp"
     partial.write_text(note)
     os.replace(partial, folder / "latest")
     return folder / "latest"
+
+
+def _size_of(note: Path) -> int:
+    """The position an unopened checkpoint names (0 if none can be read): only to order them."""
+    try:
+        return int(note.read_text().split("\n", 2)[1])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def chain_against(store: Engine | Connection, checkpoint: Checkpoint) -> str | None:

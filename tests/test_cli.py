@@ -189,3 +189,42 @@ def test_pending_at_80_columns_cuts_nothing(
     assert hold.approval_id[:12] in out
     assert "amount=150000 currency=usd customer=cus_LongCustomerId0123" in out
     assert "…" not in out
+
+
+def test_a_reviewers_decision_is_checkpointed_so_it_cannot_be_cut_from_the_end_unseen(
+    engine: Any, db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A denial made while the proxy is stopped, with the key: the command signs a checkpoint
+    of it. Cut from the end, seal and all, with the approval set back to PENDING, it is missed
+    no longer."""
+    from sqlalchemy import delete, select, update
+
+    from airlock.store.anchor import Anchoring
+    from airlock.store.schema import Approval, AuditEvent, AuditHead, AuditSeal
+    from airlock.store.seals import Sealer, seal_with
+    from airlock.store.writer import GroupWriter, Pending
+    from tests.test_store import held
+
+    anchoring = Anchoring(engine, tmp_path)
+    seal_with(engine, Sealer(anchoring.key))
+    row, hold = held()
+    writer = GroupWriter(engine)
+    assert all(ok for _, ok, _ in writer.write_group([Pending(0, DecisionRecord(row, hold))]))
+    writer.close()
+    anchoring.checkpoint()  # the proxy's last, when it stopped
+    stopped = anchoring.signed
+    where = ["--db", db_url, "--data-dir", str(tmp_path)]
+    assert main(["deny", hold.approval_id, "--reason", "no", "--reviewer", "alice", *where]) == 0
+    latest = (tmp_path / "checkpoints" / "latest").read_text().splitlines()[1]
+    assert int(latest) > stopped  # the denial is signed
+    capsys.readouterr()
+
+    with engine.begin() as conn:  # the denial erased by someone who can write the database
+        kept = conn.execute(select(AuditEvent.hash).where(AuditEvent.seq == stopped)).scalar()
+        conn.execute(delete(AuditEvent).where(AuditEvent.seq > stopped))
+        conn.execute(delete(AuditSeal).where(AuditSeal.to_seq > stopped))
+        conn.execute(update(AuditHead).values(seq=stopped, hash=kept))
+        conn.execute(update(Approval).values(state="PENDING", reviewer=None, reason=None,
+                                             resolved_at=None))  # fmt: skip
+    assert main(["audit", "verify", *where]) == 1
+    assert "the chain was cut" in capsys.readouterr().err
