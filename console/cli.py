@@ -535,6 +535,11 @@ def build_parser() -> argparse.ArgumentParser:
         "directory's keys/audit-ed25519.pub); repeat it for instances with keys of their own. "
         "With a key, every group of events must carry its writer's seal",
     )  # fmt: skip
+    verify.add_argument(
+        "--before-seals", action="store_true",
+        help="the store was written before seals (an Airlock older than them): a chain with no "
+        "seal at all is not refused for that",
+    )  # fmt: skip
     export = audit_commands.add_parser(
         "export",
         help="write the audit trail out, for auditors and SIEMs",
@@ -1365,12 +1370,20 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
             f"{report.approvals} approvals verified"
         )
         print(anchored or "not anchored: no signed checkpoint to check the chain against")
-        if keys:
+        if keys and args.before_seals and _no_seals(engine):
+            print("not sealed: no event carries a seal (--before-seals: written before seals)")
+        elif keys:
             print("sealed: every group of events since sealing began carries its writer's seal")
         return 0
     print(f"audit trail BROKEN: {report.problem}", file=sys.stderr)
     print(f"(checked {report.events} events before the break)", file=sys.stderr)
     return 1
+
+
+def _no_seals(engine: Any) -> bool:
+    from airlock.store.seals import no_seals
+
+    return no_seals(engine) is not None
 
 
 def _public_keys(args: argparse.Namespace) -> list[Any]:
@@ -1387,11 +1400,16 @@ def _check_anchor(engine: Any, args: argparse.Namespace, keys: list[Any]) -> str
     """The chain against the latest signed checkpoint: "BROKEN: why", a line saying it holds,
     or None when there is no checkpoint to check against."""
     from airlock.store.anchor import CHECKPOINTS, CUT, chain_against, cut_against, retention_cut
-    from airlock.store.seals import seals_removed
+    from airlock.store.seals import no_seals, seals_removed
 
     note = Path(args.checkpoint) if args.checkpoint else args.data_dir / CHECKPOINTS / "latest"
+    signed_cut = _signed_cut(args.data_dir / CHECKPOINTS / CUT, keys)
+    unsealed = None if args.before_seals or not keys else no_seals(engine)
     if not note.is_file():
-        return f"BROKEN: no checkpoint at {note}" if args.checkpoint else None
+        if args.checkpoint:
+            return f"BROKEN: no checkpoint at {note}"
+        problem = (cut_against(engine, signed_cut) if keys else None) or unsealed
+        return f"BROKEN: {problem}" if problem else None
     if not keys:
         return f"BROKEN: checkpoint {note}: no public key to check it with (--public-key)"
     try:
@@ -1400,8 +1418,9 @@ def _check_anchor(engine: Any, args: argparse.Namespace, keys: list[Any]) -> str
         return f"BROKEN: checkpoint {note}: {e}"
     problem = (
         chain_against(engine, checkpoint)
-        or cut_against(engine, _signed_cut(args.data_dir / CHECKPOINTS / CUT, keys))
+        or cut_against(engine, signed_cut)
         or (seals_removed(engine, checkpoint.seals_from) if checkpoint.seals_from else None)
+        or unsealed
     )
     if problem:
         return f"BROKEN: {problem}"

@@ -137,3 +137,17 @@ def seals_removed(store: Engine | Connection, seals_from: int) -> str | None:
         return (f"sealing began at event #{seals_from} (a signed checkpoint says so), but the "
                 "seals from there were removed")  # fmt: skip
     return None
+
+
+def no_seals(store: Engine | Connection) -> str | None:
+    """Why a chain with events and not one seal is not vouched for by its writers, or None.
+    Without a signed checkpoint (which says where sealing began), wiping every seal would go
+    unnoticed: only a store written wholly before seals has none (`audit verify --before-seals`)."""
+    with reading(store) as conn:
+        sealed = conn.execute(select(func.count()).select_from(AuditSeal)).scalar()
+        cut = conn.execute(select(AuditCut.seq)).scalar() or 0
+        head = conn.execute(select(AuditHead.seq)).scalar() or 0
+    if not sealed and head > cut:
+        return (f"events #{cut + 1}..#{head} carry no seal, and no event does: the seals were "
+                "removed (or the store was written before seals: --before-seals)")  # fmt: skip
+    return None

@@ -85,7 +85,8 @@ def test_the_cut_is_signed_and_a_deeper_cut_by_hand_is_caught(
     anchoring = Anchoring(engine, tmp_path, retention_days=180)
     anchoring.prune()
     anchoring.checkpoint()
-    verify = ["audit", "verify", "--db", db_url, "--data-dir", str(tmp_path)]
+    # The test's decider does not seal (the proxy's does): the key is in tmp_path all the same.
+    verify = ["audit", "verify", "--db", db_url, "--data-dir", str(tmp_path), "--before-seals"]
     assert main(verify) == 0
     assert "anchored" in capsys.readouterr().out
 
@@ -157,3 +158,24 @@ def test_a_store_idle_longer_than_the_window_is_pruned_whole_and_still_verifies(
     assert main(verify) == 0, capsys.readouterr().err
     out = capsys.readouterr().out
     assert "is the retention cut at event 3: the events it vouches for were pruned" in out
+
+
+def test_a_cut_by_hand_is_caught_with_the_key_alone_no_checkpoint_at_hand(
+    engine: Engine, db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An auditor with the public key and no checkpoints/latest: the start of the chain deleted
+    and the cut moved to match is refused all the same (no signed cut vouches for it)."""
+    from airlock.store.anchor import public_key_text
+
+    anchoring = Anchoring(engine, tmp_path)
+    write(engine, *(DecisionRecord(run_row("ALLOW")) for _ in range(3)))
+    with engine.begin() as conn:
+        first = conn.execute(select(AuditEvent).where(AuditEvent.seq == 1)).one()
+        conn.execute(delete(AuditEvent).where(AuditEvent.seq == 1))
+        conn.execute(delete(Run).where(Run.id == first.run_id))
+        conn.execute(AuditCut.__table__.insert().values(id=1, seq=1, hash=first.hash, at=0.0))
+    public = public_key_text(anchoring.key.public_key())
+    verify = ["audit", "verify", "--db", db_url, "--data-dir", str(tmp_path / "elsewhere"),
+              "--public-key", public, "--before-seals"]  # fmt: skip
+    assert main(verify) == 1
+    assert "no signed retention cut vouches for that" in capsys.readouterr().err

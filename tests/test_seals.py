@@ -220,3 +220,32 @@ def test_verify_reads_the_store_as_of_one_moment_while_a_proxy_writes(
     monkeypatch.undo()
     report = verify_audit(engine, [public])
     assert report.ok and report.events == before + 1, report.problem
+
+
+def test_seals_wiped_are_caught_with_the_key_alone_no_checkpoint_at_hand(
+    sealed: Any, db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An auditor with the public key but not the proxy's data directory (no checkpoint saying
+    where sealing began): every seal deleted and an outcome forged is still refused, unless
+    the store is said to be from before seals."""
+    from airlock.console.cli import main
+    from airlock.store.anchor import public_key_text
+
+    engine, public = sealed
+    forger = _forger(engine)
+    with forger.connect() as conn:
+        last = conn.execute(select(AuditEvent).where(AuditEvent.kind == "outcome")).one()
+    with write_transaction(forger) as conn:
+        conn.execute(delete(AuditSeal))
+        payload = {**json.loads(last.payload), "outcome": "blocked"}
+        append_events(tx_of(conn), [Event("outcome", last.run_id, time.time(), payload)])
+        conn.execute(update(Run).where(Run.id == last.run_id).values(outcome="blocked"))
+    forger.dispose()
+    elsewhere = tmp_path / "auditor"
+    elsewhere.mkdir()
+    verify = ["audit", "verify", "--db", db_url, "--data-dir", str(elsewhere),
+              "--public-key", public_key_text(public)]  # fmt: skip
+    assert main(verify) == 1
+    assert "carry no seal, and no event does: the seals were removed" in capsys.readouterr().err
+    assert main([*verify, "--before-seals"]) == 0
+    assert "not sealed: no event carries a seal" in capsys.readouterr().out
