@@ -41,9 +41,14 @@ def configuration_problems(
         producers.setdefault(mapping.action, []).append(mapping)
     existing = {
         "action": known,
+        "operation": frozenset(mappings.operations.names() if mappings.operations else ()),
+        "provider": known_providers(mappings),
         "sensitivity": frozenset(SENSITIVITIES),
         "category": frozenset(CATEGORIES),
     }
+    environments = known_environments(mappings)
+    if environments is not None:
+        existing["environment"] = environments
     if agents is not None:
         existing["role"] = frozenset(agents.roles) | {
             role for agent in agents.agents.values() for role in agent.roles
@@ -100,21 +105,61 @@ def known_actions(
     return frozenset(curated | derived.keys() | BUILT_IN_ACTIONS)
 
 
+# Providers Airlock itself gives: requests no mapping knows (http), MCP calls no mapping names
+# (mcp), its own refusals (airlock), Guard API calls that name none (guard).
+BUILT_IN_PROVIDERS = frozenset({"http", "mcp", "airlock", "guard"})
+# What the caller of the Guard API names itself (pipeline/tool_calls.py): its rules say so.
+CALLER_NAMED = frozenset({"action", "provider", "environment"})
+
+
+def known_providers(mappings: MappingIndex) -> frozenset[str]:
+    """What a rule's `provider:` can name: the mappings' providers, the catalog's, Airlock's."""
+    catalog = mappings.operations.services.values() if mappings.operations else ()
+    return frozenset(
+        {m.provider for m in mappings.mappings}
+        | {service.provider for service in catalog}
+        | BUILT_IN_PROVIDERS
+    )
+
+
+def known_environments(mappings: MappingIndex) -> frozenset[str] | None:
+    """The values the mappings' `environment` context can take, when each one says them all (a
+    literal, or a `lookup:` table whose values are kept as they are); None when one can give
+    any text it reads (then no value of a rule can be said to be impossible)."""
+    values: set[str] = set()
+    for mapping in mappings.mappings:
+        for spec in mapping.context:
+            if spec.name != "environment":
+                continue
+            if spec.finder is None:
+                values.add(str(spec.literal))
+            elif spec.lookup is not None and spec.kind is None and spec.aggregate == "first":
+                values |= {str(v) for v in spec.lookup.values()}
+            else:
+                return None
+            if spec.default is not None:
+                values.add(str(spec.default))
+    return frozenset(values)
+
+
 def _names_nothing(rule: Rule, existing: dict[str, frozenset[str]]) -> Iterator[ConfigError]:
     """Each name a rule matches (exact, or a glob) must name something that exists: an action
-    a mapping or the catalog produces, a role the agents file gives, a known sensitivity or
-    category (`source:` is checked as its rule loads). A typo would make a BLOCK that protects
-    nothing."""
+    a mapping or the catalog produces, an operation in the catalog, a provider the mappings
+    give, an environment their context can take, a role the agents file gives, a known
+    sensitivity or category (`source:` is checked as its rule loads). A typo would make a BLOCK
+    that protects nothing."""
     for key, values in rule.named:
         names = existing.get(key)
         if names is None:
             continue
         for value in values:
-            if key == "action" and (rule.source == "guard" or value.startswith(MCP_ACTIONS)):
-                continue  # tool calls and MCP servers name their own actions
+            if key in CALLER_NAMED and rule.source == "guard":
+                continue  # tool calls name their own actions, providers and context
+            if key == "action" and value.startswith(MCP_ACTIONS):
+                continue  # MCP servers name their own tools
             if _names_some(value, names):
                 continue
-            near = difflib.get_close_matches(value, names, n=1)
+            near = difflib.get_close_matches(value, names, n=1, cutoff=_HINT_CUTOFF.get(key, 0.6))
             hint = f"; did you mean {near[0]!r}?" if near else ""
             yield ConfigError(rule.where, f"rule {rule.id!r} names {key} {value!r}, "
                               f"{_NOTHING[key]}, so it can never fire{hint}")  # fmt: skip
@@ -124,9 +169,15 @@ _NOTHING = {
     "action": "which no mapping or catalog operation produces",
     "agent": "which agents.yaml does not define (only its agents get through)",
     "role": "which no agent or role in agents.yaml has",
+    "operation": "which is not an operation in the catalog",
+    "provider": "which no mapping or catalog operation gives",
+    "environment": "which no mapping's context can give",
     "sensitivity": f"which is not one of {', '.join(SENSITIVITIES)}",
     "category": "which no mapping can give",
 }
+
+
+_HINT_CUTOFF = {"operation": 0.8}  # thousands of names: only a close one is a hint
 
 
 def _names_some(pattern: str, names: frozenset[str]) -> bool:

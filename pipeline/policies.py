@@ -187,8 +187,9 @@ class Rule:
     # Each `when` condition as written (params one by one), as canonical text: a rule whose
     # conditions include another's is fired whenever that one is (pipeline/consistency.py).
     written: frozenset[tuple[str, str]] = frozenset()
-    # The names it matches, as written (exact names and globs): action, agent, role,
-    # sensitivity, category, source; each must name something that exists (consistency.py).
+    # The names it matches, as written (exact names and globs): action, operation, provider,
+    # environment, agent, role, sensitivity, category, source; each must name something that
+    # exists (consistency.py).
     named: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def fires(self, situation: Situation) -> bool:
@@ -695,7 +696,10 @@ def _rate(entry: Node) -> Rate | None:
     return Rate(int(limit), _window(spec), per)
 
 
-NAMED_KEYS = ("action", "agent", "role", "sensitivity", "category", "source")
+NAMED_KEYS = (
+    "action", "operation", "provider", "environment", "agent", "role", "sensitivity", "category",
+    "source",
+)  # fmt: skip
 SOURCES = ("proxy", "guard")  # what `source:` can be: a proxied request, a Guard API call
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -367,6 +368,46 @@ def test_rules_naming_what_does_not_exist_are_load_errors(tmp_path: Path) -> Non
     [found] = lines([PROJECT_ROOT / "mappings", budget])
     assert "budgets param 'amout', which create_refund never produces" in found
     assert "did you mean 'amount'?" in found
+
+
+def test_rules_naming_an_operation_provider_or_environment_that_is_not_are_errors(
+    tmp_path: Path,
+) -> None:
+    """`operation: aws.iam.AttachUserPolcy`, `provider: Stripe` or `environment: prod` (Stripe's
+    context gives production or test) would be BLOCKs that protect nothing: `airlock check` and
+    the proxy's load refuse them with file:line and a hint, as for a mapping's operation."""
+    from airlock.pipeline.evaluation import Config
+    from airlock.pipeline.yaml_source import ConfigError
+
+    typos = [
+        ("{operation: aws.iam.AttachUserPolcy}", "operation 'aws.iam.AttachUserPolcy', which is "
+         "not an operation in the catalog, so it can never fire; did you mean "
+         "'aws.iam.AttachUserPolicy'?"),
+        ('{operation: "aws.iam.Atach*"}', "operation 'aws.iam.Atach*', which is not an operation"),
+        ("{provider: Stripe, action: delete_record}", "provider 'Stripe', which no mapping or "
+         "catalog operation gives, so it can never fire; did you mean 'stripe'?"),
+        ("{environment: prod, action: create_payout}", "environment 'prod', which no mapping's "
+         "context can give"),
+    ]  # fmt: skip
+    for when, says in typos:
+        policies = write(tmp_path / "policies", "p.yaml", f"""
+            rules:
+              - {{id: r, when: {when}, decision: BLOCK}}
+            """)  # fmt: skip
+        found = lines([PROJECT_ROOT / "mappings", policies])
+        assert len(found) == 1 and says in found[0], (when, found)
+        assert found[0].startswith(f"{policies}:2:")
+        with pytest.raises(ConfigError, match=re.escape(says)):
+            Config.load(PROJECT_ROOT / "mappings", policies.parent)
+    fine = write(tmp_path / "policies", "p.yaml", """
+        rules:
+          - {id: a, when: {operation: ["aws.iam.Attach*", aws.s3.DeleteBucket]}, decision: BLOCK}
+          - {id: b, when: {provider: [stripe, "git*", http], environment: production},
+             decision: BLOCK}
+          - {id: c, when: {source: guard, provider: internal-db, environment: staging},
+             decision: BLOCK}
+        """)  # fmt: skip
+    assert lines([PROJECT_ROOT / "mappings", fine]) == []
 
 
 def test_a_policy_filed_in_a_subfolder_is_a_load_error_not_ignored(tmp_path: Path) -> None:
