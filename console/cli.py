@@ -527,7 +527,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument(
         "--checkpoint", metavar="FILE",
         help="a signed checkpoint to check the chain against (default: the data directory's "
-        "checkpoints/latest, when there is one)",
+        "checkpoints/latest, when there is one); with --export, checked in place of the one "
+        "the export carries (a witness's copy, say)",
     )  # fmt: skip
     verify.add_argument(
         "--public-key", metavar="KEY|FILE", action="append",
@@ -1355,7 +1356,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         print(f"airlock audit verify: --public-key: {e}", file=sys.stderr)
         return 2
     if args.export:
-        return _verify_export(Path(args.export), keys)
+        return _verify_export(Path(args.export), keys, args.checkpoint)
     engine = _engine(args.db)
     # The chain and the checks against signed checkpoints read the store as of one moment.
     with audit_snapshot(engine) as snapshot:
@@ -1466,14 +1467,16 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
         print(f"airlock audit export: {e}", file=sys.stderr)
         return 2
     engine = _engine(args.db)
-    from airlock.store.anchor import CHECKPOINTS
+    from airlock.store.anchor import CHECKPOINTS, CUT
 
     latest = args.data_dir / CHECKPOINTS / "latest"
     # The latest signed checkpoint travels with a whole export (a slice ends before it may).
     checkpoint = latest.read_text() if latest.is_file() and until is None else None
+    signed_cut = args.data_dir / CHECKPOINTS / CUT  # where a whole export starts
+    cut = signed_cut.read_text() if signed_cut.is_file() and since is None else None
     out = open(args.out, "w", newline="", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
     try:
-        written = write_export(events(engine, since, until), out, args.format, checkpoint)
+        written = write_export(events(engine, since, until), out, args.format, checkpoint, cut)
     finally:
         if args.out:
             out.close()
@@ -1497,18 +1500,22 @@ def _instant(text: str | None) -> float | None:
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
-def _verify_export(path: Path, keys: list[Any]) -> int:
+def _verify_export(path: Path, keys: list[Any], checkpoint: str | None = None) -> int:
+    """`checkpoint`: a signed checkpoint file the auditor holds (a witness's, say), checked in
+    place of the one the export carries."""
     from airlock.store.export import verify_export
 
-    if not path.is_file():
-        print(f"airlock audit verify: no export at {path}", file=sys.stderr)
-        return 2
+    for given in (path, Path(checkpoint) if checkpoint else None):
+        if given is not None and not given.is_file():
+            print(f"airlock audit verify: no file at {given}", file=sys.stderr)
+            return 2
+    note = Path(checkpoint).read_text() if checkpoint else None
     with path.open(encoding="utf-8") as lines:
-        check = verify_export(lines, keys)
+        check = verify_export(lines, keys, note)
     if check.ok:
-        anchored = f"; {check.anchored}" if check.anchored else ""
+        said = "".join(f"; {part}" for part in (check.anchored, check.sealed) if part)
         print(f"export intact: {check.events} events (chain positions {check.first} to "
-              f"{check.last}) verified offline{anchored}")  # fmt: skip
+              f"{check.last}) verified offline{said}")  # fmt: skip
         return 0
     print(f"export BROKEN: {check.problem}", file=sys.stderr)
     return 1

@@ -21,7 +21,8 @@ from sqlalchemy.engine import Engine
 
 from airlock.store.anchor import Checkpoint, open_checkpoint
 from airlock.store.audit import CHAIN_FORMAT, canonical_json, chain_hash, jcs
-from airlock.store.schema import AuditEvent
+from airlock.store.schema import AuditEvent, AuditSeal
+from airlock.store.seals import OfflineSeals
 
 FORMATS = ("jsonl", "csv", "ocsf")
 CSV_COLUMNS = (
@@ -38,7 +39,12 @@ def events(
     to the last before `until`, every position between. Events are not in time order along the
     chain (a decision carries its request's arrival, an outcome its answer's), and a slice with
     gaps would not verify."""
-    query = select(AuditEvent).order_by(AuditEvent.seq)
+    seal = (AuditSeal.from_seq, AuditSeal.key_id, AuditSeal.signature)
+    query = (
+        select(AuditEvent, *seal)
+        .outerjoin(AuditSeal, AuditSeal.to_seq == AuditEvent.seq)
+        .order_by(AuditEvent.seq)
+    )
     if since is not None:
         first = select(func.min(AuditEvent.seq)).where(AuditEvent.at >= since)
         query = query.where(AuditEvent.seq >= first.scalar_subquery())
@@ -47,8 +53,8 @@ def events(
         query = query.where(AuditEvent.seq <= last.scalar_subquery())
     with engine.connect() as conn:
         rows = conn.execution_options(stream_results=True, yield_per=BATCH).execute(query)
-        for event in rows:
-            yield {
+        for event in rows:  # the event's columns, then its seal's (None: no group ends here)
+            record = {
                 "seq": event.seq,
                 "at": event.at,
                 "time": datetime.fromtimestamp(event.at, UTC).isoformat(),
@@ -59,18 +65,26 @@ def events(
                 "hash": event.hash,
                 "format": event.format,  # how its hash is made (store/audit.py)
             }
+            if event.from_seq is not None:  # the last event of a group: its writer's seal
+                record["seal"] = {"from_seq": event.from_seq, "key_id": event.key_id,
+                                  "signature": event.signature}  # fmt: skip
+            yield record
 
 
 def write_export(
-    records: Iterable[dict[str, Any]], out: TextIO, fmt: str, checkpoint: str | None = None
-) -> int:
+    records: Iterable[dict[str, Any]], out: TextIO, fmt: str, checkpoint: str | None = None,
+    cut: str | None = None,
+) -> int:  # fmt: skip
     """`checkpoint`: the latest signed checkpoint (store/anchor.py), written first in a JSON-lines
-    export so that `verify --export --public-key` anchors it offline."""
+    export so that `verify --export --public-key` anchors it offline; `cut`: the signed
+    retention cut, next, which vouches for where the chain starts."""
     if fmt not in FORMATS:
         raise ValueError(f"format is one of {', '.join(FORMATS)}, not {fmt!r}")
     written = 0
     if fmt == "jsonl" and checkpoint:
         out.write(json.dumps({"checkpoint": checkpoint}, ensure_ascii=False) + "\n")
+    if fmt == "jsonl" and cut:
+        out.write(json.dumps({"cut": cut}, ensure_ascii=False) + "\n")
     if fmt in ("jsonl", "ocsf"):
         for record in records:
             if fmt == "ocsf":
@@ -154,33 +168,54 @@ class ExportCheck:
     last: int | None
     problem: str | None
     anchored: str | None = None  # what the export's signed checkpoint says, once checked
+    sealed: str | None = None  # what its seals say, once checked (with keys)
 
     @property
     def ok(self) -> bool:
         return self.problem is None
 
 
-def verify_export(lines: Iterable[str], keys: Sequence[Ed25519PublicKey] = ()) -> ExportCheck:
+def verify_export(
+    lines: Iterable[str], keys: Sequence[Ed25519PublicKey] = (), checkpoint: str | None = None
+) -> ExportCheck:
     """A JSON-lines export, checked offline: each event's hash is recomputed from its content
     and each names the one before it. An export of a slice starts where the slice starts.
-    With the audit public keys (one per instance), the signed checkpoint the export carries (on
-    its first line, once), signed by one of them, must match the event it vouches for, and the
-    export must reach it (an export cut short is refused)."""
+    With the audit public keys (one per instance): the signed checkpoint the export carries (on
+    its first line, once), or `checkpoint` (a signed note the auditor holds) in its place,
+    must match the event it vouches for, and the export must reach it; the seals it carries must
+    cover it, group after group, from where sealing began to its last event (so events after
+    the checkpoint, or an older checkpoint put in, vouch for nothing rewritten); a signed
+    retention cut it carries must be where it starts."""
     count, first, prev_hash, prev_seq = 0, None, None, None
     signed: Checkpoint | None = None
+    cut: Checkpoint | None = None
     carries = matched = False
+    seals = OfflineSeals(list(keys)) if keys else None
+    try:
+        given = _opened(checkpoint, keys) if checkpoint is not None else None
+    except _BadCheckpoint as e:
+        return ExportCheck(0, None, None, f"the checkpoint given: {e}")
+    if checkpoint is not None and given is None:
+        return ExportCheck(0, None, None, "the checkpoint given: no public key to check it with")
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             event = json.loads(line)
             if "checkpoint" in event:
-                if carries or count:  # read first, it vouches for every event that follows
+                if carries or count or cut:  # read first, it vouches for every event that follows
                     return ExportCheck(count, first, prev_seq,
                                        f"line {number} is a checkpoint: an export carries one, on "
                                        "its first line (this one was moved or added)")  # fmt: skip
                 carries = True
                 signed = _opened(event["checkpoint"], keys)
+                continue
+            if "cut" in event:
+                if count or cut:
+                    return ExportCheck(count, first, prev_seq,
+                                       f"line {number} is a retention cut: an export carries one, "
+                                       "before its events")  # fmt: skip
+                cut = _opened(event["cut"], keys)
                 continue
             chain_format = event.get("format")
             payload = (jcs if chain_format == CHAIN_FORMAT else canonical_json)(event["payload"])
@@ -203,17 +238,61 @@ def verify_export(lines: Iterable[str], keys: Sequence[Ed25519PublicKey] = ()) -
             return ExportCheck(count, first, prev_seq,
                                f"event {event['seq']} (line {number}) does not follow event "
                                f"{prev_seq}: events were removed, added or reordered")  # fmt: skip
-        if signed is not None and event["seq"] == signed.size:
-            if event["hash"] != signed.root:
-                return ExportCheck(count, first, prev_seq,
-                                   f"event {signed.size} is not the one the signed checkpoint "
-                                   "vouches for: the chain was rewritten")  # fmt: skip
-            matched = True
+        if prev_hash is None and cut is not None:
+            problem = _after_cut(cut, event)
+            if problem:
+                return ExportCheck(count, first, prev_seq, problem)
+        for anchor in (signed, given):
+            if anchor is not None and event["seq"] == anchor.size:
+                if event["hash"] != anchor.root:
+                    return ExportCheck(count, first, prev_seq,
+                                       f"event {anchor.size} is not the one the signed checkpoint "
+                                       "vouches for: the chain was rewritten")  # fmt: skip
+                matched = matched or anchor is (given or signed)
+        try:
+            unsealed = (
+                seals.check(event["seq"], event["hash"], event.get("seal")) if seals else None
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            unsealed = f"event {event['seq']} (line {number}) carries a seal that is not one: {e}"
+        if unsealed:
+            return ExportCheck(count, first, prev_seq, unsealed)
         first = event["seq"] if first is None else first
         prev_hash, prev_seq = event["hash"], event["seq"]
         count += 1
     check = ExportCheck(count, first, prev_seq, None)
-    return _anchored(check, signed, carries, matched, bool(keys))
+    anchor = given or signed
+    if seals is not None and first is not None and prev_seq is not None:
+        sealing_from = min(
+            (c.seals_from for c in (signed, given) if c and c.seals_from is not None), default=None
+        )
+        problem = seals.at_end(first, prev_seq, sealing_from)
+        if problem:
+            return replace(check, problem=problem)
+        check = replace(check, sealed=_sealed(seals, first, prev_seq, sealing_from))
+    check = _anchored(check, anchor, carries or given is not None, matched, bool(keys))
+    if check.ok and cut is not None and first == cut.size + 1:
+        said = f"it starts after the signed retention cut at event {cut.size}"
+        check = replace(check, anchored=f"{check.anchored}; {said}" if check.anchored else said)
+    return check
+
+
+def _after_cut(cut: Checkpoint, event: dict[str, Any]) -> str | None:
+    """Why the export's first event does not follow the signed retention cut it carries."""
+    if event["seq"] <= cut.size:
+        return (f"event {event['seq']} is in the export, but the signed retention cut says "
+                f"events up to {cut.size} were pruned")  # fmt: skip
+    if event["seq"] == cut.size + 1 and event["prev_hash"] != cut.root:
+        return (f"event {event['seq']} does not follow the signed retention cut at event "
+                f"{cut.size}: events were deleted from the chain's start")  # fmt: skip
+    return None
+
+
+def _sealed(seals: OfflineSeals, first: int, last: int, sealing_from: int | None) -> str:
+    if seals.covered is None:
+        return "not sealed: it carries no seal (written before seals)"
+    start = max(first, sealing_from if sealing_from is not None else seals.first_from or first)
+    return f"sealed: every event from #{start} to #{last} carries its writer's seal"
 
 
 class _BadCheckpoint(Exception):
@@ -251,4 +330,5 @@ def _anchored(
     if not matched:
         return replace(check, problem=f"event {signed.size}, which the signed checkpoint vouches "
                        "for, was not checked against it")  # fmt: skip
-    return replace(check, anchored=f"the signed checkpoint at event {signed.size} matches")
+    return replace(check, anchored=f"the signed checkpoint at event {signed.size} matches (the "
+                   f"export runs to event {check.last})")  # fmt: skip

@@ -151,3 +151,53 @@ def no_seals(store: Engine | Connection) -> str | None:
         return (f"events #{cut + 1}..#{head} carry no seal, and no event does: the seals were "
                 "removed (or the store was written before seals: --before-seals)")  # fmt: skip
     return None
+
+
+class OfflineSeals:
+    """The seals an export carries (store/export.py: on the last event of each group), checked
+    as verify_export reads it, without the database: from where sealing began to the export's
+    last event the groups must follow one another, each signed by a key given and matching."""
+
+    def __init__(self, keys: list[Ed25519PublicKey]) -> None:
+        self.keys = {key_id(key): key for key in keys}
+        self.first_from: int | None = None  # where the export's first seal begins
+        self.covered: int | None = None  # the last event the seals read so far cover
+
+    def check(self, seq: int, digest: str, seal: dict[str, Any] | None) -> str | None:
+        """Why the event at seq, and its seal if it ends a group, are not as sealed, or None."""
+        if seal is None:
+            return None
+        first = int(seal["from_seq"])
+        if self.covered is not None and first != self.covered + 1:
+            return self._unsealed(self.covered + 1, first - 1)
+        key = self.keys.get(seal["key_id"])
+        if key is None:
+            return (f"event #{seq} is sealed with key {seal['key_id']}, which was not given: "
+                    "pass its --public-key")  # fmt: skip
+        try:
+            key.verify(base64.b64decode(seal["signature"]), seal_message(first, seq, digest))
+        except (InvalidSignature, ValueError):
+            return (f"the seal of events #{first}..#{seq} does not match them: they were "
+                    "rewritten, or the seal forged")  # fmt: skip
+        self.first_from = first if self.first_from is None else self.first_from
+        self.covered = seq
+        return None
+
+    def at_end(self, first: int, last: int, sealing_from: int | None) -> str | None:
+        """Why events first..last are not all sealed from where sealing began (a signed
+        checkpoint's `seals-from`, else the export's first seal), or None."""
+        start = sealing_from if sealing_from is not None else self.first_from
+        if start is None or max(start, first) > last:
+            return None
+        start = max(start, first)
+        if self.first_from is None or self.covered is None:
+            return self._unsealed(start, last)
+        if self.first_from > start:
+            return self._unsealed(start, self.first_from - 1)
+        if self.covered < last:
+            return self._unsealed(self.covered + 1, last)
+        return None
+
+    def _unsealed(self, first: int, last: int) -> str:
+        return (f"events #{first}..#{last} lie in no seal: written by someone who does not hold "
+                "the audit key, or their seals were removed from the export")  # fmt: skip

@@ -246,3 +246,78 @@ def test_verify_export_tries_every_key_and_says_when_there_is_no_checkpoint(
     assert "verified offline; not anchored: it carries no signed checkpoint" in (
         capsys.readouterr().out
     )
+
+
+def test_an_export_carries_its_seals_and_is_vouched_for_to_its_last_event(
+    engine: Engine, db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Events after the export's checkpoint, or after an older checkpoint put in its place,
+    are vouched for by the seals it carries: rewritten, their seals no longer match; their
+    seals dropped too, they lie in no seal. A checkpoint the auditor holds (--checkpoint) is
+    checked in place of the one the export carries."""
+    from airlock.store.anchor import Anchoring, public_key_text
+    from airlock.store.audit import chain_hash, jcs
+    from airlock.store.seals import Sealer, seal_with
+    from airlock.store.writer import GroupWriter, Pending
+
+    anchoring = Anchoring(engine, tmp_path)
+    seal_with(engine, Sealer(anchoring.key))
+    writer = GroupWriter(engine)
+
+    def decide() -> None:
+        row = DecisionRecord(run_row("BLOCK"))
+        assert all(ok for _, ok, _ in writer.write_group([Pending(0, row)]))
+
+    decide(), decide()
+    anchoring.checkpoint()  # at event 2
+    older = tmp_path / "checkpoints" / "000000000002.checkpoint"
+    decide(), decide()
+    anchoring.checkpoint()  # latest: at event 4
+    decide()  # 5: after it
+    writer.close()
+    public = public_key_text(anchoring.key.public_key())
+    out = tmp_path / "trail.jsonl"
+    assert main(["audit", "export", "--db", db_url, "--data-dir", str(tmp_path),
+                 "--out", str(out)]) == 0  # fmt: skip
+    verify = ["audit", "verify", "--public-key", public, "--export"]
+    assert main([*verify, str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "the signed checkpoint at event 4 matches (the export runs to event 5)" in said
+    assert "sealed: every event from #1 to #5 carries its writer's seal" in said
+
+    def rewritten(lines: list[str], start: int, keep_seals: bool) -> list[str]:
+        out, prev = [], None
+        for event in map(json.loads, lines):
+            if "seq" in event and event["seq"] >= start:
+                event["payload"]["decision"] = "ALLOW"
+                event["prev_hash"] = prev
+                fields = (event["seq"], event["at"], event["kind"], event["run_id"])
+                event["hash"] = chain_hash(prev, *fields, jcs(event["payload"]), event["format"])
+                if not keep_seals:
+                    event.pop("seal", None)
+            prev = event.get("hash", prev)
+            out.append(json.dumps(event) + "\n")
+        return out
+
+    checkpoint, *events = out.read_text().splitlines()
+    forged = tmp_path / "forged.jsonl"
+    for lines, problem in (
+        (rewritten([checkpoint, *events], 5, True), "the seal of events #5..#5 does not match"),
+        (rewritten([checkpoint, *events], 5, False), "events #5..#5 lie in no seal"),
+        # an older checkpoint put in, the events after it rewritten and their seals dropped
+        ([json.dumps({"checkpoint": older.read_text()}) + "\n",
+          *rewritten(events[:4], 3, False)], "events #3..#4 lie in no seal"),
+    ):  # fmt: skip
+        forged.write_text("".join(lines))
+        assert main([*verify, str(forged)]) == 1
+        assert problem in capsys.readouterr().err
+
+    forged.write_text("".join(line + "\n" for line in events[:4]))
+    latest = str(tmp_path / "checkpoints" / "latest")
+    assert main([*verify, str(forged), "--checkpoint", latest]) == 0  # the events before it
+    assert "the signed checkpoint at event 4 matches" in capsys.readouterr().out
+    forged.write_text("".join(line + "\n" for line in events[:3]))  # cut short of it
+    assert main([*verify, str(forged), "--checkpoint", latest]) == 1
+    assert "the export ends at event 3, but its signed checkpoint vouches for 4" in (
+        capsys.readouterr().err
+    )
