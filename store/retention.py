@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import OperationalError
 
 from airlock.store.schema import (
     Approval,
@@ -22,6 +23,7 @@ from airlock.store.schema import (
     ApprovalVote,
     AuditCut,
     AuditEvent,
+    AuditHead,
     AuditSeal,
     InstanceLease,
     Run,
@@ -40,8 +42,22 @@ class Pruned:
 
 
 def prune(engine: Engine, older_than: float) -> Pruned | None:
-    """Prune what is older than `older_than` (a time); None when nothing is."""
+    """Prune what is older than `older_than` (a time); None when nothing is, or when a writer
+    holds a run or approval to be pruned (PostgreSQL: the next prune takes it)."""
+    try:
+        return _prune(engine, older_than)
+    except OperationalError as e:
+        if type(e.orig).__name__ == "LockNotAvailable":  # psycopg's, for NOWAIT
+            return None
+        raise
+
+
+def _prune(engine: Engine, older_than: float) -> Pruned | None:
     with write_transaction(engine) as conn:
+        if conn.dialect.name == "postgresql":
+            # Writers append under the head's lock: none commits between what is read here
+            # and what is deleted (SQLite's BEGIN IMMEDIATE serialises writers already).
+            conn.execute(select(AuditHead.seq).where(AuditHead.id == 1).with_for_update())
         # Leases of instances stopped, and their leftovers settled, before the window.
         conn.execute(delete(InstanceLease).where(InstanceLease.cleared_at < older_than))
         cut = conn.execute(select(func.max(AuditEvent.seq)).where(AuditEvent.at < older_than))
@@ -60,6 +76,12 @@ def prune(engine: Engine, older_than: float) -> Pruned | None:
             AuditEvent.seq <= cut_seq, AuditEvent.run_id.is_not(None)
         )
         approvals = select(Approval.id).where(Approval.run_id.in_(runs))
+        if conn.dialect.name == "postgresql":
+            # A writer that took one of these rows first waits for the head we hold: give way
+            # rather than deadlock (a reviewer settling an old approval as it is pruned).
+            conn.execute(select(Approval.id).where(Approval.id.in_(approvals))
+                         .with_for_update(nowait=True))  # fmt: skip
+            conn.execute(select(Run.id).where(Run.id.in_(runs)).with_for_update(nowait=True))
         conn.execute(delete(ApprovalVote).where(ApprovalVote.approval_id.in_(approvals)))
         conn.execute(delete(ApprovalHolder).where(ApprovalHolder.approval_id.in_(approvals)))
         conn.execute(delete(Approval).where(Approval.run_id.in_(runs)))

@@ -179,3 +179,42 @@ def test_a_cut_by_hand_is_caught_with_the_key_alone_no_checkpoint_at_hand(
               "--public-key", public, "--before-seals"]  # fmt: skip
     assert main(verify) == 1
     assert "no signed retention cut vouches for that" in capsys.readouterr().err
+
+
+def test_a_prune_on_postgresql_gives_way_to_a_reviewer_settling_what_it_prunes(
+    engine: Engine, db_url: str
+) -> None:
+    """A reviewer approves an old request while retention prunes it (the prune paused after
+    it chose its cut): the prune held the chain's head, so the reviewer's event could not land
+    between its reads and its deletes; it gives way, and the approval and its run stay whole."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("SQLite's writers are serial (BEGIN IMMEDIATE)")
+    import threading
+
+    from sqlalchemy import event
+
+    from airlock.store.schema import open_engine
+
+    old = run_row("REQUIRE_APPROVAL", at=OLD)
+    hold = HoldRequest(uuid.uuid4().hex, time.time() + 3600, "h" * 64)
+    write(engine, DecisionRecord(old, hold), DecisionRecord(run_row("ALLOW", at=OLD + 1)))
+    write(engine, DecisionRecord(run_row("ALLOW")))
+    pruner = open_engine(db_url)
+
+    @event.listens_for(pruner, "after_cursor_execute")
+    def pause(*args: object) -> None:
+        if "min(audit_events.seq)" in str(args[2]):  # the cut chosen: a reviewer acts now
+            time.sleep(2.0)
+
+    pruned: list[object] = []
+    thread = threading.Thread(target=lambda: pruned.append(prune(pruner, time.time() - DAY)))
+    thread.start()
+    time.sleep(0.3)
+    assert resolve_approval(engine, hold.approval_id, APPROVED, "alice", "late").state == APPROVED
+    thread.join()
+    pruner.dispose()
+    report = verify_audit(engine)
+    assert report.ok, report.problem
+    with engine.connect() as conn:
+        assert conn.execute(select(Approval.state)).scalars().all() == [APPROVED]
+    assert pruned == [None] and count(engine, Run) == 3  # the next prune takes it
