@@ -3,6 +3,9 @@
 A condition is a bare value (equality) or a mapping of operators that must all hold:
     amount: {gte: 100000, lt: 1000000}
 Every operator but `exists` needs the value to be present: an absent value never matches.
+A list value (a param read with `all: true`: grants, cidrs, recipients) meets `eq`, `in` and
+`regex` when the list itself or any one of its items does; `ne` and `not_in` are their
+negations (no item equals); ordering operators compare the value itself.
 """
 
 from __future__ import annotations
@@ -24,11 +27,21 @@ def _present(op: Callable[[Any, Any], bool], expected: Any) -> Test:
     return test
 
 
+def _itemwise(op: Callable[[Any, Any], bool]) -> Callable[[Any, Any], bool]:
+    """The value, or when it is a list any one of its items, meets `op`."""
+    return lambda a, b: (
+        op(a, b) or (isinstance(a, list) and any(item is not None and op(item, b) for item in a))
+    )
+
+
+_equals = _itemwise(lambda a, b: a == b)
+_among = _itemwise(lambda a, b: a in b)
+
 OPERATORS: dict[str, Callable[[Any], Test]] = {
-    "eq": lambda x: _present(lambda a, b: a == b, x),
-    "ne": lambda x: _present(lambda a, b: a != b, x),
-    "in": lambda xs: _present(lambda a, b: a in b, xs),
-    "not_in": lambda xs: _present(lambda a, b: a not in b, xs),
+    "eq": lambda x: _present(_equals, x),
+    "ne": lambda x: _present(lambda a, b: not _equals(a, b), x),
+    "in": lambda xs: _present(_among, xs),
+    "not_in": lambda xs: _present(lambda a, b: not _among(a, b), xs),
     "gt": lambda x: _present(lambda a, b: a > b, x),
     "gte": lambda x: _present(lambda a, b: a >= b, x),
     "lt": lambda x: _present(lambda a, b: a < b, x),
@@ -44,7 +57,8 @@ def _regex_test(pattern: Any) -> Test:
     if not isinstance(pattern, str):
         raise PatternError(f"a regex is text, not {type(pattern).__name__}")
     compiled = linear(pattern)
-    return lambda actual: isinstance(actual, str) and compiled.found_in(actual)
+    found = _itemwise(lambda a, _: isinstance(a, str) and compiled.found_in(a))
+    return lambda actual: found(actual, None)
 
 
 def compile_condition(spec: Any, where: Where, subject: str) -> Test:

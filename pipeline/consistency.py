@@ -59,6 +59,7 @@ def configuration_problems(
     for rule in policies.rules:
         problems += _names_nothing(rule, existing)
         problems += _text_compared_with_numbers(rule, producers)
+        problems += _never_equal_to_declared_type(rule, producers)
         problems += _params_never_produced(rule, producers, derived)
         problems += _budget_param_never_produced(rule, producers, derived)
         problems += _contradictory_conditions(rule)
@@ -226,6 +227,87 @@ def _text_compared_with_numbers(
                         f"but mapping {mapping.id!r} ({mapping.where}) extracts it as text: "
                         "declare `type: int` (or float) there, or compare with text",
                     )
+
+
+EQUALITY = ("eq", "ne", "in", "not_in")
+
+
+def _never_equal_to_declared_type(
+    rule: Rule, producers: dict[str, list[Mapping]]
+) -> Iterator[ConfigError]:
+    """`from_port: {in: ["22"]}` where the mapping declares `type: int`: text never equals a
+    number (nor a number text), so the condition never holds (`ne`, `not_in`: always), and
+    `regex` never matches a number or a bool; silently, where an ordering operator would fail."""
+    for name, spec, where in rule.param_specs:
+        conditions = spec if isinstance(spec, Node) else {"eq": spec}
+        for action in sorted(rule.actions or ()):
+            for mapping in producers.get(action, ()):
+                extracted = _spec_named(mapping.params, name)
+                kind = _declared_kind(extracted) if extracted is not None else None
+                if kind is None:
+                    continue
+                for op, operand in conditions.items():
+                    if op not in (*EQUALITY, "regex"):
+                        continue
+                    written = (
+                        operand
+                        if op in ("in", "not_in") and isinstance(operand, list)
+                        else [operand]
+                    )
+                    if op == "regex":
+                        fits = kind == "str"
+                    else:
+                        fits = any(_of_kind(value, kind) for value in written)
+                    if fits:
+                        continue
+                    shown = "a regex" if op == "regex" else f"{_type_name(written)} ({op})"
+                    yield ConfigError(
+                        where,
+                        f"rule {rule.id!r} compares param {name!r} with {shown}, but mapping "
+                        f"{mapping.id!r} ({mapping.where}) declares it type {kind}: "
+                        f"{_NEVER[op]}; {_advice(op, kind)}",
+                    )
+
+
+_NEVER = {
+    "eq": "it never equals, so the rule can never fire",
+    "in": "it never equals any of them, so the rule can never fire",
+    "ne": "it never equals, so the condition always holds",
+    "not_in": "it never equals any of them, so the condition always holds",
+    "regex": "a regex matches only text, so the rule can never fire",
+}
+_KIND_NAMES = {"int": "a number", "float": "a number", "decimal": "a number", "str": "text",
+               "bool": "true or false"}  # fmt: skip
+
+
+def _advice(op: str, kind: str) -> str:
+    if op == "regex":
+        return f"compare it with {_KIND_NAMES[kind]} (eq, in, or an ordering operator)"
+    return f"write the value as {_KIND_NAMES[kind]}"
+
+
+def _declared_kind(spec: ValueSpec) -> str | None:
+    """The type a param always has, when the mapping says so: `type:`, or a count or sum."""
+    if spec.finder is None:
+        return None
+    if spec.aggregate in ("count", "sum"):
+        return "int" if spec.aggregate == "count" else spec.kind or "float"
+    return spec.kind
+
+
+def _of_kind(value: Any, kind: str) -> bool:
+    if value is None or isinstance(value, list | dict):
+        return True  # null tests absence; a whole list or object is compared as a whole
+    if kind in NUMERIC_KINDS:
+        return _is_number(value)
+    if kind == "bool":
+        return isinstance(value, bool)
+    return isinstance(value, str)
+
+
+def _type_name(values: list[Any]) -> str:
+    kinds = sorted({"text" if isinstance(v, str) else type(v).__name__ for v in values})
+    return " and ".join(kinds)
 
 
 def _contradictory_conditions(rule: Rule) -> Iterator[ConfigError]:

@@ -410,6 +410,36 @@ def test_rules_naming_an_operation_provider_or_environment_that_is_not_are_error
     assert lines([PROJECT_ROOT / "mappings", fine]) == []
 
 
+def test_equality_with_a_value_of_another_type_than_the_mapping_declares_is_reported(
+    tmp_path: Path,
+) -> None:
+    """The EC2 ingress mapping declares from_port `type: int`: `in: ["22"]` never equals it, so
+    the BLOCK never fires (an ordering operator would fail every request instead)."""
+    policies = write(tmp_path / "policies", "p.yaml", """
+        rules:
+          - id: no-ssh
+            when: {action: open_network_ingress, params: {from_port: {in: ["22", "3389"]}}}
+            decision: BLOCK
+          - {id: fine, when: {action: open_network_ingress, params: {from_port: {in: [22, "x"]}}},
+             decision: BLOCK}
+          - id: port-text
+            when: {action: open_network_ingress, params: {from_port: {regex: "^22$"}}}
+            decision: BLOCK
+        """)  # fmt: skip
+    found = lines([PROJECT_ROOT / "mappings", policies])
+    assert len(found) == 2, found
+    assert found[0].startswith(f"{policies}:3:")
+    assert (
+        "rule 'no-ssh' compares param 'from_port' with text (in), but mapping "
+        "'aws.ec2.authorize_ingress'"
+    ) in found[0]
+    assert "declares it type int: it never equals any of them, so the rule can never fire; " \
+        "write the value as a number" in found[0]  # fmt: skip
+    assert found[1].startswith(f"{policies}:8:")
+    assert "a regex matches only text, so the rule can never fire; compare it with a number" \
+        in found[1]  # fmt: skip
+
+
 def test_a_policy_filed_in_a_subfolder_is_a_load_error_not_ignored(tmp_path: Path) -> None:
     """The proxy reads a folder's top level; `check` walks subfolders: a freeze rule filed in
     policies/team/ was reported by check and never enforced."""

@@ -372,3 +372,27 @@ def test_action_names_a_request_makes_up_do_not_grow_the_rule_index() -> None:
         assert verdict.decision in ("ALLOW", "BLOCK", "REQUIRE_APPROVAL")
     named = {name for rule in baseline.rules for name in rule.actions or ()}
     assert set(baseline._candidates) <= named
+
+
+def test_a_list_param_meets_eq_in_and_regex_when_any_item_does(tmp_path: Path) -> None:
+    """Params read with `all: true` (grants, cidrs) are lists: a rule on one of their items
+    fires, where it used to compare the whole list and never fire."""
+    policy = policies(
+        tmp_path,
+        """
+        rules:
+          - {id: no-public-grants, when: {params: {grants: {regex: AllUsers}}}, decision: BLOCK}
+          - {id: no-world, when: {params: {cidrs: "0.0.0.0/0"}}, decision: BLOCK}
+          - {id: no-ssh, when: {params: {ports: {in: [22, 3389]}}}, decision: BLOCK}
+          - {id: internal-only, when: {params: {cidrs: {not_in: ["0.0.0.0/0", "::/0"]}}},
+             decision: REQUIRE_APPROVAL}
+        """,
+    )
+    everyone = 'uri="http://acs.amazonaws.com/groups/global/AllUsers"'
+    assert policy.decide(action("a", grants=["id=1", everyone]), "a").rules == ("no-public-grants",)
+    assert policy.decide(action("a", grants=["id=1"]), "a").decision == "ALLOW"
+    assert policy.decide(action("a", cidrs=["10.0.0.0/8", "0.0.0.0/0"]), "a").rules == ("no-world",)
+    assert policy.decide(action("a", cidrs=["10.0.0.0/8"]), "a").rules == ("internal-only",)
+    assert policy.decide(action("a", cidrs="0.0.0.0/0"), "a").rules == ("no-world",)
+    assert policy.decide(action("a", ports=[443, 22]), "a").rules == ("no-ssh",)
+    assert policy.decide(action("a", ports=[443]), "a").decision == "ALLOW"
