@@ -228,6 +228,10 @@ class AuditCut(Base):
     seq: Mapped[int] = mapped_column(Integer)
     hash: Mapped[str] = mapped_column(String(64))
     at: Mapped[float] = mapped_column(Float)  # when the cut was made
+    # The signed checkpoint of the cut (a C2SP note: not secret), written with the prune, so
+    # that every instance's verify finds it and no crash leaves a cut unsigned. None: a cut
+    # made before it was stored here (its note is in the data directory's checkpoints/cut).
+    note: Mapped[str | None] = mapped_column(Text)
 
 
 class AuditSeal(Base):
