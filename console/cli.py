@@ -915,19 +915,29 @@ def _engine(url: str) -> Any:
     never create one: a typo in --db would otherwise look like an empty, intact store."""
     from sqlalchemy import inspect
     from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
     from airlock.store.schema import create_schema, normalise_url, open_engine
 
-    parsed = make_url(normalise_url(url))
+    try:
+        parsed = make_url(normalise_url(url))
+    except ArgumentError:  # not echoed: a mistyped URL may hold a password
+        raise NoStore("--db (or $AIRLOCK_DB) is not a database URL: expected sqlite:///PATH or "
+                      "postgresql://USER@HOST:PORT/DATABASE") from None  # fmt: skip
     shown = parsed.render_as_string(hide_password=True)
     if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
         raise NoStore(f"no store at {parsed.database} (start the proxy there first, or "
                       "give --db or --data-dir)")  # fmt: skip
-    engine = open_engine(url)
-    if not inspect(engine).has_table("runs"):
-        engine.dispose()
-        raise NoStore(f"{shown} holds no Airlock store (no runs table)")
-    create_schema(engine)
+    engine = None
+    try:
+        engine = open_engine(url)
+        if not inspect(engine).has_table("runs"):
+            raise NoStore(f"{shown} holds no Airlock store (no runs table)")
+        create_schema(engine)
+    except (NoStore, SQLAlchemyError, ImportError) as e:  # ImportError: a driver not installed
+        if engine is not None:
+            engine.dispose()
+        raise e if isinstance(e, NoStore) else NoStore(_cannot_open(url, e)) from None
     return engine
 
 

@@ -715,8 +715,12 @@ def _named(when: Node) -> tuple[tuple[str, tuple[str, ...]], ...]:
 
 def _indexable_actions(when: Node) -> frozenset[str] | None:
     value = when.get("action")
+    if value is None:
+        return None
     names = [value] if isinstance(value, str) else value
-    if not isinstance(names, list) or any(_is_glob(n) for n in names):
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(when.at("action"), "'action' must be a name, a glob or a list of them")
+    if any(_is_glob(n) for n in names):
         return None
     return frozenset(names)
 

@@ -98,6 +98,14 @@ def _loader_for(file: str) -> type[yaml.SafeLoader]:
         result.item_where = [_where(file, item.start_mark) for item in node.value]
         return result
 
+    def refuse_timestamp(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> None:
+        raise ConfigError(
+            _where(file, node.start_mark),
+            f"{node.value} reads as a date, which no request value is: quote it "
+            f'("{node.value}") to mean the text',
+        )
+
+    PositionLoader.add_constructor("tag:yaml.org,2002:timestamp", refuse_timestamp)
     PositionLoader.add_constructor(
         yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping
     )
@@ -143,9 +151,18 @@ def _read_text(path: Path) -> str:
             raise ConfigError(file, "not among the files the proxy loaded")
         return str(replayed["files"][file])
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as e:
         raise ConfigError(file, f"cannot read: {e.strerror}") from e
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        before = data[: e.start]
+        line, column = before.count(b"\n") + 1, e.start - (before.rfind(b"\n") + 1) + 1
+        raise ConfigError(
+            Where(file, line, column),
+            f"is not UTF-8 (byte 0x{data[e.start]:02x}): save the file as UTF-8",
+        ) from None
     recording = _recording.get()
     if recording is not None:
         recording["files"][file] = text

@@ -47,6 +47,24 @@ def test_commands_never_create_a_store_that_is_not_there(
     assert not typo.exists()
 
 
+@pytest.mark.parametrize(
+    ("db", "says"),
+    [("notaurl", "--db (or $AIRLOCK_DB) is not a database URL: expected sqlite:///PATH or "
+      "postgresql://"),
+     ("postgresql://x:secret@127.0.0.1:1/db", "cannot open the store "
+      "postgresql://x:***@127.0.0.1:1/db: connection failed"),
+     ("mysql://x@127.0.0.1:1/db", "cannot open the store mysql://x@127.0.0.1:1/db: No module")],
+)  # fmt: skip
+@pytest.mark.parametrize("command", [["pending"], ["approve", "abcd1234"]])
+def test_a_store_that_cannot_be_opened_is_one_line_not_a_traceback(
+    command: list[str], db: str, says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*command, "--db", db]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"airlock {command[0]}: {says}") and err.count("\n") == 1, err
+    assert "secret" not in err
+
+
 def held_in_a_store(tmp_path: Path, run: Any, required: int = 1) -> tuple[str, HoldRequest]:
     """A store holding one request for approval: its URL and the hold."""
     from airlock.store.schema import create_schema, open_engine

@@ -396,3 +396,26 @@ def test_a_list_param_meets_eq_in_and_regex_when_any_item_does(tmp_path: Path) -
     assert policy.decide(action("a", cidrs="0.0.0.0/0"), "a").rules == ("no-world",)
     assert policy.decide(action("a", ports=[443, 22]), "a").rules == ("no-ssh",)
     assert policy.decide(action("a", ports=[443]), "a").decision == "ALLOW"
+
+
+def test_malformed_policy_files_are_errors_at_their_line_not_tracebacks(tmp_path: Path) -> None:
+    """A number among action names, a date where a param's text was meant, a file saved in
+    Latin-1: each names the file, line and column, and what to do."""
+    with pytest.raises(ConfigError, match=r"p\.yaml:2:.*'action' must be a name, a glob or a list"):
+        policies(
+            tmp_path, "rules:\n  - {id: r, when: {action: [create_charge, 5]}, decision: BLOCK}\n"
+        )
+    with pytest.raises(
+        ConfigError, match=r'p\.yaml:2:.*2024-01-01 reads as a date.*quote it \("2024-01-01"\)'
+    ):
+        policies(
+            tmp_path, "rules:\n  - {id: r, when: {params: {day: 2024-01-01}}, decision: BLOCK}\n"
+        )
+    quoted = policies(
+        tmp_path, "rules:\n  - {id: r, when: {params: {day: '2024-01-01'}}, decision: BLOCK}\n"
+    )
+    assert quoted.decide(action(day="2024-01-01"), "a").decision == "BLOCK"
+    folder = tmp_path / "policies"
+    (folder / "p.yaml").write_bytes("rules:\n  - id: café\n    decision: BLOCK\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"p\.yaml:2:12: is not UTF-8 \(byte 0xe9\)"):
+        load_policies(folder)
