@@ -1410,16 +1410,23 @@ def _public_keys(args: argparse.Namespace) -> list[Any]:
 def _check_anchor(engine: Any, args: argparse.Namespace, keys: list[Any]) -> str | None:
     """The chain against the latest signed checkpoint: "BROKEN: why", a line saying it holds,
     or None when there is no checkpoint to check against."""
-    from airlock.store.anchor import CHECKPOINTS, CUT, chain_against, cut_against, retention_cut
+    from airlock.store.anchor import (
+        CHECKPOINTS,
+        chain_against,
+        cut_against,
+        retention_cut,
+        signed_cut,
+    )
     from airlock.store.seals import no_seals, seals_removed
 
     note = Path(args.checkpoint) if args.checkpoint else args.data_dir / CHECKPOINTS / "latest"
-    signed_cut = _signed_cut(args.data_dir / CHECKPOINTS / CUT, keys)
+    # Stored with the prune; the data directory's checkpoints/cut for a cut made before that.
+    cut_signed = signed_cut(engine, args.data_dir, keys)
     unsealed = None if args.before_seals or not keys else no_seals(engine)
     if not note.is_file():
         if args.checkpoint:
             return f"BROKEN: no checkpoint at {note}"
-        problem = (cut_against(engine, signed_cut) if keys else None) or unsealed
+        problem = (cut_against(engine, cut_signed) if keys else None) or unsealed
         return f"BROKEN: {problem}" if problem else None
     if not keys:
         return f"BROKEN: checkpoint {note}: no public key to check it with (--public-key)"
@@ -1429,7 +1436,7 @@ def _check_anchor(engine: Any, args: argparse.Namespace, keys: list[Any]) -> str
         return f"BROKEN: checkpoint {note}: {e}"
     problem = (
         chain_against(engine, checkpoint)
-        or cut_against(engine, signed_cut)
+        or cut_against(engine, cut_signed)
         or (seals_removed(engine, checkpoint.seals_from) if checkpoint.seals_from else None)
         or unsealed
     )
@@ -1458,16 +1465,6 @@ def _opened(note: Path, keys: list[Any]) -> Any:
     raise ValueError("; ".join(dict.fromkeys(problems)))
 
 
-def _signed_cut(path: Path, keys: list[Any]) -> Any:
-    """The retention cut a signed note vouches for, or None (absent, or not signed by a key)."""
-    if not path.is_file():
-        return None
-    try:
-        return _opened(path, keys)
-    except ValueError:
-        return None
-
-
 def cmd_audit_export(args: argparse.Namespace) -> int:
     from airlock.store.export import events, write_export
 
@@ -1477,13 +1474,12 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
         print(f"airlock audit export: {e}", file=sys.stderr)
         return 2
     engine = _engine(args.db)
-    from airlock.store.anchor import CHECKPOINTS, CUT
+    from airlock.store.anchor import CHECKPOINTS, cut_note
 
     latest = args.data_dir / CHECKPOINTS / "latest"
     # The latest signed checkpoint travels with a whole export (a slice ends before it may).
     checkpoint = latest.read_text() if latest.is_file() and until is None else None
-    signed_cut = args.data_dir / CHECKPOINTS / CUT  # where a whole export starts
-    cut = signed_cut.read_text() if signed_cut.is_file() and since is None else None
+    cut = cut_note(engine, args.data_dir) if since is None else None  # where a whole one starts
     out = open(args.out, "w", newline="", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
     try:
         written = write_export(events(engine, since, until), out, args.format, checkpoint, cut)

@@ -22,7 +22,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,13 +143,42 @@ def reading(store: Engine | Connection) -> Iterator[Connection]:
 
 
 def write_cut(data_dir: Path, note: str) -> Path:
-    """The signed cut retention made (store/retention.py): `checkpoints/cut`."""
+    """A copy of the signed cut retention made (store/retention.py keeps it in
+    `audit_cut.note`): `checkpoints/cut`, for tools older than that column."""
     folder = Path(data_dir) / CHECKPOINTS
     folder.mkdir(parents=True, exist_ok=True)
     partial = folder / f"cut.{os.getpid()}.tmp"
     partial.write_text(note)
     os.replace(partial, folder / CUT)
     return folder / CUT
+
+
+def cut_note(store: Engine | Connection, data_dir: Path) -> str | None:
+    """The signed checkpoint of retention's cut: the one stored with the prune; for a cut made
+    before it was stored there, the data directory's `checkpoints/cut`. None: no cut, or no
+    note of it."""
+    with reading(store) as conn:
+        cut = conn.execute(select(AuditCut.note)).first()
+    if cut is None:
+        return None
+    if cut[0] is not None:
+        return cut[0]
+    written = Path(data_dir) / CHECKPOINTS / CUT
+    return written.read_text() if written.is_file() else None
+
+
+def signed_cut(
+    store: Engine | Connection, data_dir: Path, keys: Sequence[Ed25519PublicKey]
+) -> Checkpoint | None:
+    """The retention cut its note vouches for (`cut_note`), once signed by one of the keys;
+    None when there is no note, or none of the keys signed it."""
+    note = cut_note(store, data_dir)
+    for key in keys if note is not None else ():
+        try:
+            return open_checkpoint(note, key)
+        except ValueError:
+            continue
+    return None
 
 
 def cut_against(store: Engine | Connection, signed: Checkpoint | None) -> str | None:
@@ -253,11 +282,18 @@ class Anchoring:
         return self.due - now
 
     def prune(self) -> None:
-        pruned = prune(self.engine, time.time() - self.retention)
+        pruned = prune(self.engine, time.time() - self.retention, self._sign_cut)
         if pruned is not None:
-            write_cut(self.data_dir, sign_checkpoint(self.key, pruned.cut, pruned.hash))
+            try:  # a copy, for older tools: the store holds the signed cut (audit_cut.note)
+                if pruned.note is not None:
+                    write_cut(self.data_dir, pruned.note)
+            except OSError as e:
+                log.warning("checkpoints/cut not written (the store holds the signed cut): %s", e)
             log.info("retention pruned %d runs and %d events (chain now starts after event %d)",
                      pruned.runs, pruned.events, pruned.cut)  # fmt: skip
+
+    def _sign_cut(self, seq: int, hash_hex: str) -> str:
+        return sign_checkpoint(self.key, seq, hash_hex)
 
     def checkpoint(self) -> None:
         size, root = head_of(self.engine)

@@ -3,14 +3,16 @@
 Runs are pruned whole, with their approvals, votes, holders and every event that names them
 (and proxy instances' leases settled before the window go too):
 the cut moves back until no kept run has an event before it. The cut (the last pruned event's
-position and hash, which the first kept event follows) is stored in `audit_cut`, and the decider
-signs it as a checkpoint outside the database (store/anchor.py), so `airlock audit verify` can
+position and hash, which the first kept event follows) is stored in `audit_cut` with its signed
+checkpoint, made by the decider's key (store/anchor.py) in the prune's own transaction: no
+crash leaves a cut unsigned, and `airlock audit verify` from any instance's data directory can
 tell a retention cut from events deleted by hand.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import delete, func, select
@@ -39,20 +41,27 @@ class Pruned:
     hash: str  # its hash: the first kept event names it as the one before
     runs: int
     events: int
+    note: str | None = None  # the cut's signed checkpoint, stored with it (audit_cut.note)
 
 
-def prune(engine: Engine, older_than: float) -> Pruned | None:
+def prune(
+    engine: Engine, older_than: float, sign: Callable[[int, str], str] | None = None
+) -> Pruned | None:
     """Prune what is older than `older_than` (a time); None when nothing is, or when a writer
-    holds a run or approval to be pruned (PostgreSQL: the next prune takes it)."""
+    holds a run or approval to be pruned (PostgreSQL: the next prune takes it). `sign` makes
+    the cut's signed checkpoint from its position and hash (store/anchor.py), stored with it in
+    the same transaction."""
     try:
-        return _prune(engine, older_than)
+        return _prune(engine, older_than, sign)
     except OperationalError as e:
         if type(e.orig).__name__ == "LockNotAvailable":  # psycopg's, for NOWAIT
             return None
         raise
 
 
-def _prune(engine: Engine, older_than: float) -> Pruned | None:
+def _prune(
+    engine: Engine, older_than: float, sign: Callable[[int, str], str] | None
+) -> Pruned | None:
     with write_transaction(engine) as conn:
         if conn.dialect.name == "postgresql":
             # Writers append under the head's lock: none commits between what is read here
@@ -88,10 +97,11 @@ def _prune(engine: Engine, older_than: float) -> Pruned | None:
         pruned_runs = conn.execute(delete(Run).where(Run.id.in_(runs))).rowcount
         pruned_events = conn.execute(delete(AuditEvent).where(AuditEvent.seq <= cut_seq)).rowcount
         conn.execute(delete(AuditSeal).where(AuditSeal.to_seq <= cut_seq))  # theirs are gone
+        note = sign(cut_seq, cut_hash) if sign is not None else None
         conn.execute(delete(AuditCut))
         conn.execute(AuditCut.__table__.insert().values(id=1, seq=cut_seq, hash=cut_hash,
-                                                        at=time.time()))  # fmt: skip
-    return Pruned(cut_seq, cut_hash, pruned_runs, pruned_events)
+                                                        at=time.time(), note=note))  # fmt: skip
+    return Pruned(cut_seq, cut_hash, pruned_runs, pruned_events, note)
 
 
 def _first_event_of_a_run_across(conn: Connection, cut_seq: int) -> int | None:

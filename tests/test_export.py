@@ -321,3 +321,27 @@ def test_an_export_carries_its_seals_and_is_vouched_for_to_its_last_event(
     assert "the export ends at event 3, but its signed checkpoint vouches for 4" in (
         capsys.readouterr().err
     )
+
+
+def test_an_export_from_any_instance_carries_the_signed_cut_stored_with_the_prune(
+    engine: Engine, db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One instance prunes; an export made from another's data directory (no checkpoints/cut
+    there) carries the signed cut from the store, and starts where it says."""
+    from airlock.store.anchor import Anchoring, public_key_text
+    from airlock.store.retention import DAY
+
+    write(engine, *(DecisionRecord(run_row("ALLOW", at=time.time() - 200 * DAY + i))
+                    for i in range(3)))  # fmt: skip
+    write(engine, DecisionRecord(run_row("BLOCK")))
+    pruner, other = Anchoring(engine, tmp_path / "a", 180), Anchoring(engine, tmp_path / "b")
+    pruner.prune()
+    other.checkpoint()
+    out = tmp_path / "trail.jsonl"
+    assert main(["audit", "export", "--db", db_url, "--data-dir", str(tmp_path / "b"),
+                 "--out", str(out)]) == 0  # fmt: skip
+    assert '{"cut": ' in out.read_text()
+    keys = [public_key_text(a.key.public_key()) for a in (pruner, other)]
+    assert main(["audit", "verify", "--export", str(out), "--public-key", keys[0],
+                 "--public-key", keys[1]]) == 0  # fmt: skip
+    assert "it starts after the signed retention cut at event 3" in capsys.readouterr().out

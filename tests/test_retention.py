@@ -218,3 +218,82 @@ def test_a_prune_on_postgresql_gives_way_to_a_reviewer_settling_what_it_prunes(
     with engine.connect() as conn:
         assert conn.execute(select(Approval.state)).scalars().all() == [APPROVED]
     assert pruned == [None] and count(engine, Run) == 3  # the next prune takes it
+
+
+class Crash(BaseException):
+    """The process dies: nothing after this point runs."""
+
+
+def test_a_crash_after_the_prune_commits_leaves_the_cut_signed(
+    engine: Engine, db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """The decider dies between the prune's commit and writing checkpoints/cut: the restarted
+    prune finds nothing left to prune, and the signed cut stored with the prune vouches for
+    where the chain starts all the same."""
+    import airlock.store.anchor as anchor
+
+    a_long_history(engine)
+
+    def die(*args: object) -> None:
+        raise Crash
+
+    monkeypatch.setattr(anchor, "write_cut", die)
+    with pytest.raises(Crash):
+        Anchoring(engine, tmp_path, retention_days=180).prune()
+    monkeypatch.undo()
+    restarted = Anchoring(engine, tmp_path, retention_days=180)
+    restarted.prune()
+    restarted.checkpoint()
+    assert not (tmp_path / "checkpoints" / "cut").exists()  # nothing was left to prune
+    verify = ["audit", "verify", "--db", db_url, "--data-dir", str(tmp_path), "--before-seals"]
+    assert main(verify) == 0, capsys.readouterr().err
+    assert "anchored" in capsys.readouterr().out
+
+
+def test_verify_from_another_instances_data_directory_finds_the_signed_cut(
+    engine: Engine, db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two instances on one store, each with its own data directory and key; the first prunes.
+    Verify from the second's data directory, with both public keys, finds the signed cut in
+    the store (its own checkpoints/ has none)."""
+    from airlock.store.anchor import public_key_text
+
+    a_long_history(engine)
+    first, second = tmp_path / "first", tmp_path / "second"
+    pruner = Anchoring(engine, first, retention_days=180)
+    pruner.prune()
+    pruner.checkpoint()
+    other = Anchoring(engine, second)
+    other.checkpoint()
+    assert not (second / "checkpoints" / "cut").exists()
+    keys = [public_key_text(a.key.public_key()) for a in (pruner, other)]
+    verify = ["audit", "verify", "--db", db_url, "--data-dir", str(second), "--before-seals",
+              "--public-key", keys[0], "--public-key", keys[1]]  # fmt: skip
+    assert main(verify) == 0, capsys.readouterr().err
+    assert "anchored" in capsys.readouterr().out
+
+
+def test_a_stored_cut_signed_by_another_key_is_no_signed_cut(
+    engine: Engine, db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The note stored with the cut is checked against the keys: one signed by a key the
+    auditor was not given vouches for nothing, even with the data directory's checkpoints/cut
+    at hand. A cut stored before its note was (none in the row) is checked against that file."""
+    from airlock.store.anchor import load_or_create_key, sign_checkpoint
+
+    a_long_history(engine)
+    anchoring = Anchoring(engine, tmp_path, retention_days=180)
+    anchoring.prune()
+    anchoring.checkpoint()
+    stranger = load_or_create_key(tmp_path / "stranger")
+    with engine.begin() as conn:
+        seq, hash_hex = conn.execute(select(AuditCut.seq, AuditCut.hash)).one()
+        conn.execute(update(AuditCut).values(note=sign_checkpoint(stranger, seq, hash_hex)))
+    verify = ["audit", "verify", "--db", db_url, "--data-dir", str(tmp_path), "--before-seals"]
+    assert main(verify) == 1
+    assert "no signed retention cut vouches for that" in capsys.readouterr().err
+
+    with engine.begin() as conn:  # as written before the note was stored: the file vouches
+        conn.execute(update(AuditCut).values(note=None))
+    assert main(verify) == 0, capsys.readouterr().err
