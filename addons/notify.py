@@ -3,7 +3,8 @@
 Targets are `URL` (generic JSON) or `slack:URL` (a Slack incoming webhook). Messages go straight
 to the target, never through any proxy (the proxy's own environment is ignored), in the
 background: a flow never waits for a webhook. Each message is tried up to 4 times with backoff
-(1, 2, 4 s); failures are logged and counted. Only redacted values are sent.
+(1, 2, 4 s), each target's in the order they happened; failures are logged and counted. Only
+redacted values are sent.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 ATTEMPTS = 4
 FIRST_BACKOFF = 1.0
 TIMEOUT = 5.0
+MAX_WAITING = 1000  # messages queued for one target (one that is down): then new ones drop
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
 
 
@@ -44,6 +46,8 @@ class Notifier:
         self.targets = [Target.parse(spec) for spec in specs]
         self.on_failure = on_failure
         self._tasks: set[asyncio.Task[None]] = set()
+        self._last: dict[Target, asyncio.Task[None]] = {}  # each target's latest delivery
+        self._waiting: dict[Target, int] = {}
 
     def held(self, run: RunSummary, approval_id: str, expires_at: float) -> None:
         self._send("held", run, {"approval_id": approval_id, "expires_at": expires_at})
@@ -71,9 +75,29 @@ class Notifier:
             **details,
         }
         for target in self.targets:
-            task = asyncio.get_running_loop().create_task(self._deliver(target, message))
+            if self._waiting.get(target, 0) >= MAX_WAITING:
+                shown = shown_url(target.url)
+                log.warning("webhook %s: %d messages wait already, one dropped", shown, MAX_WAITING)
+                self.on_failure(shown)
+                continue
+            self._waiting[target] = self._waiting.get(target, 0) + 1
+            previous = self._last.get(target)
+            task = asyncio.get_running_loop().create_task(self._in_turn(previous, target, message))
+            self._last[target] = task
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    async def _in_turn(
+        self, previous: asyncio.Task[None] | None, target: Target, message: dict[str, Any]
+    ) -> None:
+        """Each target gets its messages in the order they happened: "held" before "approved",
+        even when the first is being retried."""
+        try:
+            if previous is not None and not previous.done():
+                await asyncio.wait([previous])
+            await self._deliver(target, message)
+        finally:
+            self._waiting[target] -= 1
 
     async def _deliver(self, target: Target, message: dict[str, Any]) -> None:
         body = json.dumps(slack_text(message) if target.slack else message).encode()

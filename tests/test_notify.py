@@ -115,3 +115,27 @@ def test_an_unreachable_webhook_is_counted_and_never_delays_the_flow(
 
     with_gate(tmp_path, scenario, airlock_webhook=[dead])
     assert flow.response is None
+
+
+def test_a_targets_messages_arrive_in_the_order_they_happened(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ "Held" failed once and waited to be tried again while "approved" went out: reviewers
+    saw the approval of a request before being told it was held."""
+    from airlock.pipeline.run_record import RunSummary
+
+    monkeypatch.setattr(notify, "FIRST_BACKOFF", 0.3)
+    receiver = Receiver(failures=1)
+    run = RunSummary("run-1", "REQUIRE_APPROVAL", "delete_record", ["r"], agent="a")
+
+    async def scenario() -> None:
+        notifier = notify.Notifier([receiver.url], lambda url: None)
+        notifier.held(run, "ap-1", 0.0)
+        notifier.settled(run, "ap-1", APPROVED, "alice", "ok")
+        await notifier.drain()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        receiver.server.shutdown()
+    assert [m["event"] for m in receiver.messages] == ["held", "settled"]
