@@ -527,6 +527,7 @@ class DeciderCore:
             required=verdict.approvals,
             retry_key=key,
             reviewer_roles=tuple(verdict.reviewer_roles),
+            reviewer_role_sets=verdict.reviewer_role_sets,  # each rule's, to be met each
         )
 
     def _with_ids(self, answered: AnsweredOutcome) -> OutcomeRecord:

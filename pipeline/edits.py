@@ -203,15 +203,31 @@ def _same(found: Any, value: Any) -> bool:
         return False
 
 
-def _asks_more(verdict: Verdict, approved: tuple[int, tuple[str, ...]] | None) -> str:
-    """What the edited request's approval asks beyond the one given, said; "" when nothing."""
+def _asks_more(verdict: Verdict, approved: tuple[int, tuple[Any, ...]] | None) -> str:
+    """What the edited request's approval asks beyond the one given, said; "" when nothing.
+    Roles are sets, one per rule that asked for reviewers (a flat list: one set): each set the
+    edited request asks for must hold one the approval asked for, so that the reviewers who
+    met the approval also meet it."""
     if approved is None:
         return "the approval it was edited in is not in the store"
     required, roles = approved
     if verdict.approvals > required:
         return f"{verdict.approvals} reviewers, where it had {required}"
-    wanted = set(verdict.reviewer_roles)
-    if wanted and (not roles or not set(roles) <= wanted):
-        had = ", ".join(roles) or "any reviewer"
-        return f"a reviewer in {', '.join(sorted(wanted))}, where it had {had}"
+    wanted = [frozenset(s) for s in verdict.reviewer_role_sets] or _role_sets(
+        verdict.reviewer_roles
+    )
+    had = _role_sets(roles)
+    uncovered = [need for need in wanted if not any(given <= need for given in had)]
+    if uncovered:
+        said = "; ".join(", ".join(sorted(given)) for given in had) or "any reviewer"
+        return f"a reviewer in {', '.join(sorted(uncovered[0]))}, where it had {said}"
     return ""
+
+
+def _role_sets(roles: Any) -> list[frozenset[str]]:
+    items = list(roles or ())
+    if not items:
+        return []
+    if all(isinstance(role, str) for role in items):
+        return [frozenset(items)]
+    return [frozenset(role_set) for role_set in items if role_set]

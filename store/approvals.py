@@ -551,16 +551,18 @@ def _refuse_uncovered(
     )
 
 
-def approval_terms(engine: Engine, approval_id: str) -> tuple[int, tuple[str, ...]] | None:
-    """What an approval asked: the reviewers it required and the roles that could decide
-    (empty: any); None when there is no such approval."""
+def approval_terms(
+    engine: Engine, approval_id: str
+) -> tuple[int, tuple[tuple[str, ...], ...]] | None:
+    """What an approval asked: the reviewers it required and the role sets they had to meet
+    (one per rule that named reviewers; empty: anyone); None when there is no such approval."""
     query = select(Approval.required, Approval.reviewer_roles).where(Approval.id == approval_id)
     with engine.connect() as conn:
         row = conn.execute(query).first()
     if row is None:
         return None
-    roles = sorted({role for roles in role_sets(row.reviewer_roles or ()) for role in roles})
-    return row.required or 1, tuple(roles)
+    sets = tuple(tuple(sorted(roles)) for roles in role_sets(row.reviewer_roles or ()))
+    return row.required or 1, sets
 
 
 def find_approval_for_retry(engine: Engine, retry_key: str) -> JoinableApproval | None:

@@ -818,3 +818,35 @@ def test_timed_calls_fail_at_their_own_deadline_and_answered_ones_do_not(
         "slow": ("no answer within 0.4 s", 0.4),
         "left": 0,
     }
+
+
+def test_a_held_request_keeps_each_rules_reviewer_roles(core: DeciderCore, tmp_path: Path) -> None:
+    """Two rules hold a live charge, one for payments leads, one for security: the approval the
+    decider opens asks for both, not for either (before, alice alone could approve it)."""
+    from airlock.pipeline.agents import load_reviewers
+    from airlock.store.approvals import APPROVED, ApprovalError, resolve_approval
+
+    mappings, policies = PROJECT_ROOT / "mappings", tmp_path / "policies"
+    shutil.copytree(PROJECT_ROOT / "policies", policies)
+    (policies / "two.yaml").write_text(
+        "rules:\n"
+        "  - {id: finance, when: {action: create_charge}, decision: REQUIRE_APPROVAL,\n"
+        "     reviewers: [payments-lead]}\n"
+        "  - {id: security, when: {action: create_charge}, decision: REQUIRE_APPROVAL,\n"
+        "     reviewers: [security]}\n"
+    )
+    (policies / "reviewers.yaml").write_text(
+        "reviewers:\n  - {id: alice, roles: [payments-lead]}\n"
+        "  - {id: carol, roles: [payments-lead, security]}\n"
+    )
+    with recording_sources() as sources:
+        Config.load(mappings, policies)
+    configuration = Configuration(str(mappings), str(policies), sources, "enforce", 600.0)
+    setup = Setup("test-1", 60.0, "", 0, configuration, [])
+    held = replies(core.handle([Envelope(0, setup), Envelope(1, charge(500, "run-h"))]))[1]
+    assert held.run.decision == "REQUIRE_APPROVAL"
+    reviewers = load_reviewers(policies)
+    with pytest.raises(ApprovalError, match="security"):
+        resolve_approval(core.engine, held.approval.id, APPROVED, "alice", None, reviewers)
+    settled = resolve_approval(core.engine, held.approval.id, APPROVED, "carol", None, reviewers)
+    assert settled.state == "APPROVED"

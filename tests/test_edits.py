@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from airlock.pipeline.edits import EDIT_RULE, as_approved_edit
@@ -80,3 +82,19 @@ def test_a_secret_param_that_does_not_read_as_edited_is_not_quoted() -> None:
     assert (
         "S3cret" not in refused.verdict.reason and "api_key does not read" in refused.verdict.reason
     )
+
+
+def test_an_edit_that_adds_a_rules_reviewers_needs_its_own_approval() -> None:
+    """Approved by the payments leads; edited, the request also fires a rule for the CFO: the
+    reviewers who met the first approval did not meet that one."""
+    given = (1, (("payments-lead",),))
+    stricter = decided_again(140000, 1, ("cfo", "payments-lead"))
+    stricter = Evaluation(stricter.action, replace(
+        stricter.verdict, reviewer_role_sets=(("payments-lead",), ("cfo",))
+    ))  # fmt: skip
+    refused = as_approved_edit(stricter, EDIT, "h", given)
+    assert refused.verdict.decision == "BLOCK" and "a reviewer in cfo" in refused.verdict.reason
+    same = Evaluation(stricter.action, replace(
+        stricter.verdict, reviewer_role_sets=(("payments-lead",),)
+    ))  # fmt: skip
+    assert as_approved_edit(same, EDIT, "h", given).verdict.decision == "ALLOW"

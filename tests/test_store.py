@@ -1052,7 +1052,8 @@ def test_each_fired_rules_reviewer_roles_must_be_met(engine: Engine, tmp_path: A
 
     (tmp_path / "reviewers.yaml").write_text(
         "reviewers:\n  - {id: alice, roles: [payments-lead]}\n  - {id: sam, roles: [security]}\n"
-        "  - {id: carol, roles: [payments-lead, security]}\n  - {id: dave, roles: [payments-lead]}\n"
+        "  - {id: carol, roles: [payments-lead, security]}\n"
+        "  - {id: dave, roles: [payments-lead]}\n"
     )
     reviewers = load_reviewers(tmp_path)
     sets = (("payments-lead",), ("security",))
