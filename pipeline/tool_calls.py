@@ -73,11 +73,14 @@ def tool_action(call: ToolCall, mappings: MappingIndex, document: Document | Non
     if call.server is not None:
         document = document or tool_document(call, "")
         mapped = mappings.map_tool(document, call.server, call.action, call.params)
-        # What the mapping reads from the tool's arguments is what the call does: it wins over
-        # what the caller says (a call on acme/prod named "sandbox" stays acme/prod).
+        # A target the mapping reads from the tool's arguments is what the call acts on: it
+        # wins over what the caller says (a merge on acme/prod named "sandbox" stays acme/prod).
+        # A mapping that names none leaves the caller's (Claude Code's working directory).
+        mapping = mappings.by_id.get(mapped.mapping_id or "")
+        reads_target = mapping is not None and bool(mapping.target)
         return replace(
             mapped,
-            target=mapped.target or call.target,
+            target=mapped.target if reads_target else (call.target or mapped.target),
             provider=mapped.provider or call.provider or GUARD,
             context={**call.context, **mapped.context, "source": GUARD},
         )
