@@ -78,10 +78,16 @@ def test_two_reloads_in_quick_succession_leave_the_newer_configuration(
     proxy = start_proxy("--policies", str(policies))
     assert proxy.process is not None
     session = proxy.session()
+    # SIGHUP before the proxy listens for it would end the process (its default action).
+    assert eventually(lambda: "deciding with configuration" in proxy.output(), timeout=30)
     pipe = policies / "later.yaml"
     os.mkfifo(pipe)
     proxy.process.send_signal(signal.SIGHUP)  # the first reload opens the pipe and waits
-    with open(pipe, "w") as writer:  # returns once the first reload is reading it
+    # Opened for writing once the first reload is reading it (not waiting forever if it never
+    # does: without a reader, a non-blocking open fails).
+    descriptor = eventually(lambda: _open_for_writing(pipe), timeout=30)
+    assert descriptor, proxy.output()[-2000:]
+    with os.fdopen(descriptor, "w") as writer:
         pipe.unlink()
         (policies / "freeze.yaml").write_text(NO_CHARGES)
         proxy.process.send_signal(signal.SIGHUP)  # the second reads the newer files
@@ -96,3 +102,10 @@ def test_two_reloads_in_quick_succession_leave_the_newer_configuration(
     blocked = session.post(CHARGES, data={"amount": 500, "currency": "usd"})
     assert blocked.status_code == 403
     assert "no-charges-today" in blocked.json()["rules"]
+
+
+def _open_for_writing(pipe: Path) -> int | None:
+    try:
+        return os.open(pipe, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:  # ENXIO: nobody reads it yet
+        return None
