@@ -10,6 +10,7 @@ import argparse
 import getpass
 import json
 import os
+import signal
 import sys
 import time
 import urllib.parse
@@ -626,6 +627,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"airlock audit verify --public-key; it is in {args.data_dir / PUBLIC_FILE})\n"
         )
     mappings, policies = str(Path(args.mappings).resolve()), str(Path(args.policies).resolve())
+    # `airlock reload` finds this process from now on; until the proxy listens for SIGHUP
+    # (addons/runtime.py), one would end it (the signal's default): it is ignored meanwhile,
+    # the configuration being read as the proxy starts anyway.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     announce(args.data_dir, Running(os.getpid(), args.port, mappings, policies))
     run_proxy(proxy_arguments(args, confdir))
     return 0
@@ -795,8 +800,6 @@ def _audit_public_key(data_dir: Path) -> str:
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
-    import signal
-
     from airlock.pipeline.evaluation import Config
     from airlock.pipeline.yaml_source import ConfigError, recording_sources, sources_hash
 

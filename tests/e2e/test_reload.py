@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 
 from airlock.console.standins import Upstream
 from tests.e2e.test_gate import CHARGES, airlock, eventually, runs
-from tests.helpers.proxy import PROJECT_ROOT, Proxy
+from tests.helpers.proxy import PROJECT_ROOT, Proxy, clean_env, share_request_key, wait_for_port
 
 pytestmark = pytest.mark.e2e
 
@@ -109,3 +110,27 @@ def _open_for_writing(pipe: Path) -> int | None:
         return os.open(pipe, os.O_WRONLY | os.O_NONBLOCK)
     except OSError:  # ENXIO: nobody reads it yet
         return None
+
+
+def test_a_reload_while_the_proxy_starts_does_not_end_it(
+    tmp_path: Path, upstream: Upstream
+) -> None:
+    """`airlock reload` finds a proxy as soon as it names itself in its data directory, before
+    mitmproxy runs and listens for SIGHUP: the signal's default action ended the proxy."""
+    proxy = Proxy(tmp_path, f"sqlite:///{tmp_path / 'airlock.db'}", {}, upstream.ca_file,
+                  tmp_path / "certs", [])  # fmt: skip
+    tmp_path.mkdir(exist_ok=True)
+    share_request_key(tmp_path)
+    with proxy.log_file.open("wb") as log:
+        proxy.process = subprocess.Popen(
+            proxy.command(), cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
+            env=clean_env(),
+        )  # fmt: skip
+    try:
+        named = tmp_path / "run" / f"airlock-{proxy.port}.json"
+        assert eventually(named.exists, timeout=30), proxy.log_file.read_text()
+        proxy.process.send_signal(signal.SIGHUP)
+        wait_for_port(proxy.port, proxy.process, proxy.log_file)
+        assert proxy.process.poll() is None
+    finally:
+        proxy.stop()
