@@ -96,6 +96,18 @@ def setup() -> Setup:
     return Setup("test-1", 60.0, "", 0, configuration, [])
 
 
+def setup_with(tmp_path: Path, files: dict[str, str]) -> tuple[Setup, Path]:
+    """The setup of a decider deciding with the shipped policies and these files beside them."""
+    mappings, policies = PROJECT_ROOT / "mappings", tmp_path / "policies"
+    shutil.copytree(PROJECT_ROOT / "policies", policies)
+    for name, text in files.items():
+        (policies / name).write_text(text)
+    with recording_sources() as sources:
+        Config.load(mappings, policies)
+    configuration = Configuration(str(mappings), str(policies), sources, "enforce", 600.0)
+    return Setup("test-1", 60.0, "", 0, configuration, []), policies
+
+
 def replies(answers: list[Any]) -> dict[int, Any]:
     return {a.sequence: a.value for a in answers if isinstance(a, Reply)}
 
@@ -483,16 +495,11 @@ def test_every_call_of_a_batch_let_through_counts_in_rates(
 ) -> None:
     """A JSON-RPC batch of two refunds let through counts two, not only the call that decided
     it: the next refund meets a rate of two an hour."""
-    mappings, policies = PROJECT_ROOT / "mappings", tmp_path / "policies"
-    shutil.copytree(PROJECT_ROOT / "policies", policies)
-    (policies / "refunds.yaml").write_text(
+    setup, _ = setup_with(tmp_path, {"refunds.yaml": (
         "rules:\n  - {id: refunds, when: {action: 'mcp.*.issue_refund'}, decision: ALLOW}\n"
         "  - {id: two-refunds-an-hour, when: {action: 'mcp.*.issue_refund'},\n"
         "     rate: {limit: 2, window: 1h}, decision: BLOCK}\n"
-    )
-    with recording_sources() as sources:
-        Config.load(mappings, policies)
-    configuration = Configuration(str(mappings), str(policies), sources, "enforce", 600.0)
+    )})  # fmt: skip
 
     def refunds(run_id: str, count: int) -> Decide:
         calls = [{"jsonrpc": "2.0", "id": i, "method": "tools/call",
@@ -505,7 +512,6 @@ def test_every_call_of_a_batch_let_through_counts_in_rates(
         )  # fmt: skip
         return Decide(run_id, "a", None, raw_request(request, None))
 
-    setup = Setup("test-1", 60.0, "", 0, configuration, [])
     batch = replies(core.handle([Envelope(0, setup), Envelope(1, refunds("run-two", 2))]))[1]
     assert batch.run.decision == "ALLOW"
     after = replies(core.handle([Envelope(2, refunds("run-one", 1))]))[2]
@@ -826,23 +832,15 @@ def test_a_held_request_keeps_each_rules_reviewer_roles(core: DeciderCore, tmp_p
     from airlock.pipeline.agents import load_reviewers
     from airlock.store.approvals import APPROVED, ApprovalError, resolve_approval
 
-    mappings, policies = PROJECT_ROOT / "mappings", tmp_path / "policies"
-    shutil.copytree(PROJECT_ROOT / "policies", policies)
-    (policies / "two.yaml").write_text(
-        "rules:\n"
+    setup, policies = setup_with(tmp_path, {
+        "two.yaml": "rules:\n"
         "  - {id: finance, when: {action: create_charge}, decision: REQUIRE_APPROVAL,\n"
         "     reviewers: [payments-lead]}\n"
         "  - {id: security, when: {action: create_charge}, decision: REQUIRE_APPROVAL,\n"
-        "     reviewers: [security]}\n"
-    )
-    (policies / "reviewers.yaml").write_text(
-        "reviewers:\n  - {id: alice, roles: [payments-lead]}\n"
-        "  - {id: carol, roles: [payments-lead, security]}\n"
-    )
-    with recording_sources() as sources:
-        Config.load(mappings, policies)
-    configuration = Configuration(str(mappings), str(policies), sources, "enforce", 600.0)
-    setup = Setup("test-1", 60.0, "", 0, configuration, [])
+        "     reviewers: [security]}\n",
+        "reviewers.yaml": "reviewers:\n  - {id: alice, roles: [payments-lead]}\n"
+        "  - {id: carol, roles: [payments-lead, security]}\n",
+    })  # fmt: skip
     held = replies(core.handle([Envelope(0, setup), Envelope(1, charge(500, "run-h"))]))[1]
     assert held.run.decision == "REQUIRE_APPROVAL"
     reviewers = load_reviewers(policies)
