@@ -9,17 +9,22 @@ A value spec in YAML is one of:
     {path: "$.body.personalizations[*].to[*]", count: true}
     {path: "$.body.items[*].amount", type: int, sum: true}
     {path: $.headers.authorization, regex: "sk_(live|test)_", lookup: {live: production}}
+    {path: $.headers.authorization, decode: authorization, regex: "^sk_(live|test)_"}
     {path: ["$.headers['x-amz-decoded-content-length']", "$.headers['content-length']"]}
                                           the first expression that finds anything
 
-Transforms run in this order: split (cut text on a separator: "U1,U2" → two values),
-regex (keep a capture group), lookup (map values through a
-table; values not in it are dropped), type (int, float, decimal, str, bool), then one of count,
-sum or all; otherwise the first value. `default` stands in when nothing is left.
+Transforms run in this order: decode (an Authorization header's credential, or base64),
+split (cut text on a separator: "U1,U2" → two values), regex (keep a capture group), lookup
+(map values through a table; values not in it are dropped), type (int, float, decimal, str,
+bool), then one of count, sum or all; otherwise the first value. `default` stands in when
+nothing is left. A matched list (a field sent twice, say) goes through decode, split, regex and
+lookup item by item and stays a list, so a policy sees every item (never the text of the list).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,6 +50,7 @@ SPEC_KEYS = {
     "regex",
     "group",
     "lookup",
+    "decode",
 }
 
 
@@ -170,6 +176,40 @@ CONVERTERS: dict[str, Callable[[Any], Any]] = {
 }
 
 
+def _base64_text(value: Any) -> str | None:
+    """Standard or URL-safe base64 (padding optional) of UTF-8 text; None when it is not."""
+    text = str(value).strip()
+    try:
+        raw = base64.b64decode(
+            text.replace("-", "+").replace("_", "/") + "=" * (-len(text) % 4), validate=True
+        )
+        return raw.decode("utf-8")
+    except (binascii.Error, ValueError):  # UnicodeDecodeError is a ValueError
+        return None
+
+
+def _credential(value: Any) -> str | None:
+    """An Authorization header's credential: `Basic base64(user:password)` → "user:password"
+    (what `curl -u` sends), any other scheme (`Bearer`, in any case) → its token, a bare token
+    → itself. Two credentials (two headers, folded into one with a comma) are not read: which
+    one the server takes is not ours to guess."""
+    text = str(value).strip()
+    if not text or "," in text:
+        return None
+    scheme, _, token = text.partition(" ")
+    if not token.strip():
+        return text
+    if scheme.lower() == "basic":
+        return _base64_text(token)
+    return token.strip()
+
+
+DECODERS: dict[str, Callable[[Any], str | None]] = {
+    "authorization": _credential,
+    "base64": _base64_text,
+}
+
+
 def _flatten(values: list[Any]) -> list[Any]:
     """A matched list counts (and sums) its elements: `Object` may be one item or many."""
     flat: list[Any] = []
@@ -191,17 +231,14 @@ class ValueSpec:
     regex: LinearPattern | None = None
     group: int = 1
     lookup: dict[str, Any] | None = None
+    decode: str | None = None
 
     def extract(self, document: Any) -> Any:
         if self.finder is None:
             return self.literal
         values = self.finder.find_values(document)
-        if self.split is not None:
-            values = [part for v in values for part in str(v).split(self.split) if part.strip()]
-        if self.regex is not None:
-            values = self._captures(values)
-        if self.lookup is not None:
-            values = [self.lookup[str(v)] for v in values if str(v) in self.lookup]
+        if self._reads_text:
+            values = [out for value in values for out in self._transformed(value)]
         if self.aggregate in ("count", "sum"):
             values = _flatten(values)
         if self.kind:
@@ -213,6 +250,23 @@ class ValueSpec:
         if self.aggregate == "sum":
             return self._sum(values)
         return values if self.aggregate == "all" else values[0]
+
+    @property
+    def _reads_text(self) -> bool:
+        return any(t is not None for t in (self.decode, self.split, self.regex, self.lookup))
+
+    def _transformed(self, value: Any) -> list[Any]:
+        """What one matched value becomes: none, one or several values."""
+        values = [value]
+        if self.decode is not None:
+            values = [d for d in (DECODERS[self.decode](value),) if d is not None]
+        if self.split is not None:
+            values = [part for v in values for part in str(v).split(self.split) if part.strip()]
+        if self.regex is not None:
+            values = self._captures(values)
+        if self.lookup is not None:
+            values = [self.lookup[str(v)] for v in values if str(v) in self.lookup]
+        return values
 
     def _captures(self, values: list[Any]) -> list[Any]:
         assert self.regex is not None
@@ -280,7 +334,15 @@ def load_value_spec(specs: Node, name: str) -> ValueSpec:
         regex=_regex(spec),
         group=_group(spec),
         lookup=_lookup(spec),
+        decode=_decode(spec),
     )
+
+
+def _decode(spec: Node) -> str | None:
+    decoder = spec.get("decode")
+    if decoder is not None and decoder not in DECODERS:
+        raise ConfigError(spec.at("decode"), f"'decode' must be one of: {', '.join(DECODERS)}")
+    return decoder
 
 
 def _split(spec: Node) -> str | None:

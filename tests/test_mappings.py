@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import base64
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -309,6 +310,62 @@ def test_context_is_derived_before_redaction_and_feeds_target_and_policy(tmp_pat
     assert "sk_live" not in str(action.context)
 
 
+@pytest.mark.parametrize(
+    ("authorization", "environment"),
+    [
+        ("Bearer sk_live_abcdefghijkl", "production"),
+        ("bearer sk_live_abcdefghijkl", "production"),  # the scheme is case-insensitive
+        ("BEARER  rk_test_abcdefghijkl", "test"),
+        ("Basic " + base64.b64encode(b"sk_live_abcdefghijkl:").decode(), "production"),  # curl -u
+        ("basic " + base64.b64encode(b"rk_live_abcdefghijkl:").decode(), "production"),
+        ("Basic " + base64.b64encode(b"sk_test_abcdefghijkl:").decode(), "test"),
+        ("Basic " + base64.b64encode(b"sk_test_x:").decode().rstrip("="), "test"),  # unpadded
+        ("Token sk_live_abcdefghijkl", "production"),  # any other scheme: its token
+        # What cannot be read is `unknown`: no key, bad base64, a key in the password (Stripe
+        # reads the user name), two credentials folded into one header.
+        ("Token abcdefghijkl", "unknown"),
+        ("Basic not base64!", "unknown"),
+        ("Basic " + base64.b64encode(b":sk_live_abcdefghijkl").decode(), "unknown"),
+        ("Bearer sk_test_abcdefghijkl, Bearer sk_live_abcdefghijkl", "unknown"),
+        ("", "unknown"),
+        (None, "unknown"),
+    ],
+)
+def test_shipped_stripe_environment_reads_the_key_however_it_is_sent(
+    authorization: str | None, environment: str
+) -> None:
+    document = doc("POST", "api.stripe.com", "/v1/transfers", {"amount": "100"})
+    if authorization is not None:
+        document["headers"]["authorization"] = authorization
+    action = load_mappings(SHIPPED).map(document)
+    assert action.context == {"environment": environment}
+
+
+def test_decode_reads_an_authorization_credential_or_base64(tmp_path: Path) -> None:
+    folder = write(
+        tmp_path,
+        "m.yaml",
+        """
+        provider: p
+        hosts: [h.io]
+        mappings:
+          - action: send
+            params:
+              user: {path: $.headers.authorization, decode: authorization, regex: "^([^:]*):"}
+              token: {path: "$.headers['x-token']", decode: authorization}
+              note: {path: $.body.note, decode: base64}
+              bad: {path: $.body.bad, decode: base64, default: none}
+        """,
+    )
+    document = doc("POST", "h.io", "/", {"note": "aGVsbG8gd29ybGQ", "bad": "%%%"})
+    document["headers"] = {
+        "authorization": "BASIC " + base64.b64encode(b"bot:pw").decode(),
+        "x-token": "Bearer abc",
+    }
+    params = load_mappings(folder).map(document).params
+    assert params == {"user": "bot", "token": "abc", "note": "hello world", "bad": "none"}
+
+
 def test_transforms_count_sum_regex_lookup_and_decimal(tmp_path: Path) -> None:
     folder = write(
         tmp_path,
@@ -383,6 +440,7 @@ def test_undo_is_rendered_from_the_params(tmp_path: Path) -> None:
         ("  - {action: x, undo: {params: {}}}\n", "missing required key 'action'"),
         ("  - {action: x, params: {a: {path: $.a, count: true, sum: true}}}\n", "choose one of"),
         ("  - {action: x, params: {a: {path: $.a, regex: '('}}}\n", "bad regex"),
+        ("  - {action: x, params: {a: {path: $.a, decode: rot13}}}\n", "'decode' must be one of"),
     ],
 )
 def test_extended_language_errors(tmp_path: Path, text: str, message: str) -> None:
