@@ -36,7 +36,7 @@ _REGION = re.compile(r"^[a-z]{2}(?:-[a-z]+)+-\d+$")
 _S3_LEGACY = re.compile(r"^s3-(?:external-1|fips|[a-z]{2}(?:-[a-z]+)+-\d+)$")
 _ENDPOINT_WORDS = frozenset({"dualstack", "fips"})
 # {account}.ddb.{region}.amazonaws.com; {route}.s3-object-lambda.{region} (WriteGetObjectResponse)
-_LABEL_ALIASES = {"ddb": "dynamodb", "s3-object-lambda": "s3"}
+LABEL_ALIASES = {"ddb": "dynamodb", "s3-object-lambda": "s3"}
 _SCOPE = re.compile(r"Credential=[^/,\s]+/\d{8}/([^/]+)/([^/]+)/aws4_request")
 _TEMPLATE_LABEL = re.compile(r"\{([A-Za-z0-9_]+)(\+?)\}")
 _REST = frozenset({"rest-json", "rest-xml"})
@@ -86,6 +86,9 @@ class OperationSpec:
     # the template's leading literal path segments, up to LEADING (`("v1", "charges")`): a
     # request is tried only against templates whose leading segments it has
     leading: tuple[str, ...] = ()
+    # AWS: the operation's parameters are in a JSON or XML body (a JSON service's, S3's
+    # `?policy` or `?delete`), not an opaque payload (PutObject's object)
+    reads_body: bool = False
 
     def matches_rest(self, document: Document, path: str) -> dict[str, str] | None:
         """Path labels when this operation's method, path, query keys and headers fit."""
@@ -143,6 +146,12 @@ class Service:
         spec, labels = self._find(document, resource)
         if spec is None:
             return None
+        if spec.reads_body and document["body_format"] == "text" and "body_error" not in document:
+            # sent as text/plain or octet-stream (the vendor does not go by it), not parsed:
+            # judged without its parameters, it is held for a reviewer (body_error)
+            document["body_error"] = (
+                f"the body does not parse as the JSON or XML that {spec.name} reads"
+            )
         return Operation(
             name=f"{self.prefix}.{spec.name}",
             provider=self.provider,
@@ -163,21 +172,20 @@ class Service:
     ) -> tuple[OperationSpec | None, dict[str, str]]:
         if self.protocol == OPENAPI:
             return self._find_openapi(document)
-        # By the signal present, not only the model's protocol: SQS moved from query to JSON
-        # and older SDKs still send Action=.
-        target = document["headers"].get("x-amz-target")
-        if target is not None:
-            prefix, _, name = target.rpartition(".")
-            spec = self.operations.get(name)
-            if spec is not None and (self.target_prefix is None or prefix == self.target_prefix):
-                return spec, {}
-            return None, {}
-        action = _query_action(document)
-        if action is not None and self.protocol not in _REST:
-            return self.operations.get(action), {}
+        # Each by what its own servers read: REST services never read X-Amz-Target, query
+        # services read Action (document.py refuses a target that disagrees with it), JSON
+        # services the target with their exact prefix, or Action (SQS moved from query to JSON
+        # and older SDKs still send it).
         if self.protocol in _REST:
             return self._find_rest(document, resource)
-        return None, {}
+        action = _query_action(document)
+        target = document["headers"].get("x-amz-target")
+        if self.protocol == "json" and target is not None:
+            prefix, _, name = target.rpartition(".")
+            if prefix != self.target_prefix:
+                return None, {}
+            return self.operations.get(name), {}
+        return (self.operations.get(action) if action is not None else None), {}
 
     def _find_rest(
         self, document: Document, resource: str | None
@@ -185,9 +193,11 @@ class Service:
         path = document["path"]
         if resource is not None:  # virtual-hosted S3: the bucket is in the host
             path = "/" + resource + ("" if path == "/" else path)
-        for spec in self.rest_candidates(document["method"], path):
+        candidates = self.rest_candidates(document["method"], path)
+        for i, spec in enumerate(candidates):
             labels = spec.matches_rest(document, path)
             if labels is not None:
+                _one_subresource(spec, candidates[i + 1 :], document, path)
                 return spec, labels
         return None, {}
 
@@ -203,6 +213,34 @@ class Service:
                     labels = {k: unquote(v) for k, v in labels.items()}
                 return spec, labels
         return None, {}
+
+
+class AmbiguousRequest(ValueError):
+    """A request that fits two operations the catalog tells apart: which one the vendor runs
+    is not for Airlock to guess."""
+
+
+def _one_subresource(
+    found: OperationSpec, rest: list[OperationSpec], document: Document, path: str
+) -> None:
+    """`PUT /bucket?acl&policy`: two sub-resources named, the operation the catalog lists first
+    is not necessarily the one S3 runs. Raises AmbiguousRequest when another candidate with a
+    sub-resource of its own (not one of the found operation's) fits too."""
+    if not found.query:
+        return
+    keys = {key for key, _ in found.query}
+    for other in rest:
+        if (
+            not other.query
+            or {key for key, _ in other.query} <= keys
+            or other.matches_rest(document, path) is None
+        ):
+            continue
+        raise AmbiguousRequest(
+            f"the request names the sub-resources of both {found.name} and {other.name} "
+            f"({', '.join(sorted(keys | {k for k, _ in other.query}))}): the upstream could "
+            "run either"
+        )
 
 
 def _query_action(document: Document) -> str | None:
@@ -237,7 +275,7 @@ class OperationIndex:
     def __init__(self, services: Iterable[Service]) -> None:
         self.services = {s.name: s for s in services}
         self._by_label = {s.endpoint_prefix: s for s in self.services.values()}
-        for alias, name in _LABEL_ALIASES.items():
+        for alias, name in LABEL_ALIASES.items():
             if name in self.services:
                 self._by_label[alias] = self.services[name]
         self._by_signing = {s.signing_name: s for s in self.services.values() if s.signing_name}
@@ -420,7 +458,7 @@ def _compile(op: dict[str, Any], service: str, category: str, protocol: str) -> 
         fields=fields,  # type: ignore[arg-type]
     )
     if protocol not in _REST and protocol != OPENAPI:
-        return spec
+        return replace(spec, reads_body=protocol == "json")
     path, labels = _path_regex(op["path"])
     query = tuple(op.get("query", {}).items())
     required_query = tuple(op.get("required_query", ()))
@@ -443,6 +481,11 @@ def _compile(op: dict[str, Any], service: str, category: str, protocol: str) -> 
         required_headers=required_headers,
         query_keys=frozenset(key for key, _ in query) | frozenset(required_query),
         leading=tuple(leading),
+        reads_body=protocol in _REST
+        and (
+            any(location == "body" for _, location, _ in fields)
+            or (bool(query) and op["method"] in ("PUT", "POST"))
+        ),
         # Most distinguishing keys first, then the longest literal path, then the current
         # operation before a deprecated one that looks the same on the wire.
         specificity=(distinguishing, literal, 0 if spec.deprecated else 1),
