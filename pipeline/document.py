@@ -11,6 +11,7 @@ evaluation refuses it before mapping.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import posixpath
@@ -106,14 +107,17 @@ def build_document(request: http.Request | WireRequest, agent: str) -> Document:
         request = WireRequest.of(request)
     target, method = escape_undecodable(request.path), escape_undecodable(request.method)
     path, _, raw_query = target.partition("?")
-    headers = _headers(request.headers)
-    body = _with_query_fields(_read_body(request.raw_content, headers), headers, raw_query)
+    headers, repeated = _headers(request.headers)
+    host = normalise_host(request.host)
+    reading, lists = vendor_reading(host, headers), host in REPEATS_AS_LISTS
+    body = _read_body(request.raw_content, headers, reading, lists)
+    body = _with_query_fields(body, headers, raw_query, reading, lists)
     # Where mitmproxy really connects (the CONNECT target), not the Host header the agent wrote:
     # evaluation refuses a request whose Host header or :authority disagrees.
     document: Document = {
         "method": method.upper(),
         "scheme": request.scheme,
-        "host": normalise_host(request.host),
+        "host": host,
         "port": request.port,
         "authority": escape_undecodable(request.authority),
         "path": document_path(path),
@@ -132,9 +136,131 @@ def build_document(request: http.Request | WireRequest, agent: str) -> Document:
             f"the request line holds bytes that are not UTF-8 ({method} {target}); "
             "URLs must percent-encode them"
         )
-    elif problem := _unjudged_parts(request, document["host"]):
+    elif problem := (
+        _unjudged_parts(request, host)
+        or _repeated_identity(repeated)
+        or _overridden_method(document)
+        or _disagreeing_target(document, reading)
+    ):
         document["request_error"] = problem
     return document
+
+
+# How the vendor behind a host reads a request's parameters, whatever the request declares
+# (from the catalog's protocols): AWS's query protocol (IAM, EC2, STS, …) reads the query
+# string and the body as one form; its JSON and REST services read the body as JSON or XML
+# whatever its Content-Type; form APIs (Rack, PHP and the like) merge the query into the form.
+AWS_QUERY, AWS_JSON, AWS_REST, FORM_API = "aws-query", "aws-json", "aws-rest", "form-api"
+FORM_APIS = frozenset(
+    {"api.stripe.com", "connect.stripe.com", "files.stripe.com", "slack.com", "api.twilio.com"}
+)
+# Where a repeated form key is the vendor's own list notation (twilio-python sends
+# `MediaUrl=a&MediaUrl=b`); elsewhere upstreams differ on which of the values counts.
+REPEATS_AS_LISTS = frozenset({"api.twilio.com"})
+_AWS_SCOPE = re.compile(r"Credential=[^/,\s]+/\d{8}/[^/]+/([^/]+)/aws4_request")
+_readings: dict[str, str] = {}
+
+
+def vendor_reading(host: str, headers: dict[str, str]) -> str:
+    """AWS_QUERY, AWS_JSON, AWS_REST, FORM_API, or "" for a host read as its requests declare;
+    a host that names no AWS service (a VPC endpoint, a stand-in) by its SigV4 scope."""
+    reading = _readings.get(host)
+    if reading is None:
+        reading = _reading_of_host(host)
+        if len(_readings) < 65_536:
+            _readings[host] = reading
+    if not reading and "Credential=" in (authorization := headers.get("authorization", "")):
+        scope = _AWS_SCOPE.search(authorization)
+        if scope is not None:
+            return _aws_protocols()[1].get(scope.group(1), "")
+    return reading
+
+
+def _reading_of_host(host: str) -> str:
+    if host in FORM_APIS:
+        return FORM_API
+    from airlock.pipeline.operations import LABEL_ALIASES, parse_aws_host
+
+    parsed = parse_aws_host(host)
+    if parsed is None:
+        return ""
+    label = LABEL_ALIASES.get(parsed[0], parsed[0])
+    return _aws_protocols()[0].get(label, "")
+
+
+@functools.cache
+def _aws_protocols() -> tuple[dict[str, str], dict[str, str]]:
+    """Each AWS catalog service's reading, by endpoint prefix and by signing name."""
+    from airlock.store.locations import shipped
+
+    by_label: dict[str, str] = {}
+    by_signing: dict[str, str] = {}
+    for path in sorted((shipped("catalog") / "aws").glob("*.json")):
+        entry = json.loads(path.read_text())
+        protocol = entry["protocol"]
+        reading = AWS_QUERY if protocol in ("query", "ec2") else AWS_JSON
+        reading = AWS_REST if protocol.startswith("rest-") else reading
+        by_label[entry["endpoint_prefix"]] = reading
+        by_signing[entry["signing_name"]] = reading
+    return by_label, by_signing
+
+
+# Headers that say what a request is, whose it is or how its body reads: sent twice, they
+# are joined with ", " here while an upstream may read either one.
+_IDENTITY_HEADERS = frozenset(
+    {"x-amz-target", "authorization", "content-type", "mcp-session-id", "mcp-method",
+     "mcp-name", "host"}
+)  # fmt: skip
+
+
+def _repeated_identity(repeated: list[str]) -> str | None:
+    twice = sorted({name for name in repeated if name in _IDENTITY_HEADERS})
+    if not twice:
+        return None
+    return (
+        f"the request sends the {', '.join(twice)} header more than once: the upstream could "
+        "read another one than Airlock"
+    )
+
+
+_METHOD_OVERRIDES = ("x-http-method-override", "x-http-method", "x-method-override")
+
+
+def _overridden_method(document: Document) -> str | None:
+    """A method override (a header, or a `_method` field as Rails and Laravel read it) that
+    names another method than the request's: the upstream may do what it names."""
+    method, headers, body = document["method"], document["headers"], document["body"]
+    asked = [(f"{name} header", headers[name]) for name in _METHOD_OVERRIDES if name in headers]
+    if isinstance(body, dict) and "_method" in body:
+        asked.append(("_method field", body["_method"]))
+    if "_method" in document["query"]:
+        asked += [("_method query field", value) for value in document["query"]["_method"]]
+    for where, value in asked:
+        if not isinstance(value, str) or value.strip().upper() != method:
+            return (
+                f"the {where} asks for the method {str(value)[:20]!r} while the request is a "
+                f"{method}: the upstream could do what it names"
+            )
+    return None
+
+
+def _disagreeing_target(document: Document, reading: str) -> str | None:
+    """AWS: `X-Amz-Target` and `Action` naming two operations (the JSON services read the
+    target, the query ones the action, and SQS both)."""
+    target = document["headers"].get("x-amz-target")
+    if target is None or reading not in (AWS_QUERY, AWS_JSON):
+        return None
+    body = document["body"]
+    action = body.get("Action") if isinstance(body, dict) else None
+    if action is None and reading == AWS_JSON:
+        return None
+    if action != target.rpartition(".")[2]:
+        return (
+            f"the X-Amz-Target header ({target[:80]!r}) and the Action parameter "
+            f"({str(action)[:60]!r}) name different operations: AWS's services read one or "
+            "the other"
+        )
+    return None
 
 
 def _unjudged_parts(request: WireRequest, host: str) -> str | None:
@@ -163,47 +289,109 @@ class Body:
     notes: dict[str, Any]  # body_error, body_truncated or request_error, when they apply
 
 
-def _read_body(raw: bytes, headers: dict[str, str]) -> Body:
+def _read_body(raw: bytes, headers: dict[str, str], reading: str, lists: bool) -> Body:
     """Decoded and parsed within the limits: a body over MAX_PARSED_BODY stands as its size and
     hash (body_truncated when mappings would have read it); one that cannot be read safely
-    gives a request_error, which refuses the request."""
+    gives a request_error, which refuses the request. Read as the vendor reads it (`reading`),
+    whatever it declares where the vendor does not go by its Content-Type."""
     content_type = headers.get("content-type", "")
     try:
         _one_media_type(content_type)
+        declared = _media_type(content_type, b"") if content_type.strip() else ""
+        kind = _vendor_kind(declared, content_type, raw, reading)
         # Strict when parameters will be read from it; an upload (S3's aws-chunked, an object
         # stored gzipped) is recorded by size and hash whatever its encoding.
-        declared = content_type.split(";", 1)[0].strip()
-        strict = bool(declared) and _media_type(declared, b"") in _STRUCTURED
+        strict = declared in _STRUCTURED or (kind in _STRUCTURED and reading == AWS_QUERY)
         if strict:
             _read_as_utf8(content_type)
         decoded = decoded_body(raw, headers.get("content-encoding"), strict)
     except Unreadable as e:
         return _refused_body(raw, e)
     if len(decoded) > MAX_PARSED_BODY:
-        structured = _media_type(content_type, decoded) in _STRUCTURED
+        structured = (kind or _media_type(content_type, decoded)) in _STRUCTURED
         notes = {"body_truncated": True} if structured else {}
         return Body(_uninspected(decoded), "text", len(decoded), notes)
     try:
-        value, body_format, body_error = parse_body(content_type, decoded)
+        if kind == "sniffed":  # AWS JSON and REST: as JSON or XML if it parses as one
+            value, body_format, body_error = _parse_sniffed(decoded)
+        else:
+            value, body_format, body_error = parse_body(
+                content_type, decoded, kind=kind or None, lists=lists
+            )
     except Unreadable as e:
         return _refused_body(decoded, e)
     return Body(value, body_format, len(decoded), {"body_error": body_error} if body_error else {})
 
 
-def _with_query_fields(body: Body, headers: dict[str, str], raw_query: str) -> Body:
-    """A form request's query fields count as its form's where the form lacks them: form servers
-    (Rack, PHP's $_REQUEST, …) merge the two, so `POST /v1/charges?amount=…` with an empty
-    form must be judged with its amount. The form's own fields win, as they do there."""
-    if not raw_query or body.format not in ("form", "empty") or "request_error" in body.notes:
-        return body
-    if _media_type(headers.get("content-type", ""), b"") != "form" and body.format != "form":
+def _vendor_kind(declared: str, content_type: str, raw: bytes, reading: str) -> str:
+    """How the vendor reads the body: json, form, xml, multipart, "sniffed" (as JSON or XML if
+    it parses as one, else as sent) or "" (as its Content-Type says)."""
+    if not raw:
+        return ""
+    if reading == AWS_QUERY:
+        return "form"  # IAM, EC2, STS read a form whatever the Content-Type
+    if declared in _STRUCTURED:
+        return declared
+    if _is_multipart(content_type):
+        return "multipart"
+    if reading in (AWS_JSON, AWS_REST) and _sniff(raw) in _SNIFFED_STRUCTURES:
+        # S3 reads `?delete`'s XML and `?policy`'s JSON sent as text/plain or octet-stream
+        return "sniffed" if content_type.strip() else ""
+    if reading == FORM_API and not content_type.strip() and not _sniff(raw) and b"=" in raw:
+        return "form"  # Rack reads a body without a Content-Type as a form, spaces and all
+    return ""
+
+
+_SNIFFED_STRUCTURES = ("application/xml", "application/json")
+
+
+def _parse_sniffed(raw: bytes) -> tuple[Any, str, str | None]:
+    """A body that declares a type the vendor does not go by, but looks like JSON or XML: parsed
+    if it parses (an S3 object may be any text: one that does not parse stays as sent, and
+    operations.py notes a body_error where the operation reads a JSON or XML body)."""
+    try:
+        value, body_format, body_error = parse_body("", raw)
+    except Unreadable:
+        return raw.decode("utf-8", "replace"), "text", None
+    if body_error:
+        return value, "text", None
+    return value, body_format, None
+
+
+def _with_query_fields(
+    body: Body, headers: dict[str, str], raw_query: str, reading: str, lists: bool
+) -> Body:
+    """A request's query fields count as its form's where the vendor merges them: AWS's query
+    protocol reads its parameters from both, whatever the method and Content-Type; form servers
+    (Rack, PHP's $_REQUEST, …) merge the two, so `POST /v1/charges?amount=…` must be judged
+    with its amount whatever its body; the form's own fields win, as they do there. AWS: a
+    field in both is refused (which one counts is not documented)."""
+    if not raw_query or "request_error" in body.notes or not _merges_query(body, headers, reading):
         return body
     try:
-        fields = parse_form(raw_query)
-    except ValueError as e:
+        fields = parse_form(raw_query, lists=lists)
+    except (ValueError, Unreadable) as e:
         return replace(body, notes={**body.notes, "request_error": f"the query: {e}"})
-    merged = {**fields, **(body.value or {})}
-    return replace(body, value=merged, format="form")
+    own = body.value if isinstance(body.value, dict) else {}
+    both = sorted(fields.keys() & own.keys()) if reading == AWS_QUERY else ()
+    if both:
+        return replace(body, notes={**body.notes, "request_error": (
+            f"the query string and the body both send {', '.join(both)[:80]}: upstreams differ "
+            "on which one counts"
+        )})  # fmt: skip
+    notes = body.notes
+    if body.format == "text":  # not read as a form by the vendor: its query is all it reads
+        notes = {**notes, "body_error": "the body is not a form: only the query's fields were read"}
+    body_format = "json" if body.format == "json" else "form"
+    return replace(body, value={**fields, **own}, format=body_format, notes=notes)
+
+
+def _merges_query(body: Body, headers: dict[str, str], reading: str) -> bool:
+    if reading in (AWS_QUERY, FORM_API):
+        return body.format in ("form", "empty", "text") or isinstance(body.value, dict)
+    if body.format == "form":
+        return True
+    return body.format == "empty" and _media_type(headers.get("content-type", ""), b"") == "form"
 
 
 def _refused_body(raw: bytes, error: Unreadable) -> Body:
@@ -396,14 +584,20 @@ def fold_headers(fields: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
     return {name: ", ".join(values) for name, values in folded.values()}
 
 
-def _headers(fields: list[tuple[str, str]]) -> dict[str, str]:
-    """Lower-cased names; a repeated header's values joined with ", " (as HTTP allows)."""
+def _headers(fields: list[tuple[str, str]]) -> tuple[dict[str, str], list[str]]:
+    """Lower-cased names; a repeated header's values joined with ", " (as HTTP allows); and the
+    names sent more than once."""
     headers: dict[str, str] = {}
+    repeated: list[str] = []
     for raw_name, raw_value in fields:
         name = raw_name.lower()
         value = raw_value.encode("latin-1").decode("utf-8", "replace")
-        headers[name] = f"{headers[name]}, {value}" if name in headers else value
-    return headers
+        if name in headers:
+            headers[name] = f"{headers[name]}, {value}"
+            repeated.append(name)
+        else:
+            headers[name] = value
+    return headers, repeated
 
 
 def parse_query(raw: str) -> dict[str, list[str]]:
@@ -414,13 +608,27 @@ def parse_query(raw: str) -> dict[str, list[str]]:
     return query
 
 
-def parse_body(content_type: str, raw: bytes, strict: bool = True) -> tuple[Any, str, str | None]:
-    """Parse by declared content type; a body that does not parse is kept as text, with why.
-    strict (a request): JSON that repeats a key raises Unreadable (_object)."""
+def parse_body(
+    content_type: str,
+    raw: bytes,
+    strict: bool = True,
+    kind: str | None = None,
+    lists: bool = False,
+) -> tuple[Any, str, str | None]:
+    """Parse by declared content type (or as `kind`, how the vendor reads it); a body that does
+    not parse is kept as text, with why. strict (a request): JSON that repeats a key, or a form
+    that repeats a plain key (unless `lists`: the vendor's own list notation), raises
+    Unreadable."""
     if not raw:
         return None, "empty", None
-    kind = _media_type(content_type, raw)
+    if kind is None:
+        kind = _media_type(content_type, raw) or ("multipart" * _is_multipart(content_type))
     text = raw.decode("utf-8", errors="replace")
+    if kind == "multipart":
+        try:
+            return parse_multipart(raw, content_type, lists or not strict), "form", None
+        except ValueError as e:
+            return text, "text", f"multipart body not parsed: {e}"
     if kind == "json":
         try:
             return within_depth(_parse_json(text, strict)), "json", None
@@ -428,7 +636,7 @@ def parse_body(content_type: str, raw: bytes, strict: bool = True) -> tuple[Any,
             return text, "text", f"body is not valid JSON: {e}"
     if kind == "form":
         try:
-            return parse_form(text), "form", None
+            return parse_form(text, lists or not strict), "form", None
         except ValueError as e:  # too many fields
             return text, "text", f"form body not parsed: {e}"
     if kind == "xml":
@@ -585,27 +793,99 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def parse_form(text: str) -> dict[str, Any]:
+def parse_form(text: str, lists: bool = False) -> dict[str, Any]:
     """Form bodies with the bracket notation SDKs send: a[b]=1&l[0]=x&l[]=y → {a:{b:1}, l:[x,y]}.
 
-    A plain key repeated (a=1&a=2) becomes a list, like the query string. Raises ValueError past
+    A key sent twice (a=1&a=2, a[b]=1&a[b]=2) is refused (Unreadable): upstreams differ on which
+    value counts. With `lists` (a vendor whose list notation it is) a plain key repeated becomes
+    a list, like the query string. So is a Rack-style `;` between fields (`currency=usd;amount=…`:
+    Rack before 3 splits there, Python and Rack 3 do not). Raises ValueError past
     MAX_FORM_FIELDS fields.
     """
+    return _form_from_pairs(
+        parse_qsl(text, keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS), lists
+    )
+
+
+def _form_from_pairs(pairs: Iterable[tuple[str, str]], lists: bool) -> dict[str, Any]:
     root: dict[str, Any] = {}
     next_index: dict[int, int] = {}  # per node, for "a[]" appends: O(1), not a rescan
-    for key, value in parse_qsl(text, keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS):
+    for key, value in pairs:
+        if ";" in key or ";" in value:
+            _no_semicolon_fields(key, value)
         head, _, rest = key.partition("[")
         if rest and key.endswith("]"):
             parts = [head, *_BRACKETS.findall("[" + rest)]
         elif "." in key.strip("."):
             parts = _dotted_parts(key)
         else:
-            _add_plain(root, key, value)
+            _add_plain(root, key, value, lists)
             continue
         if len(parts) > MAX_DEPTH:
             raise _too_deep("form")
-        _set_nested(root, parts, value, next_index)
+        _set_nested(root, parts, value, next_index, key)
     return {key: _lists_from_indexes(value) for key, value in root.items()}
+
+
+_SEMICOLON_FIELD = re.compile(r";[^;&=]*=")
+
+
+def _no_semicolon_fields(key: str, value: str) -> None:
+    if _SEMICOLON_FIELD.search(key) or _SEMICOLON_FIELD.search(value):
+        raise Unreadable(
+            f"the form field {key[:60]!r} holds a ';' before another 'name=': some servers "
+            "(Rack before 3) split fields there, others do not"
+        )
+
+
+def _repeated(key: str) -> Unreadable:
+    return Unreadable(
+        f"the form repeats the key {key[:60]!r}: upstreams differ on which value counts"
+    )
+
+
+def _is_multipart(content_type: str) -> bool:
+    return content_type.lstrip()[:19].lower() == "multipart/form-data"
+
+
+_BOUNDARY = re.compile(r';\s*boundary=(?:"([^"]+)"|([^\s;]+))', re.IGNORECASE)
+_PART_NAME = re.compile(rb'(?:^|;)\s*name="([^"]*)"', re.IGNORECASE)
+_PART_FILE = re.compile(rb"(?:^|;)\s*filename\*?=", re.IGNORECASE)
+
+
+def parse_multipart(raw: bytes, content_type: str, lists: bool = False) -> dict[str, Any]:
+    """A multipart/form-data body's fields, as a form's (`amount`, `metadata[order]`); a file
+    part stands as its size and hash. Raises ValueError for a body not framed as its boundary
+    says, Unreadable for a field sent twice."""
+    found = _BOUNDARY.search(content_type)
+    if found is None:
+        raise ValueError("no boundary in its Content-Type")
+    delimiter = b"--" + (found.group(1) or found.group(2)).encode("latin-1")
+    chunks = raw.split(delimiter)
+    if len(chunks) < 3 or not chunks[-1].startswith(b"--"):
+        raise ValueError("its closing boundary is missing")
+    if len(chunks) > MAX_FORM_FIELDS + 2:
+        raise ValueError(f"more than {MAX_FORM_FIELDS} parts")
+    pairs = []
+    for chunk in chunks[1:-1]:
+        head, separator, content = chunk.removeprefix(b"\r\n").partition(b"\r\n\r\n")
+        if not separator or not content.endswith(b"\r\n"):
+            raise ValueError("a part is not framed as a part")
+        content = content[:-2]
+        disposition = next(
+            (line.split(b":", 1)[1] for line in head.split(b"\r\n")
+             if line.lower().startswith(b"content-disposition:")),
+            None,
+        )  # fmt: skip
+        name = _PART_NAME.search(disposition) if disposition is not None else None
+        if name is None:
+            raise ValueError("a part has no Content-Disposition name")
+        field = name.group(1).decode("utf-8", "replace")
+        if _PART_FILE.search(disposition or b""):
+            pairs.append((field, _uninspected(content)))
+        else:
+            pairs.append((field, content.decode("utf-8", "replace")))
+    return _form_from_pairs(pairs, lists)
 
 
 def _dotted_parts(key: str) -> list[str]:
@@ -619,9 +899,11 @@ def _dotted_parts(key: str) -> list[str]:
     return parts
 
 
-def _add_plain(root: dict[str, Any], key: str, value: str) -> None:
+def _add_plain(root: dict[str, Any], key: str, value: str, lists: bool) -> None:
     if key not in root:
         root[key] = value
+    elif not lists or isinstance(root[key], dict):
+        raise _repeated(key)
     elif isinstance(root[key], list):
         root[key].append(value)
     else:
@@ -629,7 +911,7 @@ def _add_plain(root: dict[str, Any], key: str, value: str) -> None:
 
 
 def _set_nested(
-    root: dict[str, Any], parts: list[str], value: str, next_index: dict[int, int]
+    root: dict[str, Any], parts: list[str], value: str, next_index: dict[int, int], key: str
 ) -> None:
     node = root
     for i, part in enumerate(parts):
@@ -640,12 +922,16 @@ def _set_nested(
             next_index[id(node)] = index + 1
             part = str(index)
         if i == len(parts) - 1:
+            if part in node:  # a[b]=1&a[b]=2, or a[b][c]=1&a[b]=2
+                raise _repeated(key)
             node[part] = value
             return
         child = node.get(part)
-        if not isinstance(child, dict):
+        if child is None:
             child = {}
             node[part] = child
+        elif not isinstance(child, dict):  # a=1&a[b]=2: a value and an object
+            raise _repeated(key)
         node = child
 
 

@@ -42,9 +42,14 @@ def test_stripe_bracket_form_becomes_nested_objects_and_lists() -> None:
 
 
 def test_form_appends_and_repeated_keys_keep_order() -> None:
-    assert parse_form("expand[]=a&expand[]=b&tag=x&tag=y&tag=z") == {
+    # repeated plain keys are lists only where that is the vendor's notation (Twilio's)
+    assert parse_form("expand[]=a&expand[]=b&tag=x&tag=y&tag=z", lists=True) == {
         "expand": ["a", "b"],
         "tag": ["x", "y", "z"],
+    }
+    assert parse_form("expand[]=a&expand[]=b&Tag.member.1=x&Tag.member.2=y") == {
+        "expand": ["a", "b"],
+        "Tag": ["x", "y"],
     }
 
 
@@ -249,8 +254,15 @@ def test_a_form_requests_query_fields_count_as_its_forms() -> None:
     assert empty["body"] == {"amount": "5000000", "currency": "usd"}
     both = build_document(request(b"amount=5", form, path="/v1/charges?amount=9&expand[0]=x"), "a")
     assert both["body"] == {"amount": "5", "expand": ["x"]}  # the form's own field wins
+    # elsewhere a JSON body is the API's whole input; a form API (Stripe here) reads the query
+    # beside it, as it does beside a text body (H7)
+    elsewhere = request(b'{"a": 1}', "application/json", path="/p?amount=9")
+    elsewhere.host = "api.example.com"
+    assert build_document(elsewhere, "a")["body"] == {"a": 1}
     json_body = build_document(request(b'{"a": 1}', "application/json", path="/p?amount=9"), "a")
-    assert json_body["body"] == {"a": 1}
+    assert json_body["body"] == {"amount": "9", "a": 1}
+    text = build_document(request(b"x", "text/plain", path="/v1/charges?amount=9"), "a")
+    assert text["body"] == {"amount": "9"} and "only the query" in text["body_error"]
 
 
 def test_an_answer_that_repeats_a_key_is_still_read_for_its_identifiers() -> None:

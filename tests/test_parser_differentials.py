@@ -1,0 +1,275 @@
+"""What Airlock judges is what the upstream runs: requests the vendor reads otherwise than their
+headers declare are read as the vendor reads them, and ambiguous ones are refused (BLOCK, with
+the ambiguity named). Each case was a parser differential that let a request through unjudged;
+each is evaluated with the shipped mappings and policies.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from airlock.pipeline.document import WireRequest, build_document
+from airlock.pipeline.evaluation import Config, evaluate
+from airlock.pipeline.mappings import load_mappings
+from airlock.pipeline.policies import load_policies
+from tests.helpers.proxy import PROJECT_ROOT
+
+CONFIG = Config(load_mappings(PROJECT_ROOT / "mappings"), load_policies(PROJECT_ROOT / "policies"))
+FORM = ("Content-Type", "application/x-www-form-urlencoded; charset=utf-8")
+STRIPE = [("Authorization", "Bearer sk_live_x")]
+ADMIN = "arn:aws:iam::aws:policy/AdministratorAccess"
+READ_ONLY = "arn:aws:iam::aws:policy/ReadOnlyAccess"
+IAM = "iam.amazonaws.com"
+EC2 = "ec2.us-east-1.amazonaws.com"
+BUCKET = "prod-bucket.s3.us-east-1.amazonaws.com"
+
+
+def sigv4(service: str) -> tuple[str, str]:
+    scope = f"AKIAEXAMPLE/20260101/us-east-1/{service}/aws4_request"
+    return (
+        "Authorization",
+        f"AWS4-HMAC-SHA256 Credential={scope}, SignedHeaders=host, Signature=x",
+    )
+
+
+def judged(method: str, host: str, path: str, headers: list[tuple[str, str]], body: bytes = b""):
+    request = WireRequest(method, "https", host, 443, path, headers, body)
+    document = build_document(request, "agent")
+    return document, evaluate(document, CONFIG)
+
+
+def refused(evaluation: Any, *words: str) -> None:
+    assert evaluation.verdict.decision == "BLOCK", evaluation.verdict
+    for word in words:
+        assert word in evaluation.verdict.reason, evaluation.verdict.reason
+
+
+# --- H3, M1: X-Amz-Target only where the service reads it ---------------------------------
+
+
+def test_a_rest_service_ignores_x_amz_target() -> None:
+    _, evaluation = judged("DELETE", BUCKET, "/", [sigv4("s3"), ("X-Amz-Target", "x.GetObject")])
+    assert evaluation.action.operation == "aws.s3.DeleteBucket"
+    assert evaluation.verdict.decision == "BLOCK"
+
+
+@pytest.mark.parametrize(
+    ("host", "service", "target", "body"),
+    [
+        (IAM, "iam", "AWSIdentityManagementV20100508.ListUsers",
+         f"Action=AttachUserPolicy&Version=2010-05-08&UserName=bot&PolicyArn={ADMIN}"),
+        (EC2, "ec2", "x.DescribeInstances",
+         "Action=TerminateInstances&Version=2016-11-15&InstanceId.1=i-1"),
+    ],
+)  # fmt: skip
+def test_a_query_service_refuses_a_target_that_disagrees_with_its_action(
+    host: str, service: str, target: str, body: str
+) -> None:
+    _, evaluation = judged(
+        "POST", host, "/", [sigv4(service), FORM, ("X-Amz-Target", target)], body.encode()
+    )
+    refused(evaluation, "X-Amz-Target", "different operations")
+
+
+def test_a_json_service_needs_its_own_target_prefix() -> None:
+    document, _ = judged(
+        "POST",
+        "dynamodb.us-east-1.amazonaws.com",
+        "/",
+        [("Content-Type", "application/x-amz-json-1.0"), ("X-Amz-Target", "Other.DeleteTable")],
+        b'{"TableName": "prod"}',
+    )
+    from airlock.pipeline.operations import load_catalog
+
+    assert load_catalog().identify(document) is None
+
+
+def test_an_identity_header_sent_twice_is_refused() -> None:
+    headers = [
+        ("Content-Type", "application/x-amz-json-1.0"),
+        ("X-Amz-Target", "DynamoDB_20120810.DescribeTable"),
+        ("X-Amz-Target", "DynamoDB_20120810.DeleteTable"),
+    ]
+    _, evaluation = judged(
+        "POST", "dynamodb.us-east-1.amazonaws.com", "/", headers, b'{"TableName": "prod"}'
+    )
+    refused(evaluation, "x-amz-target header more than once")
+
+
+# --- H4, M2: the query protocol reads the query string and the body ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "headers", "body"),
+    [("GET", [], b""), ("POST", [], b""), ("POST", [("Content-Type", "text/plain")], b"x")],
+)
+def test_query_protocol_parameters_in_the_query_string_are_read(
+    method: str, headers: list[tuple[str, str]], body: bytes
+) -> None:
+    query = f"Action=AttachUserPolicy&Version=2010-05-08&UserName=bot&PolicyArn={ADMIN}"
+    _, evaluation = judged(method, IAM, "/?" + query, [sigv4("iam"), *headers], body)
+    assert evaluation.action.params["policy_arn"] == ADMIN
+    assert evaluation.verdict.decision == "BLOCK"
+    assert "administrator" in evaluation.verdict.reason
+
+
+@pytest.mark.parametrize(
+    ("query", "body", "key"),
+    [
+        ("Action=TerminateInstances&InstanceId.1=i-1", "Action=DescribeInstances", "Action"),
+        (f"PolicyArn={ADMIN}", f"Action=AttachUserPolicy&UserName=b&PolicyArn={READ_ONLY}",
+         "PolicyArn"),
+    ],
+)  # fmt: skip
+def test_a_query_protocol_parameter_in_both_query_and_body_is_refused(
+    query: str, body: str, key: str
+) -> None:
+    host, service = (EC2, "ec2") if "Instance" in query else (IAM, "iam")
+    _, evaluation = judged("POST", host, "/?" + query, [sigv4(service), FORM], body.encode())
+    refused(evaluation, f"both send {key}")
+
+
+# --- H6: S3 reads its XML and JSON bodies whatever their Content-Type -----------------------
+
+POLICY = (
+    b'{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":"*",'
+    b'"Action":"s3:GetObject","Resource":"arn:aws:s3:::prod-bucket/*"}]}'
+)
+DELETE_500 = (
+    b"<Delete>"
+    + b"".join(b"<Object><Key>k%d</Key></Object>" % i for i in range(500))
+    + b"</Delete>"
+)
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/octet-stream"])
+@pytest.mark.parametrize(
+    ("query", "body", "operation"),
+    [("policy", POLICY, "aws.s3.PutBucketPolicy"), ("delete", DELETE_500, "aws.s3.DeleteObjects")],
+)
+def test_s3_bodies_declared_as_another_type_are_read_as_s3_reads_them(
+    content_type: str, query: str, body: bytes, operation: str
+) -> None:
+    method = "POST" if query == "delete" else "PUT"
+    headers = [sigv4("s3"), ("Content-Type", content_type)]
+    _, evaluation = judged(method, BUCKET, f"/?{query}", headers, body)
+    assert evaluation.action.operation == operation
+    assert evaluation.verdict.decision == "REQUIRE_APPROVAL", evaluation.verdict
+    assert "unreadable" not in " ".join(evaluation.verdict.rules)
+
+
+def test_an_s3_configuration_body_that_does_not_parse_is_held() -> None:
+    broken = POLICY[:-3]  # not JSON: S3 refuses it, or reads it otherwise than Airlock could
+    headers = [sigv4("s3"), ("Content-Type", "text/plain")]
+    document, evaluation = judged("PUT", BUCKET, "/?policy", headers, broken)
+    assert "PutBucketPolicy" in document["body_error"]
+    assert evaluation.verdict.decision == "REQUIRE_APPROVAL"
+
+
+def test_an_s3_object_is_not_taken_for_a_configuration() -> None:
+    """An object upload is whatever text it is: stored as sent, not held for not parsing."""
+    headers = [sigv4("s3"), ("Content-Type", "text/plain")]
+    document, evaluation = judged("PUT", BUCKET, "/logs/a.jsonl", headers, b'{"a": 1}\n{"b": 2}\n')
+    assert evaluation.action.operation == "aws.s3.PutObject"
+    assert "body_error" not in document
+
+
+# --- H7: Stripe's amount wherever Stripe reads it -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "body"),
+    [
+        ("/v1/charges", [("Content-Type", "multipart/form-data; boundary=XX")],
+         b'--XX\r\nContent-Disposition: form-data; name="amount"\r\n\r\n5000000\r\n'
+         b'--XX\r\nContent-Disposition: form-data; name="currency"\r\n\r\nusd\r\n--XX--\r\n'),
+        ("/v1/charges?amount=5000000&currency=usd", [("Content-Type", "text/plain")], b"x"),
+        ("/v1/charges?amount=5000000&currency=usd", [("Content-Type", "application/json")], b"{}"),
+        ("/v1/charges", [], b"amount=5000000&currency=usd&description=a b"),
+    ],
+    ids=["multipart", "query-beside-text", "query-beside-json", "no-content-type-with-space"],
+)  # fmt: skip
+def test_a_stripe_amount_is_read_wherever_stripe_reads_it(
+    path: str, headers: list[tuple[str, str]], body: bytes
+) -> None:
+    _, evaluation = judged("POST", "api.stripe.com", path, STRIPE + headers, body)
+    assert evaluation.action.params["amount"] == 5000000
+    assert evaluation.verdict.decision == "BLOCK"
+
+
+# --- H9, L3: one value per field ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("host", "headers", "body", "key"),
+    [
+        (IAM, [sigv4("iam"), FORM],
+         f"Action=AttachUserPolicy&UserName=bot&PolicyArn={READ_ONLY}&PolicyArn={ADMIN}",
+         "PolicyArn"),
+        (EC2, [sigv4("ec2"), FORM],
+         "Action=TerminateInstances&InstanceId.1=i-1&InstanceId.1=i-2", "InstanceId.1"),
+        ("api.stripe.com", [FORM], "amount=1&amount=5000000&currency=usd", "amount"),
+        ("api.stripe.com", [FORM], "metadata[a]=1&metadata[a]=2&amount=1", "metadata[a]"),
+    ],
+)  # fmt: skip
+def test_a_form_field_sent_twice_is_refused(
+    host: str, headers: list[tuple[str, str]], body: str, key: str
+) -> None:
+    _, evaluation = judged("POST", host, "/v1/charges" if "stripe" in host else "/", headers,
+                           body.encode())  # fmt: skip
+    refused(evaluation, f"repeats the key {key!r}")
+
+
+def test_lists_in_the_vendors_notations_still_read() -> None:
+    document, _ = judged(
+        "POST", "api.stripe.com", "/v1/charges", [FORM], b"expand[]=a&expand[]=b&amount=5"
+    )
+    assert document["body"]["expand"] == ["a", "b"]
+    body = b"Action=TerminateInstances&InstanceId.1=i-1&InstanceId.2=i-2"
+    document, _ = judged("POST", EC2, "/", [sigv4("ec2"), FORM], body)
+    assert document["body"]["InstanceId"] == ["i-1", "i-2"]
+    twilio = b"To=%2B1&MediaUrl=https%3A%2F%2Fa&MediaUrl=https%3A%2F%2Fb"
+    document, _ = judged("POST", "api.twilio.com", "/2010-04-01/Accounts/A/Messages.json",
+                         [FORM], twilio)  # fmt: skip
+    assert document["body"]["MediaUrl"] == ["https://a", "https://b"]
+
+
+def test_a_rack_style_semicolon_separator_is_refused() -> None:
+    _, evaluation = judged(
+        "POST", "api.stripe.com", "/v1/charges", [FORM], b"currency=usd;amount=5000000"
+    )
+    refused(evaluation, "';'")
+
+
+# --- L1, L2 ---------------------------------------------------------------------------------
+
+
+def test_two_s3_sub_resources_are_refused() -> None:
+    _, evaluation = judged("PUT", BUCKET, "/?acl&policy", [sigv4("s3")], POLICY)
+    refused(evaluation, "PutBucketAcl", "PutBucketPolicy")
+
+
+@pytest.mark.parametrize(
+    ("headers", "body"),
+    [
+        ([("X-HTTP-Method-Override", "DELETE")], b""),
+        ([("X-HTTP-Method", "DELETE")], b""),
+        ([("X-Method-Override", "DELETE")], b""),
+        ([FORM], b"_method=delete"),
+    ],
+)
+def test_a_method_override_that_disagrees_is_refused(
+    headers: list[tuple[str, str]], body: bytes
+) -> None:
+    _, evaluation = judged("POST", "api.stripe.com", "/v1/customers/cus_1", headers, body)
+    refused(evaluation, "DELETE" if not body else "'delete'", "POST")
+
+
+def test_a_method_override_that_agrees_is_judged_as_sent() -> None:
+    document, _ = judged(
+        "POST", "api.stripe.com", "/v1/charges", [FORM, ("X-HTTP-Method-Override", "post")],
+        b"amount=5&currency=usd",
+    )  # fmt: skip
+    assert "request_error" not in document
