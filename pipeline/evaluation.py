@@ -22,7 +22,7 @@ from airlock.pipeline.mappings import (
     fallback_action,
     load_mappings,
 )
-from airlock.pipeline.mcp import header_problem, is_batch, jsonrpc_messages
+from airlock.pipeline.mcp import header_problem, is_batch
 from airlock.pipeline.policies import (
     BLOCK,
     RESTRICTIVENESS,
@@ -78,7 +78,10 @@ def evaluate(document: Document, config: Config, history: History | None = None)
                               config, history)  # fmt: skip
         context = {**evaluation.action.context, "undo_of": undo_of[:64]}
         return replace(evaluation, action=replace(evaluation.action, context=context))
-    messages = jsonrpc_messages(document)
+    try:  # MCP only where the host makes it so: the vendor's operation comes first
+        messages = config.mappings.mcp_messages(document)
+    except MappingError as e:
+        return _failed("mapping", e.action or fallback_action(document), e)
     if messages is None:
         return _evaluate_one(document, config, history)
     mismatch = header_problem(document["headers"], messages)

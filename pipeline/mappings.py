@@ -336,6 +336,7 @@ class MappingIndex:
                 else:
                     self._exact.setdefault(glob.lower(), []).append(mapping)
         self._by_host_method: dict[tuple[str, str], list[Mapping]] = {}
+        self._mapped_hosts: dict[str, bool] = {}
         self._first_of_action: dict[str, Mapping] = {}
         for mapping in self.mappings:
             self._first_of_action.setdefault(mapping.action, mapping)
@@ -389,20 +390,97 @@ class MappingIndex:
         return None
 
     def map(self, document: Document) -> Action:
-        messages = jsonrpc_messages(document)
-        if messages is not None and not is_batch(document):  # a batch: element by element
-            return self.map_mcp(document, messages[0])
-        if is_session_request(document):
-            server = self.servers.name_of(document["host"])
-            return mcp_method_action(server, f"({document['method']} session)", True)
+        if self.judged_as_mcp(document):
+            messages = jsonrpc_messages(document)
+            if messages is None:  # the session's GET stream or DELETE
+                server = self.servers.name_of(document["host"])
+                return mcp_method_action(server, f"({document['method']} session)", True)
+            if not is_batch(document):  # a batch: element by element (pipeline/evaluation.py)
+                return self.map_mcp(document, messages[0])
         operation = self.identify(document)
-        found = self.match(document, operation)
+        return self._vendor_action(document, operation, self.match(document, operation))
+
+    def _vendor_action(
+        self,
+        document: Document,
+        operation: Operation | None,
+        found: tuple[Mapping, dict[str, str]] | None,
+    ) -> Action:
         if found is not None:
             mapping, captures = found
             return mapping.apply(document, captures, operation)
         if operation is not None:
             return derived_action(document, operation)
         return fallback_action(document)
+
+    def mcp_messages(self, document: Document) -> list[dict[str, Any]] | None:
+        """The JSON-RPC messages of a request judged as MCP, else None (MappingError: one that
+        cannot be judged as either, see judged_as_mcp)."""
+        messages = jsonrpc_messages(document)
+        return messages if messages is not None and self.judged_as_mcp(document) else None
+
+    def judged_as_mcp(self, document: Document) -> bool:
+        """Whether a request shaped like MCP (a JSON-RPC body, an `Mcp-Session-Id` GET or
+        DELETE) is judged as MCP. The shape is the client's to choose and never overrides what
+        the vendor's API makes of the request:
+
+        - a host nothing describes (no mapping, no catalog service, no `servers:` entry): MCP,
+          whatever the host, as MCP servers live anywhere;
+        - a vendor's host (mappings or catalog), not declared: never MCP. What the URL, method
+          and catalog identify is judged; a JSON-RPC body that no vendor operation fits cannot
+          be judged as either and raises MappingError (an `Mcp-Session-Id` header alone is
+          judged as the plain HTTP request it is);
+        - a host declared under `servers:` (an MCP server on a vendor's domain too): MCP, unless
+          the vendor's API identifies the request, then the vendor operation (a JSON-RPC body
+          there is ambiguous and raises MappingError).
+        """
+        shaped = jsonrpc_messages(document) is not None
+        if not shaped and not is_session_request(document):
+            return False
+        host = document["host"]
+        declared = self.servers.declares(host)
+        if not declared and not self.is_vendor_host(document):
+            return True
+        operation = self.identify(document)
+        found = self.match(document, operation)
+        if found is None and operation is None:
+            if declared or not shaped:
+                return declared
+            raise MappingError(
+                f"the body is shaped like MCP (JSON-RPC 2.0), but {host} is a vendor API that "
+                f"mappings or the catalog describe, not a declared MCP server, and no operation "
+                f"of it fits {document['method']} {document['path']}: it can be judged as "
+                "neither. If this host serves MCP, name it under 'servers:' in a mapping file "
+                "(mappings/mcp.yaml)",
+                fallback_action(document),
+            )
+        if not (declared and shaped):
+            return False
+        try:
+            known = self._vendor_action(document, operation, found)
+        except MappingError as e:
+            known = e.action or fallback_action(document)
+        raise MappingError(
+            f"{host} is declared as the MCP server {self.servers.name_of(host)!r}, but "
+            f"{document['method']} {document['path']} is also the vendor operation "
+            f"{known.operation or known.action}, and the body is shaped like MCP: which one the "
+            "upstream runs is ambiguous",
+            known,
+        )
+
+    def is_vendor_host(self, document: Document) -> bool:
+        """A host that URL mappings or the catalog describe (or a request signed for an AWS
+        service): its API, not the shape of a body, says what a request does."""
+        host = document["host"]
+        mapped = self._mapped_hosts.get(host)
+        if mapped is None:
+            mapped = bool(self.on_host(host))
+            if len(self._mapped_hosts) > 65_536:  # hosts are few; bound it anyway
+                self._mapped_hosts.clear()
+            self._mapped_hosts[host] = mapped
+        return mapped or (
+            self.operations is not None and self.operations.service_of(document) is not None
+        )
 
     def map_mcp(self, document: Document, message: dict[str, Any]) -> Action:
         """One MCP message: a tool call by the first `tool:` mapping that covers it, else as
@@ -456,9 +534,15 @@ class McpServers:
                     self._exact[host] = name
 
     def name_of(self, host: str) -> str:
+        return self.declared_name(host) or host
+
+    def declares(self, host: str) -> bool:
+        return self.declared_name(host) is not None
+
+    def declared_name(self, host: str) -> str | None:
         found = self._exact.get(host)
         if found is None:
-            found = next((name for regex, name in self._globs if regex.match(host)), host)
+            found = next((name for regex, name in self._globs if regex.match(host)), None)
         return found
 
 

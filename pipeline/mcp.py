@@ -1,5 +1,7 @@
 """MCP over streamable HTTP: JSON-RPC 2.0 messages POSTed to an MCP server, recognised by their
-shape whatever the host (MCP servers live on any host and path).
+shape (MCP servers live on any host and path). The shape alone never overrides what a vendor's
+API makes of the request: pipeline/mappings.py (MappingIndex.mcp_messages) decides on which
+hosts it counts.
 
 `tools/call` is what acts on a system of record: it maps to an action (pipeline/mappings.py:
 `mcp.<server>.<tool>` by default, with the tool's arguments as params; a mapping with `tool:`
@@ -54,21 +56,30 @@ class McpError(ValueError):
     """A message that claims to be MCP but cannot be read as the protocol defines it."""
 
 
+# The members JSON-RPC 2.0 defines for a request, a notification and a response. MCP adds none
+# (its metadata goes in `params._meta`): a body with other members is some API's own JSON that
+# happens to carry `jsonrpc` and `method`, not an MCP message.
+JSONRPC_MEMBERS = frozenset({"jsonrpc", "id", "method", "params", "result", "error"})
+
+
 def jsonrpc_messages(document: Document) -> list[dict[str, Any]] | None:
-    """The messages of an MCP request (a JSON-RPC batch has several), else None."""
+    """The messages of a request shaped like MCP (a JSON-RPC batch has several), else None.
+    The shape only: whether the request is judged as MCP depends on its host too."""
     if document["method"] != "POST" or document.get("body_format") != "json":
         return None
     body = document["body"]
     messages = body if isinstance(body, list) else [body]
     if not messages or not all(
-        isinstance(m, dict) and m.get("jsonrpc") == JSONRPC for m in messages
+        isinstance(m, dict) and m.get("jsonrpc") == JSONRPC and m.keys() <= JSONRPC_MEMBERS
+        for m in messages
     ):
         return None
     return messages if any(_speaks_mcp(m) for m in messages) else None
 
 
 def is_session_request(document: Document) -> bool:
-    """A client opening the server's event stream (GET) or ending its session (DELETE)."""
+    """Shaped like a client opening the server's event stream (GET) or ending its session
+    (DELETE): the header only, which any request can carry."""
     return document["method"] in ("GET", "DELETE") and "mcp-session-id" in document["headers"]
 
 

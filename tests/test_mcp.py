@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -38,8 +39,9 @@ def call(call_id: Any, tool: str, arguments: dict[str, Any] | None = None) -> di
 def request(
     body: Any, host: str = "mcp.internal.example.com", method: str = "POST",
     headers: dict[str, str] | None = None, path: str = "/mcp",
+    content_type: str = "application/json",
 ) -> dict[str, Any]:  # fmt: skip
-    fields = [(b"Content-Type", b"application/json")]
+    fields = [(b"Content-Type", content_type.encode())]
     fields += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
     flow_request = tutils.treq(
         method=method.encode(), host=host, port=443, scheme=b"https", authority=b"",
@@ -376,3 +378,126 @@ def test_a_guard_call_to_a_servers_tool_is_judged_by_what_its_arguments_say() ->
         config.mappings,
     )  # fmt: skip
     assert claimed.target == honest.target and "prod" in honest.target
+
+
+# --- MCP's shape never overrides what a vendor's API makes of a request ------------------------
+
+PING = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+DELETE_TABLE = {"X-Amz-Target": "DynamoDB_20120810.DeleteTable"}
+
+
+@pytest.mark.parametrize(
+    ("host", "path", "action", "decision"),
+    [
+        ("api.github.com", "/repos/acme/prod", "delete_repository", "BLOCK"),
+        ("prod-bucket.s3.us-east-1.amazonaws.com", "/", "delete_bucket", "BLOCK"),
+        ("api.stripe.com", "/v1/accounts/acct_1", "delete_account", "BLOCK"),
+        ("api.stripe.com", "/v1/customers/cus_1", "delete_record", "REQUIRE_APPROVAL"),
+    ],
+)
+def test_a_session_header_does_not_make_a_vendors_delete_an_mcp_read(
+    host: str, path: str, action: str, decision: str
+) -> None:
+    """Before, `Mcp-Session-Id` on any DELETE (or GET) made it mcp.read, allowed."""
+    sent = request(None, host=host, method="DELETE", path=path, headers={"Mcp-Session-Id": "s1"})
+    evaluation = evaluate(sent, BASELINE)
+    assert (evaluation.action.action, evaluation.verdict.decision) == (action, decision)
+    assert "protocol" not in evaluation.action.context  # refused in the vendor's own format
+
+
+@pytest.mark.parametrize(
+    ("host", "path", "headers", "body", "action", "decision"),
+    [
+        ("slack.com", "/api/conversations.archive", {}, {"channel": "C123"},
+         "archive_channel", "REQUIRE_APPROVAL"),
+        ("dynamodb.us-east-1.amazonaws.com", "/", DELETE_TABLE, {"TableName": "prod"},
+         "delete_table", "REQUIRE_APPROVAL"),
+        ("api.sendgrid.com", "/v3/mail/send", {},
+         {"personalizations": [{"to": [{"email": f"a{i}@x.com"} for i in range(10_001)]}],
+          "from": {"email": "a@b.c"}, "subject": "s",
+          "content": [{"type": "text/plain", "value": "x"}]},
+         "send_message", "BLOCK"),
+        ("api.github.com", "/graphql", {},
+         {"query": 'mutation{deleteRepository(input:{repositoryId:"R_1"}){clientMutationId}}'},
+         "http.write", "REQUIRE_APPROVAL"),
+    ],
+)  # fmt: skip
+def test_a_vendors_body_that_also_says_jsonrpc_ping_is_judged_as_the_vendors_operation(
+    host: str, path: str, headers: dict[str, str], body: dict[str, Any], action: str,
+    decision: str,
+) -> None:  # fmt: skip
+    """Before, `"jsonrpc": "2.0", "method": "ping"` added to any JSON body made it mcp.read."""
+    smuggled = request({**body, "jsonrpc": "2.0", "method": "ping"}, host=host, path=path,
+                       headers=headers)  # fmt: skip
+    evaluation = evaluate(smuggled, BASELINE)
+    assert (evaluation.action.action, evaluation.verdict.decision) == (action, decision)
+
+
+@pytest.mark.parametrize(
+    ("host", "path", "body"),
+    [
+        ("api.github.com", "/graphql", PING),  # a catalog's host
+        ("mcp.slack.com", "/mcp", call(1, "slack_send_message")),  # a mapping's glob (*.slack.com)
+        ("api.github.com", "/graphql", [PING, call(2, "delete_repo")]),  # a batch
+    ],
+)
+def test_jsonrpc_on_a_vendors_host_that_no_operation_fits_is_refused_and_says_what_to_declare(
+    host: str, path: str, body: Any
+) -> None:
+    """An MCP server there, undeclared, or a vendor's endpoint the catalog does not know (GitHub's
+    GraphQL): neither can be judged, so neither passes (before: mcp.read, allowed)."""
+    evaluation = evaluate(request(body, host=host, path=path), BASELINE)
+    assert evaluation.verdict.decision == "BLOCK"
+    assert evaluation.failed_stage == "mapping"
+    assert f"{host} is a vendor API" in evaluation.verdict.reason
+    assert "name it under 'servers:'" in evaluation.verdict.reason
+
+
+def test_a_jsonrpc_body_where_the_vendor_identifies_the_operation_is_that_operation() -> None:
+    """DynamoDB knows the operation from X-Amz-Target, whatever the body says."""
+    sent = request({**PING, "params": {}}, host="dynamodb.us-east-1.amazonaws.com", path="/",
+                   headers=DELETE_TABLE, content_type="application/x-amz-json-1.0")  # fmt: skip
+    evaluation = evaluate(sent, BASELINE)
+    assert (evaluation.action.action, evaluation.verdict.decision) == (
+        "delete_table",
+        "REQUIRE_APPROVAL",
+    )
+
+
+def test_members_jsonrpc_does_not_define_make_a_body_not_mcp_on_any_host() -> None:
+    """An internal API's own JSON with `jsonrpc` and `method` added is a write, as without."""
+    body = {"jsonrpc": "2.0", "id": 1, "method": "ping", "user": "u1", "delete": True}
+    evaluation = evaluate(request(body, host="admin.internal.example.com", path="/users"), BASELINE)
+    assert (evaluation.action.action, evaluation.verdict.decision) == (
+        "http.write",
+        "REQUIRE_APPROVAL",
+    )
+
+
+def test_an_mcp_server_on_a_vendors_host_is_mcp_once_declared_and_the_vendors_api_still_wins(
+    tmp_path: Path,
+) -> None:
+    """A vendor's own MCP endpoint on its API host (`api.github.com/mcp`, declared under
+    `servers:`): its session and tool calls are MCP; a request the vendor's API identifies is
+    that operation, session header or not; a JSON-RPC body on such a request is ambiguous."""
+    folder = tmp_path / "mappings"
+    shutil.copytree(PROJECT_ROOT / "mappings", folder)
+    (folder / "vendor-mcp.yaml").write_text("provider: mcp\nservers: {ghapi: api.github.com}\n"
+                                            "mappings: []\n")  # fmt: skip
+    config = Config(load_mappings(folder), BASELINE.policies)
+    github = "api.github.com"
+
+    tool = evaluate(request(call(1, "list_issues"), host=github), config).action
+    assert (tool.action, tool.context["protocol"]) == ("mcp.ghapi.list_issues", "mcp")
+    ended = request(None, host=github, method="DELETE", headers={"Mcp-Session-Id": "s1"})
+    assert evaluate(ended, config).action.action == "mcp.read"
+
+    deleted = request(None, host=github, method="DELETE", path="/repos/acme/prod",
+                      headers={"Mcp-Session-Id": "s1"})  # fmt: skip
+    evaluation = evaluate(deleted, config)
+    assert (evaluation.action.action, evaluation.verdict.decision) == ("delete_repository", "BLOCK")
+
+    both = evaluate(request(call(1, "x"), host=github, path="/repos/acme/prod/issues"), config)
+    assert (both.action.action, both.verdict.decision) == ("create_issue", "BLOCK")
+    assert "declared as the MCP server 'ghapi'" in both.verdict.reason
+    assert "ambiguous" in both.verdict.reason
