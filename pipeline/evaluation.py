@@ -85,6 +85,9 @@ def evaluate(document: Document, config: Config, history: History | None = None)
     if messages is None:
         return _evaluate_one(document, config, history)
     mismatch = header_problem(document["headers"], messages)
+    if is_batch(document) and len(messages) > MAX_BATCH:
+        refusal = f"a JSON-RPC batch of {len(messages)} calls: at most {MAX_BATCH} are judged"
+        return _failed("request", fallback_action(document), ValueError(refusal))
     if is_batch(document):
         evaluation = _evaluate_batch(document, messages, config, history)
     else:
@@ -95,6 +98,10 @@ def evaluate(document: Document, config: Config, history: History | None = None)
     return evaluation
 
 
+# Calls judged in one JSON-RPC batch: each is decided as a request of its own (~0.1 ms), by
+# the one decider every agent shares; MCP clients send a few at most (the 2025-06-18 revision
+# dropped batches). 30,000 pings fit in the 1 MiB a body may have.
+MAX_BATCH = 100
 UNDO_OF = "x-airlock-undo-of"  # set by `airlock undo`; never forwarded (addons/gatekeeper.py)
 
 

@@ -16,7 +16,7 @@ from mitmproxy.test import tutils
 
 from airlock.console.check import check
 from airlock.pipeline.document import build_document
-from airlock.pipeline.evaluation import Config, evaluate
+from airlock.pipeline.evaluation import MAX_BATCH, Config, evaluate
 from airlock.pipeline.mappings import load_mappings
 from airlock.pipeline.mcp import keepalive_stream, refusal_answers, resumable_call, tool_outcome
 from airlock.pipeline.policies import load_policies
@@ -169,6 +169,16 @@ def test_a_batch_is_decided_call_by_call_and_one_block_blocks_it(tmp_path: Path)
         {"jsonrpc": "2.0", "id": 2, "method": "ping"},
     ]
     assert evaluate(request(reads), config).verdict.decision == "ALLOW"
+
+
+def test_a_batch_longer_than_the_decider_judges_is_refused_whole() -> None:
+    """Each call of a batch is decided like a request, by the one decider every agent shares:
+    30,000 pings (1 MiB) would hold it for seconds, so past MAX_BATCH the batch is refused."""
+    pings = [{"jsonrpc": "2.0", "id": i, "method": "ping"} for i in range(MAX_BATCH + 1)]
+    refused = evaluate(request(pings), BASELINE).verdict
+    assert refused.decision == "BLOCK"
+    assert f"a JSON-RPC batch of {MAX_BATCH + 1} calls: at most {MAX_BATCH}" in refused.reason
+    assert evaluate(request(pings[:MAX_BATCH]), BASELINE).verdict.decision == "ALLOW"
 
 
 @pytest.mark.parametrize(
