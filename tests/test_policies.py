@@ -6,7 +6,10 @@ from typing import Any
 
 import pytest
 
+from airlock.console.explain import parse_request
+from airlock.pipeline.document import build_document
 from airlock.pipeline.evaluation import Config, evaluate
+from airlock.pipeline.history import History
 from airlock.pipeline.mappings import Action, load_mappings
 from airlock.pipeline.policies import PolicyError, load_policies
 from airlock.pipeline.yaml_source import ConfigError
@@ -51,6 +54,35 @@ def test_baseline_customer_deletion_needs_approval_through_the_real_mapping() ->
     evaluation = evaluate(doc("DELETE", "api.stripe.com", "/v1/customers/cus_1"), config)
     assert evaluation.verdict.decision == "REQUIRE_APPROVAL"
     assert evaluation.verdict.rules == ("stripe-customer-deletion-needs-approval",)
+
+
+def test_baseline_refund_budget_counts_the_refunds_the_mappings_really_read() -> None:
+    """Refunds name no currency (the refund API takes none): the budget still adds them up,
+    whichever URL they use, and a full refund (no amount) is held rather than never counted."""
+    config = Config(load_mappings(PROJECT_ROOT / "mappings"), load_policies(BASELINE))
+    now = 1_000_000.0
+    history = History(lambda: now)
+    live = "-H 'Authorization: Bearer sk_live_abcdefghijkl'"
+
+    def refund(path: str, data: str, agent: str = "refund-bot") -> tuple[str, tuple[str, ...]]:
+        request = parse_request(f"curl -X POST https://api.stripe.com{path} {live} {data}")
+        evaluation = evaluate(build_document(request, agent), config, history)
+        decision, action = evaluation.verdict.decision, evaluation.action
+        run_id = f"run-{len(decided)}"
+        history.record(run_id, agent, action.action, now, action.params, decision == "ALLOW")
+        decided.append(decision)
+        return decision, evaluation.verdict.rules
+
+    decided: list[str] = []
+    assert refund("/v1/refunds", "-d charge=ch_1 -d amount=150000") == ("ALLOW", ())
+    assert refund("/v1/charges/ch_2/refund", "-d amount=40000") == ("ALLOW", ())
+    assert refund("/v1/refunds", "-d charge=ch_3 -d amount=10001") == (
+        "REQUIRE_APPROVAL", ("stripe-refund-budget",),
+    )  # fmt: skip
+    assert refund("/v1/refunds", "-d charge=ch_4") == (
+        "REQUIRE_APPROVAL", ("stripe-full-refund-needs-approval",),
+    )  # fmt: skip
+    assert refund("/v1/refunds", "-d charge=ch_5 -d amount=200000", "other-bot") == ("ALLOW", ())
 
 
 def test_nothing_matched_gives_the_default_and_says_so() -> None:

@@ -66,11 +66,13 @@ def test_the_identifiers_each_answer_returns_are_read_by_the_shipped_mappings() 
 
 
 def test_the_compensating_request_is_rendered_from_params_and_identifiers() -> None:
-    refund = plan_undo(SHIPPED.by_id["stripe.create_charge"].undo_spec, {"charge_id": "ch_1"})
+    refund = plan_undo(
+        SHIPPED.by_id["stripe.create_charge"].undo_spec, {"charge_id": "ch_1", "amount": 2500}
+    )
     assert (refund.method, refund.url, refund.form) == (
         "POST",
         "https://api.stripe.com/v1/refunds",
-        {"charge": "ch_1"},
+        {"charge": "ch_1", "amount": 2500},
     )
     assert refund.auth == {"env": "STRIPE_API_KEY"}
     terminate = plan_undo(

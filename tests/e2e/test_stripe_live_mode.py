@@ -67,7 +67,7 @@ def test_a_live_transfer_is_held_and_never_forwarded_when_denied(
         )
     )
     waiting = eventually(
-        lambda: [p for p in pending(proxy) if p["target"] == f"account/{destination}"]
+        lambda: [p for p in pending(proxy) if p["target"] == f"account/{destination}"], timeout=30
     )
     assert waiting, "the live transfer was not held"
     assert upstream.count("/v1/transfers") == 0

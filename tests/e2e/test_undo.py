@@ -99,7 +99,7 @@ def test_a_charge_is_undone_by_refunding_it(
     printed = airlock(proxy, "undo", run.id)
     assert printed.returncode == 0, printed.stderr
     assert "POST https://api.stripe.com/v1/refunds" in printed.stdout
-    assert f"charge={charge.id}" in printed.stdout
+    assert f"charge={charge.id}&amount=2500" in printed.stdout
     assert "Authorization: Bearer $STRIPE_API_KEY" in printed.stdout
 
     missing = undo(proxy, run.id, {})
@@ -108,7 +108,7 @@ def test_a_charge_is_undone_by_refunding_it(
     sent = undo(proxy, run.id, {"STRIPE_API_KEY": STRIPE_KEY})
     assert sent.returncode == 0, sent.stderr
     [refund] = [r for r in upstream.received if r.path == "/v1/refunds"]
-    assert refund.body.decode() == f"charge={charge.id}"
+    assert refund.body.decode() == f"charge={charge.id}&amount=2500"
     assert "x-airlock-undo-of" not in {name.lower() for name in refund.headers}
     [undone] = [r for r in runs(proxy) if r.action == "create_refund"]
     assert undone.context["undo_of"] == run.id and undone.agent == "operator"
