@@ -21,6 +21,7 @@ from airlock.addons.refusals import Refusals, mcp_body
 from airlock.addons.runtime import STORE_TIMEOUT, Runtime, header_dict, raw_request
 from airlock.addons.simulations import Simulations
 from airlock.decider.messages import ApprovalState, Decide, Settled
+from airlock.pipeline.document import MAX_DECODED_BODY, readable_content
 from airlock.pipeline.edits import edited_body, query_edits
 from airlock.pipeline.mcp import keepalive_stream, resumable_call, sse_event
 from airlock.pipeline.policies import ALLOW, REQUIRE_APPROVAL
@@ -238,7 +239,12 @@ class Holds:
         if response is None or not flow.metadata.get("airlock_sse"):
             return
         if "json" in response.headers.get("content-type", ""):
-            response.content = sse_event(response.get_text(strict=False) or "")
+            content = readable_content(response, MAX_DECODED_BODY)
+            if content is None:  # a bomb: not decoded on the event loop every flow shares
+                log.warning("a resumed MCP stream's answer is not readable within %d bytes: "
+                            "sent as received", MAX_DECODED_BODY)  # fmt: skip
+                return
+            response.content = sse_event(content.decode("utf-8", "replace"))
             response.headers["Content-Type"] = "text/event-stream"
 
     async def _settled_hold(
@@ -318,9 +324,12 @@ class Holds:
         forward that once, unless it is now blocked."""
         edit = released.edit or {}
         request = flow.request
-        request.content = edited_body(
-            request.headers.get("content-type", ""), request.get_content(strict=False) or b"", edit
-        )  # Content-Length follows
+        if any(where[0] == "body" for where in edit.get("locations", {}).values()):
+            # its params were read from it, so it decodes within MAX_PARSED_BODY
+            content = readable_content(request)
+            if content is None:
+                raise ValueError("the edited request's body cannot be read within the limits")
+            request.content = edited_body(request.headers.get("content-type", ""), content, edit)
         for name, value in query_edits(edit).items():
             request.query[name] = value
         edited_id = new_id()

@@ -10,22 +10,26 @@ from typing import Any
 from mitmproxy import http
 
 from airlock.addons.runtime import Runtime, add_header_unless_present
-from airlock.pipeline.document import MAX_PARSED_BODY
+from airlock.pipeline.document import MAX_PARSED_BODY, readable_content
 from airlock.pipeline.mcp import tool_outcome
 from airlock.pipeline.outcome import SUCCESS
 
 
 def mcp_outcome(flow: http.HTTPFlow) -> dict[str, Any] | None:
-    """An MCP tool call's result (or error), read from the server's JSON or event stream."""
+    """An MCP tool call's result (or error), read from the server's JSON or event stream; None
+    for an answer streamed, over MAX_PARSED_BODY (as sent or decoded) or not decodable: it is
+    read on the event loop every flow shares."""
     response = flow.response
-    if response is None or response.raw_content is None:  # streamed: not kept to read
+    if response is None:
+        return None
+    request, content = readable_content(flow.request), readable_content(response)
+    if request is None or content is None:
         return None
     try:
-        request = json.loads(flow.request.get_content(strict=False) or b"")
-        content = response.get_content(strict=False) or b""
+        call = json.loads(request or b"")
     except ValueError:
         return None
-    return tool_outcome(request, content, response.headers.get("content-type", ""))
+    return tool_outcome(call, content, response.headers.get("content-type", ""))
 
 
 class Outcomes:

@@ -11,6 +11,7 @@ from typing import Any
 from mitmproxy import http
 
 from airlock.pipeline.answers import load_answers, situation_of
+from airlock.pipeline.document import readable_content
 from airlock.pipeline.mcp import refusal_answers
 from airlock.pipeline.run_record import RunSummary
 
@@ -66,11 +67,15 @@ class Refusals:
 
 def mcp_body(flow: http.HTTPFlow, run: RunSummary) -> Any:
     """The JSON-RPC body of an MCP request, None for anything else (read only when needed:
-    a refusal, a hold, an outcome)."""
+    a refusal, a hold, an outcome), or one that cannot be read within MAX_PARSED_BODY (a
+    refused bomb: decoded on the event loop, it would stall every flow)."""
     if run.protocol != "mcp":
         return None
+    content = readable_content(flow.request)
+    if content is None:
+        return None
     try:
-        return json.loads(flow.request.get_content(strict=False) or b"")
+        return json.loads(content or b"")
     except ValueError:
         return None
 

@@ -39,6 +39,15 @@ MAX_FORM_FIELDS = 10_000
 MAX_DECODED_BODY = 16 << 20
 MAX_PARSED_BODY = 1 << 20
 MAX_DEPTH = 64
+# A compressed body is decoded only up to this size as sent: what it holds past 1 MiB could not
+# be parsed anyway (MAX_PARSED_BODY), and decoding costs grow with the input as well as the
+# output (brotli is fed in small steps, below). A JSON, form or XML body over it is refused;
+# an upload is recorded as sent.
+MAX_ENCODED_BODY = MAX_PARSED_BODY
+# gzip members (or zstd frames) in one body: each one costs a decoder and a copy of the rest of
+# the body (zlib's unused_data), so 1 MiB of 20-byte empty members took 6.6 s. HTTP clients send
+# one; gzip tools concatenate a few.
+MAX_MEMBERS = 16
 _STRUCTURED = ("json", "form", "xml")
 
 
@@ -403,9 +412,12 @@ def _uninspected(raw: bytes) -> str:
     return f"[{len(raw)} bytes not inspected, sha256 {hashlib.sha256(raw).hexdigest()}]"
 
 
-def decoded_body(raw: bytes, content_encoding: str | None, strict: bool = True) -> bytes:
+def decoded_body(
+    raw: bytes, content_encoding: str | None, strict: bool = True, limit: int = MAX_DECODED_BODY
+) -> bytes:
     """The body as the API reads it (gzip and the like undone, as mitmproxy would). Raises
-    Unreadable past MAX_DECODED_BODY, checked while decoding: the bomb is never inflated whole.
+    Unreadable past `limit`, checked while decoding: the bomb is never inflated whole; and for a
+    compressed body over MAX_ENCODED_BODY as sent, which is not decoded (not strict: as sent).
 
     strict (a JSON, form or XML request body): an encoding Airlock does not know (or several,
     or a body that does not decode as its encoding) raises Unreadable too: judged as sent, it
@@ -428,8 +440,21 @@ def decoded_body(raw: bytes, content_encoding: str | None, strict: bool = True) 
                 f"{', '.join(_DECODERS)}); Airlock refuses what it cannot inspect"
             )
         return raw
+    if len(raw) > MAX_ENCODED_BODY:
+        if strict:
+            raise Unreadable(
+                f"the body is over {MAX_ENCODED_BODY} bytes compressed (Content-Encoding: "
+                f"{name}): Airlock decodes and parses bodies up to {MAX_PARSED_BODY} bytes, and "
+                "refuses what it cannot inspect"
+            )
+        return raw
     try:
-        decoded = decode(raw, MAX_DECODED_BODY + 1)
+        return decode(raw, limit)
+    except _OverLimit:
+        raise Unreadable(
+            f"the body decodes to more than {limit} bytes (Content-Encoding: {name}); "
+            "Airlock refuses what it cannot inspect"
+        ) from None
     except (zlib.error, brotli.error, zstandard.ZstdError, EOFError) as e:
         if strict:
             raise Unreadable(
@@ -437,12 +462,24 @@ def decoded_body(raw: bytes, content_encoding: str | None, strict: bool = True) 
                 "refuses what it cannot inspect"
             ) from None
         return raw
-    if len(decoded) > MAX_DECODED_BODY:
-        raise Unreadable(
-            f"the body decodes to more than {MAX_DECODED_BODY} bytes (Content-Encoding: {name}); "
-            "Airlock refuses what it cannot inspect"
-        )
-    return decoded
+
+
+class _OverLimit(Exception):
+    """A decoder's output went past its limit: it stops there, and what it decoded is dropped."""
+
+
+def readable_content(message: http.Message, limit: int = MAX_PARSED_BODY) -> bytes | None:
+    """A request's or an answer's body decoded for the proxy to read (an MCP call, a tool's
+    result), or None: over `limit` as sent or decoded, streamed, or not decodable. Never
+    mitmproxy's get_content(), which decodes without a limit on the event loop every flow shares
+    (a 3 MB gzip answer is 3 GB)."""
+    raw = message.raw_content
+    if raw is None or len(raw) > limit:
+        return None
+    try:
+        return decoded_body(raw, message.headers.get("content-encoding"), True, limit)
+    except Unreadable:
+        return None
 
 
 def _unframe_aws_chunks(raw: bytes) -> bytes:
@@ -467,18 +504,20 @@ def _unframe_aws_chunks(raw: bytes) -> bytes:
 
 
 def _inflate(raw: bytes, limit: int, wbits: int = zlib.MAX_WBITS | 32) -> bytes:
-    """gzip (every member, as gzip readers do) or zlib, stopping at `limit` bytes."""
-    out = bytearray()
-    while raw and len(out) < limit:
+    """gzip (every member, as gzip readers do, up to MAX_MEMBERS) or zlib; _OverLimit past
+    `limit` bytes."""
+    out, rest = bytearray(), memoryview(raw)
+    for _ in range(MAX_MEMBERS):
         inflater = zlib.decompressobj(wbits)
-        out += inflater.decompress(raw, limit - len(out))
+        out += inflater.decompress(rest, limit + 1 - len(out))
+        if len(out) > limit:
+            raise _OverLimit
         if not inflater.eof:
-            if inflater.unconsumed_tail:  # stopped at the limit
-                out += b"\0"
-                break
             raise zlib.error("truncated compressed body")
-        raw = inflater.unused_data
-    return bytes(out)
+        rest = rest[len(rest) - len(inflater.unused_data) :]
+        if not rest:
+            return bytes(out)
+    raise zlib.error(f"more than {MAX_MEMBERS} compressed members")
 
 
 def _deflate(raw: bytes, limit: int) -> bytes:
@@ -489,22 +528,38 @@ def _deflate(raw: bytes, limit: int) -> bytes:
         return _inflate(raw, limit, -zlib.MAX_WBITS)
 
 
+# Brotli 1.1's decoder takes no output limit (1.2's output_buffer_limit is not available:
+# mitmproxy 11 pins Brotli<=1.1.0), and one process() call returns all it can decode: 986 bytes
+# of zeros compressed at quality 11 are 600 MiB in one 1 KiB step. A meta-block holds at most
+# 16 MiB and takes about 11 bytes at best, so the decoder is fed _BROTLI_STEP bytes at a time:
+# measured with bombs of zeros at qualities 0-11 and windows 16-24, one step of 16 bytes gives
+# at most 16 MiB (32 bytes: 48 MiB; 1 KiB: 600 MiB), so decoding stops within 16 MiB (two
+# meta-blocks at worst: 32 MiB) past the limit. Small steps cost ~2 µs each: ~0.15 s for a
+# MAX_ENCODED_BODY of input.
+_BROTLI_STEP = 16
+
+
 def _unbrotli(raw: bytes, limit: int) -> bytes:
-    """Brotli's decoder takes no output limit (1.1): fed 1 KB at a time, it stops soon after."""
-    decoder, out = brotli.Decompressor(), bytearray()
-    for start in range(0, len(raw), 1024):
-        out += decoder.process(raw[start : start + 1024])
-        if len(out) >= limit:
-            break
-    else:
-        if not decoder.is_finished():
-            raise brotli.error("truncated compressed body")
-    return bytes(out)
+    decoder, view = brotli.Decompressor(), memoryview(raw)
+    parts, size = [], 0  # joined once: a growing bytearray would hold two copies as it grows
+    for start in range(0, len(raw), _BROTLI_STEP):
+        part = decoder.process(view[start : start + _BROTLI_STEP])
+        if part:
+            parts.append(part)
+            size += len(part)
+            if size > limit:
+                raise _OverLimit
+    if not decoder.is_finished():
+        raise brotli.error("truncated compressed body")
+    return b"".join(parts)
 
 
 def _unzstd(raw: bytes, limit: int) -> bytes:
     reader = zstandard.ZstdDecompressor().stream_reader(BytesIO(raw), read_across_frames=True)
-    return reader.read(limit)
+    out = reader.read(limit + 1)
+    if len(out) > limit:
+        raise _OverLimit
+    return out
 
 
 _DECODERS: dict[str, Callable[[bytes, int], bytes]] = {
