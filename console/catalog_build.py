@@ -127,6 +127,9 @@ def operation_entry(model: Any, operation: Any) -> dict[str, Any]:
     if rest:
         entry.update(_wire_shape(operation))
     entry["fields"] = _fields(model.protocol, operation)
+    secret = sensitive_members(model.protocol, operation)
+    if secret:
+        entry["sensitive"] = secret  # never stored: pipeline/sensitive.py
     entry["sensitivity"] = sensitivity(name, write)
     if write and operation.output_shape is not None:
         answer = _answer_node(operation.output_shape, 0)
@@ -266,6 +269,159 @@ def _scalar_field(protocol: str, member: str, where: dict[str, Any]) -> str:
     if protocol == "rest-xml":
         return ""  # XML payload members: curated mappings read those with JSONPath
     return f"body:{where.get('name', member)}"
+
+
+def sensitive_members(protocol: str, operation: Any) -> list[str]:
+    """Where the request carries the members botocore marks `"sensitive": true` (on the member
+    or its shape), as the SDK sends them: `body:` a path into the JSON or XML body (`.` between
+    members, `[]` each list item, `{}` each map value; nothing after the colon: the whole body),
+    `form:` a query or EC2 form key (`Parameters.member.N.ParameterValue`, N any index),
+    `header:`, `header-prefix:` (a headers map), `query:`, `query-map:` and `uri:` for the
+    members a REST protocol sends there. A sensitive structure, list or map is named whole."""
+    shape = operation.input_shape
+    if shape is None:
+        return []
+    found: list[str] = []
+    if protocol in ("query", "ec2"):
+        for member, member_shape in shape.members.items():
+            key = _form_name(protocol, member_shape, member)
+            _secret_paths(protocol, member_shape, key, found, frozenset({shape.name}))
+        return [f"form:{path}" for path in found]
+    rest = protocol in ("rest-json", "rest-xml")
+    payload = shape.serialization.get("payload")
+    located: list[str] = []
+    for member, member_shape in shape.members.items():
+        where = member_shape.serialization
+        location = where.get("location") if rest else None
+        if location is not None:
+            if _is_sensitive(member_shape) or _holds_sensitive(member_shape, frozenset()):
+                located.append(_located(location, member_shape, where.get("name", member)))
+            continue
+        if rest and member == payload:
+            if member_shape.type_name != "structure":  # a blob or a string: the body itself
+                if _is_sensitive(member_shape):
+                    found.append("")
+                continue
+            root = where.get("name", member) if protocol == "rest-xml" else ""
+            if _is_sensitive(member_shape):
+                found.append(root)
+                continue
+            for name, child in member_shape.members.items():
+                key = _join(root, child.serialization.get("name", name))
+                _secret_paths(protocol, child, key, found, frozenset({member_shape.name}))
+            continue
+        if rest and payload is not None:
+            continue  # not sent: a payload member is the whole body
+        key = where.get("name", member)
+        if protocol == "rest-xml":
+            key = _join(shape.serialization.get("name", shape.name), key)
+        _secret_paths(protocol, member_shape, key, found, frozenset({shape.name}))
+    return located + [f"body:{path}" for path in found]
+
+
+def _is_sensitive(shape: Any) -> bool:
+    return bool(shape.metadata.get("sensitive"))
+
+
+def _holds_sensitive(shape: Any, seen: frozenset[str]) -> bool:
+    if _is_sensitive(shape):
+        return True
+    if shape.name in seen:
+        return False
+    seen = seen | {shape.name}
+    if shape.type_name == "structure":
+        return any(_holds_sensitive(m, seen) for m in shape.members.values())
+    if shape.type_name == "list":
+        return _holds_sensitive(shape.member, seen)
+    if shape.type_name == "map":
+        return _holds_sensitive(shape.key, seen) or _holds_sensitive(shape.value, seen)
+    return False
+
+
+def _located(location: str, shape: Any, name: str) -> str:
+    """A REST member sent outside the body: in a header, the query string or the path."""
+    if location == "header":
+        return f"header:{name.lower()}"
+    if location == "headers":
+        return f"header-prefix:{name.lower()}"
+    if location == "querystring":
+        return "query-map:" if shape.type_name == "map" else f"query:{name}"
+    if location == "uri":
+        return f"uri:{name}"
+    raise SystemExit(f"a sensitive member {name!r} is sent in {location!r}: catalog_build "
+                     "knows no way to name that place")  # fmt: skip
+
+
+def _secret_paths(
+    protocol: str, shape: Any, path: str, found: list[str], seen: frozenset[str]
+) -> None:
+    """Append the paths of this value's sensitive parts (itself, when it is sensitive)."""
+    if _is_sensitive(shape):
+        found.append(path)
+        return
+    if shape.name in seen:
+        return  # a recursive shape: its sensitive members were named on the way down
+    seen = seen | {shape.name}
+    kind = shape.type_name
+    form = protocol in ("query", "ec2")
+    if kind == "structure":
+        for member, member_shape in shape.members.items():
+            if form:
+                name = _form_name(protocol, member_shape, member)
+            else:
+                name = member_shape.serialization.get("name", member)
+            _secret_paths(protocol, member_shape, _join(path, name), found, seen)
+    elif kind == "list":
+        _secret_paths(protocol, shape.member, _list_items(protocol, shape, path), found, seen)
+    elif kind == "map":
+        if _holds_sensitive(shape.key, seen):
+            found.append(path)  # the names themselves are secret: the whole map
+            return
+        _secret_paths(protocol, shape.value, _map_values(protocol, shape, path), found, seen)
+
+
+def _form_name(protocol: str, shape: Any, member: str) -> str:
+    """A member's name in a query or EC2 form, as botocore's serializers write it."""
+    where = shape.serialization
+    if protocol == "ec2":
+        return where.get("queryName") or _capitalised(where.get("name", member))
+    return where.get("name", member)
+
+
+def _list_items(protocol: str, shape: Any, path: str) -> str:
+    item = shape.member.serialization.get("name")
+    if protocol == "ec2":
+        return f"{path}.N"
+    if protocol == "query":
+        if shape.serialization.get("flattened"):
+            if item:  # `Original.N` becomes `{item}.N`
+                path = _join(path.rpartition(".")[0], item)
+            return f"{path}.N"
+        return f"{path}.{item or 'member'}.N"
+    if protocol == "rest-xml":
+        if shape.serialization.get("flattened"):
+            return f"{path}[]"
+        return f"{path}.{item or 'member'}[]"
+    return f"{path}[]"
+
+
+def _map_values(protocol: str, shape: Any, path: str) -> str:
+    if protocol in ("query", "ec2"):
+        entry = path if shape.serialization.get("flattened") else f"{path}.entry"
+        where = shape.value.serialization
+        value = where.get("queryName") if protocol == "ec2" else None
+        value = value or where.get("name")
+        if value and protocol == "ec2":
+            value = _capitalised(value)
+        return f"{entry}.N.{value or 'value'}"
+    if protocol == "rest-xml":
+        entry = path if shape.serialization.get("flattened") else f"{path}.entry"
+        return f"{entry}[].{shape.value.serialization.get('name', 'value')}"
+    return f"{path}{{}}"
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
 
 
 def _capitalised(name: str) -> str:
@@ -470,6 +626,11 @@ def openapi_entry(spec: dict[str, Any], description: dict[str, Any], source: str
                 "fields": {label: f"uri:{label}" for label in labels},
                 "sensitivity": openapi_sensitivity(name, method, write),
             }
+            secret = openapi_sensitive(description, [*item.get("parameters", []),
+                                                     *operation.get("parameters", [])],
+                                       operation.get("requestBody"))  # fmt: skip
+            if secret:
+                entry["sensitive"] = secret
             if literal_query:
                 entry["query"] = dict(parse_qsl(literal_query, keep_blank_values=True))
             if operation.get("deprecated"):
@@ -499,6 +660,77 @@ def _multi_segment(
                 "{" + parameter["name"] + "}", "{" + parameter["name"] + "+}"
             )
     return template
+
+
+def _marked_secret(schema: dict[str, Any]) -> bool:
+    """OpenAPI's `format: password`, or an `x-sensitive: true` extension."""
+    return schema.get("format") == "password" or schema.get("x-sensitive") is True
+
+
+def openapi_sensitive(
+    description: dict[str, Any], parameters: list[dict[str, Any]], body: dict[str, Any] | None
+) -> list[str]:
+    """Where an operation's request carries what its description marks secret: parameters
+    (`query:`, `header:`) and request-body properties (`body:` paths, as for AWS)."""
+
+    def resolved(node: Any) -> Any:
+        seen = 0
+        while isinstance(node, dict) and "$ref" in node and seen < 20:
+            node, seen = _pointer(description, node["$ref"]), seen + 1
+        return node
+
+    found: list[str] = []
+    for parameter in map(resolved, parameters):
+        schema = resolved(parameter.get("schema", parameter))
+        if not isinstance(schema, dict) or not _marked_secret(schema):
+            continue
+        if parameter.get("in") == "query":
+            found.append(f"query:{parameter['name']}")
+        elif parameter.get("in") == "header":
+            found.append(f"header:{parameter['name'].lower()}")
+        elif parameter.get("in") == "path":
+            found.append(f"uri:{parameter['name']}")
+        elif parameter.get("in") in ("body", "formData"):  # Swagger 2
+            found.append(f"body:{'' if parameter['in'] == 'body' else parameter['name']}")
+    schemas = [media.get("schema") for media in (resolved(body) or {}).get("content", {}).values()]
+    schemas += [p.get("schema") for p in map(resolved, parameters) if p.get("in") == "body"]
+    paths: list[str] = []
+    for schema in schemas:
+        _openapi_secret_paths(resolved, schema, "", paths, 0)
+    found += [f"body:{path}" for path in dict.fromkeys(paths)]
+    return found
+
+
+def _openapi_secret_paths(
+    resolved: Any, schema: Any, path: str, found: list[str], depth: int
+) -> None:
+    schema = resolved(schema)
+    if not isinstance(schema, dict) or depth > 12:
+        return
+    if _marked_secret(schema):
+        found.append(path)
+        return
+    for combined in ("allOf", "anyOf", "oneOf"):
+        for part in schema.get(combined, ()):
+            _openapi_secret_paths(resolved, part, path, found, depth + 1)
+    for name, child in (schema.get("properties") or {}).items():
+        _openapi_secret_paths(resolved, child, _join(path, name), found, depth + 1)
+    if isinstance(schema.get("items"), dict):
+        _openapi_secret_paths(resolved, schema["items"], f"{path}[]", found, depth + 1)
+    if isinstance(schema.get("additionalProperties"), dict):
+        extra = schema["additionalProperties"]
+        _openapi_secret_paths(resolved, extra, f"{path}{{}}", found, depth + 1)
+
+
+def _pointer(description: dict[str, Any], ref: str) -> Any:
+    node: Any = description
+    for part in ref.removeprefix("#/").split("/"):
+        node = (
+            node.get(part.replace("~1", "/").replace("~0", "~"), {})
+            if isinstance(node, dict)
+            else {}
+        )
+    return node
 
 
 def openapi_sensitivity(name: str, method: str, write: bool) -> str:
