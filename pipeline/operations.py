@@ -27,6 +27,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from airlock.pipeline.document import Document
+from airlock.pipeline.sensitive import SensitiveMembers, compile_members, remember
 from airlock.store.locations import shipped
 
 DEFAULT_CATALOG = shipped("catalog")
@@ -89,6 +90,8 @@ class OperationSpec:
     # AWS: the operation's parameters are in a JSON or XML body (a JSON service's, S3's
     # `?policy` or `?delete`), not an opaque payload (PutObject's object)
     reads_body: bool = False
+    # the request members the vendor marks sensitive: never stored (pipeline/sensitive.py)
+    sensitive: SensitiveMembers | None = None
 
     def matches_rest(self, document: Document, path: str) -> dict[str, str] | None:
         """Path labels when this operation's method, path, query keys and headers fit."""
@@ -290,6 +293,17 @@ class OperationIndex:
             for name in service.operations:
                 yield f"{service.prefix}.{name}"
 
+    def sensitive(self, name: str) -> SensitiveMembers | None:
+        """Where this operation's request carries members the vendor marks sensitive."""
+        provider, _, rest = name.partition(".")
+        if provider == "aws":
+            service_name, _, operation = rest.partition(".")
+            service = self.services.get(service_name)
+        else:
+            service, operation = self.services.get(provider), rest
+        spec = service.operations.get(operation) if service is not None else None
+        return spec.sensitive if spec is not None else None
+
     def fields_by_operation(self) -> Iterator[tuple[str, list[str]]]:
         """Each operation's name with the request fields it names (a derived action's params)."""
         for service in self.services.values():
@@ -401,7 +415,12 @@ def load_catalog(directory: Path = DEFAULT_CATALOG) -> OperationIndex:
             services.append(loaded)
         except (ValueError, KeyError, TypeError, re.error) as e:
             raise CatalogError(f"{path}: not a catalog file this Airlock can read ({e})") from e
-    return OperationIndex(services)
+    index = OperationIndex(services)
+    for service in index.services.values():  # what run_row keeps out of the record
+        for name, spec in service.operations.items():
+            if spec.sensitive is not None:
+                remember(f"{service.prefix}.{name}", spec.sensitive)
+    return index
 
 
 def _load_openapi(entry: dict[str, Any]) -> Service:
@@ -456,6 +475,7 @@ def _compile(op: dict[str, Any], service: str, category: str, protocol: str) -> 
         category=category if op["write"] else "read",
         sensitivity=op["sensitivity"],
         fields=fields,  # type: ignore[arg-type]
+        sensitive=compile_members(op.get("sensitive", ())),
     )
     if protocol not in _REST and protocol != OPENAPI:
         return replace(spec, reads_body=protocol == "json")

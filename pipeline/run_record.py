@@ -9,6 +9,7 @@ import hmac
 import json
 import re
 import time
+from collections.abc import Container
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -18,6 +19,7 @@ from airlock.pipeline.mappings import fallback_action
 from airlock.pipeline.mcp import jsonrpc_messages, without_ids
 from airlock.pipeline.policies import ALLOW, BLOCK, ENFORCE, OFF, Shadow, Verdict
 from airlock.pipeline.redaction import redact_document, redact_text, redact_value
+from airlock.pipeline.sensitive import members_of, scrub
 
 MAX_STORED_BODY = 64 * 1024
 MAX_STORED_TEXT = 4096  # characters of one param value kept in the record
@@ -262,18 +264,31 @@ def capped(value: Any) -> Any:
 
 def run_row(
     run_id: str, instance: str, document: Document, evaluation: Evaluation, decision_ms: float,
-    config_hash: str | None = None,
+    config_hash: str | None = None, known_agents: Container[str] = (),
 ) -> RunRecord:  # fmt: skip
-    """The run record of a decision, redacted."""
+    """The run record of a decision, redacted. The agent's name too, unless the agents file
+    knows it (`known_agents`): without an agents file it is whatever the proxy credentials
+    said, and a client that put its key where the name goes would have it stored."""
     action, verdict = evaluation.action, evaluation.verdict
     if document["body_size"] > MAX_STORED_BODY:  # not stored, so not worth redacting
         document = {**document, "body": f"[body of {document['body_size']} bytes not stored]"}
-    stored = capped(redact_document(document))  # overlong headers or paths too
+    stored = redact_document(document)
+    # What the vendor's API description marks sensitive (an SSM SecureString's Value), out of
+    # the stored request, and its values out of whatever else carries them (params, target).
+    # After redact_document: what it left is what is looked for (the same text, redacted the
+    # same way, in params), and it reads no "[REDACTED]" (a text starting '[' it tries as JSON).
+    sensitive, secrets = members_of(action.operation), []
+    if sensitive is not None:
+        stored, secrets = sensitive.redact(stored)
+    stored = capped(stored)  # overlong headers or paths too
+    agent = document["agent"]
+    if agent not in known_agents:
+        agent = stored["agent"] = redact_text(agent)
     return RunRecord(
         id=run_id,
         at=time.time(),
         instance=instance,
-        agent=document["agent"],
+        agent=agent,
         method=document["method"],
         host=redact_text(document["host"]),
         path=stored["path"],
@@ -282,21 +297,22 @@ def run_row(
         action=redact_text(action.action),
         category=action.category,
         sensitivity=action.sensitivity,
-        target=redact_text(action.target),
+        target=scrub(redact_text(action.target), secrets),
         mapping_id=action.mapping_id,
         operation=action.operation,
-        params=capped(redact_value(action.params)),
-        context=capped(redact_value(action.context)),
-        undo=redact_value(action.undo) if action.undo else None,  # stored: no secret either
+        params=capped(scrub(redact_value(action.params), secrets)),
+        context=capped(scrub(redact_value(action.context), secrets)),
+        # stored: no secret either
+        undo=scrub(redact_value(action.undo), secrets) if action.undo else None,
         request=stored,
         decision=verdict.decision,
-        reason=redact_text(verdict.reason),
+        reason=scrub(redact_text(verdict.reason), secrets),
         rules=list(verdict.rules),
         risk=evaluation.risk.score if evaluation.risk else None,
         risk_factors=evaluation.risk.as_json() if evaluation.risk else None,
         shadow_decision=verdict.shadow.decision if verdict.shadow else None,
         shadow_rules=list(verdict.shadow.rules) if verdict.shadow else None,
-        error=redact_text(evaluation.error) if evaluation.error else None,
+        error=scrub(redact_text(evaluation.error), secrets) if evaluation.error else None,
         decision_ms=decision_ms,
         config_hash=config_hash,
     )
