@@ -256,7 +256,13 @@ class ValueSpec:
         return any(t is not None for t in (self.decode, self.split, self.regex, self.lookup))
 
     def _transformed(self, value: Any) -> list[Any]:
-        """What one matched value becomes: none, one or several values."""
+        """What one matched value becomes: none, one or several values. A list is transformed
+        item by item and stays one list (dropped when nothing is left of it): a field sent
+        twice, `["ReadOnlyAccess", "AdministratorAccess"]`, keeps both, where the list's text
+        gave "AdministratorAccess']". An object is read as its text."""
+        if isinstance(value, list):
+            items = [out for item in value for out in self._transformed(item)]
+            return [items] if items else []
         values = [value]
         if self.decode is not None:
             values = [d for d in (DECODERS[self.decode](value),) if d is not None]

@@ -411,6 +411,41 @@ def test_transforms_count_sum_regex_lookup_and_decimal(tmp_path: Path) -> None:
     }
 
 
+def test_a_matched_list_is_transformed_item_by_item_and_stays_a_list(tmp_path: Path) -> None:
+    """A field sent twice reaches the mapping as a list: each item goes through the transforms
+    (never the list's text, which a regex would read as "AdministratorAccess']")."""
+    folder = write(
+        tmp_path,
+        "m.yaml",
+        """
+        provider: p
+        hosts: [h.io]
+        mappings:
+          - action: attach
+            params:
+              name: {path: $.body.arn, regex: "policy/(?:.*/)?([^/]+)$"}
+              kind: {path: $.body.kind, lookup: {u: user, r: role}, default: none}
+              users: {path: $.body.users, split: ",", count: true}
+              shared: {path: $.body.values, regex: "^all$", count: true}
+              gone: {path: $.body.kind, regex: "^x$", default: nothing}
+        """,
+    )
+    body = {
+        "arn": ["arn:aws:iam::aws:policy/ReadOnlyAccess", "arn:aws:iam::aws:policy/Admin"],
+        "kind": ["u", "g", "r"],
+        "users": ["U1,U2", "U3"],
+        "values": ["123456789012", "all"],
+    }
+    params = load_mappings(folder).map(doc("POST", "h.io", "/", body)).params
+    assert params == {
+        "name": ["ReadOnlyAccess", "Admin"],
+        "kind": ["user", "role"],
+        "users": 3,
+        "shared": 1,
+        "gone": "nothing",  # nothing left of the list: the default
+    }
+
+
 def test_undo_is_rendered_from_the_params(tmp_path: Path) -> None:
     folder = write(
         tmp_path,

@@ -85,6 +85,25 @@ def test_baseline_refund_budget_counts_the_refunds_the_mappings_really_read() ->
     assert refund("/v1/refunds", "-d charge=ch_5 -d amount=200000", "other-bot") == ("ALLOW", ())
 
 
+@pytest.mark.parametrize("first", ["ReadOnlyAccess", "AdministratorAccess"])
+def test_baseline_blocks_an_admin_policy_among_several_values(first: str) -> None:
+    """A PolicyArn that reaches the mapping as a list (a field sent twice, or a JSON array): the
+    policy name is read from each item, so the admin one is seen wherever it is."""
+    config = Config(load_mappings(PROJECT_ROOT / "mappings"), load_policies(BASELINE))
+    arns = [f"arn:aws:iam::aws:policy/{name}" for name in ("ReadOnlyAccess", "AdministratorAccess")]
+    document = doc("POST", "iam.amazonaws.com", "/", {
+        "Action": "AttachUserPolicy", "Version": "2010-05-08", "UserName": "bot",
+        "PolicyArn": arns if first == "ReadOnlyAccess" else arns[::-1],
+    })  # fmt: skip
+    evaluation = evaluate(document, config)
+    assert evaluation.action.params["policy_name"] in (
+        ["ReadOnlyAccess", "AdministratorAccess"], ["AdministratorAccess", "ReadOnlyAccess"],
+    )  # fmt: skip
+    assert (evaluation.verdict.decision, evaluation.verdict.rules) == (
+        "BLOCK", ("aws-admin-policy-blocked",),
+    )  # fmt: skip
+
+
 def test_nothing_matched_gives_the_default_and_says_so() -> None:
     verdict = load_policies(BASELINE).decide(action("http.read", "http"), "agent")
     assert verdict.decision == "ALLOW"
