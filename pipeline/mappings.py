@@ -35,7 +35,7 @@ from airlock.pipeline.mcp import (
 )
 from airlock.pipeline.operations import DEFAULT_CATALOG, Operation, OperationIndex, load_catalog
 from airlock.pipeline.prior import PriorSpec, load_prior_spec
-from airlock.pipeline.redaction import is_secret_name
+from airlock.pipeline.redaction import is_secret_name, redact_path
 from airlock.pipeline.undo import UndoSpec, load_undo_spec
 from airlock.pipeline.yaml_source import (
     ConfigError,
@@ -601,7 +601,9 @@ def fallback_action(document: Document) -> Action:
         target=document["host"],
         params={
             "method": document["method"],
-            "path": document["path"],
+            # With its host in view: a webhook's path is its credential (hooks.slack.com/
+            # services/T…/B…/<secret>), and params are stored and printed as they are.
+            "path": redact_path(document["host"], document["path"]),
             **body_notes(document),
         },
         mapping_id=None,

@@ -9,6 +9,8 @@ that once made it grow (the note at each)."""
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import json
 import textwrap
 import time
@@ -19,7 +21,7 @@ from typing import Any
 import pytest
 from mitmproxy.test import tutils
 
-from airlock.pipeline.document import build_document
+from airlock.pipeline.document import Unreadable, _headers, build_document, decoded_body
 from airlock.pipeline.evaluation import Config, evaluate
 from airlock.pipeline.policies import BLOCK, load_policies
 from airlock.pipeline.redaction import redact_body, redact_document, redact_value
@@ -63,6 +65,37 @@ UNITS = [
     '"a":"',
     "'a':'",
     "a=",
+    # names inside strings, values beside them, commands, phrases, webhook paths
+    "password: ",
+    'password:"',  # a quoted value that never closes
+    '\\"password\\": \\"',  # JSON kept in a string, escaped
+    "\\",
+    "DB_PASSWORD = ",
+    "Api-Key: ",
+    "token%3D",
+    "bearer ",
+    'name="password" value=',
+    "Pwd=",
+    "mysql -p",
+    "mysql ",
+    "docker login -p ",
+    "login ",
+    "--password ",
+    "-u a:",
+    "redis-cli -a ",
+    "configure set secret ",
+    "Your new API key is ",
+    "password is ",
+    "://:",
+    "/services/T0/B0/",
+    "hooks.slack.com/",
+    "/webhooks/12345/",
+    "discord.com/api/webhooks/",
+    "/hooks/catch/1/",
+    "/IncomingWebhook/",
+    '{"a": "{',  # JSON in a string that does not parse
+    '{"password": "',
+    "[",
 ]
 
 
@@ -155,7 +188,9 @@ REQUESTS: dict[str, Callable[[str], None]] = {
 
 
 @pytest.mark.parametrize("place", REQUESTS)
-@pytest.mark.parametrize("unit", ["Credential=", "password", "://", 'name="a"\n', "eyJ", "sk-"])
+@pytest.mark.parametrize(
+    "unit", ["Credential=", "password", "://", 'name="a"\n', "eyJ", "sk-", "password: ", "mysql -p"]
+)
 def test_judging_a_request_takes_time_linear_in_its_size(place: str, unit: str) -> None:
     assert_linear(REQUESTS[place], unit)
 
@@ -203,3 +238,31 @@ def test_a_regex_without_a_linear_time_match_is_a_load_error(
                 decision: BLOCK
         """)  # fmt: skip
     assert "p.yaml:4" in str(error.value) and "RE2" in str(error.value) and said in str(error.value)
+
+
+_EMPTY_GZIP_MEMBER = gzip.compress(b"", mtime=0)  # 20 bytes
+
+
+def _gzip_members(text: str) -> None:
+    """One member per 4 characters: 4,000 members and 32,000 (640 KB)."""
+    with contextlib.suppress(Unreadable):
+        decoded_body(_EMPTY_GZIP_MEMBER * (len(text) // 4), "gzip")
+
+
+# Shapes whose work once grew faster than the request: the unit's characters are what is
+# repeated (the note says what took the time).
+SHAPES: dict[str, tuple[str, Callable[[str], Any]]] = {
+    # a repeated header's values joined one by one: 50,000 fields took 10 s
+    "repeated header fields": ("x" * 8, lambda text: _headers([("x-a", "v")] * len(text))),
+    # zlib's unused_data copied the rest of the body for each gzip member: 1 MiB took 6.6 s
+    "gzip members": ("x" * 4, _gzip_members),
+    "query fields": ("a=1&", lambda text: _judged(
+        b"GET", b"api.stripe.com", b"/v1/charges?" + text.encode(), [], b""
+    )),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_reading_a_request_takes_time_linear_in_its_shape(shape: str) -> None:
+    unit, work = SHAPES[shape]
+    assert_linear(work, unit)

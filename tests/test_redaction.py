@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -9,6 +10,7 @@ from airlock.pipeline.redaction import (
     redact_body,
     redact_document,
     redact_headers,
+    redact_path,
     redact_text,
     redact_value,
     redacted_prefix,
@@ -191,29 +193,42 @@ def test_the_path_as_sent_is_not_kept_where_it_could_hide_a_secret() -> None:
 
 def corpus_requests() -> list[tuple[str, str, list[tuple[str, str]], bytes, str]]:
     """The corpus as requests an SDK would send: (method, path, headers, body, content type)
-    for a JSON body, a form body and an XML body, secrets in headers and the query string."""
+    for a JSON body, a form body and an XML body, secrets in headers, the query string and
+    the paths."""
     import json
     from urllib.parse import quote, urlencode
 
     from tests.secret_corpus import CORPUS
 
-    headers = [(w.split(":", 1)[1], v) for _, w, v in CORPUS if w.startswith("header:")]
-    query = urlencode([(w.split(":", 1)[1], v) for _, w, v in CORPUS if w.startswith("query:")])
-    note = " and ".join(v for _, w, v in CORPUS if w == "text")
+    def planted(kind: str) -> list[tuple[str, str]]:
+        """(name or template, value) of the entries planted as `kind:…`."""
+        return [(w.split(":", 1)[1], v) for _, w, v in CORPUS if w.startswith(f"{kind}:")]
+
+    headers = planted("header")
+    query = urlencode(planted("query"))
+    texts = [v for _, w, v in CORPUS if w == "text"]
+    texts += [template.format(v) for template, v in planted("text")]
+    note = " and ".join(texts)
     url = next(v for _, w, v in CORPUS if w == "url")
-    fields = {w.split(":", 1)[1]: v for _, w, v in CORPUS if w.startswith("json:")}
-    body = json.dumps({**fields, "note": note, "callback": f"https://{url}@hooks.example.com/x"})
+    fields = dict(planted("json"))
+    payload = json.dumps(dict(planted("nested")))  # a JSON document kept as a string
+    environment = [{"name": name, "value": v} for name, v in planted("pair")]
+    body = json.dumps({**fields, "note": note, "payload": payload, "environment": environment,
+                       "callback": f"https://{url}@hooks.example.com/x"})  # fmt: skip
     form = "&".join(
-        f"{quote(w.split(':', 1)[1], safe='[]')}={quote(v)}"
-        for _, w, v in CORPUS
-        if w.startswith("form:")
+        f"{quote(name, safe='[]')}={quote(v)}"
+        for name, v in [("grant_type", "authorization_code"), *planted("form")]
     )
     xml = next(v for _, w, v in CORPUS if w == "xml")
-    xml_body = f"<Login><User>ops</User><Password>{xml}</Password></Login>"
+    entries = "".join(
+        f"<Entry><Key>{name}</Key><Value>{v}</Value></Entry>" for name, v in planted("xml-pair")
+    )
+    xml_body = f"<Login><User>ops</User><Password>{xml}</Password>{entries}</Login>"
+    paths = [template.format(v) for template, v in planted("path")] + ["/v1/forms", "/v1/config"]
     return [
         ("POST", f"/v1/things?{query}", headers, body.encode(), "application/json"),
-        ("POST", "/v1/forms", headers, form.encode(), "application/x-www-form-urlencoded"),
-        ("PUT", "/v1/config", headers, xml_body.encode(), "application/xml"),
+        ("POST", paths[0], headers, form.encode(), "application/x-www-form-urlencoded"),
+        ("PUT", paths[1], headers, xml_body.encode(), "application/xml"),
     ]
 
 
@@ -351,3 +366,217 @@ def test_a_secret_named_in_text_loses_its_value_after_a_colon(text: str, kept: s
     redacted = redact_text(text)
     assert "hunter2Secret" not in redacted and redacted.startswith(kept + REDACTED)
     assert "hunter2Secret" not in redacted_prefix(text, 1000)
+
+
+HOOK_SECRET = "Xy9SecretHookPart0Xy9SecretHookPart0"
+
+
+@pytest.mark.parametrize(
+    ("host", "kept", "after"),
+    [
+        ("hooks.slack.com", "/services/T0AB12CD/B0EF34GH/", ""),
+        ("hooks.slack.com", "/workflows/T0AB12CD/A0EF34GH/4242/", ""),
+        ("hooks.slack.com", "/triggers/T0AB12CD/4242/", ""),
+        ("hooks.slack.com", "/services/xteam/", ""),  # not the usual ids: by its host
+        ("discord.com", "/api/webhooks/123456789012345678/", ""),
+        ("discord.com", "/api/v10/webhooks/1234567890123/", "/messages/1"),
+        ("hooks.zapier.com", "/hooks/catch/123456/", "/"),
+        ("acme.webhook.office.com", "/webhookb2/a@b/IncomingWebhook/", ""),
+        ("maker.ifttt.com", "/trigger/deploy/with/key/", ""),
+    ],
+)
+def test_a_webhook_whose_path_is_its_credential_loses_it_everywhere_the_path_is_kept(
+    host: str, kept: str, after: str
+) -> None:
+    """The path is redacted with its host in view: in the record's path and request, in the
+    params of a request no mapping knows (stored, and printed on the console), in URLs in
+    text, and (where its shape says so without the host) in mitmproxy's log of a request line
+    it could not parse."""
+    import logging
+
+    from airlock.pipeline.mappings import fallback_action
+    from airlock.pipeline.redaction import RedactingFilter
+
+    path = f"{kept}{HOOK_SECRET}{after}"
+    document = {"method": "POST", "scheme": "https", "host": host, "port": 443, "path": path,
+                "query": {}, "headers": {}, "body": {"text": "hi"}, "agent": "a"}  # fmt: skip
+    stored = redact_document(document)
+    assert stored["path"] == f"{kept}{REDACTED}{after}"
+    assert redact_path(host, path) == stored["path"]
+    assert fallback_action(document).params["path"] == stored["path"]
+    assert HOOK_SECRET not in json.dumps(stored)
+    said = redact_text(f"posted to https://{host}{path}")
+    assert said == f"posted to https://{host}{stored['path']}"
+    line = f"POST {path} HTTP/1.1 x"
+    record = logging.LogRecord(
+        "mitmproxy.proxy.server", logging.INFO, "", 0, "Bad HTTP request line: %r", (line,), None
+    )
+    RedactingFilter().filter(record)
+    assert (HOOK_SECRET in record.getMessage()) == (kept == "/services/xteam/")
+
+
+def test_paths_of_other_hosts_stay_readable() -> None:
+    for host, path in [("api.stripe.com", "/v1/customers/cus_9s6XKzkNRiz8i3/sources"),
+                       ("api.github.com", "/repos/acme/services/hooks/42"),
+                       ("slack.com", "/api/chat.postMessage")]:  # fmt: skip
+        assert redact_path(host, path) == path
+
+
+SECRET_IN = "Pl4nted-Secret-Value"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        json.dumps({"password": SECRET_IN, "user": "ann"}),
+        json.dumps({"payload": json.dumps({"client_secret": SECRET_IN})}),  # twice nested
+        f'config: {{"apiKey": "{SECRET_IN}"}}',
+        f'{{"settings": "{{\\"db_password\\": \\"{SECRET_IN}\\"}}"}} and more',  # escaped
+        f"DB_PASSWORD = {SECRET_IN}",
+        f"[default]\naws_secret_access_key = {SECRET_IN}\n",
+        f"Api-Key: {SECRET_IN}",
+        f'curl -s -H "X-Api-Key: {SECRET_IN}" https://api.example.com/v1/things',
+        f'curl -H "Authorization: Bearer {SECRET_IN}" https://x',
+        f"mysql -uroot -p{SECRET_IN} -e 'select 1'",
+        f"psql --password {SECRET_IN}",
+        f"curl -u admin:{SECRET_IN} https://x",
+        f"docker login -u bot -p {SECRET_IN} registry.example.com",
+        f"deploy --api-key '{SECRET_IN}' --env prod",
+        f"redis-cli -h cache -a {SECRET_IN} ping",
+        f"vault login {SECRET_IN}",
+        f"aws configure set aws_secret_access_key {SECRET_IN}",
+        f'export GITHUB_TOKEN="{SECRET_IN}"',
+        f"kubectl create secret generic db --from-literal=password={SECRET_IN}",
+        f'<Param name="password" value="{SECRET_IN}"/>',
+        f"Server=db;Uid=app;Pwd={SECRET_IN};",
+        f"redis://:{SECRET_IN}@cache:6379",
+        f"https://a.blob.core.windows.net/c/b?sv=2021&sig={SECRET_IN}",
+        f"bearer {SECRET_IN}",
+        f"https%253A%252F%252Fx%252F%253Ftoken%253D{SECRET_IN}",
+        f"Created key. Your new API key is {SECRET_IN}",
+        f"created user; initial password is {SECRET_IN}",
+        f"url=https://x.example/cb?pw={SECRET_IN}",  # a name after a value without a secret
+    ],
+)
+def test_a_secret_named_inside_a_string_is_redacted(text: str) -> None:
+    """Strings inside JSON values (a Guard API call's Bash command or file content, an MCP
+    tool's arguments, a JSON body's fields) and text (an outcome's detail, a tool's output, a
+    log line) lose the values of names that say they hold a secret, not only token shapes."""
+    for kept in (
+        redact_value({"command": text}),
+        redact_value([text]),
+        redact_body(text),
+        redacted_prefix(text, 4000),
+        redact_text(text),
+    ):
+        assert SECRET_IN not in json.dumps(kept), kept
+
+
+def test_json_kept_in_a_string_is_rewritten_only_when_something_in_it_went() -> None:
+    config = json.dumps({"database": {"host": "db", "password": SECRET_IN}, "port": 5432}, indent=2)
+    clean = redact_value({"content": config})["content"]
+    assert json.loads(clean) == {"database": {"host": "db", "password": REDACTED}, "port": 5432}
+    plain = json.dumps({"host": "db", "retries": [1, 2]}, indent=2)
+    assert redact_value({"content": plain}) == {"content": plain}  # byte for byte
+    assert redact_value({"note": "[not json"}) == {"note": "[not json"}
+
+
+def test_json_kept_in_a_string_is_read_no_deeper_than_a_body() -> None:
+    """Levels inside a string count with those around it: past a body's depth the string is
+    redacted as text, still by name."""
+    inner = json.dumps({"password": SECRET_IN})
+    for _ in range(3):
+        inner = json.dumps({"wrapped": inner})  # JSON in a string in a string in a string
+    assert SECRET_IN not in json.dumps(redact_value({"payload": inner}))
+    deep = "[" * 70 + json.dumps({"password": SECRET_IN}) + "]" * 70
+    assert SECRET_IN not in json.dumps(redact_value({"payload": deep}))
+    held: Any = {"payload": json.dumps([[[{"password": SECRET_IN}]]])}
+    for _ in range(62):
+        held = {"level": held}
+    assert SECRET_IN not in json.dumps(redact_value(held))
+
+
+@pytest.mark.parametrize(
+    ("pairs", "secret"),
+    [
+        ({"environment": [{"name": "DB_PASSWORD", "value": SECRET_IN}]}, True),  # ECS
+        ({"headers": [{"name": "Authorization", "value": SECRET_IN}]}, True),  # HAR
+        ({"Entry": {"Key": "db_password", "Value": SECRET_IN}}, True),  # XML Key/Value
+        ({"Parameters": [{"ParameterKey": "DbPassword", "ParameterValue": SECRET_IN}]}, True),
+        ({"env": [{"name": "STRIPE_KEY", "value": SECRET_IN}]}, True),  # an env var's _KEY
+        ({"environment": [{"name": "LOG_LEVEL", "value": "debug"}]}, False),
+        ({"Tags": [{"Key": "team", "Value": "payments"}]}, False),
+    ],
+)
+def test_the_value_beside_a_secret_name_is_redacted(pairs: dict[str, Any], secret: bool) -> None:
+    clean = json.dumps(redact_value(pairs))
+    assert (SECRET_IN not in clean and REDACTED in clean) if secret else clean == json.dumps(pairs)
+
+
+def test_an_oauth_code_is_a_secret_in_a_token_request_and_a_code_elsewhere_is_not() -> None:
+    token_request = {"grant_type": "authorization_code", "code": "4/0AX" + SECRET_IN,
+                     "code_verifier": SECRET_IN, "redirect_uri": "https://app/cb"}  # fmt: skip
+    assert redact_value(token_request) == {**token_request, "code": REDACTED,
+                                           "code_verifier": REDACTED}  # fmt: skip
+    kept = [{"code": "print('hello')", "language": "python"}, {"error": {"code": "card_declined"}}]
+    assert redact_value(kept) == kept
+
+
+def test_new_credential_headers_and_names_are_redacted() -> None:
+    import base64
+
+    registry = base64.b64encode(json.dumps({"username": "u", "password": SECRET_IN}).encode())
+    headers = {
+        "x-authorization": SECRET_IN, "authentication": SECRET_IN, "x-auth": SECRET_IN,
+        "x-forwarded-authorization": f"Bearer {SECRET_IN}", "cookie2": f"sid={SECRET_IN}",
+        "x-session": SECRET_IN, "x-registry-auth": registry.decode(),
+        "x-sentry-auth": f"Sentry sentry_version=7, sentry_key={SECRET_IN}",
+    }  # fmt: skip
+    assert SECRET_IN not in json.dumps(redact_headers(headers))
+    fields = {"pw": SECRET_IN, "passcode": SECRET_IN, "pin_code": SECRET_IN, "pin": SECRET_IN}
+    assert set(redact_value(fields).values()) == {REDACTED}
+    assert redact_text(f"sentry_key={SECRET_IN}") == f"sentry_key={REDACTED}"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "mkdir -p /srv/app && cp -p a b",
+        "find . -name '*.py' -print -prune",
+        "ssh -p 2222 deploy@host",
+        "psql -U app -d orders -c 'select 1'",
+        "the password is required",
+        "Error: token is expired.",
+        "git log --author=ann --since=2.weeks",
+        "docker run -p 8080:80 nginx",
+        '{"bindings_version": "16.0.0", "lang": "python"}',
+        "max_tokens: 4096, key: photos/a.jpg, partition_key=p1",
+    ],
+)
+def test_commands_and_messages_without_secrets_stay_readable(text: str) -> None:
+    assert redact_text(text) == text
+
+
+def test_redacting_twice_changes_nothing_more() -> None:
+    for text in (f"password: {SECRET_IN}", f'{{"token": "{SECRET_IN}"}}', f"curl -u a:{SECRET_IN}",
+                 f"Authorization: Bearer {SECRET_IN}", f"password={SECRET_IN}&x=1"):  # fmt: skip
+        once = redact_text(text)
+        assert redact_text(once) == once
+
+
+def test_a_tool_result_that_tells_a_new_key_keeps_it_out_of_the_outcome() -> None:
+    """An MCP tool's answer is stored as its outcome: a key it says, a password in JSON kept in
+    a string, an INI line, all go."""
+    from airlock.pipeline.mcp import tool_outcome
+
+    said = (
+        f"Created key. Your new API key is {SECRET_IN}1\n"
+        f'config: {{"settings": "{{\\"db_password\\": \\"{SECRET_IN}2\\"}}"}}\n'
+        f"aws_secret_access_key = {SECRET_IN}3"
+    )
+    request = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+               "params": {"name": "create_key", "arguments": {}}}  # fmt: skip
+    result = {"jsonrpc": "2.0", "id": 1, "result": {"content": [{"type": "text", "text": said}]}}
+    kept = tool_outcome(request, json.dumps(result).encode(), "application/json")
+    assert kept is not None and "Created key" in kept["text"]
+    assert SECRET_IN not in json.dumps(kept)
