@@ -12,6 +12,9 @@ import logging
 import threading
 import urllib.request
 
+from airlock.addons.notify import shown_url
+from airlock.pipeline.redaction import redact_text
+
 log = logging.getLogger(__name__)
 TIMEOUT = 5.0
 
@@ -59,4 +62,7 @@ class Witness:
             self.sent += 1
         except OSError as e:  # URLError, HTTPError, timeouts: all OSError
             self.failed += 1
-            log.warning("the witness at %s did not take the checkpoint: %s", self.url, e)
+            # Its path or query may be its credential: scheme and host only
+            shown = shown_url(self.url)
+            why = redact_text(str(e))
+            log.warning("the witness at %s did not take the checkpoint: %s", shown, why)
