@@ -21,8 +21,10 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from airlock.console.running import Running, announce, running_proxies
+from airlock.console.untrusted import escaped, shown, visible
 from airlock.store.anchor import PUBLIC_FILE
 from airlock.store.locations import (
     PACKAGE_ROOT,
@@ -994,7 +996,7 @@ def cmd_pending(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([item.__dict__ for item in items], indent=2))
         return 0
-    console = Console(highlight=False)
+    console = Console(highlight=False, emoji=False)
     if not items:
         console.print("No requests are waiting for approval.")
         return 0
@@ -1003,16 +1005,16 @@ def cmd_pending(args: argparse.Namespace) -> int:
         return 0
     table = Table("approval", "agent", "action", "target", "params", "why held", "undo", "left")
     now = time.time()
-    for item in items:
+    for item in items:  # every cell a Text: a str cell is read as markup (`[/x]` in a target)
         table.add_row(
-            item.id[:12],
-            item.agent,
-            item.action,
-            item.target,
-            _flat_params(item.params) + _edited(item),
-            item.reason,
-            item.undo["action"] if item.undo else "none known",
-            f"{max(0, item.expires_at - now):.0f}s",
+            Text(item.id[:12]),
+            shown(item.agent),
+            shown(item.action),
+            shown(item.target),
+            shown(_flat_params(item.params) + _edited(item), lines=True),
+            shown(item.reason),
+            shown(item.undo["action"] if item.undo else "none known"),
+            Text(f"{max(0, item.expires_at - now):.0f}s"),
         )
     console.print(table)
     return 0
@@ -1022,7 +1024,7 @@ WIDE_TABLE = 120  # columns below which approvals print as blocks: a table would
 
 
 def _flat_params(params: dict[str, Any]) -> str:
-    return " ".join(f"{k}={v}" for k, v in params.items() if not isinstance(v, dict))
+    return visible(" ".join(f"{k}={v}" for k, v in params.items() if not isinstance(v, dict)))
 
 
 def _edited(item: Any) -> str:
@@ -1030,7 +1032,8 @@ def _edited(item: Any) -> str:
     if not item.edit:
         return ""
     agree = " ".join(f"--set {name}={value}" for name, value in item.edit["params"].items())
-    return f"\n  edited by {item.edit.get('by')} (version {item.edit.get('version')}): {agree}"
+    by, version = item.edit.get("by"), item.edit.get("version")
+    return f"\n  edited by {visible(by)} (version {version}): {visible(agree)}"
 
 
 def _print_pending_cards(console: Console, items: list[Any]) -> None:
@@ -1038,12 +1041,14 @@ def _print_pending_cards(console: Console, items: list[Any]) -> None:
     now = time.time()
     for item in items:
         left = f"{max(0, item.expires_at - now):.0f}s left"
-        console.print(f"[bold]{item.id[:12]}[/]  {item.agent}  {item.action} → {item.target}"
-                      f"  ({left}, risk {item.risk})")  # fmt: skip
+        console.print(Text.assemble((item.id[:12], "bold"), f"  {visible(item.agent)}  "
+                                    f"{visible(item.action)} → {visible(item.target)}"
+                                    f"  ({left}, risk {item.risk})"))  # fmt: skip
         console.print(f"  params: {_flat_params(item.params) or 'none'}{_edited(item)}",
                       markup=False)  # fmt: skip
-        console.print(f"  why held: {item.reason}", markup=False)
-        console.print(f"  undo: {item.undo['action'] if item.undo else 'none known'}\n")
+        console.print(f"  why held: {visible(item.reason)}", markup=False)
+        console.print(f"  undo: {visible(item.undo['action']) if item.undo else 'none known'}\n",
+                      markup=False)  # fmt: skip
 
 
 def cmd_decide(args: argparse.Namespace) -> int:
@@ -1093,7 +1098,7 @@ def cmd_runs_show(args: argparse.Namespace) -> int:
             plan = {"cannot": str(e)}
         print(json.dumps({**view.__dict__, "undo": plan}, indent=2, default=str))
         return 0
-    show_run(Console(highlight=False), view, mappings)
+    show_run(Console(highlight=False, emoji=False), view, mappings)
     return 0
 
 
@@ -1109,8 +1114,9 @@ def cmd_undo(args: argparse.Namespace) -> int:
     except CannotUndo as e:
         print(f"airlock undo: run {run_id} cannot be undone: {e}", file=sys.stderr)
         return 1
-    console = Console(highlight=False)
-    console.print(f"Undo run {run_id} ({view.run['action']} → {view.run['target']}):")
+    console = Console(highlight=False, emoji=False)
+    console.print(f"Undo run {run_id} ({visible(view.run['action'])} → "
+                  f"{visible(view.run['target'])}):", markup=False)  # fmt: skip
     print_plan(console, plan, run_id)
     if not args.execute:
         return 0
@@ -1139,7 +1145,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print_report(Console(highlight=False), args.agent, report)
+        print_report(Console(highlight=False, emoji=False), args.agent, report)
     return 0
 
 
@@ -1207,29 +1213,32 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def print_explanation(report: dict) -> None:  # type: ignore[type-arg]
-    console = Console(highlight=False)
+    """Every value from the request (or derived from it) escaped: the request may be an agent's."""
+    console = Console(highlight=False, emoji=False)
     request = report["request"]
-    console.print(f"[bold]Request[/] {request['method']} {request['scheme']}://{request['host']}"
-                  f"{request['path']}  (agent {request['agent']})")  # fmt: skip
+    said = f"{request['method']} {request['scheme']}://{request['host']}{request['path']}"
+    console.print(f"[bold]Request[/] {escaped(said)}  (agent {escaped(request['agent'])})")
     console.print_json(json.dumps(request))
     if report["not_matched"]:
         console.print("[bold]Mappings tried first[/]")
         for item in report["not_matched"]:
-            console.print(f"  {item['mapping']}: {item['why']}")
-    console.print(f"[bold]Operation[/] {report['operation'] or 'not identified'}")
+            console.print(f"  {escaped(item['mapping'])}: {escaped(item['why'])}")
+    console.print(f"[bold]Operation[/] {escaped(report['operation'] or 'not identified')}")
     fallback = "none (derived from the operation)" if report["operation"] else "none (fallback)"
-    console.print(f"[bold]Mapping[/] {report['mapping'] or fallback}")
+    console.print(f"[bold]Mapping[/] {escaped(report['mapping'] or fallback)}")
     console.print(
-        f"[bold]Action[/] {report['action']} ({report['provider']}, {report['category']}, "
-        f"{report['sensitivity']}) → {report['target']}"
+        f"[bold]Action[/] {escaped(report['action'])} ({escaped(report['provider'])}, "
+        f"{report['category']}, {report['sensitivity']}) → {escaped(report['target'])}"
     )
-    console.print(f"[bold]Params[/] {json.dumps(report['params'])}")
+    console.print(f"[bold]Params[/] {escaped(json.dumps(report['params']))}")
     if report["context"]:
-        console.print(f"[bold]Context[/] {json.dumps(report['context'])}")
+        console.print(f"[bold]Context[/] {escaped(json.dumps(report['context']))}")
     if report["undo"]:
-        console.print(f"[bold]Undo[/] {json.dumps(report['undo'])}")
+        console.print(f"[bold]Undo[/] {escaped(json.dumps(report['undo']))}")
     style = {"ALLOW": "green", "BLOCK": "red", "REQUIRE_APPROVAL": "yellow"}[report["decision"]]
-    console.print(f"[bold]Decision[/] [{style}]{report['decision']}[/] — {report['reason']}")
+    console.print(
+        f"[bold]Decision[/] [{style}]{report['decision']}[/] — {escaped(report['reason'])}"
+    )
     console.print(f"[bold]Rules fired[/] {', '.join(report['rules']) or 'none'}")
 
 

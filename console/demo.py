@@ -25,6 +25,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from airlock.console.untrusted import escaped, shown
+
 HOSTS = ("api.stripe.com", "slack.com", "api.github.com", "s3.amazonaws.com", "api.example.com")
 AGENT = "demo-agent"
 REVIEWER = "demo-reviewer"
@@ -143,7 +145,7 @@ def _decide_for_the_reviewer(work: Path, console: Console) -> None:
              str(work), "--reviewer", REVIEWER, "--reason", reason],
             check=True, capture_output=True,
         )  # fmt: skip
-        console.print(f"$ airlock {verb} {approval.id[:8]}   # {approval.action}")
+        console.print(f"$ airlock {verb} {approval.id[:8]}   # {escaped(approval.action)}")
 
 
 def _review(work: Path, console: Console) -> None:
@@ -184,7 +186,8 @@ def _summary(work: Path, console: Console) -> int:
     table.add_column("outcome", ratio=4, overflow="fold")
     for result in results:
         style = "green" if result["ok"] else "red"
-        table.add_row(result["call"], result["sdk"], f"[{style}]{result['outcome']}[/]")
+        table.add_row(shown(result["call"]), shown(result["sdk"]),
+                      shown(result["outcome"], style=style))  # fmt: skip
     console.print(table)
     engine = _engine(work)
     try:

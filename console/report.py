@@ -9,6 +9,9 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
+
+from airlock.console.untrusted import shown, visible
 
 DELETING = frozenset({"delete", "terminate", "remove", "destroy", "purge", "archive"})
 TOP = 5
@@ -63,19 +66,21 @@ def _brief(run: dict[str, Any]) -> dict[str, Any]:
 
 
 def print_report(console: Console, agent: str, report: dict[str, Any]) -> None:
-    console.print(f"[bold]Simulated trial of {agent}[/]: {report['writes']} writes, none sent")
+    console.print(Text.assemble((f"Simulated trial of {visible(agent)}", "bold"),
+                                f": {report['writes']} writes, none sent"))  # fmt: skip
     table = Table("action", "writes")
     for action, count in report["by_action"].items():
-        table.add_row(action, str(count))
+        table.add_row(shown(action), Text(str(count)))
     console.print(table)
     if report["by_operation"]:
         console.print(
-            "operations: " + ", ".join(f"{k} x{v}" for k, v in report["by_operation"].items())
+            "operations: " + ", ".join(f"{k} x{v}" for k, v in report["by_operation"].items()),
+            markup=False,
         )
     money = ", ".join(
         f"{amount / 100:,.2f} {currency.upper()}" for currency, amount in report["money"].items()
     )
-    console.print(f"money that would have moved: {money or 'none'}")
+    console.print(f"money that would have moved: {visible(money) or 'none'}", markup=False)
     console.print(f"recipients: {report['recipients']}   instances: {report['instances']}   "
                   f"deletions: {report['deletions']}")  # fmt: skip
     for title, key in (
@@ -84,7 +89,9 @@ def print_report(console: Console, agent: str, report: dict[str, Any]) -> None:
     ):
         console.print(f"[bold]{title}[/]: {len(report[key])}")
         for item in report[key]:
-            console.print(f"  {item['action']} → {item['target']}: {item['reason']}", markup=False)
+            console.print(visible(f"  {item['action']} → {item['target']}: {item['reason']}"),
+                          markup=False)  # fmt: skip
     console.print("[bold]top risks[/]")
     for item in report["top_risks"]:
-        console.print(f"  {item['risk']:>3}  {item['action']} → {item['target']}", markup=False)
+        console.print(visible(f"  {item['risk']:>3}  {item['action']} → {item['target']}"),
+                      markup=False)  # fmt: skip

@@ -23,6 +23,7 @@ from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
 from textual.widgets import DataTable, Footer, Header, Input, Label, Static
 
+from airlock.console.untrusted import shown, visible
 from airlock.pipeline.edits import EditError, plan_edit
 from airlock.pipeline.mappings import load_mappings
 from airlock.store.approvals import (
@@ -48,9 +49,9 @@ class ReasonScreen(ModalScreen[str | None]):
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
 
-    def __init__(self, title: str, required: bool) -> None:
+    def __init__(self, title: str | Text, required: bool) -> None:
         super().__init__()
-        self.title_text = title
+        self.title_text = title if isinstance(title, Text) else Text(title)
         self.required = required
 
     def compose(self) -> ComposeResult:
@@ -93,11 +94,11 @@ class HistoryScreen(Screen[None]):
             table.add_row(
                 time.strftime("%H:%M:%S", time.localtime(run.at)),
                 Text(run.decision, style=_DECISION_STYLE.get(run.decision, "")),
-                run.outcome or "",
-                "" if run.risk is None else str(run.risk),
-                run.agent,
-                run.action,
-                run.target,
+                Text(run.outcome or ""),
+                Text("" if run.risk is None else str(run.risk)),
+                shown(run.agent),  # a str cell is read as markup: `[/x]` in a target ends the app
+                shown(run.action),
+                shown(run.target),
             )
 
 
@@ -167,12 +168,12 @@ class ReviewApp(App[None]):
             risk = "" if item.risk is None else str(item.risk)
             style = "bold red" if (item.risk or 0) >= HIGH_RISK else ""
             table.add_row(
-                item.id[:8],
-                item.agent,
-                item.action,
-                item.target,
+                Text(item.id[:8]),
+                shown(item.agent),  # a str cell is read as markup: `[/x]` in a target ends the app
+                shown(item.action),
+                shown(item.target),
                 Text(risk, style=style),
-                f"{max(0, item.expires_at - now):.0f}s",
+                Text(f"{max(0, item.expires_at - now):.0f}s"),
                 key=item.id,
             )
         if selected in self.items:
@@ -215,7 +216,7 @@ class ReviewApp(App[None]):
             return
         item = self.items[approval_id]
         high_risk = (item.risk or 0) >= HIGH_RISK
-        title = f"Approve {item.action} → {item.target}" + (
+        title = _about("Approve", item) + (
             f" (risk {item.risk}: a reason is required)" if high_risk else "?"
         )
         self.push_screen(
@@ -229,7 +230,7 @@ class ReviewApp(App[None]):
             return
         item = self.items[approval_id]
         self.push_screen(
-            ReasonScreen(f"Deny {item.action} → {item.target}: why?", required=True),
+            ReasonScreen(_about("Deny", item) + ": why?", required=True),
             lambda reason: self._decide(approval_id, DENIED, reason) if reason else None,
         )
 
@@ -239,7 +240,7 @@ class ReviewApp(App[None]):
         if approval_id is None:
             return
         item = self.items[approval_id]
-        title = f"Edit {item.action} → {item.target}: PARAM=VALUE … (e.g. amount=50000)"
+        title = _about("Edit", item) + ": PARAM=VALUE … (e.g. amount=50000)"
         self.push_screen(
             ReasonScreen(title, required=True),
             lambda text: None if not text else self._edit_then_approve(approval_id, text),
@@ -249,7 +250,8 @@ class ReviewApp(App[None]):
         item = self.items[approval_id]
         high_risk = (item.risk or 0) >= HIGH_RISK
         self.push_screen(
-            ReasonScreen(f"Approve {item.action} with {text}?", required=high_risk),
+            ReasonScreen(Text(f"Approve {visible(item.action)} with {visible(text)}?"),
+                         required=high_risk),
             lambda reason: None if reason is None else self.run_worker(
                 self._resolve(approval_id, APPROVED, reason or None, text), exclusive=False
             ),
@@ -264,7 +266,7 @@ class ReviewApp(App[None]):
         try:
             settled = await asyncio.to_thread(self._settle, approval_id, state, reason, edit)
         except (ApprovalError, ValueError) as e:  # an edit's EditError is a ValueError
-            self.notify(str(e), severity="error", timeout=6)
+            self.notify(visible(e), severity="error", timeout=6, markup=False)
         else:
             if settled.state == "PENDING":
                 self.notify(
@@ -307,6 +309,11 @@ class ReviewApp(App[None]):
         await self.refresh_queue()
 
 
+def _about(verb: str, item: PendingApproval) -> Text:
+    """`Approve create_charge → cus_1[/x]`, every character as sent."""
+    return Text(f"{verb} {visible(item.action)} → {visible(item.target)}")
+
+
 def assignments(text: str) -> dict[str, str]:
     """`amount=50000 description="a b"` → {"amount": "50000", "description": "a b"}."""
     found = {}
@@ -326,33 +333,33 @@ def render_detail(item: PendingApproval, history: list[RecordedDecision]) -> Tex
     def section(title: str) -> None:
         text.append(f"\n{title}\n", style="bold underline")
 
-    text.append(f"{item.action}", style="bold")
-    text.append(f"  {item.provider} → {item.target}\n")
+    text.append(visible(item.action), style="bold")
+    text.append(f"  {visible(item.provider)} → {visible(item.target)}\n")
     if item.operation:
         text.append(f"operation {item.operation}\n")
-    text.append(f"agent {item.agent} · {item.category}, {item.sensitivity} · ")
+    text.append(f"agent {visible(item.agent)} · {item.category}, {item.sensitivity} · ")
     text.append(f"held {time.time() - item.created_at:.0f}s, {left:.0f}s left\n")
     if item.required > 1:
-        voters = ", ".join(item.voters) or "nobody yet"
+        voters = visible(", ".join(item.voters)) or "nobody yet"
         text.append(f"needs {item.required} reviewers; approved by {voters}\n", style="yellow")
     section("Why it is held")
-    text.append(f"{item.reason}\nrules: {', '.join(item.rules) or 'none'}\n")
+    text.append(f"{visible(item.reason)}\nrules: {', '.join(item.rules) or 'none'}\n")
     section("Params")
     for name, value in item.params.items():
-        text.append(f"  {name} = {json.dumps(value)}\n")
+        text.append(f"  {visible(name)} = {json.dumps(value)}\n")
     if item.edit:  # what goes out if approved; a reviewer agrees by making the same edit
-        by, version = item.edit.get("by"), item.edit.get("version")
+        by, version = visible(item.edit.get("by")), item.edit.get("version")
         text.append(f"edited by {by} (version {version}), released instead:\n", style="yellow")
         for name, value in item.edit["params"].items():
-            text.append(f"  {name} = {json.dumps(value)}\n", style="yellow")
+            text.append(f"  {visible(name)} = {json.dumps(value)}\n", style="yellow")
     if item.context:
         text.append(f"environment/context: {json.dumps(item.context)}\n")
     section(f"Risk {item.risk if item.risk is not None else '—'}")
     for factor in item.risk_factors or []:
-        text.append(f"  {factor['points']:+d}  {factor['factor']}: {factor['detail']}\n")
+        text.append(f"  {factor['points']:+d}  {factor['factor']}: {visible(factor['detail'])}\n")
     section("Undo")
     if item.undo:
-        text.append(f"  {item.undo.get('action')}: {item.undo.get('description', '')}\n")
+        text.append(f"  {item.undo.get('action')}: {visible(item.undo.get('description', ''))}\n")
         if item.undo.get("params"):
             text.append(f"  {json.dumps(item.undo['params'])}\n")
         if item.undo.get("sends"):
@@ -364,19 +371,19 @@ def render_detail(item: PendingApproval, history: list[RecordedDecision]) -> Tex
         text.append("  no known way to undo this\n", style="red")
     section("Request (redacted)")
     request = item.request or {}
-    text.append(f"{request.get('method', item.method)} {item.host}{item.path}\n")
+    text.append(visible(f"{request.get('method', item.method)} {item.host}{item.path}") + "\n")
     for name, value in (request.get("headers") or {}).items():
-        text.append(f"  {name}: {value}\n", style="dim")
+        text.append(f"  {visible(name)}: {visible(value)}\n", style="dim")
     body = request.get("body")
     if body not in (None, ""):
-        rendered = json.dumps(body, indent=2) if not isinstance(body, str) else body
+        rendered = json.dumps(body, indent=2) if not isinstance(body, str) else visible(body, True)
         text.append(rendered[:4000] + "\n")
-    section(f"Recent history of {item.agent}")
+    section(f"Recent history of {visible(item.agent)}")
     if not history:
         text.append("  nothing recorded before\n")
     for run in reversed(history):
         stamp = time.strftime("%H:%M:%S", time.localtime(run.at))
         text.append(f"  {stamp} ")
         text.append(f"{run.decision:<16}", style=_DECISION_STYLE.get(run.decision, ""))
-        text.append(f" {run.action} → {run.target}\n")
+        text.append(f" {visible(run.action)} → {visible(run.target)}\n")
     return text

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
 
+from airlock.console.untrusted import escaped, visible
 from airlock.pipeline.mappings import MappingIndex
 from airlock.pipeline.undo import CannotUndo, UndoPlan, form_fields, plan_undo
 from airlock.store.runs import RunView
@@ -51,31 +51,33 @@ def undo_plan(view: RunView, mappings: MappingIndex) -> UndoPlan:
 def show_run(console: Console, view: RunView, mappings: MappingIndex) -> None:
     run = view.run
     request = run["request"] or {}
-    console.print(f"[bold]Run {run['id']}[/]  {_when(run['at'])}  agent {escape(run['agent'])}")
-    console.print(f"  {run['action']} → {escape(str(run['target']))}  ({run['provider']}, "
-                  f"{run['category']}, {run['sensitivity']})")  # fmt: skip
+    console.print(f"[bold]Run {run['id']}[/]  {_when(run['at'])}  agent {escaped(run['agent'])}")
+    console.print(f"  {escaped(run['action'])} → {escaped(run['target'])}  "
+                  f"({escaped(run['provider'])}, {run['category']}, "
+                  f"{run['sensitivity']})")  # fmt: skip
     if run["operation"]:
         console.print(f"  operation {run['operation']}  mapping {run['mapping_id'] or '—'}")
     _section(console, "Request (as recorded, redacted)")
-    console.print(f"  {request.get('method')} {request.get('scheme')}://{request.get('host')}"
-                  f"{request.get('path')}", markup=False)  # fmt: skip
+    console.print("  " + visible(f"{request.get('method')} {request.get('scheme')}://"
+                                 f"{request.get('host')}{request.get('path')}"),
+                  markup=False)  # fmt: skip
     for name, value in (request.get("headers") or {}).items():
-        console.print(f"  {name}: {value}", markup=False)
+        console.print(f"  {visible(name)}: {visible(value)}", markup=False)
     if request.get("body") is not None:
         console.print("  " + json.dumps(request["body"], default=str)[:2000], markup=False)
     _section(console, "Decision")
-    console.print(f"  {run['decision']}: {escape(run['reason'])}")
+    console.print(f"  {run['decision']}: {escaped(run['reason'])}")
     console.print(f"  rules: {', '.join(run['rules']) or 'none'}   risk {run['risk']}")
     for factor in run["risk_factors"] or []:
-        console.print(f"    {factor.get('name')} +{factor.get('points')}: "
-                      f"{escape(str(factor.get('why', '')))}")  # fmt: skip
+        console.print(f"    {escaped(factor.get('name'))} +{factor.get('points')}: "
+                      f"{escaped(str(factor.get('why', '')))}")  # fmt: skip
     for approval in view.approvals:
         _section(console, f"Approval {approval['id'][:12]}")
-        by = f" by {approval['reviewer']}" if approval["reviewer"] else ""
-        console.print(f"  {approval['state']}{by}: {escape(approval['reason'] or '')}")
+        by = f" by {escaped(approval['reviewer'])}" if approval["reviewer"] else ""
+        console.print(f"  {approval['state']}{by}: {escaped(approval['reason'] or '')}")
         for vote in approval["votes"]:
-            console.print(f"    vote: {escape(vote['reviewer'])} at {_when(vote['at'])}: "
-                          f"{escape(vote['reason'] or '')}")  # fmt: skip
+            console.print(f"    vote: {escaped(vote['reviewer'])} at {_when(vote['at'])}: "
+                          f"{escaped(vote['reason'] or '')}")  # fmt: skip
     _section(console, "Outcome")
     took = f", upstream {run['upstream_ms']:.0f} ms" if run["upstream_ms"] is not None else ""
     console.print(f"  {run['outcome'] or 'none yet'} (status {run['status']}{took})")
@@ -85,9 +87,10 @@ def show_run(console: Console, view: RunView, mappings: MappingIndex) -> None:
     try:
         print_plan(console, undo_plan(view, mappings), run["id"])
     except CannotUndo as e:
-        console.print(f"  cannot be undone: {escape(str(e))}")
+        console.print(f"  cannot be undone: {escaped(str(e))}")
     for other in view.undone_by:
-        console.print(f"  undone by run {other['id']} ({other['action']}: {other['decision']}, "
+        console.print(f"  undone by run {other['id']} ({escaped(other['action'])}: "
+                      f"{other['decision']}, "
                       f"outcome {other['outcome'] or 'none yet'})")  # fmt: skip
 
 
@@ -100,14 +103,14 @@ def _when(at: float) -> str:
 
 
 def print_plan(console: Console, plan: UndoPlan, run_id: str) -> None:
-    console.print(f"  {plan.action}: {escape(plan.description)}")
+    console.print(f"  {escaped(plan.action)}: {escaped(plan.description)}")
     if plan.aws is not None:
         region = f" (region {plan.aws['region']})" if plan.aws.get("region") else ""
         console.print(f"  AWS {plan.aws['service']} {plan.aws['operation']}{region} "
                       f"{json.dumps(plan.aws.get('params') or {})}", markup=False)  # fmt: skip
         console.print("  signed with your AWS credentials (botocore's: environment, profile)")
     else:
-        console.print(f"  {plan.method} {plan.url}", markup=False)
+        console.print(f"  {plan.method} {visible(plan.url)}", markup=False)
         if plan.auth:
             header = plan.auth.get("header", "Authorization")
             console.print(f"  {header}: {plan.auth.get('scheme', 'Bearer')} ${plan.auth['env']}",

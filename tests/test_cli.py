@@ -246,3 +246,53 @@ def test_a_reviewers_decision_is_checkpointed_so_it_cannot_be_cut_from_the_end_u
                                              resolved_at=None))  # fmt: skip
     assert main(["audit", "verify", *where]) == 1
     assert "the chain was cut" in capsys.readouterr().err
+
+
+# What an agent sent is shown as sent: a `[/x]` in a Stripe id (cus_1%5B%2Fx%5D) is not markup,
+# an escape sequence does not reach the reviewer's terminal.
+MARKUP_TARGET = "customers/cus_1[/x] [bold]:smiley:"
+
+
+@pytest.mark.parametrize("columns", ["200", "80"])
+def test_pending_shows_markup_from_a_request_as_text(
+    columns: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    row = run_row("REQUIRE_APPROVAL", agent="mal[/]lory", action="read_docs[/b]",
+                  target=MARKUP_TARGET + "\x1b[2J", reason="held [red]x[/red]",
+                  params={"note": "[/i]\x1b]8;;https://evil.example\x07"})  # fmt: skip
+    url, _hold = held_in_a_store(tmp_path, row)
+    monkeypatch.setenv("COLUMNS", columns)
+
+    assert main(["pending", "--db", url]) == 0
+    out = capsys.readouterr().out
+    said = "".join(out.split())  # a narrow table wraps cells
+    for sent in ("mal[/]lory", "read_docs[/b]", "cus_1[/x][bold]:smiley:", "held[red]x[/red]",
+                 "note=[/i]"):  # fmt: skip
+        assert sent in said, sent
+    assert "\x1b" not in out and "\\x1b[2J" in said and "\\x07" in said
+
+
+def test_runs_show_and_explain_show_markup_from_a_request_as_text(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from airlock.store.approvals import APPROVED, resolve_approval
+    from airlock.store.schema import open_engine
+
+    row = run_row("REQUIRE_APPROVAL", agent="mal[/]lory", target=MARKUP_TARGET,
+                  action="read_docs[/b]", provider="guard[/u]")  # fmt: skip
+    url, hold = held_in_a_store(tmp_path, row)
+    engine = open_engine(url)
+    resolve_approval(engine, hold.approval_id, APPROVED, "[/]eve", None)
+    engine.dispose()
+
+    assert main(["runs", "show", row.id, "--db", url]) == 0
+    out = capsys.readouterr().out
+    for sent in ("mal[/]lory", MARKUP_TARGET, "read_docs[/b]", "guard[/u]", "by [/]eve"):
+        assert sent in out, sent
+
+    request = tmp_path / "request.http"
+    request.write_text("DELETE https://api.stripe.com/v1/customers/cus_1%5B%2Fx%5D HTTP/1.1\n\n")
+    assert main(["explain", str(request), "--agent", "a[/]b"]) == 0
+    out = capsys.readouterr().out
+    assert "cus_1[/x]" in out and "(agent a[/]b)" in out

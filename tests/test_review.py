@@ -164,3 +164,48 @@ def test_a_screenshot_can_be_saved(store: Engine, tmp_path: Path) -> None:
     saved = Path(asyncio.run(scenario()))
     svg = saved.read_text()
     assert svg.startswith("<svg") and "Airlock" in svg and "billing-bot" in svg
+
+
+def test_markup_and_escapes_from_a_request_are_shown_as_sent(store: Engine) -> None:
+    """A Stripe id `cus_1%5B%2Fx%5D` is the target `customers/cus_1[/x]`: read as markup it
+    ended the queue, the dialog and the history for every reviewer."""
+    target = "customers/cus_1[/x] [bold]\x1b[2J"
+    row = run_row("REQUIRE_APPROVAL", agent="mal[/]lory", action="read_docs[/b]", target=target,
+                  reason="held [red]x[/red]", params={"note": "[/i]"},
+                  request={"method": "DELETE", "headers": {"x-note": "[/s]\x1b[1A"}})  # fmt: skip
+    approval_id = uuid.uuid4().hex
+    write(store, DecisionRecord(row, HoldRequest(approval_id, time.time() + 120, "h" * 64)))
+    write(store, DecisionRecord(run_row("ALLOW", agent="mal[/]lory", target=target)))
+
+    async def scenario() -> None:
+        app = ReviewApp(store, "alice", refresh_seconds=0.1)
+        async with app.run_test(size=(160, 40)) as pilot:
+            await pilot.pause(0.3)
+            queue = app.query_one("#queue", DataTable)
+            cells = [str(cell) for cell in queue.get_row_at(0)]
+            assert cells[1:4] == [
+                "mal[/]lory",
+                "read_docs[/b]",
+                "customers/cus_1[/x] [bold]\\x1b[2J",
+            ]
+            detail = str(app.query_one("#detail", Static).render())
+            for sent in ("customers/cus_1[/x] [bold]\\x1b[2J", "held [red]x[/red]", "note = ",
+                         "x-note: [/s]\\x1b[1A", "Recent history of mal[/]lory"):  # fmt: skip
+                assert sent in detail, sent
+            assert "\x1b" not in detail
+            await pilot.press("a")
+            assert isinstance(app.screen, ReasonScreen)
+            title = str(app.screen.query_one("#reason-title").render())
+            assert "Approve read_docs[/b] → customers/cus_1[/x]" in title
+            await pilot.press("escape")
+            await pilot.press("h")
+            await pilot.pause(0.3)
+            assert isinstance(app.screen, HistoryScreen)
+            history = app.screen.query_one("#history", DataTable)
+            assert history.row_count == 2
+            assert "customers/cus_1[/x] [bold]\\x1b[2J" in [str(c) for c in history.get_row_at(0)]
+            await pilot.press("escape")
+            await pilot.pause(0.3)  # the queue refreshed again, and the app is still up
+
+    asyncio.run(scenario())
+    assert state_of(store, approval_id)[0] == "PENDING"
