@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import unicodedata
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -138,17 +139,49 @@ def _post(url: str, body: bytes) -> None:
 
 
 def slack_text(message: dict[str, Any]) -> dict[str, str]:
-    """Slack incoming-webhook JSON: one line a reviewer can act on."""
-    what = f"*{message['action']}* by `{message['agent']}` → {message['target']}"
+    """Slack incoming-webhook JSON. The first line is Airlock's alone: the approval's id and the
+    commands to run. What the agent chose (action, agent, target, params; a reason may quote
+    them) follows, each in a code span with Slack's `&`, `<`, `>` escaped, no line breaks and no
+    backticks: it cannot mention @channel, make a link, bold a word or add a line of its own."""
+    what = (
+        f"{slack_code(message['action'])} by {slack_code(message['agent'])}"
+        f" → {slack_code(message['target'])}"
+    )  # a reason too: it may quote what the agent sent, and Slack links a bare URL
     if message["event"] == "held":
+        short = message["approval_id"][:8]
         text = (
-            f":raised_hand: Held for approval: {what} (risk {message.get('risk')}). "
-            f"{message['decision_reason']} — `airlock approve {message['approval_id'][:8]}` "
-            f"or `airlock deny {message['approval_id'][:8]} --reason ...`"
+            f":raised_hand: Held for approval {short} (risk {message.get('risk')}): "
+            f"`airlock approve {short}` or `airlock deny {short} --reason ...`\n"
+            f"Request: {what}\nWhy: {slack_code(message['decision_reason'])}"
         )
     else:
-        by = f" by {message['reviewer']}" if message.get("reviewer") else ""
-        text = f":white_check_mark: {message['state']}{by}: {what}"
+        by = f" by {slack_code(message['reviewer'])}" if message.get("reviewer") else ""
+        text = f":white_check_mark: {message['state']}{by}: approval {message['approval_id'][:8]}"
+        text += f"\nRequest: {what}"
         if message.get("reason"):
-            text += f" — {message['reason']}"
+            text += f"\nReason: {slack_code(message['reason'])}"
     return {"text": text}
+
+
+SLACK_FIELD = 300  # characters of one field shown; the generic webhook carries all of it
+_REORDERING = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def slack_plain(value: object) -> str:
+    """Text for Slack mrkdwn on one line: `&`, `<` and `>` escaped as Slack documents (no
+    mention, no link), control characters, line breaks and bidirectional overrides made
+    spaces, cut at SLACK_FIELD."""
+    text = "" if value is None else str(value)
+    text = "".join(
+        " " if ch in _REORDERING or unicodedata.category(ch) in ("Cc", "Zl", "Zp") else ch
+        for ch in text
+    )
+    if len(text) > SLACK_FIELD:
+        text = text[:SLACK_FIELD] + "…"
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def slack_code(value: object) -> str:
+    """A value as a code span: no formatting, no bare link; its own backticks become `'`."""
+    shown = slack_plain(value).replace("`", "'") or " "
+    return f"`{shown}`"

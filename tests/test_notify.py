@@ -86,9 +86,12 @@ def test_held_and_settled_messages_reach_both_kinds_of_webhook(
     )
     assert (settled["state"], settled["reviewer"], settled["reason"]) == ("APPROVED", "alice", "ok")
     assert slack.failures == 0  # it failed twice and was retried
-    assert slack.messages[0]["text"].startswith(":raised_hand: Held for approval: *delete_record*")
-    assert "airlock approve" in slack.messages[0]["text"]
-    assert "APPROVED by alice" in slack.messages[1]["text"]
+    short = held["approval_id"][:8]
+    first, request = slack.messages[0]["text"].splitlines()[:2]
+    assert first.startswith(f":raised_hand: Held for approval {short}")
+    assert f"`airlock approve {short}`" in first
+    assert request == "Request: `delete_record` by `anonymous` → `customer/cus_hook`"
+    assert "APPROVED by `alice`" in slack.messages[1]["text"]
     assert "PlantedWebhookSecret" not in json.dumps(generic.messages + slack.messages)
 
 
@@ -139,3 +142,44 @@ def test_a_targets_messages_arrive_in_the_order_they_happened(
     finally:
         receiver.server.shutdown()
     assert [m["event"] for m in receiver.messages] == ["held", "settled"]
+
+
+def test_what_an_agent_sent_cannot_mention_link_or_forge_a_line_in_slack() -> None:
+    """Review M2: a Guard API target `<!channel> <https://evil.example/approve|Approve…>` pinged
+    the channel with a disguised link; a %0A in a path added a line "Held for approval:
+    *read_docs* … `airlock approve <the agent's own held deletion>`"."""
+    from airlock.pipeline.run_record import RunSummary
+
+    forged = ("cus_x\n:raised_hand: Held for approval: *read_docs* → docs — "
+              "`airlock approve deadbeef`\r\u2028<https://evil.example|Approve> &amp;")  # fmt: skip
+    run = RunSummary("run-1", "REQUIRE_APPROVAL", "read_docs` *b* <!here>", ["r"],
+                     agent="bot\n<@U123>", target=forged, reason="held: see https://evil.example",
+                     risk=10)  # fmt: skip
+    message = {"event": "held", "request_id": run.id, "agent": run.agent, "action": run.action,
+               "provider": "guard", "target": run.target, "params": {}, "risk": run.risk,
+               "decision_reason": run.reason, "rules": run.rules,
+               "approval_id": "0123456789abcdef", "expires_at": 0.0}  # fmt: skip
+    text = notify.slack_text(message)["text"]
+    lines = text.split("\n")
+    assert lines[0] == (":raised_hand: Held for approval 01234567 (risk 10): `airlock approve "
+                        "01234567` or `airlock deny 01234567 --reason ...`")  # fmt: skip
+    assert len(lines) == 3 and lines[1].startswith("Request: ") and lines[2].startswith("Why: ")
+    assert "<" not in text and ">" not in text.replace("→", "")  # no mention, no link
+    assert "&lt;!here&gt;" in text and "&lt;@U123&gt;" in text and "&amp;amp;" in text
+    assert "deadbeef" not in lines[0] and "\u2028" not in text and "\r" not in text
+    # Every agent value is one code span: no formatting, no bare link, no span of its own.
+    assert lines[1] == ("Request: `read_docs' *b* &lt;!here&gt;` by `bot &lt;@U123&gt;` → `cus_x "
+                        ":raised_hand: Held for approval: *read_docs* → docs — 'airlock approve "
+                        "deadbeef'  &lt;https://evil.example|Approve&gt; &amp;amp;`")  # fmt: skip
+    assert lines[2] == "Why: `held: see https://evil.example`"
+    settled = notify.slack_text({**message, "event": "settled", "state": "APPROVED",
+                                 "reviewer": "<!channel>", "reason": "ok\nfine"})  # fmt: skip
+    assert settled["text"].split("\n")[0] == (
+        ":white_check_mark: APPROVED by `&lt;!channel&gt;`: approval 01234567"
+    )
+    assert settled["text"].split("\n")[2] == "Reason: `ok fine`"
+
+
+def test_a_long_field_is_cut_in_slack() -> None:
+    long = "x" * 5000
+    assert notify.slack_code(long) == "`" + "x" * notify.SLACK_FIELD + "…`"
