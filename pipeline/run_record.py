@@ -155,8 +155,18 @@ def retry_key_of(document: Document, exact_hash: str) -> str:
         body.get("ClientToken"),
     ):
         if key:
-            return f"{document['agent']}:{document['host']}:{key}"[:300]
-    return f"{document['agent']}:{exact_hash}"[:300]
+            return f"{_agent_key(document['agent'])}:{document['host']}:{key}"[:300]
+    return f"{_agent_key(document['agent'])}:{exact_hash}"[:300]
+
+
+def _agent_key(agent: str) -> str:
+    """The agent's name in a stored key: as it is, or, when it reads as a secret (without an
+    agents file, a client that put its key where the name goes), a digest that still tells
+    agents apart."""
+    if redact_text(agent) == agent:
+        return agent
+    digest = hashlib.sha256(agent.encode("utf-8", "surrogateescape")).hexdigest()
+    return f"agent-sha256:{digest[:32]}"
 
 
 # Headers that change who acts, on whose account, or how the body is read: an approval binds
@@ -262,6 +272,14 @@ def capped(value: Any) -> Any:
     return value
 
 
+def _risk_factors(evaluation: Evaluation, named: bool) -> Any:
+    """`named`: the agent's name was redacted, and the factors' details quote it."""
+    if evaluation.risk is None:
+        return None
+    factors = evaluation.risk.as_json()
+    return redact_value(factors) if named else factors
+
+
 def run_row(
     run_id: str, instance: str, document: Document, evaluation: Evaluation, decision_ms: float,
     config_hash: str | None = None, known_agents: Container[str] = (),
@@ -309,7 +327,7 @@ def run_row(
         reason=scrub(redact_text(verdict.reason), secrets),
         rules=list(verdict.rules),
         risk=evaluation.risk.score if evaluation.risk else None,
-        risk_factors=evaluation.risk.as_json() if evaluation.risk else None,
+        risk_factors=_risk_factors(evaluation, named=agent != document["agent"]),
         shadow_decision=verdict.shadow.decision if verdict.shadow else None,
         shadow_rules=list(verdict.shadow.rules) if verdict.shadow else None,
         error=scrub(redact_text(evaluation.error), secrets) if evaluation.error else None,

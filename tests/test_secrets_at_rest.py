@@ -74,3 +74,44 @@ def test_the_witness_url_is_logged_as_its_scheme_and_host(
         witness.flush()
     assert witness.failed == 1
     assert "http://127.0.0.1:1" in caplog.text and "Planted" not in caplog.text
+
+
+def test_an_agent_name_that_is_a_key_is_kept_out_of_the_retry_key_and_risk_details() -> None:
+    """The approval's retry key and the risk factors' details ("first http.write by …") quote
+    the agent: a name that reads as a secret is a digest there (agents still told apart), and
+    redacted in the details."""
+    from airlock.pipeline.risk import score
+    from airlock.pipeline.run_record import retry_key_of
+
+    document = {"method": "POST", "scheme": "https", "host": "api.example.com", "port": 443,
+                "path": "/v1/x", "query": {}, "headers": {"idempotency-key": "k1"}, "body": {},
+                "agent": KEY, "body_size": 0}  # fmt: skip
+    other = {**document, "agent": KEY + "0"}
+    assert KEY not in retry_key_of(document, "h") and KEY not in retry_key_of(other, "h")
+    assert retry_key_of(document, "h") != retry_key_of(other, "h")
+    assert (
+        retry_key_of({**document, "agent": "billing-bot"}, "h") == "billing-bot:api.example.com:k1"
+    )
+
+    class NewAgent:  # a past with nothing in it: "first http.write by <agent>"
+        def has_done(self, agent: str, action: str) -> bool:
+            return False
+
+        def has_touched(self, agent: str, target: str) -> bool:
+            return False
+
+        def recent_count(self, agent: str, action: str, seconds: float) -> int:
+            return 0
+
+        def recent_denials(self, agent: str, seconds: float) -> int:
+            return 0
+
+    action = Action("http.write", "http", "write", "medium", "api.example.com", {}, None)
+    risk = score(action, KEY, NewAgent())
+    evaluation = Evaluation(action, Verdict("ALLOW", "ok", ()), risk=risk)
+    assert KEY in json.dumps(evaluation.risk.as_json() if evaluation.risk else None)  # quoted
+    row = run_row("r1", "i", document, evaluation, 1.0)
+    assert row.risk_factors and KEY not in json.dumps(row.risk_factors)
+    named = Evaluation(action, evaluation.verdict, risk=score(action, "billing-bot", NewAgent()))
+    kept = run_row("r2", "i", {**document, "agent": "billing-bot"}, named, 1.0)
+    assert "billing-bot" in json.dumps(kept.risk_factors)
