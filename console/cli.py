@@ -31,6 +31,8 @@ from airlock.store.locations import (
     ca_dir,
     database_url,
     default_data_dir,
+    loose_modes,
+    make_private_dir,
     shipped,
 )
 
@@ -619,6 +621,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if problem:
         print(f"airlock run: {problem}", file=sys.stderr)
         return 2
+    for loose in _loose_modes(args):
+        print(f"airlock run: warning: {loose}", file=sys.stderr)
     confdir = Path(args.confdir).resolve()
     ca_cert = ensure_ca(confdir)
     audit_key = _audit_public_key(args.data_dir)
@@ -685,12 +689,33 @@ def _unwritable(folder: Path, flag: str) -> str | None:
     import tempfile
 
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        make_private_dir(folder)  # 0700 when made here; an existing one is named by _loose_modes
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as e:
         return f"{flag} {folder}: cannot write there ({e.strerror}); choose a folder you can write"
     return None
+
+
+def _loose_modes(args: argparse.Namespace) -> list[str]:
+    """The data directory, the SQLite store and the keys where other OS users can read them:
+    said at start, never changed (an operator may share them on purpose)."""
+    from sqlalchemy.engine import make_url
+
+    from airlock.store.anchor import KEY_FILE as AUDIT_KEY
+    from airlock.store.keys import KEY_FILE as REQUEST_KEY
+    from airlock.store.schema import normalise_url
+
+    private = [args.data_dir / AUDIT_KEY, args.data_dir / REQUEST_KEY,
+               Path(args.confdir) / "mitmproxy-ca.pem"]  # fmt: skip
+    try:
+        parsed = make_url(normalise_url(args.db))
+    except Exception:  # said by the checks before, in their words
+        parsed = None
+    if parsed is not None and parsed.get_backend_name() == "sqlite" and parsed.database:
+        database = Path(parsed.database)
+        private += [database, Path(f"{database}-wal"), Path(f"{database}-shm")]
+    return loose_modes(args.data_dir, private)
 
 
 def _store_unreachable(url: str) -> str | None:

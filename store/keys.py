@@ -27,6 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from airlock.store.approvals import EXPIRED
 from airlock.store.audit import append_events
 from airlock.store.instances import Here, liveness
+from airlock.store.locations import make_private_dir
 from airlock.store.prepared import PENDING, tx_of
 from airlock.store.records import settle_approval
 from airlock.store.schema import Approval, StoreKey, write_transaction
@@ -59,7 +60,7 @@ def load_or_create_request_key(data_dir: Path) -> bytes:
 def _create(path: Path) -> None:
     """Written whole under another name, then linked into place: an instance starting at the
     same moment reads either no key (and makes its own, which loses the race) or all of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dir(path.parent)
     descriptor, draft = tempfile.mkstemp(dir=path.parent, prefix=".request-key-")  # mode 0600
     try:
         with os.fdopen(descriptor, "w") as out:

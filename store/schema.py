@@ -33,7 +33,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from airlock.store.locations import database_url, default_data_dir
+from airlock.store.locations import database_url, default_data_dir, make_private_file
 
 # The embedded default: one SQLite file in the data directory (store/locations.py).
 DEFAULT_DB_URL = database_url(default_data_dir())
@@ -303,7 +303,7 @@ def open_engine(url: str = DEFAULT_DB_URL, durability: str = FULL) -> Engine:
     if parsed.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True)
     if parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        make_private_file(Path(parsed.database))  # 0600 in a new 0700 folder: runs are private
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
     _make_sqlite_durable_and_serial(engine, "FULL" if durability == FULL else "NORMAL")
     return engine
