@@ -447,7 +447,7 @@ def test_a_vendors_body_that_also_says_jsonrpc_ping_is_judged_as_the_vendors_ope
     ("host", "path", "body"),
     [
         ("api.github.com", "/graphql", PING),  # a catalog's host
-        ("mcp.slack.com", "/mcp", call(1, "slack_send_message")),  # a mapping's glob (*.slack.com)
+        ("tools.slack.com", "/mcp", call(1, "slack_send_message")),  # a mapping's glob
         ("api.github.com", "/graphql", [PING, call(2, "delete_repo")]),  # a batch
     ],
 )
@@ -461,6 +461,14 @@ def test_jsonrpc_on_a_vendors_host_that_no_operation_fits_is_refused_and_says_wh
     assert evaluation.failed_stage == "mapping"
     assert f"{host} is a vendor API" in evaluation.verdict.reason
     assert "name it under 'servers:'" in evaluation.verdict.reason
+
+
+def test_slacks_mcp_server_is_declared_and_judged_as_mcp() -> None:
+    """mcp.slack.com lies under slack.yaml's *.slack.com: shipped under `servers:`, its tool
+    calls are MCP (mcp.slack.<tool>), held as undescribed tools, not refused as unknown."""
+    evaluation = evaluate(request(call(1, "slack_send_message"), host="mcp.slack.com"), BASELINE)
+    assert evaluation.action.action == "mcp.slack.slack_send_message"
+    assert (evaluation.verdict.decision, evaluation.failed_stage) == ("REQUIRE_APPROVAL", None)
 
 
 def test_a_jsonrpc_body_where_the_vendor_identifies_the_operation_is_that_operation() -> None:
