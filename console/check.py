@@ -18,7 +18,13 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
-from airlock.pipeline.agents import AGENTS_FILE, REVIEWERS_FILE, load_agents, load_reviewers
+from airlock.pipeline.agents import (
+    AGENTS_FILE,
+    REVIEWERS_FILE,
+    AgentRegistry,
+    load_agents,
+    load_reviewers,
+)
 from airlock.pipeline.consistency import (
     configuration_problems,
     reviewer_role_problems,
@@ -52,6 +58,8 @@ class Report:
     files: int
     problems: list[Problem]
     warnings: list[Problem] = field(default_factory=list)  # what loads, but is likely a mistake
+    # Rules that tell agents apart by a name no agents file makes them prove (names_on_trust)
+    names_on_trust: list[Problem] = field(default_factory=list)
 
 
 @cache
@@ -113,7 +121,33 @@ def check(paths: Iterable[Path]) -> Report:
         )
         for later, earlier in shadowed_mappings(mappings)
     ]
-    return Report(len(files), sorted(problems, key=_position), sorted(warnings, key=_position))
+    trusted = names_on_trust(rules, _agents_beside(rules)) if rules else []
+    return Report(len(files), sorted(problems, key=_position), sorted(warnings, key=_position),
+                  sorted(trusted, key=_position))  # fmt: skip
+
+
+def names_on_trust(rules: Iterable[Rule], agents: AgentRegistry | None) -> list[Problem]:
+    """Rules that count or match per agent or role, or name reviewer roles, while no agents file
+    makes agents prove who they are: a name is then whatever the agent claims
+    (HTTPS_PROXY=http://NAME:x@…), and a new one has a fresh budget and rate, matches no
+    `agent:` condition and is not the agent the self-approval check compares reviewers with."""
+    if agents is not None and agents.required:
+        return []
+    found = []
+    for rule in rules:
+        uses = [f"a {kind} per {counter.per}"
+                for kind, counter in (("budget", rule.budget), ("rate", rule.rate))
+                if counter is not None and counter.per in ("agent", "role")]  # fmt: skip
+        uses += [f"`when: {key}`" for key, _ in rule.field_tests if key in ("agent", "role")]
+        if rule.reviewer_roles:
+            uses.append("reviewer roles")
+        if uses:
+            found.append(Problem(rule.where, f"warning: rule {rule.id!r} uses {', '.join(uses)}, "
+                                 "but no agents file is configured: an agent's name is what it "
+                                 "claims, so another name escapes it; give each agent a key in "
+                                 f"{AGENTS_FILE} beside the policies "
+                                 "(airlock agents key NAME)"))  # fmt: skip
+    return found
 
 
 def _unread_subfolders(paths: list[Path]) -> list[Problem]:

@@ -606,10 +606,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from airlock.pipeline.yaml_source import ConfigError
 
     try:  # the proxy would refuse to start too; say why in one line, before any banner
-        Config.load(Path(args.mappings), Path(args.policies))
+        config = Config.load(Path(args.mappings), Path(args.policies))
     except ConfigError as e:
         print(f"airlock run: {e}", file=sys.stderr)
         return 2
+    _warn_names_on_trust("airlock run", config)
     problem = (
         _ports_taken(args)
         or _unusable_upstream_ca(args.upstream_ca)
@@ -640,6 +641,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     announce(args.data_dir, Running(os.getpid(), args.port, mappings, policies))
     run_proxy(proxy_arguments(args, confdir))
     return 0
+
+
+def _warn_names_on_trust(command: str, config: Any) -> None:
+    """Per-agent budgets, rates, agent and role conditions and reviewer roles, said at start and
+    reload when no agents file makes agents prove their names (console/check.py)."""
+    from airlock.console.check import names_on_trust
+
+    for problem in names_on_trust(config.policies.rules, config.agents):
+        print(f"{command}: {problem}", file=sys.stderr)
 
 
 def _ports_taken(args: argparse.Namespace) -> str | None:
@@ -839,12 +849,13 @@ def cmd_reload(args: argparse.Namespace) -> int:
     for proxy in proxies:  # all checked before any is told: a broken edit reloads nothing
         try:
             with recording_sources() as sources:
-                Config.load(Path(proxy.mappings), Path(proxy.policies))
+                config = Config.load(Path(proxy.mappings), Path(proxy.policies))
         except ConfigError as e:
             print(f"airlock reload: {e}\nnothing was reloaded: the proxies keep deciding with "
                   "their last good configuration", file=sys.stderr)  # fmt: skip
             return 2
         checked.append((proxy, sources_hash(sources)))
+        _warn_names_on_trust("airlock reload", config)
     for proxy, config_hash in checked:
         os.kill(proxy.pid, signal.SIGHUP)
         print(f"proxy on port {proxy.port} (pid {proxy.pid}) told to reload: configuration "
@@ -912,7 +923,11 @@ def print_agent_setup(host: str, port: int, ca_cert: Path) -> None:
         console.print(f"  {line}")
     console.print(f'  stripe.ca_bundle_path = "{ca_cert}"  # stripe-python ignores the variables')
     console.print("  Identify an agent with HTTPS_PROXY=http://AGENT-NAME:x@host:port")
-    console.print("  Then `airlock doctor` in that shell checks every setting.\n")
+    console.print("  Then `airlock doctor` in that shell checks every setting.")
+    console.print("  [bold]Run agents as another OS user[/] (or in a container or on another "
+                  "machine) than this proxy and its reviewers: as your user an agent can run "
+                  "`airlock approve` itself, under any reviewer's name, and edit the store "
+                  "(README: Reviewers, who can approve).\n")  # fmt: skip
     command = _command_hint()
     console.print(f"Reviewers: [bold]{command} review[/] (the console), {command} pending, "
                   f"{command} approve ID.")  # fmt: skip
@@ -1201,9 +1216,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"airlock check: no such file or folder: {missing[0]}", file=sys.stderr)
         return 2
     report = check(paths)
-    for problem in report.problems + report.warnings:
+    warnings = report.warnings + report.names_on_trust
+    for problem in report.problems + warnings:
         print(problem)
-    warned = f", {len(report.warnings)} warning(s)" if report.warnings else ""
+    warned = f", {len(warnings)} warning(s)" if warnings else ""
     if report.problems:
         print(f"{len(report.problems)} problem(s){warned} in {report.files} file(s)",
               file=sys.stderr)  # fmt: skip

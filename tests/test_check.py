@@ -452,3 +452,60 @@ def test_a_policy_filed_in_a_subfolder_is_a_load_error_not_ignored(tmp_path: Pat
     assert str(nested) in str(error.value) and "subfolder" in str(error.value)
     assert any(str(nested) in problem and "subfolder" in problem
                for problem in lines([PROJECT_ROOT / "mappings", policies]))  # fmt: skip
+
+
+def test_rules_that_tell_agents_apart_by_name_warn_without_an_agents_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Review M4: with no agents file an agent's name is what it claims, so a per-agent budget
+    or rate, or an `agent:`/`role:` condition, is escaped by another name. Said by `airlock
+    check`, `airlock run` and `airlock reload`; loaded all the same."""
+    from airlock.console.cli import _warn_names_on_trust, main
+    from airlock.pipeline.agents import hash_key
+    from airlock.pipeline.evaluation import Config
+
+    policies = write(tmp_path / "policies", "p.yaml", """
+        rules:
+          - id: refund-budget
+            when: {action: create_refund}
+            decision: REQUIRE_APPROVAL
+            budget: {param: amount, limit: 200000, window: 24h}
+          - id: charges-per-role
+            when: {action: create_charge}
+            decision: REQUIRE_APPROVAL
+            rate: {limit: 5, window: 1h, per: role}
+          - id: ops-bot-no-deletes
+            when: {agent: ops-bot, action: delete_record}
+            decision: BLOCK
+          - id: everyone-rate
+            when: {action: create_charge}
+            decision: REQUIRE_APPROVAL
+            rate: {limit: 500, window: 1h, per: all}
+        """)  # fmt: skip
+    mappings = PROJECT_ROOT / "mappings"
+    report = check([mappings, policies])
+    assert report.problems == []
+    said = [str(w) for w in report.names_on_trust]
+    assert len(said) == 3, said  # not the rate over all agents
+    assert said[0].startswith(f"{policies}:2:")
+    assert "rule 'refund-budget' uses a budget per agent, " in said[0]
+    assert "but no agents file is configured" in said[0] and "agents key NAME" in said[0]
+    assert "rule 'charges-per-role' uses a rate per role" in said[1]
+    assert "rule 'ops-bot-no-deletes' uses `when: agent`" in said[2]
+
+    assert main(["check", str(mappings), str(policies)]) == 0
+    out = capsys.readouterr().out
+    assert "rule 'refund-budget' uses a budget per agent" in out and "3 warning(s)" in out
+    _warn_names_on_trust("airlock run", Config.load(mappings, policies.parent))
+    err = capsys.readouterr().err
+    assert err.count("airlock run: ") == 3 and "rule 'ops-bot-no-deletes'" in err
+
+    write(policies.parent, "agents.yaml", f"""
+        agents:
+          - {{id: ops-bot, roles: [ops], key_hash: "{hash_key("k")}"}}
+        roles:
+          ops: {{egress: any}}
+        """)  # fmt: skip
+    assert check([mappings, policies.parent]).names_on_trust == []
+    _warn_names_on_trust("airlock run", Config.load(mappings, policies.parent))
+    assert capsys.readouterr().err == ""

@@ -296,3 +296,14 @@ def test_runs_show_and_explain_show_markup_from_a_request_as_text(
     assert main(["explain", str(request), "--agent", "a[/]b"]) == 0
     out = capsys.readouterr().out
     assert "cus_1[/x]" in out and "(agent a[/]b)" in out
+
+
+def test_the_banner_says_to_run_agents_as_another_user(capsys: pytest.CaptureFixture[str]) -> None:
+    """Review H1: as the operator's user an agent runs `airlock approve` itself."""
+    from airlock.console.cli import print_agent_setup
+
+    print_agent_setup("127.0.0.1", 8080, Path("/tmp/ca.pem"))
+    said = " ".join(capsys.readouterr().out.split())
+    assert "export HTTPS_PROXY=http://127.0.0.1:8080" in said
+    assert "Run agents as another OS user (or in a container or on another machine)" in said
+    assert "`airlock approve` itself, under any reviewer's name" in said
