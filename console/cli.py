@@ -610,7 +610,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"airlock run: {e}", file=sys.stderr)
         return 2
-    _warn_names_on_trust("airlock run", config)
     problem = (
         _ports_taken(args)
         or _unusable_upstream_ca(args.upstream_ca)
@@ -622,6 +621,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if problem:
         print(f"airlock run: {problem}", file=sys.stderr)
         return 2
+    _warn_names_on_trust("airlock run", config)  # once it will start: a refusal is one line
     for loose in _loose_modes(args):
         print(f"airlock run: warning: {loose}", file=sys.stderr)
     confdir = Path(args.confdir).resolve()
