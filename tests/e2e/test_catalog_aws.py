@@ -102,6 +102,21 @@ def test_ec2_instances_and_ingress(proxy: Proxy) -> None:
     assert terminated.params["instance_count"] == 3
     assert terminated.params["instance_ids"] == ids
     assert recorded(proxy, "stop_instances").params["instance_count"] == 1
+    rule_id = ec2.describe_security_group_rules(Filters=[{"Name": "group-id", "Values": [group]}])[
+        "SecurityGroupRules"
+    ][0]["SecurityGroupRuleId"]
+    ec2.modify_security_group_rules(
+        GroupId=group,
+        SecurityGroupRules=[
+            {
+                "SecurityGroupRuleId": rule_id,
+                "SecurityGroupRule": {"IpProtocol": "tcp", "FromPort": 443, "ToPort": 443,
+                                      "CidrIpv4": "0.0.0.0/0"},
+            }
+        ],
+    )  # fmt: skip
+    rewritten = recorded(proxy, "change_network_rules", group_id=group)
+    assert (rewritten.params["world_open_ranges"], rewritten.params["cidrs"]) == (1, ["0.0.0.0/0"])
     ingress = recorded(proxy, "open_network_ingress", group_id=group)
     assert ingress.params["world_open_ranges"] == 2
     assert ingress.params["cidrs"] == ["0.0.0.0/0", "10.0.0.0/8"]
