@@ -51,7 +51,7 @@ from airlock.pipeline.document import Document, WireRequest, build_document, min
 from airlock.pipeline.edits import as_approved_edit
 from airlock.pipeline.evaluation import Config, Evaluation, evaluate, evaluate_call
 from airlock.pipeline.history import RISK_WINDOW, History
-from airlock.pipeline.mappings import fallback_action
+from airlock.pipeline.mappings import MCP_CONTEXT, fallback_action
 from airlock.pipeline.outcome import answer_ids
 from airlock.pipeline.policies import ALLOW, BLOCK, ENFORCE, REQUIRE_APPROVAL, Verdict
 from airlock.pipeline.redaction import redact_value
@@ -371,9 +371,8 @@ class DeciderCore:
             evaluation = self._evaluate(document, decide.refusal)
             if decide.edit is not None:
                 approved = approval_terms(self.engine, str(decide.edit.get("approval_id")))
-                evaluation = as_approved_edit(
-                    evaluation, decide.edit, self._hash(document), approved
-                )
+                released = self._hash(document, _judged_as_mcp(evaluation.action.context))
+                evaluation = as_approved_edit(evaluation, decide.edit, released, approved)
         except Exception as e:  # fail closed, and on record
             document = minimal_document(request, decide.agent)
             evaluation = failed_evaluation(document, e)
@@ -451,11 +450,12 @@ class DeciderCore:
     ) -> None:  # fmt: skip
         """Record a decision that needs approval with its approval: a new one, or the one
         already open for the same call, which the request joins (never a second approval)."""
-        exact = self._hash(document)
+        mcp = _judged_as_mcp(row.context)  # only then is the JSON-RPC id left out
+        exact = self._hash(document, mcp)
         key = retry_key_of(document, exact)
         approval = self._joinable(key, row.at)
         if approval is None or approval.request_hash != exact:
-            approval, exact = self._joinable_as_before(document, key, row.at, approval, exact)
+            approval, exact = self._joinable_as_before(document, mcp, key, row.at, approval, exact)
         hold = None
         if approval is None:
             hold = self._new_hold(row, exact, key, verdict)
@@ -473,8 +473,9 @@ class DeciderCore:
             if isinstance(written, Joined):
                 found = written.approval_id, written.expires_at, written.request_hash
                 run = replace(decided.run, reason=joins_reason(row.reason, written.approval_id))
-                # An older instance beside this one hashes as Airlock did before (unkeyed)
-                former = written.request_hash in former_request_hashes(document)
+                # An older instance beside this one hashes as Airlock did before
+                formers = former_request_hashes(document, self._key(), mcp=mcp)
+                former = written.request_hash in formers
                 bound = written.request_hash if former else exact
                 return Decided(run, stage, bound, _pending(*found, joined=True))
             return decided
@@ -482,14 +483,15 @@ class DeciderCore:
         taken.results[sequence] = with_what_the_store_found
 
     def _joinable_as_before(
-        self, document: Document, key: str, at: float, approval: ApprovalState | None,
-        exact: str,
+        self, document: Document, mcp: bool, key: str, at: float,
+        approval: ApprovalState | None, exact: str,
     ) -> tuple[ApprovalState | None, str]:  # fmt: skip
         """An approval opened by an earlier Airlock (a store upgraded, or an older instance
-        beside this one) holds the request's hash as that Airlock made it (unkeyed; earlier
-        still, without the bound headers): the same request joins it, found and compared as
-        that approval was made."""
-        for before in former_request_hashes(document):
+        beside this one) holds the request's hash as that Airlock made it (fields joined by
+        newlines; earlier unkeyed; earlier still, without the bound headers): the same request
+        joins it, found and compared as that approval was made. Only a request those forms read
+        one way has them (run_record.former_request_hashes says what bounds this)."""
+        for before in former_request_hashes(document, self._key(), mcp=mcp):
             found = approval
             if found is None:
                 former_key = retry_key_of(document, before)
@@ -498,10 +500,13 @@ class DeciderCore:
                 return found, before
         return approval, exact
 
-    def _hash(self, document: Document) -> str:
+    def _hash(self, document: Document, mcp: bool) -> str:
+        return request_hash(document, self._key(), mcp=mcp)
+
+    def _key(self) -> bytes:
         if self.request_key is None:  # set when the store is prepared, before any decision
             raise RuntimeError("the decider has no request key yet: the store is not prepared")
-        return request_hash(document, self.request_key)
+        return self.request_key
 
     def _joinable(self, key: str, at: float) -> ApprovalState | None:
         """The approval a request with this retry key, decided at `at`, joins: open, or settled
@@ -693,3 +698,9 @@ def _answer(sequence: int, result: Any, written: Any) -> Reply:
 def _pending(approval_id: str, expires_at: float, request_hash: str, joined: bool) -> ApprovalState:
     """An open approval as the request held for it sees it: opened by it, or joined."""
     return ApprovalState(approval_id, PENDING, None, None, expires_at, request_hash, joined)
+
+
+def _judged_as_mcp(context: dict[str, Any] | None) -> bool:
+    """The request was judged as MCP (pipeline/mappings.py judged_as_mcp marks its action so),
+    not merely shaped like it: only then does its approval leave the JSON-RPC id out."""
+    return (context or {}).get("protocol") == MCP_CONTEXT["protocol"]

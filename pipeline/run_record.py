@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import itertools
 import json
 import re
 import time
@@ -185,33 +184,96 @@ _STABLE_SCHEMES = frozenset({"bearer", "basic", "token", "bot"})
 _KEY_FIELDS = re.compile(r'(?:Credential|oauth_consumer_key|oauth_token)="?([^",\s]+)')
 
 
-def request_hash(document: Document, key: bytes) -> str:
-    """Binds an approval to the exact request: method, URL, normalised body, agent, and the
-    headers that say whose request it is and how its body reads (BOUND_HEADERS). An MCP call's
-    JSON-RPC id is left out: calling the same tool again is a retry of the same call. Keyed
-    (HMAC-SHA256, store/keys.py): without the key, the stored hash tells nothing about the
-    credentials or body fields it covers, and guesses of them cannot be tested against it."""
-    return _hash(document, _headers_text(document), key)
+def request_hash(document: Document, key: bytes, *, mcp: bool = False) -> str:
+    """Binds an approval to the exact request: method, URL, how its body was read and the body,
+    agent, and the headers that say whose request it is and how its body reads (BOUND_HEADERS).
+    `mcp`: the request was judged as MCP (pipeline/mappings.py judged_as_mcp); only then is the
+    JSON-RPC id left out, calling the same tool again being a retry of the same call (a vendor's
+    body that merely looks like JSON-RPC keeps it). Keyed (HMAC-SHA256, store/keys.py): without
+    the key, the stored hash tells nothing about the credentials or body fields it covers, and
+    guesses of them cannot be tested against it.
+
+    The fields are hashed as one JSON array (sorted keys, ASCII, no whitespace), which writes
+    each field whole and escaped: no two different field lists give the same text. (Joined by
+    newlines, as before, a path holding `\\n{}\\n` and a shorter body read as another path and
+    body.) Not RFC 8785 (store/audit.py jcs): it makes large integers and lone surrogates text,
+    so 2**60 and "1152921504606846976" would hash alike; only Airlock recomputes this hash."""
+    material = json.dumps(
+        [
+            _FORMAT,
+            document["method"],
+            document["scheme"],
+            document["host"],
+            document["port"],
+            document["path"],
+            document["query"],
+            document.get("body_format"),
+            _hashed_body(document, mcp),
+            document["agent"],
+            _bound_headers(document.get("headers", {})),
+        ],
+        sort_keys=True,
+        ensure_ascii=True,
+        separators=(",", ":"),
+    )
+    return hmac.new(key, material.encode(), hashlib.sha256).hexdigest()
 
 
-def former_request_hashes(document: Document) -> tuple[str, str]:
-    """request_hash as Airlock made it before, unkeyed: with the bound headers (2026-12-05 to
-    2026-12-06), then without them (earlier). Approvals opened with them are still joined
-    (decider/core.py _joinable_as_before); never stored for new ones."""
-    return _hash(document, _headers_text(document), None), _hash(document, None, None)
+_FORMAT = "airlock-request-hash/3"  # the forms before it: former_request_hashes
 
 
-def _headers_text(document: Document) -> str:
-    return json.dumps(_bound_headers(document.get("headers", {})))
+def former_request_hashes(document: Document, key: bytes, *, mcp: bool = False) -> tuple[str, ...]:
+    """request_hash as earlier Airlocks made it, its fields joined by newlines: keyed (from
+    2026-12-06), unkeyed with the bound headers (2026-12-05), unkeyed without them (earlier).
+    Only to join the approvals those Airlocks opened (a store upgraded while some were open, an
+    older instance beside this one: decider/core.py _joinable_as_before); never stored.
+
+    Joined by newlines, a path or text body that holds one reads as other fields: an approval
+    made that way for one request matches another (review M3). What bounds that:
+    - these forms match only approvals an earlier Airlock made: request_hash's text holds no
+      newline, each of these at least seven. So: those open when the store was upgraded, until
+      they expire or are released, and those of an older instance still running beside this
+      one (README: upgrade the instances on one store together);
+    - a request with a newline in a field joined as text (method, scheme, host, path, text
+      body, agent) has none (): it joins only an approval made as request_hash makes it, and
+      is otherwise refused or held anew. Any other request's text splits into its fields one
+      way only, so only an approval made for the same fields has it. Nor has an agent whose
+      name starts like a JSON list: in the oldest form it could stand for the headers of the
+      next (the two forms of one hash function).
+    Otherwise a former form binds what it bound (the oldest, not the content type). It leaves
+    the JSON-RPC id out only for a request judged as MCP now: a vendor's body those Airlocks
+    read as JSON-RPC by its shape no longer joins their approval (refused: the safe side)."""
+    if not _read_one_way(document):
+        return ()
+    headers = json.dumps(_bound_headers(document.get("headers", {})))
+    with_headers = _newline_joined(document, headers, mcp)
+    return (
+        hmac.new(key, with_headers, hashlib.sha256).hexdigest(),
+        hashlib.sha256(with_headers).hexdigest(),
+        hashlib.sha256(_newline_joined(document, None, mcp)).hexdigest(),
+    )
 
 
-def _hash(document: Document, headers: str | None, key: bytes | None) -> str:
+def _hashed_body(document: Document, mcp: bool) -> Any:
     body = document["body"]
-    if jsonrpc_messages(document) is not None:
-        body = without_ids(body)
+    if mcp and jsonrpc_messages(document) is not None:
+        return without_ids(body)
+    return body
+
+
+def _read_one_way(document: Document) -> bool:
+    body = document["body"]
+    joined = (document["method"], document["scheme"], document["host"], document["path"],
+              body if isinstance(body, str) else "", document["agent"])  # fmt: skip
+    return not any("\n" in field for field in joined) and not document["agent"].startswith("[")
+
+
+def _newline_joined(document: Document, headers: str | None, mcp: bool) -> bytes:
+    """What a former form hashed (former_request_hashes), as those Airlocks wrote it."""
+    body = _hashed_body(document, mcp)
     normalised = body if isinstance(body, str) else json.dumps(body, sort_keys=True)
     query = json.dumps(document["query"], sort_keys=True)
-    material = "\n".join(
+    return "\n".join(
         [
             document["method"],
             document["scheme"],
@@ -223,10 +285,7 @@ def _hash(document: Document, headers: str | None, key: bytes | None) -> str:
             document["agent"],
             *([] if headers is None else [headers]),
         ]
-    ).encode()
-    if key is None:
-        return hashlib.sha256(material).hexdigest()
-    return hmac.new(key, material, hashlib.sha256).hexdigest()
+    ).encode("utf-8", "surrogatepass")  # those Airlocks failed on lone surrogates: any form does
 
 
 def _bound_headers(headers: dict[str, str]) -> list[tuple[str, str]]:
@@ -256,42 +315,20 @@ def _credential_of(authorization: str) -> str:
 
 def capped(value: Any) -> Any:
     """What a record keeps of a param: policies decided on the whole value; the store keeps a
-    string over MAX_STORED_TEXT as its start, length and hash, and a list or an object over
-    MAX_STORED_ITEMS as its first items and a count (a 50 MB param once grew the store by
-    299 MB)."""
-    return _texts_capped(pruned(value))
-
-
-def pruned(value: Any) -> Any:
-    """capped's cut of lists and objects alone: taken before redacting, which then walks only
-    what is stored (40,000 tool arguments took 1.1 s). Strings are cut after: cut first, a
-    secret split in two could be missed."""
-    if isinstance(value, dict):
-        if len(value) <= MAX_STORED_ITEMS:
-            return {key: pruned(item) for key, item in value.items()}
-        kept = {key: pruned(value[key]) for key in itertools.islice(value, MAX_STORED_ITEMS)}
-        kept["…"] = f"[{len(value) - MAX_STORED_ITEMS} more keys, {len(value)} in all]"
-        return kept
-    if isinstance(value, list):
-        kept_items = [pruned(item) for item in value[:MAX_STORED_ITEMS]]
-        if len(value) > MAX_STORED_ITEMS:
-            kept_items.append(
-                f"… [{len(value) - MAX_STORED_ITEMS} more items, {len(value)} in all]"
-            )
-        return kept_items
-    return value
-
-
-def _texts_capped(value: Any) -> Any:
+    string over MAX_STORED_TEXT as its start, length and hash, and a list over MAX_STORED_ITEMS
+    as its first items and a count (a 50 MB param once grew the store by 299 MB)."""
     if isinstance(value, str):
         if len(value) <= MAX_STORED_TEXT:
             return value
         digest = hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()
         return f"{value[:256]}… [{len(value)} characters, sha256 {digest}]"
     if isinstance(value, dict):
-        return {key: _texts_capped(item) for key, item in value.items()}
+        return {key: capped(item) for key, item in value.items()}
     if isinstance(value, list):
-        return [_texts_capped(item) for item in value]
+        kept = [capped(item) for item in value[:MAX_STORED_ITEMS]]
+        if len(value) > MAX_STORED_ITEMS:
+            kept.append(f"… [{len(value) - MAX_STORED_ITEMS} more items, {len(value)} in all]")
+        return kept
     return value
 
 
@@ -341,8 +378,8 @@ def run_row(
         target=scrub(redact_text(action.target), secrets),
         mapping_id=action.mapping_id,
         operation=action.operation,
-        params=_texts_capped(scrub(redact_value(pruned(action.params)), secrets)),
-        context=_texts_capped(scrub(redact_value(pruned(action.context)), secrets)),
+        params=capped(scrub(redact_value(action.params), secrets)),
+        context=capped(scrub(redact_value(action.context), secrets)),
         # stored: no secret either
         undo=scrub(redact_value(action.undo), secrets) if action.undo else None,
         request=stored,

@@ -178,21 +178,22 @@ def test_the_same_call_twice_opens_one_approval(core: DeciderCore) -> None:
         assert len(conn.execute(select(Approval.id)).all()) == 1
 
 
-@pytest.mark.parametrize("former", [0, 1], ids=["unkeyed", "without-headers"])
+@pytest.mark.parametrize("former", [0, 1, 2], ids=["newline-joined", "unkeyed", "without-headers"])
 @pytest.mark.parametrize("key", [None, "idem-1"])
 def test_a_call_joins_the_approval_an_older_airlock_opened_for_it(
     core: DeciderCore, key: str | None, former: int
 ) -> None:
     """Approvals opened by an older Airlock (a store upgraded while one was open, an older
-    instance beside this one) hold the hash as it made them: unkeyed, and earlier without the
-    request's identity headers. The same call still joins, found by the key and compared with
-    the hash that approval was made with; another request with the same key still does not."""
+    instance beside this one) hold the hash as it made them: fields joined by newlines, earlier
+    unkeyed, and earlier still without the request's identity headers. The same call still
+    joins, found by the key and compared with the hash that approval was made with; another
+    request with the same key still does not."""
     headers = {"idempotency_key": key} if key else {}
     first = replies(core.handle([Envelope(0, setup()), Envelope(1, charge(150_000, **headers))]))
     opened = first[1].approval
     document = build_document(wire_request(charge(150_000, **headers).request), "a")
-    before = former_request_hashes(document)[former]
-    assert opened.request_hash not in former_request_hashes(document)  # keyed now
+    before = former_request_hashes(document, core.request_key)[former]
+    assert opened.request_hash not in former_request_hashes(document, core.request_key)
     retry_key = f"a:api.stripe.com:{key}" if key else f"a:{before}"
     with core.engine.begin() as conn:  # as an older Airlock wrote it
         opened_row = update(Approval).where(Approval.id == opened.id)
@@ -215,7 +216,7 @@ def test_a_call_racing_an_older_instance_joins_its_approval_as_that_instance_bou
     headers = {"idempotency_key": "idem-race"}
     first = replies(core.handle([Envelope(0, setup()), Envelope(1, charge(150_000, **headers))]))
     document = build_document(wire_request(charge(150_000, **headers).request), "a")
-    unkeyed = former_request_hashes(document)[0]
+    unkeyed = former_request_hashes(document, core.request_key)[1]
     with core.engine.begin() as conn:  # as the older instance wrote it
         conn.execute(update(Approval).values(request_hash=unkeyed))
     monkeypatch.setattr(core_module, "find_approval_for_retry", lambda engine, key: None)
@@ -524,7 +525,7 @@ def test_a_record_keeps_large_values_as_their_start_length_and_hash(core: Decide
     request = tutils.treq(
         method=b"POST", scheme=b"https", host="api.stripe.com", port=443, authority=b"",
         path=b"/v1/charges", headers=[(b"content-type", b"application/x-www-form-urlencoded"),
-                                      (b"x-trace", b"t" * 50_000)],
+                                      (b"x-trace", b"t" * 100_000)],
         content=f"amount=5&currency=usd&description={description}".encode(),
     )  # fmt: skip
     decide = Decide("run-big", "a", None, raw_request(request, None))
@@ -535,7 +536,7 @@ def test_a_record_keeps_large_values_as_their_start_length_and_hash(core: Decide
     text = run.params["description"]
     digest = hashlib.sha256(description.encode()).hexdigest()
     assert text.startswith("d" * 256) and f"[500000 characters, sha256 {digest}]" in text
-    assert "[50000 characters, sha256 " in run.request["headers"]["x-trace"]
+    assert "[100000 characters, sha256 " in run.request["headers"]["x-trace"]
 
 
 @pytest.mark.parametrize("kind", [WorkerDecider, InProcessDecider])

@@ -206,8 +206,8 @@ def test_calling_the_same_tool_again_is_a_retry_of_the_same_call() -> None:
     again = call("b7", "refund", {"charge": "ch_1", "amount": 500})
     again["params"]["_meta"] = {"progressToken": 4}
     other = call(1, "refund", {"charge": "ch_1", "amount": 501})
-    assert request_hash(request(first), KEY) == request_hash(request(again), KEY)
-    assert request_hash(request(first), KEY) != request_hash(request(other), KEY)
+    first, again, other = (request_hash(request(m), KEY, mcp=True) for m in (first, again, other))
+    assert first == again != other  # judged as MCP (decider/core.py _judged_as_mcp)
 
 
 def test_refusals_are_answers_the_model_reads() -> None:

@@ -1,0 +1,40 @@
+"""End to end: an approval releases the request the reviewer saw and no other, whatever its
+fields hold (review M3: a path and a text body that, joined by newlines, hashed alike)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from airlock.console.standins import Upstream
+from tests.e2e.test_gate import airlock, eventually, pending
+from tests.helpers.proxy import Proxy
+
+pytestmark = pytest.mark.e2e
+
+
+def test_an_approval_does_not_release_another_request_that_hashed_alike(
+    start_proxy: Callable[..., Proxy], upstream: Upstream
+) -> None:
+    """A (`POST /v1/ok`, body `X\\n{}\\nBB`) is approved; B (`POST /v1/ok%0A%7B%7D%0AX`, body
+    `BB`), sent as A's retry with its Idempotency-Key, is refused and never reaches the
+    upstream; A's own retry is then released, once."""
+    proxy = start_proxy("--hold-timeout", "1")
+    session = proxy.session(agent="bot")
+    session.headers.update({"Content-Type": "text/plain", "Idempotency-Key": "same-key"})
+    first = session.post("https://api.example.com/v1/ok", data=b"X\n{}\nBB")
+    assert first.status_code == 503  # held, then "approval pending"
+    approval = first.headers["X-Airlock-Approval-Id"]
+    assert eventually(lambda: [p for p in pending(proxy) if p["id"] == approval])
+    approved = airlock("approve", approval, "--reviewer", "alice", "--db", proxy.db_url)
+    assert approved.returncode == 0, approved.stderr
+
+    other = session.post("https://api.example.com/v1/ok%0A%7B%7D%0AX", data=b"BB")
+
+    assert other.status_code == 409, other.text
+    assert "used for a different request" in other.json()["reason"]
+    assert upstream.count("/v1/ok%0A") == 0
+    retried = session.post("https://api.example.com/v1/ok", data=b"X\n{}\nBB")
+    assert retried.status_code == 200
+    assert [(r.path, r.body) for r in upstream.received] == [("/v1/ok", b"X\n{}\nBB")]
