@@ -34,8 +34,8 @@ from airlock.addons.simulations import Simulations
 from airlock.addons.streams import Streams, target
 from airlock.decider.client import DeciderFault
 from airlock.decider.messages import Decide, Decided
-from airlock.pipeline.document import minimal_document
-from airlock.pipeline.evaluation import UNDO_OF
+from airlock.pipeline.document import minimal_document, oversized_head
+from airlock.pipeline.evaluation import UNDO_OF, evaluate
 from airlock.pipeline.policies import BLOCK, REQUIRE_APPROVAL
 from airlock.pipeline.run_record import (
     RunRecord,
@@ -64,6 +64,33 @@ class Gate:
         self.holds = holds
         self.refusals = refusals
         self.simulations = Simulations(runtime, refusals)
+
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        """A head past the limits (MAX_HEADER_FIELDS, MAX_HEAD) is refused as it arrives, and
+        recorded with only its request line: the decider never reads its headers (50,000 of
+        them stalled every agent for 10 s)."""
+        request = flow.request
+        problem = oversized_head(request.method, request.path, request.data.headers.fields)
+        if problem is None or flow.response is not None:
+            return
+        log.warning("refused %s %s: %s", request.method, target(flow), problem)
+        self.runtime.metrics.fail_closed.labels("request").inc()
+        await self.runtime.start_decider()
+        run_id = new_id()
+        flow.metadata["airlock"] = run_id
+        credentials = request.headers.get("proxy-authorization", "")
+        document = {
+            **minimal_document(request, self.identity.agent_of(flow, credentials) or ANONYMOUS),
+            "request_error": problem,
+        }
+        config = self.runtime.config  # a request_error is refused before config is read
+        error = ValueError(problem)
+        evaluation = evaluate(document, config) if config else failed_evaluation(document, error)
+        row = run_row(run_id, self.runtime.instance, document, evaluation, 0.0)
+        row.outcome, row.status = "blocked", 431
+        recorded = await self._record(row)
+        reason = evaluation.verdict.reason
+        self.refusals.refuse(flow, row.summary(), reason, status=431, recorded=recorded)
 
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None:
@@ -178,10 +205,18 @@ class Gate:
         too (then the refusal carries no request id: it would name nothing on record)."""
         try:
             row = self._failed_run(flow.request, run_id, ANONYMOUS, error)
-            row.outcome, row.status = "blocked", 403
-            await asyncio.wait_for(self.runtime.ask().record(DecisionRecord(row)), STORE_TIMEOUT)
         except Exception as e:
             log.error("could not record the refusal of request %s: %s", run_id, e)
+            return False
+        row.outcome, row.status = "blocked", 403
+        return await self._record(row)
+
+    async def _record(self, row: RunRecord) -> bool:
+        """Record a refusal's run; False if the store failed (then its refusal names no id)."""
+        try:
+            await asyncio.wait_for(self.runtime.ask().record(DecisionRecord(row)), STORE_TIMEOUT)
+        except Exception as e:
+            log.error("could not record the refusal of request %s: %s", row.id, e)
             return False
         return True
 

@@ -6,7 +6,14 @@ from typing import Any
 import pytest
 from mitmproxy.test import tutils
 
-from airlock.pipeline.document import build_document, parse_form
+from airlock.pipeline.document import (
+    MAX_HEAD,
+    MAX_HEADER_FIELDS,
+    MAX_NODES,
+    MAX_QUERY_FIELDS,
+    build_document,
+    parse_form,
+)
 
 
 def request(content: bytes, content_type: str, path: str = "/v1/charges", method: str = "POST"):
@@ -176,8 +183,14 @@ def test_xml_bodies_become_objects_with_lists_for_repeats() -> None:
     }
 
 
-def test_xml_with_entities_is_not_parsed() -> None:
-    bomb = b'<?xml version="1.0"?><!DOCTYPE l [<!ENTITY a "aaaa">]><l>&a;&a;</l>'
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16", "utf-16-be", "utf-16-le"])
+def test_xml_with_entities_is_not_parsed(encoding: str) -> None:
+    """Refused by the parser as it meets the DTD: in UTF-16 no byte says `<!DOCTYPE` (802 bytes
+    of nested entities expanded to 8 MB)."""
+    entities = "".join(f'<!ENTITY l{i} "{f"&l{i - 1};" * 10}">' for i in range(1, 6))
+    text = '<?xml version="1.0"?><!DOCTYPE l [<!ENTITY l0 "lol">' + entities + "]><l>&l5;</l>"
+    bom = {"utf-16-be": b"\xfe\xff", "utf-16-le": b"\xff\xfe"}.get(encoding, b"")
+    bomb = bom + text.encode(encoding)
     document = build_document(request(bomb, "text/xml"), "a")
     assert document["body_format"] == "text"
     assert "DTD" in document["body_error"]
@@ -273,3 +286,45 @@ def test_an_answer_that_repeats_a_key_is_still_read_for_its_identifiers() -> Non
     assert answer["response"]["body"] == {"id": 2}
     with pytest.raises(Unreadable, match="repeats the key 'id'"):  # a request's is refused
         parse_body("application/json", b'{"id": 1, "id": 2}')
+
+
+def test_a_head_past_the_limits_is_refused() -> None:
+    """mitmproxy's HTTP/1 reader takes a head of any size; 50,000 fields cost 10 s."""
+    many = request(b"", "text/plain", method="GET")
+    many.headers.fields += tuple((b"x-a", b"v") for _ in range(MAX_HEADER_FIELDS))
+    assert "header fields" in build_document(many, "a")["request_error"]
+    assert build_document(many, "a")["headers"] == {}  # not read
+    long = request(b"", "text/plain", method="GET", path="/v1/charges?q=" + "x" * MAX_HEAD)
+    assert "URL and headers" in build_document(long, "a")["request_error"]
+    repeated = request(b"", "text/plain", method="GET")
+    repeated.headers.fields += ((b"X-Trace", b"2"), (b"x-trace", b"3"))
+    assert build_document(repeated, "a")["headers"]["x-trace"] == "1, 2, 3"
+
+
+def test_a_query_of_too_many_fields_is_refused() -> None:
+    fields = "&".join(["a"] * (MAX_QUERY_FIELDS + 1))
+    document = build_document(request(b"", "", method="GET", path="/v1/charges?" + fields), "a")
+    assert f"more than {MAX_QUERY_FIELDS} fields" in document["request_error"]
+    fields = "&".join(f"k{i}" for i in range(MAX_QUERY_FIELDS))
+    document = build_document(request(b"", "", method="GET", path="/v1/charges?" + fields), "a")
+    assert "request_error" not in document and len(document["query"]) == MAX_QUERY_FIELDS
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        # 9,000 keys nested 30 levels took 2.4 s to parse
+        (b"&".join(b"k%d" % i + b"[a]" * 30 + b"=1" for i in range(MAX_NODES // 30 + 1)),
+         "application/x-www-form-urlencoded"),
+        (b"[" + b",".join([b"[]"] * MAX_NODES) + b"]", "application/json"),
+        (b"<a>" + b"<b/>" * MAX_NODES + b"</a>", "application/xml"),
+    ],
+)  # fmt: skip
+def test_a_body_of_too_many_objects_is_refused(body: bytes, content_type: str) -> None:
+    document = build_document(request(body, content_type), "a")
+    assert f"more than {MAX_NODES} objects and lists" in document["request_error"]
+
+
+def test_a_body_of_as_many_objects_as_allowed_is_read() -> None:
+    body = b"[" + b",".join([b"[]"] * (MAX_NODES - 1)) + b"]"  # and the outer list
+    assert len(build_document(request(body, "application/json"), "a")["body"]) == MAX_NODES - 1
