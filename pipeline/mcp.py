@@ -239,7 +239,7 @@ def _sse_data(text: str) -> list[str]:
 def _json(text: str) -> Any:
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested past Python's stack: read as no answer
         return None
 
 
