@@ -175,6 +175,16 @@ def build_document(request: http.Request | WireRequest, agent: str) -> Document:
     }
     if "%2f" in path.lower():  # an encoded slash: one segment, not two (GitHub branch names)
         document["raw_path"] = normalise_path(path)
+    # What goes upstream byte for byte, which the reading above is not (bytes that are not
+    # UTF-8, XML attributes, %2F and dot segments): an approval binds it (request_hash). The
+    # body as sent, before its Content-Encoding is undone: the upstream receives (S3 stores)
+    # those bytes, and a decoder may skip what follows a gzip member.
+    document["target_sha256"] = hashlib.sha256(
+        request.path.encode("utf-8", "surrogateescape")
+    ).hexdigest()
+    document["body_sha256"] = hashlib.sha256(request.raw_content).hexdigest()
+    if "raw_path" in document or document["path"] != unquote(path, errors="surrogateescape"):
+        document["path_rewritten"] = True  # read as another path would be (request_hash)
     if target != request.path or method != request.method:
         document["request_error"] = (
             f"the request line holds bytes that are not UTF-8 ({method} {target}); "

@@ -186,76 +186,123 @@ _KEY_FIELDS = re.compile(r'(?:Credential|oauth_consumer_key|oauth_token)="?([^",
 
 
 def request_hash(document: Document, key: bytes, *, mcp: bool = False) -> str:
-    """Binds an approval to the exact request: method, URL, how its body was read and the body,
-    agent, and the headers that say whose request it is and how its body reads (BOUND_HEADERS).
+    """Binds an approval to the exact request: method, URL, the request target as sent, how its
+    body was read and the body's bytes as sent, agent, and the headers that say whose request it
+    is and how its body reads (BOUND_HEADERS). The document is a reading of the request, not the
+    request: bytes that are not UTF-8 read as U+FFFD, XML loses its attributes, `%2F` reads as
+    `/` and dot segments are resolved, so two requests the upstream tells apart can read alike.
+    Their digests (pipeline/document.py: target_sha256, body_sha256) bind what goes upstream:
+    an edited request's too, built from the bytes the proxy rewrote and will forward.
+
     `mcp`: the request was judged as MCP (pipeline/mappings.py judged_as_mcp); only then is the
     JSON-RPC id left out, calling the same tool again being a retry of the same call (a vendor's
-    body that merely looks like JSON-RPC keeps it). Keyed (HMAC-SHA256, store/keys.py): without
-    the key, the stored hash tells nothing about the credentials or body fields it covers, and
-    guesses of them cannot be tested against it.
+    body that merely looks like JSON-RPC keeps it). The bytes differ by the id, so such a body
+    binds as parsed, without its id, instead of its digest: the parse is exact for JSON that
+    repeats no key (one that does is refused), holds no U+FFFD and no number past a double's
+    range; two spellings of one number (1.0e0, 1.00) read as one, as the server's parser reads
+    them. A body that fails that binds its bytes, id and all (a retry with another id is held
+    anew: the safe side). Keyed (HMAC-SHA256, store/keys.py): without the key, the stored hash
+    tells nothing about the credentials or body fields it covers, and guesses of them cannot be
+    tested against it.
 
     The fields are hashed as one JSON array (sorted keys, ASCII, no whitespace), which writes
     each field whole and escaped: no two different field lists give the same text. (Joined by
     newlines, as before, a path holding `\\n{}\\n` and a shorter body read as another path and
     body.) Not RFC 8785 (store/audit.py jcs): it makes large integers and lone surrogates text,
     so 2**60 and "1152921504606846976" would hash alike; only Airlock recomputes this hash."""
-    material = json.dumps(
-        [
-            _FORMAT,
-            document["method"],
-            document["scheme"],
-            document["host"],
-            document["port"],
-            document["path"],
-            document["query"],
-            document.get("body_format"),
-            _hashed_body(document, mcp),
-            document["agent"],
-            _bound_headers(document.get("headers", {})),
-        ],
-        sort_keys=True,
-        ensure_ascii=True,
-        separators=(",", ":"),
-    )
+    body, digest = _bound_body(document, mcp)
+    material = _json_array(
+        _FORMAT, document["method"], document["scheme"], document["host"], document["port"],
+        document["path"], document["query"], document.get("target_sha256"),
+        document.get("body_format"), body, digest, document["agent"],
+        _bound_headers(document.get("headers", {})),
+    )  # fmt: skip
     return hmac.new(key, material.encode(), hashlib.sha256).hexdigest()
 
 
-_FORMAT = "airlock-request-hash/3"  # the forms before it: former_request_hashes
+# The forms before it: former_request_hashes. /3 (2026-12-06): the same array without the
+# target's and the body's digests, the body as read.
+_FORMAT = "airlock-request-hash/4"
+_FORMAT_3 = "airlock-request-hash/3"
+
+
+def _json_array(*fields: Any, allow_nan: bool = True) -> str:
+    return json.dumps(
+        list(fields), sort_keys=True, ensure_ascii=True, separators=(",", ":"), allow_nan=allow_nan
+    )
+
+
+def _bound_body(document: Document, mcp: bool) -> tuple[Any, str | None]:
+    """(the body as read, its digest as sent): what binds the body. The digest alone where there
+    is one; a call judged as MCP whose JSON parses exactly, the body without its id (see
+    request_hash); a document built from no bytes (a Guard API call), its body."""
+    digest = document.get("body_sha256")
+    if mcp and jsonrpc_messages(document) is not None:
+        body = without_ids(document["body"])
+        return (body, None) if _exact_json(body) else (body, digest)
+    return (document["body"], None) if digest is None else (None, digest)
+
+
+def _exact_json(body: Any) -> bool:
+    """The parsed JSON stands for its bytes: no U+FFFD (bytes that were not UTF-8 read as one)
+    and no number that overflowed (1e400 and 1e500 both read as infinity)."""
+    try:
+        return "\\ufffd" not in _json_array(body, allow_nan=False)
+    except ValueError:
+        return False
 
 
 def former_request_hashes(document: Document, key: bytes, *, mcp: bool = False) -> tuple[str, ...]:
-    """request_hash as earlier Airlocks made it, its fields joined by newlines: keyed (from
+    """request_hash as earlier Airlocks made it: the JSON array without the target's and body's
+    digests, the body as read (/3, from 2026-12-06); its fields joined by newlines: keyed (from
     2026-12-06), unkeyed with the bound headers (2026-12-05), unkeyed without them (earlier).
     Only to join the approvals those Airlocks opened (a store upgraded while some were open, an
     older instance beside this one: decider/core.py _joinable_as_before); never stored.
 
-    Joined by newlines, a path or text body that holds one reads as other fields: an approval
-    made that way for one request matches another (review M3). What bounds that:
-    - these forms match only approvals an earlier Airlock made: request_hash's text holds no
-      newline, each of these at least seven. So: those open when the store was upgraded, until
-      they expire or are released, and those of an older instance still running beside this
-      one (README: upgrade the instances on one store together);
-    - a request with a newline in a field joined as text (method, scheme, host, path, text
-      body, agent) has none (): it joins only an approval made as request_hash makes it, and
-      is otherwise refused or held anew. Any other request's text splits into its fields one
-      way only, so only an approval made for the same fields has it. Nor has an agent whose
-      name starts like a JSON list: in the oldest form it could stand for the headers of the
-      next (the two forms of one hash function).
+    Each reads the document, not the request: an approval made that way for one request matches
+    another that reads alike (review M3: joined by newlines, a path or text body that holds one
+    reads as other fields; any of them: bytes that are not UTF-8, XML attributes, `%2F` and dot
+    segments). What bounds that:
+    - these forms match only approvals an earlier Airlock made: each begins with its own format
+      tag or none (/3's array, request_hash's /4), and the newline-joined texts hold at least
+      seven newlines, the arrays none. So: those open when the store was upgraded, until they
+      expire or are released, and those of an older instance still running beside this one
+      (README: upgrade the instances on one store together);
+    - a request those forms could read as another has none (): one with a newline in a field
+      joined as text (method, scheme, host, path, text body, agent), with U+FFFD anywhere (bytes
+      that were not UTF-8, or may have been), an XML body, a number past a double's range, or
+      a path read as another path would be (`%2F`, dot segments, doubled slashes: the
+      document's path_rewritten); nor an agent whose name starts like a JSON list (in the
+      oldest form it could stand for the headers of the next). It joins only an approval made
+      as request_hash makes it, and is otherwise refused or held anew. Any other request reads
+      as its fields one way only, so only an approval made for the same fields has it.
     Otherwise a former form binds what it bound (the oldest, not the content type). It leaves
     the JSON-RPC id out only for a request judged as MCP now: a vendor's body those Airlocks
     read as JSON-RPC by its shape no longer joins their approval (refused: the safe side)."""
     if not _read_one_way(document):
         return ()
-    headers = json.dumps(_bound_headers(document.get("headers", {})))
-    with_headers = _newline_joined(document, headers, mcp)
+    bound = _bound_headers(document.get("headers", {}))
+    try:
+        array = _json_array(
+            _FORMAT_3, document["method"], document["scheme"], document["host"],
+            document["port"], document["path"], document["query"], document.get("body_format"),
+            _parsed_body(document, mcp), document["agent"], bound, allow_nan=False,
+        )  # fmt: skip
+    except ValueError:  # a number past a double's range: read as another would be
+        return ()
+    if "\\ufffd" in array:
+        return ()
+    with_headers = _newline_joined(document, json.dumps(bound), mcp)
     return (
+        hmac.new(key, array.encode(), hashlib.sha256).hexdigest(),
         hmac.new(key, with_headers, hashlib.sha256).hexdigest(),
         hashlib.sha256(with_headers).hexdigest(),
         hashlib.sha256(_newline_joined(document, None, mcp)).hexdigest(),
     )
 
 
-def _hashed_body(document: Document, mcp: bool) -> Any:
+def _parsed_body(document: Document, mcp: bool) -> Any:
+    """The body as the former forms bound it: as read, without the JSON-RPC id if judged MCP."""
     body = document["body"]
     if mcp and jsonrpc_messages(document) is not None:
         return without_ids(body)
@@ -266,12 +313,17 @@ def _read_one_way(document: Document) -> bool:
     body = document["body"]
     joined = (document["method"], document["scheme"], document["host"], document["path"],
               body if isinstance(body, str) else "", document["agent"])  # fmt: skip
-    return not any("\n" in field for field in joined) and not document["agent"].startswith("[")
+    return (
+        not any("\n" in field for field in joined)
+        and not document["agent"].startswith("[")
+        and document.get("body_format") != "xml"
+        and not document.get("path_rewritten")
+    )
 
 
 def _newline_joined(document: Document, headers: str | None, mcp: bool) -> bytes:
     """What a former form hashed (former_request_hashes), as those Airlocks wrote it."""
-    body = _hashed_body(document, mcp)
+    body = _parsed_body(document, mcp)
     normalised = body if isinstance(body, str) else json.dumps(body, sort_keys=True)
     query = json.dumps(document["query"], sort_keys=True)
     return "\n".join(

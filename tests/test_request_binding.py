@@ -5,8 +5,10 @@ only the approvals they made, for requests they read one way."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import hmac
+import json
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +96,7 @@ def test_former_forms_are_not_given_for_a_request_they_read_another_way() -> Non
     a, b = document(*A, content_type="text/plain"), document(*B, content_type="text/plain")
     assert former_request_hashes(b, KEY) == former_request_hashes(a, KEY) == ()
     plain = document("/v1/ok", b"BB", content_type="text/plain")
-    assert len(set(former_request_hashes(plain, KEY))) == 3
+    assert len(set(former_request_hashes(plain, KEY))) == 4
     assert request_hash(plain, KEY) not in former_request_hashes(plain, KEY)
     listed = document("/v1/ok", b"BB", agent='[["content-type", "text/plain"]]')
     assert former_request_hashes(listed, KEY) == ()
@@ -186,3 +188,140 @@ def test_a_vendor_request_shaped_like_json_rpc_is_not_released_with_another_id(
     assert other.request_hash != other.approval.request_hash  # the proxy answers 409
     again = replies(core.handle([Envelope(3, invoke(1, "r3"))]))[3]
     assert again.request_hash == again.approval.request_hash
+
+
+# The document is a reading of the request: these pairs read alike and the upstream tells them
+# apart. An approval binds the bytes sent (the target's and the body's digests).
+ACL = (
+    '<AccessControlPolicy><AccessControlList><Grant><Grantee xmlns:xsi="http://www.w3.org/2001/'
+    'XMLSchema-instance" xsi:type="{}"><ID>abc</ID></Grantee><Permission>FULL_CONTROL'
+    "</Permission></Grant></AccessControlList></AccessControlPolicy>"
+)
+READ_ALIKE = {
+    "invalid-utf8": (("/bucket/fn.zip", b"PK\x03\x04\xff\xfe"),
+                     ("/bucket/fn.zip", b"PK\x03\x04\xfe\xff"), "application/octet-stream"),
+    "xml-attributes": (("/bucket/k?acl", ACL.format("CanonicalUser").encode()),
+                       ("/bucket/k?acl", ACL.format("Group").encode()), "application/xml"),
+    "encoded-slash": (("/bucket/a%2Fb", b"x"), ("/bucket/a/b", b"x"), "text/plain"),
+    "dot-segments": (("/bucket/b", b"x"), ("/bucket/x/../b", b"x"), "text/plain"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("a", "b", "content_type"), READ_ALIKE.values(), ids=READ_ALIKE.keys())
+def test_requests_that_read_alike_do_not_hash_alike(
+    a: tuple[str, bytes], b: tuple[str, bytes], content_type: str
+) -> None:
+    one, two = document(*a, content_type=content_type), document(*b, content_type=content_type)
+    read = ("path", "query", "body", "body_format")
+    assert [one[k] for k in read] == [two[k] for k in read]  # read alike
+    assert request_hash(one, KEY) != request_hash(two, KEY)
+    assert request_hash(one, KEY) == request_hash(document(*a, content_type=content_type), KEY)
+    # An earlier form read them alike: the one read another way than sent has none. (The plain
+    # path keeps its own: it joins an approval made for the path it reads as, which is what
+    # the reviewer saw, and is sent as read.)
+    misread = [d for d in (one, two) if d.get("path_rewritten") or "\ufffd" in str(d["body"])]
+    misread += [d for d in (one, two) if d["body_format"] == "xml"]
+    assert misread and all(former_request_hashes(d, KEY) == () for d in misread)
+
+
+def test_the_body_binds_as_sent_not_as_decoded() -> None:
+    """Two gzip encodings of one body (the header's mtime differs): the upstream receives (S3
+    stores) the bytes as sent."""
+    one, two = (gzip.compress(b'{"a": 1}', mtime=t) for t in (1, 2))
+    a = document("/v1/ok", one, content_type="application/json", content_encoding="gzip")
+    b = document("/v1/ok", two, content_type="application/json", content_encoding="gzip")
+    assert a["body"] == b["body"] == {"a": 1}
+    assert request_hash(a, KEY) != request_hash(b, KEY)
+
+
+def test_an_mcp_call_with_a_new_id_binds_as_before_and_a_lossy_one_binds_its_bytes() -> None:
+    """Judged as MCP, a retry with a new JSON-RPC id (and other whitespace) is the same call;
+    a body whose parse is not exact (not UTF-8, a number past a double) binds its bytes."""
+    spaced = b'{"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "x"}}'
+    first, again = document("/mcp", jsonrpc(1)), document("/mcp", spaced)
+    assert first["body_sha256"] != again["body_sha256"]
+    assert request_hash(first, KEY, mcp=True) == request_hash(again, KEY, mcp=True)
+    assert request_hash(first, KEY) != request_hash(again, KEY)
+    for one, two in ((b"\xff", b"\xfe"), (b"1e400", b"1e500")):
+        pair = [
+            b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","v":"%s"}}' % one
+            if one == b"\xff" or one == b"\xfe"
+            else b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","v":%s}}'
+            % one,
+            b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","v":"%s"}}' % two
+            if two == b"\xfe"
+            else b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","v":%s}}'
+            % two,
+        ]
+        a, b = (document("/mcp", body, content_type="application/json") for body in pair)
+        assert a["body"] == b["body"]  # read alike
+        assert request_hash(a, KEY, mcp=True) != request_hash(b, KEY, mcp=True)
+
+
+def test_the_digests_are_stored_as_they_are_and_the_record_is_otherwise_unchanged() -> None:
+    from airlock.pipeline.redaction import redact_document
+
+    doc = document(*READ_ALIKE["encoded-slash"][0], content_type="text/plain")
+    stored = redact_document(doc)
+    assert stored["body_sha256"] == hashlib.sha256(b"x").hexdigest()
+    assert stored["target_sha256"] == hashlib.sha256(b"/bucket/a%2Fb").hexdigest()
+    assert stored["path_rewritten"] is True and "raw_path" not in stored
+
+
+@pytest.mark.parametrize(("a", "b", "content_type"), READ_ALIKE.values(), ids=READ_ALIKE.keys())
+def test_an_approval_does_not_release_a_request_that_reads_alike(
+    core: DeciderCore,  # noqa: F811
+    a: tuple[str, bytes],
+    b: tuple[str, bytes],
+    content_type: str,
+) -> None:
+    """A approved; B, sent with A's Idempotency-Key, reads as A but is other bytes: it finds
+    A's approval and is refused (409 at the proxy), not released; A itself still is."""
+    headers = {"content_type": content_type, "idempotency_key": "same-key"}
+    first = replies(core.handle([Envelope(0, setup()), Envelope(1, held(*a, "run-a", **headers))]))
+    approval = first[1].approval
+    approve(core, approval.id)
+    other = replies(core.handle([Envelope(2, held(*b, "run-b", **headers))]))[2]
+    assert other.approval.id == approval.id
+    assert other.request_hash != other.approval.request_hash  # the proxy answers 409
+    again = replies(core.handle([Envelope(3, held(*a, "run-a2", **headers))]))[3]
+    assert again.request_hash == again.approval.request_hash == approval.request_hash
+
+
+def test_an_approval_of_the_form_before_joins_only_a_request_it_reads_one_way(
+    core: DeciderCore,  # noqa: F811
+) -> None:
+    """An approval as 4d27b41's Airlock made it (/3: the document's fields, no digests), open
+    at the upgrade: the same plain request joins it; a binary upload, which that form read
+    with U+FFFD, has no such form and is held anew rather than released for other bytes."""
+    plain = ("/v1/ok", b"BB")
+    keyed = {"content_type": "text/plain", "idempotency_key": "three-key"}
+    opened = replies(core.handle([Envelope(0, setup()), Envelope(1, held(*plain, "p", **keyed))]))
+    formers = former_request_hashes(build_document(sent(*plain, **keyed), "bot"), core.request_key)
+    with core.engine.begin() as conn:
+        conn.execute(
+            update(Approval).where(Approval.id == opened[1].approval.id)
+            .values(request_hash=formers[0])
+        )  # fmt: skip
+    approve(core, opened[1].approval.id)
+    retried = replies(core.handle([Envelope(2, held(*plain, "p2", **keyed))]))[2]
+    assert (retried.approval.id, retried.request_hash) == (opened[1].approval.id, formers[0])
+
+    a, b, content_type = READ_ALIKE["invalid-utf8"]
+    binary = {"content_type": content_type, "idempotency_key": "binary-key"}
+    opened = replies(core.handle([Envelope(3, held(*a, "u", **binary))]))
+    b_doc = build_document(sent(*b, **binary), "bot")
+    assert former_request_hashes(b_doc, core.request_key) == ()
+    as_three = hmac.new(core.request_key, json.dumps(
+        ["airlock-request-hash/3", "POST", "https", "api.example.com", 443, b_doc["path"], {},
+         "text", b_doc["body"], "bot", [["content-type", content_type]]],
+        sort_keys=True, ensure_ascii=True, separators=(",", ":"),
+    ).encode(), hashlib.sha256).hexdigest()  # fmt: skip
+    with core.engine.begin() as conn:  # A's approval as /3 made it: B read alike then
+        conn.execute(
+            update(Approval).where(Approval.id == opened[3].approval.id)
+            .values(request_hash=as_three)
+        )  # fmt: skip
+    approve(core, opened[3].approval.id)
+    other = replies(core.handle([Envelope(4, held(*b, "u2", **binary))]))[4]
+    assert other.approval.id == opened[3].approval.id and other.request_hash != as_three  # 409
