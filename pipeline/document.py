@@ -217,13 +217,20 @@ _readings: dict[str, str] = {}
 
 def vendor_reading(host: str, headers: dict[str, str]) -> str:
     """AWS_QUERY, AWS_JSON, AWS_REST, FORM_API, or "" for a host read as its requests declare;
-    a host that names no AWS service (a VPC endpoint, a stand-in) by its SigV4 scope."""
+    an interface VPC endpoint (an AWS host that names no service) by its SigV4 scope, and no
+    other host: the scope is the client's to write (operations.scope_names_service)."""
+    from airlock.pipeline.operations import scope_names_service
+
     reading = _readings.get(host)
     if reading is None:
         reading = _reading_of_host(host)
         if len(_readings) < 65_536:
             _readings[host] = reading
-    if not reading and "Credential=" in (authorization := headers.get("authorization", "")):
+    if (
+        not reading
+        and "Credential=" in (authorization := headers.get("authorization", ""))
+        and scope_names_service(host)
+    ):
         scope = _AWS_SCOPE.search(authorization)
         if scope is not None:
             return _aws_protocols()[1].get(scope.group(1), "")

@@ -469,8 +469,9 @@ class MappingIndex:
         )
 
     def is_vendor_host(self, document: Document) -> bool:
-        """A host that URL mappings or the catalog describe (or a request signed for an AWS
-        service): its API, not the shape of a body, says what a request does."""
+        """A host that URL mappings or the catalog describe (an interface VPC endpoint by the
+        request's SigV4 scope, no other host): its API, not the shape of a body, says what a
+        request does."""
         host = document["host"]
         mapped = self._mapped_hosts.get(host)
         if mapped is None:

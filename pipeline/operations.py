@@ -9,8 +9,9 @@ each AWS protocol as botocore writes it:
   required query keys and headers (`uploadId`, `x-amz-copy-source`) that tell apart operations
   sharing a path; the most specific template wins.
 The service comes from the host in every AWS form (regional, global, FIPS, dualstack,
-virtual-hosted S3 buckets, DynamoDB account endpoints), or, for a host that names no service
-(VPC endpoints, local stand-ins), from the SigV4 credential scope.
+virtual-hosted S3 buckets, DynamoDB account endpoints), or, for an interface VPC endpoint
+(`vpce-….ec2.us-east-1.vpce.amazonaws.com`), from the SigV4 credential scope. The scope is the
+client's to write: on any other host it says nothing (it would make any API an AWS service).
 
 Everything is compiled once at load; a host's service is cached.
 """
@@ -35,9 +36,10 @@ DEFAULT_CATALOG = shipped("catalog")
 AWS_SUFFIXES = (".amazonaws.com", ".amazonaws.com.cn", ".api.aws")
 _REGION = re.compile(r"^[a-z]{2}(?:-[a-z]+)+-\d+$")
 _S3_LEGACY = re.compile(r"^s3-(?:external-1|fips|[a-z]{2}(?:-[a-z]+)+-\d+)$")
-_ENDPOINT_WORDS = frozenset({"dualstack", "fips"})
-# {account}.ddb.{region}.amazonaws.com; {route}.s3-object-lambda.{region} (WriteGetObjectResponse)
-LABEL_ALIASES = {"ddb": "dynamodb", "s3-object-lambda": "s3"}
+_ENDPOINT_WORDS = frozenset({"dualstack", "fips", "global"})  # iam.global.api.aws (dualstack)
+# {account}.ddb.{region}.amazonaws.com; {route}.s3-object-lambda.{region} (WriteGetObjectResponse);
+# stream-logs.{region} (StartLiveTail: botocore's endpoint rules give it its own host)
+LABEL_ALIASES = {"ddb": "dynamodb", "s3-object-lambda": "s3", "stream-logs": "logs"}
 _SCOPE = re.compile(r"Credential=[^/,\s]+/\d{8}/([^/]+)/([^/]+)/aws4_request")
 _TEMPLATE_LABEL = re.compile(r"\{([A-Za-z0-9_]+)(\+?)\}")
 _REST = frozenset({"rest-json", "rest-xml"})
@@ -343,7 +345,7 @@ class OperationIndex:
                 self._hosts.clear()
             self._hosts[host] = self._service_of_host(host)
         found = self._hosts[host]
-        if found is not None:
+        if found is not None or not scope_names_service(host):
             return found
         scope = _credential_scope(document)
         service = self._by_signing.get(scope) if scope else None
@@ -357,7 +359,7 @@ class OperationIndex:
             return None
         label, resource = parsed
         service = self._by_label.get(label)
-        if service is None:  # e.g. vpce-1.ec2.….vpce.amazonaws.com: left to the credential scope
+        if service is None:  # vpce-1.ec2.….vpce.amazonaws.com: left to the credential scope
             return None
         # Left of the service label: an S3 bucket, else an account id or a host prefix.
         return service, (resource or None) if label == "s3" else None
@@ -380,6 +382,16 @@ def parse_aws_host(host: str) -> tuple[str, str] | None:
     if _S3_LEGACY.match(label):
         label = "s3"
     return label, ".".join(labels)
+
+
+def scope_names_service(host: str) -> bool:
+    """Whether a SigV4 credential scope may say which AWS service a request to `host` is for:
+    only on an interface VPC endpoint, an AWS host that names no service by its form. Elsewhere
+    the scope is text the client chose: `api.internal.example/…?X-Amz-Credential=…/dynamodb/…`
+    is not DynamoDB, and neither is a customer's own server on an AWS name (`*.elb.`,
+    `*.compute.amazonaws.com`)."""
+    parsed = parse_aws_host(host)
+    return parsed is not None and parsed[0] == "vpce"
 
 
 def _credential_scope(document: Document) -> str | None:

@@ -82,6 +82,8 @@ def test_the_catalog_names_its_source_and_every_file_is_generated_from_the_pin()
         ("ec2.us-east-1.amazonaws.com", ("ec2", "")),
         ("ec2-fips.us-east-1.amazonaws.com", ("ec2", "")),
         ("ec2.us-east-1.api.aws", ("ec2", "")),
+        ("iam.global.api.aws", ("iam", "")),
+        ("stream-logs.us-east-1.amazonaws.com", ("stream-logs", "")),
         ("iam.amazonaws.com", ("iam", "")),
         ("iam-fips.amazonaws.com", ("iam", "")),
         ("rds-fips.us-gov-west-1.amazonaws.com", ("rds", "")),
@@ -109,10 +111,25 @@ def test_a_host_that_names_no_service_is_identified_by_the_signature_scope() -> 
     document = build_document(request, "a")
     document["host"] = "vpce-0a1b2c3d-4e5f.ec2.us-east-1.vpce.amazonaws.com"
     assert CATALOG.identify(document).name == "aws.ec2.TerminateInstances"
-    document["host"] = "localhost"
-    assert CATALOG.identify(document).name == "aws.ec2.TerminateInstances"
     del document["headers"]["authorization"]
     assert CATALOG.identify(document) is None
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "localhost",
+        "api.internal.example",
+        "my-lb-1.us-east-1.elb.amazonaws.com",  # a customer's server on an AWS name
+        "ec2-1-2-3-4.compute-1.amazonaws.com",
+    ],
+)
+def test_the_scope_names_no_service_on_any_other_host(host: str) -> None:
+    request = aws_request("ec2", "TerminateInstances", {"InstanceIds": ["i-1"]})
+    document = build_document(request, "a")
+    document["host"] = host
+    assert CATALOG.identify(document) is None
+    assert not SHIPPED.is_vendor_host(document)
 
 
 def test_dynamodb_account_endpoints_and_sqs_in_both_protocols() -> None:

@@ -273,3 +273,59 @@ def test_a_method_override_that_agrees_is_judged_as_sent() -> None:
         b"amount=5&currency=usd",
     )  # fmt: skip
     assert "request_error" not in document
+
+
+# --- a SigV4 credential scope names a service only on a VPC endpoint ------------------------
+
+SCOPED = "X-Amz-Credential=a/20260101/us-east-1/{}/aws4_request"
+GET_ITEM = ("X-Amz-Target", "DynamoDB_20120810.GetItem")
+JSON = ("Content-Type", "application/json")
+DELETE_DATABASE = (
+    b'{"jsonrpc":"2.0","id":1,"method":"tools/call",'
+    b'"params":{"name":"delete_database","arguments":{"name":"prod"}}}'
+)
+
+
+@pytest.mark.parametrize(
+    ("method", "host", "path", "headers", "body", "action"),
+    [
+        (
+            "POST", "mcp.internal.example", "/mcp?" + SCOPED.format("dynamodb"), [JSON, GET_ITEM],
+            DELETE_DATABASE, "mcp.mcp.internal.example.delete_database",
+        ),
+        (
+            "POST", "mcp.internal.example", "/mcp", [JSON, GET_ITEM, sigv4("dynamodb")],
+            DELETE_DATABASE, "mcp.mcp.internal.example.delete_database",
+        ),
+        (
+            "POST", "api.internal.example", "/v1/wire-transfer?" + SCOPED.format("dynamodb"),
+            [JSON, GET_ITEM], b'{"amount":1000000}', "http.write",
+        ),
+        (
+            "DELETE", "api.internal.example", "/v1/accounts/1?" + SCOPED.format("s3"), [], b"",
+            "http.write",
+        ),
+        (  # an AWS name that is a customer's own server (a load balancer)
+            "POST", "my-lb-1.us-east-1.elb.amazonaws.com", "/v1/wire-transfer",
+            [JSON, GET_ITEM, sigv4("dynamodb")], b'{"amount":1000000}', "http.write",
+        ),
+    ],
+)  # fmt: skip
+def test_a_credential_scope_does_not_make_a_host_an_aws_service(
+    method: str, host: str, path: str, headers: list[tuple[str, str]], body: bytes, action: str
+) -> None:
+    _, evaluation = judged(method, host, path, headers, body)
+    assert evaluation.action.operation is None
+    assert evaluation.action.action == action
+    assert evaluation.verdict.decision == "REQUIRE_APPROVAL", evaluation.verdict
+
+
+def test_a_vpc_endpoint_is_read_by_its_credential_scope() -> None:
+    host = "vpce-0a1b2c3d-4e5f.dynamodb.us-east-1.vpce.amazonaws.com"
+    target = ("X-Amz-Target", "DynamoDB_20120810.DeleteTable")
+    document, evaluation = judged(
+        "POST", host, "/", [sigv4("dynamodb"), target, ("Content-Type", "text/plain")],
+        b'{"TableName": "orders"}',
+    )  # fmt: skip
+    assert document["body_format"] == "json"  # read as DynamoDB reads it
+    assert evaluation.action.operation == "aws.dynamodb.DeleteTable"
