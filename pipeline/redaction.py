@@ -509,8 +509,11 @@ def redact_document(document: dict[str, Any]) -> dict[str, Any]:
     if "authority" in document:
         clean["authority"] = redact_text(redact_authority(str(document["authority"])))
     # The path as sent (kept when it held %2F, for identification) is not stored: a secret in
-    # it may be percent-encoded past the redactor, and `path` already records it, redacted.
-    clean.pop("raw_path", None)
+    # it may be percent-encoded past the redactor, and `path` already records it, redacted. Nor
+    # are the digests of the target and body as sent (they bind approvals, in memory): unkeyed,
+    # they would let a reader of the store test guesses of a field redacted here.
+    for unstored in ("raw_path", "target_sha256", "body_sha256"):
+        clean.pop(unstored, None)
     return clean
 
 

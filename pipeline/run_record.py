@@ -216,6 +216,7 @@ def request_hash(document: Document, key: bytes, *, mcp: bool = False) -> str:
         document["path"], document["query"], document.get("target_sha256"),
         document.get("body_format"), body, digest, document["agent"],
         _bound_headers(document.get("headers", {})),
+        _operation_headers(document.get("headers", {})),
     )  # fmt: skip
     return hmac.new(key, material.encode(), hashlib.sha256).hexdigest()
 
@@ -339,6 +340,26 @@ def _newline_joined(document: Document, headers: str | None, mcp: bool) -> bytes
             *([] if headers is None else [headers]),
         ]
     ).encode("utf-8", "surrogatepass")  # those Airlocks failed on lone surrogates: any form does
+
+
+# Headers that choose the operation or what it does, besides the URL and body: X-Amz-Target
+# (KMS CancelKeyDeletion and ScheduleKeyDeletion send the same body), MCP's method and tool, S3's
+# x-amz-acl, x-amz-copy-source and the like. What changes between an SDK's attempts is left out.
+_OPERATION_HEADERS = ("mcp-method", "mcp-name")
+_ATTEMPT_HEADERS = frozenset(
+    {"x-amz-date", "x-amz-security-token", "x-amz-content-sha256", "x-amz-user-agent"}
+)
+
+
+def _operation_headers(headers: dict[str, str]) -> list[tuple[str, str]]:
+    """Bound in the current form only: the forms before it did not, and an approval they made
+    is matched as they made it (former_request_hashes)."""
+    return sorted(
+        (name, value)
+        for name, value in headers.items()
+        if name in _OPERATION_HEADERS
+        or (name.startswith("x-amz-") and name not in _ATTEMPT_HEADERS)
+    )
 
 
 def _bound_headers(headers: dict[str, str]) -> list[tuple[str, str]]:

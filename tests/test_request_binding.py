@@ -258,14 +258,47 @@ def test_an_mcp_call_with_a_new_id_binds_as_before_and_a_lossy_one_binds_its_byt
         assert request_hash(a, KEY, mcp=True) != request_hash(b, KEY, mcp=True)
 
 
-def test_the_digests_are_stored_as_they_are_and_the_record_is_otherwise_unchanged() -> None:
+def test_the_digests_bind_in_memory_and_are_not_stored() -> None:
+    """Unkeyed, a stored digest of a small body would let a reader of the store test guesses
+    of a field the record redacts (a password in a form): they are dropped with raw_path."""
     from airlock.pipeline.redaction import redact_document
 
     doc = document(*READ_ALIKE["encoded-slash"][0], content_type="text/plain")
+    assert doc["body_sha256"] == hashlib.sha256(b"x").hexdigest()
+    assert doc["target_sha256"] == hashlib.sha256(b"/bucket/a%2Fb").hexdigest()
     stored = redact_document(doc)
-    assert stored["body_sha256"] == hashlib.sha256(b"x").hexdigest()
-    assert stored["target_sha256"] == hashlib.sha256(b"/bucket/a%2Fb").hexdigest()
-    assert stored["path_rewritten"] is True and "raw_path" not in stored
+    assert not {"body_sha256", "target_sha256", "raw_path"} & set(stored)
+    assert stored["path_rewritten"] is True
+
+
+KMS = "kms.us-east-1.amazonaws.com"
+
+
+def test_headers_that_choose_the_operation_are_bound_and_an_attempts_own_are_not() -> None:
+    """KMS CancelKeyDeletion and ScheduleKeyDeletion send the same body; S3's x-amz-acl makes a
+    PutObject public: approving one must not release the other (review of 4d27b41)."""
+    body = b'{"KeyId":"alias/prod"}'
+
+    def kms(target: str, date: str = "20261206T070000Z") -> Document:
+        headers = {"X-Amz-Target": target, "X-Amz-Date": date,
+                   "Content-Type": "application/x-amz-json-1.1"}  # fmt: skip
+        return build_document(sent("/", body, host=KMS, **headers), "bot")
+
+    cancel, schedule = (
+        kms("TrentService.CancelKeyDeletion"),
+        kms("TrentService.ScheduleKeyDeletion"),
+    )
+    assert request_hash(cancel, KEY) != request_hash(schedule, KEY)
+    retried = kms("TrentService.CancelKeyDeletion", date="20261206T070005Z")  # signed anew
+    assert request_hash(cancel, KEY) == request_hash(retried, KEY)
+    private, public = (
+        document("/bucket/k", b"x"),
+        document("/bucket/k", b"x", x_amz_acl="public-read"),
+    )
+    assert request_hash(private, KEY) != request_hash(public, KEY)
+    tool = {"Content-Type": "application/json"}
+    one, two = (document("/mcp", jsonrpc(1), mcp_name=name, **tool) for name in ("read", "drop"))
+    assert request_hash(one, KEY, mcp=True) != request_hash(two, KEY, mcp=True)
 
 
 @pytest.mark.parametrize(("a", "b", "content_type"), READ_ALIKE.values(), ids=READ_ALIKE.keys())
