@@ -733,7 +733,7 @@ def parse_body(
     text = raw.decode("utf-8", errors="replace")
     if kind == "multipart":
         try:
-            return parse_multipart(raw, content_type, lists or not strict), "form", None
+            return parse_multipart(raw, content_type, lists or not strict, strict), "form", None
         except ValueError as e:
             return text, "text", f"multipart body not parsed: {e}"
     if kind == "json":
@@ -986,39 +986,69 @@ def _is_multipart(content_type: str) -> bool:
 
 
 _BOUNDARY = re.compile(r';\s*boundary=(?:"([^"]+)"|([^\s;]+))', re.IGNORECASE)
-_PART_NAME = re.compile(rb'(?:^|;)\s*name="([^"]*)"', re.IGNORECASE)
+_BOUNDARY_PARAMETER = re.compile(r"(?:^|[;\s])boundary\s*=", re.IGNORECASE)
+# Every `name` or `name*` parameter, quoted or not, wherever it stands (inside another
+# parameter's quotes too: Rack's `.*;\s*name=` finds it there): a part must have one.
+_NAME_PARAMETER = re.compile(rb"(?:^|[;\s])name\*?\s*=", re.IGNORECASE)
+_PART_NAME = re.compile(rb';\s*name="([^"\\]*)"\s*(?:;|$)', re.IGNORECASE)
 _PART_FILE = re.compile(rb"(?:^|;)\s*filename\*?=", re.IGNORECASE)
 
 
-def parse_multipart(raw: bytes, content_type: str, lists: bool = False) -> dict[str, Any]:
+def parse_multipart(
+    raw: bytes, content_type: str, lists: bool = False, strict: bool = True
+) -> dict[str, Any]:
     """A multipart/form-data body's fields, as a form's (`amount`, `metadata[order]`); a file
     part stands as its size and hash. Raises ValueError for a body not framed as its boundary
-    says, Unreadable for a field sent twice."""
+    says, Unreadable (strict: a request) for a field sent twice or a part whose name upstreams
+    read differently: two `name` parameters (the first counts here, the last in Rack), an
+    unquoted one, two Content-Disposition lines, a boundary given twice."""
+    ambiguous = Unreadable if strict else ValueError
     found = _BOUNDARY.search(content_type)
     if found is None:
         raise ValueError("no boundary in its Content-Type")
-    delimiter = b"--" + (found.group(1) or found.group(2)).encode("latin-1")
-    chunks = raw.split(delimiter)
+    if len(_BOUNDARY_PARAMETER.findall(content_type)) > 1:
+        raise ambiguous("the multipart Content-Type gives its boundary twice")
+    # A delimiter starts a line (RFC 2046): `--b` inside a value or after a preamble's text
+    # on its line is content.
+    delimiter = b"\r\n--" + (found.group(1) or found.group(2)).encode("latin-1")
+    chunks = (b"\r\n" + raw).split(delimiter)
     if len(chunks) < 3 or not chunks[-1].startswith(b"--"):
         raise ValueError("its closing boundary is missing")
     if len(chunks) > MAX_FORM_FIELDS + 2:
         raise ValueError(f"more than {MAX_FORM_FIELDS} parts")
     pairs = []
     for chunk in chunks[1:-1]:
-        head, separator, content = chunk.removeprefix(b"\r\n").partition(b"\r\n\r\n")
-        if not separator or not content.endswith(b"\r\n"):
+        if not chunk.startswith(b"\r\n"):
+            raise ValueError("a delimiter is followed by more than its line's end")
+        head, separator, content = chunk[2:].partition(b"\r\n\r\n")
+        if not separator:
             raise ValueError("a part is not framed as a part")
-        content = content[:-2]
-        disposition = next(
-            (line.split(b":", 1)[1] for line in head.split(b"\r\n")
-             if line.lower().startswith(b"content-disposition:")),
-            None,
-        )  # fmt: skip
-        name = _PART_NAME.search(disposition) if disposition is not None else None
+        lines = head.split(b"\r\n")
+        if any(line[:1] in (b" ", b"\t") for line in lines):
+            raise ambiguous("a multipart part folds a header line")
+        dispositions = [
+            line.split(b":", 1)[1] for line in lines
+            if line.split(b":", 1)[0].strip().lower() == b"content-disposition"
+        ]  # fmt: skip
+        if not dispositions:
+            raise ValueError("a part has no Content-Disposition name")
+        if len(dispositions) > 1:
+            raise ambiguous("a multipart part has two Content-Disposition lines")
+        disposition = dispositions[0]
+        names = len(_NAME_PARAMETER.findall(disposition))
+        if names > 1:
+            raise ambiguous(
+                "a multipart part names its field twice: upstreams differ on which name counts"
+            )
+        name = _PART_NAME.search(disposition)
+        if names == 1 and name is None:
+            raise ambiguous(
+                "a multipart part's name is not one quoted string: upstreams read it differently"
+            )
         if name is None:
             raise ValueError("a part has no Content-Disposition name")
         field = name.group(1).decode("utf-8", "replace")
-        if _PART_FILE.search(disposition or b""):
+        if _PART_FILE.search(disposition):
             pairs.append((field, _uninspected(content)))
         else:
             pairs.append((field, content.decode("utf-8", "replace")))

@@ -329,3 +329,105 @@ def test_a_vpc_endpoint_is_read_by_its_credential_scope() -> None:
     )  # fmt: skip
     assert document["body_format"] == "json"  # read as DynamoDB reads it
     assert evaluation.action.operation == "aws.dynamodb.DeleteTable"
+
+
+# --- multipart: one name per part, delimiters that start a line ----------------------------
+
+
+def multipart(*parts: bytes, boundary: bytes = b"b") -> bytes:
+    return b"".join(b"--" + boundary + b"\r\n" + p + b"\r\n" for p in parts) + b"--b--\r\n"
+
+
+def field(disposition: bytes, value: bytes) -> bytes:
+    return b"Content-Disposition: form-data; " + disposition + b"\r\n\r\n" + value
+
+
+CHARGE_REST = (field(b'name="currency"', b"usd"), field(b'name="source"', b"tok_visa"))
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "words"),
+    [
+        (  # Rack reads the last name: 99999999 is the amount Stripe charges
+            "multipart/form-data; boundary=b",
+            multipart(
+                field(b'name="amount"; name="x1"', b"100"),
+                field(b'name="x2"; name="amount"', b"99999999"), *CHARGE_REST,
+            ),
+            ("names its field twice",),
+        ),
+        (  # a name inside another parameter's quotes, found by Rack's `.*;\s*name=`
+            "multipart/form-data; boundary=b",
+            multipart(
+                field(b'name="amount"', b"100"),
+                field(b'x="a; name=amount"; name="x2"', b"99999999"), *CHARGE_REST,
+            ),
+            ("names its field twice",),
+        ),
+        (
+            "multipart/form-data; boundary=b",
+            multipart(field(b"name=amount", b"99999999"), *CHARGE_REST),
+            ("not one quoted string",),
+        ),
+        (
+            "multipart/form-data; boundary=b",
+            multipart(field(b"name*=UTF-8''amount", b"99999999"), *CHARGE_REST),
+            ("not one quoted string",),
+        ),
+        (
+            "multipart/form-data; boundary=b",
+            multipart(
+                b'Content-Disposition: form-data; name="x"\r\n' + field(b'name="amount"', b"9"),
+                *CHARGE_REST,
+            ),
+            ("two Content-Disposition lines",),
+        ),
+        (
+            "multipart/form-data; boundary=b; boundary=c",
+            multipart(field(b'name="amount"', b"100"), *CHARGE_REST),
+            ("boundary twice",),
+        ),
+    ],
+    ids=["two-names", "name-in-quotes", "unquoted", "name-star", "two-dispositions", "boundaries"],
+)  # fmt: skip
+def test_a_multipart_part_whose_name_upstreams_read_differently_is_refused(
+    content_type: str, body: bytes, words: tuple[str, ...]
+) -> None:
+    headers = [*STRIPE, ("Content-Type", content_type)]
+    document, evaluation = judged("POST", "api.stripe.com", "/v1/charges", headers, body)
+    refused(evaluation, *words)
+    assert "request_error" in document
+
+
+def test_a_multipart_delimiter_inside_a_line_is_content() -> None:
+    body = multipart(field(b'name="description"', b"x--b\r\nz--b"), field(b'name="amount"', b"5"))
+    headers = [*STRIPE, ("Content-Type", "multipart/form-data; boundary=b")]
+    document, _ = judged("POST", "api.stripe.com", "/v1/charges", headers, body)
+    assert document["body"] == {"description": "x--b\r\nz--b", "amount": "5"}
+
+
+def test_the_sdks_multipart_uploads_still_read() -> None:
+    import io
+
+    from stripe._multipart_data_generator import MultipartDataGenerator
+    from urllib3 import encode_multipart_formdata
+
+    generator = MultipartDataGenerator()
+    generator.add_params({"purpose": "dispute_evidence", "file": io.BytesIO(b"%PDF")})
+    content_type = f"multipart/form-data; boundary={generator.boundary}"
+    document, _ = judged(
+        "POST", "files.stripe.com", "/v1/files", [*STRIPE, ("Content-Type", content_type)],
+        generator.get_post_data(),
+    )  # fmt: skip
+    assert "request_error" not in document
+    assert document["body"]["purpose"] == "dispute_evidence"
+    # httpx (the openai SDK's) frames a file upload as urllib3 does
+    body, content_type = encode_multipart_formdata(
+        {"purpose": "fine-tune", "file": ("data.jsonl", b"{}\n", "application/jsonl")}
+    )
+    document, _ = judged(
+        "POST", "api.openai.com", "/v1/files",
+        [("Authorization", "Bearer sk-x"), ("Content-Type", content_type)], body,
+    )  # fmt: skip
+    assert "request_error" not in document
+    assert document["body"]["purpose"] == "fine-tune"
