@@ -146,7 +146,7 @@ def build_document(request: http.Request | WireRequest, agent: str) -> Document:
     path, _, raw_query = target.partition("?")
     headers, repeated = _headers(request.headers)
     host = normalise_host(request.host)
-    reading, lists = vendor_reading(host, headers), host in REPEATS_AS_LISTS
+    reading, lists = vendor_reading(host, headers), repeats_as_lists(host)
     body = _read_body(request.raw_content, headers, reading, lists)
     try:  # parsed once: the query of a form request counts as its form's too
         query_pairs = parse_qsl(raw_query, keep_blank_values=True, max_num_fields=MAX_QUERY_FIELDS)
@@ -208,9 +208,19 @@ AWS_QUERY, AWS_JSON, AWS_REST, FORM_API = "aws-query", "aws-json", "aws-rest", "
 FORM_APIS = frozenset(
     {"api.stripe.com", "connect.stripe.com", "files.stripe.com", "slack.com", "api.twilio.com"}
 )
-# Where a repeated form key is the vendor's own list notation (twilio-python sends
-# `MediaUrl=a&MediaUrl=b`); elsewhere upstreams differ on which of the values counts.
-REPEATS_AS_LISTS = frozenset({"api.twilio.com"})
+# Where a repeated form key is the vendor's own list notation: twilio-python sends
+# `MediaUrl=a&MediaUrl=b` to api.twilio.com and `Identity=a&Identity=b` to notify.twilio.com,
+# every Twilio host alike (conversations, verify, messaging, …); elsewhere upstreams differ on
+# which of the values counts. A domain covers its subdomains; hosts come normalised
+# (normalise_host: lower case, no trailing dot).
+REPEATS_AS_LISTS = frozenset({"twilio.com"})
+
+
+def repeats_as_lists(host: str) -> bool:
+    """A repeated form key is a list on this host (REPEATS_AS_LISTS: a domain or under one)."""
+    return any(host == d or host.endswith("." + d) for d in REPEATS_AS_LISTS)
+
+
 _AWS_SCOPE = re.compile(r"Credential=[^/,\s]+/\d{8}/[^/]+/([^/]+)/aws4_request")
 _readings: dict[str, str] = {}
 

@@ -236,6 +236,33 @@ def test_lists_in_the_vendors_notations_still_read() -> None:
     assert document["body"]["MediaUrl"] == ["https://a", "https://b"]
 
 
+@pytest.mark.parametrize(
+    ("host", "path", "body", "key"),
+    [  # Twilio's list notation on its other hosts (notify's Identity as twilio-python sends it)
+        ("notify.twilio.com", "/v1/Services/IS1/Notifications", b"Body=x&Identity=a&Identity=b",
+         "Identity"),
+        ("NOTIFY.twilio.com.", "/v1/Services/IS1/Notifications", b"Body=x&Identity=a&Identity=b",
+         "Identity"),
+        ("conversations.twilio.com", "/v1/Conversations/CH1/Participants",
+         b"Identity=a&MessagingBinding.Address=%2B1&Attributes=x&Attributes=y", "Attributes"),
+        ("verify.twilio.com", "/v2/Services/VA1/Verifications",
+         b"To=%2B1&Channel=sms&TemplateCustomSubstitutions=a&TemplateCustomSubstitutions=b",
+         "TemplateCustomSubstitutions"),
+    ],
+)  # fmt: skip
+def test_twilios_repeated_keys_are_lists_on_every_twilio_host(
+    host: str, path: str, body: bytes, key: str
+) -> None:
+    document, _ = judged("POST", host, path, [FORM], body)
+    assert "request_error" not in document, document.get("request_error")
+    assert isinstance(document["body"][key], list)
+
+
+def test_a_host_that_only_ends_like_twilios_is_not_twilio() -> None:
+    _, evaluation = judged("POST", "eviltwilio.com", "/v1/x", [FORM], b"a=1&a=2")
+    refused(evaluation, "repeats the key")
+
+
 def test_a_rack_style_semicolon_separator_is_refused() -> None:
     _, evaluation = judged(
         "POST", "api.stripe.com", "/v1/charges", [FORM], b"currency=usd;amount=5000000"
