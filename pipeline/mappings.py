@@ -27,6 +27,7 @@ from airlock.pipeline.hosts import host_glob_regex
 from airlock.pipeline.mcp import (
     TOOLS_CALL,
     McpError,
+    extra_members,
     is_batch,
     is_read,
     is_session_request,
@@ -435,9 +436,22 @@ class MappingIndex:
           there is ambiguous and raises MappingError).
         """
         shaped = jsonrpc_messages(document) is not None
+        host = document["host"]
+        # A JSON-RPC request with members JSON-RPC does not define: a server may run the call
+        # all the same. Refused on a declared MCP server or an undescribed host; on a vendor's
+        # host the vendor's operation is judged (a Lambda payload may look like anything).
+        extra = [] if shaped else extra_members(document)
+        if extra and (self.servers.declares(host) or not self.is_vendor_host(document)):
+            names = ", ".join(repr(k[:40]) for k in extra[:5])
+            raise MappingError(
+                f"the body is a JSON-RPC 2.0 request with a method, but it also carries "
+                f"{names}, which JSON-RPC does not define: an MCP server may run the call "
+                "it names all the same, so it is judged neither as that call nor as a plain "
+                "HTTP request",
+                fallback_action(document),
+            )
         if not shaped and not is_session_request(document):
             return False
-        host = document["host"]
         declared = self.servers.declares(host)
         if not declared and not self.is_vendor_host(document):
             return True

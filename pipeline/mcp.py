@@ -77,6 +77,19 @@ def jsonrpc_messages(document: Document) -> list[dict[str, Any]] | None:
     return messages if any(_speaks_mcp(m) for m in messages) else None
 
 
+def extra_members(document: Document) -> list[str]:
+    """Members JSON-RPC does not define in a request otherwise shaped like one (`"jsonrpc":
+    "2.0"` and a `method`): a server may run the call it names all the same. Sorted, or []."""
+    if document["method"] != "POST" or document.get("body_format") != "json":
+        return []
+    body = document["body"]
+    found: set[str] = set()
+    for message in body if isinstance(body, list) else [body]:
+        if isinstance(message, dict) and message.get("jsonrpc") == JSONRPC and "method" in message:
+            found.update(k for k in message if k not in JSONRPC_MEMBERS)
+    return sorted(found)
+
+
 def is_session_request(document: Document) -> bool:
     """Shaped like a client opening the server's event stream (GET) or ending its session
     (DELETE): the header only, which any request can carry."""

@@ -486,9 +486,15 @@ def test_a_jsonrpc_body_where_the_vendor_identifies_the_operation_is_that_operat
     )
 
 
-def test_members_jsonrpc_does_not_define_make_a_body_not_mcp_on_any_host() -> None:
-    """An internal API's own JSON with `jsonrpc` and `method` added is a write, as without."""
+def test_members_jsonrpc_does_not_define_are_refused_on_an_undescribed_host() -> None:
+    """An internal API's own JSON with `jsonrpc` and `method` added: an MCP server there may run
+    the method all the same, so it is judged as neither (it was a write, held, while a tool call
+    with one extra member escaped the tool's rules the same way)."""
     body = {"jsonrpc": "2.0", "id": 1, "method": "ping", "user": "u1", "delete": True}
+    evaluation = evaluate(request(body, host="admin.internal.example.com", path="/users"), BASELINE)
+    assert evaluation.verdict.decision == "BLOCK"
+    assert "'delete', 'user', which JSON-RPC does not define" in evaluation.verdict.reason
+    del body["method"]  # not a JSON-RPC request: the plain write it is
     evaluation = evaluate(request(body, host="admin.internal.example.com", path="/users"), BASELINE)
     assert (evaluation.action.action, evaluation.verdict.decision) == (
         "http.write",
@@ -523,3 +529,29 @@ def test_an_mcp_server_on_a_vendors_host_is_mcp_once_declared_and_the_vendors_ap
     assert (both.action.action, both.verdict.decision) == ("create_issue", "BLOCK")
     assert "declared as the MCP server 'ghapi'" in both.verdict.reason
     assert "ambiguous" in both.verdict.reason
+
+
+@pytest.mark.parametrize("host", ["api.githubcopilot.com", "mcp.internal.example.com"])
+def test_a_json_rpc_request_with_a_member_json_rpc_does_not_define_is_refused(host: str) -> None:
+    """Reclassified as http.write, the tool's BLOCK rules, budgets and rates and the Mcp-Name
+    check no longer applied; a server may run the call all the same."""
+    body = {**call(1, "merge_pull_request", {"owner": "a", "repo": "b", "pullNumber": 1}), "x": 1}
+    headers = {"Mcp-Name": "merge_pull_request", "Mcp-Method": "tools/call"}
+    evaluation = evaluate(request(body, host=host, headers=headers), BASELINE)
+    assert evaluation.verdict.decision == "BLOCK"
+    assert "'x', which JSON-RPC does not define" in evaluation.verdict.reason
+    batch = [call(1, "delete_database"), {**call(2, "delete_database"), "extra": {}}]
+    assert evaluate(request(batch, host=host), BASELINE).verdict.decision == "BLOCK"
+
+
+def test_on_a_vendor_host_the_vendors_operation_still_wins_over_extra_members() -> None:
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "x": 1}
+    document = request(
+        body, host="lambda.us-east-1.amazonaws.com",
+        path="/2015-03-31/functions/f/invocations",
+        headers={"Authorization": "AWS4-HMAC-SHA256 Credential=AKIAEXAMPLE/20260101/us-east-1/"
+                 "lambda/aws4_request, SignedHeaders=host, Signature=x"},
+    )  # fmt: skip
+    evaluation = evaluate(document, BASELINE)
+    assert evaluation.action.operation == "aws.lambda.Invoke"
+    assert "JSON-RPC does not define" not in str(evaluation.verdict.reason)
