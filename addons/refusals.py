@@ -41,7 +41,7 @@ class Refusals:
         vendor_headers = {"Content-Type": "application/json"}
         body = airlock_body(run, reason, request_id, approval, status, message)
         content = (json.dumps(body, indent=2) + "\n").encode()
-        vendor = self.answers.format_for(run.operation)
+        vendor = self.answers.format_for(run.operation, flow.request.pretty_host)
         answers = mcp_answers(flow, run, message, request_id, approval)
         if answers is not None:  # an MCP client: a result the model reads, not an HTTP error
             status, content = 200, (json.dumps(answers) + "\n").encode()

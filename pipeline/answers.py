@@ -18,7 +18,7 @@ from xml.sax.saxutils import escape
 
 import yaml
 
-from airlock.pipeline.operations import DEFAULT_CATALOG
+from airlock.pipeline.operations import DEFAULT_CATALOG, parse_aws_host
 
 BLOCKED, PENDING, FAILED = "blocked", "pending", "failed"
 _SITUATIONS = (BLOCKED, PENDING, FAILED)
@@ -57,13 +57,22 @@ def _escape_for(content_type: str, value: str) -> str:
 class Answers:
     """Which error format answers a request, by the operation it was identified as."""
 
-    def __init__(self, by_service: dict[str, ErrorFormat]) -> None:
+    def __init__(
+        self, by_service: dict[str, ErrorFormat], by_prefix: dict[str, ErrorFormat] | None = None
+    ) -> None:
         self.by_service = by_service
+        self.by_prefix = by_prefix or {}  # by the endpoint prefix AWS hosts are named by
 
-    def format_for(self, operation: str | None) -> ErrorFormat | None:
-        if not operation or not operation.startswith("aws."):
+    def format_for(self, operation: str | None, host: str = "") -> ErrorFormat | None:
+        """By the operation identified; with none (nothing decided: the decider did not answer,
+        or the store failed), by the AWS service the host names, so that boto3 still raises its
+        own error with the reason (an S3 refusal in JSON read as Code "403", reason lost)."""
+        if operation and operation.startswith("aws."):
+            return self.by_service.get(operation.split(".", 2)[1])
+        if operation or not host:
             return None
-        return self.by_service.get(operation.split(".", 2)[1])
+        named = parse_aws_host(host.lower().rstrip("."))
+        return self.by_prefix.get(named[0]) if named else None
 
 
 def situation_of(status: int, approval: dict[str, Any] | None, recorded: bool) -> str:
@@ -78,14 +87,14 @@ def load_answers(catalog: Path = DEFAULT_CATALOG) -> Answers:
     spec = yaml.safe_load((catalog / "errors.yaml").read_text())
     formats = {name: _format(name, entry) for name, entry in spec["formats"].items()}
     by_protocol = {protocol: formats[name] for protocol, name in spec["aws_protocols"].items()}
-    by_service = {}
+    by_service, by_prefix = {}, {}
     for path in sorted((catalog / "aws").glob("*.json")):
         service = json.loads(path.read_text())
         found = by_protocol.get(service["protocol"])
         if found is None:
             raise ValueError(f"{path}: no error format for protocol {service['protocol']!r}")
-        by_service[service["service"]] = found
-    return Answers(by_service)
+        by_service[service["service"]] = by_prefix[service["endpoint_prefix"]] = found
+    return Answers(by_service, by_prefix)
 
 
 def _format(name: str, entry: dict[str, Any]) -> ErrorFormat:

@@ -44,6 +44,28 @@ def test_non_aws_requests_keep_the_generic_json_body() -> None:
     assert ANSWERS.format_for(None) is None
 
 
+@pytest.mark.parametrize(
+    ("host", "format_name"),
+    [
+        ("s3.amazonaws.com", "aws-rest-xml"),
+        ("agent-data.s3.us-east-1.amazonaws.com", "aws-rest-xml"),
+        ("dynamodb.us-east-1.amazonaws.com", "aws-json"),
+        ("ec2.eu-west-1.amazonaws.com", "aws-ec2"),
+        ("IAM.amazonaws.com.", "aws-query"),
+        ("api.stripe.com", None),
+        ("my-lb-1.us-east-1.elb.amazonaws.com", None),  # a customer's server on an AWS name
+    ],
+)
+def test_with_nothing_decided_the_hosts_aws_service_chooses_the_format(
+    host: str, format_name: str | None
+) -> None:
+    """The decider did not answer or the store failed: no operation, yet boto3 must still read
+    its own error (an S3 refusal in JSON was Code "403", the reason lost)."""
+    found = ANSWERS.format_for(None, host)
+    assert (found.name if found else None) == format_name
+    assert ANSWERS.format_for("stripe.PostCharges", host) is None  # identified: not by host
+
+
 def test_situations() -> None:
     assert situation_of(403, None, recorded=True) == BLOCKED
     assert situation_of(403, {"state": "DENIED"}, recorded=True) == BLOCKED

@@ -4,6 +4,8 @@ ClientError with the code and Airlock's reason (not ResponseParserError, not a b
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from tests.e2e.test_catalog_aws import AWS_HOSTS
+from tests.e2e.test_crash_rounds import decider_of
 from tests.e2e.test_gate import Background, airlock, eventually, pending, runs
 from tests.helpers.proxy import Proxy
 
@@ -134,3 +137,24 @@ def test_a_call_that_cannot_wait_says_it_is_pending_and_names_the_approval(proxy
     [waiting] = [p for p in pending(proxy) if p["id"] in error["Message"]]
     assert "approval pending" in error["Message"]
     assert waiting["action"] == "create_instances"
+
+
+def test_a_request_nothing_decided_is_refused_in_the_services_own_format(proxy: Proxy) -> None:
+    """The decider stops answering (here: stopped by a signal): the request is refused after
+    the store's timeout with no operation identified, and still as S3 answers, so boto3 raises
+    its own error with the reason (it read a JSON body as Code "403")."""
+    decider = decider_of(proxy)
+    assert decider is not None
+    s3 = client(proxy, "s3", retries={"max_attempts": 1}, read_timeout=60)
+    os.kill(decider, signal.SIGSTOP)
+    try:
+        with pytest.raises(ClientError) as raised:
+            s3.delete_bucket(Bucket="stalled")
+    finally:
+        os.kill(decider, signal.SIGCONT)
+    error = raised.value.response["Error"]
+    assert (error["Code"], raised.value.response["ResponseMetadata"]["HTTPStatusCode"]) == (
+        "ServiceUnavailable",
+        403,
+    )
+    assert "the store did not answer within" in error["Message"]
