@@ -47,8 +47,10 @@ def test_put_parameter_secure_string_is_not_stored(
     assert run.params["Name"] == "/prod/billing/endpoint"
     assert run.request["body"]["Value"] == "[REDACTED]"
 
+    # The decision's log line is written after the record is read back here: awaited, so that
+    # the log checked below is the one that names the call
+    assert eventually(lambda: "PutParameter" in proxy.log_file.read_text())
     database = sorted(proxy.workdir.glob("airlock.db*"))  # the file, its WAL and shared memory
     assert database
     for path in [*database, proxy.log_file]:
         assert CANARY.encode() not in path.read_bytes(), path.name
-    assert "PutParameter" in proxy.log_file.read_text()  # the log did record the call
