@@ -295,14 +295,18 @@ class OperationIndex:
             for name in service.operations:
                 yield f"{service.prefix}.{name}"
 
-    def sensitive(self, name: str) -> SensitiveMembers | None:
-        """Where this operation's request carries members the vendor marks sensitive."""
+    def _named(self, name: str) -> tuple[str, Service | None, str]:
+        """(provider, its service, the operation) an operation's name names: aws.<service>.<op>
+        or <provider>.<op>."""
         provider, _, rest = name.partition(".")
         if provider == "aws":
             service_name, _, operation = rest.partition(".")
-            service = self.services.get(service_name)
-        else:
-            service, operation = self.services.get(provider), rest
+            return provider, self.services.get(service_name), operation
+        return provider, self.services.get(provider), rest
+
+    def sensitive(self, name: str) -> SensitiveMembers | None:
+        """Where this operation's request carries members the vendor marks sensitive."""
+        _, service, operation = self._named(name)
         spec = service.operations.get(operation) if service is not None else None
         return spec.sensitive if spec is not None else None
 
@@ -313,12 +317,7 @@ class OperationIndex:
                 yield f"{service.prefix}.{name}", [member for member, _, _ in spec.fields]
 
     def knows(self, name: str) -> bool:
-        provider, _, rest = name.partition(".")
-        if provider == "aws":
-            service_name, _, operation = rest.partition(".")
-            service = self.services.get(service_name)
-        else:
-            service, operation = self.services.get(provider), rest
+        provider, service, operation = self._named(name)
         return (
             service is not None
             and service.provider == provider
