@@ -45,14 +45,17 @@ def main() -> int:
     try:
         upstream, upstream_port, upstream_ca = start_upstream(work)
         processes.append(upstream)
-        write_bulk_mappings(work / "mappings", args.mappings)
+        # Each revision with its own shipped mappings (the format may have grown between them)
+        for name, checkout in (("base", base), ("this", PROJECT_ROOT)):
+            write_bulk_mappings(work / f"mappings-{name}", args.mappings, checkout)
         bare, bare_port, bare_conf = start_bare(work, upstream_port, upstream_ca)
         processes.append(bare)
         targets = {"bare": (bare_port, bare_conf)}
         imports = {"base": base_imports(base, work / "base-imports"), "this": PROJECT_ROOT}
         for name, checkout in (("base", base), ("this", PROJECT_ROOT)):
             process, port, conf = start_airlock(
-                checkout, work, name, upstream_port, upstream_ca, work / "mappings", free_port(),
+                checkout, work, name, upstream_port, upstream_ca, work / f"mappings-{name}",
+                free_port(),
                 pythonpath=imports[name],
             )  # fmt: skip
             processes.append(process)

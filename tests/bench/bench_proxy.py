@@ -255,10 +255,10 @@ def start_upstream(work: Path) -> tuple[subprocess.Popen[bytes], int, Path]:
     return process, int(fields["port"]), Path(fields["ca"])
 
 
-def write_bulk_mappings(folder: Path, count: int) -> None:
-    """The shipped mappings plus `count` more across 100 hosts (10 per host)."""
+def write_bulk_mappings(folder: Path, count: int, checkout: Path = PROJECT_ROOT) -> None:
+    """The checkout's shipped mappings plus `count` more across 100 hosts (10 per host)."""
     folder.mkdir(parents=True)
-    for shipped in (PROJECT_ROOT / "mappings").glob("*.yaml"):
+    for shipped in (checkout / "mappings").glob("*.yaml"):
         shutil.copy(shipped, folder / f"00-{shipped.name}")
     lines = ["provider: bulk", "mappings:"]
     for i in range(count):
