@@ -213,10 +213,15 @@ class Runtime:
                       "previous one until it restarts: %s", e)  # fmt: skip
 
     def _load_config(self) -> Config:
+        paths = Path(ctx.options.airlock_mappings), Path(ctx.options.airlock_policies)
+        handed = _PRECOMPILED.pop(paths, None)
+        if handed is not None:
+            config, self.sources = handed
+            log.info("took the %d mappings and %d policy rules airlock run loaded",
+                     len(config.mappings), len(config.policies))  # fmt: skip
+            return config
         try:
-            config, self.sources = compile_config(
-                Path(ctx.options.airlock_mappings), Path(ctx.options.airlock_policies)
-            )
+            config, self.sources = compile_config(*paths)
         except ConfigError as e:
             raise exceptions.OptionsError(str(e)) from e
         return config
@@ -475,6 +480,17 @@ def settle_heap() -> None:
     and again under load (measured: ~75 µs per request at concurrency 16, ~20 µs after)."""
     gc.collect()
     gc.freeze()
+
+
+# `airlock run` compiles the configuration before mitmproxy starts, to refuse a broken one in
+# one line; the proxy it then runs in the same process takes that compilation, once, instead
+# of compiling the same files again (~0.45 s a start).
+_PRECOMPILED: dict[tuple[Path, Path], tuple[Config, Sources]] = {}
+
+
+def precompiled(config: Config, sources: Sources, mappings: Path, policies: Path) -> None:
+    """Hand what compile_config(mappings, policies) returned to this process's proxy."""
+    _PRECOMPILED[mappings, policies] = config, sources
 
 
 def compile_config(mappings: Path, policies: Path) -> tuple[Config, Sources]:

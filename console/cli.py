@@ -601,12 +601,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from airlock.addons.runtime import compile_config, precompiled
     from airlock.console.proxy_master import run_proxy
-    from airlock.pipeline.evaluation import Config
     from airlock.pipeline.yaml_source import ConfigError
 
+    mappings, policies = Path(args.mappings).resolve(), Path(args.policies).resolve()
     try:  # the proxy would refuse to start too; say why in one line, before any banner
-        config = Config.load(Path(args.mappings), Path(args.policies))
+        config, sources = compile_config(mappings, policies)
     except ConfigError as e:
         print(f"airlock run: {e}", file=sys.stderr)
         return 2
@@ -633,12 +634,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"Audit checkpoints are signed with {audit_key}\n  (give it to auditors: "
             f"airlock audit verify --public-key; it is in {args.data_dir / PUBLIC_FILE})\n"
         )
-    mappings, policies = str(Path(args.mappings).resolve()), str(Path(args.policies).resolve())
     # `airlock reload` finds this process from now on; until the proxy listens for SIGHUP
     # (addons/runtime.py), one would end it (the signal's default): it is ignored meanwhile,
     # the configuration being read as the proxy starts anyway.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    announce(args.data_dir, Running(os.getpid(), args.port, mappings, policies))
+    announce(args.data_dir, Running(os.getpid(), args.port, str(mappings), str(policies)))
+    precompiled(config, sources, mappings, policies)  # the proxy below takes it, not the disk
     run_proxy(proxy_arguments(args, confdir))
     return 0
 

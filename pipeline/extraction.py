@@ -26,13 +26,14 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
 from jsonpath_ng import JSONPath
-from jsonpath_ng.ext import parse as parse_jsonpath
+from jsonpath_ng.ext import parser as jsonpath_parser
 
 from airlock.pipeline.patterns import LinearPattern, PatternError, linear
 from airlock.pipeline.redaction import is_secret_name
@@ -123,9 +124,25 @@ class FirstOf:
 Finder = FieldPath | GeneralPath | FirstOf
 
 
+# One parser for the process: jsonpath_ng.ext.parse builds a new one (its LALR tables) per call,
+# 0.54 ms against 0.16 ms to parse with one kept. A lock: reload compiles in a thread, and a
+# PLY parser keeps its state between tokens.
+_JSONPATH_PARSER = (
+    getattr(jsonpath_parser, "ExtendedJsonPathParser", None)
+    or jsonpath_parser.ExtentedJsonPathParser
+)  # its name in older jsonpath-ng
+_PARSER = _JSONPATH_PARSER()
+_PARSING = threading.Lock()
+
+
+def parse_jsonpath(expression: str) -> JSONPath:
+    with _PARSING:
+        return _PARSER.parse(expression)
+
+
 @cache
 def compile_jsonpath(expression: str) -> Finder:
-    """Parsing costs ~0.4 ms, finding ~6 µs: parse each distinct expression once per process."""
+    """Parsing costs ~0.2 ms, finding ~6 µs: parse each distinct expression once per process."""
     parsed = parse_jsonpath(expression)  # always: it validates the expression
     return FieldPath.parse(expression) or GeneralPath(parsed)
 

@@ -23,6 +23,7 @@ import json
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
+from functools import cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -523,8 +524,10 @@ def _compile(op: dict[str, Any], service: str, category: str, protocol: str) -> 
     )
 
 
+@cache
 def _path_regex(template: str) -> tuple[re.Pattern[str], tuple[str, ...]]:
-    """`/{Bucket}/{Key+}`: a label is one segment, a greedy label the rest of the path."""
+    """`/{Bucket}/{Key+}`: a label is one segment, a greedy label the rest of the path. Cached:
+    the catalog's 3,508 REST operations share 2,274 templates (compiling is most of its load)."""
     pattern, labels, last = [], [], 0
     for match in _TEMPLATE_LABEL.finditer(template):
         pattern.append(re.escape(template[last : match.start()]))

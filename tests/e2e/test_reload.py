@@ -39,6 +39,8 @@ def test_reload_applies_a_good_edit_and_refuses_a_broken_one(
         return session.post(CHARGES, data={"amount": 500, "currency": "usd"}).status_code
 
     assert charge() == 200
+    # Compiled once by `airlock run`, its proxy took that compilation, not the disk's again.
+    assert "took the" in proxy.output() and "policy rules in" not in proxy.output()
     (policies / "freeze.yaml").write_text(BROKEN)
     refused = airlock("reload", "--data-dir", str(proxy.workdir))
     assert refused.returncode == 2
