@@ -392,7 +392,36 @@ def capped(value: Any) -> Any:
     string over MAX_STORED_TEXT as its start, length and hash, and a list or an object over
     MAX_STORED_ITEMS as its first items and a count (a 50 MB param once grew the store by
     299 MB)."""
-    return _texts_capped(pruned(value))
+    return value if _fits(value) else _texts_capped(pruned(value))
+
+
+def _fits(value: Any, items: int = MAX_STORED_ITEMS) -> bool:
+    """capped(value) would be value itself: true of nearly every request, found by one walk
+    that copies nothing (pruned and _texts_capped copy all they walk: a third of run_row)."""
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            if len(node) > MAX_STORED_TEXT:
+                return False
+        elif isinstance(node, dict):
+            if len(node) > items:
+                return False
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            if len(node) > items:
+                return False
+            stack.extend(node)
+    return True
+
+
+def _stored(value: Any, secrets: list[str]) -> Any:
+    """A param or the context as recorded: cut to size (lists and objects before redacting,
+    texts after: see pruned), redacted, and without what the vendor marks sensitive."""
+    if not _fits(value):
+        value = pruned(value)  # its lists and objects end with a note: one item over the cut
+    redacted = scrub(redact_value(value), secrets)
+    return redacted if _fits(redacted, MAX_STORED_ITEMS + 1) else _texts_capped(redacted)
 
 
 def pruned(value: Any) -> Any:
@@ -474,8 +503,8 @@ def run_row(
         target=scrub(redact_text(action.target), secrets),
         mapping_id=action.mapping_id,
         operation=action.operation,
-        params=_texts_capped(scrub(redact_value(pruned(action.params)), secrets)),
-        context=_texts_capped(scrub(redact_value(pruned(action.context)), secrets)),
+        params=_stored(action.params, secrets),
+        context=_stored(action.context, secrets),
         # stored: no secret either
         undo=scrub(redact_value(action.undo), secrets) if action.undo else None,
         request=stored,
