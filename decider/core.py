@@ -122,11 +122,6 @@ PREPARE_SECONDS = 1.0  # how often an unprepared store is tried again (refused m
 MAX_UNWRITTEN = 10_000  # outcomes kept for another try; the oldest go past it (logged)
 _STORE_JOBS = (DecisionRecord, OutcomeRecord, SettleRequest, ReleaseRequest, WithdrawRelease)
 _UNAWAITED = (OutcomeRecord, WithdrawRelease)  # the proxy goes on without them: kept, retried
-# An outcome arriving alone waits this long for a decision to share its commit. At concurrency
-# 1 the agent's next request comes within milliseconds of the last answer, and an outcome
-# committed alone (an fsync) held that next decision behind it: two commits a request, not one.
-# The proxy keeps each outcome until its commit is confirmed (sent again to a restarted decider).
-OUTCOME_DELAY = 0.05
 
 
 @dataclass
@@ -171,8 +166,6 @@ class DeciderCore:
         self.unwritten: list[Pending] = []
         self.retry_at = 0.0
         self.renewing_since: float | None = None  # monotonic: this lease renewed unbroken since
-        self.outcomes: list[Pending] = []  # outcomes waiting for a commit to share (OUTCOME_DELAY)
-        self.outcomes_due = 0.0  # monotonic: when they are written even alone
 
     # --- a batch: messages in, answers out ---------------------------------------------------
 
@@ -187,24 +180,10 @@ class DeciderCore:
                 if envelope.sequence:
                     failure = Failure(DECIDER, f"{FAULT}: {e!r}")
                     taken.replies.append(Reply(envelope.sequence, failure))
-        answers, jobs = taken.replies, taken.jobs
-        if jobs and all(isinstance(p.job, OutcomeRecord) for p in jobs):
-            if not self.outcomes:
-                self.outcomes_due = time.monotonic() + OUTCOME_DELAY
-            self.outcomes += jobs
-            jobs = []
-        elif jobs and self.outcomes:  # first: the audit trail keeps the order they came in
-            jobs, self.outcomes = self.outcomes + jobs, []
-        if jobs:
-            answers += self._write_durably(jobs, taken.results)
+        answers = taken.replies
+        if taken.jobs:
+            answers += self._write_durably(taken.jobs, taken.results)
         return answers + self._retry_unwritten()
-
-    def write_outcomes(self, now: bool = False) -> list[Answer]:
-        """Outcomes that waited OUTCOME_DELAY for a decision's commit and saw none."""
-        if not self.outcomes or (not now and time.monotonic() < self.outcomes_due):
-            return []
-        group, self.outcomes = self.outcomes, []
-        return self._write_durably(group, {})
 
     def _take(self, taken: _Batch, sequence: int, message: Any) -> None:
         if isinstance(message, Decide):
@@ -572,14 +551,13 @@ class DeciderCore:
 
     def pushed(self) -> list[Answer]:
         """Settlements of approvals the proxy holds flows for (store/settlements.py), the
-        approvals queue's length when it changed, and outcomes once due: those that waited for a
-        decision's commit (OUTCOME_DELAY), those the store refused before (RETRY_SECONDS); with
-        no request coming, nothing else would write them."""
+        approvals queue's length when it changed, and outcomes the store refused before, once
+        they are due to be written again: with no request coming, nothing else would."""
         answers: list[Answer] = [Settled(**found) for found in self.watch.settled()]
         if self.queue is not None and self.queue != self.queue_pushed:
             answers.append(Queue(self.queue))
             self.queue_pushed = self.queue
-        return answers + self.write_outcomes() + self._retry_unwritten()
+        return answers + self._retry_unwritten()
 
     # --- the audit anchor --------------------------------------------------------------------
 
@@ -608,7 +586,7 @@ class DeciderCore:
     def finish(self) -> list[Answer]:
         """The proxy is gone or stopping, everything it sent was taken: a last try for what the
         store refused, a last checkpoint covering everything written, and the store closed."""
-        answers = self.write_outcomes(now=True) + self._retry_unwritten(now=True)
+        answers = self._retry_unwritten(now=True)
         if self.anchor is not None:
             try:
                 self.anchor.checkpoint()
@@ -663,8 +641,6 @@ class DeciderCore:
         waits = [self._sync_history(), self.watch.due(), self._anchor_tick()]
         if self.unwritten:
             waits.append(max(0.0, self.retry_at - time.monotonic()))
-        if self.outcomes:
-            waits.append(max(0.0, self.outcomes_due - time.monotonic()))
         due = [wait for wait in waits if wait is not None]
         return min(due) if due else None
 

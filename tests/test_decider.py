@@ -613,7 +613,7 @@ def test_an_outcome_the_store_refused_is_written_again_without_another_request(
     with core.engine.begin() as conn:  # the store refuses outcomes, as a full disk would
         conn.execute(text(f"CREATE TRIGGER refuse BEFORE UPDATE ON runs BEGIN {refuse}; END"))
     outcome = OutcomeRecord("run-500", time.time(), "forwarded", 200, 12.0)
-    refused = outcomes_written(core, [Envelope(2, outcome)])[2]
+    refused = replies(core.handle([Envelope(2, outcome)]))[2]
     assert isinstance(refused, Failure) and "disk is full" in refused.message
     with core.engine.begin() as conn:  # room again
         conn.execute(text("DROP TRIGGER refuse"))
@@ -624,42 +624,6 @@ def test_an_outcome_the_store_refused_is_written_again_without_another_request(
         written = replies(core.pushed())
     assert written == {2: None}
     assert (stored(core, "run-500").outcome, stored(core, "run-500").status) == ("forwarded", 200)
-
-
-def outcomes_written(core: DeciderCore, batch: list[Envelope]) -> dict[int, Any]:
-    """Replies to a batch of outcomes, written now rather than after OUTCOME_DELAY spent waiting
-    for a decision to share their commit."""
-    return replies(core.handle(batch) + core.write_outcomes(now=True))
-
-
-def test_an_outcome_shares_the_next_decisions_commit(core: DeciderCore) -> None:
-    """At concurrency 1 each answer's outcome reaches the decider just before the agent's next
-    request: written alone, its commit (an fsync) held that request's decision behind it."""
-    from airlock.store.records import OutcomeRecord
-
-    core.handle([Envelope(0, setup()), Envelope(1, charge(500))])
-    outcome = OutcomeRecord("run-500", time.time(), "forwarded", 200, 12.0)
-    assert core.handle([Envelope(2, outcome)]) == []  # waits for company
-    answers = core.handle([Envelope(3, charge(501))])
-    (commit,) = [answer for answer in answers if isinstance(answer, Committed)]
-    assert commit.size == 2 and set(replies(answers)) == {2, 3}
-    assert stored(core, "run-500").outcome == "forwarded"
-
-
-def test_an_outcome_no_decision_follows_is_written_after_its_delay(core: DeciderCore) -> None:
-    from airlock.decider.core import OUTCOME_DELAY
-    from airlock.store.records import OutcomeRecord
-
-    core.handle([Envelope(0, setup()), Envelope(1, charge(500))])
-    started = time.monotonic()
-    core.handle([Envelope(2, OutcomeRecord("run-500", time.time(), "forwarded", 200, 12.0))])
-    assert 0 < (core.wait() or 0) <= OUTCOME_DELAY
-    written: dict[int, Any] = {}
-    while not written and time.monotonic() < started + 5:
-        time.sleep(core.wait() or 0.01)  # as serve() waits for input that never comes
-        written = replies(core.pushed())
-    assert written == {2: None} and time.monotonic() - started >= OUTCOME_DELAY
-    assert stored(core, "run-500").outcome == "forwarded"
 
 
 def _answered(run_id: str, body: bytes, *headers: tuple[bytes, bytes]) -> AnsweredOutcome:
@@ -678,7 +642,7 @@ def test_the_decider_reads_the_identifiers_an_answer_returned(core: DeciderCore)
     [crossed] = Reader().feed(pack(answered))  # pairs arrive as msgpack arrays (lists)
     assert replace(crossed, headers=[tuple(pair) for pair in crossed.headers]) == answered
     answered = crossed
-    assert outcomes_written(core, [Envelope(2, answered)]) == {2: None}
+    assert replies(core.handle([Envelope(2, answered)])) == {2: None}
     detail = stored(core, "run-500").outcome_detail
     assert detail == {"prior": {"x": 1}, "ids": {"charge_id": "ch_42"}}
 
@@ -691,8 +655,7 @@ def test_an_answer_that_cannot_be_read_still_records_its_outcome(core: DeciderCo
     answered = _answered("run-500", bomb, (b"content-encoding", b"gzip"),
                          (b"content-type", b"application/json"))  # fmt: skip
     garbled = _answered("run-501", b"not json", (b"content-type", b"application/json"))
-    both = [Envelope(3, answered), Envelope(4, garbled)]
-    assert outcomes_written(core, both) == {3: None, 4: None}
+    assert replies(core.handle([Envelope(3, answered), Envelope(4, garbled)])) == {3: None, 4: None}
     for run_id in ("run-500", "run-501"):
         run = stored(core, run_id)
         assert (run.outcome, run.status, run.outcome_detail) == (
