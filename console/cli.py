@@ -1147,6 +1147,7 @@ def cmd_undo(args: argparse.Namespace) -> int:
     from airlock.console.runs import UndoFailed, execute, print_plan, proxy_url, undo_plan
     from airlock.pipeline.mappings import load_mappings
     from airlock.pipeline.undo import CannotUndo
+    from airlock.store.keys import RequestKeyError, load_or_create_request_key
 
     view = _run_view(args)
     run_id = view.run["id"]
@@ -1162,8 +1163,13 @@ def cmd_undo(args: argparse.Namespace) -> int:
     if not args.execute:
         return 0
     proxy = proxy_url(args.proxy, args.agent, os.environ.get("AIRLOCK_AGENT_KEY"))
+    try:  # the proxy records the link to this run only when its request key signed it
+        key = load_or_create_request_key(args.data_dir, create=False)
+    except RequestKeyError as e:
+        print(f"airlock undo: {e}: give the proxy's --data-dir", file=sys.stderr)
+        return 2
     try:
-        said = execute(plan, run_id, proxy, Path(args.confdir) / CA_CERT_NAME)
+        said = execute(plan, run_id, proxy, Path(args.confdir) / CA_CERT_NAME, key)
     except UndoFailed as e:
         print(f"airlock undo: {e}", file=sys.stderr)
         return 1

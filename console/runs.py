@@ -20,8 +20,9 @@ from typing import Any
 from rich.console import Console
 
 from airlock.console.untrusted import escaped, visible
+from airlock.pipeline.document import normalise_host
 from airlock.pipeline.mappings import MappingIndex
-from airlock.pipeline.undo import CannotUndo, UndoPlan, form_fields, plan_undo
+from airlock.pipeline.undo import CannotUndo, UndoPlan, form_fields, plan_undo, undo_link
 from airlock.store.runs import RunView
 
 UNDO_OF = "X-Airlock-Undo-Of"  # read by the proxy: the new run records the run it undoes
@@ -138,15 +139,20 @@ def proxy_url(proxy: str, agent: str | None, key: str | None) -> str:
     return parts._replace(netloc=f"{credentials}@{parts.netloc}").geturl()
 
 
-def execute(plan: UndoPlan, run_id: str, proxy: str, ca: Path) -> str:
-    """Send the compensating request through Airlock; what Airlock and the upstream said."""
+def execute(plan: UndoPlan, run_id: str, proxy: str, ca: Path, key: bytes) -> str:
+    """Send the compensating request through Airlock; what Airlock and the upstream said. `key`:
+    the proxy's request key, which signs the link to the run undone (pipeline/undo.py)."""
     if plan.aws is not None:
-        return _execute_aws(plan.aws, run_id, proxy, ca)
-    return _execute_http(plan, run_id, proxy, ca)
+        return _execute_aws(plan.aws, run_id, proxy, ca, key)
+    return _execute_http(plan, run_id, proxy, ca, key)
 
 
-def _execute_http(plan: UndoPlan, run_id: str, proxy: str, ca: Path) -> str:
-    headers = {UNDO_OF: run_id}
+def _link(key: bytes, run_id: str, url: str) -> str:
+    return undo_link(key, run_id, normalise_host(urllib.parse.urlsplit(url).hostname or ""))
+
+
+def _execute_http(plan: UndoPlan, run_id: str, proxy: str, ca: Path, key: bytes) -> str:
+    headers = {UNDO_OF: _link(key, run_id, str(plan.url))}
     data = None
     if plan.form is not None:
         data = urllib.parse.urlencode(form_fields(plan.form)).encode()
@@ -195,7 +201,7 @@ def _shown(proxy: str) -> str:
     return parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")).geturl()
 
 
-def _execute_aws(aws: dict[str, Any], run_id: str, proxy: str, ca: Path) -> str:
+def _execute_aws(aws: dict[str, Any], run_id: str, proxy: str, ca: Path, key: bytes) -> str:
     try:
         import botocore.session
         from botocore import xform_name
@@ -212,7 +218,7 @@ def _execute_aws(aws: dict[str, Any], run_id: str, proxy: str, ca: Path) -> str:
     )
 
     def link(request: Any, **_: Any) -> None:  # after signing: the proxy removes it
-        request.headers[UNDO_OF] = run_id
+        request.headers[UNDO_OF] = _link(key, run_id, request.url)
 
     client.meta.events.register("before-send", link)
     try:

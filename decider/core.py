@@ -417,7 +417,8 @@ class DeciderCore:
                 fallback_action(document), Verdict(BLOCK, refusal, ("control-surface",))
             )
         config = self._ready()
-        evaluation = with_mode(evaluate(document, config, self.history), self.mode)
+        evaluation = evaluate(document, config, self.history, self._key())
+        evaluation = with_mode(evaluation, self.mode)
         return simulated(evaluation, self._simulating(document["agent"]))
 
     def _ready(self) -> Config:

@@ -32,6 +32,7 @@ from airlock.pipeline.policies import (
 )
 from airlock.pipeline.redaction import redact_authority
 from airlock.pipeline.risk import Risk, score
+from airlock.pipeline.undo import linked_run
 
 
 @dataclass(frozen=True)
@@ -66,9 +67,13 @@ class Evaluation:
     others: tuple[Action, ...] = ()
 
 
-def evaluate(document: Document, config: Config, history: History | None = None) -> Evaluation:
+def evaluate(
+    document: Document, config: Config, history: History | None = None,
+    undo_key: bytes | None = None,
+) -> Evaluation:  # fmt: skip
     """`history` is the decider's view of the recent past (budgets, rates, risk); offline callers
-    (explain, test) pass none and see an empty past."""
+    (explain, test) pass none and see an empty past. `undo_key`: the request key, which signs
+    the link `airlock undo` puts on its requests (pipeline/undo.py)."""
     problem = request_problem(document)
     if problem:
         return _failed("request", fallback_action(document), ValueError(problem))
@@ -76,7 +81,11 @@ def evaluate(document: Document, config: Config, history: History | None = None)
     if undo_of:  # `airlock undo` sent it: the run it undoes, on record with this one
         evaluation = evaluate({**document, "headers": _without(document["headers"], UNDO_OF)},
                               config, history)  # fmt: skip
-        context = {**evaluation.action.context, "undo_of": undo_of[:64]}
+        run_id = linked_run(undo_key, undo_of, document["host"])
+        if run_id is None:  # an agent's own, or another Airlock's: judged, refused, said why
+            verdict = Verdict(BLOCK, _UNSIGNED_UNDO, ("undo-link",))
+            return replace(evaluation, verdict=verdict)
+        context = {**evaluation.action.context, "undo_of": run_id}
         return replace(evaluation, action=replace(evaluation.action, context=context))
     try:  # MCP only where the host makes it so: the vendor's operation comes first
         messages = config.mappings.mcp_messages(document)
@@ -103,6 +112,11 @@ def evaluate(document: Document, config: Config, history: History | None = None)
 # dropped batches). 30,000 pings fit in the 1 MiB a body may have.
 MAX_BATCH = 100
 UNDO_OF = "x-airlock-undo-of"  # set by `airlock undo`; never forwarded (addons/gatekeeper.py)
+_UNSIGNED_UNDO = (
+    "X-Airlock-Undo-Of is Airlock's own header, signed by `airlock undo` with this Airlock's "
+    "request key; this request's is not (send undos with `airlock undo RUN --execute`, with the "
+    "proxy's --data-dir)"
+)
 
 
 def _without(headers: dict[str, str], name: str) -> dict[str, str]:

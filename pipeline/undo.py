@@ -22,6 +22,8 @@ pipeline/prior.py), nested in bracket notation as the vendor's SDK would.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import re
 from dataclasses import dataclass, field
@@ -191,3 +193,29 @@ def _render(value: Any, values: dict[str, Any]) -> Any:
     if isinstance(value, list):
         return [_render(v, values) for v in value]
     return value
+
+
+# --- the link from an undo to the run it undoes ----------------------------------------------
+# `airlock undo` marks its request X-Airlock-Undo-Of: RUN_ID.MAC, the MAC an HMAC with the data
+# directory's request key (store/keys.py) over the run and the host the request goes to. The
+# proxy records the link only when the MAC holds: any agent could otherwise mark its own request
+# as an undo, and a run as undone that never was (`airlock show`), to a reviewer's leniency.
+_UNDO_MAC_HEX = 32
+
+
+def undo_link(key: bytes, run_id: str, host: str) -> str:
+    """The header value `airlock undo` sends for an undo of `run_id` sent to `host`."""
+    return f"{run_id}.{_undo_mac(key, run_id, host)}"
+
+
+def linked_run(key: bytes | None, value: str, host: str) -> str | None:
+    """The run an X-Airlock-Undo-Of value names, if its MAC is this key's for this host."""
+    run_id, _, mac = value.strip().rpartition(".")
+    if key is None or not run_id or len(mac) != _UNDO_MAC_HEX:
+        return None
+    return run_id if hmac.compare_digest(mac, _undo_mac(key, run_id, host)) else None
+
+
+def _undo_mac(key: bytes, run_id: str, host: str) -> str:
+    material = json.dumps(["airlock-undo-of", run_id, host.lower()]).encode()
+    return hmac.new(key, material, hashlib.sha256).hexdigest()[:_UNDO_MAC_HEX]

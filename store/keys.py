@@ -41,11 +41,13 @@ class RequestKeyError(Exception):
     """The data directory's request key cannot be read, or it is not the store's."""
 
 
-def load_or_create_request_key(data_dir: Path) -> bytes:
+def load_or_create_request_key(data_dir: Path, create: bool = True) -> bytes:
     """The data directory's request key, made on first use (64 hex digits, mode 0600)."""
     path = Path(data_dir) / KEY_FILE
     try:
         if not path.exists():
+            if not create:
+                raise RequestKeyError(f"{path}: no request key (the proxy makes it as it starts)")
             _create(path)
         key = bytes.fromhex(path.read_text().strip())
     except OSError as e:

@@ -250,3 +250,17 @@ def test_how_a_run_is_undone_is_stored_without_its_secrets() -> None:
     row = run_row("r1", "i", document, Evaluation(action, Verdict("ALLOW", "ok", ())), 1.0)
     assert row.undo is not None and row.undo["params"]["api_key"] == REDACTED
     assert "S3cret" not in json.dumps(row.as_row(), default=str)
+
+
+def test_an_undo_link_holds_only_for_its_run_its_host_and_the_proxys_key() -> None:
+    """`airlock undo` signs X-Airlock-Undo-Of; an agent cannot mark its own request as an undo."""
+    from airlock.pipeline.undo import linked_run, undo_link
+
+    key, other = b"k" * 32, b"o" * 32
+    link = undo_link(key, "0190aa", "api.stripe.com")
+    assert linked_run(key, link, "api.stripe.com") == "0190aa"
+    assert linked_run(other, link, "api.stripe.com") is None  # another Airlock's key
+    assert linked_run(None, link, "api.stripe.com") is None  # offline: nothing to check with
+    assert linked_run(key, link, "hooks.slack.com") is None  # another host
+    assert linked_run(key, link.replace("0190aa", "0190ab"), "api.stripe.com") is None
+    assert linked_run(key, "0190aa", "api.stripe.com") is None  # unsigned

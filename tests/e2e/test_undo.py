@@ -25,7 +25,7 @@ from airlock.console.standins import Received, Upstream, default_responder
 from airlock.store.approvals import pending_approvals
 from airlock.store.schema import open_engine
 from tests.e2e.test_catalog_aws import AWS_HOSTS, client
-from tests.e2e.test_gate import eventually, runs
+from tests.e2e.test_gate import CHARGES, eventually, runs
 from tests.helpers.proxy import PROJECT_ROOT, Proxy, clean_env
 from tests.helpers.sdks import stripe_through
 
@@ -52,7 +52,7 @@ def airlock(proxy: Proxy, *args: str, env: dict[str, str] | None = None) -> Any:
 def undo(proxy: Proxy, run_id: str, env: dict[str, str]) -> Any:
     return airlock(
         proxy, "undo", run_id, "--execute", "--proxy", proxy.url, "--agent", "operator",
-        "--confdir", str(proxy.confdir), env=env,
+        "--confdir", str(proxy.confdir), "--data-dir", str(proxy.workdir), env=env,
     )  # fmt: skip
 
 
@@ -118,6 +118,29 @@ def test_a_charge_is_undone_by_refunding_it(
     assert shown.returncode == 0, shown.stderr
     assert f"undone by run {undone.id}" in shown.stdout
     assert f'"charge_id": "{charge.id}"' in shown.stdout
+
+
+def test_an_undo_link_airlock_undo_did_not_sign_is_refused_and_links_nothing(
+    proxy: Proxy, upstream: Upstream
+) -> None:
+    """X-Airlock-Undo-Of records a request as the undo of a run (`airlock runs show`: "undone
+    by"): an agent setting it itself, bare or with a made-up signature, is refused."""
+    session = proxy.session("billing-agent")
+    charged = session.post(CHARGES, data={"amount": 700, "currency": "usd"}, timeout=10)
+    assert charged.status_code == 200
+    run_id = charged.headers["X-Airlock-Request-Id"]
+    upstream.clear()
+    for forged in (run_id, f"{run_id}.{'0' * 32}"):
+        refused = session.post(
+            "https://api.stripe.com/v1/refunds", data={"charge": "ch_forged"},
+            headers={"X-Airlock-Undo-Of": forged}, timeout=10,
+        )  # fmt: skip
+        assert refused.status_code == 403 and "undo-link" in refused.json()["rules"]
+        assert "signed by `airlock undo`" in refused.json()["error"]["message"]
+    assert not [r for r in upstream.received if r.path == "/v1/refunds"]
+    assert not [r for r in runs(proxy) if (r.context or {}).get("undo_of") == run_id]
+    shown = airlock(proxy, "runs", "show", run_id)
+    assert shown.returncode == 0 and "undone by" not in shown.stdout
 
 
 class CustomerStandIn:
