@@ -365,13 +365,24 @@ def redact_text(text: str) -> str:
     return redacted
 
 
+# Names with a secret's word that hold no secret: which secret (Secrets Manager's SecretId,
+# SecretName; a reviewer deciding a DeleteSecret must see which one) and where a listing goes on
+# (NextToken, ContinuationToken, page_token) or which retry it is (IdempotencyToken). Whole
+# names only: ClientSecretId, SessionToken stay secrets. (A secret's ARN as text still loses
+# what follows `secretsmanager:`, read as a field named like a secret.)
+_ONLY_NAMES = re.compile(
+    r"(?i)^(secrets?[-_]?(id|arn|name|version[-_]?id|version[-_]?stage)s?"
+    r"|(next|continuation|pagination|page|next[-_]?page|starting|idempotency)[-_]?token)$"
+)
+
+
 @lru_cache(maxsize=4096)
 def is_secret_name(name: str) -> bool:
     """Header and field names repeat endlessly: decide each once. An environment variable's
     name in capitals ending in `_KEY` (STRIPE_KEY, OPENAI_KEY) holds one too."""
     return (
         name.lower() in _SECRET_HEADERS
-        or _SECRET_NAME.search(name) is not None
+        or (_SECRET_NAME.search(name) is not None and _ONLY_NAMES.match(name) is None)
         or (name.endswith("_KEY") and name.isupper())
     )
 

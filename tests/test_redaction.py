@@ -580,3 +580,17 @@ def test_a_tool_result_that_tells_a_new_key_keeps_it_out_of_the_outcome() -> Non
     kept = tool_outcome(request, json.dumps(result).encode(), "application/json")
     assert kept is not None and "Created key" in kept["text"]
     assert SECRET_IN not in json.dumps(kept)
+
+
+def test_names_that_only_say_which_secret_or_which_page_are_kept() -> None:
+    """A reviewer deciding a DeleteSecret must see which secret; pagination and idempotency
+    tokens are no credentials. What holds a secret under a like name still goes."""
+    request = {
+        "SecretId": "prod/db-password", "SecretName": "prod/db-password",
+        "NextToken": "eyJvZmZzZXQiOjUwfQ", "IdempotencyToken": "3f2a", "SecretString": "hunter2!x",
+        "SessionToken": "FwoGZXIvYXdzEJr", "ClientSecretId": "cs-7", "client_secret": "shh-7f3a",
+    }  # fmt: skip
+    redacted = redact_value(request)
+    kept = ("SecretId", "SecretName", "NextToken", "IdempotencyToken")
+    assert {name: redacted[name] for name in kept} == {name: request[name] for name in kept}
+    assert all(redacted[name] == REDACTED for name in request if name not in kept)
