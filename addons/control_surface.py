@@ -18,6 +18,7 @@ import ipaddress
 import socket
 from dataclasses import dataclass
 
+import psutil
 from mitmproxy import ctx
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 from sqlalchemy.engine import make_url
@@ -122,7 +123,7 @@ class ControlSurface:
         cls, ports: set[int], listen_host: str, database: tuple[str, int] | None
     ) -> ControlSurface:
         """Resolves the machine's own names once, at configuration time."""
-        own = _resolved(socket.gethostname()) | _resolved(listen_host)
+        own = _resolved(socket.gethostname()) | _resolved(listen_host) | _interface_addresses()
         db = (_resolved(database[0]), database[1]) if database else None
         return cls(frozenset(ports), frozenset(own), db)
 
@@ -167,6 +168,19 @@ async def _resolve(host: str, port: int) -> list[tuple[Address, int]]:
         for info in infos
         if (address := literal_address(str(info[4][0]))) is not None
     ]
+
+
+def _interface_addresses() -> set[Address]:
+    """Every address of this machine's interfaces (a LAN address reaches a proxy listening on
+    0.0.0.0 as loopback does); link-local ones with their zone dropped."""
+    found = set()
+    for addresses in psutil.net_if_addrs().values():
+        for entry in addresses:
+            if entry.family in (socket.AF_INET, socket.AF_INET6):
+                address = literal_address(entry.address)
+                if address is not None:
+                    found.add(address)
+    return found
 
 
 def _resolved(host: str) -> set[Address]:

@@ -447,6 +447,35 @@ def test_agents_cannot_reach_airlock_itself_through_the_proxy(
     assert upstream.count() == 0
 
 
+def test_on_every_interface_each_address_of_this_machine_is_airlocks_own(
+    start_proxy: Callable[..., Proxy], upstream: Upstream
+) -> None:
+    """Listening on 0.0.0.0, the proxy is reached at this machine's LAN addresses as at
+    loopback: a request through it to one of them is refused like one to 127.0.0.1."""
+    import ipaddress
+
+    import psutil
+
+    addresses = [
+        entry.address
+        for entries in psutil.net_if_addrs().values()
+        for entry in entries
+        if entry.family in (socket.AF_INET, socket.AF_INET6) and "%" not in entry.address
+        and not ipaddress.ip_address(entry.address).is_loopback
+    ]  # fmt: skip
+    if not addresses:
+        pytest.skip("this machine has no address but loopback")
+    proxy = start_proxy("--host", "0.0.0.0")
+    session = proxy.session()
+    for address in addresses:
+        host = f"[{address}]" if ":" in address else address
+        for url in (f"http://{host}:{proxy.metrics_port}/metrics", f"http://{host}:{proxy.port}/"):
+            response = session.get(url, timeout=10)
+            assert response.status_code == 403, url
+            assert response.json()["rules"] == ["control-surface"], url
+    assert upstream.count() == 0
+
+
 def test_agents_cannot_reach_the_postgresql_store_through_the_proxy(
     start_proxy: Callable[..., Proxy], empty_pg_database: str
 ) -> None:
