@@ -16,10 +16,8 @@ from typing import Any
 
 import pytest
 
-from airlock.pipeline.document import build_document
-from airlock.pipeline.evaluation import evaluate
-from airlock.pipeline.policies import ALLOW, BLOCK
-from tests.test_stripe_money_movement import CATALOG, CONFIG, live_request
+from airlock.pipeline.policies import BLOCK
+from tests.test_stripe_money_movement import CATALOG, assert_not_allowed_live, decided_live
 
 # The criteria, by Stripe's operationId (`Post` + the path's words + the action's), each matched
 # against the whole name; the first that matches says why.
@@ -99,18 +97,12 @@ def test_the_criteria_find_what_they_are_about() -> None:
 
 @pytest.mark.parametrize(("operation", "why"), REACHING_OUT)
 def test_a_live_write_that_reaches_out_is_not_allowed(operation: dict[str, Any], why: str) -> None:
-    evaluation = evaluate(build_document(live_request(operation), "billing-bot"), CONFIG)
-    assert evaluation.action.operation == f"stripe.{operation['name']}"
-    assert evaluation.verdict.decision != ALLOW, (
-        f"{operation['method']} {operation['path']} ({why}) is allowed in live mode: "
-        f"{evaluation.verdict.reason}"
-    )
+    assert_not_allowed_live(operation, why)
 
 
 @pytest.mark.parametrize("operation", CLOSING)
 def test_closing_an_account_is_blocked_as_deleting_one_is(operation: dict[str, Any]) -> None:
-    evaluation = evaluate(build_document(live_request(operation), "billing-bot"), CONFIG)
-    assert evaluation.action.operation == f"stripe.{operation['name']}"
+    evaluation = decided_live(operation)
     assert evaluation.verdict.decision == BLOCK, (
         f"{operation['method']} {operation['path']} is {evaluation.verdict.decision}: "
         f"{evaluation.verdict.reason}"
