@@ -207,9 +207,8 @@ def build_document(request: http.Request | WireRequest, agent: str) -> Document:
 # string and the body as one form; its JSON and REST services read the body as JSON or XML
 # whatever its Content-Type; form APIs (Rack, PHP and the like) merge the query into the form.
 AWS_QUERY, AWS_JSON, AWS_REST, FORM_API = "aws-query", "aws-json", "aws-rest", "form-api"
-FORM_APIS = frozenset(
-    {"api.stripe.com", "connect.stripe.com", "files.stripe.com", "slack.com", "api.twilio.com"}
-)
+FORM_APIS = frozenset({"api.stripe.com", "connect.stripe.com", "files.stripe.com", "slack.com"})
+FORM_API_DOMAINS = ("twilio.com",)  # every Twilio host reads its parameters alike (as lists below)
 # Where a repeated form key is the vendor's own list notation: twilio-python sends
 # `MediaUrl=a&MediaUrl=b` to api.twilio.com and `Identity=a&Identity=b` to notify.twilio.com,
 # every Twilio host alike (conversations, verify, messaging, …); elsewhere upstreams differ on
@@ -250,7 +249,7 @@ def vendor_reading(host: str, headers: dict[str, str]) -> str:
 
 
 def _reading_of_host(host: str) -> str:
-    if host in FORM_APIS:
+    if host in FORM_APIS or any(host.endswith("." + d) for d in FORM_API_DOMAINS):
         return FORM_API
     from airlock.pipeline.operations import LABEL_ALIASES, parse_aws_host
 

@@ -258,6 +258,18 @@ def test_twilios_repeated_keys_are_lists_on_every_twilio_host(
     assert isinstance(document["body"][key], list)
 
 
+@pytest.mark.parametrize(
+    "host",
+    ["api.twilio.com", "conversations.twilio.com", "verify.twilio.com", "Notify.Twilio.com."],
+)
+def test_every_twilio_host_reads_its_query_beside_any_body(host: str) -> None:
+    """Twilio merges the query into the form on all its hosts, not only api.twilio.com: a
+    parameter there beside a body that is not a form is what Twilio acts on, so it is judged."""
+    document, _ = judged("POST", host, "/v1/Services/MG1/Messages?To=%2B15550100",
+                         [("content-type", "text/plain")], b"hello")  # fmt: skip
+    assert document["body"]["To"] == "+15550100"
+
+
 def test_a_host_that_only_ends_like_twilios_is_not_twilio() -> None:
     _, evaluation = judged("POST", "eviltwilio.com", "/v1/x", [FORM], b"a=1&a=2")
     refused(evaluation, "repeats the key")
