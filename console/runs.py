@@ -7,6 +7,7 @@ stored), decided by policy and recorded as the undo of the run."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import ssl
@@ -147,12 +148,18 @@ def execute(plan: UndoPlan, run_id: str, proxy: str, ca: Path, key: bytes) -> st
     return _execute_http(plan, run_id, proxy, ca, key)
 
 
-def _link(key: bytes, run_id: str, url: str) -> str:
-    return undo_link(key, run_id, normalise_host(urllib.parse.urlsplit(url).hostname or ""))
+def _link(key: bytes, run_id: str, method: str, url: str, body: bytes) -> str:
+    """The signed X-Airlock-Undo-Of for this request as it will be sent (pipeline/undo.py)."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    with contextlib.suppress(UnicodeError):  # the proxy sees a name as sent: in IDNA
+        host = host.encode("idna").decode("ascii")
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return undo_link(key, run_id, method, normalise_host(host), target, body)
 
 
 def _execute_http(plan: UndoPlan, run_id: str, proxy: str, ca: Path, key: bytes) -> str:
-    headers = {UNDO_OF: _link(key, run_id, str(plan.url))}
+    headers: dict[str, str] = {}
     data = None
     if plan.form is not None:
         data = urllib.parse.urlencode(form_fields(plan.form)).encode()
@@ -160,6 +167,8 @@ def _execute_http(plan: UndoPlan, run_id: str, proxy: str, ca: Path, key: bytes)
     elif plan.json is not None:
         data = json.dumps(plan.json).encode()
         headers["Content-Type"] = "application/json; charset=utf-8"
+    method = plan.method or ("POST" if data is not None else "GET")  # as urllib chooses
+    headers[UNDO_OF] = _link(key, run_id, method, str(plan.url), data or b"")
     if plan.auth:
         secret = os.environ.get(plan.auth["env"])
         if not secret:
@@ -175,7 +184,7 @@ def _execute_http(plan: UndoPlan, run_id: str, proxy: str, ca: Path, key: bytes)
         token = base64.b64encode(f"{user}:{secret}".encode()).decode()
         headers["Proxy-Authorization"] = f"Basic {token}"  # urllib moves it to the CONNECT
         proxy = _shown(proxy)
-    request = urllib.request.Request(str(plan.url), data, headers, method=plan.method)
+    request = urllib.request.Request(str(plan.url), data, headers, method=method)
     opener = urllib.request.build_opener(
         urllib.request.ProxyHandler({"https": proxy, "http": proxy}),
         urllib.request.HTTPSHandler(context=ssl.create_default_context(cafile=str(ca))),
@@ -218,7 +227,12 @@ def _execute_aws(aws: dict[str, Any], run_id: str, proxy: str, ca: Path, key: by
     )
 
     def link(request: Any, **_: Any) -> None:  # after signing: the proxy removes it
-        request.headers[UNDO_OF] = _link(key, run_id, request.url)
+        body = request.body or b""
+        if isinstance(body, str):
+            body = body.encode()
+        if not isinstance(body, bytes):  # a stream: not what an undo plan sends
+            raise UndoFailed("this undo's body is a stream, which Airlock cannot sign")
+        request.headers[UNDO_OF] = _link(key, run_id, request.method, request.url, body)
 
     client.meta.events.register("before-send", link)
     try:

@@ -81,7 +81,7 @@ def evaluate(
     if undo_of:  # `airlock undo` sent it: the run it undoes, on record with this one
         evaluation = evaluate({**document, "headers": _without(document["headers"], UNDO_OF)},
                               config, history)  # fmt: skip
-        run_id = linked_run(undo_key, undo_of, document["host"])
+        run_id = linked_run(undo_key, undo_of, document)
         if run_id is None:  # an agent's own, or another Airlock's: judged, refused, said why
             verdict = Verdict(BLOCK, _UNSIGNED_UNDO, ("undo-link",))
             return replace(evaluation, verdict=verdict)

@@ -33,6 +33,7 @@ _SECRET_HEADERS = frozenset(
         "x-amz-security-token",
         "x-goog-api-key",
         "stripe-account-token",
+        "x-airlock-undo-of",  # `airlock undo`'s signed link (pipeline/undo.py): not for readers
         # look-alikes of Authorization and Cookie that gateways and SDKs use
         "x-authorization",
         "authentication",
@@ -371,8 +372,8 @@ def redact_text(text: str) -> str:
 # names only: ClientSecretId, SessionToken stay secrets. (A secret's ARN as text still loses
 # what follows `secretsmanager:`, read as a field named like a secret.)
 _ONLY_NAMES = re.compile(
-    r"(?i)^(secrets?[-_]?(id|arn|name|version[-_]?id|version[-_]?stage)s?"
-    r"|(next|continuation|pagination|page|next[-_]?page|starting|idempotency)[-_]?token)$"
+    r"(?i)(secrets?[-_]?(id|arn|name|version[-_]?id|version[-_]?stage)s?"
+    r"|(next|continuation|pagination|page|next[-_]?page|starting|idempotency)[-_]?token)"
 )
 
 
@@ -382,7 +383,7 @@ def is_secret_name(name: str) -> bool:
     name in capitals ending in `_KEY` (STRIPE_KEY, OPENAI_KEY) holds one too."""
     return (
         name.lower() in _SECRET_HEADERS
-        or (_SECRET_NAME.search(name) is not None and _ONLY_NAMES.match(name) is None)
+        or (_SECRET_NAME.search(name) is not None and _ONLY_NAMES.fullmatch(name) is None)
         or (name.endswith("_KEY") and name.isupper())
     )
 

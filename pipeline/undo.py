@@ -197,25 +197,37 @@ def _render(value: Any, values: dict[str, Any]) -> Any:
 
 # --- the link from an undo to the run it undoes ----------------------------------------------
 # `airlock undo` marks its request X-Airlock-Undo-Of: RUN_ID.MAC, the MAC an HMAC with the data
-# directory's request key (store/keys.py) over the run and the host the request goes to. The
-# proxy records the link only when the MAC holds: any agent could otherwise mark its own request
-# as an undo, and a run as undone that never was (`airlock show`), to a reviewer's leniency.
-_UNDO_MAC_HEX = 32
+# directory's request key (store/keys.py) over the run and the request as sent: method, host,
+# target (path and query) and body. The proxy records the link only when the MAC holds: any
+# agent could otherwise mark its own request as an undo, and a run as undone that never was
+# (`airlock runs show`), to a reviewer's leniency. The header is not stored (redaction.py).
+_UNDO_MAC = re.compile(r"[0-9a-f]{32}")
 
 
-def undo_link(key: bytes, run_id: str, host: str) -> str:
-    """The header value `airlock undo` sends for an undo of `run_id` sent to `host`."""
-    return f"{run_id}.{_undo_mac(key, run_id, host)}"
+def undo_link(key: bytes, run_id: str, method: str, host: str, target: str, body: bytes) -> str:
+    """The header value `airlock undo` sends on the request that undoes `run_id`."""
+    digests = _sha256(target.encode("utf-8", "surrogateescape")), _sha256(body)
+    return f"{run_id}.{_undo_mac(key, run_id, method, host, *digests)}"
 
 
-def linked_run(key: bytes | None, value: str, host: str) -> str | None:
-    """The run an X-Airlock-Undo-Of value names, if its MAC is this key's for this host."""
+def linked_run(key: bytes | None, value: str, document: dict[str, Any]) -> str | None:
+    """The run an X-Airlock-Undo-Of value names, if its MAC is this key's for this request."""
     run_id, _, mac = value.strip().rpartition(".")
-    if key is None or not run_id or len(mac) != _UNDO_MAC_HEX:
+    if key is None or not run_id or not _UNDO_MAC.fullmatch(mac):
         return None
-    return run_id if hmac.compare_digest(mac, _undo_mac(key, run_id, host)) else None
+    expected = _undo_mac(
+        key, run_id, document["method"], document["host"],
+        str(document.get("target_sha256")), str(document.get("body_sha256")),
+    )  # fmt: skip
+    return run_id if hmac.compare_digest(mac, expected) else None
 
 
-def _undo_mac(key: bytes, run_id: str, host: str) -> str:
-    material = json.dumps(["airlock-undo-of", run_id, host.lower()]).encode()
-    return hmac.new(key, material, hashlib.sha256).hexdigest()[:_UNDO_MAC_HEX]
+def _undo_mac(
+    key: bytes, run_id: str, method: str, host: str, target_sha256: str, body_sha256: str
+) -> str:
+    fields = ["airlock-undo-of", run_id, method.upper(), host.lower(), target_sha256, body_sha256]
+    return hmac.new(key, json.dumps(fields).encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

@@ -252,15 +252,35 @@ def test_how_a_run_is_undone_is_stored_without_its_secrets() -> None:
     assert "S3cret" not in json.dumps(row.as_row(), default=str)
 
 
-def test_an_undo_link_holds_only_for_its_run_its_host_and_the_proxys_key() -> None:
-    """`airlock undo` signs X-Airlock-Undo-Of; an agent cannot mark its own request as an undo."""
+def test_an_undo_link_holds_only_for_its_run_and_the_request_it_was_signed_for() -> None:
+    """`airlock undo` signs X-Airlock-Undo-Of over the run and the request as sent: an agent
+    cannot mark its own request as an undo, nor reuse a link on another request."""
+    from airlock.pipeline.document import WireRequest, build_document
+    from airlock.pipeline.evaluation import UNDO_OF
+    from airlock.pipeline.redaction import REDACTED, redact_headers
     from airlock.pipeline.undo import linked_run, undo_link
 
     key, other = b"k" * 32, b"o" * 32
-    link = undo_link(key, "0190aa", "api.stripe.com")
-    assert linked_run(key, link, "api.stripe.com") == "0190aa"
-    assert linked_run(other, link, "api.stripe.com") is None  # another Airlock's key
-    assert linked_run(None, link, "api.stripe.com") is None  # offline: nothing to check with
-    assert linked_run(key, link, "hooks.slack.com") is None  # another host
-    assert linked_run(key, link.replace("0190aa", "0190ab"), "api.stripe.com") is None
-    assert linked_run(key, "0190aa", "api.stripe.com") is None  # unsigned
+    body = b"charge=ch_1&amount=2500"
+    link = undo_link(key, "0190aa", "POST", "api.stripe.com", "/v1/refunds", body)
+
+    def document(
+        host: str = "api.stripe.com",
+        target: str = "/v1/refunds",
+        sent: bytes = body,
+        method: str = "POST",
+    ) -> dict[str, object]:
+        return build_document(WireRequest(method, "https", host, 443, target, [], sent), "a")
+
+    assert linked_run(key, link, document()) == "0190aa"
+    assert linked_run(key, link, document(host="API.Stripe.com.")) == "0190aa"
+    assert linked_run(other, link, document()) is None  # another Airlock's key
+    assert linked_run(None, link, document()) is None  # offline: nothing to check with
+    assert linked_run(key, link, document(host="hooks.slack.com")) is None
+    assert linked_run(key, link, document(target="/v1/refunds?amount=9")) is None
+    assert linked_run(key, link, document(sent=b"charge=ch_2&amount=2500")) is None
+    assert linked_run(key, link, document(method="DELETE")) is None
+    assert linked_run(key, link.replace("0190aa", "0190ab"), document()) is None
+    assert linked_run(key, "0190aa", document()) is None  # unsigned
+    assert linked_run(key, "0190aa." + "é" * 32, document()) is None  # not hex: refused, no error
+    assert redact_headers({UNDO_OF: link}) == {UNDO_OF: REDACTED}  # never stored for readers
