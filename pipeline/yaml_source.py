@@ -192,6 +192,10 @@ def load_yaml(path: Path) -> Any:
         mark = e.problem_mark or e.context_mark
         where = _where(file, mark) if mark else file
         raise ConfigError(where, f"invalid YAML: {e.problem or e.context}") from e
+    except yaml.reader.ReaderError as e:  # a control character: said with its place, too
+        before = text[: e.position]
+        line, column = before.count("\n") + 1, e.position - (before.rfind("\n") + 1) + 1
+        raise ConfigError(Where(file, line, column), f"invalid YAML: {e.reason}") from e
 
 
 def yaml_files(directory: Path) -> list[Path]:

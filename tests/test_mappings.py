@@ -192,6 +192,7 @@ def test_params_with_default_all_and_literal(tmp_path: Path) -> None:
         ),
         ("provider: p\nmappings:\n  - action: x\n", ":3:5:", "mapping has no hosts"),
         ("provider: p\nmappings: [\n", ":3:1:", "invalid YAML"),
+        ("provider: p\nmappings:\n  - action: a\x07b\n", ":3:14:", "control characters"),
         (
             "provider: p\nhosts: [h]\nmappings:\n  - method: GET\n",
             ":4:5:",
