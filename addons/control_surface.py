@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import time
 from dataclasses import dataclass
 
 import psutil
@@ -146,15 +147,15 @@ class ControlSurface:
 
     def refuses_addresses(self, addresses: set[Address], port: int) -> str | None:
         own = self.own_addresses
+        if any(a not in own and not a.is_loopback for a in addresses):
+            own = own | _current_interfaces()  # an address taken since start (DHCP, a VPN)
         if port in self.own_ports and any(is_this_machine(a, own) for a in addresses):
             return "requests to Airlock's own proxy, metrics or guard ports are refused"
         if self.database is not None and port == self.database[1]:
             db_addresses, _ = self.database
-            local_db = any(is_this_machine(a, self.own_addresses) for a in db_addresses)
+            local_db = any(is_this_machine(a, own) for a in db_addresses)
             for address in addresses:
-                if address in db_addresses or (
-                    local_db and is_this_machine(address, self.own_addresses)
-                ):
+                if address in db_addresses or (local_db and is_this_machine(address, own)):
                     return "requests to Airlock's database are refused"
         return None
 
@@ -168,6 +169,23 @@ async def _resolve(host: str, port: int) -> list[tuple[Address, int]]:
         for info in infos
         if (address := literal_address(str(info[4][0]))) is not None
     ]
+
+
+# The interfaces' addresses as last read, and when (monotonic): read again at most once a
+# second (~0.3 ms each), for requests to a guarded port only (an internal API on port 8080 shares
+# the proxy's port number, so such requests can be frequent).
+_INTERFACES: tuple[frozenset[Address], float] = (frozenset(), float("-inf"))
+_REREAD_SECONDS = 1.0
+
+
+def _current_interfaces() -> frozenset[Address]:
+    global _INTERFACES
+    addresses, read_at = _INTERFACES
+    now = time.monotonic()
+    if now - read_at >= _REREAD_SECONDS:
+        addresses = frozenset(_interface_addresses())
+        _INTERFACES = addresses, now
+    return addresses
 
 
 def _interface_addresses() -> set[Address]:

@@ -867,6 +867,26 @@ def test_a_name_that_rebinds_to_airlock_after_the_gate_looked_is_not_connected(
     assert vendor == (None, None, ("rebind.test", 443))
 
 
+def test_an_address_the_machine_takes_after_start_is_airlocks_own_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A VPN or DHCP address that came after the proxy started reaches its ports as the others
+    do: interfaces are read again (at most once a second) when a guarded port meets an address
+    Airlock does not know."""
+    import ipaddress
+
+    from airlock.addons import control_surface
+
+    surface = control_surface.ControlSurface.build({8080}, "127.0.0.1", None)
+    later = ipaddress.ip_address("198.51.100.23")
+    assert later not in surface.own_addresses
+    monkeypatch.setattr(control_surface, "_INTERFACES", (frozenset(), float("-inf")))
+    monkeypatch.setattr(control_surface, "_interface_addresses", lambda: {later})
+    refusal = surface.refuses_addresses({later}, 8080)
+    assert refusal == "requests to Airlock's own proxy, metrics or guard ports are refused"
+    assert surface.refuses_addresses({ipaddress.ip_address("203.0.113.5")}, 8080) is None
+
+
 def test_made_up_action_names_do_not_grow_the_metrics_without_bound() -> None:
     """An MCP tool's name, a Guard call's provider: labels from the request. Past a bound new
     ones are counted as "other", every decision still counted."""
