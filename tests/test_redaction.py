@@ -594,3 +594,12 @@ def test_names_that_only_say_which_secret_or_which_page_are_kept() -> None:
     kept = ("SecretId", "SecretName", "NextToken", "IdempotencyToken")
     assert {name: redacted[name] for name in kept} == {name: request[name] for name in kept}
     assert all(redacted[name] == REDACTED for name in request if name not in kept)
+
+
+def test_a_kept_name_with_anything_after_it_is_a_name_like_any_other() -> None:
+    """Only the whole name is kept: `NextToken\\n` (a regex's `$` matches before a newline) is
+    still a secret's name."""
+    from airlock.pipeline.redaction import is_secret_name
+
+    assert not is_secret_name("NextToken") and not is_secret_name("SecretId")
+    assert is_secret_name("NextToken\n") and is_secret_name("SecretId\n")
