@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from airlock.console.catalog_build import openapi_sensitivity
 from airlock.console.catalog_coverage import aws_coverage, aws_request, report
 from airlock.pipeline.document import build_document
 from airlock.pipeline.evaluation import Config, evaluate
@@ -71,6 +72,35 @@ def test_the_catalog_names_its_source_and_every_file_is_generated_from_the_pin()
     assert botocore.__version__ == pinned, "the tests build requests with the pinned botocore"
     for path in (PROJECT_ROOT / "catalog" / "aws").glob("*.json"):
         assert json.loads(path.read_text())["source"].startswith(f"botocore {pinned}: ")
+
+
+def test_every_openapi_operation_is_rated_as_the_build_rates_it_now() -> None:
+    """The generated files agree with the rules in console/catalog_build.py: a rule changed
+    without `make catalog` would leave operations rated by the old one."""
+    stale = [
+        (path.name, operation["name"], operation["sensitivity"])
+        for path in sorted((PROJECT_ROOT / "catalog" / "openapi").glob("*.json"))
+        for operation in json.loads(path.read_text())["operations"]
+        if operation["sensitivity"]
+        != openapi_sensitivity(operation["name"], operation["method"].lower(), operation["write"])
+    ]
+    assert stale == []
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("PostInvoices", "medium"),  # "invoices" holds "voice": not a cloned voice
+        ("PostInvoicesInvoiceSend", "medium"),
+        ("PostInvoiceitems", "medium"),
+        ("createVoice", "high"),  # a cloned voice (OpenAI)
+        ("updateVoiceConsent", "high"),
+        ("PostWebhookEndpoints", "high"),  # "hook" inside a word is meant
+        ("PostTransfers", "high"),
+    ],
+)
+def test_risky_words_are_read_where_they_mean_what_they_say(name: str, expected: str) -> None:
+    assert openapi_sensitivity(name, "post", write=True) == expected
 
 
 # --- hosts -----------------------------------------------------------------------------------
