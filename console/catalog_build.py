@@ -446,9 +446,11 @@ def render(entry: dict[str, Any]) -> str:
 
 HTTP_VERBS = ("get", "put", "post", "delete", "patch", "head", "options")
 # Words in an operationId that touch who can do what, or secrets: high sensitivity. Read inside
-# words ("webhooks" has "hook"), except "voice" (cloned voices) inside "invoices".
+# words ("webhooks" has "hook"), except "voice" (cloned voices) inside "invoices" and "token"
+# (a credential) where a model's input tokens are counted.
 OPENAPI_RISKY = re.compile(
-    r"collaborator|permission|protection|secret|key|token|member|admin|transfer|ruleset|hook|"
+    r"collaborator|permission|protection|secret|key|(?<!count_)(?<!input)token(?!count)|member|"
+    r"admin|transfer|ruleset|hook|"
     r"role|security|visibility|invitation|runner|oidc|credential|password|policy|(?<!in)voice|"
     r"payout|refund|reversal|externalaccount|bankaccount"  # money out, and where it goes
 )

@@ -97,6 +97,10 @@ def test_every_openapi_operation_is_rated_as_the_build_rates_it_now() -> None:
         ("updateVoiceConsent", "high"),
         ("PostWebhookEndpoints", "high"),  # "hook" inside a word is meant
         ("PostTransfers", "high"),
+        ("Getinputtokencounts", "medium"),  # a model's input tokens counted (OpenAI)
+        ("messages.count_tokens", "medium"),  # (Anthropic)
+        ("apps/create-installation-access-token", "high"),  # a credential
+        ("POST_v3-teammates-pending-token-resend", "high"),
     ],
 )
 def test_risky_words_are_read_where_they_mean_what_they_say(name: str, expected: str) -> None:
