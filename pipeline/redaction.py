@@ -148,6 +148,7 @@ _SECRET_ASSIGNMENT = (
     r"|token|access[ _-]?key)[ \t]+(?i:is|was)[ \t]+)[^\s,;&]+)"
 )
 _SECRET_ANY = linear(f"{_SECRET_ASSIGNMENT}|{_SECRET_PATH}|{_SECRET_VALUE}")
+_SECRET_SHAPE = linear(_SECRET_VALUE)  # a token known by its shape alone (sk_live_…, AKIA…)
 _GROUPS = _SECRET_ANY.regexp.groupindex
 _KEPT = tuple(number for name, number in _GROUPS.items() if name.startswith("keep"))
 _SAID = _GROUPS["keep_said"]
@@ -164,6 +165,20 @@ _NOT_SAID = frozenset({
 })  # fmt: skip
 
 
+# AWS's service prefix for Secrets Manager, in IAM actions (`secretsmanager:GetSecretValue`) and
+# ARNs (`arn:aws:secretsmanager:us-east-1:123456789012:secret:prod/db-AbCdEf`): it reads as a
+# field named like a secret, but what follows says which permission or which secret, which a
+# reviewer deciding an IAM policy or a DeleteSecret must see. Only an action, a condition key or
+# an ARN's tail is kept, whole; anything else after it goes, as any value named like a secret.
+_SECRETS_MANAGER = "secretsmanager:"
+_SECRETS_MANAGER_NAMES = re.compile(
+    r"[A-Za-z*?]+"  # an action: GetSecretValue, Describe*
+    r"|[A-Za-z]+/[\w.-]+"  # a condition key: ResourceTag/env
+    # an ARN's region:account:secret:name (a name's `=` left out: `?token=…` is no name)
+    r"|[a-z0-9*?-]*:(?:\d{12}|[*?]+)?:secret:[\w/+.@*-]*"
+)
+
+
 def _replace(found: Found) -> str:
     """The secret goes; its name or scheme (`password=`, `Bearer `, `://`…`@`, a webhook's ids)
     stays."""
@@ -173,7 +188,17 @@ def _replace(found: Found) -> str:
         if value.lower().rstrip(".!,:;)") in _NOT_SAID:
             return found.group()
     keep = next((kept for kept in map(found.group, _KEPT) if kept), "")
+    if _names_in_secrets_manager(keep, found.group()[len(keep) :]):
+        return found.group()
     return f"{keep}{REDACTED}{found.group(_TAIL) or ''}"
+
+
+def _names_in_secrets_manager(name_and_colon: str, value: str) -> bool:
+    return (
+        name_and_colon.lower() == _SECRETS_MANAGER
+        and _SECRETS_MANAGER_NAMES.fullmatch(value) is not None
+        and _SECRET_SHAPE.search(value) is None
+    )
 
 
 # Secrets on a command line: `mysql -pSECRET`, `docker login -p SECRET`, `psql --password X`,
@@ -325,10 +350,10 @@ _FIELD_VALUE = re.compile(
 
 def _redact_named_values(text: str) -> str:
     parts: list[str] = []
-    last = 0
+    last = kept_until = 0
     for match in _FIELD_NAME.regexp.finditer(_matchable(text)):
         start, end = match.span()
-        if start < last:  # inside a value already redacted
+        if start < max(last, kept_until):  # inside a value already redacted, or kept whole
             continue
         name_start, name_end = match.span(_NAME)
         if name_start < 0:
@@ -337,6 +362,9 @@ def _redact_named_values(text: str) -> str:
             continue
         value = _FIELD_VALUE.match(text, end)
         if value is None:
+            continue
+        if _names_in_secrets_manager(text[name_start:end], value.group()):
+            kept_until = value.end()
             continue
         kept = value.group("open") or value.group("single") or value.group("scheme") or ""
         parts += (text[last:end], kept, REDACTED)
@@ -369,8 +397,7 @@ def redact_text(text: str) -> str:
 # Names with a secret's word that hold no secret: which secret (Secrets Manager's SecretId,
 # SecretName; a reviewer deciding a DeleteSecret must see which one) and where a listing goes on
 # (NextToken, ContinuationToken, page_token) or which retry it is (IdempotencyToken). Whole
-# names only: ClientSecretId, SessionToken stay secrets. (A secret's ARN as text still loses
-# what follows `secretsmanager:`, read as a field named like a secret.)
+# names only: ClientSecretId, SessionToken stay secrets. (A secret's ARN: _SECRETS_MANAGER.)
 _ONLY_NAMES = re.compile(
     r"(?i)(secrets?[-_]?(id|arn|name|version[-_]?id|version[-_]?stage)s?"
     r"|(next|continuation|pagination|page|next[-_]?page|starting|idempotency)[-_]?token)"
@@ -381,6 +408,8 @@ _ONLY_NAMES = re.compile(
 def is_secret_name(name: str) -> bool:
     """Header and field names repeat endlessly: decide each once. An environment variable's
     name in capitals ending in `_KEY` (STRIPE_KEY, OPENAI_KEY) holds one too."""
+    if name[:15].lower() == _SECRETS_MANAGER:  # an IAM condition key: secretsmanager:Name
+        return is_secret_name(name[15:])
     return (
         name.lower() in _SECRET_HEADERS
         or (_SECRET_NAME.search(name) is not None and _ONLY_NAMES.fullmatch(name) is None)

@@ -603,3 +603,51 @@ def test_a_kept_name_with_anything_after_it_is_a_name_like_any_other() -> None:
 
     assert not is_secret_name("NextToken") and not is_secret_name("SecretId")
     assert is_secret_name("NextToken\n") and is_secret_name("SecretId\n")
+
+
+SECRET_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:prod/db-AbCdEf"
+IAM_POLICY = {
+    "Version": "2012-10-17",
+    "Statement": [{
+        "Effect": "Allow",
+        "Action": ["secretsmanager:GetSecretValue", "secretsmanager:Describe*", "kms:Decrypt"],
+        "Resource": ["arn:aws:secretsmanager:*:123456789012:secret:prod/*", SECRET_ARN],
+        "Condition": {"StringEquals": {"secretsmanager:ResourceTag/env": "prod",
+                                       "secretsmanager:SecretId": "prod/db"}},
+    }],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("as_text", [True, False])
+def test_a_reviewer_sees_which_permission_on_which_secret_an_iam_policy_grants(
+    as_text: bool,
+) -> None:
+    """`secretsmanager:` is AWS's service prefix, not a field named like a secret: a reviewer
+    deciding a PutRolePolicy must see the actions, ARNs and condition keys it names."""
+    document = json.dumps(IAM_POLICY) if as_text else IAM_POLICY
+    request = {"PolicyDocument": document, "SecretId": SECRET_ARN}
+    assert redact_value(request) == request
+    assert redact_text(f"deleting {SECRET_ARN} now") == f"deleting {SECRET_ARN} now"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "secretsmanager: hunter2hunter2",  # spaced: a field of that name
+        "secretsmanager=hunter2hunter2",
+        "secretsmanager:sk_live_abcdefghijklmnop",  # a known token's shape is never kept
+        "secretsmanager:AKIAABCDEFGHIJKLMNOP",
+        f"{SECRET_ARN}?token=abcdefghijk",  # no secret's name
+        "secretsmanager:hunter2;password=abcdefgh",
+    ],
+)
+def test_what_only_looks_like_a_secrets_manager_name_still_goes(text: str) -> None:
+    redacted = redact_text(text)
+    assert REDACTED in redacted
+    assert not any(secret in redacted for secret in ("hunter2", "abcdefgh", "ABCDEFGH"))
+
+
+def test_a_condition_key_named_like_a_secret_is_still_a_secret_name() -> None:
+    assert redact_value({"secretsmanager:token": "abcdefghijk"}) == {
+        "secretsmanager:token": REDACTED
+    }
