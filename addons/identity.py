@@ -2,7 +2,8 @@
 them) checked against the agents file; without one, the name is taken as given.
 
 Built as mitmproxy's proxyauth is: the agents file is a proxyauth `Validator` (AgentKeys), a
-CONNECT names the agent for the whole connection (remembered per client connection), and
+CONNECT names the agent for the whole connection (remembered per client connection, and checked
+again after a reload), and
 plain-HTTP proxying carries the credentials on each request. When mitmproxy's own `proxyauth`
 option is set (htpasswd, LDAP), its answer is taken. What differs: the header is read by
 basic_auth below, and wrong or missing credentials are answered with a 407 whose JSON says why
@@ -17,6 +18,7 @@ import binascii
 import json
 import logging
 import weakref
+from dataclasses import dataclass
 
 from mitmproxy import connection, ctx, http
 from mitmproxy.addons.proxyauth import Validator
@@ -52,30 +54,46 @@ class AgentKeys(Validator):
         return self.registry.authenticate(username, password) is not None
 
 
+@dataclass(frozen=True)
+class Tunnel:
+    """Who a CONNECT named, by which credentials, checked against which agents file: a reload
+    that disables an agent, changes its key or starts asking for keys holds for the tunnels
+    already open too (checked again on their next request)."""
+
+    agent: str
+    credentials: str
+    registry: AgentRegistry | None  # None: mitmproxy's own proxyauth named it
+
+
 class Identity:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        self._connect_agents: weakref.WeakKeyDictionary[connection.Client, str] = (
+        self._tunnels: weakref.WeakKeyDictionary[connection.Client, Tunnel] = (
             weakref.WeakKeyDictionary()
         )
         self._keys: AgentKeys | None = None  # rebuilt when a reload brings another registry
 
     async def http_connect(self, flow: http.HTTPFlow) -> None:
         if "proxyauth" in flow.metadata:  # mitmproxy's proxyauth accepted it, taking the header
-            self._connect_agents[flow.client_conn] = str(flow.metadata["proxyauth"][0])
+            named = str(flow.metadata["proxyauth"][0])
+            self._tunnels[flow.client_conn] = Tunnel(named, "", None)
             return
-        agent = self.identify(flow.request.headers.get("proxy-authorization", ""))
+        credentials = flow.request.headers.get("proxy-authorization", "")
+        agent = self.identify(credentials)
         if agent is None:
             await self.refuse(flow)
         else:
-            self._connect_agents[flow.client_conn] = agent
+            self._tunnels[flow.client_conn] = Tunnel(agent, credentials, self._registry())
+
+    def _registry(self) -> AgentRegistry:
+        assert self.runtime.config is not None
+        return self.runtime.config.agents
 
     def identify(self, header: str) -> str | None:
         """The agent these proxy credentials name; None when agents are configured and the
         credentials are missing or wrong. Without an agents file the name is taken as given."""
         name, key = basic_auth(header)
-        assert self.runtime.config is not None
-        registry = self.runtime.config.agents
+        registry = self._registry()
         if not registry.required:
             theirs = _mitmproxys_own_validator()
             if theirs is not None:  # the Guard API, beside `mitmdump --set proxyauth=…`
@@ -90,15 +108,26 @@ class Identity:
         tunnel the CONNECT named the agent."""
         if "proxyauth" in flow.metadata:  # mitmproxy's own proxyauth option checked them
             return str(flow.metadata["proxyauth"][0])
-        if flow.client_conn in self._connect_agents:
-            return self._connect_agents[flow.client_conn]
-        return self.identify(credentials)
+        tunnel = self._tunnels.get(flow.client_conn)
+        if tunnel is None:
+            return self.identify(credentials)
+        if tunnel.registry is None or tunnel.registry is self._registry():
+            return tunnel.agent
+        # Reloaded since the CONNECT: its credentials are checked against the new agents file.
+        agent = self.identify(tunnel.credentials)
+        if agent is None:
+            del self._tunnels[flow.client_conn]
+            flow.metadata["airlock_claimed"] = tunnel.agent  # recorded with the refusal
+            return None
+        self._tunnels[flow.client_conn] = Tunnel(agent, tunnel.credentials, self._registry())
+        return agent
 
     async def refuse(self, flow: http.HTTPFlow, credentials: str | None = None) -> None:
         """407, so clients can retry with credentials; the attempt is recorded."""
         if credentials is None:
             credentials = flow.request.headers.get("proxy-authorization", "")
         claimed, _ = basic_auth(credentials)
+        claimed = claimed or flow.metadata.get("airlock_claimed")
         # Only a name the agents file knows is recorded: a client that put its key where the
         # name goes (no colon) would otherwise have it stored and printed as the agent.
         config = self.runtime.config

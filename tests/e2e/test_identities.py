@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 import requests
 
 from airlock.console.standins import Upstream
-from tests.e2e.test_gate import CHARGES, eventually, runs
+from tests.e2e.test_gate import CHARGES, airlock, eventually, runs
 from tests.helpers.proxy import Proxy
 from tests.test_agents import KEY, agents_dir
 
@@ -40,3 +41,28 @@ def test_no_or_wrong_credentials_get_407_and_nothing_reaches_upstream(
     refused = eventually(lambda: [r for r in runs(proxy) if r.status == 407])
     assert {r.agent for r in refused} >= {"anonymous", "billing-bot"}
     assert KEY not in Path(proxy.log_file).read_text()
+
+
+def test_a_tunnel_opened_before_a_reload_answers_to_the_new_agents_file(
+    start_proxy: Callable[..., Proxy], upstream: Upstream, tmp_path: Path
+) -> None:
+    """The CONNECT named the agent for its whole connection: a reload that disables it (a key
+    leaked) must stop the tunnels it already has open, not only new ones."""
+    policies = agents_dir(tmp_path)
+    proxy = start_proxy("--policies", str(policies))
+    session = proxy.session(agent="billing-bot", key=KEY)  # keep-alive: one tunnel
+    assert session.post(CHARGES, data={"amount": 700, "currency": "usd"}).status_code == 200
+    agents = policies / "agents.yaml"
+    disabled = re.sub(r"(\{id: billing-bot, [^}]*)\}", r"\1, enabled: false}", agents.read_text())
+    assert disabled != agents.read_text()
+    agents.write_text(disabled)
+    told = airlock("reload", "--data-dir", str(proxy.workdir))
+    assert told.returncode == 0, told.stderr
+    assert eventually(lambda: "reloaded: deciding with configuration" in proxy.output())
+
+    sent = upstream.count("/v1/charges")
+    again = session.post(CHARGES, data={"amount": 701, "currency": "usd"})
+    assert again.status_code == 407
+    assert upstream.count("/v1/charges") == sent
+    refused = eventually(lambda: [r for r in runs(proxy) if r.status == 407])
+    assert [r.agent for r in refused] == ["billing-bot"]
