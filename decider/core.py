@@ -119,6 +119,9 @@ log = logging.getLogger("airlock.decider")
 FAULT = "the decider failed"  # starts the error answered for a message it could not handle
 RETRY_SECONDS = 1.0  # how often outcomes the store refused are tried again
 PREPARE_SECONDS = 1.0  # how often an unprepared store is tried again (refused meanwhile)
+# A lease renewed after this long a silence (the store hung, or this decider was stuck) is a
+# gap, as a failed renewal is: the other instances may not have renewed theirs either.
+SILENCE_SECONDS = LEASE_SECONDS / 3
 MAX_UNWRITTEN = 10_000  # outcomes kept for another try; the oldest go past it (logged)
 _STORE_JOBS = (DecisionRecord, OutcomeRecord, SettleRequest, ReleaseRequest, WithdrawRelease)
 _UNAWAITED = (OutcomeRecord, WithdrawRelease)  # the proxy goes on without them: kept, retried
@@ -282,14 +285,15 @@ class DeciderCore:
         time to join them here or elsewhere; approvals past their expiry expired."""
         if not self.instance:
             return
-        here = Here(self.instance, grace=RETRY_GRACE_SECONDS, lease_seconds=self._lapse_after())
         try:
-            renewed = renew_lease(self.engine, self.instance, here)
-            if self.renewing_since is None:
-                self.renewing_since = time.monotonic()
-            if not renewed:
+            renewal = renew_lease(self.engine, self.instance, Here(self.instance))
+            if self.renewing_since is None or renewal.silent_for > SILENCE_SECONDS:
+                self.renewing_since = time.monotonic()  # renewing unbroken from now
+            if not renewal.kept:
                 log.error("this instance was taken for stopped (its lease lapsed): approvals "
                           "only it held were expired and its runs in flight settled")  # fmt: skip
+            lapse = self._lapse_after()
+            here = Here(self.instance, grace=RETRY_GRACE_SECONDS, lease_seconds=lapse)
             if gone_uncleared(self.engine, here):
                 self._settle_what_gone_instances_left(RETRY_GRACE_SECONDS)
             expire_overdue_approvals(self.engine)

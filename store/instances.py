@@ -131,26 +131,35 @@ def liveness(conn: Any, here: Here, instances: Iterable[str] | None = None) -> L
     return Liveness(here, {k: v for k, v in leases.items() if v is not None}, time.time())
 
 
-def renew_lease(engine: Engine, instance: str, here: Here) -> bool:
-    """Take or renew this instance's lease. False when another instance had taken it for gone
-    (its lease had lapsed, and what it held was settled): the caller should say so."""
+@dataclass(frozen=True)
+class Renewal:
+    kept: bool  # False: another instance had taken this one for gone (and settled what it held)
+    silent_for: float  # seconds since this lease was renewed before (0 when taken just now)
+
+
+def renew_lease(engine: Engine, instance: str, here: Here) -> Renewal:
+    """Take or renew this instance's lease. Not kept when another instance had taken it for
+    gone (its lease had lapsed, and what it held was settled): the caller should say so. A long
+    silence (a store that hung rather than failed, a decider stuck) is a gap in which the other
+    instances may not have renewed either."""
     now = time.time()
     with write_transaction(engine) as conn:
         row = conn.execute(
-            select(InstanceLease.cleared_at).where(InstanceLease.id == instance)
-        ).first()
+            select(InstanceLease.cleared_at, InstanceLease.seen_at)
+            .where(InstanceLease.id == instance)
+        ).first()  # fmt: skip
         if row is None:
             conn.execute(insert(InstanceLease).values(
                 id=instance, host=here.host, namespace=here.namespace,
                 pid=int(pid_of(instance) or 0), started_at=now, seen_at=now,
             ))  # fmt: skip
-            return True
+            return Renewal(True, 0.0)
         conn.execute(
             update(InstanceLease)
             .where(InstanceLease.id == instance)
             .values(seen_at=now, stopped_at=None, cleared_at=None)
         )
-    return row.cleared_at is None
+    return Renewal(row.cleared_at is None, max(0.0, now - row.seen_at))
 
 
 def end_lease(engine: Engine, instance: str) -> None:

@@ -324,6 +324,34 @@ def test_after_a_store_outage_a_decider_does_not_take_the_others_for_gone(db_url
         this.finish()
 
 
+def test_after_the_store_hung_a_decider_does_not_take_the_others_for_gone(db_url: str) -> None:
+    """The store hung rather than failed (a network blackhole, a stalled failover): no renewal
+    raised, this one's came back first, late. Its own lease's silence is the gap: the others,
+    whose renewals are still on their way, are not taken for gone."""
+    other, this = (DeciderCore(StoreAddress(db_url, "full")) for _ in range(2))
+    other.handle([Envelope(0, replace(setup(), instance="elsewhere-5.x"))])
+    held = replies(other.handle([Envelope(1, charge(150_000, "run-held"))]))[1]
+    this.handle([Envelope(0, setup())])
+    try:
+        this.renewing_since = time.monotonic() - 2 * LEASE_SECONDS  # renewing unbroken, long
+        with this.engine.begin() as conn:  # then nobody's renewal returned for 45 s
+            conn.execute(update(InstanceLease).values(seen_at=time.time() - 45))
+            conn.execute(
+                update(InstanceLease)
+                .where(InstanceLease.id == "elsewhere-5.x")
+                .values(namespace="another-machine")
+            )
+        this.next_sync = time.monotonic()  # its sync is due
+        this.wait()
+        with this.engine.connect() as conn:
+            query = select(Approval.state).where(Approval.id == held.approval.id)
+            assert conn.execute(query).scalar_one() == "PENDING"
+        assert time.monotonic() - (this.renewing_since or 0) < LEASE_SECONDS  # a gap
+    finally:
+        other.finish()
+        this.finish()
+
+
 def test_a_running_decider_expires_an_approval_nobody_waits_for_once_it_is_overdue(
     db_url: str,
 ) -> None:

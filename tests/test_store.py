@@ -961,8 +961,8 @@ def test_containers_sharing_a_hostname_and_pid_1_do_not_take_each_other_for_stop
     assert settle_what_gone_instances_left(engine, judge) == (0, {UNKNOWN: 0, NOT_SENT: 0})
     assert verify_audit(engine).ok
     # It had only stalled: its next renewal says it was taken for stopped, the one after not.
-    assert renew_lease(engine, first, box(first, lambda pid: True, "ns-a")) is False
-    assert renew_lease(engine, first, box(first, lambda pid: True, "ns-a")) is True
+    assert renew_lease(engine, first, box(first, lambda pid: True, "ns-a")).kept is False
+    assert renew_lease(engine, first, box(first, lambda pid: True, "ns-a")).kept is True
 
 
 def test_an_ended_lease_or_a_stopped_process_of_this_namespace_needs_no_lapse(
