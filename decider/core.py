@@ -169,6 +169,7 @@ class DeciderCore:
         self.unwritten: list[Pending] = []
         self.retry_at = 0.0
         self.renewing_since: float | None = None  # monotonic: this lease renewed unbroken since
+        self.catching_up: str | None = None  # why the store is not prepared yet, as last said
 
     # --- a batch: messages in, answers out ---------------------------------------------------
 
@@ -649,11 +650,27 @@ class DeciderCore:
         due = [wait for wait in waits if wait is not None]
         return min(due) if due else None
 
+    def _catch_up(self) -> float:
+        """The store could not be prepared or the recent past loaded at start (the store was
+        down): tried again here as well as by the next decision, so that an idle proxy holding
+        flows still takes its lease and renews it (others would take it for gone)."""
+        try:
+            if not self.prepared:
+                self._try_preparing()
+            self._load_history()
+        except Exception as e:
+            if str(e) != self.catching_up:  # said once, not every second
+                log.warning("cannot prepare the store or load the recent past yet: %s", e)
+            self.catching_up = str(e)
+            return PREPARE_SECONDS
+        self.catching_up = None
+        return 0.0  # loaded: the first sync is due
+
     def _sync_history(self) -> float | None:
         """Other proxy instances on the same database: their decisions count here too, read in
         commit order from a cursor, so nothing committed late is missed."""
         if self.next_sync is None:
-            return None  # not loaded: the next decision tries again, and fails closed
+            return self._catch_up()
         now = time.monotonic()
         if now < self.next_sync:
             return self.next_sync - now

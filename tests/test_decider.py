@@ -324,6 +324,44 @@ def test_after_a_store_outage_a_decider_does_not_take_the_others_for_gone(db_url
         this.finish()
 
 
+def test_a_decider_started_while_the_store_was_down_takes_its_lease_without_a_request(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Restarted during a short outage, with flows held and no request coming: the store is
+    tried again by the decider's own periodic work, and its lease renewed, not left to lapse
+    (the other instances would take it for gone and expire what it holds)."""
+    prepare, tries = DeciderCore._prepare_store, []
+
+    def down_at_first(self: DeciderCore) -> None:
+        tries.append(time.monotonic())
+        if len(tries) == 1:
+            raise OSError("the store is unreachable")
+        prepare(self)
+
+    monkeypatch.setattr(DeciderCore, "_prepare_store", down_at_first)
+    core = DeciderCore(StoreAddress(db_url, "full"))
+    core.handle([Envelope(0, replace(setup(), sync_every=0.2))])
+    try:
+        assert not core.prepared
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not core.prepared:
+            time.sleep(min(core.wait() or 0.05, 0.05))  # serve()'s loop, with nothing sent
+            core.pushed()
+        first = lease_seen(core, "test-1")
+        assert first is not None and len(tries) == 2
+        while time.monotonic() < deadline and lease_seen(core, "test-1") == first:
+            time.sleep(min(core.wait() or 0.05, 0.05))
+        assert lease_seen(core, "test-1") != first  # renewed by its syncs, still no request
+    finally:
+        core.finish()
+
+
+def lease_seen(core: DeciderCore, instance: str) -> float | None:
+    with core.engine.connect() as conn:
+        query = select(InstanceLease.seen_at).where(InstanceLease.id == instance)
+        return conn.execute(query).scalar()
+
+
 def test_after_the_store_hung_a_decider_does_not_take_the_others_for_gone(db_url: str) -> None:
     """The store hung rather than failed (a network blackhole, a stalled failover): no renewal
     raised, this one's came back first, late. Its own lease's silence is the gap: the others,
