@@ -316,6 +316,9 @@ class _Vouched:
     # a withdrawal of such a release would hide a second forward.
     released_runs: set[str] = field(default_factory=set)
     went_out: set[str] = field(default_factory=set)
+    # A release a reviewer's edit rewrote goes out as another run (`released_as`): that run's
+    # outcome says whether the release went out. By the edited run, the run that won.
+    edited_as: dict[str, str] = field(default_factory=dict)
 
 
 def _fingerprint(value_of: Callable[[str], Any], fields: tuple[str, ...]) -> bytes:
@@ -387,8 +390,7 @@ def _remember(vouched: _Vouched, event: AuditEvent) -> None:
         vouched.outcomes[event.run_id or ""] = _Vouch(
             event.seq, _fingerprint(payload.get, OUTCOME_FIELDS)
         )
-        if event.run_id in vouched.released_runs and payload.get("outcome") in _WENT_OUT:
-            vouched.went_out.add(event.run_id)
+        _note_going_out(vouched, event.run_id or "", payload)
     elif event.kind == "approval":
         before = vouched.approvals.get(payload["approval_id"])
         _approval_moves(before, payload, event.seq)
@@ -450,7 +452,22 @@ def _quorum_reached(vouched: _Vouched, approval: str, seq: int) -> None:
         )
 
 
-_WENT_OUT = frozenset({"forwarded", "ambiguous", "unknown", "edited"})
+_WENT_OUT = frozenset({"forwarded", "ambiguous", "unknown"})
+
+
+def _note_going_out(vouched: _Vouched, run: str, payload: dict[str, Any]) -> None:
+    """A released run's outcome: it went out, or (edited) the run it was rewritten as will say
+    whether it did: an edited request that never reached the upstream is withdrawn, as any."""
+    outcome = payload.get("outcome")
+    if run in vouched.released_runs and outcome == "edited":
+        released_as = (payload.get("outcome_detail") or {}).get("released_as")
+        if isinstance(released_as, str):
+            vouched.edited_as[released_as] = run
+    elif outcome in _WENT_OUT:
+        if run in vouched.released_runs:
+            vouched.went_out.add(run)
+        if run in vouched.edited_as:
+            vouched.went_out.add(vouched.edited_as[run])
 
 
 def _withdrawn_unsent(

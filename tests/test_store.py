@@ -477,6 +477,36 @@ def test_verify_names_a_withdrawal_of_a_release_that_was_forwarded(engine: Engin
     assert problem and f"by run {row.id}, whose outcome says it was forwarded" in problem
 
 
+@pytest.mark.parametrize("edited_outcome", ["upstream_error", "forwarded"])
+def test_an_edited_release_is_withdrawn_only_when_its_edited_request_did_not_go_out(
+    engine: Engine, edited_outcome: str
+) -> None:
+    """A reviewer's edit sends the approval out as another run (the held run's outcome says
+    `edited`): when that run never reached the upstream, its release is withdrawn and the chain
+    verifies; when it was forwarded, a withdrawal is named as for any release."""
+    from airlock.store.records import WithdrawRelease
+
+    row, hold = held()
+    write(engine, DecisionRecord(row, hold))
+    edit = {"params": {"amount": 100}, "locations": {"amount": [["body", "amount"]]}}
+    resolve_approval(engine, hold.approval_id, APPROVED, "alice", "ok", edit=edit)
+    at = time.time()
+    [released] = write(engine, ReleaseRequest(hold.approval_id, at, row.id))
+    assert released.won and released.edit
+    edited = run_row("ALLOW")
+    write(engine, DecisionRecord(edited))
+    detail = {"released_as": edited.id}
+    write(engine, OutcomeRecord(row.id, time.time(), "edited", None, None, detail))
+    write(engine, OutcomeRecord(edited.id, time.time(), edited_outcome, None))
+    write(engine, WithdrawRelease(hold.approval_id, at))
+
+    report = verify_audit(engine)
+    if edited_outcome == "forwarded":
+        assert report.problem and "whose outcome says it was forwarded" in report.problem
+    else:
+        assert report.ok, report.problem
+
+
 def test_a_withdrawal_the_decider_did_not_confirm_is_sent_to_the_next_one(engine: Engine) -> None:
     """Kept like an outcome: a decider that dies before committing it does not lose it."""
     row, hold = held()
