@@ -322,22 +322,9 @@ class Holds:
         """A reviewer approved it with an edit: rewrite the request as its SDK encoded it,
         decide the edited request again (recorded as its own run, linked to this one), and
         forward that once, unless it is now blocked."""
-        edit = released.edit or {}
-        request = flow.request
-        if any(where[0] == "body" for where in edit.get("locations", {}).values()):
-            # its params were read from it, so it decodes within MAX_PARSED_BODY
-            content = readable_content(request)
-            if content is None:
-                raise ValueError("the edited request's body cannot be read within the limits")
-            request.content = edited_body(request.headers.get("content-type", ""), content, edit)
-        for name, value in query_edits(edit).items():
-            request.query[name] = value
         edited_id = new_id()
-        context = {**edit, "approval_id": approval_id, "run_id": run.id,
-                   "proposed_hash": released.request_hash}  # fmt: skip
-        decide = Decide(edited_id, run.agent, None, raw_request(request, flow.client_conn.sni),
-                        edit=context)  # fmt: skip
-        try:
+        try:  # whatever fails from here on, nothing went out: the release is withdrawn
+            decide = self._edited(flow, run, approval_id, released, edited_id)
             async with asyncio.timeout(STORE_TIMEOUT):
                 decided = await self.runtime.ask().decide(decide)
         except BaseException:
@@ -352,6 +339,27 @@ class Holds:
         self.runtime.record_outcome(run.id, "edited", None, detail={"released_as": edited_id})
         self._forwarding(flow, approval_id, released)
         self.runtime.remember(decided.run, passed=True)
+
+    @staticmethod
+    def _edited(
+        flow: http.HTTPFlow, run: RunSummary, approval_id: str, released: Released, edited_id: str
+    ) -> Decide:
+        """The request rewritten with the reviewer's edit, as its SDK encodes it, to be decided
+        again as that approval."""
+        edit = released.edit or {}
+        request = flow.request
+        if any(where[0] == "body" for where in edit.get("locations", {}).values()):
+            # its params were read from it, so it decodes within MAX_PARSED_BODY
+            content = readable_content(request)
+            if content is None:
+                raise ValueError("the edited request's body cannot be read within the limits")
+            request.content = edited_body(request.headers.get("content-type", ""), content, edit)
+        for name, value in query_edits(edit).items():
+            request.query[name] = value
+        context = {**edit, "approval_id": approval_id, "run_id": run.id,
+                   "proposed_hash": released.request_hash}  # fmt: skip
+        return Decide(edited_id, run.agent, None, raw_request(request, flow.client_conn.sni),
+                      edit=context)  # fmt: skip
 
     @staticmethod
     def _forwarding(flow: http.HTTPFlow, approval_id: str, released: Released) -> None:

@@ -369,7 +369,7 @@ def _read_body(raw: bytes, headers: dict[str, str], reading: str, lists: bool) -
     content_type = headers.get("content-type", "")
     try:
         _one_media_type(content_type)
-        declared = _media_type(content_type, b"") if content_type.strip() else ""
+        declared = media_type(content_type, b"") if content_type.strip() else ""
         kind = _vendor_kind(declared, content_type, raw, reading)
         # Strict when parameters will be read from it; an upload (S3's aws-chunked, an object
         # stored gzipped) is recorded by size and hash whatever its encoding.
@@ -380,7 +380,7 @@ def _read_body(raw: bytes, headers: dict[str, str], reading: str, lists: bool) -
     except Unreadable as e:
         return _refused_body(raw, e)
     if len(decoded) > MAX_PARSED_BODY:
-        structured = (kind or _media_type(content_type, decoded)) in _STRUCTURED
+        structured = (kind or media_type(content_type, decoded)) in _STRUCTURED
         notes = {"body_truncated": True} if structured else {}
         return Body(_uninspected(decoded), "text", len(decoded), notes)
     try:
@@ -463,7 +463,7 @@ def _merges_query(body: Body, headers: dict[str, str], reading: str) -> bool:
         return body.format in ("form", "empty", "text") or isinstance(body.value, dict)
     if body.format == "form":
         return True
-    return body.format == "empty" and _media_type(headers.get("content-type", ""), b"") == "form"
+    return body.format == "empty" and media_type(headers.get("content-type", ""), b"") == "form"
 
 
 def _refused_body(raw: bytes, error: Unreadable) -> Body:
@@ -740,7 +740,7 @@ def parse_body(
     if not raw:
         return None, "empty", None
     if kind is None:
-        kind = _media_type(content_type, raw) or ("multipart" * _is_multipart(content_type))
+        kind = media_type(content_type, raw) or ("multipart" * _is_multipart(content_type))
     text = raw.decode("utf-8", errors="replace")
     if kind == "multipart":
         try:
@@ -792,7 +792,7 @@ def _read_as_utf8(content_type: str) -> None:
             )
 
 
-def _media_type(content_type: str, raw: bytes) -> str:
+def media_type(content_type: str, raw: bytes) -> str:
     """json, form, xml, or "" for a body Airlock does not parse."""
     media_type = content_type.split(";", 1)[0].strip().lower() or _sniff(raw)
     if "json" in media_type:  # application/json, *+json, application/x-amz-json-1.0, …

@@ -17,7 +17,7 @@ import urllib.parse
 from dataclasses import replace
 from typing import Any
 
-from airlock.pipeline.document import Document
+from airlock.pipeline.document import Document, media_type
 from airlock.pipeline.evaluation import Evaluation
 from airlock.pipeline.extraction import ValueSpec
 from airlock.pipeline.mappings import Mapping
@@ -101,11 +101,14 @@ def edited_body(content_type: str, body: bytes, edit: dict[str, Any]) -> bytes:
     }
     if not body_edits:
         return body
-    if "json" in content_type:
+    kind = media_type(content_type, body)  # as the request's document read it
+    if kind == "json":
         value = json.loads(body or b"{}")
         for name, steps in body_edits.items():
             _set(value, steps, edit["params"][name])
         return json.dumps(value).encode()
+    if kind != "form":
+        raise ValueError(f"a {kind or 'body'} Airlock reads no params from cannot be edited")
     pairs = urllib.parse.parse_qsl(body.decode(), keep_blank_values=True)
     for name, steps in body_edits.items():
         key = str(steps[0]) + "".join(f"[{step}]" for step in steps[1:])

@@ -23,6 +23,7 @@ from airlock.addons.gatekeeper import Airlock
 from airlock.addons.metrics import Metrics
 from airlock.addons.routing import Routing, parse_routes
 from airlock.pipeline.run_record import former_request_hashes, request_hash
+from airlock.store.audit import verify_audit
 from airlock.store.schema import Run, open_engine
 from tests.helpers.proxy import PROJECT_ROOT
 
@@ -456,7 +457,6 @@ def test_a_release_the_proxy_gave_up_on_is_withdrawn_and_the_retry_goes_out_once
 
     import airlock.addons.runtime as runtime
     from airlock.store.approvals import APPROVED, resolve_approval
-    from airlock.store.audit import verify_audit
 
     monkeypatch.setattr(runtime, "STORE_TIMEOUT", 0.5)
     first, retry, again, last = (
@@ -552,6 +552,54 @@ def test_a_released_request_that_never_reached_the_upstream_is_released_to_the_r
 
     with_gate(tmp_path, scenario, airlock_hold_timeout=1)
     assert last.response is not None and last.response.status_code == 409  # once
+    engine = open_engine(f"sqlite:///{tmp_path / 'a.db'}")
+    report = verify_audit(engine)  # a withdrawn release, edited or not, is no tampering
+    engine.dispose()
+    assert report.ok, report.problem
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "applied"),
+    [
+        # read as a form by the document (its media type), so edited as one
+        (b"amount=150000&currency=usd", "application/x-www-form-urlencoded; profile=json", True),
+        # a form that is not UTF-8 cannot be rewritten: refused, and nothing went out
+        (b"amount=150000&currency=usd&description=caf\xe9", "application/x-www-form-urlencoded",
+         False),
+    ],
+)  # fmt: skip
+def test_an_edit_is_applied_as_the_body_was_read_or_its_release_is_withdrawn(
+    tmp_path: Path, body: bytes, content_type: str, applied: bool
+) -> None:
+    from airlock.store.approvals import APPROVED, resolve_approval
+
+    def flow() -> Any:
+        made = stripe_flow(body)
+        made.request.headers["content-type"] = content_type
+        return made
+
+    first, attempt, retry = flow(), flow(), flow()
+    edit = {"params": {"amount": 140000}, "locations": {"amount": ["body", "amount"]}}
+
+    async def scenario(gate: Airlock, _: Any) -> None:
+        await gate.gate.request(first)  # held for 1 s, then answered "pending"
+        approval_id = first.response.headers["X-Airlock-Approval-Id"]
+        await asyncio.to_thread(
+            resolve_approval, store_of(gate), approval_id, APPROVED, "r", "ok", edit=edit
+        )
+        await gate.gate.request(attempt)
+        if not applied:
+            await gate.gate.request(retry)
+
+    with_gate(tmp_path, scenario, airlock_hold_timeout=1)
+    if applied:
+        assert attempt.response is None and "airlock_released" in attempt.metadata
+        assert b"amount=140000" in attempt.request.content
+        return
+    assert attempt.response is not None and attempt.response.status_code == 403
+    assert "airlock_released" not in attempt.metadata
+    # Nothing went out: the retry is released again (and refused again), never told 409.
+    assert retry.response is not None and retry.response.status_code == 403
 
 
 def test_a_replayed_flow_is_judged_again(tmp_path: Path) -> None:
