@@ -19,9 +19,10 @@ import socket
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-from mitmproxy import ctx, exceptions, http
+from mitmproxy import addonmanager, ctx, exceptions, http
 from sqlalchemy.exc import ArgumentError
 
 from airlock.addons.decision_log import DecisionLog
@@ -52,6 +53,10 @@ HISTORY_SYNC_SECONDS = 2.0  # how often other instances' decisions are pulled in
 STORE_TIMEOUT = 10.0  # seconds a flow waits for its commit before it is refused
 # mitmproxy options under which connections bypass the HTTP layer (relayed as raw streams).
 _UNSEEN_HOSTS = ("ignore_hosts", "allow_hosts", "tcp_hosts", "udp_hosts")
+# mitmproxy's addons that rewrite a request in their request hook, which runs after Airlock's
+# (mitmdump loads scripts before them; `airlock run` leaves them out): the destination, the body,
+# another client's credentials or cookies.
+_REWRITE_AFTER = ("map_remote", "modify_body", "stickyauth", "stickycookie")
 _CONFIG_OPTIONS = frozenset(
     {"airlock_mappings", "airlock_policies", "airlock_mode", "airlock_approval_timeout"}
 )
@@ -433,6 +438,18 @@ class Runtime:
                 "Airlock cannot gate connections that mitmproxy relays as raw streams, below any "
                 f"HTTP hook: unset {', '.join(unseen)}"
             )
+        rewriting = [n for n in _REWRITE_AFTER if n in ctx.options and getattr(ctx.options, n)]
+        if rewriting:
+            raise exceptions.OptionsError(
+                "Airlock cannot gate requests that mitmproxy changes after Airlock judged them "
+                f"(destination, body, credentials): unset {', '.join(rewriting)}"
+            )
+        late = _scripts_after_the_gate()
+        if late:
+            raise exceptions.OptionsError(
+                f"{', '.join(late)} would change requests after Airlock judged them: load "
+                "addons/gate.py as the last -s script"
+            )
         safe = {"connection_strategy": "lazy", "rawtcp": False, "websocket": False}
         # lazy: a blocked or held request never opens an upstream connection.
         # rawtcp off: non-HTTP traffic inside a tunnel is refused, not relayed unseen.
@@ -452,6 +469,30 @@ class Runtime:
         if decider is not None:
             await decider.stop()
         self.log.flush()
+
+
+def _scripts_after_the_gate() -> list[str]:
+    """Other scripts' addons with a request hook, loaded after Airlock's (`-s` order): theirs
+    runs after the gate's and could change what was judged. mitmproxy's own are checked by
+    their options (_REWRITE_AFTER)."""
+    master = getattr(ctx, "master", None)
+    if master is None:
+        return []
+    chain = list(addonmanager.traverse(master.addons.chain))
+    first = next((i for i, a in enumerate(chain) if _module_of(a).startswith("airlock.")), None)
+    if first is None:
+        return []
+    return [
+        _module_of(addon)
+        for addon in chain[first + 1 :]
+        if callable(getattr(addon, "request", None))
+        and not _module_of(addon).startswith(("airlock.", "mitmproxy."))
+    ]
+
+
+def _module_of(addon: object) -> str:
+    name = addon.__name__ if isinstance(addon, ModuleType) else type(addon).__module__
+    return name.removeprefix("__mitmproxy_script__.")  # how mitmproxy names a script's module
 
 
 class _CancelledConnections(logging.Filter):

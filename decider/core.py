@@ -170,6 +170,7 @@ class DeciderCore:
         self.retry_at = 0.0
         self.renewing_since: float | None = None  # monotonic: this lease renewed unbroken since
         self.catching_up: str | None = None  # why the store is not prepared yet, as last said
+        self.set_up = False  # told who the proxy is and where its data directory is
 
     # --- a batch: messages in, answers out ---------------------------------------------------
 
@@ -213,6 +214,7 @@ class DeciderCore:
             raise ValueError(f"unknown message {type(message).__name__}")
 
     def _setup(self, setup: Setup) -> None:
+        self.set_up = True
         self.instance, self.sync_every = setup.instance, setup.sync_every
         self.data_dir = Path(setup.anchor_dir) if setup.anchor_dir else None
         try:
@@ -669,8 +671,8 @@ class DeciderCore:
     def _sync_history(self) -> float | None:
         """Other proxy instances on the same database: their decisions count here too, read in
         commit order from a cursor, so nothing committed late is missed."""
-        if self.next_sync is None:
-            return self._catch_up()
+        if self.next_sync is None:  # not loaded; before the proxy's setup, not tried at all
+            return self._catch_up() if self.set_up else None
         now = time.monotonic()
         if now < self.next_sync:
             return self.next_sync - now

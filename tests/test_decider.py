@@ -340,6 +340,7 @@ def test_a_decider_started_while_the_store_was_down_takes_its_lease_without_a_re
 
     monkeypatch.setattr(DeciderCore, "_prepare_store", down_at_first)
     core = DeciderCore(StoreAddress(db_url, "full"))
+    assert core.wait() is None and not tries  # before its setup: no data directory to use yet
     core.handle([Envelope(0, replace(setup(), sync_every=0.2))])
     try:
         assert not core.prepared

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from mitmproxy import ctx, exceptions
+from mitmproxy import ctx, exceptions, http
 from mitmproxy.test import taddons, tflow, tutils
 from sqlalchemy import select, text
 from sqlalchemy.engine import Engine
@@ -679,6 +679,44 @@ def test_non_http_traffic_is_cut_and_unsafe_options_are_fixed(tmp_path: Path) ->
         tctx.options.stream_large_bodies = "1m"
         with pytest.raises(exceptions.OptionsError, match="cannot gate streamed requests"):
             gate.runtime._enforce_gating_options()
+
+
+class _RewritesRequests:
+    """Another script's addon: its request hook could change what the gate judged."""
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        flow.request.content = b"amount=99999900&currency=usd"
+
+
+def test_nothing_that_rewrites_requests_after_the_gate_is_loaded_with_it(tmp_path: Path) -> None:
+    """`mitmdump -s addons/gate.py` loads scripts before mitmproxy's own map_remote,
+    modify_body, stickyauth and stickycookie, and a later `-s` script after Airlock: their
+    request hooks run after the gate's and would send what was not judged."""
+    from mitmproxy.addons import mapremote, modifybody, stickyauth, stickycookie
+
+    db = f"sqlite:///{tmp_path / 'a.db'}"
+    own = (mapremote.MapRemote(), modifybody.ModifyBody(), stickyauth.StickyAuth(),
+           stickycookie.StickyCookie())  # fmt: skip
+    gate = Airlock(Metrics())
+    with taddons.context(gate, *own) as tctx:
+        tctx.configure(gate, airlock_db=db)
+        gate.runtime._enforce_gating_options()  # none of them set
+        for name, value in (("map_remote", ["|api.stripe.com|evil.example"]),
+                            ("modify_body", ["/~q/amount=500/amount=99999900"]),
+                            ("stickyauth", ".*"), ("stickycookie", ".*")):  # fmt: skip
+            tctx.options.update(**{name: value})
+            with pytest.raises(exceptions.OptionsError, match=f"after Airlock judged.*{name}"):
+                gate.runtime._enforce_gating_options()
+            tctx.options.update(**{name: [] if isinstance(value, list) else None})
+    before = Airlock(Metrics())
+    with taddons.context(_RewritesRequests(), before) as tctx:  # loaded first: judged after it
+        tctx.configure(before, airlock_db=db)
+        before.runtime._enforce_gating_options()
+    after = Airlock(Metrics())
+    with taddons.context(after, _RewritesRequests()) as tctx:
+        tctx.configure(after, airlock_db=db)
+        with pytest.raises(exceptions.OptionsError, match=r"load addons/gate\.py as the last"):
+            after.runtime._enforce_gating_options()
 
 
 @pytest.mark.parametrize(
