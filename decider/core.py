@@ -140,6 +140,7 @@ class _Batch:
 class DeciderCore:
     def __init__(self, store: StoreAddress) -> None:
         self.writer = GroupWriter(open_engine(store.url, store.durability))
+        self.writer.lapse_after = self._lapse_after  # holds that end judge others as sweeps do
         self.engine = self.writer.engine
         self.config: Config | None = None
         self.compiled_from: tuple[str, str, Any] | None = None  # what self.config came from

@@ -8,6 +8,7 @@ group, not per request; what is acknowledged is what readers and `airlock audit 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,7 @@ from sqlalchemy.engine import Engine
 
 from airlock.store.approvals import leave_approval
 from airlock.store.audit import Event, append_events
+from airlock.store.instances import LEASE_SECONDS, Here
 from airlock.store.prepared import raw_transaction
 from airlock.store.records import (
     DecisionRecord,
@@ -48,6 +50,9 @@ class GroupWriter:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._connection: Any = None
+        # How old another instance's lease may be before it is taken for gone when a hold ends
+        # (decider/core.py _lapse_after: without limit until this one has renewed unbroken).
+        self.lapse_after: Callable[[], float] = lambda: LEASE_SECONDS
 
     def close(self) -> None:
         if self._connection is not None:
@@ -94,7 +99,7 @@ class GroupWriter:
                     events += record_outcomes(tx, outcomes)
                 for i, pending in enumerate(group):
                     if isinstance(pending.job, Change):
-                        results[i], settled = _apply(tx, pending.job)
+                        results[i], settled = _apply(tx, pending.job, self.lapse_after)
                         events += settled
                 append_events(tx, events)
         except Exception:
@@ -105,12 +110,12 @@ class GroupWriter:
         return [results.get(i) for i in range(len(group))]
 
 
-def _apply(tx: Any, job: Change) -> tuple[Any, list[Event]]:
+def _apply(tx: Any, job: Change, lapse_after: Callable[[], float]) -> tuple[Any, list[Event]]:
     """A settlement's, release's or withdrawal's statements: (its result, its audit events).
     Decisions and outcomes are written for the whole group at once, in _commit; these in the
     order they came (a withdrawal after the release it undoes)."""
     if isinstance(job, SettleRequest) and job.leaving is not None:
-        return leave_approval(tx, job)
+        return leave_approval(tx, job, Here(job.leaving, lease_seconds=lapse_after()))
     if isinstance(job, SettleRequest):
         return settle_approval(tx, job.approval_id, job.state, None, job.reason, job.at)
     if isinstance(job, WithdrawRelease):

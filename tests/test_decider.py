@@ -49,7 +49,7 @@ from airlock.pipeline.tool_calls import ToolCall
 from airlock.pipeline.yaml_source import recording_sources
 from airlock.store.audit import verify_audit
 from airlock.store.instances import LEASE_SECONDS, RETRY_GRACE_SECONDS
-from airlock.store.records import OutcomeRecord
+from airlock.store.records import OutcomeRecord, SettleRequest
 from airlock.store.schema import (
     Approval,
     ApprovalHolder,
@@ -361,6 +361,35 @@ def lease_seen(core: DeciderCore, instance: str) -> float | None:
     with core.engine.connect() as conn:
         query = select(InstanceLease.seen_at).where(InstanceLease.id == instance)
         return conn.execute(query).scalar()
+
+
+def test_after_a_store_outage_a_client_leaving_here_leaves_the_others_hold_open(
+    db_url: str,
+) -> None:
+    """The call is held on two instances; the store was unreachable for longer than a lease and
+    is back. This one's client leaves before the other renewed: the other's lapsed lease is no
+    evidence it is gone (as for the sweeps), so the approval stays open for its flow."""
+    other, this = (DeciderCore(StoreAddress(db_url, "full")) for _ in range(2))
+    other.handle([Envelope(0, replace(setup(), instance="elsewhere-5.x"))])
+    this.handle([Envelope(0, setup())])
+    try:
+        held = replies(other.handle([Envelope(1, charge(150_000, "run-held"))]))[1]
+        joined = replies(this.handle([Envelope(1, charge(150_000, "run-retry"))]))[1]
+        assert joined.approval.id == held.approval.id
+        with this.engine.begin() as conn:  # an outage: nobody renewed for over a lease
+            conn.execute(update(InstanceLease).values(seen_at=time.time() - LEASE_SECONDS - 10))
+            conn.execute(
+                update(InstanceLease)
+                .where(InstanceLease.id == "elsewhere-5.x")
+                .values(namespace="another-machine")  # its pid says nothing here
+            )
+        this.renewing_since = None  # this one's renewals failed meanwhile too
+        leaving = SettleRequest(held.approval.id, "ABANDONED", "client left", time.time(), "test-1")
+        settlement = replies(this.handle([Envelope(2, leaving)]))[2]
+        assert settlement.state == "PENDING" and not settlement.won
+    finally:
+        other.finish()
+        this.finish()
 
 
 def test_after_the_store_hung_a_decider_does_not_take_the_others_for_gone(db_url: str) -> None:
