@@ -120,18 +120,22 @@ def record_decisions(
     approval_events: list[Event] = []
     joined: dict[str, Joined] = {}
     lost: dict[str, Joined] = {}  # approvals this group meant to open, by what it joined instead
+    meant: dict[str, str] = {}  # the request hash each of those was meant for
     holders = []
     for record in records:
         held_for = record.joins
         if record.joins in lost:  # the decider took the lost approval for opened (one batch)
-            joined[record.run.id] = lost[record.joins]
-            held_for = lost[record.joins].approval_id
+            found = joined[record.run.id] = lost[record.joins]
+            # Held only where the hold it followed would have been: the same request.
+            same = found.request_hash == meant[record.joins]
+            held_for = found.approval_id if same else None
         if record.hold is not None:
             found, opened = _open_or_join(tx, record, record.hold)
             approval_events += opened
             held_for = record.hold.approval_id if found is None else found.approval_id
             if found is not None:
                 joined[record.run.id] = lost[record.hold.approval_id] = found
+                meant[record.hold.approval_id] = record.hold.request_hash
                 if found.request_hash != record.hold.request_hash:
                     held_for = None  # another request under its key: refused, holds nothing
         if held_for is not None and record.holds:

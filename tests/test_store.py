@@ -507,6 +507,25 @@ def test_an_edited_release_is_withdrawn_only_when_its_edited_request_did_not_go_
         assert report.ok, report.problem
 
 
+def test_a_retry_refused_for_another_request_under_its_key_holds_nothing(engine: Engine) -> None:
+    """One batch holds a call (meant to open approval A1) and its retry (told to join A1); at
+    commit another instance's A0 is open for the key with another request's hash: both are
+    refused 409, and neither is recorded as holding A0, which ends with its own holder."""
+    there, here = "elsewhere-9.a", "here-9.b"
+    now = time.time()
+    a0 = HoldRequest("a0" * 16, now + 600, "0" * 64, retry_key="K")
+    write(engine, DecisionRecord(replace(run_row("REQUIRE_APPROVAL"), instance=there), a0))
+    a1 = HoldRequest("a1" * 16, now + 600, "1" * 64, retry_key="K")
+    first = DecisionRecord(replace(run_row("REQUIRE_APPROVAL"), instance=here), a1)
+    retry = DecisionRecord(
+        replace(run_row("REQUIRE_APPROVAL"), instance=here), None, a1.approval_id, True
+    )
+    GroupWriter(engine).write_group([Pending(1, first), Pending(2, retry)])
+    with engine.connect() as conn:
+        query = select(ApprovalHolder.instance).where(ApprovalHolder.approval_id == a0.approval_id)
+        assert set(conn.execute(query).scalars()) == {there}
+
+
 def test_a_withdrawal_the_decider_did_not_confirm_is_sent_to_the_next_one(engine: Engine) -> None:
     """Kept like an outcome: a decider that dies before committing it does not lose it."""
     row, hold = held()
