@@ -305,14 +305,14 @@ class Runtime:
 
     def _setup(self) -> Setup:
         """What a (re)started decider needs first: who this proxy is, what it decides with, and
-        the approvals it holds flows for, which the decider watches."""
+        the approvals it holds flows (or Guard API calls) for, which the decider watches."""
         return Setup(
             self.instance,
             HISTORY_SYNC_SECONDS,
             ctx.options.airlock_anchor_dir,
             ctx.options.airlock_retention_days,
             self._configuration(),
-            self.watched(),
+            list(dict.fromkeys([*self.watched(), *self._waiting])),  # Guard API's waits too
             ctx.options.airlock_witness_url,
         )
 

@@ -162,6 +162,7 @@ class DeciderClient:
         self._started_at = 0.0
         self._restart_at = 0.0  # monotonic time before which a dead decider is not restarted
         self._quick_deaths = 0  # in a row, each within STABLE_SECONDS of its start
+        self._restarting: asyncio.Future[None] | None = None  # for held flows (_on_lost)
 
     async def _open(self) -> _Link:
         raise NotImplementedError
@@ -397,6 +398,24 @@ class DeciderClient:
         self._deferred.clear()  # still unconfirmed: sent again to the next one
         self._fail_waiting(reason)
         link.kill()
+        if self.setup is not None and self.setup().watched:
+            self._restart_for_held_flows()
+
+    def _restart_for_held_flows(self) -> None:
+        """Flows are held: their settlements come only from a running decider, and with no
+        request coming none would start it; once the pause between restarts is over, it is."""
+        wait = max(0.0, self._restart_at - time.monotonic())
+
+        def restart() -> None:
+            self._restarting = asyncio.ensure_future(self._start_quietly())
+
+        asyncio.get_running_loop().call_later(wait, restart)
+
+    async def _start_quietly(self) -> None:
+        try:
+            await self.start()
+        except Exception as e:  # the next request, or the next death, tries again
+            log.error("the decider could not be started again for held flows: %s", e)
 
     def _unsendable(self, envelope: Envelope, error: Exception) -> None:
         """A message the link cannot carry fails alone, not the batch it was sent with: a call

@@ -36,6 +36,7 @@ from airlock.decider.messages import (
     Failure,
     RawRequest,
     Reply,
+    Settled,
     Setup,
     StoreAddress,
     Watch,
@@ -825,6 +826,44 @@ def test_stopping_after_the_worker_died_still_writes_what_was_kept(store: StoreA
 
     asyncio.run(scenario())
     assert outcome_of(store, "run-500") == "forwarded"
+
+
+def test_a_worker_that_died_while_flows_are_held_is_started_again_without_a_request(
+    store: StoreAddress,
+) -> None:
+    """Flows wait for a reviewer, no request comes, and the worker dies: it is started again
+    by itself, so that the reviewer's decision still reaches the held flow (pushed)."""
+    from airlock.store.approvals import APPROVED, resolve_approval
+
+    watched: list[str] = []
+
+    async def scenario() -> list[Settled]:
+        settled: list[Settled] = []
+        client = WorkerDecider(
+            store, setup=lambda: replace(setup(), watched=list(watched)), on_settled=settled.append
+        )
+        await client.start()
+        held = await client.decide(charge(150_000, "run-held"))
+        assert held.approval is not None
+        watched.append(held.approval.id)
+        client.watch([held.approval.id])
+        client._link.process.kill()  # type: ignore[union-attr]
+        deadline = time.monotonic() + 10
+        while client.running and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)  # the proxy side sees the socket close
+        while not client.running and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)  # and starts a new worker, no call made
+        assert client.running
+        engine = open_engine(store.url)
+        await asyncio.to_thread(resolve_approval, engine, held.approval.id, APPROVED, "r", "ok")
+        engine.dispose()
+        while not settled and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        await client.stop()
+        return settled
+
+    [settled] = asyncio.run(scenario())
+    assert settled.state == APPROVED
 
 
 def test_a_call_its_caller_gave_up_on_is_forgotten_while_the_decider_is_stuck(
