@@ -1,0 +1,153 @@
+"""What the baseline means to hold on AWS is held as the SDK really sends it.
+
+The requests are built by botocore (the pinned version in the virtualenv), captured before they
+leave, and judged by the shipped mappings and policies: a mapping written against a hand-made
+request (`ValuesToAdd.member.1=all`) can miss the one boto3 sends (`ValuesToAdd.AttributeValue.1
+=all`: the list's member has its own name).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from airlock.console.catalog_coverage import aws_request
+from airlock.pipeline.document import build_document
+from airlock.pipeline.evaluation import Config, Evaluation, evaluate
+from airlock.pipeline.policies import ALLOW, REQUIRE_APPROVAL
+from tests.helpers.proxy import PROJECT_ROOT
+
+CONFIG = Config.load(PROJECT_ROOT / "mappings", PROJECT_ROOT / "policies")
+
+
+def judged(service: str, operation: str, params: dict[str, Any]) -> Evaluation:
+    evaluation = evaluate(build_document(aws_request(service, operation, params), "agent"), CONFIG)
+    assert evaluation.action.operation == f"aws.{service}.{operation}"
+    return evaluation
+
+
+def fired(evaluation: Evaluation) -> set[str]:
+    return set(evaluation.verdict.rules)
+
+
+# --- 1. lists whose member has its own name (query protocol) ----------------------------------
+
+# Query-protocol services (botocore's `query`: IAM, STS, RDS) send a list as
+# `Name.<member name>.N`, the member's locationName or `member`; the form reads a member name
+# other than `member` as an object level ({"ValuesToAdd": {"AttributeValue": ["all"]}}). EC2's
+# own protocol ignores the member's name (`UserGroup.1=all`). Every curated operation of a
+# query-protocol service whose input has such a list is named here with the mapping's answer.
+NAMED_MEMBER_LISTS = {
+    "aws.rds.ModifyDBSnapshotAttribute": {"ValuesToAdd", "ValuesToRemove"},
+    "aws.rds.ModifyDBClusterSnapshotAttribute": {"ValuesToAdd", "ValuesToRemove"},
+}
+
+
+def named_member_lists(shape: Any, prefix: str = "", depth: int = 0) -> set[str]:
+    found: set[str] = set()
+    if depth > 10:
+        return found
+    if shape.type_name == "structure":
+        for name, member in shape.members.items():
+            wire = member.serialization.get("name", name)
+            found |= named_member_lists(member, f"{prefix}{wire}", depth + 1)
+    elif shape.type_name == "list":
+        item = shape.member.serialization.get("name")
+        if item and not shape.serialization.get("flattened"):
+            found.add(prefix)
+        found |= named_member_lists(shape.member, f"{prefix}.{item or 'member'}.N.", depth + 1)
+    return found
+
+
+def test_every_curated_query_operation_with_named_list_members_is_known() -> None:
+    """A mapping newly curating such an operation must be checked as boto3 sends it, here."""
+    import botocore.session
+
+    session = botocore.session.get_session()
+    found: dict[str, set[str]] = {}
+    curated = {name for m in CONFIG.mappings.mappings for name in m.operations}
+    for name in sorted(n for n in curated if n.startswith("aws.")):
+        _, service, operation = name.split(".")
+        model = session.get_service_model(service)
+        if model.metadata["protocol"] != "query":
+            continue
+        shape = model.operation_model(operation).input_shape
+        lists = named_member_lists(shape) if shape is not None else set()
+        if lists:
+            found[name] = lists
+    assert found == NAMED_MEMBER_LISTS
+
+
+@pytest.mark.parametrize(
+    ("operation", "identifier"),
+    [
+        ("ModifyDBSnapshotAttribute", "DBSnapshotIdentifier"),
+        ("ModifyDBClusterSnapshotAttribute", "DBClusterSnapshotIdentifier"),
+    ],
+)
+def test_an_rds_snapshot_shared_with_everyone_as_boto3_sends_it_needs_approval(
+    operation: str, identifier: str
+) -> None:
+    def share(**values: list[str]) -> Evaluation:
+        params = {identifier: "snap1", "AttributeName": "restore", **values}
+        return judged("rds", operation, params)
+
+    public = share(ValuesToAdd=["123456789012", "all"])
+    assert public.verdict.decision == REQUIRE_APPROVAL
+    assert "aws-public-snapshot-needs-approval" in fired(public)
+    assert share(ValuesToAdd=["all"]).verdict.decision == REQUIRE_APPROVAL
+    assert share(ValuesToAdd=["123456789012"]).verdict.decision == ALLOW
+    assert share(ValuesToRemove=["all"]).verdict.decision == ALLOW  # made private again
+
+
+@pytest.mark.parametrize(
+    ("operation", "params"),
+    [
+        ("ModifySnapshotAttribute", {"SnapshotId": "snap-1", "Attribute": "createVolumePermission",
+                                     "OperationType": "add", "GroupNames": ["all"]}),
+        ("ModifySnapshotAttribute", {"SnapshotId": "snap-1",
+                                     "CreateVolumePermission": {"Add": [{"Group": "all"}]}}),
+        ("ModifyImageAttribute", {"ImageId": "ami-1", "Attribute": "launchPermission",
+                                  "OperationType": "add", "UserGroups": ["all"]}),
+        ("ModifyImageAttribute", {"ImageId": "ami-1",
+                                  "LaunchPermission": {"Add": [{"Group": "all"}]}}),
+    ],
+)  # fmt: skip
+def test_an_ec2_snapshot_or_image_shared_with_everyone_needs_approval(
+    operation: str, params: dict[str, Any]
+) -> None:
+    evaluation = judged("ec2", operation, params)
+    assert evaluation.verdict.decision == REQUIRE_APPROVAL
+    assert "aws-public-snapshot-needs-approval" in fired(evaluation)
+
+
+def test_ec2_lists_read_by_the_baseline_are_found_as_boto3_sends_them() -> None:
+    ingress = judged(
+        "ec2",
+        "AuthorizeSecurityGroupIngress",
+        {
+            "GroupId": "sg-1",
+            "IpPermissions": [
+                {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
+                 "IpRanges": [{"CidrIp": "10.0.0.0/8"}], "Ipv6Ranges": [{"CidrIpv6": "::/0"}]}
+            ],
+        },
+    )  # fmt: skip
+    assert ingress.action.params["world_open_ranges"] == 1
+    assert "aws-world-open-ingress-needs-approval" in fired(ingress)
+    rules = judged(
+        "ec2",
+        "ModifySecurityGroupRules",
+        {
+            "GroupId": "sg-1",
+            "SecurityGroupRules": [
+                {"SecurityGroupRuleId": "sgr-1",
+                 "SecurityGroupRule": {"IpProtocol": "tcp", "CidrIpv4": "0.0.0.0/0"}}
+            ],
+        },
+    )  # fmt: skip
+    assert "aws-world-open-ingress-needs-approval" in fired(rules)
+    terminate = judged("ec2", "TerminateInstances", {"InstanceIds": ["i-1", "i-2"]})
+    assert terminate.action.params["instance_count"] == 2
+    assert terminate.verdict.decision == REQUIRE_APPROVAL
