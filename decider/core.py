@@ -91,6 +91,7 @@ from airlock.store.history import (
 from airlock.store.instances import (
     LEASE_SECONDS,
     RETRY_GRACE_SECONDS,
+    SILENCE_SECONDS,
     Here,
     end_lease,
     gone_uncleared,
@@ -119,9 +120,6 @@ log = logging.getLogger("airlock.decider")
 FAULT = "the decider failed"  # starts the error answered for a message it could not handle
 RETRY_SECONDS = 1.0  # how often outcomes the store refused are tried again
 PREPARE_SECONDS = 1.0  # how often an unprepared store is tried again (refused meanwhile)
-# A lease renewed after this long a silence (the store hung, or this decider was stuck) is a
-# gap, as a failed renewal is: the other instances may not have renewed theirs either.
-SILENCE_SECONDS = LEASE_SECONDS / 3
 MAX_UNWRITTEN = 10_000  # outcomes kept for another try; the oldest go past it (logged)
 _STORE_JOBS = (DecisionRecord, OutcomeRecord, SettleRequest, ReleaseRequest, WithdrawRelease)
 _UNAWAITED = (OutcomeRecord, WithdrawRelease)  # the proxy goes on without them: kept, retried
@@ -170,8 +168,10 @@ class DeciderCore:
         self.unwritten: list[Pending] = []
         self.retry_at = 0.0
         self.renewing_since: float | None = None  # monotonic: this lease renewed unbroken since
+        self.renewed_at: float | None = None  # monotonic: when the last renewal returned
         self.catching_up: str | None = None  # why the store is not prepared yet, as last said
         self.set_up = False  # told who the proxy is and where its data directory is
+        self.catch_up_at = 0.0  # monotonic: when the store or history is tried again
 
     # --- a batch: messages in, answers out ---------------------------------------------------
 
@@ -291,8 +291,14 @@ class DeciderCore:
             return
         try:
             renewal = renew_lease(self.engine, self.instance, Here(self.instance))
-            if self.renewing_since is None or renewal.silent_for > SILENCE_SECONDS:
-                self.renewing_since = time.monotonic()  # renewing unbroken from now
+            now = time.monotonic()
+            # Silent since the last renewal returned, measured here too: a renewal that waited
+            # inside its own transaction (a lock held long, a stalled connection) reads a short
+            # silence in the store.
+            silent = now - self.renewed_at if self.renewed_at is not None else 0.0
+            self.renewed_at = now
+            if self.renewing_since is None or max(renewal.silent_for, silent) > SILENCE_SECONDS:
+                self.renewing_since = now  # renewing unbroken from now
             if not renewal.kept:
                 log.error("this instance was taken for stopped (its lease lapsed): approvals "
                           "only it held were expired and its runs in flight settled")  # fmt: skip
@@ -302,7 +308,7 @@ class DeciderCore:
                 self._settle_what_gone_instances_left(RETRY_GRACE_SECONDS)
             expire_overdue_approvals(self.engine)
         except Exception as e:
-            self.renewing_since = None  # a gap: others' leases may lapse meanwhile, as ours
+            self.renewing_since = self.renewed_at = None  # a gap: others' leases may lapse too
             log.warning("cannot renew this instance's lease or settle what others left: %s", e)
 
     # --- writing -----------------------------------------------------------------------------
@@ -657,6 +663,10 @@ class DeciderCore:
         """The store could not be prepared or the recent past loaded at start (the store was
         down): tried again here as well as by the next decision, so that an idle proxy holding
         flows still takes its lease and renews it (others would take it for gone)."""
+        now = time.monotonic()
+        if now < self.catch_up_at:
+            return self.catch_up_at - now
+        self.catch_up_at = now + PREPARE_SECONDS  # a history that fails to load: once a second
         try:
             if not self.prepared:
                 self._try_preparing()
@@ -665,6 +675,8 @@ class DeciderCore:
             if str(e) != self.catching_up:  # said once, not every second
                 log.warning("cannot prepare the store or load the recent past yet: %s", e)
             self.catching_up = str(e)
+            if self.prepared:  # its lease is renewed meanwhile: this instance is not gone
+                self._keep_lease()
             return PREPARE_SECONDS
         self.catching_up = None
         return 0.0  # loaded: the first sync is due

@@ -30,6 +30,10 @@ LEASE_SECONDS = 30.0  # fifteen missed renewals: a stalled decider is not taken 
 # How long running instances leave a stopped one's approvals open: an SDK's retry of a call whose
 # connection dropped comes within seconds and joins the approval rather than opening another.
 RETRY_GRACE_SECONDS = 10.0
+# A lease renewed after this long a silence (the store hung, or its decider was stuck), or a
+# write that took this long, is a gap, as a failed renewal is: the other instances may not have
+# renewed theirs either, and their leases are no evidence they are gone.
+SILENCE_SECONDS = LEASE_SECONDS / 3
 
 
 def process_alive(pid: int) -> bool:
@@ -142,8 +146,8 @@ def renew_lease(engine: Engine, instance: str, here: Here) -> Renewal:
     gone (its lease had lapsed, and what it held was settled): the caller should say so. A long
     silence (a store that hung rather than failed, a decider stuck) is a gap in which the other
     instances may not have renewed either."""
-    now = time.time()
     with write_transaction(engine) as conn:
+        now = time.time()  # once the transaction has begun: not before a wait for its lock
         row = conn.execute(
             select(InstanceLease.cleared_at, InstanceLease.seen_at)
             .where(InstanceLease.id == instance)

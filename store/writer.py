@@ -8,6 +8,8 @@ group, not per request; what is acknowledged is what readers and `airlock audit 
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +18,7 @@ from sqlalchemy.engine import Engine
 
 from airlock.store.approvals import leave_approval
 from airlock.store.audit import Event, append_events
-from airlock.store.instances import LEASE_SECONDS, Here
+from airlock.store.instances import LEASE_SECONDS, SILENCE_SECONDS, Here
 from airlock.store.prepared import raw_transaction
 from airlock.store.records import (
     DecisionRecord,
@@ -85,6 +87,14 @@ class GroupWriter:
         outcomes = [p.job for p in group if isinstance(p.job, OutcomeRecord)]
         results: dict[int, Any] = {}
         db = self._open()
+        started = time.monotonic()
+
+        def lapse_after() -> float:
+            # A write that waited long (a lock held, a stalled connection) is a gap as a
+            # renewal that did is: the other holders may not have renewed meanwhile either.
+            stalled = time.monotonic() - started > SILENCE_SECONDS
+            return math.inf if stalled else self.lapse_after()
+
         try:
             with raw_transaction(self.engine, db) as tx:
                 events: list[Event] = []
@@ -99,7 +109,7 @@ class GroupWriter:
                     events += record_outcomes(tx, outcomes)
                 for i, pending in enumerate(group):
                     if isinstance(pending.job, Change):
-                        results[i], settled = _apply(tx, pending.job, self.lapse_after)
+                        results[i], settled = _apply(tx, pending.job, lapse_after)
                         events += settled
                 append_events(tx, events)
         except Exception:

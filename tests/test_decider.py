@@ -358,6 +358,30 @@ def test_a_decider_started_while_the_store_was_down_takes_its_lease_without_a_re
         core.finish()
 
 
+def test_a_decider_whose_history_cannot_be_loaded_still_renews_its_lease(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store is prepared (the lease taken once) but the recent past keeps failing to load
+    (a read that times out): each try renews the lease, or the others would take this live
+    instance for gone while it refuses every request."""
+
+    def times_out(*args: Any, **kwargs: Any) -> list[Any]:
+        raise OSError("canceling statement due to statement timeout")
+
+    monkeypatch.setattr(core_module, "past_decisions", times_out)
+    core = DeciderCore(StoreAddress(db_url, "full"))
+    core.handle([Envelope(0, replace(setup(), sync_every=0.2))])
+    try:
+        assert core.prepared and core.next_sync is None
+        first = lease_seen(core, "test-1")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and lease_seen(core, "test-1") == first:
+            time.sleep(min(core.wait() or 0.05, 0.05))
+        assert lease_seen(core, "test-1") != first
+    finally:
+        core.finish()
+
+
 def lease_seen(core: DeciderCore, instance: str) -> float | None:
     with core.engine.connect() as conn:
         query = select(InstanceLease.seen_at).where(InstanceLease.id == instance)
@@ -416,6 +440,75 @@ def test_after_the_store_hung_a_decider_does_not_take_the_others_for_gone(db_url
             query = select(Approval.state).where(Approval.id == held.approval.id)
             assert conn.execute(query).scalar_one() == "PENDING"
         assert time.monotonic() - (this.renewing_since or 0) < LEASE_SECONDS  # a gap
+    finally:
+        other.finish()
+        this.finish()
+
+
+@pytest.mark.parametrize("where", ["before a sync", "inside the renewal", "inside a leave"])
+def test_a_store_that_hangs_for_longer_than_a_lease_takes_no_live_instance_for_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """The store hangs for everyone (SQLite's write lock held, PostgreSQL stalled) for longer
+    than a lease, before this instance's sync, inside its renewal, or inside the very write of a
+    leave: the other instance's lease, which could not be renewed either, is no evidence it is
+    gone, and the approval it holds a flow for stays open. Lease, silence and grace scaled down
+    (30 s, 10 s, 10 s → 1.5 s, 0.5 s, 0.25 s), the hang 2 s."""
+    import sqlite3
+
+    import airlock.store.writer as writer_module
+
+    monkeypatch.setattr(core_module, "LEASE_SECONDS", 1.5)
+    monkeypatch.setattr(core_module, "SILENCE_SECONDS", 0.5)
+    monkeypatch.setattr(writer_module, "SILENCE_SECONDS", 0.5)
+    monkeypatch.setattr(core_module, "RETRY_GRACE_SECONDS", 0.25)
+    path = tmp_path / "airlock.db"
+    other, this = (DeciderCore(StoreAddress(f"sqlite:///{path}", "full")) for _ in range(2))
+    other.handle([Envelope(0, replace(setup(), instance="elsewhere-5.x"))])
+    this.handle([Envelope(0, setup())])
+    try:
+        held = replies(other.handle([Envelope(1, charge(150_000, "run-held"))]))[1]
+        joined = replies(this.handle([Envelope(1, charge(150_000, "run-retry"))]))[1]
+        assert joined.approval.id == held.approval.id
+        with this.engine.begin() as conn:  # the other runs elsewhere: only its lease counts
+            conn.execute(update(InstanceLease).values(seen_at=time.time()))
+            conn.execute(
+                update(InstanceLease)
+                .where(InstanceLease.id == "elsewhere-5.x")
+                .values(namespace="another-machine")
+            )
+        this.renewing_since = time.monotonic() - 100  # healthy, renewing unbroken for long
+        if where == "before a sync":
+            with this.engine.begin() as conn:
+                conn.execute(update(InstanceLease).values(seen_at=time.time() - 2.0))
+            this.next_sync = time.monotonic()
+            this.wait()
+        else:
+            locked = threading.Event()
+
+            def hold_the_lock() -> None:
+                db = sqlite3.connect(path, isolation_level=None)
+                db.execute("BEGIN IMMEDIATE")
+                locked.set()
+                time.sleep(2.0)  # the hang: nobody renews meanwhile
+                db.execute("COMMIT")
+                db.close()
+
+            hang = threading.Thread(target=hold_the_lock)
+            hang.start()
+            locked.wait()
+            if where == "inside the renewal":
+                this.next_sync = time.monotonic()
+                this.wait()  # its renewal waits for the lock
+            else:
+                leaving = SettleRequest(
+                    held.approval.id, "ABANDONED", "left", time.time(), "test-1"
+                )
+                assert replies(this.handle([Envelope(2, leaving)]))[2].state == "PENDING"
+            hang.join()
+        with this.engine.connect() as conn:
+            query = select(Approval.state).where(Approval.id == held.approval.id)
+            assert conn.execute(query).scalar_one() == "PENDING"
     finally:
         other.finish()
         this.finish()
