@@ -151,3 +151,66 @@ def test_ec2_lists_read_by_the_baseline_are_found_as_boto3_sends_them() -> None:
     terminate = judged("ec2", "TerminateInstances", {"InstanceIds": ["i-1", "i-2"]})
     assert terminate.action.params["instance_count"] == 2
     assert terminate.verdict.decision == REQUIRE_APPROVAL
+
+
+# --- 2. S3 data made public by the upload's or the bucket's ACL -------------------------------
+
+ALL_USERS = 'uri="http://acs.amazonaws.com/groups/global/AllUsers"'
+
+
+@pytest.mark.parametrize(
+    ("operation", "params", "rule"),
+    [
+        # boto3's upload_file(..., ExtraArgs={"ACL": ...}) for a file over 8 MB
+        ("CreateMultipartUpload", {"Bucket": "b", "Key": "big.bin", "ACL": "public-read"},
+         "aws-public-exposure-needs-approval"),
+        ("CreateMultipartUpload", {"Bucket": "b", "Key": "big.bin", "GrantRead": ALL_USERS},
+         "aws-public-grants-need-approval"),
+        ("PutObject", {"Bucket": "b", "Key": "k", "Body": b"x", "ACL": "public-read"},
+         "aws-public-exposure-needs-approval"),
+        ("CopyObject", {"Bucket": "b", "Key": "k", "CopySource": "src/k",
+                        "ACL": "authenticated-read"}, "aws-public-exposure-needs-approval"),
+        ("CreateBucket", {"Bucket": "b", "ACL": "public-read-write"},
+         "aws-public-exposure-needs-approval"),
+        ("CreateBucket", {"Bucket": "b", "GrantRead": ALL_USERS},
+         "aws-public-grants-need-approval"),
+    ],
+)  # fmt: skip
+def test_s3_data_made_public_needs_approval(
+    operation: str, params: dict[str, Any], rule: str
+) -> None:
+    evaluation = judged("s3", operation, params)
+    assert evaluation.verdict.decision == REQUIRE_APPROVAL
+    assert rule in fired(evaluation)
+
+
+@pytest.mark.parametrize(
+    ("operation", "params"),
+    [
+        ("CreateMultipartUpload", {"Bucket": "b", "Key": "big.bin"}),
+        ("CreateMultipartUpload", {"Bucket": "b", "Key": "big.bin", "ACL": "private"}),
+        ("CreateBucket", {"Bucket": "b"}),
+        ("CreateBucket", {"Bucket": "b", "ACL": "private", "GrantRead": 'id="abc"'}),
+    ],
+)
+def test_private_uploads_and_buckets_stay_allowed(operation: str, params: dict[str, Any]) -> None:
+    assert judged("s3", operation, params).verdict.decision == ALLOW
+
+
+def test_a_multipart_upload_has_no_undo_it_cannot_do() -> None:
+    """It returns no version id: the undo of a write (delete the version it wrote) is refused
+    as not on record rather than deleting the key's current version."""
+    from airlock.pipeline.outcome import outcome_ids
+    from airlock.pipeline.undo import CannotUndo, plan_undo
+
+    evaluation = judged("s3", "CreateMultipartUpload", {"Bucket": "b", "Key": "big.bin"})
+    assert evaluation.action.action == "write_object"
+    mapping = CONFIG.mappings.by_id["aws.s3.put_object"]
+    answer = (
+        b"<InitiateMultipartUploadResult><Bucket>b</Bucket><Key>big.bin</Key>"
+        b"<UploadId>up-1</UploadId></InitiateMultipartUploadResult>"
+    )
+    outcome = outcome_ids(mapping, 200, {"Content-Type": "application/xml"}, answer) or {}
+    assert "version_id" not in outcome
+    with pytest.raises(CannotUndo):
+        plan_undo(mapping.undo_spec, {**evaluation.action.params, **outcome})
