@@ -354,7 +354,7 @@ class Runtime:
     def _close_store(self) -> None:
         """Options changed while running: the decider for the old store finishes its writes."""
         decider, self.decider = self.decider, None
-        if decider is not None and decider.running:
+        if decider is not None:  # a dead one too: its restart for held flows is called off
             self.spawn(decider.stop())
 
     def ask(self) -> Decider:

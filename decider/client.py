@@ -163,6 +163,8 @@ class DeciderClient:
         self._restart_at = 0.0  # monotonic time before which a dead decider is not restarted
         self._quick_deaths = 0  # in a row, each within STABLE_SECONDS of its start
         self._restarting: asyncio.Future[None] | None = None  # for held flows (_on_lost)
+        self._restart_timer: asyncio.TimerHandle | None = None
+        self._stopped = False  # stop() was called: nothing starts it again by itself
 
     async def _open(self) -> _Link:
         raise NotImplementedError
@@ -177,6 +179,11 @@ class DeciderClient:
         """Start the decider (again, if it died: its waiting calls have failed). One that keeps
         dying at start (an unwritable store) is restarted with a growing pause; meanwhile calls
         fail at once (their requests are refused)."""
+        self._stopped = False
+        await self._start()
+
+    async def _start(self, by_itself: bool = False) -> None:
+        """by_itself: restarted for held flows, not asked by a call: not once it is stopped."""
         if self._link is not None and not self._link.alive():
             # Died, and the loop has not read its end of the socket yet: a call sent now
             # would be lost with it.
@@ -184,10 +191,13 @@ class DeciderClient:
         if self._link is not None or time.monotonic() < self._restart_at:
             return
         async with self._starting:
-            if self._link is not None:
+            if self._link is not None or (by_itself and self._stopped):
                 return
             self._started_at = time.monotonic()
             link = await self._open()
+            if by_itself and self._stopped:  # stopped while it started: nobody would stop it
+                link.kill()
+                return
             self._link = link
             setup = [Envelope(0, self.setup())] if self.setup else []
             link.post([*setup, *self._unconfirmed.values()])
@@ -196,10 +206,14 @@ class DeciderClient:
     async def stop(self, timeout: float = 10.0) -> None:
         """Write everything already sent or deferred, then stop the decider. One that died
         with outcomes or withdrawals still unconfirmed is started once more to write them."""
+        self._stopped = True
+        if self._restart_timer is not None:
+            self._restart_timer.cancel()
+            self._restart_timer = None
         if self._link is None and self._unconfirmed:
             self._restart_at = 0.0  # not the pause between restarts: this is the last one
             try:
-                await self.start()
+                await self._start()
             except Exception as e:
                 log.error("%d outcomes or withdrawals could not be written: the decider did "
                           "not start again (%s)", len(self._unconfirmed), e)  # fmt: skip
@@ -398,24 +412,30 @@ class DeciderClient:
         self._deferred.clear()  # still unconfirmed: sent again to the next one
         self._fail_waiting(reason)
         link.kill()
-        if self.setup is not None and self.setup().watched:
-            self._restart_for_held_flows()
+        self._restart_for_held_flows()
 
     def _restart_for_held_flows(self) -> None:
         """Flows are held: their settlements come only from a running decider, and with no
-        request coming none would start it; once the pause between restarts is over, it is."""
+        request coming none would start it; once the pause between restarts is over, it is
+        (unless the client was stopped meanwhile, or nothing is held any more)."""
+        if self._stopped or self.setup is None or not self.setup().watched:
+            return
+        if self._restart_timer is not None:
+            self._restart_timer.cancel()
         wait = max(0.0, self._restart_at - time.monotonic())
+        self._restart_timer = asyncio.get_running_loop().call_later(wait, self._restart_now)
 
-        def restart() -> None:
+    def _restart_now(self) -> None:
+        self._restart_timer = None
+        if not self._stopped and self._link is None:
             self._restarting = asyncio.ensure_future(self._start_quietly())
-
-        asyncio.get_running_loop().call_later(wait, restart)
 
     async def _start_quietly(self) -> None:
         try:
-            await self.start()
-        except Exception as e:  # the next request, or the next death, tries again
+            await self._start(by_itself=True)
+        except Exception as e:  # tried again after the pause, while flows are still held
             log.error("the decider could not be started again for held flows: %s", e)
+            self._restart_for_held_flows()
 
     def _unsendable(self, envelope: Envelope, error: Exception) -> None:
         """A message the link cannot carry fails alone, not the batch it was sent with: a call

@@ -959,6 +959,34 @@ def test_a_worker_that_died_while_flows_are_held_is_started_again_without_a_requ
     assert settled.state == APPROVED
 
 
+def test_a_client_stopped_while_its_worker_is_down_starts_none_by_itself(
+    store: StoreAddress,
+) -> None:
+    """The worker died twice quickly (its restart waits a pause) while flows are held, and the
+    proxy stops (or drops this client for another store): no worker is started after that,
+    which nobody would stop."""
+    from airlock.decider import client as client_module
+
+    async def scenario() -> bool:
+        client = WorkerDecider(store, setup=lambda: replace(setup(), watched=["a" * 32]))
+        deadline = time.monotonic() + 20
+        for _ in range(2):
+            await client.start()
+            while not client.running and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            client._link.process.kill()  # type: ignore[union-attr]
+            while client.running and time.monotonic() < deadline:
+                await asyncio.sleep(0.005)
+        await client.stop()
+        # Past the pause its restart would have waited: nothing started meanwhile.
+        await asyncio.sleep(client_module.FIRST_RESTART_PAUSE * 5)
+        started = client.running
+        await client.stop()
+        return started
+
+    assert asyncio.run(scenario()) is False
+
+
 def test_a_call_its_caller_gave_up_on_is_forgotten_while_the_decider_is_stuck(
     store: StoreAddress, monkeypatch: pytest.MonkeyPatch
 ) -> None:
