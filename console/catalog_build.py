@@ -449,7 +449,7 @@ HTTP_VERBS = ("get", "put", "post", "delete", "patch", "head", "options")
 # words ("webhooks" has "hook"), except "voice" (cloned voices) inside "invoices" and "token"
 # (a credential) where a model's input tokens are counted.
 OPENAPI_RISKY = re.compile(
-    r"collaborator|permission|protection|secret|key|(?<!count_)(?<!input)token(?!count)|member|"
+    r"collaborator|permission|protection|secret|key|(?<!input)(?<![^a-z]count_)(?<!^count_)token(?!count)|member|"
     r"admin|transfer|ruleset|hook|"
     r"role|security|visibility|invitation|runner|oidc|credential|password|policy|(?<!in)voice|"
     r"payout|refund|reversal|externalaccount|bankaccount"  # money out, and where it goes

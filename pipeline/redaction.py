@@ -172,10 +172,10 @@ _NOT_SAID = frozenset({
 # an ARN's tail is kept, whole; anything else after it goes, as any value named like a secret.
 _SECRETS_MANAGER = "secretsmanager:"
 _SECRETS_MANAGER_NAMES = re.compile(
-    r"[A-Za-z*?]+"  # an action: GetSecretValue, Describe*
-    r"|[A-Za-z]+/[\w.-]+"  # a condition key: ResourceTag/env
-    # an ARN's region:account:secret:name (a name's `=` left out: `?token=…` is no name)
-    r"|[a-z0-9*?-]*:(?:\d{12}|[*?]+)?:secret:[\w/+.@*-]*"
+    r"\*|(?:[A-Z][a-z]+)+\*?"  # an action (GetSecretValue, Describe*) or a condition key (Name)
+    r"|(?:ResourceTag|resource)/[\w.-]+"  # ResourceTag/env, resource/AllowRotationLambdaArn
+    # an ARN's region:account:secret:name (`=` and `+` left out: base64 is no name)
+    r"|[a-z0-9*?-]*:(?:\d{12}|[*?]+)?:secret:[\w/.@*-]*"
 )
 
 
@@ -193,9 +193,19 @@ def _replace(found: Found) -> str:
     return f"{keep}{REDACTED}{found.group(_TAIL) or ''}"
 
 
+# Secrets Manager's IAM condition keys (its Service Authorization Reference), as keys of a
+# policy's Condition: their values say which secret or setting, not a secret.
+_CONDITION_KEY = re.compile(
+    r"secretsmanager:(?:AddReplicaRegions|BlockPublicPolicy|Description|"
+    r"ForceDeleteWithoutRecovery|ForceOverwriteReplicaSecret|KmsKeyId|ModifyRotationRules|Name|"
+    r"RecoveryWindowInDays|RotateImmediately|RotationLambdaARN|SecretId|SecretPrimaryRegion|"
+    r"VersionId|VersionStage|ResourceTag/[\w.:/=+@-]+|resource/AllowRotationLambdaArn)"
+)
+
+
 def _names_in_secrets_manager(name_and_colon: str, value: str) -> bool:
     return (
-        name_and_colon.lower() == _SECRETS_MANAGER
+        name_and_colon == _SECRETS_MANAGER  # as AWS writes it
         and _SECRETS_MANAGER_NAMES.fullmatch(value) is not None
         and _SECRET_SHAPE.search(value) is None
     )
@@ -408,8 +418,8 @@ _ONLY_NAMES = re.compile(
 def is_secret_name(name: str) -> bool:
     """Header and field names repeat endlessly: decide each once. An environment variable's
     name in capitals ending in `_KEY` (STRIPE_KEY, OPENAI_KEY) holds one too."""
-    if name[:15].lower() == _SECRETS_MANAGER:  # an IAM condition key: secretsmanager:Name
-        return is_secret_name(name[15:])
+    if _CONDITION_KEY.fullmatch(name):  # secretsmanager:Name, as a policy's condition names it
+        return False
     return (
         name.lower() in _SECRET_HEADERS
         or (_SECRET_NAME.search(name) is not None and _ONLY_NAMES.fullmatch(name) is None)

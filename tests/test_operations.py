@@ -101,6 +101,7 @@ def test_every_openapi_operation_is_rated_as_the_build_rates_it_now() -> None:
         ("messages.count_tokens", "medium"),  # (Anthropic)
         ("apps/create-installation-access-token", "high"),  # a credential
         ("POST_v3-teammates-pending-token-resend", "high"),
+        ("post_account_tokens", "high"),  # "count_" inside "account_": a credential still
     ],
 )
 def test_risky_words_are_read_where_they_mean_what_they_say(name: str, expected: str) -> None:

@@ -639,6 +639,9 @@ def test_a_reviewer_sees_which_permission_on_which_secret_an_iam_policy_grants(
         "secretsmanager:AKIAABCDEFGHIJKLMNOP",
         f"{SECRET_ARN}?token=abcdefghijk",  # no secret's name
         "secretsmanager:hunter2;password=abcdefgh",
+        "secretsmanager:wJalrXUtnFEMI/K7MDENGbPxRfiCYEXAMPLEKEY",  # no action, no condition key
+        "arn:aws:secretsmanager:us-east-1:123456789012:secret:aGVsbG8+d29ybGQ=",  # base64
+        "SECRETSMANAGER:hunter2hunter2",  # not as AWS writes its prefix
     ],
 )
 def test_what_only_looks_like_a_secrets_manager_name_still_goes(text: str) -> None:
@@ -647,7 +650,8 @@ def test_what_only_looks_like_a_secrets_manager_name_still_goes(text: str) -> No
     assert not any(secret in redacted for secret in ("hunter2", "abcdefgh", "ABCDEFGH"))
 
 
-def test_a_condition_key_named_like_a_secret_is_still_a_secret_name() -> None:
-    assert redact_value({"secretsmanager:token": "abcdefghijk"}) == {
-        "secretsmanager:token": REDACTED
-    }
+@pytest.mark.parametrize("name", ["secretsmanager:token", "secretsmanager:Value"])
+def test_only_secrets_managers_own_condition_keys_are_kept_as_names(name: str) -> None:
+    assert list(redact_value({name: "abcdefghijk"}).values()) == [REDACTED]
+    pair = {"ParameterKey": name, "ParameterValue": "abcdefghijk"}
+    assert redact_value(pair)["ParameterValue"] == REDACTED
