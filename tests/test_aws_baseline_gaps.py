@@ -15,7 +15,7 @@ import pytest
 from airlock.console.catalog_coverage import aws_request
 from airlock.pipeline.document import build_document
 from airlock.pipeline.evaluation import Config, Evaluation, evaluate
-from airlock.pipeline.policies import ALLOW, REQUIRE_APPROVAL
+from airlock.pipeline.policies import ALLOW, BLOCK, REQUIRE_APPROVAL
 from tests.helpers.proxy import PROJECT_ROOT
 
 CONFIG = Config.load(PROJECT_ROOT / "mappings", PROJECT_ROOT / "policies")
@@ -214,3 +214,75 @@ def test_a_multipart_upload_has_no_undo_it_cannot_do() -> None:
     assert "version_id" not in outcome
     with pytest.raises(CannotUndo):
         plan_undo(mapping.undo_spec, {**evaluation.action.params, **outcome})
+
+
+# --- 3. S3 public access block: all four on, or held ------------------------------------------
+
+PROTECTIONS = ("BlockPublicAcls", "IgnorePublicAcls", "BlockPublicPolicy", "RestrictPublicBuckets")
+
+
+def public_access_block(xml: str) -> Evaluation:
+    request = (
+        "curl -X PUT 'https://b.s3.amazonaws.com/?publicAccessBlock' "
+        f"-H 'Content-Type: application/xml' -d '{xml}'"
+    )
+    from airlock.console.explain import parse_request
+
+    return evaluate(build_document(parse_request(request), "agent"), CONFIG)
+
+
+def configuration(**values: str) -> str:
+    inner = "".join(f"<{name}>{value}</{name}>" for name, value in values.items())
+    return f"<PublicAccessBlockConfiguration>{inner}</PublicAccessBlockConfiguration>"
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {name: True for name in PROTECTIONS},
+        {},  # every protection left out: all four off
+        {name: True for name in PROTECTIONS[:3]},
+        {**{name: True for name in PROTECTIONS}, "RestrictPublicBuckets": False},
+    ],
+    ids=["all-on", "empty", "one-left-out", "one-off"],
+)
+def test_a_public_access_block_as_boto3_sends_it(settings: dict[str, bool]) -> None:
+    evaluation = judged(
+        "s3", "PutPublicAccessBlock", {"Bucket": "b", "PublicAccessBlockConfiguration": settings}
+    )
+    on = sum(settings.values())
+    assert evaluation.action.params["enabled_protections"] == on
+    expected = ALLOW if on == 4 else REQUIRE_APPROVAL
+    assert evaluation.verdict.decision == expected
+    if expected == REQUIRE_APPROVAL:
+        assert "aws-public-access-protection-off-needs-approval" in fired(evaluation)
+
+
+@pytest.mark.parametrize(
+    ("xml", "expected"),
+    [
+        ("<PublicAccessBlockConfiguration/>", REQUIRE_APPROVAL),
+        (configuration(**dict.fromkeys(PROTECTIONS, "true")), ALLOW),
+        (configuration(**dict.fromkeys(PROTECTIONS, "TRUE")), ALLOW),
+        (configuration(**{**dict.fromkeys(PROTECTIONS, "true"), "BlockPublicAcls": "FALSE"}),
+         REQUIRE_APPROVAL),
+        (configuration(**{**dict.fromkeys(PROTECTIONS, "true"), "IgnorePublicAcls": ""}),
+         REQUIRE_APPROVAL),
+        (configuration(**{**dict.fromkeys(PROTECTIONS, "true"), "BlockPublicPolicy": "truex"}),
+         REQUIRE_APPROVAL),
+        # a misspelt element is not one of the four: the real one is left out, so off
+        (configuration(**dict.fromkeys(PROTECTIONS[:3], "true"), restrictPublicBuckets="true"),
+         REQUIRE_APPROVAL),
+    ],
+)  # fmt: skip
+def test_a_public_access_block_is_held_unless_all_four_say_true(xml: str, expected: str) -> None:
+    assert public_access_block(xml).verdict.decision == expected
+
+
+def test_a_protection_sent_twice_is_refused() -> None:
+    """Which of the two S3 takes is not ours to guess; counted, the two trues would stand in
+    for a protection left out."""
+    twice = configuration(**dict.fromkeys(PROTECTIONS[:3], "true")).replace(
+        "<BlockPublicAcls>", "<BlockPublicAcls>true</BlockPublicAcls><BlockPublicAcls>", 1
+    )
+    assert public_access_block(twice).verdict.decision == BLOCK
