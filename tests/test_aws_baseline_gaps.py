@@ -8,6 +8,7 @@ request (`ValuesToAdd.member.1=all`) can miss the one boto3 sends (`ValuesToAdd.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -286,3 +287,58 @@ def test_a_protection_sent_twice_is_refused() -> None:
         "<BlockPublicAcls>", "<BlockPublicAcls>true</BlockPublicAcls><BlockPublicAcls>", 1
     )
     assert public_access_block(twice).verdict.decision == BLOCK
+
+
+# --- 4. a trust policy open to anyone ---------------------------------------------------------
+
+
+def trust_policy(principal: Any, **statement: Any) -> str:
+    document = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Principal": principal, "Action": "sts:AssumeRole", **statement}
+        ],
+    }
+    return json.dumps(document)
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        trust_policy("*"),
+        trust_policy({"AWS": "*"}),
+        trust_policy({"AWS": ["*"]}),
+        trust_policy({"AWS": ["arn:aws:iam::123456789012:root", "*"]}),
+        trust_policy({"AWS": "*"}).replace('"*"', '"\\u002a"'),
+        trust_policy({"AWS": "*"}).replace('"*"', '"\\u002A"'),
+        trust_policy({"AWS": ["*"]}).replace('"Principal"', '"Pr\\u0069ncipal"'),
+        json.dumps(json.loads(trust_policy({"AWS": ["*"]})), indent=4),
+    ],
+    ids=["star", "aws-star", "aws-list", "aws-list-with-account", "escaped-star",
+         "escaped-star-upper", "escaped-key", "indented"],
+)  # fmt: skip
+def test_a_trust_policy_open_to_anyone_is_blocked(document: str) -> None:
+    assert json.loads(document)  # IAM reads it as JSON: each is "*" once parsed
+    evaluation = judged(
+        "iam", "UpdateAssumeRolePolicy", {"RoleName": "app", "PolicyDocument": document}
+    )
+    assert evaluation.verdict.decision == BLOCK
+    assert "aws-trust-policy-open-to-anyone-blocked" in fired(evaluation)
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        trust_policy({"AWS": "arn:aws:iam::123456789012:root"}),
+        trust_policy({"Service": "ec2.amazonaws.com"}),
+        # a "*" outside the principal opens nothing to anyone
+        trust_policy({"AWS": ["arn:aws:iam::123456789012:root"]},
+                     Condition={"StringLike": {"sts:ExternalId": "*"}}),
+    ],
+)  # fmt: skip
+def test_a_trust_policy_for_named_principals_needs_approval_only(document: str) -> None:
+    evaluation = judged(
+        "iam", "UpdateAssumeRolePolicy", {"RoleName": "app", "PolicyDocument": document}
+    )
+    assert evaluation.verdict.decision == REQUIRE_APPROVAL
+    assert fired(evaluation) == {"aws-trust-policy-change-needs-approval"}
