@@ -42,6 +42,10 @@ MONEY_MOVEMENT = {
         r"|PostPaymentIntentsIntentConfirm|PostInvoicesInvoice(Pay|Finalize)"
         r"|Post\w*(Capture|ApplyCustomerBalance|IncrementAuthorization|(Confirm|Process)PaymentIntent)"
     ),
+    "an invoice Stripe charges without the finalize call, or more on one": (
+        r"PostInvoices(Invoice)?|PostInvoiceitems(Invoiceitem)?"
+        r"|PostInvoicesInvoice(AddLines|UpdateLines|LinesLineItemId|AttachPayment)"
+    ),
     "a spending instrument created, enabled or loosened": (
         r"PostIssuingCards\w*|PostIssuingCardholdersCardholder|PostIssuing\w*Approve"
         r"|PostTreasuryFinancialAccounts\w*"
@@ -103,6 +107,20 @@ def test_the_criteria_find_what_they_are_about() -> None:
     assert not {"PostTreasuryOutboundPaymentsIdCancel", "PostSetupIntentsIntentConfirm"} & found
 
 
+# Invoice operations that charge nothing more: the customer pays a sent invoice; voiding,
+# marking uncollectible, removing lines and previews take back or charge nothing; rendering
+# templates are layouts. Each is let through in live mode.
+INVOICES_CHARGING_NOTHING_MORE = [
+    "PostInvoicesInvoiceSend",
+    "PostInvoicesInvoiceVoid",
+    "PostInvoicesInvoiceMarkUncollectible",
+    "PostInvoicesInvoiceRemoveLines",
+    "PostInvoicesCreatePreview",
+    "PostInvoiceRenderingTemplatesTemplateArchive",
+    "PostInvoiceRenderingTemplatesTemplateUnarchive",
+]
+
+
 def decided_live(operation: dict[str, Any]) -> Evaluation:
     """The shipped policies' decision on the operation sent with a live key, identified as it."""
     evaluation = evaluate(build_document(live_request(operation), "billing-bot"), CONFIG)
@@ -121,3 +139,21 @@ def assert_not_allowed_live(operation: dict[str, Any], why: str) -> None:
 @pytest.mark.parametrize(("operation", "why"), MOVING_MONEY)
 def test_a_live_money_movement_is_not_allowed(operation: dict[str, Any], why: str) -> None:
     assert_not_allowed_live(operation, why)
+
+
+def test_every_invoice_write_is_judged() -> None:
+    """A newer catalog's invoice write (a new way to charge one) fails here until it is judged."""
+    invoices = {
+        operation["name"]
+        for operation in CATALOG["operations"]
+        if operation["write"] and operation["path"].startswith(("/v1/invoice", "/v2/invoice"))
+        and operation["method"] == "POST"
+    }  # fmt: skip
+    held = {param.values[0]["name"] for param in MOVING_MONEY}
+    assert invoices - held == set(INVOICES_CHARGING_NOTHING_MORE)
+
+
+@pytest.mark.parametrize("name", INVOICES_CHARGING_NOTHING_MORE)
+def test_an_invoice_operation_that_charges_nothing_more_stays_allowed(name: str) -> None:
+    operation = next(o for o in CATALOG["operations"] if o["name"] == name)
+    assert decided_live(operation).verdict.decision == ALLOW
