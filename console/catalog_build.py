@@ -639,7 +639,7 @@ def openapi_entry(spec: dict[str, Any], description: dict[str, Any], source: str
             if operation.get("deprecated"):
                 entry["deprecated"] = True
             operations.append(entry)
-    return {
+    entry = {
         "source": source,
         "provider": spec["provider"],
         "protocol": "openapi",
@@ -647,6 +647,9 @@ def openapi_entry(spec: dict[str, Any], description: dict[str, Any], source: str
         "category": spec["category"],
         "operations": sorted(operations, key=lambda op: (op["path"], op["method"])),
     }
+    if spec.get("methods") == "any":  # the vendor acts alike whatever the HTTP method
+        entry["any_method"] = True
+    return entry
 
 
 def _multi_segment(

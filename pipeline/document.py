@@ -208,7 +208,9 @@ def build_document(request: http.Request | WireRequest, agent: str) -> Document:
 # whatever its Content-Type; form APIs (Rack, PHP and the like) merge the query into the form.
 AWS_QUERY, AWS_JSON, AWS_REST, FORM_API = "aws-query", "aws-json", "aws-rest", "form-api"
 FORM_APIS = frozenset({"api.stripe.com", "connect.stripe.com", "files.stripe.com", "slack.com"})
-FORM_API_DOMAINS = ("twilio.com",)  # every Twilio host reads its parameters alike (as lists below)
+# Every Twilio host reads its parameters alike (as lists below); Slack's Web API at a
+# workspace's own host (acme.slack.com) as at slack.com.
+FORM_API_DOMAINS = ("twilio.com", "slack.com")
 # Where a repeated form key is the vendor's own list notation: twilio-python sends
 # `MediaUrl=a&MediaUrl=b` to api.twilio.com and `Identity=a&Identity=b` to notify.twilio.com,
 # every Twilio host alike (conversations, verify, messaging, …); elsewhere upstreams differ on

@@ -47,6 +47,7 @@ _REST = frozenset({"rest-json", "rest-xml"})
 OPENAPI = "openapi"
 _MAX_CACHED_HOSTS = 65_536
 LEADING = 2  # path segments that index an operation template (see rest_candidates)
+ANY_METHOD = "*"  # the key of every operation of a service that ignores the method
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +127,10 @@ class Service:
     operations: dict[str, OperationSpec]
     rest_by_method: dict[str, list[OperationSpec]]
     provider: str = "aws"
-    hosts: tuple[str, ...] = ()  # OpenAPI providers: the hosts that serve the API
+    hosts: tuple[str, ...] = ()  # OpenAPI providers: the hosts that serve the API (`*.` glob)
+    # The vendor acts alike whatever the HTTP method (Slack's Web API takes a method's arguments
+    # from a GET's query string as from a POST): operations are found by their path alone.
+    any_method: bool = False
     # (method, leading path segments) → candidates, most specific first. Two segments, not one:
     # every Stripe, OpenAI or Anthropic path starts with /v1 (measured: one segment left ~300
     # Stripe templates to try per request, 181 µs; two leave a handful).
@@ -135,6 +139,7 @@ class Service:
     )
 
     def rest_candidates(self, method: str, path: str) -> list[OperationSpec]:
+        method = ANY_METHOD if self.any_method else method
         segments = tuple(path.split("/", LEADING + 1)[1 : LEADING + 1])
         key = (method, segments)
         found = self._rest_candidates.get(key)
@@ -286,6 +291,8 @@ class OperationIndex:
                 self._by_label[alias] = self.services[name]
         self._by_signing = {s.signing_name: s for s in self.services.values() if s.signing_name}
         self._by_host = {host: s for s in self.services.values() for host in s.hosts}
+        self._by_domain = [(h[1:], s) for s in self.services.values() for h in s.hosts
+                           if h.startswith("*.")]  # fmt: skip
         self._hosts: dict[str, tuple[Service, str | None] | None] = {}
 
     def __len__(self) -> int:
@@ -354,6 +361,9 @@ class OperationIndex:
     def _service_of_host(self, host: str) -> tuple[Service, str | None] | None:
         if host in self._by_host:
             return self._by_host[host], None
+        for domain, service in self._by_domain:  # `*.slack.com`: a workspace's own host
+            if host.endswith(domain):
+                return service, None
         parsed = parse_aws_host(host)
         if parsed is None:
             return None
@@ -438,19 +448,16 @@ def load_catalog(directory: Path = DEFAULT_CATALOG) -> OperationIndex:
 def _load_openapi(entry: dict[str, Any]) -> Service:
     """An OpenAPI provider's operations: one service named for the provider."""
     provider = entry["provider"]
-    return replace(
-        _load_service(
-            {
-                **entry,
-                "service": provider,
-                "endpoint_prefix": "",
-                "signing_name": "",
-                "target_prefix": None,
-            }
-        ),
-        provider=provider,
-        hosts=tuple(entry["hosts"]),
-    )
+    service = _load_service(
+        {**entry, "service": provider, "endpoint_prefix": "", "signing_name": "",
+         "target_prefix": None}
+    )  # fmt: skip
+    any_method = bool(entry.get("any_method"))
+    if any_method:
+        every = [spec for specs in service.rest_by_method.values() for spec in specs]
+        every.sort(key=lambda s: s.specificity, reverse=True)
+        service = replace(service, rest_by_method={ANY_METHOD: every})
+    return replace(service, provider=provider, hosts=tuple(entry["hosts"]), any_method=any_method)
 
 
 def _load_service(entry: dict[str, Any]) -> Service:
