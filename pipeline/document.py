@@ -207,6 +207,10 @@ def build_document(request: http.Request | WireRequest, agent: str) -> Document:
 # string and the body as one form; its JSON and REST services read the body as JSON or XML
 # whatever its Content-Type; form APIs (Rack, PHP and the like) merge the query into the form.
 AWS_QUERY, AWS_JSON, AWS_REST, FORM_API = "aws-query", "aws-json", "aws-rest", "form-api"
+# APIs that read a body as JSON whatever its Content-Type: GitHub's REST API parses
+# `curl -d '{"permission": "admin"}'` (sent as a form) as JSON, as its own examples send it.
+JSON_API = "json-api"
+JSON_APIS = frozenset({"api.github.com"})
 FORM_APIS = frozenset({"api.stripe.com", "connect.stripe.com", "files.stripe.com", "slack.com"})
 # Every Twilio host reads its parameters alike (as lists below); Slack's Web API at a
 # workspace's own host (acme.slack.com) as at slack.com.
@@ -253,6 +257,8 @@ def vendor_reading(host: str, headers: dict[str, str]) -> str:
 def _reading_of_host(host: str) -> str:
     if host in FORM_APIS or any(host.endswith("." + d) for d in FORM_API_DOMAINS):
         return FORM_API
+    if host in JSON_APIS:
+        return JSON_API
     from airlock.pipeline.operations import LABEL_ALIASES, parse_aws_host
 
     parsed = parse_aws_host(host)
@@ -404,6 +410,8 @@ def _vendor_kind(declared: str, content_type: str, raw: bytes, reading: str) -> 
         return ""
     if reading == AWS_QUERY:
         return "form"  # IAM, EC2, STS read a form whatever the Content-Type
+    if reading == JSON_API and declared != "json" and _sniff(raw) == "application/json":
+        return "sniffed"  # GitHub reads JSON under any Content-Type (markdown/raw's text stays)
     if declared in _STRUCTURED:
         return declared
     if _is_multipart(content_type):
@@ -438,8 +446,9 @@ def _with_query_fields(
     """A request's query fields count as its form's where the vendor merges them: AWS's query
     protocol reads its parameters from both, whatever the method and Content-Type; form servers
     (Rack, PHP's $_REQUEST, …) merge the two, so `POST /v1/charges?amount=…` must be judged
-    with its amount whatever its body; the form's own fields win, as they do there. AWS: a
-    field in both is refused (which one counts is not documented)."""
+    with its amount whatever its body; the form's own fields win, as they do there. AWS and the
+    form APIs (Stripe, Slack, Twilio): a field in both is refused (which one counts there is not
+    documented)."""
     if not query or "request_error" in body.notes or not _merges_query(body, headers, reading):
         return body
     try:
@@ -447,7 +456,7 @@ def _with_query_fields(
     except (ValueError, Unreadable) as e:
         return replace(body, notes={**body.notes, "request_error": f"the query: {e}"})
     own = body.value if isinstance(body.value, dict) else {}
-    both = sorted(fields.keys() & own.keys()) if reading == AWS_QUERY else ()
+    both = sorted(fields.keys() & own.keys()) if reading in (AWS_QUERY, FORM_API) else ()
     if both:
         return replace(body, notes={**body.notes, "request_error": (
             f"the query string and the body both send {', '.join(both)[:80]}: upstreams differ "

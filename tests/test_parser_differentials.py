@@ -131,6 +131,37 @@ def test_a_query_protocol_parameter_in_both_query_and_body_is_refused(
     refused(evaluation, f"both send {key}")
 
 
+@pytest.mark.parametrize(
+    ("host", "path", "body"),
+    [
+        ("api.stripe.com", "/v1/charges?amount=5000000", "amount=100&currency=usd"),
+        ("slack.com", "/api/chat.delete?channel=C1", "channel=C2&ts=1.2"),
+        ("api.twilio.com", "/2010-04-01/Accounts/AC1/Messages.json?To=%2B15550001", "To=%2B1555"),
+    ],
+)
+def test_a_form_api_field_in_both_query_and_body_is_refused(
+    host: str, path: str, body: str
+) -> None:
+    """Form APIs merge the query into the form, but which one counts when both send a field is
+    theirs to say and not documented: judging the body's could let the query's through."""
+    _, evaluation = judged("POST", host, path, [FORM], body.encode())
+    refused(evaluation, "both send")
+
+
+def test_github_reads_a_json_body_whatever_its_content_type() -> None:
+    """`curl -d '{…}'` sends a form's Content-Type; GitHub parses the body as JSON, as its own
+    examples send it: a reviewer must see the permission GitHub will grant, not the default."""
+    body = b'{"permission": "admin"}'
+    for content_type in ("application/x-www-form-urlencoded", "text/plain", ""):
+        headers = [("Content-Type", content_type)] if content_type else []
+        path = "/repos/octo/hello/collaborators/mallory"
+        _, evaluation = judged("PUT", "api.github.com", path, headers, body)
+        assert evaluation.action.params["permission"] == "admin", content_type
+    text = [("Content-Type", "text/plain")]
+    document, _ = judged("POST", "api.github.com", "/markdown/raw", text, b"# hello")
+    assert document["body"] == "# hello" and "body_error" not in document  # its text, as sent
+
+
 # --- H6: S3 reads its XML and JSON bodies whatever their Content-Type -----------------------
 
 POLICY = (
