@@ -447,8 +447,9 @@ class Runtime:
         late = _scripts_after_the_gate()
         if late:
             raise exceptions.OptionsError(
-                f"{', '.join(late)} would change requests after Airlock judged them: load "
-                "addons/gate.py as the last -s script"
+                f"{', '.join(late)} could change requests after Airlock judged them: load "
+                "addons/gate.py as the last -s script, with no other script that sends a request "
+                "elsewhere (server_connect) or relays a connection unread (next_layer)"
             )
         safe = {"connection_strategy": "lazy", "rawtcp": False, "websocket": False}
         # lazy: a blocked or held request never opens an upstream connection.
@@ -472,9 +473,11 @@ class Runtime:
 
 
 def _scripts_after_the_gate() -> list[str]:
-    """Other scripts' addons with a request hook, loaded after Airlock's (`-s` order): theirs
-    runs after the gate's and could change what was judged. mitmproxy's own are checked by
-    their options (_REWRITE_AFTER)."""
+    """Other scripts' addons that could change what the gate judged: a request hook loaded
+    after Airlock's (`-s` order: it runs after the gate's), and, wherever loaded, a
+    server_connect hook (it runs when the judged request is about to go out: it can send it
+    elsewhere) or a next_layer hook (it can relay a connection as raw TCP, below every HTTP
+    hook). mitmproxy's own are checked by their options (_REWRITE_AFTER, _UNSEEN_HOSTS)."""
     master = getattr(ctx, "master", None)
     if master is None:
         return []
@@ -483,11 +486,18 @@ def _scripts_after_the_gate() -> list[str]:
     if first is None:
         return []
     return [
-        _module_of(addon)
-        for addon in chain[first + 1 :]
-        if callable(getattr(addon, "request", None))
-        and not _module_of(addon).startswith(("airlock.", "mitmproxy."))
+        f"{_module_of(addon)} ({', '.join(hooks)})"
+        for i, addon in enumerate(chain)
+        if not _module_of(addon).startswith(("airlock.", "mitmproxy."))
+        and (hooks := _late_hooks(addon, after_the_gate=i > first))
     ]
+
+
+def _late_hooks(addon: object, after_the_gate: bool) -> list[str]:
+    names = ("request", "server_connect", "next_layer") if after_the_gate else (
+        "server_connect", "next_layer"
+    )  # fmt: skip
+    return [name for name in names if callable(getattr(addon, name, None))]
 
 
 def _module_of(addon: object) -> str:

