@@ -342,3 +342,47 @@ def test_a_trust_policy_for_named_principals_needs_approval_only(document: str) 
     )
     assert evaluation.verdict.decision == REQUIRE_APPROVAL
     assert fired(evaluation) == {"aws-trust-policy-change-needs-approval"}
+
+
+# --- 5. lifecycle rules that delete data on a schedule ----------------------------------------
+
+
+def lifecycle(**rule: Any) -> Evaluation:
+    rules = [{"ID": "r", "Status": "Enabled", "Filter": {"Prefix": ""}, **rule}]
+    return judged(
+        "s3", "PutBucketLifecycleConfiguration",
+        {"Bucket": "b", "LifecycleConfiguration": {"Rules": rules}},
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("rule", "held_by"),
+    [
+        ({"Expiration": {"Days": 1}}, "aws-expiring-lifecycle-needs-approval"),
+        ({"NoncurrentVersionExpiration": {"NoncurrentDays": 1}},
+         "aws-expiring-noncurrent-versions-need-approval"),
+        ({"NoncurrentVersionExpiration": {"NoncurrentDays": 30, "NewerNoncurrentVersions": 1},
+          "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 7}},
+         "aws-expiring-noncurrent-versions-need-approval"),
+    ],
+)  # fmt: skip
+def test_a_lifecycle_rule_that_deletes_versions_as_boto3_sends_it_needs_approval(
+    rule: dict[str, Any], held_by: str
+) -> None:
+    evaluation = lifecycle(**rule)
+    assert evaluation.verdict.decision == REQUIRE_APPROVAL
+    assert held_by in fired(evaluation)
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        {"Transitions": [{"Days": 30, "StorageClass": "GLACIER"}]},
+        {"NoncurrentVersionTransitions": [{"NoncurrentDays": 30, "StorageClass": "GLACIER"}]},
+        {"AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 7}},
+    ],
+)
+def test_a_lifecycle_rule_that_deletes_no_object_stays_allowed(rule: dict[str, Any]) -> None:
+    evaluation = lifecycle(**rule)
+    assert evaluation.verdict.decision == ALLOW
+    assert fired(evaluation) == set()
