@@ -386,3 +386,67 @@ def test_a_lifecycle_rule_that_deletes_no_object_stays_allowed(rule: dict[str, A
     evaluation = lifecycle(**rule)
     assert evaluation.verdict.decision == ALLOW
     assert fired(evaluation) == set()
+
+
+# --- 6. IAM grants short of AdministratorAccess ----------------------------------------------
+
+ATTACH = {"AttachUserPolicy": "UserName", "AttachRolePolicy": "RoleName",
+          "AttachGroupPolicy": "GroupName"}  # fmt: skip
+
+
+def attached(operation: str, arn: str) -> Evaluation:
+    return judged("iam", operation, {ATTACH[operation]: "bot", "PolicyArn": arn})
+
+
+@pytest.mark.parametrize("operation", sorted(ATTACH))
+@pytest.mark.parametrize(
+    ("name", "expected", "rule"),
+    [
+        ("AdministratorAccess", BLOCK, "aws-admin-policy-blocked"),
+        # IAM reads the ARN's name case-sensitively; matched in any case all the same
+        ("administratoraccess", BLOCK, "aws-admin-policy-blocked"),
+        ("IAMFullAccess", BLOCK, "aws-admin-policy-blocked"),
+        ("iamfullaccess", BLOCK, "aws-admin-policy-blocked"),
+        ("PowerUserAccess", REQUIRE_APPROVAL, "aws-broad-policy-needs-approval"),
+        ("POWERUSERACCESS", REQUIRE_APPROVAL, "aws-broad-policy-needs-approval"),
+        ("job-function/SystemAdministrator", REQUIRE_APPROVAL, "aws-broad-policy-needs-approval"),
+        ("AdministratorAccess-Amplify", REQUIRE_APPROVAL, "aws-broad-policy-needs-approval"),
+        ("ReadOnlyAccess", ALLOW, None),
+        ("job-function/ViewOnlyAccess", ALLOW, None),
+    ],
+)  # fmt: skip
+def test_a_managed_policy_attached_as_boto3_sends_it(
+    operation: str, name: str, expected: str, rule: str | None
+) -> None:
+    evaluation = attached(operation, f"arn:aws:iam::aws:policy/{name}")
+    assert evaluation.verdict.decision == expected
+    assert fired(evaluation) == ({rule} if rule else set())
+
+
+def test_adding_a_user_to_any_group_needs_approval() -> None:
+    for group in ("admins", "readers"):
+        evaluation = judged("iam", "AddUserToGroup", {"GroupName": group, "UserName": "bot"})
+        assert evaluation.verdict.decision == REQUIRE_APPROVAL
+        assert fired(evaluation) == {"aws-group-membership-needs-approval"}
+
+
+@pytest.mark.parametrize(
+    ("operation", "params", "rule"),
+    [
+        ("PutUserPolicy", {"UserName": "bot"}, "aws-inline-policy-needs-approval"),
+        ("PutRolePolicy", {"RoleName": "bot"}, "aws-inline-policy-needs-approval"),
+        ("PutGroupPolicy", {"GroupName": "bot"}, "aws-inline-policy-needs-approval"),
+        ("CreateLoginProfile", {"UserName": "bot", "Password": "planted-Passw0rd!"},
+         "aws-new-identities-need-approval"),
+        ("UpdateLoginProfile", {"UserName": "bot", "Password": "planted-Passw0rd!"},
+         "aws-new-identities-need-approval"),
+    ],
+)  # fmt: skip
+def test_inline_policies_and_console_passwords_were_already_held(
+    operation: str, params: dict[str, Any], rule: str
+) -> None:
+    if operation.startswith("Put"):
+        params = {**params, "PolicyName": "p", "PolicyDocument": '{"Statement": []}'}
+    evaluation = judged("iam", operation, params)
+    assert evaluation.verdict.decision == REQUIRE_APPROVAL
+    assert rule in fired(evaluation)
