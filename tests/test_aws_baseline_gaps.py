@@ -40,6 +40,24 @@ def fired(evaluation: Evaluation) -> set[str]:
 # own protocol ignores the member's name (`UserGroup.1=all`). Every curated operation of a
 # query-protocol service whose input has such a list is named here with the mapping's answer.
 NAMED_MEMBER_LISTS = {
+    # aws.rds.configure_database reads none of these lists (only scalars: PubliclyAccessible,
+    # DeletionProtection); tests/test_aws_rds_exposure.py sends some of them all the same.
+    "aws.rds.CreateDBInstance": {
+        "DBSecurityGroups",
+        "ProcessorFeatures",
+        "TagSpecifications",
+        "TagSpecifications.item.N.Tags",
+        "Tags",
+        "VpcSecurityGroupIds",
+    },
+    "aws.rds.ModifyDBInstance": {
+        "DBSecurityGroups",
+        "ProcessorFeatures",
+        "TagSpecifications",
+        "TagSpecifications.item.N.Tags",
+        "VpcSecurityGroupIds",
+    },
+    "aws.rds.ModifyDBCluster": {"VpcSecurityGroupIds"},
     "aws.rds.ModifyDBSnapshotAttribute": {"ValuesToAdd", "ValuesToRemove"},
     "aws.rds.ModifyDBClusterSnapshotAttribute": {"ValuesToAdd", "ValuesToRemove"},
 }

@@ -236,6 +236,7 @@ def test_dynamodb_lambda_and_rds(proxy: Proxy) -> None:
         MasterUserPassword="planted-db-password-1",
         AllocatedStorage=20,
     )
+    rds.modify_db_instance(DBInstanceIdentifier="prod-db", DBInstanceClass="db.t3.small")
     rds.delete_db_instance(DBInstanceIdentifier="prod-db", SkipFinalSnapshot=True)
     rds.describe_db_instances()
     client(proxy, "sts").get_caller_identity()
@@ -253,6 +254,8 @@ def test_dynamodb_lambda_and_rds(proxy: Proxy) -> None:
     assert recorded(proxy, "update_function_code").category == "code"
     assert recorded(proxy, "read", operation="DescribeDBInstances").target.startswith("rds")
     assert recorded(proxy, "read", operation="GetCallerIdentity").provider == "aws"
+    configured = recorded(proxy, "configure_database")
+    assert (configured.target, configured.decision) == ("rds/prod-db", "ALLOW")
     database = recorded(proxy, "delete_database")
     assert database.params["skip_final_snapshot"] is True
     assert database.target == "rds/prod-db"
