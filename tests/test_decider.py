@@ -12,6 +12,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -388,33 +389,42 @@ def lease_seen(core: DeciderCore, instance: str) -> float | None:
         return conn.execute(query).scalar()
 
 
-def test_after_a_store_outage_a_client_leaving_here_leaves_the_others_hold_open(
-    db_url: str,
-) -> None:
-    """The call is held on two instances; the store was unreachable for longer than a lease and
-    is back. This one's client leaves before the other renewed: the other's lapsed lease is no
-    evidence it is gone (as for the sweeps), so the approval stays open for its flow."""
-    other, this = (DeciderCore(StoreAddress(db_url, "full")) for _ in range(2))
+@contextmanager
+def held_on_two_instances(url: str) -> Iterator[tuple[DeciderCore, DeciderCore, str]]:
+    """One call held on two instances, "elsewhere-5.x" (on another machine: only its lease says
+    whether it is alive) and "test-1": (elsewhere, here, the approval's id)."""
+    other, this = (DeciderCore(StoreAddress(url, "full")) for _ in range(2))
     other.handle([Envelope(0, replace(setup(), instance="elsewhere-5.x"))])
     this.handle([Envelope(0, setup())])
     try:
         held = replies(other.handle([Envelope(1, charge(150_000, "run-held"))]))[1]
         joined = replies(this.handle([Envelope(1, charge(150_000, "run-retry"))]))[1]
         assert joined.approval.id == held.approval.id
-        with this.engine.begin() as conn:  # an outage: nobody renewed for over a lease
-            conn.execute(update(InstanceLease).values(seen_at=time.time() - LEASE_SECONDS - 10))
+        with this.engine.begin() as conn:
             conn.execute(
                 update(InstanceLease)
                 .where(InstanceLease.id == "elsewhere-5.x")
                 .values(namespace="another-machine")  # its pid says nothing here
             )
-        this.renewing_since = None  # this one's renewals failed meanwhile too
-        leaving = SettleRequest(held.approval.id, "ABANDONED", "client left", time.time(), "test-1")
-        settlement = replies(this.handle([Envelope(2, leaving)]))[2]
-        assert settlement.state == "PENDING" and not settlement.won
+        yield other, this, held.approval.id
     finally:
         other.finish()
         this.finish()
+
+
+def test_after_a_store_outage_a_client_leaving_here_leaves_the_others_hold_open(
+    db_url: str,
+) -> None:
+    """The call is held on two instances; the store was unreachable for longer than a lease and
+    is back. This one's client leaves before the other renewed: the other's lapsed lease is no
+    evidence it is gone (as for the sweeps), so the approval stays open for its flow."""
+    with held_on_two_instances(db_url) as (_, this, approval_id):
+        with this.engine.begin() as conn:  # an outage: nobody renewed for over a lease
+            conn.execute(update(InstanceLease).values(seen_at=time.time() - LEASE_SECONDS - 10))
+        this.renewing_since = None  # this one's renewals failed meanwhile too
+        leaving = SettleRequest(approval_id, "ABANDONED", "client left", time.time(), "test-1")
+        settlement = replies(this.handle([Envelope(2, leaving)]))[2]
+        assert settlement.state == "PENDING" and not settlement.won
 
 
 def test_after_the_store_hung_a_decider_does_not_take_the_others_for_gone(db_url: str) -> None:
@@ -463,20 +473,9 @@ def test_a_store_that_hangs_for_longer_than_a_lease_takes_no_live_instance_for_g
     monkeypatch.setattr(writer_module, "SILENCE_SECONDS", 0.5)
     monkeypatch.setattr(core_module, "RETRY_GRACE_SECONDS", 0.25)
     path = tmp_path / "airlock.db"
-    other, this = (DeciderCore(StoreAddress(f"sqlite:///{path}", "full")) for _ in range(2))
-    other.handle([Envelope(0, replace(setup(), instance="elsewhere-5.x"))])
-    this.handle([Envelope(0, setup())])
-    try:
-        held = replies(other.handle([Envelope(1, charge(150_000, "run-held"))]))[1]
-        joined = replies(this.handle([Envelope(1, charge(150_000, "run-retry"))]))[1]
-        assert joined.approval.id == held.approval.id
-        with this.engine.begin() as conn:  # the other runs elsewhere: only its lease counts
+    with held_on_two_instances(f"sqlite:///{path}") as (_, this, approval_id):
+        with this.engine.begin() as conn:
             conn.execute(update(InstanceLease).values(seen_at=time.time()))
-            conn.execute(
-                update(InstanceLease)
-                .where(InstanceLease.id == "elsewhere-5.x")
-                .values(namespace="another-machine")
-            )
         this.renewing_since = time.monotonic() - 100  # healthy, renewing unbroken for long
         if where == "before a sync":
             with this.engine.begin() as conn:
@@ -501,17 +500,12 @@ def test_a_store_that_hangs_for_longer_than_a_lease_takes_no_live_instance_for_g
                 this.next_sync = time.monotonic()
                 this.wait()  # its renewal waits for the lock
             else:
-                leaving = SettleRequest(
-                    held.approval.id, "ABANDONED", "left", time.time(), "test-1"
-                )
+                leaving = SettleRequest(approval_id, "ABANDONED", "left", time.time(), "test-1")
                 assert replies(this.handle([Envelope(2, leaving)]))[2].state == "PENDING"
             hang.join()
         with this.engine.connect() as conn:
-            query = select(Approval.state).where(Approval.id == held.approval.id)
+            query = select(Approval.state).where(Approval.id == approval_id)
             assert conn.execute(query).scalar_one() == "PENDING"
-    finally:
-        other.finish()
-        this.finish()
 
 
 def test_a_running_decider_expires_an_approval_nobody_waits_for_once_it_is_overdue(
