@@ -50,7 +50,12 @@ def plan_edit(
             raise EditError(f"{mapping.id} has no param {name!r} (its params: {known})")
         where = _location(spec, request)
         params[name], locations[name] = _typed(spec, text), where
-    return {"params": params, "locations": locations}
+    planned: dict[str, Any] = {"params": params, "locations": locations}
+    if any(where[0] == "body" for where in locations.values()):
+        # As the document read it (a vendor's reading: AWS's query protocol reads a form
+        # whatever the Content-Type says), so the proxy writes the edit the same way.
+        planned["body_format"] = request.get("body_format")
+    return planned
 
 
 def _location(spec: ValueSpec, request: Document) -> list[Any]:
@@ -101,7 +106,9 @@ def edited_body(content_type: str, body: bytes, edit: dict[str, Any]) -> bytes:
     }
     if not body_edits:
         return body
-    kind = media_type(content_type, body)  # as the request's document read it
+    # As the request's document read it (planned by plan_edit); an edit planned before that was
+    # recorded, by its media type.
+    kind = edit.get("body_format") or media_type(content_type, body)
     if kind == "json":
         value = json.loads(body or b"{}")
         for name, steps in body_edits.items():

@@ -98,3 +98,27 @@ def test_an_edit_that_adds_a_rules_reviewers_needs_its_own_approval() -> None:
         stricter.verdict, reviewer_role_sets=(("payments-lead",),)
     ))  # fmt: skip
     assert as_approved_edit(same, EDIT, "h", given).verdict.decision == "ALLOW"
+
+
+def test_an_edit_is_written_as_the_vendor_reads_the_body_whatever_its_content_type() -> None:
+    """EC2's query protocol reads a form whatever the Content-Type says: an edit planned on that
+    request is written as a form, not refused for the declared type."""
+    from pathlib import Path
+
+    from airlock.pipeline.document import WireRequest, build_document
+    from airlock.pipeline.edits import edited_body, plan_edit
+    from airlock.pipeline.mappings import load_mappings
+
+    mappings = load_mappings(Path(__file__).resolve().parents[1] / "mappings")
+    body = b"Action=RunInstances&Version=2016-11-15&ImageId=ami-1&MinCount=1&MaxCount=50"
+    headers = [("content-type", "text/plain"),
+               ("authorization", "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20260101/us-east-1/"
+                                 "ec2/aws4_request, SignedHeaders=host, Signature=00")]  # fmt: skip
+    request = WireRequest("POST", "https", "ec2.us-east-1.amazonaws.com", 443, "/", headers, body)
+    document = build_document(request, "agent")
+    assert document["body_format"] == "form"
+    mapping = mappings.by_id["aws.ec2.run_instances"]
+    planned = plan_edit(mapping, document, {"instance_count": "2"})
+    assert planned["body_format"] == "form"
+    edited = edited_body("text/plain", body, planned)
+    assert b"MaxCount=2" in edited and b"ImageId=ami-1" in edited
