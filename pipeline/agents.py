@@ -71,11 +71,14 @@ class Role:
 class AgentRegistry:
     agents: dict[str, Agent] = field(default_factory=dict)
     roles: dict[str, Role] = field(default_factory=dict)
+    configured: bool = False  # an agents file exists, even one that lists nobody
 
     @property
     def required(self) -> bool:
-        """With no agents file, identities are optional (the proxy-auth name, else anonymous)."""
-        return bool(self.agents)
+        """With no agents file, identities are optional (the proxy-auth name, else anonymous).
+        With one, every request needs an agent it lists: an empty list (every agent revoked
+        in an incident) lets nobody in, never anybody."""
+        return self.configured or bool(self.agents)
 
     def authenticate(self, name: str, key: str) -> Agent | None:
         agent = self.agents.get(name)
@@ -126,13 +129,23 @@ def new_key() -> str:
     return secrets.token_urlsafe(32)
 
 
-def _optional_file(policies_dir: Path, name: str) -> tuple[Path, Any] | None:
-    """(path, parsed root) of an optional file beside the policies; None when absent or empty."""
-    path = policies_dir / name
+def _optional_file(policies: Path, name: str) -> tuple[Path, Any] | None:
+    """(path, parsed root) of an optional file beside the policies (the root None when the file
+    is empty: it exists, so what it governs is configured, to nobody); None when absent."""
+    path = _folder_of(policies) / name
     if not optional_file_exists(path):
         return None
-    root = load_yaml(path)
-    return None if root is None else (path, root)
+    return path, load_yaml(path)
+
+
+def _folder_of(policies: Path) -> Path:
+    """`--policies` names a folder or one policy file: the agents and reviewers files are the
+    ones beside it either way (a file's own path + "/agents.yaml" would find none, and every
+    name would be trusted). A YAML file's suffix decides it without the disk, as the decider
+    replays the proxy's recorded texts."""
+    if policies.suffix.lower() in {".yaml", ".yml"} or policies.is_file():
+        return policies.parent
+    return policies
 
 
 def load_agents(policies_dir: Path) -> AgentRegistry:
@@ -140,6 +153,8 @@ def load_agents(policies_dir: Path) -> AgentRegistry:
     if found is None:
         return AgentRegistry()
     path, root = found
+    if root is None:
+        return AgentRegistry(configured=True)
     if not isinstance(root, Node):
         raise ConfigError(f"{path}:1:1", "the agents file must be a YAML mapping with 'agents:'")
     expect_keys(root, {"agents", "roles", "description"}, {"agents"}, "agents file")
@@ -154,7 +169,7 @@ def load_agents(policies_dir: Path) -> AgentRegistry:
         _refuse_undefined_roles(agent, roles, entry)
         _refuse_look_alike(agent.id, seen, "agent", where)
         agents[agent.id] = agent
-    return AgentRegistry(agents, roles)
+    return AgentRegistry(agents, roles, configured=True)
 
 
 def _refuse_look_alike(name: str, seen: dict[str, str], kind: str, where: Any) -> None:
@@ -259,14 +274,12 @@ class ReviewerRegistry:
           - {id: bob, roles: [sre]}
 
     With the file, only listed reviewers may approve or deny; a rule's `reviewers: [roles]`
-    narrows its approvals to those roles. Without it, anyone with access to the store may.
+    narrows its approvals to those roles. Without it, anyone with access to the store may;
+    with one that lists nobody, nobody may.
     """
 
     roles: dict[str, tuple[str, ...]] = field(default_factory=dict)
-
-    @property
-    def configured(self) -> bool:
-        return bool(self.roles)
+    configured: bool = False  # a reviewers file exists, even one that lists nobody
 
     def refusal(self, reviewer: str, stored_roles: Iterable[Any]) -> str | None:
         """Why `reviewer` may not take part in an approval that asks for `stored_roles` (see
@@ -298,6 +311,8 @@ def load_reviewers(policies_dir: Path) -> ReviewerRegistry:
     if found is None:
         return ReviewerRegistry()
     path, root = found
+    if root is None:
+        return ReviewerRegistry(configured=True)
     if not isinstance(root, Node) or not isinstance(root.get("reviewers"), Seq):
         raise ConfigError(f"{path}:1:1", "the reviewers file needs 'reviewers:', a list")
     expect_keys(root, {"reviewers", "description"}, {"reviewers"}, "reviewers file")
@@ -321,4 +336,4 @@ def load_reviewers(policies_dir: Path) -> ReviewerRegistry:
                 "reviews (nobody approves their own request)",
             )  # fmt: skip
         roles[reviewer] = tuple(listed)
-    return ReviewerRegistry(roles)
+    return ReviewerRegistry(roles, configured=True)

@@ -13,7 +13,7 @@ import pytest
 from mitmproxy.test import tflow
 
 from airlock.addons.gatekeeper import Airlock
-from airlock.pipeline.agents import hash_key, load_agents, new_key, verify_key
+from airlock.pipeline.agents import hash_key, load_agents, load_reviewers, new_key, verify_key
 from airlock.pipeline.evaluation import Config, evaluate
 from airlock.pipeline.yaml_source import ConfigError, recording_sources, replaying_sources
 from tests.helpers.proxy import PROJECT_ROOT
@@ -311,3 +311,47 @@ def test_identities_a_person_cannot_tell_apart_are_a_load_error(
     with pytest.raises(ConfigError, match=expected) as raised:
         load_reviewers(tmp_path) if reviewers else load_agents(tmp_path)
     assert ".yaml:" in str(raised.value)  # file:line for the person to fix
+
+
+@pytest.mark.parametrize("listed", ["agents: []\n", "# every agent revoked\n", ""])
+def test_an_agents_file_that_lists_nobody_lets_nobody_in(tmp_path: Path, listed: str) -> None:
+    """Review: `agents: []` (every agent revoked in an incident) read as "no agents file", so
+    any name, with any key or none, got through; the file exists, so nobody does."""
+    folder = agents_dir(tmp_path)
+    (folder / "agents.yaml").write_text(listed)
+    registry = load_agents(folder)
+    assert registry.required and registry.authenticate("billing-bot", KEY) is None
+    connect = tflow.tflow()
+    connect.request.headers["Proxy-Authorization"] = credentials("billing-bot", KEY)
+
+    async def scenario(gate: Airlock, _: Any) -> None:
+        await gate.identity.http_connect(connect)
+
+    with_gate(tmp_path, scenario, airlock_policies=str(folder))
+    assert connect.response.status_code == 407
+
+
+def test_policies_named_as_one_file_read_the_agents_file_beside_it(tmp_path: Path) -> None:
+    """Review: `--policies policies/baseline.yaml` looked for baseline.yaml/agents.yaml, found
+    none, and trusted every name; `airlock check` read the agents file beside it."""
+    folder = agents_dir(tmp_path)
+    registry = load_agents(folder / "baseline.yaml")
+    assert registry.required and registry.authenticate("billing-bot", KEY) is not None
+    flow = stripe_flow(b"amount=5&currency=usd")
+
+    async def scenario(gate: Airlock, _: Any) -> None:
+        await gate.gate.request(flow)
+
+    with_gate(tmp_path, scenario, airlock_policies=str(folder / "baseline.yaml"))
+    assert flow.response.status_code == 407
+
+
+@pytest.mark.parametrize("listed", ["reviewers: []\n", ""])
+def test_a_reviewers_file_that_lists_nobody_lets_nobody_decide(tmp_path: Path, listed: str) -> None:
+    """Review: `reviewers: []` let anyone approve, as if there were no reviewers file."""
+    folder = agents_dir(tmp_path)
+    (folder / "reviewers.yaml").write_text(listed)
+    reviewers = load_reviewers(folder)
+    assert reviewers.configured
+    assert reviewers.refusal("mallory", []) == "mallory is not a reviewer (policies/reviewers.yaml)"
+    assert load_reviewers(tmp_path / "elsewhere").refusal("mallory", []) is None  # no file
