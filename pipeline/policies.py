@@ -508,6 +508,8 @@ def _load_rule(entry: Any, where: Where, order: int) -> Rule:
     if not isinstance(when, Node):
         raise ConfigError(entry.at("when"), "'when' must be a mapping of conditions")
     expect_keys(when, _WHEN_KEYS, set(), "condition ('when')")
+    _refuse_emptied(when, _WHEN_KEYS)
+    _refuse_emptied(entry, {"budget", "rate"})
     decision = _decision(entry, "decision", rule=True)
     mode = entry.get("mode", ENFORCE)
     if mode is False:  # YAML 1.1 reads a bare `off` as false
@@ -558,6 +560,18 @@ def _load_rule(entry: Any, where: Where, order: int) -> Rule:
         holds_in_simulation=_in_simulation(entry, decision),
         written=_written(when),
     )
+
+
+def _refuse_emptied(node: Node, keys: set[str]) -> None:
+    """A key written with nothing under it (its conditions commented out) would read as no
+    condition at all: an ALLOW wider than written, or a BLOCK that never fires."""
+    for key in sorted(keys & node.keys()):
+        if node[key] is None:
+            raise ConfigError(
+                node.key_at(key),
+                f"{key!r} is empty (its conditions commented out?): write them, or remove "
+                f"{key!r} itself",
+            )
 
 
 def _written(when: Node) -> frozenset[tuple[str, str]]:

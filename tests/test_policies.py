@@ -225,6 +225,26 @@ def test_policy_errors_block_through_evaluate(tmp_path: Path) -> None:
             ":3:",
             "'when' is empty",
         ),
+        # Conditions under `params:` (time, risk, budget, rate) all commented out: without
+        # them the ALLOW would cover every charge, the BLOCK fire never.
+        *(
+            (
+                f"rules:\n  - id: r\n    when:\n      action: create_charge\n      {key}:\n"
+                f"        # {key} conditions\n    decision: {decision}\n",
+                ":5:7:",
+                f"'{key}' is empty (its conditions commented out?)",
+            )
+            for key, decision in (("params", "ALLOW"), ("time", "ALLOW"), ("risk", "BLOCK"))
+        ),
+        *(
+            (
+                f"rules:\n  - id: r\n    when: {{action: create_charge}}\n    {key}:\n"
+                f"      # limit: 1\n    decision: BLOCK\n",
+                ":4:5:",
+                f"'{key}' is empty (its conditions commented out?)",
+            )
+            for key in ("budget", "rate")
+        ),
         # A quoted "false" is text, which reads as true: the rule would test the opposite.
         (
             "rules:\n  - {id: r, decision: BLOCK, when: {params: {a: {exists: 'false'}}}}\n",
