@@ -512,8 +512,6 @@ def _load_rule(entry: Any, where: Where, order: int) -> Rule:
     _refuse_emptied(entry, {"budget", "rate"})
     decision = _decision(entry, "decision", rule=True)
     mode = entry.get("mode", ENFORCE)
-    if mode is False:  # YAML 1.1 reads a bare `off` as false
-        mode = OFF
     if mode not in MODES:
         raise ConfigError(entry.at("mode"), f"mode must be one of {', '.join(MODES)}")
     hold_timeout = entry.get("hold_timeout")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -76,10 +77,27 @@ def _where(file: str, mark: yaml.Mark) -> Where:
 # parses in 26 ms against 190 ms with the pure-Python one, at every start and reload. The
 # constructors below are the same either way, and both give each node its line and column.
 _BASE_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+
+
+class _Yaml12Booleans(_BASE_LOADER):  # type: ignore[valid-type,misc]
+    """YAML 1.2's booleans: only true and false (any case PyYAML knows). YAML 1.1 also reads
+    yes/no/on/off as booleans, so `country: NO` or `description: off` became False and never
+    matched the text a request holds."""
+
+    yaml_implicit_resolvers = {
+        first: [(tag, regex) for tag, regex in resolvers if tag != _BOOL_TAG]
+        for first, resolvers in _BASE_LOADER.yaml_implicit_resolvers.items()
+    }
+
+
+_Yaml12Booleans.add_implicit_resolver(
+    _BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 
 
 def _loader_for(file: str) -> type[yaml.SafeLoader]:
-    class PositionLoader(_BASE_LOADER):  # type: ignore[valid-type,misc]
+    class PositionLoader(_Yaml12Booleans):
         pass
 
     def construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> Node:
