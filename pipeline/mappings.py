@@ -740,7 +740,22 @@ def _hosts(node: Node, key: str) -> tuple[str, ...]:
     hosts = [value] if isinstance(value, str) else value
     if not isinstance(hosts, list) or not hosts or not all(isinstance(h, str) for h in hosts):
         raise ConfigError(node.at(key), f"{key!r} must be a host name or a list of them")
+    places = hosts.item_where if isinstance(hosts, Seq) else [node.at(key)]
+    for host, where in zip(hosts, places, strict=True):
+        _refuse_url_parts(host, where)
     return tuple(h.lower() for h in hosts)
+
+
+def _refuse_url_parts(host: str, where: Where) -> None:
+    """A request's host is matched without scheme or port: `api.stripe.com:443` or
+    `https://api.stripe.com` would never match, and the mapping would silently not apply."""
+    if ":" in host or "/" in host:
+        name = host.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0]
+        raise ConfigError(
+            where,
+            f"host {host!r} has a scheme, port or path, which host matching never sees: "
+            f"write the name alone ({name!r}; a glob such as '*.{name}' for its subdomains)",
+        )
 
 
 def _load_mapping(

@@ -92,6 +92,33 @@ def test_host_globs_match_one_label_per_star(tmp_path: Path) -> None:
     assert index.map(doc("GET", "x.y.deep.io", "/")).action == "deep"
 
 
+@pytest.mark.parametrize(
+    ("hosts", "where", "name"),
+    [
+        ("['api.stripe.com:443']", ":3:9:", "api.stripe.com"),
+        ("[api.x.io, 'https://api.stripe.com']", ":3:19:", "api.stripe.com"),
+        ("https://api.stripe.com/v1", ":3:8:", "api.stripe.com"),
+        ("['*.slack.com:443']", ":3:9:", "*.slack.com"),
+    ],
+)
+def test_a_host_with_a_scheme_or_port_is_refused_not_silently_unmatched(
+    tmp_path: Path, hosts: str, where: str, name: str
+) -> None:
+    """Requests are matched by host name alone: `api.stripe.com:443` matched none, and the
+    charges it was meant to map fell to the catalog's derived action, no rule naming them."""
+    folder = write(tmp_path, "m.yaml", f"""
+        provider: stripe
+        hosts: {hosts}
+        mappings:
+          - {{action: charge_card, method: POST, path: /v1/charges}}
+        """)  # fmt: skip
+    with pytest.raises(ConfigError) as error:
+        load_mappings(folder)
+    assert str(error.value).startswith(str(folder / "m.yaml") + where), str(error.value)
+    assert f"has a scheme, port or path, which host matching never sees: write the name alone " \
+        f"({name!r}" in str(error.value)  # fmt: skip
+
+
 def test_first_match_in_file_order_wins_and_methods_filter(tmp_path: Path) -> None:
     folder = write(
         tmp_path,
