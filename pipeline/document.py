@@ -158,6 +158,7 @@ def build_document(request: http.Request | WireRequest, agent: str) -> Document:
             f"the query string has more than {MAX_QUERY_FIELDS} fields"
         )})  # fmt: skip
     body = _with_query_fields(body, headers, query_pairs, reading, lists)
+    headers, hoisting = _with_query_headers(headers, query_pairs, host, reading)
     # Where mitmproxy really connects (the CONNECT target), not the Host header the agent wrote:
     # evaluation refuses a request whose Host header or :authority disagrees.
     document: Document = {
@@ -193,7 +194,8 @@ def build_document(request: http.Request | WireRequest, agent: str) -> Document:
             "URLs must percent-encode them"
         )
     elif problem := (
-        _unjudged_parts(request, host)
+        hoisting
+        or _unjudged_parts(request, host)
         or _repeated_identity(repeated)
         or _overridden_method(document)
         or _disagreeing_target(document, reading)
@@ -283,6 +285,46 @@ def _aws_protocols() -> tuple[dict[str, str], dict[str, str]]:
         by_label[entry["endpoint_prefix"]] = reading
         by_signing[entry["signing_name"]] = reading
     return by_label, by_signing
+
+
+# A presigned URL's own SigV4 fields: its signature, not headers of the request.
+_PRESIGNING_FIELDS = frozenset(
+    {"x-amz-algorithm", "x-amz-credential", "x-amz-date", "x-amz-expires",
+     "x-amz-signedheaders", "x-amz-signature", "x-amz-security-token"}
+)  # fmt: skip
+
+
+def _with_query_headers(
+    headers: dict[str, str], query: list[tuple[str, str]], host: str, reading: str
+) -> tuple[dict[str, str], str | None]:
+    """The headers with the `x-amz-*` fields of the query, on an AWS host not read as the query
+    protocol: S3 acts on `?x-amz-acl=public-read` as on the header (boto3's presigned URLs and
+    AWS's JS v3 presigner carry every x-amz-* header in the query; Java v1 the ACL), and mappings
+    read headers. Or why the request is refused: a name sent as a header and in the query, or twice
+    in the query with different values (which one the service reads is not documented)."""
+    fields = [(key.lower(), value) for key, value in query if key[:6].lower() == "x-amz-"]
+    fields = [(name, value) for name, value in fields if name not in _PRESIGNING_FIELDS]
+    if not fields or reading == AWS_QUERY or not _is_aws_host(host):
+        return headers, None
+    hoisted: dict[str, str] = {}
+    for name, value in fields:
+        if name in headers:
+            return headers, (
+                f"the request sends {name[:60]} both as a header and in the query string: "
+                "AWS reads either, and which one counts is not documented"
+            )
+        if hoisted.setdefault(name, value) != value:
+            return headers, (
+                f"the query string sends {name[:60]} twice with different values: which one "
+                "AWS reads is not documented"
+            )
+    return {**headers, **hoisted}, None
+
+
+def _is_aws_host(host: str) -> bool:
+    from airlock.pipeline.operations import parse_aws_host
+
+    return parse_aws_host(host) is not None
 
 
 # Headers that say what a request is, whose it is or how its body reads: sent twice, they
