@@ -83,6 +83,16 @@ def _reviewers_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _unsealed_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--allow-unsealed",
+        action="store_true",
+        help="write decisions without the audit key (keys/audit-ed25519.pem in --data-dir) to "
+        "a store whose events are sealed; refused otherwise, as `airlock audit verify` with the "
+        "key then reports them as unsealed for good",
+    )
+
+
 def _reviewers(args: argparse.Namespace) -> Any:
     from airlock.pipeline.agents import load_reviewers
 
@@ -265,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     approve.add_argument("--mappings", default=str(SHIPPED_MAPPINGS), metavar="DIR")
     _db_argument(approve)
     _reviewers_argument(approve)
+    _unsealed_argument(approve)
 
     deny = commands.add_parser(
         "deny",
@@ -276,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     deny.add_argument("--reviewer", default=getpass.getuser(), help="your name (default: OS user)")
     _db_argument(deny)
     _reviewers_argument(deny)
+    _unsealed_argument(deny)
 
     runs = commands.add_parser(
         "runs", help="read the record of one run", description="Read the record of one run."
@@ -401,6 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _db_argument(review)
     _reviewers_argument(review)
+    _unsealed_argument(review)
 
     agents = commands.add_parser(
         "agents", help="manage agent identities",
@@ -592,7 +605,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     try:
         return handlers[args.command](args)
-    except NoStore as e:
+    except (NoStore, Refused) as e:
         print(f"airlock {args.command}: {e}", file=sys.stderr)
         return 2
 
@@ -991,26 +1004,57 @@ def _reviewing_engine(args: argparse.Namespace) -> Any:
     """The store a reviewer's decisions are written to. Their audit events are sealed with the
     audit key when the data directory holds it (the proxy's own), and signed in a checkpoint
     after each write (_checkpoint_reviewed: the decider signs only while the proxy runs), sent
-    to $AIRLOCK_WITNESS_URL when set. Without the key they are not, and `airlock audit verify`
-    with the public key names them as unsealed."""
+    to $AIRLOCK_WITNESS_URL when set. Without the key, a store whose events are sealed is not
+    written to unless --allow-unsealed says so (_unsealed_writes)."""
     from airlock.decider.witness import Witness
     from airlock.store.anchor import KEY_FILE, Anchoring, head_of
     from airlock.store.seals import Sealer, seal_with
 
     engine = _engine(args.db)
-    if (args.data_dir / KEY_FILE).is_file():
-        try:
-            url = os.environ.get("AIRLOCK_WITNESS_URL")
-            witness = Witness(url) if url else None
-            publish = witness.publish if witness else None
-            anchoring = Anchoring(engine, args.data_dir, publish=publish)
-            anchoring.signed = head_of(engine)[0]  # what this command writes is signed
-            seal_with(engine, Sealer(anchoring.key))
-            _REVIEW_ANCHORS[engine] = (anchoring, witness)
-        except (OSError, ValueError) as e:
-            print(f"airlock: cannot read the audit key, decisions go unsealed: {e}",
-                  file=sys.stderr)  # fmt: skip
+    key_file = args.data_dir / KEY_FILE
+    if not key_file.is_file():
+        _unsealed_writes(engine, args, f"no audit key at {key_file}")
+        return engine
+    try:
+        url = os.environ.get("AIRLOCK_WITNESS_URL")
+        witness = Witness(url) if url else None
+        publish = witness.publish if witness else None
+        anchoring = Anchoring(engine, args.data_dir, publish=publish)
+        anchoring.signed = head_of(engine)[0]  # what this command writes is signed
+        seal_with(engine, Sealer(anchoring.key))
+        _REVIEW_ANCHORS[engine] = (anchoring, witness)
+    except (OSError, ValueError) as e:
+        _unsealed_writes(engine, args, f"cannot read the audit key {key_file}: {e}", said=True)
     return engine
+
+
+class Refused(Exception):
+    """A command that would leave the store in a state it should not, without being told to."""
+
+
+def _unsealed_writes(engine: Any, args: argparse.Namespace, why: str, said: bool = False) -> None:
+    """Refuse, unless --allow-unsealed, to write unsealed events to a store whose events are
+    sealed. A warning comes too late: the events stay in the chain for good, every later
+    `audit verify` with the key exits 1 on them, and an auditor cannot tell them from a forgery;
+    rerunning with the proxy's --data-dir costs nothing. `said`: say `why` even when the store
+    is not sealed (a key that is there but unreadable)."""
+    from airlock.store.seals import any_seal
+
+    if not any_seal(engine):
+        if said:
+            print(f"airlock: {why}: decisions go unsealed", file=sys.stderr)
+        return
+    if getattr(args, "allow_unsealed", False):
+        print(f"airlock {args.command}: {why}: decisions go unsealed (--allow-unsealed), and "
+              "`airlock audit verify` with the key will report them", file=sys.stderr)  # fmt: skip
+        return
+    engine.dispose()
+    raise Refused(
+        f"{why}, and this store's audit events are sealed: a decision written without the "
+        "key lies in no seal, and every `airlock audit verify` with the key reports it (exit 1). "
+        "Give the proxy's data directory (--data-dir DIR, the one holding keys/), or "
+        "--allow-unsealed to write it unsealed anyway"
+    )
 
 
 _REVIEW_ANCHORS: Any = weakref.WeakKeyDictionary()  # engine -> (Anchoring, Witness | None)
@@ -1431,24 +1475,36 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     # The chain and the checks against signed checkpoints read the store as of one moment.
     with audit_snapshot(engine) as snapshot:
         report = verify_audit(snapshot, keys)
-        anchored = _check_anchor(snapshot, args, keys) if report.ok else None
-    if report.ok:
-        if anchored is not None and anchored.startswith("BROKEN"):
-            print(f"audit trail {anchored}", file=sys.stderr)
-            return 1
-        print(
-            f"audit trail intact: {report.events} events, {report.runs} runs and "
-            f"{report.approvals} approvals verified"
-        )
-        print(anchored or "not anchored: no signed checkpoint to check the chain against")
-        if keys and args.before_seals and _no_seals(engine):
-            print("not sealed: no event carries a seal (--before-seals: written before seals)")
-        elif keys:
-            print("sealed: every group of events since sealing began carries its writer's seal")
-        return 0
-    print(f"audit trail BROKEN: {report.problem}", file=sys.stderr)
-    print(f"(checked {report.events} events before the break)", file=sys.stderr)
-    return 1
+        anchored = _check_anchor(snapshot, args, keys) if report.problem is None else None
+    if report.problem is not None:
+        print(f"audit trail BROKEN: {report.problem}", file=sys.stderr)
+        print(f"(checked {report.events} events before the break)", file=sys.stderr)
+        _print_unsealed(report.unsealed)
+        return 1
+    if anchored is not None and anchored.startswith("BROKEN"):
+        print(f"audit trail {anchored}", file=sys.stderr)
+        _print_unsealed(report.unsealed)
+        return 1
+    counted = f"{report.events} events, {report.runs} runs and {report.approvals} approvals"
+    if report.unsealed:  # the rest was checked, and holds: say so, but it is not sealed
+        print(f"audit trail NOT SEALED: {counted} verified, but not every event carries its "
+              "writer's seal", file=sys.stderr)  # fmt: skip
+        _print_unsealed(report.unsealed)
+        print(anchored or "not anchored: no signed checkpoint to check the chain against",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    print(f"audit trail intact: {counted} verified")
+    print(anchored or "not anchored: no signed checkpoint to check the chain against")
+    if keys and args.before_seals and _no_seals(engine):
+        print("not sealed: no event carries a seal (--before-seals: written before seals)")
+    elif keys:
+        print("sealed: every group of events since sealing began carries its writer's seal")
+    return 0
+
+
+def _print_unsealed(spans: Sequence[str]) -> None:
+    for span in spans:
+        print(f"unsealed: {span}", file=sys.stderr)
 
 
 def _no_seals(engine: Any) -> bool:

@@ -247,11 +247,13 @@ class VerifyReport:
     events: int
     runs: int
     approvals: int
-    problem: str | None
+    problem: str | None  # the first break, where the walk stopped
+    # Each span of events in no seal (with keys): reported, and the walk went on past it.
+    unsealed: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
-        return self.problem is None
+        return self.problem is None and not self.unsealed
 
 
 class _Broken(Exception):
@@ -275,17 +277,22 @@ def verify_audit(
     store: Engine | Connection, keys: list[Ed25519PublicKey] | None = None
 ) -> VerifyReport:
     """`keys`: the audit public keys; with them, every group of events since sealing began must
-    carry its writer's seal (store/seals.py). An Engine is read in an audit_snapshot of its own;
+    carry its writer's seal (store/seals.py): a span in no seal is reported in `unsealed` and
+    the chain and the records after it are still checked, so a later edit is not hidden behind
+    it (a reviewer's unsealed vote, say). An Engine is read in an audit_snapshot of its own;
     a Connection as it is (one audit_snapshot for this and the checkpoint checks after)."""
     counts = {"events": 0, "runs": 0, "approvals": 0}
+    seals: Seals | None = None
+    problem = None
     try:
         with audit_snapshot(store) if isinstance(store, Engine) else reading(store) as conn:
             seals = Seals(conn, keys) if keys else None
             vouched = _verify_chain(conn, counts, seals)
             _verify_records(conn, vouched, counts)
     except _Broken as e:
-        return VerifyReport(**counts, problem=str(e))
-    return VerifyReport(**counts, problem=None)
+        problem = str(e)
+    unsealed = tuple(seals.unsealed) if seals else ()
+    return VerifyReport(**counts, problem=problem, unsealed=unsealed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,9 +360,9 @@ def _verify_chain(conn: Connection, counts: dict[str, int], seals: Seals | None)
                 f"event #{event.seq} ({event.kind}) was edited: its content no longer "
                 "matches its hash"
             )
-        unsealed = seals.check(event.seq, event.kind, event.hash) if seals else None
-        if unsealed:
-            raise _Broken(unsealed)
+        broken_seal = seals.check(event.seq, event.kind, event.hash) if seals else None
+        if broken_seal:
+            raise _Broken(broken_seal)
         _remember(vouched, event)
         prev, expected = event.hash, expected + 1
         counts["events"] += 1
@@ -366,9 +373,9 @@ def _verify_chain(conn: Connection, counts: dict[str, int], seals: Seals | None)
             f"the chain ends at event #{expected - 1} but its head says {said}: "
             "events were removed from the end, or the head was changed"
         )
-    unsealed = seals.at_head(expected - 1) if seals else None
-    if unsealed:
-        raise _Broken(unsealed)
+    cut_sealed = seals.at_head(expected - 1) if seals else None
+    if cut_sealed:
+        raise _Broken(cut_sealed)
     return vouched
 
 

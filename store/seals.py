@@ -29,6 +29,9 @@ from airlock.store.anchor import note_key_id, reading
 from airlock.store.schema import AuditCut, AuditHead, AuditSeal
 
 SEAL_ORIGIN = "airlock.audit/seal/v1"
+# What a reviewer's command writes (store/approvals.py): a span of only these in no seal is most
+# likely one run without the key, named so; it is still reported, as any unsealed span.
+REVIEWER_KINDS = frozenset({"vote", "approval", "edit"})
 
 
 def key_id(public: Ed25519PublicKey) -> str:
@@ -81,9 +84,12 @@ class Seals:
         self.starts = [row.from_seq for row in rows]
         self.next_from: int | None = None  # where the next seal must begin
         self.since: list[tuple[int, str]] = []  # (seq, kind) since the last seal, the first
+        self.unsealed: list[str] = []  # each span of events in no seal, in chain order
 
     def check(self, seq: int, kind: str, digest: str) -> str | None:
-        """Why the event at seq is not as the seals say, or None."""
+        """Why the event at seq, or the seal ending there, breaks the chain, or None. A span
+        of events before that seal in no seal is noted in `unsealed`, and the walk goes on: it
+        is not a break of the chain, and what comes after it must still be checked."""
         if not self.starts or seq < self.starts[0]:
             return None  # written before sealing began (vouched by checkpoints)
         if self.next_from is None:
@@ -93,8 +99,11 @@ class Seals:
         seal = self.by_last.get(seq)
         if seal is None:
             return None
-        if seal.from_seq != self.next_from:
-            return self._unsealed(seal.from_seq - 1)
+        if seal.from_seq < self.next_from:
+            return (f"the seal of events #{seal.from_seq}..#{seq} overlaps the seal before it, "
+                    f"which ends at #{self.next_from - 1}: the seals were rewritten")  # fmt: skip
+        if seal.from_seq > self.next_from:
+            self._note_unsealed(seal.from_seq - 1)
         key = self.keys.get(seal.key_id)
         if key is None:
             return (f"event #{seq} is sealed with key {seal.key_id}, which was not given: pass "
@@ -108,20 +117,28 @@ class Seals:
         self.since.clear()
         return None
 
-    def _unsealed(self, last: int) -> str:
+    def _note_unsealed(self, last: int) -> None:
+        """Events next_from..last lie in no seal: say so, naming what they were."""
+        assert self.next_from is not None
         kinds = Counter(kind for seq, kind in self.since if seq <= last)
         said = ", ".join(f"{n} {kind}" for kind, n in kinds.most_common())
-        return (f"events #{self.next_from}..#{last} ({said}) lie in no seal: appended by "
-                "someone who does not hold the audit key")  # fmt: skip
+        if kinds and kinds.keys() <= REVIEWER_KINDS:
+            who = ("a reviewer's decision written without the audit key (approve, deny or "
+                   "review run without it), or forged by someone without it")  # fmt: skip
+        else:
+            who = "appended by someone who does not hold the audit key"
+        self.unsealed.append(f"events #{self.next_from}..#{last} ({said}) lie in no seal: {who}")
+        self.since = [(seq, kind) for seq, kind in self.since if seq > last]
 
     def at_head(self, head: int) -> str | None:
-        """Why the chain's last events are in no seal, or None."""
+        """Why the chain's end breaks the seals (a cut), or None; its last events in no seal
+        are noted in `unsealed`."""
         beyond = max(self.by_last, default=0)
         if beyond > head:
             return (f"the chain was cut: a seal vouches for events up to #{beyond}, the chain "
                     f"ends at #{head}")  # fmt: skip
         if self.next_from is not None and self.next_from <= head:
-            return self._unsealed(head)
+            self._note_unsealed(head)
         return None
 
 
@@ -201,3 +218,10 @@ class OfflineSeals:
     def _unsealed(self, first: int, last: int) -> str:
         return (f"events #{first}..#{last} lie in no seal: written by someone who does not hold "
                 "the audit key, or their seals were removed from the export")  # fmt: skip
+
+
+def any_seal(store: Engine | Connection) -> bool:
+    """Whether any group of the chain is sealed: then a writer without the key leaves a span
+    that `verify` with the key reports."""
+    with reading(store) as conn:
+        return conn.execute(select(AuditSeal.to_seq).limit(1)).first() is not None

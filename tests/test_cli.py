@@ -307,3 +307,54 @@ def test_the_banner_says_to_run_agents_as_another_user(capsys: pytest.CaptureFix
     assert "export HTTPS_PROXY=http://127.0.0.1:8080" in said
     assert "Run agents as another OS user (or in a container or on another machine)" in said
     assert "`airlock approve` itself, under any reviewer's name" in said
+
+
+def test_a_reviewer_without_the_audit_key_is_refused_on_a_sealed_store_unless_they_say_so(
+    engine: Any, db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A reviewer in another folder, the store named by --db, the proxy's key not beside them.
+    Their vote, written unsealed, stays in the chain for good and fails every later `audit
+    verify` with the key: so the command refuses, naming the fix. With --allow-unsealed it is
+    written, and verify names it as a reviewer's unsealed write, then goes on checking: a run's
+    decision edited after it is still found."""
+    from sqlalchemy import select, update
+
+    from airlock.store.anchor import Anchoring
+    from airlock.store.schema import Approval, Run
+    from airlock.store.seals import Sealer, seal_with
+    from airlock.store.writer import GroupWriter, Pending
+    from tests.test_store import held
+
+    proxy_dir, elsewhere = tmp_path / "proxy", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    seal_with(engine, Sealer(Anchoring(engine, proxy_dir).key))  # the proxy, which seals
+    row, hold = held()
+    writer = GroupWriter(engine)
+    writer.write_group([Pending(0, DecisionRecord(row, hold))])
+    approve = ["approve", hold.approval_id, "--reviewer", "alice", "--db", db_url,
+               "--data-dir", str(elsewhere)]  # fmt: skip
+    assert main(approve) == 2
+    err = capsys.readouterr().err
+    assert "no audit key at" in err and "this store's audit events are sealed" in err
+    assert "--data-dir" in err and "--allow-unsealed" in err
+    with engine.connect() as conn:
+        assert conn.execute(select(Approval.state)).scalar() == "PENDING"
+
+    assert main([*approve, "--allow-unsealed"]) == 0
+    assert "decisions go unsealed (--allow-unsealed)" in capsys.readouterr().err
+    later = run_row()  # the proxy goes on deciding, sealed
+    writer.write_group([Pending(0, DecisionRecord(later))])
+    writer.close()
+    verify = ["audit", "verify", "--db", db_url, "--data-dir", str(proxy_dir)]
+    assert main(verify) == 1
+    err = capsys.readouterr().err
+    assert "audit trail NOT SEALED: 5 events, 2 runs and 1 approvals verified" in err
+    assert ("unsealed: events #3..#4 (1 vote, 1 approval) lie in no seal: a reviewer's decision "
+            "written without the audit key") in err  # fmt: skip
+
+    with engine.begin() as conn:  # the later run's decision turned, by someone without the key
+        conn.execute(update(Run).where(Run.id == later.id).values(decision="BLOCK"))
+    assert main(verify) == 1
+    err = capsys.readouterr().err
+    assert f"run {later.id} was edited: decision is 'BLOCK'" in err
+    assert "unsealed: events #3..#4 (1 vote, 1 approval)" in err

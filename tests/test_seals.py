@@ -54,9 +54,10 @@ def sealed(engine: Engine, tmp_path: Path) -> tuple[Engine, Ed25519PublicKey]:
 
 
 def _problem(engine: Engine, public: Ed25519PublicKey) -> str:
+    """The break verify stopped at, then each span it found in no seal."""
     report = verify_audit(engine, [public])
     assert not report.ok
-    return report.problem or ""
+    return "; ".join(filter(None, (report.problem, *report.unsealed)))
 
 
 def _forger(engine: Engine) -> Engine:
@@ -249,3 +250,32 @@ def test_seals_wiped_are_caught_with_the_key_alone_no_checkpoint_at_hand(
     assert "carry no seal, and no event does: the seals were removed" in capsys.readouterr().err
     assert main([*verify, "--before-seals"]) == 0
     assert "not sealed: no event carries a seal" in capsys.readouterr().out
+
+
+def test_an_unsealed_span_is_reported_and_everything_after_it_still_checked(sealed: Any) -> None:
+    """An outcome appended without the key, then a group the proxy sealed, then that group's
+    run edited: verify names the span, and goes past it to the edit (it stopped at the span)."""
+    engine, public = sealed
+    forger = _forger(engine)
+    with forger.connect() as conn:
+        last = conn.execute(select(AuditEvent).where(AuditEvent.kind == "outcome")).one()
+    with write_transaction(forger) as conn:
+        payload = {**json.loads(last.payload), "outcome": "blocked"}
+        append_events(tx_of(conn), [Event("outcome", last.run_id, time.time(), payload)])
+        conn.execute(update(Run).where(Run.id == last.run_id).values(outcome="blocked"))
+    later = run_row()
+    writer = GroupWriter(engine)
+    writer.write_group([Pending(0, DecisionRecord(later))])
+    writer.close()
+    report = verify_audit(engine, [public])
+    assert report.problem is None and report.events == 10 and report.runs == 5
+    assert report.unsealed == ("events #9..#9 (1 outcome) lie in no seal: appended by someone "
+                               "who does not hold the audit key",)  # fmt: skip
+
+    with write_transaction(forger) as conn:
+        conn.execute(update(Run).where(Run.id == later.id).values(decision="BLOCK"))
+    forger.dispose()
+    report = verify_audit(engine, [public])
+    assert report.problem == (f"run {later.id} was edited: decision is 'BLOCK' but the audit "
+                              "chain recorded 'ALLOW'")  # fmt: skip
+    assert len(report.unsealed) == 1 and not report.ok
