@@ -255,7 +255,9 @@ def _most_specific(error: ValidationError) -> ValidationError:
     """Of a oneOf's failures, the one from the branch of the right type says what is wrong."""
     if not error.context:
         return error
-    shaped = [e for e in error.context if e.validator != "type"]
+    # An error below the oneOf's own value comes from the branch its type fits: `gte: "1e5"`
+    # is a condition whose operand is wrong, not a value of the wrong type.
+    shaped = [e for e in error.context if e.validator != "type" or e.relative_path]
     return _most_specific(best_match(shaped or error.context))
 
 

@@ -5,11 +5,13 @@ A condition is a bare value (equality) or a mapping of operators that must all h
 Every operator but `exists` needs the value to be present: an absent value never matches.
 A list value (a param read with `all: true`: grants, cidrs, recipients) meets `eq`, `in` and
 `regex` when the list itself or any one of its items does; `ne` and `not_in` are their
-negations (no item equals); ordering operators compare the value itself.
+negations (no item equals); ordering operators (gt, gte, lt, lte, between) compare the value
+itself, with numbers only.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -61,6 +63,42 @@ def _regex_test(pattern: Any) -> Test:
     return lambda actual: found(actual, None)
 
 
+ORDERING = ("gt", "gte", "lt", "lte", "between")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _refuse_text_bounds(op: str, operand: Any, where: Where) -> None:
+    """An ordering operator compares with numbers: a text bound (`gte: 1e5`, which YAML reads
+    as text) would fail against every number a request holds, and block every one of them."""
+    bounds = operand if op == "between" else [operand]
+    for bound in bounds:
+        if _is_number(bound):
+            continue
+        hint = ""
+        if isinstance(bound, str):
+            try:
+                hint = f": write it as a number, {_as_number(bound)}"
+            except ValueError:
+                hint = ": compare text with eq, in or regex"
+        raise ConfigError(
+            where, f"{op!r} compares with a number, not {_kind(bound)} {bound!r}{hint}"
+        )
+
+
+def _kind(value: Any) -> str:
+    return "text" if isinstance(value, str) else type(value).__name__
+
+
+def _as_number(text: str) -> int | float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(text)
+    return int(number) if number.is_integer() else number
+
+
 def compile_condition(spec: Any, where: Where, subject: str) -> Test:
     """`subject` names what is tested, for error messages ("param 'amount'")."""
     if not isinstance(spec, Node):
@@ -78,6 +116,8 @@ def compile_condition(spec: Any, where: Where, subject: str) -> Test:
             raise ConfigError(spec.at(op), "'exists' needs true or false")
         if op == "between" and not (isinstance(operand, list) and len(operand) == 2):
             raise ConfigError(spec.at(op), "'between' needs [low, high] (both included)")
+        if op in ORDERING:
+            _refuse_text_bounds(op, operand, spec.at(op))
         try:
             tests.append(OPERATORS[op](operand))
         except PatternError as e:

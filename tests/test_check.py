@@ -200,6 +200,18 @@ def test_the_proxy_refuses_to_load_what_would_break_at_runtime(tmp_path: Path) -
         raise AssertionError("loaded a rule that refuses every SendGrid mail")
 
 
+def test_an_ordering_operator_with_a_text_bound_is_refused_by_check_and_proxy_alike(
+    tmp_path: Path,
+) -> None:
+    """The proxy loaded `gte: 1e5` (text, to YAML) and then blocked every charge, failing to
+    compare a number with it; check said only that a condition was of the wrong type."""
+    assert_reported_and_refused(
+        tmp_path, "{action: create_charge, params: {amount: {gte: 1e5}}}",
+        says="rules[0].when.params.amount.gte: '1e5' is not of type 'number'",
+        loaded="'gte' compares with a number, not text '1e5': write it as a number, 100000",
+    )  # fmt: skip
+
+
 def test_rules_that_narrow_reviewers_need_roles_someone_has(tmp_path: Path) -> None:
     """Without reviewers.yaml anyone may decide: `reviewers: [sre]` would not hold. With it, a
     role nobody has would leave the approvals undecidable. Both refuse to load; check lists both."""

@@ -245,6 +245,28 @@ def test_policy_errors_block_through_evaluate(tmp_path: Path) -> None:
             )
             for key in ("budget", "rate")
         ),
+        # An ordering operator with a text bound (YAML reads 1e5 as text): every request's
+        # number would fail to compare with it, and be blocked.
+        (
+            "rules:\n  - {id: r, decision: BLOCK, when: {params: {amount: {gte: 1e5}}}}\n",
+            ":2:60:",
+            "'gte' compares with a number, not text '1e5': write it as a number, 100000",
+        ),
+        (
+            "rules:\n  - {id: r, decision: BLOCK, when: {params: {n: {between: [1, '9.5']}}}}\n",
+            ":2:59:",
+            "'between' compares with a number, not text '9.5': write it as a number, 9.5",
+        ),
+        (
+            "rules:\n  - {id: r, decision: BLOCK, when: {risk: {gt: high}}}\n",
+            ":2:48:",
+            "'gt' compares with a number, not text 'high': compare text with eq, in or regex",
+        ),
+        (
+            "rules:\n  - {id: r, decision: BLOCK, when: {params: {a: {lt: true}}}}\n",
+            ":2:",
+            "'lt' compares with a number, not bool True",
+        ),
         # A quoted "false" is text, which reads as true: the rule would test the opposite.
         (
             "rules:\n  - {id: r, decision: BLOCK, when: {params: {a: {exists: 'false'}}}}\n",
