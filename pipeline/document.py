@@ -157,8 +157,11 @@ def build_document(request: http.Request | WireRequest, agent: str) -> Document:
         body = replace(body, notes={**body.notes, "request_error": (
             f"the query string has more than {MAX_QUERY_FIELDS} fields"
         )})  # fmt: skip
-    body = _with_query_fields(body, headers, query_pairs, reading, lists)
     headers, hoisting = _with_query_headers(headers, query_pairs, host, reading)
+    two_actions = _action_beside_another(query_pairs, body.value, headers, host, reading)
+    body = _with_query_fields(body, headers, query_pairs, reading, lists)
+    if two_actions and "request_error" not in body.notes:  # else refused already: both send it
+        body = replace(body, notes={**body.notes, "request_error": two_actions})
     # Where mitmproxy really connects (the CONNECT target), not the Host header the agent wrote:
     # evaluation refuses a request whose Host header or :authority disagrees.
     document: Document = {
@@ -385,6 +388,30 @@ def _disagreeing_target(document: Document, reading: str) -> str | None:
     return None
 
 
+def _action_beside_another(
+    query: list[tuple[str, str]], body: Any, headers: dict[str, str], host: str, reading: str
+) -> str | None:
+    """AWS: an `Action` in the query string beside another name for the operation (the body's
+    Action, an X-Amz-Target) or a second one. SQS serves the query protocol and the JSON one at
+    once: `POST /?Action=PurgeQueue` with `Action=ListQueues` (or `X-Amz-Target:
+    AmazonSQS.ListQueues`) in the body was judged as ListQueues. An Action in the query alone is
+    the query protocol (a GET, a presigned URL); a target with no Action is the JSON one."""
+    actions = [value for key, value in query if key == "Action"]
+    if not actions or reading == AWS_REST or not _is_aws_host(host):
+        return None
+    others = [f"Action={value[:60]!r} in the query string" for value in actions[1:]]
+    if isinstance(body, dict) and "Action" in body:
+        others.append(f"Action={str(body['Action'])[:60]!r} in the body")
+    if "x-amz-target" in headers:
+        others.append(f"X-Amz-Target {headers['x-amz-target'][:80]!r}")
+    if not others:
+        return None
+    return (
+        f"the query string's Action={actions[0][:60]!r} comes with {', '.join(others)}: AWS "
+        "services read one or the other, and the upstream could run another operation"
+    )
+
+
 def _unjudged_parts(request: WireRequest, host: str) -> str | None:
     """What reaches the upstream besides the request line, headers and body: the TLS server
     name (mitmproxy sends the client's SNI upstream: an edge that routes by SNI would serve
@@ -482,6 +509,11 @@ def _parse_sniffed(raw: bytes) -> tuple[Any, str, str | None]:
     return value, body_format, None
 
 
+# Where the query string and a form body are one set of parameters (SQS, an AWS JSON service,
+# still serves the query protocol): a field in both is refused.
+_ONE_FORM = (AWS_QUERY, AWS_JSON, FORM_API)
+
+
 def _with_query_fields(
     body: Body, headers: dict[str, str], query: list[tuple[str, str]], reading: str, lists: bool
 ) -> Body:
@@ -498,7 +530,7 @@ def _with_query_fields(
     except (ValueError, Unreadable) as e:
         return replace(body, notes={**body.notes, "request_error": f"the query: {e}"})
     own = body.value if isinstance(body.value, dict) else {}
-    both = sorted(fields.keys() & own.keys()) if reading in (AWS_QUERY, FORM_API) else ()
+    both = sorted(fields.keys() & own.keys()) if reading in _ONE_FORM else ()
     if both:
         return replace(body, notes={**body.notes, "request_error": (
             f"the query string and the body both send {', '.join(both)[:80]}: upstreams differ "

@@ -205,3 +205,72 @@ def test_an_approval_of_a_presigned_url_does_not_cover_another_acl_in_its_query(
     as_header, _ = judged("PUT", "/r.csv", [("x-amz-acl", "public-read")], b"a,b")
     hashes = {request_hash(document, KEY) for document in (private, public, as_header)}
     assert len(hashes) == 3
+
+
+# --- SQS: an Action in the query string beside the body's Action or an X-Amz-Target ---------
+
+SQS = "sqs.us-east-1.amazonaws.com"
+QUEUE = "QueueUrl=https%3A%2F%2Fsqs.us-east-1.amazonaws.com%2F1%2Fprod-orders"
+SIGNED = ("Authorization", "AWS4-HMAC-SHA256 Credential=AKIAEXAMPLE/20260101/us-east-1/sqs/"
+          "aws4_request, SignedHeaders=host, Signature=x")  # fmt: skip
+FORM = ("Content-Type", "application/x-www-form-urlencoded")
+AWS_JSON = ("Content-Type", "application/x-amz-json-1.0")
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "body", "named"),
+    [
+        (f"/?Action=PurgeQueue&{QUEUE}", [FORM], b"Action=ListQueues", "both send Action"),
+        (f"/?Action=DeleteQueue&{QUEUE}", [AWS_JSON, ("X-Amz-Target", "AmazonSQS.ListQueues")],
+         b"{}", "X-Amz-Target"),
+        (f"/?Action=DeleteQueue&{QUEUE}", [AWS_JSON], b'{"Action": "ListQueues"}', "in the body"),
+        (f"/?Action=DeleteQueue&X-Amz-Target=AmazonSQS.ListQueues&{QUEUE}", [AWS_JSON], b"{}",
+         "X-Amz-Target"),
+        (f"/?Action=DeleteQueue&Action=ListQueues&{QUEUE}", [AWS_JSON], b"{}",
+         "in the query string"),
+        # agreeing, still two places: which one's parameters SQS reads is not documented
+        (f"/?Action=PurgeQueue&{QUEUE}", [FORM], b"Action=PurgeQueue", "both send Action"),
+        (f"/?Action=PurgeQueue&{QUEUE}", [AWS_JSON, ("X-Amz-Target", "AmazonSQS.PurgeQueue")],
+         b'{"QueueUrl": "https://sqs.us-east-1.amazonaws.com/1/staging"}', "X-Amz-Target"),
+    ],
+    ids=["form-action", "target", "json-action", "target-in-query", "two-query-actions",
+         "same-form-action", "same-target"],
+)  # fmt: skip
+def test_sqs_refuses_a_query_action_beside_another_name_for_the_operation(
+    path: str, headers: list[tuple[str, str]], body: bytes, named: str
+) -> None:
+    _, evaluation = judged("POST", path, [SIGNED, *headers], body, host=SQS)
+    refused(evaluation, "Action", named)
+
+
+def test_sqs_refuses_a_parameter_in_both_the_query_and_the_form() -> None:
+    _, evaluation = judged(
+        "POST", f"/?{QUEUE}", [SIGNED, FORM], f"Action=PurgeQueue&{QUEUE}x".encode(), host=SQS
+    )
+    refused(evaluation, "both send QueueUrl")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "headers", "body"),
+    [
+        ("GET", f"/?Action=PurgeQueue&{QUEUE}", [], b""),  # the query protocol, in the URL
+        ("POST", f"/?Action=PurgeQueue&{QUEUE}", [FORM], b""),
+        ("POST", "/", [FORM], f"Action=PurgeQueue&{QUEUE}".encode()),  # in a form
+        ("POST", "/", [AWS_JSON, ("X-Amz-Target", "AmazonSQS.PurgeQueue")],  # the JSON protocol
+         b'{"QueueUrl": "https://sqs.us-east-1.amazonaws.com/1/prod-orders"}'),
+    ],
+    ids=["get-query", "post-query", "form", "json"],
+)  # fmt: skip
+def test_sqs_judges_each_protocol_s_own_request(
+    method: str, path: str, headers: list[tuple[str, str]], body: bytes
+) -> None:
+    _, evaluation = judged(method, path, [SIGNED, *headers], body, host=SQS)
+    assert evaluation.action.operation == "aws.sqs.PurgeQueue"
+    assert evaluation.verdict.decision == "REQUIRE_APPROVAL"
+
+
+def test_a_query_service_s_presigned_url_keeps_its_action() -> None:
+    path = "/?Action=ListUsers&Version=2010-05-08&X-Amz-Algorithm=AWS4-HMAC-SHA256"
+    _, evaluation = judged("GET", path, host="iam.amazonaws.com")
+    assert evaluation.action.operation == "aws.iam.ListUsers"
+    assert evaluation.verdict.decision == "ALLOW"
