@@ -1590,15 +1590,22 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
         print(f"airlock audit export: {e}", file=sys.stderr)
         return 2
     engine = _engine(args.db)
-    from airlock.store.anchor import CHECKPOINTS, cut_note
+    from airlock.store.anchor import CHECKPOINTS, cut_note, retention_cut
 
     latest = args.data_dir / CHECKPOINTS / "latest"
     # The latest signed checkpoint travels with a whole export (a slice ends before it may).
     checkpoint = latest.read_text() if latest.is_file() and until is None else None
-    cut = cut_note(engine, args.data_dir) if since is None else None  # where a whole one starts
+    # Where it starts: the signed retention cut, or the chain's first event; a slice says it is
+    # one, or its missing start would read as events removed.
+    cut = cut_note(engine, args.data_dir) if since is None else None
+    sliced = None
+    if since is not None or until is not None:
+        sliced = {"since": _iso(since), "until": _iso(until)}
+    from_genesis = since is None and retention_cut(engine) is None
     out = open(args.out, "w", newline="", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
     try:
-        written = write_export(events(engine, since, until), out, args.format, checkpoint, cut)
+        written = write_export(events(engine, since, until), out, args.format, checkpoint, cut,
+                               sliced, from_genesis)  # fmt: skip
     finally:
         if args.out:
             out.close()
@@ -1606,6 +1613,12 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
     if args.out:
         print(f"exported {written} events to {args.out}", file=sys.stderr)
     return 0
+
+
+def _iso(instant: float | None) -> str | None:
+    from datetime import UTC, datetime
+
+    return None if instant is None else datetime.fromtimestamp(instant, UTC).isoformat()
 
 
 def _instant(text: str | None) -> float | None:
@@ -1635,8 +1648,10 @@ def _verify_export(path: Path, keys: list[Any], checkpoint: str | None = None) -
     with path.open(encoding="utf-8") as lines:
         check = verify_export(lines, keys, note)
     if check.ok:
-        said = "".join(f"; {part}" for part in (check.anchored, check.sealed) if part)
-        print(f"export intact: {check.events} events (chain positions {check.first} to "
+        parts = (check.sliced, check.starts, check.anchored, check.sealed)
+        said = "".join(f"; {part}" for part in parts if part)
+        what = "export slice intact" if check.sliced else "export intact"
+        print(f"{what}: {check.events} events (chain positions {check.first} to "
               f"{check.last}) verified offline{said}")  # fmt: skip
         return 0
     print(f"export BROKEN: {check.problem}", file=sys.stderr)

@@ -44,16 +44,16 @@ def test_a_jsonl_export_holds_every_event_and_verifies_offline(
         main(["audit", "export", "--db", db_url, "--data-dir", str(tmp_path), "--out", str(out)])
         == 0
     )
-    lines = out.read_text().splitlines()
-    assert len(lines) == total
+    starts, *lines = out.read_text().splitlines()
+    assert json.loads(starts) == {"starts": "genesis"} and len(lines) == total
     first = json.loads(lines[0])
     assert (first["seq"], first["kind"]) == (1, "decision") and len(first["hash"]) == 64
     assert {json.loads(line)["kind"] for line in lines} >= {"decision", "approval", "outcome"}
 
     assert main(["audit", "verify", "--export", str(out)]) == 0
-    assert (
-        f"export intact: {total} events (chain positions 1 to {total})" in capsys.readouterr().out
-    )
+    said = capsys.readouterr().out
+    assert f"export intact: {total} events (chain positions 1 to {total})" in said
+    assert "it starts at the chain's first event" in said
 
 
 def test_an_edited_or_shortened_export_is_caught_offline(
@@ -68,13 +68,13 @@ def test_an_edited_or_shortened_export_is_caught_offline(
     lines = out.read_text().splitlines()
 
     edited = [json.loads(line) for line in lines]
-    blocked = next(e for e in edited if e["payload"].get("decision") == "BLOCK")
+    blocked = next(e for e in edited if e.get("payload", {}).get("decision") == "BLOCK")
     blocked["payload"]["decision"] = "ALLOW"
     (tmp_path / "edited.jsonl").write_text("\n".join(json.dumps(e) for e in edited) + "\n")
     assert main(["audit", "verify", "--export", str(tmp_path / "edited.jsonl")]) == 1
     assert f"event {blocked['seq']}" in capsys.readouterr().err
 
-    (tmp_path / "cut.jsonl").write_text("\n".join(lines[:1] + lines[2:]) + "\n")
+    (tmp_path / "cut.jsonl").write_text("\n".join(lines[:2] + lines[3:]) + "\n")  # event 2
     assert main(["audit", "verify", "--export", str(tmp_path / "cut.jsonl")]) == 1
     assert "does not follow event 1" in capsys.readouterr().err
 
@@ -94,7 +94,9 @@ def test_csv_and_time_slices(engine: Engine, db_url: str, tmp_path: Path) -> Non
         main(["audit", "export", "--db", db_url, "--since", "2999-01-01", "--out", str(future)])
         == 0
     )
-    assert future.read_text() == ""
+    assert [json.loads(line) for line in future.read_text().splitlines()] == [
+        {"slice": {"since": "2999-01-01T00:00:00+00:00", "until": None}}
+    ]
     assert main(["audit", "export", "--db", db_url, "--since", "yesterday"]) == 2
 
 
@@ -141,7 +143,7 @@ def test_an_export_carries_the_signed_checkpoint_and_is_anchored_offline(
     assert main(["audit", "export", "--db", db_url, "--data-dir", str(tmp_path),
                  "--out", str(out)]) == 0  # fmt: skip
     lines = out.read_text().splitlines()
-    assert "checkpoint" in json.loads(lines[0]) and len(lines) == total + 1
+    assert "checkpoint" in json.loads(lines[0]) and len(lines) == total + 2  # and where it starts
 
     assert main(["audit", "verify", "--export", str(out), "--public-key", public]) == 0
     assert f"the signed checkpoint at event {size} matches" in capsys.readouterr().out
@@ -172,7 +174,7 @@ def test_a_rewritten_export_is_refused_wherever_its_checkpoint_line_is_put(
     out = tmp_path / "trail.jsonl"
     assert main(["audit", "export", "--db", db_url, "--data-dir", str(tmp_path),
                  "--out", str(out)]) == 0  # fmt: skip
-    checkpoint, *lines = out.read_text().splitlines(keepends=True)
+    checkpoint, _, *lines = out.read_text().splitlines(keepends=True)
     rewritten, prev = [], "0" * 64
     for event in map(json.loads, lines):
         if event["payload"].get("decision") == "BLOCK":
@@ -216,10 +218,14 @@ def test_a_time_slice_is_every_position_between_its_ends_and_verifies(
     export = ["audit", "export", "--db", db_url, "--data-dir", str(tmp_path), "--out", str(out)]
     for bound, positions in (("--since", [2, 3, 4]), ("--until", [1, 2, 3])):
         assert main([*export, bound, middle]) == 0
-        assert [json.loads(line)["seq"] for line in out.read_text().splitlines()] == positions
+        exported = [json.loads(line) for line in out.read_text().splitlines()]
+        assert [event["seq"] for event in exported if "seq" in event] == positions
         assert main(["audit", "verify", "--export", str(out)]) == 0
-        said = f"chain positions {positions[0]} to {positions[-1]}) verified offline"
-        assert said in capsys.readouterr().out
+        said = capsys.readouterr().out
+        assert (
+            f"export slice intact: {len(positions)} events (chain positions {positions[0]} "
+            f"to {positions[-1]}) verified offline; a time slice ({bound[2:]} " in said
+        )
 
 
 def test_verify_export_tries_every_key_and_says_when_there_is_no_checkpoint(
@@ -242,10 +248,10 @@ def test_verify_export_tries_every_key_and_says_when_there_is_no_checkpoint(
     assert "the signed checkpoint at event" in capsys.readouterr().out
 
     assert main([*export, "--until", "2999-01-01"]) == 0
-    assert main(verify) == 0
-    assert "verified offline; not anchored: it carries no signed checkpoint" in (
-        capsys.readouterr().out
-    )
+    assert main(verify) == 0  # a slice need not carry one
+    said = capsys.readouterr().out
+    assert said.startswith("export slice intact:")
+    assert "; not anchored: it carries no signed checkpoint" in said
 
 
 def test_an_export_carries_its_seals_and_is_vouched_for_to_its_last_event(
@@ -299,7 +305,7 @@ def test_an_export_carries_its_seals_and_is_vouched_for_to_its_last_event(
             out.append(json.dumps(event) + "\n")
         return out
 
-    checkpoint, *events = out.read_text().splitlines()
+    checkpoint, _, *events = out.read_text().splitlines()
     forged = tmp_path / "forged.jsonl"
     for lines, problem in (
         (rewritten([checkpoint, *events], 5, True), "the seal of events #5..#5 does not match"),
@@ -345,3 +351,82 @@ def test_an_export_from_any_instance_carries_the_signed_cut_stored_with_the_prun
     assert main(["audit", "verify", "--export", str(out), "--public-key", keys[0],
                  "--public-key", keys[1]]) == 0  # fmt: skip
     assert "it starts after the signed retention cut at event 3" in capsys.readouterr().out
+
+
+def test_an_export_with_its_first_events_removed_is_refused(
+    engine: Engine, db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A whole export starts at the chain's first event, after the all-zero hash, and says so;
+    one with its first events deleted (with its header lines or without) is refused, as is one
+    with its checkpoint line removed and its end cut; a slice says it is one."""
+    from airlock.store.anchor import Anchoring, public_key_text
+
+    record_a_day(engine)
+    anchoring = Anchoring(engine, tmp_path)
+    anchoring.checkpoint()
+    key = public_key_text(anchoring.key.public_key())
+    out = tmp_path / "trail.jsonl"
+    export = ["audit", "export", "--db", db_url, "--data-dir", str(tmp_path), "--out", str(out)]
+    assert main(export) == 0
+    checkpoint, starts, *events = out.read_text().splitlines(keepends=True)
+    forged = tmp_path / "forged.jsonl"
+    for lines in ([checkpoint, starts, *events[2:]], [starts, *events[2:]], events[2:]):
+        forged.write_text("".join(lines))
+        for keys in ([], ["--public-key", key]):
+            assert main(["audit", "verify", "--export", str(forged), *keys]) == 1
+            err = capsys.readouterr().err
+            assert "export BROKEN: the export starts at event 3, not at the chain's first" in err
+            assert "events were removed from its start" in err
+
+    forged.write_text("".join([starts, *events[:-2]]))  # its end cut, and the checkpoint removed
+    assert main(["audit", "verify", "--export", str(forged), "--public-key", key]) == 1
+    assert "it carries no signed checkpoint, and it is not a slice" in capsys.readouterr().err
+    forged.write_text("".join([checkpoint, starts, *events[:-2]]))  # checked without the key
+    assert main(["audit", "verify", "--export", str(forged)]) == 1
+    assert f"the checkpoint it carries names {len(events)} events" in capsys.readouterr().err
+
+    assert main([*export, "--since", "2000-01-01"]) == 0  # a slice: every event, and says so
+    assert main(["audit", "verify", "--export", str(out), "--public-key", key]) == 0
+    said = capsys.readouterr().out
+    assert said.startswith("export slice intact:") and "not that the trail is whole" in said
+
+
+def test_an_export_cut_after_the_retention_cut_is_refused(
+    engine: Engine, db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After a prune, a whole export starts right after the signed cut: not an event later."""
+    from airlock.store.anchor import Anchoring, public_key_text
+    from airlock.store.retention import DAY
+
+    write(engine, *(DecisionRecord(run_row("ALLOW", at=time.time() - 200 * DAY + i))
+                    for i in range(3)))  # fmt: skip
+    write(engine, *(DecisionRecord(run_row("BLOCK")) for _ in range(3)))
+    anchoring = Anchoring(engine, tmp_path, 180)
+    anchoring.prune()
+    anchoring.checkpoint()
+    out = tmp_path / "trail.jsonl"
+    assert main(["audit", "export", "--db", db_url, "--data-dir", str(tmp_path),
+                 "--out", str(out)]) == 0  # fmt: skip
+    checkpoint, cut, first, *rest = out.read_text().splitlines(keepends=True)
+    assert '"cut"' in cut and json.loads(first)["seq"] == 4
+    (tmp_path / "forged.jsonl").write_text("".join([checkpoint, cut, *rest]))
+    key = public_key_text(anchoring.key.public_key())
+    assert main(["audit", "verify", "--export", str(tmp_path / "forged.jsonl"),
+                 "--public-key", key]) == 1  # fmt: skip
+    assert "event 5 does not follow the signed retention cut at event 3" in (
+        capsys.readouterr().err
+    )
+
+
+@pytest.mark.parametrize("fmt", ["csv", "ocsf"])
+def test_verify_says_only_json_lines_exports_can_be_verified(
+    fmt: str, engine: Engine, db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    record_a_day(engine)
+    out = tmp_path / f"trail.{fmt}"
+    assert main(["audit", "export", "--db", db_url, "--format", fmt, "--out", str(out)]) == 0
+    assert main(["audit", "verify", "--export", str(out)]) == 1
+    assert (
+        "only JSON-lines exports (`airlock audit export`, --format jsonl, the default) can "
+        "be verified" in capsys.readouterr().err
+    )
