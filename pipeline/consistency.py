@@ -12,11 +12,14 @@ import difflib
 import fnmatch
 import re
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from airlock.pipeline.agents import REVIEWERS_FILE, AgentRegistry, ReviewerRegistry
+from airlock.pipeline.conditions import Test
 from airlock.pipeline.extraction import ValueSpec
 from airlock.pipeline.mappings import CATEGORIES, SENSITIVITIES, Mapping, MappingIndex, snake_case
+from airlock.pipeline.operations import OperationIndex
 from airlock.pipeline.policies import ENFORCE, RESTRICTIVENESS, PolicySet, Rule
 from airlock.pipeline.yaml_source import ConfigError, Node
 
@@ -55,15 +58,125 @@ def configuration_problems(
         }
     if agents is not None and agents.required:  # without an agents file any name is taken
         existing["agent"] = frozenset(agents.agents)
+    givers = Givers(mappings)
     problems: list[ConfigError] = []
     for rule in policies.rules:
         problems += _names_nothing(rule, existing)
         problems += _text_compared_with_numbers(rule, producers)
         problems += _never_equal_to_declared_type(rule, producers)
-        problems += _params_never_produced(rule, producers, derived)
-        problems += _budget_param_never_produced(rule, producers, derived)
+        problems += _params_never_produced(rule, givers)
+        problems += _budget_param_never_produced(rule, givers)
         problems += _contradictory_conditions(rule)
     return problems
+
+
+@dataclass(frozen=True)
+class Giver:
+    """Something that gives an action (a mapping, a catalog operation, Airlock itself), with
+    what a rule can tell it by and the params it can have."""
+
+    action: str
+    facts: dict[str, Any]  # provider, category, sensitivity, curated
+    operations: tuple[str, ...]  # what `operation:` it can have; () none
+    any_operation_of: str | None  # a URL mapping: any operation the catalog knows of its provider
+    params: frozenset[str] | None  # None: whatever the request holds (not declared)
+
+
+class Givers:
+    """Every giver of an action, to find those a rule's `when` can meet."""
+
+    def __init__(self, mappings: MappingIndex) -> None:
+        self.all = [_mapping_giver(m) for m in mappings.mappings]
+        self.all += list(_operation_givers(mappings.operations))
+        self.all += _BUILT_IN_GIVERS
+        self._by_action: dict[str, list[Giver]] = {}
+        for giver in self.all:
+            self._by_action.setdefault(giver.action, []).append(giver)
+
+    def in_scope(self, rule: Rule) -> list[Giver] | None:
+        """The givers whose actions the rule can meet (by action, operation, provider,
+        category, sensitivity, curated); None when it cannot be said (an MCP tool's action)."""
+        names = dict(rule.named).get("action", ())
+        if any(name.startswith(MCP_ACTIONS) for name in names):
+            return None  # MCP servers name their own tools, with their own arguments
+        candidates = self.all
+        if rule.actions is not None:
+            candidates = [g for action in rule.actions for g in self._by_action.get(action, ())]
+        tests = {key: test for key, test in rule.field_tests if key in _GIVER_FACTS}
+        operations = dict(rule.named).get("operation")
+        return [g for g in candidates if _meets(g, tests, operations)]
+
+
+_GIVER_FACTS = frozenset({"action", "operation", "provider", "category", "sensitivity", "curated"})
+
+
+def _meets(giver: Giver, tests: dict[str, Test], operations: tuple[str, ...] | None) -> bool:
+    facts = {**giver.facts, "action": giver.action}
+    if not all(tests[key](facts[key]) for key in tests.keys() - {"operation"}):
+        return False
+    if operations is None:
+        return True
+    if any(tests["operation"](name) for name in giver.operations):
+        return True
+    return giver.any_operation_of is not None and any(
+        _of_provider(pattern, giver.any_operation_of) for pattern in operations
+    )
+
+
+def _of_provider(pattern: str, provider: str) -> bool:
+    """Whether an operation name or glob can name an operation of this provider
+    (aws.s3.PutObject, github.repos/delete)."""
+    first = pattern.split(".", 1)[0]
+    return _names_some(first, frozenset({provider})) if first else False
+
+
+def _mapping_giver(mapping: Mapping) -> Giver:
+    undeclared = mapping.tool is not None and not mapping.params  # an MCP tool's arguments
+    names = {spec.name for spec in mapping.params} | set(
+        _CAPTURE.findall(mapping.path_template or "")
+    )
+    return Giver(
+        _TEMPLATE.sub("x", mapping.action),
+        {"provider": mapping.provider, "category": mapping.category,
+         "sensitivity": mapping.sensitivity, "curated": True},
+        mapping.operations,
+        mapping.provider if not (mapping.operations or mapping.tool) else None,
+        None if undeclared else frozenset(names),
+    )  # fmt: skip
+
+
+def _operation_givers(operations: OperationIndex | None) -> Iterator[Giver]:
+    """The actions the catalog derives (pipeline/mappings.py derived_action): the request
+    fields of the operation are its params."""
+    for service in operations.services.values() if operations is not None else ():
+        for name, spec in service.operations.items():
+            yield Giver(
+                snake_case(name.rsplit(".", 1)[-1]),
+                {"provider": service.provider, "category": spec.category,
+                 "sensitivity": spec.sensitivity, "curated": False},
+                (f"{service.prefix}.{name}",),
+                None,
+                frozenset(member for member, _, _ in spec.fields),
+            )  # fmt: skip
+
+
+def _built_in(action: str, provider: str, category: str, sensitivity: str) -> Giver:
+    facts = {"provider": provider, "category": category, "sensitivity": sensitivity,
+             "curated": False}  # fmt: skip
+    return Giver(action, facts, (), None, None)
+
+
+# What Airlock itself gives (pipeline/mappings.py fallback_action, mcp_method_action, map_tool;
+# addons/identity.py): their params are not declared.
+_BUILT_IN_GIVERS = [
+    _built_in("http.read", "http", "read", "low"),
+    _built_in("http.write", "http", "write", "medium"),
+    _built_in("proxy.authenticate", "airlock", "identity", "high"),
+    _built_in("mcp.read", "mcp", "read", "low"),
+    _built_in("mcp.unknown_method", "mcp", "tool", "medium"),
+    _built_in("mcp.x.x", "mcp", "tool", "medium"),  # a tool call no mapping describes
+]
+_TEMPLATE = re.compile(r"\{[^}]*\}")
 
 
 def shadowed_rules(rules: Iterable[Rule]) -> Iterator[ConfigError]:
@@ -188,26 +301,40 @@ def _names_some(pattern: str, names: frozenset[str]) -> bool:
     return any(matches(name) for name in names)
 
 
-def _budget_param_never_produced(
-    rule: Rule, producers: dict[str, list[Mapping]], derived: dict[str, set[str]]
-) -> Iterator[ConfigError]:
+def _budget_param_never_produced(rule: Rule, givers: Givers) -> Iterator[ConfigError]:
     """A budget sums a param; one its actions never have sums nothing, so it never fires."""
-    if rule.budget is None or rule.source == "guard" or not rule.actions:
+    if rule.budget is None or rule.source == "guard":
         return
-    produced: set[str] = set()
-    for action in rule.actions:
-        names = _params_of(action, producers.get(action, []), derived)
-        if names is None:
-            return
-        produced |= names
-    if rule.budget.param not in produced:
-        near = difflib.get_close_matches(rule.budget.param, produced, n=1)
-        hint = f"; did you mean {near[0]!r}?" if near else ""
-        yield ConfigError(
-            rule.where,
-            f"rule {rule.id!r} budgets param {rule.budget.param!r}, which "
-            f"{', '.join(sorted(rule.actions))} never produces, so it can never fire{hint}",
-        )
+    produced = _produced_in_scope(rule, givers)
+    if produced is None or rule.budget.param in produced:
+        return
+    near = difflib.get_close_matches(rule.budget.param, produced, n=1)
+    hint = f"; did you mean {near[0]!r}?" if near else ""
+    yield ConfigError(
+        rule.where,
+        f"rule {rule.id!r} budgets param {rule.budget.param!r}, which "
+        f"{_never_produced_by(rule)}, so it can never fire{hint}",
+    )
+
+
+def _produced_in_scope(rule: Rule, givers: Givers) -> set[str] | None:
+    """The params the actions a rule can meet may have; None when that cannot be said (a
+    giver that does not declare them, or nothing in scope: then the rule names nothing, which
+    _names_nothing says)."""
+    scope = givers.in_scope(rule)
+    if not scope or any(giver.params is None for giver in scope):
+        return None
+    return {name for giver in scope for name in giver.params or ()}
+
+
+def _never_produced_by(rule: Rule) -> str:
+    """Who never produces a param, as the rule says its actions: `send_message never
+    produces`, `no action of provider stripe produces`."""
+    if rule.actions:
+        return f"{', '.join(sorted(rule.actions))} never produces"
+    said = [f"{key} {'|'.join(values)}" for key, values in rule.named
+            if key in _GIVER_FACTS]  # fmt: skip
+    return f"no action{' of ' + ', '.join(said) if said else ''} produces"
 
 
 def _text_compared_with_numbers(
@@ -370,46 +497,27 @@ def _within(value: float, low: Bound, high: Bound) -> bool:
 ALWAYS_POSSIBLE = frozenset({"body_error", "body_truncated"})  # any request may carry these
 
 
-def _params_never_produced(
-    rule: Rule, producers: dict[str, list[Mapping]], derived: dict[str, set[str]]
-) -> Iterator[ConfigError]:
-    """A condition on a param that none of the rule's actions ever has can never hold (a typo
-    such as recipients_count for recipient_count): the rule silently never fires."""
-    if rule.source == "guard" or not rule.actions or not rule.param_specs:
+def _params_never_produced(rule: Rule, givers: Givers) -> Iterator[ConfigError]:
+    """A condition on a param that none of the actions the rule can meet ever has can never
+    hold (a typo such as recipients_count for recipient_count): the rule silently never fires.
+    The actions are those it names, its globs match, or its provider, category, operation
+    (...) scope."""
+    if rule.source == "guard" or not rule.param_specs:
         return
-    produced: set[str] = set(ALWAYS_POSSIBLE)
-    for action in rule.actions:
-        names = _params_of(action, producers.get(action, []), derived)
-        if names is None:
-            return  # params nobody declares (an MCP tool's arguments, Airlock's own actions)
-        produced |= names
+    produced = _produced_in_scope(rule, givers)
+    if produced is None:
+        return
+    produced |= ALWAYS_POSSIBLE
     for name, spec, where in rule.param_specs:
         if name in produced or (isinstance(spec, Node) and spec.get("exists") is False):
             continue
         near = difflib.get_close_matches(name, produced, n=1)
         hint = f"; did you mean {near[0]!r}?" if near else ""
-        actions = ", ".join(sorted(rule.actions))
         yield ConfigError(
             where,
-            f"rule {rule.id!r} has a condition on param {name!r}, which {actions} never "
-            f"produces, so it can never fire{hint}",
+            f"rule {rule.id!r} has a condition on param {name!r}, which "
+            f"{_never_produced_by(rule)}, so it can never fire{hint}",
         )
-
-
-def _params_of(
-    action: str, mappings_of: list[Mapping], derived: dict[str, set[str]]
-) -> set[str] | None:
-    """The params an action can have: its mappings' (and path captures), or the request
-    fields of the catalog operations it is derived from; None when they are not declared."""
-    if action in BUILT_IN_ACTIONS or action.startswith(MCP_ACTIONS):
-        return None
-    names: set[str] = set()
-    for mapping in mappings_of:
-        if mapping.tool is not None and not mapping.params:
-            return None  # an MCP tool's arguments, whatever the server takes
-        names |= {spec.name for spec in mapping.params}
-        names |= set(_CAPTURE.findall(mapping.path_template or ""))
-    return names | derived.get(action, set())
 
 
 _CAPTURE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\+?\}")

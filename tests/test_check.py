@@ -277,6 +277,48 @@ def test_conditions_on_params_an_action_never_produces_are_reported(tmp_path: Pa
     ]
 
 
+def test_param_typos_are_reported_when_a_rule_scopes_its_actions_without_naming_them(
+    tmp_path: Path,
+) -> None:
+    """A glob, a provider, a category or an operation stands for the actions it matches: a
+    param none of them produces is a typo, as under an action named exactly (the check was
+    skipped, and the BLOCK never fired). Params of actions the catalog derives count."""
+    policy = write(tmp_path / "policies", "p.yaml", """
+        rules:
+          - {id: by-glob, when: {action: "create_*", params: {amuont: {gte: 1}}}, decision: BLOCK}
+          - {id: by-provider, when: {provider: stripe, params: {amuont: {gte: 1}}},
+             decision: BLOCK}
+          - {id: by-category, when: {category: messaging, params: {recipients_count: {gt: 1}}},
+             decision: BLOCK}
+          - {id: by-operation, when: {operation: aws.s3.DeleteObjects,
+                                      params: {bypass_governanse: true}}, decision: BLOCK}
+          - {id: glob-right, when: {action: "create_*", params: {amount: {gte: 1}}},
+             decision: BLOCK}
+          - {id: derived-right, when: {operation: "aws.s3.PutBucketTag*", params: {Bucket: x}},
+             decision: BLOCK}
+          - {id: any-action, when: {params: {amuont: {gte: 1}}}, decision: BLOCK}
+        """)  # fmt: skip
+    found = lines([PROJECT_ROOT / "mappings", policy])
+    assert [line.split(": ", 1)[1] for line in found] == [
+        "rule 'by-glob' has a condition on param 'amuont', which no action of action create_* "
+        "produces, so it can never fire; did you mean 'amount'?",
+        "rule 'by-provider' has a condition on param 'amuont', which no action of provider "
+        "stripe produces, so it can never fire; did you mean 'amount'?",
+        "rule 'by-category' has a condition on param 'recipients_count', which no action of "
+        "category messaging produces, so it can never fire; did you mean 'recipient_count'?",
+        "rule 'by-operation' has a condition on param 'bypass_governanse', which no action of "
+        "operation "
+        "aws.s3.DeleteObjects produces, so it can never fire; did you mean "
+        "'bypass_governance'?",
+    ], found  # any-action: a request no mapping knows has params nobody declares
+    assert [line.split(":")[1] for line in found] == ["2", "3", "5", "8"]
+    from airlock.pipeline.evaluation import Config
+    from airlock.pipeline.yaml_source import ConfigError
+
+    with pytest.raises(ConfigError, match="param 'amuont', which no action of action create_"):
+        Config.load(PROJECT_ROOT / "mappings", policy.parent)
+
+
 def test_conditions_no_value_satisfies_are_reported(tmp_path: Path) -> None:
     policy = write(
         tmp_path,
