@@ -86,7 +86,9 @@ class Gate:
         config = self.runtime.config  # a request_error is refused before config is read
         error = ValueError(problem)
         evaluation = evaluate(document, config) if config else failed_evaluation(document, error)
-        row = run_row(run_id, self.runtime.instance, document, evaluation, 0.0)
+        row = run_row(
+            run_id, self.runtime.instance, document, evaluation, 0.0, self.runtime.config_hash()
+        )
         row.outcome, row.status = "blocked", 431
         recorded = await self._record(row)
         reason = evaluation.verdict.reason
@@ -227,7 +229,9 @@ class Gate:
         read."""
         document = minimal_document(request, agent)
         evaluation = failed_evaluation(document, error)
-        return run_row(run_id, self.runtime.instance, document, evaluation, 0.0)
+        return run_row(
+            run_id, self.runtime.instance, document, evaluation, 0.0, self.runtime.config_hash()
+        )
 
     def _refuse_unrecorded(self, flow: http.HTTPFlow, record: RunRecord, error: Exception) -> None:
         """The store failed: nothing may pass unrecorded, so refuse and say why. The decision

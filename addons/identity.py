@@ -146,7 +146,7 @@ class Identity:
             Action("proxy.authenticate", "airlock", "identity", "high", document["host"], {}, None),
             Verdict(BLOCK, WRONG_CREDENTIALS, ("agent-identity",)),
         )
-        row = run_row(new_id(), runtime.instance, document, refused, 0.0)
+        row = run_row(new_id(), runtime.instance, document, refused, 0.0, runtime.config_hash())
         row.outcome, row.status = "blocked", 407
         runtime.log.decision(BLOCK, row.summary(), 0.0, note="407 proxy authentication required")
         try:

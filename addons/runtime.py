@@ -28,7 +28,7 @@ from sqlalchemy.exc import ArgumentError
 from airlock.addons.decision_log import DecisionLog
 from airlock.addons.metrics import Metrics
 from airlock.addons.notify import Notifier
-from airlock.decider.client import DECIDER_KINDS, WORKER, Decider, decider_for
+from airlock.decider.client import DECIDER_KINDS, WORKER, Decider, DeciderFault, decider_for
 from airlock.decider.messages import (
     AnsweredOutcome,
     Configuration,
@@ -67,6 +67,7 @@ class Runtime:
         self.metrics = metrics
         self.config: Config | None = None
         self.sources: Sources = {"files": {}, "folders": {}}  # what self.config was compiled from
+        self._hashed: tuple[Sources, str] | None = None  # self.sources and its hash
         self.decider: Decider | None = None
         # Unique per start, even for a restarted container's pid 1: other instances' records
         # (an earlier process's, committed late) are told apart from this one's.
@@ -212,10 +213,10 @@ class Runtime:
 
     async def _reconfigured(self, answer: asyncio.Future[None]) -> None:
         try:
-            await asyncio.wait_for(answer, STORE_TIMEOUT)
+            await answer
         except Exception as e:
-            log.error("the decider did not take the new configuration and decides with the "
-                      "previous one until it restarts: %s", e)  # fmt: skip
+            log.error("the decider did not take the configuration (%s): it refuses every "
+                      "request until it does, or until it is restarted", e)  # fmt: skip
 
     def _load_config(self) -> Config:
         paths = Path(ctx.options.airlock_mappings), Path(ctx.options.airlock_policies)
@@ -250,7 +251,9 @@ class Runtime:
 
     async def _reload(self) -> None:
         """A broken edit is refused with file:line and the last good configuration stays in
-        force; a good one is taken by the decider first, then here: the two switch together."""
+        force. A good one is taken here and sent to the decider in one step, on the event loop:
+        the decider takes messages in order, so every request sent before was authenticated and
+        decided with the previous configuration, every one after with the new one."""
         async with self._reloading:
             await self._reload_now()
 
@@ -263,20 +266,42 @@ class Runtime:
             log.error("reload refused, still deciding with configuration %s: %s",
                       sources_hash(self.sources)[:12], e)  # fmt: skip
             return
-        try:
-            await asyncio.wait_for(
-                self.ask().configure(self._configuration(sources)), STORE_TIMEOUT
-            )
-        except Exception as e:
-            self.metrics.reloads.labels("refused").inc()
-            log.error("reload refused: the decider did not take it (%s); still deciding with "
-                      "configuration %s", e, sources_hash(self.sources)[:12])  # fmt: skip
+        previous = self.config, self.sources
+        self._switch(config, sources)
+        decider = self.ask()
+        if not decider.running:  # the setup of the decider started next carries it
+            self.metrics.reloads.labels("applied").inc()
+            log.info("reloaded: deciding with configuration %s", sources_hash(sources)[:12])
             return
-        gc.unfreeze()
-        self.config, self.sources = config, sources
-        settle_heap()
+        try:
+            await decider.configure(self._configuration())
+        except DeciderFault as e:  # it refuses every request until configured: back to before
+            self.metrics.reloads.labels("refused").inc()
+            assert previous[0] is not None
+            self._switch(*previous)
+            log.error("reload refused: the decider could not load it (%s); deciding with "
+                      "configuration %s again", e, sources_hash(self.sources)[:12])  # fmt: skip
+            self.spawn(self._reconfigured(decider.configure(self._configuration())))
+            return
+        except Exception as e:  # no answer yet, or a decider gone: the new one is set up with it
+            log.warning("the decider has not confirmed configuration %s yet (%s); it takes it "
+                        "before any later request", sources_hash(sources)[:12], e)  # fmt: skip
         self.metrics.reloads.labels("applied").inc()
         log.info("reloaded: deciding with configuration %s", sources_hash(sources)[:12])
+
+    def config_hash(self) -> str | None:
+        """The hash of the configuration in force, as runs record it (for the refusals the
+        proxy makes itself); computed once per configuration."""
+        if not self.sources["files"]:
+            return None
+        if self._hashed is None or self._hashed[0] is not self.sources:
+            self._hashed = self.sources, sources_hash(self.sources)
+        return self._hashed[1]
+
+    def _switch(self, config: Config, sources: Sources) -> None:
+        gc.unfreeze()  # the configuration being replaced may be collected
+        self.config, self.sources = config, sources
+        settle_heap()
 
     # --- the store and the decider -----------------------------------------------------------
 

@@ -207,7 +207,7 @@ class DeciderCore:
         elif isinstance(message, Unwatch):
             self.watch.unwatch(message.id)
         elif isinstance(message, Configure):  # the proxy is told when this fails
-            self._configure(message.configuration)
+            self._reconfigure(message.configuration)
             taken.replies.append(Reply(sequence, None))
         elif isinstance(message, Setup):
             self._setup(message)
@@ -357,6 +357,17 @@ class DeciderCore:
         return answers
 
     # --- configuration ---------------------------------------------------------------------
+
+    def _reconfigure(self, configuration: Configuration) -> None:
+        """A reload: the proxy has switched to it already (its requests from now on are
+        authenticated with it), so a configuration this decider cannot load leaves none in
+        force, not the previous one: every request is refused until the proxy sends one."""
+        try:
+            self._configure(configuration)
+        except Exception as e:
+            self.config, self.compiled_from = None, None
+            self.missing = f"the decider cannot load the configuration the proxy reloaded: {e}"
+            raise
 
     def _configure(self, configuration: Configuration) -> None:
         self.approval_timeout = configuration.approval_timeout

@@ -93,6 +93,17 @@ class AgentRegistry:
             return False
         return agent.simulate or any(self.roles[r].simulate for r in agent.roles if r in self.roles)
 
+    def standing_refusal(self, name: str) -> str | None:
+        """Why this agent may not act at all, or None. Checked where a request is decided, not
+        only where it is authenticated: one authenticated just before a reload that disables
+        or removes its agent is decided with the new file."""
+        if not self.required:
+            return None
+        agent = self.agents.get(name)
+        if agent is None:
+            return f"{name} is not an agent the agents file lists"
+        return None if agent.enabled else f"{name} is disabled in the agents file"
+
     def roles_of(self, name: str) -> tuple[str, ...]:
         agent = self.agents.get(name)
         return agent.roles if agent else ()

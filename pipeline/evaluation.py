@@ -160,6 +160,9 @@ def _evaluate_one(
     except Exception as e:
         return _failed("mapping", fallback_action(document), e)
     agent = document["agent"]
+    refusal = config.agents.standing_refusal(agent)
+    if refusal:
+        return Evaluation(action, Verdict(BLOCK, refusal, ("agent-identity",)))
     refusal = config.agents.egress_refusal(agent, document["host"])
     if refusal:
         return Evaluation(action, Verdict(BLOCK, refusal, ("egress-profile",)))
@@ -227,6 +230,9 @@ def evaluate_call(
 ) -> Evaluation:
     """A tool call the agent names itself (the Guard API): nothing to map, and no host to
     limit, but the same policies, risk, budgets and rates as a request through the proxy."""
+    refusal = config.agents.standing_refusal(agent)
+    if refusal:
+        return Evaluation(action, Verdict(BLOCK, refusal, ("agent-identity",)))
     try:
         risk = score(action, agent, history)
         roles = config.agents.roles_of(agent)

@@ -204,6 +204,7 @@ def test_connect_without_valid_credentials_gets_407_and_is_recorded(
     )
     assert "wrong" not in json.dumps(run.request)
     assert "S3cretAgentKey" not in json.dumps(run.request) + run.agent
+    assert run.config_hash  # the agents file that refused it is named (found by review)
 
 
 def test_an_authenticated_agent_is_identified_and_its_key_never_stored(tmp_path: Path) -> None:
@@ -355,3 +356,27 @@ def test_a_reviewers_file_that_lists_nobody_lets_nobody_decide(tmp_path: Path, l
     assert reviewers.configured
     assert reviewers.refusal("mallory", []) == "mallory is not a reviewer (policies/reviewers.yaml)"
     assert load_reviewers(tmp_path / "elsewhere").refusal("mallory", []) is None  # no file
+
+
+def test_a_disabled_or_unlisted_agent_is_refused_where_it_is_decided(tmp_path: Path) -> None:
+    """Review: a request authenticated just before a reload that disabled its agent was decided
+    with the new file, which still gave it its roles: the decider refuses it too, for a request
+    through the proxy and for a Guard API call."""
+    from airlock.pipeline.evaluation import evaluate_call
+    from airlock.pipeline.mappings import Action
+
+    config = Config.load(PROJECT_ROOT / "mappings", agents_dir(tmp_path))
+    charge = doc("POST", "api.stripe.com", "/v1/charges", {"amount": "5", "currency": "usd"})
+    decided = {
+        agent: evaluate({**charge, "agent": agent}, config).verdict
+        for agent in ("billing-bot", "retired-bot", "stranger")
+    }
+    assert decided["billing-bot"].decision == "ALLOW"
+    assert (decided["retired-bot"].decision, decided["retired-bot"].rules) == (
+        "BLOCK",
+        ("agent-identity",),
+    )
+    assert "retired-bot is disabled in the agents file" in decided["retired-bot"].reason
+    assert "stranger is not an agent the agents file lists" in decided["stranger"].reason
+    call = Action("create_charge", "stripe", "payment", "high", "t", {"amount": 5}, None)
+    assert evaluate_call(call, "retired-bot", config, None).verdict.rules == ("agent-identity",)

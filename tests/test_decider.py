@@ -30,6 +30,7 @@ from airlock.decider.messages import (
     AnsweredOutcome,
     Committed,
     Configuration,
+    Configure,
     Decide,
     DecideCall,
     Decided,
@@ -595,6 +596,23 @@ def test_without_configuration_a_request_is_blocked_and_recorded(core: DeciderCo
     assert "no configuration" in decided.run.reason
     assert decided.failed_stage == "gate"
     assert stored(core, "run-500").decision == "BLOCK"
+
+
+def test_a_reload_the_decider_cannot_load_leaves_no_configuration_in_force(
+    core: DeciderCore,
+) -> None:
+    """Review: a reload the proxy had switched to, refused by its decider, left the decider on
+    the previous configuration while the proxy authenticated with the new one. It now leaves
+    none: every request is refused, saying why, until a configuration loads."""
+    core.handle([Envelope(0, setup())])
+    good = setup().configuration
+    broken = replace(good, sources={"files": {}, "folders": {}})  # files it cannot read
+    refused = replies(core.handle([Envelope(1, Configure(broken)), Envelope(2, charge(500))]))
+    assert isinstance(refused[1], Failure) and refused[1].by == "decider"
+    assert refused[2].run.decision == "BLOCK"
+    assert "cannot load the configuration the proxy reloaded" in refused[2].run.reason
+    answers = replies(core.handle([Envelope(3, Configure(good)), Envelope(4, charge(501))]))
+    assert answers[3] is None and answers[4].run.decision == "ALLOW"
 
 
 def test_a_message_the_decider_cannot_take_is_refused_not_dropped(core: DeciderCore) -> None:

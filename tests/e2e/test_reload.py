@@ -136,3 +136,31 @@ def test_a_reload_while_the_proxy_starts_does_not_end_it(
         assert proxy.process.poll() is None
     finally:
         proxy.stop()
+
+
+def test_a_reload_while_the_decider_is_down_is_taken_by_the_one_started_next(
+    start_proxy: Callable[..., Proxy], upstream: Upstream, tmp_path: Path
+) -> None:
+    """Review: with the decider killed, a reload was refused ("the decider is not running")
+    after `airlock reload` had said it was told, and the next request started a decider with
+    the old configuration: a freeze never took. The proxy switches, and its next decider is
+    set up with what it switched to."""
+    from tests.e2e.test_crash_rounds import decider_of
+
+    policies = tmp_path / "policies"
+    shutil.copytree(PROJECT_ROOT / "policies", policies)
+    proxy = start_proxy("--policies", str(policies))
+    session = proxy.session()
+    assert session.post(CHARGES, data={"amount": 500, "currency": "usd"}).status_code == 200
+    worker = decider_of(proxy)
+    assert worker is not None
+    os.kill(worker, signal.SIGKILL)
+    assert eventually(lambda: decider_of(proxy) is None)
+    (policies / "freeze.yaml").write_text(NO_CHARGES)
+    told = airlock("reload", "--data-dir", str(proxy.workdir))
+    assert told.returncode == 0, told.stderr
+    assert eventually(lambda: "reloaded: deciding with configuration" in proxy.output())
+    blocked = session.post(CHARGES, data={"amount": 500, "currency": "usd"})
+    assert blocked.status_code == 403, proxy.output()
+    assert "no-charges-today" in blocked.json()["rules"]
+    assert upstream.count("/v1/charges") == 1
