@@ -65,6 +65,7 @@ def configuration_problems(
         problems += _text_compared_with_numbers(rule, producers)
         problems += _never_equal_to_declared_type(rule, producers)
         problems += _params_never_produced(rule, givers)
+        problems += _list_where_in_was_meant(rule, givers)
         problems += _budget_param_never_produced(rule, givers)
         problems += _contradictory_conditions(rule)
     return problems
@@ -80,6 +81,7 @@ class Giver:
     operations: tuple[str, ...]  # what `operation:` it can have; () none
     any_operation_of: str | None  # a URL mapping: any operation the catalog knows of its provider
     params: frozenset[str] | None  # None: whatever the request holds (not declared)
+    lists: frozenset[str] = frozenset()  # the params it can give as a list (`all: true`)
 
 
 class Givers:
@@ -142,7 +144,17 @@ def _mapping_giver(mapping: Mapping) -> Giver:
         mapping.operations,
         mapping.provider if not (mapping.operations or mapping.tool) else None,
         None if undeclared else frozenset(names),
+        frozenset(spec.name for spec in mapping.params if _gives_a_list(spec)),
     )  # fmt: skip
+
+
+def _gives_a_list(spec: ValueSpec) -> bool:
+    """`all: true` or a literal list. Any other extraction gives one value: count and sum a
+    number, otherwise the first match (a list only where a request sends one in place of a
+    value); path captures and the catalog's fields are one value too."""
+    if spec.finder is None:
+        return isinstance(spec.literal, list)
+    return spec.aggregate == "all"
 
 
 def _operation_givers(operations: OperationIndex | None) -> Iterator[Giver]:
@@ -315,6 +327,46 @@ def _budget_param_never_produced(rule: Rule, givers: Givers) -> Iterator[ConfigE
         f"rule {rule.id!r} budgets param {rule.budget.param!r}, which "
         f"{_never_produced_by(rule)}, so it can never fire{hint}",
     )
+
+
+def _list_where_in_was_meant(rule: Rule, givers: Givers) -> Iterator[ConfigError]:
+    """`currency: [usd, eur]` compares the value with the whole list: a param every action in
+    scope gives as one value never equals it (`ne`: always differs), so the rule never fires
+    (or always does). `in:` was meant."""
+    if rule.source == "guard":
+        return
+    for name, spec, where in rule.param_specs:
+        for op, operand in _equality_with_a_list(spec):
+            if not _always_one_value(rule, givers, name):
+                break
+            meant = "in" if op == "eq" else "not_in"
+            shown = f"{name}: {{{meant}: {_flow(operand)}}}"
+            yield ConfigError(
+                where,
+                f"rule {rule.id!r} compares param {name!r} with the list {_flow(operand)} as a "
+                f"whole ({op}), but the actions it applies to give {name!r} as one value, never "
+                f"a list: to match any of them, write `{shown}`",
+            )
+
+
+def _equality_with_a_list(spec: Any) -> list[tuple[str, list[Any]]]:
+    if isinstance(spec, list):
+        return [("eq", spec)]
+    if isinstance(spec, Node):
+        return [(op, spec[op]) for op in ("eq", "ne") if isinstance(spec.get(op), list)]
+    return []
+
+
+def _always_one_value(rule: Rule, givers: Givers, name: str) -> bool:
+    scope = givers.in_scope(rule)
+    if not scope or any(giver.params is None for giver in scope):
+        return False  # params nobody declares: a list may be what they hold
+    giving = [giver for giver in scope if name in (giver.params or ())]
+    return bool(giving) and not any(name in giver.lists for giver in giving)
+
+
+def _flow(values: list[Any]) -> str:
+    return "[" + ", ".join(str(v) for v in values) + "]"
 
 
 def _produced_in_scope(rule: Rule, givers: Givers) -> set[str] | None:

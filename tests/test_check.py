@@ -319,6 +319,30 @@ def test_param_typos_are_reported_when_a_rule_scopes_its_actions_without_naming_
         Config.load(PROJECT_ROOT / "mappings", policy.parent)
 
 
+def test_a_bare_list_where_in_was_meant_is_reported_and_refused(tmp_path: Path) -> None:
+    """`currency: [usd, eur]` compared the charge's one currency with the whole list: never
+    equal, so the BLOCK never fired. A param read with `all: true` may be compared whole."""
+    assert_reported_and_refused(
+        tmp_path, "{action: create_charge, params: {currency: [usd, eur]}}",
+        says="compares param 'currency' with the list [usd, eur] as a whole (eq), but the "
+        "actions it applies to give 'currency' as one value, never a list: to match any of "
+        "them, write `currency: {in: [usd, eur]}`",
+        loaded="write `currency: {in: [usd, eur]}`",
+    )  # fmt: skip
+    assert_reported_and_refused(
+        tmp_path, "{provider: stripe, params: {currency: {ne: [usd]}}}",
+        says="with the list [usd] as a whole (ne)", loaded="`currency: {not_in: [usd]}`",
+    )  # fmt: skip
+    fine = write(tmp_path / "fine", "p.yaml", """
+        rules:
+          - {id: exactly-these, when: {action: terminate_instances,
+                                       params: {instance_ids: [i-1, i-2]}}, decision: BLOCK}
+          - {id: any-of, when: {action: create_charge, params: {currency: {in: [usd, eur]}}},
+             decision: BLOCK}
+        """)  # fmt: skip
+    assert lines([PROJECT_ROOT / "mappings", fine]) == []
+
+
 def test_conditions_no_value_satisfies_are_reported(tmp_path: Path) -> None:
     policy = write(
         tmp_path,
