@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
-from airlock.store.schema import AuditEvent, Run
+from airlock.store.schema import Approval, AuditEvent, Run
 
 
 @dataclass(frozen=True)
@@ -164,11 +164,20 @@ def _released_since(
         AuditEvent.seq > cursor, AuditEvent.seq <= newest, AuditEvent.kind == "approval"
     )
     releases: dict[str, float] = {}
+    approvals: set[str] = set()
     for (payload,) in conn.execute(events):
         event = json.loads(payload)
         run_id, at = event.get("released_run"), event.get("released_at")
         if isinstance(run_id, str) and isinstance(at, int | float) and "withdrawn" not in event:
             releases[run_id] = float(at)
+            approvals.add(event.get("approval_id"))
+    # Released with a reviewer's edit, the held run goes out as another run, decided (and
+    # counted, at its edited params) on its own: counted here too, it would count twice.
+    # (Read in Python: an approval without an edit may hold JSON null or SQL NULL.)
+    edits = select(Approval.released_run, Approval.edit).where(Approval.id.in_(approvals))
+    for run_id, edit in conn.execute(edits) if releases else ():
+        if edit:
+            releases.pop(run_id, None)
     if not releases:
         return []
     query = select(*_PAST_COLUMNS).where(Run.id.in_(releases))

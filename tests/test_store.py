@@ -1174,6 +1174,29 @@ def test_another_instances_release_counts_from_its_release(engine: Engine) -> No
     ]
 
 
+def test_another_instances_edited_release_counts_once_at_the_edited_params(
+    engine: Engine,
+) -> None:
+    """Review: released with a reviewer's edit, the held run (at its own params) counted at its
+    release and the edited run again at its decision: another instance's budgets saw both."""
+    from airlock.store.history import audit_position, committed_since
+
+    row, hold = held()
+    row.instance = "there-2"
+    write(engine, DecisionRecord(row, hold))
+    cursor = audit_position(engine)
+    edit = {"params": {"amount": 100}, "locations": {"amount": [["body", "amount"]]}}
+    resolve_approval(engine, hold.approval_id, APPROVED, "alice", "ok", edit=edit)
+    write(engine, ReleaseRequest(hold.approval_id, time.time(), row.id))
+    edited = run_row("ALLOW", instance="there-2")
+    write(engine, DecisionRecord(edited))
+    write(engine, OutcomeRecord(row.id, time.time(), "edited", None, None,
+                                {"released_as": edited.id}))  # fmt: skip
+    found, cursor = committed_since(engine, cursor, other_than_instance="here-1")
+    counted = [d.id for d in found if let_through(d.decision, d.outcome)]
+    assert counted == [edited.id]
+
+
 # --- one approval per call, across proxy instances ---------------------------------------------
 
 
