@@ -304,16 +304,26 @@ class ReviewerRegistry:
             )
         if not self.configured:
             return None
-        if reviewer not in self.roles:
-            return f"{reviewer} is not a reviewer (policies/{REVIEWERS_FILE})"
-        if sets and not any(roles & set(self.roles[reviewer]) for roles in sets):
+        listed = self.roles_of(reviewer)
+        if listed is None:
+            return f"{reviewer} is not a reviewer ({REVIEWERS_FILE})"
+        if sets and not any(roles & set(listed) for roles in sets):
             return f"{reviewer} may not decide this approval: it needs one of {wanted}"
         return None
+
+    def roles_of(self, reviewer: str) -> tuple[str, ...] | None:
+        """A listed reviewer's roles, however the name is spelt (` ALICE` is `alice`, as for
+        votes); None for someone the file does not list."""
+        found = self.roles.get(reviewer)
+        if found is not None:
+            return found
+        key = name_key(reviewer)
+        return next((roles for name, roles in self.roles.items() if name_key(name) == key), None)
 
     def uncovered(self, reviewers: Iterable[str], stored_roles: Iterable[Any]) -> list[list[str]]:
         """The role sets of an approval that none of `reviewers` holds a role of: each fired
         rule's `reviewers:` must be met by someone approving."""
-        held = {role for reviewer in reviewers for role in self.roles.get(reviewer, ())}
+        held = {role for reviewer in reviewers for role in self.roles_of(reviewer) or ()}
         return [sorted(roles) for roles in role_sets(stored_roles) if not roles & held]
 
 

@@ -354,7 +354,7 @@ def test_a_reviewers_file_that_lists_nobody_lets_nobody_decide(tmp_path: Path, l
     (folder / "reviewers.yaml").write_text(listed)
     reviewers = load_reviewers(folder)
     assert reviewers.configured
-    assert reviewers.refusal("mallory", []) == "mallory is not a reviewer (policies/reviewers.yaml)"
+    assert reviewers.refusal("mallory", []) == "mallory is not a reviewer (reviewers.yaml)"
     assert load_reviewers(tmp_path / "elsewhere").refusal("mallory", []) is None  # no file
 
 
@@ -380,3 +380,14 @@ def test_a_disabled_or_unlisted_agent_is_refused_where_it_is_decided(tmp_path: P
     assert "stranger is not an agent the agents file lists" in decided["stranger"].reason
     call = Action("create_charge", "stripe", "payment", "high", "t", {"amount": 5}, None)
     assert evaluate_call(call, "retired-bot", config, None).verdict.rules == ("agent-identity",)
+
+
+def test_a_listed_reviewer_is_known_however_the_name_is_spelt(tmp_path: Path) -> None:
+    """Review: README says ` ALICE` is `alice`; with a reviewers file, `--reviewer ALICE` was
+    refused as not a reviewer."""
+    folder = agents_dir(tmp_path)
+    (folder / "reviewers.yaml").write_text("reviewers:\n  - {id: alice, roles: [payments-lead]}\n")
+    reviewers = load_reviewers(folder)
+    assert reviewers.refusal(" ALICE", [["payments-lead"]]) is None
+    assert reviewers.uncovered([" ALICE"], [["payments-lead"]]) == []
+    assert reviewers.refusal("alice2", []) == "alice2 is not a reviewer (reviewers.yaml)"
