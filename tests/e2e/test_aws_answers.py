@@ -114,7 +114,7 @@ def test_a_pending_call_is_retried_by_boto3_and_released_once_approved(proxy: Pr
     assert eventually(
         lambda: any(r.outcome == "pending" for r in runs(proxy) if r.action == "create_instances")
     )
-    assert airlock("approve", waiting["id"], "--db", proxy.db_url).returncode == 0
+    assert airlock("approve", waiting["id"], *proxy.store).returncode == 0
 
     started = call.result(timeout=60)
     assert len(started["Instances"]) == 1

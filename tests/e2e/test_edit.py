@@ -37,7 +37,7 @@ def stripe_agent(proxy: Proxy, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def airlock(proxy: Proxy, *args: str) -> Any:
     return subprocess.run(
-        [sys.executable, "-m", "airlock.console.cli", *args, "--db", proxy.db_url],
+        [sys.executable, "-m", "airlock.console.cli", *args, *proxy.store],
         cwd=PROJECT_ROOT, env=clean_env(), capture_output=True, text=True, timeout=60,
     )  # fmt: skip
 

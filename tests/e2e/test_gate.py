@@ -167,7 +167,7 @@ def test_held_request_waits_for_approval_from_another_process(
     queued = len(pending(proxy))  # the store's queue, whichever instance holds what
     assert eventually(lambda: metric(proxy, "airlock_approvals_pending") == queued)
 
-    approved = airlock("approve", waiting[0]["id"][:8], "--reviewer", "alice", "--db", proxy.db_url)
+    approved = airlock("approve", waiting[0]["id"][:8], "--reviewer", "alice", *proxy.store)
     assert approved.returncode == 0, approved.stderr
 
     response = held.result()
@@ -198,7 +198,7 @@ def test_denied_request_gets_403_with_the_reviewers_reason(
 
     denied = airlock(
         "deny", waiting[0]["id"], "--reason", "customer has open invoices", "--reviewer", "bob",
-        "--db", proxy.db_url,
+        *proxy.store,
     )  # fmt: skip
     assert denied.returncode == 0, denied.stderr
 
@@ -207,7 +207,7 @@ def test_denied_request_gets_403_with_the_reviewers_reason(
     assert response.json()["reason"] == "denied by bob: customer has open invoices"
     assert response.json()["approval"]["state"] == "DENIED"
     assert upstream.count("/v1/customers") == 0
-    again = airlock("approve", waiting[0]["id"], "--db", proxy.db_url)
+    again = airlock("approve", waiting[0]["id"], *proxy.store)
     assert again.returncode == 1
     assert "already DENIED" in again.stderr
 
@@ -228,7 +228,7 @@ def test_a_held_flow_does_not_delay_flows_on_other_connections(
     assert statuses == [200] * 20
     assert upstream.count("/v1/charges") == 20
     assert not held.finished, "the held request was released without a decision"
-    airlock("deny", waiting[0]["id"], "--reason", "cleanup", "--db", proxy.db_url)
+    airlock("deny", waiting[0]["id"], "--reason", "cleanup", *proxy.store)
     assert held.result().status_code == 403
 
 
@@ -315,7 +315,7 @@ def test_hold_timeout_refuses_the_request(
     assert upstream.count() == 0
     record = eventually(lambda: [r for r in runs(proxy) if r.outcome == "expired"])
     assert record
-    late = airlock("approve", response.json()["approval"]["id"], "--db", proxy.db_url)
+    late = airlock("approve", response.json()["approval"]["id"], *proxy.store)
     assert late.returncode == 1 and "already EXPIRED" in late.stderr
 
 
@@ -328,7 +328,7 @@ def test_postgres_store_holds_and_releases_across_processes(
     waiting = eventually(lambda: pending(proxy))
     assert [p["target"] for p in waiting] == ["customer/cus_pg"]
 
-    assert airlock("approve", waiting[0]["id"], "--db", pg_database).returncode == 0
+    assert airlock("approve", waiting[0]["id"], *proxy.store).returncode == 0
 
     assert held.result().status_code == 200
     assert upstream.count("/v1/customers/cus_pg") == 1
@@ -421,7 +421,7 @@ def test_a_restarted_proxy_expires_what_the_stopped_one_held(
 
     start_proxy("--hold-timeout", "60", db_url=first.db_url)
 
-    late = airlock("approve", waiting["id"], "--db", first.db_url)
+    late = airlock("approve", waiting["id"], *first.store)
     assert late.returncode == 1 and "already EXPIRED" in late.stderr
     outcomes = eventually(
         lambda: {r.path: r.outcome for r in runs(first) if r.outcome is not None} or None
@@ -525,6 +525,6 @@ def test_graceful_shutdown_answers_held_requests_503_with_retry_after(
     assert proxy.process.wait(15) == 0
     output = proxy.output()
     assert "Traceback" not in output and "CancelledError" not in output, output[-3000:]
-    late = airlock("approve", waiting["id"], "--db", proxy.db_url)
+    late = airlock("approve", waiting["id"], *proxy.store)
     assert late.returncode == 1 and "already EXPIRED" in late.stderr
     assert upstream.count() == 0

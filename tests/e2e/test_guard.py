@@ -95,8 +95,8 @@ def approve_from_another_process(proxy: Proxy, action: str, state: str = "approv
     engine.dispose()
     assert held, f"no {action} was held"
     subprocess.run(
-        [sys.executable, "-m", "airlock.console.cli", state, held[0].id[:12], "--db",
-         proxy.db_url, "--reviewer", "alice", "--reason", "checked", "--policies",
+        [sys.executable, "-m", "airlock.console.cli", state, held[0].id[:12],
+         *proxy.store, "--reviewer", "alice", "--reason", "checked", "--policies",
          str(proxy.extra_args[1])],
         check=True, cwd=PROJECT_ROOT, env=clean_env(), capture_output=True,
     )  # fmt: skip

@@ -60,7 +60,7 @@ def test_the_same_call_at_two_instances_opens_one_approval_and_goes_out_once(
         [waiting] = eventually(
             lambda: [p for p in pending(first) if p["target"] == "customer/cus_twice"]
         )
-        approved = airlock("approve", waiting["id"], "--reviewer", "alice", "--db", first.db_url)
+        approved = airlock("approve", waiting["id"], "--reviewer", "alice", *first.store)
         assert approved.returncode == 0, approved.stderr
         statuses = sorted(a.result(timeout=60).status_code for a in answers)
 
@@ -99,7 +99,7 @@ def test_an_instance_killed_while_holding_leaves_the_approval_to_the_retry_on_an
     [still] = [p for p in pending(second) if p["target"] == "customer/cus_orphan"]
     assert still["id"] == waiting["id"]
 
-    assert airlock("approve", waiting["id"], "--db", second.db_url).returncode == 0
+    assert airlock("approve", waiting["id"], *second.store).returncode == 0
     assert retry.result(timeout=60).status_code == 200
     assert upstream.count("/v1/customers/cus_orphan") == 1
     assert airlock("audit", "verify", "--db", second.db_url).returncode == 0
@@ -150,7 +150,7 @@ def approve_and_forward_once(
 ) -> None:
     """The approval was left open for the held retry: approving it forwards the retry, once."""
     [waiting] = [p for p in pending(proxy) if p["target"] == f"customer/{customer}"]
-    assert airlock("approve", waiting["id"], "--db", proxy.db_url).returncode == 0
+    assert airlock("approve", waiting["id"], *proxy.store).returncode == 0
     assert held.result(timeout=30).status_code == 200
     assert upstream.count(f"/v1/customers/{customer}") == 1
     assert airlock("audit", "verify", "--db", proxy.db_url).returncode == 0

@@ -168,7 +168,7 @@ def test_past_the_hold_window_the_model_gets_the_approval_id_and_the_retry_runs_
     assert approval["approval_state"] == "PENDING" and approval["approval_id"] in first["text"]
     assert not [c for c in mcp_server.calls("refund") if c["arguments"]["charge"] == "ch_2"]
 
-    done = airlock("approve", approval["approval_id"][:12], "--db", proxy.db_url,
+    done = airlock("approve", approval["approval_id"][:12], *proxy.store,
                    "--reviewer", "alice", "--reason", "customer asked")  # fmt: skip
     assert done.returncode == 0, done.stderr
     [retry, again] = call_tools(proxy, refund, refund)  # a new session, a new JSON-RPC id
@@ -197,7 +197,7 @@ def test_a_call_held_longer_than_a_stream_leg_is_kept_alive_until_approved(
     held = eventually(lambda: pending(proxy), timeout=30)
     eventually(lambda: resumed_legs(proxy) >= 2, timeout=30)  # two legs ended and came back
     assert not agent.finished
-    done = airlock("approve", held[0]["id"][:12], "--db", proxy.db_url, "--reviewer", "alice")
+    done = airlock("approve", held[0]["id"][:12], *proxy.store, "--reviewer", "alice")
     assert done.returncode == 0, done.stderr
     agent.join()
     [[answer]] = answers

@@ -35,10 +35,7 @@ def approve_when_pending(proxy: Proxy, target: str) -> None:
     assert eventually(
         lambda: any(r.outcome == "pending" for r in runs(proxy) if r.target == target)
     )
-    assert (
-        airlock("approve", waiting["id"], "--reviewer", "alice", "--db", proxy.db_url).returncode
-        == 0
-    )
+    assert airlock("approve", waiting["id"], "--reviewer", "alice", *proxy.store).returncode == 0
 
 
 def test_a_retry_joins_the_approval_and_is_forwarded_exactly_once(
@@ -58,7 +55,7 @@ def test_a_retry_joins_the_approval_and_is_forwarded_exactly_once(
 
     second = session.delete(url)  # still pending: held again, then pending again
     assert second.status_code == 503 and second.headers["X-Airlock-Approval-Id"] == approval_id
-    assert airlock("approve", approval_id, "--db", proxy.db_url).returncode == 0
+    assert airlock("approve", approval_id, *proxy.store).returncode == 0
 
     third = session.delete(url)
     assert third.status_code == 200
@@ -90,7 +87,7 @@ def test_attempts_sent_at_once_share_one_approval(proxy: Proxy, upstream: Upstre
     assert [p["id"] for p in pending(proxy) if p["target"] == "customer/cus_at_once"] == [
         approval_id
     ]
-    assert airlock("approve", approval_id, "--db", proxy.db_url).returncode == 0
+    assert airlock("approve", approval_id, *proxy.store).returncode == 0
     session = proxy.session(agent="ops-bot")
     session.headers["Idempotency-Key"] = "at-once-1"
     assert session.delete(url).status_code == 200
@@ -133,7 +130,7 @@ def test_slack_sdk_raises_an_error_that_says_what_is_going_on(
     assert "approval pending" in str(pending_error.value)
     assert pending_error.value.response.status_code == 503
     approval_id = pending_error.value.response.data["approval"]["id"]
-    assert airlock("approve", approval_id, "--db", proxy.db_url).returncode == 0
+    assert airlock("approve", approval_id, *proxy.store).returncode == 0
 
     retried = slack.chat_delete(channel="C0PENDING", ts="1.1")  # the same call, later
     assert retried["ok"] is True
@@ -192,10 +189,7 @@ def test_the_same_request_after_the_approval_window_is_a_new_request(
     url = "https://api.stripe.com/v1/customers/cus_daily"
     first = session.delete(url)
     assert first.status_code == 503
-    assert (
-        airlock("approve", first.headers["X-Airlock-Approval-Id"], "--db", short.db_url).returncode
-        == 0
-    )
+    assert airlock("approve", first.headers["X-Airlock-Approval-Id"], *short.store).returncode == 0
     assert session.delete(url).status_code == 200
     assert session.delete(url).status_code == 409  # within the window: released once
     time.sleep(4.2)
@@ -210,10 +204,7 @@ def test_an_idempotency_key_cannot_carry_an_approval_to_another_request(
     session = proxy.session(agent="ops-bot")
     session.headers["Idempotency-Key"] = "reused-key"
     first = session.delete("https://api.stripe.com/v1/customers/cus_small")
-    assert (
-        airlock("approve", first.headers["X-Airlock-Approval-Id"], "--db", proxy.db_url).returncode
-        == 0
-    )
+    assert airlock("approve", first.headers["X-Airlock-Approval-Id"], *proxy.store).returncode == 0
 
     other = session.delete("https://api.stripe.com/v1/customers/cus_OTHER")
 

@@ -41,16 +41,16 @@ def test_a_quorum_of_two_distinct_reviewers_releases_the_request(
     )
     [waiting] = eventually(lambda: pending(proxy))
 
-    first = airlock("approve", waiting["id"], "--reviewer", "alice", "--db", proxy.db_url)
+    first = airlock("approve", waiting["id"], "--reviewer", "alice", *proxy.store)
     assert "1 of 2 distinct reviewers so far; still held" in first.stdout
     # The agent itself, and under names that read the same (a Unicode hyphen, a zero-width space).
     for name in ("ops-bot", "ops\u2010bot", "ops-\u200bbot"):
-        self_approval = airlock("approve", waiting["id"], "--reviewer", name, "--db", proxy.db_url)
+        self_approval = airlock("approve", waiting["id"], "--reviewer", name, *proxy.store)
         assert self_approval.returncode == 1, name
         assert "nobody approves their own request" in self_approval.stderr, name
     assert not held.finished and upstream.count() == 0
 
-    second = airlock("approve", waiting["id"], "--reviewer", "bob", "--db", proxy.db_url)
+    second = airlock("approve", waiting["id"], "--reviewer", "bob", *proxy.store)
     assert second.returncode == 0 and second.stdout.startswith("approved")
     assert held.result().status_code == 200
     assert upstream.count("/v1/customers/cus_q") == 1

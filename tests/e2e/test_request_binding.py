@@ -27,7 +27,7 @@ def test_an_approval_does_not_release_another_request_that_hashed_alike(
     assert first.status_code == 503  # held, then "approval pending"
     approval = first.headers["X-Airlock-Approval-Id"]
     assert eventually(lambda: [p for p in pending(proxy) if p["id"] == approval])
-    approved = airlock("approve", approval, "--reviewer", "alice", "--db", proxy.db_url)
+    approved = airlock("approve", approval, "--reviewer", "alice", *proxy.store)
     assert approved.returncode == 0, approved.stderr
 
     other = session.post("https://api.example.com/v1/ok%0A%7B%7D%0AX", data=b"BB")
@@ -56,7 +56,7 @@ def test_an_approved_upload_does_not_release_other_bytes_that_read_alike(
     assert first.status_code == 503  # held, then "approval pending"
     approval = first.headers["X-Airlock-Approval-Id"]
     assert eventually(lambda: [p for p in pending(proxy) if p["id"] == approval])
-    approved = airlock("approve", approval, "--reviewer", "alice", "--db", proxy.db_url)
+    approved = airlock("approve", approval, "--reviewer", "alice", *proxy.store)
     assert approved.returncode == 0, approved.stderr
 
     other = session.put("https://api.example.com/bucket/fn.zip", data=other_bytes)

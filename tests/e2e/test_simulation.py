@@ -265,7 +265,7 @@ def test_a_rule_can_hold_a_simulated_write_for_a_reviewer(
     assert held["action"] == "create_payout"
     approved = subprocess.run(
         [sys.executable, "-m", "airlock.console.cli", "approve", held["id"][:12], "--reviewer",
-         "alice", "--reason", "trial", "--db", proxy.db_url],
+         "alice", "--reason", "trial", *proxy.store],
         cwd=PROJECT_ROOT, env=clean_env(), capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert approved.returncode == 0, approved.stderr

@@ -72,9 +72,7 @@ def test_a_live_transfer_is_held_and_never_forwarded_when_denied(
     assert waiting, "the live transfer was not held"
     assert upstream.count("/v1/transfers") == 0
     assert waiting[0]["rules"] == ["stripe-live-money-out-needs-approval"]
-    denial = airlock(
-        "deny", waiting[0]["id"], "--reason", "no live transfers", "--db", proxy.db_url
-    )
+    denial = airlock("deny", waiting[0]["id"], "--reason", "no live transfers", *proxy.store)
     assert denial.returncode == 0, denial.stderr
 
     with pytest.raises(stripe.PermissionError) as refused:

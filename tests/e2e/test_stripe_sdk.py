@@ -74,7 +74,7 @@ def test_customer_deletion_is_held_until_approved(
     )
     assert waiting and upstream.count() == 0
 
-    assert airlock("approve", waiting[0]["id"], "--db", proxy.db_url).returncode == 0
+    assert airlock("approve", waiting[0]["id"], *proxy.store).returncode == 0
 
     deleted = held.result()
     assert deleted.deleted is True  # type: ignore[attr-defined]

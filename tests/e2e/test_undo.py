@@ -43,7 +43,7 @@ def proxy(start_proxy: Callable[..., Proxy], moto_port: int, session_upstream: U
 
 def airlock(proxy: Proxy, *args: str, env: dict[str, str] | None = None) -> Any:
     return subprocess.run(
-        [sys.executable, "-m", "airlock.console.cli", *args, "--db", proxy.db_url],
+        [sys.executable, "-m", "airlock.console.cli", *args, *proxy.store],
         cwd=PROJECT_ROOT, env=clean_env() | (env or {}), capture_output=True, text=True,
         timeout=120,
     )  # fmt: skip

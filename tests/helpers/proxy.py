@@ -100,6 +100,12 @@ class Proxy:
         return f"http://127.0.0.1:{self.port}"
 
     @property
+    def store(self) -> list[str]:
+        """How a reviewer's command on the proxy's host names it: the store, and the data
+        directory (the audit key that seals their decisions, the folders the proxy runs with)."""
+        return ["--db", self.db_url, "--data-dir", str(self.workdir)]
+
+    @property
     def ca_cert(self) -> Path:
         return self.confdir / "mitmproxy-ca-cert.pem"
 
