@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from airlock.console.running import Running, announce, running_proxies
+from airlock.console.running import Running, announce, running_proxies, store_name
 from airlock.console.untrusted import escaped, shown, visible
 from airlock.store.anchor import PUBLIC_FILE
 from airlock.store.locations import (
@@ -74,13 +74,47 @@ def _resolve_locations(args: argparse.Namespace) -> None:
         args.confdir = str(ca_dir(data_dir))
 
 
-def _reviewers_argument(parser: argparse.ArgumentParser) -> None:
+def _reviewers_argument(parser: argparse.ArgumentParser, mappings: bool = False) -> None:
     parser.add_argument(
         "--policies",
-        default=str(SHIPPED_POLICIES),
+        default=None,
         metavar="DIR",
-        help="where reviewers.yaml is, when reviewers are restricted (default: policies/)",
+        help="where reviewers.yaml is, when reviewers are restricted (default: the folder the "
+        "proxy running from --data-dir on this store runs with, else the shipped policies/)",
     )
+    if mappings:
+        parser.add_argument(
+            "--mappings",
+            default=None,
+            metavar="DIR",
+            help="the mappings that say where a held request's params are, to edit them "
+            "(default: the proxy's, as for --policies, else the shipped mappings/)",
+        )
+
+
+def _proxy_folders(args: argparse.Namespace) -> None:
+    """--policies and --mappings not given: the folders of the proxy running from the data
+    directory on this store. The shipped ones would read no reviewers file and let anyone
+    decide what the proxy restricts. Says which it reads when no proxy, or several that
+    disagree, run."""
+    from airlock.console.running import proxies_on
+
+    unset = [name for name in ("policies", "mappings") if getattr(args, name, "") is None]
+    if not unset:
+        return
+    proxies = proxies_on(args.data_dir, args.db)
+    if not proxies:
+        print(f"airlock {args.command}: no proxy is running from {args.data_dir} on this store: "
+              "reading the shipped folders (give --policies DIR, the folder the proxy runs "
+              "with, or the proxy's --data-dir)", file=sys.stderr)  # fmt: skip
+    for name in unset:
+        folders = list(dict.fromkeys(getattr(p, name) for p in proxies))
+        setattr(args, name, folders[0] if folders else str(shipped(name)))
+        if len(folders) > 1:
+            ports = ", ".join(f"{getattr(p, name)} (port {p.port})" for p in proxies)
+            print(f"airlock {args.command}: the proxies on this store run with different "
+                  f"--{name}: {ports}; reading {folders[0]} (give --{name} to choose)",
+                  file=sys.stderr)  # fmt: skip
 
 
 def _unsealed_argument(parser: argparse.ArgumentParser) -> None:
@@ -272,9 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
         "again and released instead; only params read from one body or query location can be "
         "edited",
     )  # fmt: skip
-    approve.add_argument("--mappings", default=str(SHIPPED_MAPPINGS), metavar="DIR")
     _db_argument(approve)
-    _reviewers_argument(approve)
+    _reviewers_argument(approve, mappings=True)
     _unsealed_argument(approve)
 
     deny = commands.add_parser(
@@ -412,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--reviewer", default=getpass.getuser(), help="your name (default: OS user)"
     )
     _db_argument(review)
-    _reviewers_argument(review)
+    _reviewers_argument(review, mappings=True)
     _unsealed_argument(review)
 
     agents = commands.add_parser(
@@ -651,7 +684,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     # (addons/runtime.py), one would end it (the signal's default): it is ignored meanwhile,
     # the configuration being read as the proxy starts anyway.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    announce(args.data_dir, Running(os.getpid(), args.port, str(mappings), str(policies)))
+    running = Running(os.getpid(), args.port, str(mappings), str(policies), store_name(args.db))
+    announce(args.data_dir, running)
     precompiled(config, sources, mappings, policies)  # the proxy below takes it, not the disk
     run_proxy(proxy_arguments(args, confdir))
     return 0
@@ -1141,6 +1175,7 @@ def cmd_decide(args: argparse.Namespace) -> int:
 
     state = APPROVED if args.command == "approve" else DENIED
     engine = _reviewing_engine(args)
+    _proxy_folders(args)
     try:
         edit = _edit_of(engine, args) if getattr(args, "set", None) else None
         settled = resolve_approval(
@@ -1406,6 +1441,7 @@ def cmd_review(args: argparse.Namespace) -> int:
     from airlock.console.review import ReviewApp
 
     engine = _reviewing_engine(args)
+    _proxy_folders(args)
     done = threading.Event()
 
     def checkpoints() -> None:  # each decision signed within a second of its commit
@@ -1415,7 +1451,8 @@ def cmd_review(args: argparse.Namespace) -> int:
     signer = threading.Thread(target=checkpoints, name="airlock-review-checkpoints", daemon=True)
     signer.start()
     try:
-        ReviewApp(engine, args.reviewer, reviewers=_reviewers(args)).run()
+        ReviewApp(engine, args.reviewer, reviewers=_reviewers(args),
+                  mappings=Path(args.mappings)).run()  # fmt: skip
     finally:
         done.set()
         signer.join()

@@ -1,6 +1,7 @@
-"""The proxies running from a data directory, for `airlock reload`.
+"""The proxies running from a data directory, for `airlock reload` and for the reviewers'
+commands (which read the reviewers file and the mappings the proxy runs with).
 
-Each `airlock run` leaves `<data dir>/run/airlock-<port>.json` naming its pid, port and
+Each `airlock run` leaves `<data dir>/run/airlock-<port>.json` naming its pid, port, store and
 configuration folders while it runs; a file whose process is gone is stale and removed.
 """
 
@@ -23,6 +24,26 @@ class Running:
     port: int
     mappings: str
     policies: str
+    db: str = ""  # the store, its password hidden (store_name); "": written before it was named
+
+
+def store_name(url: str) -> str:
+    """A store's URL as a running proxy names it, comparable and without its password."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    from airlock.store.schema import normalise_url
+
+    try:
+        return make_url(normalise_url(url)).render_as_string(hide_password=True)
+    except ArgumentError:
+        return ""
+
+
+def proxies_on(data_dir: Path, url: str) -> list[Running]:
+    """The proxies running from this data directory on this store."""
+    store = store_name(url)
+    return [p for p in running_proxies(data_dir) if p.db in ("", store)]
 
 
 def announce(data_dir: Path, running: Running) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from pathlib import Path
@@ -27,10 +28,49 @@ def test_every_command_has_help(command: list[str], capsys: pytest.CaptureFixtur
     assert "usage: airlock" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("command", ["approve", "deny", "review"])
-def test_deciding_commands_read_the_reviewers_file(command: str) -> None:
-    extra = {"approve": ["x"], "deny": ["x", "--reason", "r"], "review": []}[command]
-    assert build_parser().parse_args([command, *extra]).policies.endswith("policies")
+@pytest.mark.parametrize("command", ["approve", "deny"])
+def test_deciding_commands_read_the_reviewers_file_the_running_proxy_reads(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The proxy runs with --policies mypolicies, whose reviewers.yaml lists alice alone; a
+    reviewer's command without --policies read the shipped folder (no reviewers file) and let
+    mallory decide. It reads the folder of the proxy running from its data directory on its
+    store, and says which it reads when none runs, or several disagree."""
+    from airlock.console.cli import _proxy_folders, _resolve_locations
+    from airlock.console.running import Running, announce, store_name
+    from airlock.store.locations import shipped as shipped_folder
+
+    url, hold = held_in_a_store(tmp_path, run_row("REQUIRE_APPROVAL"))
+    mine, other = tmp_path / "mypolicies", tmp_path / "otherpolicies"
+    for folder in (mine, other):
+        folder.mkdir()
+        (folder / "reviewers.yaml").write_text("reviewers: [{id: alice, roles: [lead]}]\n")
+    decide = [command, hold.approval_id[:8], "--db", url, "--data-dir", str(tmp_path),
+              *(["--reason", "no"] if command == "deny" else [])]  # fmt: skip
+    shipped = str(tmp_path / "shipped-mappings")
+    announce(tmp_path, Running(os.getpid(), 8080, shipped, str(mine), store_name(url)))
+    assert main([*decide, "--reviewer", "mallory"]) == 1
+    assert "mallory is not a reviewer" in capsys.readouterr().err
+
+    (tmp_path / "run" / "airlock-8080.json").unlink()  # no proxy on this store: the shipped
+    announce(tmp_path, Running(os.getpid(), 8081, shipped, str(other), "sqlite:///elsewhere.db"))
+    assert main([*decide, "--reviewer", "mallory", "--policies", str(mine)]) == 1
+    capsys.readouterr()
+
+    def read_from() -> str:
+        args = build_parser().parse_args(decide)
+        _resolve_locations(args)
+        _proxy_folders(args)
+        return str(args.policies)
+
+    assert read_from() == str(shipped_folder("policies"))
+    said = f"no proxy is running from {tmp_path} on this store: reading the shipped folders"
+    assert said in capsys.readouterr().err
+    announce(tmp_path, Running(os.getpid(), 8082, shipped, str(mine), store_name(url)))
+    announce(tmp_path, Running(os.getpid(), 8083, shipped, str(other), store_name(url)))
+    assert read_from() == str(mine)
+    said = f"different --policies: {mine} (port 8082), {other} (port 8083); reading {mine}"
+    assert said in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
