@@ -112,7 +112,10 @@ def _trusts(
     bundle = Path(value)
     if not bundle.is_file():
         return Finding(False, f"{variable}={value} is not a file", fix)
-    if airlock_pem is not None and airlock_pem not in bundle.read_text(errors="replace"):
+    if airlock_pem is None:  # nothing to look for: not a pass
+        what = f"cannot check {variable}: Airlock's CA not found at {ca_cert} ({clients})"
+        return Finding(False, what, "give --data-dir (the proxy's), or start the proxy once")
+    if airlock_pem not in bundle.read_text(errors="replace"):
         return Finding(False, f"{variable}={value} does not hold Airlock's CA ({clients})", fix)
     return Finding(True, f"{variable} trusts Airlock's CA ({clients})")
 

@@ -79,3 +79,17 @@ def test_doctor_exits_1_until_everything_is_set(
     assert "FIX no HTTPS_PROXY: agents connect directly, past Airlock" in out
     assert f"FIX Airlock's CA is not at {tmp_path / 'certs' / 'mitmproxy-ca-cert.pem'}" in out
     assert f"no store at {tmp_path / 'airlock.db'}" in out
+
+
+def test_a_bundle_is_not_said_to_trust_a_ca_that_could_not_be_read(tmp_path: Path) -> None:
+    """Airlock's CA not found (the wrong --data-dir): a set bundle was reported as trusting it."""
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_text(OTHER)
+    missing = tmp_path / "certs" / "mitmproxy-ca-cert.pem"
+    env = {"REQUESTS_CA_BUNDLE": str(bundle)}
+    [finding] = [f for f in diagnose(env, missing, store_ok) if "REQUESTS_CA_BUNDLE" in f.what]
+    assert not finding.ok
+    assert str(finding) == (
+        f"FIX cannot check REQUESTS_CA_BUNDLE: Airlock's CA not found at {missing} (requests)\n"
+        "    → give --data-dir (the proxy's), or start the proxy once"
+    )
