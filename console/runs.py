@@ -70,9 +70,10 @@ def show_run(console: Console, view: RunView, mappings: MappingIndex) -> None:
     _section(console, "Decision")
     console.print(f"  {run['decision']}: {escaped(run['reason'])}")
     console.print(f"  rules: {', '.join(run['rules']) or 'none'}   risk {run['risk']}")
-    for factor in run["risk_factors"] or []:
-        console.print(f"    {escaped(factor.get('name'))} +{factor.get('points')}: "
-                      f"{escaped(str(factor.get('why', '')))}")  # fmt: skip
+    for factor in run["risk_factors"] or []:  # as pipeline/risk.py records them
+        points = int(factor.get("points") or 0)
+        console.print(f"    {escaped(str(factor.get('factor')))} {points:+d}: "
+                      f"{escaped(str(factor.get('detail') or ''))}")  # fmt: skip
     for approval in view.approvals:
         _section(console, f"Approval {approval['id'][:12]}")
         by = f" by {escaped(approval['reviewer'])}" if approval["reviewer"] else ""

@@ -398,3 +398,18 @@ def test_a_reviewer_without_the_audit_key_is_refused_on_a_sealed_store_unless_th
     err = capsys.readouterr().err
     assert f"run {later.id} was edited: decision is 'BLOCK'" in err
     assert "unsealed: events #3..#4 (1 vote, 1 approval)" in err
+
+
+def test_runs_show_names_each_risk_factor_with_its_signed_points(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The factors as the risk score records them (factor, points, detail): they printed as
+    `None +30:`, the name and detail read from keys nothing writes."""
+    factors = [{"factor": "first_time_action", "points": 30, "detail": "agent-a never did this"},
+               {"factor": "test_mode", "points": -10, "detail": "a test key"}]  # fmt: skip
+    row = run_row("REQUIRE_APPROVAL", risk=20, risk_factors=factors)
+    url, _ = held_in_a_store(tmp_path, row)
+    assert main(["runs", "show", row.id, "--db", url]) == 0
+    out = capsys.readouterr().out
+    assert "first_time_action +30: agent-a never did this" in out
+    assert "test_mode -10: a test key" in out and "None +" not in out
