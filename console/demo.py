@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from airlock.console.untrusted import escaped, shown
+from airlock.store.locations import running_from_checkout
 
 HOSTS = ("api.stripe.com", "slack.com", "api.github.com", "s3.amazonaws.com", "api.example.com")
 AGENT = "demo-agent"
@@ -37,6 +38,12 @@ START_TIMEOUT = 60.0
 def run_demo(auto: bool, keep: bool, console: Console) -> int:
     from airlock.console.standins import Upstream
 
+    missing = missing_sdks()
+    if missing:  # before anything starts: the agent would fail call after call
+        print(f"airlock demo: its agent calls the vendors' own SDKs, and {', '.join(missing)} "
+              f"{'is' if len(missing) == 1 else 'are'} not installed here: pip install "
+              f"{' '.join(missing)}", file=sys.stderr)  # fmt: skip
+        return 2
     work = Path(tempfile.mkdtemp(prefix="airlock-demo-"))
     console.print(f"[bold]Airlock demo[/] (everything lives in {work})")
     upstream = Upstream(work / "standins").start()
@@ -71,6 +78,14 @@ def run_demo(auto: bool, keep: bool, console: Console) -> int:
 
 # --- Airlock and the agent ----------------------------------------------------------------------
 
+AGENT_SDKS = ("stripe", "boto3", "slack_sdk")  # what console/demo_agent.py imports
+
+
+def missing_sdks() -> list[str]:
+    import importlib.util
+
+    return [name for name in AGENT_SDKS if importlib.util.find_spec(name) is None]
+
 
 def _start_proxy(work: Path, port: int, upstream_port: int, upstream_ca: Path) -> Any:
     routes = [arg for host in HOSTS for arg in ("--route", f"{host}=127.0.0.1:{upstream_port}")]
@@ -97,7 +112,9 @@ def _wait_for_proxy(proxy: Any, port: int, log: Path) -> None:
 def _start_agent(work: Path, port: int) -> Any:
     """The agent is another process, as a real one is: only the proxy and the CA are set."""
     ca = str(work / "certs" / "mitmproxy-ca-cert.pem")
-    proxy = f"http://{AGENT}@127.0.0.1:{port}"
+    # A password too, or urllib (slack_sdk's transport) and botocore send no credentials at all
+    # and the run is recorded as anonymous; without an agents file the name is taken as given.
+    proxy = f"http://{AGENT}:demo@127.0.0.1:{port}"
     env = os.environ | {
         "HTTPS_PROXY": proxy, "https_proxy": proxy, "NO_PROXY": "", "no_proxy": "",
         "SSL_CERT_FILE": ca, "REQUESTS_CA_BUNDLE": ca, "AWS_CA_BUNDLE": ca,
@@ -201,7 +218,8 @@ def _summary(work: Path, console: Console) -> int:
     )
     verdict = "intact" if report.ok else f"BROKEN: {report.problem}"
     console.print(f"airlock audit verify: audit trail {verdict}: {report.events} events")
-    console.print("Next: `make run` and point your own agent at it (README: Point an agent at it).")
+    start = "make run" if running_from_checkout() else "airlock run"
+    console.print(f"Next: `{start}` and point your own agent at it (README: Point an agent at it).")
     return 0 if report.ok else 1
 
 

@@ -89,14 +89,17 @@ def open_issue() -> str:
         return f"opened: HTTP {answer.status}"
 
 
-def unknown_write() -> str:
-    request = urllib.request.Request(
+def _ticket() -> urllib.request.Request:
+    return urllib.request.Request(
         "https://api.example.com/v1/tickets", method="POST", data=b'{"subject": "refund"}',
         headers={"Content-Type": "application/json"},
     )  # fmt: skip
+
+
+def unknown_write() -> str:
     for _ in range(20):  # a held call is answered 503 "pending": retry, as SDKs do
-        try:
-            with urllib.request.urlopen(request, timeout=60) as answer:
+        try:  # a fresh Request each time: urllib's proxy handling rewrites the one it sends
+            with urllib.request.urlopen(_ticket(), timeout=60) as answer:
                 return f"posted: HTTP {answer.status}"
         except urllib.error.HTTPError as e:
             if e.code != 503:
