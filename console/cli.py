@@ -438,8 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
     review = commands.add_parser(
         "review",
         help="the reviewer console (full-screen)",
-        description="Held requests, live: a = approve, d = deny (reason required), / = filter, "
-        "h = history, q = quit. Talks to the store only, like the proxy.",
+        description="Held requests, live: a = approve, e = edit a param and approve the edited "
+        "request, d = deny (reason required), / = filter, h = history, r = refresh, q = quit. "
+        "Talks to the store only, like the proxy.",
     )
     review.add_argument(
         "--reviewer", default=getpass.getuser(), help="your name (default: OS user)"

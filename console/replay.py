@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from airlock.pipeline.agents import AgentRegistry
 from airlock.pipeline.mappings import Action
-from airlock.pipeline.policies import BLOCK, PolicySet
+from airlock.pipeline.policies import ALLOW, BLOCK, REQUIRE_APPROVAL, PolicySet
 from airlock.store.history import RecordedDecision
 
 
@@ -60,12 +60,22 @@ def replay(
         if NOT_POLICY_RULES & set(run.rules):
             report.not_policy += 1
             continue
+        run = _as_policy_decided(run)
         decision, rules = _decide_again(run, policies, agents)
         report.replayed += 1
         if decision != run.decision:
             report.changes.append(Change(run, decision, rules))
             report.transitions[(run.decision, decision)] += 1
     return report
+
+
+def _as_policy_decided(run: RecordedDecision) -> RecordedDecision:
+    """A request a reviewer approved with an edit is recorded again, as released: ALLOW, the
+    policies having held it (pipeline/edits.py as_approved_edit). Compared as held, or every
+    such run would read as a change to REQUIRE_APPROVAL."""
+    if run.decision == ALLOW and (run.context or {}).get("edit_of"):
+        return replace(run, decision=REQUIRE_APPROVAL)
+    return run
 
 
 def _decide_again(

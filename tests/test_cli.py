@@ -413,3 +413,14 @@ def test_runs_show_names_each_risk_factor_with_its_signed_points(
     out = capsys.readouterr().out
     assert "first_time_action +30: agent-a never did this" in out
     assert "test_mode -10: a test key" in out and "None +" not in out
+
+
+def test_review_and_approve_help_name_every_key_and_flag(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for command in ("review", "approve"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([command, "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "e = edit a param and approve the edited request" in out and "r = refresh" in out
+    assert "--mappings DIR the mappings that say where a held request's params are" in out

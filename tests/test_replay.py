@@ -104,3 +104,19 @@ def test_refusals_no_policy_made_are_not_reported_as_changes(
     )
     changed = replay(recorded_decisions(engine), load_policies(folder), load_agents(folder))
     assert [(c.run.decision, c.decision) for c in changed.changes or []] == [("BLOCK", "ALLOW")]
+
+
+def test_a_release_a_reviewer_edited_is_no_change(engine: Engine, tmp_path: Path) -> None:
+    """An edited request approved is recorded again as released (ALLOW, context edit_of); the
+    policies held it and still do: it was listed as ALLOW → REQUIRE_APPROVAL."""
+    held = run_row("REQUIRE_APPROVAL", params={"amount": 150000})
+    edited = run_row("ALLOW", params={"amount": 50000}, context={"edit_of": held.id})
+    write(engine, DecisionRecord(held), DecisionRecord(edited))
+    candidate = tmp_path / "candidate"
+    candidate.mkdir()
+    (candidate / "p.yaml").write_text(
+        "rules:\n  - {id: charges-held, when: {action: create_charge}, "
+        "decision: REQUIRE_APPROVAL, reason: every charge is held}\n"
+    )
+    report = replay(recorded_decisions(engine), load_policies(candidate))
+    assert report.replayed == 2 and report.changes == []
