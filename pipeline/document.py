@@ -839,7 +839,7 @@ def parse_body(
             return text, "text", f"body is not valid JSON: {e}"
     if kind == "form":
         try:
-            return parse_form(text, lists or not strict), "form", None
+            return parse_form(text, lists or not strict, strict), "form", None
         except ValueError as e:  # too many fields
             return text, "text", f"form body not parsed: {e}"
     if kind == "xml":
@@ -1023,27 +1023,31 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def parse_form(text: str, lists: bool = False) -> dict[str, Any]:
+def parse_form(text: str, lists: bool = False, strict: bool = True) -> dict[str, Any]:
     """Form bodies with the bracket notation SDKs send: a[b]=1&l[0]=x&l[]=y → {a:{b:1}, l:[x,y]}.
 
     A key sent twice (a=1&a=2, a[b]=1&a[b]=2) is refused (Unreadable): upstreams differ on which
     value counts. With `lists` (a vendor whose list notation it is) a plain key repeated becomes
     a list, like the query string. So is a Rack-style `;` between fields (`currency=usd;amount=…`:
-    Rack before 3 splits there, Python and Rack 3 do not). Raises ValueError past
-    MAX_FORM_FIELDS fields.
+    Rack before 3 splits there, Python and Rack 3 do not), and, `strict` (a request), a key
+    whose brackets are misplaced (`amount]`). Raises ValueError past MAX_FORM_FIELDS fields.
     """
     return _form_from_pairs(
-        parse_qsl(text, keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS), lists
+        parse_qsl(text, keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS), lists, strict
     )
 
 
-def _form_from_pairs(pairs: Iterable[tuple[str, str]], lists: bool) -> dict[str, Any]:
+def _form_from_pairs(
+    pairs: Iterable[tuple[str, str]], lists: bool, strict: bool = True
+) -> dict[str, Any]:
     root: dict[str, Any] = {}
     next_index: dict[int, int] = {}  # per node, for "a[]" appends: O(1), not a rescan
     nodes = 0
     for key, value in pairs:
         if ";" in key or ";" in value:
             _no_semicolon_fields(key, value)
+        if strict and ("[" in key or "]" in key):
+            _well_bracketed(key)
         head, _, rest = key.partition("[")
         if rest and key.endswith("]"):
             parts = [head, *_BRACKETS.findall("[" + rest)]
@@ -1068,6 +1072,22 @@ def _no_semicolon_fields(key: str, value: str) -> None:
         raise Unreadable(
             f"the form field {key[:60]!r} holds a ';' before another 'name=': some servers "
             "(Rack before 3) split fields there, others do not"
+        )
+
+
+# A name, then any number of [segments]: `amount`, `metadata[a]`, `items[0][price]`, `expand[]`.
+_BRACKETED_KEY = re.compile(r"[^\[\]]+(?:\[[^\[\]]*\])*\Z")
+
+
+def _well_bracketed(key: str) -> None:
+    """Brackets anywhere else are read differently upstream: Rack 2 reads `amount]`, `[amount]`
+    and `amount]]` as `amount` (the last value counts) and `a[b` as `a[b]`, where Airlock
+    read other keys, so `amount=500&amount]=5000000` charged 5,000,000."""
+    if not _BRACKETED_KEY.match(key):
+        raise Unreadable(
+            f"the form field {key[:60]!r} has misplaced brackets: form servers read it as "
+            "another field (Rack reads `amount]` and `[amount]` as `amount`); a name's "
+            "brackets close each segment, as in `metadata[key]` or `items[0][price]`"
         )
 
 
@@ -1148,7 +1168,7 @@ def parse_multipart(
             pairs.append((field, _uninspected(content)))
         else:
             pairs.append((field, content.decode("utf-8", "replace")))
-    return _form_from_pairs(pairs, lists)
+    return _form_from_pairs(pairs, lists, strict)
 
 
 def _dotted_parts(key: str) -> list[str]:

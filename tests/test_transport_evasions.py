@@ -274,3 +274,53 @@ def test_a_query_service_s_presigned_url_keeps_its_action() -> None:
     _, evaluation = judged("GET", path, host="iam.amazonaws.com")
     assert evaluation.action.operation == "aws.iam.ListUsers"
     assert evaluation.verdict.decision == "ALLOW"
+
+
+# --- Form APIs: keys whose brackets Rack reads as another key ----------------------------------
+
+STRIPE = "api.stripe.com"
+STRIPE_KEY = ("Authorization", "Bearer sk_live_x")
+
+
+@pytest.mark.parametrize(
+    "extra",
+    ["amount]=5000000", "[amount]=5000000", "amount]]=5000000", "amount[=5000000",
+     "metadata[a=1", "metadata[a]b=1", "metadata]a[b]=1", "metadata[a[b]]=1", "[]=1"],
+)  # fmt: skip
+def test_a_form_key_with_misplaced_brackets_is_refused(extra: str) -> None:
+    # Rack 2 reads `amount]`, `[amount]` and `amount]]` as `amount`, the last value counting:
+    # Stripe would charge 5,000,000 where Airlock read 500
+    body = f"amount=500&currency=usd&{extra}".encode()
+    _, evaluation = judged("POST", "/v1/charges", [STRIPE_KEY, FORM], body, host=STRIPE)
+    refused(evaluation, repr(extra.split("=")[0]), "misplaced brackets")
+
+
+def test_misplaced_brackets_are_refused_in_the_query_and_in_multipart_fields() -> None:
+    _, evaluation = judged(
+        "POST", "/v1/refunds?amount]]=900000", [STRIPE_KEY, FORM], b"charge=ch_1&amount=100",
+        host=STRIPE,
+    )  # fmt: skip
+    refused(evaluation, "'amount]]'", "misplaced brackets")
+    multipart = (
+        b'--b\r\nContent-Disposition: form-data; name="amount"\r\n\r\n500\r\n'
+        b'--b\r\nContent-Disposition: form-data; name="[amount]"\r\n\r\n5000000\r\n--b--\r\n'
+    )
+    _, evaluation = judged(
+        "POST", "/v1/charges", [STRIPE_KEY, ("Content-Type", "multipart/form-data; boundary=b")],
+        multipart, host=STRIPE,
+    )  # fmt: skip
+    refused(evaluation, "'[amount]'", "misplaced brackets")
+
+
+def test_stripe_s_own_bracketed_keys_are_read() -> None:
+    body = (
+        b"amount=500&currency=usd&metadata[order]=42&expand[]=customer&expand[]=invoice"
+        b"&items[0][price]=price_1&items[0][quantity]=2"
+    )
+    document, evaluation = judged("POST", "/v1/charges", [STRIPE_KEY, FORM], body, host=STRIPE)
+    assert "request_error" not in document
+    assert document["body"]["metadata"] == {"order": "42"}
+    assert document["body"]["expand"] == ["customer", "invoice"]
+    assert document["body"]["items"] == [{"price": "price_1", "quantity": "2"}]
+    assert evaluation.action.params["amount"] == 500
+    assert evaluation.verdict.decision != "BLOCK"
