@@ -38,8 +38,16 @@ from airlock.pipeline.mappings import (
     unknown_servers,
 )
 from airlock.pipeline.operations import OperationIndex, load_catalog
-from airlock.pipeline.policies import PolicySet, Rule, load_policy_file
-from airlock.pipeline.yaml_source import ConfigError, Node, Seq, Where, load_yaml, refuse_nested
+from airlock.pipeline.policies import PolicySet, Rule, holds_rules, load_policy_file
+from airlock.pipeline.yaml_source import (
+    ConfigError,
+    Node,
+    Seq,
+    Where,
+    load_yaml,
+    refuse_nested,
+    top_level_yaml,
+)
 
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
 
@@ -68,14 +76,47 @@ def validator(kind: str) -> Draft202012Validator:
     return Draft202012Validator(schema)
 
 
-def yaml_paths(paths: Iterable[Path]) -> list[Path]:
-    found: list[Path] = []
+MAPPINGS_FOLDER, POLICIES_FOLDER = "mappings", "policies"  # what `airlock run` reads by default
+
+
+def yaml_paths(paths: Iterable[Path]) -> list[tuple[Path, str | None]]:
+    """Each file to check with the kind the proxy would read it as: a folder's files as the
+    loader lists them (its top level, no policy tests, no hidden or nested folders), all
+    mappings or all policies (and identities) as the folder is one or the other; a file named
+    alone, by its content (None)."""
+    found: list[tuple[Path, str | None]] = []
     for path in paths:
-        if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml"))
-        else:
-            found.append(path)
+        if not path.is_dir():
+            found.append((path, None))
+            continue
+        files = top_level_yaml(path)
+        role = _folder_role(path, files)
+        found += [(file, _kind_in(role, file)) for file in files]
     return found
+
+
+def _folder_role(folder: Path, files: list[Path]) -> str:
+    """Whether the proxy would read the folder as its mappings or its policies: by its name
+    when it is one of `airlock run`'s defaults, else by what most of its files hold."""
+    if folder.resolve().name in (MAPPINGS_FOLDER, POLICIES_FOLDER):
+        return folder.resolve().name
+    kinds = []
+    for file in files:
+        try:
+            kinds.append(kind_of(load_yaml(file), file))
+        except ConfigError:
+            continue  # reported when the file is checked
+    mappings = kinds.count("mapping")
+    return MAPPINGS_FOLDER if mappings > len(kinds) - mappings else POLICIES_FOLDER
+
+
+def _kind_in(role: str, file: Path) -> str:
+    """What the loader reads a file of that folder as (load_mappings, load_policies)."""
+    if role == MAPPINGS_FOLDER:
+        return "mapping"
+    if holds_rules(file):
+        return "policy"
+    return "agents" if file.name == AGENTS_FILE else "reviewers"
 
 
 def kind_of(document: Any, path: Path) -> str:
@@ -99,10 +140,10 @@ def check(paths: Iterable[Path]) -> Report:
     rules: list[Rule] = []
     operations = load_catalog()
     servers: dict[str, tuple[str, ...]] = {}  # MCP server names, from every mapping file
-    for path in files:
+    for path, kind in files:
         if path.name.endswith((".test.yaml", ".test.yml")):
             continue  # policy tests are checked by `airlock test`
-        problems += _check_file(path, mappings, rules, operations, servers)
+        problems += _check_file(path, kind, mappings, rules, operations, servers)
     problems += _duplicates(mappings, rules)
     problems += [Problem(e.where, e.message) for e in unknown_servers(mappings, servers)]
     if mappings and rules:  # what they must agree on, when both are being checked
@@ -112,7 +153,7 @@ def check(paths: Iterable[Path]) -> Report:
         )  # fmt: skip
         problems += [Problem(e.where, e.message) for e in together]
     warnings = [Problem(e.where, f"warning: {e.message}") for e in shadowed_rules(rules)]
-    problems += _reviewer_roles(files, rules)
+    problems += _reviewer_roles([path for path, _ in files], rules)
     problems += [
         Problem(
             later.where,
@@ -197,6 +238,7 @@ def _position(problem: Problem) -> tuple[str, int, int]:
 
 def _check_file(
     path: Path,
+    kind: str | None,
     mappings: list[Mapping],
     rules: list[Rule],
     operations: OperationIndex,
@@ -208,7 +250,7 @@ def _check_file(
         return [Problem(e.where, e.message)]
     if document is None:
         return []
-    kind = kind_of(document, path)
+    kind = kind or kind_of(document, path)
     if kind in ("agents", "reviewers"):
         try:
             (load_agents if kind == "agents" else load_reviewers)(path.parent)

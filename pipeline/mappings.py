@@ -685,6 +685,13 @@ def load_mapping_file(
         return []
     if not isinstance(root, Node):
         raise ConfigError(f"{path}:1:1", "a mapping file must be a YAML mapping with 'mappings:'")
+    for key in ("rules", "default"):
+        if key in root and "mappings" not in root:
+            raise ConfigError(
+                root.key_at(key),
+                f"a policy file (it has '{key}:') in the mappings folder, where every file is "
+                "read as mappings: move it to the policies folder",
+            )
     expect_keys(root, _FILE_KEYS, {"provider", "mappings"}, "mapping file")
     expect_type(root, "provider", root["provider"], str, "a string")
     default_hosts = _hosts(root, "hosts") if "hosts" in root else ()

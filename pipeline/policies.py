@@ -413,8 +413,8 @@ def load_policies(directory: Path) -> PolicySet:
     rules: list[Rule] = []
     posture = DefaultPosture()
     for path in yaml_files(directory):
-        if path.name in (AGENTS_FILE, REVIEWERS_FILE):
-            continue  # identities, not rules: pipeline/agents.py reads them
+        if not holds_rules(path):
+            continue
         file_rules, default = load_policy_file(path, start=len(rules))
         rules.extend(file_rules)
         if default:
@@ -429,6 +429,12 @@ def load_policies(directory: Path) -> PolicySet:
     return PolicySet(rules, posture)
 
 
+def holds_rules(path: Path) -> bool:
+    """Every file of the policies folder holds rules, but the identities (pipeline/agents.py
+    reads them)."""
+    return path.name not in (AGENTS_FILE, REVIEWERS_FILE)
+
+
 def load_policy_file(
     path: Path, start: int = 0, errors: list[ConfigError] | None = None
 ) -> tuple[list[Rule], DefaultPosture | None]:
@@ -438,6 +444,12 @@ def load_policy_file(
         return [], None
     if not isinstance(root, Node):
         raise ConfigError(f"{path}:1:1", "a policy file must be a YAML mapping with 'rules:'")
+    if "mappings" in root:
+        raise ConfigError(
+            root.key_at("mappings"),
+            "a mapping file (it has 'mappings:') in the policies folder, where every file is "
+            "read as policies: move it to the mappings folder",
+        )
     expect_keys(root, _FILE_KEYS, set(), "policy file")
     default = _default_posture(root) if "default" in root else None
     entries = root.get("rules")

@@ -228,16 +228,21 @@ def yaml_files(directory: Path) -> list[Path]:
     elif not directory.is_dir():
         raise ConfigError(str(directory), "no such directory")
     else:
-        files = sorted(
-            p
-            for p in directory.iterdir()
-            if p.suffix in (".yaml", ".yml") and not p.name.endswith((".test.yaml", ".test.yml"))
-        )
+        files = top_level_yaml(directory)
         refuse_nested(directory)
     recording = _recording.get()
     if recording is not None:
         recording["folders"][str(directory)] = [str(p) for p in files]
     return files
+
+
+def top_level_yaml(directory: Path) -> list[Path]:
+    """The YAML files a folder's configuration is read from (policy tests are not)."""
+    return sorted(
+        p
+        for p in directory.iterdir()
+        if p.suffix in (".yaml", ".yml") and not p.name.endswith((".test.yaml", ".test.yml"))
+    )
 
 
 def refuse_nested(directory: Path) -> None:

@@ -532,6 +532,32 @@ def test_a_policy_filed_in_a_subfolder_is_a_load_error_not_ignored(tmp_path: Pat
                for problem in lines([PROJECT_ROOT / "mappings", policies]))  # fmt: skip
 
 
+def test_check_reads_a_folder_as_the_proxy_does(tmp_path: Path) -> None:
+    """A mapping file left among the policies passed check (classified by its content) while
+    the proxy, reading every file there as policies, refused to start; a hidden folder's YAML
+    (.github) was checked, though the proxy never reads it."""
+    from airlock.pipeline.evaluation import Config
+    from airlock.pipeline.yaml_source import ConfigError
+
+    policies = tmp_path / "policies"
+    write(policies, "p.yaml", "rules:\n  - {id: r, when: {action: create_charge}, "
+          "decision: BLOCK}\n")  # fmt: skip
+    write(policies / ".github", "ci.yaml", "on: {push: {branches: [main]}}\njobs: 3\n")
+    assert lines([PROJECT_ROOT / "mappings", policies]) == []
+    stray = write(policies, "acme.yaml", """
+        provider: acme
+        hosts: [api.acme.test]
+        mappings:
+          - {id: acme.x, action: acme_x, method: POST, path: /x}
+        """)  # fmt: skip
+    says = (f"{stray}:3:1: a mapping file (it has 'mappings:') in the policies folder, where "
+            "every file is read as policies: move it to the mappings folder")  # fmt: skip
+    assert says in lines([PROJECT_ROOT / "mappings", policies])
+    with pytest.raises(ConfigError) as error:
+        Config.load(PROJECT_ROOT / "mappings", policies)
+    assert str(error.value) == says
+
+
 def test_rules_that_tell_agents_apart_by_name_warn_without_an_agents_file(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
