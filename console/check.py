@@ -146,11 +146,11 @@ def check(paths: Iterable[Path]) -> Report:
         problems += _check_file(path, kind, mappings, rules, operations, servers)
     problems += _duplicates(mappings, rules)
     problems += [Problem(e.where, e.message) for e in unknown_servers(mappings, servers)]
+    agents, unreadable = _agents_beside(rules)
     if mappings and rules:  # what they must agree on, when both are being checked
         together = configuration_problems(
-            MappingIndex(mappings, operations, servers), PolicySet(rules, "ALLOW"),
-            _agents_beside(rules),
-        )  # fmt: skip
+            MappingIndex(mappings, operations, servers), PolicySet(rules, "ALLOW"), agents
+        )
         problems += [Problem(e.where, e.message) for e in together]
     warnings = [Problem(e.where, f"warning: {e.message}") for e in shadowed_rules(rules)]
     problems += _reviewer_roles([path for path, _ in files], rules)
@@ -162,7 +162,9 @@ def check(paths: Iterable[Path]) -> Report:
         )
         for later, earlier in shadowed_mappings(mappings)
     ]
-    trusted = names_on_trust(rules, _agents_beside(rules)) if rules else []
+    # An agents file that does not load is reported as such, not as "no agents file".
+    trusted = names_on_trust(rules, agents) if rules and not unreadable else []
+    problems = list(dict.fromkeys(problems))  # one error reached twice (reviewers load agents)
     return Report(len(files), sorted(problems, key=_position), sorted(warnings, key=_position),
                   sorted(trusted, key=_position))  # fmt: skip
 
@@ -203,16 +205,17 @@ def _unread_subfolders(paths: list[Path]) -> list[Problem]:
     return problems
 
 
-def _agents_beside(rules: list[Rule]) -> Any:
+def _agents_beside(rules: list[Rule]) -> tuple[AgentRegistry | None, bool]:
     """The agents file beside the policies, for the roles rules name, when they come from one
-    folder (as `airlock run --policies` reads them); None: roles are not checked."""
+    folder (as `airlock run --policies` reads them), None when roles are not checked; and
+    whether that file exists but does not load (reported with its own file)."""
     folders = {Path(rule.where.file).parent for rule in rules}
     if len(folders) != 1:
-        return None
+        return None, False
     try:
-        return load_agents(folders.pop())
+        return load_agents(folders.pop()), False
     except ConfigError:
-        return None  # reported with its own file
+        return None, True
 
 
 def _reviewer_roles(files: list[Path], rules: list[Rule]) -> list[Problem]:

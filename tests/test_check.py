@@ -159,6 +159,15 @@ def test_agents_that_reach_nothing_and_undefined_roles_are_reported(tmp_path: Pa
     )
     [problem] = check([tmp_path]).problems
     assert "role 'opps', which 'roles:' does not define (defined: ops)" in str(problem)
+    # With a reviewers file and a rule per agent beside it: the typo once (the reviewers file
+    # loads the agents file too), and no warning that there is no agents file (found by review).
+    (tmp_path / "reviewers.yaml").write_text("reviewers:\n  - {id: alice}\n")
+    (tmp_path / "p.yaml").write_text(
+        "rules:\n  - {id: per-agent, when: {agent: ops-bot}, decision: BLOCK}\n"
+    )
+    report = check([tmp_path])
+    [problem] = report.problems
+    assert "role 'opps'" in str(problem) and report.names_on_trust == []
 
 
 def test_rules_that_break_or_never_fire_at_runtime_are_all_reported(tmp_path: Path) -> None:
