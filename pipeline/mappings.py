@@ -27,6 +27,7 @@ from airlock.pipeline.hosts import host_glob_regex
 from airlock.pipeline.mcp import (
     TOOLS_CALL,
     McpError,
+    ambiguous_key,
     extra_members,
     is_batch,
     is_read,
@@ -502,6 +503,14 @@ class MappingIndex:
         `mcp.<server>.<tool>`; the protocol's own methods as reads."""
         server = self.servers.name_of(document["host"])
         method = message.get("method")
+        ambiguous = ambiguous_key(message)
+        if ambiguous is not None:
+            known = mcp_method_action(server, method, False)
+            raise MappingError(
+                f"{ambiguous}: the server may run another call than the one judged "
+                "(Go's encoding/json, as mark3labs/mcp-go decodes, takes the last such key)",
+                known,
+            )
         if method != TOOLS_CALL:
             return mcp_method_action(server, method, is_read(message))
         try:

@@ -13,6 +13,7 @@ method MCP does not define is a tool call of unknown meaning.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from airlock.pipeline.document import Document
@@ -88,6 +89,75 @@ def extra_members(document: Document) -> list[str]:
         if isinstance(message, dict) and message.get("jsonrpc") == JSONRPC and "method" in message:
             found.update(k for k in message if k not in JSONRPC_MEMBERS)
     return sorted(found)
+
+
+# The params members MCP defines (client requests and notifications, 2026-07-28 revision) and
+# `_meta`'s: a key spelt otherwise that a case-insensitive server reads as one is refused.
+PARAM_NAMES = frozenset(
+    {
+        "_meta", "name", "arguments", "task", "uri", "cursor", "protocolVersion", "capabilities",
+        "clientInfo", "ref", "argument", "context", "level", "taskId", "requestId", "reason",
+        "progressToken", "progress", "total", "message",
+    }
+)  # fmt: skip
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+_ONE_KEY = "which servers that match keys without regard to case read as"
+
+
+def folded(key: str) -> str:
+    """A JSON key as servers that match keys without regard to case read it. Go's encoding/json
+    (mark3labs/mcp-go, the official go-sdk before v1.3.1) compares by Unicode simple case
+    folding: `Name` is `name`, and U+017F (long s) and U+212A (Kelvin sign) are `s` and `k`;
+    .NET's ignore-case compares upper cases (U+0131, dotless i, is `i`). Upper case then
+    casefold equates all that either does (checked against every code point); Go reads a lone
+    surrogate escape as U+FFFD."""
+    return _SURROGATE.sub("\ufffd", key).upper().casefold()
+
+
+_FOLDED_PARAM_NAMES = {folded(name): name for name in PARAM_NAMES}
+
+
+def ambiguous_key(message: dict[str, Any]) -> str | None:
+    """Why a message cannot be judged as it runs, or None. Such a server takes the last of two
+    keys it reads as one (`name` and `Name`) and reads `Arguments` as `arguments`, where Airlock
+    judges the exact key: an object at any depth with two such keys is refused, and so are
+    params (or their `_meta`) with a key spelt otherwise than the member MCP defines."""
+    for where, members in _params_and_meta(message):
+        for key in members:
+            meant = _FOLDED_PARAM_NAMES.get(folded(key))
+            if meant is not None and key != meant:
+                return f"{where} has the key {key[:60]!r}, {_ONE_KEY} {meant!r}"
+    containers: list[tuple[str, Any]] = [("", message)]
+    while containers:  # without recursion: a body may nest as deep as the parser allows
+        where, value = containers.pop()
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        clash = _colliding_keys(value) if isinstance(value, dict) else None
+        if clash is not None:
+            keys = f"the keys {clash[0][:60]!r} and {clash[1][:60]!r}"
+            return f"{where or 'the message'} has {keys}, {_ONE_KEY} one"
+        containers.extend(
+            (f"{where}.{key}" if where else str(key), item)
+            for key, item in items
+            if isinstance(item, dict | list)
+        )
+    return None
+
+
+def _params_and_meta(message: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    params = message.get("params")
+    if not isinstance(params, dict):
+        return []
+    meta = params.get("_meta")
+    return [("params", params)] + ([("params._meta", meta)] if isinstance(meta, dict) else [])
+
+
+def _colliding_keys(value: dict[str, Any]) -> tuple[str, str] | None:
+    seen: dict[str, str] = {}
+    for key in value:
+        first = seen.setdefault(folded(key), key)
+        if first != key:
+            return first, key
+    return None
 
 
 def is_session_request(document: Document) -> bool:

@@ -555,3 +555,49 @@ def test_on_a_vendor_host_the_vendors_operation_still_wins_over_extra_members() 
     evaluation = evaluate(document, BASELINE)
     assert evaluation.action.operation == "aws.lambda.Invoke"
     assert "JSON-RPC does not define" not in str(evaluation.verdict.reason)
+
+
+RULES_BY_TOOL = """
+rules:
+  - {id: adding-is-fine, when: {action: "mcp.*.add"}, decision: ALLOW, reason: Arithmetic.}
+  - {id: small-refunds, when: {action: "mcp.*.refund", params: {amount: {lt: 100}}},
+     decision: ALLOW, reason: Small.}
+"""
+
+
+@pytest.mark.parametrize(
+    ("params", "said"),
+    [
+        # Go's encoding/json (mark3labs/mcp-go) runs delete_repo: the last key it folds to `name`
+        ({"name": "add", "arguments": {}, "Name": "delete_repo", "Arguments": {"repo": "a/b"}},
+         "'Name', which servers that match keys without regard to case read as 'name'"),
+        ({"name": "add", "ARGUMENTS": {"a": 1}}, "'ARGUMENTS'"),
+        ({"name": "refund", "arguments": {"amount": 5}, "argument\u017f": {"amount": 5000}},
+         "'argument\u017f'"),  # long s folds to s
+        ({"name": "refund", "arguments": {"amount": 5, "Amount": 5000}},
+         "params.arguments has the keys 'amount' and 'Amount'"),
+        ({"name": "refund", "arguments": {"amount": 5, "items": [{"k": 1, "\u212a": 2}]}},
+         "params.arguments.items.0 has the keys 'k' and '\u212a'"),  # the Kelvin sign
+        ({"name": "add", "arguments": {}, "_meta": {"progressToken": 1, "ProgressToken": 2}},
+         "'ProgressToken'"),
+    ],
+)  # fmt: skip
+def test_keys_a_case_insensitive_server_reads_as_one_are_refused(
+    tmp_path: Path, params: dict[str, Any], said: str
+) -> None:
+    (tmp_path / "tools.yaml").write_text(RULES_BY_TOOL)
+    config = Config(SHIPPED, load_policies(tmp_path))
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params}
+    evaluation = evaluate(request(body), config)
+    assert evaluation.verdict.decision == "BLOCK"
+    assert said in evaluation.verdict.reason
+    assert evaluation.action.context["protocol"] == "mcp"  # the model reads why, as a tool error
+    batch = evaluate(request([call(1, "add"), {**body, "id": 2}]), config)
+    assert batch.verdict.decision == "BLOCK"
+
+
+def test_keys_that_differ_beyond_case_still_pass(tmp_path: Path) -> None:
+    (tmp_path / "tools.yaml").write_text(RULES_BY_TOOL)
+    config = Config(SHIPPED, load_policies(tmp_path))
+    body = call(1, "refund", {"amount": 5, "amounts": [1], "amount_2": {"Amount": 1}})
+    assert evaluate(request(body), config).verdict.decision == "ALLOW"
