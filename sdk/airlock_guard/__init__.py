@@ -32,7 +32,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable, Generator
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -227,6 +227,8 @@ class guard:
             return
         status = "succeeded" if error is None else "failed"
         detail = None if error is None else f"{type(error).__name__}: {error}"
+        if isinstance(error, GeneratorExit):
+            detail = "GeneratorExit: closed by its caller before it finished"
         with contextlib.suppress(AirlockError):
             self.client.outcome(self.answer["request_id"], status, detail)
 
@@ -253,25 +255,17 @@ class guard:
     # --- decorator ---------------------------------------------------------------------------
 
     def __call__(self, function: Callable[..., Any]) -> Callable[..., Any]:
-        if inspect.iscoroutinefunction(function):
+        # A generator's body runs as it is iterated, after the call returns: its outcome is
+        # known once it is exhausted or fails, and it is admitted when first iterated.
+        if inspect.isasyncgenfunction(function):
+            return self._async_generator(function)
+        if inspect.isgeneratorfunction(function):
+            return self._generator(function)
+        if _is_async(function):
+            return self._coroutine(function)
+        return self._function(function)
 
-            @functools.wraps(function)
-            async def guarded_async(*args: Any, **kwargs: Any) -> Any:
-                once = self._fresh()
-                try:
-                    await asyncio.to_thread(once.admit, *args, **kwargs)
-                except Simulated:
-                    return once.stand_in(args, kwargs)
-                try:
-                    result = await function(*args, **kwargs)
-                except BaseException as e:
-                    await asyncio.to_thread(once.record, e)
-                    raise
-                await asyncio.to_thread(once.record, None)
-                return result
-
-            return guarded_async
-
+    def _function(self, function: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(function)
         def guarded(*args: Any, **kwargs: Any) -> Any:
             once = self._fresh()
@@ -284,10 +278,91 @@ class guard:
             except BaseException as e:
                 once.record(e)
                 raise
+            # What runs later (an awaitable, a generator) is recorded when it has run.
+            if inspect.isawaitable(result):
+                return once._recorded_awaitable(lambda: result)
+            if inspect.isgenerator(result):
+                return once._recorded_items(lambda: result)
+            if inspect.isasyncgen(result):
+                return once._recorded_async_items(lambda: result)
             once.record(None)
             return result
 
         return guarded
+
+    def _coroutine(self, function: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(function)
+        async def guarded_async(*args: Any, **kwargs: Any) -> Any:
+            once = self._fresh()
+            try:
+                await asyncio.to_thread(once.admit, *args, **kwargs)
+            except Simulated:
+                return once.stand_in(args, kwargs)
+            return await once._recorded_awaitable(lambda: function(*args, **kwargs))
+
+        return guarded_async
+
+    def _generator(self, function: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(function)
+        def guarded_generator(*args: Any, **kwargs: Any) -> Any:
+            once = self._fresh()
+            try:
+                once.admit(*args, **kwargs)
+            except Simulated:
+                yield from once.stand_in(args, kwargs) or ()
+                return None
+            return (yield from once._recorded_items(lambda: function(*args, **kwargs)))
+
+        return guarded_generator
+
+    def _async_generator(self, function: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(function)
+        async def guarded_async_generator(*args: Any, **kwargs: Any) -> Any:
+            once = self._fresh()
+            try:
+                await asyncio.to_thread(once.admit, *args, **kwargs)
+            except Simulated:
+                for item in once.stand_in(args, kwargs) or ():
+                    yield item
+                return
+            recorded = once._recorded_async_items(lambda: function(*args, **kwargs))
+            async with contextlib.aclosing(recorded):  # closed early: the body is closed too
+                async for item in recorded:
+                    yield item
+
+        return guarded_async_generator
+
+    # Each takes what starts the code: a call that raises at once is recorded as failed too.
+    async def _recorded_awaitable(self, start: Callable[[], Any]) -> Any:
+        try:
+            value = await start()
+        except BaseException as e:
+            await asyncio.to_thread(self.record, e)
+            raise
+        await asyncio.to_thread(self.record, None)
+        return value
+
+    def _recorded_items(
+        self, start: Callable[[], Generator[Any, Any, Any]]
+    ) -> Generator[Any, Any, Any]:
+        try:
+            result = yield from start()  # send, throw and close reach the body as they would
+        except BaseException as e:  # GeneratorExit: closed by its caller before it finished
+            self.record(e)
+            raise
+        self.record(None)
+        return result
+
+    async def _recorded_async_items(self, start: Callable[[], AsyncGenerator[Any, Any]]) -> Any:
+        try:
+            items = start()
+            async with contextlib.aclosing(items):
+                async for item in items:
+                    yield item
+        except BaseException as e:
+            await asyncio.to_thread(self.record, e)
+            raise
+        await asyncio.to_thread(self.record, None)
 
     def stand_in(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """What a decorated function returns when it is on trial and not run."""
@@ -300,3 +375,9 @@ class guard:
             context=self.context, idempotency_key=self.idempotency_key, wait=self.wait,
             client=self.client, server=self.server, simulated=self.simulated,
         )  # fmt: skip
+
+
+def _is_async(function: Callable[..., Any]) -> bool:
+    """A coroutine function, or an object whose __call__ is one (a partial of one is too)."""
+    call = type(function).__call__
+    return inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(call)

@@ -543,3 +543,79 @@ def test_beside_mitmproxys_own_proxyauth_the_guard_api_asks_for_the_same_credent
         assert run.agent == "ops-bot"
     finally:
         proxy.stop()
+
+
+def outcome_of(airlock: Proxy, table: str) -> tuple[str, Any]:
+    """The outcome recorded on the run_sql run of this statement, once there is one."""
+    deadline = time.monotonic() + 5
+    while True:
+        found = [r for r in runs(airlock, action="run_sql") if r.params == {"statement": table}]
+        if found and found[0].outcome:
+            return found[0].outcome, found[0].outcome_detail
+        assert time.monotonic() < deadline, f"no outcome was recorded for {table}"
+        time.sleep(0.05)
+
+
+def test_a_generators_outcome_is_what_its_body_did_once_iterated(airlock: Proxy) -> None:
+    """A decorated generator runs as it is iterated: it is admitted before its first item and
+    its outcome is recorded when it is exhausted or fails, not when the call returns it."""
+    ran: list[str] = []
+
+    def exporting(table: str) -> guard:
+        return guard("run_sql", target="db/prod", params={"statement": table},
+                     client=client(airlock))  # fmt: skip
+
+    @exporting("SELECT * FROM export_users")
+    def rows() -> Iterator[int]:
+        ran.append("users")
+        yield 1
+        raise RuntimeError("export failed half way")
+
+    @exporting("SELECT * FROM export_orders")
+    async def async_rows() -> Any:
+        ran.append("orders")
+        yield 1
+        raise RuntimeError("async export failed half way")
+
+    @exporting("SELECT * FROM export_refunds")
+    async def async_all_rows() -> Any:
+        await asyncio.sleep(0)
+        yield 1
+
+    @exporting("DROP TABLE export_users")
+    def dropping() -> Iterator[int]:
+        ran.append("drop")
+        yield 1
+
+    async def consume(items: Any) -> list[Any]:
+        return [item async for item in items]
+
+    with pytest.raises(RuntimeError, match="export failed half way"):
+        list(rows())
+    with pytest.raises(RuntimeError, match="async export failed half way"):
+        asyncio.run(consume(async_rows()))
+    assert asyncio.run(consume(async_all_rows())) == [1]
+    with pytest.raises(Blocked):
+        next(dropping())
+    assert ran == ["users", "orders"]
+    assert outcome_of(airlock, "SELECT * FROM export_users") == (
+        "failed", {"detail": "RuntimeError: export failed half way"}
+    )  # fmt: skip
+    assert outcome_of(airlock, "SELECT * FROM export_orders") == (
+        "failed", {"detail": "RuntimeError: async export failed half way"}
+    )  # fmt: skip
+    assert outcome_of(airlock, "SELECT * FROM export_refunds") == ("succeeded", None)
+
+
+def test_a_callable_that_returns_an_awaitable_is_recorded_once_awaited(airlock: Proxy) -> None:
+    async def failing() -> None:
+        await asyncio.sleep(0)
+        raise RuntimeError("the query was cancelled")
+
+    statement = {"statement": "SELECT * FROM export_invoices"}
+    query = guard("run_sql", "db/prod", statement, client=client(airlock))(lambda: failing())
+    with pytest.raises(RuntimeError):
+        asyncio.run(query())
+    assert outcome_of(airlock, "SELECT * FROM export_invoices") == (
+        "failed", {"detail": "RuntimeError: the query was cancelled"}
+    )  # fmt: skip
