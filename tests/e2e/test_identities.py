@@ -66,3 +66,34 @@ def test_a_tunnel_opened_before_a_reload_answers_to_the_new_agents_file(
     assert upstream.count("/v1/charges") == sent
     refused = eventually(lambda: [r for r in runs(proxy) if r.status == 407])
     assert [r.agent for r in refused] == ["billing-bot"]
+
+
+def test_a_held_request_of_an_agent_disabled_meanwhile_is_not_sent_once_approved(
+    start_proxy: Callable[..., Proxy], upstream: Upstream, tmp_path: Path
+) -> None:
+    """Review: an agent revoked by a reload while its request was held still had it sent once
+    a reviewer (who did not know) approved it."""
+    from tests.e2e.test_gate import Background, pending
+
+    policies = agents_dir(tmp_path)
+    proxy = start_proxy("--policies", str(policies), "--hold-timeout", "30")
+    session = proxy.session(agent="ops-bot", key=KEY)
+    held = Background(lambda: session.delete("https://api.stripe.com/v1/customers/cus_9"))
+    [waiting] = eventually(lambda: [p for p in pending(proxy) if p["target"] == "customer/cus_9"])
+    agents = policies / "agents.yaml"
+    disabled = re.sub(r"(\{id: ops-bot, [^}]*)\}", r"\1, enabled: false}", agents.read_text())
+    assert disabled != agents.read_text()
+    agents.write_text(disabled)
+    assert airlock("reload", "--data-dir", str(proxy.workdir)).returncode == 0
+    assert eventually(lambda: "reloaded: deciding with configuration" in proxy.output())
+
+    approved = airlock("approve", waiting["id"], "--reviewer", "alice", *proxy.store)
+    assert approved.returncode == 0, approved.stderr
+    response = held.result()
+    assert response.status_code == 403
+    assert "ops-bot is disabled in the agents file" in response.text
+    assert upstream.count("/v1/customers/cus_9") == 0
+    [run] = [r for r in runs(proxy) if r.target == "customer/cus_9"]
+    assert eventually(
+        lambda: [r.outcome for r in runs(proxy) if r.id == run.id] == ["agent_refused"]
+    )
