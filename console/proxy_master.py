@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import resource
 from collections.abc import Sequence
 
 from mitmproxy import ctx, master, options
@@ -80,4 +81,20 @@ def _parser(opts: options.Options) -> argparse.ArgumentParser:
 
 def run_proxy(arguments: Sequence[str]) -> None:
     """Until the proxy shuts down (SIGINT, SIGTERM), as mitmdump runs."""
+    raise_open_files_limit()
     run(GateMaster, _parser, arguments)
+
+
+def raise_open_files_limit() -> tuple[int, int]:
+    """Every held request keeps its client's connection open (one file descriptor each, for up
+    to the hold window): the soft limit, often 1,024, is raised to the hard one, which the
+    operator sets. Returns (before, after)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if wanted > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError) as e:  # a container that caps it lower: said, not fatal
+            log.warning("cannot raise the open files limit from %d: %s", soft, e)
+            return soft, soft
+    return soft, resource.getrlimit(resource.RLIMIT_NOFILE)[0]

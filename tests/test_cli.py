@@ -424,3 +424,28 @@ def test_review_and_approve_help_name_every_key_and_flag(
     out = " ".join(capsys.readouterr().out.split())
     assert "e = edit a param and approve the edited request" in out and "r = refresh" in out
     assert "--mappings DIR the mappings that say where a held request's params are" in out
+
+
+def test_airlock_run_raises_the_open_files_limit_held_requests_need() -> None:
+    """Each held request keeps its client's connection (one file descriptor) open for the hold
+    window: with the usual soft limit of 1,024 a thousand holds would refuse new connections
+    (found by review: 10,000 held used 10,009 descriptors). `airlock run` raises the soft limit
+    to the hard one."""
+    import resource
+    import subprocess
+    import sys
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    script = (
+        "import resource\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit("
+        "resource.RLIMIT_NOFILE)[1]))\n"
+        "from airlock.console.proxy_master import raise_open_files_limit\n"
+        "print(*raise_open_files_limit())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    before, after = map(int, done.stdout.split())
+    assert before == 256
+    assert after == (hard if hard != resource.RLIM_INFINITY else 1 << 20)
