@@ -394,9 +394,10 @@ class MappingIndex:
     def map(self, document: Document) -> Action:
         if self.judged_as_mcp(document):
             messages = jsonrpc_messages(document)
-            if messages is None:  # the session's GET stream or DELETE
+            if messages is None:  # the session's GET stream or DELETE, at a declared endpoint
                 server = self.servers.name_of(document["host"])
-                return mcp_method_action(server, f"({document['method']} session)", True)
+                method = f"({document['method']} session)"
+                return mcp_method_action(server, method, True, document)
             if not is_batch(document):  # a batch: element by element (pipeline/evaluation.py)
                 return self.map_mcp(document, messages[0])
         operation = self.identify(document)
@@ -426,8 +427,12 @@ class MappingIndex:
         DELETE) is judged as MCP. The shape is the client's to choose and never overrides what
         the vendor's API makes of the request:
 
-        - a host nothing describes (no mapping, no catalog service, no `servers:` entry): MCP,
-          whatever the host, as MCP servers live anywhere;
+        - a host nothing describes (no mapping, no catalog service, no `servers:` entry): a
+          body with a tool call (or a method MCP does not define) is MCP, whatever the host, as
+          MCP servers live anywhere; the protocol's own messages (reads, notifications, answers,
+          the session's GET and DELETE) are MCP only at a declared server's endpoint (see
+          mcp_here): elsewhere they are the plain HTTP request they are, as a server that is not
+          MCP may act on its path and ignore the body;
         - a vendor's host (mappings or catalog), not declared: never MCP. What the URL, method
           and catalog identify is judged; a JSON-RPC body that no vendor operation fits cannot
           be judged as either and raises MappingError (an `Mcp-Session-Id` header alone is
@@ -455,12 +460,14 @@ class MappingIndex:
             return False
         declared = self.servers.declares(host)
         if not declared and not self.is_vendor_host(document):
-            return True
+            return self.mcp_here(document)
         operation = self.identify(document)
         found = self.match(document, operation)
         if found is None and operation is None:
-            if declared or not shaped:
-                return declared
+            if declared:
+                return self.mcp_here(document)
+            if not shaped:
+                return False
             raise MappingError(
                 f"the body is shaped like MCP (JSON-RPC 2.0), but {host} is a vendor API that "
                 f"mappings or the catalog describe, not a declared MCP server, and no operation "
@@ -482,6 +489,16 @@ class MappingIndex:
             "upstream runs is ambiguous",
             known,
         )
+
+    def mcp_here(self, document: Document) -> bool:
+        """At a declared server's endpoint every MCP message is MCP; elsewhere only a body that
+        acts (a tool call, a method MCP does not define): judged as MCP it is a tool call,
+        where its reads would pass a write to any path (`DELETE /customers/cus_42` with an
+        `Mcp-Session-Id`, a POST whose body is a notification, a ping or an answer)."""
+        if self.servers.serves(document["host"], document["path"]):
+            return True
+        messages = jsonrpc_messages(document)
+        return messages is not None and not all(is_read(m) for m in messages)
 
     def is_vendor_host(self, document: Document) -> bool:
         """A host that URL mappings or the catalog describe (an interface VPC endpoint by the
@@ -512,7 +529,7 @@ class MappingIndex:
                 known,
             )
         if method != TOOLS_CALL:
-            return mcp_method_action(server, method, is_read(message))
+            return mcp_method_action(server, method, is_read(message), document)
         try:
             tool, arguments = tool_call(message)
         except McpError as e:
@@ -543,17 +560,21 @@ class MappingIndex:
 
 
 class McpServers:
-    """The names MCP servers take in actions (`servers:` in a mapping file: name → hosts);
+    """The names MCP servers take in actions (`servers:` in a mapping file: name → endpoints,
+    each a host, or a host and the path the server answers on: `api.githubcopilot.com/mcp`);
     a server without one is named by its host."""
 
     def __init__(self, hosts_by_name: dict[str, tuple[str, ...]]) -> None:
         self.names = frozenset(hosts_by_name)
         self._exact: dict[str, str] = {}
-        self._globs: list[tuple[re.Pattern[str], str]] = []
-        for name, hosts in hosts_by_name.items():
-            for host in hosts:
+        self._globs: list[tuple[re.Pattern[str], str, str]] = []  # regex, name, glob
+        self._paths: dict[str, set[str | None]] = {}  # by host or glob; None: every path
+        for name, endpoints in hosts_by_name.items():
+            for endpoint in endpoints:
+                host, slash, path = endpoint.partition("/")
+                self._paths.setdefault(host, set()).add(slash + path if slash else None)
                 if "*" in host:
-                    self._globs.append((host_glob_regex(host), name))
+                    self._globs.append((host_glob_regex(host), name, host))
                 else:
                     self._exact[host] = name
 
@@ -566,20 +587,36 @@ class McpServers:
     def declared_name(self, host: str) -> str | None:
         found = self._exact.get(host)
         if found is None:
-            found = next((name for regex, name in self._globs if regex.match(host)), None)
+            found = next((name for regex, name, _ in self._globs if regex.match(host)), None)
         return found
 
+    def serves(self, host: str, path: str) -> bool:
+        """The request goes to a declared server's endpoint: its host, and its path or below."""
+        paths = set(self._paths.get(host, ()))
+        for regex, _, glob in self._globs:
+            if regex.match(host):
+                paths |= self._paths[glob]
+        bases = {p.rstrip("/") for p in paths if p is not None}  # `/mcp/` serves `/mcp` too
+        return None in paths or any(path == b or path.startswith(b + "/") for b in bases)
 
-def mcp_method_action(server: str, method: Any, read: bool) -> Action:
+
+def mcp_method_action(
+    server: str, method: Any, read: bool, document: Document | None = None
+) -> Action:
     """An MCP message that is not a tool call: the protocol's own methods read; one MCP does not
-    define is a tool call whose meaning nobody described."""
+    define is a tool call whose meaning nobody described. With the request: its path (and what
+    could not be read of its body), as a plain request's action has them."""
+    where = {} if document is None else fallback_action(document).params
     return Action(
         action="mcp.read" if read else "mcp.unknown_method",
         provider="mcp",
         category="read" if read else "tool",
         sensitivity="low" if read else "medium",
         target=f"mcp/{server}",
-        params={"method": method if isinstance(method, str) else None},
+        params={
+            "method": method if isinstance(method, str) else None,
+            **{k: v for k, v in where.items() if k != "method"},
+        },
         mapping_id=None,
         context=dict(MCP_CONTEXT),
     )
@@ -748,7 +785,23 @@ def _load_servers(root: Node, servers: dict[str, tuple[str, ...]]) -> None:
         if name in servers:
             raise ConfigError(found.key_at(name), f"MCP server {name!r} is defined twice")
         # `[]`: a server its callers name (Guard API tool calls), reached by no host.
-        servers[name] = () if found[name] == [] else _hosts(found, name)
+        servers[name] = () if found[name] == [] else _endpoints(found, name)
+
+
+def _endpoints(node: Node, key: str) -> tuple[str, ...]:
+    """A server's hosts, each with the path it answers on or not (`api.githubcopilot.com/mcp`):
+    the host lower-cased and checked as `hosts:` are, the path kept as written."""
+    value = node[key]
+    entries = [value] if isinstance(value, str) else value
+    if not isinstance(entries, list) or not entries or not all(isinstance(e, str) for e in entries):
+        raise ConfigError(node.at(key), f"{key!r} must be a host (and path) or a list of them")
+    places = entries.item_where if isinstance(entries, Seq) else [node.at(key)]
+    found = []
+    for entry, where in zip(entries, places, strict=True):
+        host, slash, path = entry.partition("/")
+        _refuse_url_parts(host, where)
+        found.append(host.lower() + slash + path)
+    return tuple(found)
 
 
 def _hosts(node: Node, key: str) -> tuple[str, ...]:

@@ -62,18 +62,77 @@ def test_a_tool_call_on_any_host_is_mcp_server_tool_with_its_arguments() -> None
     assert evaluation.verdict.decision == "REQUIRE_APPROVAL"
 
 
-def test_the_protocols_own_methods_and_session_requests_are_reads() -> None:
-    for body in (
-        {"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {}},
-        {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}},
-        {"jsonrpc": "2.0", "method": "notifications/initialized"},
-        {"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
-        {"jsonrpc": "2.0", "id": 5, "result": {}},  # the client's answer to the server
-    ):
-        evaluation = evaluate(request(body), BASELINE)
+def declaring(folder: Path, endpoint: str = "mcp.internal.example.com/mcp") -> Config:
+    """The shipped mappings and baseline, with one more MCP server declared (`internal`)."""
+    shutil.copytree(PROJECT_ROOT / "mappings", folder)
+    (folder / "internal.yaml").write_text(f"provider: mcp\nservers: {{internal: {endpoint}}}\n"
+                                          "mappings: []\n")  # fmt: skip
+    return Config(load_mappings(folder), BASELINE.policies)
+
+
+PROTOCOL_MESSAGES = (
+    {"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {}},
+    {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}},
+    {"jsonrpc": "2.0", "method": "notifications/initialized"},
+    {"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+    {"jsonrpc": "2.0", "id": 3, "method": "ping"},
+    {"jsonrpc": "2.0", "id": 5, "result": {}},  # the client's answer to the server
+)
+
+
+def test_at_a_declared_servers_endpoint_the_protocols_own_messages_are_reads(
+    tmp_path: Path,
+) -> None:
+    config = declaring(tmp_path / "mappings")
+    for body in PROTOCOL_MESSAGES:
+        evaluation = evaluate(request(body), config)
         assert (evaluation.action.action, evaluation.verdict.decision) == ("mcp.read", "ALLOW")
-    ended = request(None, method="DELETE", headers={"Mcp-Session-Id": "s1"})
-    assert evaluate(ended, BASELINE).action.action == "mcp.read"
+        assert evaluation.action.params["path"] == "/mcp"
+    for method in ("DELETE", "GET"):  # the session's end and its event stream
+        session = request(None, method=method, headers={"Mcp-Session-Id": "s1"}, path="/mcp/")
+        action = evaluate(session, config).action
+        assert (action.action, action.params) == (
+            "mcp.read", {"method": f"({method} session)", "path": "/mcp/"}
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("host", "path"),
+    [
+        ("mcp.internal.example.com", "/api/v1/customers/cus_42"),  # declared, another path
+        ("api.example.com", "/mcp"),  # a host nothing describes
+    ],
+)
+def test_elsewhere_mcps_own_messages_are_the_plain_requests_they_are(
+    tmp_path: Path, host: str, path: str
+) -> None:
+    """A server that is not MCP may act on the path and ignore the body: a DELETE with an
+    `Mcp-Session-Id`, or a POST whose body is a notification, a ping or an answer, passed as an
+    MCP read where the same request without them was a write held for a reviewer."""
+    config = declaring(tmp_path / "mappings")
+    ended = request({"hard": True}, host=host, path=path, method="DELETE",
+                    headers={"Mcp-Session-Id": "s1"})  # fmt: skip
+    for document in [ended] + [request(body, host=host, path=path) for body in PROTOCOL_MESSAGES]:
+        evaluation = evaluate(document, config)
+        action = evaluation.action
+        assert (action.action, evaluation.verdict.decision) == ("http.write", "REQUIRE_APPROVAL")
+        assert action.params["path"] == path
+    # A tool call is still MCP by its shape: judged as the tool, never as a read.
+    tool = evaluate(request(call(1, "lookup"), host=host, path=path), config)
+    assert (tool.action.category, tool.verdict.decision) == ("tool", "REQUIRE_APPROVAL")
+    # So is the batch it is in; its other messages are judged as the plain request.
+    batch = evaluate(request([call(1, "lookup"), PROTOCOL_MESSAGES[4]], host=host, path=path),
+                     config)  # fmt: skip
+    assert batch.action.context["batch"] == [tool.action.action, "http.write"]
+
+
+def test_a_servers_endpoint_is_its_path_and_below(tmp_path: Path) -> None:
+    config = declaring(tmp_path / "mappings", "mcp.internal.example.com/mcp/")
+    ping = PROTOCOL_MESSAGES[4]
+    for path, read in (("/mcp", True), ("/mcp/", True), ("/mcp/x/repos", True),
+                       ("/mcpx", False), ("/", False), ("/api/mcp", False)):  # fmt: skip
+        action = evaluate(request(ping, path=path), config).action.action
+        assert action == ("mcp.read" if read else "http.write"), path
 
 
 def test_a_method_mcp_does_not_define_is_a_tool_call_nobody_described() -> None:
@@ -171,14 +230,15 @@ def test_a_batch_is_decided_call_by_call_and_one_block_blocks_it(tmp_path: Path)
     assert evaluate(request(reads), config).verdict.decision == "ALLOW"
 
 
-def test_a_batch_longer_than_the_decider_judges_is_refused_whole() -> None:
+def test_a_batch_longer_than_the_decider_judges_is_refused_whole(tmp_path: Path) -> None:
     """Each call of a batch is decided like a request, by the one decider every agent shares:
     30,000 pings (1 MiB) would hold it for seconds, so past MAX_BATCH the batch is refused."""
+    config = declaring(tmp_path / "mappings")
     pings = [{"jsonrpc": "2.0", "id": i, "method": "ping"} for i in range(MAX_BATCH + 1)]
-    refused = evaluate(request(pings), BASELINE).verdict
+    refused = evaluate(request(pings), config).verdict
     assert refused.decision == "BLOCK"
     assert f"a JSON-RPC batch of {MAX_BATCH + 1} calls: at most {MAX_BATCH}" in refused.reason
-    assert evaluate(request(pings[:MAX_BATCH]), BASELINE).verdict.decision == "ALLOW"
+    assert evaluate(request(pings[:MAX_BATCH]), config).verdict.decision == "ALLOW"
 
 
 @pytest.mark.parametrize(

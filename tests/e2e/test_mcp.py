@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
@@ -18,7 +19,7 @@ from airlock.console.standins import Upstream
 from tests.e2e.test_catalog_inference import SDK_PYTHON
 from tests.e2e.test_gate import airlock, eventually, pending, runs
 from tests.helpers.console import review_in_console
-from tests.helpers.proxy import Proxy, clean_env, free_port, wait_for_port
+from tests.helpers.proxy import PROJECT_ROOT, Proxy, clean_env, free_port, wait_for_port
 
 pytestmark = pytest.mark.e2e
 
@@ -28,7 +29,7 @@ RULES = """
 default: {decision: ALLOW, by_category: {tool: REQUIRE_APPROVAL}}
 rules:
   - id: adding-is-fine
-    when: {action: mcp.mcp.example.com.add}
+    when: {action: mcp.example.add}
     decision: ALLOW
     reason: Arithmetic changes nothing.
   - id: no-repository-deletion
@@ -85,9 +86,22 @@ def policies(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def proxy(start_proxy: Callable[..., Proxy], mcp_server: McpServer, policies: Path) -> Proxy:
+def mappings(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped mappings, with the server declared: its session and notifications are MCP."""
+    folder = tmp_path_factory.mktemp("mcp-mappings") / "mappings"
+    shutil.copytree(PROJECT_ROOT / "mappings", folder)
+    (folder / "example.yaml").write_text(
+        "provider: mcp\nservers: {example: mcp.example.com/mcp}\nmappings: []\n"
+    )
+    return folder
+
+
+@pytest.fixture(scope="module")
+def proxy(
+    start_proxy: Callable[..., Proxy], mcp_server: McpServer, policies: Path, mappings: Path
+) -> Proxy:
     return start_proxy(
-        "--policies", str(policies), "--hold-timeout", "20",
+        "--policies", str(policies), "--mappings", str(mappings), "--hold-timeout", "20",
         routes={"mcp.example.com": mcp_server.port},
     )  # fmt: skip
 
@@ -114,14 +128,14 @@ def test_an_allowed_tool_runs_and_its_result_is_recorded(
     assert mcp_server.calls("add") == [{"tool": "add", "arguments": {"a": 2, "b": 3}}]
 
     def recorded() -> Any:
-        found = [r for r in runs(proxy) if r.action == "mcp.mcp.example.com.add"]
+        found = [r for r in runs(proxy) if r.action == "mcp.example.add"]
         return found if found and found[-1].outcome_detail else None
 
     run = eventually(recorded)[-1]
     assert (run.decision, run.params, run.target) == (
         "ALLOW",
         {"a": 2, "b": 3},
-        "mcp/mcp.example.com/add",
+        "mcp/example/add",
     )
     assert (run.outcome, run.outcome_detail) == ("forwarded", {"result": "succeeded", "text": "5"})
     actions = {r.action for r in runs(proxy)}
@@ -155,10 +169,10 @@ def test_a_held_tool_runs_exactly_once_after_approval_in_the_reviewer_console(
 
 
 def test_past_the_hold_window_the_model_gets_the_approval_id_and_the_retry_runs_once(
-    start_proxy: Callable[..., Proxy], mcp_server: McpServer, policies: Path
+    start_proxy: Callable[..., Proxy], mcp_server: McpServer, policies: Path, mappings: Path
 ) -> None:
     proxy = start_proxy(
-        "--policies", str(policies), "--hold-timeout", "1",
+        "--policies", str(policies), "--mappings", str(mappings), "--hold-timeout", "1",
         routes={"mcp.example.com": mcp_server.port},
     )  # fmt: skip
     refund = ("refund", {"charge": "ch_2", "amount": 700})
@@ -183,12 +197,13 @@ def tools_call(call_id: int, tool: str, arguments: dict[str, Any]) -> dict[str, 
 
 
 def test_a_call_held_longer_than_a_stream_leg_is_kept_alive_until_approved(
-    start_proxy: Callable[..., Proxy], mcp_server: McpServer, policies: Path
+    start_proxy: Callable[..., Proxy], mcp_server: McpServer, policies: Path, mappings: Path
 ) -> None:
     """Each keep-alive leg ends the stream with a progress notification; the client resumes it
     (GET, Last-Event-ID) and, once approved, the call as judged runs once on the resumed stream."""
     proxy = start_proxy(
-        "--policies", str(policies), "--hold-timeout", "30", "--mcp-keepalive", "1",
+        "--policies", str(policies), "--mappings", str(mappings), "--hold-timeout", "30",
+        "--mcp-keepalive", "1",
         routes={"mcp.example.com": mcp_server.port},
     )  # fmt: skip
     answers: list[list[dict[str, Any]]] = []
@@ -206,7 +221,7 @@ def test_a_call_held_longer_than_a_stream_leg_is_kept_alive_until_approved(
         f"(airlock approve {held[0]['id'][:8]})"
     )
     assert len([c for c in mcp_server.calls("refund") if c["arguments"]["charge"] == "ch_3"]) == 1
-    [run] = [r for r in runs(proxy) if r.action == "mcp.mcp.example.com.refund"]
+    [run] = [r for r in runs(proxy) if r.action == "mcp.example.refund"]
     assert eventually(lambda: outcome_of(proxy, run.id)) == {
         "result": "succeeded",
         "text": "refunded 900 of ch_3",

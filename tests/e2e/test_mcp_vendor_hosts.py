@@ -1,14 +1,17 @@
 """MCP's shape through a real proxy, with the shipped mappings and policies: an `Mcp-Session-Id`
 header or a JSON-RPC body never makes a vendor's request pass as an MCP read; the request is
 judged as the vendor's operation (or refused when it can be neither), and the upstream never
-sees what was refused. On a host nothing describes, MCP is still recognised by its shape."""
+sees what was refused. On a host nothing describes, a tool call is still recognised by its shape
+(its reads are MCP only at a server declared under `servers:`)."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+import requests
 
 from airlock.console.standins import Upstream
 from tests.e2e.test_catalog_aws import recorded
@@ -62,13 +65,21 @@ def test_jsonrpc_in_a_vendors_body_is_judged_as_the_vendors_operation(
     assert recorded(proxy, "http.write", path="/graphql").decision == "BLOCK"
 
 
-def test_on_a_host_nothing_describes_mcp_is_still_recognised_by_its_shape(
+def test_on_a_host_nothing_describes_a_tool_call_is_mcp_and_a_ping_is_no_read(
     proxy: Proxy, upstream: Upstream
 ) -> None:
+    """A tool call is recognised by its shape anywhere (judged as the tool, held for a reviewer);
+    the protocol's own messages are MCP reads only at a server declared under `servers:`, as a
+    server that is not MCP may act on the path and ignore the body."""
+    url = "https://api.example.com/v1/customers/cus_42/delete"
+    session = proxy.session(agent="release-bot")
     ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
-    url = "https://api.example.com/v1/mcp"  # the stand-in upstream answers it
-    answer = proxy.session(agent="release-bot").post(url, json=ping)
-    assert answer.status_code == 200, answer.text[:300]
-    assert [(r.method, r.path) for r in upstream.received] == [("POST", "/v1/mcp")]
-    read = recorded(proxy, "mcp.read")
-    assert (read.decision, read.target) == ("ALLOW", "mcp/api.example.com")
+    lookup = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "lookup"}}
+    for body in (ping, lookup):
+        with contextlib.suppress(requests.Timeout):  # held: the hold outlasts the test
+            session.post(url, json=body, timeout=2)
+    assert upstream.received == []
+    write = recorded(proxy, "http.write", path="/v1/customers/cus_42/delete")
+    assert write.decision == "REQUIRE_APPROVAL"
+    tool = recorded(proxy, "mcp.api.example.com.lookup")
+    assert (tool.decision, tool.target) == ("REQUIRE_APPROVAL", "mcp/api.example.com/lookup")
