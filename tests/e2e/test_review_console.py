@@ -46,7 +46,9 @@ def test_the_console_renders_and_responds_in_a_real_terminal(
     )
     assert eventually(lambda: [p for p in pending(proxy) if p["target"] == "customer/cus_tmux"])
     session = f"airlock-review-{proxy.port}"
-    command = f"{sys.executable} -m airlock.console.cli review --reviewer bob --db {proxy.db_url}"
+    command = (
+        f"{sys.executable} -m airlock.console.cli review --reviewer bob {' '.join(proxy.store)}"
+    )
 
     def tmux(*args: str) -> str:
         return subprocess.run(
