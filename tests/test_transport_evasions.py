@@ -22,6 +22,7 @@ from airlock.pipeline.mappings import load_mappings
 from airlock.pipeline.policies import load_policies
 from airlock.pipeline.run_record import request_hash
 from tests.helpers.proxy import PROJECT_ROOT
+from tests.test_parser_differentials import refused
 
 CONFIG = Config(load_mappings(PROJECT_ROOT / "mappings"), load_policies(PROJECT_ROOT / "policies"))
 KEY = bytes(range(32))
@@ -47,12 +48,6 @@ def judged(
     request = WireRequest(method, "https", host, 443, path, list(headers), body)
     document = build_document(request, "agent")
     return document, evaluate(document, CONFIG)
-
-
-def refused(evaluation: Evaluation, *words: str) -> None:
-    assert evaluation.verdict.decision == "BLOCK", evaluation.verdict
-    for word in words:
-        assert word in evaluation.verdict.reason, evaluation.verdict.reason
 
 
 # --- S3: x-amz-* request headers carried in a presigned URL's query ---------------------------
