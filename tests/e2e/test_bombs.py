@@ -8,6 +8,7 @@ import base64
 import gzip
 import http.client
 import json
+import shutil
 import ssl
 import subprocess
 import threading
@@ -21,7 +22,7 @@ import pytest
 import requests
 
 from airlock.console.standins import Received, Upstream, default_responder
-from tests.helpers.proxy import Proxy, prepared_confdir
+from tests.helpers.proxy import PROJECT_ROOT, Proxy, prepared_confdir
 
 pytestmark = pytest.mark.e2e
 
@@ -43,9 +44,17 @@ def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
     base = tmp_path_factory.mktemp("bombs")
     upstream = Upstream(base / "up", responder).start()
     routes = {"api.stripe.com": upstream.port, "api.example.com": upstream.port}
+    # The MCP server whose answer is a bomb is declared: its protocol messages (a ping) are
+    # MCP reads only at a declared endpoint, else the plain write they are.
+    mappings = base / "mappings"
+    shutil.copytree(PROJECT_ROOT / "mappings", mappings)
+    (mappings / "evil-mcp.yaml").write_text(
+        "provider: evil\nservers:\n  evil: [api.example.com/evil-mcp]\nmappings: []\n"
+    )
     started = Proxy(
         workdir=base / "p", db_url=f"sqlite:///{base / 'p' / 'airlock.db'}", routes=routes,
         upstream_ca=upstream.ca_file, confdir=prepared_confdir(base),
+        extra_args=["--mappings", str(mappings)],
     ).start()  # fmt: skip
     try:
         yield started
