@@ -58,10 +58,12 @@ class SensitiveMembers:
                 taken.append(body)
                 changed["body"] = UNPARSED
         query = document.get("query") or {}
-        if query and (self.query or self.query_keys or self.any_query):
+        if query and (self.query or self.query_keys or self.any_query or self.headers
+                      or self.header_prefixes):  # fmt: skip
             kept = {}
             for key, values in query.items():
-                if self.any_query or key in self.query or _matches(self.query_keys, key):
+                if (self.any_query or key in self.query or _matches(self.query_keys, key)
+                        or self._header_named(key)):  # fmt: skip
                     taken.append(values)
                     kept[key] = [REDACTED for _ in values]
                 else:
@@ -83,6 +85,13 @@ class SensitiveMembers:
         if not changed:
             return document, []
         return {**document, **changed}, sorted(set(_texts(taken)), key=len, reverse=True)
+
+    def _header_named(self, key: str) -> bool:
+        """A sensitive header sent as a query field: a presigned AWS URL carries `x-amz-*`
+        headers there (an SSE-C key), and the upstream reads them as the headers they name."""
+        name = key.lower()
+        return name in self.headers or (bool(self.header_prefixes)
+                                        and name.startswith(self.header_prefixes))  # fmt: skip
 
 
 # Operation name → its sensitive members, filled as catalogs load (pipeline/operations.py): the

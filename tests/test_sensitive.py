@@ -118,6 +118,41 @@ def test_rds_password_sent_in_the_query_string(config: Config) -> None:
     assert CANARY not in stored(row)
 
 
+@pytest.mark.parametrize("signature", ["s3", "s3v4"])
+def test_an_s3_customer_key_in_a_presigned_url_is_not_stored(
+    config: Config, signature: str
+) -> None:
+    """boto3's presigned URL (SigV2, its default for S3) carries the SSE-C key in the query
+    string, where S3 reads it as the header: it was stored as sent (the header form was not)."""
+    from urllib.parse import urlsplit
+
+    import boto3
+    from botocore.config import Config as BotoConfig
+
+    from airlock.pipeline.document import WireRequest
+
+    s3 = boto3.client(
+        "s3", region_name="us-east-1", aws_access_key_id="AKIAIOSFODNN7EXAMPLE",
+        aws_secret_access_key="x" * 40, config=BotoConfig(signature_version=signature),
+    )  # fmt: skip
+    key = CANARY.ljust(32, "k")
+    url = urlsplit(s3.generate_presigned_url("put_object", Params={
+        "Bucket": "b", "Key": "k", "SSECustomerKey": key, "SSECustomerAlgorithm": "AES256",
+    }))  # fmt: skip
+    assert "customer-key=" in url.query or signature == "s3v4"  # SigV4 signs it as a header
+    request = WireRequest(
+        method="PUT", scheme="https", host=str(url.hostname), port=443,
+        path=f"{url.path}?{url.query}", authority="",
+        headers=[("content-type", "application/octet-stream")], raw_content=b"hello",
+    )  # fmt: skip
+    document = build_document(request, "agent-1")
+    evaluation = evaluate(document, config)
+    assert evaluation.action.operation == "aws.s3.PutObject"
+    row = run_row("run-1", "test", document, evaluation, 1.0)
+    encoded = base64.b64encode(key.encode()).decode()
+    assert CANARY not in stored(row) and encoded not in stored(row)
+
+
 def test_lambda_environment_variables(config: Config) -> None:
     _, evaluation, row = decided(
         config, "lambda", "CreateFunction",
