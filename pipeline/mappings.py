@@ -33,6 +33,7 @@ from airlock.pipeline.mcp import (
     is_read,
     is_session_request,
     jsonrpc_messages,
+    mcp_message,
     tool_call,
 )
 from airlock.pipeline.operations import DEFAULT_CATALOG, Operation, OperationIndex, load_catalog
@@ -615,7 +616,7 @@ def mcp_method_action(
         target=f"mcp/{server}",
         params={
             "method": method if isinstance(method, str) else None,
-            **{k: v for k, v in where.items() if k != "method"},
+            **{k: v for k, v in where.items() if k not in ("method", "mcp_message")},
         },
         mapping_id=None,
         context=dict(MCP_CONTEXT),
@@ -666,9 +667,18 @@ def fallback_action(document: Document) -> Action:
             # services/T…/B…/<secret>), and params are stored and printed as they are.
             "path": redact_path(document["host"], document["path"]),
             **body_notes(document),
+            **_looks_like_mcp(document),
         },
         mapping_id=None,
     )
+
+
+def _looks_like_mcp(document: Document) -> dict[str, Any]:
+    """An MCP message to an endpoint no `servers:` entry declares is judged as the plain
+    request; `mcp_message` says what it would be as MCP, so that a rule (the baseline's) can
+    say to declare the server."""
+    found = mcp_message(document)
+    return {"mcp_message": found} if found else {}
 
 
 def body_notes(document: Document) -> dict[str, Any]:

@@ -166,6 +166,19 @@ def is_session_request(document: Document) -> bool:
     return document["method"] in ("GET", "DELETE") and "mcp-session-id" in document["headers"]
 
 
+def mcp_message(document: Document) -> str | None:
+    """What a request would be as MCP, for one judged as the plain request it is (a server no
+    mapping declares): the first message's method, "(answer)", or the session's GET or
+    DELETE; None when it does not look like MCP."""
+    if is_session_request(document):
+        return f"({document['method']} session)"
+    messages = jsonrpc_messages(document)
+    if not messages:
+        return None
+    method = messages[0].get("method")
+    return method if isinstance(method, str) else "(answer)"
+
+
 def is_batch(document: Document) -> bool:
     return isinstance(document["body"], list)
 
