@@ -38,6 +38,7 @@ from airlock.pipeline.yaml_source import (
     Seq,
     expect_keys,
     load_yaml,
+    names_a_file,
     optional_file_exists,
 )
 from airlock.store.names import name_key
@@ -152,11 +153,8 @@ def _optional_file(policies: Path, name: str) -> tuple[Path, Any] | None:
 def _folder_of(policies: Path) -> Path:
     """`--policies` names a folder or one policy file: the agents and reviewers files are the
     ones beside it either way (a file's own path + "/agents.yaml" would find none, and every
-    name would be trusted). A YAML file's suffix decides it without the disk, as the decider
-    replays the proxy's recorded texts."""
-    if policies.suffix.lower() in {".yaml", ".yml"} or policies.is_file():
-        return policies.parent
-    return policies
+    name would be trusted). A folder is a folder whatever its name ends with (`airlock.yml/`)."""
+    return policies.parent if names_a_file(policies) else policies
 
 
 def load_agents(policies_dir: Path) -> AgentRegistry:

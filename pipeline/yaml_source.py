@@ -216,6 +216,15 @@ def load_yaml(path: Path) -> Any:
         raise ConfigError(Where(file, line, column), f"invalid YAML: {e.reason}") from e
 
 
+def names_a_file(path: Path) -> bool:
+    """A config path that names one file rather than a folder, as yaml_files reads it (from
+    the recording when replaying: the decider does not look at the disk)."""
+    replayed = _replaying.get()
+    if replayed is not None:
+        return replayed["folders"].get(str(path)) == [str(path)]
+    return path.is_file()
+
+
 def yaml_files(directory: Path) -> list[Path]:
     """The YAML files of a config folder in a stable order (the order rules are tried in)."""
     replayed = _replaying.get()

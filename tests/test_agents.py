@@ -391,3 +391,16 @@ def test_a_listed_reviewer_is_known_however_the_name_is_spelt(tmp_path: Path) ->
     assert reviewers.refusal(" ALICE", [["payments-lead"]]) is None
     assert reviewers.uncovered([" ALICE"], [["payments-lead"]]) == []
     assert reviewers.refusal("alice2", []) == "alice2 is not a reviewer (reviewers.yaml)"
+
+
+def test_a_policies_folder_named_like_a_yaml_file_keeps_its_agents_file(tmp_path: Path) -> None:
+    """Review: the agents file was looked for beside a folder named `airlock.yml/` rather than
+    in it, and every name was trusted."""
+    folder = agents_dir(tmp_path)
+    named = folder.rename(tmp_path / "airlock.yml")
+    registry = load_agents(named)
+    assert registry.required and registry.authenticate("billing-bot", KEY) is not None
+    with recording_sources() as sources:
+        Config.load(PROJECT_ROOT / "mappings", named)
+    with replaying_sources(sources):  # as the decider compiles what the proxy read
+        assert load_agents(named).required
