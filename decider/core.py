@@ -418,7 +418,10 @@ class DeciderCore:
         evaluation: Evaluation, started: float,
     ) -> None:  # fmt: skip
         decision_ms = (time.perf_counter() - started) * 1000
-        row = run_row(run_id, self.instance, document, evaluation, decision_ms, self.config_hash)
+        known = self.config.agents.agents if self.config is not None else ()
+        row = run_row(
+            run_id, self.instance, document, evaluation, decision_ms, self.config_hash, known
+        )
         stage = evaluation.failed_stage if evaluation.error else None
         if row.decision == REQUIRE_APPROVAL:
             self._hold_or_join(taken, sequence, row, stage, document, evaluation.verdict)

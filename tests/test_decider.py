@@ -615,6 +615,24 @@ def test_a_reload_the_decider_cannot_load_leaves_no_configuration_in_force(
     assert answers[3] is None and answers[4].run.decision == "ALLOW"
 
 
+def test_an_agent_the_agents_file_lists_is_recorded_by_its_name_whatever_it_looks_like(
+    core: DeciderCore, tmp_path: Path
+) -> None:
+    """A listed agent whose id looks like a key was recorded redacted: the run named nobody, and
+    its approved hold was then refused at release as an unlisted agent (found by review)."""
+    from airlock.pipeline.agents import hash_key
+
+    name = "AKIAIOSFODNN7EXAMPLE"
+    agents = (f'agents:\n  - {{id: {name}, roles: [pay], key_hash: "{hash_key("k")}"}}\n'
+              "roles:\n  pay: {egress: any}\n")  # fmt: skip
+    configured, _ = setup_with(tmp_path, {"agents.yaml": agents})
+    decided = replies(
+        core.handle([Envelope(0, configured), Envelope(1, replace(charge(500), agent=name))])
+    )
+    assert decided[1].run.agent == name and decided[1].run.decision == "ALLOW"
+    assert stored(core, "run-500").agent == name
+
+
 def test_a_message_the_decider_cannot_take_is_refused_not_dropped(core: DeciderCore) -> None:
     answers = core.handle([Envelope(5, "not a message"), Envelope(6, Watch(["x"]))])  # type: ignore[arg-type]
     refused = replies(answers)[5]
