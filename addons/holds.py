@@ -20,11 +20,11 @@ from mitmproxy import connection, ctx, http
 from airlock.addons.refusals import Refusals, mcp_body
 from airlock.addons.runtime import STORE_TIMEOUT, Runtime, header_dict, raw_request
 from airlock.addons.simulations import Simulations
-from airlock.decider.messages import ApprovalState, Decide, Settled
+from airlock.decider.messages import ApprovalState, Decide, Recheck, Rechecked, Settled
 from airlock.pipeline.document import MAX_DECODED_BODY, readable_content
 from airlock.pipeline.edits import edited_body, query_edits
 from airlock.pipeline.mcp import keepalive_stream, resumable_call, sse_event
-from airlock.pipeline.policies import ALLOW, REQUIRE_APPROVAL
+from airlock.pipeline.policies import ALLOW, BLOCK, REQUIRE_APPROVAL
 from airlock.pipeline.run_record import RunSummary
 from airlock.store.approvals import ABANDONED, APPROVED, DENIED, EXPIRED
 from airlock.store.prepared import PENDING
@@ -313,6 +313,8 @@ class Holds:
                 approval={"id": approval_id, "state": APPROVED},
             )  # fmt: skip
             return
+        if await self._blocked_since(flow, run, approval_id):
+            return
         released = await self.runtime.release(approval_id, run.id)
         if released.won and run.simulated:  # a trial: approved, and answered by Airlock
             self.simulations.answer(flow, replace(run, shadow_decision=REQUIRE_APPROVAL))
@@ -331,6 +333,33 @@ class Holds:
             flow, run, "this request was approved and has already been forwarded once",
             approval={"id": approval_id, "state": APPROVED}, status=409,
         )  # fmt: skip
+
+    async def _blocked_since(self, flow: http.HTTPFlow, run: RunSummary, approval_id: str) -> bool:
+        """A reload since the request was held: judged again with the configuration now in
+        force, as its retry would be, and refused (its approval left unreleased) if that BLOCKs
+        it. An approval covers what a reviewer saw the rules ask; a rule an operator has since
+        made a BLOCK (an emergency freeze) stops what is still queued too."""
+        now = self.runtime.config_hash()
+        if run.config_hash is None or now is None or run.config_hash == now:
+            return False
+        recheck = Recheck(run.agent, raw_request(flow.request, flow.client_conn.sni))
+        try:
+            async with asyncio.timeout(STORE_TIMEOUT):
+                again = await self.runtime.ask().recheck(recheck)
+        except Exception as e:  # fail closed: not judged again, not sent
+            again = Rechecked(BLOCK, f"it could not be judged again after a reload: {e}", [])
+        if again.decision != BLOCK:
+            return False
+        self.runtime.record_outcome(
+            run.id, "blocked_after_reload", 403, detail={"reason": again.reason,
+                                                         "rules": again.rules},
+        )  # fmt: skip
+        self.refusals.refuse(
+            flow, replace(run, rules=[*run.rules, *again.rules]),
+            f"approved, but the configuration reloaded since blocks it: {again.reason}",
+            approval={"id": approval_id, "state": APPROVED},
+        )  # fmt: skip
+        return True
 
     async def _release_edited(
         self, flow: http.HTTPFlow, run: RunSummary, approval_id: str, released: Released

@@ -48,6 +48,8 @@ from airlock.decider.messages import (
     Failure,
     Message,
     Queue,
+    Recheck,
+    Rechecked,
     Remember,
     Reply,
     Settled,
@@ -100,6 +102,7 @@ class Decider(Protocol):
     async def stop(self, timeout: float = 10.0) -> None: ...
     async def decide(self, request: Decide, timeout: float | None = None) -> Decided: ...
     async def decide_call(self, call: DecideCall) -> Decided: ...
+    async def recheck(self, recheck: Recheck) -> Rechecked: ...
     def configure(self, configuration: Configuration) -> asyncio.Future[None]: ...
     async def record(self, record: DecisionRecord) -> Joined | None: ...
     async def release(self, approval_id: str, at: float, run_id: str | None = None) -> Released: ...
@@ -249,6 +252,10 @@ class DeciderClient:
         """Sent at once, ahead of every later call; resolves once the decider decides with it
         (fails with why it cannot)."""
         return self._ask(Configure(configuration))
+
+    async def recheck(self, recheck: Recheck) -> Rechecked:
+        """A held request judged again with the configuration in force (nothing recorded)."""
+        return await self._ask(recheck)
 
     async def record(self, record: DecisionRecord) -> Joined | None:
         """A decision the proxy made itself; with a hold, the approval it joined, if any."""

@@ -38,6 +38,8 @@ from airlock.decider.messages import (
     Failure,
     Queue,
     RawRequest,
+    Recheck,
+    Rechecked,
     Remember,
     Reply,
     Settled,
@@ -196,6 +198,8 @@ class DeciderCore:
             self._decide(taken, sequence, message)
         elif isinstance(message, DecideCall):
             self._decide_call(taken, sequence, message)
+        elif isinstance(message, Recheck):
+            taken.replies.append(Reply(sequence, self._recheck(message)))
         elif isinstance(message, _STORE_JOBS):
             taken.jobs.append(Pending(sequence, message))
         elif isinstance(message, AnsweredOutcome):
@@ -402,6 +406,18 @@ class DeciderCore:
             document = minimal_document(request, decide.agent)
             evaluation = failed_evaluation(document, e)
         self._record(taken, sequence, decide.id, document, evaluation, started)
+
+    def _recheck(self, recheck: Recheck) -> Rechecked:
+        """A held request judged again with the configuration in force, before its release:
+        a reload since it was held may BLOCK it now (nothing recorded here: the proxy records
+        the refusal as its outcome). A failure to judge it blocks, as for any request."""
+        request = wire_request(recheck.request)
+        try:
+            document = build_document(request, recheck.agent)
+            verdict = self._evaluate(document, None).verdict
+        except Exception as e:
+            verdict = failed_evaluation(minimal_document(request, recheck.agent), e).verdict
+        return Rechecked(verdict.decision, verdict.reason, list(verdict.rules))
 
     def _decide_call(self, taken: _Batch, sequence: int, decide: DecideCall) -> None:
         """A tool call from the Guard API: the same record, queue and chain as a request."""

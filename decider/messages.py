@@ -95,6 +95,22 @@ class Decide:
 
 
 @dataclass(frozen=True, slots=True)
+class Recheck:
+    """A held request about to be released after a reload: judged again with the configuration
+    now in force, nothing recorded (the proxy records the outcome). Answered with Rechecked."""
+
+    agent: str
+    request: RawRequest
+
+
+@dataclass(frozen=True, slots=True)
+class Rechecked:
+    decision: str
+    reason: str
+    rules: list[str]
+
+
+@dataclass(frozen=True, slots=True)
 class DecideCall:
     """Decide and record one tool call from the Guard API (pipeline/tool_calls.py)."""
 
@@ -157,7 +173,7 @@ class Unwatch:
 
 
 Message = (
-    Setup | Configure | Decide | DecideCall | Remember | Watch | Unwatch
+    Setup | Configure | Decide | DecideCall | Recheck | Remember | Watch | Unwatch
     | DecisionRecord | OutcomeRecord | AnsweredOutcome | SettleRequest | ReleaseRequest
     | WithdrawRelease
 )  # fmt: skip

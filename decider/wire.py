@@ -42,7 +42,7 @@ _CLASSES: tuple[type, ...] = (
     messages.Failure, messages.Reply, messages.Committed, messages.Settled,
     DecisionRecord, HoldRequest, OutcomeRecord, SettleRequest, ReleaseRequest, Settlement,
     Joined, RunRecord, RunSummary, messages.DecideCall, ToolCall, Released, messages.Queue,
-    messages.AnsweredOutcome, WithdrawRelease,
+    messages.AnsweredOutcome, WithdrawRelease, messages.Recheck, messages.Rechecked,
 )  # fmt: skip
 _FIELDS: dict[type, tuple[str, ...]] = {
     cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in _CLASSES

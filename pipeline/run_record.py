@@ -51,6 +51,7 @@ class RunSummary:
     protocol: str | None = None  # "mcp": answers and outcomes are JSON-RPC (pipeline/mcp.py)
     mapping_id: str | None = None  # its mapping's `outcome:` reads what the response returned
     simulated: bool = False  # held in a simulated trial: once approved, answered by Airlock
+    config_hash: str | None = None  # the configuration that decided it
 
 
 @dataclass(slots=True)
@@ -96,7 +97,7 @@ class RunRecord:
             self.provider, self.operation, self.target, self.params, self.risk,
             self.shadow_decision, self.shadow_rules, self.error, self.risk_factors,
             (self.context or {}).get("protocol"), self.mapping_id,
-            bool((self.context or {}).get("simulated")),
+            bool((self.context or {}).get("simulated")), self.config_hash,
         )  # fmt: skip
 
     def as_row(self) -> dict[str, Any]:

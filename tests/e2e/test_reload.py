@@ -164,3 +164,62 @@ def test_a_reload_while_the_decider_is_down_is_taken_by_the_one_started_next(
     assert blocked.status_code == 403, proxy.output()
     assert "no-charges-today" in blocked.json()["rules"]
     assert upstream.count("/v1/charges") == 1
+
+
+def test_a_held_request_a_reload_now_blocks_is_not_sent_once_approved(
+    start_proxy: Callable[..., Proxy], upstream: Upstream, tmp_path: Path
+) -> None:
+    """Review: an operator's emergency BLOCK, reloaded while a request waited for a reviewer,
+    did not stop it: approved, the held request went out (while its retry, decided again, was
+    blocked). It is judged again with the configuration in force before its release."""
+    from tests.e2e.test_gate import Background, pending
+
+    policies = tmp_path / "policies"
+    shutil.copytree(PROJECT_ROOT / "policies", policies)
+    proxy = start_proxy("--policies", str(policies), "--hold-timeout", "30")
+    session = proxy.session(agent="ops-bot")
+    held = Background(lambda: session.delete("https://api.stripe.com/v1/customers/cus_frozen"))
+    [waiting] = eventually(
+        lambda: [p for p in pending(proxy) if p["target"] == "customer/cus_frozen"]
+    )
+    (policies / "freeze.yaml").write_text(
+        "rules:\n  - {id: no-deletions-today, when: {action: delete_record}, decision: BLOCK,\n"
+        "     reason: frozen}\n"
+    )
+    assert airlock("reload", "--data-dir", str(proxy.workdir)).returncode == 0
+    assert eventually(lambda: "reloaded: deciding with configuration" in proxy.output())
+
+    approved = airlock("approve", waiting["id"], "--reviewer", "alice", *proxy.store)
+    assert approved.returncode == 0, approved.stderr
+    response = held.result()
+    assert response.status_code == 403, response.text
+    assert "no-deletions-today" in response.json()["rules"]
+    assert upstream.count("/v1/customers/cus_frozen") == 0
+    [run] = [r for r in runs(proxy) if r.target == "customer/cus_frozen"]
+    assert eventually(
+        lambda: [r.outcome for r in runs(proxy) if r.id == run.id] == ["blocked_after_reload"]
+    )
+
+
+def test_a_held_request_a_reload_does_not_block_goes_out_once_approved(
+    start_proxy: Callable[..., Proxy], upstream: Upstream, tmp_path: Path
+) -> None:
+    """Judged again after an unrelated reload, still held by its rule: the approval releases it."""
+    from tests.e2e.test_gate import Background, pending
+
+    policies = tmp_path / "policies"
+    shutil.copytree(PROJECT_ROOT / "policies", policies)
+    proxy = start_proxy("--policies", str(policies), "--hold-timeout", "30")
+    session = proxy.session(agent="ops-bot")
+    held = Background(lambda: session.delete("https://api.stripe.com/v1/customers/cus_kept"))
+    [waiting] = eventually(
+        lambda: [p for p in pending(proxy) if p["target"] == "customer/cus_kept"]
+    )
+    (policies / "freeze.yaml").write_text(NO_CHARGES)  # charges only
+    assert airlock("reload", "--data-dir", str(proxy.workdir)).returncode == 0
+    assert eventually(lambda: "reloaded: deciding with configuration" in proxy.output())
+
+    approved = airlock("approve", waiting["id"], "--reviewer", "alice", *proxy.store)
+    assert approved.returncode == 0, approved.stderr
+    assert held.result().status_code == 200
+    assert upstream.count("/v1/customers/cus_kept") == 1
