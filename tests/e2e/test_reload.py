@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import requests
 
 from airlock.console.standins import Upstream
 from tests.e2e.test_gate import CHARGES, airlock, eventually, runs
@@ -166,32 +167,40 @@ def test_a_reload_while_the_decider_is_down_is_taken_by_the_one_started_next(
     assert upstream.count("/v1/charges") == 1
 
 
-def test_a_held_request_a_reload_now_blocks_is_not_sent_once_approved(
-    start_proxy: Callable[..., Proxy], upstream: Upstream, tmp_path: Path
-) -> None:
-    """Review: an operator's emergency BLOCK, reloaded while a request waited for a reviewer,
-    did not stop it: approved, the held request went out (while its retry, decided again, was
-    blocked). It is judged again with the configuration in force before its release."""
+NO_DELETIONS = """rules:
+  - {id: no-deletions-today, when: {action: delete_record}, decision: BLOCK, reason: frozen}
+"""
+
+
+def held_reloaded_approved(
+    start_proxy: Callable[..., Proxy], tmp_path: Path, customer: str, reloaded: str
+) -> tuple[Proxy, requests.Response]:
+    """A customer deletion held for a reviewer, `reloaded` (a policy file) reloaded meanwhile,
+    then approved: the proxy, and the held request's answer."""
     from tests.e2e.test_gate import Background, pending
 
     policies = tmp_path / "policies"
     shutil.copytree(PROJECT_ROOT / "policies", policies)
     proxy = start_proxy("--policies", str(policies), "--hold-timeout", "30")
     session = proxy.session(agent="ops-bot")
-    held = Background(lambda: session.delete("https://api.stripe.com/v1/customers/cus_frozen"))
-    [waiting] = eventually(
-        lambda: [p for p in pending(proxy) if p["target"] == "customer/cus_frozen"]
-    )
-    (policies / "freeze.yaml").write_text(
-        "rules:\n  - {id: no-deletions-today, when: {action: delete_record}, decision: BLOCK,\n"
-        "     reason: frozen}\n"
-    )
+    held = Background(lambda: session.delete(f"https://api.stripe.com/v1/customers/{customer}"))
+    target = f"customer/{customer}"
+    [waiting] = eventually(lambda: [p for p in pending(proxy) if p["target"] == target])
+    (policies / "freeze.yaml").write_text(reloaded)
     assert airlock("reload", "--data-dir", str(proxy.workdir)).returncode == 0
     assert eventually(lambda: "reloaded: deciding with configuration" in proxy.output())
-
     approved = airlock("approve", waiting["id"], "--reviewer", "alice", *proxy.store)
     assert approved.returncode == 0, approved.stderr
-    response = held.result()
+    return proxy, held.result()
+
+
+def test_a_held_request_a_reload_now_blocks_is_not_sent_once_approved(
+    start_proxy: Callable[..., Proxy], upstream: Upstream, tmp_path: Path
+) -> None:
+    """Review: an operator's emergency BLOCK, reloaded while a request waited for a reviewer,
+    did not stop it: approved, the held request went out (while its retry, decided again, was
+    blocked). It is judged again with the configuration in force before its release."""
+    proxy, response = held_reloaded_approved(start_proxy, tmp_path, "cus_frozen", NO_DELETIONS)
     assert response.status_code == 403, response.text
     assert "no-deletions-today" in response.json()["rules"]
     assert upstream.count("/v1/customers/cus_frozen") == 0
@@ -205,21 +214,6 @@ def test_a_held_request_a_reload_does_not_block_goes_out_once_approved(
     start_proxy: Callable[..., Proxy], upstream: Upstream, tmp_path: Path
 ) -> None:
     """Judged again after an unrelated reload, still held by its rule: the approval releases it."""
-    from tests.e2e.test_gate import Background, pending
-
-    policies = tmp_path / "policies"
-    shutil.copytree(PROJECT_ROOT / "policies", policies)
-    proxy = start_proxy("--policies", str(policies), "--hold-timeout", "30")
-    session = proxy.session(agent="ops-bot")
-    held = Background(lambda: session.delete("https://api.stripe.com/v1/customers/cus_kept"))
-    [waiting] = eventually(
-        lambda: [p for p in pending(proxy) if p["target"] == "customer/cus_kept"]
-    )
-    (policies / "freeze.yaml").write_text(NO_CHARGES)  # charges only
-    assert airlock("reload", "--data-dir", str(proxy.workdir)).returncode == 0
-    assert eventually(lambda: "reloaded: deciding with configuration" in proxy.output())
-
-    approved = airlock("approve", waiting["id"], "--reviewer", "alice", *proxy.store)
-    assert approved.returncode == 0, approved.stderr
-    assert held.result().status_code == 200
+    _, response = held_reloaded_approved(start_proxy, tmp_path, "cus_kept", NO_CHARGES)
+    assert response.status_code == 200
     assert upstream.count("/v1/customers/cus_kept") == 1
