@@ -666,6 +666,8 @@ def fallback_action(document: Document) -> Action:
             # With its host in view: a webhook's path is its credential (hooks.slack.com/
             # services/T…/B…/<secret>), and params are stored and printed as they are.
             "path": redact_path(document["host"], document["path"]),
+            # What the reviewer approves must include it: `?amount=9900000` changes the call.
+            **({"query": document["query"]} if document["query"] else {}),
             **body_notes(document),
             **_looks_like_mcp(document),
         },

@@ -51,6 +51,17 @@ def test_shipped_stripe_charge_maps_with_typed_params() -> None:
     assert action.mapping_id == "stripe.create_charge"
 
 
+def test_an_unmapped_write_carries_its_query_in_its_params() -> None:
+    """What a reviewer approves for an unknown API is its params: a query that moves money
+    (`/v1/payouts?destination=acct_X&amount=9900000`) must be among them (found by review)."""
+    request = doc("POST", "api.unknown.io", "/v1/payouts")
+    request["query"] = {"destination": ["acct_X"], "amount": ["9900000"]}
+    action = load_mappings(SHIPPED).map(request)
+    assert action.action == "http.write"
+    assert action.params["query"] == {"destination": ["acct_X"], "amount": ["9900000"]}
+    assert "query" not in load_mappings(SHIPPED).map(doc("POST", "api.unknown.io", "/x")).params
+
+
 def test_path_captures_feed_params_and_target() -> None:
     action = load_mappings(SHIPPED).map(doc("DELETE", "api.stripe.com", "/v1/customers/cus_9"))
     assert (action.action, action.target) == ("delete_record", "customer/cus_9")
