@@ -3,7 +3,10 @@
 Styles come from rich, rendered to terminal codes once at start-up: a line is then plain string
 formatting (~3 µs) instead of a rich render (~55 µs), which matters at hundreds of lines a second.
 Lines are written in batches at most FLUSH_SECONDS apart, one write for many lines.
-Only redacted values reach this module.
+Only redacted values reach this module; the agent chose many of them (its name, an MCP tool's
+name in the action, a target, params), so each is written with its controls escaped and cut to a
+length: an escape sequence would redraw the operator's terminal, a 900 KB tool name would be a
+900 KB line.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any, TextIO
 from rich.console import Console
 from rich.style import Style
 
+from airlock.console.untrusted import visible
 from airlock.pipeline.run_record import RunSummary
 
 _STYLES = {
@@ -33,6 +37,7 @@ _STYLES = {
     "note": "yellow",
 }
 _MAX_PARAM_CHARS = 60
+_MAX_FIELD_CHARS = 160  # agent, action, operation, provider, target
 FLUSH_SECONDS = 0.2
 
 
@@ -67,10 +72,10 @@ class DecisionLog:
         parts = [
             self._paint("dim", stamp),
             self._paint(decision, f"{decision:<16}"),
-            self._paint("agent", run.agent),
-            self._paint("action", run.action),
-            self._paint("dim", f"({run.operation})") if run.operation else "",
-            f"{run.provider} → {run.target}",
+            self._paint("agent", _field(run.agent)),
+            self._paint("action", _field(run.action)),
+            self._paint("dim", f"({_field(run.operation)})") if run.operation else "",
+            f"{_field(run.provider)} → {_field(run.target)}",
             self._paint("dim", _key_params(run.params)),
             f"risk={run.risk}" if run.risk is not None else "",
             f"{milliseconds:.2f}ms",
@@ -92,13 +97,15 @@ class DecisionLog:
             self.file.flush()
 
 
+def _field(value: object, limit: int = _MAX_FIELD_CHARS) -> str:
+    text = visible(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _key_params(params: dict[str, Any]) -> str:
     parts = []
     for name, value in params.items():
         if isinstance(value, (dict, list)):
             continue
-        text = str(value)
-        if len(text) > _MAX_PARAM_CHARS:
-            text = text[: _MAX_PARAM_CHARS - 1] + "…"
-        parts.append(f"{name}={text}")
+        parts.append(f"{_field(name)}={_field(value, _MAX_PARAM_CHARS)}")
     return " ".join(parts)

@@ -14,6 +14,7 @@ _LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1,
 
 
 MAX_SERIES = 2_000  # labelled decision counters kept apart; the rest count as "other"
+MAX_LABEL_CHARS = 128  # an action or provider the request named is cut to this in a label
 OTHER = "other"
 
 
@@ -141,7 +142,10 @@ class Metrics:
         """labels() validates and locks: look each labelled child up once. An action or a
         provider can come from the request (an MCP tool's name, a Guard call's provider): past
         MAX_SERIES label sets, new ones are counted as "other", so a client making up names
-        cannot grow the proxy's memory (prometheus_client keeps every series it was given)."""
+        cannot grow the proxy's memory (prometheus_client keeps every series it was given); each
+        value is cut to MAX_LABEL_CHARS, else one 900 KB tool name is a series of 900 KB, kept
+        and written out at every scrape."""
+        labels = tuple(_cut(label) for label in labels)
         key = (counter._name, *labels)
         child = self._children.get(key)
         if child is None:
@@ -157,3 +161,7 @@ class Metrics:
         """Called by the store writer's thread after each group commit."""
         self.commit_seconds.observe(seconds)
         self.commit_group_size.observe(group_size)
+
+
+def _cut(label: str) -> str:
+    return label if len(label) <= MAX_LABEL_CHARS else label[: MAX_LABEL_CHARS - 1] + "…"

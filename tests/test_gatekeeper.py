@@ -997,3 +997,17 @@ def test_made_up_action_names_do_not_grow_the_metrics_without_bound() -> None:
     assert len(series) <= metrics_module.MAX_SERIES + 1
     assert sum(s.value for s in series) == total
     assert any(s.labels["action"] == "other" for s in series)
+
+
+def test_a_long_action_name_is_cut_in_its_metric_label() -> None:
+    """A 900 KB MCP tool name was a 900 KB series, kept and written at every scrape (found by
+    review): its label is cut, and the decision still counted."""
+    from airlock.addons import metrics as metrics_module
+
+    metrics = Metrics()
+    metrics.count_decision("BLOCK", "mcp.gh." + "x" * 900_000, "p" * 10_000)
+    [sample] = [s for family in metrics.decisions.collect() for s in family.samples
+                if s.name.endswith("_total")]  # fmt: skip
+    assert len(sample.labels["action"]) == len(sample.labels["provider"])
+    assert len(sample.labels["action"]) == metrics_module.MAX_LABEL_CHARS
+    assert sample.labels["action"].startswith("mcp.gh.xxx") and sample.value == 1

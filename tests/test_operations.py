@@ -460,6 +460,27 @@ def test_the_console_line_names_the_operation() -> None:
     )
 
 
+def test_the_console_line_escapes_and_cuts_what_the_agent_chose() -> None:
+    """An MCP tool's name (the action), a target or a param carrying terminal escapes or 900 KB
+    reach the operator's console as visible escapes, cut: neither a redrawn terminal nor a
+    900 KB line (found by review)."""
+    import io
+
+    from airlock.addons.decision_log import DecisionLog
+    from airlock.pipeline.run_record import RunSummary
+
+    out = io.StringIO()
+    run = RunSummary(
+        "r1", "BLOCK", "mcp.gh." + "x" * 900_000, [], agent="bot\x1b[2J",
+        provider="mcp", target="mcp/gh/\x1b]0;owned\x07", params={"note\r": "ok\x1b[1A" * 50},
+    )  # fmt: skip
+    DecisionLog(out).decision("BLOCK", run, 1.0)
+    line = out.getvalue()
+    assert "\x1b" not in line and "\r" not in line and "\x07" not in line
+    assert "bot\\x1b[2J" in line and "mcp/gh/\\x1b]0;owned\\x07" in line
+    assert len(line) < 1_000
+
+
 def test_creating_a_custom_voice_is_not_read_as_inference() -> None:
     """POST /v1/audio/voices clones a voice from a recording: held, not allowed as a model call."""
     from airlock.pipeline.document import WireRequest, build_document
