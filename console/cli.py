@@ -23,8 +23,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from airlock.console.redacted import hidden_warning
 from airlock.console.running import Running, announce, running_proxies, store_name
-from airlock.console.untrusted import escaped, shown, visible
+from airlock.console.untrusted import escaped, params_text, query_text, shown, visible
 from airlock.store.anchor import PUBLIC_FILE
 from airlock.store.locations import (
     PACKAGE_ROOT,
@@ -238,6 +239,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long one attempt awaiting approval is held before it is answered 503 "
         "'approval pending' (below SDK timeouts; default: %(default)s)",
+    )
+    run.add_argument(
+        "--max-held-per-agent",
+        type=int,
+        default=32,  # addons/runtime.py MAX_HELD_PER_AGENT, for mitmdump -s users
+        metavar="N",
+        help="requests of one agent held at once; past it, a request that needs approval is "
+        "answered 503 'approval pending' at once (its retry joins the approval) rather than "
+        "held in memory (0: no limit; default: %(default)s)",
     )
     run.add_argument(
         "--mcp-keepalive",
@@ -932,6 +942,7 @@ def proxy_arguments(args: argparse.Namespace, confdir: Path) -> list[str]:
         "airlock_hold_timeout": str(args.hold_timeout),
         "airlock_approval_timeout": str(args.approval_timeout),
         "airlock_mcp_keepalive": str(args.mcp_keepalive),
+        "airlock_max_held_per_agent": str(args.max_held_per_agent),
         "airlock_mode": args.mode,
         "airlock_metrics_port": str(args.metrics_port),
     }
@@ -1131,7 +1142,10 @@ def cmd_pending(args: argparse.Namespace) -> int:
             shown(item.agent),
             shown(item.action),
             shown(item.target),
-            shown(_flat_params(item.params) + _edited(item), lines=True),
+            shown(
+                _flat_params(item.params) + _query(item) + _edited(item) + _hidden(item, "\n"),
+                lines=True,
+            ),
             shown(item.reason),
             shown(item.undo["action"] if item.undo else "none known"),
             Text(f"{max(0, item.expires_at - now):.0f}s"),
@@ -1143,8 +1157,23 @@ def cmd_pending(args: argparse.Namespace) -> int:
 WIDE_TABLE = 120  # columns below which approvals print as blocks: a table would cut every cell
 
 
+PARAM_SHOWN = 300  # characters of one param's value in `airlock pending`; --json has it all
+
+
 def _flat_params(params: dict[str, Any]) -> str:
-    return visible(" ".join(f"{k}={v}" for k, v in params.items() if not isinstance(v, dict)))
+    return params_text(params, PARAM_SHOWN)
+
+
+def _query(item: Any) -> str:
+    """The held request's query string, which the params may not read (`?amount=9900000`)."""
+    query = query_text((item.request or {}).get("query"))
+    return f"\n  query: {query}" if query else ""
+
+
+def _hidden(item: Any, before: str = "") -> str:
+    """The warning that redaction hides values of this request, after `before`; or ""."""
+    warning = hidden_warning(item.request, item.params, item.target, item.context)
+    return f"{before}{warning}" if warning else ""
 
 
 def _edited(item: Any) -> str:
@@ -1164,8 +1193,10 @@ def _print_pending_cards(console: Console, items: list[Any]) -> None:
         console.print(Text.assemble((item.id[:12], "bold"), f"  {visible(item.agent)}  "
                                     f"{visible(item.action)} → {visible(item.target)}"
                                     f"  ({left}, risk {item.risk})"))  # fmt: skip
-        console.print(f"  params: {_flat_params(item.params) or 'none'}{_edited(item)}",
-                      markup=False)  # fmt: skip
+        console.print(f"  params: {_flat_params(item.params) or 'none'}{_query(item)}"
+                      f"{_edited(item)}", markup=False)  # fmt: skip
+        if warning := _hidden(item, "  "):
+            console.print(warning, style="yellow", markup=False)
         console.print(f"  why held: {visible(item.reason)}", markup=False)
         console.print(f"  undo: {visible(item.undo['action']) if item.undo else 'none known'}\n",
                       markup=False)  # fmt: skip

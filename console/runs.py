@@ -20,7 +20,8 @@ from typing import Any
 
 from rich.console import Console
 
-from airlock.console.untrusted import escaped, visible
+from airlock.console.redacted import hidden_warning
+from airlock.console.untrusted import cut, escaped, query_text, visible
 from airlock.pipeline.document import normalise_host
 from airlock.pipeline.mappings import MappingIndex
 from airlock.pipeline.undo import CannotUndo, UndoPlan, form_fields, plan_undo, undo_link
@@ -28,6 +29,7 @@ from airlock.store.runs import RunView
 
 UNDO_OF = "X-Airlock-Undo-Of"  # read by the proxy: the new run records the run it undoes
 CARRIED_OUT = ("forwarded", "ambiguous", "unknown")
+BODY_SHOWN = 2000  # characters of the recorded body printed; `runs show --json` has all of it
 
 
 def undo_plan(view: RunView, mappings: MappingIndex) -> UndoPlan:
@@ -60,13 +62,16 @@ def show_run(console: Console, view: RunView, mappings: MappingIndex) -> None:
     if run["operation"]:
         console.print(f"  operation {run['operation']}  mapping {run['mapping_id'] or '—'}")
     _section(console, "Request (as recorded, redacted)")
+    if warning := hidden_warning(request, run["params"], run["target"], run["context"]):
+        console.print(f"  {warning}", style="yellow", markup=False)
     console.print("  " + visible(f"{request.get('method')} {request.get('scheme')}://"
-                                 f"{request.get('host')}{request.get('path')}"),
-                  markup=False)  # fmt: skip
+                                 f"{request.get('host')}{request.get('path')}")
+                  + query_text(request.get("query")), markup=False)  # fmt: skip
     for name, value in (request.get("headers") or {}).items():
         console.print(f"  {visible(name)}: {visible(value)}", markup=False)
     if request.get("body") is not None:
-        console.print("  " + json.dumps(request["body"], default=str)[:2000], markup=False)
+        body = json.dumps(request["body"], default=str)
+        console.print("  " + cut(body, BODY_SHOWN), markup=False)
     _section(console, "Decision")
     console.print(f"  {run['decision']}: {escaped(run['reason'])}")
     console.print(f"  rules: {', '.join(run['rules']) or 'none'}   risk {run['risk']}")

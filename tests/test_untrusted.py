@@ -21,3 +21,14 @@ def test_escaped_and_shown_print_what_was_sent() -> None:
     console.print(f"[bold]target[/] {escaped(sent)}")
     console.print(shown("[/] :smiley:"))
     assert console.export_text() == "target cus_1[/x] [red]a\\\n[/] :smiley:\n"
+
+
+def test_invisible_format_characters_are_written_as_escapes() -> None:
+    """Review: `dry_run\u200b` (a zero-width space) looked like `dry_run`, the key the tool
+    reads; every format character (Cf), line and paragraph separator is made visible."""
+    assert visible("dry_run\u200b") == "dry_run\\u200b" != visible("dry_run")
+    for hidden in ("\u2060", "\ufeff", "\u00ad", "\u2028", "\u2029", "\U000e0041", "\U000e007f"):
+        shown_as = visible(f"a{hidden}b")
+        assert hidden not in shown_as and shown_as.startswith("a\\") and shown_as.endswith("b")
+    assert visible("\U000e0041") == "\\U000e0041"
+    assert escaped("key\u200b[/x]") == "key\\u200b\\[/x]"
