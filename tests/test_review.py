@@ -209,3 +209,87 @@ def test_markup_and_escapes_from_a_request_are_shown_as_sent(store: Engine) -> N
 
     asyncio.run(scenario())
     assert state_of(store, approval_id)[0] == "PENDING"
+
+
+def test_a_request_that_leaves_the_queue_is_not_replaced_by_the_next_under_the_cursor(
+    store: Engine,
+) -> None:
+    """Review: the reviewer reads X; X is settled elsewhere (or its agent leaves); the refresh
+    put the cursor on the next row, and `a` approved Y, never read. The choice is kept by id:
+    it follows its row as others leave, and once it is gone nothing is decided until the
+    reviewer chooses again."""
+    from airlock.store.approvals import DENIED, resolve_approval
+
+    first, second, third = (hold(store, agent=f"bot-{n}") for n in range(3))
+
+    async def scenario() -> None:
+        app = ReviewApp(store, "alice", refresh_seconds=0.1)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await pilot.pause(0.2)
+            await pilot.press("down")  # the reviewer reads the second
+            await pilot.pause(0.1)
+            await asyncio.to_thread(resolve_approval, store, first, DENIED, "bob", "no")
+            await pilot.pause(0.4)
+            assert app.query_one("#queue", DataTable).row_count == 2
+            await pilot.press("a")  # the row moved up: the choice went with it
+            assert isinstance(app.screen, ReasonScreen)
+            assert f"(approval {second[:8]})" in str(app.screen.query_one("#reason-title").render())
+            await pilot.press("escape")
+
+            await asyncio.to_thread(resolve_approval, store, second, DENIED, "bob", "no")
+            await pilot.pause(0.4)
+            assert app.query_one("#queue", DataTable).row_count == 1
+            for key in ("a", "d", "e"):
+                await pilot.press(key)
+                assert not isinstance(app.screen, ReasonScreen), key
+            status = str(app.query_one("#status", Static).render())
+            assert f"approval {second[:8]}" in status and "Choose a request" in status
+            assert f"Approval {second[:8]} left the queue" in str(
+                app.query_one("#detail", Static).render()
+            )
+            await pilot.press("up", "a")  # chosen again: decided as usual
+            assert isinstance(app.screen, ReasonScreen)
+            assert f"(approval {third[:8]})" in str(app.screen.query_one("#reason-title").render())
+            await pilot.press("escape")
+
+    asyncio.run(scenario())
+    assert state_of(store, third)[0] == "PENDING"
+
+
+def test_detail_and_dialog_show_the_query_hidden_values_params_and_a_cut_body(
+    store: Engine,
+) -> None:
+    """Review: the query string was shown nowhere, values hidden by redaction went unsaid, the
+    body was cut at 4,000 characters without a sign, and the dialog named action and target
+    only."""
+    sql = "DELETE FROM sessions WHERE [REDACTED]=[REDACTED]"
+    row = run_row("REQUIRE_APPROVAL", action="http.write", target="api.example.com",
+                  params={"method": "POST", "path": "/v1/payouts", "meta": {"to": "[/b]x"}},
+                  request={"method": "POST",
+                           "query": {"destination": ["acct_ATTACKER"], "amount": ["9900000"]},
+                           "headers": {"authorization": "Bearer [REDACTED]"},
+                           "body": {"sql": sql, "pad": "z" * 5000}})  # fmt: skip
+    approval_id = uuid.uuid4().hex
+    write(store, DecisionRecord(row, HoldRequest(approval_id, time.time() + 120, "h" * 64)))
+    warning = "⚠ 2 values hidden by redaction — Airlock cannot show them; deny if they could matter"
+    query = "?destination=acct_ATTACKER&amount=9900000"
+
+    async def scenario() -> None:
+        app = ReviewApp(store, "alice", refresh_seconds=0.1)
+        async with app.run_test(size=(160, 40)) as pilot:
+            await pilot.pause(0.3)
+            detail = str(app.query_one("#detail", Static).render())
+            assert (
+                f"query: {query}" in detail and f"POST api.stripe.com/v1/charges{query}" in detail
+            )
+            assert warning in detail
+            assert "more characters]" in detail and "z" * 5000 not in detail
+            await pilot.press("a")
+            assert isinstance(app.screen, ReasonScreen)
+            title = str(app.screen.query_one("#reason-title").render())
+            assert f"Approve http.write → api.example.com (approval {approval_id[:8]})" in title
+            assert 'method=POST path=/v1/payouts meta={"to":"[/b]x"}' in title
+            assert f"query: {query}" in title and warning in title
+            await pilot.press("escape")
+
+    asyncio.run(scenario())
