@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from airlock.console.untrusted import query_text, visible
 from airlock.pipeline.run_record import RunSummary
 
 log = logging.getLogger(__name__)
@@ -50,16 +51,22 @@ class Notifier:
         self._last: dict[Target, asyncio.Task[None]] = {}  # each target's latest delivery
         self._waiting: dict[Target, int] = {}
 
-    def held(self, run: RunSummary, approval_id: str, expires_at: float) -> None:
-        self._send("held", run, {"approval_id": approval_id, "expires_at": expires_at})
+    def held(self, run: RunSummary, approval_id: str, expires_at: float,
+             query: dict[str, Any] | None = None) -> None:  # fmt: skip
+        """`query`: the held request's query string as stored (redacted), which the run's
+        params may not read: `?amount=9900000` changes what is approved."""
+        details = {"approval_id": approval_id, "expires_at": expires_at}
+        self._send("held", run, details, query)
 
     def settled(self, run: RunSummary, approval_id: str, state: str, reviewer: str | None,
-                reason: str | None) -> None:  # fmt: skip
+                reason: str | None, query: dict[str, Any] | None = None) -> None:  # fmt: skip
         details = {"approval_id": approval_id, "state": state, "reviewer": reviewer,
                    "reason": reason}  # fmt: skip
-        self._send("settled", run, details)
+        self._send("settled", run, details, query)
 
-    def _send(self, event: str, run: RunSummary, details: dict[str, Any]) -> None:
+    def _send(
+        self, event: str, run: RunSummary, details: dict[str, Any], query: dict[str, Any] | None
+    ) -> None:
         if not self.targets:
             return
         message = {
@@ -69,6 +76,7 @@ class Notifier:
             "action": run.action,
             "provider": run.provider,
             "target": run.target,
+            "query": query or {},
             "params": run.params,
             "risk": run.risk,
             "decision_reason": run.reason,
@@ -147,6 +155,8 @@ def slack_text(message: dict[str, Any]) -> dict[str, str]:
         f"{slack_code(message['action'])} by {slack_code(message['agent'])}"
         f" → {slack_code(message['target'])}"
     )  # a reason too: it may quote what the agent sent, and Slack links a bare URL
+    if query := query_text(message.get("query")):
+        what += f" query {slack_code(query)}"
     if message["event"] == "held":
         short = message["approval_id"][:8]
         text = (
@@ -170,10 +180,11 @@ _REORDERING = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\
 def slack_plain(value: object) -> str:
     """Text for Slack mrkdwn on one line: `&`, `<` and `>` escaped as Slack documents (no
     mention, no link), control characters, line breaks and bidirectional overrides made
-    spaces, cut at SLACK_FIELD."""
+    spaces, other invisible format characters (a zero-width space) written as their escape,
+    cut at SLACK_FIELD."""
     text = "" if value is None else str(value)
     text = "".join(
-        " " if ch in _REORDERING or unicodedata.category(ch) in ("Cc", "Zl", "Zp") else ch
+        " " if ch in _REORDERING or unicodedata.category(ch) in ("Cc", "Zl", "Zp") else visible(ch)
         for ch in text
     )
     if len(text) > SLACK_FIELD:

@@ -183,3 +183,29 @@ def test_what_an_agent_sent_cannot_mention_link_or_forge_a_line_in_slack() -> No
 def test_a_long_field_is_cut_in_slack() -> None:
     long = "x" * 5000
     assert notify.slack_code(long) == "`" + "x" * notify.SLACK_FIELD + "…`"
+
+
+def test_the_query_string_is_shown_beside_the_target(receivers: tuple[Receiver, Receiver]) -> None:
+    """Review: `POST /v1/payouts?destination=acct_ATTACKER&amount=9900000` was notified as its
+    target alone. The query (as stored: redacted) goes in the JSON and on Slack's Request line,
+    escaped like the target; a zero-width space in it is written as its escape."""
+    from airlock.pipeline.run_record import RunSummary
+
+    generic, slack = receivers
+    slack.failures = 0
+    run = RunSummary("run-1", "REQUIRE_APPROVAL", "http.write", ["r"], agent="bot",
+                     target="api.example.com", risk=10)  # fmt: skip
+    query = {"destination": ["acct_ATTACKER"], "amount": ["9900000"], "dry_run\u200b": ["<!here>"]}
+
+    async def scenario() -> None:
+        notifier = notify.Notifier([generic.url, f"slack:{slack.url}"], lambda _: None)
+        notifier.held(run, "0123456789abcdef", 0.0, query=query)
+        await notifier.drain()
+
+    asyncio.run(scenario())
+    assert generic.messages[0]["query"] == query
+    request = slack.messages[0]["text"].splitlines()[1]
+    assert request == (
+        "Request: `http.write` by `bot` → `api.example.com` query `?destination="
+        "acct_ATTACKER&amp;amount=9900000&amp;dry_run\\u200b=&lt;!here&gt;`"
+    )
