@@ -12,6 +12,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -59,6 +60,7 @@ class Stream:
 @dataclass
 class Hold:
     approval_id: str
+    agent: str
     flow: http.HTTPFlow | None  # None between the legs of a kept-alive stream
     settled: asyncio.Future[Settlement]
     stream: Stream | None = None
@@ -74,6 +76,7 @@ class Holds:
         # The holds each client's leaving abandons, looked up rather than scanned: with 10,000
         # held, a scan per disconnect took 14 s of the event loop every flow shares.
         self._by_client: dict[str, set[str]] = {}
+        self._per_agent: Counter[str] = Counter()  # held here now, for airlock_max_held_per_agent
         self._stopping = False
         self._answering: dict[int, asyncio.Event] = {}  # held flows being answered at shutdown
         runtime.watched = lambda: list(self.held)
@@ -114,10 +117,18 @@ class Holds:
         self, flow: http.HTTPFlow, run: RunSummary, approval_id: str, expires_at: float
     ) -> None:
         """Hold for at most the hold window (shorter than SDK timeouts); then, if the approval
-        is still open, answer "pending" so the SDK retries and the retry joins it."""
+        is still open, answer "pending" so the SDK retries and the retry joins it. An agent
+        with airlock_max_held_per_agent requests held already is answered "pending" at once:
+        one agent in a loop cannot take the proxy's memory from every other."""
         runtime = self.runtime
+        limit = ctx.options.airlock_max_held_per_agent
+        if limit and self._per_agent[run.agent] >= limit:
+            self._answer_pending(flow, run, approval_id, expires_at, f"{limit} of this agent's "
+                                 "requests are held already, so this one is not")  # fmt: skip
+            return
         settled: asyncio.Future[Settlement] = asyncio.get_running_loop().create_future()
-        hold = self.held[approval_id] = Hold(approval_id, None, settled)
+        hold = self.held[approval_id] = Hold(approval_id, run.agent, None, settled)
+        self._per_agent[run.agent] += 1
         self._track(hold, flow)
         runtime.metrics.held_flows.inc()
         runtime.ask().watch([approval_id])  # its settlement is pushed: _settled
@@ -161,6 +172,9 @@ class Holds:
         if hold is None:
             return
         self._track(hold, None)
+        self._per_agent[hold.agent] -= 1
+        if not self._per_agent[hold.agent]:
+            del self._per_agent[hold.agent]
         self.runtime.metrics.held_flows.dec()
         if self.runtime.decider is not None:
             self.runtime.decider.unwatch(approval_id)
@@ -422,16 +436,20 @@ class Holds:
             self.runtime.ask().withdraw_release(approval_id, released.at)
 
     def _answer_pending(
-        self, flow: http.HTTPFlow, run: RunSummary, approval_id: str, expires_at: float
-    ) -> None:
+        self, flow: http.HTTPFlow, run: RunSummary, approval_id: str, expires_at: float,
+        why_not_held: str = "",
+    ) -> None:  # fmt: skip
         """503 + Retry-After (and Stripe-Should-Retry): the SDK retries by itself, and the
         retry joins this approval; when it gives up, its error says what is going on."""
-        self.runtime.record_outcome(run.id, "pending", 503)
+        self.runtime.record_outcome(
+            run.id, "pending", 503, detail={"not_held": why_not_held} if why_not_held else None
+        )
         left = max(0, int(expires_at - time.time()))
+        note = f" ({why_not_held})" if why_not_held else ""
         self.refusals.refuse(
             flow, run,
             f"approval pending: a reviewer must approve {approval_id} (airlock approve "
-            f"{approval_id[:8]}); retry the same request to continue ({left} s left)",
+            f"{approval_id[:8]}); retry the same request to continue ({left} s left){note}",
             approval={"id": approval_id, "state": "PENDING", "expires_at": expires_at},
             status=503,
             headers={"Retry-After": str(PENDING_RETRY_AFTER), "Stripe-Should-Retry": "true"},

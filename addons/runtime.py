@@ -51,6 +51,9 @@ log = logging.getLogger("airlock.addons.gatekeeper")
 
 HISTORY_SYNC_SECONDS = 2.0  # how often other instances' decisions are pulled into the history
 STORE_TIMEOUT = 10.0  # seconds a flow waits for its commit before it is refused
+# One agent's requests held at once: each keeps its connection, TLS state and body (about 100 KB,
+# 19 MB for a 8 MB body, measured): past it, an approval is answered "pending" at once, not held.
+MAX_HELD_PER_AGENT = 32
 # mitmproxy options under which connections bypass the HTTP layer (relayed as raw streams).
 _UNSEEN_HOSTS = ("ignore_hosts", "allow_hosts", "tcp_hosts", "udp_hosts")
 # mitmproxy's addons that rewrite a request in their request hook, which runs after Airlock's
@@ -175,6 +178,15 @@ class Runtime:
             "retry joins the same approval.",
         )
         loader.add_option(
+            "airlock_max_held_per_agent",
+            int,
+            MAX_HELD_PER_AGENT,
+            "Requests of one agent held at once (each keeps its connection and body in memory); "
+            "past it a request that needs approval still opens (or joins) its approval, and is "
+            "answered 503 'approval pending' at once rather than held, so its retry joins it. "
+            "0: no limit.",
+        )
+        loader.add_option(
             "airlock_mcp_keepalive",
             int,
             10,
@@ -207,6 +219,8 @@ class Runtime:
         for name in ("airlock_hold_timeout", "airlock_mcp_keepalive"):
             if name in updated and getattr(ctx.options, name) <= 0:
                 raise exceptions.OptionsError(f"{name} must be a positive number of seconds")
+        if "airlock_max_held_per_agent" in updated and ctx.options.airlock_max_held_per_agent < 0:
+            raise exceptions.OptionsError("airlock_max_held_per_agent must be 0 (no limit) or more")
         if _CONFIG_OPTIONS & updated and self.decider is not None and self.decider.running:
             # Sent now, ahead of any later request; a (re)started decider gets it in its setup.
             self.spawn(self._reconfigured(self.decider.configure(self._configuration())))

@@ -56,9 +56,13 @@ REQUEST = (
 # --- load generator --------------------------------------------------------------------------
 
 
-async def _tunnel(proxy_port: int, ca: Path) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def _tunnel(
+    proxy_port: int, ca: Path, agent: str | None = None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     reader, writer = await asyncio.open_connection("127.0.0.1", proxy_port)
-    writer.write(f"CONNECT {HOST}:443 HTTP/1.1\r\nHost: {HOST}:443\r\n\r\n".encode())
+    credentials = base64.b64encode(f"{agent}:".encode()).decode() if agent else ""
+    auth = f"Proxy-Authorization: Basic {credentials}\r\n" if agent else ""
+    writer.write(f"CONNECT {HOST}:443 HTTP/1.1\r\nHost: {HOST}:443\r\n{auth}\r\n".encode())
     await writer.drain()
     head = await reader.readuntil(b"\r\n\r\n")
     if b" 200" not in head.split(b"\r\n", 1)[0]:
@@ -797,7 +801,7 @@ def while_held(
     rounds: int,
 ) -> str:  # fmt: skip
     """Allowed requests' latency with none held, then with `count` requests held at once (each
-    on its own connection, as separate agents' calls would be), round after round (this
+    on its own connection, from an agent of its own), round after round (this
     machine drifts by more than the goal's 10% between two measurements minutes apart), and the
     memory they take."""
     ca = confdir / "mitmproxy-ca-cert.pem"
@@ -827,7 +831,8 @@ async def _held_load(
 ) -> tuple[Result, int]:
     """Hold `count` calls (each a new customer), then measure allowed requests; the proxy's
     resident memory while they are held."""
-    held = [await _tunnel(port, ca) for _ in range(count)]
+    # Each its own agent: one agent holds at most airlock_max_held_per_agent at once.
+    held = [await _tunnel(port, ca, f"held-agent-{i}") for i in range(count)]
     for i, (_, writer) in enumerate(held):
         writer.write(f"DELETE /v1/customers/cus_held_{prefix}{i} HTTP/1.1\r\nHost: {HOST}\r\n"
                      "Content-Length: 0\r\n\r\n".encode())  # fmt: skip

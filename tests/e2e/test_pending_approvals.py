@@ -211,3 +211,31 @@ def test_an_idempotency_key_cannot_carry_an_approval_to_another_request(
     assert other.status_code == 409
     assert "used for a different request" in other.json()["reason"]
     assert upstream.count("/v1/customers/cus_OTHER") == 0
+
+
+def test_one_agent_holds_at_most_its_limit_and_the_rest_wait_as_pending(
+    start_proxy: Callable[..., Proxy], upstream: Upstream
+) -> None:
+    """An agent in a loop cannot hold without bound (each held request keeps its connection
+    and body in memory, found by review): past --max-held-per-agent its request opens its
+    approval and is answered "pending" at once, and its retry is released once approved;
+    another agent's request is still held."""
+    capped = start_proxy("--hold-timeout", "30", "--max-held-per-agent", "2")
+    bot, other = capped.session(agent="loop-bot"), capped.session(agent="other-bot")
+    base = "https://api.stripe.com/v1/customers/"
+    held = [Background(lambda n=n: bot.delete(f"{base}cus_cap_{n}")) for n in range(2)]
+    assert eventually(lambda: len([p for p in pending(capped) if p["agent"] == "loop-bot"]) == 2)
+
+    third = bot.delete(f"{base}cus_cap_2")
+    assert third.status_code == 503
+    assert "2 of this agent's requests are held already" in third.json()["reason"]
+    assert not any(h.finished for h in held)  # the first two are still held
+
+    others = Background(lambda: other.delete(f"{base}cus_cap_other"))
+    assert eventually(lambda: [p for p in pending(capped) if p["agent"] == "other-bot"])
+    for approval in pending(capped):
+        assert airlock("approve", approval["id"], *capped.store).returncode == 0
+    assert [h.result().status_code for h in held] == [200, 200]
+    assert others.result().status_code == 200  # held, then released without a retry
+    assert bot.delete(f"{base}cus_cap_2").status_code == 200  # the retry joins and is released
+    assert all(upstream.count(f"/v1/customers/cus_cap_{n}") == 1 for n in range(3))
