@@ -38,6 +38,7 @@ from airlock.addons.identity import Identity
 from airlock.addons.runtime import STORE_TIMEOUT, Runtime
 from airlock.decider.messages import ApprovalState, DecideCall, Decided
 from airlock.pipeline.document import MAX_DEPTH, Unreadable, within_depth
+from airlock.pipeline.mappings import MAX_NAME, MAX_TARGET
 from airlock.pipeline.policies import ALLOW, BLOCK, REQUIRE_APPROVAL
 from airlock.pipeline.redaction import redacted_prefix
 from airlock.pipeline.run_record import SIMULATED, RunSummary
@@ -71,6 +72,10 @@ _FIELDS: dict[str, tuple[type | tuple[type, ...], bool]] = {  # name: (types, re
     "idempotency_key": ((str, type(None)), False),
     "context": (dict, False),
 }
+
+# What the call's names become (its action, provider and target) is judged up to these lengths
+# (pipeline/mappings.py): a longer one is refused here, before the decider every agent shares.
+_LONGEST = {"action": MAX_NAME, "provider": MAX_NAME, "target": MAX_TARGET}
 
 
 class BadRequest(Exception):
@@ -274,6 +279,10 @@ def tool_call(body: bytes) -> ToolCall:
         if not isinstance(value, types):
             raise BadRequest(f"field {name!r} has the wrong type ({type(value).__name__})")
     _named(fields)
+    for name, limit in _LONGEST.items():
+        value = fields.get(name)
+        if isinstance(value, str) and len(value) > limit:
+            raise BadRequest(f"field {name!r} has {len(value)} characters: at most {limit}")
     if "action" in fields and not ACTION_NAME.match(fields["action"]):
         raise BadRequest(
             f"field 'action' must be a canonical action name like run_shell or "
@@ -301,8 +310,8 @@ def _named(fields: dict[str, Any]) -> None:
     if "tool" not in fields or "server" not in fields:
         raise BadRequest("field 'action' is required (or 'tool' and 'server')")
     for name in ("tool", "server"):
-        if not 0 < len(fields[name]) <= 200:
-            raise BadRequest(f"field {name!r} must be 1 to 200 characters")
+        if not 0 < len(fields[name]) <= MAX_NAME:
+            raise BadRequest(f"field {name!r} must be 1 to {MAX_NAME} characters")
 
 
 # --- tornado's handlers ------------------------------------------------------------------------

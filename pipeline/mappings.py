@@ -71,6 +71,14 @@ CATEGORIES = frozenset(
 SENSITIVITIES = ("low", "medium", "high", "critical")
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 HTTP_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"})
+# Names an agent chooses (an MCP tool's; a Guard API call's action, provider, tool, server) and
+# what names and arguments build (`mcp.<server>.<tool>`, a target rendered from a path or the
+# body) are judged up to these lengths and refused past them: every later stage works in
+# proportion to them, in the decider every agent shares (redacting a 900 KB tool name took
+# 417 ms, ~0.5 µs a character). MCP asks tool names of 1 to 128 characters (specification
+# 2025-11-25); a target holds an S3 object's key, up to 1,024 bytes, with its bucket.
+MAX_NAME = 256
+MAX_TARGET = 2_048  # an action's target, or its action when names built it
 
 _FILE_KEYS = {"provider", "hosts", "mappings", "description", "context", "servers"}
 _MAPPING_KEYS = {
@@ -393,6 +401,14 @@ class MappingIndex:
         return None
 
     def map(self, document: Document) -> Action:
+        """What the request means (MappingError: what it could not be judged as, and why)."""
+        action = self._map(document)
+        problem = overlong(action)
+        if problem is not None:
+            raise MappingError(problem, within_limits(action))
+        return action
+
+    def _map(self, document: Document) -> Action:
         if self.judged_as_mcp(document):
             messages = jsonrpc_messages(document)
             if messages is None:  # the session's GET stream or DELETE, at a declared endpoint
@@ -536,6 +552,12 @@ class MappingIndex:
         except McpError as e:
             known = mcp_method_action(server, method, False)
             raise MappingError(str(e), known) from e
+        if len(tool) > MAX_NAME:
+            raise MappingError(
+                f"tools/call: the tool name (params.name) is {len(tool)} characters; Airlock "
+                f"judges tool names of at most {MAX_NAME}",
+                mcp_method_action(server, method, False),
+            )
         return self.map_tool(document, server, tool, arguments)
 
     def map_tool(
@@ -599,6 +621,45 @@ class McpServers:
                 paths |= self._paths[glob]
         bases = {p.rstrip("/") for p in paths if p is not None}  # `/mcp/` serves `/mcp` too
         return None in paths or any(path == b or path.startswith(b + "/") for b in bases)
+
+
+def overlong(action: Action) -> str | None:
+    """Why an action is past the lengths Airlock judges (MAX_NAME, MAX_TARGET), or None."""
+    for field_name, value, limit in (
+        ("provider", action.provider, MAX_NAME),
+        ("action", action.action, MAX_TARGET),
+        ("target", action.target, MAX_TARGET),
+    ):
+        if len(value) > limit:
+            return (
+                f"the request's {field_name} would be {len(value)} characters; Airlock judges "
+                f"{field_name}s of at most {limit}"
+            )
+    return None
+
+
+def within_limits(action: Action) -> Action:
+    """The action with its names shortened to the limits, as a refusal records it."""
+    return replace(
+        action,
+        provider=shortened(action.provider, MAX_NAME),
+        action=shortened(action.action, MAX_TARGET),
+        target=shortened(action.target, MAX_TARGET),
+    )
+
+
+# What a token's characters may be (sk_live_…, ghp_…, AKIA…, xoxb-…): a text is never cut inside
+# a run of them, so no part of one is left that redaction would no longer recognise. Path and
+# name separators (/ .) end a run: a cut target keeps its `s3://bucket/`.
+_SECRET_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_+=~%"
+
+
+def shortened(text: str, limit: int) -> str:
+    """A text over limit characters as its start and its length (`mcp.github.… [900011
+    characters]`), cut before the run of letters and digits the limit falls in."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit].rstrip(_SECRET_CHARS)}… [{len(text)} characters]"
 
 
 def mcp_method_action(

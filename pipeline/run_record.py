@@ -16,7 +16,7 @@ from typing import Any
 
 from airlock.pipeline.document import Document
 from airlock.pipeline.evaluation import Evaluation
-from airlock.pipeline.mappings import fallback_action
+from airlock.pipeline.mappings import MAX_NAME, MAX_TARGET, fallback_action, shortened
 from airlock.pipeline.mcp import jsonrpc_messages, without_ids
 from airlock.pipeline.policies import ALLOW, BLOCK, ENFORCE, OFF, Shadow, Verdict
 from airlock.pipeline.redaction import redact_document, redact_text, redact_value
@@ -496,12 +496,14 @@ def run_row(
         method=document["method"],
         host=redact_text(document["host"]),
         path=stored["path"],
-        # A Guard API call names its own provider and tool: text from the caller, redacted
-        provider=redact_text(action.provider),
-        action=redact_text(action.action),
+        # A Guard API call names its own provider and tool: text from the caller, redacted.
+        # Cut first (as a refusal records them; mapping refuses longer ones): redacting is
+        # the decider's time, in proportion to the text, and every agent waits for it.
+        provider=redact_text(shortened(action.provider, MAX_NAME)),
+        action=redact_text(shortened(action.action, MAX_TARGET)),
         category=action.category,
         sensitivity=action.sensitivity,
-        target=scrub(redact_text(action.target), secrets),
+        target=scrub(redact_text(shortened(action.target, MAX_TARGET)), secrets),
         mapping_id=action.mapping_id,
         operation=action.operation,
         params=_stored(action.params, secrets),

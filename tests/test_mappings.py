@@ -8,11 +8,13 @@ from typing import Any
 import pytest
 
 from airlock.pipeline.evaluation import Config, evaluate
-from airlock.pipeline.mappings import MappingError, load_mappings
+from airlock.pipeline.mappings import MAX_TARGET, MappingError, load_mappings, shortened
+from airlock.pipeline.policies import load_policies
 from airlock.pipeline.yaml_source import ConfigError
 from tests.helpers.proxy import PROJECT_ROOT
 
 SHIPPED = PROJECT_ROOT / "mappings"
+BASELINE = Config(load_mappings(SHIPPED), load_policies(PROJECT_ROOT / "policies"))
 
 
 def doc(method: str, host: str, path: str, body: Any = None, agent: str = "a") -> dict[str, Any]:
@@ -545,3 +547,31 @@ def test_a_body_that_did_not_parse_is_visible_to_policies() -> None:
     assert action.params["amount"] is None
     unknown = load_mappings(SHIPPED).map({**document, "host": "api.unknown.io"})
     assert "body_error" in unknown.params
+
+
+def test_a_target_longer_than_airlock_judges_is_refused_and_recorded_short() -> None:
+    """A target built from the request (an S3 object's key, up to 1,024 bytes, with its bucket)
+    is judged up to MAX_TARGET characters; past it the request is refused, recorded under its
+    action with the target cut where no part of a secret is left."""
+    index = load_mappings(SHIPPED)
+    key = "reports/" + "k" * 1_016  # S3's longest key
+    assert index.map(doc("PUT", "acme.s3.amazonaws.com", f"/{key}")).target == f"s3://acme/{key}"
+    with pytest.raises(MappingError) as refused:
+        index.map(doc("PUT", "acme.s3.amazonaws.com", "/reports/" + "k" * 900_000))
+    assert str(refused.value) == (
+        f"the request's target would be 900018 characters; Airlock judges targets of at most "
+        f"{MAX_TARGET}"
+    )
+    known = refused.value.action
+    assert known is not None and known.action == "write_object"
+    assert known.target == "s3://acme/reports/… [900018 characters]"
+    evaluation = evaluate(doc("PUT", "acme.s3.amazonaws.com", "/x" + "k" * MAX_TARGET), BASELINE)
+    assert evaluation.verdict.decision == "BLOCK"
+    assert evaluation.failed_stage == "mapping"
+
+
+def test_a_text_is_cut_where_no_part_of_a_secret_is_left() -> None:
+    token = "sk_live_" + "a1B2c3D4e5F6g7H8"
+    cut = shortened(f"mcp.github.create_{token}", 24)
+    assert cut == "mcp.github.… [42 characters]"
+    assert shortened("short", 24) == "short"

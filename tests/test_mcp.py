@@ -17,10 +17,10 @@ from mitmproxy.test import tutils
 from airlock.console.check import check
 from airlock.pipeline.document import build_document
 from airlock.pipeline.evaluation import MAX_BATCH, Config, evaluate
-from airlock.pipeline.mappings import load_mappings
+from airlock.pipeline.mappings import MAX_NAME, load_mappings
 from airlock.pipeline.mcp import keepalive_stream, refusal_answers, resumable_call, tool_outcome
 from airlock.pipeline.policies import load_policies
-from airlock.pipeline.run_record import request_hash
+from airlock.pipeline.run_record import request_hash, run_row
 from airlock.pipeline.yaml_source import ConfigError
 from tests.helpers.proxy import PROJECT_ROOT
 
@@ -661,3 +661,26 @@ def test_keys_that_differ_beyond_case_still_pass(tmp_path: Path) -> None:
     config = Config(SHIPPED, load_policies(tmp_path))
     body = call(1, "refund", {"amount": 5, "amounts": [1], "amount_2": {"Amount": 1}})
     assert evaluate(request(body), config).verdict.decision == "ALLOW"
+
+
+def test_a_tool_name_longer_than_airlock_judges_is_refused_and_recorded_short() -> None:
+    """A tool name becomes the action and target every later stage works on, in the decider
+    every agent shares (redacting a 900 KB one took 417 ms): past MAX_NAME it is refused, and
+    the refusal is recorded under a name of the usual size."""
+    refused = evaluate(request(call(1, "lookup_" + "a" * 900_000)), BASELINE)
+    assert refused.verdict.decision == "BLOCK"
+    assert refused.verdict.reason.endswith(
+        f"the tool name (params.name) is 900007 characters; Airlock judges tool names of at "
+        f"most {MAX_NAME}"
+    )
+    assert refused.failed_stage == "mapping"
+    assert refused.action.action == "mcp.unknown_method"
+    assert refused.action.target == "mcp/mcp.internal.example.com"
+    row = run_row("r1", "i", request(call(1, "a" * 900_000)), refused, 1.0)
+    assert len(row.action) + len(row.target) + len(row.reason) < 1_000
+    in_a_batch = evaluate(request([call(1, "lookup"), call(2, "a" * (MAX_NAME + 1))]), BASELINE)
+    assert "tools/call: the tool name (params.name) is 257" in in_a_batch.verdict.reason
+    assert in_a_batch.verdict.decision == "BLOCK"
+    judged = evaluate(request(call(1, "a" * MAX_NAME)), BASELINE)
+    assert judged.verdict.decision == "REQUIRE_APPROVAL"
+    assert judged.action.action == f"mcp.mcp.internal.example.com.{'a' * MAX_NAME}"

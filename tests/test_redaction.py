@@ -336,6 +336,28 @@ def test_names_a_caller_gives_are_redacted_in_the_record() -> None:
     assert token not in row.provider + row.action + row.host
 
 
+def test_the_record_cuts_overlong_names_before_redacting_them() -> None:
+    """What mapping refuses (a 900 KB name) may still reach the record another way (a Guard
+    API tool's target rendered from its arguments): run_row cuts it first, as redacting it is
+    the shared decider's time, and where no part of a token is left."""
+    from airlock.pipeline.evaluation import Evaluation
+    from airlock.pipeline.mappings import MAX_NAME, MAX_TARGET, Action
+    from airlock.pipeline.policies import Verdict
+    from airlock.pipeline.run_record import run_row
+
+    token = "sk_live_" + "a1B2c3D4e5F6g7H8"
+    straddling = "x/" * ((MAX_TARGET - 10) // 2) + token + "y" * 900_000
+    action = Action("mcp.github." + "a" * 900_000, "p" * 900_000, "tool", "high", straddling,
+                    {}, None)  # fmt: skip
+    document = {"method": "GUARD", "scheme": "guard", "host": "guard", "port": 0, "path": "/",
+                "query": {}, "headers": {}, "body": {}, "agent": "a", "body_size": 0}  # fmt: skip
+    row = run_row("r1", "i", document, Evaluation(action, Verdict("ALLOW", "ok", ())), 1.0)
+    assert row.action == "mcp.github.… [900011 characters]"
+    assert row.provider == "… [900000 characters]" and len(row.provider) <= MAX_NAME
+    assert row.target.endswith("x/… [902062 characters]") and len(row.target) <= MAX_TARGET + 30
+    assert "sk_live" not in row.target
+
+
 def test_user_info_in_a_host_header_is_redacted_where_it_is_stored_and_quoted() -> None:
     """`Host: admin:pw@api.example.com` (no `://` for the URL pattern to follow): refused, as
     it names another host, and neither the record's headers nor the reason keep the password."""

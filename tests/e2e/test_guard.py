@@ -323,8 +323,21 @@ def test_bad_input_is_a_400_naming_the_field_and_nothing_is_recorded(airlock: Pr
         (json.dumps({"action": "x", "target": "t", "approve": True}).encode(), "unknown field"),
         (json.dumps({"action": "Drop Table", "target": "t"}).encode(), "canonical action"),
         (json.dumps({"target": "t"}).encode(), "'action' is required (or 'tool' and 'server')"),
-        (json.dumps({"tool": "Bash", "server": ""}).encode(), "'server' must be 1 to 200"),
+        (json.dumps({"tool": "Bash", "server": ""}).encode(), "'server' must be 1 to 256"),
         (json.dumps({"action": "x", "target": "t", "tool": "y"}).encode(), "'tool' cannot be"),
+        (json.dumps({"tool": "a" * 257, "server": "s"}).encode(), "'tool' must be 1 to 256"),
+        (
+            json.dumps({"action": "a" * 900_000, "target": "t"}).encode(),
+            "field 'action' has 900000 characters: at most 256",
+        ),
+        (
+            json.dumps({"action": "x", "target": "t", "provider": "p" * 257}).encode(),
+            "field 'provider' has 257 characters: at most 256",
+        ),
+        (
+            json.dumps({"action": "x", "target": "t" * 2049}).encode(),
+            "field 'target' has 2049 characters: at most 2048",
+        ),
         (
             b'{"action": "x", "target": "t", "params": ' + b'{"a": ' * 600 + b"1" + b"}" * 601,
             "nests deeper than 64 levels",
