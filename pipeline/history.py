@@ -11,11 +11,12 @@ budgets sum. Denials are kept too, for the risk score.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import math
 import time
-from collections import Counter, defaultdict, deque
+from collections import Counter, OrderedDict, defaultdict, deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 HORIZON = 7 * 24 * 3600.0  # the longest window a budget or rate may use
 RISK_WINDOW = 3600.0  # what the risk score looks back on (bursts, denials)
@@ -25,6 +26,10 @@ EXACT_SECONDS = 300.0  # the recent past is kept entry by entry: short windows s
 BUCKET_SECONDS = 60  # older entries are summed by the minute: memory and time stay bounded
 _COUNT = ("", None)  # the bucket key under which entries are counted
 SEEN_SECONDS = 3600.0  # a run read again later than this (its outcome) could count twice
+# (agent, action) pairs done and (agent, target) pairs touched that are kept for the risk
+# score's "first time", each (~230 bytes a pair whatever its length: ~23 MB each at the cap)
+MAX_KNOWN = 100_000
+D = TypeVar("D", bound=dict[Any, Any])
 
 
 @dataclass
@@ -139,8 +144,41 @@ class _Series:
         return bucket
 
 
+class _Recent:
+    """(agent, name) pairs, the cap most recently added: the least recently added are forgotten
+    first. Forgetting is the less trusting answer: a pair no longer held reads as never seen (a
+    first time, which the risk score counts against the request). Pairs are kept as 16-byte
+    digests: a long target costs what a short one does."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self._keys: OrderedDict[bytes, None] = OrderedDict()
+
+    def add(self, agent: str, name: str) -> None:
+        key = _digest(agent, name)
+        if key in self._keys:
+            self._keys.move_to_end(key)
+            return
+        self._keys[key] = None
+        if len(self._keys) > self.cap:
+            self._keys.popitem(last=False)
+
+    def has(self, agent: str, name: str) -> bool:
+        return _digest(agent, name) in self._keys
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
+def _digest(agent: str, name: str) -> bytes:
+    pair = f"{len(agent)}:{agent}{name}".encode("utf-8", "surrogatepass")
+    return hashlib.blake2b(pair, digest_size=16).digest()
+
+
 class History:
-    def __init__(self, clock: Any = time.time, horizon: float = RISK_WINDOW) -> None:
+    def __init__(
+        self, clock: Any = time.time, horizon: float = RISK_WINDOW, known: int = MAX_KNOWN
+    ) -> None:
         self.clock = clock
         # Kept only as far back as some rule looks (or the risk score's hour); one by one for
         # EXACT_SECONDS, then by the minute: memory grows with traffic times EXACT_SECONDS plus
@@ -148,8 +186,9 @@ class History:
         self.horizon = horizon
         self._passed: dict[tuple[str, str], _Series] = defaultdict(_Series)
         self._denials: dict[str, list[float]] = defaultdict(list)
-        self._done: set[tuple[str, str]] = set()
-        self._targets: set[tuple[str, str]] = set()
+        # For the risk score's "first time" (risk.py): bounded, a forgotten pair reads as new
+        self._done = _Recent(known)
+        self._targets = _Recent(known)
         self._roles: dict[str, tuple[str, ...]] = {}
         # Runs already counted (an instance's own, synced back; another's, read again with its
         # outcome), forgotten after SEEN_SECONDS in the order they came.
@@ -177,37 +216,48 @@ class History:
         self._roles[agent] = roles or self._roles.get(agent, ())
         if passed:
             self._passed[(agent, action)].add(at, _numbers(params))
-            self._done.add((agent, action))
+            self._done.add(agent, action)
             if target:
-                self._targets.add((agent, target))
+                self._targets.add(agent, target)
         else:
             bisect.insort(self._denials[agent], at)
 
     def knows(self, agent: str, action: str) -> None:
         """Done at some time before the horizon: for 'first time' in the risk score."""
-        self._done.add((agent, action))
+        self._done.add(agent, action)
 
     def prune(self) -> None:
-        """Drop what is past the horizon; sum what is past EXACT_SECONDS by the minute."""
+        """Drop what is past the horizon; sum what is past EXACT_SECONDS by the minute. An
+        agent, action or host seen once costs nothing once it is past the horizon: its empty
+        series, denials and roles go (roles come again from the agents file with its next
+        decision; budgets only ask roles of the agents that have a series)."""
         now = self.clock()
         start = now - self.horizon
         for series in self._passed.values():
             series.prune(start)
             series.fold(now - EXACT_SECONDS)
         for times in self._denials.values():
-            cut = bisect.bisect_left(times, start)
-            del times[:cut]
+            del times[: bisect.bisect_left(times, start)]
+        passed = self._passed
+        self._passed = _without(passed, [k for k, s in passed.items() if not s.times + s.minutes])
+        self._denials = _without(self._denials, [a for a, t in self._denials.items() if not t])
+        agents = {agent for agent, _ in self._passed}
+        self._roles = _without(self._roles, [a for a in self._roles if a not in agents])
         forget = now - SEEN_SECONDS
+        forgotten = 0
         while self._seen_order and self._seen_order[0][0] < forget:
             self._seen_ids.discard(self._seen_order.popleft()[1])
+            forgotten += 1
+        if forgotten > len(self._seen_ids):
+            self._seen_ids = set(self._seen_ids)
 
     # --- what the score asks ------------------------------------------------------------------
 
     def has_done(self, agent: str, action: str) -> bool:
-        return (agent, action) in self._done
+        return self._done.has(agent, action)
 
     def has_touched(self, agent: str, target: str) -> bool:
-        return (agent, target) in self._targets
+        return self._targets.has(agent, target)
 
     def recent_count(self, agent: str, action: str, seconds: float) -> int:
         series = self._passed.get((agent, action))
@@ -311,6 +361,14 @@ class WithEarlier:
 
     def recent_denials(self, agent: str, seconds: float) -> int:
         return self.history.recent_denials(agent, seconds)
+
+
+def _without(values: D, gone: list[Any]) -> D:
+    """values without the keys gone; copied when most of it went (a dict keeps the room of its
+    largest size, and a copy has the room of what it holds)."""
+    for key in gone:
+        del values[key]
+    return values.copy() if len(gone) > len(values) else values
 
 
 def _numbers(params: dict[str, Any]) -> dict[str, Any]:

@@ -5,13 +5,21 @@ from __future__ import annotations
 import asyncio
 import textwrap
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from airlock.addons.gatekeeper import Airlock
-from airlock.pipeline.history import BUCKET_SECONDS, EXACT_SECONDS, History, WithEarlier
+from airlock.pipeline.history import (
+    BUCKET_SECONDS,
+    EXACT_SECONDS,
+    RISK_WINDOW,
+    SEEN_SECONDS,
+    History,
+    WithEarlier,
+)
 from airlock.pipeline.mappings import Action
 from airlock.pipeline.policies import load_policies
 from airlock.pipeline.risk import score
@@ -329,3 +337,46 @@ def test_a_batch_of_many_calls_is_judged_in_time_linear_in_its_length() -> None:
     judged(500)  # warm
     small, large = min(judged(2_000) for _ in range(3)), min(judged(16_000) for _ in range(3))
     assert large / small <= 24, (small, large)  # 8 times the calls; the square: 64 times
+
+
+def test_what_prune_leaves_of_unique_hosts_actions_and_agents_is_bounded() -> None:
+    """An agent that names a new host, tool or agent name every request: what is past every
+    window is forgotten, and what the risk score keeps of the first times is capped."""
+    clock = Clock()
+    history = History(clock, known=100)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(20_000):
+            history.record(f"h{i}", "evil-bot", "http.read", clock.now, {}, True, (), f"10.{i}")
+            history.record(f"a{i}", "evil-bot", f"mcp.github.t{i}", clock.now, {}, True, ("r",))
+            history.record(f"g{i}", f"bot-{i}", "http.write", clock.now, {}, False, ("r",), "h")
+        grown = tracemalloc.get_traced_memory()[0] - before
+        clock.now += RISK_WINDOW + SEEN_SECONDS
+        history.prune()
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown > 10_000_000
+    assert kept < 500_000, f"{kept} bytes kept of {grown}"
+    assert (len(history._passed), len(history._denials), len(history._roles)) == (0, 0, 0)
+    assert len(history._done) == len(history._targets) == 100
+
+
+def test_a_first_time_forgotten_past_the_cap_counts_as_a_first_time_again() -> None:
+    """Forgetting is the less trusting answer: an action or target the history no longer
+    holds reads as never done, and the risk score adds its first-time points again."""
+    clock = Clock()
+    history = History(clock, known=2)
+
+    def first_times(action: Action) -> list[str]:
+        factors = score(action, "bot", history).factors
+        return [f.name for f in factors if f.name in ("first_time", "new_target")]
+
+    history.record("r1", "bot", "create_refund", clock.now, {}, True, target="charge/ch_1")
+    assert first_times(refund(10)) == []
+    for i in range(2):
+        history.record(f"o{i}", "bot", f"other_{i}", clock.now, {}, True, target=f"t/{i}")
+    assert first_times(refund(10)) == ["first_time"]
+    history.record("r2", "bot", "create_refund", clock.now, {}, True)
+    assert first_times(refund(10)) == ["new_target"]
