@@ -277,6 +277,19 @@ def normalise_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
+# libpq's limits on a peer gone silent (a partition, a dead host, a failover behind an address,
+# a firewall dropping the connection): without them a commit waits on the socket for the
+# kernel's retransmission limit (~15 minutes), every request refused meanwhile and after. With
+# them the write fails within ~10 s, its requests are refused, and the next one reconnects.
+_SILENT_PEER_LIMITS = {
+    "connect_timeout": 5,  # seconds
+    "tcp_user_timeout": 10_000,  # ms that sent data may go unacknowledged
+    "keepalives": 1,
+    "keepalives_idle": 5,  # seconds idle before the first probe
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+}
+
 FULL, PROCESS = "full", "process"
 DURABILITY_MODES = (FULL, PROCESS)
 
@@ -296,7 +309,11 @@ def open_engine(url: str = DEFAULT_DB_URL, durability: str = FULL) -> Engine:
         settings = "-c lock_timeout=5000"
         if durability == PROCESS:
             settings += " -c synchronous_commit=off"
-        options = {"options": settings} if parsed.drivername.endswith("psycopg") else {}
+        options: dict[str, Any] = {}
+        if parsed.drivername.endswith("psycopg"):
+            options = {"options": settings}
+            # The URL's own settings (?tcp_user_timeout=…) stand; these are the defaults.
+            options |= {k: v for k, v in _SILENT_PEER_LIMITS.items() if k not in parsed.query}
         return create_engine(
             url, pool_pre_ping=True, pool_size=5, max_overflow=5, connect_args=options
         )

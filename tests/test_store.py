@@ -171,6 +171,58 @@ def test_a_refused_job_fails_alone_and_the_group_behind_it_commits(engine: Engin
     assert report.events == 4
 
 
+@pytest.mark.parametrize("fault", ["deleted", "replaced"])
+def test_a_database_file_deleted_or_replaced_under_the_writer_takes_no_more_writes(
+    tmp_path: Path, fault: str
+) -> None:
+    """SQLite writes on into a file unlinked under it: decisions "recorded" where no reader or
+    `audit verify` could see them, and their requests forwarded (found by review). Each write
+    after the file is gone or another stands in its place is refused, and says why."""
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    engine = open_engine(url)
+    create_schema(engine)
+    writer = GroupWriter(engine)
+    try:
+        assert writer.write_group([Pending(1, DecisionRecord(run_row()))]) == [(1, True, None)]
+        for suffix in ("", "-wal", "-shm"):
+            (tmp_path / f"a.db{suffix}").unlink(missing_ok=True)
+        if fault == "replaced":
+            create_schema(open_engine(url))  # an empty store where the old one was
+        [(sequence, ok, why)] = writer.write_group([Pending(2, DecisionRecord(run_row()))])
+        assert (sequence, ok) == (2, False)
+        assert f"the database file {tmp_path / 'a.db'} was " in why
+        assert ("deleted" if fault == "deleted" else "replaced by another file") in why
+        assert writer.write_group([Pending(3, DecisionRecord(run_row()))])[0][1] is False
+    finally:
+        writer.close()
+
+
+def test_postgresql_connections_give_up_on_a_silent_peer(pg_database: str) -> None:
+    """Without libpq's keepalive and TCP user timeout a commit to a server gone silent (a
+    partition, a failover behind one address) waited ~15 minutes, every request refused
+    meanwhile (found by review). They are set unless the URL sets its own."""
+    for url, user_timeout in (
+        (pg_database, "10000"),
+        (f"{pg_database}?tcp_user_timeout=2500", "2500"),
+    ):
+        engine = open_engine(url)
+        connection = engine.raw_connection()
+        try:
+            dsn = dict(
+                part.split("=", 1) for part in connection.driver_connection.info.dsn.split()
+                if "=" in part and not part.startswith("options")
+            )  # fmt: skip
+        finally:
+            connection.close()
+            engine.dispose()
+        assert dsn["tcp_user_timeout"] == user_timeout
+        assert (dsn["keepalives"], dsn["keepalives_idle"], dsn["connect_timeout"]) == (
+            "1",
+            "5",
+            "5",
+        )
+
+
 def test_postgresql_group_writes_are_pipelined(engine: Engine) -> None:
     """psycopg's pipeline mode: statements whose result is unread go without a round trip each."""
     pooled = engine.raw_connection()
