@@ -76,6 +76,10 @@ log = logging.getLogger(__name__)
 
 IDLE_WRITE_DELAY = 0.05  # seconds an outcome may wait to share a commit with a decision
 STABLE_SECONDS = 5.0  # a decider that lived this long is restarted at once
+# A worker that answers nothing this long while calls wait is stuck (a store connection gone
+# silent, a lock never released): killed and started again, or the gate refused every request
+# until someone restarted it. Long enough for any batch, reload or store preparation.
+HUNG_SECONDS = 60.0
 FIRST_RESTART_PAUSE, MAX_RESTART_PAUSE = 0.1, 5.0  # doubling pauses for one that keeps dying
 # A call with no timeout of its own is forgotten this long after it was sent, answered or not:
 # its caller gave up long before (each bounds its wait), and a stuck decider must not
@@ -163,11 +167,14 @@ class DeciderClient:
         self._deadlines: list[tuple[float, int, float]] = []
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._started_at = 0.0
+        self._heard_at = 0.0  # monotonic: when this decider last answered anything
         self._restart_at = 0.0  # monotonic time before which a dead decider is not restarted
         self._quick_deaths = 0  # in a row, each within STABLE_SECONDS of its start
         self._restarting: asyncio.Future[None] | None = None  # for held flows (_on_lost)
         self._restart_timer: asyncio.TimerHandle | None = None
         self._stopped = False  # stop() was called: nothing starts it again by itself
+
+    killable = False  # whether a stuck decider can be stopped (a process) or not (a thread)
 
     async def _open(self) -> _Link:
         raise NotImplementedError
@@ -202,6 +209,7 @@ class DeciderClient:
                 link.kill()
                 return
             self._link = link
+            self._heard_at = time.monotonic()
             setup = [Envelope(0, self.setup())] if self.setup else []
             link.post([*setup, *self._unconfirmed.values()])
             self._deferred = []  # each is unconfirmed: sent just now
@@ -350,13 +358,33 @@ class DeciderClient:
         rather than once per call (at concurrency 1, 17 µs per request of timer wake-ups)."""
         self._deadline_timer = None
         now, deadlines = time.monotonic(), self._deadlines
+        expired = False
         while deadlines and (deadlines[0][0] <= now or deadlines[0][1] not in self._waiting):
             _, sequence, seconds = heapq.heappop(deadlines)
             future = self._waiting.pop(sequence, None)
             if future is not None and not future.done():
                 future.set_exception(TimeoutError(f"no answer within {seconds:g} s"))
+                expired = True
+        if expired and self._unless_hung(now):
+            return
         if deadlines:
             self._arm(deadlines[0][0])
+
+    def _unless_hung(self, now: float) -> bool:
+        """A call just went unanswered: a worker silent for HUNG_SECONDS is killed (its calls
+        fail, their requests refused) and the next call, or a held flow, starts another.
+        True when it was. A thread (in-process) cannot be killed: it is left, and said."""
+        silent = now - self._heard_at
+        if self._link is None or silent < HUNG_SECONDS:
+            return False
+        reason = (f"the decider answered nothing for {silent:.0f} s while calls waited (a store "
+                  "gone silent, a lock never released)")  # fmt: skip
+        if not self.killable:
+            log.error("%s; an in-process decider cannot be stopped: restart Airlock", reason)
+            self._heard_at = now  # said once per HUNG_SECONDS, not at every call
+            return False
+        self._on_lost(self._link, f"{reason}: stopped, and started again")
+        return True
 
     def _tell(self, message: Message) -> None:
         """Nobody waits: dropped while no decider runs (the setup brings a new one up to date)."""
@@ -372,6 +400,7 @@ class DeciderClient:
     # --- answers -----------------------------------------------------------------------------
 
     def _on_answers(self, answers: list[Answer]) -> None:
+        self._heard_at = time.monotonic()
         for answer in answers:
             if isinstance(answer, Reply):
                 self._on_reply(answer)
@@ -466,6 +495,7 @@ class DeciderClient:
 
 class WorkerDecider(DeciderClient):
     program = "airlock.decider.worker"  # the module the worker process runs
+    killable = True
 
     async def _open(self) -> _Link:
         return await _ProcessLink.open(self, self.program)

@@ -1135,3 +1135,39 @@ def test_a_held_request_keeps_each_rules_reviewer_roles(core: DeciderCore, tmp_p
         resolve_approval(core.engine, held.approval.id, APPROVED, "alice", None, reviewers)
     settled = resolve_approval(core.engine, held.approval.id, APPROVED, "carol", None, reviewers)
     assert settled.state == "APPROVED"
+
+
+def test_a_worker_that_answers_nothing_while_calls_wait_is_stopped_and_started_again(
+    store: StoreAddress, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker stuck in a write (a store connection gone silent, a lock never released) left
+    the gate refusing every request until someone restarted it (found by review): once it has
+    answered nothing for HUNG_SECONDS while calls waited, it is killed and another started."""
+    import airlock.decider.client as client_module
+    from airlock.store.schema import write_transaction
+
+    monkeypatch.setattr(client_module, "HUNG_SECONDS", 1.5)
+    engine = open_engine(store.url)
+
+    async def scenario() -> None:
+        decider = WorkerDecider(store)
+        await decider.start()
+        try:
+            stuck = decider._link.process  # type: ignore[union-attr]
+            assert (await decider.decide(charge(1), 10)).run.decision == "BLOCK"  # answered
+            with write_transaction(engine):  # another process's write lock, never released
+                for attempt in range(2, 12):
+                    with pytest.raises((TimeoutError, StoreError)):
+                        await decider.decide(charge(attempt), 1.0)
+                    if decider._link is None:
+                        break
+                assert decider._link is None, "the stuck worker was kept"
+                assert stuck.wait(10) is not None
+            await decider.start()
+            assert decider._link.process.pid != stuck.pid  # type: ignore[union-attr]
+            assert (await decider.decide(charge(99), 10)).run.decision == "BLOCK"
+        finally:
+            await decider.stop()
+
+    asyncio.run(scenario())
+    engine.dispose()
