@@ -290,6 +290,8 @@ _SILENT_PEER_LIMITS = {
     "keepalives_count": 3,
 }
 
+WAL_SIZE_LIMIT = 64 * 1024 * 1024  # bytes SQLite's WAL file is cut back to after a checkpoint
+
 FULL, PROCESS = "full", "process"
 DURABILITY_MODES = (FULL, PROCESS)
 
@@ -337,6 +339,10 @@ def _make_sqlite_durable_and_serial(engine: Engine, synchronous: str) -> None:
         cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
+        # A reader that holds its snapshot long (a shell left in a transaction) stops
+        # checkpoints from reaching the WAL's end, which then grows with every write (63 KB a
+        # request, measured); once it ends, the WAL is cut back to this rather than kept.
+        cursor.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         cursor.close()
 
     @event.listens_for(engine, "begin")

@@ -1623,3 +1623,31 @@ def test_with_a_quorum_an_edit_is_approved_only_by_reviewers_who_say_so(engine: 
         stored = conn.execute(select(Approval.edit)).scalar_one()
     assert (stored["version"], stored["by"], stored["params"]) == (1, "alice", edit["params"])
     assert verify_audit(engine).ok
+
+
+def test_the_sqlite_wal_is_cut_back_once_a_long_reader_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader left in a transaction let the WAL grow with every write and it stayed that size
+    after (228 MB after 45 s of load, found by review): once the reader is gone and a checkpoint
+    ran, it is cut back to WAL_SIZE_LIMIT."""
+    import airlock.store.schema as schema_module
+
+    monkeypatch.setattr(schema_module, "WAL_SIZE_LIMIT", 64 * 1024)
+    engine = open_engine(f"sqlite:///{tmp_path / 'a.db'}")
+    create_schema(engine)
+    wal = tmp_path / "a.db-wal"
+    writer = GroupWriter(engine)
+    try:
+        with engine.connect() as reader:
+            reader.execute(select(Run.id)).all()  # its snapshot is held until it ends
+            for n in range(300):
+                assert writer.write_group([Pending(n + 1, DecisionRecord(run_row()))])[0][1]
+            assert wal.stat().st_size > 512 * 1024  # grown past the limit while it reads
+        with engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+        assert writer.write_group([Pending(999, DecisionRecord(run_row()))])[0][1]
+        assert wal.stat().st_size <= 64 * 1024
+    finally:
+        writer.close()
+        engine.dispose()
