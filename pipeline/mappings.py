@@ -36,7 +36,13 @@ from airlock.pipeline.mcp import (
     mcp_message,
     tool_call,
 )
-from airlock.pipeline.operations import DEFAULT_CATALOG, Operation, OperationIndex, load_catalog
+from airlock.pipeline.operations import (
+    DEFAULT_CATALOG,
+    MAX_CACHED_HOST,
+    Operation,
+    OperationIndex,
+    load_catalog,
+)
 from airlock.pipeline.prior import PriorSpec, load_prior_spec
 from airlock.pipeline.redaction import is_secret_name, redact_path
 from airlock.pipeline.undo import UndoSpec, load_undo_spec
@@ -361,6 +367,8 @@ class MappingIndex:
         return len(self.mappings)
 
     def candidates(self, host: str, method: str) -> list[Mapping]:
+        if len(host) > MAX_CACHED_HOST or method not in HTTP_METHODS:  # keys of bounded size
+            return self._collect(host, method)
         key = (host, method)
         found = self._by_host_method.get(key)
         if found is None:
@@ -527,7 +535,8 @@ class MappingIndex:
             mapped = bool(self.on_host(host))
             if len(self._mapped_hosts) > 65_536:  # hosts are few; bound it anyway
                 self._mapped_hosts.clear()
-            self._mapped_hosts[host] = mapped
+            if len(host) <= MAX_CACHED_HOST:
+                self._mapped_hosts[host] = mapped
         return mapped or (
             self.operations is not None and self.operations.service_of(document) is not None
         )

@@ -23,7 +23,7 @@ import json
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -46,6 +46,10 @@ _TEMPLATE_LABEL = re.compile(r"\{([A-Za-z0-9_]+)(\+?)\}")
 _REST = frozenset({"rest-json", "rest-xml"})
 OPENAPI = "openapi"
 _MAX_CACHED_HOSTS = 65_536
+# Caches keyed by what a request names hold at most _MAX_CACHED_HOSTS keys, none longer than
+# its kind can be: a host of a DNS name's 253 characters (RFC 1035); a longer one is looked up
+# uncached (a 64 KB host otherwise stayed as a key: 4 GB at the cap).
+MAX_CACHED_HOST = 253
 LEADING = 2  # path segments that index an operation template (see rest_candidates)
 ANY_METHOD = "*"  # the key of every operation of a service that ignores the method
 
@@ -140,18 +144,32 @@ class Service:
 
     def rest_candidates(self, method: str, path: str) -> list[OperationSpec]:
         method = ANY_METHOD if self.any_method else method
-        segments = tuple(path.split("/", LEADING + 1)[1 : LEADING + 1])
+        templates = self.rest_by_method.get(method)
+        if not templates:  # a method none of its operations has (any token a client sends)
+            return []
+        # A segment longer than every template's leading literal matches none of them: it is
+        # keyed as "", which no template's leading segments hold (they stop at an empty one),
+        # so the cache holds no more of a path than the catalog's own segments (a 30 KB
+        # segment once made 74 KB a request, 4.8 GB at the cap).
+        longest = self._longest_leading
+        segments = tuple(
+            segment if len(segment) <= longest else ""
+            for segment in path.split("/", LEADING + 1)[1 : LEADING + 1]
+        )
         key = (method, segments)
         found = self._rest_candidates.get(key)
         if found is None:
-            found = [
-                spec
-                for spec in self.rest_by_method.get(method, ())
-                if spec.leading == segments[: len(spec.leading)]
-            ]
+            found = [spec for spec in templates if spec.leading == segments[: len(spec.leading)]]
             if len(self._rest_candidates) < _MAX_CACHED_HOSTS:  # segments are mostly few
                 self._rest_candidates[key] = found
         return found
+
+    @cached_property
+    def _longest_leading(self) -> int:
+        """The longest leading literal segment of the service's templates (56 characters in
+        the shipped catalog: Slack's admin.conversations.ekm.listOriginalConnectedChannelInfo)."""
+        templates = (spec for specs in self.rest_by_method.values() for spec in specs)
+        return max((len(s) for spec in templates for s in spec.leading), default=0)
 
     def identify(self, document: Document, resource: str | None) -> Operation | None:
         spec, labels = self._find(document, resource)
@@ -347,11 +365,14 @@ class OperationIndex:
     def service_of(self, document: Document) -> tuple[Service, str | None] | None:
         """The service a request is for, and the resource its host names (an S3 bucket)."""
         host = document["host"]
-        if host not in self._hosts:
+        if len(host) > MAX_CACHED_HOST:
+            found = self._service_of_host(host)
+        elif host in self._hosts:
+            found = self._hosts[host]
+        else:
             if len(self._hosts) > _MAX_CACHED_HOSTS:
                 self._hosts.clear()
-            self._hosts[host] = self._service_of_host(host)
-        found = self._hosts[host]
+            found = self._hosts[host] = self._service_of_host(host)
         if found is not None or not scope_names_service(host):
             return found
         scope = _credential_scope(document)

@@ -9,6 +9,7 @@ import pytest
 
 from airlock.pipeline.evaluation import Config, evaluate
 from airlock.pipeline.mappings import MAX_TARGET, MappingError, load_mappings, shortened
+from airlock.pipeline.operations import MAX_CACHED_HOST
 from airlock.pipeline.policies import load_policies
 from airlock.pipeline.yaml_source import ConfigError
 from tests.helpers.proxy import PROJECT_ROOT
@@ -575,3 +576,13 @@ def test_a_text_is_cut_where_no_part_of_a_secret_is_left() -> None:
     cut = shortened(f"mcp.github.create_{token}", 24)
     assert cut == "mcp.github.… [42 characters]"
     assert shortened("short", 24) == "short"
+
+
+def test_hosts_longer_than_a_dns_name_are_mapped_as_before_and_not_cached() -> None:
+    index = load_mappings(SHIPPED)
+    host = "x" * 1_000 + ".example.com"  # longer than a DNS name, shorter than a target
+    assert index.map(doc("POST", host, "/v1/charges")).action == "http.write"
+    assert index.map(doc("X" * 10_000, "api.stripe.com", "/v1/charges")).action == "http.write"
+    assert index.map(doc("POST", "api.stripe.com", "/v1/charges")).action == "create_charge"
+    cached = [*index._mapped_hosts, *(h + m for h, m in index._by_host_method)]
+    assert cached and max(len(key) for key in cached) <= MAX_CACHED_HOST + len("OPTIONS")

@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mitmproxy.test import tutils
 
 from airlock.console.catalog_build import openapi_sensitivity
 from airlock.console.catalog_coverage import aws_coverage, aws_request, report
 from airlock.pipeline.document import build_document
 from airlock.pipeline.evaluation import Config, evaluate
 from airlock.pipeline.mappings import load_mappings
-from airlock.pipeline.operations import load_catalog, parse_aws_host
+from airlock.pipeline.operations import LEADING, MAX_CACHED_HOST, load_catalog, parse_aws_host
 from airlock.pipeline.policies import load_policies
 from airlock.pipeline.yaml_source import ConfigError
 from tests.helpers.proxy import PROJECT_ROOT
@@ -528,3 +529,41 @@ def test_a_derived_target_is_never_a_field_that_holds_a_secret() -> None:
     row = run_row("r1", "i", document, evaluation, 1.0, None).as_row()
     assert evaluation.action.operation == "aws.iam.ChangePassword"
     assert old not in json.dumps(row) and new not in json.dumps(row)
+
+
+def _get(host: str, path: str, method: str = "GET") -> dict[str, Any]:
+    request = tutils.treq(
+        method=method.encode(), host=host, port=443, scheme=b"https", authority=b"",
+        path=path.encode(), headers=[], content=b"",
+    )  # fmt: skip
+    return build_document(request, "agent")
+
+
+def test_long_path_segments_hosts_and_methods_are_identified_as_before_and_cached_short() -> None:
+    """The operation caches are keyed by what a request names: segments longer than every
+    template's leading literal match none, and share one key; hosts past a DNS name's length
+    and methods no operation has are not cached. What is identified does not change."""
+    catalog = load_catalog()
+    long = "o" * 30_000
+    paths = [f"/repos/{long}/r", f"/{long}/{long}", f"/repos{long}/x", f"/gists/{long}", "/a//b"]
+    for service in catalog.services.values():
+        for method, templates in service.rest_by_method.items():
+            for path in paths:
+                segments = tuple(path.split("/", LEADING + 1)[1 : LEADING + 1])
+                uncached = [t for t in templates if t.leading == segments[: len(t.leading)]]
+                assert service.rest_candidates(method, path) == uncached, (service.name, path)
+    found = catalog.identify(_get("api.github.com", f"/repos/{long}/r"))
+    assert found is not None and found.name == "github.repos/get"
+    assert found.fields["owner"] == long
+    github = catalog.services["github"]
+    for i in range(200):  # 12 MB of segments, each pair unique
+        assert catalog.identify(_get("api.github.com", f"/{i}{long}/{long}{i}")) is None
+    assert catalog.identify(_get("api.github.com", "/repos/a/b", "X" * 10_000)) is None
+    keys = [(method, *segments) for method, segments in github._rest_candidates]
+    assert sum(len(text) for key in keys for text in key) < 1_000, keys
+
+    bucket = "x" * 5_000
+    deleted = catalog.identify(_get(f"{bucket}.s3.amazonaws.com", "/k", "DELETE"))
+    assert deleted is not None and deleted.name == "aws.s3.DeleteObject"
+    assert deleted.fields["Bucket"] == bucket
+    assert max(len(host) for host in catalog._hosts) <= MAX_CACHED_HOST
