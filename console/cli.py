@@ -1202,6 +1202,17 @@ def _print_pending_cards(console: Console, items: list[Any]) -> None:
                       markup=False)  # fmt: skip
 
 
+def _store_errors() -> tuple[type[Exception], ...]:
+    """What the store's drivers raise (the store writes through their connections, not only
+    SQLAlchemy's): a refused write is one line, not a traceback."""
+    import sqlite3
+
+    import psycopg
+    from sqlalchemy.exc import SQLAlchemyError
+
+    return SQLAlchemyError, sqlite3.Error, psycopg.Error
+
+
 def cmd_decide(args: argparse.Namespace) -> int:
     from airlock.store.approvals import APPROVED, DENIED, ApprovalError, resolve_approval
 
@@ -1215,6 +1226,12 @@ def cmd_decide(args: argparse.Namespace) -> int:
         )
     except (ApprovalError, ValueError) as e:
         print(f"airlock {args.command}: {e}", file=sys.stderr)
+        return 1
+    except _store_errors() as e:  # a full disk, a locked or unreachable store: nothing decided
+        cause = getattr(e, "orig", None) or e
+        why = f"{type(cause).__name__}: {str(cause).splitlines()[0]}"
+        print(f"airlock {args.command}: the store could not be written, nothing was decided "
+              f"({why})", file=sys.stderr)  # fmt: skip
         return 1
     finally:
         _checkpoint_reviewed(engine)

@@ -201,17 +201,26 @@ def retention_cut(store: Engine | Connection) -> tuple[int, str] | None:
 
 
 def write_checkpoint(data_dir: Path, note: str, size: int) -> Path:
-    """Atomically: `latest` is never half written. A `latest` further along is kept: a
-    reviewer's command and the decider may both sign checkpoints in one data directory."""
+    """Atomically: neither `latest` nor a position's file is ever half written (a full disk
+    left an empty one). A `latest` further along is kept: a reviewer's command and the decider
+    may both sign checkpoints in one data directory."""
     folder = Path(data_dir) / CHECKPOINTS
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{size:012d}.checkpoint").write_text(note)
+    _write_whole(folder / f"{size:012d}.checkpoint", note)
     if _size_of(folder / "latest") > size:
         return folder / "latest"
-    partial = folder / f"latest.{os.getpid()}.tmp"
-    partial.write_text(note)
-    os.replace(partial, folder / "latest")
+    _write_whole(folder / "latest", note)
     return folder / "latest"
+
+
+def _write_whole(path: Path, text: str) -> None:
+    """Written beside it, then renamed over it: a write cut short leaves no file behind."""
+    partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        partial.write_text(text)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def _size_of(note: Path) -> int:

@@ -130,6 +130,27 @@ def test_approve_from_the_cli_needs_a_reason_for_a_risky_request(
     assert main(approved) == 0
 
 
+def test_approve_on_a_store_that_refuses_the_write_is_one_line_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A full disk (or any refused write) gave a reviewer a 49-line traceback (found by
+    review): one line says nothing was decided and why."""
+    from sqlalchemy import text
+
+    from airlock.store.schema import open_engine
+
+    url, hold = held_in_a_store(tmp_path, run_row("REQUIRE_APPROVAL"))
+    engine = open_engine(url)
+    with engine.begin() as conn:  # the store refuses every change to an approval
+        refuse = "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+        conn.execute(text(f"CREATE TRIGGER full BEFORE UPDATE ON approvals {refuse}"))
+    engine.dispose()
+    assert main(["approve", hold.approval_id, "--db", url, "--reviewer", "alice"]) == 1
+    err = capsys.readouterr().err
+    said = "airlock approve: the store could not be written, nothing was decided (IntegrityError: "
+    assert f"{said}database or disk is full)\n" in err and "Traceback" not in err
+
+
 def test_pending_shows_an_edit_and_how_to_agree_with_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

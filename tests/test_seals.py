@@ -279,3 +279,28 @@ def test_an_unsealed_span_is_reported_and_everything_after_it_still_checked(seal
     assert report.problem == (f"run {later.id} was edited: decision is 'BLOCK' but the audit "
                               "chain recorded 'ALLOW'")  # fmt: skip
     assert len(report.unsealed) == 1 and not report.ok
+
+
+def test_a_checkpoint_cut_short_by_a_full_disk_leaves_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk left an empty `000000000502.checkpoint` (found by review): a checkpoint is
+    whole or not there, its `latest` untouched."""
+    import errno
+
+    from airlock.store.anchor import CHECKPOINTS, write_checkpoint
+
+    write_checkpoint(tmp_path, "first note", 10)
+    real_write = Path.write_text
+
+    def full_after_a_few_bytes(path: Path, text: str, *args: Any, **kwargs: Any) -> int:
+        real_write(path, text[:3], *args, **kwargs)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full_after_a_few_bytes)
+    with pytest.raises(OSError, match="No space left"):
+        write_checkpoint(tmp_path, "second note", 20)
+    monkeypatch.undo()
+    folder = tmp_path / CHECKPOINTS
+    assert sorted(p.name for p in folder.iterdir()) == ["000000000010.checkpoint", "latest"]
+    assert (folder / "latest").read_text() == "first note"
