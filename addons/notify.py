@@ -51,22 +51,19 @@ class Notifier:
         self._last: dict[Target, asyncio.Task[None]] = {}  # each target's latest delivery
         self._waiting: dict[Target, int] = {}
 
-    def held(self, run: RunSummary, approval_id: str, expires_at: float,
-             query: dict[str, Any] | None = None) -> None:  # fmt: skip
-        """`query`: the held request's query string as stored (redacted), which the run's
-        params may not read: `?amount=9900000` changes what is approved."""
+    def held(self, run: RunSummary, approval_id: str, expires_at: float) -> None:
+        """The run carries its query string as stored (redacted), which its params may not
+        read: `?amount=9900000` changes what is approved."""
         details = {"approval_id": approval_id, "expires_at": expires_at}
-        self._send("held", run, details, query)
+        self._send("held", run, details)
 
     def settled(self, run: RunSummary, approval_id: str, state: str, reviewer: str | None,
-                reason: str | None, query: dict[str, Any] | None = None) -> None:  # fmt: skip
+                reason: str | None) -> None:  # fmt: skip
         details = {"approval_id": approval_id, "state": state, "reviewer": reviewer,
                    "reason": reason}  # fmt: skip
-        self._send("settled", run, details, query)
+        self._send("settled", run, details)
 
-    def _send(
-        self, event: str, run: RunSummary, details: dict[str, Any], query: dict[str, Any] | None
-    ) -> None:
+    def _send(self, event: str, run: RunSummary, details: dict[str, Any]) -> None:
         if not self.targets:
             return
         message = {
@@ -76,7 +73,7 @@ class Notifier:
             "action": run.action,
             "provider": run.provider,
             "target": run.target,
-            "query": query or {},
+            "query": run.query or {},
             "params": run.params,
             "risk": run.risk,
             "decision_reason": run.reason,

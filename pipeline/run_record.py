@@ -52,6 +52,9 @@ class RunSummary:
     mapping_id: str | None = None  # its mapping's `outcome:` reads what the response returned
     simulated: bool = False  # held in a simulated trial: once approved, answered by Airlock
     config_hash: str | None = None  # the configuration that decided it
+    # Its query string as stored (redacted): what a notification shows beside the target, as
+    # params may not read it (`?amount=9900000` changes what a reviewer approves).
+    query: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -98,6 +101,7 @@ class RunRecord:
             self.shadow_decision, self.shadow_rules, self.error, self.risk_factors,
             (self.context or {}).get("protocol"), self.mapping_id,
             bool((self.context or {}).get("simulated")), self.config_hash,
+            (self.request or {}).get("query") or None,
         )  # fmt: skip
 
     def as_row(self) -> dict[str, Any]:

@@ -144,6 +144,19 @@ def test_a_request_for_approval_is_recorded_with_the_approval_it_opens(core: Dec
     assert row.request_hash == decided.request_hash and len(decided.request_hash) == 64
 
 
+def test_a_held_request_is_answered_with_its_query_as_stored(core: DeciderCore) -> None:
+    """What notifications show beside the target (found by review: `?amount=9900000` went
+    unsaid): the query as recorded, its secrets redacted."""
+    decide = charge(150_000)
+    request = replace(decide.request, path=b"/v1/charges?expand=customer&api_key=sk_live_51Xyz")
+    decided = replies(
+        core.handle([Envelope(0, setup()), Envelope(7, replace(decide, request=request))])
+    )[7]
+    assert decided.run.decision == "REQUIRE_APPROVAL"
+    assert decided.run.query == {"expand": ["customer"], "api_key": "[REDACTED]"}
+    assert decided.run.query == stored(core, "run-150000").request["query"]
+
+
 def test_a_decider_holding_another_request_key_than_its_store_refuses_and_says_why(
     store: StoreAddress, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

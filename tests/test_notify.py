@@ -193,13 +193,13 @@ def test_the_query_string_is_shown_beside_the_target(receivers: tuple[Receiver, 
 
     generic, slack = receivers
     slack.failures = 0
-    run = RunSummary("run-1", "REQUIRE_APPROVAL", "http.write", ["r"], agent="bot",
-                     target="api.example.com", risk=10)  # fmt: skip
     query = {"destination": ["acct_ATTACKER"], "amount": ["9900000"], "dry_run\u200b": ["<!here>"]}
+    run = RunSummary("run-1", "REQUIRE_APPROVAL", "http.write", ["r"], agent="bot",
+                     target="api.example.com", risk=10, query=query)  # fmt: skip
 
     async def scenario() -> None:
         notifier = notify.Notifier([generic.url, f"slack:{slack.url}"], lambda _: None)
-        notifier.held(run, "0123456789abcdef", 0.0, query=query)
+        notifier.held(run, "0123456789abcdef", 0.0)
         await notifier.drain()
 
     asyncio.run(scenario())
