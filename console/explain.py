@@ -102,8 +102,11 @@ def from_curl(command: str) -> http.Request:
 def _request(method: str, url: str, body: bytes, headers: list[tuple[str, str]]) -> http.Request:
     if not urlsplit(url).hostname:
         raise RequestFormatError(f"no host in the URL {url!r}")
-    encoded = [(n.encode("latin-1"), v.encode("utf-8")) for n, v in headers if n]
-    return http.Request.make(method.upper(), url, body, encoded)
+    try:
+        encoded = [(n.encode("latin-1"), v.encode("utf-8")) for n, v in headers if n]
+        return http.Request.make(method.upper(), url, body, encoded)
+    except ValueError as e:  # UnicodeError too: a host label over 63 characters, say
+        raise RequestFormatError(f"cannot read the URL {url[:200]!r}: {e}") from e
 
 
 def from_raw_http(text: str) -> http.Request:

@@ -241,12 +241,12 @@ def vendor_reading(host: str, headers: dict[str, str]) -> str:
     """AWS_QUERY, AWS_JSON, AWS_REST, FORM_API, or "" for a host read as its requests declare;
     an interface VPC endpoint (an AWS host that names no service) by its SigV4 scope, and no
     other host: the scope is the client's to write (operations.scope_names_service)."""
-    from airlock.pipeline.operations import scope_names_service
+    from airlock.pipeline.operations import MAX_CACHED_HOST, scope_names_service
 
     reading = _readings.get(host)
     if reading is None:
         reading = _reading_of_host(host)
-        if len(_readings) < 65_536:
+        if len(_readings) < 65_536 and len(host) <= MAX_CACHED_HOST:  # keys of bounded size
             _readings[host] = reading
     if (
         not reading

@@ -34,6 +34,8 @@ from airlock.pipeline.redaction import redact_authority
 from airlock.pipeline.risk import Risk, score
 from airlock.pipeline.undo import linked_run
 
+MAX_HOST = 253  # characters of a DNS name (RFC 1035): a longer host is no server's
+
 
 @dataclass(frozen=True)
 class Config:
@@ -182,6 +184,9 @@ def request_problem(document: Document) -> str | None:
     Airlock could not read exactly."""
     if "request_error" in document:
         return str(document["request_error"])
+    if len(document["host"]) > MAX_HOST:
+        length = len(document["host"])
+        return f"the host name has {length} characters: DNS names have at most {MAX_HOST}"
     upgrade = document["headers"].get("upgrade")
     handshake = next((n for n in document["headers"] if n.startswith("sec-websocket-")), None)
     if upgrade is not None or handshake is not None:

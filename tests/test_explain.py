@@ -104,6 +104,8 @@ def test_har_entries_and_fallbacks() -> None:
         ("GARBAGE", "raw HTTP request"),
         ('{"log": {"entries": []}}', "HAR file with an entry 0"),
         ("GET /x HTTP/1.1\n\n", "neither an absolute URL nor a Host header"),
+        (f"curl https://{'a' * 70}.example.com/x", "cannot read the URL .*label empty or too long"),
+        (f"curl https://{'.'.join(['a' * 60] * 5)}/x", "cannot read the URL .*Invalid Host"),
     ],
 )
 def test_unreadable_requests_say_what_was_expected(text: str, message: str) -> None:

@@ -328,6 +328,18 @@ def test_a_host_header_that_disagrees_with_the_target_is_refused() -> None:
     assert "does not name the host" in evaluation.verdict.reason
 
 
+def test_a_host_longer_than_a_dns_name_is_refused_before_it_is_mapped() -> None:
+    """No server has such a name; its text would be every key and record it reached."""
+    config = Config(load_mappings(PROJECT_ROOT / "mappings"), load_policies(BASELINE))
+    document = doc("GET", "a" * 254, "/x")
+    evaluation = evaluate(document, config)
+    assert (evaluation.verdict.decision, evaluation.failed_stage) == ("BLOCK", "request")
+    assert evaluation.verdict.reason.endswith(
+        "the host name has 254 characters: DNS names have at most 253"
+    )
+    assert evaluate(doc("GET", "a" * 253, "/x"), config).verdict.decision == "ALLOW"
+
+
 def test_environment_condition_reads_the_derived_context(tmp_path: Path) -> None:
     policy = policies(
         tmp_path,
@@ -512,3 +524,14 @@ def test_malformed_policy_files_are_errors_at_their_line_not_tracebacks(tmp_path
     (folder / "p.yaml").write_bytes("rules:\n  - id: café\n    decision: BLOCK\n".encode("latin-1"))
     with pytest.raises(ConfigError, match=r"p\.yaml:2:12: is not UTF-8 \(byte 0xe9\)"):
         load_policies(folder)
+
+
+def test_hosts_longer_than_a_dns_name_are_not_kept_by_the_document_reader() -> None:
+    """A request's host is a cache key: past a DNS name's length it is read, not kept (64 KB
+    hosts, 65,536 of them, would be 4 GB; found by review)."""
+    from airlock.pipeline import document as document_module
+
+    for n in range(200):
+        host = f"{n}-" + "h" * 10_000
+        assert document_module.vendor_reading(host, {}) == ""
+    assert all(len(host) <= 253 for host in document_module._readings)
