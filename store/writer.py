@@ -155,7 +155,9 @@ def _database_file(engine: Engine) -> Path | None:
         return None
     if url.query.get("mode") == "memory":
         return None
-    return Path(url.database).resolve()
+    # Absolute, links not resolved: what readers open (a link repointed to another file is a
+    # replacement too, seen by stat, which follows it).
+    return Path(os.path.abspath(url.database))
 
 
 def _identity(path: Path) -> tuple[int, int]:

@@ -171,23 +171,31 @@ def test_a_refused_job_fails_alone_and_the_group_behind_it_commits(engine: Engin
     assert report.events == 4
 
 
-@pytest.mark.parametrize("fault", ["deleted", "replaced"])
+@pytest.mark.parametrize("fault", ["deleted", "replaced", "relinked"])
 def test_a_database_file_deleted_or_replaced_under_the_writer_takes_no_more_writes(
     tmp_path: Path, fault: str
 ) -> None:
     """SQLite writes on into a file unlinked under it: decisions "recorded" where no reader or
     `audit verify` could see them, and their requests forwarded (found by review). Each write
-    after the file is gone or another stands in its place is refused, and says why."""
+    after the file is gone or another stands in its place (or its link points elsewhere) is
+    refused, and says why."""
+    (tmp_path / "first.db").touch()
+    (tmp_path / "a.db").symlink_to(tmp_path / "first.db")
     url = f"sqlite:///{tmp_path / 'a.db'}"
     engine = open_engine(url)
     create_schema(engine)
     writer = GroupWriter(engine)
     try:
         assert writer.write_group([Pending(1, DecisionRecord(run_row()))]) == [(1, True, None)]
-        for suffix in ("", "-wal", "-shm"):
-            (tmp_path / f"a.db{suffix}").unlink(missing_ok=True)
+        if fault == "relinked":
+            create_schema(open_engine(f"sqlite:///{tmp_path / 'restored.db'}"))
+            (tmp_path / "a.db").unlink()
+            (tmp_path / "a.db").symlink_to(tmp_path / "restored.db")
+        else:
+            for suffix in ("", "-wal", "-shm"):
+                (tmp_path / f"first.db{suffix}").unlink(missing_ok=True)
         if fault == "replaced":
-            create_schema(open_engine(url))  # an empty store where the old one was
+            create_schema(open_engine(f"sqlite:///{tmp_path / 'first.db'}"))  # an empty store
         [(sequence, ok, why)] = writer.write_group([Pending(2, DecisionRecord(run_row()))])
         assert (sequence, ok) == (2, False)
         assert f"the database file {tmp_path / 'a.db'} was " in why
