@@ -29,6 +29,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, Protocol
 
 from sqlalchemy.engine import make_url
@@ -167,7 +168,11 @@ class DeciderClient:
         self._deadlines: list[tuple[float, int, float]] = []
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._started_at = 0.0
-        self._heard_at = 0.0  # monotonic: when this decider last answered anything
+        # Monotonic: since when calls have gone unanswered (None: the decider answered since the
+        # last call was sent); counted only once this decider has answered anything, so that
+        # its start (preparing a large store, loading history, pruning) is never taken for stuck.
+        self._unanswered_since: float | None = None
+        self._answered_once = False
         self._restart_at = 0.0  # monotonic time before which a dead decider is not restarted
         self._quick_deaths = 0  # in a row, each within STABLE_SECONDS of its start
         self._restarting: asyncio.Future[None] | None = None  # for held flows (_on_lost)
@@ -209,7 +214,7 @@ class DeciderClient:
                 link.kill()
                 return
             self._link = link
-            self._heard_at = time.monotonic()
+            self._unanswered_since, self._answered_once = None, False
             setup = [Envelope(0, self.setup())] if self.setup else []
             link.post([*setup, *self._unconfirmed.values()])
             self._deferred = []  # each is unconfirmed: sent just now
@@ -250,7 +255,10 @@ class DeciderClient:
     # --- calls -------------------------------------------------------------------------------
 
     async def decide(self, request: Decide, timeout: float | None = None) -> Decided:
-        """timeout: as _ask's (the proxy refuses a request whose decision did not come)."""
+        """timeout: as _ask's (the proxy refuses a request whose decision did not come); the
+        decider is told when that is, so that it does not judge what was refused already."""
+        if timeout is not None and request.refuse_after is None:
+            request = replace(request, refuse_after=time.time() + timeout)
         return await self._ask(request, timeout)
 
     async def decide_call(self, call: DecideCall) -> Decided:
@@ -332,6 +340,8 @@ class DeciderClient:
             future.set_exception(StoreError("the decider is not running"))
             return future
         sequence = next(self._sequence)
+        if self._unanswered_since is None:
+            self._unanswered_since = time.monotonic()
         self._waiting[sequence] = future
         self._expire_after(sequence, UNANSWERED_SECONDS if timeout is None else timeout)
         deferred, self._deferred = self._deferred, []
@@ -371,17 +381,22 @@ class DeciderClient:
             self._arm(deadlines[0][0])
 
     def _unless_hung(self, now: float) -> bool:
-        """A call just went unanswered: a worker silent for HUNG_SECONDS is killed (its calls
-        fail, their requests refused) and the next call, or a held flow, starts another.
-        True when it was. A thread (in-process) cannot be killed: it is left, and said."""
-        silent = now - self._heard_at
-        if self._link is None or silent < HUNG_SECONDS:
+        """A call just went unanswered: a worker that answered nothing for HUNG_SECONDS since
+        a call was sent to it (idle time does not count, nor its start, before its first answer)
+        is killed (its calls fail, their requests refused) and the next call, or a held flow,
+        starts another. True when it was. A thread (in-process) cannot be killed: it is left,
+        and said."""
+        since = self._unanswered_since
+        if self._link is None or not self._answered_once or since is None:
+            return False
+        silent = now - since
+        if silent < HUNG_SECONDS:
             return False
         reason = (f"the decider answered nothing for {silent:.0f} s while calls waited (a store "
                   "gone silent, a lock never released)")  # fmt: skip
         if not self.killable:
             log.error("%s; an in-process decider cannot be stopped: restart Airlock", reason)
-            self._heard_at = now  # said once per HUNG_SECONDS, not at every call
+            self._unanswered_since = now  # said once per HUNG_SECONDS, not at every call
             return False
         self._on_lost(self._link, f"{reason}: stopped, and started again")
         return True
@@ -400,7 +415,7 @@ class DeciderClient:
     # --- answers -----------------------------------------------------------------------------
 
     def _on_answers(self, answers: list[Answer]) -> None:
-        self._heard_at = time.monotonic()
+        self._unanswered_since, self._answered_once = None, True
         for answer in answers:
             if isinstance(answer, Reply):
                 self._on_reply(answer)

@@ -395,6 +395,13 @@ class DeciderCore:
     def _decide(self, taken: _Batch, sequence: int, decide: Decide) -> None:
         started = time.perf_counter()
         request = wire_request(decide.request)
+        if decide.refuse_after is not None and time.time() > decide.refuse_after:
+            # The proxy has refused it already (its outcome says so): recorded, not judged.
+            document = minimal_document(request, decide.agent)
+            late = TimeoutError("it waited past the proxy's limit behind other decisions")
+            self._record(taken, sequence, decide.id, document, failed_evaluation(document, late),
+                         started)  # fmt: skip
+            return
         try:
             document = build_document(request, decide.agent)
             evaluation = self._evaluate(document, decide.refusal)

@@ -92,6 +92,9 @@ class Decide:
     # A held request a reviewer approved with an edit, rewritten: decided again as that
     # approval (pipeline/edits.py), with the edit, who made it and the proposed request's hash.
     edit: dict[str, Any] | None = None
+    # When the proxy stops waiting and refuses it (time.time()): taken later, behind a backlog,
+    # it is recorded as refused without being judged, and the backlog drains at that pace.
+    refuse_after: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1184,3 +1184,73 @@ def test_a_worker_that_answers_nothing_while_calls_wait_is_stopped_and_started_a
 
     asyncio.run(scenario())
     engine.dispose()
+
+
+def test_a_decision_taken_after_the_proxy_gave_up_is_recorded_unjudged(core: DeciderCore) -> None:
+    """Behind a backlog, requests the proxy has refused already were judged in full, making
+    every request behind them late too (found by review): one taken past its refuse_after is
+    recorded as refused, without documenting, mapping or deciding it."""
+    core.handle([Envelope(0, setup())])
+    late = replace(charge(500, "run-late"), refuse_after=time.time() - 1)
+    in_time = replace(charge(500, "run-in-time"), refuse_after=time.time() + 60)
+    answers = replies(core.handle([Envelope(1, late), Envelope(2, in_time)]))
+    assert answers[1].run.decision == "BLOCK" and answers[1].run.action == "http.write"  # unmapped
+    assert "waited past the proxy's limit behind other decisions" in answers[1].run.reason
+    assert stored(core, "run-late").decision == "BLOCK"
+    assert answers[2].run.decision == "ALLOW" and answers[2].run.action == "create_charge"
+
+
+def test_the_client_tells_the_decider_when_it_stops_waiting(store: StoreAddress) -> None:
+    """A call that times out in the proxy is recorded by the decider as refused, unjudged."""
+
+    async def scenario() -> None:
+        decider = InProcessDecider(store)
+        await decider.start()
+        try:
+            with pytest.raises(TimeoutError):
+                await decider.decide(charge(500, "run-gone"), -1.0)  # given up at once
+        finally:
+            await decider.stop()
+
+    asyncio.run(scenario())
+    engine = open_engine(store.url)
+    with engine.connect() as conn:
+        decision, reason = conn.execute(
+            select(Run.decision, Run.reason).where(Run.id == "run-gone")
+        ).one()
+    engine.dispose()
+    assert decision == "BLOCK" and "waited past the proxy's limit" in reason
+
+
+def test_idle_time_and_a_slow_start_are_not_taken_for_a_stuck_worker(
+    store: StoreAddress, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Silence counts from a call sent to a worker that had answered before: a worker idle for
+    longer than HUNG_SECONDS, then slowed by a short lock, and one whose start waits on the
+    store, are kept (a review found both killed, one at every start)."""
+    import airlock.decider.client as client_module
+    from airlock.store.schema import write_transaction
+
+    monkeypatch.setattr(client_module, "HUNG_SECONDS", 1.5)
+    engine = open_engine(store.url)
+
+    async def scenario() -> None:
+        decider = WorkerDecider(store)
+        try:
+            with write_transaction(engine):  # its start waits on the store: nothing answered
+                await decider.start()
+                worker = decider._link.process  # type: ignore[union-attr]
+                for attempt in range(3):
+                    with pytest.raises(TimeoutError):
+                        await decider.decide(charge(attempt), 1.0)
+            assert (await decider.decide(charge(10), 30)).run.decision == "BLOCK"
+            await asyncio.sleep(2.0)  # idle past HUNG_SECONDS: that is not silence
+            with write_transaction(engine), pytest.raises(TimeoutError):
+                await decider.decide(charge(11), 1.0)
+            assert (await decider.decide(charge(12), 30)).run.decision == "BLOCK"
+            assert decider._link.process is worker  # type: ignore[union-attr]
+        finally:
+            await decider.stop()
+
+    asyncio.run(scenario())
+    engine.dispose()
