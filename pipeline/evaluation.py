@@ -21,6 +21,8 @@ from airlock.pipeline.mappings import (
     MappingIndex,
     fallback_action,
     load_mappings,
+    overlong,
+    within_limits,
 )
 from airlock.pipeline.mcp import header_problem, is_batch
 from airlock.pipeline.policies import (
@@ -238,6 +240,11 @@ def evaluate_call(
     refusal = config.agents.standing_refusal(agent)
     if refusal:
         return Evaluation(action, Verdict(BLOCK, refusal, ("agent-identity",)))
+    # A `tool:` mapping can make a target of the call's arguments: the same limits as a
+    # request's, or the decider every agent shares would work in proportion to them.
+    problem = overlong(action)
+    if problem:
+        return _failed("mapping", within_limits(action), MappingError(problem))
     try:
         risk = score(action, agent, history)
         roles = config.agents.roles_of(agent)

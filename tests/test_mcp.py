@@ -454,6 +454,24 @@ def test_a_guard_call_to_a_servers_tool_is_judged_by_what_its_arguments_say() ->
     assert claimed.target == honest.target and "prod" in honest.target
 
 
+def test_a_guard_call_whose_mapping_reads_an_overlong_target_is_refused() -> None:
+    """A `tool:` mapping reads the target from the call's arguments: past the limits a request
+    has, the call is refused and recorded under a target of the usual size (only cut, before,
+    with the decider working on all of it)."""
+    from airlock.pipeline.evaluation import evaluate_call
+    from airlock.pipeline.mappings import MAX_TARGET
+    from airlock.pipeline.tool_calls import ToolCall, tool_action
+
+    config = Config.load(PROJECT_ROOT / "mappings", PROJECT_ROOT / "policies")
+    arguments = {"owner": "a" * 5_000, "repo": "prod", "pullNumber": 1}
+    action = tool_action(ToolCall("merge_pull_request", "", arguments, server="github"),
+                         config.mappings)  # fmt: skip
+    evaluation = evaluate_call(action, "agent", config, None)
+    assert (evaluation.verdict.decision, evaluation.failed_stage) == ("BLOCK", "mapping")
+    assert "target would be" in evaluation.verdict.reason
+    assert len(evaluation.action.target) <= MAX_TARGET
+
+
 # --- MCP's shape never overrides what a vendor's API makes of a request ------------------------
 
 PING = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
