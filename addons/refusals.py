@@ -15,6 +15,13 @@ from airlock.pipeline.document import readable_content
 from airlock.pipeline.mcp import refusal_answers
 from airlock.pipeline.run_record import RunSummary
 
+# Slack's Web API answers every refusal 200 with `ok: false` and `error` a text, and its SDKs
+# read it so: @slack/web-api raises its platform error carrying the text, and retries any other
+# status (a 403 for ~30 minutes, its message only "statusCode = 403"; measured with 8.2.0);
+# slack_sdk raises SlackApiError either way. Pending and failed answers stay 503: retried, as
+# they should be.
+SLACK_WEB_API = "slack."
+
 
 class Refusals:
     def __init__(self) -> None:
@@ -45,6 +52,11 @@ class Refusals:
         answers = mcp_answers(flow, run, message, request_id, approval)
         if answers is not None:  # an MCP client: a result the model reads, not an HTTP error
             status, content = 200, (json.dumps(answers) + "\n").encode()
+        elif (run.operation or "").startswith(SLACK_WEB_API) and status < 500:
+            status, content = (
+                200,
+                (json.dumps({**body, "error": message}, indent=2) + "\n").encode(),
+            )
         elif vendor is not None:  # the SDK's own error type, with the reason in its message
             vendor_headers, content = vendor.render(
                 situation_of(status, approval, recorded),

@@ -137,6 +137,33 @@ def test_slack_sdk_raises_an_error_that_says_what_is_going_on(
     assert upstream.count("/api/chat.delete") == 1
 
 
+def test_slack_refusals_are_slack_errors_that_carry_the_reason_and_are_not_retried(
+    proxy: Proxy, upstream: Upstream
+) -> None:
+    """Slack answers refusals 200 with ok false and the text in `error`: @slack/web-api retried
+    Airlock's 403 for about 30 minutes with only "statusCode = 403" to show (found by review);
+    slack_sdk raises SlackApiError, the reason in `error`, after one attempt."""
+    slack = WebClient(
+        token="xoxb-1-2-denied", proxy=proxy.url,
+        ssl=ssl.create_default_context(cafile=str(proxy.ca_cert)),
+    )  # fmt: skip
+    with pytest.raises(SlackApiError) as pending_error:
+        slack.chat_delete(channel="C0DENIED", ts="2.2")
+    assert pending_error.value.response.status_code == 503  # pending: retried, as it should be
+    approval_id = pending_error.value.response.data["approval"]["id"]
+    assert airlock("deny", approval_id, "--reason", "not that one", *proxy.store).returncode == 0
+
+    with pytest.raises(SlackApiError) as denied:
+        slack.chat_delete(channel="C0DENIED", ts="2.2")
+    answer = denied.value.response
+    assert answer.status_code == 200 and answer.data["ok"] is False
+    assert answer.data["error"].startswith("Airlock refused delete_message: denied by ")
+    assert "not that one" in answer.data["error"]
+    assert {k.lower() for k in answer.headers} >= {"x-airlock-decision", "x-airlock-request-id"}
+    attempts = [r for r in runs(proxy) if r.target and "C0DENIED" in r.target]
+    assert len(attempts) == 2 and upstream.count("/api/chat.delete") == 0
+
+
 def test_boto3_retries_by_itself_and_its_retry_is_released(
     start_proxy: Callable[..., Proxy], moto_port: int, session_upstream: Upstream
 ) -> None:
