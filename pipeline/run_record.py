@@ -462,12 +462,12 @@ def _texts_capped(value: Any) -> Any:
     return value
 
 
-def _risk_factors(evaluation: Evaluation, named: bool) -> Any:
-    """`named`: the agent's name was redacted, and the factors' details quote it."""
+def _risk_factors(evaluation: Evaluation, secrets: list[str]) -> Any:
+    """Redacted like the rest: their details quote the action, the target and the agent, which
+    a request names (an MCP tool called `fetch_sk_live_…` was stored as sent; found by review)."""
     if evaluation.risk is None:
         return None
-    factors = evaluation.risk.as_json()
-    return redact_value(factors) if named else factors
+    return scrub(redact_value(evaluation.risk.as_json()), secrets)
 
 
 def run_row(
@@ -519,7 +519,7 @@ def run_row(
         reason=scrub(redact_text(verdict.reason), secrets),
         rules=list(verdict.rules),
         risk=evaluation.risk.score if evaluation.risk else None,
-        risk_factors=_risk_factors(evaluation, named=agent != document["agent"]),
+        risk_factors=_risk_factors(evaluation, secrets),
         shadow_decision=verdict.shadow.decision if verdict.shadow else None,
         shadow_rules=list(verdict.shadow.rules) if verdict.shadow else None,
         error=scrub(redact_text(evaluation.error), secrets) if evaluation.error else None,

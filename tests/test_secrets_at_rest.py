@@ -115,3 +115,23 @@ def test_an_agent_name_that_is_a_key_is_kept_out_of_the_retry_key_and_risk_detai
     named = Evaluation(action, evaluation.verdict, risk=score(action, "billing-bot", NewAgent()))
     kept = run_row("r2", "i", {**document, "agent": "billing-bot"}, named, 1.0)
     assert "billing-bot" in json.dumps(kept.risk_factors)
+
+
+def test_risk_factors_quote_no_secret_the_action_or_target_carried() -> None:
+    """An MCP tool named `fetch_sk_live_…` is an action the factors' details quote ("… is rated
+    medium", "first … by"): they were stored as sent while the action column was redacted
+    (found by review)."""
+    from airlock.pipeline.history import History
+    from airlock.pipeline.risk import score
+
+    document = {"method": "POST", "scheme": "https", "host": "mcp.example.com", "port": 443,
+                "path": "/mcp", "query": {}, "headers": {}, "body": None, "body_format": "empty",
+                "body_size": 0, "agent": "billing-bot"}  # fmt: skip
+    action = Action(f"mcp.example.fetch_{KEY}", "mcp", "tool", "medium", f"mcp/example/{KEY}",
+                    {}, None)  # fmt: skip
+    risk = score(action, "billing-bot", History())  # "first … by billing-bot"
+    evaluation = Evaluation(action, Verdict("ALLOW", "ok", ()), risk=risk)
+    assert KEY in json.dumps(evaluation.risk.as_json() if evaluation.risk else None)  # quoted
+    row = run_row("r1", "i", document, evaluation, 1.0, known_agents={"billing-bot"})
+    assert row.risk_factors and KEY not in json.dumps(row.risk_factors)
+    assert "billing-bot" in json.dumps(row.risk_factors)
