@@ -22,7 +22,7 @@ from airlock.pipeline.evaluation import Evaluation
 from airlock.pipeline.extraction import ValueSpec
 from airlock.pipeline.mappings import Mapping
 from airlock.pipeline.policies import ALLOW, BLOCK, REQUIRE_APPROVAL, Verdict
-from airlock.pipeline.redaction import is_secret_name
+from airlock.pipeline.redaction import is_secret_name, redact_value
 
 _SIMPLE = re.compile(r"\$\.(body|query)((?:\.[A-Za-z_][A-Za-z0-9_]*|\[\d+\])+)\Z")
 _STEP = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]")
@@ -50,6 +50,12 @@ def plan_edit(
             raise EditError(f"{mapping.id} has no param {name!r} (its params: {known})")
         where = _location(spec, request)
         params[name], locations[name] = _typed(spec, text), where
+        if is_secret_name(name) or redact_value(params[name]) != params[name]:
+            # The edit is stored (the approval, its audit event) and shown to other reviewers.
+            raise EditError(
+                f"the value set for {name} is, or reads as, a secret: Airlock stores every edit "
+                "and stores no secret; deny the request and let the agent send it so"
+            )
     planned: dict[str, Any] = {"params": params, "locations": locations}
     if any(where[0] == "body" for where in locations.values()):
         # As the document read it (a vendor's reading: AWS's query protocol reads a form

@@ -122,3 +122,27 @@ def test_an_edit_is_written_as_the_vendor_reads_the_body_whatever_its_content_ty
     assert planned["body_format"] == "form"
     edited = edited_body("text/plain", body, planned)
     assert b"MaxCount=2" in edited and b"ImageId=ami-1" in edited
+
+
+def test_an_edit_that_would_store_a_secret_is_refused() -> None:
+    """`--set description="rotate to sk-ant-api03-…"` was stored as typed in the approval and its
+    audit event (found by review): an edit is stored, so one that is or reads as a secret is
+    refused, saying why; a plain one is planned."""
+    from pathlib import Path
+
+    from airlock.pipeline.document import WireRequest, build_document
+    from airlock.pipeline.edits import EditError, plan_edit
+    from airlock.pipeline.mappings import load_mappings
+
+    mapping = load_mappings(Path(__file__).resolve().parents[1] / "mappings").by_id[
+        "stripe.create_charge"
+    ]
+    body = b"amount=150000&currency=usd&customer=cus_1&description=order"
+    headers = [("content-type", "application/x-www-form-urlencoded")]
+    request = WireRequest("POST", "https", "api.stripe.com", 443, "/v1/charges", headers, body)
+    document = build_document(request, "agent")
+    secret = "rotate to sk-ant-api03-" + "A1b2C3d4" * 10
+    with pytest.raises(EditError, match="is, or reads as, a secret"):
+        plan_edit(mapping, document, {"description": secret})
+    planned = plan_edit(mapping, document, {"description": "order 7", "amount": "90000"})
+    assert planned["params"] == {"description": "order 7", "amount": 90000}
