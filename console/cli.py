@@ -977,7 +977,7 @@ def print_agent_setup(host: str, port: int, ca_cert: Path) -> None:
         f"export REQUESTS_CA_BUNDLE={ca_cert}   # requests",
         f"export SSL_CERT_FILE={ca_cert}        # httpx, slack_sdk, urllib",
         f"export AWS_CA_BUNDLE={ca_cert}        # boto3",
-        f"export NODE_EXTRA_CA_CERTS={ca_cert}  # Node (and NODE_USE_ENV_PROXY=1)",
+        f"export NODE_EXTRA_CA_CERTS={ca_cert}  # Node ≥ 22.21 / 24.5, with NODE_USE_ENV_PROXY=1",
         f"export CURL_CA_BUNDLE={ca_cert}       # curl",
     ):
         console.print(f"  {line}")

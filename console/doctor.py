@@ -1,14 +1,16 @@
 """`airlock doctor`: what an agent's machine needs to go through Airlock, checked line by line.
 
 Each client family reads its own variables: requests REQUESTS_CA_BUNDLE, httpx/urllib/slack_sdk
-SSL_CERT_FILE, boto3 AWS_CA_BUNDLE, Node NODE_EXTRA_CA_CERTS (and NODE_USE_ENV_PROXY=1 for its
-fetch), curl CURL_CA_BUNDLE and only the lower-case http_proxy; stripe-python reads none of
-them (it is told in code). A line per check says what is right or what to run to fix it.
+SSL_CERT_FILE, boto3 AWS_CA_BUNDLE, Node NODE_EXTRA_CA_CERTS (and NODE_USE_ENV_PROXY=1, read from
+Node 22.21 and 24.5, for its fetch), curl CURL_CA_BUNDLE and only the lower-case http_proxy;
+stripe-python reads none of them (it is told in code). A line per check says what is right or
+what to run to fix it.
 """
 
 from __future__ import annotations
 
 import socket
+import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +41,10 @@ def diagnose(
     env: Mapping[str, str],
     ca_cert: Path,
     store_problem: Callable[[], str | None],
+    node_version: Callable[[], str | None] | None = None,
 ) -> list[Finding]:
+    """node_version: the `node --version` of this shell's PATH, None without Node (by default
+    it is run)."""
     findings = [_ca_exists(ca_cert)]
     proxy = env.get("HTTPS_PROXY") or env.get("https_proxy")
     findings += _proxy_variables(env, proxy)
@@ -48,7 +53,7 @@ def diagnose(
     airlock_pem = _pem(ca_cert)
     for variable, clients in CA_VARIABLES:
         findings.append(_trusts(env, variable, clients, ca_cert, airlock_pem))
-    findings.append(_node_proxy(env))
+    findings.append(_node_proxy(env, (node_version or installed_node_version)()))
     findings.append(
         Finding(True, "stripe-python reads none of these variables: set it in code, "
                 f'stripe.proxy = "{proxy or "http://127.0.0.1:8080"}"; '
@@ -59,13 +64,51 @@ def diagnose(
     return findings
 
 
-def _node_proxy(env: Mapping[str, str]) -> Finding:
+# Node reads HTTPS_PROXY (with NODE_USE_ENV_PROXY=1) from 22.21 on the 22 line and from 24.5:
+# before, its fetch and its http agents go straight out, whatever the variables say (measured
+# with openai, @anthropic-ai/sdk, stripe, @slack/web-api, @aws-sdk/client-s3 and the MCP SDK).
+NODE_ENV_PROXY = {22: (22, 21), 24: (24, 5)}
+NODE_AGENTS = "stripe-node and @aws-sdk/* bring their own http agent: give them one in code"
+
+
+def installed_node_version() -> str | None:
+    try:
+        done = subprocess.run(["node", "--version"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() or None if done.returncode == 0 else None
+
+
+def _node_proxy(env: Mapping[str, str], version: str | None) -> Finding:
+    if version is None:
+        return Finding(True, "no Node here (node is not on the PATH): nothing to check for it")
+    if not _reads_env_proxy(version):
+        return Finding(
+            False, f"Node {version} ignores HTTPS_PROXY whatever NODE_USE_ENV_PROXY says: its "
+            "SDKs (openai, @anthropic-ai/sdk, @slack/web-api, MCP, stripe, AWS) reach APIs "
+            "directly, unjudged",
+            "use Node ≥ 22.21 or ≥ 24.5 with NODE_USE_ENV_PROXY=1, or give each SDK a proxy "
+            "agent in code (README: Node agents)",
+        )  # fmt: skip
     if env.get("NODE_USE_ENV_PROXY") == "1":
-        return Finding(True, "NODE_USE_ENV_PROXY=1: Node's fetch uses HTTPS_PROXY")
+        fetching = "openai, @anthropic-ai/sdk, @slack/web-api, MCP"
+        return Finding(True, f"Node {version}, NODE_USE_ENV_PROXY=1: its fetch uses HTTPS_PROXY "
+                             f"({fetching}); {NODE_AGENTS}")  # fmt: skip
     return Finding(
-        False, "NODE_USE_ENV_PROXY is not 1: Node's fetch ignores HTTPS_PROXY",
-        "export NODE_USE_ENV_PROXY=1   # Node ≥ 22.21; older Node needs an agent",
+        False, f"NODE_USE_ENV_PROXY is not 1: Node {version} ignores HTTPS_PROXY",
+        f"export NODE_USE_ENV_PROXY=1   # {NODE_AGENTS}",
     )  # fmt: skip
+
+
+def _reads_env_proxy(version: str) -> bool:
+    try:
+        major, minor = (int(part) for part in version.lstrip("v").split(".")[:2])
+    except ValueError:
+        return False  # a version it cannot read: said, rather than taken as enough
+    if major > max(NODE_ENV_PROXY):
+        return True
+    first = NODE_ENV_PROXY.get(major)
+    return first is not None and (major, minor) >= first
 
 
 def _ca_exists(ca_cert: Path) -> Finding:

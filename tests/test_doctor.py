@@ -40,7 +40,7 @@ def test_a_shell_set_up_as_readme_says_passes_every_check(
     env |= {"REQUESTS_CA_BUNDLE": str(ca), "SSL_CERT_FILE": str(bundle), "AWS_CA_BUNDLE": str(ca),
             "NODE_EXTRA_CA_CERTS": str(ca), "CURL_CA_BUNDLE": str(ca),
             "NODE_USE_ENV_PROXY": "1"}  # fmt: skip
-    findings = diagnose(env, ca, store_ok)
+    findings = diagnose(env, ca, store_ok, node_version=lambda: "v24.22.3")
     assert [str(f) for f in findings if not f.ok] == []
     assert any("stripe.ca_bundle_path" in f.what for f in findings)
 
@@ -93,3 +93,28 @@ def test_a_bundle_is_not_said_to_trust_a_ca_that_could_not_be_read(tmp_path: Pat
         f"FIX cannot check REQUESTS_CA_BUNDLE: Airlock's CA not found at {missing} (requests)\n"
         "    → give --data-dir (the proxy's), or start the proxy once"
     )
+
+
+@pytest.mark.parametrize(
+    ("version", "flag", "ok", "says"),
+    [
+        ("v20.20.2", "1", False, "Node v20.20.2 ignores HTTPS_PROXY whatever NODE_USE_ENV_PROXY"),
+        ("v22.20.0", "1", False, "ignores HTTPS_PROXY whatever"),
+        ("v24.4.1", "1", False, "ignores HTTPS_PROXY whatever"),
+        ("v22.21.0", "1", True, "stripe-node and @aws-sdk/* bring their own http agent"),
+        ("v24.22.3", "", False, "NODE_USE_ENV_PROXY is not 1: Node v24.22.3 ignores HTTPS_PROXY"),
+        ("v25.1.0", "1", True, "its fetch uses HTTPS_PROXY"),
+        (None, "", True, "no Node here"),
+    ],
+)
+def test_node_is_checked_by_the_version_that_reads_the_proxy_variables(
+    tmp_path: Path, version: str | None, flag: str, ok: bool, says: str
+) -> None:
+    """Node 20 ignores HTTPS_PROXY whatever NODE_USE_ENV_PROXY says: every Node SDK reached the
+    API directly, unjudged, while doctor said ok (found by review)."""
+    env = {"NODE_USE_ENV_PROXY": flag} if flag else {}
+    [finding] = [f for f in diagnose(env, tmp_path / "ca.pem", store_ok, lambda: version)
+                 if "Node" in f.what and "NODE_EXTRA_CA_CERTS" not in f.what]  # fmt: skip
+    assert finding.ok is ok and says in finding.what
+    if not ok:
+        assert finding.fix
