@@ -315,7 +315,8 @@ def _mask_card(match: re.Match[str]) -> str:
 
 
 def _redact_all(text: str) -> str:
-    redacted = _redact_named_values(text) if "=" in text or ":" in text or "%3" in text else text
+    named = "=" in text or ":" in text or "%3" in text or "<" in text
+    redacted = _redact_named_values(text) if named else text
     redacted = _SECRET_ANY.replace_all(redacted, _replace)
     if _MAINTAINED_HINT.search(redacted):
         redacted = _MAINTAINED.replace_all(redacted, REDACTED)
@@ -330,8 +331,10 @@ def _redact_all(text: str) -> str:
 
 # A field named like a secret inside text (YAML, a config file, JSON kept as a string, a header
 # line in a curl command, `KEY = value`, an escaped `\"password\": \"…\"`), its name quoted or
-# not, then `:`, `=` or a percent-encoded `=`; or an XML attribute pair (`name="password"
-# value="…"`). Only the name is found by the pattern (RE2, over the whole text), and only a name
+# not, then `:`, `=` or a percent-encoded `=`; an XML attribute pair (`name="password"
+# value="…"`); or an XML element (`<Password>…</Password>`, `<sts:SecretAccessKey>`: STS's and
+# IAM's answers, XML kept as text). Only the name is found by the pattern (RE2, over the whole
+# text), and only a name
 # with a word of _SECRET_NAME's in it (is_secret_name decides): any other name takes nothing
 # after it, so `url=https://x/?pw=…` still has its `pw=` found, and a text with no such word
 # costs one scan (measured: finding every `name:` in a short JSON text cost ~20 µs, this ~2).
@@ -344,9 +347,12 @@ _FIELD_NAME = linear(
     r"""[ \t]+value="""
     rf"""|(?P<name>[\w.-]*{_NAME_WORD}[\w.-]*)(?:\\{{0,8}}["'])?"""
     r"""(?:[ \t]*[:=][ \t]*|%(?:25)?3[Dd])"""
+    # an element's start tag, its local name (after a namespace prefix) named like a secret
+    rf"""|<(?:[\w.-]+:)?(?P<element>[\w.-]*{_NAME_WORD}[\w.-]*)(?:\s[^<>]*)?>"""
 )
 _NAME = _FIELD_NAME.regexp.groupindex["name"]
 _ATTRIBUTE = _FIELD_NAME.regexp.groupindex["attribute"]
+_ELEMENT = _FIELD_NAME.regexp.groupindex["element"]
 # Its value, from where the name ends: quoted (the quote kept), or up to a separator (a scheme
 # word before it goes with it). Each alternative starts on its own character and ends in a
 # repetition with nothing after it: matched in one pass, never backtracked over.
@@ -356,6 +362,8 @@ _FIELD_VALUE = re.compile(
     r"""|(?P<scheme>(?:Basic|Bearer|Digest|Token|Bot|bearer|basic|token)[ \t]+)?"""
     r"""(?:\[REDACTED\]|[^\s,;&}\]"'\\]+)"""
 )
+# An element's text, to the next tag; or a CDATA section, to its end (without one: to the end).
+_ELEMENT_TEXT = re.compile(r"<!\[CDATA\[(?:[\s\S]*?\]\]>|[\s\S]*)|[^<]+")
 
 
 def _redact_named_values(text: str) -> str:
@@ -368,7 +376,18 @@ def _redact_named_values(text: str) -> str:
         name_start, name_end = match.span(_NAME)
         if name_start < 0:
             name_start, name_end = match.span(_ATTRIBUTE)
+        element = name_start < 0
+        if element:
+            name_start, name_end = match.span(_ELEMENT)
         if not is_secret_name(text[name_start:name_end]):
+            continue
+        if element:
+            value = _ELEMENT_TEXT.match(text, end)
+            # an empty element (`<Password/>`), or one holding only other elements
+            if text[end - 2] == "/" or value is None or value.group().isspace():
+                continue
+            parts += (text[last:end], REDACTED)
+            last = value.end()
             continue
         value = _FIELD_VALUE.match(text, end)
         if value is None:

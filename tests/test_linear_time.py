@@ -97,6 +97,15 @@ UNITS = [
     '{"a": "{',  # JSON in a string that does not parse
     '{"password": "',
     "[",
+    # XML elements named like secrets, kept as text: a start tag never closed, a value to the
+    # next tag, a CDATA section never ended, a namespace prefix
+    "<Password",
+    "<Password ",
+    "<Password>",
+    "<Password>a",
+    "<Password><![CDATA[",
+    "<a:",
+    "<a:Password>",
 ]
 
 

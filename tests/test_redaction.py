@@ -677,3 +677,49 @@ def test_only_secrets_managers_own_condition_keys_are_kept_as_names(name: str) -
     assert list(redact_value({name: "abcdefghijk"}).values()) == [REDACTED]
     pair = {"ParameterKey": name, "ParameterValue": "abcdefghijk"}
     assert redact_value(pair)["ParameterValue"] == REDACTED
+
+
+STS_ANSWER = (
+    '<AssumeRoleResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><AssumeRoleResult>'
+    "<Credentials>\n  <AccessKeyId>ASIAREVIEWAKID00001Z</AccessKeyId>\n"
+    "  <SecretAccessKey>wJalrXUtnFEMIxK7MDENGbPxRfiCYzEXAMPLE</SecretAccessKey>\n"
+    "  <SessionToken>IQoJb3JpZ2luX2VjEXAMPLEsessionPart</SessionToken>\n"
+    "  <Expiration>2026-12-06T18:00:00Z</Expiration>\n</Credentials>"
+    "<sts:Password>hunter2Secret</sts:Password>"
+    '<db_password kind="plain">hunter2Secret</db_password>'
+    "<Password><![CDATA[hunter2Secret <&>]]></Password><NextToken>page-2</NextToken>"
+    "<Key>photos/2026.jpg</Key><Password/><Token></Token></AssumeRoleResult></AssumeRoleResponse>"
+)
+
+
+def test_xml_kept_as_text_loses_the_text_of_elements_named_like_secrets() -> None:
+    """An STS or IAM answer as a tool's output or an outcome's detail, an XML body that does not
+    parse: an element whose local name says it holds a secret loses its text (or CDATA); an
+    element that holds only other elements, an empty one, and names that only say which page
+    or which object stay as they are."""
+    from airlock.pipeline.mcp import tool_outcome
+
+    request = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+               "params": {"name": "assume_role", "arguments": {}}}  # fmt: skip
+    result = {"jsonrpc": "2.0", "id": 1,
+              "result": {"content": [{"type": "text", "text": STS_ANSWER}]}}  # fmt: skip
+    outcome = tool_outcome(request, json.dumps(result).encode(), "application/json")
+    assert outcome is not None
+    for kept in (
+        outcome["text"],
+        redacted_prefix(STS_ANSWER, 2000),
+        redact_body(STS_ANSWER + "<unterminated"),
+    ):
+        for secret in ("ASIAREVIEW", "wJalrXUtn", "IQoJb3JpZ2lu", "hunter2Secret"):
+            assert secret not in kept
+        assert f"<SecretAccessKey>{REDACTED}</SecretAccessKey>" in kept
+        assert f"<sts:Password>{REDACTED}</sts:Password>" in kept
+        assert f'<db_password kind="plain">{REDACTED}</db_password>' in kept
+        assert f"<Password>{REDACTED}</Password>" in kept
+        assert "<Credentials>\n  <AccessKeyId>" in kept
+        assert "<Expiration>2026-12-06T18:00:00Z</Expiration>" in kept
+        assert (
+            "<NextToken>page-2</NextToken><Key>photos/2026.jpg</Key><Password/><Token></Token>"
+            in kept
+        )
+    assert redact_text("<Password><![CDATA[hunter2Secret") == f"<Password>{REDACTED}"

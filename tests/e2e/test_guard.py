@@ -151,14 +151,16 @@ def test_a_tool_that_fails_leaves_its_error_as_the_runs_evidence(airlock: Proxy)
 
 def test_an_outcome_keeps_no_secret_the_tool_printed(airlock: Proxy) -> None:
     """The error a tool raised is its run's evidence, redacted as a body is: the values of
-    fields named like secrets go (as JSON, or as `name: value`), the rest stays readable."""
+    fields named like secrets go (as JSON, as `name: value`, or as XML elements: STS's answer),
+    the rest stays readable."""
     failing = guard(
         "run_sql", "db/prod", {"statement": "SELECT * FROM creds"}, client=client(airlock)
     )
     with pytest.raises(RuntimeError), failing:
         raise RuntimeError(
             'login refused for {"user": "admin", "password": "hunter2Secret"}\n'
-            "db_password: hunter2Secret"
+            "db_password: hunter2Secret\n"
+            "<Credentials><SecretAccessKey>hunter2Secret</SecretAccessKey></Credentials>"
         )
 
     def reported() -> Any:
@@ -174,7 +176,8 @@ def test_an_outcome_keeps_no_secret_the_tool_printed(airlock: Proxy) -> None:
     detail = run.outcome_detail["detail"]
     assert "hunter2Secret" not in detail
     assert "login refused" in detail and '"user": "admin"' in detail
-    assert detail.count("[REDACTED]") == 2
+    assert "<Credentials><SecretAccessKey>[REDACTED]</SecretAccessKey>" in detail
+    assert detail.count("[REDACTED]") == 3
 
 
 def test_blocked_never_runs_and_says_why(airlock: Proxy) -> None:
