@@ -106,7 +106,8 @@ def _json(payload: object, status: int = 200) -> tuple[int, dict[str, str], byte
 def _stripe_object(request: Received) -> tuple[int, dict[str, str], bytes]:
     """A Stripe-shaped JSON object."""
     object_id = f"obj_{next(_ids)}"
-    kind = request.path.strip("/").split("/")[1].rstrip("s") if "/" in request.path else "object"
+    segments = request.path.split("?", 1)[0].strip("/").split("/")
+    kind = segments[1].rstrip("s") if len(segments) > 1 else "object"  # /v1/charges: charge
     payload: dict[str, object] = {"id": object_id, "object": kind, "livemode": False}
     if request.method == "DELETE":
         payload["deleted"] = True
