@@ -40,7 +40,7 @@ from airlock.decider.messages import ApprovalState, DecideCall, Decided
 from airlock.pipeline.document import MAX_DEPTH, Unreadable, within_depth
 from airlock.pipeline.mappings import MAX_NAME, MAX_TARGET
 from airlock.pipeline.policies import ALLOW, BLOCK, REQUIRE_APPROVAL
-from airlock.pipeline.redaction import redacted_prefix
+from airlock.pipeline.redaction import redact_text, redacted_prefix
 from airlock.pipeline.run_record import SIMULATED, RunSummary
 from airlock.pipeline.simulation import NOTE
 from airlock.pipeline.tool_calls import ACTION_NAME, ToolCall
@@ -122,12 +122,7 @@ class GuardApi:
         port = ctx.options.airlock_guard_port
         if not port or self.server is not None:
             return
-        routes = [
-            (r"/v1/guard", _Guard, {"api": self}),
-            (r"/v1/approvals/([0-9a-f]{8,64})", _Approval, {"api": self}),
-            (r"/v1/runs/([0-9a-f]{8,64})/outcome", _Outcome, {"api": self}),
-        ]
-        self.server = HTTPServer(Application(routes), max_body_size=MAX_BODY)
+        self.server = HTTPServer(guard_app(self), max_body_size=MAX_BODY)
         self.server.listen(port, address=ctx.options.airlock_guard_host)
         log.info("Guard API on %s:%d", ctx.options.airlock_guard_host, port)
 
@@ -249,6 +244,34 @@ class GuardApi:
         return self.identity.identify(header)
 
 
+def guard_app(api: GuardApi) -> Application:
+    """The Guard API's routes, logged by _access_log."""
+    routes = [
+        (r"/v1/guard", _Guard, {"api": api}),
+        (r"/v1/approvals/([0-9a-f]{8,64})", _Approval, {"api": api}),
+        (r"/v1/runs/([0-9a-f]{8,64})/outcome", _Outcome, {"api": api}),
+    ]
+    return Application(routes, log_function=_access_log)
+
+
+_ACCESS_LOG = logging.getLogger("tornado.access")
+
+
+def _access_log(handler: RequestHandler) -> None:
+    """Tornado's access line without the query string, which carries what the caller put there
+    (`?wait=0&token=…`), and with the path redacted: tornado logs the URI as sent. At tornado's
+    levels (mitmproxy shows only WARNING and above: a 4xx or 5xx answer)."""
+    status = handler.get_status()
+    level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    if not _ACCESS_LOG.isEnabledFor(level):
+        return
+    request = handler.request
+    _ACCESS_LOG.log(
+        level, "%d %s %s (%s) %.2fms", status, request.method, redact_text(request.path),
+        request.remote_ip, 1000 * request.request_time(),
+    )  # fmt: skip
+
+
 def _answer(
     run: RunSummary, decision: str, reason: str, approval: ApprovalState | None = None
 ) -> dict[str, Any]:
@@ -355,7 +378,11 @@ class _Guard(_Handler):
         try:
             status, answer, release = await self.api.guard(self.agent, call)
         except Exception as e:  # fail closed: nothing ran, and the caller is told
-            log.error("the Guard API could not decide %s: %r", call.action, e)
+            log.error(  # the tool's name is the caller's free text, the error may quote it
+                "the Guard API could not decide %s: %s",
+                redact_text(call.action),
+                redact_text(repr(e)),
+            )
             self.api.runtime.metrics.fail_closed.labels("guard").inc()
             self._error(503, "Airlock could not decide or record this call; it must not run")
             return

@@ -40,7 +40,7 @@ from airlock.decider.messages import (
 from airlock.pipeline.document import fold_headers
 from airlock.pipeline.evaluation import Config
 from airlock.pipeline.policies import ENFORCE, MODES
-from airlock.pipeline.redaction import redact_mitmproxy_logs, redact_value
+from airlock.pipeline.redaction import redact_logs, redact_value
 from airlock.pipeline.run_record import SIMULATE_MODE, RunSummary
 from airlock.pipeline.yaml_source import ConfigError, Sources, recording_sources, sources_hash
 from airlock.store.locations import shipped
@@ -91,7 +91,7 @@ class Runtime:
     # --- options -----------------------------------------------------------------------------
 
     def load(self, loader: Any) -> None:
-        redact_mitmproxy_logs()
+        redact_logs()  # mitmdump -s addons/gate.py: its handlers are set up by now
         loader.add_option(
             "airlock_decider",
             str,

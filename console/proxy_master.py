@@ -34,6 +34,8 @@ from mitmproxy.addons import (
 )
 from mitmproxy.tools.main import run
 
+from airlock.pipeline.redaction import redact_logs
+
 log = logging.getLogger(__name__)
 
 
@@ -65,6 +67,7 @@ class GateMaster(master.Master):
             proxyserver.Proxyserver(), script.ScriptLoader(), next_layer.NextLayer(),
             tlsconfig.TlsConfig(), errorcheck.ErrorCheck(),
         )  # fmt: skip
+        redact_logs()  # the handlers above (terminal, start-up errors, log events) write redacted
 
 
 def _parser(opts: options.Options) -> argparse.ArgumentParser:

@@ -18,6 +18,7 @@ from airlock.decider.core import DeciderCore
 from airlock.decider.messages import Answer, Envelope, StoreAddress
 from airlock.decider.serve import serve
 from airlock.decider.wire import Reader, pack_all
+from airlock.pipeline.redaction import redact_logs
 
 READ_SIZE = 1 << 20
 
@@ -62,6 +63,7 @@ class SocketLink:
 
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="airlock decider: %(message)s")
+    redact_logs()
     # Ctrl-C reaches the whole process group, and so does a service manager's SIGTERM
     # (systemd's default): the proxy decides when this process ends (by closing the socket),
     # so that what it already sent, and what it sends while it stops, is still written.

@@ -642,19 +642,44 @@ def redacted_prefix(text: str, limit: int) -> str:
 
 
 class RedactingFilter(logging.Filter):
-    """mitmproxy logs the raw request line of a request it cannot parse (`Bad HTTP request
-    line: b'GET /?api_key=sk_live_…'`): redact what it prints, as everything Airlock prints."""
+    """What a log line says goes through the redactor before a handler writes it: a message's
+    arguments (an agent's tool name, a `%r` of an error that quotes a request), the text of an
+    exception logged with it (`log.exception`) and a stack, whichever logger it came from
+    (Airlock's, mitmproxy's `Bad HTTP request line: b'GET /?api_key=…'`, tornado's, asyncio's).
+    On a handler, not a logger: a record reaches a handler whatever logger it was logged on.
+    A traceback that held a secret is written redacted after the message, as a formatter would
+    write it, and the record no longer carries the exception."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
+        if getattr(record, "airlock_redacted", False):  # another handler's filter did it
+            return True
+        try:
+            message = record.getMessage()
+        except Exception:  # arguments that do not fit the message: written as they are, redacted
+            message = f"{record.msg} {record.args!r}"
+            record.msg, record.args = message, None
         clean = redact_text(message)
         if clean != message:
             record.msg, record.args = clean, None
+        if record.exc_info or record.exc_text:
+            said = record.exc_text or logging.Formatter().formatException(record.exc_info)
+            redacted = redact_text(said)
+            if redacted != said:
+                record.msg, record.args = f"{record.msg}\n{redacted}", None
+                record.exc_info, record.exc_text = None, None
+            else:
+                record.exc_text = said
+        if record.stack_info:
+            record.stack_info = redact_text(record.stack_info)
+        record.airlock_redacted = True
         return True
 
 
-def redact_mitmproxy_logs() -> None:
-    """Once per process: the logger of mitmproxy's connection handlers."""
-    logger = logging.getLogger("mitmproxy.proxy.server")
-    if not any(isinstance(f, RedactingFilter) for f in logger.filters):
-        logger.addFilter(RedactingFilter())
+def redact_logs() -> None:
+    """Once the handlers Airlock logs through are set up (mitmproxy's master: its terminal,
+    start-up error check and log events; the decider worker's basicConfig): the filter on each
+    handler of the root logger, once. Only what is written is filtered: no record is logged per
+    allowed request (the decision line is written apart, from redacted values)."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
