@@ -139,7 +139,9 @@ class GuardApi:
         started = time.perf_counter()
         await runtime.start_decider()
         async with asyncio.timeout(STORE_TIMEOUT):
-            decided = await runtime.ask().decide_call(DecideCall(new_id(), agent, call))
+            decided = await runtime.ask().decide_call(
+                DecideCall(new_id(), agent, call), STORE_TIMEOUT
+            )
         run = decided.run
         runtime.metrics.count_decision(run.decision, run.action, run.provider)
         runtime.log.decision(run.decision, run, (time.perf_counter() - started) * 1000, "guard")

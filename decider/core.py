@@ -395,12 +395,11 @@ class DeciderCore:
     def _decide(self, taken: _Batch, sequence: int, decide: Decide) -> None:
         started = time.perf_counter()
         request = wire_request(decide.request)
-        if decide.refuse_after is not None and time.time() > decide.refuse_after:
+        if _too_late(decide.refuse_after):
             # The proxy has refused it already (its outcome says so): recorded, not judged.
             document = minimal_document(request, decide.agent)
-            late = TimeoutError("it waited past the proxy's limit behind other decisions")
-            self._record(taken, sequence, decide.id, document, failed_evaluation(document, late),
-                         started)  # fmt: skip
+            evaluation = failed_evaluation(document, TimeoutError(LATE))
+            self._record(taken, sequence, decide.id, document, evaluation, started)
             return
         try:
             document = build_document(request, decide.agent)
@@ -431,6 +430,8 @@ class DeciderCore:
         started = time.perf_counter()
         document = tool_document(decide.call, decide.agent)
         try:
+            if _too_late(decide.refuse_after):  # answered 503 already: recorded, not judged
+                raise TimeoutError(LATE)
             evaluation = self._evaluate_call(document, decide.call)
         except Exception as e:  # fail closed, and on record
             evaluation = failed_evaluation(document, e)
@@ -740,6 +741,14 @@ class DeciderCore:
         except Exception as e:
             log.warning("cannot count the approvals waiting: %s", e)
         return self.sync_every
+
+
+LATE = "it waited past the proxy's limit behind other decisions"
+
+
+def _too_late(refuse_after: float | None) -> bool:
+    """Taken after the proxy stopped waiting for it (and refused it)."""
+    return refuse_after is not None and time.time() > refuse_after
 
 
 def wire_request(raw: RawRequest) -> WireRequest:

@@ -120,6 +120,7 @@ class DecideCall:
     id: str
     agent: str
     call: ToolCall
+    refuse_after: float | None = None  # as Decide's: the Guard API answered 503 by then
 
 
 @dataclass(frozen=True, slots=True)

@@ -1254,3 +1254,18 @@ def test_idle_time_and_a_slow_start_are_not_taken_for_a_stuck_worker(
 
     asyncio.run(scenario())
     engine.dispose()
+
+
+def test_a_guard_call_taken_after_the_guard_api_gave_up_is_recorded_unjudged(
+    core: DeciderCore,
+) -> None:
+    """The Guard API answered 503 ("must not run"), and the call was later judged anyway and
+    recorded REQUIRE_APPROVAL with an approval nobody had been told of (found by review)."""
+    core.handle([Envelope(0, setup())])
+    call = ToolCall("delete_record", "customer/cus_1", {})
+    late = DecideCall("run-late-call", "a", call, refuse_after=time.time() - 1)
+    decided = replies(core.handle([Envelope(1, late)]))[1]
+    assert decided.run.decision == "BLOCK" and decided.approval is None
+    assert "waited past the proxy's limit" in decided.run.reason
+    with core.engine.connect() as conn:
+        assert conn.execute(select(Approval.id)).all() == []
