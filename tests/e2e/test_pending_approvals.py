@@ -118,13 +118,16 @@ def test_stripe_retries_by_itself_and_its_retry_is_released(
     assert len({r.reason for r in attempts if "joins approval" in r.reason}) >= 1
 
 
+def slack_through(proxy: Proxy, token: str) -> WebClient:
+    return WebClient(
+        token=token, proxy=proxy.url, ssl=ssl.create_default_context(cafile=str(proxy.ca_cert))
+    )
+
+
 def test_slack_sdk_raises_an_error_that_says_what_is_going_on(
     proxy: Proxy, upstream: Upstream
 ) -> None:
-    slack = WebClient(
-        token="xoxb-1-2-pending", proxy=proxy.url,
-        ssl=ssl.create_default_context(cafile=str(proxy.ca_cert)),
-    )  # fmt: skip
+    slack = slack_through(proxy, "xoxb-1-2-pending")
     with pytest.raises(SlackApiError) as pending_error:
         slack.chat_delete(channel="C0PENDING", ts="1.1")
     assert "approval pending" in str(pending_error.value)
@@ -143,10 +146,7 @@ def test_slack_refusals_are_slack_errors_that_carry_the_reason_and_are_not_retri
     """Slack answers refusals 200 with ok false and the text in `error`: @slack/web-api retried
     Airlock's 403 for about 30 minutes with only "statusCode = 403" to show (found by review);
     slack_sdk raises SlackApiError, the reason in `error`, after one attempt."""
-    slack = WebClient(
-        token="xoxb-1-2-denied", proxy=proxy.url,
-        ssl=ssl.create_default_context(cafile=str(proxy.ca_cert)),
-    )  # fmt: skip
+    slack = slack_through(proxy, "xoxb-1-2-denied")
     with pytest.raises(SlackApiError) as pending_error:
         slack.chat_delete(channel="C0DENIED", ts="2.2")
     assert pending_error.value.response.status_code == 503  # pending: retried, as it should be
