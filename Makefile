@@ -7,6 +7,12 @@ STAMP  := $(VENV)/.installed-stamp
 # tests run those SDKs from their own virtualenv, as an agent's own process would.
 SDK_VENV  := .venv-sdk
 SDK_STAMP := $(SDK_VENV)/.installed-stamp
+# The official Node SDKs (pinned by tests/e2e/node/package-lock.json), when Node is here: their
+# test is skipped without them, and required (AIRLOCK_REQUIRE_NODE) where Node is.
+NODE_TESTS := tests/e2e/node
+NODE_STAMP := $(NODE_TESTS)/node_modules/.installed-stamp
+NODE       := $(shell command -v node 2>/dev/null)
+NODE_DEPS  := $(if $(NODE),$(NODE_STAMP))
 # make test's pytest-xdist workers; a test file's tests stay on one worker (its fixtures)
 TEST_WORKERS ?= 2
 
@@ -24,6 +30,10 @@ $(SDK_STAMP): Makefile
 	$(SDK_VENV)/bin/python -m pip install --quiet openai anthropic mcp
 	touch $(SDK_STAMP)
 
+$(NODE_STAMP): $(NODE_TESTS)/package-lock.json
+	npm ci --prefix $(NODE_TESTS) --no-audit --no-fund --loglevel=error
+	touch $(NODE_STAMP)
+
 ## run: start the proxy on 127.0.0.1:8080 with the shipped mappings, policies and an SQLite store
 run: $(STAMP)
 	$(BIN)/airlock run $(ARGS)
@@ -33,13 +43,14 @@ demo: $(STAMP)
 	$(BIN)/airlock demo $(ARGS)
 
 ## test: lint, then the whole suite (unit, store on SQLite and PostgreSQL, end-to-end through mitmdump)
-test: $(STAMP) $(SDK_STAMP)
+test: $(STAMP) $(SDK_STAMP) $(NODE_DEPS)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	@# Bytecode for Airlock's own modules, once: with PYTHONDONTWRITEBYTECODE set (this machine
 	@# sets it) every proxy, decider and CLI process the suite starts compiled them anew (~0.2 s).
 	$(BIN)/python -m compileall -q -j 0 addons console decider pipeline store sdk tests
-	AIRLOCK_REQUIRE_SDKS=1 $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	AIRLOCK_REQUIRE_SDKS=1 AIRLOCK_REQUIRE_NODE=$(if $(NODE),1,0) \
+		$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 ## bench: bare mitmdump against Airlock, same upstream and load, one run
 bench: $(STAMP)
@@ -70,4 +81,4 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) $(SDK_VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(SDK_VENV) $(NODE_TESTS)/node_modules .pytest_cache .ruff_cache *.egg-info
