@@ -332,6 +332,10 @@ def _vote(
     payload = {"approval_id": approval.id, "reviewer": reviewer, "reason": reason, "at": now}
     if version is not None:
         payload["edit_version"] = version
+    if reviewers is not None and reviewers.configured:
+        # The roles the reviewers file in force gave: an auditor reads what a quorum rested
+        # on, whatever the file says later.
+        payload["reviewer_roles"] = sorted(reviewers.roles_of(reviewer) or ())
     vote = Event("vote", approval.run_id, now, payload)
     if len(voters) < required:
         waiting = Settlement(approval.id, PENDING, True, reviewer, reason, len(voters), required)

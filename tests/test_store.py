@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import threading
@@ -1152,6 +1153,11 @@ def test_only_listed_reviewers_with_an_allowed_role_decide(engine: Engine, tmp_p
     settled = resolve_approval(engine, hold.approval_id, APPROVED, "alice", None, reviewers)
     assert settled.state == "APPROVED"
     assert verify_audit(engine).ok
+    # The vote records the roles the reviewers file in force gave, whatever it says later.
+    with engine.connect() as conn:
+        votes = [p for kind, p in conn.execute(select(AuditEvent.kind, AuditEvent.payload))
+                 if kind == "vote"]  # fmt: skip
+    assert [json.loads(vote)["reviewer_roles"] for vote in votes] == [["payments-lead"]]
 
 
 def test_each_fired_rules_reviewer_roles_must_be_met(engine: Engine, tmp_path: Any) -> None:
