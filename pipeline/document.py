@@ -481,6 +481,14 @@ def _vendor_kind(declared: str, content_type: str, raw: bytes, reading: str) -> 
         return "form"  # IAM, EC2, STS read a form whatever the Content-Type
     if reading == JSON_API and declared != "json" and _sniff(raw) == "application/json":
         return "sniffed"  # GitHub reads JSON under any Content-Type (markdown/raw's text stays)
+    if (
+        reading in (AWS_JSON, AWS_REST)
+        and declared == "form"
+        and _sniff(raw) in _SNIFFED_STRUCTURES
+    ):
+        # S3 reads ?versioning's XML or ?policy's JSON labelled as a form too (curl -d's
+        # default): read as a form, it had no fields, and every rule on its body was off
+        return "sniffed"
     if declared in _STRUCTURED:
         return declared
     if _is_multipart(content_type):
