@@ -166,6 +166,13 @@ def _not_bool(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return checked
 
 
+def _whole(value: Any) -> int:
+    """int(), but a fraction is refused rather than cut: 4096.9 is not the 4096 a rule reads."""
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError(f"{value!r} is not a whole number")
+    return int(value)
+
+
 def _parse_bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -186,7 +193,7 @@ def _parse_float(value: Any) -> float:
 
 CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "str": _not_bool(str),
-    "int": _not_bool(int),
+    "int": _not_bool(_whole),
     "float": _not_bool(_parse_float),
     "decimal": _not_bool(_parse_float),  # "12.50" → 12.5; stored as JSON numbers
     "bool": _parse_bool,

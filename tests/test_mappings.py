@@ -586,3 +586,25 @@ def test_hosts_longer_than_a_dns_name_are_mapped_as_before_and_not_cached() -> N
     assert index.map(doc("POST", "api.stripe.com", "/v1/charges")).action == "create_charge"
     cached = [*index._mapped_hosts, *(h + m for h, m in index._by_host_method)]
     assert cached and max(len(key) for key in cached) <= MAX_CACHED_HOST + len("OPTIONS")
+
+
+@pytest.mark.parametrize(("sent", "read"), [(4096, 4096), ("4096", 4096), (4096.0, 4096)])
+def test_an_int_param_reads_whole_numbers(sent: object, read: int) -> None:
+    config = Config.load(SHIPPED, PROJECT_ROOT / "policies")
+    document = doc("POST", "api.anthropic.com", "/v1/messages",
+                   {"model": "claude-x", "max_tokens": sent, "messages": []})  # fmt: skip
+    document["body_format"] = "json"
+    assert evaluate(document, config).action.params["max_tokens"] == read
+
+
+def test_an_int_param_refuses_a_fraction_rather_than_cutting_it() -> None:
+    """4096.9 was read as 4096: a rule would judge a value the request does not hold (found by
+    review); the mapping refuses it, and the request is blocked saying so."""
+    config = Config.load(SHIPPED, PROJECT_ROOT / "policies")
+    document = doc("POST", "api.anthropic.com", "/v1/messages",
+                   {"model": "claude-x", "max_tokens": 4096.9, "messages": []})  # fmt: skip
+    document["body_format"] = "json"
+    evaluation = evaluate(document, config)
+    assert (evaluation.verdict.decision, evaluation.failed_stage) == ("BLOCK", "mapping")
+    said = "'max_tokens' ($.body.max_tokens): expected int, got '4096.9'"
+    assert said in evaluation.verdict.reason
